@@ -1,0 +1,204 @@
+// cli.c: argv -> Job manifest (see cli.h).
+#include <stdio.h>
+
+#include "jobs/cli.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+// All manifest strings are heap copies so the Job can be freed in one place.
+static char *dup_str(const char *s) {
+    char *d = strdup(s ? s : "");
+    SDC_CHECK(d);
+    return d;
+}
+
+static int parse_int(const char *flag, const char *v, long long lo, long long hi, long long *out, SdcError *err) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi)
+        return sdc_err(err, SDC_ERR_ARG, "%s: expected an integer from %lld to %lld, got '%s'", flag, lo, hi, v);
+    *out = x;
+    return 0;
+}
+
+static int parse_float(const char *flag, const char *v, float *out, SdcError *err) {
+    char *end;
+    errno = 0;
+    float x = strtof(v, &end);
+    if (errno || end == v || *end)
+        return sdc_err(err, SDC_ERR_ARG, "%s: expected a number, got '%s'", flag, v);
+    *out = x;
+    return 0;
+}
+
+void cli_print_usage(FILE *f, const char *sub) {
+    if (!sub || strcmp(sub, "generate")) {
+        fprintf(f, "usage: sdc COMMAND [options]\n\n"
+                   "commands:\n"
+                   "  generate   text to image (sdc generate --help)\n\n"
+                   "Every command builds a job manifest (jobs/sdc.proto); --dump-manifest prints it.\n");
+        return;
+    }
+    fprintf(f,
+            "usage: sdc generate -m MODEL -p PROMPT [options]\n\n"
+            "  -m, --model PATH          .safetensors single file (SD 1.x/2.x original layout) or diffusers folder\n"
+            "      --config DIR          diffusers folder describing a single file's architecture (optional)\n"
+            "      --prediction-type T   epsilon | v_prediction (default: from the model)\n"
+            "  -p, --prompt TEXT         the prompt\n"
+            "  -n, --negative-prompt T   the negative prompt (default: empty)\n"
+            "      --steps N             denoising steps (default 20)\n"
+            "      --cfg-scale F         classifier-free guidance scale; <= 1 turns guidance off (default 7.0)\n"
+            "      --sampler NAME        euler (default euler)\n"
+            "  -s, --seed N              seed; item i of a batch uses seed + i (default 42)\n"
+            "  -W, --width N             width in pixels, multiple of 8 (default: the model's size)\n"
+            "  -H, --height N            height in pixels, multiple of 8 (default: the model's size)\n"
+            "  -b, --batch-count N       images to generate (default 1)\n"
+            "      --clip-skip N         use the text encoder's N-th layer from the end (default: model's)\n"
+            "  -o, --output PATH         output PNG (default output.png; a batch adds _2, _3, ...)\n"
+            "  -t, --threads N           CPU threads (default: all cores)\n"
+            "      --device cpu|cuda     compute device (default cpu)\n"
+            "      --dump-manifest       print the job manifest in protobuf text format and exit\n"
+            "  -q, --quiet               no progress output\n"
+            "  -h, --help                this help\n");
+}
+
+void cli_job_free(Sdc__Job *job) {
+    if (job) protobuf_c_message_free_unpacked(&job->base, NULL);
+}
+
+// Allocates an empty Job with its sub-messages (freed by
+// protobuf_c_message_free_unpacked with the default allocator).
+static Sdc__Job *job_new(void) {
+    Sdc__Job *job = calloc(1, sizeof *job);
+    Sdc__Model *model = calloc(1, sizeof *model);
+    Sdc__Runtime *rt = calloc(1, sizeof *rt);
+    Sdc__Generate *gen = calloc(1, sizeof *gen);
+    SDC_CHECK(job && model && rt && gen);
+    sdc__job__init(job);
+    sdc__model__init(model);
+    sdc__runtime__init(rt);
+    sdc__generate__init(gen);
+    model->path = dup_str("");
+    model->config = dup_str("");
+    model->prediction_type = dup_str("");
+    rt->device = dup_str("cpu");
+    gen->negative_prompt = dup_str("");
+    gen->sampler = dup_str("euler");
+    gen->init_image = dup_str("");
+    gen->mask = dup_str("");
+    gen->output = dup_str("output.png");
+    gen->steps = 20;
+    gen->cfg_scale = 7.0f;
+    gen->seed = 42;
+    gen->batch_count = 1;
+    job->model = model;
+    job->runtime = rt;
+    job->generate = gen;
+    return job;
+}
+
+static void set_str(char **field, const char *v) {
+    free(*field);
+    *field = dup_str(v);
+}
+
+int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
+    memset(opt, 0, sizeof *opt);
+    *out = NULL;
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        opt->help = 1;
+        cli_print_usage(stdout, NULL);
+        return 0;
+    }
+    if (strcmp(argv[1], "generate"))
+        return sdc_err(err, SDC_ERR_ARG, "unknown command '%s' ---> run 'sdc --help'", argv[1]);
+
+    Sdc__Job *job = job_new();
+    job->task = SDC__TASK__TASK_GENERATE;
+    Sdc__Generate *g = job->generate;
+    int rc = 0;
+    for (int i = 2; i < argc && !rc; i++) {
+        const char *a = argv[i];
+#define FLAG(s, l) ((s && !strcmp(a, s)) || !strcmp(a, l))
+#define VALUE()                                                                        \
+    (i + 1 < argc ? argv[++i]                                                          \
+                  : (rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> sdc generate --help", a), \
+                     (const char *)NULL))
+        long long ll;
+        if (FLAG("-h", "--help")) {
+            opt->help = 1;
+            cli_print_usage(stdout, "generate");
+            cli_job_free(job);
+            return 0;
+        } else if (FLAG("-m", "--model")) {
+            const char *v = VALUE();
+            if (v) set_str(&job->model->path, v);
+        } else if (FLAG(NULL, "--config")) {
+            const char *v = VALUE();
+            if (v) set_str(&job->model->config, v);
+        } else if (FLAG(NULL, "--prediction-type")) {
+            const char *v = VALUE();
+            if (v) set_str(&job->model->prediction_type, v);
+        } else if (FLAG("-p", "--prompt")) {
+            const char *v = VALUE();
+            if (v) {
+                g->prompts = realloc(g->prompts, (g->n_prompts + 1) * sizeof(char *));
+                SDC_CHECK(g->prompts);
+                g->prompts[g->n_prompts++] = dup_str(v);
+            }
+        } else if (FLAG("-n", "--negative-prompt")) {
+            const char *v = VALUE();
+            if (v) set_str(&g->negative_prompt, v);
+        } else if (FLAG(NULL, "--steps")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 1, 1000, &ll, err))) g->steps = (int32_t)ll;
+        } else if (FLAG(NULL, "--cfg-scale")) {
+            const char *v = VALUE();
+            if (v) rc = parse_float(a, v, &g->cfg_scale, err);
+        } else if (FLAG(NULL, "--sampler")) {
+            const char *v = VALUE();
+            if (v) set_str(&g->sampler, v);
+        } else if (FLAG("-s", "--seed")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) g->seed = ll;
+        } else if (FLAG("-W", "--width")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 8, 16384, &ll, err))) g->width = (int32_t)ll;
+        } else if (FLAG("-H", "--height")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 8, 16384, &ll, err))) g->height = (int32_t)ll;
+        } else if (FLAG("-b", "--batch-count")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 1, 1000000, &ll, err))) g->batch_count = (int32_t)ll;
+        } else if (FLAG(NULL, "--clip-skip")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 0, 64, &ll, err))) job->model->clip_skip = (int32_t)ll;
+        } else if (FLAG("-o", "--output")) {
+            const char *v = VALUE();
+            if (v) set_str(&g->output, v);
+        } else if (FLAG("-t", "--threads")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 0, 1024, &ll, err))) job->runtime->threads = (int32_t)ll;
+        } else if (FLAG(NULL, "--device")) {
+            const char *v = VALUE();
+            if (v) set_str(&job->runtime->device, v);
+        } else if (FLAG(NULL, "--dump-manifest")) {
+            opt->dump_manifest = 1;
+        } else if (FLAG("-q", "--quiet")) {
+            opt->quiet = 1;
+        } else {
+            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> sdc generate --help", a);
+        }
+#undef FLAG
+#undef VALUE
+    }
+    if (rc) {
+        cli_job_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
+}

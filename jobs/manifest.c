@@ -1,0 +1,197 @@
+// manifest.c: protobuf text-format output and validation of a Job (see
+// manifest.h).
+#include "jobs/manifest.h"
+
+#include <inttypes.h>
+#include <string.h>
+
+static void print_indent(FILE *f, int n) {
+    for (int i = 0; i < n; i++) fputs("  ", f);
+}
+
+static void print_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p == '\n') fputs("\\n", f);
+        else if (*p == '\t') fputs("\\t", f);
+        else if (*p < 0x20) fprintf(f, "\\%03o", *p);
+        else fputc(*p, f); // UTF-8 passes through, as protoc prints it
+    }
+    fputc('"', f);
+}
+
+// Prints one value of a field; returns 0 when it is the proto3 default and
+// was skipped (only for singular fields).
+static int print_value(FILE *f, const ProtobufCFieldDescriptor *fd, const void *v, int indent, int skip_default) {
+    switch (fd->type) {
+    case PROTOBUF_C_TYPE_INT32:
+    case PROTOBUF_C_TYPE_SINT32:
+    case PROTOBUF_C_TYPE_SFIXED32: {
+        int32_t x = *(const int32_t *)v;
+        if (skip_default && x == 0) return 0;
+        print_indent(f, indent);
+        fprintf(f, "%s: %" PRId32 "\n", fd->name, x);
+        return 1;
+    }
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_FIXED32: {
+        uint32_t x = *(const uint32_t *)v;
+        if (skip_default && x == 0) return 0;
+        print_indent(f, indent);
+        fprintf(f, "%s: %" PRIu32 "\n", fd->name, x);
+        return 1;
+    }
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64: {
+        int64_t x = *(const int64_t *)v;
+        if (skip_default && x == 0) return 0;
+        print_indent(f, indent);
+        fprintf(f, "%s: %" PRId64 "\n", fd->name, x);
+        return 1;
+    }
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64: {
+        uint64_t x = *(const uint64_t *)v;
+        if (skip_default && x == 0) return 0;
+        print_indent(f, indent);
+        fprintf(f, "%s: %" PRIu64 "\n", fd->name, x);
+        return 1;
+    }
+    case PROTOBUF_C_TYPE_FLOAT: {
+        float x = *(const float *)v;
+        if (skip_default && x == 0.0f) return 0;
+        print_indent(f, indent);
+        fprintf(f, "%s: %.9g\n", fd->name, x);
+        return 1;
+    }
+    case PROTOBUF_C_TYPE_DOUBLE: {
+        double x = *(const double *)v;
+        if (skip_default && x == 0.0) return 0;
+        print_indent(f, indent);
+        fprintf(f, "%s: %.17g\n", fd->name, x);
+        return 1;
+    }
+    case PROTOBUF_C_TYPE_BOOL: {
+        protobuf_c_boolean x = *(const protobuf_c_boolean *)v;
+        if (skip_default && !x) return 0;
+        print_indent(f, indent);
+        fprintf(f, "%s: %s\n", fd->name, x ? "true" : "false");
+        return 1;
+    }
+    case PROTOBUF_C_TYPE_ENUM: {
+        int x = *(const int *)v;
+        if (skip_default && x == 0) return 0;
+        const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(fd->descriptor, x);
+        print_indent(f, indent);
+        if (ev) fprintf(f, "%s: %s\n", fd->name, ev->name);
+        else fprintf(f, "%s: %d\n", fd->name, x);
+        return 1;
+    }
+    case PROTOBUF_C_TYPE_STRING: {
+        const char *x = *(const char *const *)v;
+        if (skip_default && (!x || !*x)) return 0;
+        print_indent(f, indent);
+        fprintf(f, "%s: ", fd->name);
+        print_string(f, x ? x : "");
+        fputc('\n', f);
+        return 1;
+    }
+    case PROTOBUF_C_TYPE_BYTES: {
+        const ProtobufCBinaryData *b = v;
+        if (skip_default && b->len == 0) return 0;
+        print_indent(f, indent);
+        fprintf(f, "%s: \"", fd->name);
+        for (size_t i = 0; i < b->len; i++) fprintf(f, "\\%03o", b->data[i]);
+        fputs("\"\n", f);
+        return 1;
+    }
+    case PROTOBUF_C_TYPE_MESSAGE: {
+        const ProtobufCMessage *m = *(const ProtobufCMessage *const *)v;
+        if (!m) return 0;
+        print_indent(f, indent);
+        fprintf(f, "%s {\n", fd->name);
+        manifest_print_text(f, m, indent + 1);
+        print_indent(f, indent);
+        fputs("}\n", f);
+        return 1;
+    }
+    }
+    return 0;
+}
+
+static size_t field_elem_size(const ProtobufCFieldDescriptor *fd) {
+    switch (fd->type) {
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+    case PROTOBUF_C_TYPE_DOUBLE: return 8;
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_MESSAGE: return sizeof(void *);
+    case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
+    case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
+    default: return 4;
+    }
+}
+
+void manifest_print_text(FILE *f, const ProtobufCMessage *msg, int indent) {
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *fd = &d->fields[i];
+        const char *base = (const char *)msg;
+        if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + fd->quantifier_offset);
+            const char *arr = *(const char *const *)(base + fd->offset);
+            for (size_t k = 0; k < n; k++) print_value(f, fd, arr + k * field_elem_size(fd), indent, 0);
+        } else {
+            print_value(f, fd, base + fd->offset, indent, 1);
+        }
+    }
+}
+
+int manifest_validate(const Sdc__Job *job, SdcError *err) {
+    if (job->task == SDC__TASK__TASK_UNSPECIFIED)
+        return sdc_err(err, SDC_ERR_ARG, "manifest: field 'task' is not set ---> e.g. task: TASK_GENERATE");
+    if (!job->model || !job->model->path || !job->model->path[0])
+        return sdc_err(err, SDC_ERR_ARG, "manifest: field 'model.path' is empty ---> pass -m MODEL "
+                                         "(a .safetensors file or a diffusers folder)");
+    if (job->model->clip_skip < 0)
+        return sdc_err(err, SDC_ERR_ARG, "manifest: model.clip_skip is %d; expected 0 (default) or more",
+                       job->model->clip_skip);
+    const char *pt = job->model->prediction_type;
+    if (pt && pt[0] && strcmp(pt, "epsilon") && strcmp(pt, "v_prediction"))
+        return sdc_err(err, SDC_ERR_ARG, "manifest: model.prediction_type '%s'; expected epsilon or v_prediction",
+                       pt);
+    if (job->runtime) {
+        const char *dev = job->runtime->device;
+        if (dev && dev[0] && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
+            return sdc_err(err, SDC_ERR_ARG, "manifest: runtime.device '%s'; expected cpu or cuda", dev);
+        if (job->runtime->threads < 0)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: runtime.threads is %d; expected 0 (all cores) or more",
+                           job->runtime->threads);
+    }
+    if (job->task == SDC__TASK__TASK_GENERATE) {
+        const Sdc__Generate *g = job->generate;
+        if (!g || g->n_prompts == 0)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.prompts is empty ---> pass -p \"a prompt\"");
+        if (g->steps < 1 || g->steps > 1000)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.steps is %d; expected 1 to 1000", g->steps);
+        if (g->width < 0 || g->height < 0 || g->width % 8 || g->height % 8)
+            return sdc_err(err, SDC_ERR_ARG,
+                           "manifest: generate size %dx%d; width and height must be multiples of 8 "
+                           "---> e.g. -W 512 -H 512",
+                           g->width, g->height);
+        if (g->batch_count < 1)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.batch_count is %d; expected 1 or more",
+                           g->batch_count);
+        if (!(g->cfg_scale >= 0.0f && g->cfg_scale <= 100.0f))
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.cfg_scale %g; expected 0 to 100", g->cfg_scale);
+    } else {
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "manifest: task %d is not implemented in this version of sdc",
+                       job->task);
+    }
+    return 0;
+}

@@ -1,0 +1,108 @@
+// backend.h: the one table of compute ops that every model calls.
+//
+// Model code (src/models) calls only these entries and never branches on the
+// device. The CPU backend (backend_cpu.c over kernels/cpu) is the reference:
+// fp32, exact, OpenMP threads, OpenBLAS sgemm. The CUDA backend
+// (backend_cuda.c over kernels/cuda) is checked against it. The "measure"
+// backend has every op as a no-op: a model runs its forward against it and a
+// measuring arena (arena.h) to learn how much activation memory it needs.
+//
+// Conventions, for every op:
+// - all tensors live on be->device; activations have dtype be->act_dtype
+//   (F32 on the CPU); parameters have dtype be->param_dtype;
+// - shapes are checked (SDC_CHECK): a mismatch is a bug in the caller;
+// - elementwise ops (silu, gelu, quick_gelu, add, scale, add_channel_bias)
+//   accept out == x (in place); others need out distinct from inputs;
+// - ops run on be's stream/threads and may return before the result is
+//   ready on a device; be->sync waits.
+#ifndef SDC_BACKEND_H
+#define SDC_BACKEND_H
+
+#include <stddef.h>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+typedef struct Backend Backend;
+
+struct Backend {
+    const char *name; // "cpu", "cuda", "measure"
+    Device device;
+    DType act_dtype;   // activations
+    DType param_dtype; // weights, converted once at load
+    int threads;       // CPU threads (OpenMP and OpenBLAS)
+    void *impl;        // backend-private state (scratch, handles, stream)
+
+    // ---- memory -------------------------------------------------------------
+    void *(*alloc)(const Backend *be, size_t bytes);             // NULL when out of memory
+    void (*free)(const Backend *be, void *p);
+    void (*upload)(const Backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(const Backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*sync)(const Backend *be);
+
+    // ---- ops ----------------------------------------------------------------
+    // x (N, C, H, W), w (OC, C, KH, KW), b (OC) or NULL -> out (N, OC, OH, OW),
+    // OH = (H + 2*pad - KH) / stride + 1. Zero padding, no dilation, groups 1.
+    void (*conv2d)(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w,
+                   const Tensor *b, int stride, int pad);
+    // torch.nn.Linear: x (..., K) as (M, K), w (N, K), b (N) or NULL -> out (..., N)
+    void (*linear)(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w, const Tensor *b);
+    // torch.nn.GroupNorm over x (N, C, *spatial) with affine gamma, beta (C);
+    // silu != 0 applies SiLU after the affine (the ResNet norm+act pair).
+    void (*group_norm)(const Backend *be, Tensor *out, const Tensor *x, const Tensor *gamma,
+                       const Tensor *beta, int groups, float eps, int silu);
+    // torch.nn.LayerNorm over the last dim: x (..., D), gamma, beta (D)
+    void (*layer_norm)(const Backend *be, Tensor *out, const Tensor *x, const Tensor *gamma,
+                       const Tensor *beta, float eps);
+    // Multi-head scaled dot-product attention, scale 1/sqrt(D):
+    // q (B, Lq, H*D), k and v (B, Lk, H*D) -> out (B, Lq, H*D).
+    // causal != 0 masks key j > query i (CLIP). Never holds the full
+    // (Lq, Lk) score matrix of every head at once.
+    void (*attention)(const Backend *be, Tensor *out, const Tensor *q, const Tensor *k,
+                      const Tensor *v, int heads, int causal);
+    void (*softmax)(const Backend *be, Tensor *out, const Tensor *x); // over the last dim
+    void (*silu)(const Backend *be, Tensor *out, const Tensor *x);
+    void (*gelu)(const Backend *be, Tensor *out, const Tensor *x);       // exact (erf) form
+    void (*quick_gelu)(const Backend *be, Tensor *out, const Tensor *x); // x * sigmoid(1.702 x)
+    // x (..., 2F) -> out (..., F) = x[..., :F] * gelu(x[..., F:])  (diffusers GEGLU)
+    void (*geglu)(const Backend *be, Tensor *out, const Tensor *x);
+    // (N, C, H, W) -> (N, C, 2H, 2W)
+    void (*upsample_nearest2x)(const Backend *be, Tensor *out, const Tensor *x);
+    // diffusers get_timestep_embedding: out (N, dim) from N timesteps given on
+    // the host; max_period 10000, half = dim/2,
+    // freq_i = exp(-ln(10000) * i / (half - freq_shift)), [sin, cos] or
+    // [cos, sin] when flip_sin_to_cos.
+    void (*timestep_embedding)(const Backend *be, Tensor *out, const float *timesteps_host,
+                               int flip_sin_to_cos, float freq_shift);
+    void (*add)(const Backend *be, Tensor *out, const Tensor *a, const Tensor *b); // same shapes
+    // x (N, C, *spatial) + bias (N, C) broadcast over spatial (ResNet time embedding)
+    void (*add_channel_bias)(const Backend *be, Tensor *out, const Tensor *x, const Tensor *bias);
+    void (*scale)(const Backend *be, Tensor *out, const Tensor *x, float s);
+    // a (N, Ca, *spatial), b (N, Cb, *spatial) -> out (N, Ca+Cb, *spatial)
+    void (*concat_channels)(const Backend *be, Tensor *out, const Tensor *a, const Tensor *b);
+    // (N, C, H, W) -> (N, H*W, C) and back (out carries the target shape)
+    void (*nchw_to_nlc)(const Backend *be, Tensor *out, const Tensor *x);
+    void (*nlc_to_nchw)(const Backend *be, Tensor *out, const Tensor *x);
+    // ids I32 (B, L) on the device, table (V, D) -> out (B, L, D)
+    void (*embedding)(const Backend *be, Tensor *out, const Tensor *ids, const Tensor *table);
+    void (*copy)(const Backend *be, Tensor *out, const Tensor *x); // same numel, also converts dtype
+};
+
+// Creates the CPU backend with `threads` threads (0 = all cores).
+int backend_cpu_create(Backend **out, int threads, SdcError *err);
+// Creates the CUDA backend on device `device_index`; act_dtype F32, F16 or
+// BF16. Fails with SDC_ERR_DEVICE and a hint when there is no usable GPU or
+// sdc was built without CUDA.
+int backend_cuda_create(Backend **out, int device_index, DType act_dtype, SdcError *err);
+// The no-op backend used to size arenas (static; never destroyed).
+const Backend *backend_measure(void);
+void backend_destroy(Backend *be);
+// Whether this build has the CUDA backend compiled in.
+int backend_cuda_available(void);
+
+// Tensor helpers that move data between host f32 and a backend tensor
+// (converting to/from the tensor's dtype).
+void backend_upload_f32(const Backend *be, Tensor *dst, const float *host, size_t n);
+void backend_download_f32(const Backend *be, float *host, const Tensor *src, size_t n);
+
+#endif

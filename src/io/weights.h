@@ -1,0 +1,56 @@
+// weights.h: opening the model files users have, in either layout, and
+// looking up every parameter by its diffusers name.
+//
+// Layouts: (1) the original single file (SD 1.x/2.x `model.diffusion_model.*`,
+// `first_stage_model.*`, `cond_stage_model.transformer.*` (SD 1.x) or
+// `cond_stage_model.model.*` (SD 2.x OpenCLIP, fused in_proj), `model_ema.*`
+// ignored); (2) a diffusers folder (`unet/`, `vae/`, `text_encoder/`,
+// `tokenizer/`, each with config.json and diffusion_pytorch_model.safetensors
+// or model.safetensors). Models ask for diffusers names only; the one name
+// map (namemap.c) turns original names into diffusers names, with the few
+// reshapes it needs (1x1 conv <-> linear in the VAE attention, row slices of
+// OpenCLIP's fused in_proj), all as views without copies.
+#ifndef SDC_WEIGHTS_H
+#define SDC_WEIGHTS_H
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "models/config.h"
+
+typedef enum { COMP_TEXT_ENCODER = 0, COMP_UNET = 1, COMP_VAE = 2, COMP_COUNT = 3 } Component;
+typedef enum { LAYOUT_SINGLE_FILE = 0, LAYOUT_DIFFUSERS = 1 } WeightLayout;
+
+typedef struct ModelFiles ModelFiles; // opaque
+
+typedef struct ModelInfo {
+    WeightLayout layout;
+    SdFamily family;
+    ClipConfig clip;
+    UnetConfig unet;
+    VaeConfig vae;
+    char tokenizer_dir[1024]; // diffusers tokenizer/ folder, "" = shipped vocab
+} ModelInfo;
+
+// path: a .safetensors single file or a diffusers folder. config_dir
+// (optional, may be NULL): a diffusers folder whose */config.json describe
+// the architecture of a single file, as diffusers' from_single_file(config=)
+// does; without it, the architecture is inferred from tensor shapes and SD
+// 1.x/2.x constants (32 groups; 8 heads for SD 1.x; head dim 64 for SD 2.x).
+// prediction: -1 = from config (or epsilon for SD 1.x, v for 768px SD 2.x),
+// else a PredictionType the user gave.
+int model_files_open(ModelFiles **out, const char *path, const char *config_dir, int prediction,
+                     SdcError *err);
+void model_files_close(ModelFiles *m);
+const ModelInfo *model_files_info(const ModelFiles *m);
+
+// Looks up a parameter by diffusers name within a component (e.g. COMP_UNET,
+// "down_blocks.0.resnets.0.conv1.weight") and checks its shape against
+// `shape` (ndim dims). The result is a CPU view into the mapped file, in the
+// file's dtype (F32, F16 or BF16). Errors name the file, the tensor, the
+// expected and the found shape.
+int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim,
+                    const int64_t *shape, Tensor *out, SdcError *err);
+// 1 if the component has a tensor of that diffusers name.
+int model_files_has(const ModelFiles *m, Component c, const char *name);
+
+#endif

@@ -1,0 +1,37 @@
+// params.h: loading a model's parameters from ModelFiles onto a backend.
+//
+// A model's load function asks for each parameter by diffusers name and
+// shape: param_get(pl, shape, "down_blocks.%d.resnets.%d.conv1.weight", i, j).
+// The load runs twice: once with a measuring arena to learn the bytes the
+// parameters need (and to check every name and shape before anything is
+// allocated), then for real into one arena of exactly that size. On the CPU
+// backend, F32 tensors in the file are used in place (views into the mmap,
+// no copy); anything else is converted once to be->param_dtype.
+#ifndef SDC_PARAMS_H
+#define SDC_PARAMS_H
+
+#include "core/arena.h"
+#include "core/backend.h"
+#include "io/weights.h"
+
+typedef struct ParamLoader {
+    const ModelFiles *mf;
+    Component comp;
+    const Backend *be;
+    Arena *arena;   // measuring or real
+    SdcError *err;
+    int failed;     // first error is kept in err; later calls return empty tensors
+    size_t count;   // parameters requested
+    size_t numel;   // their total element count
+} ParamLoader;
+
+// shape is given as a literal list: PARAM(pl, SHAPE(C, C, 3, 3), "conv_in.weight")
+#define SHAPE(...) (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}
+Tensor param_get(ParamLoader *pl, int ndim, const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+// Like param_get, but a missing tensor yields a tensor with data == NULL and
+// no error (optional parameters, e.g. biases some files omit).
+Tensor param_get_opt(ParamLoader *pl, int ndim, const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#endif

@@ -1,0 +1,67 @@
+// testutil.c: see testutil.h.
+#include "testutil.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <time.h>
+
+double max_abs_diff(const float *got, const float *ref, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)ref[i]);
+        if (!(d <= m)) m = d; // NaN propagates
+    }
+    return m;
+}
+
+double rel_err(const float *got, const float *ref, size_t n) {
+    double mref = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(ref[i]) > mref) mref = fabs(ref[i]);
+    if (mref < 1e-30) mref = 1e-30;
+    return max_abs_diff(got, ref, n) / mref;
+}
+
+int check_rel(TestCtx *t, const char *name, const float *got, const float *ref, size_t n, double tol) {
+    double e = rel_err(got, ref, n);
+    int ok = e <= tol; // NaN fails
+    t->checks++;
+    if (!ok) t->failures++;
+    printf("  %-48s rel_err=%.3e  tol=%.0e  %s\n", name, e, tol, ok ? "OK" : "NOT OK");
+    fflush(stdout);
+    return ok;
+}
+
+int check_true(TestCtx *t, int cond, const char *fmt, ...) {
+    t->checks++;
+    if (!cond) t->failures++;
+    va_list ap;
+    va_start(ap, fmt);
+    printf("  ");
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("  %s\n", cond ? "OK" : "NOT OK");
+    fflush(stdout);
+    return cond;
+}
+
+int test_summary(TestCtx *t) {
+    printf("%d passed, %d failed\n", t->checks - t->failures, t->failures);
+    return t->failures ? 1 : 0;
+}
+
+void fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi) {
+    uint64_t s = seed * 6364136223846793005ull + 1442695040888963407ull;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        double u = (double)(s >> 11) / 9007199254740992.0;
+        x[i] = (float)(lo + (hi - lo) * u);
+    }
+}
+
+double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}

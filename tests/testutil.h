@@ -1,0 +1,29 @@
+// testutil.h: the few helpers every test uses. A test prints one line per
+// compared tensor: name, max |a-b| / max |ref|, tolerance, OK / NOT OK; and
+// returns non-zero from main if any check failed (test_summary).
+#ifndef SDC_TESTUTIL_H
+#define SDC_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct TestCtx {
+    int checks, failures;
+} TestCtx;
+
+// Max |got - ref| / max(max |ref|, 1e-30) over n values.
+double rel_err(const float *got, const float *ref, size_t n);
+double max_abs_diff(const float *got, const float *ref, size_t n);
+// Prints "  name  rel_err=...  tol=...  OK|NOT OK" and counts the result.
+int check_rel(TestCtx *t, const char *name, const float *got, const float *ref, size_t n, double tol);
+// A plain boolean check with a message.
+int check_true(TestCtx *t, int cond, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// Prints "N passed, N failed" and returns the process exit code.
+int test_summary(TestCtx *t);
+
+// Deterministic uniform floats in [lo, hi) from a small LCG (seeded).
+void fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
+// Monotonic seconds.
+double now_s(void);
+
+#endif

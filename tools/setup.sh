@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# setup.sh: installs everything sdc needs to build and test on Debian 12.
+# Idempotent: a second run installs nothing new. Used by README.md and .ci/run.
+#   tools/setup.sh          build + test dependencies (C side only)
+#   tools/setup.sh --python also the Python reference stack for tools/ (torch,
+#                           diffusers; a few GB; never needed to build or test)
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkg-config git
+  libopenmpi-dev openmpi-bin
+  libhdf5-openmpi-dev hdf5-tools
+  libprotobuf-c-dev protobuf-c-compiler
+  libopenblas-openmp-dev
+  libpng-dev libjpeg-dev zlib1g-dev
+  python3-h5py python3-numpy
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all Debian packages present"
+fi
+
+if [ "${1:-}" = "--python" ]; then
+  python3 -m pip install -q -r "$(dirname "$0")/requirements.txt"
+fi
