@@ -1,0 +1,326 @@
+// namemap.c: the rule tables of namemap.h and the two lookups over them.
+//
+// A name maps by its longest matching rule prefix, then by the first matching
+// entry of the rule's inner table (the rest is kept as is: the transformer
+// blocks inside UNet attentions have the same names in both layouts). Each
+// component has a catch-all rule (its bare prefix), so names this table does
+// not know pass through unchanged rather than vanish.
+#include "io/namemap.h"
+
+#include <stdio.h>
+#include <string.h>
+
+// ----------------------------------------------------------------------------
+// inner rename tables: {original, diffusers, kind}; '*' in a NM_ROW_SLICE
+// diffusers name stands for q / k / v.
+
+typedef struct InnerRename {
+    const char *orig, *diff;
+    NameMapKind kind;
+} InnerRename;
+
+enum { IN_UNET_RESNET = 0, IN_VAE_RESNET, IN_VAE_ATTN, IN_OPENCLIP_LAYER, IN_COUNT };
+
+static const InnerRename UNET_RESNET[] = {
+    {"in_layers.0.", "norm1.", NM_PLAIN},     {"in_layers.2.", "conv1.", NM_PLAIN},
+    {"emb_layers.1.", "time_emb_proj.", NM_PLAIN}, {"out_layers.0.", "norm2.", NM_PLAIN},
+    {"out_layers.3.", "conv2.", NM_PLAIN},    {"skip_connection.", "conv_shortcut.", NM_PLAIN},
+    {NULL, NULL, 0},
+};
+static const InnerRename VAE_RESNET[] = {
+    {"nin_shortcut.", "conv_shortcut.", NM_PLAIN},
+    {NULL, NULL, 0},
+};
+static const InnerRename VAE_ATTN[] = {
+    {"norm.", "group_norm.", NM_PLAIN},
+    {"q.weight", "to_q.weight", NM_CONV_TO_LINEAR},     {"q.bias", "to_q.bias", NM_PLAIN},
+    {"k.weight", "to_k.weight", NM_CONV_TO_LINEAR},     {"k.bias", "to_k.bias", NM_PLAIN},
+    {"v.weight", "to_v.weight", NM_CONV_TO_LINEAR},     {"v.bias", "to_v.bias", NM_PLAIN},
+    {"proj_out.weight", "to_out.0.weight", NM_CONV_TO_LINEAR}, {"proj_out.bias", "to_out.0.bias", NM_PLAIN},
+    {NULL, NULL, 0},
+};
+static const InnerRename OPENCLIP_LAYER[] = {
+    {"ln_1.", "layer_norm1.", NM_PLAIN},      {"ln_2.", "layer_norm2.", NM_PLAIN},
+    {"mlp.c_fc.", "mlp.fc1.", NM_PLAIN},      {"mlp.c_proj.", "mlp.fc2.", NM_PLAIN},
+    {"attn.out_proj.", "self_attn.out_proj.", NM_PLAIN},
+    {"attn.in_proj_weight", "self_attn.*_proj.weight", NM_ROW_SLICE},
+    {"attn.in_proj_bias", "self_attn.*_proj.bias", NM_ROW_SLICE},
+    {NULL, NULL, 0},
+};
+static const InnerRename *const INNER[IN_COUNT] = {UNET_RESNET, VAE_RESNET, VAE_ATTN, OPENCLIP_LAYER};
+
+// Original names of tensors no model uses (prefix match).
+static const char *const IGNORED[] = {
+    "model_ema.", "cond_stage_model.model.text_projection", "cond_stage_model.model.logit_scale",
+};
+
+#define P_UNET "model.diffusion_model."
+#define P_VAE "first_stage_model."
+#define P_CLIP "cond_stage_model.transformer."
+#define P_OPENCLIP "cond_stage_model.model."
+
+// ----------------------------------------------------------------------------
+// building the rules
+
+static int add_rule(NameMap *nm, Component c, int inner, const char *orig, const char *diff) {
+    if (nm->n >= NAMEMAP_MAX_RULES) return -1;
+    NameRule *r = &nm->rules[nm->n++];
+    r->comp = c;
+    r->inner = inner;
+    snprintf(r->orig, sizeof r->orig, "%s", orig);
+    snprintf(r->diff, sizeof r->diff, "%s", diff);
+    return 0;
+}
+
+// RULE(comp, inner, (orig_fmt, ...), (diff_fmt, ...)): a rule with numbers.
+#define NM_UNPAREN(...) __VA_ARGS__
+#define NM_SNPRINTF(buf, ...) snprintf(buf, sizeof buf, __VA_ARGS__)
+#define RULE(c, inner, O, D)                                                 \
+    do {                                                                     \
+        char o_[80], d_[80];                                                 \
+        NM_SNPRINTF(o_, NM_UNPAREN O);                                       \
+        NM_SNPRINTF(d_, NM_UNPAREN D);                                       \
+        if (add_rule(nm, c, inner, o_, d_)) goto full;                       \
+    } while (0)
+
+#define ADD(c, inner, orig, diff)                                             \
+    do {                                                                     \
+        if (add_rule(nm, c, inner, orig, diff)) goto full;                   \
+    } while (0)
+
+int namemap_init(NameMap *nm, const UnetConfig *u, const VaeConfig *v, int openclip, SdcError *err) {
+    memset(nm, 0, sizeof *nm);
+    nm->openclip = openclip;
+    int n = u->n_levels, lpb = u->layers_per_block;
+    if (n < 1 || n > SDC_MAX_LEVELS || lpb < 1 || lpb > 8 || v->n_levels < 1 || v->n_levels > SDC_MAX_LEVELS ||
+        v->layers_per_block < 1 || v->layers_per_block > 8)
+        return sdc_err(err, SDC_ERR_ARG, "namemap: UNet %d levels x %d layers, VAE %d levels x %d layers: "
+                       "expected 1..%d levels and 1..8 layers per block", n, lpb, v->n_levels,
+                       v->layers_per_block, SDC_MAX_LEVELS);
+
+    // UNet. input_blocks: 0 = conv_in, then per level lpb resnet(+attention)
+    // blocks and (except the last level) one downsampler. output_blocks: per
+    // up level lpb + 1 blocks, the last of which carries the upsampler
+    // (after the attention, if the level has one).
+    ADD(COMP_UNET, -1, P_UNET, "");
+    ADD(COMP_UNET, -1, P_UNET "input_blocks.0.0.", "conv_in.");
+    ADD(COMP_UNET, -1, P_UNET "time_embed.0.", "time_embedding.linear_1.");
+    ADD(COMP_UNET, -1, P_UNET "time_embed.2.", "time_embedding.linear_2.");
+    ADD(COMP_UNET, -1, P_UNET "label_emb.0.0.", "add_embedding.linear_1.");
+    ADD(COMP_UNET, -1, P_UNET "label_emb.0.2.", "add_embedding.linear_2.");
+    ADD(COMP_UNET, -1, P_UNET "out.0.", "conv_norm_out.");
+    ADD(COMP_UNET, -1, P_UNET "out.2.", "conv_out.");
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < lpb; j++) {
+            int k = 1 + i * (lpb + 1) + j;
+            RULE(COMP_UNET, IN_UNET_RESNET, (P_UNET "input_blocks.%d.0.", k), ("down_blocks.%d.resnets.%d.", i, j));
+            RULE(COMP_UNET, -1, (P_UNET "input_blocks.%d.1.", k), ("down_blocks.%d.attentions.%d.", i, j));
+        }
+        if (i < n - 1)
+            RULE(COMP_UNET, -1, (P_UNET "input_blocks.%d.0.op.", 1 + i * (lpb + 1) + lpb),
+                 ("down_blocks.%d.downsamplers.0.conv.", i));
+        for (int j = 0; j <= lpb; j++) {
+            int k = i * (lpb + 1) + j;
+            RULE(COMP_UNET, IN_UNET_RESNET, (P_UNET "output_blocks.%d.0.", k), ("up_blocks.%d.resnets.%d.", i, j));
+            if (u->up_attn[i])
+                RULE(COMP_UNET, -1, (P_UNET "output_blocks.%d.1.", k), ("up_blocks.%d.attentions.%d.", i, j));
+            if (j == lpb && i < n - 1)
+                RULE(COMP_UNET, -1, (P_UNET "output_blocks.%d.%d.conv.", k, u->up_attn[i] ? 2 : 1),
+                     ("up_blocks.%d.upsamplers.0.conv.", i));
+        }
+    }
+    ADD(COMP_UNET, IN_UNET_RESNET, P_UNET "middle_block.0.", "mid_block.resnets.0.");
+    if (u->mid_attn) {
+        ADD(COMP_UNET, -1, P_UNET "middle_block.1.", "mid_block.attentions.0.");
+        ADD(COMP_UNET, IN_UNET_RESNET, P_UNET "middle_block.2.", "mid_block.resnets.1.");
+    } else {
+        ADD(COMP_UNET, IN_UNET_RESNET, P_UNET "middle_block.1.", "mid_block.resnets.1.");
+    }
+
+    // VAE. The decoder's up.i is diffusers' up_blocks.(n-1-i): the original
+    // counts from the lowest resolution's mirror upward.
+    int vn = v->n_levels, vl = v->layers_per_block;
+    ADD(COMP_VAE, -1, P_VAE, "");
+    for (int e = 0; e < 2; e++) {
+        const char *s = e ? "decoder" : "encoder";
+        RULE(COMP_VAE, -1, (P_VAE "%s.norm_out.", s), ("%s.conv_norm_out.", s));
+        RULE(COMP_VAE, IN_VAE_RESNET, (P_VAE "%s.mid.block_1.", s), ("%s.mid_block.resnets.0.", s));
+        RULE(COMP_VAE, IN_VAE_RESNET, (P_VAE "%s.mid.block_2.", s), ("%s.mid_block.resnets.1.", s));
+        RULE(COMP_VAE, IN_VAE_ATTN, (P_VAE "%s.mid.attn_1.", s), ("%s.mid_block.attentions.0.", s));
+    }
+    for (int i = 0; i < vn; i++) {
+        for (int j = 0; j < vl; j++)
+            RULE(COMP_VAE, IN_VAE_RESNET, (P_VAE "encoder.down.%d.block.%d.", i, j),
+                 ("encoder.down_blocks.%d.resnets.%d.", i, j));
+        if (i < vn - 1)
+            RULE(COMP_VAE, -1, (P_VAE "encoder.down.%d.downsample.conv.", i),
+                 ("encoder.down_blocks.%d.downsamplers.0.conv.", i));
+        int d = vn - 1 - i;
+        for (int j = 0; j <= vl; j++)
+            RULE(COMP_VAE, IN_VAE_RESNET, (P_VAE "decoder.up.%d.block.%d.", i, j),
+                 ("decoder.up_blocks.%d.resnets.%d.", d, j));
+        if (i > 0)
+            RULE(COMP_VAE, -1, (P_VAE "decoder.up.%d.upsample.conv.", i), ("decoder.up_blocks.%d.upsamplers.0.conv.", d));
+    }
+
+    // Text encoder.
+    if (!openclip) {
+        ADD(COMP_TEXT_ENCODER, -1, P_CLIP "text_model.", "text_model.");
+        ADD(COMP_TEXT_ENCODER, -1, P_CLIP, "text_model."); // transformers < 4.x layout
+    } else {
+        ADD(COMP_TEXT_ENCODER, -1, P_OPENCLIP, "");
+        ADD(COMP_TEXT_ENCODER, -1, P_OPENCLIP "token_embedding.", "text_model.embeddings.token_embedding.");
+        ADD(COMP_TEXT_ENCODER, -1, P_OPENCLIP "positional_embedding",
+             "text_model.embeddings.position_embedding.weight");
+        ADD(COMP_TEXT_ENCODER, -1, P_OPENCLIP "ln_final.", "text_model.final_layer_norm.");
+        ADD(COMP_TEXT_ENCODER, IN_OPENCLIP_LAYER, P_OPENCLIP "transformer.resblocks.#.",
+             "text_model.encoder.layers.#.");
+    }
+    return 0;
+full:
+    return sdc_err(err, SDC_ERR_INTERNAL, "namemap: more than %d rules; raise NAMEMAP_MAX_RULES",
+                   NAMEMAP_MAX_RULES);
+}
+
+// ----------------------------------------------------------------------------
+// matching
+
+// Length of s consumed by pattern pat ('#' = one decimal number, stored in
+// *num), or -1 if s does not start with it.
+static int pat_match(const char *pat, const char *s, long *num) {
+    const char *p = pat, *q = s;
+    while (*p) {
+        if (*p == '#') {
+            if (*q < '0' || *q > '9') return -1;
+            long v = 0;
+            int digits = 0;
+            while (*q >= '0' && *q <= '9' && digits < 9) v = v * 10 + (*q++ - '0'), digits++;
+            if (*q >= '0' && *q <= '9') return -1;
+            *num = v;
+            p++;
+            continue;
+        }
+        if (*p != *q) return -1;
+        p++, q++;
+    }
+    return (int)(q - s);
+}
+
+// Writes pat with '#' replaced by num into out.
+static size_t pat_write(char *out, size_t cap, const char *pat, long num) {
+    size_t k = 0;
+    for (const char *p = pat; *p && k + 1 < cap; p++) {
+        if (*p == '#') k += (size_t)snprintf(out + k, cap - k, "%ld", num);
+        else out[k++] = *p;
+        if (k >= cap) k = cap - 1;
+    }
+    out[k] = 0;
+    return k;
+}
+
+// Best (longest) rule for name, matching the original (dir 0) or diffusers
+// (dir 1) side; for dir 1 only rules of component c.
+static const NameRule *best_rule(const NameMap *nm, const char *name, int dir, Component c, int *len, long *num) {
+    const NameRule *best = NULL;
+    int best_len = -1;
+    for (int i = 0; i < nm->n; i++) {
+        const NameRule *r = &nm->rules[i];
+        if (dir && r->comp != c) continue;
+        long v = 0;
+        int l = pat_match(dir ? r->diff : r->orig, name, &v);
+        if (l > best_len) {
+            best = r;
+            best_len = l;
+            *num = v;
+        }
+    }
+    *len = best_len;
+    return best;
+}
+
+// out = a b c; -1 if that does not fit NAMEMAP_NAME_MAX (never truncated).
+static int join3(char *out, const char *a, const char *b, const char *c) {
+    size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
+    if (la + lb + lc >= NAMEMAP_NAME_MAX) return -1;
+    memcpy(out, a, la);
+    memcpy(out + la, b, lb);
+    memcpy(out + la + lb, c, lc + 1);
+    return 0;
+}
+
+int namemap_from_original(const NameMap *nm, const char *orig, NameMapping out[3]) {
+    for (size_t i = 0; i < sizeof IGNORED / sizeof IGNORED[0]; i++)
+        if (!strncmp(orig, IGNORED[i], strlen(IGNORED[i]))) return 0;
+    int len;
+    long num = 0;
+    const NameRule *r = best_rule(nm, orig, 0, 0, &len, &num);
+    if (!r) return 0; // no component: scheduler buffers (alphas_cumprod, ...) and the like
+    char head[NAMEMAP_NAME_MAX];
+    pat_write(head, sizeof head, r->diff, num);
+    const char *rest = orig + len;
+    const InnerRename *in = NULL;
+    if (r->inner >= 0)
+        for (const InnerRename *t = INNER[r->inner]; t->orig; t++)
+            if (!strncmp(rest, t->orig, strlen(t->orig))) {
+                in = t;
+                break;
+            }
+    if (!in) {
+        out[0] = (NameMapping){.comp = r->comp, .kind = NM_PLAIN};
+        return join3(out[0].name, head, "", rest) ? -1 : 1;
+    }
+    const char *tail = rest + strlen(in->orig);
+    if (in->kind != NM_ROW_SLICE) {
+        out[0] = (NameMapping){.comp = r->comp, .kind = in->kind};
+        return join3(out[0].name, head, in->diff, tail) ? -1 : 1;
+    }
+    for (int s = 0; s < 3; s++) {
+        char d[96];
+        snprintf(d, sizeof d, "%s", in->diff);
+        char *star = strchr(d, '*');
+        if (star) *star = "qkv"[s];
+        out[s] = (NameMapping){.comp = r->comp, .kind = NM_ROW_SLICE, .slice = s};
+        if (join3(out[s].name, head, d, tail)) return -1;
+    }
+    return 3;
+}
+
+int namemap_to_original(const NameMap *nm, Component c, const char *diff, NameMapping *out) {
+    int len;
+    long num = 0;
+    const NameRule *r = best_rule(nm, diff, 1, c, &len, &num);
+    if (!r) return -1;
+    char head[NAMEMAP_NAME_MAX];
+    pat_write(head, sizeof head, r->orig, num);
+    const char *rest = diff + len;
+    *out = (NameMapping){.comp = c, .kind = NM_PLAIN};
+    if (r->inner >= 0)
+        for (const InnerRename *t = INNER[r->inner]; t->orig; t++) {
+            const char *star = strchr(t->diff, '*');
+            size_t dl = strlen(t->diff);
+            int slice = 0, hit;
+            if (star) {
+                size_t pre = (size_t)(star - t->diff);
+                const char *sp = strchr("qkv", rest[pre]);
+                hit = !strncmp(rest, t->diff, pre) && rest[pre] && sp &&
+                      !strncmp(rest + pre + 1, star + 1, dl - pre - 1);
+                if (hit) slice = (int)(sp - "qkv");
+            } else {
+                hit = !strncmp(rest, t->diff, dl);
+            }
+            if (!hit) continue;
+            out->kind = t->kind;
+            out->slice = slice;
+            return join3(out->name, head, t->orig, rest + dl);
+        }
+    return join3(out->name, head, "", rest);
+}
+
+const char *namemap_prefix(const NameMap *nm, Component c) {
+    switch (c) {
+    case COMP_UNET: return P_UNET;
+    case COMP_VAE: return P_VAE;
+    case COMP_TEXT_ENCODER: return nm->openclip ? P_OPENCLIP : P_CLIP;
+    default: return "";
+    }
+}

@@ -1,0 +1,746 @@
+// weights.c: ModelFiles (see weights.h): opens a single original-layout file
+// or a diffusers folder, fills ModelInfo (from config.json files or, for a
+// single file without config_dir, from tensor shapes and SD 1.x/2.x
+// constants), and answers lookups by diffusers name with views into the
+// mapped files. The name translation itself lives in namemap.c.
+#include "io/weights.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "io/json.h"
+#include "io/namemap.h"
+#include "io/safetensors.h"
+
+#define JSON_MAX_BYTES (64u << 20) // config.json, vocab.json
+
+typedef struct WEntry {
+    char *name;          // diffusers name
+    const StFile *file;
+    const StEntry *e;
+    NameMapKind kind;
+    int slice;
+} WEntry;
+
+struct ModelFiles {
+    ModelInfo info;
+    char path[1024];
+    StFile files[COMP_COUNT];  // single file: files[0] only
+    int n_files;
+    WEntry *ents[COMP_COUNT];  // sorted by name
+    int n_ents[COMP_COUNT];
+    NameMap nm;                // single file only
+};
+
+static const char *const COMP_NAMES[COMP_COUNT] = {"text_encoder", "unet", "vae"};
+
+// out = a "/" b ["/" c]; paths are checked against SDC_PATH_MAX at
+// model_files_open, so this never truncates in practice (and says so if it would).
+#define SDC_PATH_MAX 900
+static void path_join(char *out, size_t cap, const char *a, const char *b, const char *c) {
+    size_t la = strlen(a), lb = strlen(b), lc = c ? strlen(c) : 0;
+    if (la + lb + lc + 3 > cap) {
+        out[0] = 0;
+        return;
+    }
+    memcpy(out, a, la);
+    out[la] = '/';
+    memcpy(out + la + 1, b, lb + 1);
+    if (c) {
+        out[la + 1 + lb] = '/';
+        memcpy(out + la + lb + 2, c, lc + 1);
+    }
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// ----------------------------------------------------------------------------
+// config.json readers
+
+typedef struct Cfg {
+    JsonDoc doc;
+    const JsonNode *root;
+    const char *path;
+} Cfg;
+
+static int cfg_open(Cfg *c, const char *path, SdcError *err) {
+    c->path = path;
+    SDC_TRY(json_parse_file(&c->doc, path, JSON_MAX_BYTES, err));
+    c->root = json_root(&c->doc);
+    if (c->root->type != JSON_OBJECT) {
+        json_free(&c->doc);
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: expected a JSON object at the top", path);
+    }
+    return 0;
+}
+
+// Integer field: def if absent or null; an error if of another type.
+static int cfg_int(const Cfg *c, const char *key, int def, int *out, SdcError *err) {
+    const JsonNode *v = json_get(&c->doc, c->root, key);
+    if (!v || v->type == JSON_NULL) {
+        *out = def;
+        return 0;
+    }
+    if (v->type != JSON_NUMBER || !v->is_int || v->i < INT32_MIN || v->i > INT32_MAX)
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected an integer", c->path, key,
+                       json_type_name(v->type));
+    *out = (int)v->i;
+    return 0;
+}
+
+static int cfg_float(const Cfg *c, const char *key, float def, float *out, SdcError *err) {
+    const JsonNode *v = json_get(&c->doc, c->root, key);
+    if (!v || v->type == JSON_NULL) {
+        *out = def;
+        return 0;
+    }
+    if (v->type != JSON_NUMBER)
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected a number", c->path, key,
+                       json_type_name(v->type));
+    *out = (float)v->num;
+    return 0;
+}
+
+static int cfg_bool(const Cfg *c, const char *key, int def, int *out, SdcError *err) {
+    const JsonNode *v = json_get(&c->doc, c->root, key);
+    if (!v || v->type == JSON_NULL) {
+        *out = def;
+        return 0;
+    }
+    if (v->type != JSON_BOOL)
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected true or false", c->path, key,
+                       json_type_name(v->type));
+    *out = v->boolean;
+    return 0;
+}
+
+// An int or a list of n ints (diffusers accepts both for per-level values).
+// Absent/null: def for every level. Returns the list length, or -1 on error.
+static int cfg_int_list(const Cfg *c, const char *key, int n, int def, int *out, SdcError *err) {
+    const JsonNode *v = json_get(&c->doc, c->root, key);
+    if (!v || v->type == JSON_NULL || (v->type == JSON_NUMBER && v->is_int)) {
+        int x = v && v->type == JSON_NUMBER ? (int)v->i : def;
+        for (int i = 0; i < n; i++) out[i] = x;
+        return n;
+    }
+    if (v->type != JSON_ARRAY || (n > 0 && v->n != n) || v->n > SDC_MAX_LEVELS || v->n < 1) {
+        sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" must be an integer or a list of %d integers (one per level)",
+                c->path, key, n > 0 ? n : SDC_MAX_LEVELS);
+        return -1;
+    }
+    int i = 0;
+    for (const JsonNode *e = json_first(&c->doc, v); e; e = json_next(&c->doc, e), i++) {
+        if (e->type != JSON_NUMBER || !e->is_int || e->i < 0 || e->i > 1000000) {
+            sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\"[%d] is not a non-negative integer", c->path, key, i);
+            return -1;
+        }
+        out[i] = (int)e->i;
+    }
+    return v->n;
+}
+
+// A list of block type strings: out[i] = 1 if it contains "CrossAttn".
+static int cfg_attn_list(const Cfg *c, const char *key, int n, int *out, SdcError *err) {
+    const JsonNode *v = json_get(&c->doc, c->root, key);
+    if (!v || v->type != JSON_ARRAY || v->n != n)
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" must be a list of %d block types (one per level)",
+                       c->path, key, n);
+    int i = 0;
+    for (const JsonNode *e = json_first(&c->doc, v); e; e = json_next(&c->doc, e), i++) {
+        const char *s = json_str(&c->doc, e);
+        if (!s) return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\"[%d] is not a string", c->path, key, i);
+        if (strcmp(s, "CrossAttnDownBlock2D") && strcmp(s, "DownBlock2D") && strcmp(s, "CrossAttnUpBlock2D") &&
+            strcmp(s, "UpBlock2D"))
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"%s\"[%d] is \"%s\"; sdc supports the SD 1.x/2.x "
+                           "blocks CrossAttnDownBlock2D, DownBlock2D, CrossAttnUpBlock2D, UpBlock2D", c->path,
+                           key, i, s);
+        out[i] = strstr(s, "CrossAttn") != NULL;
+    }
+    return 0;
+}
+
+static int read_unet_config(UnetConfig *u, const char *path, SdcError *err) {
+    Cfg c;
+    SDC_TRY(cfg_open(&c, path, err));
+    memset(u, 0, sizeof *u);
+    int rc = 0, n, heads_set[SDC_MAX_LEVELS];
+    n = cfg_int_list(&c, "block_out_channels", 0, 0, u->block_out, err);
+    const JsonNode *bo = json_get(&c.doc, c.root, "block_out_channels");
+    if (n < 0 || !bo || bo->type != JSON_ARRAY) {
+        rc = n < 0 ? err->code : sdc_err(err, SDC_ERR_FORMAT, "%s: \"block_out_channels\" (a list) is missing", path);
+        goto done;
+    }
+    u->n_levels = n;
+    if ((rc = cfg_attn_list(&c, "down_block_types", n, u->down_attn, err))) goto done;
+    if ((rc = cfg_attn_list(&c, "up_block_types", n, u->up_attn, err))) goto done;
+    const JsonNode *nh = json_get(&c.doc, c.root, "num_attention_heads");
+    // diffusers: num_attention_heads = num_attention_heads or attention_head_dim
+    // (the latter is misnamed: in SD 1.x/2.x configs it is the head count).
+    const char *hkey = nh && nh->type != JSON_NULL ? "num_attention_heads" : "attention_head_dim";
+    if (cfg_int_list(&c, hkey, n, 8, heads_set, err) < 0 ||
+        cfg_int_list(&c, "transformer_layers_per_block", n, 1, u->transformer_layers, err) < 0) {
+        rc = err->code;
+        goto done;
+    }
+    memcpy(u->heads, heads_set, sizeof heads_set);
+    if ((rc = cfg_int(&c, "in_channels", 4, &u->in_channels, err)) ||
+        (rc = cfg_int(&c, "out_channels", 4, &u->out_channels, err)) ||
+        (rc = cfg_int(&c, "layers_per_block", 2, &u->layers_per_block, err)) ||
+        (rc = cfg_int(&c, "cross_attention_dim", 1280, &u->cross_dim, err)) ||
+        (rc = cfg_bool(&c, "use_linear_projection", 0, &u->use_linear_projection, err)) ||
+        (rc = cfg_int(&c, "norm_num_groups", 32, &u->norm_groups, err)) ||
+        (rc = cfg_float(&c, "norm_eps", 1e-5f, &u->norm_eps, err)) ||
+        (rc = cfg_bool(&c, "flip_sin_to_cos", 1, &u->flip_sin_to_cos, err)) ||
+        (rc = cfg_float(&c, "freq_shift", 0.0f, &u->freq_shift, err)) ||
+        (rc = cfg_int(&c, "sample_size", 64, &u->sample_size, err)))
+        goto done;
+    const char *mid = json_str(&c.doc, json_get(&c.doc, c.root, "mid_block_type"));
+    u->mid_attn = !mid || !strcmp(mid, "UNetMidBlock2DCrossAttn");
+    if (mid && !u->mid_attn && strcmp(mid, "UNetMidBlock2D")) {
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: mid_block_type \"%s\" is not supported (UNetMidBlock2DCrossAttn "
+                     "or UNetMidBlock2D)", path, mid);
+        goto done;
+    }
+    const JsonNode *cd = json_get(&c.doc, c.root, "cross_attention_dim");
+    if (cd && cd->type == JSON_ARRAY) {
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: a per-level cross_attention_dim list is not supported", path);
+        goto done;
+    }
+done:
+    json_free(&c.doc);
+    return rc;
+}
+
+static int read_vae_config(VaeConfig *v, const char *path, SdcError *err) {
+    Cfg c;
+    SDC_TRY(cfg_open(&c, path, err));
+    memset(v, 0, sizeof *v);
+    int rc = 0;
+    int n = cfg_int_list(&c, "block_out_channels", 0, 0, v->block_out, err);
+    const JsonNode *bo = json_get(&c.doc, c.root, "block_out_channels");
+    if (n < 0 || !bo || bo->type != JSON_ARRAY) {
+        rc = n < 0 ? err->code : sdc_err(err, SDC_ERR_FORMAT, "%s: \"block_out_channels\" (a list) is missing", path);
+        goto done;
+    }
+    v->n_levels = n;
+    if ((rc = cfg_int(&c, "in_channels", 3, &v->in_channels, err)) ||
+        (rc = cfg_int(&c, "out_channels", 3, &v->out_channels, err)) ||
+        (rc = cfg_int(&c, "latent_channels", 4, &v->latent_channels, err)) ||
+        (rc = cfg_int(&c, "layers_per_block", 1, &v->layers_per_block, err)) ||
+        (rc = cfg_int(&c, "norm_num_groups", 32, &v->norm_groups, err)) ||
+        (rc = cfg_float(&c, "scaling_factor", 0.18215f, &v->scaling_factor, err)) ||
+        (rc = cfg_int(&c, "sample_size", 512, &v->sample_size, err)))
+        goto done;
+    v->norm_eps = 1e-6f; // AutoencoderKL's fixed GroupNorm eps (not in its config)
+done:
+    json_free(&c.doc);
+    return rc;
+}
+
+static int read_clip_config(ClipConfig *k, const char *path, SdcError *err) {
+    Cfg c;
+    SDC_TRY(cfg_open(&c, path, err));
+    memset(k, 0, sizeof *k);
+    int rc = 0;
+    if ((rc = cfg_int(&c, "vocab_size", 49408, &k->vocab_size, err)) ||
+        (rc = cfg_int(&c, "hidden_size", 768, &k->hidden, err)) ||
+        (rc = cfg_int(&c, "num_hidden_layers", 12, &k->layers, err)) ||
+        (rc = cfg_int(&c, "num_attention_heads", 12, &k->heads, err)) ||
+        (rc = cfg_int(&c, "intermediate_size", 3072, &k->intermediate, err)) ||
+        (rc = cfg_int(&c, "max_position_embeddings", 77, &k->max_positions, err)) ||
+        (rc = cfg_float(&c, "layer_norm_eps", 1e-5f, &k->ln_eps, err)))
+        goto done;
+    const char *act = json_str(&c.doc, json_get(&c.doc, c.root, "hidden_act"));
+    if (!act || !strcmp(act, "quick_gelu")) k->act = ACT_QUICK_GELU;
+    else if (!strcmp(act, "gelu")) k->act = ACT_GELU;
+    else rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: hidden_act \"%s\": expected \"quick_gelu\" or \"gelu\"", path, act);
+done:
+    json_free(&c.doc);
+    return rc;
+}
+
+// CLIP's BPE vocabulary ends with <|startoftext|>, <|endoftext|>. The
+// token ids in text_encoder/config.json are not reliable (the openai and
+// laion configs say bos 0, eos 2, pad 1), so they are taken from the vocab
+// size; pad is EOS for SD 1.x and "!" (id 0) for SD 2.x unless the
+// tokenizer folder says otherwise.
+static void clip_set_tokens(ClipConfig *k, SdFamily fam) {
+    k->bos_token = k->vocab_size - 2;
+    k->eos_token = k->vocab_size - 1;
+    k->pad_token = fam == SD_FAMILY_2 ? 0 : k->eos_token;
+}
+
+static int token_id(const char *tok_dir, const ClipConfig *k, const char *tok, int *id, SdcError *err) {
+    if (!strcmp(tok, "<|endoftext|>")) { *id = k->eos_token; return 0; }
+    if (!strcmp(tok, "<|startoftext|>")) { *id = k->bos_token; return 0; }
+    char p[1200];
+    path_join(p, sizeof p, tok_dir, "vocab.json", NULL);
+    if (is_file(p)) {
+        JsonDoc d;
+        SDC_TRY(json_parse_file(&d, p, JSON_MAX_BYTES, err));
+        const JsonNode *v = json_get(&d, json_root(&d), tok);
+        int ok = v && v->type == JSON_NUMBER && v->is_int;
+        if (ok) *id = (int)v->i;
+        json_free(&d);
+        if (ok) return 0;
+    }
+    if (!strcmp(tok, "!")) { *id = 0; return 0; }
+    return sdc_err(err, SDC_ERR_FORMAT, "%s: pad token \"%s\" not found in %s", tok_dir, tok, p);
+}
+
+static int read_tokenizer_pad(ClipConfig *k, const char *tok_dir, SdcError *err) {
+    const char *files[2] = {"special_tokens_map.json", "tokenizer_config.json"};
+    for (int f = 0; f < 2; f++) {
+        char p[1200];
+        path_join(p, sizeof p, tok_dir, files[f], NULL);
+        if (!is_file(p)) continue;
+        Cfg c;
+        SDC_TRY(cfg_open(&c, p, err));
+        const JsonNode *pt = json_get(&c.doc, c.root, "pad_token");
+        const char *s = json_str(&c.doc, pt);
+        if (!s && pt && pt->type == JSON_OBJECT) s = json_str(&c.doc, json_get(&c.doc, pt, "content"));
+        int rc = s ? token_id(tok_dir, k, s, &k->pad_token, err) : 0;
+        json_free(&c.doc);
+        if (rc || s) return rc;
+    }
+    return 0;
+}
+
+static int read_prediction(const char *dir, PredictionType *pred, int *found, SdcError *err) {
+    char p[1200];
+    path_join(p, sizeof p, dir, "scheduler", "scheduler_config.json");
+    *found = 0;
+    if (!is_file(p)) return 0;
+    Cfg c;
+    SDC_TRY(cfg_open(&c, p, err));
+    const char *s = json_str(&c.doc, json_get(&c.doc, c.root, "prediction_type"));
+    int rc = 0;
+    if (s && !strcmp(s, "v_prediction")) *pred = PRED_V, *found = 1;
+    else if (!s || !strcmp(s, "epsilon")) *pred = PRED_EPSILON, *found = s != NULL;
+    else rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: prediction_type \"%s\": sdc supports \"epsilon\" and "
+                      "\"v_prediction\"", p, s);
+    json_free(&c.doc);
+    return rc;
+}
+
+// Reads the configs of a diffusers folder (or a config_dir) into info.
+static int read_diffusers_configs(ModelInfo *info, const char *dir, SdcError *err) {
+    char p[1200];
+    const char *missing = NULL;
+    path_join(p, sizeof p, dir, "unet", "config.json");
+    if (!is_file(p)) missing = "unet/config.json";
+    else SDC_TRY(read_unet_config(&info->unet, p, err));
+    path_join(p, sizeof p, dir, "vae", "config.json");
+    if (!missing && !is_file(p)) missing = "vae/config.json";
+    else if (!missing) SDC_TRY(read_vae_config(&info->vae, p, err));
+    path_join(p, sizeof p, dir, "text_encoder", "config.json");
+    if (!missing && !is_file(p)) missing = "text_encoder/config.json";
+    else if (!missing) SDC_TRY(read_clip_config(&info->clip, p, err));
+    if (missing)
+        return sdc_err(err, SDC_ERR_IO, "%s: no %s\n---> a diffusers folder has unet/, vae/ and text_encoder/, "
+                       "each with a config.json", dir, missing);
+    info->family = (info->unet.use_linear_projection || info->clip.act == ACT_GELU) ? SD_FAMILY_2 : SD_FAMILY_1;
+    info->unet.family = info->family;
+    clip_set_tokens(&info->clip, info->family);
+    info->clip.default_skip = 1; // diffusers' SD 2.x config already drops the last layer
+    path_join(p, sizeof p, dir, "tokenizer", NULL);
+    if (is_dir(p)) {
+        memcpy(info->tokenizer_dir, p, strlen(p) < sizeof info->tokenizer_dir ? strlen(p) + 1 : 0);
+        SDC_TRY(read_tokenizer_pad(&info->clip, p, err));
+    }
+    int found;
+    SDC_TRY(read_prediction(dir, &info->unet.prediction, &found, err));
+    if (!found) info->unet.prediction = PRED_EPSILON;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// config inference from the tensors of a single file
+
+// ndim of the named tensor (0 if absent); its shape into shape.
+static int shp(const StFile *f, int64_t *shape, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int shp(const StFile *f, int64_t *shape, const char *fmt, ...) {
+    char name[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const StEntry *e = st_find(f, name);
+    if (!e || e->ndim > TENSOR_MAX_DIMS) return 0;
+    for (int i = 0; i < e->ndim; i++) shape[i] = e->shape[i];
+    return e->ndim ? e->ndim : -1; // -1: a scalar that exists
+}
+
+// Largest N + 1 among names "<prefix>N." (0 if none).
+static int count_index(const StFile *f, const char *prefix) {
+    size_t pl = strlen(prefix);
+    int max = -1;
+    for (int i = 0; i < f->n; i++) {
+        const char *s = f->entries[i].name;
+        if (strncmp(s, prefix, pl) || s[pl] < '0' || s[pl] > '9') continue;
+        char *end;
+        long v = strtol(s + pl, &end, 10);
+        if (*end == '.' && v < 100000 && v > max) max = (int)v;
+    }
+    return max + 1;
+}
+
+#define UP "model.diffusion_model."
+#define VP "first_stage_model."
+
+static int infer_unet(UnetConfig *u, const StFile *f, int openclip, SdcError *err) {
+    int64_t s[4];
+    memset(u, 0, sizeof *u);
+    if (shp(f, s, UP "input_blocks.0.0.weight") != 4)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: no UNet: tensor %sinput_blocks.0.0.weight (conv_in, 4 dims) not "
+                       "found\n---> is this an SD 1.x/2.x checkpoint in the original layout?", f->path, UP);
+    u->in_channels = (int)s[1];
+    if (shp(f, s, UP "out.2.weight") != 4)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: tensor %sout.2.weight (conv_out) missing or not 4-D", f->path, UP);
+    u->out_channels = (int)s[0];
+    int n_down = 0;
+    for (int i = 0; i < f->n; i++) {
+        const char *nm = f->entries[i].name;
+        size_t l = strlen(nm);
+        if (!strncmp(nm, UP "input_blocks.", strlen(UP "input_blocks.")) && l > 12 &&
+            !strcmp(nm + l - 12, ".0.op.weight"))
+            n_down++;
+    }
+    int n = n_down + 1, n_in = count_index(f, UP "input_blocks."), n_out = count_index(f, UP "output_blocks.");
+    int lpb = n_out / n - 1;
+    if (n > SDC_MAX_LEVELS || lpb < 1 || n_out != n * (lpb + 1) || n_in != n * (lpb + 1))
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: UNet with %d input_blocks, %d output_blocks and %d downsamplers "
+                       "does not fit the SD layout (levels x (layers_per_block + 1) each, at most %d levels)",
+                       f->path, n_in, n_out, n_down, SDC_MAX_LEVELS);
+    u->n_levels = n;
+    u->layers_per_block = lpb;
+    int linear = -1;
+    for (int i = 0; i < n; i++) {
+        int k = 1 + i * (lpb + 1);
+        if (shp(f, s, UP "input_blocks.%d.0.out_layers.3.weight", k) != 4)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: tensor %sinput_blocks.%d.0.out_layers.3.weight missing or not "
+                           "4-D", f->path, UP, k);
+        u->block_out[i] = (int)s[0];
+        int nd = shp(f, s, UP "input_blocks.%d.1.proj_in.weight", k);
+        u->down_attn[i] = nd > 0;
+        if (nd > 0) linear = nd == 2;
+        u->up_attn[i] = shp(f, s, UP "output_blocks.%d.1.proj_in.weight", i * (lpb + 1)) > 0;
+        int t = 0;
+        while (t < 64 && shp(f, s, UP "input_blocks.%d.1.transformer_blocks.%d.norm1.weight", k, t) > 0) t++;
+        u->transformer_layers[i] = t ? t : 1;
+        if (nd > 0 && u->cross_dim == 0 &&
+            shp(f, s, UP "input_blocks.%d.1.transformer_blocks.0.attn2.to_k.weight", k) == 2)
+            u->cross_dim = (int)s[1];
+    }
+    u->mid_attn = shp(f, s, UP "middle_block.1.proj_in.weight") > 0;
+    if (linear < 0) linear = shp(f, s, UP "middle_block.1.proj_in.weight") == 2;
+    if (u->mid_attn && u->cross_dim == 0 && shp(f, s, UP "middle_block.1.transformer_blocks.0.attn2.to_k.weight") == 2)
+        u->cross_dim = (int)s[1];
+    u->use_linear_projection = linear;
+    u->family = (openclip || linear) ? SD_FAMILY_2 : SD_FAMILY_1;
+    for (int i = 0; i < n; i++) {
+        int h = u->family == SD_FAMILY_2 ? u->block_out[i] / 64 : 8;
+        u->heads[i] = h > 0 ? h : 1;
+    }
+    u->norm_groups = 32;
+    u->norm_eps = 1e-5f;
+    u->flip_sin_to_cos = 1;
+    u->freq_shift = 0;
+    // The released SD 2.x (320 channels, context 1024) is the 768px v-model
+    // (diffusers from_single_file assumes the same); SD 2.x-base needs the
+    // user's flag or a config_dir. Everything else: 512px-style, epsilon.
+    int sd2_full = u->family == SD_FAMILY_2 && u->block_out[0] == 320 && u->cross_dim == 1024;
+    u->sample_size = sd2_full ? 96 : 64;
+    u->prediction = sd2_full ? PRED_V : PRED_EPSILON;
+    return 0;
+}
+
+static int infer_vae(VaeConfig *v, const StFile *f, SdcError *err) {
+    int64_t s[4];
+    memset(v, 0, sizeof *v);
+    if (shp(f, s, VP "encoder.conv_in.weight") != 4)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: no VAE: tensor %sencoder.conv_in.weight not found\n---> is this "
+                       "an SD 1.x/2.x checkpoint with its VAE? (files with only a UNet need a diffusers folder "
+                       "for the rest)", f->path, VP);
+    v->in_channels = (int)s[1];
+    v->n_levels = count_index(f, VP "encoder.down.");
+    char pre[128];
+    snprintf(pre, sizeof pre, VP "encoder.down.0.block.");
+    v->layers_per_block = count_index(f, pre);
+    if (v->n_levels < 1 || v->n_levels > SDC_MAX_LEVELS || v->layers_per_block < 1)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: VAE encoder with %d levels x %d blocks: expected 1..%d levels",
+                       f->path, v->n_levels, v->layers_per_block, SDC_MAX_LEVELS);
+    for (int i = 0; i < v->n_levels; i++) {
+        if (shp(f, s, VP "encoder.down.%d.block.0.conv2.weight", i) != 4)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: tensor %sencoder.down.%d.block.0.conv2.weight missing", f->path,
+                           VP, i);
+        v->block_out[i] = (int)s[0];
+    }
+    if (shp(f, s, VP "post_quant_conv.weight") != 4 && shp(f, s, VP "decoder.conv_in.weight") != 4)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: VAE has neither post_quant_conv.weight nor decoder.conv_in.weight",
+                       f->path);
+    v->latent_channels = (int)s[1];
+    if (shp(f, s, VP "decoder.conv_out.weight") != 4)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: tensor %sdecoder.conv_out.weight missing", f->path, VP);
+    v->out_channels = (int)s[0];
+    v->norm_groups = 32;
+    v->norm_eps = 1e-6f;
+    v->scaling_factor = 0.18215f;
+    return 0;
+}
+
+static int infer_clip(ClipConfig *k, const StFile *f, int openclip, SdcError *err) {
+    int64_t s[4];
+    memset(k, 0, sizeof *k);
+    char pre[96], name[160];
+    if (openclip) {
+        snprintf(pre, sizeof pre, "cond_stage_model.model.");
+    } else {
+        snprintf(pre, sizeof pre, "cond_stage_model.transformer.text_model.");
+        snprintf(name, sizeof name, "%sembeddings.token_embedding.weight", pre);
+        if (!st_find(f, name)) snprintf(pre, sizeof pre, "cond_stage_model.transformer.");
+    }
+    const char *tok = openclip ? "token_embedding.weight" : "embeddings.token_embedding.weight";
+    const char *pos = openclip ? "positional_embedding" : "embeddings.position_embedding.weight";
+    if (shp(f, s, "%s%s", pre, tok) != 2)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: no text encoder: tensor %s%s not found\n---> is this an SD 1.x/2.x "
+                       "checkpoint? (SD 1.x: cond_stage_model.transformer.*, SD 2.x: cond_stage_model.model.*)",
+                       f->path, pre, tok);
+    k->vocab_size = (int)s[0];
+    k->hidden = (int)s[1];
+    if (shp(f, s, "%s%s", pre, pos) != 2)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: tensor %s%s missing or not 2-D", f->path, pre, pos);
+    k->max_positions = (int)s[0];
+    snprintf(name, sizeof name, "%s%s", pre, openclip ? "transformer.resblocks." : "encoder.layers.");
+    k->layers = count_index(f, name);
+    if (k->layers < 1 || shp(f, s, "%s0.%s", name, openclip ? "mlp.c_fc.weight" : "mlp.fc1.weight") != 2)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: text encoder has no layers %s0.*", f->path, name);
+    k->intermediate = (int)s[0];
+    k->heads = k->hidden / 64 > 0 ? k->hidden / 64 : 1;
+    k->act = openclip ? ACT_GELU : ACT_QUICK_GELU;
+    k->ln_eps = 1e-5f;
+    clip_set_tokens(k, openclip ? SD_FAMILY_2 : SD_FAMILY_1);
+    // The file has all OpenCLIP layers; SD 2.x conditions on the penultimate.
+    k->default_skip = openclip ? 2 : 1;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// the lookup tables
+
+static int cmp_wentry(const void *a, const void *b) {
+    return strcmp(((const WEntry *)a)->name, ((const WEntry *)b)->name);
+}
+
+static int add_entry(ModelFiles *m, Component c, const char *name, const StFile *f, const StEntry *e,
+                     NameMapKind kind, int slice, int cap[COMP_COUNT], SdcError *err) {
+    if (m->n_ents[c] == cap[c]) {
+        int nc = cap[c] ? cap[c] * 2 : 256;
+        WEntry *ne = realloc(m->ents[c], (size_t)nc * sizeof *ne);
+        if (!ne) return sdc_err(err, SDC_ERR_OOM, "out of memory");
+        m->ents[c] = ne;
+        cap[c] = nc;
+    }
+    WEntry *w = &m->ents[c][m->n_ents[c]];
+    w->name = strdup(name);
+    if (!w->name) return sdc_err(err, SDC_ERR_OOM, "out of memory");
+    w->file = f;
+    w->e = e;
+    w->kind = kind;
+    w->slice = slice;
+    m->n_ents[c]++;
+    return 0;
+}
+
+static int sort_entries(ModelFiles *m, SdcError *err) {
+    for (int c = 0; c < COMP_COUNT; c++) {
+        if (m->n_ents[c]) qsort(m->ents[c], (size_t)m->n_ents[c], sizeof(WEntry), cmp_wentry);
+        for (int i = 1; i < m->n_ents[c]; i++)
+            if (!strcmp(m->ents[c][i - 1].name, m->ents[c][i].name))
+                return sdc_err(err, SDC_ERR_FORMAT, "%s: %s parameter %s is given twice (by \"%s\" and \"%s\")\n"
+                               "---> the file mixes two naming layouts; re-save it with one", m->path,
+                               COMP_NAMES[c], m->ents[c][i].name, m->ents[c][i - 1].e->name, m->ents[c][i].e->name);
+    }
+    return 0;
+}
+
+static int open_single(ModelFiles *m, const char *path, const char *config_dir, SdcError *err) {
+    StFile *f = &m->files[0];
+    SDC_TRY(st_open(f, path, err));
+    m->n_files = 1;
+    ModelInfo *info = &m->info;
+    info->layout = LAYOUT_SINGLE_FILE;
+    int openclip = 0;
+    for (int i = 0; i < f->n && !openclip; i++)
+        openclip = !strncmp(f->entries[i].name, "cond_stage_model.model.", 23);
+    if (config_dir) {
+        SDC_TRY(read_diffusers_configs(info, config_dir, err));
+    } else {
+        SDC_TRY(infer_unet(&info->unet, f, openclip, err));
+        SDC_TRY(infer_vae(&info->vae, f, err));
+        SDC_TRY(infer_clip(&info->clip, f, openclip, err));
+        info->family = info->unet.family;
+        info->vae.sample_size = info->unet.sample_size * 8;
+    }
+    SDC_TRY(namemap_init(&m->nm, &info->unet, &info->vae, openclip, err));
+    int cap[COMP_COUNT] = {0};
+    for (int i = 0; i < f->n; i++) {
+        NameMapping maps[3];
+        int k = namemap_from_original(&m->nm, f->entries[i].name, maps);
+        if (k < 0)
+            return sdc_err(err, SDC_ERR_FORMAT, "%s: tensor name \"%.200s...\" is too long (max %d)", path,
+                           f->entries[i].name, NAMEMAP_NAME_MAX);
+        for (int j = 0; j < k; j++)
+            SDC_TRY(add_entry(m, maps[j].comp, maps[j].name, f, &f->entries[i], maps[j].kind, maps[j].slice, cap, err));
+    }
+    return sort_entries(m, err);
+}
+
+static int open_diffusers(ModelFiles *m, const char *dir, SdcError *err) {
+    ModelInfo *info = &m->info;
+    info->layout = LAYOUT_DIFFUSERS;
+    SDC_TRY(read_diffusers_configs(info, dir, err));
+    static const char *const weight_files[COMP_COUNT][4] = {
+        {"model.safetensors", "model.fp16.safetensors", NULL, NULL},
+        {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", NULL, NULL},
+        {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", NULL, NULL},
+    };
+    int cap[COMP_COUNT] = {0};
+    for (int c = 0; c < COMP_COUNT; c++) {
+        char p[1200] = "";
+        int found = 0;
+        for (int k = 0; weight_files[c][k] && !found; k++) {
+            path_join(p, sizeof p, dir, COMP_NAMES[c], weight_files[c][k]);
+            found = is_file(p);
+        }
+        if (!found) {
+            path_join(p, sizeof p, dir, COMP_NAMES[c], weight_files[c][0]);
+            char bin[1200];
+            path_join(bin, sizeof bin, dir, COMP_NAMES[c],
+                      c == COMP_TEXT_ENCODER ? "pytorch_model.bin" : "diffusion_pytorch_model.bin");
+            return sdc_err(err, SDC_ERR_IO, "%s: missing %s (or its .fp16.safetensors variant)%s", dir, p,
+                           is_file(bin) ? "\n---> only a .bin (pickle) is there: re-save the model with "
+                           "safe_serialization=True" : "\n---> is this a complete diffusers folder?");
+        }
+        StFile *f = &m->files[m->n_files];
+        SDC_TRY(st_open(f, p, err));
+        m->n_files++;
+        for (int i = 0; i < f->n; i++)
+            SDC_TRY(add_entry(m, (Component)c, f->entries[i].name, f, &f->entries[i], NM_PLAIN, 0, cap, err));
+    }
+    return sort_entries(m, err);
+}
+
+int model_files_open(ModelFiles **out, const char *path, const char *config_dir, int prediction, SdcError *err) {
+    *out = NULL;
+    if (prediction != -1 && prediction != PRED_EPSILON && prediction != PRED_V)
+        return sdc_err(err, SDC_ERR_ARG, "prediction type %d: expected -1 (from the model), epsilon or v", prediction);
+    if (strlen(path) > SDC_PATH_MAX || (config_dir && strlen(config_dir) > SDC_PATH_MAX))
+        return sdc_err(err, SDC_ERR_ARG, "model path longer than %d characters", SDC_PATH_MAX);
+    ModelFiles *m = calloc(1, sizeof *m);
+    if (!m) return sdc_err(err, SDC_ERR_OOM, "out of memory");
+    snprintf(m->path, sizeof m->path, "%s", path);
+    for (int i = 0; i < COMP_COUNT; i++) m->files[i].fd = -1;
+    int rc;
+    if (is_dir(path)) {
+        rc = open_diffusers(m, path, err);
+    } else if (is_file(path)) {
+        rc = open_single(m, path, config_dir, err);
+        if (!rc && config_dir) {
+            int found;
+            PredictionType p = m->info.unet.prediction;
+            rc = read_prediction(config_dir, &p, &found, err);
+            if (!rc && !found) {
+                int sd2_768 = m->info.family == SD_FAMILY_2 && m->info.unet.sample_size == 96;
+                p = sd2_768 ? PRED_V : PRED_EPSILON;
+            }
+            m->info.unet.prediction = p;
+        }
+    } else {
+        rc = sdc_err(err, SDC_ERR_IO, "%s: no such file or folder\n---> pass a .safetensors file in the original "
+                     "layout or a diffusers folder (with unet/, vae/, text_encoder/)", path);
+    }
+    if (rc) {
+        model_files_close(m);
+        return rc;
+    }
+    if (prediction != -1) m->info.unet.prediction = (PredictionType)prediction;
+    *out = m;
+    return 0;
+}
+
+void model_files_close(ModelFiles *m) {
+    if (!m) return;
+    for (int c = 0; c < COMP_COUNT; c++) {
+        for (int i = 0; i < m->n_ents[c]; i++) free(m->ents[c][i].name);
+        free(m->ents[c]);
+    }
+    for (int i = 0; i < m->n_files; i++) st_close(&m->files[i]);
+    free(m);
+}
+
+const ModelInfo *model_files_info(const ModelFiles *m) { return &m->info; }
+
+static const WEntry *find_entry(const ModelFiles *m, Component c, const char *name) {
+    if (c < 0 || c >= COMP_COUNT || !m->n_ents[c]) return NULL;
+    WEntry key = {.name = (char *)name};
+    return bsearch(&key, m->ents[c], (size_t)m->n_ents[c], sizeof(WEntry), cmp_wentry);
+}
+
+int model_files_has(const ModelFiles *m, Component c, const char *name) { return find_entry(m, c, name) != NULL; }
+
+int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim, const int64_t *shape, Tensor *out,
+                    SdcError *err) {
+    const WEntry *w = find_entry(m, c, name);
+    const char *comp = c >= 0 && c < COMP_COUNT ? COMP_NAMES[c] : "?";
+    if (!w) {
+        if (m->info.layout == LAYOUT_DIFFUSERS)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s/%s: no tensor %s\n---> is this an SD 1.x/2.x model? (the %s "
+                           "weights have %d tensors)", m->path, comp, name, comp, m->n_ents[c]);
+        NameMapping orig;
+        int has = namemap_to_original(&m->nm, c, name, &orig) == 0;
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: no %s tensor %s (original name %s)\n---> is this an SD 1.x/2.x "
+                       "checkpoint in the original layout? (its %s has %d tensors)", m->path, comp, name,
+                       has ? orig.name : "?", comp, m->n_ents[c]);
+    }
+    const StEntry *e = w->e;
+    char where[1400];
+    if (w->kind == NM_PLAIN && !strcmp(e->name, name)) snprintf(where, sizeof where, "%s", w->file->path);
+    else snprintf(where, sizeof where, "%s (original name %s)", w->file->path, e->name);
+    Tensor t;
+    SDC_TRY(st_get(w->file, e->name, &t, err));
+    if (t.dtype != DT_F32 && t.dtype != DT_F16 && t.dtype != DT_BF16)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: %s tensor %s is %s; expected F32, F16 or BF16", where, comp,
+                       name, e->dtype_str);
+    char got[96], want[96];
+    if (w->kind == NM_CONV_TO_LINEAR && t.ndim == 4 && t.shape[2] == 1 && t.shape[3] == 1) {
+        t.ndim = 2; // (C, C, 1, 1) -> (C, C): same bytes
+    } else if (w->kind == NM_ROW_SLICE) {
+        if (t.ndim < 1 || t.shape[0] == 0 || t.shape[0] % 3)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: fused in_proj %s has shape %s: expected 3*D rows", where, e->name,
+                           tensor_shape_str(&t, got, sizeof got));
+        int64_t rows = t.shape[0] / 3;
+        size_t row_bytes = (size_t)(tensor_numel(&t) / t.shape[0]) * dtype_size(t.dtype);
+        t.data = (char *)t.data + (size_t)(w->slice * rows) * row_bytes;
+        t.shape[0] = rows;
+    }
+    Tensor exp = {.ndim = ndim};
+    for (int i = 0; i < ndim && i < TENSOR_MAX_DIMS; i++) exp.shape[i] = shape[i];
+    if (ndim < 0 || ndim > TENSOR_MAX_DIMS || !tensor_same_shape(&t, &exp))
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: %s tensor %s has shape %s, expected %s\n---> the model's config "
+                       "does not match its weights (wrong config_dir, or a model type sdc does not know?)", where,
+                       comp, name, tensor_shape_str(&t, got, sizeof got), tensor_shape_str(&exp, want, sizeof want));
+    *out = t;
+    return 0;
+}
