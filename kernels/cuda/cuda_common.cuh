@@ -1,0 +1,120 @@
+// cuda_common.cuh: what every kernels/cuda/*.cu file shares and nothing
+// outside kernels/cuda sees: the CudaCtx layout, the checking macros that
+// print the call site and the library's own message, fp32 <-> storage dtype
+// load/store, and the dtype dispatch. Internal header (not part of the C API).
+#ifndef SDC_CUDA_COMMON_CUH
+#define SDC_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cuda/ops_cuda.h"
+
+struct CudaCtx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    int allow_tf32;
+    void *cublas_ws; // cuBLAS workspace (CUDA_CUBLAS_WS bytes)
+    float *scratch;  // small per-op scratch (CUDA_SCRATCH_BYTES), e.g. group norm partials
+    int sm_count;
+    char name[256];
+    int cc_major, cc_minor;
+    size_t total_mem;
+};
+
+#define CUDA_CUBLAS_WS (32u << 20)
+#define CUDA_SCRATCH_BYTES (4u << 20)
+
+// A failed call inside an op: print where and why, then abort (see ops_cuda.h
+// for why ops do not return errors).
+#define CUDA_CHECK(call)                                                                   \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        if (e_ != cudaSuccess) {                                                           \
+            fprintf(stderr, "sdc: CUDA error at %s:%d (%s): %s: %s\n", __FILE__, __LINE__, \
+                    #call, cudaGetErrorName(e_), cudaGetErrorString(e_));                  \
+            abort();                                                                       \
+        }                                                                                  \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                   \
+    do {                                                                                     \
+        cublasStatus_t s_ = (call);                                                          \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                   \
+            fprintf(stderr, "sdc: cuBLAS error at %s:%d (%s): %s: %s\n", __FILE__, __LINE__, \
+                    #call, cublasGetStatusName(s_), cublasGetStatusString(s_));              \
+            abort();                                                                         \
+        }                                                                                    \
+    } while (0)
+
+// After every kernel launch: a bad launch configuration shows here, at its site.
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+// An argument no caller should pass (a bug in sdc, like SDC_CHECK).
+#define CUDA_REQUIRE(cond)                                                                 \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            fprintf(stderr, "sdc: %s:%d: %s: check failed: %s\n", __FILE__, __LINE__,      \
+                    __func__, #cond);                                                      \
+            abort();                                                                       \
+        }                                                                                  \
+    } while (0)
+
+// ---- storage dtype <-> fp32 ---------------------------------------------------
+__device__ __forceinline__ float ld(const float *p) { return *p; }
+__device__ __forceinline__ float ld(const __half *p) { return __half2float(*p); }
+__device__ __forceinline__ float ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void st(float *p, float v) { *p = v; }
+__device__ __forceinline__ void st(__half *p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+
+// Runs BODY with `T` bound to the C++ type of dtype code DT.
+#define CUDA_DISPATCH(DT, ...)                                                           \
+    do {                                                                                 \
+        switch (DT) {                                                                    \
+        case CDT_F32: { typedef float T; __VA_ARGS__; } break;                            \
+        case CDT_F16: { typedef __half T; __VA_ARGS__; } break;                           \
+        case CDT_BF16: { typedef __nv_bfloat16 T; __VA_ARGS__; } break;                   \
+        default:                                                                         \
+            fprintf(stderr, "sdc: %s:%d: unsupported dtype code %d\n", __FILE__, __LINE__, \
+                    (int)(DT));                                                          \
+            abort();                                                                     \
+        }                                                                                \
+    } while (0)
+
+static inline unsigned cuda_blocks(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    if (b > 65535LL * 32) b = 65535LL * 32; // kernels use grid-stride loops
+    if (b < 1) b = 1;
+    return (unsigned)b;
+}
+
+// Block-wide sum of one float per thread (blockDim.x a multiple of 32, <= 1024).
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float block_sum(float v, float *smem32) {
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads(); // smem32 may still be read by a previous call
+    if (lane == 0) smem32[wid] = v;
+    __syncthreads();
+    v = threadIdx.x < nw ? smem32[threadIdx.x] : 0.f;
+    if (wid == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) smem32[0] = v;
+    __syncthreads();
+    return smem32[0];
+}
+
+#endif

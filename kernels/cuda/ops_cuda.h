@@ -1,0 +1,118 @@
+// ops_cuda.h: the plain C interface to the CUDA kernels of sdc (kernels/cuda).
+//
+// Raw device pointers and sizes only: no Tensor, no Backend, nothing from
+// src/ (kernels know no model). src/core/backend_cuda.c wraps these into the
+// Backend op table; bench/ may call them directly. The .cu files export C
+// linkage, so this header is included as is from C and from CUDA C.
+//
+// One CudaCtx = one device, one stream, one cuBLAS handle, one small device
+// scratch buffer. Every op is enqueued on the ctx stream and returns without
+// waiting; cuda_ctx_sync waits.
+//
+// Errors. Setup calls (cuda_device_count, cuda_ctx_create) return 0 or a
+// CUDA_ERR_* code and write a message ending in a hint into msg. Ops return
+// void (the Backend table is void): a failed CUDA/cuBLAS call inside an op
+// prints the call site and the library's own message and aborts, like
+// SDC_CHECK, because a failed launch leaves the CUDA context unusable and the
+// op's output undefined; continuing would only produce garbage later.
+// cuda_malloc returns NULL when out of device memory (the caller reports it).
+//
+// Dtypes: activations and parameters share one dtype per call (CDT_*; the
+// values equal the DType enum of src/core/tensor.h). Arithmetic is fp32
+// inside every kernel; F16/BF16 are storage formats only.
+#ifndef SDC_OPS_CUDA_H
+#define SDC_OPS_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { CDT_F32 = 0, CDT_F16 = 1, CDT_BF16 = 2 }; // == DT_F32, DT_F16, DT_BF16
+
+enum {
+    CUDA_OK = 0,
+    CUDA_ERR_NO_DEVICE = 1, // no GPU, no driver, driver too old, bad index
+    CUDA_ERR_OOM = 2,       // device memory exhausted
+    CUDA_ERR_LIB = 3,       // cuBLAS / cuDNN failed to initialise
+};
+
+typedef struct CudaCtx CudaCtx;
+
+// Number of usable devices (0 when none); on failure returns CUDA_ERR_NO_DEVICE
+// with the runtime's reason in msg.
+int cuda_device_count(int *count, char *msg, size_t msg_n);
+// Opens device `device`: stream, cuBLAS handle, workspace, scratch.
+// allow_tf32 != 0 lets fp32 GEMMs use TF32 tensor cores (about 1e-3 relative
+// error); sdc keeps it off unless asked.
+int cuda_ctx_create(CudaCtx **out, int device, int allow_tf32, char *msg, size_t msg_n);
+void cuda_ctx_destroy(CudaCtx *ctx);
+// "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" into buf.
+void cuda_ctx_describe(const CudaCtx *ctx, char *buf, size_t n);
+void cuda_ctx_set_tf32(CudaCtx *ctx, int allow_tf32);
+
+// ---- memory -----------------------------------------------------------------
+void *cuda_malloc(CudaCtx *ctx, size_t bytes); // NULL when out of memory
+void cuda_free(CudaCtx *ctx, void *p);
+// Both copies are complete when they return (host buffers may be reused).
+void cuda_upload(CudaCtx *ctx, void *dst, const void *host_src, size_t bytes);
+void cuda_download(CudaCtx *ctx, void *host_dst, const void *src, size_t bytes);
+void cuda_memset_async(CudaCtx *ctx, void *dst, int byte, size_t bytes);
+// device to device, enqueued on the stream; dst == src is a no-op
+void cuda_copy_bytes(CudaCtx *ctx, void *dst, const void *src, size_t bytes);
+void cuda_ctx_sync(CudaCtx *ctx);
+
+// ---- GEMM (gemm_cuda.cu) ------------------------------------------------------
+// torch Linear, row-major: out (M, N) = x (M, K) . w (N, K)^T + b (N); b may be NULL.
+void cuda_linear(CudaCtx *ctx, int dt, void *out, const void *x, const void *w, const void *b,
+                 int64_t M, int64_t N, int64_t K);
+
+// ---- normalisation and softmax (norm_cuda.cu) --------------------------------
+// x (N, C, S) with S = prod(spatial); gamma, beta (C); groups divides C.
+void cuda_group_norm(CudaCtx *ctx, int dt, void *out, const void *x, const void *gamma,
+                     const void *beta, int64_t N, int64_t C, int64_t S, int groups, float eps,
+                     int silu);
+// x (rows, D) normalised over D; gamma, beta (D).
+void cuda_layer_norm(CudaCtx *ctx, int dt, void *out, const void *x, const void *gamma,
+                     const void *beta, int64_t rows, int64_t D, float eps);
+// x (rows, D) -> softmax over D.
+void cuda_softmax(CudaCtx *ctx, int dt, void *out, const void *x, int64_t rows, int64_t D);
+
+// ---- elementwise and layout (elementwise_cuda.cu) ----------------------------
+enum { CUDA_ACT_SILU = 0, CUDA_ACT_GELU = 1, CUDA_ACT_QUICK_GELU = 2 };
+void cuda_activation(CudaCtx *ctx, int dt, int act, void *out, const void *x, int64_t n);
+// x (rows, 2F) -> out (rows, F) = x[:, :F] * gelu(x[:, F:])
+void cuda_geglu(CudaCtx *ctx, int dt, void *out, const void *x, int64_t rows, int64_t F);
+void cuda_add(CudaCtx *ctx, int dt, void *out, const void *a, const void *b, int64_t n);
+void cuda_scale(CudaCtx *ctx, int dt, void *out, const void *x, float s, int64_t n);
+// x (NC, S) + bias (NC) broadcast over S
+void cuda_add_channel_bias(CudaCtx *ctx, int dt, void *out, const void *x, const void *bias,
+                           int64_t NC, int64_t S);
+// x (NC, H, W) -> out (NC, 2H, 2W)
+void cuda_upsample_nearest2x(CudaCtx *ctx, int dt, void *out, const void *x, int64_t NC,
+                             int64_t H, int64_t W);
+// a (N, Ca*S), b (N, Cb*S) -> out (N, (Ca+Cb)*S); sizes in elements per sample
+void cuda_concat_channels(CudaCtx *ctx, int dt, void *out, const void *a, const void *b,
+                          int64_t N, int64_t a_per_n, int64_t b_per_n);
+// Batched transpose: x (N, R, Cc) -> out (N, Cc, R). NCHW->NLC is R=C, Cc=H*W;
+// NLC->NCHW is R=H*W, Cc=C.
+void cuda_transpose(CudaCtx *ctx, int dt, void *out, const void *x, int64_t N, int64_t R,
+                    int64_t Cc);
+// n elements of dtype src_dt -> dst_dt (same dtype: a device memcpy)
+void cuda_convert(CudaCtx *ctx, void *out, int dst_dt, const void *x, int src_dt, int64_t n);
+// ids I32 (n_ids) in [0, V), table (V, D) -> out (n_ids, D). Out-of-range ids
+// give a zero row (the caller validates ids on the host).
+void cuda_embedding(CudaCtx *ctx, int dt, void *out, const int32_t *ids, const void *table,
+                    int64_t n_ids, int64_t V, int64_t D);
+// diffusers get_timestep_embedding; timesteps given on the host, N of them.
+// out (N, dim), fp32 math rounded as torch does it in fp32.
+void cuda_timestep_embedding(CudaCtx *ctx, int dt, void *out, const float *timesteps_host,
+                             int64_t N, int64_t dim, int flip_sin_to_cos, float freq_shift);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,309 @@
+// backend_cuda.c: the CUDA backend: the op table of backend.h over the raw
+// kernels of kernels/cuda (ops_cuda.h). This file checks shapes and dtypes
+// (SDC_CHECK, like the CPU backend) and turns tensors into pointers and
+// sizes; all CUDA calls live in kernels/cuda, so this is plain C.
+//
+// Activations and parameters share one dtype (act_dtype: F32, F16 or BF16;
+// param_dtype = act_dtype), arithmetic is fp32 inside every kernel. fp32
+// GEMMs do not use TF32 unless the environment sets SDC_TF32=1 (read once at
+// create), so the F32 backend matches the CPU reference to ~1e-6.
+//
+// Not yet on CUDA (NULL in the table): conv2d and attention (cuDNN / a flash
+// kernel come in a later issue). Callers must check before use.
+//
+// Built without SDC_HAVE_CUDA, backend_cuda_create fails with SDC_ERR_DEVICE
+// and a hint, backend_cuda_available returns 0.
+#include "core/backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void backend_cuda_destroy(Backend *be);
+
+#ifndef SDC_HAVE_CUDA
+
+int backend_cuda_available(void) { return 0; }
+
+int backend_cuda_create(Backend **out, int device_index, DType act_dtype, SdcError *err) {
+    (void)device_index;
+    (void)act_dtype;
+    *out = NULL;
+    return sdc_err(err, SDC_ERR_DEVICE,
+                   "sdc was built without CUDA ---> rebuild on a machine with the CUDA toolkit, "
+                   "or use --device cpu");
+}
+
+void backend_cuda_destroy(Backend *be) { (void)be; }
+
+#else
+
+#include "cuda/ops_cuda.h"
+
+_Static_assert((int)DT_F32 == CDT_F32 && (int)DT_F16 == CDT_F16 && (int)DT_BF16 == CDT_BF16,
+               "ops_cuda.h dtype codes must equal DType");
+
+int backend_cuda_available(void) { return 1; }
+
+static CudaCtx *ctx_of(const Backend *be) { return (CudaCtx *)be->impl; }
+
+// ---- checks ---------------------------------------------------------------------
+
+// An activation tensor of this backend: on the GPU, in act_dtype.
+#define CHECK_ACT(be, t) SDC_CHECK((t)->device == DEV_CUDA && (t)->dtype == (be)->act_dtype)
+#define CHECK_PARAM(be, t) SDC_CHECK((t)->device == DEV_CUDA && (t)->dtype == (be)->param_dtype)
+
+static int64_t last_dim(const Tensor *t) { return t->shape[t->ndim - 1]; }
+
+// product of dims 2.. (H*W for NCHW); 1 for (N, C)
+static int64_t spatial(const Tensor *t) {
+    int64_t s = 1;
+    for (int i = 2; i < t->ndim; i++) s *= t->shape[i];
+    return s;
+}
+
+static void check_elementwise(const Backend *be, const Tensor *out, const Tensor *x) {
+    CHECK_ACT(be, out);
+    CHECK_ACT(be, x);
+    SDC_CHECK(tensor_numel(out) == tensor_numel(x));
+}
+
+// ---- memory ---------------------------------------------------------------------
+
+static void *cu_alloc(const Backend *be, size_t bytes) { return cuda_malloc(ctx_of(be), bytes); }
+static void cu_free(const Backend *be, void *p) { cuda_free(ctx_of(be), p); }
+static void cu_upload(const Backend *be, void *dst, const void *src, size_t bytes) {
+    cuda_upload(ctx_of(be), dst, src, bytes);
+}
+static void cu_download(const Backend *be, void *dst, const void *src, size_t bytes) {
+    cuda_download(ctx_of(be), dst, src, bytes);
+}
+static void cu_sync(const Backend *be) { cuda_ctx_sync(ctx_of(be)); }
+
+// ---- ops ------------------------------------------------------------------------
+
+static void cu_linear(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w,
+                      const Tensor *b) {
+    CHECK_ACT(be, out);
+    CHECK_ACT(be, x);
+    CHECK_PARAM(be, w);
+    SDC_CHECK(w->ndim == 2 && out->data != x->data);
+    int64_t K = last_dim(x), N = w->shape[0];
+    SDC_CHECK(w->shape[1] == K && last_dim(out) == N);
+    int64_t M = tensor_numel(x) / K;
+    SDC_CHECK(tensor_numel(out) == M * N);
+    if (b) {
+        CHECK_PARAM(be, b);
+        SDC_CHECK(tensor_numel(b) == N);
+    }
+    cuda_linear(ctx_of(be), be->act_dtype, out->data, x->data, w->data, b ? b->data : NULL, M, N, K);
+}
+
+static void cu_group_norm(const Backend *be, Tensor *out, const Tensor *x, const Tensor *gamma,
+                          const Tensor *beta, int groups, float eps, int silu) {
+    check_elementwise(be, out, x);
+    CHECK_PARAM(be, gamma);
+    CHECK_PARAM(be, beta);
+    SDC_CHECK(x->ndim >= 2 && tensor_same_shape(out, x) && out->data != x->data);
+    int64_t N = x->shape[0], C = x->shape[1];
+    SDC_CHECK(groups > 0 && C % groups == 0);
+    SDC_CHECK(tensor_numel(gamma) == C && tensor_numel(beta) == C);
+    cuda_group_norm(ctx_of(be), be->act_dtype, out->data, x->data, gamma->data, beta->data, N, C,
+                    spatial(x), groups, eps, silu);
+}
+
+static void cu_layer_norm(const Backend *be, Tensor *out, const Tensor *x, const Tensor *gamma,
+                          const Tensor *beta, float eps) {
+    check_elementwise(be, out, x);
+    CHECK_PARAM(be, gamma);
+    CHECK_PARAM(be, beta);
+    int64_t D = last_dim(x);
+    SDC_CHECK(last_dim(out) == D && tensor_numel(gamma) == D && tensor_numel(beta) == D);
+    cuda_layer_norm(ctx_of(be), be->act_dtype, out->data, x->data, gamma->data, beta->data,
+                    tensor_numel(x) / D, D, eps);
+}
+
+static void cu_softmax(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(be, out, x);
+    int64_t D = last_dim(x);
+    SDC_CHECK(last_dim(out) == D);
+    cuda_softmax(ctx_of(be), be->act_dtype, out->data, x->data, tensor_numel(x) / D, D);
+}
+
+static void cu_silu(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(be, out, x);
+    cuda_activation(ctx_of(be), be->act_dtype, CUDA_ACT_SILU, out->data, x->data, tensor_numel(x));
+}
+
+static void cu_gelu(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(be, out, x);
+    cuda_activation(ctx_of(be), be->act_dtype, CUDA_ACT_GELU, out->data, x->data, tensor_numel(x));
+}
+
+static void cu_quick_gelu(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(be, out, x);
+    cuda_activation(ctx_of(be), be->act_dtype, CUDA_ACT_QUICK_GELU, out->data, x->data,
+                    tensor_numel(x));
+}
+
+static void cu_geglu(const Backend *be, Tensor *out, const Tensor *x) {
+    CHECK_ACT(be, out);
+    CHECK_ACT(be, x);
+    SDC_CHECK(out->data != x->data);
+    int64_t F2 = last_dim(x), F = last_dim(out);
+    SDC_CHECK(F2 == 2 * F && tensor_numel(out) * 2 == tensor_numel(x));
+    cuda_geglu(ctx_of(be), be->act_dtype, out->data, x->data, tensor_numel(out) / F, F);
+}
+
+static void cu_upsample_nearest2x(const Backend *be, Tensor *out, const Tensor *x) {
+    CHECK_ACT(be, out);
+    CHECK_ACT(be, x);
+    SDC_CHECK(x->ndim == 4 && out->ndim == 4 && out->data != x->data);
+    SDC_CHECK(out->shape[0] == x->shape[0] && out->shape[1] == x->shape[1] &&
+              out->shape[2] == 2 * x->shape[2] && out->shape[3] == 2 * x->shape[3]);
+    cuda_upsample_nearest2x(ctx_of(be), be->act_dtype, out->data, x->data,
+                            x->shape[0] * x->shape[1], x->shape[2], x->shape[3]);
+}
+
+static void cu_timestep_embedding(const Backend *be, Tensor *out, const float *t,
+                                  int flip_sin_to_cos, float freq_shift) {
+    CHECK_ACT(be, out);
+    SDC_CHECK(out->ndim == 2);
+    cuda_timestep_embedding(ctx_of(be), be->act_dtype, out->data, t, out->shape[0], out->shape[1],
+                            flip_sin_to_cos, freq_shift);
+}
+
+static void cu_add(const Backend *be, Tensor *out, const Tensor *a, const Tensor *b) {
+    check_elementwise(be, out, a);
+    check_elementwise(be, out, b);
+    cuda_add(ctx_of(be), be->act_dtype, out->data, a->data, b->data, tensor_numel(out));
+}
+
+static void cu_add_channel_bias(const Backend *be, Tensor *out, const Tensor *x, const Tensor *bias) {
+    check_elementwise(be, out, x);
+    CHECK_ACT(be, bias); // a time embedding computed on the fly, so an activation
+    SDC_CHECK(x->ndim >= 2);
+    int64_t NC = x->shape[0] * x->shape[1];
+    SDC_CHECK(tensor_numel(bias) == NC);
+    cuda_add_channel_bias(ctx_of(be), be->act_dtype, out->data, x->data, bias->data, NC, spatial(x));
+}
+
+static void cu_scale(const Backend *be, Tensor *out, const Tensor *x, float s) {
+    check_elementwise(be, out, x);
+    cuda_scale(ctx_of(be), be->act_dtype, out->data, x->data, s, tensor_numel(x));
+}
+
+static void cu_concat_channels(const Backend *be, Tensor *out, const Tensor *a, const Tensor *b) {
+    CHECK_ACT(be, out);
+    CHECK_ACT(be, a);
+    CHECK_ACT(be, b);
+    SDC_CHECK(a->ndim >= 2 && b->ndim == a->ndim && out->ndim == a->ndim);
+    int64_t N = a->shape[0], Ca = a->shape[1], Cb = b->shape[1], S = spatial(a);
+    SDC_CHECK(b->shape[0] == N && spatial(b) == S && out->shape[0] == N &&
+              out->shape[1] == Ca + Cb && spatial(out) == S);
+    SDC_CHECK(out->data != a->data && out->data != b->data);
+    cuda_concat_channels(ctx_of(be), be->act_dtype, out->data, a->data, b->data, N, Ca * S, Cb * S);
+}
+
+static void cu_nchw_to_nlc(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(be, out, x);
+    SDC_CHECK(x->ndim == 4 && out->ndim == 3 && out->data != x->data);
+    int64_t N = x->shape[0], C = x->shape[1], S = spatial(x);
+    SDC_CHECK(out->shape[0] == N && out->shape[1] == S && out->shape[2] == C);
+    cuda_transpose(ctx_of(be), be->act_dtype, out->data, x->data, N, C, S); // (N, C, S) -> (N, S, C)
+}
+
+static void cu_nlc_to_nchw(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(be, out, x);
+    SDC_CHECK(x->ndim == 3 && out->ndim == 4 && out->data != x->data);
+    int64_t N = out->shape[0], C = out->shape[1], S = spatial(out);
+    SDC_CHECK(x->shape[0] == N && x->shape[1] == S && x->shape[2] == C);
+    cuda_transpose(ctx_of(be), be->act_dtype, out->data, x->data, N, S, C); // (N, S, C) -> (N, C, S)
+}
+
+static void cu_embedding(const Backend *be, Tensor *out, const Tensor *ids, const Tensor *table) {
+    CHECK_ACT(be, out);
+    CHECK_PARAM(be, table);
+    SDC_CHECK(ids->dtype == DT_I32 && ids->device == DEV_CUDA && table->ndim == 2);
+    int64_t n = tensor_numel(ids), V = table->shape[0], D = table->shape[1];
+    SDC_CHECK(last_dim(out) == D && tensor_numel(out) == n * D);
+    cuda_embedding(ctx_of(be), be->act_dtype, out->data, (const int32_t *)ids->data, table->data, n,
+                   V, D);
+}
+
+static int is_float_dtype(DType dt) { return dt == DT_F32 || dt == DT_F16 || dt == DT_BF16; }
+
+static void cu_copy(const Backend *be, Tensor *out, const Tensor *x) {
+    SDC_CHECK(out->device == DEV_CUDA && x->device == DEV_CUDA);
+    int64_t n = tensor_numel(x);
+    SDC_CHECK(tensor_numel(out) == n);
+    if (out->dtype == x->dtype) { // any dtype, U8 / I32 included: bytes
+        cuda_copy_bytes(ctx_of(be), out->data, x->data, tensor_bytes(x));
+        return;
+    }
+    SDC_CHECK(is_float_dtype(out->dtype) && is_float_dtype(x->dtype));
+    cuda_convert(ctx_of(be), out->data, out->dtype, x->data, x->dtype, n);
+}
+
+// ---- create / destroy ---------------------------------------------------------------
+
+int backend_cuda_create(Backend **out, int device_index, DType act_dtype, SdcError *err) {
+    *out = NULL;
+    if (act_dtype != DT_F32 && act_dtype != DT_F16 && act_dtype != DT_BF16)
+        return sdc_err(err, SDC_ERR_ARG, "CUDA backend: activation dtype %s not supported ---> use F32, F16 or BF16",
+                       dtype_name(act_dtype));
+    const char *tf32 = getenv("SDC_TF32");
+    int allow_tf32 = tf32 && tf32[0] == '1';
+    char msg[1024];
+    CudaCtx *ctx = NULL;
+    if (cuda_ctx_create(&ctx, device_index, allow_tf32, msg, sizeof msg) != CUDA_OK)
+        return sdc_err(err, SDC_ERR_DEVICE, "CUDA backend: %s", msg);
+    Backend *be = calloc(1, sizeof *be);
+    if (!be) {
+        cuda_ctx_destroy(ctx);
+        return sdc_err(err, SDC_ERR_OOM, "CUDA backend: out of host memory");
+    }
+    *be = (Backend){
+        .name = "cuda",
+        .device = DEV_CUDA,
+        .act_dtype = act_dtype,
+        .param_dtype = act_dtype,
+        .threads = 0,
+        .impl = ctx,
+        .alloc = cu_alloc,
+        .free = cu_free,
+        .upload = cu_upload,
+        .download = cu_download,
+        .sync = cu_sync,
+        .conv2d = NULL,    // later issue (cuDNN)
+        .attention = NULL, // later issue (flash kernel)
+        .linear = cu_linear,
+        .group_norm = cu_group_norm,
+        .layer_norm = cu_layer_norm,
+        .softmax = cu_softmax,
+        .silu = cu_silu,
+        .gelu = cu_gelu,
+        .quick_gelu = cu_quick_gelu,
+        .geglu = cu_geglu,
+        .upsample_nearest2x = cu_upsample_nearest2x,
+        .timestep_embedding = cu_timestep_embedding,
+        .add = cu_add,
+        .add_channel_bias = cu_add_channel_bias,
+        .scale = cu_scale,
+        .concat_channels = cu_concat_channels,
+        .nchw_to_nlc = cu_nchw_to_nlc,
+        .nlc_to_nchw = cu_nlc_to_nchw,
+        .embedding = cu_embedding,
+        .copy = cu_copy,
+    };
+    *out = be;
+    return SDC_OK;
+}
+
+void backend_cuda_destroy(Backend *be) {
+    if (!be) return;
+    cuda_ctx_destroy(ctx_of(be));
+    free(be);
+}
+
+#endif
