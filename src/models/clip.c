@@ -1,0 +1,230 @@
+// clip.c: the CLIP text encoder (see clip.h). Reads top to bottom:
+// parameters, loading, the forward pass, planning (measure pass), encode.
+//
+// Shapes: B prompts, L = max_positions tokens, D = hidden, I = intermediate.
+#include "models/clip.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/arena.h"
+#include "models/params.h"
+
+// ---- parameters ------------------------------------------------------------
+
+typedef struct ClipLayer {
+    Tensor ln1_w, ln1_b;            // (D)
+    Tensor q_w, k_w, v_w, o_w;      // (D, D)
+    Tensor q_b, k_b, v_b, o_b;      // (D)
+    Tensor ln2_w, ln2_b;            // (D)
+    Tensor fc1_w, fc1_b;            // (I, D), (I)
+    Tensor fc2_w, fc2_b;            // (D, I), (D)
+} ClipLayer;
+
+struct ClipModel {
+    ClipConfig cfg;
+    const Backend *be;
+    Arena params;        // converted parameters (F32 on the CPU: views into the mmap)
+    Tensor tok_emb;      // (V, D)
+    Tensor pos_emb;      // (P, D)
+    ClipLayer *layers;   // cfg.layers of them
+    Tensor fln_w, fln_b; // (D)
+    Arena act;           // activations, planned by clip_reserve
+    int32_t *pos_ids;    // (reserved_batch, P) host: 0..P-1 per prompt
+    int reserved_batch;  // 0 = not planned yet
+};
+
+static void clip_get_params(ClipModel *m, ParamLoader *pl) {
+    const ClipConfig *c = &m->cfg;
+    const int D = c->hidden, I = c->intermediate;
+    m->tok_emb = param_get(pl, SHAPE(c->vocab_size, D), "text_model.embeddings.token_embedding.weight");
+    m->pos_emb = param_get(pl, SHAPE(c->max_positions, D), "text_model.embeddings.position_embedding.weight");
+    for (int i = 0; i < c->layers; i++) {
+        ClipLayer *l = &m->layers[i];
+        const char *p = "text_model.encoder.layers";
+        l->ln1_w = param_get(pl, SHAPE(D), "%s.%d.layer_norm1.weight", p, i);
+        l->ln1_b = param_get(pl, SHAPE(D), "%s.%d.layer_norm1.bias", p, i);
+        l->q_w = param_get(pl, SHAPE(D, D), "%s.%d.self_attn.q_proj.weight", p, i);
+        l->q_b = param_get(pl, SHAPE(D), "%s.%d.self_attn.q_proj.bias", p, i);
+        l->k_w = param_get(pl, SHAPE(D, D), "%s.%d.self_attn.k_proj.weight", p, i);
+        l->k_b = param_get(pl, SHAPE(D), "%s.%d.self_attn.k_proj.bias", p, i);
+        l->v_w = param_get(pl, SHAPE(D, D), "%s.%d.self_attn.v_proj.weight", p, i);
+        l->v_b = param_get(pl, SHAPE(D), "%s.%d.self_attn.v_proj.bias", p, i);
+        l->o_w = param_get(pl, SHAPE(D, D), "%s.%d.self_attn.out_proj.weight", p, i);
+        l->o_b = param_get(pl, SHAPE(D), "%s.%d.self_attn.out_proj.bias", p, i);
+        l->ln2_w = param_get(pl, SHAPE(D), "%s.%d.layer_norm2.weight", p, i);
+        l->ln2_b = param_get(pl, SHAPE(D), "%s.%d.layer_norm2.bias", p, i);
+        l->fc1_w = param_get(pl, SHAPE(I, D), "%s.%d.mlp.fc1.weight", p, i);
+        l->fc1_b = param_get(pl, SHAPE(I), "%s.%d.mlp.fc1.bias", p, i);
+        l->fc2_w = param_get(pl, SHAPE(D, I), "%s.%d.mlp.fc2.weight", p, i);
+        l->fc2_b = param_get(pl, SHAPE(D), "%s.%d.mlp.fc2.bias", p, i);
+    }
+    m->fln_w = param_get(pl, SHAPE(D), "text_model.final_layer_norm.weight");
+    m->fln_b = param_get(pl, SHAPE(D), "text_model.final_layer_norm.bias");
+}
+
+// ---- loading ---------------------------------------------------------------
+
+int clip_load(ClipModel **out, const ModelFiles *mf, const Backend *be, SdcError *err) {
+    *out = NULL;
+    const ClipConfig *c = &model_files_info(mf)->clip;
+    if (c->hidden <= 0 || c->layers <= 0 || c->heads <= 0 || c->hidden % c->heads ||
+        c->intermediate <= 0 || c->max_positions <= 0 || c->vocab_size <= 0)
+        return sdc_err(err, SDC_ERR_FORMAT,
+                       "text encoder config: hidden %d, layers %d, heads %d, intermediate %d, "
+                       "positions %d, vocab %d do not describe a CLIP text model\n"
+                       "---> check text_encoder/config.json",
+                       c->hidden, c->layers, c->heads, c->intermediate, c->max_positions,
+                       c->vocab_size);
+    ClipModel *m = calloc(1, sizeof *m);
+    if (!m) return sdc_err(err, SDC_ERR_OOM, "clip_load: out of host memory");
+    m->cfg = *c;
+    m->be = be;
+    m->layers = calloc((size_t)c->layers, sizeof *m->layers);
+    if (!m->layers) {
+        free(m);
+        return sdc_err(err, SDC_ERR_OOM, "clip_load: out of host memory");
+    }
+    // Pass 1 checks every name and shape and measures; pass 2 loads for real.
+    Arena meas;
+    arena_init_measure(&meas);
+    ParamLoader pl = {.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &meas, .err = err};
+    clip_get_params(m, &pl);
+    int rc = pl.failed ? err->code : 0;
+    if (!rc) rc = arena_init(&m->params, be, meas.peak, err);
+    if (!rc) {
+        pl = (ParamLoader){.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &m->params, .err = err};
+        clip_get_params(m, &pl);
+        rc = pl.failed ? err->code : 0;
+    }
+    if (rc) {
+        sdc_err_wrap(err, "loading the text encoder");
+        clip_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+void clip_free(ClipModel *m) {
+    if (!m) return;
+    arena_free(&m->act);
+    arena_free(&m->params);
+    free(m->pos_ids);
+    free(m->layers);
+    free(m);
+}
+
+const ClipConfig *clip_config(const ClipModel *m) { return &m->cfg; }
+size_t clip_param_bytes(const ClipModel *m) { return m->params.cap; }
+size_t clip_activation_bytes(const ClipModel *m) { return m->act.cap; }
+
+// ---- forward -----------------------------------------------------------------
+
+// Runs the embeddings and the first n_layers layers, then final_layer_norm
+// into out (B, L, D). Against backend_measure() and a measuring arena it only
+// sizes the activations; act is the real backend's activation dtype.
+static void clip_forward(const ClipModel *m, const Backend *be, Arena *a, DType act,
+                         const int32_t *ids, int B, int n_layers, Tensor *out) {
+    const ClipConfig *c = &m->cfg;
+    const int64_t L = c->max_positions, D = c->hidden, I = c->intermediate;
+    size_t mark = arena_mark(a);
+
+    Tensor ids_t = arena_tensor(a, DT_I32, 2, (int64_t[]){B, L}); // (B, L)
+    Tensor pos_t = arena_tensor(a, DT_I32, 2, (int64_t[]){B, L}); // (B, L) 0..L-1 each
+    be->upload(be, ids_t.data, ids, (size_t)B * L * sizeof(int32_t));
+    be->upload(be, pos_t.data, m->pos_ids, (size_t)B * L * sizeof(int32_t));
+    Tensor h = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, D) residual stream
+    Tensor x = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, D) normed / branch out
+    Tensor q = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, H*Dh)
+    Tensor k = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, H*Dh)
+    Tensor v = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, H*Dh)
+    Tensor o = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, D) attention out
+    Tensor f = arena_tensor(a, act, 3, (int64_t[]){B, L, I}); // (B, L, I) MLP hidden
+
+    be->embedding(be, &h, &ids_t, &m->tok_emb);
+    // Position ids are 0..L-1 for every prompt (m->pos_ids, made by clip_reserve).
+    be->embedding(be, &x, &pos_t, &m->pos_emb);
+    be->add(be, &h, &h, &x);
+
+    for (int i = 0; i < n_layers; i++) {
+        const ClipLayer *l = &m->layers[i];
+        be->layer_norm(be, &x, &h, &l->ln1_w, &l->ln1_b, c->ln_eps);
+        be->linear(be, &q, &x, &l->q_w, &l->q_b);
+        be->linear(be, &k, &x, &l->k_w, &l->k_b);
+        be->linear(be, &v, &x, &l->v_w, &l->v_b);
+        be->attention(be, &o, &q, &k, &v, c->heads, 1);
+        be->linear(be, &x, &o, &l->o_w, &l->o_b);
+        be->add(be, &h, &h, &x);
+
+        be->layer_norm(be, &x, &h, &l->ln2_w, &l->ln2_b, c->ln_eps);
+        be->linear(be, &f, &x, &l->fc1_w, &l->fc1_b);
+        if (c->act == ACT_GELU) be->gelu(be, &f, &f);
+        else be->quick_gelu(be, &f, &f);
+        be->linear(be, &x, &f, &l->fc2_w, &l->fc2_b);
+        be->add(be, &h, &h, &x);
+    }
+    be->layer_norm(be, out, &h, &m->fln_w, &m->fln_b, c->ln_eps);
+    arena_reset(a, mark);
+}
+
+// ---- planning ----------------------------------------------------------------
+
+static size_t clip_measure(const ClipModel *m, int batch) {
+    Arena meas;
+    arena_init_measure(&meas);
+    const Backend *mb = backend_measure();
+    Tensor out = tensor_make(m->be->act_dtype, mb->device, NULL, 3,
+                             (int64_t[]){batch, m->cfg.max_positions, m->cfg.hidden});
+    clip_forward(m, mb, &meas, m->be->act_dtype, NULL, batch, m->cfg.layers, &out);
+    return meas.peak;
+}
+
+int clip_reserve(ClipModel *m, int batch, SdcError *err) {
+    if (batch <= 0) return sdc_err(err, SDC_ERR_ARG, "clip_reserve: batch %d must be >= 1", batch);
+    if (batch <= m->reserved_batch) return 0;
+    arena_free(&m->act);
+    free(m->pos_ids);
+    m->reserved_batch = 0;
+    const int P = m->cfg.max_positions;
+    m->pos_ids = malloc((size_t)batch * P * sizeof(int32_t));
+    if (!m->pos_ids) return sdc_err(err, SDC_ERR_OOM, "clip_reserve: out of host memory");
+    for (int b = 0; b < batch; b++)
+        for (int i = 0; i < P; i++) m->pos_ids[(size_t)b * P + i] = i;
+    SDC_TRY(arena_init(&m->act, m->be, clip_measure(m, batch), err));
+    m->reserved_batch = batch;
+    return 0;
+}
+
+// ---- encode ------------------------------------------------------------------
+
+int clip_encode(ClipModel *m, const int32_t *ids, int batch, int clip_skip, Tensor *out,
+                SdcError *err) {
+    const ClipConfig *c = &m->cfg;
+    if (batch <= 0 || !ids) return sdc_err(err, SDC_ERR_ARG, "clip_encode: no token ids (batch %d)", batch);
+    int default_skip = c->default_skip >= 1 ? c->default_skip : 1;
+    int n_default = c->layers - default_skip + 1;
+    int n_layers = clip_skip > 0 ? n_default - (clip_skip - 1) : n_default;
+    if (clip_skip < 0 || n_layers < 1 || n_layers > c->layers)
+        return sdc_err(err, SDC_ERR_ARG,
+                       "clip_skip %d: the text encoder has %d layers and its default output is "
+                       "after layer %d\n---> use a clip_skip between 0 (default) and %d",
+                       clip_skip, c->layers, n_default, n_default);
+    Tensor want = tensor_make(m->be->act_dtype, m->be->device, out->data, 3,
+                              (int64_t[]){batch, c->max_positions, c->hidden});
+    if (!out->data || !tensor_same_shape(out, &want) || out->dtype != want.dtype ||
+        out->device != want.device) {
+        char got[64], exp[64];
+        return sdc_err(err, SDC_ERR_ARG, "clip_encode: output tensor %s %s, expected %s %s on %s",
+                       tensor_shape_str(out, got, sizeof got), dtype_name(out->dtype),
+                       tensor_shape_str(&want, exp, sizeof exp), dtype_name(want.dtype), m->be->name);
+    }
+    for (int64_t i = 0; i < (int64_t)batch * c->max_positions; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return sdc_err(err, SDC_ERR_ARG, "clip_encode: token id %d at position %lld is outside "
+                           "the vocabulary [0, %d)\n---> is the tokenizer the model's own?",
+                           ids[i], (long long)i, c->vocab_size);
+    SDC_TRY(clip_reserve(m, batch, err));
+    clip_forward(m, m->be, &m->act, m->be->act_dtype, ids, batch, n_layers, out);
+    return 0;
+}
