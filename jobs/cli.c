@@ -34,6 +34,9 @@ static int parse_float(const char *flag, const char *v, float *out, SdcError *er
     return 0;
 }
 
+// a is the short flag s (may be NULL) or the long flag l
+static int flag_is(const char *a, const char *s, const char *l) { return (s && !strcmp(a, s)) || !strcmp(a, l); }
+
 void cli_print_usage(FILE *f, const char *sub) {
     if (!sub || strcmp(sub, "generate")) {
         fprintf(f, "usage: sdc COMMAND [options]\n\n"
@@ -122,12 +125,12 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
     int rc = 0;
     for (int i = 2; i < argc && !rc; i++) {
         const char *a = argv[i];
-#define FLAG(s, l) ((s && !strcmp(a, s)) || !strcmp(a, l))
+#define FLAG(s, l) flag_is(a, s, l)
 #define VALUE()                                                                        \
     (i + 1 < argc ? argv[++i]                                                          \
                   : (rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> sdc generate --help", a), \
                      (const char *)NULL))
-        long long ll;
+        long long ll = 0;
         if (FLAG("-h", "--help")) {
             opt->help = 1;
             cli_print_usage(stdout, "generate");

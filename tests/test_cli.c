@@ -1,0 +1,106 @@
+// test_cli.c: the command line fills the job manifest; bad flags and bad
+// manifests are refused with a message that names the flag or field.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobs/cli.h"
+#include "jobs/manifest.h"
+#include "testutil.h"
+
+static int parse(int argc, const char **argv, Sdc__Job **job, SdcError *err) {
+    CliOptions opt;
+    return cli_parse(argc, (char **)argv, job, &opt, err);
+}
+
+static char *dump(const Sdc__Job *job) {
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    manifest_print_text(f, &job->base, 0);
+    fclose(f);
+    return buf;
+}
+
+int main(void) {
+    TestCtx t = {0};
+    SdcError err = {0};
+    Sdc__Job *job = NULL;
+
+    const char *ok[] = {"sdc", "generate", "-m", "model.safetensors", "-p", "a \"quoted\" cat", "-n", "blurry",
+                        "--steps", "30", "--cfg-scale", "7.5", "-s", "1234", "-W", "768", "-H", "512", "-b", "3",
+                        "--clip-skip", "2", "-o", "out.png", "-t", "2"};
+    int rc = parse((int)(sizeof ok / sizeof *ok), ok, &job, &err);
+    check_true(&t, rc == 0 && job, "full generate command line parses (%s)", rc ? err.msg : "ok");
+    if (job) {
+        Sdc__Generate *g = job->generate;
+        check_true(&t, g->steps == 30 && g->cfg_scale == 7.5f && g->seed == 1234 && g->width == 768 &&
+                           g->height == 512 && g->batch_count == 3 && job->model->clip_skip == 2 &&
+                           job->runtime->threads == 2,
+                   "numeric flags land in the manifest");
+        check_true(&t, g->n_prompts == 1 && !strcmp(g->prompts[0], "a \"quoted\" cat") &&
+                           !strcmp(g->negative_prompt, "blurry") && !strcmp(g->output, "out.png"),
+                   "string flags land in the manifest");
+        check_true(&t, manifest_validate(job, &err) == 0, "manifest validates");
+        char *txt = dump(job);
+        check_true(&t, strstr(txt, "task: TASK_GENERATE") && strstr(txt, "prompts: \"a \\\"quoted\\\" cat\"") &&
+                           strstr(txt, "steps: 30") && strstr(txt, "path: \"model.safetensors\""),
+                   "text format dump names task, escaped prompt, steps, model path");
+        free(txt);
+        cli_job_free(job);
+    }
+
+    // defaults
+    const char *def[] = {"sdc", "generate", "-m", "m", "-p", "x"};
+    job = NULL;
+    rc = parse(6, def, &job, &err);
+    check_true(&t, rc == 0 && job && job->generate->steps == 20 && job->generate->cfg_scale == 7.0f &&
+                       job->generate->seed == 42 && !strcmp(job->generate->sampler, "euler"),
+               "defaults: 20 steps, cfg 7, seed 42, euler");
+    cli_job_free(job);
+
+    // bad command lines
+    struct {
+        int argc;
+        const char *argv[8];
+        const char *needle;
+    } bad[] = {
+        {4, {"sdc", "generate", "--steps", "abc"}, "--steps"},
+        {4, {"sdc", "generate", "--steps", "0"}, "--steps"},
+        {3, {"sdc", "generate", "--seed"}, "needs a value"},
+        {3, {"sdc", "generate", "--bogus"}, "unknown option"},
+        {2, {"sdc", "paint"}, "unknown command"},
+        {4, {"sdc", "generate", "-W", "5x"}, "-W"},
+        {4, {"sdc", "generate", "--cfg-scale", "seven"}, "--cfg-scale"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        job = NULL;
+        memset(&err, 0, sizeof err);
+        rc = parse(bad[i].argc, bad[i].argv, &job, &err);
+        check_true(&t, rc == SDC_ERR_ARG && !job && strstr(err.msg, bad[i].needle), "refused: %s %s -> %s",
+                   bad[i].argv[2] ? bad[i].argv[2] : bad[i].argv[1], bad[i].argc > 3 ? bad[i].argv[3] : "",
+                   err.msg);
+    }
+
+    // manifests the runner must refuse
+    struct {
+        const char *argv[10];
+        int argc;
+        const char *needle;
+    } inval[] = {
+        {{"sdc", "generate", "-p", "x"}, 4, "model.path"},
+        {{"sdc", "generate", "-m", "m"}, 4, "prompts"},
+        {{"sdc", "generate", "-m", "m", "-p", "x", "-W", "100"}, 8, "multiples of 8"},
+        {{"sdc", "generate", "-m", "m", "-p", "x", "--device", "tpu"}, 8, "runtime.device"},
+        {{"sdc", "generate", "-m", "m", "-p", "x", "--prediction-type", "x0"}, 8, "prediction_type"},
+    };
+    for (size_t i = 0; i < sizeof inval / sizeof *inval; i++) {
+        job = NULL;
+        memset(&err, 0, sizeof err);
+        rc = parse(inval[i].argc, inval[i].argv, &job, &err);
+        int vr = rc ? rc : manifest_validate(job, &err);
+        check_true(&t, vr == SDC_ERR_ARG && strstr(err.msg, inval[i].needle), "invalid manifest: %s", err.msg);
+        cli_job_free(job);
+    }
+    return test_summary(&t);
+}
