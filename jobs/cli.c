@@ -2,12 +2,13 @@
 #include <stdio.h>
 
 #include "jobs/cli.h"
+#include "jobs/manifest.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-// All manifest strings are heap copies so the Job can be freed in one place.
+// Manifest strings are heap copies so the Job can be freed in one place.
 static char *dup_str(const char *s) {
     char *d = strdup(s ? s : "");
     SDC_CHECK(d);
@@ -38,10 +39,17 @@ static int parse_float(const char *flag, const char *v, float *out, SdcError *er
 static int flag_is(const char *a, const char *s, const char *l) { return (s && !strcmp(a, s)) || !strcmp(a, l); }
 
 void cli_print_usage(FILE *f, const char *sub) {
+    if (sub && !strcmp(sub, "run")) {
+        fprintf(f, "usage: sdc run MANIFEST [--dump-manifest] [-q]\n\n"
+                   "Runs a job manifest: protobuf text format (what --dump-manifest prints; see jobs/sdc.proto)\n"
+                   "or the binary form `protoc --encode=sdc.Job jobs/sdc.proto` writes.\n");
+        return;
+    }
     if (!sub || strcmp(sub, "generate")) {
         fprintf(f, "usage: sdc COMMAND [options]\n\n"
                    "commands:\n"
-                   "  generate   text to image (sdc generate --help)\n\n"
+                   "  generate   text to image (sdc generate --help)\n"
+                   "  run        run a job manifest file (sdc run --help)\n\n"
                    "Every command builds a job manifest (jobs/sdc.proto); --dump-manifest prints it.\n");
         return;
     }
@@ -72,8 +80,8 @@ void cli_job_free(Sdc__Job *job) {
     if (job) protobuf_c_message_free_unpacked(&job->base, NULL);
 }
 
-// Allocates an empty Job with its sub-messages (freed by
-// protobuf_c_message_free_unpacked with the default allocator).
+// Allocates an empty Job with its sub-messages at their .proto defaults
+// (freed by protobuf_c_message_free_unpacked with the default allocator).
 static Sdc__Job *job_new(void) {
     Sdc__Job *job = calloc(1, sizeof *job);
     Sdc__Model *model = calloc(1, sizeof *model);
@@ -84,28 +92,14 @@ static Sdc__Job *job_new(void) {
     sdc__model__init(model);
     sdc__runtime__init(rt);
     sdc__generate__init(gen);
-    model->path = dup_str("");
-    model->config = dup_str("");
-    model->prediction_type = dup_str("");
-    rt->device = dup_str("cpu");
-    gen->negative_prompt = dup_str("");
-    gen->sampler = dup_str("euler");
-    gen->init_image = dup_str("");
-    gen->mask = dup_str("");
-    gen->output = dup_str("output.png");
-    gen->steps = 20;
-    gen->cfg_scale = 7.0f;
-    gen->seed = 42;
-    gen->batch_count = 1;
     job->model = model;
     job->runtime = rt;
     job->generate = gen;
     return job;
 }
 
-static void set_str(char **field, const char *v) {
-    free(*field);
-    *field = dup_str(v);
+static void set_str(void *msg, const char *field, const char *v) {
+    SDC_CHECK(manifest_set_string(msg, field, v) == 0);
 }
 
 int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
@@ -116,11 +110,27 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         cli_print_usage(stdout, NULL);
         return 0;
     }
+    if (!strcmp(argv[1], "run")) { // sdc run MANIFEST [--dump-manifest] [-q]
+        const char *path = NULL;
+        for (int i = 2; i < argc; i++) {
+            if (!strcmp(argv[i], "--dump-manifest")) opt->dump_manifest = 1;
+            else if (!strcmp(argv[i], "-q") || !strcmp(argv[i], "--quiet")) opt->quiet = 1;
+            else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+                opt->help = 1;
+                cli_print_usage(stdout, "run");
+                return 0;
+            } else if (!path && argv[i][0] != '-') path = argv[i];
+            else return sdc_err(err, SDC_ERR_ARG, "sdc run: unexpected argument '%s' ---> sdc run --help", argv[i]);
+        }
+        if (!path) return sdc_err(err, SDC_ERR_ARG, "sdc run needs a manifest file ---> sdc run job.txtpb");
+        return manifest_read_file(path, out, err);
+    }
     if (strcmp(argv[1], "generate"))
         return sdc_err(err, SDC_ERR_ARG, "unknown command '%s' ---> run 'sdc --help'", argv[1]);
 
     Sdc__Job *job = job_new();
     job->task = SDC__TASK__TASK_GENERATE;
+    job->has_task = 1;
     Sdc__Generate *g = job->generate;
     int rc = 0;
     for (int i = 2; i < argc && !rc; i++) {
@@ -138,13 +148,13 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             return 0;
         } else if (FLAG("-m", "--model")) {
             const char *v = VALUE();
-            if (v) set_str(&job->model->path, v);
+            if (v) set_str(job->model, "path", v);
         } else if (FLAG(NULL, "--config")) {
             const char *v = VALUE();
-            if (v) set_str(&job->model->config, v);
+            if (v) set_str(job->model, "config", v);
         } else if (FLAG(NULL, "--prediction-type")) {
             const char *v = VALUE();
-            if (v) set_str(&job->model->prediction_type, v);
+            if (v) set_str(job->model, "prediction_type", v);
         } else if (FLAG("-p", "--prompt")) {
             const char *v = VALUE();
             if (v) {
@@ -154,40 +164,40 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             }
         } else if (FLAG("-n", "--negative-prompt")) {
             const char *v = VALUE();
-            if (v) set_str(&g->negative_prompt, v);
+            if (v) set_str(g, "negative_prompt", v);
         } else if (FLAG(NULL, "--steps")) {
             const char *v = VALUE();
-            if (v && !(rc = parse_int(a, v, 1, 1000, &ll, err))) g->steps = (int32_t)ll;
+            if (v && !(rc = parse_int(a, v, 1, 1000, &ll, err))) g->steps = (int32_t)ll, g->has_steps = 1;
         } else if (FLAG(NULL, "--cfg-scale")) {
             const char *v = VALUE();
-            if (v) rc = parse_float(a, v, &g->cfg_scale, err);
+            if (v && !(rc = parse_float(a, v, &g->cfg_scale, err))) g->has_cfg_scale = 1;
         } else if (FLAG(NULL, "--sampler")) {
             const char *v = VALUE();
-            if (v) set_str(&g->sampler, v);
+            if (v) set_str(g, "sampler", v);
         } else if (FLAG("-s", "--seed")) {
             const char *v = VALUE();
-            if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) g->seed = ll;
+            if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) g->seed = ll, g->has_seed = 1;
         } else if (FLAG("-W", "--width")) {
             const char *v = VALUE();
-            if (v && !(rc = parse_int(a, v, 8, 16384, &ll, err))) g->width = (int32_t)ll;
+            if (v && !(rc = parse_int(a, v, 8, 16384, &ll, err))) g->width = (int32_t)ll, g->has_width = 1;
         } else if (FLAG("-H", "--height")) {
             const char *v = VALUE();
-            if (v && !(rc = parse_int(a, v, 8, 16384, &ll, err))) g->height = (int32_t)ll;
+            if (v && !(rc = parse_int(a, v, 8, 16384, &ll, err))) g->height = (int32_t)ll, g->has_height = 1;
         } else if (FLAG("-b", "--batch-count")) {
             const char *v = VALUE();
-            if (v && !(rc = parse_int(a, v, 1, 1000000, &ll, err))) g->batch_count = (int32_t)ll;
+            if (v && !(rc = parse_int(a, v, 1, 1000000, &ll, err))) g->batch_count = (int32_t)ll, g->has_batch_count = 1;
         } else if (FLAG(NULL, "--clip-skip")) {
             const char *v = VALUE();
-            if (v && !(rc = parse_int(a, v, 0, 64, &ll, err))) job->model->clip_skip = (int32_t)ll;
+            if (v && !(rc = parse_int(a, v, 0, 64, &ll, err))) job->model->clip_skip = (int32_t)ll, job->model->has_clip_skip = 1;
         } else if (FLAG("-o", "--output")) {
             const char *v = VALUE();
-            if (v) set_str(&g->output, v);
+            if (v) set_str(g, "output", v);
         } else if (FLAG("-t", "--threads")) {
             const char *v = VALUE();
-            if (v && !(rc = parse_int(a, v, 0, 1024, &ll, err))) job->runtime->threads = (int32_t)ll;
+            if (v && !(rc = parse_int(a, v, 0, 1024, &ll, err))) job->runtime->threads = (int32_t)ll, job->runtime->has_threads = 1;
         } else if (FLAG(NULL, "--device")) {
             const char *v = VALUE();
-            if (v) set_str(&job->runtime->device, v);
+            if (v) set_str(job->runtime, "device", v);
         } else if (FLAG(NULL, "--dump-manifest")) {
             opt->dump_manifest = 1;
         } else if (FLAG("-q", "--quiet")) {

@@ -137,17 +137,30 @@ static size_t field_elem_size(const ProtobufCFieldDescriptor *fd) {
     }
 }
 
+int manifest_field_present(const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *fd) {
+    const char *base = (const char *)msg;
+    if (fd->label == PROTOBUF_C_LABEL_REPEATED) return *(const size_t *)(base + fd->quantifier_offset) > 0;
+    if (fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) return *(const uint32_t *)(base + fd->quantifier_offset) == fd->id;
+    if (fd->type == PROTOBUF_C_TYPE_MESSAGE || fd->type == PROTOBUF_C_TYPE_STRING) {
+        const void *p = *(const void *const *)(base + fd->offset);
+        return p && p != fd->default_value;
+    }
+    if (fd->label == PROTOBUF_C_LABEL_OPTIONAL) return *(const protobuf_c_boolean *)(base + fd->quantifier_offset);
+    return 1; // required, or proto3 (print_value skips zero values)
+}
+
 void manifest_print_text(FILE *f, const ProtobufCMessage *msg, int indent) {
     const ProtobufCMessageDescriptor *d = msg->descriptor;
     for (unsigned i = 0; i < d->n_fields; i++) {
         const ProtobufCFieldDescriptor *fd = &d->fields[i];
         const char *base = (const char *)msg;
+        if (!manifest_field_present(msg, fd)) continue;
         if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
             size_t n = *(const size_t *)(base + fd->quantifier_offset);
             const char *arr = *(const char *const *)(base + fd->offset);
             for (size_t k = 0; k < n; k++) print_value(f, fd, arr + k * field_elem_size(fd), indent, 0);
         } else {
-            print_value(f, fd, base + fd->offset, indent, 1);
+            print_value(f, fd, base + fd->offset, indent, fd->label == PROTOBUF_C_LABEL_NONE);
         }
     }
 }

@@ -13,6 +13,25 @@
 // are omitted, as protoc does).
 void manifest_print_text(FILE *f, const ProtobufCMessage *msg, int indent);
 
+// Parses protobuf text format (as protoc --decode prints it and users write
+// it: `field: value`, `message { ... }`, repeated fields repeated or as
+// `[a, b]`, `#` comments, strings with C escapes and adjacent concatenation,
+// enums by name or number) into a freshly allocated message of type desc
+// (free with protobuf_c_message_free_unpacked(msg, NULL)). path names the
+// source in messages, which give line:column and the field.
+int manifest_parse_text(const ProtobufCMessageDescriptor *desc, const char *text, size_t len, const char *path,
+                        ProtobufCMessage **out, SdcError *err);
+// Reads a Job from a file: protobuf text format, or binary wire format (as
+// `protoc --encode=sdc.Job` writes it) when the file is not valid UTF-8 text.
+int manifest_read_file(const char *path, Sdc__Job **out, SdcError *err);
+
+// Whether a field was given (proto2: its has_ flag; strings and messages:
+// set to something other than the default).
+int manifest_field_present(const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *fd);
+// Sets string field `field` of msg to a copy of v, freeing what it held
+// (never the static default). Returns SDC_ERR_INTERNAL for an unknown field.
+int manifest_set_string(ProtobufCMessage *msg, const char *field, const char *v);
+
 // Checks a Job for values no run can use; the message names the field.
 int manifest_validate(const Sdc__Job *job, SdcError *err);
 

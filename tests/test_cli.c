@@ -102,5 +102,67 @@ int main(void) {
         check_true(&t, vr == SDC_ERR_ARG && strstr(err.msg, inval[i].needle), "invalid manifest: %s", err.msg);
         cli_job_free(job);
     }
+    // text format: what --dump-manifest prints parses back to the same manifest
+    {
+        const char *a[] = {"sdc", "generate", "-m", "m.safetensors", "-p", "tab\there \"q\" \u00e9", "-p", "two",
+                           "--steps", "7", "--cfg-scale", "1.5", "-s", "9000000000"};
+        job = NULL;
+        rc = parse((int)(sizeof a / sizeof *a), a, &job, &err);
+        char *t1 = job ? dump(job) : NULL;
+        ProtobufCMessage *back = NULL;
+        int prc = t1 ? manifest_parse_text(&sdc__job__descriptor, t1, strlen(t1), "dump", &back, &err) : -1;
+        char *t2 = back ? dump((Sdc__Job *)back) : NULL;
+        check_true(&t, t1 && t2 && !strcmp(t1, t2), "dump -> parse -> dump is identity (%s)", prc ? err.msg : "ok");
+        Sdc__Job *bj = (Sdc__Job *)back;
+        check_true(&t, bj && bj->generate && bj->generate->seed == 9000000000LL && bj->generate->n_prompts == 2,
+                   "int64 seed and repeated prompts survive");
+        free(t1);
+        free(t2);
+        if (back) protobuf_c_message_free_unpacked(back, NULL);
+        cli_job_free(job);
+    }
+    {
+        const char *txt = "# a comment\ntask: TASK_GENERATE model < path: 'a' 'b' >\n"
+                          "generate { prompts: [\"x\", \"y\"]; steps: 0x10, cfg_scale: 3f seed: -1 }";
+        ProtobufCMessage *m = NULL;
+        rc = manifest_parse_text(&sdc__job__descriptor, txt, strlen(txt), "hand", &m, &err);
+        Sdc__Job *j = (Sdc__Job *)m;
+        check_true(&t, rc == 0 && j && !strcmp(j->model->path, "ab") && j->generate->n_prompts == 2 &&
+                           j->generate->steps == 16 && j->generate->cfg_scale == 3.0f && j->generate->seed == -1 &&
+                           !j->generate->has_width && j->generate->batch_count == 1,
+                   "hand-written text: comments, <>, adjacent strings, lists, hex, 3f, defaults (%s)",
+                   rc ? err.msg : "ok");
+        if (m) protobuf_c_message_free_unpacked(m, NULL);
+    }
+    struct {
+        const char *txt, *needle;
+    } badtxt[] = {
+        {"task: TASK_NOPE", "not a sdc.Task"},
+        {"model { path: \"x\" ", "missing '}'"},
+        {"generate { steps: 99999999999 }", "not an integer"},
+        {"generate { stepz: 1 }", "has no field 'stepz'"},
+        {"generate { steps: 1 steps: 2 }", "given twice"},
+        {"generate { prompts: \"unterminated }", "not closed"},
+        {"generate { steps 3 }", "expected ':'"},
+        {"model { path: \"\\q\" }", "unknown escape"},
+        {"task: TASK_GENERATE\n\n  generate { width: \"wide\" }", "hand:3:21"},
+        {"model { model { } }", "has no field 'model'"},
+    };
+    for (size_t i = 0; i < sizeof badtxt / sizeof *badtxt; i++) {
+        ProtobufCMessage *m = NULL;
+        memset(&err, 0, sizeof err);
+        rc = manifest_parse_text(&sdc__job__descriptor, badtxt[i].txt, strlen(badtxt[i].txt), "hand", &m, &err);
+        check_true(&t, rc == SDC_ERR_FORMAT && !m && strstr(err.msg, badtxt[i].needle), "bad text refused: %s",
+                   err.msg);
+    }
+    // deep nesting ends in an error, not a stack overflow (the Job has no
+    // recursive message, so the field check stops it; MAX_DEPTH guards others)
+    {
+        char deep[4096] = "";
+        for (int i = 0; i < 600; i++) strcat(deep, "model{");
+        ProtobufCMessage *m = NULL;
+        rc = manifest_parse_text(&sdc__job__descriptor, deep, strlen(deep), "deep", &m, &err);
+        check_true(&t, rc != 0 && !m, "600 nested braces refused: %s", err.msg);
+    }
     return test_summary(&t);
 }
