@@ -1,0 +1,124 @@
+// unet.h: the Stable Diffusion denoiser (diffusers UNet2DConditionModel as
+// SD 1.x / 2.x and the 9-channel inpainting variant use it), as an explicit
+// list of blocks over a skip stack.
+//
+// The UNet is the sequence
+//   conv_in | per down level: layers x (resnet [+ transformer]), downsample |
+//   mid: resnet, transformer, resnet |
+//   per up level: (layers+1) x (resnet popping a skip [+ transformer]), upsample |
+//   out (group norm + SiLU + conv_out)
+// driven entirely by UnetConfig, so tiny test models and SD 1.5 / 2.1 run the
+// same code. Every block has a kind, its parameters, flags saying whether it
+// pushes its output on the skip stack or pops one, a parameter count and a
+// FLOP estimate, and a forward that maps the running state to the next one.
+// unet_forward is just the loop over the blocks; a pipeline-parallel stage
+// runs a contiguous slice of them (the open skips at a cut are the ones on
+// the stack), and a trainer can recompute a block from its input.
+//
+// Memory: parameters live in one arena (or are views into the mmap'd file on
+// the CPU backend when the file is f32). Activations live in one arena, sized
+// by a measuring run (backend_measure) and split into regions: the time
+// embedding, two slots the running state alternates between, the skip stack
+// (a bump region released as skips are popped) and per-block scratch (reset
+// after every block). So the peak is about the skips plus two states plus
+// one block's temporaries, not the sum of all activations.
+#ifndef SDC_UNET_H
+#define SDC_UNET_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "core/arena.h"
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/tensor.h"
+#include "io/weights.h"
+#include "models/config.h"
+
+typedef struct Unet Unet;
+
+// ---- whole model -------------------------------------------------------------
+
+// Loads every UNet parameter from mf (diffusers names, either layout) onto be.
+// Parameters may be views into mf's mapping: mf must outlive the Unet.
+// Errors name the tensor, the expected and the found shape.
+int unet_load(Unet **out, const ModelFiles *mf, const Backend *be, SdcError *err);
+// Plans activation memory for up to `batch` items at latent (h, w) with
+// ctx_len context tokens (a measuring run), and allocates the arena once.
+// unet_forward re-plans by itself only when called with a larger shape.
+int unet_reserve(Unet *m, int batch, int h, int w, int ctx_len, SdcError *err);
+// x (N, Cin, h, w), timesteps: N floats on the host, ctx (N, L, cross_dim)
+// -> out (N, Cout, h, w). Tensors on be's device, act dtype, owned by the
+// caller. h and w must be multiples of 2^(n_levels-1).
+int unet_forward(Unet *m, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
+                 SdcError *err);
+const UnetConfig *unet_config(const Unet *m);
+size_t unet_param_count(const Unet *m);
+size_t unet_param_bytes(const Unet *m);      // parameter bytes at be->param_dtype
+size_t unet_activation_bytes(const Unet *m); // the planned activation arena (0 before planning)
+void unet_free(Unet *m);
+// Prints the planned activation regions and parameter bytes (tests, benchmarks).
+void unet_print_plan(const Unet *m, FILE *f);
+
+// ---- blocks ------------------------------------------------------------------
+
+typedef enum {
+    UNET_BLOCK_CONV_IN = 0,
+    UNET_BLOCK_RESNET,      // ResnetBlock2D (pops a skip and concatenates it in up levels)
+    UNET_BLOCK_TRANSFORMER, // Transformer2DModel (self-attn, cross-attn, GEGLU FF)
+    UNET_BLOCK_DOWNSAMPLE,  // conv 3x3 stride 2
+    UNET_BLOCK_UPSAMPLE,    // nearest 2x + conv 3x3
+    UNET_BLOCK_OUT,         // conv_norm_out + SiLU + conv_out
+} UnetBlockKind;
+
+typedef struct UnetBlockInfo {
+    UnetBlockKind kind;
+    char name[48];       // diffusers prefix, e.g. "down_blocks.1.attentions.0"
+    int in_channels;     // of the running state entering the block
+    int skip_channels;   // of the popped skip (0 when the block pops none)
+    int out_channels;
+    int in_div;          // input spatial size = latent size / in_div (1, 2, 4, 8)
+    int out_div;
+    int pushes_skip;     // the block's output is also pushed on the skip stack
+    int pops_skip;       // the block concatenates the popped skip to its input
+    size_t param_count;  // parameters (elements) the block owns
+    // For the shape of the last plan (unet_reserve), 0 before it: the bytes
+    // of the block's output (a state slot or a pushed skip) and of the
+    // scratch it needs while running (released when it returns).
+    size_t out_bytes, scratch_bytes;
+} UnetBlockInfo;
+
+int unet_block_count(const Unet *m);
+const UnetBlockInfo *unet_block_info(const Unet *m, int i);
+const char *unet_block_kind_name(UnetBlockKind k);
+// Multiply-add FLOPs (2 per MAC) of the block's convolutions, linears and
+// attention products for `batch` items at latent (h, w) with ctx_len
+// context tokens; norms and elementwise ops (a few percent) are not counted.
+double unet_block_flops(const Unet *m, int i, int batch, int h, int w, int ctx_len);
+
+// ---- running the blocks one by one --------------------------------------------
+
+#define UNET_MAX_SKIPS 64
+
+// The state flowing between blocks. Its tensors live in the Unet's activation
+// arena (regions described above); skips[] is the explicit skip stack.
+typedef struct UnetState {
+    Tensor x;      // (N, C, H, W) the running activation
+    int x_slot;    // which state slot holds x (0 or 1), -1 when elsewhere
+    Tensor temb;   // (N, 4*block_out[0]) SiLU(time embedding), read by every resnet
+    Tensor ctx;    // (N, L, cross_dim) the caller's context
+    Tensor out;    // (N, Cout, h, w) where the OUT block writes (the caller's tensor)
+    Tensor skips[UNET_MAX_SKIPS]; // (N, C_k, H_k, W_k) pushed skips, bottom first
+    size_t skip_mark[UNET_MAX_SKIPS]; // skip region offset to release each to
+    int n_skips;
+} UnetState;
+
+// Starts a pass: plans memory if the shapes grew, resets the activation
+// arena, computes the time embedding and sets s->x = x. The block loop
+//   for (i = 0; i < unet_block_count(m); i++) unet_block_forward(m, i, &s, err);
+// then leaves the result in out.
+int unet_begin(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float *timesteps,
+               const Tensor *ctx, SdcError *err);
+int unet_block_forward(Unet *m, int i, UnetState *s, SdcError *err);
+
+#endif
