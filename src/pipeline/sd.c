@@ -63,7 +63,9 @@ int sd_txt2img(SdModel *m, const GenParams *p, uint8_t *rgb, ProgressFn progress
 
     Sampler *s = malloc(sizeof *s);
     if (!s) return sdc_err(err, SDC_ERR_OOM, "sampler");
-    int rc = sampler_init(s, p->sampler, p->steps, SPACING_LINSPACE, 1, uc->prediction, err);
+    // the spacing a diffusers user gets from XScheduler.from_config(SD's scheduler config)
+    int rc = sampler_init(s, p->sampler, p->steps, sampler_default_spacing(p->sampler), uc->prediction, 0.0f, nlat,
+                          err);
     if (rc) {
         free(s);
         return rc;
@@ -79,6 +81,7 @@ int sd_txt2img(SdModel *m, const GenParams *p, uint8_t *rgb, ProgressFn progress
     rc = arena_init(&a, be, bytes, err);
     float *host = malloc((nlat * (2 + 2 * nb) + (size_t)3 * p->height * p->width) * sizeof(float));
     if (rc || !host) {
+        sampler_free(s);
         free(s);
         free(host);
         arena_free(&a);
@@ -107,18 +110,21 @@ int sd_txt2img(SdModel *m, const GenParams *p, uint8_t *rgb, ProgressFn progress
 
     // ---- denoising
     if (!rc) rc = unet_reserve(m->unet, nb, h, w, L, err);
+    // One generator for the run, as diffusers' generator=: the initial latent
+    // first, then the stochastic samplers' per-step noise.
+    Rng rng;
+    rng_seed(&rng, p->seed);
     if (!rc) {
-        Rng rng;
-        rng_seed(&rng, p->seed);
         rng_normal(&rng, lat, nlat);
         for (size_t k = 0; k < nlat; k++) lat[k] *= s->init_noise_sigma;
     }
-    for (int i = 0; !rc && i < s->steps; i++) {
+    const int evals = sampler_num_evals(s); // Heun: 2 per step; PNDM: steps + 1
+    for (int i = 0; !rc && i < evals; i++) {
         float cin = sampler_input_scale(s, i);
         for (int b = 0; b < nb; b++)
             for (size_t k = 0; k < nlat; k++) xin[b * nlat + k] = lat[k] * cin;
         backend_upload_f32(be, &x, xin, nb * nlat);
-        float ts[2] = {s->timesteps[i], s->timesteps[i]};
+        float t = sampler_timestep(s, i), ts[2] = {t, t};
         rc = unet_forward(m->unet, &out, &x, ts, &ctx, err);
         if (rc) break;
         backend_download_f32(be, eps, &out, nb * nlat);
@@ -128,8 +134,8 @@ int sd_txt2img(SdModel *m, const GenParams *p, uint8_t *rgb, ProgressFn progress
                 guide[k] = eps[k] + p->cfg_scale * (eps[nlat + k] - eps[k]);
             e = guide;
         }
-        sampler_step(s, i, lat, e, nlat);
-        if (progress) progress(user, i + 1, s->steps);
+        sampler_step(s, i, lat, e, &rng);
+        if (progress) progress(user, i + 1, evals);
     }
 
     // ---- decode
@@ -146,6 +152,7 @@ int sd_txt2img(SdModel *m, const GenParams *p, uint8_t *rgb, ProgressFn progress
     }
     arena_free(&a);
     free(host);
+    sampler_free(s);
     free(s);
     return rc;
 }

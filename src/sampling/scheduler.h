@@ -1,10 +1,39 @@
-// scheduler.h: the noise schedule and samplers, with diffusers' semantics.
+// scheduler.h: the SD noise schedule and every sampler users know, each with
+// the semantics of the diffusers scheduler class of the same math.
 //
 // The SD schedule: betas scaled_linear from 0.00085 to 0.012 over 1000
-// training steps; sigma_t = sqrt((1 - alphabar_t) / alphabar_t). A Sampler
-// holds the chosen inference timesteps and sigmas for one run and advances a
-// latent given the model output. Samplers here are k-diffusion style
-// (sigma-space), as diffusers' Euler* schedulers are.
+// training steps, steps_offset 1 (SD 1.5's scheduler_config.json).
+// sigma_t = sqrt((1 - alphabar_t) / alphabar_t).
+//
+//   sdc name        A1111 name        diffusers class (options)
+//   euler           Euler             EulerDiscreteScheduler
+//   euler_a         Euler a           EulerAncestralDiscreteScheduler
+//   heun            Heun              HeunDiscreteScheduler (2 evaluations per step)
+//   lms             LMS               LMSDiscreteScheduler (order 4)
+//   ddim            DDIM              DDIMScheduler (eta, set_alpha_to_one False)
+//   pndm            PNDM              PNDMScheduler (skip_prk_steps: PLMS)
+//   ddpm            DDPM              DDPMScheduler (fixed_small variance)
+//   dpm++2m         DPM++ 2M          DPMSolverMultistepScheduler (dpmsolver++, order 2)
+//   dpm++2m_karras  DPM++ 2M Karras   ... use_karras_sigmas
+//   dpm++2m_sde     DPM++ 2M SDE      ... algorithm_type sde-dpmsolver++
+//   unipc           UniPC             UniPCMultistepScheduler (bh2, order 2, predict_x0)
+//
+// A Sampler is one run: its evaluation timesteps, sigmas, and the state its
+// multistep method carries between steps, in buffers allocated once by
+// sampler_init for latents of n floats. The loop a pipeline runs:
+//
+//   x = noise * s.init_noise_sigma                  (txt2img), or
+//   b = sampler_begin_for_strength(&s, strength);
+//   sampler_add_noise(&s, b, x0, noise, x)          (img2img)
+//   for i in [b, sampler_num_evals(&s)):
+//       out = unet(x * sampler_input_scale(&s, i), sampler_timestep(&s, i))
+//       sampler_step(&s, i, x, out, rng)
+//
+// Stochastic samplers (euler_a, ddpm, dpm++2m_sde, ddim with eta > 0) draw
+// their noise from rng inside sampler_step, one randn of n values per step
+// when diffusers draws one, so a Rng seeded and used for the initial latent
+// then passed here reproduces a diffusers pipeline run with
+// generator=torch.Generator().manual_seed(seed).
 #ifndef SDC_SCHEDULER_H
 #define SDC_SCHEDULER_H
 
@@ -12,34 +41,95 @@
 
 #include "core/error.h"
 #include "models/config.h"
+#include "sampling/rng.h"
 
 #define SCHED_TRAIN_STEPS 1000
 #define SCHED_MAX_STEPS 1000
+#define SCHED_STEPS_OFFSET 1 // SD 1.x/2.x scheduler_config.json
 
 typedef enum { SPACING_LEADING = 0, SPACING_TRAILING, SPACING_LINSPACE } TimestepSpacing;
-typedef enum { SAMPLER_EULER = 0 } SamplerKind;
+typedef enum {
+    SAMPLER_EULER = 0,
+    SAMPLER_EULER_A,
+    SAMPLER_HEUN,
+    SAMPLER_LMS,
+    SAMPLER_DDIM,
+    SAMPLER_PNDM,
+    SAMPLER_DDPM,
+    SAMPLER_DPMPP_2M,
+    SAMPLER_DPMPP_2M_KARRAS,
+    SAMPLER_DPMPP_2M_SDE,
+    SAMPLER_UNIPC,
+    SAMPLER_COUNT
+} SamplerKind;
 
 typedef struct Sampler {
     SamplerKind kind;
     PredictionType prediction;
-    int steps;
-    float timesteps[SCHED_MAX_STEPS];     // model timestep of step i (descending)
-    float sigmas[SCHED_MAX_STEPS + 1];    // sigma of step i; sigmas[steps] = 0
-    float init_noise_sigma;               // scale of the initial noise
-    double alphas_cumprod[SCHED_TRAIN_STEPS];
+    TimestepSpacing spacing;
+    int steps;              // inference steps asked for
+    int n_evals;            // model evaluations in the whole run
+    float eta;              // DDIM's eta (0 = deterministic); ignored by the others
+    float init_noise_sigma; // scale of the initial noise (diffusers' init_noise_sigma)
+    float *timesteps;       // (n_evals) UNet timestep at evaluation i (diffusers' scheduler.timesteps)
+    float *sigmas;          // (n_sigmas) diffusers' scheduler.sigmas; NULL for ddim, pndm, ddpm
+    int n_sigmas;
+    float alphas_cumprod[SCHED_TRAIN_STEPS]; // float32, as torch computes them
+
+    // ---- run state: set by sampler_init / sampler_reset, advanced by sampler_step
+    size_t n;         // latent floats
+    int n_done;       // steps taken in this run
+    int n_hist, hist_cap;
+    float *hist[4];   // (n) each, oldest first: LMS derivatives, PNDM ets, DPM/UniPC x0 predictions, Heun d
+    float *saved;     // (n) Heun/PNDM sample of the first-order half; UniPC last_sample
+    float *noise;     // (n) randn for the stochastic samplers
+    float *tmp;       // (n) scratch (converted model output)
+    int heun_pending; // Heun: the next evaluation is the second-order half of the step
+    float heun_dt;    // Heun: dt of that step
+    int unipc_order;  // UniPC: order of the previous predictor (the corrector's order)
+    float *mem;       // the one allocation behind all the buffers above
 } Sampler;
 
-// Looks a sampler name up ("euler"); SDC_ERR_ARG with the list of known names.
+// Looks a sampler name up, case-insensitive: the sdc names above or A1111's
+// display names ("Euler a", "DPM++ 2M Karras"); SDC_ERR_ARG lists the known names.
 int sampler_parse(const char *name, SamplerKind *out, SdcError *err);
 const char *sampler_name(SamplerKind k);
-// A1111's display name ("Euler"), for the PNG parameters chunk.
+// A1111's display name ("Euler a"), for the PNG parameters chunk.
 const char *sampler_display_name(SamplerKind k);
+// What XScheduler.from_config(SD 1.5 config) gives: leading for ddim, pndm,
+// ddpm; linspace for the others.
+TimestepSpacing sampler_default_spacing(SamplerKind k);
 
-int sampler_init(Sampler *s, SamplerKind kind, int steps, TimestepSpacing spacing, int steps_offset,
-                 PredictionType prediction, SdcError *err);
-// The model input scaling c_in for step i: x / sqrt(sigma^2 + 1).
+// Builds the run for `steps` inference steps and latents of n_latent floats.
+// eta: DDIM's eta (pass 0 for the others).
+int sampler_init(Sampler *s, SamplerKind kind, int steps, TimestepSpacing spacing, PredictionType prediction,
+                 float eta, size_t n_latent, SdcError *err);
+void sampler_free(Sampler *s);
+// Clears the multistep state so the same Sampler can run again.
+void sampler_reset(Sampler *s);
+
+// Model evaluations in the whole run (Heun: 2*steps-1; PNDM: steps+1).
+int sampler_num_evals(const Sampler *s);
+// The timestep to give the UNet at evaluation i.
+float sampler_timestep(const Sampler *s, int i);
+// c_in, the factor on the latent before the UNet at evaluation i (diffusers'
+// scale_model_input): 1/sqrt(sigma^2+1) for euler, euler_a, heun, lms; 1 otherwise.
 float sampler_input_scale(const Sampler *s, int i);
-// Advances x (n floats) in place from step i to i + 1 given the model output.
-void sampler_step(const Sampler *s, int i, float *x, const float *model_out, size_t n);
+// Advances x (n floats) in place after evaluation i given the model output
+// (n floats, after guidance). Evaluations run in order from the run's first
+// one. rng: the pipeline's generator, continued (may be NULL for the
+// deterministic samplers).
+void sampler_step(Sampler *s, int i, float *x, const float *model_out, Rng *rng);
+
+// img2img: the first evaluation for diffusers' strength semantics
+// (init_timestep = min(int(steps*strength), steps), t_start = steps -
+// init_timestep, first = t_start * order). n_evals means nothing is left to do.
+int sampler_begin_for_strength(const Sampler *s, double strength);
+// diffusers' scheduler.add_noise(x0, noise, timestep of evaluation i) into out
+// (n floats each; out may alias x0): x0 + sigma*noise for euler, euler_a,
+// heun, lms; alpha*x0 + sigma*noise (alpha = 1/sqrt(sigma^2+1)) for dpm++*,
+// unipc; sqrt(abar)*x0 + sqrt(1-abar)*noise for ddim, pndm, ddpm.
+// Inpainting re-noises the known region after step i with evaluation i+1.
+void sampler_add_noise(const Sampler *s, int i, const float *x0, const float *noise, float *out);
 
 #endif
