@@ -2,19 +2,31 @@
 # fuzz.sh: builds the libFuzzer target for the safetensors / JSON parsers
 # (tests/fuzz/fuzz_safetensors.c) with clang -fsanitize=fuzzer,address,undefined
 # and runs it for a bounded time.
-#   tools/fuzz.sh [seconds=60] [jobs=1]
+#   tools/fuzz.sh [seconds=60] [jobs=1] [target=safetensors|image]
+# target image: the PNG/JPEG decoders (tests/fuzz/fuzz_image.c), seeded with
+# tests/fixtures/images/*.png, *.jpg.
 # The seed corpus is made here from small valid files (and the fixtures'
 # safetensors headers when present); crashes land in build-fuzz/findings/.
 # Prints executions, exec/s and the number of findings; exits 1 on a finding.
 set -euo pipefail
 SECS=${1:-60}
 JOBS=${2:-1}
+TARGET=${3:-safetensors}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${FUZZ_OUT:-$ROOT/build-fuzz}
 CC=${CC_FUZZ:-clang}
-mkdir -p "$OUT/corpus" "$OUT/findings"
 command -v "$CC" >/dev/null || { echo "fuzz.sh: $CC not found ---> install clang and libclang-rt-dev" >&2; exit 2; }
-
+[ "$TARGET" = image ] && OUT=$OUT/image
+mkdir -p "$OUT/corpus" "$OUT/findings"
+BIN=$OUT/fuzz_$TARGET
+case "$TARGET" in
+image)
+    "$CC" -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+        -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -I"$ROOT/src" "$ROOT/tests/fuzz/fuzz_image.c" \
+        "$ROOT/src/io/image.c" "$ROOT/src/core/error.c" -lpng -ljpeg -lz -lm -o "$OUT/fuzz_image"
+    cp "$ROOT"/tests/fixtures/images/*.png "$ROOT"/tests/fixtures/images/*.jpg "$OUT/corpus/"
+    ;;
+safetensors)
 "$CC" -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -I"$ROOT/src" "$ROOT/tests/fuzz/fuzz_safetensors.c" "$ROOT/src/io/safetensors.c" "$ROOT/src/io/json.c" \
     "$ROOT/src/core/error.c" "$ROOT/src/core/tensor.c" -lm -o "$OUT/fuzz_safetensors"
@@ -52,10 +64,13 @@ for p in glob.glob(os.path.join(fix, "*.safetensors"))[:3]:
         with open(p, "rb") as f:
             open(os.path.join(out, "hdr_" + os.path.basename(p)), "wb").write(f.read(8 + n))
 PY
+    ;;
+*) echo "fuzz.sh: unknown target $TARGET ---> safetensors or image" >&2; exit 2 ;;
+esac
 
 LOG="$OUT/fuzz.log"
 set +e
-(cd "$OUT/findings" && "$OUT/fuzz_safetensors" -max_total_time="$SECS" -max_len=65536 -timeout=10 \
+(cd "$OUT/findings" && "$BIN" -max_total_time="$SECS" -max_len=65536 -timeout=10 \
     -rss_limit_mb=2048 -print_final_stats=1 -jobs="$JOBS" -workers="$JOBS" \
     -artifact_prefix="$OUT/findings/" "$OUT/corpus") >"$LOG" 2>&1
 RC=$?
@@ -65,9 +80,9 @@ EXECS=$(grep -h "stat::number_of_executed_units" "$LOG" | awk '{s+=$2} END {prin
 RATE=$(grep -h "stat::average_exec_per_sec" "$LOG" | awk '{s+=$2} END {print s+0}')
 NFIND=$(find "$OUT/findings" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
 COV=$(grep -ho "cov: [0-9]*" "$LOG" | tail -1)
-echo "fuzz_safetensors: ${SECS}s, executions=$EXECS, exec/s=$RATE, $COV, corpus=$(ls "$OUT/corpus" | wc -l), findings=$NFIND (rc=$RC)"
+echo "fuzz_$TARGET: ${SECS}s, executions=$EXECS, exec/s=$RATE, $COV, corpus=$(ls "$OUT/corpus" | wc -l), findings=$NFIND (rc=$RC)"
 if [ "$NFIND" -gt 0 ] || [ "$RC" -ne 0 ]; then
     grep -h -m3 -A12 "ERROR: \|runtime error" "$LOG" || tail -30 "$LOG"
-    echo "findings in $OUT/findings/ (reproduce: $OUT/fuzz_safetensors <file>)"
+    echo "findings in $OUT/findings/ (reproduce: $BIN <file>)"
     exit 1
 fi

@@ -1,0 +1,444 @@
+// backend_cpu.c: the CPU backend (the fp32 reference every other backend is
+// checked against), the no-op "measure" backend used to size arenas, and the
+// device-independent helpers backend_destroy / backend_upload_f32 /
+// backend_download_f32.
+//
+// Each op checks its tensors' shapes and dtypes (SDC_CHECK: a mismatch is a
+// caller bug) and calls a raw kernel from kernels/cpu/ops_cpu.h. The backend
+// owns one scratch buffer (im2col tiles, attention score blocks) that grows
+// to the largest request seen and is then reused: a model's first forward
+// sizes it, later forwards never allocate. Kernels keep requests bounded
+// (CPU_SCRATCH_BUDGET_FLOATS plus one row or block). Because of that shared
+// scratch, one CPU Backend serves one calling thread at a time (its ops
+// use all the backend's threads themselves).
+#include "core/backend.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/ops_cpu.h"
+
+// Provided by backend_cuda.c in builds with CUDA. Weak: a CUDA Backend can
+// only exist when backend_cuda_create (same object file) was linked in, so a
+// CPU-only link that never pulls that object never needs this symbol.
+extern void backend_cuda_destroy(Backend *be) __attribute__((weak));
+
+typedef struct CpuImpl {
+    float *scratch; // grows to the largest request, then reused
+    size_t scratch_cap; // floats
+} CpuImpl;
+
+// ---- helpers -----------------------------------------------------------------
+
+static float *cpu_scratch(const Backend *be, size_t floats) {
+    CpuImpl *im = be->impl;
+    if (floats > im->scratch_cap) {
+        free(im->scratch);
+        size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+        im->scratch = aligned_alloc(64, bytes);
+        // scratch is bounded by the kernels (tens of MB); failing here means
+        // the machine is out of memory before the model even runs
+        SDC_CHECK(im->scratch != NULL);
+        im->scratch_cap = floats;
+    }
+    return im->scratch;
+}
+
+#define CHECK_F32(t) SDC_CHECK((t)->dtype == DT_F32 && (t)->device == DEV_CPU)
+
+static int64_t last_dim(const Tensor *t) { return t->shape[t->ndim - 1]; }
+
+// Product of spatial dims after (N, C).
+static int64_t spatial(const Tensor *t) {
+    int64_t s = 1;
+    for (int i = 2; i < t->ndim; i++) s *= t->shape[i];
+    return s;
+}
+
+static void check_elementwise(const Tensor *out, const Tensor *x) {
+    CHECK_F32(out);
+    CHECK_F32(x);
+    SDC_CHECK(tensor_numel(out) == tensor_numel(x));
+}
+
+// ---- memory ------------------------------------------------------------------
+
+static void *cpu_alloc(const Backend *be, size_t bytes) {
+    (void)be;
+    return aligned_alloc(64, (bytes + 63) / 64 * 64 + (bytes == 0 ? 64 : 0));
+}
+static void cpu_free(const Backend *be, void *p) { (void)be; free(p); }
+static void cpu_copy_bytes(const Backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes) memcpy(dst, src, bytes);
+}
+static void cpu_sync(const Backend *be) { (void)be; }
+
+// ---- ops ---------------------------------------------------------------------
+
+static void cpu_op_conv2d(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w,
+                          const Tensor *b, int stride, int pad) {
+    CHECK_F32(out); CHECK_F32(x); CHECK_F32(w);
+    SDC_CHECK(x->ndim == 4 && w->ndim == 4 && out->ndim == 4 && stride >= 1 && pad >= 0);
+    int N = (int)x->shape[0], C = (int)x->shape[1], H = (int)x->shape[2], W = (int)x->shape[3];
+    int OC = (int)w->shape[0], KH = (int)w->shape[2], KW = (int)w->shape[3];
+    SDC_CHECK(w->shape[1] == C);
+    int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
+    SDC_CHECK(OH > 0 && OW > 0);
+    SDC_CHECK(out->shape[0] == N && out->shape[1] == OC && out->shape[2] == OH && out->shape[3] == OW);
+    if (b) { CHECK_F32(b); SDC_CHECK(tensor_numel(b) == OC); }
+    size_t need = cpu_conv2d_scratch_floats(C, H, W, OC, KH, KW, stride, pad);
+    float *s = need ? cpu_scratch(be, need) : NULL;
+    cpu_conv2d(tensor_f32p(out), tensor_f32p(x), tensor_f32p(w), b ? tensor_f32p(b) : NULL, N, C,
+               H, W, OC, KH, KW, stride, pad, s, need);
+}
+
+static void cpu_op_linear(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w,
+                          const Tensor *b) {
+    CHECK_F32(out); CHECK_F32(x); CHECK_F32(w);
+    SDC_CHECK(w->ndim == 2);
+    int64_t K = last_dim(x), Nn = w->shape[0];
+    SDC_CHECK(w->shape[1] == K && last_dim(out) == Nn);
+    int64_t M = tensor_numel(x) / K;
+    SDC_CHECK(tensor_numel(out) == M * Nn);
+    if (b) { CHECK_F32(b); SDC_CHECK(tensor_numel(b) == Nn); }
+    cpu_linear(tensor_f32p(out), tensor_f32p(x), tensor_f32p(w), b ? tensor_f32p(b) : NULL, (int)M,
+               (int)K, (int)Nn);
+}
+
+static void cpu_op_group_norm(const Backend *be, Tensor *out, const Tensor *x, const Tensor *gamma,
+                              const Tensor *beta, int groups, float eps, int silu) {
+    check_elementwise(out, x);
+    CHECK_F32(gamma); CHECK_F32(beta);
+    SDC_CHECK(x->ndim >= 2 && tensor_same_shape(out, x));
+    int N = (int)x->shape[0], C = (int)x->shape[1];
+    SDC_CHECK(groups > 0 && C % groups == 0);
+    SDC_CHECK(tensor_numel(gamma) == C && tensor_numel(beta) == C);
+    cpu_group_norm(tensor_f32p(out), tensor_f32p(x), tensor_f32p(gamma), tensor_f32p(beta), N, C,
+                   spatial(x), groups, eps, silu);
+}
+
+static void cpu_op_layer_norm(const Backend *be, Tensor *out, const Tensor *x, const Tensor *gamma,
+                              const Tensor *beta, float eps) {
+    check_elementwise(out, x);
+    CHECK_F32(gamma); CHECK_F32(beta);
+    int64_t D = last_dim(x);
+    SDC_CHECK(last_dim(out) == D && tensor_numel(gamma) == D && tensor_numel(beta) == D);
+    cpu_layer_norm(tensor_f32p(out), tensor_f32p(x), tensor_f32p(gamma), tensor_f32p(beta),
+                   tensor_numel(x) / D, (int)D, eps);
+}
+
+static void cpu_op_attention(const Backend *be, Tensor *out, const Tensor *q, const Tensor *k,
+                             const Tensor *v, int heads, int causal) {
+    CHECK_F32(out); CHECK_F32(q); CHECK_F32(k); CHECK_F32(v);
+    SDC_CHECK(q->ndim == 3 && k->ndim == 3 && v->ndim == 3 && tensor_same_shape(out, q));
+    SDC_CHECK(tensor_same_shape(k, v) && k->shape[0] == q->shape[0] && k->shape[2] == q->shape[2]);
+    SDC_CHECK(heads > 0 && q->shape[2] % heads == 0 && k->shape[1] > 0);
+    int B = (int)q->shape[0], Lq = (int)q->shape[1], Lk = (int)k->shape[1];
+    int D = (int)(q->shape[2] / heads);
+    size_t need = cpu_attention_scratch_floats(Lq, Lk, D, omp_get_max_threads());
+    float *s = cpu_scratch(be, need);
+    cpu_attention(tensor_f32p(out), tensor_f32p(q), tensor_f32p(k), tensor_f32p(v), B, Lq, Lk,
+                  heads, D, causal, s, need);
+}
+
+static void cpu_op_softmax(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(out, x);
+    int64_t D = last_dim(x);
+    cpu_softmax(tensor_f32p(out), tensor_f32p(x), tensor_numel(x) / D, (int)D);
+}
+
+static void cpu_op_silu(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(out, x);
+    cpu_silu(tensor_f32p(out), tensor_f32p(x), tensor_numel(x));
+}
+
+static void cpu_op_gelu(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(out, x);
+    cpu_gelu(tensor_f32p(out), tensor_f32p(x), tensor_numel(x));
+}
+
+static void cpu_op_quick_gelu(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(out, x);
+    cpu_quick_gelu(tensor_f32p(out), tensor_f32p(x), tensor_numel(x));
+}
+
+static void cpu_op_geglu(const Backend *be, Tensor *out, const Tensor *x) {
+    CHECK_F32(out); CHECK_F32(x);
+    SDC_CHECK(out->data != x->data);
+    int64_t F2 = last_dim(x), F = last_dim(out);
+    SDC_CHECK(F2 == 2 * F && tensor_numel(out) * 2 == tensor_numel(x));
+    cpu_geglu(tensor_f32p(out), tensor_f32p(x), tensor_numel(out) / F, (int)F);
+}
+
+static void cpu_op_upsample_nearest2x(const Backend *be, Tensor *out, const Tensor *x) {
+    CHECK_F32(out); CHECK_F32(x);
+    SDC_CHECK(x->ndim == 4 && out->ndim == 4);
+    SDC_CHECK(out->shape[0] == x->shape[0] && out->shape[1] == x->shape[1] &&
+              out->shape[2] == 2 * x->shape[2] && out->shape[3] == 2 * x->shape[3]);
+    cpu_upsample_nearest2x(tensor_f32p(out), tensor_f32p(x), (int)x->shape[0], (int)x->shape[1],
+                           (int)x->shape[2], (int)x->shape[3]);
+}
+
+static void cpu_op_timestep_embedding(const Backend *be, Tensor *out, const float *t,
+                                      int flip_sin_to_cos, float freq_shift) {
+    CHECK_F32(out);
+    SDC_CHECK(out->ndim == 2);
+    cpu_timestep_embedding(tensor_f32p(out), t, (int)out->shape[0], (int)out->shape[1],
+                           flip_sin_to_cos, freq_shift);
+}
+
+static void cpu_op_add(const Backend *be, Tensor *out, const Tensor *a, const Tensor *b) {
+    check_elementwise(out, a);
+    check_elementwise(out, b);
+    cpu_add(tensor_f32p(out), tensor_f32p(a), tensor_f32p(b), tensor_numel(out));
+}
+
+static void cpu_op_add_channel_bias(const Backend *be, Tensor *out, const Tensor *x,
+                                    const Tensor *bias) {
+    check_elementwise(out, x);
+    CHECK_F32(bias);
+    SDC_CHECK(x->ndim >= 2);
+    int N = (int)x->shape[0], C = (int)x->shape[1];
+    SDC_CHECK(tensor_numel(bias) == (int64_t)N * C);
+    cpu_add_channel_bias(tensor_f32p(out), tensor_f32p(x), tensor_f32p(bias), N, C, spatial(x));
+}
+
+static void cpu_op_scale(const Backend *be, Tensor *out, const Tensor *x, float s) {
+    check_elementwise(out, x);
+    cpu_scale(tensor_f32p(out), tensor_f32p(x), s, tensor_numel(x));
+}
+
+static void cpu_op_concat_channels(const Backend *be, Tensor *out, const Tensor *a,
+                                   const Tensor *b) {
+    CHECK_F32(out); CHECK_F32(a); CHECK_F32(b);
+    SDC_CHECK(a->ndim >= 2 && b->ndim == a->ndim && out->ndim == a->ndim);
+    int N = (int)a->shape[0], Ca = (int)a->shape[1], Cb = (int)b->shape[1];
+    int64_t S = spatial(a);
+    SDC_CHECK(b->shape[0] == N && spatial(b) == S && out->shape[0] == N &&
+              out->shape[1] == Ca + Cb && spatial(out) == S);
+    cpu_concat_channels(tensor_f32p(out), tensor_f32p(a), tensor_f32p(b), N, Ca, Cb, S);
+}
+
+static void cpu_op_nchw_to_nlc(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(out, x);
+    SDC_CHECK(x->ndim == 4 && out->ndim == 3);
+    int N = (int)x->shape[0], C = (int)x->shape[1];
+    int64_t S = spatial(x);
+    SDC_CHECK(out->shape[0] == N && out->shape[1] == S && out->shape[2] == C);
+    SDC_CHECK(out->data != x->data);
+    cpu_nchw_to_nlc(tensor_f32p(out), tensor_f32p(x), N, C, S);
+}
+
+static void cpu_op_nlc_to_nchw(const Backend *be, Tensor *out, const Tensor *x) {
+    check_elementwise(out, x);
+    SDC_CHECK(x->ndim == 3 && out->ndim == 4);
+    int N = (int)out->shape[0], C = (int)out->shape[1];
+    int64_t S = spatial(out);
+    SDC_CHECK(x->shape[0] == N && x->shape[1] == S && x->shape[2] == C);
+    SDC_CHECK(out->data != x->data);
+    cpu_nlc_to_nchw(tensor_f32p(out), tensor_f32p(x), N, C, S);
+}
+
+static void cpu_op_embedding(const Backend *be, Tensor *out, const Tensor *ids,
+                             const Tensor *table) {
+    CHECK_F32(out); CHECK_F32(table);
+    SDC_CHECK(ids->dtype == DT_I32 && ids->device == DEV_CPU && table->ndim == 2);
+    int64_t n = tensor_numel(ids);
+    int V = (int)table->shape[0], D = (int)table->shape[1];
+    SDC_CHECK(last_dim(out) == D && tensor_numel(out) == n * D);
+    int64_t bad = cpu_embedding(tensor_f32p(out), (const int32_t *)ids->data, tensor_f32p(table), n,
+                                V, D);
+    SDC_CHECK(bad < 0); // token ids come from our tokenizer: out of range is a bug
+}
+
+static int is_float_dtype(DType dt) { return dt == DT_F32 || dt == DT_F16 || dt == DT_BF16; }
+
+static void cpu_op_copy(const Backend *be, Tensor *out, const Tensor *x) {
+    SDC_CHECK(out->device == DEV_CPU && x->device == DEV_CPU);
+    size_t n = (size_t)tensor_numel(x);
+    SDC_CHECK((size_t)tensor_numel(out) == n);
+    if (out->dtype == x->dtype) {
+        if (out->data != x->data) memmove(out->data, x->data, n * dtype_size(x->dtype));
+        return;
+    }
+    SDC_CHECK(is_float_dtype(out->dtype) && is_float_dtype(x->dtype));
+    if (x->dtype == DT_F32) {
+        convert_from_f32(out->data, out->dtype, x->data, n);
+    } else if (out->dtype == DT_F32) {
+        convert_to_f32(out->data, x->data, x->dtype, n);
+    } else { // F16 <-> BF16 through f32 in chunks on the stack
+        float buf[1024]; // (chunk)
+        const char *src = x->data;
+        char *dst = out->data;
+        for (size_t i = 0; i < n; i += 1024) {
+            size_t m = n - i < 1024 ? n - i : 1024;
+            convert_to_f32(buf, src + i * 2, x->dtype, m);
+            convert_from_f32(dst + i * 2, out->dtype, buf, m);
+        }
+    }
+}
+
+static const Backend cpu_template = {
+    .name = "cpu",
+    .device = DEV_CPU,
+    .act_dtype = DT_F32,
+    .param_dtype = DT_F32,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy_bytes,
+    .download = cpu_copy_bytes,
+    .sync = cpu_sync,
+    .conv2d = cpu_op_conv2d,
+    .linear = cpu_op_linear,
+    .group_norm = cpu_op_group_norm,
+    .layer_norm = cpu_op_layer_norm,
+    .attention = cpu_op_attention,
+    .softmax = cpu_op_softmax,
+    .silu = cpu_op_silu,
+    .gelu = cpu_op_gelu,
+    .quick_gelu = cpu_op_quick_gelu,
+    .geglu = cpu_op_geglu,
+    .upsample_nearest2x = cpu_op_upsample_nearest2x,
+    .timestep_embedding = cpu_op_timestep_embedding,
+    .add = cpu_op_add,
+    .add_channel_bias = cpu_op_add_channel_bias,
+    .scale = cpu_op_scale,
+    .concat_channels = cpu_op_concat_channels,
+    .nchw_to_nlc = cpu_op_nchw_to_nlc,
+    .nlc_to_nchw = cpu_op_nlc_to_nchw,
+    .embedding = cpu_op_embedding,
+    .copy = cpu_op_copy,
+};
+
+int backend_cpu_create(Backend **out, int threads, SdcError *err) {
+    *out = NULL;
+    if (threads < 0)
+        return sdc_err(err, SDC_ERR_ARG, "cpu backend: threads = %d\n---> pass 0 for all cores",
+                       threads);
+    if (threads == 0) threads = omp_get_num_procs();
+    Backend *be = malloc(sizeof *be);
+    CpuImpl *im = calloc(1, sizeof *im);
+    if (!be || !im) {
+        free(be);
+        free(im);
+        return sdc_err(err, SDC_ERR_OOM, "cpu backend: out of memory");
+    }
+    *be = cpu_template;
+    be->threads = threads;
+    be->impl = im;
+    // Process-wide settings: OpenMP loops and OpenBLAS both use `threads`.
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+    *out = be;
+    return 0;
+}
+
+// ---- measure backend ---------------------------------------------------------
+// Every op does nothing: a model's forward against it and a measuring arena
+// only records how much memory the real run needs.
+
+static void *measure_alloc(const Backend *be, size_t bytes) { (void)be; (void)bytes; return NULL; }
+static void measure_free(const Backend *be, void *p) { (void)be; (void)p; }
+static void measure_move(const Backend *be, void *d, const void *s, size_t n) { (void)be; (void)d; (void)s; (void)n; }
+static void measure_sync(const Backend *be) { (void)be; }
+static void m_conv2d(const Backend *be, Tensor *o, const Tensor *x, const Tensor *w, const Tensor *b, int s, int p) {}
+static void m_linear(const Backend *be, Tensor *o, const Tensor *x, const Tensor *w, const Tensor *b) {}
+static void m_group_norm(const Backend *be, Tensor *o, const Tensor *x, const Tensor *g, const Tensor *b, int n, float e, int s) {}
+static void m_layer_norm(const Backend *be, Tensor *o, const Tensor *x, const Tensor *g, const Tensor *b, float e) {}
+static void m_attention(const Backend *be, Tensor *o, const Tensor *q, const Tensor *k, const Tensor *v, int h, int c) {}
+static void m_unary(const Backend *be, Tensor *o, const Tensor *x) {}
+static void m_timestep(const Backend *be, Tensor *o, const float *t, int f, float s) {}
+static void m_binary(const Backend *be, Tensor *o, const Tensor *a, const Tensor *b) {}
+static void m_scale(const Backend *be, Tensor *o, const Tensor *x, float s) {}
+
+static const Backend measure_backend = {
+    .name = "measure",
+    .device = DEV_CPU,
+    .act_dtype = DT_F32,
+    .param_dtype = DT_F32,
+    .threads = 1,
+    .alloc = measure_alloc,
+    .free = measure_free,
+    .upload = measure_move,
+    .download = measure_move,
+    .sync = measure_sync,
+    .conv2d = m_conv2d,
+    .linear = m_linear,
+    .group_norm = m_group_norm,
+    .layer_norm = m_layer_norm,
+    .attention = m_attention,
+    .softmax = m_unary,
+    .silu = m_unary,
+    .gelu = m_unary,
+    .quick_gelu = m_unary,
+    .geglu = m_unary,
+    .upsample_nearest2x = m_unary,
+    .timestep_embedding = m_timestep,
+    .add = m_binary,
+    .add_channel_bias = m_binary,
+    .scale = m_scale,
+    .concat_channels = m_binary,
+    .nchw_to_nlc = m_unary,
+    .nlc_to_nchw = m_unary,
+    .embedding = m_binary,
+    .copy = m_unary,
+};
+
+const Backend *backend_measure(void) { return &measure_backend; }
+
+// ---- device-independent helpers ---------------------------------------------
+
+void backend_destroy(Backend *be) {
+    if (!be || be == &measure_backend) return;
+    if (be->device == DEV_CUDA) {
+        SDC_CHECK(backend_cuda_destroy != NULL); // only backend_cuda_create makes these
+        backend_cuda_destroy(be);
+        return;
+    }
+    CpuImpl *im = be->impl;
+    if (im) free(im->scratch);
+    free(im);
+    free(be);
+}
+
+void backend_upload_f32(const Backend *be, Tensor *dst, const float *host, size_t n) {
+    SDC_CHECK((size_t)tensor_numel(dst) == n);
+    if (be == &measure_backend) return;
+    if (be->device == DEV_CPU) {
+        convert_from_f32(dst->data, dst->dtype, host, n);
+        return;
+    }
+    if (dst->dtype == DT_F32) {
+        be->upload(be, dst->data, host, n * sizeof(float));
+        return;
+    }
+    size_t bytes = n * dtype_size(dst->dtype);
+    void *tmp = malloc(bytes ? bytes : 1); // host staging for the converted copy
+    SDC_CHECK(tmp != NULL);
+    convert_from_f32(tmp, dst->dtype, host, n);
+    be->upload(be, dst->data, tmp, bytes);
+    free(tmp);
+}
+
+void backend_download_f32(const Backend *be, float *host, const Tensor *src, size_t n) {
+    SDC_CHECK((size_t)tensor_numel(src) == n);
+    if (be == &measure_backend) return;
+    if (be->device == DEV_CPU) {
+        convert_to_f32(host, src->data, src->dtype, n);
+        return;
+    }
+    if (src->dtype == DT_F32) {
+        be->download(be, host, src->data, n * sizeof(float));
+        return;
+    }
+    size_t bytes = n * dtype_size(src->dtype);
+    void *tmp = malloc(bytes ? bytes : 1); // host staging before conversion
+    SDC_CHECK(tmp != NULL);
+    be->download(be, tmp, src->data, bytes);
+    convert_to_f32(host, tmp, src->dtype, n);
+    free(tmp);
+}
