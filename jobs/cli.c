@@ -38,6 +38,27 @@ static int parse_float(const char *flag, const char *v, float *out, SdcError *er
 // a is the short flag s (may be NULL) or the long flag l
 static int flag_is(const char *a, const char *s, const char *l) { return (s && !strcmp(a, s)) || !strcmp(a, l); }
 
+// "L,T,R,B" pixels to add on each side
+static int parse_outpaint(const char *flag, const char *v, Sdc__Generate *g, SdcError *err) {
+    long long x[4];
+    const char *p = v;
+    for (int k = 0; k < 4; k++) {
+        char *end;
+        errno = 0;
+        x[k] = strtoll(p, &end, 10);
+        if (errno || end == p || x[k] < 0 || x[k] > 8192 || (k < 3 ? *end != ',' : *end != 0))
+            return sdc_err(err, SDC_ERR_ARG,
+                           "%s: expected LEFT,TOP,RIGHT,BOTTOM pixels (4 numbers 0..8192), got '%s'", flag, v);
+        p = end + 1;
+    }
+    free(g->outpaint);
+    g->outpaint = malloc(4 * sizeof(int32_t));
+    SDC_CHECK(g->outpaint);
+    for (int k = 0; k < 4; k++) g->outpaint[k] = (int32_t)x[k];
+    g->n_outpaint = 4;
+    return 0;
+}
+
 void cli_print_usage(FILE *f, const char *sub) {
     if (sub && !strcmp(sub, "run")) {
         fprintf(f, "usage: sdc run MANIFEST [--dump-manifest] [-q]\n\n"
@@ -62,11 +83,18 @@ void cli_print_usage(FILE *f, const char *sub) {
             "  -n, --negative-prompt T   the negative prompt (default: empty)\n"
             "      --steps N             denoising steps (default 20)\n"
             "      --cfg-scale F         classifier-free guidance scale; <= 1 turns guidance off (default 7.0)\n"
-            "      --sampler NAME        euler (default euler)\n"
+            "      --sampler NAME        euler (default), euler_a, heun, lms, ddim, pndm, ddpm, dpm++2m,\n"
+            "                            dpm++2m_karras, dpm++2m_sde, unipc (A1111 names work too)\n"
+            "      --eta F               DDIM eta (default 0)\n"
             "  -s, --seed N              seed; item i of a batch uses seed + i (default 42)\n"
             "  -W, --width N             width in pixels, multiple of 8 (default: the model's size)\n"
             "  -H, --height N            height in pixels, multiple of 8 (default: the model's size)\n"
-            "  -b, --batch-count N       images to generate (default 1)\n"
+            "  -b, --batch-count N       images to generate per prompt (default 1)\n"
+            "      --batch-size N        images denoised together in one UNet batch (default 1)\n"
+            "  -i, --init-img FILE       img2img: start from this PNG/JPEG (its size unless -W/-H)\n"
+            "      --strength F          how much to change the init image, 0..1 (default 0.75; 1.0 inpainting)\n"
+            "      --mask FILE           inpaint: white = repaint, black = keep (same size as --init-img)\n"
+            "      --outpaint L,T,R,B    outpaint: extend --init-img by these pixels and fill them in\n"
             "      --clip-skip N         use the text encoder's N-th layer from the end (default: model's)\n"
             "  -o, --output PATH         output PNG (default output.png; a batch adds _2, _3, ...)\n"
             "  -t, --threads N           CPU threads (default: all cores)\n"
@@ -198,6 +226,24 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         } else if (FLAG(NULL, "--device")) {
             const char *v = VALUE();
             if (v) set_str(job->runtime, "device", v);
+        } else if (FLAG("-i", "--init-img")) {
+            const char *v = VALUE();
+            if (v) set_str(g, "init_image", v);
+        } else if (FLAG(NULL, "--mask")) {
+            const char *v = VALUE();
+            if (v) set_str(g, "mask", v);
+        } else if (FLAG(NULL, "--strength")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_float(a, v, &g->strength, err))) g->has_strength = 1;
+        } else if (FLAG(NULL, "--eta")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_float(a, v, &g->eta, err))) g->has_eta = 1;
+        } else if (FLAG(NULL, "--batch-size")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 1, 256, &ll, err))) g->batch_size = (int32_t)ll, g->has_batch_size = 1;
+        } else if (FLAG(NULL, "--outpaint")) {
+            const char *v = VALUE();
+            if (v) rc = parse_outpaint(a, v, g, err);
         } else if (FLAG(NULL, "--dump-manifest")) {
             opt->dump_manifest = 1;
         } else if (FLAG("-q", "--quiet")) {

@@ -200,6 +200,14 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
         if (g->batch_count < 1)
             return sdc_err(err, SDC_ERR_ARG, "manifest: generate.batch_count is %d; expected 1 or more",
                            g->batch_count);
+        if (g->has_strength && !(g->strength >= 0.0f && g->strength <= 1.0f))
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.strength %g; expected 0 to 1", g->strength);
+        if (g->batch_size < 1)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.batch_size is %d; expected 1 or more",
+                           g->batch_size);
+        if (g->n_outpaint != 0 && g->n_outpaint != 4)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.outpaint has %zu values; expected 4 (left, top, "
+                                             "right, bottom)", g->n_outpaint);
         if (!(g->cfg_scale >= 0.0f && g->cfg_scale <= 100.0f))
             return sdc_err(err, SDC_ERR_ARG, "manifest: generate.cfg_scale %g; expected 0 to 100", g->cfg_scale);
     } else {

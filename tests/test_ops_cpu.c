@@ -325,6 +325,14 @@ static void test_elementwise(TestCtx *t, Backend *be) {
     Tensor tup = t4(up, N, C, 2 * H, 2 * W);
     be->upsample_nearest2x(be, &tup, &ta);
     check_rel(t, "upsample_nearest2x (2,5,7,3)", up, upref, 4 * n, 0);
+    // to an odd size (2H - 1, 2W): torch's nearest interpolate gives in[y / 2]
+    for (int p = 0; p < N * C; p++)
+        for (int y = 0; y < 2 * H - 1; y++)
+            for (int xx = 0; xx < 2 * W; xx++)
+                upref[((size_t)p * (2 * H - 1) + y) * 2 * W + xx] = a[((size_t)p * H + y / 2) * W + xx / 2];
+    Tensor tup_odd = t4(up, N, C, 2 * H - 1, 2 * W);
+    be->upsample_nearest2x(be, &tup_odd, &ta);
+    check_rel(t, "upsample_nearest2x (2,5,7,3) -> (13, 6)", up, upref, (size_t)N * C * (2 * H - 1) * 2 * W, 0);
 
     // concat a (N, C, H, W) and b' (N, 3, H, W)
     int Cb = 3;

@@ -71,20 +71,22 @@ void cpu_add_channel_bias(float *out, const float *x, const float *bias, int N, 
 
 // ---- layout ------------------------------------------------------------------
 
-void cpu_upsample_nearest2x(float *out, const float *x, int N, int C, int H, int W) {
+void cpu_upsample_nearest2x(float *out, const float *x, int N, int C, int H, int W, int OH, int OW) {
+    // out[y][x] = in[y / 2][x / 2]; OH may be 2H - 1 (an odd skip size on the
+    // UNet's way up): the same as torch's nearest interpolate to that size.
     int64_t planes = (int64_t)N * C;
 #pragma omp parallel for schedule(static) if (planes * H * W > PAR_MIN / 4)
     for (int64_t p = 0; p < planes; p++) {
         const float *xp = x + p * H * W;    // (H, W)
-        float *op = out + p * 4 * H * W;    // (2H, 2W)
-        for (int y = 0; y < H; y++) {
-            const float *xr = xp + (int64_t)y * W;
-            float *o0 = op + (int64_t)(2 * y) * 2 * W;
-            for (int xx = 0; xx < W; xx++) {
-                o0[2 * xx] = xr[xx];
-                o0[2 * xx + 1] = xr[xx];
+        float *op = out + p * OH * OW;      // (OH, OW)
+        for (int y = 0; y < OH; y++) {
+            float *o = op + (int64_t)y * OW;
+            if (y & 1) { // odd rows repeat the row above
+                memcpy(o, o - OW, sizeof(float) * OW);
+                continue;
             }
-            memcpy(o0 + 2 * W, o0, sizeof(float) * 2 * W);
+            const float *xr = xp + (int64_t)(y / 2) * W;
+            for (int xx = 0; xx < OW; xx++) o[xx] = xr[xx >> 1];
         }
     }
 }

@@ -73,7 +73,7 @@ void cpu_add_channel_bias(float *out, const float *x, const float *bias, int N, 
 // ---- layout ------------------------------------------------------------------
 
 // (N, C, H, W) -> (N, C, 2H, 2W), nearest.
-void cpu_upsample_nearest2x(float *out, const float *x, int N, int C, int H, int W);
+void cpu_upsample_nearest2x(float *out, const float *x, int N, int C, int H, int W, int OH, int OW);
 // a (N, Ca, S), b (N, Cb, S) -> out (N, Ca+Cb, S).
 void cpu_concat_channels(float *out, const float *a, const float *b, int N, int Ca, int Cb,
                          int64_t S);

@@ -66,7 +66,9 @@ struct Backend {
     void (*quick_gelu)(const Backend *be, Tensor *out, const Tensor *x); // x * sigmoid(1.702 x)
     // x (..., 2F) -> out (..., F) = x[..., :F] * gelu(x[..., F:])  (diffusers GEGLU)
     void (*geglu)(const Backend *be, Tensor *out, const Tensor *x);
-    // (N, C, H, W) -> (N, C, 2H, 2W)
+    // (N, C, H, W) -> (N, C, OH, OW), out[y][x] = x[y / 2][x / 2], with OH
+    // 2H or 2H - 1 (and OW likewise): the UNet's way up to an odd skip size,
+    // as torch's nearest interpolate to that size gives.
     void (*upsample_nearest2x)(const Backend *be, Tensor *out, const Tensor *x);
     // diffusers get_timestep_embedding: out (N, dim) from N timesteps given on
     // the host; max_period 10000, half = dim/2,

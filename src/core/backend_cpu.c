@@ -178,9 +178,10 @@ static void cpu_op_upsample_nearest2x(const Backend *be, Tensor *out, const Tens
     CHECK_F32(out); CHECK_F32(x);
     SDC_CHECK(x->ndim == 4 && out->ndim == 4);
     SDC_CHECK(out->shape[0] == x->shape[0] && out->shape[1] == x->shape[1] &&
-              out->shape[2] == 2 * x->shape[2] && out->shape[3] == 2 * x->shape[3]);
+              (out->shape[2] == 2 * x->shape[2] || out->shape[2] == 2 * x->shape[2] - 1) &&
+              (out->shape[3] == 2 * x->shape[3] || out->shape[3] == 2 * x->shape[3] - 1));
     cpu_upsample_nearest2x(tensor_f32p(out), tensor_f32p(x), (int)x->shape[0], (int)x->shape[1],
-                           (int)x->shape[2], (int)x->shape[3]);
+                           (int)x->shape[2], (int)x->shape[3], (int)out->shape[2], (int)out->shape[3]);
 }
 
 static void cpu_op_timestep_embedding(const Backend *be, Tensor *out, const float *t,

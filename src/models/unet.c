@@ -588,7 +588,8 @@ static void transformer_forward(Unet *m, const UnetBlock *b, UnetState *s) {
 static void downsample_forward(Unet *m, const UnetBlock *b, UnetState *s) {
     const Backend *be = m->run_be;
     Tensor x = s->x; // (N, C, H, W)
-    Tensor out = state_out(m, s, b, x.shape[0], x.shape[1], x.shape[2] / 2, x.shape[3] / 2);
+    // stride 2, pad 1, 3x3: ceil(H / 2), so odd sizes work as in diffusers
+    Tensor out = state_out(m, s, b, x.shape[0], x.shape[1], (x.shape[2] + 1) / 2, (x.shape[3] + 1) / 2);
     be->conv2d(be, &out, &x, &b->conv.w, &b->conv.b, 2, 1);
     s->x = out;
 }
@@ -598,8 +599,12 @@ static void upsample_forward(Unet *m, const UnetBlock *b, UnetState *s) {
     Arena *wk = &m->reg[REG_WORK];
     size_t mark = arena_mark(wk);
     Tensor x = s->x; // (N, C, H, W)
-    int64_t N = x.shape[0], C = x.shape[1], H2 = 2 * x.shape[2], W2 = 2 * x.shape[3];
-    Tensor u = ACT(wk, N, C, H2, W2); // (N, C, 2H, 2W)
+    // To the size of the skip the next block pops (diffusers' upsample_size):
+    // 2H, or 2H - 1 when the way down halved an odd size.
+    SDC_CHECK(s->n_skips > 0);
+    const Tensor *next = &s->skips[s->n_skips - 1];
+    int64_t N = x.shape[0], C = x.shape[1], H2 = next->shape[2], W2 = next->shape[3];
+    Tensor u = ACT(wk, N, C, H2, W2); // (N, C, H2, W2)
     be->upsample_nearest2x(be, &u, &x);
     Tensor out = state_out(m, s, b, N, C, H2, W2); // (N, C, 2H, 2W)
     be->conv2d(be, &out, &u, &b->conv.w, &b->conv.b, 1, 1);
@@ -661,12 +666,9 @@ static void block_run(Unet *m, const UnetBlock *b, UnetState *s) {
 
 int unet_reserve(Unet *m, int batch, int h, int w, int ctx_len, SdcError *err) {
     const UnetConfig *c = &m->cfg;
-    int mult = 1 << (c->n_levels - 1);
-    if (batch < 1 || h < mult || w < mult || h % mult || w % mult || ctx_len < 1)
-        return sdc_err(err, SDC_ERR_ARG,
-                       "unet: batch %d, latent %dx%d, %d context tokens: the latent sides must be "
-                       "positive multiples of %d\n---> image sides must be multiples of %d pixels",
-                       batch, h, w, ctx_len, mult, 8 * mult);
+    if (batch < 1 || h < 1 || w < 1 || ctx_len < 1)
+        return sdc_err(err, SDC_ERR_ARG, "unet: batch %d, latent %dx%d, %d context tokens: all must be positive",
+                       batch, h, w, ctx_len);
     // Measuring run: every region a measuring arena, every op a no-op.
     float *ts = calloc((size_t)batch, sizeof *ts); // never read by the measure backend
     if (!ts) return sdc_err(err, SDC_ERR_OOM, "unet: out of memory");
@@ -742,12 +744,6 @@ int unet_begin(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float 
                        tensor_shape_str(x, b1, sizeof b1), tensor_shape_str(ctx, b2, sizeof b2),
                        tensor_shape_str(out, b3, sizeof b3), c->in_channels, c->cross_dim,
                        c->out_channels);
-    int mult = 1 << (c->n_levels - 1);
-    if (h % mult || w % mult)
-        return sdc_err(err, SDC_ERR_ARG,
-                       "unet: latent %dx%d: the sides must be multiples of %d\n---> image sides "
-                       "must be multiples of %d pixels",
-                       (int)h, (int)w, mult, 8 * mult);
     if (N > m->plan_batch || h > m->plan_h || w > m->plan_w || L > m->plan_ctx) {
         // Grow every dimension to the larger of plan and call (outside the hot loop).
         SDC_TRY(unet_reserve(m, N > m->plan_batch ? (int)N : m->plan_batch,

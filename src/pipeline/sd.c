@@ -1,9 +1,13 @@
-// sd.c: the txt2img pipeline (see sd.h).
+// sd.c: the Stable Diffusion pipeline: text-to-image, image-to-image and
+// inpainting, with diffusers' order of random draws so that the same seed
+// gives the same image (see sd.h).
 #include "pipeline/sd.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <math.h>
 
 #include "io/image.h"
 #include "sampling/rng.h"
@@ -44,115 +48,255 @@ static int encode_prompt_ids(SdModel *m, const char *text, int32_t *ids, SdcErro
     return 0;
 }
 
-int sd_txt2img(SdModel *m, const GenParams *p, uint8_t *rgb, ProgressFn progress, void *user, SdcError *err) {
-    const Backend *be = m->be;
-    if (p->width % 8 || p->height % 8 || p->width <= 0 || p->height <= 0)
+int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int clip_skip, float *ctx,
+                     SdcError *err) {
+    const ClipConfig *cc = clip_config(m->clip);
+    const int L = cc->max_positions, D = cc->hidden;
+    int32_t ids[2 * 1024];
+    SDC_CHECK(L <= 1024);
+    SDC_TRY(encode_prompt_ids(m, negative ? negative : "", ids, err));
+    SDC_TRY(encode_prompt_ids(m, prompt ? prompt : "", ids + L, err));
+    SDC_TRY(clip_reserve(m->clip, 2, err));
+    Arena a;
+    SDC_TRY(arena_init(&a, m->be, (size_t)2 * L * D * sizeof(float) + ARENA_ALIGN, err));
+    Tensor out = ARENA_F32(&a, 2, L, D); // (2, L, D) [negative, prompt]
+    int rc = clip_encode(m->clip, ids, 2, clip_skip, &out, err);
+    if (!rc) backend_download_f32(m->be, ctx, &out, (size_t)2 * L * D);
+    arena_free(&a);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// sd_generate
+
+// Host-side buffers of one request, carved from one allocation.
+typedef struct GenBuffers {
+    float *lat;       // (B, 4, h, w) the running latents
+    float *noise;     // (B, 4, h, w) each item's initial noise (inpaint blending re-noises with it)
+    float *img_lat;   // (B, 4, h, w) sampled latents of the init image, times scaling_factor
+    float *masked_lat;// (B, 4, h, w) sampled latents of the masked image (9-channel UNet)
+    float *mask_lat;  // (h, w) the mask at latent size, {0, 1}
+    float *mean, *logvar; // (4, h, w) VAE posterior of one image
+    float *xin;       // (rows, Cin, h, w) UNet input
+    float *eps;       // (rows, 4, h, w) UNet output
+    float *guided;    // (4, h, w) guided model output of one item
+    float *proper;    // (4, h, w) re-noised original of one item
+    float *masked_img;// (3, H, W) init image with the repaint area zeroed
+} GenBuffers;
+
+// Device tensors of one request, in one arena on the backend.
+typedef struct GenTensors {
+    Tensor ctx;   // (rows, L, D)
+    Tensor x;     // (rows, Cin, h, w)
+    Tensor out;   // (rows, 4, h, w)
+    Tensor image; // (1, 3, H, W) VAE input / output
+    Tensor mean, logvar, z; // (1, 4, h, w)
+} GenTensors;
+
+static int check_params(const SdModel *m, const GenParams *p, SdcError *err) {
+    const int cin = unet_config(m->unet)->in_channels;
+    if (p->width <= 0 || p->height <= 0 || p->width % 8 || p->height % 8)
         return sdc_err(err, SDC_ERR_ARG, "width and height must be positive multiples of 8 (got %dx%d)", p->width,
                        p->height);
+    if (p->batch < 1) return sdc_err(err, SDC_ERR_ARG, "batch must be at least 1 (got %d)", p->batch);
+    if (p->mode != GEN_TXT2IMG) {
+        if (!p->init_image)
+            return sdc_err(err, SDC_ERR_ARG, "%s needs an init image ---> pass --init-img FILE",
+                           p->mode == GEN_IMG2IMG ? "img2img" : "inpainting");
+        if (!(p->strength >= 0.0 && p->strength <= 1.0))
+            return sdc_err(err, SDC_ERR_ARG, "--strength must be between 0 and 1 (got %g)", p->strength);
+    }
+    if (p->mode == GEN_INPAINT && !p->mask)
+        return sdc_err(err, SDC_ERR_ARG, "inpainting needs a mask ---> pass --mask FILE (white = repaint)");
+    if (cin != 4 && cin != 9)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "UNet with %d input channels: expected 4, or 9 (inpainting)", cin);
+    if (cin == 9 && p->mode != GEN_INPAINT)
+        return sdc_err(err, SDC_ERR_ARG,
+                       "this is an inpainting model (9-channel UNet): it needs an image and a mask ---> pass "
+                       "--init-img and --mask, or use a regular SD model for %s",
+                       p->mode == GEN_TXT2IMG ? "text-to-image" : "image-to-image");
+    return 0;
+}
+
+// One sample of the VAE posterior of the image in g->image, as diffusers'
+// latent_dist.sample(generator): mean + exp(logvar / 2) * randn, times
+// scaling_factor. mean/logvar are cached by the caller across items.
+static void posterior_sample(const SdModel *m, const GenBuffers *b, size_t nlat, Rng *rng, float *out) {
+    const float sf = vae_config(m->vae)->scaling_factor;
+    rng_normal(rng, out, nlat);
+    for (size_t k = 0; k < nlat; k++) out[k] = (b->mean[k] + expf(0.5f * b->logvar[k]) * out[k]) * sf;
+}
+
+static int vae_posterior(SdModel *m, GenTensors *t, GenBuffers *b, const float *image, size_t npix, size_t nlat,
+                         SdcError *err) {
+    backend_upload_f32(m->be, &t->image, image, 3 * npix);
+    SDC_TRY(vae_encode(m->vae, &t->image, &t->mean, &t->logvar, err));
+    backend_download_f32(m->be, b->mean, &t->mean, nlat);
+    backend_download_f32(m->be, b->logvar, &t->logvar, nlat);
+    return 0;
+}
+
+int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents, float *images,
+                ProgressFn progress, void *user, SdcError *err) {
+    SDC_TRY(check_params(m, p, err));
+    const Backend *be = m->be;
     const ClipConfig *cc = clip_config(m->clip);
     const UnetConfig *uc = unet_config(m->unet);
-    if (uc->in_channels != 4)
-        return sdc_err(err, SDC_ERR_UNSUPPORTED,
-                       "this UNet has %d input channels (an inpainting model) ---> txt2img needs a 4-channel UNet",
-                       uc->in_channels);
-    const int guided = p->cfg_scale > 1.0f;
-    const int nb = guided ? 2 : 1; // UNet batch: [uncond, cond]
+    const int B = p->batch, cin = uc->in_channels, guided = p->cfg_scale > 1.0f;
+    const int rows = guided ? 2 * B : B; // UNet rows: [uncond x B, cond x B] as diffusers
     const int L = cc->max_positions, D = cc->hidden;
-    const int h = p->height / 8, w = p->width / 8, C = 4;
-    const size_t nlat = (size_t)C * h * w;
+    const int H = p->height, W = p->width, h = H / 8, w = W / 8;
+    const size_t nlat = (size_t)4 * h * w, npix = (size_t)H * W, plane = (size_t)h * w;
+    const int inpaint = p->mode == GEN_INPAINT, blend = inpaint && cin == 4;
 
-    Sampler *s = malloc(sizeof *s);
-    if (!s) return sdc_err(err, SDC_ERR_OOM, "sampler");
-    // the spacing a diffusers user gets from XScheduler.from_config(SD's scheduler config)
-    int rc = sampler_init(s, p->sampler, p->steps, sampler_default_spacing(p->sampler), uc->prediction, 0.0f, nlat,
-                          err);
-    if (rc) {
-        free(s);
-        return rc;
+    // ---- buffers: samplers (one per item: each has its own history and noise), host, device
+    Sampler *s = calloc((size_t)B, sizeof *s);
+    Rng *rng = calloc((size_t)B, sizeof *rng);
+    size_t nhost = 4 * (size_t)B * nlat + plane + 2 * nlat + (size_t)rows * cin * plane + (size_t)rows * nlat +
+                   2 * nlat + 3 * npix;
+    float *host = malloc(nhost * sizeof(float));
+    GenBuffers b = {0};
+    GenTensors t;
+    Arena a = {0};
+    int rc = (!s || !rng || !host) ? sdc_err(err, SDC_ERR_OOM, "pipeline buffers for %d items at %dx%d", B, W, H)
+                                   : 0;
+    int n_init = 0;
+    for (int i = 0; !rc && i < B; i++, n_init++)
+        rc = sampler_init(&s[i], p->sampler, p->steps, sampler_default_spacing(p->sampler), uc->prediction, p->eta,
+                          nlat, err);
+    if (!rc) {
+        float *q = host;
+        b.lat = q, q += (size_t)B * nlat;
+        b.noise = q, q += (size_t)B * nlat;
+        b.img_lat = q, q += (size_t)B * nlat;
+        b.masked_lat = q, q += (size_t)B * nlat;
+        b.mask_lat = q, q += plane;
+        b.mean = q, q += nlat;
+        b.logvar = q, q += nlat;
+        b.xin = q, q += (size_t)rows * cin * plane;
+        b.eps = q, q += (size_t)rows * nlat;
+        b.guided = q, q += nlat;
+        b.proper = q, q += nlat;
+        b.masked_img = q, q += 3 * npix;
+        size_t bytes = 8 * ARENA_ALIGN + sizeof(float) * ((size_t)rows * L * D + (size_t)rows * cin * plane +
+                                                          (size_t)rows * nlat + 3 * npix + 3 * nlat);
+        rc = arena_init(&a, be, bytes, err);
     }
-
-    // One arena for the pipeline's own tensors, on the backend's device.
-    Arena a;
-    size_t bytes = 0;
-    bytes += (size_t)nb * L * D * 4 + 64;         // ctx
-    bytes += 2 * ((size_t)nb * nlat * 4 + 64);    // unet in, out
-    bytes += (size_t)3 * p->height * p->width * 4 + 64; // decoded image
-    bytes += nlat * 4 + 64;                       // z for decode
-    rc = arena_init(&a, be, bytes, err);
-    float *host = malloc((nlat * (2 + 2 * nb) + (size_t)3 * p->height * p->width) * sizeof(float));
-    if (rc || !host) {
-        sampler_free(s);
-        free(s);
-        free(host);
-        arena_free(&a);
-        return rc ? rc : sdc_err(err, SDC_ERR_OOM, "pipeline host buffers");
+    if (!rc) {
+        t.ctx = ARENA_F32(&a, rows, L, D);
+        t.x = ARENA_F32(&a, rows, cin, h, w);
+        t.out = ARENA_F32(&a, rows, 4, h, w);
+        t.image = ARENA_F32(&a, 1, 3, H, W);
+        t.mean = ARENA_F32(&a, 1, 4, h, w);
+        t.logvar = ARENA_F32(&a, 1, 4, h, w);
+        t.z = ARENA_F32(&a, 1, 4, h, w);
+        // context rows: [negative x B, prompt x B] with guidance, else [prompt x B]
+        for (int r = 0; r < rows; r++) {
+            const float *src = ctx + (size_t)(guided && r < B ? 0 : 1) * L * D;
+            Tensor row = t.ctx;
+            row.ndim = 2, row.shape[0] = L, row.shape[1] = D;
+            row.data = (char *)t.ctx.data + (size_t)r * L * D * dtype_size(t.ctx.dtype);
+            backend_upload_f32(be, &row, src, (size_t)L * D);
+        }
     }
-    float *lat = host;                     // (C, h, w)
-    float *xin = lat + nlat;               // (nb, C, h, w)
-    float *eps = xin + nb * nlat;          // (nb, C, h, w)
-    float *guide = eps + nb * nlat;        // (C, h, w)
-    float *img = guide + nlat;             // (3, H, W)
+    const int evals = n_init ? sampler_num_evals(&s[0]) : 0;
+    const int begin = p->mode == GEN_TXT2IMG ? 0 : (n_init ? sampler_begin_for_strength(&s[0], p->strength) : 0);
+    if (!rc && begin >= evals)
+        rc = sdc_err(err, SDC_ERR_ARG,
+                     "--strength %g with %d steps leaves no denoising step ---> raise --strength or --steps",
+                     p->strength, p->steps);
 
-    Tensor ctx = ARENA_F32(&a, nb, L, D);          // (nb, 77, D)
-    Tensor x = ARENA_F32(&a, nb, C, h, w);          // (nb, 4, h, w)
-    Tensor out = ARENA_F32(&a, nb, C, h, w);        // (nb, 4, h, w)
-    Tensor z = ARENA_F32(&a, 1, C, h, w);           // (1, 4, h, w)
-    Tensor image = ARENA_F32(&a, 1, 3, p->height, p->width);
-
-    // ---- text conditioning
-    int32_t *ids = calloc((size_t)nb * L, sizeof(int32_t));
-    if (!ids) rc = sdc_err(err, SDC_ERR_OOM, "token ids");
-    if (!rc && guided) rc = encode_prompt_ids(m, p->negative_prompt ? p->negative_prompt : "", ids, err);
-    if (!rc) rc = encode_prompt_ids(m, p->prompt, ids + (size_t)(nb - 1) * L, err);
-    if (!rc) rc = clip_reserve(m->clip, nb, err);
-    if (!rc) rc = clip_encode(m->clip, ids, nb, p->clip_skip, &ctx, err);
-    free(ids);
+    // ---- initial latents, in diffusers' order of draws from each item's generator
+    if (!rc && p->mode != GEN_TXT2IMG) rc = vae_reserve(m->vae, 1, H, W, err);
+    if (!rc && p->mode != GEN_TXT2IMG) rc = vae_posterior(m, &t, &b, p->init_image, npix, nlat, err);
+    const int strength_max = p->strength == 1.0;
+    for (int i = 0; !rc && i < B; i++) {
+        float *lat = b.lat + i * nlat, *noise = b.noise + i * nlat, *img_lat = b.img_lat + i * nlat;
+        rng_seed(&rng[i], p->seed + (uint64_t)i);
+        if (p->mode == GEN_IMG2IMG || (inpaint && (blend || !strength_max)))
+            posterior_sample(m, &b, nlat, &rng[i], img_lat);
+        rng_normal(&rng[i], noise, nlat);
+        if (p->mode == GEN_TXT2IMG || (inpaint && strength_max)) {
+            for (size_t k = 0; k < nlat; k++) lat[k] = noise[k] * s[i].init_noise_sigma;
+        } else {
+            sampler_add_noise(&s[i], begin, img_lat, noise, lat);
+        }
+    }
+    if (!rc && inpaint) {
+        // diffusers encodes the masked image for both UNet kinds (one more
+        // draw per item), and binarises the mask then takes nearest pixels
+        mask_downsample(p->mask, H, W, b.mask_lat, h, w);
+        image_mask_out(p->init_image, p->mask, H, W, b.masked_img);
+        rc = vae_posterior(m, &t, &b, b.masked_img, npix, nlat, err);
+        for (int i = 0; !rc && i < B; i++) posterior_sample(m, &b, nlat, &rng[i], b.masked_lat + i * nlat);
+    }
 
     // ---- denoising
-    if (!rc) rc = unet_reserve(m->unet, nb, h, w, L, err);
-    // One generator for the run, as diffusers' generator=: the initial latent
-    // first, then the stochastic samplers' per-step noise.
-    Rng rng;
-    rng_seed(&rng, p->seed);
-    if (!rc) {
-        rng_normal(&rng, lat, nlat);
-        for (size_t k = 0; k < nlat; k++) lat[k] *= s->init_noise_sigma;
-    }
-    const int evals = sampler_num_evals(s); // Heun: 2 per step; PNDM: steps + 1
-    for (int i = 0; !rc && i < evals; i++) {
-        float cin = sampler_input_scale(s, i);
-        for (int b = 0; b < nb; b++)
-            for (size_t k = 0; k < nlat; k++) xin[b * nlat + k] = lat[k] * cin;
-        backend_upload_f32(be, &x, xin, nb * nlat);
-        float t = sampler_timestep(s, i), ts[2] = {t, t};
-        rc = unet_forward(m->unet, &out, &x, ts, &ctx, err);
-        if (rc) break;
-        backend_download_f32(be, eps, &out, nb * nlat);
-        const float *e = eps;
-        if (guided) {
-            for (size_t k = 0; k < nlat; k++)
-                guide[k] = eps[k] + p->cfg_scale * (eps[nlat + k] - eps[k]);
-            e = guide;
+    if (!rc) rc = unet_reserve(m->unet, rows, h, w, L, err);
+    for (int i = begin; !rc && i < evals; i++) {
+        const float cin_scale = sampler_input_scale(&s[0], i);
+        for (int r = 0; r < rows; r++) {
+            const int item = r % B;
+            float *dst = b.xin + (size_t)r * cin * plane;
+            const float *lat = b.lat + item * nlat;
+            for (size_t k = 0; k < nlat; k++) dst[k] = lat[k] * cin_scale;
+            if (cin == 9) { // [latent, mask, masked-image latent]
+                memcpy(dst + nlat, b.mask_lat, plane * sizeof(float));
+                memcpy(dst + nlat + plane, b.masked_lat + item * nlat, nlat * sizeof(float));
+            }
         }
-        sampler_step(s, i, lat, e, &rng);
-        if (progress) progress(user, i + 1, evals);
+        backend_upload_f32(be, &t.x, b.xin, (size_t)rows * cin * plane);
+        float ts[64];
+        float *tsp = rows <= 64 ? ts : malloc((size_t)rows * sizeof(float));
+        if (!tsp) {
+            rc = sdc_err(err, SDC_ERR_OOM, "timesteps");
+            break;
+        }
+        for (int r = 0; r < rows; r++) tsp[r] = sampler_timestep(&s[0], i);
+        rc = unet_forward(m->unet, &t.out, &t.x, tsp, &t.ctx, err);
+        if (tsp != ts) free(tsp);
+        if (rc) break;
+        backend_download_f32(be, b.eps, &t.out, (size_t)rows * nlat);
+        for (int item = 0; item < B; item++) {
+            const float *e = b.eps + (size_t)item * nlat;
+            if (guided) {
+                const float *uncond = e, *cond = b.eps + (size_t)(B + item) * nlat;
+                for (size_t k = 0; k < nlat; k++) b.guided[k] = uncond[k] + p->cfg_scale * (cond[k] - uncond[k]);
+                e = b.guided;
+            }
+            float *lat = b.lat + item * nlat;
+            sampler_step(&s[item], i, lat, e, &rng[item]);
+            if (blend) { // keep the (re-noised) original outside the mask
+                const float *orig = b.img_lat + item * nlat;
+                if (i + 1 < evals) {
+                    sampler_add_noise(&s[item], i + 1, orig, b.noise + item * nlat, b.proper);
+                    orig = b.proper;
+                }
+                for (size_t k = 0; k < nlat; k++) {
+                    float mk = b.mask_lat[k % plane];
+                    lat[k] = (1.0f - mk) * orig[k] + mk * lat[k];
+                }
+            }
+        }
+        if (progress) progress(user, i - begin + 1, evals - begin);
     }
 
-    // ---- decode
-    if (!rc) {
+    // ---- outputs
+    if (!rc && latents) memcpy(latents, b.lat, (size_t)B * nlat * sizeof(float));
+    if (!rc && images) {
         const float sf = vae_config(m->vae)->scaling_factor;
-        for (size_t k = 0; k < nlat; k++) xin[k] = lat[k] / sf;
-        backend_upload_f32(be, &z, xin, nlat);
-        rc = vae_reserve(m->vae, 1, p->height, p->width, err);
-        if (!rc) rc = vae_decode(m->vae, &z, &image, err);
+        rc = vae_reserve(m->vae, 1, H, W, err);
+        for (int i = 0; !rc && i < B; i++) {
+            for (size_t k = 0; k < nlat; k++) b.guided[k] = b.lat[i * nlat + k] / sf;
+            backend_upload_f32(be, &t.z, b.guided, nlat);
+            rc = vae_decode(m->vae, &t.z, &t.image, err);
+            if (!rc) backend_download_f32(be, images + (size_t)i * 3 * npix, &t.image, 3 * npix);
+        }
     }
-    if (!rc) {
-        backend_download_f32(be, img, &image, (size_t)3 * p->height * p->width);
-        image_from_vae(rgb, img, 0, p->height, p->width);
-    }
-    arena_free(&a);
-    free(host);
-    sampler_free(s);
+    for (int i = 0; i < n_init; i++) sampler_free(&s[i]);
     free(s);
+    free(rng);
+    free(host);
+    arena_free(&a);
     return rc;
 }

@@ -27,25 +27,45 @@ typedef struct SdModel {
     Vae *vae;
 } SdModel;
 
+typedef enum { GEN_TXT2IMG = 0, GEN_IMG2IMG = 1, GEN_INPAINT = 2 } GenMode;
+
+// One generation request: `batch` items, item i drawing all its noise from
+// its own generator seeded with seed + i (diffusers with a list of
+// generators; A1111 and stable-diffusion.cpp number seeds the same way).
 typedef struct GenParams {
-    const char *prompt;
-    const char *negative_prompt; // "" = empty prompt as the unconditional half
+    GenMode mode;
     int steps;
-    float cfg_scale;
+    float cfg_scale; // <= 1: no guidance, one UNet row per item
     SamplerKind sampler;
+    float eta;       // DDIM's eta (0 = deterministic)
     uint64_t seed;
     int width, height; // pixels, multiples of 8
-    int clip_skip;     // 0 = model default; A1111 semantics (2 = penultimate layer)
+    int batch;         // items denoised together (UNet batch 2*batch with guidance)
+    double strength;   // img2img, inpaint: diffusers' strength (1 = start from pure noise)
+    const float *init_image; // (3, H, W) in [-1, 1]: img2img, inpaint (image_to_tensor)
+    const float *mask;       // (H, W) in {0, 1}, 1 = repaint: inpaint (mask_to_tensor)
 } GenParams;
 
-// Called after every denoising step (step counts from 1).
+// Called after every model evaluation (step counts from 1).
 typedef void (*ProgressFn)(void *user, int step, int total);
 
 int sd_model_load(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
                   SdcError *err);
 void sd_model_free(SdModel *m);
 
-// Generates one image into rgb (height, width, 3) u8.
-int sd_txt2img(SdModel *m, const GenParams *p, uint8_t *rgb, ProgressFn progress, void *user, SdcError *err);
+// Text conditioning: ctx (2, L, D) host floats, row 0 the negative prompt
+// ("" = the empty prompt), row 1 the prompt. Warns when a prompt is cut to
+// the 77-token window. clip_skip: 0 = model default, 2 = penultimate layer.
+int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int clip_skip, float *ctx,
+                     SdcError *err);
+
+// Runs one request. ctx: (2, L, D) from sd_encode_prompt. Outputs (either
+// may be NULL): latents (batch, 4, h, w) after the last step, images (batch,
+// 3, H, W) decoded by the VAE in [-1, 1] (unclamped; image_from_vae turns
+// them into pixels). The UNet's kind decides inpainting: 9 input channels
+// get [latent, mask, masked-image latent]; 4 get the re-noised original
+// blended outside the mask after every step (diffusers' legacy inpainting).
+int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents, float *images,
+                ProgressFn progress, void *user, SdcError *err);
 
 #endif
