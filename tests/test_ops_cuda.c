@@ -19,6 +19,15 @@
 //   few ulp, ~1e-6);
 // - F16 / BF16 activations: one rounding of the output, 2^-11 / 2^-8
 //   relative: tolerance 2e-3 / 1e-2 (exact ops stay exact).
+// - conv2d (im2col + the same cuBLAS GEMM, K = C*KH*KW <= 2304): like
+//   linear, 1e-5 in F32 (2e-3 with TF32); the bias is added inside the GEMM
+//   (beta = 1), so F16/BF16 round once, as above.
+// - attention: F32 1e-5 (fp32 online softmax; exp2 vs the CPU's exp differ
+//   by a few ulp). F16/BF16 run on tensor cores with the softmax weights P
+//   rounded to the storage dtype before P.V (as flash attention does) and
+//   the output rounded once: errors of up to a few units of 2^-11 / 2^-8
+//   relative to max |v|, while averaging over keys makes max |out| smaller
+//   than max |v|: 8 units, 4e-3 / 3e-2.
 //
 // Without a GPU (or in a build without CUDA) it prints "SKIPPED: no CUDA
 // device (reason)" and exits 0, unless SDC_REQUIRE_GPU=1 (tests/gpu/run.sh
@@ -235,6 +244,11 @@ static void test_layout(Env *e) {
     e->cpu->upsample_nearest2x(e->cpu, &up.c, &x.c);
     e->gpu->upsample_nearest2x(e->gpu, &up.g, &x.g);
     check_out(e, "upsample_nearest2x (2,640,16,16)", &up, 0);
+    Buf upo = buf_out(e, SH(2, 640, 31, 32)); // to an odd skip size (2H - 1)
+    e->cpu->upsample_nearest2x(e->cpu, &upo.c, &x.c);
+    e->gpu->upsample_nearest2x(e->gpu, &upo.g, &x.g);
+    check_out(e, "upsample_nearest2x (2,640,16,16) -> (31,32)", &upo, 0);
+    buf_free(e, &upo);
 
     Buf a = buf_in(e, 82, -1, 1, SH(2, 320, 32, 32));
     Buf b = buf_in(e, 83, -1, 1, SH(2, 640, 32, 32));
@@ -311,6 +325,38 @@ static void test_copy(Env *e) {
     buf_free(e, &x);
 }
 
+// Conv2d: x (N, C, H, W) * w (OC, C, K, K) + b. The shapes cover the UNet's
+// 3x3 / stride-2 / 1x1 convs, odd sizes, and both workspace regimes: whole
+// samples per GEMM, and a 512x512 VAE conv that is cut into pixel ranges.
+static void test_conv(Env *e, const char *name, int64_t N, int64_t C, int64_t H, int64_t W,
+                      int64_t OC, int64_t K, int stride, int pad, int bias) {
+    int64_t OH = (H + 2 * pad - K) / stride + 1, OW = (W + 2 * pad - K) / stride + 1;
+    Buf x = buf_in(e, 111, -1, 1, SH(N, C, H, W));     // (N, C, H, W)
+    Buf w = buf_in(e, 112, -1, 1, SH(OC, C, K, K));    // (OC, C, K, K)
+    Buf b = buf_in(e, 113, -1, 1, SH(OC));             // (OC)
+    Buf o = buf_out(e, SH(N, OC, OH, OW));             // (N, OC, OH, OW)
+    e->cpu->conv2d(e->cpu, &o.c, &x.c, &w.c, bias ? &b.c : NULL, stride, pad);
+    e->gpu->conv2d(e->gpu, &o.g, &x.g, &w.g, bias ? &b.g : NULL, stride, pad);
+    check_out(e, name, &o, e->tf32 ? 2e-3 : 1e-5);
+    buf_free(e, &x), buf_free(e, &w), buf_free(e, &b), buf_free(e, &o);
+}
+
+// Attention: q (B, Lq, H*D), k, v (B, Lk, H*D). q in [-4, 4] and k in
+// [-2, 2] give scores of std ~2.7 after the 1/sqrt(D) scale: peaked rows,
+// so a wrong max or rescale shows.
+static void test_attention(Env *e, const char *name, int64_t B, int64_t Lq, int64_t Lk, int heads,
+                           int64_t D, int causal) {
+    Buf q = buf_in(e, 121, -4, 4, SH(B, Lq, heads * D)); // (B, Lq, H*D)
+    Buf k = buf_in(e, 122, -2, 2, SH(B, Lk, heads * D)); // (B, Lk, H*D)
+    Buf v = buf_in(e, 123, -1, 1, SH(B, Lk, heads * D)); // (B, Lk, H*D)
+    Buf o = buf_out(e, SH(B, Lq, heads * D));
+    e->cpu->attention(e->cpu, &o.c, &q.c, &k.c, &v.c, heads, causal);
+    e->gpu->attention(e->gpu, &o.g, &q.g, &k.g, &v.g, heads, causal);
+    double tol = e->dt == DT_BF16 ? 3e-2 : e->dt == DT_F16 ? 4e-3 : 1e-5;
+    check_out(e, name, &o, tol);
+    buf_free(e, &q), buf_free(e, &k), buf_free(e, &v), buf_free(e, &o);
+}
+
 static void run_all(Env *e) {
     printf("-- CUDA backend, activations %s%s\n", dtype_name(e->dt),
            e->tf32 && e->dt == DT_F32 ? " (TF32 GEMM: SDC_TF32=1)" : "");
@@ -334,6 +380,22 @@ static void run_all(Env *e) {
     test_timestep(e);
     test_embedding(e);
     test_copy(e);
+    test_conv(e, "conv2d 3x3 (2,320,64,64)->320 +b", 2, 320, 64, 64, 320, 3, 1, 1, 1);
+    test_conv(e, "conv2d 3x3 conv_in (1,4,64,64)->320 +b", 1, 4, 64, 64, 320, 3, 1, 1, 1);
+    test_conv(e, "conv2d 3x3 s2 (2,640,16,16)->640 +b", 2, 640, 16, 16, 640, 3, 2, 1, 1);
+    test_conv(e, "conv2d 1x1 (2,960,32,32)->640 +b", 2, 960, 32, 32, 640, 1, 1, 0, 1);
+    test_conv(e, "conv2d 3x3 odd (1,3,37,29)->5 no bias", 1, 3, 37, 29, 5, 3, 1, 1, 0);
+    test_conv(e, "conv2d 3x3 batch chunks (4,256,128,128)->64", 4, 256, 128, 128, 64, 3, 1, 1, 1);
+    test_conv(e, "conv2d 3x3 pixel chunks (1,128,512,512)->128", 1, 128, 512, 512, 128, 3, 1, 1, 1);
+    test_attention(e, "attention self D=40 (2,1024,320) h8", 2, 1024, 1024, 8, 40, 0);
+    test_attention(e, "attention cross D=80 (2,256,640) Lk77 h8", 2, 256, 77, 8, 80, 0);
+    test_attention(e, "attention self D=160 (1,256,1280) h8", 1, 256, 256, 8, 160, 0);
+    test_attention(e, "attention self D=64 (2,1024,320) h5", 2, 1024, 1024, 5, 64, 0);
+    test_attention(e, "attention causal D=64 (2,77,768) h12", 2, 77, 77, 12, 64, 1);
+    test_attention(e, "attention D=100 (1,100,300) Lk65 h3", 1, 100, 65, 3, 100, 0);
+    test_attention(e, "attention tiny D=4 (3,37,8) Lk19 h2", 3, 37, 19, 2, 4, 0);
+    test_attention(e, "attention tiny causal D=2 (2,33,4) h2", 2, 33, 33, 2, 2, 1);
+    test_attention(e, "attention VAE D=512 (1,1024,512) h1", 1, 1024, 1024, 1, 512, 0);
 }
 
 // ---- main -------------------------------------------------------------------------

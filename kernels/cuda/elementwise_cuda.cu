@@ -110,10 +110,11 @@ extern "C" void cuda_add_channel_bias(CudaCtx *c, int dt, void *out, const void 
 }
 
 // ---- layout ------------------------------------------------------------------------
-// x (NC, H, W) -> out (NC, 2H, 2W), one thread per output element
+// x (NC, H, W) -> out (NC, OH, OW), out[y][x] = x[y / 2][x / 2] with OH
+// 2H or 2H - 1 (odd skip sizes on the UNet's way up); one thread per output
 template <typename T>
-__global__ void upsample2x_kernel(T *out, const T *x, int64_t NC, int64_t H, int64_t W) {
-    int64_t OW = 2 * W, OH = 2 * H;
+__global__ void upsample2x_kernel(T *out, const T *x, int64_t NC, int64_t H, int64_t W, int64_t OH,
+                                  int64_t OW) {
     GRID_STRIDE(i, NC * OH * OW) {
         int64_t ox = i % OW, t = i / OW;
         int64_t oy = t % OH, nc = t / OH;
@@ -122,11 +123,12 @@ __global__ void upsample2x_kernel(T *out, const T *x, int64_t NC, int64_t H, int
 }
 
 extern "C" void cuda_upsample_nearest2x(CudaCtx *c, int dt, void *out, const void *x, int64_t NC,
-                                        int64_t H, int64_t W) {
-    int64_t n = NC * 4 * H * W;
+                                        int64_t H, int64_t W, int64_t OH, int64_t OW) {
+    int64_t n = NC * OH * OW;
     if (n <= 0) return;
     CUDA_DISPATCH(dt, {
-        upsample2x_kernel<T><<<cuda_blocks(n, 256), 256, 0, c->stream>>>((T *)out, (const T *)x, NC, H, W);
+        upsample2x_kernel<T><<<cuda_blocks(n, 256), 256, 0, c->stream>>>((T *)out, (const T *)x, NC, H, W, OH,
+                                                                         OW);
     });
     CUDA_CHECK_LAUNCH();
 }

@@ -90,9 +90,9 @@ void cuda_scale(CudaCtx *ctx, int dt, void *out, const void *x, float s, int64_t
 // x (NC, S) + bias (NC) broadcast over S
 void cuda_add_channel_bias(CudaCtx *ctx, int dt, void *out, const void *x, const void *bias,
                            int64_t NC, int64_t S);
-// x (NC, H, W) -> out (NC, 2H, 2W)
-void cuda_upsample_nearest2x(CudaCtx *ctx, int dt, void *out, const void *x, int64_t NC,
-                             int64_t H, int64_t W);
+// x (NC, H, W) -> out (NC, OH, OW) with OH in {2H - 1, 2H}: out[y][x] = x[y/2][x/2]
+void cuda_upsample_nearest2x(CudaCtx *ctx, int dt, void *out, const void *x, int64_t NC, int64_t H,
+                             int64_t W, int64_t OH, int64_t OW);
 // a (N, Ca*S), b (N, Cb*S) -> out (N, (Ca+Cb)*S); sizes in elements per sample
 void cuda_concat_channels(CudaCtx *ctx, int dt, void *out, const void *a, const void *b,
                           int64_t N, int64_t a_per_n, int64_t b_per_n);
@@ -110,6 +110,30 @@ void cuda_embedding(CudaCtx *ctx, int dt, void *out, const int32_t *ids, const v
 // out (N, dim), fp32 math rounded as torch does it in fp32.
 void cuda_timestep_embedding(CudaCtx *ctx, int dt, void *out, const float *timesteps_host,
                              int64_t N, int64_t dim, int flip_sin_to_cos, float freq_shift);
+
+// ---- convolution (conv_cuda.cu) ------------------------------------------------
+// torch Conv2d, NCHW: x (N, C, H, W), w (OC, C, KH, KW), b (OC) or NULL ->
+// out (N, OC, OH, OW), OH = (H + 2*pad - KH) / stride + 1; zero padding, no
+// dilation, groups 1. im2col + cuBLAS GEMM; ws is device scratch of ws_bytes
+// owned by the caller: any size of at least C*KH*KW*32 elements works (less
+// means more, smaller GEMMs), cuda_conv2d_workspace_bytes is the size that
+// runs the whole batch in one GEMM (0 for 1x1 stride-1 unpadded convs, which
+// need none; ws may then be NULL).
+size_t cuda_conv2d_workspace_bytes(int dt, int N, int C, int H, int W, int OC, int KH, int KW,
+                                   int stride, int pad);
+void cuda_conv2d(CudaCtx *ctx, int dt, void *out, const void *x, const void *w, const void *b,
+                 int N, int C, int H, int W, int OC, int KH, int KW, int stride, int pad, void *ws,
+                 size_t ws_bytes);
+
+// ---- attention (attention_cuda.cu) ---------------------------------------------
+// Multi-head scaled dot-product attention, scale 1/sqrt(D), flash style (no
+// (Lq, Lk) matrix in memory): q (B, Lq, H*D), k, v (B, Lk, H*D) ->
+// out (B, Lq, H*D); causal != 0 masks key j > query i. D <= CUDA_ATTN_MAX_HEAD_DIM.
+// F16/BF16 with D <= 160 run on tensor cores (P rounded to the storage dtype
+// before P.V); F32 and larger heads on CUDA cores in fp32.
+#define CUDA_ATTN_MAX_HEAD_DIM 512
+void cuda_attention(CudaCtx *ctx, int dt, void *out, const void *q, const void *k, const void *v,
+                    int B, int Lq, int Lk, int H, int D, int causal);
 
 #ifdef __cplusplus
 }

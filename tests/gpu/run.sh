@@ -85,8 +85,22 @@ main() {
 
   step "configure"
   rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"
+  # CMake insists on cuDNN and NCCL next to CUDA; on a bare GPU image they may
+  # only be in PyTorch's pip packages (nvidia/cudnn/lib, nvidia/nccl/lib).
+  local libargs=() lib name
+  for name in cudnn nccl; do
+    if ! ls /usr/local/cuda/lib*/lib$name.so /usr/lib/x86_64-linux-gnu/lib$name.so >/dev/null 2>&1; then
+      lib="$(find /usr /opt -name "lib$name.so*" -type f 2>/dev/null | head -1)"
+      if [ -n "$lib" ]; then
+        local up; up="$(echo "$name" | tr a-z A-Z)"
+        libargs+=("-D${up}_LIB=$lib")
+        export LD_LIBRARY_PATH="$(dirname "$lib"):${LD_LIBRARY_PATH:-}"
+        echo "lib$name: using $lib"
+      fi
+    fi
+  done
   if timeout 300 cmake -S "$ROOT" -B "$BUILD" -DSDC_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
-       -DSDC_MINIMAL="$minimal" -DCMAKE_BUILD_TYPE=Release; then
+       -DSDC_MINIMAL="$minimal" -DCMAKE_BUILD_TYPE=Release "${libargs[@]}"; then
     local targets # (not piped into grep -q: with pipefail an early grep exit fails the pipe)
     targets="$(timeout 60 cmake --build "$BUILD" --target help 2>/dev/null)"
     if grep -q sdc_kernels_cuda <<<"$targets"; then
