@@ -99,7 +99,7 @@ static int load_inputs(const Sdc__Generate *g, const ModelInfo *info, GenInputs 
     if (has_img) rc = image_read(&img, g->init_image, 3, err);
     if (!rc && has_mask) {
         rc = image_read(&mask, g->mask, 1, err);
-        if (!rc) rc = image_check_same_size(&img, g->init_image, &mask, g->mask, err);
+        if (!rc) rc = image_check_same_size(&mask, g->mask, &img, g->init_image, err);
     }
     if (!rc && outpaint) {
         for (int k = 0; k < 4 && !rc; k++)
@@ -196,6 +196,11 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     const int items = g->batch_count * (int)g->n_prompts;
     Progress pr = {.tty = isatty(2), .quiet = opt->quiet, .items = items};
     int done = 0;
+    if (!rc) { // refuse a request the model cannot serve before any work
+        GenParams chk = {.mode = in.mode, .steps = g->steps, .width = W, .height = H, .batch = 1,
+                         .strength = strength, .init_image = in.image, .mask = in.mask};
+        rc = sd_check_params(&m, &chk, err);
+    }
     for (size_t pi = 0; !rc && pi < g->n_prompts; pi++) {
         const char *prompt = g->prompts[pi];
         rc = sd_encode_prompt(&m, prompt, g->negative_prompt, job->model->clip_skip, ctx, err);

@@ -18,4 +18,26 @@ if(TARGET sdc)
     COMMAND sh -c "$<TARGET_FILE:sdc> generate -m /nonexistent.safetensors -p x 2>&1 | grep -q '/nonexistent.safetensors'")
   add_test(NAME cli_unknown_sampler
     COMMAND sh -c "$<TARGET_FILE:sdc> generate -m ${SDC_DEMO} -p x --sampler foo 2>&1 | grep -q 'unknown sampler'")
+  # img2img, inpainting and outpainting from the command line: the output
+  # size follows the init image (rounded down to 8) or the outpaint canvas.
+  set(SDC_IMGS ${CMAKE_SOURCE_DIR}/tests/fixtures/images)
+  add_test(NAME cli_img2img
+    COMMAND sh -c "$<TARGET_FILE:sdc> generate -q -m ${SDC_DEMO} -p x -i ${SDC_IMGS}/src97x61.png --strength 0.5 --steps 4 -o ${SDC_TOUT}/i2i.png && file ${SDC_TOUT}/i2i.png | grep -q '96 x 56' && grep -a -q 'Denoising strength: 0.5' ${SDC_TOUT}/i2i.png && echo '1 passed, 0 failed'")
+  add_test(NAME cli_inpaint
+    COMMAND sh -c "$<TARGET_FILE:sdc> generate -q -m ${SDC_DEMO} -p x -i ${SDC_IMGS}/img24x16.png --mask ${SDC_IMGS}/mask24x16.png --steps 3 -o ${SDC_TOUT}/inp.png && file ${SDC_TOUT}/inp.png | grep -q '24 x 16' && echo '1 passed, 0 failed'")
+  add_test(NAME cli_outpaint
+    COMMAND sh -c "$<TARGET_FILE:sdc> generate -q -m ${SDC_DEMO} -p x -i ${SDC_IMGS}/img24x16.png --outpaint 8,8,8,0 --steps 3 -o ${SDC_TOUT}/outp.png && file ${SDC_TOUT}/outp.png | grep -q '40 x 24' && echo '1 passed, 0 failed'")
+  add_test(NAME cli_mask_size_mismatch
+    COMMAND sh -c "! $<TARGET_FILE:sdc> generate -m ${SDC_DEMO} -p x -i ${SDC_IMGS}/img24x16.png --mask ${SDC_IMGS}/src97x61.png -o ${SDC_TOUT}/x.png 2>${SDC_TOUT}/err.txt && grep -q 'expected the same size' ${SDC_TOUT}/err.txt")
+  add_test(NAME cli_bad_image
+    COMMAND sh -c "! $<TARGET_FILE:sdc> generate -m ${SDC_DEMO} -p x -i ${SDC_IMGS}/bad_truncated.png -o ${SDC_TOUT}/x.png 2>${SDC_TOUT}/err2.txt && grep -q 'bad_truncated.png' ${SDC_TOUT}/err2.txt")
+  add_test(NAME cli_bad_strength
+    COMMAND sh -c "! $<TARGET_FILE:sdc> generate -m ${SDC_DEMO} -p x -i ${SDC_IMGS}/img24x16.png --strength 1.5 -o ${SDC_TOUT}/x.png 2>${SDC_TOUT}/err3.txt && grep -q 'strength' ${SDC_TOUT}/err3.txt")
+  add_test(NAME cli_inpaint_model_needs_mask
+    COMMAND sh -c "$<TARGET_FILE:sdc> generate -m ${CMAKE_SOURCE_DIR}/tests/fixtures/tiny-sd1-inpaint -p x -o ${SDC_TOUT}/x.png 2>&1 | grep -q 'inpainting model'")
+  add_test(NAME cli_long_prompt_warns
+    COMMAND sh -c "$<TARGET_FILE:sdc> generate -m ${SDC_DEMO} -p 'a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a' -W 64 -H 64 --steps 1 -o ${SDC_TOUT}/long.png 2>&1 | grep -q 'tokens were cut'")
+  # A manifest file runs the same job as the command line that printed it.
+  add_test(NAME cli_manifest_roundtrip
+    COMMAND sh -c "$<TARGET_FILE:sdc> generate -m ${SDC_DEMO} -p 'a cat' -W 64 -H 64 --steps 2 -o ${SDC_TOUT}/m1.png --dump-manifest > ${SDC_TOUT}/job.txtpb && $<TARGET_FILE:sdc> run -q ${SDC_TOUT}/job.txtpb && $<TARGET_FILE:sdc> generate -q -m ${SDC_DEMO} -p 'a cat' -W 64 -H 64 --steps 2 -o ${SDC_TOUT}/m2.png && cmp ${SDC_TOUT}/m1.png ${SDC_TOUT}/m2.png && echo '1 passed, 0 failed'")
 endif()

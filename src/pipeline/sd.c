@@ -93,7 +93,7 @@ typedef struct GenTensors {
     Tensor mean, logvar, z; // (1, 4, h, w)
 } GenTensors;
 
-static int check_params(const SdModel *m, const GenParams *p, SdcError *err) {
+int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err) {
     const int cin = unet_config(m->unet)->in_channels;
     if (p->width <= 0 || p->height <= 0 || p->width % 8 || p->height % 8)
         return sdc_err(err, SDC_ERR_ARG, "width and height must be positive multiples of 8 (got %dx%d)", p->width,
@@ -138,7 +138,7 @@ static int vae_posterior(SdModel *m, GenTensors *t, GenBuffers *b, const float *
 
 int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents, float *images,
                 ProgressFn progress, void *user, SdcError *err) {
-    SDC_TRY(check_params(m, p, err));
+    SDC_TRY(sd_check_params(m, p, err));
     const Backend *be = m->be;
     const ClipConfig *cc = clip_config(m->clip);
     const UnetConfig *uc = unet_config(m->unet);

@@ -59,6 +59,10 @@ void sd_model_free(SdModel *m);
 int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int clip_skip, float *ctx,
                      SdcError *err);
 
+// Checks a request against the model (sizes, mode, inputs, strength) without
+// running it; sd_generate runs the same checks.
+int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err);
+
 // Runs one request. ctx: (2, L, D) from sd_encode_prompt. Outputs (either
 // may be NULL): latents (batch, 4, h, w) after the last step, images (batch,
 // 3, H, W) decoded by the VAE in [-1, 1] (unclamped; image_from_vae turns
