@@ -1,12 +1,35 @@
 // main.c: the sdc command. Parses the command line into a job manifest and
 // hands it to the runner. Only main decides to exit.
+#include <mpi.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "jobs/cli.h"
 #include "jobs/manifest.h"
 #include "jobs/runner.h"
 
+static int sdc_main(int argc, char **argv);
+
+// Under mpiexec / srun (their environment says so) sdc is one rank of a job
+// and initialises MPI; run by hand it stays a plain process with no MPI.
+static int launched_by_mpi(void) {
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+}
+
 int main(int argc, char **argv) {
+    int use_mpi = launched_by_mpi();
+    if (use_mpi) MPI_Init(&argc, &argv);
+    int rc = sdc_main(argc, argv);
+    if (use_mpi) {
+        // a failed rank ends the whole job now rather than leaving the others
+        // waiting in a collective call
+        if (rc) MPI_Abort(MPI_COMM_WORLD, rc);
+        MPI_Finalize();
+    }
+    return rc;
+}
+
+static int sdc_main(int argc, char **argv) {
     SdcError err = {0};
     Sdc__Job *job = NULL;
     CliOptions opt;

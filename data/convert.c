@@ -1,0 +1,549 @@
+// convert.c: model conversion between weight layouts (see convert.h).
+//
+// Every source becomes one list of parameters: (component, diffusers name,
+// tensor view), plus "extra" tensors of an original single file that no
+// model uses (model_ema.*, scheduler buffers), kept under their original
+// names so single file -> h5 -> single file keeps every tensor. The configs
+// travel as diffusers/transformers config.json text, generated from the
+// ModelInfo sdc reads (so any source gives configs diffusers can load).
+#include "data/convert.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "data/checkpoint.h"
+#include "io/json.h"
+#include "io/namemap.h"
+#include "io/safetensors.h"
+#include "io/weights.h"
+
+#define COMP_EXTRA COMP_COUNT // pseudo component of the "extra" tensors
+static const char *const GROUP[COMP_COUNT + 1] = {"text_encoder", "unet", "vae", "extra"};
+
+typedef struct Param {
+    int comp;                   // Component or COMP_EXTRA
+    char name[NAMEMAP_NAME_MAX];// diffusers name (original name for extras)
+    Tensor t;                   // view (or owned, see Model.owned)
+} Param;
+
+typedef struct Model {
+    Param *p;
+    int n, cap;
+    char *cfg[COMP_COUNT];      // config.json text per component
+    char *model_index, *scheduler;
+    int openclip;               // SD 2.x text encoder (original layout cond_stage_model.model.*)
+    // what owns the bytes
+    StFile st[COMP_COUNT];
+    int n_st;
+    void **owned;
+    int n_owned;
+} Model;
+
+static void model_add(Model *m, int comp, const char *name, Tensor t) {
+    if (m->n == m->cap) {
+        m->cap = m->cap ? m->cap * 2 : 512;
+        m->p = realloc(m->p, (size_t)m->cap * sizeof *m->p);
+        SDC_CHECK(m->p);
+    }
+    Param *p = &m->p[m->n++];
+    p->comp = comp;
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->t = t;
+}
+
+static void *model_own(Model *m, size_t n) {
+    void *b = malloc(n ? n : 1);
+    SDC_CHECK(b);
+    m->owned = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof(void *));
+    SDC_CHECK(m->owned);
+    m->owned[m->n_owned++] = b;
+    return b;
+}
+
+static void model_free(Model *m) {
+    for (int i = 0; i < m->n_st; i++) st_close(&m->st[i]);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    for (int c = 0; c < COMP_COUNT; c++) free(m->cfg[c]);
+    free(m->owned);
+    free(m->p);
+    free(m->model_index);
+    free(m->scheduler);
+    memset(m, 0, sizeof *m);
+}
+
+// ----------------------------------------------------------------------------
+// configs (diffusers / transformers config.json) from a ModelInfo
+
+typedef struct Buf {
+    char *s;
+    size_t n, cap;
+} Buf;
+
+__attribute__((format(printf, 2, 3))) static void bput(Buf *b, const char *fmt, ...) {
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
+        va_end(ap);
+        if (b->s && b->n + (size_t)k < b->cap) {
+            b->n += (size_t)k;
+            return;
+        }
+        b->cap = (b->cap + (size_t)k + 256) * 2;
+        b->s = realloc(b->s, b->cap);
+        SDC_CHECK(b->s);
+    }
+}
+
+static void bput_list(Buf *b, const char *key, const int *v, int n) {
+    bput(b, "  \"%s\": [", key);
+    for (int i = 0; i < n; i++) bput(b, "%s%d", i ? ", " : "", v[i]);
+    bput(b, "],\n");
+}
+
+static void bput_names(Buf *b, const char *key, int n, const int *flag, const char *yes, const char *no) {
+    bput(b, "  \"%s\": [", key);
+    for (int i = 0; i < n; i++) bput(b, "%s\"%s\"", i ? ", " : "", flag && flag[i] ? yes : no);
+    bput(b, "],\n");
+}
+
+static void make_configs(Model *m, const ModelInfo *info) {
+    const UnetConfig *u = &info->unet;
+    const VaeConfig *v = &info->vae;
+    const ClipConfig *k = &info->clip;
+    Buf b = {0};
+    bput(&b, "{\n  \"_class_name\": \"UNet2DConditionModel\",\n  \"_diffusers_version\": \"0.27.0\",\n"
+             "  \"act_fn\": \"silu\",\n");
+    bput_list(&b, "attention_head_dim", u->heads, u->n_levels);
+    bput_list(&b, "block_out_channels", u->block_out, u->n_levels);
+    bput(&b, "  \"center_input_sample\": false,\n  \"cross_attention_dim\": %d,\n", u->cross_dim);
+    bput_names(&b, "down_block_types", u->n_levels, u->down_attn, "CrossAttnDownBlock2D", "DownBlock2D");
+    bput(&b, "  \"downsample_padding\": 1,\n  \"flip_sin_to_cos\": %s,\n  \"freq_shift\": %g,\n"
+             "  \"in_channels\": %d,\n  \"layers_per_block\": %d,\n  \"mid_block_scale_factor\": 1,\n"
+             "  \"mid_block_type\": \"%s\",\n  \"norm_eps\": %.7g,\n  \"norm_num_groups\": %d,\n"
+             "  \"out_channels\": %d,\n  \"sample_size\": %d,\n",
+         u->flip_sin_to_cos ? "true" : "false", u->freq_shift, u->in_channels, u->layers_per_block,
+         u->mid_attn ? "UNetMidBlock2DCrossAttn" : "UNetMidBlock2D", u->norm_eps, u->norm_groups, u->out_channels,
+         u->sample_size);
+    bput_list(&b, "transformer_layers_per_block", u->transformer_layers, u->n_levels);
+    bput_names(&b, "up_block_types", u->n_levels, u->up_attn, "CrossAttnUpBlock2D", "UpBlock2D");
+    bput(&b, "  \"use_linear_projection\": %s\n}\n", u->use_linear_projection ? "true" : "false");
+    m->cfg[COMP_UNET] = b.s;
+
+    b = (Buf){0};
+    bput(&b, "{\n  \"_class_name\": \"AutoencoderKL\",\n  \"_diffusers_version\": \"0.27.0\",\n"
+             "  \"act_fn\": \"silu\",\n");
+    bput_list(&b, "block_out_channels", v->block_out, v->n_levels);
+    bput_names(&b, "down_block_types", v->n_levels, NULL, "", "DownEncoderBlock2D");
+    bput(&b, "  \"in_channels\": %d,\n  \"latent_channels\": %d,\n  \"layers_per_block\": %d,\n"
+             "  \"norm_num_groups\": %d,\n  \"out_channels\": %d,\n  \"sample_size\": %d,\n"
+             "  \"scaling_factor\": %.7g,\n",
+         v->in_channels, v->latent_channels, v->layers_per_block, v->norm_groups, v->out_channels, v->sample_size,
+         v->scaling_factor);
+    bput_names(&b, "up_block_types", v->n_levels, NULL, "", "UpDecoderBlock2D");
+    bput(&b, "  \"use_post_quant_conv\": true,\n  \"use_quant_conv\": true\n}\n");
+    m->cfg[COMP_VAE] = b.s;
+
+    // transformers CLIPTextConfig; an original SD 2.x file keeps 24 layers of
+    // which the penultimate output is used: diffusers' config says 23
+    int layers = k->layers - (k->default_skip > 1 ? k->default_skip - 1 : 0);
+    b = (Buf){0};
+    bput(&b, "{\n  \"architectures\": [\"CLIPTextModel\"],\n  \"attention_dropout\": 0.0,\n"
+             "  \"bos_token_id\": %d,\n  \"dropout\": 0.0,\n  \"eos_token_id\": %d,\n  \"hidden_act\": \"%s\",\n"
+             "  \"hidden_size\": %d,\n  \"initializer_factor\": 1.0,\n  \"initializer_range\": 0.02,\n"
+             "  \"intermediate_size\": %d,\n  \"layer_norm_eps\": %.7g,\n  \"max_position_embeddings\": %d,\n"
+             "  \"model_type\": \"clip_text_model\",\n  \"num_attention_heads\": %d,\n"
+             "  \"num_hidden_layers\": %d,\n  \"pad_token_id\": %d,\n  \"projection_dim\": %d,\n"
+             "  \"torch_dtype\": \"float32\",\n  \"vocab_size\": %d\n}\n",
+         k->bos_token, k->eos_token, k->act == ACT_GELU ? "gelu" : "quick_gelu", k->hidden, k->intermediate,
+         k->ln_eps, k->max_positions, k->heads, layers, k->pad_token, k->hidden, k->vocab_size);
+    m->cfg[COMP_TEXT_ENCODER] = b.s;
+
+    b = (Buf){0};
+    bput(&b, "{\n  \"_class_name\": \"PNDMScheduler\",\n  \"_diffusers_version\": \"0.27.0\",\n"
+             "  \"beta_end\": 0.012,\n  \"beta_schedule\": \"scaled_linear\",\n  \"beta_start\": 0.00085,\n"
+             "  \"clip_sample\": false,\n  \"num_train_timesteps\": 1000,\n  \"prediction_type\": \"%s\",\n"
+             "  \"set_alpha_to_one\": false,\n  \"skip_prk_steps\": true,\n  \"steps_offset\": 1,\n"
+             "  \"timestep_spacing\": \"leading\",\n  \"trained_betas\": null\n}\n",
+         u->prediction == PRED_V ? "v_prediction" : "epsilon");
+    m->scheduler = b.s;
+    m->openclip = info->clip.act == ACT_GELU;
+}
+
+static void make_model_index(Model *m, int tokenizer) {
+    Buf b = {0};
+    bput(&b, "{\n  \"_class_name\": \"StableDiffusionPipeline\",\n  \"_diffusers_version\": \"0.27.0\",\n"
+             "  \"feature_extractor\": [null, null],\n  \"requires_safety_checker\": false,\n"
+             "  \"safety_checker\": [null, null],\n  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
+             "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+             "  \"tokenizer\": %s,\n  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+             "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}\n",
+         tokenizer ? "[\"transformers\", \"CLIPTokenizer\"]" : "[null, null]");
+    free(m->model_index);
+    m->model_index = b.s;
+}
+
+// ----------------------------------------------------------------------------
+// sources
+
+static int is_dir(const char *p) {
+    struct stat s;
+    return !stat(p, &s) && S_ISDIR(s.st_mode);
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+static int load_single(Model *m, const char *path, const ModelInfo *info, SdcError *err) {
+    StFile *f = &m->st[m->n_st];
+    SDC_TRY(st_open(f, path, err));
+    m->n_st++;
+    int openclip = 0;
+    for (int i = 0; i < f->n && !openclip; i++) openclip = !strncmp(f->entries[i].name, "cond_stage_model.model.", 23);
+    NameMap *nm = malloc(sizeof *nm);
+    SDC_CHECK(nm);
+    int rc = namemap_init(nm, &info->unet, &info->vae, openclip, err);
+    for (int i = 0; !rc && i < f->n; i++) {
+        const StEntry *e = &f->entries[i];
+        if (!e->supported) {
+            fprintf(stderr, "sdc: warning: %s: tensor %s (%s) cannot be converted; left out\n", path, e->name,
+                    e->dtype_str);
+            continue;
+        }
+        Tensor t = st_tensor(f, e);
+        NameMapping mp[3];
+        int k = namemap_from_original(nm, e->name, mp);
+        if (k < 0) rc = sdc_err(err, SDC_ERR_FORMAT, "%s: tensor name %.200s too long", path, e->name);
+        if (k == 0) model_add(m, COMP_EXTRA, e->name, t);
+        for (int j = 0; j < k; j++) {
+            Tensor v = t;
+            if (mp[j].kind == NM_CONV_TO_LINEAR && v.ndim == 4 && v.shape[2] == 1 && v.shape[3] == 1) v.ndim = 2;
+            if (mp[j].kind == NM_ROW_SLICE) {
+                if (v.ndim < 1 || v.shape[0] % 3) {
+                    rc = sdc_err(err, SDC_ERR_SHAPE, "%s: fused %s: expected 3*D rows", path, e->name);
+                    break;
+                }
+                int64_t rows = v.shape[0] / 3;
+                size_t row_bytes = tensor_bytes(&v) / (size_t)v.shape[0];
+                v.data = (char *)v.data + (size_t)(mp[j].slice * rows) * row_bytes;
+                v.shape[0] = rows;
+            }
+            model_add(m, mp[j].comp, mp[j].name, v);
+        }
+    }
+    m->openclip = openclip;
+    free(nm);
+    return rc;
+}
+
+static int load_diffusers(Model *m, const char *dir, SdcError *err) {
+    static const char *const files[COMP_COUNT][2] = {{"model.safetensors", "model.fp16.safetensors"},
+                                                     {"diffusion_pytorch_model.safetensors",
+                                                      "diffusion_pytorch_model.fp16.safetensors"},
+                                                     {"diffusion_pytorch_model.safetensors",
+                                                      "diffusion_pytorch_model.fp16.safetensors"}};
+    for (int c = 0; c < COMP_COUNT; c++) {
+        char p[2048];
+        struct stat s;
+        snprintf(p, sizeof p, "%s/%s/%s", dir, GROUP[c], files[c][0]);
+        if (stat(p, &s)) snprintf(p, sizeof p, "%s/%s/%s", dir, GROUP[c], files[c][1]);
+        StFile *f = &m->st[m->n_st];
+        SDC_TRY(st_open(f, p, err));
+        m->n_st++;
+        for (int i = 0; i < f->n; i++) {
+            if (!f->entries[i].supported) {
+                fprintf(stderr, "sdc: warning: %s: tensor %s (%s) cannot be converted; left out\n", p,
+                        f->entries[i].name, f->entries[i].dtype_str);
+                continue;
+            }
+            model_add(m, c, f->entries[i].name, st_tensor(f, &f->entries[i]));
+        }
+    }
+    return 0;
+}
+
+static int load_h5(Model *m, const char *path, SdcError *err) {
+    Ckpt c;
+    SDC_TRY(ckpt_open(&c, path, err));
+    int rc = 0;
+    for (int i = 0; i < c.n && !rc; i++) {
+        const CkptTensor *ct = &c.t[i];
+        int comp = -1;
+        for (int g = 0; g <= COMP_COUNT; g++)
+            if (!strcmp(ct->group, GROUP[g])) comp = g;
+        void *buf = model_own(m, ct->nbytes);
+        rc = ckpt_read(&c, i, buf, 1, err);
+        model_add(m, comp, ct->name, tensor_make(ct->dtype, DEV_CPU, buf, ct->ndim, ct->shape));
+    }
+    for (int k = 0; !rc && k < COMP_COUNT; k++) rc = ckpt_get_attr(&c, GROUP[k], "config", &m->cfg[k], err);
+    if (!rc) rc = ckpt_get_attr(&c, "", "model_index", &m->model_index, err);
+    if (!rc) rc = ckpt_get_attr(&c, "", "scheduler_config", &m->scheduler, err);
+    if (!rc) {
+        JsonDoc d;
+        rc = json_parse(&d, m->cfg[COMP_TEXT_ENCODER], strlen(m->cfg[COMP_TEXT_ENCODER]), path, err);
+        if (!rc) {
+            const char *act = json_str(&d, json_get(&d, json_root(&d), "hidden_act"));
+            m->openclip = act && !strcmp(act, "gelu");
+            json_free(&d);
+        }
+    }
+    ckpt_close(&c);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// sinks
+
+// A float tensor in the asked dtype (a converted copy owned by m, or t).
+static Tensor cast(Model *m, Tensor t, int dtype) {
+    if (dtype < 0 || (int)t.dtype == dtype || (t.dtype != DT_F32 && t.dtype != DT_F16 && t.dtype != DT_BF16))
+        return t;
+    size_t n = (size_t)tensor_numel(&t);
+    float *tmp = malloc((n ? n : 1) * sizeof(float));
+    SDC_CHECK(tmp);
+    convert_to_f32(tmp, t.data, t.dtype, n);
+    Tensor o = t;
+    o.dtype = (DType)dtype;
+    o.data = model_own(m, n * dtype_size(o.dtype));
+    convert_from_f32(o.data, o.dtype, tmp, n);
+    free(tmp);
+    return o;
+}
+
+static int write_h5(Model *m, const ConvertOpts *o, SdcError *err) {
+    CkptWriter w;
+    SDC_TRY(ckpt_begin(&w, o->output, err));
+    int rc = 0;
+    for (int i = 0; i < m->n && !rc; i++) {
+        Tensor t = cast(m, m->p[i].t, o->dtype);
+        rc = ckpt_put(&w, GROUP[m->p[i].comp], m->p[i].name, &t, err);
+    }
+    for (int c = 0; c < COMP_COUNT && !rc; c++) rc = ckpt_set_attr(&w, GROUP[c], "config", m->cfg[c], err);
+    if (!rc) rc = ckpt_set_attr(&w, "", "model_index", m->model_index, err);
+    if (!rc) rc = ckpt_set_attr(&w, "", "scheduler_config", m->scheduler, err);
+    if (!rc) rc = ckpt_set_attr(&w, "", "source", o->model, err);
+    if (!rc && o->manifest) rc = ckpt_set_attr(&w, "", "manifest", o->manifest, err);
+    if (rc) {
+        ckpt_abort(&w);
+        return rc;
+    }
+    CkptState st = {0};
+    return ckpt_commit(&w, &st, err);
+}
+
+// The namemap needs only the block structure, which the diffusers names show.
+static int count_prefix(const Model *m, int comp, const char *fmt, int a) {
+    int n = 0;
+    for (;; n++) {
+        char pre[128];
+        snprintf(pre, sizeof pre, fmt, a, n);
+        size_t len = strlen(pre);
+        int found = 0;
+        for (int i = 0; i < m->n && !found; i++) found = m->p[i].comp == comp && !strncmp(m->p[i].name, pre, len);
+        if (!found) return n;
+    }
+}
+
+static void structure_from_names(const Model *m, UnetConfig *u, VaeConfig *v) {
+    memset(u, 0, sizeof *u);
+    memset(v, 0, sizeof *v);
+    u->n_levels = count_prefix(m, COMP_UNET, "down_blocks.%.0d%d.", 0);
+    u->layers_per_block = count_prefix(m, COMP_UNET, "down_blocks.%d.resnets.%d.", 0);
+    for (int i = 0; i < u->n_levels && i < SDC_MAX_LEVELS; i++) {
+        u->down_attn[i] = count_prefix(m, COMP_UNET, "down_blocks.%d.attentions.%d.", i) > 0;
+        u->up_attn[i] = count_prefix(m, COMP_UNET, "up_blocks.%d.attentions.%d.", i) > 0;
+    }
+    u->mid_attn = count_prefix(m, COMP_UNET, "mid_block.attentions.%.0d%d.", 0) > 0;
+    v->n_levels = count_prefix(m, COMP_VAE, "encoder.down_blocks.%.0d%d.", 0);
+    v->layers_per_block = count_prefix(m, COMP_VAE, "encoder.down_blocks.%d.resnets.%d.", 0);
+}
+
+typedef struct Fused {
+    char name[NAMEMAP_NAME_MAX];
+    Tensor t;
+    int have;
+} Fused;
+
+static int write_single(Model *m, const ConvertOpts *o, SdcError *err) {
+    UnetConfig u;
+    VaeConfig v;
+    structure_from_names(m, &u, &v);
+    NameMap *nm = malloc(sizeof *nm);
+    SDC_CHECK(nm);
+    int rc = namemap_init(nm, &u, &v, m->openclip, err);
+    const char **names = calloc((size_t)m->n + 1, sizeof(char *));
+    Tensor *ts = calloc((size_t)m->n + 1, sizeof(Tensor));
+    Fused *fu = calloc((size_t)m->n + 1, sizeof(Fused));
+    SDC_CHECK(names && ts && fu);
+    int n = 0, nf = 0;
+    for (int i = 0; i < m->n && !rc; i++) {
+        Param *p = &m->p[i];
+        Tensor t = cast(m, p->t, o->dtype);
+        if (p->comp == COMP_EXTRA) {
+            names[n] = p->name, ts[n++] = t;
+            continue;
+        }
+        NameMapping mp;
+        if (namemap_to_original(nm, (Component)p->comp, p->name, &mp)) {
+            rc = sdc_err(err, SDC_ERR_FORMAT, "%s: %s tensor %s has no original-layout name\n---> is this an SD "
+                         "1.x/2.x model?", o->model, GROUP[p->comp], p->name);
+            break;
+        }
+        if (mp.kind == NM_ROW_SLICE) { // q, k, v rows -> one fused in_proj
+            int f = 0;
+            while (f < nf && strcmp(fu[f].name, mp.name)) f++;
+            if (f == nf) {
+                snprintf(fu[f].name, sizeof fu[f].name, "%s", mp.name);
+                fu[f].t = t;
+                fu[f].t.shape[0] = t.shape[0] * 3;
+                fu[f].t.data = model_own(m, tensor_bytes(&fu[f].t));
+                nf++;
+            }
+            size_t bytes = tensor_bytes(&t);
+            memcpy((char *)fu[f].t.data + (size_t)mp.slice * bytes, t.data, bytes);
+            fu[f].have |= 1 << mp.slice;
+            continue;
+        }
+        if (mp.kind == NM_CONV_TO_LINEAR && t.ndim == 2) t.ndim = 4, t.shape[2] = t.shape[3] = 1;
+        names[n] = model_own(m, strlen(mp.name) + 1);
+        strcpy((char *)names[n], mp.name);
+        ts[n++] = t;
+    }
+    for (int f = 0; f < nf && !rc; f++) {
+        if (fu[f].have != 7) rc = sdc_err(err, SDC_ERR_SHAPE, "%s: %s is missing its q, k or v part", o->model, fu[f].name);
+        names[n] = fu[f].name, ts[n++] = fu[f].t;
+    }
+    const char *mk[1] = {"format"}, *mv[1] = {"pt"};
+    if (!rc) rc = st_write(o->output, names, ts, n, mk, mv, 1, err);
+    free(nm);
+    free(names);
+    free(ts);
+    free(fu);
+    return rc;
+}
+
+static int write_text(const char *path, const char *text, SdcError *err) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(text, 1, strlen(text), f) != strlen(text) || fclose(f))
+        return sdc_err(err, SDC_ERR_IO, "%s: cannot write", path);
+    return 0;
+}
+
+static int mkdir_p(const char *p, SdcError *err) {
+    if (mkdir(p, 0755) && errno != EEXIST) return sdc_err(err, SDC_ERR_IO, "%s: cannot create the folder", p);
+    return 0;
+}
+
+// Copies src_dir/tokenizer/* (a diffusers source) into out/tokenizer/.
+static int copy_tokenizer(const char *src_dir, const char *out, SdcError *err) {
+    static const char *const files[] = {"vocab.json", "merges.txt", "special_tokens_map.json",
+                                        "tokenizer_config.json"};
+    char a[2048], b[2048];
+    snprintf(b, sizeof b, "%s/tokenizer", out);
+    SDC_TRY(mkdir_p(b, err));
+    for (int i = 0; i < 4; i++) {
+        snprintf(a, sizeof a, "%s/tokenizer/%s", src_dir, files[i]);
+        snprintf(b, sizeof b, "%s/tokenizer/%s", out, files[i]);
+        FILE *fi = fopen(a, "rb");
+        if (!fi) continue;
+        FILE *fo = fopen(b, "wb");
+        if (!fo) {
+            fclose(fi);
+            return sdc_err(err, SDC_ERR_IO, "%s: cannot write", b);
+        }
+        char buf[65536];
+        size_t k;
+        while ((k = fread(buf, 1, sizeof buf, fi)) > 0) fwrite(buf, 1, k, fo);
+        fclose(fi);
+        if (fclose(fo)) return sdc_err(err, SDC_ERR_IO, "%s: cannot write", b);
+    }
+    return 0;
+}
+
+static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
+    static const char *const wfile[COMP_COUNT] = {"model.safetensors", "diffusion_pytorch_model.safetensors",
+                                                  "diffusion_pytorch_model.safetensors"};
+    char p[2048];
+    SDC_TRY(mkdir_p(o->output, err));
+    char tok[2048];
+    snprintf(tok, sizeof tok, "%s/tokenizer/vocab.json", o->model);
+    struct stat s;
+    int has_tok = is_dir(o->model) && !stat(tok, &s);
+    if (has_tok) SDC_TRY(copy_tokenizer(o->model, o->output, err));
+    make_model_index(m, has_tok);
+    int extras = 0, rc = 0;
+    for (int c = 0; c < COMP_COUNT && !rc; c++) {
+        snprintf(p, sizeof p, "%s/%s", o->output, GROUP[c]);
+        SDC_TRY(mkdir_p(p, err));
+        snprintf(p, sizeof p, "%s/%s/config.json", o->output, GROUP[c]);
+        SDC_TRY(write_text(p, m->cfg[c], err));
+        const char **names = calloc((size_t)m->n + 1, sizeof(char *));
+        Tensor *ts = calloc((size_t)m->n + 1, sizeof(Tensor));
+        SDC_CHECK(names && ts);
+        int n = 0;
+        for (int i = 0; i < m->n; i++) {
+            if (m->p[i].comp == COMP_EXTRA) extras += c == 0;
+            if (m->p[i].comp != c) continue;
+            names[n] = m->p[i].name;
+            ts[n++] = cast(m, m->p[i].t, o->dtype);
+        }
+        snprintf(p, sizeof p, "%s/%s/%s", o->output, GROUP[c], wfile[c]);
+        const char *mk[1] = {"format"}, *mv[1] = {"pt"};
+        rc = st_write(p, names, ts, n, mk, mv, 1, err);
+        free(names);
+        free(ts);
+    }
+    if (rc) return rc;
+    snprintf(p, sizeof p, "%s/scheduler", o->output);
+    SDC_TRY(mkdir_p(p, err));
+    snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", o->output);
+    SDC_TRY(write_text(p, m->scheduler, err));
+    snprintf(p, sizeof p, "%s/model_index.json", o->output);
+    SDC_TRY(write_text(p, m->model_index, err));
+    if (extras && !o->quiet)
+        fprintf(stderr, "sdc: note: %d tensors no model uses (model_ema.*, scheduler buffers) have no place in a "
+                "diffusers folder; left out\n", extras);
+    if (!has_tok && !o->quiet)
+        fprintf(stderr, "sdc: note: no tokenizer/ written (the source has none); diffusers users: copy one from "
+                "the base model (e.g. runwayml/stable-diffusion-v1-5/tokenizer)\n");
+    return 0;
+}
+
+int convert_run(const ConvertOpts *o, SdcError *err) {
+    if (o->dtype >= 0 && o->dtype != DT_F32 && o->dtype != DT_F16 && o->dtype != DT_BF16)
+        return sdc_err(err, SDC_ERR_ARG, "--dtype: expected f32, f16 or bf16");
+    if (!strcmp(o->model, o->output))
+        return sdc_err(err, SDC_ERR_ARG, "%s: the output is the source ---> pick another output path", o->output);
+    Model m;
+    memset(&m, 0, sizeof m);
+    int rc = 0;
+    if (ends_with(o->model, ".h5")) {
+        rc = load_h5(&m, o->model, err);
+    } else {
+        ModelFiles *mf = NULL;
+        rc = model_files_open(&mf, o->model, o->config, -1, err);
+        if (!rc) {
+            const ModelInfo *info = model_files_info(mf);
+            make_configs(&m, info);
+            make_model_index(&m, is_dir(o->model));
+            rc = info->layout == LAYOUT_DIFFUSERS ? load_diffusers(&m, o->model, err)
+                                                  : load_single(&m, o->model, info, err);
+            model_files_close(mf);
+        }
+    }
+    if (!rc) {
+        if (ends_with(o->output, ".h5")) rc = write_h5(&m, o, err);
+        else if (ends_with(o->output, ".safetensors")) rc = write_single(&m, o, err);
+        else rc = write_diffusers(&m, o, err);
+    }
+    if (!rc && !o->quiet)
+        fprintf(stderr, "sdc: converted %s -> %s (%d tensors)\n", o->model, o->output, m.n);
+    model_free(&m);
+    return rc;
+}

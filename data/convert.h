@@ -1,0 +1,27 @@
+// convert.h: `sdc convert`: a model from any layout sdc reads (original
+// single-file .safetensors, diffusers folder, sdc checkpoint .h5) to any of:
+//   OUT.h5           sdc checkpoint (diffusers names; data/README.md)
+//   OUT.safetensors  single file with the ORIGINAL (CompVis/Stability) names,
+//                    as A1111 / ComfyUI load it
+//   OUT/             diffusers folder (config.json files written from the
+//                    model's architecture, model_index.json, scheduler config)
+// optionally casting float tensors to f32 / f16 / bf16. Tensors are copied
+// byte for byte when no cast is asked, so round trips are bit-exact.
+#ifndef SDC_CONVERT_H
+#define SDC_CONVERT_H
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+typedef struct ConvertOpts {
+    const char *model;    // source: .safetensors, diffusers folder or .h5 checkpoint
+    const char *config;   // diffusers folder with the architecture of a single file (optional)
+    const char *output;   // .h5, .safetensors, or a folder
+    int dtype;            // -1: keep; else DT_F32 / DT_F16 / DT_BF16
+    const char *manifest; // the job manifest (text format) stored in a checkpoint; may be NULL
+    int quiet;
+} ConvertOpts;
+
+int convert_run(const ConvertOpts *o, SdcError *err);
+
+#endif

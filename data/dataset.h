@@ -1,0 +1,64 @@
+// dataset.h: the sdc training-image dataset file (sdc_kind "dataset", layout
+// in data/README.md): `sdc dataset import` turns folders of JPEG/PNG photos
+// (and kohya-style .txt captions) into one HDF5 file of preprocessed
+// resolution x resolution images, optionally with VAE latents cached; the
+// reader gives them back to the trainer. Import runs as one process or as MPI
+// ranks that each decode their own items and write them collectively.
+#ifndef SDC_DATASET_H
+#define SDC_DATASET_H
+
+#include <stdint.h>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "data/h5util.h"
+
+typedef struct DatasetImportOpts {
+    const char *const *sources; // folders (their JPEG/PNG files, sorted by name) or image files
+    int n_sources;
+    const char *output;         // .h5 path; written as output.tmp, then renamed
+    int resolution;             // output side in pixels (multiple of 8 with cache_latents)
+    int center_crop;            // 1: centre crop; 0: random crop drawn from (seed, item)
+    uint64_t seed;
+    int no_upscale;             // refuse (skip) images whose short side is below resolution
+    const char *prompt;         // caption for every image; NULL: FILE.txt beside each image
+    const char *cache_latents_model; // NULL, or a model whose VAE encodes the images
+    DType latents_dtype;        // DT_F32 or DT_F16
+    int quiet;
+} DatasetImportOpts;
+
+typedef struct DatasetImportStats {
+    int64_t candidates; // image files found
+    int64_t written;    // items in the file
+    int64_t skipped;    // unreadable, or too small with no_upscale
+    int64_t upscaled;   // smaller than the resolution, upscaled
+    double seconds;
+} DatasetImportStats;
+
+// Collective over p's ranks (every rank passes the same options).
+int dataset_import(const DatasetImportOpts *o, const H5Par *p, DatasetImportStats *st, SdcError *err);
+
+// ----------------------------------------------------------------------------
+// reading
+
+typedef struct Dataset {
+    char path[1024];
+    hid_t file, images, latents; // latents < 0 when not cached
+    int64_t n;
+    int resolution;
+    int latent_shape[3];         // (4, h, w) when cached
+    DType latents_dtype;
+    double latents_scaling;      // scaling_factor that was applied to the latents
+    char **captions, **sources;  // n each
+} Dataset;
+
+// Opens and validates a dataset file (kind, version, every dataset's shape
+// and type against the documented layout).
+int dataset_open(Dataset *d, const char *path, SdcError *err);
+// Item i as (res, res, 3) u8.
+int dataset_read_image(const Dataset *d, int64_t i, uint8_t *rgb, SdcError *err);
+// Item i's latent as f32 (4, h, w); SDC_ERR_ARG when the file has none.
+int dataset_read_latent(const Dataset *d, int64_t i, float *out, SdcError *err);
+void dataset_close(Dataset *d);
+
+#endif

@@ -1,0 +1,329 @@
+// genout.c: the generation output file (see genout.h, data/README.md).
+#include "data/genout.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEFLATE_LEVEL 3
+
+// ----------------------------------------------------------------------------
+// SHA-256 (for the model hash)
+
+typedef struct Sha256 {
+    uint32_t h[8];
+    uint8_t buf[64];
+    uint64_t len;
+    size_t nbuf;
+} Sha256;
+
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+    0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+    0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+    0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha_block(Sha256 *s, const uint8_t *p) {
+    uint32_t w[64], a[8];
+    for (int i = 0; i < 16; i++) w[i] = (uint32_t)p[4 * i] << 24 | p[4 * i + 1] << 16 | p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    memcpy(a, s->h, sizeof a);
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = a[7] + (ROR(a[4], 6) ^ ROR(a[4], 11) ^ ROR(a[4], 25)) + ((a[4] & a[5]) ^ (~a[4] & a[6])) +
+                      K256[i] + w[i];
+        uint32_t t2 = (ROR(a[0], 2) ^ ROR(a[0], 13) ^ ROR(a[0], 22)) + ((a[0] & a[1]) ^ (a[0] & a[2]) ^ (a[1] & a[2]));
+        memmove(a + 1, a, 7 * sizeof(uint32_t));
+        a[4] += t1;
+        a[0] = t1 + t2;
+    }
+    for (int i = 0; i < 8; i++) s->h[i] += a[i];
+}
+
+static void sha_init(Sha256 *s) {
+    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memset(s, 0, sizeof *s);
+    memcpy(s->h, h0, sizeof h0);
+}
+
+static void sha_update(Sha256 *s, const uint8_t *p, size_t n) {
+    s->len += n;
+    if (s->nbuf) {
+        size_t k = 64 - s->nbuf < n ? 64 - s->nbuf : n;
+        memcpy(s->buf + s->nbuf, p, k);
+        s->nbuf += k, p += k, n -= k;
+        if (s->nbuf == 64) sha_block(s, s->buf), s->nbuf = 0;
+    }
+    for (; n >= 64; p += 64, n -= 64) sha_block(s, p);
+    memcpy(s->buf, p, n);
+    s->nbuf += n;
+}
+
+static void sha_final(Sha256 *s, uint8_t out[32]) {
+    uint64_t bits = s->len * 8;
+    uint8_t pad[72] = {0x80};
+    size_t np = (s->nbuf < 56 ? 56 : 120) - s->nbuf;
+    for (int i = 0; i < 8; i++) pad[np + i] = (uint8_t)(bits >> (56 - 8 * i));
+    sha_update(s, pad, np + 8);
+    for (int i = 0; i < 8; i++)
+        out[4 * i] = s->h[i] >> 24, out[4 * i + 1] = s->h[i] >> 16, out[4 * i + 2] = s->h[i] >> 8, out[4 * i + 3] = s->h[i];
+}
+
+void genout_sha256(const void *data, size_t n, uint8_t out[32]) {
+    Sha256 s;
+    sha_init(&s);
+    sha_update(&s, data, n);
+    sha_final(&s, out);
+}
+
+int genout_model_hash(const char *model_path, char short_hex[11], char full_hex[65], SdcError *err) {
+    char p[2048];
+    struct stat st;
+    if (!stat(model_path, &st) && S_ISDIR(st.st_mode))
+        snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", model_path);
+    else snprintf(p, sizeof p, "%s", model_path);
+    FILE *f = fopen(p, "rb");
+    if (!f) return sdc_err(err, SDC_ERR_IO, "%s: cannot read the model file to hash it", p);
+    Sha256 s;
+    sha_init(&s);
+    uint8_t *buf = malloc(1 << 20), d[32];
+    SDC_CHECK(buf);
+    size_t k;
+    while ((k = fread(buf, 1, 1 << 20, f)) > 0) sha_update(&s, buf, k);
+    free(buf);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) return sdc_err(err, SDC_ERR_IO, "%s: read error while hashing", p);
+    sha_final(&s, d);
+    char hex[65];
+    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    if (full_hex) memcpy(full_hex, hex, 65);
+    memcpy(short_hex, hex, 10);
+    short_hex[10] = 0;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// the file
+
+static int write_num(hid_t f, const char *name, hid_t ftype, hid_t mtype, int64_t n, const void *v, const char *path,
+                     SdcError *err) {
+    hid_t sp = -1, d = -1;
+    hsize_t dims[1] = {(hsize_t)n};
+    H5_TRY(sp = H5Screate_simple(1, dims, NULL), "%s: %s", path, name);
+    H5_TRY(d = H5Dcreate2(f, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "%s: creating %s", path, name);
+    if (n) H5_TRY(H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, v), "%s: writing %s", path, name);
+    H5Dclose(d);
+    H5Sclose(sp);
+    return 0;
+fail:
+    if (d >= 0) H5Dclose(d);
+    if (sp >= 0) H5Sclose(sp);
+    return err->code;
+}
+
+static int create_file(const char *path, const GenItem *it, int64_t n, int W, int H, const char *hash,
+                       const char *manifest, SdcError *err) {
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    hid_t f = -1, sp = -1, dcpl = -1, d = -1;
+    const char **s = calloc((size_t)n + 1, sizeof(char *));
+    int64_t *seed = calloc((size_t)n + 1, sizeof(int64_t));
+    int32_t *i32 = calloc((size_t)n + 1, sizeof(int32_t));
+    float *f32 = calloc((size_t)n + 1, sizeof(float));
+    uint8_t *zero = calloc((size_t)n + 1, 1);
+    SDC_CHECK(s && seed && i32 && f32 && zero);
+    int rc = 0;
+    H5_TRY(f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), "%s: cannot create ---> is the folder "
+           "writable?", tmp);
+    {
+        hsize_t dims[4] = {(hsize_t)n, (hsize_t)H, (hsize_t)W, 3}, chunk[4] = {1, (hsize_t)H, (hsize_t)W, 3};
+        H5_TRY(sp = H5Screate_simple(4, dims, NULL), "%s: images", tmp);
+        H5_TRY(dcpl = H5Pcreate(H5P_DATASET_CREATE), "%s: images", tmp);
+        H5_TRY(H5Pset_chunk(dcpl, 4, chunk), "%s: images", tmp);
+        H5_TRY(H5Pset_deflate(dcpl, DEFLATE_LEVEL), "%s: images", tmp);
+        H5_TRY(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER), "%s: images", tmp);
+        H5_TRY(d = H5Dcreate2(f, "images", H5T_STD_U8LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT), "%s: images", tmp);
+        H5Dclose(d), d = -1;
+    }
+#define STRS(field, name)                                                           \
+    for (int64_t i = 0; i < n; i++) s[i] = it[i].field ? it[i].field : "";          \
+    if ((rc = h5_write_strings(f, name, s, n, tmp, err))) goto fail;
+    STRS(prompt, "prompt")
+    STRS(negative_prompt, "negative_prompt")
+    STRS(sampler, "sampler")
+#undef STRS
+    for (int64_t i = 0; i < n; i++) s[i] = hash;
+    if ((rc = h5_write_strings(f, "model_hash", s, n, tmp, err))) goto fail;
+    for (int64_t i = 0; i < n; i++) seed[i] = it[i].seed;
+    if ((rc = write_num(f, "seed", H5T_STD_I64LE, H5T_NATIVE_INT64, n, seed, tmp, err))) goto fail;
+    for (int64_t i = 0; i < n; i++) i32[i] = it[i].steps;
+    if ((rc = write_num(f, "steps", H5T_STD_I32LE, H5T_NATIVE_INT32, n, i32, tmp, err))) goto fail;
+    for (int64_t i = 0; i < n; i++) i32[i] = W;
+    if ((rc = write_num(f, "width", H5T_STD_I32LE, H5T_NATIVE_INT32, n, i32, tmp, err))) goto fail;
+    for (int64_t i = 0; i < n; i++) i32[i] = H;
+    if ((rc = write_num(f, "height", H5T_STD_I32LE, H5T_NATIVE_INT32, n, i32, tmp, err))) goto fail;
+    for (int64_t i = 0; i < n; i++) f32[i] = it[i].cfg;
+    if ((rc = write_num(f, "cfg", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, n, f32, tmp, err))) goto fail;
+    for (int64_t i = 0; i < n; i++) f32[i] = it[i].strength;
+    if ((rc = write_num(f, "strength", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, n, f32, tmp, err))) goto fail;
+    if ((rc = write_num(f, "done", H5T_STD_U8LE, H5T_NATIVE_UINT8, n, zero, tmp, err))) goto fail;
+    if ((rc = h5_attr_str(f, "model_hash_kind", "sha256[:10] of the model weights file (A1111 'Model hash')", tmp,
+                          err)) ||
+        (rc = h5_attr_str(f, "manifest", manifest ? manifest : "", tmp, err)) ||
+        (rc = h5_attr_str(f, "created_by", "sdc " SDC_VERSION, tmp, err)) || (rc = h5_set_kind(f, tmp, "generation", err)))
+        goto fail;
+    H5_TRY(H5Fclose(f), "%s: close", tmp);
+    f = -1;
+    if (rename(tmp, path)) {
+        rc = sdc_err(err, SDC_ERR_IO, "%s: cannot rename to %s", tmp, path);
+        goto fail;
+    }
+    goto out;
+fail:
+    rc = err->code ? err->code : SDC_ERR_IO;
+    if (d >= 0) H5Dclose(d);
+    if (f >= 0) H5Fclose(f);
+    unlink(tmp);
+out:
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (sp >= 0) H5Sclose(sp);
+    free(s);
+    free(seed);
+    free(i32);
+    free(f32);
+    free(zero);
+    return rc;
+}
+
+// An existing file must hold this sweep: same count, size, prompts, seeds.
+static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_t n, int W, int H, SdcError *err) {
+    char **pr = NULL;
+    int64_t got = 0, *seed = NULL;
+    hid_t d = -1, sp = -1;
+    int rc = h5_read_strings(f, "prompt", -1, &pr, &got, path, err);
+    if (rc) return rc;
+    if (got != n) {
+        rc = sdc_err(err, SDC_ERR_ARG, "%s holds %lld items, this job makes %lld\n---> it belongs to another sweep: "
+                     "pick another --output-h5 or delete it", path, (long long)got, (long long)n);
+        goto out;
+    }
+    for (int64_t i = 0; i < n && !rc; i++)
+        if (strcmp(pr[i], it[i].prompt))
+            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld's prompt is \"%.200s\", this job's is \"%.200s\"\n---> it "
+                         "belongs to another sweep: pick another --output-h5 or delete it", path, (long long)i, pr[i],
+                         it[i].prompt);
+    if (rc) goto out;
+    seed = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+    SDC_CHECK(seed);
+    hsize_t dims[4] = {0};
+    H5_TRY(d = H5Dopen2(f, "seed", H5P_DEFAULT), "%s: seed", path);
+    if (n) H5_TRY(H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, seed), "%s: seed", path);
+    H5Dclose(d), d = -1;
+    for (int64_t i = 0; i < n && !rc; i++)
+        if (seed[i] != it[i].seed)
+            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld has seed %lld, this job's is %lld\n---> it belongs to "
+                         "another sweep: pick another --output-h5 or delete it", path, (long long)i,
+                         (long long)seed[i], (long long)it[i].seed);
+    if (rc) goto out;
+    H5_TRY(d = H5Dopen2(f, "images", H5P_DEFAULT), "%s: images", path);
+    H5_TRY(sp = H5Dget_space(d), "%s: images", path);
+    if (H5Sget_simple_extent_ndims(sp) != 4 || (H5Sget_simple_extent_dims(sp, dims, NULL), 0) ||
+        dims[1] != (hsize_t)H || dims[2] != (hsize_t)W || dims[3] != 3)
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: images are %llux%llu, this job makes %dx%d\n---> pick another "
+                     "--output-h5 or delete it", path, (unsigned long long)dims[2], (unsigned long long)dims[1], W, H);
+    goto out;
+fail:
+    rc = err->code ? err->code : SDC_ERR_IO;
+out:
+    if (sp >= 0) H5Sclose(sp);
+    if (d >= 0) H5Dclose(d);
+    free(seed);
+    h5_free_strings(pr, got);
+    return rc;
+}
+
+int genout_open(GenOut *g, const char *path, const GenItem *items, int64_t n, int width, int height,
+                const char *model_hash, const char *manifest, const H5Par *p, SdcError *err) {
+    h5_quiet();
+    memset(g, 0, sizeof *g);
+    g->file = g->images = g->done = -1;
+    g->par = *p;
+    g->n = n;
+    g->width = width, g->height = height;
+    snprintf(g->path, sizeof g->path, "%s", path);
+    int rc = 0;
+    if (p->rank == 0) {
+        struct stat st;
+        if (stat(path, &st)) {
+            rc = create_file(path, items, n, width, height, model_hash, manifest, err);
+        } else {
+            H5Par ser = h5_par_serial();
+            hid_t f = -1;
+            rc = h5_open_kind(path, "generation", 0, &ser, &f, err);
+            if (!rc) rc = check_same_sweep(f, path, items, n, width, height, err);
+            if (f >= 0) H5Fclose(f);
+        }
+    }
+    SDC_TRY(h5_par_agree(p, rc, err));
+    g->done_mask = calloc((size_t)n + 1, 1);
+    SDC_CHECK(g->done_mask);
+    hid_t fapl = -1;
+    H5_TRY(fapl = h5_fapl(p), "%s: access list", path);
+    H5_TRY(g->file = H5Fopen(path, H5F_ACC_RDWR, fapl), "%s: reopening for writing", path);
+    h5_close_plist(fapl), fapl = -1;
+    H5_TRY(g->images = H5Dopen2(g->file, "images", H5P_DEFAULT), "%s: images", path);
+    H5_TRY(g->done = H5Dopen2(g->file, "done", H5P_DEFAULT), "%s: done", path);
+    if (n) H5_TRY(H5Dread(g->done, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, g->done_mask), "%s: done", path);
+    return 0;
+fail:
+    h5_close_plist(fapl);
+    genout_close(g, NULL);
+    return err->code ? err->code : SDC_ERR_IO;
+}
+
+int genout_write(GenOut *g, const int64_t *idx, int k, const uint8_t *rgb, SdcError *err) {
+    uint8_t ones[64];
+    memset(ones, 1, sizeof ones);
+    if (k > 64) return sdc_err(err, SDC_ERR_ARG, "genout_write: at most 64 items per call");
+    SDC_TRY(h5_write_rows(g->images, H5T_NATIVE_UINT8, &g->par, idx, k, rgb, g->path, "images", err));
+    // the done flags only after their images are in the file
+    SDC_TRY(h5_write_rows(g->done, H5T_NATIVE_UINT8, &g->par, idx, k, ones, g->path, "done", err));
+    H5_TRY(H5Fflush(g->file, H5F_SCOPE_GLOBAL), "%s: flush", g->path);
+    // every rank learns which items are now done
+    uint8_t *m = calloc((size_t)g->n + 1, 1);
+    SDC_CHECK(m);
+    for (int j = 0; j < k; j++) m[idx[j]] = 1;
+    for (int64_t off = 0; off < g->n; off += 1 << 30) {
+        int len = g->n - off < (1 << 30) ? (int)(g->n - off) : 1 << 30;
+        h5_par_max_bytes(&g->par, m + off, len);
+    }
+    for (int64_t i = 0; i < g->n; i++) g->done_mask[i] |= m[i];
+    free(m);
+    return 0;
+fail:
+    return err->code;
+}
+
+int genout_close(GenOut *g, SdcError *err) {
+    int rc = 0;
+    if (g->images >= 0) H5Dclose(g->images);
+    if (g->done >= 0) H5Dclose(g->done);
+    if (g->file >= 0 && H5Fclose(g->file) < 0 && err) rc = sdc_err(err, SDC_ERR_IO, "%s: close failed", g->path);
+    g->file = g->images = g->done = -1;
+    free(g->done_mask);
+    g->done_mask = NULL;
+    return rc;
+}

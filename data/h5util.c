@@ -1,0 +1,538 @@
+// h5util.c: checked HDF5 calls, kind/version checks, string helpers and the
+// serial-or-MPI handle shared by the three sdc file kinds (see h5util.h).
+#include "data/h5util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+// ----------------------------------------------------------------------------
+// errors
+
+typedef struct H5Msgs {
+    char top[256], deep[256];
+    int n;
+} H5Msgs;
+
+static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *user) {
+    H5Msgs *m = user;
+    const char *d = e->desc && e->desc[0] ? e->desc : "(no description)";
+    if (m->n == 0) snprintf(m->top, sizeof m->top, "%s: %s", e->func_name ? e->func_name : "?", d);
+    snprintf(m->deep, sizeof m->deep, "%s", d);
+    m->n++;
+    return 0;
+}
+
+void h5_fail(SdcError *err, const char *file, int line, const char *call, const char *fmt, ...) {
+    H5Msgs m = {0};
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, &m);
+    H5Eclear2(H5E_DEFAULT);
+    char ctx[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx, sizeof ctx, fmt, ap);
+    va_end(ap);
+    if (m.n > 1)
+        sdc_err(err, SDC_ERR_IO, "%s: HDF5: %s (%s) [%s failed at %s:%d]", ctx, m.top, m.deep, call, file, line);
+    else
+        sdc_err(err, SDC_ERR_IO, "%s: HDF5: %s [%s failed at %s:%d]", ctx, m.n ? m.top : "error", call, file,
+                line);
+}
+
+void h5_mpi_fail(SdcError *err, const char *file, int line, const char *call, int rc, const char *fmt, ...) {
+    char ctx[1024], msg[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx, sizeof ctx, fmt, ap);
+    va_end(ap);
+    sdc_err(err, SDC_ERR_IO, "%s: MPI: %s [%s failed at %s:%d]", ctx, msg, call, file, line);
+}
+
+void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+// ----------------------------------------------------------------------------
+// serial or MPI
+
+H5Par h5_par_serial(void) { return (H5Par){.comm = MPI_COMM_NULL, .rank = 0, .size = 1}; }
+
+H5Par h5_par_world(void) {
+    int inited = 0, fin = 0;
+    MPI_Initialized(&inited);
+    MPI_Finalized(&fin);
+    if (!inited || fin) return h5_par_serial();
+    H5Par p = {.comm = MPI_COMM_WORLD};
+    MPI_Comm_rank(p.comm, &p.rank);
+    MPI_Comm_size(p.comm, &p.size);
+    return p;
+}
+
+int h5_par_agree(const H5Par *p, int rc, SdcError *err) {
+    if (!h5_par_is_mpi(p)) return rc;
+    int *all = malloc((size_t)p->size * sizeof(int));
+    SDC_CHECK(all);
+    MPI_Allgather(&rc, 1, MPI_INT, all, 1, MPI_INT, p->comm);
+    int root = -1;
+    for (int r = 0; r < p->size && root < 0; r++)
+        if (all[r]) root = r;
+    int out = root < 0 ? 0 : all[root];
+    free(all);
+    if (root >= 0 && err) {
+        MPI_Bcast(err->msg, (int)sizeof err->msg, MPI_CHAR, root, p->comm);
+        err->code = out;
+        if (p->rank != root) {
+            char tmp[sizeof err->msg];
+            memcpy(tmp, err->msg, sizeof tmp);
+            tmp[sizeof tmp - 20] = 0;
+            snprintf(err->msg, sizeof err->msg, "rank %d: %.2000s", root, tmp);
+        }
+    }
+    return out;
+}
+
+int64_t h5_par_sum(const H5Par *p, int64_t x) {
+    if (!h5_par_is_mpi(p)) return x;
+    int64_t s = 0;
+    MPI_Allreduce(&x, &s, 1, MPI_INT64_T, MPI_SUM, p->comm);
+    return s;
+}
+
+int64_t h5_par_max(const H5Par *p, int64_t x) {
+    if (!h5_par_is_mpi(p)) return x;
+    int64_t s = 0;
+    MPI_Allreduce(&x, &s, 1, MPI_INT64_T, MPI_MAX, p->comm);
+    return s;
+}
+
+void h5_par_max_bytes(const H5Par *p, uint8_t *x, int n) {
+    if (h5_par_is_mpi(p) && n > 0) MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_UINT8_T, MPI_MAX, p->comm);
+}
+
+void h5_par_barrier(const H5Par *p) {
+    if (h5_par_is_mpi(p)) MPI_Barrier(p->comm);
+}
+
+hid_t h5_fapl(const H5Par *p) {
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl < 0) return fapl;
+    if (h5_par_is_mpi(p) && H5Pset_fapl_mpio(fapl, p->comm, MPI_INFO_NULL) < 0) {
+        H5Pclose(fapl);
+        return -1;
+    }
+    return fapl;
+}
+
+hid_t h5_dxpl(const H5Par *p) {
+    if (!h5_par_is_mpi(p)) return H5P_DEFAULT;
+    hid_t x = H5Pcreate(H5P_DATASET_XFER);
+    if (x < 0) return x;
+    if (H5Pset_dxpl_mpio(x, H5FD_MPIO_COLLECTIVE) < 0) {
+        H5Pclose(x);
+        return -1;
+    }
+    return x;
+}
+
+void h5_close_plist(hid_t pl) {
+    if (pl > 0 && pl != H5P_DEFAULT) H5Pclose(pl);
+}
+
+// ----------------------------------------------------------------------------
+// kinds
+
+int h5_set_kind(hid_t file, const char *path, const char *kind, SdcError *err) {
+    SDC_TRY(h5_attr_str(file, "sdc_kind", kind, path, err));
+    return h5_attr_i64(file, "sdc_layout_version", SDC_LAYOUT_VERSION, path, err);
+}
+
+int h5_open_kind(const char *path, const char *kind, int rw, const H5Par *p, hid_t *out, SdcError *err) {
+    h5_quiet();
+    *out = -1;
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return sdc_err(err, SDC_ERR_IO, "%s: no such file ---> expected an sdc %s file (.h5)", path, kind);
+    if (!S_ISREG(st.st_mode))
+        return sdc_err(err, SDC_ERR_IO, "%s: not a regular file ---> expected an sdc %s file (.h5)", path, kind);
+    htri_t is = H5Fis_hdf5(path);
+    H5Eclear2(H5E_DEFAULT);
+    if (is <= 0)
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: not an HDF5 file (no HDF5 signature in its %lld bytes)\n---> "
+                       "expected an sdc %s file; is it truncated, or another format?", path, (long long)st.st_size,
+                       kind);
+    hid_t fapl = -1, f = -1;
+    char *k = NULL;
+    int64_t ver = 0;
+    H5_TRY(fapl = h5_fapl(p), "%s: file access list", path);
+    H5_TRY(f = H5Fopen(path, rw ? H5F_ACC_RDWR : H5F_ACC_RDONLY, fapl),
+           "%s: cannot open as HDF5 ---> is the file truncated or still being written?", path);
+    h5_close_plist(fapl);
+    fapl = -1;
+    if (!h5_has_attr(f, "sdc_kind")) {
+        sdc_err(err, SDC_ERR_FORMAT, "%s: root attribute sdc_kind is missing: an HDF5 file, but not one sdc wrote"
+                "\n---> expected an sdc %s file (layouts: data/README.md)", path, kind);
+        goto fail;
+    }
+    if (h5_attr_get_str(f, "sdc_kind", &k, path, err) || h5_attr_get_i64(f, "sdc_layout_version", &ver, path, err))
+        goto fail;
+    if (strcmp(k, kind)) {
+        sdc_err(err, SDC_ERR_FORMAT, "%s: sdc_kind is \"%s\", expected \"%s\"\n---> this is an sdc %s file; pass "
+                "a %s file here", path, k, kind, k, kind);
+        goto fail;
+    }
+    if (ver != SDC_LAYOUT_VERSION) {
+        sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: sdc_layout_version is %lld, this sdc reads version %d\n---> "
+                "written by a %s sdc; convert it with that version", path, (long long)ver, SDC_LAYOUT_VERSION,
+                ver > SDC_LAYOUT_VERSION ? "newer" : "older");
+        goto fail;
+    }
+    free(k);
+    *out = f;
+    return 0;
+fail:
+    free(k);
+    h5_close_plist(fapl);
+    if (f >= 0) H5Fclose(f);
+    return err ? err->code : SDC_ERR_IO;
+}
+
+// ----------------------------------------------------------------------------
+// attributes
+
+static hid_t vlen_utf8(void) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t < 0) return t;
+    if (H5Tset_size(t, H5T_VARIABLE) < 0 || H5Tset_cset(t, H5T_CSET_UTF8) < 0) {
+        H5Tclose(t);
+        return -1;
+    }
+    return t;
+}
+
+static int attr_write(hid_t obj, const char *name, hid_t ftype, hid_t mtype, int n, const void *v,
+                      const char *where, SdcError *err) {
+    hid_t sp = -1, a = -1;
+    hsize_t dims[1] = {(hsize_t)n};
+    if (H5Aexists(obj, name) > 0) H5_TRY(H5Adelete(obj, name), "%s: replacing attribute %s", where, name);
+    H5_TRY(sp = n < 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, dims, NULL), "%s: attribute %s", where, name);
+    H5_TRY(a = H5Acreate2(obj, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT), "%s: creating attribute %s", where, name);
+    H5_TRY(H5Awrite(a, mtype, v), "%s: writing attribute %s", where, name);
+    H5Aclose(a);
+    H5Sclose(sp);
+    return 0;
+fail:
+    if (a >= 0) H5Aclose(a);
+    if (sp >= 0) H5Sclose(sp);
+    return err ? err->code : SDC_ERR_IO;
+}
+
+int h5_attr_str(hid_t obj, const char *name, const char *value, const char *where, SdcError *err) {
+    hid_t t = vlen_utf8();
+    if (t < 0) return sdc_err(err, SDC_ERR_INTERNAL, "%s: string type", where);
+    const char *v = value ? value : "";
+    int rc = attr_write(obj, name, t, t, -1, &v, where, err);
+    H5Tclose(t);
+    return rc;
+}
+
+int h5_attr_i64(hid_t obj, const char *name, int64_t value, const char *where, SdcError *err) {
+    return attr_write(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, -1, &value, where, err);
+}
+
+int h5_attr_u32(hid_t obj, const char *name, uint32_t value, const char *where, SdcError *err) {
+    return attr_write(obj, name, H5T_STD_U32LE, H5T_NATIVE_UINT32, -1, &value, where, err);
+}
+
+int h5_attr_f64(hid_t obj, const char *name, double value, const char *where, SdcError *err) {
+    return attr_write(obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, -1, &value, where, err);
+}
+
+int h5_attr_u64s(hid_t obj, const char *name, const uint64_t *v, int n, const char *where, SdcError *err) {
+    return attr_write(obj, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, n, v, where, err);
+}
+
+int h5_has_attr(hid_t obj, const char *name) {
+    htri_t r = H5Aexists(obj, name);
+    H5Eclear2(H5E_DEFAULT);
+    return r > 0;
+}
+
+int h5_has_link(hid_t loc, const char *name) {
+    htri_t r = H5Lexists(loc, name, H5P_DEFAULT);
+    H5Eclear2(H5E_DEFAULT);
+    return r > 0;
+}
+
+// Opens attribute `name` of obj, checking it holds `n` elements (n < 0:
+// scalar or 1 element) of the given class.
+static int attr_open(hid_t obj, const char *name, H5T_class_t cls, int n, const char *what, hid_t *out,
+                     const char *where, SdcError *err) {
+    hid_t a = -1, t = -1, sp = -1;
+    if (!h5_has_attr(obj, name))
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: attribute %s is missing (expected %s)\n---> layouts: "
+                       "data/README.md", where, name, what);
+    H5_TRY(a = H5Aopen(obj, name, H5P_DEFAULT), "%s: attribute %s", where, name);
+    H5_TRY(t = H5Aget_type(a), "%s: attribute %s", where, name);
+    H5_TRY(sp = H5Aget_space(a), "%s: attribute %s", where, name);
+    hssize_t np = H5Sget_simple_extent_npoints(sp);
+    if (H5Tget_class(t) != cls || (n < 0 ? np != 1 : np != n)) {
+        sdc_err(err, SDC_ERR_FORMAT, "%s: attribute %s has the wrong type or size (%lld values), expected %s", where,
+                name, (long long)np, what);
+        goto fail;
+    }
+    H5Tclose(t);
+    H5Sclose(sp);
+    *out = a;
+    return 0;
+fail:
+    if (t >= 0) H5Tclose(t);
+    if (sp >= 0) H5Sclose(sp);
+    if (a >= 0) H5Aclose(a);
+    return err ? err->code : SDC_ERR_IO;
+}
+
+int h5_attr_get_str(hid_t obj, const char *name, char **out, const char *where, SdcError *err) {
+    hid_t a = -1, ft = -1, mt = -1;
+    *out = NULL;
+    SDC_TRY(attr_open(obj, name, H5T_STRING, -1, "a string", &a, where, err));
+    H5_TRY(ft = H5Aget_type(a), "%s: attribute %s", where, name);
+    if (H5Tis_variable_str(ft) > 0) {
+        char *v = NULL;
+        H5_TRY(mt = vlen_utf8(), "%s: string type", where);
+        H5_TRY(H5Aread(a, mt, &v), "%s: reading attribute %s", where, name);
+        *out = strdup(v ? v : "");
+        H5free_memory(v);
+    } else { // fixed-length (written by other tools)
+        size_t sz = H5Tget_size(ft);
+        char *v = calloc(1, sz + 1);
+        SDC_CHECK(v);
+        H5_TRY(H5Aread(a, ft, v), "%s: reading attribute %s", where, name);
+        *out = v;
+    }
+    SDC_CHECK(*out);
+    if (mt >= 0) H5Tclose(mt);
+    H5Tclose(ft);
+    H5Aclose(a);
+    return 0;
+fail:
+    if (mt >= 0) H5Tclose(mt);
+    if (ft >= 0) H5Tclose(ft);
+    H5Aclose(a);
+    return err ? err->code : SDC_ERR_IO;
+}
+
+static int attr_get_num(hid_t obj, const char *name, H5T_class_t cls, hid_t mtype, int n, void *v, const char *what,
+                        const char *where, SdcError *err) {
+    hid_t a = -1;
+    SDC_TRY(attr_open(obj, name, cls, n, what, &a, where, err));
+    H5_TRY(H5Aread(a, mtype, v), "%s: reading attribute %s", where, name);
+    H5Aclose(a);
+    return 0;
+fail:
+    H5Aclose(a);
+    return err ? err->code : SDC_ERR_IO;
+}
+
+int h5_attr_get_i64(hid_t obj, const char *name, int64_t *out, const char *where, SdcError *err) {
+    return attr_get_num(obj, name, H5T_INTEGER, H5T_NATIVE_INT64, -1, out, "an integer", where, err);
+}
+int h5_attr_get_u32(hid_t obj, const char *name, uint32_t *out, const char *where, SdcError *err) {
+    return attr_get_num(obj, name, H5T_INTEGER, H5T_NATIVE_UINT32, -1, out, "an unsigned integer", where, err);
+}
+int h5_attr_get_f64(hid_t obj, const char *name, double *out, const char *where, SdcError *err) {
+    return attr_get_num(obj, name, H5T_FLOAT, H5T_NATIVE_DOUBLE, -1, out, "a number", where, err);
+}
+int h5_attr_get_u64s(hid_t obj, const char *name, uint64_t *v, int n, const char *where, SdcError *err) {
+    return attr_get_num(obj, name, H5T_INTEGER, H5T_NATIVE_UINT64, n, v, "unsigned 64-bit integers", where, err);
+}
+
+// ----------------------------------------------------------------------------
+// string datasets
+
+int h5_write_strings(hid_t loc, const char *name, const char *const *v, int64_t n, const char *where,
+                     SdcError *err) {
+    hid_t t = -1, sp = -1, d = -1, dcpl = -1;
+    hsize_t dims[1] = {(hsize_t)n}, chunk[1] = {(hsize_t)(n > 0 ? (n < 4096 ? n : 4096) : 1)};
+    H5_TRY(t = vlen_utf8(), "%s: string type", where);
+    H5_TRY(sp = H5Screate_simple(1, dims, NULL), "%s: dataset %s", where, name);
+    H5_TRY(dcpl = H5Pcreate(H5P_DATASET_CREATE), "%s: dataset %s", where, name);
+    if (n > 0) {
+        H5_TRY(H5Pset_chunk(dcpl, 1, chunk), "%s: dataset %s chunks", where, name);
+        H5_TRY(H5Pset_deflate(dcpl, 4), "%s: dataset %s deflate", where, name);
+    }
+    H5_TRY(d = H5Dcreate2(loc, name, t, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT), "%s: creating dataset %s", where, name);
+    if (n > 0) H5_TRY(H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, v), "%s: writing dataset %s", where, name);
+    H5Dclose(d);
+    H5Pclose(dcpl);
+    H5Sclose(sp);
+    H5Tclose(t);
+    return 0;
+fail:
+    if (d >= 0) H5Dclose(d);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (sp >= 0) H5Sclose(sp);
+    if (t >= 0) H5Tclose(t);
+    return err ? err->code : SDC_ERR_IO;
+}
+
+void h5_free_strings(char **v, int64_t n) {
+    if (!v) return;
+    for (int64_t i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
+int h5_read_strings(hid_t loc, const char *name, int64_t expect_n, char ***out, int64_t *n_out, const char *where,
+                    SdcError *err) {
+    hid_t d = -1, ft = -1, mt = -1, sp = -1;
+    char **raw = NULL, **v = NULL;
+    hsize_t dims[1] = {0};
+    *out = NULL;
+    if (!h5_has_link(loc, name))
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: dataset %s is missing (expected %lld strings)\n---> layouts: "
+                       "data/README.md", where, name, (long long)(expect_n < 0 ? 0 : expect_n));
+    H5_TRY(d = H5Dopen2(loc, name, H5P_DEFAULT), "%s: dataset %s", where, name);
+    H5_TRY(ft = H5Dget_type(d), "%s: dataset %s", where, name);
+    H5_TRY(sp = H5Dget_space(d), "%s: dataset %s", where, name);
+    if (H5Tget_class(ft) != H5T_STRING || H5Tis_variable_str(ft) <= 0 || H5Sget_simple_extent_ndims(sp) != 1) {
+        sdc_err(err, SDC_ERR_FORMAT, "%s: dataset %s is not a 1-D dataset of variable-length strings", where, name);
+        goto fail;
+    }
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    if (expect_n >= 0 && (int64_t)dims[0] != expect_n) {
+        sdc_err(err, SDC_ERR_SHAPE, "%s: dataset %s has %llu entries, expected %lld (one per item)", where, name,
+                (unsigned long long)dims[0], (long long)expect_n);
+        goto fail;
+    }
+    raw = calloc(dims[0] + 1, sizeof *raw);
+    v = calloc(dims[0] + 1, sizeof *v);
+    SDC_CHECK(raw && v);
+    H5_TRY(mt = vlen_utf8(), "%s: string type", where);
+    if (dims[0]) H5_TRY(H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw), "%s: reading dataset %s", where, name);
+    for (hsize_t i = 0; i < dims[0]; i++) {
+        v[i] = strdup(raw[i] ? raw[i] : "");
+        SDC_CHECK(v[i]);
+    }
+    if (dims[0]) H5Dvlen_reclaim(mt, sp, H5P_DEFAULT, raw);
+    free(raw);
+    H5Tclose(mt);
+    H5Tclose(ft);
+    H5Sclose(sp);
+    H5Dclose(d);
+    *out = v;
+    *n_out = (int64_t)dims[0];
+    return 0;
+fail:
+    free(raw);
+    free(v);
+    if (mt >= 0) H5Tclose(mt);
+    if (ft >= 0) H5Tclose(ft);
+    if (sp >= 0) H5Sclose(sp);
+    if (d >= 0) H5Dclose(d);
+    return err ? err->code : SDC_ERR_IO;
+}
+
+// ----------------------------------------------------------------------------
+// types
+
+hid_t h5_type_for(DType dt) {
+    switch (dt) {
+    case DT_F32: return H5Tcopy(H5T_IEEE_F32LE);
+    case DT_F16: { // IEEE binary16, as h5py defines it (numpy float16)
+        hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+        if (t < 0) return t;
+        if (H5Tset_fields(t, 15, 10, 5, 0, 10) < 0 || H5Tset_size(t, 2) < 0 || H5Tset_ebias(t, 15) < 0) {
+            H5Tclose(t);
+            return -1;
+        }
+        return t;
+    }
+    case DT_BF16: return H5Tcopy(H5T_STD_U16LE);
+    case DT_U8: return H5Tcopy(H5T_STD_U8LE);
+    case DT_I32: return H5Tcopy(H5T_STD_I32LE);
+    case DT_I64: return H5Tcopy(H5T_STD_I64LE);
+    }
+    return -1;
+}
+
+const char *h5_dtype_tag(DType dt) {
+    switch (dt) {
+    case DT_F32: return "f32";
+    case DT_F16: return "f16";
+    case DT_BF16: return "bf16";
+    case DT_U8: return "u8";
+    case DT_I32: return "i32";
+    case DT_I64: return "i64";
+    }
+    return "?";
+}
+
+int h5_utf8_valid(const char *s, size_t n, size_t *bad) {
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = u[i];
+        int len;
+        unsigned cp;
+        if (c < 0x80) { i++; continue; }
+        if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1F;
+        else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0F;
+        else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07;
+        else goto bad_byte;
+        if (i + len > n) goto bad_byte;
+        for (int k = 1; k < len; k++) {
+            if ((u[i + k] & 0xC0) != 0x80) goto bad_byte;
+            cp = cp << 6 | (u[i + k] & 0x3F);
+        }
+        if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+            goto bad_byte;
+        i += len;
+    }
+    return 1;
+bad_byte:
+    if (bad) *bad = i;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// item rows
+
+// Writes k items (contiguous in buf, item_bytes each) at rows rows[0..k) of
+// dataset d, collectively under MPI (k may be 0).
+int h5_write_rows(hid_t d, hid_t mtype, const H5Par *p, const int64_t *rows, int k, const void *buf,
+                      const char *path, const char *name, SdcError *err) {
+    hid_t fs = -1, ms = -1, dx = -1;
+    hsize_t dims[5], mdims[5];
+    H5_TRY(fs = H5Dget_space(d), "%s: dataset %s", path, name);
+    int rank = H5Sget_simple_extent_ndims(fs);
+    H5Sget_simple_extent_dims(fs, dims, NULL);
+    memcpy(mdims, dims, sizeof dims);
+    mdims[0] = k > 0 ? (hsize_t)k : 1;
+    H5_TRY(ms = H5Screate_simple(rank, mdims, NULL), "%s: dataset %s", path, name);
+    if (k == 0) {
+        H5_TRY(H5Sselect_none(fs), "%s: dataset %s", path, name);
+        H5_TRY(H5Sselect_none(ms), "%s: dataset %s", path, name);
+    } else {
+        hsize_t start[5] = {0}, count[5];
+        memcpy(count, dims, sizeof dims);
+        count[0] = 1;
+        for (int j = 0; j < k; j++) {
+            start[0] = (hsize_t)rows[j];
+            H5_TRY(H5Sselect_hyperslab(fs, j ? H5S_SELECT_OR : H5S_SELECT_SET, start, NULL, count, NULL),
+                   "%s: dataset %s row %lld", path, name, (long long)rows[j]);
+        }
+    }
+    H5_TRY(dx = h5_dxpl(p), "%s: transfer list", path);
+    H5_TRY(H5Dwrite(d, mtype, ms, fs, dx, buf), "%s: writing %d items of dataset %s", path, k, name);
+    h5_close_plist(dx);
+    H5Sclose(ms);
+    H5Sclose(fs);
+    return 0;
+fail:
+    h5_close_plist(dx);
+    if (ms >= 0) H5Sclose(ms);
+    if (fs >= 0) H5Sclose(fs);
+    return err->code;
+}
+

@@ -1,0 +1,198 @@
+// test_h5_checkpoint.c: sdc checkpoints (data/checkpoint.h): every dtype
+// round-trips byte for byte with its CRC32 and the training state; a writer
+// killed (SIGKILL) in the middle of writing leaves the previous checkpoint
+// intact and loadable; corrupt, truncated, foreign and wrong-kind/version
+// files are refused with messages naming the file and the field.
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "data/checkpoint.h"
+#include "data/h5util.h"
+#include "testutil.h"
+
+#define DIR_T "d" // inside a fresh mkdtemp folder
+
+static void fill_bytes(void *p, size_t n, unsigned seed) {
+    uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) b[i] = (uint8_t)((seed = seed * 1103515245u + 12345u) >> 16);
+}
+
+// A checkpoint of nt tensors of `elems` values each, in rotating dtypes, at step.
+static int write_ckpt(const char *path, int nt, int64_t elems, int64_t step, int slow_fd, SdcError *err) {
+    static const DType dts[] = {DT_F32, DT_F16, DT_BF16, DT_I64};
+    CkptWriter w;
+    SDC_TRY(ckpt_begin(&w, path, err));
+    void *buf = malloc((size_t)elems * 8);
+    SDC_CHECK(buf);
+    int rc = 0;
+    for (int i = 0; i < nt && !rc; i++) {
+        DType dt = dts[i % 4];
+        int64_t shape[2] = {elems / 4, 4};
+        fill_bytes(buf, (size_t)elems * dtype_size(dt), (unsigned)(i + 1000 * step));
+        Tensor t = tensor_make(dt, DEV_CPU, buf, 2, shape);
+        char name[64];
+        snprintf(name, sizeof name, "down_blocks.%d.resnets.0.conv1.weight", i);
+        rc = ckpt_put(&w, i % 3 == 0 ? "unet" : i % 3 == 1 ? "vae" : "text_encoder", name, &t, err);
+        if (slow_fd >= 0 && i == 0) { // tell the parent the write is under way
+            char c = 1;
+            if (write(slow_fd, &c, 1) != 1) rc = sdc_err(err, SDC_ERR_IO, "pipe");
+        }
+    }
+    free(buf);
+    if (!rc) rc = ckpt_set_attr(&w, "unet", "config", "{\"in_channels\": 4}", err);
+    if (!rc) rc = ckpt_set_attr(&w, "", "manifest", "task: TASK_DREAMBOOTH", err);
+    if (rc) {
+        ckpt_abort(&w);
+        return rc;
+    }
+    int64_t order[5] = {4, 2, 0, 1, 3};
+    CkptState st = {.step = step, .rng = {1, 2, 3, (uint64_t)step}, .data_order = order, .n_order = 5};
+    return ckpt_commit(&w, &st, err);
+}
+
+// Re-derives every tensor's bytes and compares; checks the state.
+static int verify_ckpt(TestCtx *t, const char *path, int nt, int64_t elems, int64_t step) {
+    SdcError err = {0};
+    Ckpt c;
+    if (!check_true(t, ckpt_open(&c, path, &err) == 0, "open %s: %s", path, err.msg)) return 1;
+    int bad = 0;
+    check_true(t, c.n == nt, "%d tensors (want %d)", c.n, nt);
+    check_true(t, c.step == step && c.rng[3] == (uint64_t)step && c.n_order == 5 && c.data_order[0] == 4,
+               "state: step %lld, rng, data_order", (long long)c.step);
+    void *want = malloc((size_t)elems * 8), *got = malloc((size_t)elems * 8);
+    for (int i = 0; i < nt; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "down_blocks.%d.resnets.0.conv1.weight", i);
+        int k = ckpt_find(&c, i % 3 == 0 ? "unet" : i % 3 == 1 ? "vae" : "text_encoder", name);
+        if (k < 0) {
+            bad++;
+            continue;
+        }
+        static const DType dts[] = {DT_F32, DT_F16, DT_BF16, DT_I64};
+        fill_bytes(want, (size_t)elems * dtype_size(dts[i % 4]), (unsigned)(i + 1000 * step));
+        if (c.t[k].dtype != dts[i % 4] || ckpt_read(&c, k, got, 1, &err) ||
+            memcmp(want, got, (size_t)elems * dtype_size(dts[i % 4])))
+            bad++;
+    }
+    check_true(t, bad == 0, "%s: all %d tensors byte-exact with their dtype and CRC32 (%d bad)", path, nt, bad);
+    free(want);
+    free(got);
+    ckpt_close(&c);
+    return bad;
+}
+
+static int expect_error(TestCtx *t, const char *path, const char *what, const char *needle1, const char *needle2) {
+    SdcError err = {0};
+    Ckpt c;
+    int rc = ckpt_open(&c, path, &err);
+    if (!rc) {
+        // opened: the problem must show when reading the tensors
+        void *buf = malloc(1 << 20);
+        for (int i = 0; i < c.n && !rc; i++) rc = ckpt_read(&c, i, buf, 1, &err);
+        free(buf);
+        ckpt_close(&c);
+    }
+    return check_true(t, rc && strstr(err.msg, needle1) && strstr(err.msg, needle2), "%s: refused: %s", what,
+                      err.msg);
+}
+
+static void copy_file(const char *a, const char *b, long truncate_to) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "wb");
+    SDC_CHECK(fa && fb);
+    char buf[65536];
+    size_t k;
+    long total = 0;
+    while ((k = fread(buf, 1, sizeof buf, fa)) > 0) {
+        if (truncate_to >= 0 && total + (long)k > truncate_to) k = (size_t)(truncate_to - total);
+        fwrite(buf, 1, k, fb);
+        total += (long)k;
+        if (truncate_to >= 0 && total >= truncate_to) break;
+    }
+    fclose(fa);
+    fclose(fb);
+}
+
+int main(void) {
+    TestCtx t = {0};
+    SdcError err = {0};
+    char tmpl[] = "/tmp/sdc-test-ckpt-XXXXXX";
+    if (!mkdtemp(tmpl) || chdir(tmpl) || system("mkdir -p " DIR_T)) return 1;
+    const char *path = DIR_T "/ckpt.h5";
+
+    // 1. round trip
+    check_true(&t, write_ckpt(path, 12, 4096, 1, -1, &err) == 0, "write step 1: %s", err.msg);
+    verify_ckpt(&t, path, 12, 4096, 1);
+    check_true(&t, access(DIR_T "/ckpt.h5.tmp", F_OK) != 0, "no .tmp left after commit");
+
+    // 2. a writer killed mid-write (after its first tensor of ~400 MB) leaves step 1 intact
+    int fds[2];
+    SDC_CHECK(pipe(fds) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        SdcError e2 = {0};
+        _exit(write_ckpt(path, 100, 1 << 20, 2, fds[1], &e2) ? 3 : 0);
+    }
+    close(fds[1]);
+    char c;
+    int started = read(fds[0], &c, 1) == 1;
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    close(fds[0]);
+    check_true(&t, started && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+               "writer of step 2 killed mid-write (SIGKILL)");
+    verify_ckpt(&t, path, 12, 4096, 1);
+    if (access(DIR_T "/ckpt.h5.tmp", F_OK) == 0) {
+        SdcError e3 = {0};
+        Ckpt half;
+        int rc = ckpt_open(&half, DIR_T "/ckpt.h5.tmp", &e3);
+        if (!rc) ckpt_close(&half);
+        check_true(&t, rc != 0, "the killed writer's half file is refused: %s", e3.msg);
+    }
+
+    // 3. bad files
+    copy_file(path, DIR_T "/trunc.h5", 3000);
+    expect_error(&t, DIR_T "/trunc.h5", "truncated", "trunc.h5", "HDF5");
+    FILE *f = fopen(DIR_T "/text.h5", "w");
+    fputs("this is not HDF5\n", f);
+    fclose(f);
+    expect_error(&t, DIR_T "/text.h5", "not HDF5", "text.h5", "not an HDF5 file");
+    expect_error(&t, DIR_T "/missing.h5", "missing", "missing.h5", "no such file");
+    // flip a byte inside the first tensor's data: the CRC catches it
+    copy_file(path, DIR_T "/corrupt.h5", -1);
+    {
+        Ckpt ck;
+        SDC_CHECK(ckpt_open(&ck, path, &err) == 0);
+        hid_t d = H5Dopen2(ck.file, "/unet/down_blocks.0.resnets.0.conv1.weight", H5P_DEFAULT);
+        haddr_t off = H5Dget_offset(d);
+        H5Dclose(d);
+        ckpt_close(&ck);
+        FILE *fc = fopen(DIR_T "/corrupt.h5", "rb+");
+        fseek(fc, (long)off + 100, SEEK_SET);
+        int b = fgetc(fc);
+        fseek(fc, (long)off + 100, SEEK_SET);
+        fputc(b ^ 0x55, fc);
+        fclose(fc);
+    }
+    expect_error(&t, DIR_T "/corrupt.h5", "corrupt tensor", "down_blocks.0.resnets.0.conv1.weight", "CRC32");
+    // another kind, another layout version, no step
+    for (int k = 0; k < 3; k++) {
+        const char *p = k == 0 ? DIR_T "/kind.h5" : k == 1 ? DIR_T "/ver.h5" : DIR_T "/nostep.h5";
+        copy_file(path, p, -1);
+        hid_t fh = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+        if (k == 0) h5_attr_str(fh, "sdc_kind", "dataset", p, &err);
+        if (k == 1) h5_attr_i64(fh, "sdc_layout_version", 2, p, &err);
+        if (k == 2) H5Adelete_by_name(fh, "state", "step", H5P_DEFAULT);
+        H5Fclose(fh);
+    }
+    expect_error(&t, DIR_T "/kind.h5", "another kind", "kind.h5", "sdc_kind is \"dataset\"");
+    expect_error(&t, DIR_T "/ver.h5", "another version", "ver.h5", "sdc_layout_version is 2");
+    expect_error(&t, DIR_T "/nostep.h5", "no step", "nostep.h5", "incomplete");
+    if (chdir("/") || system("rm -rf /tmp/sdc-test-ckpt-*")) return 1;
+    return test_summary(&t);
+}
