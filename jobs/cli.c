@@ -38,6 +38,9 @@ static int parse_float(const char *flag, const char *v, float *out, SdcError *er
 // a is the short flag s (may be NULL) or the long flag l
 static int flag_is(const char *a, const char *s, const char *l) { return (s && !strcmp(a, s)) || !strcmp(a, l); }
 
+static void cli_print_usage_storage(FILE *f, const char *sub);
+static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
+
 // "L,T,R,B" pixels to add on each side
 static int parse_outpaint(const char *flag, const char *v, Sdc__Generate *g, SdcError *err) {
     long long x[4];
@@ -66,11 +69,17 @@ void cli_print_usage(FILE *f, const char *sub) {
                    "or the binary form `protoc --encode=sdc.Job jobs/sdc.proto` writes.\n");
         return;
     }
+    if (sub && (!strcmp(sub, "dataset") || !strcmp(sub, "convert"))) {
+        cli_print_usage_storage(f, sub);
+        return;
+    }
     if (!sub || strcmp(sub, "generate")) {
         fprintf(f, "usage: sdc COMMAND [options]\n\n"
                    "commands:\n"
                    "  generate   text to image (sdc generate --help)\n"
-                   "  run        run a job manifest file (sdc run --help)\n\n"
+                   "  run        run a job manifest file (sdc run --help)\n"
+                   "  dataset    dataset import: images -> HDF5 dataset (sdc dataset import --help)\n"
+                   "  convert    convert a model between layouts (sdc convert --help)\n\n"
                    "Every command builds a job manifest (jobs/sdc.proto); --dump-manifest prints it.\n");
         return;
     }
@@ -96,7 +105,12 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --mask FILE           inpaint: white = repaint, black = keep (same size as --init-img)\n"
             "      --outpaint L,T,R,B    outpaint: extend --init-img by these pixels and fill them in\n"
             "      --clip-skip N         use the text encoder's N-th layer from the end (default: model's)\n"
+            "      --vae-tiling          decode the image in 512-pixel tiles (less memory; default: only when\n"
+            "                            the untiled decode would need over 1 GiB, i.e. above 640x640)\n"
+            "      --vae-tile-size N     VAE tile in pixels, multiple of 8 (implies --vae-tiling); -1 = never tile\n"
             "  -o, --output PATH         output PNG (default output.png; a batch adds _2, _3, ...)\n"
+            "      --output-h5 FILE      write all images to an HDF5 generation output instead (resumes a sweep;\n"
+            "                            under mpiexec rank r makes items i %% R == r)\n"
             "  -t, --threads N           CPU threads (default: all cores)\n"
             "      --device cpu|cuda     compute device (default cpu)\n"
             "      --dump-manifest       print the job manifest in protobuf text format and exit\n"
@@ -153,6 +167,7 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         if (!path) return sdc_err(err, SDC_ERR_ARG, "sdc run needs a manifest file ---> sdc run job.txtpb");
         return manifest_read_file(path, out, err);
     }
+    if (!strcmp(argv[1], "dataset") || !strcmp(argv[1], "convert")) return cli_parse_storage(argc, argv, out, opt, err);
     if (strcmp(argv[1], "generate"))
         return sdc_err(err, SDC_ERR_ARG, "unknown command '%s' ---> run 'sdc --help'", argv[1]);
 
@@ -220,6 +235,9 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         } else if (FLAG("-o", "--output")) {
             const char *v = VALUE();
             if (v) set_str(g, "output", v);
+        } else if (FLAG(NULL, "--output-h5")) {
+            const char *v = VALUE();
+            if (v) set_str(g, "output_h5", v);
         } else if (FLAG("-t", "--threads")) {
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 0, 1024, &ll, err))) job->runtime->threads = (int32_t)ll, job->runtime->has_threads = 1;
@@ -241,6 +259,17 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         } else if (FLAG(NULL, "--batch-size")) {
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 1, 256, &ll, err))) g->batch_size = (int32_t)ll, g->has_batch_size = 1;
+        } else if (FLAG(NULL, "--vae-tiling")) {
+            if (g->vae_tile_size <= 0) g->vae_tile_size = 512, g->has_vae_tile_size = 1;
+        } else if (FLAG(NULL, "--vae-tile-size")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, -1, 16384, &ll, err))) {
+                if (ll > 0 && ll % 8)
+                    rc = sdc_err(err, SDC_ERR_ARG, "--vae-tile-size %lld: expected a multiple of 8, or -1 (never tile)",
+                                 ll);
+                else
+                    g->vae_tile_size = (int32_t)ll, g->has_vae_tile_size = 1;
+            }
         } else if (FLAG(NULL, "--outpaint")) {
             const char *v = VALUE();
             if (v) rc = parse_outpaint(a, v, g, err);
@@ -250,6 +279,126 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             opt->quiet = 1;
         } else {
             rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> sdc generate --help", a);
+        }
+#undef FLAG
+#undef VALUE
+    }
+    if (rc) {
+        cli_job_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// storage commands: `sdc dataset import` and `sdc convert` (data/)
+
+static void cli_print_usage_storage(FILE *f, const char *sub) {
+    if (!strcmp(sub, "dataset")) {
+        fprintf(f,
+                "usage: sdc dataset import -o OUT.h5 [options] SOURCES...\n\n"
+                "Preprocesses photos for DreamBooth into one HDF5 dataset (layout: data/README.md).\n"
+                "SOURCES are folders (their .jpg/.jpeg/.png files) or image files; they are never modified.\n\n"
+                "  -o, --output FILE       the dataset file (.h5)\n"
+                "      --resolution N      square side in pixels (default 512): short side resized (bilinear), cropped\n"
+                "      --center-crop       centre crop (default: random crop drawn from --seed and the item)\n"
+                "  -s, --seed N            seed of the random crops (default 42)\n"
+                "      --no-upscale        skip images smaller than the resolution (default: upscale with a warning)\n"
+                "  -p, --prompt TEXT       caption of every image (default: FILE.txt beside each image, kohya style)\n"
+                "      --cache-latents     also store VAE latents (mean x scaling_factor) of each image; needs -m\n"
+                "  -m, --model PATH        the model whose VAE encodes (.safetensors or diffusers folder)\n"
+                "      --latents-dtype T   f32 (default) or f16\n"
+                "      --dump-manifest     print the job manifest and exit\n"
+                "  -q, --quiet             no progress output\n");
+    } else {
+        fprintf(f,
+                "usage: sdc convert -m MODEL -o OUT [--dtype f32|f16|bf16]\n\n"
+                "  -m, --model PATH        .safetensors (original layout), diffusers folder, or sdc checkpoint .h5\n"
+                "      --config DIR        diffusers folder describing a single file's architecture (optional)\n"
+                "  -o, --output OUT        OUT.h5: sdc checkpoint; OUT.safetensors: single file, original names\n"
+                "                          (A1111 / ComfyUI); anything else: a diffusers folder\n"
+                "      --dtype T           cast float tensors to f32, f16 or bf16 (default: keep)\n"
+                "      --dump-manifest     print the job manifest and exit\n"
+                "  -q, --quiet             no progress output\n");
+    }
+}
+
+static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
+    const int is_import = !strcmp(argv[1], "dataset");
+    int first = 2;
+    if (is_import) {
+        if (argc < 3 || (strcmp(argv[2], "import") && argv[2][0] != '-'))
+            return sdc_err(err, SDC_ERR_ARG, "sdc dataset: expected 'import' ---> sdc dataset import --help");
+        if (!strcmp(argv[2], "import")) first = 3;
+    }
+    Sdc__Job *job = job_new();
+    Sdc__DatasetImport *di = calloc(1, sizeof *di);
+    Sdc__Convert *cv = calloc(1, sizeof *cv);
+    SDC_CHECK(di && cv);
+    sdc__dataset_import__init(di);
+    sdc__convert__init(cv);
+    job->dataset_import = di;
+    job->convert = cv;
+    job->task = is_import ? SDC__TASK__TASK_DATASET_IMPORT : SDC__TASK__TASK_CONVERT;
+    job->has_task = 1;
+    const char *help = is_import ? "sdc dataset import --help" : "sdc convert --help";
+    int rc = 0;
+    for (int i = first; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        long long ll = 0;
+#define FLAG(s, l) flag_is(a, s, l)
+#define VALUE() \
+    (i + 1 < argc ? argv[++i] : (rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> %s", a, help), (const char *)NULL))
+        if (FLAG("-h", "--help")) {
+            opt->help = 1;
+            cli_print_usage(stdout, argv[1]);
+            cli_job_free(job);
+            return 0;
+        } else if (FLAG("-m", "--model")) {
+            const char *v = VALUE();
+            if (v) set_str(job->model, "path", v);
+        } else if (!is_import && FLAG(NULL, "--config")) {
+            const char *v = VALUE();
+            if (v) set_str(job->model, "config", v);
+        } else if (FLAG("-o", "--output")) {
+            const char *v = VALUE();
+            if (v) set_str(is_import ? (void *)di : (void *)cv, "output", v);
+        } else if (!is_import && FLAG(NULL, "--dtype")) {
+            const char *v = VALUE();
+            if (v && strcmp(v, "f32") && strcmp(v, "f16") && strcmp(v, "bf16"))
+                rc = sdc_err(err, SDC_ERR_ARG, "--dtype: expected f32, f16 or bf16, got '%s'", v);
+            else if (v) set_str(cv, "dtype", v);
+        } else if (is_import && FLAG(NULL, "--resolution")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 8, 8192, &ll, err))) di->resolution = (int32_t)ll, di->has_resolution = 1;
+        } else if (is_import && FLAG(NULL, "--center-crop")) {
+            di->center_crop = 1, di->has_center_crop = 1;
+        } else if (is_import && FLAG(NULL, "--no-upscale")) {
+            di->no_upscale = 1, di->has_no_upscale = 1;
+        } else if (is_import && FLAG(NULL, "--cache-latents")) {
+            di->cache_latents = 1, di->has_cache_latents = 1;
+        } else if (is_import && FLAG("-s", "--seed")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) di->seed = ll, di->has_seed = 1;
+        } else if (is_import && FLAG("-p", "--prompt")) {
+            const char *v = VALUE();
+            if (v) set_str(di, "prompt", v);
+        } else if (is_import && FLAG(NULL, "--latents-dtype")) {
+            const char *v = VALUE();
+            if (v && strcmp(v, "f32") && strcmp(v, "f16"))
+                rc = sdc_err(err, SDC_ERR_ARG, "--latents-dtype: expected f32 or f16, got '%s'", v);
+            else if (v) set_str(di, "latents_dtype", v);
+        } else if (FLAG(NULL, "--dump-manifest")) {
+            opt->dump_manifest = 1;
+        } else if (FLAG("-q", "--quiet")) {
+            opt->quiet = 1;
+        } else if (is_import && a[0] != '-') {
+            di->sources = realloc(di->sources, (di->n_sources + 1) * sizeof(char *));
+            SDC_CHECK(di->sources);
+            di->sources[di->n_sources++] = dup_str(a);
+        } else {
+            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> %s", a, help);
         }
 #undef FLAG
 #undef VALUE

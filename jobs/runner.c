@@ -11,6 +11,9 @@
 #include "io/image.h"
 #include "jobs/manifest.h"
 #include "pipeline/sd.h"
+#include "data/convert.h"
+#include "data/dataset.h"
+#include "data/genout.h"
 
 static double mono_s(void) {
     struct timespec ts;
@@ -21,11 +24,15 @@ static double mono_s(void) {
 typedef struct Progress {
     int tty, quiet, item, items;
     double t0;
+    double t_step; // when the last model evaluation ended: the decode starts there
+    int steps;     // evaluations seen in the current item
 } Progress;
 
 // A progress bar on a terminal (step, it/s, ETA); plain lines otherwise.
 static void progress_cb(void *user, int step, int total) {
     Progress *p = user;
+    p->t_step = mono_s();
+    p->steps = step;
     if (p->quiet) return;
     double el = mono_s() - p->t0, rate = step / (el > 1e-9 ? el : 1e-9), eta = (total - step) / rate;
     if (p->tty) {
@@ -142,6 +149,103 @@ static const char *mode_name(GenMode m) {
     return m == GEN_TXT2IMG ? "txt2img" : m == GEN_IMG2IMG ? "img2img" : "inpaint";
 }
 
+// ----------------------------------------------------------------------------
+// generation into an HDF5 generation output (data/genout.h)
+
+// The manifest in text format, malloc'd.
+static char *manifest_text(const Sdc__Job *job) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return NULL;
+    manifest_print_text(f, &job->base, 0);
+    fclose(f);
+    return buf;
+}
+
+// Item i = prompt i / batch_count, seed seed + i (as the PNG path numbers
+// them). Under MPI rank r makes the items i with i % R == r; items already
+// done in the file are skipped (resume). On one rank, consecutive items of a
+// prompt are denoised together in batches of batch_size.
+static int generate_h5(const Sdc__Job *job, const RunOptions *opt, SdModel *m, const GenInputs *in, SamplerKind sk,
+                       double strength, float *ctx, SdcError *err) {
+    const Sdc__Generate *g = job->generate;
+    const H5Par par = h5_par_world();
+    const int W = in->width, H = in->height, bc = g->batch_count;
+    const int64_t n = (int64_t)g->n_prompts * bc;
+    const size_t npix = (size_t)W * H;
+    int micro = g->batch_size > 0 ? g->batch_size : 1;
+    if (micro > 64) micro = 64;
+    GenItem *items = calloc((size_t)n, sizeof *items);
+    int64_t *run_start = calloc((size_t)n + 1, sizeof(int64_t)), idx[64];
+    int *run_len = calloc((size_t)n + 1, sizeof(int));
+    float *images = malloc((size_t)micro * 3 * npix * sizeof(float));
+    uint8_t *rgb = malloc((size_t)micro * 3 * npix);
+    char *manifest = manifest_text(job);
+    if (!items || !run_start || !run_len || !images || !rgb || !manifest) {
+        free(items), free(run_start), free(run_len), free(images), free(rgb), free(manifest);
+        return sdc_err(err, SDC_ERR_OOM, "generation buffers");
+    }
+    for (int64_t i = 0; i < n; i++)
+        items[i] = (GenItem){.prompt = g->prompts[i / bc], .negative_prompt = g->negative_prompt,
+                             .sampler = sampler_display_name(sk), .seed = g->seed + i, .steps = g->steps,
+                             .cfg = g->cfg_scale, .strength = in->mode == GEN_TXT2IMG ? 1.0f : (float)strength};
+    char hash[11] = "", full[65];
+    int rc = par.rank == 0 ? genout_model_hash(job->model->path, hash, full, err) : 0;
+    rc = h5_par_agree(&par, rc, err);
+    GenOut go = {.file = -1, .images = -1, .done = -1};
+    if (!rc) rc = genout_open(&go, g->output_h5, items, n, W, H, hash, manifest, &par, err);
+    int n_runs = 0;
+    int64_t skipped = 0;
+    for (int64_t i = par.rank; !rc && i < n; i += par.size) {
+        if (go.done_mask[i]) {
+            skipped++;
+            continue;
+        }
+        int r = n_runs - 1;
+        if (par.size == 1 && r >= 0 && run_start[r] + run_len[r] == i && run_len[r] < micro &&
+            run_start[r] / bc == i / bc)
+            run_len[r]++;
+        else run_start[n_runs] = i, run_len[n_runs++] = 1;
+    }
+    const int64_t rounds = rc ? 0 : h5_par_max(&par, n_runs);
+    Progress pr = {.tty = isatty(2), .quiet = opt->quiet, .items = (int)n};
+    int64_t last_prompt = -1, made = 0;
+    for (int64_t round = 0; !rc && round < rounds; round++) {
+        int k = 0, lrc = 0;
+        if (round < n_runs) {
+            const int64_t s0 = run_start[round];
+            k = run_len[round];
+            if (s0 / bc != last_prompt) {
+                lrc = sd_encode_prompt(m, g->prompts[s0 / bc], g->negative_prompt, job->model->clip_skip, ctx, err);
+                last_prompt = s0 / bc;
+            }
+            GenParams p = {.mode = in->mode, .steps = g->steps, .cfg_scale = g->cfg_scale, .sampler = sk,
+                           .eta = g->eta, .seed = (uint64_t)items[s0].seed, .width = W, .height = H, .batch = k,
+                           .strength = strength, .init_image = in->image, .mask = in->mask,
+                           .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size};
+            pr.item = (int)s0 + 1;
+            pr.t0 = mono_s();
+            if (!lrc) lrc = sd_generate(m, &p, ctx, NULL, images, progress_cb, &pr, err);
+            for (int j = 0; j < k; j++) {
+                idx[j] = s0 + j;
+                image_from_vae(rgb + (size_t)j * 3 * npix, images, j, H, W);
+            }
+        }
+        if ((rc = h5_par_agree(&par, lrc, err))) break;
+        rc = genout_write(&go, idx, lrc ? 0 : k, rgb, err);
+        made += k;
+    }
+    int crc = genout_close(&go, rc ? NULL : err);
+    if (!rc) rc = crc;
+    const int64_t total_made = rc ? 0 : h5_par_sum(&par, made), total_skipped = rc ? 0 : h5_par_sum(&par, skipped);
+    if (!rc && !opt->quiet && par.rank == 0)
+        fprintf(stderr, "sdc: wrote %lld items to %s (%lld already done, %d rank%s)\n", (long long)total_made,
+                g->output_h5, (long long)total_skipped, par.size, par.size > 1 ? "s" : "");
+    free(items), free(run_start), free(run_len), free(images), free(rgb), free(manifest);
+    return rc;
+}
+
 static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     const Sdc__Generate *g = job->generate;
     const Sdc__Runtime *rt = job->runtime;
@@ -198,21 +302,38 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     int done = 0;
     if (!rc) { // refuse a request the model cannot serve before any work
         GenParams chk = {.mode = in.mode, .steps = g->steps, .width = W, .height = H, .batch = 1,
-                         .strength = strength, .init_image = in.image, .mask = in.mask};
+                         .strength = strength, .init_image = in.image, .mask = in.mask,
+                           .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size};
         rc = sd_check_params(&m, &chk, err);
     }
-    for (size_t pi = 0; !rc && pi < g->n_prompts; pi++) {
+    const int use_h5 = g->output_h5 && g->output_h5[0]; // HDF5 generation output instead of PNGs
+    if (!rc && use_h5) rc = generate_h5(job, opt, &m, &in, sk, strength, ctx, err);
+    for (size_t pi = 0; !rc && !use_h5 && pi < g->n_prompts; pi++) {
         const char *prompt = g->prompts[pi];
+        const double t_text = mono_s();
         rc = sd_encode_prompt(&m, prompt, g->negative_prompt, job->model->clip_skip, ctx, err);
+        const double text_s = mono_s() - t_text;
         for (int j = 0; !rc && j < g->batch_count; j += micro) {
             const int nb = g->batch_count - j < micro ? g->batch_count - j : micro;
             const uint64_t seed = (uint64_t)g->seed + (uint64_t)done;
             GenParams p = {.mode = in.mode, .steps = g->steps, .cfg_scale = g->cfg_scale, .sampler = sk,
                            .eta = g->eta, .seed = seed, .width = W, .height = H, .batch = nb,
-                           .strength = strength, .init_image = in.image, .mask = in.mask};
+                           .strength = strength, .init_image = in.image, .mask = in.mask,
+                           .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size};
             pr.item = done + 1;
             pr.t0 = mono_s();
             rc = sd_generate(&m, &p, ctx, NULL, images, progress_cb, &pr, err);
+            if (!rc && !opt->quiet && pr.steps > 0) {
+                // denoise includes the setup before the first step; decode is the VAE of all nb items
+                const double den = pr.t_step - pr.t0, dec = mono_s() - pr.t_step;
+                fprintf(stderr, "sdc: timing: text %.2fs, denoise %.1fs (%.2f s/step), decode %.1fs\n",
+                        j == 0 ? text_s : 0.0, den, den / pr.steps, dec);
+                fprintf(stderr, "sdc: memory: activations planned: unet %.0f MiB, vae %.0f MiB, clip %.0f MiB; "
+                        "weights %.0f MiB (f32 files are mapped, not copied)\n",
+                        unet_activation_bytes(m.unet) / 1048576.0, vae_activation_bytes(m.vae) / 1048576.0,
+                        clip_activation_bytes(m.clip) / 1048576.0,
+                        (unet_param_bytes(m.unet) + vae_param_bytes(m.vae) + clip_param_bytes(m.clip)) / 1048576.0);
+            }
             for (int k = 0; !rc && k < nb; k++, done++) {
                 char path[4096], params[8192];
                 item_path(path, sizeof path, g->output, done);
@@ -250,7 +371,57 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     return rc;
 }
 
+// ----------------------------------------------------------------------------
+// storage tasks (data/)
+
+static int run_dataset_import(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    const Sdc__DatasetImport *d = job->dataset_import;
+    if (!d || !d->n_sources)
+        return sdc_err(err, SDC_ERR_ARG, "dataset import: no sources ---> sdc dataset import -o out.h5 FOLDER...");
+    if (!d->output || !d->output[0])
+        return sdc_err(err, SDC_ERR_ARG, "dataset import: no output ---> pass -o out.h5");
+    const char *model = job->model && job->model->path && job->model->path[0] ? job->model->path : NULL;
+    if (d->cache_latents && !model)
+        return sdc_err(err, SDC_ERR_ARG, "--cache-latents needs the model whose VAE encodes: -m MODEL");
+    DatasetImportOpts o = {.sources = (const char *const *)d->sources, .n_sources = (int)d->n_sources,
+                           .output = d->output, .resolution = d->resolution, .center_crop = d->center_crop,
+                           .seed = (uint64_t)d->seed, .no_upscale = d->no_upscale,
+                           .prompt = d->prompt && d->prompt[0] ? d->prompt : NULL,
+                           .cache_latents_model = d->cache_latents ? model : NULL,
+                           .latents_dtype = d->latents_dtype && !strcmp(d->latents_dtype, "f16") ? DT_F16 : DT_F32,
+                           .quiet = opt->quiet};
+    const H5Par par = h5_par_world();
+    DatasetImportStats st;
+    SDC_TRY(dataset_import(&o, &par, &st, err));
+    if (!opt->quiet && par.rank == 0)
+        fprintf(stderr, "sdc: imported %lld of %lld images into %s in %.2fs (%.1f images/s; %lld skipped, %lld "
+                "upscaled%s)\n", (long long)st.written, (long long)st.candidates, d->output, st.seconds,
+                st.written / (st.seconds > 1e-9 ? st.seconds : 1e-9), (long long)st.skipped, (long long)st.upscaled,
+                o.cache_latents_model ? ", latents cached" : "");
+    return 0;
+}
+
+static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    const Sdc__Convert *c = job->convert;
+    if (!job->model || !job->model->path || !job->model->path[0])
+        return sdc_err(err, SDC_ERR_ARG, "convert: no model ---> pass -m MODEL (.safetensors, diffusers folder, .h5)");
+    if (!c || !c->output || !c->output[0])
+        return sdc_err(err, SDC_ERR_ARG, "convert: no output ---> pass -o OUT.h5, OUT.safetensors or a folder");
+    const char *dt = c->dtype ? c->dtype : "";
+    char *manifest = manifest_text(job);
+    ConvertOpts o = {.model = job->model->path, .config = job->model->config && job->model->config[0] ?
+                     job->model->config : NULL, .output = c->output,
+                     .dtype = !strcmp(dt, "f32") ? DT_F32 : !strcmp(dt, "f16") ? DT_F16 : !strcmp(dt, "bf16") ?
+                     DT_BF16 : -1, .manifest = manifest, .quiet = opt->quiet};
+    int rc = convert_run(&o, err);
+    free(manifest);
+    return rc;
+}
+
 int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    // storage tasks validate their own fields (manifest_validate knows generate)
+    if (job->task == SDC__TASK__TASK_DATASET_IMPORT) return run_dataset_import(job, opt, err);
+    if (job->task == SDC__TASK__TASK_CONVERT) return run_convert(job, opt, err);
     SDC_TRY(manifest_validate(job, err));
     switch (job->task) {
     case SDC__TASK__TASK_GENERATE: return run_generate(job, opt, err);

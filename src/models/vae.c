@@ -424,7 +424,8 @@ static void vae_encode_run(const Vae *m, VaeRun *r, const Tensor *image, Tensor 
     arena_reset(r->a, frame);
 
     // The backend has no clamp: round-trip the small logvar through the host.
-    if (!r->a->measure) {
+    // host_lv NULL: the caller clamps (tiled encode clamps after blending).
+    if (!r->a->measure && host_lv) {
         size_t cnt = (size_t)tensor_numel(logvar);
         be->sync(be);
         backend_download_f32(be, host_lv, logvar, cnt);
@@ -495,29 +496,271 @@ static void vae_decode_run(const Vae *m, VaeRun *r, const Tensor *z, Tensor *ima
     arena_reset(r->a, frame);
 }
 
-// ---- planning ----------------------------------------------------------------
-
 static int vae_factor(const VaeConfig *c) { return 1 << (c->n_levels - 1); }
 
-// Measures the activation bytes of encode and decode of (N, in, H, W).
-static void vae_measure(const Vae *m, DType act, int64_t N, int64_t H, int64_t W, size_t *enc,
-                        size_t *dec) {
+// ---- tiling ------------------------------------------------------------------
+//
+// diffusers' AutoencoderKL.tiled_decode and _tiled_encode with the tile sizes
+// counted in latent pixels: tiles of `tile` latent pixels (tile*f image
+// pixels, f = 2^(levels-1)) start every tile - overlap latent pixels, the last
+// ones of a row or column cut at the border. Each tile is decoded (encoded) on
+// its own, so GroupNorm and attention see only the tile: that is why tiles
+// overlap, and why the result differs from an untiled pass. The output tiles
+// are visited in raster order; the first E rows of a tile are blended
+// linearly with the last E rows of the tile above, then its first E columns
+// with the last E columns of the tile to the left, E = overlap in output
+// pixels (fewer where a tile is smaller), and the top-left square of
+// (tile - overlap) output pixels is kept. diffusers blends in place in that
+// order, so the tile above and the one to the left take part in their blended
+// form: two rows of output tiles stay on the host. diffusers' settings are
+// tile = tile_latent_min_size, overlap = tile * tile_overlap_factor (0.25).
+// The encoder's logvar is clamped after blending, as diffusers clamps the
+// blended moments.
+
+typedef struct VaeGrid {
+    int decode;
+    int64_t N, cin;            // batch, input channels (latent or image)
+    int64_t pin, pout;         // input planes N*cin; output planes N*out (decode) or 2*N*L (mean, logvar)
+    int64_t hin, win, hout, wout;
+    int64_t tin, stride;       // input tile side and the step between tiles
+    int64_t blend, keep;       // output pixels blended, and kept, per tile side
+    int64_t ty, tx;            // tiles down, across
+    int64_t tin_h, tin_w;      // the largest input tile
+    int64_t tout_h, tout_w;    // the largest output tile
+    int f;
+} VaeGrid;
+
+static int64_t grid_out(const VaeGrid *g, int64_t t) { return g->decode ? t * g->f : t / g->f; }
+
+static int vae_check_tiling(const VaeTiling *t, SdcError *err) {
+    if (!t || t->tile == 0) return 0;
+    if (t->tile < 1 || t->overlap < 0 || t->overlap >= t->tile)
+        return sdc_err(err, SDC_ERR_ARG,
+                       "vae tiling: tile %d, overlap %d latent pixels: need tile >= 1 and 0 <= overlap < tile\n"
+                       "---> e.g. tile 64, overlap 16 (diffusers' enable_tiling for SD)",
+                       t->tile, t->overlap);
+    return 0;
+}
+
+// Fills g for a pass over (N, *, hin, win) inputs; returns 0 when the input
+// fits one tile (or tiling is off) and the pass runs untiled, as diffusers
+// does.
+static int vae_grid(const VaeConfig *c, int decode, int64_t N, int64_t hin, int64_t win,
+                    const VaeTiling *t, VaeGrid *g) {
+    if (!t || t->tile <= 0) return 0;
+    const int f = vae_factor(c);
+    *g = (VaeGrid){.decode = decode, .N = N, .hin = hin, .win = win, .f = f};
+    g->tin = decode ? t->tile : (int64_t)t->tile * f;
+    if (hin <= g->tin && win <= g->tin) return 0;
+    g->stride = decode ? t->tile - t->overlap : (int64_t)(t->tile - t->overlap) * f;
+    g->blend = decode ? (int64_t)t->overlap * f : t->overlap;
+    g->keep = decode ? (int64_t)(t->tile - t->overlap) * f : t->tile - t->overlap;
+    g->ty = (hin + g->stride - 1) / g->stride;
+    g->tx = (win + g->stride - 1) / g->stride;
+    g->tin_h = hin < g->tin ? hin : g->tin;
+    g->tin_w = win < g->tin ? win : g->tin;
+    g->tout_h = grid_out(g, g->tin_h);
+    g->tout_w = grid_out(g, g->tin_w);
+    g->hout = grid_out(g, hin);
+    g->wout = grid_out(g, win);
+    g->cin = decode ? c->latent_channels : c->in_channels;
+    g->pin = N * g->cin;
+    g->pout = decode ? N * c->out_channels : 2 * N * c->latent_channels;
+    return 1;
+}
+
+// The device tiles a tiled pass keeps in the arena below its forward: input
+// (N, cin, tin_h, tin_w) and output (N, out, tout_h, tout_w), or mean and
+// logvar (N, L, tout_h, tout_w) each. Same order in planning and running.
+typedef struct VaeTileBufs {
+    void *in, *out0, *out1;
+} VaeTileBufs;
+
+static VaeTileBufs vae_tile_bufs(VaeRun *r, const VaeConfig *c, const VaeGrid *g) {
+    VaeTileBufs b = {0};
+    b.in = run_alloc(r, g->pin * g->tin_h * g->tin_w);
+    if (g->decode) {
+        b.out0 = run_alloc(r, g->N * c->out_channels * g->tout_h * g->tout_w);
+    } else {
+        b.out0 = run_alloc(r, g->N * c->latent_channels * g->tout_h * g->tout_w);
+        b.out1 = run_alloc(r, g->N * c->latent_channels * g->tout_h * g->tout_w);
+    }
+    return b;
+}
+
+// Activation bytes of a tiled pass: the device tiles plus one pass over the
+// largest tile (smaller edge tiles need less).
+static size_t vae_measure_grid(const Vae *m, DType act, const VaeGrid *g) {
+    const VaeConfig *c = &m->cfg;
+    const Backend *mb = backend_measure();
+    Arena a;
+    arena_init_measure(&a);
+    VaeRun r = {.be = mb, .a = &a, .act = act, .groups = c->norm_groups, .eps = c->norm_eps};
+    VaeTileBufs b = vae_tile_bufs(&r, c, g);
+    Tensor in = run_view(&r, b.in, g->N, g->cin, g->tin_h, g->tin_w);
+    if (g->decode) {
+        Tensor out = run_view(&r, b.out0, g->N, c->out_channels, g->tout_h, g->tout_w);
+        vae_decode_run(m, &r, &in, &out);
+    } else {
+        Tensor mean = run_view(&r, b.out0, g->N, c->latent_channels, g->tout_h, g->tout_w);
+        Tensor lv = run_view(&r, b.out1, g->N, c->latent_channels, g->tout_h, g->tout_w);
+        vae_encode_run(m, &r, &in, &mean, &lv, NULL);
+    }
+    return a.peak;
+}
+
+// diffusers' blend_v: the first e rows of b (planes x bh x w) fade in from the
+// last e rows of a (planes x ah x w), e = min(ah, bh, blend).
+static void vae_blend_v(const float *a, int64_t ah, float *b, int64_t bh, int64_t w, int64_t planes,
+                        int64_t blend) {
+    int64_t e = ah < bh ? ah : bh;
+    if (blend < e) e = blend;
+    for (int64_t y = 0; y < e; y++) {
+        const float wb = (float)((double)y / e), wa = (float)(1.0 - (double)y / e);
+        for (int64_t p = 0; p < planes; p++) {
+            const float *ar = a + (p * ah + ah - e + y) * w;
+            float *br = b + (p * bh + y) * w;
+            for (int64_t x = 0; x < w; x++) br[x] = ar[x] * wa + br[x] * wb;
+        }
+    }
+}
+
+// diffusers' blend_h: the first e columns of b (planes x h x bw) fade in from
+// the last e columns of a (planes x h x aw), e = min(aw, bw, blend).
+static void vae_blend_h(const float *a, int64_t aw, float *b, int64_t bw, int64_t h, int64_t planes,
+                        int64_t blend) {
+    int64_t e = aw < bw ? aw : bw;
+    if (blend < e) e = blend;
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t y = 0; y < h; y++) {
+            const float *ar = a + (p * h + y) * aw + aw - e;
+            float *br = b + (p * h + y) * bw;
+            for (int64_t x = 0; x < e; x++) {
+                const float wb = (float)((double)x / e), wa = (float)(1.0 - (double)x / e);
+                br[x] = ar[x] * wa + br[x] * wb;
+            }
+        }
+}
+
+// The tiled pass over `in` (N, cin, hin, win) on the device: decode -> out0
+// (N, out, hout, wout); encode -> out0 = mean, out1 = logvar (N, L, hout,
+// wout). Host scratch (one allocation per call, not per tile): the input, one
+// input tile, two rows of output tiles, the output.
+static int vae_tiled_run(Vae *m, const VaeGrid *g, const Tensor *in, Tensor *out0, Tensor *out1,
+                         SdcError *err) {
+    const VaeConfig *c = &m->cfg;
+    const Backend *be = m->be;
+    const int64_t slot = g->pout * g->tout_h * g->tout_w, half = g->pout / 2; // half: mean | logvar planes
+    const size_t n_in = (size_t)(g->pin * g->hin * g->win), n_tin = (size_t)(g->pin * g->tin_h * g->tin_w);
+    const size_t n_out = (size_t)(g->pout * g->hout * g->wout);
+    float *xin = malloc((n_in + n_tin + n_out + 2 * (size_t)g->tx * slot) * sizeof(float));
+    int64_t *dims = malloc(4 * (size_t)g->tx * sizeof(int64_t)); // (2 rows, tx) tile heights, then widths
+    if (!xin || !dims) {
+        free(xin);
+        free(dims);
+        return sdc_err(err, SDC_ERR_OOM, "vae tiling: out of host memory for %lld tiles of %lldx%lld",
+                       (long long)(g->ty * g->tx), (long long)g->tout_h, (long long)g->tout_w);
+    }
+    float *tbuf = xin + n_in;   // (N, cin, th_in, tw_in) one input tile
+    float *yout = tbuf + n_tin; // (pout, hout, wout)
+    float *slots = yout + n_out; // (2, tx) output tiles, each (pout, th, tw) packed
+    int64_t *th = dims, *tw = dims + 2 * g->tx;
+    be->sync(be);
+    backend_download_f32(be, xin, in, n_in);
+
+    VaeRun r = {.be = be, .a = &m->act, .act = be->act_dtype, .groups = c->norm_groups, .eps = c->norm_eps};
+    size_t frame = arena_mark(&m->act);
+    VaeTileBufs b = vae_tile_bufs(&r, c, g);
+    for (int64_t iy = 0; iy < g->ty; iy++) {
+        const int64_t cur = (iy & 1) * g->tx, prev = ((iy + 1) & 1) * g->tx;
+        const int64_t y0 = iy * g->stride, hi = g->hin - y0 < g->tin ? g->hin - y0 : g->tin;
+        for (int64_t ix = 0; ix < g->tx; ix++) {
+            const int64_t x0 = ix * g->stride, wi = g->win - x0 < g->tin ? g->win - x0 : g->tin;
+            const int64_t ho = grid_out(g, hi), wo = grid_out(g, wi);
+            for (int64_t p = 0; p < g->pin; p++)
+                for (int64_t y = 0; y < hi; y++)
+                    memcpy(tbuf + (p * hi + y) * wi, xin + (p * g->hin + y0 + y) * g->win + x0,
+                           (size_t)wi * sizeof(float));
+            Tensor ti = run_view(&r, b.in, g->N, g->cin, hi, wi); // (N, cin, hi, wi)
+            backend_upload_f32(be, &ti, tbuf, (size_t)(g->pin * hi * wi));
+            float *dst = slots + (cur + ix) * slot; // (pout, ho, wo)
+            if (g->decode) {
+                Tensor to = run_view(&r, b.out0, g->N, c->out_channels, ho, wo); // (N, out, ho, wo)
+                vae_decode_run(m, &r, &ti, &to);
+                be->sync(be);
+                backend_download_f32(be, dst, &to, (size_t)(g->pout * ho * wo));
+            } else {
+                Tensor tm = run_view(&r, b.out0, g->N, c->latent_channels, ho, wo); // (N, L, ho, wo)
+                Tensor tl = run_view(&r, b.out1, g->N, c->latent_channels, ho, wo); // (N, L, ho, wo)
+                vae_encode_run(m, &r, &ti, &tm, &tl, NULL);
+                be->sync(be);
+                backend_download_f32(be, dst, &tm, (size_t)(half * ho * wo));
+                backend_download_f32(be, dst + half * ho * wo, &tl, (size_t)(half * ho * wo));
+            }
+            th[cur + ix] = ho;
+            tw[cur + ix] = wo;
+        }
+        // blend in diffusers' order (above, then left; both already blended) and keep the top-left
+        for (int64_t ix = 0; ix < g->tx; ix++) {
+            float *t = slots + (cur + ix) * slot;
+            const int64_t ho = th[cur + ix], wo = tw[cur + ix];
+            if (iy > 0)
+                vae_blend_v(slots + (prev + ix) * slot, th[prev + ix], t, ho, wo, g->pout, g->blend);
+            if (ix > 0)
+                vae_blend_h(slots + (cur + ix - 1) * slot, tw[cur + ix - 1], t, wo, ho, g->pout, g->blend);
+            const int64_t kh = ho < g->keep ? ho : g->keep, kw = wo < g->keep ? wo : g->keep;
+            for (int64_t p = 0; p < g->pout; p++)
+                for (int64_t y = 0; y < kh; y++)
+                    memcpy(yout + (p * g->hout + iy * g->keep + y) * g->wout + ix * g->keep, t + (p * ho + y) * wo,
+                           (size_t)kw * sizeof(float));
+        }
+    }
+    arena_reset(&m->act, frame);
+    if (g->decode) {
+        backend_upload_f32(be, out0, yout, n_out);
+    } else {
+        float *lv = yout + n_out / 2;
+        for (size_t i = 0; i < n_out / 2; i++)
+            lv[i] = lv[i] < VAE_LOGVAR_MIN ? VAE_LOGVAR_MIN : lv[i] > VAE_LOGVAR_MAX ? VAE_LOGVAR_MAX : lv[i];
+        backend_upload_f32(be, out0, yout, n_out / 2);
+        backend_upload_f32(be, out1, lv, n_out / 2);
+    }
+    free(xin);
+    free(dims);
+    return 0;
+}
+
+// ---- planning ----------------------------------------------------------------
+
+// Measures the activation bytes of encode and decode of (N, in, H, W), tiled
+// where t asks for it and the size exceeds one tile.
+static void vae_measure(const Vae *m, DType act, int64_t N, int64_t H, int64_t W, const VaeTiling *t,
+                        size_t *enc, size_t *dec) {
     const VaeConfig *c = &m->cfg;
     const Backend *mb = backend_measure();
     const int64_t f = vae_factor(c), L = c->latent_channels;
+    VaeGrid g;
     VaeRun r = {.be = mb, .act = act, .groups = c->norm_groups, .eps = c->norm_eps};
     Tensor img = tensor_make(act, mb->device, NULL, 4, (int64_t[]){N, c->in_channels, H, W});
     Tensor lat = tensor_make(act, mb->device, NULL, 4, (int64_t[]){N, L, H / f, W / f});
     Tensor lat2 = lat;
     Tensor out = tensor_make(act, mb->device, NULL, 4, (int64_t[]){N, c->out_channels, H, W});
     Arena a;
-    arena_init_measure(&a);
     r.a = &a;
-    vae_encode_run(m, &r, &img, &lat, &lat2, NULL);
-    *enc = a.peak;
-    arena_init_measure(&a);
-    vae_decode_run(m, &r, &lat, &out);
-    *dec = a.peak;
+    if (vae_grid(c, 0, N, H, W, t, &g)) {
+        *enc = vae_measure_grid(m, act, &g);
+    } else {
+        arena_init_measure(&a);
+        vae_encode_run(m, &r, &img, &lat, &lat2, NULL);
+        *enc = a.peak;
+    }
+    if (vae_grid(c, 1, N, H / f, W / f, t, &g)) {
+        *dec = vae_measure_grid(m, act, &g);
+    } else {
+        arena_init_measure(&a);
+        vae_decode_run(m, &r, &lat, &out);
+        *dec = a.peak;
+    }
 }
 
 static int vae_check_size(const VaeConfig *c, int64_t batch, int64_t height, int64_t width,
@@ -532,10 +775,11 @@ static int vae_check_size(const VaeConfig *c, int64_t batch, int64_t height, int
     return 0;
 }
 
-int vae_plan(const VaeConfig *cfg, DType act, int batch, int height, int width,
-             size_t *encode_bytes, size_t *decode_bytes, SdcError *err) {
+int vae_plan_tiled(const VaeConfig *cfg, DType act, int batch, int height, int width, const VaeTiling *t,
+                   size_t *encode_bytes, size_t *decode_bytes, SdcError *err) {
     SDC_TRY(vae_check_config(cfg, err));
     SDC_TRY(vae_check_size(cfg, batch, height, width, "vae_plan", err));
+    SDC_TRY(vae_check_tiling(t, err));
     Vae *m = calloc(1, sizeof *m); // parameters stay empty: the measure backend reads none
     if (!m) return sdc_err(err, SDC_ERR_OOM, "vae_plan: out of host memory");
     m->cfg = *cfg;
@@ -557,22 +801,30 @@ int vae_plan(const VaeConfig *cfg, DType act, int batch, int height, int width,
             m->dec_res[i][j] = (VaeResnet){.cin = j == 0 ? ch : out, .cout = out};
         ch = out;
     }
-    vae_measure(m, act, batch, height, width, encode_bytes, decode_bytes);
+    vae_measure(m, act, batch, height, width, t, encode_bytes, decode_bytes);
     free(m);
     return 0;
 }
 
-int vae_reserve(Vae *m, int batch, int height, int width, SdcError *err) {
-    SDC_TRY(vae_check_size(&m->cfg, batch, height, width, "vae_reserve", err));
+int vae_plan(const VaeConfig *cfg, DType act, int batch, int height, int width,
+             size_t *encode_bytes, size_t *decode_bytes, SdcError *err) {
+    return vae_plan_tiled(cfg, act, batch, height, width, NULL, encode_bytes, decode_bytes, err);
+}
+
+VaeTiling vae_tiling_auto(const VaeConfig *cfg, DType act, int batch, int height, int width) {
+    const VaeTiling none = {0, 0}, dflt = {VAE_TILE_DEFAULT, VAE_TILE_DEFAULT / 4};
     size_t enc, dec;
-    vae_measure(m, m->be->act_dtype, batch, height, width, &enc, &dec);
-    size_t need = enc > dec ? enc : dec;
+    SdcError e;
+    if (vae_plan(cfg, act, batch, height, width, &enc, &dec, &e)) return none;
+    return dec > VAE_TILE_BUDGET ? dflt : none;
+}
+
+// host_lv holds the logvar of an untiled encode of (N, H, W) for the clamp.
+static int vae_host_lv(Vae *m, int64_t N, int64_t H, int64_t W, const VaeTiling *t, SdcError *err) {
+    VaeGrid g;
+    if (vae_grid(&m->cfg, 0, N, H, W, t, &g)) return 0; // the tiled pass clamps its own output
     int64_t f = vae_factor(&m->cfg);
-    size_t lv_n = (size_t)batch * m->cfg.latent_channels * (height / f) * (width / f);
-    if (need > m->act.cap) {
-        arena_free(&m->act);
-        SDC_TRY(arena_init(&m->act, m->be, need, err));
-    }
+    size_t lv_n = (size_t)N * m->cfg.latent_channels * (H / f) * (W / f);
     if (lv_n > m->host_lv_n) {
         free(m->host_lv);
         m->host_lv_n = 0;
@@ -581,6 +833,23 @@ int vae_reserve(Vae *m, int batch, int height, int width, SdcError *err) {
         m->host_lv_n = lv_n;
     }
     return 0;
+}
+
+int vae_reserve_tiled(Vae *m, int batch, int height, int width, const VaeTiling *t, SdcError *err) {
+    SDC_TRY(vae_check_size(&m->cfg, batch, height, width, "vae_reserve", err));
+    SDC_TRY(vae_check_tiling(t, err));
+    size_t enc, dec;
+    vae_measure(m, m->be->act_dtype, batch, height, width, t, &enc, &dec);
+    size_t need = enc > dec ? enc : dec;
+    if (need > m->act.cap) {
+        arena_free(&m->act);
+        SDC_TRY(arena_init(&m->act, m->be, need, err));
+    }
+    return vae_host_lv(m, batch, height, width, t, err);
+}
+
+int vae_reserve(Vae *m, int batch, int height, int width, SdcError *err) {
+    return vae_reserve_tiled(m, batch, height, width, NULL, err);
 }
 
 // ---- encode / decode -------------------------------------------------------------
@@ -597,55 +866,73 @@ static int vae_check_tensor(const Vae *m, const Tensor *t, const char *who, cons
                    dtype_name(want.dtype), m->be->name);
 }
 
-// Makes sure the arena fits a pass of (N, H, W); plans it on first use.
-static int vae_ensure(Vae *m, int64_t N, int64_t H, int64_t W, int decode, const char *who,
-                      SdcError *err) {
-    if (m->act.cap == 0) return vae_reserve(m, (int)N, (int)H, (int)W, err);
+// Makes sure the arena fits a pass of (N, H, W) with tiling t; plans it on
+// first use.
+static int vae_ensure(Vae *m, int64_t N, int64_t H, int64_t W, const VaeTiling *t, int decode,
+                      const char *who, SdcError *err) {
+    if (m->act.cap == 0) return vae_reserve_tiled(m, (int)N, (int)H, (int)W, t, err);
     size_t enc, dec;
-    vae_measure(m, m->be->act_dtype, N, H, W, &enc, &dec);
+    vae_measure(m, m->be->act_dtype, N, H, W, t, &enc, &dec);
     size_t need = decode ? dec : enc;
     int64_t f = vae_factor(&m->cfg);
     size_t lv_n = (size_t)N * m->cfg.latent_channels * (H / f) * (W / f);
-    if (need > m->act.cap || (!decode && lv_n > m->host_lv_n))
+    VaeGrid g;
+    int lv_short = !decode && !vae_grid(&m->cfg, 0, N, H, W, t, &g) && lv_n > m->host_lv_n;
+    if (need > m->act.cap || lv_short)
         return sdc_err(err, SDC_ERR_ARG,
                        "%s of %lld images of %lldx%lld needs %.1f MiB of activations, "
                        "vae_reserve planned %.1f MiB\n"
-                       "---> call vae_reserve with the largest batch and size first",
+                       "---> call vae_reserve (vae_reserve_tiled) with the largest batch and size first",
                        who, (long long)N, (long long)H, (long long)W, (double)need / (1 << 20),
                        (double)m->act.cap / (1 << 20));
     return 0;
 }
 
-int vae_encode(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, SdcError *err) {
+int vae_encode_tiled(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, const VaeTiling *t,
+                     SdcError *err) {
     const VaeConfig *c = &m->cfg;
     if (image->ndim != 4)
         return sdc_err(err, SDC_ERR_ARG, "vae_encode: image has %d dims, expected (N, %d, H, W)",
                        image->ndim, c->in_channels);
     int64_t N = image->shape[0], H = image->shape[2], W = image->shape[3], f = vae_factor(c);
     SDC_TRY(vae_check_size(c, N, H, W, "vae_encode", err));
+    SDC_TRY(vae_check_tiling(t, err));
     SDC_TRY(vae_check_tensor(m, image, "vae_encode", "image", (int64_t[]){N, c->in_channels, H, W}, err));
     int64_t lat[4] = {N, c->latent_channels, H / f, W / f};
     SDC_TRY(vae_check_tensor(m, mean, "vae_encode", "mean", lat, err));
     SDC_TRY(vae_check_tensor(m, logvar, "vae_encode", "logvar", lat, err));
-    SDC_TRY(vae_ensure(m, N, H, W, 0, "vae_encode", err));
+    SDC_TRY(vae_ensure(m, N, H, W, t, 0, "vae_encode", err));
+    VaeGrid g;
+    if (vae_grid(c, 0, N, H, W, t, &g)) return vae_tiled_run(m, &g, image, mean, logvar, err);
     VaeRun r = {.be = m->be, .a = &m->act, .act = m->be->act_dtype, .groups = c->norm_groups,
                 .eps = c->norm_eps};
     vae_encode_run(m, &r, image, mean, logvar, m->host_lv);
     return 0;
 }
 
-int vae_decode(Vae *m, const Tensor *z, Tensor *image, SdcError *err) {
+int vae_encode(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, SdcError *err) {
+    return vae_encode_tiled(m, image, mean, logvar, NULL, err);
+}
+
+int vae_decode_tiled(Vae *m, const Tensor *z, Tensor *image, const VaeTiling *t, SdcError *err) {
     const VaeConfig *c = &m->cfg;
     if (z->ndim != 4)
         return sdc_err(err, SDC_ERR_ARG, "vae_decode: latent has %d dims, expected (N, %d, h, w)",
                        z->ndim, c->latent_channels);
     int64_t N = z->shape[0], f = vae_factor(c), H = z->shape[2] * f, W = z->shape[3] * f;
     SDC_TRY(vae_check_size(c, N, H, W, "vae_decode", err));
+    SDC_TRY(vae_check_tiling(t, err));
     SDC_TRY(vae_check_tensor(m, z, "vae_decode", "latent", (int64_t[]){N, c->latent_channels, H / f, W / f}, err));
     SDC_TRY(vae_check_tensor(m, image, "vae_decode", "image", (int64_t[]){N, c->out_channels, H, W}, err));
-    SDC_TRY(vae_ensure(m, N, H, W, 1, "vae_decode", err));
+    SDC_TRY(vae_ensure(m, N, H, W, t, 1, "vae_decode", err));
+    VaeGrid g;
+    if (vae_grid(c, 1, N, H / f, W / f, t, &g)) return vae_tiled_run(m, &g, z, image, NULL, err);
     VaeRun r = {.be = m->be, .a = &m->act, .act = m->be->act_dtype, .groups = c->norm_groups,
                 .eps = c->norm_eps};
     vae_decode_run(m, &r, z, image);
     return 0;
+}
+
+int vae_decode(Vae *m, const Tensor *z, Tensor *image, SdcError *err) {
+    return vae_decode_tiled(m, z, image, NULL, err);
 }

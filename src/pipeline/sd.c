@@ -285,11 +285,14 @@ int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents
     if (!rc && latents) memcpy(latents, b.lat, (size_t)B * nlat * sizeof(float));
     if (!rc && images) {
         const float sf = vae_config(m->vae)->scaling_factor;
-        rc = vae_reserve(m->vae, 1, H, W, err);
+        const VaeTiling vt = p->vae_tile > 0   ? (VaeTiling){p->vae_tile, p->vae_tile / 4}
+                             : p->vae_tile < 0 ? (VaeTiling){0, 0}
+                                               : vae_tiling_auto(vae_config(m->vae), be->act_dtype, 1, H, W);
+        rc = vae_reserve_tiled(m->vae, 1, H, W, &vt, err);
         for (int i = 0; !rc && i < B; i++) {
             for (size_t k = 0; k < nlat; k++) b.guided[k] = b.lat[i * nlat + k] / sf;
             backend_upload_f32(be, &t.z, b.guided, nlat);
-            rc = vae_decode(m->vae, &t.z, &t.image, err);
+            rc = vae_decode_tiled(m->vae, &t.z, &t.image, &vt, err);
             if (!rc) backend_download_f32(be, images + (size_t)i * 3 * npix, &t.image, 3 * npix);
         }
     }

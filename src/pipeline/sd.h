@@ -44,6 +44,8 @@ typedef struct GenParams {
     double strength;   // img2img, inpaint: diffusers' strength (1 = start from pure noise)
     const float *init_image; // (3, H, W) in [-1, 1]: img2img, inpaint (image_to_tensor)
     const float *mask;       // (H, W) in {0, 1}, 1 = repaint: inpaint (mask_to_tensor)
+    int vae_tile;            // VAE decode tile in latent pixels (overlap a quarter): 0 = auto
+                             // (vae_tiling_auto: above 1 GiB), < 0 = never
 } GenParams;
 
 // Called after every model evaluation (step counts from 1).

@@ -1,0 +1,77 @@
+#!/bin/sh
+# bench_txt2img.sh: the issue's benchmark -- one SD 1.5-shape text-to-image
+# generation, 512x512, DPM++ 2M, cfg 7.5 (UNet batch 2 per step), on the CPU
+# with the same thread count: `sdc generate` and diffusers'
+# StableDiffusionPipeline (bench/txt2img_torch.py) on the same random-weight
+# single file, back to back, --repeat times each (alternating, so that load on
+# a shared machine hits both alike).
+#
+#   bench/bench_txt2img.sh [MODEL] [--sdc PATH] [--threads 2] [--steps 20] [--size 512]
+#                          [--repeat 1] [--vae-tiling]
+#
+# MODEL defaults to /tmp/sd15.safetensors (made by tools/make_fixtures.py
+# --full-sd15 when missing). Per run it prints
+#   sdc_txt2img   text_s= denoise_s= s_per_step= decode_s= total_s= max_rss_mb=
+#   torch_txt2img text_s= denoise_s= s_per_step= decode_s= total_s= peak_rss_mb= loaded_rss_mb= gen_peak_rss_mb=
+# and at the end the ratios torch/sdc (> 1: sdc faster / smaller). sdc's
+# figures come from its "sdc: timing:" line, its peak memory from
+# /usr/bin/time -v (max RSS of the whole process: the mmap'd f32 weights
+# count as they are touched). Model loading is excluded from total_s on both
+# sides. Logs are kept in $OUT (default /tmp/bench_txt2img).
+set -eu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MODEL=/tmp/sd15.safetensors
+SDC=$ROOT/build/sdc
+THREADS=2 STEPS=20 SIZE=512 REPEAT=1 TILING=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --sdc) SDC=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
+    --steps) STEPS=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    --vae-tiling) TILING=1; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) MODEL=$1; shift ;;
+  esac
+done
+OUT=${OUT:-/tmp/bench_txt2img}
+mkdir -p "$OUT"
+[ -x "$SDC" ] || { echo "bench_txt2img: no sdc at $SDC ---> build it (cmake --build build) or pass --sdc PATH" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "bench_txt2img: needs /usr/bin/time (GNU time) for the peak RSS" >&2; exit 1; }
+[ -f "$MODEL" ] || python3 "$ROOT/tools/make_fixtures.py" --full-sd15 "$MODEL"
+
+echo "# $(date -u +%FT%TZ) $(uname -n) threads=$THREADS steps=$STEPS size=$SIZE cfg=7.5 dpm++2m model=$MODEL"
+lscpu | grep -E '^(Model name|CPU\(s\)|Thread|L3)' | sed 's/^/# /'
+i=1
+while [ "$i" -le "$REPEAT" ]; do
+  log=$OUT/sdc_$i.log
+  /usr/bin/time -v "$SDC" generate -m "$MODEL" -p "a photograph of an astronaut riding a horse" \
+    -W "$SIZE" -H "$SIZE" --steps "$STEPS" --sampler dpm++2m --cfg-scale 7.5 -s 42 -t "$THREADS" \
+    ${TILING:+--vae-tiling} -o "$OUT/sdc_$i.png" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+  awk -v steps="$STEPS" '
+    /sdc: timing:/ { gsub(/[(),]/, " "); sub(/s$/, "", $4); sub(/s$/, "", $6); sub(/s$/, "", $10)
+                     text = $4; den = $6; dec = $10 }
+    /Maximum resident set size/ { rss = $NF / 1024 }
+    END { printf "sdc_txt2img text_s=%.3f denoise_s=%.2f s_per_step=%.3f decode_s=%.2f total_s=%.2f max_rss_mb=%.1f\n",
+                 text, den, den / steps, dec, text + den + dec, rss }' "$log" | tee -a "$OUT/sdc.txt"
+  OMP_NUM_THREADS=$THREADS python3 "$ROOT/bench/txt2img_torch.py" --model "$MODEL" --threads "$THREADS" \
+    --steps "$STEPS" --size "$SIZE" --cfg 7.5 ${TILING:+--vae-tiling} 2>"$OUT/torch_$i.log" | tee -a "$OUT/torch.txt"
+  i=$((i + 1))
+done
+# ratios of the medians (torch / sdc)
+awk '
+  function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                                   return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+  { for (k = 2; k <= NF; k++) { split($k, kv, "="); v[$1, kv[1], ++n[$1, kv[1]]] = kv[2] } }
+  END {
+    split("s_per_step decode_s total_s", keys, " ")
+    for (q in keys) { k = keys[q]
+      ns = n["sdc_txt2img", k]; nt = n["torch_txt2img", k]
+      for (i = 1; i <= ns; i++) a[i] = v["sdc_txt2img", k, i]; s = med(a, ns)
+      for (i = 1; i <= nt; i++) b[i] = v["torch_txt2img", k, i]; t = med(b, nt)
+      printf "ratio_torch_over_sdc %s=%.3f (torch %.3f, sdc %.3f)\n", k, t / s, t, s }
+    ns = n["sdc_txt2img", "max_rss_mb"]; for (i = 1; i <= ns; i++) a[i] = v["sdc_txt2img", "max_rss_mb", i]; s = med(a, ns)
+    nt = n["torch_txt2img", "peak_rss_mb"]; for (i = 1; i <= nt; i++) b[i] = v["torch_txt2img", "peak_rss_mb", i]; t = med(b, nt)
+    printf "ratio_torch_over_sdc peak_rss=%.3f (torch %.0f MB, sdc %.0f MB)\n", t / s, t, s
+  }' "$OUT/sdc.txt" "$OUT/torch.txt"
