@@ -168,6 +168,9 @@ void manifest_print_text(FILE *f, const ProtobufCMessage *msg, int indent) {
 int manifest_validate(const Sdc__Job *job, SdcError *err) {
     if (job->task == SDC__TASK__TASK_UNSPECIFIED)
         return sdc_err(err, SDC_ERR_ARG, "manifest: field 'task' is not set ---> e.g. task: TASK_GENERATE");
+    // dataset import and convert check their own messages (data/); their
+    // model, when they take one, is checked where it is opened
+    if (job->task == SDC__TASK__TASK_DATASET_IMPORT || job->task == SDC__TASK__TASK_CONVERT) return 0;
     if (!job->model || !job->model->path || !job->model->path[0])
         return sdc_err(err, SDC_ERR_ARG, "manifest: field 'model.path' is empty ---> pass -m MODEL "
                                          "(a .safetensors file or a diffusers folder)");

@@ -419,12 +419,11 @@ static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err
 }
 
 int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
-    // storage tasks validate their own fields (manifest_validate knows generate)
-    if (job->task == SDC__TASK__TASK_DATASET_IMPORT) return run_dataset_import(job, opt, err);
-    if (job->task == SDC__TASK__TASK_CONVERT) return run_convert(job, opt, err);
     SDC_TRY(manifest_validate(job, err));
     switch (job->task) {
     case SDC__TASK__TASK_GENERATE: return run_generate(job, opt, err);
+    case SDC__TASK__TASK_DATASET_IMPORT: return run_dataset_import(job, opt, err);
+    case SDC__TASK__TASK_CONVERT: return run_convert(job, opt, err);
     default: return sdc_err(err, SDC_ERR_UNSUPPORTED, "task %d is not implemented yet", job->task);
     }
 }

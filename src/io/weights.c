@@ -174,7 +174,7 @@ static int read_unet_config(UnetConfig *u, const char *path, SdcError *err) {
     Cfg c;
     SDC_TRY(cfg_open(&c, path, err));
     memset(u, 0, sizeof *u);
-    int rc = 0, n, heads_set[SDC_MAX_LEVELS];
+    int rc = 0, n, heads_set[SDC_MAX_LEVELS] = {0};
     n = cfg_int_list(&c, "block_out_channels", 0, 0, u->block_out, err);
     const JsonNode *bo = json_get(&c.doc, c.root, "block_out_channels");
     if (n < 0 || !bo || bo->type != JSON_ARRAY) {
