@@ -45,6 +45,7 @@ const char *sdc_err_name(int code) {
     case SDC_ERR_OOM: return "out of memory";
     case SDC_ERR_UNSUPPORTED: return "unsupported";
     case SDC_ERR_DEVICE: return "device error";
+    case SDC_ERR_NONFINITE: return "not a finite number";
     default: return "internal error";
     }
 }

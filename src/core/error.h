@@ -21,6 +21,7 @@ enum {
     SDC_ERR_UNSUPPORTED = 6, // valid input we do not handle (yet)
     SDC_ERR_DEVICE = 7,      // CUDA / driver / device problem
     SDC_ERR_INTERNAL = 8,    // a bug in sdc
+    SDC_ERR_NONFINITE = 9,   // a NaN or Inf appeared (loss, gradient norm)
 };
 
 typedef struct SdcError {
