@@ -42,6 +42,7 @@ mkdir -p "$OUT"
 [ -f "$MODEL" ] || python3 "$ROOT/tools/make_fixtures.py" --full-sd15 "$MODEL"
 
 echo "# $(date -u +%FT%TZ) $(uname -n) threads=$THREADS steps=$STEPS size=$SIZE cfg=7.5 dpm++2m model=$MODEL"
+echo "# load: $(cat /proc/loadavg)"
 lscpu | grep -E '^(Model name|CPU\(s\)|Thread|L3)' | sed 's/^/# /'
 i=1
 while [ "$i" -le "$REPEAT" ]; do
@@ -59,6 +60,7 @@ while [ "$i" -le "$REPEAT" ]; do
     --steps "$STEPS" --size "$SIZE" --cfg 7.5 ${TILING:+--vae-tiling} 2>"$OUT/torch_$i.log" | tee -a "$OUT/torch.txt"
   i=$((i + 1))
 done
+echo "# load after: $(cat /proc/loadavg)"
 # ratios of the medians (torch / sdc)
 awk '
   function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }

@@ -113,6 +113,7 @@ void cli_print_usage(FILE *f, const char *sub) {
             "                            under mpiexec rank r makes items i %% R == r)\n"
             "  -t, --threads N           CPU threads (default: all cores)\n"
             "      --device cpu|cuda     compute device (default cpu)\n"
+            "      --precision P         fp32 | fp16 | bf16 (default: fp32 on the CPU, bf16 on a GPU)\n"
             "      --dump-manifest       print the job manifest in protobuf text format and exit\n"
             "  -q, --quiet               no progress output\n"
             "  -h, --help                this help\n");
@@ -244,6 +245,15 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         } else if (FLAG(NULL, "--device")) {
             const char *v = VALUE();
             if (v) set_str(job->runtime, "device", v);
+        } else if (FLAG(NULL, "--precision")) {
+            const char *v = VALUE();
+            if (v) {
+                if (!strcmp(v, "fp32")) job->runtime->precision = SDC__PRECISION__PRECISION_FP32;
+                else if (!strcmp(v, "fp16")) job->runtime->precision = SDC__PRECISION__PRECISION_FP16;
+                else if (!strcmp(v, "bf16")) job->runtime->precision = SDC__PRECISION__PRECISION_BF16;
+                else rc = sdc_err(err, SDC_ERR_ARG, "--precision: expected fp32, fp16 or bf16, got '%s'", v);
+                if (!rc) job->runtime->has_precision = 1;
+            }
         } else if (FLAG("-i", "--init-img")) {
             const char *v = VALUE();
             if (v) set_str(g, "init_image", v);

@@ -145,6 +145,31 @@ static int load_inputs(const Sdc__Generate *g, const ModelInfo *info, GenInputs 
     return rc;
 }
 
+// The request a Generate message and its loaded inputs describe, for one
+// item (callers set seed and batch).
+static GenParams gen_params(const Sdc__Generate *g, const GenInputs *in, SamplerKind sk, double strength) {
+    return (GenParams){.mode = in->mode, .steps = g->steps, .cfg_scale = g->cfg_scale, .sampler = sk,
+                       .eta = g->eta, .seed = (uint64_t)g->seed, .width = in->width, .height = in->height,
+                       .batch = 1, .strength = strength, .init_image = in->image, .mask = in->mask,
+                       // --vae-tile-size is in pixels (-1 = never tile, 0 = auto); the pipeline counts latent px
+                       .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size};
+}
+
+// The activation dtype a run asks for: --precision, else fp32 on the CPU and
+// bf16 on a GPU. The CPU backend is the fp32 reference and computes nothing else.
+static int run_dtype(const Sdc__Runtime *rt, int cuda, DType *dt, SdcError *err) {
+    Sdc__Precision pr = rt ? rt->precision : SDC__PRECISION__PRECISION_DEFAULT;
+    *dt = pr == SDC__PRECISION__PRECISION_FP32   ? DT_F32
+          : pr == SDC__PRECISION__PRECISION_FP16 ? DT_F16
+          : pr == SDC__PRECISION__PRECISION_BF16 ? DT_BF16
+          : cuda                                 ? DT_BF16
+                                                 : DT_F32;
+    if (!cuda && *dt != DT_F32)
+        return sdc_err(err, SDC_ERR_ARG, "--precision %s: the CPU backend computes in fp32 ---> drop --precision, "
+                                         "or use --device cuda", *dt == DT_F16 ? "fp16" : "bf16");
+    return 0;
+}
+
 static const char *mode_name(GenMode m) {
     return m == GEN_TXT2IMG ? "txt2img" : m == GEN_IMG2IMG ? "img2img" : "inpaint";
 }
@@ -220,10 +245,8 @@ static int generate_h5(const Sdc__Job *job, const RunOptions *opt, SdModel *m, c
                 lrc = sd_encode_prompt(m, g->prompts[s0 / bc], g->negative_prompt, job->model->clip_skip, ctx, err);
                 last_prompt = s0 / bc;
             }
-            GenParams p = {.mode = in->mode, .steps = g->steps, .cfg_scale = g->cfg_scale, .sampler = sk,
-                           .eta = g->eta, .seed = (uint64_t)items[s0].seed, .width = W, .height = H, .batch = k,
-                           .strength = strength, .init_image = in->image, .mask = in->mask,
-                           .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size};
+            GenParams p = gen_params(g, in, sk, strength);
+            p.seed = (uint64_t)items[s0].seed, p.batch = k;
             pr.item = (int)s0 + 1;
             pr.t0 = mono_s();
             if (!lrc) lrc = sd_generate(m, &p, ctx, NULL, images, progress_cb, &pr, err);
@@ -251,8 +274,11 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     const Sdc__Runtime *rt = job->runtime;
     const char *dev = rt && rt->device && rt->device[0] ? rt->device : "cpu";
     Backend *be = NULL;
-    int rc = !strcmp(dev, "cuda") ? backend_cuda_create(&be, 0, DT_F32, err)
-                                  : backend_cpu_create(&be, rt ? rt->threads : 0, err);
+    const int cuda = !strcmp(dev, "cuda");
+    DType dt;
+    int rc = run_dtype(rt, cuda, &dt, err);
+    if (rc) return rc;
+    rc = cuda ? backend_cuda_create(&be, 0, dt, err) : backend_cpu_create(&be, rt ? rt->threads : 0, err);
     if (rc) return rc;
 
     SamplerKind sk;
@@ -301,9 +327,7 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     Progress pr = {.tty = isatty(2), .quiet = opt->quiet, .items = items};
     int done = 0;
     if (!rc) { // refuse a request the model cannot serve before any work
-        GenParams chk = {.mode = in.mode, .steps = g->steps, .width = W, .height = H, .batch = 1,
-                         .strength = strength, .init_image = in.image, .mask = in.mask,
-                           .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size};
+        GenParams chk = gen_params(g, &in, sk, strength);
         rc = sd_check_params(&m, &chk, err);
     }
     const int use_h5 = g->output_h5 && g->output_h5[0]; // HDF5 generation output instead of PNGs
@@ -316,10 +340,8 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
         for (int j = 0; !rc && j < g->batch_count; j += micro) {
             const int nb = g->batch_count - j < micro ? g->batch_count - j : micro;
             const uint64_t seed = (uint64_t)g->seed + (uint64_t)done;
-            GenParams p = {.mode = in.mode, .steps = g->steps, .cfg_scale = g->cfg_scale, .sampler = sk,
-                           .eta = g->eta, .seed = seed, .width = W, .height = H, .batch = nb,
-                           .strength = strength, .init_image = in.image, .mask = in.mask,
-                           .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size};
+            GenParams p = gen_params(g, &in, sk, strength);
+            p.seed = seed, p.batch = nb;
             pr.item = done + 1;
             pr.t0 = mono_s();
             rc = sd_generate(&m, &p, ctx, NULL, images, progress_cb, &pr, err);

@@ -40,6 +40,10 @@ void arena_reset(Arena *a, size_t mark);
 
 // A tensor of the given shape carved out of the arena, on the arena's device.
 Tensor arena_tensor(Arena *a, DType dt, int ndim, const int64_t *shape);
+// A tensor of dtype dt: ARENA_DT(a, be->act_dtype, N, C, H, W)
+#define ARENA_DT(a, dt, ...)                                                                \
+    arena_tensor((a), (dt), (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)),  \
+                 (int64_t[]){__VA_ARGS__})
 // f32 shorthand: ARENA_F32(a, N, C, H, W)
 #define ARENA_F32(a, ...)                                                        \
     arena_tensor((a), DT_F32, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), \

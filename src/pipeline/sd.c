@@ -59,7 +59,9 @@ int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int c
     SDC_TRY(clip_reserve(m->clip, 2, err));
     Arena a;
     SDC_TRY(arena_init(&a, m->be, (size_t)2 * L * D * sizeof(float) + ARENA_ALIGN, err));
-    Tensor out = ARENA_F32(&a, 2, L, D); // (2, L, D) [negative, prompt]
+    // the models take tensors of the backend's activation dtype (F32 on the CPU,
+    // BF16/F16 on a GPU); backend_upload_f32 / backend_download_f32 convert
+    Tensor out = ARENA_DT(&a, m->be->act_dtype, 2, L, D); // (2, L, D) [negative, prompt]
     int rc = clip_encode(m->clip, ids, 2, clip_skip, &out, err);
     if (!rc) backend_download_f32(m->be, ctx, &out, (size_t)2 * L * D);
     arena_free(&a);
@@ -183,13 +185,13 @@ int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents
         rc = arena_init(&a, be, bytes, err);
     }
     if (!rc) {
-        t.ctx = ARENA_F32(&a, rows, L, D);
-        t.x = ARENA_F32(&a, rows, cin, h, w);
-        t.out = ARENA_F32(&a, rows, 4, h, w);
-        t.image = ARENA_F32(&a, 1, 3, H, W);
-        t.mean = ARENA_F32(&a, 1, 4, h, w);
-        t.logvar = ARENA_F32(&a, 1, 4, h, w);
-        t.z = ARENA_F32(&a, 1, 4, h, w);
+        t.ctx = ARENA_DT(&a, be->act_dtype, rows, L, D);
+        t.x = ARENA_DT(&a, be->act_dtype, rows, cin, h, w);
+        t.out = ARENA_DT(&a, be->act_dtype, rows, 4, h, w);
+        t.image = ARENA_DT(&a, be->act_dtype, 1, 3, H, W);
+        t.mean = ARENA_DT(&a, be->act_dtype, 1, 4, h, w);
+        t.logvar = ARENA_DT(&a, be->act_dtype, 1, 4, h, w);
+        t.z = ARENA_DT(&a, be->act_dtype, 1, 4, h, w);
         // context rows: [negative x B, prompt x B] with guidance, else [prompt x B]
         for (int r = 0; r < rows; r++) {
             const float *src = ctx + (size_t)(guided && r < B ? 0 : 1) * L * D;
