@@ -14,6 +14,7 @@ PKGS=(
   libopenblas-openmp-dev
   libpng-dev libjpeg-dev zlib1g-dev
   python3-h5py python3-numpy
+  file diffutils
 )
 
 missing=()
