@@ -269,6 +269,26 @@ static int generate_h5(const Sdc__Job *job, const RunOptions *opt, SdModel *m, c
     return rc;
 }
 
+// Refuses, before any work, a request whose planned activations do not fit
+// in the memory the device has free (weights are already loaded), naming
+// both sizes; prints the plan otherwise.
+static int check_fits(SdModel *m, const GenParams *p, const RunOptions *opt, SdcError *err) {
+    size_t need = 0, free_b = 0, total_b = 0;
+    SDC_TRY(sd_plan_bytes(m, p, &need, err));
+    const int known = m->be->mem_info && m->be->mem_info(m->be, &free_b, &total_b) == 0;
+    if (known && need > free_b)
+        return sdc_err(err, SDC_ERR_OOM,
+                       "%d image%s of %dx%d need %.0f MiB of activations on %s, but only %.0f MiB of %.0f MiB are "
+                       "free ---> lower --batch-size, use --vae-tiling, or generate smaller images",
+                       p->batch, p->batch > 1 ? "s" : "", p->width, p->height, need / 1048576.0, m->be->name,
+                       free_b / 1048576.0, total_b / 1048576.0);
+    if (!opt->quiet && known)
+        fprintf(stderr, "sdc: plan: %.0f MiB of activations for %d image%s of %dx%d; %.0f MiB free on %s\n",
+                need / 1048576.0, p->batch, p->batch > 1 ? "s" : "", p->width, p->height, free_b / 1048576.0,
+                m->be->name);
+    return 0;
+}
+
 static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     const Sdc__Generate *g = job->generate;
     const Sdc__Runtime *rt = job->runtime;
@@ -317,19 +337,20 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
                 info->layout == LAYOUT_DIFFUSERS ? "diffusers" : "single-file",
                 info->unet.prediction == PRED_V ? "v" : "epsilon", info->unet.in_channels, mono_s() - t0, be->name);
 
+    { // refuse a request the model cannot serve, or that cannot fit, before any work
+        GenParams chk = gen_params(g, &in, sk, strength);
+        chk.batch = micro < g->batch_count ? micro : g->batch_count;
+        rc = check_fits(&m, &chk, opt, err);
+    }
     const ClipConfig *cc = clip_config(m.clip);
     const size_t npix = (size_t)W * H;
     float *ctx = malloc((size_t)2 * cc->max_positions * cc->hidden * sizeof(float));
     float *images = malloc((size_t)micro * 3 * npix * sizeof(float));
     uint8_t *rgb = malloc(npix * 3);
-    if (!ctx || !images || !rgb) rc = sdc_err(err, SDC_ERR_OOM, "image buffers for %dx%d", W, H);
+    if (!rc && (!ctx || !images || !rgb)) rc = sdc_err(err, SDC_ERR_OOM, "image buffers for %dx%d", W, H);
     const int items = g->batch_count * (int)g->n_prompts;
     Progress pr = {.tty = isatty(2), .quiet = opt->quiet, .items = items};
     int done = 0;
-    if (!rc) { // refuse a request the model cannot serve before any work
-        GenParams chk = gen_params(g, &in, sk, strength);
-        rc = sd_check_params(&m, &chk, err);
-    }
     const int use_h5 = g->output_h5 && g->output_h5[0]; // HDF5 generation output instead of PNGs
     if (!rc && use_h5) rc = generate_h5(job, opt, &m, &in, sk, strength, ctx, err);
     for (size_t pi = 0; !rc && !use_h5 && pi < g->n_prompts; pi++) {

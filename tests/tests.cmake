@@ -37,6 +37,9 @@ if(TARGET sdc)
     COMMAND sh -c "$<TARGET_FILE:sdc> generate -m ${CMAKE_SOURCE_DIR}/tests/fixtures/tiny-sd1-inpaint -p x -o ${SDC_TOUT}/x.png 2>&1 | grep -q 'inpainting model'")
   add_test(NAME cli_long_prompt_warns
     COMMAND sh -c "$<TARGET_FILE:sdc> generate -m ${SDC_DEMO} -p 'a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a a' -W 64 -H 64 --steps 1 -o ${SDC_TOUT}/long.png 2>&1 | grep -q 'tokens were cut'")
+  # A request that cannot fit is refused before any work, with both sizes.
+  add_test(NAME cli_refuses_what_cannot_fit
+    COMMAND sh -c "! $<TARGET_FILE:sdc> generate -m ${SDC_DEMO} -p x -W 4096 -H 4096 --batch-size 256 -b 256 --steps 2 -o ${SDC_TOUT}/big.png 2>${SDC_TOUT}/err4.txt && grep -q 'MiB of activations on cpu, but only' ${SDC_TOUT}/err4.txt && ! test -e ${SDC_TOUT}/big.png && echo '1 passed, 0 failed'")
   # A manifest file runs the same job as the command line that printed it.
   add_test(NAME cli_manifest_roundtrip
     COMMAND sh -c "$<TARGET_FILE:sdc> generate -m ${SDC_DEMO} -p 'a cat' -W 64 -H 64 --steps 2 -o ${SDC_TOUT}/m1.png --dump-manifest > ${SDC_TOUT}/job.txtpb && $<TARGET_FILE:sdc> run -q ${SDC_TOUT}/job.txtpb && $<TARGET_FILE:sdc> generate -q -m ${SDC_DEMO} -p 'a cat' -W 64 -H 64 --steps 2 -o ${SDC_TOUT}/m2.png && cmp ${SDC_TOUT}/m1.png ${SDC_TOUT}/m2.png && echo '1 passed, 0 failed'")

@@ -149,6 +149,11 @@ extern "C" void cuda_download(CudaCtx *c, void *host_dst, const void *src, size_
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
+extern "C" int cuda_mem_info(CudaCtx *c, size_t *free_bytes, size_t *total_bytes) {
+    (void)c;
+    return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess ? 0 : -1;
+}
+
 extern "C" void cuda_memset_async(CudaCtx *c, void *dst, int byte, size_t bytes) {
     if (!bytes) return;
     CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, c->stream));

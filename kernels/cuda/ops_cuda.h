@@ -60,6 +60,8 @@ void cuda_free(CudaCtx *ctx, void *p);
 void cuda_upload(CudaCtx *ctx, void *dst, const void *host_src, size_t bytes);
 void cuda_download(CudaCtx *ctx, void *host_dst, const void *src, size_t bytes);
 void cuda_memset_async(CudaCtx *ctx, void *dst, int byte, size_t bytes);
+// Free and total device memory (cudaMemGetInfo); 0 or -1.
+int cuda_mem_info(CudaCtx *ctx, size_t *free_bytes, size_t *total_bytes);
 // device to device, enqueued on the stream; dst == src is a no-op
 void cuda_copy_bytes(CudaCtx *ctx, void *dst, const void *src, size_t bytes);
 void cuda_ctx_sync(CudaCtx *ctx);

@@ -88,6 +88,11 @@ struct Backend {
     // ids I32 (B, L) on the device, table (V, D) -> out (B, L, D)
     void (*embedding)(const Backend *be, Tensor *out, const Tensor *ids, const Tensor *table);
     void (*copy)(const Backend *be, Tensor *out, const Tensor *x); // same numel, also converts dtype
+
+    // ---- memory report --------------------------------------------------------
+    // Bytes free and in total on the device (CPU: MemAvailable / MemTotal).
+    // Returns 0, or nonzero when unknown; may be NULL (the measure backend).
+    int (*mem_info)(const Backend *be, size_t *free_bytes, size_t *total_bytes);
 };
 
 // Creates the CPU backend with `threads` threads (0 = all cores).

@@ -283,6 +283,24 @@ static void cpu_op_copy(const Backend *be, Tensor *out, const Tensor *x) {
     }
 }
 
+// MemAvailable / MemTotal from /proc/meminfo (what can be allocated without
+// swapping; overcommit makes malloc itself no test).
+static int cpu_mem_info(const Backend *be, size_t *free_bytes, size_t *total_bytes) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return -1;
+    char line[256];
+    unsigned long long avail = 0, total = 0;
+    while (fgets(line, sizeof line, f)) {
+        sscanf(line, "MemAvailable: %llu kB", &avail);
+        sscanf(line, "MemTotal: %llu kB", &total);
+    }
+    fclose(f);
+    if (!avail || !total) return -1;
+    *free_bytes = (size_t)avail * 1024;
+    *total_bytes = (size_t)total * 1024;
+    return 0;
+}
+
 static const Backend cpu_template = {
     .name = "cpu",
     .device = DEV_CPU,
@@ -313,6 +331,7 @@ static const Backend cpu_template = {
     .nlc_to_nchw = cpu_op_nlc_to_nchw,
     .embedding = cpu_op_embedding,
     .copy = cpu_op_copy,
+    .mem_info = cpu_mem_info,
 };
 
 int backend_cpu_create(Backend **out, int threads, SdcError *err) {

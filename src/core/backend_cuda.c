@@ -87,6 +87,9 @@ static void check_elementwise(const Backend *be, const Tensor *out, const Tensor
 
 static void *cu_alloc(const Backend *be, size_t bytes) { return cuda_malloc(ctx_of(be), bytes); }
 static void cu_free(const Backend *be, void *p) { cuda_free(ctx_of(be), p); }
+static int cu_mem_info(const Backend *be, size_t *free_bytes, size_t *total_bytes) {
+    return cuda_mem_info(ctx_of(be), free_bytes, total_bytes);
+}
 static void cu_upload(const Backend *be, void *dst, const void *src, size_t bytes) {
     cuda_upload(ctx_of(be), dst, src, bytes);
 }
@@ -381,6 +384,7 @@ int backend_cuda_create(Backend **out, int device_index, DType act_dtype, SdcErr
         .nlc_to_nchw = cu_nlc_to_nchw,
         .embedding = cu_embedding,
         .copy = cu_copy,
+        .mem_info = cu_mem_info,
     };
     *out = be;
     return SDC_OK;

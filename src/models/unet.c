@@ -664,12 +664,15 @@ static void block_run(Unet *m, const UnetBlock *b, UnetState *s) {
     }
 }
 
-int unet_reserve(Unet *m, int batch, int h, int w, int ctx_len, SdcError *err) {
+// The measuring run: every region a measuring arena, every op a no-op; fills
+// reg_bytes with each region's peak. record != 0 also stores each block's
+// output and scratch bytes in its info (the plan that will be allocated).
+static int unet_measure(Unet *m, int batch, int h, int w, int ctx_len, int record, size_t *reg_bytes,
+                        SdcError *err) {
     const UnetConfig *c = &m->cfg;
     if (batch < 1 || h < 1 || w < 1 || ctx_len < 1)
         return sdc_err(err, SDC_ERR_ARG, "unet: batch %d, latent %dx%d, %d context tokens: all must be positive",
                        batch, h, w, ctx_len);
-    // Measuring run: every region a measuring arena, every op a no-op.
     float *ts = calloc((size_t)batch, sizeof *ts); // never read by the measure backend
     if (!ts) return sdc_err(err, SDC_ERR_OOM, "unet: out of memory");
     Arena real[REG_COUNT];
@@ -688,19 +691,31 @@ int unet_reserve(Unet *m, int batch, int h, int w, int ctx_len, SdcError *err) {
         size_t peak = wk->peak; // the region's peak so far; measure this block alone
         wk->peak = wk->used;
         block_run(m, &m->blocks[i], &s);
-        m->blocks[i].info.scratch_bytes = wk->peak;
+        if (record) m->blocks[i].info.scratch_bytes = wk->peak;
         if (peak > wk->peak) wk->peak = peak;
-        m->blocks[i].info.out_bytes = tensor_bytes(&s.x);
+        if (record) m->blocks[i].info.out_bytes = tensor_bytes(&s.x);
     }
     SDC_CHECK(s.n_skips == 0);
     free(ts);
-    size_t total = 0;
-    for (int r = 0; r < REG_COUNT; r++) {
-        m->reg_bytes[r] = (m->reg[r].peak + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
-        total += m->reg_bytes[r];
-    }
+    for (int r = 0; r < REG_COUNT; r++)
+        reg_bytes[r] = (m->reg[r].peak + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
     m->run_be = m->be;
     memcpy(m->reg, real, sizeof real);
+    return 0;
+}
+
+int unet_plan_bytes(Unet *m, int batch, int h, int w, int ctx_len, size_t *bytes, SdcError *err) {
+    size_t reg[REG_COUNT];
+    SDC_TRY(unet_measure(m, batch, h, w, ctx_len, 0, reg, err));
+    *bytes = 0;
+    for (int r = 0; r < REG_COUNT; r++) *bytes += reg[r];
+    return 0;
+}
+
+int unet_reserve(Unet *m, int batch, int h, int w, int ctx_len, SdcError *err) {
+    SDC_TRY(unet_measure(m, batch, h, w, ctx_len, 1, m->reg_bytes, err));
+    size_t total = 0;
+    for (int r = 0; r < REG_COUNT; r++) total += m->reg_bytes[r];
 
     // The one allocation, carved into regions.
     arena_free(&m->act);

@@ -46,6 +46,9 @@ int unet_load(Unet **out, const ModelFiles *mf, const Backend *be, SdcError *err
 // Plans activation memory for up to `batch` items at latent (h, w) with
 // ctx_len context tokens (a measuring run), and allocates the arena once.
 // unet_forward re-plans by itself only when called with a larger shape.
+// The activation bytes unet_reserve would allocate for that shape, without
+// allocating (the measuring run only).
+int unet_plan_bytes(Unet *m, int batch, int h, int w, int ctx_len, size_t *bytes, SdcError *err);
 int unet_reserve(Unet *m, int batch, int h, int w, int ctx_len, SdcError *err);
 // x (N, Cin, h, w), timesteps: N floats on the host, ctx (N, L, cross_dim)
 // -> out (N, Cout, h, w). Tensors on be's device, act dtype, owned by the

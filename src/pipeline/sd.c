@@ -138,6 +138,31 @@ static int vae_posterior(SdModel *m, GenTensors *t, GenBuffers *b, const float *
     return 0;
 }
 
+// The VAE tiling of a request: --vae-tile-size, never (-1), or the automatic
+// rule (tile when the untiled decode would need more than VAE_TILE_BUDGET).
+static VaeTiling gen_tiling(const SdModel *m, const GenParams *p) {
+    return p->vae_tile > 0   ? (VaeTiling){p->vae_tile, p->vae_tile / 4}
+           : p->vae_tile < 0 ? (VaeTiling){0, 0}
+                             : vae_tiling_auto(vae_config(m->vae), m->be->act_dtype, 1, p->height, p->width);
+}
+
+int sd_plan_bytes(SdModel *m, const GenParams *p, size_t *bytes, SdcError *err) {
+    SDC_TRY(sd_check_params(m, p, err));
+    const ClipConfig *cc = clip_config(m->clip);
+    const UnetConfig *uc = unet_config(m->unet);
+    const int rows = p->cfg_scale > 1.0f ? 2 * p->batch : p->batch, h = p->height / 8, w = p->width / 8;
+    const size_t es = dtype_size(m->be->act_dtype), nlat = (size_t)4 * h * w, npix = (size_t)p->width * p->height;
+    size_t unet = 0, enc = 0, dec = 0;
+    SDC_TRY(unet_plan_bytes(m->unet, rows, h, w, cc->max_positions, &unet, err));
+    const VaeTiling vt = gen_tiling(m, p);
+    SDC_TRY(vae_plan_tiled(vae_config(m->vae), m->be->act_dtype, 1, p->height, p->width, &vt, &enc, &dec, err));
+    // the pipeline's own device tensors (see sd_generate)
+    size_t pipe = es * ((size_t)rows * cc->max_positions * cc->hidden + (size_t)rows * uc->in_channels * h * w +
+                        (size_t)rows * nlat + 3 * npix + 3 * nlat);
+    *bytes = unet + (p->mode == GEN_TXT2IMG ? dec : (enc > dec ? enc : dec)) + pipe;
+    return 0;
+}
+
 int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents, float *images,
                 ProgressFn progress, void *user, SdcError *err) {
     SDC_TRY(sd_check_params(m, p, err));
@@ -287,9 +312,7 @@ int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents
     if (!rc && latents) memcpy(latents, b.lat, (size_t)B * nlat * sizeof(float));
     if (!rc && images) {
         const float sf = vae_config(m->vae)->scaling_factor;
-        const VaeTiling vt = p->vae_tile > 0   ? (VaeTiling){p->vae_tile, p->vae_tile / 4}
-                             : p->vae_tile < 0 ? (VaeTiling){0, 0}
-                                               : vae_tiling_auto(vae_config(m->vae), be->act_dtype, 1, H, W);
+        const VaeTiling vt = gen_tiling(m, p);
         rc = vae_reserve_tiled(m->vae, 1, H, W, &vt, err);
         for (int i = 0; !rc && i < B; i++) {
             for (size_t k = 0; k < nlat; k++) b.guided[k] = b.lat[i * nlat + k] / sf;

@@ -65,6 +65,11 @@ int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int c
 // running it; sd_generate runs the same checks.
 int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err);
 
+// Device bytes a request needs beyond the weights (UNet, VAE and pipeline
+// activations, as planned), without allocating: the runner refuses a request
+// that cannot fit before any work starts.
+int sd_plan_bytes(SdModel *m, const GenParams *p, size_t *bytes, SdcError *err);
+
 // Runs one request. ctx: (2, L, D) from sd_encode_prompt. Outputs (either
 // may be NULL): latents (batch, 4, h, w) after the last step, images (batch,
 // 3, H, W) decoded by the VAE in [-1, 1] (unclamped; image_from_vae turns
