@@ -89,6 +89,43 @@ struct Backend {
     void (*embedding)(const Backend *be, Tensor *out, const Tensor *ids, const Tensor *table);
     void (*copy)(const Backend *be, Tensor *out, const Tensor *x); // same numel, also converts dtype
 
+    // ---- backward (training) --------------------------------------------------
+    // Gradients of activations are overwritten; gradients of parameters (dw,
+    // db, dgamma, dbeta, dtable) are ADDED to, so micro-batches accumulate.
+    // A parameter gradient may be NULL when it is not wanted. NULL entries:
+    // the backend cannot train (today: CUDA, measure).
+    // linear: x (M, K), w (N, K), dy (M, N) -> dx (M, K) (may be NULL), dw, db
+    void (*linear_backward)(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
+                            const Tensor *x, const Tensor *w);
+    // conv2d: x (N, C, H, W), w (OC, C, KH, KW), dy (N, OC, OH, OW) -> dx (may be NULL), dw, db
+    void (*conv2d_backward)(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
+                            const Tensor *x, const Tensor *w, int stride, int pad);
+    // group norm (+SiLU when silu): recomputes statistics from x -> dx (never NULL), dgamma, dbeta
+    void (*group_norm_backward)(const Backend *be, Tensor *dx, Tensor *dgamma, Tensor *dbeta,
+                                const Tensor *dy, const Tensor *x, const Tensor *gamma, const Tensor *beta,
+                                int groups, float eps, int silu);
+    void (*layer_norm_backward)(const Backend *be, Tensor *dx, Tensor *dgamma, Tensor *dbeta,
+                                const Tensor *dy, const Tensor *x, const Tensor *gamma, float eps);
+    // attention: recomputes the scores per query block -> dq, dk, dv (all overwritten)
+    void (*attention_backward)(const Backend *be, Tensor *dq, Tensor *dk, Tensor *dv, const Tensor *dout,
+                               const Tensor *q, const Tensor *k, const Tensor *v, int heads, int causal);
+    // elementwise, from the forward input x (dx may equal dy)
+    void (*silu_backward)(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x);
+    void (*gelu_backward)(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x);
+    void (*quick_gelu_backward)(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x);
+    // geglu: x (..., 2F), dy (..., F) -> dx (..., 2F), not aliasing x or dy
+    void (*geglu_backward)(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x);
+    // softmax from the forward output y
+    void (*softmax_backward)(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *y);
+    // dy (N, C, OH, OW) -> dx (N, C, H, W): sums over each 2x2 source block
+    void (*upsample_nearest2x_backward)(const Backend *be, Tensor *dx, const Tensor *dy);
+    // dy (N, C, *spatial) -> dbias (N, C) (overwritten: the bias is an activation)
+    void (*add_channel_bias_backward)(const Backend *be, Tensor *dbias, const Tensor *dy);
+    // dy (N, Ca+Cb, *spatial) -> da, db (either NULL)
+    void (*concat_channels_backward)(const Backend *be, Tensor *da, Tensor *db, const Tensor *dy);
+    // dtable (V, D) += dy (B, L, D) rows at ids I32 (B, L); ids are checked (SDC_CHECK)
+    void (*embedding_backward)(const Backend *be, Tensor *dtable, const Tensor *ids, const Tensor *dy);
+
     // ---- memory report --------------------------------------------------------
     // Bytes free and in total on the device (CPU: MemAvailable / MemTotal).
     // Returns 0, or nonzero when unknown; may be NULL (the measure backend).

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/backend_cpu_bwd.h"
 #include "cpu/ops_cpu.h"
 
 // Provided by backend_cuda.c in builds with CUDA. Weak: a CUDA Backend can
@@ -33,7 +34,7 @@ typedef struct CpuImpl {
 
 // ---- helpers -----------------------------------------------------------------
 
-static float *cpu_scratch(const Backend *be, size_t floats) {
+float *cpu_backend_scratch(const Backend *be, size_t floats) {
     CpuImpl *im = be->impl;
     if (floats > im->scratch_cap) {
         free(im->scratch);
@@ -91,7 +92,7 @@ static void cpu_op_conv2d(const Backend *be, Tensor *out, const Tensor *x, const
     SDC_CHECK(out->shape[0] == N && out->shape[1] == OC && out->shape[2] == OH && out->shape[3] == OW);
     if (b) { CHECK_F32(b); SDC_CHECK(tensor_numel(b) == OC); }
     size_t need = cpu_conv2d_scratch_floats(C, H, W, OC, KH, KW, stride, pad);
-    float *s = need ? cpu_scratch(be, need) : NULL;
+    float *s = need ? cpu_backend_scratch(be, need) : NULL;
     cpu_conv2d(tensor_f32p(out), tensor_f32p(x), tensor_f32p(w), b ? tensor_f32p(b) : NULL, N, C,
                H, W, OC, KH, KW, stride, pad, s, need);
 }
@@ -140,7 +141,7 @@ static void cpu_op_attention(const Backend *be, Tensor *out, const Tensor *q, co
     int B = (int)q->shape[0], Lq = (int)q->shape[1], Lk = (int)k->shape[1];
     int D = (int)(q->shape[2] / heads);
     size_t need = cpu_attention_scratch_floats(Lq, Lk, D, omp_get_max_threads());
-    float *s = cpu_scratch(be, need);
+    float *s = cpu_backend_scratch(be, need);
     cpu_attention(tensor_f32p(out), tensor_f32p(q), tensor_f32p(k), tensor_f32p(v), B, Lq, Lk,
                   heads, D, causal, s, need);
 }
@@ -332,6 +333,7 @@ static const Backend cpu_template = {
     .embedding = cpu_op_embedding,
     .copy = cpu_op_copy,
     .mem_info = cpu_mem_info,
+    CPU_BACKWARD_ENTRIES
 };
 
 int backend_cpu_create(Backend **out, int threads, SdcError *err) {

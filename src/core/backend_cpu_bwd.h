@@ -1,0 +1,48 @@
+// backend_cpu_bwd.h: internal to the CPU backend: the backward entries of
+// its op table (backend_cpu_bwd.c) and the scratch they share with the
+// forward ops (backend_cpu.c).
+#ifndef SDC_BACKEND_CPU_BWD_H
+#define SDC_BACKEND_CPU_BWD_H
+
+#include "core/backend.h"
+
+float *cpu_backend_scratch(const Backend *be, size_t floats);
+
+void cpu_op_linear_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
+                            const Tensor *x, const Tensor *w);
+void cpu_op_conv2d_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
+                            const Tensor *x, const Tensor *w, int stride, int pad);
+void cpu_op_group_norm_backward(const Backend *be, Tensor *dx, Tensor *dgamma, Tensor *dbeta, const Tensor *dy,
+                                const Tensor *x, const Tensor *gamma, const Tensor *beta, int groups, float eps,
+                                int silu);
+void cpu_op_layer_norm_backward(const Backend *be, Tensor *dx, Tensor *dgamma, Tensor *dbeta, const Tensor *dy,
+                                const Tensor *x, const Tensor *gamma, float eps);
+void cpu_op_attention_backward(const Backend *be, Tensor *dq, Tensor *dk, Tensor *dv, const Tensor *dout,
+                               const Tensor *q, const Tensor *k, const Tensor *v, int heads, int causal);
+void cpu_op_silu_backward(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x);
+void cpu_op_gelu_backward(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x);
+void cpu_op_quick_gelu_backward(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x);
+void cpu_op_geglu_backward(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x);
+void cpu_op_softmax_backward(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *y);
+void cpu_op_upsample_nearest2x_backward(const Backend *be, Tensor *dx, const Tensor *dy);
+void cpu_op_add_channel_bias_backward(const Backend *be, Tensor *dbias, const Tensor *dy);
+void cpu_op_concat_channels_backward(const Backend *be, Tensor *da, Tensor *db, const Tensor *dy);
+void cpu_op_embedding_backward(const Backend *be, Tensor *dtable, const Tensor *ids, const Tensor *dy);
+
+#define CPU_BACKWARD_ENTRIES                                          \
+    .linear_backward = cpu_op_linear_backward,                        \
+    .conv2d_backward = cpu_op_conv2d_backward,                        \
+    .group_norm_backward = cpu_op_group_norm_backward,                \
+    .layer_norm_backward = cpu_op_layer_norm_backward,                \
+    .attention_backward = cpu_op_attention_backward,                  \
+    .silu_backward = cpu_op_silu_backward,                            \
+    .gelu_backward = cpu_op_gelu_backward,                            \
+    .quick_gelu_backward = cpu_op_quick_gelu_backward,                \
+    .geglu_backward = cpu_op_geglu_backward,                          \
+    .softmax_backward = cpu_op_softmax_backward,                      \
+    .upsample_nearest2x_backward = cpu_op_upsample_nearest2x_backward, \
+    .add_channel_bias_backward = cpu_op_add_channel_bias_backward,    \
+    .concat_channels_backward = cpu_op_concat_channels_backward,      \
+    .embedding_backward = cpu_op_embedding_backward,
+
+#endif
