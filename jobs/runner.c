@@ -344,10 +344,15 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     }
     const ClipConfig *cc = clip_config(m.clip);
     const size_t npix = (size_t)W * H;
-    float *ctx = malloc((size_t)2 * cc->max_positions * cc->hidden * sizeof(float));
-    float *images = malloc((size_t)micro * 3 * npix * sizeof(float));
-    uint8_t *rgb = malloc(npix * 3);
-    if (!rc && (!ctx || !images || !rgb)) rc = sdc_err(err, SDC_ERR_OOM, "image buffers for %dx%d", W, H);
+    const int nb_max = micro < g->batch_count ? micro : g->batch_count; // items per sd_generate call
+    float *ctx = NULL, *images = NULL;
+    uint8_t *rgb = NULL;
+    if (!rc) {
+        ctx = malloc((size_t)2 * cc->max_positions * cc->hidden * sizeof(float));
+        images = malloc((size_t)nb_max * 3 * npix * sizeof(float));
+        rgb = malloc(npix * 3);
+        if (!ctx || !images || !rgb) rc = sdc_err(err, SDC_ERR_OOM, "image buffers for %dx%d", W, H);
+    }
     const int items = g->batch_count * (int)g->n_prompts;
     Progress pr = {.tty = isatty(2), .quiet = opt->quiet, .items = items};
     int done = 0;
