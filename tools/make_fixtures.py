@@ -107,7 +107,11 @@ def demo_configs():
     # Inferable from shapes with SD 1.x defaults: 32 groups (so channels >= 32), 8 heads
     # per UNet level, CLIP heads = max(1, hidden/64) (hidden 32: 1 head), intermediate = 4*hidden,
     # quick_gelu, full CLIP vocab. layers_per_block 1 (counted from the keys) to stay small.
-    unet = _unet((32, 32, 32, 32), 1, 8, 32, 32, False, sample_size=64)
+    # 2 levels (one cross-attention level, one plain): the loader infers the
+    # level count from the keys; keeps the shipped file under 5 MB.
+    unet = _unet((32, 32), 1, 8, 32, 32, False, sample_size=64,
+                 down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
     clip = dict(vocab_size=49408, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=1, max_position_embeddings=77, hidden_act="quick_gelu",
                 layer_norm_eps=1e-5, projection_dim=32, bos_token_id=49406, eos_token_id=49407,

@@ -402,7 +402,7 @@ typedef struct JpegJob {
     SdcError dims; // set when the header's size is refused
 } JpegJob;
 
-// libjpeg's default error_exit calls exit(): ours jumps back to jpeg_decode.
+// libjpeg's default error_exit ends the process: ours jumps back to jpeg_decode.
 static void jpeg_on_error(j_common_ptr cinfo) {
     JpegErr *e = (JpegErr *)cinfo->err;
     if (!e->code) {

@@ -52,26 +52,6 @@ static int u32_equal(const U32Vec *a, const U32Vec *b) {
     return a->n == b->n && (a->n == 0 || memcmp(a->v, b->v, a->n * sizeof *a->v) == 0);
 }
 
-typedef struct I32Vec {
-    int32_t *v;
-    size_t n, cap;
-    int oom;
-} I32Vec;
-
-static void i32_push(I32Vec *a, int32_t x) {
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 64;
-        int32_t *p = realloc(a->v, cap * sizeof *p);
-        if (!p) {
-            a->oom = 1;
-            return;
-        }
-        a->v = p;
-        a->cap = cap;
-    }
-    a->v[a->n++] = x;
-}
-
 // ----------------------------------------------------------------------------
 // Unicode lookups
 
@@ -1096,7 +1076,7 @@ static void clean_hf(const U32Vec *in, U32Vec *out) {
 // pre-tokenisation and BPE
 
 // BPE of one piece (its UTF-8 bytes), appending vocab ids to out.
-static void bpe_word(const ClipTokenizer *t, const unsigned char *bytes, size_t n, I32Vec *out) {
+static void bpe_word(const ClipTokenizer *t, const unsigned char *bytes, size_t n, U32Vec *out) {
     int32_t stack_buf[256];
     int32_t *sym = n <= 256 ? stack_buf : malloc(n * sizeof *sym);
     if (!sym) {
@@ -1124,11 +1104,11 @@ static void bpe_word(const ClipTokenizer *t, const unsigned char *bytes, size_t 
         len = k;
         if (len == 1) break;
     }
-    for (size_t i = 0; i < len; i++) i32_push(out, sym[i]);
+    for (size_t i = 0; i < len; i++) u32_push(out, (uint32_t)sym[i]);
     if (sym != stack_buf) free(sym);
 }
 
-static void bpe_piece(const ClipTokenizer *t, const uint32_t *cp, size_t n, I32Vec *out, unsigned char **buf,
+static void bpe_piece(const ClipTokenizer *t, const uint32_t *cp, size_t n, U32Vec *out, unsigned char **buf,
                       size_t *buf_cap) {
     if (n * 4 > *buf_cap) {
         size_t cap = n * 4 + 64;
@@ -1166,7 +1146,7 @@ static int match_lit(const U32Vec *s, size_t i, const char *lit, int fold) {
 // <end_of_text> (emitted as BOS / EOS). transformers matches it case-sensitively
 // with <|startoftext|>, <|endoftext|>, but those pieces are plain text there
 // (the ByteLevel pre-tokenizer splits them again into "<|", the word, "|>").
-static void pretokenize(const ClipTokenizer *t, const U32Vec *s, int open_clip, I32Vec *out) {
+static void pretokenize(const ClipTokenizer *t, const U32Vec *s, int open_clip, U32Vec *out) {
     static const char *contractions[] = {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
     unsigned fl = open_clip ? UNI_LI : UNI_L, fn = open_clip ? UNI_NI : UNI_N;
     unsigned char *buf = NULL;
@@ -1176,12 +1156,12 @@ static void pretokenize(const ClipTokenizer *t, const U32Vec *s, int open_clip, 
         int k;
         if (open_clip) {
             if ((k = match_lit(s, i, "<start_of_text>", 1))) {
-                i32_push(out, t->bos);
+                u32_push(out, (uint32_t)t->bos);
                 i += (size_t)k;
                 continue;
             }
             if ((k = match_lit(s, i, "<end_of_text>", 1))) {
-                i32_push(out, t->eos);
+                u32_push(out, (uint32_t)t->eos);
                 i += (size_t)k;
                 continue;
             }
@@ -1231,7 +1211,7 @@ static void pretokenize(const ClipTokenizer *t, const U32Vec *s, int open_clip, 
 }
 
 // All ids of text (no BOS / EOS) into out.
-static int tok_run(const ClipTokenizer *t, const char *text, I32Vec *out, SdcError *err) {
+static int tok_run(const ClipTokenizer *t, const char *text, U32Vec *out, SdcError *err) {
     if (!t) return sdc_err(err, SDC_ERR_ARG, "clip tokenizer: NULL tokenizer ---> load one first");
     if (!text) return sdc_err(err, SDC_ERR_ARG, "clip tokenizer: NULL prompt ---> pass \"\" for an empty prompt");
     U32Vec raw = {0}, clean = {0};
@@ -1256,7 +1236,7 @@ static int tok_run(const ClipTokenizer *t, const char *text, I32Vec *out, SdcErr
             clean_hf(&part, &clean);
             pretokenize(t, &clean, 0, out);
             if (k) {
-                i32_push(out, id);
+                u32_push(out, (uint32_t)id);
                 i += (size_t)k - 1;
                 seg = i + 1;
             }
@@ -1270,10 +1250,10 @@ static int tok_run(const ClipTokenizer *t, const char *text, I32Vec *out, SdcErr
 }
 
 int clip_tok_tokenize(const ClipTokenizer *t, const char *text, int32_t *ids, int cap, int *n, SdcError *err) {
-    I32Vec v = {0};
+    U32Vec v = {0};
     int rc = tok_run(t, text, &v, err);
     if (!rc) {
-        for (size_t i = 0; i < v.n && (int)i < cap; i++) ids[i] = v.v[i];
+        for (size_t i = 0; i < v.n && (int)i < cap; i++) ids[i] = (int32_t)v.v[i];
         *n = (int)v.n;
     }
     free(v.v);
@@ -1285,7 +1265,7 @@ int clip_tok_encode(const ClipTokenizer *t, const char *text, int32_t *ids, int 
     if (max_len < 2)
         return sdc_err(err, SDC_ERR_ARG, "clip_tok_encode: max_len %d ---> need room for BOS and EOS (CLIP uses %d)",
                        max_len, CLIP_TOK_MAX_LEN);
-    I32Vec v = {0};
+    U32Vec v = {0};
     int rc = tok_run(t, text, &v, err);
     if (rc) {
         free(v.v);
@@ -1293,7 +1273,7 @@ int clip_tok_encode(const ClipTokenizer *t, const char *text, int32_t *ids, int 
     }
     size_t keep = v.n < (size_t)(max_len - 2) ? v.n : (size_t)(max_len - 2);
     ids[0] = t->bos;
-    memcpy(ids + 1, v.v, keep * sizeof *ids);
+    for (size_t i = 0; i < keep; i++) ids[1 + i] = (int32_t)v.v[i]; // ids < 49408
     ids[keep + 1] = t->eos;
     for (int i = (int)keep + 2; i < max_len; i++) ids[i] = pad_id;
     if (n_truncated) *n_truncated = (int)(v.n - keep);
