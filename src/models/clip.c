@@ -25,6 +25,7 @@ struct ClipModel {
     ClipConfig cfg;
     const Backend *be;
     Arena params;        // converted parameters (F32 on the CPU: views into the mmap)
+    ParamTable table;    // named parameters, when loaded trainable (all of them in params)
     Tensor tok_emb;      // (V, D)
     Tensor pos_emb;      // (P, D)
     ClipLayer *layers;   // cfg.layers of them
@@ -66,7 +67,18 @@ static void clip_get_params(ClipModel *m, ParamLoader *pl) {
 // ---- loading ---------------------------------------------------------------
 
 int clip_load(ClipModel **out, const ModelFiles *mf, const Backend *be, SdcError *err) {
+    return clip_load_opts(out, mf, be, NULL, err);
+}
+
+int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, const ModelLoadOpts *o,
+                   SdcError *err) {
     *out = NULL;
+    int own = o && o->trainable;
+    if (own && (be->device != DEV_CPU || be->param_dtype != DT_F32 || !be->linear_backward))
+        return sdc_err(err, SDC_ERR_UNSUPPORTED,
+                       "text encoder: training needs the CPU backend in fp32 (got %s, %s)\n"
+                       "---> use --device cpu for training",
+                       be->name, dtype_name(be->param_dtype));
     const ClipConfig *c = &model_files_info(mf)->clip;
     if (c->hidden <= 0 || c->layers <= 0 || c->heads <= 0 || c->hidden % c->heads ||
         c->intermediate <= 0 || c->max_positions <= 0 || c->vocab_size <= 0)
@@ -88,12 +100,14 @@ int clip_load(ClipModel **out, const ModelFiles *mf, const Backend *be, SdcError
     // Pass 1 checks every name and shape and measures; pass 2 loads for real.
     Arena meas;
     arena_init_measure(&meas);
-    ParamLoader pl = {.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &meas, .err = err};
+    ParamLoader pl = {.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &meas, .err = err,
+                      .own = own};
     clip_get_params(m, &pl);
     int rc = pl.failed ? err->code : 0;
     if (!rc) rc = arena_init(&m->params, be, meas.peak, err);
     if (!rc) {
-        pl = (ParamLoader){.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &m->params, .err = err};
+        pl = (ParamLoader){.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &m->params,
+                           .err = err, .own = own, .table = own ? &m->table : NULL};
         clip_get_params(m, &pl);
         rc = pl.failed ? err->code : 0;
     }
@@ -110,6 +124,7 @@ void clip_free(ClipModel *m) {
     if (!m) return;
     arena_free(&m->act);
     arena_free(&m->params);
+    param_table_free(&m->table);
     free(m->pos_ids);
     free(m->layers);
     free(m);

@@ -18,12 +18,17 @@
 #include "core/tensor.h"
 #include "io/weights.h"
 #include "models/config.h"
+#include "models/params.h"
 
 typedef struct ClipModel ClipModel;
 
 // Loads every text-encoder parameter of mf (diffusers names
 // text_model.*) onto be. The config comes from model_files_info(mf)->clip.
 int clip_load(ClipModel **out, const ModelFiles *mf, const Backend *be, SdcError *err);
+// The same with options; o->trainable (training, CPU fp32 only) makes every
+// parameter an F32 copy in one arena, named in clip_param_table.
+int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, const ModelLoadOpts *o,
+                   SdcError *err);
 
 // Plans the activation arena for up to `batch` prompts (a measuring pass),
 // then allocates it once. Calling it again with a batch that fits is free;

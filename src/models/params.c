@@ -4,6 +4,32 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+void param_table_free(ParamTable *t) {
+    free(t->e);
+    memset(t, 0, sizeof *t);
+}
+
+int param_table_find(const ParamTable *t, const char *name) {
+    for (int i = 0; i < t->n; i++)
+        if (!strcmp(t->e[i].name, name)) return i;
+    return -1;
+}
+
+static void table_add(ParamLoader *pl, const char *name, const Tensor *t) {
+    ParamTable *tb = pl->table;
+    if (tb->n == tb->cap) {
+        int cap = tb->cap ? 2 * tb->cap : 256;
+        ParamEntry *e = realloc(tb->e, (size_t)cap * sizeof *e);
+        SDC_CHECK(e); // a few hundred entries, once at load
+        tb->e = e;
+        tb->cap = cap;
+    }
+    ParamEntry *e = &tb->e[tb->n++];
+    snprintf(e->name, sizeof e->name, "%.127s", name);
+    e->t = *t;
+}
 
 static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t *shape,
                          const char *fmt, va_list ap) {
@@ -22,10 +48,11 @@ static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t 
     pl->numel += (size_t)tensor_numel(&src);
 
     // In place: the CPU backend computing in the file's dtype.
-    if (pl->be->device == DEV_CPU && src.dtype == pl->be->param_dtype) return src;
+    if (!pl->own && pl->be->device == DEV_CPU && src.dtype == pl->be->param_dtype) return src;
 
     Tensor dst = arena_tensor(pl->arena, pl->be->param_dtype, ndim, shape);
     if (pl->arena->measure) return dst;
+    if (pl->table) table_add(pl, name, &dst);
     size_t n = (size_t)tensor_numel(&src);
     if (pl->be->device == DEV_CPU) {
         if (dst.dtype == DT_F32) {

@@ -14,6 +14,26 @@
 #include "core/backend.h"
 #include "io/weights.h"
 
+// The named parameters of a model loaded for training: every tensor an F32
+// copy in the model's own arena, in load order, so the parameters (and a
+// gradient arena of the same size, at the same offsets) are one flat buffer.
+typedef struct ParamEntry {
+    char name[128]; // diffusers name, e.g. "down_blocks.0.resnets.0.conv1.weight"
+    Tensor t;       // the parameter as stored (its file shape)
+} ParamEntry;
+typedef struct ParamTable {
+    ParamEntry *e;
+    int n, cap;
+} ParamTable;
+void param_table_free(ParamTable *t);
+// Index of the entry named `name`, or -1.
+int param_table_find(const ParamTable *t, const char *name);
+
+// How a model is loaded (NULL = for inference).
+typedef struct ModelLoadOpts {
+    int trainable; // own F32 copies in one arena, named in a ParamTable (never mmap views)
+} ModelLoadOpts;
+
 typedef struct ParamLoader {
     const ModelFiles *mf;
     Component comp;
@@ -23,6 +43,8 @@ typedef struct ParamLoader {
     int failed;     // first error is kept in err; later calls return empty tensors
     size_t count;   // parameters requested
     size_t numel;   // their total element count
+    int own;        // copy every parameter into the arena, even when it could be a view
+    ParamTable *table; // when non-NULL (real pass), every parameter is recorded here
 } ParamLoader;
 
 // shape is given as a literal list: PARAM(pl, SHAPE(C, C, 3, 3), "conv_in.weight")

@@ -79,6 +79,7 @@ struct Unet {
     UnetConfig cfg;
     const Backend *be;
     Arena params;          // converted parameters (empty when all are mmap views)
+    ParamTable table;      // named parameters, when loaded trainable (all of them in params)
     size_t param_count;    // tensors
     size_t param_numel;    // elements
     Tensor t_lin1_w, t_lin1_b; // (4*C0, C0), (4*C0)
@@ -355,7 +356,18 @@ static int config_check(const UnetConfig *c, SdcError *err) {
 }
 
 int unet_load(Unet **out, const ModelFiles *mf, const Backend *be, SdcError *err) {
+    return unet_load_opts(out, mf, be, NULL, err);
+}
+
+int unet_load_opts(Unet **out, const ModelFiles *mf, const Backend *be, const ModelLoadOpts *o,
+                   SdcError *err) {
     *out = NULL;
+    int own = o && o->trainable;
+    if (own && (be->device != DEV_CPU || be->param_dtype != DT_F32 || !be->conv2d_backward))
+        return sdc_err(err, SDC_ERR_UNSUPPORTED,
+                       "unet: training needs the CPU backend in fp32 (got %s, %s)\n"
+                       "---> use --device cpu for training",
+                       be->name, dtype_name(be->param_dtype));
     Unet *m = calloc(1, sizeof *m);
     if (!m) return sdc_err(err, SDC_ERR_OOM, "unet: out of memory");
     m->cfg = model_files_info(mf)->unet;
@@ -367,13 +379,14 @@ int unet_load(Unet **out, const ModelFiles *mf, const Backend *be, SdcError *err
     // Pass 1: check every name and shape, count the bytes to convert.
     Arena meas;
     arena_init_measure(&meas);
-    ParamLoader pl = {.mf = mf, .comp = COMP_UNET, .be = be, .arena = &meas, .err = err};
+    ParamLoader pl = {.mf = mf, .comp = COMP_UNET, .be = be, .arena = &meas, .err = err, .own = own};
     rc = unet_build(m, &pl, err);
     if (rc) goto fail;
     // Pass 2: for real.
     rc = arena_init(&m->params, be, meas.peak, err);
     if (rc) goto fail;
-    pl = (ParamLoader){.mf = mf, .comp = COMP_UNET, .be = be, .arena = &m->params, .err = err};
+    pl = (ParamLoader){.mf = mf, .comp = COMP_UNET, .be = be, .arena = &m->params, .err = err,
+                       .own = own, .table = own ? &m->table : NULL};
     rc = unet_build(m, &pl, err);
     if (rc) goto fail;
     m->param_count = pl.count;
@@ -391,6 +404,7 @@ void unet_free(Unet *m) {
     blocks_free(m);
     arena_free(&m->params);
     arena_free(&m->act);
+    param_table_free(&m->table);
     free(m);
 }
 

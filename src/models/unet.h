@@ -34,6 +34,7 @@
 #include "core/tensor.h"
 #include "io/weights.h"
 #include "models/config.h"
+#include "models/params.h"
 
 typedef struct Unet Unet;
 
@@ -43,6 +44,10 @@ typedef struct Unet Unet;
 // Parameters may be views into mf's mapping: mf must outlive the Unet.
 // Errors name the tensor, the expected and the found shape.
 int unet_load(Unet **out, const ModelFiles *mf, const Backend *be, SdcError *err);
+// The same with options; o->trainable (training, CPU fp32 only) makes every
+// parameter an F32 copy in one arena, named in unet_param_table.
+int unet_load_opts(Unet **out, const ModelFiles *mf, const Backend *be, const ModelLoadOpts *o,
+                   SdcError *err);
 // Plans activation memory for up to `batch` items at latent (h, w) with
 // ctx_len context tokens (a measuring run), and allocates the arena once.
 // unet_forward re-plans by itself only when called with a larger shape.
