@@ -93,7 +93,7 @@ struct Backend {
     // Gradients of activations are overwritten; gradients of parameters (dw,
     // db, dgamma, dbeta, dtable) are ADDED to, so micro-batches accumulate.
     // A parameter gradient may be NULL when it is not wanted. NULL entries:
-    // the backend cannot train (today: CUDA, measure).
+    // the backend cannot train (today: CUDA; the measure backend has no-ops).
     // linear: x (M, K), w (N, K), dy (M, N) -> dx (M, K) (may be NULL), dw, db
     void (*linear_backward)(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
                             const Tensor *x, const Tensor *w);

@@ -376,6 +376,20 @@ static void m_unary(const Backend *be, Tensor *o, const Tensor *x) {}
 static void m_timestep(const Backend *be, Tensor *o, const float *t, int f, float s) {}
 static void m_binary(const Backend *be, Tensor *o, const Tensor *a, const Tensor *b) {}
 static void m_scale(const Backend *be, Tensor *o, const Tensor *x, float s) {}
+// backward entries (no-ops too: a training step's memory is planned the same way)
+static void m_lin_bwd(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy, const Tensor *x,
+                      const Tensor *w) {}
+static void m_conv_bwd(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy, const Tensor *x,
+                       const Tensor *w, int s, int p) {}
+static void m_gn_bwd(const Backend *be, Tensor *dx, Tensor *dg, Tensor *db, const Tensor *dy, const Tensor *x,
+                     const Tensor *g, const Tensor *b, int n, float e, int s) {}
+static void m_ln_bwd(const Backend *be, Tensor *dx, Tensor *dg, Tensor *db, const Tensor *dy, const Tensor *x,
+                     const Tensor *g, float e) {}
+static void m_attn_bwd(const Backend *be, Tensor *dq, Tensor *dk, Tensor *dv, const Tensor *d, const Tensor *q,
+                       const Tensor *k, const Tensor *v, int h, int c) {}
+static void m_ternary(const Backend *be, Tensor *o, const Tensor *a, const Tensor *b) {}
+static void m_unary_bwd(const Backend *be, Tensor *o, const Tensor *a) {}
+static void m_split_bwd(const Backend *be, Tensor *a, Tensor *b, const Tensor *d) {}
 
 static const Backend measure_backend = {
     .name = "measure",
@@ -408,6 +422,20 @@ static const Backend measure_backend = {
     .nlc_to_nchw = m_unary,
     .embedding = m_binary,
     .copy = m_unary,
+    .linear_backward = m_lin_bwd,
+    .conv2d_backward = m_conv_bwd,
+    .group_norm_backward = m_gn_bwd,
+    .layer_norm_backward = m_ln_bwd,
+    .attention_backward = m_attn_bwd,
+    .silu_backward = m_ternary,
+    .gelu_backward = m_ternary,
+    .quick_gelu_backward = m_ternary,
+    .geglu_backward = m_ternary,
+    .softmax_backward = m_ternary,
+    .upsample_nearest2x_backward = m_unary_bwd,
+    .add_channel_bias_backward = m_unary_bwd,
+    .concat_channels_backward = m_split_bwd,
+    .embedding_backward = m_ternary,
 };
 
 const Backend *backend_measure(void) { return &measure_backend; }

@@ -129,4 +129,47 @@ int unet_begin(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float 
                const Tensor *ctx, SdcError *err);
 int unet_block_forward(Unet *m, int i, UnetState *s, SdcError *err);
 
+// ---- training (CPU, fp32) -------------------------------------------------------
+// Forward that keeps what backward needs, and backward through the block list
+// in reverse (the skip stack's gradients ride a stack of their own). Either
+// every parameter trains (the model loaded with ModelLoadOpts.trainable: the
+// gradients live in one arena at the parameters' offsets) or LoRA: the base
+// is frozen (may be mmap views) and every attention projection (to_q, to_k,
+// to_v, to_out.0 of attn1 and attn2) gets y += (alpha / rank) * up(down(x)),
+// down (rank, in) ~ N(0, 1/rank) from lora_seed (peft's "gaussian" init), up
+// (out, rank) = 0. Gradient checkpointing keeps only each block's output in
+// the forward pass and recomputes the block's intermediates in the backward
+// pass (the same gradients, less memory).
+typedef struct UnetTrainOpts {
+    int checkpointing;
+    int lora_rank;      // 0: full fine-tuning
+    float lora_alpha;   // scale = alpha / rank
+    uint64_t lora_seed;
+    int want_dctx;      // compute d loss / d context (text-encoder training)
+} UnetTrainOpts;
+// Plans (a measuring forward + backward) and allocates everything for
+// `batch` items at latent (h, w) with ctx_len context tokens: the kept
+// activations, the backward scratch, the gradients (zeroed), the LoRA
+// parameters. Calling it again re-plans.
+int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w, int ctx_len,
+                       SdcError *err);
+// x (N, Cin, h, w), timesteps (N) on the host, ctx (N, L, cross) -> out; keeps
+// the activations for unet_train_backward. Shapes must fit the reservation.
+int unet_train_forward(Unet *m, Tensor *out, const Tensor *x, const float *timesteps,
+                       const Tensor *ctx, SdcError *err);
+// dout (N, Cout, h, w): ADDS every trainable parameter's gradient into the
+// gradient buffer (micro-batches accumulate); dctx (N, L, cross) is
+// overwritten when given (needs want_dctx), else NULL.
+int unet_train_backward(Unet *m, const Tensor *dout, Tensor *dctx, SdcError *err);
+// The trainable parameters and their gradients as flat f32 buffers of *n
+// floats (zero padding between tensors is harmless to AdamW and norms).
+void unet_trainables(Unet *m, float **params, float **grads, size_t *n);
+// The named trainable tensors: the load table (full) or the LoRA tensors,
+// named "<module>.lora.down.weight" / "<module>.lora.up.weight" with module
+// e.g. "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q".
+const ParamTable *unet_train_table(const Unet *m);
+// Bytes planned for training: kept activations, backward scratch, gradients
+// (and LoRA parameters), by unet_train_reserve.
+size_t unet_train_bytes(const Unet *m);
+
 #endif
