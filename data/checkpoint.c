@@ -305,6 +305,24 @@ fail:
     return err->code ? err->code : SDC_ERR_FORMAT;
 }
 
+int ckpt_list_group(Ckpt *c, const char *group, SdcError *err) {
+    if (strlen(group) >= CKPT_GROUP_MAX)
+        return sdc_err(err, SDC_ERR_ARG, "%s: group name %.100s... too long", c->path, group);
+    if (!h5_has_link(c->file, group)) return 0;
+    hid_t g = -1;
+    ListCtx x = {.c = c, .group = group, .cap = c->n, .err = err}; // cap: grows from the current count
+    H5_TRY(g = H5Gopen2(c->file, group, H5P_DEFAULT), "%s: /%s", c->path, group);
+    hsize_t idx = 0;
+    herr_t r = H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, &idx, list_cb, &x);
+    if (x.rc) goto fail;
+    H5_TRY(r, "%s: listing /%s", c->path, group);
+    H5Gclose(g);
+    return 0;
+fail:
+    if (g >= 0) H5Gclose(g);
+    return err->code ? err->code : SDC_ERR_FORMAT;
+}
+
 int ckpt_find(const Ckpt *c, const char *group, const char *name) {
     for (int i = 0; i < c->n; i++)
         if (!strcmp(c->t[i].group, group) && !strcmp(c->t[i].name, name)) return i;

@@ -79,6 +79,10 @@ int ckpt_read(const Ckpt *c, int i, void *buf, int verify, SdcError *err);
 // A string attribute of a group ("" = root); *out malloc'd.
 int ckpt_get_attr(const Ckpt *c, const char *group, const char *key, char **out, SdcError *err);
 int ckpt_find(const Ckpt *c, const char *group, const char *name); // index or -1
+// Adds the tensors of another group (a nested path such as "unet_lora" or
+// "optimizer/exp_avg/unet") to c->t with ckpt_open's checks; a group the file
+// does not have adds nothing. Indices of the tensors already listed stay.
+int ckpt_list_group(Ckpt *c, const char *group, SdcError *err);
 void ckpt_close(Ckpt *c);
 
 // CRC32 (zlib's polynomial) of n bytes.

@@ -1,6 +1,7 @@
 // cli.c: argv -> Job manifest (see cli.h).
 #include <stdio.h>
 
+#include "io/lora.h"
 #include "jobs/cli.h"
 #include "jobs/manifest.h"
 
@@ -40,6 +41,8 @@ static int flag_is(const char *a, const char *s, const char *l) { return (s && !
 
 static void cli_print_usage_storage(FILE *f, const char *sub);
 static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
+static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
+static void cli_print_usage_train(FILE *f);
 
 // "L,T,R,B" pixels to add on each side
 static int parse_outpaint(const char *flag, const char *v, Sdc__Generate *g, SdcError *err) {
@@ -79,7 +82,8 @@ void cli_print_usage(FILE *f, const char *sub) {
                    "  generate   text to image (sdc generate --help)\n"
                    "  run        run a job manifest file (sdc run --help)\n"
                    "  dataset    dataset import: images -> HDF5 dataset (sdc dataset import --help)\n"
-                   "  convert    convert a model between layouts (sdc convert --help)\n\n"
+                   "  convert    convert a model between layouts (sdc convert --help)\n"
+                   "  train      DreamBooth fine-tuning, full or LoRA (sdc train dreambooth --help)\n\n"
                    "Every command builds a job manifest (jobs/sdc.proto); --dump-manifest prints it.\n");
         return;
     }
@@ -88,6 +92,8 @@ void cli_print_usage(FILE *f, const char *sub) {
             "  -m, --model PATH          .safetensors single file (SD 1.x/2.x original layout) or diffusers folder\n"
             "      --config DIR          diffusers folder describing a single file's architecture (optional)\n"
             "      --prediction-type T   epsilon | v_prediction (default: from the model)\n"
+            "      --lora FILE[:W]       merge a LoRA (kohya or diffusers .safetensors) at weight W (default 1.0)\n"
+            "                            into the weights; repeat for several\n"
             "  -p, --prompt TEXT         the prompt\n"
             "  -n, --negative-prompt T   the negative prompt (default: empty)\n"
             "      --steps N             denoising steps (default 20)\n"
@@ -169,6 +175,7 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         return manifest_read_file(path, out, err);
     }
     if (!strcmp(argv[1], "dataset") || !strcmp(argv[1], "convert")) return cli_parse_storage(argc, argv, out, opt, err);
+    if (!strcmp(argv[1], "train")) return cli_parse_train(argc, argv, out, opt, err);
     if (strcmp(argv[1], "generate"))
         return sdc_err(err, SDC_ERR_ARG, "unknown command '%s' ---> run 'sdc --help'", argv[1]);
 
@@ -196,6 +203,15 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         } else if (FLAG(NULL, "--config")) {
             const char *v = VALUE();
             if (v) set_str(job->model, "config", v);
+        } else if (FLAG(NULL, "--lora")) {
+            const char *v = VALUE();
+            LoraSpec spec;
+            if (v && !(rc = lora_spec_parse(v, &spec, err))) {
+                Sdc__Model *md = job->model;
+                md->lora = realloc(md->lora, (md->n_lora + 1) * sizeof(char *));
+                SDC_CHECK(md->lora);
+                md->lora[md->n_lora++] = dup_str(v);
+            }
         } else if (FLAG(NULL, "--prediction-type")) {
             const char *v = VALUE();
             if (v) set_str(job->model, "prediction_type", v);
@@ -412,6 +428,125 @@ static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *
         }
 #undef FLAG
 #undef VALUE
+    }
+    if (rc) {
+        cli_job_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// `sdc train dreambooth`: diffusers' flag names with '-' (or '_'), each one
+// the Dreambooth field of the same name; a few go to Model and Runtime.
+
+static void cli_print_usage_train(FILE *f) {
+    fprintf(f,
+            "usage: sdc train dreambooth --pretrained-model MODEL --instance-data DIR|H5 --instance-prompt TEXT\n"
+            "                            [options]    (diffusers train_dreambooth.py flags, '-' or '_')\n"
+            "  --pretrained-model PATH         single .safetensors file or diffusers folder\n"
+            "  --instance-data DIR|H5          photos of the subject (imported to OUTPUT_DIR/instance.h5)\n"
+            "  --instance-prompt TEXT          e.g. \"a photo of sks dog\"\n"
+            "  --with-prior-preservation       prior-preservation loss on class images\n"
+            "  --class-data DIR|H5             class images; missing ones are generated into DIR\n"
+            "  --class-prompt TEXT             e.g. \"a photo of dog\"\n"
+            "  --num-class-images N            (100)      --prior-loss-weight W (1.0)\n"
+            "  --resolution PX                 (512)      --center-crop\n"
+            "  --train-batch-size N            (4)        --gradient-accumulation-steps N (1)\n"
+            "  --learning-rate LR              (5e-6)     --max-train-steps N (0: one epoch)\n"
+            "  --lr-scheduler NAME             constant | constant_with_warmup | linear | cosine |\n"
+            "                                  cosine_with_restarts | polynomial   (constant)\n"
+            "  --lr-warmup-steps N (500)       --lr-num-cycles N (1)  --lr-power P (1.0)\n"
+            "  --max-grad-norm N               (1.0)      --adam-beta1/--adam-beta2/--adam-weight-decay/--adam-epsilon\n"
+            "  --gradient-checkpointing        recompute block activations in the backward pass\n"
+            "  --train-text-encoder            also train the CLIP text encoder\n"
+            "  --lora-rank R                   train a LoRA of rank R instead of all weights (0)\n"
+            "  --lora-alpha A                  LoRA alpha (the rank)  --lora-format diffusers|kohya\n"
+            "  --offset-noise [S]              offset noise (0.1 when no value is given)\n"
+            "  --snr-gamma G                   min-SNR loss weighting (5.0 recommended)\n"
+            "  --checkpointing-steps N (500)   --checkpoints-total-limit N (keep all)\n"
+            "  --resume-from-checkpoint PATH|latest\n"
+            "  --validation-prompt TEXT        --num-validation-images N (4)  --validation-steps N (100)\n"
+            "  --seed N (0)                    --output-dir DIR (dreambooth-model)\n"
+            "  -t, --threads N                 CPU threads (all)\n"
+            "  --dump-manifest                 print the job manifest and exit;  -q  no progress bar\n"
+            "Training runs on the CPU backend (fp32); under mpiexec/srun each rank takes a share of every\n"
+            "batch and the gradients are averaged (data parallel).\n");
+}
+
+static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
+    if (argc < 3 || !strcmp(argv[2], "-h") || !strcmp(argv[2], "--help")) {
+        opt->help = 1;
+        cli_print_usage_train(stdout);
+        return 0;
+    }
+    if (strcmp(argv[2], "dreambooth"))
+        return sdc_err(err, SDC_ERR_ARG, "sdc train: unknown kind '%s' ---> sdc train dreambooth --help", argv[2]);
+    Sdc__Job *job = job_new();
+    job->task = SDC__TASK__TASK_DREAMBOOTH;
+    job->has_task = 1;
+    Sdc__Dreambooth *d = calloc(1, sizeof *d);
+    SDC_CHECK(d);
+    sdc__dreambooth__init(d);
+    job->dreambooth = d;
+    int rc = 0;
+    for (int i = 3; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            opt->help = 1;
+            cli_print_usage_train(stdout);
+            cli_job_free(job);
+            return 0;
+        }
+        if (!strcmp(a, "--dump-manifest")) {
+            opt->dump_manifest = 1;
+            continue;
+        }
+        if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+            opt->quiet = 1;
+            continue;
+        }
+        char name[64];
+        if (!strcmp(a, "-t")) snprintf(name, sizeof name, "threads");
+        else if (strncmp(a, "--", 2) || strlen(a) > 60) {
+            rc = sdc_err(err, SDC_ERR_ARG, "sdc train dreambooth: unexpected argument '%s' ---> sdc train dreambooth --help", a);
+            break;
+        } else {
+            snprintf(name, sizeof name, "%s", a + 2);
+            for (char *p = name; *p; p++)
+                if (*p == '-') *p = '_';
+        }
+        ProtobufCMessage *msg = &d->base;
+        const char *field = name;
+        if (!strcmp(name, "pretrained_model") || !strcmp(name, "pretrained_model_name_or_path")) {
+            msg = &job->model->base;
+            field = "path";
+        } else if (!strcmp(name, "config") || !strcmp(name, "prediction_type")) {
+            msg = &job->model->base;
+        } else if (!strcmp(name, "threads")) {
+            msg = &job->runtime->base;
+        }
+        const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, field);
+        if (!fd) {
+            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> sdc train dreambooth --help", a);
+            break;
+        }
+        const char *v = NULL;
+        if (fd->type == PROTOBUF_C_TYPE_BOOL) {
+            v = "true";
+        } else if (!strcmp(field, "offset_noise")) { // a bare flag in diffusers: 0.1
+            char *end = NULL;
+            if (i + 1 < argc) (void)strtod(argv[i + 1], &end);
+            v = (i + 1 < argc && end && *end == 0 && end != argv[i + 1]) ? argv[++i] : "0.1";
+        } else if (i + 1 < argc) {
+            v = argv[++i];
+        } else {
+            rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> sdc train dreambooth --help", a);
+            break;
+        }
+        rc = manifest_set_field(msg, field, v, err);
+        if (rc) sdc_err_wrap(err, "%s", a);
     }
     if (rc) {
         cli_job_free(job);

@@ -5,6 +5,8 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "io/lora.h"
+
 static void print_indent(FILE *f, int n) {
     for (int i = 0; i < n; i++) fputs("  ", f);
 }
@@ -174,9 +176,23 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
     if (!job->model || !job->model->path || !job->model->path[0])
         return sdc_err(err, SDC_ERR_ARG, "manifest: field 'model.path' is empty ---> pass -m MODEL "
                                          "(a .safetensors file or a diffusers folder)");
+    {
+        const char *mp = job->model->path;
+        size_t n = strlen(mp);
+        if (n > 3 && !strcmp(mp + n - 3, ".h5"))
+            return sdc_err(err, SDC_ERR_UNSUPPORTED,
+                           "manifest: model.path %s is an sdc HDF5 checkpoint, which generation and training do not "
+                           "load directly\n---> make a diffusers folder once: sdc convert -m %s -o %.*s/", mp, mp,
+                           (int)(n - 3), mp);
+    }
     if (job->model->clip_skip < 0)
         return sdc_err(err, SDC_ERR_ARG, "manifest: model.clip_skip is %d; expected 0 (default) or more",
                        job->model->clip_skip);
+    for (size_t i = 0; i < job->model->n_lora; i++) {
+        LoraSpec spec;
+        if (lora_spec_parse(job->model->lora[i], &spec, err))
+            return sdc_err_wrap(err, "manifest: model.lora[%zu]", i);
+    }
     const char *pt = job->model->prediction_type;
     if (pt && pt[0] && strcmp(pt, "epsilon") && strcmp(pt, "v_prediction"))
         return sdc_err(err, SDC_ERR_ARG, "manifest: model.prediction_type '%s'; expected epsilon or v_prediction",
@@ -213,6 +229,10 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
                                              "right, bottom)", g->n_outpaint);
         if (!(g->cfg_scale >= 0.0f && g->cfg_scale <= 100.0f))
             return sdc_err(err, SDC_ERR_ARG, "manifest: generate.cfg_scale %g; expected 0 to 100", g->cfg_scale);
+    } else if (job->task == SDC__TASK__TASK_DREAMBOOTH) {
+        if (!job->dreambooth)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: task TASK_DREAMBOOTH needs a dreambooth { ... } section");
+        // the trainer's runner checks each field (jobs/train_runner.c)
     } else {
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "manifest: task %d is not implemented in this version of sdc",
                        job->task);

@@ -32,6 +32,10 @@ int manifest_field_present(const ProtobufCMessage *msg, const ProtobufCFieldDesc
 // (never the static default). Returns SDC_ERR_INTERNAL for an unknown field.
 int manifest_set_string(ProtobufCMessage *msg, const char *field, const char *v);
 
+// Sets scalar field `field` of msg from its text v ("5e-6", "true", "cosine",
+// an enum name; a repeated field gets v appended), parsed as the text format
+// parses it: errors name the field.
+int manifest_set_field(ProtobufCMessage *msg, const char *field, const char *v, SdcError *err);
 // Checks a Job for values no run can use; the message names the field.
 int manifest_validate(const Sdc__Job *job, SdcError *err);
 

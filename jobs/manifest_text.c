@@ -532,3 +532,41 @@ int manifest_set_string(ProtobufCMessage *msg, const char *field, const char *v)
     *(char **)slot = copy;
     return 0;
 }
+
+int manifest_set_field(ProtobufCMessage *msg, const char *field, const char *v, SdcError *err) {
+    const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, field);
+    if (!fd || fd->type == PROTOBUF_C_TYPE_MESSAGE)
+        return sdc_err(err, SDC_ERR_INTERNAL, "%s has no scalar field '%s'", msg->descriptor->name, field);
+    if (fd->type == PROTOBUF_C_TYPE_STRING && fd->label != PROTOBUF_C_LABEL_REPEATED)
+        return manifest_set_string(msg, field, v);
+    // One token of the text format: strings quoted by the lexer's rules.
+    char *text = NULL;
+    if (fd->type == PROTOBUF_C_TYPE_STRING) {
+        size_t n = strlen(v);
+        text = malloc(4 * n + 3);
+        SDC_CHECK(text);
+        char *o = text;
+        *o++ = '"';
+        for (const char *p = v; *p; p++) {
+            if (*p == '"' || *p == '\\') *o++ = '\\';
+            *o++ = *p;
+        }
+        *o++ = '"';
+        *o = 0;
+    } else {
+        text = strdup(v);
+        SDC_CHECK(text);
+    }
+    char where[160];
+    snprintf(where, sizeof where, "value of %s", field);
+    Lexer lx = {.src = text, .path = where, .len = strlen(text), .line = 1, .col = 1, .err = err};
+    unsigned char seen = 0;
+    int rc = lex_next(&lx);
+    if (!rc) rc = parse_field_value(&lx, msg, fd, 0, &seen);
+    if (!rc) {
+        rc = lex_next(&lx);
+        if (!rc && lx.kind != TK_EOF) rc = lex_fail(&lx, "one value expected for '%s', got '%s'", field, v);
+    }
+    free(text);
+    return rc;
+}

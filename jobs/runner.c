@@ -314,11 +314,21 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     double t0 = mono_s();
     SdModel m;
     const char *cfg = job->model->config && job->model->config[0] ? job->model->config : NULL;
-    rc = sd_model_load(&m, job->model->path, cfg, prediction, be, err);
+    // --lora FILE[:W]: merged into the weights at load
+    const size_t n_lora = job->model->n_lora;
+    LoraSpec *loras = n_lora ? calloc(n_lora, sizeof *loras) : NULL;
+    if (n_lora && !loras) rc = sdc_err(err, SDC_ERR_OOM, "LoRA list");
+    for (size_t i = 0; !rc && i < n_lora; i++) rc = lora_spec_parse(job->model->lora[i], &loras[i], err);
+    const SdLoadOpts lo = {.loras = loras, .n_loras = (int)n_lora};
+    if (!rc) rc = sd_model_load_opts(&m, job->model->path, cfg, prediction, be, &lo, err);
     if (rc) {
+        free(loras);
         backend_destroy(be);
         return sdc_err_wrap(err, "loading %s", job->model->path);
     }
+    for (size_t i = 0; !opt->quiet && i < n_lora; i++)
+        fprintf(stderr, "sdc: LoRA %s merged at weight %g\n", loras[i].path, loras[i].weight);
+    free(loras);
     const ModelInfo *info = model_files_info(m.files);
     GenInputs in;
     rc = load_inputs(g, info, &in, err);
@@ -472,6 +482,7 @@ int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     case SDC__TASK__TASK_GENERATE: return run_generate(job, opt, err);
     case SDC__TASK__TASK_DATASET_IMPORT: return run_dataset_import(job, opt, err);
     case SDC__TASK__TASK_CONVERT: return run_convert(job, opt, err);
+    case SDC__TASK__TASK_DREAMBOOTH: return run_dreambooth(job, opt, err);
     default: return sdc_err(err, SDC_ERR_UNSUPPORTED, "task %d is not implemented yet", job->task);
     }
 }

@@ -10,6 +10,8 @@ typedef struct RunOptions {
     int quiet;
 } RunOptions;
 
+// `sdc train dreambooth` (jobs/train_runner.c).
+int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 
 #endif

@@ -6,34 +6,15 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/arena.h"
+#include "models/clip_internal.h"
 #include "models/params.h"
 
 // ---- parameters ------------------------------------------------------------
 
-typedef struct ClipLayer {
-    Tensor ln1_w, ln1_b;            // (D)
-    Tensor q_w, k_w, v_w, o_w;      // (D, D)
-    Tensor q_b, k_b, v_b, o_b;      // (D)
-    Tensor ln2_w, ln2_b;            // (D)
-    Tensor fc1_w, fc1_b;            // (I, D), (I)
-    Tensor fc2_w, fc2_b;            // (D, I), (D)
-} ClipLayer;
-
-struct ClipModel {
-    ClipConfig cfg;
-    const Backend *be;
-    Arena params;        // converted parameters (F32 on the CPU: views into the mmap)
-    ParamTable table;    // named parameters, when loaded trainable (all of them in params)
-    Tensor tok_emb;      // (V, D)
-    Tensor pos_emb;      // (P, D)
-    ClipLayer *layers;   // cfg.layers of them
-    Tensor fln_w, fln_b; // (D)
-    Arena act;           // activations, planned by clip_reserve
-    int32_t *pos_ids;    // (reserved_batch, P) host: 0..P-1 per prompt
-    int reserved_batch;  // 0 = not planned yet
-};
+// ClipLayer and struct ClipModel: clip_internal.h (clip_train.c shares them).
 
 static void clip_get_params(ClipModel *m, ParamLoader *pl) {
     const ClipConfig *c = &m->cfg;
@@ -101,13 +82,16 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
     Arena meas;
     arena_init_measure(&meas);
     ParamLoader pl = {.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &meas, .err = err,
-                      .own = own};
+                      .own = own, .lora = o ? o->lora : NULL};
     clip_get_params(m, &pl);
     int rc = pl.failed ? err->code : 0;
     if (!rc) rc = arena_init(&m->params, be, meas.peak, err);
+    // Trainable: the arena is the flat buffer the optimizer sees; zero its padding.
+    if (!rc && own) memset(m->params.base, 0, m->params.cap);
     if (!rc) {
         pl = (ParamLoader){.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &m->params,
-                           .err = err, .own = own, .table = own ? &m->table : NULL};
+                           .err = err, .own = own, .table = own ? &m->table : NULL,
+                           .lora = o ? o->lora : NULL};
         clip_get_params(m, &pl);
         rc = pl.failed ? err->code : 0;
     }
@@ -122,6 +106,7 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
 
 void clip_free(ClipModel *m) {
     if (!m) return;
+    clip_train_free(m);
     arena_free(&m->act);
     arena_free(&m->params);
     param_table_free(&m->table);
@@ -213,12 +198,15 @@ int clip_reserve(ClipModel *m, int batch, SdcError *err) {
 
 // ---- encode ------------------------------------------------------------------
 
+int clip_default_layers(const ClipConfig *c) {
+    return c->layers - (c->default_skip >= 1 ? c->default_skip : 1) + 1;
+}
+
 int clip_encode(ClipModel *m, const int32_t *ids, int batch, int clip_skip, Tensor *out,
                 SdcError *err) {
     const ClipConfig *c = &m->cfg;
     if (batch <= 0 || !ids) return sdc_err(err, SDC_ERR_ARG, "clip_encode: no token ids (batch %d)", batch);
-    int default_skip = c->default_skip >= 1 ? c->default_skip : 1;
-    int n_default = c->layers - default_skip + 1;
+    int n_default = clip_default_layers(c);
     int n_layers = clip_skip > 0 ? n_default - (clip_skip - 1) : n_default;
     if (clip_skip < 0 || n_layers < 1 || n_layers > c->layers)
         return sdc_err(err, SDC_ERR_ARG,

@@ -7,10 +7,12 @@
 //
 // Parameters live in one arena sized by a measuring load; activations in one
 // arena planned by clip_reserve (a measuring forward pass), so clip_encode
-// never allocates.
+// never allocates. Training (DreamBooth --train-text-encoder, full or LoRA):
+// the clip_train_* functions below, in clip_train.c.
 #ifndef SDC_CLIP_H
 #define SDC_CLIP_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/backend.h"
@@ -52,5 +54,55 @@ const ClipConfig *clip_config(const ClipModel *m);
 size_t clip_param_bytes(const ClipModel *m);
 size_t clip_activation_bytes(const ClipModel *m);
 void clip_free(ClipModel *m);
+
+// ---- training (clip_train.c; CPU backend, fp32) ------------------------------
+// The default output only (clip_skip is not supported in training). A step:
+//   clip_train_reserve(m, &opts, batch, &err);                    // once
+//   clip_train_forward(m, ids, batch, &out, &err);  // out -> the UNet, loss
+//   clip_train_backward(m, &dout, &err);            // ADDS into the gradients
+//   clip_trainables(m, &p, &g, &n);  // AdamW over p[0..n), g[0..n); then zero g
+// clip_encode keeps running the base model (LoRA not applied).
+
+typedef struct ClipTrainOpts {
+    int lora_rank;      // 0: every parameter trainable (needs a trainable load);
+                        // r > 0: base frozen, LoRA on q/k/v/out_proj of every layer
+    float lora_alpha;   // LoRA scale = alpha / rank (diffusers' default: alpha = rank)
+    uint64_t lora_seed; // lora down (A) ~ normal(0, 1/rank) from sdc's torch-compatible
+                        // RNG (sampling/rng.h), one draw per (layer, q, k, v, out) in
+                        // that order; up (B) = 0 (peft init_lora_weights="gaussian")
+} ClipTrainOpts;
+
+// Plans and allocates everything training needs for up to `batch` prompts:
+// saved activations (a measuring forward + backward pass), the gradient arena
+// (full: the layout of the parameter arena; LoRA: of the LoRA arena), and the
+// LoRA parameters when o->lora_rank > 0. Gradients start at zero. Calling it
+// again with the same options and a batch that fits is free; a larger batch
+// re-plans the activations (parameters and gradients are kept); other
+// options are refused.
+int clip_train_reserve(ClipModel *m, const ClipTrainOpts *o, int batch, SdcError *err);
+// The forward pass that keeps what backward needs. ids: (batch, max_positions)
+// int32 on the host; out: (batch, max_positions, hidden) f32, the default
+// output (final_layer_norm after the last default layer), equal to
+// clip_encode(m, ids, batch, 0, out) for the base model. A batch larger than
+// reserved re-plans (clip_train_reserve with the same options).
+int clip_train_forward(ClipModel *m, const int32_t *ids, int batch, Tensor *out, SdcError *err);
+// dout: (batch, max_positions, hidden) f32, d loss / d out of the last
+// clip_train_forward. ADDS the parameter gradients into the gradient arena
+// (micro-batches accumulate); leaves the saved activations as they are, so
+// it may run again for the same forward.
+int clip_train_backward(ClipModel *m, const Tensor *dout, SdcError *err);
+// The trainable parameters and their gradients as flat f32 buffers of n
+// floats at the same offsets (full: the parameter arena; LoRA: the LoRA
+// arena). Padding between tensors is zero in both. NULL, NULL, 0 before
+// clip_train_reserve.
+void clip_trainables(ClipModel *m, float **params, float **grads, size_t *n);
+// The named trainable tensors, for checkpoints and export. Full: the load
+// table (diffusers names). LoRA: per layer and projection (q_proj, k_proj,
+// v_proj, out_proj) "text_model.encoder.layers.<i>.self_attn.<proj>.lora.down.weight"
+// (rank, in) and "....lora.up.weight" (out, rank). NULL before clip_train_reserve.
+const ParamTable *clip_train_table(const ClipModel *m);
+// Bytes of the training activations, the gradients and the LoRA parameters
+// (for the memory report); 0 before clip_train_reserve.
+size_t clip_train_bytes(const ClipModel *m);
 
 #endif

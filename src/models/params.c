@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/lora.h"
+
 void param_table_free(ParamTable *t) {
     free(t->e);
     memset(t, 0, sizeof *t);
@@ -46,32 +48,31 @@ static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t 
     }
     pl->count++;
     pl->numel += (size_t)tensor_numel(&src);
+    const int lora = pl->lora && lora_set_targets(pl->lora, pl->comp, name);
+    if (lora && lora_merge(pl->lora, pl->comp, name, src.ndim, src.shape, NULL, pl->err)) { // shapes only
+        pl->failed = 1;
+        return none;
+    }
 
     // In place: the CPU backend computing in the file's dtype.
-    if (!pl->own && pl->be->device == DEV_CPU && src.dtype == pl->be->param_dtype) return src;
+    if (!pl->own && !lora && pl->be->device == DEV_CPU && src.dtype == pl->be->param_dtype) return src;
 
     Tensor dst = arena_tensor(pl->arena, pl->be->param_dtype, ndim, shape);
     if (pl->arena->measure) return dst;
     if (pl->table) table_add(pl, name, &dst);
     size_t n = (size_t)tensor_numel(&src);
-    if (pl->be->device == DEV_CPU) {
-        if (dst.dtype == DT_F32) {
-            convert_to_f32(dst.data, src.data, src.dtype, n);
-        } else {
-            float *tmp = malloc(n * sizeof(float)); // once per parameter at load
-            SDC_CHECK(tmp);
-            convert_to_f32(tmp, src.data, src.dtype, n);
-            convert_from_f32(dst.data, dst.dtype, tmp, n);
-            free(tmp);
-        }
-    } else {
-        float *tmp = malloc(n * sizeof(float));
-        SDC_CHECK(tmp);
-        convert_to_f32(tmp, src.data, src.dtype, n);
-        backend_upload_f32(pl->be, &dst, tmp, n);
-        free(tmp);
+    // f32 first (straight into dst on a CPU F32 backend), then the LoRA updates, then dst's dtype
+    const int direct = pl->be->device == DEV_CPU && dst.dtype == DT_F32;
+    float *f32 = direct ? dst.data : malloc(n * sizeof(float)); // once per parameter at load
+    SDC_CHECK(f32);
+    convert_to_f32(f32, src.data, src.dtype, n);
+    if (lora && lora_merge(pl->lora, pl->comp, name, src.ndim, src.shape, f32, pl->err)) pl->failed = 1;
+    if (!direct) {
+        if (pl->be->device == DEV_CPU) convert_from_f32(dst.data, dst.dtype, f32, n);
+        else backend_upload_f32(pl->be, &dst, f32, n);
+        free(f32);
     }
-    return dst;
+    return pl->failed ? none : dst;
 }
 
 Tensor param_get(ParamLoader *pl, int ndim, const int64_t *shape, const char *fmt, ...) {

@@ -29,9 +29,12 @@ void param_table_free(ParamTable *t);
 // Index of the entry named `name`, or -1.
 int param_table_find(const ParamTable *t, const char *name);
 
+struct LoraSet; // io/lora.h
+
 // How a model is loaded (NULL = for inference).
 typedef struct ModelLoadOpts {
     int trainable; // own F32 copies in one arena, named in a ParamTable (never mmap views)
+    const struct LoraSet *lora; // LoRAs merged into the weights they target (NULL: none)
 } ModelLoadOpts;
 
 typedef struct ParamLoader {
@@ -45,6 +48,10 @@ typedef struct ParamLoader {
     size_t numel;   // their total element count
     int own;        // copy every parameter into the arena, even when it could be a view
     ParamTable *table; // when non-NULL (real pass), every parameter is recorded here
+    // LoRAs (io/lora.h): a parameter they target is checked against them in
+    // both passes and always copied into the arena (never a view) with the
+    // updates added in f32 before the conversion to be->param_dtype.
+    const struct LoraSet *lora;
 } ParamLoader;
 
 // shape is given as a literal list: PARAM(pl, SHAPE(C, C, 3, 3), "conv_in.weight")

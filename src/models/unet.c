@@ -300,14 +300,16 @@ int unet_load_opts(Unet **out, const ModelFiles *mf, const Backend *be, const Mo
     // Pass 1: check every name and shape, count the bytes to convert.
     Arena meas;
     arena_init_measure(&meas);
-    ParamLoader pl = {.mf = mf, .comp = COMP_UNET, .be = be, .arena = &meas, .err = err, .own = own};
+    ParamLoader pl = {.mf = mf, .comp = COMP_UNET, .be = be, .arena = &meas, .err = err, .own = own,
+                      .lora = o ? o->lora : NULL};
     rc = unet_build(m, &pl, err);
     if (rc) goto fail;
     // Pass 2: for real.
     rc = arena_init(&m->params, be, meas.peak, err);
     if (rc) goto fail;
+    if (own) memset(m->params.base, 0, m->params.cap); // padding too: the flat buffer is optimized
     pl = (ParamLoader){.mf = mf, .comp = COMP_UNET, .be = be, .arena = &m->params, .err = err,
-                       .own = own, .table = own ? &m->table : NULL};
+                       .own = own, .table = own ? &m->table : NULL, .lora = o ? o->lora : NULL};
     rc = unet_build(m, &pl, err);
     if (rc) goto fail;
     m->param_count = pl.count;

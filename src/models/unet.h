@@ -171,5 +171,9 @@ const ParamTable *unet_train_table(const Unet *m);
 // Bytes planned for training: kept activations, backward scratch, gradients
 // (and LoRA parameters), by unet_train_reserve.
 size_t unet_train_bytes(const Unet *m);
+// on = 1: adds the LoRA to the base weights (kept: the base must be loaded
+// trainable) so unet_forward sees the adapted model; on = 0 restores the
+// exact base weights. No-op without LoRA.
+int unet_lora_merge(Unet *m, int on, SdcError *err);
 
 #endif

@@ -84,6 +84,8 @@ typedef struct UnetTrain {
     Tensor ctx;                 // (N, L, cross) the caller's context
     Tensor dctx;                // accumulated (want_dctx)
     int have_forward;
+    float *merge_backup; // base projection weights while LoRA is merged
+    int merged;
 } UnetTrain;
 
 // ---------------------------------------------------------------------------
@@ -631,6 +633,7 @@ void unet_train_free(Unet *m) {
     free(T->sv);
     free(T->lora);
     free(T->lora_base);
+    free(T->merge_backup);
     param_table_free(&T->lora_table);
     free(T);
     m->train = NULL;
@@ -778,14 +781,14 @@ int unet_train_forward(Unet *m, Tensor *out, const Tensor *x, const float *times
     if (!T) return sdc_err(err, SDC_ERR_ARG, "unet: unet_train_reserve first");
     const UnetConfig *c = &m->cfg;
     if (x->ndim != 4 || ctx->ndim != 3 || out->ndim != 4 || x->dtype != DT_F32 || ctx->dtype != DT_F32 ||
-        out->dtype != DT_F32 || x->shape[0] != T->batch || x->shape[1] != c->in_channels ||
-        x->shape[2] != T->h || x->shape[3] != T->w || ctx->shape[0] != T->batch ||
-        ctx->shape[1] != T->ctx_len || ctx->shape[2] != c->cross_dim || out->shape[0] != T->batch ||
+        out->dtype != DT_F32 || x->shape[0] < 1 || x->shape[0] > T->batch || x->shape[1] != c->in_channels ||
+        x->shape[2] != T->h || x->shape[3] != T->w || ctx->shape[0] != x->shape[0] ||
+        ctx->shape[1] != T->ctx_len || ctx->shape[2] != c->cross_dim || out->shape[0] != x->shape[0] ||
         out->shape[1] != c->out_channels || out->shape[2] != T->h || out->shape[3] != T->w) {
         char b1[64], b2[64], b3[64];
         return sdc_err(err, SDC_ERR_ARG,
                        "unet training: x %s, context %s, out %s do not match the reservation "
-                       "(batch %d, latent %dx%d, %d tokens)",
+                       "(batch up to %d, latent %dx%d, %d tokens)",
                        tensor_shape_str(x, b1, sizeof b1), tensor_shape_str(ctx, b2, sizeof b2),
                        tensor_shape_str(out, b3, sizeof b3), T->batch, T->h, T->w, T->ctx_len);
     }
@@ -835,4 +838,62 @@ size_t unet_train_bytes(const Unet *m) {
     size_t s = 0;
     for (int i = 0; i <= B_LORA; i++) s += m->train->bytes[i];
     return s;
+}
+
+// ---------------------------------------------------------------------------
+// LoRA merged into the base weights (inference with the trained adapter)
+// ---------------------------------------------------------------------------
+
+int unet_lora_merge(Unet *m, int on, SdcError *err) {
+    UnetTrain *T = m->train;
+    if (!T || !T->o.lora_rank) return 0;
+    if (on && !m->table.n)
+        return sdc_err(err, SDC_ERR_ARG, "unet: merging LoRA needs the base loaded trainable (own copies)");
+    int k = 0;
+    size_t need = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = 0;
+        k = 0;
+        for (int bi = 0; bi < m->n_blocks; bi++) {
+            const UnetBlock *b = &m->blocks[bi];
+            if (b->info.kind != UNET_BLOCK_TRANSFORMER) continue;
+            for (int l = 0; l < b->tf.n_layers; l++) {
+                TLayerParams *p = &b->tf.layers[l];
+                Tensor *ws[LORA_PER_LAYER] = {&p->attn1.q, &p->attn1.k, &p->attn1.v, &p->attn1.out_w,
+                                              &p->attn2.q, &p->attn2.k, &p->attn2.v, &p->attn2.out_w};
+                for (int j = 0; j < LORA_PER_LAYER; j++, k++) {
+                    size_t n = (size_t)tensor_numel(ws[j]);
+                    if (pass == 0) {
+                        need += n;
+                        continue;
+                    }
+                    float *w = tensor_f32p(ws[j]), *bk = T->merge_backup + off;
+                    off += n;
+                    if (!on) { // restore the exact base weights
+                        memcpy(w, bk, n * sizeof *w);
+                        continue;
+                    }
+                    memcpy(bk, w, n * sizeof *w);
+                    const LoraPair *lp = &T->lora[k];
+                    int64_t out = ws[j]->shape[0], in = ws[j]->shape[1], r = lp->down.shape[0];
+                    const float *up = tensor_f32p(&lp->up), *down = tensor_f32p(&lp->down);
+                    for (int64_t o = 0; o < out; o++)
+                        for (int64_t q = 0; q < r; q++) {
+                            float u = T->lora_scale * up[o * r + q];
+                            for (int64_t i = 0; i < in; i++) w[o * in + i] += u * down[q * in + i];
+                        }
+                }
+            }
+        }
+        if (pass == 0) {
+            if (!on && !T->merged) return 0;
+            if (on && T->merged) return 0;
+            if (!T->merge_backup) {
+                T->merge_backup = malloc(need * sizeof(float));
+                if (!T->merge_backup) return sdc_err(err, SDC_ERR_OOM, "unet: out of memory merging LoRA");
+            }
+        }
+    }
+    T->merged = on;
+    return 0;
 }

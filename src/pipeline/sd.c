@@ -14,16 +14,26 @@
 
 int sd_model_load(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
                   SdcError *err) {
+    return sd_model_load_opts(m, path, config_dir, prediction, be, NULL, err);
+}
+
+int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
+                       const SdLoadOpts *o, SdcError *err) {
     memset(m, 0, sizeof *m);
     m->be = be;
     int rc = model_files_open(&m->files, path, config_dir, prediction, err);
     if (rc) return rc;
     const ModelInfo *info = model_files_info(m->files);
-    rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m->tok, info->tokenizer_dir, err)
-                                : clip_tok_load_default(&m->tok, err);
-    if (!rc) rc = clip_load(&m->clip, m->files, be, err);
-    if (!rc) rc = unet_load(&m->unet, m->files, be, err);
+    // the LoRA files stay open only while the weights they update are loaded
+    LoraSet loras = {0};
+    if (o && o->n_loras > 0) rc = lora_set_open(&loras, o->loras, o->n_loras, m->files, err);
+    const ModelLoadOpts lo = {.lora = loras.n ? &loras : NULL};
+    if (!rc) rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m->tok, info->tokenizer_dir, err)
+                                         : clip_tok_load_default(&m->tok, err);
+    if (!rc) rc = clip_load_opts(&m->clip, m->files, be, &lo, err);
+    if (!rc) rc = unet_load_opts(&m->unet, m->files, be, &lo, err);
     if (!rc) rc = vae_load(&m->vae, m->files, be, err);
+    lora_set_free(&loras);
     if (rc) sd_model_free(m);
     return rc;
 }

@@ -11,6 +11,7 @@
 
 #include "core/arena.h"
 #include "core/backend.h"
+#include "io/lora.h"
 #include "io/weights.h"
 #include "models/clip.h"
 #include "models/unet.h"
@@ -53,6 +54,14 @@ typedef void (*ProgressFn)(void *user, int step, int total);
 
 int sd_model_load(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
                   SdcError *err);
+// What sd_model_load_opts adds: LoRAs (io/lora.h), each merged into the text
+// encoder and UNet weights it targets with its weight (0: checked, not applied).
+typedef struct SdLoadOpts {
+    const LoraSpec *loras;
+    int n_loras;
+} SdLoadOpts;
+int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
+                       const SdLoadOpts *o, SdcError *err);
 void sd_model_free(SdModel *m);
 
 // Text conditioning: ctx (2, L, D) host floats, row 0 the negative prompt

@@ -1,0 +1,609 @@
+// train_runner.c: runs a DreamBooth job (Job.dreambooth, `sdc train
+// dreambooth`): data in, trainer (src/train/dreambooth.h) with its hooks
+// (MPI data parallel, checkpoints, metrics, validation), model out.
+//
+// What happens, in order:
+//   1. the instance photos are imported into OUTPUT_DIR/instance.h5 with VAE
+//      latents cached (an HDF5 dataset given instead is used as it is);
+//   2. with prior preservation, class images missing from --class-data are
+//      generated with the class prompt (PNGs in that folder, as diffusers
+//      does), then imported into OUTPUT_DIR/class.h5 (reused while the folder
+//      holds the same number of images);
+//   3. the model is loaded for training, a checkpoint resumed if asked;
+//   4. training, with checkpoint-<step>.h5 every --checkpointing-steps,
+//      validation PNGs every --validation-steps and one JSON line of metrics
+//      per step in OUTPUT_DIR/metrics.jsonl;
+//   5. export: full fine-tuning writes OUTPUT_DIR/model.h5 (complete sdc
+//      checkpoint), OUTPUT_DIR/model.safetensors (single file, original
+//      layout) and OUTPUT_DIR/diffusers/; LoRA writes
+//      OUTPUT_DIR/pytorch_lora_weights.safetensors (diffusers or kohya).
+// Every rank runs the same steps on its share of each batch; rank 0 writes
+// checkpoints, metrics, validation images and the export.
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "data/convert.h"
+#include "data/dataset.h"
+#include "data/h5util.h"
+#include "data/train_ckpt.h"
+#include "io/image.h"
+#include "io/lora.h"
+#include "jobs/manifest.h"
+#include "jobs/runner.h"
+#include "mpi/dp.h"
+#include "train/dreambooth.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int mkdir_p(const char *dir, SdcError *err) {
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0755) && errno != EEXIST)
+                return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
+            *p = '/';
+        }
+    if (mkdir(tmp, 0755) && errno != EEXIST)
+        return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
+    return 0;
+}
+
+// JPEG/PNG files directly in dir.
+static int count_images(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *x = strrchr(e->d_name, '.');
+        if (e->d_name[0] != '.' && x &&
+            (!strcasecmp(x, ".png") || !strcasecmp(x, ".jpg") || !strcasecmp(x, ".jpeg")))
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
+static char *job_manifest_text(const Sdc__Job *job) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return NULL;
+    manifest_print_text(f, &job->base, 0);
+    fclose(f);
+    return buf;
+}
+
+// ---------------------------------------------------------------------------
+// data
+// ---------------------------------------------------------------------------
+
+// Imports `src` (a folder) into `out` with latents cached, unless out already
+// holds exactly `expect` items (expect < 0: any) at this resolution.
+static int import_folder(const Sdc__Job *job, const char *src, const char *out, const char *prompt, int expect,
+                         const H5Par *par, int quiet, SdcError *err) {
+    const Sdc__Dreambooth *d = job->dreambooth;
+    if (access(out, F_OK) == 0) {
+        Dataset ds;
+        SdcError e2 = {0};
+        if (dataset_open(&ds, out, &e2) == 0) {
+            int ok = ds.resolution == d->resolution && ds.latents >= 0 && (expect < 0 || ds.n == expect);
+            dataset_close(&ds);
+            if (ok) return 0;
+        }
+    }
+    const char *srcs[1] = {src};
+    DatasetImportOpts o = {.sources = srcs, .n_sources = 1, .output = out, .resolution = d->resolution,
+                           .center_crop = d->center_crop, .seed = (uint64_t)d->seed, .prompt = prompt,
+                           .cache_latents_model = job->model->path, .latents_dtype = DT_F32, .quiet = quiet};
+    DatasetImportStats st;
+    if (dataset_import(&o, par, &st, err)) // name the flag: its message only says "the sources"
+        return sdc_err_wrap(err, "%s %s", src == d->instance_data ? "--instance-data" : "--class-data", src);
+    if (st.written == 0)
+        return sdc_err(err, SDC_ERR_ARG, "%s: no readable JPEG/PNG images (%lld found, %lld skipped)\n"
+                       "---> point it at a folder of photos of the subject", src, (long long)st.candidates,
+                       (long long)st.skipped);
+    if (!quiet && par->rank == 0)
+        fprintf(stderr, "sdc: imported %lld images of %s into %s (latents cached)\n", (long long)st.written, src, out);
+    return 0;
+}
+
+// All latents of an HDF5 dataset (times its scaling factor, as stored).
+static int read_latents(const char *path, int resolution, float **out, int *n, int *lh, int *lw, SdcError *err) {
+    Dataset ds;
+    SDC_TRY(dataset_open(&ds, path, err));
+    int rc = 0;
+    if (ds.resolution != resolution)
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: images at %d px, training at --resolution %d\n"
+                     "---> re-import it at %d (sdc dataset import --resolution %d --cache-latents) or pass a folder",
+                     path, ds.resolution, resolution, resolution, resolution);
+    else if (ds.latents < 0)
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: no cached latents\n---> re-import it with --cache-latents -m MODEL",
+                     path);
+    else if (ds.n < 1)
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: the dataset is empty", path);
+    if (!rc) {
+        size_t lat = (size_t)ds.latent_shape[0] * ds.latent_shape[1] * ds.latent_shape[2];
+        *out = malloc((size_t)ds.n * lat * sizeof(float));
+        if (!*out) rc = sdc_err(err, SDC_ERR_OOM, "out of memory for %lld latents", (long long)ds.n);
+        for (int64_t i = 0; !rc && i < ds.n; i++) rc = dataset_read_latent(&ds, i, *out + i * lat, err);
+        *n = (int)ds.n;
+        *lh = ds.latent_shape[1];
+        *lw = ds.latent_shape[2];
+    }
+    dataset_close(&ds);
+    return rc;
+}
+
+// diffusers: class images generated with the class prompt until the folder
+// holds num_class_images (the pipeline's default sampler, PNDM, for SD 1.x).
+// Rank r makes the missing images i with i % R == r.
+static int make_class_images(const Sdc__Job *job, const Backend *be, const char *dir, int have, const H5Par *par,
+                             int quiet, SdcError *err) {
+    const Sdc__Dreambooth *d = job->dreambooth;
+    int want = d->num_class_images, missing = want - have;
+    if (missing <= 0) return 0;
+    if (!quiet && par->rank == 0)
+        fprintf(stderr, "sdc: generating %d class images of \"%s\" into %s (%d steps, cfg %.1f)\n", missing,
+                d->class_prompt, dir, d->class_inference_steps, d->class_guidance_scale);
+    SdModel m;
+    SDC_TRY(sd_model_load(&m, job->model->path, job->model->config && job->model->config[0] ? job->model->config : NULL,
+                          -1, be, err));
+    const ClipConfig *cc = clip_config(m.clip);
+    float *ctx = malloc((size_t)2 * cc->max_positions * cc->hidden * sizeof(float));
+    size_t img = (size_t)3 * d->resolution * d->resolution;
+    int bs = d->sample_batch_size > 0 ? d->sample_batch_size : 1;
+    float *pix = malloc((size_t)bs * img * sizeof(float));
+    uint8_t *rgb = malloc(img);
+    int rc = !ctx || !pix || !rgb ? sdc_err(err, SDC_ERR_OOM, "out of memory generating class images") : 0;
+    if (!rc) rc = sd_encode_prompt(&m, d->class_prompt, "", 0, ctx, err);
+    double t0 = now_s();
+    int done = 0;
+    // this rank's images, in batches of consecutive seeds
+    for (int i = have + par->rank; !rc && i < want; i += par->size * bs) {
+        int nb = 0;
+        while (nb < bs && i + nb * par->size < want) nb++;
+        // one batch = consecutive items of this rank's stride; seeds = seed + item
+        for (int k = 0; !rc && k < nb; k++) {
+            int item = i + k * par->size;
+            GenParams p = {.mode = GEN_TXT2IMG, .steps = d->class_inference_steps,
+                           .cfg_scale = d->class_guidance_scale, .sampler = SAMPLER_PNDM,
+                           .seed = (uint64_t)d->seed + 1000003u + (uint64_t)item, .width = d->resolution,
+                           .height = d->resolution, .batch = 1};
+            rc = sd_generate(&m, &p, ctx, NULL, pix, NULL, NULL, err);
+            if (rc) break;
+            char path[1200];
+            snprintf(path, sizeof path, "%s/class-%05d.png", dir, item);
+            image_from_vae(rgb, pix, 0, d->resolution, d->resolution); // item 0 of pix
+            rc = image_write_png(path, rgb, d->resolution, d->resolution, d->class_prompt, err);
+            done++;
+            if (!quiet && par->rank == 0)
+                fprintf(stderr, "\r  class images %d/%d (rank 0)  %.1f s/image ", done, (missing + par->size - 1) / par->size,
+                        (now_s() - t0) / done);
+        }
+    }
+    if (!quiet && par->rank == 0) fputc('\n', stderr);
+    free(ctx), free(pix), free(rgb);
+    sd_model_free(&m);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------
+// hooks
+// ---------------------------------------------------------------------------
+
+typedef struct TrainRun {
+    const Sdc__Job *job;
+    DataParallel dp;
+    H5Par par;
+    int quiet, tty;
+    FILE *metrics;
+    double t0;
+    int64_t first_step;
+} TrainRun;
+
+static int hook_mean(void *u, float *buf, size_t n, SdcError *err) {
+    return dp_allreduce_mean(&((TrainRun *)u)->dp, buf, n, err);
+}
+
+static int hook_sum(void *u, double *v, int n, SdcError *err) {
+    return dp_allreduce_sum_double(&((TrainRun *)u)->dp, v, n, err);
+}
+
+static int hook_step(void *u, const DbStepInfo *s, SdcError *err) {
+    TrainRun *r = u;
+    (void)err;
+    if (r->par.rank != 0) return 0;
+    if (r->metrics) {
+        fprintf(r->metrics,
+                "{\"step\": %lld, \"loss\": %.8g, \"loss_prior\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, "
+                "\"images_per_s\": %.4g, \"step_s\": %.4g, \"ranks\": %d}\n",
+                (long long)s->step, s->loss, s->loss_prior, s->lr, s->grad_norm, s->items_per_s, s->seconds,
+                r->par.size);
+        fflush(r->metrics);
+    }
+    if (r->quiet) return 0;
+    double el = now_s() - r->t0, done = (double)(s->step - r->first_step);
+    double rate = done / (el > 1e-9 ? el : 1e-9), eta = (s->max_steps - s->step) / (rate > 0 ? rate : 1);
+    if (r->tty) {
+        char bar[31];
+        int fill = (int)(s->step * 30 / s->max_steps);
+        for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '-';
+        bar[30] = 0;
+        fprintf(stderr, "\r  |%s| step %lld/%lld  loss %.4f  lr %.3g  %.2f it/s  ETA %.0fs ", bar,
+                (long long)s->step, (long long)s->max_steps, s->loss, s->lr, rate, eta);
+        if (s->step == s->max_steps) fputc('\n', stderr);
+    } else if (s->step == s->max_steps || s->step % 10 == 0 || s->step == r->first_step + 1) {
+        fprintf(stderr, "  step %lld/%lld loss %.4f lr %.3g %.2f it/s eta %.0fs\n", (long long)s->step,
+                (long long)s->max_steps, s->loss, s->lr, rate, eta);
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// checkpoints and export
+// ---------------------------------------------------------------------------
+
+typedef struct CkptParts {
+    TrainCkptComponent comps[2];
+    TrainCkptKey keys[6];
+    char vals[6][64];
+    TrainCkptSpec spec;
+} CkptParts;
+
+static void ckpt_parts(CkptParts *p, const Sdc__Job *job, DbTrainer *t, char *manifest) {
+    const Sdc__Dreambooth *d = job->dreambooth;
+    memset(p, 0, sizeof *p);
+    int lora = d->lora_rank > 0, nc = 0;
+    p->comps[nc++] = (TrainCkptComponent){.group = lora ? "unet_lora" : "unet",
+                                          .table = unet_train_table(t->model->unet), .opt_group = 0};
+    if (d->train_text_encoder)
+        p->comps[nc++] = (TrainCkptComponent){.group = lora ? "text_encoder_lora" : "text_encoder",
+                                              .table = clip_train_table(t->model->clip), .opt_group = 1};
+    static const char *const keys[6] = {"model", "lora_rank", "train_text_encoder", "resolution",
+                                        "with_prior_preservation", "seed"};
+    snprintf(p->vals[0], sizeof p->vals[0], "%.63s", job->model->path);
+    snprintf(p->vals[1], sizeof p->vals[1], "%d", d->lora_rank);
+    snprintf(p->vals[2], sizeof p->vals[2], "%d", d->train_text_encoder ? 1 : 0);
+    snprintf(p->vals[3], sizeof p->vals[3], "%d", d->resolution);
+    snprintf(p->vals[4], sizeof p->vals[4], "%d", d->with_prior_preservation ? 1 : 0);
+    snprintf(p->vals[5], sizeof p->vals[5], "%lld", (long long)d->seed);
+    for (int i = 0; i < 6; i++) p->keys[i] = (TrainCkptKey){.key = keys[i], .value = p->vals[i]};
+    p->spec = (TrainCkptSpec){.comps = p->comps, .n_comps = nc, .opt = &t->opt, .job = p->keys, .n_job = 6,
+                              .manifest = manifest};
+}
+
+static int save_checkpoint(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err) {
+    const Sdc__Dreambooth *d = r->job->dreambooth;
+    if (r->par.rank == 0) {
+        char path[1200];
+        CkptParts p;
+        ckpt_parts(&p, r->job, t, manifest);
+        TrainCkptState st = {.step = t->st.global_step, .epoch = t->st.epoch, .micro_step = t->st.batch_in_epoch,
+                             .loss = t->st.last_loss};
+        int rc = train_ckpt_rotate(d->output_dir, d->checkpoints_total_limit, NULL, err);
+        if (!rc) rc = train_ckpt_path(d->output_dir, t->st.global_step, path, sizeof path, err);
+        if (!rc) rc = train_ckpt_save(path, &p.spec, &st, err);
+        if (!rc && d->checkpoints_total_limit > 0) rc = train_ckpt_rotate(d->output_dir, d->checkpoints_total_limit + 1, NULL, err);
+        if (!rc && !r->quiet) fprintf(stderr, "%ssdc: saved %s\n", r->tty ? "\n" : "", path);
+        return h5_par_agree(&r->par, rc, err);
+    }
+    return h5_par_agree(&r->par, 0, err);
+}
+
+static int validate(TrainRun *r, DbTrainer *t, SdcError *err) {
+    const Sdc__Dreambooth *d = r->job->dreambooth;
+    int rc = 0;
+    if (r->par.rank == 0) {
+        int n = d->num_validation_images > 0 ? d->num_validation_images : 1;
+        size_t img = (size_t)3 * t->data.lat_h * 8 * t->data.lat_w * 8;
+        float *pix = malloc((size_t)n * img * sizeof(float));
+        uint8_t *rgb = malloc(img);
+        char dir[1100];
+        snprintf(dir, sizeof dir, "%s/validation", d->output_dir);
+        rc = !pix || !rgb ? sdc_err(err, SDC_ERR_OOM, "out of memory for validation images") : mkdir_p(dir, err);
+        if (!rc) rc = db_validate(t, d->validation_prompt, n, d->validation_inference_steps, 7.5f, (uint64_t)d->seed,
+                                  pix, err);
+        for (int i = 0; !rc && i < n; i++) {
+            char path[1200];
+            snprintf(path, sizeof path, "%s/step-%06lld-%d.png", dir, (long long)t->st.global_step, i);
+            image_from_vae(rgb, pix, i, t->data.lat_h * 8, t->data.lat_w * 8); // item i of pix
+            rc = image_write_png(path, rgb, t->data.lat_w * 8, t->data.lat_h * 8, d->validation_prompt, err);
+        }
+        if (!rc && !r->quiet)
+            fprintf(stderr, "%ssdc: %d validation images in %s\n", r->tty ? "\n" : "", n, dir);
+        free(pix), free(rgb);
+    }
+    return h5_par_agree(&r->par, rc, err);
+}
+
+static int export_model(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err) {
+    const Sdc__Dreambooth *d = r->job->dreambooth;
+    char path[1200], base[1200];
+    int rc = 0;
+    if (d->lora_rank > 0) {
+        LoraFormat fmt = d->lora_format && !strcmp(d->lora_format, "kohya") ? LORA_FORMAT_KOHYA : LORA_FORMAT_DIFFUSERS;
+        LoraTensor *lt[2] = {NULL, NULL};
+        int n[2] = {0, 0};
+        rc = lora_tensors_from_table(unet_train_table(t->model->unet), COMP_UNET, t->cfg.lora_alpha, &lt[0], &n[0], err);
+        if (!rc && d->train_text_encoder)
+            rc = lora_tensors_from_table(clip_train_table(t->model->clip), COMP_TEXT_ENCODER, t->cfg.lora_alpha, &lt[1],
+                                         &n[1], err);
+        LoraTensor *all = rc ? NULL : malloc((size_t)(n[0] + n[1] + 1) * sizeof *all);
+        if (!rc && !all) rc = sdc_err(err, SDC_ERR_OOM, "out of memory writing the LoRA");
+        if (!rc) {
+            memcpy(all, lt[0], (size_t)n[0] * sizeof *all);
+            if (n[1]) memcpy(all + n[0], lt[1], (size_t)n[1] * sizeof *all);
+            snprintf(path, sizeof path, "%s/pytorch_lora_weights.safetensors", d->output_dir);
+            rc = lora_save(path, fmt, all, n[0] + n[1], err);
+            if (!rc && !r->quiet)
+                fprintf(stderr, "sdc: LoRA (%s format, rank %d) written to %s ---> sdc generate -m %s --lora %s\n",
+                        fmt == LORA_FORMAT_KOHYA ? "kohya" : "diffusers", d->lora_rank, path, r->job->model->path, path);
+        }
+        free(all), free(lt[0]), free(lt[1]);
+        return rc;
+    }
+    // Full fine-tuning: a complete checkpoint (the frozen parts from the base
+    // model, converted once), then the single file and the diffusers folder.
+    snprintf(base, sizeof base, "%s/.base.h5", d->output_dir);
+    ConvertOpts co = {.model = r->job->model->path,
+                      .config = r->job->model->config && r->job->model->config[0] ? r->job->model->config : NULL,
+                      .output = base, .dtype = -1, .manifest = manifest, .quiet = 1};
+    rc = convert_run(&co, err);
+    CkptParts p;
+    ckpt_parts(&p, r->job, t, manifest);
+    p.spec.opt = NULL;
+    for (int i = 0; i < p.spec.n_comps; i++) p.comps[i].opt_group = -1;
+    const char *frozen[2] = {"vae", "text_encoder"};
+    p.spec.base = base;
+    p.spec.frozen = frozen;
+    p.spec.n_frozen = d->train_text_encoder ? 1 : 2;
+    TrainCkptState st = {.step = t->st.global_step, .epoch = t->st.epoch, .micro_step = t->st.batch_in_epoch,
+                         .loss = t->st.last_loss};
+    snprintf(path, sizeof path, "%s/model.h5", d->output_dir);
+    if (!rc) rc = train_ckpt_save(path, &p.spec, &st, err);
+    unlink(base);
+    char out[1200];
+    snprintf(out, sizeof out, "%s/model.safetensors", d->output_dir);
+    co = (ConvertOpts){.model = path, .output = out, .dtype = -1, .manifest = manifest, .quiet = 1};
+    if (!rc) rc = convert_run(&co, err);
+    snprintf(out, sizeof out, "%s/diffusers", d->output_dir);
+    co.output = out;
+    if (!rc) rc = convert_run(&co, err);
+    if (!rc && !r->quiet)
+        fprintf(stderr, "sdc: fine-tuned model written to %s/model.h5, %s/model.safetensors and %s/\n", d->output_dir,
+                d->output_dir, out);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------
+// the job
+// ---------------------------------------------------------------------------
+
+static int check_job(const Sdc__Job *job, SdcError *err) {
+    const Sdc__Dreambooth *d = job->dreambooth;
+#define NEED(cond, ...) \
+    if (!(cond)) return sdc_err(err, SDC_ERR_ARG, __VA_ARGS__)
+    NEED(d, "no dreambooth section in the job ---> sdc train dreambooth --help");
+    NEED(job->model && job->model->path && job->model->path[0],
+         "no model to fine-tune ---> --pretrained-model MODEL (.safetensors or diffusers folder)");
+    NEED(d->instance_data && d->instance_data[0], "no instance data ---> --instance-data FOLDER (photos of the subject)");
+    NEED(d->instance_prompt && d->instance_prompt[0], "no instance prompt ---> --instance-prompt \"a photo of sks dog\"");
+    NEED(!d->with_prior_preservation || (d->class_data && d->class_data[0] && d->class_prompt && d->class_prompt[0]),
+         "--with-prior-preservation needs --class-data FOLDER and --class-prompt \"a photo of dog\"");
+    NEED(d->resolution >= 8 && d->resolution % 8 == 0, "--resolution %d: a positive multiple of 8 is needed", d->resolution);
+    NEED(d->train_batch_size >= 1 && d->gradient_accumulation_steps >= 1 && d->max_train_steps >= 0,
+         "--train-batch-size, --gradient-accumulation-steps must be >= 1 and --max-train-steps >= 0");
+    NEED(d->learning_rate > 0 && isfinite(d->learning_rate), "--learning-rate %g must be positive", d->learning_rate);
+    NEED(d->lora_rank >= 0 && d->lora_alpha >= 0, "--lora-rank and --lora-alpha must be >= 0");
+    NEED(d->checkpointing_steps >= 1 && d->validation_steps >= 1, "--checkpointing-steps and --validation-steps must be >= 1");
+    NEED(!d->with_prior_preservation || d->num_class_images >= 1, "--num-class-images must be >= 1");
+    NEED(!d->lora_format || !strcmp(d->lora_format, "diffusers") || !strcmp(d->lora_format, "kohya"),
+         "--lora-format %s: expected diffusers or kohya", d->lora_format);
+    NEED(!job->runtime || !job->runtime->device || !strcmp(job->runtime->device, "cpu"),
+         "training runs on the CPU backend (fp32) ---> drop --device %s", job->runtime->device);
+#undef NEED
+    return 0;
+}
+
+int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    SDC_TRY(check_job(job, err));
+    const Sdc__Dreambooth *d = job->dreambooth;
+    TrainRun run = {.job = job, .par = h5_par_world(), .quiet = opt->quiet, .tty = isatty(2)};
+    const H5Par *par = &run.par;
+    Backend *be = NULL;
+    SdModel m = {0};
+    DbTrainer t;
+    memset(&t, 0, sizeof t);
+    float *inst = NULL, *cls = NULL;
+    char *manifest = job_manifest_text(job);
+    int rc = dp_init(&run.dp, h5_par_is_mpi(par) ? par->comm : MPI_COMM_NULL, 0, err);
+    if (rc) goto done;
+    rc = par->rank == 0 ? mkdir_p(d->output_dir, err) : 0;
+    if ((rc = h5_par_agree(par, rc, err))) goto done;
+    if ((rc = backend_cpu_create(&be, job->runtime ? job->runtime->threads : 0, err))) goto done;
+
+    // 1-2. data
+    char inst_h5[1200], cls_h5[1200];
+    if (ends_with(d->instance_data, ".h5")) {
+        snprintf(inst_h5, sizeof inst_h5, "%s", d->instance_data);
+    } else {
+        if (!is_dir(d->instance_data)) {
+            rc = sdc_err(err, SDC_ERR_ARG, "--instance-data %s: no such folder ---> a folder of JPEG/PNG photos "
+                         "or an HDF5 dataset (sdc dataset import)", d->instance_data);
+            goto done;
+        }
+        snprintf(inst_h5, sizeof inst_h5, "%s/instance.h5", d->output_dir);
+        if ((rc = import_folder(job, d->instance_data, inst_h5, d->instance_prompt, count_images(d->instance_data),
+                                par, opt->quiet, err)))
+            goto done;
+    }
+    int n_inst = 0, n_cls = 0, lh = 0, lw = 0, ch = 0, cw = 0;
+    if ((rc = read_latents(inst_h5, d->resolution, &inst, &n_inst, &lh, &lw, err))) goto done;
+    if (d->with_prior_preservation) {
+        if (ends_with(d->class_data, ".h5")) {
+            snprintf(cls_h5, sizeof cls_h5, "%s", d->class_data);
+        } else {
+            rc = par->rank == 0 ? mkdir_p(d->class_data, err) : 0;
+            if ((rc = h5_par_agree(par, rc, err))) goto done;
+            int have = count_images(d->class_data);
+            rc = make_class_images(job, be, d->class_data, have, par, opt->quiet, err);
+            if ((rc = h5_par_agree(par, rc, err))) goto done;
+            snprintf(cls_h5, sizeof cls_h5, "%s/class.h5", d->output_dir);
+            if ((rc = import_folder(job, d->class_data, cls_h5, d->class_prompt, count_images(d->class_data), par,
+                                    opt->quiet, err)))
+                goto done;
+        }
+        if ((rc = read_latents(cls_h5, d->resolution, &cls, &n_cls, &ch, &cw, err))) goto done;
+        if (n_cls > d->num_class_images) n_cls = d->num_class_images; // diffusers: min(files, num_class_images)
+        if (n_cls < d->num_class_images && ends_with(d->class_data, ".h5") && par->rank == 0 && !opt->quiet)
+            fprintf(stderr, "sdc: warning: %s holds %d class images, fewer than --num-class-images %d\n", cls_h5, n_cls,
+                    d->num_class_images);
+    }
+
+    // 3. model
+    // dataset_import's own VAE backend set the process-wide OpenMP / OpenBLAS
+    // thread counts to all cores; a fresh backend applies -t again (under
+    // mpiexec, R ranks of all-core thread pools would fight over the cores).
+    backend_destroy(be);
+    be = NULL;
+    if ((rc = backend_cpu_create(&be, job->runtime ? job->runtime->threads : 0, err))) goto done;
+    {
+        const char *cfg = job->model->config && job->model->config[0] ? job->model->config : NULL;
+        if ((rc = model_files_open(&m.files, job->model->path, cfg, -1, err))) goto done;
+        const ModelInfo *info = model_files_info(m.files);
+        m.be = be;
+        rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m.tok, info->tokenizer_dir, err) : clip_tok_load_default(&m.tok, err);
+        ModelLoadOpts full = {.trainable = 1}, te = {.trainable = d->train_text_encoder && d->lora_rank == 0};
+        if (!rc) rc = clip_load_opts(&m.clip, m.files, be, &te, err);
+        if (!rc) rc = unet_load_opts(&m.unet, m.files, be, &full, err);
+        if (!rc) rc = vae_load(&m.vae, m.files, be, err);
+        if (rc) goto done;
+    }
+    DbConfig cfg = {.train_batch_size = d->train_batch_size, .grad_accum = d->gradient_accumulation_steps,
+                    .learning_rate = d->learning_rate, .lr_warmup_steps = d->lr_warmup_steps,
+                    .lr_num_cycles = d->lr_num_cycles, .lr_power = d->lr_power, .max_grad_norm = d->max_grad_norm,
+                    .adam = {.beta1 = d->adam_beta1, .beta2 = d->adam_beta2, .eps = d->adam_epsilon,
+                             .weight_decay = d->adam_weight_decay},
+                    .with_prior_preservation = d->with_prior_preservation, .prior_loss_weight = d->prior_loss_weight,
+                    .train_text_encoder = d->train_text_encoder, .gradient_checkpointing = d->gradient_checkpointing,
+                    .lora_rank = d->lora_rank, .lora_alpha = d->lora_alpha, .offset_noise = d->offset_noise,
+                    .snr_gamma = d->snr_gamma, .seed = (uint64_t)d->seed};
+    if ((rc = lr_schedule_parse(d->lr_scheduler, &cfg.lr_scheduler, err))) goto done;
+    {   // one epoch by default (diffusers' num_train_epochs 1)
+        int items = d->with_prior_preservation && n_cls > n_inst ? n_cls : n_inst;
+        int64_t batches = (items + d->train_batch_size - 1) / d->train_batch_size;
+        cfg.max_train_steps = d->max_train_steps > 0 ? d->max_train_steps
+                                                      : (batches + d->gradient_accumulation_steps - 1) / d->gradient_accumulation_steps;
+    }
+    DbData data = {.n_inst = n_inst, .n_class = n_cls, .inst_latents = inst, .class_latents = cls, .lat_h = lh,
+                   .lat_w = lw, .instance_prompt = d->instance_prompt, .class_prompt = d->class_prompt};
+    DbHooks hooks = {.user = &run, .rank = par->rank, .world = par->size,
+                     .allreduce_mean = par->size > 1 ? hook_mean : NULL,
+                     .allreduce_sum = par->size > 1 ? hook_sum : NULL, .on_step = hook_step};
+    if ((rc = db_init(&t, &m, &cfg, &data, &hooks, err))) goto done;
+    if (!opt->quiet && par->rank == 0)
+        fprintf(stderr, "sdc: DreamBooth %s%s: %d instance%s, %d class latents at %dx%d, batch %d x %d accumulation "
+                "on %d rank%s, %lld steps; training memory %.1f MiB (unet) + %.1f MiB (text encoder)\n",
+                d->lora_rank ? "LoRA" : "full fine-tuning", d->train_text_encoder ? " + text encoder" : "", n_inst,
+                n_inst == 1 ? "" : "s", n_cls, lh, lw, d->train_batch_size, d->gradient_accumulation_steps, par->size,
+                par->size == 1 ? "" : "s", (long long)cfg.max_train_steps,
+                unet_train_bytes(m.unet) / 1048576.0, clip_train_bytes(m.clip) / 1048576.0);
+
+    // resume
+    if (d->resume_from_checkpoint && d->resume_from_checkpoint[0]) {
+        char path[1200];
+        int64_t step = -1;
+        if (!strcmp(d->resume_from_checkpoint, "latest")) {
+            if ((rc = train_ckpt_latest(d->output_dir, path, sizeof path, &step, err))) goto done;
+            if (!path[0] && par->rank == 0 && !opt->quiet)
+                fprintf(stderr, "sdc: no checkpoint in %s: starting a new training run\n", d->output_dir);
+        } else {
+            snprintf(path, sizeof path, "%s", d->resume_from_checkpoint);
+        }
+        if (path[0]) {
+            CkptParts p;
+            ckpt_parts(&p, job, &t, manifest);
+            TrainCkptState st = {0};
+            if ((rc = train_ckpt_load(path, &p.spec, &st, err))) goto done;
+            t.st.global_step = st.step;
+            t.st.epoch = st.epoch;
+            t.st.batch_in_epoch = st.micro_step;
+            t.st.last_loss = st.loss;
+            if (!opt->quiet && par->rank == 0)
+                fprintf(stderr, "sdc: resumed from %s at step %lld (epoch %lld)\n", path, (long long)st.step,
+                        (long long)st.epoch);
+        }
+    }
+    if (par->rank == 0) {
+        char mp[1200];
+        snprintf(mp, sizeof mp, "%s/metrics.jsonl", d->output_dir);
+        run.metrics = fopen(mp, t.st.global_step ? "a" : "w");
+        if (!run.metrics) {
+            rc = sdc_err(err, SDC_ERR_IO, "%s: cannot write (%s)", mp, strerror(errno));
+        } else if (t.st.global_step) { // the steps after this one replace any logged by the killed run
+            fprintf(run.metrics, "{\"event\": \"resume\", \"step\": %lld}\n", (long long)t.st.global_step);
+            fflush(run.metrics);
+        }
+    }
+    if ((rc = h5_par_agree(par, rc, err))) goto done;
+
+    // 4. train
+    run.t0 = now_s();
+    run.first_step = t.st.global_step;
+    int validating = d->validation_prompt && d->validation_prompt[0];
+    while (t.st.global_step < cfg.max_train_steps) {
+        int64_t s = t.st.global_step, next = (s / d->checkpointing_steps + 1) * d->checkpointing_steps;
+        if (validating) {
+            int64_t v = (s / d->validation_steps + 1) * d->validation_steps;
+            if (v < next) next = v;
+        }
+        if (next > cfg.max_train_steps) next = cfg.max_train_steps;
+        rc = db_train(&t, next, err);
+        rc = h5_par_agree(par, rc, err);
+        if (rc) goto done;
+        s = t.st.global_step;
+        if (s % d->checkpointing_steps == 0 && (rc = save_checkpoint(&run, &t, manifest, err))) goto done;
+        if (validating && s % d->validation_steps == 0 && (rc = validate(&run, &t, err))) goto done;
+    }
+
+    // 5. export
+    rc = par->rank == 0 ? export_model(&run, &t, manifest, err) : 0;
+    rc = h5_par_agree(par, rc, err);
+done:
+    if (rc == SDC_ERR_NONFINITE) sdc_err_wrap(err, "training stopped");
+    if (run.metrics) fclose(run.metrics);
+    db_free(&t);
+    if (m.vae) vae_free(m.vae);
+    if (m.unet) unet_free(m.unet);
+    if (m.clip) clip_free(m.clip);
+    if (m.tok) clip_tok_free(m.tok);
+    if (m.files) model_files_close(m.files);
+    free(inst), free(cls), free(manifest);
+    dp_free(&run.dp);
+    backend_destroy(be);
+    return rc;
+}

@@ -1,0 +1,136 @@
+// dp.c: data-parallel collectives over MPI (see dp.h for the reduction order).
+#include "mpi/dp.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// Every MPI call: on failure, the call, its site and MPI's own message go
+// into err (a variable in scope) and the function returns.
+#define DP_MPI_TRY(call, ...)                                                        \
+    do {                                                                             \
+        int dp_rc_ = (call);                                                         \
+        if (dp_rc_ != MPI_SUCCESS) return dp_fail(err, __FILE__, __LINE__, #call, dp_rc_, __VA_ARGS__); \
+    } while (0)
+
+__attribute__((format(printf, 6, 7))) static int dp_fail(SdcError *err, const char *file, int line,
+                                                          const char *call, int rc, const char *fmt, ...) {
+    char ctx[512], msg[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx, sizeof ctx, fmt, ap);
+    va_end(ap);
+    return sdc_err(err, SDC_ERR_IO, "%s: MPI: %s [%s failed at %s:%d]\n---> did a rank die or the network drop? "
+                   "the job must end (mpiexec ends the other ranks)", ctx, msg, call, file, line);
+}
+
+int dp_init(DataParallel *dp, MPI_Comm comm, size_t bucket_bytes, SdcError *err) {
+    memset(dp, 0, sizeof *dp);
+    dp->comm = MPI_COMM_NULL;
+    dp->size = 1;
+    dp->bucket_bytes = bucket_bytes ? bucket_bytes : DP_BUCKET_DEFAULT;
+    if (dp->bucket_bytes < sizeof(float))
+        return sdc_err(err, SDC_ERR_ARG, "dp_init: bucket of %zu bytes holds no float", bucket_bytes);
+    if (comm == MPI_COMM_NULL) return 0;
+    int inited = 0, fin = 0;
+    MPI_Initialized(&inited);
+    MPI_Finalized(&fin);
+    if (!inited || fin)
+        return sdc_err(err, SDC_ERR_ARG, "dp_init: MPI is not initialised\n---> run under mpiexec / srun (sdc "
+                       "initialises MPI there), or pass MPI_COMM_NULL for one process");
+    int size = 1;
+    DP_MPI_TRY(MPI_Comm_size(comm, &size), "dp_init");
+    if (size == 1) return 0; // nothing to reduce: no communicator kept
+    MPI_Comm c = MPI_COMM_NULL;
+    DP_MPI_TRY(MPI_Comm_dup(comm, &c), "dp_init");
+    dp->comm = c;
+    DP_MPI_TRY(MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN), "dp_init");
+    DP_MPI_TRY(MPI_Comm_rank(c, &dp->rank), "dp_init");
+    dp->size = size;
+    return 0;
+}
+
+void dp_free(DataParallel *dp) {
+    if (dp->comm != MPI_COMM_NULL) {
+        int fin = 0;
+        MPI_Finalized(&fin);
+        if (!fin) MPI_Comm_free(&dp->comm);
+    }
+    free(dp->reqs);
+    memset(dp, 0, sizeof *dp);
+    dp->comm = MPI_COMM_NULL;
+    dp->size = 1;
+}
+
+int dp_allreduce_mean(DataParallel *dp, float *buf, size_t n, SdcError *err) {
+    if (dp->size == 1 || n == 0) return 0;
+    size_t per = dp->bucket_bytes / sizeof(float); // elements per bucket
+    if (per > (size_t)INT_MAX) per = (size_t)INT_MAX;  // MPI counts are int
+    const size_t nb = (n + per - 1) / per;
+    if (nb > (size_t)INT_MAX)
+        return sdc_err(err, SDC_ERR_ARG, "dp_allreduce_mean: %zu buckets ---> raise the bucket size", nb);
+    if ((int)nb > dp->cap_reqs) { // once, for the largest gradient buffer
+        MPI_Request *r = realloc(dp->reqs, nb * sizeof *r);
+        if (!r) return sdc_err(err, SDC_ERR_OOM, "dp_allreduce_mean: %zu requests", nb);
+        dp->reqs = r;
+        dp->cap_reqs = (int)nb;
+    }
+    for (size_t b = 0; b < nb; b++) {
+        const size_t off = b * per, cnt = n - off < per ? n - off : per;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)cnt, MPI_FLOAT, MPI_SUM, dp->comm, &dp->reqs[b]);
+        if (rc != MPI_SUCCESS) {
+            if (b) MPI_Waitall((int)b, dp->reqs, MPI_STATUSES_IGNORE); // let the posted ones finish
+            return dp_fail(err, __FILE__, __LINE__, "MPI_Iallreduce", rc,
+                           "gradient all-reduce, bucket %zu of %zu (%zu floats)", b, nb, cnt);
+        }
+    }
+    DP_MPI_TRY(MPI_Waitall((int)nb, dp->reqs, MPI_STATUSES_IGNORE), "gradient all-reduce of %zu floats in %zu "
+               "buckets over %d ranks", n, nb, dp->size);
+    const float inv = 1.0f / (float)dp->size;
+    for (size_t i = 0; i < n; i++) buf[i] *= inv;
+    return 0;
+}
+
+int dp_allreduce_sum_double(DataParallel *dp, double *vals, int n, SdcError *err) {
+    if (dp->size == 1 || n <= 0) return 0;
+    DP_MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, vals, n, MPI_DOUBLE, MPI_SUM, dp->comm), "sum of %d values over %d ranks",
+               n, dp->size);
+    return 0;
+}
+
+int dp_broadcast(DataParallel *dp, void *buf, size_t bytes, int root, SdcError *err) {
+    if (root < 0 || root >= dp->size)
+        return sdc_err(err, SDC_ERR_ARG, "dp_broadcast: root %d, but there are %d ranks", root, dp->size);
+    if (dp->size == 1) return 0;
+    const size_t chunk = (size_t)1 << 30; // MPI counts are int
+    for (size_t off = 0; off < bytes; off += chunk) {
+        const size_t k = bytes - off < chunk ? bytes - off : chunk;
+        DP_MPI_TRY(MPI_Bcast((char *)buf + off, (int)k, MPI_BYTE, root, dp->comm), "broadcast of %zu bytes from "
+                   "rank %d", bytes, root);
+    }
+    return 0;
+}
+
+int dp_hook_allreduce_mean(void *dp, float *buf, size_t n, SdcError *err) {
+    return dp_allreduce_mean(dp, buf, n, err);
+}
+
+int dp_hook_allreduce_sum(void *dp, double *vals, int n, SdcError *err) {
+    return dp_allreduce_sum_double(dp, vals, n, err);
+}
+
+void dp_share(int64_t global_batch, int rank, int size, int64_t *first, int64_t *count) {
+    if (size < 1) size = 1;
+    if (global_batch < 0) global_batch = 0;
+    if (rank < 0 || rank >= size) {
+        *first = global_batch, *count = 0;
+        return;
+    }
+    const int64_t base = global_batch / size, extra = global_batch % size;
+    *count = base + (rank < extra);
+    *first = (int64_t)rank * base + (rank < extra ? rank : extra);
+}

@@ -1,0 +1,64 @@
+// dp.h: data parallelism over MPI: the gradient all-reduce (mean over the
+// ranks of a data communicator, in buckets like torch DDP), sums of loss and
+// metrics, broadcasts of parameters / state from one rank, and the split of
+// a global batch into per-rank shares. The CPU implementation of the
+// DESIGN's "data communicator"; a GPU one (NCCL) goes behind the same calls.
+//
+// Not here (yet): overlap with the backward pass (buckets are reduced when
+// the whole gradient is ready), ZeRO-1 sharding.
+//
+// Reduction order. The mean is an MPI_SUM of each bucket (MPI_Iallreduce,
+// every bucket in flight at once, then one wait) followed by a multiply by
+// 1/R in f32 on every rank. The order in which the R contributions are added
+// is the MPI library's (Open MPI picks recursive doubling, ring or
+// Rabenseifner by size), so a sum over 2 or 4 ranks may differ from a single
+// process's in the last bits; it does not depend on the bucket size (buckets
+// are disjoint element ranges). Every rank gets the same bits: each partial
+// sum is formed once and forwarded, or formed by both partners of a pair as
+// a+b and b+a, which IEEE addition makes equal (tests/test_dp.c checks it).
+// With R a power of two, 1/R is exact and the mean is the correctly rounded
+// sum / R.
+#ifndef SDC_DP_H
+#define SDC_DP_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+
+#define DP_BUCKET_DEFAULT ((size_t)25 << 20) // torch DDP's bucket_cap_mb = 25
+
+typedef struct DataParallel {
+    MPI_Comm comm;       // a duplicate of the caller's (errors returned, not fatal); MPI_COMM_NULL when size 1
+    int rank, size;
+    size_t bucket_bytes;
+    MPI_Request *reqs;   // (cap_reqs) one per bucket in flight; grown once to the largest buffer's count
+    int cap_reqs;
+} DataParallel;
+
+// comm: the data communicator (MPI_COMM_WORLD for pure data parallelism), or
+// MPI_COMM_NULL for one process without MPI. bucket_bytes 0: 25 MiB.
+// Collective over comm (it is duplicated).
+int dp_init(DataParallel *dp, MPI_Comm comm, size_t bucket_bytes, SdcError *err);
+void dp_free(DataParallel *dp);
+
+// buf (n) f32, in place: the element-wise mean over the ranks, identical on
+// every rank. Size 1: nothing to do. All ranks call it with the same n.
+int dp_allreduce_mean(DataParallel *dp, float *buf, size_t n, SdcError *err);
+// vals (n) f64, in place: the sum over the ranks (losses, token counts).
+int dp_allreduce_sum_double(DataParallel *dp, double *vals, int n, SdcError *err);
+// bytes of buf from rank root to every rank (parameters at start, a resumed state).
+int dp_broadcast(DataParallel *dp, void *buf, size_t bytes, int root, SdcError *err);
+
+// The same with the DataParallel as a void * (DbHooks.allreduce_mean /
+// .allreduce_sum in src/train/dreambooth.h take these, user = the DataParallel).
+int dp_hook_allreduce_mean(void *dp, float *buf, size_t n, SdcError *err);
+int dp_hook_allreduce_sum(void *dp, double *vals, int n, SdcError *err);
+
+// Rank `rank`'s contiguous share [first, first + count) of a global batch of
+// global_batch samples over `size` ranks: the first global_batch % size
+// ranks get one more. Every index in [0, global_batch) is in exactly one share.
+void dp_share(int64_t global_batch, int rank, int size, int64_t *first, int64_t *count);
+
+#endif

@@ -1,0 +1,148 @@
+// dreambooth.h: the DreamBooth trainer, with the objective diffusers'
+// examples/dreambooth/train_dreambooth.py defines (and its LoRA variant).
+//
+// One optimizer step (global_step k):
+//   for each of grad_accum micro-batches (b items of the shuffled dataset):
+//       samples = the b instance latents [+ the b class latents (prior preservation)]
+//       per sample j: noise ~ N(0, 1) (+ offset_noise * N(0, 1) per channel),
+//                     t ~ U{0..999}, noisy = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise
+//       pred = unet(noisy, t, text_encoder(prompt_j))
+//       target = noise (epsilon) or sqrt(ab_t) noise - sqrt(1 - ab_t) x0 (v_prediction)
+//       loss = mean_inst(w_j * mse_j) + prior_loss_weight * mean_class(w_j * mse_j)
+//              with w_j = 1, or the min-SNR weight min(snr_t, gamma) / snr_t
+//              (+ 1 for v_prediction) of each half's own timesteps (diffusers
+//              pairs the weights of all 2b timesteps with the b instance
+//              predictions; sdc does not)
+//       backward of loss / grad_accum (accelerate), gradients add up
+//   all-reduce the gradients (data parallel), clip to max_grad_norm, AdamW
+//   with the scheduled lr, zero the gradients.
+// Each sample's noise and timestep come from its own generator seeded from
+// (seed, epoch, batch in epoch, index in the global batch), and the epoch's
+// order from (seed, epoch): a run gives the same result on any number of
+// ranks, and a resumed run continues the same sequence.
+//
+// The trainer knows nothing of files, MPI or HDF5: the job runner gives it
+// the latents, the collective operations and the checkpoint writer as hooks.
+#ifndef SDC_DREAMBOOTH_H
+#define SDC_DREAMBOOTH_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "models/clip.h"
+#include "models/unet.h"
+#include "pipeline/sd.h"
+#include "train/lr_schedule.h"
+#include "train/optim.h"
+
+typedef struct DbConfig {
+    int train_batch_size;       // b: instance items per micro-batch (global, over all ranks)
+    int grad_accum;             // gradient_accumulation_steps
+    int64_t max_train_steps;    // optimizer steps
+    double learning_rate;       // 5e-6
+    LrScheduleKind lr_scheduler;
+    int64_t lr_warmup_steps;
+    int lr_num_cycles;          // cosine_with_restarts (1)
+    double lr_power;            // polynomial (1.0)
+    double max_grad_norm;       // 1.0
+    AdamWConfig adam;
+    int with_prior_preservation;
+    double prior_loss_weight;   // 1.0
+    int train_text_encoder;
+    int gradient_checkpointing;
+    int lora_rank;              // 0: full fine-tuning
+    float lora_alpha;           // 0: = rank
+    float offset_noise;         // 0: off (diffusers' --offset_noise adds 0.1)
+    float snr_gamma;            // 0: off (min-SNR weighting, 5.0 recommended)
+    uint64_t seed;
+} DbConfig;
+
+// What the runner gives: latents already multiplied by the VAE's scaling
+// factor, and token ids of the two prompts.
+typedef struct DbData {
+    int n_inst, n_class;
+    const float *inst_latents;  // (n_inst, 4, h, w)
+    const float *class_latents; // (n_class, 4, h, w), or NULL without prior preservation
+    int lat_h, lat_w;
+    const char *instance_prompt; // "a photo of sks dog"
+    const char *class_prompt;    // "a photo of dog" (prior preservation)
+} DbData;
+
+// The trainer's state that a checkpoint stores and a resume restores.
+typedef struct DbState {
+    int64_t global_step;  // optimizer steps done
+    int64_t epoch;        // current epoch
+    int64_t batch_in_epoch; // next micro-batch of the epoch
+    double last_loss;
+} DbState;
+
+typedef struct DbStepInfo {
+    int64_t step;     // optimizer steps done (1 after the first)
+    int64_t max_steps;
+    double loss;      // mean over the step's micro-batches (all ranks)
+    double loss_prior;// its prior part (0 without prior preservation)
+    double lr;
+    double grad_norm; // before clipping
+    double items_per_s;
+    double seconds;   // this step
+} DbStepInfo;
+
+typedef struct DbHooks {
+    void *user;
+    int rank, world;
+    // In-place mean of n floats over the ranks (NULL with one rank).
+    int (*allreduce_mean)(void *user, float *buf, size_t n, SdcError *err);
+    // In-place sum of n doubles over the ranks (NULL with one rank).
+    int (*allreduce_sum)(void *user, double *v, int n, SdcError *err);
+    // After every optimizer step; nonzero return stops training with that error.
+    int (*on_step)(void *user, const DbStepInfo *s, SdcError *err);
+} DbHooks;
+
+typedef struct DbTrainer {
+    DbConfig cfg;
+    DbData data;
+    DbHooks hooks;
+    SdModel *model;        // tokenizer, clip, unet (trainable), vae
+    DbState st;
+    AdamW opt;
+    LrSchedule sched;
+    int n_items;           // dataset length: max(n_inst, n_class) with prior, else n_inst
+    int64_t batches_per_epoch;
+    int64_t updates_per_epoch;
+    int64_t *order;        // (n_items) this epoch's order
+    int64_t order_epoch;   // epoch the order was drawn for (-1: none)
+    int share_max;         // most samples a rank handles in one micro-batch
+    const float *alphas_cumprod; // (1000)
+    float ac[1000];
+    PredictionType prediction;
+    // buffers (allocated once)
+    float *x0, *noise, *noisy, *target, *pred, *dout, *coef; // (share_max, 4, h, w) / (share_max)
+    float *ctx, *dctx;     // (share_max, L, D)
+    float *ctx_fixed;      // (2, L, D) instance / class embeddings (frozen text encoder)
+    float *timesteps;      // (share_max)
+    int32_t *ids;          // (share_max, L)
+    int32_t inst_ids[1024], class_ids[1024]; // (L) the two prompts' tokens
+} DbTrainer;
+
+// Loads nothing: model must hold a UNet loaded trainable (full) or frozen
+// (LoRA) and a text encoder loaded trainable when cfg.train_text_encoder
+// (full). Plans every buffer, the optimizer and the schedule.
+int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *data, const DbHooks *hooks,
+            SdcError *err);
+void db_free(DbTrainer *t);
+// Runs optimizer steps until global_step == until (<= max_train_steps).
+// A loss or gradient norm that is not finite stops with SDC_ERR_NONFINITE
+// naming the step; the parameters are then those of the last good step.
+int db_train(DbTrainer *t, int64_t until, SdcError *err);
+
+// The AdamW state and the trainable tensors, for checkpoints: the UNet's
+// trainables are group 0, the text encoder's group 1 (when trained).
+// Renders validation images with the current weights (LoRA merged for the
+// duration): n images of `prompt`, seeds seed..seed+n-1, into images
+// (n, 3, H, W) in [-1, 1].
+int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_scale, uint64_t seed,
+                float *images, SdcError *err);
+
+#endif

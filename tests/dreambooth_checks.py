@@ -1,0 +1,506 @@
+#!/usr/bin/python3
+"""dreambooth_checks.py: end-to-end checks of `sdc train dreambooth`
+(jobs/train_runner.c, src/train/dreambooth.c), run by CTest (tests/tests.cmake)
+on the shipped demo model at 64 px, a few steps, one thread per process.
+
+  dreambooth_checks.py resume SDC MODEL SRC WORK   killed and resumed == uninterrupted,
+                                                   bit for bit (full and LoRA)
+  dreambooth_checks.py mpi    SDC MODEL SRC WORK   1, 2 and 4 MPI ranks agree
+  dreambooth_checks.py bad    SDC MODEL SRC WORK   bad input: clear errors; a diverging
+                                                   run stops, its checkpoints stay usable
+
+SDC is the sdc binary, MODEL the demo model, SRC the source root (the photos
+are SRC/../shared/data/dreambooth/dog, or a few fixture images when that is
+absent), WORK an empty scratch folder (removed first). numpy + h5py only
+(/usr/bin/python3: Debian's python3-h5py). Prints one line per check with its
+figures and "N passed, N failed"; exits 1 on a failure. This is a test, not a
+tool: it knows the output folder layout jobs/train_runner.c documents."""
+import glob
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+try:
+    import h5py
+    import numpy as np
+except ImportError as e:  # the test must fail, not skip: setup.sh installs h5py
+    print(f"FAILED: {e}\n---> run tools/setup.sh (Debian: apt-get install python3-h5py)")
+    sys.exit(1)
+
+passed = failed = 0
+
+
+def check(cond, msg):
+    global passed, failed
+    print(("  OK      " if cond else "  NOT OK  ") + msg, flush=True)
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+    return cond
+
+
+# ---------------------------------------------------------------------------
+# running sdc
+# ---------------------------------------------------------------------------
+
+MPIEXEC = ["mpiexec", "--allow-run-as-root", "--oversubscribe", "-x", "OMP_NUM_THREADS=1"]
+
+
+class Ctx:
+    def __init__(self, sdc, model, src, work):
+        self.sdc, self.model, self.src, self.work = sdc, model, src, work
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        dog = os.path.join(src, "..", "shared", "data", "dreambooth", "dog")
+        if os.path.isdir(dog):
+            self.photos = os.path.normpath(dog)
+        else:  # CI without the shared photos: five fixture images of various sizes
+            self.photos = os.path.join(work, "photos")
+            os.makedirs(self.photos)
+            for f in ("src97x61.png", "tall61x90.png", "rgb.png", "interlaced.png", "progressive.jpg"):
+                shutil.copy(os.path.join(src, "tests", "fixtures", "images", f), self.photos)
+        print(f"  instance photos: {self.photos}", flush=True)
+
+    def train_args(self, out, *extra):
+        return [self.sdc, "train", "dreambooth", "--pretrained-model", self.model, "--instance-data", self.photos,
+                "--instance-prompt", "a photo of sks dog", "--resolution", "64", "--output-dir", out, "-t", "1",
+                *extra]
+
+    def run(self, args, ranks=0, timeout=300):
+        """Runs args (under mpiexec -n ranks when ranks > 0); returns (rc, stderr + stdout, seconds)."""
+        cmd = (MPIEXEC + ["-n", str(ranks)] if ranks else []) + [str(a) for a in args]
+        t0 = time.time()
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+        return p.returncode, p.stdout, time.time() - t0
+
+
+def show(out, n=6):
+    """The last n lines of a command's output, indented (printed on a failure)."""
+    for line in out.strip().splitlines()[-n:]:
+        print("          | " + line)
+
+
+# ---------------------------------------------------------------------------
+# reading the outputs
+# ---------------------------------------------------------------------------
+
+def metrics(path):
+    """step -> the metrics.jsonl record of that step (the last line wins: a
+    resumed run appends the steps it redoes). Event lines ({"event": ...}) are
+    left out."""
+    m = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                if "event" not in r:
+                    m[int(r["step"])] = r
+    return m
+
+
+def metric_lines(path):
+    """The step lines of metrics.jsonl (redone steps counted twice)."""
+    with open(path) as f:
+        return sum(1 for line in f if line.strip() and "event" not in json.loads(line))
+
+
+def h5_weights(path, groups=("unet", "text_encoder")):
+    """name -> f32 array of every dataset under the groups of an sdc checkpoint."""
+    w = {}
+    with h5py.File(path, "r") as f:
+        for g in groups:
+            if g in f:
+                f[g].visititems(lambda k, v, g=g: w.__setitem__(f"{g}/{k}", v[()]) if isinstance(v, h5py.Dataset)
+                                else None)
+    return w
+
+
+def safetensors_read(path):
+    """name -> numpy array (F32 / F16 / BF16 kept as raw bits where numpy lacks the type)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    types = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64, "I64": np.int64,
+             "I32": np.int32}
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[k] = np.frombuffer(data[a:b], dtype=types[v["dtype"]]).reshape(v["shape"])
+    return out
+
+
+def png_pixels(path):
+    """The decompressed IDAT stream of a PNG (filtered rows: equal for equal
+    pixels from the same encoder; the text chunks are left out)."""
+    import zlib
+    with open(path, "rb") as f:
+        d = f.read()[8:]
+    idat = b""
+    while d:
+        n = struct.unpack(">I", d[:4])[0]
+        if d[4:8] == b"IDAT":
+            idat += d[8:8 + n]
+        d = d[12 + n:]
+    return zlib.decompress(idat)
+
+
+def bits_equal(x, y):
+    """Same shape and the same bytes (so -0 != 0 and NaN == the same NaN)."""
+    return x.shape == y.shape and x.dtype == y.dtype and x.tobytes() == y.tobytes()
+
+
+def compare_exact(wa, wb, what):
+    """Every tensor of wa and wb bit-identical; prints the count and the worst difference."""
+    names_ok = check(set(wa) == set(wb), f"{what}: the same {len(wa)} tensors in both "
+                     f"({len(set(wa) ^ set(wb))} names differ)")
+    diff = [k for k in sorted(set(wa) & set(wb)) if not bits_equal(wa[k], wb[k])]
+    n_el = sum(v.size for v in wa.values())
+    worst = max((float(np.max(np.abs(wa[k].astype(np.float64) - wb[k].astype(np.float64))))
+                 for k in diff if wa[k].shape == wb[k].shape), default=0.0)
+    check(names_ok and not diff, f"{what}: {len(wa)} tensors, {n_el} values bit-identical "
+          f"({len(diff)} tensors differ, max |diff| {worst:.3g}{', e.g. ' + diff[0] if diff else ''})")
+
+
+# ---------------------------------------------------------------------------
+# 1. killed and resumed == uninterrupted
+# ---------------------------------------------------------------------------
+
+def kill_after_checkpoint(name, args, out, first_ckpt, max_steps, log):
+    """Starts args in the background and SIGKILLs it as soon as
+    checkpoint-<first_ckpt or later>.h5 exists. Returns (step of that
+    checkpoint, steps logged at the kill) or None (finished first / no checkpoint)."""
+    with open(log, "w") as lf:
+        p = subprocess.Popen([str(a) for a in args], stdout=lf, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+    seen, t0 = None, time.time()
+    while p.poll() is None and time.time() - t0 < 240:
+        for f in os.listdir(out) if os.path.isdir(out) else []:
+            if f.startswith("checkpoint-") and f.endswith(".h5") and int(f[11:-3]) >= first_ckpt:
+                seen = int(f[11:-3])
+        if seen is not None:
+            break
+        time.sleep(0.002)
+    if p.poll() is None:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        killed = p.returncode == -signal.SIGKILL
+    else:
+        killed = False
+    with open(log) as f:
+        text = f.read()
+    if not check(killed and seen is not None,
+                 f"{name}: run B SIGKILLed after checkpoint-{seen}.h5 appeared (exit {p.returncode})" if killed else
+                 f"{name}: run B could not be killed mid-run: it ended (exit {p.returncode}) before "
+                 f"checkpoint-{first_ckpt}.h5 was seen or the kill\n"
+                 f"          ---> raise --max-train-steps (now {max_steps}) so that the kill lands mid-run"):
+        show(text)
+        return None
+    mp = os.path.join(out, "metrics.jsonl")
+    logged = max(metrics(mp)) if os.path.exists(mp) and os.path.getsize(mp) else 0
+    if not check(not os.path.exists(os.path.join(out, "model.h5")) and
+                 not os.path.exists(os.path.join(out, "pytorch_lora_weights.safetensors")) and seen < max_steps,
+                 f"{name}: run B killed mid-run: {logged} of {max_steps} steps logged, latest checkpoint {seen}, "
+                 f"no export"):
+        return None
+    return seen, logged
+
+
+def resume_variant(ctx, name, extra, steps):
+    """Run A straight through; run B killed after its first checkpoint and
+    resumed from `latest`; the results compared bit for bit."""
+    a, b = os.path.join(ctx.work, name + "-A"), os.path.join(ctx.work, name + "-B")
+    args = lambda out: ctx.train_args(out, "--max-train-steps", steps, *extra)
+    rc, out, sa = ctx.run(args(a) + ["-q"])
+    if not check(rc == 0, f"{name}: run A, {steps} steps uninterrupted: exit {rc} ({sa:.1f} s)"):
+        show(out)
+        return
+    t0 = time.time()
+    k = kill_after_checkpoint(name, args(b), b, 3, steps, os.path.join(ctx.work, name + "-B1.log"))
+    if k is None:
+        return
+    ck, logged = k
+    rc, out, _ = ctx.run(args(b) + ["--resume-from-checkpoint", "latest"])
+    sb = time.time() - t0
+    resumed = [l for l in out.splitlines() if "resumed from" in l]
+    if not check(rc == 0 and resumed and f"checkpoint-{ck}.h5 at step {ck}" in resumed[0],
+                 f"{name}: run B resumed: exit {rc}, '{resumed[0].strip() if resumed else 'no resume message'}' "
+                 f"(killed at step {logged}, kill + resume {sb:.1f} s)"):
+        show(out)
+        return
+    ma, mb = metrics(os.path.join(a, "metrics.jsonl")), metrics(os.path.join(b, "metrics.jsonl"))
+    nb = metric_lines(os.path.join(b, "metrics.jsonl"))
+    check(sorted(ma) == list(range(1, steps + 1)) and sorted(mb) == sorted(ma),
+          f"{name}: metrics.jsonl: steps 1..{steps} in A ({len(ma)}) and in B ({len(mb)} steps, {nb} lines: "
+          f"{nb - steps} redone after the resume)")
+    keys = ("loss", "loss_prior", "lr", "grad_norm")
+    bad = [(s, key) for s in sorted(set(ma) & set(mb)) for key in keys if ma[s][key] != mb[s][key]]
+    first = f", first: step {bad[0][0]} {bad[0][1]} {ma[bad[0][0]][bad[0][1]]!r} vs {mb[bad[0][0]][bad[0][1]]!r}" \
+        if bad else ""
+    check(not bad, f"{name}: loss, loss_prior, lr, grad_norm equal at every step "
+          f"(A: loss {ma[1]['loss']:.6g} at step 1 -> {ma[max(ma)]['loss']:.6g} at step {max(ma)}; "
+          f"{len(bad)} values differ{first})")
+    if "--lora-rank" in extra:
+        fa = os.path.join(a, "pytorch_lora_weights.safetensors")
+        fb = os.path.join(b, "pytorch_lora_weights.safetensors")
+        if check(os.path.exists(fa) and os.path.exists(fb), f"{name}: pytorch_lora_weights.safetensors in A and B"):
+            wa, wb = safetensors_read(fa), safetensors_read(fb)
+            ups = [v for k, v in wa.items() if "lora_B" in k or "lora.up" in k or "lora_up" in k]
+            moved = max((float(np.max(np.abs(v.astype(np.float32)))) for v in ups), default=0.0)
+            check(moved > 0, f"{name}: the LoRA was trained (max |up| {moved:.3g}; it starts at 0)")
+            compare_exact(wa, wb, f"{name}: LoRA tensors")
+            # the trained LoRA loads into sdc generate on the model it was trained on
+            png = os.path.join(ctx.work, name + ".png")
+            rc, out, _ = ctx.run([ctx.sdc, "generate", "-q", "-m", ctx.model, "-p", "a photo of sks dog", "-W", 64,
+                                  "-H", 64, "--steps", 2, "-t", 1, "--lora", fa, "-o", png])
+            if not check(rc == 0 and os.path.exists(png), f"{name}: sdc generate --lora takes it: exit {rc}"):
+                show(out)
+    else:
+        wa, wb = h5_weights(os.path.join(a, "model.h5")), h5_weights(os.path.join(b, "model.h5"))
+        check(any(k.startswith("text_encoder/") for k in wa), f"{name}: model.h5 holds the trained text encoder")
+        compare_exact(wa, wb, f"{name}: model.h5 /unet and /text_encoder")
+    # validation renders with the trained weights: those made after the
+    # resume (step-NNNNNN-i.png, NNNNNN > the checkpoint's step) are the same files
+    later = [os.path.basename(p) for p in sorted(glob.glob(os.path.join(a, "validation", "step-*.png")))
+             if int(os.path.basename(p)[5:11]) > ck]
+    read = lambda path: open(path, "rb").read() if os.path.exists(path) else None
+    same = [f for f in later if read(os.path.join(a, "validation", f)) == read(os.path.join(b, "validation", f))]
+    check(later and len(same) == len(later), f"{name}: validation images after the resume byte-identical "
+          f"({len(same)} of {len(later)})")
+
+
+def test_resume(ctx):
+    common = ["--train-batch-size", 2, "--gradient-accumulation-steps", 2, "--with-prior-preservation",
+              "--class-data", os.path.join(ctx.work, "class"), "--class-prompt", "a photo of dog",
+              "--num-class-images", 4, "--class-inference-steps", 2, "--train-text-encoder",
+              "--lr-scheduler", "cosine", "--lr-warmup-steps", 2, "--offset-noise", "--snr-gamma", 5,
+              "--checkpointing-steps", 3, "--validation-prompt", "a photo of sks dog", "--validation-steps", 6,
+              "--num-validation-images", 1, "--validation-inference-steps", 2]
+    resume_variant(ctx, "full", common, 12)
+    # The class images are the model's own images of the class prompt
+    # (diffusers' PNDM, guidance 7.5, seed + 1000003 + i): sdc generate makes
+    # the same pixels.
+    cls = sorted(glob.glob(os.path.join(ctx.work, "class", "*.png")))
+    gen = os.path.join(ctx.work, "gen.png")
+    rc, out, _ = ctx.run([ctx.sdc, "generate", "-q", "-m", ctx.model, "-p", "a photo of dog", "-W", 64, "-H", 64,
+                          "--steps", 2, "--sampler", "pndm", "--cfg-scale", 7.5, "-s", 1000003, "-b", 4, "-t", 1,
+                          "-o", gen])
+    gens = [gen] + [os.path.join(ctx.work, f"gen_{i}.png") for i in (2, 3, 4)]
+    same = sum(1 for a, b in zip(cls, gens) if rc == 0 and png_pixels(a) == png_pixels(b))
+    check(len(cls) == 4 and same == 4, f"4 class images generated (then reused by every run), {same} of them "
+          f"pixel-identical to sdc generate -p 'a photo of dog' --sampler pndm --steps 2 -s 1000003 -b 4")
+    resume_variant(ctx, "lora", common + ["--lora-rank", 4, "--learning-rate", "1e-4"], 9)
+
+
+# ---------------------------------------------------------------------------
+# 2. 1, 2 and 4 ranks
+# ---------------------------------------------------------------------------
+
+def test_mpi(ctx):
+    """The same job on 1, 2 and 4 ranks: a global batch of 2 instance + 2 class
+    samples, 4, 2 and 1 of them per rank."""
+    steps = 6
+    common = ["--train-batch-size", 2, "--with-prior-preservation", "--class-data", os.path.join(ctx.work, "class"),
+              "--class-prompt", "a photo of dog", "--num-class-images", 4, "--class-inference-steps", 2,
+              "--train-text-encoder", "--learning-rate", "1e-4", "--lr-warmup-steps", 0, "--max-train-steps", steps,
+              "--adam-epsilon", "1e-6", "-q"]
+    m, w = {}, {}
+    for r in (1, 2, 4):
+        out = os.path.join(ctx.work, f"r{r}")
+        rc, text, sec = ctx.run(ctx.train_args(out, *common), ranks=r)
+        if not check(rc == 0, f"{r} rank{'s' if r > 1 else ''}: {steps} steps, exit {rc} ({sec:.1f} s)"):
+            show(text)
+            return
+        m[r] = metrics(os.path.join(out, "metrics.jsonl"))
+        w[r] = h5_weights(os.path.join(out, "model.h5"))
+        check(sorted(m[r]) == list(range(1, steps + 1)) and all(x["ranks"] == r for x in m[r].values()),
+              f"{r} rank{'s' if r > 1 else ''}: metrics.jsonl has steps 1..{steps}, each logged with ranks = {r}")
+    rc, text, _ = ctx.run([ctx.sdc, "convert", "-q", "-m", ctx.model, "-o", os.path.join(ctx.work, "base.h5")])
+    if not check(rc == 0, f"the base model as an sdc checkpoint (exit {rc})"):
+        show(text)
+        return
+    base = h5_weights(os.path.join(ctx.work, "base.h5"))
+    moved = max(float(np.max(np.abs(w[1][k] - base[k].astype(np.float32)))) for k in w[1])
+    check(moved > 0, f"1 rank: the weights moved from the base (max |W - W0| {moved:.3g})")
+    # Tolerances. Every rank count computes the same samples (each sample's
+    # noise and timestep come from (seed, epoch, batch, index)), so only the
+    # order of the sums differs: the all-reduce adds R partial fp32 gradients
+    # where one rank accumulates the samples in its own order (relative error
+    # ~1e-7 per entry), and the loss parts are summed in fp64. Step 1's loss
+    # sees identical weights (exactly equal); later losses and gradient norms
+    # see weights that differ by the rounding below: 1e-5 relative, 100x the
+    # observed ~1e-7. A wrong share of the batch, a sample seen twice, noise
+    # drawn per rank or a gradient scaled by R changes them by O(1e-2..1).
+    # Weights: AdamW moves an entry by lr * m / (sqrt(v) + eps). The demo
+    # UNet normalises every channel alone (32 groups of 32 channels), so the
+    # biases in front of a GroupNorm, the time-embedding weights and the
+    # attention key biases have a gradient that is zero in exact arithmetic:
+    # rounding noise of ~1e-9 whose value depends on the summation order.
+    # With the default eps 1e-8 AdamW turns that noise into steps of ~0.06 lr
+    # that differ between rank counts (measured: 7% of the largest weight
+    # change), which says nothing about the data parallelism; --adam-epsilon
+    # 1e-6 keeps them below 1e-3 lr while real gradients (>= 1e-4 per entry
+    # here) are unaffected. The remaining differences are ~1e-3 of the
+    # largest change (noise entries) and ~1e-6 (the rest); the tolerance is
+    # 1e-2 of the largest change, and the bugs above change the update
+    # directions, i.e. O(1) of it.
+    for r in (2, 4):
+        for key, tol in (("loss", 1e-5), ("grad_norm", 1e-5)):
+            rel = max(abs(m[r][s][key] - m[1][s][key]) / abs(m[1][s][key]) for s in m[1])
+            rel1 = abs(m[r][1][key] - m[1][1][key]) / abs(m[1][1][key])
+            check(rel <= tol, f"{r} ranks vs 1: {key} max relative difference {rel:.3g} over {steps} steps "
+                  f"(step 1: {rel1:.3g}; tolerance {tol:g})")
+        if set(w[r]) != set(w[1]):
+            check(False, f"{r} ranks vs 1: model.h5 tensors differ in names")
+            continue
+        diffs = {k: float(np.max(np.abs(w[r][k] - w[1][k]))) for k in w[1]}
+        worst = max(diffs, key=diffs.get)
+        check(diffs[worst] <= 1e-2 * moved,
+              f"{r} ranks vs 1: max |W_{r} - W_1| {diffs[worst]:.3g} = {diffs[worst] / moved:.3g} x max |W_1 - W0| "
+              f"(at {worst}; tolerance 1e-2; {sum(v == 0 for v in diffs.values())} of {len(diffs)} tensors "
+              f"bit-identical)")
+
+
+# ---------------------------------------------------------------------------
+# 3. bad input
+# ---------------------------------------------------------------------------
+
+def expect_error(ctx, what, args, *needles):
+    """args must exit non-zero with every needle in its output."""
+    rc, out, _ = ctx.run(args)
+    missing = [n for n in needles if n not in out]
+    first = next((l.strip() for l in out.splitlines() if "error" in l), out.strip()[:200])
+    if not check(rc != 0 and not missing, f"{what}: exit {rc}, '{first}'" +
+                 (f" -- missing {missing}" if missing else "")):
+        show(out)
+    return out
+
+
+def checkpoint_readable(path):
+    """Every tensor of a training checkpoint reads back with its CRC32; returns
+    (tensors, bad CRCs, non-finite values, step)."""
+    import zlib
+    n = bad = nonfinite = 0
+    with h5py.File(path, "r") as f:
+        def visit(name, d):
+            nonlocal n, bad, nonfinite
+            if isinstance(d, h5py.Dataset) and "crc32" in d.attrs:
+                raw = d[()]
+                n += 1
+                bad += (zlib.crc32(np.ascontiguousarray(raw).tobytes()) & 0xFFFFFFFF) != int(d.attrs["crc32"])
+                nonfinite += int(np.size(raw) - np.isfinite(raw).sum())
+        f.visititems(visit)
+        step = int(f["state"].attrs["step"])
+    return n, bad, nonfinite, step
+
+
+def test_bad(ctx):
+    w = ctx.work
+    train = lambda out, *extra: ctx.train_args(os.path.join(w, out), "--max-train-steps", 1, "-q", *extra)
+    with_data = lambda d, out, *extra: [a if a != ctx.photos else d for a in train(out, *extra)]
+
+    # instance photos: missing, empty, unreadable
+    expect_error(ctx, "missing instance folder", with_data(os.path.join(w, "nowhere"), "o1"),
+                 "--instance-data", "nowhere: no such folder")
+    os.makedirs(os.path.join(w, "empty"))
+    expect_error(ctx, "empty instance folder", with_data(os.path.join(w, "empty"), "o2"),
+                 "--instance-data", "empty: no images found")
+    os.makedirs(os.path.join(w, "text"))
+    with open(os.path.join(w, "text", "photo.jpg"), "w") as f:
+        f.write("this is not a JPEG\n")
+    expect_error(ctx, "only unreadable images", with_data(os.path.join(w, "text"), "o3"),
+                 "photo.jpg: not a PNG or JPEG file", "--instance-data", "none of the 1 images could be read")
+    check(not os.path.exists(os.path.join(w, "o3", "instance.h5")), "  ... and no instance.h5 left behind")
+
+    # a class dataset at another resolution
+    cls32 = os.path.join(w, "class32.h5")
+    rc, out, _ = ctx.run([ctx.sdc, "dataset", "import", "-q", "--resolution", 32, "--cache-latents", "-m", ctx.model,
+                          "-p", "a photo of dog", "-o", cls32, ctx.photos])
+    if check(rc == 0, f"a class dataset made at 32 px (sdc dataset import: exit {rc})"):
+        expect_error(ctx, "class .h5 at the wrong resolution",
+                     train("o4", "--with-prior-preservation", "--class-data", cls32, "--class-prompt",
+                           "a photo of dog"),
+                     "class32.h5: images at 32 px, training at --resolution 64", "re-import it at 64")
+    else:
+        show(out)
+
+    # a LoRA of another model
+    lora = os.path.join(ctx.src, "tests", "fixtures", "lora-tiny-sd1-diffusers.safetensors")
+    expect_error(ctx, "sdc generate --lora with a LoRA of another model",
+                 [ctx.sdc, "generate", "-q", "-m", ctx.model, "-p", "x", "-W", 64, "-H", 64, "--steps", 1, "-t", 1,
+                  "--lora", lora, "-o", os.path.join(w, "x.png")],
+                 "lora-tiny-sd1-diffusers.safetensors", "a LoRA for another model?")
+
+    # divergence: step 1 at lr 0 (warm-up), step 2 at 1e30 makes the weights
+    # ~1e30, step 3's loss is NaN. The run stops there; checkpoints 1 and 2 stay.
+    small = ["--train-batch-size", 1, "--checkpointing-steps", 1, "--lr-scheduler", "linear", "--lr-warmup-steps", 1]
+    nan = os.path.join(w, "nan")
+    args = ctx.train_args(nan, "--max-train-steps", 6, "--learning-rate", "1e30", *small)
+    expect_error(ctx, "--learning-rate 1e30", args, "training stopped", "at step 3", "lower --learning-rate")
+    ck = sorted(glob.glob(os.path.join(nan, "checkpoint-*.h5")))
+    check([os.path.basename(p) for p in ck] == ["checkpoint-1.h5", "checkpoint-2.h5"] and
+          not os.path.exists(os.path.join(nan, "model.h5")),
+          f"  ... checkpoints written before it kept, nothing after, no export: {[os.path.basename(p) for p in ck]}")
+    m = metrics(os.path.join(nan, "metrics.jsonl"))
+    check(sorted(m) == [1, 2] and all(np.isfinite(r["loss"]) for r in m.values()),
+          f"  ... metrics.jsonl: the 2 finite steps only (losses {[m[s]['loss'] for s in sorted(m)]})")
+    for p in ck:
+        n, bad, nonfinite, step = checkpoint_readable(p)
+        check(n > 0 and bad == 0 and nonfinite == 0 and os.path.basename(p) == f"checkpoint-{step}.h5",
+              f"  ... {os.path.basename(p)} readable: {n} tensors, {bad} CRC errors, {nonfinite} non-finite values, "
+              f"/state step {step}")
+    # resumable: latest (step 2, weights ~1e30) diverges again at the same
+    # step; step 1 (before the bad lr) with a sane lr trains on.
+    expect_error(ctx, "resume from latest diverges at the same step", args + ["--resume-from-checkpoint", "latest"],
+                 "resumed from", "checkpoint-2.h5 at step 2", "at step 3")
+    rc, out, _ = ctx.run(ctx.train_args(nan, "--max-train-steps", 3, "--learning-rate", "1e-4", *small,
+                                        "--resume-from-checkpoint", os.path.join(nan, "checkpoint-1.h5")))
+    m2 = metrics(os.path.join(nan, "metrics.jsonl")) if rc == 0 else {}
+    if not check(rc == 0 and "resumed from" in out and sorted(m2) == [1, 2, 3] and m2[2]["loss"] == m[2]["loss"],
+                 f"resume from checkpoint-1.h5 at --learning-rate 1e-4: exit {rc}, step 2 loss "
+                 f"{m2.get(2, {}).get('loss')} (diverged run: {m[2]['loss']}), step 3 loss "
+                 f"{m2.get(3, {}).get('loss')}"):
+        show(out)
+
+    # a checkpoint of another job
+    expect_error(ctx, "--resume-from-checkpoint of another job (full) with --lora-rank 4",
+                 train("o5", "--lora-rank", 4, "--resume-from-checkpoint", os.path.join(nan, "checkpoint-1.h5")),
+                 "checkpoint-1.h5: written by another job", 'lora_rank is "0" there, "4" in this job')
+
+    # --dump-manifest: sdc run reads it back and prints the same text
+    job = os.path.join(w, "job.txtpb")
+    full = ctx.train_args(os.path.join(w, "o6"), "--with-prior-preservation", "--class-data", os.path.join(w, "c"),
+                          "--class-prompt", "a photo of dog", "--train-text-encoder", "--lora-rank", 4,
+                          "--offset-noise", "--snr-gamma", 5, "--lr-scheduler", "cosine", "--max-train-steps", 7,
+                          "--dump-manifest")
+    rc1, text1, _ = ctx.run(full)
+    with open(job, "w") as f:
+        f.write(text1)
+    rc2, text2, _ = ctx.run([ctx.sdc, "run", job, "--dump-manifest"])
+    check(rc1 == 0 and rc2 == 0 and text1 == text2 and "lora_rank: 4" in text1 and "snr_gamma: 5" in text1 and
+          not os.path.exists(os.path.join(w, "o6")),
+          f"--dump-manifest -> sdc run FILE --dump-manifest: the same {len(text1.splitlines())} lines "
+          f"(exit {rc1}, {rc2}; nothing run)")
+
+
+def main():
+    tests = {"resume": test_resume, "mpi": test_mpi, "bad": test_bad}
+    if len(sys.argv) != 6 or sys.argv[1] not in tests:
+        print(__doc__)
+        sys.exit(2)
+    t0 = time.time()
+    tests[sys.argv[1]](Ctx(*sys.argv[2:]))
+    print(f"{passed} passed, {failed} failed ({time.time() - t0:.1f} s)")
+    sys.exit(1 if failed or not passed else 0)
+
+
+main()
