@@ -258,7 +258,7 @@ static int worker_init(Worker *w, const DatasetImportOpts *o, SdcError *err) {
     if (o->resolution % 8)
         return sdc_err(err, SDC_ERR_ARG, "--resolution %d: must be a multiple of 8 with --cache-latents",
                        o->resolution);
-    SDC_TRY(backend_cpu_create(&w->be, 0, err));
+    SDC_TRY(backend_cpu_create(&w->be, o->threads, err));
     SDC_TRY(model_files_open(&w->mf, o->cache_latents_model, NULL, -1, err));
     SDC_TRY(vae_load(&w->vae, w->mf, w->be, err));
     const VaeConfig *vc = vae_config(w->vae);

@@ -24,6 +24,7 @@ typedef struct DatasetImportOpts {
     const char *prompt;         // caption for every image; NULL: FILE.txt beside each image
     const char *cache_latents_model; // NULL, or a model whose VAE encodes the images
     DType latents_dtype;        // DT_F32 or DT_F16
+    int threads;                // CPU threads of the VAE (0 = all cores; the runner passes -t)
     int quiet;
 } DatasetImportOpts;
 

@@ -239,3 +239,13 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
     }
     return 0;
 }
+
+char *manifest_to_text(const Sdc__Job *job) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return NULL;
+    manifest_print_text(f, &job->base, 0);
+    fclose(f);
+    return buf;
+}

@@ -36,6 +36,9 @@ int manifest_set_string(ProtobufCMessage *msg, const char *field, const char *v)
 // an enum name; a repeated field gets v appended), parsed as the text format
 // parses it: errors name the field.
 int manifest_set_field(ProtobufCMessage *msg, const char *field, const char *v, SdcError *err);
+// The Job in text format as one malloc'd string (NULL when out of memory):
+// what checkpoints store as their `manifest` attribute.
+char *manifest_to_text(const Sdc__Job *job);
 // Checks a Job for values no run can use; the message names the field.
 int manifest_validate(const Sdc__Job *job, SdcError *err);
 

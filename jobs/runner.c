@@ -178,16 +178,6 @@ static const char *mode_name(GenMode m) {
 // generation into an HDF5 generation output (data/genout.h)
 
 // The manifest in text format, malloc'd.
-static char *manifest_text(const Sdc__Job *job) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) return NULL;
-    manifest_print_text(f, &job->base, 0);
-    fclose(f);
-    return buf;
-}
-
 // Item i = prompt i / batch_count, seed seed + i (as the PNG path numbers
 // them). Under MPI rank r makes the items i with i % R == r; items already
 // done in the file are skipped (resume). On one rank, consecutive items of a
@@ -206,7 +196,7 @@ static int generate_h5(const Sdc__Job *job, const RunOptions *opt, SdModel *m, c
     int *run_len = calloc((size_t)n + 1, sizeof(int));
     float *images = malloc((size_t)micro * 3 * npix * sizeof(float));
     uint8_t *rgb = malloc((size_t)micro * 3 * npix);
-    char *manifest = manifest_text(job);
+    char *manifest = manifest_to_text(job);
     if (!items || !run_start || !run_len || !images || !rgb || !manifest) {
         free(items), free(run_start), free(run_len), free(images), free(rgb), free(manifest);
         return sdc_err(err, SDC_ERR_OOM, "generation buffers");
@@ -446,6 +436,7 @@ static int run_dataset_import(const Sdc__Job *job, const RunOptions *opt, SdcErr
                            .seed = (uint64_t)d->seed, .no_upscale = d->no_upscale,
                            .prompt = d->prompt && d->prompt[0] ? d->prompt : NULL,
                            .cache_latents_model = d->cache_latents ? model : NULL,
+                           .threads = job->runtime ? job->runtime->threads : 0,
                            .latents_dtype = d->latents_dtype && !strcmp(d->latents_dtype, "f16") ? DT_F16 : DT_F32,
                            .quiet = opt->quiet};
     const H5Par par = h5_par_world();
@@ -466,7 +457,7 @@ static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err
     if (!c || !c->output || !c->output[0])
         return sdc_err(err, SDC_ERR_ARG, "convert: no output ---> pass -o OUT.h5, OUT.safetensors or a folder");
     const char *dt = c->dtype ? c->dtype : "";
-    char *manifest = manifest_text(job);
+    char *manifest = manifest_to_text(job);
     ConvertOpts o = {.model = job->model->path, .config = job->model->config && job->model->config[0] ?
                      job->model->config : NULL, .output = c->output,
                      .dtype = !strcmp(dt, "f32") ? DT_F32 : !strcmp(dt, "f16") ? DT_F16 : !strcmp(dt, "bf16") ?

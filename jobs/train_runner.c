@@ -87,16 +87,6 @@ static int count_images(const char *dir) {
     return n;
 }
 
-static char *job_manifest_text(const Sdc__Job *job) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) return NULL;
-    manifest_print_text(f, &job->base, 0);
-    fclose(f);
-    return buf;
-}
-
 // ---------------------------------------------------------------------------
 // data
 // ---------------------------------------------------------------------------
@@ -118,7 +108,8 @@ static int import_folder(const Sdc__Job *job, const char *src, const char *out, 
     const char *srcs[1] = {src};
     DatasetImportOpts o = {.sources = srcs, .n_sources = 1, .output = out, .resolution = d->resolution,
                            .center_crop = d->center_crop, .seed = (uint64_t)d->seed, .prompt = prompt,
-                           .cache_latents_model = job->model->path, .latents_dtype = DT_F32, .quiet = quiet};
+                           .cache_latents_model = job->model->path, .latents_dtype = DT_F32,
+                           .threads = job->runtime ? job->runtime->threads : 0, .quiet = quiet};
     DatasetImportStats st;
     if (dataset_import(&o, par, &st, err)) // name the flag: its message only says "the sources"
         return sdc_err_wrap(err, "%s %s", src == d->instance_data ? "--instance-data" : "--class-data", src);
@@ -439,7 +430,7 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     DbTrainer t;
     memset(&t, 0, sizeof t);
     float *inst = NULL, *cls = NULL;
-    char *manifest = job_manifest_text(job);
+    char *manifest = manifest_to_text(job);
     int rc = dp_init(&run.dp, h5_par_is_mpi(par) ? par->comm : MPI_COMM_NULL, 0, err);
     if (rc) goto done;
     rc = par->rank == 0 ? mkdir_p(d->output_dir, err) : 0;
