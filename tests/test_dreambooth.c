@@ -18,6 +18,8 @@
 //   e  UNet, 3 instance latents in sdc's shuffled order, accumulation 2:
 //      steps of 2, 1 (the epoch's end syncs) and 2 micro-batches; the loss
 //      reported is the mean of the step's micro-batches
+//   f  UNet, prior preservation + min-SNR 5, each half weighted by its own
+//      timesteps (sdc's definition; diffusers has a shape bug there)
 // Compared, with the tolerances and why:
 //   loss per step      1e-5 relative (seen: <= 2e-7). Step 1 is one fp32
 //                      forward of CLIP + UNet against torch's, ~1e-7 from
@@ -108,6 +110,8 @@ static const Case CASES[] = {
     {"d", "UNet, v-prediction, min-SNR 5, cosine", 99, 0, 0, 1, 0, 5.0f, 0.0f, LR_COSINE, 0, PRED_V, 1},
     {"e", "UNet, 3 instance latents shuffled, accumulation 2 (2 + 1 + 2 micro-batches)", 2024, 0, 0, 2, 0, 0.0f,
      0.0f, LR_CONSTANT, 0, -1, 3},
+    {"f", "UNet, prior preservation + min-SNR 5, each half weighted by its own timesteps", 15, 0, 1, 1, 0, 5.0f,
+     0.0f, LR_CONSTANT, 0, -1, 1},
 };
 
 // ---------------------------------------------------------------------------

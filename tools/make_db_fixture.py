@@ -43,8 +43,12 @@ Cases (3 optimizer steps each, fp32, CPU):
   e  UNet, 3 instance latents, accumulation 2: step 1 = epoch 0's batches
      0 + 1, step 2 = its batch 2 alone (the epoch's end syncs; loss still
      / 2), step 3 = epoch 1's batches 0 + 1
+  f  UNet, prior preservation + min-SNR gamma 5: sdc's definition (each
+     half weighted by its own timesteps' weights; diffusers pairs the 2b
+     weights with the b instance losses); seed 15 puts t = 26 (instance)
+     and t = 106 (class) in it, so both halves' weights fire
 
-Stored (F32 unless noted), per case X in a, b, c, d, e:
+Stored (F32 unless noted), per case X in a, b, c, d, e, f:
   X.loss (steps)            the logged loss of each optimizer step (mean of
                             its micro-batches' unscaled losses)
   X.grad_norm (steps)       clip_grad_norm_'s total norm (before clipping)
@@ -103,6 +107,10 @@ CASES = {
               accum=1, lr_scheduler="cosine", warmup=0, lora_rank=0, prediction="v_prediction"),
     "e": dict(seed=2024, train_text_encoder=False, prior=False, snr_gamma=None, offset_noise=False,
               accum=2, lr_scheduler="constant", warmup=0, lora_rank=0, inst_latents="inst3"),
+    # min-SNR with prior preservation: sdc's definition (each half weighted by
+    # its own timesteps), where diffusers pairs 2b weights with b losses
+    "f": dict(seed=15, train_text_encoder=False, prior=True, snr_gamma=5.0, offset_noise=False,
+              accum=1, lr_scheduler="constant", warmup=0, lora_rank=0),
 }
 COMMON = dict(max_train_steps=3, learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2,
               adam_epsilon=1e-8, max_grad_norm=1.0, prior_loss_weight=1.0, train_batch_size=1, lr_num_cycles=1,
@@ -381,7 +389,21 @@ def run_case(tag, cfg, latents, ids):
                     model_pred, model_pred_prior = torch.chunk(model_pred, 2, dim=0)
                     target, target_prior = torch.chunk(target, 2, dim=0)
                     prior_loss = F.mse_loss(model_pred_prior.float(), target_prior.float(), reduction="mean")
-                if a["snr_gamma"] is None:
+                if a["snr_gamma"] is not None and a["prior"]:
+                    # sdc's min-SNR with prior preservation (dreambooth.h): the instance
+                    # half weighted by its timesteps, the class half by its own
+                    snr = compute_snr(noise_scheduler, timesteps)
+                    w = torch.stack([snr, a["snr_gamma"] * torch.ones_like(timesteps)], dim=1).min(dim=1)[0] / snr
+                    if noise_scheduler.config.prediction_type == "v_prediction":
+                        w = w + 1
+                    w_inst, w_prior = torch.chunk(w, 2, dim=0)
+                    dims = list(range(1, len(model_pred.shape)))
+                    loss = (F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=dims)
+                            * w_inst).mean()
+                    prior_loss = (F.mse_loss(model_pred_prior.float(), target_prior.float(), reduction="none")
+                                  .mean(dim=dims) * w_prior).mean()
+                    print(f"    [{tag}] min-SNR weights {w.tolist()} (t {timesteps.tolist()})")
+                elif a["snr_gamma"] is None:
                     loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
                 else:
                     assert not a["prior"], "diffusers pairs 2b weights with b losses; sdc does not (dreambooth.h)"
