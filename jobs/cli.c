@@ -454,7 +454,7 @@ static void cli_print_usage_train(FILE *f) {
             "  --num-class-images N            (100)      --prior-loss-weight W (1.0)\n"
             "  --resolution PX                 (512)      --center-crop\n"
             "  --train-batch-size N            (4)        --gradient-accumulation-steps N (1)\n"
-            "  --learning-rate LR              (5e-6)     --max-train-steps N (0: one epoch)\n"
+            "  --learning-rate LR              (5e-6)     --max-train-steps N (0: --num-train-epochs (1) epochs)\n"
             "  --lr-scheduler NAME             constant | constant_with_warmup | linear | cosine |\n"
             "                                  cosine_with_restarts | polynomial   (constant)\n"
             "  --lr-warmup-steps N (500)       --lr-num-cycles N (1)  --lr-power P (1.0)\n"

@@ -406,8 +406,10 @@ static int check_job(const Sdc__Job *job, SdcError *err) {
     NEED(!d->with_prior_preservation || (d->class_data && d->class_data[0] && d->class_prompt && d->class_prompt[0]),
          "--with-prior-preservation needs --class-data FOLDER and --class-prompt \"a photo of dog\"");
     NEED(d->resolution >= 8 && d->resolution % 8 == 0, "--resolution %d: a positive multiple of 8 is needed", d->resolution);
-    NEED(d->train_batch_size >= 1 && d->gradient_accumulation_steps >= 1 && d->max_train_steps >= 0,
-         "--train-batch-size, --gradient-accumulation-steps must be >= 1 and --max-train-steps >= 0");
+    NEED(d->train_batch_size >= 1 && d->gradient_accumulation_steps >= 1 && d->max_train_steps >= 0 &&
+             d->num_train_epochs >= 1,
+         "--train-batch-size, --gradient-accumulation-steps, --num-train-epochs must be >= 1 and "
+         "--max-train-steps >= 0");
     NEED(d->learning_rate > 0 && isfinite(d->learning_rate), "--learning-rate %g must be positive", d->learning_rate);
     NEED(d->lora_rank >= 0 && d->lora_alpha >= 0, "--lora-rank and --lora-alpha must be >= 0");
     NEED(d->checkpointing_steps >= 1 && d->validation_steps >= 1, "--checkpointing-steps and --validation-steps must be >= 1");
@@ -504,11 +506,11 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                     .lora_rank = d->lora_rank, .lora_alpha = d->lora_alpha, .offset_noise = d->offset_noise,
                     .snr_gamma = d->snr_gamma, .seed = (uint64_t)d->seed};
     if ((rc = lr_schedule_parse(d->lr_scheduler, &cfg.lr_scheduler, err))) goto done;
-    {   // one epoch by default (diffusers' num_train_epochs 1)
+    {   // diffusers: max_train_steps = num_train_epochs * updates per epoch when not given
         int items = d->with_prior_preservation && n_cls > n_inst ? n_cls : n_inst;
         int64_t batches = (items + d->train_batch_size - 1) / d->train_batch_size;
-        cfg.max_train_steps = d->max_train_steps > 0 ? d->max_train_steps
-                                                      : (batches + d->gradient_accumulation_steps - 1) / d->gradient_accumulation_steps;
+        int64_t per_epoch = (batches + d->gradient_accumulation_steps - 1) / d->gradient_accumulation_steps;
+        cfg.max_train_steps = d->max_train_steps > 0 ? d->max_train_steps : d->num_train_epochs * per_epoch;
     }
     DbData data = {.n_inst = n_inst, .n_class = n_cls, .inst_latents = inst, .class_latents = cls, .lat_h = lh,
                    .lat_w = lw, .instance_prompt = d->instance_prompt, .class_prompt = d->class_prompt};
