@@ -486,6 +486,8 @@ static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *op
     Sdc__Job *job = job_new();
     job->task = SDC__TASK__TASK_DREAMBOOTH;
     job->has_task = 1;
+    sdc__generate__free_unpacked(job->generate, NULL); // a training job has no generate section
+    job->generate = NULL;
     Sdc__Dreambooth *d = calloc(1, sizeof *d);
     SDC_CHECK(d);
     sdc__dreambooth__init(d);

@@ -79,3 +79,9 @@ if(TARGET sdc)
     set_tests_properties(dreambooth_${name} PROPERTIES FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK" TIMEOUT 240)
   endforeach()
 endif()
+
+# The example training manifest parses and prints back unchanged (comments aside).
+if(TARGET sdc)
+  add_test(NAME jobs_example_manifest
+    COMMAND sh -c "$<TARGET_FILE:sdc> run ${CMAKE_SOURCE_DIR}/jobs/examples/dreambooth-dog.txtpb --dump-manifest > ${CMAKE_BINARY_DIR}/test-out/example.txtpb && grep -v '^#' ${CMAKE_SOURCE_DIR}/jobs/examples/dreambooth-dog.txtpb | cmp - ${CMAKE_BINARY_DIR}/test-out/example.txtpb && echo '1 passed, 0 failed'")
+endif()
