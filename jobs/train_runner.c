@@ -490,7 +490,11 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         const ModelInfo *info = model_files_info(m.files);
         m.be = be;
         rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m.tok, info->tokenizer_dir, err) : clip_tok_load_default(&m.tok, err);
-        ModelLoadOpts full = {.trainable = 1}, te = {.trainable = d->train_text_encoder && d->lora_rank == 0};
+        // LoRA keeps the base UNet as read-only mmap views unless validation
+        // images need the LoRA merged into writable copies (SD 1.5: 3.4 GB)
+        int validating = d->validation_prompt && d->validation_prompt[0];
+        ModelLoadOpts full = {.trainable = d->lora_rank == 0 || validating},
+                      te = {.trainable = d->train_text_encoder && d->lora_rank == 0};
         if (!rc) rc = clip_load_opts(&m.clip, m.files, be, &te, err);
         if (!rc) rc = unet_load_opts(&m.unet, m.files, be, &full, err);
         if (!rc) rc = vae_load(&m.vae, m.files, be, err);
