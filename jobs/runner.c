@@ -1,7 +1,10 @@
 // runner.c: executes a Job (see runner.h): picks the backend, loads the
 // model, runs the task, writes the outputs.
+#define _GNU_SOURCE // sched_getaffinity, CPU_COUNT
 #include "jobs/runner.h"
 
+#include <mpi.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -279,6 +282,33 @@ static int check_fits(SdModel *m, const GenParams *p, const RunOptions *opt, Sdc
     return 0;
 }
 
+int runner_threads(const Sdc__Job *job, int quiet) {
+    int t = job->runtime ? job->runtime->threads : 0;
+    int cores = 0, local = 1, rank = 0, inited = 0;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set); // Slurm's binding, if any
+    if (cores < 1) cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < 1) cores = 1;
+    MPI_Initialized(&inited);
+    if (inited) {
+        MPI_Comm node;
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+            MPI_Comm_size(node, &local);
+            MPI_Comm_free(&node);
+        }
+    }
+    // Ranks bound to their own cores see only those; ranks that share the
+    // node's cores split them (torchrun's OMP_NUM_THREADS, done for you).
+    int shared = local > 1 && cores >= (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (t == 0) t = shared ? (cores / local > 0 ? cores / local : 1) : cores;
+    if (!quiet && rank == 0 && shared && t * local > cores)
+        fprintf(stderr, "sdc: warning: %d ranks x %d threads on %d cores: OpenMP threads will spin-wait on each "
+                "other ---> pass -t %d (or set OMP_WAIT_POLICY=passive)\n", local, t, cores,
+                cores / local > 0 ? cores / local : 1);
+    return t;
+}
+
 static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     const Sdc__Generate *g = job->generate;
     const Sdc__Runtime *rt = job->runtime;
@@ -288,7 +318,7 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     DType dt;
     int rc = run_dtype(rt, cuda, &dt, err);
     if (rc) return rc;
-    rc = cuda ? backend_cuda_create(&be, 0, dt, err) : backend_cpu_create(&be, rt ? rt->threads : 0, err);
+    rc = cuda ? backend_cuda_create(&be, 0, dt, err) : backend_cpu_create(&be, runner_threads(job, opt->quiet), err);
     if (rc) return rc;
 
     SamplerKind sk;
@@ -436,7 +466,7 @@ static int run_dataset_import(const Sdc__Job *job, const RunOptions *opt, SdcErr
                            .seed = (uint64_t)d->seed, .no_upscale = d->no_upscale,
                            .prompt = d->prompt && d->prompt[0] ? d->prompt : NULL,
                            .cache_latents_model = d->cache_latents ? model : NULL,
-                           .threads = job->runtime ? job->runtime->threads : 0,
+                           .threads = runner_threads(job, opt->quiet),
                            .latents_dtype = d->latents_dtype && !strcmp(d->latents_dtype, "f16") ? DT_F16 : DT_F32,
                            .quiet = opt->quiet};
     const H5Par par = h5_par_world();

@@ -10,6 +10,11 @@ typedef struct RunOptions {
     int quiet;
 } RunOptions;
 
+// The CPU threads this process uses: runtime.threads, or when 0 the cores
+// this process may run on, split over the MPI ranks sharing them on this
+// node (as torchrun sets OMP_NUM_THREADS). Warns (unless quiet) when ranks x
+// threads exceed the cores. Collective under MPI: every rank calls it.
+int runner_threads(const Sdc__Job *job, int quiet);
 // `sdc train dreambooth` (jobs/train_runner.c).
 int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err);

@@ -109,7 +109,7 @@ static int import_folder(const Sdc__Job *job, const char *src, const char *out, 
     DatasetImportOpts o = {.sources = srcs, .n_sources = 1, .output = out, .resolution = d->resolution,
                            .center_crop = d->center_crop, .seed = (uint64_t)d->seed, .prompt = prompt,
                            .cache_latents_model = job->model->path, .latents_dtype = DT_F32,
-                           .threads = job->runtime ? job->runtime->threads : 0, .quiet = quiet};
+                           .threads = runner_threads(job, 1), .quiet = quiet};
     DatasetImportStats st;
     if (dataset_import(&o, par, &st, err)) // name the flag: its message only says "the sources"
         return sdc_err_wrap(err, "%s %s", src == d->instance_data ? "--instance-data" : "--class-data", src);
@@ -437,7 +437,7 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     if (rc) goto done;
     rc = par->rank == 0 ? mkdir_p(d->output_dir, err) : 0;
     if ((rc = h5_par_agree(par, rc, err))) goto done;
-    if ((rc = backend_cpu_create(&be, job->runtime ? job->runtime->threads : 0, err))) goto done;
+    if ((rc = backend_cpu_create(&be, runner_threads(job, opt->quiet), err))) goto done;
 
     // 1-2. data
     char inst_h5[1200], cls_h5[1200];
@@ -483,7 +483,7 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     // mpiexec, R ranks of all-core thread pools would fight over the cores).
     backend_destroy(be);
     be = NULL;
-    if ((rc = backend_cpu_create(&be, job->runtime ? job->runtime->threads : 0, err))) goto done;
+    if ((rc = backend_cpu_create(&be, runner_threads(job, 1), err))) goto done;
     {
         const char *cfg = job->model->config && job->model->config[0] ? job->model->config : NULL;
         if ((rc = model_files_open(&m.files, job->model->path, cfg, -1, err))) goto done;
