@@ -589,3 +589,72 @@ int train_ckpt_rotate(const char *output_dir, int total_limit, int *removed, Sdc
     if (removed) *removed = gone;
     return rc;
 }
+
+// ----------------------------------------------------------------------------
+// a LoRA training checkpoint as a LoRA file
+
+int train_ckpt_export_lora(const char *ckpt_path, const char *out_path, LoraFormat format, SdcError *err) {
+    Ckpt c;
+    SDC_TRY(ckpt_open(&c, ckpt_path, err));
+    static const char *const groups[2] = {"unet_lora", "text_encoder_lora"};
+    static const Component comps[2] = {COMP_UNET, COMP_TEXT_ENCODER};
+    int rc = 0;
+    for (int g = 0; g < 2 && !rc; g++) rc = ckpt_list_group(&c, groups[g], err);
+    ParamTable tb[2] = {{0}};
+    float *data = NULL;
+    size_t total = 0;
+    for (int i = 0; !rc && i < c.n; i++)
+        if (!strcmp(c.t[i].group, groups[0]) || !strcmp(c.t[i].group, groups[1])) total += c.t[i].nbytes;
+    if (!rc && total == 0)
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: no LoRA tensors (/unet_lora, /text_encoder_lora)\n---> a checkpoint of a "
+                     "--lora-rank run is needed here", ckpt_path);
+    char *alpha_s = NULL;
+    float alpha = 0;
+    if (!rc) rc = ckpt_get_attr(&c, "job", "lora_alpha", &alpha_s, err);
+    if (!rc && !(sscanf(alpha_s, "%f", &alpha) == 1 && alpha > 0))
+        rc = sdc_err(err, SDC_ERR_FORMAT, "%s: /job lora_alpha \"%s\" is not a positive number", ckpt_path, alpha_s);
+    free(alpha_s);
+    if (!rc && !(data = malloc(total))) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", ckpt_path);
+    size_t off = 0;
+    for (int i = 0; !rc && i < c.n; i++) {
+        const CkptTensor *t = &c.t[i];
+        int g = !strcmp(t->group, groups[0]) ? 0 : !strcmp(t->group, groups[1]) ? 1 : -1;
+        if (g < 0) continue;
+        if (t->dtype != DT_F32) {
+            rc = sdc_err(err, SDC_ERR_FORMAT, "%s: /%s/%s is not f32", ckpt_path, t->group, t->name);
+            break;
+        }
+        rc = ckpt_read(&c, i, (char *)data + off, 1, err);
+        if (rc) break;
+        ParamTable *p = &tb[g];
+        if (p->n == p->cap) {
+            p->cap = p->cap ? 2 * p->cap : 64;
+            ParamEntry *e = realloc(p->e, (size_t)p->cap * sizeof *e);
+            if (!e) {
+                rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", ckpt_path);
+                break;
+            }
+            p->e = e;
+        }
+        ParamEntry *e = &p->e[p->n++];
+        snprintf(e->name, sizeof e->name, "%.127s", t->name);
+        e->t = tensor_make(DT_F32, DEV_CPU, (char *)data + off, t->ndim, t->shape);
+        off += t->nbytes;
+    }
+    LoraTensor *lt[2] = {NULL, NULL}, *all = NULL;
+    int n[2] = {0, 0};
+    for (int g = 0; g < 2 && !rc; g++)
+        if (tb[g].n) rc = lora_tensors_from_table(&tb[g], comps[g], alpha, &lt[g], &n[g], err);
+    if (!rc && !(all = malloc((size_t)(n[0] + n[1]) * sizeof *all))) rc = sdc_err(err, SDC_ERR_OOM, "out of memory");
+    if (!rc) {
+        if (n[0]) memcpy(all, lt[0], (size_t)n[0] * sizeof *all);
+        if (n[1]) memcpy(all + n[0], lt[1], (size_t)n[1] * sizeof *all);
+        rc = lora_save(out_path, format, all, n[0] + n[1], err);
+    }
+    free(all), free(lt[0]), free(lt[1]);
+    param_table_free(&tb[0]);
+    param_table_free(&tb[1]);
+    free(data);
+    ckpt_close(&c);
+    return rc;
+}

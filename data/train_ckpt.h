@@ -41,6 +41,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "io/lora.h"
 #include "models/params.h"
 #include "train/optim.h"
 
@@ -134,5 +135,10 @@ int train_ckpt_latest(const char *output_dir, char *path, size_t cap, int64_t *s
 // killed writer (call it from the one writing rank only). total_limit <= 0:
 // no limit (only the .tmp files go). *removed (may be NULL): files deleted.
 int train_ckpt_rotate(const char *output_dir, int total_limit, int *removed, SdcError *err);
+
+// The LoRA tensors of a LoRA training checkpoint (/unet_lora,
+// /text_encoder_lora, alpha from /job lora_alpha) written as a LoRA file, so
+// `sdc generate --lora checkpoint-N.h5` can use any checkpoint of a run.
+int train_ckpt_export_lora(const char *ckpt_path, const char *out_path, LoraFormat format, SdcError *err);
 
 #endif

@@ -17,6 +17,7 @@
 #include "data/convert.h"
 #include "data/dataset.h"
 #include "data/genout.h"
+#include "data/train_ckpt.h"
 
 static double mono_s(void) {
     struct timespec ts;
@@ -339,16 +340,35 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     LoraSpec *loras = n_lora ? calloc(n_lora, sizeof *loras) : NULL;
     if (n_lora && !loras) rc = sdc_err(err, SDC_ERR_OOM, "LoRA list");
     for (size_t i = 0; !rc && i < n_lora; i++) rc = lora_spec_parse(job->model->lora[i], &loras[i], err);
+    // A LoRA training checkpoint (checkpoint-N.h5 of `sdc train dreambooth
+    // --lora-rank R`) is written out as a LoRA file first (this process's own
+    // temporary copy, removed after the load).
+    char (*given)[1024] = n_lora ? calloc(n_lora, sizeof *given) : NULL;
+    int n_tmp = 0;
+    for (size_t i = 0; !rc && i < n_lora; i++) {
+        size_t len = strlen(loras[i].path);
+        if (len < 3 || strcmp(loras[i].path + len - 3, ".h5")) continue;
+        const char *tmpdir = getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp";
+        snprintf(given[i], sizeof given[i], "%s", loras[i].path);
+        snprintf(loras[i].path, sizeof loras[i].path, "%s/sdc-lora-%d-%zu.safetensors", tmpdir, (int)getpid(), i);
+        rc = train_ckpt_export_lora(given[i], loras[i].path, LORA_FORMAT_DIFFUSERS, err);
+        n_tmp++;
+        if (rc) sdc_err_wrap(err, "--lora %s", given[i]);
+    }
     const SdLoadOpts lo = {.loras = loras, .n_loras = (int)n_lora};
     if (!rc) rc = sd_model_load_opts(&m, job->model->path, cfg, prediction, be, &lo, err);
+    for (size_t i = 0; n_tmp && i < n_lora; i++)
+        if (given[i][0]) unlink(loras[i].path);
     if (rc) {
         free(loras);
+        free(given);
         backend_destroy(be);
         return sdc_err_wrap(err, "loading %s", job->model->path);
     }
     for (size_t i = 0; !opt->quiet && i < n_lora; i++)
-        fprintf(stderr, "sdc: LoRA %s merged at weight %g\n", loras[i].path, loras[i].weight);
+        fprintf(stderr, "sdc: LoRA %s merged at weight %g\n", given[i][0] ? given[i] : loras[i].path, loras[i].weight);
     free(loras);
+    free(given);
     const ModelInfo *info = model_files_info(m.files);
     GenInputs in;
     rc = load_inputs(g, info, &in, err);

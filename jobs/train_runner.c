@@ -260,8 +260,8 @@ static int hook_step(void *u, const DbStepInfo *s, SdcError *err) {
 
 typedef struct CkptParts {
     TrainCkptComponent comps[2];
-    TrainCkptKey keys[6];
-    char vals[6][64];
+    TrainCkptKey keys[7];
+    char vals[7][64];
     TrainCkptSpec spec;
 } CkptParts;
 
@@ -274,16 +274,17 @@ static void ckpt_parts(CkptParts *p, const Sdc__Job *job, DbTrainer *t, char *ma
     if (d->train_text_encoder)
         p->comps[nc++] = (TrainCkptComponent){.group = lora ? "text_encoder_lora" : "text_encoder",
                                               .table = clip_train_table(t->model->clip), .opt_group = 1};
-    static const char *const keys[6] = {"model", "lora_rank", "train_text_encoder", "resolution",
-                                        "with_prior_preservation", "seed"};
+    static const char *const keys[7] = {"model", "lora_rank", "train_text_encoder", "resolution",
+                                        "with_prior_preservation", "seed", "lora_alpha"};
     snprintf(p->vals[0], sizeof p->vals[0], "%.63s", job->model->path);
     snprintf(p->vals[1], sizeof p->vals[1], "%d", d->lora_rank);
     snprintf(p->vals[2], sizeof p->vals[2], "%d", d->train_text_encoder ? 1 : 0);
     snprintf(p->vals[3], sizeof p->vals[3], "%d", d->resolution);
     snprintf(p->vals[4], sizeof p->vals[4], "%d", d->with_prior_preservation ? 1 : 0);
     snprintf(p->vals[5], sizeof p->vals[5], "%lld", (long long)d->seed);
-    for (int i = 0; i < 6; i++) p->keys[i] = (TrainCkptKey){.key = keys[i], .value = p->vals[i]};
-    p->spec = (TrainCkptSpec){.comps = p->comps, .n_comps = nc, .opt = &t->opt, .job = p->keys, .n_job = 6,
+    snprintf(p->vals[6], sizeof p->vals[6], "%.9g", t->cfg.lora_alpha); // the effective alpha (rank when 0)
+    for (int i = 0; i < 7; i++) p->keys[i] = (TrainCkptKey){.key = keys[i], .value = p->vals[i]};
+    p->spec = (TrainCkptSpec){.comps = p->comps, .n_comps = nc, .opt = &t->opt, .job = p->keys, .n_job = 7,
                               .manifest = manifest};
 }
 

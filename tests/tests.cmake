@@ -85,3 +85,12 @@ if(TARGET sdc)
   add_test(NAME jobs_example_manifest
     COMMAND sh -c "$<TARGET_FILE:sdc> run ${CMAKE_SOURCE_DIR}/jobs/examples/dreambooth-dog.txtpb --dump-manifest > ${CMAKE_BINARY_DIR}/test-out/example.txtpb && grep -v '^#' ${CMAKE_SOURCE_DIR}/jobs/examples/dreambooth-dog.txtpb | cmp - ${CMAKE_BINARY_DIR}/test-out/example.txtpb && echo '1 passed, 0 failed'")
 endif()
+
+# A LoRA training checkpoint is a LoRA: `--lora checkpoint-3.h5` gives the
+# pixels of `--lora pytorch_lora_weights.safetensors` from the same (last)
+# step; a full fine-tuning checkpoint is refused as a LoRA.
+if(TARGET sdc)
+  set(SDC_LT ${CMAKE_BINARY_DIR}/test-out/lora_ckpt)
+  add_test(NAME cli_lora_from_checkpoint
+    COMMAND sh -c "rm -rf ${SDC_LT} && $<TARGET_FILE:sdc> train dreambooth -q --pretrained-model ${SDC_DEMO} --instance-data ${CMAKE_SOURCE_DIR}/tests/fixtures/images --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 3 --checkpointing-steps 3 --output-dir ${SDC_LT} --lora-rank 4 --lora-alpha 8 --train-text-encoder --learning-rate 1e-3 -t 1 && $<TARGET_FILE:sdc> generate -q -m ${SDC_DEMO} --lora ${SDC_LT}/checkpoint-3.h5:0.8 -p 'sks dog' -W 64 -H 64 --steps 3 -o ${SDC_LT}/a.png && $<TARGET_FILE:sdc> generate -q -m ${SDC_DEMO} --lora ${SDC_LT}/pytorch_lora_weights.safetensors:0.8 -p 'sks dog' -W 64 -H 64 --steps 3 -o ${SDC_LT}/b.png && $<TARGET_FILE:sdc> generate -q -m ${SDC_DEMO} -p 'sks dog' -W 64 -H 64 --steps 3 -o ${SDC_LT}/c.png && /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/png_pixels.py same ${SDC_LT}/a.png ${SDC_LT}/b.png && /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/png_pixels.py differ ${SDC_LT}/a.png ${SDC_LT}/c.png && $<TARGET_FILE:sdc> train dreambooth -q --pretrained-model ${SDC_DEMO} --instance-data ${CMAKE_SOURCE_DIR}/tests/fixtures/images --instance-prompt 'x' --resolution 64 --max-train-steps 1 --checkpointing-steps 1 --output-dir ${SDC_LT}/full -t 1 && ! $<TARGET_FILE:sdc> generate -q -m ${SDC_DEMO} --lora ${SDC_LT}/full/checkpoint-1.h5 -p x -W 64 -H 64 --steps 2 -o ${SDC_LT}/d.png 2> ${SDC_LT}/err.txt && grep -q 'no LoRA tensors' ${SDC_LT}/err.txt && echo '1 passed, 0 failed'")
+endif()
