@@ -89,7 +89,8 @@ void cli_print_usage(FILE *f, const char *sub) {
     }
     fprintf(f,
             "usage: sdc generate -m MODEL -p PROMPT [options]\n\n"
-            "  -m, --model PATH          .safetensors single file (SD 1.x/2.x original layout) or diffusers folder\n"
+            "  -m, --model PATH          .safetensors single file (SD 1.x/2.x original layout), diffusers folder, or an\n"
+            "                            sdc .h5 checkpoint (converted once to PATH.sdc-cache/)\n"
             "      --config DIR          diffusers folder describing a single file's architecture (optional)\n"
             "      --prediction-type T   epsilon | v_prediction (default: from the model)\n"
             "      --lora FILE[:W]       merge a LoRA (kohya or diffusers .safetensors) at weight W (default 1.0)\n"
@@ -445,7 +446,7 @@ static void cli_print_usage_train(FILE *f) {
     fprintf(f,
             "usage: sdc train dreambooth --pretrained-model MODEL --instance-data DIR|H5 --instance-prompt TEXT\n"
             "                            [options]    (diffusers train_dreambooth.py flags, '-' or '_')\n"
-            "  --pretrained-model PATH         single .safetensors file or diffusers folder\n"
+            "  --pretrained-model PATH         single .safetensors file, diffusers folder or sdc .h5 checkpoint\n"
             "  --instance-data DIR|H5          photos of the subject (imported to OUTPUT_DIR/instance.h5)\n"
             "  --instance-prompt TEXT          e.g. \"a photo of sks dog\"\n"
             "  --with-prior-preservation       prior-preservation loss on class images\n"

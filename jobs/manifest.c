@@ -176,15 +176,6 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
     if (!job->model || !job->model->path || !job->model->path[0])
         return sdc_err(err, SDC_ERR_ARG, "manifest: field 'model.path' is empty ---> pass -m MODEL "
                                          "(a .safetensors file or a diffusers folder)");
-    {
-        const char *mp = job->model->path;
-        size_t n = strlen(mp);
-        if (n > 3 && !strcmp(mp + n - 3, ".h5"))
-            return sdc_err(err, SDC_ERR_UNSUPPORTED,
-                           "manifest: model.path %s is an sdc HDF5 checkpoint, which generation and training do not "
-                           "load directly\n---> make a diffusers folder once: sdc convert -m %s -o %.*s/", mp, mp,
-                           (int)(n - 3), mp);
-    }
     if (job->model->clip_skip < 0)
         return sdc_err(err, SDC_ERR_ARG, "manifest: model.clip_skip is %d; expected 0 (default) or more",
                        job->model->clip_skip);

@@ -5,7 +5,10 @@
 
 #include <mpi.h>
 #include <sched.h>
+#include <errno.h>
+#include <ftw.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -517,13 +520,73 @@ static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err
     return rc;
 }
 
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f) {
+    (void)st, (void)flag, (void)f;
+    return remove(path);
+}
+
+// rm -rf path (0 when it is gone or was never there).
+static int rm_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st)) return 0;
+    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+// The models of src/ are read from safetensors files; an sdc HDF5
+// checkpoint given as the model of a generation or training job is converted
+// once into a diffusers folder beside it, X.h5.sdc-cache/ (reused while it is
+// newer than X.h5; written as .tmp and renamed, by rank 0). *cache gets its
+// path, or "" when the model is not an .h5 file.
+static int h5_model_cache(const Sdc__Job *job, char *cache, size_t cap, int quiet, SdcError *err) {
+    cache[0] = 0;
+    const char *p = job->model && job->model->path ? job->model->path : "";
+    size_t n = strlen(p);
+    if (n < 4 || strcmp(p + n - 3, ".h5") || !(job->task == SDC__TASK__TASK_GENERATE ||
+                                                  job->task == SDC__TASK__TASK_DREAMBOOTH))
+        return 0;
+    const H5Par par = h5_par_world();
+    int rc = 0;
+    if ((size_t)snprintf(cache, cap, "%s.sdc-cache", p) >= cap)
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: path too long", p);
+    if (!rc && par.rank == 0) {
+        struct stat sh, sc;
+        char idx[1200], tmp[1200];
+        snprintf(idx, sizeof idx, "%s/model_index.json", cache);
+        if (stat(p, &sh)) {
+            rc = sdc_err(err, SDC_ERR_IO, "%s: cannot open (%s)", p, strerror(errno));
+        } else if (stat(idx, &sc) || sc.st_mtime < sh.st_mtime) {
+            snprintf(tmp, sizeof tmp, "%s.tmp", cache);
+            char *manifest = manifest_to_text(job);
+            ConvertOpts o = {.model = p, .output = tmp, .dtype = -1, .manifest = manifest, .quiet = 1};
+            if (!quiet) fprintf(stderr, "sdc: %s is an HDF5 checkpoint: converting it once to %s/\n", p, cache);
+            // a stale cache or a killed conversion goes first
+            if (rm_tree(tmp) || rm_tree(cache)) rc = sdc_err(err, SDC_ERR_IO, "cannot remove %s", cache);
+            if (!rc) rc = convert_run(&o, err);
+            if (!rc && rename(tmp, cache))
+                rc = sdc_err(err, SDC_ERR_IO, "cannot rename %s to %s (%s)", tmp, cache, strerror(errno));
+            free(manifest);
+        }
+    }
+    return h5_par_agree(&par, rc, err);
+}
+
 int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     SDC_TRY(manifest_validate(job, err));
-    switch (job->task) {
-    case SDC__TASK__TASK_GENERATE: return run_generate(job, opt, err);
-    case SDC__TASK__TASK_DATASET_IMPORT: return run_dataset_import(job, opt, err);
-    case SDC__TASK__TASK_CONVERT: return run_convert(job, opt, err);
-    case SDC__TASK__TASK_DREAMBOOTH: return run_dreambooth(job, opt, err);
-    default: return sdc_err(err, SDC_ERR_UNSUPPORTED, "task %d is not implemented yet", job->task);
+    char cache[1200];
+    SDC_TRY(h5_model_cache(job, cache, sizeof cache, opt->quiet, err));
+    char *given = NULL;
+    if (cache[0]) { // run the job on the converted folder (the caller's Job is restored after)
+        given = job->model->path;
+        job->model->path = cache;
     }
+    int rc;
+    switch (job->task) {
+    case SDC__TASK__TASK_GENERATE: rc = run_generate(job, opt, err); break;
+    case SDC__TASK__TASK_DATASET_IMPORT: rc = run_dataset_import(job, opt, err); break;
+    case SDC__TASK__TASK_CONVERT: rc = run_convert(job, opt, err); break;
+    case SDC__TASK__TASK_DREAMBOOTH: rc = run_dreambooth(job, opt, err); break;
+    default: rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "task %d is not implemented yet", job->task);
+    }
+    if (given) job->model->path = given;
+    return rc;
 }

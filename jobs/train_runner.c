@@ -401,7 +401,7 @@ static int check_job(const Sdc__Job *job, SdcError *err) {
     if (!(cond)) return sdc_err(err, SDC_ERR_ARG, __VA_ARGS__)
     NEED(d, "no dreambooth section in the job ---> sdc train dreambooth --help");
     NEED(job->model && job->model->path && job->model->path[0],
-         "no model to fine-tune ---> --pretrained-model MODEL (.safetensors or diffusers folder)");
+         "no model to fine-tune ---> --pretrained-model MODEL (.safetensors, diffusers folder or .h5)");
     NEED(d->instance_data && d->instance_data[0], "no instance data ---> --instance-data FOLDER (photos of the subject)");
     NEED(d->instance_prompt && d->instance_prompt[0], "no instance prompt ---> --instance-prompt \"a photo of sks dog\"");
     NEED(!d->with_prior_preservation || (d->class_data && d->class_data[0] && d->class_prompt && d->class_prompt[0]),
