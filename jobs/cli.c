@@ -334,7 +334,7 @@ static void cli_print_usage_storage(FILE *f, const char *sub) {
                 "      --no-upscale        skip images smaller than the resolution (default: upscale with a warning)\n"
                 "  -p, --prompt TEXT       caption of every image (default: FILE.txt beside each image, kohya style)\n"
                 "      --cache-latents     also store VAE latents (mean x scaling_factor) of each image; needs -m\n"
-                "  -m, --model PATH        the model whose VAE encodes (.safetensors or diffusers folder)\n"
+                "  -m, --model PATH        the model whose VAE encodes (.safetensors, diffusers folder or .h5)\n"
                 "      --latents-dtype T   f32 (default) or f16\n"
                 "      --dump-manifest     print the job manifest and exit\n"
                 "  -q, --quiet             no progress output\n");

@@ -541,9 +541,10 @@ static int h5_model_cache(const Sdc__Job *job, char *cache, size_t cap, int quie
     cache[0] = 0;
     const char *p = job->model && job->model->path ? job->model->path : "";
     size_t n = strlen(p);
-    if (n < 4 || strcmp(p + n - 3, ".h5") || !(job->task == SDC__TASK__TASK_GENERATE ||
-                                                  job->task == SDC__TASK__TASK_DREAMBOOTH))
-        return 0;
+    int loads = job->task == SDC__TASK__TASK_GENERATE || job->task == SDC__TASK__TASK_DREAMBOOTH ||
+                (job->task == SDC__TASK__TASK_DATASET_IMPORT && job->dataset_import &&
+                 job->dataset_import->cache_latents);
+    if (n < 4 || strcmp(p + n - 3, ".h5") || !loads) return 0;
     const H5Par par = h5_par_world();
     int rc = 0;
     if ((size_t)snprintf(cache, cap, "%s.sdc-cache", p) >= cap)
