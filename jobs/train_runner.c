@@ -487,7 +487,9 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     if ((rc = backend_cpu_create(&be, runner_threads(job, 1), err))) goto done;
     {
         const char *cfg = job->model->config && job->model->config[0] ? job->model->config : NULL;
-        if ((rc = model_files_open(&m.files, job->model->path, cfg, -1, err))) goto done;
+        const char *pt = job->model->prediction_type;
+        int prediction = pt && !strcmp(pt, "epsilon") ? PRED_EPSILON : pt && !strcmp(pt, "v_prediction") ? PRED_V : -1;
+        if ((rc = model_files_open(&m.files, job->model->path, cfg, prediction, err))) goto done;
         const ModelInfo *info = model_files_info(m.files);
         m.be = be;
         rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m.tok, info->tokenizer_dir, err) : clip_tok_load_default(&m.tok, err);
