@@ -286,6 +286,13 @@ static int check_fits(SdModel *m, const GenParams *p, const RunOptions *opt, Sdc
     return 0;
 }
 
+int runner_prediction(const Sdc__Job *job) {
+    const char *pt = job->model ? job->model->prediction_type : NULL;
+    if (pt && !strcmp(pt, "epsilon")) return PRED_EPSILON;
+    if (pt && !strcmp(pt, "v_prediction")) return PRED_V;
+    return -1;
+}
+
 int runner_threads(const Sdc__Job *job, int quiet) {
     int t = job->runtime ? job->runtime->threads : 0;
     int cores = 0, local = 1, rank = 0, inited = 0;
@@ -330,10 +337,7 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
         backend_destroy(be);
         return rc;
     }
-    int prediction = -1;
-    const char *pt = job->model->prediction_type;
-    if (pt && !strcmp(pt, "epsilon")) prediction = PRED_EPSILON;
-    if (pt && !strcmp(pt, "v_prediction")) prediction = PRED_V;
+    int prediction = runner_prediction(job);
 
     double t0 = mono_s();
     SdModel m;

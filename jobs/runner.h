@@ -15,6 +15,8 @@ typedef struct RunOptions {
 // node (as torchrun sets OMP_NUM_THREADS). Warns (unless quiet) when ranks x
 // threads exceed the cores. Collective under MPI: every rank calls it.
 int runner_threads(const Sdc__Job *job, int quiet);
+// model.prediction_type as model_files_open takes it (-1: from the model).
+int runner_prediction(const Sdc__Job *job);
 // `sdc train dreambooth` (jobs/train_runner.c).
 int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err);

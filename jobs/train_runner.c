@@ -162,7 +162,7 @@ static int make_class_images(const Sdc__Job *job, const Backend *be, const char 
                 d->class_prompt, dir, d->class_inference_steps, d->class_guidance_scale);
     SdModel m;
     SDC_TRY(sd_model_load(&m, job->model->path, job->model->config && job->model->config[0] ? job->model->config : NULL,
-                          -1, be, err));
+                          runner_prediction(job), be, err));
     const ClipConfig *cc = clip_config(m.clip);
     float *ctx = malloc((size_t)2 * cc->max_positions * cc->hidden * sizeof(float));
     size_t img = (size_t)3 * d->resolution * d->resolution;
@@ -487,9 +487,7 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     if ((rc = backend_cpu_create(&be, runner_threads(job, 1), err))) goto done;
     {
         const char *cfg = job->model->config && job->model->config[0] ? job->model->config : NULL;
-        const char *pt = job->model->prediction_type;
-        int prediction = pt && !strcmp(pt, "epsilon") ? PRED_EPSILON : pt && !strcmp(pt, "v_prediction") ? PRED_V : -1;
-        if ((rc = model_files_open(&m.files, job->model->path, cfg, prediction, err))) goto done;
+        if ((rc = model_files_open(&m.files, job->model->path, cfg, runner_prediction(job), err))) goto done;
         const ModelInfo *info = model_files_info(m.files);
         m.be = be;
         rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m.tok, info->tokenizer_dir, err) : clip_tok_load_default(&m.tok, err);
