@@ -44,18 +44,6 @@ static int check_rc(TestCtx *t, int rc, const char *what, const SdcError *err) {
     return rc == 0 || check_true(t, 0, "%s: %s", what, err->msg);
 }
 
-// A reference tensor as host f32 (malloc'd), NULL and a failed check if absent.
-static float *ref_get(TestCtx *t, const StFile *f, const char *name, Tensor *shape_out) {
-    const StEntry *e = st_find(f, name);
-    if (!e) return check_true(t, 0, "%s has %s", f->path, name), NULL;
-    Tensor v = st_tensor(f, e);
-    size_t n = (size_t)tensor_numel(&v);
-    float *h = malloc(n * sizeof *h);
-    convert_to_f32(h, v.data, v.dtype, n);
-    if (shape_out) *shape_out = v;
-    return h;
-}
-
 static float *to_f32(const Tensor *x) {
     size_t n = (size_t)tensor_numel(x);
     float *h = malloc(n * sizeof *h);
@@ -82,7 +70,7 @@ static void check_merged_weights(TestCtx *t, const ModelFiles *mf, const LoraSet
         Component c = !strncmp(rn + 7, "unet.", 5) ? COMP_UNET : COMP_TEXT_ENCODER;
         const char *name = rn + 7 + (c == COMP_UNET ? 5 : 13);
         Tensor rs;
-        float *want = ref_get(t, ref, rn, &rs);
+        float *want = fixture_f32(t, ref, rn, &rs);
         Tensor base;
         SdcError err = {0};
         if (!check_rc(t, model_files_get(mf, c, name, rs.ndim, rs.shape, &base, &err), name, &err)) {
@@ -111,7 +99,7 @@ static void check_outputs(TestCtx *t, const Backend *be, const ModelFiles *mf, c
         const ClipConfig *cc = clip_config(clip);
         const int B = 2, L = cc->max_positions, D = cc->hidden;
         const StEntry *ide = st_find(base_ref, "text.ids");
-        float *want = ref_get(t, ref, "lora.text.hidden", NULL);
+        float *want = fixture_f32(t, ref, "lora.text.hidden", NULL);
         float *got = malloc((size_t)B * L * D * sizeof *got);
         Tensor out = tensor_f32(got, 3, (int64_t[]){B, L, D}); // (B, L, D)
         if (ide && want && check_rc(t, clip_encode(clip, st_tensor(base_ref, ide).data, B, 0, &out, &err),
@@ -128,8 +116,8 @@ static void check_outputs(TestCtx *t, const Backend *be, const ModelFiles *mf, c
     snprintf(what, sizeof what, "%s: unet_load_opts with the LoRA", label);
     if (!check_rc(t, unet_load_opts(&unet, mf, be, &lo, &err), what, &err)) return;
     Tensor sx, sctx;
-    float *hx = ref_get(t, base_ref, "unet.x", &sx), *ht = ref_get(t, base_ref, "unet.t", NULL);
-    float *hctx = ref_get(t, base_ref, "unet.ctx", &sctx), *want = ref_get(t, ref, "lora.unet.out", NULL);
+    float *hx = fixture_f32(t, base_ref, "unet.x", &sx), *ht = fixture_f32(t, base_ref, "unet.t", NULL);
+    float *hctx = fixture_f32(t, base_ref, "unet.ctx", &sctx), *want = fixture_f32(t, ref, "lora.unet.out", NULL);
     Arena io = {0};
     if (hx && ht && hctx && want) {
         const int64_t N = sx.shape[0], C = sx.shape[1], H = sx.shape[2], W = sx.shape[3];

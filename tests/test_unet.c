@@ -26,18 +26,6 @@
 #define FIX "tests/fixtures"
 #endif
 
-// A reference tensor as host f32 (malloc'd); NULL and a failed check if absent.
-static float *ref_get(TestCtx *t, const StFile *f, const char *name, Tensor *shape_out) {
-    const StEntry *e = st_find(f, name);
-    if (!check_true(t, e != NULL, "%s has %s", f->path, name)) return NULL;
-    Tensor v = st_tensor(f, e);
-    size_t n = (size_t)tensor_numel(&v);
-    float *h = malloc(n * sizeof *h);
-    convert_to_f32(h, v.data, v.dtype, n);
-    *shape_out = v;
-    return h;
-}
-
 static void run_case(TestCtx *t, const Backend *be, const char *name, int single) {
     char path[512], cfg[512], refp[512], label[128];
     snprintf(cfg, sizeof cfg, FIX "/%s", name);
@@ -60,10 +48,10 @@ static void run_case(TestCtx *t, const Backend *be, const char *name, int single
     if (!check_true(t, st_open(&ref, refp, &err) == 0, "%s: %s", label, err.msg)) goto done;
     ref_open = 1;
     Tensor sx, st, sctx, sout;
-    hx = ref_get(t, &ref, "unet.x", &sx);
-    ht = ref_get(t, &ref, "unet.t", &st);
-    hctx = ref_get(t, &ref, "unet.ctx", &sctx);
-    hout = ref_get(t, &ref, "unet.out", &sout);
+    hx = fixture_f32(t, &ref, "unet.x", &sx);
+    ht = fixture_f32(t, &ref, "unet.t", &st);
+    hctx = fixture_f32(t, &ref, "unet.ctx", &sctx);
+    hout = fixture_f32(t, &ref, "unet.out", &sout);
     if (!hx || !ht || !hctx || !hout) goto done;
     int64_t N = sx.shape[0], Cin = sx.shape[1], H = sx.shape[2], W = sx.shape[3];
     int64_t L = sctx.shape[1], Dc = sctx.shape[2], Cout = sout.shape[1];

@@ -37,21 +37,6 @@ static double tol_of(DType dt) { return dt == DT_F32 ? 1e-4 : 5e-2; }
 
 // A reference tensor as host f32 (malloc'd), its shape in *shape; NULL and a
 // failed check if absent.
-static float *ref_get(TestCtx *t, const StFile *f, const char *name, Tensor *shape) {
-    const StEntry *e = st_find(f, name);
-    if (!check_true(t, e != NULL, "%s has %s", f->path, name)) return NULL;
-    Tensor v = st_tensor(f, e);
-    size_t n = (size_t)tensor_numel(&v);
-    float *h = malloc(n * sizeof *h);
-    if (!h) {
-        fprintf(stderr, "test_unet_cuda: out of host memory\n");
-        exit(2);
-    }
-    convert_to_f32(h, v.data, v.dtype, n);
-    *shape = v;
-    return h;
-}
-
 // A device tensor of be's activation dtype (caller frees .data with be->free).
 static Tensor dev_tensor(const Backend *be, int ndim, const int64_t *shape) {
     Tensor t = tensor_make(be->act_dtype, DEV_CUDA, NULL, ndim, shape);
@@ -89,8 +74,8 @@ static void unet_case(TestCtx *t, const Backend *be, const ModelFiles *mf, const
     Unet *m = NULL;
     if (!check_true(t, unet_load(&m, mf, be, &err) == 0, "%s: load: %s", label, err.msg)) return;
     Tensor sx, st_, sctx, sout;
-    float *hx = ref_get(t, ref, "unet.x", &sx), *ht = ref_get(t, ref, "unet.t", &st_);
-    float *hctx = ref_get(t, ref, "unet.ctx", &sctx), *hout = ref_get(t, ref, "unet.out", &sout);
+    float *hx = fixture_f32(t, ref, "unet.x", &sx), *ht = fixture_f32(t, ref, "unet.t", &st_);
+    float *hctx = fixture_f32(t, ref, "unet.ctx", &sctx), *hout = fixture_f32(t, ref, "unet.out", &sout);
     if (hx && ht && hctx && hout) {
         Tensor x = dev_from_host(be, hx, &sx);       // (N, Cin, h, w)
         Tensor ctx = dev_from_host(be, hctx, &sctx); // (N, L, cross)
@@ -122,7 +107,7 @@ static void clip_case(TestCtx *t, const Backend *be, const ModelFiles *mf, const
     const ClipConfig *c = clip_config(m);
     const StEntry *ide = st_find(ref, "text.ids");
     Tensor sh;
-    float *want = ref_get(t, ref, "text.hidden", &sh);
+    float *want = fixture_f32(t, ref, "text.hidden", &sh);
     if (want && check_true(t, ide && ide->dtype == DT_I32 && ide->ndim == 2 &&
                                   ide->shape[1] == c->max_positions,
                            "%s: text.ids is I32 (B, %d)", label, c->max_positions)) {
@@ -148,8 +133,8 @@ static void vae_case(TestCtx *t, const Backend *be, const ModelFiles *mf, const 
     snprintf(label, sizeof label, "vae %s [%s]", name, dtype_name(be->act_dtype));
     if (!check_true(t, vae_load(&m, mf, be, &err) == 0, "%s: load: %s", label, err.msg)) return;
     Tensor sz, sdec, simg, smean;
-    float *hz = ref_get(t, ref, "vae.z", &sz), *hdec = ref_get(t, ref, "vae.decoded", &sdec);
-    float *himg = ref_get(t, ref, "vae.image", &simg), *hmean = ref_get(t, ref, "vae.mean", &smean);
+    float *hz = fixture_f32(t, ref, "vae.z", &sz), *hdec = fixture_f32(t, ref, "vae.decoded", &sdec);
+    float *himg = fixture_f32(t, ref, "vae.image", &simg), *hmean = fixture_f32(t, ref, "vae.mean", &smean);
     if (hz && hdec && himg && hmean &&
         check_true(t, vae_reserve(m, 1, (int)simg.shape[2], (int)simg.shape[3], &err) == 0,
                    "%s: reserve: %s", label, err.msg)) {

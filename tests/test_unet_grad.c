@@ -30,17 +30,6 @@
 
 #define FIX "tests/fixtures"
 
-static float *ref_get(TestCtx *t, const StFile *f, const char *name, Tensor *shape_out) {
-    const StEntry *e = st_find(f, name);
-    if (!check_true(t, e != NULL, "fixture has %s", name)) return NULL;
-    Tensor v = st_tensor(f, e);
-    size_t n = (size_t)tensor_numel(&v);
-    float *h = malloc(n * sizeof *h);
-    convert_to_f32(h, v.data, v.dtype, n);
-    if (shape_out) *shape_out = v;
-    return h;
-}
-
 static Tensor host_tensor(float *p, const Tensor *shape) {
     return tensor_make(DT_F32, DEV_CPU, p, shape->ndim, shape->shape);
 }
@@ -72,17 +61,17 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
     if (!check_true(t, unet_load_opts(&m, mf, be, &lo, &err) == 0, "load: %s", err.msg)) goto done;
     Tensor sx, sctx, sout;
     snprintf(nm, sizeof nm, "%s.x", c->tag);
-    hx = ref_get(t, ref, nm, &sx);
+    hx = fixture_f32(t, ref, nm, &sx);
     snprintf(nm, sizeof nm, "%s.t", c->tag);
-    ht = ref_get(t, ref, nm, NULL);
+    ht = fixture_f32(t, ref, nm, NULL);
     snprintf(nm, sizeof nm, "%s.ctx", c->tag);
-    hctx = ref_get(t, ref, nm, &sctx);
+    hctx = fixture_f32(t, ref, nm, &sctx);
     snprintf(nm, sizeof nm, "%s.dout", c->tag);
-    hdout = ref_get(t, ref, nm, NULL);
+    hdout = fixture_f32(t, ref, nm, NULL);
     snprintf(nm, sizeof nm, "%s.out", c->tag);
-    hout = ref_get(t, ref, nm, &sout);
+    hout = fixture_f32(t, ref, nm, &sout);
     snprintf(nm, sizeof nm, "%s.dctx", c->tag);
-    hdctx = ref_get(t, ref, nm, NULL);
+    hdctx = fixture_f32(t, ref, nm, NULL);
     if (!hx || !ht || !hctx || !hdout || !hout || !hdctx) goto done;
     int N = (int)sx.shape[0], H = (int)sx.shape[2], W = (int)sx.shape[3], L = (int)sctx.shape[1];
     size_t nout = (size_t)tensor_numel(&sout), nctx = (size_t)tensor_numel(&sctx);
@@ -103,7 +92,7 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
             for (int i = 0; i < tb->n; i++) {
                 snprintf(nm, sizeof nm, "%s.%s", c->tag, tb->e[i].name);
                 Tensor shp;
-                float *v = ref_get(t, ref, nm, &shp);
+                float *v = fixture_f32(t, ref, nm, &shp);
                 if (!v) goto done;
                 check_true(t, tensor_numel(&shp) == tensor_numel(&tb->e[i].t), "%s shape", nm);
                 memcpy(tb->e[i].t.data, v, tensor_bytes(&tb->e[i].t));
@@ -122,7 +111,7 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
             for (int i = 0; i < tb->n; i++) {
                 snprintf(nm, sizeof nm, "%s.grad.%s", c->tag, tb->e[i].name);
                 Tensor shp;
-                float *r = ref_get(t, ref, nm, &shp);
+                float *r = fixture_f32(t, ref, nm, &shp);
                 if (!r) continue;
                 size_t n = (size_t)tensor_numel(&tb->e[i].t);
                 const float *g = grad_of(m, &tb->e[i]);

@@ -1,6 +1,11 @@
 // testutil.c: see testutil.h.
 #include "testutil.h"
 
+#include <stdlib.h>
+
+#include "core/tensor.h"
+#include "io/safetensors.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -64,4 +69,22 @@ double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+float *fixture_f32(TestCtx *t, const StFile *f, const char *name, Tensor *shape_out) {
+    const StEntry *e = st_find(f, name);
+    if (!e) {
+        check_true(t, 0, "%s has %s", f->path, name);
+        return NULL;
+    }
+    Tensor v = st_tensor(f, e);
+    size_t n = (size_t)tensor_numel(&v);
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    if (!h) {
+        check_true(t, 0, "%s: out of memory for %s", f->path, name);
+        return NULL;
+    }
+    convert_to_f32(h, v.data, v.dtype, n);
+    if (shape_out) *shape_out = v;
+    return h;
 }

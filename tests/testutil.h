@@ -23,6 +23,12 @@ int test_summary(TestCtx *t);
 
 // Deterministic uniform floats in [lo, hi) from a small LCG (seeded).
 void fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
+// A reference tensor of a safetensors fixture as malloc'd host f32 (any
+// float dtype converted), its shape in *shape_out (may be NULL); NULL and a
+// failed check when the fixture has no tensor of that name.
+struct StFile;
+struct Tensor;
+float *fixture_f32(TestCtx *t, const struct StFile *f, const char *name, struct Tensor *shape_out);
 // Monotonic seconds.
 double now_s(void);
 
