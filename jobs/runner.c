@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
@@ -467,6 +468,7 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
             }
         }
     }
+    if (!rc && !opt->quiet) runner_print_peak_memory(be);
     free(ctx);
     free(images);
     free(rgb);
@@ -474,6 +476,23 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     sd_model_free(&m);
     backend_destroy(be);
     return rc;
+}
+
+void runner_print_peak_memory(const Backend *be) {
+    size_t fr = 0, tot = 0;
+    if (be->device != DEV_CPU) {
+        // every arena is allocated up front and kept until the model is
+        // freed, so what is in use at the end of the run is its peak
+        if (be->mem_info && be->mem_info(be, &fr, &tot) == 0)
+            fprintf(stderr, "sdc: peak device memory: %.0f MiB in use of %.0f MiB on %s (device-wide: weights, "
+                    "activation arenas, workspaces, the CUDA context)\n", (tot - fr) / 1048576.0, tot / 1048576.0,
+                    be->name);
+        return;
+    }
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        fprintf(stderr, "sdc: peak memory: %.0f MiB resident (mapped weight files included)\n",
+                ru.ru_maxrss / 1024.0);
 }
 
 // ----------------------------------------------------------------------------

@@ -17,6 +17,11 @@ typedef struct RunOptions {
 int runner_threads(const Sdc__Job *job, int quiet);
 // model.prediction_type as model_files_open takes it (-1: from the model).
 int runner_prediction(const Sdc__Job *job);
+// The run's peak memory on stderr: the resident set on the CPU; device
+// memory in use on a GPU, taken at the end of the run (arenas are allocated
+// up front and kept until the model is freed).
+struct Backend;
+void runner_print_peak_memory(const struct Backend *be);
 // `sdc train dreambooth` (jobs/train_runner.c).
 int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err);

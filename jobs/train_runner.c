@@ -591,6 +591,7 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     // 5. export
     rc = par->rank == 0 ? export_model(&run, &t, manifest, err) : 0;
     rc = h5_par_agree(par, rc, err);
+    if (!rc && !opt->quiet && par->rank == 0) runner_print_peak_memory(be);
 done:
     if (rc == SDC_ERR_NONFINITE) sdc_err_wrap(err, "training stopped");
     if (run.metrics) fclose(run.metrics);
