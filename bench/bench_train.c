@@ -59,12 +59,12 @@ static double mib(size_t b) { return (double)b / 1048576.0; }
 
 static void usage(void) {
     fprintf(stderr, "usage: bench_train MODEL [--config DIR] [--threads N] [--repeat R] [--latent 64] "
-                    "[--batch 1] [--checkpointing] [--plan]\n");
+                    "[--batch 1] [--checkpointing] [--lora-rank R] [--plan]\n");
 }
 
 int main(int argc, char **argv) {
     const char *model = NULL, *config = NULL;
-    int threads = 0, repeat = 3, latent = 64, batch = 1, ckpt = 0, plan_only = 0;
+    int threads = 0, repeat = 3, latent = 64, batch = 1, ckpt = 0, plan_only = 0, lora = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has = i + 1 < argc;
@@ -74,6 +74,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--batch") && has) batch = atoi(argv[++i]);
         else if (!strcmp(a, "--config") && has) config = argv[++i];
         else if (!strcmp(a, "--checkpointing")) ckpt = 1;
+        else if (!strcmp(a, "--lora-rank") && has) lora = atoi(argv[++i]);
         else if (!strcmp(a, "--plan")) plan_only = 1;
         else if (a[0] != '-' && !model) model = a;
         else {
@@ -99,15 +100,19 @@ int main(int argc, char **argv) {
     if (backend_cpu_create(&be, threads, &err)) goto done;
     double t0 = now_sec();
     if (model_files_open(&mf, model, config, -1, &err)) goto done;
-    if (unet_load_opts(&m, mf, be, &(ModelLoadOpts){.trainable = 1}, &err)) goto done;
-    model_files_close(mf); // trainable parameters are copies, never views into the mapping
-    mf = NULL;
+    // full: own F32 copies (the file can be closed); LoRA: the base stays
+    // mmap'd (frozen views) and only the LoRA tensors train
+    if (unet_load_opts(&m, mf, be, &(ModelLoadOpts){.trainable = !lora}, &err)) goto done;
+    if (!lora) {
+        model_files_close(mf); // trainable parameters are copies, never views into the mapping
+        mf = NULL;
+    }
     const UnetConfig *c = unet_config(m);
     printf("loaded %s in %.2f s: %zu parameters (%.1f MiB f32), threads %d\n", model, now_sec() - t0,
            unet_param_count(m), mib(unet_param_bytes(m)), be->threads);
 
     t0 = now_sec();
-    UnetTrainOpts to = {.checkpointing = ckpt};
+    UnetTrainOpts to = {.checkpointing = ckpt, .lora_rank = lora, .lora_alpha = (float)lora, .lora_seed = 1};
     if (unet_train_reserve(m, &to, batch, latent, latent, CTX_LEN, &err)) goto done;
     float *p, *g;
     size_t n;
@@ -186,9 +191,9 @@ int main(int argc, char **argv) {
         t_opt[r] = s3 - s2;
     }
     printf("sdc_train_s_per_step=%.4f forward_s=%.4f backward_s=%.4f adamw_s=%.4f peak_rss_mb=%.1f "
-           "checkpointing=%d\n",
+           "checkpointing=%d lora_rank=%d\n",
            median(t_step, repeat), median(t_fwd, repeat), median(t_bwd, repeat), median(t_opt, repeat),
-           peak_rss_mb(), ckpt);
+           peak_rss_mb(), ckpt, lora);
     rc = 0;
 done:
     if (rc) fprintf(stderr, "bench_train: %s\n", err.msg);

@@ -137,6 +137,8 @@ def main():
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--lora-rank", type=int, default=0,
+                    help="train a peft LoRA (to_q, to_k, to_v, to_out.0; alpha = rank), base frozen")
     ap.add_argument("--plan", action="store_true", help="print the memory estimate only (fake tensors)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -147,6 +149,11 @@ def main():
     unet = load_unet(a.model).train()
     if a.checkpointing:
         unet.enable_gradient_checkpointing()
+    if a.lora_rank:  # as diffusers' train_dreambooth_lora.py sets it up
+        from peft import LoraConfig
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=a.lora_rank, lora_alpha=a.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     c = unet.config
     params = [p for p in unet.parameters() if p.requires_grad]
     print(f"loaded {a.model} in {time.perf_counter() - t0:.2f} s: {sum(p.numel() for p in params)} parameters, "
@@ -185,7 +192,8 @@ def main():
           f"checkpointing={int(a.checkpointing)} steps={[round(s, 3) for s in times]}", file=sys.stderr)
     med = statistics.median
     print(f"torch_train_s_per_step={med(times):.4f} forward_s={med(fwd):.4f} backward_s={med(bwd):.4f} "
-          f"adamw_s={med(adam):.4f} peak_rss_mb={rss_mb:.1f} checkpointing={int(a.checkpointing)}")
+          f"adamw_s={med(adam):.4f} peak_rss_mb={rss_mb:.1f} checkpointing={int(a.checkpointing)} "
+          f"lora_rank={a.lora_rank}")
     return 0
 
 
