@@ -557,7 +557,6 @@ static void train_backward(Unet *m, const Tensor *dout) {
     for (int i = 0; i < 2; i++) arena_reset(&T->dslot[i], 0);
     arena_reset(&T->dskips, 0);
     arena_reset(&T->gwork, 0);
-    size_t keep_mark = arena_mark(&T->keep);
     T->dtemb = like(&T->keep, &T->temb);
     zero(T, &T->dtemb);
     if (T->o.want_dctx) {
@@ -599,7 +598,7 @@ static void train_backward(Unet *m, const Tensor *dout) {
                             &m->t_lin1_w);
         arena_reset(&T->gwork, 0);
     }
-    (void)keep_mark; // dtemb / dctx stay until the caller copied dctx
+    // dtemb / dctx stay in keep until the next forward resets it (the caller copies dctx first)
 }
 
 // ---------------------------------------------------------------------------
@@ -749,12 +748,7 @@ int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w,
     train_forward(m, &x, ts);
     train_backward(m, &dout);
     free(ts);
-    size_t total = 0;
-    for (int i = 0; i <= B_GWORK; i++) {
-        Arena *a = train_arena(T, i);
-        T->bytes[i] = a->peak;
-        total += a->peak;
-    }
+    for (int i = 0; i <= B_GWORK; i++) T->bytes[i] = train_arena(T, i)->peak;
     T->measuring = 0;
     T->be = m->be;
     for (int i = 0; i <= B_GWORK; i++)
@@ -765,7 +759,6 @@ int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w,
     T->h = h;
     T->w = w;
     T->ctx_len = ctx_len;
-    (void)total;
     return 0;
 oom:
     rc = sdc_err(err, SDC_ERR_OOM, "unet: out of memory planning training");

@@ -25,7 +25,7 @@ static uint64_t mix(uint64_t h, uint64_t v) {
     return h ^ (h >> 31);
 }
 
-uint64_t db_sample_seed(uint64_t seed, int64_t epoch, int64_t batch, int64_t index) {
+uint64_t db_sample_seed(uint64_t seed, int64_t epoch, int64_t batch, int64_t index) { // see dreambooth.h
     return mix(mix(mix(mix(0x5dc, seed), (uint64_t)epoch), (uint64_t)batch), (uint64_t)index) >> 11;
 }
 
@@ -388,10 +388,8 @@ int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_sc
     }
     if (!rc) rc = unet_lora_merge(m->unet, 1, err);
     if (!rc) {
-        const UnetConfig *uc = unet_config(m->unet);
         GenParams p = {.mode = GEN_TXT2IMG, .steps = steps, .cfg_scale = cfg_scale, .sampler = SAMPLER_DPMPP_2M,
                        .seed = seed, .width = t->data.lat_w * 8, .height = t->data.lat_h * 8, .batch = 1};
-        (void)uc;
         size_t img = (size_t)3 * p.width * p.height;
         for (int i = 0; i < n && !rc; i++) {
             p.seed = seed + (uint64_t)i;

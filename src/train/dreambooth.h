@@ -126,6 +126,13 @@ typedef struct DbTrainer {
     int32_t inst_ids[1024], class_ids[1024]; // (L) the two prompts' tokens
 } DbTrainer;
 
+// The seed of sample `index` (0-based in the global batch: instances, then
+// class samples) of micro-batch `batch` of `epoch`: its noise (randn of the
+// latent's size), offset noise (randn(4) when on) and timestep
+// (int(rand() * 1000)) are drawn in that order from one generator seeded
+// with it (tools/make_db_fixture.py replays it).
+uint64_t db_sample_seed(uint64_t seed, int64_t epoch, int64_t batch, int64_t index);
+
 // Loads nothing: model must hold a UNet loaded trainable (full) or frozen
 // (LoRA) and a text encoder loaded trainable when cfg.train_text_encoder
 // (full). Plans every buffer, the optimizer and the schedule.
