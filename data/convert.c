@@ -7,6 +7,7 @@
 // travel as diffusers/transformers config.json text, generated from the
 // ModelInfo sdc reads (so any source gives configs diffusers can load).
 #include "data/convert.h"
+#include "data/fsutil.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -189,16 +190,6 @@ static void make_model_index(Model *m, int tokenizer) {
 
 // ----------------------------------------------------------------------------
 // sources
-
-static int is_dir(const char *p) {
-    struct stat s;
-    return !stat(p, &s) && S_ISDIR(s.st_mode);
-}
-
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
 
 static int load_single(Model *m, const char *path, const ModelInfo *info, SdcError *err) {
     StFile *f = &m->st[m->n_st];
@@ -435,18 +426,13 @@ static int write_text(const char *path, const char *text, SdcError *err) {
     return 0;
 }
 
-static int mkdir_p(const char *p, SdcError *err) {
-    if (mkdir(p, 0755) && errno != EEXIST) return sdc_err(err, SDC_ERR_IO, "%s: cannot create the folder", p);
-    return 0;
-}
-
 // Copies src_dir/tokenizer/* (a diffusers source) into out/tokenizer/.
 static int copy_tokenizer(const char *src_dir, const char *out, SdcError *err) {
     static const char *const files[] = {"vocab.json", "merges.txt", "special_tokens_map.json",
                                         "tokenizer_config.json"};
     char a[2048], b[2048];
     snprintf(b, sizeof b, "%s/tokenizer", out);
-    SDC_TRY(mkdir_p(b, err));
+    SDC_TRY(fs_mkdir_p(b, err));
     for (int i = 0; i < 4; i++) {
         snprintf(a, sizeof a, "%s/tokenizer/%s", src_dir, files[i]);
         snprintf(b, sizeof b, "%s/tokenizer/%s", out, files[i]);
@@ -470,17 +456,17 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     static const char *const wfile[COMP_COUNT] = {"model.safetensors", "diffusion_pytorch_model.safetensors",
                                                   "diffusion_pytorch_model.safetensors"};
     char p[2048];
-    SDC_TRY(mkdir_p(o->output, err));
+    SDC_TRY(fs_mkdir_p(o->output, err));
     char tok[2048];
     snprintf(tok, sizeof tok, "%s/tokenizer/vocab.json", o->model);
     struct stat s;
-    int has_tok = is_dir(o->model) && !stat(tok, &s);
+    int has_tok = fs_is_dir(o->model) && !stat(tok, &s);
     if (has_tok) SDC_TRY(copy_tokenizer(o->model, o->output, err));
     make_model_index(m, has_tok);
     int extras = 0, rc = 0;
     for (int c = 0; c < COMP_COUNT && !rc; c++) {
         snprintf(p, sizeof p, "%s/%s", o->output, GROUP[c]);
-        SDC_TRY(mkdir_p(p, err));
+        SDC_TRY(fs_mkdir_p(p, err));
         snprintf(p, sizeof p, "%s/%s/config.json", o->output, GROUP[c]);
         SDC_TRY(write_text(p, m->cfg[c], err));
         const char **names = calloc((size_t)m->n + 1, sizeof(char *));
@@ -501,7 +487,7 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     }
     if (rc) return rc;
     snprintf(p, sizeof p, "%s/scheduler", o->output);
-    SDC_TRY(mkdir_p(p, err));
+    SDC_TRY(fs_mkdir_p(p, err));
     snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", o->output);
     SDC_TRY(write_text(p, m->scheduler, err));
     snprintf(p, sizeof p, "%s/model_index.json", o->output);
@@ -523,7 +509,7 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
     Model m;
     memset(&m, 0, sizeof m);
     int rc = 0;
-    if (ends_with(o->model, ".h5")) {
+    if (fs_ends_with(o->model, ".h5")) {
         rc = load_h5(&m, o->model, err);
     } else {
         ModelFiles *mf = NULL;
@@ -531,15 +517,15 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
         if (!rc) {
             const ModelInfo *info = model_files_info(mf);
             make_configs(&m, info);
-            make_model_index(&m, is_dir(o->model));
+            make_model_index(&m, fs_is_dir(o->model));
             rc = info->layout == LAYOUT_DIFFUSERS ? load_diffusers(&m, o->model, err)
                                                   : load_single(&m, o->model, info, err);
             model_files_close(mf);
         }
     }
     if (!rc) {
-        if (ends_with(o->output, ".h5")) rc = write_h5(&m, o, err);
-        else if (ends_with(o->output, ".safetensors")) rc = write_single(&m, o, err);
+        if (fs_ends_with(o->output, ".h5")) rc = write_h5(&m, o, err);
+        else if (fs_ends_with(o->output, ".safetensors")) rc = write_single(&m, o, err);
         else rc = write_diffusers(&m, o, err);
     }
     if (!rc && !o->quiet)

@@ -10,6 +10,7 @@
 // sources) are written by rank 0 after the parallel phase: HDF5 1.10 cannot
 // write variable-length strings in parallel.
 #include "data/dataset.h"
+#include "data/fsutil.h"
 
 #include <dirent.h>
 #include <limits.h>
@@ -59,11 +60,6 @@ static void cands_free(Cands *c) {
     memset(c, 0, sizeof *c);
 }
 
-static int is_image_name(const char *name) {
-    const char *dot = strrchr(name, '.');
-    return dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"));
-}
-
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 // Folders give their JPEG/PNG files (sorted, not recursive, hidden files
@@ -84,7 +80,7 @@ static int list_sources(const DatasetImportOpts *o, Cands *c, SdcError *err) {
         int64_t first = c->n;
         struct dirent *e;
         while ((e = readdir(d))) {
-            if (e->d_name[0] == '.' || !is_image_name(e->d_name)) continue;
+            if (e->d_name[0] == '.' || !fs_is_image_name(e->d_name)) continue;
             char p[PATH_MAX];
             int len = snprintf(p, sizeof p, "%s%s%s", src, src[strlen(src) - 1] == '/' ? "" : "/", e->d_name);
             if (len >= (int)sizeof p) {
@@ -414,7 +410,7 @@ int dataset_import(const DatasetImportOpts *o, const H5Par *p, DatasetImportStat
     if (!rc) rc = list_sources(o, &c, err);
     for (int64_t i = 0; !rc && !o->prompt && i < c.n; i++) {
         char *cap = NULL;
-        if (!is_image_name(c.path[i]) && access(c.path[i], R_OK)) continue;
+        if (!fs_is_image_name(c.path[i]) && access(c.path[i], R_OK)) continue;
         rc = read_caption(c.path[i], &cap, err);
         free(cap);
     }

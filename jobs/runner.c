@@ -6,7 +6,6 @@
 #include <mpi.h>
 #include <sched.h>
 #include <errno.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -20,6 +19,7 @@
 #include "pipeline/sd.h"
 #include "data/convert.h"
 #include "data/dataset.h"
+#include "data/fsutil.h"
 #include "data/genout.h"
 #include "data/train_ckpt.h"
 
@@ -354,8 +354,7 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     char (*given)[1024] = n_lora ? calloc(n_lora, sizeof *given) : NULL;
     int n_tmp = 0;
     for (size_t i = 0; !rc && i < n_lora; i++) {
-        size_t len = strlen(loras[i].path);
-        if (len < 3 || strcmp(loras[i].path + len - 3, ".h5")) continue;
+        if (!fs_ends_with(loras[i].path, ".h5")) continue;
         const char *tmpdir = getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp";
         snprintf(given[i], sizeof given[i], "%s", loras[i].path);
         snprintf(loras[i].path, sizeof loras[i].path, "%s/sdc-lora-%d-%zu.safetensors", tmpdir, (int)getpid(), i);
@@ -543,18 +542,6 @@ static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err
     return rc;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f) {
-    (void)st, (void)flag, (void)f;
-    return remove(path);
-}
-
-// rm -rf path (0 when it is gone or was never there).
-static int rm_tree(const char *path) {
-    struct stat st;
-    if (lstat(path, &st)) return 0;
-    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 // The models of src/ are read from safetensors files; an sdc HDF5
 // checkpoint given as the model of a generation or training job is converted
 // once into a diffusers folder beside it, X.h5.sdc-cache/ (reused while it is
@@ -563,11 +550,10 @@ static int rm_tree(const char *path) {
 static int h5_model_cache(const Sdc__Job *job, char *cache, size_t cap, int quiet, SdcError *err) {
     cache[0] = 0;
     const char *p = job->model && job->model->path ? job->model->path : "";
-    size_t n = strlen(p);
     int loads = job->task == SDC__TASK__TASK_GENERATE || job->task == SDC__TASK__TASK_DREAMBOOTH ||
                 (job->task == SDC__TASK__TASK_DATASET_IMPORT && job->dataset_import &&
                  job->dataset_import->cache_latents);
-    if (n < 4 || strcmp(p + n - 3, ".h5") || !loads) return 0;
+    if (!fs_ends_with(p, ".h5") || !loads) return 0;
     const H5Par par = h5_par_world();
     int rc = 0;
     if ((size_t)snprintf(cache, cap, "%s.sdc-cache", p) >= cap)
@@ -584,7 +570,7 @@ static int h5_model_cache(const Sdc__Job *job, char *cache, size_t cap, int quie
             ConvertOpts o = {.model = p, .output = tmp, .dtype = -1, .manifest = manifest, .quiet = 1};
             if (!quiet) fprintf(stderr, "sdc: %s is an HDF5 checkpoint: converting it once to %s/\n", p, cache);
             // a stale cache or a killed conversion goes first
-            if (rm_tree(tmp) || rm_tree(cache)) rc = sdc_err(err, SDC_ERR_IO, "cannot remove %s", cache);
+            if (fs_rm_tree(tmp) || fs_rm_tree(cache)) rc = sdc_err(err, SDC_ERR_IO, "cannot remove %s", cache);
             if (!rc) rc = convert_run(&o, err);
             if (!rc && rename(tmp, cache))
                 rc = sdc_err(err, SDC_ERR_IO, "cannot rename %s to %s (%s)", tmp, cache, strerror(errno));

@@ -19,18 +19,17 @@
 //      OUTPUT_DIR/pytorch_lora_weights.safetensors (diffusers or kohya).
 // Every rank runs the same steps on its share of each batch; rank 0 writes
 // checkpoints, metrics, validation images and the export.
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "data/convert.h"
 #include "data/dataset.h"
+#include "data/fsutil.h"
 #include "data/h5util.h"
 #include "data/train_ckpt.h"
 #include "io/image.h"
@@ -44,47 +43,6 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
-static int is_dir(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int mkdir_p(const char *dir, SdcError *err) {
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", dir);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0755) && errno != EEXIST)
-                return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
-            *p = '/';
-        }
-    if (mkdir(tmp, 0755) && errno != EEXIST)
-        return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
-    return 0;
-}
-
-// JPEG/PNG files directly in dir.
-static int count_images(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        const char *x = strrchr(e->d_name, '.');
-        if (e->d_name[0] != '.' && x &&
-            (!strcasecmp(x, ".png") || !strcasecmp(x, ".jpg") || !strcasecmp(x, ".jpeg")))
-            n++;
-    }
-    closedir(d);
-    return n;
 }
 
 // ---------------------------------------------------------------------------
@@ -316,7 +274,7 @@ static int validate(TrainRun *r, DbTrainer *t, SdcError *err) {
         uint8_t *rgb = malloc(img);
         char dir[1100];
         snprintf(dir, sizeof dir, "%s/validation", d->output_dir);
-        rc = !pix || !rgb ? sdc_err(err, SDC_ERR_OOM, "out of memory for validation images") : mkdir_p(dir, err);
+        rc = !pix || !rgb ? sdc_err(err, SDC_ERR_OOM, "out of memory for validation images") : fs_mkdir_p(dir, err);
         if (!rc) rc = db_validate(t, d->validation_prompt, n, d->validation_inference_steps, 7.5f, (uint64_t)d->seed,
                                   pix, err);
         for (int i = 0; !rc && i < n; i++) {
@@ -436,44 +394,44 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     char *manifest = manifest_to_text(job);
     int rc = dp_init(&run.dp, h5_par_is_mpi(par) ? par->comm : MPI_COMM_NULL, 0, err);
     if (rc) goto done;
-    rc = par->rank == 0 ? mkdir_p(d->output_dir, err) : 0;
+    rc = par->rank == 0 ? fs_mkdir_p(d->output_dir, err) : 0;
     if ((rc = h5_par_agree(par, rc, err))) goto done;
     if ((rc = backend_cpu_create(&be, runner_threads(job, opt->quiet), err))) goto done;
 
     // 1-2. data
     char inst_h5[1200], cls_h5[1200];
-    if (ends_with(d->instance_data, ".h5")) {
+    if (fs_ends_with(d->instance_data, ".h5")) {
         snprintf(inst_h5, sizeof inst_h5, "%s", d->instance_data);
     } else {
-        if (!is_dir(d->instance_data)) {
+        if (!fs_is_dir(d->instance_data)) {
             rc = sdc_err(err, SDC_ERR_ARG, "--instance-data %s: no such folder ---> a folder of JPEG/PNG photos "
                          "or an HDF5 dataset (sdc dataset import)", d->instance_data);
             goto done;
         }
         snprintf(inst_h5, sizeof inst_h5, "%s/instance.h5", d->output_dir);
-        if ((rc = import_folder(job, d->instance_data, inst_h5, d->instance_prompt, count_images(d->instance_data),
+        if ((rc = import_folder(job, d->instance_data, inst_h5, d->instance_prompt, fs_count_images(d->instance_data),
                                 par, opt->quiet, err)))
             goto done;
     }
     int n_inst = 0, n_cls = 0, lh = 0, lw = 0, ch = 0, cw = 0;
     if ((rc = read_latents(inst_h5, d->resolution, &inst, &n_inst, &lh, &lw, err))) goto done;
     if (d->with_prior_preservation) {
-        if (ends_with(d->class_data, ".h5")) {
+        if (fs_ends_with(d->class_data, ".h5")) {
             snprintf(cls_h5, sizeof cls_h5, "%s", d->class_data);
         } else {
-            rc = par->rank == 0 ? mkdir_p(d->class_data, err) : 0;
+            rc = par->rank == 0 ? fs_mkdir_p(d->class_data, err) : 0;
             if ((rc = h5_par_agree(par, rc, err))) goto done;
-            int have = count_images(d->class_data);
+            int have = fs_count_images(d->class_data);
             rc = make_class_images(job, be, d->class_data, have, par, opt->quiet, err);
             if ((rc = h5_par_agree(par, rc, err))) goto done;
             snprintf(cls_h5, sizeof cls_h5, "%s/class.h5", d->output_dir);
-            if ((rc = import_folder(job, d->class_data, cls_h5, d->class_prompt, count_images(d->class_data), par,
+            if ((rc = import_folder(job, d->class_data, cls_h5, d->class_prompt, fs_count_images(d->class_data), par,
                                     opt->quiet, err)))
                 goto done;
         }
         if ((rc = read_latents(cls_h5, d->resolution, &cls, &n_cls, &ch, &cw, err))) goto done;
         if (n_cls > d->num_class_images) n_cls = d->num_class_images; // diffusers: min(files, num_class_images)
-        if (n_cls < d->num_class_images && ends_with(d->class_data, ".h5") && par->rank == 0 && !opt->quiet)
+        if (n_cls < d->num_class_images && fs_ends_with(d->class_data, ".h5") && par->rank == 0 && !opt->quiet)
             fprintf(stderr, "sdc: warning: %s holds %d class images, fewer than --num-class-images %d\n", cls_h5, n_cls,
                     d->num_class_images);
     }

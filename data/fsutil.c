@@ -1,0 +1,64 @@
+// fsutil.c: see fsutil.h.
+#define _XOPEN_SOURCE 700 // nftw
+#include "data/fsutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+int fs_is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int fs_ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+int fs_mkdir_p(const char *dir, SdcError *err) {
+    char tmp[1024];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s", dir) >= sizeof tmp)
+        return sdc_err(err, SDC_ERR_ARG, "%s: path too long", dir);
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0755) && errno != EEXIST)
+                return sdc_err(err, SDC_ERR_IO, "%s: cannot create the folder (%s)", tmp, strerror(errno));
+            *p = '/';
+        }
+    if (mkdir(tmp, 0755) && errno != EEXIST)
+        return sdc_err(err, SDC_ERR_IO, "%s: cannot create the folder (%s)", tmp, strerror(errno));
+    return 0;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f) {
+    (void)st, (void)flag, (void)f;
+    return remove(path);
+}
+
+int fs_rm_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st)) return 0;
+    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int fs_is_image_name(const char *name) {
+    const char *dot = strrchr(name, '.');
+    return dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"));
+}
+
+int fs_count_images(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.' && fs_is_image_name(e->d_name)) n++;
+    closedir(d);
+    return n;
+}
