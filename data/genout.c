@@ -167,6 +167,8 @@ static int create_file(const char *path, const GenItem *it, int64_t n, int W, in
 #undef STRS
     for (int64_t i = 0; i < n; i++) s[i] = hash;
     if ((rc = h5_write_strings(f, "model_hash", s, n, tmp, err))) goto fail;
+    for (int64_t i = 0; i < n; i++) seed[i] = it[i].index;
+    if ((rc = write_num(f, "sweep_index", H5T_STD_I64LE, H5T_NATIVE_INT64, n, seed, tmp, err))) goto fail;
     for (int64_t i = 0; i < n; i++) seed[i] = it[i].seed;
     if ((rc = write_num(f, "seed", H5T_STD_I64LE, H5T_NATIVE_INT64, n, seed, tmp, err))) goto fail;
     for (int64_t i = 0; i < n; i++) i32[i] = it[i].steps;
@@ -208,7 +210,8 @@ out:
     return rc;
 }
 
-// An existing file must hold this sweep: same count, size, prompts, seeds.
+// An existing file must hold this sweep: same count, size, prompts, samplers,
+// seeds, steps, guidance and sweep indices.
 static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_t n, int W, int H, SdcError *err) {
     char **pr = NULL;
     int64_t got = 0, *seed = NULL;
@@ -226,18 +229,47 @@ static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_
                          "belongs to another sweep: pick another --output-h5 or delete it", path, (long long)i, pr[i],
                          it[i].prompt);
     if (rc) goto out;
-    seed = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+    h5_free_strings(pr, got);
+    pr = NULL;
+    if ((rc = h5_read_strings(f, "sampler", -1, &pr, &got, path, err))) goto out;
+    for (int64_t i = 0; i < n && i < got && !rc; i++)
+        if (strcmp(pr[i], it[i].sampler))
+            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld's sampler is %s, this job's is %s\n---> it belongs to "
+                         "another sweep: pick another --output-h5 or delete it", path, (long long)i, pr[i],
+                         it[i].sampler);
+    if (rc) goto out;
+    seed = malloc((size_t)(n ? n : 1) * 2 * sizeof(int64_t));
     SDC_CHECK(seed);
+    int32_t *steps = (int32_t *)(seed + n);
+    float *cfg = (float *)(steps + n);
     hsize_t dims[4] = {0};
     H5_TRY(d = H5Dopen2(f, "seed", H5P_DEFAULT), "%s: seed", path);
     if (n) H5_TRY(H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, seed), "%s: seed", path);
     H5Dclose(d), d = -1;
+    H5_TRY(d = H5Dopen2(f, "steps", H5P_DEFAULT), "%s: steps", path);
+    if (n) H5_TRY(H5Dread(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, steps), "%s: steps", path);
+    H5Dclose(d), d = -1;
+    H5_TRY(d = H5Dopen2(f, "cfg", H5P_DEFAULT), "%s: cfg", path);
+    if (n) H5_TRY(H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, cfg), "%s: cfg", path);
+    H5Dclose(d), d = -1;
     for (int64_t i = 0; i < n && !rc; i++)
-        if (seed[i] != it[i].seed)
-            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld has seed %lld, this job's is %lld\n---> it belongs to "
-                         "another sweep: pick another --output-h5 or delete it", path, (long long)i,
-                         (long long)seed[i], (long long)it[i].seed);
+        if (seed[i] != it[i].seed || steps[i] != it[i].steps || cfg[i] != it[i].cfg)
+            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld has seed %lld, %d steps, cfg %g; this job's has seed %lld, "
+                         "%d steps, cfg %g\n---> it belongs to another sweep: pick another --output-h5 or delete it",
+                         path, (long long)i, (long long)seed[i], steps[i], cfg[i], (long long)it[i].seed,
+                         it[i].steps, it[i].cfg);
     if (rc) goto out;
+    if (h5_has_link(f, "sweep_index")) { // files of sdc before sweeps have none
+        H5_TRY(d = H5Dopen2(f, "sweep_index", H5P_DEFAULT), "%s: sweep_index", path);
+        if (n) H5_TRY(H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, seed), "%s: sweep_index", path);
+        H5Dclose(d), d = -1;
+        for (int64_t i = 0; i < n && !rc; i++)
+            if (seed[i] != it[i].index)
+                rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld is item %lld of its sweep, this job's is item %lld\n---> "
+                             "it is another shard: pick another --output-h5 or delete it", path, (long long)i,
+                             (long long)seed[i], (long long)it[i].index);
+        if (rc) goto out;
+    }
     H5_TRY(d = H5Dopen2(f, "images", H5P_DEFAULT), "%s: images", path);
     H5_TRY(sp = H5Dget_space(d), "%s: images", path);
     if (H5Sget_simple_extent_ndims(sp) != 4 || (H5Sget_simple_extent_dims(sp, dims, NULL), 0) ||

@@ -14,6 +14,7 @@
 
 typedef struct GenItem {
     const char *prompt, *negative_prompt, *sampler;
+    int64_t index; // the item's number in the whole sweep (a shard's file holds a range of them)
     int64_t seed;
     int32_t steps;
     float cfg, strength;

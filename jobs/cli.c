@@ -67,9 +67,12 @@ static int parse_outpaint(const char *flag, const char *v, Sdc__Generate *g, Sdc
 
 void cli_print_usage(FILE *f, const char *sub) {
     if (sub && !strcmp(sub, "run")) {
-        fprintf(f, "usage: sdc run MANIFEST [--dump-manifest] [-q]\n\n"
+        fprintf(f, "usage: sdc run MANIFEST [--shard I/N] [--dump-manifest] [-q]\n\n"
                    "Runs a job manifest: protobuf text format (what --dump-manifest prints; see jobs/sdc.proto)\n"
-                   "or the binary form `protoc --encode=sdc.Job jobs/sdc.proto` writes.\n");
+                   "or the binary form `protoc --encode=sdc.Job jobs/sdc.proto` writes.\n"
+                   "  --shard I/N   a generation sweep's part I (0-based) of N (Slurm array tasks)\n"
+                   "On SIGUSR1, SIGTERM or Ctrl-C a generation or training job finishes its step, saves its state\n"
+                   "and exits with status 75; running it again resumes (sdc submit renders such Slurm jobs).\n");
         return;
     }
     if (sub && (!strcmp(sub, "dataset") || !strcmp(sub, "convert"))) {
@@ -101,6 +104,10 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --cfg-scale F         classifier-free guidance scale; <= 1 turns guidance off (default 7.0)\n"
             "      --sampler NAME        euler (default), euler_a, heun, lms, ddim, pndm, ddpm, dpm++2m,\n"
             "                            dpm++2m_karras, dpm++2m_sde, unipc (A1111 names work too)\n"
+            "                            sweeps: --steps, --cfg-scale and --sampler take lists (A,B,C); every\n"
+            "                            prompt is made with every combination, on the same seeds\n"
+            "      --from-file FILE      more prompts, one per line\n"
+            "      --shard I/N           make only part I (0-based) of N of the sweep (Slurm array tasks)\n"
             "      --eta F               DDIM eta (default 0)\n"
             "  -s, --seed N              seed; item i of a batch uses seed + i (default 42)\n"
             "  -W, --width N             width in pixels, multiple of 8 (default: the model's size)\n"
@@ -117,7 +124,7 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --vae-tile-size N     VAE tile in pixels, multiple of 8 (implies --vae-tiling); -1 = never tile\n"
             "  -o, --output PATH         output PNG (default output.png; a batch adds _2, _3, ...)\n"
             "      --output-h5 FILE      write all images to an HDF5 generation output instead (resumes a sweep;\n"
-            "                            under mpiexec rank r makes items i %% R == r)\n"
+            "                            under mpiexec / srun the ranks share the work)\n"
             "  -t, --threads N           CPU threads (default: all cores)\n"
             "      --device cpu|cuda     compute device (default cpu)\n"
             "      --precision P         fp32 | fp16 | bf16 (default: fp32 on the CPU, bf16 on a GPU)\n"
@@ -152,6 +159,90 @@ static void set_str(void *msg, const char *field, const char *v) {
     SDC_CHECK(manifest_set_string(msg, field, v) == 0);
 }
 
+// A comma-separated flag value: its items (at most 64), each a heap copy.
+static int split_list(const char *flag, const char *v, char ***items, int *n, SdcError *err) {
+    *items = NULL, *n = 0;
+    char **out = calloc(64, sizeof(char *));
+    SDC_CHECK(out);
+    const char *p = v;
+    for (;;) {
+        const char *c = strchr(p, ',');
+        size_t len = c ? (size_t)(c - p) : strlen(p);
+        if (len == 0 || *n == 64) {
+            for (int i = 0; i < *n; i++) free(out[i]);
+            free(out);
+            return sdc_err(err, SDC_ERR_ARG, "%s: expected one value or a list like A,B,C (at most 64), got '%s'",
+                           flag, v);
+        }
+        out[*n] = strndup(p, len);
+        SDC_CHECK(out[*n]);
+        (*n)++;
+        if (!c) break;
+        p = c + 1;
+    }
+    *items = out;
+    return 0;
+}
+
+static void free_list(char **items, int n) {
+    for (int i = 0; i < n; i++) free(items[i]);
+    free(items);
+}
+
+// --steps N or a sweep N1,N2,...
+static int parse_steps_flag(const char *flag, const char *v, Sdc__Generate *g, SdcError *err) {
+    char **it;
+    int n;
+    SDC_TRY(split_list(flag, v, &it, &n, err));
+    int32_t *x = malloc((size_t)n * sizeof *x);
+    SDC_CHECK(x);
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        long long ll = 0;
+        rc = parse_int(flag, it[i], 1, 1000, &ll, err);
+        x[i] = (int32_t)ll;
+    }
+    free_list(it, n);
+    if (!rc && n == 1) g->steps = x[0], g->has_steps = 1;
+    if (!rc && n > 1) free(g->sweep_steps), g->sweep_steps = x, g->n_sweep_steps = (size_t)n, x = NULL;
+    free(x);
+    return rc;
+}
+
+// --cfg-scale F or a sweep F1,F2,...
+static int parse_cfg_flag(const char *flag, const char *v, Sdc__Generate *g, SdcError *err) {
+    char **it;
+    int n;
+    SDC_TRY(split_list(flag, v, &it, &n, err));
+    float *x = malloc((size_t)n * sizeof *x);
+    SDC_CHECK(x);
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) rc = parse_float(flag, it[i], &x[i], err);
+    free_list(it, n);
+    if (!rc && n == 1) g->cfg_scale = x[0], g->has_cfg_scale = 1;
+    if (!rc && n > 1) free(g->sweep_cfg_scale), g->sweep_cfg_scale = x, g->n_sweep_cfg_scale = (size_t)n, x = NULL;
+    free(x);
+    return rc;
+}
+
+// --shard I/N: part I (0-based) of N
+static int parse_shard_flag(const char *flag, const char *v, Sdc__Generate *g, SdcError *err) {
+    char *end;
+    errno = 0;
+    long long i = strtoll(v, &end, 10), n = -1;
+    if (!errno && end != v && *end == '/') {
+        const char *q = end + 1;
+        n = strtoll(q, &end, 10);
+        if (errno || end == q || *end) n = -1;
+    }
+    if (n < 1 || n > 1000000 || i < 0 || i >= n)
+        return sdc_err(err, SDC_ERR_ARG, "%s: expected I/N with 0 <= I < N (part I of N, e.g. "
+                       "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT), got '%s'", flag, v);
+    g->shard_index = (int32_t)i, g->has_shard_index = 1;
+    g->shard_count = (int32_t)n, g->has_shard_count = 1;
+    return 0;
+}
+
 int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
     memset(opt, 0, sizeof *opt);
     *out = NULL;
@@ -160,11 +251,15 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         cli_print_usage(stdout, NULL);
         return 0;
     }
-    if (!strcmp(argv[1], "run")) { // sdc run MANIFEST [--dump-manifest] [-q]
-        const char *path = NULL;
+    if (!strcmp(argv[1], "run")) { // sdc run MANIFEST [--shard I/N] [--dump-manifest] [-q]
+        const char *path = NULL, *shard = NULL;
         for (int i = 2; i < argc; i++) {
             if (!strcmp(argv[i], "--dump-manifest")) opt->dump_manifest = 1;
             else if (!strcmp(argv[i], "-q") || !strcmp(argv[i], "--quiet")) opt->quiet = 1;
+            else if (!strcmp(argv[i], "--shard")) { // a Slurm array task's part of a generation sweep
+                if (i + 1 >= argc) return sdc_err(err, SDC_ERR_ARG, "--shard needs a value I/N ---> sdc run --help");
+                shard = argv[++i];
+            }
             else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
                 opt->help = 1;
                 cli_print_usage(stdout, "run");
@@ -173,7 +268,13 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             else return sdc_err(err, SDC_ERR_ARG, "sdc run: unexpected argument '%s' ---> sdc run --help", argv[i]);
         }
         if (!path) return sdc_err(err, SDC_ERR_ARG, "sdc run needs a manifest file ---> sdc run job.txtpb");
-        return manifest_read_file(path, out, err);
+        SDC_TRY(manifest_read_file(path, out, err));
+        if (!shard) return 0;
+        int rc = (*out)->task != SDC__TASK__TASK_GENERATE || !(*out)->generate
+                     ? sdc_err(err, SDC_ERR_ARG, "--shard: %s is not a generation job (only sweeps are split)", path)
+                     : parse_shard_flag("--shard", shard, (*out)->generate, err);
+        if (rc) cli_job_free(*out), *out = NULL;
+        return rc;
     }
     if (!strcmp(argv[1], "dataset") || !strcmp(argv[1], "convert")) return cli_parse_storage(argc, argv, out, opt, err);
     if (!strcmp(argv[1], "train")) return cli_parse_train(argc, argv, out, opt, err);
@@ -228,13 +329,26 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             if (v) set_str(g, "negative_prompt", v);
         } else if (FLAG(NULL, "--steps")) {
             const char *v = VALUE();
-            if (v && !(rc = parse_int(a, v, 1, 1000, &ll, err))) g->steps = (int32_t)ll, g->has_steps = 1;
+            if (v) rc = parse_steps_flag(a, v, g, err);
         } else if (FLAG(NULL, "--cfg-scale")) {
             const char *v = VALUE();
-            if (v && !(rc = parse_float(a, v, &g->cfg_scale, err))) g->has_cfg_scale = 1;
+            if (v) rc = parse_cfg_flag(a, v, g, err);
         } else if (FLAG(NULL, "--sampler")) {
             const char *v = VALUE();
-            if (v) set_str(g, "sampler", v);
+            char **it;
+            int n;
+            if (v && !(rc = split_list(a, v, &it, &n, err))) {
+                if (n == 1) set_str(g, "sampler", v);
+                else free_list(g->sweep_sampler, (int)g->n_sweep_sampler), g->sweep_sampler = it,
+                     g->n_sweep_sampler = (size_t)n, it = NULL;
+                if (it) free_list(it, n);
+            }
+        } else if (FLAG(NULL, "--from-file")) {
+            const char *v = VALUE();
+            if (v) set_str(g, "prompts_file", v);
+        } else if (FLAG(NULL, "--shard")) {
+            const char *v = VALUE();
+            if (v) rc = parse_shard_flag(a, v, g, err);
         } else if (FLAG("-s", "--seed")) {
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) g->seed = ll, g->has_seed = 1;

@@ -7,6 +7,7 @@
 #include "jobs/cli.h"
 #include "jobs/manifest.h"
 #include "jobs/runner.h"
+#include "jobs/stop.h"
 
 static int sdc_main(int argc, char **argv);
 
@@ -22,8 +23,8 @@ int main(int argc, char **argv) {
     int rc = sdc_main(argc, argv);
     if (use_mpi) {
         // a failed rank ends the whole job now rather than leaving the others
-        // waiting in a collective call
-        if (rc) MPI_Abort(MPI_COMM_WORLD, rc);
+        // waiting in a collective call (a stop on a signal is agreed by all)
+        if (rc && rc != SDC_EXIT_RESUMABLE) MPI_Abort(MPI_COMM_WORLD, rc);
         MPI_Finalize();
     }
     return rc;
@@ -47,6 +48,10 @@ static int sdc_main(int argc, char **argv) {
     RunOptions ro = {.quiet = opt.quiet};
     rc = runner_run(job, &ro, &err);
     cli_job_free(job);
+    if (rc == SDC_ERR_STOPPED) {
+        fprintf(stderr, "sdc: stopped: %s\n", err.msg);
+        return SDC_EXIT_RESUMABLE;
+    }
     if (rc) {
         fprintf(stderr, "sdc: error: %s\n", err.msg);
         return 1;

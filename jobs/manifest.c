@@ -198,8 +198,9 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
     }
     if (job->task == SDC__TASK__TASK_GENERATE) {
         const Sdc__Generate *g = job->generate;
-        if (!g || g->n_prompts == 0)
-            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.prompts is empty ---> pass -p \"a prompt\"");
+        if (!g || (g->n_prompts == 0 && !(g->prompts_file && g->prompts_file[0])))
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.prompts is empty ---> pass -p \"a prompt\" or "
+                           "--from-file PROMPTS.txt");
         if (g->steps < 1 || g->steps > 1000)
             return sdc_err(err, SDC_ERR_ARG, "manifest: generate.steps is %d; expected 1 to 1000", g->steps);
         if (g->width < 0 || g->height < 0 || g->width % 8 || g->height % 8)
@@ -220,6 +221,18 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
                                              "right, bottom)", g->n_outpaint);
         if (!(g->cfg_scale >= 0.0f && g->cfg_scale <= 100.0f))
             return sdc_err(err, SDC_ERR_ARG, "manifest: generate.cfg_scale %g; expected 0 to 100", g->cfg_scale);
+        for (size_t i = 0; i < g->n_sweep_cfg_scale; i++)
+            if (!(g->sweep_cfg_scale[i] >= 0.0f && g->sweep_cfg_scale[i] <= 100.0f))
+                return sdc_err(err, SDC_ERR_ARG, "manifest: generate.sweep_cfg_scale[%zu] is %g; expected 0 to 100", i,
+                               g->sweep_cfg_scale[i]);
+        for (size_t i = 0; i < g->n_sweep_steps; i++)
+            if (g->sweep_steps[i] < 1 || g->sweep_steps[i] > 1000)
+                return sdc_err(err, SDC_ERR_ARG, "manifest: generate.sweep_steps[%zu] is %d; expected 1 to 1000", i,
+                               g->sweep_steps[i]);
+        if (g->shard_count < 1 || g->shard_index < 0 || g->shard_index >= g->shard_count)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate shard %d of %d; expected 0 <= shard_index < "
+                           "shard_count ---> e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
+                           g->shard_index, g->shard_count);
     } else if (job->task == SDC__TASK__TASK_DREAMBOOTH) {
         if (!job->dreambooth)
             return sdc_err(err, SDC_ERR_ARG, "manifest: task TASK_DREAMBOOTH needs a dreambooth { ... } section");

@@ -16,6 +16,7 @@
 
 #include "io/image.h"
 #include "jobs/manifest.h"
+#include "jobs/stop.h"
 #include "pipeline/sd.h"
 #include "data/convert.h"
 #include "data/dataset.h"
@@ -183,87 +184,263 @@ static const char *mode_name(GenMode m) {
 }
 
 // ----------------------------------------------------------------------------
-// generation into an HDF5 generation output (data/genout.h)
+// the sweep: every item a generation job makes
 
-// The manifest in text format, malloc'd.
-// Item i = prompt i / batch_count, seed seed + i (as the PNG path numbers
-// them). Under MPI rank r makes the items i with i % R == r; items already
-// done in the file are skipped (resume). On one rank, consecutive items of a
-// prompt are denoised together in batches of batch_size.
-static int generate_h5(const Sdc__Job *job, const RunOptions *opt, SdModel *m, const GenInputs *in, SamplerKind sk,
-                       double strength, float *ctx, SdcError *err) {
+typedef struct Sweep {
+    const char **prompts; // the manifest's prompts, then prompts_file's lines
+    char **own;           // prompts_file's lines (owned)
+    int64_t n_prompts, n_own;
+    int64_t n;            // items in the whole sweep
+    int64_t lo, hi;       // this shard's items [lo, hi)
+    GenItem *items;       // (hi - lo); .index = the item's number in the sweep
+    int64_t *prompt_of;   // (hi - lo) prompt index
+    SamplerKind *kind;    // (hi - lo)
+    float max_cfg;        // the largest guidance scale (the memory plan)
+} Sweep;
+
+static void sweep_free(Sweep *sw) {
+    for (int64_t i = 0; i < sw->n_own; i++) free(sw->own[i]);
+    free(sw->own), free(sw->prompts), free(sw->items), free(sw->prompt_of), free(sw->kind);
+    memset(sw, 0, sizeof *sw);
+}
+
+// prompts_file: one prompt a line; empty and all-blank lines skipped
+static int read_prompts_file(const char *path, Sweep *sw, SdcError *err) {
+    FILE *f = fopen(path, "r");
+    if (!f) return sdc_err(err, SDC_ERR_IO, "--from-file %s: cannot open (%s)", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0, have = 0;
+    ssize_t len;
+    int rc = 0;
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        if ((size_t)len != strlen(line)) {
+            rc = sdc_err(err, SDC_ERR_FORMAT, "--from-file %s: line %lld holds a NUL byte (not a text file?)", path,
+                         (long long)sw->n_own + 1);
+            break;
+        }
+        if (strspn(line, " \t") == (size_t)len) continue;
+        if (sw->n_own == (int64_t)have) {
+            have = have ? 2 * have : 64;
+            char **o = realloc(sw->own, have * sizeof *o);
+            SDC_CHECK(o);
+            sw->own = o;
+        }
+        sw->own[sw->n_own] = strdup(line);
+        SDC_CHECK(sw->own[sw->n_own]);
+        sw->n_own++;
+    }
+    if (!rc && ferror(f)) rc = sdc_err(err, SDC_ERR_IO, "--from-file %s: read error", path);
+    if (!rc && sw->n_own == 0) rc = sdc_err(err, SDC_ERR_ARG, "--from-file %s: no prompts in it", path);
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+// Items ordered prompt, cfg scale, sampler, steps, then the batch_count
+// seeds (jobs/sdc.proto): item i = ((((p * C + c) * S + s) * T + t) * B + b),
+// seed = seed + p * B + b. Only this shard's range is built.
+static int sweep_build(const Sdc__Generate *g, GenMode mode, double strength, Sweep *sw, SdcError *err) {
+    memset(sw, 0, sizeof *sw);
+    if (g->prompts_file && g->prompts_file[0]) SDC_TRY(read_prompts_file(g->prompts_file, sw, err));
+    sw->n_prompts = (int64_t)g->n_prompts + sw->n_own;
+    sw->prompts = malloc((size_t)sw->n_prompts * sizeof *sw->prompts);
+    SDC_CHECK(sw->prompts);
+    for (int64_t i = 0; i < sw->n_prompts; i++)
+        sw->prompts[i] = i < (int64_t)g->n_prompts ? g->prompts[i] : sw->own[i - (int64_t)g->n_prompts];
+    const int64_t C = g->n_sweep_cfg_scale ? (int64_t)g->n_sweep_cfg_scale : 1;
+    const int64_t S = g->n_sweep_sampler ? (int64_t)g->n_sweep_sampler : 1;
+    const int64_t T = g->n_sweep_steps ? (int64_t)g->n_sweep_steps : 1, B = g->batch_count;
+    SamplerKind kinds[64];
+    if (S > 64) return sdc_err(err, SDC_ERR_ARG, "generate.sweep_sampler: %lld samplers; at most 64", (long long)S);
+    for (int64_t s = 0; s < S; s++)
+        SDC_TRY(sampler_parse(g->n_sweep_sampler ? g->sweep_sampler[s] : g->sampler, &kinds[s], err));
+    const double n = (double)sw->n_prompts * C * S * T * B;
+    if (n > 1e9) return sdc_err(err, SDC_ERR_ARG, "the sweep has %.3g items; at most 1e9 ---> split it", n);
+    sw->n = (int64_t)n;
+    sw->lo = sw->n * g->shard_index / g->shard_count;
+    sw->hi = sw->n * (g->shard_index + 1) / g->shard_count;
+    const int64_t m = sw->hi - sw->lo;
+    sw->items = calloc((size_t)m + 1, sizeof *sw->items);
+    sw->prompt_of = calloc((size_t)m + 1, sizeof *sw->prompt_of);
+    sw->kind = calloc((size_t)m + 1, sizeof *sw->kind);
+    if (!sw->items || !sw->prompt_of || !sw->kind) return sdc_err(err, SDC_ERR_OOM, "a sweep of %lld items", (long long)m);
+    sw->max_cfg = g->cfg_scale;
+    for (int64_t c = 0; c < C; c++)
+        if (g->n_sweep_cfg_scale && (c == 0 || g->sweep_cfg_scale[c] > sw->max_cfg)) sw->max_cfg = g->sweep_cfg_scale[c];
+    for (int64_t j = 0; j < m; j++) {
+        const int64_t i = sw->lo + j, b = i % B;
+        int64_t r = i / B;
+        const int64_t t = r % T;
+        r /= T;
+        const int64_t s = r % S;
+        r /= S;
+        const int64_t c = r % C, p = r / C;
+        sw->prompt_of[j] = p;
+        sw->kind[j] = kinds[s];
+        sw->items[j] = (GenItem){.prompt = sw->prompts[p], .negative_prompt = g->negative_prompt,
+                                 .sampler = sampler_display_name(kinds[s]), .index = i, .seed = g->seed + p * B + b,
+                                 .steps = g->n_sweep_steps ? g->sweep_steps[t] : g->steps,
+                                 .cfg = g->n_sweep_cfg_scale ? g->sweep_cfg_scale[c] : g->cfg_scale,
+                                 .strength = mode == GEN_TXT2IMG ? 1.0f : (float)strength};
+    }
+    return 0;
+}
+
+// out.h5 -> out-00003-of-00008.h5 for shard index 2 of 8
+static void shard_path(char *buf, size_t n, const char *out, int index, int count) {
+    if (count <= 1) {
+        snprintf(buf, n, "%s", out);
+        return;
+    }
+    const char *dot = strrchr(out, '.'), *slash = strrchr(out, '/');
+    if (!dot || (slash && dot < slash)) dot = out + strlen(out);
+    snprintf(buf, n, "%.*s-%05d-of-%05d%s", (int)(dot - out), out, index + 1, count, dot);
+}
+
+// A1111's "parameters" text of a PNG: prompt, "Negative prompt: ..." (only
+// when given), then the settings.
+static void png_parameters(char *buf, size_t cap, const Sdc__Job *job, const GenItem *it, GenMode mode, int W, int H) {
+    const Sdc__Generate *g = job->generate;
+    const char *name = strrchr(job->model->path, '/');
+    size_t len = (size_t)snprintf(buf, cap, "%s\n", it->prompt);
+    if (g->negative_prompt && g->negative_prompt[0] && len < cap)
+        len += (size_t)snprintf(buf + len, cap - len, "Negative prompt: %s\n", g->negative_prompt);
+    if (len < cap)
+        len += (size_t)snprintf(buf + len, cap - len, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %lld, Size: %dx%d, "
+                                "Model: %s", it->steps, it->sampler, it->cfg, (long long)it->seed, W, H,
+                                name ? name + 1 : job->model->path);
+    if (mode != GEN_TXT2IMG && len < cap)
+        len += (size_t)snprintf(buf + len, cap - len, ", Denoising strength: %g", it->strength);
+    if (job->model->clip_skip && len < cap)
+        len += (size_t)snprintf(buf + len, cap - len, ", Clip skip: %d", job->model->clip_skip);
+    if (len < cap) snprintf(buf + len, cap - len, ", Version: sdc %s", SDC_VERSION);
+}
+
+// Makes this shard's items: PNGs (-o, numbered by sweep item) or rows of an
+// HDF5 generation output (--output-h5; items already done there are
+// skipped, so a re-run resumes). Consecutive items of one prompt and setting
+// form runs of up to batch_size images denoised together; under MPI rank r
+// makes runs k % R == r, so the runs, and with them the images, do not
+// depend on the rank count. Between runs all ranks check for a stop signal
+// (jobs/stop.h) and stop together.
+static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m, const GenInputs *in,
+                          const Sweep *sw, double strength, float *ctx, SdcError *err) {
     const Sdc__Generate *g = job->generate;
     const H5Par par = h5_par_world();
-    const int W = in->width, H = in->height, bc = g->batch_count;
-    const int64_t n = (int64_t)g->n_prompts * bc;
+    const int W = in->width, H = in->height, use_h5 = g->output_h5 && g->output_h5[0];
+    const int64_t n = sw->hi - sw->lo, B = g->batch_count;
     const size_t npix = (size_t)W * H;
     int micro = g->batch_size > 0 ? g->batch_size : 1;
     if (micro > 64) micro = 64;
-    GenItem *items = calloc((size_t)n, sizeof *items);
     int64_t *run_start = calloc((size_t)n + 1, sizeof(int64_t)), idx[64];
     int *run_len = calloc((size_t)n + 1, sizeof(int));
     float *images = malloc((size_t)micro * 3 * npix * sizeof(float));
     uint8_t *rgb = malloc((size_t)micro * 3 * npix);
-    char *manifest = manifest_to_text(job);
-    if (!items || !run_start || !run_len || !images || !rgb || !manifest) {
-        free(items), free(run_start), free(run_len), free(images), free(rgb), free(manifest);
+    if (!run_start || !run_len || !images || !rgb) {
+        free(run_start), free(run_len), free(images), free(rgb);
         return sdc_err(err, SDC_ERR_OOM, "generation buffers");
     }
-    for (int64_t i = 0; i < n; i++)
-        items[i] = (GenItem){.prompt = g->prompts[i / bc], .negative_prompt = g->negative_prompt,
-                             .sampler = sampler_display_name(sk), .seed = g->seed + i, .steps = g->steps,
-                             .cfg = g->cfg_scale, .strength = in->mode == GEN_TXT2IMG ? 1.0f : (float)strength};
-    char hash[11] = "", full[65];
-    int rc = par.rank == 0 ? genout_model_hash(job->model->path, hash, full, err) : 0;
-    rc = h5_par_agree(&par, rc, err);
     GenOut go = {.file = -1, .images = -1, .done = -1};
-    if (!rc) rc = genout_open(&go, g->output_h5, items, n, W, H, hash, manifest, &par, err);
-    int n_runs = 0;
-    int64_t skipped = 0;
-    for (int64_t i = par.rank; !rc && i < n; i += par.size) {
-        if (go.done_mask[i]) {
+    char h5path[1100] = "";
+    int rc = 0;
+    if (use_h5) {
+        char hash[11] = "", full[65];
+        char *manifest = manifest_to_text(job);
+        if (!manifest) rc = sdc_err(err, SDC_ERR_OOM, "manifest text");
+        if (!rc && par.rank == 0) rc = genout_model_hash(job->model->path, hash, full, err);
+        rc = h5_par_agree(&par, rc, err);
+        shard_path(h5path, sizeof h5path, g->output_h5, g->shard_index, g->shard_count);
+        if (!rc) rc = genout_open(&go, h5path, sw->items, n, W, H, hash, manifest, &par, err);
+        free(manifest);
+    }
+    // the runs, the same on every rank
+    int64_t n_runs = 0, skipped = 0;
+    for (int64_t j = 0; !rc && j < n; j++) {
+        if (use_h5 && go.done_mask[j]) {
             skipped++;
             continue;
         }
-        int r = n_runs - 1;
-        if (par.size == 1 && r >= 0 && run_start[r] + run_len[r] == i && run_len[r] < micro &&
-            run_start[r] / bc == i / bc)
+        const int64_t r = n_runs - 1;
+        if (r >= 0 && run_start[r] + run_len[r] == j && run_len[r] < micro &&
+            sw->items[run_start[r]].index / B == sw->items[j].index / B)
             run_len[r]++;
-        else run_start[n_runs] = i, run_len[n_runs++] = 1;
+        else run_start[n_runs] = j, run_len[n_runs++] = 1;
     }
-    const int64_t rounds = rc ? 0 : h5_par_max(&par, n_runs);
-    Progress pr = {.tty = isatty(2), .quiet = opt->quiet, .items = (int)n};
+    const int64_t rounds = (n_runs + par.size - 1) / par.size;
+    int64_t mine = 0;
+    for (int64_t k = par.rank; k < n_runs; k += par.size) mine += run_len[k];
+    Progress pr = {.tty = isatty(2), .quiet = opt->quiet, .items = (int)mine};
     int64_t last_prompt = -1, made = 0;
+    int shown_memory = 0;
     for (int64_t round = 0; !rc && round < rounds; round++) {
+        const int sig = stop_agree(&par);
+        if (sig) {
+            rc = sdc_err(err, SDC_ERR_STOPPED, "%s after %lld of %lld items%s%s ---> run the same job again to make "
+                         "the rest", stop_signal_name(sig), (long long)(h5_par_sum(&par, made) + skipped),
+                         (long long)n, use_h5 ? "; done items are marked in " : "", use_h5 ? h5path : "");
+            break;
+        }
+        const int64_t kr = round * par.size + par.rank;
         int k = 0, lrc = 0;
-        if (round < n_runs) {
-            const int64_t s0 = run_start[round];
-            k = run_len[round];
-            if (s0 / bc != last_prompt) {
-                lrc = sd_encode_prompt(m, g->prompts[s0 / bc], g->negative_prompt, job->model->clip_skip, ctx, err);
-                last_prompt = s0 / bc;
+        double text_s = 0;
+        if (kr < n_runs) {
+            const int64_t s0 = run_start[kr];
+            const GenItem *it = &sw->items[s0];
+            k = run_len[kr];
+            if (sw->prompt_of[s0] != last_prompt) {
+                const double t = mono_s();
+                lrc = sd_encode_prompt(m, it->prompt, g->negative_prompt, job->model->clip_skip, ctx, err);
+                last_prompt = sw->prompt_of[s0];
+                text_s = mono_s() - t;
             }
-            GenParams p = gen_params(g, in, sk, strength);
-            p.seed = (uint64_t)items[s0].seed, p.batch = k;
-            pr.item = (int)s0 + 1;
+            GenParams p = gen_params(g, in, sw->kind[s0], strength);
+            p.seed = (uint64_t)it->seed, p.batch = k, p.steps = it->steps, p.cfg_scale = it->cfg;
+            pr.item = (int)made + 1;
             pr.t0 = mono_s();
+            pr.steps = 0;
             if (!lrc) lrc = sd_generate(m, &p, ctx, NULL, images, progress_cb, &pr, err);
-            for (int j = 0; j < k; j++) {
+            if (!lrc && !opt->quiet && !use_h5 && pr.steps > 0) {
+                // denoise includes the setup before the first step; decode is the VAE of all k items
+                const double den = pr.t_step - pr.t0, dec = mono_s() - pr.t_step;
+                fprintf(stderr, "sdc: timing: text %.2fs, denoise %.1fs (%.2f s/step), decode %.1fs\n", text_s, den,
+                        den / pr.steps, dec);
+                if (!shown_memory++)
+                    fprintf(stderr, "sdc: memory: activations planned: unet %.0f MiB, vae %.0f MiB, clip %.0f MiB; "
+                            "weights %.0f MiB (f32 files are mapped, not copied)\n",
+                            unet_activation_bytes(m->unet) / 1048576.0, vae_activation_bytes(m->vae) / 1048576.0,
+                            clip_activation_bytes(m->clip) / 1048576.0,
+                            (unet_param_bytes(m->unet) + vae_param_bytes(m->vae) + clip_param_bytes(m->clip)) /
+                                1048576.0);
+            }
+            for (int j = 0; !lrc && j < k; j++) {
                 idx[j] = s0 + j;
                 image_from_vae(rgb + (size_t)j * 3 * npix, images, j, H, W);
+                if (use_h5) continue;
+                const GenItem *ij = &sw->items[s0 + j];
+                char path[4096], params[8192];
+                item_path(path, sizeof path, g->output, (int)ij->index);
+                png_parameters(params, sizeof params, job, ij, in->mode, W, H);
+                lrc = image_write_png(path, rgb + (size_t)j * 3 * npix, W, H, params, err);
+                if (!lrc && !opt->quiet)
+                    fprintf(stderr, "sdc: wrote %s (%s %dx%d, seed %lld, %s, %d steps, cfg %g, %.1fs)\n", path,
+                            mode_name(in->mode), W, H, (long long)ij->seed, ij->sampler, ij->steps, ij->cfg,
+                            mono_s() - pr.t0);
             }
         }
         if ((rc = h5_par_agree(&par, lrc, err))) break;
-        rc = genout_write(&go, idx, lrc ? 0 : k, rgb, err);
+        if (use_h5) rc = genout_write(&go, idx, k, rgb, err);
         made += k;
     }
-    int crc = genout_close(&go, rc ? NULL : err);
-    if (!rc) rc = crc;
-    const int64_t total_made = rc ? 0 : h5_par_sum(&par, made), total_skipped = rc ? 0 : h5_par_sum(&par, skipped);
-    if (!rc && !opt->quiet && par.rank == 0)
-        fprintf(stderr, "sdc: wrote %lld items to %s (%lld already done, %d rank%s)\n", (long long)total_made,
-                g->output_h5, (long long)total_skipped, par.size, par.size > 1 ? "s" : "");
-    free(items), free(run_start), free(run_len), free(images), free(rgb), free(manifest);
+    if (use_h5) {
+        int crc = genout_close(&go, rc ? NULL : err);
+        if (!rc) rc = crc;
+    }
+    const int64_t total_made = rc ? 0 : h5_par_sum(&par, made);
+    if (!rc && use_h5 && !opt->quiet && par.rank == 0)
+        fprintf(stderr, "sdc: wrote %lld items to %s (%lld already done, %d rank%s)\n", (long long)total_made, h5path,
+                (long long)skipped, par.size, par.size > 1 ? "s" : "");
+    free(run_start), free(run_len), free(images), free(rgb);
     return rc;
 }
 
@@ -334,7 +511,9 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     if (rc) return rc;
 
     SamplerKind sk;
-    if ((rc = sampler_parse(g->sampler, &sk, err))) {
+    rc = sampler_parse(g->sampler, &sk, err);
+    for (size_t i = 0; !rc && i < g->n_sweep_sampler; i++) rc = sampler_parse(g->sweep_sampler[i], &sk, err);
+    if (rc) {
         backend_destroy(be);
         return rc;
     }
@@ -384,7 +563,6 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
         backend_destroy(be);
         return rc;
     }
-    const int W = in.width, H = in.height;
     // strength: as given, else A1111's 0.75 for img2img and diffusers' 1.0 for inpainting
     const double strength = g->has_strength ? g->strength : in.mode == GEN_INPAINT ? 1.0 : 0.75;
     const int micro = g->batch_size > 0 ? g->batch_size : 1;
@@ -394,83 +572,32 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
                 info->layout == LAYOUT_DIFFUSERS ? "diffusers" : "single-file",
                 info->unet.prediction == PRED_V ? "v" : "epsilon", info->unet.in_channels, mono_s() - t0, be->name);
 
-    { // refuse a request the model cannot serve, or that cannot fit, before any work
+    Sweep sw;
+    rc = sweep_build(g, in.mode, strength, &sw, err);
+    if (!rc) { // refuse a request the model cannot serve, or that cannot fit, before any work
         GenParams chk = gen_params(g, &in, sk, strength);
         chk.batch = micro < g->batch_count ? micro : g->batch_count;
+        chk.cfg_scale = sw.max_cfg;
         rc = check_fits(&m, &chk, opt, err);
     }
+    if (!rc && !opt->quiet && (sw.n > 1 || g->shard_count > 1))
+        fprintf(stderr, "sdc: sweep of %lld item%s (%lld prompt%s x %zu cfg x %zu sampler x %zu steps x %d seeds)%s\n",
+                (long long)sw.n, sw.n == 1 ? "" : "s", (long long)sw.n_prompts, sw.n_prompts == 1 ? "" : "s",
+                g->n_sweep_cfg_scale ? g->n_sweep_cfg_scale : 1, g->n_sweep_sampler ? g->n_sweep_sampler : 1,
+                g->n_sweep_steps ? g->n_sweep_steps : 1, g->batch_count, "");
+    if (!rc && !opt->quiet && g->shard_count > 1)
+        fprintf(stderr, "sdc: shard %d of %d: items %lld to %lld\n", g->shard_index, g->shard_count,
+                (long long)sw.lo, (long long)sw.hi - 1);
     const ClipConfig *cc = clip_config(m.clip);
-    const size_t npix = (size_t)W * H;
-    const int nb_max = micro < g->batch_count ? micro : g->batch_count; // items per sd_generate call
-    float *ctx = NULL, *images = NULL;
-    uint8_t *rgb = NULL;
+    float *ctx = NULL;
     if (!rc) {
         ctx = malloc((size_t)2 * cc->max_positions * cc->hidden * sizeof(float));
-        images = malloc((size_t)nb_max * 3 * npix * sizeof(float));
-        rgb = malloc(npix * 3);
-        if (!ctx || !images || !rgb) rc = sdc_err(err, SDC_ERR_OOM, "image buffers for %dx%d", W, H);
+        if (!ctx) rc = sdc_err(err, SDC_ERR_OOM, "text embeddings");
     }
-    const int items = g->batch_count * (int)g->n_prompts;
-    Progress pr = {.tty = isatty(2), .quiet = opt->quiet, .items = items};
-    int done = 0;
-    const int use_h5 = g->output_h5 && g->output_h5[0]; // HDF5 generation output instead of PNGs
-    if (!rc && use_h5) rc = generate_h5(job, opt, &m, &in, sk, strength, ctx, err);
-    for (size_t pi = 0; !rc && !use_h5 && pi < g->n_prompts; pi++) {
-        const char *prompt = g->prompts[pi];
-        const double t_text = mono_s();
-        rc = sd_encode_prompt(&m, prompt, g->negative_prompt, job->model->clip_skip, ctx, err);
-        const double text_s = mono_s() - t_text;
-        for (int j = 0; !rc && j < g->batch_count; j += micro) {
-            const int nb = g->batch_count - j < micro ? g->batch_count - j : micro;
-            const uint64_t seed = (uint64_t)g->seed + (uint64_t)done;
-            GenParams p = gen_params(g, &in, sk, strength);
-            p.seed = seed, p.batch = nb;
-            pr.item = done + 1;
-            pr.t0 = mono_s();
-            rc = sd_generate(&m, &p, ctx, NULL, images, progress_cb, &pr, err);
-            if (!rc && !opt->quiet && pr.steps > 0) {
-                // denoise includes the setup before the first step; decode is the VAE of all nb items
-                const double den = pr.t_step - pr.t0, dec = mono_s() - pr.t_step;
-                fprintf(stderr, "sdc: timing: text %.2fs, denoise %.1fs (%.2f s/step), decode %.1fs\n",
-                        j == 0 ? text_s : 0.0, den, den / pr.steps, dec);
-                fprintf(stderr, "sdc: memory: activations planned: unet %.0f MiB, vae %.0f MiB, clip %.0f MiB; "
-                        "weights %.0f MiB (f32 files are mapped, not copied)\n",
-                        unet_activation_bytes(m.unet) / 1048576.0, vae_activation_bytes(m.vae) / 1048576.0,
-                        clip_activation_bytes(m.clip) / 1048576.0,
-                        (unet_param_bytes(m.unet) + vae_param_bytes(m.vae) + clip_param_bytes(m.clip)) / 1048576.0);
-            }
-            for (int k = 0; !rc && k < nb; k++, done++) {
-                char path[4096], params[8192];
-                item_path(path, sizeof path, g->output, done);
-                image_from_vae(rgb, images, k, H, W);
-                const char *name = strrchr(job->model->path, '/');
-                // A1111's layout: prompt, "Negative prompt: ..." (only when given), then settings
-                int len = snprintf(params, sizeof params, "%s\n", prompt);
-                if (g->negative_prompt && g->negative_prompt[0] && len < (int)sizeof params)
-                    len += snprintf(params + len, sizeof params - len, "Negative prompt: %s\n", g->negative_prompt);
-                if (len < (int)sizeof params)
-                    len += snprintf(params + len, sizeof params - len,
-                                    "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s",
-                                    g->steps, sampler_display_name(sk), g->cfg_scale,
-                                    (unsigned long long)(seed + (uint64_t)k), W, H,
-                                    name ? name + 1 : job->model->path);
-                if (in.mode != GEN_TXT2IMG && len < (int)sizeof params)
-                    len += snprintf(params + len, sizeof params - len, ", Denoising strength: %g", strength);
-                if (job->model->clip_skip && len < (int)sizeof params)
-                    len += snprintf(params + len, sizeof params - len, ", Clip skip: %d", job->model->clip_skip);
-                if (len < (int)sizeof params)
-                    snprintf(params + len, sizeof params - len, ", Version: sdc %s", SDC_VERSION);
-                rc = image_write_png(path, rgb, W, H, params, err);
-                if (!rc && !opt->quiet)
-                    fprintf(stderr, "sdc: wrote %s (%s %dx%d, seed %llu, %.1fs)\n", path, mode_name(in.mode), W, H,
-                            (unsigned long long)(seed + (uint64_t)k), mono_s() - pr.t0);
-            }
-        }
-    }
+    if (!rc) rc = generate_sweep(job, opt, &m, &in, &sw, strength, ctx, err);
+    sweep_free(&sw);
     if (!rc && !opt->quiet) runner_print_peak_memory(be);
     free(ctx);
-    free(images);
-    free(rgb);
     inputs_free(&in);
     sd_model_free(&m);
     backend_destroy(be);
@@ -590,6 +717,7 @@ int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         job->model->path = cache;
     }
     int rc;
+    if (job->task == SDC__TASK__TASK_GENERATE || job->task == SDC__TASK__TASK_DREAMBOOTH) stop_install();
     switch (job->task) {
     case SDC__TASK__TASK_GENERATE: rc = run_generate(job, opt, err); break;
     case SDC__TASK__TASK_DATASET_IMPORT: rc = run_dataset_import(job, opt, err); break;

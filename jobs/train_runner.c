@@ -36,6 +36,7 @@
 #include "io/lora.h"
 #include "jobs/manifest.h"
 #include "jobs/runner.h"
+#include "jobs/stop.h"
 #include "mpi/dp.h"
 #include "train/dreambooth.h"
 
@@ -142,6 +143,11 @@ static int make_class_images(const Sdc__Job *job, const Backend *be, const char 
                            .cfg_scale = d->class_guidance_scale, .sampler = SAMPLER_PNDM,
                            .seed = (uint64_t)d->seed + 1000003u + (uint64_t)item, .width = d->resolution,
                            .height = d->resolution, .batch = 1};
+            if (stop_signal()) {
+                rc = sdc_err(err, SDC_ERR_STOPPED, "%s while generating class images (%d of %d in %s; the rest "
+                             "are made on the next run)", stop_signal_name(stop_signal()), have + done, want, dir);
+                break;
+            }
             rc = sd_generate(&m, &p, ctx, NULL, pix, NULL, NULL, err);
             if (rc) break;
             char path[1200];
@@ -182,10 +188,8 @@ static int hook_sum(void *u, double *v, int n, SdcError *err) {
     return dp_allreduce_sum_double(&((TrainRun *)u)->dp, v, n, err);
 }
 
-static int hook_step(void *u, const DbStepInfo *s, SdcError *err) {
-    TrainRun *r = u;
-    (void)err;
-    if (r->par.rank != 0) return 0;
+// rank 0: the step's metrics line and the progress bar
+static void log_step(TrainRun *r, const DbStepInfo *s) {
     if (r->metrics) {
         fprintf(r->metrics,
                 "{\"step\": %lld, \"loss\": %.8g, \"loss_prior\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, "
@@ -194,7 +198,7 @@ static int hook_step(void *u, const DbStepInfo *s, SdcError *err) {
                 r->par.size);
         fflush(r->metrics);
     }
-    if (r->quiet) return 0;
+    if (r->quiet) return;
     double el = now_s() - r->t0, done = (double)(s->step - r->first_step);
     double rate = done / (el > 1e-9 ? el : 1e-9), eta = (s->max_steps - s->step) / (rate > 0 ? rate : 1);
     if (r->tty) {
@@ -208,6 +212,18 @@ static int hook_step(void *u, const DbStepInfo *s, SdcError *err) {
     } else if (s->step == s->max_steps || s->step % 10 == 0 || s->step == r->first_step + 1) {
         fprintf(stderr, "  step %lld/%lld loss %.4f lr %.3g %.2f it/s eta %.0fs\n", (long long)s->step,
                 (long long)s->max_steps, s->loss, s->lr, rate, eta);
+    }
+}
+
+static int hook_step(void *u, const DbStepInfo *s, SdcError *err) {
+    TrainRun *r = u;
+    if (r->par.rank == 0) log_step(r, s);
+    // every rank, after every step: all stop at the same step when any was signalled
+    const int sig = stop_agree(&r->par);
+    if (sig) {
+        if (r->tty && !r->quiet && r->par.rank == 0) fputc('\n', stderr);
+        return sdc_err(err, SDC_ERR_STOPPED, "%s at step %lld of %lld", stop_signal_name(sig), (long long)s->step,
+                       (long long)s->max_steps);
     }
     return 0;
 }
@@ -540,9 +556,19 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         if (next > cfg.max_train_steps) next = cfg.max_train_steps;
         rc = db_train(&t, next, err);
         rc = h5_par_agree(par, rc, err);
-        if (rc) goto done;
+        const int stopped = rc == SDC_ERR_STOPPED; // on a signal: checkpoint this step, then stop
+        if (rc && !stopped) goto done;
         s = t.st.global_step;
-        if (s % d->checkpointing_steps == 0 && (rc = save_checkpoint(&run, &t, manifest, err))) goto done;
+        if (stopped || s % d->checkpointing_steps == 0) {
+            char why[256];
+            snprintf(why, sizeof why, "%.200s", err->msg);
+            if ((rc = save_checkpoint(&run, &t, manifest, err))) goto done;
+            if (stopped) {
+                rc = sdc_err(err, SDC_ERR_STOPPED, "%s; checkpoint-%lld.h5 saved in %s ---> run the same job "
+                             "again with --resume-from-checkpoint latest to go on", why, (long long)s, d->output_dir);
+                goto done;
+            }
+        }
         if (validating && s % d->validation_steps == 0 && (rc = validate(&run, &t, err))) goto done;
     }
 

@@ -8,6 +8,10 @@ on the shipped demo model at 64 px, a few steps, one thread per process.
   dreambooth_checks.py mpi    SDC MODEL SRC WORK   1, 2 and 4 MPI ranks agree
   dreambooth_checks.py bad    SDC MODEL SRC WORK   bad input: clear errors; a diverging
                                                    run stops, its checkpoints stay usable
+  dreambooth_checks.py stop   SDC MODEL SRC WORK   SIGUSR1 mid-run (one rank of two too):
+                                                   exit 75 with a checkpoint of that step;
+                                                   resumed == uninterrupted; a generation
+                                                   sweep stopped and re-run == uninterrupted
 
 SDC is the sdc binary, MODEL the demo model, SRC the source root (the photos
 are SRC/../shared/data/dreambooth/dog, or a few fixture images when that is
@@ -492,8 +496,119 @@ def test_bad(ctx):
           f"(exit {rc1}, {rc2}; nothing run)")
 
 
+# ---------------------------------------------------------------------------
+# 4. a stop signal (Slurm's time-limit warning, scancel, Ctrl-C)
+# ---------------------------------------------------------------------------
+
+def sdc_pids(parent, sdc):
+    """Pids of the sdc processes whose parent is `parent` (mpiexec's ranks)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    exe = f.read().split(b"\0")[0].decode()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent and os.path.basename(exe) == os.path.basename(sdc):
+                pids.append(int(d))
+    return sorted(pids)
+
+
+def signal_when(args, ranks, ready, log, timeout=240):
+    """Starts args (under mpiexec when ranks), sends SIGUSR1 once ready()
+    is true (to one rank only under MPI), waits. Returns (exit code, output,
+    whether the signal was sent)."""
+    cmd = (MPIEXEC + ["-n", str(ranks)] if ranks else []) + [str(a) for a in args]
+    with open(log, "w") as lf:
+        p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    sent, t0 = False, time.time()
+    while p.poll() is None and time.time() - t0 < timeout:
+        if not sent and ready():
+            targets = sdc_pids(p.pid, args[0]) if ranks else [p.pid]
+            if targets:
+                os.kill(targets[-1], signal.SIGUSR1)  # one rank: the others must stop with it
+                sent = True
+        time.sleep(0.005)
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+    with open(log) as f:
+        return p.returncode, f.read(), sent
+
+
+def stop_train_variant(ctx, name, ranks, steps):
+    a, b = os.path.join(ctx.work, name + "-A"), os.path.join(ctx.work, name + "-B")
+    common = ["--train-batch-size", 2, "--train-text-encoder", "--learning-rate", "1e-4", "--max-train-steps", steps,
+              "--checkpointing-steps", 1000, "--lr-scheduler", "cosine", "--lr-warmup-steps", 3]
+    rc, out, sa = ctx.run(ctx.train_args(a, *common, "-q"), ranks=ranks)
+    if not check(rc == 0, f"{name}: run A, {steps} steps uninterrupted: exit {rc} ({sa:.1f} s)"):
+        show(out)
+        return
+    mp = os.path.join(b, "metrics.jsonl")
+    ready = lambda: os.path.exists(mp) and os.path.getsize(mp) > 0 and metric_lines(mp) >= 3
+    rc, out, sent = signal_when(ctx.train_args(b, *common), ranks, ready, os.path.join(ctx.work, name + "-B1.log"))
+    stops = [l for l in out.splitlines() if "sdc: stopped: SIGUSR1 at step" in l]
+    ckpts = sorted(int(f[11:-3]) for f in os.listdir(b) if f.startswith("checkpoint-") and f.endswith(".h5"))
+    at = int(stops[0].split("at step ")[1].split()[0]) if stops else -1
+    same = len(set(l.split("sdc: stopped:")[1] for l in stops)) == 1
+    # (mpiexec ends the other ranks as soon as one has exited with 75: all are
+    # past the checkpoint by then, but not every one may have printed its line)
+    if not check(sent and rc == 75 and stops and same and ckpts == [at] and 0 < at < steps and
+                 not os.path.exists(os.path.join(b, "model.h5")),
+                 f"{name}: SIGUSR1 to {'one of ' + str(ranks) + ' ranks' if ranks else 'the process'} mid-run: exit "
+                 f"{rc} (75 expected), {len(stops)} rank(s) stopped at step {at} of {steps}, checkpoints {ckpts}, "
+                 f"no export"):
+        show(out)
+        return
+    rc, out, _ = ctx.run(ctx.train_args(b, *common, "--resume-from-checkpoint", "latest"), ranks=ranks)
+    if not check(rc == 0 and f"checkpoint-{at}.h5 at step {at}" in out,
+                 f"{name}: run B again with --resume-from-checkpoint latest: exit {rc}, resumed at step {at}"):
+        show(out)
+        return
+    ma, mb = metrics(os.path.join(a, "metrics.jsonl")), metrics(mp)
+    keys = ("loss", "lr", "grad_norm")
+    bad = [(s, k) for s in ma for k in keys if s not in mb or ma[s][k] != mb[s][k]]
+    check(sorted(mb) == sorted(ma) and not bad, f"{name}: loss, lr, grad_norm equal at all {len(ma)} steps "
+          f"({len(bad)} differ)")
+    compare_exact(h5_weights(os.path.join(a, "model.h5")), h5_weights(os.path.join(b, "model.h5")),
+                  f"{name}: model.h5 after stop + resume vs uninterrupted")
+
+
+def test_stop(ctx):
+    stop_train_variant(ctx, "train", 0, 24)
+    stop_train_variant(ctx, "train-2ranks", 2, 16)
+    # a generation sweep into HDF5: stopped between batches, the re-run makes the rest
+    gen = lambda out: [ctx.sdc, "generate", "-m", ctx.model, "-p", "a red fox", "-p", "a cat", "-W", 128, "-H", 128,
+                       "--steps", "4,8", "--cfg-scale", "1,7.5", "-b", 4, "-t", 1, "--output-h5", out]
+    a, b = os.path.join(ctx.work, "gen-A.h5"), os.path.join(ctx.work, "gen-B.h5")
+    rc, out, sa = ctx.run(gen(a) + ["-q"])
+    if not check(rc == 0, f"sweep: 2 prompts x 2 cfg x 2 steps x 4 seeds uninterrupted: exit {rc} ({sa:.1f} s)"):
+        show(out)
+        return
+    log = os.path.join(ctx.work, "gen-B1.log")
+    ready = lambda: os.path.exists(log) and "image 4/" in open(log).read()
+    rc, out, sent = signal_when(gen(b), 0, ready, log)
+    with h5py.File(b, "r") as f:
+        done1 = int(np.sum(f["done"][()]))
+    if not check(sent and rc == 75 and "stopped: SIGUSR1 after" in out and 0 < done1 < 32,
+                 f"sweep: SIGUSR1 mid-run: exit {rc} (75 expected), {done1} of 32 items done"):
+        show(out)
+        return
+    rc, out, _ = ctx.run(gen(b))
+    check(rc == 0 and f"wrote {32 - done1} items" in out and f"{done1} already done" in out,
+          f"sweep: the same command again: exit {rc}, made the other {32 - done1} items")
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        same = all(bits_equal(fa[k][()], fb[k][()]) for k in ("images", "seed", "cfg", "steps", "done"))
+        n = fa["images"].shape[0]
+    check(same, f"sweep: all {n} images, seeds, cfg and steps of the stopped + resumed file equal the "
+          f"uninterrupted one")
+
+
 def main():
-    tests = {"resume": test_resume, "mpi": test_mpi, "bad": test_bad}
+    tests = {"resume": test_resume, "mpi": test_mpi, "bad": test_bad, "stop": test_stop}
     if len(sys.argv) != 6 or sys.argv[1] not in tests:
         print(__doc__)
         sys.exit(2)

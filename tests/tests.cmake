@@ -65,10 +65,13 @@ endif()
 # run with /usr/bin/python3 like tools/h5_interop.py): a run SIGKILLed after a
 # checkpoint and resumed equals an uninterrupted one bit for bit (full and
 # LoRA); 1, 2 and 4 MPI ranks agree within the fp32 summation-order noise;
-# bad input, a diverging run and a foreign checkpoint end in clear errors.
+# bad input, a diverging run and a foreign checkpoint end in clear errors;
+# SIGUSR1 (Slurm's time-limit warning) to one process or to one rank of two
+# stops the run with exit 75 and a checkpoint of that step, and the resumed
+# run equals an uninterrupted one bit for bit (a generation sweep too).
 # The demo model at 64 px, a few steps, one thread per process.
 if(TARGET sdc)
-  foreach(t resume_exact:resume mpi_ranks:mpi bad_input:bad)
+  foreach(t resume_exact:resume mpi_ranks:mpi bad_input:bad stop_resume:stop)
     string(REPLACE ":" ";" t ${t})
     list(GET t 0 name)
     list(GET t 1 what)
@@ -102,4 +105,15 @@ if(TARGET sdc)
   set(SDC_H5M ${CMAKE_BINARY_DIR}/test-out/h5model)
   add_test(NAME cli_generate_from_h5
     COMMAND sh -c "rm -rf ${SDC_H5M} && mkdir -p ${SDC_H5M} && $<TARGET_FILE:sdc> convert -q -m ${SDC_DEMO} -o ${SDC_H5M}/m.h5 && $<TARGET_FILE:sdc> generate -m ${SDC_H5M}/m.h5 -p 'a fox' -W 64 -H 64 --steps 3 -o ${SDC_H5M}/a.png 2> ${SDC_H5M}/log1.txt && grep -q 'converting it once' ${SDC_H5M}/log1.txt && $<TARGET_FILE:sdc> generate -m ${SDC_H5M}/m.h5 -p 'a fox' -W 64 -H 64 --steps 3 -o ${SDC_H5M}/b.png 2> ${SDC_H5M}/log2.txt && ! grep -q 'converting' ${SDC_H5M}/log2.txt && $<TARGET_FILE:sdc> generate -q -m ${SDC_DEMO} -p 'a fox' -W 64 -H 64 --steps 3 -o ${SDC_H5M}/c.png && /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/png_pixels.py same ${SDC_H5M}/a.png ${SDC_H5M}/c.png && /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/png_pixels.py same ${SDC_H5M}/b.png ${SDC_H5M}/c.png && echo '1 passed, 0 failed'")
+endif()
+
+# Generation sweeps (tests/sweep_checks.py): lists for --cfg-scale / --sampler /
+# --steps, --from-file; item order, seeds and settings as jobs/sdc.proto says,
+# each item equal to a plain generate; 1 vs 3 MPI ranks; 3 shards together
+# equal the whole sweep; PNG names and parameters; bad lists and shards refused.
+if(TARGET sdc)
+  add_test(NAME generate_sweep
+    COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/sweep_checks.py $<TARGET_FILE:sdc> ${SDC_DEMO}
+            ${CMAKE_BINARY_DIR}/test-out/generate_sweep)
+  set_tests_properties(generate_sweep PROPERTIES FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK" TIMEOUT 240)
 endif()

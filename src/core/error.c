@@ -46,6 +46,7 @@ const char *sdc_err_name(int code) {
     case SDC_ERR_UNSUPPORTED: return "unsupported";
     case SDC_ERR_DEVICE: return "device error";
     case SDC_ERR_NONFINITE: return "not a finite number";
+    case SDC_ERR_STOPPED: return "stopped on a signal";
     default: return "internal error";
     }
 }

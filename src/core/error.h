@@ -22,6 +22,7 @@ enum {
     SDC_ERR_DEVICE = 7,      // CUDA / driver / device problem
     SDC_ERR_INTERNAL = 8,    // a bug in sdc
     SDC_ERR_NONFINITE = 9,   // a NaN or Inf appeared (loss, gradient norm)
+    SDC_ERR_STOPPED = 10,    // stopped early on a signal, state saved: run again to resume
 };
 
 typedef struct SdcError {

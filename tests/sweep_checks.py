@@ -1,0 +1,200 @@
+#!/usr/bin/python3
+"""sweep_checks.py SDC MODEL WORK: end-to-end checks of generation sweeps
+(`sdc generate` with lists for --cfg-scale / --sampler / --steps, --from-file,
+--shard; jobs/runner.c), run by CTest on the shipped demo model at 64 px.
+
+  - the items come in the documented order with the documented seeds and
+    settings (jobs/sdc.proto), in HDF5 and as PNGs (names and A1111 text);
+  - every item's image is the image of a plain `sdc generate` with that
+    item's settings;
+  - 1 and 3 MPI ranks write the same file; three shards (--shard I/3, and
+    `sdc run --shard`) together hold exactly the items of the whole sweep;
+  - a file of another sweep is refused; a bad list or shard is refused.
+numpy + h5py (/usr/bin/python3: Debian's python3-h5py). Prints one line per
+check and "N passed, N failed"; exits 1 on a failure."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+import struct
+
+try:
+    import h5py
+    import numpy as np
+except ImportError as e:  # the test must fail, not skip: setup.sh installs h5py
+    print(f"FAILED: {e}\n---> run tools/setup.sh (Debian: apt-get install python3-h5py)")
+    sys.exit(1)
+
+passed = failed = 0
+MPIEXEC = ["mpiexec", "--allow-run-as-root", "--oversubscribe", "-x", "OMP_NUM_THREADS=1"]
+
+
+def check(cond, msg):
+    global passed, failed
+    print(("  OK      " if cond else "  NOT OK  ") + msg, flush=True)
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+    return cond
+
+
+def run(args, ranks=0):
+    cmd = (MPIEXEC + ["-n", str(ranks)] if ranks else []) + [str(a) for a in args]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return p.returncode, p.stdout
+
+
+def show(out, n=6):
+    for line in out.strip().splitlines()[-n:]:
+        print("          | " + line)
+
+
+def png(path):
+    """(pixels as a u8 array (H, W, 3), the `parameters` text) of an sdc PNG."""
+    d = open(path, "rb").read()
+    pos, idat, w, h, text = 8, b"", 0, 0, ""
+    while pos < len(d):
+        n, kind = struct.unpack(">I4s", d[pos:pos + 8])
+        body = d[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        elif kind == b"tEXt" and body.startswith(b"parameters\0"):
+            text = body[11:].decode("latin-1")
+        elif kind == b"iTXt" and body.startswith(b"parameters\0"):
+            text = body.split(b"\0", 5)[-1].decode("utf-8")
+        pos += 12 + n
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
+    out = np.zeros((h, 3 * w), np.int32)
+    for y in range(h):  # PNG filters (sdc writes whatever libpng picks)
+        f, row = raw[y, 0], raw[y, 1:].astype(np.int32)
+        prev = out[y - 1] if y else np.zeros(3 * w, np.int32)
+        if f == 0:
+            cur = row
+        elif f == 2:
+            cur = (row + prev) & 255
+        else:
+            cur = np.zeros(3 * w, np.int32)
+            for x in range(3 * w):
+                a = cur[x - 3] if x >= 3 else 0
+                b, c = prev[x], (prev[x - 3] if x >= 3 else 0)
+                if f == 1:
+                    p = a
+                elif f == 3:
+                    p = (a + b) // 2
+                else:
+                    pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+                    p = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                cur[x] = (row[x] + p) & 255
+        out[y] = cur
+    return out.reshape(h, w, 3).astype(np.uint8), text
+
+
+def h5(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in ("images", "prompt", "sampler", "seed", "steps", "cfg", "done", "sweep_index")}
+
+
+def main():
+    if len(sys.argv) != 4:
+        print(__doc__)
+        sys.exit(2)
+    sdc, model, work = sys.argv[1:]
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    t0 = time.time()
+    with open(os.path.join(work, "prompts.txt"), "w") as f:
+        f.write("a cat\n\n   \na house by the sea\r\n")
+    # 3 prompts x 2 cfg x 2 samplers x 2 steps x 2 seeds = 48 items, batches of 2
+    base = [sdc, "generate", "-m", model, "-p", "a red fox", "--from-file", os.path.join(work, "prompts.txt"),
+            "-W", 64, "-H", 64, "--cfg-scale", "1,7.5", "--sampler", "euler_a,dpm++2m", "--steps", "2,3", "-b", 2,
+            "--batch-size", 2, "-s", 100, "-t", 1]
+    full = os.path.join(work, "full.h5")
+    rc, out = run(base + ["--output-h5", full])
+    if not check(rc == 0 and "sweep of 48 items (3 prompts x 2 cfg x 2 sampler x 2 steps x 2 seeds)" in out,
+                 f"sweep into HDF5: exit {rc}, 48 items announced"):
+        show(out)
+        sys.exit(1)
+    A = h5(full)
+    prompts = ["a red fox", "a cat", "a house by the sea"]
+    want = [(p, c, s, t, 100 + pi * 2 + b) for pi, p in enumerate(prompts) for c in (1.0, 7.5)
+            for s in ("Euler a", "DPM++ 2M") for t in (2, 3) for b in (0, 1)]
+    got = [(A["prompt"][i].decode(), float(A["cfg"][i]), A["sampler"][i].decode(), int(A["steps"][i]),
+            int(A["seed"][i])) for i in range(len(A["seed"]))]
+    check(got == want and list(A["sweep_index"]) == list(range(48)) and A["done"].all(),
+          "items in the documented order: prompt, cfg, sampler, steps, seeds (seed + prompt x batch_count + k); "
+          f"sweep_index 0..47; all done ({sum(a == b for a, b in zip(got, want))} of 48 match)")
+    distinct = len({A["images"][i].tobytes() for i in range(48)})
+    check(distinct == 48, f"48 distinct images ({distinct})")
+
+    # each item == a plain generate with its settings (same batch of 2 seeds)
+    bad = []
+    for i in (0, 13, 22, 47):
+        p, c, s, t, seed = want[i]
+        sname = {"Euler a": "euler_a", "DPM++ 2M": "dpm++2m"}[s]
+        o = os.path.join(work, f"one{i}.png")
+        rc, out = run([sdc, "generate", "-q", "-m", model, "-p", p, "-W", 64, "-H", 64, "--cfg-scale", c, "--sampler",
+                       sname, "--steps", t, "-s", seed - i % 2, "-b", 2, "--batch-size", 2, "-t", 1, "-o", o])
+        path = o if i % 2 == 0 else o.replace(".png", "_2.png")
+        if rc or not os.path.exists(path) or not np.array_equal(png(path)[0], A["images"][i]):
+            bad.append(i)
+    check(not bad, f"items 0, 13, 22, 47 equal a plain sdc generate with their prompt, cfg, sampler, steps and seed "
+          f"(differ: {bad})")
+
+    # ranks and shards
+    r3 = os.path.join(work, "r3.h5")
+    rc, out = run(base + ["--output-h5", r3, "-q"], ranks=3)
+    B = h5(r3) if rc == 0 else None
+    check(rc == 0 and all(np.array_equal(A[k], B[k]) for k in A),
+          f"3 MPI ranks write the same file as 1 (exit {rc})")
+    sh = os.path.join(work, "sh.h5")
+    manifest = os.path.join(work, "sweep.txtpb")
+    rc1, text = run(base + ["--output-h5", sh, "--dump-manifest"])
+    open(manifest, "w").write(text)
+    parts, rcs = [], []
+    for k in range(3):  # shard 0 and 2 from the command line, shard 1 through sdc run
+        rc, out = run(base + ["--output-h5", sh, "--shard", f"{k}/3", "-q"]) if k != 1 else \
+            run([sdc, "run", manifest, "--shard", "1/3", "-q"])
+        rcs.append(rc)
+        path = os.path.join(work, f"sh-{k + 1:05d}-of-00003.h5")
+        if rc == 0 and os.path.exists(path):
+            parts.append(h5(path))
+    idx = np.concatenate([p["sweep_index"] for p in parts]) if len(parts) == 3 else np.zeros(0)
+    ok = len(parts) == 3 and list(idx) == list(range(48)) and \
+        all(np.array_equal(np.concatenate([p[k] for p in parts]), A[k]) for k in A if k != "done")
+    check(ok, f"3 shards (sh-0000K-of-00003.h5; exits {rcs}, {[len(p['seed']) for p in parts]} items) hold "
+          "exactly the sweep's 48 items, images included")
+
+    # PNG output: names by sweep item, A1111 text with the item's settings
+    o = os.path.join(work, "p.png")
+    rc, out = run(base + ["-o", o, "-q"])
+    names = sorted(f for f in os.listdir(work) if f.startswith("p") and f.endswith(".png"))
+    img, text = png(os.path.join(work, "p_14.png")) if os.path.exists(os.path.join(work, "p_14.png")) else (None, "")
+    check(rc == 0 and len(names) == 48 and img is not None and np.array_equal(img, A["images"][13]) and
+          text.startswith(want[13][0] + "\n") and
+          f"Steps: {want[13][3]}, Sampler: {want[13][2]}, CFG scale: {want[13][1]:g}, Seed: {want[13][4]}," in text,
+          f"sweep as PNGs: {len(names)} files, p_14.png = item 13 with its parameters ('{text.splitlines()[-1] if text else ''}')")
+
+    # refused: another sweep's file, bad lists, bad shards
+    rc, out = run(base[:-6] + ["--cfg-scale", "1,8", "--sampler", "euler_a,dpm++2m", "--steps", "2,3", "-t", 1,
+                                "--output-h5", full])
+    check(rc != 0 and "belongs to another sweep" in out, f"another sweep into the same file refused (exit {rc})")
+    for args, needle in ((["--steps", "2,,3"], "expected one value or a list"),
+                         (["--cfg-scale", "1,x"], "expected a number"),
+                         (["--sampler", "euler,nope"], "nope"),
+                         (["--shard", "3/3"], "0 <= I < N"),
+                         (["--from-file", os.path.join(work, "missing.txt")], "cannot open")):
+        rc, out = run([sdc, "generate", "-m", model, "-p", "x", "-W", 64, "-H", 64, "-o", os.path.join(work, "e.png")]
+                      + args)
+        check(rc != 0 and needle in out, f"{' '.join(args)} refused: exit {rc}, '{out.strip().splitlines()[-1][:100]}'")
+    print(f"{passed} passed, {failed} failed ({time.time() - t0:.1f} s)")
+    sys.exit(1 if failed or not passed else 0)
+
+
+if __name__ == "__main__":
+    main()
