@@ -86,7 +86,8 @@ void cli_print_usage(FILE *f, const char *sub) {
                    "  run        run a job manifest file (sdc run --help)\n"
                    "  dataset    dataset import: images -> HDF5 dataset (sdc dataset import --help)\n"
                    "  convert    convert a model between layouts (sdc convert --help)\n"
-                   "  train      DreamBooth fine-tuning, full or LoRA (sdc train dreambooth --help)\n\n"
+                   "  train      DreamBooth fine-tuning, full or LoRA (sdc train dreambooth --help)\n"
+                   "  submit     render a manifest's Slurm batch script and sbatch it (sdc submit --help)\n\n"
                    "Every command builds a job manifest (jobs/sdc.proto); --dump-manifest prints it.\n");
         return;
     }

@@ -3,11 +3,13 @@
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "jobs/cli.h"
 #include "jobs/manifest.h"
 #include "jobs/runner.h"
 #include "jobs/stop.h"
+#include "jobs/submit.h"
 
 static int sdc_main(int argc, char **argv);
 
@@ -31,6 +33,7 @@ int main(int argc, char **argv) {
 }
 
 static int sdc_main(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "submit")) return submit_main(argc, argv);
     SdcError err = {0};
     Sdc__Job *job = NULL;
     CliOptions opt;

@@ -507,7 +507,7 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
     DType dt;
     int rc = run_dtype(rt, cuda, &dt, err);
     if (rc) return rc;
-    rc = cuda ? backend_cuda_create(&be, 0, dt, err) : backend_cpu_create(&be, runner_threads(job, opt->quiet), err);
+    rc = cuda ? backend_cuda_create(&be, -1, dt, err) : backend_cpu_create(&be, runner_threads(job, opt->quiet), err);
     if (rc) return rc;
 
     SamplerKind sk;

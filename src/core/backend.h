@@ -137,6 +137,8 @@ int backend_cpu_create(Backend **out, int threads, SdcError *err);
 // Creates the CUDA backend on device `device_index`; act_dtype F32, F16 or
 // BF16. Fails with SDC_ERR_DEVICE and a hint when there is no usable GPU or
 // sdc was built without CUDA.
+// device_index < 0: the GPU of this rank, its node-local rank (SLURM_LOCALID,
+// OMPI_COMM_WORLD_LOCAL_RANK, ...) modulo the devices it can see (one rank per GPU).
 int backend_cuda_create(Backend **out, int device_index, DType act_dtype, SdcError *err);
 // The no-op backend used to size arenas (static; never destroyed).
 const Backend *backend_measure(void);

@@ -344,6 +344,18 @@ int backend_cuda_create(Backend **out, int device_index, DType act_dtype, SdcErr
     int allow_tf32 = tf32 && tf32[0] == '1';
     char msg[1024];
     CudaCtx *ctx = NULL;
+    if (device_index < 0) { // one rank per GPU: the node-local rank's device
+        const char *names[] = {"SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "LOCAL_RANK"};
+        int local = 0, count = 0;
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (getenv(names[i]) && getenv(names[i])[0]) {
+                local = atoi(getenv(names[i]));
+                break;
+            }
+        if (cuda_device_count(&count, msg, sizeof msg) != CUDA_OK)
+            return sdc_err(err, SDC_ERR_DEVICE, "CUDA backend: %s", msg);
+        device_index = count > 0 ? local % count : 0;
+    }
     if (cuda_ctx_create(&ctx, device_index, allow_tf32, msg, sizeof msg) != CUDA_OK)
         return sdc_err(err, SDC_ERR_DEVICE, "CUDA backend: %s", msg);
     CudaBackend *cb = calloc(1, sizeof *cb);
