@@ -192,6 +192,10 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
         const char *dev = job->runtime->device;
         if (dev && dev[0] && strcmp(dev, "cpu") && strcmp(dev, "cuda"))
             return sdc_err(err, SDC_ERR_ARG, "manifest: runtime.device '%s'; expected cpu or cuda", dev);
+        if (job->runtime->pipeline_stages < 1 || job->runtime->micro_batches < 0)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: runtime.pipeline_stages %d, micro_batches %d; expected 1 or "
+                           "more stages and 0 (2 x stages) or more micro-batches", job->runtime->pipeline_stages,
+                           job->runtime->micro_batches);
         if (job->runtime->threads < 0)
             return sdc_err(err, SDC_ERR_ARG, "manifest: runtime.threads is %d; expected 0 (all cores) or more",
                            job->runtime->threads);

@@ -17,6 +17,7 @@
 #include "io/image.h"
 #include "jobs/manifest.h"
 #include "jobs/stop.h"
+#include "mpi/pp.h"
 #include "pipeline/sd.h"
 #include "data/convert.h"
 #include "data/dataset.h"
@@ -322,12 +323,13 @@ static void png_parameters(char *buf, size_t cap, const Sdc__Job *job, const Gen
 // skipped, so a re-run resumes). Consecutive items of one prompt and setting
 // form runs of up to batch_size images denoised together; under MPI rank r
 // makes runs k % R == r, so the runs, and with them the images, do not
-// depend on the rank count. Between runs all ranks check for a stop signal
+// depend on the rank count. par: the ranks sharing the work (with pipeline
+// stages, the first stage of every pipeline). Between runs all ranks check for a stop signal
 // (jobs/stop.h) and stop together.
 static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m, const GenInputs *in,
-                          const Sweep *sw, double strength, float *ctx, SdcError *err) {
+                          const Sweep *sw, double strength, float *ctx, const H5Par *parp, SdcError *err) {
     const Sdc__Generate *g = job->generate;
-    const H5Par par = h5_par_world();
+    const H5Par par = *parp;
     const int W = in->width, H = in->height, use_h5 = g->output_h5 && g->output_h5[0];
     const int64_t n = sw->hi - sw->lo, B = g->batch_count;
     const size_t npix = (size_t)W * H;
@@ -498,6 +500,45 @@ int runner_threads(const Sdc__Job *job, int quiet) {
     return t;
 }
 
+// World = stages x replicas: ranks [r*stages, (r+1)*stages) form pipeline r,
+// stage = rank % stages. par becomes the communicator of the stage-0 ranks
+// (the ones that share the sweep and write its outputs).
+static int pipeline_setup(const Sdc__Job *job, SdModel *m, const GenInputs *in, int stages, PpStage *pp, H5Par *par,
+                          int *stage, const RunOptions *opt, SdcError *err) {
+    const Sdc__Runtime *rt = job->runtime;
+    if (m->be->device != DEV_CPU)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "--pipeline-stages runs on the CPU backend in this version ---> "
+                       "--device cpu, or drop --pipeline-stages (each GPU rank then holds the whole UNet)");
+    if (!h5_par_is_mpi(par) || par->size % stages)
+        return sdc_err(err, SDC_ERR_ARG, "--pipeline-stages %d needs a multiple of %d MPI ranks (this run has %d) "
+                       "---> mpiexec -n %d sdc ... (or srun -n)", stages, stages, par->size, stages);
+    const int rank = par->rank;
+    *stage = rank % stages;
+    MPI_Comm pipe = MPI_COMM_NULL, gen = MPI_COMM_NULL;
+    MPI_Comm_split(MPI_COMM_WORLD, rank / stages, *stage, &pipe);
+    MPI_Comm_split(MPI_COMM_WORLD, *stage == 0 ? 0 : MPI_UNDEFINED, rank, &gen);
+    const int micro = rt->micro_batches > 0 ? rt->micro_batches : 2 * stages;
+    const ClipConfig *cc = clip_config(m->clip);
+    int rc = pp_init(pp, pipe, m->unet, micro, in->height / 8, in->width / 8, cc->max_positions, err);
+    MPI_Comm_free(&pipe);
+    if (!rc && *stage == 0) {
+        *par = (H5Par){.comm = gen};
+        MPI_Comm_rank(gen, &par->rank);
+        MPI_Comm_size(gen, &par->size);
+        m->unet_fn = pp_unet_fn;
+        m->unet_user = pp;
+    } else if (gen != MPI_COMM_NULL) {
+        MPI_Comm_free(&gen);
+    }
+    if (!rc && !opt->quiet && rank == 0) {
+        fprintf(stderr, "sdc: pipeline: %d stages x %d replica%s, %d micro-batches per pass; blocks", stages,
+                par->size, par->size == 1 ? "" : "s", micro);
+        for (int s = 0; s < stages; s++)
+            fprintf(stderr, " %d-%d%s", pp->bounds[s], pp->bounds[s + 1] - 1, s + 1 < stages ? "," : "\n");
+    }
+    return rc;
+}
+
 static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     const Sdc__Generate *g = job->generate;
     const Sdc__Runtime *rt = job->runtime;
@@ -572,8 +613,29 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
                 info->layout == LAYOUT_DIFFUSERS ? "diffusers" : "single-file",
                 info->unet.prediction == PRED_V ? "v" : "epsilon", info->unet.in_channels, mono_s() - t0, be->name);
 
+    // pipeline stages: stage 0 of each pipeline generates (sharing the sweep
+    // with the other pipelines' stage 0), the other stages serve UNet passes
+    PpStage pp = {.comm = MPI_COMM_NULL};
+    H5Par par = h5_par_world();
+    const int stages = rt ? rt->pipeline_stages : 1;
+    if (stages > 1) {
+        int stage = 0;
+        rc = pipeline_setup(job, &m, &in, stages, &pp, &par, &stage, opt, err);
+        if (!rc && stage > 0) { // serve until stage 0 is done
+            rc = pp_serve(&pp, err);
+            if (!rc && !opt->quiet)
+                fprintf(stderr, "sdc: pipeline stage %d (blocks %d-%d): %lld passes, %.1f s busy, %.1f s waiting\n",
+                        pp.stage, pp.bounds[pp.stage], pp.bounds[pp.stage + 1] - 1, pp.passes, pp.busy_s, pp.wait_s);
+            pp_free(&pp);
+            inputs_free(&in);
+            sd_model_free(&m);
+            backend_destroy(be);
+            return rc;
+        }
+    }
     Sweep sw;
-    rc = sweep_build(g, in.mode, strength, &sw, err);
+    if (!rc) rc = sweep_build(g, in.mode, strength, &sw, err);
+    else memset(&sw, 0, sizeof sw);
     if (!rc) { // refuse a request the model cannot serve, or that cannot fit, before any work
         GenParams chk = gen_params(g, &in, sk, strength);
         chk.batch = micro < g->batch_count ? micro : g->batch_count;
@@ -594,8 +656,15 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
         ctx = malloc((size_t)2 * cc->max_positions * cc->hidden * sizeof(float));
         if (!ctx) rc = sdc_err(err, SDC_ERR_OOM, "text embeddings");
     }
-    if (!rc) rc = generate_sweep(job, opt, &m, &in, &sw, strength, ctx, err);
+    if (!rc) rc = generate_sweep(job, opt, &m, &in, &sw, strength, ctx, &par, err);
     sweep_free(&sw);
+    if (pp.comm != MPI_COMM_NULL && (!rc || rc == SDC_ERR_STOPPED)) {
+        SdcError e2 = {0};
+        int frc = pp_finish(&pp, &e2); // the other stages return
+        if (!rc && frc) rc = frc, *err = e2;
+    }
+    pp_free(&pp);
+    if (par.comm != MPI_COMM_NULL && par.comm != MPI_COMM_WORLD) MPI_Comm_free(&par.comm);
     if (!rc && !opt->quiet) runner_print_peak_memory(be);
     free(ctx);
     inputs_free(&in);

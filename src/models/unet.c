@@ -624,6 +624,7 @@ static int unet_measure(Unet *m, int batch, int h, int w, int ctx_len, int recor
     Tensor out = ACT(&fake, batch, c->out_channels, h, w);
     UnetState s;
     pass_start(m, &s, &out, &x, ts, &ctx);
+    size_t max_x = 0; // the largest running activation at a block boundary
     for (int i = 0; i < m->n_blocks; i++) {
         Arena *wk = &m->reg[REG_WORK];
         size_t peak = wk->peak; // the region's peak so far; measure this block alone
@@ -632,8 +633,13 @@ static int unet_measure(Unet *m, int batch, int h, int w, int ctx_len, int recor
         if (record) m->blocks[i].info.scratch_bytes = wk->peak;
         if (peak > wk->peak) wk->peak = peak;
         if (record) m->blocks[i].info.out_bytes = tensor_bytes(&s.x);
+        if (tensor_bytes(&s.x) > max_x) max_x = tensor_bytes(&s.x);
     }
     SDC_CHECK(s.n_skips == 0);
+    // a pipeline stage starting at any block receives its input into slot 0
+    // (unet_begin_at), whatever region the previous stage had it in
+    for (int r = REG_SLOT0; r <= REG_SLOT1; r++)
+        if (m->reg[r].peak < max_x) m->reg[r].peak = max_x;
     free(ts);
     for (int r = 0; r < REG_COUNT; r++)
         reg_bytes[r] = (m->reg[r].peak + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
@@ -704,6 +710,37 @@ int unet_begin(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float 
                              L > m->plan_ctx ? (int)L : m->plan_ctx, err));
     }
     pass_start(m, s, out, x, timesteps, ctx);
+    return 0;
+}
+
+int unet_begin_at(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
+                  int first, const int64_t x_shape[4], int n_skips, const int64_t (*skip_shapes)[4], SdcError *err) {
+    if (first < 1 || first >= m->n_blocks || n_skips < 0 || n_skips > UNET_MAX_SKIPS)
+        return sdc_err(err, SDC_ERR_ARG, "unet: a stage cannot start at block %d with %d skips (%d blocks)", first,
+                       n_skips, m->n_blocks);
+    const UnetBlockInfo *bi = &m->blocks[first].info;
+    const int64_t n = x->shape[0];
+    int ok = x_shape[0] == n && x_shape[1] == bi->in_channels && x_shape[2] >= 1 && x_shape[3] >= 1;
+    for (int k = 0; ok && k < n_skips; k++)
+        ok = skip_shapes[k][0] == n && skip_shapes[k][1] >= 1 && skip_shapes[k][2] >= 1 && skip_shapes[k][3] >= 1 &&
+             skip_shapes[k][2] <= x->shape[2] && skip_shapes[k][3] <= x->shape[3];
+    ok = ok && x_shape[2] <= x->shape[2] && x_shape[3] <= x->shape[3];
+    if (!ok)
+        return sdc_err(err, SDC_ERR_ARG, "unet: block %d (%s) takes (%lld, %d, h, w) with %d skips; the stage was "
+                       "given (%lld, %lld, %lld, %lld) with %d skips", first, bi->name, (long long)n,
+                       bi->in_channels, n_skips, (long long)x_shape[0], (long long)x_shape[1], (long long)x_shape[2],
+                       (long long)x_shape[3], n_skips);
+    SDC_TRY(unet_begin(m, s, out, x, timesteps, ctx, err));
+    for (int k = 0; k < n_skips; k++) {
+        Arena *a = &m->reg[REG_SKIP];
+        s->skip_mark[k] = arena_mark(a);
+        s->skips[k] = ACT(a, skip_shapes[k][0], skip_shapes[k][1], skip_shapes[k][2], skip_shapes[k][3]);
+    }
+    s->n_skips = n_skips;
+    Arena *a = &m->reg[REG_SLOT0];
+    arena_reset(a, 0);
+    s->x = ACT(a, x_shape[0], x_shape[1], x_shape[2], x_shape[3]);
+    s->x_slot = 0;
     return 0;
 }
 

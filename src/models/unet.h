@@ -128,6 +128,14 @@ typedef struct UnetState {
 int unet_begin(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float *timesteps,
                const Tensor *ctx, SdcError *err);
 int unet_block_forward(Unet *m, int i, UnetState *s, SdcError *err);
+// Pipeline stages (mpi/pp.h): a pass that starts at block `first` > 0 with
+// the running activation (x_shape) and the n_skips open skips (bottom first)
+// a previous stage handed over. Like unet_begin (x gives the batch and the
+// latent size the memory plan is for, timesteps the rows' time embedding);
+// then s->x and s->skips[0..n_skips) are allocated, for the caller to fill
+// with the previous stage's data, and the blocks from `first` on run as usual.
+int unet_begin_at(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
+                  int first, const int64_t x_shape[4], int n_skips, const int64_t (*skip_shapes)[4], SdcError *err);
 
 // ---- training (CPU, fp32) -------------------------------------------------------
 // Forward that keeps what backward needs, and backward through the block list

@@ -290,7 +290,8 @@ int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents
             break;
         }
         for (int r = 0; r < rows; r++) tsp[r] = sampler_timestep(&s[0], i);
-        rc = unet_forward(m->unet, &t.out, &t.x, tsp, &t.ctx, err);
+        rc = m->unet_fn ? m->unet_fn(m->unet_user, &t.out, &t.x, tsp, &t.ctx, err)
+                        : unet_forward(m->unet, &t.out, &t.x, tsp, &t.ctx, err);
         if (tsp != ts) free(tsp);
         if (rc) break;
         backend_download_f32(be, b.eps, &t.out, (size_t)rows * nlat);

@@ -26,6 +26,11 @@ typedef struct SdModel {
     ClipModel *clip;
     Unet *unet;
     Vae *vae;
+    // The UNet pass sd_generate runs (unet_forward when NULL): a pipeline
+    // over ranks sets its own (mpi/pp.h), called with unet_user.
+    int (*unet_fn)(void *user, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
+                   SdcError *err);
+    void *unet_user;
 } SdModel;
 
 typedef enum { GEN_TXT2IMG = 0, GEN_IMG2IMG = 1, GEN_INPAINT = 2 } GenMode;

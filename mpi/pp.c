@@ -1,0 +1,287 @@
+// pp.c: see pp.h.
+//
+// Messages from stage s to s+1, per micro-batch: a header of int64
+// (PP_HDR_LEN), then one payload of bytes:
+//   timesteps (n f32) | context (n, L, D) | x | skip 0 | ... | skip k-1
+// in the backend's activation dtype. The last stage sends the micro-batch's
+// output rows (n, Cout, h, w) to stage 0 with tag PP_TAG_OUT + j. A header
+// with op PP_OP_QUIT ends pp_serve and is passed on.
+#include "mpi/pp.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { PP_OP_QUIT = 0, PP_OP_FORWARD = 1 };
+enum { PP_TAG_HDR = 7100, PP_TAG_DATA = 7101, PP_TAG_OUT = 7200 };
+// op, micro-batch j, rows n, h, w, L, D, out channels, n_skips, x shape (4), skip shapes (4 each)
+#define PP_HDR_FIXED 13
+#define PP_HDR_LEN (PP_HDR_FIXED + 4 * UNET_MAX_SKIPS)
+
+static double pp_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int mpi_fail(int rc, const char *what, SdcError *err) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    return sdc_err(err, SDC_ERR_IO, "pipeline: %s failed: %s", what, msg);
+}
+#define PP_MPI(call, what)                                 \
+    do {                                                   \
+        int pp_rc_ = (call);                               \
+        if (pp_rc_ != MPI_SUCCESS) return mpi_fail(pp_rc_, what, err); \
+    } while (0)
+
+int pp_partition(const Unet *u, int stages, int h, int w, int ctx_len, int *bounds, SdcError *err) {
+    const int nb = unet_block_count(u);
+    if (stages < 1 || stages > nb)
+        return sdc_err(err, SDC_ERR_ARG, "pipeline: %d stages for a UNet of %d blocks ---> at most %d", stages, nb,
+                       nb);
+    double *cum = malloc((size_t)(nb + 1) * sizeof *cum);
+    if (!cum) return sdc_err(err, SDC_ERR_OOM, "pipeline: partition");
+    cum[0] = 0;
+    for (int i = 0; i < nb; i++) { // a floor per block: norms and copies cost something too
+        double f = unet_block_flops(u, i, 1, h, w, ctx_len);
+        cum[i + 1] = cum[i] + (f > 1.0 ? f : 1.0);
+    }
+    // cut s goes where the cumulative cost crosses s/stages of the total,
+    // leaving at least one block to every stage on either side
+    bounds[0] = 0, bounds[stages] = nb;
+    for (int s = 1; s < stages; s++) {
+        const double target = cum[nb] * s / stages;
+        int b = bounds[s - 1] + 1;
+        while (b < nb - (stages - s) && cum[b] < target) b++;
+        if (b > bounds[s - 1] + 1 && target - cum[b - 1] < cum[b] - target) b--; // the nearer boundary
+        bounds[s] = b;
+    }
+    free(cum);
+    return 0;
+}
+
+int pp_init(PpStage *p, MPI_Comm comm, Unet *u, int micro, int h, int w, int ctx_len, SdcError *err) {
+    memset(p, 0, sizeof *p);
+    p->comm = MPI_COMM_NULL;
+    for (int k = 0; k < 4; k++) p->send_req[k] = MPI_REQUEST_NULL;
+    if (micro < 1) return sdc_err(err, SDC_ERR_ARG, "pipeline: %d micro-batches; expected 1 or more", micro);
+    PP_MPI(MPI_Comm_dup(comm, &p->comm), "MPI_Comm_dup");
+    MPI_Comm_set_errhandler(p->comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(p->comm, &p->stage);
+    MPI_Comm_size(p->comm, &p->stages);
+    p->micro = micro;
+    p->unet = u;
+    p->bounds = malloc((size_t)(p->stages + 1) * sizeof *p->bounds);
+    if (!p->bounds) return sdc_err(err, SDC_ERR_OOM, "pipeline: bounds");
+    return pp_partition(u, p->stages, h, w, ctx_len, p->bounds, err);
+}
+
+void pp_free(PpStage *p) {
+    if (p->comm != MPI_COMM_NULL) {
+        MPI_Waitall(4, p->send_req, MPI_STATUSES_IGNORE);
+        MPI_Comm_free(&p->comm);
+    }
+    free(p->bounds);
+    free(p->send[0]), free(p->send[1]), free(p->recv);
+    memset(p, 0, sizeof *p);
+    p->comm = MPI_COMM_NULL;
+}
+
+static int grow(char **buf, size_t *cap, size_t need, SdcError *err) {
+    if (need <= *cap) return 0;
+    char *b = realloc(*buf, need);
+    if (!b) return sdc_err(err, SDC_ERR_OOM, "pipeline: %zu-byte buffer", need);
+    *buf = b, *cap = need;
+    return 0;
+}
+
+// Rows [r0, r0 + n) of a tensor whose first dimension is the batch.
+static Tensor rows_of(const Tensor *t, int64_t r0, int64_t n) {
+    Tensor v = *t;
+    const size_t row = tensor_bytes(t) / (size_t)t->shape[0];
+    v.shape[0] = n;
+    v.data = (char *)t->data + (size_t)r0 * row;
+    return v;
+}
+
+// The state after this stage's blocks, packed into send buffer k and sent on
+// (header + payload, both non-blocking; the buffer's previous send is
+// waited for first).
+static int send_state(PpStage *p, int k, int64_t j, const UnetState *s, const float *ts, const Tensor *ctx,
+                      SdcError *err) {
+    PP_MPI(MPI_Waitall(2, &p->send_req[2 * k], MPI_STATUSES_IGNORE), "MPI_Wait (send)");
+    const int64_t n = s->x.shape[0];
+    const size_t ctx_b = tensor_bytes(ctx);
+    size_t bytes = (size_t)n * sizeof(float) + ctx_b + tensor_bytes(&s->x);
+    for (int i = 0; i < s->n_skips; i++) bytes += tensor_bytes(&s->skips[i]);
+    if (bytes > INT_MAX)
+        return sdc_err(err, SDC_ERR_ARG, "pipeline: a micro-batch's state is %.0f MiB, over MPI's 2 GiB message "
+                       "---> raise --micro-batches", bytes / 1048576.0);
+    SDC_TRY(grow(&p->send[k], &p->send_cap[k], bytes + PP_HDR_LEN * sizeof(int64_t), err));
+    int64_t *hdr = (int64_t *)p->send[k];
+    char *q = p->send[k] + PP_HDR_LEN * sizeof(int64_t);
+    memset(hdr, 0, PP_HDR_LEN * sizeof(int64_t));
+    hdr[0] = PP_OP_FORWARD, hdr[1] = j, hdr[2] = n, hdr[3] = s->out.shape[2], hdr[4] = s->out.shape[3];
+    hdr[5] = ctx->shape[1], hdr[6] = ctx->shape[2], hdr[7] = s->out.shape[1], hdr[8] = s->n_skips;
+    for (int d = 0; d < 4; d++) hdr[9 + d] = s->x.shape[d];
+    for (int i = 0; i < s->n_skips; i++)
+        for (int d = 0; d < 4; d++) hdr[PP_HDR_FIXED + 4 * i + d] = s->skips[i].shape[d];
+    memcpy(q, ts, (size_t)n * sizeof(float)), q += (size_t)n * sizeof(float);
+    memcpy(q, ctx->data, ctx_b), q += ctx_b;
+    memcpy(q, s->x.data, tensor_bytes(&s->x)), q += tensor_bytes(&s->x);
+    for (int i = 0; i < s->n_skips; i++) memcpy(q, s->skips[i].data, tensor_bytes(&s->skips[i])), q += tensor_bytes(&s->skips[i]);
+    PP_MPI(MPI_Isend(hdr, PP_HDR_LEN, MPI_INT64_T, p->stage + 1, PP_TAG_HDR, p->comm, &p->send_req[2 * k]),
+           "MPI_Isend (header)");
+    PP_MPI(MPI_Isend(p->send[k] + PP_HDR_LEN * sizeof(int64_t), (int)bytes, MPI_BYTE, p->stage + 1, PP_TAG_DATA,
+                     p->comm, &p->send_req[2 * k + 1]),
+           "MPI_Isend (state)");
+    return 0;
+}
+
+int pp_forward(PpStage *p, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
+               SdcError *err) {
+    Unet *u = p->unet;
+    if (p->stage != 0) return sdc_err(err, SDC_ERR_INTERNAL, "pp_forward on stage %d", p->stage);
+    if (x->device != DEV_CPU)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "pipeline parallelism runs on the CPU backend in this version "
+                       "---> --device cpu, or one stage per GPU replica (no --pipeline-stages)");
+    if (p->stages == 1) return unet_forward(u, out, x, timesteps, ctx, err);
+    const int64_t N = x->shape[0];
+    const int m = (int)(p->micro < N ? p->micro : N);
+    MPI_Request *rq = malloc((size_t)m * sizeof *rq);
+    if (!rq) return sdc_err(err, SDC_ERR_OOM, "pipeline: requests");
+    int rc = 0;
+    int64_t r0 = 0;
+    // the outputs come back from the last stage straight into out's rows
+    for (int j = 0; j < m; j++) {
+        const int64_t n = N / m + (j < N % m);
+        Tensor o = rows_of(out, r0, n);
+        int mrc = MPI_Irecv(o.data, (int)tensor_bytes(&o), MPI_BYTE, p->stages - 1, PP_TAG_OUT + j, p->comm, &rq[j]);
+        if (mrc != MPI_SUCCESS) {
+            rc = mpi_fail(mrc, "MPI_Irecv (output)", err);
+            for (int i = 0; i < j; i++) MPI_Cancel(&rq[i]), MPI_Request_free(&rq[i]);
+            free(rq);
+            return rc;
+        }
+        r0 += n;
+    }
+    r0 = 0;
+    for (int j = 0; !rc && j < m; j++) {
+        const int64_t n = N / m + (j < N % m);
+        Tensor xj = rows_of(x, r0, n), cj = rows_of(ctx, r0, n), oj = rows_of(out, r0, n);
+        UnetState s;
+        rc = unet_begin(u, &s, &oj, &xj, timesteps + r0, &cj, err);
+        for (int b = 0; !rc && b < p->bounds[1]; b++) rc = unet_block_forward(u, b, &s, err);
+        if (!rc) rc = send_state(p, j & 1, j, &s, timesteps + r0, &cj, err);
+        r0 += n;
+    }
+    int wrc = MPI_Waitall(m, rq, MPI_STATUSES_IGNORE);
+    if (!rc && wrc != MPI_SUCCESS) rc = mpi_fail(wrc, "MPI_Waitall (outputs)", err);
+    free(rq);
+    p->passes++;
+    return rc;
+}
+
+int pp_unet_fn(void *user, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
+               SdcError *err) {
+    return pp_forward(user, out, x, timesteps, ctx, err);
+}
+
+int pp_finish(PpStage *p, SdcError *err) {
+    if (p->stage != 0 || p->stages == 1) return 0;
+    int64_t hdr[PP_HDR_LEN] = {PP_OP_QUIT};
+    PP_MPI(MPI_Waitall(4, p->send_req, MPI_STATUSES_IGNORE), "MPI_Wait (send)");
+    PP_MPI(MPI_Send(hdr, PP_HDR_LEN, MPI_INT64_T, 1, PP_TAG_HDR, p->comm), "MPI_Send (quit)");
+    return 0;
+}
+
+int pp_serve(PpStage *p, SdcError *err) {
+    Unet *u = p->unet;
+    const Backend *be = NULL;
+    const int last = p->stage == p->stages - 1, first = p->bounds[p->stage], end = p->bounds[p->stage + 1];
+    char *outbuf[2] = {NULL, NULL};
+    size_t outcap[2] = {0, 0};
+    MPI_Request outreq[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    int rc = 0;
+    (void)be;
+    for (int64_t count = 0;; count++) {
+        int64_t hdr[PP_HDR_LEN];
+        const double t0 = pp_now();
+        int mrc = MPI_Recv(hdr, PP_HDR_LEN, MPI_INT64_T, p->stage - 1, PP_TAG_HDR, p->comm, MPI_STATUS_IGNORE);
+        if (mrc != MPI_SUCCESS) {
+            rc = mpi_fail(mrc, "MPI_Recv (header)", err);
+            break;
+        }
+        if (hdr[0] == PP_OP_QUIT) {
+            if (!last) {
+                MPI_Waitall(4, p->send_req, MPI_STATUSES_IGNORE);
+                mrc = MPI_Send(hdr, PP_HDR_LEN, MPI_INT64_T, p->stage + 1, PP_TAG_HDR, p->comm);
+                if (mrc != MPI_SUCCESS) rc = mpi_fail(mrc, "MPI_Send (quit)", err);
+            }
+            break;
+        }
+        const int64_t j = hdr[1], n = hdr[2], h = hdr[3], w = hdr[4], L = hdr[5], D = hdr[6], cout = hdr[7];
+        const int nsk = (int)hdr[8];
+        if (n < 1 || nsk < 0 || nsk > UNET_MAX_SKIPS || hdr[0] != PP_OP_FORWARD) {
+            rc = sdc_err(err, SDC_ERR_INTERNAL, "pipeline: stage %d got a bad header", p->stage);
+            break;
+        }
+        const int64_t *xs = &hdr[9];
+        const int64_t(*ss)[4] = (const int64_t(*)[4]) & hdr[PP_HDR_FIXED];
+        const DType dt = DT_F32; // the CPU backend's activations
+        Tensor xp = tensor_make(dt, DEV_CPU, NULL, 4, (int64_t[]){n, unet_config(u)->in_channels, h, w});
+        size_t bytes = (size_t)n * sizeof(float) + (size_t)n * L * D * dtype_size(dt) +
+                       (size_t)xs[0] * xs[1] * xs[2] * xs[3] * dtype_size(dt);
+        for (int i = 0; i < nsk; i++) bytes += (size_t)ss[i][0] * ss[i][1] * ss[i][2] * ss[i][3] * dtype_size(dt);
+        if ((rc = grow(&p->recv, &p->recv_cap, bytes, err))) break;
+        mrc = MPI_Recv(p->recv, (int)bytes, MPI_BYTE, p->stage - 1, PP_TAG_DATA, p->comm, MPI_STATUS_IGNORE);
+        if (mrc != MPI_SUCCESS) {
+            rc = mpi_fail(mrc, "MPI_Recv (state)", err);
+            break;
+        }
+        const double t1 = pp_now();
+        char *q = p->recv;
+        const float *ts = (const float *)q;
+        q += (size_t)n * sizeof(float);
+        Tensor ctx = tensor_make(dt, DEV_CPU, q, 3, (int64_t[]){n, L, D});
+        q += tensor_bytes(&ctx);
+        // the last stage writes the output into a send buffer; the others never run OUT
+        const int k = (int)(count & 1);
+        Tensor out = tensor_make(dt, DEV_CPU, NULL, 4, (int64_t[]){n, cout, h, w});
+        if (last) {
+            mrc = MPI_Wait(&outreq[k], MPI_STATUS_IGNORE);
+            if (mrc != MPI_SUCCESS) {
+                rc = mpi_fail(mrc, "MPI_Wait (output)", err);
+                break;
+            }
+            if ((rc = grow(&outbuf[k], &outcap[k], tensor_bytes(&out), err))) break;
+            out.data = outbuf[k];
+        }
+        UnetState s;
+        rc = unet_begin_at(u, &s, &out, &xp, ts, &ctx, first, xs, nsk, ss, err);
+        if (rc) break;
+        memcpy(s.x.data, q, tensor_bytes(&s.x)), q += tensor_bytes(&s.x);
+        for (int i = 0; i < nsk; i++) memcpy(s.skips[i].data, q, tensor_bytes(&s.skips[i])), q += tensor_bytes(&s.skips[i]);
+        for (int b = first; !rc && b < end; b++) rc = unet_block_forward(u, b, &s, err);
+        if (rc) break;
+        if (last) {
+            mrc = MPI_Isend(out.data, (int)tensor_bytes(&out), MPI_BYTE, 0, PP_TAG_OUT + (int)j, p->comm, &outreq[k]);
+            if (mrc != MPI_SUCCESS) {
+                rc = mpi_fail(mrc, "MPI_Isend (output)", err);
+                break;
+            }
+        } else if ((rc = send_state(p, k, j, &s, ts, &ctx, err))) {
+            break;
+        }
+        p->wait_s += t1 - t0;
+        p->busy_s += pp_now() - t1;
+        p->passes++;
+    }
+    MPI_Waitall(2, outreq, MPI_STATUSES_IGNORE);
+    free(outbuf[0]), free(outbuf[1]);
+    return rc;
+}
