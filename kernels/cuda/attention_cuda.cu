@@ -20,7 +20,10 @@
 //   the CPU reference to ~1e-6; the VAE's single 512-wide head). CUDA cores,
 //   8 warps x QPW queries per block, 32-key tiles in shared memory: lane j
 //   scores key j, then P V with lanes over d.
+// SDC_CUDA_ATTN=fa2 sends the attn_mma cases to the FlashAttention-2-style
+// kernel of attention_fa2_cuda.cu instead (not the default yet).
 #include <mma.h>
+#include <string.h>
 
 #include "cuda_common.cuh"
 
@@ -320,13 +323,31 @@ static void attn_mma(CudaCtx *c, T *out, const T *q, const T *k, const T *v, int
 
 // ---- entry ----------------------------------------------------------------------
 
+// SDC_CUDA_ATTN: "fa2" routes F16/BF16 (D <= 160) to cuda_attention_fa2
+// (attention_fa2_cuda.cu); unset or "wmma" keeps attn_mma. Read once.
+// The default flips to fa2 once it has passed tests/gpu/run.sh on a GPU.
+static int attn_use_fa2(void) {
+    static int use = -1; // a benign race: every thread computes the same value
+    if (use < 0) {
+        const char *s = getenv("SDC_CUDA_ATTN");
+        int fa2 = s && strcmp(s, "fa2") == 0;
+        if (s && *s && !fa2 && strcmp(s, "wmma") != 0)
+            fprintf(stderr, "sdc: SDC_CUDA_ATTN=%s is not a kernel ---> use fa2 or wmma; "
+                            "using wmma\n", s);
+        use = fa2;
+    }
+    return use;
+}
+
 extern "C" void cuda_attention(CudaCtx *c, int dt, void *out, const void *q, const void *k,
                                const void *v, int B, int Lq, int Lk, int H, int D, int causal) {
     CUDA_REQUIRE(B > 0 && Lq > 0 && Lk > 0 && H > 0 && D > 0);
     CUDA_REQUIRE(D <= CUDA_ATTN_MAX_HEAD_DIM);
     CUDA_REQUIRE((int64_t)B * H <= 65535);
     float scale_log2 = ATTN_LOG2E / sqrtf((float)D);
-    if (dt == CDT_F16 && D <= 160) {
+    if ((dt == CDT_F16 || dt == CDT_BF16) && D <= CUDA_ATTN_FA2_MAX_HEAD_DIM && attn_use_fa2()) {
+        cuda_attention_fa2(c, dt, out, q, k, v, B, Lq, Lk, H, D, causal);
+    } else if (dt == CDT_F16 && D <= 160) {
         attn_mma<__half>(c, (__half *)out, (const __half *)q, (const __half *)k, (const __half *)v, B,
                          Lq, Lk, H, D, causal, scale_log2);
     } else if (dt == CDT_BF16 && D <= 160) {

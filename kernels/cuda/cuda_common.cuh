@@ -9,6 +9,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <cudnn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,13 @@ struct CudaCtx {
     char name[256];
     int cc_major, cc_minor;
     size_t total_mem;
+    // cuDNN (conv_cuda.cu): the handle is made on first use (cuda_ctx_cudnn)
+    cudnnHandle_t cudnn;
+    int cudnn_state;                  // 0 not tried yet, 1 usable, -1 cudnnCreate failed
+    int conv_algo;                    // CUDA_CONV_*: SDC_CUDA_CONV at create, or set
+    struct CudaConvCache *conv_cache; // per-shape cuDNN plans (conv_cuda.cu), NULL until used
+    int gn_fast;                      // SDC_CUDA_GN=fast at create: cuda_group_norm_fast
+    signed char gn_cluster_ok[3][2][4]; // (dtype, vector, log2 cluster): 0 unknown, 1 ok, -1 no
 };
 
 #define CUDA_CUBLAS_WS (32u << 20)
@@ -51,6 +59,17 @@ struct CudaCtx {
                     #call, cublasGetStatusName(s_), cublasGetStatusString(s_));              \
             abort();                                                                         \
         }                                                                                    \
+    } while (0)
+
+#define CUDNN_CHECK(call)                                                                 \
+    do {                                                                                  \
+        cudnnStatus_t s_ = (call);                                                        \
+        if (s_ != CUDNN_STATUS_SUCCESS) {                                                 \
+            fprintf(stderr, "sdc: cuDNN error at %s:%d (%s): %s ---> unset SDC_CUDA_CONV "  \
+                            "to use the im2col convolution\n",                             \
+                    __FILE__, __LINE__, #call, cudnnGetErrorString(s_));                  \
+            abort();                                                                      \
+        }                                                                                 \
     } while (0)
 
 // After every kernel launch: a bad launch configuration shows here, at its site.
@@ -87,6 +106,12 @@ __device__ __forceinline__ void st(__nv_bfloat16 *p, float v) { *p = __float2bfl
             abort();                                                                     \
         }                                                                                \
     } while (0)
+
+// The context's cuDNN handle (created with the context's stream on first
+// use), or NULL when cuDNN cannot be initialised (said once on stderr).
+cudnnHandle_t cuda_ctx_cudnn(CudaCtx *c);
+// Frees the per-shape cuDNN plans (conv_cuda.cu); called by cuda_ctx_destroy.
+void cuda_conv_cache_destroy(CudaCtx *c);
 
 static inline unsigned cuda_blocks(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

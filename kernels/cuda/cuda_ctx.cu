@@ -1,5 +1,6 @@
 // cuda_ctx.cu: device discovery, the CudaCtx (stream, cuBLAS handle,
-// workspace, scratch) and memory moves. Setup failures come back as a code
+// workspace, scratch, the lazily made cuDNN handle, the kernel choices read
+// from the environment once) and memory moves. Setup failures come back as a code
 // and a message with a hint; nothing here aborts except a failed copy, which
 // means the context is already broken.
 #include "cuda_common.cuh"
@@ -61,6 +62,15 @@ extern "C" int cuda_ctx_create(CudaCtx **out, int device, int allow_tf32, char *
     }
     c->device = device;
     c->allow_tf32 = allow_tf32;
+    // Kernel choices, read once: the new paths stay opt-in until they have
+    // passed tests/test_conv_cuda on a GPU.
+    const char *conv = getenv("SDC_CUDA_CONV");
+    c->conv_algo = !conv                          ? CUDA_CONV_IM2COL
+                   : !strcmp(conv, "cudnn")       ? CUDA_CONV_CUDNN
+                   : !strcmp(conv, "cudnn-find")  ? CUDA_CONV_CUDNN_FIND
+                                                  : CUDA_CONV_IM2COL;
+    const char *gn = getenv("SDC_CUDA_GN");
+    c->gn_fast = gn && !strcmp(gn, "fast");
     cudaError_t e;
     cudaDeviceProp prop;
     if ((e = cudaSetDevice(device)) != cudaSuccess ||
@@ -103,6 +113,8 @@ extern "C" void cuda_ctx_destroy(CudaCtx *c) {
     if (!c) return;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    cuda_conv_cache_destroy(c);
+    if (c->cudnn_state == 1) CUDNN_CHECK(cudnnDestroy(c->cudnn));
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->cublas_ws) cudaFree(c->cublas_ws);
     if (c->scratch) cudaFree(c->scratch);
@@ -116,6 +128,33 @@ extern "C" void cuda_ctx_describe(const CudaCtx *c, char *buf, size_t n) {
 }
 
 extern "C" void cuda_ctx_set_tf32(CudaCtx *c, int allow_tf32) { c->allow_tf32 = allow_tf32; }
+
+extern "C" void cuda_ctx_set_conv_algo(CudaCtx *c, int algo) {
+    CUDA_REQUIRE(algo == CUDA_CONV_IM2COL || algo == CUDA_CONV_CUDNN || algo == CUDA_CONV_CUDNN_FIND);
+    c->conv_algo = algo;
+}
+
+cudnnHandle_t cuda_ctx_cudnn(CudaCtx *c) {
+    if (c->cudnn_state == 0) {
+        cudnnStatus_t s = cudnnCreate(&c->cudnn);
+        const char *call = "cudnnCreate";
+        if (s == CUDNN_STATUS_SUCCESS) {
+            call = "cudnnSetStream";
+            s = cudnnSetStream(c->cudnn, c->stream);
+            if (s != CUDNN_STATUS_SUCCESS) cudnnDestroy(c->cudnn);
+        }
+        if (s != CUDNN_STATUS_SUCCESS) {
+            fprintf(stderr, "sdc: cuDNN unavailable: %s: %s ---> convolutions use im2col + cuBLAS "
+                            "(check that all libcudnn*.so.9 sit beside libcudnn.so)\n",
+                    call, cudnnGetErrorString(s));
+            c->cudnn = NULL;
+            c->cudnn_state = -1;
+        } else {
+            c->cudnn_state = 1;
+        }
+    }
+    return c->cudnn_state == 1 ? c->cudnn : NULL;
+}
 
 // ---- memory -----------------------------------------------------------------
 

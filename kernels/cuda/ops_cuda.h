@@ -76,6 +76,19 @@ void cuda_linear(CudaCtx *ctx, int dt, void *out, const void *x, const void *w, 
 void cuda_group_norm(CudaCtx *ctx, int dt, void *out, const void *x, const void *gamma,
                      const void *beta, int64_t N, int64_t C, int64_t S, int groups, float eps,
                      int silu);
+// The two implementations behind cuda_group_norm, callable directly (tests,
+// bench). _chunked: the default, chunked statistics then a normalise pass
+// (x read three times). _fast: 16-byte vector loads where S and the pointers
+// allow, one block or one thread-block cluster (<= 8 blocks) per (sample,
+// group) holding the group in registers (x read once), else a vectorised
+// statistics + normalise pair; selected by SDC_CUDA_GN=fast (read once at
+// cuda_ctx_create). Both: fp32 two-pass mean and variance.
+void cuda_group_norm_chunked(CudaCtx *ctx, int dt, void *out, const void *x, const void *gamma,
+                             const void *beta, int64_t N, int64_t C, int64_t S, int groups,
+                             float eps, int silu);
+void cuda_group_norm_fast(CudaCtx *ctx, int dt, void *out, const void *x, const void *gamma,
+                          const void *beta, int64_t N, int64_t C, int64_t S, int groups, float eps,
+                          int silu);
 // x (rows, D) normalised over D; gamma, beta (D).
 void cuda_layer_norm(CudaCtx *ctx, int dt, void *out, const void *x, const void *gamma,
                      const void *beta, int64_t rows, int64_t D, float eps);
@@ -116,16 +129,51 @@ void cuda_timestep_embedding(CudaCtx *ctx, int dt, void *out, const float *times
 // ---- convolution (conv_cuda.cu) ------------------------------------------------
 // torch Conv2d, NCHW: x (N, C, H, W), w (OC, C, KH, KW), b (OC) or NULL ->
 // out (N, OC, OH, OW), OH = (H + 2*pad - KH) / stride + 1; zero padding, no
-// dilation, groups 1. im2col + cuBLAS GEMM; ws is device scratch of ws_bytes
-// owned by the caller: any size of at least C*KH*KW*32 elements works (less
-// means more, smaller GEMMs), cuda_conv2d_workspace_bytes is the size that
-// runs the whole batch in one GEMM (0 for 1x1 stride-1 unpadded convs, which
-// need none; ws may then be NULL).
+// dilation, groups 1. im2col + cuBLAS GEMM (default) or cuDNN (below); ws is
+// device scratch of ws_bytes owned by the caller: any size of at least
+// C*KH*KW*32 elements works (less means more, smaller GEMMs),
+// cuda_conv2d_workspace_bytes is the size that runs the whole batch in one
+// GEMM (0 for 1x1 stride-1 unpadded convs, which need none; ws may then be
+// NULL). The cuDNN path uses the same ws and never asks for more: it picks
+// among the algorithms whose workspace fits ws_bytes.
 size_t cuda_conv2d_workspace_bytes(int dt, int N, int C, int H, int W, int OC, int KH, int KW,
                                    int stride, int pad);
 void cuda_conv2d(CudaCtx *ctx, int dt, void *out, const void *x, const void *w, const void *b,
                  int N, int C, int H, int W, int OC, int KH, int KW, int stride, int pad, void *ws,
                  size_t ws_bytes);
+
+// Which implementation cuda_conv2d runs: SDC_CUDA_CONV=cudnn (cuDNN, the
+// algorithm from cuDNN's heuristics) or =cudnn-find (cuDNN, the algorithm
+// timed fastest by cudnnFindConvolutionForwardAlgorithmEx on first use of a
+// shape), read once at cuda_ctx_create; anything else is im2col.
+enum { CUDA_CONV_IM2COL = 0, CUDA_CONV_CUDNN = 1, CUDA_CONV_CUDNN_FIND = 2 };
+void cuda_ctx_set_conv_algo(CudaCtx *ctx, int algo);
+// The implementations, callable directly (tests, bench); same contract as
+// cuda_conv2d. cuda_conv2d_cudnn: cuDNN's legacy convolution API (NCHW,
+// fp32 compute; tensor cores for F16/BF16, for F32 only with TF32 allowed),
+// one algorithm per shape chosen once among those whose workspace fits
+// ws_bytes (heuristics, or timing under CUDA_CONV_CUDNN_FIND). Returns
+// CUDA_CONV_CUDNN, or CUDA_CONV_IM2COL when it ran im2col instead (cuDNN
+// unavailable, or it does not support the shape: then that shape stays on
+// im2col).
+void cuda_conv2d_im2col(CudaCtx *ctx, int dt, void *out, const void *x, const void *w,
+                        const void *b, int N, int C, int H, int W, int OC, int KH, int KW,
+                        int stride, int pad, void *ws, size_t ws_bytes);
+int cuda_conv2d_cudnn(CudaCtx *ctx, int dt, void *out, const void *x, const void *w, const void *b,
+                      int N, int C, int H, int W, int OC, int KH, int KW, int stride, int pad,
+                      void *ws, size_t ws_bytes);
+// The plan the last cuda_conv2d_cudnn call used: the algorithm
+// (cudnnConvolutionFwdAlgo_t, -1 when it ran im2col) and its workspace, and
+// cuDNN's first choice regardless of workspace with what that needs.
+typedef struct CudaConvChoice {
+    int algo, preferred_algo;
+    size_t ws_bytes, preferred_ws_bytes;
+} CudaConvChoice;
+void cuda_conv2d_cudnn_last(const CudaCtx *ctx, CudaConvChoice *out);
+const char *cuda_conv_algo_name(int algo); // "IMPLICIT_PRECOMP_GEMM", ...
+// Test hook for the fallback path: while on, every shape seen for the first
+// time is recorded as if cuDNN had answered CUDNN_STATUS_NOT_SUPPORTED.
+void cuda_conv2d_cudnn_simulate_unsupported(CudaCtx *ctx, int on);
 
 // ---- attention (attention_cuda.cu) ---------------------------------------------
 // Multi-head scaled dot-product attention, scale 1/sqrt(D), flash style (no
@@ -134,8 +182,17 @@ void cuda_conv2d(CudaCtx *ctx, int dt, void *out, const void *x, const void *w, 
 // F16/BF16 with D <= 160 run on tensor cores (P rounded to the storage dtype
 // before P.V); F32 and larger heads on CUDA cores in fp32.
 #define CUDA_ATTN_MAX_HEAD_DIM 512
+// SDC_CUDA_ATTN=fa2 (read once) sends the F16/BF16 cases to cuda_attention_fa2;
+// unset or "wmma" keeps the WMMA kernel.
 void cuda_attention(CudaCtx *ctx, int dt, void *out, const void *q, const void *k, const void *v,
                     int B, int Lq, int Lk, int H, int D, int causal);
+// The FlashAttention-2-style kernel (attention_fa2_cuda.cu; register-level
+// mma.sync, cp.async double buffering), called directly by its test and
+// benchmark: same contract as cuda_attention for dt F16/BF16 and
+// D <= CUDA_ATTN_FA2_MAX_HEAD_DIM. Not yet run on a GPU.
+#define CUDA_ATTN_FA2_MAX_HEAD_DIM 160
+void cuda_attention_fa2(CudaCtx *ctx, int dt, void *out, const void *q, const void *k,
+                        const void *v, int B, int Lq, int Lk, int H, int D, int causal);
 
 #ifdef __cplusplus
 }

@@ -8,9 +8,10 @@
 // GEMMs do not use TF32 unless the environment sets SDC_TF32=1 (read once at
 // create), so the F32 backend matches the CPU reference to ~1e-6.
 //
-// conv2d is im2col + cuBLAS (conv_cuda.cu) with a workspace this backend owns
-// and grows on demand up to CONV_WS_CAP (so after the first pass of a model
-// it never allocates again); attention is a flash-style kernel
+// conv2d is im2col + cuBLAS (conv_cuda.cu; cuDNN with SDC_CUDA_CONV=cudnn,
+// within the same workspace) with a workspace this backend owns and grows on
+// demand up to CONV_WS_CAP (so after the first pass of a model it never
+// allocates again); attention is a flash-style kernel
 // (attention_cuda.cu). Every entry of the table is set.
 //
 // Built without SDC_HAVE_CUDA, backend_cuda_create fails with SDC_ERR_DEVICE

@@ -9,7 +9,9 @@
 #     log: $1, else $OUT/gpu-log.txt when $OUT is set, else build-gpu/gpu-log.txt
 #   env: SDC_CUDA_ARCH (default 90), SDC_GPU_BUILD_DIR (default build-gpu),
 #        SDC_GPU_TEST_TIMEOUT / SDC_GPU_BENCH_TIMEOUT seconds (default 150 / 120),
-#        SDC_GPU_SKIP_BENCH=1 to run the tests only
+#        SDC_GPU_SKIP_BENCH=1 to run the tests only,
+#        SDC_GPU_SECOND_PASS_ENV="SDC_CUDA_ATTN=fa2 SDC_CUDA_CONV=cudnn SDC_CUDA_GN=fast"
+#        to run the model tests and benchmarks a second time with that environment
 # Exit status: 0 when every step passed, 1 otherwise. Never waits forever:
 # every step runs under `timeout`.
 set -uo pipefail
@@ -140,43 +142,63 @@ main() {
     fi
   done
 
+  run_tests_and_benches "" "${tests[@]}" -- "${benches[@]}"
+  # The kernels not yet the default (attention FA2, cuDNN conv, fast group
+  # norm), end to end: the model tests and benchmarks once more with them on.
+  if [ -n "${SDC_GPU_SECOND_PASS_ENV:-}" ]; then
+    local t2=() b2=()
+    for t in "${tests[@]}"; do [[ "$t" == test_unet_cuda || "$t" == test_pipeline_cuda ]] && t2+=("$t"); done
+    for t in "${benches[@]}"; do [[ "$t" == bench_unet_cuda || "$t" == bench_txt2img_cuda ]] && b2+=("$t"); done
+    run_tests_and_benches "$SDC_GPU_SECOND_PASS_ENV" "${t2[@]}" -- "${b2[@]}"
+  fi
+}
+
+# run_tests_and_benches ENV TEST... -- BENCH...: ENV ("A=1 B=2", may be
+# empty) is set for every step and named in its label.
+run_tests_and_benches() {
+  local env="$1" tests=() benches=() t sfx=""
+  shift
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do tests+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  benches=("$@")
+  [ -n "$env" ] && sfx=" [$env]"
   for t in "${tests[@]}"; do
     [[ " ${built[*]} " == *" $t "* ]] || continue
-    step "test $t"
+    step "test $t$sfx"
     local out rc
     out="$BUILD/$t.out"
-    (cd "$ROOT" && SDC_REQUIRE_GPU=1 timeout -k 10 "$TEST_TIMEOUT" "$BUILD/tests/$t") 2>&1 | tee "$out"
+    (cd "$ROOT" && env $env SDC_REQUIRE_GPU=1 timeout -k 10 "$TEST_TIMEOUT" "$BUILD/tests/$t") 2>&1 | tee "$out"
     rc=${PIPESTATUS[0]}
     local fig worst
     fig="$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -1)"
     worst="$(grep -c 'NOT OK' "$out")"
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-      record "test $t" FAIL "timed out after ${TEST_TIMEOUT}s"
+      record "test $t$sfx" FAIL "timed out after ${TEST_TIMEOUT}s"
     elif grep -q '^SKIPPED' "$out"; then
-      record "test $t" FAIL "skipped on a GPU machine: $(grep -m1 '^SKIPPED' "$out" | cut -c1-80)"
+      record "test $t$sfx" FAIL "skipped on a GPU machine: $(grep -m1 '^SKIPPED' "$out" | cut -c1-80)"
     elif [ "$rc" -ne 0 ]; then
       [ -n "$fig" ] || fig="$(grep -m1 -E '^(FAILED|sdc: )' "$out" | cut -c1-100)"
-      record "test $t" FAIL "rc=$rc ${fig:-no summary (crash?)}; NOT OK lines: $worst"
+      record "test $t$sfx" FAIL "rc=$rc ${fig:-no summary (crash?)}; NOT OK lines: $worst"
     else
-      record "test $t" PASS "${fig:-?}"
+      record "test $t$sfx" PASS "${fig:-?}"
     fi
   done
 
   for t in "${benches[@]}"; do
     [[ " ${built[*]} " == *" $t "* ]] || continue
-    step "bench $t"
+    step "bench $t$sfx"
     local out rc
     out="$BUILD/$t.out"
-    (cd "$ROOT" && timeout -k 10 "$BENCH_TIMEOUT" "$BUILD/bench/$t") 2>&1 | tee "$out"
+    (cd "$ROOT" && env $env timeout -k 10 "$BENCH_TIMEOUT" "$BUILD/bench/$t") 2>&1 | tee "$out"
     rc=${PIPESTATUS[0]}
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-      record "bench $t" FAIL "timed out after ${BENCH_TIMEOUT}s"
+      record "bench $t$sfx" FAIL "timed out after ${BENCH_TIMEOUT}s"
     elif [ "$rc" -ne 0 ]; then
-      record "bench $t" FAIL "rc=$rc"
+      record "bench $t$sfx" FAIL "rc=$rc"
     elif grep -q '^SKIPPED' "$out"; then
-      record "bench $t" FAIL "skipped on a GPU machine"
+      record "bench $t$sfx" FAIL "skipped on a GPU machine"
     else
-      record "bench $t" PASS "$(grep -m1 '^summary:' "$out" | cut -c10-200)"
+      record "bench $t$sfx" PASS "$(grep -m1 '^summary:' "$out" | cut -c10-200)"
     fi
   done
 }
