@@ -626,6 +626,7 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
             if (!rc && !opt->quiet)
                 fprintf(stderr, "sdc: pipeline stage %d (blocks %d-%d): %lld passes, %.1f s busy, %.1f s waiting\n",
                         pp.stage, pp.bounds[pp.stage], pp.bounds[pp.stage + 1] - 1, pp.passes, pp.busy_s, pp.wait_s);
+            if (!rc && !opt->quiet) runner_print_peak_memory(be);
             pp_free(&pp);
             inputs_free(&in);
             sd_model_free(&m);
