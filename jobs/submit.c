@@ -286,6 +286,7 @@ static int write_script(const SubmitOpts *o, const Sdc__Job *job, const char *sc
     fprintf(f, "if [ \"$rc\" -eq %d ]; then\n", SDC_EXIT_RESUMABLE);
     if (o->requeue)
         fprintf(f, "  echo \"sdc-submit: state saved; requeueing $ID to resume\"\n"
+                   "  trap '' TERM  # the requeue signals this shell too\n"
                    "  scontrol requeue \"$ID\" && exit 0\n"
                    "  echo \"sdc-submit: scontrol requeue failed: sbatch this script again to resume\"\n");
     else

@@ -117,3 +117,21 @@ if(TARGET sdc)
             ${CMAKE_BINARY_DIR}/test-out/generate_sweep)
   set_tests_properties(generate_sweep PROPERTIES FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK" TIMEOUT 240)
 endif()
+
+# Slurm (tests/slurm/): a one-node cluster started for the test (munged,
+# slurmctld, slurmd from Debian, all state under /tmp/sdc-slurm). The
+# self-test checks what sdc relies on (srun --mpi=pmix, sbatch, requeue,
+# signal delivery); sdc_checks.py submits real sdc jobs with `sdc submit`: a
+# sweep as a job array of 2 x 2 ranks equal to a local run, and DreamBooth on
+# 2 ranks stopped by SIGUSR1 to the batch script (what --signal=B:USR1 does
+# before a time limit), requeued and resumed, equal to an uninterrupted run
+# bit for bit. They share the cluster, so they never run at the same time.
+if(TARGET sdc)
+  add_test(NAME slurm_selftest COMMAND ${CMAKE_SOURCE_DIR}/tests/slurm/selftest.sh)
+  set_tests_properties(slurm_selftest PROPERTIES RESOURCE_LOCK slurm TIMEOUT 180 SKIP_RETURN_CODE 77)
+  add_test(NAME slurm_submit
+    COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/slurm/sdc_checks.py $<TARGET_FILE:sdc> ${SDC_DEMO}
+            ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/test-out/slurm_submit)
+  set_tests_properties(slurm_submit PROPERTIES RESOURCE_LOCK slurm TIMEOUT 300
+                       FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK")
+endif()

@@ -15,6 +15,10 @@ PKGS=(
   libpng-dev libjpeg-dev zlib1g-dev
   python3-h5py python3-numpy
   file diffutils
+  # tests/slurm/cluster.sh: a throwaway one-node Slurm (Debian 12: 22.05). The
+  # pmix MPI plugin is in slurm-wlm-basic-plugins and dlopens libpmix.so from
+  # libpmix-dev (the same PMIx 4 that Debian's Open MPI uses)
+  slurmctld slurmd slurm-client munge libpmix-dev
 )
 
 missing=()
@@ -27,6 +31,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Without systemd, the postinst scripts start services through /etc/init.d
+  # (unless policy-rc.d forbids it): munge starts a system munged with
+  # /etc/munge/munge.key on /run/munge (harmless: cluster.sh runs its own);
+  # slurmctld and slurmd refuse to start without /etc/slurm/slurm.conf.
 else
   echo "setup: all Debian packages present"
 fi
