@@ -7,6 +7,10 @@
 
 #include <string.h>
 
+#ifndef SDC_CUDA_ARCHS
+#define SDC_CUDA_ARCHS "?"
+#endif
+
 // The cause in words, with what a user can do about it.
 static void describe_setup_error(cudaError_t e, const char *what, char *msg, size_t n) {
     const char *hint = "";
@@ -39,6 +43,12 @@ extern "C" int cuda_device_count(int *count, char *msg, size_t msg_n) {
     }
     *count = c;
     return CUDA_OK;
+}
+
+// launched never: cudaFuncGetAttributes on it tells whether the binary has
+// code this GPU can run
+__global__ void arch_probe_kernel(int *x) {
+    if (x) *x = 1;
 }
 
 extern "C" int cuda_ctx_create(CudaCtx **out, int device, int allow_tf32, char *msg, size_t msg_n) {
@@ -76,6 +86,18 @@ extern "C" int cuda_ctx_create(CudaCtx **out, int device, int allow_tf32, char *
     if ((e = cudaSetDevice(device)) != cudaSuccess ||
         (e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) {
         describe_setup_error(e, "cudaSetDevice", msg, msg_n);
+        free(c);
+        return CUDA_ERR_NO_DEVICE;
+    }
+    // A binary without code for this GPU's architecture fails at the first
+    // kernel launch; find out now, with a message that says what to rebuild.
+    cudaFuncAttributes fa;
+    if ((e = cudaFuncGetAttributes(&fa, arch_probe_kernel)) != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(msg, msg_n, "the %s is sm_%d%d, but this sdc's CUDA kernels were built for sm_%s only (%s) ---> "
+                 "rebuild with cmake -DCMAKE_CUDA_ARCHITECTURES=%d%d (tools/build.sh passes CMake options on), or "
+                 "use --device cpu", prop.name, prop.major, prop.minor, SDC_CUDA_ARCHS, cudaGetErrorName(e),
+                 prop.major, prop.minor);
         free(c);
         return CUDA_ERR_NO_DEVICE;
     }
