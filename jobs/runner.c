@@ -519,7 +519,7 @@ static int pipeline_setup(const Sdc__Job *job, SdModel *m, const GenInputs *in, 
     MPI_Comm_split(MPI_COMM_WORLD, *stage == 0 ? 0 : MPI_UNDEFINED, rank, &gen);
     const int micro = rt->micro_batches > 0 ? rt->micro_batches : 2 * stages;
     const ClipConfig *cc = clip_config(m->clip);
-    int rc = pp_init(pp, pipe, m->unet, micro, in->height / 8, in->width / 8, cc->max_positions, err);
+    int rc = pp_init(pp, pipe, m->unet, m->be, micro, in->height / 8, in->width / 8, cc->max_positions, err);
     MPI_Comm_free(&pipe);
     if (!rc && *stage == 0) {
         *par = (H5Par){.comm = gen};
@@ -533,8 +533,12 @@ static int pipeline_setup(const Sdc__Job *job, SdModel *m, const GenInputs *in, 
     if (!rc && !opt->quiet && rank == 0) {
         fprintf(stderr, "sdc: pipeline: %d stages x %d replica%s, %d micro-batches per pass; blocks", stages,
                 par->size, par->size == 1 ? "" : "s", micro);
-        for (int s = 0; s < stages; s++)
-            fprintf(stderr, " %d-%d%s", pp->bounds[s], pp->bounds[s + 1] - 1, s + 1 < stages ? "," : "\n");
+        for (int s = 0; s < stages; s++) {
+            double t = 0;
+            for (int b = pp->bounds[s]; b < pp->bounds[s + 1]; b++) t += pp->block_s[b];
+            fprintf(stderr, " %d-%d (%.0f ms/row)%s", pp->bounds[s], pp->bounds[s + 1] - 1, t * 1e3,
+                    s + 1 < stages ? "," : "\n");
+        }
     }
     return rc;
 }

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/arena.h"
+
 enum { PP_OP_QUIT = 0, PP_OP_FORWARD = 1 };
 enum { PP_TAG_HDR = 7100, PP_TAG_DATA = 7101, PP_TAG_OUT = 7200 };
 // op, micro-batch j, rows n, h, w, L, D, out channels, n_skips, x shape (4), skip shapes (4 each)
@@ -40,16 +42,24 @@ static int mpi_fail(int rc, const char *what, SdcError *err) {
 
 int pp_partition(const Unet *u, int stages, int h, int w, int ctx_len, int *bounds, SdcError *err) {
     const int nb = unet_block_count(u);
+    double *cost = malloc((size_t)(nb > 0 ? nb : 1) * sizeof *cost);
+    if (!cost) return sdc_err(err, SDC_ERR_OOM, "pipeline: partition");
+    for (int i = 0; i < nb; i++) cost[i] = unet_block_flops(u, i, 1, h, w, ctx_len);
+    int rc = pp_partition_costs(cost, nb, stages, bounds, err);
+    free(cost);
+    return rc;
+}
+
+int pp_partition_costs(const double *cost, int nb, int stages, int *bounds, SdcError *err) {
     if (stages < 1 || stages > nb)
         return sdc_err(err, SDC_ERR_ARG, "pipeline: %d stages for a UNet of %d blocks ---> at most %d", stages, nb,
                        nb);
-    double *cum = malloc((size_t)(nb + 1) * sizeof *cum);
+    double *cum = malloc((size_t)(nb + 1) * sizeof *cum), floor = 0;
     if (!cum) return sdc_err(err, SDC_ERR_OOM, "pipeline: partition");
+    for (int i = 0; i < nb; i++) floor = cost[i] > floor ? cost[i] : floor;
+    floor *= 1e-6; // a floor per block: nothing is free
     cum[0] = 0;
-    for (int i = 0; i < nb; i++) { // a floor per block: norms and copies cost something too
-        double f = unet_block_flops(u, i, 1, h, w, ctx_len);
-        cum[i + 1] = cum[i] + (f > 1.0 ? f : 1.0);
-    }
+    for (int i = 0; i < nb; i++) cum[i + 1] = cum[i] + (cost[i] > floor ? cost[i] : floor);
     // cut s goes where the cumulative cost crosses s/stages of the total,
     // leaving at least one block to every stage on either side
     bounds[0] = 0, bounds[stages] = nb;
@@ -64,7 +74,47 @@ int pp_partition(const Unet *u, int stages, int h, int w, int ctx_len, int *boun
     return 0;
 }
 
-int pp_init(PpStage *p, MPI_Comm comm, Unet *u, int micro, int h, int w, int ctx_len, SdcError *err) {
+// Rank 0 times every block (one row at latent h x w over zero inputs:
+// the time does not depend on the values) and every rank gets the times.
+static int measure_blocks(PpStage *p, const Backend *be, int h, int w, int ctx_len, double *t, SdcError *err) {
+    Unet *u = p->unet;
+    const int nb = unet_block_count(u);
+    int rc = 0;
+    if (p->stage == 0) {
+        const UnetConfig *c = unet_config(u);
+        Arena a = {0};
+        const size_t bytes = 4 * ARENA_ALIGN + sizeof(float) * ((size_t)(c->in_channels + c->out_channels) * h * w +
+                                                                (size_t)ctx_len * c->cross_dim);
+        rc = arena_init(&a, be, bytes, err);
+        if (!rc) {
+            Tensor x = ARENA_DT(&a, be->act_dtype, 1, c->in_channels, h, w);
+            Tensor out = ARENA_DT(&a, be->act_dtype, 1, c->out_channels, h, w);
+            Tensor ctx = ARENA_DT(&a, be->act_dtype, 1, ctx_len, c->cross_dim);
+            memset(x.data, 0, tensor_bytes(&x)), memset(ctx.data, 0, tensor_bytes(&ctx));
+            const float ts = 500.0f;
+            // twice: the first pass pays the page faults of the mapped
+            // weights, which a stage pays once and the cut should not see
+            for (int pass = 0; !rc && pass < 2; pass++) {
+                UnetState s;
+                rc = unet_begin(u, &s, &out, &x, &ts, &ctx, err);
+                for (int i = 0; !rc && i < nb; i++) {
+                    const double t0 = pp_now();
+                    rc = unet_block_forward(u, i, &s, err);
+                    t[i] = pp_now() - t0;
+                }
+            }
+        }
+        arena_free(&a);
+    }
+    int ok = !rc;
+    MPI_Bcast(&ok, 1, MPI_INT, 0, p->comm);
+    if (!ok) return rc ? rc : sdc_err(err, SDC_ERR_INTERNAL, "pipeline: stage 0 could not time the blocks");
+    PP_MPI(MPI_Bcast(t, nb, MPI_DOUBLE, 0, p->comm), "MPI_Bcast (block times)");
+    return 0;
+}
+
+int pp_init(PpStage *p, MPI_Comm comm, Unet *u, const Backend *be, int micro, int h, int w, int ctx_len,
+            SdcError *err) {
     memset(p, 0, sizeof *p);
     p->comm = MPI_COMM_NULL;
     for (int k = 0; k < 4; k++) p->send_req[k] = MPI_REQUEST_NULL;
@@ -75,9 +125,13 @@ int pp_init(PpStage *p, MPI_Comm comm, Unet *u, int micro, int h, int w, int ctx
     MPI_Comm_size(p->comm, &p->stages);
     p->micro = micro;
     p->unet = u;
+    const int nb = unet_block_count(u);
     p->bounds = malloc((size_t)(p->stages + 1) * sizeof *p->bounds);
-    if (!p->bounds) return sdc_err(err, SDC_ERR_OOM, "pipeline: bounds");
-    return pp_partition(u, p->stages, h, w, ctx_len, p->bounds, err);
+    p->block_s = calloc((size_t)nb, sizeof *p->block_s);
+    if (!p->bounds || !p->block_s) return sdc_err(err, SDC_ERR_OOM, "pipeline: bounds");
+    if (p->stages == 1) return pp_partition(u, 1, h, w, ctx_len, p->bounds, err);
+    SDC_TRY(measure_blocks(p, be, h, w, ctx_len, p->block_s, err));
+    return pp_partition_costs(p->block_s, nb, p->stages, p->bounds, err);
 }
 
 void pp_free(PpStage *p) {
@@ -85,7 +139,7 @@ void pp_free(PpStage *p) {
         MPI_Waitall(4, p->send_req, MPI_STATUSES_IGNORE);
         MPI_Comm_free(&p->comm);
     }
-    free(p->bounds);
+    free(p->bounds), free(p->block_s);
     free(p->send[0]), free(p->send[1]), free(p->recv);
     memset(p, 0, sizeof *p);
     p->comm = MPI_COMM_NULL;

@@ -24,6 +24,7 @@ typedef struct PpStage {
     int stage, stages;
     int micro;          // micro-batches per pass
     int *bounds;        // (stages + 1) stage s runs blocks [bounds[s], bounds[s+1])
+    double *block_s;    // (blocks) the measured seconds of each block (one row)
     Unet *unet;
     char *send[2], *recv; // host buffers (grown on demand); two sends in flight
     size_t send_cap[2], recv_cap;
@@ -32,14 +33,21 @@ typedef struct PpStage {
     long long passes;
 } PpStage;
 
-// Cuts the blocks into `stages` contiguous ranges of near-equal FLOPs
-// (unet_block_flops for one row at latent h x w with ctx_len tokens):
-// bounds (stages + 1 ints), bounds[0] = 0, bounds[stages] = block count,
-// every stage at least one block. Fails when there are fewer blocks than stages.
+// Cuts nb blocks of the given costs into `stages` contiguous ranges of
+// near-equal cost: bounds (stages + 1 ints), bounds[0] = 0, bounds[stages] =
+// nb, every stage at least one block. Fails when there are fewer blocks than
+// stages.
+int pp_partition_costs(const double *cost, int nb, int stages, int *bounds, SdcError *err);
+// The same with the FLOP model as the cost (unet_block_flops for one row at
+// latent h x w with ctx_len tokens).
 int pp_partition(const Unet *u, int stages, int h, int w, int ctx_len, int *bounds, SdcError *err);
 
-// Collective over comm. micro >= 1. The partition is for latent h x w.
-int pp_init(PpStage *p, MPI_Comm comm, Unet *u, int micro, int h, int w, int ctx_len, SdcError *err);
+// Collective over comm. micro >= 1. The cut is by measured time: stage 0
+// runs one row at latent h x w through the blocks once, timing each (the
+// FLOP model misjudges the low-resolution blocks, which run at half the
+// GFLOP/s of the others on a CPU), and every stage gets the times.
+int pp_init(PpStage *p, MPI_Comm comm, Unet *u, const Backend *be, int micro, int h, int w, int ctx_len,
+            SdcError *err);
 void pp_free(PpStage *p);
 
 // Stage 0: one UNet pass through the pipeline, as unet_forward(u, out, x,
