@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from checklib import MPIEXEC, check, finish, show
+
 try:
     import h5py
     import numpy as np
@@ -36,25 +38,9 @@ except ImportError as e:  # the test must fail, not skip: setup.sh installs h5py
     print(f"FAILED: {e}\n---> run tools/setup.sh (Debian: apt-get install python3-h5py)")
     sys.exit(1)
 
-passed = failed = 0
-
-
-def check(cond, msg):
-    global passed, failed
-    print(("  OK      " if cond else "  NOT OK  ") + msg, flush=True)
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-    return cond
-
-
 # ---------------------------------------------------------------------------
 # running sdc
 # ---------------------------------------------------------------------------
-
-MPIEXEC = ["mpiexec", "--allow-run-as-root", "--oversubscribe", "-x", "OMP_NUM_THREADS=1"]
-
 
 class Ctx:
     def __init__(self, sdc, model, src, work):
@@ -83,12 +69,6 @@ class Ctx:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
         return p.returncode, p.stdout, time.time() - t0
-
-
-def show(out, n=6):
-    """The last n lines of a command's output, indented (printed on a failure)."""
-    for line in out.strip().splitlines()[-n:]:
-        print("          | " + line)
 
 
 # ---------------------------------------------------------------------------
@@ -614,8 +594,7 @@ def main():
         sys.exit(2)
     t0 = time.time()
     tests[sys.argv[1]](Ctx(*sys.argv[2:]))
-    print(f"{passed} passed, {failed} failed ({time.time() - t0:.1f} s)")
-    sys.exit(1 if failed or not passed else 0)
+    finish(time.time() - t0)
 
 
 main()

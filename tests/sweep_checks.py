@@ -17,11 +17,12 @@ numpy + h5py (/usr/bin/python3: Debian's python3-h5py). Prints one line per
 check and "N passed, N failed"; exits 1 on a failure."""
 import os
 import shutil
-import subprocess
 import sys
 import time
 import zlib
 import struct
+
+from checklib import check, finish, run, show
 
 try:
     import h5py
@@ -29,32 +30,6 @@ try:
 except ImportError as e:  # the test must fail, not skip: setup.sh installs h5py
     print(f"FAILED: {e}\n---> run tools/setup.sh (Debian: apt-get install python3-h5py)")
     sys.exit(1)
-
-passed = failed = 0
-MPIEXEC = ["mpiexec", "--allow-run-as-root", "--oversubscribe", "-x", "OMP_NUM_THREADS=1"]
-
-
-def check(cond, msg):
-    global passed, failed
-    print(("  OK      " if cond else "  NOT OK  ") + msg, flush=True)
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-    return cond
-
-
-def run(args, ranks=0):
-    cmd = (MPIEXEC + ["-n", str(ranks)] if ranks else []) + [str(a) for a in args]
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
-    return p.returncode, p.stdout
-
-
-def show(out, n=6):
-    for line in out.strip().splitlines()[-n:]:
-        print("          | " + line)
-
 
 def png(path):
     """(pixels as a u8 array (H, W, 3), the `parameters` text) of an sdc PNG."""
@@ -220,8 +195,7 @@ def main():
         rc, out = run([sdc, "generate", "-m", model, "-p", "x", "-W", 64, "-H", 64, "-o", os.path.join(work, "e.png")]
                       + args)
         check(rc != 0 and needle in out, f"{' '.join(args)} refused: exit {rc}, '{out.strip().splitlines()[-1][:100]}'")
-    print(f"{passed} passed, {failed} failed ({time.time() - t0:.1f} s)")
-    sys.exit(1 if failed or not passed else 0)
+    finish(time.time() - t0)
 
 
 if __name__ == "__main__":

@@ -22,38 +22,15 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checklib import check, finish, run, show  # noqa: E402
+
 try:
     import h5py
     import numpy as np
 except ImportError as e:
     print(f"FAILED: {e}\n---> run tools/setup.sh (Debian: apt-get install python3-h5py)")
     sys.exit(1)
-
-passed = failed = 0
-MPIEXEC = ["mpiexec", "--allow-run-as-root", "--oversubscribe", "-x", "OMP_NUM_THREADS=1"]
-
-
-def check(cond, msg):
-    global passed, failed
-    print(("  OK      " if cond else "  NOT OK  ") + msg, flush=True)
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-    return cond
-
-
-def show(text, n=8):
-    for line in text.strip().splitlines()[-n:]:
-        print("          | " + line)
-
-
-def run(args, env=None, timeout=300, ranks=0):
-    cmd = (MPIEXEC + ["-n", str(ranks)] if ranks else []) + [str(a) for a in args]
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                       env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
-    return p.returncode, p.stdout
-
 
 def job_state(job, env):
     """The job's (or array's tasks') states from squeue; [] once it has left the queue."""
@@ -111,8 +88,7 @@ def main():
     finally:
         if not was_up:
             run([cluster, "stop"], timeout=120)
-    print(f"{passed} passed, {failed} failed ({time.time() - t00:.1f} s)")
-    sys.exit(1 if failed or not passed else 0)
+    finish(time.time() - t00)
 
 
 def submit(sdc, manifest, args, env, cwd):
