@@ -36,7 +36,18 @@ typedef struct Progress {
     double t0;
     double t_step; // when the last model evaluation ended: the decode starts there
     int steps;     // evaluations seen in the current item
+    double t_all;  // when this process's first item started (0: not yet)
+    int done;      // items finished before the current run
+    int batch;     // items in the current run
 } Progress;
+
+// "1h02m", "4m05s", "12s"
+static void fmt_eta(char *buf, size_t n, double s) {
+    if (!(s >= 0) || s > 1e7) snprintf(buf, n, "?");
+    else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(buf, n, "%.0fs", s);
+}
 
 // A progress bar on a terminal (step, it/s, ETA); plain lines otherwise.
 static void progress_cb(void *user, int step, int total) {
@@ -45,17 +56,26 @@ static void progress_cb(void *user, int step, int total) {
     p->steps = step;
     if (p->quiet) return;
     double el = mono_s() - p->t0, rate = step / (el > 1e-9 ? el : 1e-9), eta = (total - step) / rate;
+    // the whole run's ETA, from the items done so far (this one in part)
+    char all[48] = "";
+    if (p->t_all > 0 && p->items > 1) {
+        const double frac = (p->done + (double)(p->batch > 0 ? p->batch : 1) * step / total) / p->items;
+        const double el_all = mono_s() - p->t_all;
+        char e[16];
+        fmt_eta(e, sizeof e, frac > 0 ? el_all / frac - el_all : -1);
+        snprintf(all, sizeof all, "  all %d/%d ETA %s", p->done, p->items, e);
+    }
     if (p->tty) {
         char bar[31];
         int fill = step * 30 / total;
         for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '-';
         bar[30] = 0;
-        fprintf(stderr, "\r  image %d/%d |%s| step %d/%d  %.2f it/s  ETA %.0fs ", p->item, p->items, bar, step,
-                total, rate, eta);
+        fprintf(stderr, "\r  image %d/%d |%s| step %d/%d  %.2f it/s  ETA %.0fs%s ", p->item, p->items, bar, step,
+                total, rate, eta, all);
         if (step == total) fputc('\n', stderr);
     } else if (step == total || step % 5 == 0) {
-        fprintf(stderr, "  image %d/%d step %d/%d %.2f it/s eta %.0fs\n", p->item, p->items, step, total, rate,
-                eta);
+        fprintf(stderr, "  image %d/%d step %d/%d %.2f it/s eta %.0fs%s\n", p->item, p->items, step, total, rate,
+                eta, all);
     }
 }
 
@@ -401,6 +421,8 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
             pr.item = (int)made + 1;
             pr.t0 = mono_s();
             pr.steps = 0;
+            pr.done = (int)made, pr.batch = k;
+            if (pr.t_all == 0) pr.t_all = pr.t0;
             if (!lrc) lrc = sd_generate(m, &p, ctx, NULL, images, progress_cb, &pr, err);
             if (!lrc && !opt->quiet && !use_h5 && pr.steps > 0) {
                 // denoise includes the setup before the first step; decode is the VAE of all k items
