@@ -124,6 +124,7 @@ void cli_print_usage(FILE *f, const char *sub) {
             "                            the untiled decode would need over 1 GiB, i.e. above 640x640)\n"
             "      --vae-tile-size N     VAE tile in pixels, multiple of 8 (implies --vae-tiling); -1 = never tile\n"
             "  -o, --output PATH         output PNG (default output.png; a batch adds _2, _3, ...)\n"
+            "      --skip-existing       keep output PNGs that exist and decode (resume a stopped PNG sweep)\n"
             "      --output-h5 FILE      write all images to an HDF5 generation output instead (resumes a sweep;\n"
             "                            under mpiexec / srun the ranks share the work)\n"
             "  -t, --threads N           CPU threads (default: all cores)\n"
@@ -353,6 +354,8 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         } else if (FLAG(NULL, "--shard")) {
             const char *v = VALUE();
             if (v) rc = parse_shard_flag(a, v, g, err);
+        } else if (FLAG(NULL, "--skip-existing")) {
+            g->skip_existing = 1, g->has_skip_existing = 1;
         } else if (FLAG("-s", "--seed")) {
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) g->seed = ll, g->has_seed = 1;

@@ -338,6 +338,19 @@ static void png_parameters(char *buf, size_t cap, const Sdc__Job *job, const Gen
     if (len < cap) snprintf(buf + len, cap - len, ", Version: sdc %s", SDC_VERSION);
 }
 
+// --skip-existing: the item's PNG is there, whole, at the run's size (every
+// rank sees the same files, so the runs stay the same on every rank)
+static int png_done(const char *output, const GenItem *it, int W, int H) {
+    char path[4096];
+    item_path(path, sizeof path, output, (int)it->index);
+    if (access(path, R_OK)) return 0;
+    Image im = {0};
+    SdcError e = {0};
+    const int ok = !image_read(&im, path, 3, &e) && im.width == W && im.height == H;
+    image_free(&im);
+    return ok;
+}
+
 // Makes this shard's items: PNGs (-o, numbered by sweep item) or rows of an
 // HDF5 generation output (--output-h5; items already done there are
 // skipped, so a re-run resumes). Consecutive items of one prompt and setting
@@ -379,7 +392,7 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
     // the runs, the same on every rank
     int64_t n_runs = 0, skipped = 0;
     for (int64_t j = 0; !rc && j < n; j++) {
-        if (use_h5 && go.done_mask[j]) {
+        if ((use_h5 && go.done_mask[j]) || (!use_h5 && g->skip_existing && png_done(g->output, &sw->items[j], W, H))) {
             skipped++;
             continue;
         }
@@ -398,9 +411,10 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
     for (int64_t round = 0; !rc && round < rounds; round++) {
         const int sig = stop_agree(&par);
         if (sig) {
-            rc = sdc_err(err, SDC_ERR_STOPPED, "%s after %lld of %lld items%s%s ---> run the same job again to make "
-                         "the rest", stop_signal_name(sig), (long long)(h5_par_sum(&par, made) + skipped),
-                         (long long)n, use_h5 ? "; done items are marked in " : "", use_h5 ? h5path : "");
+            rc = sdc_err(err, SDC_ERR_STOPPED, "%s after %lld of %lld items%s%s ---> run the same job again%s to "
+                         "make the rest", stop_signal_name(sig), (long long)(h5_par_sum(&par, made) + skipped),
+                         (long long)n, use_h5 ? "; done items are marked in " : "", use_h5 ? h5path : "",
+                         use_h5 || g->skip_existing ? "" : " with --skip-existing");
             break;
         }
         const int64_t kr = round * par.size + par.rank;
@@ -464,6 +478,9 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
     if (!rc && use_h5 && !opt->quiet && par.rank == 0)
         fprintf(stderr, "sdc: wrote %lld items to %s (%lld already done, %d rank%s)\n", (long long)total_made, h5path,
                 (long long)skipped, par.size, par.size > 1 ? "s" : "");
+    if (!rc && !use_h5 && skipped && !opt->quiet && par.rank == 0)
+        fprintf(stderr, "sdc: --skip-existing: %lld of %lld PNGs were there already\n", (long long)skipped,
+                (long long)n);
     free(run_start), free(run_len), free(images), free(rgb);
     return rc;
 }

@@ -4,7 +4,8 @@
 // copy of the manifest (so editing the manifest later does not change a
 // queued job). A DreamBooth job's copy says resume_from_checkpoint "latest",
 // so a requeued run picks up its own last checkpoint (a first run with no
-// checkpoint starts fresh).
+// checkpoint starts fresh); a PNG generation's says skip_existing, so it
+// keeps the images it made.
 #define _GNU_SOURCE // realpath
 #include "jobs/submit.h"
 
@@ -326,9 +327,9 @@ int submit_main(int argc, char **argv) {
                 o.manifest, job->generate->shard_index, job->generate->shard_count);
         rc = 2;
     }
+    // a requeued PNG sweep keeps the PNGs it has (an HDF5 one has its done mask)
     if (!rc && job->task == SDC__TASK__TASK_GENERATE && !(job->generate->output_h5 && job->generate->output_h5[0]))
-        fprintf(stderr, "sdc submit: note: %s writes PNGs: a requeued run makes them all again; with output_h5 "
-                        "(--output-h5) it resumes where it stopped\n", o.manifest);
+        job->generate->skip_existing = 1, job->generate->has_skip_existing = 1;
     // the frozen copy: a DreamBooth run resumes its own latest checkpoint
     if (!rc && job->task == SDC__TASK__TASK_DREAMBOOTH && job->dreambooth &&
         !(job->dreambooth->resume_from_checkpoint && job->dreambooth->resume_from_checkpoint[0]))

@@ -585,6 +585,25 @@ def test_stop(ctx):
         n = fa["images"].shape[0]
     check(same, f"sweep: all {n} images, seeds, cfg and steps of the stopped + resumed file equal the "
           f"uninterrupted one")
+    # the same sweep as PNGs: stopped, then --skip-existing keeps what was made and makes the rest
+    pa, pb = os.path.join(ctx.work, "png-A"), os.path.join(ctx.work, "png-B")
+    os.makedirs(pa), os.makedirs(pb)
+    pngs = lambda out: gen(out)[:-2] + ["-o", os.path.join(out, "x.png")]
+    rc, out, _ = ctx.run(pngs(pa) + ["-q"])
+    log = os.path.join(ctx.work, "png-B1.log")
+    ready = lambda: os.path.exists(log) and "image 4/" in open(log).read()
+    rc1, out1, sent = signal_when(pngs(pb), 0, ready, log)
+    made1 = len(os.listdir(pb))
+    rc2, out2, _ = ctx.run(pngs(pb) + ["--skip-existing"])
+    names = sorted(os.listdir(pa))
+    same = [f for f in names if os.path.exists(os.path.join(pb, f)) and
+            png_pixels(os.path.join(pa, f)) == png_pixels(os.path.join(pb, f))]
+    if not check(rc == 0 and sent and rc1 == 75 and "with --skip-existing" in out1 and 0 < made1 < 32 and rc2 == 0 and
+                 f"{made1} of 32 PNGs were there already" in out2 and len(names) == 32 and len(same) == 32,
+                 f"sweep as PNGs: SIGUSR1 after {made1} of 32 (exit {rc1}), the same command with --skip-existing "
+                 f"(exit {rc2}) made the rest: {len(same)} of {len(names)} PNGs pixel-identical to an uninterrupted "
+                 "run"):
+        show(out1 + out2)
 
 
 def main():
