@@ -131,7 +131,7 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --device cpu|cuda     compute device (default cpu)\n"
             "      --pipeline-stages P   under mpiexec / srun: cut the UNet into P stages, one rank each (ranks =\n"
             "                            P x replicas; CPU backend)\n"
-            "      --micro-batches M     micro-batches per UNet pass along the pipeline (default 2 x P)\n"
+            "      --micro-batches M     runs of --batch-size items in flight along the pipeline (default 2 x P)\n"
             "      --precision P         fp32 | fp16 | bf16 (default: fp32 on the CPU, bf16 on a GPU)\n"
             "      --dump-manifest       print the job manifest in protobuf text format and exit\n"
             "  -q, --quiet               no progress output\n"
@@ -389,7 +389,7 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
                 job->runtime->pipeline_stages = (int32_t)ll, job->runtime->has_pipeline_stages = 1;
         } else if (FLAG(NULL, "--micro-batches")) {
             const char *v = VALUE();
-            if (v && !(rc = parse_int(a, v, 1, 4096, &ll, err)))
+            if (v && !(rc = parse_int(a, v, 1, 64, &ll, err)))
                 job->runtime->micro_batches = (int32_t)ll, job->runtime->has_micro_batches = 1;
         } else if (FLAG(NULL, "--precision")) {
             const char *v = VALUE();

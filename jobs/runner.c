@@ -351,6 +351,80 @@ static int png_done(const char *output, const GenItem *it, int W, int H) {
     return ok;
 }
 
+static int write_item_png(const Sdc__Job *job, const GenInputs *in, const GenItem *it, const uint8_t *rgb, int W,
+                          int H, const RunOptions *opt, SdcError *err) {
+    char path[4096], params[8192];
+    item_path(path, sizeof path, job->generate->output, (int)it->index);
+    png_parameters(params, sizeof params, job, it, in->mode, W, H);
+    SDC_TRY(image_write_png(path, rgb, W, H, params, err));
+    if (!opt->quiet)
+        fprintf(stderr, "sdc: wrote %s (%s %dx%d, seed %lld, %s, %d steps, cfg %g)\n", path, mode_name(in->mode), W,
+                H, (long long)it->seed, it->sampler, it->steps, it->cfg);
+    return 0;
+}
+
+// Stage 0 of a pipeline: nq runs (run q: items start[q] .. start[q] +
+// len[q] - 1 of the shard, one prompt and setting) all in flight at once,
+// each a micro-batch of its own (its 2 x len rows never split, so every
+// image is the one a single process makes with the same --batch-size):
+// while the later stages work on some, stage 0 runs its blocks for
+// another, so the pipeline stays busy across denoising steps, not only
+// within one. images: (nq, micro, 3, H, W).
+static int pipeline_runs(const Sdc__Job *job, SdModel *m, const GenInputs *in, const Sweep *sw, double strength,
+                         PpStage *pp, const int64_t *start, const int *len, int nq, float *ctxs, float *images,
+                         Progress *pr, int64_t made, const RunOptions *opt, SdcError *err) {
+    const Sdc__Generate *g = job->generate;
+    const ClipConfig *cc = clip_config(m->clip);
+    const size_t nctx = (size_t)2 * cc->max_positions * cc->hidden, npix = (size_t)in->width * in->height;
+    const int micro = g->batch_size > 0 ? (g->batch_size < 64 ? g->batch_size : 64) : 1;
+    SdRun *run[PP_MAX_INFLIGHT] = {0};
+    int rc = nq > PP_MAX_INFLIGHT ? sdc_err(err, SDC_ERR_ARG, "--micro-batches %d: at most %d runs in flight", nq,
+                                             PP_MAX_INFLIGHT)
+                                  : 0;
+    int active = 0;
+    const double t0 = mono_s();
+    if (pr->t_all == 0) pr->t_all = t0;
+    for (int q = 0; !rc && q < nq; q++) {
+        const GenItem *it = &sw->items[start[q]];
+        float *ctx = ctxs + (size_t)q * nctx;
+        rc = sd_encode_prompt(m, it->prompt, g->negative_prompt, job->model->clip_skip, ctx, err);
+        GenParams p = gen_params(g, in, sw->kind[start[q]], strength);
+        p.seed = (uint64_t)it->seed, p.batch = len[q], p.steps = it->steps, p.cfg_scale = it->cfg;
+        if (!rc) rc = sd_run_begin(m, &p, ctx, &run[q], err);
+        Tensor *x, *c, *out;
+        const float *ts;
+        if (!rc && !sd_run_next(run[q], &x, &ts, &c, &out)) {
+            rc = pp_submit(pp, out, x, ts, c, q, err);
+            active++;
+        }
+    }
+    int finished = 0;
+    while (!rc && active > 0) {
+        int q = -1;
+        rc = pp_wait_any(pp, &q, err);
+        if (!rc) rc = sd_run_step(run[q], NULL, NULL, err);
+        Tensor *x, *c, *out;
+        const float *ts;
+        if (!rc && !sd_run_next(run[q], &x, &ts, &c, &out)) {
+            rc = pp_submit(pp, out, x, ts, c, q, err);
+            continue;
+        }
+        active--;
+        if (!rc) rc = sd_run_finish(run[q], NULL, images + (size_t)q * micro * 3 * npix, err);
+        finished += len[q];
+        if (!rc && !opt->quiet) {
+            const double el = mono_s() - pr->t_all, done = (double)(made + finished);
+            char e[16];
+            fmt_eta(e, sizeof e, done > 0 ? el / done * (pr->items - done) : -1);
+            fprintf(stderr, "  images %lld-%lld of %d done (%d in flight through %d stages)  all ETA %s\n",
+                    (long long)(made + finished - len[q] + 1), (long long)(made + finished), pr->items, active,
+                    pp->stages, e);
+        }
+    }
+    for (int q = 0; q < nq; q++) sd_run_free(run[q]);
+    return rc;
+}
+
 // Makes this shard's items: PNGs (-o, numbered by sweep item) or rows of an
 // HDF5 generation output (--output-h5; items already done there are
 // skipped, so a re-run resumes). Consecutive items of one prompt and setting
@@ -360,7 +434,8 @@ static int png_done(const char *output, const GenItem *it, int W, int H) {
 // stages, the first stage of every pipeline). Between runs all ranks check for a stop signal
 // (jobs/stop.h) and stop together.
 static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m, const GenInputs *in,
-                          const Sweep *sw, double strength, float *ctx, const H5Par *parp, SdcError *err) {
+                          const Sweep *sw, double strength, float *ctx, const H5Par *parp, PpStage *pp,
+                          SdcError *err) {
     const Sdc__Generate *g = job->generate;
     const H5Par par = *parp;
     const int W = in->width, H = in->height, use_h5 = g->output_h5 && g->output_h5[0];
@@ -368,12 +443,18 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
     const size_t npix = (size_t)W * H;
     int micro = g->batch_size > 0 ? g->batch_size : 1;
     if (micro > 64) micro = 64;
+    // with pipeline stages, K runs are in flight at once (each run one
+    // micro-batch of the pipeline), taken K at a time
+    const int K = pp ? pp->micro : 1;
+    const ClipConfig *cc = clip_config(m->clip);
+    const size_t nctx = (size_t)2 * cc->max_positions * cc->hidden;
     int64_t *run_start = calloc((size_t)n + 1, sizeof(int64_t)), idx[64];
     int *run_len = calloc((size_t)n + 1, sizeof(int));
-    float *images = malloc((size_t)micro * 3 * npix * sizeof(float));
-    uint8_t *rgb = malloc((size_t)micro * 3 * npix);
-    if (!run_start || !run_len || !images || !rgb) {
-        free(run_start), free(run_len), free(images), free(rgb);
+    float *images = malloc((size_t)K * micro * 3 * npix * sizeof(float));
+    uint8_t *rgb = malloc((size_t)K * micro * 3 * npix);
+    float *ctxs = pp ? malloc((size_t)K * nctx * sizeof(float)) : NULL;
+    if (!run_start || !run_len || !images || !rgb || (pp && !ctxs)) {
+        free(run_start), free(run_len), free(images), free(rgb), free(ctxs);
         return sdc_err(err, SDC_ERR_OOM, "generation buffers");
     }
     GenOut go = {.file = -1, .images = -1, .done = -1};
@@ -402,9 +483,10 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
             run_len[r]++;
         else run_start[n_runs] = j, run_len[n_runs++] = 1;
     }
-    const int64_t rounds = (n_runs + par.size - 1) / par.size;
+    const int64_t groups = (n_runs + K - 1) / K, rounds = (groups + par.size - 1) / par.size;
     int64_t mine = 0;
-    for (int64_t k = par.rank; k < n_runs; k += par.size) mine += run_len[k];
+    for (int64_t gi = par.rank; gi < groups; gi += par.size)
+        for (int64_t kr = gi * K; kr < n_runs && kr < gi * K + K; kr++) mine += run_len[kr];
     Progress pr = {.tty = isatty(2), .quiet = opt->quiet, .items = (int)mine};
     int64_t last_prompt = -1, made = 0;
     int shown_memory = 0;
@@ -420,6 +502,28 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
         const int64_t kr = round * par.size + par.rank;
         int k = 0, lrc = 0;
         double text_s = 0;
+        if (pp) { // K runs through the pipeline, then K collective writes
+            const int64_t k0 = kr * K;
+            const int nq = (int)(n_runs - k0 < K ? (n_runs - k0 > 0 ? n_runs - k0 : 0) : K);
+            lrc = pipeline_runs(job, m, in, sw, strength, pp, run_start + k0, run_len + k0, nq, ctxs, images, &pr,
+                                made, opt, err);
+            for (int q = 0; !lrc && q < nq; q++) {
+                const int64_t s0 = run_start[k0 + q];
+                for (int j = 0; !lrc && j < run_len[k0 + q]; j++) {
+                    uint8_t *px = rgb + ((size_t)q * micro + j) * 3 * npix;
+                    image_from_vae(px, images + (size_t)q * micro * 3 * npix, j, H, W);
+                    if (!use_h5) lrc = write_item_png(job, in, &sw->items[s0 + j], px, W, H, opt, err);
+                }
+            }
+            if ((rc = h5_par_agree(&par, lrc, err))) break;
+            for (int q = 0; !rc && q < K; q++) {
+                const int kq = q < nq ? run_len[k0 + q] : 0;
+                for (int j = 0; j < kq; j++) idx[j] = run_start[k0 + q] + j;
+                if (use_h5) rc = genout_write(&go, idx, kq, rgb + (size_t)q * micro * 3 * npix, err);
+                made += kq;
+            }
+            continue;
+        }
         if (kr < n_runs) {
             const int64_t s0 = run_start[kr];
             const GenItem *it = &sw->items[s0];
@@ -454,16 +558,8 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
             for (int j = 0; !lrc && j < k; j++) {
                 idx[j] = s0 + j;
                 image_from_vae(rgb + (size_t)j * 3 * npix, images, j, H, W);
-                if (use_h5) continue;
-                const GenItem *ij = &sw->items[s0 + j];
-                char path[4096], params[8192];
-                item_path(path, sizeof path, g->output, (int)ij->index);
-                png_parameters(params, sizeof params, job, ij, in->mode, W, H);
-                lrc = image_write_png(path, rgb + (size_t)j * 3 * npix, W, H, params, err);
-                if (!lrc && !opt->quiet)
-                    fprintf(stderr, "sdc: wrote %s (%s %dx%d, seed %lld, %s, %d steps, cfg %g, %.1fs)\n", path,
-                            mode_name(in->mode), W, H, (long long)ij->seed, ij->sampler, ij->steps, ij->cfg,
-                            mono_s() - pr.t0);
+                if (!use_h5) lrc = write_item_png(job, in, &sw->items[s0 + j], rgb + (size_t)j * 3 * npix, W, H, opt,
+                                                  err);
             }
         }
         if ((rc = h5_par_agree(&par, lrc, err))) break;
@@ -481,7 +577,7 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
     if (!rc && !use_h5 && skipped && !opt->quiet && par.rank == 0)
         fprintf(stderr, "sdc: --skip-existing: %lld of %lld PNGs were there already\n", (long long)skipped,
                 (long long)n);
-    free(run_start), free(run_len), free(images), free(rgb);
+    free(run_start), free(run_len), free(images), free(rgb), free(ctxs);
     return rc;
 }
 
@@ -564,14 +660,12 @@ static int pipeline_setup(const Sdc__Job *job, SdModel *m, const GenInputs *in, 
         *par = (H5Par){.comm = gen};
         MPI_Comm_rank(gen, &par->rank);
         MPI_Comm_size(gen, &par->size);
-        m->unet_fn = pp_unet_fn;
-        m->unet_user = pp;
     } else if (gen != MPI_COMM_NULL) {
         MPI_Comm_free(&gen);
     }
     if (!rc && !opt->quiet && rank == 0) {
-        fprintf(stderr, "sdc: pipeline: %d stages x %d replica%s, %d micro-batches per pass; blocks", stages,
-                par->size, par->size == 1 ? "" : "s", micro);
+        fprintf(stderr, "sdc: pipeline: %d stages x %d replica%s, %d runs of --batch-size in flight; blocks",
+                stages, par->size, par->size == 1 ? "" : "s", micro);
         for (int s = 0; s < stages; s++) {
             double t = 0;
             for (int b = pp->bounds[s]; b < pp->bounds[s + 1]; b++) t += pp->block_s[b];
@@ -700,7 +794,7 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
         ctx = malloc((size_t)2 * cc->max_positions * cc->hidden * sizeof(float));
         if (!ctx) rc = sdc_err(err, SDC_ERR_OOM, "text embeddings");
     }
-    if (!rc) rc = generate_sweep(job, opt, &m, &in, &sw, strength, ctx, &par, err);
+    if (!rc) rc = generate_sweep(job, opt, &m, &in, &sw, strength, ctx, &par, pp.comm != MPI_COMM_NULL ? &pp : NULL, err);
     sweep_free(&sw);
     if (pp.comm != MPI_COMM_NULL && (!rc || rc == SDC_ERR_STOPPED)) {
         SdcError e2 = {0};

@@ -118,7 +118,10 @@ int pp_init(PpStage *p, MPI_Comm comm, Unet *u, const Backend *be, int micro, in
     memset(p, 0, sizeof *p);
     p->comm = MPI_COMM_NULL;
     for (int k = 0; k < 4; k++) p->send_req[k] = MPI_REQUEST_NULL;
-    if (micro < 1) return sdc_err(err, SDC_ERR_ARG, "pipeline: %d micro-batches; expected 1 or more", micro);
+    for (int k = 0; k < PP_MAX_INFLIGHT; k++) p->out_req[k] = MPI_REQUEST_NULL;
+    if (micro < 1 || micro > PP_MAX_INFLIGHT)
+        return sdc_err(err, SDC_ERR_ARG, "pipeline: %d micro-batches in flight; expected 1 to %d", micro,
+                       PP_MAX_INFLIGHT);
     PP_MPI(MPI_Comm_dup(comm, &p->comm), "MPI_Comm_dup");
     MPI_Comm_set_errhandler(p->comm, MPI_ERRORS_RETURN);
     MPI_Comm_rank(p->comm, &p->stage);
@@ -137,6 +140,8 @@ int pp_init(PpStage *p, MPI_Comm comm, Unet *u, const Backend *be, int micro, in
 void pp_free(PpStage *p) {
     if (p->comm != MPI_COMM_NULL) {
         MPI_Waitall(4, p->send_req, MPI_STATUSES_IGNORE);
+        for (int k = 0; k < PP_MAX_INFLIGHT; k++)
+            if (p->out_req[k] != MPI_REQUEST_NULL) MPI_Cancel(&p->out_req[k]), MPI_Request_free(&p->out_req[k]);
         MPI_Comm_free(&p->comm);
     }
     free(p->bounds), free(p->block_s);
@@ -151,15 +156,6 @@ static int grow(char **buf, size_t *cap, size_t need, SdcError *err) {
     if (!b) return sdc_err(err, SDC_ERR_OOM, "pipeline: %zu-byte buffer", need);
     *buf = b, *cap = need;
     return 0;
-}
-
-// Rows [r0, r0 + n) of a tensor whose first dimension is the batch.
-static Tensor rows_of(const Tensor *t, int64_t r0, int64_t n) {
-    Tensor v = *t;
-    const size_t row = tensor_bytes(t) / (size_t)t->shape[0];
-    v.shape[0] = n;
-    v.data = (char *)t->data + (size_t)r0 * row;
-    return v;
 }
 
 // The state after this stage's blocks, packed into send buffer k and sent on
@@ -196,53 +192,31 @@ static int send_state(PpStage *p, int k, int64_t j, const UnetState *s, const fl
     return 0;
 }
 
-int pp_forward(PpStage *p, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
-               SdcError *err) {
+int pp_submit(PpStage *p, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx, int tag,
+              SdcError *err) {
     Unet *u = p->unet;
-    if (p->stage != 0) return sdc_err(err, SDC_ERR_INTERNAL, "pp_forward on stage %d", p->stage);
+    if (p->stage != 0 || p->stages < 2 || tag < 0 || tag >= PP_MAX_INFLIGHT || p->out_req[tag] != MPI_REQUEST_NULL)
+        return sdc_err(err, SDC_ERR_INTERNAL, "pp_submit: stage %d of %d, tag %d", p->stage, p->stages, tag);
     if (x->device != DEV_CPU)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "pipeline parallelism runs on the CPU backend in this version "
-                       "---> --device cpu, or one stage per GPU replica (no --pipeline-stages)");
-    if (p->stages == 1) return unet_forward(u, out, x, timesteps, ctx, err);
-    const int64_t N = x->shape[0];
-    const int m = (int)(p->micro < N ? p->micro : N);
-    MPI_Request *rq = malloc((size_t)m * sizeof *rq);
-    if (!rq) return sdc_err(err, SDC_ERR_OOM, "pipeline: requests");
-    int rc = 0;
-    int64_t r0 = 0;
-    // the outputs come back from the last stage straight into out's rows
-    for (int j = 0; j < m; j++) {
-        const int64_t n = N / m + (j < N % m);
-        Tensor o = rows_of(out, r0, n);
-        int mrc = MPI_Irecv(o.data, (int)tensor_bytes(&o), MPI_BYTE, p->stages - 1, PP_TAG_OUT + j, p->comm, &rq[j]);
-        if (mrc != MPI_SUCCESS) {
-            rc = mpi_fail(mrc, "MPI_Irecv (output)", err);
-            for (int i = 0; i < j; i++) MPI_Cancel(&rq[i]), MPI_Request_free(&rq[i]);
-            free(rq);
-            return rc;
-        }
-        r0 += n;
-    }
-    r0 = 0;
-    for (int j = 0; !rc && j < m; j++) {
-        const int64_t n = N / m + (j < N % m);
-        Tensor xj = rows_of(x, r0, n), cj = rows_of(ctx, r0, n), oj = rows_of(out, r0, n);
-        UnetState s;
-        rc = unet_begin(u, &s, &oj, &xj, timesteps + r0, &cj, err);
-        for (int b = 0; !rc && b < p->bounds[1]; b++) rc = unet_block_forward(u, b, &s, err);
-        if (!rc) rc = send_state(p, j & 1, j, &s, timesteps + r0, &cj, err);
-        r0 += n;
-    }
-    int wrc = MPI_Waitall(m, rq, MPI_STATUSES_IGNORE);
-    if (!rc && wrc != MPI_SUCCESS) rc = mpi_fail(wrc, "MPI_Waitall (outputs)", err);
-    free(rq);
-    p->passes++;
-    return rc;
+                       "---> --device cpu, or one whole UNet per GPU rank (no --pipeline-stages)");
+    // the output comes back from the last stage straight into out
+    PP_MPI(MPI_Irecv(out->data, (int)tensor_bytes(out), MPI_BYTE, p->stages - 1, PP_TAG_OUT + tag, p->comm,
+                     &p->out_req[tag]),
+           "MPI_Irecv (output)");
+    UnetState s;
+    SDC_TRY(unet_begin(u, &s, out, x, timesteps, ctx, err));
+    for (int b = 0; b < p->bounds[1]; b++) SDC_TRY(unet_block_forward(u, b, &s, err));
+    SDC_TRY(send_state(p, (int)(p->passes++ & 1), tag, &s, timesteps, ctx, err));
+    return 0;
 }
 
-int pp_unet_fn(void *user, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
-               SdcError *err) {
-    return pp_forward(user, out, x, timesteps, ctx, err);
+int pp_wait_any(PpStage *p, int *tag, SdcError *err) {
+    int idx = MPI_UNDEFINED;
+    PP_MPI(MPI_Waitany(PP_MAX_INFLIGHT, p->out_req, &idx, MPI_STATUS_IGNORE), "MPI_Waitany (outputs)");
+    if (idx == MPI_UNDEFINED) return sdc_err(err, SDC_ERR_INTERNAL, "pp_wait_any: nothing in flight");
+    *tag = idx;
+    return 0;
 }
 
 int pp_finish(PpStage *p, SdcError *err) {

@@ -6,7 +6,12 @@
 // stage 1 runs j. At a cut the running activation and every open skip
 // tensor travel to the next stage (layout (a) of the DESIGN: a linear cut
 // with the skips sent along); the last stage sends the UNet output back to
-// stage 0, which runs the sampler. Bubble per pass: (p-1)/(m+p-1).
+// stage 0, which runs the sampler. Stage 0 keeps several passes in flight
+// (pp_submit / pp_wait_any), one per generation run, each run a micro-batch
+// whose rows are never split: while the later stages work on one run's
+// pass, stage 0 runs its blocks for another run's, so the pipeline stays
+// busy across denoising steps (a bubble only when a round of runs starts
+// and ends), and every image is the one a single process makes.
 //
 // CPU backend only (tensors in host memory, MPI over them); a GPU version
 // goes behind the same calls with NCCL.
@@ -22,13 +27,14 @@
 typedef struct PpStage {
     MPI_Comm comm;      // the pipeline, a duplicate of the caller's: stage s = rank s
     int stage, stages;
-    int micro;          // micro-batches per pass
+    int micro;          // micro-batches in flight (stage 0 keeps that many generation runs going)
     int *bounds;        // (stages + 1) stage s runs blocks [bounds[s], bounds[s+1])
     double *block_s;    // (blocks) the measured seconds of each block (one row)
     Unet *unet;
     char *send[2], *recv; // host buffers (grown on demand); two sends in flight
     size_t send_cap[2], recv_cap;
     MPI_Request send_req[4]; // header + payload of each send buffer
+    MPI_Request out_req[64]; // stage 0: the outputs in flight, by tag (PP_MAX_INFLIGHT)
     double busy_s, wait_s;   // time in blocks / waiting for the previous stage (stages > 0)
     long long passes;
 } PpStage;
@@ -50,17 +56,21 @@ int pp_init(PpStage *p, MPI_Comm comm, Unet *u, const Backend *be, int micro, in
             SdcError *err);
 void pp_free(PpStage *p);
 
-// Stage 0: one UNet pass through the pipeline, as unet_forward(u, out, x,
-// timesteps, ctx). The rows are cut into min(micro, N) micro-batches.
-int pp_forward(PpStage *p, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
-               SdcError *err);
+#define PP_MAX_INFLIGHT 64
+
+// Stage 0: starts one UNet pass (as unet_forward(u, out, x, timesteps,
+// ctx)) through the pipeline without waiting for it: runs this stage's
+// blocks on all of x's rows (one micro-batch) and sends the state on; the
+// last stage's output lands in out. tag (0 .. PP_MAX_INFLIGHT-1) names the
+// pass until pp_wait_any returns it; one pass per tag at a time.
+int pp_submit(PpStage *p, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx, int tag,
+              SdcError *err);
+// Stage 0: waits until any submitted pass's output is in; its tag.
+int pp_wait_any(PpStage *p, int *tag, SdcError *err);
 // Stages > 0: run passes as they come until stage 0 calls pp_finish.
 int pp_serve(PpStage *p, SdcError *err);
 // Stage 0: ends every other stage's pp_serve.
 int pp_finish(PpStage *p, SdcError *err);
 
-// unet_forward's signature, for SdModel.unet_fn (user: a PpStage at stage 0).
-int pp_unet_fn(void *user, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
-               SdcError *err);
 
 #endif

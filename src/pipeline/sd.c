@@ -173,169 +173,230 @@ int sd_plan_bytes(SdModel *m, const GenParams *p, size_t *bytes, SdcError *err) 
     return 0;
 }
 
-int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents, float *images,
-                ProgressFn progress, void *user, SdcError *err) {
+// One generation in progress (sd_run_*): its samplers, generators, host
+// buffers and device tensors, and where the denoising is.
+struct SdRun {
+    SdModel *m;
+    GenParams p;
+    Sampler *s;
+    Rng *rng;
+    float *host;
+    GenBuffers b;
+    GenTensors t;
+    Arena a;
+    int n_init, evals, begin, i; // evaluations [begin, evals), the next is i
+    int rows, guided, cin, h, w;
+    size_t nlat, npix, plane;
+    float ts[64], *tsp;          // the timesteps of the evaluation sd_run_next gave
+};
+
+void sd_run_free(SdRun *r) {
+    if (!r) return;
+    for (int i = 0; i < r->n_init; i++) sampler_free(&r->s[i]);
+    free(r->s);
+    free(r->rng);
+    free(r->host);
+    if (r->tsp != r->ts) free(r->tsp);
+    arena_free(&r->a);
+    free(r);
+}
+
+int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, SdcError *err) {
+    *out = NULL;
     SDC_TRY(sd_check_params(m, p, err));
     const Backend *be = m->be;
     const ClipConfig *cc = clip_config(m->clip);
     const UnetConfig *uc = unet_config(m->unet);
+    SdRun *r = calloc(1, sizeof *r);
+    if (!r) return sdc_err(err, SDC_ERR_OOM, "pipeline run");
+    r->m = m, r->p = *p, r->tsp = r->ts;
     const int B = p->batch, cin = uc->in_channels, guided = p->cfg_scale > 1.0f;
     const int rows = guided ? 2 * B : B; // UNet rows: [uncond x B, cond x B] as diffusers
     const int L = cc->max_positions, D = cc->hidden;
     const int H = p->height, W = p->width, h = H / 8, w = W / 8;
     const size_t nlat = (size_t)4 * h * w, npix = (size_t)H * W, plane = (size_t)h * w;
     const int inpaint = p->mode == GEN_INPAINT, blend = inpaint && cin == 4;
+    r->rows = rows, r->guided = guided, r->cin = cin, r->h = h, r->w = w;
+    r->nlat = nlat, r->npix = npix, r->plane = plane;
+    GenBuffers *b = &r->b;
+    GenTensors *t = &r->t;
 
     // ---- buffers: samplers (one per item: each has its own history and noise), host, device
-    Sampler *s = calloc((size_t)B, sizeof *s);
-    Rng *rng = calloc((size_t)B, sizeof *rng);
+    r->s = calloc((size_t)B, sizeof *r->s);
+    r->rng = calloc((size_t)B, sizeof *r->rng);
     size_t nhost = 4 * (size_t)B * nlat + plane + 2 * nlat + (size_t)rows * cin * plane + (size_t)rows * nlat +
                    2 * nlat + 3 * npix;
-    float *host = malloc(nhost * sizeof(float));
-    GenBuffers b = {0};
-    GenTensors t;
-    Arena a = {0};
-    int rc = (!s || !rng || !host) ? sdc_err(err, SDC_ERR_OOM, "pipeline buffers for %d items at %dx%d", B, W, H)
-                                   : 0;
-    int n_init = 0;
-    for (int i = 0; !rc && i < B; i++, n_init++)
-        rc = sampler_init(&s[i], p->sampler, p->steps, sampler_default_spacing(p->sampler), uc->prediction, p->eta,
+    r->host = malloc(nhost * sizeof(float));
+    r->tsp = rows <= 64 ? r->ts : malloc((size_t)rows * sizeof(float));
+    int rc = (!r->s || !r->rng || !r->host || !r->tsp)
+                 ? sdc_err(err, SDC_ERR_OOM, "pipeline buffers for %d items at %dx%d", B, W, H)
+                 : 0;
+    for (int i = 0; !rc && i < B; i++, r->n_init++)
+        rc = sampler_init(&r->s[i], p->sampler, p->steps, sampler_default_spacing(p->sampler), uc->prediction, p->eta,
                           nlat, err);
     if (!rc) {
-        float *q = host;
-        b.lat = q, q += (size_t)B * nlat;
-        b.noise = q, q += (size_t)B * nlat;
-        b.img_lat = q, q += (size_t)B * nlat;
-        b.masked_lat = q, q += (size_t)B * nlat;
-        b.mask_lat = q, q += plane;
-        b.mean = q, q += nlat;
-        b.logvar = q, q += nlat;
-        b.xin = q, q += (size_t)rows * cin * plane;
-        b.eps = q, q += (size_t)rows * nlat;
-        b.guided = q, q += nlat;
-        b.proper = q, q += nlat;
-        b.masked_img = q, q += 3 * npix;
+        float *q = r->host;
+        b->lat = q, q += (size_t)B * nlat;
+        b->noise = q, q += (size_t)B * nlat;
+        b->img_lat = q, q += (size_t)B * nlat;
+        b->masked_lat = q, q += (size_t)B * nlat;
+        b->mask_lat = q, q += plane;
+        b->mean = q, q += nlat;
+        b->logvar = q, q += nlat;
+        b->xin = q, q += (size_t)rows * cin * plane;
+        b->eps = q, q += (size_t)rows * nlat;
+        b->guided = q, q += nlat;
+        b->proper = q, q += nlat;
+        b->masked_img = q, q += 3 * npix;
         size_t bytes = 8 * ARENA_ALIGN + sizeof(float) * ((size_t)rows * L * D + (size_t)rows * cin * plane +
                                                           (size_t)rows * nlat + 3 * npix + 3 * nlat);
-        rc = arena_init(&a, be, bytes, err);
+        rc = arena_init(&r->a, be, bytes, err);
     }
     if (!rc) {
-        t.ctx = ARENA_DT(&a, be->act_dtype, rows, L, D);
-        t.x = ARENA_DT(&a, be->act_dtype, rows, cin, h, w);
-        t.out = ARENA_DT(&a, be->act_dtype, rows, 4, h, w);
-        t.image = ARENA_DT(&a, be->act_dtype, 1, 3, H, W);
-        t.mean = ARENA_DT(&a, be->act_dtype, 1, 4, h, w);
-        t.logvar = ARENA_DT(&a, be->act_dtype, 1, 4, h, w);
-        t.z = ARENA_DT(&a, be->act_dtype, 1, 4, h, w);
+        Arena *a = &r->a;
+        t->ctx = ARENA_DT(a, be->act_dtype, rows, L, D);
+        t->x = ARENA_DT(a, be->act_dtype, rows, cin, h, w);
+        t->out = ARENA_DT(a, be->act_dtype, rows, 4, h, w);
+        t->image = ARENA_DT(a, be->act_dtype, 1, 3, H, W);
+        t->mean = ARENA_DT(a, be->act_dtype, 1, 4, h, w);
+        t->logvar = ARENA_DT(a, be->act_dtype, 1, 4, h, w);
+        t->z = ARENA_DT(a, be->act_dtype, 1, 4, h, w);
         // context rows: [negative x B, prompt x B] with guidance, else [prompt x B]
-        for (int r = 0; r < rows; r++) {
-            const float *src = ctx + (size_t)(guided && r < B ? 0 : 1) * L * D;
-            Tensor row = t.ctx;
+        for (int k = 0; k < rows; k++) {
+            const float *src = ctx + (size_t)(guided && k < B ? 0 : 1) * L * D;
+            Tensor row = t->ctx;
             row.ndim = 2, row.shape[0] = L, row.shape[1] = D;
-            row.data = (char *)t.ctx.data + (size_t)r * L * D * dtype_size(t.ctx.dtype);
+            row.data = (char *)t->ctx.data + (size_t)k * L * D * dtype_size(t->ctx.dtype);
             backend_upload_f32(be, &row, src, (size_t)L * D);
         }
     }
-    const int evals = n_init ? sampler_num_evals(&s[0]) : 0;
-    const int begin = p->mode == GEN_TXT2IMG ? 0 : (n_init ? sampler_begin_for_strength(&s[0], p->strength) : 0);
-    if (!rc && begin >= evals)
+    r->evals = r->n_init ? sampler_num_evals(&r->s[0]) : 0;
+    r->begin = p->mode == GEN_TXT2IMG ? 0 : (r->n_init ? sampler_begin_for_strength(&r->s[0], p->strength) : 0);
+    r->i = r->begin;
+    if (!rc && r->begin >= r->evals)
         rc = sdc_err(err, SDC_ERR_ARG,
                      "--strength %g with %d steps leaves no denoising step ---> raise --strength or --steps",
                      p->strength, p->steps);
 
     // ---- initial latents, in diffusers' order of draws from each item's generator
     if (!rc && p->mode != GEN_TXT2IMG) rc = vae_reserve(m->vae, 1, H, W, err);
-    if (!rc && p->mode != GEN_TXT2IMG) rc = vae_posterior(m, &t, &b, p->init_image, npix, nlat, err);
+    if (!rc && p->mode != GEN_TXT2IMG) rc = vae_posterior(m, t, b, p->init_image, npix, nlat, err);
     const int strength_max = p->strength == 1.0;
     for (int i = 0; !rc && i < B; i++) {
-        float *lat = b.lat + i * nlat, *noise = b.noise + i * nlat, *img_lat = b.img_lat + i * nlat;
-        rng_seed(&rng[i], p->seed + (uint64_t)i);
+        float *lat = b->lat + i * nlat, *noise = b->noise + i * nlat, *img_lat = b->img_lat + i * nlat;
+        rng_seed(&r->rng[i], p->seed + (uint64_t)i);
         if (p->mode == GEN_IMG2IMG || (inpaint && (blend || !strength_max)))
-            posterior_sample(m, &b, nlat, &rng[i], img_lat);
-        rng_normal(&rng[i], noise, nlat);
+            posterior_sample(m, b, nlat, &r->rng[i], img_lat);
+        rng_normal(&r->rng[i], noise, nlat);
         if (p->mode == GEN_TXT2IMG || (inpaint && strength_max)) {
-            for (size_t k = 0; k < nlat; k++) lat[k] = noise[k] * s[i].init_noise_sigma;
+            for (size_t k = 0; k < nlat; k++) lat[k] = noise[k] * r->s[i].init_noise_sigma;
         } else {
-            sampler_add_noise(&s[i], begin, img_lat, noise, lat);
+            sampler_add_noise(&r->s[i], r->begin, img_lat, noise, lat);
         }
     }
     if (!rc && inpaint) {
         // diffusers encodes the masked image for both UNet kinds (one more
         // draw per item), and binarises the mask then takes nearest pixels
-        mask_downsample(p->mask, H, W, b.mask_lat, h, w);
-        image_mask_out(p->init_image, p->mask, H, W, b.masked_img);
-        rc = vae_posterior(m, &t, &b, b.masked_img, npix, nlat, err);
-        for (int i = 0; !rc && i < B; i++) posterior_sample(m, &b, nlat, &rng[i], b.masked_lat + i * nlat);
+        mask_downsample(p->mask, H, W, b->mask_lat, h, w);
+        image_mask_out(p->init_image, p->mask, H, W, b->masked_img);
+        rc = vae_posterior(m, t, b, b->masked_img, npix, nlat, err);
+        for (int i = 0; !rc && i < B; i++) posterior_sample(m, b, nlat, &r->rng[i], b->masked_lat + i * nlat);
     }
-
-    // ---- denoising
     if (!rc) rc = unet_reserve(m->unet, rows, h, w, L, err);
-    for (int i = begin; !rc && i < evals; i++) {
-        const float cin_scale = sampler_input_scale(&s[0], i);
-        for (int r = 0; r < rows; r++) {
-            const int item = r % B;
-            float *dst = b.xin + (size_t)r * cin * plane;
-            const float *lat = b.lat + item * nlat;
-            for (size_t k = 0; k < nlat; k++) dst[k] = lat[k] * cin_scale;
-            if (cin == 9) { // [latent, mask, masked-image latent]
-                memcpy(dst + nlat, b.mask_lat, plane * sizeof(float));
-                memcpy(dst + nlat + plane, b.masked_lat + item * nlat, nlat * sizeof(float));
-            }
-        }
-        backend_upload_f32(be, &t.x, b.xin, (size_t)rows * cin * plane);
-        float ts[64];
-        float *tsp = rows <= 64 ? ts : malloc((size_t)rows * sizeof(float));
-        if (!tsp) {
-            rc = sdc_err(err, SDC_ERR_OOM, "timesteps");
-            break;
-        }
-        for (int r = 0; r < rows; r++) tsp[r] = sampler_timestep(&s[0], i);
-        rc = m->unet_fn ? m->unet_fn(m->unet_user, &t.out, &t.x, tsp, &t.ctx, err)
-                        : unet_forward(m->unet, &t.out, &t.x, tsp, &t.ctx, err);
-        if (tsp != ts) free(tsp);
-        if (rc) break;
-        backend_download_f32(be, b.eps, &t.out, (size_t)rows * nlat);
-        for (int item = 0; item < B; item++) {
-            const float *e = b.eps + (size_t)item * nlat;
-            if (guided) {
-                const float *uncond = e, *cond = b.eps + (size_t)(B + item) * nlat;
-                for (size_t k = 0; k < nlat; k++) b.guided[k] = uncond[k] + p->cfg_scale * (cond[k] - uncond[k]);
-                e = b.guided;
-            }
-            float *lat = b.lat + item * nlat;
-            sampler_step(&s[item], i, lat, e, &rng[item]);
-            if (blend) { // keep the (re-noised) original outside the mask
-                const float *orig = b.img_lat + item * nlat;
-                if (i + 1 < evals) {
-                    sampler_add_noise(&s[item], i + 1, orig, b.noise + item * nlat, b.proper);
-                    orig = b.proper;
-                }
-                for (size_t k = 0; k < nlat; k++) {
-                    float mk = b.mask_lat[k % plane];
-                    lat[k] = (1.0f - mk) * orig[k] + mk * lat[k];
-                }
-            }
-        }
-        if (progress) progress(user, i - begin + 1, evals - begin);
+    if (rc) {
+        sd_run_free(r);
+        return rc;
     }
+    *out = r;
+    return 0;
+}
 
-    // ---- outputs
-    if (!rc && latents) memcpy(latents, b.lat, (size_t)B * nlat * sizeof(float));
-    if (!rc && images) {
-        const float sf = vae_config(m->vae)->scaling_factor;
-        const VaeTiling vt = gen_tiling(m, p);
-        rc = vae_reserve_tiled(m->vae, 1, H, W, &vt, err);
-        for (int i = 0; !rc && i < B; i++) {
-            for (size_t k = 0; k < nlat; k++) b.guided[k] = b.lat[i * nlat + k] / sf;
-            backend_upload_f32(be, &t.z, b.guided, nlat);
-            rc = vae_decode_tiled(m->vae, &t.z, &t.image, &vt, err);
-            if (!rc) backend_download_f32(be, images + (size_t)i * 3 * npix, &t.image, 3 * npix);
+int sd_run_next(SdRun *r, Tensor **x, const float **timesteps, Tensor **ctx, Tensor **out) {
+    if (r->i >= r->evals) return 1;
+    const int B = r->p.batch, cin = r->cin;
+    const size_t nlat = r->nlat, plane = r->plane;
+    GenBuffers *b = &r->b;
+    const float cin_scale = sampler_input_scale(&r->s[0], r->i);
+    for (int k = 0; k < r->rows; k++) {
+        const int item = k % B;
+        float *dst = b->xin + (size_t)k * cin * plane;
+        const float *lat = b->lat + item * nlat;
+        for (size_t q = 0; q < nlat; q++) dst[q] = lat[q] * cin_scale;
+        if (cin == 9) { // [latent, mask, masked-image latent]
+            memcpy(dst + nlat, b->mask_lat, plane * sizeof(float));
+            memcpy(dst + nlat + plane, b->masked_lat + item * nlat, nlat * sizeof(float));
         }
     }
-    for (int i = 0; i < n_init; i++) sampler_free(&s[i]);
-    free(s);
-    free(rng);
-    free(host);
-    arena_free(&a);
+    backend_upload_f32(r->m->be, &r->t.x, b->xin, (size_t)r->rows * cin * plane);
+    for (int k = 0; k < r->rows; k++) r->tsp[k] = sampler_timestep(&r->s[0], r->i);
+    *x = &r->t.x, *timesteps = r->tsp, *ctx = &r->t.ctx, *out = &r->t.out;
+    return 0;
+}
+
+int sd_run_step(SdRun *r, ProgressFn progress, void *user, SdcError *err) {
+    if (r->i >= r->evals) return sdc_err(err, SDC_ERR_INTERNAL, "sd_run_step after the last evaluation");
+    const GenParams *p = &r->p;
+    const int B = p->batch, blend = p->mode == GEN_INPAINT && r->cin == 4, i = r->i;
+    const size_t nlat = r->nlat, plane = r->plane;
+    GenBuffers *b = &r->b;
+    backend_download_f32(r->m->be, b->eps, &r->t.out, (size_t)r->rows * nlat);
+    for (int item = 0; item < B; item++) {
+        const float *e = b->eps + (size_t)item * nlat;
+        if (r->guided) {
+            const float *uncond = e, *cond = b->eps + (size_t)(B + item) * nlat;
+            for (size_t k = 0; k < nlat; k++) b->guided[k] = uncond[k] + p->cfg_scale * (cond[k] - uncond[k]);
+            e = b->guided;
+        }
+        float *lat = b->lat + item * nlat;
+        sampler_step(&r->s[item], i, lat, e, &r->rng[item]);
+        if (blend) { // keep the (re-noised) original outside the mask
+            const float *orig = b->img_lat + item * nlat;
+            if (i + 1 < r->evals) {
+                sampler_add_noise(&r->s[item], i + 1, orig, b->noise + item * nlat, b->proper);
+                orig = b->proper;
+            }
+            for (size_t k = 0; k < nlat; k++) {
+                float mk = b->mask_lat[k % plane];
+                lat[k] = (1.0f - mk) * orig[k] + mk * lat[k];
+            }
+        }
+    }
+    r->i++;
+    if (progress) progress(user, i - r->begin + 1, r->evals - r->begin);
+    return 0;
+}
+
+int sd_run_finish(SdRun *r, float *latents, float *images, SdcError *err) {
+    SdModel *m = r->m;
+    const int B = r->p.batch, H = r->p.height, W = r->p.width;
+    const size_t nlat = r->nlat, npix = r->npix;
+    GenBuffers *b = &r->b;
+    if (latents) memcpy(latents, b->lat, (size_t)B * nlat * sizeof(float));
+    if (!images) return 0;
+    const float sf = vae_config(m->vae)->scaling_factor;
+    const VaeTiling vt = gen_tiling(m, &r->p);
+    SDC_TRY(vae_reserve_tiled(m->vae, 1, H, W, &vt, err));
+    for (int i = 0; i < B; i++) {
+        for (size_t k = 0; k < nlat; k++) b->guided[k] = b->lat[i * nlat + k] / sf;
+        backend_upload_f32(m->be, &r->t.z, b->guided, nlat);
+        SDC_TRY(vae_decode_tiled(m->vae, &r->t.z, &r->t.image, &vt, err));
+        backend_download_f32(m->be, images + (size_t)i * 3 * npix, &r->t.image, 3 * npix);
+    }
+    return 0;
+}
+
+int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents, float *images,
+                ProgressFn progress, void *user, SdcError *err) {
+    SdRun *r;
+    SDC_TRY(sd_run_begin(m, p, ctx, &r, err));
+    Tensor *x, *c, *out;
+    const float *ts;
+    int rc = 0;
+    while (!rc && !sd_run_next(r, &x, &ts, &c, &out)) {
+        rc = unet_forward(m->unet, out, x, ts, c, err);
+        if (!rc) rc = sd_run_step(r, progress, user, err);
+    }
+    if (!rc) rc = sd_run_finish(r, latents, images, err);
+    sd_run_free(r);
     return rc;
 }

@@ -26,11 +26,6 @@ typedef struct SdModel {
     ClipModel *clip;
     Unet *unet;
     Vae *vae;
-    // The UNet pass sd_generate runs (unet_forward when NULL): a pipeline
-    // over ranks sets its own (mpi/pp.h), called with unet_user.
-    int (*unet_fn)(void *user, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
-                   SdcError *err);
-    void *unet_user;
 } SdModel;
 
 typedef enum { GEN_TXT2IMG = 0, GEN_IMG2IMG = 1, GEN_INPAINT = 2 } GenMode;
@@ -92,5 +87,25 @@ int sd_plan_bytes(SdModel *m, const GenParams *p, size_t *bytes, SdcError *err);
 // blended outside the mask after every step (diffusers' legacy inpainting).
 int sd_generate(SdModel *m, const GenParams *p, const float *ctx, float *latents, float *images,
                 ProgressFn progress, void *user, SdcError *err);
+
+// sd_generate in steps, for a caller that runs the UNet passes itself (a
+// pipeline over ranks keeps several runs in flight, mpi/pp.h):
+//   sd_run_begin(m, p, ctx, &r, err);
+//   while (!sd_run_next(r, &x, &ts, &c, &out)) { out = UNet(x, ts, c); sd_run_step(r, ...); }
+//   sd_run_finish(r, latents, images, err); sd_run_free(r);
+// gives what sd_generate gives, bit for bit. Runs share the model's VAE and
+// UNet arenas: begin and finish use the VAE, begin plans the UNet for the
+// run's rows.
+typedef struct SdRun SdRun;
+int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, SdcError *err);
+// The next evaluation's UNet input, time steps, context and output tensor
+// (on the model's backend): 0 when one is due, 1 when the denoising is done.
+int sd_run_next(SdRun *r, Tensor **x, const float **timesteps, Tensor **ctx, Tensor **out);
+// After *out holds the UNet's output for the inputs sd_run_next gave:
+// guidance and the samplers' step (progress called as sd_generate calls it).
+int sd_run_step(SdRun *r, ProgressFn progress, void *user, SdcError *err);
+// Latents (batch, 4, h, w) and/or images (batch, 3, H, W), either may be NULL.
+int sd_run_finish(SdRun *r, float *latents, float *images, SdcError *err);
+void sd_run_free(SdRun *r);
 
 #endif
