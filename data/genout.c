@@ -1,11 +1,16 @@
 // genout.c: the generation output file (see genout.h, data/README.md).
+#define _GNU_SOURCE // realpath, st_mtim
 #include "data/genout.h"
 
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "data/fsutil.h"
 
 #define DEFLATE_LEVEL 3
 
@@ -88,12 +93,69 @@ void genout_sha256(const void *data, size_t n, uint8_t out[32]) {
     sha_final(&s, out);
 }
 
+// The hash cache (as A1111 keeps one): lines "size mtime_ns sha256 path" in
+// $SDC_CACHE_DIR, else $XDG_CACHE_HOME/sdc, else ~/.cache/sdc,
+// model-hashes.tsv. A file whose size or mtime changed is hashed again.
+// Best effort: a cache that cannot be read or written only costs the time.
+static int hash_cache_path(char *buf, size_t n) {
+    const char *d = getenv("SDC_CACHE_DIR"), *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME");
+    if (d && d[0]) snprintf(buf, n, "%s", d);
+    else if (x && x[0]) snprintf(buf, n, "%s/sdc", x);
+    else if (h && h[0]) snprintf(buf, n, "%s/.cache/sdc", h);
+    else return 0;
+    return 1;
+}
+
+static int hash_cache_find(const char *path, const struct stat *st, char hex[65]) {
+    char dir[1024], file[1100], line[4400], key[2100];
+    if (!hash_cache_path(dir, sizeof dir)) return 0;
+    snprintf(file, sizeof file, "%s/model-hashes.tsv", dir);
+    FILE *f = fopen(file, "r");
+    if (!f) return 0;
+    snprintf(key, sizeof key, "%lld\t%lld\t", (long long)st->st_size,
+             (long long)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec);
+    int found = 0;
+    while (fgets(line, sizeof line, f)) { // the last matching line wins
+        size_t len = strcspn(line, "\n");
+        line[len] = 0;
+        const size_t kl = strlen(key);
+        if (strncmp(line, key, kl) || len < kl + 65 || line[kl + 64] != '\t' || strcmp(line + kl + 65, path)) continue;
+        memcpy(hex, line + kl, 64);
+        hex[64] = 0;
+        found = strspn(hex, "0123456789abcdef") == 64;
+    }
+    fclose(f);
+    return found;
+}
+
+static void hash_cache_add(const char *path, const struct stat *st, const char hex[65]) {
+    char dir[1024], file[1100], line[2400];
+    SdcError e = {0};
+    if (!hash_cache_path(dir, sizeof dir) || fs_mkdir_p(dir, &e)) return;
+    snprintf(file, sizeof file, "%s/model-hashes.tsv", dir);
+    int n = snprintf(line, sizeof line, "%lld\t%lld\t%s\t%s\n", (long long)st->st_size,
+                     (long long)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec, hex, path);
+    if (n <= 0 || n >= (int)sizeof line || strchr(path, '\n')) return;
+    int fd = open(file, O_WRONLY | O_APPEND | O_CREAT, 0644); // one write: whole lines even with writers in parallel
+    if (fd < 0) return;
+    if (write(fd, line, (size_t)n) != n) { /* best effort */ }
+    close(fd);
+}
+
 int genout_model_hash(const char *model_path, char short_hex[11], char full_hex[65], SdcError *err) {
-    char p[2048];
+    char p[2048], real[PATH_MAX];
     struct stat st;
     if (!stat(model_path, &st) && S_ISDIR(st.st_mode))
         snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", model_path);
     else snprintf(p, sizeof p, "%s", model_path);
+    const int cacheable = realpath(p, real) && !stat(real, &st) && S_ISREG(st.st_mode);
+    char hex[65];
+    if (cacheable && hash_cache_find(real, &st, hex)) {
+        if (full_hex) memcpy(full_hex, hex, 65);
+        memcpy(short_hex, hex, 10);
+        short_hex[10] = 0;
+        return 0;
+    }
     FILE *f = fopen(p, "rb");
     if (!f) return sdc_err(err, SDC_ERR_IO, "%s: cannot read the model file to hash it", p);
     Sha256 s;
@@ -107,8 +169,8 @@ int genout_model_hash(const char *model_path, char short_hex[11], char full_hex[
     fclose(f);
     if (bad) return sdc_err(err, SDC_ERR_IO, "%s: read error while hashing", p);
     sha_final(&s, d);
-    char hex[65];
     for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    if (cacheable) hash_cache_add(real, &st, hex);
     if (full_hex) memcpy(full_hex, hex, 65);
     memcpy(short_hex, hex, 10);
     short_hex[10] = 0;

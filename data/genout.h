@@ -42,7 +42,9 @@ int genout_close(GenOut *g, SdcError *err);
 
 // The model's hash as A1111 shows it ("Model hash"): the first 10 hex digits
 // of the SHA-256 of the weights file (a diffusers folder: of
-// unet/diffusion_pytorch_model.safetensors). full: all 64 digits.
+// unet/diffusion_pytorch_model.safetensors). full: all 64 digits. Cached
+// by (path, size, mtime) in $SDC_CACHE_DIR (default ~/.cache/sdc), so a
+// requeued or array job does not read a 4 GB file again.
 int genout_model_hash(const char *model_path, char short_hex[11], char full_hex[65], SdcError *err);
 // SHA-256 of n bytes (FIPS 180-4).
 void genout_sha256(const void *data, size_t n, uint8_t out[32]);

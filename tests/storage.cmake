@@ -70,6 +70,21 @@ if(TARGET sdc)
     ${SDC} generate -m ${SDC_DEMO} -p 'a red fox' -b 6 -W 64 -H 64 --steps 2 --output-h5 ${ST}/r.h5 2>&1 | grep -q 'wrote 1 items .*5 already done'
     ${PY} compare ${ST}/r0.h5 ${ST}/r.h5 | tail -1")
 
+  # The model hash of a generation output (A1111's: SHA-256 of the weights
+  # file) is cached by path, size and mtime: the cached value is sha256sum's,
+  # a second run reuses it, a touched file is hashed again.
+  add_test(NAME storage_model_hash_cache COMMAND sh -c "
+    set -e; rm -rf ${ST}/hc ${ST}/hc*.h5 && mkdir -p ${ST}/hc && cp ${SDC_DEMO} ${ST}/hc/m.safetensors
+    export SDC_CACHE_DIR=${ST}/hc/cache
+    g() { ${SDC} generate -q -m ${ST}/hc/m.safetensors -p x -W 64 -H 64 --steps 1 -t 1 --output-h5 ${ST}/hc$1.h5; }
+    g 1; g 2
+    want=$(sha256sum ${ST}/hc/m.safetensors | cut -c1-64)
+    test $(grep -c $want ${ST}/hc/cache/model-hashes.tsv) -eq 1
+    touch -d '2001-01-01' ${ST}/hc/m.safetensors; g 3
+    test $(wc -l < ${ST}/hc/cache/model-hashes.tsv) -eq 2
+    /usr/bin/python3 -c \"import h5py,sys; h=[h5py.File('${ST}/hc%d.h5' % i)['model_hash'][0].decode() for i in (1,2,3)]; sys.exit(0 if h == ['$want'[:10]]*3 else 1)\"
+    echo '1 passed, 0 failed'")
+
   # h5py reads the checkpoint layout (and verifies every CRC32 itself).
   add_test(NAME storage_interop_checkpoint COMMAND sh -c "
     set -e; ${SDC} convert -q -m ${CMAKE_SOURCE_DIR}/tests/fixtures/tiny-sd2 -o ${ST}/sd2.h5 --dtype bf16
