@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -207,9 +208,22 @@ static const char *mode_name(GenMode m) {
 // ----------------------------------------------------------------------------
 // the sweep: every item a generation job makes
 
+// A prompt file line's own settings (kohya's sample-prompt options:
+// "PROMPT --n NEGATIVE --d SEED --s STEPS --l CFG --ss SAMPLER --w W --h H").
+typedef struct PromptOpts {
+    char *negative;         // NULL: the job's
+    int has_seed, steps;    // steps 0: the job's
+    int64_t seed;
+    float cfg;              // < 0: the job's
+    int has_sampler;
+    SamplerKind sampler;
+} PromptOpts;
+
 typedef struct Sweep {
     const char **prompts; // the manifest's prompts, then prompts_file's lines
-    char **own;           // prompts_file's lines (owned)
+    char **own;           // prompts_file's lines (owned), the prompt part once options are parsed
+    int64_t *own_line;    // their line numbers
+    PromptOpts *opts;     // (n_prompts) per prompt: the file's options (zeroed for the manifest's)
     int64_t n_prompts, n_own;
     int64_t n;            // items in the whole sweep
     int64_t lo, hi;       // this shard's items [lo, hi)
@@ -221,11 +235,12 @@ typedef struct Sweep {
 
 static void sweep_free(Sweep *sw) {
     for (int64_t i = 0; i < sw->n_own; i++) free(sw->own[i]);
-    free(sw->own), free(sw->prompts), free(sw->items), free(sw->prompt_of), free(sw->kind);
+    for (int64_t i = 0; sw->opts && i < sw->n_prompts; i++) free(sw->opts[i].negative);
+    free(sw->own), free(sw->own_line), free(sw->prompts), free(sw->items), free(sw->prompt_of), free(sw->kind), free(sw->opts);
     memset(sw, 0, sizeof *sw);
 }
 
-// prompts_file: one prompt a line; empty and all-blank lines skipped
+// prompts_file: one prompt a line; empty, all-blank and '#' lines skipped
 static int read_prompts_file(const char *path, Sweep *sw, SdcError *err) {
     FILE *f = fopen(path, "r");
     if (!f) return sdc_err(err, SDC_ERR_IO, "--from-file %s: cannot open (%s)", path, strerror(errno));
@@ -233,6 +248,7 @@ static int read_prompts_file(const char *path, Sweep *sw, SdcError *err) {
     size_t cap = 0, have = 0;
     ssize_t len;
     int rc = 0;
+    int64_t lineno = 0;
     while ((len = getline(&line, &cap, f)) >= 0) {
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
         if ((size_t)len != strlen(line)) {
@@ -240,15 +256,19 @@ static int read_prompts_file(const char *path, Sweep *sw, SdcError *err) {
                          (long long)sw->n_own + 1);
             break;
         }
-        if (strspn(line, " \t") == (size_t)len) continue;
+        lineno++;
+        const size_t lead = strspn(line, " \t");
+        if (lead == (size_t)len || line[lead] == '#') continue; // blank, or a comment (as kohya's files have)
         if (sw->n_own == (int64_t)have) {
             have = have ? 2 * have : 64;
             char **o = realloc(sw->own, have * sizeof *o);
-            SDC_CHECK(o);
-            sw->own = o;
+            int64_t *ln = realloc(sw->own_line, have * sizeof *ln);
+            SDC_CHECK(o && ln);
+            sw->own = o, sw->own_line = ln;
         }
-        sw->own[sw->n_own] = strdup(line);
+        sw->own[sw->n_own] = strdup(line + lead);
         SDC_CHECK(sw->own[sw->n_own]);
+        sw->own_line[sw->n_own] = lineno;
         sw->n_own++;
     }
     if (!rc && ferror(f)) rc = sdc_err(err, SDC_ERR_IO, "--from-file %s: read error", path);
@@ -258,17 +278,90 @@ static int read_prompts_file(const char *path, Sweep *sw, SdcError *err) {
     return rc;
 }
 
+// Splits a prompt file line at " --" into the prompt (kept in place) and
+// kohya's options, into o; the line number and file name for messages. An
+// option for a setting the job sweeps, or a size other than the run's, is
+// refused; unknown options are refused too (a typo would silently change
+// nothing).
+static int parse_prompt_options(char *line, const char *path, int64_t lineno, const Sdc__Generate *g, int W, int H,
+                                PromptOpts *o, SdcError *err) {
+    memset(o, 0, sizeof *o);
+    o->cfg = -1;
+    char *cut = strstr(line, " --");
+    if (!cut) return 0;
+    char *opts = cut + 3;
+    *cut = 0;
+    for (char *q = cut - 1; q >= line && (*q == ' ' || *q == '\t'); q--) *q = 0; // trailing blanks of the prompt
+    while (opts && *opts) {
+        char *next = strstr(opts, " --");
+        if (next) *next = 0;
+        char *sp = strchr(opts, ' ');
+        const char *key = opts, *val = sp ? sp + 1 : "";
+        if (sp) *sp = 0;
+        while (*val == ' ') val++;
+        char *end = (char *)val + strlen(val);
+        while (end > val && (end[-1] == ' ' || end[-1] == '\t')) *--end = 0;
+        char *e = NULL;
+        errno = 0;
+        int bad = !*val;
+        if (!bad && !strcasecmp(key, "n")) {
+            free(o->negative);
+            o->negative = strdup(val);
+            SDC_CHECK(o->negative);
+        } else if (!bad && !strcasecmp(key, "d")) {
+            long long v = strtoll(val, &e, 10);
+            bad = errno || *e || v < 0;
+            o->seed = v, o->has_seed = 1;
+        } else if (!bad && !strcasecmp(key, "s")) {
+            long v = strtol(val, &e, 10);
+            bad = errno || *e || v < 1 || v > 1000 || g->n_sweep_steps;
+            o->steps = (int)v;
+        } else if (!bad && !strcasecmp(key, "l")) {
+            float v = strtof(val, &e);
+            bad = errno || *e || !(v >= 0 && v <= 100) || g->n_sweep_cfg_scale;
+            o->cfg = v;
+        } else if (!bad && !strcasecmp(key, "ss")) {
+            SdcError e2 = {0};
+            bad = sampler_parse(val, &o->sampler, &e2) || g->n_sweep_sampler;
+            o->has_sampler = 1;
+        } else if (!bad && (!strcasecmp(key, "w") || !strcasecmp(key, "h"))) {
+            long v = strtol(val, &e, 10);
+            bad = errno || *e || v != (!strcasecmp(key, "w") ? W : H);
+            if (bad)
+                return sdc_err(err, SDC_ERR_ARG, "--from-file %s line %lld: --%s %s, but this run makes %dx%d images "
+                               "(one size per run) ---> run the lines of another size with -W/-H of their own", path,
+                               (long long)lineno, key, val, W, H);
+        } else {
+            bad = 1;
+        }
+        if (bad)
+            return sdc_err(err, SDC_ERR_ARG, "--from-file %s line %lld: option --%s%s%s not understood ---> kohya's "
+                           "options: --n NEGATIVE, --d SEED, --s STEPS, --l CFG, --ss SAMPLER, --w/--h (the run's "
+                           "size); a setting the job sweeps cannot be set per line", path, (long long)lineno, key,
+                           *val ? " " : "", val);
+        opts = next ? next + 3 : NULL;
+    }
+    return 0;
+}
+
 // Items ordered prompt, cfg scale, sampler, steps, then the batch_count
 // seeds (jobs/sdc.proto): item i = ((((p * C + c) * S + s) * T + t) * B + b),
 // seed = seed + p * B + b. Only this shard's range is built.
-static int sweep_build(const Sdc__Generate *g, GenMode mode, double strength, Sweep *sw, SdcError *err) {
+static int sweep_build(const Sdc__Generate *g, GenMode mode, double strength, int W, int H, Sweep *sw,
+                       SdcError *err) {
     memset(sw, 0, sizeof *sw);
     if (g->prompts_file && g->prompts_file[0]) SDC_TRY(read_prompts_file(g->prompts_file, sw, err));
     sw->n_prompts = (int64_t)g->n_prompts + sw->n_own;
     sw->prompts = malloc((size_t)sw->n_prompts * sizeof *sw->prompts);
-    SDC_CHECK(sw->prompts);
-    for (int64_t i = 0; i < sw->n_prompts; i++)
+    sw->opts = calloc((size_t)sw->n_prompts, sizeof *sw->opts);
+    SDC_CHECK(sw->prompts && sw->opts);
+    for (int64_t i = 0; i < sw->n_prompts; i++) {
+        sw->opts[i].cfg = -1;
         sw->prompts[i] = i < (int64_t)g->n_prompts ? g->prompts[i] : sw->own[i - (int64_t)g->n_prompts];
+        if (i >= (int64_t)g->n_prompts)
+            SDC_TRY(parse_prompt_options(sw->own[i - (int64_t)g->n_prompts], g->prompts_file, sw->own_line[i - (int64_t)g->n_prompts],
+                                         g, W, H, &sw->opts[i], err));
+    }
     const int64_t C = g->n_sweep_cfg_scale ? (int64_t)g->n_sweep_cfg_scale : 1;
     const int64_t S = g->n_sweep_sampler ? (int64_t)g->n_sweep_sampler : 1;
     const int64_t T = g->n_sweep_steps ? (int64_t)g->n_sweep_steps : 1, B = g->batch_count;
@@ -289,6 +382,8 @@ static int sweep_build(const Sdc__Generate *g, GenMode mode, double strength, Sw
     sw->max_cfg = g->cfg_scale;
     for (int64_t c = 0; c < C; c++)
         if (g->n_sweep_cfg_scale && (c == 0 || g->sweep_cfg_scale[c] > sw->max_cfg)) sw->max_cfg = g->sweep_cfg_scale[c];
+    for (int64_t i = 0; i < sw->n_prompts; i++)
+        if (sw->opts[i].cfg > sw->max_cfg) sw->max_cfg = sw->opts[i].cfg;
     for (int64_t j = 0; j < m; j++) {
         const int64_t i = sw->lo + j, b = i % B;
         int64_t r = i / B;
@@ -297,12 +392,15 @@ static int sweep_build(const Sdc__Generate *g, GenMode mode, double strength, Sw
         const int64_t s = r % S;
         r /= S;
         const int64_t c = r % C, p = r / C;
+        const PromptOpts *o = &sw->opts[p];
         sw->prompt_of[j] = p;
-        sw->kind[j] = kinds[s];
-        sw->items[j] = (GenItem){.prompt = sw->prompts[p], .negative_prompt = g->negative_prompt,
-                                 .sampler = sampler_display_name(kinds[s]), .index = i, .seed = g->seed + p * B + b,
-                                 .steps = g->n_sweep_steps ? g->sweep_steps[t] : g->steps,
-                                 .cfg = g->n_sweep_cfg_scale ? g->sweep_cfg_scale[c] : g->cfg_scale,
+        sw->kind[j] = o->has_sampler ? o->sampler : kinds[s];
+        sw->items[j] = (GenItem){.prompt = sw->prompts[p], .negative_prompt = o->negative ? o->negative
+                                                                                          : g->negative_prompt,
+                                 .sampler = sampler_display_name(sw->kind[j]), .index = i,
+                                 .seed = (o->has_seed ? o->seed : g->seed + p * B) + b,
+                                 .steps = o->steps ? o->steps : g->n_sweep_steps ? g->sweep_steps[t] : g->steps,
+                                 .cfg = o->cfg >= 0 ? o->cfg : g->n_sweep_cfg_scale ? g->sweep_cfg_scale[c] : g->cfg_scale,
                                  .strength = mode == GEN_TXT2IMG ? 1.0f : (float)strength};
     }
     return 0;
@@ -322,11 +420,10 @@ static void shard_path(char *buf, size_t n, const char *out, int index, int coun
 // A1111's "parameters" text of a PNG: prompt, "Negative prompt: ..." (only
 // when given), then the settings.
 static void png_parameters(char *buf, size_t cap, const Sdc__Job *job, const GenItem *it, GenMode mode, int W, int H) {
-    const Sdc__Generate *g = job->generate;
     const char *name = strrchr(job->model->path, '/');
     size_t len = (size_t)snprintf(buf, cap, "%s\n", it->prompt);
-    if (g->negative_prompt && g->negative_prompt[0] && len < cap)
-        len += (size_t)snprintf(buf + len, cap - len, "Negative prompt: %s\n", g->negative_prompt);
+    if (it->negative_prompt && it->negative_prompt[0] && len < cap)
+        len += (size_t)snprintf(buf + len, cap - len, "Negative prompt: %s\n", it->negative_prompt);
     if (len < cap)
         len += (size_t)snprintf(buf + len, cap - len, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %lld, Size: %dx%d, "
                                 "Model: %s", it->steps, it->sampler, it->cfg, (long long)it->seed, W, H,
@@ -387,7 +484,7 @@ static int pipeline_runs(const Sdc__Job *job, SdModel *m, const GenInputs *in, c
     for (int q = 0; !rc && q < nq; q++) {
         const GenItem *it = &sw->items[start[q]];
         float *ctx = ctxs + (size_t)q * nctx;
-        rc = sd_encode_prompt(m, it->prompt, g->negative_prompt, job->model->clip_skip, ctx, err);
+        rc = sd_encode_prompt(m, it->prompt, it->negative_prompt, job->model->clip_skip, ctx, err);
         GenParams p = gen_params(g, in, sw->kind[start[q]], strength);
         p.seed = (uint64_t)it->seed, p.batch = len[q], p.steps = it->steps, p.cfg_scale = it->cfg;
         if (!rc) rc = sd_run_begin(m, &p, ctx, &run[q], err);
@@ -530,7 +627,7 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
             k = run_len[kr];
             if (sw->prompt_of[s0] != last_prompt) {
                 const double t = mono_s();
-                lrc = sd_encode_prompt(m, it->prompt, g->negative_prompt, job->model->clip_skip, ctx, err);
+                lrc = sd_encode_prompt(m, it->prompt, it->negative_prompt, job->model->clip_skip, ctx, err);
                 last_prompt = sw->prompt_of[s0];
                 text_s = mono_s() - t;
             }
@@ -772,7 +869,7 @@ static int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *er
         }
     }
     Sweep sw;
-    if (!rc) rc = sweep_build(g, in.mode, strength, &sw, err);
+    if (!rc) rc = sweep_build(g, in.mode, strength, in.width, in.height, &sw, err);
     else memset(&sw, 0, sizeof sw);
     if (!rc) { // refuse a request the model cannot serve, or that cannot fit, before any work
         GenParams chk = gen_params(g, &in, sk, strength);

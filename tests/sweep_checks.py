@@ -175,6 +175,33 @@ def main():
     rc, out = run(base + ["--output-h5", os.path.join(work, "bad.h5"), "--pipeline-stages", 2], ranks=3)
     check(rc != 0 and "needs a multiple of 2 MPI ranks" in out, f"--pipeline-stages 2 on 3 ranks refused (exit {rc})")
 
+    # kohya's per-line options in a prompt file (--n --d --s --l --ss --w --h; '#' comments)
+    kp = os.path.join(work, "kohya.txt")
+    with open(kp, "w") as f:
+        f.write("# sample prompts\na red fox --n blurry, lowres --d 1234 --s 3 --l 5.5\n"
+                "  a cat --ss dpm++2m --w 64 --h 64\n")
+    ko = os.path.join(work, "k.h5")
+    rc, out = run([sdc, "generate", "-q", "-m", model, "--from-file", kp, "-W", 64, "-H", 64, "--steps", 2, "-b", 2,
+                   "-t", 1, "--output-h5", ko])
+    K = h5(ko) if rc == 0 else None
+    with h5py.File(ko, "r") as f:
+        neg = [x.decode() for x in f["negative_prompt"][()]] if rc == 0 else []
+    got = [(K["prompt"][i].decode(), neg[i], int(K["seed"][i]), int(K["steps"][i]), float(K["cfg"][i]),
+            K["sampler"][i].decode()) for i in range(4)] if K else []
+    want = [("a red fox", "blurry, lowres", 1234, 3, 5.5, "Euler"), ("a red fox", "blurry, lowres", 1235, 3, 5.5,
+            "Euler"), ("a cat", "", 44, 2, 7.0, "DPM++ 2M"), ("a cat", "", 45, 2, 7.0, "DPM++ 2M")]
+    o = os.path.join(work, "kref.png")
+    rc2, _ = run([sdc, "generate", "-q", "-m", model, "-p", "a red fox", "-n", "blurry, lowres", "-s", 1234, "--steps",
+                  3, "--cfg-scale", 5.5, "-W", 64, "-H", 64, "-b", 2, "-t", 1, "-o", o])
+    same = rc2 == 0 and K is not None and np.array_equal(png(o.replace(".png", "_2.png"))[0], K["images"][1])
+    check(rc == 0 and got == want and same, f"kohya prompt-file options: items {got == want and 'as the lines say' or got}"
+          f"; item 1 equals sdc generate -p 'a red fox' -n 'blurry, lowres' -s 1234 --steps 3 --cfg-scale 5.5: {same}")
+    for line, needle in (("x --w 128", "one size per run"), ("x --zz 1", "not understood")):
+        with open(kp, "w") as f:
+            f.write(line + "\n")
+        rc, out = run([sdc, "generate", "-m", model, "--from-file", kp, "-W", 64, "-H", 64, "-o", o])
+        check(rc != 0 and needle in out, f"prompt line '{line}' refused: exit {rc}")
+
     # refused: another sweep's file, bad lists, bad shards
     rc, out = run(base[:-6] + ["--cfg-scale", "1,8", "--sampler", "euler_a,dpm++2m", "--steps", "2,3", "-t", 1,
                                 "--output-h5", full])
