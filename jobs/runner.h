@@ -22,6 +22,8 @@ int runner_prediction(const Sdc__Job *job);
 // up front and kept until the model is freed).
 struct Backend;
 void runner_print_peak_memory(const struct Backend *be);
+// `sdc generate` (jobs/generate_runner.c).
+int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 // `sdc train dreambooth` (jobs/train_runner.c).
 int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
