@@ -99,6 +99,8 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --prediction-type T   epsilon | v_prediction (default: from the model)\n"
             "      --lora FILE[:W]       merge a LoRA (kohya or diffusers .safetensors) at weight W (default 1.0)\n"
             "                            into the weights; repeat for several\n"
+            "      --lora-model-dir DIR  where <lora:NAME:WEIGHT> in a prompt finds NAME.safetensors (A1111 /\n"
+            "                            stable-diffusion.cpp syntax; the same tags in every prompt of a run)\n"
             "  -p, --prompt TEXT         the prompt\n"
             "  -n, --negative-prompt T   the negative prompt (default: empty)\n"
             "      --steps N             denoising steps (default 20)\n"
@@ -320,6 +322,9 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
                 SDC_CHECK(md->lora);
                 md->lora[md->n_lora++] = dup_str(v);
             }
+        } else if (FLAG(NULL, "--lora-model-dir")) {
+            const char *v = VALUE();
+            if (v) set_str(g, "lora_model_dir", v);
         } else if (FLAG(NULL, "--prediction-type")) {
             const char *v = VALUE();
             if (v) set_str(job->model, "prediction_type", v);

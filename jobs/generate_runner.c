@@ -226,6 +226,7 @@ typedef struct Sweep {
     char **own;           // prompts_file's lines (owned), the prompt part once options are parsed
     int64_t *own_line;    // their line numbers
     PromptOpts *opts;     // (n_prompts) per prompt: the file's options (zeroed for the manifest's)
+    char **clean;         // (n_prompts) the prompts without their <lora:...> tags: what the text encoder sees
     int64_t n_prompts, n_own;
     int64_t n;            // items in the whole sweep
     int64_t lo, hi;       // this shard's items [lo, hi)
@@ -238,6 +239,8 @@ typedef struct Sweep {
 static void sweep_free(Sweep *sw) {
     for (int64_t i = 0; i < sw->n_own; i++) free(sw->own[i]);
     for (int64_t i = 0; sw->opts && i < sw->n_prompts; i++) free(sw->opts[i].negative);
+    for (int64_t i = 0; sw->clean && i < sw->n_prompts; i++) free(sw->clean[i]);
+    free(sw->clean);
     free(sw->own), free(sw->own_line), free(sw->prompts), free(sw->items), free(sw->prompt_of), free(sw->kind), free(sw->opts);
     memset(sw, 0, sizeof *sw);
 }
@@ -346,6 +349,102 @@ static int parse_prompt_options(char *line, const char *path, int64_t lineno, co
     return 0;
 }
 
+// A1111's and stable-diffusion.cpp's LoRA tags in a prompt, "<lora:NAME>" or
+// "<lora:NAME:WEIGHT>": the prompt without them into clean (what the text
+// encoder sees; the item keeps the prompt as written, so its PNG and HDF5
+// metadata name the LoRAs), the tags into tags[0..*n) as DIR/NAME.safetensors
+// (or NAME.h5, an sdc LoRA checkpoint) at WEIGHT, sorted by path.
+#define MAX_PROMPT_LORAS 16
+static int prompt_lora_tags(const char *text, const char *dir, char *clean, size_t cap, LoraSpec *tags, int *n,
+                            SdcError *err) {
+    size_t o = 0;
+    *n = 0;
+    for (const char *q = text; *q;) {
+        const char *tag = strstr(q, "<lora:");
+        const size_t keep = tag ? (size_t)(tag - q) : strlen(q);
+        if (o + keep >= cap) return sdc_err(err, SDC_ERR_ARG, "prompt too long (%zu bytes)", strlen(text));
+        memcpy(clean + o, q, keep), o += keep;
+        if (!tag) break;
+        const char *end = strchr(tag, '>');
+        if (!end || end == tag + 6)
+            return sdc_err(err, SDC_ERR_ARG, "prompt \"%.80s\": a <lora:NAME:WEIGHT> tag is not closed", text);
+        if (*n == MAX_PROMPT_LORAS)
+            return sdc_err(err, SDC_ERR_ARG, "prompt \"%.80s\": more than %d LoRA tags", text, MAX_PROMPT_LORAS);
+        char name[512];
+        snprintf(name, sizeof name, "%.*s", (int)(end - tag - 6), tag + 6);
+        float w = 1.0f;
+        char *colon = strrchr(name, ':');
+        if (colon) {
+            char *e;
+            errno = 0;
+            w = strtof(colon + 1, &e);
+            if (errno || e == colon + 1 || *e)
+                return sdc_err(err, SDC_ERR_ARG, "prompt tag <lora:%s>: '%s' is not a weight", name, colon + 1);
+            *colon = 0;
+        }
+        if (!dir || !dir[0])
+            return sdc_err(err, SDC_ERR_ARG, "the prompt names <lora:%s> ---> pass --lora-model-dir DIR (the folder "
+                           "of NAME.safetensors), or --lora FILE:WEIGHT", name);
+        LoraSpec *t = &tags[(*n)++];
+        snprintf(t->path, sizeof t->path, "%s/%s.safetensors", dir, name);
+        if (access(t->path, R_OK)) {
+            char h5[2048];
+            const int len = snprintf(h5, sizeof h5, "%s/%s.h5", dir, name);
+            if (len > 0 && len < (int)sizeof t->path && !access(h5, R_OK)) memcpy(t->path, h5, (size_t)len + 1);
+            else return sdc_err(err, SDC_ERR_IO, "<lora:%s>: neither %s nor %s.h5 is readable", name, t->path, name);
+        }
+        t->weight = w;
+        q = end + 1;
+    }
+    while (o > 0 && (clean[o - 1] == ' ' || clean[o - 1] == ',')) o--; // "a cat, <lora:x:1>" -> "a cat"
+    clean[o] = 0;
+    for (int i = 1; i < *n; i++) // insertion sort by path: the set, in one order
+        for (int j = i; j > 0 && strcmp(tags[j - 1].path, tags[j].path) > 0; j--) {
+            LoraSpec x = tags[j];
+            tags[j] = tags[j - 1], tags[j - 1] = x;
+        }
+    return 0;
+}
+
+// The LoRAs the prompts name (every prompt the same set: they are merged
+// into the weights once, at load), appended to *loras / *n_loras.
+static int collect_prompt_loras(const Sdc__Generate *g, LoraSpec **loras, size_t *n_loras, SdcError *err) {
+    Sweep tmp;
+    memset(&tmp, 0, sizeof tmp);
+    int rc = g->prompts_file && g->prompts_file[0] ? read_prompts_file(g->prompts_file, &tmp, err) : 0;
+    const int64_t np = (int64_t)g->n_prompts + tmp.n_own;
+    LoraSpec first[MAX_PROMPT_LORAS], cur[MAX_PROMPT_LORAS];
+    int n_first = 0, any = 0;
+    char clean[8192];
+    for (int64_t i = 0; !rc && i < np; i++) {
+        char *text = i < (int64_t)g->n_prompts ? g->prompts[i] : tmp.own[i - (int64_t)g->n_prompts];
+        char *cut = i < (int64_t)g->n_prompts ? NULL : strstr(text, " --"); // a file line's options
+        if (cut) *cut = 0;
+        int n = 0;
+        rc = prompt_lora_tags(text, g->lora_model_dir, clean, sizeof clean, i ? cur : first, &n, err);
+        if (rc) break;
+        if (i == 0) n_first = n;
+        any |= n > 0;
+        int same = i == 0 || n == n_first;
+        for (int k = 0; same && i > 0 && k < n; k++)
+            same = !strcmp(cur[k].path, first[k].path) && cur[k].weight == first[k].weight;
+        if (!same)
+            rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "prompt %lld names other LoRAs than prompt 1 (\"%.60s\") ---> "
+                         "LoRAs are merged into the weights once per run: give every prompt the same <lora:...> "
+                         "tags, or run the others as a job of their own", (long long)i + 1, text);
+    }
+    if (!rc && any) {
+        LoraSpec *l = realloc(*loras, (*n_loras + (size_t)n_first) * sizeof *l);
+        if (!l) rc = sdc_err(err, SDC_ERR_OOM, "LoRA list");
+        else {
+            memcpy(l + *n_loras, first, (size_t)n_first * sizeof *l);
+            *loras = l, *n_loras += (size_t)n_first;
+        }
+    }
+    sweep_free(&tmp);
+    return rc;
+}
+
 // Items ordered prompt, cfg scale, sampler, steps, then the batch_count
 // seeds (jobs/sdc.proto): item i = ((((p * C + c) * S + s) * T + t) * B + b),
 // seed = seed + p * B + b. Only this shard's range is built.
@@ -356,13 +455,21 @@ static int sweep_build(const Sdc__Generate *g, GenMode mode, double strength, in
     sw->n_prompts = (int64_t)g->n_prompts + sw->n_own;
     sw->prompts = malloc((size_t)sw->n_prompts * sizeof *sw->prompts);
     sw->opts = calloc((size_t)sw->n_prompts, sizeof *sw->opts);
-    SDC_CHECK(sw->prompts && sw->opts);
+    sw->clean = calloc((size_t)sw->n_prompts, sizeof *sw->clean);
+    SDC_CHECK(sw->prompts && sw->opts && sw->clean);
     for (int64_t i = 0; i < sw->n_prompts; i++) {
         sw->opts[i].cfg = -1;
         sw->prompts[i] = i < (int64_t)g->n_prompts ? g->prompts[i] : sw->own[i - (int64_t)g->n_prompts];
         if (i >= (int64_t)g->n_prompts)
             SDC_TRY(parse_prompt_options(sw->own[i - (int64_t)g->n_prompts], g->prompts_file, sw->own_line[i - (int64_t)g->n_prompts],
                                          g, W, H, &sw->opts[i], err));
+        // the tags were checked and their LoRAs merged at load (collect_prompt_loras)
+        char clean[8192];
+        LoraSpec tags[MAX_PROMPT_LORAS];
+        int nt = 0;
+        SDC_TRY(prompt_lora_tags(sw->prompts[i], g->lora_model_dir, clean, sizeof clean, tags, &nt, err));
+        sw->clean[i] = strdup(clean);
+        SDC_CHECK(sw->clean[i]);
     }
     const int64_t C = g->n_sweep_cfg_scale ? (int64_t)g->n_sweep_cfg_scale : 1;
     const int64_t S = g->n_sweep_sampler ? (int64_t)g->n_sweep_sampler : 1;
@@ -486,7 +593,8 @@ static int pipeline_runs(const Sdc__Job *job, SdModel *m, const GenInputs *in, c
     for (int q = 0; !rc && q < nq; q++) {
         const GenItem *it = &sw->items[start[q]];
         float *ctx = ctxs + (size_t)q * nctx;
-        rc = sd_encode_prompt(m, it->prompt, it->negative_prompt, job->model->clip_skip, ctx, err);
+        rc = sd_encode_prompt(m, sw->clean[sw->prompt_of[start[q]]], it->negative_prompt, job->model->clip_skip, ctx,
+                              err);
         GenParams p = gen_params(g, in, sw->kind[start[q]], strength);
         p.seed = (uint64_t)it->seed, p.batch = len[q], p.steps = it->steps, p.cfg_scale = it->cfg;
         if (!rc) rc = sd_run_begin(m, &p, ctx, &run[q], err);
@@ -629,7 +737,8 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
             k = run_len[kr];
             if (sw->prompt_of[s0] != last_prompt) {
                 const double t = mono_s();
-                lrc = sd_encode_prompt(m, it->prompt, it->negative_prompt, job->model->clip_skip, ctx, err);
+                lrc = sd_encode_prompt(m, sw->clean[sw->prompt_of[s0]], it->negative_prompt, job->model->clip_skip,
+                                       ctx, err);
                 last_prompt = sw->prompt_of[s0];
                 text_s = mono_s() - t;
             }
@@ -766,10 +875,16 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     SdModel m;
     const char *cfg = job->model->config && job->model->config[0] ? job->model->config : NULL;
     // --lora FILE[:W]: merged into the weights at load
-    const size_t n_lora = job->model->n_lora;
+    size_t n_lora = job->model->n_lora;
     LoraSpec *loras = n_lora ? calloc(n_lora, sizeof *loras) : NULL;
     if (n_lora && !loras) rc = sdc_err(err, SDC_ERR_OOM, "LoRA list");
     for (size_t i = 0; !rc && i < n_lora; i++) rc = lora_spec_parse(job->model->lora[i], &loras[i], err);
+    // <lora:NAME:WEIGHT> in the prompts (A1111, stable-diffusion.cpp), from --lora-model-dir
+    if (!rc && (rc = collect_prompt_loras(g, &loras, &n_lora, err))) {
+        free(loras);
+        backend_destroy(be);
+        return rc;
+    }
     // A LoRA training checkpoint (checkpoint-N.h5 of `sdc train dreambooth
     // --lora-rank R`) is written out as a LoRA file first (this process's own
     // temporary copy, removed after the load).

@@ -11,7 +11,10 @@
     `sdc run --shard`) together hold exactly the items of the whole sweep;
   - pipeline stages (--pipeline-stages, mpi/pp.h): 2, 2 x 2 replicas and 3
     stages with 1 to 5 runs in flight give the same file bit for bit;
-  - a file of another sweep is refused; a bad list or shard is refused.
+  - kohya's per-line prompt-file options; <lora:NAME:WEIGHT> prompt tags
+    (--lora-model-dir) give --lora's pixels;
+  - a file of another sweep is refused; a bad list, shard, prompt option or
+    LoRA tag is refused.
 numpy + h5py (/usr/bin/python3: Debian's python3-h5py). Prints one line per
 check and "N passed, N failed"; exits 1 on a failure."""
 import os
@@ -201,6 +204,31 @@ def main():
             f.write(line + "\n")
         rc, out = run([sdc, "generate", "-m", model, "--from-file", kp, "-W", 64, "-H", 64, "-o", o])
         check(rc != 0 and needle in out, f"prompt line '{line}' refused: exit {rc}")
+
+    # <lora:NAME:WEIGHT> in prompts (A1111 / stable-diffusion.cpp) from --lora-model-dir: the same pixels as
+    # --lora FILE:WEIGHT, the tag kept in the PNG's parameters, out of the text the encoder sees
+    ld = os.path.join(work, "loras")
+    os.makedirs(ld)
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "lora-demo-kohya.safetensors")
+    shutil.copy(src, os.path.join(ld, "demo.safetensors"))
+    ta, tb, tc = (os.path.join(work, f"tag{x}.png") for x in "abc")
+    one = [sdc, "generate", "-q", "-m", model, "-W", 64, "-H", 64, "--steps", 3, "-t", 1]
+    rc1, _ = run(one + ["-p", "a cat, <lora:demo:0.7>", "--lora-model-dir", ld, "-o", ta])
+    rc2, _ = run(one + ["-p", "a cat", "--lora", os.path.join(ld, "demo.safetensors") + ":0.7", "-o", tb])
+    rc3, _ = run(one + ["-p", "a cat", "-o", tc])
+    ok = rc1 == rc2 == rc3 == 0
+    pa, text = png(ta) if ok else (None, "")
+    check(ok and np.array_equal(pa, png(tb)[0]) and not np.array_equal(pa, png(tc)[0]) and
+          text.startswith("a cat, <lora:demo:0.7>\n"),
+          f"'a cat, <lora:demo:0.7>' with --lora-model-dir = 'a cat' with --lora demo.safetensors:0.7, pixel for "
+          f"pixel, != no LoRA; the PNG records '{text.splitlines()[0] if text else ''}' (exits {rc1}, {rc2}, {rc3})")
+    for args, needle in ((["-p", "a cat <lora:demo:0.7>", "-p", "a dog", "--lora-model-dir", ld], "other LoRAs"),
+                         (["-p", "a cat <lora:demo>"], "--lora-model-dir"),
+                         (["-p", "a cat <lora:nope:1>", "--lora-model-dir", ld], "nope.safetensors"),
+                         (["-p", "a cat <lora:demo:x>", "--lora-model-dir", ld], "not a weight")):
+        rc, out = run([sdc, "generate", "-m", model, "-W", 64, "-H", 64, "-o", tc] + args)
+        check(rc != 0 and needle in out, f"{' '.join(args[1:2])} refused: exit {rc}, "
+              f"'{out.strip().splitlines()[-1][:100] if out.strip() else ''}'")
 
     # refused: another sweep's file, bad lists, bad shards
     rc, out = run(base[:-6] + ["--cfg-scale", "1,8", "--sampler", "euler_a,dpm++2m", "--steps", "2,3", "-t", 1,
