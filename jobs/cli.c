@@ -99,6 +99,8 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --prediction-type T   epsilon | v_prediction (default: from the model)\n"
             "      --lora FILE[:W]       merge a LoRA (kohya or diffusers .safetensors) at weight W (default 1.0)\n"
             "                            into the weights; repeat for several\n"
+            "      --vae PATH            the VAE from this file instead (A1111 VAE .safetensors, an SD checkpoint,\n"
+            "                            a diffusers AutoencoderKL file or vae/ folder)\n"
             "      --lora-model-dir DIR  where <lora:NAME:WEIGHT> in a prompt finds NAME.safetensors (A1111 /\n"
             "                            stable-diffusion.cpp syntax; the same tags in every prompt of a run)\n"
             "  -p, --prompt TEXT         the prompt\n"
@@ -322,6 +324,9 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
                 SDC_CHECK(md->lora);
                 md->lora[md->n_lora++] = dup_str(v);
             }
+        } else if (FLAG(NULL, "--vae")) {
+            const char *v = VALUE();
+            if (v) set_str(job->model, "vae", v);
         } else if (FLAG(NULL, "--lora-model-dir")) {
             const char *v = VALUE();
             if (v) set_str(g, "lora_model_dir", v);

@@ -899,7 +899,7 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         n_tmp++;
         if (rc) sdc_err_wrap(err, "--lora %s", given[i]);
     }
-    const SdLoadOpts lo = {.loras = loras, .n_loras = (int)n_lora};
+    const SdLoadOpts lo = {.loras = loras, .n_loras = (int)n_lora, .vae = job->model->vae};
     if (!rc) rc = sd_model_load_opts(&m, job->model->path, cfg, prediction, be, &lo, err);
     for (size_t i = 0; n_tmp && i < n_lora; i++)
         if (given[i][0]) unlink(loras[i].path);

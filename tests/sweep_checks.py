@@ -12,7 +12,8 @@
   - pipeline stages (--pipeline-stages, mpi/pp.h): 2, 2 x 2 replicas and 3
     stages with 1 to 5 runs in flight give the same file bit for bit;
   - kohya's per-line prompt-file options; <lora:NAME:WEIGHT> prompt tags
-    (--lora-model-dir) give --lora's pixels;
+    (--lora-model-dir) give --lora's pixels; --vae from an A1111 VAE file, a
+    diffusers vae/ folder or a checkpoint;
   - a file of another sweep is refused; a bad list, shard, prompt option or
     LoRA tag is refused.
 numpy + h5py (/usr/bin/python3: Debian's python3-h5py). Prints one line per
@@ -21,8 +22,9 @@ import os
 import shutil
 import sys
 import time
-import zlib
+import json
 import struct
+import zlib
 
 from checklib import check, finish, run, show
 
@@ -75,6 +77,27 @@ def png(path):
     return out.reshape(h, w, 3).astype(np.uint8), text
 
 
+def st_read(path):
+    """A .safetensors file: (header dict, data bytes)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n)), f.read()
+
+
+def st_write(path, header, tensors):
+    """Writes name -> raw bytes with the dtypes/shapes of header (same names)."""
+    hdr, off, blobs = {}, 0, []
+    for name in sorted(tensors):
+        b = tensors[name]
+        hdr[name] = {"dtype": header[name]["dtype"], "shape": header[name]["shape"], "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
 def h5(path):
     with h5py.File(path, "r") as f:
         return {k: f[k][()] for k in ("images", "prompt", "sampler", "seed", "steps", "cfg", "done", "sweep_index")}
@@ -85,6 +108,7 @@ def main():
         print(__doc__)
         sys.exit(2)
     sdc, model, work = sys.argv[1:]
+    src_dir = os.path.dirname(os.path.abspath(__file__))  # tests/
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     t0 = time.time()
@@ -209,7 +233,7 @@ def main():
     # --lora FILE:WEIGHT, the tag kept in the PNG's parameters, out of the text the encoder sees
     ld = os.path.join(work, "loras")
     os.makedirs(ld)
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "lora-demo-kohya.safetensors")
+    src = os.path.join(src_dir, "fixtures", "lora-demo-kohya.safetensors")
     shutil.copy(src, os.path.join(ld, "demo.safetensors"))
     ta, tb, tc = (os.path.join(work, f"tag{x}.png") for x in "abc")
     one = [sdc, "generate", "-q", "-m", model, "-W", 64, "-H", 64, "--steps", 3, "-t", 1]
@@ -228,6 +252,49 @@ def main():
                          (["-p", "a cat <lora:demo:x>", "--lora-model-dir", ld], "not a weight")):
         rc, out = run([sdc, "generate", "-m", model, "-W", 64, "-H", 64, "-o", tc] + args)
         check(rc != 0 and needle in out, f"{' '.join(args[1:2])} refused: exit {rc}, "
+              f"'{out.strip().splitlines()[-1][:100] if out.strip() else ''}'")
+
+    # --vae: the VAE from another file. The demo model's own VAE as an A1111 VAE file (no first_stage_model.
+    # prefix), as a diffusers vae/ folder (sdc convert) and inside a whole checkpoint gives the same pixels;
+    # an A1111 VAE file with one bias changed gives the pixels of a checkpoint with that change
+    hdr, data = st_read(model)
+    raw = {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in hdr.items() if k != "__metadata__"}
+    vp = "first_stage_model."
+    a1111 = os.path.join(work, "vae-a1111.safetensors")
+    st_write(a1111, {k[len(vp):]: v for k, v in hdr.items() if k.startswith(vp)},
+             {k[len(vp):]: v for k, v in raw.items() if k.startswith(vp)})
+    bias = vp + "decoder.conv_out.bias"
+    changed = dict(raw)
+    bt = {"F32": np.float32, "F16": np.float16}[hdr[bias]["dtype"]]
+    changed[bias] = (np.frombuffer(raw[bias], bt).astype(np.float32) + 0.25).astype(bt).tobytes()
+    a1111b = os.path.join(work, "vae-a1111-b.safetensors")
+    st_write(a1111b, {k[len(vp):]: v for k, v in hdr.items() if k.startswith(vp)},
+             {k[len(vp):]: v for k, v in changed.items() if k.startswith(vp)})
+    fullb = os.path.join(work, "model-b.safetensors")
+    st_write(fullb, hdr, changed)
+    conv = os.path.join(work, "demo-diffusers")
+    rcc, _ = run([sdc, "convert", "-q", "-m", model, "-o", conv])
+    one = [sdc, "generate", "-q", "-W", 64, "-H", 64, "--steps", 3, "-t", 1, "-p", "a red fox"]
+    outs = {}
+    for name, args in (("plain", ["-m", model]), ("a1111", ["-m", model, "--vae", a1111]),
+                       ("folder", ["-m", model, "--vae", os.path.join(conv, "vae")]),
+                       ("ckpt", ["-m", model, "--vae", model]), ("a1111-b", ["-m", model, "--vae", a1111b]),
+                       ("full-b", ["-m", fullb])):
+        o = os.path.join(work, f"vae-{name}.png")
+        rc, out = run(one + args + ["-o", o])
+        outs[name] = png(o)[0] if rc == 0 else None
+    ok = rcc == 0 and all(v is not None for v in outs.values())
+    same = ok and all(np.array_equal(outs["plain"], outs[k]) for k in ("a1111", "folder", "ckpt"))
+    moved = ok and np.array_equal(outs["a1111-b"], outs["full-b"]) and not np.array_equal(outs["a1111-b"],
+                                                                                         outs["plain"])
+    check(same and moved, f"--vae: the model's VAE as an A1111 file, a diffusers vae/ folder and a checkpoint "
+          f"gives its pixels ({same}); an A1111 VAE with decoder.conv_out.bias + 0.25 gives the pixels of a "
+          f"checkpoint with that change, not the original's ({moved})")
+    for args, needle in ((["--vae", os.path.join(work, "none.safetensors")], "no such file"),
+                         (["--vae", os.path.join(src_dir, "fixtures", "lora-demo-kohya.safetensors")], "no VAE tensors")):
+        rc, out = run([sdc, "generate", "-m", model, "-W", 64, "-H", 64, "-p", "x", "-o", os.path.join(work, "e.png")]
+                      + args)
+        check(rc != 0 and needle in out, f"--vae {os.path.basename(args[1])} refused: exit {rc}, "
               f"'{out.strip().splitlines()[-1][:100] if out.strip() else ''}'")
 
     # refused: another sweep's file, bad lists, bad shards

@@ -28,7 +28,7 @@ typedef struct WEntry {
 struct ModelFiles {
     ModelInfo info;
     char path[1024];
-    StFile files[COMP_COUNT];  // single file: files[0] only
+    StFile files[COMP_COUNT + 1]; // single file: files[0] only; + a separate VAE (model_files_set_vae)
     int n_files;
     WEntry *ents[COMP_COUNT];  // sorted by name
     int n_ents[COMP_COUNT];
@@ -651,7 +651,7 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
     ModelFiles *m = calloc(1, sizeof *m);
     if (!m) return sdc_err(err, SDC_ERR_OOM, "out of memory");
     snprintf(m->path, sizeof m->path, "%s", path);
-    for (int i = 0; i < COMP_COUNT; i++) m->files[i].fd = -1;
+    for (int i = 0; i < COMP_COUNT + 1; i++) m->files[i].fd = -1;
     int rc;
     if (is_dir(path)) {
         rc = open_diffusers(m, path, err);
@@ -691,6 +691,71 @@ void model_files_close(ModelFiles *m) {
 }
 
 const ModelInfo *model_files_info(const ModelFiles *m) { return &m->info; }
+
+// ---------------------------------------------------------------------------
+// a separate VAE
+
+int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err) {
+    char p[1200];
+    if (strlen(path) > SDC_PATH_MAX) return sdc_err(err, SDC_ERR_ARG, "--vae path longer than %d characters", SDC_PATH_MAX);
+    if (is_dir(path)) { // a diffusers vae/ folder, or a model folder holding one
+        path_join(p, sizeof p, path, "diffusion_pytorch_model.safetensors", NULL);
+        if (!is_file(p)) path_join(p, sizeof p, path, "vae", "diffusion_pytorch_model.safetensors");
+        if (!is_file(p))
+            return sdc_err(err, SDC_ERR_IO, "--vae %s: no diffusion_pytorch_model.safetensors in it (or in vae/)",
+                           path);
+    } else if (is_file(path)) {
+        snprintf(p, sizeof p, "%s", path);
+    } else {
+        return sdc_err(err, SDC_ERR_IO, "--vae %s: no such file or folder", path);
+    }
+    if (m->n_files > COMP_COUNT) return sdc_err(err, SDC_ERR_INTERNAL, "model_files_set_vae called twice");
+    StFile *f = &m->files[m->n_files];
+    SDC_TRY(st_open(f, p, err));
+    m->n_files++;
+    // Which naming: a whole SD checkpoint (first_stage_model.*), an A1111 VAE
+    // file (the same names without the prefix: encoder.down.0...), or
+    // diffusers' AutoencoderKL (encoder.down_blocks.0...).
+    int full = 0, original = 0, diffusers = 0;
+    for (int i = 0; i < f->n; i++) {
+        const char *n = f->entries[i].name;
+        full |= !strncmp(n, VP, strlen(VP));
+        original |= !strncmp(n, "encoder.down.", 13) || !strncmp(n, "decoder.up.", 11);
+        diffusers |= !strncmp(n, "encoder.down_blocks.", 20) || !strncmp(n, "decoder.up_blocks.", 18);
+    }
+    if (!full && !original && !diffusers)
+        return sdc_err(err, SDC_ERR_FORMAT, "--vae %s: no VAE tensors (expected first_stage_model.*, encoder.down.* "
+                       "as A1111 VAE files have, or diffusers' encoder.down_blocks.*)", p);
+    NameMap nm;
+    if (!diffusers) SDC_TRY(namemap_init(&nm, &m->info.unet, &m->info.vae, 0, err));
+    for (int i = 0; i < m->n_ents[COMP_VAE]; i++) free(m->ents[COMP_VAE][i].name);
+    m->n_ents[COMP_VAE] = 0;
+    int cap[COMP_COUNT] = {0};
+    cap[COMP_VAE] = 0;
+    free(m->ents[COMP_VAE]);
+    m->ents[COMP_VAE] = NULL;
+    for (int i = 0; i < f->n; i++) {
+        const char *n = f->entries[i].name;
+        if (diffusers) {
+            SDC_TRY(add_entry(m, COMP_VAE, n, f, &f->entries[i], NM_PLAIN, 0, cap, err));
+            continue;
+        }
+        char orig[NAMEMAP_NAME_MAX + 32];
+        if (full) {
+            if (strncmp(n, VP, strlen(VP))) continue; // the checkpoint's UNet and text encoder stay the model's
+            snprintf(orig, sizeof orig, "%s", n);
+        } else {
+            snprintf(orig, sizeof orig, "%s%s", VP, n);
+        }
+        NameMapping maps[3];
+        int k = namemap_from_original(&nm, orig, maps);
+        for (int j = 0; j < k; j++)
+            if (maps[j].comp == COMP_VAE)
+                SDC_TRY(add_entry(m, COMP_VAE, maps[j].name, f, &f->entries[i], maps[j].kind, maps[j].slice, cap, err));
+    }
+    if (!m->n_ents[COMP_VAE]) return sdc_err(err, SDC_ERR_FORMAT, "--vae %s: none of its tensors is a VAE weight", p);
+    return sort_entries(m, err);
+}
 
 static const WEntry *find_entry(const ModelFiles *m, Component c, const char *name) {
     if (c < 0 || c >= COMP_COUNT || !m->n_ents[c]) return NULL;

@@ -50,6 +50,12 @@ const ModelInfo *model_files_info(const ModelFiles *m);
 // expected and the found shape.
 int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim,
                     const int64_t *shape, Tensor *out, SdcError *err);
+// Takes the VAE weights from another file instead (A1111's --vae, diffusers'
+// vae=AutoencoderKL.from_single_file(...)): an A1111 VAE file (original names
+// without first_stage_model.), a whole SD checkpoint (its VAE), a diffusers
+// AutoencoderKL .safetensors, or a diffusers vae/ folder. The architecture
+// stays the model's; a tensor of another shape fails at load, naming it.
+int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err);
 // 1 if the component has a tensor of that diffusers name.
 int model_files_has(const ModelFiles *m, Component c, const char *name);
 

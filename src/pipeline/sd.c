@@ -23,6 +23,10 @@ int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int
     m->be = be;
     int rc = model_files_open(&m->files, path, config_dir, prediction, err);
     if (rc) return rc;
+    if (o && o->vae && o->vae[0] && (rc = model_files_set_vae(m->files, o->vae, err))) {
+        sd_model_free(m);
+        return rc;
+    }
     const ModelInfo *info = model_files_info(m->files);
     // the LoRA files stay open only while the weights they update are loaded
     LoraSet loras = {0};

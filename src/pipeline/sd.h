@@ -59,6 +59,7 @@ int sd_model_load(SdModel *m, const char *path, const char *config_dir, int pred
 typedef struct SdLoadOpts {
     const LoraSpec *loras;
     int n_loras;
+    const char *vae; // the VAE from this file or folder instead (model_files_set_vae), or NULL
 } SdLoadOpts;
 int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
                        const SdLoadOpts *o, SdcError *err);
