@@ -108,7 +108,7 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --steps N             denoising steps (default 20)\n"
             "      --cfg-scale F         classifier-free guidance scale; <= 1 turns guidance off (default 7.0)\n"
             "      --sampler NAME        euler (default), euler_a, heun, lms, ddim, pndm, ddpm, dpm++2m,\n"
-            "                            dpm++2m_karras, dpm++2m_sde, unipc (A1111 names work too)\n"
+            "                            dpm++2m_karras, dpm++2m_sde, dpm++2m_sde_karras, unipc (A1111 names work too)\n"
             "                            sweeps: --steps, --cfg-scale and --sampler take lists (A,B,C); every\n"
             "                            prompt is made with every combination, on the same seeds\n"
             "      --from-file FILE      more prompts, one per line ('#' lines skipped), each with kohya's options:\n"

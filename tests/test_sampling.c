@@ -163,6 +163,7 @@ static void test_names(TestCtx *t, const StFile *f) {
         {"dpm++ 2m sde", "dpm++2m_sde"}, {"DDIM", "ddim"},       {"PNDM", "pndm"},
         {"LMS", "lms"},                 {"heun", "heun"},       {"UNIPC", "unipc"},
         {"Euler", "euler"},             {"DDPM", "ddpm"},       {"DPM++ 2M", "dpm++2m"},
+        {"DPM++ 2M SDE Karras", "dpm++2m_sde_karras"},          {"dpmpp_2m_sde_karras", "dpm++2m_sde_karras"},
     };
     SdcError err = {0};
     for (size_t i = 0; i < sizeof typed / sizeof typed[0]; i++) {

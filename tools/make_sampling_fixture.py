@@ -53,6 +53,8 @@ SAMPLERS = {
     "dpm++2m_karras": (DPMSolverMultistepScheduler,
                        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
     "dpm++2m_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "dpm++2m_sde_karras": (DPMSolverMultistepScheduler,
+                           {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
     "unipc": (UniPCMultistepScheduler, {"solver_type": "bh2", "solver_order": 2, "predict_x0": True}),
 }
 SHAPE = (1, 4, 8, 8)

@@ -33,6 +33,7 @@ static const struct {
     {"dpm++2m_karras", "DPM++ 2M Karras", SAMPLER_DPMPP_2M_KARRAS},
     {"dpm++2m_sde", "DPM++ 2M SDE", SAMPLER_DPMPP_2M_SDE},
     {"unipc", "UniPC", SAMPLER_UNIPC},
+    {"dpm++2m_sde_karras", "DPM++ 2M SDE Karras", SAMPLER_DPMPP_2M_SDE_KARRAS},
 };
 
 // Other spellings users type (ComfyUI, diffusers class names, A1111's PLMS).
@@ -43,6 +44,7 @@ static const struct {
     {"euler_ancestral", SAMPLER_EULER_A}, {"k_euler", SAMPLER_EULER},  {"k_euler_a", SAMPLER_EULER_A},
     {"k_lms", SAMPLER_LMS},               {"plms", SAMPLER_PNDM},      {"dpmpp_2m", SAMPLER_DPMPP_2M},
     {"dpmpp_2m_karras", SAMPLER_DPMPP_2M_KARRAS},                      {"dpmpp_2m_sde", SAMPLER_DPMPP_2M_SDE},
+    {"dpmpp_2m_sde_karras", SAMPLER_DPMPP_2M_SDE_KARRAS},
 };
 
 static int name_eq(const char *a, const char *b) {
@@ -85,6 +87,7 @@ static int is_k_diffusion(SamplerKind k) {
 }
 static int is_stochastic(const Sampler *s) {
     return s->kind == SAMPLER_EULER_A || s->kind == SAMPLER_DDPM || s->kind == SAMPLER_DPMPP_2M_SDE ||
+           s->kind == SAMPLER_DPMPP_2M_SDE_KARRAS ||
            (s->kind == SAMPLER_DDIM && s->eta > 0);
 }
 
@@ -239,7 +242,8 @@ int sampler_init(Sampler *s, SamplerKind kind, int steps, TimestepSpacing spacin
         n_sig = steps + 1;
         s->n_evals = steps;
         break;
-    case SAMPLER_DPMPP_2M_KARRAS: {
+    case SAMPLER_DPMPP_2M_KARRAS:
+    case SAMPLER_DPMPP_2M_SDE_KARRAS: {
         // Karras et al. rho = 7 between the training sigma range; timesteps
         // back from the sigmas, rounded (the spacing plays no part)
         float log_sig[SCHED_TRAIN_STEPS];
@@ -267,7 +271,7 @@ int sampler_init(Sampler *s, SamplerKind kind, int steps, TimestepSpacing spacin
     else if (kind == SAMPLER_HEUN)
         s->hist_cap = 1;
     else if (kind == SAMPLER_DPMPP_2M || kind == SAMPLER_DPMPP_2M_KARRAS || kind == SAMPLER_DPMPP_2M_SDE ||
-             kind == SAMPLER_UNIPC)
+             kind == SAMPLER_DPMPP_2M_SDE_KARRAS || kind == SAMPLER_UNIPC)
         s->hist_cap = 2;
     size_t nf = (size_t)s->n_evals + (size_t)s->n_sigmas + (size_t)(s->hist_cap + 3) * n_latent;
     s->mem = malloc(nf * sizeof(float));
@@ -535,7 +539,7 @@ static void to_x0(const Sampler *s, int i, const float *x, const float *m, float
 // dpmsolver++ / sde-dpmsolver++, solver_order 2, midpoint. lower_order_final
 // with final_sigmas_type zero: the last step is always first order.
 static void step_dpm(Sampler *s, int i, float *x, const float *m, Rng *rng) {
-    const int sde = s->kind == SAMPLER_DPMPP_2M_SDE;
+    const int sde = s->kind == SAMPLER_DPMPP_2M_SDE || s->kind == SAMPLER_DPMPP_2M_SDE_KARRAS;
     float *m0 = hist_push(s);
     to_x0(s, i, x, m, m0);
     if (sde) rng_normal(rng, s->noise, s->n);
@@ -659,7 +663,8 @@ void sampler_step(Sampler *s, int i, float *x, const float *model_out, Rng *rng)
     case SAMPLER_DDPM: step_ddpm(s, i, x, model_out, rng); break;
     case SAMPLER_DPMPP_2M:
     case SAMPLER_DPMPP_2M_KARRAS:
-    case SAMPLER_DPMPP_2M_SDE: step_dpm(s, i, x, model_out, rng); break;
+    case SAMPLER_DPMPP_2M_SDE:
+    case SAMPLER_DPMPP_2M_SDE_KARRAS: step_dpm(s, i, x, model_out, rng); break;
     case SAMPLER_UNIPC: step_unipc(s, i, x, model_out); break;
     default: SDC_CHECK(0 && "unknown sampler kind");
     }

@@ -15,6 +15,7 @@
 //   ddpm            DDPM              DDPMScheduler (fixed_small variance)
 //   dpm++2m         DPM++ 2M          DPMSolverMultistepScheduler (dpmsolver++, order 2)
 //   dpm++2m_karras  DPM++ 2M Karras   ... use_karras_sigmas
+//   dpm++2m_sde_karras DPM++ 2M SDE Karras ... sde-dpmsolver++, use_karras_sigmas
 //   dpm++2m_sde     DPM++ 2M SDE      ... algorithm_type sde-dpmsolver++
 //   unipc           UniPC             UniPCMultistepScheduler (bh2, order 2, predict_x0)
 //
@@ -60,6 +61,7 @@ typedef enum {
     SAMPLER_DPMPP_2M_KARRAS,
     SAMPLER_DPMPP_2M_SDE,
     SAMPLER_UNIPC,
+    SAMPLER_DPMPP_2M_SDE_KARRAS,
     SAMPLER_COUNT
 } SamplerKind;
 
