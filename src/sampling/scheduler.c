@@ -34,6 +34,9 @@ static const struct {
     {"dpm++2m_sde", "DPM++ 2M SDE", SAMPLER_DPMPP_2M_SDE},
     {"unipc", "UniPC", SAMPLER_UNIPC},
     {"dpm++2m_sde_karras", "DPM++ 2M SDE Karras", SAMPLER_DPMPP_2M_SDE_KARRAS},
+    {"euler_karras", "Euler Karras", SAMPLER_EULER_KARRAS},
+    {"heun_karras", "Heun Karras", SAMPLER_HEUN_KARRAS},
+    {"lms_karras", "LMS Karras", SAMPLER_LMS_KARRAS},
 };
 
 // Other spellings users type (ComfyUI, diffusers class names, A1111's PLMS).
@@ -196,6 +199,12 @@ int sampler_init(Sampler *s, SamplerKind kind, int steps, TimestepSpacing spacin
                  float eta, size_t n_latent, SdcError *err) {
     memset(s, 0, sizeof *s);
     if (kind < 0 || kind >= SAMPLER_COUNT) return sdc_err(err, SDC_ERR_ARG, "sampler kind %d out of range", (int)kind);
+    // Euler / Heun / LMS with Karras sigmas run as their base sampler on
+    // another sigma schedule
+    const int karras = kind == SAMPLER_EULER_KARRAS || kind == SAMPLER_HEUN_KARRAS || kind == SAMPLER_LMS_KARRAS;
+    if (kind == SAMPLER_EULER_KARRAS) kind = SAMPLER_EULER;
+    if (kind == SAMPLER_HEUN_KARRAS) kind = SAMPLER_HEUN;
+    if (kind == SAMPLER_LMS_KARRAS) kind = SAMPLER_LMS;
     if (steps < 1 || steps > SCHED_MAX_STEPS)
         return sdc_err(err, SDC_ERR_ARG, "--steps %d out of range ---> use 1 to %d", steps, SCHED_MAX_STEPS);
     if (eta < 0) return sdc_err(err, SDC_ERR_ARG, "eta %g is negative ---> use 0 (DDIM) to 1 (DDPM-like)", eta);
@@ -229,6 +238,18 @@ int sampler_init(Sampler *s, SamplerKind kind, int steps, TimestepSpacing spacin
     case SAMPLER_LMS:
         common_timesteps(spacing, steps, 0, ts);
         for (int i = 0; i < steps; i++) sg[i] = interp_sigma(sig, ts[i]);
+        if (karras) {
+            // diffusers' _convert_to_karras over the range of the spaced
+            // sigmas (rho 7), timesteps back from the sigmas (not rounded)
+            float log_sig[SCHED_TRAIN_STEPS];
+            for (int t = 0; t < SCHED_TRAIN_STEPS; t++) log_sig[t] = (float)log((double)sig[t]);
+            const double min_inv = pow(sg[steps - 1], 1.0 / 7.0), max_inv = pow(sg[0], 1.0 / 7.0);
+            for (int i = 0; i < steps; i++) {
+                const double ramp = np_linspace(1.0, steps, i);
+                sg[i] = pow(max_inv + ramp * (min_inv - max_inv), 7.0);
+                ts[i] = sigma_to_t(sg[i], log_sig);
+            }
+        }
         sg[steps] = 0;
         n_sig = steps + 1;
         s->n_evals = kind == SAMPLER_HEUN ? 2 * steps - 1 : steps;

@@ -16,6 +16,7 @@
 //   dpm++2m         DPM++ 2M          DPMSolverMultistepScheduler (dpmsolver++, order 2)
 //   dpm++2m_karras  DPM++ 2M Karras   ... use_karras_sigmas
 //   dpm++2m_sde_karras DPM++ 2M SDE Karras ... sde-dpmsolver++, use_karras_sigmas
+//   euler_karras, heun_karras, lms_karras: Euler/Heun/LMSDiscreteScheduler, use_karras_sigmas
 //   dpm++2m_sde     DPM++ 2M SDE      ... algorithm_type sde-dpmsolver++
 //   unipc           UniPC             UniPCMultistepScheduler (bh2, order 2, predict_x0)
 //
@@ -62,6 +63,9 @@ typedef enum {
     SAMPLER_DPMPP_2M_SDE,
     SAMPLER_UNIPC,
     SAMPLER_DPMPP_2M_SDE_KARRAS,
+    SAMPLER_EULER_KARRAS, // euler / heun / lms with use_karras_sigmas
+    SAMPLER_HEUN_KARRAS,
+    SAMPLER_LMS_KARRAS,
     SAMPLER_COUNT
 } SamplerKind;
 
