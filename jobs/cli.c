@@ -602,6 +602,7 @@ static void cli_print_usage_train(FILE *f) {
             "  --lr-warmup-steps N (500)       --lr-num-cycles N (1)  --lr-power P (1.0)\n"
             "  --max-grad-norm N               (1.0)      --adam-beta1/--adam-beta2/--adam-weight-decay/--adam-epsilon\n"
             "  --gradient-checkpointing        recompute block activations in the backward pass\n"
+            "  --zero-stage 1                  under mpiexec / srun: each rank keeps 1/R of the AdamW state (ZeRO-1)\n"
             "  --train-text-encoder            also train the CLIP text encoder\n"
             "  --lora-rank R                   train a LoRA of rank R instead of all weights (0)\n"
             "  --lora-alpha A                  LoRA alpha (the rank)  --lora-format diffusers|kohya\n"

@@ -184,6 +184,18 @@ static int hook_mean(void *u, float *buf, size_t n, SdcError *err) {
     return dp_allreduce_mean(&((TrainRun *)u)->dp, buf, n, err);
 }
 
+static int hook_reduce_scatter(void *u, float *buf, const int *counts, const int *displs, SdcError *err) {
+    return dp_reduce_scatter_mean(&((TrainRun *)u)->dp, buf, counts, displs, err);
+}
+
+static int hook_allgather(void *u, float *buf, const int *counts, const int *displs, SdcError *err) {
+    return dp_allgather(&((TrainRun *)u)->dp, buf, counts, displs, err);
+}
+
+static int hook_gather(void *u, const float *mine, float *all, const int *counts, const int *displs, SdcError *err) {
+    return dp_gather(&((TrainRun *)u)->dp, mine, all, counts, displs, err);
+}
+
 static int hook_sum(void *u, double *v, int n, SdcError *err) {
     return dp_allreduce_sum_double(&((TrainRun *)u)->dp, v, n, err);
 }
@@ -264,10 +276,17 @@ static void ckpt_parts(CkptParts *p, const Sdc__Job *job, DbTrainer *t, char *ma
 
 static int save_checkpoint(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err) {
     const Sdc__Dreambooth *d = r->job->dreambooth;
+    AdamW full; // with ZeRO-1 the ranks' slices of the moments, gathered on rank 0
+    int grc = db_opt_full(t, &full, err);
+    if ((grc = h5_par_agree(&r->par, grc, err))) {
+        db_opt_full_free(t, &full);
+        return grc;
+    }
     if (r->par.rank == 0) {
         char path[1200];
         CkptParts p;
         ckpt_parts(&p, r->job, t, manifest);
+        p.spec.opt = &full;
         TrainCkptState st = {.step = t->st.global_step, .epoch = t->st.epoch, .micro_step = t->st.batch_in_epoch,
                              .loss = t->st.last_loss};
         int rc = train_ckpt_rotate(d->output_dir, d->checkpoints_total_limit, NULL, err);
@@ -275,8 +294,10 @@ static int save_checkpoint(TrainRun *r, DbTrainer *t, char *manifest, SdcError *
         if (!rc) rc = train_ckpt_save(path, &p.spec, &st, err);
         if (!rc && d->checkpoints_total_limit > 0) rc = train_ckpt_rotate(d->output_dir, d->checkpoints_total_limit + 1, NULL, err);
         if (!rc && !r->quiet) fprintf(stderr, "%ssdc: saved %s\n", r->tty ? "\n" : "", path);
+        db_opt_full_free(t, &full);
         return h5_par_agree(&r->par, rc, err);
     }
+    db_opt_full_free(t, &full);
     return h5_par_agree(&r->par, 0, err);
 }
 
@@ -388,6 +409,8 @@ static int check_job(const Sdc__Job *job, SdcError *err) {
     NEED(d->learning_rate > 0 && isfinite(d->learning_rate), "--learning-rate %g must be positive", d->learning_rate);
     NEED(d->lora_rank >= 0 && d->lora_alpha >= 0, "--lora-rank and --lora-alpha must be >= 0");
     NEED(d->checkpointing_steps >= 1 && d->validation_steps >= 1, "--checkpointing-steps and --validation-steps must be >= 1");
+    NEED(d->zero_stage == 0 || d->zero_stage == 1, "--zero-stage %d: 0 (off) or 1 (optimizer state sharded over the "
+         "ranks) ---> stages 2 and 3 are not implemented", d->zero_stage);
     NEED(!d->with_prior_preservation || d->num_class_images >= 1, "--num-class-images must be >= 1");
     NEED(!d->lora_format || !strcmp(d->lora_format, "diffusers") || !strcmp(d->lora_format, "kohya"),
          "--lora-format %s: expected diffusers or kohya", d->lora_format);
@@ -495,7 +518,9 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                    .lat_w = lw, .instance_prompt = d->instance_prompt, .class_prompt = d->class_prompt};
     DbHooks hooks = {.user = &run, .rank = par->rank, .world = par->size,
                      .allreduce_mean = par->size > 1 ? hook_mean : NULL,
-                     .allreduce_sum = par->size > 1 ? hook_sum : NULL, .on_step = hook_step};
+                     .allreduce_sum = par->size > 1 ? hook_sum : NULL, .on_step = hook_step,
+                     .zero = d->zero_stage == 1, .reduce_scatter_mean = hook_reduce_scatter,
+                     .allgather = hook_allgather, .gather = hook_gather};
     if ((rc = db_init(&t, &m, &cfg, &data, &hooks, err))) goto done;
     if (!opt->quiet && par->rank == 0)
         fprintf(stderr, "sdc: DreamBooth %s%s: %d instance%s, %d class latents at %dx%d, batch %d x %d accumulation "
@@ -504,6 +529,14 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                 n_inst == 1 ? "" : "s", n_cls, lh, lw, d->train_batch_size, d->gradient_accumulation_steps, par->size,
                 par->size == 1 ? "" : "s", (long long)cfg.max_train_steps,
                 unet_train_bytes(m.unet) / 1048576.0, clip_train_bytes(m.clip) / 1048576.0);
+    if (!rc && !opt->quiet && par->rank == 0) {
+        size_t mine = 0, all = 0;
+        for (int gi = 0; gi < t.opt.n_groups; gi++) mine += t.opt.groups[gi].numel;
+        for (int gi = 0; gi < t.opt.n_groups; gi++)
+            for (int i = 0; i < t.full_n[gi]; i++) all += t.full_ot[gi][i].n;
+        fprintf(stderr, "sdc: AdamW state %.1f MiB on each rank%s (%.1f MiB in all)\n", 2.0 * mine * 4 / 1048576.0,
+                mine < all ? " with ZeRO-1" : "", 2.0 * all * 4 / 1048576.0);
+    }
 
     // resume
     if (d->resume_from_checkpoint && d->resume_from_checkpoint[0]) {
@@ -520,7 +553,13 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
             CkptParts p;
             ckpt_parts(&p, job, &t, manifest);
             TrainCkptState st = {0};
-            if ((rc = train_ckpt_load(path, &p.spec, &st, err))) goto done;
+            AdamW full; // with ZeRO-1 every rank reads the whole state and keeps its slice
+            if ((rc = db_opt_full_alloc(&t, &full, err))) goto done;
+            p.spec.opt = &full;
+            rc = train_ckpt_load(path, &p.spec, &st, err);
+            if (!rc) db_opt_take(&t, &full);
+            db_opt_full_free(&t, &full);
+            if (rc) goto done;
             t.st.global_step = st.step;
             t.st.epoch = st.epoch;
             t.st.batch_in_epoch = st.micro_step;

@@ -115,6 +115,54 @@ int dp_broadcast(DataParallel *dp, void *buf, size_t bytes, int root, SdcError *
     return 0;
 }
 
+int dp_reduce_scatter_mean(DataParallel *dp, float *buf, const int *counts, const int *displs, SdcError *err) {
+    if (dp->size == 1) return 0;
+    const int r = dp->rank, mine = counts[r];
+    float *tmp = malloc((size_t)(mine > 0 ? mine : 1) * sizeof(float));
+    if (!tmp) return sdc_err(err, SDC_ERR_OOM, "reduce-scatter: %d floats", mine);
+    // the blocks are contiguous in rank order: buf + displs[0] is rank 0's
+    int rc = MPI_Reduce_scatter(buf + displs[0], tmp, counts, MPI_FLOAT, MPI_SUM, dp->comm);
+    if (rc != MPI_SUCCESS) {
+        free(tmp);
+        return dp_fail(err, __FILE__, __LINE__, "MPI_Reduce_scatter", rc, "gradient reduce-scatter over %d ranks",
+                       dp->size);
+    }
+    const float inv = 1.0f / (float)dp->size;
+    float *dst = buf + displs[r];
+    for (int i = 0; i < mine; i++) dst[i] = tmp[i] * inv;
+    free(tmp);
+    return 0;
+}
+
+int dp_allgather(DataParallel *dp, float *buf, const int *counts, const int *displs, SdcError *err) {
+    if (dp->size == 1) return 0;
+    DP_MPI_TRY(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT, dp->comm),
+               "parameter all-gather over %d ranks", dp->size);
+    return 0;
+}
+
+int dp_gather(DataParallel *dp, const float *mine, float *all, const int *counts, const int *displs, SdcError *err) {
+    if (dp->size == 1) {
+        memcpy(all + displs[0], mine, (size_t)counts[0] * sizeof(float));
+        return 0;
+    }
+    DP_MPI_TRY(MPI_Gatherv(mine, counts[dp->rank], MPI_FLOAT, all, counts, displs, MPI_FLOAT, 0, dp->comm),
+               "optimizer-state gather over %d ranks", dp->size);
+    return 0;
+}
+
+int dp_hook_reduce_scatter_mean(void *dp, float *buf, const int *counts, const int *displs, SdcError *err) {
+    return dp_reduce_scatter_mean(dp, buf, counts, displs, err);
+}
+
+int dp_hook_allgather(void *dp, float *buf, const int *counts, const int *displs, SdcError *err) {
+    return dp_allgather(dp, buf, counts, displs, err);
+}
+
+int dp_hook_gather(void *dp, const float *mine, float *all, const int *counts, const int *displs, SdcError *err) {
+    return dp_gather(dp, mine, all, counts, displs, err);
+}
+
 int dp_hook_allreduce_mean(void *dp, float *buf, size_t n, SdcError *err) {
     return dp_allreduce_mean(dp, buf, n, err);
 }

@@ -5,7 +5,7 @@
 // DESIGN's "data communicator"; a GPU one (NCCL) goes behind the same calls.
 //
 // Not here (yet): overlap with the backward pass (buckets are reduced when
-// the whole gradient is ready), ZeRO-1 sharding.
+// the whole gradient is ready).
 //
 // Reduction order. The mean is an MPI_SUM of each bucket (MPI_Iallreduce,
 // every bucket in flight at once, then one wait) followed by a multiply by
@@ -50,6 +50,19 @@ int dp_allreduce_mean(DataParallel *dp, float *buf, size_t n, SdcError *err);
 int dp_allreduce_sum_double(DataParallel *dp, double *vals, int n, SdcError *err);
 // bytes of buf from rank root to every rank (parameters at start, a resumed state).
 int dp_broadcast(DataParallel *dp, void *buf, size_t bytes, int root, SdcError *err);
+
+// ZeRO-1 (sharded optimizer state). Rank r owns the block [displs[r],
+// displs[r] + counts[r]) of a buffer; the blocks follow each other in rank
+// order. reduce_scatter_mean: rank r's block of buf becomes the mean over
+// the ranks (the rest of buf is left stale). allgather: every rank's block
+// of buf goes to every rank. gather: each rank's `mine` (its block's worth)
+// into all at displs on rank 0 (all is only read on rank 0).
+int dp_reduce_scatter_mean(DataParallel *dp, float *buf, const int *counts, const int *displs, SdcError *err);
+int dp_allgather(DataParallel *dp, float *buf, const int *counts, const int *displs, SdcError *err);
+int dp_gather(DataParallel *dp, const float *mine, float *all, const int *counts, const int *displs, SdcError *err);
+int dp_hook_reduce_scatter_mean(void *dp, float *buf, const int *counts, const int *displs, SdcError *err);
+int dp_hook_allgather(void *dp, float *buf, const int *counts, const int *displs, SdcError *err);
+int dp_hook_gather(void *dp, const float *mine, float *all, const int *counts, const int *displs, SdcError *err);
 
 // The same with the DataParallel as a void * (DbHooks.allreduce_mean /
 // .allreduce_sum in src/train/dreambooth.h take these, user = the DataParallel).

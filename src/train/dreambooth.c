@@ -2,6 +2,7 @@
 // objective). CPU fp32; the models' backward passes are in src/models.
 #include "train/dreambooth.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,53 @@ static void dp_share(int64_t n, int rank, int size, int64_t *first, int64_t *cou
 // ---------------------------------------------------------------------------
 // set-up
 // ---------------------------------------------------------------------------
+
+// ZeRO-1: rank r keeps the moments of the slice [B_r, B_{r+1}) of the
+// group's tensors concatenated in table order (B_k = N k / R; so its moments
+// are exactly that slice of what a checkpoint stores), as pieces of tensors.
+// Its block of the flat gradient / parameter buffer (padding included) runs
+// from where B_r falls to where B_{r+1} does: the blocks tile the buffer in
+// rank order, as MPI_Reduce_scatter and MPI_Allgatherv want.
+static int make_shard(DbTrainer *t, int gi, const OptimTensor *ot, int n_t, const float *pb, size_t nn,
+                      OptimTensor **pieces, int *n_pieces, SdcError *err) {
+    const int R = t->hooks.world, r = t->hooks.rank;
+    DbShard *z = &t->shard[gi];
+    z->n_tensors = n_t;
+    z->counts = calloc((size_t)R, sizeof(int)), z->displs = calloc((size_t)R, sizeof(int));
+    z->mv_counts = calloc((size_t)R, sizeof(int)), z->mv_displs = calloc((size_t)R, sizeof(int));
+    int64_t *cum = calloc((size_t)n_t + 1, sizeof(int64_t));
+    *pieces = calloc((size_t)n_t, sizeof **pieces);
+    z->piece_tensor = calloc((size_t)n_t, sizeof(int));
+    int rc = 0;
+    if (!z->counts || !z->displs || !z->mv_counts || !z->mv_displs || !cum || !*pieces || !z->piece_tensor)
+        rc = sdc_err(err, SDC_ERR_OOM, "ZeRO-1 shards");
+    for (int i = 0; !rc && i < n_t; i++) cum[i + 1] = cum[i] + (int64_t)ot[i].n;
+    const int64_t N = rc ? 0 : cum[n_t];
+    if (!rc && (N < R || (int64_t)nn > INT_MAX))
+        rc = sdc_err(err, SDC_ERR_ARG, "--zero-stage 1: %lld parameters over %d ranks (at most 2^31 - 1 floats per "
+                     "group, at least one per rank)", (long long)N, R);
+    // concatenated index x -> its place in the flat buffer (N -> the end)
+    int ti = 0;
+    for (int k = 0; !rc && k <= R; k++) {
+        const int64_t x = N * k / R;
+        while (ti < n_t && cum[ti + 1] <= x) ti++;
+        const int64_t flat = k == 0 ? 0 : k == R || ti == n_t ? (int64_t)nn : (ot[ti].p - pb) + (x - cum[ti]);
+        if (k < R) z->displs[k] = (int)flat, z->mv_displs[k] = (int)x;
+        if (k > 0) z->counts[k - 1] = (int)(flat - z->displs[k - 1]), z->mv_counts[k - 1] = (int)(x - z->mv_displs[k - 1]);
+    }
+    const int64_t lo = N * r / R, hi = N * (r + 1) / R;
+    int np = 0;
+    for (int i = 0; !rc && i < n_t; i++) {
+        const int64_t a = cum[i] > lo ? cum[i] : lo, b = cum[i + 1] < hi ? cum[i + 1] : hi;
+        if (a >= b) continue;
+        (*pieces)[np] = (OptimTensor){.p = ot[i].p + (a - cum[i]), .g = ot[i].g + (a - cum[i]), .n = (size_t)(b - a)};
+        z->piece_tensor[np++] = i;
+    }
+    *n_pieces = np;
+    free(cum);
+    if (rc) free(*pieces), *pieces = NULL;
+    return rc;
+}
 
 int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *data, const DbHooks *hooks,
             SdcError *err) {
@@ -166,9 +214,17 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
             ot[gi][i] = (OptimTensor){.p = p, .g = gb + (p - pb), .n = (size_t)tensor_numel(&tb->e[i].t)};
         }
         gd[gi] = (AdamWGroupDesc){.tensors = ot[gi], .n_tensors = tb->n, .lr_scale = 1.0};
+        t->full_ot[gi] = ot[gi], t->full_n[gi] = tb->n;
+        if (t->hooks.zero && t->hooks.world > 1) { // this rank's slice of the group
+            OptimTensor *pieces = NULL;
+            int np = 0;
+            if ((rc = make_shard(t, gi, ot[gi], tb->n, pb, nn, &pieces, &np, err))) goto fail;
+            gd[gi] = (AdamWGroupDesc){.tensors = pieces, .n_tensors = np, .lr_scale = 1.0};
+        }
     }
     rc = adamw_init(&t->opt, &c->adam, gd, ng, err);
-    free(ot[0]), free(ot[1]);
+    if (t->hooks.zero && t->hooks.world > 1)
+        for (int gi = 0; gi < ng; gi++) free((void *)gd[gi].tensors); // copied by adamw_init
     if (rc) goto fail;
     adamw_zero_grad(&t->opt);
     if ((rc = lr_schedule_init(&t->sched, c->lr_scheduler, c->learning_rate, c->lr_warmup_steps,
@@ -183,6 +239,13 @@ fail:
 
 void db_free(DbTrainer *t) {
     adamw_free(&t->opt);
+    for (int gi = 0; gi < 2; gi++) {
+        DbShard *z = &t->shard[gi];
+        free(t->full_ot[gi]), free(z->counts), free(z->displs), free(z->mv_counts), free(z->mv_displs);
+        free(z->piece_tensor);
+        t->full_ot[gi] = NULL;
+        memset(z, 0, sizeof *z);
+    }
     free(t->order), free(t->x0), free(t->noise), free(t->noisy), free(t->target), free(t->pred);
     free(t->dout), free(t->coef), free(t->timesteps), free(t->ctx), free(t->dctx), free(t->ctx_fixed);
     free(t->ids);
@@ -291,6 +354,78 @@ static int micro_batch(DbTrainer *t, int64_t batch, double loss[2], SdcError *er
 // the loop
 // ---------------------------------------------------------------------------
 
+// ZeRO-1 clip_grad_norm_: every tensor's sum of squares from its pieces on
+// all ranks (one all-reduce of a double per tensor), then torch's norm of
+// per-tensor fp32 norms as without ZeRO; each rank scales its pieces.
+static int zero_clip(DbTrainer *t, double max_norm, float *norm, SdcError *err) {
+    const int ng = t->opt.n_groups;
+    const int n0 = t->shard[0].n_tensors, n = n0 + (ng > 1 ? t->shard[1].n_tensors : 0);
+    double *ss = calloc((size_t)n, sizeof *ss);
+    if (!ss) return sdc_err(err, SDC_ERR_OOM, "ZeRO-1 norms");
+    for (int gi = 0; gi < ng; gi++) {
+        const AdamWGroup *g = &t->opt.groups[gi];
+        for (int k = 0; k < g->n_tensors; k++) {
+            double s = 0;
+            for (size_t j = 0; j < g->tensors[k].n; j++) s += (double)g->tensors[k].g[j] * g->tensors[k].g[j];
+            ss[(gi ? n0 : 0) + t->shard[gi].piece_tensor[k]] += s;
+        }
+    }
+    int rc = t->hooks.allreduce_sum ? t->hooks.allreduce_sum(t->hooks.user, ss, n, err) : 0;
+    float coef = 1.0f;
+    if (!rc) rc = optim_clip_coef_from_sumsq(ss, n, max_norm, norm, &coef, err);
+    if (!rc && coef < 1.0f) adamw_scale_grads(&t->opt, coef);
+    free(ss);
+    return rc;
+}
+
+int db_opt_full_alloc(DbTrainer *t, AdamW *full, SdcError *err) {
+    if (!(t->hooks.zero && t->hooks.world > 1)) {
+        *full = t->opt; // the optimizer itself
+        return 0;
+    }
+    AdamWGroupDesc gd[2];
+    for (int gi = 0; gi < t->opt.n_groups; gi++)
+        gd[gi] = (AdamWGroupDesc){.tensors = t->full_ot[gi], .n_tensors = t->full_n[gi],
+                                  .lr_scale = t->opt.groups[gi].lr_scale};
+    SDC_TRY(adamw_init(full, &t->opt.cfg, gd, t->opt.n_groups, err));
+    full->step = t->opt.step;
+    return 0;
+}
+
+void db_opt_take(DbTrainer *t, const AdamW *full) {
+    t->opt.step = full->step; // (without ZeRO full shares t->opt's moments: the step is all there is to take)
+    if (!(t->hooks.zero && t->hooks.world > 1)) return;
+    for (int gi = 0; gi < t->opt.n_groups; gi++) {
+        const size_t off = (size_t)t->shard[gi].mv_displs[t->hooks.rank], n = t->opt.groups[gi].numel;
+        memcpy(t->opt.groups[gi].m, full->groups[gi].m + off, n * sizeof(float));
+        memcpy(t->opt.groups[gi].v, full->groups[gi].v + off, n * sizeof(float));
+    }
+}
+
+void db_opt_full_free(DbTrainer *t, AdamW *full) {
+    if (t->hooks.zero && t->hooks.world > 1) adamw_free(full);
+    memset(full, 0, sizeof *full);
+}
+
+int db_opt_full(DbTrainer *t, AdamW *full, SdcError *err) {
+    if (!(t->hooks.zero && t->hooks.world > 1)) {
+        *full = t->opt;
+        return 0;
+    }
+    // rank 0 holds the whole state for the moment of the save
+    int rc = t->hooks.rank == 0 ? db_opt_full_alloc(t, full, err) : 0;
+    if (t->hooks.rank != 0) memset(full, 0, sizeof *full);
+    for (int gi = 0; gi < t->opt.n_groups; gi++) {
+        int grc = t->hooks.gather(t->hooks.user, t->opt.groups[gi].m, rc ? NULL : full->groups ? full->groups[gi].m : NULL,
+                                  t->shard[gi].mv_counts, t->shard[gi].mv_displs, err);
+        if (!grc)
+            grc = t->hooks.gather(t->hooks.user, t->opt.groups[gi].v, rc ? NULL : full->groups ? full->groups[gi].v : NULL,
+                                  t->shard[gi].mv_counts, t->shard[gi].mv_displs, err);
+        if (!rc) rc = grc;
+    }
+    return rc;
+}
+
 int db_train(DbTrainer *t, int64_t until, SdcError *err) {
     const DbConfig *c = &t->cfg;
     if (until > c->max_train_steps) until = c->max_train_steps;
@@ -315,7 +450,16 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
             }
             if (sync) break;
         }
-        if (t->hooks.allreduce_mean) { // the flat gradient buffers, padding included
+        const int zero = t->hooks.zero && t->hooks.world > 1;
+        if (zero) { // each rank's block of the flat gradient buffers, averaged
+            for (int gi = 0; gi < (c->train_text_encoder ? 2 : 1); gi++) {
+                float *pb, *gb;
+                size_t nn;
+                if (gi == 0) unet_trainables(t->model->unet, &pb, &gb, &nn);
+                else clip_trainables(t->model->clip, &pb, &gb, &nn);
+                SDC_TRY(t->hooks.reduce_scatter_mean(t->hooks.user, gb, t->shard[gi].counts, t->shard[gi].displs, err));
+            }
+        } else if (t->hooks.allreduce_mean) { // the flat gradient buffers, padding included
             float *pb, *gb;
             size_t nn;
             unet_trainables(t->model->unet, &pb, &gb, &nn);
@@ -336,7 +480,8 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
                            "those of step %lld (the last checkpoint is kept)",
                            total, (long long)step + 1, (long long)step);
         float norm = 0;
-        int rc = adamw_clip_grad_norm(&t->opt, c->max_grad_norm > 0 ? c->max_grad_norm : INFINITY, &norm, err);
+        int rc = zero ? zero_clip(t, c->max_grad_norm > 0 ? c->max_grad_norm : INFINITY, &norm, err)
+                      : adamw_clip_grad_norm(&t->opt, c->max_grad_norm > 0 ? c->max_grad_norm : INFINITY, &norm, err);
         if (rc == SDC_ERR_NONFINITE)
             return sdc_err(err, SDC_ERR_NONFINITE,
                            "the gradient norm became %g at step %lld\n---> lower --learning-rate; the weights "
@@ -345,7 +490,18 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
         if (rc) return rc;
         double lr = lr_schedule_lr(&t->sched, c->learning_rate, step);
         adamw_step(&t->opt, lr);
-        adamw_zero_grad(&t->opt);
+        if (zero) { // every rank's updated slice to all; the stale gradient blocks cleared too
+            for (int gi = 0; gi < (c->train_text_encoder ? 2 : 1); gi++) {
+                float *pb, *gb;
+                size_t nn;
+                if (gi == 0) unet_trainables(t->model->unet, &pb, &gb, &nn);
+                else clip_trainables(t->model->clip, &pb, &gb, &nn);
+                SDC_TRY(t->hooks.allgather(t->hooks.user, pb, t->shard[gi].counts, t->shard[gi].displs, err));
+                memset(gb, 0, nn * sizeof(float));
+            }
+        } else {
+            adamw_zero_grad(&t->opt);
+        }
         t->st.global_step++;
         t->st.last_loss = total;
         double dt = wall_s() - t0;

@@ -98,7 +98,24 @@ typedef struct DbHooks {
     int (*allreduce_sum)(void *user, double *v, int n, SdcError *err);
     // After every optimizer step; nonzero return stops training with that error.
     int (*on_step)(void *user, const DbStepInfo *s, SdcError *err);
+    // ZeRO-1 (zero != 0 with world > 1): every rank keeps the AdamW moments
+    // of one contiguous slice of the parameters, gradients are
+    // reduce-scattered instead of all-reduced and the updated slices
+    // all-gathered (mpi/dp.h: dp_hook_reduce_scatter_mean, dp_hook_allgather,
+    // dp_hook_gather).
+    int zero;
+    int (*reduce_scatter_mean)(void *user, float *buf, const int *counts, const int *displs, SdcError *err);
+    int (*allgather)(void *user, float *buf, const int *counts, const int *displs, SdcError *err);
+    int (*gather)(void *user, const float *mine, float *all, const int *counts, const int *displs, SdcError *err);
 } DbHooks;
+
+// ZeRO-1 bookkeeping of one parameter group (the UNet's, the text encoder's).
+typedef struct DbShard {
+    int *counts, *displs;      // (world) each rank's block of the flat parameter / gradient buffer
+    int *mv_counts, *mv_displs; // (world) each rank's slice of the group's moments, tensors concatenated
+    int *piece_tensor;         // (pieces) which table tensor each of this rank's optimizer pieces is part of
+    int n_tensors;             // tensors in the group's table
+} DbShard;
 
 typedef struct DbTrainer {
     DbConfig cfg;
@@ -106,7 +123,10 @@ typedef struct DbTrainer {
     DbHooks hooks;
     SdModel *model;        // tokenizer, clip, unet (trainable), vae
     DbState st;
-    AdamW opt;
+    AdamW opt;                 // with ZeRO-1: this rank's slice of every group
+    OptimTensor *full_ot[2];   // every tensor of each group, as without ZeRO (checkpoints)
+    int full_n[2];
+    DbShard shard[2];
     LrSchedule sched;
     int n_items;           // dataset length: max(n_inst, n_class) with prior, else n_inst
     int64_t batches_per_epoch;
@@ -151,5 +171,17 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err);
 // (n, 3, H, W) in [-1, 1].
 int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_scale, uint64_t seed,
                 float *images, SdcError *err);
+
+// The whole AdamW state as without ZeRO-1 (what a checkpoint holds): with
+// ZeRO-1 collective, gathered on rank 0 into *full (its own m / v; other
+// ranks get an empty one); without, *full is a copy of t->opt's description
+// sharing its m / v. Free with db_opt_full_free.
+int db_opt_full(DbTrainer *t, AdamW *full, SdcError *err);
+// An empty full-size AdamW (m / v allocated, zero) to load a checkpoint
+// into, then db_opt_take: this rank's slice of it into t->opt (ZeRO-1), or
+// nothing to do (t->opt itself was loaded).
+int db_opt_full_alloc(DbTrainer *t, AdamW *full, SdcError *err);
+void db_opt_take(DbTrainer *t, const AdamW *full);
+void db_opt_full_free(DbTrainer *t, AdamW *full);
 
 #endif

@@ -186,6 +186,23 @@ int adamw_clip_grad_norm(AdamW *opt, double max_norm, float *total_norm, SdcErro
     return SDC_OK;
 }
 
+int optim_clip_coef_from_sumsq(const double *per_tensor, int n, double max_norm, float *total_norm, float *coef,
+                               SdcError *err) {
+    double total = 0.0;
+    for (int i = 0; i < n; i++) {
+        const float norm_i = (float)sqrt(per_tensor[i]);
+        total += (double)norm_i * norm_i;
+    }
+    const float norm = (float)sqrt(total);
+    if (total_norm) *total_norm = norm;
+    *coef = 1.0f;
+    return clip_coef(norm, max_norm, coef, err);
+}
+
+void adamw_scale_grads(AdamW *opt, float coef) {
+    for (int gi = 0; gi < opt->n_groups; gi++) scale_grads(opt->groups[gi].tensors, opt->groups[gi].n_tensors, coef);
+}
+
 void optim_zero_grad(const OptimTensor *ts, int n) {
     for (int i = 0; i < n; i++) memset(ts[i].g, 0, ts[i].n * sizeof(float));
 }

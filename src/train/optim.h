@@ -78,6 +78,12 @@ void adamw_zero_grad(AdamW *opt);
 
 // clip_grad_norm_(all params of opt, max_norm, norm_type 2); see optim_clip_grad_norm.
 int adamw_clip_grad_norm(AdamW *opt, double max_norm, float *total_norm, SdcError *err);
+// The same from every tensor's sum of squared gradients (ZeRO-1: summed over
+// the ranks' pieces first): the total norm and the coefficient (< 1: scale
+// the gradients with adamw_scale_grads), or SDC_ERR_NONFINITE.
+int optim_clip_coef_from_sumsq(const double *per_tensor, int n, double max_norm, float *total_norm, float *coef,
+                               SdcError *err);
+void adamw_scale_grads(AdamW *opt, float coef);
 
 // ---- helpers over plain tensor lists ----------------------------------------
 
