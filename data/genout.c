@@ -272,9 +272,10 @@ out:
     return rc;
 }
 
-// An existing file must hold this sweep: same count, size, prompts, samplers,
-// seeds, steps, guidance and sweep indices.
-static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_t n, int W, int H, SdcError *err) {
+// An existing file must hold this sweep: same count, size, model, prompts,
+// negative prompts, samplers, seeds, steps, guidance and sweep indices.
+static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_t n, int W, int H,
+                            const char *model_hash, SdcError *err) {
     char **pr = NULL;
     int64_t got = 0, *seed = NULL;
     hid_t d = -1, sp = -1;
@@ -299,6 +300,22 @@ static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_
             rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld's sampler is %s, this job's is %s\n---> it belongs to "
                          "another sweep: pick another --output-h5 or delete it", path, (long long)i, pr[i],
                          it[i].sampler);
+    if (rc) goto out;
+    h5_free_strings(pr, got);
+    pr = NULL;
+    if ((rc = h5_read_strings(f, "negative_prompt", -1, &pr, &got, path, err))) goto out;
+    for (int64_t i = 0; i < n && i < got && !rc; i++)
+        if (strcmp(pr[i], it[i].negative_prompt ? it[i].negative_prompt : ""))
+            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld's negative prompt is \"%.100s\", this job's is \"%.100s\"\n"
+                         "---> it belongs to another sweep: pick another --output-h5 or delete it", path, (long long)i,
+                         pr[i], it[i].negative_prompt ? it[i].negative_prompt : "");
+    if (rc) goto out;
+    h5_free_strings(pr, got);
+    pr = NULL;
+    if ((rc = h5_read_strings(f, "model_hash", -1, &pr, &got, path, err))) goto out;
+    if (model_hash && model_hash[0] && got > 0 && strcmp(pr[0], model_hash))
+        rc = sdc_err(err, SDC_ERR_ARG, "%s was made with the model of hash %s, this job's model has hash %s\n---> a "
+                     "sweep is one model's: pick another --output-h5 or delete it", path, pr[0], model_hash);
     if (rc) goto out;
     seed = malloc((size_t)(n ? n : 1) * 2 * sizeof(int64_t));
     SDC_CHECK(seed);
@@ -367,7 +384,7 @@ int genout_open(GenOut *g, const char *path, const GenItem *items, int64_t n, in
             H5Par ser = h5_par_serial();
             hid_t f = -1;
             rc = h5_open_kind(path, "generation", 0, &ser, &f, err);
-            if (!rc) rc = check_same_sweep(f, path, items, n, width, height, err);
+            if (!rc) rc = check_same_sweep(f, path, items, n, width, height, model_hash, err);
             if (f >= 0) H5Fclose(f);
         }
     }

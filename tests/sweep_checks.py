@@ -290,6 +290,13 @@ def main():
     check(same and moved, f"--vae: the model's VAE as an A1111 file, a diffusers vae/ folder and a checkpoint "
           f"gives its pixels ({same}); an A1111 VAE with decoder.conv_out.bias + 0.25 gives the pixels of a "
           f"checkpoint with that change, not the original's ({moved})")
+    # an HDF5 sweep is one model's: resuming it with another model (model-b) is refused
+    rc, out = run([sdc, "generate", "-m", fullb, "-W", 64, "-H", 64, "-p", "x", "--output-h5",
+                   os.path.join(work, "one-model.h5")])
+    rc2, out2 = run([sdc, "generate", "-m", model, "-W", 64, "-H", 64, "-p", "x", "--output-h5",
+                     os.path.join(work, "one-model.h5")])
+    check(rc == 0 and rc2 != 0 and "a sweep is one model's" in out2, f"an HDF5 sweep resumed with another model "
+          f"refused (exits {rc}, {rc2})")
     for args, needle in ((["--vae", os.path.join(work, "none.safetensors")], "no such file"),
                          (["--vae", os.path.join(src_dir, "fixtures", "lora-demo-kohya.safetensors")], "no VAE tensors")):
         rc, out = run([sdc, "generate", "-m", model, "-W", 64, "-H", 64, "-p", "x", "-o", os.path.join(work, "e.png")]
