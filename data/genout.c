@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -272,6 +273,25 @@ out:
     return rc;
 }
 
+// The string column `dataset` of an existing file against the items' field
+// at offset `field` (a const char *, NULL read as "").
+static int same_strings(hid_t f, const char *path, const char *dataset, const char *what, const GenItem *it,
+                        int64_t n, size_t field, SdcError *err) {
+    char **v = NULL;
+    int64_t got = 0;
+    SDC_TRY(h5_read_strings(f, dataset, n, &v, &got, path, err));
+    int rc = 0;
+    for (int64_t i = 0; i < n && !rc; i++) {
+        const char *mine = *(const char *const *)((const char *)&it[i] + field);
+        if (strcmp(v[i], mine ? mine : ""))
+            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld's %s is \"%.200s\", this job's is \"%.200s\"\n---> it belongs "
+                         "to another sweep: pick another --output-h5 or delete it", path, (long long)i, what, v[i],
+                         mine ? mine : "");
+    }
+    h5_free_strings(v, got);
+    return rc;
+}
+
 // An existing file must hold this sweep: same count, size, model, prompts,
 // negative prompts, samplers, seeds, steps, guidance and sweep indices.
 static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_t n, int W, int H,
@@ -286,32 +306,13 @@ static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_
                      "pick another --output-h5 or delete it", path, (long long)got, (long long)n);
         goto out;
     }
-    for (int64_t i = 0; i < n && !rc; i++)
-        if (strcmp(pr[i], it[i].prompt))
-            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld's prompt is \"%.200s\", this job's is \"%.200s\"\n---> it "
-                         "belongs to another sweep: pick another --output-h5 or delete it", path, (long long)i, pr[i],
-                         it[i].prompt);
-    if (rc) goto out;
     h5_free_strings(pr, got);
     pr = NULL;
-    if ((rc = h5_read_strings(f, "sampler", -1, &pr, &got, path, err))) goto out;
-    for (int64_t i = 0; i < n && i < got && !rc; i++)
-        if (strcmp(pr[i], it[i].sampler))
-            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld's sampler is %s, this job's is %s\n---> it belongs to "
-                         "another sweep: pick another --output-h5 or delete it", path, (long long)i, pr[i],
-                         it[i].sampler);
-    if (rc) goto out;
-    h5_free_strings(pr, got);
-    pr = NULL;
-    if ((rc = h5_read_strings(f, "negative_prompt", -1, &pr, &got, path, err))) goto out;
-    for (int64_t i = 0; i < n && i < got && !rc; i++)
-        if (strcmp(pr[i], it[i].negative_prompt ? it[i].negative_prompt : ""))
-            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %lld's negative prompt is \"%.100s\", this job's is \"%.100s\"\n"
-                         "---> it belongs to another sweep: pick another --output-h5 or delete it", path, (long long)i,
-                         pr[i], it[i].negative_prompt ? it[i].negative_prompt : "");
-    if (rc) goto out;
-    h5_free_strings(pr, got);
-    pr = NULL;
+    if ((rc = same_strings(f, path, "prompt", "prompt", it, n, offsetof(GenItem, prompt), err)) ||
+        (rc = same_strings(f, path, "negative_prompt", "negative prompt", it, n, offsetof(GenItem, negative_prompt),
+                           err)) ||
+        (rc = same_strings(f, path, "sampler", "sampler", it, n, offsetof(GenItem, sampler), err)))
+        goto out;
     if ((rc = h5_read_strings(f, "model_hash", -1, &pr, &got, path, err))) goto out;
     if (model_hash && model_hash[0] && got > 0 && strcmp(pr[0], model_hash))
         rc = sdc_err(err, SDC_ERR_ARG, "%s was made with the model of hash %s, this job's model has hash %s\n---> a "
