@@ -219,11 +219,20 @@ static void with_suffix(char *buf, size_t n, const char *path, const char *suffi
     snprintf(buf, n, "%.*s%s", (int)(dot - path), path, suffix);
 }
 
+// GPUs per node (default 1 for a CUDA job) and ranks per node (one per GPU, else --ntasks-per-node)
+static int gpus_per_node(const SubmitOpts *o, const Sdc__Job *job) {
+    const int cuda = job->runtime && job->runtime->device && !strcmp(job->runtime->device, "cuda");
+    return o->gpus_per_node >= 0 ? o->gpus_per_node : cuda ? 1 : 0;
+}
+
+static int ranks_per_node(const SubmitOpts *o, const Sdc__Job *job) {
+    const int gpus = gpus_per_node(o, job);
+    return gpus > 0 ? gpus : o->ntasks_per_node > 0 ? o->ntasks_per_node : 1;
+}
+
 static int write_script(const SubmitOpts *o, const Sdc__Job *job, const char *script, const char *frozen,
                         const char *sdc, const char *cwd, const char *log_dir) {
-    const int cuda = job->runtime && job->runtime->device && !strcmp(job->runtime->device, "cuda");
-    const int gpus = o->gpus_per_node >= 0 ? o->gpus_per_node : cuda ? 1 : 0;
-    const int tasks = gpus > 0 ? gpus : o->ntasks_per_node > 0 ? o->ntasks_per_node : 1;
+    const int gpus = gpus_per_node(o, job), tasks = ranks_per_node(o, job);
     const int array = o->array > 0;
     char name[256];
     snprintf(name, sizeof name, "%s", o->job_name ? o->job_name : "");
@@ -326,6 +335,15 @@ int submit_main(int argc, char **argv) {
         fprintf(stderr, "sdc submit: --array: %s already names shard %d of %d ---> drop shard_index/shard_count\n",
                 o.manifest, job->generate->shard_index, job->generate->shard_count);
         rc = 2;
+    }
+    { // pipeline stages need a multiple of P ranks (runner: pipeline_setup)
+        const int stages = job->runtime ? job->runtime->pipeline_stages : 1, per_node = ranks_per_node(&o, job);
+        if (!rc && stages > 1 && (o.nodes * per_node) % stages) {
+            fprintf(stderr, "sdc submit: %s cuts the UNet into %d pipeline stages, but the job would have %d x %d "
+                            "ranks ---> a multiple of %d (--nodes, --ntasks-per-node / --gpus-per-node)\n",
+                    o.manifest, stages, o.nodes, per_node, stages);
+            rc = 2;
+        }
     }
     // a requeued PNG sweep keeps the PNGs it has (an HDF5 one has its done mask)
     if (!rc && job->task == SDC__TASK__TASK_GENERATE && !(job->generate->output_h5 && job->generate->output_h5[0]))

@@ -205,6 +205,13 @@ def bad(sdc, work, env):
                            stderr=subprocess.STDOUT, text=True, timeout=60, env=dict(os.environ, **env))
         check(p.returncode != 0 and needle in p.stdout, f"submit {' '.join(map(str, args))} refused: exit "
               f"{p.returncode}, '{p.stdout.strip().splitlines()[-1][:110] if p.stdout.strip() else ''}'")
+    pm = os.path.join(d, "pp.txtpb")
+    rc, text = run([sdc, "generate", "-m", "m.safetensors", "-p", "x", "--pipeline-stages", 2, "--dump-manifest"])
+    open(pm, "w").write(text)
+    p = subprocess.run([sdc, "submit", pm, "--ntasks-per-node", 3, "--dry-run"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=60)
+    check(p.returncode != 0 and "a multiple of 2" in p.stdout, f"2 pipeline stages on 3 ranks per node refused: exit "
+          f"{p.returncode}")
     p = subprocess.run([sdc, "submit", os.path.join(d, "missing.txtpb")], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=60)
     check(p.returncode != 0 and "missing.txtpb" in p.stdout, f"submit of a missing manifest refused: exit "
