@@ -208,7 +208,7 @@ def bad(sdc, work, env):
     pm = os.path.join(d, "pp.txtpb")
     rc, text = run([sdc, "generate", "-m", "m.safetensors", "-p", "x", "--pipeline-stages", 2, "--dump-manifest"])
     open(pm, "w").write(text)
-    p = subprocess.run([sdc, "submit", pm, "--ntasks-per-node", 3, "--dry-run"], stdout=subprocess.PIPE,
+    p = subprocess.run([sdc, "submit", pm, "--ntasks-per-node", "3", "--dry-run"], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=60)
     check(p.returncode != 0 and "a multiple of 2" in p.stdout, f"2 pipeline stages on 3 ranks per node refused: exit "
           f"{p.returncode}")
