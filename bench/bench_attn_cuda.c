@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "benchutil.h"
 #include "core/backend.h"
 #include "core/tensor.h"
 #ifdef SDC_HAVE_CUDA
@@ -26,12 +27,6 @@
 #endif
 
 #ifdef SDC_HAVE_CUDA
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 typedef struct Shape {
     const char *name;
@@ -61,12 +56,12 @@ static double time_kernel(const Bufs *b, int fa2, int B, const Shape *s, double 
     for (int i = 0; i < 2; i++) run(b, fa2, B, s);
     cuda_ctx_sync(b->ctx);
     int iters = 0, batch = 3;
-    double t0 = now(), t;
+    double t0 = now_sec(), t;
     do {
         for (int i = 0; i < batch; i++) run(b, fa2, B, s);
         cuda_ctx_sync(b->ctx);
         iters += batch;
-        t = now() - t0;
+        t = now_sec() - t0;
     } while (t < budget && iters < 1000);
     return t / iters;
 }

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "benchutil.h"
 #include "core/backend.h"
 #include "core/tensor.h"
 #ifdef SDC_HAVE_CUDA
@@ -26,12 +27,6 @@
 #endif
 
 #ifdef SDC_HAVE_CUDA
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static float *g_host; // host staging for uploads, sized for the largest tensor
 #define HOST_FLOATS ((size_t)96 << 20)
@@ -81,12 +76,12 @@ static double conv_time(Conv *c, int method, double budget, int *algo) {
     cuda_conv2d_cudnn_last(c->ctx, &ch);
     *algo = method == M_IM2COL ? -1 : ch.algo;
     int iters = 0, batch = 3;
-    double t0 = now(), t;
+    double t0 = now_sec(), t;
     do {
         for (int i = 0; i < batch; i++) conv_run(c, method);
         cuda_ctx_sync(c->ctx);
         iters += batch;
-        t = now() - t0;
+        t = now_sec() - t0;
     } while (t < budget && iters < 5000);
     return t / iters;
 }
@@ -143,7 +138,7 @@ static double gn_gbs(const Backend *be, int kind, int N, int C, int64_t S, float
     for (int i = -2; t < budget && iters < 10000; i++) {
         if (i == 0) {
             cuda_ctx_sync(ctx);
-            t0 = now();
+            t0 = now_sec();
         }
         if (kind == G_CHUNKED)
             cuda_group_norm_chunked(ctx, dt, out, x, g, b, N, C, S, 32, eps, 1);
@@ -153,7 +148,7 @@ static double gn_gbs(const Backend *be, int kind, int N, int C, int64_t S, float
             cuda_copy_bytes(ctx, out, x, bytes);
         if (i >= 0 && (++iters % 5) == 0) {
             cuda_ctx_sync(ctx);
-            t = now() - t0;
+            t = now_sec() - t0;
         }
     }
     be->free(be, x), be->free(be, out), be->free(be, g), be->free(be, b);
@@ -175,7 +170,7 @@ int main(int argc, char **argv) {
     char dev[320];
     cuda_ctx_describe((const CudaCtx *)be->impl, dev, sizeof dev);
     printf("device: %s\n", dev);
-    double t_start = now();
+    double t_start = now_sec();
 
     // ---- conv2d ---------------------------------------------------------------------
     printf("\nconv2d bf16, ms per call: im2col + cuBLAS | cuDNN heuristics | cuDNN timed (find)\n");
@@ -244,7 +239,7 @@ int main(int argc, char **argv) {
            "fast best %.0f GB/s, copy %.0f GB/s (%.0f s)\n",
            exp(gm[0][0]), exp(gm[1][0]), exp(gm[2][0]), exp(gm[3][0]), exp(gm[0][1]),
            exp(gm[1][1]), exp(gm[2][1]), exp(gm[3][1]), exp(gn_gm), best_fast, copy,
-           now() - t_start);
+           now_sec() - t_start);
     backend_destroy(be);
     free(g_host);
     return 0;

@@ -195,22 +195,13 @@ static void run_all(Env *e) {
 
 int main(void) {
     TestCtx t = {0};
-    const char *req = getenv("SDC_REQUIRE_GPU");
-    int require = req && req[0] == '1';
     // before any cuda_attention call: the kernel choice is read once
     setenv("SDC_CUDA_ATTN", "fa2", 1);
-    SdcError err = {0};
     Backend *gpu = NULL;
-    if (!backend_cuda_available() || backend_cuda_create(&gpu, 0, DT_BF16, &err) != SDC_OK) {
-        const char *why = backend_cuda_available() ? err.msg : "sdc was built without CUDA";
-        if (require) {
-            printf("FAILED: SDC_REQUIRE_GPU=1 but no CUDA device (%s)\n", why);
-            return 1;
-        }
-        printf("SKIPPED: no CUDA device (%s)\n", why);
-        return 0;
-    }
+    const int gpu_rc = test_cuda_backend(&gpu, DT_BF16);
+    if (gpu_rc >= 0) return gpu_rc;
 #ifdef SDC_HAVE_CUDA
+    SdcError err = {0};
     Backend *cpu = NULL;
     if (backend_cpu_create(&cpu, 0, &err) != SDC_OK) {
         printf("FAILED: CPU backend: %s\n", err.msg);

@@ -345,23 +345,14 @@ static void run_all(Env *e) {
 
 int main(void) {
     TestCtx t = {0};
-    const char *req = getenv("SDC_REQUIRE_GPU");
-    int require = req && req[0] == '1';
     // the backend-level cases run the new paths as a user would select them
     setenv("SDC_CUDA_CONV", "cudnn", 1);
     setenv("SDC_CUDA_GN", "fast", 1);
-    SdcError err = {0};
     Backend *gpu = NULL;
-    if (!backend_cuda_available() || backend_cuda_create(&gpu, 0, DT_F32, &err) != SDC_OK) {
-        const char *why = backend_cuda_available() ? err.msg : "sdc was built without CUDA";
-        if (require) {
-            printf("FAILED: SDC_REQUIRE_GPU=1 but no CUDA device (%s)\n", why);
-            return 1;
-        }
-        printf("SKIPPED: no CUDA device (%s)\n", why);
-        return 0;
-    }
+    const int gpu_rc = test_cuda_backend(&gpu, DT_F32);
+    if (gpu_rc >= 0) return gpu_rc;
 #ifdef SDC_HAVE_CUDA
+    SdcError err = {0};
     Backend *cpu = NULL;
     if (backend_cpu_create(&cpu, 0, &err) != SDC_OK) {
         printf("FAILED: CPU backend: %s\n", err.msg);

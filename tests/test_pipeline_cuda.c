@@ -151,19 +151,10 @@ static double image_psnr(const Case *c, const float *got, const float *ref) {
 
 int main(void) {
     TestCtx t = {0};
-    const char *req = getenv("SDC_REQUIRE_GPU");
-    const int require = req && req[0] == '1';
     SdcError err = {0};
     Backend *gpu[N_DT] = {0};
-    if (!backend_cuda_available() || backend_cuda_create(&gpu[0], 0, DTS[0], &err) != SDC_OK) {
-        const char *why = backend_cuda_available() ? err.msg : "sdc was built without CUDA";
-        if (require) {
-            printf("FAILED: SDC_REQUIRE_GPU=1 but no CUDA device (%s)\n", why);
-            return 1;
-        }
-        printf("SKIPPED: no CUDA device (%s)\n", why);
-        return 0;
-    }
+    const int gpu_rc = test_cuda_backend(&gpu[0], DTS[0]);
+    if (gpu_rc >= 0) return gpu_rc;
     for (int d = 1; d < N_DT; d++)
         if (backend_cuda_create(&gpu[d], 0, DTS[d], &err) != SDC_OK)
             check_true(&t, 0, "create CUDA backend %s: %s", dtype_name(DTS[d]), err.msg);

@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 
+#include "core/backend.h"
 #include "core/tensor.h"
 #include "io/safetensors.h"
 
@@ -87,4 +88,18 @@ float *fixture_f32(TestCtx *t, const StFile *f, const char *name, Tensor *shape_
     convert_to_f32(h, v.data, v.dtype, n);
     if (shape_out) *shape_out = v;
     return h;
+}
+
+int test_cuda_backend(Backend **out, int act_dtype) {
+    const char *req = getenv("SDC_REQUIRE_GPU");
+    SdcError err = {0};
+    *out = NULL;
+    if (backend_cuda_available() && backend_cuda_create(out, 0, (DType)act_dtype, &err) == SDC_OK) return -1;
+    const char *why = backend_cuda_available() ? err.msg : "sdc was built without CUDA";
+    if (req && req[0] == '1') {
+        printf("FAILED: SDC_REQUIRE_GPU=1 but no CUDA device (%s)\n", why);
+        return 1;
+    }
+    printf("SKIPPED: no CUDA device (%s)\n", why);
+    return 0;
 }
