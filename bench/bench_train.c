@@ -133,7 +133,7 @@ int main(int argc, char **argv) {
     AdamWConfig ac = adamw_config_default(); // diffusers: 0.9, 0.999, 1e-8, wd 1e-2
     OptimTensor ot = {p, g, n};
     AdamWGroupDesc gd = {.tensors = &ot, .n_tensors = 1, .lr_scale = 1.0};
-    if (adamw_init(&opt, &ac, &gd, 1, &err)) goto done;
+    if (adamw_init(&opt, be, &ac, &gd, 1, &err)) goto done;
 
     // ---- inputs: deterministic values in [-0.5, 0.5) on the host (CPU backend) ----
     size_t nx = (size_t)batch * c->in_channels * latent * latent;

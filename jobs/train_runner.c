@@ -516,8 +516,10 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     }
     DbData data = {.n_inst = n_inst, .n_class = n_cls, .inst_latents = inst, .class_latents = cls, .lat_h = lh,
                    .lat_w = lw, .instance_prompt = d->instance_prompt, .class_prompt = d->class_prompt};
-    DbHooks hooks = {.user = &run, .rank = par->rank, .world = par->size,
+    DbHooks hooks = {.user = &run, .rank = par->rank, .world = par->size, .replica = par->rank,
+                     .replicas = par->size, .stage = 0, .stages = 1,
                      .allreduce_mean = par->size > 1 ? hook_mean : NULL,
+                     .dp_sum = par->size > 1 ? hook_sum : NULL,
                      .allreduce_sum = par->size > 1 ? hook_sum : NULL, .on_step = hook_step,
                      .zero = d->zero_stage == 1, .reduce_scatter_mean = hook_reduce_scatter,
                      .allgather = hook_allgather, .gather = hook_gather};

@@ -2,7 +2,7 @@
 //
 // Messages from stage s to s+1, per micro-batch: a header of int64
 // (PP_HDR_LEN), then one payload of bytes:
-//   timesteps (n f32) | context (n, L, D) | x | skip 0 | ... | skip k-1
+//   time embedding (n, T) | context (n, L, D) | x | skip 0 | ... | skip k-1
 // in the backend's activation dtype. The last stage sends the micro-batch's
 // output rows (n, Cout, h, w) to stage 0 with tag PP_TAG_OUT + j. A header
 // with op PP_OP_QUIT ends pp_serve and is passed on.
@@ -161,12 +161,11 @@ static int grow(char **buf, size_t *cap, size_t need, SdcError *err) {
 // The state after this stage's blocks, packed into send buffer k and sent on
 // (header + payload, both non-blocking; the buffer's previous send is
 // waited for first).
-static int send_state(PpStage *p, int k, int64_t j, const UnetState *s, const float *ts, const Tensor *ctx,
-                      SdcError *err) {
+static int send_state(PpStage *p, int k, int64_t j, const UnetState *s, const Tensor *ctx, SdcError *err) {
     PP_MPI(MPI_Waitall(2, &p->send_req[2 * k], MPI_STATUSES_IGNORE), "MPI_Wait (send)");
     const int64_t n = s->x.shape[0];
-    const size_t ctx_b = tensor_bytes(ctx);
-    size_t bytes = (size_t)n * sizeof(float) + ctx_b + tensor_bytes(&s->x);
+    const size_t ctx_b = tensor_bytes(ctx), temb_b = tensor_bytes(&s->temb);
+    size_t bytes = temb_b + ctx_b + tensor_bytes(&s->x);
     for (int i = 0; i < s->n_skips; i++) bytes += tensor_bytes(&s->skips[i]);
     if (bytes > INT_MAX)
         return sdc_err(err, SDC_ERR_ARG, "pipeline: a micro-batch's state is %.0f MiB, over MPI's 2 GiB message "
@@ -180,7 +179,7 @@ static int send_state(PpStage *p, int k, int64_t j, const UnetState *s, const fl
     for (int d = 0; d < 4; d++) hdr[9 + d] = s->x.shape[d];
     for (int i = 0; i < s->n_skips; i++)
         for (int d = 0; d < 4; d++) hdr[PP_HDR_FIXED + 4 * i + d] = s->skips[i].shape[d];
-    memcpy(q, ts, (size_t)n * sizeof(float)), q += (size_t)n * sizeof(float);
+    memcpy(q, s->temb.data, temb_b), q += temb_b;
     memcpy(q, ctx->data, ctx_b), q += ctx_b;
     memcpy(q, s->x.data, tensor_bytes(&s->x)), q += tensor_bytes(&s->x);
     for (int i = 0; i < s->n_skips; i++) memcpy(q, s->skips[i].data, tensor_bytes(&s->skips[i])), q += tensor_bytes(&s->skips[i]);
@@ -207,7 +206,7 @@ int pp_submit(PpStage *p, Tensor *out, const Tensor *x, const float *timesteps, 
     UnetState s;
     SDC_TRY(unet_begin(u, &s, out, x, timesteps, ctx, err));
     for (int b = 0; b < p->bounds[1]; b++) SDC_TRY(unet_block_forward(u, b, &s, err));
-    SDC_TRY(send_state(p, (int)(p->passes++ & 1), tag, &s, timesteps, ctx, err));
+    SDC_TRY(send_state(p, (int)(p->passes++ & 1), tag, &s, ctx, err));
     return 0;
 }
 
@@ -262,7 +261,8 @@ int pp_serve(PpStage *p, SdcError *err) {
         const int64_t(*ss)[4] = (const int64_t(*)[4]) & hdr[PP_HDR_FIXED];
         const DType dt = DT_F32; // the CPU backend's activations
         Tensor xp = tensor_make(dt, DEV_CPU, NULL, 4, (int64_t[]){n, unet_config(u)->in_channels, h, w});
-        size_t bytes = (size_t)n * sizeof(float) + (size_t)n * L * D * dtype_size(dt) +
+        const size_t temb_b = (size_t)n * 4 * unet_config(u)->block_out[0] * dtype_size(dt);
+        size_t bytes = temb_b + (size_t)n * L * D * dtype_size(dt) +
                        (size_t)xs[0] * xs[1] * xs[2] * xs[3] * dtype_size(dt);
         for (int i = 0; i < nsk; i++) bytes += (size_t)ss[i][0] * ss[i][1] * ss[i][2] * ss[i][3] * dtype_size(dt);
         if ((rc = grow(&p->recv, &p->recv_cap, bytes, err))) break;
@@ -273,8 +273,8 @@ int pp_serve(PpStage *p, SdcError *err) {
         }
         const double t1 = pp_now();
         char *q = p->recv;
-        const float *ts = (const float *)q;
-        q += (size_t)n * sizeof(float);
+        const char *temb = q;
+        q += temb_b;
         Tensor ctx = tensor_make(dt, DEV_CPU, q, 3, (int64_t[]){n, L, D});
         q += tensor_bytes(&ctx);
         // the last stage writes the output into a send buffer; the others never run OUT
@@ -290,8 +290,9 @@ int pp_serve(PpStage *p, SdcError *err) {
             out.data = outbuf[k];
         }
         UnetState s;
-        rc = unet_begin_at(u, &s, &out, &xp, ts, &ctx, first, xs, nsk, ss, err);
+        rc = unet_begin_at(u, &s, &out, &xp, &ctx, first, xs, nsk, ss, err);
         if (rc) break;
+        memcpy(s.temb.data, temb, temb_b);
         memcpy(s.x.data, q, tensor_bytes(&s.x)), q += tensor_bytes(&s.x);
         for (int i = 0; i < nsk; i++) memcpy(s.skips[i].data, q, tensor_bytes(&s.skips[i])), q += tensor_bytes(&s.skips[i]);
         for (int b = first; !rc && b < end; b++) rc = unet_block_forward(u, b, &s, err);
@@ -302,7 +303,7 @@ int pp_serve(PpStage *p, SdcError *err) {
                 rc = mpi_fail(mrc, "MPI_Isend (output)", err);
                 break;
             }
-        } else if ((rc = send_state(p, k, j, &s, ts, &ctx, err))) {
+        } else if ((rc = send_state(p, k, j, &s, &ctx, err))) {
             break;
         }
         p->wait_s += t1 - t0;

@@ -21,6 +21,15 @@
 #include "testutil.h"
 #include "train/lr_schedule.h"
 #include "train/optim.h"
+#include "core/backend.h"
+
+// The CPU backend the optimizer runs its element ops on (one per test process).
+static const Backend *cpu_be(void) {
+    static Backend *be;
+    SdcError err = {0};
+    if (!be) SDC_CHECK(backend_cpu_create(&be, 1, &err) == 0);
+    return be;
+}
 
 #define N_PARAMS 3
 #define LR 1e-2
@@ -147,7 +156,7 @@ static void test_adamw(TestCtx *t, const StFile *f) {
     AdamW opt;
     LrSchedule sched;
     SdcError err = {0};
-    if (adamw_init(&opt, &cfg, groups, 2, &err) ||
+    if (adamw_init(&opt, cpu_be(), &cfg, groups, 2, &err) ||
         lr_schedule_init(&sched, LR_COSINE, LR, WARMUP, TOTAL, 1, 1.0, &err)) {
         check_true(t, 0, "adamw/schedule init: %s", err.msg);
         return;
@@ -230,7 +239,7 @@ static void test_nonfinite(TestCtx *t) {
         AdamW opt;
         SdcError err = {0};
         float norm = 0;
-        if (adamw_init(&opt, &cfg, &gd, 1, &err)) {
+        if (adamw_init(&opt, cpu_be(), &cfg, &gd, 1, &err)) {
             check_true(t, 0, "adamw_init: %s", err.msg);
             return;
         }
@@ -262,11 +271,11 @@ static void test_misc(TestCtx *t) {
     AdamW opt;
     SdcError err = {0};
     cfg.beta1 = 1.0;
-    check_true(t, adamw_init(&opt, &cfg, &gd, 1, &err) == SDC_ERR_ARG, "beta1 = 1 is refused");
+    check_true(t, adamw_init(&opt, cpu_be(), &cfg, &gd, 1, &err) == SDC_ERR_ARG, "beta1 = 1 is refused");
     cfg = adamw_config_default();
     OptimTensor empty = {p, NULL, 4};
     AdamWGroupDesc ge = {&empty, 1, 1.0};
-    check_true(t, adamw_init(&opt, &cfg, &ge, 1, &err) == SDC_ERR_ARG, "a NULL gradient buffer is refused");
+    check_true(t, adamw_init(&opt, cpu_be(), &cfg, &ge, 1, &err) == SDC_ERR_ARG, "a NULL gradient buffer is refused");
 
     // accelerate, accum 3, 7 batches per epoch: steps after batches 2, 5 and 6 (short tail).
     char seq[8] = {0};

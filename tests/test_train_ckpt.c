@@ -21,6 +21,15 @@
 #include "data/train_ckpt.h"
 #include "io/weights.h"
 #include "testutil.h"
+#include "core/backend.h"
+
+// The CPU backend the optimizer runs its element ops on (one per test process).
+static const Backend *cpu_be(void) {
+    static Backend *be;
+    SdcError err = {0};
+    if (!be) SDC_CHECK(backend_cpu_create(&be, 1, &err) == 0);
+    return be;
+}
 
 // ----------------------------------------------------------------------------
 // a small fake trainer: a full "unet" (ParamTable) and LoRA tensors of two
@@ -96,7 +105,7 @@ static void trainer_init(Trainer *tr, const char *lora_rank) {
     AdamWGroupDesc gd[2] = {{g0, N_UNET + N_UL, 1.0}, {g1, N_TL, 0.5}};
     AdamWConfig cfg = adamw_config_default();
     SdcError err = {0};
-    SDC_CHECK(adamw_init(&tr->opt, &cfg, gd, 2, &err) == 0);
+    SDC_CHECK(adamw_init(&tr->opt, cpu_be(), &cfg, gd, 2, &err) == 0);
     tr->comps[0] = (TrainCkptComponent){.group = "unet", .table = &tr->unet, .opt_group = 0};
     tr->comps[1] = (TrainCkptComponent){.group = "text_encoder_lora", .tensors = tr->tl, .n_tensors = N_TL,
                                         .opt_group = 1};

@@ -93,4 +93,17 @@ void cpu_timestep_embedding(float *out, const float *t, int N, int dim, int flip
 // error about 2e-7 against libm expf; gelu and silu are tested as ops).
 void cpu_vexp(float *out, const float *x, int64_t n);
 
+// ---- training step (train_cpu.c) --------------------------------------------------
+
+// Per sample n of N (per floats each): e = pred - target, sq[n] = sum e^2 in
+// double, dpred = k[n] * e (dpred may equal pred).
+void cpu_mse_backward(float *dpred, double *sq, const float *pred, const float *target, const float *k, int64_t N,
+                      int64_t per);
+// sum of x[i]^2, accumulated in double in index order.
+double cpu_sum_squares(const float *x, size_t n);
+// torch.optim.AdamW's single-tensor fp32 update of n elements (the scalars as
+// torch's kernels see them: backend.h AdamWScalars).
+void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, float decay, float w1, float b2, float w2,
+               float bc2_sqrt, float eps, float neg_step);
+
 #endif

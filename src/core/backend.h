@@ -25,6 +25,17 @@
 
 typedef struct Backend Backend;
 
+// The scalars of one AdamW step, each rounded to fp32 as torch's kernels see it
+// (src/train/optim.c computes them).
+typedef struct AdamWScalars {
+    float decay;    // 1 - lr * weight_decay
+    float w1;       // 1 - beta1
+    float b2, w2;   // beta2, 1 - beta2
+    float bc2_sqrt; // sqrt(1 - beta2^step)
+    float eps;
+    float neg_step; // -lr / (1 - beta1^step)
+} AdamWScalars;
+
 struct Backend {
     const char *name; // "cpu", "cuda", "measure"
     Device device;
@@ -92,8 +103,9 @@ struct Backend {
     // ---- backward (training) --------------------------------------------------
     // Gradients of activations are overwritten; gradients of parameters (dw,
     // db, dgamma, dbeta, dtable) are ADDED to, so micro-batches accumulate.
-    // A parameter gradient may be NULL when it is not wanted. NULL entries:
-    // the backend cannot train (today: CUDA; the measure backend has no-ops).
+    // A parameter gradient may be NULL when it is not wanted. NULL entries
+    // (here and in the training section below): the backend cannot train
+    // (today: CUDA; the measure backend has no-ops).
     // linear: x (M, K), w (N, K), dy (M, N) -> dx (M, K) (may be NULL), dw, db
     void (*linear_backward)(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
                             const Tensor *x, const Tensor *w);
@@ -125,6 +137,22 @@ struct Backend {
     void (*concat_channels_backward)(const Backend *be, Tensor *da, Tensor *db, const Tensor *dy);
     // dtable (V, D) += dy (B, L, D) rows at ids I32 (B, L); ids are checked (SDC_CHECK)
     void (*embedding_backward)(const Backend *be, Tensor *dtable, const Tensor *ids, const Tensor *dy);
+
+    // ---- training: memory, the loss, the optimizer --------------------------------
+    // dst[0, bytes) = 0 (gradient arenas, adapters). Every backend has it.
+    void (*zero)(const Backend *be, void *dst, size_t bytes);
+    // c (M, N) = alpha * a (M, K) . b (K, N) + beta * c (a LoRA merged into its weight)
+    void (*matmul)(const Backend *be, Tensor *c, const Tensor *a, const Tensor *b, float alpha, float beta);
+    // The diffusion loss's backward, per sample n of pred (N, ...): e = pred - target,
+    // sq_host[n] = sum of e^2 (double), dpred[n] = k_host[n] * e. dpred may be pred.
+    void (*mse_backward)(const Backend *be, Tensor *dpred, double *sq_host, const Tensor *pred,
+                         const Tensor *target, const float *k_host);
+    // sum of x[i]^2 over n floats, accumulated in double in index order (torch's clip_grad_norm_ per tensor)
+    double (*sum_squares)(const Backend *be, const float *x, size_t n);
+    // One AdamW update of n parameters, torch's single-tensor fp32 path element by element:
+    // p = p * decay; m = m + w1 (g - m); v = v * b2 + w2 g^2; p += neg_step * m / (sqrt(v) / bc2_sqrt + eps)
+    void (*adamw)(const Backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                  const struct AdamWScalars *s);
 
     // ---- memory report --------------------------------------------------------
     // Bytes free and in total on the device (CPU: MemAvailable / MemTotal).

@@ -284,6 +284,43 @@ static void cpu_op_copy(const Backend *be, Tensor *out, const Tensor *x) {
     }
 }
 
+// ---- training: memory, loss, optimizer --------------------------------------------
+
+static void cpu_zero(const Backend *be, void *dst, size_t bytes) {
+    (void)be;
+    if (bytes) memset(dst, 0, bytes);
+}
+
+static void cpu_op_matmul(const Backend *be, Tensor *c, const Tensor *a, const Tensor *b, float alpha, float beta) {
+    (void)be;
+    CHECK_F32(c); CHECK_F32(a); CHECK_F32(b);
+    SDC_CHECK(a->ndim == 2 && b->ndim == 2 && c->ndim == 2 && a->shape[1] == b->shape[0] &&
+              c->shape[0] == a->shape[0] && c->shape[1] == b->shape[1]);
+    const int M = (int)a->shape[0], K = (int)a->shape[1], N = (int)b->shape[1];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, tensor_f32p(a), K, tensor_f32p(b), N,
+                beta, tensor_f32p(c), N);
+}
+
+static void cpu_op_mse_backward(const Backend *be, Tensor *dpred, double *sq, const Tensor *pred,
+                                const Tensor *target, const float *k) {
+    (void)be;
+    CHECK_F32(dpred); CHECK_F32(pred); CHECK_F32(target);
+    SDC_CHECK(tensor_same_shape(pred, target) && tensor_same_shape(pred, dpred) && pred->ndim >= 1);
+    const int64_t N = pred->shape[0];
+    cpu_mse_backward(tensor_f32p(dpred), sq, tensor_f32p(pred), tensor_f32p(target), k, N, tensor_numel(pred) / N);
+}
+
+static double cpu_op_sum_squares(const Backend *be, const float *x, size_t n) {
+    (void)be;
+    return cpu_sum_squares(x, n);
+}
+
+static void cpu_op_adamw(const Backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                         const AdamWScalars *s) {
+    (void)be;
+    cpu_adamw(p, g, m, v, n, s->decay, s->w1, s->b2, s->w2, s->bc2_sqrt, s->eps, s->neg_step);
+}
+
 // MemAvailable / MemTotal from /proc/meminfo (what can be allocated without
 // swapping; overcommit makes malloc itself no test).
 static int cpu_mem_info(const Backend *be, size_t *free_bytes, size_t *total_bytes) {
@@ -333,6 +370,11 @@ static const Backend cpu_template = {
     .embedding = cpu_op_embedding,
     .copy = cpu_op_copy,
     .mem_info = cpu_mem_info,
+    .zero = cpu_zero,
+    .matmul = cpu_op_matmul,
+    .mse_backward = cpu_op_mse_backward,
+    .sum_squares = cpu_op_sum_squares,
+    .adamw = cpu_op_adamw,
     CPU_BACKWARD_ENTRIES
 };
 
@@ -390,6 +432,12 @@ static void m_attn_bwd(const Backend *be, Tensor *dq, Tensor *dk, Tensor *dv, co
 static void m_ternary(const Backend *be, Tensor *o, const Tensor *a, const Tensor *b) {}
 static void m_unary_bwd(const Backend *be, Tensor *o, const Tensor *a) {}
 static void m_split_bwd(const Backend *be, Tensor *a, Tensor *b, const Tensor *d) {}
+static void m_zero(const Backend *be, void *d, size_t n) {}
+static void m_matmul(const Backend *be, Tensor *c, const Tensor *a, const Tensor *b, float al, float bt) {}
+static void m_mse_bwd(const Backend *be, Tensor *d, double *sq, const Tensor *p, const Tensor *t, const float *k) {}
+static double m_sum_sq(const Backend *be, const float *x, size_t n) { return 0; }
+static void m_adamw(const Backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                    const AdamWScalars *s) {}
 
 static const Backend measure_backend = {
     .name = "measure",
@@ -436,6 +484,11 @@ static const Backend measure_backend = {
     .add_channel_bias_backward = m_unary_bwd,
     .concat_channels_backward = m_split_bwd,
     .embedding_backward = m_ternary,
+    .zero = m_zero,
+    .matmul = m_matmul,
+    .mse_backward = m_mse_bwd,
+    .sum_squares = m_sum_sq,
+    .adamw = m_adamw,
 };
 
 const Backend *backend_measure(void) { return &measure_backend; }

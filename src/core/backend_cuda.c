@@ -97,6 +97,9 @@ static void cu_upload(const Backend *be, void *dst, const void *src, size_t byte
 static void cu_download(const Backend *be, void *dst, const void *src, size_t bytes) {
     cuda_download(ctx_of(be), dst, src, bytes);
 }
+static void cu_zero(const Backend *be, void *dst, size_t bytes) {
+    if (bytes) cuda_memset_async(ctx_of(be), dst, 0, bytes);
+}
 static void cu_sync(const Backend *be) { cuda_ctx_sync(ctx_of(be)); }
 
 // ---- ops ------------------------------------------------------------------------
@@ -398,6 +401,7 @@ int backend_cuda_create(Backend **out, int device_index, DType act_dtype, SdcErr
         .embedding = cu_embedding,
         .copy = cu_copy,
         .mem_info = cu_mem_info,
+        .zero = cu_zero,
     };
     *out = be;
     return SDC_OK;

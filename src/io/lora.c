@@ -13,6 +13,7 @@
 
 #include "io/json.h"
 #include "io/namemap.h"
+#include "models/unet_layout.h"
 
 #define HINT_OTHER_MODEL \
     "---> a LoRA for another model? sdc runs SD 1.x / 2.x; SDXL and other families' LoRAs do not fit"
@@ -128,31 +129,6 @@ static void names_add(ModNames *mn, Component c, const char *fmt, ...) {
     }
 }
 
-static void names_transformer(ModNames *mn, const char *p) {
-    char norm[LORA_NAME_MAX + 16]; // a Transformer2DModel is there if its norm is
-    snprintf(norm, sizeof norm, "%s.norm.weight", p);
-    if (!model_files_has(mn->mf, COMP_UNET, norm)) return;
-    names_add(mn, COMP_UNET, "%s.proj_in", p);
-    names_add(mn, COMP_UNET, "%s.proj_out", p);
-    static const char *const LEAF[] = {"attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                                       "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
-                                       "ff.net.0.proj", "ff.net.2"};
-    for (int l = 0; l < 64; l++) {
-        char q[LORA_NAME_MAX];
-        snprintf(q, sizeof q, "%s.transformer_blocks.%d.attn1.to_q", p, l);
-        if (!has_weight(mn->mf, COMP_UNET, q)) break;
-        for (size_t k = 0; k < sizeof LEAF / sizeof LEAF[0]; k++)
-            names_add(mn, COMP_UNET, "%s.transformer_blocks.%d.%s", p, l, LEAF[k]);
-    }
-}
-
-static void names_resnet(ModNames *mn, const char *p) {
-    names_add(mn, COMP_UNET, "%s.conv1", p);
-    names_add(mn, COMP_UNET, "%s.conv2", p);
-    names_add(mn, COMP_UNET, "%s.conv_shortcut", p);
-    names_add(mn, COMP_UNET, "%s.time_emb_proj", p);
-}
-
 // Fills mn with every LoRA-able module of the model.
 static int names_build(ModNames *mn, const ModelFiles *mf, SdcError *err) {
     memset(mn, 0, sizeof *mn);
@@ -164,34 +140,16 @@ static int names_build(ModNames *mn, const ModelFiles *mf, SdcError *err) {
         free(mn->nm); // a config namemap cannot describe: no original names, diffusers ones still work
         mn->nm = NULL;
     }
-    const int L = info->unet.n_levels < SDC_MAX_LEVELS ? info->unet.n_levels : SDC_MAX_LEVELS;
-    const int J = info->unet.layers_per_block + 1;
+    // the UNet's modules, block by block (src/models/unet_layout.h: the
+    // list the model is built from); names the file lacks are skipped
+    UnetBlockInfo *blocks = malloc(UNET_MAX_BLOCKS * sizeof *blocks);
+    int nb = 0;
+    if (!blocks) return sdc_err(err, SDC_ERR_OOM, "LoRA: out of memory for the module names");
+    if (unet_layout(&info->unet, blocks, &nb, &ignored)) nb = 0; // no UNet to target; the text encoder still is
     char p[LORA_NAME_MAX];
-    for (int i = 0; i < L; i++) {
-        for (int j = 0; j < J; j++) {
-            snprintf(p, sizeof p, "down_blocks.%d.attentions.%d", i, j);
-            names_transformer(mn, p);
-            snprintf(p, sizeof p, "down_blocks.%d.resnets.%d", i, j);
-            names_resnet(mn, p);
-        }
-        names_add(mn, COMP_UNET, "down_blocks.%d.downsamplers.0.conv", i);
-    }
-    names_transformer(mn, "mid_block.attentions.0");
-    names_resnet(mn, "mid_block.resnets.0");
-    names_resnet(mn, "mid_block.resnets.1");
-    for (int i = 0; i < L; i++) {
-        for (int j = 0; j < J; j++) {
-            snprintf(p, sizeof p, "up_blocks.%d.attentions.%d", i, j);
-            names_transformer(mn, p);
-            snprintf(p, sizeof p, "up_blocks.%d.resnets.%d", i, j);
-            names_resnet(mn, p);
-        }
-        names_add(mn, COMP_UNET, "up_blocks.%d.upsamplers.0.conv", i);
-    }
-    names_add(mn, COMP_UNET, "conv_in");
-    names_add(mn, COMP_UNET, "conv_out");
-    names_add(mn, COMP_UNET, "time_embedding.linear_1");
-    names_add(mn, COMP_UNET, "time_embedding.linear_2");
+    for (int i = 0; i < nb; i++)
+        for (int k = 0; unet_block_module(&blocks[i], k, p, sizeof p); k++) names_add(mn, COMP_UNET, "%s", p);
+    free(blocks);
     static const char *const TE_LEAF[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                           "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
     for (int l = 0; l < 256; l++) {

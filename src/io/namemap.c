@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "models/unet_layout.h"
+
 // ----------------------------------------------------------------------------
 // inner rename tables: {original, diffusers, kind}; '*' in a NM_ROW_SLICE
 // diffusers name stands for q / k / v.
@@ -91,50 +93,27 @@ static int add_rule(NameMap *nm, Component c, int inner, const char *orig, const
 int namemap_init(NameMap *nm, const UnetConfig *u, const VaeConfig *v, int openclip, SdcError *err) {
     memset(nm, 0, sizeof *nm);
     nm->openclip = openclip;
-    int n = u->n_levels, lpb = u->layers_per_block;
+    const int n = u->n_levels, lpb = u->layers_per_block;
     if (n < 1 || n > SDC_MAX_LEVELS || lpb < 1 || lpb > 8 || v->n_levels < 1 || v->n_levels > SDC_MAX_LEVELS ||
         v->layers_per_block < 1 || v->layers_per_block > 8)
         return sdc_err(err, SDC_ERR_ARG, "namemap: UNet %d levels x %d layers, VAE %d levels x %d layers: "
                        "expected 1..%d levels and 1..8 layers per block", n, lpb, v->n_levels,
                        v->layers_per_block, SDC_MAX_LEVELS);
 
-    // UNet. input_blocks: 0 = conv_in, then per level lpb resnet(+attention)
-    // blocks and (except the last level) one downsampler. output_blocks: per
-    // up level lpb + 1 blocks, the last of which carries the upsampler
-    // (after the attention, if the level has one).
+    // UNet: one rule per parameter prefix of every block of its layout
+    // (src/models/unet_layout.h, the list the model itself is built from);
+    // resnets rename their inner names too.
     ADD(COMP_UNET, -1, P_UNET, "");
-    ADD(COMP_UNET, -1, P_UNET "input_blocks.0.0.", "conv_in.");
-    ADD(COMP_UNET, -1, P_UNET "time_embed.0.", "time_embedding.linear_1.");
-    ADD(COMP_UNET, -1, P_UNET "time_embed.2.", "time_embedding.linear_2.");
     ADD(COMP_UNET, -1, P_UNET "label_emb.0.0.", "add_embedding.linear_1.");
     ADD(COMP_UNET, -1, P_UNET "label_emb.0.2.", "add_embedding.linear_2.");
-    ADD(COMP_UNET, -1, P_UNET "out.0.", "conv_norm_out.");
-    ADD(COMP_UNET, -1, P_UNET "out.2.", "conv_out.");
-    for (int i = 0; i < n; i++) {
-        for (int j = 0; j < lpb; j++) {
-            int k = 1 + i * (lpb + 1) + j;
-            RULE(COMP_UNET, IN_UNET_RESNET, (P_UNET "input_blocks.%d.0.", k), ("down_blocks.%d.resnets.%d.", i, j));
-            RULE(COMP_UNET, -1, (P_UNET "input_blocks.%d.1.", k), ("down_blocks.%d.attentions.%d.", i, j));
-        }
-        if (i < n - 1)
-            RULE(COMP_UNET, -1, (P_UNET "input_blocks.%d.0.op.", 1 + i * (lpb + 1) + lpb),
-                 ("down_blocks.%d.downsamplers.0.conv.", i));
-        for (int j = 0; j <= lpb; j++) {
-            int k = i * (lpb + 1) + j;
-            RULE(COMP_UNET, IN_UNET_RESNET, (P_UNET "output_blocks.%d.0.", k), ("up_blocks.%d.resnets.%d.", i, j));
-            if (u->up_attn[i])
-                RULE(COMP_UNET, -1, (P_UNET "output_blocks.%d.1.", k), ("up_blocks.%d.attentions.%d.", i, j));
-            if (j == lpb && i < n - 1)
-                RULE(COMP_UNET, -1, (P_UNET "output_blocks.%d.%d.conv.", k, u->up_attn[i] ? 2 : 1),
-                     ("up_blocks.%d.upsamplers.0.conv.", i));
-        }
-    }
-    ADD(COMP_UNET, IN_UNET_RESNET, P_UNET "middle_block.0.", "mid_block.resnets.0.");
-    if (u->mid_attn) {
-        ADD(COMP_UNET, -1, P_UNET "middle_block.1.", "mid_block.attentions.0.");
-        ADD(COMP_UNET, IN_UNET_RESNET, P_UNET "middle_block.2.", "mid_block.resnets.1.");
-    } else {
-        ADD(COMP_UNET, IN_UNET_RESNET, P_UNET "middle_block.1.", "mid_block.resnets.1.");
+    {
+        UnetBlockInfo blocks[UNET_MAX_BLOCKS];
+        int nb = 0;
+        SDC_TRY(unet_layout(u, blocks, &nb, err));
+        for (int i = 0; i < nb; i++)
+            for (int k = 0; k < blocks[i].n_pre; k++)
+                RULE(COMP_UNET, blocks[i].kind == UNET_BLOCK_RESNET ? IN_UNET_RESNET : -1,
+                     (P_UNET "%s", blocks[i].pre[k].orig), ("%s", blocks[i].pre[k].diff));
     }
 
     // VAE. The decoder's up.i is diffusers' up_blocks.(n-1-i): the original

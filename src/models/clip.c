@@ -1,5 +1,7 @@
 // clip.c: the CLIP text encoder (see clip.h). Reads top to bottom:
-// parameters, loading, the forward pass, planning (measure pass), encode.
+// parameters, loading, the blocks' one forward (clip_internal.h; the
+// training passes in clip_train.c run the same functions keeping their
+// saves), the inference pass, planning (measure pass), encode.
 //
 // Shapes: B prompts, L = max_positions tokens, D = hidden, I = intermediate.
 #include "models/clip.h"
@@ -55,9 +57,9 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
                    SdcError *err) {
     *out = NULL;
     int own = o && o->trainable;
-    if (own && (be->device != DEV_CPU || be->param_dtype != DT_F32 || !be->linear_backward))
+    if (own && (be->param_dtype != DT_F32 || !be->linear_backward))
         return sdc_err(err, SDC_ERR_UNSUPPORTED,
-                       "text encoder: training needs the CPU backend in fp32 (got %s, %s)\n"
+                       "text encoder: training needs a backend with backward ops and fp32 parameters (got %s, %s)\n"
                        "---> use --device cpu for training",
                        be->name, dtype_name(be->param_dtype));
     const ClipConfig *c = &model_files_info(mf)->clip;
@@ -87,7 +89,7 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
     int rc = pl.failed ? err->code : 0;
     if (!rc) rc = arena_init(&m->params, be, meas.peak, err);
     // Trainable: the arena is the flat buffer the optimizer sees; zero its padding.
-    if (!rc && own) memset(m->params.base, 0, m->params.cap);
+    if (!rc && own) be->zero(be, m->params.base, m->params.cap);
     if (!rc) {
         pl = (ParamLoader){.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &m->params,
                            .err = err, .own = own, .table = own ? &m->table : NULL,
@@ -119,52 +121,81 @@ const ClipConfig *clip_config(const ClipModel *m) { return &m->cfg; }
 size_t clip_param_bytes(const ClipModel *m) { return m->params.cap; }
 size_t clip_activation_bytes(const ClipModel *m) { return m->act.cap; }
 
-// ---- forward -----------------------------------------------------------------
+// ---- the blocks' forward --------------------------------------------------------
 
-// Runs the embeddings and the first n_layers layers, then final_layer_norm
-// into out (B, L, D). Against backend_measure() and a measuring arena it only
+void clip_embed_forward(Pass *p, const ClipModel *m, Tensor *h, const Tensor *ids, const Tensor *pos) {
+    const Backend *be = p->be;
+    size_t mark = arena_mark(p->work);
+    Tensor t = pass_like(p, h); // (B, L, D) position embeddings
+    be->embedding(be, h, ids, &m->tok_emb);
+    be->embedding(be, &t, pos, &m->pos_emb);
+    be->add(be, h, h, &t);
+    arena_reset(p->work, mark);
+}
+
+void clip_layer_forward(Pass *p, const ClipModel *m, int i, ClipLayerSave *sv, Tensor *h) {
+    const Backend *be = p->be;
+    const ClipConfig *c = &m->cfg;
+    const ClipLayer *l = &m->layers[i];
+    const LoraPair *lo = m->lora ? &m->lora[i * CLIP_N_PROJ] : NULL;
+    const int64_t B = h->shape[0], L = h->shape[1], D = c->hidden, I = c->intermediate;
+    size_t mark = arena_mark(p->work);
+    sv->hin = *h;
+    Tensor t = TMP(p, B, L, D); // (B, L, D) a branch's output
+    size_t mark1 = arena_mark(p->work);
+    // attention branch: h_mid = hin + out_proj(attention(q, k, v)), q/k/v of layer_norm1(hin)
+    sv->x1 = SAVE(p, B, L, D);
+    be->layer_norm(be, &sv->x1, &sv->hin, &l->ln1_w, &l->ln1_b, c->ln_eps);
+    sv->q = SAVE(p, B, L, D);
+    sv->k = SAVE(p, B, L, D);
+    sv->v = SAVE(p, B, L, D);
+    pass_linear(p, &sv->q, &sv->x1, &l->q_w, &l->q_b, lo ? &lo[CLIP_PROJ_Q] : NULL, &sv->u[CLIP_PROJ_Q]);
+    pass_linear(p, &sv->k, &sv->x1, &l->k_w, &l->k_b, lo ? &lo[CLIP_PROJ_K] : NULL, &sv->u[CLIP_PROJ_K]);
+    pass_linear(p, &sv->v, &sv->x1, &l->v_w, &l->v_b, lo ? &lo[CLIP_PROJ_V] : NULL, &sv->u[CLIP_PROJ_V]);
+    sv->o = SAVE(p, B, L, D);
+    be->attention(be, &sv->o, &sv->q, &sv->k, &sv->v, c->heads, 1);
+    pass_linear(p, &t, &sv->o, &l->o_w, &l->o_b, lo ? &lo[CLIP_PROJ_O] : NULL, &sv->u[CLIP_PROJ_O]);
+    sv->h_mid = p->keep ? SAVE(p, B, L, D) : sv->hin;
+    be->add(be, &sv->h_mid, &sv->hin, &t);
+    arena_reset(p->work, mark1); // x1, q, k, v, o are dead unless kept
+    // MLP branch: hout = h_mid + fc2(act(fc1(layer_norm2(h_mid))))
+    sv->x2 = SAVE(p, B, L, D);
+    be->layer_norm(be, &sv->x2, &sv->h_mid, &l->ln2_w, &l->ln2_b, c->ln_eps);
+    sv->f_pre = SAVE(p, B, L, I);
+    be->linear(be, &sv->f_pre, &sv->x2, &l->fc1_w, &l->fc1_b);
+    sv->f_act = p->keep ? SAVE(p, B, L, I) : sv->f_pre;
+    if (c->act == ACT_GELU) be->gelu(be, &sv->f_act, &sv->f_pre);
+    else be->quick_gelu(be, &sv->f_act, &sv->f_pre);
+    be->linear(be, &t, &sv->f_act, &l->fc2_w, &l->fc2_b);
+    sv->hout = p->keep ? SAVE(p, B, L, D) : sv->h_mid;
+    be->add(be, &sv->hout, &sv->h_mid, &t);
+    *h = sv->hout;
+    arena_reset(p->work, mark);
+}
+
+void clip_final_forward(Pass *p, const ClipModel *m, Tensor *out, const Tensor *h) {
+    p->be->layer_norm(p->be, out, h, &m->fln_w, &m->fln_b, m->cfg.ln_eps);
+}
+
+// The embeddings and the first n_layers layers, then final_layer_norm into
+// out (B, L, D). Against backend_measure() and a measuring arena it only
 // sizes the activations; act is the real backend's activation dtype.
 static void clip_forward(const ClipModel *m, const Backend *be, Arena *a, DType act,
                          const int32_t *ids, int B, int n_layers, Tensor *out) {
     const ClipConfig *c = &m->cfg;
-    const int64_t L = c->max_positions, D = c->hidden, I = c->intermediate;
+    const int64_t L = c->max_positions, D = c->hidden;
     size_t mark = arena_mark(a);
-
     Tensor ids_t = arena_tensor(a, DT_I32, 2, (int64_t[]){B, L}); // (B, L)
     Tensor pos_t = arena_tensor(a, DT_I32, 2, (int64_t[]){B, L}); // (B, L) 0..L-1 each
     be->upload(be, ids_t.data, ids, (size_t)B * L * sizeof(int32_t));
+    // Position ids are 0..L-1 for every prompt (m->pos_ids, made by clip_reserve).
     be->upload(be, pos_t.data, m->pos_ids, (size_t)B * L * sizeof(int32_t));
     Tensor h = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, D) residual stream
-    Tensor x = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, D) normed / branch out
-    Tensor q = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, H*Dh)
-    Tensor k = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, H*Dh)
-    Tensor v = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, H*Dh)
-    Tensor o = arena_tensor(a, act, 3, (int64_t[]){B, L, D}); // (B, L, D) attention out
-    Tensor f = arena_tensor(a, act, 3, (int64_t[]){B, L, I}); // (B, L, I) MLP hidden
-
-    be->embedding(be, &h, &ids_t, &m->tok_emb);
-    // Position ids are 0..L-1 for every prompt (m->pos_ids, made by clip_reserve).
-    be->embedding(be, &x, &pos_t, &m->pos_emb);
-    be->add(be, &h, &h, &x);
-
-    for (int i = 0; i < n_layers; i++) {
-        const ClipLayer *l = &m->layers[i];
-        be->layer_norm(be, &x, &h, &l->ln1_w, &l->ln1_b, c->ln_eps);
-        be->linear(be, &q, &x, &l->q_w, &l->q_b);
-        be->linear(be, &k, &x, &l->k_w, &l->k_b);
-        be->linear(be, &v, &x, &l->v_w, &l->v_b);
-        be->attention(be, &o, &q, &k, &v, c->heads, 1);
-        be->linear(be, &x, &o, &l->o_w, &l->o_b);
-        be->add(be, &h, &h, &x);
-
-        be->layer_norm(be, &x, &h, &l->ln2_w, &l->ln2_b, c->ln_eps);
-        be->linear(be, &f, &x, &l->fc1_w, &l->fc1_b);
-        if (c->act == ACT_GELU) be->gelu(be, &f, &f);
-        else be->quick_gelu(be, &f, &f);
-        be->linear(be, &x, &f, &l->fc2_w, &l->fc2_b);
-        be->add(be, &h, &h, &x);
-    }
-    be->layer_norm(be, out, &h, &m->fln_w, &m->fln_b, c->ln_eps);
+    Pass p = {.be = be, .act = act, .work = a, .lora_scale = m->lora_scale};
+    clip_embed_forward(&p, m, &h, &ids_t, &pos_t);
+    ClipLayerSave sv; // nothing is kept: a scratch record
+    for (int i = 0; i < n_layers; i++) clip_layer_forward(&p, m, i, &sv, &h);
+    clip_final_forward(&p, m, out, &h);
     arena_reset(a, mark);
 }
 

@@ -7,8 +7,11 @@
 //
 // Parameters live in one arena sized by a measuring load; activations in one
 // arena planned by clip_reserve (a measuring forward pass), so clip_encode
-// never allocates. Training (DreamBooth --train-text-encoder, full or LoRA):
-// the clip_train_* functions below, in clip_train.c.
+// never allocates. The encoder is a block list (embeddings, layers, final
+// norm) whose one forward serves inference and training (clip_internal.h).
+// Training (DreamBooth --train-text-encoder, full or LoRA): the
+// clip_train_* functions below, in clip_train.c, on any backend with the
+// backward ops.
 #ifndef SDC_CLIP_H
 #define SDC_CLIP_H
 
@@ -55,13 +58,14 @@ size_t clip_param_bytes(const ClipModel *m);
 size_t clip_activation_bytes(const ClipModel *m);
 void clip_free(ClipModel *m);
 
-// ---- training (clip_train.c; CPU backend, fp32) ------------------------------
+// ---- training (clip_train.c; a backend with backward ops, fp32) --------------
 // The default output only (clip_skip is not supported in training). A step:
 //   clip_train_reserve(m, &opts, batch, &err);                    // once
 //   clip_train_forward(m, ids, batch, &out, &err);  // out -> the UNet, loss
 //   clip_train_backward(m, &dout, &err);            // ADDS into the gradients
 //   clip_trainables(m, &p, &g, &n);  // AdamW over p[0..n), g[0..n); then zero g
-// clip_encode keeps running the base model (LoRA not applied).
+// clip_encode runs the same layer forward (clip_internal.h), with the
+// adapters when LoRA is being trained.
 
 typedef struct ClipTrainOpts {
     int lora_rank;      // 0: every parameter trainable (needs a trainable load);

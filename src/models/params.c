@@ -46,6 +46,7 @@ static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t 
         pl->failed = 1;
         return none;
     }
+    if (pl->check_only) return none;
     pl->count++;
     pl->numel += (size_t)tensor_numel(&src);
     const int lora = pl->lora && lora_set_targets(pl->lora, pl->comp, name);

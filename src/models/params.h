@@ -35,6 +35,10 @@ struct LoraSet; // io/lora.h
 typedef struct ModelLoadOpts {
     int trainable; // own F32 copies in one arena, named in a ParamTable (never mmap views)
     const struct LoraSet *lora; // LoRAs merged into the weights they target (NULL: none)
+    // UNet pipeline stages: load only the blocks [first_block, end_block) of
+    // unet_layout's list (end_block 0: to the last). The others' parameters
+    // are checked in the file but not loaded.
+    int first_block, end_block;
 } ModelLoadOpts;
 
 typedef struct ParamLoader {
@@ -52,6 +56,7 @@ typedef struct ParamLoader {
     // both passes and always copied into the arena (never a view) with the
     // updates added in f32 before the conversion to be->param_dtype.
     const struct LoraSet *lora;
+    int check_only; // check names and shapes only; every tensor comes back empty (blocks of another stage)
 } ParamLoader;
 
 // shape is given as a literal list: PARAM(pl, SHAPE(C, C, 3, 3), "conv_in.weight")

@@ -1,14 +1,7 @@
-// unet.c: the SD UNet (diffusers UNet2DConditionModel) as a list of blocks
-// over an explicit skip stack; see unet.h for the structure and the memory
-// plan. Semantics follow diffusers 0.42 (unet_2d_condition.py,
-// unet_2d_blocks.py, resnet.py, transformer_2d.py, attention.py):
-// - ResnetBlock2D: GN(eps=norm_eps)+SiLU, conv1, + time_emb_proj(SiLU(temb)),
-//   GN+SiLU, conv2, + (1x1 conv_shortcut when channels change); scale 1.
-// - Transformer2DModel: GN(eps 1e-6), proj_in (1x1 conv or linear: the same
-//   matrix product once the tokens are (N, H*W, C)), BasicTransformerBlocks
-//   (LayerNorm eps 1e-5; self-attn, cross-attn, GEGLU feed-forward, each
-//   residual), proj_out, + input.
-// This file is the only place that knows the UNet's structure; it calls
+// unet.c: the SD UNet (diffusers UNet2DConditionModel): the model built on
+// unet_layout's block list, its loading, FLOP model and the inference pass
+// with its memory plan (see unet.h). Each block kind's parameters, forward
+// and backward are in unet_kinds.c; training passes in unet_train.c. Calls
 // only backend ops and never branches on the device.
 #include "models/unet.h"
 
@@ -21,230 +14,8 @@
 #include "models/unet_internal.h"
 
 // ---------------------------------------------------------------------------
-// building the block list (run twice: measuring, then real parameters)
+// building and loading
 // ---------------------------------------------------------------------------
-
-static UnetBlock *block_add(Unet *m, UnetBlockKind kind, const char *name, int cin, int cskip,
-                            int cout, int in_div, int out_div, int push, int pop) {
-    SDC_CHECK(m->n_blocks < m->max_blocks);
-    UnetBlock *b = &m->blocks[m->n_blocks++];
-    memset(b, 0, sizeof *b);
-    b->info.kind = kind;
-    snprintf(b->info.name, sizeof b->info.name, "%s", name);
-    b->info.in_channels = cin;
-    b->info.skip_channels = cskip;
-    b->info.out_channels = cout;
-    b->info.in_div = in_div;
-    b->info.out_div = out_div;
-    b->info.pushes_skip = push;
-    b->info.pops_skip = pop;
-    return b;
-}
-
-static void load_resnet(ParamLoader *pl, ResnetParams *r, const char *p, int cin, int cout,
-                        int temb_dim) {
-    r->norm1_g = param_get(pl, SHAPE(cin), "%s.norm1.weight", p);
-    r->norm1_b = param_get(pl, SHAPE(cin), "%s.norm1.bias", p);
-    r->conv1.w = param_get(pl, SHAPE(cout, cin, 3, 3), "%s.conv1.weight", p);
-    r->conv1.b = param_get(pl, SHAPE(cout), "%s.conv1.bias", p);
-    r->temb_w = param_get(pl, SHAPE(cout, temb_dim), "%s.time_emb_proj.weight", p);
-    r->temb_b = param_get(pl, SHAPE(cout), "%s.time_emb_proj.bias", p);
-    r->norm2_g = param_get(pl, SHAPE(cout), "%s.norm2.weight", p);
-    r->norm2_b = param_get(pl, SHAPE(cout), "%s.norm2.bias", p);
-    r->conv2.w = param_get(pl, SHAPE(cout, cout, 3, 3), "%s.conv2.weight", p);
-    r->conv2.b = param_get(pl, SHAPE(cout), "%s.conv2.bias", p);
-    if (cin != cout) {
-        r->shortcut.w = param_get(pl, SHAPE(cout, cin, 1, 1), "%s.conv_shortcut.weight", p);
-        r->shortcut.b = param_get(pl, SHAPE(cout), "%s.conv_shortcut.bias", p);
-    }
-}
-
-static void load_attn(ParamLoader *pl, AttnParams *a, const char *p, int d, int dk) {
-    a->q = param_get(pl, SHAPE(d, d), "%s.to_q.weight", p);
-    a->k = param_get(pl, SHAPE(d, dk), "%s.to_k.weight", p);
-    a->v = param_get(pl, SHAPE(d, dk), "%s.to_v.weight", p);
-    a->out_w = param_get(pl, SHAPE(d, d), "%s.to_out.0.weight", p);
-    a->out_b = param_get(pl, SHAPE(d), "%s.to_out.0.bias", p);
-}
-
-// Returns 0, or SDC_ERR_OOM for the (tiny) per-layer table.
-static int load_transformer(ParamLoader *pl, const UnetConfig *c, TransformerParams *t,
-                            const char *p, int C, int heads, int n_layers) {
-    int D = heads * (C / heads);
-    t->heads = heads;
-    t->inner = D;
-    t->n_layers = n_layers;
-    t->norm_g = param_get(pl, SHAPE(C), "%s.norm.weight", p);
-    t->norm_b = param_get(pl, SHAPE(C), "%s.norm.bias", p);
-    if (c->use_linear_projection) {
-        t->in_w = param_get(pl, SHAPE(D, C), "%s.proj_in.weight", p);
-        t->out_w = param_get(pl, SHAPE(C, D), "%s.proj_out.weight", p);
-    } else { // 1x1 convs: the same (OC, C) matrix once tokens are (N, H*W, C)
-        t->in_w = tensor_reshape(param_get(pl, SHAPE(D, C, 1, 1), "%s.proj_in.weight", p), 2,
-                                 (int64_t[]){D, C});
-        t->out_w = tensor_reshape(param_get(pl, SHAPE(C, D, 1, 1), "%s.proj_out.weight", p), 2,
-                                  (int64_t[]){C, D});
-    }
-    t->in_b = param_get(pl, SHAPE(D), "%s.proj_in.bias", p);
-    t->out_b = param_get(pl, SHAPE(C), "%s.proj_out.bias", p);
-    t->layers = calloc((size_t)n_layers, sizeof *t->layers);
-    if (!t->layers) return SDC_ERR_OOM;
-    char q[96];
-    for (int l = 0; l < n_layers; l++) {
-        TLayerParams *L = &t->layers[l];
-        L->n1_g = param_get(pl, SHAPE(D), "%s.transformer_blocks.%d.norm1.weight", p, l);
-        L->n1_b = param_get(pl, SHAPE(D), "%s.transformer_blocks.%d.norm1.bias", p, l);
-        snprintf(q, sizeof q, "%s.transformer_blocks.%d.attn1", p, l);
-        load_attn(pl, &L->attn1, q, D, D);
-        L->n2_g = param_get(pl, SHAPE(D), "%s.transformer_blocks.%d.norm2.weight", p, l);
-        L->n2_b = param_get(pl, SHAPE(D), "%s.transformer_blocks.%d.norm2.bias", p, l);
-        snprintf(q, sizeof q, "%s.transformer_blocks.%d.attn2", p, l);
-        load_attn(pl, &L->attn2, q, D, c->cross_dim);
-        L->n3_g = param_get(pl, SHAPE(D), "%s.transformer_blocks.%d.norm3.weight", p, l);
-        L->n3_b = param_get(pl, SHAPE(D), "%s.transformer_blocks.%d.norm3.bias", p, l);
-        L->ff0_w = param_get(pl, SHAPE(8 * D, D), "%s.transformer_blocks.%d.ff.net.0.proj.weight", p, l);
-        L->ff0_b = param_get(pl, SHAPE(8 * D), "%s.transformer_blocks.%d.ff.net.0.proj.bias", p, l);
-        L->ff2_w = param_get(pl, SHAPE(D, 4 * D), "%s.transformer_blocks.%d.ff.net.2.weight", p, l);
-        L->ff2_b = param_get(pl, SHAPE(D), "%s.transformer_blocks.%d.ff.net.2.bias", p, l);
-    }
-    return 0;
-}
-
-static void blocks_free(Unet *m) {
-    if (!m->blocks) return;
-    for (int i = 0; i < m->n_blocks; i++) free(m->blocks[i].tf.layers);
-    free(m->blocks);
-    m->blocks = NULL;
-    m->n_blocks = m->max_blocks = 0;
-}
-
-// Fills m->blocks in execution order, asking pl for every parameter. The skip
-// channels each up resnet pops come from simulating the stack while
-// building, which reproduces diffusers' prev_output_channel / res_skip
-// channel bookkeeping.
-static int unet_build(Unet *m, ParamLoader *pl, SdcError *err) {
-    const UnetConfig *c = &m->cfg;
-    const int nl = c->n_levels, lpb = c->layers_per_block;
-    const int C0 = c->block_out[0], temb_dim = 4 * C0;
-    blocks_free(m);
-    m->max_blocks = 1 + nl * (2 * lpb + 1) + 3 + nl * (2 * (lpb + 1) + 1) + 1;
-    m->blocks = calloc((size_t)m->max_blocks, sizeof *m->blocks);
-    if (!m->blocks) return sdc_err(err, SDC_ERR_OOM, "unet: cannot allocate the block table");
-
-    m->t_lin1_w = param_get(pl, SHAPE(temb_dim, C0), "time_embedding.linear_1.weight");
-    m->t_lin1_b = param_get(pl, SHAPE(temb_dim), "time_embedding.linear_1.bias");
-    m->t_lin2_w = param_get(pl, SHAPE(temb_dim, temb_dim), "time_embedding.linear_2.weight");
-    m->t_lin2_b = param_get(pl, SHAPE(temb_dim), "time_embedding.linear_2.bias");
-    size_t numel0 = pl->numel;
-
-    int skip_ch[UNET_MAX_SKIPS], n_skip = 0;
-    char name[48];
-    int ch = C0, div = 1;
-    UnetBlock *b;
-
-#define BLOCK_DONE(b)                                   \
-    do {                                                \
-        (b)->info.param_count = pl->numel - numel0;     \
-        numel0 = pl->numel;                             \
-    } while (0)
-#define PUSH(C)                                         \
-    do {                                                \
-        SDC_CHECK(n_skip < UNET_MAX_SKIPS);             \
-        skip_ch[n_skip++] = (C);                        \
-    } while (0)
-
-    b = block_add(m, UNET_BLOCK_CONV_IN, "conv_in", c->in_channels, 0, C0, 1, 1, 1, 0);
-    b->conv.w = param_get(pl, SHAPE(C0, c->in_channels, 3, 3), "conv_in.weight");
-    b->conv.b = param_get(pl, SHAPE(C0), "conv_in.bias");
-    BLOCK_DONE(b);
-    PUSH(C0);
-
-    // ---- down levels ----
-    for (int l = 0; l < nl; l++) {
-        int cout = c->block_out[l];
-        for (int j = 0; j < lpb; j++) {
-            int attn = c->down_attn[l];
-            snprintf(name, sizeof name, "down_blocks.%d.resnets.%d", l, j);
-            b = block_add(m, UNET_BLOCK_RESNET, name, ch, 0, cout, div, div, !attn, 0);
-            load_resnet(pl, &b->res, name, ch, cout, temb_dim);
-            BLOCK_DONE(b);
-            ch = cout;
-            if (attn) {
-                snprintf(name, sizeof name, "down_blocks.%d.attentions.%d", l, j);
-                b = block_add(m, UNET_BLOCK_TRANSFORMER, name, ch, 0, ch, div, div, 1, 0);
-                if (load_transformer(pl, c, &b->tf, name, ch, c->heads[l], c->transformer_layers[l]))
-                    return sdc_err(err, SDC_ERR_OOM, "unet: out of memory building %s", name);
-                BLOCK_DONE(b);
-            }
-            PUSH(ch);
-        }
-        if (l < nl - 1) {
-            snprintf(name, sizeof name, "down_blocks.%d.downsamplers.0", l);
-            b = block_add(m, UNET_BLOCK_DOWNSAMPLE, name, ch, 0, ch, div, div * 2, 1, 0);
-            b->conv.w = param_get(pl, SHAPE(ch, ch, 3, 3), "%s.conv.weight", name);
-            b->conv.b = param_get(pl, SHAPE(ch), "%s.conv.bias", name);
-            BLOCK_DONE(b);
-            div *= 2;
-            PUSH(ch);
-        }
-    }
-
-    // ---- mid block ----
-    b = block_add(m, UNET_BLOCK_RESNET, "mid_block.resnets.0", ch, 0, ch, div, div, 0, 0);
-    load_resnet(pl, &b->res, "mid_block.resnets.0", ch, ch, temb_dim);
-    BLOCK_DONE(b);
-    b = block_add(m, UNET_BLOCK_TRANSFORMER, "mid_block.attentions.0", ch, 0, ch, div, div, 0, 0);
-    if (load_transformer(pl, c, &b->tf, "mid_block.attentions.0", ch, c->heads[nl - 1],
-                         c->transformer_layers[nl - 1]))
-        return sdc_err(err, SDC_ERR_OOM, "unet: out of memory building the mid block");
-    BLOCK_DONE(b);
-    b = block_add(m, UNET_BLOCK_RESNET, "mid_block.resnets.1", ch, 0, ch, div, div, 0, 0);
-    load_resnet(pl, &b->res, "mid_block.resnets.1", ch, ch, temb_dim);
-    BLOCK_DONE(b);
-
-    // ---- up levels (level i of the up path mirrors down level nl-1-i) ----
-    for (int i = 0; i < nl; i++) {
-        int dl = nl - 1 - i;
-        int cout = c->block_out[dl];
-        for (int j = 0; j < lpb + 1; j++) {
-            SDC_CHECK(n_skip > 0);
-            int cs = skip_ch[--n_skip];
-            int attn = c->up_attn[i];
-            snprintf(name, sizeof name, "up_blocks.%d.resnets.%d", i, j);
-            b = block_add(m, UNET_BLOCK_RESNET, name, ch, cs, cout, div, div, 0, 1);
-            load_resnet(pl, &b->res, name, ch + cs, cout, temb_dim);
-            BLOCK_DONE(b);
-            ch = cout;
-            if (attn) {
-                snprintf(name, sizeof name, "up_blocks.%d.attentions.%d", i, j);
-                b = block_add(m, UNET_BLOCK_TRANSFORMER, name, ch, 0, ch, div, div, 0, 0);
-                if (load_transformer(pl, c, &b->tf, name, ch, c->heads[dl], c->transformer_layers[dl]))
-                    return sdc_err(err, SDC_ERR_OOM, "unet: out of memory building %s", name);
-                BLOCK_DONE(b);
-            }
-        }
-        if (i < nl - 1) {
-            snprintf(name, sizeof name, "up_blocks.%d.upsamplers.0", i);
-            b = block_add(m, UNET_BLOCK_UPSAMPLE, name, ch, 0, ch, div, div / 2, 0, 0);
-            b->conv.w = param_get(pl, SHAPE(ch, ch, 3, 3), "%s.conv.weight", name);
-            b->conv.b = param_get(pl, SHAPE(ch), "%s.conv.bias", name);
-            BLOCK_DONE(b);
-            div /= 2;
-        }
-    }
-    SDC_CHECK(n_skip == 0 && div == 1);
-
-    // ---- out ----
-    b = block_add(m, UNET_BLOCK_OUT, "conv_out", ch, 0, c->out_channels, 1, 1, 0, 0);
-    b->out.norm_g = param_get(pl, SHAPE(ch), "conv_norm_out.weight");
-    b->out.norm_b = param_get(pl, SHAPE(ch), "conv_norm_out.bias");
-    b->out.conv.w = param_get(pl, SHAPE(c->out_channels, ch, 3, 3), "conv_out.weight");
-    b->out.conv.b = param_get(pl, SHAPE(c->out_channels), "conv_out.bias");
-    BLOCK_DONE(b);
-#undef BLOCK_DONE
-#undef PUSH
-    return pl->failed ? (err && err->code ? err->code : SDC_ERR_SHAPE) : 0;
-}
 
 static int config_check(const UnetConfig *c, SdcError *err) {
     if (c->n_levels < 1 || c->n_levels > SDC_MAX_LEVELS || c->layers_per_block < 1 ||
@@ -276,6 +47,50 @@ static int config_check(const UnetConfig *c, SdcError *err) {
     return 0;
 }
 
+static void blocks_free(Unet *m) {
+    if (!m->blocks) return;
+    for (int i = 0; i < m->n_blocks; i++) free(m->blocks[i].tf.layers);
+    free(m->blocks);
+    m->blocks = NULL;
+    m->n_blocks = 0;
+}
+
+// The block list from the layout, with each transformer's per-layer table.
+static int blocks_make(Unet *m, SdcError *err) {
+    UnetBlockInfo *info = calloc(UNET_MAX_BLOCKS, sizeof *info);
+    if (!info) return sdc_err(err, SDC_ERR_OOM, "unet: out of memory for the block list");
+    int n = 0, rc = unet_layout(&m->cfg, info, &n, err);
+    if (!rc) {
+        m->blocks = calloc((size_t)n, sizeof *m->blocks);
+        if (!m->blocks) rc = sdc_err(err, SDC_ERR_OOM, "unet: out of memory for the block list");
+    }
+    for (int i = 0; !rc && i < n; i++) {
+        m->blocks[i].info = info[i];
+        m->n_blocks = i + 1;
+        if (info[i].kind == UNET_BLOCK_TRANSFORMER &&
+            !(m->blocks[i].tf.layers = calloc((size_t)info[i].n_layers, sizeof(TLayerParams))))
+            rc = sdc_err(err, SDC_ERR_OOM, "unet: out of memory for %s", info[i].name);
+    }
+    free(info);
+    return rc;
+}
+
+// Asks pl for the parameters of every block (its own range for real, the
+// others only checked), recording each block's parameter count.
+static int unet_build(Unet *m, ParamLoader *pl, SdcError *err) {
+    for (int i = 0; i < m->n_blocks; i++) {
+        UnetBlock *b = &m->blocks[i];
+        const int mine = i >= m->first && i < m->end;
+        const size_t numel0 = pl->numel;
+        pl->check_only = !mine;
+        UNET_KINDS[b->info.kind].load(pl, m, b);
+        b->info.param_count = pl->numel - numel0;
+        b->loaded = mine;
+    }
+    pl->check_only = 0;
+    return pl->failed ? (err && err->code ? err->code : SDC_ERR_SHAPE) : 0;
+}
+
 int unet_load(Unet **out, const ModelFiles *mf, const Backend *be, SdcError *err) {
     return unet_load_opts(out, mf, be, NULL, err);
 }
@@ -284,9 +99,9 @@ int unet_load_opts(Unet **out, const ModelFiles *mf, const Backend *be, const Mo
                    SdcError *err) {
     *out = NULL;
     int own = o && o->trainable;
-    if (own && (be->device != DEV_CPU || be->param_dtype != DT_F32 || !be->conv2d_backward))
+    if (own && (be->param_dtype != DT_F32 || !be->conv2d_backward))
         return sdc_err(err, SDC_ERR_UNSUPPORTED,
-                       "unet: training needs the CPU backend in fp32 (got %s, %s)\n"
+                       "unet: training needs a backend with backward ops and fp32 parameters (got %s, %s)\n"
                        "---> use --device cpu for training",
                        be->name, dtype_name(be->param_dtype));
     Unet *m = calloc(1, sizeof *m);
@@ -295,7 +110,15 @@ int unet_load_opts(Unet **out, const ModelFiles *mf, const Backend *be, const Mo
     m->be = be;
     m->run_be = be;
     int rc = config_check(&m->cfg, err);
+    if (!rc) rc = blocks_make(m, err);
     if (rc) goto fail;
+    m->first = o ? o->first_block : 0;
+    m->end = o && o->end_block > 0 ? o->end_block : m->n_blocks;
+    if (m->first < 0 || m->end > m->n_blocks || m->first >= m->end) {
+        rc = sdc_err(err, SDC_ERR_ARG, "unet: blocks [%d, %d) of %d to load", m->first, m->end, m->n_blocks);
+        goto fail;
+    }
+    if ((rc = unet_saves_alloc(m, &m->sv))) goto fail;
 
     // Pass 1: check every name and shape, count the bytes to convert.
     Arena meas;
@@ -307,7 +130,7 @@ int unet_load_opts(Unet **out, const ModelFiles *mf, const Backend *be, const Mo
     // Pass 2: for real.
     rc = arena_init(&m->params, be, meas.peak, err);
     if (rc) goto fail;
-    if (own) memset(m->params.base, 0, m->params.cap); // padding too: the flat buffer is optimized
+    if (own) be->zero(be, m->params.base, m->params.cap); // padding too: the flat buffer is optimized
     pl = (ParamLoader){.mf = mf, .comp = COMP_UNET, .be = be, .arena = &m->params, .err = err,
                        .own = own, .table = own ? &m->table : NULL, .lora = o ? o->lora : NULL};
     rc = unet_build(m, &pl, err);
@@ -322,9 +145,29 @@ fail:
     return rc;
 }
 
+int unet_saves_alloc(const Unet *m, BlockSave **out) {
+    BlockSave *sv = calloc((size_t)m->n_blocks, sizeof *sv);
+    if (!sv) return SDC_ERR_OOM;
+    for (int i = 0; i < m->n_blocks; i++)
+        if (m->blocks[i].info.kind == UNET_BLOCK_TRANSFORMER &&
+            !(sv[i].L = calloc((size_t)m->blocks[i].info.n_layers, sizeof(TLayerSave)))) {
+            unet_saves_free(m, sv);
+            return SDC_ERR_OOM;
+        }
+    *out = sv;
+    return 0;
+}
+
+void unet_saves_free(const Unet *m, BlockSave *sv) {
+    if (!sv) return;
+    for (int i = 0; i < m->n_blocks; i++) free(sv[i].L);
+    free(sv);
+}
+
 void unet_free(Unet *m) {
     if (!m) return;
     unet_train_free(m);
+    unet_saves_free(m, m->sv);
     blocks_free(m);
     arena_free(&m->params);
     arena_free(&m->act);
@@ -342,24 +185,12 @@ const UnetBlockInfo *unet_block_info(const Unet *m, int i) {
     return &m->blocks[i].info;
 }
 
-const char *unet_block_kind_name(UnetBlockKind k) {
-    switch (k) {
-    case UNET_BLOCK_CONV_IN: return "conv_in";
-    case UNET_BLOCK_RESNET: return "resnet";
-    case UNET_BLOCK_TRANSFORMER: return "transformer";
-    case UNET_BLOCK_DOWNSAMPLE: return "downsample";
-    case UNET_BLOCK_UPSAMPLE: return "upsample";
-    case UNET_BLOCK_OUT: return "out";
-    }
-    return "?";
-}
-
 double unet_block_flops(const Unet *m, int i, int batch, int h, int w, int ctx_len) {
     const UnetBlockInfo *bi = unet_block_info(m, i);
-    const UnetBlock *b = &m->blocks[i];
     double N = batch, S = (double)(h / bi->in_div) * (double)(w / bi->in_div);
     double cin = bi->in_channels + bi->skip_channels, cout = bi->out_channels;
     switch (bi->kind) {
+    case UNET_BLOCK_TIME: return 2 * N * (cin * cout + cout * cout);
     case UNET_BLOCK_CONV_IN:
     case UNET_BLOCK_OUT: return 2 * N * S * cout * cin * 9;
     case UNET_BLOCK_DOWNSAMPLE: return 2 * N * (S / 4) * cout * cin * 9;
@@ -370,236 +201,80 @@ double unet_block_flops(const Unet *m, int i, int batch, int h, int w, int ctx_l
         return f;
     }
     case UNET_BLOCK_TRANSFORMER: {
-        double D = b->tf.inner, C = cin, L = ctx_len, Dc = m->cfg.cross_dim;
+        double D = bi->inner, C = cin, L = ctx_len, Dc = m->cfg.cross_dim;
         double layer = 2 * N * S * D * D * 4 + 4 * N * S * S * D      // self-attention
                        + 2 * N * S * D * D * 2 + 4 * N * L * Dc * D   // cross q, out; k, v
                        + 4 * N * S * L * D                            // cross scores, values
                        + 2 * N * S * D * 8 * D + 2 * N * S * 4 * D * D; // GEGLU feed-forward
-        return 2 * N * S * C * D * 2 + layer * b->tf.n_layers;
+        return 2 * N * S * C * D * 2 + layer * bi->n_layers;
     }
+    case UNET_BLOCK_KINDS: break;
     }
     return 0;
 }
 
 // ---------------------------------------------------------------------------
-// forward of each block kind
+// an inference pass: the state between blocks and where each output goes
 // ---------------------------------------------------------------------------
 
-// Where a block's output goes: pushed on the skip stack, or into the state
-// slot that does not hold the block's input.
-static Tensor state_out(Unet *m, UnetState *s, const UnetBlock *b, int64_t N, int64_t C, int64_t H,
-                        int64_t W) {
-    Tensor t;
+// The block's output: the time embedding in the persistent region, a pushed
+// skip in the skip region, else the state slot that does not hold the
+// block's input (the OUT block writes into the caller's tensor).
+static Tensor state_out(Unet *m, UnetState *s, const UnetBlock *b) {
+    int64_t shape[4];
+    int nd;
+    unet_block_out_shape(m, b, &s->x, s->n_skips ? &s->skips[s->n_skips - 1] : NULL, shape, &nd);
+    if (b->info.kind == UNET_BLOCK_TIME) return arena_tensor(&m->reg[REG_PERSIST], m->be->act_dtype, nd, shape);
+    if (b->info.kind == UNET_BLOCK_OUT) return s->out;
     if (b->info.pushes_skip) {
         SDC_CHECK(s->n_skips < UNET_MAX_SKIPS);
         Arena *a = &m->reg[REG_SKIP];
         s->skip_mark[s->n_skips] = arena_mark(a);
-        t = ACT(a, N, C, H, W);
-        s->skips[s->n_skips++] = t;
-        s->x_slot = -1;
-    } else {
-        int slot = s->x_slot == 0 ? 1 : 0;
-        Arena *a = &m->reg[REG_SLOT0 + slot];
-        arena_reset(a, 0);
-        t = ACT(a, N, C, H, W);
-        s->x_slot = slot;
+        return arena_tensor(a, m->be->act_dtype, nd, shape);
     }
-    return t;
+    const int slot = s->x_slot == 0 ? 1 : 0;
+    Arena *a = &m->reg[REG_SLOT0 + slot];
+    arena_reset(a, 0);
+    return arena_tensor(a, m->be->act_dtype, nd, shape);
 }
 
-static void conv_in_forward(Unet *m, const UnetBlock *b, UnetState *s) {
-    const Backend *be = m->run_be;
-    Tensor x = s->x; // (N, Cin, H, W)
-    Tensor out = state_out(m, s, b, x.shape[0], b->info.out_channels, x.shape[2], x.shape[3]);
-    be->conv2d(be, &out, &x, &b->conv.w, &b->conv.b, 1, 1);
-    s->x = out;
-}
-
-static void resnet_forward(Unet *m, const UnetBlock *b, UnetState *s) {
-    const Backend *be = m->run_be;
-    const ResnetParams *p = &b->res;
-    const float eps = m->cfg.norm_eps;
-    const int G = m->cfg.norm_groups;
-    Arena *wk = &m->reg[REG_WORK];
-    size_t mark = arena_mark(wk);
-    Tensor x = s->x; // (N, Cx, H, W)
-    int64_t N = x.shape[0], H = x.shape[2], W = x.shape[3], Cout = b->info.out_channels;
+static void block_run(Unet *m, int i, UnetState *s) {
+    const UnetBlock *b = &m->blocks[i];
+    Pass p = {.be = m->run_be, .act = m->be->act_dtype, .work = &m->reg[REG_WORK]};
+    UnetIO io = {.x = s->x, .temb = s->temb, .ctx = s->ctx, .timesteps = s->timesteps};
     size_t skip_release = 0;
     if (b->info.pops_skip) {
         SDC_CHECK(s->n_skips > 0 && s->x_slot >= 0); // x must not live in the released skips
-        Tensor sk = s->skips[--s->n_skips]; // (N, Cs, H, W)
+        io.skip = s->skips[--s->n_skips];
         skip_release = s->skip_mark[s->n_skips];
-        Tensor cat = ACT(wk, N, x.shape[1] + sk.shape[1], H, W); // (N, Cx+Cs, H, W)
-        be->concat_channels(be, &cat, &x, &sk);
-        x = cat;
     }
-    int64_t Cin = x.shape[1];
-    Tensor h = ACT(wk, N, Cin, H, W); // (N, Cin, H, W)
-    be->group_norm(be, &h, &x, &p->norm1_g, &p->norm1_b, G, eps, 1);
-    Tensor h2 = ACT(wk, N, Cout, H, W); // (N, Cout, H, W)
-    be->conv2d(be, &h2, &h, &p->conv1.w, &p->conv1.b, 1, 1);
-    Tensor tp = ACT(wk, N, Cout); // (N, Cout) time_emb_proj(SiLU(temb))
-    be->linear(be, &tp, &s->temb, &p->temb_w, &p->temb_b);
-    be->add_channel_bias(be, &h2, &h2, &tp);
-    Tensor h3 = ACT(wk, N, Cout, H, W); // (N, Cout, H, W)
-    be->group_norm(be, &h3, &h2, &p->norm2_g, &p->norm2_b, G, eps, 1);
-    Tensor out = state_out(m, s, b, N, Cout, H, W); // (N, Cout, H, W)
-    be->conv2d(be, &out, &h3, &p->conv2.w, &p->conv2.b, 1, 1);
-    if (p->shortcut.w.ndim) {
-        Tensor sc = ACT(wk, N, Cout, H, W); // (N, Cout, H, W)
-        be->conv2d(be, &sc, &x, &p->shortcut.w, &p->shortcut.b, 1, 0);
-        be->add(be, &out, &out, &sc);
-    } else {
-        be->add(be, &out, &out, &x);
-    }
-    arena_reset(wk, mark);
+    io.out = state_out(m, s, b);
+    UNET_KINDS[b->info.kind].forward(&p, m, b, &m->sv[i], &io);
     if (b->info.pops_skip) arena_reset(&m->reg[REG_SKIP], skip_release);
-    s->x = out;
+    switch (b->info.kind) {
+    case UNET_BLOCK_TIME: s->temb = io.out; return;
+    case UNET_BLOCK_OUT: s->x_slot = -1; break;
+    default:
+        if (b->info.pushes_skip) {
+            s->skips[s->n_skips++] = io.out;
+            s->x_slot = -1;
+        } else {
+            s->x_slot = s->x_slot == 0 ? 1 : 0;
+        }
+    }
+    s->x = io.out;
 }
 
-// One multi-head attention with its projections; xq (N, S, D) the normed
-// tokens, xkv (N, L, Dk) the keys' source (xq itself for self-attention).
-// Adds the result to hs (N, S, D).
-static void attn_forward(Unet *m, const AttnParams *a, int heads, Tensor *hs, const Tensor *xq,
-                         const Tensor *xkv) {
-    const Backend *be = m->run_be;
-    Arena *wk = &m->reg[REG_WORK];
-    size_t mark = arena_mark(wk);
-    int64_t N = xq->shape[0], S = xq->shape[1], D = xq->shape[2], L = xkv->shape[1];
-    Tensor q = ACT(wk, N, S, D); // (N, S, D)
-    Tensor k = ACT(wk, N, L, D); // (N, L, D)
-    Tensor v = ACT(wk, N, L, D); // (N, L, D)
-    be->linear(be, &q, xq, &a->q, NULL);
-    be->linear(be, &k, xkv, &a->k, NULL);
-    be->linear(be, &v, xkv, &a->v, NULL);
-    Tensor o = ACT(wk, N, S, D); // (N, S, D)
-    be->attention(be, &o, &q, &k, &v, heads, 0);
-    be->linear(be, &q, &o, &a->out_w, &a->out_b); // q is dead: reuse it for the projection
-    be->add(be, hs, hs, &q);
-    arena_reset(wk, mark);
-}
-
-// BasicTransformerBlock on hs (N, S, D) in place, ctx (N, L, Dc).
-static void tlayer_forward(Unet *m, const TLayerParams *p, int heads, Tensor *hs, const Tensor *ctx) {
-    const Backend *be = m->run_be;
-    Arena *wk = &m->reg[REG_WORK];
-    size_t mark = arena_mark(wk);
-    int64_t N = hs->shape[0], S = hs->shape[1], D = hs->shape[2];
-    const float ln_eps = 1e-5f;
-    Tensor t = ACT(wk, N, S, D); // (N, S, D) normed tokens
-    be->layer_norm(be, &t, hs, &p->n1_g, &p->n1_b, ln_eps);
-    attn_forward(m, &p->attn1, heads, hs, &t, &t);
-    be->layer_norm(be, &t, hs, &p->n2_g, &p->n2_b, ln_eps);
-    attn_forward(m, &p->attn2, heads, hs, &t, ctx);
-    be->layer_norm(be, &t, hs, &p->n3_g, &p->n3_b, ln_eps);
-    Tensor pr = ACT(wk, N, S, 8 * D); // (N, S, 8D) GEGLU projection
-    be->linear(be, &pr, &t, &p->ff0_w, &p->ff0_b);
-    Tensor g = ACT(wk, N, S, 4 * D); // (N, S, 4D)
-    be->geglu(be, &g, &pr);
-    be->linear(be, &t, &g, &p->ff2_w, &p->ff2_b);
-    be->add(be, hs, hs, &t);
-    arena_reset(wk, mark);
-}
-
-static void transformer_forward(Unet *m, const UnetBlock *b, UnetState *s) {
-    const Backend *be = m->run_be;
-    const TransformerParams *p = &b->tf;
-    Arena *wk = &m->reg[REG_WORK];
-    size_t mark = arena_mark(wk);
-    Tensor x = s->x; // (N, C, H, W)
-    int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], S = H * W, D = p->inner;
-    Tensor hn = ACT(wk, N, C, H, W); // (N, C, H, W)
-    be->group_norm(be, &hn, &x, &p->norm_g, &p->norm_b, m->cfg.norm_groups, 1e-6f, 0);
-    Tensor tok = ACT(wk, N, S, C); // (N, S, C)
-    be->nchw_to_nlc(be, &tok, &hn);
-    Tensor hs = ACT(wk, N, S, D); // (N, S, D) the residual stream of the transformer layers
-    be->linear(be, &hs, &tok, &p->in_w, &p->in_b);
-    for (int l = 0; l < p->n_layers; l++) tlayer_forward(m, &p->layers[l], p->heads, &hs, &s->ctx);
-    be->linear(be, &tok, &hs, &p->out_w, &p->out_b); // (N, S, C)
-    Tensor out = state_out(m, s, b, N, C, H, W);     // (N, C, H, W)
-    be->nlc_to_nchw(be, &out, &tok);
-    be->add(be, &out, &out, &x);
-    arena_reset(wk, mark);
-    s->x = out;
-}
-
-static void downsample_forward(Unet *m, const UnetBlock *b, UnetState *s) {
-    const Backend *be = m->run_be;
-    Tensor x = s->x; // (N, C, H, W)
-    // stride 2, pad 1, 3x3: ceil(H / 2), so odd sizes work as in diffusers
-    Tensor out = state_out(m, s, b, x.shape[0], x.shape[1], (x.shape[2] + 1) / 2, (x.shape[3] + 1) / 2);
-    be->conv2d(be, &out, &x, &b->conv.w, &b->conv.b, 2, 1);
-    s->x = out;
-}
-
-static void upsample_forward(Unet *m, const UnetBlock *b, UnetState *s) {
-    const Backend *be = m->run_be;
-    Arena *wk = &m->reg[REG_WORK];
-    size_t mark = arena_mark(wk);
-    Tensor x = s->x; // (N, C, H, W)
-    // To the size of the skip the next block pops (diffusers' upsample_size):
-    // 2H, or 2H - 1 when the way down halved an odd size.
-    SDC_CHECK(s->n_skips > 0);
-    const Tensor *next = &s->skips[s->n_skips - 1];
-    int64_t N = x.shape[0], C = x.shape[1], H2 = next->shape[2], W2 = next->shape[3];
-    Tensor u = ACT(wk, N, C, H2, W2); // (N, C, H2, W2)
-    be->upsample_nearest2x(be, &u, &x);
-    Tensor out = state_out(m, s, b, N, C, H2, W2); // (N, C, 2H, 2W)
-    be->conv2d(be, &out, &u, &b->conv.w, &b->conv.b, 1, 1);
-    arena_reset(wk, mark);
-    s->x = out;
-}
-
-static void out_forward(Unet *m, const UnetBlock *b, UnetState *s) {
-    const Backend *be = m->run_be;
-    Arena *wk = &m->reg[REG_WORK];
-    size_t mark = arena_mark(wk);
-    Tensor x = s->x; // (N, C0, h, w)
-    Tensor hn = ACT(wk, x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    be->group_norm(be, &hn, &x, &b->out.norm_g, &b->out.norm_b, m->cfg.norm_groups, m->cfg.norm_eps, 1);
-    be->conv2d(be, &s->out, &hn, &b->out.conv.w, &b->out.conv.b, 1, 1); // (N, Cout, h, w)
-    arena_reset(wk, mark);
-    s->x = s->out;
-    s->x_slot = -1;
-}
-
-// ---------------------------------------------------------------------------
-// planning and running a pass
-// ---------------------------------------------------------------------------
-
-// Resets the regions, computes SiLU(time embedding) into the persistent
-// region. Shapes are already checked.
+// Resets the regions and sets the state. Shapes are already checked.
 static void pass_start(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float *timesteps,
                        const Tensor *ctx) {
-    const Backend *be = m->run_be;
     for (int r = 0; r < REG_COUNT; r++) arena_reset(&m->reg[r], 0);
-    int64_t N = x->shape[0], C0 = m->cfg.block_out[0];
-    Arena *wk = &m->reg[REG_WORK];
-    Tensor tp = ACT(wk, N, C0); // (N, C0) sinusoidal projection
-    be->timestep_embedding(be, &tp, timesteps, m->cfg.flip_sin_to_cos, m->cfg.freq_shift);
-    Tensor h1 = ACT(wk, N, 4 * C0); // (N, 4*C0)
-    be->linear(be, &h1, &tp, &m->t_lin1_w, &m->t_lin1_b);
-    be->silu(be, &h1, &h1);
     memset(s, 0, sizeof *s);
-    s->temb = ACT(&m->reg[REG_PERSIST], N, 4 * C0); // (N, 4*C0)
-    be->linear(be, &s->temb, &h1, &m->t_lin2_w, &m->t_lin2_b);
-    be->silu(be, &s->temb, &s->temb); // every resnet takes SiLU(temb)
-    arena_reset(wk, 0);
     s->x = *x;
     s->x_slot = -1;
     s->ctx = *ctx;
     s->out = *out;
-}
-
-static void block_run(Unet *m, const UnetBlock *b, UnetState *s) {
-    switch (b->info.kind) {
-    case UNET_BLOCK_CONV_IN: conv_in_forward(m, b, s); break;
-    case UNET_BLOCK_RESNET: resnet_forward(m, b, s); break;
-    case UNET_BLOCK_TRANSFORMER: transformer_forward(m, b, s); break;
-    case UNET_BLOCK_DOWNSAMPLE: downsample_forward(m, b, s); break;
-    case UNET_BLOCK_UPSAMPLE: upsample_forward(m, b, s); break;
-    case UNET_BLOCK_OUT: out_forward(m, b, s); break;
-    }
+    s->timesteps = timesteps;
 }
 
 // The measuring run: every region a measuring arena, every op a no-op; fills
@@ -619,9 +294,10 @@ static int unet_measure(Unet *m, int batch, int h, int w, int ctx_len, int recor
     m->run_be = backend_measure();
     Arena fake;
     arena_init_measure(&fake);
-    Tensor x = ACT(&fake, batch, c->in_channels, h, w);
-    Tensor ctx = ACT(&fake, batch, ctx_len, c->cross_dim);
-    Tensor out = ACT(&fake, batch, c->out_channels, h, w);
+    const DType dt = m->be->act_dtype;
+    Tensor x = ARENA_DT(&fake, dt, batch, c->in_channels, h, w);
+    Tensor ctx = ARENA_DT(&fake, dt, batch, ctx_len, c->cross_dim);
+    Tensor out = ARENA_DT(&fake, dt, batch, c->out_channels, h, w);
     UnetState s;
     pass_start(m, &s, &out, &x, ts, &ctx);
     size_t max_x = 0; // the largest running activation at a block boundary
@@ -629,11 +305,12 @@ static int unet_measure(Unet *m, int batch, int h, int w, int ctx_len, int recor
         Arena *wk = &m->reg[REG_WORK];
         size_t peak = wk->peak; // the region's peak so far; measure this block alone
         wk->peak = wk->used;
-        block_run(m, &m->blocks[i], &s);
+        block_run(m, i, &s);
         if (record) m->blocks[i].info.scratch_bytes = wk->peak;
         if (peak > wk->peak) wk->peak = peak;
-        if (record) m->blocks[i].info.out_bytes = tensor_bytes(&s.x);
-        if (tensor_bytes(&s.x) > max_x) max_x = tensor_bytes(&s.x);
+        const size_t ob = m->blocks[i].info.kind == UNET_BLOCK_TIME ? tensor_bytes(&s.temb) : tensor_bytes(&s.x);
+        if (record) m->blocks[i].info.out_bytes = ob;
+        if (m->blocks[i].info.kind != UNET_BLOCK_TIME && ob > max_x) max_x = ob;
     }
     SDC_CHECK(s.n_skips == 0);
     // a pipeline stage starting at any block receives its input into slot 0
@@ -686,6 +363,13 @@ static int check_act(const Unet *m, const Tensor *t, const char *what, int ndim,
     return 0;
 }
 
+static int check_loaded(const Unet *m, int first, int end, SdcError *err) {
+    if (first < m->first || end > m->end)
+        return sdc_err(err, SDC_ERR_ARG, "unet: blocks [%d, %d) are not loaded (this model holds [%d, %d))", first,
+                       end, m->first, m->end);
+    return 0;
+}
+
 int unet_begin(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float *timesteps,
                const Tensor *ctx, SdcError *err) {
     const UnetConfig *c = &m->cfg;
@@ -713,8 +397,8 @@ int unet_begin(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float 
     return 0;
 }
 
-int unet_begin_at(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
-                  int first, const int64_t x_shape[4], int n_skips, const int64_t (*skip_shapes)[4], SdcError *err) {
+int unet_begin_at(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const Tensor *ctx, int first,
+                  const int64_t x_shape[4], int n_skips, const int64_t (*skip_shapes)[4], SdcError *err) {
     if (first < 1 || first >= m->n_blocks || n_skips < 0 || n_skips > UNET_MAX_SKIPS)
         return sdc_err(err, SDC_ERR_ARG, "unet: a stage cannot start at block %d with %d skips (%d blocks)", first,
                        n_skips, m->n_blocks);
@@ -730,16 +414,18 @@ int unet_begin_at(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const flo
                        "given (%lld, %lld, %lld, %lld) with %d skips", first, bi->name, (long long)n,
                        bi->in_channels, n_skips, (long long)x_shape[0], (long long)x_shape[1], (long long)x_shape[2],
                        (long long)x_shape[3], n_skips);
-    SDC_TRY(unet_begin(m, s, out, x, timesteps, ctx, err));
+    SDC_TRY(unet_begin(m, s, out, x, NULL, ctx, err));
+    s->temb = ARENA_DT(&m->reg[REG_PERSIST], m->be->act_dtype, n, 4 * m->cfg.block_out[0]);
     for (int k = 0; k < n_skips; k++) {
         Arena *a = &m->reg[REG_SKIP];
         s->skip_mark[k] = arena_mark(a);
-        s->skips[k] = ACT(a, skip_shapes[k][0], skip_shapes[k][1], skip_shapes[k][2], skip_shapes[k][3]);
+        s->skips[k] = ARENA_DT(a, m->be->act_dtype, skip_shapes[k][0], skip_shapes[k][1], skip_shapes[k][2],
+                               skip_shapes[k][3]);
     }
     s->n_skips = n_skips;
     Arena *a = &m->reg[REG_SLOT0];
     arena_reset(a, 0);
-    s->x = ACT(a, x_shape[0], x_shape[1], x_shape[2], x_shape[3]);
+    s->x = ARENA_DT(a, m->be->act_dtype, x_shape[0], x_shape[1], x_shape[2], x_shape[3]);
     s->x_slot = 0;
     return 0;
 }
@@ -747,23 +433,29 @@ int unet_begin_at(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const flo
 int unet_block_forward(Unet *m, int i, UnetState *s, SdcError *err) {
     if (i < 0 || i >= m->n_blocks)
         return sdc_err(err, SDC_ERR_ARG, "unet: block %d of %d", i, m->n_blocks);
+    SDC_TRY(check_loaded(m, i, i + 1, err));
     const UnetBlock *b = &m->blocks[i];
-    if (s->x.ndim != 4 || s->x.shape[1] != b->info.in_channels ||
+    const int time = b->info.kind == UNET_BLOCK_TIME;
+    if ((time && !s->timesteps) || (!time && (s->temb.ndim != 2 || s->x.ndim != 4 ||
+                                              s->x.shape[1] != b->info.in_channels)) ||
         (b->info.pops_skip && (s->n_skips < 1 || s->skips[s->n_skips - 1].shape[1] != b->info.skip_channels)))
         return sdc_err(err, SDC_ERR_ARG,
-                       "unet: block %d (%s) expects %d input channels and %d skip channels; the "
-                       "state has %d and %d skips",
+                       "unet: block %d (%s) expects %d input channels, %d skip channels%s; the "
+                       "state has %d channels, %d skips%s",
                        i, b->info.name, b->info.in_channels, b->info.skip_channels,
-                       s->x.ndim == 4 ? (int)s->x.shape[1] : -1, s->n_skips);
-    block_run(m, b, s);
+                       time ? " and timesteps" : " and the time embedding",
+                       s->x.ndim == 4 ? (int)s->x.shape[1] : -1, s->n_skips,
+                       s->temb.ndim == 2 ? "" : ", no time embedding");
+    block_run(m, i, s);
     return 0;
 }
 
 int unet_forward(Unet *m, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
                  SdcError *err) {
+    SDC_TRY(check_loaded(m, 0, m->n_blocks, err));
     UnetState s;
     SDC_TRY(unet_begin(m, &s, out, x, timesteps, ctx, err));
-    for (int i = 0; i < m->n_blocks; i++) block_run(m, &m->blocks[i], &s);
+    for (int i = 0; i < m->n_blocks; i++) block_run(m, i, &s);
     SDC_CHECK(s.n_skips == 0);
     return 0;
 }

@@ -2,26 +2,23 @@
 // SD 1.x / 2.x and the 9-channel inpainting variant use it), as an explicit
 // list of blocks over a skip stack.
 //
-// The UNet is the sequence
-//   conv_in | per down level: layers x (resnet [+ transformer]), downsample |
-//   mid: resnet, transformer, resnet |
-//   per up level: (layers+1) x (resnet popping a skip [+ transformer]), upsample |
-//   out (group norm + SiLU + conv_out)
-// driven entirely by UnetConfig, so tiny test models and SD 1.5 / 2.1 run the
-// same code. Every block has a kind, its parameters, flags saying whether it
-// pushes its output on the skip stack or pops one, a parameter count and a
-// FLOP estimate, and a forward that maps the running state to the next one.
-// unet_forward is just the loop over the blocks; a pipeline-parallel stage
-// runs a contiguous slice of them (the open skips at a cut are the ones on
-// the stack), and a trainer can recompute a block from its input.
+// The block list is unet_layout.h's (time embedding, conv_in, down levels,
+// mid block, up levels, out), driven entirely by UnetConfig, so tiny test
+// models and SD 1.5 / 2.1 run the same code. Every block kind has one record
+// (unet_kinds.c): its parameters, one forward that keeps what its backward
+// reads when training, and its backward. unet_forward is the loop over the
+// blocks; a pipeline stage runs a contiguous slice of them (the open skips
+// at a cut are the ones on the stack), and a trainer runs the same forward
+// keeping its saves, then the backward in reverse.
 //
 // Memory: parameters live in one arena (or are views into the mmap'd file on
-// the CPU backend when the file is f32). Activations live in one arena, sized
-// by a measuring run (backend_measure) and split into regions: the time
-// embedding, two slots the running state alternates between, the skip stack
-// (a bump region released as skips are popped) and per-block scratch (reset
-// after every block). So the peak is about the skips plus two states plus
-// one block's temporaries, not the sum of all activations.
+// the CPU backend when the file is f32). Inference activations live in one
+// arena, sized by a measuring run (backend_measure) and split into regions:
+// the time embedding, two slots the running state alternates between, the
+// skip stack (a bump region released as skips are popped) and per-block
+// scratch (reset after every block). So the peak is about the skips plus two
+// states plus one block's temporaries, not the sum of all activations.
+// Training memory: see "training" below.
 #ifndef SDC_UNET_H
 #define SDC_UNET_H
 
@@ -35,6 +32,7 @@
 #include "io/weights.h"
 #include "models/config.h"
 #include "models/params.h"
+#include "models/unet_layout.h"
 
 typedef struct Unet Unet;
 
@@ -70,35 +68,8 @@ void unet_print_plan(const Unet *m, FILE *f);
 
 // ---- blocks ------------------------------------------------------------------
 
-typedef enum {
-    UNET_BLOCK_CONV_IN = 0,
-    UNET_BLOCK_RESNET,      // ResnetBlock2D (pops a skip and concatenates it in up levels)
-    UNET_BLOCK_TRANSFORMER, // Transformer2DModel (self-attn, cross-attn, GEGLU FF)
-    UNET_BLOCK_DOWNSAMPLE,  // conv 3x3 stride 2
-    UNET_BLOCK_UPSAMPLE,    // nearest 2x + conv 3x3
-    UNET_BLOCK_OUT,         // conv_norm_out + SiLU + conv_out
-} UnetBlockKind;
-
-typedef struct UnetBlockInfo {
-    UnetBlockKind kind;
-    char name[48];       // diffusers prefix, e.g. "down_blocks.1.attentions.0"
-    int in_channels;     // of the running state entering the block
-    int skip_channels;   // of the popped skip (0 when the block pops none)
-    int out_channels;
-    int in_div;          // input spatial size = latent size / in_div (1, 2, 4, 8)
-    int out_div;
-    int pushes_skip;     // the block's output is also pushed on the skip stack
-    int pops_skip;       // the block concatenates the popped skip to its input
-    size_t param_count;  // parameters (elements) the block owns
-    // For the shape of the last plan (unet_reserve), 0 before it: the bytes
-    // of the block's output (a state slot or a pushed skip) and of the
-    // scratch it needs while running (released when it returns).
-    size_t out_bytes, scratch_bytes;
-} UnetBlockInfo;
-
 int unet_block_count(const Unet *m);
 const UnetBlockInfo *unet_block_info(const Unet *m, int i);
-const char *unet_block_kind_name(UnetBlockKind k);
 // Multiply-add FLOPs (2 per MAC) of the block's convolutions, linears and
 // attention products for `batch` items at latent (h, w) with ctx_len
 // context tokens; norms and elementwise ops (a few percent) are not counted.
@@ -106,79 +77,132 @@ double unet_block_flops(const Unet *m, int i, int batch, int h, int w, int ctx_l
 
 // ---- running the blocks one by one --------------------------------------------
 
-#define UNET_MAX_SKIPS 64
-
 // The state flowing between blocks. Its tensors live in the Unet's activation
 // arena (regions described above); skips[] is the explicit skip stack.
 typedef struct UnetState {
     Tensor x;      // (N, C, H, W) the running activation
     int x_slot;    // which state slot holds x (0 or 1), -1 when elsewhere
-    Tensor temb;   // (N, 4*block_out[0]) SiLU(time embedding), read by every resnet
+    Tensor temb;   // (N, 4*block_out[0]) SiLU(time embedding): block 0's output, read by every resnet
     Tensor ctx;    // (N, L, cross_dim) the caller's context
     Tensor out;    // (N, Cout, h, w) where the OUT block writes (the caller's tensor)
+    const float *timesteps; // (N) on the host, read by block 0 (the time embedding)
     Tensor skips[UNET_MAX_SKIPS]; // (N, C_k, H_k, W_k) pushed skips, bottom first
     size_t skip_mark[UNET_MAX_SKIPS]; // skip region offset to release each to
     int n_skips;
 } UnetState;
 
 // Starts a pass: plans memory if the shapes grew, resets the activation
-// arena, computes the time embedding and sets s->x = x. The block loop
+// arena and sets s->x = x. The block loop
 //   for (i = 0; i < unet_block_count(m); i++) unet_block_forward(m, i, &s, err);
-// then leaves the result in out.
+// (block 0 computes the time embedding from timesteps) then leaves the
+// result in out.
 int unet_begin(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float *timesteps,
                const Tensor *ctx, SdcError *err);
 int unet_block_forward(Unet *m, int i, UnetState *s, SdcError *err);
 // Pipeline stages (mpi/pp.h): a pass that starts at block `first` > 0 with
-// the running activation (x_shape) and the n_skips open skips (bottom first)
-// a previous stage handed over. Like unet_begin (x gives the batch and the
-// latent size the memory plan is for, timesteps the rows' time embedding);
-// then s->x and s->skips[0..n_skips) are allocated, for the caller to fill
+// the running activation (x_shape), the time embedding and the n_skips open
+// skips (bottom first) a previous stage handed over. Like unet_begin (x
+// gives the batch and the latent size the memory plan is for); then s->x,
+// s->temb and s->skips[0..n_skips) are allocated, for the caller to fill
 // with the previous stage's data, and the blocks from `first` on run as usual.
-int unet_begin_at(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
-                  int first, const int64_t x_shape[4], int n_skips, const int64_t (*skip_shapes)[4], SdcError *err);
+int unet_begin_at(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const Tensor *ctx, int first,
+                  const int64_t x_shape[4], int n_skips, const int64_t (*skip_shapes)[4], SdcError *err);
 
-// ---- training (CPU, fp32) -------------------------------------------------------
-// Forward that keeps what backward needs, and backward through the block list
-// in reverse (the skip stack's gradients ride a stack of their own). Either
-// every parameter trains (the model loaded with ModelLoadOpts.trainable: the
-// gradients live in one arena at the parameters' offsets) or LoRA: the base
-// is frozen (may be mmap views) and every attention projection (to_q, to_k,
-// to_v, to_out.0 of attn1 and attn2) gets y += (alpha / rank) * up(down(x)),
-// down (rank, in) ~ N(0, 1/rank) from lora_seed (peft's "gaussian" init), up
-// (out, rank) = 0. Gradient checkpointing keeps only each block's output in
-// the forward pass and recomputes the block's intermediates in the backward
-// pass (the same gradients, less memory).
+// ---- training -------------------------------------------------------------------
+// The same forward keeping what the backward needs, and the backward through
+// the block list in reverse (the skip stack's gradients ride a stack of
+// their own). Either every parameter trains (the model loaded with
+// ModelLoadOpts.trainable: the gradients live in one arena at the
+// parameters' offsets) or LoRA: the base is frozen (may be mmap views) and
+// every attention projection (to_q, to_k, to_v, to_out.0 of attn1 and attn2,
+// the modules unet_module_is_attn_proj names) gets
+// y += (alpha / rank) * up(down(x)), down (rank, in) ~ N(0, 1/rank) from
+// lora_seed (peft's "gaussian" init), up (out, rank) = 0. Gradient
+// checkpointing keeps only each block's output in the forward pass and
+// recomputes the block's intermediates in the backward pass (the same
+// gradients, less memory). Everything is allocated through the backend
+// (be->alloc) and computed by its ops: a backend with the backward entries
+// trains.
+//
+// Pipeline stages: a rank may train a contiguous slice [first, end) of the
+// blocks (the model loaded with ModelLoadOpts.first_block / end_block), and
+// hold the activations of several micro-batches at once ("tapes": 1F1B keeps
+// up to the stage count in flight). What crosses a cut is a UnetCut: forward,
+// the running activation, the open skips, the time embedding and the
+// context; backward, their gradients (the time embedding's and the
+// context's only when wanted). The gradient of the time embedding and of the
+// context are sums over the blocks in reverse order: a stage continues the
+// sum the next stage handed back, so the stages add in the order one process
+// does and the gradients are the same bit for bit.
 typedef struct UnetTrainOpts {
     int checkpointing;
     int lora_rank;      // 0: full fine-tuning
     float lora_alpha;   // scale = alpha / rank
     uint64_t lora_seed;
     int want_dctx;      // compute d loss / d context (text-encoder training)
+    int tapes;          // micro-batches whose activations are held at once (0: 1)
 } UnetTrainOpts;
-// Plans (a measuring forward + backward) and allocates everything for
-// `batch` items at latent (h, w) with ctx_len context tokens: the kept
-// activations, the backward scratch, the gradients (zeroed), the LoRA
-// parameters. Calling it again re-plans.
+
+typedef struct UnetCut {
+    Tensor x;                     // (N, C, H, W) the running activation (the UNet output after the last block)
+    Tensor skips[UNET_MAX_SKIPS]; // the open skips, bottom first
+    int n_skips;
+    Tensor temb;                  // (N, 4*C0); backward: ndim 0 when its gradient is not wanted
+    Tensor ctx;                   // (N, L, cross); backward: ndim 0 when its gradient is not wanted
+} UnetCut;
+
+// Plans (a measuring forward + backward of this rank's blocks) and allocates
+// everything for `batch` items at latent (h, w) with ctx_len context tokens:
+// o->tapes sets of kept activations, the backward scratch, the gradients
+// (zeroed), the LoRA parameters. Calling it again re-plans.
 int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w, int ctx_len,
                        SdcError *err);
-// x (N, Cin, h, w), timesteps (N) on the host, ctx (N, L, cross) -> out; keeps
-// the activations for unet_train_backward. Shapes must fit the reservation.
+// One process (every block loaded): x (N, Cin, h, w), timesteps (N) on the
+// host, ctx (N, L, cross) -> out; keeps the activations (tape 0) for
+// unet_train_backward. Shapes must fit the reservation.
 int unet_train_forward(Unet *m, Tensor *out, const Tensor *x, const float *timesteps,
                        const Tensor *ctx, SdcError *err);
 // dout (N, Cout, h, w): ADDS every trainable parameter's gradient into the
 // gradient buffer (micro-batches accumulate); dctx (N, L, cross) is
 // overwritten when given (needs want_dctx), else NULL.
 int unet_train_backward(Unet *m, const Tensor *dout, Tensor *dctx, SdcError *err);
+
+// ---- the same by stage: forward --
+// The cut entering this rank's blocks for n rows, allocated in tape t (its
+// shapes from the layout; first == 0: x, ctx only), for the caller to fill.
+// Starts the tape's forward.
+int unet_train_cut_in(Unet *m, int tape, int n, UnetCut *in, SdcError *err);
+// Runs this rank's blocks on tape t (after unet_train_cut_in; timesteps for
+// block 0, else NULL) and returns the cut leaving them (views into the
+// tape; after the last block x is the UNet output).
+int unet_train_stage_forward(Unet *m, int tape, const float *timesteps, UnetCut *out, SdcError *err);
+// ---- backward --
+// The gradient of the cut leaving this rank's blocks, for tape t's rows,
+// allocated for the caller to fill (the next stage's unet_train_stage_backward
+// result, or d loss / d output after the last block: x only, the rest zero).
+int unet_train_grad_in(Unet *m, int tape, UnetCut *gin, SdcError *err);
+// Runs this rank's blocks backward on tape t, adding the parameter gradients,
+// and returns the gradient of the cut entering them (x ndim 0 when nothing
+// before needs it; at block 0 the context's gradient alone). Views into the
+// backward arenas, valid until the next unet_train_grad_in. Releases the tape.
+int unet_train_stage_backward(Unet *m, int tape, UnetCut *gout, SdcError *err);
+// The first and one-past-last block this rank trains, and whether any block
+// before `first` has trainable parameters (so the stage must send dx back).
+void unet_train_range(const Unet *m, int *first, int *end, int *grad_before);
+
 // The trainable parameters and their gradients as flat f32 buffers of *n
-// floats (zero padding between tensors is harmless to AdamW and norms).
+// floats (zero padding between tensors is harmless to AdamW and norms), on
+// the model's backend.
 void unet_trainables(Unet *m, float **params, float **grads, size_t *n);
 // The named trainable tensors: the load table (full) or the LoRA tensors,
 // named "<module>.lora.down.weight" / "<module>.lora.up.weight" with module
 // e.g. "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q".
 const ParamTable *unet_train_table(const Unet *m);
-// Bytes planned for training: kept activations, backward scratch, gradients
-// (and LoRA parameters), by unet_train_reserve.
+// Bytes planned for training: kept activations (all tapes), backward
+// scratch, gradients (and LoRA parameters), by unet_train_reserve; and the
+// kept activations of one tape.
 size_t unet_train_bytes(const Unet *m);
+size_t unet_train_tape_bytes(const Unet *m);
 // on = 1: adds the LoRA to the base weights (kept: the base must be loaded
 // trainable) so unet_forward sees the adapted model; on = 0 restores the
 // exact base weights. No-op without LoRA.

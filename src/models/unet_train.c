@@ -1,24 +1,24 @@
-// unet_train.c: the UNet's training forward and backward pass (see unet.h,
-// "training"). The CPU fp32 reference for DreamBooth; the gradients are
-// checked against torch autograd (tests/test_unet_grad.c).
+// unet_train.c: training passes over the UNet's block list (unet.h,
+// "training"): the blocks' one forward (unet_kinds.c) keeping its saves,
+// their backward in reverse, by whole model or by pipeline stage, with
+// several micro-batches' activations held at once (tapes).
 //
-// The forward pass here computes what unet.c's inference forward computes,
-// but keeps every intermediate a backward op needs instead of reusing
-// buffers in place. Memory, all planned by a measuring run of forward and
-// backward (backend_measure) and allocated once:
-//   keep     what the forward pass keeps for backward (block outputs, and
-//            every block's intermediates unless checkpointing)
+// Memory, all planned by a measuring run of forward and backward
+// (backend_measure) and allocated once through the model's backend:
+//   tapes    per micro-batch in flight: what the forward keeps for backward
+//            (the cut entering the blocks, every block's output, and its
+//            intermediates unless checkpointing)
 //   recomp   one block's intermediates (checkpointing only)
-//   fwork    forward temporaries (reset after every use)
+//   fwork    forward temporaries (released after every use)
 //   dslot    two slots the running gradient alternates between
-//   dskips   the skip stack's gradients (a stack: pushed by the up blocks
-//            in the backward pass, popped by the down blocks that pushed
-//            the skips in the forward pass)
-//   gwork    backward temporaries (reset after every block)
-//   grads    full training: one arena mirroring the parameter arena
+//   dskips   the skip stack's gradients (a stack: pushed by the up blocks in
+//            the backward pass, popped by the blocks that pushed the skips)
+//   gwork    backward temporaries (released after every block)
+//   gcut     the time embedding's and the context's gradient sums
+//   grads    full training: mirrors the parameter arena
 //   lora     LoRA parameters and their gradients
-// Reads top to bottom: state, LoRA, forward per block kind, backward per
-// block kind, planning, the public entry points.
+// Reads top to bottom: state, planning the cut shapes, forward, backward,
+// LoRA, reserve, the public entry points, merging LoRA.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,430 +27,14 @@
 #include "models/unet_internal.h"
 #include "sampling/rng.h"
 
-#define TF32(a, ...) ARENA_F32(a, __VA_ARGS__)
-#define LORA_PER_LAYER 8 // attn1 q k v out, attn2 q k v out
-
-typedef struct LoraPair {
-    Tensor down; // (r, in)
-    Tensor up;   // (out, r)
-} LoraPair;
-
-typedef struct AttnSave {
-    Tensor q, k, v, o;   // (N, S, D), (N, L, D) x2, (N, S, D)
-    Tensor hq, hk, hv, ho; // LoRA hidden down(x): (N, S|L, r)
-} AttnSave;
-
-typedef struct TLayerSave {
-    Tensor hin;          // (N, S, D) the layer's input residual stream
-    Tensor t1, t2, t3;   // (N, S, D) layer-normed inputs of attn1, attn2, ff
-    AttnSave a1, a2;
-    Tensor hs1, hs2;     // (N, S, D) residual stream after attn1, attn2
-    Tensor pr;           // (N, S, 8D) GEGLU input
-    Tensor g;            // (N, S, 4D) ff2 input
-    Tensor hout;         // (N, S, D)
-} TLayerSave;
-
-typedef struct BlockSave {
-    Tensor x;          // the block's input state
-    Tensor skip;       // the popped skip (pops_skip)
-    int skip_of;       // index of the block whose output is that skip
-    Tensor cat;        // (N, Cx+Cs, H, W) concat (pops_skip)
-    Tensor h, h2, h3;  // resnet: GN1+SiLU(x), conv1+temb, GN2+SiLU
-    Tensor tok;        // transformer: (N, S, C) normed tokens
-    TLayerSave *L;     // transformer layers
-    Tensor u;          // upsample: nearest 2x output / out: GN+SiLU
-    int64_t up_h, up_w; // upsample target size
-    Tensor out;        // the block's output
-} BlockSave;
-
-typedef struct UnetTrain {
-    UnetTrainOpts o;
-    const Backend *be; // the model's backend, or backend_measure() while planning
-    int measuring;
-    int batch, h, w, ctx_len; // the reservation
-    Arena keep, recomp, fwork, dslot[2], dskips, gwork;
-    Arena grads;       // full: mirrors m->params
-    Arena lora_p, lora_g;
-    size_t bytes[9];
-    BlockSave *sv;     // (n_blocks)
-    LoraPair *lora;    // (n_blocks * max layers * 8) indexed by lora_index
-    int *lora_base;    // (n_blocks) first LoRA pair of each transformer block
-    int n_lora;
-    float lora_scale;
-    ParamTable lora_table;
-    // time embedding
-    Tensor tp, h1, a1, e, temb; // (N, C0), (N, 4C0) x4
-    Tensor dtemb;               // (N, 4C0) accumulated over the resnets
-    Tensor ctx;                 // (N, L, cross) the caller's context
-    Tensor dctx;                // accumulated (want_dctx)
-    int have_forward;
-    float *merge_backup; // base projection weights while LoRA is merged
-    int merged;
-} UnetTrain;
-
-// ---------------------------------------------------------------------------
-// helpers
-// ---------------------------------------------------------------------------
-
-static void zero(const UnetTrain *T, Tensor *t) {
-    if (!T->measuring) memset(t->data, 0, tensor_bytes(t));
-}
-
-// The gradient of parameter p (a view at the same offset in the gradient
-// arena), or NULL when the base is frozen (LoRA).
-static Tensor *gp(const Unet *m, const Tensor *p, Tensor *tmp) {
-    const UnetTrain *T = m->train;
-    if (T->o.lora_rank || !p->data) return NULL;
-    *tmp = *p;
-    if (T->measuring) return tmp;
-    size_t off = (size_t)((const char *)p->data - m->params.base);
-    SDC_CHECK(off < m->params.cap);
-    tmp->data = T->grads.base + off;
-    return tmp;
-}
-
-// out += in (same shapes)
-static void acc(const Backend *be, Tensor *out, const Tensor *in) { be->add(be, out, out, in); }
-
-// A Tensor of x's shape in arena a.
-static Tensor like(Arena *a, const Tensor *x) { return arena_tensor(a, DT_F32, x->ndim, x->shape); }
-
-// The gradient of LoRA parameter p: the same offset in the LoRA gradient arena.
-static Tensor lora_grad(const UnetTrain *T, const Tensor *p) {
-    Tensor g = *p;
-    if (!T->measuring) g.data = T->lora_g.base + ((const char *)p->data - T->lora_p.base);
-    return g;
-}
-
-// ---------------------------------------------------------------------------
-// LoRA'd linear: y = x W^T + b (+ scale * (x down^T) up^T)
-// ---------------------------------------------------------------------------
-
-static void lin_fwd(UnetTrain *T, Arena *keep, Tensor *y, const Tensor *x, const Tensor *w,
-                    const Tensor *b, const LoraPair *lo, Tensor *hidden) {
-    const Backend *be = T->be;
-    be->linear(be, y, x, w, b);
-    if (!lo) return;
-    int64_t M = tensor_numel(x) / x->shape[x->ndim - 1];
-    *hidden = TF32(keep, M, lo->down.shape[0]); // (M, r)
-    Tensor xf = tensor_reshape(*x, 2, (int64_t[]){M, x->shape[x->ndim - 1]});
-    be->linear(be, hidden, &xf, &lo->down, NULL);
-    size_t mark = arena_mark(&T->fwork);
-    Tensor u = TF32(&T->fwork, M, lo->up.shape[0]); // (M, out)
-    be->linear(be, &u, hidden, &lo->up, NULL);
-    be->scale(be, &u, &u, T->lora_scale);
-    Tensor yf = tensor_reshape(*y, 2, (int64_t[]){M, y->shape[y->ndim - 1]});
-    acc(be, &yf, &u);
-    arena_reset(&T->fwork, mark);
-}
-
-// dy -> dx (overwritten; NULL: not wanted), parameter / LoRA gradients added.
-static void lin_bwd(Unet *m, Tensor *dx, const Tensor *dy, const Tensor *x, const Tensor *w,
-                    const Tensor *b, const LoraPair *lo, const Tensor *hidden) {
-    UnetTrain *T = m->train;
-    const Backend *be = T->be;
-    Tensor gw, gb;
-    int64_t K = x->shape[x->ndim - 1], N = dy->shape[dy->ndim - 1], M = tensor_numel(x) / K;
-    Tensor x2 = tensor_reshape(*x, 2, (int64_t[]){M, K});
-    Tensor dy2 = tensor_reshape(*dy, 2, (int64_t[]){M, N});
-    Tensor dx2, *pdx = NULL;
-    if (dx) {
-        dx2 = tensor_reshape(*dx, 2, (int64_t[]){M, K});
-        pdx = &dx2;
-    }
-    Tensor *pgw = gp(m, w, &gw), *pgb = b ? gp(m, b, &gb) : NULL;
-    if (pdx || pgw || pgb) be->linear_backward(be, pdx, pgw, pgb, &dy2, &x2, w);
-    if (!lo) return;
-    size_t mark = arena_mark(&T->gwork);
-    int64_t r = lo->down.shape[0];
-    Tensor du = TF32(&T->gwork, M, N); // (M, out) scale * dy
-    be->scale(be, &du, &dy2, T->lora_scale);
-    Tensor dh = TF32(&T->gwork, M, r); // (M, r)
-    Tensor gup = lora_grad(T, &lo->up), gdown = lora_grad(T, &lo->down);
-    be->linear_backward(be, &dh, &gup, NULL, &du, hidden, &lo->up);
-    if (pdx) {
-        Tensor dxl = TF32(&T->gwork, M, K);
-        be->linear_backward(be, &dxl, &gdown, NULL, &dh, &x2, &lo->down);
-        acc(be, pdx, &dxl);
-    } else {
-        be->linear_backward(be, NULL, &gdown, NULL, &dh, &x2, &lo->down);
-    }
-    arena_reset(&T->gwork, mark);
-}
-
-// ---------------------------------------------------------------------------
-// forward, keeping intermediates in `keep` (the output of a block goes to
-// `outa`: the kept outputs, or the recompute arena when recomputing)
-// ---------------------------------------------------------------------------
-
-static const LoraPair *lora_at(const UnetTrain *T, int block, int layer, int j) {
-    if (!T->o.lora_rank) return NULL;
-    return &T->lora[T->lora_base[block] + layer * LORA_PER_LAYER + j];
-}
-
-// Attention with projections; returns the output projection in res (fwork).
-static void attn_fwd(Unet *m, Arena *keep, const AttnParams *a, int heads, const LoraPair *lo,
-                     AttnSave *sv, Tensor *res, const Tensor *xq, const Tensor *xkv) {
-    UnetTrain *T = m->train;
-    const Backend *be = T->be;
-    int64_t N = xq->shape[0], S = xq->shape[1], D = a->q.shape[0], L = xkv->shape[1];
-    sv->q = TF32(keep, N, S, D);
-    sv->k = TF32(keep, N, L, D);
-    sv->v = TF32(keep, N, L, D);
-    sv->o = TF32(keep, N, S, D);
-    lin_fwd(T, keep, &sv->q, xq, &a->q, NULL, lo ? &lo[0] : NULL, &sv->hq);
-    lin_fwd(T, keep, &sv->k, xkv, &a->k, NULL, lo ? &lo[1] : NULL, &sv->hk);
-    lin_fwd(T, keep, &sv->v, xkv, &a->v, NULL, lo ? &lo[2] : NULL, &sv->hv);
-    be->attention(be, &sv->o, &sv->q, &sv->k, &sv->v, heads, 0);
-    lin_fwd(T, keep, res, &sv->o, &a->out_w, &a->out_b, lo ? &lo[3] : NULL, &sv->ho);
-}
-
-static void tlayer_fwd(Unet *m, Arena *keep, int bi, int l, const TLayerParams *p, int heads,
-                       TLayerSave *sv, const Tensor *hin, const Tensor *ctx) {
-    UnetTrain *T = m->train;
-    const Backend *be = T->be;
-    int64_t N = hin->shape[0], S = hin->shape[1], D = hin->shape[2];
-    const float eps = 1e-5f;
-    sv->hin = *hin;
-    size_t mark = arena_mark(&T->fwork);
-    Tensor res = TF32(&T->fwork, N, S, D); // (N, S, D) a branch's output
-    sv->t1 = TF32(keep, N, S, D);
-    be->layer_norm(be, &sv->t1, hin, &p->n1_g, &p->n1_b, eps);
-    attn_fwd(m, keep, &p->attn1, heads, lora_at(T, bi, l, 0), &sv->a1, &res, &sv->t1, &sv->t1);
-    sv->hs1 = TF32(keep, N, S, D);
-    be->add(be, &sv->hs1, hin, &res);
-    sv->t2 = TF32(keep, N, S, D);
-    be->layer_norm(be, &sv->t2, &sv->hs1, &p->n2_g, &p->n2_b, eps);
-    attn_fwd(m, keep, &p->attn2, heads, lora_at(T, bi, l, 4), &sv->a2, &res, &sv->t2, ctx);
-    sv->hs2 = TF32(keep, N, S, D);
-    be->add(be, &sv->hs2, &sv->hs1, &res);
-    sv->t3 = TF32(keep, N, S, D);
-    be->layer_norm(be, &sv->t3, &sv->hs2, &p->n3_g, &p->n3_b, eps);
-    sv->pr = TF32(keep, N, S, 8 * D);
-    be->linear(be, &sv->pr, &sv->t3, &p->ff0_w, &p->ff0_b);
-    sv->g = TF32(keep, N, S, 4 * D);
-    be->geglu(be, &sv->g, &sv->pr);
-    be->linear(be, &res, &sv->g, &p->ff2_w, &p->ff2_b);
-    sv->hout = TF32(keep, N, S, D);
-    be->add(be, &sv->hout, &sv->hs2, &res);
-    arena_reset(&T->fwork, mark);
-}
-
-// One block from sv->x (and sv->skip); the output goes to outa.
-static void block_fwd(Unet *m, int bi, Arena *keep, Arena *outa) {
-    UnetTrain *T = m->train;
-    const Backend *be = T->be;
-    const UnetBlock *b = &m->blocks[bi];
-    BlockSave *sv = &T->sv[bi];
-    const float eps = m->cfg.norm_eps;
-    const int G = m->cfg.norm_groups;
-    Tensor x = sv->x;
-    int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], Cout = b->info.out_channels;
-    switch (b->info.kind) {
-    case UNET_BLOCK_CONV_IN:
-        sv->out = TF32(outa, N, Cout, H, W);
-        be->conv2d(be, &sv->out, &x, &b->conv.w, &b->conv.b, 1, 1);
-        break;
-    case UNET_BLOCK_DOWNSAMPLE:
-        sv->out = TF32(outa, N, C, (H + 1) / 2, (W + 1) / 2);
-        be->conv2d(be, &sv->out, &x, &b->conv.w, &b->conv.b, 2, 1);
-        break;
-    case UNET_BLOCK_UPSAMPLE:
-        sv->u = TF32(keep, N, C, sv->up_h, sv->up_w);
-        be->upsample_nearest2x(be, &sv->u, &x);
-        sv->out = TF32(outa, N, C, sv->up_h, sv->up_w);
-        be->conv2d(be, &sv->out, &sv->u, &b->conv.w, &b->conv.b, 1, 1);
-        break;
-    case UNET_BLOCK_OUT:
-        sv->u = like(keep, &x);
-        be->group_norm(be, &sv->u, &x, &b->out.norm_g, &b->out.norm_b, G, eps, 1);
-        sv->out = TF32(outa, N, Cout, H, W);
-        be->conv2d(be, &sv->out, &sv->u, &b->out.conv.w, &b->out.conv.b, 1, 1);
-        break;
-    case UNET_BLOCK_RESNET: {
-        const ResnetParams *p = &b->res;
-        Tensor xin = x;
-        if (b->info.pops_skip) {
-            sv->cat = TF32(keep, N, C + sv->skip.shape[1], H, W);
-            be->concat_channels(be, &sv->cat, &x, &sv->skip);
-            xin = sv->cat;
-        }
-        sv->h = like(keep, &xin);
-        be->group_norm(be, &sv->h, &xin, &p->norm1_g, &p->norm1_b, G, eps, 1);
-        sv->h2 = TF32(keep, N, Cout, H, W);
-        be->conv2d(be, &sv->h2, &sv->h, &p->conv1.w, &p->conv1.b, 1, 1);
-        size_t mark = arena_mark(&T->fwork);
-        Tensor tp = TF32(&T->fwork, N, Cout); // (N, Cout) time_emb_proj(SiLU(temb))
-        be->linear(be, &tp, &T->temb, &p->temb_w, &p->temb_b);
-        be->add_channel_bias(be, &sv->h2, &sv->h2, &tp);
-        sv->h3 = TF32(keep, N, Cout, H, W);
-        be->group_norm(be, &sv->h3, &sv->h2, &p->norm2_g, &p->norm2_b, G, eps, 1);
-        sv->out = TF32(outa, N, Cout, H, W);
-        be->conv2d(be, &sv->out, &sv->h3, &p->conv2.w, &p->conv2.b, 1, 1);
-        if (p->shortcut.w.ndim) {
-            Tensor sc = TF32(&T->fwork, N, Cout, H, W);
-            be->conv2d(be, &sc, &xin, &p->shortcut.w, &p->shortcut.b, 1, 0);
-            acc(be, &sv->out, &sc);
-        } else {
-            acc(be, &sv->out, &xin);
-        }
-        arena_reset(&T->fwork, mark);
-        break;
-    }
-    case UNET_BLOCK_TRANSFORMER: {
-        const TransformerParams *p = &b->tf;
-        int64_t S = H * W, D = p->inner;
-        size_t mark = arena_mark(&T->fwork);
-        Tensor hn = TF32(&T->fwork, N, C, H, W);
-        be->group_norm(be, &hn, &x, &p->norm_g, &p->norm_b, G, 1e-6f, 0);
-        sv->tok = TF32(keep, N, S, C);
-        be->nchw_to_nlc(be, &sv->tok, &hn);
-        arena_reset(&T->fwork, mark);
-        Tensor hs = TF32(keep, N, S, D); // (N, S, D) proj_in output
-        be->linear(be, &hs, &sv->tok, &p->in_w, &p->in_b);
-        for (int l = 0; l < p->n_layers; l++) {
-            tlayer_fwd(m, keep, bi, l, &p->layers[l], p->heads, &sv->L[l], &hs, &T->ctx);
-            hs = sv->L[l].hout;
-        }
-        Tensor tok = TF32(&T->fwork, N, S, C);
-        be->linear(be, &tok, &hs, &p->out_w, &p->out_b);
-        sv->out = TF32(outa, N, C, H, W);
-        be->nlc_to_nchw(be, &sv->out, &tok);
-        acc(be, &sv->out, &x);
-        arena_reset(&T->fwork, mark);
-        break;
-    }
-    }
-}
-
-// Time embedding into T->temb (kept), then every block; the skip stack is
-// simulated to record which output each popping block reads.
-static void train_forward(Unet *m, const Tensor *x, const float *timesteps) {
-    UnetTrain *T = m->train;
-    const Backend *be = T->be;
-    int64_t N = x->shape[0], C0 = m->cfg.block_out[0];
-    arena_reset(&T->keep, 0);
-    arena_reset(&T->recomp, 0);
-    arena_reset(&T->fwork, 0);
-    T->tp = TF32(&T->keep, N, C0);
-    be->timestep_embedding(be, &T->tp, timesteps, m->cfg.flip_sin_to_cos, m->cfg.freq_shift);
-    T->h1 = TF32(&T->keep, N, 4 * C0);
-    be->linear(be, &T->h1, &T->tp, &m->t_lin1_w, &m->t_lin1_b);
-    T->a1 = TF32(&T->keep, N, 4 * C0);
-    be->silu(be, &T->a1, &T->h1);
-    T->e = TF32(&T->keep, N, 4 * C0);
-    be->linear(be, &T->e, &T->a1, &m->t_lin2_w, &m->t_lin2_b);
-    T->temb = TF32(&T->keep, N, 4 * C0);
-    be->silu(be, &T->temb, &T->e);
-
-    int stack[UNET_MAX_SKIPS], n = 0;
-    Tensor cur = *x;
-    for (int i = 0; i < m->n_blocks; i++) {
-        const UnetBlockInfo *bi = &m->blocks[i].info;
-        BlockSave *sv = &T->sv[i];
-        sv->x = cur;
-        if (bi->pops_skip) {
-            SDC_CHECK(n > 0);
-            sv->skip_of = stack[--n];
-            sv->skip = T->sv[sv->skip_of].out;
-        }
-        if (bi->kind == UNET_BLOCK_UPSAMPLE) {
-            SDC_CHECK(n > 0);
-            const Tensor *next = &T->sv[stack[n - 1]].out;
-            sv->up_h = next->shape[2];
-            sv->up_w = next->shape[3];
-        }
-        Arena *inner = T->o.checkpointing ? &T->recomp : &T->keep;
-        block_fwd(m, i, inner, &T->keep);
-        if (T->o.checkpointing) arena_reset(&T->recomp, 0);
-        if (bi->pushes_skip) {
-            SDC_CHECK(n < UNET_MAX_SKIPS);
-            stack[n++] = i;
-        }
-        cur = sv->out;
-    }
-    SDC_CHECK(n == 0);
-}
-
-// ---------------------------------------------------------------------------
-// backward
-// ---------------------------------------------------------------------------
-
-static void conv_bwd(Unet *m, Tensor *dx, const Tensor *dy, const Tensor *x, const ConvParams *c,
-                     int stride, int pad) {
-    const Backend *be = m->train->be;
-    Tensor gw, gb;
-    Tensor *pgw = gp(m, &c->w, &gw), *pgb = gp(m, &c->b, &gb);
-    if (dx || pgw || pgb) be->conv2d_backward(be, dx, pgw, pgb, dy, x, &c->w, stride, pad);
-}
-
-static void gn_bwd(Unet *m, Tensor *dx, const Tensor *dy, const Tensor *x, const Tensor *gamma,
-                   const Tensor *beta, float eps, int silu) {
-    const Backend *be = m->train->be;
-    Tensor gg, gb;
-    be->group_norm_backward(be, dx, gp(m, gamma, &gg), gp(m, beta, &gb), dy, x, gamma, beta,
-                            m->cfg.norm_groups, eps, silu);
-}
-
-static void ln_bwd(Unet *m, Tensor *dx, const Tensor *dy, const Tensor *x, const Tensor *gamma,
-                   const Tensor *beta) {
-    const Backend *be = m->train->be;
-    Tensor gg, gb;
-    be->layer_norm_backward(be, dx, gp(m, gamma, &gg), gp(m, beta, &gb), dy, x, gamma, 1e-5f);
-}
-
-// dres (N, S, D): gradient of the attention's output projection -> dxq
-// (overwritten); self-attention adds the k/v paths into dxq, cross-attention
-// adds them into T->dctx (when wanted).
-static void attn_bwd(Unet *m, const AttnParams *a, int heads, const LoraPair *lo, const AttnSave *sv,
-                     const Tensor *dres, const Tensor *xq, const Tensor *xkv, Tensor *dxq, int cross) {
-    UnetTrain *T = m->train;
-    const Backend *be = T->be;
-    size_t mark = arena_mark(&T->gwork);
-    Tensor dO = like(&T->gwork, &sv->o);
-    lin_bwd(m, &dO, dres, &sv->o, &a->out_w, &a->out_b, lo ? &lo[3] : NULL, &sv->ho);
-    Tensor dq = like(&T->gwork, &sv->q), dk = like(&T->gwork, &sv->k), dv = like(&T->gwork, &sv->v);
-    be->attention_backward(be, &dq, &dk, &dv, &dO, &sv->q, &sv->k, &sv->v, heads, 0);
-    lin_bwd(m, dxq, &dq, xq, &a->q, NULL, lo ? &lo[0] : NULL, &sv->hq);
-    if (!cross || T->o.want_dctx) {
-        Tensor *dst = cross ? &T->dctx : dxq;
-        Tensor tmp = like(&T->gwork, xkv);
-        lin_bwd(m, &tmp, &dk, xkv, &a->k, NULL, lo ? &lo[1] : NULL, &sv->hk);
-        acc(be, dst, &tmp);
-        lin_bwd(m, &tmp, &dv, xkv, &a->v, NULL, lo ? &lo[2] : NULL, &sv->hv);
-        acc(be, dst, &tmp);
-    } else {
-        lin_bwd(m, NULL, &dk, xkv, &a->k, NULL, lo ? &lo[1] : NULL, &sv->hk);
-        lin_bwd(m, NULL, &dv, xkv, &a->v, NULL, lo ? &lo[2] : NULL, &sv->hv);
-    }
-    arena_reset(&T->gwork, mark);
-}
-
-// dh (N, S, D): gradient of the layer's output, turned in place into the
-// gradient of its input.
-static void tlayer_bwd(Unet *m, int bi, int l, const TLayerParams *p, int heads, const TLayerSave *sv,
-                       Tensor *dh) {
-    UnetTrain *T = m->train;
-    const Backend *be = T->be;
-    size_t mark = arena_mark(&T->gwork);
-    Tensor dt = like(&T->gwork, dh), dn = like(&T->gwork, dh); // (N, S, D)
-    size_t mark2 = arena_mark(&T->gwork);
-    Tensor dg = like(&T->gwork, &sv->g);   // (N, S, 4D)
-    lin_bwd(m, &dg, dh, &sv->g, &p->ff2_w, &p->ff2_b, NULL, NULL);
-    Tensor dpr = like(&T->gwork, &sv->pr); // (N, S, 8D)
-    be->geglu_backward(be, &dpr, &dg, &sv->pr);
-    lin_bwd(m, &dt, &dpr, &sv->t3, &p->ff0_w, &p->ff0_b, NULL, NULL);
-    arena_reset(&T->gwork, mark2);
-    ln_bwd(m, &dn, &dt, &sv->hs2, &p->n3_g, &p->n3_b);
-    acc(be, dh, &dn);
-    attn_bwd(m, &p->attn2, heads, lora_at(T, bi, l, 4), &sv->a2, dh, &sv->t2, &T->ctx, &dt, 1);
-    ln_bwd(m, &dn, &dt, &sv->hs1, &p->n2_g, &p->n2_b);
-    acc(be, dh, &dn);
-    attn_bwd(m, &p->attn1, heads, lora_at(T, bi, l, 0), &sv->a1, dh, &sv->t1, &sv->t1, &dt, 0);
-    ln_bwd(m, &dn, &dt, &sv->hin, &p->n1_g, &p->n1_b);
-    acc(be, dh, &dn);
-    arena_reset(&T->gwork, mark);
-}
+typedef struct Tape {
+    Arena keep;    // a slice of UnetTrain.tape_mem
+    BlockSave *sv; // (n_blocks) what each block's forward saved
+    UnetCut in;    // the cut entering the blocks (in keep)
+    UnetCut out;   // the cut leaving them (views into keep)
+    int n;         // rows of the forward held; 0: free
+    int forward_done;
+} Tape;
 
 typedef struct DskipStack {
     Tensor t[UNET_MAX_SKIPS];
@@ -458,235 +42,344 @@ typedef struct DskipStack {
     int n;
 } DskipStack;
 
-// dy: gradient of block bi's output -> the gradient of its input state, in
-// dxa (an empty tensor for conv_in). A popping block pushes its skip's
-// gradient on ds.
-static Tensor block_bwd(Unet *m, int bi, const Tensor *dy, Arena *dxa, DskipStack *ds) {
+enum { A_RECOMP, A_FWORK, A_DSLOT0, A_DSLOT1, A_DSKIPS, A_GWORK, A_GCUT, A_SHARED };
+
+typedef struct UnetTrain {
+    UnetTrainOpts o;
+    int first, end;          // the blocks this rank trains (the model's loaded range)
+    int first_trainable;     // the first block (of all) with trainable parameters
+    int want_dtemb;          // the time MLP trains (full fine-tuning)
+    int batch, h, w, ctx_len; // the reservation
+    Tape *tapes;
+    int n_tapes;
+    Arena tape_mem;          // the tapes' keep arenas, one allocation
+    size_t tape_bytes;       // one tape's
+    Arena ar[A_SHARED];      // shared working arenas (see the top)
+    Arena grads;             // full: mirrors m->params
+    Arena lora_p, lora_g;
+    LoraPair *lora;          // (n_pairs) the adapters of the transformers in range
+    int n_pairs;
+    float lora_scale;
+    ParamTable lora_table;
+    const Backend *be;       // the model's backend, or backend_measure() while planning
+    // the backward in progress
+    int bwd_tape;            // -1: none
+    DskipStack ds;
+    Tensor dcur;             // the running gradient
+    int slot;
+    UnetCut gin;
+    Arena merge_backup;      // base projection weights while LoRA is merged
+    int merged;
+} UnetTrain;
+
+static int lora_on(const UnetTrain *T) { return T->o.lora_rank > 0; }
+
+// ---------------------------------------------------------------------------
+// the cut entering block `first`: its shapes from the layout
+// ---------------------------------------------------------------------------
+
+// Walks the blocks before `first` for n rows at latent (h, w): x's shape and
+// the open skips' (bottom first).
+static void cut_shapes(const Unet *m, int first, int64_t n, int64_t h, int64_t w, int64_t xs[4],
+                       int64_t (*ss)[4], int *n_skips) {
+    Tensor x = {.ndim = 4, .shape = {n, m->cfg.in_channels, h, w}};
+    Tensor st[UNET_MAX_SKIPS];
+    int k = 0;
+    for (int i = 0; i < first; i++) {
+        const UnetBlock *b = &m->blocks[i];
+        if (b->info.kind == UNET_BLOCK_TIME) continue;
+        if (b->info.pops_skip) k--;
+        int64_t sh[4];
+        int nd;
+        unet_block_out_shape(m, b, &x, k ? &st[k - 1] : NULL, sh, &nd);
+        x = (Tensor){.ndim = 4, .shape = {sh[0], sh[1], sh[2], sh[3]}};
+        if (b->info.pushes_skip) st[k++] = x;
+    }
+    memcpy(xs, x.shape, sizeof x.shape);
+    for (int i = 0; i < k; i++) memcpy(ss[i], st[i].shape, sizeof st[i].shape);
+    *n_skips = k;
+}
+
+static Tensor act4(Arena *a, DType dt, const int64_t s[4]) { return ARENA_DT(a, dt, s[0], s[1], s[2], s[3]); }
+
+static void cut_alloc(Unet *m, Tape *tp, int n) {
     UnetTrain *T = m->train;
-    const Backend *be = T->be;
-    const UnetBlock *b = &m->blocks[bi];
-    const BlockSave *sv = &T->sv[bi];
-    const float eps = m->cfg.norm_eps;
-    const int lora = T->o.lora_rank > 0;
-    Tensor x = sv->x, dx = {0};
-    size_t mark = arena_mark(&T->gwork);
-    switch (b->info.kind) {
-    case UNET_BLOCK_CONV_IN:
-        conv_bwd(m, NULL, dy, &x, &b->conv, 1, 1);
-        break;
-    case UNET_BLOCK_DOWNSAMPLE:
-        dx = like(dxa, &x);
-        conv_bwd(m, &dx, dy, &x, &b->conv, 2, 1);
-        break;
-    case UNET_BLOCK_UPSAMPLE: {
-        Tensor du = like(&T->gwork, &sv->u);
-        conv_bwd(m, &du, dy, &sv->u, &b->conv, 1, 1);
-        dx = like(dxa, &x);
-        be->upsample_nearest2x_backward(be, &dx, &du);
-        break;
-    }
-    case UNET_BLOCK_OUT: {
-        Tensor dhn = like(&T->gwork, &sv->u);
-        conv_bwd(m, &dhn, dy, &sv->u, &b->out.conv, 1, 1);
-        dx = like(dxa, &x);
-        gn_bwd(m, &dx, &dhn, &x, &b->out.norm_g, &b->out.norm_b, eps, 1);
-        break;
-    }
-    case UNET_BLOCK_RESNET: {
-        const ResnetParams *p = &b->res;
-        const Tensor *xin = b->info.pops_skip ? &sv->cat : &x;
-        Tensor dxin = like(b->info.pops_skip ? &T->gwork : dxa, xin);
-        if (p->shortcut.w.ndim) conv_bwd(m, &dxin, dy, xin, &p->shortcut, 1, 0);
-        else be->copy(be, &dxin, dy);
-        Tensor dh3 = like(&T->gwork, &sv->h3);
-        conv_bwd(m, &dh3, dy, &sv->h3, &p->conv2, 1, 1);
-        Tensor dh2 = like(&T->gwork, &sv->h2);
-        gn_bwd(m, &dh2, &dh3, &sv->h2, &p->norm2_g, &p->norm2_b, eps, 1);
-        if (!lora) {
-            int64_t N = dy->shape[0];
-            Tensor dtp = TF32(&T->gwork, N, dy->shape[1]); // (N, Cout)
-            be->add_channel_bias_backward(be, &dtp, &dh2);
-            Tensor dt = like(&T->gwork, &T->temb);
-            Tensor gw, gb;
-            be->linear_backward(be, &dt, gp(m, &p->temb_w, &gw), gp(m, &p->temb_b, &gb), &dtp, &T->temb,
-                                &p->temb_w);
-            acc(be, &T->dtemb, &dt);
-        }
-        Tensor dh = like(&T->gwork, &sv->h);
-        conv_bwd(m, &dh, &dh2, &sv->h, &p->conv1, 1, 1);
-        Tensor dg = like(&T->gwork, xin);
-        gn_bwd(m, &dg, &dh, xin, &p->norm1_g, &p->norm1_b, eps, 1);
-        acc(be, &dxin, &dg);
+    const DType dt = m->be->act_dtype;
+    const int64_t C0 = m->cfg.block_out[0];
+    UnetCut *in = &tp->in;
+    memset(in, 0, sizeof *in);
+    arena_reset(&tp->keep, 0);
+    int64_t xs[4], ss[UNET_MAX_SKIPS][4];
+    cut_shapes(m, T->first, n, T->h, T->w, xs, ss, &in->n_skips);
+    in->x = act4(&tp->keep, dt, xs);
+    for (int k = 0; k < in->n_skips; k++) in->skips[k] = act4(&tp->keep, dt, ss[k]);
+    if (T->first > 0) in->temb = ARENA_DT(&tp->keep, dt, n, 4 * C0);
+    in->ctx = ARENA_DT(&tp->keep, dt, n, T->ctx_len, m->cfg.cross_dim);
+    tp->n = n;
+    tp->forward_done = 0;
+}
+
+// ---------------------------------------------------------------------------
+// forward
+// ---------------------------------------------------------------------------
+
+// Runs block i's forward on io (its output allocated), saving into tape tp's
+// record; intermediates in keep.
+static void run_block(Unet *m, int i, Tape *tp, Arena *keep, UnetIO *io) {
+    UnetTrain *T = m->train;
+    const UnetBlock *b = &m->blocks[i];
+    Pass p = {.be = T->be, .act = m->be->act_dtype, .keep = keep, .work = &T->ar[A_FWORK],
+              .lora_scale = T->lora_scale};
+    tp->sv[i].x = io->x;
+    tp->sv[i].skip = io->skip;
+    UNET_KINDS[b->info.kind].forward(&p, m, b, &tp->sv[i], io);
+}
+
+// The rank's blocks on tape tp, each output kept in the tape; the cut
+// leaving them into tp->out.
+static void stage_forward(Unet *m, Tape *tp, const float *timesteps) {
+    UnetTrain *T = m->train;
+    UnetCut *o = &tp->out;
+    *o = tp->in;
+    Arena *recomp = &T->ar[A_RECOMP];
+    for (int i = T->first; i < T->end; i++) {
+        const UnetBlock *b = &m->blocks[i];
+        const size_t k0 = arena_mark(&tp->keep);
+        UnetIO io = {.x = o->x, .temb = o->temb, .ctx = tp->in.ctx, .timesteps = timesteps};
         if (b->info.pops_skip) {
-            dx = like(dxa, &x);
-            SDC_CHECK(ds->n < UNET_MAX_SKIPS);
-            ds->mark[ds->n] = arena_mark(&T->dskips);
-            Tensor dsk = like(&T->dskips, &sv->skip);
-            ds->t[ds->n++] = dsk;
-            be->concat_channels_backward(be, &dx, &dsk, &dxin);
-        } else {
-            dx = dxin;
+            SDC_CHECK(o->n_skips > 0);
+            io.skip = o->skips[--o->n_skips];
         }
-        break;
+        int64_t sh[4];
+        int nd;
+        unet_block_out_shape(m, b, &o->x, o->n_skips ? &o->skips[o->n_skips - 1] : NULL, sh, &nd);
+        io.out = arena_tensor(&tp->keep, m->be->act_dtype, nd, sh);
+        tp->sv[i].out = io.out;
+        // the time MLP's few saves are always kept (recomputing it would need the timesteps)
+        const int ckpt = T->o.checkpointing && b->info.kind != UNET_BLOCK_TIME;
+        run_block(m, i, tp, ckpt ? recomp : &tp->keep, &io);
+        if (ckpt) arena_reset(recomp, 0);
+        if (T->be == backend_measure()) m->blocks[i].info.keep_bytes = arena_mark(&tp->keep) - k0;
+        if (b->info.kind == UNET_BLOCK_TIME) {
+            o->temb = io.out;
+            continue;
+        }
+        if (b->info.pushes_skip) {
+            SDC_CHECK(o->n_skips < UNET_MAX_SKIPS);
+            o->skips[o->n_skips++] = io.out;
+        }
+        o->x = io.out;
     }
-    case UNET_BLOCK_TRANSFORMER: {
-        const TransformerParams *p = &b->tf;
-        int64_t N = x.shape[0], C = x.shape[1], S = x.shape[2] * x.shape[3], D = p->inner;
-        Tensor dtok = TF32(&T->gwork, N, S, C);
-        be->nchw_to_nlc(be, &dtok, dy);
-        Tensor dh = TF32(&T->gwork, N, S, D);
-        lin_bwd(m, &dh, &dtok, &sv->L[p->n_layers - 1].hout, &p->out_w, &p->out_b, NULL, NULL);
-        for (int l = p->n_layers - 1; l >= 0; l--) tlayer_bwd(m, bi, l, &p->layers[l], p->heads, &sv->L[l], &dh);
-        lin_bwd(m, &dtok, &dh, &sv->tok, &p->in_w, &p->in_b, NULL, NULL);
-        Tensor dhn = like(&T->gwork, &x);
-        be->nlc_to_nchw(be, &dhn, &dtok);
-        dx = like(dxa, &x);
-        gn_bwd(m, &dx, &dhn, &x, &p->norm_g, &p->norm_b, 1e-6f, 0);
-        acc(be, &dx, dy);
-        break;
-    }
-    }
-    arena_reset(&T->gwork, mark);
-    return dx;
+    tp->forward_done = 1;
 }
 
-static void train_backward(Unet *m, const Tensor *dout) {
+// Gradient checkpointing: block i's intermediates again, into the recompute
+// arena (its output too: the kept one stays as it was).
+static void recompute(Unet *m, int i, Tape *tp) {
+    UnetTrain *T = m->train;
+    Arena *recomp = &T->ar[A_RECOMP];
+    const BlockSave *sv = &tp->sv[i];
+    arena_reset(recomp, 0);
+    UnetIO io = {.x = sv->x, .skip = sv->skip, .temb = tp->out.temb, .ctx = tp->in.ctx,
+                 .out = arena_tensor(recomp, sv->out.dtype, sv->out.ndim, sv->out.shape)};
+    run_block(m, i, tp, recomp, &io);
+}
+
+// ---------------------------------------------------------------------------
+// backward
+// ---------------------------------------------------------------------------
+
+static void grad_alloc(Unet *m, Tape *tp) {
+    UnetTrain *T = m->train;
+    const DType dt = m->be->act_dtype;
+    for (int a = A_DSLOT0; a <= A_GCUT; a++) arena_reset(&T->ar[a], 0);
+    UnetCut *g = &T->gin;
+    memset(g, 0, sizeof *g);
+    g->x = arena_tensor(&T->ar[A_DSLOT1], dt, tp->out.x.ndim, tp->out.x.shape);
+    T->ds.n = 0;
+    for (int k = 0; k < tp->out.n_skips; k++) {
+        Arena *a = &T->ar[A_DSKIPS];
+        T->ds.mark[k] = arena_mark(a);
+        g->skips[k] = arena_tensor(a, dt, 4, tp->out.skips[k].shape);
+        T->ds.t[k] = g->skips[k];
+    }
+    g->n_skips = T->ds.n = tp->out.n_skips;
+    if (T->want_dtemb && tp->out.temb.ndim) {
+        g->temb = arena_tensor(&T->ar[A_GCUT], dt, 2, tp->out.temb.shape);
+        T->be->zero(T->be, g->temb.data, tensor_bytes(&g->temb));
+    }
+    if (T->o.want_dctx) {
+        g->ctx = arena_tensor(&T->ar[A_GCUT], dt, 3, tp->out.ctx.shape);
+        T->be->zero(T->be, g->ctx.data, tensor_bytes(&g->ctx));
+    }
+    T->dcur = g->x;
+    T->slot = 0;
+}
+
+static void stage_backward(Unet *m, Tape *tp, UnetCut *gout) {
     UnetTrain *T = m->train;
     const Backend *be = T->be;
-    const int lora = T->o.lora_rank > 0;
-    for (int i = 0; i < 2; i++) arena_reset(&T->dslot[i], 0);
-    arena_reset(&T->dskips, 0);
-    arena_reset(&T->gwork, 0);
-    T->dtemb = like(&T->keep, &T->temb);
-    zero(T, &T->dtemb);
-    if (T->o.want_dctx) {
-        T->dctx = like(&T->keep, &T->ctx);
-        zero(T, &T->dctx);
-    }
-    DskipStack ds = {.n = 0};
-    Tensor dcur = *dout;
-    int slot = 0;
-    for (int i = m->n_blocks - 1; i >= 0; i--) {
-        const UnetBlockInfo *bi = &m->blocks[i].info;
-        if (bi->kind == UNET_BLOCK_CONV_IN && lora) break; // nothing trainable before it
-        if (bi->pushes_skip) {
-            SDC_CHECK(ds.n > 0);
-            Tensor *dsk = &ds.t[--ds.n];
-            SDC_CHECK(tensor_same_shape(dsk, &dcur));
-            acc(be, &dcur, dsk);
-            arena_reset(&T->dskips, ds.mark[ds.n]);
+    const DType dt = m->be->act_dtype;
+    Arena *recomp = &T->ar[A_RECOMP], *gwork = &T->ar[A_GWORK], *dskips = &T->ar[A_DSKIPS];
+    (void)recomp;
+    DskipStack *ds = &T->ds;
+    const int stop = T->first > T->first_trainable ? T->first : T->first_trainable;
+    for (int i = T->end - 1; i >= stop; i--) {
+        const UnetBlock *b = &m->blocks[i];
+        BlockSave *sv = &tp->sv[i];
+        const int time = b->info.kind == UNET_BLOCK_TIME;
+        if (b->info.pushes_skip) { // the skip's gradient joins the output's
+            SDC_CHECK(ds->n > 0);
+            Tensor *dsk = &ds->t[--ds->n];
+            SDC_CHECK(tensor_same_shape(dsk, &T->dcur));
+            be->add(be, &T->dcur, &T->dcur, dsk);
+            arena_reset(dskips, ds->mark[ds->n]);
         }
-        if (T->o.checkpointing) { // recompute the block's intermediates
-            arena_reset(&T->recomp, 0);
-            Tensor out = T->sv[i].out;
-            block_fwd(m, i, &T->recomp, &T->recomp);
-            T->sv[i].out = out;
+        if (time && !T->want_dtemb) continue;
+        const size_t g0 = gwork->peak;
+        if (be == backend_measure()) gwork->peak = gwork->used;
+        if (T->o.checkpointing && !time) recompute(m, i, tp);
+        Pass p = {.be = be, .act = dt, .work = gwork, .params = &m->params, .grads = lora_on(T) ? NULL : &T->grads,
+                  .lora_p = &T->lora_p, .lora_g = &T->lora_g, .lora_scale = T->lora_scale};
+        UnetGradIO g = {.dy = time ? T->gin.temb : T->dcur, .temb = tp->out.temb, .ctx = tp->in.ctx};
+        if (!time && T->want_dtemb) g.dtemb = T->gin.temb;
+        if (T->o.want_dctx) g.dctx = T->gin.ctx;
+        // dx when a block before needs it (a transformer's and the out block's group
+        // norm backward yields it anyway)
+        const UnetBlockKind kind = b->info.kind;
+        if (!time && kind != UNET_BLOCK_CONV_IN &&
+            (i > T->first_trainable || kind == UNET_BLOCK_TRANSFORMER || kind == UNET_BLOCK_OUT)) {
+            Arena *a = &T->ar[A_DSLOT0 + T->slot];
+            arena_reset(a, 0);
+            g.dx = arena_tensor(a, dt, sv->x.ndim, sv->x.shape);
         }
-        arena_reset(&T->dslot[slot], 0);
-        dcur = block_bwd(m, i, &dcur, &T->dslot[slot], &ds);
-        slot ^= 1;
+        if (b->info.pops_skip) {
+            SDC_CHECK(ds->n < UNET_MAX_SKIPS);
+            ds->mark[ds->n] = arena_mark(dskips);
+            g.dskip = arena_tensor(dskips, dt, 4, sv->skip.shape);
+            ds->t[ds->n++] = g.dskip;
+        }
+        UNET_KINDS[b->info.kind].backward(&p, m, b, sv, &g);
+        if (be == backend_measure()) {
+            m->blocks[i].info.bwd_bytes = gwork->peak + (T->o.checkpointing ? recomp->peak : 0);
+            if (g0 > gwork->peak) gwork->peak = g0;
+        }
+        if (!time) {
+            T->dcur = g.dx;
+            T->slot ^= 1;
+        }
     }
-    SDC_CHECK(ds.n == 0 || lora);
-    if (!lora) { // the time embedding MLP
-        Tensor de = like(&T->gwork, &T->e), da1 = like(&T->gwork, &T->a1), dh1 = like(&T->gwork, &T->h1);
-        Tensor gw, gb;
-        be->silu_backward(be, &de, &T->dtemb, &T->e);
-        be->linear_backward(be, &da1, gp(m, &m->t_lin2_w, &gw), gp(m, &m->t_lin2_b, &gb), &de, &T->a1,
-                            &m->t_lin2_w);
-        be->silu_backward(be, &dh1, &da1, &T->h1);
-        be->linear_backward(be, NULL, gp(m, &m->t_lin1_w, &gw), gp(m, &m->t_lin1_b, &gb), &dh1, &T->tp,
-                            &m->t_lin1_w);
-        arena_reset(&T->gwork, 0);
-    }
-    // dtemb / dctx stay in keep until the next forward resets it (the caller copies dctx first)
+    memset(gout, 0, sizeof *gout);
+    if (T->first > 0 && stop == T->first) gout->x = T->dcur;
+    for (int k = 0; k < ds->n && stop == T->first; k++) gout->skips[k] = ds->t[k];
+    gout->n_skips = stop == T->first ? ds->n : 0;
+    if (T->first > 0 && T->want_dtemb) gout->temb = T->gin.temb;
+    if (T->o.want_dctx) gout->ctx = T->gin.ctx;
+    tp->n = 0;
+    tp->forward_done = 0;
 }
 
 // ---------------------------------------------------------------------------
-// planning and the public entry points
+// LoRA
 // ---------------------------------------------------------------------------
 
-enum { B_KEEP, B_RECOMP, B_FWORK, B_DSLOT0, B_DSLOT1, B_DSKIPS, B_GWORK, B_GRADS, B_LORA };
-
-static Arena *train_arena(UnetTrain *T, int i) {
-    switch (i) {
-    case B_KEEP: return &T->keep;
-    case B_RECOMP: return &T->recomp;
-    case B_FWORK: return &T->fwork;
-    case B_DSLOT0: return &T->dslot[0];
-    case B_DSLOT1: return &T->dslot[1];
-    case B_DSKIPS: return &T->dskips;
-    case B_GWORK: return &T->gwork;
+// The adapters of every attention projection of the transformers in range,
+// in block order; a measuring arena only counts. With rng, down ~ N(0, 1/r)
+// drawn for every transformer from block 0 on (the blocks of earlier stages
+// too, discarded), so every layout starts from the same adapters.
+static int lora_build(Unet *m, Arena *a, Rng *rng, SdcError *err) {
+    static const char *const NAMES[UNET_LORA_PER_LAYER] = {"attn1.to_q", "attn1.to_k", "attn1.to_v",
+                                                           "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+                                                           "attn2.to_v", "attn2.to_out.0"};
+    UnetTrain *T = m->train;
+    const int64_t r = T->o.lora_rank;
+    int k = 0;
+    for (int bi = 0; bi < m->n_blocks; bi++) {
+        UnetBlock *b = &m->blocks[bi];
+        if (b->info.kind != UNET_BLOCK_TRANSFORMER) continue;
+        const int mine = bi >= T->first && bi < T->end;
+        if (mine) b->lora = &T->lora[k];
+        const int64_t D = b->info.inner, Dc = m->cfg.cross_dim;
+        const int64_t in_dim[UNET_LORA_PER_LAYER] = {D, D, D, D, D, Dc, Dc, D}; // out is D for all
+        for (int l = 0; l < b->info.n_layers; l++)
+            for (int j = 0; j < UNET_LORA_PER_LAYER; j++) {
+                const int64_t in = in_dim[j];
+                float *host = NULL;
+                if (rng) { // down ~ N(0, 1/r): r * in draws, discarded for another stage's blocks
+                    host = malloc((size_t)(r * in) * sizeof *host);
+                    if (!host) return sdc_err(err, SDC_ERR_OOM, "unet LoRA: out of memory");
+                    rng_normal(rng, host, (size_t)(r * in));
+                    for (int64_t i = 0; i < r * in; i++) host[i] *= 1.0f / (float)r;
+                }
+                if (!mine) {
+                    free(host);
+                    continue;
+                }
+                LoraPair *lp = &T->lora[k++];
+                lp->down = ARENA_F32(a, r, in); // (r, in)
+                lp->up = ARENA_F32(a, D, r);    // (out, r), zero
+                if (a->measure) continue;
+                backend_upload_f32(T->be, &lp->down, host, (size_t)(r * in));
+                free(host);
+                ParamTable *tb = &T->lora_table;
+                if (tb->n + 2 > tb->cap) {
+                    int cap = tb->cap ? 2 * tb->cap : 256;
+                    ParamEntry *e = realloc(tb->e, (size_t)cap * sizeof *e);
+                    if (!e) return sdc_err(err, SDC_ERR_OOM, "unet LoRA: out of memory");
+                    tb->e = e;
+                    tb->cap = cap;
+                }
+                const char *fmt[2] = {"%.60s.transformer_blocks.%d.%s.lora.down.weight",
+                                      "%.60s.transformer_blocks.%d.%s.lora.up.weight"};
+                for (int u = 0; u < 2; u++) {
+                    snprintf(tb->e[tb->n].name, sizeof tb->e[tb->n].name, fmt[u], b->info.name, l, NAMES[j]);
+                    tb->e[tb->n++].t = u ? lp->up : lp->down;
+                }
+            }
     }
-    return NULL;
+    T->n_pairs = k;
+    return 0;
 }
+
+// ---------------------------------------------------------------------------
+// reserve
+// ---------------------------------------------------------------------------
 
 void unet_train_free(Unet *m) {
     UnetTrain *T = m->train;
     if (!T) return;
-    for (int i = 0; i <= B_GWORK; i++) arena_free(train_arena(T, i));
+    for (int i = 0; i < m->n_blocks; i++) m->blocks[i].lora = NULL;
+    for (int a = 0; a < A_SHARED; a++) arena_free(&T->ar[a]);
+    arena_free(&T->tape_mem);
     arena_free(&T->grads);
     arena_free(&T->lora_p);
     arena_free(&T->lora_g);
-    if (T->sv)
-        for (int i = 0; i < m->n_blocks; i++) free(T->sv[i].L);
-    free(T->sv);
+    arena_free(&T->merge_backup);
+    for (int t = 0; T->tapes && t < T->n_tapes; t++) unet_saves_free(m, T->tapes[t].sv);
+    free(T->tapes);
     free(T->lora);
-    free(T->lora_base);
-    free(T->merge_backup);
     param_table_free(&T->lora_table);
     free(T);
     m->train = NULL;
 }
 
-// The LoRA pairs of every transformer layer, in block order; measuring
-// (count only) when a->measure.
-static void lora_build(Unet *m, Arena *a, int rank, Rng *rng) {
+// One forward and backward of tape 0 against no-op ops and measuring arenas.
+static void plan_run(Unet *m) {
     UnetTrain *T = m->train;
-    static const char *const names[LORA_PER_LAYER] = {"attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                                                      "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"};
-    int k = 0;
-    for (int bi = 0; bi < m->n_blocks; bi++) {
-        const UnetBlock *b = &m->blocks[bi];
-        T->lora_base[bi] = k;
-        if (b->info.kind != UNET_BLOCK_TRANSFORMER) continue;
-        for (int l = 0; l < b->tf.n_layers; l++) {
-            const TLayerParams *p = &b->tf.layers[l];
-            const Tensor *ws[LORA_PER_LAYER] = {&p->attn1.q, &p->attn1.k, &p->attn1.v, &p->attn1.out_w,
-                                                &p->attn2.q, &p->attn2.k, &p->attn2.v, &p->attn2.out_w};
-            for (int j = 0; j < LORA_PER_LAYER; j++, k++) {
-                LoraPair *lp = &T->lora[k];
-                int64_t out = ws[j]->shape[0], in = ws[j]->shape[1];
-                lp->down = TF32(a, rank, in);
-                lp->up = TF32(a, out, rank);
-                if (a->measure) continue;
-                rng_normal(rng, tensor_f32p(&lp->down), (size_t)(rank * in));
-                float *d = tensor_f32p(&lp->down);
-                for (int64_t i = 0; i < rank * in; i++) d[i] *= 1.0f / (float)rank;
-                memset(lp->up.data, 0, tensor_bytes(&lp->up));
-                char nm[160];
-                snprintf(nm, sizeof nm, "%s.transformer_blocks.%d.%s.lora.down.weight", b->info.name, l, names[j]);
-                ParamTable *tb = &T->lora_table;
-                if (tb->n + 2 > tb->cap) {
-                    tb->cap = tb->cap ? 2 * tb->cap : 256;
-                    tb->e = realloc(tb->e, (size_t)tb->cap * sizeof *tb->e);
-                    SDC_CHECK(tb->e); // once at reserve
-                }
-                snprintf(tb->e[tb->n].name, sizeof tb->e[tb->n].name, "%.127s", nm);
-                tb->e[tb->n++].t = lp->down;
-                snprintf(nm, sizeof nm, "%s.transformer_blocks.%d.%s.lora.up.weight", b->info.name, l, names[j]);
-                snprintf(tb->e[tb->n].name, sizeof tb->e[tb->n].name, "%.127s", nm);
-                tb->e[tb->n++].t = lp->up;
-            }
-        }
-    }
-    T->n_lora = k;
+    Tape *tp = &T->tapes[0];
+    float *ts = NULL; // never read by the measure backend
+    cut_alloc(m, tp, T->batch);
+    stage_forward(m, tp, ts);
+    grad_alloc(m, tp);
+    UnetCut gout;
+    stage_backward(m, tp, &gout);
 }
 
 int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w, int ctx_len,
                        SdcError *err) {
-    if (m->be->device != DEV_CPU || m->be->act_dtype != DT_F32 || !m->be->conv2d_backward)
-        return sdc_err(err, SDC_ERR_UNSUPPORTED, "unet: training runs on the CPU backend in fp32 (got %s)\n"
-                       "---> use --device cpu for training", m->be->name);
+    if (!m->be->conv2d_backward || !m->be->zero || m->be->act_dtype != DT_F32)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "unet: training needs a backend with backward ops in fp32 (%s has "
+                       "none)\n---> use --device cpu for training", m->be->name);
     if (!o->lora_rank && !m->table.n)
         return sdc_err(err, SDC_ERR_ARG, "unet: full training needs the model loaded trainable "
                        "(unet_load_opts with .trainable = 1)");
@@ -702,63 +395,66 @@ int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w,
     if (!T) return sdc_err(err, SDC_ERR_OOM, "unet: out of memory");
     m->train = T;
     T->o = *o;
-    T->sv = calloc((size_t)m->n_blocks, sizeof *T->sv);
-    T->lora_base = calloc((size_t)m->n_blocks, sizeof *T->lora_base);
-    int n_pairs = 0;
-    for (int i = 0; T->sv && i < m->n_blocks; i++)
-        if (m->blocks[i].info.kind == UNET_BLOCK_TRANSFORMER) {
-            T->sv[i].L = calloc((size_t)m->blocks[i].tf.n_layers, sizeof *T->sv[i].L);
-            if (!T->sv[i].L) goto oom;
-            n_pairs += m->blocks[i].tf.n_layers * LORA_PER_LAYER;
-        }
-    T->lora = calloc((size_t)n_pairs + 1, sizeof *T->lora);
-    if (!T->sv || !T->lora_base || !T->lora) goto oom;
+    T->n_tapes = o->tapes > 0 ? o->tapes : 1;
+    T->first = m->first;
+    T->end = m->end;
+    T->batch = batch, T->h = h, T->w = w, T->ctx_len = ctx_len;
+    T->want_dtemb = !o->lora_rank;
+    T->first_trainable = 0;
+    if (o->lora_rank)
+        while (T->first_trainable < m->n_blocks && m->blocks[T->first_trainable].info.kind != UNET_BLOCK_TRANSFORMER)
+            T->first_trainable++;
+    T->bwd_tape = -1;
+    T->be = m->be;
+    int rc = 0;
+    T->tapes = calloc((size_t)T->n_tapes, sizeof *T->tapes);
+    if (!T->tapes) goto oom;
+    for (int t = 0; t < T->n_tapes; t++)
+        if (unet_saves_alloc(m, &T->tapes[t].sv)) goto oom;
 
-    int rc;
     if (o->lora_rank) {
+        int n_pairs = 0;
+        for (int i = T->first; i < T->end; i++)
+            if (m->blocks[i].info.kind == UNET_BLOCK_TRANSFORMER) n_pairs += m->blocks[i].info.n_layers;
+        T->lora = calloc((size_t)n_pairs * UNET_LORA_PER_LAYER + 1, sizeof *T->lora);
+        if (!T->lora) goto oom;
         T->lora_scale = o->lora_alpha / (float)o->lora_rank;
         Arena meas;
         arena_init_measure(&meas);
-        lora_build(m, &meas, o->lora_rank, NULL);
-        if ((rc = arena_init(&T->lora_p, NULL, meas.peak, err)) ||
-            (rc = arena_init(&T->lora_g, NULL, meas.peak, err)))
+        if ((rc = lora_build(m, &meas, NULL, err))) goto fail;
+        if ((rc = arena_init(&T->lora_p, m->be, meas.peak, err)) ||
+            (rc = arena_init(&T->lora_g, m->be, meas.peak, err)))
             goto fail;
-        memset(T->lora_p.base, 0, T->lora_p.cap);
-        memset(T->lora_g.base, 0, T->lora_g.cap);
+        m->be->zero(m->be, T->lora_p.base, T->lora_p.cap);
+        m->be->zero(m->be, T->lora_g.base, T->lora_g.cap);
         Rng rng;
         rng_seed(&rng, o->lora_seed);
-        lora_build(m, &T->lora_p, o->lora_rank, &rng);
+        if ((rc = lora_build(m, &T->lora_p, &rng, err))) goto fail;
     } else {
-        if ((rc = arena_init(&T->grads, NULL, m->params.cap, err))) goto fail;
-        memset(T->grads.base, 0, T->grads.cap);
+        if ((rc = arena_init(&T->grads, m->be, m->params.cap, err))) goto fail;
+        m->be->zero(m->be, T->grads.base, T->grads.cap);
     }
 
     // The measuring pass: forward and backward against no-op ops.
-    T->measuring = 1;
+    Arena real_lora_g = T->lora_g, real_grads = T->grads;
     T->be = backend_measure();
-    for (int i = 0; i <= B_GWORK; i++) arena_init_measure(train_arena(T, i));
-    Arena fake;
-    arena_init_measure(&fake);
-    const UnetConfig *c = &m->cfg;
-    Tensor x = TF32(&fake, batch, c->in_channels, h, w);
-    Tensor dout = TF32(&fake, batch, c->out_channels, h, w);
-    T->ctx = TF32(&fake, batch, ctx_len, c->cross_dim);
-    float *ts = calloc((size_t)batch, sizeof *ts);
-    if (!ts) goto oom;
-    train_forward(m, &x, ts);
-    train_backward(m, &dout);
-    free(ts);
-    for (int i = 0; i <= B_GWORK; i++) T->bytes[i] = train_arena(T, i)->peak;
-    T->measuring = 0;
+    for (int a = 0; a < A_SHARED; a++) arena_init_measure(&T->ar[a]);
+    arena_init_measure(&T->tapes[0].keep);
+    arena_init_measure(&T->lora_g);
+    T->grads.measure = 1;
+    plan_run(m);
+    T->lora_g = real_lora_g;
+    T->grads = real_grads;
     T->be = m->be;
-    for (int i = 0; i <= B_GWORK; i++)
-        if ((rc = arena_init(train_arena(T, i), NULL, T->bytes[i], err))) goto fail;
-    T->bytes[B_GRADS] = T->grads.cap;
-    T->bytes[B_LORA] = T->lora_p.cap + T->lora_g.cap;
-    T->batch = batch;
-    T->h = h;
-    T->w = w;
-    T->ctx_len = ctx_len;
+    size_t shared[A_SHARED];
+    for (int a = 0; a < A_SHARED; a++) shared[a] = T->ar[a].peak;
+    T->tape_bytes = (T->tapes[0].keep.peak + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    for (int a = 0; a < A_SHARED; a++)
+        if ((rc = arena_init(&T->ar[a], m->be, shared[a], err))) goto fail;
+    if ((rc = arena_init(&T->tape_mem, m->be, T->tape_bytes * (size_t)T->n_tapes, err))) goto fail;
+    for (int t = 0; t < T->n_tapes; t++)
+        T->tapes[t].keep = (Arena){.be = m->be, .base = T->tape_mem.base + T->tape_bytes * (size_t)t,
+                                   .cap = T->tape_bytes};
     return 0;
 oom:
     rc = sdc_err(err, SDC_ERR_OOM, "unet: out of memory planning training");
@@ -768,13 +464,82 @@ fail:
     return rc;
 }
 
+// ---------------------------------------------------------------------------
+// entry points
+// ---------------------------------------------------------------------------
+
+static int check_tape(const Unet *m, int tape, SdcError *err) {
+    const UnetTrain *T = m->train;
+    if (!T) return sdc_err(err, SDC_ERR_ARG, "unet: unet_train_reserve first");
+    if (tape < 0 || tape >= T->n_tapes)
+        return sdc_err(err, SDC_ERR_ARG, "unet: tape %d of %d reserved", tape, T->n_tapes);
+    return 0;
+}
+
+int unet_train_cut_in(Unet *m, int tape, int n, UnetCut *in, SdcError *err) {
+    SDC_TRY(check_tape(m, tape, err));
+    UnetTrain *T = m->train;
+    if (n < 1 || n > T->batch)
+        return sdc_err(err, SDC_ERR_ARG, "unet training: %d rows; the reservation holds 1 to %d", n, T->batch);
+    if (T->tapes[tape].n)
+        return sdc_err(err, SDC_ERR_ARG, "unet training: tape %d still holds a forward awaiting its backward", tape);
+    cut_alloc(m, &T->tapes[tape], n);
+    *in = T->tapes[tape].in;
+    return 0;
+}
+
+int unet_train_stage_forward(Unet *m, int tape, const float *timesteps, UnetCut *out, SdcError *err) {
+    SDC_TRY(check_tape(m, tape, err));
+    UnetTrain *T = m->train;
+    Tape *tp = &T->tapes[tape];
+    if (!tp->n || tp->forward_done)
+        return sdc_err(err, SDC_ERR_ARG, "unet training: tape %d: unet_train_cut_in first", tape);
+    if (T->first == 0 && !timesteps) return sdc_err(err, SDC_ERR_ARG, "unet training: block 0 needs the timesteps");
+    stage_forward(m, tp, timesteps);
+    *out = tp->out;
+    return 0;
+}
+
+int unet_train_grad_in(Unet *m, int tape, UnetCut *gin, SdcError *err) {
+    SDC_TRY(check_tape(m, tape, err));
+    UnetTrain *T = m->train;
+    Tape *tp = &T->tapes[tape];
+    if (!tp->forward_done)
+        return sdc_err(err, SDC_ERR_ARG, "unet training: tape %d has no forward to differentiate", tape);
+    grad_alloc(m, tp);
+    T->bwd_tape = tape;
+    *gin = T->gin;
+    return 0;
+}
+
+int unet_train_stage_backward(Unet *m, int tape, UnetCut *gout, SdcError *err) {
+    SDC_TRY(check_tape(m, tape, err));
+    UnetTrain *T = m->train;
+    if (T->bwd_tape != tape)
+        return sdc_err(err, SDC_ERR_ARG, "unet training: tape %d: unet_train_grad_in first", tape);
+    stage_backward(m, &T->tapes[tape], gout);
+    T->bwd_tape = -1;
+    return 0;
+}
+
+void unet_train_range(const Unet *m, int *first, int *end, int *grad_before) {
+    const UnetTrain *T = m->train;
+    *first = T ? T->first : m->first;
+    *end = T ? T->end : m->end;
+    *grad_before = T ? T->first_trainable < T->first : m->first > 0;
+}
+
 int unet_train_forward(Unet *m, Tensor *out, const Tensor *x, const float *timesteps,
                        const Tensor *ctx, SdcError *err) {
     UnetTrain *T = m->train;
     if (!T) return sdc_err(err, SDC_ERR_ARG, "unet: unet_train_reserve first");
+    if (T->first != 0 || T->end != m->n_blocks)
+        return sdc_err(err, SDC_ERR_ARG, "unet: unet_train_forward runs every block; this rank holds [%d, %d)",
+                       T->first, T->end);
     const UnetConfig *c = &m->cfg;
-    if (x->ndim != 4 || ctx->ndim != 3 || out->ndim != 4 || x->dtype != DT_F32 || ctx->dtype != DT_F32 ||
-        out->dtype != DT_F32 || x->shape[0] < 1 || x->shape[0] > T->batch || x->shape[1] != c->in_channels ||
+    const DType dt = m->be->act_dtype;
+    if (x->ndim != 4 || ctx->ndim != 3 || out->ndim != 4 || x->dtype != dt || ctx->dtype != dt ||
+        out->dtype != dt || x->shape[0] < 1 || x->shape[0] > T->batch || x->shape[1] != c->in_channels ||
         x->shape[2] != T->h || x->shape[3] != T->w || ctx->shape[0] != x->shape[0] ||
         ctx->shape[1] != T->ctx_len || ctx->shape[2] != c->cross_dim || out->shape[0] != x->shape[0] ||
         out->shape[1] != c->out_channels || out->shape[2] != T->h || out->shape[3] != T->w) {
@@ -785,25 +550,31 @@ int unet_train_forward(Unet *m, Tensor *out, const Tensor *x, const float *times
                        tensor_shape_str(x, b1, sizeof b1), tensor_shape_str(ctx, b2, sizeof b2),
                        tensor_shape_str(out, b3, sizeof b3), T->batch, T->h, T->w, T->ctx_len);
     }
-    T->ctx = *ctx;
-    train_forward(m, x, timesteps);
-    m->be->copy(m->be, out, &T->sv[m->n_blocks - 1].out);
-    T->have_forward = 1;
+    Tape *tp = &T->tapes[0];
+    tp->n = 0; // a forward without its backward is dropped
+    UnetCut in, o;
+    SDC_TRY(unet_train_cut_in(m, 0, (int)x->shape[0], &in, err));
+    m->be->copy(m->be, &in.x, x);
+    m->be->copy(m->be, &in.ctx, ctx);
+    SDC_TRY(unet_train_stage_forward(m, 0, timesteps, &o, err));
+    m->be->copy(m->be, out, &o.x);
     return 0;
 }
 
 int unet_train_backward(Unet *m, const Tensor *dout, Tensor *dctx, SdcError *err) {
     UnetTrain *T = m->train;
-    if (!T || !T->have_forward)
+    if (!T || !T->tapes[0].forward_done)
         return sdc_err(err, SDC_ERR_ARG, "unet: unet_train_backward needs a unet_train_forward first");
-    const Tensor *y = &T->sv[m->n_blocks - 1].out;
-    if (!tensor_same_shape(dout, y) || dout->dtype != DT_F32)
+    const Tensor *y = &T->tapes[0].out.x;
+    if (!tensor_same_shape(dout, y) || dout->dtype != m->be->act_dtype)
         return sdc_err(err, SDC_ERR_ARG, "unet: dout must have the output's shape");
-    if (dctx && (!T->o.want_dctx || !tensor_same_shape(dctx, &T->ctx)))
+    if (dctx && (!T->o.want_dctx || !tensor_same_shape(dctx, &T->tapes[0].in.ctx)))
         return sdc_err(err, SDC_ERR_ARG, "unet: dctx needs want_dctx and the context's shape");
-    train_backward(m, dout);
-    if (dctx) m->be->copy(m->be, dctx, &T->dctx);
-    T->have_forward = 0;
+    UnetCut gin, gout;
+    SDC_TRY(unet_train_grad_in(m, 0, &gin, err));
+    m->be->copy(m->be, &gin.x, dout);
+    SDC_TRY(unet_train_stage_backward(m, 0, &gout, err));
+    if (dctx) m->be->copy(m->be, dctx, &gout.ctx);
     return 0;
 }
 
@@ -826,10 +597,13 @@ const ParamTable *unet_train_table(const Unet *m) {
     return m->train->o.lora_rank ? &m->train->lora_table : &m->table;
 }
 
+size_t unet_train_tape_bytes(const Unet *m) { return m->train ? m->train->tape_bytes : 0; }
+
 size_t unet_train_bytes(const Unet *m) {
-    if (!m->train) return 0;
-    size_t s = 0;
-    for (int i = 0; i <= B_LORA; i++) s += m->train->bytes[i];
+    const UnetTrain *T = m->train;
+    if (!T) return 0;
+    size_t s = T->tape_mem.cap + T->grads.cap + T->lora_p.cap + T->lora_g.cap;
+    for (int a = 0; a < A_SHARED; a++) s += T->ar[a].cap;
     return s;
 }
 
@@ -837,53 +611,49 @@ size_t unet_train_bytes(const Unet *m) {
 // LoRA merged into the base weights (inference with the trained adapter)
 // ---------------------------------------------------------------------------
 
+// The base weight each adapter of block b's layer l adds to.
+static void lora_targets(UnetBlock *b, int l, Tensor *ws[UNET_LORA_PER_LAYER]) {
+    TLayerParams *p = &b->tf.layers[l];
+    Tensor *t[UNET_LORA_PER_LAYER] = {&p->attn1.q, &p->attn1.k, &p->attn1.v, &p->attn1.out_w,
+                                      &p->attn2.q, &p->attn2.k, &p->attn2.v, &p->attn2.out_w};
+    memcpy(ws, t, sizeof t);
+}
+
 int unet_lora_merge(Unet *m, int on, SdcError *err) {
     UnetTrain *T = m->train;
-    if (!T || !T->o.lora_rank) return 0;
+    if (!T || !T->o.lora_rank || on == T->merged) return 0;
     if (on && !m->table.n)
         return sdc_err(err, SDC_ERR_ARG, "unet: merging LoRA needs the base loaded trainable (own copies)");
-    int k = 0;
-    size_t need = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        size_t off = 0;
-        k = 0;
-        for (int bi = 0; bi < m->n_blocks; bi++) {
-            const UnetBlock *b = &m->blocks[bi];
-            if (b->info.kind != UNET_BLOCK_TRANSFORMER) continue;
-            for (int l = 0; l < b->tf.n_layers; l++) {
-                TLayerParams *p = &b->tf.layers[l];
-                Tensor *ws[LORA_PER_LAYER] = {&p->attn1.q, &p->attn1.k, &p->attn1.v, &p->attn1.out_w,
-                                              &p->attn2.q, &p->attn2.k, &p->attn2.v, &p->attn2.out_w};
-                for (int j = 0; j < LORA_PER_LAYER; j++, k++) {
-                    size_t n = (size_t)tensor_numel(ws[j]);
-                    if (pass == 0) {
-                        need += n;
-                        continue;
-                    }
-                    float *w = tensor_f32p(ws[j]), *bk = T->merge_backup + off;
-                    off += n;
-                    if (!on) { // restore the exact base weights
-                        memcpy(w, bk, n * sizeof *w);
-                        continue;
-                    }
-                    memcpy(bk, w, n * sizeof *w);
-                    const LoraPair *lp = &T->lora[k];
-                    int64_t out = ws[j]->shape[0], in = ws[j]->shape[1], r = lp->down.shape[0];
-                    const float *up = tensor_f32p(&lp->up), *down = tensor_f32p(&lp->down);
-                    for (int64_t o = 0; o < out; o++)
-                        for (int64_t q = 0; q < r; q++) {
-                            float u = T->lora_scale * up[o * r + q];
-                            for (int64_t i = 0; i < in; i++) w[o * in + i] += u * down[q * in + i];
-                        }
-                }
+    const Backend *be = m->be;
+    if (!be->matmul) return sdc_err(err, SDC_ERR_UNSUPPORTED, "unet: the %s backend cannot merge LoRA", be->name);
+    if (!T->merge_backup.base) { // room for every base weight an adapter changes
+        size_t need = 0;
+        for (int bi = T->first; bi < T->end; bi++) {
+            UnetBlock *b = &m->blocks[bi];
+            for (int l = 0; b->lora && l < b->info.n_layers; l++) {
+                Tensor *ws[UNET_LORA_PER_LAYER];
+                lora_targets(b, l, ws);
+                for (int j = 0; j < UNET_LORA_PER_LAYER; j++)
+                    need += (tensor_bytes(ws[j]) + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
             }
         }
-        if (pass == 0) {
-            if (!on && !T->merged) return 0;
-            if (on && T->merged) return 0;
-            if (!T->merge_backup) {
-                T->merge_backup = malloc(need * sizeof(float));
-                if (!T->merge_backup) return sdc_err(err, SDC_ERR_OOM, "unet: out of memory merging LoRA");
+        SDC_TRY(arena_init(&T->merge_backup, be, need, err));
+    }
+    arena_reset(&T->merge_backup, 0);
+    for (int bi = T->first; bi < T->end; bi++) {
+        UnetBlock *b = &m->blocks[bi];
+        for (int l = 0; b->lora && l < b->info.n_layers; l++) {
+            Tensor *ws[UNET_LORA_PER_LAYER];
+            lora_targets(b, l, ws);
+            for (int j = 0; j < UNET_LORA_PER_LAYER; j++) {
+                Tensor bk = arena_tensor(&T->merge_backup, ws[j]->dtype, ws[j]->ndim, ws[j]->shape);
+                if (!on) { // restore the exact base weights
+                    be->copy(be, ws[j], &bk);
+                    continue;
+                }
+                be->copy(be, &bk, ws[j]);
+                const LoraPair *lp = &b->lora[l * UNET_LORA_PER_LAYER + j];
+                be->matmul(be, ws[j], &lp->up, &lp->down, T->lora_scale, 1.0f); // W += scale * up down
             }
         }
     }

@@ -45,17 +45,23 @@ static void draw_order(DbTrainer *t, int64_t epoch) {
     t->order_epoch = epoch;
 }
 
-static void dp_share(int64_t n, int rank, int size, int64_t *first, int64_t *count) {
+// Rank `rank`'s contiguous share [first, first + count) of n over `size`.
+static void share(int64_t n, int rank, int size, int64_t *first, int64_t *count) {
     int64_t q = n / size, r = n % size;
     *first = rank * q + (rank < r ? rank : r);
     *count = q + (rank < r ? 1 : 0);
 }
 
+static int replicas(const DbTrainer *t) { return t->hooks.replicas > 0 ? t->hooks.replicas : 1; }
+static int stages(const DbTrainer *t) { return t->hooks.stages > 0 ? t->hooks.stages : 1; }
+static int zero_on(const DbTrainer *t) { return t->hooks.zero && replicas(t) > 1; }
+static int n_groups(const DbTrainer *t) { return t->train_te ? 2 : 1; }
+
 // ---------------------------------------------------------------------------
 // set-up
 // ---------------------------------------------------------------------------
 
-// ZeRO-1: rank r keeps the moments of the slice [B_r, B_{r+1}) of the
+// ZeRO-1: replica r keeps the moments of the slice [B_r, B_{r+1}) of the
 // group's tensors concatenated in table order (B_k = N k / R; so its moments
 // are exactly that slice of what a checkpoint stores), as pieces of tensors.
 // Its block of the flat gradient / parameter buffer (padding included) runs
@@ -63,7 +69,7 @@ static void dp_share(int64_t n, int rank, int size, int64_t *first, int64_t *cou
 // rank order, as MPI_Reduce_scatter and MPI_Allgatherv want.
 static int make_shard(DbTrainer *t, int gi, const OptimTensor *ot, int n_t, const float *pb, size_t nn,
                       OptimTensor **pieces, int *n_pieces, SdcError *err) {
-    const int R = t->hooks.world, r = t->hooks.rank;
+    const int R = replicas(t), r = t->hooks.replica;
     DbShard *z = &t->shard[gi];
     z->n_tensors = n_t;
     z->counts = calloc((size_t)R, sizeof(int)), z->displs = calloc((size_t)R, sizeof(int));
@@ -112,6 +118,7 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     t->order_epoch = -1;
     DbConfig *c = &t->cfg;
     if (c->lora_rank && !(c->lora_alpha > 0)) c->lora_alpha = (float)c->lora_rank;
+    if (c->micro_batches < 1) c->micro_batches = 1;
     if (c->train_batch_size < 1 || c->grad_accum < 1 || c->max_train_steps < 1 || !(c->learning_rate > 0) ||
         c->lora_rank < 0 || data->n_inst < 1 || data->lat_h < 1 ||
         (c->with_prior_preservation && (data->n_class < 1 || !data->class_latents)))
@@ -120,13 +127,21 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
                        "and %d class latents: out of range",
                        c->train_batch_size, c->grad_accum, (long long)c->max_train_steps, c->learning_rate,
                        c->lora_rank, data->n_inst, data->n_class);
+    if ((stages(t) > 1) != (hooks->pipeline != NULL))
+        return sdc_err(err, SDC_ERR_INTERNAL, "dreambooth: %d stages with%s a pipeline", stages(t),
+                       hooks->pipeline ? "" : "out");
+    t->be = model->be;
     const UnetConfig *uc = unet_config(model->unet);
     const ClipConfig *cc = clip_config(model->clip);
     const int L = cc->max_positions, D = cc->hidden, h = data->lat_h, w = data->lat_w;
     if (uc->in_channels != 4)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: the UNet has %d input channels; training an "
                        "inpainting UNet is not supported\n---> train a text-to-image model", uc->in_channels);
+    if (D != uc->cross_dim)
+        return sdc_err(err, SDC_ERR_ARG, "dreambooth: the text encoder's width %d is not the UNet's context width %d",
+                       D, uc->cross_dim);
     t->prediction = uc->prediction;
+    t->train_te = c->train_text_encoder && hooks->stage == 0;
     if (L > 1024) return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: %d text positions", L);
     int dropped = 0;
     SDC_TRY(clip_tok_encode(model->tok, data->instance_prompt ? data->instance_prompt : "", t->inst_ids, L,
@@ -138,11 +153,12 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     t->updates_per_epoch = (t->batches_per_epoch + c->grad_accum - 1) / c->grad_accum;
     int per_batch = c->train_batch_size * (c->with_prior_preservation ? 2 : 1);
     int64_t f, n;
-    dp_share(per_batch, 0, hooks->world > 0 ? hooks->world : 1, &f, &n);
+    share(per_batch, 0, replicas(t), &f, &n);
     t->share_max = (int)n;
     if (t->share_max < 1)
-        return sdc_err(err, SDC_ERR_ARG, "dreambooth: a global batch of %d samples over %d ranks leaves a rank "
-                       "without work\n---> raise --train-batch-size or run fewer ranks", per_batch, hooks->world);
+        return sdc_err(err, SDC_ERR_ARG, "dreambooth: a global batch of %d samples over %d replicas leaves a "
+                       "replica without work\n---> raise --train-batch-size or run fewer ranks", per_batch,
+                       replicas(t));
 
     // noise schedule: DDPMScheduler from the model's config (SD's scaled_linear betas)
     Sampler s;
@@ -150,40 +166,52 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     memcpy(t->ac, s.alphas_cumprod, sizeof t->ac);
     sampler_free(&s);
 
+    // host staging (the data side of a batch) and the device buffers
     size_t lat = (size_t)4 * h * w, sm = (size_t)t->share_max;
     t->order = calloc((size_t)t->n_items, sizeof *t->order);
     t->x0 = malloc(sm * lat * sizeof(float));
     t->noise = malloc(sm * lat * sizeof(float));
-    t->noisy = malloc(sm * lat * sizeof(float));
-    t->target = malloc(sm * lat * sizeof(float));
-    t->pred = malloc(sm * lat * sizeof(float));
-    t->dout = malloc(sm * lat * sizeof(float));
-    t->coef = malloc(sm * sizeof(float));
+    t->h_noisy = malloc(sm * lat * sizeof(float));
+    t->h_target = malloc(sm * lat * sizeof(float));
     t->timesteps = malloc(sm * sizeof(float));
-    t->ctx = malloc(sm * (size_t)L * D * sizeof(float));
-    t->dctx = malloc(sm * (size_t)L * D * sizeof(float));
-    t->ctx_fixed = malloc((size_t)2 * L * D * sizeof(float));
+    t->k = malloc(sm * sizeof(float));
+    t->coef = malloc(sm * sizeof(float));
+    t->sq = malloc(sm * sizeof(double));
     t->ids = malloc(sm * (size_t)L * sizeof(int32_t));
-    if (!t->order || !t->x0 || !t->noise || !t->noisy || !t->target || !t->pred || !t->dout || !t->coef ||
-        !t->timesteps || !t->ctx || !t->dctx || !t->ctx_fixed || !t->ids) {
+    if (!t->order || !t->x0 || !t->noise || !t->h_noisy || !t->h_target || !t->timesteps || !t->k || !t->coef ||
+        !t->sq || !t->ids) {
         db_free(t);
         return sdc_err(err, SDC_ERR_OOM, "dreambooth: out of memory for the step buffers");
     }
+    const DType dt = t->be->act_dtype;
+    int rc = 0;
+    for (int pass = 0; pass < 2 && !rc; pass++) { // measure, then carve
+        Arena meas;
+        arena_init_measure(&meas);
+        Arena *a = pass ? &t->dev : &meas;
+        t->noisy = ARENA_DT(a, dt, sm, 4, h, w);
+        t->target = ARENA_DT(a, dt, sm, 4, h, w);
+        t->ctx = ARENA_DT(a, dt, sm, L, D);
+        t->dctx = ARENA_DT(a, dt, sm, L, D);
+        t->ctx_fixed = ARENA_DT(a, dt, 2, L, D);
+        if (!pass) rc = arena_init(&t->dev, t->be, meas.peak, err);
+    }
+    if (rc) goto fail;
 
-    int rc;
+    const int M = c->micro_batches, mb_max = (t->share_max + M - 1) / M;
     UnetTrainOpts uo = {.checkpointing = c->gradient_checkpointing, .lora_rank = c->lora_rank,
-                        .lora_alpha = c->lora_alpha, .lora_seed = c->seed, .want_dctx = c->train_text_encoder};
-    if ((rc = unet_train_reserve(model->unet, &uo, t->share_max, h, w, L, err))) goto fail;
-    if (c->train_text_encoder) {
+                        .lora_alpha = c->lora_alpha, .lora_seed = c->seed, .want_dctx = c->train_text_encoder,
+                        .tapes = hooks->pipeline && hooks->tapes > 0 ? hooks->tapes : 1};
+    if ((rc = unet_train_reserve(model->unet, &uo, mb_max, h, w, L, err))) goto fail;
+    if (t->train_te) {
         ClipTrainOpts co = {.lora_rank = c->lora_rank, .lora_alpha = c->lora_alpha, .lora_seed = c->seed + 1};
         if ((rc = clip_train_reserve(model->clip, &co, t->share_max, err))) goto fail;
-    } else { // frozen: the two embeddings once
+    } else if (hooks->stage == 0) { // frozen: the two embeddings once
         int32_t ids2[2 * 1024];
         memcpy(ids2, t->inst_ids, (size_t)L * sizeof(int32_t));
         memcpy(ids2 + L, t->class_ids, (size_t)L * sizeof(int32_t));
         if ((rc = clip_reserve(model->clip, 2, err))) goto fail;
-        Tensor o = tensor_make(DT_F32, DEV_CPU, t->ctx_fixed, 3, (int64_t[]){2, L, D});
-        if ((rc = clip_encode(model->clip, ids2, 2, 0, &o, err))) goto fail;
+        if ((rc = clip_encode(model->clip, ids2, 2, 0, &t->ctx_fixed, err))) goto fail;
     }
 
     // One OptimTensor per named tensor (the table's order is the arena's), so
@@ -191,7 +219,7 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     // checkpoint stores them.
     OptimTensor *ot[2] = {NULL, NULL};
     AdamWGroupDesc gd[2];
-    int ng = c->train_text_encoder ? 2 : 1;
+    const int ng = n_groups(t);
     for (int gi = 0; gi < ng; gi++) {
         float *pb, *gb;
         size_t nn;
@@ -203,9 +231,14 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
             clip_trainables(model->clip, &pb, &gb, &nn);
             tb = clip_train_table(model->clip);
         }
+        if (tb->n < 1) {
+            rc = sdc_err(err, SDC_ERR_ARG, "dreambooth: stage %d has no trainable %s tensors\n---> use fewer "
+                         "--pipeline-stages: a LoRA run trains only the attention blocks", hooks->stage,
+                         gi ? "text-encoder" : "UNet");
+            goto fail;
+        }
         ot[gi] = calloc((size_t)tb->n, sizeof *ot[gi]);
         if (!ot[gi]) {
-            free(ot[0]);
             rc = sdc_err(err, SDC_ERR_OOM, "dreambooth: out of memory");
             goto fail;
         }
@@ -215,15 +248,15 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         }
         gd[gi] = (AdamWGroupDesc){.tensors = ot[gi], .n_tensors = tb->n, .lr_scale = 1.0};
         t->full_ot[gi] = ot[gi], t->full_n[gi] = tb->n;
-        if (t->hooks.zero && t->hooks.world > 1) { // this rank's slice of the group
+        if (zero_on(t)) { // this replica's slice of the group
             OptimTensor *pieces = NULL;
             int np = 0;
             if ((rc = make_shard(t, gi, ot[gi], tb->n, pb, nn, &pieces, &np, err))) goto fail;
             gd[gi] = (AdamWGroupDesc){.tensors = pieces, .n_tensors = np, .lr_scale = 1.0};
         }
     }
-    rc = adamw_init(&t->opt, &c->adam, gd, ng, err);
-    if (t->hooks.zero && t->hooks.world > 1)
+    rc = adamw_init(&t->opt, t->be, &c->adam, gd, ng, err);
+    if (zero_on(t))
         for (int gi = 0; gi < ng; gi++) free((void *)gd[gi].tensors); // copied by adamw_init
     if (rc) goto fail;
     adamw_zero_grad(&t->opt);
@@ -246,17 +279,17 @@ void db_free(DbTrainer *t) {
         t->full_ot[gi] = NULL;
         memset(z, 0, sizeof *z);
     }
-    free(t->order), free(t->x0), free(t->noise), free(t->noisy), free(t->target), free(t->pred);
-    free(t->dout), free(t->coef), free(t->timesteps), free(t->ctx), free(t->dctx), free(t->ctx_fixed);
-    free(t->ids);
+    free(t->order), free(t->x0), free(t->noise), free(t->h_noisy), free(t->h_target), free(t->timesteps);
+    free(t->k), free(t->coef), free(t->sq), free(t->ids);
     t->order = NULL;
-    t->x0 = t->noise = t->noisy = t->target = t->pred = t->dout = t->coef = t->timesteps = NULL;
-    t->ctx = t->dctx = t->ctx_fixed = NULL;
+    t->x0 = t->noise = t->h_noisy = t->h_target = t->timesteps = t->k = t->coef = NULL;
+    t->sq = NULL;
     t->ids = NULL;
+    arena_free(&t->dev);
 }
 
 // ---------------------------------------------------------------------------
-// one micro-batch
+// one batch
 // ---------------------------------------------------------------------------
 
 // min-SNR weight of timestep ts: min(snr, gamma) / snr (+ 1 for v-prediction,
@@ -269,28 +302,37 @@ static float snr_weight(const DbTrainer *t, int ts) {
     return (float)w;
 }
 
-// Runs forward and backward of micro-batch `batch` of the current epoch on
-// this rank's share; adds this rank's loss terms into loss[0] (instance) and
-// loss[1] (prior), already normalised over the global batch.
-static int micro_batch(DbTrainer *t, int64_t batch, double loss[2], SdcError *err) {
+// Rows [r0, r0 + n) of a (rows, ...) device tensor.
+static Tensor rows_of(const Tensor *x, int r0, int n) {
+    Tensor v = *x;
+    const size_t row = tensor_bytes(x) / (size_t)x->shape[0];
+    v.data = (char *)x->data + row * (size_t)r0;
+    v.shape[0] = n;
+    return v;
+}
+
+// Batch `batch` of the current epoch, this replica's share: every sample's
+// latents, noise, timestep, targets and loss weight (on every stage: cheap,
+// and each stage uses its part), uploaded; the context, encoded by the text
+// encoder on stage 0 when it trains. Sets t->rows (0: this replica is idle).
+static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
     const DbConfig *c = &t->cfg;
     const DbData *d = &t->data;
     SdModel *m = t->model;
-    const ClipConfig *cc = clip_config(m->clip);
-    const int L = cc->max_positions, D = cc->hidden, h = d->lat_h, w = d->lat_w;
+    const Backend *be = t->be;
+    const int L = clip_config(m->clip)->max_positions, h = d->lat_h, w = d->lat_w;
     const size_t lat = (size_t)4 * h * w;
-    const int world = t->hooks.world > 0 ? t->hooks.world : 1;
-    int64_t first_item = batch * c->train_batch_size;
-    int b = (int)(t->n_items - first_item < c->train_batch_size ? t->n_items - first_item : c->train_batch_size);
-    int prior = c->with_prior_preservation;
-    int64_t total = (int64_t)b * (prior ? 2 : 1), f, n;
-    dp_share(total, t->hooks.rank, world, &f, &n);
-    if (n == 0) return 0; // a short last batch can leave a rank idle; it still joins the all-reduce
-
+    const int64_t first_item = batch * c->train_batch_size;
+    const int b = (int)(t->n_items - first_item < c->train_batch_size ? t->n_items - first_item : c->train_batch_size);
+    const int64_t total = (int64_t)b * (c->with_prior_preservation ? 2 : 1);
+    int64_t f, n;
+    share(total, t->hooks.replica, replicas(t), &f, &n);
+    t->batch = batch, t->b_inst = b, t->first_row = (int)f, t->rows = (int)n;
+    if (n == 0) return 0; // a short last batch can leave a replica idle; it still joins the all-reduce
     for (int64_t s = 0; s < n; s++) {
-        int64_t j = f + s; // index in the global batch: instances first, then the class samples
-        int is_class = j >= b;
-        int64_t item = t->order[first_item + (is_class ? j - b : j)];
+        const int64_t j = f + s; // index in the global batch: instances first, then the class samples
+        const int is_class = j >= b;
+        const int64_t item = t->order[first_item + (is_class ? j - b : j)];
         const float *src = is_class ? d->class_latents + (size_t)(item % d->n_class) * lat
                                     : d->inst_latents + (size_t)(item % d->n_inst) * lat;
         float *x0 = t->x0 + s * lat, *nz = t->noise + s * lat;
@@ -309,8 +351,8 @@ static int micro_batch(DbTrainer *t, int64_t batch, double loss[2], SdcError *er
         int ts = (int)(u * SCHED_TRAIN_STEPS);
         if (ts >= SCHED_TRAIN_STEPS) ts = SCHED_TRAIN_STEPS - 1;
         t->timesteps[s] = (float)ts;
-        float sa = sqrtf(t->ac[ts]), sb = sqrtf(1.0f - t->ac[ts]);
-        float *noisy = t->noisy + s * lat, *tg = t->target + s * lat;
+        const float sa = sqrtf(t->ac[ts]), sb = sqrtf(1.0f - t->ac[ts]);
+        float *noisy = t->h_noisy + s * lat, *tg = t->h_target + s * lat;
         for (size_t i = 0; i < lat; i++) {
             noisy[i] = sa * x0[i] + sb * nz[i];
             tg[i] = t->prediction == PRED_V ? sa * nz[i] - sb * x0[i] : nz[i];
@@ -319,34 +361,88 @@ static int micro_batch(DbTrainer *t, int64_t batch, double loss[2], SdcError *er
         double cj = snr_weight(t, ts) / ((double)b * (double)lat) / c->grad_accum;
         if (is_class) cj *= c->prior_loss_weight;
         t->coef[s] = (float)cj;
+        // d loss / d pred = 2 coef_j (pred - target), times the replica count: the all-reduce averages
+        t->k[s] = 2.0f * t->coef[s] * (float)replicas(t);
         memcpy(t->ids + s * L, is_class ? t->class_ids : t->inst_ids, (size_t)L * sizeof(int32_t));
-        if (!c->train_text_encoder)
-            memcpy(t->ctx + s * (size_t)L * D, t->ctx_fixed + (is_class ? 1 : 0) * (size_t)L * D,
-                   (size_t)L * D * sizeof(float));
     }
-    Tensor tctx = tensor_make(DT_F32, DEV_CPU, t->ctx, 3, (int64_t[]){n, L, D});
-    if (c->train_text_encoder) SDC_TRY(clip_train_forward(m->clip, t->ids, (int)n, &tctx, err));
-    Tensor tx = tensor_make(DT_F32, DEV_CPU, t->noisy, 4, (int64_t[]){n, 4, h, w});
-    Tensor tp = tensor_make(DT_F32, DEV_CPU, t->pred, 4, (int64_t[]){n, 4, h, w});
-    SDC_TRY(unet_train_forward(m->unet, &tp, &tx, t->timesteps, &tctx, err));
-    for (int64_t s = 0; s < n; s++) {
-        const float *p = t->pred + s * lat, *tg = t->target + s * lat;
-        float *g = t->dout + s * lat;
-        double sq = 0;
-        // gradient scaled by the rank count: the all-reduce averages
-        float k = 2.0f * t->coef[s] * (float)world;
-        for (size_t i = 0; i < lat; i++) {
-            float e = p[i] - tg[i];
-            sq += (double)e * e;
-            g[i] = k * e;
-        }
-        int is_class = f + s >= b;
-        loss[is_class] += t->coef[s] * sq;
+    Tensor nv = rows_of(&t->noisy, 0, (int)n), tv = rows_of(&t->target, 0, (int)n);
+    backend_upload_f32(be, &nv, t->h_noisy, (size_t)n * lat);
+    backend_upload_f32(be, &tv, t->h_target, (size_t)n * lat);
+    if (t->hooks.stage != 0) return 0;
+    Tensor cv = rows_of(&t->ctx, 0, (int)n);
+    if (t->train_te) return clip_train_forward(m->clip, t->ids, (int)n, &cv, err);
+    for (int64_t s = 0; s < n; s++) { // the frozen encoder's instance or class embedding
+        Tensor dst = rows_of(&t->ctx, (int)s, 1), src = rows_of(&t->ctx_fixed, f + s >= b ? 1 : 0, 1);
+        be->copy(be, &dst, &src);
     }
-    Tensor tdo = tensor_make(DT_F32, DEV_CPU, t->dout, 4, (int64_t[]){n, 4, h, w});
-    Tensor tdc = tensor_make(DT_F32, DEV_CPU, t->dctx, 3, (int64_t[]){n, L, D});
-    SDC_TRY(unet_train_backward(m->unet, &tdo, c->train_text_encoder ? &tdc : NULL, err));
-    if (c->train_text_encoder) SDC_TRY(clip_train_backward(m->clip, &tdc, err));
+    return 0;
+}
+
+int db_micro_count(const DbTrainer *t, int rows) { return t->cfg.micro_batches < rows ? t->cfg.micro_batches : rows; }
+
+void db_micro_rows(int rows, int M, int j, int *start, int *count) {
+    int64_t f, n;
+    share(rows, j, M, &f, &n);
+    *start = (int)f, *count = (int)n;
+}
+
+int db_stage_inputs(DbTrainer *t, int r0, int n, UnetCut *in, const float **timesteps, SdcError *err) {
+    if (r0 < 0 || n < 1 || r0 + n > t->rows || in->x.shape[0] != n)
+        return sdc_err(err, SDC_ERR_INTERNAL, "dreambooth: rows [%d, %d) of %d", r0, r0 + n, t->rows);
+    Tensor x = rows_of(&t->noisy, r0, n), c = rows_of(&t->ctx, r0, n);
+    t->be->copy(t->be, &in->x, &x);
+    t->be->copy(t->be, &in->ctx, &c);
+    *timesteps = t->timesteps + r0;
+    return 0;
+}
+
+int db_stage_loss(DbTrainer *t, int r0, int n, const Tensor *out, Tensor *dout, SdcError *err) {
+    if (r0 < 0 || n < 1 || r0 + n > t->rows || out->shape[0] != n)
+        return sdc_err(err, SDC_ERR_INTERNAL, "dreambooth: rows [%d, %d) of %d", r0, r0 + n, t->rows);
+    Tensor tg = rows_of(&t->target, r0, n);
+    t->be->mse_backward(t->be, dout, t->sq + r0, out, &tg, t->k + r0);
+    for (int s = r0; s < r0 + n; s++) t->loss[t->first_row + s >= t->b_inst] += t->coef[s] * t->sq[s];
+    return 0;
+}
+
+int db_stage_dctx(DbTrainer *t, int r0, int n, const Tensor *dctx, SdcError *err) {
+    if (r0 < 0 || n < 1 || r0 + n > t->rows || dctx->shape[0] != n)
+        return sdc_err(err, SDC_ERR_INTERNAL, "dreambooth: rows [%d, %d) of %d", r0, r0 + n, t->rows);
+    Tensor d = rows_of(&t->dctx, r0, n);
+    t->be->copy(t->be, &d, dctx);
+    return 0;
+}
+
+// One rank holding every block: the micro-batches one after the other.
+static int run_local(DbTrainer *t, SdcError *err) {
+    Unet *u = t->model->unet;
+    const int M = db_micro_count(t, t->rows);
+    for (int j = 0; j < M; j++) {
+        int r0, n;
+        db_micro_rows(t->rows, M, j, &r0, &n);
+        UnetCut in, out, gin, gout;
+        const float *ts = NULL;
+        SDC_TRY(unet_train_cut_in(u, 0, n, &in, err));
+        SDC_TRY(db_stage_inputs(t, r0, n, &in, &ts, err));
+        SDC_TRY(unet_train_stage_forward(u, 0, ts, &out, err));
+        SDC_TRY(unet_train_grad_in(u, 0, &gin, err));
+        SDC_TRY(db_stage_loss(t, r0, n, &out.x, &gin.x, err));
+        SDC_TRY(unet_train_stage_backward(u, 0, &gout, err));
+        if (t->cfg.train_text_encoder) SDC_TRY(db_stage_dctx(t, r0, n, &gout.ctx, err));
+    }
+    return 0;
+}
+
+// Forward and backward of batch `batch` of the current epoch on this
+// replica's share; adds this rank's loss terms into t->loss.
+static int data_batch(DbTrainer *t, int64_t batch, SdcError *err) {
+    SDC_TRY(prepare_batch(t, batch, err));
+    if (t->rows == 0) return 0;
+    SDC_TRY(t->hooks.pipeline ? t->hooks.pipeline(t->hooks.user, t, t->rows, err) : run_local(t, err));
+    if (t->train_te) {
+        Tensor dv = rows_of(&t->dctx, 0, t->rows);
+        SDC_TRY(clip_train_backward(t->model->clip, &dv, err));
+    }
     return 0;
 }
 
@@ -354,32 +450,51 @@ static int micro_batch(DbTrainer *t, int64_t batch, double loss[2], SdcError *er
 // the loop
 // ---------------------------------------------------------------------------
 
-// ZeRO-1 clip_grad_norm_: every tensor's sum of squares from its pieces on
-// all ranks (one all-reduce of a double per tensor), then torch's norm of
-// per-tensor fp32 norms as without ZeRO; each rank scales its pieces.
-static int zero_clip(DbTrainer *t, double max_norm, float *norm, SdcError *err) {
-    const int ng = t->opt.n_groups;
-    const int n0 = t->shard[0].n_tensors, n = n0 + (ng > 1 ? t->shard[1].n_tensors : 0);
-    double *ss = calloc((size_t)n, sizeof *ss);
-    if (!ss) return sdc_err(err, SDC_ERR_OOM, "ZeRO-1 norms");
-    for (int gi = 0; gi < ng; gi++) {
+static void group_trainables(DbTrainer *t, int gi, float **pb, float **gb, size_t *nn) {
+    if (gi == 0) unet_trainables(t->model->unet, pb, gb, nn);
+    else clip_trainables(t->model->clip, pb, gb, nn);
+}
+
+// clip_grad_norm_ over every stage's tensors: each tensor's sum of squares
+// (with ZeRO-1 from its pieces on every replica), then torch's norm of the
+// per-tensor fp32 norms in one order: the UNet's tensors stage by stage,
+// then the text encoder's (stage 0's), as one process's table lists them.
+// Every rank scales its own gradients.
+static int clip_grads(DbTrainer *t, double max_norm, float *norm, SdcError *err) {
+    const int ng = n_groups(t), n0 = t->full_n[0], n1 = ng > 1 ? t->full_n[1] : 0, n = n0 + n1;
+    double *ss = calloc((size_t)n + 1, sizeof *ss), *all = NULL;
+    int rc = ss ? 0 : sdc_err(err, SDC_ERR_OOM, "gradient norm");
+    for (int gi = 0; !rc && gi < ng; gi++) {
         const AdamWGroup *g = &t->opt.groups[gi];
         for (int k = 0; k < g->n_tensors; k++) {
-            double s = 0;
-            for (size_t j = 0; j < g->tensors[k].n; j++) s += (double)g->tensors[k].g[j] * g->tensors[k].g[j];
-            ss[(gi ? n0 : 0) + t->shard[gi].piece_tensor[k]] += s;
+            const double s = t->be->sum_squares(t->be, g->tensors[k].g, g->tensors[k].n);
+            ss[(gi ? n0 : 0) + (zero_on(t) ? t->shard[gi].piece_tensor[k] : k)] += s;
         }
     }
-    int rc = t->hooks.allreduce_sum ? t->hooks.allreduce_sum(t->hooks.user, ss, n, err) : 0;
+    if (!rc && zero_on(t) && t->hooks.dp_sum) rc = t->hooks.dp_sum(t->hooks.user, ss, n, err);
+    int n_all = n;
+    if (!rc && stages(t) > 1) { // the UNet's tensors of every stage, then the text encoder's (stage 0's)
+        const int cap = 1 << 16;
+        all = malloc((size_t)cap * sizeof *all);
+        if (!all) rc = sdc_err(err, SDC_ERR_OOM, "gradient norm");
+        if (!rc) rc = t->hooks.stage_allgather(t->hooks.user, ss, n0, all, cap, &n_all, err);
+        double n_te = n1;
+        if (!rc) rc = t->hooks.stage_bcast(t->hooks.user, &n_te, 1, 0, err);
+        if (!rc && n_all + (int)n_te > cap)
+            rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "gradient norm: more than %d tensors", cap);
+        if (!rc && t->hooks.stage == 0) memcpy(all + n_all, ss + n0, (size_t)n1 * sizeof *all);
+        if (!rc && n_te > 0) rc = t->hooks.stage_bcast(t->hooks.user, all + n_all, (int)n_te, 0, err);
+        n_all += (int)n_te;
+    }
     float coef = 1.0f;
-    if (!rc) rc = optim_clip_coef_from_sumsq(ss, n, max_norm, norm, &coef, err);
+    if (!rc) rc = optim_clip_coef_from_sumsq(all ? all : ss, n_all, max_norm, norm, &coef, err);
     if (!rc && coef < 1.0f) adamw_scale_grads(&t->opt, coef);
-    free(ss);
+    free(ss), free(all);
     return rc;
 }
 
 int db_opt_full_alloc(DbTrainer *t, AdamW *full, SdcError *err) {
-    if (!(t->hooks.zero && t->hooks.world > 1)) {
+    if (!zero_on(t)) {
         *full = t->opt; // the optimizer itself
         return 0;
     }
@@ -387,34 +502,41 @@ int db_opt_full_alloc(DbTrainer *t, AdamW *full, SdcError *err) {
     for (int gi = 0; gi < t->opt.n_groups; gi++)
         gd[gi] = (AdamWGroupDesc){.tensors = t->full_ot[gi], .n_tensors = t->full_n[gi],
                                   .lr_scale = t->opt.groups[gi].lr_scale};
-    SDC_TRY(adamw_init(full, &t->opt.cfg, gd, t->opt.n_groups, err));
+    SDC_TRY(adamw_init(full, t->be, &t->opt.cfg, gd, t->opt.n_groups, err));
     full->step = t->opt.step;
     return 0;
 }
 
 void db_opt_take(DbTrainer *t, const AdamW *full) {
     t->opt.step = full->step; // (without ZeRO full shares t->opt's moments: the step is all there is to take)
-    if (!(t->hooks.zero && t->hooks.world > 1)) return;
+    if (!zero_on(t)) return;
+    const Backend *be = t->be;
     for (int gi = 0; gi < t->opt.n_groups; gi++) {
-        const size_t off = (size_t)t->shard[gi].mv_displs[t->hooks.rank], n = t->opt.groups[gi].numel;
-        memcpy(t->opt.groups[gi].m, full->groups[gi].m + off, n * sizeof(float));
-        memcpy(t->opt.groups[gi].v, full->groups[gi].v + off, n * sizeof(float));
+        const size_t off = (size_t)t->shard[gi].mv_displs[t->hooks.replica];
+        const int64_t n = (int64_t)t->opt.groups[gi].numel;
+        Tensor dm = tensor_make(DT_F32, be->device, t->opt.groups[gi].m, 1, &n);
+        Tensor dv = tensor_make(DT_F32, be->device, t->opt.groups[gi].v, 1, &n);
+        Tensor sm = tensor_make(DT_F32, be->device, full->groups[gi].m + off, 1, &n);
+        Tensor sv = tensor_make(DT_F32, be->device, full->groups[gi].v + off, 1, &n);
+        be->copy(be, &dm, &sm);
+        be->copy(be, &dv, &sv);
     }
 }
 
 void db_opt_full_free(DbTrainer *t, AdamW *full) {
-    if (t->hooks.zero && t->hooks.world > 1) adamw_free(full);
+    if (zero_on(t)) adamw_free(full);
     memset(full, 0, sizeof *full);
 }
 
 int db_opt_full(DbTrainer *t, AdamW *full, SdcError *err) {
-    if (!(t->hooks.zero && t->hooks.world > 1)) {
+    if (!zero_on(t)) {
         *full = t->opt;
         return 0;
     }
-    // rank 0 holds the whole state for the moment of the save
-    int rc = t->hooks.rank == 0 ? db_opt_full_alloc(t, full, err) : 0;
-    if (t->hooks.rank != 0) memset(full, 0, sizeof *full);
+    // replica 0 holds the whole state of its stage for the moment of the save
+    const int root = t->hooks.replica == 0;
+    int rc = root ? db_opt_full_alloc(t, full, err) : 0;
+    if (!root) memset(full, 0, sizeof *full);
     for (int gi = 0; gi < t->opt.n_groups; gi++) {
         int grc = t->hooks.gather(t->hooks.user, t->opt.groups[gi].m, rc ? NULL : full->groups ? full->groups[gi].m : NULL,
                                   t->shard[gi].mv_counts, t->shard[gi].mv_displs, err);
@@ -428,17 +550,18 @@ int db_opt_full(DbTrainer *t, AdamW *full, SdcError *err) {
 
 int db_train(DbTrainer *t, int64_t until, SdcError *err) {
     const DbConfig *c = &t->cfg;
+    const Backend *be = t->be;
     if (until > c->max_train_steps) until = c->max_train_steps;
     while (t->st.global_step < until) {
         double t0 = wall_s();
-        double loss[2] = {0, 0};
-        int items = 0, n_micro = 0;
-        // one optimizer step: grad_accum micro-batches, or the epoch's rest
+        t->loss[0] = t->loss[1] = 0;
+        int items = 0, n_batches = 0;
+        // one optimizer step: grad_accum batches, or the epoch's rest
         for (;;) {
             draw_order(t, t->st.epoch);
             int64_t bi = t->st.batch_in_epoch;
-            SDC_TRY(micro_batch(t, bi, loss, err));
-            n_micro++;
+            SDC_TRY(data_batch(t, bi, err));
+            n_batches++;
             int64_t fi = bi * c->train_batch_size;
             items += (int)(t->n_items - fi < c->train_batch_size ? t->n_items - fi : c->train_batch_size);
             int last = bi + 1 == t->batches_per_epoch;
@@ -450,28 +573,26 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
             }
             if (sync) break;
         }
-        const int zero = t->hooks.zero && t->hooks.world > 1;
-        if (zero) { // each rank's block of the flat gradient buffers, averaged
-            for (int gi = 0; gi < (c->train_text_encoder ? 2 : 1); gi++) {
+        const int ng = n_groups(t);
+        if (zero_on(t)) { // each replica's block of the flat gradient buffers, averaged
+            for (int gi = 0; gi < ng; gi++) {
                 float *pb, *gb;
                 size_t nn;
-                if (gi == 0) unet_trainables(t->model->unet, &pb, &gb, &nn);
-                else clip_trainables(t->model->clip, &pb, &gb, &nn);
+                group_trainables(t, gi, &pb, &gb, &nn);
                 SDC_TRY(t->hooks.reduce_scatter_mean(t->hooks.user, gb, t->shard[gi].counts, t->shard[gi].displs, err));
             }
         } else if (t->hooks.allreduce_mean) { // the flat gradient buffers, padding included
-            float *pb, *gb;
-            size_t nn;
-            unet_trainables(t->model->unet, &pb, &gb, &nn);
-            SDC_TRY(t->hooks.allreduce_mean(t->hooks.user, gb, nn, err));
-            if (c->train_text_encoder) {
-                clip_trainables(t->model->clip, &pb, &gb, &nn);
+            for (int gi = 0; gi < ng; gi++) {
+                float *pb, *gb;
+                size_t nn;
+                group_trainables(t, gi, &pb, &gb, &nn);
                 SDC_TRY(t->hooks.allreduce_mean(t->hooks.user, gb, nn, err));
             }
         }
+        double loss[2] = {t->loss[0], t->loss[1]};
         if (t->hooks.allreduce_sum) SDC_TRY(t->hooks.allreduce_sum(t->hooks.user, loss, 2, err));
-        // the mean over the step's micro-batches of diffusers' loss (each term carries 1 / accum)
-        double unscale = (double)c->grad_accum / n_micro;
+        // the mean over the step's batches of diffusers' loss (each term carries 1 / accum)
+        double unscale = (double)c->grad_accum / n_batches;
         double total = (loss[0] + loss[1]) * unscale;
         int64_t step = t->st.global_step;
         if (!isfinite(total))
@@ -480,8 +601,7 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
                            "those of step %lld (the last checkpoint is kept)",
                            total, (long long)step + 1, (long long)step);
         float norm = 0;
-        int rc = zero ? zero_clip(t, c->max_grad_norm > 0 ? c->max_grad_norm : INFINITY, &norm, err)
-                      : adamw_clip_grad_norm(&t->opt, c->max_grad_norm > 0 ? c->max_grad_norm : INFINITY, &norm, err);
+        int rc = clip_grads(t, c->max_grad_norm > 0 ? c->max_grad_norm : INFINITY, &norm, err);
         if (rc == SDC_ERR_NONFINITE)
             return sdc_err(err, SDC_ERR_NONFINITE,
                            "the gradient norm became %g at step %lld\n---> lower --learning-rate; the weights "
@@ -490,17 +610,12 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
         if (rc) return rc;
         double lr = lr_schedule_lr(&t->sched, c->learning_rate, step);
         adamw_step(&t->opt, lr);
-        if (zero) { // every rank's updated slice to all; the stale gradient blocks cleared too
-            for (int gi = 0; gi < (c->train_text_encoder ? 2 : 1); gi++) {
-                float *pb, *gb;
-                size_t nn;
-                if (gi == 0) unet_trainables(t->model->unet, &pb, &gb, &nn);
-                else clip_trainables(t->model->clip, &pb, &gb, &nn);
-                SDC_TRY(t->hooks.allgather(t->hooks.user, pb, t->shard[gi].counts, t->shard[gi].displs, err));
-                memset(gb, 0, nn * sizeof(float));
-            }
-        } else {
-            adamw_zero_grad(&t->opt);
+        for (int gi = 0; gi < ng; gi++) { // ZeRO: every replica's updated slice to all; every gradient cleared
+            float *pb, *gb;
+            size_t nn;
+            group_trainables(t, gi, &pb, &gb, &nn);
+            if (zero_on(t)) SDC_TRY(t->hooks.allgather(t->hooks.user, pb, t->shard[gi].counts, t->shard[gi].displs, err));
+            be->zero(be, gb, nn * sizeof(float));
         }
         t->st.global_step++;
         t->st.last_loss = total;
@@ -525,18 +640,17 @@ int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_sc
     float *ctx = malloc((size_t)2 * L * D * sizeof(float));
     if (!ctx) return sdc_err(err, SDC_ERR_OOM, "validation: out of memory");
     int rc = 0;
-    if (t->cfg.train_text_encoder) { // the trained encoder (LoRA included), negative "" first
+    if (t->train_te) { // the trained encoder (LoRA included), negative "" first
         int32_t ids[2 * 1024];
         int dropped;
         if (!(rc = clip_tok_encode(m->tok, "", ids, L, cc->pad_token, &dropped, err)) &&
             !(rc = clip_tok_encode(m->tok, prompt, ids + L, L, cc->pad_token, &dropped, err))) {
-            Tensor o = tensor_make(DT_F32, DEV_CPU, ctx, 3, (int64_t[]){2, L, D});
-            rc = t->share_max >= 2 ? clip_train_forward(m->clip, ids, 2, &o, err) : 0;
-            if (!rc && t->share_max < 2) { // the reservation holds one prompt at a time
-                Tensor o1 = tensor_make(DT_F32, DEV_CPU, ctx, 3, (int64_t[]){1, L, D});
-                Tensor o2 = tensor_make(DT_F32, DEV_CPU, ctx + (size_t)L * D, 3, (int64_t[]){1, L, D});
-                rc = clip_train_forward(m->clip, ids, 1, &o1, err);
-                if (!rc) rc = clip_train_forward(m->clip, ids + L, 1, &o2, err);
+            // through the step's context buffer (share_max rows); one prompt at a time if it holds one
+            const int per = t->share_max >= 2 ? 2 : 1;
+            for (int i = 0; i < 2 && !rc; i += per) {
+                Tensor o = rows_of(&t->ctx, 0, per);
+                rc = clip_train_forward(m->clip, ids + (size_t)i * L, per, &o, err);
+                if (!rc) backend_download_f32(t->be, ctx + (size_t)i * L * D, &o, (size_t)per * L * D);
             }
         }
     } else {

@@ -2,7 +2,7 @@
 // examples/dreambooth/train_dreambooth.py defines (and its LoRA variant).
 //
 // One optimizer step (global_step k):
-//   for each of grad_accum micro-batches (b items of the shuffled dataset):
+//   for each of grad_accum batches (b items of the shuffled dataset):
 //       samples = the b instance latents [+ the b class latents (prior preservation)]
 //       per sample j: noise ~ N(0, 1) (+ offset_noise * N(0, 1) per channel),
 //                     t ~ U{0..999}, noisy = sqrt(ab_t) x0 + sqrt(1 - ab_t) noise
@@ -21,8 +21,21 @@
 // order from (seed, epoch): a run gives the same result on any number of
 // ranks, and a resumed run continues the same sequence.
 //
+// Layout: world = stages x replicas. Each replica (a pipeline of `stages`
+// ranks, each holding a contiguous slice of the UNet's blocks) takes a
+// contiguous share of every batch and runs it as micro-batches (GPipe or
+// 1F1B through mpi/pp_train.h; one rank runs them in order itself). The text
+// encoder lives on stage 0: it encodes the share's prompts once, stage 0
+// sends each micro-batch's context along, the gradients of the context come
+// back and its backward runs once. The loss is the last stage's. The
+// gradients of a stage are averaged over its replicas; clipping uses the
+// norm of every stage's tensors in one order, so any layout computes what
+// one process does with the same micro-batches (bit for bit: the stages'
+// arithmetic is the one process's), up to the replicas' reduction order.
+//
 // The trainer knows nothing of files, MPI or HDF5: the job runner gives it
-// the latents, the collective operations and the checkpoint writer as hooks.
+// the latents, the collective operations, the pipeline and the checkpoint
+// writer as hooks. Every tensor it computes on lives on the models' backend.
 #ifndef SDC_DREAMBOOTH_H
 #define SDC_DREAMBOOTH_H
 
@@ -57,6 +70,7 @@ typedef struct DbConfig {
     float offset_noise;         // 0: off (diffusers' --offset_noise adds 0.1)
     float snr_gamma;            // 0: off (min-SNR weighting, 5.0 recommended)
     uint64_t seed;
+    int micro_batches;          // each replica's share of a batch runs as this many micro-batches (0: 1)
 } DbConfig;
 
 // What the runner gives: latents already multiplied by the VAE's scaling
@@ -89,20 +103,42 @@ typedef struct DbStepInfo {
     double seconds;   // this step
 } DbStepInfo;
 
+struct DbTrainer;
+
+// The rank grid and its collectives (mpi/grid.h makes them), so the trainer
+// knows no MPI. World = stages x replicas: the ranks of one replica form a
+// pipeline (stage 0 .. stages-1), the ranks of one stage across replicas
+// its data-parallel group.
 typedef struct DbHooks {
     void *user;
-    int rank, world;
-    // In-place mean of n floats over the ranks (NULL with one rank).
+    int rank, world;         // in the whole job: rank 0 writes checkpoints, metrics and images
+    int replica, replicas;   // this rank's pipeline among the data-parallel replicas (0, 1 alone)
+    int stage, stages;       // this rank's pipeline stage (0, 1 without stages)
+    // In-place mean of n floats over the replicas of this stage (NULL with one replica).
     int (*allreduce_mean)(void *user, float *buf, size_t n, SdcError *err);
-    // In-place sum of n doubles over the ranks (NULL with one rank).
+    // In-place sum of n doubles over the replicas of this stage (NULL with one replica).
+    int (*dp_sum)(void *user, double *v, int n, SdcError *err);
+    // In-place sum of n doubles over every rank (NULL with one rank).
     int (*allreduce_sum)(void *user, double *v, int n, SdcError *err);
+    // Stages: every stage's n doubles, concatenated in stage order, to every
+    // stage of this pipeline (*n_all of them, at most cap); and n doubles
+    // from stage `root` to the others. NULL without stages.
+    int (*stage_allgather)(void *user, const double *mine, int n, double *all, int cap, int *n_all, SdcError *err);
+    int (*stage_bcast)(void *user, double *v, int n, int root, SdcError *err);
+    // Stages: runs the UNet over the stages for a batch's share of `rows`
+    // rows (mpi/pp_train.h: GPipe or 1F1B over micro-batches), calling back
+    // db_stage_inputs on stage 0, db_stage_loss on the last stage and
+    // db_stage_dctx on stage 0. NULL: this rank holds every block and runs
+    // the micro-batches itself.
+    int (*pipeline)(void *user, struct DbTrainer *t, int rows, SdcError *err);
+    int tapes; // micro-batches whose activations the pipeline holds at once on this stage (0: 1)
     // After every optimizer step; nonzero return stops training with that error.
     int (*on_step)(void *user, const DbStepInfo *s, SdcError *err);
-    // ZeRO-1 (zero != 0 with world > 1): every rank keeps the AdamW moments
-    // of one contiguous slice of the parameters, gradients are
-    // reduce-scattered instead of all-reduced and the updated slices
-    // all-gathered (mpi/dp.h: dp_hook_reduce_scatter_mean, dp_hook_allgather,
-    // dp_hook_gather).
+    // ZeRO-1 (zero != 0 with replicas > 1): every replica keeps the AdamW
+    // moments of one contiguous slice of this stage's parameters, gradients
+    // are reduce-scattered instead of all-reduced and the updated slices
+    // all-gathered, over the replicas of this stage (mpi/dp.h:
+    // dp_hook_reduce_scatter_mean, dp_hook_allgather, dp_hook_gather).
     int zero;
     int (*reduce_scatter_mean)(void *user, float *buf, const int *counts, const int *displs, SdcError *err);
     int (*allgather)(void *user, float *buf, const int *counts, const int *displs, SdcError *err);
@@ -122,6 +158,7 @@ typedef struct DbTrainer {
     DbData data;
     DbHooks hooks;
     SdModel *model;        // tokenizer, clip, unet (trainable), vae
+    const Backend *be;     // the models' backend: every step buffer lives there
     DbState st;
     AdamW opt;                 // with ZeRO-1: this rank's slice of every group
     OptimTensor *full_ot[2];   // every tensor of each group, as without ZeRO (checkpoints)
@@ -133,16 +170,25 @@ typedef struct DbTrainer {
     int64_t updates_per_epoch;
     int64_t *order;        // (n_items) this epoch's order
     int64_t order_epoch;   // epoch the order was drawn for (-1: none)
-    int share_max;         // most samples a rank handles in one micro-batch
-    const float *alphas_cumprod; // (1000)
-    float ac[1000];
+    int share_max;         // most samples a replica handles in one batch
+    float ac[1000];        // alphas_cumprod
     PredictionType prediction;
-    // buffers (allocated once)
-    float *x0, *noise, *noisy, *target, *pred, *dout, *coef; // (share_max, 4, h, w) / (share_max)
-    float *ctx, *dctx;     // (share_max, L, D)
-    float *ctx_fixed;      // (2, L, D) instance / class embeddings (frozen text encoder)
-    float *timesteps;      // (share_max)
+    int train_te;          // this rank trains the text encoder (stage 0 of --train-text-encoder)
+    // the batch in progress (this replica's share): host staging, prepared on every stage
+    int rows, first_row;   // its rows, and the first one's index in the global batch
+    int64_t batch;         // its index in the epoch
+    int b_inst;            // the global batch's instance count (rows >= b_inst are class samples)
+    double loss[2];        // this rank's loss terms (instance, prior), the last stage's
+    float *x0, *noise, *h_noisy, *h_target; // (share_max, 4, h, w)
+    float *timesteps, *k;  // (share_max): timesteps; 2 coef_j (x replicas): the loss gradient's factor
+    float *coef;           // (share_max) each sample's loss weight
+    double *sq;            // (share_max) each sample's sum of squared errors
     int32_t *ids;          // (share_max, L)
+    // device buffers (one arena on be)
+    Arena dev;
+    Tensor noisy, target;  // (share_max, 4, h, w)
+    Tensor ctx, dctx;      // (share_max, L, D) the UNet's context and its gradient (text-encoder training)
+    Tensor ctx_fixed;      // (2, L, D) instance / class embeddings (frozen text encoder)
     int32_t inst_ids[1024], class_ids[1024]; // (L) the two prompts' tokens
 } DbTrainer;
 
@@ -159,6 +205,21 @@ uint64_t db_sample_seed(uint64_t seed, int64_t epoch, int64_t batch, int64_t ind
 int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *data, const DbHooks *hooks,
             SdcError *err);
 void db_free(DbTrainer *t);
+// The pipeline's calls back into the trainer (DbHooks.pipeline), for rows
+// [r0, r0 + n) of the batch in progress:
+// stage 0: fills the cut entering block 0 (in->x the noisy latents, in->ctx
+// the context) and points *timesteps at the rows' timesteps.
+int db_stage_inputs(DbTrainer *t, int r0, int n, UnetCut *in, const float **timesteps, SdcError *err);
+// last stage: out the UNet's output; writes d loss / d out into dout (out's
+// shape; may be out) and adds the rows' loss terms.
+int db_stage_loss(DbTrainer *t, int r0, int n, const Tensor *out, Tensor *dout, SdcError *err);
+// stage 0 with text-encoder training: d loss / d the rows' context.
+int db_stage_dctx(DbTrainer *t, int r0, int n, const Tensor *dctx, SdcError *err);
+// The micro-batches of a replica's share of `rows` rows: micro-batch j is
+// rows [start, start + count); M = min(micro_batches, rows).
+int db_micro_count(const DbTrainer *t, int rows);
+void db_micro_rows(int rows, int M, int j, int *start, int *count);
+
 // Runs optimizer steps until global_step == until (<= max_train_steps).
 // A loss or gradient norm that is not finite stops with SDC_ERR_NONFINITE
 // naming the step; the parameters are then those of the last good step.

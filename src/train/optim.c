@@ -23,8 +23,13 @@ AdamWConfig adamw_config_default(void) {
 
 // ---- init / free -------------------------------------------------------------
 
-int adamw_init(AdamW *opt, const AdamWConfig *cfg, const AdamWGroupDesc *groups, int n_groups, SdcError *err) {
+int adamw_init(AdamW *opt, const Backend *be, const AdamWConfig *cfg, const AdamWGroupDesc *groups, int n_groups,
+               SdcError *err) {
     memset(opt, 0, sizeof *opt);
+    opt->be = be;
+    if (!be->adamw || !be->zero || !be->sum_squares)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "adamw: the %s backend has no optimizer ops\n"
+                       "---> use --device cpu for training", be->name);
     if (!(cfg->beta1 >= 0.0 && cfg->beta1 < 1.0) || !(cfg->beta2 >= 0.0 && cfg->beta2 < 1.0))
         return sdc_err(err, SDC_ERR_ARG, "adamw: betas (%g, %g) must lie in [0, 1)", cfg->beta1, cfg->beta2);
     if (!(cfg->eps >= 0.0) || !(cfg->weight_decay >= 0.0))
@@ -51,8 +56,8 @@ int adamw_init(AdamW *opt, const AdamWConfig *cfg, const AdamWGroupDesc *groups,
         }
         if (!rc) {
             g->tensors = malloc((size_t)d->n_tensors * sizeof *g->tensors);
-            g->m = calloc(g->numel, sizeof(float));
-            g->v = calloc(g->numel, sizeof(float));
+            g->m = be->alloc(be, g->numel * sizeof(float));
+            g->v = be->alloc(be, g->numel * sizeof(float));
             if (!g->tensors || !g->m || !g->v)
                 rc = sdc_err(err, SDC_ERR_OOM, "adamw: out of memory for the state of %zu parameters (%.1f MiB)",
                              g->numel, 2.0 * g->numel * sizeof(float) / (1 << 20));
@@ -61,6 +66,8 @@ int adamw_init(AdamW *opt, const AdamWConfig *cfg, const AdamWGroupDesc *groups,
             adamw_free(opt);
             return rc;
         }
+        be->zero(be, g->m, g->numel * sizeof(float));
+        be->zero(be, g->v, g->numel * sizeof(float));
         memcpy(g->tensors, d->tensors, (size_t)d->n_tensors * sizeof *g->tensors);
         g->n_tensors = d->n_tensors;
         g->lr_scale = d->lr_scale;
@@ -72,8 +79,8 @@ void adamw_free(AdamW *opt) {
     if (!opt) return;
     for (int gi = 0; gi < opt->n_groups && opt->groups; gi++) {
         free(opt->groups[gi].tensors);
-        free(opt->groups[gi].m);
-        free(opt->groups[gi].v);
+        if (opt->groups[gi].m) opt->be->free(opt->be, opt->groups[gi].m);
+        if (opt->groups[gi].v) opt->be->free(opt->be, opt->groups[gi].v);
     }
     free(opt->groups);
     memset(opt, 0, sizeof *opt);
@@ -81,49 +88,33 @@ void adamw_free(AdamW *opt) {
 
 // ---- step ----------------------------------------------------------------------
 
-// One tensor's update; every scalar already rounded to fp32 as torch's kernels see it.
-static void adamw_update(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
-                         size_t n, float decay, float w1, float b2, float w2, float bc2_sqrt, float eps,
-                         float neg_step) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) {
-        float pi = p[i] * decay;                 // param.mul_(1 - lr * wd)
-        float gi = g[i];
-        float mi = fmaf(w1, gi - m[i], m[i]);    // exp_avg.lerp_(grad, 1 - beta1): |w| < 0.5 branch
-        float vi = v[i] * b2;                    // exp_avg_sq.mul_(beta2)
-        vi = vi + w2 * gi * gi;                  //   .addcmul_(grad, grad, value=1 - beta2)
-        float denom = sqrtf(vi) / bc2_sqrt + eps;// (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
-        p[i] = pi + neg_step * mi / denom;       // param.addcdiv_(exp_avg, denom, value=-step_size)
-        m[i] = mi;
-        v[i] = vi;
-    }
-}
-
 void adamw_step(AdamW *opt, double lr) {
     const AdamWConfig *c = &opt->cfg;
     opt->step += 1;
     const double step = (double)opt->step;
     const double bc1 = 1.0 - pow(c->beta1, step);
     const double bc2 = 1.0 - pow(c->beta2, step);
-    const float w1 = (float)(1.0 - c->beta1), b2 = (float)c->beta2, w2 = (float)(1.0 - c->beta2);
-    const float bc2_sqrt = (float)pow(bc2, 0.5), eps = (float)c->eps;
+    AdamWScalars sc = {.w1 = (float)(1.0 - c->beta1), .b2 = (float)c->beta2, .w2 = (float)(1.0 - c->beta2),
+                       .bc2_sqrt = (float)pow(bc2, 0.5), .eps = (float)c->eps};
     for (int gi = 0; gi < opt->n_groups; gi++) {
         AdamWGroup *g = &opt->groups[gi];
         const double glr = lr * g->lr_scale;
         // torch skips the mul when weight_decay == 0; multiplying by 1.0f is the same.
-        const float decay = (float)(1.0 - glr * c->weight_decay);
-        const float neg_step = (float)-(glr / bc1);
+        sc.decay = (float)(1.0 - glr * c->weight_decay);
+        sc.neg_step = (float)-(glr / bc1);
         size_t off = 0;
         for (int i = 0; i < g->n_tensors; i++) {
             const OptimTensor *t = &g->tensors[i];
-            adamw_update(t->p, t->g, g->m + off, g->v + off, t->n, decay, w1, b2, w2, bc2_sqrt, eps, neg_step);
+            opt->be->adamw(opt->be, t->p, t->g, g->m + off, g->v + off, t->n, &sc);
             off += t->n;
         }
     }
 }
 
 void adamw_zero_grad(AdamW *opt) {
-    for (int gi = 0; gi < opt->n_groups; gi++) optim_zero_grad(opt->groups[gi].tensors, opt->groups[gi].n_tensors);
+    for (int gi = 0; gi < opt->n_groups; gi++)
+        for (int i = 0; i < opt->groups[gi].n_tensors; i++)
+            opt->be->zero(opt->be, opt->groups[gi].tensors[i].g, opt->groups[gi].tensors[i].n * sizeof(float));
 }
 
 // ---- clipping ------------------------------------------------------------------
@@ -174,15 +165,30 @@ int optim_clip_grad_norm(const OptimTensor *ts, int n, double max_norm, float *t
     return SDC_OK;
 }
 
+void adamw_tensor_sumsq(const AdamW *opt, double *sq) {
+    int k = 0;
+    for (int gi = 0; gi < opt->n_groups; gi++)
+        for (int i = 0; i < opt->groups[gi].n_tensors; i++) {
+            const OptimTensor *t = &opt->groups[gi].tensors[i];
+            const float norm_i = (float)sqrt(opt->be->sum_squares(opt->be, t->g, t->n));
+            sq[k++] = (double)norm_i * norm_i;
+        }
+}
+
 int adamw_clip_grad_norm(AdamW *opt, double max_norm, float *total_norm, SdcError *err) {
     // One norm over every group, like clip_grad_norm_ over all trained params.
+    int n = 0;
+    for (int gi = 0; gi < opt->n_groups; gi++) n += opt->groups[gi].n_tensors;
+    double *sq = malloc((size_t)(n > 0 ? n : 1) * sizeof *sq);
+    if (!sq) return sdc_err(err, SDC_ERR_OOM, "clip_grad_norm: out of memory");
+    adamw_tensor_sumsq(opt, sq);
     double sum = 0.0;
-    for (int gi = 0; gi < opt->n_groups; gi++) sum += sum_sq_norms(opt->groups[gi].tensors, opt->groups[gi].n_tensors);
+    for (int i = 0; i < n; i++) sum += sq[i];
+    free(sq);
     float norm = (float)sqrt(sum), coef = 1.0f;
     if (total_norm) *total_norm = norm;
     SDC_TRY(clip_coef(norm, max_norm, &coef, err));
-    if (coef < 1.0f)
-        for (int gi = 0; gi < opt->n_groups; gi++) scale_grads(opt->groups[gi].tensors, opt->groups[gi].n_tensors, coef);
+    if (coef < 1.0f) adamw_scale_grads(opt, coef);
     return SDC_OK;
 }
 
@@ -200,7 +206,13 @@ int optim_clip_coef_from_sumsq(const double *per_tensor, int n, double max_norm,
 }
 
 void adamw_scale_grads(AdamW *opt, float coef) {
-    for (int gi = 0; gi < opt->n_groups; gi++) scale_grads(opt->groups[gi].tensors, opt->groups[gi].n_tensors, coef);
+    const Backend *be = opt->be;
+    for (int gi = 0; gi < opt->n_groups; gi++)
+        for (int i = 0; i < opt->groups[gi].n_tensors; i++) {
+            const OptimTensor *t = &opt->groups[gi].tensors[i];
+            Tensor g = tensor_make(DT_F32, be->device, t->g, 1, (int64_t[]){(int64_t)t->n});
+            be->scale(be, &g, &g, coef);
+        }
 }
 
 void optim_zero_grad(const OptimTensor *ts, int n) {

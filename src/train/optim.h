@@ -1,9 +1,11 @@
 // optim.h: the optimizer side of DreamBooth training on flat fp32 buffers:
 // AdamW exactly as torch.optim.AdamW (single-tensor fp32 path), gradient
 // clipping by global L2 norm as torch.nn.utils.clip_grad_norm_, and the
-// gradient-accumulation rule of accelerate. CPU reference code; a device
-// version must be checked against it (tests/test_optim.c holds the torch
-// fixture). Learning-rate schedules live in lr_schedule.h.
+// gradient-accumulation rule of accelerate. The parameters, gradients and
+// moments live on a backend and every element is touched only by its ops
+// (adamw, sum_squares, scale, zero: the CPU kernels in kernels/cpu/train_cpu.c
+// are the reference a device version is checked against; tests/test_optim.c
+// holds the torch fixture). Learning-rate schedules live in lr_schedule.h.
 //
 // One optimizer step of the trainer, as diffusers' train_dreambooth does it:
 //   for each micro-batch i of the epoch (i = 0, 1, ...):
@@ -20,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/backend.h"
 #include "core/error.h"
 
 // A NaN or Inf gradient norm returns SDC_ERR_NONFINITE (core/error.h), so the
@@ -55,6 +58,7 @@ typedef struct AdamWConfig {
 } AdamWConfig;
 
 typedef struct AdamW {
+    const Backend *be;  // where the parameters, gradients and moments live
     AdamWConfig cfg;
     AdamWGroup *groups; // (n_groups)
     int n_groups;
@@ -64,9 +68,10 @@ typedef struct AdamW {
 // diffusers train_dreambooth's defaults (adam_beta1/2, adam_weight_decay, adam_epsilon).
 AdamWConfig adamw_config_default(void);
 
-// Allocates m and v (zeroed) once for every group. Fails on bad config
+// Allocates m and v (zeroed) once for every group on be. Fails on bad config
 // (betas outside [0, 1), eps < 0), a NULL pointer or n == 0 tensor, OOM.
-int adamw_init(AdamW *opt, const AdamWConfig *cfg, const AdamWGroupDesc *groups, int n_groups, SdcError *err);
+int adamw_init(AdamW *opt, const Backend *be, const AdamWConfig *cfg, const AdamWGroupDesc *groups, int n_groups,
+               SdcError *err);
 void adamw_free(AdamW *opt);
 
 // One AdamW update of every parameter with lr (the scheduled lr; group i
@@ -84,8 +89,11 @@ int adamw_clip_grad_norm(AdamW *opt, double max_norm, float *total_norm, SdcErro
 int optim_clip_coef_from_sumsq(const double *per_tensor, int n, double max_norm, float *total_norm, float *coef,
                                SdcError *err);
 void adamw_scale_grads(AdamW *opt, float coef);
+// Every tensor's squared fp32 norm (float(||g_i||)^2, the terms torch's
+// total norm sums), group by group in order, into sq (the groups' n_tensors).
+void adamw_tensor_sumsq(const AdamW *opt, double *sq);
 
-// ---- helpers over plain tensor lists ----------------------------------------
+// ---- helpers over plain tensor lists in host memory (tests) ---------------------
 
 // torch.nn.utils.clip_grad_norm_ with norm_type 2: total = || (||g_0||, ||g_1||, ...) ||,
 // coef = max_norm / (total + 1e-6) clamped to 1, every g *= coef when coef < 1
