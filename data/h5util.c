@@ -41,17 +41,6 @@ void h5_fail(SdcError *err, const char *file, int line, const char *call, const 
                 line);
 }
 
-void h5_mpi_fail(SdcError *err, const char *file, int line, const char *call, int rc, const char *fmt, ...) {
-    char ctx[1024], msg[MPI_MAX_ERROR_STRING] = "";
-    int len = 0;
-    MPI_Error_string(rc, msg, &len);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(ctx, sizeof ctx, fmt, ap);
-    va_end(ap);
-    sdc_err(err, SDC_ERR_IO, "%s: MPI: %s [%s failed at %s:%d]", ctx, msg, call, file, line);
-}
-
 void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 
 // ----------------------------------------------------------------------------
@@ -61,12 +50,12 @@ H5Par h5_par_serial(void) { return (H5Par){.comm = MPI_COMM_NULL, .rank = 0, .si
 
 H5Par h5_par_world(void) {
     int inited = 0, fin = 0;
-    MPI_Initialized(&inited);
-    MPI_Finalized(&fin);
+    MPI_TRY_FATAL(MPI_COMM_WORLD, MPI_Initialized(&inited), "storage: MPI state");
+    MPI_TRY_FATAL(MPI_COMM_WORLD, MPI_Finalized(&fin), "storage: MPI state");
     if (!inited || fin) return h5_par_serial();
     H5Par p = {.comm = MPI_COMM_WORLD};
-    MPI_Comm_rank(p.comm, &p.rank);
-    MPI_Comm_size(p.comm, &p.size);
+    MPI_TRY_FATAL(p.comm, MPI_Comm_rank(p.comm, &p.rank), "storage: rank");
+    MPI_TRY_FATAL(p.comm, MPI_Comm_size(p.comm, &p.size), "storage: ranks");
     return p;
 }
 
@@ -74,14 +63,19 @@ int h5_par_agree(const H5Par *p, int rc, SdcError *err) {
     if (!h5_par_is_mpi(p)) return rc;
     int *all = malloc((size_t)p->size * sizeof(int));
     SDC_CHECK(all);
-    MPI_Allgather(&rc, 1, MPI_INT, all, 1, MPI_INT, p->comm);
+    int mrc = MPI_Allgather(&rc, 1, MPI_INT, all, 1, MPI_INT, p->comm);
+    if (mrc != MPI_SUCCESS) {
+        free(all);
+        return mpi_fail(err, __FILE__, __LINE__, "MPI_Allgather", mrc, "ranks agreeing on a status");
+    }
     int root = -1;
     for (int r = 0; r < p->size && root < 0; r++)
         if (all[r]) root = r;
     int out = root < 0 ? 0 : all[root];
     free(all);
     if (root >= 0 && err) {
-        MPI_Bcast(err->msg, (int)sizeof err->msg, MPI_CHAR, root, p->comm);
+        int brc = MPI_Bcast(err->msg, (int)sizeof err->msg, MPI_CHAR, root, p->comm);
+        if (brc != MPI_SUCCESS) return mpi_fail(err, __FILE__, __LINE__, "MPI_Bcast", brc, "rank %d's error", root);
         err->code = out;
         if (p->rank != root) {
             char tmp[sizeof err->msg];
@@ -96,23 +90,25 @@ int h5_par_agree(const H5Par *p, int rc, SdcError *err) {
 int64_t h5_par_sum(const H5Par *p, int64_t x) {
     if (!h5_par_is_mpi(p)) return x;
     int64_t s = 0;
-    MPI_Allreduce(&x, &s, 1, MPI_INT64_T, MPI_SUM, p->comm);
+    MPI_TRY_FATAL(p->comm, MPI_Allreduce(&x, &s, 1, MPI_INT64_T, MPI_SUM, p->comm), "storage: a sum over the ranks");
     return s;
 }
 
 int64_t h5_par_max(const H5Par *p, int64_t x) {
     if (!h5_par_is_mpi(p)) return x;
     int64_t s = 0;
-    MPI_Allreduce(&x, &s, 1, MPI_INT64_T, MPI_MAX, p->comm);
+    MPI_TRY_FATAL(p->comm, MPI_Allreduce(&x, &s, 1, MPI_INT64_T, MPI_MAX, p->comm), "storage: a max over the ranks");
     return s;
 }
 
 void h5_par_max_bytes(const H5Par *p, uint8_t *x, int n) {
-    if (h5_par_is_mpi(p) && n > 0) MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_UINT8_T, MPI_MAX, p->comm);
+    if (h5_par_is_mpi(p) && n > 0)
+        MPI_TRY_FATAL(p->comm, MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_UINT8_T, MPI_MAX, p->comm),
+                      "storage: merging %d done flags", n);
 }
 
 void h5_par_barrier(const H5Par *p) {
-    if (h5_par_is_mpi(p)) MPI_Barrier(p->comm);
+    if (h5_par_is_mpi(p)) MPI_TRY_FATAL(p->comm, MPI_Barrier(p->comm), "storage: barrier");
 }
 
 hid_t h5_fapl(const H5Par *p) {

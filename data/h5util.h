@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "mpi/mpi_check.h"
 
 #define SDC_LAYOUT_VERSION 1
 
@@ -30,20 +31,9 @@
         }                                                                         \
     } while (0)
 
-// The same for MPI calls (MPI_SUCCESS or not).
-#define MPI_TRY(call, ...)                                                        \
-    do {                                                                          \
-        int mpi_rc_ = (call);                                                     \
-        if (mpi_rc_ != MPI_SUCCESS) {                                             \
-            h5_mpi_fail(err, __FILE__, __LINE__, #call, mpi_rc_, __VA_ARGS__);     \
-            goto fail;                                                            \
-        }                                                                         \
-    } while (0)
-
+// MPI calls: mpi/mpi_check.h (MPI_TRY_GOTO(fail, call, ...) here).
 void h5_fail(SdcError *err, const char *file, int line, const char *call, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-void h5_mpi_fail(SdcError *err, const char *file, int line, const char *call, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
 
 // Turns off HDF5's printing of its error stack (messages go into SdcError).
 void h5_quiet(void);

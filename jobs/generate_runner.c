@@ -22,6 +22,7 @@
 #include "io/lora.h"
 #include "jobs/manifest.h"
 #include "jobs/stop.h"
+#include "mpi/grid.h"
 #include "mpi/pp.h"
 #include "pipeline/sd.h"
 #include "data/fsutil.h"
@@ -809,45 +810,35 @@ static int check_fits(SdModel *m, const GenParams *p, const RunOptions *opt, Sdc
     return 0;
 }
 
-// World = stages x replicas: ranks [r*stages, (r+1)*stages) form pipeline r,
-// stage = rank % stages. par becomes the communicator of the stage-0 ranks
-// (the ones that share the sweep and write its outputs).
-static int pipeline_setup(const Sdc__Job *job, SdModel *m, const GenInputs *in, int stages, PpStage *pp, H5Par *par,
-                          int *stage, const RunOptions *opt, SdcError *err) {
+// World = stages x replicas (mpi/grid.h): the stage-0 ranks (the ones that
+// share the sweep and write its outputs) get the stage's data communicator
+// as par.
+static int pipeline_setup(const Sdc__Job *job, SdModel *m, const GenInputs *in, RankGrid *grid, PpStage *pp,
+                          H5Par *par, const RunOptions *opt, SdcError *err) {
     const Sdc__Runtime *rt = job->runtime;
     if (m->be->device != DEV_CPU)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "--pipeline-stages runs on the CPU backend in this version ---> "
                        "--device cpu, or drop --pipeline-stages (each GPU rank then holds the whole UNet)");
-    if (!h5_par_is_mpi(par) || par->size % stages)
-        return sdc_err(err, SDC_ERR_ARG, "--pipeline-stages %d needs a multiple of %d MPI ranks (this run has %d) "
-                       "---> mpiexec -n %d sdc ... (or srun -n)", stages, stages, par->size, stages);
-    const int rank = par->rank;
-    *stage = rank % stages;
-    MPI_Comm pipe = MPI_COMM_NULL, gen = MPI_COMM_NULL;
-    MPI_Comm_split(MPI_COMM_WORLD, rank / stages, *stage, &pipe);
-    MPI_Comm_split(MPI_COMM_WORLD, *stage == 0 ? 0 : MPI_UNDEFINED, rank, &gen);
-    const int micro = rt->micro_batches > 0 ? rt->micro_batches : 2 * stages;
+    if (!h5_par_is_mpi(par))
+        return sdc_err(err, SDC_ERR_ARG, "--pipeline-stages %d needs %d MPI ranks or a multiple ---> mpiexec -n %d "
+                       "sdc ... (or srun -n)", rt->pipeline_stages, rt->pipeline_stages, rt->pipeline_stages);
+    SDC_TRY(grid_init(grid, par->comm, rt->pipeline_stages, err));
+    SDC_TRY(grid_check_blocks(grid, unet_block_count(m->unet), "UNet", err));
+    const int micro = rt->micro_batches > 0 ? rt->micro_batches : 2 * grid->stages;
     const ClipConfig *cc = clip_config(m->clip);
-    int rc = pp_init(pp, pipe, m->unet, m->be, micro, in->height / 8, in->width / 8, cc->max_positions, err);
-    MPI_Comm_free(&pipe);
-    if (!rc && *stage == 0) {
-        *par = (H5Par){.comm = gen};
-        MPI_Comm_rank(gen, &par->rank);
-        MPI_Comm_size(gen, &par->size);
-    } else if (gen != MPI_COMM_NULL) {
-        MPI_Comm_free(&gen);
-    }
-    if (!rc && !opt->quiet && rank == 0) {
+    SDC_TRY(pp_init(pp, grid->pipe, m->unet, m->be, micro, in->height / 8, in->width / 8, cc->max_positions, err));
+    if (grid->stage == 0) *par = (H5Par){.comm = grid->data, .rank = grid->replica, .size = grid->replicas};
+    if (!opt->quiet && grid->rank == 0) {
         fprintf(stderr, "sdc: pipeline: %d stages x %d replica%s, %d runs of --batch-size in flight; blocks",
-                stages, par->size, par->size == 1 ? "" : "s", micro);
-        for (int s = 0; s < stages; s++) {
+                grid->stages, grid->replicas, grid->replicas == 1 ? "" : "s", micro);
+        for (int s = 0; s < grid->stages; s++) {
             double t = 0;
             for (int b = pp->bounds[s]; b < pp->bounds[s + 1]; b++) t += pp->block_s[b];
             fprintf(stderr, " %d-%d (%.0f ms/row)%s", pp->bounds[s], pp->bounds[s + 1] - 1, t * 1e3,
-                    s + 1 < stages ? "," : "\n");
+                    s + 1 < grid->stages ? "," : "\n");
         }
     }
-    return rc;
+    return 0;
 }
 
 int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
@@ -933,18 +924,19 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     // pipeline stages: stage 0 of each pipeline generates (sharing the sweep
     // with the other pipelines' stage 0), the other stages serve UNet passes
     PpStage pp = {.comm = MPI_COMM_NULL};
+    RankGrid grid = {.world = MPI_COMM_NULL, .pipe = MPI_COMM_NULL, .data = MPI_COMM_NULL};
     H5Par par = h5_par_world();
     const int stages = rt ? rt->pipeline_stages : 1;
     if (stages > 1) {
-        int stage = 0;
-        rc = pipeline_setup(job, &m, &in, stages, &pp, &par, &stage, opt, err);
-        if (!rc && stage > 0) { // serve until stage 0 is done
+        rc = pipeline_setup(job, &m, &in, &grid, &pp, &par, opt, err);
+        if (!rc && grid.stage > 0) { // serve until stage 0 is done
             rc = pp_serve(&pp, err);
             if (!rc && !opt->quiet)
                 fprintf(stderr, "sdc: pipeline stage %d (blocks %d-%d): %lld passes, %.1f s busy, %.1f s waiting\n",
                         pp.stage, pp.bounds[pp.stage], pp.bounds[pp.stage + 1] - 1, pp.passes, pp.busy_s, pp.wait_s);
             if (!rc && !opt->quiet) runner_print_peak_memory(be);
             pp_free(&pp);
+            grid_free(&grid);
             inputs_free(&in);
             sd_model_free(&m);
             backend_destroy(be);
@@ -982,7 +974,7 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         if (!rc && frc) rc = frc, *err = e2;
     }
     pp_free(&pp);
-    if (par.comm != MPI_COMM_NULL && par.comm != MPI_COMM_WORLD) MPI_Comm_free(&par.comm);
+    grid_free(&grid); // (par's communicator was the grid's)
     if (!rc && !opt->quiet) runner_print_peak_memory(be);
     free(ctx);
     inputs_free(&in);

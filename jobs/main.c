@@ -10,6 +10,7 @@
 #include "jobs/runner.h"
 #include "jobs/stop.h"
 #include "jobs/submit.h"
+#include "mpi/mpi_check.h"
 
 static int sdc_main(int argc, char **argv);
 
@@ -21,13 +22,15 @@ static int launched_by_mpi(void) {
 
 int main(int argc, char **argv) {
     int use_mpi = launched_by_mpi();
-    if (use_mpi) MPI_Init(&argc, &argv);
+    // MPI_COMM_WORLD keeps MPI's default handler (a failed call on it ends
+    // the job); the communicators sdc makes return errors (mpi/mpi_check.h)
+    if (use_mpi) MPI_TRY_FATAL(MPI_COMM_WORLD, MPI_Init(&argc, &argv), "starting MPI");
     int rc = sdc_main(argc, argv);
     if (use_mpi) {
         // a failed rank ends the whole job now rather than leaving the others
         // waiting in a collective call (a stop on a signal is agreed by all)
         if (rc && rc != SDC_EXIT_RESUMABLE) MPI_Abort(MPI_COMM_WORLD, rc);
-        MPI_Finalize();
+        MPI_TRY_FATAL(MPI_COMM_WORLD, MPI_Finalize(), "ending MPI");
     }
     return rc;
 }

@@ -21,6 +21,7 @@
 #include "data/dataset.h"
 #include "data/fsutil.h"
 #include "data/train_ckpt.h"
+#include "mpi/mpi_check.h"
 
 int runner_prediction(const Sdc__Job *job) {
     const char *pt = job->model ? job->model->prediction_type : NULL;
@@ -36,14 +37,14 @@ int runner_threads(const Sdc__Job *job, int quiet) {
     if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set); // Slurm's binding, if any
     if (cores < 1) cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (cores < 1) cores = 1;
-    MPI_Initialized(&inited);
+    MPI_TRY_FATAL(MPI_COMM_WORLD, MPI_Initialized(&inited), "threads: MPI state");
     if (inited) {
         MPI_Comm node;
-        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-        if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
-            MPI_Comm_size(node, &local);
-            MPI_Comm_free(&node);
-        }
+        MPI_TRY_FATAL(MPI_COMM_WORLD, MPI_Comm_rank(MPI_COMM_WORLD, &rank), "threads: rank");
+        MPI_TRY_FATAL(MPI_COMM_WORLD, MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+                      "threads: the ranks of this node");
+        MPI_TRY_FATAL(MPI_COMM_WORLD, MPI_Comm_size(node, &local), "threads: the ranks of this node");
+        MPI_TRY_FATAL(MPI_COMM_WORLD, MPI_Comm_free(&node), "threads: the ranks of this node");
     }
     // Ranks bound to their own cores see only those; ranks that share the
     // node's cores split them (torchrun's OMP_NUM_THREADS, done for you).

@@ -1,32 +1,13 @@
 // dp.c: data-parallel collectives over MPI (see dp.h for the reduction order).
 #include "mpi/dp.h"
 
+#include "mpi/mpi_check.h"
+
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-// Every MPI call: on failure, the call, its site and MPI's own message go
-// into err (a variable in scope) and the function returns.
-#define DP_MPI_TRY(call, ...)                                                        \
-    do {                                                                             \
-        int dp_rc_ = (call);                                                         \
-        if (dp_rc_ != MPI_SUCCESS) return dp_fail(err, __FILE__, __LINE__, #call, dp_rc_, __VA_ARGS__); \
-    } while (0)
-
-__attribute__((format(printf, 6, 7))) static int dp_fail(SdcError *err, const char *file, int line,
-                                                          const char *call, int rc, const char *fmt, ...) {
-    char ctx[512], msg[MPI_MAX_ERROR_STRING] = "";
-    int len = 0;
-    MPI_Error_string(rc, msg, &len);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(ctx, sizeof ctx, fmt, ap);
-    va_end(ap);
-    return sdc_err(err, SDC_ERR_IO, "%s: MPI: %s [%s failed at %s:%d]\n---> did a rank die or the network drop? "
-                   "the job must end (mpiexec ends the other ranks)", ctx, msg, call, file, line);
-}
 
 int dp_init(DataParallel *dp, MPI_Comm comm, size_t bucket_bytes, SdcError *err) {
     memset(dp, 0, sizeof *dp);
@@ -37,19 +18,19 @@ int dp_init(DataParallel *dp, MPI_Comm comm, size_t bucket_bytes, SdcError *err)
         return sdc_err(err, SDC_ERR_ARG, "dp_init: bucket of %zu bytes holds no float", bucket_bytes);
     if (comm == MPI_COMM_NULL) return 0;
     int inited = 0, fin = 0;
-    MPI_Initialized(&inited);
-    MPI_Finalized(&fin);
+    MPI_TRY(MPI_Initialized(&inited), "dp_init");
+    MPI_TRY(MPI_Finalized(&fin), "dp_init");
     if (!inited || fin)
         return sdc_err(err, SDC_ERR_ARG, "dp_init: MPI is not initialised\n---> run under mpiexec / srun (sdc "
                        "initialises MPI there), or pass MPI_COMM_NULL for one process");
     int size = 1;
-    DP_MPI_TRY(MPI_Comm_size(comm, &size), "dp_init");
+    MPI_TRY(MPI_Comm_size(comm, &size), "dp_init");
     if (size == 1) return 0; // nothing to reduce: no communicator kept
     MPI_Comm c = MPI_COMM_NULL;
-    DP_MPI_TRY(MPI_Comm_dup(comm, &c), "dp_init");
+    MPI_TRY(MPI_Comm_dup(comm, &c), "dp_init");
     dp->comm = c;
-    DP_MPI_TRY(MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN), "dp_init");
-    DP_MPI_TRY(MPI_Comm_rank(c, &dp->rank), "dp_init");
+    MPI_TRY(MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN), "dp_init");
+    MPI_TRY(MPI_Comm_rank(c, &dp->rank), "dp_init");
     dp->size = size;
     return 0;
 }
@@ -84,11 +65,11 @@ int dp_allreduce_mean(DataParallel *dp, float *buf, size_t n, SdcError *err) {
         int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)cnt, MPI_FLOAT, MPI_SUM, dp->comm, &dp->reqs[b]);
         if (rc != MPI_SUCCESS) {
             if (b) MPI_Waitall((int)b, dp->reqs, MPI_STATUSES_IGNORE); // let the posted ones finish
-            return dp_fail(err, __FILE__, __LINE__, "MPI_Iallreduce", rc,
+            return mpi_fail(err, __FILE__, __LINE__, "MPI_Iallreduce", rc,
                            "gradient all-reduce, bucket %zu of %zu (%zu floats)", b, nb, cnt);
         }
     }
-    DP_MPI_TRY(MPI_Waitall((int)nb, dp->reqs, MPI_STATUSES_IGNORE), "gradient all-reduce of %zu floats in %zu "
+    MPI_TRY(MPI_Waitall((int)nb, dp->reqs, MPI_STATUSES_IGNORE), "gradient all-reduce of %zu floats in %zu "
                "buckets over %d ranks", n, nb, dp->size);
     const float inv = 1.0f / (float)dp->size;
     for (size_t i = 0; i < n; i++) buf[i] *= inv;
@@ -97,7 +78,7 @@ int dp_allreduce_mean(DataParallel *dp, float *buf, size_t n, SdcError *err) {
 
 int dp_allreduce_sum_double(DataParallel *dp, double *vals, int n, SdcError *err) {
     if (dp->size == 1 || n <= 0) return 0;
-    DP_MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, vals, n, MPI_DOUBLE, MPI_SUM, dp->comm), "sum of %d values over %d ranks",
+    MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, vals, n, MPI_DOUBLE, MPI_SUM, dp->comm), "sum of %d values over %d ranks",
                n, dp->size);
     return 0;
 }
@@ -109,7 +90,7 @@ int dp_broadcast(DataParallel *dp, void *buf, size_t bytes, int root, SdcError *
     const size_t chunk = (size_t)1 << 30; // MPI counts are int
     for (size_t off = 0; off < bytes; off += chunk) {
         const size_t k = bytes - off < chunk ? bytes - off : chunk;
-        DP_MPI_TRY(MPI_Bcast((char *)buf + off, (int)k, MPI_BYTE, root, dp->comm), "broadcast of %zu bytes from "
+        MPI_TRY(MPI_Bcast((char *)buf + off, (int)k, MPI_BYTE, root, dp->comm), "broadcast of %zu bytes from "
                    "rank %d", bytes, root);
     }
     return 0;
@@ -124,7 +105,7 @@ int dp_reduce_scatter_mean(DataParallel *dp, float *buf, const int *counts, cons
     int rc = MPI_Reduce_scatter(buf + displs[0], tmp, counts, MPI_FLOAT, MPI_SUM, dp->comm);
     if (rc != MPI_SUCCESS) {
         free(tmp);
-        return dp_fail(err, __FILE__, __LINE__, "MPI_Reduce_scatter", rc, "gradient reduce-scatter over %d ranks",
+        return mpi_fail(err, __FILE__, __LINE__, "MPI_Reduce_scatter", rc, "gradient reduce-scatter over %d ranks",
                        dp->size);
     }
     const float inv = 1.0f / (float)dp->size;
@@ -136,7 +117,7 @@ int dp_reduce_scatter_mean(DataParallel *dp, float *buf, const int *counts, cons
 
 int dp_allgather(DataParallel *dp, float *buf, const int *counts, const int *displs, SdcError *err) {
     if (dp->size == 1) return 0;
-    DP_MPI_TRY(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT, dp->comm),
+    MPI_TRY(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT, dp->comm),
                "parameter all-gather over %d ranks", dp->size);
     return 0;
 }
@@ -146,7 +127,7 @@ int dp_gather(DataParallel *dp, const float *mine, float *all, const int *counts
         memcpy(all + displs[0], mine, (size_t)counts[0] * sizeof(float));
         return 0;
     }
-    DP_MPI_TRY(MPI_Gatherv(mine, counts[dp->rank], MPI_FLOAT, all, counts, displs, MPI_FLOAT, 0, dp->comm),
+    MPI_TRY(MPI_Gatherv(mine, counts[dp->rank], MPI_FLOAT, all, counts, displs, MPI_FLOAT, 0, dp->comm),
                "optimizer-state gather over %d ranks", dp->size);
     return 0;
 }

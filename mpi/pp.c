@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "core/arena.h"
+#include "mpi/mpi_check.h"
 
 enum { PP_OP_QUIT = 0, PP_OP_FORWARD = 1 };
 enum { PP_TAG_HDR = 7100, PP_TAG_DATA = 7101, PP_TAG_OUT = 7200 };
@@ -28,17 +29,7 @@ static double pp_now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int mpi_fail(int rc, const char *what, SdcError *err) {
-    char msg[MPI_MAX_ERROR_STRING];
-    int len = 0;
-    MPI_Error_string(rc, msg, &len);
-    return sdc_err(err, SDC_ERR_IO, "pipeline: %s failed: %s", what, msg);
-}
-#define PP_MPI(call, what)                                 \
-    do {                                                   \
-        int pp_rc_ = (call);                               \
-        if (pp_rc_ != MPI_SUCCESS) return mpi_fail(pp_rc_, what, err); \
-    } while (0)
+#define PP_MPI(call, what) MPI_TRY(call, "pipeline: %s", what)
 
 int pp_partition(const Unet *u, int stages, int h, int w, int ctx_len, int *bounds, SdcError *err) {
     const int nb = unet_block_count(u);
@@ -107,7 +98,7 @@ static int measure_blocks(PpStage *p, const Backend *be, int h, int w, int ctx_l
         arena_free(&a);
     }
     int ok = !rc;
-    MPI_Bcast(&ok, 1, MPI_INT, 0, p->comm);
+    PP_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, p->comm), "MPI_Bcast (block timing status)");
     if (!ok) return rc ? rc : sdc_err(err, SDC_ERR_INTERNAL, "pipeline: stage 0 could not time the blocks");
     PP_MPI(MPI_Bcast(t, nb, MPI_DOUBLE, 0, p->comm), "MPI_Bcast (block times)");
     return 0;
@@ -123,9 +114,9 @@ int pp_init(PpStage *p, MPI_Comm comm, Unet *u, const Backend *be, int micro, in
         return sdc_err(err, SDC_ERR_ARG, "pipeline: %d micro-batches in flight; expected 1 to %d", micro,
                        PP_MAX_INFLIGHT);
     PP_MPI(MPI_Comm_dup(comm, &p->comm), "MPI_Comm_dup");
-    MPI_Comm_set_errhandler(p->comm, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(p->comm, &p->stage);
-    MPI_Comm_size(p->comm, &p->stages);
+    PP_MPI(MPI_Comm_set_errhandler(p->comm, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+    PP_MPI(MPI_Comm_rank(p->comm, &p->stage), "MPI_Comm_rank");
+    PP_MPI(MPI_Comm_size(p->comm, &p->stages), "MPI_Comm_size");
     p->micro = micro;
     p->unet = u;
     const int nb = unet_block_count(u);
@@ -240,14 +231,15 @@ int pp_serve(PpStage *p, SdcError *err) {
         const double t0 = pp_now();
         int mrc = MPI_Recv(hdr, PP_HDR_LEN, MPI_INT64_T, p->stage - 1, PP_TAG_HDR, p->comm, MPI_STATUS_IGNORE);
         if (mrc != MPI_SUCCESS) {
-            rc = mpi_fail(mrc, "MPI_Recv (header)", err);
+            rc = mpi_fail(err, __FILE__, __LINE__, "MPI_Recv", mrc, "pipeline: stage %d: header from stage %d",
+                          p->stage, p->stage - 1);
             break;
         }
         if (hdr[0] == PP_OP_QUIT) {
             if (!last) {
                 MPI_Waitall(4, p->send_req, MPI_STATUSES_IGNORE);
                 mrc = MPI_Send(hdr, PP_HDR_LEN, MPI_INT64_T, p->stage + 1, PP_TAG_HDR, p->comm);
-                if (mrc != MPI_SUCCESS) rc = mpi_fail(mrc, "MPI_Send (quit)", err);
+                if (mrc != MPI_SUCCESS) rc = mpi_fail(err, __FILE__, __LINE__, "MPI_Send", mrc, "pipeline: quit");
             }
             break;
         }
@@ -268,7 +260,8 @@ int pp_serve(PpStage *p, SdcError *err) {
         if ((rc = grow(&p->recv, &p->recv_cap, bytes, err))) break;
         mrc = MPI_Recv(p->recv, (int)bytes, MPI_BYTE, p->stage - 1, PP_TAG_DATA, p->comm, MPI_STATUS_IGNORE);
         if (mrc != MPI_SUCCESS) {
-            rc = mpi_fail(mrc, "MPI_Recv (state)", err);
+            rc = mpi_fail(err, __FILE__, __LINE__, "MPI_Recv", mrc, "pipeline: stage %d: state from stage %d",
+                          p->stage, p->stage - 1);
             break;
         }
         const double t1 = pp_now();
@@ -283,7 +276,7 @@ int pp_serve(PpStage *p, SdcError *err) {
         if (last) {
             mrc = MPI_Wait(&outreq[k], MPI_STATUS_IGNORE);
             if (mrc != MPI_SUCCESS) {
-                rc = mpi_fail(mrc, "MPI_Wait (output)", err);
+                rc = mpi_fail(err, __FILE__, __LINE__, "MPI_Wait", mrc, "pipeline: output send");
                 break;
             }
             if ((rc = grow(&outbuf[k], &outcap[k], tensor_bytes(&out), err))) break;
@@ -300,7 +293,7 @@ int pp_serve(PpStage *p, SdcError *err) {
         if (last) {
             mrc = MPI_Isend(out.data, (int)tensor_bytes(&out), MPI_BYTE, 0, PP_TAG_OUT + (int)j, p->comm, &outreq[k]);
             if (mrc != MPI_SUCCESS) {
-                rc = mpi_fail(mrc, "MPI_Isend (output)", err);
+                rc = mpi_fail(err, __FILE__, __LINE__, "MPI_Isend", mrc, "pipeline: output to stage 0");
                 break;
             }
         } else if ((rc = send_state(p, k, j, &s, &ctx, err))) {

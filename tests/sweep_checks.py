@@ -200,7 +200,8 @@ def main():
                      f"bit (exit {rc})"):
             show(out)
     rc, out = run(base + ["--output-h5", os.path.join(work, "bad.h5"), "--pipeline-stages", 2], ranks=3)
-    check(rc != 0 and "needs a multiple of 2 MPI ranks" in out, f"--pipeline-stages 2 on 3 ranks refused (exit {rc})")
+    check(rc != 0 and "--pipeline-stages 2 does not divide the 3 ranks" in out,
+          f"--pipeline-stages 2 on 3 ranks refused, naming both numbers (exit {rc})")
 
     # kohya's per-line options in a prompt file (--n --d --s --l --ss --w --h; '#' comments)
     kp = os.path.join(work, "kohya.txt")
