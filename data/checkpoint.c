@@ -130,6 +130,30 @@ fail:
     return err->code;
 }
 
+int ckpt_pause(CkptWriter *w, SdcError *err) {
+    H5_TRY(H5Fflush(w->file, H5F_SCOPE_GLOBAL), "%s: flush", w->tmp);
+    H5_TRY(H5Fclose(w->file), "%s: close", w->tmp);
+    w->file = -1;
+    return 0;
+fail:
+    ckpt_abort(w);
+    return err->code ? err->code : SDC_ERR_IO;
+}
+
+int ckpt_resume(CkptWriter *w, const char *path, SdcError *err) {
+    h5_quiet();
+    memset(w, 0, sizeof *w);
+    w->file = -1;
+    if (strlen(path) >= sizeof w->path) return sdc_err(err, SDC_ERR_ARG, "%s: path too long", path);
+    snprintf(w->path, sizeof w->path, "%s", path);
+    snprintf(w->tmp, sizeof w->tmp, "%s.tmp", path);
+    H5_TRY(w->file = H5Fopen(w->tmp, H5F_ACC_RDWR, H5P_DEFAULT), "%s: cannot open the part another stage wrote",
+           w->tmp);
+    return 0;
+fail:
+    return err->code;
+}
+
 void ckpt_abort(CkptWriter *w) {
     if (w->file >= 0) H5Fclose(w->file);
     w->file = -1;

@@ -47,6 +47,11 @@ int ckpt_set_attr(CkptWriter *w, const char *group, const char *key, const char 
 int ckpt_commit(CkptWriter *w, const CkptState *st, SdcError *err);
 // Drops path.tmp.
 void ckpt_abort(CkptWriter *w);
+// Pipeline stages write one file in turn: ckpt_pause flushes and closes
+// path.tmp, keeping it; ckpt_resume opens the path.tmp another writer paused
+// (by another process) to go on writing into it.
+int ckpt_pause(CkptWriter *w, SdcError *err);
+int ckpt_resume(CkptWriter *w, const char *path, SdcError *err);
 
 // ----------------------------------------------------------------------------
 // reading

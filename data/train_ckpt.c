@@ -210,7 +210,7 @@ static int put_f32(CkptWriter *w, const char *group, const Item *it, float *data
     return ckpt_put(w, group, it->name, &t, err);
 }
 
-static int write_optimizer(CkptWriter *w, const TrainCkptSpec *s, SdcError *err) {
+static int write_optimizer(CkptWriter *w, const TrainCkptSpec *s, int attrs, SdcError *err) {
     const AdamW *opt = s->opt;
     size_t *off = calloc((size_t)opt->n_groups, sizeof(size_t)); // running offset in each group's m / v
     SDC_CHECK(off);
@@ -231,7 +231,7 @@ static int write_optimizer(CkptWriter *w, const TrainCkptSpec *s, SdcError *err)
         }
     }
     free(off);
-    if (rc) return rc;
+    if (rc || !attrs) return rc;
     hid_t og = -1;
     H5_TRY(og = open_or_create(w->file, "optimizer"), "%s: /optimizer", w->tmp);
     rc = h5_attr_i64(og, "step", opt->step, w->tmp, err);
@@ -252,18 +252,22 @@ int train_ckpt_save(const char *path, const TrainCkptSpec *s, const TrainCkptSta
         return sdc_err(err, SDC_ERR_ARG, "%s: bad trainer state (step %lld, %d rng words, %lld order entries)",
                        path, (long long)st->step, st->n_rng, (long long)st->n_order);
     CkptWriter w;
-    SDC_TRY(ckpt_begin(&w, path, err));
+    const int first = s->part == TRAIN_CKPT_WHOLE || s->part == TRAIN_CKPT_FIRST;
+    const int last = s->part == TRAIN_CKPT_WHOLE || s->part == TRAIN_CKPT_LAST;
+    SDC_TRY(first ? ckpt_begin(&w, path, err) : ckpt_resume(&w, path, err));
     int rc = 0;
-    if (s->base) rc = copy_base(&w, s, err);
+    if (s->base && first) rc = copy_base(&w, s, err);
     for (int i = 0; i < s->n_comps && !rc; i++)
         for (int k = 0; k < comp_n(&s->comps[i]) && !rc; k++) {
             const Item it = comp_item(&s->comps[i], k);
             rc = put_f32(&w, s->comps[i].group, &it, it.data, err);
         }
-    if (!rc && s->opt) rc = write_optimizer(&w, s, err);
-    for (int i = 0; i < s->n_job && !rc; i++) rc = ckpt_set_attr(&w, "job", s->job[i].key, s->job[i].value, err);
-    if (!rc && s->manifest) rc = ckpt_set_attr(&w, "", "manifest", s->manifest, err);
-    if (!rc) { // the trainer's part of /state; ckpt_commit adds rng_state, data_order and step (last)
+    if (!rc && s->opt) rc = write_optimizer(&w, s, first, err);
+    for (int i = 0; i < s->n_job && !rc && first; i++)
+        rc = ckpt_set_attr(&w, "job", s->job[i].key, s->job[i].value, err);
+    if (!rc && s->manifest && first) rc = ckpt_set_attr(&w, "", "manifest", s->manifest, err);
+    if (!rc && !first && !last) return ckpt_pause(&w, err);
+    if (!rc && first) { // the trainer's part of /state; ckpt_commit adds rng_state, data_order and step (last)
         hid_t g = open_or_create(w.file, "state");
         if (g < 0) {
             rc = sdc_err(err, SDC_ERR_IO, "%s: cannot create /state", w.tmp);
@@ -279,6 +283,7 @@ int train_ckpt_save(const char *path, const TrainCkptSpec *s, const TrainCkptSta
         ckpt_abort(&w);
         return rc;
     }
+    if (!last) return ckpt_pause(&w, err);
     CkptState cs = {.step = st->step, .data_order = st->data_order, .n_order = st->n_order};
     for (int k = 0; k < 4 && k < st->n_rng; k++) cs.rng[k] = st->rng[k];
     return ckpt_commit(&w, &cs, err);
@@ -388,6 +393,7 @@ static int locate_all(Ckpt *c, const TrainCkptSpec *s, int *idx, SdcError *err) 
                 (idx[3 * j + 2] = find_checked(c, gv, &it, err)) < 0)
                 return sdc_err_wrap(err, "optimizer state");
         }
+        if (s->partial) continue; // other stages' tensors are in the file too
         SDC_TRY(check_no_extra(c, cp->group, cp, err));
         if (opt) {
             SDC_TRY(check_no_extra(c, gm, cp, err));
@@ -655,6 +661,16 @@ int train_ckpt_export_lora(const char *ckpt_path, const char *out_path, LoraForm
     param_table_free(&tb[0]);
     param_table_free(&tb[1]);
     free(data);
+    ckpt_close(&c);
+    return rc;
+}
+
+int train_ckpt_group_count(const char *path, const char *group, int *n, SdcError *err) {
+    Ckpt c;
+    SDC_TRY(ckpt_open(&c, path, err));
+    int rc = in_list(group, OPEN_GROUPS, 4) ? 0 : ckpt_list_group(&c, group, err);
+    *n = 0;
+    for (int i = 0; !rc && i < c.n; i++) *n += !strcmp(c.t[i].group, group);
     ckpt_close(&c);
     return rc;
 }

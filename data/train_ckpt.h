@@ -8,9 +8,12 @@
 // --checkpoints_total_limit).
 //
 // It is not the trainer: it knows no model and no optimizer maths; it copies
-// flat f32 buffers the trainer owns. It is not parallel: in data-parallel
-// training every rank holds the same parameters and moments, rank 0 saves
-// and every rank loads (read-only).
+// flat f32 buffers the trainer owns. In data-parallel training every replica
+// holds the same parameters and moments: one writes, every one loads
+// (read-only). With pipeline stages every stage holds its own tensors: the
+// stages write one file in turn (TrainCkptSpec.part), each loads its own
+// (.partial), so the file is the same whatever the layout and a run resumes
+// on another one.
 //
 // Layout (data/README.md, "checkpoint"; what the trainer adds):
 //   /<group>/<name>                      f32, a trained tensor ("unet", "text_encoder",
@@ -85,7 +88,17 @@ typedef struct TrainCkptSpec {
     const char *base;
     const char *const *frozen;        // groups copied from base: "vae", "text_encoder", "unet", "extra"
     int n_frozen;
+    // Pipeline stages: each writes its own tensors (and their moments) into
+    // the one file in turn. TRAIN_CKPT_WHOLE: this call writes it all. FIRST
+    // creates it (and writes the base, job, manifest, optimizer and state
+    // attributes), MIDDLE and LAST append, LAST commits. On load, `partial`:
+    // the file may hold tensors of the components' groups that are not in
+    // this spec (another stage's); the caller checks the union.
+    int part;
+    int partial;
 } TrainCkptSpec;
+
+enum { TRAIN_CKPT_WHOLE = 0, TRAIN_CKPT_FIRST, TRAIN_CKPT_MIDDLE, TRAIN_CKPT_LAST };
 
 // The trainer's loop state. On save every field is read; on load the caller
 // sets rng / n_rng and data_order / n_order to its own buffers (the counts
@@ -113,6 +126,10 @@ int train_ckpt_save(const char *path, const TrainCkptSpec *spec, const TrainCkpt
 // data-order length mismatch, a model-only checkpoint. On failure the
 // buffers may be partly overwritten: the trainer must not go on with them.
 int train_ckpt_load(const char *path, const TrainCkptSpec *spec, TrainCkptState *st, SdcError *err);
+
+// The number of tensors in /group of a checkpoint (pipeline stages load
+// their own part and check that together they took every one).
+int train_ckpt_group_count(const char *path, const char *group, int *n, SdcError *err);
 
 // ----------------------------------------------------------------------------
 // an output folder of checkpoint-<step>.h5

@@ -602,7 +602,12 @@ static void cli_print_usage_train(FILE *f) {
             "  --lr-warmup-steps N (500)       --lr-num-cycles N (1)  --lr-power P (1.0)\n"
             "  --max-grad-norm N               (1.0)      --adam-beta1/--adam-beta2/--adam-weight-decay/--adam-epsilon\n"
             "  --gradient-checkpointing        recompute block activations in the backward pass\n"
-            "  --zero-stage 1                  under mpiexec / srun: each rank keeps 1/R of the AdamW state (ZeRO-1)\n"
+            "  --zero-stage 1                  under mpiexec / srun: each replica keeps 1/R of the AdamW state (ZeRO-1)\n"
+            "  --pipeline-stages P             under mpiexec / srun: the UNet cut into P stages, one rank each;\n"
+            "                                  ranks = P x replicas (data parallel)   (1)\n"
+            "  --micro-batches M               each replica's share of a batch runs as M micro-batches\n"
+            "                                  (0: 2 x stages with stages, else 1)\n"
+            "  --pipeline-schedule S           1f1b (at most P micro-batches held) | gpipe   (1f1b)\n"
             "  --train-text-encoder            also train the CLIP text encoder\n"
             "  --lora-rank R                   train a LoRA of rank R instead of all weights (0)\n"
             "  --lora-alpha A                  LoRA alpha (the rank)  --lora-format diffusers|kohya\n"
@@ -614,8 +619,8 @@ static void cli_print_usage_train(FILE *f) {
             "  --seed N (0)                    --output-dir DIR (dreambooth-model)\n"
             "  -t, --threads N                 CPU threads (all)\n"
             "  --dump-manifest                 print the job manifest and exit;  -q  no progress bar\n"
-            "Training runs on the CPU backend (fp32); under mpiexec/srun each rank takes a share of every\n"
-            "batch and the gradients are averaged (data parallel).\n");
+            "Training runs on the CPU backend (fp32); under mpiexec/srun each replica (a pipeline of P ranks)\n"
+            "takes a share of every batch and the gradients are averaged (data parallel).\n");
 }
 
 static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
@@ -669,7 +674,8 @@ static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *op
             field = "path";
         } else if (!strcmp(name, "config") || !strcmp(name, "prediction_type")) {
             msg = &job->model->base;
-        } else if (!strcmp(name, "threads")) {
+        } else if (!strcmp(name, "threads") || !strcmp(name, "pipeline_stages") || !strcmp(name, "micro_batches") ||
+                   !strcmp(name, "pipeline_schedule")) {
             msg = &job->runtime->base;
         }
         const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, field);

@@ -38,6 +38,8 @@
 #include "jobs/runner.h"
 #include "jobs/stop.h"
 #include "mpi/dp.h"
+#include "mpi/grid.h"
+#include "mpi/pp_train.h"
 #include "train/dreambooth.h"
 
 static double now_s(void) {
@@ -172,7 +174,10 @@ static int make_class_images(const Sdc__Job *job, const Backend *be, const char 
 
 typedef struct TrainRun {
     const Sdc__Job *job;
-    DataParallel dp;
+    RankGrid grid;    // stages x replicas
+    DataParallel dp;  // over this stage's replicas (the gradients)
+    PpTrain pp;       // the pipeline of this rank's replica (stages > 1)
+    int *bounds;      // (stages + 1) the cut: stage s trains blocks [bounds[s], bounds[s+1])
     H5Par par;
     int quiet, tty;
     FILE *metrics;
@@ -196,8 +201,22 @@ static int hook_gather(void *u, const float *mine, float *all, const int *counts
     return dp_gather(&((TrainRun *)u)->dp, mine, all, counts, displs, err);
 }
 
-static int hook_sum(void *u, double *v, int n, SdcError *err) {
+static int hook_dp_sum(void *u, double *v, int n, SdcError *err) {
     return dp_allreduce_sum_double(&((TrainRun *)u)->dp, v, n, err);
+}
+
+static int hook_sum(void *u, double *v, int n, SdcError *err) { return grid_sum(&((TrainRun *)u)->grid, v, n, err); }
+
+static int hook_stage_allgather(void *u, const double *mine, int n, double *all, int cap, int *n_all, SdcError *err) {
+    return grid_stage_allgather(&((TrainRun *)u)->grid, mine, n, all, cap, n_all, err);
+}
+
+static int hook_stage_bcast(void *u, double *v, int n, int root, SdcError *err) {
+    return grid_stage_bcast(&((TrainRun *)u)->grid, v, n, root, err);
+}
+
+static int hook_pipeline(void *u, DbTrainer *t, int rows, SdcError *err) {
+    return pp_train_run(&((TrainRun *)u)->pp, t, rows, err);
 }
 
 // rank 0: the step's metrics line and the progress bar
@@ -257,7 +276,7 @@ static void ckpt_parts(CkptParts *p, const Sdc__Job *job, DbTrainer *t, char *ma
     int lora = d->lora_rank > 0, nc = 0;
     p->comps[nc++] = (TrainCkptComponent){.group = lora ? "unet_lora" : "unet",
                                           .table = unet_train_table(t->model->unet), .opt_group = 0};
-    if (d->train_text_encoder)
+    if (d->train_text_encoder && t->train_te) // (stage 0's)
         p->comps[nc++] = (TrainCkptComponent){.group = lora ? "text_encoder_lora" : "text_encoder",
                                               .table = clip_train_table(t->model->clip), .opt_group = 1};
     static const char *const keys[7] = {"model", "lora_rank", "train_text_encoder", "resolution",
@@ -274,31 +293,53 @@ static void ckpt_parts(CkptParts *p, const Sdc__Job *job, DbTrainer *t, char *ma
                               .manifest = manifest};
 }
 
+// This stage's part of a file the stages write in turn (replica 0's ranks;
+// one stage: the whole file). Returns this stage's status; the caller
+// agrees it over the job (the first failing stage's message wins).
+static int write_in_turn(TrainRun *r, const char *path, TrainCkptSpec *spec, const TrainCkptState *st, SdcError *err) {
+    const RankGrid *g = &r->grid;
+    int rc = 0;
+    SDC_TRY(grid_turn_wait(g, &rc, err));
+    if (rc) { // an earlier stage failed (it reports why): pass it on
+        SDC_TRY(grid_turn_pass(g, rc, err));
+        return sdc_err(err, rc, "an earlier pipeline stage could not write %s", path);
+    }
+    spec->part = g->stages == 1 ? TRAIN_CKPT_WHOLE : g->stage == 0 ? TRAIN_CKPT_FIRST
+                 : g->stage == g->stages - 1 ? TRAIN_CKPT_LAST : TRAIN_CKPT_MIDDLE;
+    if (g->stage > 0) spec->base = NULL, spec->n_frozen = 0; // stage 0 copied the frozen groups
+    rc = train_ckpt_save(path, spec, st, err);
+    const int turn = grid_turn_pass(g, rc, err);
+    return rc ? rc : turn;
+}
+
 static int save_checkpoint(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err) {
     const Sdc__Dreambooth *d = r->job->dreambooth;
-    AdamW full; // with ZeRO-1 the ranks' slices of the moments, gathered on rank 0
+    AdamW full; // with ZeRO-1 the replicas' slices of the moments, gathered on replica 0 of each stage
     int grc = db_opt_full(t, &full, err);
     if ((grc = h5_par_agree(&r->par, grc, err))) {
         db_opt_full_free(t, &full);
         return grc;
     }
-    if (r->par.rank == 0) {
-        char path[1200];
+    char path[1200];
+    int rc = train_ckpt_path(d->output_dir, t->st.global_step, path, sizeof path, err);
+    if (!rc && r->grid.rank == 0) rc = train_ckpt_rotate(d->output_dir, d->checkpoints_total_limit, NULL, err);
+    if ((rc = h5_par_agree(&r->par, rc, err))) {
+        db_opt_full_free(t, &full);
+        return rc;
+    }
+    if (r->grid.replica == 0) {
         CkptParts p;
         ckpt_parts(&p, r->job, t, manifest);
         p.spec.opt = &full;
         TrainCkptState st = {.step = t->st.global_step, .epoch = t->st.epoch, .micro_step = t->st.batch_in_epoch,
                              .loss = t->st.last_loss};
-        int rc = train_ckpt_rotate(d->output_dir, d->checkpoints_total_limit, NULL, err);
-        if (!rc) rc = train_ckpt_path(d->output_dir, t->st.global_step, path, sizeof path, err);
-        if (!rc) rc = train_ckpt_save(path, &p.spec, &st, err);
-        if (!rc && d->checkpoints_total_limit > 0) rc = train_ckpt_rotate(d->output_dir, d->checkpoints_total_limit + 1, NULL, err);
-        if (!rc && !r->quiet) fprintf(stderr, "%ssdc: saved %s\n", r->tty ? "\n" : "", path);
-        db_opt_full_free(t, &full);
-        return h5_par_agree(&r->par, rc, err);
+        rc = write_in_turn(r, path, &p.spec, &st, err);
     }
     db_opt_full_free(t, &full);
-    return h5_par_agree(&r->par, 0, err);
+    if (!rc && r->grid.rank == 0 && d->checkpoints_total_limit > 0)
+        rc = train_ckpt_rotate(d->output_dir, d->checkpoints_total_limit + 1, NULL, err);
+    if (!rc && r->grid.rank == 0 && !r->quiet) fprintf(stderr, "%ssdc: saved %s\n", r->tty ? "\n" : "", path);
+    return h5_par_agree(&r->par, rc, err);
 }
 
 static int validate(TrainRun *r, DbTrainer *t, SdcError *err) {
@@ -327,12 +368,32 @@ static int validate(TrainRun *r, DbTrainer *t, SdcError *err) {
     return h5_par_agree(&r->par, rc, err);
 }
 
-static int export_model(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err) {
+// LoRA: the adapter file (diffusers or kohya names). With stages the stages
+// write their adapters into one file in turn and rank 0 makes the LoRA file
+// from it (LoRA tensors are small; no stage holds another's).
+static int export_lora(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err) {
     const Sdc__Dreambooth *d = r->job->dreambooth;
-    char path[1200], base[1200];
+    LoraFormat fmt = d->lora_format && !strcmp(d->lora_format, "kohya") ? LORA_FORMAT_KOHYA : LORA_FORMAT_DIFFUSERS;
+    char path[1200], tmp[1200];
+    snprintf(path, sizeof path, "%s/pytorch_lora_weights.safetensors", d->output_dir);
     int rc = 0;
-    if (d->lora_rank > 0) {
-        LoraFormat fmt = d->lora_format && !strcmp(d->lora_format, "kohya") ? LORA_FORMAT_KOHYA : LORA_FORMAT_DIFFUSERS;
+    if (r->grid.stages > 1) {
+        snprintf(tmp, sizeof tmp, "%s/.lora-export.h5", d->output_dir);
+        if (r->grid.replica == 0) {
+            CkptParts p;
+            ckpt_parts(&p, r->job, t, manifest);
+            p.spec.opt = NULL;
+            for (int i = 0; i < p.spec.n_comps; i++) p.comps[i].opt_group = -1;
+            TrainCkptState st = {.step = t->st.global_step, .epoch = t->st.epoch, .micro_step = t->st.batch_in_epoch,
+                                 .loss = t->st.last_loss};
+            rc = write_in_turn(r, tmp, &p.spec, &st, err);
+        }
+        if ((rc = h5_par_agree(&r->par, rc, err))) return rc;
+        if (r->grid.rank == 0) {
+            rc = train_ckpt_export_lora(tmp, path, fmt, err);
+            unlink(tmp);
+        }
+    } else if (r->grid.rank == 0) {
         LoraTensor *lt[2] = {NULL, NULL};
         int n[2] = {0, 0};
         rc = lora_tensors_from_table(unet_train_table(t->model->unet), COMP_UNET, t->cfg.lora_alpha, &lt[0], &n[0], err);
@@ -344,51 +405,107 @@ static int export_model(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err
         if (!rc) {
             memcpy(all, lt[0], (size_t)n[0] * sizeof *all);
             if (n[1]) memcpy(all + n[0], lt[1], (size_t)n[1] * sizeof *all);
-            snprintf(path, sizeof path, "%s/pytorch_lora_weights.safetensors", d->output_dir);
             rc = lora_save(path, fmt, all, n[0] + n[1], err);
-            if (!rc && !r->quiet)
-                fprintf(stderr, "sdc: LoRA (%s format, rank %d) written to %s ---> sdc generate -m %s --lora %s\n",
-                        fmt == LORA_FORMAT_KOHYA ? "kohya" : "diffusers", d->lora_rank, path, r->job->model->path, path);
         }
         free(all), free(lt[0]), free(lt[1]);
-        return rc;
     }
-    // Full fine-tuning: a complete checkpoint (the frozen parts from the base
-    // model, converted once), then the single file and the diffusers folder.
+    if (!rc && r->grid.rank == 0 && !r->quiet)
+        fprintf(stderr, "sdc: LoRA (%s format, rank %d) written to %s ---> sdc generate -m %s --lora %s\n",
+                fmt == LORA_FORMAT_KOHYA ? "kohya" : "diffusers", d->lora_rank, path, r->job->model->path, path);
+    return h5_par_agree(&r->par, rc, err);
+}
+
+// Full fine-tuning: a complete checkpoint (the frozen parts from the base
+// model, converted once; the stages' UNet blocks written in turn), then the
+// single file and the diffusers folder, converted from it by rank 0.
+static int export_full(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err) {
+    const Sdc__Dreambooth *d = r->job->dreambooth;
+    char path[1200], base[1200], out[1200];
     snprintf(base, sizeof base, "%s/.base.h5", d->output_dir);
+    snprintf(path, sizeof path, "%s/model.h5", d->output_dir);
     ConvertOpts co = {.model = r->job->model->path,
                       .config = r->job->model->config && r->job->model->config[0] ? r->job->model->config : NULL,
                       .output = base, .dtype = -1, .manifest = manifest, .quiet = 1};
-    rc = convert_run(&co, err);
-    CkptParts p;
-    ckpt_parts(&p, r->job, t, manifest);
-    p.spec.opt = NULL;
-    for (int i = 0; i < p.spec.n_comps; i++) p.comps[i].opt_group = -1;
-    const char *frozen[2] = {"vae", "text_encoder"};
-    p.spec.base = base;
-    p.spec.frozen = frozen;
-    p.spec.n_frozen = d->train_text_encoder ? 1 : 2;
-    TrainCkptState st = {.step = t->st.global_step, .epoch = t->st.epoch, .micro_step = t->st.batch_in_epoch,
-                         .loss = t->st.last_loss};
-    snprintf(path, sizeof path, "%s/model.h5", d->output_dir);
-    if (!rc) rc = train_ckpt_save(path, &p.spec, &st, err);
-    unlink(base);
-    char out[1200];
-    snprintf(out, sizeof out, "%s/model.safetensors", d->output_dir);
-    co = (ConvertOpts){.model = path, .output = out, .dtype = -1, .manifest = manifest, .quiet = 1};
-    if (!rc) rc = convert_run(&co, err);
-    snprintf(out, sizeof out, "%s/diffusers", d->output_dir);
-    co.output = out;
-    if (!rc) rc = convert_run(&co, err);
-    if (!rc && !r->quiet)
-        fprintf(stderr, "sdc: fine-tuned model written to %s/model.h5, %s/model.safetensors and %s/\n", d->output_dir,
-                d->output_dir, out);
-    return rc;
+    int rc = r->grid.rank == 0 ? convert_run(&co, err) : 0;
+    if ((rc = h5_par_agree(&r->par, rc, err))) return rc;
+    if (r->grid.replica == 0) {
+        CkptParts p;
+        ckpt_parts(&p, r->job, t, manifest);
+        p.spec.opt = NULL;
+        for (int i = 0; i < p.spec.n_comps; i++) p.comps[i].opt_group = -1;
+        const char *frozen[2] = {"vae", "text_encoder"};
+        p.spec.base = base;
+        p.spec.frozen = frozen;
+        p.spec.n_frozen = d->train_text_encoder ? 1 : 2;
+        TrainCkptState st = {.step = t->st.global_step, .epoch = t->st.epoch, .micro_step = t->st.batch_in_epoch,
+                             .loss = t->st.last_loss};
+        rc = write_in_turn(r, path, &p.spec, &st, err);
+    }
+    if ((rc = h5_par_agree(&r->par, rc, err))) return rc;
+    if (r->grid.rank == 0) {
+        unlink(base);
+        snprintf(out, sizeof out, "%s/model.safetensors", d->output_dir);
+        co = (ConvertOpts){.model = path, .output = out, .dtype = -1, .manifest = manifest, .quiet = 1};
+        rc = convert_run(&co, err);
+        snprintf(out, sizeof out, "%s/diffusers", d->output_dir);
+        co.output = out;
+        if (!rc) rc = convert_run(&co, err);
+        if (!rc && !r->quiet)
+            fprintf(stderr, "sdc: fine-tuned model written to %s/model.h5, %s/model.safetensors and %s/\n",
+                    d->output_dir, d->output_dir, out);
+    }
+    return h5_par_agree(&r->par, rc, err);
+}
+
+static int export_model(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err) {
+    return r->job->dreambooth->lora_rank > 0 ? export_lora(r, t, manifest, err) : export_full(r, t, manifest, err);
 }
 
 // ---------------------------------------------------------------------------
 // the job
 // ---------------------------------------------------------------------------
+
+// Stages load their own tensors of a checkpoint: together they must have
+// taken every tensor of each trained group.
+static int check_stage_union(TrainRun *r, const char *path, const CkptParts *p, SdcError *err) {
+    const Sdc__Dreambooth *d = r->job->dreambooth;
+    const int lora = d->lora_rank > 0;
+    const char *groups[2] = {lora ? "unet_lora" : "unet", lora ? "text_encoder_lora" : "text_encoder"};
+    double mine[2] = {0, 0}; // replica 0's counts, one sum for every group (every rank joins it)
+    for (int i = 0; i < p->spec.n_comps && r->grid.replica == 0; i++)
+        for (int g = 0; g < 2; g++)
+            if (!strcmp(p->comps[i].group, groups[g]))
+                mine[g] = p->comps[i].table ? p->comps[i].table->n : p->comps[i].n_tensors;
+    SDC_TRY(grid_sum(&r->grid, mine, 2, err));
+    for (int g = 0; g < (d->train_text_encoder ? 2 : 1); g++) {
+        int in_file = 0;
+        SDC_TRY(train_ckpt_group_count(path, groups[g], &in_file, err));
+        if ((int)mine[g] != in_file)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: /%s holds %d tensors, this job's %d stages train %d of them\n"
+                           "---> was it written by another job (other LoRA targets, other model)?", path, groups[g],
+                           in_file, r->grid.stages, (int)mine[g]);
+    }
+    return 0;
+}
+
+// The cut, each stage's measured forward + backward time per micro-batch and
+// the predicted balance (the slowest stage over the mean: a step's pipeline
+// runs at the slowest stage's pace).
+static void print_cut(const TrainRun *r, const double *fwd, const double *bwd, int rows) {
+    const int P = r->grid.stages;
+    double sum = 0, worst = 0;
+    fprintf(stderr, "sdc: pipeline cut (%d stages x %d replica%s; measured forward + backward of %d row%s per "
+            "block):", P, r->grid.replicas, r->grid.replicas == 1 ? "" : "s", rows, rows == 1 ? "" : "s");
+    for (int s = 0; s < P; s++) {
+        double t = 0;
+        for (int b = r->bounds[s]; b < r->bounds[s + 1]; b++) t += fwd[b] + bwd[b];
+        sum += t;
+        if (t > worst) worst = t;
+        fprintf(stderr, " stage %d blocks %d-%d %.0f ms%s", s, r->bounds[s], r->bounds[s + 1] - 1, t * 1e3,
+                s + 1 < P ? "," : "");
+    }
+    fprintf(stderr, "; predicted balance %.2f (slowest / mean)\n", worst / (sum / P));
+}
 
 static int check_job(const Sdc__Job *job, SdcError *err) {
     const Sdc__Dreambooth *d = job->dreambooth;
@@ -416,6 +533,11 @@ static int check_job(const Sdc__Job *job, SdcError *err) {
          "--lora-format %s: expected diffusers or kohya", d->lora_format);
     NEED(!job->runtime || !job->runtime->device || !strcmp(job->runtime->device, "cpu"),
          "training runs on the CPU backend (fp32) ---> drop --device %s", job->runtime->device);
+    const int stages = job->runtime ? job->runtime->pipeline_stages : 1;
+    NEED(stages <= 1 || !(d->validation_prompt && d->validation_prompt[0]),
+         "--validation-prompt with --pipeline-stages %d: validation images need the whole UNet on one rank, "
+         "which pipeline stages split ---> drop --validation-prompt and render from a checkpoint with sdc generate "
+         "(a LoRA checkpoint works as --lora)", stages);
 #undef NEED
     return 0;
 }
@@ -431,8 +553,25 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     memset(&t, 0, sizeof t);
     float *inst = NULL, *cls = NULL;
     char *manifest = manifest_to_text(job);
-    int rc = dp_init(&run.dp, h5_par_is_mpi(par) ? par->comm : MPI_COMM_NULL, 0, err);
-    if (rc) goto done;
+    const Sdc__Runtime *rt = job->runtime;
+    const int stages = rt && rt->pipeline_stages > 1 ? rt->pipeline_stages : 1;
+    run.pp.comm = MPI_COMM_NULL;
+    // the rank grid and the model's block count first: a layout that cannot
+    // work is refused before any work
+    int rc = grid_init(&run.grid, h5_par_is_mpi(par) ? par->comm : MPI_COMM_NULL, stages, err);
+    if (!rc) {
+        const char *cfg = job->model->config && job->model->config[0] ? job->model->config : NULL;
+        rc = model_files_open(&m.files, job->model->path, cfg, runner_prediction(job), err);
+    }
+    if (!rc && stages > 1) {
+        UnetBlockInfo *bl = malloc(UNET_MAX_BLOCKS * sizeof *bl);
+        int nb = 0;
+        rc = bl ? unet_layout(&model_files_info(m.files)->unet, bl, &nb, err) : sdc_err(err, SDC_ERR_OOM, "layout");
+        free(bl);
+        if (!rc) rc = grid_check_blocks(&run.grid, nb, "UNet", err);
+    }
+    if ((rc = h5_par_agree(par, rc, err))) goto done;
+    if ((rc = dp_init(&run.dp, run.grid.data, 0, err))) goto done;
     rc = par->rank == 0 ? fs_mkdir_p(d->output_dir, err) : 0;
     if ((rc = h5_par_agree(par, rc, err))) goto done;
     if ((rc = backend_cpu_create(&be, runner_threads(job, opt->quiet), err))) goto done;
@@ -482,21 +621,45 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     backend_destroy(be);
     be = NULL;
     if ((rc = backend_cpu_create(&be, runner_threads(job, 1), err))) goto done;
+    const int per_batch = d->train_batch_size * (d->with_prior_preservation ? 2 : 1);
+    const int share_max = (per_batch + run.grid.replicas - 1) / run.grid.replicas;
+    const int micro = rt && rt->micro_batches > 0 ? rt->micro_batches : stages > 1 ? 2 * stages : 1;
+    const int mb_rows = (share_max + (micro < share_max ? micro : share_max) - 1) /
+                        (micro < share_max ? micro : share_max);
+    PpSchedule sched = PP_SCHED_1F1B;
+    if ((rc = pp_schedule_parse(rt ? rt->pipeline_schedule : NULL, &sched, err))) goto done;
     {
-        const char *cfg = job->model->config && job->model->config[0] ? job->model->config : NULL;
-        if ((rc = model_files_open(&m.files, job->model->path, cfg, runner_prediction(job), err))) goto done;
         const ModelInfo *info = model_files_info(m.files);
         m.be = be;
         rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m.tok, info->tokenizer_dir, err) : clip_tok_load_default(&m.tok, err);
+        // the stage cut: measured forward + backward time of each block
+        run.bounds = calloc((size_t)stages + 1, sizeof *run.bounds);
+        const int nbmax = UNET_MAX_BLOCKS;
+        double *fwd = calloc(nbmax, sizeof *fwd), *bwd = calloc(nbmax, sizeof *bwd);
+        if (!rc && (!run.bounds || !fwd || !bwd)) rc = sdc_err(err, SDC_ERR_OOM, "pipeline cut");
+        if (!rc && stages > 1) {
+            UnetTrainOpts to = {.checkpointing = d->gradient_checkpointing, .lora_rank = d->lora_rank,
+                                .lora_alpha = d->lora_alpha > 0 ? d->lora_alpha : (float)d->lora_rank,
+                                .lora_seed = (uint64_t)d->seed};
+            rc = pp_train_cut(run.grid.world, m.files, be, &to, mb_rows, lh, lw, info->clip.max_positions, stages,
+                              run.bounds, fwd, bwd, err);
+            if (!rc && !opt->quiet && par->rank == 0) print_cut(&run, fwd, bwd, mb_rows);
+        } else if (!rc) {
+            run.bounds[1] = 0; // one stage: every block
+        }
+        free(fwd), free(bwd);
+        if (rc) goto done;
         // LoRA keeps the base UNet as read-only mmap views unless validation
         // images need the LoRA merged into writable copies (SD 1.5: 3.4 GB)
         int validating = d->validation_prompt && d->validation_prompt[0];
         ModelLoadOpts full = {.trainable = d->lora_rank == 0 || validating},
-                      te = {.trainable = d->train_text_encoder && d->lora_rank == 0};
+                      te = {.trainable = d->train_text_encoder && d->lora_rank == 0 && run.grid.stage == 0};
+        if (stages > 1) full.first_block = run.bounds[run.grid.stage], full.end_block = run.bounds[run.grid.stage + 1];
         if (!rc) rc = clip_load_opts(&m.clip, m.files, be, &te, err);
         if (!rc) rc = unet_load_opts(&m.unet, m.files, be, &full, err);
-        if (!rc) rc = vae_load(&m.vae, m.files, be, err);
-        if (rc) goto done;
+        if (!rc && stages == 1) rc = vae_load(&m.vae, m.files, be, err); // validation images
+        if (!rc && stages > 1) rc = pp_train_init(&run.pp, run.grid.pipe, m.unet, sched, micro, err);
+        if ((rc = h5_par_agree(par, rc, err))) goto done;
     }
     DbConfig cfg = {.train_batch_size = d->train_batch_size, .grad_accum = d->gradient_accumulation_steps,
                     .learning_rate = d->learning_rate, .lr_warmup_steps = d->lr_warmup_steps,
@@ -506,7 +669,7 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                     .with_prior_preservation = d->with_prior_preservation, .prior_loss_weight = d->prior_loss_weight,
                     .train_text_encoder = d->train_text_encoder, .gradient_checkpointing = d->gradient_checkpointing,
                     .lora_rank = d->lora_rank, .lora_alpha = d->lora_alpha, .offset_noise = d->offset_noise,
-                    .snr_gamma = d->snr_gamma, .seed = (uint64_t)d->seed};
+                    .snr_gamma = d->snr_gamma, .seed = (uint64_t)d->seed, .micro_batches = micro};
     if ((rc = lr_schedule_parse(d->lr_scheduler, &cfg.lr_scheduler, err))) goto done;
     {   // diffusers: max_train_steps = num_train_epochs * updates per epoch when not given
         int items = d->with_prior_preservation && n_cls > n_inst ? n_cls : n_inst;
@@ -516,11 +679,15 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     }
     DbData data = {.n_inst = n_inst, .n_class = n_cls, .inst_latents = inst, .class_latents = cls, .lat_h = lh,
                    .lat_w = lw, .instance_prompt = d->instance_prompt, .class_prompt = d->class_prompt};
-    DbHooks hooks = {.user = &run, .rank = par->rank, .world = par->size, .replica = par->rank,
-                     .replicas = par->size, .stage = 0, .stages = 1,
-                     .allreduce_mean = par->size > 1 ? hook_mean : NULL,
-                     .dp_sum = par->size > 1 ? hook_sum : NULL,
-                     .allreduce_sum = par->size > 1 ? hook_sum : NULL, .on_step = hook_step,
+    const RankGrid *g = &run.grid;
+    DbHooks hooks = {.user = &run, .rank = g->rank, .world = g->size, .replica = g->replica,
+                     .replicas = g->replicas, .stage = g->stage, .stages = g->stages,
+                     .allreduce_mean = g->replicas > 1 ? hook_mean : NULL,
+                     .dp_sum = g->replicas > 1 ? hook_dp_sum : NULL,
+                     .allreduce_sum = g->size > 1 ? hook_sum : NULL, .on_step = hook_step,
+                     .stage_allgather = g->stages > 1 ? hook_stage_allgather : NULL,
+                     .stage_bcast = g->stages > 1 ? hook_stage_bcast : NULL,
+                     .pipeline = g->stages > 1 ? hook_pipeline : NULL, .tapes = run.pp.tapes,
                      .zero = d->zero_stage == 1, .reduce_scatter_mean = hook_reduce_scatter,
                      .allgather = hook_allgather, .gather = hook_gather};
     if ((rc = db_init(&t, &m, &cfg, &data, &hooks, err))) goto done;
@@ -555,13 +722,16 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
             CkptParts p;
             ckpt_parts(&p, job, &t, manifest);
             TrainCkptState st = {0};
-            AdamW full; // with ZeRO-1 every rank reads the whole state and keeps its slice
+            AdamW full; // with ZeRO-1 every rank reads the whole state of its stage and keeps its slice
             if ((rc = db_opt_full_alloc(&t, &full, err))) goto done;
             p.spec.opt = &full;
+            p.spec.partial = stages > 1; // each stage takes its own tensors
             rc = train_ckpt_load(path, &p.spec, &st, err);
             if (!rc) db_opt_take(&t, &full);
             db_opt_full_free(&t, &full);
-            if (rc) goto done;
+            if ((rc = h5_par_agree(par, rc, err))) goto done; // (every rank reaches the union's sum)
+            if (stages > 1) rc = check_stage_union(&run, path, &p, err);
+            if ((rc = h5_par_agree(par, rc, err))) goto done;
             t.st.global_step = st.step;
             t.st.epoch = st.epoch;
             t.st.batch_in_epoch = st.micro_step;
@@ -613,9 +783,16 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         if (validating && s % d->validation_steps == 0 && (rc = validate(&run, &t, err))) goto done;
     }
 
+    if (stages > 1 && !opt->quiet && run.grid.replica == 0) { // each stage's time: where the bubble went
+        const PpTrain *pp = &run.pp;
+        fprintf(stderr, "sdc: stage %d (blocks %d-%d, %d micro-batch%s held): %lld steps, %.2f s forward, %.2f s "
+                "backward, %.2f s waiting for neighbours (%.1f%% of %.2f s)\n", pp->stage, run.bounds[pp->stage],
+                run.bounds[pp->stage + 1] - 1, pp->tapes, pp->tapes == 1 ? "" : "es", pp->steps, pp->fwd_s, pp->bwd_s,
+                pp->wait_s, pp->total_s > 0 ? 100 * pp->wait_s / pp->total_s : 0.0, pp->total_s);
+    }
+
     // 5. export
-    rc = par->rank == 0 ? export_model(&run, &t, manifest, err) : 0;
-    rc = h5_par_agree(par, rc, err);
+    rc = export_model(&run, &t, manifest, err);
     if (!rc && !opt->quiet && par->rank == 0) runner_print_peak_memory(be);
 done:
     if (rc == SDC_ERR_NONFINITE) sdc_err_wrap(err, "training stopped");
@@ -628,6 +805,9 @@ done:
     if (m.files) model_files_close(m.files);
     free(inst), free(cls), free(manifest);
     dp_free(&run.dp);
+    pp_train_free(&run.pp);
+    grid_free(&run.grid);
+    free(run.bounds);
     backend_destroy(be);
     return rc;
 }

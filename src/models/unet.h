@@ -141,6 +141,10 @@ typedef struct UnetTrainOpts {
     uint64_t lora_seed;
     int want_dctx;      // compute d loss / d context (text-encoder training)
     int tapes;          // micro-batches whose activations are held at once (0: 1)
+    // Sum each block's forward and backward seconds (unet_train_block_times),
+    // for the stage cut. A model loaded for inference may then run full
+    // training passes: its parameter gradients go to scratch.
+    int time_blocks;
 } UnetTrainOpts;
 
 typedef struct UnetCut {
@@ -176,6 +180,9 @@ int unet_train_cut_in(Unet *m, int tape, int n, UnetCut *in, SdcError *err);
 // block 0, else NULL) and returns the cut leaving them (views into the
 // tape; after the last block x is the UNet output).
 int unet_train_stage_forward(Unet *m, int tape, const float *timesteps, UnetCut *out, SdcError *err);
+// The cut leaving this rank's blocks of tape t's forward (the UNet output
+// after the last block), until its backward.
+int unet_train_tape_out(Unet *m, int tape, UnetCut *out, SdcError *err);
 // ---- backward --
 // The gradient of the cut leaving this rank's blocks, for tape t's rows,
 // allocated for the caller to fill (the next stage's unet_train_stage_backward
@@ -203,6 +210,9 @@ const ParamTable *unet_train_table(const Unet *m);
 // kept activations of one tape.
 size_t unet_train_bytes(const Unet *m);
 size_t unet_train_tape_bytes(const Unet *m);
+// With time_blocks: each block's forward (backward = 0) or backward seconds
+// summed over the passes run (n_blocks; 0 outside this rank's range).
+const double *unet_train_block_times(const Unet *m, int backward);
 // on = 1: adds the LoRA to the base weights (kept: the base must be loaded
 // trainable) so unet_forward sees the adapted model; on = 0 restores the
 // exact base weights. No-op without LoRA.

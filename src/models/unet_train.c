@@ -21,6 +21,7 @@
 // LoRA, reserve, the public entry points, merging LoRA.
 #include <math.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,7 +43,7 @@ typedef struct DskipStack {
     int n;
 } DskipStack;
 
-enum { A_RECOMP, A_FWORK, A_DSLOT0, A_DSLOT1, A_DSKIPS, A_GWORK, A_GCUT, A_SHARED };
+enum { A_RECOMP, A_FWORK, A_DSLOT0, A_DSLOT1, A_DSKIPS, A_GWORK, A_GCUT, A_SINK, A_SHARED };
 
 typedef struct UnetTrain {
     UnetTrainOpts o;
@@ -70,6 +71,8 @@ typedef struct UnetTrain {
     UnetCut gin;
     Arena merge_backup;      // base projection weights while LoRA is merged
     int merged;
+    int sink;                // timing a model loaded for inference: parameter gradients go to scratch
+    double *fwd_s, *bwd_s;   // (n_blocks) each block's forward / backward seconds, summed (time_blocks)
 } UnetTrain;
 
 static int lora_on(const UnetTrain *T) { return T->o.lora_rank > 0; }
@@ -137,6 +140,12 @@ static void run_block(Unet *m, int i, Tape *tp, Arena *keep, UnetIO *io) {
 
 // The rank's blocks on tape tp, each output kept in the tape; the cut
 // leaving them into tp->out.
+static double clock_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static void stage_forward(Unet *m, Tape *tp, const float *timesteps) {
     UnetTrain *T = m->train;
     UnetCut *o = &tp->out;
@@ -157,7 +166,12 @@ static void stage_forward(Unet *m, Tape *tp, const float *timesteps) {
         tp->sv[i].out = io.out;
         // the time MLP's few saves are always kept (recomputing it would need the timesteps)
         const int ckpt = T->o.checkpointing && b->info.kind != UNET_BLOCK_TIME;
+        const double t0 = T->fwd_s ? clock_s() : 0;
         run_block(m, i, tp, ckpt ? recomp : &tp->keep, &io);
+        if (T->fwd_s) {
+            T->be->sync(T->be);
+            T->fwd_s[i] += clock_s() - t0;
+        }
         if (ckpt) arena_reset(recomp, 0);
         if (T->be == backend_measure()) m->blocks[i].info.keep_bytes = arena_mark(&tp->keep) - k0;
         if (b->info.kind == UNET_BLOCK_TIME) {
@@ -238,9 +252,12 @@ static void stage_backward(Unet *m, Tape *tp, UnetCut *gout) {
         if (time && !T->want_dtemb) continue;
         const size_t g0 = gwork->peak;
         if (be == backend_measure()) gwork->peak = gwork->used;
+        const double t0 = T->bwd_s ? clock_s() : 0;
         if (T->o.checkpointing && !time) recompute(m, i, tp);
+        arena_reset(&T->ar[A_SINK], 0);
         Pass p = {.be = be, .act = dt, .work = gwork, .params = &m->params, .grads = lora_on(T) ? NULL : &T->grads,
-                  .lora_p = &T->lora_p, .lora_g = &T->lora_g, .lora_scale = T->lora_scale};
+                  .sink = T->sink ? &T->ar[A_SINK] : NULL, .lora_p = &T->lora_p, .lora_g = &T->lora_g,
+                  .lora_scale = T->lora_scale};
         UnetGradIO g = {.dy = time ? T->gin.temb : T->dcur, .temb = tp->out.temb, .ctx = tp->in.ctx};
         if (!time && T->want_dtemb) g.dtemb = T->gin.temb;
         if (T->o.want_dctx) g.dctx = T->gin.ctx;
@@ -260,6 +277,10 @@ static void stage_backward(Unet *m, Tape *tp, UnetCut *gout) {
             ds->t[ds->n++] = g.dskip;
         }
         UNET_KINDS[b->info.kind].backward(&p, m, b, sv, &g);
+        if (T->bwd_s) {
+            be->sync(be);
+            T->bwd_s[i] += clock_s() - t0;
+        }
         if (be == backend_measure()) {
             m->blocks[i].info.bwd_bytes = gwork->peak + (T->o.checkpointing ? recomp->peak : 0);
             if (g0 > gwork->peak) gwork->peak = g0;
@@ -358,6 +379,7 @@ void unet_train_free(Unet *m) {
     for (int t = 0; T->tapes && t < T->n_tapes; t++) unet_saves_free(m, T->tapes[t].sv);
     free(T->tapes);
     free(T->lora);
+    free(T->fwd_s), free(T->bwd_s);
     param_table_free(&T->lora_table);
     free(T);
     m->train = NULL;
@@ -380,7 +402,7 @@ int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w,
     if (!m->be->conv2d_backward || !m->be->zero || m->be->act_dtype != DT_F32)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "unet: training needs a backend with backward ops in fp32 (%s has "
                        "none)\n---> use --device cpu for training", m->be->name);
-    if (!o->lora_rank && !m->table.n)
+    if (!o->lora_rank && !m->table.n && !o->time_blocks)
         return sdc_err(err, SDC_ERR_ARG, "unet: full training needs the model loaded trainable "
                        "(unet_load_opts with .trainable = 1)");
     if (o->lora_rank < 0 || (o->lora_rank && !(o->lora_alpha > 0)))
@@ -430,14 +452,21 @@ int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w,
         Rng rng;
         rng_seed(&rng, o->lora_seed);
         if ((rc = lora_build(m, &T->lora_p, &rng, err))) goto fail;
+    } else if (!m->table.n) { // timing a model loaded for inference
+        T->sink = 1;
     } else {
         if ((rc = arena_init(&T->grads, m->be, m->params.cap, err))) goto fail;
         m->be->zero(m->be, T->grads.base, T->grads.cap);
     }
+    if (o->time_blocks && (!(T->fwd_s = calloc((size_t)m->n_blocks, sizeof(double))) ||
+                           !(T->bwd_s = calloc((size_t)m->n_blocks, sizeof(double)))))
+        goto oom;
 
     // The measuring pass: forward and backward against no-op ops.
     Arena real_lora_g = T->lora_g, real_grads = T->grads;
     T->be = backend_measure();
+    double *fwd_s = T->fwd_s, *bwd_s = T->bwd_s;
+    T->fwd_s = T->bwd_s = NULL;
     for (int a = 0; a < A_SHARED; a++) arena_init_measure(&T->ar[a]);
     arena_init_measure(&T->tapes[0].keep);
     arena_init_measure(&T->lora_g);
@@ -446,6 +475,7 @@ int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w,
     T->lora_g = real_lora_g;
     T->grads = real_grads;
     T->be = m->be;
+    T->fwd_s = fwd_s, T->bwd_s = bwd_s;
     size_t shared[A_SHARED];
     for (int a = 0; a < A_SHARED; a++) shared[a] = T->ar[a].peak;
     T->tape_bytes = (T->tapes[0].keep.peak + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
@@ -496,6 +526,14 @@ int unet_train_stage_forward(Unet *m, int tape, const float *timesteps, UnetCut 
         return sdc_err(err, SDC_ERR_ARG, "unet training: tape %d: unet_train_cut_in first", tape);
     if (T->first == 0 && !timesteps) return sdc_err(err, SDC_ERR_ARG, "unet training: block 0 needs the timesteps");
     stage_forward(m, tp, timesteps);
+    *out = tp->out;
+    return 0;
+}
+
+int unet_train_tape_out(Unet *m, int tape, UnetCut *out, SdcError *err) {
+    SDC_TRY(check_tape(m, tape, err));
+    const Tape *tp = &m->train->tapes[tape];
+    if (!tp->forward_done) return sdc_err(err, SDC_ERR_ARG, "unet training: tape %d holds no forward", tape);
     *out = tp->out;
     return 0;
 }
@@ -598,6 +636,11 @@ const ParamTable *unet_train_table(const Unet *m) {
 }
 
 size_t unet_train_tape_bytes(const Unet *m) { return m->train ? m->train->tape_bytes : 0; }
+
+const double *unet_train_block_times(const Unet *m, int backward) {
+    const UnetTrain *T = m->train;
+    return !T ? NULL : backward ? T->bwd_s : T->fwd_s;
+}
 
 size_t unet_train_bytes(const Unet *m) {
     const UnetTrain *T = m->train;
