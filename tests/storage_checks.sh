@@ -127,7 +127,8 @@ model_hash_cache() {
     g 3
     check "a touched file is hashed again (a second line)" [ "$(wc -l < "$W/hc/cache/model-hashes.tsv")" -eq 2 ]
     runs "the three files record sha256[:10] = ${want%"${want#??????????}"}" /usr/bin/python3 -c \
-        "import h5py,sys; h=[h5py.File('$W/hc%d.h5' % i)['model_hash'][0].decode() for i in (1,2,3)]; print(h); sys.exit(0 if h == ['$want'[:10]]*3 else 1)"
+        "import h5py,sys; h=[h5py.File('$W/hc%d.h5' % i)['model_hash'][0].decode() for i in (1,2,3)]
+print(h); sys.exit(0 if h == ['$want'[:10]]*3 else 1)"
 }
 
 # ----------------------------------------------------------------------------
