@@ -231,8 +231,7 @@ static int create_file(const char *path, const GenItem *it, int64_t n, int W, in
         (rc = h5_attr_str(f, "manifest", manifest ? manifest : "", tmp, err)) ||
         (rc = h5_attr_str(f, "created_by", "sdc " SDC_VERSION, tmp, err)) || (rc = h5_set_kind(f, tmp, "generation", err)))
         goto fail;
-    H5_TRY(H5Fclose(f), "%s: close", tmp);
-    f = -1;
+    if ((rc = h5_close_file(&f, tmp, err))) goto fail;
     if (rename(tmp, path)) {
         rc = sdc_err(err, SDC_ERR_IO, "%s: cannot rename to %s", tmp, path);
         goto fail;
@@ -392,9 +391,13 @@ int genout_write(GenOut *g, const int64_t *idx, int k, const uint8_t *rgb, SdcEr
     memset(ones, 1, sizeof ones);
     if (k > 64) return sdc_err(err, SDC_ERR_ARG, "genout_write: at most 64 items per call");
     SDC_TRY(h5_write_rows(g->images, H5T_NATIVE_UINT8, &g->par, idx, k, rgb, g->path, "images", err));
-    // the done flags only after their images are in the file
+    // the done flags only after their images are in the file: the images'
+    // chunks sit in HDF5's cache until a flush, while a done flag is a few
+    // bytes of space already allocated, so without this flush a full disk
+    // could take the images and keep the flags (done items with no image)
+    H5_TRY(H5Fflush(g->file, H5F_SCOPE_GLOBAL), "%s: flush (images)", g->path);
     SDC_TRY(h5_write_rows(g->done, H5T_NATIVE_UINT8, &g->par, idx, k, ones, g->path, "done", err));
-    H5_TRY(H5Fflush(g->file, H5F_SCOPE_GLOBAL), "%s: flush", g->path);
+    H5_TRY(H5Fflush(g->file, H5F_SCOPE_GLOBAL), "%s: flush (done flags)", g->path);
     // every rank learns which items are now done
     uint8_t *m = calloc((size_t)g->n + 1, 1);
     SDC_CHECK(m);
