@@ -10,3 +10,13 @@ if(TARGET sdc)
     set_tests_properties(storage_${name} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 240)
   endforeach()
 endif()
+
+# Every writer on a small full file system (tests/full_disk.sh: a 48 MiB
+# tmpfs; exit 77 = skipped where it cannot be mounted): ENOSPC named, earlier
+# outputs intact, no half file, the same command finishes once space is freed.
+if(TARGET sdc)
+  add_test(NAME storage_full_disk
+    COMMAND sh ${CMAKE_SOURCE_DIR}/tests/full_disk.sh $<TARGET_FILE:sdc> ${CMAKE_SOURCE_DIR}
+            ${CMAKE_BINARY_DIR}/test-storage/full_disk)
+  set_tests_properties(storage_full_disk PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
+endif()
