@@ -73,7 +73,7 @@ static int sha256_file(const char *path, uint8_t out[32], SdcError *err) {
         }
     if (ferror(f)) {
         rc = sdc_err(err, SDC_ERR_IO, "%s: read error while hashing (%s) ---> is the file (or its disk) "
-                     "damaged? sha256sum %s reads it the same way", path, strerror(errno), path);
+                     "damaged? `sha256sum %s` reads it the same way", path, strerror(errno), path);
         goto done;
     }
     unsigned len = 0;
