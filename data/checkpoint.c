@@ -2,6 +2,7 @@
 // layout is in data/README.md).
 #include "data/checkpoint.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,17 +183,16 @@ int ckpt_commit(CkptWriter *w, const CkptState *st, SdcError *err) {
     if (h5_attr_i64(g, "step", st->step, w->tmp, err)) goto fail;
     H5Gclose(g), g = -1;
     H5_TRY(H5Fflush(w->file, H5F_SCOPE_GLOBAL), "%s: flush", w->tmp);
-    H5_TRY(H5Fclose(w->file), "%s: close", w->tmp);
-    w->file = -1;
+    if (h5_close_file(&w->file, w->tmp, err)) goto fail;
     FILE *fp = fopen(w->tmp, "rb+");
     if (!fp || fsync(fileno(fp))) {
+        sdc_err(err, SDC_ERR_IO, "%s: fsync failed (%s) ---> is the disk full?", w->tmp, strerror(errno));
         if (fp) fclose(fp);
-        sdc_err(err, SDC_ERR_IO, "%s: fsync failed ---> is the disk full?", w->tmp);
         goto fail;
     }
     fclose(fp);
     if (rename(w->tmp, w->path)) {
-        sdc_err(err, SDC_ERR_IO, "%s: cannot rename to %s", w->tmp, w->path);
+        sdc_err(err, SDC_ERR_IO, "%s: cannot rename to %s (%s)", w->tmp, w->path, strerror(errno));
         goto fail;
     }
     return 0;

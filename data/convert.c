@@ -421,8 +421,9 @@ static int write_single(Model *m, const ConvertOpts *o, SdcError *err) {
 
 static int write_text(const char *path, const char *text, SdcError *err) {
     FILE *f = fopen(path, "wb");
-    if (!f || fwrite(text, 1, strlen(text), f) != strlen(text) || fclose(f))
-        return sdc_err(err, SDC_ERR_IO, "%s: cannot write", path);
+    int ok = f && fwrite(text, 1, strlen(text), f) == strlen(text), e = errno;
+    if (f && fclose(f) && ok) ok = 0, e = errno;
+    if (!ok) return sdc_err(err, SDC_ERR_IO, "%s: cannot write (%s) ---> %s", path, strerror(e), fs_write_hint(e));
     return 0;
 }
 
@@ -445,9 +446,12 @@ static int copy_tokenizer(const char *src_dir, const char *out, SdcError *err) {
         }
         char buf[65536];
         size_t k;
-        while ((k = fread(buf, 1, sizeof buf, fi)) > 0) fwrite(buf, 1, k, fo);
+        int ok = 1, e = 0;
+        while (ok && (k = fread(buf, 1, sizeof buf, fi)) > 0)
+            if (fwrite(buf, 1, k, fo) != k) ok = 0, e = errno;
         fclose(fi);
-        if (fclose(fo)) return sdc_err(err, SDC_ERR_IO, "%s: cannot write", b);
+        if (fclose(fo) && ok) ok = 0, e = errno;
+        if (!ok) return sdc_err(err, SDC_ERR_IO, "%s: cannot write (%s) ---> %s", b, strerror(e), fs_write_hint(e));
     }
     return 0;
 }
@@ -501,6 +505,58 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     return 0;
 }
 
+// A diffusers folder is written whole into OUT.sdc-tmp/ first, so a failed
+// write (a full disk) leaves nothing half-written at OUT: a new OUT does not
+// appear, an existing one keeps its files. Then the new entries take their
+// places: OUT.sdc-tmp itself when OUT does not exist; else each entry written
+// replaces its namesake in OUT (the old one parked in OUT.sdc-tmp until
+// the end), model_index.json last, other files in OUT left alone.
+static int write_diffusers_whole(Model *m, const ConvertOpts *o, SdcError *err) {
+    static const char *const entries[] = {"text_encoder", "unet", "vae", "scheduler", "tokenizer", "model_index.json"};
+    enum { N_ENTRIES = 6 };
+    char tmp[1900], a[2100], b[2100], old[2100];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.sdc-tmp", o->output) >= sizeof tmp)
+        return sdc_err(err, SDC_ERR_ARG, "%s: path too long", o->output);
+    struct stat st;
+    const int exists = !stat(o->output, &st);
+    if (exists && !S_ISDIR(st.st_mode))
+        return sdc_err(err, SDC_ERR_ARG, "%s: exists and is not a folder ---> a diffusers folder is written there; "
+                       "pick another output (.safetensors or .h5 for one file)", o->output);
+    fs_rm_tree(tmp); // a leftover of a killed conversion
+    ConvertOpts ot = *o;
+    ot.output = tmp;
+    int rc = write_diffusers(m, &ot, err);
+    if (!rc && !exists && rename(tmp, o->output))
+        rc = sdc_err(err, SDC_ERR_IO, "%s: cannot rename %s to it (%s)", o->output, tmp, strerror(errno));
+    if (!rc && exists) {
+        int placed[N_ENTRIES] = {0}, parked[N_ENTRIES] = {0};
+        for (int i = 0; i < N_ENTRIES && !rc; i++) {
+            snprintf(a, sizeof a, "%s/%s", tmp, entries[i]);
+            if (stat(a, &st)) continue; // not written (no tokenizer)
+            snprintf(b, sizeof b, "%s/%s", o->output, entries[i]);
+            snprintf(old, sizeof old, "%s/old-%s", tmp, entries[i]);
+            if (!stat(b, &st)) {
+                if (rename(b, old)) {
+                    rc = sdc_err(err, SDC_ERR_IO, "%s: cannot move it aside (%s)", b, strerror(errno));
+                    break;
+                }
+                parked[i] = 1;
+            }
+            if (rename(a, b)) rc = sdc_err(err, SDC_ERR_IO, "%s: cannot move %s there (%s)", b, a, strerror(errno));
+            else placed[i] = 1;
+        }
+        for (int i = N_ENTRIES - 1; rc && i >= 0; i--) { // the way back: the old folder whole again
+            snprintf(a, sizeof a, "%s/%s", tmp, entries[i]);
+            snprintf(b, sizeof b, "%s/%s", o->output, entries[i]);
+            snprintf(old, sizeof old, "%s/old-%s", tmp, entries[i]);
+            if (placed[i] && rename(b, a)) continue; // cannot undo: leave it rather than lose the old one
+            if (parked[i]) rename(old, b);
+        }
+    }
+    fs_rm_tree(tmp);
+    return rc;
+}
+
 int convert_run(const ConvertOpts *o, SdcError *err) {
     if (o->dtype >= 0 && o->dtype != DT_F32 && o->dtype != DT_F16 && o->dtype != DT_BF16)
         return sdc_err(err, SDC_ERR_ARG, "--dtype: expected f32, f16 or bf16");
@@ -526,7 +582,7 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
     if (!rc) {
         if (fs_ends_with(o->output, ".h5")) rc = write_h5(&m, o, err);
         else if (fs_ends_with(o->output, ".safetensors")) rc = write_single(&m, o, err);
-        else rc = write_diffusers(&m, o, err);
+        else rc = write_diffusers_whole(&m, o, err);
     }
     if (!rc && !o->quiet)
         fprintf(stderr, "sdc: converted %s -> %s (%d tensors)\n", o->model, o->output, m.n);

@@ -13,6 +13,7 @@
 #include "data/fsutil.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -364,19 +365,18 @@ static int finish_file(const DatasetImportOpts *o, const char *tmp, const Cands 
         (rc = h5_set_kind(f, tmp, "dataset", err)))
         goto fail;
     H5_TRY(H5Fflush(f, H5F_SCOPE_GLOBAL), "%s: flush", tmp);
-    H5Fclose(f);
-    f = -1;
+    if ((rc = h5_close_file(&f, tmp, err))) goto fail;
     {
         FILE *fp = fopen(tmp, "rb+");
         if (!fp || fsync(fileno(fp))) {
+            rc = sdc_err(err, SDC_ERR_IO, "%s: fsync failed (%s) ---> is the disk full?", tmp, strerror(errno));
             if (fp) fclose(fp);
-            rc = sdc_err(err, SDC_ERR_IO, "%s: fsync failed", tmp);
             goto fail;
         }
         fclose(fp);
     }
     if (rename(tmp, o->output)) {
-        rc = sdc_err(err, SDC_ERR_IO, "%s: cannot rename to %s", tmp, o->output);
+        rc = sdc_err(err, SDC_ERR_IO, "%s: cannot rename to %s (%s)", tmp, o->output, strerror(errno));
         goto fail;
     }
     h5_free_strings(caps, n);
@@ -471,8 +471,7 @@ int dataset_import(const DatasetImportOpts *o, const H5Par *p, DatasetImportStat
     if (dlat >= 0 && (rc = set_rows(dlat, written, tmp, "latents", err))) goto fail_close;
     H5Dclose(dimg), dimg = -1;
     if (dlat >= 0) H5Dclose(dlat), dlat = -1;
-    H5_TRY(H5Fclose(f), "%s: closing", tmp);
-    f = -1;
+    if ((rc = h5_close_file(&f, tmp, err))) goto fail_close;
     h5_close_plist(fapl);
     fapl = -1;
     if (written == 0) rc = sdc_err(err, SDC_ERR_FORMAT, "none of the %lld images could be read ---> see the messages "

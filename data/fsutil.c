@@ -47,6 +47,12 @@ int fs_rm_tree(const char *path) {
     return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+const char *fs_write_hint(int e) {
+    if (e == ENOSPC || e == EDQUOT) return "the disk (or quota) is full: free space there or write elsewhere";
+    if (e == EACCES || e == EPERM || e == EROFS) return "is the folder writable?";
+    return "is the file system healthy?";
+}
+
 int fs_is_image_name(const char *name) {
     const char *dot = strrchr(name, '.');
     return dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"));

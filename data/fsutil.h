@@ -11,6 +11,9 @@ int fs_ends_with(const char *s, const char *suffix);
 int fs_mkdir_p(const char *dir, SdcError *err);
 // rm -rf; 0 when it is gone or was never there.
 int fs_rm_tree(const char *path);
+// The hint that ends a message about a failed write with errno e: a full
+// disk or quota (ENOSPC, EDQUOT), a read-only or forbidden folder, or else.
+const char *fs_write_hint(int e);
 // A .jpg / .jpeg / .png name (any case): what dataset import reads from a folder.
 int fs_is_image_name(const char *name);
 // Image files (fs_is_image_name, not hidden) directly in dir; 0 when it cannot be read.

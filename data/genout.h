@@ -46,7 +46,7 @@ int genout_close(GenOut *g, SdcError *err);
 // by (path, size, mtime) in $SDC_CACHE_DIR (default ~/.cache/sdc), so a
 // requeued or array job does not read a 4 GB file again.
 int genout_model_hash(const char *model_path, char short_hex[11], char full_hex[65], SdcError *err);
-// SHA-256 of n bytes (FIPS 180-4).
-void genout_sha256(const void *data, size_t n, uint8_t out[32]);
+// SHA-256 of n bytes (FIPS 180-4), by libcrypto.
+int genout_sha256(const void *data, size_t n, uint8_t out[32], SdcError *err);
 
 #endif

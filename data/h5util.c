@@ -1,7 +1,9 @@
 // h5util.c: checked HDF5 calls, kind/version checks, string helpers and the
 // serial-or-MPI handle shared by the three sdc file kinds (see h5util.h).
 #include "data/h5util.h"
+#include "data/fsutil.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,14 +15,26 @@
 
 typedef struct H5Msgs {
     char top[256], deep[256];
+    char sys[128]; // the system's error text, when a file driver reported one
+    int sys_errno;
     int n;
 } H5Msgs;
 
 static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *user) {
     H5Msgs *m = user;
+    (void)n;
     const char *d = e->desc && e->desc[0] ? e->desc : "(no description)";
     if (m->n == 0) snprintf(m->top, sizeof m->top, "%s: %s", e->func_name ? e->func_name : "?", d);
     snprintf(m->deep, sizeof m->deep, "%s", d);
+    // the sec2 / MPI-IO drivers say "..., errno = 28, error message = 'No
+    // space left on device', ...": keep those two, the rest is noise
+    const char *en = strstr(d, "errno = "), *em = strstr(d, "error message = '");
+    if (en && !m->sys_errno) m->sys_errno = atoi(en + 8);
+    if (em && !m->sys[0]) {
+        em += strlen("error message = '");
+        size_t k = strcspn(em, "'");
+        snprintf(m->sys, sizeof m->sys, "%.*s", (int)(k < sizeof m->sys ? k : sizeof m->sys - 1), em);
+    }
     m->n++;
     return 0;
 }
@@ -34,14 +48,39 @@ void h5_fail(SdcError *err, const char *file, int line, const char *call, const 
     va_start(ap, fmt);
     vsnprintf(ctx, sizeof ctx, fmt, ap);
     va_end(ap);
-    if (m.n > 1)
+    if (m.sys[0] || m.sys_errno) {
+        // a system error under HDF5 (a full disk, a lost file system): that is
+        // the message; the caller's own hint, if any, is for other causes
+        char *hint = strstr(ctx, " --->");
+        if (hint) *hint = 0;
+        const char *why = fs_write_hint(m.sys_errno);
+        sdc_err(err, SDC_ERR_IO, "%s: %s (HDF5: %s) [%s failed at %s:%d] ---> %s", ctx,
+                m.sys[0] ? m.sys : strerror(m.sys_errno), m.top, call, file, line, why);
+    } else if (m.n > 1)
         sdc_err(err, SDC_ERR_IO, "%s: HDF5: %s (%s) [%s failed at %s:%d]", ctx, m.top, m.deep, call, file, line);
     else
         sdc_err(err, SDC_ERR_IO, "%s: HDF5: %s [%s failed at %s:%d]", ctx, m.n ? m.top : "error", call, file,
                 line);
 }
 
+int h5_close_file_at(hid_t *f, const char *path, SdcError *err, const char *file, int line) {
+    if (*f < 0) return 0;
+    herr_t rc = H5Fclose(*f);
+    *f = -1; // closed or not, the id must not be closed again (HDF5 1.10 crashes on it)
+    if (rc < 0) {
+        h5_fail(err, file, line, "H5Fclose", "%s: closing (the last writes go out now)", path);
+        return err->code;
+    }
+    return 0;
+}
+
 void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+void h5_lib_start(void) { H5dont_atexit(); }
+
+void h5_lib_finish(int ok) {
+    if (ok) H5close();
+}
 
 // ----------------------------------------------------------------------------
 // serial or MPI

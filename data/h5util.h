@@ -22,7 +22,9 @@
 // Evaluates an HDF5 call whose failure is a negative return (herr_t or
 // hid_t). On failure fills `err` (a variable in scope) with the context
 // (printf-style: name the file and the dataset), the call and its site, and
-// HDF5's own message, then jumps to the label `fail`.
+// HDF5's own message (or, when a system call failed underneath, the system's
+// reason, e.g. "No space left on device", and a hint), then jumps to the
+// label `fail`.
 #define H5_TRY(call, ...)                                                         \
     do {                                                                          \
         if ((call) < 0) {                                                         \
@@ -34,6 +36,22 @@
 // MPI calls: mpi/mpi_check.h (MPI_TRY_GOTO(fail, call, ...) here).
 void h5_fail(SdcError *err, const char *file, int line, const char *call, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+
+// Closes *f (if >= 0) and sets it to -1 whatever happened: a failed
+// H5Fclose (its final flush hit a full disk) must not be followed by another
+// close of the same id. On failure err names path and the system's reason.
+#define h5_close_file(f, path, err) h5_close_file_at(f, path, err, __FILE__, __LINE__)
+int h5_close_file_at(hid_t *f, const char *path, SdcError *err, const char *file, int line);
+
+// HDF5 1.10 closes every file still open when the process exits (its atexit
+// handler), and crashes (SIGSEGV in H5F__close_cb) on a file whose close
+// already failed, as a close does on a full disk: an error exit would become
+// a segfault. sdc closes its own files, so main calls h5_lib_start() first
+// (no atexit handler) and h5_lib_finish(ok) last, which closes the library
+// only after a run that ended well; after an error whatever is still open is
+// left to the exit.
+void h5_lib_start(void);
+void h5_lib_finish(int ok);
 
 // Turns off HDF5's printing of its error stack (messages go into SdcError).
 void h5_quiet(void);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "data/h5util.h"
 #include "jobs/cli.h"
 #include "jobs/manifest.h"
 #include "jobs/runner.h"
@@ -21,11 +22,13 @@ static int launched_by_mpi(void) {
 }
 
 int main(int argc, char **argv) {
+    h5_lib_start(); // before any HDF5 call: no atexit close of files (data/h5util.h)
     int use_mpi = launched_by_mpi();
     // MPI_COMM_WORLD keeps MPI's default handler (a failed call on it ends
     // the job); the communicators sdc makes return errors (mpi/mpi_check.h)
     if (use_mpi) MPI_TRY_FATAL(MPI_COMM_WORLD, MPI_Init(&argc, &argv), "starting MPI");
     int rc = sdc_main(argc, argv);
+    h5_lib_finish(rc == 0 || rc == SDC_EXIT_RESUMABLE);
     if (use_mpi) {
         // a failed rank ends the whole job now rather than leaving the others
         // waiting in a collective call (a stop on a signal is agreed by all)

@@ -16,6 +16,13 @@ def check(cond, msg):
     return cond
 
 
+def refused(rc):
+    """An exit status that is sdc refusing something: non-zero, and not a crash
+    (Python gives a signal as a negative status; a shell or mpiexec, 126 and
+    up). A segfault after the right message is not a refusal."""
+    return 0 < rc < 126
+
+
 def show(out, n=6):
     """The last n lines of a command's output, indented (printed on a failure)."""
     for line in out.strip().splitlines()[-n:]:

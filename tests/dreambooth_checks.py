@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from checklib import MPIEXEC, check, finish, show
+from checklib import MPIEXEC, check, finish, refused, show
 
 try:
     import h5py
@@ -363,7 +363,7 @@ def expect_error(ctx, what, args, *needles):
     rc, out, _ = ctx.run(args)
     missing = [n for n in needles if n not in out]
     first = next((l.strip() for l in out.splitlines() if "error" in l), out.strip()[:200])
-    if not check(rc != 0 and not missing, f"{what}: exit {rc}, '{first}'" +
+    if not check(refused(rc) and not missing, f"{what}: exit {rc}, '{first}'" +
                  (f" -- missing {missing}" if missing else "")):
         show(out)
     return out

@@ -26,7 +26,7 @@ import json
 import struct
 import zlib
 
-from checklib import check, finish, run, show
+from checklib import check, finish, refused, run, show
 
 try:
     import h5py
@@ -200,7 +200,7 @@ def main():
                      f"bit (exit {rc})"):
             show(out)
     rc, out = run(base + ["--output-h5", os.path.join(work, "bad.h5"), "--pipeline-stages", 2], ranks=3)
-    check(rc != 0 and "--pipeline-stages 2 does not divide the 3 ranks" in out,
+    check(refused(rc) and "--pipeline-stages 2 does not divide the 3 ranks" in out,
           f"--pipeline-stages 2 on 3 ranks refused, naming both numbers (exit {rc})")
 
     # kohya's per-line options in a prompt file (--n --d --s --l --ss --w --h; '#' comments)
@@ -228,7 +228,7 @@ def main():
         with open(kp, "w") as f:
             f.write(line + "\n")
         rc, out = run([sdc, "generate", "-m", model, "--from-file", kp, "-W", 64, "-H", 64, "-o", o])
-        check(rc != 0 and needle in out, f"prompt line '{line}' refused: exit {rc}")
+        check(refused(rc) and needle in out, f"prompt line '{line}' refused: exit {rc}")
 
     # <lora:NAME:WEIGHT> in prompts (A1111 / stable-diffusion.cpp) from --lora-model-dir: the same pixels as
     # --lora FILE:WEIGHT, the tag kept in the PNG's parameters, out of the text the encoder sees
@@ -252,7 +252,7 @@ def main():
                          (["-p", "a cat <lora:nope:1>", "--lora-model-dir", ld], "nope.safetensors"),
                          (["-p", "a cat <lora:demo:x>", "--lora-model-dir", ld], "not a weight")):
         rc, out = run([sdc, "generate", "-m", model, "-W", 64, "-H", 64, "-o", tc] + args)
-        check(rc != 0 and needle in out, f"{' '.join(args[1:2])} refused: exit {rc}, "
+        check(refused(rc) and needle in out, f"{' '.join(args[1:2])} refused: exit {rc}, "
               f"'{out.strip().splitlines()[-1][:100] if out.strip() else ''}'")
 
     # --vae: the VAE from another file. The demo model's own VAE as an A1111 VAE file (no first_stage_model.
@@ -296,19 +296,19 @@ def main():
                    os.path.join(work, "one-model.h5")])
     rc2, out2 = run([sdc, "generate", "-m", model, "-W", 64, "-H", 64, "-p", "x", "--output-h5",
                      os.path.join(work, "one-model.h5")])
-    check(rc == 0 and rc2 != 0 and "a sweep is one model's" in out2, f"an HDF5 sweep resumed with another model "
+    check(rc == 0 and refused(rc2) and "a sweep is one model's" in out2, f"an HDF5 sweep resumed with another model "
           f"refused (exits {rc}, {rc2})")
     for args, needle in ((["--vae", os.path.join(work, "none.safetensors")], "no such file"),
                          (["--vae", os.path.join(src_dir, "fixtures", "lora-demo-kohya.safetensors")], "no VAE tensors")):
         rc, out = run([sdc, "generate", "-m", model, "-W", 64, "-H", 64, "-p", "x", "-o", os.path.join(work, "e.png")]
                       + args)
-        check(rc != 0 and needle in out, f"--vae {os.path.basename(args[1])} refused: exit {rc}, "
+        check(refused(rc) and needle in out, f"--vae {os.path.basename(args[1])} refused: exit {rc}, "
               f"'{out.strip().splitlines()[-1][:100] if out.strip() else ''}'")
 
     # refused: another sweep's file, bad lists, bad shards
     rc, out = run(base[:-6] + ["--cfg-scale", "1,8", "--sampler", "euler_a,dpm++2m", "--steps", "2,3", "-t", 1,
                                 "--output-h5", full])
-    check(rc != 0 and "belongs to another sweep" in out, f"another sweep into the same file refused (exit {rc})")
+    check(refused(rc) and "belongs to another sweep" in out, f"another sweep into the same file refused (exit {rc})")
     for args, needle in ((["--steps", "2,,3"], "expected one value or a list"),
                          (["--cfg-scale", "1,x"], "expected a number"),
                          (["--sampler", "euler,nope"], "nope"),
@@ -316,7 +316,7 @@ def main():
                          (["--from-file", os.path.join(work, "missing.txt")], "cannot open")):
         rc, out = run([sdc, "generate", "-m", model, "-p", "x", "-W", 64, "-H", 64, "-o", os.path.join(work, "e.png")]
                       + args)
-        check(rc != 0 and needle in out, f"{' '.join(args)} refused: exit {rc}, '{out.strip().splitlines()[-1][:100]}'")
+        check(refused(rc) and needle in out, f"{' '.join(args)} refused: exit {rc}, '{out.strip().splitlines()[-1][:100]}'")
     finish(time.time() - t0)
 
 

@@ -27,8 +27,8 @@
 // fragment code gave 3e-4 / 2.5e-3.)
 //
 // Without a GPU (or in a build without CUDA) it prints "SKIPPED: no CUDA
-// device (reason)" and exits 0, unless SDC_REQUIRE_GPU=1 (tests/gpu/run.sh
-// sets it), where a missing GPU is a failure.
+// device (reason)" and exits 77 (CTest: skipped), unless SDC_REQUIRE_GPU=1
+// (tests/gpu/run.sh sets it), where a missing GPU is a failure.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

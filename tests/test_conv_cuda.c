@@ -31,8 +31,8 @@
 //   tolerance 2e-3 / 1e-2.
 //
 // Without a GPU (or in a build without CUDA) it prints "SKIPPED: no CUDA
-// device (reason)" and exits 0, unless SDC_REQUIRE_GPU=1 (tests/gpu/run.sh
-// sets it), where a missing GPU is a failure.
+// device (reason)" and exits 77 (CTest: skipped), unless SDC_REQUIRE_GPU=1
+// (tests/gpu/run.sh sets it), where a missing GPU is a failure.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -26,8 +26,8 @@
 //   H100, 2026-11-25 (docs/gpu.md): F32 latents <= 3.2e-6, PSNR >= 80 dB;
 //   BF16 latents 5.7e-3 .. 0.11, PSNR 36.3 .. 48.1 dB.
 //
-// Without a GPU it prints "SKIPPED: no CUDA device (reason)" and exits 0,
-// unless SDC_REQUIRE_GPU=1 (tests/gpu/run.sh), where that is a failure.
+// Without a GPU it prints "SKIPPED: no CUDA device (reason)" and exits 77
+// (CTest: skipped), unless SDC_REQUIRE_GPU=1 (tests/gpu/run.sh), where that is a failure.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

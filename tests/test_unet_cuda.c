@@ -17,8 +17,8 @@
 //   room for that and still fails any real bug (a wrong op is O(1)).
 // The figure is printed per model and dtype.
 //
-// Without a GPU it prints "SKIPPED: no CUDA device (reason)" and exits 0,
-// unless SDC_REQUIRE_GPU=1 (tests/gpu/run.sh), where that is a failure.
+// Without a GPU it prints "SKIPPED: no CUDA device (reason)" and exits 77
+// (CTest: skipped), unless SDC_REQUIRE_GPU=1 (tests/gpu/run.sh), where that is a failure.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

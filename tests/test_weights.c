@@ -254,10 +254,9 @@ static void test_fixture(TestCtx *t, const char *name) {
     char folder[512], single[512];
     snprintf(folder, sizeof folder, "tests/fixtures/%s", name);
     snprintf(single, sizeof single, "tests/fixtures/%s.safetensors", name);
-    if (!exists(folder) || !exists(single)) {
-        printf("  %s: fixture absent, skipped (run tools/make_fixtures.py)\n", name);
+    if (!check_true(t, exists(folder) && exists(single), "%s: fixture %s and %s present (committed; "
+                    "tools/make_fixtures.py makes them)", name, folder, single))
         return;
-    }
     ModelFiles *md = NULL, *ms = NULL, *mc = NULL;
     SdcError err = {0};
     int rc = model_files_open(&md, folder, NULL, -1, &err);

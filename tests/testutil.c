@@ -101,5 +101,5 @@ int test_cuda_backend(Backend **out, int act_dtype) {
         return 1;
     }
     printf("SKIPPED: no CUDA device (%s)\n", why);
-    return 0;
+    return TEST_SKIP_EXIT;
 }

@@ -32,10 +32,15 @@ float *fixture_f32(TestCtx *t, const struct StFile *f, const char *name, struct 
 // Monotonic seconds.
 double now_s(void);
 
+// The exit status that CTest reports as "skipped" (SKIP_RETURN_CODE of every
+// test_* in tests/CMakeLists.txt): a test that could not run never passes.
+#define TEST_SKIP_EXIT 77
+
 // The CUDA backend a GPU test runs on (act_dtype activations). With no GPU
 // (or a build without CUDA) it prints "SKIPPED: no CUDA device (why)" and
-// returns 0, the test's exit status; with SDC_REQUIRE_GPU=1 (tests/gpu/run.sh)
-// "FAILED: ..." and 1. Returns -1 with *out set when there is a GPU.
+// returns TEST_SKIP_EXIT, the test's exit status; with SDC_REQUIRE_GPU=1
+// (tests/gpu/run.sh) "FAILED: ..." and 1. Returns -1 with *out set when
+// there is a GPU.
 struct Backend;
 int test_cuda_backend(struct Backend **out, int act_dtype);
 

@@ -79,8 +79,11 @@ def check_checkpoint(f):
                 bad += 1
     check(n > 0 and bad == 0, f"{n} tensors: dtype tag matches the stored type and crc32 matches the bytes")
     check("unet/conv_in.weight" in f and f["unet/conv_in.weight"].ndim == 4, "h5py finds /unet/conv_in.weight")
-    json.loads(s(f.attrs["model_index"]))
-    check(True, "model_index attribute is JSON")
+    try:
+        mi = json.loads(s(f.attrs["model_index"]))
+    except (KeyError, ValueError):
+        mi = None
+    check(isinstance(mi, dict), "model_index attribute is a JSON object")
 
 
 def check_generation(f):

@@ -13,6 +13,7 @@ PKGS=(
   libprotobuf-c-dev protobuf-c-compiler
   libopenblas-openmp-dev
   libpng-dev libjpeg-dev zlib1g-dev
+  libssl-dev
   python3-h5py python3-numpy
   file diffutils
   # tests/slurm/cluster.sh: a throwaway one-node Slurm (Debian 12: 22.05). The

@@ -986,29 +986,44 @@ void image_mask_out(const float *image, const float *mask, int height, int width
 // ----------------------------------------------------------------------------
 // writing
 
-int image_write_png(const char *path, const uint8_t *rgb, int width, int height, const char *parameters,
-                    SdcError *err) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return sdc_err(err, SDC_ERR_ARG, "output path too long: %s", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s) ---> does the folder exist and is it writable?",
-                       path, strerror(errno));
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+// What must survive libpng's longjmp while writing: owned by
+// image_write_png, filled by the callbacks and the setjmp owner below.
+typedef struct PngOut {
+    FILE *f;
+    int sys_errno;  // errno of the first failed fwrite (ENOSPC on a full disk)
+    char msg[200];  // libpng's own message
+} PngOut;
+
+static void png_out_error(png_structp png, png_const_charp msg) {
+    PngOut *o = png_get_error_ptr(png);
+    if (!o->msg[0]) snprintf(o->msg, sizeof o->msg, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+static void png_out_write(png_structp png, png_bytep data, size_t n) {
+    PngOut *o = png_get_io_ptr(png);
+    if (fwrite(data, 1, n, o->f) != n) {
+        if (!o->sys_errno) o->sys_errno = errno ? errno : EIO;
+        png_error(png, "write error");
+    }
+}
+
+static void png_out_flush(png_structp png) { (void)png; }
+
+// The one setjmp owner for writing: 0, or -1 with o->msg / o->sys_errno set.
+static int png_write_all(PngOut *o, const uint8_t *rgb, int width, int height, const char *parameters) {
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, o, png_out_error, png_on_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     if (!png || !info) {
-        fclose(f);
-        remove(tmp);
-        return sdc_err(err, SDC_ERR_OOM, "%s: libpng could not start", path);
+        png_destroy_write_struct(&png, NULL);
+        snprintf(o->msg, sizeof o->msg, "libpng could not start (out of memory)");
+        return -1;
     }
     if (setjmp(png_jmpbuf(png))) {
         png_destroy_write_struct(&png, &info);
-        fclose(f);
-        remove(tmp);
-        return sdc_err(err, SDC_ERR_IO, "%s: libpng failed while writing (disk full?)", path);
+        return -1;
     }
-    png_init_io(png, f);
+    png_set_write_fn(png, o, png_out_write, png_out_flush);
     png_set_IHDR(png, info, (png_uint_32)width, (png_uint_32)height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     png_text text;
@@ -1024,13 +1039,38 @@ int image_write_png(const char *path, const uint8_t *rgb, int width, int height,
     for (int y = 0; y < height; y++) png_write_row(png, (png_const_bytep)(rgb + (size_t)y * width * 3));
     png_write_end(png, NULL);
     png_destroy_write_struct(&png, &info);
-    if (fflush(f) != 0 || fclose(f) != 0) {
+    return 0;
+}
+
+// Written to PATH.tmp and renamed: a failed write (a full disk) leaves no
+// file at path, and an earlier image there stays as it was.
+int image_write_png(const char *path, const uint8_t *rgb, int width, int height, const char *parameters,
+                    SdcError *err) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return sdc_err(err, SDC_ERR_ARG, "output path too long: %s", path);
+    PngOut o = {.f = fopen(tmp, "wb")};
+    if (!o.f)
+        return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s) ---> does the folder exist and is it writable?",
+                       path, strerror(errno));
+    errno = 0;
+    int bad = png_write_all(&o, rgb, width, height, parameters);
+    // stdio's buffer goes out here: on a full disk this is often where it fails
+    if (fflush(o.f) != 0 && !o.sys_errno) o.sys_errno = errno ? errno : EIO, bad = -1;
+    if (fclose(o.f) != 0 && !o.sys_errno) o.sys_errno = errno ? errno : EIO, bad = -1;
+    if (bad) {
         remove(tmp);
-        return sdc_err(err, SDC_ERR_IO, "%s: write failed (%s)", path, strerror(errno));
+        if (o.sys_errno)
+            return sdc_err(err, SDC_ERR_IO, "%s: cannot write the image: %s ---> %s", path, strerror(o.sys_errno),
+                           o.sys_errno == ENOSPC || o.sys_errno == EDQUOT
+                               ? "the disk (or quota) is full: free space there or write elsewhere"
+                               : "is the file system healthy?");
+        return sdc_err(err, SDC_ERR_IO, "%s: libpng failed while writing: %s", path, o.msg);
     }
     if (rename(tmp, path) != 0) {
+        int e = errno;
         remove(tmp);
-        return sdc_err(err, SDC_ERR_IO, "%s: cannot rename from %s (%s)", path, tmp, strerror(errno));
+        return sdc_err(err, SDC_ERR_IO, "%s: cannot rename from %s (%s)", path, tmp, strerror(e));
     }
     return 0;
 }

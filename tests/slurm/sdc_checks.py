@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from checklib import check, finish, run, show  # noqa: E402
+from checklib import check, finish, refused, run, show  # noqa: E402
 
 try:
     import h5py
@@ -203,18 +203,18 @@ def bad(sdc, work, env):
                          (["--nodes", 0], "expected an integer"), (["--bogus"], "unexpected argument")):
         p = subprocess.run([sdc, "submit", m, "--dry-run"] + [str(a) for a in args], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=60, env=dict(os.environ, **env))
-        check(p.returncode != 0 and needle in p.stdout, f"submit {' '.join(map(str, args))} refused: exit "
+        check(refused(p.returncode) and needle in p.stdout, f"submit {' '.join(map(str, args))} refused: exit "
               f"{p.returncode}, '{p.stdout.strip().splitlines()[-1][:110] if p.stdout.strip() else ''}'")
     pm = os.path.join(d, "pp.txtpb")
     rc, text = run([sdc, "generate", "-m", "m.safetensors", "-p", "x", "--pipeline-stages", 2, "--dump-manifest"])
     open(pm, "w").write(text)
     p = subprocess.run([sdc, "submit", pm, "--ntasks-per-node", "3", "--dry-run"], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=60)
-    check(p.returncode != 0 and "a multiple of 2" in p.stdout, f"2 pipeline stages on 3 ranks per node refused: exit "
+    check(refused(p.returncode) and "a multiple of 2" in p.stdout, f"2 pipeline stages on 3 ranks per node refused: exit "
           f"{p.returncode}")
     p = subprocess.run([sdc, "submit", os.path.join(d, "missing.txtpb")], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=60)
-    check(p.returncode != 0 and "missing.txtpb" in p.stdout, f"submit of a missing manifest refused: exit "
+    check(refused(p.returncode) and "missing.txtpb" in p.stdout, f"submit of a missing manifest refused: exit "
           f"{p.returncode}")
 
 

@@ -1,0 +1,206 @@
+#!/bin/sh
+# cli_checks.sh: the tests that run the sdc command itself on the shipped
+# tiny model (tests/tests.cmake makes each a CTest test `cli_NAME`):
+#   tests/cli_checks.sh NAME SDC SRC_ROOT WORK_DIR
+# Checks through tests/check.sh: one line each, "N passed, N failed", exit 1
+# on a failure. A refusal is checked by its exit status (1 or 2) and its
+# message together, and, where sdc was asked to write, by the file not being
+# there.
+
+NAME=$1
+SDC=$2
+SRC=$3
+W=$4
+. "$SRC/tests/check.sh"
+DEMO=$SRC/data/models/sdc-tiny-sd1.safetensors
+IMGS=$SRC/tests/fixtures/images
+LORA=$SRC/tests/fixtures/lora-demo-kohya.safetensors
+PNGPIX="/usr/bin/python3 $SRC/tests/png_pixels.py"
+rm -rf "$W" && mkdir -p "$W" || exit 1
+
+# the size `file` reports for a PNG ("96 x 56")
+png_size() { file "$1" | grep -o '[0-9]* x [0-9]*'; }
+is_size() { [ "$(png_size "$1")" = "$2" ]; }
+# cmp's "the files differ" (1), not "cannot read one" (2)
+differ() { cmp -s "$1" "$2"; [ $? -eq 1 ]; }
+
+# ----------------------------------------------------------------------------
+# The README's main job, small: two images of a batch, PNG with parameters.
+generate_demo() {
+    runs "generate -b 2" "$SDC" generate -m "$DEMO" -p 'a red fox' -W 64 -H 64 --steps 3 -b 2 -o "$W/demo.png"
+    check "demo.png written, 64 x 64" is_size "$W/demo.png" '64 x 64'
+    check "demo_2.png written" test -s "$W/demo_2.png"
+    check "demo_2.png's parameters: seed 43 (= 42 + 1)" \
+        grep -a -q 'Steps: 3, Sampler: Euler, CFG scale: 7, Seed: 43' "$W/demo_2.png"
+}
+
+# Same seed, same image: two runs are byte-identical.
+generate_deterministic() {
+    runs "run 1" "$SDC" generate -q -m "$DEMO" -p 'a cat' -W 64 -H 64 --steps 2 -o "$W/a.png"
+    runs "run 2" "$SDC" generate -q -m "$DEMO" -p 'a cat' -W 64 -H 64 --steps 2 -o "$W/b.png"
+    check "the two PNGs are byte-identical" cmp "$W/a.png" "$W/b.png"
+}
+
+# ----------------------------------------------------------------------------
+# Bad input ends in a non-zero exit and a message naming the problem.
+bad_size() {
+    refused "-W 100 refused" 'multiples of 8' "$SDC" generate -m "$DEMO" -p x -W 100 -H 64 -o "$W/x.png"
+    check "... and no output" test ! -e "$W/x.png"
+}
+
+missing_model() {
+    refused "a missing model file named" '/nonexistent.safetensors' \
+        "$SDC" generate -m /nonexistent.safetensors -p x -o "$W/x.png"
+    check "... and no output" test ! -e "$W/x.png"
+}
+
+unknown_sampler() {
+    refused "--sampler foo refused" 'unknown sampler' "$SDC" generate -m "$DEMO" -p x --sampler foo -o "$W/x.png"
+}
+
+mask_size_mismatch() {
+    refused "a mask of another size refused" 'expected the same size' \
+        "$SDC" generate -m "$DEMO" -p x -i "$IMGS/img24x16.png" --mask "$IMGS/src97x61.png" -o "$W/x.png"
+    check "... and no output" test ! -e "$W/x.png"
+}
+
+bad_image() {
+    refused "a truncated init image named" 'bad_truncated.png' \
+        "$SDC" generate -m "$DEMO" -p x -i "$IMGS/bad_truncated.png" -o "$W/x.png"
+    check "... and no output" test ! -e "$W/x.png"
+}
+
+bad_strength() {
+    refused "--strength 1.5 refused" 'strength' \
+        "$SDC" generate -m "$DEMO" -p x -i "$IMGS/img24x16.png" --strength 1.5 -o "$W/x.png"
+    check "... and no output" test ! -e "$W/x.png"
+}
+
+inpaint_model_needs_mask() {
+    refused "a 9-channel inpainting model without -i/--mask refused" 'inpainting model' \
+        "$SDC" generate -m "$SRC/tests/fixtures/tiny-sd1-inpaint" -p x -o "$W/x.png"
+    check "... and no output" test ! -e "$W/x.png"
+}
+
+# A prompt over 77 tokens runs, with a warning.
+long_prompt_warns() {
+    runs "a 100-token prompt runs" "$SDC" generate -m "$DEMO" \
+        -p "$(printf 'a %.0s' $(seq 100))" -W 64 -H 64 --steps 1 -o "$W/long.png"
+    has "... and warns that tokens were cut" 'tokens were cut'
+}
+
+# A request that cannot fit is refused before any work, with both sizes.
+refuses_what_cannot_fit() {
+    refused "4096 x 4096 x 256 refused with both sizes" 'MiB of activations on cpu, but only' \
+        "$SDC" generate -m "$DEMO" -p x -W 4096 -H 4096 --batch-size 256 -b 256 --steps 2 -o "$W/big.png"
+    check "... and no output" test ! -e "$W/big.png"
+}
+
+# ----------------------------------------------------------------------------
+# img2img, inpainting and outpainting: the output size follows the init image
+# (rounded down to 8) or the outpaint canvas.
+img2img() {
+    runs "img2img from a 97 x 61 image" \
+        "$SDC" generate -q -m "$DEMO" -p x -i "$IMGS/src97x61.png" --strength 0.5 --steps 4 -o "$W/i2i.png"
+    check "... 96 x 56 (rounded down to 8)" is_size "$W/i2i.png" '96 x 56'
+    check "... its parameters record the strength" grep -a -q 'Denoising strength: 0.5' "$W/i2i.png"
+}
+
+inpaint() {
+    runs "inpainting 24 x 16 with a mask" "$SDC" generate -q -m "$DEMO" -p x -i "$IMGS/img24x16.png" \
+        --mask "$IMGS/mask24x16.png" --steps 3 -o "$W/inp.png"
+    check "... 24 x 16" is_size "$W/inp.png" '24 x 16'
+}
+
+outpaint() {
+    runs "outpainting 24 x 16 by 8,8,8,0" "$SDC" generate -q -m "$DEMO" -p x -i "$IMGS/img24x16.png" \
+        --outpaint 8,8,8,0 --steps 3 -o "$W/outp.png"
+    check "... 40 x 24" is_size "$W/outp.png" '40 x 24'
+}
+
+# ----------------------------------------------------------------------------
+# --lora FILE:W (tests/fixtures/lora-demo-kohya.safetensors, kohya names in the
+# original layout, from tools/make_lora_fixture.py): at 0.7 the image changes,
+# at 0 it is byte-identical to the image without a LoRA; the manifest keeps
+# it; a LoRA for another model is refused with the module it names.
+generate_lora() {
+    g() { runs "$1" "$SDC" generate -q -m "$DEMO" -p 'a cat' -W 64 -H 64 --steps 2 -o "$W/$2.png" $3; }
+    g "no LoRA" lora_none
+    g "--lora :0.7" lora_07 "--lora $LORA:0.7"
+    g "--lora :0" lora_0 "--lora $LORA:0"
+    check "at 0.7 the image changes" differ "$W/lora_none.png" "$W/lora_07.png"
+    check "at 0 it is byte-identical to no LoRA" cmp "$W/lora_none.png" "$W/lora_0.png"
+    "$SDC" generate -m "$DEMO" -p x --lora "$LORA:0.7" --lora b.safetensors --dump-manifest > "$W/l.txtpb"
+    check "--dump-manifest with two LoRAs: exit $?" [ $? -eq 0 ]
+    has "... the manifest keeps the second" 'lora: "b.safetensors"' "$W/l.txtpb"
+}
+
+lora_other_model() {
+    refused "a LoRA for another model refused" 'a LoRA for another model' \
+        "$SDC" generate -m "$DEMO" -p x --lora "$SRC/tests/fixtures/lora-tiny-sd1-kohya.safetensors" -o "$W/x.png"
+    check "... and no output" test ! -e "$W/x.png"
+}
+
+# A manifest file runs the same job as the command line that printed it.
+manifest_roundtrip() {
+    "$SDC" generate -m "$DEMO" -p 'a cat' -W 64 -H 64 --steps 2 -o "$W/m1.png" --dump-manifest > "$W/job.txtpb"
+    check "--dump-manifest: exit $?" [ $? -eq 0 ]
+    runs "sdc run job.txtpb" "$SDC" run -q "$W/job.txtpb"
+    runs "the command line itself" "$SDC" generate -q -m "$DEMO" -p 'a cat' -W 64 -H 64 --steps 2 -o "$W/m2.png"
+    check "the two PNGs are byte-identical" cmp "$W/m1.png" "$W/m2.png"
+}
+
+# The example training manifest parses and prints back unchanged (comments aside).
+example_manifest() {
+    "$SDC" run "$SRC/jobs/examples/dreambooth-dog.txtpb" --dump-manifest > "$W/got.txtpb"
+    check "sdc run jobs/examples/dreambooth-dog.txtpb --dump-manifest: exit $?" [ $? -eq 0 ]
+    grep -v '^#' "$SRC/jobs/examples/dreambooth-dog.txtpb" > "$W/want.txtpb"
+    check "... prints it back unchanged (comments aside)" cmp "$W/want.txtpb" "$W/got.txtpb"
+}
+
+# ----------------------------------------------------------------------------
+# A LoRA training checkpoint is a LoRA: `--lora checkpoint-3.h5` gives the
+# pixels of `--lora pytorch_lora_weights.safetensors` from the same (last)
+# step; a full fine-tuning checkpoint is refused as a LoRA.
+lora_from_checkpoint() {
+    runs "3 LoRA training steps, a checkpoint at 3" "$SDC" train dreambooth -q --pretrained-model "$DEMO" \
+        --instance-data "$IMGS" --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 3 \
+        --checkpointing-steps 3 --output-dir "$W/lt" --lora-rank 4 --lora-alpha 8 --train-text-encoder \
+        --learning-rate 1e-3 -t 1
+    g() { runs "$1" "$SDC" generate -q -m "$DEMO" -p 'sks dog' -W 64 -H 64 --steps 3 -o "$W/$2.png" $3; }
+    g "--lora checkpoint-3.h5:0.8" a "--lora $W/lt/checkpoint-3.h5:0.8"
+    g "--lora pytorch_lora_weights.safetensors:0.8" b "--lora $W/lt/pytorch_lora_weights.safetensors:0.8"
+    g "no LoRA" c
+    check "checkpoint-3.h5 == pytorch_lora_weights.safetensors, pixel for pixel" $PNGPIX same "$W/a.png" "$W/b.png"
+    check "... and != no LoRA" $PNGPIX differ "$W/a.png" "$W/c.png"
+    runs "1 full fine-tuning step" "$SDC" train dreambooth -q --pretrained-model "$DEMO" --instance-data "$IMGS" \
+        --instance-prompt 'x' --resolution 64 --max-train-steps 1 --checkpointing-steps 1 --output-dir "$W/full" -t 1
+    refused "a full fine-tuning checkpoint refused as a LoRA" 'no LoRA tensors' "$SDC" generate -q -m "$DEMO" \
+        --lora "$W/full/checkpoint-1.h5" -p x -W 64 -H 64 --steps 2 -o "$W/d.png"
+    check "... and no output" test ! -e "$W/d.png"
+}
+
+# An sdc HDF5 checkpoint works as the model of a job: converted once into
+# X.h5.sdc-cache/ (a diffusers folder), then the same pixels as the file it
+# came from; the second run reuses the cache.
+generate_from_h5() {
+    runs "convert the demo model to m.h5" "$SDC" convert -q -m "$DEMO" -o "$W/m.h5"
+    g() { runs "$1" "$SDC" generate -m "$2" -p 'a fox' -W 64 -H 64 --steps 3 -o "$W/$3.png"; }
+    g "generate -m m.h5" "$W/m.h5" a
+    has "... converts it once" 'converting it once'
+    g "generate -m m.h5 again" "$W/m.h5" b
+    lacks "... does not convert again" 'converting'
+    g "generate -m the .safetensors" "$DEMO" c
+    check "first run from m.h5 == from the .safetensors, pixel for pixel" $PNGPIX same "$W/a.png" "$W/c.png"
+    check "second run from m.h5 == from the .safetensors" $PNGPIX same "$W/b.png" "$W/c.png"
+}
+
+case "$NAME" in
+    generate_demo | generate_deterministic | bad_size | missing_model | unknown_sampler | mask_size_mismatch | \
+        bad_image | bad_strength | inpaint_model_needs_mask | long_prompt_warns | refuses_what_cannot_fit | \
+        img2img | inpaint | outpaint | generate_lora | lora_other_model | manifest_roundtrip | example_manifest | \
+        lora_from_checkpoint | generate_from_h5)
+        $NAME ;;
+    *) echo "cli_checks.sh: unknown test '$NAME'"; exit 2 ;;
+esac
+finish

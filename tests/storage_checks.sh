@@ -1,0 +1,147 @@
+#!/bin/sh
+# storage_checks.sh: the end-to-end HDF5 storage tests (data/): dataset
+# import, convert, generation output under 1, 2 and 4 MPI ranks, resume,
+# the model-hash cache and the h5py view of each file kind
+# (tools/h5_interop.py, run with /usr/bin/python3, which has python3-h5py).
+# One test per name, each a CTest test (tests/storage.cmake):
+#   tests/storage_checks.sh NAME SDC SRC_ROOT WORK_DIR
+# Checks through tests/check.sh: one line each, "N passed, N failed", exit 1
+# on a failure, 77 (CTest's skip) when the test cannot run here.
+
+NAME=$1
+SDC=$2
+SRC=$3
+W=$4
+. "$SRC/tests/check.sh"
+DEMO=$SRC/data/models/sdc-tiny-sd1.safetensors
+IMGS=$SRC/tests/fixtures/images
+H5PY="/usr/bin/python3 $SRC/tools/h5_interop.py"
+MPIRUN="mpiexec --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1"
+DB=$SRC/../shared/data/dreambooth
+rm -rf "$W" && mkdir -p "$W" || exit 1
+
+# ----------------------------------------------------------------------------
+# The DreamBooth photos (all subjects) -> one dataset with cached latents; the
+# source folders are left exactly as they were; h5py sees the layout.
+import_dreambooth() {
+    [ -d "$DB/dog" ] || skip "$DB not present (the DreamBooth photos)"
+    listing() { ls -laR --time-style=full-iso "$DB" | md5sum; }
+    before=$(listing)
+    runs "sdc dataset import of $(ls -d "$DB"/*/ | wc -l) subject folders, latents cached" \
+        "$SDC" dataset import -q --resolution 128 -p 'a photo of sks thing' --cache-latents -m "$DEMO" \
+        -o "$W/all.h5" "$DB"/*/
+    after=$(listing)
+    check "source folders unchanged (ls -laR: names, sizes, modes, mtimes)" [ "$before" = "$after" ]
+    runs "h5py: the file is a valid dataset" $H5PY check "$W/all.h5" dataset
+}
+
+# ----------------------------------------------------------------------------
+# Bad input: a caption in Latin-1, an unreadable image, a small image with
+# --no-upscale, an output inside the source folder, a dataset given as a
+# checkpoint. Each refusal: a non-zero exit and the message naming the problem.
+import_bad_input() {
+    mkdir -p "$W/src" "$W/src2"
+    cp "$IMGS/exif_1.jpg" "$W/src/a.jpg"
+    printf 'caf\351 au lait' > "$W/src/a.txt"
+    refused "latin-1 caption named with its byte and offset" \
+        'a.txt: caption is not valid UTF-8 (bad byte 0xe9 at offset 3)' \
+        "$SDC" dataset import -q --resolution 64 -o "$W/x.h5" "$W/src"
+    check "... and no output file" [ ! -e "$W/x.h5" ]
+    cp "$IMGS/exif_1.jpg" "$W/src2/good.jpg"
+    cp "$IMGS/bad_truncated.png" "$W/src2/broken.png"
+    refused "nothing importable (one unreadable, one smaller than --resolution with --no-upscale): error" \
+        'none of the 2 images' \
+        "$SDC" dataset import --resolution 4096 --no-upscale -p x -o "$W/y.h5" "$W/src2"
+    has "... the unreadable image named as skipped" 'skipped .*broken.png'
+    has "... the small image named" 'smaller than --resolution 4096'
+    check "... and no output file" [ ! -e "$W/y.h5" ]
+    runs "one good image of two: imported" "$SDC" dataset import --resolution 64 -p x -o "$W/z.h5" "$W/src2"
+    has "... 1 imported, 1 skipped, counted" 'imported 1 of 2 images.*1 skipped'
+    refused "output inside a source folder refused" 'inside the source folder' \
+        "$SDC" dataset import -q --resolution 64 -p x -o "$W/src2/inside.h5" "$W/src2"
+    check "... and no output file" [ ! -e "$W/src2/inside.h5" ]
+    refused "a dataset given to convert as a checkpoint: its kind named" \
+        'z.h5: sdc_kind is "dataset", expected "checkpoint"' \
+        "$SDC" convert -q -m "$W/z.h5" -o "$W/q.safetensors"
+    check "... and no output file" [ ! -e "$W/q.safetensors" ]
+}
+
+# ----------------------------------------------------------------------------
+# 1, 2 and 4 ranks write the same dataset and the same generation output; a
+# re-run of a finished sweep makes nothing (resume skips done items); another
+# sweep into the same file is refused.
+mpi_ranks() {
+    mkdir -p "$W/src"
+    cp "$IMGS"/exif_*.jpg "$W/src/"
+    for R in 1 2 4; do
+        runs "$R rank(s): dataset import" \
+            $MPIRUN -n $R "$SDC" dataset import -q --resolution 32 -p x -o "$W/d$R.h5" "$W/src"
+        runs "$R rank(s): 6-item sweep into HDF5" \
+            $MPIRUN -n $R "$SDC" generate -q -m "$DEMO" -p 'a red fox' -p 'a cat' -b 3 -W 64 -H 64 --steps 2 \
+            --output-h5 "$W/g$R.h5"
+    done
+    for R in 2 4; do
+        runs "dataset: $R ranks == 1 rank (h5_interop.py compare)" $H5PY compare "$W/d1.h5" "$W/d$R.h5"
+        runs "generation output: $R ranks == 1 rank (h5_interop.py compare)" $H5PY compare "$W/g1.h5" "$W/g$R.h5"
+    done
+    runs "h5py: the 4-rank file is a valid generation output" $H5PY check "$W/g4.h5" generation
+    runs "the finished sweep again" \
+        "$SDC" generate -m "$DEMO" -p 'a red fox' -p 'a cat' -b 3 -W 64 -H 64 --steps 2 --output-h5 "$W/g4.h5"
+    has "... resume: nothing redone" 'wrote 0 items .*6 already done'
+    refused "another sweep into the same file refused" 'another sweep' \
+        "$SDC" generate -q -m "$DEMO" -p 'a dog' -b 6 -W 64 -H 64 --steps 2 --output-h5 "$W/g4.h5"
+}
+
+# ----------------------------------------------------------------------------
+# An interrupted sweep resumes without gaps or duplicates: item 3 of 6 is
+# unmarked by hand (as a kill between image and done flag leaves it) and only
+# it is made again, identical.
+generate_resume() {
+    runs "6-item sweep into HDF5" \
+        "$SDC" generate -q -m "$DEMO" -p 'a red fox' -b 6 -W 64 -H 64 --steps 2 --output-h5 "$W/r.h5"
+    cp "$W/r.h5" "$W/r0.h5"
+    runs "item 3 unmarked and blanked (h5py)" /usr/bin/python3 -c \
+        "import h5py; f=h5py.File('$W/r.h5','r+'); f['done'][3]=0; f['images'][3]=0"
+    runs "the same sweep again" \
+        "$SDC" generate -m "$DEMO" -p 'a red fox' -b 6 -W 64 -H 64 --steps 2 --output-h5 "$W/r.h5"
+    has "... made only item 3" 'wrote 1 items .*5 already done'
+    runs "the resumed file equals the uninterrupted one (h5_interop.py compare)" $H5PY compare "$W/r0.h5" "$W/r.h5"
+}
+
+# ----------------------------------------------------------------------------
+# The model hash of a generation output (A1111's: SHA-256 of the weights
+# file) is cached by path, size and mtime: the cached value is sha256sum's, a
+# second run reuses it, a touched file is hashed again.
+model_hash_cache() {
+    mkdir -p "$W/hc"
+    cp "$DEMO" "$W/hc/m.safetensors"
+    export SDC_CACHE_DIR="$W/hc/cache"
+    g() { runs "sweep $1" "$SDC" generate -q -m "$W/hc/m.safetensors" -p x -W 64 -H 64 --steps 1 -t 1 \
+              --output-h5 "$W/hc$1.h5"; }
+    g 1
+    g 2
+    want=$(sha256sum "$W/hc/m.safetensors" | cut -c1-64)
+    check "the cache holds sha256sum's value once ($want)" \
+        [ "$(grep -c "$want" "$W/hc/cache/model-hashes.tsv")" -eq 1 ]
+    touch -d '2001-01-01' "$W/hc/m.safetensors"
+    g 3
+    check "a touched file is hashed again (a second line)" [ "$(wc -l < "$W/hc/cache/model-hashes.tsv")" -eq 2 ]
+    runs "the three files record sha256[:10] = ${want%"${want#??????????}"}" /usr/bin/python3 -c \
+        "import h5py,sys; h=[h5py.File('$W/hc%d.h5' % i)['model_hash'][0].decode() for i in (1,2,3)]
+print(h); sys.exit(0 if h == ['$want'[:10]]*3 else 1)"
+}
+
+# ----------------------------------------------------------------------------
+# h5py reads the checkpoint layout (and verifies every CRC32 itself).
+interop_checkpoint() {
+    runs "sdc convert tiny-sd2 -> .h5 (bf16)" \
+        "$SDC" convert -q -m "$SRC/tests/fixtures/tiny-sd2" -o "$W/sd2.h5" --dtype bf16
+    runs "h5py: the file is a valid checkpoint, every crc32 matches" $H5PY check "$W/sd2.h5" checkpoint
+}
+
+case "$NAME" in
+    import_dreambooth | import_bad_input | mpi_ranks | generate_resume | model_hash_cache | interop_checkpoint)
+        $NAME ;;
+    *) echo "storage_checks.sh: unknown test '$NAME'"; exit 2 ;;
+esac
+finish
