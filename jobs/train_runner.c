@@ -545,7 +545,9 @@ static int check_job(const Sdc__Job *job, SdcError *err) {
 int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     SDC_TRY(check_job(job, err));
     const Sdc__Dreambooth *d = job->dreambooth;
-    TrainRun run = {.job = job, .par = h5_par_world(), .quiet = opt->quiet, .tty = isatty(2)};
+    TrainRun run = {.job = job, .par = h5_par_world(), .quiet = opt->quiet, .tty = isatty(2),
+                    .dp = {.comm = MPI_COMM_NULL, .size = 1}, .pp = {.comm = MPI_COMM_NULL},
+                    .grid = {.world = MPI_COMM_NULL, .pipe = MPI_COMM_NULL, .data = MPI_COMM_NULL}};
     const H5Par *par = &run.par;
     Backend *be = NULL;
     SdModel m = {0};
@@ -555,7 +557,6 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     char *manifest = manifest_to_text(job);
     const Sdc__Runtime *rt = job->runtime;
     const int stages = rt && rt->pipeline_stages > 1 ? rt->pipeline_stages : 1;
-    run.pp.comm = MPI_COMM_NULL;
     // the rank grid and the model's block count first: a layout that cannot
     // work is refused before any work
     int rc = grid_init(&run.grid, h5_par_is_mpi(par) ? par->comm : MPI_COMM_NULL, stages, err);

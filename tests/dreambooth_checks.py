@@ -12,6 +12,10 @@ on the shipped demo model at 64 px, a few steps, one thread per process.
                                                    exit 75 with a checkpoint of that step;
                                                    resumed == uninterrupted; a generation
                                                    sweep stopped and re-run == uninterrupted
+  dreambooth_checks.py layouts SDC MODEL SRC WORK  pipeline stages x replicas (GPipe, 1F1B,
+                                                   checkpointing, ZeRO-1, LoRA) == one process;
+                                                   stopped on 2 stages, resumed on 1 and 3;
+                                                   bad layouts refused; a killed rank ends the job
 
 SDC is the sdc binary, MODEL the demo model, SRC the source root (the photos
 are SRC/../shared/data/dreambooth/dog, or a few fixture images when that is
@@ -617,8 +621,176 @@ def test_stop(ctx):
         show(out1 + out2)
 
 
+# ---------------------------------------------------------------------------
+# 5. pipeline stages x replicas (mpi/pp_train.h)
+# ---------------------------------------------------------------------------
+
+def test_layouts(ctx):
+    """The same job (prior preservation, text-encoder training, 2 micro-batches)
+    on one process and on pipeline stages: the stages run the one-process
+    arithmetic and add the micro-batches' gradients in the same order, so P
+    stages x 1 replica give the same bits whatever the schedule; replicas add
+    the data-parallel all-reduce (test_mpi's tolerance)."""
+    steps = 4
+    w = ctx.work
+    common = ["--train-batch-size", 2, "--with-prior-preservation", "--class-data", os.path.join(w, "class"),
+              "--class-prompt", "a photo of dog", "--num-class-images", 4, "--class-inference-steps", 2,
+              "--train-text-encoder", "--learning-rate", "1e-4", "--lr-warmup-steps", 0, "--adam-epsilon", "1e-6",
+              "--micro-batches", 2, "-q"]
+    ref = os.path.join(w, "one")
+    rc, out, sec = ctx.run(ctx.train_args(ref, *common, "--max-train-steps", steps))
+    if not check(rc == 0, f"one process, 2 micro-batches: {steps} steps, exit {rc} ({sec:.1f} s)"):
+        show(out)
+        return
+    w1, m1 = h5_weights(os.path.join(ref, "model.h5")), metrics(os.path.join(ref, "metrics.jsonl"))
+    keys = ("loss", "lr", "grad_norm")
+
+    def same_run(out_dir, what):
+        wx, mx = h5_weights(os.path.join(out_dir, "model.h5")), metrics(os.path.join(out_dir, "metrics.jsonl"))
+        bad = [(st, k) for st in m1 for k in keys if st not in mx or mx[st][k] != m1[st][k]]
+        check(sorted(mx) == sorted(m1) and not bad, f"{what}: loss, lr, grad_norm equal to one process at all "
+              f"{len(m1)} steps ({len(bad)} differ)")
+        compare_exact(w1, wx, f"{what}: model.h5 vs one process")
+
+    for name, ranks, extra in (("p2-1f1b", 2, ["--pipeline-stages", 2]),
+                               ("p2-gpipe", 2, ["--pipeline-stages", 2, "--pipeline-schedule", "gpipe"]),
+                               ("p3-1f1b", 3, ["--pipeline-stages", 3]),
+                               ("p2-checkpointing", 2, ["--pipeline-stages", 2, "--gradient-checkpointing"])):
+        out_dir = os.path.join(w, name)
+        args = ctx.train_args(out_dir, *common, "--max-train-steps", steps, *extra)
+        rc, out, sec = ctx.run([a for a in args if a != "-q"], ranks=ranks)
+        cut = [l for l in out.splitlines() if "pipeline cut" in l and "predicted balance" in l]
+        if not check(rc == 0 and len(cut) == 1, f"{name}: exit {rc} ({sec:.1f} s), the cut printed with its "
+                     f"predicted balance: {cut[0].split('):', 1)[-1].strip() if cut else '(none)'}"):
+            show(out)
+            continue
+        same_run(out_dir, name)
+
+    # 2 stages x 2 replicas with ZeRO-1 vs one process: the replicas' all-reduce
+    # adds 2 partial gradients (test_mpi's tolerances, same reasons)
+    out_dir = os.path.join(w, "p2xd2-zero1")
+    rc, out, sec = ctx.run(ctx.train_args(out_dir, *common, "--max-train-steps", steps, "--pipeline-stages", 2,
+                                          "--zero-stage", 1), ranks=4)
+    if check(rc == 0, f"2 stages x 2 replicas, ZeRO-1: exit {rc} ({sec:.1f} s)"):
+        wx, mx = h5_weights(os.path.join(out_dir, "model.h5")), metrics(os.path.join(out_dir, "metrics.jsonl"))
+        base = h5_weights(os.path.join(ref, "model.h5"))
+        rel = max(abs(mx[st]["loss"] - m1[st]["loss"]) / abs(m1[st]["loss"]) for st in m1)
+        check(rel <= 1e-5, f"2 x 2: loss within {rel:.3g} of one process at every step (tolerance 1e-5)")
+        worst = max(float(np.max(np.abs(wx[k].astype(np.float64) - w1[k]))) for k in w1)
+        moved = max(float(np.max(np.abs(w1[k].astype(np.float64)))) for k in w1)
+        check(set(wx) == set(w1) and worst <= 1e-4 * moved, f"2 x 2: weights within {worst:.3g} of one process "
+              f"(largest weight {moved:.3g}; tolerance 1e-4 of it)")
+        del base
+
+    # LoRA on 2 stages: the adapters and the exported file
+    la, lb = os.path.join(w, "lora-one"), os.path.join(w, "lora-p2")
+    lora = ["--lora-rank", 4, "--max-train-steps", steps, "--checkpointing-steps", steps]
+    rc1, out1, _ = ctx.run(ctx.train_args(la, *common, *lora))
+    rc2, out2, _ = ctx.run(ctx.train_args(lb, *common, *lora, "--pipeline-stages", 2), ranks=2)
+    if check(rc1 == 0 and rc2 == 0, f"LoRA on one process and on 2 stages: exit {rc1}, {rc2}"):
+        fa, fb = (os.path.join(x, "pytorch_lora_weights.safetensors") for x in (la, lb))
+        check(open(fa, "rb").read() == open(fb, "rb").read(), "LoRA: the exported files are byte-identical")
+        ck = lambda x: h5_weights(os.path.join(x, f"checkpoint-{steps}.h5"), ("unet_lora", "text_encoder_lora"))
+        compare_exact(ck(la), ck(lb), "LoRA: checkpoint adapters, 2 stages vs one process")
+    else:
+        show(out1 + out2)
+
+    # a checkpoint of 2 stages resumed on 1 and on 3
+    half = os.path.join(w, "half-p2")
+    rc, out, _ = ctx.run(ctx.train_args(half, *common, "--max-train-steps", 2, "--checkpointing-steps", 2,
+                                        "--pipeline-stages", 2), ranks=2)
+    if check(rc == 0 and os.path.exists(os.path.join(half, "checkpoint-2.h5")),
+             f"2 stages, 2 steps: checkpoint-2.h5 (exit {rc})"):
+        for ranks, extra in ((0, []), (3, ["--pipeline-stages", 3])):
+            d = os.path.join(w, f"half-p2-to-{max(ranks, 1)}")
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.copytree(half, d)
+            for f in ("model.h5", "model.safetensors", "metrics.jsonl"):
+                os.remove(os.path.join(d, f))
+            shutil.rmtree(os.path.join(d, "diffusers"))
+            rc, out, _ = ctx.run(ctx.train_args(d, *common, "--max-train-steps", steps, "--checkpointing-steps", 2,
+                                                "--resume-from-checkpoint", "latest", *extra), ranks=ranks)
+            if check(rc == 0, f"resumed on {max(ranks, 1)} stage{'s' if ranks > 1 else ''}: exit {rc}"):
+                compare_exact(w1, h5_weights(os.path.join(d, "model.h5")),
+                              f"stopped on 2 stages, resumed on {max(ranks, 1)}: model.h5 vs uninterrupted")
+            else:
+                show(out)
+
+    # SIGUSR1 to one stage of two: exit 75 with a checkpoint, the resumed run == uninterrupted
+    b = os.path.join(w, "stop-p2")
+    mp = os.path.join(b, "metrics.jsonl")
+    stop_args = ctx.train_args(b, *[a for a in common if a != "-q"], "--max-train-steps", 12, "--pipeline-stages", 2,
+                               "--checkpointing-steps", 1000)
+    a12 = os.path.join(w, "stop-p2-A")
+    rc0, out0, _ = ctx.run(ctx.train_args(a12, *common, "--max-train-steps", 12, "--pipeline-stages", 2,
+                                          "--checkpointing-steps", 1000), ranks=2)
+    ready = lambda: os.path.exists(mp) and os.path.getsize(mp) > 0 and metric_lines(mp) >= 3
+    rc, out, sent = signal_when(stop_args, 2, ready, os.path.join(w, "stop-p2.log"))
+    ckpts = sorted(int(f[11:-3]) for f in os.listdir(b) if f.startswith("checkpoint-") and f.endswith(".h5"))
+    if check(rc0 == 0 and sent and rc == 75 and len(ckpts) == 1 and 0 < ckpts[0] < 12,
+             f"SIGUSR1 to one stage of two: exit {rc} (75 expected), checkpoints {ckpts}"):
+        rc, out, _ = ctx.run(stop_args + ["--resume-from-checkpoint", "latest", "-q"], ranks=2)
+        if check(rc == 0, f"the stopped 2-stage run resumed: exit {rc}"):
+            compare_exact(h5_weights(os.path.join(a12, "model.h5")), h5_weights(os.path.join(b, "model.h5")),
+                          "2 stages stopped + resumed vs uninterrupted")
+    else:
+        show(out)
+
+    # bad layouts, refused before any work, naming what is wrong
+    for ranks, extra, needle, what in (
+            (3, ["--pipeline-stages", 2], "--pipeline-stages 2 does not divide the 3 ranks", "2 stages on 3 ranks"),
+            (0, ["--pipeline-stages", 2], "--pipeline-stages 2 does not divide the 1 rank", "2 stages on 1 process"),
+            (18, ["--pipeline-stages", 18], "the UNet has only 17 blocks to cut", "18 stages of a 17-block UNet"),
+            (2, ["--pipeline-stages", 2, "--validation-prompt", "a dog"], "validation images need the whole UNet",
+             "validation images with stages")):
+        d = os.path.join(w, "bad")
+        shutil.rmtree(d, ignore_errors=True)
+        rc, out, sec = ctx.run(ctx.train_args(d, *common, "--max-train-steps", 1, *extra), ranks=ranks)
+        check(refused(rc) and needle in out and not os.path.exists(os.path.join(d, "instance.h5")),
+              f"{what}: refused before any work (exit {rc}, {sec:.1f} s): '{needle}'")
+    other = os.path.join(ctx.src, "tests", "fixtures", "tiny-sd1")
+    d = os.path.join(w, "half-other")
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(half, d)
+    args = ctx.train_args(d, *common, "--max-train-steps", steps, "--resume-from-checkpoint", "latest",
+                          "--pipeline-stages", 2)
+    args[args.index("--pretrained-model") + 1] = other
+    rc, out, _ = ctx.run(args, ranks=2)
+    check(refused(rc) and "written by another job: model is" in out, f"a 2-stage checkpoint resumed with another "
+          f"model: refused (exit {rc})")
+
+    # a rank that dies mid-step: the others end, non-zero, within 60 s, and the rank is named
+    d = os.path.join(w, "killed")
+    mp = os.path.join(d, "metrics.jsonl")
+    cmd = MPIEXEC + ["-n", "2"] + [str(a) for a in ctx.train_args(d, *common, "--max-train-steps", 200,
+                                                                 "--pipeline-stages", 2)]
+    log = os.path.join(w, "killed.log")
+    with open(log, "w") as lf:
+        p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    t0, killed, t_kill = time.time(), None, 0
+    while p.poll() is None and time.time() - t0 < 240:
+        if killed is None and os.path.exists(mp) and metric_lines(mp) >= 2:
+            pids = sdc_pids(p.pid, ctx.sdc)
+            if len(pids) == 2:
+                killed = pids[-1]  # rank 1 (the later pid): the last stage
+                os.kill(killed, signal.SIGKILL)
+                t_kill = time.time()
+        time.sleep(0.01)
+    ended = p.poll() is not None
+    if not ended:
+        p.kill()
+    p.wait()
+    t_end = time.time() - t_kill if killed else -1
+    out = open(log).read()
+    named = any(("rank 1" in l and ("signal 9" in l or "Killed" in l)) for l in out.splitlines())
+    if not check(killed and ended and p.returncode != 0 and t_end < 60 and named,
+                 f"rank 1 of 2 stages SIGKILLed mid-run: the job ended in {t_end:.1f} s (limit 60), exit "
+                 f"{p.returncode}, the lost rank named"):
+        show(out, 10)
+
+
 def main():
-    tests = {"resume": test_resume, "mpi": test_mpi, "bad": test_bad, "stop": test_stop}
+    tests = {"resume": test_resume, "mpi": test_mpi, "bad": test_bad, "stop": test_stop, "layouts": test_layouts}
     if len(sys.argv) != 6 or sys.argv[1] not in tests:
         print(__doc__)
         sys.exit(2)
