@@ -215,6 +215,18 @@ static int hook_stage_bcast(void *u, double *v, int n, int root, SdcError *err) 
     return grid_stage_bcast(&((TrainRun *)u)->grid, v, n, root, err);
 }
 
+static int hook_ov_begin(void *u, float *buf, size_t n, SdcError *err) {
+    return dp_overlap_begin(&((TrainRun *)u)->dp, buf, n, err);
+}
+static int hook_ov_ready(void *u, size_t lo, SdcError *err) { return dp_overlap_ready(&((TrainRun *)u)->dp, lo, err); }
+static int hook_ov_end(void *u, SdcError *err) { return dp_overlap_end(&((TrainRun *)u)->dp, err); }
+
+// An environment switch: set to anything but "" or "0".
+static int env_flag(const char *name) {
+    const char *v = getenv(name);
+    return v && v[0] && strcmp(v, "0");
+}
+
 static int hook_pipeline(void *u, DbTrainer *t, int rows, SdcError *err) {
     return pp_train_run(&((TrainRun *)u)->pp, t, rows, err);
 }
@@ -689,6 +701,8 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                      .stage_allgather = g->stages > 1 ? hook_stage_allgather : NULL,
                      .stage_bcast = g->stages > 1 ? hook_stage_bcast : NULL,
                      .pipeline = g->stages > 1 ? hook_pipeline : NULL, .tapes = run.pp.tapes,
+                     .overlap_begin = g->replicas > 1 && !env_flag("SDC_NO_OVERLAP") ? hook_ov_begin : NULL,
+                     .overlap_ready = hook_ov_ready, .overlap_end = hook_ov_end,
                      .zero = d->zero_stage == 1, .reduce_scatter_mean = hook_reduce_scatter,
                      .allgather = hook_allgather, .gather = hook_gather};
     if ((rc = db_init(&t, &m, &cfg, &data, &hooks, err))) goto done;
@@ -784,6 +798,20 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         if (validating && s % d->validation_steps == 0 && (rc = validate(&run, &t, err))) goto done;
     }
 
+    if (run.grid.replicas > 1 && !opt->quiet && run.grid.replica == 0 && t.st.global_step > run.first_step) {
+        // the gradient reduction left after the backward, per step (measure it with SDC_NO_OVERLAP=1 too)
+        const DataParallel *dp = &run.dp;
+        const double steps = (double)(t.st.global_step - run.first_step);
+        char how[256]; // one fprintf: the stages print at once
+        if (dp->ov_steps)
+            snprintf(how, sizeof how, "overlapped: %.0f%% of the UNet's gradients in flight before the backward "
+                     "ended, %.1f ms posting during it", dp->ov_total > 0 ? 100 * dp->ov_early / dp->ov_total : 0.0,
+                     dp->ov_post_s / steps * 1e3);
+        else
+            snprintf(how, sizeof how, "not overlapped%s", d->zero_stage ? ": ZeRO-1 reduce-scatters after it" : "");
+        fprintf(stderr, "sdc: stage %d: gradient all-reduce over %d replicas: %.1f ms per step after the backward "
+                "(%s)\n", run.grid.stage, run.grid.replicas, (dp->ov_exposed_s + dp->ar_s) / steps * 1e3, how);
+    }
     if (stages > 1 && !opt->quiet && run.grid.replica == 0) { // each stage's time: where the bubble went
         const PpTrain *pp = &run.pp;
         fprintf(stderr, "sdc: stage %d (blocks %d-%d, %d micro-batch%s held): %lld steps, %.2f s forward, %.2f s "

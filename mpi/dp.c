@@ -8,12 +8,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 int dp_init(DataParallel *dp, MPI_Comm comm, size_t bucket_bytes, SdcError *err) {
     memset(dp, 0, sizeof *dp);
     dp->comm = MPI_COMM_NULL;
     dp->size = 1;
-    dp->bucket_bytes = bucket_bytes ? bucket_bytes : DP_BUCKET_DEFAULT;
+    const char *mb = getenv("SDC_DP_BUCKET_MB");
+    dp->bucket_bytes = bucket_bytes ? bucket_bytes
+                       : mb && atof(mb) > 0 ? (size_t)(atof(mb) * 1048576.0) : DP_BUCKET_DEFAULT;
     if (dp->bucket_bytes < sizeof(float))
         return sdc_err(err, SDC_ERR_ARG, "dp_init: bucket of %zu bytes holds no float", bucket_bytes);
     if (comm == MPI_COMM_NULL) return 0;
@@ -47,8 +50,24 @@ void dp_free(DataParallel *dp) {
     dp->size = 1;
 }
 
+static double dp_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int allreduce_mean(DataParallel *dp, float *buf, size_t n, SdcError *err);
+
 int dp_allreduce_mean(DataParallel *dp, float *buf, size_t n, SdcError *err) {
     if (dp->size == 1 || n == 0) return 0;
+    const double t0 = dp_now();
+    const int rc = allreduce_mean(dp, buf, n, err);
+    dp->ar_s += dp_now() - t0;
+    dp->ar_calls++;
+    return rc;
+}
+
+static int allreduce_mean(DataParallel *dp, float *buf, size_t n, SdcError *err) {
     size_t per = dp->bucket_bytes / sizeof(float); // elements per bucket
     if (per > (size_t)INT_MAX) per = (size_t)INT_MAX;  // MPI counts are int
     const size_t nb = (n + per - 1) / per;
@@ -93,6 +112,71 @@ int dp_broadcast(DataParallel *dp, void *buf, size_t bytes, int root, SdcError *
         MPI_TRY(MPI_Bcast((char *)buf + off, (int)k, MPI_BYTE, root, dp->comm), "broadcast of %zu bytes from "
                    "rank %d", bytes, root);
     }
+    return 0;
+}
+
+
+static int ov_post(DataParallel *dp, size_t lo, size_t hi, SdcError *err) {
+    if (dp->ov_nreq == dp->cap_reqs) {
+        int cap = dp->cap_reqs ? 2 * dp->cap_reqs : 16;
+        MPI_Request *r = realloc(dp->reqs, (size_t)cap * sizeof *r);
+        if (!r) return sdc_err(err, SDC_ERR_OOM, "gradient all-reduce: %d requests", cap);
+        dp->reqs = r, dp->cap_reqs = cap;
+    }
+    MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, dp->ov_buf + lo, (int)(hi - lo), MPI_FLOAT, MPI_SUM, dp->comm,
+                           &dp->reqs[dp->ov_nreq]),
+            "overlapped gradient all-reduce of elements [%zu, %zu) over %d ranks", lo, hi, dp->size);
+    dp->ov_nreq++;
+    return 0;
+}
+
+int dp_overlap_begin(DataParallel *dp, float *buf, size_t n, SdcError *err) {
+    dp->ov_buf = buf, dp->ov_n = dp->ov_lo = n, dp->ov_nreq = 0;
+    (void)err;
+    return 0;
+}
+
+int dp_overlap_ready(DataParallel *dp, size_t lo, SdcError *err) {
+    if (dp->size == 1 || !dp->ov_buf) return 0;
+    const double t0 = dp_now();
+    size_t per = dp->bucket_bytes / sizeof(float);
+    if (per > (size_t)INT_MAX) per = (size_t)INT_MAX;
+    while (dp->ov_lo >= lo + per) { // a whole bucket is final: in flight while the backward goes on
+        SDC_TRY(ov_post(dp, dp->ov_lo - per, dp->ov_lo, err));
+        dp->ov_lo -= per;
+        dp->ov_early += (double)per;
+    }
+    if (dp->ov_nreq) { // let MPI progress what is in flight (no progress thread: it moves inside MPI calls)
+        int done = 0;
+        MPI_TRY(MPI_Testall(dp->ov_nreq, dp->reqs, &done, MPI_STATUSES_IGNORE), "overlapped gradient all-reduce");
+    }
+    dp->ov_post_s += dp_now() - t0;
+    return 0;
+}
+
+int dp_overlap_end(DataParallel *dp, SdcError *err) {
+    if (!dp->ov_buf) return sdc_err(err, SDC_ERR_INTERNAL, "dp_overlap_end without dp_overlap_begin");
+    if (dp->size == 1) {
+        dp->ov_buf = NULL;
+        return 0;
+    }
+    const double t0 = dp_now();
+    size_t per = dp->bucket_bytes / sizeof(float);
+    if (per > (size_t)INT_MAX) per = (size_t)INT_MAX;
+    while (dp->ov_lo > 0) {
+        const size_t lo = dp->ov_lo > per ? dp->ov_lo - per : 0;
+        SDC_TRY(ov_post(dp, lo, dp->ov_lo, err));
+        dp->ov_lo = lo;
+    }
+    MPI_TRY(MPI_Waitall(dp->ov_nreq, dp->reqs, MPI_STATUSES_IGNORE), "overlapped gradient all-reduce of %zu floats "
+            "in %d buckets over %d ranks", dp->ov_n, dp->ov_nreq, dp->size);
+    const float inv = 1.0f / (float)dp->size;
+    for (size_t i = 0; i < dp->ov_n; i++) dp->ov_buf[i] *= inv;
+    dp->ov_exposed_s += dp_now() - t0;
+    dp->ov_total += (double)dp->ov_n;
+    dp->ov_steps++;
+    dp->ov_buf = NULL;
+    dp->ov_nreq = 0;
     return 0;
 }
 

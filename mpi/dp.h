@@ -4,8 +4,7 @@
 // a global batch into per-rank shares. The CPU implementation of the
 // DESIGN's "data communicator"; a GPU one (NCCL) goes behind the same calls.
 //
-// Not here (yet): overlap with the backward pass (buckets are reduced when
-// the whole gradient is ready).
+// Overlap with the backward pass: dp_overlap_* below.
 //
 // Reduction order. The mean is an MPI_SUM of each bucket (MPI_Iallreduce,
 // every bucket in flight at once, then one wait) followed by a multiply by
@@ -35,6 +34,16 @@ typedef struct DataParallel {
     size_t bucket_bytes;
     MPI_Request *reqs;   // (cap_reqs) one per bucket in flight; grown once to the largest buffer's count
     int cap_reqs;
+    // the overlapped all-reduce in progress (dp_overlap_*)
+    float *ov_buf;
+    size_t ov_n, ov_lo;  // buffer, its length, the lowest element already posted
+    int ov_nreq;
+    double ov_exposed_s; // summed: time in dp_overlap_end (posting the rest, waiting: what the backward did not hide)
+    double ov_post_s;    // summed: time posting buckets during the backward
+    double ov_early, ov_total; // summed: floats posted during the backward, and in all
+    long long ov_steps;
+    double ar_s;         // summed: time in dp_allreduce_mean
+    long long ar_calls;
 } DataParallel;
 
 // comm: the data communicator (MPI_COMM_WORLD for pure data parallelism), or
@@ -50,6 +59,19 @@ int dp_allreduce_mean(DataParallel *dp, float *buf, size_t n, SdcError *err);
 int dp_allreduce_sum_double(DataParallel *dp, double *vals, int n, SdcError *err);
 // bytes of buf from rank root to every rank (parameters at start, a resumed state).
 int dp_broadcast(DataParallel *dp, void *buf, size_t bytes, int root, SdcError *err);
+
+// The same mean, overlapped with the backward pass (torch DDP's buckets,
+// issue order from the last layer): dp_overlap_begin for a flat buffer of
+// n floats, dp_overlap_ready as the backward finishes blocks (elements
+// [lo, n) are final; lo only decreases), which posts every whole bucket of
+// bucket_bytes from the top down at once (MPI_Iallreduce), dp_overlap_end
+// after the backward: posts the rest, waits, scales by 1/R. The result is
+// dp_allreduce_mean's (the buckets are disjoint element ranges), on every
+// rank. ov_exposed_s sums the time dp_overlap_end waits: the part of the
+// reduction the backward did not hide.
+int dp_overlap_begin(DataParallel *dp, float *buf, size_t n, SdcError *err);
+int dp_overlap_ready(DataParallel *dp, size_t lo, SdcError *err);
+int dp_overlap_end(DataParallel *dp, SdcError *err);
 
 // ZeRO-1 (sharded optimizer state). Rank r owns the block [displs[r],
 // displs[r] + counts[r]) of a buffer; the blocks follow each other in rank

@@ -179,6 +179,7 @@ static int backward(PpTrain *p, DbTrainer *t, int j, int M, int rows, SdcError *
         SDC_TRY(recv_cut(p, &gin, j, n, p->stage + 1, TAG_BWD, "gradients", err));
         t1 = now_s();
     }
+    if (j == M - 1) SDC_TRY(db_overlap_arm(t, err)); // the replicas' all-reduce runs during this backward
     SDC_TRY(unet_train_stage_backward(u, tape, &gout, err));
     p->bwd_s += now_s() - t1;
     p->wait_s += t1 - t0;

@@ -66,12 +66,14 @@ class Ctx:
                 "--instance-prompt", "a photo of sks dog", "--resolution", "64", "--output-dir", out, "-t", "1",
                 *extra]
 
-    def run(self, args, ranks=0, timeout=300):
+    def run(self, args, ranks=0, timeout=300, env=None):
         """Runs args (under mpiexec -n ranks when ranks > 0); returns (rc, stderr + stdout, seconds)."""
         cmd = (MPIEXEC + ["-n", str(ranks)] if ranks else []) + [str(a) for a in args]
+        if env and ranks:  # mpiexec passes only what -x names
+            cmd[len(MPIEXEC):len(MPIEXEC)] = [x for k in env for x in ("-x", f"{k}={env[k]}")]
         t0 = time.time()
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+                           env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
         return p.returncode, p.stdout, time.time() - t0
 
 
@@ -665,6 +667,24 @@ def test_layouts(ctx):
             show(out)
             continue
         same_run(out_dir, name)
+
+    # 2 stages x 2 replicas: the gradient all-reduce overlapped with the
+    # backward (0.1 MiB buckets, so most of them go out during it) gives the
+    # bits of the all-reduce after it
+    runs = {}
+    for name, env in (("p2xd2-overlap", {"SDC_DP_BUCKET_MB": "0.1"}), ("p2xd2-after", {"SDC_NO_OVERLAP": "1"})):
+        out_dir = os.path.join(w, name)
+        args = [a for a in ctx.train_args(out_dir, *common, "--max-train-steps", steps, "--pipeline-stages", 2)
+                if a != "-q"]
+        rc, out, sec = ctx.run(args, ranks=4, env=env)
+        lines = [l for l in out.splitlines() if "gradient all-reduce over 2 replicas" in l]
+        runs[name] = out_dir
+        check(rc == 0 and len(lines) == 2 and all(("overlapped:" in l) == (name == "p2xd2-overlap") for l in lines),
+              f"{name}: exit {rc} ({sec:.1f} s); {lines[0].split(': ', 2)[-1] if lines else '(no report)'}")
+    if all(os.path.exists(os.path.join(d, "model.h5")) for d in runs.values()):
+        compare_exact(h5_weights(os.path.join(runs["p2xd2-after"], "model.h5")),
+                      h5_weights(os.path.join(runs["p2xd2-overlap"], "model.h5")),
+                      "2 x 2: gradient all-reduce overlapped with the backward vs after it")
 
     # 2 stages x 2 replicas with ZeRO-1 vs one process: the replicas' all-reduce
     # adds 2 partial gradients (test_mpi's tolerances, same reasons)

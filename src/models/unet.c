@@ -83,6 +83,7 @@ static int unet_build(Unet *m, ParamLoader *pl, SdcError *err) {
         const int mine = i >= m->first && i < m->end;
         const size_t numel0 = pl->numel;
         pl->check_only = !mine;
+        b->param_lo = arena_mark(pl->arena);
         UNET_KINDS[b->info.kind].load(pl, m, b);
         b->info.param_count = pl->numel - numel0;
         b->loaded = mine;

@@ -197,6 +197,13 @@ int unet_train_stage_backward(Unet *m, int tape, UnetCut *gout, SdcError *err);
 // before `first` has trainable parameters (so the stage must send dx back).
 void unet_train_range(const Unet *m, int *first, int *end, int *grad_before);
 
+// Overlap (the data-parallel all-reduce during the backward): fn is called
+// after each block's backward in every backward pass until it is unset (fn
+// NULL) with lo, such that the trainables' gradient elements [lo, n)
+// (unet_trainables) get nothing more from this backward: lo only decreases
+// (the blocks are laid out in order, the backward runs them in reverse).
+void unet_train_set_grad_hook(Unet *m, void (*fn)(void *user, size_t lo), void *user);
+
 // The trainable parameters and their gradients as flat f32 buffers of *n
 // floats (zero padding between tensors is harmless to AdamW and norms), on
 // the model's backend.

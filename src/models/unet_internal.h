@@ -68,6 +68,8 @@ typedef struct UnetBlock {
     TransformerParams tf;  // TRANSFORMER
     OutParams out;         // OUT
     LoraPair *lora;        // TRANSFORMER when training LoRA: (n_layers * UNET_LORA_PER_LAYER), else NULL
+    size_t param_lo;       // byte offset of its first parameter in the parameter arena (loaded trainable)
+    size_t lora_lo;        // byte offset of its first adapter in the LoRA arena
 } UnetBlock;
 
 // ---------------------------------------------------------------------------

@@ -72,6 +72,8 @@ typedef struct UnetTrain {
     Arena merge_backup;      // base projection weights while LoRA is merged
     int merged;
     int sink;                // timing a model loaded for inference: parameter gradients go to scratch
+    void (*grad_hook)(void *user, size_t lo); // told after each block's backward (unet_train_set_grad_hook)
+    void *grad_user;
     double *fwd_s, *bwd_s;   // (n_blocks) each block's forward / backward seconds, summed (time_blocks)
 } UnetTrain;
 
@@ -281,6 +283,13 @@ static void stage_backward(Unet *m, Tape *tp, UnetCut *gout) {
             be->sync(be);
             T->bwd_s[i] += clock_s() - t0;
         }
+        if (T->grad_hook && be != backend_measure()) { // this block's gradients and every later one's are final
+            const int has = lora_on(T) ? b->lora != NULL : b->info.param_count > 0;
+            if (has) {
+                be->sync(be);
+                T->grad_hook(T->grad_user, (lora_on(T) ? b->lora_lo : b->param_lo) / sizeof(float));
+            }
+        }
         if (be == backend_measure()) {
             m->blocks[i].info.bwd_bytes = gwork->peak + (T->o.checkpointing ? recomp->peak : 0);
             if (g0 > gwork->peak) gwork->peak = g0;
@@ -319,7 +328,7 @@ static int lora_build(Unet *m, Arena *a, Rng *rng, SdcError *err) {
         UnetBlock *b = &m->blocks[bi];
         if (b->info.kind != UNET_BLOCK_TRANSFORMER) continue;
         const int mine = bi >= T->first && bi < T->end;
-        if (mine) b->lora = &T->lora[k];
+        if (mine) b->lora = &T->lora[k], b->lora_lo = arena_mark(a);
         const int64_t D = b->info.inner, Dc = m->cfg.cross_dim;
         const int64_t in_dim[UNET_LORA_PER_LAYER] = {D, D, D, D, D, Dc, Dc, D}; // out is D for all
         for (int l = 0; l < b->info.n_layers; l++)
@@ -636,6 +645,12 @@ const ParamTable *unet_train_table(const Unet *m) {
 }
 
 size_t unet_train_tape_bytes(const Unet *m) { return m->train ? m->train->tape_bytes : 0; }
+
+void unet_train_set_grad_hook(Unet *m, void (*fn)(void *user, size_t lo), void *user) {
+    if (!m->train) return;
+    m->train->grad_hook = fn;
+    m->train->grad_user = user;
+}
 
 const double *unet_train_block_times(const Unet *m, int backward) {
     const UnetTrain *T = m->train;

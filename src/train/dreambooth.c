@@ -413,6 +413,22 @@ int db_stage_dctx(DbTrainer *t, int r0, int n, const Tensor *dctx, SdcError *err
     return 0;
 }
 
+static void grad_ready(void *user, size_t lo) {
+    DbTrainer *t = user;
+    if (!t->ov_rc) t->ov_rc = t->hooks.overlap_ready(t->hooks.user, lo, &t->ov_err);
+}
+
+int db_overlap_arm(DbTrainer *t, SdcError *err) {
+    if (!t->final_batch || !t->hooks.overlap_begin || zero_on(t) || t->ov_armed) return 0;
+    float *pb, *gb;
+    size_t nn;
+    unet_trainables(t->model->unet, &pb, &gb, &nn);
+    SDC_TRY(t->hooks.overlap_begin(t->hooks.user, gb, nn, err));
+    t->ov_armed = 1;
+    unet_train_set_grad_hook(t->model->unet, grad_ready, t);
+    return 0;
+}
+
 // One rank holding every block: the micro-batches one after the other.
 static int run_local(DbTrainer *t, SdcError *err) {
     Unet *u = t->model->unet;
@@ -427,6 +443,7 @@ static int run_local(DbTrainer *t, SdcError *err) {
         SDC_TRY(unet_train_stage_forward(u, 0, ts, &out, err));
         SDC_TRY(unet_train_grad_in(u, 0, &gin, err));
         SDC_TRY(db_stage_loss(t, r0, n, &out.x, &gin.x, err));
+        if (j == M - 1) SDC_TRY(db_overlap_arm(t, err));
         SDC_TRY(unet_train_stage_backward(u, 0, &gout, err));
         if (t->cfg.train_text_encoder) SDC_TRY(db_stage_dctx(t, r0, n, &gout.ctx, err));
     }
@@ -437,8 +454,11 @@ static int run_local(DbTrainer *t, SdcError *err) {
 // replica's share; adds this rank's loss terms into t->loss.
 static int data_batch(DbTrainer *t, int64_t batch, SdcError *err) {
     SDC_TRY(prepare_batch(t, batch, err));
-    if (t->rows == 0) return 0;
-    SDC_TRY(t->hooks.pipeline ? t->hooks.pipeline(t->hooks.user, t, t->rows, err) : run_local(t, err));
+    if (t->rows == 0) return db_overlap_arm(t, err); // an idle replica still posts its share of the all-reduce
+    int rc = t->hooks.pipeline ? t->hooks.pipeline(t->hooks.user, t, t->rows, err) : run_local(t, err);
+    unet_train_set_grad_hook(t->model->unet, NULL, NULL);
+    SDC_TRY(rc);
+    if (t->ov_rc) return sdc_err(err, t->ov_rc, "%s", t->ov_err.msg);
     if (t->train_te) {
         Tensor dv = rows_of(&t->dctx, 0, t->rows);
         SDC_TRY(clip_train_backward(t->model->clip, &dv, err));
@@ -560,12 +580,13 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
         for (;;) {
             draw_order(t, t->st.epoch);
             int64_t bi = t->st.batch_in_epoch;
+            int last = bi + 1 == t->batches_per_epoch;
+            int sync = optim_accum_is_sync(bi, c->grad_accum, last);
+            t->final_batch = sync;
             SDC_TRY(data_batch(t, bi, err));
             n_batches++;
             int64_t fi = bi * c->train_batch_size;
             items += (int)(t->n_items - fi < c->train_batch_size ? t->n_items - fi : c->train_batch_size);
-            int last = bi + 1 == t->batches_per_epoch;
-            int sync = optim_accum_is_sync(bi, c->grad_accum, last);
             t->st.batch_in_epoch++;
             if (last) {
                 t->st.epoch++;
@@ -586,9 +607,11 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
                 float *pb, *gb;
                 size_t nn;
                 group_trainables(t, gi, &pb, &gb, &nn);
-                SDC_TRY(t->hooks.allreduce_mean(t->hooks.user, gb, nn, err));
+                if (gi == 0 && t->ov_armed) SDC_TRY(t->hooks.overlap_end(t->hooks.user, err)); // in flight already
+                else SDC_TRY(t->hooks.allreduce_mean(t->hooks.user, gb, nn, err));
             }
         }
+        t->ov_armed = 0;
         double loss[2] = {t->loss[0], t->loss[1]};
         if (t->hooks.allreduce_sum) SDC_TRY(t->hooks.allreduce_sum(t->hooks.user, loss, 2, err));
         // the mean over the step's batches of diffusers' loss (each term carries 1 / accum)

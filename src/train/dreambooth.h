@@ -132,6 +132,13 @@ typedef struct DbHooks {
     // the micro-batches itself.
     int (*pipeline)(void *user, struct DbTrainer *t, int rows, SdcError *err);
     int tapes; // micro-batches whose activations the pipeline holds at once on this stage (0: 1)
+    // Overlap (replicas > 1 without ZeRO-1; NULL: the all-reduce after the
+    // backward): the UNet's gradient mean runs during the step's last
+    // backward (mpi/dp.h dp_overlap_*): begin on the flat buffer before it,
+    // ready(lo) as blocks finish (elements [lo, n) final), end after it.
+    int (*overlap_begin)(void *user, float *buf, size_t n, SdcError *err);
+    int (*overlap_ready)(void *user, size_t lo, SdcError *err);
+    int (*overlap_end)(void *user, SdcError *err);
     // After every optimizer step; nonzero return stops training with that error.
     int (*on_step)(void *user, const DbStepInfo *s, SdcError *err);
     // ZeRO-1 (zero != 0 with replicas > 1): every replica keeps the AdamW
@@ -190,6 +197,11 @@ typedef struct DbTrainer {
     Tensor ctx, dctx;      // (share_max, L, D) the UNet's context and its gradient (text-encoder training)
     Tensor ctx_fixed;      // (2, L, D) instance / class embeddings (frozen text encoder)
     int32_t inst_ids[1024], class_ids[1024]; // (L) the two prompts' tokens
+    // overlap of this step's UNet gradient all-reduce with its last backward
+    int final_batch;       // the batch in progress ends the optimizer step
+    int ov_armed;          // dp_overlap_begin done for this step
+    int ov_rc;             // a failure inside the backward's hook, reported after it
+    SdcError ov_err;
 } DbTrainer;
 
 // The seed of sample `index` (0-based in the global batch: instances, then
@@ -215,6 +227,10 @@ int db_stage_inputs(DbTrainer *t, int r0, int n, UnetCut *in, const float **time
 int db_stage_loss(DbTrainer *t, int r0, int n, const Tensor *out, Tensor *dout, SdcError *err);
 // stage 0 with text-encoder training: d loss / d the rows' context.
 int db_stage_dctx(DbTrainer *t, int r0, int n, const Tensor *dctx, SdcError *err);
+// Before the step's last backward of the UNet (the last micro-batch of its
+// last batch): starts the overlapped gradient all-reduce when the hooks
+// have one (a no-op otherwise, and when already started).
+int db_overlap_arm(DbTrainer *t, SdcError *err);
 // The micro-batches of a replica's share of `rows` rows: micro-batch j is
 // rows [start, start + count); M = min(micro_batches, rows).
 int db_micro_count(const DbTrainer *t, int rows);
