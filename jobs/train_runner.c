@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -811,6 +812,23 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
             snprintf(how, sizeof how, "not overlapped%s", d->zero_stage ? ": ZeRO-1 reduce-scatters after it" : "");
         fprintf(stderr, "sdc: stage %d: gradient all-reduce over %d replicas: %.1f ms per step after the backward "
                 "(%s)\n", run.grid.stage, run.grid.replicas, (dp->ov_exposed_s + dp->ar_s) / steps * 1e3, how);
+    }
+    if (!opt->quiet && run.grid.replica == 0) { // each stage's memory: parameters, optimizer, activations
+        float *pb, *gb;
+        size_t nn, opt_floats = 0;
+        unet_trainables(m.unet, &pb, &gb, &nn);
+        for (int gi = 0; gi < t.opt.n_groups; gi++) opt_floats += 2 * t.opt.groups[gi].numel;
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        const int tapes = stages > 1 ? run.pp.tapes : 1;
+        fprintf(stderr, "sdc: stage %d memory: UNet parameters %.1f MiB, trained %.1f MiB (+ the same in gradients), "
+                "AdamW %.1f MiB, activations %d x %.1f MiB (micro-batches held x kept per micro-batch), other "
+                "training buffers %.1f MiB, text encoder training %.1f MiB; peak resident %.0f MiB\n",
+                run.grid.stage, unet_param_bytes(m.unet) / 1048576.0, nn * 4 / 1048576.0, opt_floats * 4 / 1048576.0,
+                tapes, unet_train_tape_bytes(m.unet) / 1048576.0,
+                (unet_train_bytes(m.unet) - tapes * unet_train_tape_bytes(m.unet) - (d->lora_rank ? 0 : nn * 4)) /
+                    1048576.0,
+                clip_train_bytes(m.clip) / 1048576.0, ru.ru_maxrss / 1024.0);
     }
     if (stages > 1 && !opt->quiet && run.grid.replica == 0) { // each stage's time: where the bubble went
         const PpTrain *pp = &run.pp;

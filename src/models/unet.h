@@ -197,6 +197,12 @@ int unet_train_stage_backward(Unet *m, int tape, UnetCut *gout, SdcError *err);
 // before `first` has trainable parameters (so the stage must send dx back).
 void unet_train_range(const Unet *m, int *first, int *end, int *grad_before);
 
+// The bytes of the cut entering block `first` (the running activation, the
+// open skips, the time embedding unless first == 0, the context) for n rows
+// at latent h x w: what a pipeline stage starting there receives per
+// micro-batch (and sends back as gradients).
+size_t unet_cut_bytes(const Unet *m, int first, int n, int h, int w, int ctx_len);
+
 // Overlap (the data-parallel all-reduce during the backward): fn is called
 // after each block's backward in every backward pass until it is unset (fn
 // NULL) with lo, such that the trainables' gradient elements [lo, n)

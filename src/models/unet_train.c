@@ -105,6 +105,17 @@ static void cut_shapes(const Unet *m, int first, int64_t n, int64_t h, int64_t w
     *n_skips = k;
 }
 
+size_t unet_cut_bytes(const Unet *m, int first, int n, int h, int w, int ctx_len) {
+    int64_t xs[4], ss[UNET_MAX_SKIPS][4];
+    int k = 0;
+    cut_shapes(m, first, n, h, w, xs, ss, &k);
+    const size_t e = dtype_size(m->be->act_dtype);
+    size_t b = (size_t)(xs[0] * xs[1] * xs[2] * xs[3]) * e + (size_t)n * ctx_len * m->cfg.cross_dim * e;
+    for (int i = 0; i < k; i++) b += (size_t)(ss[i][0] * ss[i][1] * ss[i][2] * ss[i][3]) * e;
+    if (first > 0) b += (size_t)n * 4 * m->cfg.block_out[0] * e;
+    return b;
+}
+
 static Tensor act4(Arena *a, DType dt, const int64_t s[4]) { return ARENA_DT(a, dt, s[0], s[1], s[2], s[3]); }
 
 static void cut_alloc(Unet *m, Tape *tp, int n) {
