@@ -13,8 +13,9 @@
 // one micro-batch's activations, not of the optimizer. One warm-up pass,
 // then the sum of K timed passes / K. Prints a CSV on stdout:
 //   block,kind,name,params,fwd_s,bwd_s,keep_bytes,cut_bytes,fwd_flops
-// after a "# rows=N latent=L threads=T lora=R checkpointing=C model=PATH"
-// line (keep_bytes and cut_bytes for the N rows; cut_bytes: what a stage
+// after a "# rows=N latent=L threads=T lora=R checkpointing=C adam_ns=A model=PATH"
+// line (A: nanoseconds per parameter of the optimizer's part of a step: the
+// gradient norm, the clip, AdamW, zeroing the gradients) (keep_bytes and cut_bytes for the N rows; cut_bytes: what a stage
 // starting at the block receives) and a summary line on stderr. A benchmark, not a
 // test: nothing is checked.
 #include <stdio.h>
@@ -83,14 +84,40 @@ int main(int argc, char **argv) {
             memcpy(b0, unet_train_block_times(u, 1), (size_t)nb * sizeof *b0);
         }
     }
+    // The optimizer's part of a step per parameter: the gradient norm (sum of
+    // squares), the clip (scale), AdamW and zeroing the gradients, as
+    // src/train/dreambooth.c does them, over as many floats as the UNet has.
+    double adam_ns = 0;
+    if (!rc) {
+        size_t n = 0;
+        for (int i = 0; i < nb; i++) n += unet_block_info(u, i)->param_count;
+        float *buf = be->alloc(be, 4 * n * sizeof(float));
+        if (buf) {
+            be->zero(be, buf, 4 * n * sizeof(float));
+            float *pp = buf, *g = buf + n, *m1 = buf + 2 * n, *v1 = buf + 3 * n;
+            const AdamWScalars sc = {.decay = 1, .w1 = 0.1f, .b2 = 0.999f, .w2 = 0.001f, .bc2_sqrt = 1, .eps = 1e-8f,
+                                     .neg_step = -1e-6f};
+            Tensor gt = tensor_make(DT_F32, be->device, g, 1, (int64_t[]){(int64_t)n});
+            const double t0 = now_sec();
+            for (int k = 0; k < 2; k++) {
+                volatile double ss = be->sum_squares(be, g, n);
+                (void)ss;
+                be->scale(be, &gt, &gt, 1.0f);
+                be->adamw(be, pp, g, m1, v1, n, &sc);
+                be->zero(be, g, n * sizeof(float));
+            }
+            adam_ns = (now_sec() - t0) / 2 / (double)n * 1e9;
+            be->free(be, buf);
+        }
+    }
     if (rc) {
         fprintf(stderr, "bench_blocks: %s\n", err.msg);
     } else {
         const double *f = unet_train_block_times(u, 0), *b = unet_train_block_times(u, 1);
         double tf = 0, tb = 0, fl = 0;
         size_t keep = 0;
-        printf("# rows=%d latent=%d threads=%d lora=%d checkpointing=%d model=%s\n", rows, latent, be->threads, lora,
-               ckpt, argv[1]);
+        printf("# rows=%d latent=%d threads=%d lora=%d checkpointing=%d adam_ns=%.4g model=%s\n", rows, latent,
+               be->threads, lora, ckpt, adam_ns, argv[1]);
         printf("block,kind,name,params,fwd_s,bwd_s,keep_bytes,cut_bytes,fwd_flops\n");
         for (int i = 0; i < nb; i++) {
             const UnetBlockInfo *bi = unet_block_info(u, i);

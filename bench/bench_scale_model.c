@@ -48,6 +48,7 @@
 
 typedef struct Profile {
     int threads, rows, latent;
+    double adam_ns; // the optimizer's part of a step, per parameter (0: not measured)
     int n;
     char kind[MAX_BLOCKS][32];
     double params[MAX_BLOCKS], fwd[MAX_BLOCKS], bwd[MAX_BLOCKS], keep[MAX_BLOCKS], cut[MAX_BLOCKS],
@@ -89,6 +90,8 @@ static int load_profile(Profile *p, const char *path) {
             if (r) p->rows = atoi(r + 5);
             if (l) p->latent = atoi(l + 7);
             if (t) p->threads = atoi(t + 8);
+            const char *an = strstr(line, "adam_ns=");
+            if (an) p->adam_ns = atof(an + 8);
             continue;
         }
         if (!strncmp(line, "block,", 6)) continue;
@@ -231,8 +234,10 @@ static int predict(const Profile *p, const Machine *m, const Layout *L, Predicti
             const double bucket = 25.0 * 1048576 / al->bytes_per_s; // the last bucket goes out after the backward
             ar = ar > bw ? ar - bw + (bucket < ar ? bucket : ar) : (bucket < ar ? bucket : ar);
         }
-        const double tail = ar + prm * m->adam_s_per_param;
-        if (tail > worst_tail) worst_tail = tail, out->reduce_s = ar, out->adam_s = prm * m->adam_s_per_param;
+        // the optimizer: the profile's measured rate on the CPU, the device's memory bandwidth on GPUs
+        const double adam = prm * (!m->gpu && p->adam_ns > 0 ? p->adam_ns * 1e-9 : m->adam_s_per_param);
+        const double tail = ar + adam;
+        if (tail > worst_tail) worst_tail = tail, out->reduce_s = ar, out->adam_s = adam;
         const int tapes = L->gpipe ? L->M : (P - s < L->M ? P - s : L->M);
         const double mem = prm * m->bytes_per_param + tapes * keep + scratch;
         worst_mem = mem > worst_mem ? mem : worst_mem;
