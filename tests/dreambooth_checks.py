@@ -783,13 +783,13 @@ def test_layouts(ctx):
     d = os.path.join(w, "killed")
     mp = os.path.join(d, "metrics.jsonl")
     cmd = MPIEXEC + ["-n", "2"] + [str(a) for a in ctx.train_args(d, *common, "--max-train-steps", 200,
-                                                                 "--pipeline-stages", 2)]
+                                                                 "--pipeline-stages", 2, "--checkpointing-steps", 2)]
     log = os.path.join(w, "killed.log")
     with open(log, "w") as lf:
         p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     t0, killed, t_kill = time.time(), None, 0
     while p.poll() is None and time.time() - t0 < 240:
-        if killed is None and os.path.exists(mp) and metric_lines(mp) >= 2:
+        if killed is None and os.path.exists(mp) and metric_lines(mp) >= 3:
             pids = sdc_pids(p.pid, ctx.sdc)
             if len(pids) == 2:
                 killed = pids[-1]  # rank 1 (the later pid): the last stage
@@ -807,6 +807,14 @@ def test_layouts(ctx):
                  f"rank 1 of 2 stages SIGKILLed mid-run: the job ended in {t_end:.1f} s (limit 60), exit "
                  f"{p.returncode}, the lost rank named"):
         show(out, 10)
+    # the checkpoint written before the kill is whole: the run resumes from it
+    ckpts = sorted(int(f[11:-3]) for f in os.listdir(d) if f.startswith("checkpoint-") and f.endswith(".h5"))
+    tmp = [f for f in os.listdir(d) if f.endswith(".tmp")]
+    if check(ckpts and ckpts[-1] >= 2, f"after the kill: checkpoints {ckpts} ({len(tmp)} half-written .tmp left)"):
+        rc, out, _ = ctx.run(ctx.train_args(d, *common, "--max-train-steps", ckpts[-1] + 1, "--pipeline-stages", 2,
+                                            "--checkpointing-steps", 2, "--resume-from-checkpoint", "latest"), ranks=2)
+        check(rc == 0 and os.path.exists(os.path.join(d, "model.h5")),
+              f"the killed run resumed from checkpoint-{ckpts[-1]} to step {ckpts[-1] + 1}: exit {rc}")
 
 
 def main():
