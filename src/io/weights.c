@@ -27,6 +27,7 @@ typedef struct WEntry {
 
 struct ModelFiles {
     ModelInfo info;
+    char *sched_json;          // the scheduler_config.json text read, or NULL
     char path[1024];
     StFile files[COMP_COUNT + 1]; // single file: files[0] only; + a separate VAE (model_files_set_vae)
     int n_files;
@@ -317,25 +318,28 @@ static int read_tokenizer_pad(ClipConfig *k, const char *tok_dir, SdcError *err)
     return 0;
 }
 
-static int read_prediction(const char *dir, PredictionType *pred, int *found, SdcError *err) {
+// dir/scheduler/scheduler_config.json into m->info.sched (its text kept for
+// sdc convert); without one, SD's original config. *found: the file gives
+// prediction_type (then the UNet's prediction is the file's).
+static int read_scheduler(ModelFiles *m, const char *dir, int *found, SdcError *err) {
     char p[1200];
     path_join(p, sizeof p, dir, "scheduler", "scheduler_config.json");
     *found = 0;
-    if (!is_file(p)) return 0;
-    Cfg c;
-    SDC_TRY(cfg_open(&c, p, err));
-    const char *s = json_str(&c.doc, json_get(&c.doc, c.root, "prediction_type"));
-    int rc = 0;
-    if (s && !strcmp(s, "v_prediction")) *pred = PRED_V, *found = 1;
-    else if (!s || !strcmp(s, "epsilon")) *pred = PRED_EPSILON, *found = s != NULL;
-    else rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: prediction_type \"%s\": sdc supports \"epsilon\" and "
-                      "\"v_prediction\"", p, s);
-    json_free(&c.doc);
-    return rc;
+    free(m->sched_json);
+    m->sched_json = NULL;
+    if (!is_file(p)) {
+        sched_config_sd(&m->info.sched, PRED_EPSILON);
+        return 0;
+    }
+    SDC_TRY(sched_config_read(&m->info.sched, p, &m->sched_json, err));
+    *found = (m->info.sched.have & SCHED_HAS_PREDICTION) != 0;
+    if (*found) m->info.unet.prediction = m->info.sched.prediction;
+    return 0;
 }
 
-// Reads the configs of a diffusers folder (or a config_dir) into info.
-static int read_diffusers_configs(ModelInfo *info, const char *dir, SdcError *err) {
+// Reads the configs of a diffusers folder (or a config_dir) into m->info.
+static int read_diffusers_configs(ModelFiles *m, const char *dir, SdcError *err) {
+    ModelInfo *info = &m->info;
     char p[1200];
     const char *missing = NULL;
     path_join(p, sizeof p, dir, "unet", "config.json");
@@ -360,7 +364,7 @@ static int read_diffusers_configs(ModelInfo *info, const char *dir, SdcError *er
         SDC_TRY(read_tokenizer_pad(&info->clip, p, err));
     }
     int found;
-    SDC_TRY(read_prediction(dir, &info->unet.prediction, &found, err));
+    SDC_TRY(read_scheduler(m, dir, &found, err));
     if (!found) info->unet.prediction = PRED_EPSILON;
     return 0;
 }
@@ -585,7 +589,7 @@ static int open_single(ModelFiles *m, const char *path, const char *config_dir, 
     for (int i = 0; i < f->n && !openclip; i++)
         openclip = !strncmp(f->entries[i].name, "cond_stage_model.model.", 23);
     if (config_dir) {
-        SDC_TRY(read_diffusers_configs(info, config_dir, err));
+        SDC_TRY(read_diffusers_configs(m, config_dir, err));
     } else {
         SDC_TRY(infer_unet(&info->unet, f, openclip, err));
         SDC_TRY(infer_vae(&info->vae, f, err));
@@ -610,7 +614,7 @@ static int open_single(ModelFiles *m, const char *path, const char *config_dir, 
 static int open_diffusers(ModelFiles *m, const char *dir, SdcError *err) {
     ModelInfo *info = &m->info;
     info->layout = LAYOUT_DIFFUSERS;
-    SDC_TRY(read_diffusers_configs(info, dir, err));
+    SDC_TRY(read_diffusers_configs(m, dir, err));
     static const char *const weight_files[COMP_COUNT][4] = {
         {"model.safetensors", "model.fp16.safetensors", NULL, NULL},
         {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", NULL, NULL},
@@ -657,16 +661,11 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
         rc = open_diffusers(m, path, err);
     } else if (is_file(path)) {
         rc = open_single(m, path, config_dir, err);
-        if (!rc && config_dir) {
-            int found;
-            PredictionType p = m->info.unet.prediction;
-            rc = read_prediction(config_dir, &p, &found, err);
-            if (!rc && !found) {
-                int sd2_768 = m->info.family == SD_FAMILY_2 && m->info.unet.sample_size == 96;
-                p = sd2_768 ? PRED_V : PRED_EPSILON;
-            }
-            m->info.unet.prediction = p;
+        if (!rc && config_dir && !(m->info.sched.have & SCHED_HAS_PREDICTION)) {
+            int sd2_768 = m->info.family == SD_FAMILY_2 && m->info.unet.sample_size == 96;
+            m->info.unet.prediction = sd2_768 ? PRED_V : PRED_EPSILON;
         }
+        if (!rc && !config_dir) sched_config_sd(&m->info.sched, m->info.unet.prediction);
     } else {
         rc = sdc_err(err, SDC_ERR_IO, "%s: no such file or folder\n---> pass a .safetensors file in the original "
                      "layout or a diffusers folder (with unet/, vae/, text_encoder/)", path);
@@ -676,6 +675,8 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
         return rc;
     }
     if (prediction != -1) m->info.unet.prediction = (PredictionType)prediction;
+    m->info.sched.prediction = m->info.unet.prediction;
+    m->info.sched.have |= SCHED_HAS_PREDICTION;
     *out = m;
     return 0;
 }
@@ -687,10 +688,12 @@ void model_files_close(ModelFiles *m) {
         free(m->ents[c]);
     }
     for (int i = 0; i < m->n_files; i++) st_close(&m->files[i]);
+    free(m->sched_json);
     free(m);
 }
 
 const ModelInfo *model_files_info(const ModelFiles *m) { return &m->info; }
+const char *model_files_scheduler_json(const ModelFiles *m) { return m->sched_json; }
 
 // ---------------------------------------------------------------------------
 // a separate VAE

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "models/config.h"
+#include "sampling/sched_config.h"
 
 typedef enum { COMP_TEXT_ENCODER = 0, COMP_UNET = 1, COMP_VAE = 2, COMP_COUNT = 3 } Component;
 typedef enum { LAYOUT_SINGLE_FILE = 0, LAYOUT_DIFFUSERS = 1 } WeightLayout;
@@ -29,6 +30,11 @@ typedef struct ModelInfo {
     UnetConfig unet;
     VaeConfig vae;
     char tokenizer_dir[1024]; // diffusers tokenizer/ folder, "" = shipped vocab
+    // The scheduler config the samplers run on: the folder's (or config_dir's)
+    // scheduler/scheduler_config.json, else SD's original one
+    // (sched_config_sd); its prediction is the UNet's (the user's
+    // --prediction-type included), always given.
+    SchedConfig sched;
 } ModelInfo;
 
 // path: a .safetensors single file or a diffusers folder. config_dir
@@ -42,6 +48,9 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
                      SdcError *err);
 void model_files_close(ModelFiles *m);
 const ModelInfo *model_files_info(const ModelFiles *m);
+// The text of the scheduler_config.json that ModelInfo.sched was read from,
+// or NULL (a single file without config_dir: sdc's built-in SD config).
+const char *model_files_scheduler_json(const ModelFiles *m);
 
 // Looks up a parameter by diffusers name within a component (e.g. COMP_UNET,
 // "down_blocks.0.resnets.0.conv1.weight") and checks its shape against

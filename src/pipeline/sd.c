@@ -126,6 +126,13 @@ int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err) {
         return sdc_err(err, SDC_ERR_ARG, "inpainting needs a mask ---> pass --mask FILE (white = repaint)");
     if (cin != 4 && cin != 9)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "UNet with %d input channels: expected 4, or 9 (inpainting)", cin);
+    if (p->timestep_spacing && p->timestep_spacing[0] && sched_spacing_parse(p->timestep_spacing) < 0)
+        return sdc_err(err, SDC_ERR_ARG, "--timestep-spacing %s ---> use leading, trailing or linspace",
+                       p->timestep_spacing);
+    if (p->karras && !sampler_has_karras(p->sampler))
+        return sdc_err(err, SDC_ERR_ARG, "--karras with sampler %s: diffusers' %s has no Karras sigmas ---> use "
+                       "euler, heun, lms, dpm++2m, dpm++2m_sde or unipc with --karras", sampler_name(p->sampler),
+                       sampler_class_name(p->sampler));
     if (cin == 9 && p->mode != GEN_INPAINT)
         return sdc_err(err, SDC_ERR_ARG,
                        "this is an inpainting model (9-channel UNet): it needs an image and a mask ---> pass "
@@ -235,9 +242,26 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
     int rc = (!r->s || !r->rng || !r->host || !r->tsp)
                  ? sdc_err(err, SDC_ERR_OOM, "pipeline buffers for %d items at %dx%d", B, W, H)
                  : 0;
+    // the run's schedule: the config (the model's unless the request gives
+    // one) with the UNet's prediction type and the request's overrides
+    SchedConfig *sc = rc ? NULL : malloc(sizeof *sc);
+    if (!rc && !sc) rc = sdc_err(err, SDC_ERR_OOM, "pipeline scheduler config");
+    if (!rc) {
+        *sc = p->sched ? *p->sched : model_files_info(m->files)->sched;
+        sc->prediction = uc->prediction;
+        sc->have |= SCHED_HAS_PREDICTION;
+        if (p->timestep_spacing && p->timestep_spacing[0]) {
+            sc->spacing = (TimestepSpacing)sched_spacing_parse(p->timestep_spacing);
+            sc->have |= SCHED_HAS_SPACING;
+        }
+        if (p->karras) {
+            sc->use_karras_sigmas = 1;
+            sc->have |= SCHED_HAS_KARRAS;
+        }
+    }
     for (int i = 0; !rc && i < B; i++, r->n_init++)
-        rc = sampler_init(&r->s[i], p->sampler, p->steps, sampler_default_spacing(p->sampler), uc->prediction, p->eta,
-                          nlat, err);
+        rc = sampler_init_cfg(&r->s[i], p->sampler, p->steps, sc, p->eta, nlat, err);
+    free(sc);
     if (!rc) {
         float *q = r->host;
         b->lat = q, q += (size_t)B * nlat;

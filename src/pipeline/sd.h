@@ -47,6 +47,14 @@ typedef struct GenParams {
     const float *mask;       // (H, W) in {0, 1}, 1 = repaint: inpaint (mask_to_tensor)
     int vae_tile;            // VAE decode tile in latent pixels (overlap a quarter): 0 = auto
                              // (vae_tiling_auto: above 1 GiB), < 0 = never
+    // The schedule: the model's scheduler config (ModelInfo.sched, read as
+    // diffusers reads it) unless sched is given; the run's overrides on top,
+    // as A1111's schedule options: timestep_spacing "leading" | "trailing" |
+    // "linspace" (NULL or "": the config's), karras 1 = Karras sigmas (for the
+    // samplers whose diffusers class has use_karras_sigmas).
+    const SchedConfig *sched;
+    const char *timestep_spacing;
+    int karras;
 } GenParams;
 
 // Called after every model evaluation (step counts from 1).
