@@ -487,7 +487,7 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         if ((rc = model_files_open(&m.files, job->model->path, cfg, runner_prediction(job), err))) goto done;
         const ModelInfo *info = model_files_info(m.files);
         m.be = be;
-        rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m.tok, info->tokenizer_dir, err) : clip_tok_load_default(&m.tok, err);
+        rc = sd_tokenizer_load(&m.tok, info, err);
         // LoRA keeps the base UNet as read-only mmap views unless validation
         // images need the LoRA merged into writable copies (SD 1.5: 3.4 GB)
         int validating = d->validation_prompt && d->validation_prompt[0];

@@ -14,6 +14,7 @@
 #include "io/json.h"
 #include "io/namemap.h"
 #include "io/safetensors.h"
+#include "text/tokenizer.h"
 
 #define JSON_MAX_BYTES (64u << 20) // config.json, vocab.json
 
@@ -282,39 +283,14 @@ static void clip_set_tokens(ClipConfig *k, SdFamily fam) {
     k->pad_token = fam == SD_FAMILY_2 ? 0 : k->eos_token;
 }
 
-static int token_id(const char *tok_dir, const ClipConfig *k, const char *tok, int *id, SdcError *err) {
-    if (!strcmp(tok, "<|endoftext|>")) { *id = k->eos_token; return 0; }
-    if (!strcmp(tok, "<|startoftext|>")) { *id = k->bos_token; return 0; }
-    char p[1200];
-    path_join(p, sizeof p, tok_dir, "vocab.json", NULL);
-    if (is_file(p)) {
-        JsonDoc d;
-        SDC_TRY(json_parse_file(&d, p, JSON_MAX_BYTES, err));
-        const JsonNode *v = json_get(&d, json_root(&d), tok);
-        int ok = v && v->type == JSON_NUMBER && v->is_int;
-        if (ok) *id = (int)v->i;
-        json_free(&d);
-        if (ok) return 0;
-    }
-    if (!strcmp(tok, "!")) { *id = 0; return 0; }
-    return sdc_err(err, SDC_ERR_FORMAT, "%s: pad token \"%s\" not found in %s", tok_dir, tok, p);
-}
-
+// The pad token of a tokenizer folder, as the tokenizer reads it
+// (text/tokenizer.h: tokenizer.json or vocab.json, and the special tokens of
+// its config files as transformers registers them).
 static int read_tokenizer_pad(ClipConfig *k, const char *tok_dir, SdcError *err) {
-    const char *files[2] = {"special_tokens_map.json", "tokenizer_config.json"};
-    for (int f = 0; f < 2; f++) {
-        char p[1200];
-        path_join(p, sizeof p, tok_dir, files[f], NULL);
-        if (!is_file(p)) continue;
-        Cfg c;
-        SDC_TRY(cfg_open(&c, p, err));
-        const JsonNode *pt = json_get(&c.doc, c.root, "pad_token");
-        const char *s = json_str(&c.doc, pt);
-        if (!s && pt && pt->type == JSON_OBJECT) s = json_str(&c.doc, json_get(&c.doc, pt, "content"));
-        int rc = s ? token_id(tok_dir, k, s, &k->pad_token, err) : 0;
-        json_free(&c.doc);
-        if (rc || s) return rc;
-    }
+    ClipTokenizer *t;
+    SDC_TRY(clip_tok_load_dir(&t, tok_dir, err));
+    k->pad_token = clip_tok_pad(t);
+    clip_tok_free(t);
     return 0;
 }
 

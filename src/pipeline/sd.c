@@ -12,6 +12,11 @@
 #include "io/image.h"
 #include "sampling/rng.h"
 
+int sd_tokenizer_load(ClipTokenizer **out, const ModelInfo *info, SdcError *err) {
+    if (info->tokenizer_dir[0]) return clip_tok_load_dir(out, info->tokenizer_dir, err);
+    return info->clip.pad_token == 0 ? clip_tok_load_default_sd2(out, err) : clip_tok_load_default(out, err);
+}
+
 int sd_model_load(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
                   SdcError *err) {
     return sd_model_load_opts(m, path, config_dir, prediction, be, NULL, err);
@@ -32,8 +37,7 @@ int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int
     LoraSet loras = {0};
     if (o && o->n_loras > 0) rc = lora_set_open(&loras, o->loras, o->n_loras, m->files, err);
     const ModelLoadOpts lo = {.lora = loras.n ? &loras : NULL};
-    if (!rc) rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m->tok, info->tokenizer_dir, err)
-                                         : clip_tok_load_default(&m->tok, err);
+    if (!rc) rc = sd_tokenizer_load(&m->tok, info, err);
     if (!rc) rc = clip_load_opts(&m->clip, m->files, be, &lo, err);
     if (!rc) rc = unet_load_opts(&m->unet, m->files, be, &lo, err);
     if (!rc) rc = vae_load(&m->vae, m->files, be, err);

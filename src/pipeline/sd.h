@@ -60,6 +60,10 @@ typedef struct GenParams {
 // Called after every model evaluation (step counts from 1).
 typedef void (*ProgressFn)(void *user, int step, int total);
 
+// The model's tokenizer: its tokenizer/ folder, else the shipped vocab with
+// the special tokens of SD 1.x's tokenizer folder, or SD 2.x's when the model
+// pads with "!" (what diffusers' from_single_file gives either).
+int sd_tokenizer_load(ClipTokenizer **out, const ModelInfo *info, SdcError *err);
 int sd_model_load(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
                   SdcError *err);
 // What sd_model_load_opts adds: LoRAs (io/lora.h), each merged into the text
