@@ -5,6 +5,10 @@
 #   schedule: --karras / --timestep-spacing reach the samplers, the PNG and the
 #             manifest; --karras with a sampler that has no Karras sigmas is
 #             refused with its name.
+#   exports:  sdc convert -o FOLDER/ (from a single file, an .h5, a folder) and
+#             a DreamBooth run's diffusers/ are complete diffusers folders
+#             (tokenizer/ included) that sdc samples as it samples their
+#             source; tools/check_export.py loads them in diffusers.
 SDC=$1
 OUT=$2
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,6 +72,45 @@ refused "--karras --sampler ddim" "karras with sampler ddim: diffusers' DDIMSche
     gen s_x.png --sampler ddim --karras
 refused "--timestep-spacing even" "--timestep-spacing even ---> use leading, trailing or linspace" \
     gen s_x.png --timestep-spacing even
+
+echo "exports (sdc convert -o FOLDER/, DreamBooth's diffusers/): complete folders, sampled as their source:"
+has_export() { # has_export FOLDER: the files diffusers' StableDiffusionPipeline.from_pretrained needs
+    for f in model_index.json scheduler/scheduler_config.json unet/config.json vae/config.json \
+        text_encoder/config.json tokenizer/vocab.json tokenizer/merges.txt tokenizer/tokenizer_config.json \
+        tokenizer/special_tokens_map.json; do
+        [ -s "$1/$f" ] || { echo "missing $1/$f"; return 1; }
+    done
+    grep -q '"tokenizer": \["transformers", "CLIPTokenizer"\]' "$1/model_index.json" &&
+        grep -q '"model_max_length": 77' "$1/tokenizer/tokenizer_config.json"
+}
+same_images() { # same_images A B: sdc draws the same pixels from models A and B
+    for smp in euler ddim dpm++2m; do
+        "$SDC" generate -q -m "$1" -p "a red fox!" -W 64 -H 64 --steps 3 --sampler $smp -o "$OUT/si_a.png" &&
+            "$SDC" generate -q -m "$2" -p "a red fox!" -W 64 -H 64 --steps 3 --sampler $smp -o "$OUT/si_b.png" &&
+            pixels same "$OUT/si_a.png" "$OUT/si_b.png" || return 1
+    done
+}
+rm -rf "$OUT/exp" "$OUT/exp.h5" "$OUT/exp2" "$OUT/exp3" "$OUT/db"
+check "sdc convert -m DEMO -o exp/" "$SDC" convert -q -m "$DEMO" -o "$OUT/exp/"
+check "exp/ is complete (tokenizer/ with SD 1.x's config, model_index names it)" has_export "$OUT/exp"
+check "exp/'s scheduler config is SD's original one (no timestep_spacing: each sampler's default)" \
+    sh -c "grep -q '\"steps_offset\": 1' '$OUT/exp/scheduler/scheduler_config.json' && ! grep -q timestep_spacing '$OUT/exp/scheduler/scheduler_config.json'"
+check "sdc on exp/ draws the demo model's images (euler, ddim, dpm++2m)" same_images "$OUT/exp" "$DEMO"
+check "DEMO -> exp.h5 -> exp2/ (the DreamBooth path)" sh -c "'$SDC' convert -q -m '$DEMO' -o '$OUT/exp.h5' && '$SDC' convert -q -m '$OUT/exp.h5' -o '$OUT/exp2/'"
+check "exp2/ is complete" has_export "$OUT/exp2"
+check "sdc on exp2/ draws the demo model's images" same_images "$OUT/exp2" "$DEMO"
+check "a folder's own scheduler config is exported as it is (tiny-sd1: leading spacing)" sh -c \
+    "'$SDC' convert -m '$ROOT/tests/fixtures/tiny-sd1' -o '$OUT/exp3/' 2>'$OUT/exp3.log'; cmp '$ROOT/tests/fixtures/tiny-sd1/scheduler/scheduler_config.json' '$OUT/exp3/scheduler/scheduler_config.json'"
+check "a 1000-token text encoder gets no CLIP tokenizer, and a note saying why" sh -c \
+    "[ ! -e '$OUT/exp3/tokenizer' ] && grep -q 'vocab has 1000 tokens, not CLIP' '$OUT/exp3.log' && grep -q '\"tokenizer\": \[null, null\]' '$OUT/exp3/model_index.json'"
+db_run() {
+    "$SDC" train dreambooth -q --pretrained-model "$DEMO" --instance-data "$ROOT/tests/fixtures/images" \
+        --instance-prompt "a photo of sks dog" --resolution 64 --train-batch-size 1 --max-train-steps 2 \
+        --checkpointing-steps 100 --learning-rate 1e-3 --output-dir "$OUT/db" -t 2 2>/dev/null
+}
+check "a 2-step DreamBooth run" db_run
+check "its diffusers/ is complete" has_export "$OUT/db/diffusers"
+check "sdc on its diffusers/ draws model.safetensors's images" same_images "$OUT/db/diffusers" "$OUT/db/model.safetensors"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

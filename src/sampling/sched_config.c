@@ -355,16 +355,27 @@ __attribute__((format(printf, 2, 3))) static void put(Out *o, const char *fmt, .
     o->n += (size_t)k;
 }
 
+// The shortest %g text that reads back as v (Python's repr of a float).
+static const char *num(char *buf, size_t cap, double v) {
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, cap, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    return buf;
+}
+
 char *sched_config_to_json(const SchedConfig *c) {
     Out o = {0};
+    char nb[40];
     const unsigned h = c->have;
     put(&o, "{\n  \"_class_name\": \"%s\"", c->class_name[0] ? c->class_name : "PNDMScheduler");
     // in the order diffusers' save_config writes (sorted keys)
-    if (h & SCHED_HAS_BETA_END) put(&o, ",\n  \"beta_end\": %.17g", c->beta_end);
+    if (h & SCHED_HAS_BETA_END) put(&o, ",\n  \"beta_end\": %s", num(nb, sizeof nb, c->beta_end));
     if (h & SCHED_HAS_BETA_SCHEDULE) put(&o, ",\n  \"beta_schedule\": \"%s\"", BETA_NAMES[c->beta_schedule]);
-    if (h & SCHED_HAS_BETA_START) put(&o, ",\n  \"beta_start\": %.17g", c->beta_start);
+    if (h & SCHED_HAS_BETA_START) put(&o, ",\n  \"beta_start\": %s", num(nb, sizeof nb, c->beta_start));
     if (h & SCHED_HAS_CLIP_SAMPLE) put(&o, ",\n  \"clip_sample\": %s", c->clip_sample ? "true" : "false");
-    if (h & SCHED_HAS_CLIP_RANGE) put(&o, ",\n  \"clip_sample_range\": %.17g", c->clip_sample_range);
+    if (h & SCHED_HAS_CLIP_RANGE)
+        put(&o, ",\n  \"clip_sample_range\": %s", num(nb, sizeof nb, c->clip_sample_range));
     if (h & SCHED_HAS_TRAIN_STEPS) put(&o, ",\n  \"num_train_timesteps\": %d", c->num_train_timesteps);
     if (h & SCHED_HAS_PREDICTION)
         put(&o, ",\n  \"prediction_type\": \"%s\"", c->prediction == PRED_V ? "v_prediction" : "epsilon");
