@@ -265,29 +265,21 @@ static int load_single(Model *m, const char *path, const ModelInfo *info, SdcErr
     return rc;
 }
 
-static int load_diffusers(Model *m, const char *dir, SdcError *err) {
-    static const char *const files[COMP_COUNT][2] = {{"model.safetensors", "model.fp16.safetensors"},
-                                                     {"diffusion_pytorch_model.safetensors",
-                                                      "diffusion_pytorch_model.fp16.safetensors"},
-                                                     {"diffusion_pytorch_model.safetensors",
-                                                      "diffusion_pytorch_model.fp16.safetensors"}};
-    for (int c = 0; c < COMP_COUNT; c++) {
-        char p[2048];
-        struct stat s;
-        snprintf(p, sizeof p, "%s/%s/%s", dir, GROUP[c], files[c][0]);
-        if (stat(p, &s)) snprintf(p, sizeof p, "%s/%s/%s", dir, GROUP[c], files[c][1]);
-        StFile *f = &m->st[m->n_st];
-        SDC_TRY(st_open(f, p, err));
-        m->n_st++;
-        for (int i = 0; i < f->n; i++) {
-            if (!f->entries[i].supported) {
-                fprintf(stderr, "sdc: warning: %s: tensor %s (%s) cannot be converted; left out\n", p,
-                        f->entries[i].name, f->entries[i].dtype_str);
+// Every tensor of a diffusers folder under its diffusers name, as the model
+// loader reads it (shards, .fp16 files, transformers 5's names without
+// "text_model.", old VAE attention names): views into mf's maps.
+static int load_diffusers(Model *m, const ModelFiles *mf, const char *dir) {
+    for (int c = 0; c < COMP_COUNT; c++)
+        for (int i = 0; i < model_files_count(mf, (Component)c); i++) {
+            const char *name;
+            Tensor t;
+            SdcError e = {0};
+            if (model_files_at(mf, (Component)c, i, &name, &t, &e)) {
+                fprintf(stderr, "sdc: warning: %s: %s cannot be converted; left out\n", dir, e.msg);
                 continue;
             }
-            model_add(m, c, f->entries[i].name, st_tensor(f, &f->entries[i]));
+            model_add(m, c, name, t);
         }
-    }
     return 0;
 }
 
@@ -556,19 +548,18 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
         return sdc_err(err, SDC_ERR_ARG, "%s: the output is the source ---> pick another output path", o->output);
     Model m;
     memset(&m, 0, sizeof m);
+    ModelFiles *mf = NULL;
     int rc = 0;
     if (fs_ends_with(o->model, ".h5")) {
         rc = load_h5(&m, o->model, err);
     } else {
-        ModelFiles *mf = NULL;
         rc = model_files_open(&mf, o->model, o->config, -1, err);
         if (!rc) {
             const ModelInfo *info = model_files_info(mf);
             make_configs(&m, info, model_files_scheduler_json(mf));
             make_model_index(&m, clip_vocab_model(&m) || fs_is_dir(o->model));
-            rc = info->layout == LAYOUT_DIFFUSERS ? load_diffusers(&m, o->model, err)
+            rc = info->layout == LAYOUT_DIFFUSERS ? load_diffusers(&m, mf, o->model)
                                                   : load_single(&m, o->model, info, err);
-            model_files_close(mf);
         }
     }
     if (!rc) {
@@ -579,5 +570,6 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
     if (!rc && !o->quiet)
         fprintf(stderr, "sdc: converted %s -> %s (%d tensors)\n", o->model, o->output, m.n);
     model_free(&m);
+    model_files_close(mf); // after the writes: a folder's tensors are views into its maps
     return rc;
 }

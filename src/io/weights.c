@@ -29,9 +29,10 @@ typedef struct WEntry {
 struct ModelFiles {
     ModelInfo info;
     char *sched_json;          // the scheduler_config.json text read, or NULL
+    int vae_set;               // model_files_set_vae was called
     char path[1024];
-    StFile files[COMP_COUNT + 1]; // single file: files[0] only; + a separate VAE (model_files_set_vae)
-    int n_files;
+    StFile **files;            // every mapped file: the single file, or each component's (shards
+    int n_files, cap_files;    // included), + a separate VAE (model_files_set_vae)
     WEntry *ents[COMP_COUNT];  // sorted by name
     int n_ents[COMP_COUNT];
     NameMap nm;                // single file only
@@ -555,10 +556,30 @@ static int sort_entries(ModelFiles *m, SdcError *err) {
     return 0;
 }
 
+// Maps one more safetensors file; *out stays valid until model_files_close.
+static int add_file(ModelFiles *m, const char *path, StFile **out, SdcError *err) {
+    if (m->n_files == m->cap_files) {
+        int cap = m->cap_files ? 2 * m->cap_files : 8;
+        StFile **nf = realloc(m->files, (size_t)cap * sizeof *nf);
+        if (!nf) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", path);
+        m->files = nf, m->cap_files = cap;
+    }
+    StFile *f = calloc(1, sizeof *f);
+    if (!f) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", path);
+    f->fd = -1;
+    int rc = st_open(f, path, err);
+    if (rc) {
+        free(f);
+        return rc;
+    }
+    m->files[m->n_files++] = f;
+    *out = f;
+    return 0;
+}
+
 static int open_single(ModelFiles *m, const char *path, const char *config_dir, SdcError *err) {
-    StFile *f = &m->files[0];
-    SDC_TRY(st_open(f, path, err));
-    m->n_files = 1;
+    StFile *f;
+    SDC_TRY(add_file(m, path, &f, err));
     ModelInfo *info = &m->info;
     info->layout = LAYOUT_SINGLE_FILE;
     int openclip = 0;
@@ -587,37 +608,118 @@ static int open_single(ModelFiles *m, const char *path, const char *config_dir, 
     return sort_entries(m, err);
 }
 
+// The names the libraries that save a component use, in the order sdc
+// looks for them: a whole file, transformers' / diffusers' shard index
+// ({"weight_map": {tensor: shard file}}), and their fp16 variants.
+static const char *const WEIGHT_FILES[COMP_COUNT][4] = {
+    {"model.safetensors", "model.safetensors.index.json", "model.fp16.safetensors", "model.safetensors.index.fp16.json"},
+    {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+     "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors.index.fp16.json"},
+    {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+     "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors.index.fp16.json"},
+};
+
+// The diffusers name of a tensor as a component's file names it. Text
+// encoders saved by transformers 5 have no "text_model." prefix (*prefix:
+// the component has none anywhere); diffusers still reads VAEs with the
+// attention names of diffusers < 0.14 (query, key, value, proj_attn).
+static void component_name(Component c, const char *name, int no_prefix, char *out, size_t cap) {
+    if (c == COMP_TEXT_ENCODER && no_prefix) {
+        snprintf(out, cap, "text_model.%s", name);
+        return;
+    }
+    static const char *const OLD[4][2] = {{"query.", "to_q."}, {"key.", "to_k."}, {"value.", "to_v."},
+                                          {"proj_attn.", "to_out.0."}};
+    const char *at = c == COMP_VAE ? strstr(name, "mid_block.attentions.0.") : NULL;
+    if (at && (!strncmp(name, "encoder.", 8) || !strncmp(name, "decoder.", 8))) {
+        const char *tail = at + strlen("mid_block.attentions.0.");
+        for (int k = 0; k < 4; k++)
+            if (!strncmp(tail, OLD[k][0], strlen(OLD[k][0]))) {
+                snprintf(out, cap, "%.*s%s%s", (int)(tail - name), name, OLD[k][1], tail + strlen(OLD[k][0]));
+                return;
+            }
+    }
+    snprintf(out, cap, "%s", name);
+}
+
+// Registers every tensor of one component from the files in cdir (a
+// diffusers component folder: unet/, vae/, text_encoder/).
+static int open_component(ModelFiles *m, Component c, const char *cdir, int cap[COMP_COUNT], SdcError *err) {
+    char p[1200] = "";
+    int k = 0;
+    for (; k < 4; k++) {
+        path_join(p, sizeof p, cdir, WEIGHT_FILES[c][k], NULL);
+        if (is_file(p)) break;
+    }
+    if (k == 4) {
+        char bin[1200];
+        path_join(p, sizeof p, cdir, WEIGHT_FILES[c][0], NULL);
+        path_join(bin, sizeof bin, cdir, c == COMP_TEXT_ENCODER ? "pytorch_model.bin" : "diffusion_pytorch_model.bin",
+                  NULL);
+        return sdc_err(err, SDC_ERR_IO, "%s: missing %s (or its sharded or .fp16 variants)%s", cdir, p,
+                       is_file(bin) ? "\n---> only a .bin (pickle) is there: re-save the model with "
+                                      "safe_serialization=True"
+                                    : "\n---> is this a complete diffusers folder?");
+    }
+    // the files: the one, or the shards the index names (each once, in order)
+    char **shards = NULL;
+    int n_shards = 0, rc = 0;
+    JsonDoc idx = {0};
+    if (k == 1 || k == 3) {
+        if ((rc = json_parse_file(&idx, p, JSON_MAX_BYTES, err))) return rc;
+        const JsonNode *wm = json_get(&idx, json_root(&idx), "weight_map");
+        if (!wm || wm->type != JSON_OBJECT || !wm->n) {
+            json_free(&idx);
+            return sdc_err(err, SDC_ERR_FORMAT, "%s: no \"weight_map\" object\n---> is this a safetensors shard "
+                           "index?", p);
+        }
+        shards = calloc((size_t)wm->n, sizeof *shards);
+        if (!shards) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", p);
+        for (const JsonNode *e = json_first(&idx, wm); !rc && e; e = json_next(&idx, e)) {
+            const char *f = json_str(&idx, e);
+            if (!f || !*f || strchr(f, '/') || strstr(f, ".."))
+                rc = sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" maps to %s\n---> a shard must be a file name in %s", p,
+                             json_key(&idx, e), f ? f : "a non-string", cdir);
+            int seen = 0;
+            for (int i = 0; !rc && i < n_shards && !seen; i++) seen = !strcmp(shards[i], f);
+            if (!rc && !seen) shards[n_shards++] = (char *)f;
+        }
+    }
+    const int n_src = shards ? n_shards : 1;
+    const int first = m->n_files;
+    for (int i = 0; !rc && i < n_src; i++) {
+        char sp[1200];
+        if (shards) path_join(sp, sizeof sp, cdir, shards[i], NULL);
+        StFile *f;
+        rc = add_file(m, shards ? sp : p, &f, err);
+    }
+    free(shards);
+    json_free(&idx);
+    if (rc) return rc;
+    int has_prefix = 0;
+    for (int i = first; i < m->n_files; i++)
+        for (int j = 0; j < m->files[i]->n && !has_prefix; j++)
+            has_prefix = !strncmp(m->files[i]->entries[j].name, "text_model.", 11);
+    for (int i = first; i < m->n_files; i++) {
+        const StFile *f = m->files[i];
+        for (int j = 0; j < f->n; j++) {
+            char name[NAMEMAP_NAME_MAX + 16];
+            component_name(c, f->entries[j].name, !has_prefix, name, sizeof name);
+            SDC_TRY(add_entry(m, c, name, f, &f->entries[j], NM_PLAIN, 0, cap, err));
+        }
+    }
+    return 0;
+}
+
 static int open_diffusers(ModelFiles *m, const char *dir, SdcError *err) {
     ModelInfo *info = &m->info;
     info->layout = LAYOUT_DIFFUSERS;
     SDC_TRY(read_diffusers_configs(m, dir, err));
-    static const char *const weight_files[COMP_COUNT][4] = {
-        {"model.safetensors", "model.fp16.safetensors", NULL, NULL},
-        {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", NULL, NULL},
-        {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", NULL, NULL},
-    };
     int cap[COMP_COUNT] = {0};
     for (int c = 0; c < COMP_COUNT; c++) {
-        char p[1200] = "";
-        int found = 0;
-        for (int k = 0; weight_files[c][k] && !found; k++) {
-            path_join(p, sizeof p, dir, COMP_NAMES[c], weight_files[c][k]);
-            found = is_file(p);
-        }
-        if (!found) {
-            path_join(p, sizeof p, dir, COMP_NAMES[c], weight_files[c][0]);
-            char bin[1200];
-            path_join(bin, sizeof bin, dir, COMP_NAMES[c],
-                      c == COMP_TEXT_ENCODER ? "pytorch_model.bin" : "diffusion_pytorch_model.bin");
-            return sdc_err(err, SDC_ERR_IO, "%s: missing %s (or its .fp16.safetensors variant)%s", dir, p,
-                           is_file(bin) ? "\n---> only a .bin (pickle) is there: re-save the model with "
-                           "safe_serialization=True" : "\n---> is this a complete diffusers folder?");
-        }
-        StFile *f = &m->files[m->n_files];
-        SDC_TRY(st_open(f, p, err));
-        m->n_files++;
-        for (int i = 0; i < f->n; i++)
-            SDC_TRY(add_entry(m, (Component)c, f->entries[i].name, f, &f->entries[i], NM_PLAIN, 0, cap, err));
+        char cdir[1200];
+        path_join(cdir, sizeof cdir, dir, COMP_NAMES[c], NULL);
+        SDC_TRY(open_component(m, (Component)c, cdir, cap, err));
     }
     return sort_entries(m, err);
 }
@@ -631,7 +733,6 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
     ModelFiles *m = calloc(1, sizeof *m);
     if (!m) return sdc_err(err, SDC_ERR_OOM, "out of memory");
     snprintf(m->path, sizeof m->path, "%s", path);
-    for (int i = 0; i < COMP_COUNT + 1; i++) m->files[i].fd = -1;
     int rc;
     if (is_dir(path)) {
         rc = open_diffusers(m, path, err);
@@ -663,7 +764,8 @@ void model_files_close(ModelFiles *m) {
         for (int i = 0; i < m->n_ents[c]; i++) free(m->ents[c][i].name);
         free(m->ents[c]);
     }
-    for (int i = 0; i < m->n_files; i++) st_close(&m->files[i]);
+    for (int i = 0; i < m->n_files; i++) st_close(m->files[i]), free(m->files[i]);
+    free(m->files);
     free(m->sched_json);
     free(m);
 }
@@ -677,21 +779,27 @@ const char *model_files_scheduler_json(const ModelFiles *m) { return m->sched_js
 int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err) {
     char p[1200];
     if (strlen(path) > SDC_PATH_MAX) return sdc_err(err, SDC_ERR_ARG, "--vae path longer than %d characters", SDC_PATH_MAX);
+    if (m->vae_set) return sdc_err(err, SDC_ERR_INTERNAL, "model_files_set_vae called twice");
+    m->vae_set = 1;
+    // the model's VAE entries go; the new ones come from the given file(s)
+    for (int i = 0; i < m->n_ents[COMP_VAE]; i++) free(m->ents[COMP_VAE][i].name);
+    free(m->ents[COMP_VAE]);
+    m->ents[COMP_VAE] = NULL;
+    m->n_ents[COMP_VAE] = 0;
+    int cap[COMP_COUNT] = {0};
     if (is_dir(path)) { // a diffusers vae/ folder, or a model folder holding one
-        path_join(p, sizeof p, path, "diffusion_pytorch_model.safetensors", NULL);
-        if (!is_file(p)) path_join(p, sizeof p, path, "vae", "diffusion_pytorch_model.safetensors");
-        if (!is_file(p))
-            return sdc_err(err, SDC_ERR_IO, "--vae %s: no diffusion_pytorch_model.safetensors in it (or in vae/)",
-                           path);
-    } else if (is_file(path)) {
-        snprintf(p, sizeof p, "%s", path);
-    } else {
-        return sdc_err(err, SDC_ERR_IO, "--vae %s: no such file or folder", path);
+        path_join(p, sizeof p, path, "config.json", NULL);
+        if (!is_file(p)) path_join(p, sizeof p, path, "vae", NULL);
+        else snprintf(p, sizeof p, "%s", path);
+        if (!is_dir(p)) snprintf(p, sizeof p, "%s", path);
+        int rc = open_component(m, COMP_VAE, p, cap, err);
+        if (rc) return sdc_err_wrap(err, "--vae %s (a diffusers vae/ folder, or a model folder with vae/)", path);
+        return sort_entries(m, err);
     }
-    if (m->n_files > COMP_COUNT) return sdc_err(err, SDC_ERR_INTERNAL, "model_files_set_vae called twice");
-    StFile *f = &m->files[m->n_files];
-    SDC_TRY(st_open(f, p, err));
-    m->n_files++;
+    if (!is_file(path)) return sdc_err(err, SDC_ERR_IO, "--vae %s: no such file or folder", path);
+    snprintf(p, sizeof p, "%s", path);
+    StFile *f;
+    SDC_TRY(add_file(m, p, &f, err));
     // Which naming: a whole SD checkpoint (first_stage_model.*), an A1111 VAE
     // file (the same names without the prefix: encoder.down.0...), or
     // diffusers' AutoencoderKL (encoder.down_blocks.0...).
@@ -707,16 +815,12 @@ int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err) {
                        "as A1111 VAE files have, or diffusers' encoder.down_blocks.*)", p);
     NameMap nm;
     if (!diffusers) SDC_TRY(namemap_init(&nm, &m->info.unet, &m->info.vae, 0, err));
-    for (int i = 0; i < m->n_ents[COMP_VAE]; i++) free(m->ents[COMP_VAE][i].name);
-    m->n_ents[COMP_VAE] = 0;
-    int cap[COMP_COUNT] = {0};
-    cap[COMP_VAE] = 0;
-    free(m->ents[COMP_VAE]);
-    m->ents[COMP_VAE] = NULL;
     for (int i = 0; i < f->n; i++) {
         const char *n = f->entries[i].name;
         if (diffusers) {
-            SDC_TRY(add_entry(m, COMP_VAE, n, f, &f->entries[i], NM_PLAIN, 0, cap, err));
+            char name[NAMEMAP_NAME_MAX + 16];
+            component_name(COMP_VAE, n, 0, name, sizeof name);
+            SDC_TRY(add_entry(m, COMP_VAE, name, f, &f->entries[i], NM_PLAIN, 0, cap, err));
             continue;
         }
         char orig[NAMEMAP_NAME_MAX + 32];
@@ -744,6 +848,45 @@ static const WEntry *find_entry(const ModelFiles *m, Component c, const char *na
 
 int model_files_has(const ModelFiles *m, Component c, const char *name) { return find_entry(m, c, name) != NULL; }
 
+// The view of one entry (the reshapes of the name map applied); where: the
+// file and, when it differs, the original name, for messages.
+static int entry_view(const WEntry *w, Component c, char *where, size_t cap, Tensor *out, SdcError *err) {
+    const StEntry *e = w->e;
+    const char *comp = c >= 0 && c < COMP_COUNT ? COMP_NAMES[c] : "?";
+    if (w->kind == NM_PLAIN && !strcmp(e->name, w->name)) snprintf(where, cap, "%s", w->file->path);
+    else snprintf(where, cap, "%s (original name %s)", w->file->path, e->name);
+    Tensor t;
+    SDC_TRY(st_get(w->file, e->name, &t, err));
+    if (t.dtype != DT_F32 && t.dtype != DT_F16 && t.dtype != DT_BF16)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: %s tensor %s is %s; expected F32, F16 or BF16", where, comp,
+                       w->name, e->dtype_str);
+    if (w->kind == NM_CONV_TO_LINEAR && t.ndim == 4 && t.shape[2] == 1 && t.shape[3] == 1) {
+        t.ndim = 2; // (C, C, 1, 1) -> (C, C): same bytes
+    } else if (w->kind == NM_ROW_SLICE) {
+        char got[96];
+        if (t.ndim < 1 || t.shape[0] == 0 || t.shape[0] % 3)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: fused in_proj %s has shape %s: expected 3*D rows", where, e->name,
+                           tensor_shape_str(&t, got, sizeof got));
+        int64_t rows = t.shape[0] / 3;
+        size_t row_bytes = (size_t)(tensor_numel(&t) / t.shape[0]) * dtype_size(t.dtype);
+        t.data = (char *)t.data + (size_t)(w->slice * rows) * row_bytes;
+        t.shape[0] = rows;
+    }
+    *out = t;
+    return 0;
+}
+
+int model_files_count(const ModelFiles *m, Component c) { return c >= 0 && c < COMP_COUNT ? m->n_ents[c] : 0; }
+
+int model_files_at(const ModelFiles *m, Component c, int i, const char **name, Tensor *out, SdcError *err) {
+    if (c < 0 || c >= COMP_COUNT || i < 0 || i >= m->n_ents[c])
+        return sdc_err(err, SDC_ERR_ARG, "model_files_at: %d is not a tensor of component %d", i, (int)c);
+    const WEntry *w = &m->ents[c][i];
+    char where[1400];
+    *name = w->name;
+    return entry_view(w, c, where, sizeof where, out, err);
+}
+
 int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim, const int64_t *shape, Tensor *out,
                     SdcError *err) {
     const WEntry *w = find_entry(m, c, name);
@@ -758,27 +901,9 @@ int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim
                        "checkpoint in the original layout? (its %s has %d tensors)", m->path, comp, name,
                        has ? orig.name : "?", comp, m->n_ents[c]);
     }
-    const StEntry *e = w->e;
-    char where[1400];
-    if (w->kind == NM_PLAIN && !strcmp(e->name, name)) snprintf(where, sizeof where, "%s", w->file->path);
-    else snprintf(where, sizeof where, "%s (original name %s)", w->file->path, e->name);
+    char where[1400], got[96], want[96];
     Tensor t;
-    SDC_TRY(st_get(w->file, e->name, &t, err));
-    if (t.dtype != DT_F32 && t.dtype != DT_F16 && t.dtype != DT_BF16)
-        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: %s tensor %s is %s; expected F32, F16 or BF16", where, comp,
-                       name, e->dtype_str);
-    char got[96], want[96];
-    if (w->kind == NM_CONV_TO_LINEAR && t.ndim == 4 && t.shape[2] == 1 && t.shape[3] == 1) {
-        t.ndim = 2; // (C, C, 1, 1) -> (C, C): same bytes
-    } else if (w->kind == NM_ROW_SLICE) {
-        if (t.ndim < 1 || t.shape[0] == 0 || t.shape[0] % 3)
-            return sdc_err(err, SDC_ERR_SHAPE, "%s: fused in_proj %s has shape %s: expected 3*D rows", where, e->name,
-                           tensor_shape_str(&t, got, sizeof got));
-        int64_t rows = t.shape[0] / 3;
-        size_t row_bytes = (size_t)(tensor_numel(&t) / t.shape[0]) * dtype_size(t.dtype);
-        t.data = (char *)t.data + (size_t)(w->slice * rows) * row_bytes;
-        t.shape[0] = rows;
-    }
+    SDC_TRY(entry_view(w, c, where, sizeof where, &t, err));
     Tensor exp = {.ndim = ndim};
     for (int i = 0; i < ndim && i < TENSOR_MAX_DIMS; i++) exp.shape[i] = shape[i];
     if (ndim < 0 || ndim > TENSOR_MAX_DIMS || !tensor_same_shape(&t, &exp))

@@ -6,8 +6,10 @@
 // `cond_stage_model.model.*` (SD 2.x OpenCLIP, fused in_proj), `model_ema.*`
 // ignored); (2) a diffusers folder (`unet/`, `vae/`, `text_encoder/`,
 // `tokenizer/`, each with config.json and diffusion_pytorch_model.safetensors
-// or model.safetensors). Models ask for diffusers names only; the one name
-// map (namemap.c) turns original names into diffusers names, with the few
+// or model.safetensors, or their shards and .fp16 variants; transformers 5's
+// text encoders without the "text_model." prefix and diffusers < 0.14's VAE
+// attention names read as diffusers reads them). Models ask for diffusers
+// names only; the one name map (namemap.c) turns original names into diffusers names, with the few
 // reshapes it needs (1x1 conv <-> linear in the VAE attention, row slices of
 // OpenCLIP's fused in_proj), all as views without copies.
 #ifndef SDC_WEIGHTS_H
@@ -67,5 +69,10 @@ int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim
 int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err);
 // 1 if the component has a tensor of that diffusers name.
 int model_files_has(const ModelFiles *m, Component c, const char *name);
+// Every tensor of a component, in name order: its diffusers name and its
+// view (the file's dtype and shape; SDC_ERR_UNSUPPORTED for a dtype that is
+// not F32, F16 or BF16), as model_files_get finds it. For sdc convert.
+int model_files_count(const ModelFiles *m, Component c);
+int model_files_at(const ModelFiles *m, Component c, int i, const char **name, Tensor *out, SdcError *err);
 
 #endif
