@@ -96,8 +96,8 @@ static int cfg_int(const Cfg *c, const char *key, int def, int *out, SdcError *e
         return 0;
     }
     if (v->type != JSON_NUMBER || !v->is_int || v->i < INT32_MIN || v->i > INT32_MAX)
-        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected an integer", c->path, key,
-                       json_type_name(v->type));
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected an integer\n---> fix the config (as "
+                       "diffusers / transformers save_pretrained write it)", c->path, key, json_type_name(v->type));
     *out = (int)v->i;
     return 0;
 }
@@ -109,8 +109,8 @@ static int cfg_float(const Cfg *c, const char *key, float def, float *out, SdcEr
         return 0;
     }
     if (v->type != JSON_NUMBER)
-        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected a number", c->path, key,
-                       json_type_name(v->type));
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected a number\n---> fix the config (as "
+                       "diffusers / transformers save_pretrained write it)", c->path, key, json_type_name(v->type));
     *out = (float)v->num;
     return 0;
 }
@@ -122,8 +122,8 @@ static int cfg_bool(const Cfg *c, const char *key, int def, int *out, SdcError *
         return 0;
     }
     if (v->type != JSON_BOOL)
-        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected true or false", c->path, key,
-                       json_type_name(v->type));
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected true or false\n---> fix the config (as "
+                       "diffusers / transformers save_pretrained write it)", c->path, key, json_type_name(v->type));
     *out = v->boolean;
     return 0;
 }
@@ -166,9 +166,89 @@ static int cfg_attn_list(const Cfg *c, const char *key, int n, int *out, SdcErro
         if (strcmp(s, "CrossAttnDownBlock2D") && strcmp(s, "DownBlock2D") && strcmp(s, "CrossAttnUpBlock2D") &&
             strcmp(s, "UpBlock2D"))
             return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"%s\"[%d] is \"%s\"; sdc supports the SD 1.x/2.x "
-                           "blocks CrossAttnDownBlock2D, DownBlock2D, CrossAttnUpBlock2D, UpBlock2D", c->path,
-                           key, i, s);
+                           "blocks CrossAttnDownBlock2D, DownBlock2D, CrossAttnUpBlock2D, UpBlock2D\n---> is this an "
+                           "SD 1.x/2.x UNet?", c->path, key, i, s);
         out[i] = strstr(s, "CrossAttn") != NULL;
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// config fields sdc does not implement: refused by name and value
+
+typedef enum { UK_NULL, UK_FALSE, UK_STRING, UK_NUMBER } UkKind;
+typedef struct UnsupportedKey {
+    const char *key;
+    UkKind ok;         // the harmless values: null (always), false, the string ok_s, the number ok_n
+    const char *ok_s;
+    double ok_n;
+    const char *what;  // what the field makes the model (for the message)
+} UnsupportedKey;
+
+static const UnsupportedKey UNET_UNSUPPORTED[] = {
+    {"act_fn", UK_STRING, "silu", 0, "another activation"},
+    {"center_input_sample", UK_FALSE, NULL, 0, "a centred input"},
+    {"only_cross_attention", UK_FALSE, NULL, 0, "cross-attention-only blocks"},
+    {"dual_cross_attention", UK_FALSE, NULL, 0, "dual cross-attention"},
+    {"downsample_padding", UK_NUMBER, NULL, 1, "another down-sampler padding"},
+    {"mid_block_scale_factor", UK_NUMBER, NULL, 1, "a scaled mid block"},
+    {"mid_block_only_cross_attention", UK_FALSE, NULL, 0, "a cross-attention-only mid block"},
+    {"reverse_transformer_layers_per_block", UK_NULL, NULL, 0, "per-block up transformer depths (SDXL-style)"},
+    {"encoder_hid_dim", UK_NULL, NULL, 0, "a projected text embedding (IF / Kandinsky)"},
+    {"encoder_hid_dim_type", UK_NULL, NULL, 0, "a projected text embedding (IF / Kandinsky)"},
+    {"class_embed_type", UK_NULL, NULL, 0, "class conditioning"},
+    {"num_class_embeds", UK_NULL, NULL, 0, "class conditioning"},
+    {"addition_embed_type", UK_NULL, NULL, 0, "added conditioning (SDXL's text_time)"},
+    {"addition_time_embed_dim", UK_NULL, NULL, 0, "added time conditioning (SDXL)"},
+    {"projection_class_embeddings_input_dim", UK_NULL, NULL, 0, "projected class conditioning (SDXL)"},
+    {"class_embeddings_concat", UK_FALSE, NULL, 0, "concatenated class embeddings"},
+    {"resnet_time_scale_shift", UK_STRING, "default", 0, "scale-shift time conditioning"},
+    {"resnet_skip_time_act", UK_FALSE, NULL, 0, "resnets without the time activation"},
+    {"resnet_out_scale_factor", UK_NUMBER, NULL, 1, "scaled resnet outputs"},
+    {"time_embedding_type", UK_STRING, "positional", 0, "another time embedding"},
+    {"time_embedding_dim", UK_NULL, NULL, 0, "another time embedding width"},
+    {"time_embedding_act_fn", UK_NULL, NULL, 0, "another time embedding activation"},
+    {"timestep_post_act", UK_NULL, NULL, 0, "a time embedding post-activation"},
+    {"time_cond_proj_dim", UK_NULL, NULL, 0, "guidance-embedding time conditioning (LCM)"},
+    {"conv_in_kernel", UK_NUMBER, NULL, 3, "another conv_in kernel"},
+    {"conv_out_kernel", UK_NUMBER, NULL, 3, "another conv_out kernel"},
+    {"attention_type", UK_STRING, "default", 0, "gated attention (GLIGEN)"},
+    {"cross_attention_norm", UK_NULL, NULL, 0, "a normed cross-attention"},
+};
+static const UnsupportedKey VAE_UNSUPPORTED[] = {
+    {"act_fn", UK_STRING, "silu", 0, "another activation"},
+    {"use_quant_conv", UK_NULL, NULL, 0, "no quant_conv"}, // true or null only (checked below)
+    {"use_post_quant_conv", UK_NULL, NULL, 0, "no post_quant_conv"},
+    {"mid_block_add_attention", UK_NULL, NULL, 0, "no mid-block attention"},
+    {"shift_factor", UK_NULL, NULL, 0, "shifted latents (SD3 / FLUX VAE)"},
+    {"latents_mean", UK_NULL, NULL, 0, "normalised latents (SDXL-style statistics)"},
+    {"latents_std", UK_NULL, NULL, 0, "normalised latents (SDXL-style statistics)"},
+};
+
+static int key_ok(const JsonDoc *d, const JsonNode *v, const UnsupportedKey *k) {
+    if (v->type == JSON_NULL) return 1;
+    if (k->ok == UK_FALSE) return v->type == JSON_BOOL && !v->boolean;
+    if (k->ok == UK_STRING) return v->type == JSON_STRING && !strcmp(json_str(d, v), k->ok_s);
+    if (k->ok == UK_NUMBER) return v->type == JSON_NUMBER && v->num == k->ok_n;
+    return 0;
+}
+
+// Refuses the first field of tab the config sets to something sdc does not
+// implement, naming the file, the field, its value and what it means.
+static int check_unsupported(const Cfg *c, const UnsupportedKey *tab, size_t n, const char *model, SdcError *err) {
+    for (size_t i = 0; i < n; i++) {
+        const JsonNode *v = json_get(&c->doc, c->root, tab[i].key);
+        if (!v || key_ok(&c->doc, v, &tab[i])) continue;
+        // use_*_conv / mid_block_add_attention: true is the SD layout
+        if (v->type == JSON_BOOL && v->boolean && tab[i].ok == UK_NULL && !strncmp(tab[i].what, "no ", 3)) continue;
+        char val[80];
+        if (v->type == JSON_STRING) snprintf(val, sizeof val, "\"%.60s\"", json_str(&c->doc, v));
+        else if (v->type == JSON_NUMBER) snprintf(val, sizeof val, "%g", v->num);
+        else if (v->type == JSON_BOOL) snprintf(val, sizeof val, "%s", v->boolean ? "true" : "false");
+        else snprintf(val, sizeof val, "%s", json_type_name(v->type));
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"%s\" is %s (%s): sdc runs the SD 1.x/2.x %s only\n---> is "
+                       "this an SD 1.x/2.x model? (SDXL, SD3, LCM, IF and other architectures are not supported)",
+                       c->path, tab[i].key, val, tab[i].what, model);
     }
     return 0;
 }
@@ -197,6 +277,12 @@ static int read_unet_config(UnetConfig *u, const char *path, SdcError *err) {
         goto done;
     }
     memcpy(u->heads, heads_set, sizeof heads_set);
+    const JsonNode *cd = json_get(&c.doc, c.root, "cross_attention_dim");
+    if (cd && cd->type == JSON_ARRAY) {
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"cross_attention_dim\" is a list (one per level): SD "
+                     "1.x/2.x UNets have one\n---> is this an SD 1.x/2.x UNet?", path);
+        goto done;
+    }
     if ((rc = cfg_int(&c, "in_channels", 4, &u->in_channels, err)) ||
         (rc = cfg_int(&c, "out_channels", 4, &u->out_channels, err)) ||
         (rc = cfg_int(&c, "layers_per_block", 2, &u->layers_per_block, err)) ||
@@ -211,15 +297,12 @@ static int read_unet_config(UnetConfig *u, const char *path, SdcError *err) {
     const char *mid = json_str(&c.doc, json_get(&c.doc, c.root, "mid_block_type"));
     u->mid_attn = !mid || !strcmp(mid, "UNetMidBlock2DCrossAttn");
     if (mid && !u->mid_attn && strcmp(mid, "UNetMidBlock2D")) {
-        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: mid_block_type \"%s\" is not supported (UNetMidBlock2DCrossAttn "
-                     "or UNetMidBlock2D)", path, mid);
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"mid_block_type\" is \"%s\": sdc supports "
+                     "UNetMidBlock2DCrossAttn (SD 1.x/2.x) and UNetMidBlock2D\n---> is this an SD 1.x/2.x UNet?", path,
+                     mid);
         goto done;
     }
-    const JsonNode *cd = json_get(&c.doc, c.root, "cross_attention_dim");
-    if (cd && cd->type == JSON_ARRAY) {
-        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: a per-level cross_attention_dim list is not supported", path);
-        goto done;
-    }
+    rc = check_unsupported(&c, UNET_UNSUPPORTED, sizeof UNET_UNSUPPORTED / sizeof UNET_UNSUPPORTED[0], "UNet", err);
 done:
     json_free(&c.doc);
     return rc;
@@ -246,6 +329,21 @@ static int read_vae_config(VaeConfig *v, const char *path, SdcError *err) {
         (rc = cfg_int(&c, "sample_size", 512, &v->sample_size, err)))
         goto done;
     v->norm_eps = 1e-6f; // AutoencoderKL's fixed GroupNorm eps (not in its config)
+    static const char *const TYPES[2] = {"down_block_types", "up_block_types"};
+    static const char *const WANT[2] = {"DownEncoderBlock2D", "UpDecoderBlock2D"};
+    for (int k = 0; k < 2 && !rc; k++) {
+        const JsonNode *bt = json_get(&c.doc, c.root, TYPES[k]);
+        int i = 0;
+        for (const JsonNode *e = bt && bt->type == JSON_ARRAY ? json_first(&c.doc, bt) : NULL; e && !rc;
+             e = json_next(&c.doc, e), i++) {
+            const char *t = json_str(&c.doc, e);
+            if (!t || strcmp(t, WANT[k]))
+                rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"%s\"[%d] is \"%s\": the SD VAE has %s blocks only\n---> "
+                             "is this an SD 1.x/2.x VAE (AutoencoderKL)?", path, TYPES[k], i, t ? t : "not a string",
+                             WANT[k]);
+        }
+    }
+    if (!rc) rc = check_unsupported(&c, VAE_UNSUPPORTED, sizeof VAE_UNSUPPORTED / sizeof VAE_UNSUPPORTED[0], "VAE", err);
 done:
     json_free(&c.doc);
     return rc;
@@ -267,7 +365,9 @@ static int read_clip_config(ClipConfig *k, const char *path, SdcError *err) {
     const char *act = json_str(&c.doc, json_get(&c.doc, c.root, "hidden_act"));
     if (!act || !strcmp(act, "quick_gelu")) k->act = ACT_QUICK_GELU;
     else if (!strcmp(act, "gelu")) k->act = ACT_GELU;
-    else rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: hidden_act \"%s\": expected \"quick_gelu\" or \"gelu\"", path, act);
+    else rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"hidden_act\" is \"%s\": SD's text encoders use \"quick_gelu\" "
+                      "(SD 1.x, CLIP ViT-L) or \"gelu\" (SD 2.x, OpenCLIP ViT-H)\n---> is this an SD 1.x/2.x text "
+                      "encoder?", path, act);
 done:
     json_free(&c.doc);
     return rc;
@@ -724,6 +824,51 @@ static int open_diffusers(ModelFiles *m, const char *dir, SdcError *err) {
     return sort_entries(m, err);
 }
 
+// What sdc's models and pipeline run, checked once the configs are known:
+// an SD VAE (4 levels: 8x down-sampling; 4 latent channels), a UNet on those
+// latents (4 input channels, or 9 for inpainting) conditioned on this text
+// encoder. cdir: the folder whose */config.json describe the model, or NULL
+// (a single file's architecture inferred from its tensors).
+static int check_model(const ModelInfo *info, const char *path, const char *cdir, SdcError *err) {
+    char vae[1200], unet[1200], te[1200];
+    if (cdir) {
+        path_join(vae, sizeof vae, cdir, "vae", "config.json");
+        path_join(unet, sizeof unet, cdir, "unet", "config.json");
+        path_join(te, sizeof te, cdir, "text_encoder", "config.json");
+    } else {
+        snprintf(vae, sizeof vae, "%s (" VP "*)", path);
+        snprintf(unet, sizeof unet, "%s (the UNet, " UP "*)", path);
+        snprintf(te, sizeof te, "%s (the text encoder)", path);
+    }
+    const VaeConfig *v = &info->vae;
+    const UnetConfig *u = &info->unet;
+    if (v->n_levels != 4) {
+        char list[96] = "";
+        for (int i = 0; i < v->n_levels && i < SDC_MAX_LEVELS; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? ", " : "", v->block_out[i]);
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: %s has %d levels ([%s]): sdc's pipeline works on latents 8x "
+                       "smaller than the image, which needs the 4-level VAE of SD 1.x/2.x (3 down-samplers)\n---> use "
+                       "an SD 1.x/2.x VAE (--vae FILE, or the model's own)", vae,
+                       cdir ? "\"block_out_channels\"" : "the VAE (encoder.down.N)", v->n_levels, list);
+    }
+    if (v->latent_channels != 4)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"latent_channels\" is %d: sdc's pipeline works on the 4-channel "
+                       "latents of SD 1.x/2.x\n---> use an SD 1.x/2.x VAE (SD3 / FLUX VAEs have 16)", vae,
+                       v->latent_channels);
+    if (u->out_channels != v->latent_channels)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"out_channels\" is %d but the VAE's latent_channels is %d\n"
+                       "---> the UNet and the VAE are not one model's", unet, u->out_channels, v->latent_channels);
+    if (u->in_channels != v->latent_channels && u->in_channels != 2 * v->latent_channels + 1)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"in_channels\" is %d: sdc runs UNets on %d-channel latents, or "
+                       "%d channels for inpainting (latent, mask, masked-image latent)\n---> is this an SD 1.x/2.x "
+                       "UNet?", unet, u->in_channels, v->latent_channels, 2 * v->latent_channels + 1);
+    if (u->cross_dim != info->clip.hidden)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"cross_attention_dim\" is %d but %s has hidden_size %d\n---> "
+                       "the text encoder is not this UNet's (SD 1.x: 768, SD 2.x: 1024)", unet, u->cross_dim, te,
+                       info->clip.hidden);
+    return 0;
+}
+
 int model_files_open(ModelFiles **out, const char *path, const char *config_dir, int prediction, SdcError *err) {
     *out = NULL;
     if (prediction != -1 && prediction != PRED_EPSILON && prediction != PRED_V)
@@ -747,6 +892,7 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
         rc = sdc_err(err, SDC_ERR_IO, "%s: no such file or folder\n---> pass a .safetensors file in the original "
                      "layout or a diffusers folder (with unet/, vae/, text_encoder/)", path);
     }
+    if (!rc) rc = check_model(&m->info, path, is_dir(path) ? path : config_dir, err);
     if (rc) {
         model_files_close(m);
         return rc;
