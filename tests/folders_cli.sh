@@ -103,6 +103,23 @@ check "a folder's own scheduler config is exported as it is (tiny-sd1: leading s
     "'$SDC' convert -m '$ROOT/tests/fixtures/tiny-sd1' -o '$OUT/exp3/' 2>'$OUT/exp3.log'; cmp '$ROOT/tests/fixtures/tiny-sd1/scheduler/scheduler_config.json' '$OUT/exp3/scheduler/scheduler_config.json'"
 check "a 1000-token text encoder gets no CLIP tokenizer, and a note saying why" sh -c \
     "[ ! -e '$OUT/exp3/tokenizer' ] && grep -q 'vocab has 1000 tokens, not CLIP' '$OUT/exp3.log' && grep -q '\"tokenizer\": \[null, null\]' '$OUT/exp3/model_index.json'"
+with_sched() { # with_sched DST CONFIG.json: exp/ with another scheduler config
+    rm -rf "$1" && cp -r "$OUT/exp" "$1" && cp "$2" "$1/scheduler/scheduler_config.json"
+}
+check "a folder with a DPM++ Karras config (lambda_min_clipped: -Infinity)" \
+    with_sched "$OUT/exp_dpm" "$ROOT/tests/fixtures/sched/dpm-karras.json"
+euler_is_karras() {
+    "$SDC" generate -q -m "$OUT/exp_dpm" -p "a red fox" -W 64 -H 64 --steps 4 --sampler euler -o "$OUT/dk_a.png" &&
+        "$SDC" generate -q -m "$DEMO" -p "a red fox" -W 64 -H 64 --steps 4 --sampler euler_karras -o "$OUT/dk_b.png" &&
+        pixels same "$OUT/dk_a.png" "$OUT/dk_b.png"
+}
+check "... makes euler Karras there, as EulerDiscreteScheduler.from_config does" euler_is_karras
+printf '{"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "thresholding": true}\n' >"$OUT/thr.json"
+check "a folder whose scheduler config asks for thresholding" with_sched "$OUT/exp_thr" "$OUT/thr.json"
+refused "... refuses ddim (DDIMScheduler reads it)" "scheduler/scheduler_config.json: \"thresholding\" is true" \
+    "$SDC" generate -q -m "$OUT/exp_thr" -p x -W 64 -H 64 --steps 2 --sampler ddim -o "$OUT/thr.png"
+check "... and runs euler (which does not read it)" \
+    "$SDC" generate -q -m "$OUT/exp_thr" -p x -W 64 -H 64 --steps 2 --sampler euler -o "$OUT/thr.png"
 db_run() {
     "$SDC" train dreambooth -q --pretrained-model "$DEMO" --instance-data "$ROOT/tests/fixtures/images" \
         --instance-prompt "a photo of sks dog" --resolution 64 --train-batch-size 1 --max-train-steps 2 \

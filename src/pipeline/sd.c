@@ -113,6 +113,22 @@ typedef struct GenTensors {
     Tensor mean, logvar, z; // (1, 4, h, w)
 } GenTensors;
 
+// The run's schedule: the config (the model's unless the request gives one)
+// with the UNet's prediction type and the request's overrides.
+static void run_sched(const SdModel *m, const GenParams *p, SchedConfig *sc) {
+    *sc = p->sched ? *p->sched : model_files_info(m->files)->sched;
+    sc->prediction = unet_config(m->unet)->prediction;
+    sc->have |= SCHED_HAS_PREDICTION;
+    if (p->timestep_spacing && p->timestep_spacing[0]) {
+        sc->spacing = (TimestepSpacing)sched_spacing_parse(p->timestep_spacing);
+        sc->have |= SCHED_HAS_SPACING;
+    }
+    if (p->karras) {
+        sc->use_karras_sigmas = 1;
+        sc->have |= SCHED_HAS_KARRAS;
+    }
+}
+
 int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err) {
     const int cin = unet_config(m->unet)->in_channels;
     if (p->width <= 0 || p->height <= 0 || p->width % 8 || p->height % 8)
@@ -142,7 +158,15 @@ int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err) {
                        "this is an inpainting model (9-channel UNet): it needs an image and a mask ---> pass "
                        "--init-img and --mask, or use a regular SD model for %s",
                        p->mode == GEN_TXT2IMG ? "text-to-image" : "image-to-image");
-    return 0;
+    // the sampler on the run's schedule (a config field it cannot honour fails here, before any work)
+    SchedConfig *sc = malloc(sizeof *sc);
+    if (!sc) return sdc_err(err, SDC_ERR_OOM, "pipeline scheduler config");
+    run_sched(m, p, sc);
+    Sampler s;
+    int rc = sampler_init_cfg(&s, p->sampler, p->steps, sc, p->eta, 1, err);
+    if (!rc) sampler_free(&s);
+    free(sc);
+    return rc;
 }
 
 // One sample of the VAE posterior of the image in g->image, as diffusers'
@@ -246,23 +270,9 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
     int rc = (!r->s || !r->rng || !r->host || !r->tsp)
                  ? sdc_err(err, SDC_ERR_OOM, "pipeline buffers for %d items at %dx%d", B, W, H)
                  : 0;
-    // the run's schedule: the config (the model's unless the request gives
-    // one) with the UNet's prediction type and the request's overrides
     SchedConfig *sc = rc ? NULL : malloc(sizeof *sc);
     if (!rc && !sc) rc = sdc_err(err, SDC_ERR_OOM, "pipeline scheduler config");
-    if (!rc) {
-        *sc = p->sched ? *p->sched : model_files_info(m->files)->sched;
-        sc->prediction = uc->prediction;
-        sc->have |= SCHED_HAS_PREDICTION;
-        if (p->timestep_spacing && p->timestep_spacing[0]) {
-            sc->spacing = (TimestepSpacing)sched_spacing_parse(p->timestep_spacing);
-            sc->have |= SCHED_HAS_SPACING;
-        }
-        if (p->karras) {
-            sc->use_karras_sigmas = 1;
-            sc->have |= SCHED_HAS_KARRAS;
-        }
-    }
+    if (!rc) run_sched(m, p, sc);
     for (int i = 0; !rc && i < B; i++, r->n_init++)
         rc = sampler_init_cfg(&r->s[i], p->sampler, p->steps, sc, p->eta, nlat, err);
     free(sc);
