@@ -21,6 +21,8 @@
 #include "io/namemap.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
+#include "sampling/sched_config.h"
+#include "text/tokenizer.h"
 
 #define COMP_EXTRA COMP_COUNT // pseudo component of the "extra" tensors
 static const char *const GROUP[COMP_COUNT + 1] = {"text_encoder", "unet", "vae", "extra"};
@@ -112,7 +114,7 @@ static void bput_names(Buf *b, const char *key, int n, const int *flag, const ch
     bput(b, "],\n");
 }
 
-static void make_configs(Model *m, const ModelInfo *info) {
+static void make_configs(Model *m, const ModelInfo *info, const char *sched_json) {
     const UnetConfig *u = &info->unet;
     const VaeConfig *v = &info->vae;
     const ClipConfig *k = &info->clip;
@@ -164,28 +166,58 @@ static void make_configs(Model *m, const ModelInfo *info) {
          k->ln_eps, k->max_positions, k->heads, layers, k->pad_token, k->hidden, k->vocab_size);
     m->cfg[COMP_TEXT_ENCODER] = b.s;
 
-    b = (Buf){0};
-    bput(&b, "{\n  \"_class_name\": \"PNDMScheduler\",\n  \"_diffusers_version\": \"0.27.0\",\n"
-             "  \"beta_end\": 0.012,\n  \"beta_schedule\": \"scaled_linear\",\n  \"beta_start\": 0.00085,\n"
-             "  \"clip_sample\": false,\n  \"num_train_timesteps\": 1000,\n  \"prediction_type\": \"%s\",\n"
-             "  \"set_alpha_to_one\": false,\n  \"skip_prk_steps\": true,\n  \"steps_offset\": 1,\n"
-             "  \"timestep_spacing\": \"leading\",\n  \"trained_betas\": null\n}\n",
-         u->prediction == PRED_V ? "v_prediction" : "epsilon");
-    m->scheduler = b.s;
+    // the scheduler config sdc samples the model with: the source's own file
+    // (as it was), else SD's original one (sched_config_sd), so that
+    // diffusers and sdc sample the export as sdc samples the source
+    m->scheduler = sched_json ? strdup(sched_json) : sched_config_to_json(&info->sched);
+    SDC_CHECK(m->scheduler);
     m->openclip = info->clip.act == ACT_GELU;
 }
 
+// A string member of a JSON text ("" when absent), into out.
+static void json_text_str(const char *text, const char *key, char *out, size_t cap) {
+    JsonDoc d;
+    SdcError e;
+    out[0] = 0;
+    if (!text || json_parse_config(&d, text, strlen(text), "config", &e)) return;
+    const char *v = json_str(&d, json_get(&d, json_root(&d), key));
+    if (v) snprintf(out, cap, "%s", v);
+    json_free(&d);
+}
+
+// An integer member of a JSON text (def when absent).
+static long long json_text_int(const char *text, const char *key, long long def) {
+    JsonDoc d;
+    SdcError e;
+    if (!text || json_parse_config(&d, text, strlen(text), "config", &e)) return def;
+    const JsonNode *v = json_get(&d, json_root(&d), key);
+    long long r = v && v->type == JSON_NUMBER && v->is_int ? v->i : def;
+    json_free(&d);
+    return r;
+}
+
+// model_index.json: the pipeline of the UNet (9 input channels: inpainting),
+// the scheduler config's class, a tokenizer or none.
 static void make_model_index(Model *m, int tokenizer) {
+    char sched[64];
+    json_text_str(m->scheduler, "_class_name", sched, sizeof sched);
+    const int inpaint = json_text_int(m->cfg[COMP_UNET], "in_channels", 4) == 9;
     Buf b = {0};
-    bput(&b, "{\n  \"_class_name\": \"StableDiffusionPipeline\",\n  \"_diffusers_version\": \"0.27.0\",\n"
+    bput(&b, "{\n  \"_class_name\": \"%s\",\n  \"_diffusers_version\": \"0.27.0\",\n"
              "  \"feature_extractor\": [null, null],\n  \"requires_safety_checker\": false,\n"
-             "  \"safety_checker\": [null, null],\n  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
+             "  \"safety_checker\": [null, null],\n  \"scheduler\": [\"diffusers\", \"%s\"],\n"
              "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
              "  \"tokenizer\": %s,\n  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
              "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}\n",
+         inpaint ? "StableDiffusionInpaintPipeline" : "StableDiffusionPipeline", sched[0] ? sched : "PNDMScheduler",
          tokenizer ? "[\"transformers\", \"CLIPTokenizer\"]" : "[null, null]");
     free(m->model_index);
     m->model_index = b.s;
+}
+
+// The text encoder can take the shipped CLIP vocab's ids (49408 tokens).
+static int clip_vocab_model(const Model *m) {
+    return json_text_int(m->cfg[COMP_TEXT_ENCODER], "vocab_size", 0) == CLIP_TOK_VOCAB;
 }
 
 // ----------------------------------------------------------------------------
@@ -233,29 +265,21 @@ static int load_single(Model *m, const char *path, const ModelInfo *info, SdcErr
     return rc;
 }
 
-static int load_diffusers(Model *m, const char *dir, SdcError *err) {
-    static const char *const files[COMP_COUNT][2] = {{"model.safetensors", "model.fp16.safetensors"},
-                                                     {"diffusion_pytorch_model.safetensors",
-                                                      "diffusion_pytorch_model.fp16.safetensors"},
-                                                     {"diffusion_pytorch_model.safetensors",
-                                                      "diffusion_pytorch_model.fp16.safetensors"}};
-    for (int c = 0; c < COMP_COUNT; c++) {
-        char p[2048];
-        struct stat s;
-        snprintf(p, sizeof p, "%s/%s/%s", dir, GROUP[c], files[c][0]);
-        if (stat(p, &s)) snprintf(p, sizeof p, "%s/%s/%s", dir, GROUP[c], files[c][1]);
-        StFile *f = &m->st[m->n_st];
-        SDC_TRY(st_open(f, p, err));
-        m->n_st++;
-        for (int i = 0; i < f->n; i++) {
-            if (!f->entries[i].supported) {
-                fprintf(stderr, "sdc: warning: %s: tensor %s (%s) cannot be converted; left out\n", p,
-                        f->entries[i].name, f->entries[i].dtype_str);
+// Every tensor of a diffusers folder under its diffusers name, as the model
+// loader reads it (shards, .fp16 files, transformers 5's names without
+// "text_model.", old VAE attention names): views into mf's maps.
+static int load_diffusers(Model *m, const ModelFiles *mf, const char *dir) {
+    for (int c = 0; c < COMP_COUNT; c++)
+        for (int i = 0; i < model_files_count(mf, (Component)c); i++) {
+            const char *name;
+            Tensor t;
+            SdcError e = {0};
+            if (model_files_at(mf, (Component)c, i, &name, &t, &e)) {
+                fprintf(stderr, "sdc: warning: %s: %s cannot be converted; left out\n", dir, e.msg);
                 continue;
             }
-            model_add(m, c, f->entries[i].name, st_tensor(f, &f->entries[i]));
+            model_add(m, c, name, t);
         }
-    }
     return 0;
 }
 
@@ -427,14 +451,15 @@ static int write_text(const char *path, const char *text, SdcError *err) {
     return 0;
 }
 
-// Copies src_dir/tokenizer/* (a diffusers source) into out/tokenizer/.
+// Copies src_dir/tokenizer/ (a diffusers source: the files transformers
+// reads) into out/tokenizer/.
 static int copy_tokenizer(const char *src_dir, const char *out, SdcError *err) {
     static const char *const files[] = {"vocab.json", "merges.txt", "special_tokens_map.json",
-                                        "tokenizer_config.json"};
+                                        "tokenizer_config.json", "tokenizer.json", "added_tokens.json"};
     char a[2048], b[2048];
     snprintf(b, sizeof b, "%s/tokenizer", out);
     SDC_TRY(fs_mkdir_p(b, err));
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 6; i++) {
         snprintf(a, sizeof a, "%s/tokenizer/%s", src_dir, files[i]);
         snprintf(b, sizeof b, "%s/tokenizer/%s", out, files[i]);
         FILE *fi = fopen(a, "rb");
@@ -449,6 +474,7 @@ static int copy_tokenizer(const char *src_dir, const char *out, SdcError *err) {
         int ok = 1, e = 0;
         while (ok && (k = fread(buf, 1, sizeof buf, fi)) > 0)
             if (fwrite(buf, 1, k, fo) != k) ok = 0, e = errno;
+        if (ok && ferror(fi)) ok = 0, e = EIO;
         fclose(fi);
         if (fclose(fo) && ok) ok = 0, e = errno;
         if (!ok) return sdc_err(err, SDC_ERR_IO, "%s: cannot write (%s) ---> %s", b, strerror(e), fs_write_hint(e));
@@ -461,11 +487,22 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
                                                   "diffusion_pytorch_model.safetensors"};
     char p[2048];
     SDC_TRY(fs_mkdir_p(o->output, err));
-    char tok[2048];
+    // the tokenizer: the source folder's, else the shipped CLIP vocab with
+    // SD 1.x's or SD 2.x's special tokens (pad "!": the text encoder config's
+    // pad_token_id 0), the tokenizer sdc itself uses for the model
+    char tok[2048], tok2[2048];
     snprintf(tok, sizeof tok, "%s/tokenizer/vocab.json", o->model);
+    snprintf(tok2, sizeof tok2, "%s/tokenizer/tokenizer.json", o->model);
     struct stat s;
-    int has_tok = fs_is_dir(o->model) && !stat(tok, &s);
-    if (has_tok) SDC_TRY(copy_tokenizer(o->model, o->output, err));
+    const int src_tok = fs_is_dir(o->model) && (!stat(tok, &s) || !stat(tok2, &s)), shipped = !src_tok && clip_vocab_model(m);
+    if (src_tok) SDC_TRY(copy_tokenizer(o->model, o->output, err));
+    if (shipped) {
+        snprintf(p, sizeof p, "%s/tokenizer", o->output);
+        SDC_TRY(fs_mkdir_p(p, err));
+        const int sd2 = json_text_int(m->cfg[COMP_TEXT_ENCODER], "pad_token_id", -1) == 0;
+        SDC_TRY(clip_tok_write_hf(p, sd2 ? CLIP_TOK_FOLDER_SD2 : CLIP_TOK_FOLDER_SD1, err));
+    }
+    const int has_tok = src_tok || shipped;
     make_model_index(m, has_tok);
     int extras = 0, rc = 0;
     for (int c = 0; c < COMP_COUNT && !rc; c++) {
@@ -500,8 +537,10 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
         fprintf(stderr, "sdc: note: %d tensors no model uses (model_ema.*, scheduler buffers) have no place in a "
                 "diffusers folder; left out\n", extras);
     if (!has_tok && !o->quiet)
-        fprintf(stderr, "sdc: note: no tokenizer/ written (the source has none); diffusers users: copy one from "
-                "the base model (e.g. runwayml/stable-diffusion-v1-5/tokenizer)\n");
+        fprintf(stderr, "sdc: note: no tokenizer/ written: the text encoder's vocab has %lld tokens, not CLIP's %d "
+                "(the source has no tokenizer/)\n---> diffusers users: copy the model's own tokenizer folder into "
+                "%s/tokenizer\n", json_text_int(m->cfg[COMP_TEXT_ENCODER], "vocab_size", 0), CLIP_TOK_VOCAB,
+                o->output);
     return 0;
 }
 
@@ -564,19 +603,18 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
         return sdc_err(err, SDC_ERR_ARG, "%s: the output is the source ---> pick another output path", o->output);
     Model m;
     memset(&m, 0, sizeof m);
+    ModelFiles *mf = NULL;
     int rc = 0;
     if (fs_ends_with(o->model, ".h5")) {
         rc = load_h5(&m, o->model, err);
     } else {
-        ModelFiles *mf = NULL;
         rc = model_files_open(&mf, o->model, o->config, -1, err);
         if (!rc) {
             const ModelInfo *info = model_files_info(mf);
-            make_configs(&m, info);
-            make_model_index(&m, fs_is_dir(o->model));
-            rc = info->layout == LAYOUT_DIFFUSERS ? load_diffusers(&m, o->model, err)
+            make_configs(&m, info, model_files_scheduler_json(mf));
+            make_model_index(&m, clip_vocab_model(&m) || fs_is_dir(o->model));
+            rc = info->layout == LAYOUT_DIFFUSERS ? load_diffusers(&m, mf, o->model)
                                                   : load_single(&m, o->model, info, err);
-            model_files_close(mf);
         }
     }
     if (!rc) {
@@ -587,5 +625,6 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
     if (!rc && !o->quiet)
         fprintf(stderr, "sdc: converted %s -> %s (%d tensors)\n", o->model, o->output, m.n);
     model_free(&m);
+    model_files_close(mf); // after the writes: a folder's tensors are views into its maps
     return rc;
 }

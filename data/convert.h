@@ -3,8 +3,13 @@
 //   OUT.h5           sdc checkpoint (diffusers names; data/README.md)
 //   OUT.safetensors  single file with the ORIGINAL (CompVis/Stability) names,
 //                    as A1111 / ComfyUI load it
-//   OUT/             diffusers folder (config.json files written from the
-//                    model's architecture, model_index.json, scheduler config)
+//   OUT/             diffusers folder that StableDiffusionPipeline.from_pretrained
+//                    opens as it is: config.json files written from the model's
+//                    architecture, model_index.json, the scheduler config sdc
+//                    samples the model with (the source's file, else SD's
+//                    original one), and tokenizer/ (the source's, else the
+//                    shipped CLIP vocab with SD 1.x's or 2.x's special tokens:
+//                    the tokenizer sdc uses for the model)
 // optionally casting float tensors to f32 / f16 / bf16. Tensors are copied
 // byte for byte when no cast is asked, so round trips are bit-exact.
 #ifndef SDC_CONVERT_H

@@ -4,6 +4,7 @@
 #include "io/lora.h"
 #include "jobs/cli.h"
 #include "jobs/manifest.h"
+#include "sampling/sched_config.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -116,6 +117,10 @@ void cli_print_usage(FILE *f, const char *sub) {
             "                            PROMPT --n NEGATIVE --d SEED --s STEPS --l CFG --ss SAMPLER\n"
             "      --shard I/N           make only part I (0-based) of N of the sweep (Slurm array tasks)\n"
             "      --eta F               DDIM eta (default 0)\n"
+            "      --timestep-spacing S  leading | trailing | linspace: the timesteps' spacing (default: the\n"
+            "                            model's scheduler_config.json, as diffusers reads it)\n"
+            "      --karras              Karras sigmas (A1111's schedule type) with euler, heun, lms, dpm++2m,\n"
+            "                            dpm++2m_sde or unipc (default: the model's scheduler_config.json)\n"
             "  -s, --seed N              seed; item i of a batch uses seed + i (default 42)\n"
             "  -W, --width N             width in pixels, multiple of 8 (default: the model's size)\n"
             "  -H, --height N            height in pixels, multiple of 8 (default: the model's size)\n"
@@ -424,6 +429,14 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         } else if (FLAG(NULL, "--eta")) {
             const char *v = VALUE();
             if (v && !(rc = parse_float(a, v, &g->eta, err))) g->has_eta = 1;
+        } else if (FLAG(NULL, "--timestep-spacing")) {
+            const char *v = VALUE();
+            if (v && sched_spacing_parse(v) < 0)
+                rc = sdc_err(err, SDC_ERR_ARG, "--timestep-spacing %s ---> use leading, trailing or linspace", v);
+            else if (v)
+                set_str(g, "timestep_spacing", v);
+        } else if (FLAG(NULL, "--karras")) {
+            g->karras = 1, g->has_karras = 1;
         } else if (FLAG(NULL, "--batch-size")) {
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 1, 256, &ll, err))) g->batch_size = (int32_t)ll, g->has_batch_size = 1;

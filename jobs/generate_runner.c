@@ -186,7 +186,8 @@ static GenParams gen_params(const Sdc__Generate *g, const GenInputs *in, Sampler
                        .eta = g->eta, .seed = (uint64_t)g->seed, .width = in->width, .height = in->height,
                        .batch = 1, .strength = strength, .init_image = in->image, .mask = in->mask,
                        // --vae-tile-size is in pixels (-1 = never tile, 0 = auto); the pipeline counts latent px
-                       .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size};
+                       .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size,
+                       .timestep_spacing = g->timestep_spacing, .karras = g->karras};
 }
 
 // The activation dtype a run asks for: --precision, else fp32 on the CPU and
@@ -505,6 +506,13 @@ static int sweep_build(const Sdc__Generate *g, GenMode mode, double strength, in
         const PromptOpts *o = &sw->opts[p];
         sw->prompt_of[j] = p;
         sw->kind[j] = o->has_sampler ? o->sampler : kinds[s];
+        if (g->karras) { // euler + --karras is euler_karras (and so named in the outputs)
+            if (!sampler_has_karras(sw->kind[j]))
+                return sdc_err(err, SDC_ERR_ARG, "--karras with sampler %s: diffusers' %s has no Karras sigmas "
+                               "---> use euler, heun, lms, dpm++2m, dpm++2m_sde or unipc with --karras",
+                               sampler_name(sw->kind[j]), sampler_class_name(sw->kind[j]));
+            sw->kind[j] = sampler_karras_twin(sw->kind[j]);
+        }
         sw->items[j] = (GenItem){.prompt = sw->prompts[p], .negative_prompt = o->negative ? o->negative
                                                                                           : g->negative_prompt,
                                  .sampler = sampler_display_name(sw->kind[j]), .index = i,
@@ -542,6 +550,11 @@ static void png_parameters(char *buf, size_t cap, const Sdc__Job *job, const Gen
         len += (size_t)snprintf(buf + len, cap - len, ", Denoising strength: %g", it->strength);
     if (job->model->clip_skip && len < cap)
         len += (size_t)snprintf(buf + len, cap - len, ", Clip skip: %d", job->model->clip_skip);
+    const Sdc__Generate *g = job->generate;
+    if (g->karras && !strstr(it->sampler, "Karras") && len < cap) // A1111 1.9's key
+        len += (size_t)snprintf(buf + len, cap - len, ", Schedule type: Karras");
+    if (g->timestep_spacing && g->timestep_spacing[0] && len < cap)
+        len += (size_t)snprintf(buf + len, cap - len, ", Timestep spacing: %s", g->timestep_spacing);
     if (len < cap) snprintf(buf + len, cap - len, ", Version: sdc %s", SDC_VERSION);
 }
 

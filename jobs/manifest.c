@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "io/lora.h"
+#include "sampling/scheduler.h"
 
 static void print_indent(FILE *f, int n) {
     for (int i = 0; i < n; i++) fputs("  ", f);
@@ -233,6 +234,20 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
             if (g->sweep_steps[i] < 1 || g->sweep_steps[i] > 1000)
                 return sdc_err(err, SDC_ERR_ARG, "manifest: generate.sweep_steps[%zu] is %d; expected 1 to 1000", i,
                                g->sweep_steps[i]);
+        if (g->timestep_spacing && g->timestep_spacing[0] && sched_spacing_parse(g->timestep_spacing) < 0)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.timestep_spacing '%s'; expected leading, trailing, "
+                           "linspace or \"\" (the model's scheduler config)", g->timestep_spacing);
+        if (g->karras) { // every sampler of the run must have Karras sigmas in diffusers
+            SamplerKind k;
+            for (size_t i = 0; i <= g->n_sweep_sampler; i++) {
+                const char *name = i < g->n_sweep_sampler ? g->sweep_sampler[i] : g->n_sweep_sampler ? NULL : g->sampler;
+                if (!name || sampler_parse(name, &k, NULL)) continue; // unknown names fail where they are used
+                if (!sampler_has_karras(k))
+                    return sdc_err(err, SDC_ERR_ARG, "manifest: generate.karras with sampler %s: diffusers' %s has no "
+                                   "Karras sigmas ---> use euler, heun, lms, dpm++2m, dpm++2m_sde or unipc with "
+                                   "--karras", sampler_name(k), sampler_class_name(k));
+            }
+        }
         if (g->shard_count < 1 || g->shard_index < 0 || g->shard_index >= g->shard_count)
             return sdc_err(err, SDC_ERR_ARG, "manifest: generate shard %d of %d; expected 0 <= shard_index < "
                            "shard_count ---> e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",

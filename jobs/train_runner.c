@@ -645,7 +645,7 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     {
         const ModelInfo *info = model_files_info(m.files);
         m.be = be;
-        rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m.tok, info->tokenizer_dir, err) : clip_tok_load_default(&m.tok, err);
+        rc = sd_tokenizer_load(&m.tok, info, err);
         // the stage cut: measured forward + backward time of each block
         run.bounds = calloc((size_t)stages + 1, sizeof *run.bounds);
         const int nbmax = UNET_MAX_BLOCKS;

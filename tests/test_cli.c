@@ -59,6 +59,26 @@ int main(void) {
                "defaults: 20 steps, cfg 7, seed 42, euler");
     cli_job_free(job);
 
+    // the schedule overrides (A1111's schedule options) land in the manifest
+    {
+        const char *a[] = {"sdc", "generate", "-m", "m", "-p", "x", "--timestep-spacing", "trailing", "--karras",
+                           "--sampler", "dpm++2m"};
+        job = NULL;
+        rc = parse((int)(sizeof a / sizeof *a), a, &job, &err);
+        char *txt = job ? dump(job) : NULL;
+        check_true(&t, rc == 0 && job && !strcmp(job->generate->timestep_spacing, "trailing") &&
+                           job->generate->karras && manifest_validate(job, &err) == 0 && txt &&
+                           strstr(txt, "timestep_spacing: \"trailing\"") && strstr(txt, "karras: true"),
+                   "--timestep-spacing trailing --karras land in the manifest and its dump");
+        free(txt);
+        cli_job_free(job);
+        job = NULL;
+        rc = parse(6, def, &job, &err);
+        check_true(&t, rc == 0 && job && job->generate->timestep_spacing && !job->generate->timestep_spacing[0] &&
+                           !job->generate->karras, "defaults: the model's timestep spacing, no --karras");
+        cli_job_free(job);
+    }
+
     // bad command lines
     struct {
         int argc;
@@ -72,6 +92,7 @@ int main(void) {
         {2, {"sdc", "paint"}, "unknown command"},
         {4, {"sdc", "generate", "-W", "5x"}, "-W"},
         {4, {"sdc", "generate", "--cfg-scale", "seven"}, "--cfg-scale"},
+        {4, {"sdc", "generate", "--timestep-spacing", "even"}, "--timestep-spacing even ---> use leading"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         job = NULL;
@@ -93,6 +114,10 @@ int main(void) {
         {{"sdc", "generate", "-m", "m", "-p", "x", "-W", "100"}, 8, "multiples of 8"},
         {{"sdc", "generate", "-m", "m", "-p", "x", "--device", "tpu"}, 8, "runtime.device"},
         {{"sdc", "generate", "-m", "m", "-p", "x", "--prediction-type", "x0"}, 8, "prediction_type"},
+        {{"sdc", "generate", "-m", "m", "-p", "x", "--karras", "--sampler", "ddim"}, 9,
+         "generate.karras with sampler ddim: diffusers' DDIMScheduler has no Karras"},
+        {{"sdc", "generate", "-m", "m", "-p", "x", "--karras", "--sampler", "euler,euler_a"}, 9,
+         "sampler euler_a: diffusers' EulerAncestralDiscreteScheduler"},
     };
     for (size_t i = 0; i < sizeof inval / sizeof *inval; i++) {
         job = NULL;
@@ -132,6 +157,15 @@ int main(void) {
                            !j->generate->has_width && j->generate->batch_count == 1,
                    "hand-written text: comments, <>, adjacent strings, lists, hex, 3f, defaults (%s)",
                    rc ? err.msg : "ok");
+        if (m) protobuf_c_message_free_unpacked(m, NULL);
+    }
+    {   // a manifest file with a timestep spacing diffusers does not know
+        const char *txt = "task: TASK_GENERATE model { path: 'm' } generate { prompts: 'x' timestep_spacing: 'even' }";
+        ProtobufCMessage *m = NULL;
+        rc = manifest_parse_text(&sdc__job__descriptor, txt, strlen(txt), "hand", &m, &err);
+        int vr = rc ? rc : manifest_validate((Sdc__Job *)m, &err);
+        check_true(&t, vr == SDC_ERR_ARG && strstr(err.msg, "generate.timestep_spacing 'even'"),
+                   "manifest timestep_spacing 'even' refused: %s", err.msg);
         if (m) protobuf_c_message_free_unpacked(m, NULL);
     }
     struct {

@@ -52,8 +52,13 @@ static void run_case(TestCtx *t, const StFile *f, const char *name, const Backen
         check_true(t, 0, "%s: load %s: %s", name, path, err.msg);
         return;
     }
+    // the fixture built its schedulers from SD 1.5's original config (no
+    // timestep_spacing, clip_sample false), not from the folders' own
+    // scheduler_config.json (test_folders checks those)
+    SchedConfig sd15;
+    sched_config_sd(&sd15, PRED_EPSILON);
     GenParams p = {.steps = (int)prm[0], .cfg_scale = prm[1], .strength = prm[2], .seed = (uint64_t)prm[3],
-                   .batch = (int)prm[4], .width = (int)prm[5], .height = (int)prm[6]};
+                   .batch = (int)prm[4], .width = (int)prm[5], .height = (int)prm[6], .sched = &sd15};
     p.mode = !strcmp(mode, "txt2img") ? GEN_TXT2IMG : !strcmp(mode, "img2img") ? GEN_IMG2IMG : GEN_INPAINT;
     int rc = sampler_parse(sampler, &p.sampler, &err);
     const size_t npix = (size_t)p.width * p.height;

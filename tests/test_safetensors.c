@@ -3,6 +3,7 @@
 // (2) a battery of malformed files, each of which must fail with a message
 //     that names the problem (checked by substring), never crash;
 // (3) the strict JSON parser on escapes, surrogates, numbers and bad input.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,6 +323,31 @@ static void test_json(TestCtx *t) {
     json_free(&d);
     check_true(t, json_parse(&d, "\xef\xbb\xbf{}", 5, "t.json", &err) == 0, "UTF-8 BOM accepted");
     json_free(&d);
+    // Config files as Python writes them: diffusers' DPMSolverMultistepScheduler
+    // config holds "lambda_min_clipped": -Infinity.
+    const char *py = "{\"lambda_min_clipped\": -Infinity, \"a\": [NaN, Infinity, -1.5]}";
+    int py_ok = json_parse_config(&d, py, strlen(py), "scheduler_config.json", &err) == 0;
+    check_true(t, py_ok, "json_parse_config reads Python's -Infinity / NaN / Infinity%s%s", py_ok ? "" : ": ",
+               py_ok ? "" : err.msg);
+    if (py_ok) {
+        const JsonNode *r = json_root(&d), *l = json_get(&d, r, "lambda_min_clipped"), *a = json_get(&d, r, "a");
+        check_true(t, l && l->type == JSON_NUMBER && !l->is_int && isinf(l->num) && l->num < 0 &&
+                          isnan(json_at(&d, a, 0)->num) && isinf(json_at(&d, a, 1)->num) &&
+                          json_at(&d, a, 1)->num > 0 && json_at(&d, a, 2)->num == -1.5,
+                   "-Infinity, NaN, Infinity read as numbers");
+        json_free(&d);
+    }
+    check_true(t, json_parse(&d, py, strlen(py), "t.json", &err) != 0, "json_parse (safetensors headers) still "
+               "rejects -Infinity");
+    const char *py_bad[] = {"-Inf", "Infinit", "nan", "inf", "[NaNa]", "--Infinity", "-NaN"};
+    int py_rejected = 1;
+    for (size_t i = 0; i < sizeof py_bad / sizeof py_bad[0]; i++)
+        if (!json_parse_config(&d, py_bad[i], strlen(py_bad[i]), "t.json", &err)) {
+            py_rejected = 0;
+            printf("  json_parse_config accepted [%s]\n", py_bad[i]);
+            json_free(&d);
+        }
+    check_true(t, py_rejected, "json_parse_config rejects %zu near misses", sizeof py_bad / sizeof py_bad[0]);
 }
 
 int main(void) {

@@ -1,12 +1,20 @@
 // test_tokenizer.c: the C CLIP tokenizer against the reference tokenizers.
 // tests/fixtures/tokenizer_cases.tsv (tools/make_tokenizer_fixture.py) holds,
-// per prompt, the 77 ids of transformers' CLIPTokenizer ("hf"), of
-// open_clip.tokenize ("open_clip") and of CLIPTokenizer on the cut-down
-// diffusers folder tests/fixtures/tokenizer/ ("hf_small"); every prompt must
-// match exactly. Also: truncation count, NULL / empty input, bad files, speed.
+// per prompt, the 77 ids of transformers' CLIPTokenizer on a bare folder
+// ("hf"), on SD 1.x's and SD 2.x's tokenizer folders ("hf_sd1", "hf_sd2": pad
+// "!", a special token), of open_clip.tokenize ("open_clip"), and of
+// CLIPTokenizer on cut-down folders in every layout transformers reads
+// ("hf_small*": vocab.json + merges.txt, transformers 5's tokenizer.json,
+// added_tokens_decoder, added tokens with lstrip / rstrip / single_word,
+// added_tokens.json). Each reference is checked against the shipped
+// tokenizers and against the folders sdc writes for exported models; every
+// prompt must match exactly. Also: truncation count, NULL / empty input, bad
+// files, speed.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "testutil.h"
 #include "text/tokenizer.h"
@@ -48,28 +56,97 @@ typedef struct RefStats {
     int total, match;
 } RefStats;
 
+// The tokenizers checked against one reference of the fixture.
+typedef struct RefTok {
+    const char *ref;          // the fixture's reference name
+    const char *what;         // how the C tokenizer was made
+    ClipTokenizer *tok;
+    int pad_from_tok;         // pad with clip_tok_pad (else 0, open_clip's)
+    int total, match;
+} RefTok;
+
+// A folder sdc writes from the shipped vocab (the export of sdc convert).
+static int written(TestCtx *tc, const char *root, const char *name, ClipTokFolder kind, ClipTokenizer **out) {
+    char dir[512];
+    SdcError err = {0};
+    snprintf(dir, sizeof dir, "%s/%s", root, name);
+    int rc = mkdir(dir, 0755) ? sdc_err(&err, SDC_ERR_IO, "mkdir %s", dir) : clip_tok_write_hf(dir, kind, &err);
+    if (!rc) rc = clip_tok_load_dir(out, dir, &err);
+    check_true(tc, rc == 0, "write a %s tokenizer folder with clip_tok_write_hf and load it%s%s", name,
+               rc ? ": " : "", rc ? err.msg : "");
+    return rc;
+}
+
+static void rm_folder(const char *root, const char *name) {
+    static const char *const files[] = {"vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"};
+    char p[600];
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s/%s/%s", root, name, files[i]);
+        remove(p);
+    }
+    snprintf(p, sizeof p, "%s/%s", root, name);
+    rmdir(p);
+}
+
 int main(void) {
     TestCtx tc = {0};
     SdcError err = {0};
-    ClipTokenizer *hf = NULL, *oc = NULL, *small = NULL;
+    ClipTokenizer *hf = NULL, *oc = NULL, *small = NULL, *sd2 = NULL, *bare_gz = NULL;
     int rc = clip_tok_load_default(&hf, &err);
     if (rc) printf("  load_default: %s\n", err.msg);
     check_true(&tc, rc == 0, "load the shipped vocab (data/bpe_simple_vocab_16e6.txt.gz)");
+    rc = clip_tok_load_default_sd2(&sd2, &err);
+    check_true(&tc, rc == 0 && clip_tok_pad(sd2) == 0 && clip_tok_pad(hf) == CLIP_TOK_EOS,
+               "the shipped vocab with SD 2.x's special tokens pads with \"!\" (id 0), SD 1.x's with EOS");
     rc = clip_tok_load_default(&oc, &err);
     if (!rc) clip_tok_set_mode(oc, CLIP_TOK_OPEN_CLIP);
+    rc = clip_tok_load_gz(&bare_gz, SDC_DATA_DIR "/bpe_simple_vocab_16e6.txt.gz", &err);
     rc = clip_tok_load_dir(&small, SMALL_DIR, &err);
     if (rc) printf("  load_dir: %s\n", err.msg);
     check_true(&tc, rc == 0, "load a diffusers tokenizer folder (%s: vocab.json + merges.txt)", SMALL_DIR);
-    if (!hf || !oc || !small) return test_summary(&tc);
+    if (!hf || !oc || !small || !sd2 || !bare_gz) return test_summary(&tc);
     check_true(&tc, clip_tok_bos(hf) == CLIP_TOK_BOS && clip_tok_eos(hf) == CLIP_TOK_EOS &&
                         clip_tok_bos(small) == CLIP_TOK_BOS && clip_tok_eos(small) == CLIP_TOK_EOS,
                "BOS/EOS ids are 49406/49407 in both vocabs");
+    // the folders sdc exports (tokenizer files of the shipped vocab), as written
+    char root[] = "/tmp/sdc_test_tok_XXXXXX";
+    ClipTokenizer *w_bare = NULL, *w_sd1 = NULL, *w_sd2 = NULL;
+    if (mkdtemp(root)) {
+        written(&tc, root, "bare", CLIP_TOK_FOLDER_BARE, &w_bare);
+        written(&tc, root, "sd1", CLIP_TOK_FOLDER_SD1, &w_sd1);
+        written(&tc, root, "sd2", CLIP_TOK_FOLDER_SD2, &w_sd2);
+        rm_folder(root, "bare"), rm_folder(root, "sd1"), rm_folder(root, "sd2");
+        rmdir(root);
+    }
+    static const char *const VARIANTS[] = {"v5_sd1", "v5_sd2", "v43x_sd2", "added", "added_json"};
+    ClipTokenizer *var[5] = {0};
+    for (int i = 0; i < 5; i++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "tests/fixtures/tokenizer-variants/%s", VARIANTS[i]);
+        rc = clip_tok_load_dir(&var[i], dir, &err);
+        check_true(&tc, rc == 0, "load %s%s%s", dir, rc ? ": " : "", rc ? err.msg : "");
+    }
+    RefTok refs[] = {
+        {"hf", "clip_tok_load_gz (CLIPTokenizer's defaults)", bare_gz, 1},
+        {"hf", "a bare folder written by sdc", w_bare, 1},
+        {"hf_sd1", "clip_tok_load_default", hf, 1},
+        {"hf_sd1", "an SD 1.x folder written by sdc", w_sd1, 1},
+        {"hf_sd2", "clip_tok_load_default_sd2", sd2, 1},
+        {"hf_sd2", "an SD 2.x folder written by sdc", w_sd2, 1},
+        {"open_clip", "open_clip mode", oc, 0},
+        {"hf_small", SMALL_DIR, small, 1},
+        {"hf_small_v5_sd1", "tokenizer-variants/v5_sd1 (tokenizer.json)", var[0], 1},
+        {"hf_small_v5_sd2", "tokenizer-variants/v5_sd2 (tokenizer.json)", var[1], 1},
+        {"hf_small_v43x_sd2", "tokenizer-variants/v43x_sd2 (added_tokens_decoder)", var[2], 1},
+        {"hf_small_added", "tokenizer-variants/added (lstrip, rstrip, single_word)", var[3], 1},
+        {"hf_small_added_json", "tokenizer-variants/added_json (added_tokens.json)", var[4], 1},
+    };
+    const int n_refs = (int)(sizeof refs / sizeof refs[0]);
 
     // ---- the reference cases ------------------------------------------------
     FILE *f = fopen(CASES_PATH, "rb");
     check_true(&tc, f != NULL, "open %s (run from the repo root)", CASES_PATH);
     if (!f) return test_summary(&tc);
-    RefStats st[3] = {{"hf", 0, 0}, {"open_clip", 0, 0}, {"hf_small", 0, 0}};
     char *line = malloc(MAX_LINE);
     int bad_rows = 0, trunc_ok = 1, n_ok = 1, truncated_seen = 0;
     while (fgets(line, MAX_LINE, f)) {
@@ -91,47 +168,46 @@ int main(void) {
         int32_t expect[CLIP_TOK_MAX_LEN], got[CLIP_TOK_MAX_LEN];
         p = idstr;
         for (int k = 0; k < CLIP_TOK_MAX_LEN; k++) expect[k] = (int32_t)strtol(p, &p, 10);
-        int n_expect = atoi(ntok);
-        RefStats *s = NULL;
-        const ClipTokenizer *t = NULL;
-        int32_t pad = CLIP_TOK_EOS;
-        if (!strcmp(ref, "hf")) s = &st[0], t = hf;
-        else if (!strcmp(ref, "open_clip")) s = &st[1], t = oc, pad = 0;
-        else if (!strcmp(ref, "hf_small")) s = &st[2], t = small;
-        if (!s) {
-            bad_rows++;
-            continue;
+        int n_expect = atoi(ntok), known = 0;
+        for (int r = 0; r < n_refs; r++) {
+            RefTok *s = &refs[r];
+            if (strcmp(ref, s->ref)) continue;
+            known = 1;
+            if (!s->tok) continue; // its load failed (counted above)
+            s->total++;
+            int n_trunc = -1, n_raw = -1;
+            int32_t raw[8];
+            const int32_t pad = s->pad_from_tok ? clip_tok_pad(s->tok) : 0;
+            rc = clip_tok_encode(s->tok, prompt, got, CLIP_TOK_MAX_LEN, pad, &n_trunc, &err);
+            int rc2 = clip_tok_tokenize(s->tok, prompt, raw, 8, &n_raw, &err);
+            int same = rc == 0 && memcmp(got, expect, sizeof got) == 0;
+            if (same) s->match++;
+            else {
+                printf("  MISMATCH [%s: %s] \"%s\"%s%s\n", ref, s->what, prompt, rc ? ": " : "", rc ? err.msg : "");
+                print_ids("expected", expect, CLIP_TOK_MAX_LEN);
+                print_ids("got     ", got, CLIP_TOK_MAX_LEN);
+            }
+            int want_trunc = n_expect > CLIP_TOK_MAX_LEN - 2 ? n_expect - (CLIP_TOK_MAX_LEN - 2) : 0;
+            if (n_trunc != want_trunc) {
+                trunc_ok = 0;
+                printf("  [%s] \"%.60s\": n_truncated %d, expected %d\n", ref, prompt, n_trunc, want_trunc);
+            }
+            truncated_seen += want_trunc > 0;
+            if (rc2 || n_raw != n_expect) {
+                n_ok = 0;
+                printf("  [%s] \"%.60s\": clip_tok_tokenize count %d, expected %d\n", ref, prompt, n_raw, n_expect);
+            }
         }
-        s->total++;
-        int n_trunc = -1, n_raw = -1;
-        int32_t raw[8];
-        rc = clip_tok_encode(t, prompt, got, CLIP_TOK_MAX_LEN, pad, &n_trunc, &err);
-        int rc2 = clip_tok_tokenize(t, prompt, raw, 8, &n_raw, &err);
-        int same = rc == 0 && memcmp(got, expect, sizeof got) == 0;
-        if (same) s->match++;
-        else {
-            printf("  MISMATCH [%s] \"%s\"%s%s\n", ref, prompt, rc ? ": " : "", rc ? err.msg : "");
-            print_ids("expected", expect, CLIP_TOK_MAX_LEN);
-            print_ids("got     ", got, CLIP_TOK_MAX_LEN);
-        }
-        int want_trunc = n_expect > CLIP_TOK_MAX_LEN - 2 ? n_expect - (CLIP_TOK_MAX_LEN - 2) : 0;
-        if (n_trunc != want_trunc) {
-            trunc_ok = 0;
-            printf("  [%s] \"%.60s\": n_truncated %d, expected %d\n", ref, prompt, n_trunc, want_trunc);
-        }
-        truncated_seen += want_trunc > 0;
-        if (rc2 || n_raw != n_expect) {
-            n_ok = 0;
-            printf("  [%s] \"%.60s\": clip_tok_tokenize count %d, expected %d\n", ref, prompt, n_raw, n_expect);
-        }
+        bad_rows += !known;
     }
     fclose(f);
     free(line);
     check_true(&tc, bad_rows == 0, "%s: %d malformed rows", CASES_PATH, bad_rows);
-    for (int i = 0; i < 3; i++) {
-        printf("tokenizer: %d/%d prompts match exactly (%s)\n", st[i].match, st[i].total, st[i].name);
-        check_true(&tc, st[i].total >= (i < 2 ? 60 : 10) && st[i].match == st[i].total,
-                   "%s: every prompt matches the reference ids", st[i].name);
+    for (int r = 0; r < n_refs; r++) {
+        RefTok *s = &refs[r];
+        printf("tokenizer: %d/%d prompts match exactly (%s: %s)\n", s->match, s->total, s->ref, s->what);
+        check_true(&tc, s->total >= (!strncmp(s->ref, "hf_small", 8) ? 10 : 100) && s->match == s->total,
+                   "%s (%s): every prompt matches the reference ids", s->ref, s->what);
     }
     check_true(&tc, trunc_ok && truncated_seen >= 3, "n_truncated = tokens beyond 75 (%d truncated prompts)",
                truncated_seen);
@@ -186,5 +262,11 @@ int main(void) {
     clip_tok_free(hf);
     clip_tok_free(oc);
     clip_tok_free(small);
+    clip_tok_free(sd2);
+    clip_tok_free(bare_gz);
+    clip_tok_free(w_bare);
+    clip_tok_free(w_sd1);
+    clip_tok_free(w_sd2);
+    for (int i = 0; i < 5; i++) clip_tok_free(var[i]);
     return test_summary(&tc);
 }

@@ -4,7 +4,8 @@
 # and runs it for a bounded time.
 #   tools/fuzz.sh [seconds=60] [jobs=1] [target=safetensors|image]
 # target image: the PNG/JPEG decoders (tests/fuzz/fuzz_image.c), seeded with
-# tests/fixtures/images/*.png, *.jpg.
+# tests/fixtures/images/*.png, *.jpg. target sched: scheduler_config.json
+# (tests/fuzz/fuzz_sched_config.c), seeded with tests/fixtures/sched/*.json.
 # The seed corpus is made here from small valid files (and the fixtures'
 # safetensors headers when present); crashes land in build-fuzz/findings/.
 # Prints executions, exec/s and the number of findings; exits 1 on a finding.
@@ -17,6 +18,7 @@ OUT=${FUZZ_OUT:-$ROOT/build-fuzz}
 CC=${CC_FUZZ:-clang}
 command -v "$CC" >/dev/null || { echo "fuzz.sh: $CC not found ---> install clang and libclang-rt-dev" >&2; exit 2; }
 [ "$TARGET" = image ] && OUT=$OUT/image
+[ "$TARGET" = sched ] && OUT=$OUT/sched
 mkdir -p "$OUT/corpus" "$OUT/findings"
 BIN=$OUT/fuzz_$TARGET
 case "$TARGET" in
@@ -65,7 +67,14 @@ for p in glob.glob(os.path.join(fix, "*.safetensors"))[:3]:
             open(os.path.join(out, "hdr_" + os.path.basename(p)), "wb").write(f.read(8 + n))
 PY
     ;;
-*) echo "fuzz.sh: unknown target $TARGET ---> safetensors or image" >&2; exit 2 ;;
+sched)
+    "$CC" -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+        -I"$ROOT/src" "$ROOT/tests/fuzz/fuzz_sched_config.c" "$ROOT/src/sampling/sched_config.c" \
+        "$ROOT/src/sampling/scheduler.c" "$ROOT/src/sampling/rng.c" "$ROOT/src/io/json.c" \
+        "$ROOT/src/core/error.c" -lm -o "$OUT/fuzz_sched"
+    cp "$ROOT"/tests/fixtures/sched/*.json "$OUT/corpus/"
+    ;;
+*) echo "fuzz.sh: unknown target $TARGET ---> safetensors, image or sched" >&2; exit 2 ;;
 esac
 
 LOG="$OUT/fuzz.log"

@@ -4,6 +4,7 @@
 #include "io/json.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@ typedef struct Parser {
     const char *what;
     JsonDoc *doc;
     SdcError *err;
+    int py_consts; // also NaN, Infinity, -Infinity (json_parse_config)
 } Parser;
 
 static int parse_fail(Parser *ps, const char *expected) {
@@ -287,15 +289,28 @@ static int parse_value(Parser *ps, int depth, int *out) {
         return 0;
     }
     case JSON_NUMBER:
+        if (ps->py_consts) { // Python's json.dumps writes these for nan / inf / -inf
+            static const struct { const char *word; double v; } K[3] = {
+                {"NaN", NAN}, {"Infinity", INFINITY}, {"-Infinity", -INFINITY}};
+            for (int k = 0; k < 3; k++) {
+                size_t n = strlen(K[k].word);
+                if ((size_t)(ps->end - ps->p) >= n && !memcmp(ps->p, K[k].word, n)) {
+                    ps->doc->nodes[idx].num = K[k].v;
+                    ps->p += n;
+                    return 0;
+                }
+            }
+        }
         if (c != '-' && (c < '0' || c > '9')) return parse_fail(ps, "a value");
         return parse_number(ps, &ps->doc->nodes[idx]);
     }
     return parse_fail(ps, "a value");
 }
 
-int json_parse(JsonDoc *doc, const char *buf, size_t len, const char *what, SdcError *err) {
+static int parse_doc(JsonDoc *doc, const char *buf, size_t len, const char *what, int py_consts, SdcError *err) {
     memset(doc, 0, sizeof *doc);
-    Parser ps = {.buf = buf, .p = buf, .end = buf + len, .what = what ? what : "JSON", .doc = doc, .err = err};
+    Parser ps = {.buf = buf, .p = buf, .end = buf + len, .what = what ? what : "JSON", .doc = doc, .err = err,
+                 .py_consts = py_consts};
     if (len > (size_t)INT32_MAX / 2) {
         return sdc_err(err, SDC_ERR_FORMAT, "%s: JSON text of %zu bytes is too large (max %d)", ps.what, len,
                        INT32_MAX / 2);
@@ -309,6 +324,14 @@ int json_parse(JsonDoc *doc, const char *buf, size_t len, const char *what, SdcE
     }
     if (rc) json_free(doc);
     return rc;
+}
+
+int json_parse(JsonDoc *doc, const char *buf, size_t len, const char *what, SdcError *err) {
+    return parse_doc(doc, buf, len, what, 0, err);
+}
+
+int json_parse_config(JsonDoc *doc, const char *buf, size_t len, const char *what, SdcError *err) {
+    return parse_doc(doc, buf, len, what, 1, err);
 }
 
 int json_parse_file(JsonDoc *doc, const char *path, size_t max_bytes, SdcError *err) {
@@ -338,7 +361,7 @@ int json_parse_file(JsonDoc *doc, const char *path, size_t max_bytes, SdcError *
         }
     }
     fclose(fp);
-    if (!rc) rc = json_parse(doc, buf, len, path, err);
+    if (!rc) rc = json_parse_config(doc, buf, len, path, err);
     free(buf);
     return rc;
 }

@@ -6,7 +6,8 @@
 // must be valid UTF-8), numbers, true/false/null. It never reads past the
 // buffer it is given (which need not be NUL-terminated), limits nesting depth,
 // rejects trailing garbage, control characters in strings, lone surrogates,
-// leading zeros, "+1", ".5", "1.", NaN/Infinity and comments. Duplicate keys
+// leading zeros, "+1", ".5", "1.", NaN/Infinity (but see json_parse_config)
+// and comments. Duplicate keys
 // are kept (callers that care, e.g. safetensors.c, check them).
 // It is not a streaming parser and keeps no source positions after parsing.
 #ifndef SDC_JSON_H
@@ -44,7 +45,13 @@ typedef struct JsonDoc {
 // Parses len bytes of buf. what names the source in messages ("x.safetensors
 // header", "unet/config.json"). On failure doc is left empty (json_free safe).
 int json_parse(JsonDoc *doc, const char *buf, size_t len, const char *what, SdcError *err);
-// Reads and parses a whole file (at most max_bytes).
+// json_parse for the config files Python writes (diffusers' save_config,
+// transformers' save_pretrained): json.dumps writes float("nan") / inf / -inf
+// as the bare words NaN, Infinity, -Infinity (e.g. DPMSolverMultistepScheduler's
+// "lambda_min_clipped": -Infinity), which this also reads, as numbers
+// (is_int 0). Everything else is as strict as json_parse.
+int json_parse_config(JsonDoc *doc, const char *buf, size_t len, const char *what, SdcError *err);
+// Reads and parses a whole config file (at most max_bytes) with json_parse_config.
 int json_parse_file(JsonDoc *doc, const char *path, size_t max_bytes, SdcError *err);
 void json_free(JsonDoc *doc);
 

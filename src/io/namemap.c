@@ -146,6 +146,8 @@ int namemap_init(NameMap *nm, const UnetConfig *u, const VaeConfig *v, int openc
     if (!openclip) {
         ADD(COMP_TEXT_ENCODER, -1, P_CLIP "text_model.", "text_model.");
         ADD(COMP_TEXT_ENCODER, -1, P_CLIP, "text_model."); // transformers < 4.x layout
+        // CLIPTextModelWithProjection's projection (unused by SD) keeps its place
+        ADD(COMP_TEXT_ENCODER, -1, P_CLIP "text_projection.", "text_projection.");
     } else {
         ADD(COMP_TEXT_ENCODER, -1, P_OPENCLIP, "");
         ADD(COMP_TEXT_ENCODER, -1, P_OPENCLIP "token_embedding.", "text_model.embeddings.token_embedding.");

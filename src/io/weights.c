@@ -14,6 +14,7 @@
 #include "io/json.h"
 #include "io/namemap.h"
 #include "io/safetensors.h"
+#include "text/tokenizer.h"
 
 #define JSON_MAX_BYTES (64u << 20) // config.json, vocab.json
 
@@ -27,9 +28,11 @@ typedef struct WEntry {
 
 struct ModelFiles {
     ModelInfo info;
+    char *sched_json;          // the scheduler_config.json text read, or NULL
+    int vae_set;               // model_files_set_vae was called
     char path[1024];
-    StFile files[COMP_COUNT + 1]; // single file: files[0] only; + a separate VAE (model_files_set_vae)
-    int n_files;
+    StFile **files;            // every mapped file: the single file, or each component's (shards
+    int n_files, cap_files;    // included), + a separate VAE (model_files_set_vae)
     WEntry *ents[COMP_COUNT];  // sorted by name
     int n_ents[COMP_COUNT];
     NameMap nm;                // single file only
@@ -93,8 +96,8 @@ static int cfg_int(const Cfg *c, const char *key, int def, int *out, SdcError *e
         return 0;
     }
     if (v->type != JSON_NUMBER || !v->is_int || v->i < INT32_MIN || v->i > INT32_MAX)
-        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected an integer", c->path, key,
-                       json_type_name(v->type));
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected an integer\n---> fix the config (as "
+                       "diffusers / transformers save_pretrained write it)", c->path, key, json_type_name(v->type));
     *out = (int)v->i;
     return 0;
 }
@@ -106,8 +109,8 @@ static int cfg_float(const Cfg *c, const char *key, float def, float *out, SdcEr
         return 0;
     }
     if (v->type != JSON_NUMBER)
-        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected a number", c->path, key,
-                       json_type_name(v->type));
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected a number\n---> fix the config (as "
+                       "diffusers / transformers save_pretrained write it)", c->path, key, json_type_name(v->type));
     *out = (float)v->num;
     return 0;
 }
@@ -119,8 +122,8 @@ static int cfg_bool(const Cfg *c, const char *key, int def, int *out, SdcError *
         return 0;
     }
     if (v->type != JSON_BOOL)
-        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected true or false", c->path, key,
-                       json_type_name(v->type));
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected true or false\n---> fix the config (as "
+                       "diffusers / transformers save_pretrained write it)", c->path, key, json_type_name(v->type));
     *out = v->boolean;
     return 0;
 }
@@ -163,9 +166,89 @@ static int cfg_attn_list(const Cfg *c, const char *key, int n, int *out, SdcErro
         if (strcmp(s, "CrossAttnDownBlock2D") && strcmp(s, "DownBlock2D") && strcmp(s, "CrossAttnUpBlock2D") &&
             strcmp(s, "UpBlock2D"))
             return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"%s\"[%d] is \"%s\"; sdc supports the SD 1.x/2.x "
-                           "blocks CrossAttnDownBlock2D, DownBlock2D, CrossAttnUpBlock2D, UpBlock2D", c->path,
-                           key, i, s);
+                           "blocks CrossAttnDownBlock2D, DownBlock2D, CrossAttnUpBlock2D, UpBlock2D\n---> is this an "
+                           "SD 1.x/2.x UNet?", c->path, key, i, s);
         out[i] = strstr(s, "CrossAttn") != NULL;
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// config fields sdc does not implement: refused by name and value
+
+typedef enum { UK_NULL, UK_FALSE, UK_STRING, UK_NUMBER } UkKind;
+typedef struct UnsupportedKey {
+    const char *key;
+    UkKind ok;         // the harmless values: null (always), false, the string ok_s, the number ok_n
+    const char *ok_s;
+    double ok_n;
+    const char *what;  // what the field makes the model (for the message)
+} UnsupportedKey;
+
+static const UnsupportedKey UNET_UNSUPPORTED[] = {
+    {"act_fn", UK_STRING, "silu", 0, "another activation"},
+    {"center_input_sample", UK_FALSE, NULL, 0, "a centred input"},
+    {"only_cross_attention", UK_FALSE, NULL, 0, "cross-attention-only blocks"},
+    {"dual_cross_attention", UK_FALSE, NULL, 0, "dual cross-attention"},
+    {"downsample_padding", UK_NUMBER, NULL, 1, "another down-sampler padding"},
+    {"mid_block_scale_factor", UK_NUMBER, NULL, 1, "a scaled mid block"},
+    {"mid_block_only_cross_attention", UK_FALSE, NULL, 0, "a cross-attention-only mid block"},
+    {"reverse_transformer_layers_per_block", UK_NULL, NULL, 0, "per-block up transformer depths (SDXL-style)"},
+    {"encoder_hid_dim", UK_NULL, NULL, 0, "a projected text embedding (IF / Kandinsky)"},
+    {"encoder_hid_dim_type", UK_NULL, NULL, 0, "a projected text embedding (IF / Kandinsky)"},
+    {"class_embed_type", UK_NULL, NULL, 0, "class conditioning"},
+    {"num_class_embeds", UK_NULL, NULL, 0, "class conditioning"},
+    {"addition_embed_type", UK_NULL, NULL, 0, "added conditioning (SDXL's text_time)"},
+    {"addition_time_embed_dim", UK_NULL, NULL, 0, "added time conditioning (SDXL)"},
+    {"projection_class_embeddings_input_dim", UK_NULL, NULL, 0, "projected class conditioning (SDXL)"},
+    {"class_embeddings_concat", UK_FALSE, NULL, 0, "concatenated class embeddings"},
+    {"resnet_time_scale_shift", UK_STRING, "default", 0, "scale-shift time conditioning"},
+    {"resnet_skip_time_act", UK_FALSE, NULL, 0, "resnets without the time activation"},
+    {"resnet_out_scale_factor", UK_NUMBER, NULL, 1, "scaled resnet outputs"},
+    {"time_embedding_type", UK_STRING, "positional", 0, "another time embedding"},
+    {"time_embedding_dim", UK_NULL, NULL, 0, "another time embedding width"},
+    {"time_embedding_act_fn", UK_NULL, NULL, 0, "another time embedding activation"},
+    {"timestep_post_act", UK_NULL, NULL, 0, "a time embedding post-activation"},
+    {"time_cond_proj_dim", UK_NULL, NULL, 0, "guidance-embedding time conditioning (LCM)"},
+    {"conv_in_kernel", UK_NUMBER, NULL, 3, "another conv_in kernel"},
+    {"conv_out_kernel", UK_NUMBER, NULL, 3, "another conv_out kernel"},
+    {"attention_type", UK_STRING, "default", 0, "gated attention (GLIGEN)"},
+    {"cross_attention_norm", UK_NULL, NULL, 0, "a normed cross-attention"},
+};
+static const UnsupportedKey VAE_UNSUPPORTED[] = {
+    {"act_fn", UK_STRING, "silu", 0, "another activation"},
+    {"use_quant_conv", UK_NULL, NULL, 0, "no quant_conv"}, // true or null only (checked below)
+    {"use_post_quant_conv", UK_NULL, NULL, 0, "no post_quant_conv"},
+    {"mid_block_add_attention", UK_NULL, NULL, 0, "no mid-block attention"},
+    {"shift_factor", UK_NULL, NULL, 0, "shifted latents (SD3 / FLUX VAE)"},
+    {"latents_mean", UK_NULL, NULL, 0, "normalised latents (SDXL-style statistics)"},
+    {"latents_std", UK_NULL, NULL, 0, "normalised latents (SDXL-style statistics)"},
+};
+
+static int key_ok(const JsonDoc *d, const JsonNode *v, const UnsupportedKey *k) {
+    if (v->type == JSON_NULL) return 1;
+    if (k->ok == UK_FALSE) return v->type == JSON_BOOL && !v->boolean;
+    if (k->ok == UK_STRING) return v->type == JSON_STRING && !strcmp(json_str(d, v), k->ok_s);
+    if (k->ok == UK_NUMBER) return v->type == JSON_NUMBER && v->num == k->ok_n;
+    return 0;
+}
+
+// Refuses the first field of tab the config sets to something sdc does not
+// implement, naming the file, the field, its value and what it means.
+static int check_unsupported(const Cfg *c, const UnsupportedKey *tab, size_t n, const char *model, SdcError *err) {
+    for (size_t i = 0; i < n; i++) {
+        const JsonNode *v = json_get(&c->doc, c->root, tab[i].key);
+        if (!v || key_ok(&c->doc, v, &tab[i])) continue;
+        // use_*_conv / mid_block_add_attention: true is the SD layout
+        if (v->type == JSON_BOOL && v->boolean && tab[i].ok == UK_NULL && !strncmp(tab[i].what, "no ", 3)) continue;
+        char val[80];
+        if (v->type == JSON_STRING) snprintf(val, sizeof val, "\"%.60s\"", json_str(&c->doc, v));
+        else if (v->type == JSON_NUMBER) snprintf(val, sizeof val, "%g", v->num);
+        else if (v->type == JSON_BOOL) snprintf(val, sizeof val, "%s", v->boolean ? "true" : "false");
+        else snprintf(val, sizeof val, "%s", json_type_name(v->type));
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"%s\" is %s (%s): sdc runs the SD 1.x/2.x %s only\n---> is "
+                       "this an SD 1.x/2.x model? (SDXL, SD3, LCM, IF and other architectures are not supported)",
+                       c->path, tab[i].key, val, tab[i].what, model);
     }
     return 0;
 }
@@ -194,6 +277,12 @@ static int read_unet_config(UnetConfig *u, const char *path, SdcError *err) {
         goto done;
     }
     memcpy(u->heads, heads_set, sizeof heads_set);
+    const JsonNode *cd = json_get(&c.doc, c.root, "cross_attention_dim");
+    if (cd && cd->type == JSON_ARRAY) {
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"cross_attention_dim\" is a list (one per level): SD "
+                     "1.x/2.x UNets have one\n---> is this an SD 1.x/2.x UNet?", path);
+        goto done;
+    }
     if ((rc = cfg_int(&c, "in_channels", 4, &u->in_channels, err)) ||
         (rc = cfg_int(&c, "out_channels", 4, &u->out_channels, err)) ||
         (rc = cfg_int(&c, "layers_per_block", 2, &u->layers_per_block, err)) ||
@@ -208,15 +297,12 @@ static int read_unet_config(UnetConfig *u, const char *path, SdcError *err) {
     const char *mid = json_str(&c.doc, json_get(&c.doc, c.root, "mid_block_type"));
     u->mid_attn = !mid || !strcmp(mid, "UNetMidBlock2DCrossAttn");
     if (mid && !u->mid_attn && strcmp(mid, "UNetMidBlock2D")) {
-        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: mid_block_type \"%s\" is not supported (UNetMidBlock2DCrossAttn "
-                     "or UNetMidBlock2D)", path, mid);
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"mid_block_type\" is \"%s\": sdc supports "
+                     "UNetMidBlock2DCrossAttn (SD 1.x/2.x) and UNetMidBlock2D\n---> is this an SD 1.x/2.x UNet?", path,
+                     mid);
         goto done;
     }
-    const JsonNode *cd = json_get(&c.doc, c.root, "cross_attention_dim");
-    if (cd && cd->type == JSON_ARRAY) {
-        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: a per-level cross_attention_dim list is not supported", path);
-        goto done;
-    }
+    rc = check_unsupported(&c, UNET_UNSUPPORTED, sizeof UNET_UNSUPPORTED / sizeof UNET_UNSUPPORTED[0], "UNet", err);
 done:
     json_free(&c.doc);
     return rc;
@@ -243,6 +329,21 @@ static int read_vae_config(VaeConfig *v, const char *path, SdcError *err) {
         (rc = cfg_int(&c, "sample_size", 512, &v->sample_size, err)))
         goto done;
     v->norm_eps = 1e-6f; // AutoencoderKL's fixed GroupNorm eps (not in its config)
+    static const char *const TYPES[2] = {"down_block_types", "up_block_types"};
+    static const char *const WANT[2] = {"DownEncoderBlock2D", "UpDecoderBlock2D"};
+    for (int k = 0; k < 2 && !rc; k++) {
+        const JsonNode *bt = json_get(&c.doc, c.root, TYPES[k]);
+        int i = 0;
+        for (const JsonNode *e = bt && bt->type == JSON_ARRAY ? json_first(&c.doc, bt) : NULL; e && !rc;
+             e = json_next(&c.doc, e), i++) {
+            const char *t = json_str(&c.doc, e);
+            if (!t || strcmp(t, WANT[k]))
+                rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"%s\"[%d] is \"%s\": the SD VAE has %s blocks only\n---> "
+                             "is this an SD 1.x/2.x VAE (AutoencoderKL)?", path, TYPES[k], i, t ? t : "not a string",
+                             WANT[k]);
+        }
+    }
+    if (!rc) rc = check_unsupported(&c, VAE_UNSUPPORTED, sizeof VAE_UNSUPPORTED / sizeof VAE_UNSUPPORTED[0], "VAE", err);
 done:
     json_free(&c.doc);
     return rc;
@@ -264,7 +365,9 @@ static int read_clip_config(ClipConfig *k, const char *path, SdcError *err) {
     const char *act = json_str(&c.doc, json_get(&c.doc, c.root, "hidden_act"));
     if (!act || !strcmp(act, "quick_gelu")) k->act = ACT_QUICK_GELU;
     else if (!strcmp(act, "gelu")) k->act = ACT_GELU;
-    else rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: hidden_act \"%s\": expected \"quick_gelu\" or \"gelu\"", path, act);
+    else rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"hidden_act\" is \"%s\": SD's text encoders use \"quick_gelu\" "
+                      "(SD 1.x, CLIP ViT-L) or \"gelu\" (SD 2.x, OpenCLIP ViT-H)\n---> is this an SD 1.x/2.x text "
+                      "encoder?", path, act);
 done:
     json_free(&c.doc);
     return rc;
@@ -281,61 +384,39 @@ static void clip_set_tokens(ClipConfig *k, SdFamily fam) {
     k->pad_token = fam == SD_FAMILY_2 ? 0 : k->eos_token;
 }
 
-static int token_id(const char *tok_dir, const ClipConfig *k, const char *tok, int *id, SdcError *err) {
-    if (!strcmp(tok, "<|endoftext|>")) { *id = k->eos_token; return 0; }
-    if (!strcmp(tok, "<|startoftext|>")) { *id = k->bos_token; return 0; }
-    char p[1200];
-    path_join(p, sizeof p, tok_dir, "vocab.json", NULL);
-    if (is_file(p)) {
-        JsonDoc d;
-        SDC_TRY(json_parse_file(&d, p, JSON_MAX_BYTES, err));
-        const JsonNode *v = json_get(&d, json_root(&d), tok);
-        int ok = v && v->type == JSON_NUMBER && v->is_int;
-        if (ok) *id = (int)v->i;
-        json_free(&d);
-        if (ok) return 0;
-    }
-    if (!strcmp(tok, "!")) { *id = 0; return 0; }
-    return sdc_err(err, SDC_ERR_FORMAT, "%s: pad token \"%s\" not found in %s", tok_dir, tok, p);
-}
-
+// The pad token of a tokenizer folder, as the tokenizer reads it
+// (text/tokenizer.h: tokenizer.json or vocab.json, and the special tokens of
+// its config files as transformers registers them).
 static int read_tokenizer_pad(ClipConfig *k, const char *tok_dir, SdcError *err) {
-    const char *files[2] = {"special_tokens_map.json", "tokenizer_config.json"};
-    for (int f = 0; f < 2; f++) {
-        char p[1200];
-        path_join(p, sizeof p, tok_dir, files[f], NULL);
-        if (!is_file(p)) continue;
-        Cfg c;
-        SDC_TRY(cfg_open(&c, p, err));
-        const JsonNode *pt = json_get(&c.doc, c.root, "pad_token");
-        const char *s = json_str(&c.doc, pt);
-        if (!s && pt && pt->type == JSON_OBJECT) s = json_str(&c.doc, json_get(&c.doc, pt, "content"));
-        int rc = s ? token_id(tok_dir, k, s, &k->pad_token, err) : 0;
-        json_free(&c.doc);
-        if (rc || s) return rc;
-    }
+    ClipTokenizer *t;
+    SDC_TRY(clip_tok_load_dir(&t, tok_dir, err));
+    k->pad_token = clip_tok_pad(t);
+    clip_tok_free(t);
     return 0;
 }
 
-static int read_prediction(const char *dir, PredictionType *pred, int *found, SdcError *err) {
+// dir/scheduler/scheduler_config.json into m->info.sched (its text kept for
+// sdc convert); without one, SD's original config. *found: the file gives
+// prediction_type (then the UNet's prediction is the file's).
+static int read_scheduler(ModelFiles *m, const char *dir, int *found, SdcError *err) {
     char p[1200];
     path_join(p, sizeof p, dir, "scheduler", "scheduler_config.json");
     *found = 0;
-    if (!is_file(p)) return 0;
-    Cfg c;
-    SDC_TRY(cfg_open(&c, p, err));
-    const char *s = json_str(&c.doc, json_get(&c.doc, c.root, "prediction_type"));
-    int rc = 0;
-    if (s && !strcmp(s, "v_prediction")) *pred = PRED_V, *found = 1;
-    else if (!s || !strcmp(s, "epsilon")) *pred = PRED_EPSILON, *found = s != NULL;
-    else rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: prediction_type \"%s\": sdc supports \"epsilon\" and "
-                      "\"v_prediction\"", p, s);
-    json_free(&c.doc);
-    return rc;
+    free(m->sched_json);
+    m->sched_json = NULL;
+    if (!is_file(p)) {
+        sched_config_sd(&m->info.sched, PRED_EPSILON);
+        return 0;
+    }
+    SDC_TRY(sched_config_read(&m->info.sched, p, &m->sched_json, err));
+    *found = (m->info.sched.have & SCHED_HAS_PREDICTION) != 0;
+    if (*found) m->info.unet.prediction = m->info.sched.prediction;
+    return 0;
 }
 
-// Reads the configs of a diffusers folder (or a config_dir) into info.
-static int read_diffusers_configs(ModelInfo *info, const char *dir, SdcError *err) {
+// Reads the configs of a diffusers folder (or a config_dir) into m->info.
+static int read_diffusers_configs(ModelFiles *m, const char *dir, SdcError *err) {
+    ModelInfo *info = &m->info;
     char p[1200];
     const char *missing = NULL;
     path_join(p, sizeof p, dir, "unet", "config.json");
@@ -360,7 +441,7 @@ static int read_diffusers_configs(ModelInfo *info, const char *dir, SdcError *er
         SDC_TRY(read_tokenizer_pad(&info->clip, p, err));
     }
     int found;
-    SDC_TRY(read_prediction(dir, &info->unet.prediction, &found, err));
+    SDC_TRY(read_scheduler(m, dir, &found, err));
     if (!found) info->unet.prediction = PRED_EPSILON;
     return 0;
 }
@@ -575,17 +656,37 @@ static int sort_entries(ModelFiles *m, SdcError *err) {
     return 0;
 }
 
+// Maps one more safetensors file; *out stays valid until model_files_close.
+static int add_file(ModelFiles *m, const char *path, StFile **out, SdcError *err) {
+    if (m->n_files == m->cap_files) {
+        int cap = m->cap_files ? 2 * m->cap_files : 8;
+        StFile **nf = realloc(m->files, (size_t)cap * sizeof *nf);
+        if (!nf) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", path);
+        m->files = nf, m->cap_files = cap;
+    }
+    StFile *f = calloc(1, sizeof *f);
+    if (!f) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", path);
+    f->fd = -1;
+    int rc = st_open(f, path, err);
+    if (rc) {
+        free(f);
+        return rc;
+    }
+    m->files[m->n_files++] = f;
+    *out = f;
+    return 0;
+}
+
 static int open_single(ModelFiles *m, const char *path, const char *config_dir, SdcError *err) {
-    StFile *f = &m->files[0];
-    SDC_TRY(st_open(f, path, err));
-    m->n_files = 1;
+    StFile *f;
+    SDC_TRY(add_file(m, path, &f, err));
     ModelInfo *info = &m->info;
     info->layout = LAYOUT_SINGLE_FILE;
     int openclip = 0;
     for (int i = 0; i < f->n && !openclip; i++)
         openclip = !strncmp(f->entries[i].name, "cond_stage_model.model.", 23);
     if (config_dir) {
-        SDC_TRY(read_diffusers_configs(info, config_dir, err));
+        SDC_TRY(read_diffusers_configs(m, config_dir, err));
     } else {
         SDC_TRY(infer_unet(&info->unet, f, openclip, err));
         SDC_TRY(infer_vae(&info->vae, f, err));
@@ -607,39 +708,165 @@ static int open_single(ModelFiles *m, const char *path, const char *config_dir, 
     return sort_entries(m, err);
 }
 
+// The names the libraries that save a component use, in the order sdc
+// looks for them: a whole file, transformers' / diffusers' shard index
+// ({"weight_map": {tensor: shard file}}), and their fp16 variants.
+static const char *const WEIGHT_FILES[COMP_COUNT][4] = {
+    {"model.safetensors", "model.safetensors.index.json", "model.fp16.safetensors", "model.safetensors.index.fp16.json"},
+    {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+     "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors.index.fp16.json"},
+    {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+     "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors.index.fp16.json"},
+};
+
+// The diffusers name of a tensor as a component's file names it. Text
+// encoders saved by transformers 5 have no "text_model." prefix (*prefix:
+// the component has none anywhere); diffusers still reads VAEs with the
+// attention names of diffusers < 0.14 (query, key, value, proj_attn).
+static void component_name(Component c, const char *name, int no_prefix, char *out, size_t cap) {
+    if (c == COMP_TEXT_ENCODER && no_prefix) {
+        snprintf(out, cap, "text_model.%s", name);
+        return;
+    }
+    static const char *const OLD[4][2] = {{"query.", "to_q."}, {"key.", "to_k."}, {"value.", "to_v."},
+                                          {"proj_attn.", "to_out.0."}};
+    const char *at = c == COMP_VAE ? strstr(name, "mid_block.attentions.0.") : NULL;
+    if (at && (!strncmp(name, "encoder.", 8) || !strncmp(name, "decoder.", 8))) {
+        const char *tail = at + strlen("mid_block.attentions.0.");
+        for (int k = 0; k < 4; k++)
+            if (!strncmp(tail, OLD[k][0], strlen(OLD[k][0]))) {
+                snprintf(out, cap, "%.*s%s%s", (int)(tail - name), name, OLD[k][1], tail + strlen(OLD[k][0]));
+                return;
+            }
+    }
+    snprintf(out, cap, "%s", name);
+}
+
+// Registers every tensor of one component from the files in cdir (a
+// diffusers component folder: unet/, vae/, text_encoder/).
+static int open_component(ModelFiles *m, Component c, const char *cdir, int cap[COMP_COUNT], SdcError *err) {
+    char p[1200] = "";
+    int k = 0;
+    for (; k < 4; k++) {
+        path_join(p, sizeof p, cdir, WEIGHT_FILES[c][k], NULL);
+        if (is_file(p)) break;
+    }
+    if (k == 4) {
+        char bin[1200];
+        path_join(p, sizeof p, cdir, WEIGHT_FILES[c][0], NULL);
+        path_join(bin, sizeof bin, cdir, c == COMP_TEXT_ENCODER ? "pytorch_model.bin" : "diffusion_pytorch_model.bin",
+                  NULL);
+        return sdc_err(err, SDC_ERR_IO, "%s: missing %s (or its sharded or .fp16 variants)%s", cdir, p,
+                       is_file(bin) ? "\n---> only a .bin (pickle) is there: re-save the model with "
+                                      "safe_serialization=True"
+                                    : "\n---> is this a complete diffusers folder?");
+    }
+    // the files: the one, or the shards the index names (each once, in order)
+    char **shards = NULL;
+    int n_shards = 0, rc = 0;
+    JsonDoc idx = {0};
+    if (k == 1 || k == 3) {
+        if ((rc = json_parse_file(&idx, p, JSON_MAX_BYTES, err))) return rc;
+        const JsonNode *wm = json_get(&idx, json_root(&idx), "weight_map");
+        if (!wm || wm->type != JSON_OBJECT || !wm->n) {
+            json_free(&idx);
+            return sdc_err(err, SDC_ERR_FORMAT, "%s: no \"weight_map\" object\n---> is this a safetensors shard "
+                           "index?", p);
+        }
+        shards = calloc((size_t)wm->n, sizeof *shards);
+        if (!shards) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", p);
+        for (const JsonNode *e = json_first(&idx, wm); !rc && e; e = json_next(&idx, e)) {
+            const char *f = json_str(&idx, e);
+            if (!f || !*f || strchr(f, '/') || strstr(f, ".."))
+                rc = sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" maps to %s\n---> a shard must be a file name in %s", p,
+                             json_key(&idx, e), f ? f : "a non-string", cdir);
+            int seen = 0;
+            for (int i = 0; !rc && i < n_shards && !seen; i++) seen = !strcmp(shards[i], f);
+            if (!rc && !seen) shards[n_shards++] = (char *)f;
+        }
+    }
+    const int n_src = shards ? n_shards : 1;
+    const int first = m->n_files;
+    for (int i = 0; !rc && i < n_src; i++) {
+        char sp[1200];
+        if (shards) path_join(sp, sizeof sp, cdir, shards[i], NULL);
+        StFile *f;
+        rc = add_file(m, shards ? sp : p, &f, err);
+    }
+    free(shards);
+    json_free(&idx);
+    if (rc) return rc;
+    int has_prefix = 0;
+    for (int i = first; i < m->n_files; i++)
+        for (int j = 0; j < m->files[i]->n && !has_prefix; j++)
+            has_prefix = !strncmp(m->files[i]->entries[j].name, "text_model.", 11);
+    for (int i = first; i < m->n_files; i++) {
+        const StFile *f = m->files[i];
+        for (int j = 0; j < f->n; j++) {
+            char name[NAMEMAP_NAME_MAX + 16];
+            component_name(c, f->entries[j].name, !has_prefix, name, sizeof name);
+            SDC_TRY(add_entry(m, c, name, f, &f->entries[j], NM_PLAIN, 0, cap, err));
+        }
+    }
+    return 0;
+}
+
 static int open_diffusers(ModelFiles *m, const char *dir, SdcError *err) {
     ModelInfo *info = &m->info;
     info->layout = LAYOUT_DIFFUSERS;
-    SDC_TRY(read_diffusers_configs(info, dir, err));
-    static const char *const weight_files[COMP_COUNT][4] = {
-        {"model.safetensors", "model.fp16.safetensors", NULL, NULL},
-        {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", NULL, NULL},
-        {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", NULL, NULL},
-    };
+    SDC_TRY(read_diffusers_configs(m, dir, err));
     int cap[COMP_COUNT] = {0};
     for (int c = 0; c < COMP_COUNT; c++) {
-        char p[1200] = "";
-        int found = 0;
-        for (int k = 0; weight_files[c][k] && !found; k++) {
-            path_join(p, sizeof p, dir, COMP_NAMES[c], weight_files[c][k]);
-            found = is_file(p);
-        }
-        if (!found) {
-            path_join(p, sizeof p, dir, COMP_NAMES[c], weight_files[c][0]);
-            char bin[1200];
-            path_join(bin, sizeof bin, dir, COMP_NAMES[c],
-                      c == COMP_TEXT_ENCODER ? "pytorch_model.bin" : "diffusion_pytorch_model.bin");
-            return sdc_err(err, SDC_ERR_IO, "%s: missing %s (or its .fp16.safetensors variant)%s", dir, p,
-                           is_file(bin) ? "\n---> only a .bin (pickle) is there: re-save the model with "
-                           "safe_serialization=True" : "\n---> is this a complete diffusers folder?");
-        }
-        StFile *f = &m->files[m->n_files];
-        SDC_TRY(st_open(f, p, err));
-        m->n_files++;
-        for (int i = 0; i < f->n; i++)
-            SDC_TRY(add_entry(m, (Component)c, f->entries[i].name, f, &f->entries[i], NM_PLAIN, 0, cap, err));
+        char cdir[1200];
+        path_join(cdir, sizeof cdir, dir, COMP_NAMES[c], NULL);
+        SDC_TRY(open_component(m, (Component)c, cdir, cap, err));
     }
     return sort_entries(m, err);
+}
+
+// What sdc's models and pipeline run, checked once the configs are known:
+// an SD VAE (4 levels: 8x down-sampling; 4 latent channels), a UNet on those
+// latents (4 input channels, or 9 for inpainting) conditioned on this text
+// encoder. cdir: the folder whose */config.json describe the model, or NULL
+// (a single file's architecture inferred from its tensors).
+static int check_model(const ModelInfo *info, const char *path, const char *cdir, SdcError *err) {
+    char vae[1200], unet[1200], te[1200];
+    if (cdir) {
+        path_join(vae, sizeof vae, cdir, "vae", "config.json");
+        path_join(unet, sizeof unet, cdir, "unet", "config.json");
+        path_join(te, sizeof te, cdir, "text_encoder", "config.json");
+    } else {
+        snprintf(vae, sizeof vae, "%s (" VP "*)", path);
+        snprintf(unet, sizeof unet, "%s (the UNet, " UP "*)", path);
+        snprintf(te, sizeof te, "%s (the text encoder)", path);
+    }
+    const VaeConfig *v = &info->vae;
+    const UnetConfig *u = &info->unet;
+    if (v->n_levels != 4) {
+        char list[96] = "";
+        for (int i = 0; i < v->n_levels && i < SDC_MAX_LEVELS; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? ", " : "", v->block_out[i]);
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: %s has %d levels ([%s]): sdc's pipeline works on latents 8x "
+                       "smaller than the image, which needs the 4-level VAE of SD 1.x/2.x (3 down-samplers)\n---> use "
+                       "an SD 1.x/2.x VAE (--vae FILE, or the model's own)", vae,
+                       cdir ? "\"block_out_channels\"" : "the VAE (encoder.down.N)", v->n_levels, list);
+    }
+    if (v->latent_channels != 4)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"latent_channels\" is %d: sdc's pipeline works on the 4-channel "
+                       "latents of SD 1.x/2.x\n---> use an SD 1.x/2.x VAE (SD3 / FLUX VAEs have 16)", vae,
+                       v->latent_channels);
+    if (u->out_channels != v->latent_channels)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"out_channels\" is %d but the VAE's latent_channels is %d\n"
+                       "---> the UNet and the VAE are not one model's", unet, u->out_channels, v->latent_channels);
+    if (u->in_channels != v->latent_channels && u->in_channels != 2 * v->latent_channels + 1)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"in_channels\" is %d: sdc runs UNets on %d-channel latents, or "
+                       "%d channels for inpainting (latent, mask, masked-image latent)\n---> is this an SD 1.x/2.x "
+                       "UNet?", unet, u->in_channels, v->latent_channels, 2 * v->latent_channels + 1);
+    if (u->cross_dim != info->clip.hidden)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"cross_attention_dim\" is %d but %s has hidden_size %d\n---> "
+                       "the text encoder is not this UNet's (SD 1.x: 768, SD 2.x: 1024)", unet, u->cross_dim, te,
+                       info->clip.hidden);
+    return 0;
 }
 
 int model_files_open(ModelFiles **out, const char *path, const char *config_dir, int prediction, SdcError *err) {
@@ -651,31 +878,28 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
     ModelFiles *m = calloc(1, sizeof *m);
     if (!m) return sdc_err(err, SDC_ERR_OOM, "out of memory");
     snprintf(m->path, sizeof m->path, "%s", path);
-    for (int i = 0; i < COMP_COUNT + 1; i++) m->files[i].fd = -1;
     int rc;
     if (is_dir(path)) {
         rc = open_diffusers(m, path, err);
     } else if (is_file(path)) {
         rc = open_single(m, path, config_dir, err);
-        if (!rc && config_dir) {
-            int found;
-            PredictionType p = m->info.unet.prediction;
-            rc = read_prediction(config_dir, &p, &found, err);
-            if (!rc && !found) {
-                int sd2_768 = m->info.family == SD_FAMILY_2 && m->info.unet.sample_size == 96;
-                p = sd2_768 ? PRED_V : PRED_EPSILON;
-            }
-            m->info.unet.prediction = p;
+        if (!rc && config_dir && !(m->info.sched.have & SCHED_HAS_PREDICTION)) {
+            int sd2_768 = m->info.family == SD_FAMILY_2 && m->info.unet.sample_size == 96;
+            m->info.unet.prediction = sd2_768 ? PRED_V : PRED_EPSILON;
         }
+        if (!rc && !config_dir) sched_config_sd(&m->info.sched, m->info.unet.prediction);
     } else {
         rc = sdc_err(err, SDC_ERR_IO, "%s: no such file or folder\n---> pass a .safetensors file in the original "
                      "layout or a diffusers folder (with unet/, vae/, text_encoder/)", path);
     }
+    if (!rc) rc = check_model(&m->info, path, is_dir(path) ? path : config_dir, err);
     if (rc) {
         model_files_close(m);
         return rc;
     }
     if (prediction != -1) m->info.unet.prediction = (PredictionType)prediction;
+    m->info.sched.prediction = m->info.unet.prediction;
+    m->info.sched.have |= SCHED_HAS_PREDICTION;
     *out = m;
     return 0;
 }
@@ -686,11 +910,14 @@ void model_files_close(ModelFiles *m) {
         for (int i = 0; i < m->n_ents[c]; i++) free(m->ents[c][i].name);
         free(m->ents[c]);
     }
-    for (int i = 0; i < m->n_files; i++) st_close(&m->files[i]);
+    for (int i = 0; i < m->n_files; i++) st_close(m->files[i]), free(m->files[i]);
+    free(m->files);
+    free(m->sched_json);
     free(m);
 }
 
 const ModelInfo *model_files_info(const ModelFiles *m) { return &m->info; }
+const char *model_files_scheduler_json(const ModelFiles *m) { return m->sched_json; }
 
 // ---------------------------------------------------------------------------
 // a separate VAE
@@ -698,21 +925,27 @@ const ModelInfo *model_files_info(const ModelFiles *m) { return &m->info; }
 int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err) {
     char p[1200];
     if (strlen(path) > SDC_PATH_MAX) return sdc_err(err, SDC_ERR_ARG, "--vae path longer than %d characters", SDC_PATH_MAX);
+    if (m->vae_set) return sdc_err(err, SDC_ERR_INTERNAL, "model_files_set_vae called twice");
+    m->vae_set = 1;
+    // the model's VAE entries go; the new ones come from the given file(s)
+    for (int i = 0; i < m->n_ents[COMP_VAE]; i++) free(m->ents[COMP_VAE][i].name);
+    free(m->ents[COMP_VAE]);
+    m->ents[COMP_VAE] = NULL;
+    m->n_ents[COMP_VAE] = 0;
+    int cap[COMP_COUNT] = {0};
     if (is_dir(path)) { // a diffusers vae/ folder, or a model folder holding one
-        path_join(p, sizeof p, path, "diffusion_pytorch_model.safetensors", NULL);
-        if (!is_file(p)) path_join(p, sizeof p, path, "vae", "diffusion_pytorch_model.safetensors");
-        if (!is_file(p))
-            return sdc_err(err, SDC_ERR_IO, "--vae %s: no diffusion_pytorch_model.safetensors in it (or in vae/)",
-                           path);
-    } else if (is_file(path)) {
-        snprintf(p, sizeof p, "%s", path);
-    } else {
-        return sdc_err(err, SDC_ERR_IO, "--vae %s: no such file or folder", path);
+        path_join(p, sizeof p, path, "config.json", NULL);
+        if (!is_file(p)) path_join(p, sizeof p, path, "vae", NULL);
+        else snprintf(p, sizeof p, "%s", path);
+        if (!is_dir(p)) snprintf(p, sizeof p, "%s", path);
+        int rc = open_component(m, COMP_VAE, p, cap, err);
+        if (rc) return sdc_err_wrap(err, "--vae %s (a diffusers vae/ folder, or a model folder with vae/)", path);
+        return sort_entries(m, err);
     }
-    if (m->n_files > COMP_COUNT) return sdc_err(err, SDC_ERR_INTERNAL, "model_files_set_vae called twice");
-    StFile *f = &m->files[m->n_files];
-    SDC_TRY(st_open(f, p, err));
-    m->n_files++;
+    if (!is_file(path)) return sdc_err(err, SDC_ERR_IO, "--vae %s: no such file or folder", path);
+    snprintf(p, sizeof p, "%s", path);
+    StFile *f;
+    SDC_TRY(add_file(m, p, &f, err));
     // Which naming: a whole SD checkpoint (first_stage_model.*), an A1111 VAE
     // file (the same names without the prefix: encoder.down.0...), or
     // diffusers' AutoencoderKL (encoder.down_blocks.0...).
@@ -728,16 +961,12 @@ int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err) {
                        "as A1111 VAE files have, or diffusers' encoder.down_blocks.*)", p);
     NameMap nm;
     if (!diffusers) SDC_TRY(namemap_init(&nm, &m->info.unet, &m->info.vae, 0, err));
-    for (int i = 0; i < m->n_ents[COMP_VAE]; i++) free(m->ents[COMP_VAE][i].name);
-    m->n_ents[COMP_VAE] = 0;
-    int cap[COMP_COUNT] = {0};
-    cap[COMP_VAE] = 0;
-    free(m->ents[COMP_VAE]);
-    m->ents[COMP_VAE] = NULL;
     for (int i = 0; i < f->n; i++) {
         const char *n = f->entries[i].name;
         if (diffusers) {
-            SDC_TRY(add_entry(m, COMP_VAE, n, f, &f->entries[i], NM_PLAIN, 0, cap, err));
+            char name[NAMEMAP_NAME_MAX + 16];
+            component_name(COMP_VAE, n, 0, name, sizeof name);
+            SDC_TRY(add_entry(m, COMP_VAE, name, f, &f->entries[i], NM_PLAIN, 0, cap, err));
             continue;
         }
         char orig[NAMEMAP_NAME_MAX + 32];
@@ -765,6 +994,45 @@ static const WEntry *find_entry(const ModelFiles *m, Component c, const char *na
 
 int model_files_has(const ModelFiles *m, Component c, const char *name) { return find_entry(m, c, name) != NULL; }
 
+// The view of one entry (the reshapes of the name map applied); where: the
+// file and, when it differs, the original name, for messages.
+static int entry_view(const WEntry *w, Component c, char *where, size_t cap, Tensor *out, SdcError *err) {
+    const StEntry *e = w->e;
+    const char *comp = c >= 0 && c < COMP_COUNT ? COMP_NAMES[c] : "?";
+    if (w->kind == NM_PLAIN && !strcmp(e->name, w->name)) snprintf(where, cap, "%s", w->file->path);
+    else snprintf(where, cap, "%s (original name %s)", w->file->path, e->name);
+    Tensor t;
+    SDC_TRY(st_get(w->file, e->name, &t, err));
+    if (t.dtype != DT_F32 && t.dtype != DT_F16 && t.dtype != DT_BF16)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: %s tensor %s is %s; expected F32, F16 or BF16", where, comp,
+                       w->name, e->dtype_str);
+    if (w->kind == NM_CONV_TO_LINEAR && t.ndim == 4 && t.shape[2] == 1 && t.shape[3] == 1) {
+        t.ndim = 2; // (C, C, 1, 1) -> (C, C): same bytes
+    } else if (w->kind == NM_ROW_SLICE) {
+        char got[96];
+        if (t.ndim < 1 || t.shape[0] == 0 || t.shape[0] % 3)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: fused in_proj %s has shape %s: expected 3*D rows", where, e->name,
+                           tensor_shape_str(&t, got, sizeof got));
+        int64_t rows = t.shape[0] / 3;
+        size_t row_bytes = (size_t)(tensor_numel(&t) / t.shape[0]) * dtype_size(t.dtype);
+        t.data = (char *)t.data + (size_t)(w->slice * rows) * row_bytes;
+        t.shape[0] = rows;
+    }
+    *out = t;
+    return 0;
+}
+
+int model_files_count(const ModelFiles *m, Component c) { return c >= 0 && c < COMP_COUNT ? m->n_ents[c] : 0; }
+
+int model_files_at(const ModelFiles *m, Component c, int i, const char **name, Tensor *out, SdcError *err) {
+    if (c < 0 || c >= COMP_COUNT || i < 0 || i >= m->n_ents[c])
+        return sdc_err(err, SDC_ERR_ARG, "model_files_at: %d is not a tensor of component %d", i, (int)c);
+    const WEntry *w = &m->ents[c][i];
+    char where[1400];
+    *name = w->name;
+    return entry_view(w, c, where, sizeof where, out, err);
+}
+
 int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim, const int64_t *shape, Tensor *out,
                     SdcError *err) {
     const WEntry *w = find_entry(m, c, name);
@@ -779,27 +1047,9 @@ int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim
                        "checkpoint in the original layout? (its %s has %d tensors)", m->path, comp, name,
                        has ? orig.name : "?", comp, m->n_ents[c]);
     }
-    const StEntry *e = w->e;
-    char where[1400];
-    if (w->kind == NM_PLAIN && !strcmp(e->name, name)) snprintf(where, sizeof where, "%s", w->file->path);
-    else snprintf(where, sizeof where, "%s (original name %s)", w->file->path, e->name);
+    char where[1400], got[96], want[96];
     Tensor t;
-    SDC_TRY(st_get(w->file, e->name, &t, err));
-    if (t.dtype != DT_F32 && t.dtype != DT_F16 && t.dtype != DT_BF16)
-        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: %s tensor %s is %s; expected F32, F16 or BF16", where, comp,
-                       name, e->dtype_str);
-    char got[96], want[96];
-    if (w->kind == NM_CONV_TO_LINEAR && t.ndim == 4 && t.shape[2] == 1 && t.shape[3] == 1) {
-        t.ndim = 2; // (C, C, 1, 1) -> (C, C): same bytes
-    } else if (w->kind == NM_ROW_SLICE) {
-        if (t.ndim < 1 || t.shape[0] == 0 || t.shape[0] % 3)
-            return sdc_err(err, SDC_ERR_SHAPE, "%s: fused in_proj %s has shape %s: expected 3*D rows", where, e->name,
-                           tensor_shape_str(&t, got, sizeof got));
-        int64_t rows = t.shape[0] / 3;
-        size_t row_bytes = (size_t)(tensor_numel(&t) / t.shape[0]) * dtype_size(t.dtype);
-        t.data = (char *)t.data + (size_t)(w->slice * rows) * row_bytes;
-        t.shape[0] = rows;
-    }
+    SDC_TRY(entry_view(w, c, where, sizeof where, &t, err));
     Tensor exp = {.ndim = ndim};
     for (int i = 0; i < ndim && i < TENSOR_MAX_DIMS; i++) exp.shape[i] = shape[i];
     if (ndim < 0 || ndim > TENSOR_MAX_DIMS || !tensor_same_shape(&t, &exp))

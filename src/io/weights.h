@@ -6,8 +6,10 @@
 // `cond_stage_model.model.*` (SD 2.x OpenCLIP, fused in_proj), `model_ema.*`
 // ignored); (2) a diffusers folder (`unet/`, `vae/`, `text_encoder/`,
 // `tokenizer/`, each with config.json and diffusion_pytorch_model.safetensors
-// or model.safetensors). Models ask for diffusers names only; the one name
-// map (namemap.c) turns original names into diffusers names, with the few
+// or model.safetensors, or their shards and .fp16 variants; transformers 5's
+// text encoders without the "text_model." prefix and diffusers < 0.14's VAE
+// attention names read as diffusers reads them). Models ask for diffusers
+// names only; the one name map (namemap.c) turns original names into diffusers names, with the few
 // reshapes it needs (1x1 conv <-> linear in the VAE attention, row slices of
 // OpenCLIP's fused in_proj), all as views without copies.
 #ifndef SDC_WEIGHTS_H
@@ -16,6 +18,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "models/config.h"
+#include "sampling/sched_config.h"
 
 typedef enum { COMP_TEXT_ENCODER = 0, COMP_UNET = 1, COMP_VAE = 2, COMP_COUNT = 3 } Component;
 typedef enum { LAYOUT_SINGLE_FILE = 0, LAYOUT_DIFFUSERS = 1 } WeightLayout;
@@ -29,6 +32,11 @@ typedef struct ModelInfo {
     UnetConfig unet;
     VaeConfig vae;
     char tokenizer_dir[1024]; // diffusers tokenizer/ folder, "" = shipped vocab
+    // The scheduler config the samplers run on: the folder's (or config_dir's)
+    // scheduler/scheduler_config.json, else SD's original one
+    // (sched_config_sd); its prediction is the UNet's (the user's
+    // --prediction-type included), always given.
+    SchedConfig sched;
 } ModelInfo;
 
 // path: a .safetensors single file or a diffusers folder. config_dir
@@ -42,6 +50,9 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
                      SdcError *err);
 void model_files_close(ModelFiles *m);
 const ModelInfo *model_files_info(const ModelFiles *m);
+// The text of the scheduler_config.json that ModelInfo.sched was read from,
+// or NULL (a single file without config_dir: sdc's built-in SD config).
+const char *model_files_scheduler_json(const ModelFiles *m);
 
 // Looks up a parameter by diffusers name within a component (e.g. COMP_UNET,
 // "down_blocks.0.resnets.0.conv1.weight") and checks its shape against
@@ -58,5 +69,10 @@ int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim
 int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err);
 // 1 if the component has a tensor of that diffusers name.
 int model_files_has(const ModelFiles *m, Component c, const char *name);
+// Every tensor of a component, in name order: its diffusers name and its
+// view (the file's dtype and shape; SDC_ERR_UNSUPPORTED for a dtype that is
+// not F32, F16 or BF16), as model_files_get finds it. For sdc convert.
+int model_files_count(const ModelFiles *m, Component c);
+int model_files_at(const ModelFiles *m, Component c, int i, const char **name, Tensor *out, SdcError *err);
 
 #endif

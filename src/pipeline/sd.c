@@ -12,6 +12,11 @@
 #include "io/image.h"
 #include "sampling/rng.h"
 
+int sd_tokenizer_load(ClipTokenizer **out, const ModelInfo *info, SdcError *err) {
+    if (info->tokenizer_dir[0]) return clip_tok_load_dir(out, info->tokenizer_dir, err);
+    return info->clip.pad_token == 0 ? clip_tok_load_default_sd2(out, err) : clip_tok_load_default(out, err);
+}
+
 int sd_model_load(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
                   SdcError *err) {
     return sd_model_load_opts(m, path, config_dir, prediction, be, NULL, err);
@@ -32,8 +37,7 @@ int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int
     LoraSet loras = {0};
     if (o && o->n_loras > 0) rc = lora_set_open(&loras, o->loras, o->n_loras, m->files, err);
     const ModelLoadOpts lo = {.lora = loras.n ? &loras : NULL};
-    if (!rc) rc = info->tokenizer_dir[0] ? clip_tok_load_dir(&m->tok, info->tokenizer_dir, err)
-                                         : clip_tok_load_default(&m->tok, err);
+    if (!rc) rc = sd_tokenizer_load(&m->tok, info, err);
     if (!rc) rc = clip_load_opts(&m->clip, m->files, be, &lo, err);
     if (!rc) rc = unet_load_opts(&m->unet, m->files, be, &lo, err);
     if (!rc) rc = vae_load(&m->vae, m->files, be, err);
@@ -109,6 +113,22 @@ typedef struct GenTensors {
     Tensor mean, logvar, z; // (1, 4, h, w)
 } GenTensors;
 
+// The run's schedule: the config (the model's unless the request gives one)
+// with the UNet's prediction type and the request's overrides.
+static void run_sched(const SdModel *m, const GenParams *p, SchedConfig *sc) {
+    *sc = p->sched ? *p->sched : model_files_info(m->files)->sched;
+    sc->prediction = unet_config(m->unet)->prediction;
+    sc->have |= SCHED_HAS_PREDICTION;
+    if (p->timestep_spacing && p->timestep_spacing[0]) {
+        sc->spacing = (TimestepSpacing)sched_spacing_parse(p->timestep_spacing);
+        sc->have |= SCHED_HAS_SPACING;
+    }
+    if (p->karras) {
+        sc->use_karras_sigmas = 1;
+        sc->have |= SCHED_HAS_KARRAS;
+    }
+}
+
 int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err) {
     const int cin = unet_config(m->unet)->in_channels;
     if (p->width <= 0 || p->height <= 0 || p->width % 8 || p->height % 8)
@@ -126,12 +146,27 @@ int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err) {
         return sdc_err(err, SDC_ERR_ARG, "inpainting needs a mask ---> pass --mask FILE (white = repaint)");
     if (cin != 4 && cin != 9)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "UNet with %d input channels: expected 4, or 9 (inpainting)", cin);
+    if (p->timestep_spacing && p->timestep_spacing[0] && sched_spacing_parse(p->timestep_spacing) < 0)
+        return sdc_err(err, SDC_ERR_ARG, "--timestep-spacing %s ---> use leading, trailing or linspace",
+                       p->timestep_spacing);
+    if (p->karras && !sampler_has_karras(p->sampler))
+        return sdc_err(err, SDC_ERR_ARG, "--karras with sampler %s: diffusers' %s has no Karras sigmas ---> use "
+                       "euler, heun, lms, dpm++2m, dpm++2m_sde or unipc with --karras", sampler_name(p->sampler),
+                       sampler_class_name(p->sampler));
     if (cin == 9 && p->mode != GEN_INPAINT)
         return sdc_err(err, SDC_ERR_ARG,
                        "this is an inpainting model (9-channel UNet): it needs an image and a mask ---> pass "
                        "--init-img and --mask, or use a regular SD model for %s",
                        p->mode == GEN_TXT2IMG ? "text-to-image" : "image-to-image");
-    return 0;
+    // the sampler on the run's schedule (a config field it cannot honour fails here, before any work)
+    SchedConfig *sc = malloc(sizeof *sc);
+    if (!sc) return sdc_err(err, SDC_ERR_OOM, "pipeline scheduler config");
+    run_sched(m, p, sc);
+    Sampler s;
+    int rc = sampler_init_cfg(&s, p->sampler, p->steps, sc, p->eta, 1, err);
+    if (!rc) sampler_free(&s);
+    free(sc);
+    return rc;
 }
 
 // One sample of the VAE posterior of the image in g->image, as diffusers'
@@ -235,9 +270,12 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
     int rc = (!r->s || !r->rng || !r->host || !r->tsp)
                  ? sdc_err(err, SDC_ERR_OOM, "pipeline buffers for %d items at %dx%d", B, W, H)
                  : 0;
+    SchedConfig *sc = rc ? NULL : malloc(sizeof *sc);
+    if (!rc && !sc) rc = sdc_err(err, SDC_ERR_OOM, "pipeline scheduler config");
+    if (!rc) run_sched(m, p, sc);
     for (int i = 0; !rc && i < B; i++, r->n_init++)
-        rc = sampler_init(&r->s[i], p->sampler, p->steps, sampler_default_spacing(p->sampler), uc->prediction, p->eta,
-                          nlat, err);
+        rc = sampler_init_cfg(&r->s[i], p->sampler, p->steps, sc, p->eta, nlat, err);
+    free(sc);
     if (!rc) {
         float *q = r->host;
         b->lat = q, q += (size_t)B * nlat;

@@ -47,11 +47,23 @@ typedef struct GenParams {
     const float *mask;       // (H, W) in {0, 1}, 1 = repaint: inpaint (mask_to_tensor)
     int vae_tile;            // VAE decode tile in latent pixels (overlap a quarter): 0 = auto
                              // (vae_tiling_auto: above 1 GiB), < 0 = never
+    // The schedule: the model's scheduler config (ModelInfo.sched, read as
+    // diffusers reads it) unless sched is given; the run's overrides on top,
+    // as A1111's schedule options: timestep_spacing "leading" | "trailing" |
+    // "linspace" (NULL or "": the config's), karras 1 = Karras sigmas (for the
+    // samplers whose diffusers class has use_karras_sigmas).
+    const SchedConfig *sched;
+    const char *timestep_spacing;
+    int karras;
 } GenParams;
 
 // Called after every model evaluation (step counts from 1).
 typedef void (*ProgressFn)(void *user, int step, int total);
 
+// The model's tokenizer: its tokenizer/ folder, else the shipped vocab with
+// the special tokens of SD 1.x's tokenizer folder, or SD 2.x's when the model
+// pads with "!" (what diffusers' from_single_file gives either).
+int sd_tokenizer_load(ClipTokenizer **out, const ModelInfo *info, SdcError *err);
 int sd_model_load(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
                   SdcError *err);
 // What sd_model_load_opts adds: LoRAs (io/lora.h), each merged into the text

@@ -1,6 +1,7 @@
 // scheduler.c: the SD noise schedule and the samplers (see scheduler.h).
 //
-// Each sampler follows its diffusers scheduler step by step, including the
+// Each sampler follows its diffusers scheduler step by step, on the schedule
+// the model's scheduler config gives (sched_config.h), including the
 // float32 arithmetic of the per-step coefficients (torch computes them on
 // 0-d float32 tensors) and the quirks users get from diffusers: DDIM and PNDM
 // step back by 1000/steps whatever the spacing, Heun's duplicated timesteps,
@@ -80,9 +81,68 @@ int sampler_parse(const char *name, SamplerKind *out, SdcError *err) {
 const char *sampler_name(SamplerKind k) { return SAMPLERS[k].name; }
 const char *sampler_display_name(SamplerKind k) { return SAMPLERS[k].display; }
 
-TimestepSpacing sampler_default_spacing(SamplerKind k) {
-    return k == SAMPLER_DDIM || k == SAMPLER_PNDM || k == SAMPLER_DDPM ? SPACING_LEADING : SPACING_LINSPACE;
+// ---------------------------------------------------------------- classes
+
+// Each sampler runs as one diffusers class; a config field the file leaves
+// out takes that class's default (sched_config.h).
+typedef struct ClassInfo {
+    const char *name;
+    unsigned bit;
+    TimestepSpacing spacing;     // default timestep_spacing
+    double beta_start, beta_end; // defaults (beta_schedule defaults to linear everywhere)
+    int clip_sample;             // default clip_sample; -1: the class has none
+    int alpha_to_one;            // default set_alpha_to_one; -1: none
+    int karras;                  // has use_karras_sigmas
+    int zero_snr;                // has rescale_betas_zero_snr: 1, and then sets alphabar[-1] = 2^-24: 2
+} ClassInfo;
+
+enum { C_EULER, C_EULER_A, C_HEUN, C_LMS, C_DDIM, C_PNDM, C_DDPM, C_DPM, C_UNIPC };
+static const ClassInfo CLASSES[] = {
+    [C_EULER] = {"EulerDiscreteScheduler", SCHED_CLASS_EULER, SPACING_LINSPACE, 0.0001, 0.02, -1, -1, 1, 2},
+    [C_EULER_A] = {"EulerAncestralDiscreteScheduler", SCHED_CLASS_EULER_A, SPACING_LINSPACE, 0.0001, 0.02, -1, -1, 0,
+                   2},
+    [C_HEUN] = {"HeunDiscreteScheduler", SCHED_CLASS_HEUN, SPACING_LINSPACE, 0.00085, 0.012, 0, -1, 1, 0},
+    [C_LMS] = {"LMSDiscreteScheduler", SCHED_CLASS_LMS, SPACING_LINSPACE, 0.0001, 0.02, -1, -1, 1, 0},
+    [C_DDIM] = {"DDIMScheduler", SCHED_CLASS_DDIM, SPACING_LEADING, 0.0001, 0.02, 1, 1, 0, 1},
+    [C_PNDM] = {"PNDMScheduler", SCHED_CLASS_PNDM, SPACING_LEADING, 0.0001, 0.02, -1, 0, 0, 0},
+    [C_DDPM] = {"DDPMScheduler", SCHED_CLASS_DDPM, SPACING_LEADING, 0.0001, 0.02, 1, -1, 0, 1},
+    [C_DPM] = {"DPMSolverMultistepScheduler", SCHED_CLASS_DPM, SPACING_LINSPACE, 0.0001, 0.02, -1, -1, 1, 2},
+    [C_UNIPC] = {"UniPCMultistepScheduler", SCHED_CLASS_UNIPC, SPACING_LINSPACE, 0.0001, 0.02, -1, -1, 1, 2},
+};
+
+static int class_of(SamplerKind k) {
+    switch (k) {
+    case SAMPLER_EULER:
+    case SAMPLER_EULER_KARRAS: return C_EULER;
+    case SAMPLER_EULER_A: return C_EULER_A;
+    case SAMPLER_HEUN:
+    case SAMPLER_HEUN_KARRAS: return C_HEUN;
+    case SAMPLER_LMS:
+    case SAMPLER_LMS_KARRAS: return C_LMS;
+    case SAMPLER_DDIM: return C_DDIM;
+    case SAMPLER_PNDM: return C_PNDM;
+    case SAMPLER_DDPM: return C_DDPM;
+    case SAMPLER_UNIPC: return C_UNIPC;
+    default: return C_DPM;
+    }
 }
+
+unsigned sampler_class(SamplerKind k) { return CLASSES[class_of(k)].bit; }
+const char *sampler_class_name(SamplerKind k) { return CLASSES[class_of(k)].name; }
+int sampler_has_karras(SamplerKind k) { return CLASSES[class_of(k)].karras; }
+
+SamplerKind sampler_karras_twin(SamplerKind k) {
+    switch (k) {
+    case SAMPLER_EULER: return SAMPLER_EULER_KARRAS;
+    case SAMPLER_HEUN: return SAMPLER_HEUN_KARRAS;
+    case SAMPLER_LMS: return SAMPLER_LMS_KARRAS;
+    case SAMPLER_DPMPP_2M: return SAMPLER_DPMPP_2M_KARRAS;
+    case SAMPLER_DPMPP_2M_SDE: return SAMPLER_DPMPP_2M_SDE_KARRAS;
+    default: return k;
+    }
+}
+
+TimestepSpacing sampler_default_spacing(SamplerKind k) { return CLASSES[class_of(k)].spacing; }
 
 static int is_alpha_space(SamplerKind k) { return k == SAMPLER_DDIM || k == SAMPLER_PNDM || k == SAMPLER_DDPM; }
 static int is_k_diffusion(SamplerKind k) {
@@ -90,29 +150,70 @@ static int is_k_diffusion(SamplerKind k) {
 }
 static int is_stochastic(const Sampler *s) {
     return s->kind == SAMPLER_EULER_A || s->kind == SAMPLER_DDPM || s->kind == SAMPLER_DPMPP_2M_SDE ||
-           s->kind == SAMPLER_DPMPP_2M_SDE_KARRAS ||
            (s->kind == SAMPLER_DDIM && s->eta > 0);
 }
 
 // ---------------------------------------------------------------- schedule
 
-// The training schedule exactly as torch computes it: scaled_linear betas =
-// torch.linspace(0.00085**0.5, 0.012**0.5, 1000, float32)**2 (ends rounded
-// from double, float step, each half from its own end with one rounding,
-// as torch's FMA kernel does), cumprod accumulated in double and stored
-// float, sigma = sqrt((1 - abar) / abar) in float.
-static void train_schedule(float *abar, float *sig) {
+// torch.linspace(a, b, n, dtype=float32)[k]: ends rounded from double, a
+// float step, each half from its own end with one rounding, as torch's FMA
+// kernel does.
+static float torch_linspace_f32(double a, double b, int n, int k) {
+    const float fa = (float)a, fb = (float)b;
+    if (n == 1) return fa;
+    const float step = (fb - fa) / (float)(n - 1);
+    return k < n / 2 ? (float)((double)fa + (double)step * k) : (float)((double)fb - (double)step * (n - 1 - k));
+}
+
+// torch.cumprod of float32 values: accumulated in double, stored float.
+static void cumprod_f32(const float *a, int n, float *out) {
     double prod = 1.0;
-    const float b0 = (float)sqrt(0.00085), b1 = (float)sqrt(0.012);
-    const float step = (b1 - b0) / (float)(SCHED_TRAIN_STEPS - 1);
-    for (int t = 0; t < SCHED_TRAIN_STEPS; t++) {
-        float b = t < SCHED_TRAIN_STEPS / 2 ? (float)((double)b0 + (double)step * t)
-                                            : (float)((double)b1 - (double)step * (SCHED_TRAIN_STEPS - 1 - t));
-        b = b * b;
-        prod *= (double)(1.0f - b);
-        abar[t] = (float)prod;
-        sig[t] = sqrtf((1.0f - abar[t]) / abar[t]);
+    for (int t = 0; t < n; t++) {
+        prod *= (double)a[t];
+        out[t] = (float)prod;
     }
+}
+
+// The run's betas as diffusers computes them (float32), then alphas_cumprod
+// and sigma = sqrt((1 - abar) / abar) in float; zero_snr: 0 none, 1 rescaled
+// (alphabar[-1] = 0), 2 rescaled and alphabar[-1] = 2^-24 (the sigma-space
+// classes, so the first sigma is finite).
+static void train_schedule(const SchedConfig *c, int n, BetaSchedule bs, double b0, double b1, int zero_snr,
+                           float *abar, float *sig) {
+    float betas[SCHED_MAX_TRAIN_STEPS], alphas[SCHED_MAX_TRAIN_STEPS];
+    for (int t = 0; t < n; t++) {
+        if (c->n_trained == n && (c->have & SCHED_HAS_TRAINED_BETAS)) {
+            betas[t] = c->trained_betas[t];
+        } else if (bs == BETAS_LINEAR) {
+            betas[t] = torch_linspace_f32(b0, b1, n, t);
+        } else if (bs == BETAS_SCALED_LINEAR) {
+            float b = torch_linspace_f32(sqrt(b0), sqrt(b1), n, t);
+            betas[t] = b * b;
+        } else { // squaredcos_cap_v2 (the Glide cosine schedule), in double, capped at 0.999
+            double t1 = (double)t / n, t2 = (double)(t + 1) / n;
+            double a1 = cos((t1 + 0.008) / 1.008 * M_PI / 2), a2 = cos((t2 + 0.008) / 1.008 * M_PI / 2);
+            double beta = 1 - (a2 * a2) / (a1 * a1);
+            betas[t] = (float)(beta < 0.999 ? beta : 0.999);
+        }
+    }
+    if (zero_snr) {
+        // rescale_zero_terminal_snr: shift sqrt(alphabar) so its last value is
+        // 0, scale so its first stays, back to betas (all in float32)
+        float s[SCHED_MAX_TRAIN_STEPS];
+        for (int t = 0; t < n; t++) alphas[t] = 1.0f - betas[t];
+        cumprod_f32(alphas, n, s);
+        for (int t = 0; t < n; t++) s[t] = sqrtf(s[t]);
+        const float s0 = s[0], sT = s[n - 1], scale = s0 / (s0 - sT);
+        for (int t = 0; t < n; t++) s[t] = (s[t] - sT) * scale;
+        for (int t = 0; t < n; t++) s[t] = s[t] * s[t];
+        for (int t = n - 1; t >= 1; t--) alphas[t] = s[t] / s[t - 1];
+        alphas[0] = s[0];
+        for (int t = 0; t < n; t++) betas[t] = 1.0f - alphas[t];
+    }
+    for (int t = 0; t < n; t++) alphas[t] = 1.0f - betas[t];
+    cumprod_f32(alphas, n, abar);
+    if (zero_snr == 2) abar[n - 1] = 0x1p-24f;
+    for (int t = 0; t < n; t++) sig[t] = sqrtf((1.0f - abar[t]) / abar[t]);
 }
 
 // np.linspace(0, stop, num)[k]: k * (stop / (num - 1)), the last one exactly stop.
@@ -122,51 +223,51 @@ static double np_linspace(double stop, int num, int k) {
     return (double)k * (stop / (num - 1));
 }
 
-// np.arange(1000, 0, -1000/steps)[k]: numpy fills start + k * (x1 - x0).
-static double np_arange_trailing(int steps, int k) {
-    double x0 = SCHED_TRAIN_STEPS, x1 = x0 - (double)SCHED_TRAIN_STEPS / steps;
+// np.arange(N, 0, -N/steps)[k]: numpy fills start + k * (x1 - x0).
+static double np_arange_trailing(int N, int steps, int k) {
+    double x0 = N, x1 = x0 - (double)N / steps;
     return x0 + (double)k * (x1 - x0);
 }
 
 // The n descending timesteps of the common recipe (DDIM, PNDM, DDPM, Euler,
-// Heun, LMS): linspace(0, 999, n), leading k*(1000//n)+offset, trailing
-// round(arange(1000, 0, -1000/n)) - 1. integer: round linspace to integers
-// (the alpha-space schedulers) instead of float32 (the sigma-space ones).
-// numpy gives more than n values for some trailing n (61, 103, ...); sdc
-// keeps n.
-static void common_timesteps(TimestepSpacing sp, int n, int integer, double *out) {
+// Heun, LMS) over N training steps: linspace(0, N-1, n), leading
+// k*(N//n)+offset, trailing round(arange(N, 0, -N/n)) - 1. integer: round
+// linspace to integers (the alpha-space schedulers) instead of float32 (the
+// sigma-space ones). numpy gives more than n values for some trailing n
+// (61, 103, ...); sdc keeps n.
+static void common_timesteps(TimestepSpacing sp, int n, int integer, int N, int offset, double *out) {
     for (int i = 0; i < n; i++) {
         int k = n - 1 - i;
         double t;
         if (sp == SPACING_LINSPACE) {
-            t = np_linspace(SCHED_TRAIN_STEPS - 1, n, k);
+            t = np_linspace(N - 1, n, k);
             t = integer ? rint(t) : (double)(float)t;
         } else if (sp == SPACING_LEADING) {
-            t = (double)(k * (SCHED_TRAIN_STEPS / n) + SCHED_STEPS_OFFSET);
+            t = (double)(k * (N / n) + offset);
         } else {
-            t = rint(np_arange_trailing(n, i)) - 1;
+            t = rint(np_arange_trailing(N, n, i)) - 1;
         }
         out[i] = t;
     }
 }
 
 // DPM-Solver and UniPC space n+1 points and drop the last (t = 0).
-static void multistep_timesteps(TimestepSpacing sp, int n, double *out) {
+static void multistep_timesteps(TimestepSpacing sp, int n, int N, int offset, double *out) {
     for (int i = 0; i < n; i++) {
         int k = n - i; // of n + 1 points, descending, dropping k = 0
         if (sp == SPACING_LINSPACE)
-            out[i] = rint(np_linspace(SCHED_TRAIN_STEPS - 1, n + 1, k));
+            out[i] = rint(np_linspace(N - 1, n + 1, k));
         else if (sp == SPACING_LEADING)
-            out[i] = (double)(k * (SCHED_TRAIN_STEPS / (n + 1)) + SCHED_STEPS_OFFSET);
+            out[i] = (double)(k * (N / (n + 1)) + offset);
         else
-            out[i] = rint(np_arange_trailing(n, i)) - 1;
+            out[i] = rint(np_arange_trailing(N, n, i)) - 1;
     }
 }
 
-// np.interp(t, arange(1000), sig) in double.
-static double interp_sigma(const float *sig, double t) {
+// np.interp(t, arange(N), sig) in double.
+static double interp_sigma(const float *sig, int N, double t) {
     if (t <= 0) return sig[0];
-    if (t >= SCHED_TRAIN_STEPS - 1) return sig[SCHED_TRAIN_STEPS - 1];
+    if (t >= N - 1) return sig[N - 1];
     int j = (int)floor(t);
     double slope = (double)sig[j + 1] - (double)sig[j];
     return slope * (t - j) + (double)sig[j];
@@ -174,16 +275,22 @@ static double interp_sigma(const float *sig, double t) {
 
 // diffusers' _sigma_to_t: the fractional timestep of sigma by linear
 // interpolation in log sigma (log_sig: float32 logs of the training sigmas).
-static double sigma_to_t(double sigma, const float *log_sig) {
+static double sigma_to_t(double sigma, const float *log_sig, int N) {
     double ls = log(fmax(sigma, 1e-10));
     int lo = 0;
-    for (int j = 0; j < SCHED_TRAIN_STEPS; j++)
+    for (int j = 0; j < N; j++)
         if (ls - (double)log_sig[j] >= 0) lo = j;
-    if (lo > SCHED_TRAIN_STEPS - 2) lo = SCHED_TRAIN_STEPS - 2;
+    if (lo > N - 2) lo = N - 2;
     double low = log_sig[lo], high = log_sig[lo + 1];
     double w = (low - ls) / (low - high);
     w = w < 0 ? 0 : w > 1 ? 1 : w;
     return (1 - w) * lo + w * (lo + 1);
+}
+
+// Karras et al. (rho 7) from smax down to smin over n steps.
+static double karras_sigma(double smin, double smax, int n, int i) {
+    const double min_inv = pow(smin, 1.0 / 7.0), max_inv = pow(smax, 1.0 / 7.0);
+    return pow(max_inv + np_linspace(1.0, n, i) * (min_inv - max_inv), 7.0);
 }
 
 // ---------------------------------------------------------------- init
@@ -197,38 +304,91 @@ void sampler_reset(Sampler *s) {
 
 int sampler_init(Sampler *s, SamplerKind kind, int steps, TimestepSpacing spacing, PredictionType prediction,
                  float eta, size_t n_latent, SdcError *err) {
+    SchedConfig *c = malloc(sizeof *c);
+    if (!c) return sdc_err(err, SDC_ERR_OOM, "sampler config");
+    sched_config_sd(c, prediction);
+    c->spacing = spacing;
+    c->have |= SCHED_HAS_SPACING;
+    int rc = sampler_init_cfg(s, kind, steps, c, eta, n_latent, err);
+    free(c);
+    return rc;
+}
+
+int sampler_init_cfg(Sampler *s, SamplerKind kind, int steps, const SchedConfig *c, float eta, size_t n_latent,
+                     SdcError *err) {
     memset(s, 0, sizeof *s);
     if (kind < 0 || kind >= SAMPLER_COUNT) return sdc_err(err, SDC_ERR_ARG, "sampler kind %d out of range", (int)kind);
-    // Euler / Heun / LMS with Karras sigmas run as their base sampler on
-    // another sigma schedule
-    const int karras = kind == SAMPLER_EULER_KARRAS || kind == SAMPLER_HEUN_KARRAS || kind == SAMPLER_LMS_KARRAS;
+    const ClassInfo *ci = &CLASSES[class_of(kind)];
+    const char *where = c->path[0] ? c->path : "sdc's SD scheduler config";
+    const unsigned h = c->have;
+    // the config's use_karras_sigmas reaches every class that has it; the
+    // *_karras names are their base method with Karras sigmas
+    const int karras = ci->karras && (kind == SAMPLER_EULER_KARRAS || kind == SAMPLER_HEUN_KARRAS ||
+                                      kind == SAMPLER_LMS_KARRAS || kind == SAMPLER_DPMPP_2M_KARRAS ||
+                                      kind == SAMPLER_DPMPP_2M_SDE_KARRAS ||
+                                      ((h & SCHED_HAS_KARRAS) && c->use_karras_sigmas));
+    for (int k = 0; k < c->n_unsupported; k++) {
+        const SchedUnsupported *u = &c->unsupported[k];
+        if ((u->classes & ci->bit) && (!u->karras_only || karras))
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"%s\" is %s: diffusers' %s reads it for sampler %s, and "
+                           "sdc does not implement it\n---> choose another sampler (--sampler), or remove \"%s\" "
+                           "from the file if the model does not need it", where, u->field, u->value, ci->name,
+                           sampler_name(kind), u->field);
+    }
     if (kind == SAMPLER_EULER_KARRAS) kind = SAMPLER_EULER;
     if (kind == SAMPLER_HEUN_KARRAS) kind = SAMPLER_HEUN;
     if (kind == SAMPLER_LMS_KARRAS) kind = SAMPLER_LMS;
+    if (kind == SAMPLER_DPMPP_2M_KARRAS) kind = SAMPLER_DPMPP_2M;
+    if (kind == SAMPLER_DPMPP_2M_SDE_KARRAS) kind = SAMPLER_DPMPP_2M_SDE;
     if (steps < 1 || steps > SCHED_MAX_STEPS)
         return sdc_err(err, SDC_ERR_ARG, "--steps %d out of range ---> use 1 to %d", steps, SCHED_MAX_STEPS);
     if (eta < 0) return sdc_err(err, SDC_ERR_ARG, "eta %g is negative ---> use 0 (DDIM) to 1 (DDPM-like)", eta);
+
+    // ---- the config resolved for the class
+    const int N = (h & SCHED_HAS_TRAIN_STEPS) ? c->num_train_timesteps : 1000;
+    if (N < 2 || N > SCHED_MAX_TRAIN_STEPS)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: num_train_timesteps %d: sdc supports 2 to %d", where, N,
+                       SCHED_MAX_TRAIN_STEPS);
+    if ((h & SCHED_HAS_TRAINED_BETAS) && c->n_trained != N)
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: %d trained_betas for %d training steps", where, c->n_trained, N);
+    if (steps > N)
+        return sdc_err(err, SDC_ERR_ARG, "--steps %d is more than the %d training steps of %s ---> use at most %d",
+                       steps, N, where, N);
+    const BetaSchedule bs = (h & SCHED_HAS_BETA_SCHEDULE) ? c->beta_schedule : BETAS_LINEAR;
+    const double b0 = (h & SCHED_HAS_BETA_START) ? c->beta_start : ci->beta_start;
+    const double b1 = (h & SCHED_HAS_BETA_END) ? c->beta_end : ci->beta_end;
+    const int zsnr = ci->zero_snr && (h & SCHED_HAS_ZERO_SNR) && c->rescale_betas_zero_snr ? ci->zero_snr : 0;
+    const TimestepSpacing spacing = (h & SCHED_HAS_SPACING) ? c->spacing : ci->spacing;
+    const int offset = (h & SCHED_HAS_STEPS_OFFSET) ? c->steps_offset : 0;
     s->kind = kind;
-    s->prediction = prediction;
+    s->prediction = (h & SCHED_HAS_PREDICTION) ? c->prediction : PRED_EPSILON;
     s->spacing = spacing;
+    s->karras = karras;
     s->steps = steps;
     s->eta = eta;
     s->n = n_latent;
+    s->n_train = N;
+    s->clip = ci->clip_sample >= 0 && ((h & SCHED_HAS_CLIP_SAMPLE) ? c->clip_sample : ci->clip_sample);
+    s->clip_range = (h & SCHED_HAS_CLIP_RANGE) ? (float)c->clip_sample_range : 1.0f;
 
-    float sig[SCHED_TRAIN_STEPS];
-    train_schedule(s->alphas_cumprod, sig);
+    float sig[SCHED_MAX_TRAIN_STEPS], log_sig[SCHED_MAX_TRAIN_STEPS];
+    train_schedule(c, N, bs, b0, b1, zsnr, s->alphas_cumprod, sig);
+    for (int t = 0; t < N; t++) log_sig[t] = (float)log((double)sig[t]);
+    const int alpha_to_one = ci->alpha_to_one >= 0 && ((h & SCHED_HAS_ALPHA_TO_ONE) ? c->set_alpha_to_one
+                                                                                    : ci->alpha_to_one);
+    s->final_abar = alpha_to_one ? 1.0f : s->alphas_cumprod[0];
     double ts[SCHED_MAX_STEPS], sg[SCHED_MAX_STEPS + 1];
     int n_sig = 0; // sigmas before the doubling for Heun, with the final 0
 
     switch (kind) {
     case SAMPLER_DDIM:
     case SAMPLER_DDPM:
-        common_timesteps(spacing, steps, 1, ts);
+        common_timesteps(spacing, steps, 1, N, offset, ts);
         s->n_evals = steps;
         break;
     case SAMPLER_PNDM:
         // PLMS order: [t0, t1, t1, t2, ..., t_{n-1}] (diffusers' skip_prk_steps)
-        common_timesteps(spacing, steps, 1, sg);
+        common_timesteps(spacing, steps, 1, N, offset, sg);
         s->n_evals = steps == 1 ? 1 : steps + 1;
         for (int i = 0; i < s->n_evals; i++) ts[i] = sg[i <= 1 ? i : i - 1];
         break;
@@ -236,18 +396,15 @@ int sampler_init(Sampler *s, SamplerKind kind, int steps, TimestepSpacing spacin
     case SAMPLER_EULER_A:
     case SAMPLER_HEUN:
     case SAMPLER_LMS:
-        common_timesteps(spacing, steps, 0, ts);
-        for (int i = 0; i < steps; i++) sg[i] = interp_sigma(sig, ts[i]);
+        common_timesteps(spacing, steps, 0, N, offset, ts);
+        for (int i = 0; i < steps; i++) sg[i] = interp_sigma(sig, N, ts[i]);
         if (karras) {
             // diffusers' _convert_to_karras over the range of the spaced
-            // sigmas (rho 7), timesteps back from the sigmas (not rounded)
-            float log_sig[SCHED_TRAIN_STEPS];
-            for (int t = 0; t < SCHED_TRAIN_STEPS; t++) log_sig[t] = (float)log((double)sig[t]);
-            const double min_inv = pow(sg[steps - 1], 1.0 / 7.0), max_inv = pow(sg[0], 1.0 / 7.0);
+            // sigmas, timesteps back from the sigmas (not rounded)
+            const double smin = sg[steps - 1], smax = sg[0];
             for (int i = 0; i < steps; i++) {
-                const double ramp = np_linspace(1.0, steps, i);
-                sg[i] = pow(max_inv + ramp * (min_inv - max_inv), 7.0);
-                ts[i] = sigma_to_t(sg[i], log_sig);
+                sg[i] = karras_sigma(smin, smax, steps, i);
+                ts[i] = sigma_to_t(sg[i], log_sig, N);
             }
         }
         sg[steps] = 0;
@@ -257,29 +414,24 @@ int sampler_init(Sampler *s, SamplerKind kind, int steps, TimestepSpacing spacin
     case SAMPLER_DPMPP_2M:
     case SAMPLER_DPMPP_2M_SDE:
     case SAMPLER_UNIPC:
-        multistep_timesteps(spacing, steps, ts);
-        for (int i = 0; i < steps; i++) sg[i] = interp_sigma(sig, ts[i]);
-        sg[steps] = 0;
-        n_sig = steps + 1;
-        s->n_evals = steps;
-        break;
-    case SAMPLER_DPMPP_2M_KARRAS:
-    case SAMPLER_DPMPP_2M_SDE_KARRAS: {
-        // Karras et al. rho = 7 between the training sigma range; timesteps
-        // back from the sigmas, rounded (the spacing plays no part)
-        float log_sig[SCHED_TRAIN_STEPS];
-        for (int t = 0; t < SCHED_TRAIN_STEPS; t++) log_sig[t] = (float)log((double)sig[t]);
-        double min_inv = pow((double)sig[0], 1.0 / 7.0), max_inv = pow((double)sig[SCHED_TRAIN_STEPS - 1], 1.0 / 7.0);
-        for (int i = 0; i < steps; i++) {
-            double ramp = np_linspace(1.0, steps, i);
-            sg[i] = pow(max_inv + ramp * (min_inv - max_inv), 7.0);
-            ts[i] = rint(sigma_to_t(sg[i], log_sig));
+        if (karras) {
+            // Karras over the whole training range; timesteps back from the
+            // sigmas, rounded (DPM-Solver on the cosine schedule: truncated,
+            // as its int64 cast does); the spacing plays no part
+            const int truncate = kind != SAMPLER_UNIPC && bs == BETAS_SQUAREDCOS_CAP_V2;
+            for (int i = 0; i < steps; i++) {
+                sg[i] = karras_sigma(sig[0], sig[N - 1], steps, i);
+                const double t = sigma_to_t(sg[i], log_sig, N);
+                ts[i] = truncate ? trunc(t) : rint(t);
+            }
+        } else {
+            multistep_timesteps(spacing, steps, N, offset, ts);
+            for (int i = 0; i < steps; i++) sg[i] = interp_sigma(sig, N, ts[i]);
         }
         sg[steps] = 0;
         n_sig = steps + 1;
         s->n_evals = steps;
         break;
-    }
     default:
         return sdc_err(err, SDC_ERR_INTERNAL, "sampler kind %d has no schedule", (int)kind);
     }
@@ -357,7 +509,11 @@ static const float *hist_get(const Sampler *s, int k) { return s->hist[s->n_hist
 
 // ---------------------------------------------------------------- k-diffusion samplers (sigma space)
 
-// x0 predicted at sigma (diffusers' pred_original_sample of the Euler family)
+// torch.clamp(v, -r, r) (NaN stays NaN): clip_sample on the x0 prediction.
+static inline float clamp_x0(float v, float r) { return v < -r ? -r : v > r ? r : v; }
+
+// x0 predicted at sigma (diffusers' pred_original_sample of the Euler
+// family), clamped when the class clips (Heun's clip_sample)
 static void k_x0(const Sampler *s, float sigma, const float *x, const float *m, float *x0) {
     if (s->prediction == PRED_V) {
         float c_out = -sigma / sqrtf(sigma * sigma + 1.0f), c_skip = sigma * sigma + 1.0f;
@@ -365,6 +521,8 @@ static void k_x0(const Sampler *s, float sigma, const float *x, const float *m, 
     } else {
         for (size_t k = 0; k < s->n; k++) x0[k] = x[k] - sigma * m[k];
     }
+    if (s->clip)
+        for (size_t k = 0; k < s->n; k++) x0[k] = clamp_x0(x0[k], s->clip_range);
 }
 
 static void step_euler(Sampler *s, int i, float *x, const float *m) {
@@ -443,13 +601,13 @@ static void step_lms(Sampler *s, int i, float *x, const float *m) {
 // ---------------------------------------------------------------- alpha-space samplers (DDIM, PNDM, DDPM)
 
 static float abar_at(const Sampler *s, int t) {
-    if (t > SCHED_TRAIN_STEPS - 1) t = SCHED_TRAIN_STEPS - 1;
+    if (t > s->n_train - 1) t = s->n_train - 1;
     return s->alphas_cumprod[t];
 }
 
 static void step_ddim(Sampler *s, int i, float *x, const float *m, Rng *rng) {
-    int t = (int)s->timesteps[i], prev = t - SCHED_TRAIN_STEPS / s->steps;
-    float a = abar_at(s, t), ap = prev >= 0 ? abar_at(s, prev) : s->alphas_cumprod[0]; // set_alpha_to_one False
+    int t = (int)s->timesteps[i], prev = t - s->n_train / s->steps;
+    float a = abar_at(s, t), ap = prev >= 0 ? abar_at(s, prev) : s->final_abar;
     float b = 1 - a, bp = 1 - ap;
     float sa = sqrtf(a), sb = sqrtf(b), sap = sqrtf(ap);
     float var = (bp / b) * (1 - a / ap), std = s->eta * sqrtf(var);
@@ -464,6 +622,7 @@ static void step_ddim(Sampler *s, int i, float *x, const float *m, Rng *rng) {
             x0 = (x[k] - sb * m[k]) / sa;
             e = m[k];
         }
+        if (s->clip) x0 = clamp_x0(x0, s->clip_range); // eps stays the model's (use_clipped_model_output False)
         float v = sap * x0 + cdir * e;
         x[k] = s->eta > 0 ? v + std * s->noise[k] : v;
     }
@@ -479,6 +638,7 @@ static void step_ddpm(Sampler *s, int i, float *x, const float *m, Rng *rng) {
     if (t > 0) rng_normal(rng, s->noise, s->n);
     for (size_t k = 0; k < s->n; k++) {
         float x0 = s->prediction == PRED_V ? sa * x[k] - sb * m[k] : (x[k] - sb * m[k]) / sa;
+        if (s->clip) x0 = clamp_x0(x0, s->clip_range);
         float v = c_x0 * x0 + c_x * x[k];
         x[k] = t > 0 ? v + sd * s->noise[k] : v;
     }
@@ -486,7 +646,7 @@ static void step_ddpm(Sampler *s, int i, float *x, const float *m, Rng *rng) {
 
 // PNDM formula (9): x at t -> x at prev given the (combined) eps e.
 static void pndm_prev(const Sampler *s, const float *x, int t, int prev, const float *e, float *out) {
-    float a = abar_at(s, t), ap = prev >= 0 ? abar_at(s, prev) : s->alphas_cumprod[0];
+    float a = abar_at(s, t), ap = prev >= 0 ? abar_at(s, prev) : s->final_abar;
     float b = 1 - a, bp = 1 - ap;
     float c_x = sqrtf(ap / a), denom = a * sqrtf(bp) + sqrtf(a * b * ap), c_e = ap - a;
     float sa = sqrtf(a), sb = sqrtf(b);
@@ -501,7 +661,7 @@ static void pndm_prev(const Sampler *s, const float *x, int t, int prev, const f
 // mean eps (a Heun step); then Adams-Bashforth of order 2, 3, 4 on the eps
 // history.
 static void step_pndm(Sampler *s, int i, float *x, const float *m) {
-    const int ratio = SCHED_TRAIN_STEPS / s->steps, c = s->n_done;
+    const int ratio = s->n_train / s->steps, c = s->n_done;
     int t = (int)s->timesteps[i], prev = t - ratio;
     float *e = s->tmp;
     if (c != 1) {

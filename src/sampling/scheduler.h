@@ -1,8 +1,13 @@
 // scheduler.h: the SD noise schedule and every sampler users know, each with
 // the semantics of the diffusers scheduler class of the same math.
 //
-// The SD schedule: betas scaled_linear from 0.00085 to 0.012 over 1000
-// training steps, steps_offset 1 (SD 1.5's scheduler_config.json).
+// The schedule comes from the model's scheduler_config.json as diffusers
+// reads it (sampling/sched_config.h): betas (linear, scaled_linear,
+// squaredcos_cap_v2 or trained), zero-terminal-SNR rescaling, timestep
+// spacing and offset, x0 clipping, set_alpha_to_one, Karras sigmas; fields
+// the file leaves out take the default of the sampler's diffusers class.
+// sampler_init keeps SD 1.5's original file (scaled_linear 0.00085 .. 0.012
+// over 1000 steps, steps_offset 1) with the given spacing.
 // sigma_t = sqrt((1 - alphabar_t) / alphabar_t).
 //
 //   sdc name        A1111 name        diffusers class (options)
@@ -44,12 +49,10 @@
 #include "core/error.h"
 #include "models/config.h"
 #include "sampling/rng.h"
+#include "sampling/sched_config.h"
 
-#define SCHED_TRAIN_STEPS 1000
+#define SCHED_TRAIN_STEPS 1000 // SD's num_train_timesteps
 #define SCHED_MAX_STEPS 1000
-#define SCHED_STEPS_OFFSET 1 // SD 1.x/2.x scheduler_config.json
-
-typedef enum { SPACING_LEADING = 0, SPACING_TRAILING, SPACING_LINSPACE } TimestepSpacing;
 typedef enum {
     SAMPLER_EULER = 0,
     SAMPLER_EULER_A,
@@ -70,9 +73,10 @@ typedef enum {
 } SamplerKind;
 
 typedef struct Sampler {
-    SamplerKind kind;
+    SamplerKind kind;       // the base method: *_KARRAS kinds run as their base kind with karras = 1
     PredictionType prediction;
     TimestepSpacing spacing;
+    int karras;             // Karras sigmas (the kind's name or the config's use_karras_sigmas)
     int steps;              // inference steps asked for
     int n_evals;            // model evaluations in the whole run
     float eta;              // DDIM's eta (0 = deterministic); ignored by the others
@@ -80,7 +84,11 @@ typedef struct Sampler {
     float *timesteps;       // (n_evals) UNet timestep at evaluation i (diffusers' scheduler.timesteps)
     float *sigmas;          // (n_sigmas) diffusers' scheduler.sigmas; NULL for ddim, pndm, ddpm
     int n_sigmas;
-    float alphas_cumprod[SCHED_TRAIN_STEPS]; // float32, as torch computes them
+    int n_train;            // num_train_timesteps
+    float alphas_cumprod[SCHED_MAX_TRAIN_STEPS]; // (n_train) float32, as torch computes them
+    float final_abar;       // DDIM / PNDM: alphabar past the last step (set_alpha_to_one: 1)
+    int clip;               // DDIM / DDPM / Heun clip_sample: x0 clamped to +-clip_range
+    float clip_range;
 
     // ---- run state: set by sampler_init / sampler_reset, advanced by sampler_step
     size_t n;         // latent floats
@@ -102,12 +110,30 @@ int sampler_parse(const char *name, SamplerKind *out, SdcError *err);
 const char *sampler_name(SamplerKind k);
 // A1111's display name ("Euler a"), for the PNG parameters chunk.
 const char *sampler_display_name(SamplerKind k);
-// What XScheduler.from_config(SD 1.5 config) gives: leading for ddim, pndm,
-// ddpm; linspace for the others.
+// The class's default timestep_spacing, what XScheduler.from_config(SD 1.5's
+// original config) gives: leading for ddim, pndm, ddpm; linspace for the others.
 TimestepSpacing sampler_default_spacing(SamplerKind k);
 
-// Builds the run for `steps` inference steps and latents of n_latent floats.
+// The diffusers class a sampler runs as (SCHED_CLASS_*) and its name.
+unsigned sampler_class(SamplerKind k);
+const char *sampler_class_name(SamplerKind k);
+// 1 if the sampler's class has use_karras_sigmas (euler, heun, lms, dpm++*, unipc).
+int sampler_has_karras(SamplerKind k);
+// The *_karras sampler that is k with Karras sigmas (euler -> euler_karras),
+// or k itself (unipc: the same sampler, Karras sigmas from the config).
+SamplerKind sampler_karras_twin(SamplerKind k);
+
+// Builds the run for `steps` inference steps and latents of n_latent floats
+// from a scheduler config (sched_config.h): what diffusers does with
+// `Class.from_config(config, **options of the sampler)`. cfg->prediction is
+// used when cfg->have has SCHED_HAS_PREDICTION (else epsilon). A field of
+// cfg that sdc does not implement and the sampler's class reads fails here
+// (SDC_ERR_UNSUPPORTED, naming the file, the field and the value).
 // eta: DDIM's eta (pass 0 for the others).
+int sampler_init_cfg(Sampler *s, SamplerKind kind, int steps, const SchedConfig *cfg, float eta, size_t n_latent,
+                     SdcError *err);
+// sampler_init_cfg on SD 1.5's original config (sched_config_sd) with this
+// spacing and prediction given.
 int sampler_init(Sampler *s, SamplerKind kind, int steps, TimestepSpacing spacing, PredictionType prediction,
                  float eta, size_t n_latent, SdcError *err);
 void sampler_free(Sampler *s);

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "io/json.h"
 #include "text/unicode_tables.h"
 
 // ----------------------------------------------------------------------------
@@ -529,12 +530,26 @@ typedef struct MergeTable {
 
 #define MERGE_EMPTY UINT64_MAX
 
+// An added token (transformers' AddedToken): matched in the prompt before
+// the BPE, on the raw text (normalized 0) or on each normalized piece (1).
+typedef struct AddedTok {
+    char *content; // as the file gives it (a second registration of it replaces this one)
+    uint32_t *cp;  // (n) what is matched: the content, normalized for a normalized token
+    int n;
+    int32_t id;
+    unsigned char normalized, lstrip, rstrip, single_word, special;
+} AddedTok;
+
 struct ClipTokenizer {
     ClipTokMode mode;
     int32_t byte_id[256];     // symbol id of each byte inside a word
     int32_t byte_eow_id[256]; // ... as the last symbol of a word ("x</w>")
     int32_t bos, eos;
+    int32_t pad;              // the pad token's id (CLIP's EOS unless the folder names another)
     MergeTable merges;
+    AddedTok *added;          // (n_added) in registration order
+    int n_added, cap_added;
+    int n_new;                // added tokens the vocab lacks (ids vocab size, +1, ...)
 };
 
 static uint64_t mix64(uint64_t x) {
@@ -574,6 +589,8 @@ static void merge_insert(MergeTable *m, int32_t a, int32_t b, int32_t rank, int3
 
 void clip_tok_free(ClipTokenizer *t) {
     if (!t) return;
+    for (int i = 0; i < t->n_added; i++) free(t->added[i].cp), free(t->added[i].content);
+    free(t->added);
     free(t->merges.key);
     free(t->merges.rank);
     free(t->merges.merged);
@@ -584,6 +601,7 @@ void clip_tok_set_mode(ClipTokenizer *t, ClipTokMode mode) { t->mode = mode; }
 ClipTokMode clip_tok_mode(const ClipTokenizer *t) { return t->mode; }
 int32_t clip_tok_bos(const ClipTokenizer *t) { return t->bos; }
 int32_t clip_tok_eos(const ClipTokenizer *t) { return t->eos; }
+int32_t clip_tok_pad(const ClipTokenizer *t) { return t->pad; }
 
 // ----------------------------------------------------------------------------
 // string -> id map used while loading
@@ -668,10 +686,297 @@ static void byte_unicode_table(uint32_t cp_of_byte[256], int order[256]) {
     }
 }
 
+// ----------------------------------------------------------------------------
+// added and special tokens, registered as transformers 5 registers them
+
+// The config files of a tokenizer folder that name its tokens (any may be
+// absent: NULL).
+typedef struct TokConfigs {
+    const JsonDoc *tc;   // tokenizer_config.json
+    const JsonDoc *stm;  // special_tokens_map.json
+    const JsonDoc *atj;  // added_tokens.json {"content": id}
+    const JsonDoc *tj;   // tokenizer.json (its "added_tokens")
+    const char *src;     // the folder, for messages
+} TokConfigs;
+
+typedef struct TokSpec { // one token as a file gives it
+    const char *content;
+    int32_t id;          // -1: its id in the vocab
+    int normalized, lstrip, rstrip, single_word, special;
+} TokSpec;
+
+// Registers an added token; a second registration of the same content
+// replaces the first (the last one wins in transformers too). Its id is the
+// vocab's when the vocab has the content, else the next one after the vocab
+// (as tokenizers' add_tokens numbers them; the id a file gives is not used).
+// A normalized token is matched by its normalized content.
+static void clean_hf(const U32Vec *in, U32Vec *out);
+static int tok_add(ClipTokenizer *t, const TokSpec *k, const StrMap *vocab, const char *src, SdcError *err) {
+    if (!k->content[0]) return 0; // an empty token matches nothing
+    const int normalized = k->normalized < 0 ? !k->special : k->normalized;
+    AddedTok *a = NULL;
+    for (int i = 0; i < t->n_added && !a; i++)
+        if (!strcmp(t->added[i].content, k->content)) a = &t->added[i];
+    int32_t id = a ? a->id : strmap_get(vocab, k->content);
+    if (id < 0) id = (int32_t)vocab->count + t->n_new++;
+    U32Vec raw = {0}, cps = {0};
+    push_utf8_str(&raw, k->content);
+    if (normalized) clean_hf(&raw, &cps);
+    else cps = raw, raw = (U32Vec){0};
+    char *content = strdup(k->content);
+    if (cps.oom || raw.oom || !content || !cps.n) {
+        u32_free(&raw), u32_free(&cps), free(content);
+        return cps.n || !content ? sdc_err(err, SDC_ERR_OOM, "%s: out of memory", src) : 0;
+    }
+    u32_free(&raw);
+    if (a) {
+        free(a->cp), free(a->content);
+    } else {
+        if (t->n_added == t->cap_added) {
+            int cap = t->cap_added ? 2 * t->cap_added : 8;
+            AddedTok *na = realloc(t->added, (size_t)cap * sizeof *na);
+            if (!na) {
+                u32_free(&cps), free(content);
+                return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", src);
+            }
+            t->added = na, t->cap_added = cap;
+        }
+        a = &t->added[t->n_added++];
+    }
+    a->content = content, a->cp = cps.v, a->n = (int)cps.n, a->id = id;
+    a->normalized = (unsigned char)normalized;
+    a->lstrip = (unsigned char)k->lstrip, a->rstrip = (unsigned char)k->rstrip;
+    a->single_word = (unsigned char)k->single_word, a->special = (unsigned char)k->special;
+    return 0;
+}
+
+static int jbool(const JsonDoc *d, const JsonNode *o, const char *key, int def) {
+    const JsonNode *v = json_get(d, o, key);
+    return v && v->type == JSON_BOOL ? v->boolean : def;
+}
+
+// A token value of a config: a string (special: an AddedToken with
+// normalized false), or an AddedToken dict ({"content": ..., "normalized":
+// ..., "__type": "AddedToken"}; special: its "special", else special_default).
+// 1 when v is neither.
+static int tok_spec(const JsonDoc *d, const JsonNode *v, int special_default, TokSpec *k) {
+    memset(k, 0, sizeof *k);
+    k->id = -1;
+    if (v && v->type == JSON_STRING) {
+        k->content = json_str(d, v), k->special = 1, k->normalized = 0;
+        return 0;
+    }
+    if (!v || v->type != JSON_OBJECT || !json_str(d, json_get(d, v, "content"))) return 1;
+    k->content = json_str(d, json_get(d, v, "content"));
+    k->special = jbool(d, v, "special", special_default);
+    const JsonNode *nm = json_get(d, v, "normalized");
+    k->normalized = nm && nm->type == JSON_BOOL ? nm->boolean : -1;
+    k->lstrip = jbool(d, v, "lstrip", 0), k->rstrip = jbool(d, v, "rstrip", 0);
+    k->single_word = jbool(d, v, "single_word", 0);
+    return 0;
+}
+
+static const JsonNode *jroot_get(const JsonDoc *d, const char *key) {
+    return d ? json_get(d, json_root(d), key) : NULL;
+}
+
+// The added and special tokens of a folder, as transformers 5's
+// from_pretrained sets them up: the tokens with ids (tokenizer_config's
+// added_tokens_decoder, or else added_tokens.json and tokenizer.json's
+// added_tokens), then the special tokens bos, eos, unk, sep, pad, cls, mask
+// (tokenizer_config's, replaced by special_tokens_map's when there is no
+// added_tokens_decoder; CLIPTokenizer's defaults otherwise), each taking the
+// flags of the token with its content if there is one, in that order: the
+// last registration of a content sets its flags. So SD 1.x folders (pad
+// "<|endoftext|>" as a string) match EOS on the raw text and BOS on the
+// normalized one, SD 2.x folders (pad "!") both on the normalized text and
+// "!" on the raw text.
+static int tok_register(ClipTokenizer *t, const StrMap *vocab, const TokConfigs *c, SdcError *err) {
+    static const char *const KEYS[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                                       "pad_token", "cls_token", "mask_token"};
+    static const char *const CLIP_DEFAULT[] = {"<|startoftext|>", "<|endoftext|>", "<|endoftext|>", NULL,
+                                               "<|endoftext|>", NULL, NULL};
+    const char *src = c && c->src ? c->src : "CLIP tokenizer";
+    const JsonDoc *tc = c ? c->tc : NULL, *stm = c ? c->stm : NULL;
+    TokSpec *dec = NULL;
+    int n_dec = 0, cap = 0, rc = 0;
+#define DEC_PUSH(spec)                                                                     \
+    do {                                                                                   \
+        int i_ = 0;                                                                        \
+        while (i_ < n_dec && dec[i_].id != (spec).id) i_++;                                \
+        if (i_ == n_dec) {                                                                 \
+            if (n_dec == cap) {                                                            \
+                cap = cap ? 2 * cap : 16;                                                  \
+                TokSpec *nd_ = realloc(dec, (size_t)cap * sizeof *nd_);                    \
+                if (!nd_) { rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", src); goto done; } \
+                dec = nd_;                                                                 \
+            }                                                                              \
+            n_dec++;                                                                       \
+        }                                                                                  \
+        dec[i_] = (spec);                                                                  \
+    } while (0)
+    const JsonNode *atd = jroot_get(tc, "added_tokens_decoder");
+    const int legacy = !(atd && atd->type == JSON_OBJECT);
+    if (!legacy) {
+        for (const JsonNode *e = json_first(tc, atd); e; e = json_next(tc, e)) {
+            TokSpec k;
+            char *end;
+            long id = strtol(json_key(tc, e), &end, 10);
+            if (*end || id < 0 || id > INT32_MAX || tok_spec(tc, e, 0, &k)) {
+                rc = sdc_err(err, SDC_ERR_FORMAT, "%s/tokenizer_config.json: added_tokens_decoder entry \"%s\" is not "
+                             "{\"content\": ...} under a token id", src, json_key(tc, e));
+                goto done;
+            }
+            k.id = (int32_t)id;
+            DEC_PUSH(k);
+        }
+    } else {
+        if (c && c->atj) { // added_tokens.json: special if a special token has its content
+            const JsonNode *r = json_root(c->atj);
+            for (const JsonNode *e = json_first(c->atj, r); e; e = json_next(c->atj, e)) {
+                if (e->type != JSON_NUMBER || !e->is_int || e->i < 0 || e->i > INT32_MAX) {
+                    rc = sdc_err(err, SDC_ERR_FORMAT, "%s/added_tokens.json: \"%s\" has no integer id", src,
+                                 json_key(c->atj, e));
+                    goto done;
+                }
+                int special = 0;
+                for (int k = 0; k < 7; k++) {
+                    TokSpec s2;
+                    const JsonNode *v = jroot_get(stm, KEYS[k]);
+                    if (!v) v = jroot_get(tc, KEYS[k]);
+                    if (!tok_spec(stm && jroot_get(stm, KEYS[k]) ? stm : tc, v, 1, &s2) &&
+                        !strcmp(s2.content, json_key(c->atj, e)))
+                        special = 1;
+                }
+                TokSpec k = {.content = json_key(c->atj, e), .id = (int32_t)e->i, .normalized = !special,
+                             .special = special};
+                DEC_PUSH(k);
+            }
+        }
+        const JsonNode *at = jroot_get(c ? c->tj : NULL, "added_tokens");
+        for (const JsonNode *e = at ? json_first(c->tj, at) : NULL; e; e = json_next(c->tj, e)) {
+            TokSpec k;
+            const JsonNode *id = json_get(c->tj, e, "id");
+            if (tok_spec(c->tj, e, 0, &k) || !id || id->type != JSON_NUMBER || !id->is_int || id->i < 0 ||
+                id->i > INT32_MAX) {
+                rc = sdc_err(err, SDC_ERR_FORMAT, "%s/tokenizer.json: an added_tokens entry lacks \"id\" or "
+                             "\"content\"", src);
+                goto done;
+            }
+            k.id = (int32_t)id->i;
+            DEC_PUSH(k);
+        }
+    }
+    for (int i = 0; i < n_dec; i++)
+        if ((rc = tok_add(t, &dec[i], vocab, src, err))) goto done;
+    // the special tokens, through the tokens with ids of the same content
+    for (int k = 0; k < 7; k++) {
+        const JsonDoc *d = legacy && jroot_get(stm, KEYS[k]) ? stm : tc;
+        const JsonNode *v = jroot_get(d, KEYS[k]);
+        TokSpec spec;
+        if (v && v->type == JSON_NULL) continue;
+        if (v && tok_spec(d, v, d == stm, &spec)) {
+            rc = sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is neither a string nor {\"content\": ...}\n---> fix the "
+                         "tokenizer's %s", src, KEYS[k], d == stm ? "special_tokens_map.json" : "tokenizer_config.json");
+            goto done;
+        }
+        if (!v) {
+            if (!CLIP_DEFAULT[k]) continue;
+            spec = (TokSpec){.content = CLIP_DEFAULT[k], .id = -1, .normalized = 0, .special = 1};
+        }
+        spec.special = 1;
+        for (int i = 0; i < n_dec; i++)
+            if (!strcmp(dec[i].content, spec.content)) spec = dec[i], spec.special = 1;
+        if ((rc = tok_add(t, &spec, vocab, src, err))) goto done;
+        if (!strcmp(KEYS[k], "pad_token"))
+            for (int i = 0; i < t->n_added; i++)
+                if (!strcmp(t->added[i].content, spec.content)) t->pad = t->added[i].id;
+    }
+    // additional_special_tokens: a list, each as a special token
+    const JsonDoc *ad = legacy && jroot_get(stm, "additional_special_tokens") ? stm : tc;
+    const JsonNode *al = jroot_get(ad, "additional_special_tokens");
+    for (const JsonNode *e = al && al->type == JSON_ARRAY ? json_first(ad, al) : NULL; e; e = json_next(ad, e)) {
+        TokSpec spec;
+        if (tok_spec(ad, e, 1, &spec)) continue;
+        spec.special = 1;
+        for (int i = 0; i < n_dec; i++)
+            if (!strcmp(dec[i].content, spec.content)) spec = dec[i], spec.special = 1;
+        if ((rc = tok_add(t, &spec, vocab, src, err))) goto done;
+    }
+done:
+#undef DEC_PUSH
+    free(dec);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// SD's tokenizer folders: the files SD 1.x and 2.x ship in tokenizer/
+// (openai/clip-vit-large-patch14's, with pad "!" for SD 2.x). sdc's default
+// tokenizer is registered from the same text it writes into exported folders.
+
+static const char *const SD_BOS_EOS_UNK =
+    "  \"bos_token\": {\"__type\": \"AddedToken\", \"content\": \"<|startoftext|>\", \"lstrip\": false, "
+    "\"normalized\": true, \"rstrip\": false, \"single_word\": false},\n"
+    "  \"eos_token\": {\"__type\": \"AddedToken\", \"content\": \"<|endoftext|>\", \"lstrip\": false, "
+    "\"normalized\": true, \"rstrip\": false, \"single_word\": false},\n";
+static const char *const SD_UNK =
+    "  \"unk_token\": {\"__type\": \"AddedToken\", \"content\": \"<|endoftext|>\", \"lstrip\": false, "
+    "\"normalized\": true, \"rstrip\": false, \"single_word\": false}\n";
+
+// tokenizer_config.json (which = 0) or special_tokens_map.json (1) of SD 1.x
+// (sd2 = 0) or SD 2.x, as a malloc'd string.
+static char *sd_tokenizer_file(int sd2, int which, int max_length) {
+    const char *pad = sd2 ? "!" : "<|endoftext|>";
+    char *out = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&out, &n);
+    if (!f) return NULL;
+    if (which == 0) {
+        fprintf(f, "{\n  \"add_prefix_space\": false,\n%s  \"do_lower_case\": true,\n  \"errors\": \"replace\",\n"
+                   "  \"model_max_length\": %d,\n  \"pad_token\": \"%s\",\n"
+                   "  \"special_tokens_map_file\": \"./special_tokens_map.json\",\n"
+                   "  \"tokenizer_class\": \"CLIPTokenizer\",\n%s}\n",
+                SD_BOS_EOS_UNK, max_length, pad, SD_UNK);
+    } else { // the same tokens without "__type", as special_tokens_map.json has them
+        fprintf(f, "{\n%s  \"pad_token\": \"%s\",\n%s}\n", SD_BOS_EOS_UNK, pad, SD_UNK);
+    }
+    if (fclose(f)) {
+        free(out);
+        return NULL;
+    }
+    if (which == 1) { // drop the "__type" members
+        const char *key = "\"__type\": \"AddedToken\", ";
+        for (char *p; (p = strstr(out, key));) memmove(p, p + strlen(key), strlen(p + strlen(key)) + 1);
+    }
+    return out;
+}
+
+// Registers the special tokens of SD's folder (sd2: SD 2.x's).
+static int tok_register_sd(ClipTokenizer *t, const StrMap *vocab, int sd2, SdcError *err) {
+    char *tc_text = sd_tokenizer_file(sd2, 0, CLIP_TOK_MAX_LEN), *stm_text = sd_tokenizer_file(sd2, 1, CLIP_TOK_MAX_LEN);
+    JsonDoc tc = {0}, stm = {0};
+    int rc = !tc_text || !stm_text ? sdc_err(err, SDC_ERR_OOM, "tokenizer: out of memory") : 0;
+    if (!rc) rc = json_parse(&tc, tc_text, strlen(tc_text), "sdc's SD tokenizer_config.json", err);
+    if (!rc) rc = json_parse(&stm, stm_text, strlen(stm_text), "sdc's SD special_tokens_map.json", err);
+    const TokConfigs c = {.tc = &tc, .stm = &stm, .src = sd2 ? "sdc's SD 2.x tokenizer" : "sdc's SD 1.x tokenizer"};
+    if (!rc) rc = tok_register(t, vocab, &c, err);
+    json_free(&tc);
+    json_free(&stm);
+    free(tc_text);
+    free(stm_text);
+    return rc;
+}
+
+
+// ----------------------------------------------------------------------------
+// building
+
 // Builds the tokenizer from a vocab and the merges "a b" (in rank order).
 // src names the files for error messages.
+// Then its added and special tokens: those the config files in cfg name, or
+// (cfg NULL) SD's folder's (sd 1 or 2), or CLIPTokenizer's defaults (sd 0).
 static int tok_build(ClipTokenizer **out, const StrMap *vocab, char **merge_a, char **merge_b, size_t n_merges,
-                     const char *src, SdcError *err) {
+                     const char *src, const TokConfigs *cfg, int sd, SdcError *err) {
     ClipTokenizer *t = calloc(1, sizeof *t);
     if (!t) return sdc_err(err, SDC_ERR_OOM, "tokenizer: out of memory");
     t->mode = CLIP_TOK_HF;
@@ -693,6 +998,7 @@ static int tok_build(ClipTokenizer **out, const StrMap *vocab, char **merge_a, c
     }
     t->bos = strmap_get(vocab, "<|startoftext|>");
     t->eos = strmap_get(vocab, "<|endoftext|>");
+    t->pad = t->eos;
     if (t->bos < 0 || t->eos < 0) {
         clip_tok_free(t);
         return sdc_err(err, SDC_ERR_FORMAT, "%s: the vocab lacks <|startoftext|> or <|endoftext|>"
@@ -726,6 +1032,12 @@ static int tok_build(ClipTokenizer **out, const StrMap *vocab, char **merge_a, c
                            merge_a[r], merge_b[r]);
         }
         merge_insert(m, a, b, (int32_t)r, c);
+    }
+    int rc = cfg ? tok_register(t, vocab, cfg, err) : sd ? tok_register_sd(t, vocab, sd == 2, err)
+                                                        : tok_register(t, vocab, NULL, err);
+    if (rc) {
+        clip_tok_free(t);
+        return rc;
     }
     *out = t;
     return 0;
@@ -801,7 +1113,9 @@ static int split_merge(char *line, char **a, char **b) {
     return 1;
 }
 
-int clip_tok_load_gz(ClipTokenizer **out, const char *path, SdcError *err) {
+// sd: the special tokens of SD 1.x's (1) or 2.x's (2) tokenizer folder, or
+// CLIPTokenizer's defaults (0).
+static int clip_tok_load_gz_as(ClipTokenizer **out, const char *path, int sd, SdcError *err) {
     // openai CLIP: line 0 is a header; lines 1 .. 49152-256-2 are the merges
     // CLIP uses; the vocab is 256 byte symbols, the same with </w>, one entry
     // per merge, then <|startoftext|> and <|endoftext|>.
@@ -847,7 +1161,7 @@ int clip_tok_load_gz(ClipTokenizer **out, const char *path, SdcError *err) {
         if (strmap_put(&vocab, s, id++)) goto oom;
     }
     if (strmap_put(&vocab, "<|startoftext|>", id++) || strmap_put(&vocab, "<|endoftext|>", id++)) goto oom;
-    rc = tok_build(out, &vocab, ma, mb, N_MERGES, path, err);
+    rc = tok_build(out, &vocab, ma, mb, N_MERGES, path, NULL, sd, err);
     goto done;
 oom:
     rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory building the vocab", path);
@@ -860,10 +1174,8 @@ done:
     return rc;
 }
 
-int clip_tok_load_default(ClipTokenizer **out, SdcError *err) {
-    int rc = clip_tok_load_gz(out, SDC_DATA_DIR "/bpe_simple_vocab_16e6.txt.gz", err);
-    if (rc) sdc_err_wrap(err, "loading the shipped CLIP vocab (---> was sdc moved after the build?)");
-    return rc;
+int clip_tok_load_gz(ClipTokenizer **out, const char *path, SdcError *err) {
+    return clip_tok_load_gz_as(out, path, 0, err);
 }
 
 // ----------------------------------------------------------------------------
@@ -988,38 +1300,138 @@ static int parse_vocab_json(const char *path, char *buf, StrMap *vocab, SdcError
     return 0;
 }
 
+static int load_shipped(ClipTokenizer **out, int sd2, SdcError *err) {
+    int rc = clip_tok_load_gz_as(out, SDC_DATA_DIR "/bpe_simple_vocab_16e6.txt.gz", sd2 ? 2 : 1, err);
+    if (rc) sdc_err_wrap(err, "loading the shipped CLIP vocab (---> was sdc moved after the build?)");
+    return rc;
+}
+
+int clip_tok_load_default(ClipTokenizer **out, SdcError *err) { return load_shipped(out, 0, err); }
+int clip_tok_load_default_sd2(ClipTokenizer **out, SdcError *err) { return load_shipped(out, 1, err); }
+
+// ----------------------------------------------------------------------------
+// loading: a diffusers / transformers tokenizer folder
+
+// A JSON file of the folder into d if it exists (*have = 1).
+static int opt_json(const char *dir, const char *name, JsonDoc *d, int *have, SdcError *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    *have = 0;
+    memset(d, 0, sizeof *d);
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    fclose(f);
+    SDC_TRY(json_parse_file(d, path, 64u << 20, err));
+    if (json_root(d)->type != JSON_OBJECT) {
+        json_free(d);
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: expected a JSON object at the top", path);
+    }
+    *have = 1;
+    return 0;
+}
+
+// tokenizer.json's BPE model: vocab and merges (["a b", ...] or [["a", "b"], ...]).
+static int vocab_from_tokenizer_json(const JsonDoc *tj, const char *path, StrMap *vocab, char ***ma, char ***mb,
+                                     size_t *n_merges, char **pool, SdcError *err) {
+    const JsonNode *model = jroot_get(tj, "model");
+    const char *type = json_str(tj, json_get(tj, model, "type"));
+    const JsonNode *v = json_get(tj, model, "vocab"), *m = json_get(tj, model, "merges");
+    const char *suffix = json_str(tj, json_get(tj, model, "end_of_word_suffix"));
+    if (!type || strcmp(type, "BPE") || !v || v->type != JSON_OBJECT || !m || m->type != JSON_ARRAY)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: model is not a BPE model with vocab and merges\n---> is this "
+                       "a CLIP tokenizer?", path);
+    if (!suffix || strcmp(suffix, "</w>"))
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: model.end_of_word_suffix is \"%s\", CLIP's is \"</w>\"\n---> "
+                       "is this a CLIP tokenizer?", path, suffix ? suffix : "null");
+    if (strmap_init(vocab, (size_t)v->n * 2 + 16)) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", path);
+    for (const JsonNode *e = json_first(tj, v); e; e = json_next(tj, e)) {
+        if (e->type != JSON_NUMBER || !e->is_int || e->i < 0 || e->i > INT32_MAX)
+            return sdc_err(err, SDC_ERR_FORMAT, "%s: model.vocab[\"%.40s\"] is not a token id", path, json_key(tj, e));
+        if (strmap_put(vocab, json_key(tj, e), (int32_t)e->i)) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", path);
+    }
+    size_t bytes = 0;
+    for (const JsonNode *e = json_first(tj, m); e; e = json_next(tj, e)) {
+        if (e->type == JSON_STRING) bytes += (size_t)e->str_len + 1;
+        else if (e->type == JSON_ARRAY && e->n == 2 && json_str(tj, json_at(tj, e, 0)) && json_str(tj, json_at(tj, e, 1)))
+            bytes += (size_t)json_at(tj, e, 0)->str_len + (size_t)json_at(tj, e, 1)->str_len + 2;
+        else return sdc_err(err, SDC_ERR_FORMAT, "%s: a model.merges entry is neither \"a b\" nor [\"a\", \"b\"]", path);
+    }
+    *pool = malloc(bytes + 1);
+    *ma = malloc(((size_t)m->n + 1) * sizeof **ma);
+    *mb = malloc(((size_t)m->n + 1) * sizeof **mb);
+    if (!*pool || !*ma || !*mb) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", path);
+    char *q = *pool;
+    size_t k = 0;
+    for (const JsonNode *e = json_first(tj, m); e; e = json_next(tj, e), k++) {
+        if (e->type == JSON_STRING) {
+            memcpy(q, json_str(tj, e), (size_t)e->str_len + 1);
+            if (!split_merge(q, &(*ma)[k], &(*mb)[k]))
+                return sdc_err(err, SDC_ERR_FORMAT, "%s: model.merges[%zu] is not \"a b\"", path, k);
+            q += e->str_len + 1;
+        } else {
+            for (int j = 0; j < 2; j++) {
+                const JsonNode *x = json_at(tj, e, j);
+                memcpy(q, json_str(tj, x), (size_t)x->str_len + 1);
+                (j ? *mb : *ma)[k] = q;
+                q += x->str_len + 1;
+            }
+        }
+    }
+    *n_merges = k;
+    return 0;
+}
+
 int clip_tok_load_dir(ClipTokenizer **out, const char *dir, SdcError *err) {
     char vpath[4096], mpath[4096];
     snprintf(vpath, sizeof vpath, "%s/vocab.json", dir);
     snprintf(mpath, sizeof mpath, "%s/merges.txt", dir);
-    char *vbuf = NULL, *mbuf = NULL, **lines = NULL, **ma = NULL, **mb = NULL;
+    char *vbuf = NULL, *mbuf = NULL, **lines = NULL, **ma = NULL, **mb = NULL, *pool = NULL;
     size_t vlen, mlen, n_lines = 0, n_merges = 0;
     StrMap vocab = {0};
-    int rc = read_file(vpath, &vbuf, &vlen, err);
-    if (rc) {
-        sdc_err_wrap(err, "loading a tokenizer folder (---> expected %s to hold vocab.json and merges.txt, "
-                     "as a diffusers tokenizer/ folder does)", dir);
-        return rc;
-    }
-    if ((rc = read_file(mpath, &mbuf, &mlen, err))) goto done;
-    if (split_lines(mbuf, mlen, &lines, &n_lines) || strmap_init(&vocab, CLIP_TOK_VOCAB * 2) ||
-        !(ma = malloc(n_lines * sizeof *ma)) || !(mb = malloc(n_lines * sizeof *mb))) {
-        rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", dir);
-        goto done;
-    }
-    if ((rc = parse_vocab_json(vpath, vbuf, &vocab, err))) goto done;
-    for (size_t i = 0; i < n_lines; i++) {
-        char *l = lines[i];
-        if (!*l || (i == 0 && strncmp(l, "#version", 8) == 0)) continue;
-        if (!split_merge(l, &ma[n_merges], &mb[n_merges])) {
-            rc = sdc_err(err, SDC_ERR_FORMAT, "%s: line %zu is not a merge \"a b\"", mpath, i + 1);
+    JsonDoc tc, stm, atj, tj;
+    int have_tc = 0, have_stm = 0, have_atj = 0, have_tj = 0;
+    int rc = opt_json(dir, "tokenizer_config.json", &tc, &have_tc, err);
+    if (!rc) rc = opt_json(dir, "special_tokens_map.json", &stm, &have_stm, err);
+    if (!rc) rc = opt_json(dir, "added_tokens.json", &atj, &have_atj, err);
+    if (!rc) rc = opt_json(dir, "tokenizer.json", &tj, &have_tj, err);
+    if (rc) goto done;
+    if (have_tj) { // transformers' fast tokenizers (and every transformers 5 save) read this one
+        char tpath[4096];
+        snprintf(tpath, sizeof tpath, "%s/tokenizer.json", dir);
+        if ((rc = vocab_from_tokenizer_json(&tj, tpath, &vocab, &ma, &mb, &n_merges, &pool, err))) goto done;
+    } else {
+        if ((rc = read_file(vpath, &vbuf, &vlen, err))) {
+            sdc_err_wrap(err, "loading a tokenizer folder (---> expected %s to hold tokenizer.json, or vocab.json "
+                         "and merges.txt, as a diffusers tokenizer/ folder does)", dir);
             goto done;
         }
-        n_merges++;
+        if ((rc = read_file(mpath, &mbuf, &mlen, err))) goto done;
+        if (split_lines(mbuf, mlen, &lines, &n_lines) || strmap_init(&vocab, CLIP_TOK_VOCAB * 2) ||
+            !(ma = malloc(n_lines * sizeof *ma)) || !(mb = malloc(n_lines * sizeof *mb))) {
+            rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", dir);
+            goto done;
+        }
+        if ((rc = parse_vocab_json(vpath, vbuf, &vocab, err))) goto done;
+        for (size_t i = 0; i < n_lines; i++) {
+            char *l = lines[i];
+            if (!*l || (i == 0 && strncmp(l, "#version", 8) == 0)) continue;
+            if (!split_merge(l, &ma[n_merges], &mb[n_merges])) {
+                rc = sdc_err(err, SDC_ERR_FORMAT, "%s: line %zu is not a merge \"a b\"", mpath, i + 1);
+                goto done;
+            }
+            n_merges++;
+        }
     }
-    rc = tok_build(out, &vocab, ma, mb, n_merges, dir, err);
+    const TokConfigs cfg = {.tc = have_tc ? &tc : NULL, .stm = have_stm ? &stm : NULL, .atj = have_atj ? &atj : NULL,
+                            .tj = have_tj ? &tj : NULL, .src = dir};
+    rc = tok_build(out, &vocab, ma, mb, n_merges, dir, &cfg, 0, err);
 done:
+    if (have_tc) json_free(&tc);
+    if (have_stm) json_free(&stm);
+    if (have_atj) json_free(&atj);
+    if (have_tj) json_free(&tj);
     strmap_free(&vocab);
+    free(pool);
     free(ma);
     free(mb);
     free(lines);
@@ -1028,6 +1440,92 @@ done:
     return rc;
 }
 
+// ----------------------------------------------------------------------------
+// writing a tokenizer folder from the shipped vocab
+
+static int write_all(const char *path, const char *text, size_t n, SdcError *err) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return sdc_err(err, SDC_ERR_IO, "%s: cannot create", path);
+    int bad = fwrite(text, 1, n, f) != n;
+    bad |= fclose(f) != 0;
+    return bad ? sdc_err(err, SDC_ERR_IO, "%s: write failed (disk full?)", path) : 0;
+}
+
+int clip_tok_write_hf(const char *dir, ClipTokFolder kind, SdcError *err) {
+    enum { N_MERGES = 49152 - 256 - 2 };
+    const char *gz = SDC_DATA_DIR "/bpe_simple_vocab_16e6.txt.gz";
+    char *buf = NULL, **lines = NULL, *vj = NULL, *mt = NULL;
+    size_t len = 0, n_lines = 0, nv = 0, nm = 0;
+    SDC_TRY(read_gz(gz, &buf, &len, err));
+    int rc = 0;
+    FILE *fv = NULL, *fm = NULL;
+    if (split_lines(buf, len, &lines, &n_lines) || !(fv = open_memstream(&vj, &nv)) ||
+        !(fm = open_memstream(&mt, &nm))) {
+        rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", gz);
+        goto done;
+    }
+    if (n_lines < N_MERGES + 1) {
+        rc = sdc_err(err, SDC_ERR_FORMAT, "%s: %zu lines, expected a header and %d merges", gz, n_lines, N_MERGES);
+        goto done;
+    }
+    // vocab.json in id order: byte symbols, the same with </w>, the merges, the specials
+    uint32_t cp_of_byte[256];
+    int order[256], id = 0;
+    byte_unicode_table(cp_of_byte, order);
+    fputc('{', fv);
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < 256; i++) {
+            unsigned char u[8];
+            int k = utf8_put(cp_of_byte[order[i]], u);
+            fprintf(fv, "%s\"", id ? ", " : "");
+            if (k == 1 && (u[0] == '"' || u[0] == '\\')) fputc('\\', fv);
+            fwrite(u, 1, (size_t)k, fv);
+            fprintf(fv, "%s\": %d", pass ? "</w>" : "", id++);
+        }
+    fputs("#version: 0.2\n", fm);
+    for (size_t r = 0; r < N_MERGES; r++) {
+        const char *l = lines[r + 1];
+        fprintf(fv, ", \"");
+        for (const char *p = l; *p; p++) {
+            if (*p == ' ') continue;
+            if (*p == '"' || *p == '\\') fputc('\\', fv);
+            fputc(*p, fv);
+        }
+        fprintf(fv, "\": %d", id++);
+        fprintf(fm, "%s\n", l);
+    }
+    fprintf(fv, ", \"<|startoftext|>\": %d, \"<|endoftext|>\": %d}\n", id, id + 1);
+    if (fclose(fv) | fclose(fm)) {
+        fv = fm = NULL;
+        rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", gz);
+        goto done;
+    }
+    fv = fm = NULL;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    if ((rc = write_all(path, vj, nv, err))) goto done;
+    snprintf(path, sizeof path, "%s/merges.txt", dir);
+    if ((rc = write_all(path, mt, nm, err))) goto done;
+    for (int which = 0; kind != CLIP_TOK_FOLDER_BARE && which < 2; which++) {
+        char *text = sd_tokenizer_file(kind == CLIP_TOK_FOLDER_SD2, which, CLIP_TOK_MAX_LEN);
+        if (!text) {
+            rc = sdc_err(err, SDC_ERR_OOM, "tokenizer: out of memory");
+            goto done;
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, which ? "special_tokens_map.json" : "tokenizer_config.json");
+        rc = write_all(path, text, strlen(text), err);
+        free(text);
+        if (rc) goto done;
+    }
+done:
+    if (fv) fclose(fv);
+    if (fm) fclose(fm);
+    free(vj);
+    free(mt);
+    free(lines);
+    free(buf);
+    return rc;
+}
 // ----------------------------------------------------------------------------
 // text cleanup of each mode
 
@@ -1210,6 +1708,65 @@ static void pretokenize(const ClipTokenizer *t, const U32Vec *s, int open_clip, 
     free(buf);
 }
 
+// ----------------------------------------------------------------------------
+// added tokens in the prompt (tokenizers' AddedVocabulary)
+
+// a single_word token's neighbours: tokenizers' word characters (\\w: alphanumeric or '_')
+static int is_word_char(uint32_t c) { return c == '_' || (uni_flags(c) & (UNI_L | UNI_N)) != 0; }
+static int is_ws(uint32_t c) { return (uni_flags(c) & UNI_S) != 0; }
+
+typedef void (*TextFn)(const ClipTokenizer *t, const uint32_t *s, size_t n, U32Vec *out);
+
+// Splits s (n code points) on the added tokens of one kind (normalized 0 / 1)
+// as tokenizers' find_matches does: the non-overlapping leftmost-longest
+// matches (Aho-Corasick), a single_word token kept only between non-word
+// characters, lstrip / rstrip taking the whitespace beside the token into it;
+// tokens go to out as ids, the text between them to text().
+static void split_added(const ClipTokenizer *t, const uint32_t *s, size_t n, int normalized, TextFn text,
+                        U32Vec *out) {
+    size_t pos = 0, done = 0; // search from pos; s[0, done) is handled
+    while (pos < n) {
+        int best = -1;
+        size_t at = n;
+        for (size_t i = pos; i < n && best < 0; i++) // the leftmost start, then the longest there
+            for (int k = 0; k < t->n_added; k++) {
+                const AddedTok *a = &t->added[k];
+                if (a->normalized != normalized || (size_t)a->n > n - i || a->cp[0] != s[i]) continue;
+                if (memcmp(a->cp, s + i, (size_t)a->n * sizeof *s)) continue;
+                if (best < 0 || a->n > t->added[best].n) best = k, at = i;
+            }
+        if (best < 0) break;
+        const AddedTok *a = &t->added[best];
+        size_t start = at, stop = at + (size_t)a->n;
+        pos = stop;
+        if (a->single_word && ((start > 0 && is_word_char(s[start - 1])) || (stop < n && is_word_char(s[stop]))))
+            continue;
+        if (a->lstrip) {
+            while (start > done && is_ws(s[start - 1])) start--;
+        }
+        if (a->rstrip)
+            while (stop < n && is_ws(s[stop])) stop++;
+        if (done < start) text(t, s + done, start - done, out);
+        u32_push(out, (uint32_t)a->id);
+        done = pos = stop;
+    }
+    if (done < n) text(t, s + done, n - done, out);
+}
+
+static void text_pretokenized(const ClipTokenizer *t, const uint32_t *s, size_t n, U32Vec *out) {
+    const U32Vec piece = {.v = (uint32_t *)s, .n = n};
+    pretokenize(t, &piece, 0, out);
+}
+
+static void text_normalized(const ClipTokenizer *t, const uint32_t *s, size_t n, U32Vec *out) {
+    const U32Vec piece = {.v = (uint32_t *)s, .n = n};
+    U32Vec clean = {0};
+    clean_hf(&piece, &clean);
+    split_added(t, clean.v, clean.n, 1, text_pretokenized, out);
+    if (clean.oom) out->oom = 1;
+    u32_free(&clean);
+}
+
 // All ids of text (no BOS / EOS) into out.
 static int tok_run(const ClipTokenizer *t, const char *text, U32Vec *out, SdcError *err) {
     if (!t) return sdc_err(err, SDC_ERR_ARG, "clip tokenizer: NULL tokenizer ---> load one first");
@@ -1220,27 +1777,10 @@ static int tok_run(const ClipTokenizer *t, const char *text, U32Vec *out, SdcErr
         clean_open_clip(&raw, &clean);
         pretokenize(t, &clean, 1, out);
     } else {
-        // transformers splits the special tokens out of the raw text first,
-        // then normalizes and pre-tokenizes each stretch between them.
-        size_t seg = 0;
-        for (size_t i = 0; i <= raw.n; i++) {
-            int k = 0;
-            int32_t id = 0;
-            if (i < raw.n) {
-                if ((k = match_lit(&raw, i, "<|startoftext|>", 0))) id = t->bos;
-                else if ((k = match_lit(&raw, i, "<|endoftext|>", 0))) id = t->eos;
-            }
-            if (!k && i < raw.n) continue;
-            U32Vec part = {.v = raw.v + seg, .n = i - seg};
-            clean.n = 0;
-            clean_hf(&part, &clean);
-            pretokenize(t, &clean, 0, out);
-            if (k) {
-                u32_push(out, (uint32_t)id);
-                i += (size_t)k - 1;
-                seg = i + 1;
-            }
-        }
+        // transformers: the added tokens matched on the raw text first, then
+        // each stretch between them normalized, the added tokens matched on
+        // the normalized text, and the stretches left pre-tokenized
+        split_added(t, raw.v, raw.n, 0, text_normalized, out);
     }
     int oom = raw.oom || clean.oom || out->oom;
     u32_free(&raw);

@@ -6,8 +6,9 @@
 //
 //   CLIP_TOK_HF        transformers' CLIPTokenizer (tokenizers backend, the
 //                      one a diffusers tokenizer/ folder loads): NFC, runs of
-//                      whitespace -> " ", lowercase; "<|startoftext|>" and
-//                      "<|endoftext|>" written in the prompt become BOS / EOS.
+//                      whitespace -> " ", lowercase; the added tokens (BOS,
+//                      EOS, SD 2.x's "!", ...) written in the prompt become
+//                      their ids.
 //                      SD 1.x (diffusers and the CompVis code) uses this.
 //   CLIP_TOK_OPEN_CLIP open_clip.tokenize (openai CLIP's simple tokenizer), used
 //                      by the original SD 2.x code: ftfy.fix_text, html.unescape
@@ -43,12 +44,40 @@ typedef enum ClipTokMode {
 
 typedef struct ClipTokenizer ClipTokenizer;
 
-// The merges shipped in data/bpe_simple_vocab_16e6.txt.gz (SDC_DATA_DIR).
+// Added tokens (transformers' AddedToken: the special tokens and any others
+// a folder names) are matched in the prompt before the BPE, on the raw text
+// or on the normalized text (their "normalized" flag), with their lstrip /
+// rstrip / single_word flags; transformers 5 registers them from a folder's
+// files in an order that decides those flags (see clip_tok_load_dir). So a
+// prompt "hello!" gives "!" its own id 0 with SD 2.x's tokenizer (pad "!"),
+// and "<|STARTOFTEXT|>" is BOS with SD's folders but text with a bare one.
+
+// The merges shipped in data/bpe_simple_vocab_16e6.txt.gz (SDC_DATA_DIR),
+// with the special tokens of SD 1.x's tokenizer/ folder (pad <|endoftext|>)
+// or of SD 2.x's (pad "!", id 0): what diffusers uses for an SD 1.x / 2.x
+// single file (from_single_file takes the original repository's tokenizer).
 int clip_tok_load_default(ClipTokenizer **out, SdcError *err);
-// An openai/open_clip style merges file (gzip), e.g. bpe_simple_vocab_16e6.txt.gz.
+int clip_tok_load_default_sd2(ClipTokenizer **out, SdcError *err);
+// An openai/open_clip style merges file (gzip), e.g.
+// bpe_simple_vocab_16e6.txt.gz, with CLIPTokenizer's default special tokens.
 int clip_tok_load_gz(ClipTokenizer **out, const char *path, SdcError *err);
-// A diffusers / transformers tokenizer folder: dir/vocab.json + dir/merges.txt.
+// A diffusers / transformers tokenizer folder, as transformers 5's
+// CLIPTokenizer.from_pretrained reads it: tokenizer.json if there is one
+// (what transformers 5 saves), else vocab.json + merges.txt; the added and
+// special tokens from tokenizer_config.json (its added_tokens_decoder, or else
+// added_tokens.json and tokenizer.json's added_tokens, with the special tokens
+// of special_tokens_map.json over tokenizer_config.json's), registered in
+// transformers' order: tokens with ids, then bos, eos, unk, sep, pad, cls,
+// mask, the last registration of a content setting its flags.
 int clip_tok_load_dir(ClipTokenizer **out, const char *dir, SdcError *err);
+
+// Writes a tokenizer folder of the shipped vocab into dir (which must exist):
+// vocab.json + merges.txt, and for SD1 / SD2 the tokenizer_config.json and
+// special_tokens_map.json of SD 1.x's / 2.x's tokenizer/ folder (pad
+// "<|endoftext|>" / "!", model_max_length 77), which transformers loads to
+// the tokenizer clip_tok_load_default / _sd2 is.
+typedef enum { CLIP_TOK_FOLDER_BARE = 0, CLIP_TOK_FOLDER_SD1 = 1, CLIP_TOK_FOLDER_SD2 = 2 } ClipTokFolder;
+int clip_tok_write_hf(const char *dir, ClipTokFolder kind, SdcError *err);
 void clip_tok_free(ClipTokenizer *t);
 
 // Mode of the text cleanup; every loader starts in CLIP_TOK_HF.
@@ -56,6 +85,9 @@ void clip_tok_set_mode(ClipTokenizer *t, ClipTokMode mode);
 ClipTokMode clip_tok_mode(const ClipTokenizer *t);
 int32_t clip_tok_bos(const ClipTokenizer *t);
 int32_t clip_tok_eos(const ClipTokenizer *t);
+// The pad token's id: the folder's pad_token (CLIP's EOS by default; 0, "!",
+// for SD 2.x).
+int32_t clip_tok_pad(const ClipTokenizer *t);
 
 // The model input: ids[0] = BOS, the prompt's tokens, EOS, then pad_id up to
 // max_len (>= 2). A prompt longer than max_len - 2 tokens keeps its first
