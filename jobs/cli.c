@@ -142,6 +142,7 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --device cpu|cuda     compute device (default cpu)\n"
             "      --pipeline-stages P   under mpiexec / srun: cut the UNet into P stages, one rank each (ranks =\n"
             "                            P x replicas; CPU backend)\n"
+            "      --pipeline-cut B,...  the first block of stages 1 to P-1 (default: cut by measured block times)\n"
             "      --micro-batches M     runs of --batch-size items in flight along the pipeline (default 2 x P)\n"
             "      --precision P         fp32 | fp16 | bf16 (default: fp32 on the CPU, bf16 on a GPU)\n"
             "      --dump-manifest       print the job manifest in protobuf text format and exit\n"
@@ -404,6 +405,9 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 1, 64, &ll, err)))
                 job->runtime->pipeline_stages = (int32_t)ll, job->runtime->has_pipeline_stages = 1;
+        } else if (FLAG(NULL, "--pipeline-cut")) {
+            const char *v = VALUE();
+            if (v) set_str(job->runtime, "pipeline_cut", v);
         } else if (FLAG(NULL, "--micro-batches")) {
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 1, 64, &ll, err)))
@@ -621,6 +625,8 @@ static void cli_print_usage_train(FILE *f) {
             "  --micro-batches M               each replica's share of a batch runs as M micro-batches\n"
             "                                  (0: 2 x stages with stages, else 1)\n"
             "  --pipeline-schedule S           1f1b (at most P micro-batches held) | gpipe   (1f1b)\n"
+            "  --pipeline-cut B1,B2,...        the first block of stages 1 to P-1 (default: the cut that balances\n"
+            "                                  measured forward + backward time; to balance memory instead)\n"
             "  --train-text-encoder            also train the CLIP text encoder\n"
             "  --lora-rank R                   train a LoRA of rank R instead of all weights (0)\n"
             "  --lora-alpha A                  LoRA alpha (the rank)  --lora-format diffusers|kohya\n"
@@ -688,7 +694,7 @@ static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *op
         } else if (!strcmp(name, "config") || !strcmp(name, "prediction_type")) {
             msg = &job->model->base;
         } else if (!strcmp(name, "threads") || !strcmp(name, "pipeline_stages") || !strcmp(name, "micro_batches") ||
-                   !strcmp(name, "pipeline_schedule")) {
+                   !strcmp(name, "pipeline_schedule") || !strcmp(name, "pipeline_cut")) {
             msg = &job->runtime->base;
         }
         const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, field);

@@ -839,7 +839,9 @@ static int pipeline_setup(const Sdc__Job *job, SdModel *m, const GenInputs *in, 
     SDC_TRY(grid_check_blocks(grid, unet_block_count(m->unet), "UNet", err));
     const int micro = rt->micro_batches > 0 ? rt->micro_batches : 2 * grid->stages;
     const ClipConfig *cc = clip_config(m->clip);
-    SDC_TRY(pp_init(pp, grid->pipe, m->unet, m->be, micro, in->height / 8, in->width / 8, cc->max_positions, err));
+    const char *cut = rt->pipeline_cut && rt->pipeline_cut[0] ? rt->pipeline_cut : NULL;
+    SDC_TRY(pp_init(pp, grid->pipe, m->unet, m->be, micro, in->height / 8, in->width / 8, cc->max_positions, cut,
+                    err));
     if (grid->stage == 0) *par = (H5Par){.comm = grid->data, .rank = grid->replica, .size = grid->replicas};
     if (!opt->quiet && grid->rank == 0) {
         fprintf(stderr, "sdc: pipeline: %d stages x %d replica%s, %d runs of --batch-size in flight; blocks",
@@ -847,8 +849,9 @@ static int pipeline_setup(const Sdc__Job *job, SdModel *m, const GenInputs *in, 
         for (int s = 0; s < grid->stages; s++) {
             double t = 0;
             for (int b = pp->bounds[s]; b < pp->bounds[s + 1]; b++) t += pp->block_s[b];
-            fprintf(stderr, " %d-%d (%.0f ms/row)%s", pp->bounds[s], pp->bounds[s + 1] - 1, t * 1e3,
-                    s + 1 < grid->stages ? "," : "\n");
+            if (cut) fprintf(stderr, " %d-%d", pp->bounds[s], pp->bounds[s + 1] - 1);
+            else fprintf(stderr, " %d-%d (%.0f ms/row)", pp->bounds[s], pp->bounds[s + 1] - 1, t * 1e3);
+            fprintf(stderr, "%s", s + 1 < grid->stages ? "," : cut ? " (--pipeline-cut)\n" : "\n");
         }
     }
     return 0;

@@ -197,6 +197,10 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
             return sdc_err(err, SDC_ERR_ARG, "manifest: runtime.pipeline_stages %d, micro_batches %d; expected 1 or "
                            "more stages and 0 (2 x stages) or more micro-batches", job->runtime->pipeline_stages,
                            job->runtime->micro_batches);
+        if (job->runtime->pipeline_cut && job->runtime->pipeline_cut[0] && job->runtime->pipeline_stages < 2)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: runtime.pipeline_cut \"%s\" with %d stage ---> "
+                           "--pipeline-cut goes with --pipeline-stages P (P > 1)", job->runtime->pipeline_cut,
+                           job->runtime->pipeline_stages);
         if (job->runtime->threads < 0)
             return sdc_err(err, SDC_ERR_ARG, "manifest: runtime.threads is %d; expected 0 (all cores) or more",
                            job->runtime->threads);

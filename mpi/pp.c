@@ -8,6 +8,7 @@
 // with op PP_OP_QUIT ends pp_serve and is passed on.
 #include "mpi/pp.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,38 @@ int pp_partition(const Unet *u, int stages, int h, int w, int ctx_len, int *boun
     int rc = pp_partition_costs(cost, nb, stages, bounds, err);
     free(cost);
     return rc;
+}
+
+int pp_cut_parse(const char *spec, int nb, int stages, int *bounds, SdcError *err) {
+#define CUT_HINT "---> --pipeline-cut B1,B2,... : the first block of each stage after the first, increasing, " \
+                 "%d value%s in 1 to %d (a run without it prints the cut it measures)"
+    bounds[0] = 0, bounds[stages] = nb;
+    const char *s = spec;
+    int k = 1;
+    while (*s) {
+        char *end = NULL;
+        errno = 0;
+        const long b = strtol(s, &end, 10);
+        if (end == s || errno || (*end && *end != ','))
+            return sdc_err(err, SDC_ERR_ARG, "--pipeline-cut \"%s\": not a list of block numbers\n" CUT_HINT, spec,
+                           stages - 1, stages == 2 ? "" : "s", nb - 1);
+        if (k >= stages)
+            return sdc_err(err, SDC_ERR_ARG, "--pipeline-cut \"%s\": more than the %d cut%s of %d stages\n" CUT_HINT,
+                           spec, stages - 1, stages == 2 ? "" : "s", stages, stages - 1, stages == 2 ? "" : "s",
+                           nb - 1);
+        if (b <= bounds[k - 1] || b >= nb)
+            return sdc_err(err, SDC_ERR_ARG, "--pipeline-cut \"%s\": block %ld %s\n" CUT_HINT, spec, b,
+                           b >= nb ? "is past the last block" : k > 1 ? "is not after the cut before it"
+                                                                      : "leaves the first stage no block",
+                           stages - 1, stages == 2 ? "" : "s", nb - 1);
+        bounds[k++] = (int)b;
+        s = *end ? end + 1 : end;
+    }
+    if (k != stages)
+        return sdc_err(err, SDC_ERR_ARG, "--pipeline-cut \"%s\": %d cut%s for %d stages\n" CUT_HINT, spec, k - 1,
+                       k == 2 ? "" : "s", stages, stages - 1, stages == 2 ? "" : "s", nb - 1);
+#undef CUT_HINT
+    return 0;
 }
 
 int pp_partition_costs(const double *cost, int nb, int stages, int *bounds, SdcError *err) {
@@ -105,7 +138,7 @@ static int measure_blocks(PpStage *p, const Backend *be, int h, int w, int ctx_l
 }
 
 int pp_init(PpStage *p, MPI_Comm comm, Unet *u, const Backend *be, int micro, int h, int w, int ctx_len,
-            SdcError *err) {
+            const char *cut, SdcError *err) {
     memset(p, 0, sizeof *p);
     p->comm = MPI_COMM_NULL;
     for (int k = 0; k < 4; k++) p->send_req[k] = MPI_REQUEST_NULL;
@@ -124,6 +157,7 @@ int pp_init(PpStage *p, MPI_Comm comm, Unet *u, const Backend *be, int micro, in
     p->block_s = calloc((size_t)nb, sizeof *p->block_s);
     if (!p->bounds || !p->block_s) return sdc_err(err, SDC_ERR_OOM, "pipeline: bounds");
     if (p->stages == 1) return pp_partition(u, 1, h, w, ctx_len, p->bounds, err);
+    if (cut && cut[0]) return pp_cut_parse(cut, nb, p->stages, p->bounds, err);
     SDC_TRY(measure_blocks(p, be, h, w, ctx_len, p->block_s, err));
     return pp_partition_costs(p->block_s, nb, p->stages, p->bounds, err);
 }

@@ -47,13 +47,18 @@ int pp_partition_costs(const double *cost, int nb, int stages, int *bounds, SdcE
 // The same with the FLOP model as the cost (unet_block_flops for one row at
 // latent h x w with ctx_len tokens).
 int pp_partition(const Unet *u, int stages, int h, int w, int ctx_len, int *bounds, SdcError *err);
+// A cut the user gives (--pipeline-cut "9,13": the first block of stages 1 to
+// stages - 1, increasing) into bounds (stages + 1 ints); refused unless it
+// names stages - 1 blocks in 1 .. nb - 1, each after the one before.
+int pp_cut_parse(const char *spec, int nb, int stages, int *bounds, SdcError *err);
 
 // Collective over comm. micro >= 1. The cut is by measured time: stage 0
 // runs one row at latent h x w through the blocks once, timing each (the
 // FLOP model misjudges the low-resolution blocks, which run at half the
-// GFLOP/s of the others on a CPU), and every stage gets the times.
+// GFLOP/s of the others on a CPU), and every stage gets the times; a
+// non-empty cut (pp_cut_parse) is taken as it is, nothing timed (block_s 0).
 int pp_init(PpStage *p, MPI_Comm comm, Unet *u, const Backend *be, int micro, int h, int w, int ctx_len,
-            SdcError *err);
+            const char *cut, SdcError *err);
 void pp_free(PpStage *p);
 
 #define PP_MAX_INFLIGHT 64

@@ -657,16 +657,34 @@ def test_layouts(ctx):
     for name, ranks, extra in (("p2-1f1b", 2, ["--pipeline-stages", 2]),
                                ("p2-gpipe", 2, ["--pipeline-stages", 2, "--pipeline-schedule", "gpipe"]),
                                ("p3-1f1b", 3, ["--pipeline-stages", 3]),
-                               ("p2-checkpointing", 2, ["--pipeline-stages", 2, "--gradient-checkpointing"])):
+                               # the cut given: stage 1 starts with a transformer (its recompute is the
+                               # last of a backward, the first forward of the next step follows it)
+                               ("p2-checkpointing", 2, ["--pipeline-stages", 2, "--gradient-checkpointing",
+                                                        "--pipeline-cut", 13]),
+                               ("p3-cut-checkpointing", 3, ["--pipeline-stages", 3, "--gradient-checkpointing",
+                                                            "--pipeline-cut", "5,11"])):
         out_dir = os.path.join(w, name)
         args = ctx.train_args(out_dir, *common, "--max-train-steps", steps, *extra)
         rc, out, sec = ctx.run([a for a in args if a != "-q"], ranks=ranks)
-        cut = [l for l in out.splitlines() if "pipeline cut" in l and "predicted balance" in l]
-        if not check(rc == 0 and len(cut) == 1, f"{name}: exit {rc} ({sec:.1f} s), the cut printed with its "
-                     f"predicted balance: {cut[0].split('):', 1)[-1].strip() if cut else '(none)'}"):
+        given = "--pipeline-cut" in extra
+        cut = [l for l in out.splitlines() if "pipeline cut" in l and
+               (f"--pipeline-cut {extra[-1]}" if given else "predicted balance") in l]
+        if not check(rc == 0 and len(cut) == 1, f"{name}: exit {rc} ({sec:.1f} s), the cut printed"
+                     f"{' as given' if given else ' with its predicted balance'}: {cut[0].split('):', 1)[-1].strip() if cut else '(none)'}"):
             show(out)
             continue
         same_run(out_dir, name)
+
+    # gradient accumulation (2 batches of 1 instance + 1 class row per step) on 2 stages
+    acc = ["--train-batch-size", 1, "--gradient-accumulation-steps", 2, "--max-train-steps", 3]
+    ga, gb = os.path.join(w, "accum-one"), os.path.join(w, "accum-p2")
+    rc1, out1, _ = ctx.run(ctx.train_args(ga, *common, *acc))
+    rc2, out2, _ = ctx.run(ctx.train_args(gb, *common, *acc, "--pipeline-stages", 2), ranks=2)
+    if check(rc1 == 0 and rc2 == 0, f"gradient accumulation 2 on one process and on 2 stages: exit {rc1}, {rc2}"):
+        compare_exact(h5_weights(os.path.join(ga, "model.h5")), h5_weights(os.path.join(gb, "model.h5")),
+                      "gradient accumulation: 2 stages vs one process")
+    else:
+        show(out1 + out2)
 
     # 2 stages x 2 replicas: the gradient all-reduce overlapped with the
     # backward (0.1 MiB buckets, so most of them go out during it) gives the
@@ -761,6 +779,17 @@ def test_layouts(ctx):
             (3, ["--pipeline-stages", 2], "--pipeline-stages 2 does not divide the 3 ranks", "2 stages on 3 ranks"),
             (0, ["--pipeline-stages", 2], "--pipeline-stages 2 does not divide the 1 rank", "2 stages on 1 process"),
             (18, ["--pipeline-stages", 18], "the UNet has only 17 blocks to cut", "18 stages of a 17-block UNet"),
+            (2, ["--pipeline-stages", 2, "--pipeline-cut", 17], "block 17 is past the last block",
+             "--pipeline-cut 17 of a 17-block UNet"),
+            (2, ["--pipeline-stages", 2, "--pipeline-cut", 0], "block 0 leaves the first stage no block",
+             "--pipeline-cut 0"),
+            (3, ["--pipeline-stages", 3, "--pipeline-cut", "9,4"], "block 4 is not after the cut before it",
+             "--pipeline-cut 9,4"),
+            (3, ["--pipeline-stages", 3, "--pipeline-cut", "9"], "1 cut for 3 stages", "--pipeline-cut 9 for 3 stages"),
+            (2, ["--pipeline-stages", 2, "--pipeline-cut", "9,13"], "more than the 1 cut of 2 stages",
+             "--pipeline-cut 9,13 for 2 stages"),
+            (2, ["--pipeline-stages", 2, "--pipeline-cut", "9x"], "not a list of block numbers", "--pipeline-cut 9x"),
+            (0, ["--pipeline-cut", "9"], "--pipeline-cut goes with --pipeline-stages", "--pipeline-cut, one stage"),
             (2, ["--pipeline-stages", 2, "--validation-prompt", "a dog"], "validation images need the whole UNet",
              "validation images with stages")):
         d = os.path.join(w, "bad")

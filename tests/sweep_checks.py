@@ -190,18 +190,24 @@ def main():
     for name, ranks, extra in (("pp2", 2, ["--pipeline-stages", 2]),
                                ("pp2-m1", 2, ["--pipeline-stages", 2, "--micro-batches", 1]),
                                ("pp2x2", 4, ["--pipeline-stages", 2, "--micro-batches", 3]),
-                               ("pp3", 3, ["--pipeline-stages", 3, "--micro-batches", 5])):
+                               ("pp3", 3, ["--pipeline-stages", 3, "--micro-batches", 5]),
+                               ("pp3-cut", 3, ["--pipeline-stages", 3, "--pipeline-cut", "1,15"])):
         path = os.path.join(work, name + ".h5")
         rc, out = run(base + ["--output-h5", path] + extra, ranks=ranks)
         cut = [l for l in out.splitlines() if "sdc: pipeline:" in l]
+        given = "--pipeline-cut" not in extra or (cut and "blocks 0-0, 1-14, 15-16 (--pipeline-cut)" in cut[0])
         P = h5(path) if rc == 0 else None
-        if not check(rc == 0 and all(np.array_equal(A[k], P[k]) for k in A),
+        if not check(rc == 0 and given and all(np.array_equal(A[k], P[k]) for k in A),
                      f"{name}: {cut[0].split('pipeline: ')[1] if cut else ''}: the same file as 1 process, bit for "
                      f"bit (exit {rc})"):
             show(out)
     rc, out = run(base + ["--output-h5", os.path.join(work, "bad.h5"), "--pipeline-stages", 2], ranks=3)
     check(refused(rc) and "--pipeline-stages 2 does not divide the 3 ranks" in out,
           f"--pipeline-stages 2 on 3 ranks refused, naming both numbers (exit {rc})")
+    rc, out = run(base + ["--output-h5", os.path.join(work, "bad.h5"), "--pipeline-stages", 2, "--pipeline-cut",
+                          "17"], ranks=2)
+    check(refused(rc) and "--pipeline-cut \"17\": block 17 is past the last block" in out,
+          f"--pipeline-cut 17 of a 17-block UNet refused (exit {rc})")
 
     # kohya's per-line options in a prompt file (--n --d --s --l --ss --w --h; '#' comments)
     kp = os.path.join(work, "kohya.txt")

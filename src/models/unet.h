@@ -226,6 +226,10 @@ size_t unet_train_tape_bytes(const Unet *m);
 // With time_blocks: each block's forward (backward = 0) or backward seconds
 // summed over the passes run (n_blocks; 0 outside this rank's range).
 const double *unet_train_block_times(const Unet *m, int backward);
+// After the last step: frees the activations, the scratch and the
+// gradients, keeping the trained tensors and their names (for the export;
+// no further step can run).
+void unet_train_shrink(Unet *m);
 // on = 1: adds the LoRA to the base weights (kept: the base must be loaded
 // trainable) so unet_forward sees the adapted model; on = 0 restores the
 // exact base weights. No-op without LoRA.

@@ -180,6 +180,7 @@ static void stage_forward(Unet *m, Tape *tp, const float *timesteps) {
         // the time MLP's few saves are always kept (recomputing it would need the timesteps)
         const int ckpt = T->o.checkpointing && b->info.kind != UNET_BLOCK_TIME;
         const double t0 = T->fwd_s ? clock_s() : 0;
+        if (ckpt) arena_reset(recomp, 0); // empty: a backward's last recompute may still be there
         run_block(m, i, tp, ckpt ? recomp : &tp->keep, &io);
         if (T->fwd_s) {
             T->be->sync(T->be);
@@ -248,7 +249,6 @@ static void stage_backward(Unet *m, Tape *tp, UnetCut *gout) {
     const Backend *be = T->be;
     const DType dt = m->be->act_dtype;
     Arena *recomp = &T->ar[A_RECOMP], *gwork = &T->ar[A_GWORK], *dskips = &T->ar[A_DSKIPS];
-    (void)recomp;
     DskipStack *ds = &T->ds;
     const int stop = T->first > T->first_trainable ? T->first : T->first_trainable;
     for (int i = T->end - 1; i >= stop; i--) {
@@ -310,6 +310,7 @@ static void stage_backward(Unet *m, Tape *tp, UnetCut *gout) {
             T->slot ^= 1;
         }
     }
+    arena_reset(recomp, 0); // the last recomputed block's intermediates are dead
     memset(gout, 0, sizeof *gout);
     if (T->first > 0 && stop == T->first) gout->x = T->dcur;
     for (int k = 0; k < ds->n && stop == T->first; k++) gout->skips[k] = ds->t[k];
@@ -656,6 +657,17 @@ const ParamTable *unet_train_table(const Unet *m) {
 }
 
 size_t unet_train_tape_bytes(const Unet *m) { return m->train ? m->train->tape_bytes : 0; }
+
+void unet_train_shrink(Unet *m) {
+    UnetTrain *T = m->train;
+    if (!T) return;
+    for (int a = 0; a < A_SHARED; a++) arena_free(&T->ar[a]);
+    arena_free(&T->tape_mem);
+    for (int t = 0; t < T->n_tapes; t++) memset(&T->tapes[t].keep, 0, sizeof T->tapes[t].keep), T->tapes[t].n = 0;
+    arena_free(&T->grads);
+    arena_free(&T->lora_g);
+    T->tape_bytes = 0;
+}
 
 void unet_train_set_grad_hook(Unet *m, void (*fn)(void *user, size_t lo), void *user) {
     if (!m->train) return;
