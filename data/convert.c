@@ -466,8 +466,9 @@ static int copy_tokenizer(const char *src_dir, const char *out, SdcError *err) {
         if (!fi) continue;
         FILE *fo = fopen(b, "wb");
         if (!fo) {
+            const int e = errno;
             fclose(fi);
-            return sdc_err(err, SDC_ERR_IO, "%s: cannot write", b);
+            return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s) ---> %s", b, strerror(e), fs_write_hint(e));
         }
         char buf[65536];
         size_t k;
@@ -554,7 +555,9 @@ static int write_diffusers_whole(Model *m, const ConvertOpts *o, SdcError *err) 
     static const char *const entries[] = {"text_encoder", "unet", "vae", "scheduler", "tokenizer", "model_index.json"};
     enum { N_ENTRIES = 6 };
     char tmp[1900], a[2100], b[2100], old[2100];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.sdc-tmp", o->output) >= sizeof tmp)
+    size_t len = strlen(o->output);
+    while (len > 1 && o->output[len - 1] == '/') len--; // "out/": the temporary folder beside out, not in it
+    if ((size_t)snprintf(tmp, sizeof tmp, "%.*s.sdc-tmp", (int)len, o->output) >= sizeof tmp)
         return sdc_err(err, SDC_ERR_ARG, "%s: path too long", o->output);
     struct stat st;
     const int exists = !stat(o->output, &st);

@@ -127,19 +127,19 @@ int main(void) {
         check_true(&tc, rc == 0, "load %s%s%s", dir, rc ? ": " : "", rc ? err.msg : "");
     }
     RefTok refs[] = {
-        {"hf", "clip_tok_load_gz (CLIPTokenizer's defaults)", bare_gz, 1},
-        {"hf", "a bare folder written by sdc", w_bare, 1},
-        {"hf_sd1", "clip_tok_load_default", hf, 1},
-        {"hf_sd1", "an SD 1.x folder written by sdc", w_sd1, 1},
-        {"hf_sd2", "clip_tok_load_default_sd2", sd2, 1},
-        {"hf_sd2", "an SD 2.x folder written by sdc", w_sd2, 1},
-        {"open_clip", "open_clip mode", oc, 0},
-        {"hf_small", SMALL_DIR, small, 1},
-        {"hf_small_v5_sd1", "tokenizer-variants/v5_sd1 (tokenizer.json)", var[0], 1},
-        {"hf_small_v5_sd2", "tokenizer-variants/v5_sd2 (tokenizer.json)", var[1], 1},
-        {"hf_small_v43x_sd2", "tokenizer-variants/v43x_sd2 (added_tokens_decoder)", var[2], 1},
-        {"hf_small_added", "tokenizer-variants/added (lstrip, rstrip, single_word)", var[3], 1},
-        {"hf_small_added_json", "tokenizer-variants/added_json (added_tokens.json)", var[4], 1},
+        {"hf", "clip_tok_load_gz (CLIPTokenizer's defaults)", bare_gz, 1, 0, 0},
+        {"hf", "a bare folder written by sdc", w_bare, 1, 0, 0},
+        {"hf_sd1", "clip_tok_load_default", hf, 1, 0, 0},
+        {"hf_sd1", "an SD 1.x folder written by sdc", w_sd1, 1, 0, 0},
+        {"hf_sd2", "clip_tok_load_default_sd2", sd2, 1, 0, 0},
+        {"hf_sd2", "an SD 2.x folder written by sdc", w_sd2, 1, 0, 0},
+        {"open_clip", "open_clip mode", oc, 0, 0, 0},
+        {"hf_small", SMALL_DIR, small, 1, 0, 0},
+        {"hf_small_v5_sd1", "tokenizer-variants/v5_sd1 (tokenizer.json)", var[0], 1, 0, 0},
+        {"hf_small_v5_sd2", "tokenizer-variants/v5_sd2 (tokenizer.json)", var[1], 1, 0, 0},
+        {"hf_small_v43x_sd2", "tokenizer-variants/v43x_sd2 (added_tokens_decoder)", var[2], 1, 0, 0},
+        {"hf_small_added", "tokenizer-variants/added (lstrip, rstrip, single_word)", var[3], 1, 0, 0},
+        {"hf_small_added_json", "tokenizer-variants/added_json (added_tokens.json)", var[4], 1, 0, 0},
     };
     const int n_refs = (int)(sizeof refs / sizeof refs[0]);
 

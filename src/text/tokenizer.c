@@ -9,6 +9,7 @@
 // the pair (a, b) -> (rank, merged id). Unicode data: unicode_tables.c.
 #include "text/tokenizer.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1445,10 +1446,10 @@ done:
 
 static int write_all(const char *path, const char *text, size_t n, SdcError *err) {
     FILE *f = fopen(path, "wb");
-    if (!f) return sdc_err(err, SDC_ERR_IO, "%s: cannot create", path);
-    int bad = fwrite(text, 1, n, f) != n;
-    bad |= fclose(f) != 0;
-    return bad ? sdc_err(err, SDC_ERR_IO, "%s: write failed (disk full?)", path) : 0;
+    if (!f) return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s)", path, strerror(errno));
+    int bad = fwrite(text, 1, n, f) != n, e = errno;
+    if (fclose(f) && !bad) bad = 1, e = errno;
+    return bad ? sdc_err(err, SDC_ERR_IO, "%s: cannot write (%s)", path, strerror(e)) : 0;
 }
 
 int clip_tok_write_hf(const char *dir, ClipTokFolder kind, SdcError *err) {
