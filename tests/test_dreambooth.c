@@ -97,21 +97,24 @@ typedef struct Case {
     int64_t warmup;
     int prediction; // -1: the model's (epsilon), else PRED_V
     int n_inst;     // 1 (latents.inst) or 3 (latents.inst3)
+    const char *config_dir; // the model's configs (its scheduler config: the noise schedule), or NULL
 } Case;
 
 // The same configurations as tools/make_db_fixture.py's CASES.
 static const Case CASES[] = {
     {"a", "full fine-tuning + text encoder, prior preservation, constant lr", 1234, 1, 1, 1, 0, 0.0f, 0.0f,
-     LR_CONSTANT, 0, -1, 1},
+     LR_CONSTANT, 0, -1, 1, NULL},
     {"b", "UNet, min-SNR 5, offset noise 0.1, accumulation 2, linear warmup 1", 77, 0, 0, 2, 0, 5.0f, 0.1f,
-     LR_LINEAR, 1, -1, 1},
+     LR_LINEAR, 1, -1, 1, NULL},
     {"c", "LoRA rank 4 on the UNet, prior preservation, constant lr", 4321, 0, 1, 1, 4, 0.0f, 0.0f, LR_CONSTANT, 0,
-     -1, 1},
-    {"d", "UNet, v-prediction, min-SNR 5, cosine", 99, 0, 0, 1, 0, 5.0f, 0.0f, LR_COSINE, 0, PRED_V, 1},
+     -1, 1, NULL},
+    {"d", "UNet, v-prediction, min-SNR 5, cosine", 99, 0, 0, 1, 0, 5.0f, 0.0f, LR_COSINE, 0, PRED_V, 1, NULL},
     {"e", "UNet, 3 instance latents shuffled, accumulation 2 (2 + 1 + 2 micro-batches)", 2024, 0, 0, 2, 0, 0.0f,
-     0.0f, LR_CONSTANT, 0, -1, 3},
+     0.0f, LR_CONSTANT, 0, -1, 3, NULL},
     {"f", "UNet, prior preservation + min-SNR 5, each half weighted by its own timesteps", 15, 0, 1, 1, 0, 5.0f,
-     0.0f, LR_CONSTANT, 0, -1, 1},
+     0.0f, LR_CONSTANT, 0, -1, 1, NULL},
+    {"g", "UNet, min-SNR 5, the model's scheduler config: cosine betas over 500 training steps", 31, 0, 0, 1, 0, 5.0f,
+     0.0f, LR_CONSTANT, 0, -1, 1, "tests/fixtures/db-sched"},
 };
 
 // ---------------------------------------------------------------------------
@@ -291,7 +294,7 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
     float *init = NULL, *li = NULL, *lc = NULL, *rbuf = NULL;
     char key[320];
     m.be = be;
-    if (!check_true(t, model_files_open(&m.files, DEMO, NULL, c->prediction, &err) == 0, "open %s: %s", DEMO,
+    if (!check_true(t, model_files_open(&m.files, DEMO, c->config_dir, c->prediction, &err) == 0, "open %s: %s", DEMO,
                     err.msg))
         goto done;
     if (!check_true(t, clip_tok_load_default(&m.tok, &err) == 0, "tokenizer: %s", err.msg)) goto done;

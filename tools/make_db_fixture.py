@@ -22,7 +22,7 @@ generator:
         g = torch.Generator().manual_seed(db_sample_seed(seed, epoch, batch, j))
         noise = torch.randn(4*h*w, generator=g)          (4, h, w)
         [noise += offset * torch.randn(4, generator=g)]   per channel
-        t = int(torch.rand(1, generator=g) * 1000)
+        t = int(torch.rand(1, generator=g) * N)     N: num_train_timesteps
 
 Batch 1. Cases a-d: 1 instance latent (and 1 class latent), so the epoch's
 order is [0] and every micro-batch ends an epoch; case e: 3 instance
@@ -47,6 +47,10 @@ Cases (3 optimizer steps each, fp32, CPU):
      half weighted by its own timesteps' weights; diffusers pairs the 2b
      weights with the b instance losses); seed 15 puts t = 26 (instance)
      and t = 106 (class) in it, so both halves' weights fire
+  g  UNet, the model's scheduler config a cosine schedule of 500 training
+     steps (tests/fixtures/db-sched/: the demo model's configs, written
+     here, with tests/fixtures/sched/cosine-500.json as its scheduler):
+     the script's DDPMScheduler.from_pretrained(model, "scheduler")
 
 Stored (F32 unless noted), per case X in a, b, c, d, e, f:
   X.loss (steps)            the logged loss of each optimizer step (mean of
@@ -111,7 +115,12 @@ CASES = {
     # its own timesteps), where diffusers pairs 2b weights with b losses
     "f": dict(seed=15, train_text_encoder=False, prior=True, snr_gamma=5.0, offset_noise=False,
               accum=1, lr_scheduler="constant", warmup=0, lora_rank=0),
+    # the model's own noise schedule (a config folder beside the single file)
+    "g": dict(seed=31, train_text_encoder=False, prior=False, snr_gamma=5.0, offset_noise=False,
+              accum=1, lr_scheduler="constant", warmup=0, lora_rank=0, config_dir="db-sched"),
 }
+SCHED_OF = {"db-sched": os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "sched",
+                                     "cosine-500.json")}
 COMMON = dict(max_train_steps=3, learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2,
               adam_epsilon=1e-8, max_grad_norm=1.0, prior_loss_weight=1.0, train_batch_size=1, lr_num_cycles=1,
               lr_power=1.0)
@@ -135,7 +144,7 @@ def db_sample_seed(seed, epoch, batch, index):
     return _mix(_mix(_mix(_mix(0x5DC, seed), epoch), batch), index) >> 11
 
 
-def sdc_noise_and_timesteps(seed, epoch, batch, n, shape, offset_noise):
+def sdc_noise_and_timesteps(seed, epoch, batch, n, shape, offset_noise, n_train=1000):
     """Noise (n, C, H, W) and timesteps (n,) long, sample j from its own generator."""
     c, h, w = shape
     noises, ts = [], []
@@ -145,7 +154,7 @@ def sdc_noise_and_timesteps(seed, epoch, batch, n, shape, offset_noise):
         if offset_noise:  # diffusers: noise + 0.1 * randn(N, C, 1, 1)
             nz = nz + 0.1 * torch.randn(c, generator=g).view(c, 1, 1)
         u = torch.rand(1, generator=g)
-        ts.append(min(int((u * 1000).item()), 999))
+        ts.append(min(int((u * n_train).item()), n_train - 1))
         noises.append(nz)
     return torch.stack(noises), torch.tensor(ts, dtype=torch.long)
 
@@ -192,6 +201,27 @@ def load_demo():
         tsd[k] = ck["cond_stage_model.transformer." + full].float()
     text.load_state_dict(tsd, strict=True)
     return unet, text
+
+
+def write_config_dir(name, unet, text_encoder):
+    """tests/fixtures/NAME/: the demo model's unet/, vae/, text_encoder/
+    configs and SCHED_OF[NAME] as scheduler/scheduler_config.json, the
+    config folder sdc opens the single file with (--config)."""
+    import json
+    import shutil
+    from diffusers import AutoencoderKL
+    d = os.path.join(ROOT, "tests", "fixtures", name)
+    shutil.rmtree(d, ignore_errors=True)
+    unet.save_config(os.path.join(d, "unet"))
+    os.makedirs(os.path.join(d, "text_encoder"))
+    text_encoder.config.to_json_file(os.path.join(d, "text_encoder", "config.json"))
+    AutoencoderKL.from_config(mf.demo_configs()[2]).save_config(os.path.join(d, "vae"))
+    os.makedirs(os.path.join(d, "scheduler"))
+    with open(SCHED_OF[name]) as f:
+        sched = json.load(f)
+    with open(os.path.join(d, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(sched, f, indent=2)
+    return d
 
 
 def tokenize(prompts):
@@ -309,7 +339,11 @@ def run_case(tag, cfg, latents, ids):
     a = dict(COMMON, **cfg)
     torch.manual_seed(0)
     unet, text_encoder = load_demo()
-    noise_scheduler = DDPMScheduler(**mf.SD1_BETAS, prediction_type=a.get("prediction", "epsilon"))
+    if "config_dir" in a:  # the script's DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+        noise_scheduler = DDPMScheduler.from_pretrained(write_config_dir(a["config_dir"], unet, text_encoder),
+                                                        subfolder="scheduler")
+    else:
+        noise_scheduler = DDPMScheduler(**mf.SD1_BETAS, prediction_type=a.get("prediction", "epsilon"))
     accelerator = Accelerator(gradient_accumulation_steps=a["accum"], cpu=True)
 
     if a["lora_rank"]:
@@ -375,7 +409,8 @@ def run_case(tag, cfg, latents, ids):
                 bsz, channels, height, width = model_input.shape
                 # sdc: each sample's noise and timestep from its own generator
                 noise, timesteps = sdc_noise_and_timesteps(a["seed"], epoch, step, bsz, (channels, height, width),
-                                                           a["offset_noise"])
+                                                           a["offset_noise"],
+                                                           noise_scheduler.config.num_train_timesteps)
                 tsteps.append(timesteps.float())
                 noisy_model_input = noise_scheduler.add_noise(model_input, noise, timesteps)
                 # encode_prompt, text_encoder_use_attention_mask off

@@ -160,10 +160,17 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
                        "replica without work\n---> raise --train-batch-size or run fewer ranks", per_batch,
                        replicas(t));
 
-    // noise schedule: DDPMScheduler from the model's config (SD's scaled_linear betas)
+    // noise schedule: DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+    // as diffusers' script builds it: the model's scheduler config (SD's
+    // original one for a single file). Training reads only its betas and
+    // num_train_timesteps (add_noise, get_velocity), so fields sdc's DDPM
+    // sampler does not implement (thresholding, ...) do not matter here.
+    SchedConfig sc = model_files_info(model->files)->sched;
+    sc.n_unsupported = 0;
     Sampler s;
-    SDC_TRY(sampler_init(&s, SAMPLER_DDPM, 1, SPACING_LEADING, t->prediction, 0, 1, err));
-    memcpy(t->ac, s.alphas_cumprod, sizeof t->ac);
+    SDC_TRY(sampler_init_cfg(&s, SAMPLER_DDPM, 1, &sc, 0, 1, err));
+    t->n_train = s.n_train;
+    memcpy(t->ac, s.alphas_cumprod, (size_t)s.n_train * sizeof *t->ac);
     sampler_free(&s);
 
     // host staging (the data side of a batch) and the device buffers
@@ -348,8 +355,8 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         }
         float u;
         rng_uniform(&r, &u, 1);
-        int ts = (int)(u * SCHED_TRAIN_STEPS);
-        if (ts >= SCHED_TRAIN_STEPS) ts = SCHED_TRAIN_STEPS - 1;
+        int ts = (int)(u * t->n_train);
+        if (ts >= t->n_train) ts = t->n_train - 1;
         t->timesteps[s] = (float)ts;
         const float sa = sqrtf(t->ac[ts]), sb = sqrtf(1.0f - t->ac[ts]);
         float *noisy = t->h_noisy + s * lat, *tg = t->h_target + s * lat;

@@ -178,7 +178,8 @@ typedef struct DbTrainer {
     int64_t *order;        // (n_items) this epoch's order
     int64_t order_epoch;   // epoch the order was drawn for (-1: none)
     int share_max;         // most samples a replica handles in one batch
-    float ac[1000];        // alphas_cumprod
+    int n_train;           // the model's num_train_timesteps
+    float ac[SCHED_MAX_TRAIN_STEPS]; // (n_train) its alphas_cumprod
     PredictionType prediction;
     int train_te;          // this rank trains the text encoder (stage 0 of --train-text-encoder)
     // the batch in progress (this replica's share): host staging, prepared on every stage
@@ -207,7 +208,7 @@ typedef struct DbTrainer {
 // The seed of sample `index` (0-based in the global batch: instances, then
 // class samples) of micro-batch `batch` of `epoch`: its noise (randn of the
 // latent's size), offset noise (randn(4) when on) and timestep
-// (int(rand() * 1000)) are drawn in that order from one generator seeded
+// (int(rand() * N), N the scheduler config's num_train_timesteps) are drawn in that order from one generator seeded
 // with it (tools/make_db_fixture.py replays it).
 uint64_t db_sample_seed(uint64_t seed, int64_t epoch, int64_t batch, int64_t index);
 
