@@ -25,7 +25,10 @@
 #include "text/tokenizer.h"
 
 #define COMP_EXTRA COMP_COUNT // pseudo component of the "extra" tensors
-static const char *const GROUP[COMP_COUNT + 1] = {"text_encoder", "unet", "vae", "extra"};
+static const char *const GROUP[COMP_COUNT + 1] = {"text_encoder", "unet", "vae", "text_encoder_2", "extra"};
+// The components of the SD 1.x/2.x models sdc converts (not SDXL's second
+// text encoder yet: convert_run refuses SDXL models).
+#define N_CONV 3
 
 typedef struct Param {
     int comp;                   // Component or COMP_EXTRA
@@ -296,7 +299,7 @@ static int load_h5(Model *m, const char *path, SdcError *err) {
         rc = ckpt_read(&c, i, buf, 1, err);
         model_add(m, comp, ct->name, tensor_make(ct->dtype, DEV_CPU, buf, ct->ndim, ct->shape));
     }
-    for (int k = 0; !rc && k < COMP_COUNT; k++) rc = ckpt_get_attr(&c, GROUP[k], "config", &m->cfg[k], err);
+    for (int k = 0; !rc && k < N_CONV; k++) rc = ckpt_get_attr(&c, GROUP[k], "config", &m->cfg[k], err);
     if (!rc) rc = ckpt_get_attr(&c, "", "model_index", &m->model_index, err);
     if (!rc) rc = ckpt_get_attr(&c, "", "scheduler_config", &m->scheduler, err);
     if (!rc) {
@@ -339,7 +342,7 @@ static int write_h5(Model *m, const ConvertOpts *o, SdcError *err) {
         Tensor t = cast(m, m->p[i].t, o->dtype);
         rc = ckpt_put(&w, GROUP[m->p[i].comp], m->p[i].name, &t, err);
     }
-    for (int c = 0; c < COMP_COUNT && !rc; c++) rc = ckpt_set_attr(&w, GROUP[c], "config", m->cfg[c], err);
+    for (int c = 0; c < N_CONV && !rc; c++) rc = ckpt_set_attr(&w, GROUP[c], "config", m->cfg[c], err);
     if (!rc) rc = ckpt_set_attr(&w, "", "model_index", m->model_index, err);
     if (!rc) rc = ckpt_set_attr(&w, "", "scheduler_config", m->scheduler, err);
     if (!rc) rc = ckpt_set_attr(&w, "", "source", o->model, err);
@@ -484,8 +487,8 @@ static int copy_tokenizer(const char *src_dir, const char *out, SdcError *err) {
 }
 
 static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
-    static const char *const wfile[COMP_COUNT] = {"model.safetensors", "diffusion_pytorch_model.safetensors",
-                                                  "diffusion_pytorch_model.safetensors"};
+    static const char *const wfile[N_CONV] = {"model.safetensors", "diffusion_pytorch_model.safetensors",
+                                              "diffusion_pytorch_model.safetensors"};
     char p[2048];
     SDC_TRY(fs_mkdir_p(o->output, err));
     // the tokenizer: the source folder's, else the shipped CLIP vocab with
@@ -506,7 +509,7 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     const int has_tok = src_tok || shipped;
     make_model_index(m, has_tok);
     int extras = 0, rc = 0;
-    for (int c = 0; c < COMP_COUNT && !rc; c++) {
+    for (int c = 0; c < N_CONV && !rc; c++) {
         snprintf(p, sizeof p, "%s/%s", o->output, GROUP[c]);
         SDC_TRY(fs_mkdir_p(p, err));
         snprintf(p, sizeof p, "%s/%s/config.json", o->output, GROUP[c]);
@@ -612,6 +615,9 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
         rc = load_h5(&m, o->model, err);
     } else {
         rc = model_files_open(&mf, o->model, o->config, -1, err);
+        if (!rc && model_files_info(mf)->family == SD_FAMILY_XL)
+            rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: converting SDXL models is not supported yet\n---> sdc "
+                         "generates from SDXL diffusers folders and single files as they are", o->model);
         if (!rc) {
             const ModelInfo *info = model_files_info(mf);
             make_configs(&m, info, model_files_scheduler_json(mf));

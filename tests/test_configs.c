@@ -57,7 +57,10 @@ static const Case CASES[] = {
     {"vae", "\"shift_factor\": 0.1159", "\"shift_factor\" is 0.1159", "SD3 / FLUX"},
     {"vae", "\"latents_mean\": [0.1, 0.2, 0.3, 0.4]", "\"latents_mean\" is an array", "normalised latents"},
     // the UNet: SDXL, LCM, class conditioning and other architectures
-    {"unet", "\"addition_embed_type\": \"text_time\"", "\"addition_embed_type\" is \"text_time\"", "SDXL"},
+    {"unet", "\"addition_embed_type\": \"image\"", "\"addition_embed_type\" is \"image\"", "Kandinsky"},
+    // SDXL's added embedding without its sizes
+    {"unet", "\"addition_embed_type\": \"text_time\"", "\"addition_time_embed_dim\" (0)",
+     "projection_class_embeddings_input_dim"},
     {"unet", "\"time_cond_proj_dim\": 256", "\"time_cond_proj_dim\" is 256", "LCM"},
     {"unet", "\"class_embed_type\": \"timestep\"", "\"class_embed_type\" is \"timestep\"", "class conditioning"},
     {"unet", "\"resnet_time_scale_shift\": \"scale_shift\"", "\"resnet_time_scale_shift\" is \"scale_shift\"",

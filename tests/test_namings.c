@@ -25,8 +25,10 @@
 #include "io/weights.h"
 #include "testutil.h"
 
-static const char *const COMP_DIR[COMP_COUNT] = {"text_encoder", "unet", "vae"};
-static const char *const BASE[COMP_COUNT] = {"model", "diffusion_pytorch_model", "diffusion_pytorch_model"};
+// the SD 1.x/2.x components (SDXL's text_encoder_2 is not in these fixtures)
+#define N_COMP 3
+static const char *const COMP_DIR[N_COMP] = {"text_encoder", "unet", "vae"};
+static const char *const BASE[N_COMP] = {"model", "diffusion_pytorch_model", "diffusion_pytorch_model"};
 
 static int copy_file(const char *a, const char *b) {
     FILE *fi = fopen(a, "rb"), *fo = fopen(b, "wb");
@@ -157,7 +159,7 @@ static int write_variant(const char *src, const char *dst, Variant v, SdcError *
         snprintf(b, sizeof b, "%s/%s", dst, files[i]);
         if (copy_file(a, b)) return sdc_err(err, SDC_ERR_IO, "copy %s", a);
     }
-    for (int c = 0; c < COMP_COUNT; c++) SDC_TRY(write_component(src, dst, c, v, err));
+    for (int c = 0; c < N_COMP; c++) SDC_TRY(write_component(src, dst, c, v, err));
     return 0;
 }
 
@@ -166,7 +168,7 @@ static int write_variant(const char *src, const char *dst, Variant v, SdcError *
 static void compare(TestCtx *t, const ModelFiles *ref, const ModelFiles *got, int fp16, const char *label) {
     int missing = 0, differ = 0, total = 0;
     char first[300] = "";
-    for (int c = 0; c < COMP_COUNT; c++)
+    for (int c = 0; c < N_COMP; c++)
         for (int i = 0; i < model_files_count(ref, (Component)c); i++) {
             const char *name;
             Tensor a, b;

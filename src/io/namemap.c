@@ -21,7 +21,7 @@ typedef struct InnerRename {
     NameMapKind kind;
 } InnerRename;
 
-enum { IN_UNET_RESNET = 0, IN_VAE_RESNET, IN_VAE_ATTN, IN_OPENCLIP_LAYER, IN_COUNT };
+enum { IN_UNET_RESNET = 0, IN_VAE_RESNET, IN_VAE_ATTN, IN_OPENCLIP_LAYER, IN_TRANSPOSE, IN_COUNT };
 
 static const InnerRename UNET_RESNET[] = {
     {"in_layers.0.", "norm1.", NM_PLAIN},     {"in_layers.2.", "conv1.", NM_PLAIN},
@@ -49,17 +49,24 @@ static const InnerRename OPENCLIP_LAYER[] = {
     {"attn.in_proj_bias", "self_attn.*_proj.bias", NM_ROW_SLICE},
     {NULL, NULL, 0},
 };
-static const InnerRename *const INNER[IN_COUNT] = {UNET_RESNET, VAE_RESNET, VAE_ATTN, OPENCLIP_LAYER};
+static const InnerRename TRANSPOSED[] = { // the whole (exact) name
+    {"", "", NM_TRANSPOSE},
+    {NULL, NULL, 0},
+};
+static const InnerRename *const INNER[IN_COUNT] = {UNET_RESNET, VAE_RESNET, VAE_ATTN, OPENCLIP_LAYER, TRANSPOSED};
 
 // Original names of tensors no model uses (prefix match).
 static const char *const IGNORED[] = {
     "model_ema.", "cond_stage_model.model.text_projection", "cond_stage_model.model.logit_scale",
+    "conditioner.embedders.1.model.logit_scale",
 };
 
 #define P_UNET "model.diffusion_model."
 #define P_VAE "first_stage_model."
 #define P_CLIP "cond_stage_model.transformer."
 #define P_OPENCLIP "cond_stage_model.model."
+#define P_XL_CLIP "conditioner.embedders.0.transformer."
+#define P_XL_OPENCLIP "conditioner.embedders.1.model."
 
 // ----------------------------------------------------------------------------
 // building the rules
@@ -92,7 +99,7 @@ static int add_rule(NameMap *nm, Component c, int inner, const char *orig, const
 
 int namemap_init(NameMap *nm, const UnetConfig *u, const VaeConfig *v, int openclip, SdcError *err) {
     memset(nm, 0, sizeof *nm);
-    nm->openclip = openclip;
+    nm->openclip = openclip; // NM_TEXT_*
     const int n = u->n_levels, lpb = u->layers_per_block;
     if (n < 1 || n > SDC_MAX_LEVELS || lpb < 1 || lpb > 8 || v->n_levels < 1 || v->n_levels > SDC_MAX_LEVELS ||
         v->layers_per_block < 1 || v->layers_per_block > 8)
@@ -142,20 +149,26 @@ int namemap_init(NameMap *nm, const UnetConfig *u, const VaeConfig *v, int openc
             RULE(COMP_VAE, -1, (P_VAE "decoder.up.%d.upsample.conv.", i), ("decoder.up_blocks.%d.upsamplers.0.conv.", d));
     }
 
-    // Text encoder.
-    if (!openclip) {
+    // Text encoder(s).
+    if (openclip == NM_TEXT_CLIP) {
         ADD(COMP_TEXT_ENCODER, -1, P_CLIP "text_model.", "text_model.");
         ADD(COMP_TEXT_ENCODER, -1, P_CLIP, "text_model."); // transformers < 4.x layout
         // CLIPTextModelWithProjection's projection (unused by SD) keeps its place
         ADD(COMP_TEXT_ENCODER, -1, P_CLIP "text_projection.", "text_projection.");
-    } else {
-        ADD(COMP_TEXT_ENCODER, -1, P_OPENCLIP, "");
-        ADD(COMP_TEXT_ENCODER, -1, P_OPENCLIP "token_embedding.", "text_model.embeddings.token_embedding.");
-        ADD(COMP_TEXT_ENCODER, -1, P_OPENCLIP "positional_embedding",
-             "text_model.embeddings.position_embedding.weight");
-        ADD(COMP_TEXT_ENCODER, -1, P_OPENCLIP "ln_final.", "text_model.final_layer_norm.");
-        ADD(COMP_TEXT_ENCODER, IN_OPENCLIP_LAYER, P_OPENCLIP "transformer.resblocks.#.",
-             "text_model.encoder.layers.#.");
+    } else if (openclip == NM_TEXT_XL) {
+        ADD(COMP_TEXT_ENCODER, -1, P_XL_CLIP "text_model.", "text_model.");
+        ADD(COMP_TEXT_ENCODER, -1, P_XL_CLIP, "text_model.");
+    }
+    if (openclip != NM_TEXT_CLIP) {
+        const Component c = openclip == NM_TEXT_XL ? COMP_TEXT_ENCODER_2 : COMP_TEXT_ENCODER;
+        const char *P = openclip == NM_TEXT_XL ? P_XL_OPENCLIP : P_OPENCLIP;
+        RULE(c, -1, ("%s", P), ("%s", ""));
+        RULE(c, -1, ("%stoken_embedding.", P), ("%s", "text_model.embeddings.token_embedding."));
+        RULE(c, -1, ("%spositional_embedding", P), ("%s", "text_model.embeddings.position_embedding.weight"));
+        RULE(c, -1, ("%sln_final.", P), ("%s", "text_model.final_layer_norm."));
+        RULE(c, IN_OPENCLIP_LAYER, ("%stransformer.resblocks.#.", P), ("%s", "text_model.encoder.layers.#."));
+        if (openclip == NM_TEXT_XL) // (hidden, projection): x @ P
+            RULE(c, IN_TRANSPOSE, ("%stext_projection", P), ("%s", "text_projection.weight"));
     }
     return 0;
 full:
@@ -301,7 +314,9 @@ const char *namemap_prefix(const NameMap *nm, Component c) {
     switch (c) {
     case COMP_UNET: return P_UNET;
     case COMP_VAE: return P_VAE;
-    case COMP_TEXT_ENCODER: return nm->openclip ? P_OPENCLIP : P_CLIP;
+    case COMP_TEXT_ENCODER:
+        return nm->openclip == NM_TEXT_XL ? P_XL_CLIP : nm->openclip ? P_OPENCLIP : P_CLIP;
+    case COMP_TEXT_ENCODER_2: return nm->openclip == NM_TEXT_XL ? P_XL_OPENCLIP : "";
     default: return "";
     }
 }

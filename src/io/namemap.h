@@ -20,7 +20,10 @@
 #define NAMEMAP_MAX_RULES 640
 #define NAMEMAP_NAME_MAX 256
 
-typedef enum { NM_PLAIN = 0, NM_CONV_TO_LINEAR = 1, NM_ROW_SLICE = 2 } NameMapKind;
+// NM_TRANSPOSE: a 2-D tensor the file holds transposed (SDXL's OpenCLIP
+// text_projection, x @ P, is diffusers' Linear weight P^T): the loader
+// transposes it (model_files_transposed).
+typedef enum { NM_PLAIN = 0, NM_CONV_TO_LINEAR = 1, NM_ROW_SLICE = 2, NM_TRANSPOSE = 3 } NameMapKind;
 
 typedef struct NameMapping {
     Component comp;
@@ -35,15 +38,21 @@ typedef struct NameRule {
     int inner;                // index of an inner rename table, -1 none
 } NameRule;
 
+// The text encoders' layout in a single file: SD 1.x's CLIP
+// (cond_stage_model.transformer.*), SD 2.x's OpenCLIP (cond_stage_model.model.*),
+// or SDXL's two (conditioner.embedders.0.transformer.* CLIP,
+// conditioner.embedders.1.model.* OpenCLIP with its projection).
+enum { NM_TEXT_CLIP = 0, NM_TEXT_OPENCLIP = 1, NM_TEXT_XL = 2 };
+
 typedef struct NameMap {
-    int openclip;             // SD 2.x text encoder layout (cond_stage_model.model.*)
+    int openclip;             // the text layout: NM_TEXT_*
     int n;
     NameRule rules[NAMEMAP_MAX_RULES];
 } NameMap;
 
 // Builds the rules for a UNet / VAE of the given shape (levels,
 // layers_per_block, which up levels have attention, mid attention).
-int namemap_init(NameMap *nm, const UnetConfig *unet, const VaeConfig *vae, int openclip, SdcError *err);
+int namemap_init(NameMap *nm, const UnetConfig *unet, const VaeConfig *vae, int text_layout, SdcError *err);
 // Maps one original name to up to 3 diffusers names (3 for a fused in_proj).
 // Returns the count (-1 if a name would exceed NAMEMAP_NAME_MAX); 0 for tensors no model uses (model_ema.*, OpenCLIP
 // text_projection / logit_scale, scheduler buffers like alphas_cumprod).

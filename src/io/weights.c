@@ -38,7 +38,7 @@ struct ModelFiles {
     NameMap nm;                // single file only
 };
 
-static const char *const COMP_NAMES[COMP_COUNT] = {"text_encoder", "unet", "vae"};
+static const char *const COMP_NAMES[COMP_COUNT] = {"text_encoder", "unet", "vae", "text_encoder_2"};
 
 // out = a "/" b ["/" c]; paths are checked against SDC_PATH_MAX at
 // model_files_open, so this never truncates in practice (and says so if it would).
@@ -198,9 +198,7 @@ static const UnsupportedKey UNET_UNSUPPORTED[] = {
     {"encoder_hid_dim_type", UK_NULL, NULL, 0, "a projected text embedding (IF / Kandinsky)"},
     {"class_embed_type", UK_NULL, NULL, 0, "class conditioning"},
     {"num_class_embeds", UK_NULL, NULL, 0, "class conditioning"},
-    {"addition_embed_type", UK_NULL, NULL, 0, "added conditioning (SDXL's text_time)"},
-    {"addition_time_embed_dim", UK_NULL, NULL, 0, "added time conditioning (SDXL)"},
-    {"projection_class_embeddings_input_dim", UK_NULL, NULL, 0, "projected class conditioning (SDXL)"},
+    {"addition_embed_type", UK_STRING, "text_time", 0, "another added conditioning (Kandinsky, IF)"},
     {"class_embeddings_concat", UK_FALSE, NULL, 0, "concatenated class embeddings"},
     {"resnet_time_scale_shift", UK_STRING, "default", 0, "scale-shift time conditioning"},
     {"resnet_skip_time_act", UK_FALSE, NULL, 0, "resnets without the time activation"},
@@ -294,6 +292,19 @@ static int read_unet_config(UnetConfig *u, const char *path, SdcError *err) {
         (rc = cfg_float(&c, "freq_shift", 0.0f, &u->freq_shift, err)) ||
         (rc = cfg_int(&c, "sample_size", 64, &u->sample_size, err)))
         goto done;
+    const char *add = json_str(&c.doc, json_get(&c.doc, c.root, "addition_embed_type"));
+    if (add && !strcmp(add, "text_time")) {
+        if ((rc = cfg_int(&c, "addition_time_embed_dim", 0, &u->add_time_dim, err)) ||
+            (rc = cfg_int(&c, "projection_class_embeddings_input_dim", 0, &u->add_in_dim, err)))
+            goto done;
+        if (u->add_time_dim <= 0 || u->add_in_dim <= 0) {
+            rc = sdc_err(err, SDC_ERR_FORMAT, "%s: \"addition_embed_type\" is \"text_time\" but "
+                         "\"addition_time_embed_dim\" (%d) or \"projection_class_embeddings_input_dim\" (%d) is not "
+                         "a positive number\n---> an SDXL UNet config gives both (SDXL base: 256 and 2816)", path,
+                         u->add_time_dim, u->add_in_dim);
+            goto done;
+        }
+    }
     const char *mid = json_str(&c.doc, json_get(&c.doc, c.root, "mid_block_type"));
     u->mid_attn = !mid || !strcmp(mid, "UNetMidBlock2DCrossAttn");
     if (mid && !u->mid_attn && strcmp(mid, "UNetMidBlock2D")) {
@@ -361,6 +372,15 @@ static int read_clip_config(ClipConfig *k, const char *path, SdcError *err) {
         (rc = cfg_int(&c, "intermediate_size", 3072, &k->intermediate, err)) ||
         (rc = cfg_int(&c, "max_position_embeddings", 77, &k->max_positions, err)) ||
         (rc = cfg_float(&c, "layer_norm_eps", 1e-5f, &k->ln_eps, err)))
+        goto done;
+    int eos = 0;
+    if ((rc = cfg_int(&c, "eos_token_id", 0, &eos, err))) goto done;
+    k->pool_argmax = eos == 2;
+    const JsonNode *arch = json_get(&c.doc, c.root, "architectures");
+    const JsonNode *a0 = arch && arch->type == JSON_ARRAY ? json_first(&c.doc, arch) : NULL;
+    const char *an = a0 ? json_str(&c.doc, a0) : NULL;
+    if (an && !strcmp(an, "CLIPTextModelWithProjection") &&
+        (rc = cfg_int(&c, "projection_dim", 0, &k->projection_dim, err)))
         goto done;
     const char *act = json_str(&c.doc, json_get(&c.doc, c.root, "hidden_act"));
     if (!act || !strcmp(act, "quick_gelu")) k->act = ACT_QUICK_GELU;
@@ -431,14 +451,48 @@ static int read_diffusers_configs(ModelFiles *m, const char *dir, SdcError *err)
     if (missing)
         return sdc_err(err, SDC_ERR_IO, "%s: no %s\n---> a diffusers folder has unet/, vae/ and text_encoder/, "
                        "each with a config.json", dir, missing);
-    info->family = (info->unet.use_linear_projection || info->clip.act == ACT_GELU) ? SD_FAMILY_2 : SD_FAMILY_1;
+    path_join(p, sizeof p, dir, "text_encoder_2", "config.json");
+    if (is_file(p)) {
+        SDC_TRY(read_clip_config(&info->clip2, p, err));
+        info->has_clip2 = 1;
+        if (info->clip2.projection_dim <= 0)
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: not a CLIPTextModelWithProjection with a projection_dim: "
+                           "SDXL's second text encoder gives the pooled, projected embedding\n---> is this an SDXL "
+                           "folder?", p);
+    }
+    if (info->unet.add_time_dim || info->has_clip2) {
+        info->family = SD_FAMILY_XL;
+    } else {
+        info->family = (info->unet.use_linear_projection || info->clip.act == ACT_GELU) ? SD_FAMILY_2 : SD_FAMILY_1;
+    }
     info->unet.family = info->family;
-    clip_set_tokens(&info->clip, info->family);
+    if (info->unet.add_time_dim && info->has_clip2)
+        info->unet.n_time_ids = (info->unet.add_in_dim - info->clip2.projection_dim) / info->unet.add_time_dim;
+    // SDXL: the first encoder pads with EOS, the second with "!" (SD 2.x's)
+    clip_set_tokens(&info->clip, info->family == SD_FAMILY_XL ? SD_FAMILY_1 : info->family);
     info->clip.default_skip = 1; // diffusers' SD 2.x config already drops the last layer
+    if (info->has_clip2) {
+        clip_set_tokens(&info->clip2, SD_FAMILY_2);
+        info->clip2.default_skip = 1;
+    }
     path_join(p, sizeof p, dir, "tokenizer", NULL);
     if (is_dir(p)) {
         memcpy(info->tokenizer_dir, p, strlen(p) < sizeof info->tokenizer_dir ? strlen(p) + 1 : 0);
         SDC_TRY(read_tokenizer_pad(&info->clip, p, err));
+    }
+    path_join(p, sizeof p, dir, "tokenizer_2", NULL);
+    if (info->has_clip2 && is_dir(p)) {
+        memcpy(info->tokenizer2_dir, p, strlen(p) < sizeof info->tokenizer2_dir ? strlen(p) + 1 : 0);
+        SDC_TRY(read_tokenizer_pad(&info->clip2, p, err));
+    }
+    info->force_zeros_negative = info->family == SD_FAMILY_XL;
+    path_join(p, sizeof p, dir, "model_index.json", NULL);
+    if (info->family == SD_FAMILY_XL && is_file(p)) {
+        Cfg mi;
+        SDC_TRY(cfg_open(&mi, p, err));
+        int rc = cfg_bool(&mi, "force_zeros_for_empty_prompt", 1, &info->force_zeros_negative, err);
+        json_free(&mi.doc);
+        SDC_TRY(rc);
     }
     int found;
     SDC_TRY(read_scheduler(m, dir, &found, err));
@@ -617,6 +671,68 @@ static int infer_clip(ClipConfig *k, const StFile *f, int openclip, SdcError *er
     return 0;
 }
 
+// SDXL base in the original layout: the UNet (conditioned on 2048-wide
+// contexts, head dim 64, the label_emb MLP of the pooled embedding and six
+// 256-wide time ids), the VAE (scaling factor 0.13025), CLIP ViT-L
+// (conditioner.embedders.0.transformer.*) and OpenCLIP ViT-bigG with its
+// projection (conditioner.embedders.1.model.*), as diffusers' from_single_file
+// configures SDXL base.
+static int infer_xl(ModelInfo *info, const StFile *f, SdcError *err) {
+    int64_t s[4];
+    SDC_TRY(infer_unet(&info->unet, f, 1, err));
+    SDC_TRY(infer_vae(&info->vae, f, err));
+    UnetConfig *u = &info->unet;
+    for (int i = 0; i < u->n_levels; i++) u->heads[i] = u->block_out[i] / 64 > 0 ? u->block_out[i] / 64 : 1;
+    if (shp(f, s, UP "label_emb.0.0.weight") != 2)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: an SDXL checkpoint (conditioner.embedders.*) without %slabel_emb.0.0."
+                       "weight (the added embedding)\n---> is this the SDXL base model? (the refiner is not "
+                       "supported yet)", f->path, UP);
+    u->add_in_dim = (int)s[1];
+    u->add_time_dim = 256;
+    u->sample_size = 128;
+    u->prediction = PRED_EPSILON;
+    u->family = info->family = SD_FAMILY_XL;
+    info->vae.scaling_factor = 0.13025f;
+    info->vae.sample_size = 1024;
+    ClipConfig *k = &info->clip, *k2 = &info->clip2;
+    memset(k, 0, sizeof *k);
+    memset(k2, 0, sizeof *k2);
+    const char *p1 = "conditioner.embedders.0.transformer.text_model.", *p2 = "conditioner.embedders.1.model.";
+    for (int e = 0; e < 2; e++) {
+        ClipConfig *c = e ? k2 : k;
+        const char *pre = e ? p2 : p1;
+        char name[160];
+        if (shp(f, s, "%s%s", pre, e ? "token_embedding.weight" : "embeddings.token_embedding.weight") != 2)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: SDXL text encoder %d: no %s%s", f->path, e + 1, pre,
+                           e ? "token_embedding.weight" : "embeddings.token_embedding.weight");
+        c->vocab_size = (int)s[0];
+        c->hidden = (int)s[1];
+        if (shp(f, s, "%s%s", pre, e ? "positional_embedding" : "embeddings.position_embedding.weight") != 2)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: SDXL text encoder %d: no position embedding", f->path, e + 1);
+        c->max_positions = (int)s[0];
+        snprintf(name, sizeof name, "%s%s", pre, e ? "transformer.resblocks." : "encoder.layers.");
+        c->layers = count_index(f, name);
+        if (c->layers < 1 || shp(f, s, "%s0.%s", name, e ? "mlp.c_fc.weight" : "mlp.fc1.weight") != 2)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: SDXL text encoder %d has no layers %s0.*", f->path, e + 1, name);
+        c->intermediate = (int)s[0];
+        c->heads = c->hidden / 64 > 0 ? c->hidden / 64 : 1;
+        c->act = e ? ACT_GELU : ACT_QUICK_GELU;
+        c->ln_eps = 1e-5f;
+        c->default_skip = 1;
+        c->pool_argmax = 1; // SDXL's text_encoder_2 config: eos_token_id 2
+        clip_set_tokens(c, e ? SD_FAMILY_2 : SD_FAMILY_1);
+    }
+    if (shp(f, s, "%stext_projection", p2) != 2)
+        return sdc_err(err, SDC_ERR_SHAPE, "%s: SDXL text encoder 2 has no %stext_projection", f->path, p2);
+    k2->projection_dim = (int)s[1];
+    info->has_clip2 = 1;
+    info->force_zeros_negative = 1;
+    u->cross_dim = u->cross_dim ? u->cross_dim : k->hidden + k2->hidden;
+    if (u->add_in_dim > k2->projection_dim && (u->add_in_dim - k2->projection_dim) % u->add_time_dim == 0)
+        u->n_time_ids = (u->add_in_dim - k2->projection_dim) / u->add_time_dim;
+    return 0;
+}
+
 // ----------------------------------------------------------------------------
 // the lookup tables
 
@@ -682,11 +798,19 @@ static int open_single(ModelFiles *m, const char *path, const char *config_dir, 
     SDC_TRY(add_file(m, path, &f, err));
     ModelInfo *info = &m->info;
     info->layout = LAYOUT_SINGLE_FILE;
-    int openclip = 0;
-    for (int i = 0; i < f->n && !openclip; i++)
+    int openclip = 0, xl = 0;
+    for (int i = 0; i < f->n && !openclip && !xl; i++) {
         openclip = !strncmp(f->entries[i].name, "cond_stage_model.model.", 23);
+        xl = !strncmp(f->entries[i].name, "conditioner.embedders.", 22);
+    }
     if (config_dir) {
         SDC_TRY(read_diffusers_configs(m, config_dir, err));
+        if (xl != (info->family == SD_FAMILY_XL))
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is %san SDXL checkpoint but config_dir %s describes %san "
+                           "SDXL model\n---> give the config folder of the file's own model", path, xl ? "" : "not ",
+                           config_dir, xl ? "not " : "");
+    } else if (xl) {
+        SDC_TRY(infer_xl(info, f, err));
     } else {
         SDC_TRY(infer_unet(&info->unet, f, openclip, err));
         SDC_TRY(infer_vae(&info->vae, f, err));
@@ -694,7 +818,7 @@ static int open_single(ModelFiles *m, const char *path, const char *config_dir, 
         info->family = info->unet.family;
         info->vae.sample_size = info->unet.sample_size * 8;
     }
-    SDC_TRY(namemap_init(&m->nm, &info->unet, &info->vae, openclip, err));
+    SDC_TRY(namemap_init(&m->nm, &info->unet, &info->vae, xl ? NM_TEXT_XL : openclip, err));
     int cap[COMP_COUNT] = {0};
     for (int i = 0; i < f->n; i++) {
         NameMapping maps[3];
@@ -717,6 +841,7 @@ static const char *const WEIGHT_FILES[COMP_COUNT][4] = {
      "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors.index.fp16.json"},
     {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
      "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors.index.fp16.json"},
+    {"model.safetensors", "model.safetensors.index.json", "model.fp16.safetensors", "model.safetensors.index.fp16.json"},
 };
 
 // The diffusers name of a tensor as a component's file names it. Text
@@ -724,7 +849,7 @@ static const char *const WEIGHT_FILES[COMP_COUNT][4] = {
 // the component has none anywhere); diffusers still reads VAEs with the
 // attention names of diffusers < 0.14 (query, key, value, proj_attn).
 static void component_name(Component c, const char *name, int no_prefix, char *out, size_t cap) {
-    if (c == COMP_TEXT_ENCODER && no_prefix) {
+    if ((c == COMP_TEXT_ENCODER || c == COMP_TEXT_ENCODER_2) && no_prefix && strncmp(name, "text_projection.", 16)) {
         snprintf(out, cap, "text_model.%s", name);
         return;
     }
@@ -754,7 +879,7 @@ static int open_component(ModelFiles *m, Component c, const char *cdir, int cap[
     if (k == 4) {
         char bin[1200];
         path_join(p, sizeof p, cdir, WEIGHT_FILES[c][0], NULL);
-        path_join(bin, sizeof bin, cdir, c == COMP_TEXT_ENCODER ? "pytorch_model.bin" : "diffusion_pytorch_model.bin",
+        path_join(bin, sizeof bin, cdir, c == COMP_TEXT_ENCODER || c == COMP_TEXT_ENCODER_2 ? "pytorch_model.bin" : "diffusion_pytorch_model.bin",
                   NULL);
         return sdc_err(err, SDC_ERR_IO, "%s: missing %s (or its sharded or .fp16 variants)%s", cdir, p,
                        is_file(bin) ? "\n---> only a .bin (pickle) is there: re-save the model with "
@@ -818,6 +943,7 @@ static int open_diffusers(ModelFiles *m, const char *dir, SdcError *err) {
     int cap[COMP_COUNT] = {0};
     for (int c = 0; c < COMP_COUNT; c++) {
         char cdir[1200];
+        if (c == COMP_TEXT_ENCODER_2 && !info->has_clip2) continue;
         path_join(cdir, sizeof cdir, dir, COMP_NAMES[c], NULL);
         SDC_TRY(open_component(m, (Component)c, cdir, cap, err));
     }
@@ -862,6 +988,29 @@ static int check_model(const ModelInfo *info, const char *path, const char *cdir
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"in_channels\" is %d: sdc runs UNets on %d-channel latents, or "
                        "%d channels for inpainting (latent, mask, masked-image latent)\n---> is this an SD 1.x/2.x "
                        "UNet?", unet, u->in_channels, v->latent_channels, 2 * v->latent_channels + 1);
+    if (info->family == SD_FAMILY_XL) {
+        char te2[1200];
+        if (cdir) path_join(te2, sizeof te2, cdir, "text_encoder_2", "config.json");
+        else snprintf(te2, sizeof te2, "%s (the second text encoder)", path);
+        if (!info->has_clip2)
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: an SDXL UNet (\"addition_embed_type\": \"text_time\") "
+                           "without a second text encoder (text_encoder_2/)\n---> the SDXL refiner (text_encoder_2 "
+                           "alone) is not supported yet; the base model has both encoders", unet);
+        if (!u->add_time_dim)
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: a second text encoder, but the UNet has no "
+                           "\"addition_embed_type\": \"text_time\"\n---> is this an SDXL model?", unet);
+        if (u->cross_dim != info->clip.hidden + info->clip2.hidden)
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"cross_attention_dim\" is %d but the text encoders give "
+                           "%d + %d (%s, %s)\n---> the text encoders are not this UNet's (SDXL: 768 + 1280 = 2048)",
+                           unet, u->cross_dim, info->clip.hidden, info->clip2.hidden, te, te2);
+        int ids = u->add_in_dim - info->clip2.projection_dim;
+        if (ids <= 0 || ids % u->add_time_dim || (ids / u->add_time_dim != 6 && ids / u->add_time_dim != 5))
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"projection_class_embeddings_input_dim\" is %d: expected "
+                           "the pooled embedding (%d, %s's projection_dim) + 6 (base) or 5 (refiner) time ids x %d "
+                           "(\"addition_time_embed_dim\")", unet, u->add_in_dim, info->clip2.projection_dim, te2,
+                           u->add_time_dim);
+        return 0;
+    }
     if (u->cross_dim != info->clip.hidden)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"cross_attention_dim\" is %d but %s has hidden_size %d\n---> "
                        "the text encoder is not this UNet's (SD 1.x: 768, SD 2.x: 1024)", unet, u->cross_dim, te,
@@ -994,6 +1143,11 @@ static const WEntry *find_entry(const ModelFiles *m, Component c, const char *na
 
 int model_files_has(const ModelFiles *m, Component c, const char *name) { return find_entry(m, c, name) != NULL; }
 
+int model_files_transposed(const ModelFiles *m, Component c, const char *name) {
+    const WEntry *w = find_entry(m, c, name);
+    return w && w->kind == NM_TRANSPOSE;
+}
+
 // The view of one entry (the reshapes of the name map applied); where: the
 // file and, when it differs, the original name, for messages.
 static int entry_view(const WEntry *w, Component c, char *where, size_t cap, Tensor *out, SdcError *err) {
@@ -1006,7 +1160,14 @@ static int entry_view(const WEntry *w, Component c, char *where, size_t cap, Ten
     if (t.dtype != DT_F32 && t.dtype != DT_F16 && t.dtype != DT_BF16)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: %s tensor %s is %s; expected F32, F16 or BF16", where, comp,
                        w->name, e->dtype_str);
-    if (w->kind == NM_CONV_TO_LINEAR && t.ndim == 4 && t.shape[2] == 1 && t.shape[3] == 1) {
+    if (w->kind == NM_TRANSPOSE) {
+        char got[96];
+        if (t.ndim != 2)
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: %s has shape %s: expected a matrix", where, e->name,
+                           tensor_shape_str(&t, got, sizeof got));
+        int64_t r = t.shape[0]; // the shape of the transpose; the bytes stay (model_files_transposed)
+        t.shape[0] = t.shape[1], t.shape[1] = r;
+    } else if (w->kind == NM_CONV_TO_LINEAR && t.ndim == 4 && t.shape[2] == 1 && t.shape[3] == 1) {
         t.ndim = 2; // (C, C, 1, 1) -> (C, C): same bytes
     } else if (w->kind == NM_ROW_SLICE) {
         char got[96];

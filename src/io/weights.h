@@ -20,7 +20,8 @@
 #include "models/config.h"
 #include "sampling/sched_config.h"
 
-typedef enum { COMP_TEXT_ENCODER = 0, COMP_UNET = 1, COMP_VAE = 2, COMP_COUNT = 3 } Component;
+// COMP_TEXT_ENCODER_2: SDXL's second text encoder (text_encoder_2/).
+typedef enum { COMP_TEXT_ENCODER = 0, COMP_UNET = 1, COMP_VAE = 2, COMP_TEXT_ENCODER_2 = 3, COMP_COUNT = 4 } Component;
 typedef enum { LAYOUT_SINGLE_FILE = 0, LAYOUT_DIFFUSERS = 1 } WeightLayout;
 
 typedef struct ModelFiles ModelFiles; // opaque
@@ -32,6 +33,16 @@ typedef struct ModelInfo {
     UnetConfig unet;
     VaeConfig vae;
     char tokenizer_dir[1024]; // diffusers tokenizer/ folder, "" = shipped vocab
+    // SDXL: the second text encoder (OpenCLIP ViT-bigG with its projection)
+    // and its tokenizer folder; the context is the two encoders' penultimate
+    // hidden states side by side, the pooled embedding the second's.
+    int has_clip2;
+    ClipConfig clip2;
+    char tokenizer2_dir[1024];
+    // model_index.json's force_zeros_for_empty_prompt (SDXL: no negative
+    // prompt gives zero negative embeddings, as diffusers does); 1 by default
+    // for SDXL.
+    int force_zeros_negative;
     // The scheduler config the samplers run on: the folder's (or config_dir's)
     // scheduler/scheduler_config.json, else SD's original one
     // (sched_config_sd); its prediction is the UNet's (the user's
@@ -69,6 +80,10 @@ int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim
 int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err);
 // 1 if the component has a tensor of that diffusers name.
 int model_files_has(const ModelFiles *m, Component c, const char *name);
+// 1 if the file holds that 2-D tensor transposed (SDXL's OpenCLIP
+// text_projection): model_files_get gives the diffusers shape over the file's
+// bytes, which the caller must read transposed.
+int model_files_transposed(const ModelFiles *m, Component c, const char *name);
 // Every tensor of a component, in name order: its diffusers name and its
 // view (the file's dtype and shape; SDC_ERR_UNSUPPORTED for a dtype that is
 // not F32, F16 or BF16), as model_files_get finds it. For sdc convert.

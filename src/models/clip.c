@@ -45,6 +45,7 @@ static void clip_get_params(ClipModel *m, ParamLoader *pl) {
     }
     m->fln_w = param_get(pl, SHAPE(D), "text_model.final_layer_norm.weight");
     m->fln_b = param_get(pl, SHAPE(D), "text_model.final_layer_norm.bias");
+    if (c->projection_dim > 0) m->proj_w = param_get(pl, SHAPE(c->projection_dim, D), "text_projection.weight");
 }
 
 // ---- loading ---------------------------------------------------------------
@@ -62,7 +63,12 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
                        "text encoder: training needs a backend with backward ops and fp32 parameters (got %s, %s)\n"
                        "---> use --device cpu for training",
                        be->name, dtype_name(be->param_dtype));
-    const ClipConfig *c = &model_files_info(mf)->clip;
+    const ModelInfo *info = model_files_info(mf);
+    const int second = o && o->second_text_encoder;
+    if (second && !info->has_clip2)
+        return sdc_err(err, SDC_ERR_ARG, "clip_load: the model has no second text encoder (text_encoder_2)");
+    const ClipConfig *c = second ? &info->clip2 : &info->clip;
+    const Component comp = second ? COMP_TEXT_ENCODER_2 : COMP_TEXT_ENCODER;
     if (c->hidden <= 0 || c->layers <= 0 || c->heads <= 0 || c->hidden % c->heads ||
         c->intermediate <= 0 || c->max_positions <= 0 || c->vocab_size <= 0)
         return sdc_err(err, SDC_ERR_FORMAT,
@@ -75,6 +81,7 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
     if (!m) return sdc_err(err, SDC_ERR_OOM, "clip_load: out of host memory");
     m->cfg = *c;
     m->be = be;
+    m->comp = comp;
     m->layers = calloc((size_t)c->layers, sizeof *m->layers);
     if (!m->layers) {
         free(m);
@@ -83,7 +90,7 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
     // Pass 1 checks every name and shape and measures; pass 2 loads for real.
     Arena meas;
     arena_init_measure(&meas);
-    ParamLoader pl = {.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &meas, .err = err,
+    ParamLoader pl = {.mf = mf, .comp = comp, .be = be, .arena = &meas, .err = err,
                       .own = own, .lora = o ? o->lora : NULL};
     clip_get_params(m, &pl);
     int rc = pl.failed ? err->code : 0;
@@ -91,14 +98,14 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
     // Trainable: the arena is the flat buffer the optimizer sees; zero its padding.
     if (!rc && own) be->zero(be, m->params.base, m->params.cap);
     if (!rc) {
-        pl = (ParamLoader){.mf = mf, .comp = COMP_TEXT_ENCODER, .be = be, .arena = &m->params,
+        pl = (ParamLoader){.mf = mf, .comp = comp, .be = be, .arena = &m->params,
                            .err = err, .own = own, .table = own ? &m->table : NULL,
                            .lora = o ? o->lora : NULL};
         clip_get_params(m, &pl);
         rc = pl.failed ? err->code : 0;
     }
     if (rc) {
-        sdc_err_wrap(err, "loading the text encoder");
+        sdc_err_wrap(err, second ? "loading the second text encoder" : "loading the text encoder");
         clip_free(m);
         return rc;
     }
@@ -178,10 +185,14 @@ void clip_final_forward(Pass *p, const ClipModel *m, Tensor *out, const Tensor *
 }
 
 // The embeddings and the first n_layers layers, then final_layer_norm into
-// out (B, L, D). Against backend_measure() and a measuring arena it only
-// sizes the activations; act is the real backend's activation dtype.
-static void clip_forward(const ClipModel *m, const Backend *be, Arena *a, DType act,
-                         const int32_t *ids, int B, int n_layers, Tensor *out) {
+// out (B, L, D). With hidden (SDXL), the residual stream after layer
+// hidden_at is copied there too (no norm); with pooled, the layers run to
+// the last and pooled (B, projection_dim) = text_projection(final_ln(h) at
+// the EOS position of each prompt). Against backend_measure() and a
+// measuring arena it only sizes the activations; act is the real backend's
+// activation dtype.
+static void clip_forward(const ClipModel *m, const Backend *be, Arena *a, DType act, const int32_t *ids, int B,
+                         int n_layers, Tensor *out, int hidden_at, Tensor *hidden, Tensor *pooled) {
     const ClipConfig *c = &m->cfg;
     const int64_t L = c->max_positions, D = c->hidden;
     size_t mark = arena_mark(a);
@@ -194,8 +205,33 @@ static void clip_forward(const ClipModel *m, const Backend *be, Arena *a, DType 
     Pass p = {.be = be, .act = act, .work = a, .lora_scale = m->lora_scale};
     clip_embed_forward(&p, m, &h, &ids_t, &pos_t);
     ClipLayerSave sv; // nothing is kept: a scratch record
-    for (int i = 0; i < n_layers; i++) clip_layer_forward(&p, m, i, &sv, &h);
-    clip_final_forward(&p, m, out, &h);
+    if (pooled) n_layers = c->layers;
+    for (int i = 0; i < n_layers; i++) {
+        if (hidden && i == hidden_at) be->copy(be, hidden, &h);
+        clip_layer_forward(&p, m, i, &sv, &h);
+    }
+    if (hidden && hidden_at == n_layers) be->copy(be, hidden, &h);
+    if (out) clip_final_forward(&p, m, out, &h);
+    if (pooled) {
+        // the EOS row of each prompt in final_ln(h), copied (B small copies)
+        Tensor hn = arena_tensor(a, act, 3, (int64_t[]){B, L, D});
+        clip_final_forward(&p, m, &hn, &h);
+        Tensor rows = arena_tensor(a, act, 2, (int64_t[]){B, D});
+        const size_t es = dtype_size(act);
+        for (int b = 0; ids && b < B; b++) {
+            const int32_t *r = ids + (size_t)b * L;
+            int k = 0;
+            if (c->pool_argmax) {
+                for (int j = 1; j < L; j++) if (r[j] > r[k]) k = j;
+            } else {
+                while (k < L - 1 && r[k] != c->eos_token) k++;
+            }
+            Tensor src = tensor_make(act, be->device, (char *)hn.data + ((size_t)b * L + k) * D * es, 1, (int64_t[]){D});
+            Tensor dst = tensor_make(act, be->device, (char *)rows.data + (size_t)b * D * es, 1, (int64_t[]){D});
+            be->copy(be, &dst, &src);
+        }
+        be->linear(be, pooled, &rows, &m->proj_w, NULL);
+    }
     arena_reset(a, mark);
 }
 
@@ -207,7 +243,9 @@ static size_t clip_measure(const ClipModel *m, int batch) {
     const Backend *mb = backend_measure();
     Tensor out = tensor_make(m->be->act_dtype, mb->device, NULL, 3,
                              (int64_t[]){batch, m->cfg.max_positions, m->cfg.hidden});
-    clip_forward(m, mb, &meas, m->be->act_dtype, NULL, batch, m->cfg.layers, &out);
+    Tensor pooled = tensor_make(m->be->act_dtype, mb->device, NULL, 2, (int64_t[]){batch, m->cfg.projection_dim});
+    clip_forward(m, mb, &meas, m->be->act_dtype, NULL, batch, m->cfg.layers, &out, 0, &out,
+                 m->cfg.projection_dim > 0 ? &pooled : NULL);
     return meas.peak;
 }
 
@@ -259,6 +297,38 @@ int clip_encode(ClipModel *m, const int32_t *ids, int batch, int clip_skip, Tens
                            "the vocabulary [0, %d)\n---> is the tokenizer the model's own?",
                            ids[i], (long long)i, c->vocab_size);
     SDC_TRY(clip_reserve(m, batch, err));
-    clip_forward(m, m->be, &m->act, m->be->act_dtype, ids, batch, n_layers, out);
+    clip_forward(m, m->be, &m->act, m->be->act_dtype, ids, batch, n_layers, out, 0, NULL, NULL);
+    return 0;
+}
+
+static int check_out(const ClipModel *m, const Tensor *t, int batch, int ndim, int64_t d1, int64_t d2,
+                     const char *what, SdcError *err) {
+    Tensor want = tensor_make(m->be->act_dtype, m->be->device, t->data, ndim, (int64_t[]){batch, d1, d2});
+    if (t->data && tensor_same_shape(t, &want) && t->dtype == want.dtype && t->device == want.device) return 0;
+    char got[64], exp[64];
+    return sdc_err(err, SDC_ERR_ARG, "clip_encode_xl: %s tensor %s %s, expected %s %s on %s", what,
+                   tensor_shape_str(t, got, sizeof got), dtype_name(t->dtype),
+                   tensor_shape_str(&want, exp, sizeof exp), dtype_name(want.dtype), m->be->name);
+}
+
+int clip_encode_xl(ClipModel *m, const int32_t *ids, int batch, int clip_skip, Tensor *hidden, Tensor *pooled,
+                   SdcError *err) {
+    const ClipConfig *c = &m->cfg;
+    if (batch <= 0 || !ids) return sdc_err(err, SDC_ERR_ARG, "clip_encode_xl: no token ids (batch %d)", batch);
+    int skip = clip_skip > 0 ? clip_skip : 1, at = c->layers - skip;
+    if (clip_skip < 0 || at < 0)
+        return sdc_err(err, SDC_ERR_ARG, "clip_skip %d: the text encoder has %d layers\n---> use a clip_skip "
+                       "between 0 (default) and %d", clip_skip, c->layers, c->layers);
+    if (pooled && c->projection_dim <= 0)
+        return sdc_err(err, SDC_ERR_ARG, "clip_encode_xl: a pooled output needs a text encoder with a projection");
+    SDC_TRY(check_out(m, hidden, batch, 3, c->max_positions, c->hidden, "hidden", err));
+    if (pooled) SDC_TRY(check_out(m, pooled, batch, 2, c->projection_dim, 0, "pooled", err));
+    for (int64_t i = 0; i < (int64_t)batch * c->max_positions; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return sdc_err(err, SDC_ERR_ARG, "clip_encode_xl: token id %d at position %lld is outside "
+                           "the vocabulary [0, %d)\n---> is the tokenizer the model's own?",
+                           ids[i], (long long)i, c->vocab_size);
+    SDC_TRY(clip_reserve(m, batch, err));
+    clip_forward(m, m->be, &m->act, m->be->act_dtype, ids, batch, at, NULL, at, hidden, pooled);
     return 0;
 }

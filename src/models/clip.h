@@ -3,7 +3,8 @@
 // layers with causal self-attention, an MLP with quick_gelu (SD 1.x) or gelu
 // (SD 2.x), and the final layer norm. It maps token ids to the hidden states
 // the UNet cross-attends to; it does not tokenize (src/text) and has no
-// pooled/projection output (SD does not use it).
+// pooled/projection output for SD 1.x/2.x; SDXL's second encoder has it
+// (clip_encode_xl).
 //
 // Parameters live in one arena sized by a measuring load; activations in one
 // arena planned by clip_reserve (a measuring forward pass), so clip_encode
@@ -51,6 +52,16 @@ int clip_reserve(ClipModel *m, int batch, SdcError *err);
 // layers needed are run.
 int clip_encode(ClipModel *m, const int32_t *ids, int batch, int clip_skip, Tensor *out,
                 SdcError *err);
+
+// SDXL's conditioning: hidden (batch, max_positions, hidden) = the hidden
+// state after layer `layers - skip` with no final norm (skip = clip_skip,
+// 0 meaning 1: diffusers' hidden_states[-2], or hidden_states[-(s + 2)] for
+// its clip_skip s = clip_skip - 1); pooled (batch, projection_dim), when not
+// NULL: text_projection(final_layer_norm(last layer)) at each prompt's EOS
+// (CLIPTextModelWithProjection's text_embeds; the model needs a projection).
+// Tensors as for clip_encode.
+int clip_encode_xl(ClipModel *m, const int32_t *ids, int batch, int clip_skip, Tensor *hidden, Tensor *pooled,
+                   SdcError *err);
 
 const ClipConfig *clip_config(const ClipModel *m);
 // Bytes of the parameter arena and of the planned activation arena.

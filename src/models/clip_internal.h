@@ -49,6 +49,8 @@ struct ClipModel {
     Tensor pos_emb;      // (P, D)
     ClipLayer *layers;   // cfg.layers of them
     Tensor fln_w, fln_b; // (D)
+    Tensor proj_w;       // (projection_dim, D) text_projection (CLIPTextModelWithProjection), or none
+    Component comp;      // COMP_TEXT_ENCODER, or COMP_TEXT_ENCODER_2 (SDXL's second)
     LoraPair *lora;      // (layers * CLIP_N_PROJ) adapters of q, k, v, out_proj when training LoRA, else NULL
     float lora_scale;    // alpha / rank
     Arena act;           // inference activations, planned by clip_reserve

@@ -8,7 +8,8 @@
 
 typedef enum { ACT_QUICK_GELU = 0, ACT_GELU = 1 } ClipAct;
 typedef enum { PRED_EPSILON = 0, PRED_V = 1 } PredictionType;
-typedef enum { SD_FAMILY_UNKNOWN = 0, SD_FAMILY_1 = 1, SD_FAMILY_2 = 2 } SdFamily;
+// SD_FAMILY_XL: SDXL base (two text encoders, the text_time added embedding).
+typedef enum { SD_FAMILY_UNKNOWN = 0, SD_FAMILY_1 = 1, SD_FAMILY_2 = 2, SD_FAMILY_XL = 3 } SdFamily;
 
 typedef struct ClipConfig {
     int vocab_size;  // 49408
@@ -25,6 +26,14 @@ typedef struct ClipConfig {
     // layer norm: default_skip = 2 there, 1 for SD 1.x. clip_skip (the user's
     // flag) overrides it: output = final_ln(hidden state after layer L - skip + 1).
     int default_skip;
+    // CLIPTextModelWithProjection (SDXL's second encoder): the pooled output
+    // (final_ln of the last layer at the EOS position) times text_projection
+    // (projection_dim, hidden); 0 = no projection (CLIPTextModel).
+    int projection_dim;
+    // Where the pooled output is taken: transformers' legacy rule when the
+    // config's eos_token_id is 2 (the argmax of the ids), else the first
+    // position of eos_token.
+    int pool_argmax;
 } ClipConfig;
 
 typedef struct UnetConfig {
@@ -47,6 +56,14 @@ typedef struct UnetConfig {
     PredictionType prediction;
     int sample_size;       // latent size the model was trained at (64 / 96)
     SdFamily family;
+    // SDXL's added embedding (addition_embed_type "text_time"): the pooled
+    // text embedding (add_text_dim) and n_time_ids micro-conditioning numbers,
+    // each through the time sinusoid of add_time_dim channels, concatenated
+    // (add_in_dim = pooled width + n_time_ids * add_time_dim) through
+    // add_embedding's MLP and added to the time embedding. add_time_dim 0: none.
+    int add_time_dim;      // 256 (addition_time_embed_dim)
+    int add_in_dim;        // 2816 (projection_class_embeddings_input_dim)
+    int n_time_ids;        // 6 (base), 5 (refiner): from add_in_dim and the pooled width
 } UnetConfig;
 
 typedef struct VaeConfig {

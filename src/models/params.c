@@ -55,8 +55,9 @@ static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t 
         return none;
     }
 
+    const int transposed = model_files_transposed(pl->mf, pl->comp, name); // (rows, cols) stored (cols, rows)
     // In place: the CPU backend computing in the file's dtype.
-    if (!pl->own && !lora && pl->be->device == DEV_CPU && src.dtype == pl->be->param_dtype) return src;
+    if (!pl->own && !lora && !transposed && pl->be->device == DEV_CPU && src.dtype == pl->be->param_dtype) return src;
 
     Tensor dst = arena_tensor(pl->arena, pl->be->param_dtype, ndim, shape);
     if (pl->arena->measure) return dst;
@@ -67,6 +68,21 @@ static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t 
     float *f32 = direct ? dst.data : malloc(n * sizeof(float)); // once per parameter at load
     SDC_CHECK(f32);
     convert_to_f32(f32, src.data, src.dtype, n);
+    if (transposed) {
+        const int64_t R = src.shape[0], C = src.shape[1];
+        float *t = malloc(n * sizeof(float));
+        if (!t) {
+            sdc_err(pl->err, SDC_ERR_OOM, "%s: out of memory transposing it (%.1f MiB)", name,
+                    (double)n * sizeof(float) / (1 << 20));
+            if (!direct) free(f32);
+            pl->failed = 1;
+            return none;
+        }
+        for (int64_t i = 0; i < R; i++)
+            for (int64_t j = 0; j < C; j++) t[i * C + j] = f32[j * R + i];
+        memcpy(f32, t, n * sizeof(float));
+        free(t);
+    }
     if (lora && lora_merge(pl->lora, pl->comp, name, src.ndim, src.shape, f32, pl->err)) pl->failed = 1;
     if (!direct) {
         if (pl->be->device == DEV_CPU) convert_from_f32(dst.data, dst.dtype, f32, n);

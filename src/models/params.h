@@ -39,6 +39,8 @@ typedef struct ModelLoadOpts {
     // unet_layout's list (end_block 0: to the last). The others' parameters
     // are checked in the file but not loaded.
     int first_block, end_block;
+    // Text encoders: load SDXL's second one (text_encoder_2, ModelInfo.clip2).
+    int second_text_encoder;
 } ModelLoadOpts;
 
 typedef struct ParamLoader {

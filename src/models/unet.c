@@ -177,6 +177,24 @@ void unet_free(Unet *m) {
 }
 
 const UnetConfig *unet_config(const Unet *m) { return &m->cfg; }
+
+int unet_n_time_ids(const Unet *m) { return m->cfg.add_time_dim ? m->cfg.n_time_ids : 0; }
+
+int unet_set_added_cond(Unet *m, const Tensor *text_embeds, const float *time_ids, SdcError *err) {
+    const UnetConfig *c = &m->cfg;
+    if (!c->add_time_dim)
+        return sdc_err(err, SDC_ERR_ARG, "unet: added conditioning given to a UNet without an added embedding");
+    const int64_t text = c->add_in_dim - (int64_t)unet_n_time_ids(m) * c->add_time_dim;
+    char b1[64];
+    if (!text_embeds || !time_ids || text_embeds->ndim != 2 || text_embeds->shape[1] != text ||
+        text_embeds->dtype != m->be->act_dtype || text_embeds->device != m->be->device)
+        return sdc_err(err, SDC_ERR_ARG, "unet: text_embeds %s: expected (rows, %lld) %s on %s, and time ids",
+                       text_embeds ? tensor_shape_str(text_embeds, b1, sizeof b1) : "none", (long long)text,
+                       dtype_name(m->be->act_dtype), m->be->name);
+    m->add_text = *text_embeds;
+    m->time_ids = time_ids;
+    return 0;
+}
 size_t unet_param_count(const Unet *m) { return m->param_numel; }
 size_t unet_param_bytes(const Unet *m) { return m->param_numel * dtype_size(m->be->param_dtype); }
 size_t unet_activation_bytes(const Unet *m) { return m->act.cap; }
@@ -242,7 +260,8 @@ static Tensor state_out(Unet *m, UnetState *s, const UnetBlock *b) {
 static void block_run(Unet *m, int i, UnetState *s) {
     const UnetBlock *b = &m->blocks[i];
     Pass p = {.be = m->run_be, .act = m->be->act_dtype, .work = &m->reg[REG_WORK]};
-    UnetIO io = {.x = s->x, .temb = s->temb, .ctx = s->ctx, .timesteps = s->timesteps};
+    UnetIO io = {.x = s->x, .temb = s->temb, .ctx = s->ctx, .timesteps = s->timesteps, .add_text = s->add_text,
+                 .time_ids = s->time_ids};
     size_t skip_release = 0;
     if (b->info.pops_skip) {
         SDC_CHECK(s->n_skips > 0 && s->x_slot >= 0); // x must not live in the released skips
@@ -276,6 +295,8 @@ static void pass_start(Unet *m, UnetState *s, Tensor *out, const Tensor *x, cons
     s->ctx = *ctx;
     s->out = *out;
     s->timesteps = timesteps;
+    s->add_text = m->add_text;
+    s->time_ids = m->time_ids;
 }
 
 // The measuring run: every region a measuring arena, every op a no-op; fills
@@ -301,6 +322,10 @@ static int unet_measure(Unet *m, int batch, int h, int w, int ctx_len, int recor
     Tensor out = ARENA_DT(&fake, dt, batch, c->out_channels, h, w);
     UnetState s;
     pass_start(m, &s, &out, &x, ts, &ctx);
+    if (c->add_time_dim) { // shapes only: the measure backend reads no data
+        s.add_text = ARENA_DT(&fake, dt, batch, c->add_in_dim - unet_n_time_ids(m) * c->add_time_dim);
+        s.time_ids = ts;
+    }
     size_t max_x = 0; // the largest running activation at a block boundary
     for (int i = 0; i < m->n_blocks; i++) {
         Arena *wk = &m->reg[REG_WORK];
@@ -394,6 +419,10 @@ int unet_begin(Unet *m, UnetState *s, Tensor *out, const Tensor *x, const float 
                              h > m->plan_h ? (int)h : m->plan_h, w > m->plan_w ? (int)w : m->plan_w,
                              L > m->plan_ctx ? (int)L : m->plan_ctx, err));
     }
+    if (c->add_time_dim && timesteps && (m->add_text.ndim != 2 || m->add_text.shape[0] != N || !m->time_ids))
+        return sdc_err(err, SDC_ERR_ARG, "unet: an SDXL UNet needs its added conditioning for each of the %lld rows "
+                       "(unet_set_added_cond: %lld given)", (long long)N,
+                       (long long)(m->add_text.ndim == 2 ? m->add_text.shape[0] : 0));
     pass_start(m, s, out, x, timesteps, ctx);
     return 0;
 }

@@ -58,6 +58,18 @@ int unet_reserve(Unet *m, int batch, int h, int w, int ctx_len, SdcError *err);
 // caller. h and w must be multiples of 2^(n_levels-1).
 int unet_forward(Unet *m, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
                  SdcError *err);
+// SDXL (cfg.add_time_dim > 0): the added conditioning the following
+// passes read in their time block, rows in the order of x's batch:
+// text_embeds (rows, add_in_dim - n_time_ids * add_time_dim), the pooled
+// text embedding, on be's device in the act dtype; time_ids (rows,
+// n_time_ids) host floats (original size h, w, crop top, left, target size
+// h, w; the refiner: aesthetic score instead of the target size). Both are
+// the caller's, read at every pass until set again; a pass with a batch
+// larger than rows fails. Without an added embedding: refused.
+int unet_set_added_cond(Unet *m, const Tensor *text_embeds, const float *time_ids, SdcError *err);
+// The number of time ids the model takes (6 for SDXL base, 5 for the
+// refiner), 0 without an added embedding.
+int unet_n_time_ids(const Unet *m);
 const UnetConfig *unet_config(const Unet *m);
 size_t unet_param_count(const Unet *m);
 size_t unet_param_bytes(const Unet *m);      // parameter bytes at be->param_dtype
@@ -86,6 +98,8 @@ typedef struct UnetState {
     Tensor ctx;    // (N, L, cross_dim) the caller's context
     Tensor out;    // (N, Cout, h, w) where the OUT block writes (the caller's tensor)
     const float *timesteps; // (N) on the host, read by block 0 (the time embedding)
+    Tensor add_text;        // SDXL: (N, text dim) the pooled text embedding, read by block 0
+    const float *time_ids;  // SDXL: (N, n_time_ids) on the host, read by block 0
     Tensor skips[UNET_MAX_SKIPS]; // (N, C_k, H_k, W_k) pushed skips, bottom first
     size_t skip_mark[UNET_MAX_SKIPS]; // skip region offset to release each to
     int n_skips;

@@ -22,6 +22,8 @@ typedef struct ConvParams {
 typedef struct TimeParams {
     Tensor lin1_w, lin1_b; // (4*C0, C0), (4*C0)
     Tensor lin2_w, lin2_b; // (4*C0, 4*C0), (4*C0)
+    Tensor add1_w, add1_b; // SDXL add_embedding: (4*C0, add_in_dim), (4*C0); data NULL without
+    Tensor add2_w, add2_b; // (4*C0, 4*C0), (4*C0)
 } TimeParams;
 
 typedef struct ResnetParams {
@@ -82,6 +84,8 @@ typedef struct UnetIO {
     Tensor temb;            // (N, 4*C0) SiLU(time embedding), read by every resnet
     Tensor ctx;             // (N, L, cross_dim) the text context
     const float *timesteps; // TIME: N floats on the host
+    Tensor add_text;        // TIME, SDXL: (N, add_text_dim) the pooled text embedding
+    const float *time_ids;  // TIME, SDXL: (N, n_time_ids) on the host
     Tensor out;             // the block's output, allocated by the caller (TIME: the embedding)
 } UnetIO;
 
@@ -118,7 +122,8 @@ typedef struct BlockSave {
     Tensor tok;        // transformer: (N, S, C) normed tokens
     TLayerSave *L;     // transformer layers (n_layers)
     Tensor u;          // upsample: nearest 2x output / out: GN+SiLU
-    Tensor tp, h1, a1, e; // time: (N, C0) sinusoid, (N, 4C0) linear_1, SiLU, linear_2
+    Tensor tp, h1, a1, e; // time: (N, C0) sinusoid, (N, 4C0) linear_1, SiLU, linear_2 (+ the added embedding)
+    Tensor ap, ah1, aa1;  // time, SDXL: (N, add_in) [text, id sinusoids], (N, 4C0) add linear_1, SiLU
 } BlockSave;
 
 // One record per block kind.
@@ -161,6 +166,9 @@ struct Unet {
     size_t reg_bytes[REG_COUNT];
     int plan_batch, plan_h, plan_w, plan_ctx; // 0 before the first plan
     const Backend *run_be; // be, or backend_measure() while planning
+    // SDXL's added conditioning for the next passes (unet_set_added_cond)
+    Tensor add_text;       // (rows, add_text_dim) on be's device, the caller's
+    const float *time_ids; // (rows, n_time_ids) on the host, the caller's
     struct UnetTrain *train; // training state (unet_train.c), NULL for inference
 };
 

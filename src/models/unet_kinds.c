@@ -25,11 +25,16 @@
 
 static void load_time(ParamLoader *pl, const Unet *m, UnetBlock *b) {
     const int C0 = b->info.in_channels, T = b->info.out_channels;
-    (void)m;
     b->time.lin1_w = param_get(pl, SHAPE(T, C0), "%sweight", b->info.pre[0].diff);
     b->time.lin1_b = param_get(pl, SHAPE(T), "%sbias", b->info.pre[0].diff);
     b->time.lin2_w = param_get(pl, SHAPE(T, T), "%sweight", b->info.pre[1].diff);
     b->time.lin2_b = param_get(pl, SHAPE(T), "%sbias", b->info.pre[1].diff);
+    if (m->cfg.add_time_dim) { // SDXL's add_embedding
+        b->time.add1_w = param_get(pl, SHAPE(T, m->cfg.add_in_dim), "%sweight", b->info.pre[2].diff);
+        b->time.add1_b = param_get(pl, SHAPE(T), "%sbias", b->info.pre[2].diff);
+        b->time.add2_w = param_get(pl, SHAPE(T, T), "%sweight", b->info.pre[3].diff);
+        b->time.add2_b = param_get(pl, SHAPE(T), "%sbias", b->info.pre[3].diff);
+    }
 }
 
 static void load_conv(ParamLoader *pl, const Unet *m, UnetBlock *b) {
@@ -157,6 +162,21 @@ static void time_fwd(Pass *p, const Unet *m, const UnetBlock *b, BlockSave *sv, 
     be->silu(be, &sv->a1, &sv->h1);
     sv->e = SAVE(p, N, T);
     be->linear(be, &sv->e, &sv->a1, &t->lin2_w, &t->lin2_b);
+    if (t->add1_w.ndim) { // SDXL: e += add_embedding([text_embeds, sinusoid(each time id)])
+        const int64_t nid = unet_n_time_ids(m), td = m->cfg.add_time_dim;
+        Tensor ids = TMP(p, N * nid, td); // one sinusoid per id, read as (N, nid * td)
+        be->timestep_embedding(be, &ids, io->time_ids, m->cfg.flip_sin_to_cos, m->cfg.freq_shift);
+        ids.ndim = 2, ids.shape[0] = N, ids.shape[1] = nid * td;
+        sv->ap = SAVE(p, N, m->cfg.add_in_dim);
+        be->concat_channels(be, &sv->ap, &io->add_text, &ids);
+        sv->ah1 = SAVE(p, N, T);
+        be->linear(be, &sv->ah1, &sv->ap, &t->add1_w, &t->add1_b);
+        sv->aa1 = p->keep ? SAVE(p, N, T) : sv->ah1;
+        be->silu(be, &sv->aa1, &sv->ah1);
+        Tensor ae = TMP(p, N, T);
+        be->linear(be, &ae, &sv->aa1, &t->add2_w, &t->add2_b);
+        be->add(be, &sv->e, &sv->e, &ae);
+    }
     be->silu(be, (Tensor *)&io->out, &sv->e); // every resnet takes SiLU(temb)
     arena_reset(p->work, mark);
 }
@@ -336,6 +356,14 @@ static void time_bwd(Pass *p, const Unet *m, const UnetBlock *b, const BlockSave
     size_t mark = arena_mark(p->work);
     Tensor de = pass_like(p, &sv->e), da1 = pass_like(p, &sv->a1), dh1 = pass_like(p, &sv->h1), gw, gb;
     be->silu_backward(be, &de, &g->dy, &sv->e);
+    if (t->add1_w.ndim) { // SDXL's add_embedding (the text embedding's gradient is not wanted)
+        Tensor daa1 = pass_like(p, &sv->aa1), dah1 = pass_like(p, &sv->ah1);
+        be->linear_backward(be, &daa1, pass_grad(p, &t->add2_w, &gw), pass_grad(p, &t->add2_b, &gb), &de,
+                            &sv->aa1, &t->add2_w);
+        be->silu_backward(be, &dah1, &daa1, &sv->ah1);
+        be->linear_backward(be, NULL, pass_grad(p, &t->add1_w, &gw), pass_grad(p, &t->add1_b, &gb), &dah1, &sv->ap,
+                            &t->add1_w);
+    }
     be->linear_backward(be, &da1, pass_grad(p, &t->lin2_w, &gw), pass_grad(p, &t->lin2_b, &gb), &de, &sv->a1,
                         &t->lin2_w);
     be->silu_backward(be, &dh1, &da1, &sv->h1);

@@ -82,6 +82,10 @@ int unet_layout(const UnetConfig *c, UnetBlockInfo *out, int *n_out, SdcError *e
     snprintf(b->name, sizeof b->name, "time_embedding");
     prefix(b, "time_embed.0.", "time_embedding.linear_1.");
     prefix(b, "time_embed.2.", "time_embedding.linear_2.");
+    if (c->add_time_dim) {
+        prefix(b, "label_emb.0.0.", "add_embedding.linear_1.");
+        prefix(b, "label_emb.0.2.", "add_embedding.linear_2.");
+    }
 
     b = add(&B, UNET_BLOCK_CONV_IN, c->in_channels, C0, 1, 0);
     snprintf(b->name, sizeof b->name, "conv_in");
@@ -163,7 +167,7 @@ int unet_block_module(const UnetBlockInfo *b, int k, char *buf, size_t n) {
     const int n_leaf = (int)(sizeof TF_LEAF / sizeof TF_LEAF[0]);
     int last = -1; // index of the block's last module
     switch (b->kind) {
-    case UNET_BLOCK_TIME: last = 1; break;
+    case UNET_BLOCK_TIME: last = b->n_pre - 1; break;
     case UNET_BLOCK_RESNET: last = b->in_channels + b->skip_channels != b->out_channels ? 3 : 2; break;
     case UNET_BLOCK_TRANSFORMER: last = 1 + b->n_layers * n_leaf; break;
     case UNET_BLOCK_KINDS: break;
@@ -171,7 +175,7 @@ int unet_block_module(const UnetBlockInfo *b, int k, char *buf, size_t n) {
     }
     if (k < 0 || k > last) return 0;
     switch (b->kind) {
-    case UNET_BLOCK_TIME: snprintf(buf, n, "time_embedding.linear_%d", k + 1); break;
+    case UNET_BLOCK_TIME: snprintf(buf, n, "%s_embedding.linear_%d", k < 2 ? "time" : "add", k % 2 + 1); break;
     case UNET_BLOCK_CONV_IN: snprintf(buf, n, "conv_in"); break;
     case UNET_BLOCK_OUT: snprintf(buf, n, "conv_out"); break;
     case UNET_BLOCK_DOWNSAMPLE:

@@ -27,7 +27,8 @@
 #define UNET_MAX_BLOCKS (2 + SDC_MAX_LEVELS * (2 * 8 + 1) + 3 + SDC_MAX_LEVELS * (2 * 9 + 1) + 1)
 
 typedef enum {
-    UNET_BLOCK_TIME = 0,    // time_embedding: sinusoid -> linear_1 -> SiLU -> linear_2 -> SiLU (every resnet reads it)
+    UNET_BLOCK_TIME = 0,    // time_embedding: sinusoid -> linear_1 -> SiLU -> linear_2 (+ SDXL's add_embedding)
+                            // -> SiLU (every resnet reads it)
     UNET_BLOCK_CONV_IN,     // conv_in 3x3
     UNET_BLOCK_RESNET,      // ResnetBlock2D (pops a skip and concatenates it in up levels)
     UNET_BLOCK_TRANSFORMER, // Transformer2DModel (self-attn, cross-attn, GEGLU FF)
@@ -49,7 +50,8 @@ typedef struct UnetPrefix {
 typedef struct UnetBlockInfo {
     UnetBlockKind kind;
     char name[48];       // diffusers prefix without the dot ("down_blocks.1.attentions.0", "conv_in")
-    UnetPrefix pre[2];   // parameter prefixes (the out block and the time MLP have two)
+    UnetPrefix pre[4];   // parameter prefixes (the out block and the time MLP have two; SDXL's
+                         // time block four: + add_embedding.linear_1, linear_2)
     int n_pre;
     int in_channels;     // of the running state entering the block (time: block_out[0])
     int skip_channels;   // of the popped skip (0 when the block pops none)

@@ -423,6 +423,9 @@ int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w,
     if (!m->be->conv2d_backward || !m->be->zero || m->be->act_dtype != DT_F32)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "unet: training needs a backend with backward ops in fp32 (%s has "
                        "none)\n---> use --device cpu for training", m->be->name);
+    if (m->cfg.add_time_dim)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "unet: training an SDXL UNet (with the text_time added embedding) "
+                       "is not supported yet\n---> sdc generates with SDXL; DreamBooth trains SD 1.x/2.x");
     if (!o->lora_rank && !m->table.n && !o->time_blocks)
         return sdc_err(err, SDC_ERR_ARG, "unet: full training needs the model loaded trainable "
                        "(unet_load_opts with .trainable = 1)");

@@ -39,6 +39,16 @@ int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int
     const ModelLoadOpts lo = {.lora = loras.n ? &loras : NULL};
     if (!rc) rc = sd_tokenizer_load(&m->tok, info, err);
     if (!rc) rc = clip_load_opts(&m->clip, m->files, be, &lo, err);
+    if (!rc && info->has_clip2) {
+        if (loras.n)
+            rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "LoRAs on SDXL models are not supported yet\n---> generate "
+                         "without --lora");
+        const ModelLoadOpts lo2 = {.second_text_encoder = 1};
+        if (!rc) rc = info->tokenizer2_dir[0] ? clip_tok_load_dir(&m->tok2, info->tokenizer2_dir, err)
+                                              : info->clip2.pad_token == 0 ? clip_tok_load_default_sd2(&m->tok2, err)
+                                                                           : clip_tok_load_default(&m->tok2, err);
+        if (!rc) rc = clip_load_opts(&m->clip2, m->files, be, &lo2, err);
+    }
     if (!rc) rc = unet_load_opts(&m->unet, m->files, be, &lo, err);
     if (!rc) rc = vae_load(&m->vae, m->files, be, err);
     lora_set_free(&loras);
@@ -51,29 +61,83 @@ void sd_model_free(SdModel *m) {
     if (m->unet) unet_free(m->unet);
     if (m->clip) clip_free(m->clip);
     if (m->tok) clip_tok_free(m->tok);
+    if (m->clip2) clip_free(m->clip2);
+    if (m->tok2) clip_tok_free(m->tok2);
     if (m->files) model_files_close(m->files);
     memset(m, 0, sizeof *m);
 }
 
 // Tokenizes one prompt into ids (max_positions), warning when it is cut.
-static int encode_prompt_ids(SdModel *m, const char *text, int32_t *ids, SdcError *err) {
-    const ClipConfig *cc = clip_config(m->clip);
+static int encode_prompt_ids(const ClipTokenizer *tok, const ClipConfig *cc, const char *text, int32_t *ids,
+                             SdcError *err) {
     int dropped = 0;
-    SDC_TRY(clip_tok_encode(m->tok, text, ids, cc->max_positions, cc->pad_token, &dropped, err));
+    SDC_TRY(clip_tok_encode(tok, text, ids, cc->max_positions, cc->pad_token, &dropped, err));
     if (dropped > 0)
         fprintf(stderr, "sdc: warning: prompt is longer than %d tokens; %d tokens were cut: \"%.60s%s\"\n",
                 cc->max_positions, dropped, text, strlen(text) > 60 ? "..." : "");
     return 0;
 }
 
+size_t sd_cond_floats(const SdModel *m) {
+    const ClipConfig *c1 = clip_config(m->clip);
+    if (!m->clip2) return (size_t)2 * c1->max_positions * c1->hidden;
+    const ClipConfig *c2 = clip_config(m->clip2);
+    return (size_t)2 * c1->max_positions * (c1->hidden + c2->hidden) + (size_t)2 * c2->projection_dim;
+}
+
+// SDXL: both encoders' hidden states side by side, then the pooled rows.
+static int encode_xl(SdModel *m, const char *prompt, const char *negative, int clip_skip, float *ctx,
+                     SdcError *err) {
+    const ClipConfig *c1 = clip_config(m->clip), *c2 = clip_config(m->clip2);
+    const int L = c1->max_positions, D1 = c1->hidden, D2 = c2->hidden, P = c2->projection_dim;
+    if (c2->max_positions != L)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "SDXL text encoders with %d and %d positions", L, c2->max_positions);
+    const int zero_neg = model_files_info(m->files)->force_zeros_negative && (!negative || !negative[0]);
+    int32_t *ids = malloc((size_t)4 * L * sizeof(int32_t));
+    float *h = malloc((size_t)2 * L * (D1 > D2 ? D1 : D2) * sizeof(float));
+    Arena a = {0};
+    int rc = !ids || !h ? sdc_err(err, SDC_ERR_OOM, "encoding the prompt") : 0;
+    for (int e = 0; !rc && e < 2; e++) {
+        const ClipTokenizer *tok = e ? m->tok2 : m->tok;
+        const ClipConfig *cc = e ? c2 : c1;
+        rc = encode_prompt_ids(tok, cc, negative ? negative : "", ids + (size_t)2 * e * L, err);
+        if (!rc) rc = encode_prompt_ids(tok, cc, prompt ? prompt : "", ids + (size_t)(2 * e + 1) * L, err);
+    }
+    if (!rc) rc = arena_init(&a, m->be, ((size_t)2 * L * (D1 + D2) + 2 * (size_t)P) * sizeof(float) + 4 * ARENA_ALIGN,
+                             err);
+    if (!rc) {
+        Tensor h1 = ARENA_DT(&a, m->be->act_dtype, 2, L, D1), h2 = ARENA_DT(&a, m->be->act_dtype, 2, L, D2);
+        Tensor pooled = ARENA_DT(&a, m->be->act_dtype, 2, P);
+        rc = clip_encode_xl(m->clip, ids, 2, clip_skip, &h1, NULL, err);
+        if (!rc) rc = clip_encode_xl(m->clip2, ids + (size_t)2 * L, 2, clip_skip, &h2, &pooled, err);
+        const size_t row = (size_t)D1 + D2;
+        if (!rc) {
+            backend_download_f32(m->be, h, &h1, (size_t)2 * L * D1);
+            for (size_t t = 0; t < (size_t)2 * L; t++) memcpy(ctx + t * row, h + t * D1, (size_t)D1 * sizeof(float));
+            backend_download_f32(m->be, h, &h2, (size_t)2 * L * D2);
+            for (size_t t = 0; t < (size_t)2 * L; t++)
+                memcpy(ctx + t * row + D1, h + t * D2, (size_t)D2 * sizeof(float));
+            backend_download_f32(m->be, ctx + 2 * L * row, &pooled, (size_t)2 * P);
+        }
+        if (!rc && zero_neg) { // diffusers' force_zeros_for_empty_prompt with negative_prompt=None
+            memset(ctx, 0, (size_t)L * row * sizeof(float));
+            memset(ctx + 2 * L * row, 0, (size_t)P * sizeof(float));
+        }
+    }
+    arena_free(&a);
+    free(ids), free(h);
+    return rc;
+}
+
 int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int clip_skip, float *ctx,
                      SdcError *err) {
+    if (m->clip2) return encode_xl(m, prompt, negative, clip_skip, ctx, err);
     const ClipConfig *cc = clip_config(m->clip);
     const int L = cc->max_positions, D = cc->hidden;
     int32_t ids[2 * 1024];
     SDC_CHECK(L <= 1024);
-    SDC_TRY(encode_prompt_ids(m, negative ? negative : "", ids, err));
-    SDC_TRY(encode_prompt_ids(m, prompt ? prompt : "", ids + L, err));
+    SDC_TRY(encode_prompt_ids(m->tok, cc, negative ? negative : "", ids, err));
+    SDC_TRY(encode_prompt_ids(m->tok, cc, prompt ? prompt : "", ids + L, err));
     SDC_TRY(clip_reserve(m->clip, 2, err));
     Arena a;
     SDC_TRY(arena_init(&a, m->be, (size_t)2 * L * D * sizeof(float) + ARENA_ALIGN, err));
@@ -206,7 +270,8 @@ int sd_plan_bytes(SdModel *m, const GenParams *p, size_t *bytes, SdcError *err) 
     const VaeTiling vt = gen_tiling(m, p);
     SDC_TRY(vae_plan_tiled(vae_config(m->vae), m->be->act_dtype, 1, p->height, p->width, &vt, &enc, &dec, err));
     // the pipeline's own device tensors (see sd_generate)
-    size_t pipe = es * ((size_t)rows * cc->max_positions * cc->hidden + (size_t)rows * uc->in_channels * h * w +
+    size_t pipe = es * ((size_t)rows * cc->max_positions * uc->cross_dim + (size_t)rows * uc->add_in_dim +
+                        (size_t)rows * uc->in_channels * h * w +
                         (size_t)rows * nlat + 3 * npix + 3 * nlat);
     *bytes = unet + (p->mode == GEN_TXT2IMG ? dec : (enc > dec ? enc : dec)) + pipe;
     return 0;
@@ -227,7 +292,30 @@ struct SdRun {
     int rows, guided, cin, h, w;
     size_t nlat, npix, plane;
     float ts[64], *tsp;          // the timesteps of the evaluation sd_run_next gave
+    Tensor add_text;             // SDXL: (rows, P) the pooled embeddings, [negative x B, prompt x B]
+    float *time_ids;             // SDXL: (rows, n_time_ids) host
 };
+
+// SDXL's time ids of one row (diffusers' _get_add_time_ids): original size,
+// crop top-left, target size (base) or aesthetic score (refiner).
+static void xl_time_ids(const GenParams *p, int n_ids, int negative, float *out) {
+    const SdxlCond *c = &p->xl;
+    const int neg = negative && c->neg_original_h > 0 && c->neg_original_w > 0 &&
+                    (n_ids == 5 || (c->neg_target_h > 0 && c->neg_target_w > 0));
+    const int oh = neg ? c->neg_original_h : c->original_h, ow = neg ? c->neg_original_w : c->original_w;
+    const int th = neg ? c->neg_target_h : c->target_h, tw = neg ? c->neg_target_w : c->target_w;
+    out[0] = (float)(oh > 0 ? oh : p->height);
+    out[1] = (float)(ow > 0 ? ow : p->width);
+    out[2] = (float)(neg ? c->neg_crop_top : c->crop_top);
+    out[3] = (float)(neg ? c->neg_crop_left : c->crop_left);
+    if (n_ids == 5) { // the refiner: negative rows always take the negative score
+        out[4] = negative ? (c->neg_aesthetic_score > 0 ? c->neg_aesthetic_score : 2.5f)
+                          : (c->aesthetic_score > 0 ? c->aesthetic_score : 6.0f);
+        return;
+    }
+    out[4] = (float)(th > 0 ? th : p->height);
+    out[5] = (float)(tw > 0 ? tw : p->width);
+}
 
 void sd_run_free(SdRun *r) {
     if (!r) return;
@@ -236,6 +324,7 @@ void sd_run_free(SdRun *r) {
     free(r->rng);
     free(r->host);
     if (r->tsp != r->ts) free(r->tsp);
+    free(r->time_ids);
     arena_free(&r->a);
     free(r);
 }
@@ -251,7 +340,8 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
     r->m = m, r->p = *p, r->tsp = r->ts;
     const int B = p->batch, cin = uc->in_channels, guided = p->cfg_scale > 1.0f;
     const int rows = guided ? 2 * B : B; // UNet rows: [uncond x B, cond x B] as diffusers
-    const int L = cc->max_positions, D = cc->hidden;
+    const int L = cc->max_positions, D = uc->cross_dim; // SDXL: the two encoders side by side
+    const int n_ids = unet_n_time_ids(m->unet), P = n_ids ? clip_config(m->clip2)->projection_dim : 0;
     const int H = p->height, W = p->width, h = H / 8, w = W / 8;
     const size_t nlat = (size_t)4 * h * w, npix = (size_t)H * W, plane = (size_t)h * w;
     const int inpaint = p->mode == GEN_INPAINT, blend = inpaint && cin == 4;
@@ -267,7 +357,8 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
                    2 * nlat + 3 * npix;
     r->host = malloc(nhost * sizeof(float));
     r->tsp = rows <= 64 ? r->ts : malloc((size_t)rows * sizeof(float));
-    int rc = (!r->s || !r->rng || !r->host || !r->tsp)
+    r->time_ids = n_ids ? malloc((size_t)rows * n_ids * sizeof(float)) : NULL;
+    int rc = (!r->s || !r->rng || !r->host || !r->tsp || (n_ids && !r->time_ids))
                  ? sdc_err(err, SDC_ERR_OOM, "pipeline buffers for %d items at %dx%d", B, W, H)
                  : 0;
     SchedConfig *sc = rc ? NULL : malloc(sizeof *sc);
@@ -291,7 +382,8 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
         b->proper = q, q += nlat;
         b->masked_img = q, q += 3 * npix;
         size_t bytes = 8 * ARENA_ALIGN + sizeof(float) * ((size_t)rows * L * D + (size_t)rows * cin * plane +
-                                                          (size_t)rows * nlat + 3 * npix + 3 * nlat);
+                                                          (size_t)rows * nlat + 3 * npix + 3 * nlat +
+                                                          (size_t)rows * P);
         rc = arena_init(&r->a, be, bytes, err);
     }
     if (!rc) {
@@ -310,6 +402,17 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
             row.ndim = 2, row.shape[0] = L, row.shape[1] = D;
             row.data = (char *)t->ctx.data + (size_t)k * L * D * dtype_size(t->ctx.dtype);
             backend_upload_f32(be, &row, src, (size_t)L * D);
+        }
+        if (n_ids) { // SDXL: the pooled rows follow the contexts; the time ids per row
+            r->add_text = ARENA_DT(a, be->act_dtype, rows, P);
+            for (int k = 0; k < rows; k++) {
+                const int negative = guided && k < B;
+                Tensor row = r->add_text;
+                row.ndim = 1, row.shape[0] = P;
+                row.data = (char *)r->add_text.data + (size_t)k * P * dtype_size(be->act_dtype);
+                backend_upload_f32(be, &row, ctx + (size_t)2 * L * D + (size_t)(negative ? 0 : 1) * P, (size_t)P);
+                xl_time_ids(p, n_ids, negative, r->time_ids + (size_t)k * n_ids);
+            }
         }
     }
     r->evals = r->n_init ? sampler_num_evals(&r->s[0]) : 0;
@@ -371,6 +474,11 @@ int sd_run_next(SdRun *r, Tensor **x, const float **timesteps, Tensor **ctx, Ten
     }
     backend_upload_f32(r->m->be, &r->t.x, b->xin, (size_t)r->rows * cin * plane);
     for (int k = 0; k < r->rows; k++) r->tsp[k] = sampler_timestep(&r->s[0], r->i);
+    if (r->time_ids) { // the UNet may have run another request since (runs interleave)
+        SdcError e;
+        int rc = unet_set_added_cond(r->m->unet, &r->add_text, r->time_ids, &e);
+        SDC_CHECK(rc == 0); // shapes made by sd_run_begin for this UNet
+    }
     *x = &r->t.x, *timesteps = r->tsp, *ctx = &r->t.ctx, *out = &r->t.out;
     return 0;
 }

@@ -24,11 +24,26 @@ typedef struct SdModel {
     ModelFiles *files;
     ClipTokenizer *tok;
     ClipModel *clip;
+    ClipTokenizer *tok2; // SDXL: the second text encoder and its tokenizer, else NULL
+    ClipModel *clip2;
     Unet *unet;
     Vae *vae;
 } SdModel;
 
 typedef enum { GEN_TXT2IMG = 0, GEN_IMG2IMG = 1, GEN_INPAINT = 2 } GenMode;
+
+// SDXL's micro-conditioning, diffusers' StableDiffusionXLPipeline arguments
+// in pixels (height first); 0 = diffusers' default: original and target
+// size (height, width) of the request, crop (0, 0). The negative ones apply
+// to the unconditional rows when both the negative original and target
+// sizes are given, else those rows take the positive ids (as diffusers).
+// The refiner (5 time ids) takes an aesthetic score instead of the target
+// size: 6.0 and 2.5 (negative) by default.
+typedef struct SdxlCond {
+    int original_h, original_w, crop_top, crop_left, target_h, target_w;
+    int neg_original_h, neg_original_w, neg_crop_top, neg_crop_left, neg_target_h, neg_target_w;
+    float aesthetic_score, neg_aesthetic_score; // 0 = 6.0 / 2.5
+} SdxlCond;
 
 // One generation request: `batch` items, item i drawing all its noise from
 // its own generator seeded with seed + i (diffusers with a list of
@@ -55,6 +70,7 @@ typedef struct GenParams {
     const SchedConfig *sched;
     const char *timestep_spacing;
     int karras;
+    SdxlCond xl;       // SDXL's micro-conditioning (ignored by SD 1.x/2.x)
 } GenParams;
 
 // Called after every model evaluation (step counts from 1).
@@ -80,6 +96,12 @@ void sd_model_free(SdModel *m);
 // Text conditioning: ctx (2, L, D) host floats, row 0 the negative prompt
 // ("" = the empty prompt), row 1 the prompt. Warns when a prompt is cut to
 // the 77-token window. clip_skip: 0 = model default, 2 = penultimate layer.
+// SDXL: ctx (2, L, D1 + D2), the two encoders' hidden_states[-(clip_skip + 1)]
+// side by side (clip_skip 0 or 1: the penultimate), then the pooled
+// embeddings (2, P) of the second encoder; with force_zeros_for_empty_prompt
+// (ModelInfo) a NULL or empty negative prompt gives zeros (diffusers'
+// negative_prompt=None). sd_cond_floats gives the size of ctx in floats.
+size_t sd_cond_floats(const SdModel *m);
 int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int clip_skip, float *ctx,
                      SdcError *err);
 
@@ -92,7 +114,7 @@ int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err);
 // that cannot fit before any work starts.
 int sd_plan_bytes(SdModel *m, const GenParams *p, size_t *bytes, SdcError *err);
 
-// Runs one request. ctx: (2, L, D) from sd_encode_prompt. Outputs (either
+// Runs one request. ctx: from sd_encode_prompt (sd_cond_floats floats). Outputs (either
 // may be NULL): latents (batch, 4, h, w) after the last step, images (batch,
 // 3, H, W) decoded by the VAE in [-1, 1] (unclamped; image_from_vae turns
 // them into pixels). The UNet's kind decides inpainting: 9 input channels

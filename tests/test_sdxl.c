@@ -1,0 +1,246 @@
+// test_sdxl.c: SDXL against diffusers on the tiny random SDXL pipeline
+// (tools/make_sdxl_fixture.py), in both weight layouts (the diffusers folder;
+// a second model in the original single-file layout, its architecture
+// inferred from the file as for SDXL base):
+//   - the configuration read (family, second encoder, added embedding, time
+//     ids, VAE scaling factor, force_zeros_for_empty_prompt);
+//   - both text encoders' hidden_states[-2] (no final norm) and the second's
+//     projected pooled output (text_embeds), and clip_skip 2 = hidden_states[-3];
+//   - the UNet with the text_time added embedding (pooled text + six time ids);
+//   - whole StableDiffusionXLPipeline runs from given prompt embeddings (Euler
+//     from the folder's scheduler config, guidance 5): zero negative embeddings
+//     when no negative prompt is given (force_zeros_for_empty_prompt), given
+//     negative embeddings, and micro-conditioning (original size, crop, target
+//     size and their negative twins): final latents within 1e-4 of max |ref|,
+//     8-bit images within 1/255.
+// fp32 CPU. Tolerances as test_clip / test_unet / test_pipeline state them.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/backend.h"
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "io/weights.h"
+#include "models/clip.h"
+#include "models/unet.h"
+#include "pipeline/sd.h"
+#include "testutil.h"
+
+#define TOL_TEXT 1e-4
+#define TOL_UNET 1e-4
+#define TOL_LATENT 1e-4
+
+static int check_rc(TestCtx *t, int rc, const char *what, const SdcError *err) {
+    return check_true(t, rc == 0, "%s%s%s", what, rc ? ": " : "", rc ? err->msg : "");
+}
+
+static const int32_t *ids_of(TestCtx *t, const StFile *ref, const char *name) {
+    const StEntry *e = st_find(ref, name);
+    if (!check_true(t, e && e->dtype == DT_I32 && e->ndim == 2 && e->shape[0] == 2 && e->shape[1] == 77,
+                    "%s is I32 (2, 77)", name))
+        return NULL;
+    return (const int32_t *)st_tensor(ref, e).data;
+}
+
+// pre: "" (tiny-sdxl) or "infer." (tiny-sdxl-infer): the reference names.
+static void text_encoders(TestCtx *t, const Backend *be, const ModelFiles *mf, const StFile *ref, const char *pre) {
+    SdcError err = {0};
+    for (int second = 0; second < 2; second++) {
+        ClipModel *m = NULL;
+        ModelLoadOpts o = {.second_text_encoder = second};
+        if (!check_rc(t, clip_load_opts(&m, mf, be, &o, &err), second ? "clip_load text_encoder_2" : "clip_load",
+                      &err))
+            continue;
+        const ClipConfig *c = clip_config(m);
+        const int B = 2, L = c->max_positions, D = c->hidden, P = c->projection_dim;
+        printf("  text encoder %d: %d layers, hidden %d, projection %d, pad %d\n", second + 1, c->layers, D, P,
+               c->pad_token);
+        const int32_t *ids = ids_of(t, ref, second ? "te2.ids" : "te1.ids");
+        char n1[64], n2[64];
+        snprintf(n1, sizeof n1, "%s%s", pre, second ? "te2.hidden2" : "te1.hidden2");
+        snprintf(n2, sizeof n2, "%ste2.pooled", pre);
+        float *want = fixture_f32(t, ref, n1, NULL);
+        float *wantp = second ? fixture_f32(t, ref, n2, NULL) : NULL;
+        float *got = calloc((size_t)B * L * D, sizeof(float)), *gotp = calloc((size_t)B * (P > 0 ? P : 1), 4);
+        Tensor h = tensor_f32(got, 3, (int64_t[]){B, L, D}), pl = tensor_f32(gotp, 2, (int64_t[]){B, P});
+        if (ids && want && (!second || wantp)) {
+            int rc = clip_encode_xl(m, ids, B, 0, &h, second ? &pl : NULL, &err);
+            if (check_rc(t, rc, "clip_encode_xl", &err)) {
+                check_rel(t, second ? "te2 hidden_states[-2]" : "te1 hidden_states[-2]", got, want,
+                          (size_t)B * L * D, TOL_TEXT);
+                if (second) check_rel(t, "te2 pooled (text_embeds)", gotp, wantp, (size_t)B * P, TOL_TEXT);
+            }
+            // the pooled output needs a projection: the first encoder has none
+            if (!second) {
+                Tensor p1 = tensor_f32(gotp, 2, (int64_t[]){B, 32});
+                rc = clip_encode_xl(m, ids, B, 0, &h, &p1, &err);
+                check_true(t, rc == SDC_ERR_ARG, "pooled output of an encoder without projection refused (%s)",
+                           err.msg);
+            }
+            rc = clip_encode_xl(m, ids, B, c->layers + 1, &h, NULL, &err);
+            check_true(t, rc == SDC_ERR_ARG, "clip_skip past the first layer refused (%s)", err.msg);
+        }
+        free(got), free(gotp), free(want), free(wantp);
+        clip_free(m);
+    }
+}
+
+static void unet_check(TestCtx *t, const Backend *be, const ModelFiles *mf, const StFile *ref, const char *pre) {
+    SdcError err = {0};
+    Unet *u = NULL;
+    if (!check_rc(t, unet_load(&u, mf, be, &err), "unet_load", &err)) return;
+    const UnetConfig *c = unet_config(u);
+    Tensor xs;
+    float *x = fixture_f32(t, ref, "unet.x", &xs), *ts = fixture_f32(t, ref, "unet.t", NULL);
+    char nc[64], nt[64], no[64];
+    snprintf(nc, sizeof nc, "%sunet.ctx", pre);
+    snprintf(nt, sizeof nt, "%sunet.text_embeds", pre);
+    snprintf(no, sizeof no, "%sunet.out", pre);
+    float *ctx = fixture_f32(t, ref, nc, NULL), *te = fixture_f32(t, ref, nt, NULL);
+    float *ids = fixture_f32(t, ref, "unet.time_ids", NULL), *want = fixture_f32(t, ref, no, NULL);
+    if (x && ts && ctx && te && ids && want) {
+        const int64_t N = xs.shape[0], H = xs.shape[2], W = xs.shape[3];
+    printf("  unet: %d levels, context %d, added input %d\n", c->n_levels, c->cross_dim, c->add_in_dim);
+        float *got = calloc((size_t)N * 4 * H * W, sizeof(float));
+        Tensor tx = tensor_f32(x, 4, xs.shape), tc = tensor_f32(ctx, 3, (int64_t[]){N, 77, c->cross_dim});
+        Tensor tt = tensor_f32(te, 2, (int64_t[]){N, c->add_in_dim - 6 * c->add_time_dim});
+        Tensor out = tensor_f32(got, 4, (int64_t[]){N, 4, H, W});
+        // without its added conditioning an SDXL UNet refuses to run
+        int rc = unet_forward(u, &out, &tx, ts, &tc, &err);
+        check_true(t, rc == SDC_ERR_ARG, "a pass without the added conditioning refused (%s)", err.msg);
+        if (check_rc(t, unet_set_added_cond(u, &tt, ids, &err), "unet_set_added_cond", &err) &&
+            check_rc(t, unet_forward(u, &out, &tx, ts, &tc, &err), "unet_forward", &err))
+            check_rel(t, "unet out (text_time)", got, want, (size_t)N * 4 * H * W, TOL_UNET);
+        free(got);
+    }
+    free(x), free(ts), free(ctx), free(te), free(ids), free(want);
+    unet_free(u);
+}
+
+static void pipeline(TestCtx *t, const Backend *be, const char *path, const char *config_dir, const StFile *ref) {
+    SdcError err = {0};
+    SdModel m = {0};
+    if (!check_rc(t, sd_model_load(&m, path, config_dir, -1, be, &err), "sd_model_load", &err)) return;
+    float *prm = fixture_f32(t, ref, "pipe.params", NULL);
+    float *ctx = fixture_f32(t, ref, "pipe.ctx", NULL), *pooled = fixture_f32(t, ref, "te2.pooled", NULL);
+    const size_t nctx = (size_t)2 * 77 * 64, ncond = sd_cond_floats(&m);
+    check_true(t, ncond == nctx + 2 * 32, "conditioning floats %zu = 2 x (77 x 64 + 32)", ncond);
+    if (prm && ctx && pooled && ncond == nctx + 2 * 32) {
+        float *cond = malloc(ncond * sizeof(float));
+        const int W = (int)prm[3], H = (int)prm[4];
+        float *lat = malloc((size_t)4 * (H / 8) * (W / 8) * sizeof(float)), *img = malloc((size_t)3 * H * W * 4);
+        uint8_t *rgb = malloc((size_t)3 * H * W);
+        static const char *const CASES[] = {"zeroneg", "neg", "micro"};
+        for (int k = 0; k < 3; k++) {
+            memcpy(cond, ctx, nctx * sizeof(float));
+            memcpy(cond + nctx, pooled, 2 * 32 * sizeof(float));
+            if (k == 0) { // no negative prompt: zeros, as diffusers' force_zeros_for_empty_prompt
+                memset(cond, 0, nctx / 2 * sizeof(float));
+                memset(cond + nctx, 0, 32 * sizeof(float));
+            }
+            GenParams p = {.mode = GEN_TXT2IMG, .steps = (int)prm[0], .cfg_scale = prm[1], .sampler = SAMPLER_EULER,
+                           .seed = (uint64_t)prm[2], .width = W, .height = H, .batch = 1};
+            if (k == 2) {
+                p.xl.original_h = 96, p.xl.original_w = 128, p.xl.crop_top = 8, p.xl.crop_left = 16;
+                p.xl.target_h = 64, p.xl.target_w = 80;
+                p.xl.neg_original_h = 32, p.xl.neg_original_w = 48, p.xl.neg_crop_top = 4, p.xl.neg_crop_left = 0;
+                p.xl.neg_target_h = 64, p.xl.neg_target_w = 64;
+            }
+            char name[64];
+            snprintf(name, sizeof name, "pipe.%s.latents", CASES[k]);
+            float *wl = fixture_f32(t, ref, name, NULL);
+            snprintf(name, sizeof name, "pipe.%s.image", CASES[k]);
+            const StEntry *wi = st_find(ref, name);
+            if (wl && wi && check_rc(t, sd_generate(&m, &p, cond, lat, img, NULL, NULL, &err), CASES[k], &err)) {
+                snprintf(name, sizeof name, "%s latents", CASES[k]);
+                check_rel(t, name, lat, wl, (size_t)4 * (H / 8) * (W / 8), TOL_LATENT);
+                image_from_vae(rgb, img, 0, H, W);
+                const uint8_t *want = st_tensor(ref, wi).data;
+                int worst = 0;
+                for (size_t i = 0; i < (size_t)3 * H * W; i++) {
+                    int d = abs((int)rgb[i] - (int)want[i]);
+                    if (d > worst) worst = d;
+                }
+                check_true(t, worst <= 1, "%s image: worst pixel difference %d/255 (at most 1)", CASES[k], worst);
+            }
+            free(wl);
+        }
+        free(cond), free(lat), free(img), free(rgb);
+    }
+    free(prm), free(ctx), free(pooled);
+    sd_model_free(&m);
+}
+
+// The diffusers folder: configuration, encoders, UNet, pipeline.
+static void run_folder(TestCtx *t, const Backend *be, const char *path, const StFile *ref) {
+    SdcError err = {0};
+    ModelFiles *mf = NULL;
+    printf("%s\n", path);
+    if (!check_rc(t, model_files_open(&mf, path, NULL, -1, &err), "model_files_open", &err)) return;
+    const ModelInfo *in = model_files_info(mf);
+    check_true(t, in->family == SD_FAMILY_XL && in->has_clip2, "family SDXL with a second text encoder (family %d)",
+               (int)in->family);
+    check_true(t, in->unet.add_time_dim == 8 && in->unet.add_in_dim == 80 && in->unet.n_time_ids == 6,
+               "added embedding: time dim %d, input %d, %d time ids", in->unet.add_time_dim, in->unet.add_in_dim,
+               in->unet.n_time_ids);
+    check_true(t, in->clip.pad_token == 999 && in->clip2.pad_token == 0 && in->clip2.projection_dim == 32,
+               "pads: EOS (999) then \"!\" (0): %d, %d; projection %d", in->clip.pad_token, in->clip2.pad_token,
+               in->clip2.projection_dim);
+    check_true(t, fabsf(in->vae.scaling_factor - 0.13025f) < 1e-7f && in->force_zeros_negative,
+               "VAE scaling factor 0.13025 (%g), force_zeros_for_empty_prompt", in->vae.scaling_factor);
+    text_encoders(t, be, mf, ref, "");
+    unet_check(t, be, mf, ref, "");
+    model_files_close(mf);
+    pipeline(t, be, path, NULL, ref);
+}
+
+// A single file in the original layout whose architecture is inferred as for
+// SDXL base (conditioner.embedders.*, label_emb, the transposed OpenCLIP
+// projection).
+static void run_single(TestCtx *t, const Backend *be, const char *path, const StFile *ref) {
+    SdcError err = {0};
+    ModelFiles *mf = NULL;
+    printf("%s (inferred)\n", path);
+    if (!check_rc(t, model_files_open(&mf, path, NULL, -1, &err), "model_files_open", &err)) return;
+    const ModelInfo *in = model_files_info(mf);
+    const UnetConfig *u = &in->unet;
+    check_true(t, in->family == SD_FAMILY_XL && in->has_clip2 && in->force_zeros_negative,
+               "family SDXL, second encoder, zero negatives (family %d)", (int)in->family);
+    check_true(t, u->add_time_dim == 256 && u->add_in_dim == 6 * 256 + 64 && u->n_time_ids == 6 &&
+                   u->cross_dim == 128 && u->use_linear_projection && u->heads[1] == 1 &&
+                   u->transformer_layers[1] == 2 && !u->down_attn[0] && u->down_attn[1],
+               "UNet inferred: time ids 6 x %d, added input %d, context %d, linear %d, heads %d, depth %d",
+               u->add_time_dim, u->add_in_dim, u->cross_dim, u->use_linear_projection, u->heads[1],
+               u->transformer_layers[1]);
+    check_true(t, in->clip.hidden == 64 && in->clip.layers == 2 && in->clip.act == ACT_QUICK_GELU &&
+                   in->clip2.layers == 3 && in->clip2.act == ACT_GELU && in->clip2.projection_dim == 64 &&
+                   in->clip2.pad_token == 0 && in->clip.pad_token == 999,
+               "text encoders inferred: %d x %d quick_gelu, %d x %d gelu, projection %d, pads %d / %d",
+               in->clip.layers, in->clip.hidden, in->clip2.layers, in->clip2.hidden, in->clip2.projection_dim,
+               in->clip.pad_token, in->clip2.pad_token);
+    check_true(t, fabsf(in->vae.scaling_factor - 0.13025f) < 1e-7f && u->sample_size == 128,
+               "VAE scaling factor %g, default size %d px", in->vae.scaling_factor, 8 * u->sample_size);
+    text_encoders(t, be, mf, ref, "infer.");
+    unet_check(t, be, mf, ref, "infer.");
+    model_files_close(mf);
+}
+
+int main(void) {
+    TestCtx t = {0};
+    SdcError err = {0};
+    Backend *be = NULL;
+    if (backend_cpu_create(&be, 0, &err)) {
+        fprintf(stderr, "backend_cpu_create: %s\n", err.msg);
+        return 1;
+    }
+    StFile ref;
+    if (check_rc(&t, st_open(&ref, "tests/fixtures/ref-tiny-sdxl.safetensors", &err), "ref-tiny-sdxl", &err)) {
+        run_folder(&t, be, "tests/fixtures/tiny-sdxl", &ref);
+        run_single(&t, be, "tests/fixtures/tiny-sdxl-infer.safetensors", &ref);
+        st_close(&ref);
+    }
+    backend_destroy(be);
+    return test_summary(&t);
+}
