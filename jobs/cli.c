@@ -66,6 +66,28 @@ static int parse_outpaint(const char *flag, const char *v, Sdc__Generate *g, Sdc
     return 0;
 }
 
+// SDXL micro-conditioning: "A,B" (height,width or top,left) into a repeated
+// manifest field of two values
+static int parse_pair(const char *flag, const char *v, int min, int32_t **out, size_t *n, SdcError *err) {
+    long long x[2];
+    const char *p = v;
+    for (int k = 0; k < 2; k++) {
+        char *end;
+        errno = 0;
+        x[k] = strtoll(p, &end, 10);
+        if (errno || end == p || x[k] < min || x[k] > 65536 || (k == 0 ? *end != ',' : *end != 0))
+            return sdc_err(err, SDC_ERR_ARG, "%s: expected two numbers %d..65536 as %s, got '%s'", flag, min,
+                           strstr(flag, "crops") ? "TOP,LEFT" : "HEIGHT,WIDTH (diffusers' order)", v);
+        p = end + 1;
+    }
+    free(*out);
+    *out = malloc(2 * sizeof(int32_t));
+    if (!*out) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", flag);
+    (*out)[0] = (int32_t)x[0], (*out)[1] = (int32_t)x[1];
+    *n = 2;
+    return 0;
+}
+
 void cli_print_usage(FILE *f, const char *sub) {
     if (sub && !strcmp(sub, "run")) {
         fprintf(f, "usage: sdc run MANIFEST [--shard I/N] [--dump-manifest] [-q]\n\n"
@@ -130,6 +152,11 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --strength F          how much to change the init image, 0..1 (default 0.75; 1.0 inpainting)\n"
             "      --mask FILE           inpaint: white = repaint, black = keep (same size as --init-img)\n"
             "      --outpaint L,T,R,B    outpaint: extend --init-img by these pixels and fill them in\n"
+            "      --original-size H,W   SDXL micro-conditioning (diffusers' arguments, height first):\n"
+            "      --crops-coords-top-left T,L   the original size, crop and target size the model is told\n"
+            "      --target-size H,W     (default: the image's size, 0,0, the image's size)\n"
+            "      --negative-original-size H,W, --negative-crops-coords-top-left T,L,\n"
+            "      --negative-target-size H,W    the same for the negative half (both sizes, or none)\n"
             "      --clip-skip N         use the text encoder's N-th layer from the end (default: model's)\n"
             "      --vae-tiling          decode the image in 512-pixel tiles (less memory; default: only when\n"
             "                            the untiled decode would need over 1 GiB, i.e. above 640x640)\n"
@@ -458,6 +485,26 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         } else if (FLAG(NULL, "--outpaint")) {
             const char *v = VALUE();
             if (v) rc = parse_outpaint(a, v, g, err);
+        } else if (FLAG(NULL, "--original-size")) {
+            const char *v = VALUE();
+            if (v) rc = parse_pair(a, v, 1, &g->original_size, &g->n_original_size, err);
+        } else if (FLAG(NULL, "--crops-coords-top-left")) {
+            const char *v = VALUE();
+            if (v) rc = parse_pair(a, v, 0, &g->crops_coords_top_left, &g->n_crops_coords_top_left, err);
+        } else if (FLAG(NULL, "--target-size")) {
+            const char *v = VALUE();
+            if (v) rc = parse_pair(a, v, 1, &g->target_size, &g->n_target_size, err);
+        } else if (FLAG(NULL, "--negative-original-size")) {
+            const char *v = VALUE();
+            if (v) rc = parse_pair(a, v, 1, &g->negative_original_size, &g->n_negative_original_size, err);
+        } else if (FLAG(NULL, "--negative-crops-coords-top-left")) {
+            const char *v = VALUE();
+            if (v)
+                rc = parse_pair(a, v, 0, &g->negative_crops_coords_top_left, &g->n_negative_crops_coords_top_left,
+                                err);
+        } else if (FLAG(NULL, "--negative-target-size")) {
+            const char *v = VALUE();
+            if (v) rc = parse_pair(a, v, 1, &g->negative_target_size, &g->n_negative_target_size, err);
         } else if (FLAG(NULL, "--dump-manifest")) {
             opt->dump_manifest = 1;
         } else if (FLAG("-q", "--quiet")) {

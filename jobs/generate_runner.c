@@ -181,13 +181,29 @@ static int load_inputs(const Sdc__Generate *g, const ModelInfo *info, GenInputs 
 
 // The request a Generate message and its loaded inputs describe, for one
 // item (callers set seed and batch).
+// SDXL's micro-conditioning from the manifest (pairs checked by manifest.c)
+static SdxlCond xl_cond(const Sdc__Generate *g) {
+    SdxlCond c = {0};
+    if (g->n_original_size == 2) c.original_h = g->original_size[0], c.original_w = g->original_size[1];
+    if (g->n_crops_coords_top_left == 2)
+        c.crop_top = g->crops_coords_top_left[0], c.crop_left = g->crops_coords_top_left[1];
+    if (g->n_target_size == 2) c.target_h = g->target_size[0], c.target_w = g->target_size[1];
+    if (g->n_negative_original_size == 2)
+        c.neg_original_h = g->negative_original_size[0], c.neg_original_w = g->negative_original_size[1];
+    if (g->n_negative_crops_coords_top_left == 2)
+        c.neg_crop_top = g->negative_crops_coords_top_left[0], c.neg_crop_left = g->negative_crops_coords_top_left[1];
+    if (g->n_negative_target_size == 2)
+        c.neg_target_h = g->negative_target_size[0], c.neg_target_w = g->negative_target_size[1];
+    return c;
+}
+
 static GenParams gen_params(const Sdc__Generate *g, const GenInputs *in, SamplerKind sk, double strength) {
     return (GenParams){.mode = in->mode, .steps = g->steps, .cfg_scale = g->cfg_scale, .sampler = sk,
                        .eta = g->eta, .seed = (uint64_t)g->seed, .width = in->width, .height = in->height,
                        .batch = 1, .strength = strength, .init_image = in->image, .mask = in->mask,
                        // --vae-tile-size is in pixels (-1 = never tile, 0 = auto); the pipeline counts latent px
                        .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size,
-                       .timestep_spacing = g->timestep_spacing, .karras = g->karras};
+                       .timestep_spacing = g->timestep_spacing, .karras = g->karras, .xl = xl_cond(g)};
 }
 
 // The activation dtype a run asks for: --precision, else fp32 on the CPU and
@@ -594,8 +610,7 @@ static int pipeline_runs(const Sdc__Job *job, SdModel *m, const GenInputs *in, c
                          PpStage *pp, const int64_t *start, const int *len, int nq, float *ctxs, float *images,
                          Progress *pr, int64_t made, const RunOptions *opt, SdcError *err) {
     const Sdc__Generate *g = job->generate;
-    const ClipConfig *cc = clip_config(m->clip);
-    const size_t nctx = (size_t)2 * cc->max_positions * cc->hidden, npix = (size_t)in->width * in->height;
+    const size_t nctx = sd_cond_floats(m), npix = (size_t)in->width * in->height;
     const int micro = g->batch_size > 0 ? (g->batch_size < 64 ? g->batch_size : 64) : 1;
     SdRun *run[PP_MAX_INFLIGHT] = {0};
     int rc = nq > PP_MAX_INFLIGHT ? sdc_err(err, SDC_ERR_ARG, "--micro-batches %d: at most %d runs in flight", nq,
@@ -667,8 +682,7 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
     // with pipeline stages, K runs are in flight at once (each run one
     // micro-batch of the pipeline), taken K at a time
     const int K = pp ? pp->micro : 1;
-    const ClipConfig *cc = clip_config(m->clip);
-    const size_t nctx = (size_t)2 * cc->max_positions * cc->hidden;
+    const size_t nctx = sd_cond_floats(m);
     int64_t *run_start = calloc((size_t)n + 1, sizeof(int64_t)), idx[64];
     int *run_len = calloc((size_t)n + 1, sizeof(int));
     float *images = malloc((size_t)K * micro * 3 * npix * sizeof(float));
@@ -919,10 +933,16 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     for (size_t i = 0; !opt->quiet && i < n_lora; i++)
         fprintf(stderr, "sdc: LoRA %s merged at weight %g\n", given[i][0] ? given[i] : loras[i].path, loras[i].weight);
     free(loras);
+    const Sdc__Generate *gx = job->generate;
+    if (!m.clip2 && (gx->n_original_size || gx->n_crops_coords_top_left || gx->n_target_size ||
+                     gx->n_negative_original_size || gx->n_negative_crops_coords_top_left || gx->n_negative_target_size))
+        rc = sdc_err(err, SDC_ERR_ARG, "%s is an SD %d.x model: --original-size, --crops-coords-top-left, "
+                     "--target-size and their negative twins are SDXL's micro-conditioning ---> drop them, or use an "
+                     "SDXL model", job->model->path, model_files_info(m.files)->family == SD_FAMILY_2 ? 2 : 1);
     free(given);
     const ModelInfo *info = model_files_info(m.files);
     GenInputs in;
-    rc = load_inputs(g, info, &in, err);
+    if (!rc) rc = load_inputs(g, info, &in, err);
     if (rc) {
         sd_model_free(&m);
         backend_destroy(be);
@@ -932,8 +952,8 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     const double strength = g->has_strength ? g->strength : in.mode == GEN_INPAINT ? 1.0 : 0.75;
     const int micro = g->batch_size > 0 ? g->batch_size : 1;
     if (!opt->quiet)
-        fprintf(stderr, "sdc: loaded %s (SD %d.x, %s layout, %s prediction, %d-channel UNet) in %.1fs on %s\n",
-                job->model->path, info->family == SD_FAMILY_2 ? 2 : 1,
+        fprintf(stderr, "sdc: loaded %s (%s, %s layout, %s prediction, %d-channel UNet) in %.1fs on %s\n",
+                job->model->path, info->family == SD_FAMILY_XL ? "SDXL" : info->family == SD_FAMILY_2 ? "SD 2.x" : "SD 1.x",
                 info->layout == LAYOUT_DIFFUSERS ? "diffusers" : "single-file",
                 info->unet.prediction == PRED_V ? "v" : "epsilon", info->unet.in_channels, mono_s() - t0, be->name);
 
@@ -976,10 +996,9 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     if (!rc && !opt->quiet && g->shard_count > 1)
         fprintf(stderr, "sdc: shard %d of %d: items %lld to %lld\n", g->shard_index, g->shard_count,
                 (long long)sw.lo, (long long)sw.hi - 1);
-    const ClipConfig *cc = clip_config(m.clip);
     float *ctx = NULL;
     if (!rc) {
-        ctx = malloc((size_t)2 * cc->max_positions * cc->hidden * sizeof(float));
+        ctx = malloc(sd_cond_floats(&m) * sizeof(float));
         if (!ctx) rc = sdc_err(err, SDC_ERR_OOM, "text embeddings");
     }
     if (!rc) rc = generate_sweep(job, opt, &m, &in, &sw, strength, ctx, &par, pp.comm != MPI_COMM_NULL ? &pp : NULL, err);

@@ -225,6 +225,35 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
         if (g->batch_size < 1)
             return sdc_err(err, SDC_ERR_ARG, "manifest: generate.batch_size is %d; expected 1 or more",
                            g->batch_size);
+        {
+            const struct {
+                const char *name;
+                size_t n;
+                const int32_t *v;
+                int min;
+            } xl[6] = {{"original_size", g->n_original_size, g->original_size, 1},
+                       {"crops_coords_top_left", g->n_crops_coords_top_left, g->crops_coords_top_left, 0},
+                       {"target_size", g->n_target_size, g->target_size, 1},
+                       {"negative_original_size", g->n_negative_original_size, g->negative_original_size, 1},
+                       {"negative_crops_coords_top_left", g->n_negative_crops_coords_top_left,
+                        g->negative_crops_coords_top_left, 0},
+                       {"negative_target_size", g->n_negative_target_size, g->negative_target_size, 1}};
+            for (int k = 0; k < 6; k++) {
+                if (xl[k].n != 0 && xl[k].n != 2)
+                    return sdc_err(err, SDC_ERR_ARG, "manifest: generate.%s has %zu values; expected 2 (%s)",
+                                   xl[k].name, xl[k].n, k % 3 == 1 ? "top, left" : "height, width");
+                for (size_t i = 0; i < xl[k].n; i++)
+                    if (xl[k].v[i] < xl[k].min || xl[k].v[i] > 65536)
+                        return sdc_err(err, SDC_ERR_ARG, "manifest: generate.%s[%zu] is %d; expected %d to 65536",
+                                       xl[k].name, i, xl[k].v[i], xl[k].min);
+            }
+            if ((g->n_negative_original_size != 0) != (g->n_negative_target_size != 0) ||
+                (g->n_negative_crops_coords_top_left && !g->n_negative_original_size))
+                return sdc_err(err, SDC_ERR_ARG, "manifest: generate.negative_original_size and negative_target_size "
+                               "go together (diffusers ignores one without the other), and "
+                               "negative_crops_coords_top_left needs them ---> give --negative-original-size and "
+                               "--negative-target-size");
+        }
         if (g->n_outpaint != 0 && g->n_outpaint != 4)
             return sdc_err(err, SDC_ERR_ARG, "manifest: generate.outpaint has %zu values; expected 4 (left, top, "
                                              "right, bottom)", g->n_outpaint);

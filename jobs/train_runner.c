@@ -126,8 +126,7 @@ static int make_class_images(const Sdc__Job *job, const Backend *be, const char 
     SdModel m;
     SDC_TRY(sd_model_load(&m, job->model->path, job->model->config && job->model->config[0] ? job->model->config : NULL,
                           runner_prediction(job), be, err));
-    const ClipConfig *cc = clip_config(m.clip);
-    float *ctx = malloc((size_t)2 * cc->max_positions * cc->hidden * sizeof(float));
+    float *ctx = malloc(sd_cond_floats(&m) * sizeof(float));
     size_t img = (size_t)3 * d->resolution * d->resolution;
     int bs = d->sample_batch_size > 0 ? d->sample_batch_size : 1;
     float *pix = malloc((size_t)bs * img * sizeof(float));
@@ -578,6 +577,9 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         const char *cfg = job->model->config && job->model->config[0] ? job->model->config : NULL;
         rc = model_files_open(&m.files, job->model->path, cfg, runner_prediction(job), err);
     }
+    if (!rc && model_files_info(m.files)->family == SD_FAMILY_XL)
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: DreamBooth on SDXL is not supported yet\n---> "
+                     "train an SD 1.x/2.x model (sdc generates with SDXL)", job->model->path);
     if (!rc && stages > 1) {
         UnetBlockInfo *bl = malloc(UNET_MAX_BLOCKS * sizeof *bl);
         int nb = 0;

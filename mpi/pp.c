@@ -108,13 +108,19 @@ static int measure_blocks(PpStage *p, const Backend *be, int h, int w, int ctx_l
         const UnetConfig *c = unet_config(u);
         Arena a = {0};
         const size_t bytes = 4 * ARENA_ALIGN + sizeof(float) * ((size_t)(c->in_channels + c->out_channels) * h * w +
-                                                                (size_t)ctx_len * c->cross_dim);
+                                                                (size_t)ctx_len * c->cross_dim + (size_t)c->add_in_dim);
         rc = arena_init(&a, be, bytes, err);
+        float ids[8] = {0};
         if (!rc) {
             Tensor x = ARENA_DT(&a, be->act_dtype, 1, c->in_channels, h, w);
             Tensor out = ARENA_DT(&a, be->act_dtype, 1, c->out_channels, h, w);
             Tensor ctx = ARENA_DT(&a, be->act_dtype, 1, ctx_len, c->cross_dim);
             memset(x.data, 0, tensor_bytes(&x)), memset(ctx.data, 0, tensor_bytes(&ctx));
+            if (c->add_time_dim) { // SDXL: zero added conditioning (its time does not depend on the values either)
+                Tensor text = ARENA_DT(&a, be->act_dtype, 1, c->add_in_dim - unet_n_time_ids(u) * c->add_time_dim);
+                memset(text.data, 0, tensor_bytes(&text));
+                rc = unet_set_added_cond(u, &text, ids, err);
+            }
             const float ts = 500.0f;
             // twice: the first pass pays the page faults of the mapped
             // weights, which a stage pays once and the cut should not see

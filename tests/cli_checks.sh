@@ -195,11 +195,49 @@ generate_from_h5() {
     check "second run from m.h5 == from the .safetensors" $PNGPIX same "$W/b.png" "$W/c.png"
 }
 
+# SDXL: its micro-conditioning flags are checked and refused for SD 1.x, and
+# what does not run on SDXL yet (conversion, training) is refused by name.
+sdxl_refusals() {
+    XL=$SRC/tests/fixtures/tiny-sdxl
+    refused "--original-size with an SD 1.x model" "SDXL's micro-conditioning" "$SDC" generate -q -m "$DEMO" \
+        -p x -W 64 -H 64 --steps 2 --original-size 64,64 -o "$W/a.png"
+    check "... and no output" test ! -e "$W/a.png"
+    refused "--original-size 64 (one number)" "HEIGHT,WIDTH" "$SDC" generate -q -m "$XL" -p x --original-size 64 \
+        -o "$W/b.png"
+    refused "--crops-coords-top-left -1,0" "TOP,LEFT" "$SDC" generate -q -m "$XL" -p x \
+        --crops-coords-top-left -1,0 -o "$W/b.png"
+    refused "--negative-original-size without --negative-target-size" "go together" "$SDC" generate -q -m "$XL" \
+        -p x --negative-original-size 64,64 -o "$W/b.png"
+    refused "sdc convert of an SDXL folder" "converting SDXL models is not supported yet" "$SDC" convert -q \
+        -m "$XL" -o "$W/xl.safetensors"
+    check "... and no output" test ! -e "$W/xl.safetensors"
+    refused "DreamBooth on SDXL" "SDXL" "$SDC" train dreambooth -q --pretrained-model "$XL" --instance-data "$IMGS" \
+        --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t" -t 1
+}
+
+# SDXL from the command line: the tiny SDXL folder (its own two tokenizers)
+# draws diffusers' StableDiffusionXLPipeline image for the prompt (within
+# 1/255: tests/fixtures/ref-tiny-sdxl.safetensors pipe.text.image), and
+# --pipeline-stages 2 under mpiexec gives the same bytes as one process.
+sdxl_generate() {
+    XL=$SRC/tests/fixtures/tiny-sdxl
+    P='a photo of a red fox in the snow, high quality!'
+    runs "generate with the tiny SDXL folder" "$SDC" generate -m "$XL" -p "$P" -W 64 -H 64 --steps 4 \
+        --cfg-scale 5 -s 7 -t 1 -o "$W/one.png"
+    has "... loaded as SDXL" '(SDXL, diffusers layout'
+    check "... the image of diffusers' StableDiffusionXLPipeline (within 1/255)" /usr/bin/python3 \
+        "$SRC/tests/png_vs_ref.py" "$W/one.png" "$SRC/tests/fixtures/ref-tiny-sdxl.safetensors" pipe.text.image 1
+    runs "--pipeline-stages 2 under mpiexec" mpiexec --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 \
+        -n 2 "$SDC" generate -q -m "$XL" -p "$P" -W 64 -H 64 --steps 4 --cfg-scale 5 -s 7 -t 1 \
+        --pipeline-stages 2 -o "$W/pp.png"
+    check "... the same PNG as one process" cmp "$W/one.png" "$W/pp.png"
+}
+
 case "$NAME" in
     generate_demo | generate_deterministic | bad_size | missing_model | unknown_sampler | mask_size_mismatch | \
         bad_image | bad_strength | inpaint_model_needs_mask | long_prompt_warns | refuses_what_cannot_fit | \
         img2img | inpaint | outpaint | generate_lora | lora_other_model | manifest_roundtrip | example_manifest | \
-        lora_from_checkpoint | generate_from_h5)
+        lora_from_checkpoint | generate_from_h5 | sdxl_refusals | sdxl_generate)
         $NAME ;;
     *) echo "cli_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac

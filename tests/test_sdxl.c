@@ -12,7 +12,10 @@
 //     when no negative prompt is given (force_zeros_for_empty_prompt), given
 //     negative embeddings, and micro-conditioning (original size, crop, target
 //     size and their negative twins): final latents within 1e-4 of max |ref|,
-//     8-bit images within 1/255.
+//     8-bit images within 1/255;
+//   - the same from a prompt, through the folder's two tokenizers (pads EOS
+//     and "!"): encode_prompt's embeddings, zero negatives without a
+//     negative prompt, images.
 // fp32 CPU. Tolerances as test_clip / test_unet / test_pipeline state them.
 #include <math.h>
 #include <stdio.h>
@@ -167,6 +170,45 @@ static void pipeline(TestCtx *t, const Backend *be, const char *path, const char
             }
             free(wl);
         }
+        // from prompts through the folder's two tokenizers (pads EOS and "!")
+        static const char *const PROMPT = "a photo of a red fox in the snow, high quality!";
+        float *wctx = fixture_f32(t, ref, "pipe.textneg.ctx", NULL), *wpool = fixture_f32(t, ref, "pipe.textneg.pooled", NULL);
+        for (int k = 0; k < 2; k++) {
+            const char *neg = k ? "blurry, low quality" : NULL, *cname = k ? "textneg" : "text";
+            int rc = sd_encode_prompt(&m, PROMPT, neg, 0, cond, &err);
+            if (!check_rc(t, rc, "sd_encode_prompt", &err)) continue;
+            char name[64];
+            if (k && wctx && wpool) {
+                check_rel(t, "encode_prompt [negative, prompt] embeddings", cond, wctx, nctx, TOL_TEXT);
+                check_rel(t, "encode_prompt pooled embeddings", cond + nctx, wpool, 2 * 32, TOL_TEXT);
+            }
+            if (!k) {
+                int zero = 1;
+                for (size_t i = 0; i < nctx / 2; i++) zero &= cond[i] == 0.0f;
+                for (size_t i = 0; i < 32; i++) zero &= cond[nctx + i] == 0.0f;
+                check_true(t, zero, "no negative prompt: zero negative embeddings (force_zeros_for_empty_prompt)");
+            }
+            GenParams p = {.mode = GEN_TXT2IMG, .steps = (int)prm[0], .cfg_scale = prm[1], .sampler = SAMPLER_EULER,
+                           .seed = (uint64_t)prm[2], .width = W, .height = H, .batch = 1};
+            snprintf(name, sizeof name, "pipe.%s.latents", cname);
+            float *wl = fixture_f32(t, ref, name, NULL);
+            snprintf(name, sizeof name, "pipe.%s.image", cname);
+            const StEntry *wi = st_find(ref, name);
+            if (wl && wi && check_rc(t, sd_generate(&m, &p, cond, lat, img, NULL, NULL, &err), cname, &err)) {
+                snprintf(name, sizeof name, "%s latents (from the prompt)", cname);
+                check_rel(t, name, lat, wl, (size_t)4 * (H / 8) * (W / 8), TOL_LATENT);
+                image_from_vae(rgb, img, 0, H, W);
+                const uint8_t *want = st_tensor(ref, wi).data;
+                int worst = 0;
+                for (size_t i = 0; i < (size_t)3 * H * W; i++) {
+                    int d = abs((int)rgb[i] - (int)want[i]);
+                    if (d > worst) worst = d;
+                }
+                check_true(t, worst <= 1, "%s image: worst pixel difference %d/255 (at most 1)", cname, worst);
+            }
+            free(wl);
+        }
+        free(wctx), free(wpool);
         free(cond), free(lat), free(img), free(rgb);
     }
     free(prm), free(ctx), free(pooled);

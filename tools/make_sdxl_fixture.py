@@ -13,7 +13,8 @@ scaling factor 0.13025.
 
 Writes
   tests/fixtures/tiny-sdxl/            diffusers folder (StableDiffusionXLPipeline,
-                                       force_zeros_for_empty_prompt, Euler "leading")
+                                       force_zeros_for_empty_prompt, Euler "leading",
+                                       tokenizer/ and tokenizer_2/ of 1000 ids)
   tests/fixtures/tiny-sdxl-infer.safetensors  a second model in the original single-file
                                        layout (conditioner.embedders.0/1, label_emb;
                                        checked against diffusers' own converters)
@@ -36,6 +37,11 @@ Writes
                negative_original_size (32, 48), negative_crops (4, 0),
                negative_target_size (64, 64)
     pipe.params F32 [steps, guidance, seed, width, height]
+    pipe.text.*, pipe.textneg.*: the same from the prompt "a photo of a red fox in the
+        snow, high quality!" (no negative prompt: zeros; and "blurry, low quality"),
+        through the folder's tokenizers (tokenizer/ pads with EOS, tokenizer_2/ with "!",
+        a 1000-id CLIP BPE made from CLIP's merges); pipe.textneg.ctx / .pooled
+        encode_prompt's [negative, prompt] embeddings; pipe.text.ids1 / ids2 the ids
     infer.te1.hidden2, infer.te2.hidden2, infer.te2.pooled: tiny-sdxl-infer's encoders on
         te1.ids / te2.ids; infer.unet.{ctx (2, 77, 128), text_embeds (2, 64), out}: its UNet
         on unet.x, unet.t, unet.time_ids
@@ -102,6 +108,46 @@ TE2_I = dict(TE2, hidden_size=64, intermediate_size=256, num_hidden_layers=3, nu
 VAE_I = dict(VAE, block_out_channels=[32, 32, 32, 32], norm_num_groups=32, sample_size=1024)
 
 
+def make_tokenizers(folder):
+    """A CLIP BPE tokenizer of the text encoders' 1000 ids: the 512 byte
+    symbols, the first merges of tests/fixtures/tokenizer (CLIP's own, in
+    order) whose parts are known, up to id 997, then <|startoftext|> 998 and
+    <|endoftext|> 999; tokenizer/ pads with EOS, tokenizer_2/ with "!" (SDXL's
+    two conventions). Written with transformers' CLIPTokenizer.save_pretrained."""
+    from transformers import CLIPTokenizer
+    # byte-level BPE's printable stand-ins for the 256 bytes, in CLIP's order
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    extra = [b for b in range(256) if b not in keep]
+    base = [chr(b) for b in keep] + [chr(256 + i) for i in range(len(extra))]
+    vocab = base + [b + "</w>" for b in base]
+    have, merges = set(vocab), []
+    with open(os.path.join(FIX, "tokenizer", "merges.txt"), encoding="utf-8") as f:
+        for line in f.read().split("\n")[1:]:
+            parts = line.split()
+            if len(parts) != 2 or parts[0] not in have or parts[1] not in have or "".join(parts) in have:
+                continue
+            merges.append(line)
+            vocab.append("".join(parts))
+            have.add(vocab[-1])
+            if len(vocab) == 998:
+                break
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == 1000, len(vocab)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
+        with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+        toks = []
+        for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+            t = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), pad_token=pad,
+                              model_max_length=77)
+            t.save_pretrained(os.path.join(folder, sub))
+            toks.append(CLIPTokenizer.from_pretrained(os.path.join(folder, sub)))
+    return toks
+
+
 def build(unet_cfg=UNET, te1_cfg=TE1, te2_cfg=TE2, vae_cfg=VAE):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -147,8 +193,8 @@ def save_folder(folder, unet, te1, te2, vae, sched):
         "scheduler": ["diffusers", type(sched).__name__],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": [None, None],
-        "tokenizer_2": [None, None],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
@@ -222,6 +268,7 @@ def main():
     folder = os.path.join(FIX, NAME)
     save_folder(folder, unet, te1, te2, vae, EulerDiscreteScheduler(**SCHED))
     ok = True
+    tok1, tok2 = make_tokenizers(folder)
 
     r = {}
     g = torch.Generator().manual_seed(SEED + 100)
@@ -275,6 +322,24 @@ def main():
         r[f"pipe.{name}.latents"] = lat
         r[f"pipe.{name}.image"] = torch.from_numpy(np.round(img * 255).astype(np.uint8))
         print(f"  pipe {name}: latents std {lat.std().item():.3f}, image mean {img.mean():.3f}")
+    # from prompts, through both tokenizers (pads EOS / "!")
+    prompt, negative = "a photo of a red fox in the snow, high quality!", "blurry, low quality"
+    for name, neg in (("text", None), ("textneg", negative)):
+        common = dict(prompt=prompt, negative_prompt=neg, num_inference_steps=steps, guidance_scale=guidance, width=W,
+                      height=H)
+        lat = pipe(generator=torch.Generator().manual_seed(seed), output_type="latent", **common).images
+        img = pipe(generator=torch.Generator().manual_seed(seed), output_type="np", **common).images[0]
+        r[f"pipe.{name}.latents"] = lat
+        r[f"pipe.{name}.image"] = torch.from_numpy(np.round(img * 255).astype(np.uint8))
+    pe, npe, ppe, nppe = pipe.encode_prompt(prompt, negative_prompt=negative, device="cpu")
+    r["pipe.textneg.ctx"] = torch.cat([npe, pe], 0)
+    r["pipe.textneg.pooled"] = torch.cat([nppe, ppe], 0)
+    r["pipe.text.ids1"] = tok1(prompt, padding="max_length", max_length=77, truncation=True,
+                               return_tensors="pt").input_ids.to(torch.int32)
+    r["pipe.text.ids2"] = tok2(prompt, padding="max_length", max_length=77, truncation=True,
+                               return_tensors="pt").input_ids.to(torch.int32)
+    print("  ids1", r["pipe.text.ids1"][0, :16].tolist())
+    print("  ids2", r["pipe.text.ids2"][0, :16].tolist())
     out = {k: (v.contiguous() if v.dtype in (torch.int32, torch.uint8) else v.float().contiguous())
            for k, v in r.items()}
     save_file(out, os.path.join(FIX, f"ref-{NAME}.safetensors"), metadata={"format": "pt"})
