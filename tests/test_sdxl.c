@@ -11,8 +11,10 @@
 //     from the folder's scheduler config, guidance 5): zero negative embeddings
 //     when no negative prompt is given (force_zeros_for_empty_prompt), given
 //     negative embeddings, and micro-conditioning (original size, crop, target
-//     size and their negative twins): final latents within 1e-4 of max |ref|,
-//     8-bit images within 1/255;
+//     size and their negative twins), img2img (strength 0.6) and inpainting
+//     with the 4-channel blend (strength 1.0 and 0.75) as
+//     StableDiffusionXLImg2ImgPipeline / InpaintPipeline: final latents within
+//     1e-4 of max |ref|, 8-bit images within 1/255;
 //   - the same from a prompt, through the folder's two tokenizers (pads EOS
 //     and "!"): encode_prompt's embeddings, zero negatives without a
 //     negative prompt, images.
@@ -135,8 +137,15 @@ static void pipeline(TestCtx *t, const Backend *be, const char *path, const char
         const int W = (int)prm[3], H = (int)prm[4];
         float *lat = malloc((size_t)4 * (H / 8) * (W / 8) * sizeof(float)), *img = malloc((size_t)3 * H * W * 4);
         uint8_t *rgb = malloc((size_t)3 * H * W);
-        static const char *const CASES[] = {"zeroneg", "neg", "micro"};
-        for (int k = 0; k < 3; k++) {
+        // the init image and mask of img2img / inpainting
+        const StEntry *ie = st_find(ref, "pipe.init.image_u8"), *me = st_find(ref, "pipe.init.mask_u8");
+        float *init = malloc((size_t)3 * H * W * sizeof(float)), *mask = malloc((size_t)H * W * sizeof(float));
+        Image im = {.width = W, .height = H, .channels = 3, .data = ie ? st_tensor(ref, ie).data : NULL};
+        Image mk = {.width = W, .height = H, .channels = 1, .data = me ? st_tensor(ref, me).data : NULL};
+        check_true(t, ie && me && !image_to_tensor(&im, init, &err) && !mask_to_tensor(&mk, mask, &err),
+                   "init image and mask");
+        static const char *const CASES[] = {"zeroneg", "neg", "micro", "img2img", "inpaint", "inpaint075"};
+        for (int k = 0; k < 6; k++) {
             memcpy(cond, ctx, nctx * sizeof(float));
             memcpy(cond + nctx, pooled, 2 * 32 * sizeof(float));
             if (k == 0) { // no negative prompt: zeros, as diffusers' force_zeros_for_empty_prompt
@@ -145,6 +154,12 @@ static void pipeline(TestCtx *t, const Backend *be, const char *path, const char
             }
             GenParams p = {.mode = GEN_TXT2IMG, .steps = (int)prm[0], .cfg_scale = prm[1], .sampler = SAMPLER_EULER,
                            .seed = (uint64_t)prm[2], .width = W, .height = H, .batch = 1};
+            if (k >= 3) { // StableDiffusionXLImg2ImgPipeline / InpaintPipeline.from_pipe, 8 steps
+                p.mode = k == 3 ? GEN_IMG2IMG : GEN_INPAINT;
+                p.steps = 8, p.init_image = init;
+                p.strength = k == 3 ? 0.6 : k == 4 ? 1.0 : 0.75;
+                p.mask = k >= 4 ? mask : NULL;
+            }
             if (k == 2) {
                 p.xl.original_h = 96, p.xl.original_w = 128, p.xl.crop_top = 8, p.xl.crop_left = 16;
                 p.xl.target_h = 64, p.xl.target_w = 80;
@@ -208,7 +223,7 @@ static void pipeline(TestCtx *t, const Backend *be, const char *path, const char
             }
             free(wl);
         }
-        free(wctx), free(wpool);
+        free(wctx), free(wpool), free(init), free(mask);
         free(cond), free(lat), free(img), free(rgb);
     }
     free(prm), free(ctx), free(pooled);

@@ -37,6 +37,10 @@ Writes
                negative_original_size (32, 48), negative_crops (4, 0),
                negative_target_size (64, 64)
     pipe.params F32 [steps, guidance, seed, width, height]
+    pipe.init.image_u8 (64, 64, 3), pipe.init.mask_u8 (64, 64): the init image and mask
+        (make_pipeline_fixture's); pipe.{img2img, inpaint, inpaint075}.{latents, image}:
+        StableDiffusionXLImg2ImgPipeline (strength 0.6) and StableDiffusionXLInpaintPipeline
+        (strength 1.0 and 0.75) from_pipe, 8 steps, the "neg" embeddings
     pipe.text.*, pipe.textneg.*: the same from the prompt "a photo of a red fox in the
         snow, high quality!" (no negative prompt: zeros; and "blurry, low quality"),
         through the folder's tokenizers (tokenizer/ pads with EOS, tokenizer_2/ with "!",
@@ -322,6 +326,26 @@ def main():
         r[f"pipe.{name}.latents"] = lat
         r[f"pipe.{name}.image"] = torch.from_numpy(np.round(img * 255).astype(np.uint8))
         print(f"  pipe {name}: latents std {lat.std().item():.3f}, image mean {img.mean():.3f}")
+    # img2img and inpainting (the 4-channel UNet's blend) from the same embeddings
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+    from PIL import Image
+    from make_pipeline_fixture import test_image, test_mask
+    img, msk = test_image(W, H, SEED + 200), test_mask(W, H)
+    r["pipe.init.image_u8"] = torch.from_numpy(img.copy())
+    r["pipe.init.mask_u8"] = torch.from_numpy(msk.copy())
+    i2i = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+    inp = StableDiffusionXLInpaintPipeline.from_pipe(pipe)
+    for name, p_, kw in (("img2img", i2i, dict(strength=0.6)),
+                         ("inpaint", inp, dict(strength=1.0, mask_image=Image.fromarray(msk, "L"), width=W, height=H)),
+                         ("inpaint075", inp, dict(strength=0.75, mask_image=Image.fromarray(msk, "L"), width=W,
+                                                  height=H))):
+        common = dict(image=Image.fromarray(img), num_inference_steps=8, guidance_scale=guidance, **pos, **neg, **kw)
+        lat = p_(generator=torch.Generator().manual_seed(seed), output_type="latent", **common).images
+        out_img = p_(generator=torch.Generator().manual_seed(seed), output_type="np", **common).images[0]
+        r[f"pipe.{name}.latents"] = lat
+        r[f"pipe.{name}.image"] = torch.from_numpy(np.round(out_img * 255).astype(np.uint8))
+        print(f"  pipe {name}: latents std {lat.std().item():.3f}")
+
     # from prompts, through both tokenizers (pads EOS / "!")
     prompt, negative = "a photo of a red fox in the snow, high quality!", "blurry, low quality"
     for name, neg in (("text", None), ("textneg", negative)):
