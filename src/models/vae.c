@@ -28,6 +28,7 @@
 
 #include "core/arena.h"
 #include "models/params.h"
+#include "models/pass.h"
 #include "models/vae_layout.h"
 
 #define VAE_LOGVAR_MIN (-30.0f)
@@ -107,70 +108,72 @@ static int vae_blocks_make(Vae *m, SdcError *err) {
     return 0;
 }
 
-// ---- the run a block's forward belongs to -----------------------------------
+// ---- what a block reads and writes ---------------------------------------------
+//
+// A block's forward runs in a Pass (pass.h: the context the UNet's and CLIP's
+// blocks run in) with keep NULL, since the VAE is never trained: every
+// temporary lives in p->work, the run's arena above main, and is released
+// before the forward returns. p->be is the model's backend or
+// backend_measure() while planning, p->act the model backend's activation
+// dtype in both, so a measuring run sizes exactly what the real one takes.
 
-// One forward's context: the backend that runs (the real one or
-// backend_measure()), its arena, and the real backend's activation dtype so a
-// measuring run sizes exactly what the real one allocates.
-typedef struct VaeRun {
-    const Backend *be;
-    Arena *a;
-    DType act;
-    int groups;
-    float eps;
-} VaeRun;
-
-// What a block reads and writes. y is either x's memory (both views of the
-// run's main buffer, from its start) or separate (x the caller's input, y the
-// caller's output): a forward reads x whole before it writes y, or goes
-// through a temporary.
+// y is either x's memory (both views of the run's main buffer from its start:
+// the block writes its output in place) or apart from it (x the caller's
+// input, or y the caller's output). A forward reads all of x it needs before
+// it writes y, or goes through a temporary.
 typedef struct VaeIO {
     Tensor x;  // (N, Cin, h, w) the block's input
     Tensor y;  // (N, Cout, h', w') its output
     Tensor y2; // QUANT: the logvar (N, L, h, w); y is the mean
 } VaeIO;
 
-static Tensor run_view(const VaeRun *r, void *p, int64_t n, int64_t c, int64_t h, int64_t w) {
-    return tensor_make(r->act, r->be->device, p, 4, (int64_t[]){n, c, h, w});
+// d loss / d a block's output and input, for a kind's backward. No kind has
+// one (the VAE is never trained; the slots are NULL). A kind that gets one
+// must SAVE in its forward what its backward reads, and its caller must give
+// it a y apart from x, since main is overwritten in place.
+typedef struct VaeGradIO {
+    Tensor dy; // (N, Cout, h', w')
+    Tensor dx; // (N, Cin, h, w), overwritten
+} VaeGradIO;
+
+// A (N, C, h, w) view of data in the pass's activation dtype.
+static Tensor act_view(const Pass *p, void *data, int64_t n, int64_t c, int64_t h, int64_t w) {
+    return tensor_make(p->act, p->be->device, data, 4, (int64_t[]){n, c, h, w});
 }
 
-static void *run_alloc(VaeRun *r, int64_t elems) {
-    return arena_alloc(r->a, (size_t)elems * dtype_size(r->act));
-}
-
-// A temporary of t's shape above main.
-static Tensor run_like(VaeRun *r, const Tensor *t) {
-    return tensor_make(r->act, r->be->device, run_alloc(r, tensor_numel(t)), t->ndim, t->shape);
+static void *work_alloc(Pass *p, int64_t elems) {
+    return arena_alloc(p->work, (size_t)elems * dtype_size(p->act));
 }
 
 // y = conv(x). When y is x's memory the smaller of the two goes through a
 // temporary: the input is copied aside (a conv that widens), or the output
 // is computed aside and copied back (a conv that shrinks).
-static void run_conv(VaeRun *r, const VaeIO *io, const VaeConv *c, int stride, int pad) {
-    const Backend *be = r->be;
-    Tensor x = io->x, y = io->y;
-    if (x.data != y.data) {
-        be->conv2d(be, &y, &x, &c->w, &c->b, stride, pad);
+static void io_conv(Pass *p, VaeIO *io, const VaeConv *c, int stride, int pad) {
+    const Backend *be = p->be;
+    if (io->x.data != io->y.data) {
+        be->conv2d(be, &io->y, &io->x, &c->w, &c->b, stride, pad);
         return;
     }
-    size_t mark = arena_mark(r->a);
-    if (tensor_numel(&x) <= tensor_numel(&y)) {
-        Tensor t = run_like(r, &x); // (N, Cin, h, w)
-        be->copy(be, &t, &x);
-        be->conv2d(be, &y, &t, &c->w, &c->b, stride, pad);
+    size_t mark = arena_mark(p->work);
+    if (tensor_numel(&io->x) <= tensor_numel(&io->y)) {
+        Tensor t = pass_like(p, &io->x); // (N, Cin, h, w)
+        be->copy(be, &t, &io->x);
+        be->conv2d(be, &io->y, &t, &c->w, &c->b, stride, pad);
     } else {
-        Tensor t = run_like(r, &y); // (N, Cout, h', w')
-        be->conv2d(be, &t, &x, &c->w, &c->b, stride, pad);
-        be->copy(be, &y, &t);
+        Tensor t = pass_like(p, &io->y); // (N, Cout, h', w')
+        be->conv2d(be, &t, &io->x, &c->w, &c->b, stride, pad);
+        be->copy(be, &io->y, &t);
     }
-    arena_reset(r->a, mark);
+    arena_reset(p->work, mark);
 }
 
 // ---- block kinds -------------------------------------------------------------
 //
-// One record per kind: its parameters (asked from the loader by diffusers
-// name, shapes from the block's info) and its one forward (x -> y, VaeIO).
-// A forward's comment says which temporaries it takes above main.
+// One record per kind (VAE_KINDS at the end of the section): its parameters
+// (asked from the loader by diffusers name, shapes from the block's info),
+// its one forward (x -> y, VaeIO) and its backward (none yet). A forward's
+// comment says which temporaries it takes above main; vae_reserve records
+// their bytes per block (VaeBlockInfo.scratch_bytes).
 
 // Rows r0..r0+n-1 of a parameter along dim 0, as a view (data may be NULL
 // when only planning).
@@ -189,19 +192,27 @@ static VaeConv get_conv(ParamLoader *pl, const char *prefix, int cout, int cin, 
     return c;
 }
 
-// conv_in, post_quant_conv, an upsampler's conv: (cout, cin, k, k).
+// conv_in, an upsampler's conv: (cout, cin, 3, 3).
 static void load_conv3(ParamLoader *pl, VaeBlock *b) {
     b->conv = get_conv(pl, b->info.pre[0].diff, b->info.out_channels, b->info.in_channels, 3);
 }
 
+// post_quant_conv: (L, L, 1, 1).
 static void load_conv1(ParamLoader *pl, VaeBlock *b) {
     b->conv = get_conv(pl, b->info.pre[0].diff, b->info.out_channels, b->info.in_channels, 1);
 }
 
-// conv_in (encoder: the image into main; decoder: main, widened, through a
-// copy of its input) and post_quant_conv (the latent into main).
-static void conv_in_fwd(VaeRun *r, const VaeBlock *b, VaeIO *io) { run_conv(r, io, &b->conv, 1, 1); }
-static void post_quant_fwd(VaeRun *r, const VaeBlock *b, VaeIO *io) { run_conv(r, io, &b->conv, 1, 0); }
+// conv_in: encoder, the image into main; decoder, main widened (through a
+// copy of its input: (N, L, h, w)). post_quant_conv: the latent into main.
+static void conv_in_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    (void)m;
+    io_conv(p, io, &b->conv, 1, 1);
+}
+
+static void post_quant_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    (void)m;
+    io_conv(p, io, &b->conv, 1, 0);
+}
 
 // The (C, C, 3, 3) downsample kernel "<prefix>weight" as a (C, C, 4, 4)
 // kernel with a zero first row and column (see the top of the file).
@@ -247,64 +258,69 @@ static void load_downsample(ParamLoader *pl, VaeBlock *b) {
     b->conv.b = param_get(pl, SHAPE(c), "%sbias", b->info.pre[0].diff);
 }
 
-// main (N, C, h, w) -> main (N, C, h/2, w/2) through an output temporary.
-static void downsample_fwd(VaeRun *r, const VaeBlock *b, VaeIO *io) { run_conv(r, io, &b->conv, 2, 1); }
+// main (N, C, h, w) -> main (N, C, h/2, w/2). Temporary: the output.
+static void downsample_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    (void)m;
+    io_conv(p, io, &b->conv, 2, 1);
+}
 
 // main (N, C, h, w) -> main (N, C, 2h, 2w). Temporary: the upsampled input.
-static void upsample_fwd(VaeRun *r, const VaeBlock *b, VaeIO *io) {
-    const Backend *be = r->be;
-    size_t mark = arena_mark(r->a);
-    Tensor u = run_view(r, run_alloc(r, tensor_numel(&io->y)), io->x.shape[0], io->x.shape[1], io->y.shape[2],
-                        io->y.shape[3]); // (N, C, 2h, 2w)
+static void upsample_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    (void)m;
+    const Backend *be = p->be;
+    size_t mark = arena_mark(p->work);
+    Tensor u = TMP(p, io->x.shape[0], io->x.shape[1], io->y.shape[2], io->y.shape[3]); // (N, C, 2h, 2w)
     be->upsample_nearest2x(be, &u, &io->x);
     be->conv2d(be, &io->y, &u, &b->conv.w, &b->conv.b, 1, 1); // over x, already read
-    arena_reset(r->a, mark);
+    arena_reset(p->work, mark);
 }
 
 static void load_resnet(ParamLoader *pl, VaeBlock *b) {
     VaeResnet *r = &b->res;
     const char *pre = b->info.name;
     const int cin = b->info.in_channels, cout = b->info.out_channels;
-    char p[64];
+    char q[64];
     r->n1_w = param_get(pl, SHAPE(cin), "%s.norm1.weight", pre);
     r->n1_b = param_get(pl, SHAPE(cin), "%s.norm1.bias", pre);
-    snprintf(p, sizeof p, "%s.conv1.", pre);
-    r->c1 = get_conv(pl, p, cout, cin, 3);
+    snprintf(q, sizeof q, "%s.conv1.", pre);
+    r->c1 = get_conv(pl, q, cout, cin, 3);
     r->n2_w = param_get(pl, SHAPE(cout), "%s.norm2.weight", pre);
     r->n2_b = param_get(pl, SHAPE(cout), "%s.norm2.bias", pre);
-    snprintf(p, sizeof p, "%s.conv2.", pre);
-    r->c2 = get_conv(pl, p, cout, cout, 3);
+    snprintf(q, sizeof q, "%s.conv2.", pre);
+    r->c2 = get_conv(pl, q, cout, cout, 3);
     if (cin != cout) {
-        snprintf(p, sizeof p, "%s.conv_shortcut.", pre);
-        r->sc = get_conv(pl, p, cout, cin, 1);
+        snprintf(q, sizeof q, "%s.conv_shortcut.", pre);
+        r->sc = get_conv(pl, q, cout, cin, 1);
     }
 }
 
 // ResnetBlock2D without time embedding: main (N, cin, h, w) -> main
 // (N, cout, h, w). Temporaries: (N, max(cin, cout), h, w) and (N, cout, h, w).
-static void resnet_fwd(VaeRun *r, const VaeBlock *b, VaeIO *io) {
-    const Backend *be = r->be;
-    const VaeResnet *p = &b->res;
+static void resnet_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    const Backend *be = p->be;
+    const VaeResnet *r = &b->res;
+    const int G = m->cfg.norm_groups;
+    const float eps = m->cfg.norm_eps;
     const Tensor *x = &io->x;
     const int64_t N = x->shape[0], h = x->shape[2], w = x->shape[3];
     const int64_t cin = b->info.in_channels, cout = b->info.out_channels, cmax = cin > cout ? cin : cout;
-    size_t mark = arena_mark(r->a);
-    void *t1 = run_alloc(r, N * cmax * h * w);
-    Tensor t1_in = run_view(r, t1, N, cin, h, w);   // (N, cin, h, w)
-    Tensor t1_out = run_view(r, t1, N, cout, h, w); // (N, cout, h, w), same memory
-    Tensor t2 = run_view(r, run_alloc(r, N * cout * h * w), N, cout, h, w); // (N, cout, h, w)
+    size_t mark = arena_mark(p->work);
+    void *t1 = work_alloc(p, N * cmax * h * w);
+    Tensor t1_in = act_view(p, t1, N, cin, h, w);   // (N, cin, h, w)
+    Tensor t1_out = act_view(p, t1, N, cout, h, w); // (N, cout, h, w), same memory
+    Tensor t2 = TMP(p, N, cout, h, w);              // (N, cout, h, w)
 
-    be->group_norm(be, &t1_in, x, &p->n1_w, &p->n1_b, r->groups, r->eps, 1);
-    be->conv2d(be, &t2, &t1_in, &p->c1.w, &p->c1.b, 1, 1);
-    be->group_norm(be, &t1_out, &t2, &p->n2_w, &p->n2_b, r->groups, r->eps, 1);
-    be->conv2d(be, &t2, &t1_out, &p->c2.w, &p->c2.b, 1, 1);
+    be->group_norm(be, &t1_in, x, &r->n1_w, &r->n1_b, G, eps, 1);
+    be->conv2d(be, &t2, &t1_in, &r->c1.w, &r->c1.b, 1, 1);
+    be->group_norm(be, &t1_out, &t2, &r->n2_w, &r->n2_b, G, eps, 1);
+    be->conv2d(be, &t2, &t1_out, &r->c2.w, &r->c2.b, 1, 1);
     if (cin != cout) {
-        be->conv2d(be, &t1_out, x, &p->sc.w, &p->sc.b, 1, 0);
+        be->conv2d(be, &t1_out, x, &r->sc.w, &r->sc.b, 1, 0);
         be->add(be, &io->y, &t1_out, &t2); // over x, which is no longer read
     } else {
         be->add(be, &io->y, x, &t2);
     }
-    arena_reset(r->a, mark);
+    arena_reset(p->work, mark);
 }
 
 static void load_attention(ParamLoader *pl, VaeBlock *b) {
@@ -326,30 +342,30 @@ static void load_attention(ParamLoader *pl, VaeBlock *b) {
 // Mid-block attention, main (N, C, h, w) updated in place:
 // x += to_out(attention(to_q(gn(x)), to_k(gn(x)), to_v(gn(x)))) with one head.
 // Temporaries: (N, C, h, w) and four (N, h*w, C).
-static void attention_fwd(VaeRun *r, const VaeBlock *b, VaeIO *io) {
-    const Backend *be = r->be;
-    const VaeAttn *p = &b->attn;
+static void attention_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    const Backend *be = p->be;
+    const VaeAttn *a = &b->attn;
     const Tensor *x = &io->x; // (N, C, h, w)
     const int64_t N = x->shape[0], C = b->info.in_channels, h = x->shape[2], w = x->shape[3], S = h * w;
-    size_t mark = arena_mark(r->a);
-    void *tp = run_alloc(r, N * C * S);
-    Tensor t = run_view(r, tp, N, C, h, w);                               // (N, C, h, w)
-    Tensor t_seq = tensor_make(r->act, be->device, tp, 3, (int64_t[]){N, S, C}); // (N, S, C)
-    Tensor s = arena_tensor(r->a, r->act, 3, (int64_t[]){N, S, C});       // (N, S, C)
-    Tensor q = arena_tensor(r->a, r->act, 3, (int64_t[]){N, S, C});       // (N, S, C)
-    Tensor k = arena_tensor(r->a, r->act, 3, (int64_t[]){N, S, C});       // (N, S, C)
-    Tensor v = arena_tensor(r->a, r->act, 3, (int64_t[]){N, S, C});       // (N, S, C)
+    size_t mark = arena_mark(p->work);
+    void *tp = work_alloc(p, N * C * S);
+    Tensor t = act_view(p, tp, N, C, h, w);                                       // (N, C, h, w)
+    Tensor t_seq = tensor_make(p->act, be->device, tp, 3, (int64_t[]){N, S, C}); // (N, S, C), same memory
+    Tensor s = TMP(p, N, S, C);                                                   // (N, S, C)
+    Tensor q = TMP(p, N, S, C);                                                   // (N, S, C)
+    Tensor k = TMP(p, N, S, C);                                                   // (N, S, C)
+    Tensor v = TMP(p, N, S, C);                                                   // (N, S, C)
 
-    be->group_norm(be, &t, x, &p->gn_w, &p->gn_b, r->groups, r->eps, 0);
+    be->group_norm(be, &t, x, &a->gn_w, &a->gn_b, m->cfg.norm_groups, m->cfg.norm_eps, 0);
     be->nchw_to_nlc(be, &s, &t);
-    be->linear(be, &q, &s, &p->q_w, &p->q_b);
-    be->linear(be, &k, &s, &p->k_w, &p->k_b);
-    be->linear(be, &v, &s, &p->v_w, &p->v_b);
+    be->linear(be, &q, &s, &a->q_w, &a->q_b);
+    be->linear(be, &k, &s, &a->k_w, &a->k_b);
+    be->linear(be, &v, &s, &a->v_w, &a->v_b);
     be->attention(be, &t_seq, &q, &k, &v, 1, 0);
-    be->linear(be, &q, &t_seq, &p->o_w, &p->o_b);
+    be->linear(be, &q, &t_seq, &a->o_w, &a->o_b);
     be->nlc_to_nchw(be, &t, &q);
     be->add(be, &io->y, x, &t);
-    arena_reset(r->a, mark);
+    arena_reset(p->work, mark);
 }
 
 static void load_out(ParamLoader *pl, VaeBlock *b) {
@@ -361,13 +377,13 @@ static void load_out(ParamLoader *pl, VaeBlock *b) {
 
 // conv_out(SiLU(conv_norm_out(x))): main (N, C, h, w) -> main (encoder: the
 // moments) or the image (decoder). Temporary: (N, C, h, w).
-static void out_fwd(VaeRun *r, const VaeBlock *b, VaeIO *io) {
-    const Backend *be = r->be;
-    size_t mark = arena_mark(r->a);
-    Tensor t = run_like(r, &io->x); // (N, C, h, w)
-    be->group_norm(be, &t, &io->x, &b->norm_w, &b->norm_b, r->groups, r->eps, 1);
+static void out_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    const Backend *be = p->be;
+    size_t mark = arena_mark(p->work);
+    Tensor t = pass_like(p, &io->x); // (N, C, h, w)
+    be->group_norm(be, &t, &io->x, &b->norm_w, &b->norm_b, m->cfg.norm_groups, m->cfg.norm_eps, 1);
     be->conv2d(be, &io->y, &t, &b->conv.w, &b->conv.b, 1, 1); // x is dead: y may be its memory
-    arena_reset(r->a, mark);
+    arena_reset(p->work, mark);
 }
 
 // quant_conv (2L, 2L, 1, 1) split by output rows into the mean's and the
@@ -380,8 +396,9 @@ static void load_quant(ParamLoader *pl, VaeBlock *b) {
 }
 
 // main (N, 2L, h, w), the moments -> the caller's mean and logvar (N, L, h, w).
-static void quant_fwd(VaeRun *r, const VaeBlock *b, VaeIO *io) {
-    const Backend *be = r->be;
+static void quant_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    (void)m;
+    const Backend *be = p->be;
     be->conv2d(be, &io->y, &io->x, &b->conv.w, &b->conv.b, 1, 0);
     be->conv2d(be, &io->y2, &io->x, &b->conv2.w, &b->conv2.b, 1, 0);
 }
@@ -389,18 +406,20 @@ static void quant_fwd(VaeRun *r, const VaeBlock *b, VaeIO *io) {
 typedef struct VaeKind {
     // Asks pl for the block's parameters (diffusers names, shapes from the info).
     void (*load)(ParamLoader *pl, VaeBlock *b);
-    void (*forward)(VaeRun *r, const VaeBlock *b, VaeIO *io);
+    void (*forward)(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io);
+    // NULL for every kind: the VAE is never trained (see VaeGradIO).
+    void (*backward)(Pass *p, const Vae *m, const VaeBlock *b, const VaeIO *io, VaeGradIO *g);
 } VaeKind;
 
 static const VaeKind VAE_KINDS[VAE_BLOCK_KINDS] = {
-    [VAE_BLOCK_CONV_IN] = {load_conv3, conv_in_fwd},
-    [VAE_BLOCK_RESNET] = {load_resnet, resnet_fwd},
-    [VAE_BLOCK_ATTENTION] = {load_attention, attention_fwd},
-    [VAE_BLOCK_DOWNSAMPLE] = {load_downsample, downsample_fwd},
-    [VAE_BLOCK_UPSAMPLE] = {load_conv3, upsample_fwd},
-    [VAE_BLOCK_OUT] = {load_out, out_fwd},
-    [VAE_BLOCK_QUANT] = {load_quant, quant_fwd},
-    [VAE_BLOCK_POST_QUANT] = {load_conv1, post_quant_fwd},
+    [VAE_BLOCK_CONV_IN] = {load_conv3, conv_in_fwd, NULL},
+    [VAE_BLOCK_RESNET] = {load_resnet, resnet_fwd, NULL},
+    [VAE_BLOCK_ATTENTION] = {load_attention, attention_fwd, NULL},
+    [VAE_BLOCK_DOWNSAMPLE] = {load_downsample, downsample_fwd, NULL},
+    [VAE_BLOCK_UPSAMPLE] = {load_conv3, upsample_fwd, NULL},
+    [VAE_BLOCK_OUT] = {load_out, out_fwd, NULL},
+    [VAE_BLOCK_QUANT] = {load_quant, quant_fwd, NULL},
+    [VAE_BLOCK_POST_QUANT] = {load_conv1, post_quant_fwd, NULL},
 };
 
 // ---- loading ---------------------------------------------------------------
@@ -409,7 +428,9 @@ static void vae_get_params(Vae *m, ParamLoader *pl) {
     for (int p = 0; p < VAE_PARTS; p++)
         for (int i = 0; i < m->n_blocks[p]; i++) {
             VaeBlock *b = &m->blocks[p][i];
+            const size_t numel = pl->numel;
             VAE_KINDS[b->info.kind].load(pl, b);
+            b->info.param_count = pl->numel - numel;
         }
 }
 
@@ -457,6 +478,11 @@ void vae_free(Vae *m) {
 const VaeConfig *vae_config(const Vae *m) { return &m->cfg; }
 size_t vae_param_bytes(const Vae *m) { return m->params.cap; }
 size_t vae_activation_bytes(const Vae *m) { return m->act.cap; }
+int vae_block_count(const Vae *m, VaePart part) { return m->n_blocks[part]; }
+const VaeBlockInfo *vae_block_info(const Vae *m, VaePart part, int i) {
+    SDC_CHECK(i >= 0 && i < m->n_blocks[part]);
+    return &m->blocks[part][i].info;
+}
 
 // ---- the runs: walks of a block list ---------------------------------------------
 
@@ -474,36 +500,55 @@ static int64_t vae_main_elems(const VaeBlock *bl, int n, int64_t N, int64_t H, i
     return best;
 }
 
-// Runs a block list over in (N, Cin, h, w): block 0 reads in, the last
+// What a measuring walk records per block (vae_reserve keeps it in the
+// blocks' infos).
+typedef struct VaeBlockMem {
+    size_t out;     // bytes of its output
+    size_t scratch; // bytes it takes above main while it runs
+} VaeBlockMem;
+
+// Runs part's block list over in (N, Cin, h, w): block 0 reads in, the last
 // block writes out0 (and QUANT out1), the others write main (see the top).
-static void vae_run(VaeRun *r, const VaeBlock *bl, int n, const Tensor *in, Tensor *out0, Tensor *out1) {
+// mem: NULL, or one per block to fill (measuring walks).
+static void vae_run(Pass *p, const Vae *m, VaePart part, const Tensor *in, Tensor *out0, Tensor *out1,
+                    VaeBlockMem *mem) {
+    const VaeBlock *bl = m->blocks[part];
+    const int n = m->n_blocks[part];
     const int64_t N = in->shape[0], H = in->shape[2] * bl[0].info.in_div, W = in->shape[3] * bl[0].info.in_div;
-    size_t frame = arena_mark(r->a);
-    void *main = run_alloc(r, vae_main_elems(bl, n, N, H, W));
+    Arena *a = p->work;
+    size_t frame = arena_mark(a);
+    void *main = work_alloc(p, vae_main_elems(bl, n, N, H, W));
     VaeIO io = {.x = *in};
     for (int i = 0; i < n; i++) {
         const VaeBlockInfo *b = &bl[i].info;
         if (i < n - 1) {
-            io.y = run_view(r, main, N, b->out_channels, H / b->out_div, W / b->out_div);
+            io.y = act_view(p, main, N, b->out_channels, H / b->out_div, W / b->out_div);
         } else {
             io.y = *out0;
             if (out1) io.y2 = *out1;
         }
-        VAE_KINDS[b->kind].forward(r, &bl[i], &io);
+        const size_t peak = a->peak; // measure this block's scratch alone
+        if (mem) a->peak = a->used;
+        VAE_KINDS[b->kind].forward(p, m, &bl[i], &io);
+        if (mem) {
+            mem[i].scratch = a->peak - a->used;
+            mem[i].out = tensor_bytes(&io.y) + (io.y2.ndim ? tensor_bytes(&io.y2) : 0);
+            if (peak > a->peak) a->peak = peak;
+        }
         io.x = io.y;
     }
-    arena_reset(r->a, frame);
+    arena_reset(a, frame);
 }
 
 // image (N, 3, H, W) -> mean, logvar (N, L, H/f, W/f), f = 2^(levels-1).
 // host_lv: (N, L, H/f, W/f) floats for the clamp (unused when measuring).
-static void vae_encode_run(const Vae *m, VaeRun *r, const Tensor *image, Tensor *mean, Tensor *logvar,
+static void vae_encode_run(const Vae *m, Pass *p, const Tensor *image, Tensor *mean, Tensor *logvar,
                            float *host_lv) {
-    const Backend *be = r->be;
-    vae_run(r, m->blocks[VAE_ENCODER], m->n_blocks[VAE_ENCODER], image, mean, logvar);
+    const Backend *be = p->be;
+    vae_run(p, m, VAE_ENCODER, image, mean, logvar, NULL);
     // The backend has no clamp: round-trip the small logvar through the host.
     // host_lv NULL: the caller clamps (tiled encode clamps after blending).
-    if (!r->a->measure && host_lv) {
+    if (!p->work->measure && host_lv) {
         size_t cnt = (size_t)tensor_numel(logvar);
         be->sync(be);
         backend_download_f32(be, host_lv, logvar, cnt);
@@ -516,8 +561,8 @@ static void vae_encode_run(const Vae *m, VaeRun *r, const Tensor *image, Tensor 
 }
 
 // z (N, L, h, w) -> image (N, out, f*h, f*w).
-static void vae_decode_run(const Vae *m, VaeRun *r, const Tensor *z, Tensor *image) {
-    vae_run(r, m->blocks[VAE_DECODER], m->n_blocks[VAE_DECODER], z, image, NULL);
+static void vae_decode_run(const Vae *m, Pass *p, const Tensor *z, Tensor *image) {
+    vae_run(p, m, VAE_DECODER, z, image, NULL, NULL);
 }
 
 static int vae_factor(const VaeConfig *c) { return 1 << (c->n_levels - 1); }
@@ -600,36 +645,39 @@ typedef struct VaeTileBufs {
     void *in, *out0, *out1;
 } VaeTileBufs;
 
-static VaeTileBufs vae_tile_bufs(VaeRun *r, const VaeConfig *c, const VaeGrid *g) {
+static VaeTileBufs vae_tile_bufs(Pass *p, const VaeConfig *c, const VaeGrid *g) {
     VaeTileBufs b = {0};
-    b.in = run_alloc(r, g->pin * g->tin_h * g->tin_w);
+    b.in = work_alloc(p, g->pin * g->tin_h * g->tin_w);
     if (g->decode) {
-        b.out0 = run_alloc(r, g->N * c->out_channels * g->tout_h * g->tout_w);
+        b.out0 = work_alloc(p, g->N * c->out_channels * g->tout_h * g->tout_w);
     } else {
-        b.out0 = run_alloc(r, g->N * c->latent_channels * g->tout_h * g->tout_w);
-        b.out1 = run_alloc(r, g->N * c->latent_channels * g->tout_h * g->tout_w);
+        b.out0 = work_alloc(p, g->N * c->latent_channels * g->tout_h * g->tout_w);
+        b.out1 = work_alloc(p, g->N * c->latent_channels * g->tout_h * g->tout_w);
     }
     return b;
 }
 
-// Activation bytes of a tiled pass: the device tiles plus one pass over the
-// largest tile (smaller edge tiles need less).
-static size_t vae_measure_grid(const Vae *m, DType act, const VaeGrid *g) {
+// Activation bytes of one pass of part over an input of (N, *, hin, win)
+// (the image's side for the encoder, the latent's for the decoder); tiled by
+// g when non-NULL: the device tiles plus one pass over the largest tile
+// (smaller edge tiles need less). mem: NULL, or each block's bytes.
+static size_t vae_measure_pass(const Vae *m, DType act, VaePart part, const VaeGrid *g, int64_t N, int64_t hin,
+                               int64_t win, VaeBlockMem *mem) {
     const VaeConfig *c = &m->cfg;
-    const Backend *mb = backend_measure();
+    const int dec = part == VAE_DECODER, f = vae_factor(c);
     Arena a;
     arena_init_measure(&a);
-    VaeRun r = {.be = mb, .a = &a, .act = act, .groups = c->norm_groups, .eps = c->norm_eps};
-    VaeTileBufs b = vae_tile_bufs(&r, c, g);
-    Tensor in = run_view(&r, b.in, g->N, g->cin, g->tin_h, g->tin_w);
-    if (g->decode) {
-        Tensor out = run_view(&r, b.out0, g->N, c->out_channels, g->tout_h, g->tout_w);
-        vae_decode_run(m, &r, &in, &out);
-    } else {
-        Tensor mean = run_view(&r, b.out0, g->N, c->latent_channels, g->tout_h, g->tout_w);
-        Tensor lv = run_view(&r, b.out1, g->N, c->latent_channels, g->tout_h, g->tout_w);
-        vae_encode_run(m, &r, &in, &mean, &lv, NULL);
+    Pass p = {.be = backend_measure(), .act = act, .work = &a};
+    VaeTileBufs b = {0}; // untiled: the caller's tensors, outside the arena
+    if (g) {
+        b = vae_tile_bufs(&p, c, g);
+        hin = g->tin_h, win = g->tin_w;
     }
+    const int64_t hout = dec ? hin * f : hin / f, wout = dec ? win * f : win / f;
+    Tensor in = act_view(&p, b.in, N, dec ? c->latent_channels : c->in_channels, hin, win);
+    Tensor out0 = act_view(&p, b.out0, N, dec ? c->out_channels : c->latent_channels, hout, wout);
+    Tensor out1 = act_view(&p, b.out1, N, c->latent_channels, hout, wout);
+    vae_run(&p, m, part, &in, &out0, dec ? NULL : &out1, mem);
     return a.peak;
 }
 
@@ -692,9 +740,9 @@ static int vae_tiled_run(Vae *m, const VaeGrid *g, const Tensor *in, Tensor *out
     be->sync(be);
     backend_download_f32(be, xin, in, n_in);
 
-    VaeRun r = {.be = be, .a = &m->act, .act = be->act_dtype, .groups = c->norm_groups, .eps = c->norm_eps};
+    Pass pass = {.be = be, .act = be->act_dtype, .work = &m->act};
     size_t frame = arena_mark(&m->act);
-    VaeTileBufs b = vae_tile_bufs(&r, c, g);
+    VaeTileBufs b = vae_tile_bufs(&pass, c, g);
     for (int64_t iy = 0; iy < g->ty; iy++) {
         const int64_t cur = (iy & 1) * g->tx, prev = ((iy + 1) & 1) * g->tx;
         const int64_t y0 = iy * g->stride, hi = g->hin - y0 < g->tin ? g->hin - y0 : g->tin;
@@ -705,18 +753,18 @@ static int vae_tiled_run(Vae *m, const VaeGrid *g, const Tensor *in, Tensor *out
                 for (int64_t y = 0; y < hi; y++)
                     memcpy(tbuf + (p * hi + y) * wi, xin + (p * g->hin + y0 + y) * g->win + x0,
                            (size_t)wi * sizeof(float));
-            Tensor ti = run_view(&r, b.in, g->N, g->cin, hi, wi); // (N, cin, hi, wi)
+            Tensor ti = act_view(&pass, b.in, g->N, g->cin, hi, wi); // (N, cin, hi, wi)
             backend_upload_f32(be, &ti, tbuf, (size_t)(g->pin * hi * wi));
             float *dst = slots + (cur + ix) * slot; // (pout, ho, wo)
             if (g->decode) {
-                Tensor to = run_view(&r, b.out0, g->N, c->out_channels, ho, wo); // (N, out, ho, wo)
-                vae_decode_run(m, &r, &ti, &to);
+                Tensor to = act_view(&pass, b.out0, g->N, c->out_channels, ho, wo); // (N, out, ho, wo)
+                vae_decode_run(m, &pass, &ti, &to);
                 be->sync(be);
                 backend_download_f32(be, dst, &to, (size_t)(g->pout * ho * wo));
             } else {
-                Tensor tm = run_view(&r, b.out0, g->N, c->latent_channels, ho, wo); // (N, L, ho, wo)
-                Tensor tl = run_view(&r, b.out1, g->N, c->latent_channels, ho, wo); // (N, L, ho, wo)
-                vae_encode_run(m, &r, &ti, &tm, &tl, NULL);
+                Tensor tm = act_view(&pass, b.out0, g->N, c->latent_channels, ho, wo); // (N, L, ho, wo)
+                Tensor tl = act_view(&pass, b.out1, g->N, c->latent_channels, ho, wo); // (N, L, ho, wo)
+                vae_encode_run(m, &pass, &ti, &tm, &tl, NULL);
                 be->sync(be);
                 backend_download_f32(be, dst, &tm, (size_t)(half * ho * wo));
                 backend_download_f32(be, dst + half * ho * wo, &tl, (size_t)(half * ho * wo));
@@ -757,34 +805,16 @@ static int vae_tiled_run(Vae *m, const VaeGrid *g, const Tensor *in, Tensor *out
 // ---- planning ----------------------------------------------------------------
 
 // Measures the activation bytes of encode and decode of (N, in, H, W), tiled
-// where t asks for it and the size exceeds one tile.
+// where t asks for it and the size exceeds one tile. mem: NULL, or per part
+// one VaeBlockMem per block to fill.
 static void vae_measure(const Vae *m, DType act, int64_t N, int64_t H, int64_t W, const VaeTiling *t,
-                        size_t *enc, size_t *dec) {
-    const VaeConfig *c = &m->cfg;
-    const Backend *mb = backend_measure();
-    const int64_t f = vae_factor(c), L = c->latent_channels;
+                        size_t *enc, size_t *dec, VaeBlockMem *const mem[VAE_PARTS]) {
+    const int64_t f = vae_factor(&m->cfg);
     VaeGrid g;
-    VaeRun r = {.be = mb, .act = act, .groups = c->norm_groups, .eps = c->norm_eps};
-    Tensor img = tensor_make(act, mb->device, NULL, 4, (int64_t[]){N, c->in_channels, H, W});
-    Tensor lat = tensor_make(act, mb->device, NULL, 4, (int64_t[]){N, L, H / f, W / f});
-    Tensor lat2 = lat;
-    Tensor out = tensor_make(act, mb->device, NULL, 4, (int64_t[]){N, c->out_channels, H, W});
-    Arena a;
-    r.a = &a;
-    if (vae_grid(c, 0, N, H, W, t, &g)) {
-        *enc = vae_measure_grid(m, act, &g);
-    } else {
-        arena_init_measure(&a);
-        vae_encode_run(m, &r, &img, &lat, &lat2, NULL);
-        *enc = a.peak;
-    }
-    if (vae_grid(c, 1, N, H / f, W / f, t, &g)) {
-        *dec = vae_measure_grid(m, act, &g);
-    } else {
-        arena_init_measure(&a);
-        vae_decode_run(m, &r, &lat, &out);
-        *dec = a.peak;
-    }
+    int tiled = vae_grid(&m->cfg, 0, N, H, W, t, &g);
+    *enc = vae_measure_pass(m, act, VAE_ENCODER, tiled ? &g : NULL, N, H, W, mem ? mem[VAE_ENCODER] : NULL);
+    tiled = vae_grid(&m->cfg, 1, N, H / f, W / f, t, &g);
+    *dec = vae_measure_pass(m, act, VAE_DECODER, tiled ? &g : NULL, N, H / f, W / f, mem ? mem[VAE_DECODER] : NULL);
 }
 
 static int vae_check_size(const VaeConfig *c, int64_t batch, int64_t height, int64_t width,
@@ -810,7 +840,7 @@ int vae_plan_tiled(const VaeConfig *cfg, DType act, int batch, int height, int w
     if (!m) return sdc_err(err, SDC_ERR_OOM, "vae_plan: out of host memory");
     m->cfg = *cfg;
     int rc = vae_blocks_make(m, err);
-    if (!rc) vae_measure(m, act, batch, height, width, t, encode_bytes, decode_bytes);
+    if (!rc) vae_measure(m, act, batch, height, width, t, encode_bytes, decode_bytes, NULL);
     vae_free(m);
     return rc;
 }
@@ -822,7 +852,7 @@ int vae_plan(const VaeConfig *cfg, DType act, int batch, int height, int width,
 
 VaeTiling vae_tiling_auto(const VaeConfig *cfg, DType act, int batch, int height, int width) {
     const VaeTiling none = {0, 0}, dflt = {VAE_TILE_DEFAULT, VAE_TILE_DEFAULT / 4};
-    size_t enc, dec;
+    size_t enc = 0, dec = 0;
     SdcError e;
     if (vae_plan(cfg, act, batch, height, width, &enc, &dec, &e)) return none;
     return dec > VAE_TILE_BUDGET ? dflt : none;
@@ -848,7 +878,13 @@ int vae_reserve_tiled(Vae *m, int batch, int height, int width, const VaeTiling 
     SDC_TRY(vae_check_size(&m->cfg, batch, height, width, "vae_reserve", err));
     SDC_TRY(vae_check_tiling(t, err));
     size_t enc, dec;
-    vae_measure(m, m->be->act_dtype, batch, height, width, t, &enc, &dec);
+    VaeBlockMem mem[VAE_PARTS][VAE_MAX_BLOCKS];
+    vae_measure(m, m->be->act_dtype, batch, height, width, t, &enc, &dec, (VaeBlockMem *const[]){mem[0], mem[1]});
+    for (int p = 0; p < VAE_PARTS; p++)
+        for (int i = 0; i < m->n_blocks[p]; i++) {
+            m->blocks[p][i].info.out_bytes = mem[p][i].out;
+            m->blocks[p][i].info.scratch_bytes = mem[p][i].scratch;
+        }
     size_t need = enc > dec ? enc : dec;
     if (need > m->act.cap) {
         arena_free(&m->act);
@@ -881,7 +917,7 @@ static int vae_ensure(Vae *m, int64_t N, int64_t H, int64_t W, const VaeTiling *
                       const char *who, SdcError *err) {
     if (m->act.cap == 0) return vae_reserve_tiled(m, (int)N, (int)H, (int)W, t, err);
     size_t enc, dec;
-    vae_measure(m, m->be->act_dtype, N, H, W, t, &enc, &dec);
+    vae_measure(m, m->be->act_dtype, N, H, W, t, &enc, &dec, NULL);
     size_t need = decode ? dec : enc;
     int64_t f = vae_factor(&m->cfg);
     size_t lv_n = (size_t)N * m->cfg.latent_channels * (H / f) * (W / f);
@@ -913,9 +949,8 @@ int vae_encode_tiled(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, 
     SDC_TRY(vae_ensure(m, N, H, W, t, 0, "vae_encode", err));
     VaeGrid g;
     if (vae_grid(c, 0, N, H, W, t, &g)) return vae_tiled_run(m, &g, image, mean, logvar, err);
-    VaeRun r = {.be = m->be, .a = &m->act, .act = m->be->act_dtype, .groups = c->norm_groups,
-                .eps = c->norm_eps};
-    vae_encode_run(m, &r, image, mean, logvar, m->host_lv);
+    Pass p = {.be = m->be, .act = m->be->act_dtype, .work = &m->act};
+    vae_encode_run(m, &p, image, mean, logvar, m->host_lv);
     return 0;
 }
 
@@ -936,9 +971,8 @@ int vae_decode_tiled(Vae *m, const Tensor *z, Tensor *image, const VaeTiling *t,
     SDC_TRY(vae_ensure(m, N, H, W, t, 1, "vae_decode", err));
     VaeGrid g;
     if (vae_grid(c, 1, N, H / f, W / f, t, &g)) return vae_tiled_run(m, &g, z, image, NULL, err);
-    VaeRun r = {.be = m->be, .a = &m->act, .act = m->be->act_dtype, .groups = c->norm_groups,
-                .eps = c->norm_eps};
-    vae_decode_run(m, &r, z, image);
+    Pass p = {.be = m->be, .act = m->be->act_dtype, .work = &m->act};
+    vae_decode_run(m, &p, z, image);
     return 0;
 }
 

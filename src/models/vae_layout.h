@@ -6,6 +6,8 @@
 //     forward are those of its kind);
 //   - src/io/namemap.c makes the original <-> diffusers name rules from each
 //     block's prefixes.
+// There are no LoRA targets and no stage cut: the VAE is never trained and
+// runs whole on one rank.
 // The order is the order of execution:
 //   encoder: conv_in | per level: layers x resnet, downsample (not the last
 //            level) | mid: resnet, attention, resnet | out | quant_conv
@@ -15,6 +17,8 @@
 // original layout counts it that way (decoder.up.(n-1-i)).
 #ifndef SDC_VAE_LAYOUT_H
 #define SDC_VAE_LAYOUT_H
+
+#include <stddef.h>
 
 #include "core/error.h"
 #include "models/config.h"
@@ -55,6 +59,13 @@ typedef struct VaeBlockInfo {
     int out_channels;  // of its output (quant: 2 * latent, the moments it splits into mean and logvar)
     int in_div;        // input side = image side / in_div (1, 2, .., 2^(levels-1): the latent)
     int out_div;
+    // Filled by the model, 0 before: parameters (elements) the block owns, and
+    // for the shape of the last plan (vae_reserve: the image, or one tile when
+    // tiled) the bytes of its output and of the scratch it takes above the
+    // run's main buffer while it runs. main holds every output but the last
+    // one's (the caller's), so a pass needs main + the largest scratch.
+    size_t param_count;
+    size_t out_bytes, scratch_bytes;
 } VaeBlockInfo;
 
 // The block list of one part for config c: n blocks into out
