@@ -1,7 +1,8 @@
 // vae.c: the SD autoencoder (see vae.h). Reads top to bottom: parameters,
-// the block kinds (one record each: parameters and forward), loading, the
-// encode and decode runs (walks of the block lists, vae_layout.h), tiling,
-// planning and the public entry points.
+// what a block reads and writes, the block kinds (one record each: its
+// parameters, its one forward, its backward slot, empty: the VAE is never
+// trained), loading, the encode and decode runs (walks of the block lists,
+// vae_layout.h), tiling, planning and the public entry points.
 //
 // Activation layout: a run keeps its current activation in one "main" buffer
 // at the bottom of its arena frame, sized for the largest block output that
@@ -12,6 +13,9 @@
 // released before the forward returns, so the peak is main plus the
 // temporaries of the hungriest block, never a chain of block outputs. The
 // first block reads the caller's input, the last writes the caller's output.
+// (The UNet's records write into one of two caller-allocated slots instead;
+// for the VAE that pair would cost a second full-resolution buffer: 896
+// instead of 640 MiB for a 512 px SD decode. docs/decisions.md.)
 //
 // Downsampling: diffusers' Downsample2D in the VAE pads (left 0, right 1,
 // top 0, bottom 1) and then runs a 3x3 stride-2 conv without padding, so
