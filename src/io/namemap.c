@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "models/unet_layout.h"
+#include "models/vae_layout.h"
 
 // ----------------------------------------------------------------------------
 // inner rename tables: {original, diffusers, kind}; '*' in a NM_ROW_SLICE
@@ -123,30 +124,20 @@ int namemap_init(NameMap *nm, const UnetConfig *u, const VaeConfig *v, int openc
                      (P_UNET "%s", blocks[i].pre[k].orig), ("%s", blocks[i].pre[k].diff));
     }
 
-    // VAE. The decoder's up.i is diffusers' up_blocks.(n-1-i): the original
-    // counts from the lowest resolution's mirror upward.
-    int vn = v->n_levels, vl = v->layers_per_block;
+    // VAE: one rule per parameter prefix of every block of its encoder and
+    // decoder lists (src/models/vae_layout.h, the lists the model is built
+    // from); resnets and the attention rename their inner names too.
     ADD(COMP_VAE, -1, P_VAE, "");
-    for (int e = 0; e < 2; e++) {
-        const char *s = e ? "decoder" : "encoder";
-        RULE(COMP_VAE, -1, (P_VAE "%s.norm_out.", s), ("%s.conv_norm_out.", s));
-        RULE(COMP_VAE, IN_VAE_RESNET, (P_VAE "%s.mid.block_1.", s), ("%s.mid_block.resnets.0.", s));
-        RULE(COMP_VAE, IN_VAE_RESNET, (P_VAE "%s.mid.block_2.", s), ("%s.mid_block.resnets.1.", s));
-        RULE(COMP_VAE, IN_VAE_ATTN, (P_VAE "%s.mid.attn_1.", s), ("%s.mid_block.attentions.0.", s));
-    }
-    for (int i = 0; i < vn; i++) {
-        for (int j = 0; j < vl; j++)
-            RULE(COMP_VAE, IN_VAE_RESNET, (P_VAE "encoder.down.%d.block.%d.", i, j),
-                 ("encoder.down_blocks.%d.resnets.%d.", i, j));
-        if (i < vn - 1)
-            RULE(COMP_VAE, -1, (P_VAE "encoder.down.%d.downsample.conv.", i),
-                 ("encoder.down_blocks.%d.downsamplers.0.conv.", i));
-        int d = vn - 1 - i;
-        for (int j = 0; j <= vl; j++)
-            RULE(COMP_VAE, IN_VAE_RESNET, (P_VAE "decoder.up.%d.block.%d.", i, j),
-                 ("decoder.up_blocks.%d.resnets.%d.", d, j));
-        if (i > 0)
-            RULE(COMP_VAE, -1, (P_VAE "decoder.up.%d.upsample.conv.", i), ("decoder.up_blocks.%d.upsamplers.0.conv.", d));
+    for (int part = 0; part < VAE_PARTS; part++) {
+        VaeBlockInfo blocks[VAE_MAX_BLOCKS];
+        int nb = 0;
+        SDC_TRY(vae_layout(v, (VaePart)part, blocks, &nb, err));
+        for (int i = 0; i < nb; i++) {
+            const VaeBlockKind k = blocks[i].kind;
+            const int inner = k == VAE_BLOCK_RESNET ? IN_VAE_RESNET : k == VAE_BLOCK_ATTENTION ? IN_VAE_ATTN : -1;
+            for (int j = 0; j < blocks[i].n_pre; j++)
+                RULE(COMP_VAE, inner, (P_VAE "%s", blocks[i].pre[j].orig), ("%s", blocks[i].pre[j].diff));
+        }
     }
 
     // Text encoder(s).

@@ -1,13 +1,21 @@
 // vae.c: the SD autoencoder (see vae.h). Reads top to bottom: parameters,
-// loading, the blocks (ResNet, attention), encoder, decoder, planning and the
-// public entry points.
+// what a block reads and writes, the block kinds (one record each: its
+// parameters, its one forward, its backward slot, empty: the VAE is never
+// trained), loading, the encode and decode runs (walks of the block lists,
+// vae_layout.h), tiling, planning and the public entry points.
 //
-// Activation layout: every forward keeps its current activation in one "main"
-// buffer at the bottom of its arena frame, sized for the largest activation
-// of the pass. A block computes into temporaries above it, writes its result
-// back into main (in place, or over the start of main when the channel count
-// changes) and resets the arena to where it started. So the peak is main plus
-// the temporaries of the hungriest block, never a chain of block outputs.
+// Activation layout: a run keeps its current activation in one "main" buffer
+// at the bottom of its arena frame, sized for the largest block output that
+// lives there (every block's but the last one's). Each block's forward reads
+// its input from main and writes its result back into main: in place, or over
+// the start of main when the shape changes, through a temporary where it must
+// (a conv cannot write over its own input). Temporaries sit above main and are
+// released before the forward returns, so the peak is main plus the
+// temporaries of the hungriest block, never a chain of block outputs. The
+// first block reads the caller's input, the last writes the caller's output.
+// (The UNet's records write into one of two caller-allocated slots instead;
+// for the VAE that pair would cost a second full-resolution buffer: 896
+// instead of 640 MiB for a 512 px SD decode. docs/decisions.md.)
 //
 // Downsampling: diffusers' Downsample2D in the VAE pads (left 0, right 1,
 // top 0, bottom 1) and then runs a 3x3 stride-2 conv without padding, so
@@ -24,61 +32,51 @@
 
 #include "core/arena.h"
 #include "models/params.h"
+#include "models/pass.h"
+#include "models/vae_layout.h"
 
-#define VAE_MAX_RESNETS 4 // layers_per_block + 1 (decoder) at most
 #define VAE_LOGVAR_MIN (-30.0f)
 #define VAE_LOGVAR_MAX 20.0f
 
 // ---- parameters ------------------------------------------------------------
 
+typedef struct VaeConv {
+    Tensor w; // (OC, C, KH, KW)
+    Tensor b; // (OC)
+} VaeConv;
+
 typedef struct VaeResnet {
-    int cin, cout;
     Tensor n1_w, n1_b;   // (cin)
-    Tensor c1_w, c1_b;   // (cout, cin, 3, 3), (cout)
+    VaeConv c1;          // (cout, cin, 3, 3)
     Tensor n2_w, n2_b;   // (cout)
-    Tensor c2_w, c2_b;   // (cout, cout, 3, 3), (cout)
-    Tensor sc_w, sc_b;   // (cout, cin, 1, 1), (cout) when cin != cout
+    VaeConv c2;          // (cout, cout, 3, 3)
+    VaeConv sc;          // (cout, cin, 1, 1) when cin != cout
 } VaeResnet;
 
 // diffusers Attention with one head over C channels, residual, rescale 1.
 typedef struct VaeAttn {
-    int c;
     Tensor gn_w, gn_b;                 // (C)
     Tensor q_w, k_w, v_w, o_w;         // (C, C)
     Tensor q_b, k_b, v_b, o_b;         // (C)
 } VaeAttn;
 
-typedef struct VaeMid {
-    VaeResnet r0;
-    VaeAttn attn;
-    VaeResnet r1;
-} VaeMid;
+// One block of a list: its place (vae_layout.h) and its kind's parameters.
+typedef struct VaeBlock {
+    VaeBlockInfo info;
+    VaeConv conv;           // CONV_IN, UPSAMPLE, POST_QUANT; DOWNSAMPLE: (C, C, 4, 4), see the top;
+                            // OUT: conv_out; QUANT: rows 0..L-1 of quant_conv, the mean: (L, 2L, 1, 1)
+    VaeConv conv2;          // QUANT: rows L..2L-1, the logvar
+    Tensor norm_w, norm_b;  // OUT: conv_norm_out (Cin)
+    VaeResnet res;          // RESNET
+    VaeAttn attn;           // ATTENTION
+} VaeBlock;
 
 struct Vae {
     VaeConfig cfg;
     const Backend *be;
     Arena params;
-
-    // encoder
-    Tensor enc_in_w, enc_in_b;                          // (C0, 3, 3, 3), (C0)
-    VaeResnet enc_res[SDC_MAX_LEVELS][VAE_MAX_RESNETS];
-    Tensor enc_down_w[SDC_MAX_LEVELS];                  // (C, C, 4, 4): see the top
-    Tensor enc_down_b[SDC_MAX_LEVELS];                  // (C)
-    VaeMid enc_mid;
-    Tensor enc_norm_w, enc_norm_b;                      // (Clast)
-    Tensor enc_out_w, enc_out_b;                        // (2L, Clast, 3, 3), (2L)
-    Tensor quant_mean_w, quant_mean_b;                  // rows 0..L-1 of quant_conv: (L, 2L, 1, 1), (L)
-    Tensor quant_lv_w, quant_lv_b;                      // rows L..2L-1: (L, 2L, 1, 1), (L)
-
-    // decoder
-    Tensor post_quant_w, post_quant_b;                  // (L, L, 1, 1), (L)
-    Tensor dec_in_w, dec_in_b;                          // (Clast, L, 3, 3), (Clast)
-    VaeMid dec_mid;
-    VaeResnet dec_res[SDC_MAX_LEVELS][VAE_MAX_RESNETS]; // up order: channels reversed
-    Tensor dec_up_w[SDC_MAX_LEVELS], dec_up_b[SDC_MAX_LEVELS]; // (C, C, 3, 3), (C)
-    Tensor dec_norm_w, dec_norm_b;                      // (C0)
-    Tensor dec_out_w, dec_out_b;                        // (3, C0, 3, 3), (3)
-
+    VaeBlock *blocks[VAE_PARTS]; // (n_blocks[part]) the encoder's and the decoder's lists, in execution order
+    int n_blocks[VAE_PARTS];
     Arena act;          // activations for encode and decode, planned by vae_reserve
     float *host_lv;     // (N, L, h, w) host scratch for the logvar clamp
     size_t host_lv_n;
@@ -86,7 +84,7 @@ struct Vae {
 
 static int vae_check_config(const VaeConfig *c, SdcError *err) {
     int ok = c->n_levels >= 1 && c->n_levels <= SDC_MAX_LEVELS && c->layers_per_block >= 1 &&
-             c->layers_per_block + 1 <= VAE_MAX_RESNETS && c->norm_groups >= 1 &&
+             c->layers_per_block <= VAE_MAX_LAYERS && c->norm_groups >= 1 &&
              c->in_channels >= 1 && c->out_channels >= 1 && c->latent_channels >= 1;
     for (int i = 0; ok && i < c->n_levels; i++)
         ok = c->block_out[i] >= 1 && c->block_out[i] % c->norm_groups == 0;
@@ -95,10 +93,91 @@ static int vae_check_config(const VaeConfig *c, SdcError *err) {
                        "vae config: %d levels (at most %d), layers_per_block %d (at most %d), "
                        "%d groups, channels %d/%d/%d: not an AutoencoderKL sdc handles\n"
                        "---> check vae/config.json",
-                       c->n_levels, SDC_MAX_LEVELS, c->layers_per_block, VAE_MAX_RESNETS - 1,
+                       c->n_levels, SDC_MAX_LEVELS, c->layers_per_block, VAE_MAX_LAYERS,
                        c->norm_groups, c->in_channels, c->latent_channels, c->out_channels);
     return 0;
 }
+
+// The block lists of m->cfg (checked) with their infos, parameters empty.
+static int vae_blocks_make(Vae *m, SdcError *err) {
+    for (int p = 0; p < VAE_PARTS; p++) {
+        VaeBlockInfo info[VAE_MAX_BLOCKS];
+        int n = 0;
+        SDC_TRY(vae_layout(&m->cfg, (VaePart)p, info, &n, err));
+        m->blocks[p] = calloc((size_t)n, sizeof *m->blocks[p]);
+        if (!m->blocks[p]) return sdc_err(err, SDC_ERR_OOM, "vae: out of host memory");
+        m->n_blocks[p] = n;
+        for (int i = 0; i < n; i++) m->blocks[p][i].info = info[i];
+    }
+    return 0;
+}
+
+// ---- what a block reads and writes ---------------------------------------------
+//
+// A block's forward runs in a Pass (pass.h: the context the UNet's and CLIP's
+// blocks run in) with keep NULL, since the VAE is never trained: every
+// temporary lives in p->work, the run's arena above main, and is released
+// before the forward returns. p->be is the model's backend or
+// backend_measure() while planning, p->act the model backend's activation
+// dtype in both, so a measuring run sizes exactly what the real one takes.
+
+// y is either x's memory (both views of the run's main buffer from its start:
+// the block writes its output in place) or apart from it (x the caller's
+// input, or y the caller's output). A forward reads all of x it needs before
+// it writes y, or goes through a temporary.
+typedef struct VaeIO {
+    Tensor x;  // (N, Cin, h, w) the block's input
+    Tensor y;  // (N, Cout, h', w') its output
+    Tensor y2; // QUANT: the logvar (N, L, h, w); y is the mean
+} VaeIO;
+
+// d loss / d a block's output and input, for a kind's backward. No kind has
+// one (the VAE is never trained; the slots are NULL). A kind that gets one
+// must SAVE in its forward what its backward reads, and its caller must give
+// it a y apart from x, since main is overwritten in place.
+typedef struct VaeGradIO {
+    Tensor dy; // (N, Cout, h', w')
+    Tensor dx; // (N, Cin, h, w), overwritten
+} VaeGradIO;
+
+// A (N, C, h, w) view of data in the pass's activation dtype.
+static Tensor act_view(const Pass *p, void *data, int64_t n, int64_t c, int64_t h, int64_t w) {
+    return tensor_make(p->act, p->be->device, data, 4, (int64_t[]){n, c, h, w});
+}
+
+static void *work_alloc(Pass *p, int64_t elems) {
+    return arena_alloc(p->work, (size_t)elems * dtype_size(p->act));
+}
+
+// y = conv(x). When y is x's memory the smaller of the two goes through a
+// temporary: the input is copied aside (a conv that widens), or the output
+// is computed aside and copied back (a conv that shrinks).
+static void io_conv(Pass *p, VaeIO *io, const VaeConv *c, int stride, int pad) {
+    const Backend *be = p->be;
+    if (io->x.data != io->y.data) {
+        be->conv2d(be, &io->y, &io->x, &c->w, &c->b, stride, pad);
+        return;
+    }
+    size_t mark = arena_mark(p->work);
+    if (tensor_numel(&io->x) <= tensor_numel(&io->y)) {
+        Tensor t = pass_like(p, &io->x); // (N, Cin, h, w)
+        be->copy(be, &t, &io->x);
+        be->conv2d(be, &io->y, &t, &c->w, &c->b, stride, pad);
+    } else {
+        Tensor t = pass_like(p, &io->y); // (N, Cout, h', w')
+        be->conv2d(be, &t, &io->x, &c->w, &c->b, stride, pad);
+        be->copy(be, &io->y, &t);
+    }
+    arena_reset(p->work, mark);
+}
+
+// ---- block kinds -------------------------------------------------------------
+//
+// One record per kind (VAE_KINDS at the end of the section): its parameters
+// (asked from the loader by diffusers name, shapes from the block's info),
+// its one forward (x -> y, VaeIO) and its backward (none yet). A forward's
+// comment says which temporaries it takes above main; vae_reserve records
+// their bytes per block (VaeBlockInfo.scratch_bytes).
 
 // Rows r0..r0+n-1 of a parameter along dim 0, as a view (data may be NULL
 // when only planning).
@@ -109,51 +188,44 @@ static Tensor tensor_rows(Tensor t, int64_t r0, int64_t n) {
     return t;
 }
 
-static void vae_get_resnet(ParamLoader *pl, VaeResnet *r, int cin, int cout, const char *pre) {
-    r->cin = cin;
-    r->cout = cout;
-    r->n1_w = param_get(pl, SHAPE(cin), "%s.norm1.weight", pre);
-    r->n1_b = param_get(pl, SHAPE(cin), "%s.norm1.bias", pre);
-    r->c1_w = param_get(pl, SHAPE(cout, cin, 3, 3), "%s.conv1.weight", pre);
-    r->c1_b = param_get(pl, SHAPE(cout), "%s.conv1.bias", pre);
-    r->n2_w = param_get(pl, SHAPE(cout), "%s.norm2.weight", pre);
-    r->n2_b = param_get(pl, SHAPE(cout), "%s.norm2.bias", pre);
-    r->c2_w = param_get(pl, SHAPE(cout, cout, 3, 3), "%s.conv2.weight", pre);
-    r->c2_b = param_get(pl, SHAPE(cout), "%s.conv2.bias", pre);
-    if (cin != cout) {
-        r->sc_w = param_get(pl, SHAPE(cout, cin, 1, 1), "%s.conv_shortcut.weight", pre);
-        r->sc_b = param_get(pl, SHAPE(cout), "%s.conv_shortcut.bias", pre);
-    }
+// "<prefix>weight" (cout, cin, k, k) and "<prefix>bias" (cout).
+static VaeConv get_conv(ParamLoader *pl, const char *prefix, int cout, int cin, int k) {
+    VaeConv c;
+    c.w = param_get(pl, SHAPE(cout, cin, k, k), "%sweight", prefix);
+    c.b = param_get(pl, SHAPE(cout), "%sbias", prefix);
+    return c;
 }
 
-static void vae_get_mid(ParamLoader *pl, VaeMid *mid, int c, const char *pre) {
-    char name[256];
-    snprintf(name, sizeof name, "%s.resnets.0", pre);
-    vae_get_resnet(pl, &mid->r0, c, c, name);
-    snprintf(name, sizeof name, "%s.resnets.1", pre);
-    vae_get_resnet(pl, &mid->r1, c, c, name);
-    VaeAttn *a = &mid->attn;
-    a->c = c;
-    a->gn_w = param_get(pl, SHAPE(c), "%s.attentions.0.group_norm.weight", pre);
-    a->gn_b = param_get(pl, SHAPE(c), "%s.attentions.0.group_norm.bias", pre);
-    a->q_w = param_get(pl, SHAPE(c, c), "%s.attentions.0.to_q.weight", pre);
-    a->q_b = param_get(pl, SHAPE(c), "%s.attentions.0.to_q.bias", pre);
-    a->k_w = param_get(pl, SHAPE(c, c), "%s.attentions.0.to_k.weight", pre);
-    a->k_b = param_get(pl, SHAPE(c), "%s.attentions.0.to_k.bias", pre);
-    a->v_w = param_get(pl, SHAPE(c, c), "%s.attentions.0.to_v.weight", pre);
-    a->v_b = param_get(pl, SHAPE(c), "%s.attentions.0.to_v.bias", pre);
-    a->o_w = param_get(pl, SHAPE(c, c), "%s.attentions.0.to_out.0.weight", pre);
-    a->o_b = param_get(pl, SHAPE(c), "%s.attentions.0.to_out.0.bias", pre);
+// conv_in, an upsampler's conv: (cout, cin, 3, 3).
+static void load_conv3(ParamLoader *pl, VaeBlock *b) {
+    b->conv = get_conv(pl, b->info.pre[0].diff, b->info.out_channels, b->info.in_channels, 3);
 }
 
-// The (C, C, 3, 3) downsample kernel of level l as a (C, C, 4, 4) kernel
-// with a zero first row and column (see the top of the file).
-static Tensor vae_get_down_weight(ParamLoader *pl, int c, int level) {
+// post_quant_conv: (L, L, 1, 1).
+static void load_conv1(ParamLoader *pl, VaeBlock *b) {
+    b->conv = get_conv(pl, b->info.pre[0].diff, b->info.out_channels, b->info.in_channels, 1);
+}
+
+// conv_in: encoder, the image into main; decoder, main widened (through a
+// copy of its input: (N, L, h, w)). post_quant_conv: the latent into main.
+static void conv_in_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    (void)m;
+    io_conv(p, io, &b->conv, 1, 1);
+}
+
+static void post_quant_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    (void)m;
+    io_conv(p, io, &b->conv, 1, 0);
+}
+
+// The (C, C, 3, 3) downsample kernel "<prefix>weight" as a (C, C, 4, 4)
+// kernel with a zero first row and column (see the top of the file).
+static Tensor get_down_weight(ParamLoader *pl, const char *prefix, int c) {
     const Backend *be = pl->be;
     Tensor none = tensor_make(be->param_dtype, be->device, NULL, 4, (int64_t[]){c, c, 4, 4});
     if (pl->failed) return none;
     char name[128];
-    snprintf(name, sizeof name, "encoder.down_blocks.%d.downsamplers.0.conv.weight", level);
+    snprintf(name, sizeof name, "%sweight", prefix);
     Tensor src; // (C, C, 3, 3), file dtype, CPU view
     if (model_files_get(pl->mf, pl->comp, name, 4, (int64_t[]){c, c, 3, 3}, &src, pl->err)) {
         pl->failed = 1;
@@ -184,65 +256,187 @@ static Tensor vae_get_down_weight(ParamLoader *pl, int c, int level) {
     return dst;
 }
 
-static void vae_get_params(Vae *m, ParamLoader *pl) {
-    const VaeConfig *c = &m->cfg;
-    const int n = c->n_levels, L = c->latent_channels, lpb = c->layers_per_block;
-    const int *bo = c->block_out;
-    char pre[128];
-
-    // encoder
-    m->enc_in_w = param_get(pl, SHAPE(bo[0], c->in_channels, 3, 3), "encoder.conv_in.weight");
-    m->enc_in_b = param_get(pl, SHAPE(bo[0]), "encoder.conv_in.bias");
-    int ch = bo[0];
-    for (int l = 0; l < n; l++) {
-        for (int j = 0; j < lpb; j++) {
-            snprintf(pre, sizeof pre, "encoder.down_blocks.%d.resnets.%d", l, j);
-            vae_get_resnet(pl, &m->enc_res[l][j], j == 0 ? ch : bo[l], bo[l], pre);
-        }
-        ch = bo[l];
-        if (l < n - 1) {
-            m->enc_down_w[l] = vae_get_down_weight(pl, ch, l);
-            m->enc_down_b[l] = param_get(pl, SHAPE(ch), "encoder.down_blocks.%d.downsamplers.0.conv.bias", l);
-        }
-    }
-    vae_get_mid(pl, &m->enc_mid, ch, "encoder.mid_block");
-    m->enc_norm_w = param_get(pl, SHAPE(ch), "encoder.conv_norm_out.weight");
-    m->enc_norm_b = param_get(pl, SHAPE(ch), "encoder.conv_norm_out.bias");
-    m->enc_out_w = param_get(pl, SHAPE(2 * L, ch, 3, 3), "encoder.conv_out.weight");
-    m->enc_out_b = param_get(pl, SHAPE(2 * L), "encoder.conv_out.bias");
-    Tensor qw = param_get(pl, SHAPE(2 * L, 2 * L, 1, 1), "quant_conv.weight");
-    Tensor qb = param_get(pl, SHAPE(2 * L), "quant_conv.bias");
-    m->quant_mean_w = tensor_rows(qw, 0, L);
-    m->quant_mean_b = tensor_rows(qb, 0, L);
-    m->quant_lv_w = tensor_rows(qw, L, L);
-    m->quant_lv_b = tensor_rows(qb, L, L);
-
-    // decoder
-    m->post_quant_w = param_get(pl, SHAPE(L, L, 1, 1), "post_quant_conv.weight");
-    m->post_quant_b = param_get(pl, SHAPE(L), "post_quant_conv.bias");
-    ch = bo[n - 1];
-    m->dec_in_w = param_get(pl, SHAPE(ch, L, 3, 3), "decoder.conv_in.weight");
-    m->dec_in_b = param_get(pl, SHAPE(ch), "decoder.conv_in.bias");
-    vae_get_mid(pl, &m->dec_mid, ch, "decoder.mid_block");
-    for (int i = 0; i < n; i++) {
-        int out = bo[n - 1 - i];
-        for (int j = 0; j < lpb + 1; j++) {
-            snprintf(pre, sizeof pre, "decoder.up_blocks.%d.resnets.%d", i, j);
-            vae_get_resnet(pl, &m->dec_res[i][j], j == 0 ? ch : out, out, pre);
-        }
-        ch = out;
-        if (i < n - 1) {
-            m->dec_up_w[i] = param_get(pl, SHAPE(ch, ch, 3, 3), "decoder.up_blocks.%d.upsamplers.0.conv.weight", i);
-            m->dec_up_b[i] = param_get(pl, SHAPE(ch), "decoder.up_blocks.%d.upsamplers.0.conv.bias", i);
-        }
-    }
-    m->dec_norm_w = param_get(pl, SHAPE(ch), "decoder.conv_norm_out.weight");
-    m->dec_norm_b = param_get(pl, SHAPE(ch), "decoder.conv_norm_out.bias");
-    m->dec_out_w = param_get(pl, SHAPE(c->out_channels, ch, 3, 3), "decoder.conv_out.weight");
-    m->dec_out_b = param_get(pl, SHAPE(c->out_channels), "decoder.conv_out.bias");
+static void load_downsample(ParamLoader *pl, VaeBlock *b) {
+    const int c = b->info.in_channels;
+    b->conv.w = get_down_weight(pl, b->info.pre[0].diff, c);
+    b->conv.b = param_get(pl, SHAPE(c), "%sbias", b->info.pre[0].diff);
 }
 
+// main (N, C, h, w) -> main (N, C, h/2, w/2). Temporary: the output.
+static void downsample_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    (void)m;
+    io_conv(p, io, &b->conv, 2, 1);
+}
+
+// main (N, C, h, w) -> main (N, C, 2h, 2w). Temporary: the upsampled input.
+static void upsample_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    (void)m;
+    const Backend *be = p->be;
+    size_t mark = arena_mark(p->work);
+    Tensor u = TMP(p, io->x.shape[0], io->x.shape[1], io->y.shape[2], io->y.shape[3]); // (N, C, 2h, 2w)
+    be->upsample_nearest2x(be, &u, &io->x);
+    be->conv2d(be, &io->y, &u, &b->conv.w, &b->conv.b, 1, 1); // over x, already read
+    arena_reset(p->work, mark);
+}
+
+static void load_resnet(ParamLoader *pl, VaeBlock *b) {
+    VaeResnet *r = &b->res;
+    const char *pre = b->info.name;
+    const int cin = b->info.in_channels, cout = b->info.out_channels;
+    char q[64];
+    r->n1_w = param_get(pl, SHAPE(cin), "%s.norm1.weight", pre);
+    r->n1_b = param_get(pl, SHAPE(cin), "%s.norm1.bias", pre);
+    snprintf(q, sizeof q, "%s.conv1.", pre);
+    r->c1 = get_conv(pl, q, cout, cin, 3);
+    r->n2_w = param_get(pl, SHAPE(cout), "%s.norm2.weight", pre);
+    r->n2_b = param_get(pl, SHAPE(cout), "%s.norm2.bias", pre);
+    snprintf(q, sizeof q, "%s.conv2.", pre);
+    r->c2 = get_conv(pl, q, cout, cout, 3);
+    if (cin != cout) {
+        snprintf(q, sizeof q, "%s.conv_shortcut.", pre);
+        r->sc = get_conv(pl, q, cout, cin, 1);
+    }
+}
+
+// ResnetBlock2D without time embedding: main (N, cin, h, w) -> main
+// (N, cout, h, w). Temporaries: (N, max(cin, cout), h, w) and (N, cout, h, w).
+static void resnet_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    const Backend *be = p->be;
+    const VaeResnet *r = &b->res;
+    const int G = m->cfg.norm_groups;
+    const float eps = m->cfg.norm_eps;
+    const Tensor *x = &io->x;
+    const int64_t N = x->shape[0], h = x->shape[2], w = x->shape[3];
+    const int64_t cin = b->info.in_channels, cout = b->info.out_channels, cmax = cin > cout ? cin : cout;
+    size_t mark = arena_mark(p->work);
+    void *t1 = work_alloc(p, N * cmax * h * w);
+    Tensor t1_in = act_view(p, t1, N, cin, h, w);   // (N, cin, h, w)
+    Tensor t1_out = act_view(p, t1, N, cout, h, w); // (N, cout, h, w), same memory
+    Tensor t2 = TMP(p, N, cout, h, w);              // (N, cout, h, w)
+
+    be->group_norm(be, &t1_in, x, &r->n1_w, &r->n1_b, G, eps, 1);
+    be->conv2d(be, &t2, &t1_in, &r->c1.w, &r->c1.b, 1, 1);
+    be->group_norm(be, &t1_out, &t2, &r->n2_w, &r->n2_b, G, eps, 1);
+    be->conv2d(be, &t2, &t1_out, &r->c2.w, &r->c2.b, 1, 1);
+    if (cin != cout) {
+        be->conv2d(be, &t1_out, x, &r->sc.w, &r->sc.b, 1, 0);
+        be->add(be, &io->y, &t1_out, &t2); // over x, which is no longer read
+    } else {
+        be->add(be, &io->y, x, &t2);
+    }
+    arena_reset(p->work, mark);
+}
+
+static void load_attention(ParamLoader *pl, VaeBlock *b) {
+    VaeAttn *a = &b->attn;
+    const char *pre = b->info.name;
+    const int c = b->info.in_channels;
+    a->gn_w = param_get(pl, SHAPE(c), "%s.group_norm.weight", pre);
+    a->gn_b = param_get(pl, SHAPE(c), "%s.group_norm.bias", pre);
+    a->q_w = param_get(pl, SHAPE(c, c), "%s.to_q.weight", pre);
+    a->q_b = param_get(pl, SHAPE(c), "%s.to_q.bias", pre);
+    a->k_w = param_get(pl, SHAPE(c, c), "%s.to_k.weight", pre);
+    a->k_b = param_get(pl, SHAPE(c), "%s.to_k.bias", pre);
+    a->v_w = param_get(pl, SHAPE(c, c), "%s.to_v.weight", pre);
+    a->v_b = param_get(pl, SHAPE(c), "%s.to_v.bias", pre);
+    a->o_w = param_get(pl, SHAPE(c, c), "%s.to_out.0.weight", pre);
+    a->o_b = param_get(pl, SHAPE(c), "%s.to_out.0.bias", pre);
+}
+
+// Mid-block attention, main (N, C, h, w) updated in place:
+// x += to_out(attention(to_q(gn(x)), to_k(gn(x)), to_v(gn(x)))) with one head.
+// Temporaries: (N, C, h, w) and four (N, h*w, C).
+static void attention_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    const Backend *be = p->be;
+    const VaeAttn *a = &b->attn;
+    const Tensor *x = &io->x; // (N, C, h, w)
+    const int64_t N = x->shape[0], C = b->info.in_channels, h = x->shape[2], w = x->shape[3], S = h * w;
+    size_t mark = arena_mark(p->work);
+    void *tp = work_alloc(p, N * C * S);
+    Tensor t = act_view(p, tp, N, C, h, w);                                       // (N, C, h, w)
+    Tensor t_seq = tensor_make(p->act, be->device, tp, 3, (int64_t[]){N, S, C}); // (N, S, C), same memory
+    Tensor s = TMP(p, N, S, C);                                                   // (N, S, C)
+    Tensor q = TMP(p, N, S, C);                                                   // (N, S, C)
+    Tensor k = TMP(p, N, S, C);                                                   // (N, S, C)
+    Tensor v = TMP(p, N, S, C);                                                   // (N, S, C)
+
+    be->group_norm(be, &t, x, &a->gn_w, &a->gn_b, m->cfg.norm_groups, m->cfg.norm_eps, 0);
+    be->nchw_to_nlc(be, &s, &t);
+    be->linear(be, &q, &s, &a->q_w, &a->q_b);
+    be->linear(be, &k, &s, &a->k_w, &a->k_b);
+    be->linear(be, &v, &s, &a->v_w, &a->v_b);
+    be->attention(be, &t_seq, &q, &k, &v, 1, 0);
+    be->linear(be, &q, &t_seq, &a->o_w, &a->o_b);
+    be->nlc_to_nchw(be, &t, &q);
+    be->add(be, &io->y, x, &t);
+    arena_reset(p->work, mark);
+}
+
+static void load_out(ParamLoader *pl, VaeBlock *b) {
+    const int cin = b->info.in_channels;
+    b->norm_w = param_get(pl, SHAPE(cin), "%sweight", b->info.pre[0].diff);
+    b->norm_b = param_get(pl, SHAPE(cin), "%sbias", b->info.pre[0].diff);
+    b->conv = get_conv(pl, b->info.pre[1].diff, b->info.out_channels, cin, 3);
+}
+
+// conv_out(SiLU(conv_norm_out(x))): main (N, C, h, w) -> main (encoder: the
+// moments) or the image (decoder). Temporary: (N, C, h, w).
+static void out_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    const Backend *be = p->be;
+    size_t mark = arena_mark(p->work);
+    Tensor t = pass_like(p, &io->x); // (N, C, h, w)
+    be->group_norm(be, &t, &io->x, &b->norm_w, &b->norm_b, m->cfg.norm_groups, m->cfg.norm_eps, 1);
+    be->conv2d(be, &io->y, &t, &b->conv.w, &b->conv.b, 1, 1); // x is dead: y may be its memory
+    arena_reset(p->work, mark);
+}
+
+// quant_conv (2L, 2L, 1, 1) split by output rows into the mean's and the
+// logvar's convs.
+static void load_quant(ParamLoader *pl, VaeBlock *b) {
+    const int L2 = b->info.out_channels, L = L2 / 2;
+    VaeConv q = get_conv(pl, b->info.pre[0].diff, L2, b->info.in_channels, 1);
+    b->conv = (VaeConv){tensor_rows(q.w, 0, L), tensor_rows(q.b, 0, L)};
+    b->conv2 = (VaeConv){tensor_rows(q.w, L, L), tensor_rows(q.b, L, L)};
+}
+
+// main (N, 2L, h, w), the moments -> the caller's mean and logvar (N, L, h, w).
+static void quant_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+    (void)m;
+    const Backend *be = p->be;
+    be->conv2d(be, &io->y, &io->x, &b->conv.w, &b->conv.b, 1, 0);
+    be->conv2d(be, &io->y2, &io->x, &b->conv2.w, &b->conv2.b, 1, 0);
+}
+
+typedef struct VaeKind {
+    // Asks pl for the block's parameters (diffusers names, shapes from the info).
+    void (*load)(ParamLoader *pl, VaeBlock *b);
+    void (*forward)(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io);
+    // NULL for every kind: the VAE is never trained (see VaeGradIO).
+    void (*backward)(Pass *p, const Vae *m, const VaeBlock *b, const VaeIO *io, VaeGradIO *g);
+} VaeKind;
+
+static const VaeKind VAE_KINDS[VAE_BLOCK_KINDS] = {
+    [VAE_BLOCK_CONV_IN] = {load_conv3, conv_in_fwd, NULL},
+    [VAE_BLOCK_RESNET] = {load_resnet, resnet_fwd, NULL},
+    [VAE_BLOCK_ATTENTION] = {load_attention, attention_fwd, NULL},
+    [VAE_BLOCK_DOWNSAMPLE] = {load_downsample, downsample_fwd, NULL},
+    [VAE_BLOCK_UPSAMPLE] = {load_conv3, upsample_fwd, NULL},
+    [VAE_BLOCK_OUT] = {load_out, out_fwd, NULL},
+    [VAE_BLOCK_QUANT] = {load_quant, quant_fwd, NULL},
+    [VAE_BLOCK_POST_QUANT] = {load_conv1, post_quant_fwd, NULL},
+};
+
 // ---- loading ---------------------------------------------------------------
+
+static void vae_get_params(Vae *m, ParamLoader *pl) {
+    for (int p = 0; p < VAE_PARTS; p++)
+        for (int i = 0; i < m->n_blocks[p]; i++) {
+            VaeBlock *b = &m->blocks[p][i];
+            const size_t numel = pl->numel;
+            VAE_KINDS[b->info.kind].load(pl, b);
+            b->info.param_count = pl->numel - numel;
+        }
+}
 
 int vae_load(Vae **out, const ModelFiles *mf, const Backend *be, SdcError *err) {
     *out = NULL;
@@ -252,12 +446,15 @@ int vae_load(Vae **out, const ModelFiles *mf, const Backend *be, SdcError *err) 
     if (!m) return sdc_err(err, SDC_ERR_OOM, "vae_load: out of host memory");
     m->cfg = *c;
     m->be = be;
+    int rc = vae_blocks_make(m, err);
     // Pass 1 checks every name and shape and measures; pass 2 loads for real.
     Arena meas;
     arena_init_measure(&meas);
     ParamLoader pl = {.mf = mf, .comp = COMP_VAE, .be = be, .arena = &meas, .err = err};
-    vae_get_params(m, &pl);
-    int rc = pl.failed ? err->code : 0;
+    if (!rc) {
+        vae_get_params(m, &pl);
+        rc = pl.failed ? err->code : 0;
+    }
     if (!rc) rc = arena_init(&m->params, be, meas.peak, err);
     if (!rc) {
         pl = (ParamLoader){.mf = mf, .comp = COMP_VAE, .be = be, .arena = &m->params, .err = err};
@@ -277,6 +474,7 @@ void vae_free(Vae *m) {
     if (!m) return;
     arena_free(&m->act);
     arena_free(&m->params);
+    for (int p = 0; p < VAE_PARTS; p++) free(m->blocks[p]);
     free(m->host_lv);
     free(m);
 }
@@ -284,148 +482,77 @@ void vae_free(Vae *m) {
 const VaeConfig *vae_config(const Vae *m) { return &m->cfg; }
 size_t vae_param_bytes(const Vae *m) { return m->params.cap; }
 size_t vae_activation_bytes(const Vae *m) { return m->act.cap; }
-
-// ---- blocks --------------------------------------------------------------------
-
-// One forward's context: the backend that runs (the real one or
-// backend_measure()), its arena, and the real backend's activation dtype so a
-// measuring run sizes exactly what the real one allocates.
-typedef struct VaeRun {
-    const Backend *be;
-    Arena *a;
-    DType act;
-    int groups;
-    float eps;
-} VaeRun;
-
-static Tensor run_view(const VaeRun *r, void *p, int64_t n, int64_t c, int64_t h, int64_t w) {
-    return tensor_make(r->act, r->be->device, p, 4, (int64_t[]){n, c, h, w});
+int vae_block_count(const Vae *m, VaePart part) { return m->n_blocks[part]; }
+const VaeBlockInfo *vae_block_info(const Vae *m, VaePart part, int i) {
+    SDC_CHECK(i >= 0 && i < m->n_blocks[part]);
+    return &m->blocks[part][i].info;
 }
 
-static void *run_alloc(VaeRun *r, int64_t elems) {
-    return arena_alloc(r->a, (size_t)elems * dtype_size(r->act));
-}
+// ---- the runs: walks of a block list ---------------------------------------------
 
-// ResnetBlock2D without time embedding: x (N, cin, h, w) in main ->
-// (N, cout, h, w) in main. Temporaries: (N, max(cin, cout), h, w) and
-// (N, cout, h, w).
-static void vae_resnet(VaeRun *r, void *main, const VaeResnet *p, int64_t N, int64_t h, int64_t w) {
-    const Backend *be = r->be;
-    const int64_t cin = p->cin, cout = p->cout, cmax = cin > cout ? cin : cout;
-    size_t mark = arena_mark(r->a);
-    Tensor x = run_view(r, main, N, cin, h, w);  // (N, cin, h, w)
-    void *t1 = run_alloc(r, N * cmax * h * w);
-    Tensor t1_in = run_view(r, t1, N, cin, h, w);   // (N, cin, h, w)
-    Tensor t1_out = run_view(r, t1, N, cout, h, w); // (N, cout, h, w), same memory
-    Tensor t2 = run_view(r, run_alloc(r, N * cout * h * w), N, cout, h, w); // (N, cout, h, w)
-
-    be->group_norm(be, &t1_in, &x, &p->n1_w, &p->n1_b, r->groups, r->eps, 1);
-    be->conv2d(be, &t2, &t1_in, &p->c1_w, &p->c1_b, 1, 1);
-    be->group_norm(be, &t1_out, &t2, &p->n2_w, &p->n2_b, r->groups, r->eps, 1);
-    be->conv2d(be, &t2, &t1_out, &p->c2_w, &p->c2_b, 1, 1);
-    if (cin != cout) {
-        Tensor y = run_view(r, main, N, cout, h, w); // over x, which is no longer read
-        be->conv2d(be, &t1_out, &x, &p->sc_w, &p->sc_b, 1, 0);
-        be->add(be, &y, &t1_out, &t2);
-    } else {
-        be->add(be, &x, &x, &t2);
-    }
-    arena_reset(r->a, mark);
-}
-
-// Mid-block attention: x (N, C, h, w) in main, updated in place:
-// x += to_out(attention(to_q(gn(x)), to_k(gn(x)), to_v(gn(x)))) with one head.
-static void vae_attention(VaeRun *r, void *main, const VaeAttn *p, int64_t N, int64_t h, int64_t w) {
-    const Backend *be = r->be;
-    const int64_t C = p->c, S = h * w;
-    size_t mark = arena_mark(r->a);
-    Tensor x = run_view(r, main, N, C, h, w); // (N, C, h, w)
-    void *tp = run_alloc(r, N * C * S);
-    Tensor t = run_view(r, tp, N, C, h, w);                               // (N, C, h, w)
-    Tensor t_seq = tensor_make(r->act, be->device, tp, 3, (int64_t[]){N, S, C}); // (N, S, C)
-    Tensor s = arena_tensor(r->a, r->act, 3, (int64_t[]){N, S, C});       // (N, S, C)
-    Tensor q = arena_tensor(r->a, r->act, 3, (int64_t[]){N, S, C});       // (N, S, C)
-    Tensor k = arena_tensor(r->a, r->act, 3, (int64_t[]){N, S, C});       // (N, S, C)
-    Tensor v = arena_tensor(r->a, r->act, 3, (int64_t[]){N, S, C});       // (N, S, C)
-
-    be->group_norm(be, &t, &x, &p->gn_w, &p->gn_b, r->groups, r->eps, 0);
-    be->nchw_to_nlc(be, &s, &t);
-    be->linear(be, &q, &s, &p->q_w, &p->q_b);
-    be->linear(be, &k, &s, &p->k_w, &p->k_b);
-    be->linear(be, &v, &s, &p->v_w, &p->v_b);
-    be->attention(be, &t_seq, &q, &k, &v, 1, 0);
-    be->linear(be, &q, &t_seq, &p->o_w, &p->o_b);
-    be->nlc_to_nchw(be, &t, &q);
-    be->add(be, &x, &x, &t);
-    arena_reset(r->a, mark);
-}
-
-static void vae_mid(VaeRun *r, void *main, const VaeMid *p, int64_t N, int64_t h, int64_t w) {
-    vae_resnet(r, main, &p->r0, N, h, w);
-    vae_attention(r, main, &p->attn, N, h, w);
-    vae_resnet(r, main, &p->r1, N, h, w);
-}
-
-// ---- encoder -----------------------------------------------------------------
-
-// Elements of the main buffer: the largest (channels x pixels) any block
-// reads or writes at its resolution.
-static int64_t vae_encoder_main_elems(const VaeConfig *c, int64_t N, int64_t H, int64_t W) {
+// Elements of the main buffer of a pass over the list with image side
+// (H, W): the largest output of every block but the last (which writes the
+// caller's output); each block's input is the previous block's output or
+// the caller's.
+static int64_t vae_main_elems(const VaeBlock *bl, int n, int64_t N, int64_t H, int64_t W) {
     int64_t best = 0;
-    for (int l = 0; l < c->n_levels; l++) {
-        int64_t cin = l ? c->block_out[l - 1] : c->block_out[0];
-        int64_t ch = cin > c->block_out[l] ? cin : c->block_out[l];
-        int64_t e = N * ch * (H >> l) * (W >> l);
+    for (int i = 0; i < n - 1; i++) {
+        const VaeBlockInfo *b = &bl[i].info;
+        const int64_t e = N * b->out_channels * (H / b->out_div) * (W / b->out_div);
         if (e > best) best = e;
     }
     return best;
 }
 
+// What a measuring walk records per block (vae_reserve keeps it in the
+// blocks' infos).
+typedef struct VaeBlockMem {
+    size_t out;     // bytes of its output
+    size_t scratch; // bytes it takes above main while it runs
+} VaeBlockMem;
+
+// Runs part's block list over in (N, Cin, h, w): block 0 reads in, the last
+// block writes out0 (and QUANT out1), the others write main (see the top).
+// mem: NULL, or one per block to fill (measuring walks).
+static void vae_run(Pass *p, const Vae *m, VaePart part, const Tensor *in, Tensor *out0, Tensor *out1,
+                    VaeBlockMem *mem) {
+    const VaeBlock *bl = m->blocks[part];
+    const int n = m->n_blocks[part];
+    const int64_t N = in->shape[0], H = in->shape[2] * bl[0].info.in_div, W = in->shape[3] * bl[0].info.in_div;
+    Arena *a = p->work;
+    size_t frame = arena_mark(a);
+    void *main = work_alloc(p, vae_main_elems(bl, n, N, H, W));
+    VaeIO io = {.x = *in};
+    for (int i = 0; i < n; i++) {
+        const VaeBlockInfo *b = &bl[i].info;
+        if (i < n - 1) {
+            io.y = act_view(p, main, N, b->out_channels, H / b->out_div, W / b->out_div);
+        } else {
+            io.y = *out0;
+            if (out1) io.y2 = *out1;
+        }
+        const size_t peak = a->peak; // measure this block's scratch alone
+        if (mem) a->peak = a->used;
+        VAE_KINDS[b->kind].forward(p, m, &bl[i], &io);
+        if (mem) {
+            mem[i].scratch = a->peak - a->used;
+            mem[i].out = tensor_bytes(&io.y) + (io.y2.ndim ? tensor_bytes(&io.y2) : 0);
+            if (peak > a->peak) a->peak = peak;
+        }
+        io.x = io.y;
+    }
+    arena_reset(a, frame);
+}
+
 // image (N, 3, H, W) -> mean, logvar (N, L, H/f, W/f), f = 2^(levels-1).
 // host_lv: (N, L, H/f, W/f) floats for the clamp (unused when measuring).
-static void vae_encode_run(const Vae *m, VaeRun *r, const Tensor *image, Tensor *mean,
-                           Tensor *logvar, float *host_lv) {
-    const VaeConfig *c = &m->cfg;
-    const Backend *be = r->be;
-    const int n = c->n_levels, lpb = c->layers_per_block, L = c->latent_channels;
-    const int64_t N = image->shape[0];
-    int64_t h = image->shape[2], w = image->shape[3];
-    size_t frame = arena_mark(r->a);
-    void *main = run_alloc(r, vae_encoder_main_elems(c, N, h, w));
-
-    int64_t ch = c->block_out[0];
-    Tensor x = run_view(r, main, N, ch, h, w); // (N, C0, H, W)
-    be->conv2d(be, &x, image, &m->enc_in_w, &m->enc_in_b, 1, 1);
-    for (int l = 0; l < n; l++) {
-        for (int j = 0; j < lpb; j++) vae_resnet(r, main, &m->enc_res[l][j], N, h, w);
-        ch = c->block_out[l];
-        if (l < n - 1) {
-            size_t mark = arena_mark(r->a);
-            Tensor src = run_view(r, main, N, ch, h, w);                                // (N, C, h, w)
-            Tensor t = run_view(r, run_alloc(r, N * ch * (h / 2) * (w / 2)), N, ch, h / 2, w / 2); // (N, C, h/2, w/2)
-            be->conv2d(be, &t, &src, &m->enc_down_w[l], &m->enc_down_b[l], 2, 1);
-            h /= 2;
-            w /= 2;
-            Tensor dst = run_view(r, main, N, ch, h, w); // (N, C, h/2, w/2)
-            be->copy(be, &dst, &t);
-            arena_reset(r->a, mark);
-        }
-    }
-    vae_mid(r, main, &m->enc_mid, N, h, w);
-
-    Tensor xs = run_view(r, main, N, ch, h, w);                            // (N, Clast, h, w)
-    Tensor t = run_view(r, run_alloc(r, N * ch * h * w), N, ch, h, w);     // (N, Clast, h, w)
-    Tensor mom = run_view(r, run_alloc(r, N * 2 * L * h * w), N, 2 * L, h, w); // (N, 2L, h, w)
-    be->group_norm(be, &t, &xs, &m->enc_norm_w, &m->enc_norm_b, r->groups, r->eps, 1);
-    be->conv2d(be, &mom, &t, &m->enc_out_w, &m->enc_out_b, 1, 1);
-    // quant_conv split by output rows: mean = rows 0..L-1, logvar = rows L..2L-1.
-    be->conv2d(be, mean, &mom, &m->quant_mean_w, &m->quant_mean_b, 1, 0);
-    be->conv2d(be, logvar, &mom, &m->quant_lv_w, &m->quant_lv_b, 1, 0);
-    arena_reset(r->a, frame);
-
+static void vae_encode_run(const Vae *m, Pass *p, const Tensor *image, Tensor *mean, Tensor *logvar,
+                           float *host_lv) {
+    const Backend *be = p->be;
+    vae_run(p, m, VAE_ENCODER, image, mean, logvar, NULL);
     // The backend has no clamp: round-trip the small logvar through the host.
     // host_lv NULL: the caller clamps (tiled encode clamps after blending).
-    if (!r->a->measure && host_lv) {
+    if (!p->work->measure && host_lv) {
         size_t cnt = (size_t)tensor_numel(logvar);
         be->sync(be);
         backend_download_f32(be, host_lv, logvar, cnt);
@@ -437,63 +564,9 @@ static void vae_encode_run(const Vae *m, VaeRun *r, const Tensor *image, Tensor 
     }
 }
 
-// ---- decoder -----------------------------------------------------------------
-
-static int64_t vae_decoder_main_elems(const VaeConfig *c, int64_t N, int64_t h, int64_t w) {
-    const int n = c->n_levels;
-    int64_t ch = c->block_out[n - 1];
-    int64_t best = N * ch * h * w; // conv_in, mid block
-    for (int i = 0; i < n; i++) {
-        int64_t out = c->block_out[n - 1 - i];
-        int64_t cm = ch > out ? ch : out;
-        int64_t hi = h << i, wi = w << i;
-        if (N * cm * hi * wi > best) best = N * cm * hi * wi;
-        if (i < n - 1 && N * out * 4 * hi * wi > best) best = N * out * 4 * hi * wi; // upsampled
-        ch = out;
-    }
-    return best;
-}
-
 // z (N, L, h, w) -> image (N, out, f*h, f*w).
-static void vae_decode_run(const Vae *m, VaeRun *r, const Tensor *z, Tensor *image) {
-    const VaeConfig *c = &m->cfg;
-    const Backend *be = r->be;
-    const int n = c->n_levels, lpb = c->layers_per_block, L = c->latent_channels;
-    const int64_t N = z->shape[0];
-    int64_t h = z->shape[2], w = z->shape[3];
-    size_t frame = arena_mark(r->a);
-    void *main = run_alloc(r, vae_decoder_main_elems(c, N, h, w));
-
-    int64_t ch = c->block_out[n - 1];
-    {
-        size_t mark = arena_mark(r->a);
-        Tensor t = run_view(r, run_alloc(r, N * L * h * w), N, L, h, w); // (N, L, h, w)
-        Tensor x = run_view(r, main, N, ch, h, w);                         // (N, Clast, h, w)
-        be->conv2d(be, &t, z, &m->post_quant_w, &m->post_quant_b, 1, 0);
-        be->conv2d(be, &x, &t, &m->dec_in_w, &m->dec_in_b, 1, 1);
-        arena_reset(r->a, mark);
-    }
-    vae_mid(r, main, &m->dec_mid, N, h, w);
-    for (int i = 0; i < n; i++) {
-        for (int j = 0; j < lpb + 1; j++) vae_resnet(r, main, &m->dec_res[i][j], N, h, w);
-        ch = c->block_out[n - 1 - i];
-        if (i < n - 1) {
-            size_t mark = arena_mark(r->a);
-            Tensor x = run_view(r, main, N, ch, h, w);                                     // (N, C, h, w)
-            Tensor u = run_view(r, run_alloc(r, N * ch * 4 * h * w), N, ch, 2 * h, 2 * w); // (N, C, 2h, 2w)
-            be->upsample_nearest2x(be, &u, &x);
-            h *= 2;
-            w *= 2;
-            Tensor y = run_view(r, main, N, ch, h, w); // (N, C, 2h, 2w) over x, already read
-            be->conv2d(be, &y, &u, &m->dec_up_w[i], &m->dec_up_b[i], 1, 1);
-            arena_reset(r->a, mark);
-        }
-    }
-    Tensor xs = run_view(r, main, N, ch, h, w);                        // (N, C0, H, W)
-    Tensor t = run_view(r, run_alloc(r, N * ch * h * w), N, ch, h, w); // (N, C0, H, W)
-    be->group_norm(be, &t, &xs, &m->dec_norm_w, &m->dec_norm_b, r->groups, r->eps, 1);
-    be->conv2d(be, image, &t, &m->dec_out_w, &m->dec_out_b, 1, 1);
-    arena_reset(r->a, frame);
+static void vae_decode_run(const Vae *m, Pass *p, const Tensor *z, Tensor *image) {
+    vae_run(p, m, VAE_DECODER, z, image, NULL, NULL);
 }
 
 static int vae_factor(const VaeConfig *c) { return 1 << (c->n_levels - 1); }
@@ -576,36 +649,39 @@ typedef struct VaeTileBufs {
     void *in, *out0, *out1;
 } VaeTileBufs;
 
-static VaeTileBufs vae_tile_bufs(VaeRun *r, const VaeConfig *c, const VaeGrid *g) {
+static VaeTileBufs vae_tile_bufs(Pass *p, const VaeConfig *c, const VaeGrid *g) {
     VaeTileBufs b = {0};
-    b.in = run_alloc(r, g->pin * g->tin_h * g->tin_w);
+    b.in = work_alloc(p, g->pin * g->tin_h * g->tin_w);
     if (g->decode) {
-        b.out0 = run_alloc(r, g->N * c->out_channels * g->tout_h * g->tout_w);
+        b.out0 = work_alloc(p, g->N * c->out_channels * g->tout_h * g->tout_w);
     } else {
-        b.out0 = run_alloc(r, g->N * c->latent_channels * g->tout_h * g->tout_w);
-        b.out1 = run_alloc(r, g->N * c->latent_channels * g->tout_h * g->tout_w);
+        b.out0 = work_alloc(p, g->N * c->latent_channels * g->tout_h * g->tout_w);
+        b.out1 = work_alloc(p, g->N * c->latent_channels * g->tout_h * g->tout_w);
     }
     return b;
 }
 
-// Activation bytes of a tiled pass: the device tiles plus one pass over the
-// largest tile (smaller edge tiles need less).
-static size_t vae_measure_grid(const Vae *m, DType act, const VaeGrid *g) {
+// Activation bytes of one pass of part over an input of (N, *, hin, win)
+// (the image's side for the encoder, the latent's for the decoder); tiled by
+// g when non-NULL: the device tiles plus one pass over the largest tile
+// (smaller edge tiles need less). mem: NULL, or each block's bytes.
+static size_t vae_measure_pass(const Vae *m, DType act, VaePart part, const VaeGrid *g, int64_t N, int64_t hin,
+                               int64_t win, VaeBlockMem *mem) {
     const VaeConfig *c = &m->cfg;
-    const Backend *mb = backend_measure();
+    const int dec = part == VAE_DECODER, f = vae_factor(c);
     Arena a;
     arena_init_measure(&a);
-    VaeRun r = {.be = mb, .a = &a, .act = act, .groups = c->norm_groups, .eps = c->norm_eps};
-    VaeTileBufs b = vae_tile_bufs(&r, c, g);
-    Tensor in = run_view(&r, b.in, g->N, g->cin, g->tin_h, g->tin_w);
-    if (g->decode) {
-        Tensor out = run_view(&r, b.out0, g->N, c->out_channels, g->tout_h, g->tout_w);
-        vae_decode_run(m, &r, &in, &out);
-    } else {
-        Tensor mean = run_view(&r, b.out0, g->N, c->latent_channels, g->tout_h, g->tout_w);
-        Tensor lv = run_view(&r, b.out1, g->N, c->latent_channels, g->tout_h, g->tout_w);
-        vae_encode_run(m, &r, &in, &mean, &lv, NULL);
+    Pass p = {.be = backend_measure(), .act = act, .work = &a};
+    VaeTileBufs b = {0}; // untiled: the caller's tensors, outside the arena
+    if (g) {
+        b = vae_tile_bufs(&p, c, g);
+        hin = g->tin_h, win = g->tin_w;
     }
+    const int64_t hout = dec ? hin * f : hin / f, wout = dec ? win * f : win / f;
+    Tensor in = act_view(&p, b.in, N, dec ? c->latent_channels : c->in_channels, hin, win);
+    Tensor out0 = act_view(&p, b.out0, N, dec ? c->out_channels : c->latent_channels, hout, wout);
+    Tensor out1 = act_view(&p, b.out1, N, c->latent_channels, hout, wout);
+    vae_run(&p, m, part, &in, &out0, dec ? NULL : &out1, mem);
     return a.peak;
 }
 
@@ -668,9 +744,9 @@ static int vae_tiled_run(Vae *m, const VaeGrid *g, const Tensor *in, Tensor *out
     be->sync(be);
     backend_download_f32(be, xin, in, n_in);
 
-    VaeRun r = {.be = be, .a = &m->act, .act = be->act_dtype, .groups = c->norm_groups, .eps = c->norm_eps};
+    Pass pass = {.be = be, .act = be->act_dtype, .work = &m->act};
     size_t frame = arena_mark(&m->act);
-    VaeTileBufs b = vae_tile_bufs(&r, c, g);
+    VaeTileBufs b = vae_tile_bufs(&pass, c, g);
     for (int64_t iy = 0; iy < g->ty; iy++) {
         const int64_t cur = (iy & 1) * g->tx, prev = ((iy + 1) & 1) * g->tx;
         const int64_t y0 = iy * g->stride, hi = g->hin - y0 < g->tin ? g->hin - y0 : g->tin;
@@ -681,18 +757,18 @@ static int vae_tiled_run(Vae *m, const VaeGrid *g, const Tensor *in, Tensor *out
                 for (int64_t y = 0; y < hi; y++)
                     memcpy(tbuf + (p * hi + y) * wi, xin + (p * g->hin + y0 + y) * g->win + x0,
                            (size_t)wi * sizeof(float));
-            Tensor ti = run_view(&r, b.in, g->N, g->cin, hi, wi); // (N, cin, hi, wi)
+            Tensor ti = act_view(&pass, b.in, g->N, g->cin, hi, wi); // (N, cin, hi, wi)
             backend_upload_f32(be, &ti, tbuf, (size_t)(g->pin * hi * wi));
             float *dst = slots + (cur + ix) * slot; // (pout, ho, wo)
             if (g->decode) {
-                Tensor to = run_view(&r, b.out0, g->N, c->out_channels, ho, wo); // (N, out, ho, wo)
-                vae_decode_run(m, &r, &ti, &to);
+                Tensor to = act_view(&pass, b.out0, g->N, c->out_channels, ho, wo); // (N, out, ho, wo)
+                vae_decode_run(m, &pass, &ti, &to);
                 be->sync(be);
                 backend_download_f32(be, dst, &to, (size_t)(g->pout * ho * wo));
             } else {
-                Tensor tm = run_view(&r, b.out0, g->N, c->latent_channels, ho, wo); // (N, L, ho, wo)
-                Tensor tl = run_view(&r, b.out1, g->N, c->latent_channels, ho, wo); // (N, L, ho, wo)
-                vae_encode_run(m, &r, &ti, &tm, &tl, NULL);
+                Tensor tm = act_view(&pass, b.out0, g->N, c->latent_channels, ho, wo); // (N, L, ho, wo)
+                Tensor tl = act_view(&pass, b.out1, g->N, c->latent_channels, ho, wo); // (N, L, ho, wo)
+                vae_encode_run(m, &pass, &ti, &tm, &tl, NULL);
                 be->sync(be);
                 backend_download_f32(be, dst, &tm, (size_t)(half * ho * wo));
                 backend_download_f32(be, dst + half * ho * wo, &tl, (size_t)(half * ho * wo));
@@ -733,34 +809,16 @@ static int vae_tiled_run(Vae *m, const VaeGrid *g, const Tensor *in, Tensor *out
 // ---- planning ----------------------------------------------------------------
 
 // Measures the activation bytes of encode and decode of (N, in, H, W), tiled
-// where t asks for it and the size exceeds one tile.
+// where t asks for it and the size exceeds one tile. mem: NULL, or per part
+// one VaeBlockMem per block to fill.
 static void vae_measure(const Vae *m, DType act, int64_t N, int64_t H, int64_t W, const VaeTiling *t,
-                        size_t *enc, size_t *dec) {
-    const VaeConfig *c = &m->cfg;
-    const Backend *mb = backend_measure();
-    const int64_t f = vae_factor(c), L = c->latent_channels;
+                        size_t *enc, size_t *dec, VaeBlockMem *const mem[VAE_PARTS]) {
+    const int64_t f = vae_factor(&m->cfg);
     VaeGrid g;
-    VaeRun r = {.be = mb, .act = act, .groups = c->norm_groups, .eps = c->norm_eps};
-    Tensor img = tensor_make(act, mb->device, NULL, 4, (int64_t[]){N, c->in_channels, H, W});
-    Tensor lat = tensor_make(act, mb->device, NULL, 4, (int64_t[]){N, L, H / f, W / f});
-    Tensor lat2 = lat;
-    Tensor out = tensor_make(act, mb->device, NULL, 4, (int64_t[]){N, c->out_channels, H, W});
-    Arena a;
-    r.a = &a;
-    if (vae_grid(c, 0, N, H, W, t, &g)) {
-        *enc = vae_measure_grid(m, act, &g);
-    } else {
-        arena_init_measure(&a);
-        vae_encode_run(m, &r, &img, &lat, &lat2, NULL);
-        *enc = a.peak;
-    }
-    if (vae_grid(c, 1, N, H / f, W / f, t, &g)) {
-        *dec = vae_measure_grid(m, act, &g);
-    } else {
-        arena_init_measure(&a);
-        vae_decode_run(m, &r, &lat, &out);
-        *dec = a.peak;
-    }
+    int tiled = vae_grid(&m->cfg, 0, N, H, W, t, &g);
+    *enc = vae_measure_pass(m, act, VAE_ENCODER, tiled ? &g : NULL, N, H, W, mem ? mem[VAE_ENCODER] : NULL);
+    tiled = vae_grid(&m->cfg, 1, N, H / f, W / f, t, &g);
+    *dec = vae_measure_pass(m, act, VAE_DECODER, tiled ? &g : NULL, N, H / f, W / f, mem ? mem[VAE_DECODER] : NULL);
 }
 
 static int vae_check_size(const VaeConfig *c, int64_t batch, int64_t height, int64_t width,
@@ -780,30 +838,15 @@ int vae_plan_tiled(const VaeConfig *cfg, DType act, int batch, int height, int w
     SDC_TRY(vae_check_config(cfg, err));
     SDC_TRY(vae_check_size(cfg, batch, height, width, "vae_plan", err));
     SDC_TRY(vae_check_tiling(t, err));
-    Vae *m = calloc(1, sizeof *m); // parameters stay empty: the measure backend reads none
+    // The block lists with empty parameters: the forwards take every shape
+    // from the blocks' infos, and the measure backend reads no parameter.
+    Vae *m = calloc(1, sizeof *m);
     if (!m) return sdc_err(err, SDC_ERR_OOM, "vae_plan: out of host memory");
     m->cfg = *cfg;
-    // The resnets' channel counts are all the forward needs from the params.
-    const int n = cfg->n_levels, lpb = cfg->layers_per_block;
-    const int *bo = cfg->block_out;
-    int ch = bo[0];
-    for (int l = 0; l < n; l++) {
-        for (int j = 0; j < lpb; j++)
-            m->enc_res[l][j] = (VaeResnet){.cin = j == 0 ? ch : bo[l], .cout = bo[l]};
-        ch = bo[l];
-    }
-    m->enc_mid.r0 = m->enc_mid.r1 = (VaeResnet){.cin = ch, .cout = ch};
-    m->enc_mid.attn.c = ch;
-    m->dec_mid = m->enc_mid;
-    for (int i = 0; i < n; i++) {
-        int out = bo[n - 1 - i];
-        for (int j = 0; j < lpb + 1; j++)
-            m->dec_res[i][j] = (VaeResnet){.cin = j == 0 ? ch : out, .cout = out};
-        ch = out;
-    }
-    vae_measure(m, act, batch, height, width, t, encode_bytes, decode_bytes);
-    free(m);
-    return 0;
+    int rc = vae_blocks_make(m, err);
+    if (!rc) vae_measure(m, act, batch, height, width, t, encode_bytes, decode_bytes, NULL);
+    vae_free(m);
+    return rc;
 }
 
 int vae_plan(const VaeConfig *cfg, DType act, int batch, int height, int width,
@@ -813,7 +856,7 @@ int vae_plan(const VaeConfig *cfg, DType act, int batch, int height, int width,
 
 VaeTiling vae_tiling_auto(const VaeConfig *cfg, DType act, int batch, int height, int width) {
     const VaeTiling none = {0, 0}, dflt = {VAE_TILE_DEFAULT, VAE_TILE_DEFAULT / 4};
-    size_t enc, dec;
+    size_t enc = 0, dec = 0;
     SdcError e;
     if (vae_plan(cfg, act, batch, height, width, &enc, &dec, &e)) return none;
     return dec > VAE_TILE_BUDGET ? dflt : none;
@@ -839,7 +882,13 @@ int vae_reserve_tiled(Vae *m, int batch, int height, int width, const VaeTiling 
     SDC_TRY(vae_check_size(&m->cfg, batch, height, width, "vae_reserve", err));
     SDC_TRY(vae_check_tiling(t, err));
     size_t enc, dec;
-    vae_measure(m, m->be->act_dtype, batch, height, width, t, &enc, &dec);
+    VaeBlockMem mem[VAE_PARTS][VAE_MAX_BLOCKS];
+    vae_measure(m, m->be->act_dtype, batch, height, width, t, &enc, &dec, (VaeBlockMem *const[]){mem[0], mem[1]});
+    for (int p = 0; p < VAE_PARTS; p++)
+        for (int i = 0; i < m->n_blocks[p]; i++) {
+            m->blocks[p][i].info.out_bytes = mem[p][i].out;
+            m->blocks[p][i].info.scratch_bytes = mem[p][i].scratch;
+        }
     size_t need = enc > dec ? enc : dec;
     if (need > m->act.cap) {
         arena_free(&m->act);
@@ -872,7 +921,7 @@ static int vae_ensure(Vae *m, int64_t N, int64_t H, int64_t W, const VaeTiling *
                       const char *who, SdcError *err) {
     if (m->act.cap == 0) return vae_reserve_tiled(m, (int)N, (int)H, (int)W, t, err);
     size_t enc, dec;
-    vae_measure(m, m->be->act_dtype, N, H, W, t, &enc, &dec);
+    vae_measure(m, m->be->act_dtype, N, H, W, t, &enc, &dec, NULL);
     size_t need = decode ? dec : enc;
     int64_t f = vae_factor(&m->cfg);
     size_t lv_n = (size_t)N * m->cfg.latent_channels * (H / f) * (W / f);
@@ -904,9 +953,8 @@ int vae_encode_tiled(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, 
     SDC_TRY(vae_ensure(m, N, H, W, t, 0, "vae_encode", err));
     VaeGrid g;
     if (vae_grid(c, 0, N, H, W, t, &g)) return vae_tiled_run(m, &g, image, mean, logvar, err);
-    VaeRun r = {.be = m->be, .a = &m->act, .act = m->be->act_dtype, .groups = c->norm_groups,
-                .eps = c->norm_eps};
-    vae_encode_run(m, &r, image, mean, logvar, m->host_lv);
+    Pass p = {.be = m->be, .act = m->be->act_dtype, .work = &m->act};
+    vae_encode_run(m, &p, image, mean, logvar, m->host_lv);
     return 0;
 }
 
@@ -927,9 +975,8 @@ int vae_decode_tiled(Vae *m, const Tensor *z, Tensor *image, const VaeTiling *t,
     SDC_TRY(vae_ensure(m, N, H, W, t, 1, "vae_decode", err));
     VaeGrid g;
     if (vae_grid(c, 1, N, H / f, W / f, t, &g)) return vae_tiled_run(m, &g, z, image, NULL, err);
-    VaeRun r = {.be = m->be, .a = &m->act, .act = m->be->act_dtype, .groups = c->norm_groups,
-                .eps = c->norm_eps};
-    vae_decode_run(m, &r, z, image);
+    Pass p = {.be = m->be, .act = m->be->act_dtype, .work = &m->act};
+    vae_decode_run(m, &p, z, image);
     return 0;
 }
 

@@ -26,6 +26,7 @@
 #include "core/tensor.h"
 #include "io/weights.h"
 #include "models/config.h"
+#include "models/vae_layout.h"
 
 typedef struct Vae Vae;
 
@@ -72,6 +73,11 @@ int vae_decode_tiled(Vae *m, const Tensor *z, Tensor *image, const VaeTiling *t,
 const VaeConfig *vae_config(const Vae *m);
 size_t vae_param_bytes(const Vae *m);
 size_t vae_activation_bytes(const Vae *m);
+// The encoder's or decoder's block list (vae_layout.h) in execution order:
+// block i's place, parameter count and, for the shape of the last
+// vae_reserve (one tile when tiled), its output and scratch bytes.
+int vae_block_count(const Vae *m, VaePart part);
+const VaeBlockInfo *vae_block_info(const Vae *m, VaePart part, int i);
 
 // Activation bytes encode and decode of (batch, 3, height, width) would need
 // for this config with activations of dtype act, without weights.
