@@ -17,7 +17,9 @@
 //     1e-4 of max |ref|, 8-bit images within 1/255;
 //   - the same from a prompt, through the folder's two tokenizers (pads EOS
 //     and "!"): encode_prompt's embeddings, zero negatives without a
-//     negative prompt, images.
+//     negative prompt, images;
+//   - an SDXL LoRA (both text encoders and the UNet; kohya and diffusers
+//     names) at weight 0.7, as diffusers' load_lora_weights + fuse_lora.
 // fp32 CPU. Tolerances as test_clip / test_unet / test_pipeline state them.
 #include <math.h>
 #include <stdio.h>
@@ -230,6 +232,49 @@ static void pipeline(TestCtx *t, const Backend *be, const char *path, const char
     sd_model_free(&m);
 }
 
+// An SDXL LoRA on both text encoders and the UNet, in kohya's names
+// (lora_te1_, lora_te2_, lora_unet_ + the original layout) and diffusers'
+// (text_encoder_2., peft lora_A / lora_B, LoraConfig metadata), at weight
+// 0.7: the image of diffusers' load_lora_weights + fuse_lora(0.7).
+static void lora_check(TestCtx *t, const Backend *be, const char *path, const StFile *ref) {
+    static const char *const FILES[2] = {"tests/fixtures/lora-tiny-sdxl-kohya.safetensors",
+                                         "tests/fixtures/lora-tiny-sdxl-diffusers.safetensors"};
+    float *prm = fixture_f32(t, ref, "pipe.params", NULL), *wl = fixture_f32(t, ref, "pipe.lora.latents", NULL);
+    const StEntry *wi = st_find(ref, "pipe.lora.image");
+    for (int k = 0; k < 2 && prm && wl && wi; k++) {
+        SdcError err = {0};
+        SdModel m = {0};
+        LoraSpec spec = {.weight = 0.7f};
+        snprintf(spec.path, sizeof spec.path, "%s", FILES[k]);
+        SdLoadOpts o = {.loras = &spec, .n_loras = 1};
+        if (!check_rc(t, sd_model_load_opts(&m, path, NULL, -1, be, &o, &err), FILES[k], &err)) continue;
+        const int W = (int)prm[3], H = (int)prm[4];
+        float *cond = malloc(sd_cond_floats(&m) * sizeof(float)), *lat = malloc((size_t)4 * (H / 8) * (W / 8) * 4);
+        float *img = malloc((size_t)3 * H * W * sizeof(float));
+        uint8_t *rgb = malloc((size_t)3 * H * W);
+        GenParams p = {.mode = GEN_TXT2IMG, .steps = (int)prm[0], .cfg_scale = prm[1], .sampler = SAMPLER_EULER,
+                       .seed = (uint64_t)prm[2], .width = W, .height = H, .batch = 1};
+        int rc = sd_encode_prompt(&m, "a photo of a red fox in the snow, high quality!", "blurry, low quality", 0,
+                                  cond, &err);
+        if (!rc) rc = sd_generate(&m, &p, cond, lat, img, NULL, NULL, &err);
+        if (check_rc(t, rc, k ? "LoRA (diffusers names) at 0.7" : "LoRA (kohya names) at 0.7", &err)) {
+            check_rel(t, k ? "latents with the diffusers-named LoRA" : "latents with the kohya LoRA", lat, wl,
+                      (size_t)4 * (H / 8) * (W / 8), TOL_LATENT);
+            image_from_vae(rgb, img, 0, H, W);
+            const uint8_t *want = st_tensor(ref, wi).data;
+            int worst = 0;
+            for (size_t i = 0; i < (size_t)3 * H * W; i++) {
+                int d = abs((int)rgb[i] - (int)want[i]);
+                if (d > worst) worst = d;
+            }
+            check_true(t, worst <= 1, "LoRA image: worst pixel difference %d/255 (at most 1)", worst);
+        }
+        free(cond), free(lat), free(img), free(rgb);
+        sd_model_free(&m);
+    }
+    free(prm), free(wl);
+}
+
 // The diffusers folder: configuration, encoders, UNet, pipeline.
 static void run_folder(TestCtx *t, const Backend *be, const char *path, const StFile *ref) {
     SdcError err = {0};
@@ -251,6 +296,7 @@ static void run_folder(TestCtx *t, const Backend *be, const char *path, const St
     unet_check(t, be, mf, ref, "");
     model_files_close(mf);
     pipeline(t, be, path, NULL, ref);
+    lora_check(t, be, path, ref);
 }
 
 // A single file in the original layout whose architecture is inferred as for

@@ -21,6 +21,7 @@ Writes
                                        whose architecture is inferred from the file as
                                        for SDXL base (head dim 64, 32 groups, 256-wide
                                        time ids; the refs' infer.* tensors)
+  tests/fixtures/lora-tiny-sdxl-{kohya,diffusers}.safetensors  an SDXL LoRA (make_lora)
   tests/fixtures/ref-tiny-sdxl.safetensors
     te1.ids / te2.ids (2, 77) I32, te1.hidden2 / te2.hidden2 (2, 77, D):
         hidden_states[-2] of each encoder (no final norm), te2.pooled (2, P)
@@ -46,6 +47,8 @@ Writes
         through the folder's tokenizers (tokenizer/ pads with EOS, tokenizer_2/ with "!",
         a 1000-id CLIP BPE made from CLIP's merges); pipe.textneg.ctx / .pooled
         encode_prompt's [negative, prompt] embeddings; pipe.text.ids1 / ids2 the ids
+    pipe.lora.{latents, image}: pipe.textneg with lora-tiny-sdxl-kohya.safetensors fused at 0.7
+        (diffusers' load_lora_weights + fuse_lora; the diffusers-named file gives the same latents)
     infer.te1.hidden2, infer.te2.hidden2, infer.te2.pooled: tiny-sdxl-infer's encoders on
         te1.ids / te2.ids; infer.unet.{ctx (2, 77, 128), text_embeds (2, 64), out}: its UNet
         on unet.x, unet.t, unet.time_ids
@@ -150,6 +153,51 @@ def make_tokenizers(folder):
             t.save_pretrained(os.path.join(folder, sub))
             toks.append(CLIPTokenizer.from_pretrained(os.path.join(folder, sub)))
     return toks
+
+
+def make_lora(unet, te1, te2):
+    """lora-tiny-sdxl-{kohya,diffusers}.safetensors: rank 4 on tiny-sdxl's UNet attention projections
+    and proj_in of the first cross-attention level, and both text encoders' attention and MLP, random
+    (down ~ N(0, 1/in), up ~ N(0, 1/rank)), alpha 2 (scale 0.5). kohya: lora_unet_ + the original
+    layout's name (input_blocks_4_1_..., as kohya's SDXL LoRAs), lora_te1_ / lora_te2_, .alpha;
+    diffusers: unet. / text_encoder. / text_encoder_2. + module (as the model names it) +
+    .lora_A/B.weight (peft), each component's LoraConfig in lora_adapter_metadata. Same values (F32)."""
+    g = torch.Generator().manual_seed(SEED + 500)
+    rank, alpha = 4, 2.0
+    mods = []
+    for name, m in unet.named_modules():
+        if name.startswith(("down_blocks.1.attentions.0", "up_blocks.0.attentions.1", "mid_block.attentions.0")) and \
+                name.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+                               "attn2.to_v", "attn2.to_out.0", ".proj_in")):
+            mods.append(("unet", name, m))
+    for comp, te in (("text_encoder", te1), ("text_encoder_2", te2)):
+        for name, m in te.named_modules():  # transformers 5: CLIPTextModel has no text_model. level
+            if name.replace("text_model.", "", 1).startswith("encoder.layers.1.") and \
+                    name.endswith(("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")):
+                mods.append((comp, name, m))
+    kohya, diff = {}, {}
+    for comp, name, m in mods:
+        w = m.weight
+        down = (torch.randn(rank, w.shape[1], generator=g) / math.sqrt(w.shape[1])).to(DTYPE).float()
+        up = (torch.randn(w.shape[0], rank, generator=g) / math.sqrt(rank)).to(DTYPE).float()
+        if comp == "unet":
+            stem = "lora_unet_" + unet_ldm(name + ".weight", dict(unet.config))[:-len(".weight")].replace(".", "_")
+        else:
+            full = name if name.startswith("text_model.") else "text_model." + name
+            stem = ("lora_te1_" if comp == "text_encoder" else "lora_te2_") + full.replace(".", "_")
+        kohya[stem + ".lora_down.weight"], kohya[stem + ".lora_up.weight"] = down, up
+        kohya[stem + ".alpha"] = torch.tensor(alpha)
+        # peft's names, each module as its model names it (diffusers' save_lora_weights of a peft run)
+        diff[f"{comp}.{name}.lora_A.weight"], diff[f"{comp}.{name}.lora_B.weight"] = down, up
+    files = [os.path.join(FIX, "lora-tiny-sdxl-kohya.safetensors"), os.path.join(FIX, "lora-tiny-sdxl-diffusers.safetensors")]
+    save_file(kohya, files[0], metadata={"format": "pt"})
+    meta = {}
+    for c in ("unet", "text_encoder", "text_encoder_2"):  # each component's peft LoraConfig
+        meta.update({f"{c}.r": rank, f"{c}.lora_alpha": alpha,
+                     f"{c}.target_modules": sorted(n for cc, n, _ in mods if cc == c)})
+    save_file(diff, files[1], metadata={"format": "pt", "lora_adapter_metadata": json.dumps(meta)})
+    print(f"  LoRA: {len(mods)} modules ({sum(c == 'unet' for c, _, _ in mods)} UNet)")
+    return files
 
 
 def build(unet_cfg=UNET, te1_cfg=TE1, te2_cfg=TE2, vae_cfg=VAE):
@@ -364,6 +412,24 @@ def main():
                                return_tensors="pt").input_ids.to(torch.int32)
     print("  ids1", r["pipe.text.ids1"][0, :16].tolist())
     print("  ids2", r["pipe.text.ids2"][0, :16].tolist())
+    # an SDXL LoRA (both text encoders and the UNet), kohya and diffusers names, at weight 0.7
+    lora_files = make_lora(unet, te1, te2)
+    imgs = []
+    for f in lora_files:
+        lp = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+        lp.set_progress_bar_config(disable=True)
+        lp.load_lora_weights(f)
+        lp.fuse_lora(lora_scale=0.7)
+        common = dict(prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+                      width=W, height=H)
+        lat = lp(generator=torch.Generator().manual_seed(seed), output_type="latent", **common).images
+        img = lp(generator=torch.Generator().manual_seed(seed), output_type="np", **common).images[0]
+        imgs.append((lat, img))
+    assert torch.equal(imgs[0][0], imgs[1][0]), "kohya and diffusers LoRA files differ in diffusers"
+    r["pipe.lora.latents"] = imgs[0][0]
+    r["pipe.lora.image"] = torch.from_numpy(np.round(imgs[0][1] * 255).astype(np.uint8))
+    d = np.abs(imgs[0][1] - r["pipe.textneg.image"].numpy() / 255.0).max()
+    print(f"  pipe lora: latents std {imgs[0][0].std().item():.3f}, image differs from no LoRA by {d:.3f}")
     out = {k: (v.contiguous() if v.dtype in (torch.int32, torch.uint8) else v.float().contiguous())
            for k, v in r.items()}
     save_file(out, os.path.join(FIX, f"ref-{NAME}.safetensors"), metadata={"format": "pt"})

@@ -16,9 +16,11 @@
 #include "models/unet_layout.h"
 
 #define HINT_OTHER_MODEL \
-    "---> a LoRA for another model? sdc runs SD 1.x / 2.x; SDXL and other families' LoRAs do not fit"
+    "---> a LoRA for another model? a LoRA fits the family it was trained on (SD 1.x, SD 2.x or SDXL)"
 
-static const char *comp_label(Component c) { return c == COMP_UNET ? "UNet" : "text encoder"; }
+static const char *comp_label(Component c) {
+    return c == COMP_UNET ? "UNet" : c == COMP_TEXT_ENCODER_2 ? "second text encoder" : "text encoder";
+}
 
 static int ends_with(const char *s, const char *suffix) {
     size_t ls = strlen(s), lx = strlen(suffix);
@@ -152,11 +154,14 @@ static int names_build(ModNames *mn, const ModelFiles *mf, SdcError *err) {
     free(blocks);
     static const char *const TE_LEAF[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                           "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
-    for (int l = 0; l < 256; l++) {
-        snprintf(p, sizeof p, "text_model.encoder.layers.%d.self_attn.q_proj", l);
-        if (!has_weight(mf, COMP_TEXT_ENCODER, p)) break;
-        for (size_t k = 0; k < sizeof TE_LEAF / sizeof TE_LEAF[0]; k++)
-            names_add(mn, COMP_TEXT_ENCODER, "text_model.encoder.layers.%d.%s", l, TE_LEAF[k]);
+    for (int e = 0; e < (info->has_clip2 ? 2 : 1); e++) { // SDXL: both text encoders
+        const Component c = e ? COMP_TEXT_ENCODER_2 : COMP_TEXT_ENCODER;
+        for (int l = 0; l < 256; l++) {
+            snprintf(p, sizeof p, "text_model.encoder.layers.%d.self_attn.q_proj", l);
+            if (!has_weight(mf, c, p)) break;
+            for (size_t k = 0; k < sizeof TE_LEAF / sizeof TE_LEAF[0]; k++)
+                names_add(mn, c, "text_model.encoder.layers.%d.%s", l, TE_LEAF[k]);
+        }
     }
     if (mn->oom) return sdc_err(err, SDC_ERR_OOM, "LoRA: out of memory for the module names");
     return 0;
@@ -210,15 +215,18 @@ static int check_unsupported(const char *path, const char *key, SdcError *err) {
     if (ends_with(key, ".lora_B.bias") || ends_with(key, ".lora_up.bias") || ends_with(key, ".lora.up.bias"))
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: tensor \"%s\": LoRA biases (peft lora_bias) are not "
                        "supported\n---> train without lora_bias", path, key);
-    if (starts_with(key, "lora_te2_") || starts_with(key, "text_encoder_2."))
-        return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: tensor \"%s\" is for a second text encoder: an SDXL LoRA\n"
-                       HINT_OTHER_MODEL, path, key);
     return 0;
+}
+
+// A key for SDXL's second text encoder on a model without one.
+static int err_no_te2(const char *path, const char *key, SdcError *err) {
+    return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: tensor \"%s\" is for a second text encoder: an SDXL LoRA\n"
+                   HINT_OTHER_MODEL, path, key);
 }
 
 static int err_no_module(const char *path, const char *key, Component c, const char *module, SdcError *err) {
     return sdc_err(err, SDC_ERR_SHAPE, "%s: tensor \"%s\" updates a module this model does not have\n"
-                   "---> a LoRA for another model? this model's %s has no %s (sdc runs SD 1.x / 2.x)",
+                   "---> a LoRA for another model? this model's %s has no %s",
                    path, key, comp_label(c), module);
 }
 
@@ -237,7 +245,9 @@ static int parse_kohya(const char *path, const char *key, const ModNames *mn, Lo
     const char *under;
     if (starts_with(k->label, "lora_unet_")) k->comp = COMP_UNET, under = k->label + 10;
     else if (starts_with(k->label, "lora_te1_")) k->comp = COMP_TEXT_ENCODER, under = k->label + 9;
+    else if (starts_with(k->label, "lora_te2_")) k->comp = COMP_TEXT_ENCODER_2, under = k->label + 9;
     else k->comp = COMP_TEXT_ENCODER, under = k->label + 8; // lora_te_
+    if (k->comp == COMP_TEXT_ENCODER_2 && !model_files_info(mn->mf)->has_clip2) return err_no_te2(path, key, err);
     k->format = LORA_FORMAT_KOHYA;
     const ModName *m = names_find(mn, k->comp, under);
     if (!m) return err_no_module(path, key, k->comp, under, err);
@@ -282,6 +292,7 @@ static int parse_diffusers(const char *path, const char *key, const ModelFiles *
     const char *body = key;
     if (starts_with(key, "unet.")) k->comp = COMP_UNET, body = key + 5;
     else if (starts_with(key, "text_encoder.")) k->comp = COMP_TEXT_ENCODER, body = key + 13;
+    else if (starts_with(key, "text_encoder_2.")) k->comp = COMP_TEXT_ENCODER_2, body = key + 15;
     else if (starts_with(key, "text_model.")) k->comp = COMP_TEXT_ENCODER;
     else {
         int unet = 0;
@@ -300,7 +311,8 @@ static int parse_diffusers(const char *path, const char *key, const ModelFiles *
     memcpy(k->label, key, pl);
     k->label[pl] = 0;
     char *m = k->module;
-    if (k->comp == COMP_TEXT_ENCODER && starts_with(body, "encoder.")) { // a flattened CLIPTextModel's names
+    if (k->comp == COMP_TEXT_ENCODER_2 && !model_files_info(mf)->has_clip2) return err_no_te2(path, key, err);
+    if (k->comp != COMP_UNET && starts_with(body, "encoder.")) { // a flattened CLIPTextModel's names
         strcpy(m, "text_model.");
         strncat(m, body, ml);
     } else {
@@ -320,13 +332,13 @@ static int parse_diffusers(const char *path, const char *key, const ModelFiles *
 typedef struct AlphaMeta {
     JsonDoc doc;
     int parsed;
-    int present[2];            // [comp]: the metadata has this component's config
-    double lora_alpha[2];      // peft's default is 8
-    int rslora[2];
-    const JsonNode *pattern[2]; // alpha_pattern object or NULL
+    int present[3];            // [meta_idx]: the metadata has this component's config
+    double lora_alpha[3];      // peft's default is 8
+    int rslora[3];
+    const JsonNode *pattern[3]; // alpha_pattern object or NULL
 } AlphaMeta;
 
-static int meta_idx(Component c) { return c == COMP_UNET ? 1 : 0; }
+static int meta_idx(Component c) { return c == COMP_UNET ? 1 : c == COMP_TEXT_ENCODER_2 ? 2 : 0; }
 
 static int alpha_meta_read(AlphaMeta *am, const StFile *st, SdcError *err) {
     memset(am, 0, sizeof *am);
@@ -339,8 +351,8 @@ static int alpha_meta_read(AlphaMeta *am, const StFile *st, SdcError *err) {
     const JsonNode *root = json_root(&am->doc);
     if (root->type != JSON_OBJECT)
         return sdc_err(err, SDC_ERR_FORMAT, "%s: expected a JSON object\n---> re-save the LoRA with diffusers", what);
-    static const char *const PREFIX[2] = {"text_encoder", "unet"};
-    for (int c = 0; c < 2; c++) {
+    static const char *const PREFIX[3] = {"text_encoder", "unet", "text_encoder_2"};
+    for (int c = 0; c < 3; c++) {
         char k[64];
         am->lora_alpha[c] = 8.0;
         for (const JsonNode *m = json_first(&am->doc, root); m; m = json_next(&am->doc, m))
@@ -432,7 +444,8 @@ static int lora_read(LoraFile *f, const ModelFiles *mf, SdcError *err) {
         LoraKey k;
         memset(&k, 0, sizeof k);
         if ((rc = check_unsupported(path, key, err))) break;
-        if (starts_with(key, "lora_unet_") || starts_with(key, "lora_te_") || starts_with(key, "lora_te1_")) {
+        if (starts_with(key, "lora_unet_") || starts_with(key, "lora_te_") || starts_with(key, "lora_te1_") ||
+            starts_with(key, "lora_te2_")) {
             if (!names_ready && (rc = names_build(&mn, mf, err))) break;
             names_ready = 1;
             rc = parse_kohya(path, key, &mn, &k, err);

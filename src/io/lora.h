@@ -24,8 +24,11 @@
 // (conv1, conv2, conv_shortcut, time_emb_proj, up/downsamplers: LoCon), and
 // the text encoder's attention (q/k/v/out_proj) and MLP (fc1, fc2).
 //
+// SDXL: kohya's lora_te1_ / lora_te2_ and diffusers' text_encoder_2. name
+// the second text encoder (COMP_TEXT_ENCODER_2); kohya's SDXL UNet names are
+// the original layout's (lora_unet_input_blocks_4_1_...), resolved as above.
 // Not handled (a clear error): LyCORIS LoHa / LoKr / Tucker (lora_mid), DoRA,
-// LoRA biases, SDXL LoRAs (lora_te2_, text_encoder_2.).
+// LoRA biases; a second-text-encoder LoRA on a model without one.
 #ifndef SDC_LORA_H
 #define SDC_LORA_H
 
@@ -43,7 +46,7 @@ typedef enum { LORA_FORMAT_DIFFUSERS = 0, LORA_FORMAT_KOHYA = 1 } LoraFormat;
 
 // One low-rank update of one base weight, as read from a file.
 typedef struct LoraEntry {
-    Component comp;              // COMP_UNET or COMP_TEXT_ENCODER
+    Component comp;              // COMP_UNET, COMP_TEXT_ENCODER or COMP_TEXT_ENCODER_2
     char target[LORA_NAME_MAX];  // diffusers name of the base weight, e.g.
                                  // "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     char key[LORA_NAME_MAX];     // its name in the file, for messages ("lora_unet_..._to_q")

@@ -40,10 +40,7 @@ int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int
     if (!rc) rc = sd_tokenizer_load(&m->tok, info, err);
     if (!rc) rc = clip_load_opts(&m->clip, m->files, be, &lo, err);
     if (!rc && info->has_clip2) {
-        if (loras.n)
-            rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "LoRAs on SDXL models are not supported yet\n---> generate "
-                         "without --lora");
-        const ModelLoadOpts lo2 = {.second_text_encoder = 1};
+        const ModelLoadOpts lo2 = {.lora = loras.n ? &loras : NULL, .second_text_encoder = 1};
         if (!rc) rc = info->tokenizer2_dir[0] ? clip_tok_load_dir(&m->tok2, info->tokenizer2_dir, err)
                                               : info->clip2.pad_token == 0 ? clip_tok_load_default_sd2(&m->tok2, err)
                                                                            : clip_tok_load_default(&m->tok2, err);
