@@ -2,12 +2,19 @@
 """kill_campaign.py: SIGKILLs sdc at random moments and checks what it leaves
 behind and what the same command makes of it afterwards (issue 15, part 9).
 
-  kill_campaign.py [--trials N] [--seed S] [--only a,b] SDC MODEL WORK
+  kill_campaign.py [--trials N] [--seed S] [--only a,b] [--no-strace] SDC MODEL WORK
+  kill_campaign.py --every-call CALL[:FROM-TO] [--only a,b] SDC MODEL WORK
 
 SDC is the sdc binary, MODEL the demo model (data/models/sdc-tiny-sd1.safetensors),
 WORK a scratch folder (emptied first). The N trials (default 200) go round
-robin to five scenarios; each kill comes after a delay drawn uniformly over
-the uninterrupted run's measured duration (random.Random(S)):
+robin to five scenarios (random.Random(S) draws everything). Half of the
+kills come after a delay drawn uniformly over the uninterrupted run's
+measured duration; the other half (where strace is installed) are aimed at
+a system call: strace SIGKILLs sdc on entering the n-th call of a kind
+(write, pwrite64, rename, unlink, fsync, ...), kind and n drawn over what the
+reference run called, so narrow windows (a rename, a metadata write between
+two others) are hit as often as long ones. --every-call kills at every n in
+turn instead (the regression tests for what the campaign found).
 
   dreambooth  `sdc train dreambooth` (prior preservation with class images sdc
               generates, text encoder, checkpoints every 3 steps, total limit 2)
@@ -21,7 +28,7 @@ the uninterrupted run's measured duration (random.Random(S)):
               length): every checkpoint-N.h5 left reads back whole (every
               tensor's CRC32, /state step N), `latest` resumes from the newest
               of them (never the half file) and ends == uninterrupted.
-  h5_sweep    a 32-item `sdc generate --output-h5` sweep killed once or twice,
+  h5_sweep    a 16-item `sdc generate --output-h5` sweep killed once or twice,
               then re-run: after each kill the file opens and every item marked
               done holds its reference image; at the end every item is done
               once (the re-run makes exactly the missing ones) and equals the
@@ -29,9 +36,11 @@ the uninterrupted run's measured duration (random.Random(S)):
   png_sweep   the same sweep as PNGs, re-run with --skip-existing: after each
               kill every PNG at a final name decodes whole (chunk CRCs, IEND,
               inflated size) and equals its reference; at the end the folder
-              holds exactly the 32 names, each byte-identical to the reference.
+              holds exactly the 16 names, each byte-identical to the reference.
   convert     `sdc convert` to .safetensors, .h5 and a diffusers folder, over a
-              previous output (an f16 conversion) or none: after the kill the
+              previous output (an f32 conversion; the demo model and the new
+              output are f16; a folder also holds a README.md of the user's,
+              which must stay) or none: after the kill the
               final path holds the previous output intact or the complete new
               one (or nothing, when there was none), never a part; the re-run
               gives the complete new output and leaves no temporary behind.
@@ -88,6 +97,40 @@ def run_killed(cmd, delay, log):
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         return True, p.returncode
+
+
+def run_killed_at(cmd, call, n, log):
+    """Runs cmd under strace, which SIGKILLs it on entering its n-th `call`
+    (a system call name). Returns (landed, exit status) as run_killed."""
+    rc, _ = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={call}", "-e",
+                 f"inject={call}:signal=SIGKILL:when={n}", *cmd], log)
+    return rc in (-signal.SIGKILL, 128 + signal.SIGKILL), rc
+
+
+def count_calls(cmd, calls, log):
+    """Runs cmd under strace to its end: {system call: times called} for calls."""
+    trace = log + ".strace"
+    rc, out = run(["strace", "-f", "-qq", "-o", trace, "-e", "trace=" + ",".join(calls), *cmd], log)
+    if rc != 0:
+        print(f"  NOT OK  a reference run under strace failed (exit {rc})\n{out[-2000:]}")
+        sys.exit(1)
+    n = dict.fromkeys(calls, 0)
+    with open(trace) as f:
+        for line in f:
+            name = line.split(None, 1)[1].split("(", 1)[0] if " " in line else ""
+            if name in n and "resumed>" not in line:
+                n[name] += 1
+    os.remove(trace)
+    return n
+
+
+# The system calls a kill may be aimed at, per scenario: the writes, the
+# renames that commit a file, the unlinks of rotation and clean-up.
+CALLS = {"dreambooth": ("rename", "unlink", "pwrite64", "write", "fsync"),
+         "checkpoint": ("rename", "unlink", "pwrite64", "fsync"),
+         "h5_sweep": ("rename", "pwrite64", "fsync"),
+         "png_sweep": ("rename", "write", "unlink"),
+         "convert": ("rename", "renameat2", "unlink", "unlinkat", "rmdir", "write", "pwrite64", "mkdir")}
 
 
 def timed(cmd, log):
@@ -254,6 +297,11 @@ class Campaign:
         self.counts = {s: {"trials": 0, "landed": 0, "passed": 0, "failed": 0} for s in SCENARIOS}
         self.extra = {s: {} for s in SCENARIOS}
         self.ref = {}
+        self.calls = {}
+        self.forced = None  # (system call, n): every kill aimed there (--every-call)
+        self.kind = None    # the conversion's output kind, when not drawn
+        self.strace = a.strace and shutil.which("strace") is not None and \
+            subprocess.run(["strace", "-o", "/dev/null", "true"], capture_output=True).returncode == 0  # ptrace allowed
 
     def fail(self, scen, trial, what, log=None):
         print(f"  NOT OK  {scen} trial {trial}: {what}" + (f" (log {log})" if log else ""), flush=True)
@@ -265,6 +313,30 @@ class Campaign:
     def note(self, scen, key, n=1):
         self.extra[scen][key] = self.extra[scen].get(key, 0) + n
 
+    def kill_once(self, scen, cmd, log, dur):
+        """Runs cmd and SIGKILLs it at a random moment: half of the time after
+        a delay drawn over the run's duration dur, half of the time (with
+        strace) on entering a random one of the system calls the reference
+        run made (CALLS[scen]: a random call, a random one of its times).
+        Returns (landed, exit status)."""
+        if self.forced:
+            self.note(scen, f"aimed at {self.forced[0]} n, each n in turn")
+            return run_killed_at(cmd, *self.forced, log)
+        counts = self.calls.get(scen, {})
+        names = sorted(k for k in counts if counts[k])
+        if names and self.rng.random() < 0.5:
+            call = self.rng.choice(names)
+            landed, rc = run_killed_at(cmd, call, self.rng.randint(1, counts[call]), log)
+            self.note(scen, f"aimed at a {call}")
+            return landed, rc
+        self.note(scen, "at a random time")
+        return run_killed(cmd, self.rng.uniform(0, dur), log)
+
+    def count(self, scen, cmd, log):
+        if self.strace:
+            self.calls[scen] = count_calls(cmd, CALLS[scen], log)
+            print(f"    system calls: " + ", ".join(f"{k} {v}" for k, v in self.calls[scen].items()), flush=True)
+
     # -- DreamBooth ----------------------------------------------------------
 
     def train_cmd(self, out, steps, every, prior):
@@ -273,6 +345,8 @@ class Campaign:
                "--train-text-encoder", "--learning-rate", "1e-4", "--max-train-steps", steps,
                "--checkpointing-steps", every, "--seed", 5, "--output-dir", out, "-t", 1,
                "--resume-from-checkpoint", "latest"]
+        if not prior:
+            cmd += ["--checkpoints-total-limit", 3]
         if prior:
             cmd += ["--with-prior-preservation", "--class-data", os.path.join(out, "class"), "--class-prompt",
                     "a photo of dog", "--num-class-images", 2, "--class-inference-steps", 2,
@@ -293,6 +367,7 @@ class Campaign:
             sys.exit(1)
         self.ref[key] = (self.train_result(out), sec)
         print(f"  {key}: reference run {sec:.2f} s, {steps} steps", flush=True)
+        self.count(key, self.train_cmd(out + "-strace", steps, every, prior), out + "-strace.log")
 
     def train_finish(self, scen, trial, out, cmd, ref, want_resume=None):
         """Runs cmd to its end and compares with the reference; True when equal."""
@@ -327,7 +402,7 @@ class Campaign:
         cmd = self.train_cmd(out, steps, every, True)
         landed = 0
         for k in range(self.rng.choice((1, 1, 2))):
-            hit, rc = run_killed(cmd, self.rng.uniform(0, dur), out + f"-kill{k}.log")
+            hit, rc = self.kill_once("dreambooth", cmd, out + f"-kill{k}.log", dur)
             landed += hit
             if not hit and rc != 0:
                 return landed, self.fail("dreambooth", trial, f"a run ended with exit {rc} before its kill",
@@ -345,6 +420,8 @@ class Campaign:
     def trial_checkpoint(self, trial):
         steps, every = 10, 1
         if "checkpoint" not in self.ref:
+            self.count("checkpoint", self.train_cmd(os.path.join(self.work, "checkpoint-strace"), steps, every, False),
+                       os.path.join(self.work, "checkpoint-strace.log"))
             # the reference run, watched: how long a checkpoint's .tmp lives
             out = os.path.join(self.work, "checkpoint-ref")
             log = out + ".log"
@@ -375,6 +452,17 @@ class Campaign:
         k = self.rng.randint(1, steps)
         extra = self.rng.uniform(0, 1.5 * self.save_s)
         log = out + "-kill.log"
+        counts = self.calls.get("checkpoint", {})
+        if self.forced:
+            landed, rc = run_killed_at(cmd, *self.forced, log)
+            self.note("checkpoint", f"aimed at {self.forced[0]} n, each n in turn")
+            return landed, self.checkpoint_after(trial, out, cmd, ref, landed, rc, log)
+        if counts and self.rng.random() < 0.5:  # aimed at a system call
+            call = self.rng.choice(sorted(c for c in counts if counts[c]))
+            landed, rc = run_killed_at(cmd, call, self.rng.randint(1, counts[call]), log)
+            self.note("checkpoint", f"aimed at a {call}")
+            return landed, self.checkpoint_after(trial, out, cmd, ref, landed, rc, log)
+        self.note("checkpoint", "during a save (a random time after its .tmp appeared)")
         with open(log, "w") as lf:
             p = subprocess.Popen([str(a) for a in cmd], stdout=lf, stderr=subprocess.STDOUT, env=ENV)
         names, t_seen = set(), None
@@ -388,27 +476,30 @@ class Campaign:
             time.sleep(0.0002)
         p.wait()
         landed = p.returncode == -signal.SIGKILL
-        if not landed and p.returncode != 0:
-            return 0, self.fail("checkpoint", trial, f"the run ended with exit {p.returncode} before its kill", log)
+        return landed, self.checkpoint_after(trial, out, cmd, ref, landed, p.returncode, log)
+
+    def checkpoint_after(self, trial, out, cmd, ref, landed, rc, log):
+        if not landed and rc != 0:
+            return self.fail("checkpoint", trial, f"the run ended with exit {rc} before its kill", log)
         if landed and self.ckpt_tmps(out):
             self.note("checkpoint", "killed with a checkpoint .tmp on disk")
         # what the kill left: every checkpoint-N.h5 whole
-        done = sorted(int(f[11:-3]) for f in os.listdir(out) if f.startswith("checkpoint-") and f.endswith(".h5"))
+        done = sorted(int(f[11:-3]) for f in os.listdir(out) if f.startswith("checkpoint-") and f.endswith(".h5")) \
+            if os.path.isdir(out) else []
         for s in done:
             why = checkpoint_whole(os.path.join(out, f"checkpoint-{s}.h5"))
             if why:
-                return landed, self.fail("checkpoint", trial, f"after the kill checkpoint-{s}.h5 is not whole: {why}",
-                                         log)
+                return self.fail("checkpoint", trial, f"after the kill checkpoint-{s}.h5 is not whole: {why}", log)
         want = done[-1] if done else 0
         if not landed:
-            return landed, self.train_finish("checkpoint", trial, out, cmd, ref)
-        return landed, self.train_finish("checkpoint", trial, out, cmd, ref, want_resume=want)
+            return self.train_finish("checkpoint", trial, out, cmd, ref)
+        return self.train_finish("checkpoint", trial, out, cmd, ref, want_resume=want)
 
     # -- generation sweeps ---------------------------------------------------
 
     def gen_cmd(self, *out):
         return [self.sdc, "generate", "-m", self.model, "-p", "a red fox", "-p", "a cat", "-W", 64, "-H", 64,
-                "--steps", "2,3", "--cfg-scale", "1,7.5", "-b", 4, "-t", 1, *out]
+                "--steps", "2,3", "--cfg-scale", "1,7.5", "-b", 2, "-t", 1, *out]
 
     def h5_items(self, path):
         with h5py.File(path, "r") as f:
@@ -423,6 +514,7 @@ class Campaign:
                 sys.exit(1)
             self.ref["h5_sweep"] = (self.h5_items(path), sec)
             print(f"  h5_sweep: reference run {sec:.2f} s, {len(self.ref['h5_sweep'][0]['done'])} items", flush=True)
+            self.count("h5_sweep", self.gen_cmd("--output-h5", path + "-strace.h5"), path + "-strace.log")
         ref, dur = self.ref["h5_sweep"]
         n = len(ref["done"])
         path = os.path.join(self.work, "h5_sweep", f"t{trial}.h5")
@@ -431,7 +523,7 @@ class Campaign:
         landed, done = 0, 0
         for k in range(self.rng.choice((1, 1, 2))):
             log = path + f"-kill{k}.log"
-            hit, rc = run_killed(cmd, self.rng.uniform(0, dur), log)
+            hit, rc = self.kill_once("h5_sweep", cmd, log, dur)
             landed += hit
             if not hit and rc != 0:
                 return landed, self.fail("h5_sweep", trial, f"a run ended with exit {rc} before its kill", log)
@@ -481,6 +573,8 @@ class Campaign:
                 sys.exit(1)
             self.ref["png_sweep"] = ({f: open(os.path.join(d, f), "rb").read() for f in self.png_names(d)}, sec)
             print(f"  png_sweep: reference run {sec:.2f} s, {len(self.ref['png_sweep'][0])} PNGs", flush=True)
+            os.makedirs(d + "-strace")
+            self.count("png_sweep", self.gen_cmd("-o", os.path.join(d + "-strace", "x.png")), d + "-strace.log")
         ref, dur = self.ref["png_sweep"]
         d = os.path.join(self.work, "png_sweep", f"t{trial}")
         os.makedirs(d)
@@ -488,7 +582,7 @@ class Campaign:
         landed, have = 0, 0
         for k in range(self.rng.choice((1, 1, 2))):
             log = d + f"-kill{k}.log"
-            hit, rc = run_killed(cmd, self.rng.uniform(0, dur), log)
+            hit, rc = self.kill_once("png_sweep", cmd, log, dur)
             landed += hit
             if not hit and rc != 0:
                 return landed, self.fail("png_sweep", trial, f"a run ended with exit {rc} before its kill", log)
@@ -530,23 +624,40 @@ class Campaign:
             for kind in kinds:
                 new, old = (os.path.join(self.work, f"convert-ref-{w}{kind}") for w in ("new", "old"))
                 rc1, t1, sec = timed([self.sdc, "convert", "-q", "-m", self.model, "-o", new], new + ".log")
-                rc2, t2, _ = timed([self.sdc, "convert", "-q", "-m", self.model, "--dtype", "f16", "-o", old],
+                # the previous output: f32 (the demo model is f16, as the new output)
+                rc2, t2, _ = timed([self.sdc, "convert", "-q", "-m", self.model, "--dtype", "f32", "-o", old],
                                    old + ".log")
-                if rc1 or rc2:
-                    print(f"  NOT OK  convert: the reference conversions failed (exit {rc1}, {rc2})\n{t1}{t2}")
+                if rc1 or rc2 or sig(new) == sig(old):
+                    print(f"  NOT OK  convert: the reference conversions failed (exit {rc1}, {rc2}) or gave the "
+                          f"same output\n{t1}{t2}")
                     sys.exit(1)
+                if kind == "":  # a file of the user's in the folder: it stays
+                    with open(os.path.join(old, "README.md"), "w") as f:
+                        f.write("the user's notes\n")
                 self.ref["convert"][kind] = (new, sig(new), old, sig(old), sec)
                 print(f"  convert{kind or ' (diffusers folder)'}: reference run {sec:.3f} s", flush=True)
-        kind = kinds[self.counts["convert"]["trials"] % 3]
+                if self.strace:
+                    traced = os.path.join(self.work, f"convert-strace{kind}")
+                    (shutil.copytree if os.path.isdir(old) else shutil.copy2)(old, traced)
+                    c = count_calls([self.sdc, "convert", "-q", "-m", self.model, "-o", traced], CALLS["convert"],
+                                    traced + ".log")
+                    self.calls["convert" + (kind or "/")] = c
+                    print(f"    system calls: " + ", ".join(f"{k} {v}" for k, v in c.items()), flush=True)
+        kind = kinds[self.counts["convert"]["trials"] % 3] if self.kind is None else self.kind
         _, new_sig, old, old_sig, dur = self.ref["convert"][kind]
         out = os.path.join(self.work, "convert", f"t{trial}", "out" + kind)
         os.makedirs(os.path.dirname(out))
-        had = self.rng.random() < 0.67
+        had = self.forced is not None or self.rng.random() < 0.67
         if had:
             (shutil.copytree if os.path.isdir(old) else shutil.copy2)(old, out)
         before = old_sig if had else None
+        if had and kind == "":  # the user's README.md stays beside the new files
+            d = dict(new_sig[1])
+            d["README.md"] = sha(os.path.join(old, "README.md"))
+            new_sig = ("dir", tuple(sorted(d.items(), key=lambda kv: kv[0])))
         log = out + "-kill.log"
-        hit, rc = run_killed([self.sdc, "convert", "-q", "-m", self.model, "-o", out], self.rng.uniform(0, dur), log)
+        self.calls["convert"] = self.calls.get("convert" + (kind or "/"), {})
+        hit, rc = self.kill_once("convert", [self.sdc, "convert", "-q", "-m", self.model, "-o", out], log, dur)
         if not hit and rc != 0:
             return 0, self.fail("convert", trial, f"the conversion ended with exit {rc} before its kill", log)
         now = sig(out)
@@ -569,16 +680,36 @@ class Campaign:
             return hit, self.fail("convert", trial, f"{what}: temporaries left at the end: {left}", log)
         return hit, True
 
-    def run_all(self, trials, only):
+    def trial(self, s, i):
+        landed, ok = getattr(self, "trial_" + s)(i)
+        c = self.counts[s]
+        c["trials"] += 1
+        c["landed"] += int(bool(landed))
+        c["passed" if ok else "failed"] += 1
+
+    def run_all(self, trials, only, every_call):
         scen = [s for s in SCENARIOS if s in only]
         t0 = time.time()
-        for i in range(trials):
-            s = scen[i % len(scen)]
-            landed, ok = getattr(self, "trial_" + s)(i)
-            c = self.counts[s]
-            c["trials"] += 1
-            c["landed"] += int(bool(landed))
-            c["passed" if ok else "failed"] += 1
+        if every_call:  # each scenario killed at each time it makes the call, one after the other
+            call, _, span = every_call.partition(":")
+            lo, _, hi = span.partition("-")
+            i = 0
+            for s in scen:
+                for kind in ((".safetensors", ".h5", "") if s == "convert" else ("",)):
+                    n = int(lo or 1)
+                    self.kind = kind if s == "convert" else None
+                    while True:
+                        self.forced = (call, n)
+                        self.trial(s, i)
+                        i += 1
+                        key = s + (kind or "/") if s == "convert" else s
+                        last = int(hi) if hi else self.calls.get(key, {}).get(call, 0)
+                        n += 1
+                        if n > last:
+                            break
+            trials = i
+        for i in range(trials if not every_call else 0):
+            self.trial(scen[i % len(scen)], i)
             if (i + 1) % 25 == 0:
                 print(f"  ... {i + 1} of {trials} trials ({time.time() - t0:.0f} s)", flush=True)
         print(f"{'scenario':<12} {'trials':>6} {'killed':>6} {'passed':>6} {'failed':>6}")
@@ -604,13 +735,20 @@ def main():
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    ap.add_argument("--no-strace", dest="strace", action="store_false",
+                    help="kill at random times only (not also at random system calls)")
+    ap.add_argument("--every-call", metavar="CALL[:FROM-TO]",
+                    help="instead of random trials: kill each scenario at every time it makes system call CALL "
+                         "(the FROM-th to the TO-th; all by default), with a previous output for convert")
     a = ap.parse_args()
     only = a.only.split(",")
     if any(s not in SCENARIOS for s in only):
         ap.error(f"--only: scenarios are {', '.join(SCENARIOS)}")
     c = Campaign(a)
     print(f"kill campaign: {a.trials} trials, seed {a.seed}, scenarios {', '.join(only)}", flush=True)
-    sys.exit(0 if c.run_all(a.trials, only) else 1)
+    if a.every_call and not c.strace:
+        ap.error("--every-call needs strace")
+    sys.exit(0 if c.run_all(a.trials, only, a.every_call) else 1)
 
 
 if __name__ == "__main__":
