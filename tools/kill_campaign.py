@@ -22,10 +22,11 @@ turn instead (the regression tests for what the campaign found).
               latest until it ends: model.safetensors and diffusers/ byte-identical,
               model.h5's tensors bit-identical, the loss of every step equal to an
               uninterrupted run's; no .tmp left.
-  checkpoint  the same training with a checkpoint every step, killed while a
-              checkpoint is being written (after the k-th checkpoint-N.h5.tmp
-              appears, k random, plus a random part of a save's measured
-              length): every checkpoint-N.h5 left reads back whole (every
+  checkpoint  the same training with a checkpoint every step (total limit 3),
+              killed while a checkpoint is being written (once the k-th
+              checkpoint's file appears, .h5.tmp or .h5, k random, plus a
+              random part of a save's measured length) or at a random system
+              call: every checkpoint-N.h5 left reads back whole (every
               tensor's CRC32, /state step N), `latest` resumes from the newest
               of them (never the half file) and ends == uninterrupted.
   h5_sweep    a 16-item `sdc generate --output-h5` sweep killed once or twice,
@@ -417,6 +418,15 @@ class Campaign:
         except OSError:
             return []
 
+    def ckpt_steps(self, out):
+        """The steps of the checkpoint files in out, whole or being written
+        (a writer that is not atomic shows its final name while writing)."""
+        try:
+            return {f[11:].split(".")[0] for f in os.listdir(out)
+                    if f.startswith("checkpoint-") and (f.endswith(".h5") or f.endswith(".h5.tmp"))}
+        except OSError:
+            return set()
+
     def trial_checkpoint(self, trial):
         steps, every = 10, 1
         if "checkpoint" not in self.ref:
@@ -462,12 +472,12 @@ class Campaign:
             landed, rc = run_killed_at(cmd, call, self.rng.randint(1, counts[call]), log)
             self.note("checkpoint", f"aimed at a {call}")
             return landed, self.checkpoint_after(trial, out, cmd, ref, landed, rc, log)
-        self.note("checkpoint", "during a save (a random time after its .tmp appeared)")
+        self.note("checkpoint", "during a save (a random time after its file appeared)")
         with open(log, "w") as lf:
             p = subprocess.Popen([str(a) for a in cmd], stdout=lf, stderr=subprocess.STDOUT, env=ENV)
         names, t_seen = set(), None
         while p.poll() is None:
-            names.update(self.ckpt_tmps(out))
+            names.update(self.ckpt_steps(out))
             if len(names) >= k and t_seen is None:
                 t_seen = time.time()
             if t_seen is not None and time.time() - t_seen >= extra:
