@@ -561,6 +561,8 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
 // 0 when done, -1 when the file system cannot (tmp then holds only the new
 // entries again).
 static int exchange_folder(const char *out, const char *tmp, const char *const *entries, int n_entries) {
+    struct stat st;
+    if (lstat(out, &st) || !S_ISDIR(st.st_mode)) return -1; // a symlink to a folder: update what it points to
     DIR *d = opendir(out);
     if (!d) return -1;
     int rc = 0;
