@@ -401,8 +401,8 @@ int genout_write(GenOut *g, const int64_t *idx, int k, const uint8_t *rgb, SdcEr
     if (k > 64) return sdc_err(err, SDC_ERR_ARG, "genout_write: at most 64 items per call");
     SDC_TRY(h5_write_rows(g->images, H5T_NATIVE_UINT8, &g->par, idx, k, rgb, g->path, "images", err));
     // the done flags only after their images are in the file: images sit in
-    // HDF5's caches until a flush (a deflated chunk of a file made before
-    // session 5 waits for its space), so without this flush a full disk or
+    // HDF5's caches until a flush (a deflated chunk of an older file waits
+    // for its space), so without this flush a full disk or
     // a kill could keep the flags and lose the images (done items with no image)
     H5_TRY(H5Fflush(g->file, H5F_SCOPE_GLOBAL), "%s: flush (images)", g->path);
     SDC_TRY(h5_write_rows(g->done, H5T_NATIVE_UINT8, &g->par, idx, k, ones, g->path, "done", err));

@@ -91,11 +91,12 @@ def check_generation(f):
     im = f["images"]
     n = im.shape[0]
     check(im.dtype == np.uint8 and im.ndim == 4 and im.shape[3] == 3, f"images u8 {im.shape}")
-    # contiguous and not deflated since session 5 (writing an image changes no
-    # metadata, so a kill cannot corrupt the file); earlier files: one image per deflated chunk
+    # contiguous and not deflated since the kill campaign (writing an image
+    # changes no metadata, so a kill cannot corrupt the file); older files:
+    # one image per deflated chunk
     check((im.chunks is None and im.compression is None) or
           (im.chunks == (1,) + im.shape[1:] and im.compression == "gzip"),
-          f"images contiguous (or, written before session 5, deflated chunks of one image): chunks {im.chunks}, "
+          f"images contiguous (or, in an older file, deflated chunks of one image): chunks {im.chunks}, "
           f"compression {im.compression}")
     for k, dt in (("seed", np.int64), ("steps", np.int32), ("width", np.int32), ("height", np.int32),
                   ("cfg", np.float32), ("strength", np.float32), ("done", np.uint8)):
