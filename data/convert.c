@@ -546,17 +546,6 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     return 0;
 }
 
-// A diffusers folder is written whole into OUT.sdc-tmp/ first, so a failed
-// write (a full disk) leaves nothing half-written at OUT: a new OUT does not
-// appear, an existing one keeps its files. Then the new folder takes OUT's
-// place in one step, so that a kill at any moment leaves OUT either as it
-// was or complete and new: OUT.sdc-tmp is renamed to OUT when OUT does not
-// exist; else the files in OUT that sdc does not write are hard-linked into
-// OUT.sdc-tmp (they stay, untouched) and the two folders are exchanged
-// (renameat2 RENAME_EXCHANGE), the old one removed after. Where the file
-// system cannot link or exchange, each entry written replaces its namesake
-// in OUT (the old one parked in OUT.sdc-tmp until the end), model_index.json
-// last: a kill in those few renames leaves a mix of old and new entries.
 // The one-step replacement of folder out by the new folder tmp (see below):
 // 0 when done, -1 when the file system cannot (tmp then holds only the new
 // entries again).
@@ -594,6 +583,17 @@ static int exchange_folder(const char *out, const char *tmp, const char *const *
     return rc ? -1 : 0;
 }
 
+// A diffusers folder is written whole into OUT.sdc-tmp/ first, so a failed
+// write (a full disk) leaves nothing half-written at OUT: a new OUT does not
+// appear, an existing one keeps its files. Then the new folder takes OUT's
+// place in one step, so that a kill at any moment leaves OUT either as it
+// was or complete and new: OUT.sdc-tmp is renamed to OUT when OUT does not
+// exist; else the files in OUT that sdc does not write are hard-linked into
+// OUT.sdc-tmp (they stay, untouched) and the two folders are exchanged
+// (renameat2 RENAME_EXCHANGE), the old one removed after. Where the file
+// system cannot link or exchange, each entry written replaces its namesake
+// in OUT (the old one parked in OUT.sdc-tmp until the end), model_index.json
+// last: a kill in those few renames leaves a mix of old and new entries.
 static int write_diffusers_whole(Model *m, const ConvertOpts *o, SdcError *err) {
     static const char *const entries[] = {"text_encoder", "unet", "vae", "scheduler", "tokenizer", "model_index.json"};
     enum { N_ENTRIES = 6 };
