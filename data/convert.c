@@ -9,6 +9,7 @@
 #include "data/convert.h"
 #include "data/fsutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -548,12 +549,54 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     return 0;
 }
 
+// The one-step replacement of folder out by the new folder tmp (see below):
+// 0 when done, -1 when the file system cannot (tmp then holds only the new
+// entries again).
+static int exchange_folder(const char *out, const char *tmp, const char *const *entries, int n_entries) {
+    struct stat st;
+    if (lstat(out, &st) || !S_ISDIR(st.st_mode)) return -1; // a symlink to a folder: update what it points to
+    DIR *d = opendir(out);
+    if (!d) return -1;
+    int rc = 0;
+    char a[4200], b[4200];
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        int ours = 0;
+        for (int i = 0; i < n_entries; i++) ours |= !strcmp(e->d_name, entries[i]);
+        if (ours) continue;
+        snprintf(a, sizeof a, "%s/%s", out, e->d_name);
+        snprintf(b, sizeof b, "%s/%s", tmp, e->d_name);
+        rc = fs_link_tree(a, b);
+    }
+    closedir(d);
+    if (!rc) rc = fs_exchange(tmp, out);
+    if (rc) { // undo the links: tmp holds what sdc wrote, for the entry-by-entry way
+        if ((d = opendir(tmp))) {
+            while ((e = readdir(d))) {
+                if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+                int ours = 0;
+                for (int i = 0; i < n_entries; i++) ours |= !strcmp(e->d_name, entries[i]);
+                snprintf(b, sizeof b, "%s/%s", tmp, e->d_name);
+                if (!ours) fs_rm_tree(b);
+            }
+            closedir(d);
+        }
+    }
+    return rc ? -1 : 0;
+}
+
 // A diffusers folder is written whole into OUT.sdc-tmp/ first, so a failed
 // write (a full disk) leaves nothing half-written at OUT: a new OUT does not
-// appear, an existing one keeps its files. Then the new entries take their
-// places: OUT.sdc-tmp itself when OUT does not exist; else each entry written
-// replaces its namesake in OUT (the old one parked in OUT.sdc-tmp until
-// the end), model_index.json last, other files in OUT left alone.
+// appear, an existing one keeps its files. Then the new folder takes OUT's
+// place in one step, so that a kill at any moment leaves OUT either as it
+// was or complete and new: OUT.sdc-tmp is renamed to OUT when OUT does not
+// exist; else the files in OUT that sdc does not write are hard-linked into
+// OUT.sdc-tmp (they stay, untouched) and the two folders are exchanged
+// (renameat2 RENAME_EXCHANGE), the old one removed after. Where the file
+// system cannot link or exchange, each entry written replaces its namesake
+// in OUT (the old one parked in OUT.sdc-tmp until the end), model_index.json
+// last: a kill in those few renames leaves a mix of old and new entries.
 static int write_diffusers_whole(Model *m, const ConvertOpts *o, SdcError *err) {
     static const char *const entries[] = {"text_encoder", "unet", "vae", "scheduler", "tokenizer", "model_index.json"};
     enum { N_ENTRIES = 6 };
@@ -573,6 +616,10 @@ static int write_diffusers_whole(Model *m, const ConvertOpts *o, SdcError *err) 
     int rc = write_diffusers(m, &ot, err);
     if (!rc && !exists && rename(tmp, o->output))
         rc = sdc_err(err, SDC_ERR_IO, "%s: cannot rename %s to it (%s)", o->output, tmp, strerror(errno));
+    if (!rc && exists && !exchange_folder(o->output, tmp, entries, N_ENTRIES)) {
+        fs_rm_tree(tmp); // the old folder
+        return 0;
+    }
     if (!rc && exists) {
         int placed[N_ENTRIES] = {0}, parked[N_ENTRIES] = {0};
         for (int i = 0; i < N_ENTRIES && !rc; i++) {

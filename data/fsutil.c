@@ -1,14 +1,16 @@
 // fsutil.c: see fsutil.h.
-#define _XOPEN_SOURCE 700 // nftw
+#define _GNU_SOURCE // nftw, renameat2
 #include "data/fsutil.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 int fs_is_dir(const char *path) {
     struct stat st;
@@ -45,6 +47,43 @@ int fs_rm_tree(const char *path) {
     struct stat st;
     if (lstat(path, &st)) return 0;
     return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int fs_link_tree(const char *src, const char *dst) {
+    struct stat st;
+    if (lstat(src, &st)) return -1;
+    if (S_ISLNK(st.st_mode)) {
+        char target[4096];
+        ssize_t n = readlink(src, target, sizeof target - 1);
+        if (n < 0) return -1;
+        target[n] = 0;
+        return symlink(target, dst);
+    }
+    if (!S_ISDIR(st.st_mode)) return link(src, dst);
+    if (mkdir(dst, st.st_mode & 07777)) return -1;
+    DIR *d = opendir(src);
+    if (!d) return -1;
+    int rc = 0;
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char a[4096], b[4096];
+        if ((size_t)snprintf(a, sizeof a, "%s/%s", src, e->d_name) >= sizeof a ||
+            (size_t)snprintf(b, sizeof b, "%s/%s", dst, e->d_name) >= sizeof b) {
+            errno = ENAMETOOLONG;
+            rc = -1;
+        } else {
+            rc = fs_link_tree(a, b);
+        }
+    }
+    const int e_saved = errno;
+    closedir(d);
+    errno = e_saved;
+    return rc;
+}
+
+int fs_exchange(const char *a, const char *b) {
+    return renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE);
 }
 
 const char *fs_write_hint(int e) {

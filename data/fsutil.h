@@ -11,6 +11,14 @@ int fs_ends_with(const char *s, const char *suffix);
 int fs_mkdir_p(const char *dir, SdcError *err);
 // rm -rf; 0 when it is gone or was never there.
 int fs_rm_tree(const char *path);
+// src (a file, a symlink or a folder tree) again at dst, whose parent
+// exists: folders made anew, files hard-linked (no data copied; the same
+// file system only), symlinks copied. 0, or -1 with errno set.
+int fs_link_tree(const char *src, const char *dst);
+// Swaps the paths a and b in one step (renameat2 RENAME_EXCHANGE), so a
+// reader or a kill sees either both old or both new. 0, or -1 with errno set
+// (EINVAL / ENOSYS where the file system or kernel cannot).
+int fs_exchange(const char *a, const char *b);
 // The hint that ends a message about a failed write with errno e: a full
 // disk or quota (ENOSPC, EDQUOT), a read-only or forbidden folder, or else.
 const char *fs_write_hint(int e);

@@ -17,7 +17,6 @@
 
 #include "data/fsutil.h"
 
-#define DEFLATE_LEVEL 3
 
 // ----------------------------------------------------------------------------
 // SHA-256 (for the model hash), by libcrypto (OpenSSL's EVP interface): it
@@ -193,11 +192,18 @@ static int create_file(const char *path, const GenItem *it, int64_t n, int W, in
     H5_TRY(f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), "%s: cannot create ---> is the folder "
            "writable?", tmp);
     {
-        hsize_t dims[4] = {(hsize_t)n, (hsize_t)H, (hsize_t)W, 3}, chunk[4] = {1, (hsize_t)H, (hsize_t)W, 3};
+        // Contiguous, its space allocated now (sparse: no fill written), not
+        // deflated: writing an image then changes raw bytes only, never
+        // HDF5's metadata, so a kill at any moment leaves a file HDF5 opens.
+        // (Chunks deflated one image each were allocated at the flush, which
+        // wrote the chunk index before the superblock's end of file: a
+        // SIGKILL between the two left a file whose every read failed with
+        // "addr overflow", the sweep lost; tools/kill_campaign.py found it.)
+        hsize_t dims[4] = {(hsize_t)n, (hsize_t)H, (hsize_t)W, 3};
         H5_TRY(sp = H5Screate_simple(4, dims, NULL), "%s: images", tmp);
         H5_TRY(dcpl = H5Pcreate(H5P_DATASET_CREATE), "%s: images", tmp);
-        H5_TRY(H5Pset_chunk(dcpl, 4, chunk), "%s: images", tmp);
-        H5_TRY(H5Pset_deflate(dcpl, DEFLATE_LEVEL), "%s: images", tmp);
+        H5_TRY(H5Pset_layout(dcpl, H5D_CONTIGUOUS), "%s: images", tmp);
+        H5_TRY(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY), "%s: images", tmp);
         H5_TRY(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER), "%s: images", tmp);
         H5_TRY(d = H5Dcreate2(f, "images", H5T_STD_U8LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT), "%s: images", tmp);
         H5Dclose(d), d = -1;
@@ -374,6 +380,9 @@ int genout_open(GenOut *g, const char *path, const GenItem *items, int64_t n, in
     SDC_CHECK(g->done_mask);
     hid_t fapl = -1;
     H5_TRY(fapl = h5_fapl(p), "%s: access list", path);
+    // no data sieve: HDF5 would write a 64 KiB window around each image (its
+    // neighbours' unwritten bytes too: space a full disk may not have)
+    H5_TRY(H5Pset_sieve_buf_size(fapl, 0), "%s: access list", path);
     H5_TRY(g->file = H5Fopen(path, H5F_ACC_RDWR, fapl), "%s: reopening for writing", path);
     h5_close_plist(fapl), fapl = -1;
     H5_TRY(g->images = H5Dopen2(g->file, "images", H5P_DEFAULT), "%s: images", path);
@@ -391,10 +400,10 @@ int genout_write(GenOut *g, const int64_t *idx, int k, const uint8_t *rgb, SdcEr
     memset(ones, 1, sizeof ones);
     if (k > 64) return sdc_err(err, SDC_ERR_ARG, "genout_write: at most 64 items per call");
     SDC_TRY(h5_write_rows(g->images, H5T_NATIVE_UINT8, &g->par, idx, k, rgb, g->path, "images", err));
-    // the done flags only after their images are in the file: the images'
-    // chunks sit in HDF5's cache until a flush, while a done flag is a few
-    // bytes of space already allocated, so without this flush a full disk
-    // could take the images and keep the flags (done items with no image)
+    // the done flags only after their images are in the file: images sit in
+    // HDF5's caches until a flush (a deflated chunk of an older file waits
+    // for its space), so without this flush a full disk or
+    // a kill could keep the flags and lose the images (done items with no image)
     H5_TRY(H5Fflush(g->file, H5F_SCOPE_GLOBAL), "%s: flush (images)", g->path);
     SDC_TRY(h5_write_rows(g->done, H5T_NATIVE_UINT8, &g->par, idx, k, ones, g->path, "done", err));
     H5_TRY(H5Fflush(g->file, H5F_SCOPE_GLOBAL), "%s: flush (done flags)", g->path);
