@@ -504,18 +504,32 @@ int manifest_read_file(const char *path, Sdc__Job **out, SdcError *err) {
         return sdc_err(err, SDC_ERR_IO, "%s: read error", path);
     }
     buf[n] = 0;
+    // Text is UTF-8 without control characters other than whitespace. The
+    // wire format starts with a field key (0x08 for task), which is valid
+    // UTF-8 too: a small binary job (`task: TASK_CONVERT` and a path) can be
+    // all ASCII, so UTF-8 alone does not make a file text.
+    int text = !memchr(buf, 0, n) && utf8_valid((unsigned char *)buf, n), ctrl = 0;
+    for (size_t i = 0; text && i < n && !ctrl; i++)
+        ctrl = (unsigned char)buf[i] < 0x20 && !isspace((unsigned char)buf[i]);
     int rc;
-    if (!memchr(buf, 0, n) && utf8_valid((unsigned char *)buf, n)) {
+    if (text && !ctrl) {
         ProtobufCMessage *m = NULL;
         rc = manifest_parse_text(&sdc__job__descriptor, buf, n, path, &m, err);
         *out = (Sdc__Job *)m;
     } else {
         *out = sdc__job__unpack(NULL, n, (const uint8_t *)buf);
-        rc = *out ? 0
-                  : sdc_err(err, SDC_ERR_FORMAT,
-                            "%s: neither protobuf text format nor a binary sdc.Job ---> write it as text, e.g. "
-                            "'task: TASK_GENERATE model { path: \"m.safetensors\" } ...'",
-                            path);
+        if (*out) {
+            rc = 0;
+        } else if (text) { // text with a control character: its error says where
+            ProtobufCMessage *m = NULL;
+            rc = manifest_parse_text(&sdc__job__descriptor, buf, n, path, &m, err);
+            *out = (Sdc__Job *)m;
+        } else {
+            rc = sdc_err(err, SDC_ERR_FORMAT,
+                         "%s: neither protobuf text format nor a binary sdc.Job ---> write it as text, e.g. "
+                         "'task: TASK_GENERATE model { path: \"m.safetensors\" } ...'",
+                         path);
+        }
     }
     free(buf);
     return rc;
