@@ -35,6 +35,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (ckpt_list_group(&c, "unet_lora", &err) == 0) (void)ckpt_list_group(&c, "optimizer/exp_avg/unet_lora", &err);
         for (int i = 0; i < c.n; i++) {
             const CkptTensor *t = &c.t[i];
+            // the byte count the readers allocate is the shape's, unwrapped
+            uint64_t bytes = t->dtype == DT_F32 || t->dtype == DT_I32 ? 4 : t->dtype == DT_I64 ? 8 : t->dtype == DT_U8 ? 1 : 2;
+            for (int k = 0; k < t->ndim; k++)
+                if (__builtin_mul_overflow(bytes, (uint64_t)t->shape[k], &bytes)) __builtin_trap();
+            if (bytes != t->nbytes) __builtin_trap();
             if (t->nbytes > (64u << 20)) continue; // a model's largest tensor (SD's token embedding) is 113 MiB f32
             void *buf = malloc(t->nbytes ? t->nbytes : 1);
             if (!buf) continue;
