@@ -471,6 +471,34 @@ int manifest_parse_text(const ProtobufCMessageDescriptor *desc, const char *text
     return 0;
 }
 
+// Every string of a message from the wire format is UTF-8 without NUL, as
+// the text format's are: protobuf-c does not check proto2 strings, and a
+// job's strings go into messages, file names and the manifest attribute of
+// checkpoints (which must parse back). field: the path so far ("generate").
+static int wire_strings_valid(const ProtobufCMessage *msg, const char *path, const char *field, SdcError *err) {
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *fd = &d->fields[i];
+        if (fd->type != PROTOBUF_C_TYPE_STRING && fd->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        const char *base = (const char *)msg;
+        int rep = fd->label == PROTOBUF_C_LABEL_REPEATED;
+        size_t n = rep ? *(const size_t *)(base + fd->quantifier_offset) : 1;
+        void *const *v = rep ? *(void *const *const *)(base + fd->offset) : (void *const *)(base + fd->offset);
+        char sub[256];
+        snprintf(sub, sizeof sub, "%s%s%s", field, field[0] ? "." : "", fd->name);
+        for (size_t k = 0; k < n; k++) {
+            if (!v[k]) continue;
+            if (fd->type == PROTOBUF_C_TYPE_MESSAGE) {
+                SDC_TRY(wire_strings_valid(v[k], path, sub, err));
+            } else if (!utf8_valid(v[k], strlen(v[k]))) {
+                return sdc_err(err, SDC_ERR_FORMAT, "%s: field %s%s is not valid UTF-8\n---> a damaged binary "
+                               "manifest? write it as text", path, sub, rep ? "[]" : "");
+            }
+        }
+    }
+    return 0;
+}
+
 int manifest_read_file(const char *path, Sdc__Job **out, SdcError *err) {
     *out = NULL;
     FILE *f = fopen(path, "rb");
@@ -519,7 +547,8 @@ int manifest_read_file(const char *path, Sdc__Job **out, SdcError *err) {
     } else {
         *out = sdc__job__unpack(NULL, n, (const uint8_t *)buf);
         if (*out) {
-            rc = 0;
+            rc = wire_strings_valid(&(*out)->base, path, "", err);
+            if (rc) sdc__job__free_unpacked(*out, NULL), *out = NULL;
         } else if (text) { // text with a control character: its error says where
             ProtobufCMessage *m = NULL;
             rc = manifest_parse_text(&sdc__job__descriptor, buf, n, path, &m, err);
