@@ -3,10 +3,11 @@
 // src/sampling/sched_config.c, src/io/json.c's json_parse_config): the
 // input's sections (fuzz_util.h) unet/config.json, vae/config.json,
 // text_encoder/config.json, scheduler/scheduler_config.json replace those
-// of a copy of tests/fixtures/tiny-sd1 (whose weights are linked in; a
-// section absent keeps the fixture's file, a section "-NAME" removes NAME).
-// Odd input sizes also open the single file tiny-sd1.safetensors with the
-// folder as its config_dir (diffusers' from_single_file(config=)). On
+// of a copy of tests/fixtures/tiny-sd1's configs (a section absent keeps the
+// fixture's file, a section "-NAME" removes NAME), with weight files that
+// hold no tensors. Input sizes of 8k+1 bytes instead open the single file
+// tiny-sd1.safetensors with the folder as its config_dir (diffusers'
+// from_single_file(config=)). On
 // success the level lists fit their arrays.
 // Seeds: tests/fuzz/seeds/json_config. Run with tools/fuzz.sh SECONDS 1
 // json_config.
@@ -47,15 +48,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         mkdir(dir, 0700);
         static const char *const SUB[] = {"unet", "vae", "text_encoder", "scheduler"};
         for (int i = 0; i < 4; i++) snprintf(p, sizeof p, "%s/%s", dir, SUB[i]), mkdir(p, 0700);
+        // weights without tensors: the configs are what is fuzzed, and
+        // parsing the fixture's headers would take 60% of the time
+        static const char EMPTY[16] = {8, 0, 0, 0, 0, 0, 0, 0, '{', '}', ' ', ' ', ' ', ' ', ' ', ' '};
         for (int i = 0; i < 3; i++) {
             snprintf(p, sizeof p, "%s/%s", dir, WEIGHTS[i]);
-            snprintf(q, sizeof q, "%s/%s", FIX, WEIGHTS[i]);
-            char *abs = realpath(q, NULL);
-            if (!abs || (symlink(abs, p) && access(p, R_OK))) {
-                perror(q);
-                abort();
-            }
-            free(abs);
+            fuzz_write(p, EMPTY, sizeof EMPTY);
         }
         for (int i = 0; i < N_CONFIGS; i++) {
             snprintf(q, sizeof q, "%s/%s", FIX, CONFIGS[i]);
@@ -75,7 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     SdcError err = {0};
     ModelFiles *m = NULL;
-    int rc = size & 1 ? model_files_open(&m, FIX "/../tiny-sd1.safetensors", dir, -1, &err)
+    int rc = size % 8 == 1 ? model_files_open(&m, FIX "/../tiny-sd1.safetensors", dir, -1, &err)
                       : model_files_open(&m, dir, NULL, -1, &err);
     fuzz_note("model_files_open", rc, err.msg);
     if (rc) {
