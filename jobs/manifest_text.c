@@ -471,16 +471,29 @@ int manifest_parse_text(const ProtobufCMessageDescriptor *desc, const char *text
     return 0;
 }
 
-// Every string of a message from the wire format is UTF-8 without NUL, as
-// the text format's are: protobuf-c does not check proto2 strings, and a
-// job's strings go into messages, file names and the manifest attribute of
-// checkpoints (which must parse back). field: the path so far ("generate").
-static int wire_strings_valid(const ProtobufCMessage *msg, const char *path, const char *field, SdcError *err) {
+// A message from the wire format holds what the text format can: strings
+// in UTF-8 without NUL, enums among their names. protobuf-c checks neither
+// for proto2, and a job's strings and enums go into messages, file names and
+// the manifest attribute of checkpoints (which must parse back).
+// field: the path so far ("generate").
+static int wire_check(const ProtobufCMessage *msg, const char *path, const char *field, SdcError *err) {
     const ProtobufCMessageDescriptor *d = msg->descriptor;
     for (unsigned i = 0; i < d->n_fields; i++) {
         const ProtobufCFieldDescriptor *fd = &d->fields[i];
-        if (fd->type != PROTOBUF_C_TYPE_STRING && fd->type != PROTOBUF_C_TYPE_MESSAGE) continue;
         const char *base = (const char *)msg;
+        if (fd->type == PROTOBUF_C_TYPE_ENUM) {
+            int rep = fd->label == PROTOBUF_C_LABEL_REPEATED;
+            size_t n = rep ? *(const size_t *)(base + fd->quantifier_offset) : 1;
+            const int *v = rep ? *(const int *const *)(base + fd->offset) : (const int *)(base + fd->offset);
+            const ProtobufCEnumDescriptor *ed = fd->descriptor;
+            for (size_t k = 0; k < n; k++)
+                if (!protobuf_c_enum_descriptor_get_value(ed, v[k]))
+                    return sdc_err(err, SDC_ERR_FORMAT, "%s: field %s%s%s is %d: not a %s\n---> a damaged binary "
+                                   "manifest, or one for a newer sdc? write it as text", path, field,
+                                   field[0] ? "." : "", fd->name, v[k], ed->name);
+            continue;
+        }
+        if (fd->type != PROTOBUF_C_TYPE_STRING && fd->type != PROTOBUF_C_TYPE_MESSAGE) continue;
         int rep = fd->label == PROTOBUF_C_LABEL_REPEATED;
         size_t n = rep ? *(const size_t *)(base + fd->quantifier_offset) : 1;
         void *const *v = rep ? *(void *const *const *)(base + fd->offset) : (void *const *)(base + fd->offset);
@@ -489,7 +502,7 @@ static int wire_strings_valid(const ProtobufCMessage *msg, const char *path, con
         for (size_t k = 0; k < n; k++) {
             if (!v[k]) continue;
             if (fd->type == PROTOBUF_C_TYPE_MESSAGE) {
-                SDC_TRY(wire_strings_valid(v[k], path, sub, err));
+                SDC_TRY(wire_check(v[k], path, sub, err));
             } else if (!utf8_valid(v[k], strlen(v[k]))) {
                 return sdc_err(err, SDC_ERR_FORMAT, "%s: field %s%s is not valid UTF-8\n---> a damaged binary "
                                "manifest? write it as text", path, sub, rep ? "[]" : "");
@@ -547,7 +560,7 @@ int manifest_read_file(const char *path, Sdc__Job **out, SdcError *err) {
     } else {
         *out = sdc__job__unpack(NULL, n, (const uint8_t *)buf);
         if (*out) {
-            rc = wire_strings_valid(&(*out)->base, path, "", err);
+            rc = wire_check(&(*out)->base, path, "", err);
             if (rc) sdc__job__free_unpacked(*out, NULL), *out = NULL;
         } else if (text) { // text with a control character: its error says where
             ProtobufCMessage *m = NULL;
