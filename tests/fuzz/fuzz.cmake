@@ -56,9 +56,10 @@ if(NOT SDC_FUZZ AND NOT SDC_MINIMAL)
   target_link_libraries(make_fuzz_seeds PRIVATE sdc_jobs)
   target_include_directories(make_fuzz_seeds PRIVATE ${SDC_FUZZ_DIR})
   # A few seconds of libFuzzer per target (its own clang build under
-  # test-out/fuzz: the first run builds it, minutes). Skipped without clang.
+  # test-out/fuzz, or $SDC_FUZZ_OUT to share tools/fuzz.sh's: the first run
+  # builds it, minutes). Skipped without clang.
   add_test(NAME fuzz_short
-    COMMAND sh -c "command -v clang >/dev/null 2>&1 || { echo 'clang not found: skipped'; exit 77; }; FUZZ_OUT=${CMAKE_BINARY_DIR}/test-out/fuzz exec ${CMAKE_SOURCE_DIR}/tools/fuzz.sh 3 1 all"
+    COMMAND sh -c "command -v clang >/dev/null 2>&1 || { echo 'clang not found: skipped'; exit 77; }; FUZZ_OUT=\${SDC_FUZZ_OUT:-${CMAKE_BINARY_DIR}/test-out/fuzz} exec ${CMAKE_SOURCE_DIR}/tools/fuzz.sh 3 1 all"
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(fuzz_short PROPERTIES TIMEOUT 3600 SKIP_RETURN_CODE 77)
 endif()
