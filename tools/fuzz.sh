@@ -86,9 +86,10 @@ for t in $TARGETS; do
     # job, going on past crashes, timeouts and OOMs (each saved in findings/)
     if [ "${FUZZ_FORK:-0}" = 1 ]; then
         OPTS="$OPTS -fork=$JOBS -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1"
-    else
+    elif [ "$JOBS" -gt 1 ]; then # (-jobs=1 would also run one child, its output in findings/fuzz-0.log)
         OPTS="$OPTS -jobs=$JOBS -workers=$JOBS"
     fi
+    rm -f "$TO"/findings/fuzz-*.log
     LOG=$TO/fuzz.log
     set +e
     # shellcheck disable=SC2086
@@ -97,7 +98,7 @@ for t in $TARGETS; do
         -artifact_prefix="$TO/findings/" "$TO/corpus" $DIRS) >"$LOG" 2>&1
     RC=$?
     set -e
-    [ "$JOBS" -gt 1 ] && cat "$TO"/findings/fuzz-*.log >>"$LOG" 2>/dev/null || true
+    cat "$TO"/findings/fuzz-*.log >>"$LOG" 2>/dev/null || true
     if [ "${FUZZ_FORK:-0}" = 1 ]; then # the parent's last "#N: cov: ..." line counts every job's executions
         EXECS=$(grep -ho "^#[0-9]*: cov" "$LOG" | tail -1 | tr -dc 0-9)
         EXECS=${EXECS:-0}
