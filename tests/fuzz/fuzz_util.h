@@ -16,6 +16,7 @@
 #endif
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,17 +77,28 @@ static inline const FuzzSection *fuzz_section(const FuzzSection *s, int n, const
     return NULL;
 }
 
+static inline int fuzz_rm_one(const char *p, const struct stat *st, int flag, struct FTW *f) {
+    (void)st, (void)flag, (void)f;
+    return remove(p);
+}
+static char fuzz_dir_path[512];
+// At exit: the scratch folder goes (libFuzzer's fork mode starts a process per job).
+static inline void fuzz_dir_remove(void) {
+    if (fuzz_dir_path[0]) nftw(fuzz_dir_path, fuzz_rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 // The scratch folder of this process ("/dev/shm/sdc-fuzz-PID", else under
 // $TMPDIR or /tmp), made on first use.
 static inline const char *fuzz_dir(void) {
-    static char dir[512];
+    char *dir = fuzz_dir_path;
     if (dir[0]) return dir;
     struct stat st;
     const char *base = stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) && access("/dev/shm", W_OK) == 0
                            ? "/dev/shm"
                            : (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    snprintf(dir, sizeof dir, "%s/sdc-fuzz-%d", base, (int)getpid());
+    snprintf(dir, sizeof fuzz_dir_path, "%s/sdc-fuzz-%d", base, (int)getpid());
     mkdir(dir, 0700);
+    atexit(fuzz_dir_remove);
     return dir;
 }
 
