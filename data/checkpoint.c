@@ -248,7 +248,20 @@ static herr_t list_cb(hid_t g, const char *name, const H5L_info_t *info, void *u
     hsize_t dims[TENSOR_MAX_DIMS];
     H5Sget_simple_extent_dims(sp, dims, NULL);
     ct->ndim = nd;
-    for (int k = 0; k < nd; k++) ct->shape[k] = (int64_t)dims[k];
+    // HDF5 takes dimensions up to 2^64 with no data stored: a damaged file's
+    // shape must not wrap the byte count the reader allocates (2^56
+    // elements of 8 bytes stay below 2^64)
+    uint64_t numel = 1;
+    for (int k = 0; k < nd; k++) {
+        ct->shape[k] = (int64_t)dims[k];
+        if (dims[k] && numel > (UINT64_C(1) << 56) / dims[k]) {
+            sdc_err(err, SDC_ERR_FORMAT, "%s: dimension %d is %llu: more than 2^56 elements in all\n---> the file is "
+                    "damaged; restore it from a copy or use an older checkpoint", where, k,
+                    (unsigned long long)dims[k]);
+            goto fail;
+        }
+        numel *= dims[k];
+    }
     if (h5_attr_get_str(d, "dtype", &tag, where, err) || h5_attr_get_u32(d, "crc32", &ct->crc32, where, err)) goto fail;
     H5T_class_t cls = H5Tget_class(t);
     size_t sz = H5Tget_size(t);
@@ -318,9 +331,18 @@ int ckpt_open(Ckpt *c, const char *path, SdcError *err) {
             goto fail;
         }
         H5Sget_simple_extent_dims(sp, &n, NULL);
+        if (n > INT32_MAX) { // one entry per training image
+            sdc_err(err, SDC_ERR_FORMAT, "%s: /state/data_order holds %llu entries (one per training image)\n---> "
+                    "the file is damaged; use an older checkpoint", path, (unsigned long long)n);
+            goto fail;
+        }
         c->n_order = (int64_t)n;
         c->data_order = malloc((n ? n : 1) * sizeof(int64_t));
-        SDC_CHECK(c->data_order);
+        if (!c->data_order) {
+            sdc_err(err, SDC_ERR_OOM, "%s: out of memory for /state/data_order (%llu entries)", path,
+                    (unsigned long long)n);
+            goto fail;
+        }
         if (n) H5_TRY(H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, c->data_order),
                       "%s: /state/data_order", path);
         H5Sclose(sp), sp = -1;

@@ -533,9 +533,15 @@ static int open_checked(hid_t f, const char *path, const char *name, int rank, c
     int bad = r != rank || (n_known >= 0 && (int64_t)got[0] != n_known);
     for (int k = 1; k < rank && !bad; k++) bad = dims[k] > 0 && (int64_t)got[k] != dims[k];
     if (bad) {
-        sdc_err(err, SDC_ERR_SHAPE, "%s: dataset %s has %d dims (%lld, %lld, %lld, %lld), expected %d dims%s", path,
-                name, r, (long long)got[0], (long long)got[1], (long long)got[2], (long long)got[3], rank,
-                n_known >= 0 ? " with one row per image" : "");
+        char want[128] = "";
+        for (int k = 0; k < rank; k++) {
+            long long v = k == 0 ? n_known : dims[k];
+            snprintf(want + strlen(want), sizeof want - strlen(want), v >= 0 && (k == 0 || v > 0) ? "%s%lld" : "%s*",
+                     k ? ", " : "", v);
+        }
+        sdc_err(err, SDC_ERR_SHAPE, "%s: dataset %s has %d dims (%lld, %lld, %lld, %lld), expected (%s)%s\n---> "
+                "layouts: data/README.md", path, name, r, (long long)got[0], (long long)got[1], (long long)got[2],
+                (long long)got[3], want, n_known >= 0 ? ": one row per image" : "");
         H5Tclose(*type_out);
         goto fail;
     }
@@ -560,6 +566,9 @@ int dataset_open(Dataset *d, const char *path, SdcError *err) {
     hid_t t = -1;
     int dims[5];
     int rc = h5_attr_get_i64(d->file, "resolution", &res, path, err);
+    if (!rc && (res < 1 || res > 16384)) // image.c's limit for a side
+        rc = sdc_err(err, SDC_ERR_FORMAT, "%s: attribute resolution is %lld, expected 1 to 16384\n---> the file is "
+                     "damaged; import the images again", path, (long long)res);
     if (!rc) {
         int64_t want[4] = {-1, res, res, 3};
         rc = open_checked(d->file, path, "images", 4, want, -1, &d->n, dims, &d->images, &t, err);
@@ -577,8 +586,11 @@ int dataset_open(Dataset *d, const char *path, SdcError *err) {
     int64_t nn = 0;
     if (!rc) rc = h5_read_strings(d->file, "captions", d->n, &d->captions, &nn, path, err);
     if (!rc) rc = h5_read_strings(d->file, "sources", d->n, &d->sources, &nn, path, err);
+    if (!rc && h5_has_link(d->file, "latents") && res % 8)
+        rc = sdc_err(err, SDC_ERR_FORMAT, "%s: latents of %lld px images: the VAE needs a multiple of 8\n---> the "
+                     "file is damaged; import the images again", path, (long long)res);
     if (!rc && h5_has_link(d->file, "latents")) {
-        int64_t want[4] = {-1, -1, -1, -1};
+        int64_t want[4] = {-1, 4, res / 8, res / 8}; // the VAE's (4, R/8, R/8)
         rc = open_checked(d->file, path, "latents", 4, want, d->n, NULL, dims, &d->latents, &t, err);
         if (!rc) {
             d->latent_shape[0] = dims[1], d->latent_shape[1] = dims[2], d->latent_shape[2] = dims[3];

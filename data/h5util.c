@@ -440,9 +440,18 @@ int h5_read_strings(hid_t loc, const char *name, int64_t expect_n, char ***out, 
                 (unsigned long long)dims[0], (long long)expect_n);
         goto fail;
     }
+    if (dims[0] > INT32_MAX) { // sdc writes one string per item; HDF5 takes 2^64 entries with nothing stored
+        sdc_err(err, SDC_ERR_FORMAT, "%s: dataset %s has %llu entries (more than 2^31)\n---> the file is damaged",
+                where, name, (unsigned long long)dims[0]);
+        goto fail;
+    }
     raw = calloc(dims[0] + 1, sizeof *raw);
     v = calloc(dims[0] + 1, sizeof *v);
-    SDC_CHECK(raw && v);
+    if (!raw || !v) {
+        sdc_err(err, SDC_ERR_OOM, "%s: out of memory for the %llu strings of dataset %s", where,
+                (unsigned long long)dims[0], name);
+        goto fail;
+    }
     H5_TRY(mt = vlen_utf8(), "%s: string type", where);
     if (dims[0]) H5_TRY(H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw), "%s: reading dataset %s", where, name);
     for (hsize_t i = 0; i < dims[0]; i++) {

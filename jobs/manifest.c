@@ -3,6 +3,7 @@
 #include "jobs/manifest.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <string.h>
 
 #include "io/lora.h"
@@ -66,14 +67,16 @@ static int print_value(FILE *f, const ProtobufCFieldDescriptor *fd, const void *
         float x = *(const float *)v;
         if (skip_default && x == 0.0f) return 0;
         print_indent(f, indent);
-        fprintf(f, "%s: %.9g\n", fd->name, x);
+        if (isnan(x)) fprintf(f, "%s: nan\n", fd->name); // as protoc: "-nan" would read back as nan
+        else fprintf(f, "%s: %.9g\n", fd->name, x);
         return 1;
     }
     case PROTOBUF_C_TYPE_DOUBLE: {
         double x = *(const double *)v;
         if (skip_default && x == 0.0) return 0;
         print_indent(f, indent);
-        fprintf(f, "%s: %.17g\n", fd->name, x);
+        if (isnan(x)) fprintf(f, "%s: nan\n", fd->name);
+        else fprintf(f, "%s: %.17g\n", fd->name, x);
         return 1;
     }
     case PROTOBUF_C_TYPE_BOOL: {

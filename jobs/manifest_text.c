@@ -471,6 +471,47 @@ int manifest_parse_text(const ProtobufCMessageDescriptor *desc, const char *text
     return 0;
 }
 
+// A message from the wire format holds what the text format can: strings
+// in UTF-8 without NUL, enums among their names. protobuf-c checks neither
+// for proto2, and a job's strings and enums go into messages, file names and
+// the manifest attribute of checkpoints (which must parse back).
+// field: the path so far ("generate").
+static int wire_check(const ProtobufCMessage *msg, const char *path, const char *field, SdcError *err) {
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *fd = &d->fields[i];
+        const char *base = (const char *)msg;
+        if (fd->type == PROTOBUF_C_TYPE_ENUM) {
+            int rep = fd->label == PROTOBUF_C_LABEL_REPEATED;
+            size_t n = rep ? *(const size_t *)(base + fd->quantifier_offset) : 1;
+            const int *v = rep ? *(const int *const *)(base + fd->offset) : (const int *)(base + fd->offset);
+            const ProtobufCEnumDescriptor *ed = fd->descriptor;
+            for (size_t k = 0; k < n; k++)
+                if (!protobuf_c_enum_descriptor_get_value(ed, v[k]))
+                    return sdc_err(err, SDC_ERR_FORMAT, "%s: field %s%s%s is %d: not a %s\n---> a damaged binary "
+                                   "manifest, or one for a newer sdc? write it as text", path, field,
+                                   field[0] ? "." : "", fd->name, v[k], ed->name);
+            continue;
+        }
+        if (fd->type != PROTOBUF_C_TYPE_STRING && fd->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        int rep = fd->label == PROTOBUF_C_LABEL_REPEATED;
+        size_t n = rep ? *(const size_t *)(base + fd->quantifier_offset) : 1;
+        void *const *v = rep ? *(void *const *const *)(base + fd->offset) : (void *const *)(base + fd->offset);
+        char sub[256];
+        snprintf(sub, sizeof sub, "%s%s%s", field, field[0] ? "." : "", fd->name);
+        for (size_t k = 0; k < n; k++) {
+            if (!v[k]) continue;
+            if (fd->type == PROTOBUF_C_TYPE_MESSAGE) {
+                SDC_TRY(wire_check(v[k], path, sub, err));
+            } else if (!utf8_valid(v[k], strlen(v[k]))) {
+                return sdc_err(err, SDC_ERR_FORMAT, "%s: field %s%s is not valid UTF-8\n---> a damaged binary "
+                               "manifest? write it as text", path, sub, rep ? "[]" : "");
+            }
+        }
+    }
+    return 0;
+}
+
 int manifest_read_file(const char *path, Sdc__Job **out, SdcError *err) {
     *out = NULL;
     FILE *f = fopen(path, "rb");
@@ -504,18 +545,33 @@ int manifest_read_file(const char *path, Sdc__Job **out, SdcError *err) {
         return sdc_err(err, SDC_ERR_IO, "%s: read error", path);
     }
     buf[n] = 0;
+    // Text is UTF-8 without control characters other than whitespace. The
+    // wire format starts with a field key (0x08 for task), which is valid
+    // UTF-8 too: a small binary job (`task: TASK_CONVERT` and a path) can be
+    // all ASCII, so UTF-8 alone does not make a file text.
+    int text = !memchr(buf, 0, n) && utf8_valid((unsigned char *)buf, n), ctrl = 0;
+    for (size_t i = 0; text && i < n && !ctrl; i++)
+        ctrl = (unsigned char)buf[i] < 0x20 && !isspace((unsigned char)buf[i]);
     int rc;
-    if (!memchr(buf, 0, n) && utf8_valid((unsigned char *)buf, n)) {
+    if (text && !ctrl) {
         ProtobufCMessage *m = NULL;
         rc = manifest_parse_text(&sdc__job__descriptor, buf, n, path, &m, err);
         *out = (Sdc__Job *)m;
     } else {
         *out = sdc__job__unpack(NULL, n, (const uint8_t *)buf);
-        rc = *out ? 0
-                  : sdc_err(err, SDC_ERR_FORMAT,
-                            "%s: neither protobuf text format nor a binary sdc.Job ---> write it as text, e.g. "
-                            "'task: TASK_GENERATE model { path: \"m.safetensors\" } ...'",
-                            path);
+        if (*out) {
+            rc = wire_check(&(*out)->base, path, "", err);
+            if (rc) sdc__job__free_unpacked(*out, NULL), *out = NULL;
+        } else if (text) { // text with a control character: its error says where
+            ProtobufCMessage *m = NULL;
+            rc = manifest_parse_text(&sdc__job__descriptor, buf, n, path, &m, err);
+            *out = (Sdc__Job *)m;
+        } else {
+            rc = sdc_err(err, SDC_ERR_FORMAT,
+                         "%s: neither protobuf text format nor a binary sdc.Job ---> write it as text, e.g. "
+                         "'task: TASK_GENERATE model { path: \"m.safetensors\" } ...'",
+                         path);
+        }
     }
     free(buf);
     return rc;

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# fuzz.sh: builds the libFuzzer target for the safetensors / JSON parsers
-# (tests/fuzz/fuzz_safetensors.c) with clang -fsanitize=fuzzer,address,undefined
-# and runs it for a bounded time.
-#   tools/fuzz.sh [seconds=60] [jobs=1] [target=safetensors|image]
-# target image: the PNG/JPEG decoders (tests/fuzz/fuzz_image.c), seeded with
-# tests/fixtures/images/*.png, *.jpg. target sched: scheduler_config.json
-# (tests/fuzz/fuzz_sched_config.c), seeded with tests/fixtures/sched/*.json.
-# The seed corpus is made here from small valid files (and the fixtures'
-# safetensors headers when present); crashes land in build-fuzz/findings/.
-# Prints executions, exec/s and the number of findings; exits 1 on a finding.
+# fuzz.sh: builds sdc's libFuzzer targets (tests/fuzz/fuzz_*.c, the whole
+# library compiled by clang with -fsanitize=fuzzer-no-link,address,undefined:
+# CMake option SDC_FUZZ) and runs one of them, or each in turn, for a bounded
+# time under `nice -n 19`.
+#   tools/fuzz.sh [seconds=60] [jobs=1] [target=safetensors]
+# Targets (docs/fuzzing.md): safetensors, image, sched, json_config,
+# manifest_text, manifest_bin, tokenizer, lora, h5_dataset, h5_ckpt,
+# h5_genout; `all` runs each for SECONDS.
+# The corpus of a target starts from its seeds (tests/fuzz/seeds/<target>/,
+# made by tools/make_fuzz_seeds.py and tests/fuzz/make_fuzz_seeds.c; the
+# image and sched targets use tests/fixtures/images and /sched) and grows in
+# $OUT/<target>/corpus across runs; the kept findings of tests/fuzz/regress/
+# <target>/ are replayed first and are part of the corpus. Crashes land in
+# $OUT/<target>/findings/. Prints executions, exec/s and the number of
+# findings per target; exits 1 on a finding.
+# Environment: FUZZ_OUT (default build-fuzz/), CC_FUZZ (default clang),
+# FUZZ_MAX_LEN (default: 64 KiB, or the largest seed), FUZZ_FORK=1 (go on
+# past findings: libFuzzer's fork mode, for long campaigns).
 set -euo pipefail
 SECS=${1:-60}
 JOBS=${2:-1}
@@ -16,82 +24,97 @@ TARGET=${3:-safetensors}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${FUZZ_OUT:-$ROOT/build-fuzz}
 CC=${CC_FUZZ:-clang}
-command -v "$CC" >/dev/null || { echo "fuzz.sh: $CC not found ---> install clang and libclang-rt-dev" >&2; exit 2; }
-[ "$TARGET" = image ] && OUT=$OUT/image
-[ "$TARGET" = sched ] && OUT=$OUT/sched
-mkdir -p "$OUT/corpus" "$OUT/findings"
-BIN=$OUT/fuzz_$TARGET
-case "$TARGET" in
-image)
-    "$CC" -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-        -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -I"$ROOT/src" "$ROOT/tests/fuzz/fuzz_image.c" \
-        "$ROOT/src/io/image.c" "$ROOT/src/core/error.c" -lpng -ljpeg -lz -lm -o "$OUT/fuzz_image"
-    cp "$ROOT"/tests/fixtures/images/*.png "$ROOT"/tests/fixtures/images/*.jpg "$OUT/corpus/"
-    ;;
-safetensors)
-"$CC" -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -I"$ROOT/src" "$ROOT/tests/fuzz/fuzz_safetensors.c" "$ROOT/src/io/safetensors.c" "$ROOT/src/io/json.c" \
-    "$ROOT/src/core/error.c" "$ROOT/src/core/tensor.c" -lm -o "$OUT/fuzz_safetensors"
+ALL="safetensors image sched json_config manifest_text manifest_bin tokenizer lora h5_dataset h5_ckpt h5_genout"
+command -v "$CC" >/dev/null || { echo "fuzz.sh: $CC not found ---> install clang and libclang-rt-dev (tools/setup.sh)" >&2; exit 2; }
 
-# Seed corpus: valid small files, written with python's struct only (no deps).
-python3 - "$OUT/corpus" "$ROOT/tests/fixtures" <<'PY'
-import json, os, struct, sys, glob
-out, fix = sys.argv[1], sys.argv[2]
-def st(entries, meta=None, pad=True):
-    hdr, off, data = {}, 0, b""
-    if meta is not None: hdr["__metadata__"] = meta
-    for name, dt, shape, size in entries:
-        n = size
-        for d in shape: n *= d
-        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + n]}
-        data += bytes((i * 7) & 255 for i in range(n)); off += n
-    h = json.dumps(hdr, separators=(",", ":")).encode()
-    if pad: h += b" " * (-len(h) % 8)
-    return struct.pack("<Q", len(h)) + h + data
-seeds = {
-    "empty_obj": st([]),
-    "one_f32": st([("a", "F32", [2, 3], 4)]),
-    "mixed": st([("w", "F16", [4, 1, 1, 2], 2), ("b", "BF16", [4], 2), ("ids", "I64", [1, 3], 8),
-                 ("\u00e9\\\"q", "F64", [1], 8), ("e", "U8", [0], 1)], meta={"format": "pt", "k": "v\n"}),
-    "unpadded": st([("x", "I32", [3], 4)], pad=False),
-    "json_misc": struct.pack("<Q", 60) + b'{"a":[1,-2.5e3,true,false,null,{"b":"\\ud83d\\ude00"}]}      ',
+seeds_of() {
+    case "$1" in
+    image) echo "$ROOT/tests/fixtures/images" ;;
+    sched) echo "$ROOT/tests/fixtures/sched" ;;
+    *) echo "$ROOT/tests/fuzz/seeds/$1" ;;
+    esac
 }
-for k, v in seeds.items():
-    open(os.path.join(out, k), "wb").write(v)
-# Headers of real fixtures (header only, data dropped: too big for a seed).
-for p in glob.glob(os.path.join(fix, "*.safetensors"))[:3]:
-    b = open(p, "rb").read(8)
-    n = struct.unpack("<Q", b)[0]
-    if n < 1 << 20:
-        with open(p, "rb") as f:
-            open(os.path.join(out, "hdr_" + os.path.basename(p)), "wb").write(f.read(8 + n))
-PY
-    ;;
-sched)
-    "$CC" -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-        -I"$ROOT/src" "$ROOT/tests/fuzz/fuzz_sched_config.c" "$ROOT/src/sampling/sched_config.c" \
-        "$ROOT/src/sampling/scheduler.c" "$ROOT/src/sampling/rng.c" "$ROOT/src/io/json.c" \
-        "$ROOT/src/core/error.c" -lm -o "$OUT/fuzz_sched"
-    cp "$ROOT"/tests/fixtures/sched/*.json "$OUT/corpus/"
-    ;;
-*) echo "fuzz.sh: unknown target $TARGET ---> safetensors, image or sched" >&2; exit 2 ;;
-esac
 
-LOG="$OUT/fuzz.log"
-set +e
-(cd "$OUT/findings" && "$BIN" -max_total_time="$SECS" -max_len=65536 -timeout=10 \
-    -rss_limit_mb=2048 -print_final_stats=1 -jobs="$JOBS" -workers="$JOBS" \
-    -artifact_prefix="$OUT/findings/" "$OUT/corpus") >"$LOG" 2>&1
-RC=$?
-set -e
-[ "$JOBS" -gt 1 ] && cat "$OUT"/findings/fuzz-*.log >>"$LOG" 2>/dev/null || true
-EXECS=$(grep -h "stat::number_of_executed_units" "$LOG" | awk '{s+=$2} END {print s+0}')
-RATE=$(grep -h "stat::average_exec_per_sec" "$LOG" | awk '{s+=$2} END {print s+0}')
-NFIND=$(find "$OUT/findings" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
-COV=$(grep -ho "cov: [0-9]*" "$LOG" | tail -1)
-echo "fuzz_$TARGET: ${SECS}s, executions=$EXECS, exec/s=$RATE, $COV, corpus=$(ls "$OUT/corpus" | wc -l), findings=$NFIND (rc=$RC)"
-if [ "$NFIND" -gt 0 ] || [ "$RC" -ne 0 ]; then
-    grep -h -m3 -A12 "ERROR: \|runtime error" "$LOG" || tail -30 "$LOG"
-    echo "findings in $OUT/findings/ (reproduce: $BIN <file>)"
-    exit 1
+if [ "$TARGET" = all ]; then TARGETS=$ALL; else TARGETS=$TARGET; fi
+for t in $TARGETS; do
+    case " $ALL " in *" $t "*) ;; *) echo "fuzz.sh: unknown target $t ---> one of: $ALL, all" >&2; exit 2 ;; esac
+done
+
+# ---- the instrumented build (incremental) -----------------------------------
+BUILD=$OUT/build
+mkdir -p "$BUILD"
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+    CC="$CC" nice -n 19 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSDC_FUZZ=ON \
+        -DSDC_CUDA=OFF -DSDC_NATIVE=OFF >"$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 2; }
 fi
+BINS=""
+for t in $TARGETS; do BINS="$BINS fuzz_$t"; done
+# shellcheck disable=SC2086
+nice -n 19 cmake --build "$BUILD" -j"${FUZZ_BUILD_JOBS:-2}" --target $BINS >"$OUT/build.log" 2>&1 ||
+    { grep -m20 -E "error|Error" "$OUT/build.log" || tail -20 "$OUT/build.log"; exit 2; }
+
+# ---- one run per target ------------------------------------------------------
+STATUS=0
+for t in $TARGETS; do
+    TO=$OUT/$t
+    BIN=$BUILD/tests/fuzz_$t
+    SEEDS=$(seeds_of "$t")
+    REG=$ROOT/tests/fuzz/regress/$t
+    mkdir -p "$TO/corpus" "$TO/findings"
+    # the kept findings first: each must run clean (no crash, no sanitizer report)
+    if [ -d "$REG" ] && [ -n "$(ls -A "$REG")" ]; then
+        if ! (cd "$TO" && nice -n 19 "$BIN" -runs=1 "$REG"/* >"$TO/regress.log" 2>&1); then
+            echo "fuzz_$t: a kept finding of $REG fails again:"
+            grep -h -m3 -A12 "ERROR: \|runtime error" "$TO/regress.log" || tail -30 "$TO/regress.log"
+            STATUS=1
+            continue
+        fi
+    fi
+    MAXLEN=${FUZZ_MAX_LEN:-$(find "$SEEDS" -type f -printf '%s\n' | sort -n | tail -1)}
+    [ "${MAXLEN:-0}" -lt 65536 ] && MAXLEN=65536
+    DIRS="$SEEDS"
+    [ -d "$REG" ] && DIRS="$DIRS $REG"
+    # HDF5 (the system's, not instrumented) leaks inside itself on damaged
+    # files: LeakSanitizer would stop every run on HDF5's leaks, not sdc's
+    # and sizes its metadata cache entries from the file: a damaged size is
+    # a malloc that returns NULL (HDF5 then fails with an error), which ASan
+    # would report as a crash unless allocator_may_return_null is set
+    OPTS=""
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-}
+    case "$t" in h5_*) OPTS="-detect_leaks=0"; ASAN_OPTIONS="allocator_may_return_null=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}" ;; esac
+    # FUZZ_FORK=1 (long campaigns): libFuzzer's fork mode, one worker per
+    # job, going on past crashes, timeouts and OOMs (each saved in findings/)
+    if [ "${FUZZ_FORK:-0}" = 1 ]; then
+        OPTS="$OPTS -fork=$JOBS -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1"
+    elif [ "$JOBS" -gt 1 ]; then # (-jobs=1 would also run one child, its output in findings/fuzz-0.log)
+        OPTS="$OPTS -jobs=$JOBS -workers=$JOBS"
+    fi
+    rm -f "$TO"/findings/fuzz-*.log
+    LOG=$TO/fuzz.log
+    set +e
+    # shellcheck disable=SC2086
+    (cd "$TO/findings" && nice -n 19 "$BIN" -max_total_time="$SECS" -max_len="$MAXLEN" -timeout=20 \
+        -rss_limit_mb=2048 -print_final_stats=1 $OPTS \
+        -artifact_prefix="$TO/findings/" "$TO/corpus" $DIRS) >"$LOG" 2>&1
+    RC=$?
+    set -e
+    cat "$TO"/findings/fuzz-*.log >>"$LOG" 2>/dev/null || true
+    if [ "${FUZZ_FORK:-0}" = 1 ]; then # the parent's last "#N: cov: ..." line counts every job's executions
+        EXECS=$(grep -ho "^#[0-9]*: cov" "$LOG" | tail -1 | tr -dc 0-9)
+        EXECS=${EXECS:-0}
+        RATE=$((EXECS / (SECS > 0 ? SECS : 1)))
+    else
+        EXECS=$(grep -h "stat::number_of_executed_units" "$LOG" | awk '{s+=$2} END {print s+0}')
+        RATE=$(grep -h "stat::average_exec_per_sec" "$LOG" | awk '{s+=$2} END {print s+0}')
+    fi
+    NFIND=$(find "$TO/findings" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
+    COV=$(grep -ho "cov: [0-9]*" "$LOG" | tail -1)
+    echo "fuzz_$t: ${SECS}s, executions=$EXECS, exec/s=$RATE, $COV, corpus=$(ls "$TO/corpus" | wc -l), findings=$NFIND (rc=$RC)"
+    echo "$(date -u +%FT%TZ) $t secs=$SECS execs=$EXECS rate=$RATE findings=$NFIND rc=$RC" >>"$OUT/runs.log"
+    if [ "$NFIND" -gt 0 ] || [ "$RC" -ne 0 ]; then
+        grep -h -m3 -A12 "ERROR: \|runtime error\|Test unit written" "$LOG" || tail -30 "$LOG"
+        echo "findings in $TO/findings/ (reproduce: $BIN <file>)"
+        STATUS=1
+    fi
+done
+exit $STATUS

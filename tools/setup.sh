@@ -16,6 +16,9 @@ PKGS=(
   libssl-dev
   python3-h5py python3-numpy
   file diffutils
+  # tools/fuzz.sh: clang with libFuzzer and the sanitizer runtimes, and
+  # clang's OpenMP (the fuzz build compiles the whole library with clang)
+  clang libclang-rt-dev libomp-dev
   # tests/slurm/cluster.sh: a throwaway one-node Slurm (Debian 12: 22.05). The
   # pmix MPI plugin is in slurm-wlm-basic-plugins and dlopens libpmix.so from
   # libpmix-dev (the same PMIx 4 that Debian's Open MPI uses)

@@ -1,0 +1,69 @@
+// fuzz_h5.h: what the HDF5 fuzz targets (fuzz_h5_dataset.c, fuzz_h5_ckpt.c,
+// fuzz_h5_genout.c) and their seed writer (make_fuzz_seeds.c) agree on: the
+// generation sweep a genout file holds and the training-state spec a
+// DreamBooth checkpoint is loaded with, so that a seed written by sdc's real
+// writers is accepted whole by the real readers and its mutations reach
+// every check past the file's kind.
+#ifndef SDC_FUZZ_H5_H
+#define SDC_FUZZ_H5_H
+
+#include <string.h>
+
+#include "data/genout.h"
+#include "data/train_ckpt.h"
+
+// ---- the sweep of the genout seeds: 3 items of 8x8 -------------------------
+#define FUZZ_GEN_N 3
+#define FUZZ_GEN_W 8
+#define FUZZ_GEN_H 8
+#define FUZZ_GEN_HASH "0123456789"
+static const GenItem FUZZ_GEN_ITEMS[FUZZ_GEN_N] = {
+    {.prompt = "a red cube", .negative_prompt = "", .sampler = "euler", .index = 0, .seed = 42, .steps = 4,
+     .cfg = 7.0f, .strength = 1.0f},
+    {.prompt = "a red cube", .negative_prompt = "", .sampler = "euler", .index = 1, .seed = 43, .steps = 4,
+     .cfg = 7.0f, .strength = 1.0f},
+    {.prompt = "caf\xc3\xa9 \xe2\x98\x95", .negative_prompt = "blurry", .sampler = "dpm++2m", .index = 2,
+     .seed = -1, .steps = 20, .cfg = 1.5f, .strength = 0.5f},
+};
+
+// ---- the training state of the DreamBooth checkpoint seeds ------------------
+// One LoRA of rank 2 on a width-4 linear: down (2, 4), up (4, 2), its AdamW
+// moments, 4 RNG words, a data order of 3 items.
+typedef struct FuzzTrainer {
+    float down[8], up[8], g_down[8], g_up[8];
+    TrainCkptTensor t[2];
+    TrainCkptComponent comp;
+    TrainCkptKey job[3];
+    OptimTensor ot[2];
+    AdamW opt;
+    uint64_t rng[4];
+    int64_t order[3];
+    TrainCkptSpec spec;
+    TrainCkptState st;
+} FuzzTrainer;
+
+// be: a CPU backend (backend_cpu_create). Returns 0 or an SdcError code.
+static inline int fuzz_trainer_init(FuzzTrainer *f, const Backend *be, SdcError *err) {
+    memset(f, 0, sizeof *f);
+    for (int i = 0; i < 8; i++) f->down[i] = 0.125f * (float)(i - 4), f->up[i] = 0.0625f * (float)i;
+    f->t[0] = (TrainCkptTensor){.name = "mid_block.attentions.0.proj_in.lora.down.weight", .data = f->down,
+                                .ndim = 2, .shape = {2, 4}};
+    f->t[1] = (TrainCkptTensor){.name = "mid_block.attentions.0.proj_in.lora.up.weight", .data = f->up, .ndim = 2,
+                                .shape = {4, 2}};
+    f->comp = (TrainCkptComponent){.group = "unet_lora", .tensors = f->t, .n_tensors = 2, .opt_group = 0};
+    f->job[0] = (TrainCkptKey){"model", "tests/fixtures/tiny-sd1"};
+    f->job[1] = (TrainCkptKey){"lora_rank", "2"};
+    f->job[2] = (TrainCkptKey){"lora_alpha", "1"}; // what train_ckpt_export_lora scales by
+    f->ot[0] = (OptimTensor){f->down, f->g_down, 8};
+    f->ot[1] = (OptimTensor){f->up, f->g_up, 8};
+    AdamWGroupDesc gd = {f->ot, 2, 1.0};
+    AdamWConfig cfg = adamw_config_default();
+    int rc = adamw_init(&f->opt, be, &cfg, &gd, 1, err);
+    if (rc) return rc;
+    f->spec = (TrainCkptSpec){.comps = &f->comp, .n_comps = 1, .opt = &f->opt, .job = f->job, .n_job = 3,
+                              .manifest = "task: TASK_DREAMBOOTH\nmodel { path: \"tests/fixtures/tiny-sd1\" }\n"};
+    f->st = (TrainCkptState){.rng = f->rng, .n_rng = 4, .data_order = f->order, .n_order = 3};
+    return 0;
+}
+
+#endif

@@ -1,0 +1,3 @@
+
+m.safetensors2
+out/f16
