@@ -260,5 +260,5 @@ int clip_encode(ClipModel *m, const int32_t *ids, int batch, int clip_skip, Tens
                            ids[i], (long long)i, c->vocab_size);
     SDC_TRY(clip_reserve(m, batch, err));
     clip_forward(m, m->be, &m->act, m->be->act_dtype, ids, batch, n_layers, out);
-    return 0;
+    return backend_status(m->be, err);
 }

@@ -727,7 +727,7 @@ static int vae_tiled_run(Vae *m, const VaeGrid *g, const Tensor *in, Tensor *out
     }
     free(xin);
     free(dims);
-    return 0;
+    return backend_status(be, err);
 }
 
 // ---- planning ----------------------------------------------------------------
@@ -907,7 +907,7 @@ int vae_encode_tiled(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, 
     VaeRun r = {.be = m->be, .a = &m->act, .act = m->be->act_dtype, .groups = c->norm_groups,
                 .eps = c->norm_eps};
     vae_encode_run(m, &r, image, mean, logvar, m->host_lv);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 int vae_encode(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, SdcError *err) {
@@ -930,7 +930,7 @@ int vae_decode_tiled(Vae *m, const Tensor *z, Tensor *image, const VaeTiling *t,
     VaeRun r = {.be = m->be, .a = &m->act, .act = m->be->act_dtype, .groups = c->norm_groups,
                 .eps = c->norm_eps};
     vae_decode_run(m, &r, z, image);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 int vae_decode(Vae *m, const Tensor *z, Tensor *image, SdcError *err) {

@@ -82,6 +82,7 @@ int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int c
     Tensor out = ARENA_DT(&a, m->be->act_dtype, 2, L, D); // (2, L, D) [negative, prompt]
     int rc = clip_encode(m->clip, ids, 2, clip_skip, &out, err);
     if (!rc) backend_download_f32(m->be, ctx, &out, (size_t)2 * L * D);
+    if (!rc) rc = backend_status(m->be, err); // the download
     arena_free(&a);
     return rc;
 }
@@ -184,7 +185,7 @@ static int vae_posterior(SdModel *m, GenTensors *t, GenBuffers *b, const float *
     SDC_TRY(vae_encode(m->vae, &t->image, &t->mean, &t->logvar, err));
     backend_download_f32(m->be, b->mean, &t->mean, nlat);
     backend_download_f32(m->be, b->logvar, &t->logvar, nlat);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 // The VAE tiling of a request: --vae-tile-size, never (-1), or the automatic
@@ -382,6 +383,7 @@ int sd_run_step(SdRun *r, ProgressFn progress, void *user, SdcError *err) {
     const size_t nlat = r->nlat, plane = r->plane;
     GenBuffers *b = &r->b;
     backend_download_f32(r->m->be, b->eps, &r->t.out, (size_t)r->rows * nlat);
+    SDC_TRY(backend_status(r->m->be, err));
     for (int item = 0; item < B; item++) {
         const float *e = b->eps + (size_t)item * nlat;
         if (r->guided) {
@@ -423,6 +425,7 @@ int sd_run_finish(SdRun *r, float *latents, float *images, SdcError *err) {
         backend_upload_f32(m->be, &r->t.z, b->guided, nlat);
         SDC_TRY(vae_decode_tiled(m->vae, &r->t.z, &r->t.image, &vt, err));
         backend_download_f32(m->be, images + (size_t)i * 3 * npix, &r->t.image, 3 * npix);
+        SDC_TRY(backend_status(m->be, err)); // the download: never a PNG of what it left
     }
     return 0;
 }
