@@ -227,9 +227,14 @@ static herr_t list_cb(hid_t g, const char *name, const H5L_info_t *info, void *u
         return -1;
     }
     if (x->c->n == x->cap) {
-        x->cap = x->cap ? x->cap * 2 : 256;
-        x->c->t = realloc(x->c->t, (size_t)x->cap * sizeof *x->c->t);
-        SDC_CHECK(x->c->t);
+        int cap = x->cap ? x->cap * 2 : 256;
+        CkptTensor *nt = realloc(x->c->t, (size_t)cap * sizeof *x->c->t);
+        if (!nt) {
+            x->rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory listing its tensors", x->c->path);
+            return -1;
+        }
+        x->c->t = nt;
+        x->cap = cap;
     }
     CkptTensor *ct = &x->c->t[x->c->n];
     memset(ct, 0, sizeof *ct);
@@ -320,7 +325,10 @@ int ckpt_open(Ckpt *c, const char *path, SdcError *err) {
         H5Sget_simple_extent_dims(sp, &n, NULL);
         c->n_order = (int64_t)n;
         c->data_order = malloc((n ? n : 1) * sizeof(int64_t));
-        SDC_CHECK(c->data_order);
+        if (!c->data_order) {
+            sdc_err(err, SDC_ERR_OOM, "%s: /state/data_order: out of memory", path);
+            goto fail;
+        }
         if (n) H5_TRY(H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, c->data_order),
                       "%s: /state/data_order", path);
         H5Sclose(sp), sp = -1;
