@@ -31,12 +31,25 @@ typedef struct CpuImpl {
     float *scratch; // grows to the largest request, then reused
     size_t scratch_cap; // floats
     SdcError fault; // the first failure inside an op (backend.h: status)
+    // Test hook (tests/fault/failalloc.sh), read at create: SDC_FAULT_SCRATCH=N
+    // makes the Nth scratch request fail as out of memory, so the tests reach
+    // a failure inside a training step, where sdc itself allocates nothing;
+    // SDC_FAULT_SCRATCH_COUNT=PATH writes the number of requests there at
+    // destroy.
+    long fault_at, requests;
+    const char *count_path;
 } CpuImpl;
 
 // ---- helpers -----------------------------------------------------------------
 
 float *cpu_backend_scratch(const Backend *be, size_t floats) {
     CpuImpl *im = be->impl;
+    if (++im->requests == im->fault_at) {
+        if (!im->fault.code)
+            sdc_err(&im->fault, SDC_ERR_OOM, "cpu backend: scratch request %ld failed (SDC_FAULT_SCRATCH): out of "
+                    "memory", im->requests);
+        return NULL;
+    }
     if (floats > im->scratch_cap) {
         free(im->scratch);
         size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
@@ -408,6 +421,9 @@ int backend_cpu_create(Backend **out, int threads, SdcError *err) {
     *be = cpu_template;
     be->threads = threads;
     be->impl = im;
+    const char *f = getenv("SDC_FAULT_SCRATCH");
+    im->fault_at = f ? atol(f) : 0;
+    im->count_path = getenv("SDC_FAULT_SCRATCH_COUNT");
     // Process-wide settings: OpenMP loops and OpenBLAS both use `threads`.
     omp_set_num_threads(threads);
     openblas_set_num_threads(threads);
@@ -517,6 +533,10 @@ void backend_destroy(Backend *be) {
         return;
     }
     CpuImpl *im = be->impl;
+    if (im && im->count_path) { // the test hook's count (see CpuImpl)
+        FILE *f = fopen(im->count_path, "w");
+        if (f) fprintf(f, "%ld\n", im->requests), fclose(f);
+    }
     if (im) free(im->scratch);
     free(im);
     free(be);
