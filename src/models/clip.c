@@ -71,6 +71,9 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
                        "---> check text_encoder/config.json",
                        c->hidden, c->layers, c->heads, c->intermediate, c->max_positions,
                        c->vocab_size);
+    if (c->max_positions > 1024) // the pipelines hold a prompt's ids on the stack (sd_encode_prompt)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "text encoder config: %d positions; sdc takes at most 1024 "
+                       "---> SD 1.x/2.x text encoders have 77", c->max_positions);
     ClipModel *m = calloc(1, sizeof *m);
     if (!m) return sdc_err(err, SDC_ERR_OOM, "clip_load: out of host memory");
     m->cfg = *c;

@@ -71,7 +71,7 @@ int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int c
     const ClipConfig *cc = clip_config(m->clip);
     const int L = cc->max_positions, D = cc->hidden;
     int32_t ids[2 * 1024];
-    SDC_CHECK(L <= 1024);
+    SDC_CHECK(L <= 1024); // clip_load refuses more positions
     SDC_TRY(encode_prompt_ids(m, negative ? negative : "", ids, err));
     SDC_TRY(encode_prompt_ids(m, prompt ? prompt : "", ids + L, err));
     SDC_TRY(clip_reserve(m->clip, 2, err));

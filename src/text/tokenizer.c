@@ -234,16 +234,18 @@ static void nfc(const U32Vec *in, U32Vec *out) {
         }
     }
     out->n = 0;
+    if (d.oom) d.n = 0; // incomplete: nothing composed (the caller sees out->oom)
     if (d.n) {
         size_t starter = 0;
         u32_push(out, d.v[0]);
+        if (out->oom) d.n = 0; // no room for even the first: out->v may be NULL
         int last = uni_ccc(d.v[0]) ? 256 : 0;
         int have_starter = last == 0;
         for (size_t i = 1; i < d.n; i++) {
             uint32_t c = d.v[i];
             int cc = uni_ccc(c);
             uint32_t comp = have_starter ? nfc_compose_pair(out->v[starter], c) : 0;
-            if (comp && (last < cc || last == 0)) {
+            if (comp && (last < cc || last == 0) && starter < out->n) {
                 out->v[starter] = comp;
                 continue;
             }
