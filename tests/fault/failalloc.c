@@ -6,6 +6,8 @@
 //   SDC_FAILALLOC=N+         the Nth and every later one returns NULL
 //   SDC_FAILALLOC_COUNT=PATH at exit, the number of allocations counted is
 //                            written to PATH (to learn how many there are)
+//   SDC_FAILALLOC_BT=1       the failed call's stack on stderr too (addresses
+//                            in the executable: addr2line -f -e sdc)
 //
 // Counted are malloc, calloc, realloc (to a non-zero size), aligned_alloc,
 // posix_memalign, strdup and strndup called from code in the main
@@ -16,6 +18,7 @@
 // into sdc.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <execinfo.h>
 #include <fcntl.h>
 #include <link.h>
 #include <stdint.h>
@@ -34,6 +37,7 @@ static uintptr_t exe_base;        // its load address (addr2line offsets)
 static long fail_at = -1;         // the allocation to fail (1-based), -1: none
 static int fail_after;            // and every one after it
 static const char *count_path;
+static int show_stack;
 static long counted;
 
 static int find_exe(struct dl_phdr_info *info, size_t size, void *data) {
@@ -60,6 +64,7 @@ __attribute__((constructor)) static void failalloc_init(void) {
         fail_after = *end == '+';
     }
     count_path = getenv("SDC_FAILALLOC_COUNT");
+    show_stack = getenv("SDC_FAILALLOC_BT") != NULL;
 }
 
 __attribute__((destructor)) static void failalloc_fini(void) {
@@ -83,6 +88,10 @@ static int fails(void *site, const char *what, size_t bytes) {
     int n = snprintf(msg, sizeof msg, "failalloc: allocation %ld (%s of %zu bytes) fails, at offset 0x%lx\n", k,
                      what, bytes, (unsigned long)(a - 1 - exe_base));
     if (write(2, msg, (size_t)n) != n) { /* stderr closed: nothing to do */ }
+    if (show_stack) {
+        void *pcs[32];
+        backtrace_symbols_fd(pcs, backtrace(pcs, 32), 2);
+    }
     errno = ENOMEM;
     return 1;
 }
