@@ -203,7 +203,10 @@ static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, v
     const int res = o->resolution;
     Image im = {0}, out = {0};
     SdcError e2 = {0};
-    if (image_read(&im, path, 3, &e2)) {
+    const int rrc = image_read(&im, path, 3, &e2);
+    if (rrc == SDC_ERR_OOM) // not the image's fault: skipping it would make a smaller dataset silently
+        return sdc_err(err, rrc, "%s", e2.msg);
+    if (rrc) {
         fprintf(stderr, "sdc: skipped %s: %s\n", path, e2.msg);
         return 1;
     }
