@@ -1,7 +1,8 @@
 # Running out of memory (tests/fault/failalloc.sh): failalloc.so, an
 # LD_PRELOAD allocation-failure injector (tests/fault/failalloc.c), fails the
 # allocations of the sdc command one at a time, on generate, an HDF5 sweep,
-# convert and a resumed DreamBooth run; each must end in a named error (or
+# convert, dataset import and a resumed DreamBooth run; each must end in a
+# named error (or
 # work around the failure with the same output), never an abort or a crash,
 # and leave the earlier outputs readable. CI tries 12 spread indices per
 # command plus 5 "all after" runs; tools/failalloc_sweep.sh tries them all.
