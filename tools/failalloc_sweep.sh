@@ -1,6 +1,6 @@
 #!/bin/sh
 # failalloc_sweep.sh: the whole sweep behind the fault_failalloc test. Where
-# CTest fails 12 allocation indices per command (spread over all of them),
+# CTest fails 8 allocation indices per command (spread over all of them),
 # this fails every one: each allocation sdc's own code makes while
 # generating, writing an HDF5 sweep, converting, importing a dataset and
 # training must end in a named error (or be worked around), never in an

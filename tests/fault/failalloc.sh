@@ -26,7 +26,7 @@
 #
 #   tests/fault/failalloc.sh SDC FAILALLOC_SO SRC_ROOT WORK_DIR [PER_COMMAND [COMMANDS]]
 # PER_COMMAND: indices tried per command, spread evenly over 1..N (default
-# 12; 0 = every index: tools/failalloc_sweep.sh). COMMANDS: a subset of
+# 12, CTest 8; 0 = every index: tools/failalloc_sweep.sh). COMMANDS: a subset of
 # "generate sweep convert import train" (default: all).
 
 SDC=$1
