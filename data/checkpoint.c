@@ -227,9 +227,14 @@ static herr_t list_cb(hid_t g, const char *name, const H5L_info_t *info, void *u
         return -1;
     }
     if (x->c->n == x->cap) {
-        x->cap = x->cap ? x->cap * 2 : 256;
-        x->c->t = realloc(x->c->t, (size_t)x->cap * sizeof *x->c->t);
-        SDC_CHECK(x->c->t);
+        int cap = x->cap ? x->cap * 2 : 256;
+        CkptTensor *nt = realloc(x->c->t, (size_t)cap * sizeof *x->c->t);
+        if (!nt) {
+            x->rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory listing its tensors", x->c->path);
+            return -1;
+        }
+        x->c->t = nt;
+        x->cap = cap;
     }
     CkptTensor *ct = &x->c->t[x->c->n];
     memset(ct, 0, sizeof *ct);

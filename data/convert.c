@@ -48,13 +48,24 @@ typedef struct Model {
     int n_st;
     void **owned;
     int n_owned;
+    int oom; // an allocation failed: the model is incomplete (model_oom says so)
 } Model;
+
+// SDC_ERR_OOM when an allocation of m's failed (its lists are incomplete).
+static int model_oom(const Model *m, const char *path, SdcError *err) {
+    return m->oom ? sdc_err(err, SDC_ERR_OOM, "%s: out of memory converting the model", path) : 0;
+}
 
 static void model_add(Model *m, int comp, const char *name, Tensor t) {
     if (m->n == m->cap) {
-        m->cap = m->cap ? m->cap * 2 : 512;
-        m->p = realloc(m->p, (size_t)m->cap * sizeof *m->p);
-        SDC_CHECK(m->p);
+        int cap = m->cap ? m->cap * 2 : 512;
+        Param *np = realloc(m->p, (size_t)cap * sizeof *m->p);
+        if (!np) {
+            m->oom = 1;
+            return;
+        }
+        m->p = np;
+        m->cap = cap;
     }
     Param *p = &m->p[m->n++];
     p->comp = comp;
@@ -62,11 +73,15 @@ static void model_add(Model *m, int comp, const char *name, Tensor t) {
     p->t = t;
 }
 
+// n bytes freed with m; NULL (and m->oom) when out of memory.
 static void *model_own(Model *m, size_t n) {
-    void *b = malloc(n ? n : 1);
-    SDC_CHECK(b);
-    m->owned = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof(void *));
-    SDC_CHECK(m->owned);
+    void **no = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof(void *));
+    if (no) m->owned = no;
+    void *b = no ? malloc(n ? n : 1) : NULL;
+    if (!b) {
+        m->oom = 1;
+        return NULL;
+    }
     m->owned[m->n_owned++] = b;
     return b;
 }
@@ -86,13 +101,14 @@ static void model_free(Model *m) {
 // configs (diffusers / transformers config.json) from a ModelInfo
 
 typedef struct Buf {
-    char *s;
+    char *s; // NULL after an allocation failed
     size_t n, cap;
+    int oom;
 } Buf;
 
 __attribute__((format(printf, 2, 3))) static void bput(Buf *b, const char *fmt, ...) {
     va_list ap;
-    for (;;) {
+    while (!b->oom) {
         va_start(ap, fmt);
         int k = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
         va_end(ap);
@@ -101,8 +117,13 @@ __attribute__((format(printf, 2, 3))) static void bput(Buf *b, const char *fmt, 
             return;
         }
         b->cap = (b->cap + (size_t)k + 256) * 2;
-        b->s = realloc(b->s, b->cap);
-        SDC_CHECK(b->s);
+        char *ns = realloc(b->s, b->cap);
+        if (!ns) {
+            free(b->s);
+            *b = (Buf){.oom = 1};
+            return;
+        }
+        b->s = ns;
     }
 }
 
@@ -174,8 +195,9 @@ static void make_configs(Model *m, const ModelInfo *info, const char *sched_json
     // (as it was), else SD's original one (sched_config_sd), so that
     // diffusers and sdc sample the export as sdc samples the source
     m->scheduler = sched_json ? strdup(sched_json) : sched_config_to_json(&info->sched);
-    SDC_CHECK(m->scheduler);
     m->openclip = info->clip.act == ACT_GELU;
+    for (int c = 0; c < COMP_COUNT; c++) m->oom |= !m->cfg[c];
+    m->oom |= !m->scheduler;
 }
 
 // A string member of a JSON text ("" when absent), into out.
@@ -217,6 +239,7 @@ static void make_model_index(Model *m, int tokenizer) {
          tokenizer ? "[\"transformers\", \"CLIPTokenizer\"]" : "[null, null]");
     free(m->model_index);
     m->model_index = b.s;
+    m->oom |= !b.s;
 }
 
 // The text encoder can take the shipped CLIP vocab's ids (49408 tokens).
@@ -234,7 +257,7 @@ static int load_single(Model *m, const char *path, const ModelInfo *info, SdcErr
     int openclip = 0;
     for (int i = 0; i < f->n && !openclip; i++) openclip = !strncmp(f->entries[i].name, "cond_stage_model.model.", 23);
     NameMap *nm = malloc(sizeof *nm);
-    SDC_CHECK(nm);
+    if (!nm) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory for the name map", path);
     int rc = namemap_init(nm, &info->unet, &info->vae, openclip, err);
     for (int i = 0; !rc && i < f->n; i++) {
         const StEntry *e = &f->entries[i];
@@ -266,13 +289,13 @@ static int load_single(Model *m, const char *path, const ModelInfo *info, SdcErr
     }
     m->openclip = openclip;
     free(nm);
-    return rc;
+    return rc ? rc : model_oom(m, path, err);
 }
 
 // Every tensor of a diffusers folder under its diffusers name, as the model
 // loader reads it (shards, .fp16 files, transformers 5's names without
 // "text_model.", old VAE attention names): views into mf's maps.
-static int load_diffusers(Model *m, const ModelFiles *mf, const char *dir) {
+static int load_diffusers(Model *m, const ModelFiles *mf, const char *dir, SdcError *err) {
     for (int c = 0; c < COMP_COUNT; c++)
         for (int i = 0; i < model_files_count(mf, (Component)c); i++) {
             const char *name;
@@ -284,7 +307,7 @@ static int load_diffusers(Model *m, const ModelFiles *mf, const char *dir) {
             }
             model_add(m, c, name, t);
         }
-    return 0;
+    return model_oom(m, dir, err);
 }
 
 static int load_h5(Model *m, const char *path, SdcError *err) {
@@ -297,9 +320,10 @@ static int load_h5(Model *m, const char *path, SdcError *err) {
         for (int g = 0; g <= COMP_COUNT; g++)
             if (!strcmp(ct->group, GROUP[g])) comp = g;
         void *buf = model_own(m, ct->nbytes);
-        rc = ckpt_read(&c, i, buf, 1, err);
+        rc = buf ? ckpt_read(&c, i, buf, 1, err) : model_oom(m, path, err);
         model_add(m, comp, ct->name, tensor_make(ct->dtype, DEV_CPU, buf, ct->ndim, ct->shape));
     }
+    if (!rc) rc = model_oom(m, path, err);
     for (int k = 0; !rc && k < N_CONV; k++) rc = ckpt_get_attr(&c, GROUP[k], "config", &m->cfg[k], err);
     if (!rc) rc = ckpt_get_attr(&c, "", "model_index", &m->model_index, err);
     if (!rc) rc = ckpt_get_attr(&c, "", "scheduler_config", &m->scheduler, err);
@@ -319,17 +343,22 @@ static int load_h5(Model *m, const char *path, SdcError *err) {
 // ----------------------------------------------------------------------------
 // sinks
 
-// A float tensor in the asked dtype (a converted copy owned by m, or t).
+// A float tensor in the asked dtype (a converted copy owned by m, or t);
+// out of memory: t, with m->oom set (the writers check model_oom).
 static Tensor cast(Model *m, Tensor t, int dtype) {
     if (dtype < 0 || (int)t.dtype == dtype || (t.dtype != DT_F32 && t.dtype != DT_F16 && t.dtype != DT_BF16))
         return t;
     size_t n = (size_t)tensor_numel(&t);
     float *tmp = malloc((n ? n : 1) * sizeof(float));
-    SDC_CHECK(tmp);
-    convert_to_f32(tmp, t.data, t.dtype, n);
     Tensor o = t;
     o.dtype = (DType)dtype;
-    o.data = model_own(m, n * dtype_size(o.dtype));
+    o.data = tmp ? model_own(m, n * dtype_size(o.dtype)) : NULL;
+    if (!o.data) {
+        free(tmp);
+        m->oom = 1;
+        return t;
+    }
+    convert_to_f32(tmp, t.data, t.dtype, n);
     convert_from_f32(o.data, o.dtype, tmp, n);
     free(tmp);
     return o;
@@ -341,7 +370,7 @@ static int write_h5(Model *m, const ConvertOpts *o, SdcError *err) {
     int rc = 0;
     for (int i = 0; i < m->n && !rc; i++) {
         Tensor t = cast(m, m->p[i].t, o->dtype);
-        rc = ckpt_put(&w, GROUP[m->p[i].comp], m->p[i].name, &t, err);
+        rc = m->oom ? model_oom(m, o->output, err) : ckpt_put(&w, GROUP[m->p[i].comp], m->p[i].name, &t, err);
     }
     for (int c = 0; c < N_CONV && !rc; c++) rc = ckpt_set_attr(&w, GROUP[c], "config", m->cfg[c], err);
     if (!rc) rc = ckpt_set_attr(&w, "", "model_index", m->model_index, err);
@@ -394,12 +423,11 @@ static int write_single(Model *m, const ConvertOpts *o, SdcError *err) {
     VaeConfig v;
     structure_from_names(m, &u, &v);
     NameMap *nm = malloc(sizeof *nm);
-    SDC_CHECK(nm);
-    int rc = namemap_init(nm, &u, &v, m->openclip, err);
     const char **names = calloc((size_t)m->n + 1, sizeof(char *));
     Tensor *ts = calloc((size_t)m->n + 1, sizeof(Tensor));
     Fused *fu = calloc((size_t)m->n + 1, sizeof(Fused));
-    SDC_CHECK(names && ts && fu);
+    int rc = !nm || !names || !ts || !fu ? sdc_err(err, SDC_ERR_OOM, "%s: out of memory", o->output)
+                                         : namemap_init(nm, &u, &v, m->openclip, err);
     int n = 0, nf = 0;
     for (int i = 0; i < m->n && !rc; i++) {
         Param *p = &m->p[i];
@@ -422,6 +450,7 @@ static int write_single(Model *m, const ConvertOpts *o, SdcError *err) {
                 fu[f].t = t;
                 fu[f].t.shape[0] = t.shape[0] * 3;
                 fu[f].t.data = model_own(m, tensor_bytes(&fu[f].t));
+                if (!fu[f].t.data) break;
                 nf++;
             }
             size_t bytes = tensor_bytes(&t);
@@ -430,10 +459,11 @@ static int write_single(Model *m, const ConvertOpts *o, SdcError *err) {
             continue;
         }
         if (mp.kind == NM_CONV_TO_LINEAR && t.ndim == 2) t.ndim = 4, t.shape[2] = t.shape[3] = 1;
-        names[n] = model_own(m, strlen(mp.name) + 1);
+        if (m->oom || !(names[n] = model_own(m, strlen(mp.name) + 1))) break;
         strcpy((char *)names[n], mp.name);
         ts[n++] = t;
     }
+    if (!rc) rc = model_oom(m, o->output, err);
     for (int f = 0; f < nf && !rc; f++) {
         if (fu[f].have != 7) rc = sdc_err(err, SDC_ERR_SHAPE, "%s: %s is missing its q, k or v part", o->model, fu[f].name);
         names[n] = fu[f].name, ts[n++] = fu[f].t;
@@ -509,6 +539,7 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     }
     const int has_tok = src_tok || shipped;
     make_model_index(m, has_tok);
+    SDC_TRY(model_oom(m, o->output, err));
     int extras = 0, rc = 0;
     for (int c = 0; c < N_CONV && !rc; c++) {
         snprintf(p, sizeof p, "%s/%s", o->output, GROUP[c]);
@@ -517,9 +548,8 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
         SDC_TRY(write_text(p, m->cfg[c], err));
         const char **names = calloc((size_t)m->n + 1, sizeof(char *));
         Tensor *ts = calloc((size_t)m->n + 1, sizeof(Tensor));
-        SDC_CHECK(names && ts);
         int n = 0;
-        for (int i = 0; i < m->n; i++) {
+        for (int i = 0; names && ts && i < m->n; i++) {
             if (m->p[i].comp == COMP_EXTRA) extras += c == 0;
             if (m->p[i].comp != c) continue;
             names[n] = m->p[i].name;
@@ -527,7 +557,8 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
         }
         snprintf(p, sizeof p, "%s/%s/%s", o->output, GROUP[c], wfile[c]);
         const char *mk[1] = {"format"}, *mv[1] = {"pt"};
-        rc = st_write(p, names, ts, n, mk, mv, 1, err);
+        if (!names || !ts) m->oom = 1;
+        rc = m->oom ? model_oom(m, p, err) : st_write(p, names, ts, n, mk, mv, 1, err);
         free(names);
         free(ts);
     }
@@ -669,7 +700,8 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
             const ModelInfo *info = model_files_info(mf);
             make_configs(&m, info, model_files_scheduler_json(mf));
             make_model_index(&m, clip_vocab_model(&m) || fs_is_dir(o->model));
-            rc = info->layout == LAYOUT_DIFFUSERS ? load_diffusers(&m, mf, o->model)
+            rc = model_oom(&m, o->model, err);
+            if (!rc) rc = info->layout == LAYOUT_DIFFUSERS ? load_diffusers(&m, mf, o->model, err)
                                                   : load_single(&m, o->model, info, err);
         }
     }

@@ -45,15 +45,17 @@ typedef struct Cands {
     int64_t n, cap;
 } Cands;
 
-static void cands_add(Cands *c, const char *p) {
+static int cands_add(Cands *c, const char *p, SdcError *err) {
     if (c->n == c->cap) {
-        c->cap = c->cap ? c->cap * 2 : 64;
-        c->path = realloc(c->path, (size_t)c->cap * sizeof(char *));
-        SDC_CHECK(c->path);
+        int64_t cap = c->cap ? c->cap * 2 : 64;
+        char **np = realloc(c->path, (size_t)cap * sizeof(char *));
+        if (!np) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory listing the images", p);
+        c->path = np;
+        c->cap = cap;
     }
-    c->path[c->n] = strdup(p);
-    SDC_CHECK(c->path[c->n]);
+    if (!(c->path[c->n] = strdup(p))) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory listing the images", p);
     c->n++;
+    return 0;
 }
 
 static void cands_free(Cands *c) {
@@ -73,7 +75,7 @@ static int list_sources(const DatasetImportOpts *o, Cands *c, SdcError *err) {
             return sdc_err(err, SDC_ERR_IO, "%s: no such file or folder ---> pass image folders or JPEG/PNG files",
                            src);
         if (!S_ISDIR(st.st_mode)) {
-            cands_add(c, src);
+            SDC_TRY(cands_add(c, src, err));
             continue;
         }
         DIR *d = opendir(src);
@@ -88,7 +90,10 @@ static int list_sources(const DatasetImportOpts *o, Cands *c, SdcError *err) {
                 closedir(d);
                 return sdc_err(err, SDC_ERR_ARG, "%s/%s: path too long", src, e->d_name);
             }
-            cands_add(c, p);
+            if (cands_add(c, p, err)) {
+                closedir(d);
+                return err->code;
+            }
         }
         closedir(d);
         qsort(c->path + first, (size_t)(c->n - first), sizeof(char *), cmp_str);
@@ -113,7 +118,10 @@ static int read_caption(const char *img, char **out, SdcError *err) {
                        "---> write it, or give one caption for all images with --prompt \"a photo of sks dog\"",
                        img, p);
     char *buf = malloc(65537);
-    SDC_CHECK(buf);
+    if (!buf) {
+        fclose(f);
+        return sdc_err(err, SDC_ERR_OOM, "%s: out of memory reading the caption", p);
+    }
     size_t n = fread(buf, 1, 65537, f);
     fclose(f);
     if (n > 65536) {
@@ -195,7 +203,10 @@ static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, v
     const int res = o->resolution;
     Image im = {0}, out = {0};
     SdcError e2 = {0};
-    if (image_read(&im, path, 3, &e2)) {
+    const int rrc = image_read(&im, path, 3, &e2);
+    if (rrc == SDC_ERR_OOM) // not the image's fault: skipping it would make a smaller dataset silently
+        return sdc_err(err, rrc, "%s", e2.msg);
+    if (rrc) {
         fprintf(stderr, "sdc: skipped %s: %s\n", path, e2.msg);
         return 1;
     }
@@ -226,7 +237,10 @@ static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, v
         int64_t ish[4] = {1, 3, res, res}, lsh[4] = {1, w->lat_c, w->lat_h, w->lat_w};
         size_t nl = (size_t)w->lat_c * w->lat_h * w->lat_w;
         float *mean = o->latents_dtype == DT_F32 ? latent : malloc(nl * sizeof(float));
-        SDC_CHECK(mean);
+        if (!mean) {
+            image_free(&out);
+            return sdc_err(err, SDC_ERR_OOM, "encoding %s: out of memory for its latents", path);
+        }
         rc = image_to_tensor(&out, w->pix, err);
         Tensor ti = tensor_f32(w->pix, 4, ish), tm = tensor_f32(mean, 4, lsh), tl = tensor_f32(w->logv, 4, lsh);
         if (!rc) rc = vae_encode(w->vae, &ti, &tm, &tl, err);
@@ -328,15 +342,13 @@ static int finish_file(const DatasetImportOpts *o, const char *tmp, const Cands 
     hid_t f = -1;
     char **caps = calloc((size_t)n + 1, sizeof(char *));
     const char **srcs = calloc((size_t)n + 1, sizeof(char *));
-    SDC_CHECK(caps && srcs);
     int64_t j = 0;
-    int rc = 0;
+    int rc = caps && srcs ? 0 : sdc_err(err, SDC_ERR_OOM, "%s: out of memory for %lld captions", tmp, (long long)n);
     for (int64_t i = 0; i < c->n && !rc; i++) {
         if (!ok[i]) continue;
         srcs[j] = c->path[i];
         if (o->prompt) {
-            caps[j] = strdup(o->prompt);
-            SDC_CHECK(caps[j]);
+            if (!(caps[j] = strdup(o->prompt))) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory for the captions", tmp);
         } else rc = read_caption(c->path[i], &caps[j], err);
         j++;
     }

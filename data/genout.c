@@ -187,8 +187,11 @@ static int create_file(const char *path, const GenItem *it, int64_t n, int W, in
     int32_t *i32 = calloc((size_t)n + 1, sizeof(int32_t));
     float *f32 = calloc((size_t)n + 1, sizeof(float));
     uint8_t *zero = calloc((size_t)n + 1, 1);
-    SDC_CHECK(s && seed && i32 && f32 && zero);
     int rc = 0;
+    if (!s || !seed || !i32 || !f32 || !zero) {
+        sdc_err(err, SDC_ERR_OOM, "%s: out of memory for %lld items", path, (long long)n);
+        goto fail;
+    }
     H5_TRY(f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), "%s: cannot create ---> is the folder "
            "writable?", tmp);
     {
@@ -305,7 +308,10 @@ static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_
                      "sweep is one model's: pick another --output-h5 or delete it", path, pr[0], model_hash);
     if (rc) goto out;
     seed = malloc((size_t)(n ? n : 1) * 2 * sizeof(int64_t));
-    SDC_CHECK(seed);
+    if (!seed) {
+        rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory for %lld items", path, (long long)n);
+        goto out;
+    }
     int32_t *steps = (int32_t *)(seed + n);
     float *cfg = (float *)(steps + n);
     hsize_t dims[4] = {0};
@@ -375,9 +381,12 @@ int genout_open(GenOut *g, const char *path, const GenItem *items, int64_t n, in
             if (f >= 0) H5Fclose(f);
         }
     }
-    SDC_TRY(h5_par_agree(p, rc, err));
-    g->done_mask = calloc((size_t)n + 1, 1);
-    SDC_CHECK(g->done_mask);
+    g->done_mask = rc ? NULL : calloc((size_t)n + 1, 1);
+    if (!rc && !g->done_mask) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory for %lld done flags", path, (long long)n);
+    if ((rc = h5_par_agree(p, rc, err))) {
+        free(g->done_mask), g->done_mask = NULL;
+        return rc;
+    }
     hid_t fapl = -1;
     H5_TRY(fapl = h5_fapl(p), "%s: access list", path);
     // no data sieve: HDF5 would write a 64 KiB window around each image (its
@@ -407,16 +416,13 @@ int genout_write(GenOut *g, const int64_t *idx, int k, const uint8_t *rgb, SdcEr
     H5_TRY(H5Fflush(g->file, H5F_SCOPE_GLOBAL), "%s: flush (images)", g->path);
     SDC_TRY(h5_write_rows(g->done, H5T_NATIVE_UINT8, &g->par, idx, k, ones, g->path, "done", err));
     H5_TRY(H5Fflush(g->file, H5F_SCOPE_GLOBAL), "%s: flush (done flags)", g->path);
-    // every rank learns which items are now done
-    uint8_t *m = calloc((size_t)g->n + 1, 1);
-    SDC_CHECK(m);
-    for (int j = 0; j < k; j++) m[idx[j]] = 1;
+    // every rank learns which items are now done: the ranks' masks agree
+    // on what was done before, so the maximum of theirs is the union
+    for (int j = 0; j < k; j++) g->done_mask[idx[j]] = 1;
     for (int64_t off = 0; off < g->n; off += 1 << 30) {
         int len = g->n - off < (1 << 30) ? (int)(g->n - off) : 1 << 30;
-        h5_par_max_bytes(&g->par, m + off, len);
+        h5_par_max_bytes(&g->par, g->done_mask + off, len);
     }
-    for (int64_t i = 0; i < g->n; i++) g->done_mask[i] |= m[i];
-    free(m);
     return 0;
 fail:
     return err->code;

@@ -100,19 +100,15 @@ H5Par h5_par_world(void) {
 
 int h5_par_agree(const H5Par *p, int rc, SdcError *err) {
     if (!h5_par_is_mpi(p)) return rc;
-    int *all = malloc((size_t)p->size * sizeof(int));
-    SDC_CHECK(all);
-    int mrc = MPI_Allgather(&rc, 1, MPI_INT, all, 1, MPI_INT, p->comm);
-    if (mrc != MPI_SUCCESS) {
-        free(all);
-        return mpi_fail(err, __FILE__, __LINE__, "MPI_Allgather", mrc, "ranks agreeing on a status");
-    }
-    int root = -1;
-    for (int r = 0; r < p->size && root < 0; r++)
-        if (all[r]) root = r;
-    int out = root < 0 ? 0 : all[root];
-    free(all);
-    if (root >= 0 && err) {
+    // the lowest failing rank is the root; no allocation, so agreeing on an
+    // out-of-memory status cannot itself run out of memory
+    int mine = rc ? p->rank : p->size, root = p->size, out = rc;
+    int mrc = MPI_Allreduce(&mine, &root, 1, MPI_INT, MPI_MIN, p->comm);
+    if (mrc != MPI_SUCCESS) return mpi_fail(err, __FILE__, __LINE__, "MPI_Allreduce", mrc, "ranks agreeing on a status");
+    if (root == p->size) return 0;
+    mrc = MPI_Bcast(&out, 1, MPI_INT, root, p->comm);
+    if (mrc != MPI_SUCCESS) return mpi_fail(err, __FILE__, __LINE__, "MPI_Bcast", mrc, "rank %d's status", root);
+    if (err) {
         int brc = MPI_Bcast(err->msg, (int)sizeof err->msg, MPI_CHAR, root, p->comm);
         if (brc != MPI_SUCCESS) return mpi_fail(err, __FILE__, __LINE__, "MPI_Bcast", brc, "rank %d's error", root);
         err->code = out;
@@ -342,11 +338,17 @@ int h5_attr_get_str(hid_t obj, const char *name, char **out, const char *where, 
     } else { // fixed-length (written by other tools)
         size_t sz = H5Tget_size(ft);
         char *v = calloc(1, sz + 1);
-        SDC_CHECK(v);
-        H5_TRY(H5Aread(a, ft, v), "%s: reading attribute %s", where, name);
+        if (v && H5Aread(a, ft, v) < 0) {
+            free(v);
+            h5_fail(err, __FILE__, __LINE__, "H5Aread", "%s: reading attribute %s", where, name);
+            goto fail;
+        }
         *out = v;
     }
-    SDC_CHECK(*out);
+    if (!*out) {
+        sdc_err(err, SDC_ERR_OOM, "%s: attribute %s: out of memory", where, name);
+        goto fail;
+    }
     if (mt >= 0) H5Tclose(mt);
     H5Tclose(ft);
     H5Aclose(a);
@@ -454,11 +456,14 @@ int h5_read_strings(hid_t loc, const char *name, int64_t expect_n, char ***out, 
     }
     H5_TRY(mt = vlen_utf8(), "%s: string type", where);
     if (dims[0]) H5_TRY(H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw), "%s: reading dataset %s", where, name);
-    for (hsize_t i = 0; i < dims[0]; i++) {
-        v[i] = strdup(raw[i] ? raw[i] : "");
-        SDC_CHECK(v[i]);
-    }
+    int oom = 0;
+    for (hsize_t i = 0; i < dims[0] && !oom; i++) oom = !(v[i] = strdup(raw[i] ? raw[i] : ""));
     if (dims[0]) H5Dvlen_reclaim(mt, sp, H5P_DEFAULT, raw);
+    if (oom) {
+        for (hsize_t i = 0; i < dims[0]; i++) free(v[i]);
+        sdc_err(err, SDC_ERR_OOM, "%s: dataset %s: out of memory", where, name);
+        goto fail;
+    }
     free(raw);
     H5Tclose(mt);
     H5Tclose(ft);

@@ -154,7 +154,7 @@ static int copy_base(CkptWriter *w, const TrainCkptSpec *s, SdcError *err) {
     void *buf = NULL;
     size_t cap = 0;
     int *copied = calloc((size_t)(s->n_frozen > 0 ? s->n_frozen : 1), sizeof(int));
-    SDC_CHECK(copied);
+    if (!copied && !rc) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", s->base);
     for (int i = 0; i < c.n && !rc; i++) {
         const CkptTensor *ct = &c.t[i];
         int f = 0;
@@ -175,7 +175,7 @@ static int copy_base(CkptWriter *w, const TrainCkptSpec *s, SdcError *err) {
         copied[f]++;
     }
     for (int f = 0; f < s->n_frozen && !rc; f++)
-        if (!copied[f])
+        if (copied && !copied[f])
             rc = sdc_err(err, SDC_ERR_FORMAT, "%s: no tensors in /%s to copy into %s\n---> is it the model being "
                          "trained? (make it with sdc convert MODEL -o base.h5)", s->base, s->frozen[f], w->path);
     free(copied);
@@ -212,8 +212,8 @@ static int put_f32(CkptWriter *w, const char *group, const Item *it, float *data
 
 static int write_optimizer(CkptWriter *w, const TrainCkptSpec *s, int attrs, SdcError *err) {
     const AdamW *opt = s->opt;
-    size_t *off = calloc((size_t)opt->n_groups, sizeof(size_t)); // running offset in each group's m / v
-    SDC_CHECK(off);
+    size_t *off = calloc((size_t)opt->n_groups + 1, sizeof(size_t)); // running offset in each group's m / v
+    if (!off) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", w->path);
     int rc = 0;
     char gm[CKPT_GROUP_MAX], gv[CKPT_GROUP_MAX];
     for (int i = 0; i < s->n_comps && !rc; i++) {
@@ -450,8 +450,7 @@ int train_ckpt_load(const char *path, const TrainCkptSpec *s, TrainCkptState *st
     int total = 0;
     for (int i = 0; i < s->n_comps; i++) total += comp_n(&s->comps[i]);
     int *idx = malloc((size_t)(3 * total + 1) * sizeof(int));
-    SDC_CHECK(idx);
-    int rc = check_job(&c, s, err);
+    int rc = idx ? check_job(&c, s, err) : sdc_err(err, SDC_ERR_OOM, "%s: out of memory", path);
     if (!rc) rc = locate_all(&c, s, idx, err);
     int64_t opt_step = 0;
     if (!rc && s->opt) { // the optimizer's step, before any buffer is touched
@@ -466,6 +465,7 @@ int train_ckpt_load(const char *path, const TrainCkptSpec *s, TrainCkptState *st
     if (!rc) rc = read_state(&c, st, err);
     // everything is checked: read (and CRC-check) into the trainer's buffers
     size_t *off = s->opt ? calloc((size_t)s->opt->n_groups + 1, sizeof(size_t)) : NULL;
+    if (!rc && s->opt && !off) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", path);
     int j = 0;
     for (int i = 0; i < s->n_comps && !rc; i++) {
         const TrainCkptComponent *cp = &s->comps[i];
@@ -535,15 +535,31 @@ static int scan_dir(const char *dir, int64_t **steps, int *n, char ***tmps, int 
         int64_t s;
         int tmp;
         if (!parse_name(e->d_name, &s, &tmp)) continue;
+        int oom = 0;
         if (!tmp) {
-            if (*n == cap) *steps = realloc(*steps, (size_t)(cap = cap ? 2 * cap : 16) * sizeof **steps);
-            SDC_CHECK(*steps);
-            (*steps)[(*n)++] = s;
+            if (*n == cap) {
+                int64_t *ns = realloc(*steps, (size_t)(cap ? 2 * cap : 16) * sizeof **steps);
+                if (ns) *steps = ns, cap = cap ? 2 * cap : 16;
+                oom = !ns;
+            }
+            if (!oom) (*steps)[(*n)++] = s;
         } else if (tmps) {
-            if (*n_tmp == cap_t) *tmps = realloc(*tmps, (size_t)(cap_t = cap_t ? 2 * cap_t : 4) * sizeof **tmps);
-            SDC_CHECK(*tmps);
-            (*tmps)[(*n_tmp)++] = strdup(e->d_name);
-            SDC_CHECK((*tmps)[*n_tmp - 1]);
+            if (*n_tmp == cap_t) {
+                char **nt = realloc(*tmps, (size_t)(cap_t ? 2 * cap_t : 4) * sizeof **tmps);
+                if (nt) *tmps = nt, cap_t = cap_t ? 2 * cap_t : 4;
+                oom = !nt;
+            }
+            if (!oom && !((*tmps)[*n_tmp] = strdup(e->d_name))) oom = 1;
+            if (!oom) (*n_tmp)++;
+        }
+        if (oom) {
+            closedir(d);
+            free(*steps), *steps = NULL, *n = 0;
+            if (tmps) {
+                for (int i = 0; i < *n_tmp; i++) free((*tmps)[i]);
+                free(*tmps), *tmps = NULL, *n_tmp = 0;
+            }
+            return sdc_err(err, SDC_ERR_OOM, "%s: out of memory listing the checkpoints", dir);
         }
     }
     closedir(d);

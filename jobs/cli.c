@@ -10,11 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Manifest strings are heap copies so the Job can be freed in one place.
-static char *dup_str(const char *s) {
-    char *d = strdup(s ? s : "");
-    SDC_CHECK(d);
-    return d;
+// Manifest strings are heap copies so the Job can be freed in one place;
+// NULL when out of memory (cli_oom).
+static char *dup_str(const char *s) { return strdup(s ? s : ""); }
+
+static int cli_oom(SdcError *err) {
+    return sdc_err(err, SDC_ERR_OOM, "out of memory while reading the command line ---> free memory on this machine");
 }
 
 static int parse_int(const char *flag, const char *v, long long lo, long long hi, long long *out, SdcError *err) {
@@ -60,7 +61,7 @@ static int parse_outpaint(const char *flag, const char *v, Sdc__Generate *g, Sdc
     }
     free(g->outpaint);
     g->outpaint = malloc(4 * sizeof(int32_t));
-    SDC_CHECK(g->outpaint);
+    if (!g->outpaint) return cli_oom(err);
     for (int k = 0; k < 4; k++) g->outpaint[k] = (int32_t)x[k];
     g->n_outpaint = 4;
     return 0;
@@ -182,13 +183,17 @@ void cli_job_free(Sdc__Job *job) {
 }
 
 // Allocates an empty Job with its sub-messages at their .proto defaults
-// (freed by protobuf_c_message_free_unpacked with the default allocator).
+// (freed by protobuf_c_message_free_unpacked with the default allocator);
+// NULL when out of memory.
 static Sdc__Job *job_new(void) {
     Sdc__Job *job = calloc(1, sizeof *job);
     Sdc__Model *model = calloc(1, sizeof *model);
     Sdc__Runtime *rt = calloc(1, sizeof *rt);
     Sdc__Generate *gen = calloc(1, sizeof *gen);
-    SDC_CHECK(job && model && rt && gen);
+    if (!job || !model || !rt || !gen) {
+        free(job), free(model), free(rt), free(gen);
+        return NULL;
+    }
     sdc__job__init(job);
     sdc__model__init(model);
     sdc__runtime__init(rt);
@@ -199,15 +204,18 @@ static Sdc__Job *job_new(void) {
     return job;
 }
 
-static void set_str(void *msg, const char *field, const char *v) {
-    SDC_CHECK(manifest_set_string(msg, field, v) == 0);
+static int set_str(void *msg, const char *field, const char *v, SdcError *err) {
+    int rc = manifest_set_string(msg, field, v);
+    if (rc == SDC_ERR_OOM) return cli_oom(err);
+    SDC_CHECK(rc == 0); // field names are this file's: a wrong one is a bug
+    return 0;
 }
 
 // A comma-separated flag value: its items (at most 64), each a heap copy.
 static int split_list(const char *flag, const char *v, char ***items, int *n, SdcError *err) {
     *items = NULL, *n = 0;
     char **out = calloc(64, sizeof(char *));
-    SDC_CHECK(out);
+    if (!out) return cli_oom(err);
     const char *p = v;
     for (;;) {
         const char *c = strchr(p, ',');
@@ -219,7 +227,12 @@ static int split_list(const char *flag, const char *v, char ***items, int *n, Sd
                            flag, v);
         }
         out[*n] = strndup(p, len);
-        SDC_CHECK(out[*n]);
+        if (!out[*n]) {
+            for (int i = 0; i < *n; i++) free(out[i]);
+            free(out);
+            *n = 0;
+            return cli_oom(err);
+        }
         (*n)++;
         if (!c) break;
         p = c + 1;
@@ -239,7 +252,7 @@ static int parse_steps_flag(const char *flag, const char *v, Sdc__Generate *g, S
     int n;
     SDC_TRY(split_list(flag, v, &it, &n, err));
     int32_t *x = malloc((size_t)n * sizeof *x);
-    SDC_CHECK(x);
+    if (!x) return free_list(it, n), cli_oom(err);
     int rc = 0;
     for (int i = 0; i < n && !rc; i++) {
         long long ll = 0;
@@ -259,7 +272,7 @@ static int parse_cfg_flag(const char *flag, const char *v, Sdc__Generate *g, Sdc
     int n;
     SDC_TRY(split_list(flag, v, &it, &n, err));
     float *x = malloc((size_t)n * sizeof *x);
-    SDC_CHECK(x);
+    if (!x) return free_list(it, n), cli_oom(err);
     int rc = 0;
     for (int i = 0; i < n && !rc; i++) rc = parse_float(flag, it[i], &x[i], err);
     free_list(it, n);
@@ -326,6 +339,7 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         return sdc_err(err, SDC_ERR_ARG, "unknown command '%s' ---> run 'sdc --help'", argv[1]);
 
     Sdc__Job *job = job_new();
+    if (!job) return cli_oom(err);
     job->task = SDC__TASK__TASK_GENERATE;
     job->has_task = 1;
     Sdc__Generate *g = job->generate;
@@ -345,38 +359,40 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             return 0;
         } else if (FLAG("-m", "--model")) {
             const char *v = VALUE();
-            if (v) set_str(job->model, "path", v);
+            if (v) rc = set_str(job->model, "path", v, err);
         } else if (FLAG(NULL, "--config")) {
             const char *v = VALUE();
-            if (v) set_str(job->model, "config", v);
+            if (v) rc = set_str(job->model, "config", v, err);
         } else if (FLAG(NULL, "--lora")) {
             const char *v = VALUE();
             LoraSpec spec;
             if (v && !(rc = lora_spec_parse(v, &spec, err))) {
                 Sdc__Model *md = job->model;
-                md->lora = realloc(md->lora, (md->n_lora + 1) * sizeof(char *));
-                SDC_CHECK(md->lora);
-                md->lora[md->n_lora++] = dup_str(v);
+                char **l = realloc(md->lora, (md->n_lora + 1) * sizeof(char *));
+                if (l) md->lora = l;
+                if (!l || !(md->lora[md->n_lora] = dup_str(v))) rc = cli_oom(err);
+                else md->n_lora++;
             }
         } else if (FLAG(NULL, "--vae")) {
             const char *v = VALUE();
-            if (v) set_str(job->model, "vae", v);
+            if (v) rc = set_str(job->model, "vae", v, err);
         } else if (FLAG(NULL, "--lora-model-dir")) {
             const char *v = VALUE();
-            if (v) set_str(g, "lora_model_dir", v);
+            if (v) rc = set_str(g, "lora_model_dir", v, err);
         } else if (FLAG(NULL, "--prediction-type")) {
             const char *v = VALUE();
-            if (v) set_str(job->model, "prediction_type", v);
+            if (v) rc = set_str(job->model, "prediction_type", v, err);
         } else if (FLAG("-p", "--prompt")) {
             const char *v = VALUE();
             if (v) {
-                g->prompts = realloc(g->prompts, (g->n_prompts + 1) * sizeof(char *));
-                SDC_CHECK(g->prompts);
-                g->prompts[g->n_prompts++] = dup_str(v);
+                char **l = realloc(g->prompts, (g->n_prompts + 1) * sizeof(char *));
+                if (l) g->prompts = l;
+                if (!l || !(g->prompts[g->n_prompts] = dup_str(v))) rc = cli_oom(err);
+                else g->n_prompts++;
             }
         } else if (FLAG("-n", "--negative-prompt")) {
             const char *v = VALUE();
-            if (v) set_str(g, "negative_prompt", v);
+            if (v) rc = set_str(g, "negative_prompt", v, err);
         } else if (FLAG(NULL, "--steps")) {
             const char *v = VALUE();
             if (v) rc = parse_steps_flag(a, v, g, err);
@@ -388,14 +404,14 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             char **it;
             int n;
             if (v && !(rc = split_list(a, v, &it, &n, err))) {
-                if (n == 1) set_str(g, "sampler", v);
+                if (n == 1) rc = set_str(g, "sampler", v, err);
                 else free_list(g->sweep_sampler, (int)g->n_sweep_sampler), g->sweep_sampler = it,
                      g->n_sweep_sampler = (size_t)n, it = NULL;
                 if (it) free_list(it, n);
             }
         } else if (FLAG(NULL, "--from-file")) {
             const char *v = VALUE();
-            if (v) set_str(g, "prompts_file", v);
+            if (v) rc = set_str(g, "prompts_file", v, err);
         } else if (FLAG(NULL, "--shard")) {
             const char *v = VALUE();
             if (v) rc = parse_shard_flag(a, v, g, err);
@@ -418,23 +434,23 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             if (v && !(rc = parse_int(a, v, 0, 64, &ll, err))) job->model->clip_skip = (int32_t)ll, job->model->has_clip_skip = 1;
         } else if (FLAG("-o", "--output")) {
             const char *v = VALUE();
-            if (v) set_str(g, "output", v);
+            if (v) rc = set_str(g, "output", v, err);
         } else if (FLAG(NULL, "--output-h5")) {
             const char *v = VALUE();
-            if (v) set_str(g, "output_h5", v);
+            if (v) rc = set_str(g, "output_h5", v, err);
         } else if (FLAG("-t", "--threads")) {
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 0, 1024, &ll, err))) job->runtime->threads = (int32_t)ll, job->runtime->has_threads = 1;
         } else if (FLAG(NULL, "--device")) {
             const char *v = VALUE();
-            if (v) set_str(job->runtime, "device", v);
+            if (v) rc = set_str(job->runtime, "device", v, err);
         } else if (FLAG(NULL, "--pipeline-stages")) {
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 1, 64, &ll, err)))
                 job->runtime->pipeline_stages = (int32_t)ll, job->runtime->has_pipeline_stages = 1;
         } else if (FLAG(NULL, "--pipeline-cut")) {
             const char *v = VALUE();
-            if (v) set_str(job->runtime, "pipeline_cut", v);
+            if (v) rc = set_str(job->runtime, "pipeline_cut", v, err);
         } else if (FLAG(NULL, "--micro-batches")) {
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 1, 64, &ll, err)))
@@ -450,10 +466,10 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             }
         } else if (FLAG("-i", "--init-img")) {
             const char *v = VALUE();
-            if (v) set_str(g, "init_image", v);
+            if (v) rc = set_str(g, "init_image", v, err);
         } else if (FLAG(NULL, "--mask")) {
             const char *v = VALUE();
-            if (v) set_str(g, "mask", v);
+            if (v) rc = set_str(g, "mask", v, err);
         } else if (FLAG(NULL, "--strength")) {
             const char *v = VALUE();
             if (v && !(rc = parse_float(a, v, &g->strength, err))) g->has_strength = 1;
@@ -465,7 +481,7 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
             if (v && sched_spacing_parse(v) < 0)
                 rc = sdc_err(err, SDC_ERR_ARG, "--timestep-spacing %s ---> use leading, trailing or linspace", v);
             else if (v)
-                set_str(g, "timestep_spacing", v);
+                rc = set_str(g, "timestep_spacing", v, err);
         } else if (FLAG(NULL, "--karras")) {
             g->karras = 1, g->has_karras = 1;
         } else if (FLAG(NULL, "--batch-size")) {
@@ -567,7 +583,11 @@ static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *
     Sdc__Job *job = job_new();
     Sdc__DatasetImport *di = calloc(1, sizeof *di);
     Sdc__Convert *cv = calloc(1, sizeof *cv);
-    SDC_CHECK(di && cv);
+    if (!job || !di || !cv) {
+        if (job) cli_job_free(job);
+        free(di), free(cv);
+        return cli_oom(err);
+    }
     sdc__dataset_import__init(di);
     sdc__convert__init(cv);
     job->dataset_import = di;
@@ -589,18 +609,18 @@ static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *
             return 0;
         } else if (FLAG("-m", "--model")) {
             const char *v = VALUE();
-            if (v) set_str(job->model, "path", v);
+            if (v) rc = set_str(job->model, "path", v, err);
         } else if (!is_import && FLAG(NULL, "--config")) {
             const char *v = VALUE();
-            if (v) set_str(job->model, "config", v);
+            if (v) rc = set_str(job->model, "config", v, err);
         } else if (FLAG("-o", "--output")) {
             const char *v = VALUE();
-            if (v) set_str(is_import ? (void *)di : (void *)cv, "output", v);
+            if (v) rc = set_str(is_import ? (void *)di : (void *)cv, "output", v, err);
         } else if (!is_import && FLAG(NULL, "--dtype")) {
             const char *v = VALUE();
             if (v && strcmp(v, "f32") && strcmp(v, "f16") && strcmp(v, "bf16"))
                 rc = sdc_err(err, SDC_ERR_ARG, "--dtype: expected f32, f16 or bf16, got '%s'", v);
-            else if (v) set_str(cv, "dtype", v);
+            else if (v) rc = set_str(cv, "dtype", v, err);
         } else if (is_import && FLAG(NULL, "--resolution")) {
             const char *v = VALUE();
             if (v && !(rc = parse_int(a, v, 8, 8192, &ll, err))) di->resolution = (int32_t)ll, di->has_resolution = 1;
@@ -615,20 +635,21 @@ static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *
             if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) di->seed = ll, di->has_seed = 1;
         } else if (is_import && FLAG("-p", "--prompt")) {
             const char *v = VALUE();
-            if (v) set_str(di, "prompt", v);
+            if (v) rc = set_str(di, "prompt", v, err);
         } else if (is_import && FLAG(NULL, "--latents-dtype")) {
             const char *v = VALUE();
             if (v && strcmp(v, "f32") && strcmp(v, "f16"))
                 rc = sdc_err(err, SDC_ERR_ARG, "--latents-dtype: expected f32 or f16, got '%s'", v);
-            else if (v) set_str(di, "latents_dtype", v);
+            else if (v) rc = set_str(di, "latents_dtype", v, err);
         } else if (FLAG(NULL, "--dump-manifest")) {
             opt->dump_manifest = 1;
         } else if (FLAG("-q", "--quiet")) {
             opt->quiet = 1;
         } else if (is_import && a[0] != '-') {
-            di->sources = realloc(di->sources, (di->n_sources + 1) * sizeof(char *));
-            SDC_CHECK(di->sources);
-            di->sources[di->n_sources++] = dup_str(a);
+            char **l = realloc(di->sources, (di->n_sources + 1) * sizeof(char *));
+            if (l) di->sources = l;
+            if (!l || !(di->sources[di->n_sources] = dup_str(a))) rc = cli_oom(err);
+            else di->n_sources++;
         } else {
             rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> %s", a, help);
         }
@@ -698,12 +719,13 @@ static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *op
     if (strcmp(argv[2], "dreambooth"))
         return sdc_err(err, SDC_ERR_ARG, "sdc train: unknown kind '%s' ---> sdc train dreambooth --help", argv[2]);
     Sdc__Job *job = job_new();
+    if (!job) return cli_oom(err);
     job->task = SDC__TASK__TASK_DREAMBOOTH;
     job->has_task = 1;
     sdc__generate__free_unpacked(job->generate, NULL); // a training job has no generate section
     job->generate = NULL;
     Sdc__Dreambooth *d = calloc(1, sizeof *d);
-    SDC_CHECK(d);
+    if (!d) return cli_job_free(job), cli_oom(err);
     sdc__dreambooth__init(d);
     job->dreambooth = d;
     int rc = 0;

@@ -285,12 +285,18 @@ static int read_prompts_file(const char *path, Sweep *sw, SdcError *err) {
         if (sw->n_own == (int64_t)have) {
             have = have ? 2 * have : 64;
             char **o = realloc(sw->own, have * sizeof *o);
+            if (o) sw->own = o;
             int64_t *ln = realloc(sw->own_line, have * sizeof *ln);
-            SDC_CHECK(o && ln);
-            sw->own = o, sw->own_line = ln;
+            if (ln) sw->own_line = ln;
+            if (!o || !ln) {
+                rc = sdc_err(err, SDC_ERR_OOM, "--from-file %s: out of memory at line %lld", path, (long long)lineno);
+                break;
+            }
         }
-        sw->own[sw->n_own] = strdup(line + lead);
-        SDC_CHECK(sw->own[sw->n_own]);
+        if (!(sw->own[sw->n_own] = strdup(line + lead))) {
+            rc = sdc_err(err, SDC_ERR_OOM, "--from-file %s: out of memory at line %lld", path, (long long)lineno);
+            break;
+        }
         sw->own_line[sw->n_own] = lineno;
         sw->n_own++;
     }
@@ -329,8 +335,8 @@ static int parse_prompt_options(char *line, const char *path, int64_t lineno, co
         int bad = !*val;
         if (!bad && !strcasecmp(key, "n")) {
             free(o->negative);
-            o->negative = strdup(val);
-            SDC_CHECK(o->negative);
+            if (!(o->negative = strdup(val)))
+                return sdc_err(err, SDC_ERR_OOM, "--from-file %s: out of memory at line %lld", path, (long long)lineno);
         } else if (!bad && !strcasecmp(key, "d")) {
             long long v = strtoll(val, &e, 10);
             bad = errno || *e || v < 0;
@@ -474,7 +480,8 @@ static int sweep_build(const Sdc__Generate *g, GenMode mode, double strength, in
     sw->prompts = malloc((size_t)sw->n_prompts * sizeof *sw->prompts);
     sw->opts = calloc((size_t)sw->n_prompts, sizeof *sw->opts);
     sw->clean = calloc((size_t)sw->n_prompts, sizeof *sw->clean);
-    SDC_CHECK(sw->prompts && sw->opts && sw->clean);
+    if (!sw->prompts || !sw->opts || !sw->clean)
+        return sdc_err(err, SDC_ERR_OOM, "out of memory for the sweep's %lld prompts", (long long)sw->n_prompts);
     for (int64_t i = 0; i < sw->n_prompts; i++) {
         sw->opts[i].cfg = -1;
         sw->prompts[i] = i < (int64_t)g->n_prompts ? g->prompts[i] : sw->own[i - (int64_t)g->n_prompts];
@@ -486,8 +493,8 @@ static int sweep_build(const Sdc__Generate *g, GenMode mode, double strength, in
         LoraSpec tags[MAX_PROMPT_LORAS];
         int nt = 0;
         SDC_TRY(prompt_lora_tags(sw->prompts[i], g->lora_model_dir, clean, sizeof clean, tags, &nt, err));
-        sw->clean[i] = strdup(clean);
-        SDC_CHECK(sw->clean[i]);
+        if (!(sw->clean[i] = strdup(clean)))
+            return sdc_err(err, SDC_ERR_OOM, "out of memory for the sweep's prompts");
     }
     const int64_t C = g->n_sweep_cfg_scale ? (int64_t)g->n_sweep_cfg_scale : 1;
     const int64_t S = g->n_sweep_sampler ? (int64_t)g->n_sweep_sampler : 1;
@@ -505,7 +512,7 @@ static int sweep_build(const Sdc__Generate *g, GenMode mode, double strength, in
     sw->items = calloc((size_t)m + 1, sizeof *sw->items);
     sw->prompt_of = calloc((size_t)m + 1, sizeof *sw->prompt_of);
     sw->kind = calloc((size_t)m + 1, sizeof *sw->kind);
-    if (!sw->items || !sw->prompt_of || !sw->kind) return sdc_err(err, SDC_ERR_OOM, "a sweep of %lld items", (long long)m);
+    if (!sw->items || !sw->prompt_of || !sw->kind) return sdc_err(err, SDC_ERR_OOM, "out of memory for a sweep of %lld items", (long long)m);
     sw->max_cfg = g->cfg_scale;
     for (int64_t c = 0; c < C; c++)
         if (g->n_sweep_cfg_scale && (c == 0 || g->sweep_cfg_scale[c] > sw->max_cfg)) sw->max_cfg = g->sweep_cfg_scale[c];
@@ -910,6 +917,7 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     // --lora-rank R`) is written out as a LoRA file first (this process's own
     // temporary copy, removed after the load).
     char (*given)[1024] = n_lora ? calloc(n_lora, sizeof *given) : NULL;
+    if (!rc && n_lora && !given) rc = sdc_err(err, SDC_ERR_OOM, "out of memory for the LoRA list");
     int n_tmp = 0;
     for (size_t i = 0; !rc && i < n_lora; i++) {
         if (!fs_ends_with(loras[i].path, ".h5")) continue;

@@ -44,6 +44,10 @@ static int sdc_main(int argc, char **argv) {
     Sdc__Job *job = NULL;
     CliOptions opt;
     int rc = cli_parse(argc, argv, &job, &opt, &err);
+    if (rc == SDC_ERR_OOM) { // not a bad command line
+        fprintf(stderr, "sdc: error: %s\n", err.msg);
+        return 1;
+    }
     if (rc) {
         fprintf(stderr, "sdc: %s\n", err.msg);
         return 2;
@@ -62,7 +66,7 @@ static int sdc_main(int argc, char **argv) {
         return SDC_EXIT_RESUMABLE;
     }
     if (rc) {
-        fprintf(stderr, "sdc: error: %s\n", err.msg);
+        fprintf(stderr, "sdc: error: %s\n", err.msg[0] ? err.msg : sdc_err_name(rc));
         return 1;
     }
     return 0;

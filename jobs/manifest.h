@@ -29,7 +29,8 @@ int manifest_read_file(const char *path, Sdc__Job **out, SdcError *err);
 // set to something other than the default).
 int manifest_field_present(const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *fd);
 // Sets string field `field` of msg to a copy of v, freeing what it held
-// (never the static default). Returns SDC_ERR_INTERNAL for an unknown field.
+// (never the static default). Returns SDC_ERR_INTERNAL for an unknown field,
+// SDC_ERR_OOM when the copy cannot be made (no message: the caller names it).
 int manifest_set_string(ProtobufCMessage *msg, const char *field, const char *v);
 
 // Sets scalar field `field` of msg from its text v ("5e-6", "true", "cosine",

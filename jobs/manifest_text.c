@@ -582,7 +582,7 @@ int manifest_set_string(ProtobufCMessage *msg, const char *field, const char *v)
     if (!fd || fd->type != PROTOBUF_C_TYPE_STRING || fd->label == PROTOBUF_C_LABEL_REPEATED)
         return SDC_ERR_INTERNAL;
     char *copy = strdup(v ? v : "");
-    SDC_CHECK(copy);
+    if (!copy) return SDC_ERR_OOM;
     void *slot = (char *)msg + fd->offset;
     field_clear(fd, slot);
     *(char **)slot = copy;
@@ -594,13 +594,13 @@ int manifest_set_field(ProtobufCMessage *msg, const char *field, const char *v, 
     if (!fd || fd->type == PROTOBUF_C_TYPE_MESSAGE)
         return sdc_err(err, SDC_ERR_INTERNAL, "%s has no scalar field '%s'", msg->descriptor->name, field);
     if (fd->type == PROTOBUF_C_TYPE_STRING && fd->label != PROTOBUF_C_LABEL_REPEATED)
-        return manifest_set_string(msg, field, v);
+        return manifest_set_string(msg, field, v) ? sdc_err(err, SDC_ERR_OOM, "%s: out of memory", field) : 0;
     // One token of the text format: strings quoted by the lexer's rules.
     char *text = NULL;
     if (fd->type == PROTOBUF_C_TYPE_STRING) {
         size_t n = strlen(v);
         text = malloc(4 * n + 3);
-        SDC_CHECK(text);
+        if (!text) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", field);
         char *o = text;
         *o++ = '"';
         for (const char *p = v; *p; p++) {
@@ -611,7 +611,7 @@ int manifest_set_field(ProtobufCMessage *msg, const char *field, const char *v, 
         *o = 0;
     } else {
         text = strdup(v);
-        SDC_CHECK(text);
+        if (!text) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", field);
     }
     char where[160];
     snprintf(where, sizeof where, "value of %s", field);

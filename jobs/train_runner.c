@@ -355,6 +355,31 @@ static int save_checkpoint(TrainRun *r, DbTrainer *t, char *manifest, SdcError *
     return h5_par_agree(&r->par, rc, err);
 }
 
+// After a step failed for want of memory or on the device (err says how),
+// with the trainer back at its last complete step: that step is saved as a
+// checkpoint when no checkpoint holds it yet, so a run that stops this way
+// loses no finished step (as a stop on a signal). err gets what happened to
+// the save; the failure's code is kept.
+static void save_after_failure(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err) {
+    const Sdc__Dreambooth *d = r->job->dreambooth;
+    SdcError e2 = {0};
+    int64_t latest = -1;
+    char path[1200];
+    int rc = h5_par_agree(&r->par, t->updating, &e2); // any rank mid-update: no consistent state
+    if (!rc && t->st.global_step > r->first_step && !train_ckpt_latest(d->output_dir, path, sizeof path, &latest, &e2) &&
+        latest < t->st.global_step) {
+        rc = save_checkpoint(r, t, manifest, &e2);
+        const size_t n = strlen(err->msg);
+        if (!rc)
+            snprintf(err->msg + n, sizeof err->msg - n, "\n---> checkpoint-%lld.h5 (the last complete step) saved in "
+                     "%s: run the same job again with --resume-from-checkpoint latest to go on", (long long)t->st.global_step,
+                     d->output_dir);
+        else
+            snprintf(err->msg + n, sizeof err->msg - n, "\n(step %lld could not be checkpointed either: %.600s)",
+                     (long long)t->st.global_step, e2.msg);
+    }
+}
+
 static int validate(TrainRun *r, DbTrainer *t, SdcError *err) {
     const Sdc__Dreambooth *d = r->job->dreambooth;
     int rc = 0;
@@ -803,6 +828,7 @@ int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         rc = db_train(&t, next, err);
         rc = h5_par_agree(par, rc, err);
         const int stopped = rc == SDC_ERR_STOPPED; // on a signal: checkpoint this step, then stop
+        if (rc == SDC_ERR_OOM || rc == SDC_ERR_DEVICE) save_after_failure(&run, &t, manifest, err);
         if (rc && !stopped) goto done;
         s = t.st.global_step;
         if (stopped || s % d->checkpointing_steps == 0) {

@@ -133,12 +133,12 @@ static void attn_simple_launch(CudaCtx *c, T *out, const T *q, const T *k, const
                                int Lq, int Lk, int H, int D, int causal, float scale_log2) {
     const int nq = AS_WARPS * QPW;
     size_t smem = (size_t)(AS_BK * (D + 1) + AS_BK * D + nq * D) * sizeof(float);
-    CUDA_CHECK(cudaFuncSetAttribute(attn_simple_kernel<T, DPL, QPW>,
+    CUDA_CHECK(c, cudaFuncSetAttribute(attn_simple_kernel<T, DPL, QPW>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid((unsigned)((Lq + nq - 1) / nq), (unsigned)(B * H));
     attn_simple_kernel<T, DPL, QPW><<<grid, AS_WARPS * 32, smem, c->stream>>>(
         out, q, k, v, Lq, Lk, H, D, causal, scale_log2);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 template <typename T>
@@ -300,12 +300,12 @@ template <typename T, int DP>
 static void attn_mma_launch(CudaCtx *c, T *out, const T *q, const T *k, const T *v, int B, int Lq,
                             int Lk, int H, int D, int causal, float scale_log2) {
     size_t smem = attn_mma_smem(DP);
-    CUDA_CHECK(cudaFuncSetAttribute(attn_mma_kernel<T, DP>,
+    CUDA_CHECK(c, cudaFuncSetAttribute(attn_mma_kernel<T, DP>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid((unsigned)((Lq + AM_BQ - 1) / AM_BQ), (unsigned)(B * H));
     attn_mma_kernel<T, DP><<<grid, AM_WARPS * 32, smem, c->stream>>>(out, q, k, v, Lq, Lk, H, D,
                                                                       causal, scale_log2);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 template <typename T>

@@ -377,12 +377,12 @@ template <typename T, int DP>
 static void fa2_launch(CudaCtx *c, T *out, const T *q, const T *k, const T *v, int B, int Lq,
                        int Lk, int H, int D, int causal, float scale_log2, int vec) {
     const size_t smem = Fa2Cfg<DP>::SMEM;
-    CUDA_CHECK(cudaFuncSetAttribute(fa2_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    CUDA_CHECK(c, cudaFuncSetAttribute(fa2_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)smem));
     dim3 grid((unsigned)((Lq + FA2_BQ - 1) / FA2_BQ), (unsigned)(B * H));
     fa2_kernel<T, DP><<<grid, FA2_THREADS, smem, c->stream>>>(out, q, k, v, Lq, Lk, H, D, causal,
                                                               scale_log2, vec);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 template <typename T>

@@ -81,7 +81,7 @@ static float conv_bias_fill(CudaCtx *c, int dt, void *out, const void *b, int64_
         conv_bias_fill_kernel<T><<<cuda_blocks(n, 256), 256, 0, c->stream>>>((T *)out, (const T *)b,
                                                                              OC, P, n);
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
     return 1.f;
 }
 
@@ -107,7 +107,7 @@ extern "C" void cuda_conv2d_im2col(CudaCtx *c, int dt, void *out, const void *x,
     const float beta = conv_bias_fill(c, dt, out, b, N, OC, P), alpha = 1.f;
 
     if (KH == 1 && KW == 1 && stride == 1 && pad == 0) { // col[n] = x[n] (C, P)
-        CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        CUBLAS_CHECK(c, cublasGemmStridedBatchedEx(
             c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, (int)P, OC, (int)K, &alpha, x, t, (int)P,
             (long long)K * P, w, t, (int)K, 0, &beta, out, t, (int)P, (long long)OC * P, N, ct,
             CUBLAS_GEMM_DEFAULT));
@@ -124,8 +124,8 @@ extern "C" void cuda_conv2d_im2col(CudaCtx *c, int dt, void *out, const void *x,
                 im2col_kernel<T><<<cuda_blocks((int64_t)nb * K * P, 256), 256, 0, c->stream>>>(
                     (T *)ws, (const T *)x, n0, nb, C, H, W, KH, KW, stride, pad, (int)OW, 0, P);
             });
-            CUDA_CHECK_LAUNCH();
-            CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+            CUDA_CHECK_LAUNCH(c);
+            CUBLAS_CHECK(c, cublasGemmStridedBatchedEx(
                 c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, (int)P, OC, (int)K, &alpha, ws, t, (int)P,
                 (long long)K * P, w, t, (int)K, 0, &beta, (char *)out + (size_t)n0 * OC * P * es, t,
                 (int)P, (long long)OC * P, nb, ct, CUBLAS_GEMM_DEFAULT));
@@ -141,9 +141,9 @@ extern "C" void cuda_conv2d_im2col(CudaCtx *c, int dt, void *out, const void *x,
                 im2col_kernel<T><<<cuda_blocks(K * pc, 256), 256, 0, c->stream>>>(
                     (T *)ws, (const T *)x, n0, 1, C, H, W, KH, KW, stride, pad, (int)OW, p0, pc);
             });
-            CUDA_CHECK_LAUNCH();
+            CUDA_CHECK_LAUNCH(c);
             // out[n0][:, p0:p0+pc]: column-major (pc x OC) with ldc = P
-            CUBLAS_CHECK(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, (int)pc, OC, (int)K,
+            CUBLAS_CHECK(c, cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, (int)pc, OC, (int)K,
                                       &alpha, ws, t, (int)pc, w, t, (int)K, &beta,
                                       (char *)out + ((size_t)n0 * OC * P + p0) * es, t, (int)P, ct,
                                       CUBLAS_GEMM_DEFAULT));
@@ -190,7 +190,10 @@ struct CudaConvCache {
 static struct CudaConvCache *conv_cache(CudaCtx *c) {
     if (!c->conv_cache) {
         c->conv_cache = (struct CudaConvCache *)calloc(1, sizeof *c->conv_cache);
-        CUDA_REQUIRE(c->conv_cache != NULL);
+        if (!c->conv_cache) {
+            cuda_fault(c, CUDA_ERR_OOM, "out of host memory for the cuDNN plan table");
+            return NULL;
+        }
         c->conv_cache->last.algo = c->conv_cache->last.preferred_algo = -1;
     }
     return c->conv_cache;
@@ -201,10 +204,10 @@ void cuda_conv_cache_destroy(CudaCtx *c) {
     if (!cc) return;
     for (int i = 0; i < CONV_PLANS; i++) {
         ConvPlan *p = &cc->p[i];
-        if (p->xd) CUDNN_CHECK(cudnnDestroyTensorDescriptor(p->xd));
-        if (p->yd) CUDNN_CHECK(cudnnDestroyTensorDescriptor(p->yd));
-        if (p->wd) CUDNN_CHECK(cudnnDestroyFilterDescriptor(p->wd));
-        if (p->cd) CUDNN_CHECK(cudnnDestroyConvolutionDescriptor(p->cd));
+        if (p->xd) CUDNN_CHECK(c, cudnnDestroyTensorDescriptor(p->xd));
+        if (p->yd) CUDNN_CHECK(c, cudnnDestroyTensorDescriptor(p->yd));
+        if (p->wd) CUDNN_CHECK(c, cudnnDestroyFilterDescriptor(p->wd));
+        if (p->cd) CUDNN_CHECK(c, cudnnDestroyConvolutionDescriptor(p->cd));
     }
     free(cc);
     c->conv_cache = NULL;
@@ -223,8 +226,8 @@ extern "C" const char *cuda_conv_algo_name(int algo) {
 
 // A query whose failure only means "not for this shape": NOT_SUPPORTED and
 // BAD_PARAM (a shape outside cuDNN's limits) send the shape to im2col with
-// one line on stderr; anything else (a missing cuDNN sub-library, ...) is
-// fatal like CUDNN_CHECK.
+// one line on stderr; anything else (a missing cuDNN sub-library, no memory,
+// ...) is recorded like CUDNN_CHECK, and the shape goes to im2col too.
 #define CUDNN_SOFT(call, p)                                                                   \
     do {                                                                                      \
         cudnnStatus_t s_ = (call);                                                            \
@@ -237,10 +240,11 @@ extern "C" const char *cuda_conv_algo_name(int algo) {
             return;                                                                           \
         }                                                                                     \
         if (s_ != CUDNN_STATUS_SUCCESS) {                                                     \
-            fprintf(stderr, "sdc: cuDNN error at %s:%d (%s): %s ---> unset SDC_CUDA_CONV "     \
-                            "to use the im2col convolution\n",                                 \
-                    __FILE__, __LINE__, #call, cudnnGetErrorString(s_));                      \
-            abort();                                                                          \
+            cuda_fault(c, s_ == CUDNN_STATUS_ALLOC_FAILED ? CUDA_ERR_OOM : CUDA_ERR_LIB,       \
+                       "cuDNN error at %s:%d (%s): %s", __FILE__, __LINE__, #call,            \
+                       cudnnGetErrorString(s_));                                              \
+            (p)->supported = 0;                                                               \
+            return;                                                                           \
         }                                                                                     \
     } while (0)
 
@@ -271,10 +275,10 @@ static void conv_plan_make(CudaCtx *c, cudnnHandle_t h, ConvPlan *p, const void 
         p->supported = 0;
         return;
     }
-    if (!p->xd) CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->xd));
-    if (!p->yd) CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->yd));
-    if (!p->wd) CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->wd));
-    if (!p->cd) CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p->cd));
+    if (!p->xd) CUDNN_CHECK(c, cudnnCreateTensorDescriptor(&p->xd));
+    if (!p->yd) CUDNN_CHECK(c, cudnnCreateTensorDescriptor(&p->yd));
+    if (!p->wd) CUDNN_CHECK(c, cudnnCreateFilterDescriptor(&p->wd));
+    if (!p->cd) CUDNN_CHECK(c, cudnnCreateConvolutionDescriptor(&p->cd));
     const cudnnDataType_t t = conv_cudnn_type(p->dt);
     CUDNN_SOFT(cudnnSetTensor4dDescriptor(p->xd, CUDNN_TENSOR_NCHW, t, p->N, p->C, p->H, p->W), p);
     CUDNN_SOFT(cudnnSetTensor4dDescriptor(p->yd, CUDNN_TENSOR_NCHW, t, p->N, p->OC, OH, OW), p);
@@ -309,10 +313,9 @@ static void conv_plan_make(CudaCtx *c, cudnnHandle_t h, ConvPlan *p, const void 
                                                                   perf[i].algo, &need);
         if (s == CUDNN_STATUS_NOT_SUPPORTED || s == CUDNN_STATUS_BAD_PARAM) continue;
         if (s != CUDNN_STATUS_SUCCESS) {
-            fprintf(stderr, "sdc: cuDNN error at %s:%d (cudnnGetConvolutionForwardWorkspaceSize): "
-                            "%s ---> unset SDC_CUDA_CONV to use the im2col convolution\n",
-                    __FILE__, __LINE__, cudnnGetErrorString(s));
-            abort();
+            CUDNN_CHECK(c, s); // cudnnGetConvolutionForwardWorkspaceSize
+            p->supported = 0;
+            return;
         }
         if (p->pref_algo < 0) {
             p->pref_algo = (int)perf[i].algo;
@@ -370,6 +373,7 @@ extern "C" int cuda_conv2d_cudnn(CudaCtx *c, int dt, void *out, const void *x, c
     const int64_t OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
     CUDA_REQUIRE(N > 0 && C > 0 && OC > 0 && OH > 0 && OW > 0 && stride > 0 && pad >= 0);
     struct CudaConvCache *cc = conv_cache(c);
+    if (!cc) return CUDA_CONV_IM2COL; // recorded: out of host memory
     cudnnHandle_t h = cuda_ctx_cudnn(c);
     ConvPlan *p = h ? conv_plan_get(c, h, dt, N, C, H, W, OC, KH, KW, stride, pad, x, w, out, ws,
                                     ws ? ws_bytes : 0)
@@ -404,12 +408,10 @@ extern "C" int cuda_conv2d_cudnn(CudaCtx *c, int dt, void *out, const void *x, c
         cuda_conv2d_im2col(c, dt, out, x, w, b, N, C, H, W, OC, KH, KW, stride, pad, ws, ws_bytes);
         return CUDA_CONV_IM2COL;
     }
-    if (s != CUDNN_STATUS_SUCCESS) {
-        fprintf(stderr, "sdc: cuDNN error at %s:%d (cudnnConvolutionForward, %s): %s ---> unset "
-                        "SDC_CUDA_CONV to use the im2col convolution\n",
-                __FILE__, __LINE__, cuda_conv_algo_name((int)p->algo), cudnnGetErrorString(s));
-        abort();
-    }
+    if (s != CUDNN_STATUS_SUCCESS)
+        cuda_fault(c, s == CUDNN_STATUS_ALLOC_FAILED ? CUDA_ERR_OOM : CUDA_ERR_LIB,
+                   "cuDNN error at %s:%d (cudnnConvolutionForward, %s): %s (unset SDC_CUDA_CONV to use the im2col "
+                   "convolution)", __FILE__, __LINE__, cuda_conv_algo_name((int)p->algo), cudnnGetErrorString(s));
     return CUDA_CONV_CUDNN;
 }
 
@@ -423,7 +425,7 @@ extern "C" void cuda_conv2d_cudnn_last(const CudaCtx *c, CudaConvChoice *out) {
 }
 
 extern "C" void cuda_conv2d_cudnn_simulate_unsupported(CudaCtx *c, int on) {
-    conv_cache(c)->simulate_unsupported = on;
+    if (conv_cache(c)) c->conv_cache->simulate_unsupported = on;
 }
 
 // ---- entry point ----------------------------------------------------------------

@@ -34,46 +34,51 @@ struct CudaCtx {
     struct CudaConvCache *conv_cache; // per-shape cuDNN plans (conv_cuda.cu), NULL until used
     int gn_fast;                      // SDC_CUDA_GN=fast at create: cuda_group_norm_fast
     signed char gn_cluster_ok[3][2][4]; // (dtype, vector, log2 cluster): 0 unknown, 1 ok, -1 no
+    int fault;           // CUDA_ERR_* of the first failed call inside an op since the last
+    char fault_msg[512]; // cuda_ctx_take_fault (0: none), and its message
 };
 
 #define CUDA_CUBLAS_WS (32u << 20)
 #define CUDA_SCRATCH_BYTES (4u << 20)
 
-// A failed call inside an op: print where and why, then abort (see ops_cuda.h
-// for why ops do not return errors).
-#define CUDA_CHECK(call)                                                                   \
-    do {                                                                                   \
-        cudaError_t e_ = (call);                                                           \
-        if (e_ != cudaSuccess) {                                                           \
-            fprintf(stderr, "sdc: CUDA error at %s:%d (%s): %s: %s\n", __FILE__, __LINE__, \
-                    #call, cudaGetErrorName(e_), cudaGetErrorString(e_));                  \
-            abort();                                                                       \
-        }                                                                                  \
+// Records a failure inside an op in c (the first one since the last
+// cuda_ctx_take_fault is kept; see ops_cuda.h, "Errors"): code CUDA_ERR_*,
+// the message names the call site and the library's own words.
+void cuda_fault(CudaCtx *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+// A failed call inside an op is recorded in the context c, never an abort:
+// the op's output is then undefined and the backend skips the ops after it
+// until the model entry point returns the failure (backend.h: status).
+// Out of memory (a workspace cuBLAS / cuDNN could not get) is CUDA_ERR_OOM.
+#define CUDA_CHECK(c, call)                                                                   \
+    do {                                                                                      \
+        cudaError_t e_ = (call);                                                              \
+        if (e_ != cudaSuccess)                                                                \
+            cuda_fault((c), e_ == cudaErrorMemoryAllocation ? CUDA_ERR_OOM : CUDA_ERR_LAUNCH,  \
+                       "CUDA error at %s:%d (%s): %s: %s", __FILE__, __LINE__, #call,          \
+                       cudaGetErrorName(e_), cudaGetErrorString(e_));                         \
     } while (0)
 
-#define CUBLAS_CHECK(call)                                                                   \
-    do {                                                                                     \
-        cublasStatus_t s_ = (call);                                                          \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                   \
-            fprintf(stderr, "sdc: cuBLAS error at %s:%d (%s): %s: %s\n", __FILE__, __LINE__, \
-                    #call, cublasGetStatusName(s_), cublasGetStatusString(s_));              \
-            abort();                                                                         \
-        }                                                                                    \
+#define CUBLAS_CHECK(c, call)                                                                 \
+    do {                                                                                      \
+        cublasStatus_t s_ = (call);                                                           \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                      \
+            cuda_fault((c), s_ == CUBLAS_STATUS_ALLOC_FAILED ? CUDA_ERR_OOM : CUDA_ERR_LIB,   \
+                       "cuBLAS error at %s:%d (%s): %s: %s", __FILE__, __LINE__, #call,        \
+                       cublasGetStatusName(s_), cublasGetStatusString(s_));                   \
     } while (0)
 
-#define CUDNN_CHECK(call)                                                                 \
-    do {                                                                                  \
-        cudnnStatus_t s_ = (call);                                                        \
-        if (s_ != CUDNN_STATUS_SUCCESS) {                                                 \
-            fprintf(stderr, "sdc: cuDNN error at %s:%d (%s): %s ---> unset SDC_CUDA_CONV "  \
-                            "to use the im2col convolution\n",                             \
-                    __FILE__, __LINE__, #call, cudnnGetErrorString(s_));                  \
-            abort();                                                                      \
-        }                                                                                 \
+#define CUDNN_CHECK(c, call)                                                                  \
+    do {                                                                                      \
+        cudnnStatus_t s_ = (call);                                                            \
+        if (s_ != CUDNN_STATUS_SUCCESS)                                                       \
+            cuda_fault((c), s_ == CUDNN_STATUS_ALLOC_FAILED ? CUDA_ERR_OOM : CUDA_ERR_LIB,    \
+                       "cuDNN error at %s:%d (%s): %s (unset SDC_CUDA_CONV to use the im2col " \
+                       "convolution)", __FILE__, __LINE__, #call, cudnnGetErrorString(s_));   \
     } while (0)
 
 // After every kernel launch: a bad launch configuration shows here, at its site.
-#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+#define CUDA_CHECK_LAUNCH(c) CUDA_CHECK(c, cudaGetLastError())
 
 // An argument no caller should pass (a bug in sdc, like SDC_CHECK).
 #define CUDA_REQUIRE(cond)                                                                 \

@@ -1,10 +1,11 @@
 // cuda_ctx.cu: device discovery, the CudaCtx (stream, cuBLAS handle,
 // workspace, scratch, the lazily made cuDNN handle, the kernel choices read
 // from the environment once) and memory moves. Setup failures come back as a code
-// and a message with a hint; nothing here aborts except a failed copy, which
-// means the context is already broken.
+// and a message with a hint; a failed call later (a copy, a launch) is
+// recorded in the context (cuda_fault) and taken by the backend's status.
 #include "cuda_common.cuh"
 
+#include <stdarg.h>
 #include <string.h>
 
 #ifndef SDC_CUDA_ARCHS
@@ -136,7 +137,7 @@ extern "C" void cuda_ctx_destroy(CudaCtx *c) {
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
     cuda_conv_cache_destroy(c);
-    if (c->cudnn_state == 1) CUDNN_CHECK(cudnnDestroy(c->cudnn));
+    if (c->cudnn_state == 1) CUDNN_CHECK(c, cudnnDestroy(c->cudnn));
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->cublas_ws) cudaFree(c->cublas_ws);
     if (c->scratch) cudaFree(c->scratch);
@@ -150,6 +151,26 @@ extern "C" void cuda_ctx_describe(const CudaCtx *c, char *buf, size_t n) {
 }
 
 extern "C" void cuda_ctx_set_tf32(CudaCtx *c, int allow_tf32) { c->allow_tf32 = allow_tf32; }
+
+void cuda_fault(CudaCtx *c, int code, const char *fmt, ...) {
+    if (c->fault) return; // the first failure is the cause; later ones follow from it
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->fault_msg, sizeof c->fault_msg, fmt, ap);
+    va_end(ap);
+    c->fault = code;
+}
+
+extern "C" int cuda_ctx_take_fault(CudaCtx *c, char *msg, size_t msg_n) {
+    const int code = c->fault;
+    if (code && msg_n) snprintf(msg, msg_n, "%s", c->fault_msg);
+    c->fault = 0;
+    c->fault_msg[0] = 0;
+    if (code == CUDA_ERR_OOM) cudaGetLastError(); // not sticky: clear it for the calls after
+    return code;
+}
+
+extern "C" int cuda_ctx_faulted(const CudaCtx *c) { return c->fault != 0; }
 
 extern "C" void cuda_ctx_set_conv_algo(CudaCtx *c, int algo) {
     CUDA_REQUIRE(algo == CUDA_CONV_IM2COL || algo == CUDA_CONV_CUDNN || algo == CUDA_CONV_CUDNN_FIND);
@@ -182,32 +203,32 @@ cudnnHandle_t cuda_ctx_cudnn(CudaCtx *c) {
 
 extern "C" void *cuda_malloc(CudaCtx *c, size_t bytes) {
     void *p = NULL;
-    CUDA_CHECK(cudaSetDevice(c->device));
+    CUDA_CHECK(c, cudaSetDevice(c->device));
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
     if (e == cudaErrorMemoryAllocation) {
         cudaGetLastError(); // OOM is not sticky; clear it for later checks
         return NULL;
     }
-    CUDA_CHECK(e);
+    CUDA_CHECK(c, e);
     return p;
 }
 
 extern "C" void cuda_free(CudaCtx *c, void *p) {
     if (!p) return;
     // Ops in flight may still use p: cudaFree synchronises the device.
-    CUDA_CHECK(cudaFree(p));
+    CUDA_CHECK(c, cudaFree(p));
 }
 
 extern "C" void cuda_upload(CudaCtx *c, void *dst, const void *host_src, size_t bytes) {
     if (!bytes) return;
-    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(c, cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
 }
 
 extern "C" void cuda_download(CudaCtx *c, void *host_dst, const void *src, size_t bytes) {
     if (!bytes) return;
-    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(c, cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
 }
 
 extern "C" int cuda_mem_info(CudaCtx *c, size_t *free_bytes, size_t *total_bytes) {
@@ -217,12 +238,12 @@ extern "C" int cuda_mem_info(CudaCtx *c, size_t *free_bytes, size_t *total_bytes
 
 extern "C" void cuda_memset_async(CudaCtx *c, void *dst, int byte, size_t bytes) {
     if (!bytes) return;
-    CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, c->stream));
+    CUDA_CHECK(c, cudaMemsetAsync(dst, byte, bytes, c->stream));
 }
 
 extern "C" void cuda_copy_bytes(CudaCtx *c, void *dst, const void *src, size_t bytes) {
     if (!bytes || dst == src) return;
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+    CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
 }
 
-extern "C" void cuda_ctx_sync(CudaCtx *c) { CUDA_CHECK(cudaStreamSynchronize(c->stream)); }
+extern "C" void cuda_ctx_sync(CudaCtx *c) { CUDA_CHECK(c, cudaStreamSynchronize(c->stream)); }

@@ -37,7 +37,7 @@ extern "C" void cuda_activation(CudaCtx *c, int dt, int act, void *out, const vo
         default: CUDA_REQUIRE(!"unknown activation");
         }
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 // x (rows, 2F) -> out (rows, F)
@@ -55,7 +55,7 @@ extern "C" void cuda_geglu(CudaCtx *c, int dt, void *out, const void *x, int64_t
     CUDA_DISPATCH(dt, {
         geglu_kernel<T><<<cuda_blocks(rows * F, 256), 256, 0, c->stream>>>((T *)out, (const T *)x, rows, F);
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 // ---- add, scale, channel bias -----------------------------------------------------
@@ -85,7 +85,7 @@ extern "C" void cuda_add(CudaCtx *c, int dt, void *out, const void *a, const voi
     CUDA_DISPATCH(dt, {
         add_kernel<T><<<cuda_blocks(n, 256), 256, 0, c->stream>>>((T *)out, (const T *)a, (const T *)b, n);
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 extern "C" void cuda_scale(CudaCtx *c, int dt, void *out, const void *x, float s, int64_t n) {
@@ -93,7 +93,7 @@ extern "C" void cuda_scale(CudaCtx *c, int dt, void *out, const void *x, float s
     CUDA_DISPATCH(dt, {
         scale_kernel<T><<<cuda_blocks(n, 256), 256, 0, c->stream>>>((T *)out, (const T *)x, s, n);
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 extern "C" void cuda_add_channel_bias(CudaCtx *c, int dt, void *out, const void *x, const void *bias,
@@ -106,7 +106,7 @@ extern "C" void cuda_add_channel_bias(CudaCtx *c, int dt, void *out, const void 
         channel_bias_kernel<T><<<dim3((unsigned)NC, (unsigned)cy), 256, 0, c->stream>>>(
             (T *)out, (const T *)x, (const T *)bias, S);
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 // ---- layout ------------------------------------------------------------------------
@@ -130,7 +130,7 @@ extern "C" void cuda_upsample_nearest2x(CudaCtx *c, int dt, void *out, const voi
         upsample2x_kernel<T><<<cuda_blocks(n, 256), 256, 0, c->stream>>>((T *)out, (const T *)x, NC, H, W, OH,
                                                                          OW);
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 // Concat is two strided 2D copies: per sample, a's block then b's block.
@@ -139,10 +139,10 @@ extern "C" void cuda_concat_channels(CudaCtx *c, int dt, void *out, const void *
     size_t es = dt == CDT_F32 ? 4 : 2;
     size_t pitch = (size_t)(a_per_n + b_per_n) * es;
     if (a_per_n > 0)
-        CUDA_CHECK(cudaMemcpy2DAsync(out, pitch, a, (size_t)a_per_n * es, (size_t)a_per_n * es,
+        CUDA_CHECK(c, cudaMemcpy2DAsync(out, pitch, a, (size_t)a_per_n * es, (size_t)a_per_n * es,
                                      (size_t)N, cudaMemcpyDeviceToDevice, c->stream));
     if (b_per_n > 0)
-        CUDA_CHECK(cudaMemcpy2DAsync((char *)out + (size_t)a_per_n * es, pitch, b, (size_t)b_per_n * es,
+        CUDA_CHECK(c, cudaMemcpy2DAsync((char *)out + (size_t)a_per_n * es, pitch, b, (size_t)b_per_n * es,
                                      (size_t)b_per_n * es, (size_t)N, cudaMemcpyDeviceToDevice,
                                      c->stream));
 }
@@ -177,7 +177,7 @@ extern "C" void cuda_transpose(CudaCtx *c, int dt, void *out, const void *x, int
         transpose_kernel<float><<<grid, dim3(32, 8), 0, c->stream>>>((float *)out, (const float *)x, R, Cc);
     else
         transpose_kernel<uint16_t><<<grid, dim3(32, 8), 0, c->stream>>>((uint16_t *)out, (const uint16_t *)x, R, Cc);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 template <typename TO, typename TI>
@@ -190,7 +190,7 @@ extern "C" void cuda_convert(CudaCtx *c, void *out, int dst_dt, const void *x, i
     if (dst_dt == src_dt) {
         size_t es = dst_dt == CDT_F32 ? 4 : 2;
         if (out != x)
-            CUDA_CHECK(cudaMemcpyAsync(out, x, (size_t)n * es, cudaMemcpyDeviceToDevice, c->stream));
+            CUDA_CHECK(c, cudaMemcpyAsync(out, x, (size_t)n * es, cudaMemcpyDeviceToDevice, c->stream));
         return;
     }
     unsigned nb = cuda_blocks(n, 256);
@@ -200,7 +200,7 @@ extern "C" void cuda_convert(CudaCtx *c, void *out, int dst_dt, const void *x, i
             convert_kernel<TO, T><<<nb, 256, 0, c->stream>>>((TO *)out, (const T *)x, n);
         });
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 // ---- embeddings ------------------------------------------------------------------
@@ -222,7 +222,7 @@ extern "C" void cuda_embedding(CudaCtx *c, int dt, void *out, const int32_t *ids
         embedding_kernel<T><<<cuda_blocks(n_ids * D, 256), 256, 0, c->stream>>>(
             (T *)out, ids, (const T *)table, n_ids, V, D);
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 // t (N) -> out (N, dim). torch does this in fp32: freq = exp(-ln(1e4) * i /
@@ -255,11 +255,11 @@ extern "C" void cuda_timestep_embedding(CudaCtx *c, int dt, void *out, const flo
     CUDA_REQUIRE(N * sizeof(float) <= CUDA_SCRATCH_BYTES);
     // The scratch is reused by the next op on the same stream only after this
     // kernel ran, so the async copy is safe; pageable host memory is staged.
-    CUDA_CHECK(cudaMemcpyAsync(c->scratch, timesteps_host, N * sizeof(float), cudaMemcpyHostToDevice,
+    CUDA_CHECK(c, cudaMemcpyAsync(c->scratch, timesteps_host, N * sizeof(float), cudaMemcpyHostToDevice,
                                c->stream));
     CUDA_DISPATCH(dt, {
         timestep_kernel<T><<<cuda_blocks(N * dim, 256), 256, 0, c->stream>>>(
             (T *)out, c->scratch, N, dim, flip_sin_to_cos, freq_shift);
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }

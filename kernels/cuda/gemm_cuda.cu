@@ -38,7 +38,7 @@ extern "C" void cuda_linear(CudaCtx *c, int dt, void *out, const void *x, const 
     cudaDataType_t t = cuda_type(dt);
     cublasComputeType_t ct = CUBLAS_COMPUTE_32F;
     if (dt == CDT_F32 && c->allow_tf32) ct = CUBLAS_COMPUTE_32F_FAST_TF32;
-    CUBLAS_CHECK(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha,
+    CUBLAS_CHECK(c, cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha,
                               w, t, (int)K, x, t, (int)K, &beta, out, t, (int)N, ct,
                               CUBLAS_GEMM_DEFAULT));
     if (b) {
@@ -46,6 +46,6 @@ extern "C" void cuda_linear(CudaCtx *c, int dt, void *out, const void *x, const 
             bias_rows_kernel<T><<<cuda_blocks(M * N, 256), 256, 0, c->stream>>>(
                 (T *)out, (const T *)b, M, N);
         });
-        CUDA_CHECK_LAUNCH();
+        CUDA_CHECK_LAUNCH(c);
     }
 }

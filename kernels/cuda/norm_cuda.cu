@@ -101,11 +101,11 @@ extern "C" void cuda_group_norm_chunked(CudaCtx *c, int dt, void *out, const voi
     CUDA_DISPATCH(dt, {
         gn_stats_kernel<T><<<dim3((unsigned)P, (unsigned)NG), 256, 0, c->stream>>>(
             c->scratch, (const T *)x, L, (int)P);
-        CUDA_CHECK_LAUNCH();
+        CUDA_CHECK_LAUNCH(c);
         gn_apply_kernel<T><<<dim3((unsigned)(N * C), (unsigned)chunks_s), 256, 0, c->stream>>>(
             (T *)out, (const T *)x, c->scratch, (const T *)gamma, (const T *)beta, C, S, groups,
             (int)P, eps, silu);
-        CUDA_CHECK_LAUNCH();
+        CUDA_CHECK_LAUNCH(c);
     });
 }
 
@@ -327,7 +327,7 @@ static void gn_fast_launch(CudaCtx *c, int dt, T *out, const T *x, const T *gamm
             attr.val.clusterDim.z = 1;
             cfg.attrs = &attr;
             cfg.numAttrs = 1;
-            CUDA_CHECK(cudaLaunchKernelEx(&cfg, gn_fast_kernel<T, VEC, true>, out, (float *)NULL, x,
+            CUDA_CHECK(c, cudaLaunchKernelEx(&cfg, gn_fast_kernel<T, VEC, true>, out, (float *)NULL, x,
                                           gamma, beta, L, S, Cg, G, p2, eps, silu));
             return;
         }
@@ -336,12 +336,12 @@ static void gn_fast_launch(CudaCtx *c, int dt, T *out, const T *x, const T *gamm
     CUDA_REQUIRE(NG * P * 2 * sizeof(float) <= CUDA_SCRATCH_BYTES); // the caller made sure
     gn_fast_kernel<T, VEC, false><<<(unsigned)(NG * P), GN_THREADS, 0, c->stream>>>(
         (T *)NULL, c->scratch, x, gamma, beta, L, S, Cg, G, (int)P, eps, silu);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
     int64_t chunks_s = (S / VEC + 4 * 256 - 1) / (4 * 256); // ~4 vectors per thread
     if (chunks_s > 65535) chunks_s = 65535;
     gn_fast_apply_kernel<T, VEC><<<dim3((unsigned)(N * C), (unsigned)chunks_s), 256, 0, c->stream>>>(
         out, x, c->scratch, gamma, beta, C, S, G, (int)P, eps, silu);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 extern "C" void cuda_group_norm_fast(CudaCtx *c, int dt, void *out, const void *x,
@@ -413,7 +413,7 @@ extern "C" void cuda_layer_norm(CudaCtx *c, int dt, void *out, const void *x, co
                                                             (const T *)gamma, (const T *)beta,
                                                             rows, D, eps);
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }
 
 // ---- softmax ----------------------------------------------------------------------
@@ -440,5 +440,5 @@ extern "C" void cuda_softmax(CudaCtx *c, int dt, void *out, const void *x, int64
     CUDA_DISPATCH(dt, {
         softmax_kernel<T><<<blocks, 256, 0, c->stream>>>((T *)out, (const T *)x, rows, D);
     });
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK_LAUNCH(c);
 }

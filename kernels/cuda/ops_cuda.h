@@ -11,11 +11,16 @@
 //
 // Errors. Setup calls (cuda_device_count, cuda_ctx_create) return 0 or a
 // CUDA_ERR_* code and write a message ending in a hint into msg. Ops return
-// void (the Backend table is void): a failed CUDA/cuBLAS call inside an op
-// prints the call site and the library's own message and aborts, like
-// SDC_CHECK, because a failed launch leaves the CUDA context unusable and the
-// op's output undefined; continuing would only produce garbage later.
-// cuda_malloc returns NULL when out of device memory (the caller reports it).
+// void (the Backend table is void): a failed CUDA / cuBLAS / cuDNN call
+// inside an op (or a copy) is recorded in the context, the first one kept,
+// with its call site and the library's own message, and never aborts: the
+// op's output is then undefined, and cuda_ctx_take_fault hands the failure
+// to the caller (the backend's status: SDC_ERR_OOM or SDC_ERR_DEVICE), who
+// ends the computation. Out of memory (CUDA_ERR_OOM) leaves the context
+// usable; a failed launch usually does not (CUDA's errors are sticky), so
+// the calls after it fail too. cuda_malloc returns NULL when out of device
+// memory (the caller reports it). Only a bad argument from sdc itself (a
+// bug: CUDA_REQUIRE) aborts.
 //
 // Dtypes: activations and parameters share one dtype per call (CDT_*; the
 // values equal the DType enum of src/core/tensor.h). Arithmetic is fp32
@@ -36,7 +41,8 @@ enum {
     CUDA_OK = 0,
     CUDA_ERR_NO_DEVICE = 1, // no GPU, no driver, driver too old, bad index
     CUDA_ERR_OOM = 2,       // device memory exhausted
-    CUDA_ERR_LIB = 3,       // cuBLAS / cuDNN failed to initialise
+    CUDA_ERR_LIB = 3,       // cuBLAS / cuDNN failed (to initialise, or inside an op)
+    CUDA_ERR_LAUNCH = 4,    // a CUDA call inside an op failed (a launch, a copy)
 };
 
 typedef struct CudaCtx CudaCtx;
@@ -52,6 +58,11 @@ void cuda_ctx_destroy(CudaCtx *ctx);
 // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" into buf.
 void cuda_ctx_describe(const CudaCtx *ctx, char *buf, size_t n);
 void cuda_ctx_set_tf32(CudaCtx *ctx, int allow_tf32);
+// The first failure recorded inside an op since the last call (CUDA_ERR_*,
+// its message into msg), or 0; forgets it.
+int cuda_ctx_take_fault(CudaCtx *ctx, char *msg, size_t msg_n);
+// Whether a failure is recorded (the backend skips ops until it is taken).
+int cuda_ctx_faulted(const CudaCtx *ctx);
 
 // ---- memory -----------------------------------------------------------------
 void *cuda_malloc(CudaCtx *ctx, size_t bytes); // NULL when out of memory

@@ -158,7 +158,26 @@ struct Backend {
     // Bytes free and in total on the device (CPU: MemAvailable / MemTotal).
     // Returns 0, or nonzero when unknown; may be NULL (the measure backend).
     int (*mem_info)(const Backend *be, size_t *free_bytes, size_t *total_bytes);
+
+    // ---- errors ---------------------------------------------------------------
+    // Ops return nothing. A failure inside one that is not a bug in the
+    // caller (no memory for the scratch or a workspace, a failed CUDA launch,
+    // copy or cuBLAS / cuDNN call, a size the kernels cannot index) is
+    // recorded by the backend, the first one kept; the outputs of that op and
+    // of the ops after it are undefined (the CUDA backend skips them). status
+    // returns 0, or that failure's code (SDC_ERR_OOM, SDC_ERR_DEVICE,
+    // SDC_ERR_UNSUPPORTED) and message, and forgets it: the ops work again
+    // after it (out of memory), or fail again (a broken CUDA context), so a
+    // checkpoint written after a failure is either whole or itself an error.
+    // NULL: cannot fail (measure). The model entry points (forwards,
+    // backwards, loads, a training step) ask it through backend_status before
+    // they return, so a failure comes back as the error of the call it
+    // happened in, never as an abort.
+    int (*status)(const Backend *be, SdcError *err);
 };
+
+// 0, or the first failure recorded inside be's ops (see status above).
+int backend_status(const Backend *be, SdcError *err);
 
 // Creates the CPU backend with `threads` threads (0 = all cores).
 int backend_cpu_create(Backend **out, int threads, SdcError *err);

@@ -30,20 +30,36 @@ extern void backend_cuda_destroy(Backend *be) __attribute__((weak));
 typedef struct CpuImpl {
     float *scratch; // grows to the largest request, then reused
     size_t scratch_cap; // floats
+    SdcError fault; // the first failure inside an op (backend.h: status)
+    // Test hook (tests/fault/failalloc.sh), read at create: SDC_FAULT_SCRATCH=N
+    // makes the Nth scratch request fail as out of memory, so the tests reach
+    // a failure inside a training step, where sdc itself allocates nothing;
+    // SDC_FAULT_SCRATCH_COUNT=PATH writes the number of requests there at
+    // destroy.
+    long fault_at, requests;
+    const char *count_path;
 } CpuImpl;
 
 // ---- helpers -----------------------------------------------------------------
 
 float *cpu_backend_scratch(const Backend *be, size_t floats) {
     CpuImpl *im = be->impl;
+    if (++im->requests == im->fault_at) {
+        if (!im->fault.code)
+            sdc_err(&im->fault, SDC_ERR_OOM, "cpu backend: scratch request %ld failed (SDC_FAULT_SCRATCH): out of "
+                    "memory", im->requests);
+        return NULL;
+    }
     if (floats > im->scratch_cap) {
         free(im->scratch);
         size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
         im->scratch = aligned_alloc(64, bytes);
-        // scratch is bounded by the kernels (tens of MB); failing here means
-        // the machine is out of memory before the model even runs
-        SDC_CHECK(im->scratch != NULL);
-        im->scratch_cap = floats;
+        im->scratch_cap = im->scratch ? floats : 0;
+        // bounded by the kernels (tens of MB): the machine is out of memory
+        if (!im->scratch && !im->fault.code)
+            sdc_err(&im->fault, SDC_ERR_OOM, "cpu backend: cannot allocate %.1f MiB of scratch (out of memory) "
+                    "---> lower --batch-size or the image size, or free memory on this machine",
+                    (double)bytes / (1 << 20));
     }
     return im->scratch;
 }
@@ -78,6 +94,14 @@ static void cpu_copy_bytes(const Backend *be, void *dst, const void *src, size_t
 }
 static void cpu_sync(const Backend *be) { (void)be; }
 
+static int cpu_status(const Backend *be, SdcError *err) {
+    CpuImpl *im = be->impl;
+    const int code = im->fault.code;
+    if (code && err) *err = im->fault;
+    im->fault = (SdcError){0};
+    return code;
+}
+
 // ---- ops ---------------------------------------------------------------------
 
 static void cpu_op_conv2d(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w,
@@ -93,6 +117,7 @@ static void cpu_op_conv2d(const Backend *be, Tensor *out, const Tensor *x, const
     if (b) { CHECK_F32(b); SDC_CHECK(tensor_numel(b) == OC); }
     size_t need = cpu_conv2d_scratch_floats(C, H, W, OC, KH, KW, stride, pad);
     float *s = need ? cpu_backend_scratch(be, need) : NULL;
+    if (need && !s) return; // recorded: backend_status
     cpu_conv2d(tensor_f32p(out), tensor_f32p(x), tensor_f32p(w), b ? tensor_f32p(b) : NULL, N, C,
                H, W, OC, KH, KW, stride, pad, s, need);
 }
@@ -142,6 +167,7 @@ static void cpu_op_attention(const Backend *be, Tensor *out, const Tensor *q, co
     int D = (int)(q->shape[2] / heads);
     size_t need = cpu_attention_scratch_floats(Lq, Lk, D, omp_get_max_threads());
     float *s = cpu_backend_scratch(be, need);
+    if (!s) return; // recorded: backend_status
     cpu_attention(tensor_f32p(out), tensor_f32p(q), tensor_f32p(k), tensor_f32p(v), B, Lq, Lk,
                   heads, D, causal, s, need);
 }
@@ -370,6 +396,7 @@ static const Backend cpu_template = {
     .embedding = cpu_op_embedding,
     .copy = cpu_op_copy,
     .mem_info = cpu_mem_info,
+    .status = cpu_status,
     .zero = cpu_zero,
     .matmul = cpu_op_matmul,
     .mse_backward = cpu_op_mse_backward,
@@ -394,6 +421,9 @@ int backend_cpu_create(Backend **out, int threads, SdcError *err) {
     *be = cpu_template;
     be->threads = threads;
     be->impl = im;
+    const char *f = getenv("SDC_FAULT_SCRATCH");
+    im->fault_at = f ? atol(f) : 0;
+    im->count_path = getenv("SDC_FAULT_SCRATCH_COUNT");
     // Process-wide settings: OpenMP loops and OpenBLAS both use `threads`.
     omp_set_num_threads(threads);
     openblas_set_num_threads(threads);
@@ -503,10 +533,24 @@ void backend_destroy(Backend *be) {
         return;
     }
     CpuImpl *im = be->impl;
+    if (im && im->count_path) { // the test hook's count (see CpuImpl)
+        FILE *f = fopen(im->count_path, "w");
+        if (f) fprintf(f, "%ld\n", im->requests), fclose(f);
+    }
     if (im) free(im->scratch);
     free(im);
     free(be);
 }
+
+int backend_status(const Backend *be, SdcError *err) {
+    return be && be->status ? be->status(be, err) : 0;
+}
+
+// Host staging for the dtype conversion of an upload or download to a
+// device: at most STAGE_BYTES at a time, and a small buffer on the stack
+// when even that cannot be allocated, so that moving a tensor never fails
+// for want of host memory.
+#define STAGE_BYTES ((size_t)64 << 20)
 
 void backend_upload_f32(const Backend *be, Tensor *dst, const float *host, size_t n) {
     SDC_CHECK((size_t)tensor_numel(dst) == n);
@@ -519,11 +563,16 @@ void backend_upload_f32(const Backend *be, Tensor *dst, const float *host, size_
         be->upload(be, dst->data, host, n * sizeof(float));
         return;
     }
-    size_t bytes = n * dtype_size(dst->dtype);
-    void *tmp = malloc(bytes ? bytes : 1); // host staging for the converted copy
-    SDC_CHECK(tmp != NULL);
-    convert_from_f32(tmp, dst->dtype, host, n);
-    be->upload(be, dst->data, tmp, bytes);
+    size_t es = dtype_size(dst->dtype), chunk = STAGE_BYTES / es;
+    if (chunk > n) chunk = n;
+    uint64_t small[512];
+    void *tmp = chunk ? malloc(chunk * es) : NULL;
+    if (!tmp) chunk = sizeof small / es;
+    for (size_t i = 0; i < n; i += chunk) {
+        size_t k = n - i < chunk ? n - i : chunk;
+        convert_from_f32(tmp ? tmp : small, dst->dtype, host + i, k);
+        be->upload(be, (char *)dst->data + i * es, tmp ? tmp : small, k * es);
+    }
     free(tmp);
 }
 
@@ -538,10 +587,15 @@ void backend_download_f32(const Backend *be, float *host, const Tensor *src, siz
         be->download(be, host, src->data, n * sizeof(float));
         return;
     }
-    size_t bytes = n * dtype_size(src->dtype);
-    void *tmp = malloc(bytes ? bytes : 1); // host staging before conversion
-    SDC_CHECK(tmp != NULL);
-    be->download(be, tmp, src->data, bytes);
-    convert_to_f32(host, tmp, src->dtype, n);
+    size_t es = dtype_size(src->dtype), chunk = STAGE_BYTES / es;
+    if (chunk > n) chunk = n;
+    uint64_t small[512];
+    void *tmp = chunk ? malloc(chunk * es) : NULL;
+    if (!tmp) chunk = sizeof small / es;
+    for (size_t i = 0; i < n; i += chunk) {
+        size_t k = n - i < chunk ? n - i : chunk;
+        be->download(be, tmp ? tmp : small, (const char *)src->data + i * es, k * es);
+        convert_to_f32(host + i, tmp ? tmp : small, src->dtype, k);
+    }
     free(tmp);
 }

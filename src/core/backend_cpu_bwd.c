@@ -54,6 +54,7 @@ void cpu_op_conv2d_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *d
     SDC_CHECK(!db || tensor_numel(db) == OC);
     size_t need = cpu_conv2d_backward_scratch_floats(C, H, W, OC, KH, KW, stride, pad);
     float *s = need ? cpu_backend_scratch(be, need) : NULL;
+    if (need && !s) return; // recorded: backend_status
     cpu_conv2d_backward(p32(dx), p32(dw), p32(db), p32(dy), p32(x), p32(w), N, C, H, W, OC, KH, KW, stride, pad, s,
                         need);
 }
@@ -82,8 +83,10 @@ void cpu_op_layer_norm_backward(const Backend *be, Tensor *dx, Tensor *dgamma, T
     SDC_CHECK(tensor_numel(gamma) == D && (!dgamma || tensor_numel(dgamma) == D) &&
               (!dbeta || tensor_numel(dbeta) == D));
     size_t need = cpu_layer_norm_backward_scratch_floats(M);
-    cpu_layer_norm_backward(p32(dx), p32(dgamma), p32(dbeta), p32(dy), p32(x), p32(gamma), M, (int)D, eps,
-                            cpu_backend_scratch(be, need), need);
+    float *s = cpu_backend_scratch(be, need);
+    if (!s) return; // recorded: backend_status
+    cpu_layer_norm_backward(p32(dx), p32(dgamma), p32(dbeta), p32(dy), p32(x), p32(gamma), M, (int)D, eps, s,
+                            need);
 }
 
 void cpu_op_attention_backward(const Backend *be, Tensor *dq, Tensor *dk, Tensor *dv, const Tensor *dout,
@@ -94,8 +97,10 @@ void cpu_op_attention_backward(const Backend *be, Tensor *dq, Tensor *dk, Tensor
     SDC_CHECK(heads > 0 && q->shape[2] % heads == 0 && k->shape[0] == q->shape[0] && k->shape[2] == q->shape[2]);
     int B = (int)q->shape[0], Lq = (int)q->shape[1], Lk = (int)k->shape[1], D = (int)(q->shape[2] / heads);
     size_t need = cpu_attention_backward_scratch_floats(Lq, Lk, D, omp_get_max_threads());
+    float *s = cpu_backend_scratch(be, need);
+    if (!s) return; // recorded: backend_status
     cpu_attention_backward(p32(dq), p32(dk), p32(dv), p32(dout), p32(q), p32(k), p32(v), B, Lq, Lk, heads, D,
-                           causal, cpu_backend_scratch(be, need), need);
+                           causal, s, need);
 }
 
 static void check_unary(const Tensor *dx, const Tensor *dy, const Tensor *x) {

@@ -3,6 +3,12 @@
 // (SDC_CHECK, like the CPU backend) and turns tensors into pointers and
 // sizes; all CUDA calls live in kernels/cuda, so this is plain C.
 //
+// Failures inside an op are never an abort (backend.h: status): a failed
+// CUDA / cuBLAS / cuDNN call is recorded by the kernels in the CudaCtx, a
+// workspace that cannot be allocated or a size the kernels cannot index here
+// (CudaBackend.fault); after either, every op returns at once until status
+// takes the failure (SDC_ERR_OOM, SDC_ERR_DEVICE, SDC_ERR_UNSUPPORTED).
+//
 // Activations and parameters share one dtype (act_dtype: F32, F16 or BF16;
 // param_dtype = act_dtype), arithmetic is fp32 inside every kernel. fp32
 // GEMMs do not use TF32 unless the environment sets SDC_TF32=1 (read once at
@@ -54,6 +60,7 @@ typedef struct CudaBackend {
     Backend be; // first: a Backend * of this backend is a CudaBackend *
     void *conv_ws; // im2col workspace (device), conv_ws_bytes long
     size_t conv_ws_bytes;
+    SdcError fault; // the first failure of this file's own since status took the last one
 } CudaBackend;
 
 // The whole-batch im2col of SD 1.5's largest UNet conv (320 ch 3x3 at 64x64)
@@ -78,6 +85,33 @@ static int64_t spatial(const Tensor *t) {
     return s;
 }
 
+// An op after a failure does nothing (its output is undefined anyway).
+static int faulted(const Backend *be) {
+    return ((const CudaBackend *)be)->fault.code || cuda_ctx_faulted((const CudaCtx *)be->impl);
+}
+#define SKIP_AFTER_FAULT(be) \
+    do {                     \
+        if (faulted(be)) return; \
+    } while (0)
+
+static int cu_status(const Backend *be, SdcError *err) {
+    CudaBackend *im = impl_of(be);
+    char msg[600];
+    const int k = cuda_ctx_take_fault(ctx_of(be), msg, sizeof msg);
+    int code = im->fault.code;
+    if (code) {
+        if (err) *err = im->fault;
+    } else if (k) {
+        code = k == CUDA_ERR_OOM ? SDC_ERR_OOM : SDC_ERR_DEVICE;
+        sdc_err(err, code, "CUDA backend: %s ---> %s", msg,
+                k == CUDA_ERR_OOM ? "out of GPU memory: use a smaller batch or image size, or free the GPU"
+                                  : "the GPU or its libraries failed; rerun with --device cpu to tell a data problem "
+                                    "from a device one (CUDA_LAUNCH_BLOCKING=1 names the failing kernel)");
+    }
+    im->fault = (SdcError){0};
+    return code;
+}
+
 static void check_elementwise(const Backend *be, const Tensor *out, const Tensor *x) {
     CHECK_ACT(be, out);
     CHECK_ACT(be, x);
@@ -98,6 +132,7 @@ static void cu_download(const Backend *be, void *dst, const void *src, size_t by
     cuda_download(ctx_of(be), dst, src, bytes);
 }
 static void cu_zero(const Backend *be, void *dst, size_t bytes) {
+    SKIP_AFTER_FAULT(be);
     if (bytes) cuda_memset_async(ctx_of(be), dst, 0, bytes);
 }
 static void cu_sync(const Backend *be) { cuda_ctx_sync(ctx_of(be)); }
@@ -124,13 +159,14 @@ static void conv_ws_reserve(const Backend *be, size_t want, size_t least) {
         if (n == least) break;
         if (n / 2 < least) n = least * 2; // try `least` itself last
     }
-    fprintf(stderr, "sdc: CUDA conv2d: out of GPU memory for a %zu-byte im2col workspace "
-                    "---> use a smaller batch or image size\n", least);
-    abort();
+    if (!im->fault.code)
+        sdc_err(&im->fault, SDC_ERR_OOM, "CUDA conv2d: out of GPU memory for a %zu-byte im2col workspace "
+                "---> use a smaller batch or image size", least);
 }
 
 static void cu_conv2d(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w,
                       const Tensor *b, int stride, int pad) {
+    SKIP_AFTER_FAULT(be);
     CHECK_ACT(be, out);
     CHECK_ACT(be, x);
     CHECK_PARAM(be, w);
@@ -141,7 +177,14 @@ static void cu_conv2d(const Backend *be, Tensor *out, const Tensor *x, const Ten
     SDC_CHECK(w->shape[1] == C && H + 2 * pad >= KH && W + 2 * pad >= KW);
     int64_t OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
     SDC_CHECK(out->shape[0] == N && out->shape[1] == OC && out->shape[2] == OH && out->shape[3] == OW);
-    SDC_CHECK(N * C * H * W <= INT32_MAX * 8LL && C * KH * KW <= INT32_MAX && OH * OW <= INT32_MAX);
+    if (!(N * C * H * W <= INT32_MAX * 8LL && C * KH * KW <= INT32_MAX && OH * OW <= INT32_MAX)) {
+        CudaBackend *im = impl_of(be); // the size of the user's images and batch
+        if (!im->fault.code)
+            sdc_err(&im->fault, SDC_ERR_UNSUPPORTED, "CUDA conv2d: input (%lld, %lld, %lld, %lld) is too large for "
+                    "the kernels' 32-bit indexing ---> use a smaller batch or image size (or --vae-tiling)",
+                    (long long)N, (long long)C, (long long)H, (long long)W);
+        return;
+    }
     if (b) {
         CHECK_PARAM(be, b);
         SDC_CHECK(tensor_numel(b) == OC);
@@ -150,6 +193,7 @@ static void cu_conv2d(const Backend *be, Tensor *out, const Tensor *x, const Ten
                                               (int)KH, (int)KW, stride, pad);
     if (want) conv_ws_reserve(be, want, (size_t)(C * KH * KW) * 32 * dtype_size(be->act_dtype));
     CudaBackend *im = impl_of(be);
+    if (want && !im->conv_ws) return; // recorded by conv_ws_reserve
     cuda_conv2d(ctx_of(be), be->act_dtype, out->data, x->data, w->data, b ? b->data : NULL, (int)N,
                 (int)C, (int)H, (int)W, (int)OC, (int)KH, (int)KW, stride, pad, im->conv_ws,
                 im->conv_ws_bytes);
@@ -157,6 +201,7 @@ static void cu_conv2d(const Backend *be, Tensor *out, const Tensor *x, const Ten
 
 static void cu_attention(const Backend *be, Tensor *out, const Tensor *q, const Tensor *k,
                          const Tensor *v, int heads, int causal) {
+    SKIP_AFTER_FAULT(be);
     CHECK_ACT(be, out);
     CHECK_ACT(be, q);
     CHECK_ACT(be, k);
@@ -175,6 +220,7 @@ static void cu_attention(const Backend *be, Tensor *out, const Tensor *q, const 
 
 static void cu_linear(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w,
                       const Tensor *b) {
+    SKIP_AFTER_FAULT(be);
     CHECK_ACT(be, out);
     CHECK_ACT(be, x);
     CHECK_PARAM(be, w);
@@ -192,6 +238,7 @@ static void cu_linear(const Backend *be, Tensor *out, const Tensor *x, const Ten
 
 static void cu_group_norm(const Backend *be, Tensor *out, const Tensor *x, const Tensor *gamma,
                           const Tensor *beta, int groups, float eps, int silu) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, x);
     CHECK_PARAM(be, gamma);
     CHECK_PARAM(be, beta);
@@ -205,6 +252,7 @@ static void cu_group_norm(const Backend *be, Tensor *out, const Tensor *x, const
 
 static void cu_layer_norm(const Backend *be, Tensor *out, const Tensor *x, const Tensor *gamma,
                           const Tensor *beta, float eps) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, x);
     CHECK_PARAM(be, gamma);
     CHECK_PARAM(be, beta);
@@ -215,6 +263,7 @@ static void cu_layer_norm(const Backend *be, Tensor *out, const Tensor *x, const
 }
 
 static void cu_softmax(const Backend *be, Tensor *out, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, x);
     int64_t D = last_dim(x);
     SDC_CHECK(last_dim(out) == D);
@@ -222,22 +271,26 @@ static void cu_softmax(const Backend *be, Tensor *out, const Tensor *x) {
 }
 
 static void cu_silu(const Backend *be, Tensor *out, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, x);
     cuda_activation(ctx_of(be), be->act_dtype, CUDA_ACT_SILU, out->data, x->data, tensor_numel(x));
 }
 
 static void cu_gelu(const Backend *be, Tensor *out, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, x);
     cuda_activation(ctx_of(be), be->act_dtype, CUDA_ACT_GELU, out->data, x->data, tensor_numel(x));
 }
 
 static void cu_quick_gelu(const Backend *be, Tensor *out, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, x);
     cuda_activation(ctx_of(be), be->act_dtype, CUDA_ACT_QUICK_GELU, out->data, x->data,
                     tensor_numel(x));
 }
 
 static void cu_geglu(const Backend *be, Tensor *out, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
     CHECK_ACT(be, out);
     CHECK_ACT(be, x);
     SDC_CHECK(out->data != x->data);
@@ -247,6 +300,7 @@ static void cu_geglu(const Backend *be, Tensor *out, const Tensor *x) {
 }
 
 static void cu_upsample_nearest2x(const Backend *be, Tensor *out, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
     CHECK_ACT(be, out);
     CHECK_ACT(be, x);
     SDC_CHECK(x->ndim == 4 && out->ndim == 4 && out->data != x->data);
@@ -259,6 +313,7 @@ static void cu_upsample_nearest2x(const Backend *be, Tensor *out, const Tensor *
 
 static void cu_timestep_embedding(const Backend *be, Tensor *out, const float *t,
                                   int flip_sin_to_cos, float freq_shift) {
+    SKIP_AFTER_FAULT(be);
     CHECK_ACT(be, out);
     SDC_CHECK(out->ndim == 2);
     cuda_timestep_embedding(ctx_of(be), be->act_dtype, out->data, t, out->shape[0], out->shape[1],
@@ -266,12 +321,14 @@ static void cu_timestep_embedding(const Backend *be, Tensor *out, const float *t
 }
 
 static void cu_add(const Backend *be, Tensor *out, const Tensor *a, const Tensor *b) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, a);
     check_elementwise(be, out, b);
     cuda_add(ctx_of(be), be->act_dtype, out->data, a->data, b->data, tensor_numel(out));
 }
 
 static void cu_add_channel_bias(const Backend *be, Tensor *out, const Tensor *x, const Tensor *bias) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, x);
     CHECK_ACT(be, bias); // a time embedding computed on the fly, so an activation
     SDC_CHECK(x->ndim >= 2);
@@ -281,11 +338,13 @@ static void cu_add_channel_bias(const Backend *be, Tensor *out, const Tensor *x,
 }
 
 static void cu_scale(const Backend *be, Tensor *out, const Tensor *x, float s) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, x);
     cuda_scale(ctx_of(be), be->act_dtype, out->data, x->data, s, tensor_numel(x));
 }
 
 static void cu_concat_channels(const Backend *be, Tensor *out, const Tensor *a, const Tensor *b) {
+    SKIP_AFTER_FAULT(be);
     CHECK_ACT(be, out);
     CHECK_ACT(be, a);
     CHECK_ACT(be, b);
@@ -298,6 +357,7 @@ static void cu_concat_channels(const Backend *be, Tensor *out, const Tensor *a, 
 }
 
 static void cu_nchw_to_nlc(const Backend *be, Tensor *out, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, x);
     SDC_CHECK(x->ndim == 4 && out->ndim == 3 && out->data != x->data);
     int64_t N = x->shape[0], C = x->shape[1], S = spatial(x);
@@ -306,6 +366,7 @@ static void cu_nchw_to_nlc(const Backend *be, Tensor *out, const Tensor *x) {
 }
 
 static void cu_nlc_to_nchw(const Backend *be, Tensor *out, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
     check_elementwise(be, out, x);
     SDC_CHECK(x->ndim == 3 && out->ndim == 4 && out->data != x->data);
     int64_t N = out->shape[0], C = out->shape[1], S = spatial(out);
@@ -314,6 +375,7 @@ static void cu_nlc_to_nchw(const Backend *be, Tensor *out, const Tensor *x) {
 }
 
 static void cu_embedding(const Backend *be, Tensor *out, const Tensor *ids, const Tensor *table) {
+    SKIP_AFTER_FAULT(be);
     CHECK_ACT(be, out);
     CHECK_PARAM(be, table);
     SDC_CHECK(ids->dtype == DT_I32 && ids->device == DEV_CUDA && table->ndim == 2);
@@ -326,6 +388,7 @@ static void cu_embedding(const Backend *be, Tensor *out, const Tensor *ids, cons
 static int is_float_dtype(DType dt) { return dt == DT_F32 || dt == DT_F16 || dt == DT_BF16; }
 
 static void cu_copy(const Backend *be, Tensor *out, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
     SDC_CHECK(out->device == DEV_CUDA && x->device == DEV_CUDA);
     int64_t n = tensor_numel(x);
     SDC_CHECK(tensor_numel(out) == n);
@@ -401,6 +464,7 @@ int backend_cuda_create(Backend **out, int device_index, DType act_dtype, SdcErr
         .embedding = cu_embedding,
         .copy = cu_copy,
         .mem_info = cu_mem_info,
+        .status = cu_status,
         .zero = cu_zero,
     };
     *out = be;

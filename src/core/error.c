@@ -12,6 +12,15 @@ int sdc_err(SdcError *err, int code, const char *fmt, ...) {
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
         err->code = code;
+        // running out of memory is named as such wherever it happened, with
+        // what a user can do about it (many sites only say what they made)
+        if (code == SDC_ERR_OOM && !strstr(err->msg, "memory")) {
+            char what[sizeof err->msg];
+            memcpy(what, err->msg, sizeof what);
+            snprintf(err->msg, sizeof err->msg, "out of memory: %.1900s%s", what,
+                     strstr(what, "--->") ? "" : " ---> free memory on this machine, or ask for less (smaller "
+                                                 "batches or images)");
+        }
     }
     return code;
 }

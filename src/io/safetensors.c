@@ -439,7 +439,7 @@ int st_write(const char *path, const char *const *names, const Tensor *tensors, 
         off += nb;
     }
     sb_puts(&h, "}");
-    while (h.len % 8) sb_puts(&h, " "); // data region starts 8-byte aligned
+    while (!h.oom && h.len % 8) sb_puts(&h, " "); // data region starts 8-byte aligned (no growth once out of memory)
     if (h.oom) {
         free(order);
         free(h.s);

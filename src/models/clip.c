@@ -77,6 +77,9 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
                        "---> check text_encoder/config.json",
                        c->hidden, c->layers, c->heads, c->intermediate, c->max_positions,
                        c->vocab_size);
+    if (c->max_positions > 1024) // the pipelines hold a prompt's ids on the stack (sd_encode_prompt)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "text encoder config: %d positions; sdc takes at most 1024 "
+                       "---> SD 1.x/2.x text encoders have 77", c->max_positions);
     ClipModel *m = calloc(1, sizeof *m);
     if (!m) return sdc_err(err, SDC_ERR_OOM, "clip_load: out of host memory");
     m->cfg = *c;
@@ -298,7 +301,7 @@ int clip_encode(ClipModel *m, const int32_t *ids, int batch, int clip_skip, Tens
                            ids[i], (long long)i, c->vocab_size);
     SDC_TRY(clip_reserve(m, batch, err));
     clip_forward(m, m->be, &m->act, m->be->act_dtype, ids, batch, n_layers, out, 0, NULL, NULL);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 static int check_out(const ClipModel *m, const Tensor *t, int batch, int ndim, int64_t d1, int64_t d2,
@@ -330,5 +333,5 @@ int clip_encode_xl(ClipModel *m, const int32_t *ids, int batch, int clip_skip, T
                            ids[i], (long long)i, c->vocab_size);
     SDC_TRY(clip_reserve(m, batch, err));
     clip_forward(m, m->be, &m->act, m->be->act_dtype, ids, batch, at, NULL, at, hidden, pooled);
-    return 0;
+    return backend_status(m->be, err);
 }

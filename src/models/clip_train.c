@@ -313,7 +313,7 @@ int clip_train_forward(ClipModel *m, const int32_t *ids, int batch, Tensor *out,
     if (batch > tr->reserved_batch) SDC_TRY(plan_batch(m, tr, batch, err));
     train_forward(m, tr, ids, batch, out);
     tr->batch = batch;
-    return 0;
+    return backend_status(m->be, err);
 }
 
 int clip_train_backward(ClipModel *m, const Tensor *dout, SdcError *err) {
@@ -331,7 +331,7 @@ int clip_train_backward(ClipModel *m, const Tensor *dout, SdcError *err) {
                        tensor_shape_str(&want, exp, sizeof exp));
     }
     train_backward(m, tr, dout);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 void clip_trainables(ClipModel *m, float **params, float **grads, size_t *n) {

@@ -19,18 +19,19 @@ int param_table_find(const ParamTable *t, const char *name) {
     return -1;
 }
 
-static void table_add(ParamLoader *pl, const char *name, const Tensor *t) {
+static int table_add(ParamLoader *pl, const char *name, const Tensor *t) {
     ParamTable *tb = pl->table;
     if (tb->n == tb->cap) {
         int cap = tb->cap ? 2 * tb->cap : 256;
         ParamEntry *e = realloc(tb->e, (size_t)cap * sizeof *e);
-        SDC_CHECK(e); // a few hundred entries, once at load
+        if (!e) return sdc_err(pl->err, SDC_ERR_OOM, "%s: out of memory for the parameter table", name);
         tb->e = e;
         tb->cap = cap;
     }
     ParamEntry *e = &tb->e[tb->n++];
     snprintf(e->name, sizeof e->name, "%.127s", name);
     e->t = *t;
+    return 0;
 }
 
 static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t *shape,
@@ -61,12 +62,20 @@ static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t 
 
     Tensor dst = arena_tensor(pl->arena, pl->be->param_dtype, ndim, shape);
     if (pl->arena->measure) return dst;
-    if (pl->table) table_add(pl, name, &dst);
+    if (pl->table && table_add(pl, name, &dst)) {
+        pl->failed = 1;
+        return none;
+    }
     size_t n = (size_t)tensor_numel(&src);
     // f32 first (straight into dst on a CPU F32 backend), then the LoRA updates, then dst's dtype
     const int direct = pl->be->device == DEV_CPU && dst.dtype == DT_F32;
     float *f32 = direct ? dst.data : malloc(n * sizeof(float)); // once per parameter at load
-    SDC_CHECK(f32);
+    if (!f32) {
+        sdc_err(pl->err, SDC_ERR_OOM, "%s: out of memory converting it (%.1f MiB) ---> free memory on this "
+                "machine", name, (double)n * sizeof(float) / (1 << 20));
+        pl->failed = 1;
+        return none;
+    }
     convert_to_f32(f32, src.data, src.dtype, n);
     if (transposed) {
         const int64_t R = src.shape[0], C = src.shape[1];
@@ -88,6 +97,7 @@ static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t 
         if (pl->be->device == DEV_CPU) convert_from_f32(dst.data, dst.dtype, f32, n);
         else backend_upload_f32(pl->be, &dst, f32, n);
         free(f32);
+        if (!pl->failed && backend_status(pl->be, pl->err)) pl->failed = 1; // the upload
     }
     return pl->failed ? none : dst;
 }

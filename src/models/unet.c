@@ -119,7 +119,10 @@ int unet_load_opts(Unet **out, const ModelFiles *mf, const Backend *be, const Mo
         rc = sdc_err(err, SDC_ERR_ARG, "unet: blocks [%d, %d) of %d to load", m->first, m->end, m->n_blocks);
         goto fail;
     }
-    if ((rc = unet_saves_alloc(m, &m->sv))) goto fail;
+    if ((rc = unet_saves_alloc(m, &m->sv))) {
+        rc = sdc_err(err, rc, "unet: out of memory for the blocks' saved state");
+        goto fail;
+    }
 
     // Pass 1: check every name and shape, count the bytes to convert.
     Arena meas;
@@ -477,7 +480,7 @@ int unet_block_forward(Unet *m, int i, UnetState *s, SdcError *err) {
                        s->x.ndim == 4 ? (int)s->x.shape[1] : -1, s->n_skips,
                        s->temb.ndim == 2 ? "" : ", no time embedding");
     block_run(m, i, s);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 int unet_forward(Unet *m, Tensor *out, const Tensor *x, const float *timesteps, const Tensor *ctx,
@@ -487,7 +490,7 @@ int unet_forward(Unet *m, Tensor *out, const Tensor *x, const float *timesteps, 
     SDC_TRY(unet_begin(m, &s, out, x, timesteps, ctx, err));
     for (int i = 0; i < m->n_blocks; i++) block_run(m, i, &s);
     SDC_CHECK(s.n_skips == 0);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 void unet_print_plan(const Unet *m, FILE *f) {

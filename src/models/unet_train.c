@@ -551,7 +551,7 @@ int unet_train_stage_forward(Unet *m, int tape, const float *timesteps, UnetCut 
     if (T->first == 0 && !timesteps) return sdc_err(err, SDC_ERR_ARG, "unet training: block 0 needs the timesteps");
     stage_forward(m, tp, timesteps);
     *out = tp->out;
-    return 0;
+    return backend_status(m->be, err);
 }
 
 int unet_train_tape_out(Unet *m, int tape, UnetCut *out, SdcError *err) {
@@ -581,7 +581,7 @@ int unet_train_stage_backward(Unet *m, int tape, UnetCut *gout, SdcError *err) {
         return sdc_err(err, SDC_ERR_ARG, "unet training: tape %d: unet_train_grad_in first", tape);
     stage_backward(m, &T->tapes[tape], gout);
     T->bwd_tape = -1;
-    return 0;
+    return backend_status(m->be, err);
 }
 
 void unet_train_range(const Unet *m, int *first, int *end, int *grad_before) {
@@ -620,7 +620,7 @@ int unet_train_forward(Unet *m, Tensor *out, const Tensor *x, const float *times
     m->be->copy(m->be, &in.ctx, ctx);
     SDC_TRY(unet_train_stage_forward(m, 0, timesteps, &o, err));
     m->be->copy(m->be, out, &o.x);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 int unet_train_backward(Unet *m, const Tensor *dout, Tensor *dctx, SdcError *err) {
@@ -637,7 +637,7 @@ int unet_train_backward(Unet *m, const Tensor *dout, Tensor *dctx, SdcError *err
     m->be->copy(m->be, &gin.x, dout);
     SDC_TRY(unet_train_stage_backward(m, 0, &gout, err));
     if (dctx) m->be->copy(m->be, dctx, &gout.ctx);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 void unet_trainables(Unet *m, float **params, float **grads, size_t *n) {
@@ -742,5 +742,5 @@ int unet_lora_merge(Unet *m, int on, SdcError *err) {
         }
     }
     T->merged = on;
-    return 0;
+    return backend_status(be, err);
 }

@@ -803,7 +803,7 @@ static int vae_tiled_run(Vae *m, const VaeGrid *g, const Tensor *in, Tensor *out
     }
     free(xin);
     free(dims);
-    return 0;
+    return backend_status(be, err);
 }
 
 // ---- planning ----------------------------------------------------------------
@@ -955,7 +955,7 @@ int vae_encode_tiled(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, 
     if (vae_grid(c, 0, N, H, W, t, &g)) return vae_tiled_run(m, &g, image, mean, logvar, err);
     Pass p = {.be = m->be, .act = m->be->act_dtype, .work = &m->act};
     vae_encode_run(m, &p, image, mean, logvar, m->host_lv);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 int vae_encode(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, SdcError *err) {
@@ -977,7 +977,7 @@ int vae_decode_tiled(Vae *m, const Tensor *z, Tensor *image, const VaeTiling *t,
     if (vae_grid(c, 1, N, H / f, W / f, t, &g)) return vae_tiled_run(m, &g, z, image, NULL, err);
     Pass p = {.be = m->be, .act = m->be->act_dtype, .work = &m->act};
     vae_decode_run(m, &p, z, image);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 int vae_decode(Vae *m, const Tensor *z, Tensor *image, SdcError *err) {

@@ -115,6 +115,7 @@ static int encode_xl(SdModel *m, const char *prompt, const char *negative, int c
             for (size_t t = 0; t < (size_t)2 * L; t++)
                 memcpy(ctx + t * row + D1, h + t * D2, (size_t)D2 * sizeof(float));
             backend_download_f32(m->be, ctx + 2 * L * row, &pooled, (size_t)2 * P);
+            rc = backend_status(m->be, err); // the downloads
         }
         if (!rc && zero_neg) { // diffusers' force_zeros_for_empty_prompt with negative_prompt=None
             memset(ctx, 0, (size_t)L * row * sizeof(float));
@@ -132,7 +133,7 @@ int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int c
     const ClipConfig *cc = clip_config(m->clip);
     const int L = cc->max_positions, D = cc->hidden;
     int32_t ids[2 * 1024];
-    SDC_CHECK(L <= 1024);
+    SDC_CHECK(L <= 1024); // clip_load refuses more positions
     SDC_TRY(encode_prompt_ids(m->tok, cc, negative ? negative : "", ids, err));
     SDC_TRY(encode_prompt_ids(m->tok, cc, prompt ? prompt : "", ids + L, err));
     SDC_TRY(clip_reserve(m->clip, 2, err));
@@ -143,6 +144,7 @@ int sd_encode_prompt(SdModel *m, const char *prompt, const char *negative, int c
     Tensor out = ARENA_DT(&a, m->be->act_dtype, 2, L, D); // (2, L, D) [negative, prompt]
     int rc = clip_encode(m->clip, ids, 2, clip_skip, &out, err);
     if (!rc) backend_download_f32(m->be, ctx, &out, (size_t)2 * L * D);
+    if (!rc) rc = backend_status(m->be, err); // the download
     arena_free(&a);
     return rc;
 }
@@ -245,7 +247,7 @@ static int vae_posterior(SdModel *m, GenTensors *t, GenBuffers *b, const float *
     SDC_TRY(vae_encode(m->vae, &t->image, &t->mean, &t->logvar, err));
     backend_download_f32(m->be, b->mean, &t->mean, nlat);
     backend_download_f32(m->be, b->logvar, &t->logvar, nlat);
-    return 0;
+    return backend_status(m->be, err);
 }
 
 // The VAE tiling of a request: --vae-tile-size, never (-1), or the automatic
@@ -487,6 +489,7 @@ int sd_run_step(SdRun *r, ProgressFn progress, void *user, SdcError *err) {
     const size_t nlat = r->nlat, plane = r->plane;
     GenBuffers *b = &r->b;
     backend_download_f32(r->m->be, b->eps, &r->t.out, (size_t)r->rows * nlat);
+    SDC_TRY(backend_status(r->m->be, err));
     for (int item = 0; item < B; item++) {
         const float *e = b->eps + (size_t)item * nlat;
         if (r->guided) {
@@ -528,6 +531,7 @@ int sd_run_finish(SdRun *r, float *latents, float *images, SdcError *err) {
         backend_upload_f32(m->be, &r->t.z, b->guided, nlat);
         SDC_TRY(vae_decode_tiled(m->vae, &r->t.z, &r->t.image, &vt, err));
         backend_download_f32(m->be, images + (size_t)i * 3 * npix, &r->t.image, 3 * npix);
+        SDC_TRY(backend_status(m->be, err)); // the download: never a PNG of what it left
     }
     return 0;
 }

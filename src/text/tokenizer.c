@@ -234,16 +234,18 @@ static void nfc(const U32Vec *in, U32Vec *out) {
         }
     }
     out->n = 0;
+    if (d.oom) d.n = 0; // incomplete: nothing composed (the caller sees out->oom)
     if (d.n) {
         size_t starter = 0;
         u32_push(out, d.v[0]);
+        if (out->oom) d.n = 0; // no room for even the first: out->v may be NULL
         int last = uni_ccc(d.v[0]) ? 256 : 0;
         int have_starter = last == 0;
         for (size_t i = 1; i < d.n; i++) {
             uint32_t c = d.v[i];
             int cc = uni_ccc(c);
             uint32_t comp = have_starter ? nfc_compose_pair(out->v[starter], c) : 0;
-            if (comp && (last < cc || last == 0)) {
+            if (comp && (last < cc || last == 0) && starter < out->n) {
                 out->v[starter] = comp;
                 continue;
             }
@@ -726,8 +728,11 @@ static int tok_add(ClipTokenizer *t, const TokSpec *k, const StrMap *vocab, cons
     else cps = raw, raw = (U32Vec){0};
     char *content = strdup(k->content);
     if (cps.oom || raw.oom || !content || !cps.n) {
+        // nothing left after normalizing matches nothing; anything else is out
+        // of memory (asked before the frees, which clear the flags)
+        const int oom = cps.oom || raw.oom || !content;
         u32_free(&raw), u32_free(&cps), free(content);
-        return cps.n || !content ? sdc_err(err, SDC_ERR_OOM, "%s: out of memory", src) : 0;
+        return oom ? sdc_err(err, SDC_ERR_OOM, "%s: out of memory", src) : 0;
     }
     u32_free(&raw);
     if (a) {
@@ -1303,7 +1308,8 @@ static int parse_vocab_json(const char *path, char *buf, StrMap *vocab, SdcError
 
 static int load_shipped(ClipTokenizer **out, int sd2, SdcError *err) {
     int rc = clip_tok_load_gz_as(out, SDC_DATA_DIR "/bpe_simple_vocab_16e6.txt.gz", sd2 ? 2 : 1, err);
-    if (rc) sdc_err_wrap(err, "loading the shipped CLIP vocab (---> was sdc moved after the build?)");
+    if (rc) sdc_err_wrap(err, rc == SDC_ERR_OOM ? "loading the shipped CLIP vocab"
+                                                : "loading the shipped CLIP vocab (---> was sdc moved after the build?)");
     return rc;
 }
 

@@ -581,6 +581,18 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
     if (until > c->max_train_steps) until = c->max_train_steps;
     while (t->st.global_step < until) {
         double t0 = wall_s();
+        // A failure before the update leaves the weights and the optimizer
+        // as the last step left them: the state goes back to that step too,
+        // so the caller can still checkpoint it (out of memory on the device)
+        const DbState st0 = t->st;
+#define STEP_TRY(expr)                  \
+    do {                                \
+        int rc_ = (expr);               \
+        if (rc_) {                      \
+            t->st = st0;                \
+            return rc_;                 \
+        }                               \
+    } while (0)
         t->loss[0] = t->loss[1] = 0;
         int items = 0, n_batches = 0;
         // one optimizer step: grad_accum batches, or the epoch's rest
@@ -590,7 +602,7 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
             int last = bi + 1 == t->batches_per_epoch;
             int sync = optim_accum_is_sync(bi, c->grad_accum, last);
             t->final_batch = sync;
-            SDC_TRY(data_batch(t, bi, err));
+            STEP_TRY(data_batch(t, bi, err));
             n_batches++;
             int64_t fi = bi * c->train_batch_size;
             items += (int)(t->n_items - fi < c->train_batch_size ? t->n_items - fi : c->train_batch_size);
@@ -607,38 +619,41 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
                 float *pb, *gb;
                 size_t nn;
                 group_trainables(t, gi, &pb, &gb, &nn);
-                SDC_TRY(t->hooks.reduce_scatter_mean(t->hooks.user, gb, t->shard[gi].counts, t->shard[gi].displs, err));
+                STEP_TRY(t->hooks.reduce_scatter_mean(t->hooks.user, gb, t->shard[gi].counts, t->shard[gi].displs, err));
             }
         } else if (t->hooks.allreduce_mean) { // the flat gradient buffers, padding included
             for (int gi = 0; gi < ng; gi++) {
                 float *pb, *gb;
                 size_t nn;
                 group_trainables(t, gi, &pb, &gb, &nn);
-                if (gi == 0 && t->ov_armed) SDC_TRY(t->hooks.overlap_end(t->hooks.user, err)); // in flight already
-                else SDC_TRY(t->hooks.allreduce_mean(t->hooks.user, gb, nn, err));
+                if (gi == 0 && t->ov_armed) STEP_TRY(t->hooks.overlap_end(t->hooks.user, err)); // in flight already
+                else STEP_TRY(t->hooks.allreduce_mean(t->hooks.user, gb, nn, err));
             }
         }
         t->ov_armed = 0;
         double loss[2] = {t->loss[0], t->loss[1]};
-        if (t->hooks.allreduce_sum) SDC_TRY(t->hooks.allreduce_sum(t->hooks.user, loss, 2, err));
+        if (t->hooks.allreduce_sum) STEP_TRY(t->hooks.allreduce_sum(t->hooks.user, loss, 2, err));
         // the mean over the step's batches of diffusers' loss (each term carries 1 / accum)
         double unscale = (double)c->grad_accum / n_batches;
         double total = (loss[0] + loss[1]) * unscale;
         int64_t step = t->st.global_step;
+        STEP_TRY(backend_status(be, err)); // an op failed (no memory for its scratch, a device error)
         if (!isfinite(total))
-            return sdc_err(err, SDC_ERR_NONFINITE,
+            return t->st = st0, sdc_err(err, SDC_ERR_NONFINITE,
                            "the loss became %g at step %lld\n---> lower --learning-rate; the weights are "
                            "those of step %lld (the last checkpoint is kept)",
                            total, (long long)step + 1, (long long)step);
         float norm = 0;
         int rc = clip_grads(t, c->max_grad_norm > 0 ? c->max_grad_norm : INFINITY, &norm, err);
         if (rc == SDC_ERR_NONFINITE)
-            return sdc_err(err, SDC_ERR_NONFINITE,
+            return t->st = st0, sdc_err(err, SDC_ERR_NONFINITE,
                            "the gradient norm became %g at step %lld\n---> lower --learning-rate; the weights "
                            "are those of step %lld (the last checkpoint is kept)",
                            norm, (long long)step + 1, (long long)step);
-        if (rc) return rc;
+        STEP_TRY(rc);
+#undef STEP_TRY
         double lr = lr_schedule_lr(&t->sched, c->learning_rate, step);
+        t->updating = 1;
         adamw_step(&t->opt, lr);
         for (int gi = 0; gi < ng; gi++) { // ZeRO: every replica's updated slice to all; every gradient cleared
             float *pb, *gb;
@@ -647,8 +662,10 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
             if (zero_on(t)) SDC_TRY(t->hooks.allgather(t->hooks.user, pb, t->shard[gi].counts, t->shard[gi].displs, err));
             be->zero(be, gb, nn * sizeof(float));
         }
+        SDC_TRY(backend_status(be, err)); // the update failed on the device: this state is never checkpointed
         t->st.global_step++;
         t->st.last_loss = total;
+        t->updating = 0;
         double dt = wall_s() - t0;
         DbStepInfo info = {.step = t->st.global_step, .max_steps = c->max_train_steps, .loss = total,
                            .loss_prior = loss[1] * unscale, .lr = lr, .grad_norm = norm,
@@ -681,6 +698,7 @@ int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_sc
                 Tensor o = rows_of(&t->ctx, 0, per);
                 rc = clip_train_forward(m->clip, ids + (size_t)i * L, per, &o, err);
                 if (!rc) backend_download_f32(t->be, ctx + (size_t)i * L * D, &o, (size_t)per * L * D);
+                if (!rc) rc = backend_status(t->be, err);
             }
         }
     } else {

@@ -167,6 +167,7 @@ typedef struct DbTrainer {
     SdModel *model;        // tokenizer, clip, unet (trainable), vae
     const Backend *be;     // the models' backend: every step buffer lives there
     DbState st;
+    int updating;          // 1 from a step's update until its count: a failure then leaves no state to save
     AdamW opt;                 // with ZeRO-1: this rank's slice of every group
     OptimTensor *full_ot[2];   // every tensor of each group, as without ZeRO (checkpoints)
     int full_n[2];
@@ -240,6 +241,9 @@ void db_micro_rows(int rows, int M, int j, int *start, int *count);
 // Runs optimizer steps until global_step == until (<= max_train_steps).
 // A loss or gradient norm that is not finite stops with SDC_ERR_NONFINITE
 // naming the step; the parameters are then those of the last good step.
+// Any other failure before a step's update (out of memory, a device error)
+// also leaves the state of the last complete step (t->updating == 0), which
+// a checkpoint can still save; one during the update sets t->updating.
 int db_train(DbTrainer *t, int64_t until, SdcError *err);
 
 // The AdamW state and the trainable tensors, for checkpoints: the UNet's
