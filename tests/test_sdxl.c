@@ -43,6 +43,22 @@ static int check_rc(TestCtx *t, int rc, const char *what, const SdcError *err) {
     return check_true(t, rc == 0, "%s%s%s", what, rc ? ": " : "", rc ? err->msg : "");
 }
 
+// The decoded image (1, 3, H, W) in [-1, 1] as 8-bit pixels against a
+// diffusers image (H, W, 3) U8 of the fixture: within 1/255.
+static void check_image(TestCtx *t, const char *what, const float *img, int W, int H, const StFile *ref,
+                        const StEntry *want_e) {
+    uint8_t *rgb = malloc((size_t)3 * H * W);
+    image_from_vae(rgb, img, 0, H, W);
+    const uint8_t *want = st_tensor(ref, want_e).data;
+    int worst = 0;
+    for (size_t i = 0; i < (size_t)3 * H * W; i++) {
+        int d = abs((int)rgb[i] - (int)want[i]);
+        if (d > worst) worst = d;
+    }
+    check_true(t, worst <= 1, "%s image: worst pixel difference %d/255 (at most 1)", what, worst);
+    free(rgb);
+}
+
 static const int32_t *ids_of(TestCtx *t, const StFile *ref, const char *name) {
     const StEntry *e = st_find(ref, name);
     if (!check_true(t, e && e->dtype == DT_I32 && e->ndim == 2 && e->shape[0] == 2 && e->shape[1] == 77,
@@ -138,7 +154,6 @@ static void pipeline(TestCtx *t, const Backend *be, const char *path, const char
         float *cond = malloc(ncond * sizeof(float));
         const int W = (int)prm[3], H = (int)prm[4];
         float *lat = malloc((size_t)4 * (H / 8) * (W / 8) * sizeof(float)), *img = malloc((size_t)3 * H * W * 4);
-        uint8_t *rgb = malloc((size_t)3 * H * W);
         // the init image and mask of img2img / inpainting
         const StEntry *ie = st_find(ref, "pipe.init.image_u8"), *me = st_find(ref, "pipe.init.mask_u8");
         float *init = malloc((size_t)3 * H * W * sizeof(float)), *mask = malloc((size_t)H * W * sizeof(float));
@@ -176,14 +191,7 @@ static void pipeline(TestCtx *t, const Backend *be, const char *path, const char
             if (wl && wi && check_rc(t, sd_generate(&m, &p, cond, lat, img, NULL, NULL, &err), CASES[k], &err)) {
                 snprintf(name, sizeof name, "%s latents", CASES[k]);
                 check_rel(t, name, lat, wl, (size_t)4 * (H / 8) * (W / 8), TOL_LATENT);
-                image_from_vae(rgb, img, 0, H, W);
-                const uint8_t *want = st_tensor(ref, wi).data;
-                int worst = 0;
-                for (size_t i = 0; i < (size_t)3 * H * W; i++) {
-                    int d = abs((int)rgb[i] - (int)want[i]);
-                    if (d > worst) worst = d;
-                }
-                check_true(t, worst <= 1, "%s image: worst pixel difference %d/255 (at most 1)", CASES[k], worst);
+                check_image(t, CASES[k], img, W, H, ref, wi);
             }
             free(wl);
         }
@@ -214,19 +222,12 @@ static void pipeline(TestCtx *t, const Backend *be, const char *path, const char
             if (wl && wi && check_rc(t, sd_generate(&m, &p, cond, lat, img, NULL, NULL, &err), cname, &err)) {
                 snprintf(name, sizeof name, "%s latents (from the prompt)", cname);
                 check_rel(t, name, lat, wl, (size_t)4 * (H / 8) * (W / 8), TOL_LATENT);
-                image_from_vae(rgb, img, 0, H, W);
-                const uint8_t *want = st_tensor(ref, wi).data;
-                int worst = 0;
-                for (size_t i = 0; i < (size_t)3 * H * W; i++) {
-                    int d = abs((int)rgb[i] - (int)want[i]);
-                    if (d > worst) worst = d;
-                }
-                check_true(t, worst <= 1, "%s image: worst pixel difference %d/255 (at most 1)", cname, worst);
+                check_image(t, cname, img, W, H, ref, wi);
             }
             free(wl);
         }
         free(wctx), free(wpool), free(init), free(mask);
-        free(cond), free(lat), free(img), free(rgb);
+        free(cond), free(lat), free(img);
     }
     free(prm), free(ctx), free(pooled);
     sd_model_free(&m);
@@ -251,7 +252,6 @@ static void lora_check(TestCtx *t, const Backend *be, const char *path, const St
         const int W = (int)prm[3], H = (int)prm[4];
         float *cond = malloc(sd_cond_floats(&m) * sizeof(float)), *lat = malloc((size_t)4 * (H / 8) * (W / 8) * 4);
         float *img = malloc((size_t)3 * H * W * sizeof(float));
-        uint8_t *rgb = malloc((size_t)3 * H * W);
         GenParams p = {.mode = GEN_TXT2IMG, .steps = (int)prm[0], .cfg_scale = prm[1], .sampler = SAMPLER_EULER,
                        .seed = (uint64_t)prm[2], .width = W, .height = H, .batch = 1};
         int rc = sd_encode_prompt(&m, "a photo of a red fox in the snow, high quality!", "blurry, low quality", 0,
@@ -260,16 +260,9 @@ static void lora_check(TestCtx *t, const Backend *be, const char *path, const St
         if (check_rc(t, rc, k ? "LoRA (diffusers names) at 0.7" : "LoRA (kohya names) at 0.7", &err)) {
             check_rel(t, k ? "latents with the diffusers-named LoRA" : "latents with the kohya LoRA", lat, wl,
                       (size_t)4 * (H / 8) * (W / 8), TOL_LATENT);
-            image_from_vae(rgb, img, 0, H, W);
-            const uint8_t *want = st_tensor(ref, wi).data;
-            int worst = 0;
-            for (size_t i = 0; i < (size_t)3 * H * W; i++) {
-                int d = abs((int)rgb[i] - (int)want[i]);
-                if (d > worst) worst = d;
-            }
-            check_true(t, worst <= 1, "LoRA image: worst pixel difference %d/255 (at most 1)", worst);
+            check_image(t, "LoRA", img, W, H, ref, wi);
         }
-        free(cond), free(lat), free(img), free(rgb);
+        free(cond), free(lat), free(img);
         sd_model_free(&m);
     }
     free(prm), free(wl);

@@ -274,6 +274,15 @@ int clip_default_layers(const ClipConfig *c) {
     return c->layers - (c->default_skip >= 1 ? c->default_skip : 1) + 1;
 }
 
+// Every id inside the vocabulary (a tokenizer of another model gives ids past it).
+static int check_ids(const ClipConfig *c, const int32_t *ids, int batch, const char *fn, SdcError *err) {
+    for (int64_t i = 0; i < (int64_t)batch * c->max_positions; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return sdc_err(err, SDC_ERR_ARG, "%s: token id %d at position %lld is outside the vocabulary [0, %d)\n"
+                           "---> is the tokenizer the model's own?", fn, ids[i], (long long)i, c->vocab_size);
+    return 0;
+}
+
 int clip_encode(ClipModel *m, const int32_t *ids, int batch, int clip_skip, Tensor *out,
                 SdcError *err) {
     const ClipConfig *c = &m->cfg;
@@ -294,11 +303,7 @@ int clip_encode(ClipModel *m, const int32_t *ids, int batch, int clip_skip, Tens
                        tensor_shape_str(out, got, sizeof got), dtype_name(out->dtype),
                        tensor_shape_str(&want, exp, sizeof exp), dtype_name(want.dtype), m->be->name);
     }
-    for (int64_t i = 0; i < (int64_t)batch * c->max_positions; i++)
-        if (ids[i] < 0 || ids[i] >= c->vocab_size)
-            return sdc_err(err, SDC_ERR_ARG, "clip_encode: token id %d at position %lld is outside "
-                           "the vocabulary [0, %d)\n---> is the tokenizer the model's own?",
-                           ids[i], (long long)i, c->vocab_size);
+    SDC_TRY(check_ids(c, ids, batch, "clip_encode", err));
     SDC_TRY(clip_reserve(m, batch, err));
     clip_forward(m, m->be, &m->act, m->be->act_dtype, ids, batch, n_layers, out, 0, NULL, NULL);
     return backend_status(m->be, err);
@@ -326,11 +331,7 @@ int clip_encode_xl(ClipModel *m, const int32_t *ids, int batch, int clip_skip, T
         return sdc_err(err, SDC_ERR_ARG, "clip_encode_xl: a pooled output needs a text encoder with a projection");
     SDC_TRY(check_out(m, hidden, batch, 3, c->max_positions, c->hidden, "hidden", err));
     if (pooled) SDC_TRY(check_out(m, pooled, batch, 2, c->projection_dim, 0, "pooled", err));
-    for (int64_t i = 0; i < (int64_t)batch * c->max_positions; i++)
-        if (ids[i] < 0 || ids[i] >= c->vocab_size)
-            return sdc_err(err, SDC_ERR_ARG, "clip_encode_xl: token id %d at position %lld is outside "
-                           "the vocabulary [0, %d)\n---> is the tokenizer the model's own?",
-                           ids[i], (long long)i, c->vocab_size);
+    SDC_TRY(check_ids(c, ids, batch, "clip_encode_xl", err));
     SDC_TRY(clip_reserve(m, batch, err));
     clip_forward(m, m->be, &m->act, m->be->act_dtype, ids, batch, at, NULL, at, hidden, pooled);
     return backend_status(m->be, err);
