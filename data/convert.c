@@ -196,7 +196,7 @@ static void make_configs(Model *m, const ModelInfo *info, const char *sched_json
     // diffusers and sdc sample the export as sdc samples the source
     m->scheduler = sched_json ? strdup(sched_json) : sched_config_to_json(&info->sched);
     m->openclip = info->clip.act == ACT_GELU;
-    for (int c = 0; c < COMP_COUNT; c++) m->oom |= !m->cfg[c];
+    for (int c = 0; c < N_CONV; c++) m->oom |= !m->cfg[c];
     m->oom |= !m->scheduler;
 }
 
