@@ -3,7 +3,7 @@
 // (SDC_CHECK, like the CPU backend) and turns tensors into pointers and
 // sizes; all CUDA calls live in kernels/cuda, so this is plain C.
 //
-// Failures inside an op are never an abort (backend.h: status): a failed
+// Failures inside an op end in an error, not a process abort (backend.h: status): a failed
 // CUDA / cuBLAS / cuDNN call is recorded by the kernels in the CudaCtx, a
 // workspace that cannot be allocated or a size the kernels cannot index here
 // (CudaBackend.fault); after either, every op returns at once until status
@@ -24,6 +24,7 @@
 // and a hint, backend_cuda_available returns 0.
 #include "core/backend.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +94,26 @@ static int faulted(const Backend *be) {
     do {                     \
         if (faulted(be)) return; \
     } while (0)
+
+// A size the user's batch, image or model gives that the kernels cannot
+// index (32-bit offsets, 65535 grid rows): recorded as SDC_ERR_UNSUPPORTED
+// naming the op and shape (status returns it), never an abort. 1 when too large.
+static int too_large(const Backend *be, int ok, const char *op, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int too_large(const Backend *be, int ok, const char *op, const char *fmt, ...) {
+    if (ok) return 0;
+    CudaBackend *im = impl_of(be);
+    if (!im->fault.code) {
+        char shape[160];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(shape, sizeof shape, fmt, ap);
+        va_end(ap);
+        sdc_err(&im->fault, SDC_ERR_UNSUPPORTED, "CUDA %s: %s is too large for the kernels' indexing ---> use a "
+                "smaller batch or image size (or --vae-tiling)", op, shape);
+    }
+    return 1;
+}
 
 static int cu_status(const Backend *be, SdcError *err) {
     CudaBackend *im = impl_of(be);
@@ -177,14 +198,9 @@ static void cu_conv2d(const Backend *be, Tensor *out, const Tensor *x, const Ten
     SDC_CHECK(w->shape[1] == C && H + 2 * pad >= KH && W + 2 * pad >= KW);
     int64_t OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
     SDC_CHECK(out->shape[0] == N && out->shape[1] == OC && out->shape[2] == OH && out->shape[3] == OW);
-    if (!(N * C * H * W <= INT32_MAX * 8LL && C * KH * KW <= INT32_MAX && OH * OW <= INT32_MAX)) {
-        CudaBackend *im = impl_of(be); // the size of the user's images and batch
-        if (!im->fault.code)
-            sdc_err(&im->fault, SDC_ERR_UNSUPPORTED, "CUDA conv2d: input (%lld, %lld, %lld, %lld) is too large for "
-                    "the kernels' 32-bit indexing ---> use a smaller batch or image size (or --vae-tiling)",
-                    (long long)N, (long long)C, (long long)H, (long long)W);
+    if (too_large(be, N * C * H * W <= INT32_MAX * 8LL && C * KH * KW <= INT32_MAX && OH * OW <= INT32_MAX,
+                  "conv2d", "input (%lld, %lld, %lld, %lld)", (long long)N, (long long)C, (long long)H, (long long)W))
         return;
-    }
     if (b) {
         CHECK_PARAM(be, b);
         SDC_CHECK(tensor_numel(b) == OC);
@@ -213,7 +229,10 @@ static void cu_attention(const Backend *be, Tensor *out, const Tensor *q, const 
     SDC_CHECK(heads > 0 && HD % heads == 0 && k->shape[0] == B && k->shape[2] == HD);
     SDC_CHECK(!causal || Lq == Lk);
     int64_t D = HD / heads;
-    SDC_CHECK(D <= CUDA_ATTN_MAX_HEAD_DIM && B * heads <= 65535 && Lq <= INT32_MAX);
+    if (too_large(be, D <= CUDA_ATTN_MAX_HEAD_DIM && B * heads <= 65535 && Lq <= INT32_MAX && Lk <= INT32_MAX,
+                  "attention", "%lld rows x %d heads of dim %lld over %lld x %lld tokens", (long long)B, heads,
+                  (long long)D, (long long)Lq, (long long)Lk))
+        return;
     cuda_attention(ctx_of(be), be->act_dtype, out->data, q->data, k->data, v->data, (int)B, (int)Lq,
                    (int)Lk, heads, (int)D, causal);
 }
@@ -334,6 +353,7 @@ static void cu_add_channel_bias(const Backend *be, Tensor *out, const Tensor *x,
     SDC_CHECK(x->ndim >= 2);
     int64_t NC = x->shape[0] * x->shape[1];
     SDC_CHECK(tensor_numel(bias) == NC);
+    if (too_large(be, NC <= INT32_MAX, "channel bias", "%lld channels", (long long)NC)) return;
     cuda_add_channel_bias(ctx_of(be), be->act_dtype, out->data, x->data, bias->data, NC, spatial(x));
 }
 
@@ -362,6 +382,9 @@ static void cu_nchw_to_nlc(const Backend *be, Tensor *out, const Tensor *x) {
     SDC_CHECK(x->ndim == 4 && out->ndim == 3 && out->data != x->data);
     int64_t N = x->shape[0], C = x->shape[1], S = spatial(x);
     SDC_CHECK(out->shape[0] == N && out->shape[1] == S && out->shape[2] == C);
+    if (too_large(be, N <= 65535 && (C + 31) / 32 <= 65535, "transpose", "(%lld, %lld, %lld)", (long long)N,
+                  (long long)C, (long long)S))
+        return;
     cuda_transpose(ctx_of(be), be->act_dtype, out->data, x->data, N, C, S); // (N, C, S) -> (N, S, C)
 }
 
@@ -371,6 +394,9 @@ static void cu_nlc_to_nchw(const Backend *be, Tensor *out, const Tensor *x) {
     SDC_CHECK(x->ndim == 3 && out->ndim == 4 && out->data != x->data);
     int64_t N = out->shape[0], C = out->shape[1], S = spatial(out);
     SDC_CHECK(x->shape[0] == N && x->shape[1] == S && x->shape[2] == C);
+    if (too_large(be, N <= 65535 && (S + 31) / 32 <= 65535, "transpose", "(%lld, %lld, %lld)", (long long)N,
+                  (long long)S, (long long)C))
+        return;
     cuda_transpose(ctx_of(be), be->act_dtype, out->data, x->data, N, S, C); // (N, S, C) -> (N, C, S)
 }
 
