@@ -1,6 +1,7 @@
 // cli.c: argv -> Job manifest (see cli.h).
 #include <stdio.h>
 
+#include "data/synth.h"
 #include "io/lora.h"
 #include "jobs/cli.h"
 #include "jobs/manifest.h"
@@ -108,7 +109,8 @@ void cli_print_usage(FILE *f, const char *sub) {
                    "commands:\n"
                    "  generate   text to image (sdc generate --help)\n"
                    "  run        run a job manifest file (sdc run --help)\n"
-                   "  dataset    dataset import: images -> HDF5 dataset (sdc dataset import --help)\n"
+                   "  dataset    dataset import: images -> HDF5 dataset (sdc dataset import --help);\n"
+                   "             dataset synth: procedural captioned shapes (sdc dataset synth --help)\n"
                    "  convert    convert a model between layouts (sdc convert --help)\n"
                    "  train      DreamBooth fine-tuning, full or LoRA (sdc train dreambooth --help)\n"
                    "  submit     render a manifest's Slurm batch script and sbatch it (sdc submit --help)\n\n"
@@ -572,12 +574,106 @@ static void cli_print_usage_storage(FILE *f, const char *sub) {
     }
 }
 
+static void cli_print_usage_synth(FILE *f) {
+    fprintf(f,
+            "usage: sdc dataset synth -o OUT.h5 [options]\n\n"
+            "Draws the procedural captioned image set of data/synth.h into one HDF5 dataset: a shape (circle,\n"
+            "square, triangle, star, cross, diamond) in one of 8 colours, small or large, in the center, left,\n"
+            "right, top or bottom, on a plain, striped, dotted or checkered background of another colour, with\n"
+            "its caption (\"a small red star on a blue striped background, on the left\") and its labels.\n"
+            "Item i depends only on (seed, i). The held-out split draws a fixed set of (shape, colour,\n"
+            "background) triples that the train split never does.\n\n"
+            "  -o, --output FILE       the dataset file (.h5)\n"
+            "  -n, --count N           items (default 10000)\n"
+            "      --resolution N      square side in pixels (default 64)\n"
+            "  -s, --seed N            seed (default 0)\n"
+            "      --split S           train (default), heldout or all\n"
+            "      --cache-latents     also store VAE latents (mean x scaling_factor); needs -m\n"
+            "  -m, --model PATH        the model whose VAE encodes\n"
+            "      --latents-dtype T   f32 (default) or f16\n"
+            "      --dump-manifest     print the job manifest and exit\n"
+            "  -q, --quiet             no progress output\n");
+}
+
+static int cli_parse_synth(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
+    Sdc__Job *job = job_new();
+    Sdc__DatasetSynth *ds = calloc(1, sizeof *ds);
+    if (!job || !ds) {
+        if (job) cli_job_free(job);
+        free(ds);
+        return cli_oom(err);
+    }
+    sdc__dataset_synth__init(ds);
+    job->dataset_synth = ds;
+    job->task = SDC__TASK__TASK_DATASET_SYNTH;
+    job->has_task = 1;
+    const char *help = "sdc dataset synth --help";
+    int rc = 0;
+    for (int i = 3; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        long long ll = 0;
+#define FLAG(s, l) flag_is(a, s, l)
+#define VALUE() \
+    (i + 1 < argc ? argv[++i] : (rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> %s", a, help), (const char *)NULL))
+        if (FLAG("-h", "--help")) {
+            opt->help = 1;
+            cli_print_usage_synth(stdout);
+            cli_job_free(job);
+            return 0;
+        } else if (FLAG("-m", "--model")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(job->model, "path", v, err);
+        } else if (FLAG("-o", "--output")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(ds, "output", v, err);
+        } else if (FLAG("-n", "--count")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 1, (long long)1 << 31, &ll, err))) ds->count = ll, ds->has_count = 1;
+        } else if (FLAG(NULL, "--resolution")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 8, 8192, &ll, err))) ds->resolution = (int32_t)ll, ds->has_resolution = 1;
+        } else if (FLAG("-s", "--seed")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) ds->seed = ll, ds->has_seed = 1;
+        } else if (FLAG(NULL, "--split")) {
+            const char *v = VALUE();
+            SynthSplit sp;
+            if (v && synth_split_parse(v, &sp))
+                rc = sdc_err(err, SDC_ERR_ARG, "--split: expected train, heldout or all, got '%s'", v);
+            else if (v) rc = set_str(ds, "split", v, err);
+        } else if (FLAG(NULL, "--cache-latents")) {
+            ds->cache_latents = 1, ds->has_cache_latents = 1;
+        } else if (FLAG(NULL, "--latents-dtype")) {
+            const char *v = VALUE();
+            if (v && strcmp(v, "f32") && strcmp(v, "f16"))
+                rc = sdc_err(err, SDC_ERR_ARG, "--latents-dtype: expected f32 or f16, got '%s'", v);
+            else if (v) rc = set_str(ds, "latents_dtype", v, err);
+        } else if (FLAG(NULL, "--dump-manifest")) {
+            opt->dump_manifest = 1;
+        } else if (FLAG("-q", "--quiet")) {
+            opt->quiet = 1;
+        } else {
+            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> %s", a, help);
+        }
+#undef FLAG
+#undef VALUE
+    }
+    if (rc) {
+        cli_job_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
+}
+
 static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
     const int is_import = !strcmp(argv[1], "dataset");
     int first = 2;
     if (is_import) {
+        if (argc >= 3 && !strcmp(argv[2], "synth")) return cli_parse_synth(argc, argv, out, opt, err);
         if (argc < 3 || (strcmp(argv[2], "import") && argv[2][0] != '-'))
-            return sdc_err(err, SDC_ERR_ARG, "sdc dataset: expected 'import' ---> sdc dataset import --help");
+            return sdc_err(err, SDC_ERR_ARG, "sdc dataset: expected 'import' or 'synth' ---> sdc dataset import "
+                           "--help, sdc dataset synth --help");
         if (!strcmp(argv[2], "import")) first = 3;
     }
     Sdc__Job *job = job_new();

@@ -105,6 +105,32 @@ static int run_dataset_import(const Sdc__Job *job, const RunOptions *opt, SdcErr
     return 0;
 }
 
+static int run_dataset_synth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    const Sdc__DatasetSynth *d = job->dataset_synth;
+    if (!d || !d->output || !d->output[0])
+        return sdc_err(err, SDC_ERR_ARG, "dataset synth: no output ---> pass -o out.h5");
+    SynthSplit split;
+    if (synth_split_parse(d->split ? d->split : "train", &split))
+        return sdc_err(err, SDC_ERR_ARG, "dataset synth: split '%s' ---> train, heldout or all", d->split);
+    if (d->count < 1) return sdc_err(err, SDC_ERR_ARG, "dataset synth: count %lld ---> at least 1", (long long)d->count);
+    const char *model = job->model && job->model->path && job->model->path[0] ? job->model->path : NULL;
+    if (d->cache_latents && !model)
+        return sdc_err(err, SDC_ERR_ARG, "--cache-latents needs the model whose VAE encodes: -m MODEL");
+    DatasetImportOpts o = {.output = d->output, .resolution = d->resolution, .center_crop = 1,
+                           .seed = (uint64_t)d->seed, .cache_latents_model = d->cache_latents ? model : NULL,
+                           .threads = runner_threads(job, opt->quiet),
+                           .latents_dtype = d->latents_dtype && !strcmp(d->latents_dtype, "f16") ? DT_F16 : DT_F32,
+                           .quiet = opt->quiet, .synth_count = d->count, .synth_split = split};
+    const H5Par par = h5_par_world();
+    DatasetImportStats st;
+    SDC_TRY(dataset_import(&o, &par, &st, err));
+    if (!opt->quiet && par.rank == 0)
+        fprintf(stderr, "sdc: drew %lld %s items into %s in %.2fs (%.1f images/s%s)\n", (long long)st.written,
+                synth_split_name(split), d->output, st.seconds, st.written / (st.seconds > 1e-9 ? st.seconds : 1e-9),
+                o.cache_latents_model ? ", latents cached" : "");
+    return 0;
+}
+
 static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     const Sdc__Convert *c = job->convert;
     if (!job->model || !job->model->path || !job->model->path[0])
@@ -132,7 +158,8 @@ static int h5_model_cache(const Sdc__Job *job, char *cache, size_t cap, int quie
     const char *p = job->model && job->model->path ? job->model->path : "";
     int loads = job->task == SDC__TASK__TASK_GENERATE || job->task == SDC__TASK__TASK_DREAMBOOTH ||
                 (job->task == SDC__TASK__TASK_DATASET_IMPORT && job->dataset_import &&
-                 job->dataset_import->cache_latents);
+                 job->dataset_import->cache_latents) ||
+                (job->task == SDC__TASK__TASK_DATASET_SYNTH && job->dataset_synth && job->dataset_synth->cache_latents);
     if (!fs_ends_with(p, ".h5") || !loads) return 0;
     const H5Par par = h5_par_world();
     int rc = 0;
@@ -174,6 +201,7 @@ int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     switch (job->task) {
     case SDC__TASK__TASK_GENERATE: rc = run_generate(job, opt, err); break;
     case SDC__TASK__TASK_DATASET_IMPORT: rc = run_dataset_import(job, opt, err); break;
+    case SDC__TASK__TASK_DATASET_SYNTH: rc = run_dataset_synth(job, opt, err); break;
     case SDC__TASK__TASK_CONVERT: rc = run_convert(job, opt, err); break;
     case SDC__TASK__TASK_DREAMBOOTH: rc = run_dreambooth(job, opt, err); break;
     default: rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "task %d is not implemented yet", job->task);

@@ -139,8 +139,53 @@ interop_checkpoint() {
     runs "h5py: the file is a valid checkpoint, every crc32 matches" $H5PY check "$W/sd2.h5" checkpoint
 }
 
+# ----------------------------------------------------------------------------
+# `sdc dataset synth`: the same file from 1 and 2 ranks and from its own
+# manifest; h5py sees a valid dataset whose labels say what the captions say;
+# the held-out split shares no (shape, colour, background) triple with the
+# train split; bad input refused with its reason.
+dataset_synth() {
+    runs "1 rank: 40 train items at 32 px" "$SDC" dataset synth -q -n 40 --resolution 32 -s 5 -o "$W/s1.h5"
+    runs "2 ranks: the same" $MPIRUN -n 2 "$SDC" dataset synth -q -n 40 --resolution 32 -s 5 -o "$W/s2.h5"
+    runs "... equal (h5_interop.py compare)" $H5PY compare "$W/s1.h5" "$W/s2.h5"
+    runs "--dump-manifest" "$SDC" dataset synth -n 40 --resolution 32 -s 5 -o "$W/s3.h5" --dump-manifest
+    cp "$OUT_FILE" "$W/synth.txtpb"
+    has "... the task named" 'task: TASK_DATASET_SYNTH' "$W/synth.txtpb"
+    runs "sdc run of that manifest" "$SDC" run -q "$W/synth.txtpb"
+    runs "... equal to the command's file" $H5PY compare "$W/s1.h5" "$W/s3.h5"
+    runs "h5py: a valid dataset" $H5PY check "$W/s1.h5" dataset
+    runs "held-out split: 300 items" "$SDC" dataset synth -q -n 300 --resolution 16 -s 6 --split heldout -o "$W/h.h5"
+    runs "train split: 300 items" "$SDC" dataset synth -q -n 300 --resolution 16 -s 6 -o "$W/t.h5"
+    runs "labels = captions; no held-out triple in train; attributes all drawn" /usr/bin/python3 -c "
+import h5py, sys
+def items(p):
+    f = h5py.File(p, 'r'); L = f['labels']; names = [L.attrs[c].split(',') for c in L.attrs['columns'].split(',')]
+    out = []
+    for row, cap in zip(L[()], f['captions'].asstr()[()]):
+        s, c, z, pos, bg, tex = (names[k][v] for k, v in enumerate(row))
+        back = ('plain %s' % bg) if tex == 'plain' else '%s %s' % (bg, tex)
+        if not cap.startswith('a %s %s %s on a %s background' % (z, c, s, back)): sys.exit('caption %r vs %s' % (cap, row))
+        out.append(tuple(row))
+    return out
+h, t = items('$W/h.h5'), items('$W/t.h5')
+ht, tt = {(r[0], r[1], r[4]) for r in h}, {(r[0], r[1], r[4]) for r in t}
+print(len(ht), 'held-out triples,', len(tt), 'train triples, shared:', len(ht & tt))
+sys.exit(1 if ht & tt or len(ht) < 15 or any(len({r[k] for r in t}) < n for k, n in enumerate((6, 8, 2, 5, 8, 4))) else 0)"
+    refused "no output" 'no output' "$SDC" dataset synth -q -n 4
+    refused "bad split named" "expected train, heldout or all, got 'test'" "$SDC" dataset synth -n 4 --split test -o "$W/x.h5"
+    refused "count 0" 'expected an integer from 1' "$SDC" dataset synth -n 0 -o "$W/x.h5"
+    refused "a source folder given" "unknown option 'photos/'" "$SDC" dataset synth -n 4 -o "$W/x.h5" photos/
+    refused "--cache-latents without a model" 'needs the model' "$SDC" dataset synth -n 4 --cache-latents -o "$W/x.h5"
+    check "... and no output file" [ ! -e "$W/x.h5" ]
+    runs "latents cached with the demo model's VAE" \
+        "$SDC" dataset synth -q -n 3 --resolution 32 --cache-latents -m "$DEMO" -o "$W/l.h5"
+    runs "... h5py: valid, latents (3, 4, 4, 4)" /usr/bin/python3 -c "
+import h5py, sys; f = h5py.File('$W/l.h5', 'r'); print(f['latents'].shape); sys.exit(f['latents'].shape != (3, 4, 4, 4))"
+}
+
 case "$NAME" in
-    import_dreambooth | import_bad_input | mpi_ranks | generate_resume | model_hash_cache | interop_checkpoint)
+    import_dreambooth | import_bad_input | mpi_ranks | generate_resume | model_hash_cache | interop_checkpoint | \
+        dataset_synth)
         $NAME ;;
     *) echo "storage_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac
