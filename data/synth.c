@@ -102,11 +102,52 @@ void synth_label(uint64_t seed, int64_t i, SynthSplit split, SynthLabel *l) {
 int synth_caption(const SynthLabel *l, char *buf, size_t n) {
     static const char *const where[SYNTH_N_POSITIONS] = {"in the center", "on the left", "on the right", "at the top",
                                                          "at the bottom"};
-    // "on a plain blue background", "on a blue striped background"
+    // "on a plain blue background", "on a blue striped background", "on an orange dotted background"
     const char *first = l->texture == 0 ? "plain" : synth_colour_names[l->bg];
     const char *second = l->texture == 0 ? synth_colour_names[l->bg] : synth_texture_names[l->texture];
-    return snprintf(buf, n, "a %s %s %s on a %s %s background, %s", synth_size_names[l->size],
-                    synth_colour_names[l->colour], synth_shape_names[l->shape], first, second, where[l->position]);
+    return snprintf(buf, n, "a %s %s %s on %s %s %s background, %s", synth_size_names[l->size],
+                    synth_colour_names[l->colour], synth_shape_names[l->shape], first[0] == 'o' ? "an" : "a", first,
+                    second, where[l->position]);
+}
+
+static int word_index(const char *const *names, int n, const char *w) {
+    for (int k = 0; k < n; k++)
+        if (!strcmp(names[k], w)) return k;
+    return -1;
+}
+
+int synth_parse_caption(const char *caption, SynthLabel *l) {
+    char words[48][16];
+    int nw = 0;
+    for (const char *p = caption; *p && nw < 48;) {
+        while (*p && !((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z'))) p++;
+        int k = 0;
+        while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')) {
+            if (k < 15) words[nw][k++] = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+            p++;
+        }
+        if (k) words[nw][k] = 0, nw++;
+    }
+    *l = (SynthLabel){.shape = -1, .colour = -1, .bg = -1};
+    int on = -1;
+    for (int i = 0; i < nw; i++) {
+        int s = word_index(synth_shape_names, SYNTH_N_SHAPES, words[i]);
+        if (s >= 0 && l->shape < 0) {
+            l->shape = s;
+            if (i > 0) l->colour = word_index(synth_colour_names, SYNTH_N_COLOURS, words[i - 1]);
+        }
+        if (!strcmp(words[i], "on") && i + 1 < nw && (!strcmp(words[i + 1], "a") || !strcmp(words[i + 1], "an")) &&
+            on < 0)
+            on = i;
+        if (!strcmp(words[i], "large")) l->size = 1;
+        int t = word_index(synth_texture_names, SYNTH_N_TEXTURES, words[i]);
+        if (t > 0) l->texture = t;
+        int q = word_index(synth_position_names, SYNTH_N_POSITIONS, words[i]);
+        if (q > 0) l->position = q;
+    }
+    for (int i = on + 2; on >= 0 && i < nw && l->bg < 0; i++)
+        l->bg = word_index(synth_colour_names, SYNTH_N_COLOURS, words[i]);
+    return l->shape >= 0 && l->colour >= 0 && l->bg >= 0 ? 0 : -1;
 }
 
 // ----------------------------------------------------------------------------

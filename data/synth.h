@@ -53,6 +53,14 @@ void synth_render(uint64_t seed, int64_t i, const SynthLabel *l, int res, uint8_
 // Its caption; the number of bytes written (< n), as snprintf.
 int synth_caption(const SynthLabel *l, char *buf, size_t n);
 
+// What a prompt asks for: the shape (a shape word), its colour (the colour
+// word just before it), the background colour (the first colour word after
+// "on a" or "on an"), the texture (plain when none is named), the size (small unless
+// "large") and the position (center unless left / right / top / bottom). Other
+// words (a DreamBooth identifier, "photo of") are ignored. -1 when the prompt
+// names no shape, or no colour for it or its background.
+int synth_parse_caption(const char *caption, SynthLabel *l);
+
 // ----------------------------------------------------------------------------
 // scoring an image
 

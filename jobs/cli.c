@@ -110,7 +110,8 @@ void cli_print_usage(FILE *f, const char *sub) {
                    "  generate   text to image (sdc generate --help)\n"
                    "  run        run a job manifest file (sdc run --help)\n"
                    "  dataset    dataset import: images -> HDF5 dataset (sdc dataset import --help);\n"
-                   "             dataset synth: procedural captioned shapes (sdc dataset synth --help)\n"
+                   "             dataset synth: procedural captioned shapes, dataset score: what generated images\n"
+                   "             show of their synth prompts (sdc dataset synth --help)\n"
                    "  convert    convert a model between layouts (sdc convert --help)\n"
                    "  train      DreamBooth fine-tuning, full or LoRA (sdc train dreambooth --help)\n"
                    "  submit     render a manifest's Slurm batch script and sbatch it (sdc submit --help)\n\n"
@@ -591,8 +592,69 @@ static void cli_print_usage_synth(FILE *f) {
             "      --cache-latents     also store VAE latents (mean x scaling_factor); needs -m\n"
             "  -m, --model PATH        the model whose VAE encodes\n"
             "      --latents-dtype T   f32 (default) or f16\n"
+            "      --captions-file F   also the captions, one per line (for sdc generate --from-file); without -o,\n"
+            "                          only this file\n"
             "      --dump-manifest     print the job manifest and exit\n"
-            "  -q, --quiet             no progress output\n");
+            "  -q, --quiet             no progress output\n\n"
+            "usage: sdc dataset score GEN.h5... [--items FILE.tsv] [--json FILE]\n\n"
+            "Scores generation outputs (sdc generate --output-h5) whose prompts are synth captions: how often the\n"
+            "image shows the shape, colour, background colour, size, position and texture the prompt asks for\n"
+            "(fixed rules: palette distances, shape templates), over all images and over the held-out triples.\n"
+            "  --items FILE.tsv        one line per image: what was found, the shape's IoU, the prompt\n"
+            "  --json FILE             the totals as JSON\n");
+}
+
+static int cli_parse_score(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
+    Sdc__Job *job = job_new();
+    Sdc__DatasetScore *ds = calloc(1, sizeof *ds);
+    if (!job || !ds) {
+        if (job) cli_job_free(job);
+        free(ds);
+        return cli_oom(err);
+    }
+    sdc__dataset_score__init(ds);
+    job->dataset_score = ds;
+    job->task = SDC__TASK__TASK_DATASET_SCORE;
+    job->has_task = 1;
+    const char *help = "sdc dataset synth --help";
+    int rc = 0;
+    for (int i = 3; i < argc && !rc; i++) {
+        const char *a = argv[i];
+#define VALUE() \
+    (i + 1 < argc ? argv[++i] : (rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> %s", a, help), (const char *)NULL))
+        if (flag_is(a, "-h", "--help")) {
+            opt->help = 1;
+            cli_print_usage_synth(stdout);
+            cli_job_free(job);
+            return 0;
+        } else if (flag_is(a, NULL, "--items")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(ds, "items", v, err);
+        } else if (flag_is(a, NULL, "--json")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(ds, "json", v, err);
+        } else if (flag_is(a, NULL, "--dump-manifest")) {
+            opt->dump_manifest = 1;
+        } else if (flag_is(a, "-q", "--quiet")) {
+            opt->quiet = 1;
+        } else if (a[0] != '-') {
+            char **l = realloc(ds->inputs, (ds->n_inputs + 1) * sizeof(char *));
+            if (l) ds->inputs = l;
+            if (!l || !(ds->inputs[ds->n_inputs] = dup_str(a))) rc = cli_oom(err);
+            else ds->n_inputs++;
+        } else {
+            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> %s", a, help);
+        }
+#undef VALUE
+    }
+    if (!rc && !ds->n_inputs)
+        rc = sdc_err(err, SDC_ERR_ARG, "sdc dataset score: no generation output given ---> sdc dataset score GEN.h5");
+    if (rc) {
+        cli_job_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
 }
 
 static int cli_parse_synth(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
@@ -648,6 +710,9 @@ static int cli_parse_synth(int argc, char **argv, Sdc__Job **out, CliOptions *op
             if (v && strcmp(v, "f32") && strcmp(v, "f16"))
                 rc = sdc_err(err, SDC_ERR_ARG, "--latents-dtype: expected f32 or f16, got '%s'", v);
             else if (v) rc = set_str(ds, "latents_dtype", v, err);
+        } else if (FLAG(NULL, "--captions-file")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(ds, "captions_file", v, err);
         } else if (FLAG(NULL, "--dump-manifest")) {
             opt->dump_manifest = 1;
         } else if (FLAG("-q", "--quiet")) {
@@ -671,9 +736,10 @@ static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *
     int first = 2;
     if (is_import) {
         if (argc >= 3 && !strcmp(argv[2], "synth")) return cli_parse_synth(argc, argv, out, opt, err);
+        if (argc >= 3 && !strcmp(argv[2], "score")) return cli_parse_score(argc, argv, out, opt, err);
         if (argc < 3 || (strcmp(argv[2], "import") && argv[2][0] != '-'))
-            return sdc_err(err, SDC_ERR_ARG, "sdc dataset: expected 'import' or 'synth' ---> sdc dataset import "
-                           "--help, sdc dataset synth --help");
+            return sdc_err(err, SDC_ERR_ARG, "sdc dataset: expected 'import', 'synth' or 'score' ---> sdc dataset "
+                           "import --help, sdc dataset synth --help");
         if (!strcmp(argv[2], "import")) first = 3;
     }
     Sdc__Job *job = job_new();

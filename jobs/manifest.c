@@ -178,6 +178,12 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
     // dataset import and convert check their own messages (data/); their
     // model, when they take one, is checked where it is opened
     if (job->task == SDC__TASK__TASK_DATASET_IMPORT || job->task == SDC__TASK__TASK_CONVERT) return 0;
+    if (job->task == SDC__TASK__TASK_DATASET_SCORE) {
+        if (!job->dataset_score || !job->dataset_score->n_inputs)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: dataset_score.inputs is empty ---> name generation outputs "
+                           "(.h5)");
+        return 0;
+    }
     if (job->task == SDC__TASK__TASK_DATASET_SYNTH) {
         const Sdc__DatasetSynth *d = job->dataset_synth;
         SynthSplit sp;

@@ -164,7 +164,8 @@ def items(p):
     for row, cap in zip(L[()], f['captions'].asstr()[()]):
         s, c, z, pos, bg, tex = (names[k][v] for k, v in enumerate(row))
         back = ('plain %s' % bg) if tex == 'plain' else '%s %s' % (bg, tex)
-        if not cap.startswith('a %s %s %s on a %s background' % (z, c, s, back)): sys.exit('caption %r vs %s' % (cap, row))
+        art = 'an' if back[0] == 'o' else 'a'
+        if not cap.startswith('a %s %s %s on %s %s background' % (z, c, s, art, back)): sys.exit('caption %r vs %s' % (cap, row))
         out.append(tuple(row))
     return out
 h, t = items('$W/h.h5'), items('$W/t.h5')
@@ -181,6 +182,17 @@ sys.exit(1 if ht & tt or len(ht) < 15 or any(len({r[k] for r in t}) < n for k, n
         "$SDC" dataset synth -q -n 3 --resolution 32 --cache-latents -m "$DEMO" -o "$W/l.h5"
     runs "... h5py: valid, latents (3, 4, 4, 4)" /usr/bin/python3 -c "
 import h5py, sys; f = h5py.File('$W/l.h5', 'r'); print(f['latents'].shape); sys.exit(f['latents'].shape != (3, 4, 4, 4))"
+    runs "captions only: 6 held-out prompts" "$SDC" dataset synth -q -n 6 --split heldout --captions-file "$W/caps.txt"
+    check "... 6 lines, no dataset" [ "$(wc -l < "$W/caps.txt")" -eq 6 ]
+    runs "a sweep of them with the demo model" "$SDC" generate -q -m "$DEMO" --from-file "$W/caps.txt" -W 32 -H 32 \
+        --steps 1 --output-h5 "$W/gen.h5"
+    runs "sdc dataset score" "$SDC" dataset score "$W/gen.h5" --json "$W/score.json" --items "$W/items.tsv"
+    has "... all 6 scored, all held out" 'scored 6 of 6 images .*; 6 of held-out triples'
+    has "... the totals as JSON" '"scored": 6, "items": 6' "$W/score.json"
+    check "... one line per image" [ "$(wc -l < "$W/items.tsv")" -eq 7 ]
+    refused "a dataset is not a generation output" 'sdc_kind is "dataset", expected "generation"' \
+        "$SDC" dataset score "$W/s1.h5"
+    refused "no input" 'no generation output given' "$SDC" dataset score
 }
 
 case "$NAME" in

@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include "data/dataset.h"
+#include "data/genout.h"
+#include "data/synth_score.h"
 #include "data/synth.h"
 #include "io/image.h"
 #include "testutil.h"
@@ -191,6 +193,67 @@ int main(void) {
                    err.msg);
         unlink(path);
         rmdir(dir);
+    }
+
+    // ---- captions parse back; prompts with other words still parse
+    {
+        int back = 0;
+        for (int i = 0; i < 500; i++) {
+            SynthLabel p;
+            synth_label(21, i, SYNTH_ALL, &l);
+            synth_caption(&l, cap, sizeof cap);
+            back += !synth_parse_caption(cap, &p) && !memcmp(&p, &l, sizeof p);
+        }
+        check_true(&t, back == 500, "500 captions parsed back to their labels: %d", back);
+        SynthLabel p;
+        int ok = !synth_parse_caption("a photo of a sks Green CROSS on an orange dotted background", &p) &&
+                 p.shape == 4 && p.colour == 3 && p.bg == 1 && p.texture == 2 && p.size == 0 && p.position == 0;
+        check_true(&t, ok && synth_parse_caption("a cat on a mat", &p) == -1 &&
+                       synth_parse_caption("a star on a blue background", &p) == -1,
+                   "other words ignored; no shape, or a shape without its colour: not a synth prompt");
+    }
+
+    // ---- a generation output scored: its own pictures (everything found),
+    // then each prompt with the next item's picture (chance level)
+    for (int shifted = 0; shifted < 2; shifted++) {
+        enum { NI = 60 };
+        char dir[] = "/tmp/sdc-test-score.XXXXXX", path[64];
+        check_true(&t, mkdtemp(dir) != NULL, "temporary folder");
+        snprintf(path, sizeof path, "%s/g.h5", dir);
+        static char caps[NI][SYNTH_CAPTION_MAX];
+        GenItem it[NI];
+        uint8_t *imgs = malloc((size_t)NI * B);
+        for (int i = 0; i < NI; i++) {
+            synth_label(31, i, SYNTH_ALL, &l);
+            synth_caption(&l, caps[i], sizeof caps[i]);
+            synth_label(31, (i + shifted) % NI, SYNTH_ALL, &l2);
+            synth_render(31, (i + shifted) % NI, &l2, RES, imgs + (size_t)i * B);
+            it[i] = (GenItem){.prompt = caps[i], .negative_prompt = "", .sampler = "euler", .index = i, .seed = i,
+                              .steps = 1, .cfg = 1, .strength = 1};
+        }
+        const H5Par par = h5_par_serial();
+        SdcError err = {0};
+        GenOut go;
+        int64_t idx[NI - 1];
+        for (int i = 0; i < NI - 1; i++) idx[i] = i; // the last item not done
+        int rc = genout_open(&go, path, it, NI, RES, RES, "0123456789", NULL, &par, &err);
+        if (!rc) rc = genout_write(&go, idx, NI - 1, imgs, &err);
+        if (!rc) rc = genout_close(&go, &err);
+        SynthScore s = {0};
+        if (!rc) rc = synth_score_file(path, &s, NULL, &err);
+        check_true(&t, rc == 0 && s.items == NI && s.not_done == 1 && s.scored == NI - 1,
+                   "generation output: %lld items, %lld not done, %lld scored %s", (long long)s.items,
+                   (long long)s.not_done, (long long)s.scored, err.msg);
+        double sh = s.scored ? (double)s.hit[0] / s.scored : 0, co = s.scored ? (double)s.hit[1] / s.scored : 0;
+        if (!shifted)
+            check_true(&t, sh >= 0.98 && co >= 0.98 && s.heldout > 0, "its own pictures: shape %.1f%%, colour %.1f%% "
+                       "(%lld held out)", 100 * sh, 100 * co, (long long)s.heldout);
+        else
+            check_true(&t, sh < 0.5 && co < 0.5, "the next item's pictures: shape %.1f%%, colour %.1f%%", 100 * sh,
+                       100 * co);
+        unlink(path);
+        rmdir(dir);
+        free(imgs);
     }
 
     const char *grid = getenv("SDC_SYNTH_GRID");
