@@ -45,6 +45,7 @@ static int flag_is(const char *a, const char *s, const char *l) { return (s && !
 static void cli_print_usage_storage(FILE *f, const char *sub);
 static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
 static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
+static int cli_parse_init(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
 static void cli_print_usage_train(FILE *f);
 
 // "L,T,R,B" pixels to add on each side
@@ -113,6 +114,7 @@ void cli_print_usage(FILE *f, const char *sub) {
                    "             dataset synth: procedural captioned shapes, dataset score: what generated images\n"
                    "             show of their synth prompts (sdc dataset synth --help)\n"
                    "  convert    convert a model between layouts (sdc convert --help)\n"
+                   "  init-model a model initialised from scratch from configs (sdc init-model --help)\n"
                    "  train      DreamBooth fine-tuning, full or LoRA (sdc train dreambooth --help)\n"
                    "  submit     render a manifest's Slurm batch script and sbatch it (sdc submit --help)\n\n"
                    "Every command builds a job manifest (jobs/sdc.proto); --dump-manifest prints it.\n");
@@ -338,6 +340,7 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
     }
     if (!strcmp(argv[1], "dataset") || !strcmp(argv[1], "convert")) return cli_parse_storage(argc, argv, out, opt, err);
     if (!strcmp(argv[1], "train")) return cli_parse_train(argc, argv, out, opt, err);
+    if (!strcmp(argv[1], "init-model")) return cli_parse_init(argc, argv, out, opt, err);
     if (strcmp(argv[1], "generate"))
         return sdc_err(err, SDC_ERR_ARG, "unknown command '%s' ---> run 'sdc --help'", argv[1]);
 
@@ -723,6 +726,76 @@ static int cli_parse_synth(int argc, char **argv, Sdc__Job **out, CliOptions *op
 #undef FLAG
 #undef VALUE
     }
+    if (rc) {
+        cli_job_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
+}
+
+static void cli_print_usage_init(FILE *f) {
+    fprintf(f,
+            "usage: sdc init-model --config DIR --vae MODEL -o OUT [--seed N]\n\n"
+            "A diffusers folder whose UNet and text encoder are initialised from scratch, as the PyTorch modules\n"
+            "of diffusers and transformers are (src/models/init.h), with a trained VAE: what training from\n"
+            "scratch starts from (sdc train ... --pretrained-model OUT).\n\n"
+            "  -c, --config DIR        unet/, vae/, text_encoder/ config.json, scheduler/scheduler_config.json,\n"
+            "                          model_index.json (tokenizer/ copied when present; else the shipped CLIP vocab)\n"
+            "      --vae MODEL         the VAE's weights: a model or a diffusers vae/ folder\n"
+            "  -o, --output OUT        the new folder\n"
+            "  -s, --seed N            seed (default 0)\n"
+            "      --dump-manifest     print the job manifest and exit\n"
+            "  -q, --quiet             no progress output\n");
+}
+
+static int cli_parse_init(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
+    Sdc__Job *job = job_new();
+    Sdc__InitModel *im = calloc(1, sizeof *im);
+    if (!job || !im) {
+        if (job) cli_job_free(job);
+        free(im);
+        return cli_oom(err);
+    }
+    sdc__init_model__init(im);
+    job->init_model = im;
+    job->task = SDC__TASK__TASK_INIT_MODEL;
+    job->has_task = 1;
+    const char *help = "sdc init-model --help";
+    int rc = 0;
+    for (int i = 2; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        long long ll = 0;
+#define VALUE() \
+    (i + 1 < argc ? argv[++i] : (rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> %s", a, help), (const char *)NULL))
+        if (flag_is(a, "-h", "--help")) {
+            opt->help = 1;
+            cli_print_usage_init(stdout);
+            cli_job_free(job);
+            return 0;
+        } else if (flag_is(a, "-c", "--config")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(im, "config_dir", v, err);
+        } else if (flag_is(a, NULL, "--vae")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(im, "vae", v, err);
+        } else if (flag_is(a, "-o", "--output")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(im, "output", v, err);
+        } else if (flag_is(a, "-s", "--seed")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) im->seed = ll, im->has_seed = 1;
+        } else if (flag_is(a, NULL, "--dump-manifest")) {
+            opt->dump_manifest = 1;
+        } else if (flag_is(a, "-q", "--quiet")) {
+            opt->quiet = 1;
+        } else {
+            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> %s", a, help);
+        }
+#undef VALUE
+    }
+    if (!rc && (!im->config_dir || !im->output))
+        rc = sdc_err(err, SDC_ERR_ARG, "sdc init-model needs --config DIR and -o OUT ---> %s", help);
     if (rc) {
         cli_job_free(job);
         return rc;

@@ -178,6 +178,13 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
     // dataset import and convert check their own messages (data/); their
     // model, when they take one, is checked where it is opened
     if (job->task == SDC__TASK__TASK_DATASET_IMPORT || job->task == SDC__TASK__TASK_CONVERT) return 0;
+    if (job->task == SDC__TASK__TASK_INIT_MODEL) {
+        const Sdc__InitModel *m = job->init_model;
+        if (!m || !m->config_dir || !m->config_dir[0] || !m->output || !m->output[0])
+            return sdc_err(err, SDC_ERR_ARG, "manifest: init_model needs config_dir and output ---> sdc init-model "
+                           "--config DIR --vae MODEL -o OUT");
+        return 0;
+    }
     if (job->task == SDC__TASK__TASK_DATASET_SCORE) {
         if (!job->dataset_score || !job->dataset_score->n_inputs)
             return sdc_err(err, SDC_ERR_ARG, "manifest: dataset_score.inputs is empty ---> name generation outputs "

@@ -19,6 +19,7 @@
 #include "jobs/stop.h"
 #include "data/convert.h"
 #include "data/dataset.h"
+#include "data/model_init.h"
 #include "data/synth_score.h"
 #include "data/fsutil.h"
 #include "data/train_ckpt.h"
@@ -204,6 +205,13 @@ static int run_dataset_score(const Sdc__Job *job, const RunOptions *opt, SdcErro
     return 0;
 }
 
+static int run_init_model(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    const Sdc__InitModel *m = job->init_model;
+    ModelInitOpts o = {.config_dir = m->config_dir, .vae = m->vae, .output = m->output, .seed = (uint64_t)m->seed,
+                       .quiet = opt->quiet};
+    return model_init_folder(&o, err);
+}
+
 static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     const Sdc__Convert *c = job->convert;
     if (!job->model || !job->model->path || !job->model->path[0])
@@ -276,6 +284,7 @@ int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     case SDC__TASK__TASK_DATASET_IMPORT: rc = run_dataset_import(job, opt, err); break;
     case SDC__TASK__TASK_DATASET_SYNTH: rc = run_dataset_synth(job, opt, err); break;
     case SDC__TASK__TASK_DATASET_SCORE: rc = run_dataset_score(job, opt, err); break;
+    case SDC__TASK__TASK_INIT_MODEL: rc = run_init_model(job, opt, err); break;
     case SDC__TASK__TASK_CONVERT: rc = run_convert(job, opt, err); break;
     case SDC__TASK__TASK_DREAMBOOTH: rc = run_dreambooth(job, opt, err); break;
     default: rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "task %d is not implemented yet", job->task);

@@ -195,9 +195,57 @@ import h5py, sys; f = h5py.File('$W/l.h5', 'r'); print(f['latents'].shape); sys.
     refused "no input" 'no generation output given' "$SDC" dataset score
 }
 
+# ----------------------------------------------------------------------------
+# `sdc init-model`: tiny-sd1's configs (a 49408-token text encoder, no
+# tokenizer: the shipped vocab is written) -> a folder that sdc generates
+# from, initialised as torch does (tools/check_init.py, when torch is here;
+# else that check is skipped by the init_model_vs_torch test); bad input.
+init_cfg() {
+    for f in model_index.json scheduler/scheduler_config.json unet/config.json vae/config.json \
+        text_encoder/config.json; do
+        mkdir -p "$1/$(dirname "$f")" && cp "$SRC/tests/fixtures/tiny-sd1/$f" "$1/$f" || return 1
+    done
+    sed -i 's/"vocab_size": 1000/"vocab_size": 49408/' "$1/text_encoder/config.json"
+}
+init_model() {
+    check "a config folder from tiny-sd1" init_cfg "$W/cfg"
+    runs "sdc init-model" "$SDC" init-model -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" -o "$W/m" -s 3
+    check "... unet, text encoder, vae, tokenizer written" [ -s "$W/m/unet/diffusion_pytorch_model.safetensors" -a \
+        -s "$W/m/text_encoder/model.safetensors" -a -s "$W/m/vae/diffusion_pytorch_model.safetensors" -a \
+        -s "$W/m/tokenizer/vocab.json" ]
+    check "... no temporary folder left" [ ! -e "$W/m.tmp" ]
+    runs "generate from it" "$SDC" generate -q -m "$W/m" -p 'a red star' -W 32 -H 32 --steps 2 -o "$W/m.png"
+    runs "the same seed: the same weights" "$SDC" init-model -q -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" \
+        -o "$W/m2" -s 3
+    check "... byte for byte" cmp -s "$W/m/unet/diffusion_pytorch_model.safetensors" \
+        "$W/m2/unet/diffusion_pytorch_model.safetensors"
+    runs "another seed" "$SDC" init-model -q -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" -o "$W/m3" -s 4
+    differ() { ! cmp -s "$1" "$2"; }
+    check "... other weights" differ "$W/m/unet/diffusion_pytorch_model.safetensors" \
+        "$W/m3/unet/diffusion_pytorch_model.safetensors"
+    refused "an existing output" 'exists ---> sdc init-model writes a new folder' \
+        "$SDC" init-model -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" -o "$W/m"
+    refused "no VAE" 'no VAE ---> pass --vae MODEL' "$SDC" init-model -c "$W/cfg" -o "$W/x"
+    refused "a VAE of another shape (the demo model's)" 'does not fit the config' \
+        "$SDC" init-model -c "$W/cfg" --vae "$DEMO" -o "$W/x"
+    check "... nothing written" [ ! -e "$W/x" -a ! -e "$W/x.tmp" ]
+    rm "$W/cfg/scheduler/scheduler_config.json"
+    refused "a config folder without its scheduler" 'scheduler_config.json: missing' \
+        "$SDC" init-model -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" -o "$W/x"
+    check "... nothing written" [ ! -e "$W/x" -a ! -e "$W/x.tmp" ]
+}
+
+init_model_vs_torch() {
+    python3 -c 'import torch, diffusers, transformers' 2>/dev/null || skip "python3 has no torch / diffusers"
+    check "a config folder from tiny-sd1" init_cfg "$W/cfg"
+    runs "sdc init-model" "$SDC" init-model -q -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" -o "$W/m" -s 5
+    runs "initialised as torch initialises (tools/check_init.py)" python3 "$SRC/tools/check_init.py" "$W/m" \
+        "$SRC/tests/fixtures/tiny-sd1"
+}
+
 case "$NAME" in
     import_dreambooth | import_bad_input | mpi_ranks | generate_resume | model_hash_cache | interop_checkpoint | \
-        dataset_synth)
+        dataset_synth | init_model | init_model_vs_torch)
         $NAME ;;
     *) echo "storage_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac
