@@ -196,7 +196,7 @@ generate_from_h5() {
 }
 
 # SDXL: its micro-conditioning flags are checked and refused for SD 1.x, and
-# what does not run on SDXL yet (conversion, training) is refused by name.
+# what does not run on SDXL yet (training) is refused by name.
 sdxl_refusals() {
     XL=$SRC/tests/fixtures/tiny-sdxl
     refused "--original-size with an SD 1.x model" "SDXL's micro-conditioning" "$SDC" generate -q -m "$DEMO" \
@@ -208,9 +208,6 @@ sdxl_refusals() {
         --crops-coords-top-left -1,0 -o "$W/b.png"
     refused "--negative-original-size without --negative-target-size" "go together" "$SDC" generate -q -m "$XL" \
         -p x --negative-original-size 64,64 -o "$W/b.png"
-    refused "sdc convert of an SDXL folder" "converting SDXL models is not supported yet" "$SDC" convert -q \
-        -m "$XL" -o "$W/xl.safetensors"
-    check "... and no output" test ! -e "$W/xl.safetensors"
     refused "DreamBooth on SDXL" "SDXL" "$SDC" train dreambooth -q --pretrained-model "$XL" --instance-data "$IMGS" \
         --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t" -t 1
 }
