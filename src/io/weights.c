@@ -1089,6 +1089,17 @@ int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err) {
         if (!is_dir(p)) snprintf(p, sizeof p, "%s", path);
         int rc = open_component(m, COMP_VAE, p, cap, err);
         if (rc) return sdc_err_wrap(err, "--vae %s (a diffusers vae/ folder, or a model folder with vae/)", path);
+        // its config.json's scaling factor is the VAE's, as diffusers'
+        // vae=AutoencoderKL.from_pretrained(folder) (sdxl-vae-fp16-fix's
+        // 0.13025); the architecture stays the model's (a tensor of another
+        // shape fails at load, naming it)
+        char cfg[1300];
+        VaeConfig vc;
+        path_join(cfg, sizeof cfg, p, "config.json", NULL);
+        if (is_file(cfg)) {
+            if ((rc = read_vae_config(&vc, cfg, err))) return sdc_err_wrap(err, "--vae %s", path);
+            m->info.vae.scaling_factor = vc.scaling_factor;
+        }
         return sort_entries(m, err);
     }
     if (!is_file(path)) return sdc_err(err, SDC_ERR_IO, "--vae %s: no such file or folder", path);
