@@ -703,8 +703,11 @@ static int infer_xl(ModelInfo *info, const StFile *f, SdcError *err) {
         const char *pre = e ? p2 : p1;
         char name[160];
         if (shp(f, s, "%s%s", pre, e ? "token_embedding.weight" : "embeddings.token_embedding.weight") != 2)
-            return sdc_err(err, SDC_ERR_SHAPE, "%s: SDXL text encoder %d: no %s%s", f->path, e + 1, pre,
-                           e ? "token_embedding.weight" : "embeddings.token_embedding.weight");
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: an SDXL checkpoint without its %s text encoder (%s, %s*): no "
+                           "%s%s\n---> an SDXL base file holds both (conditioner.embedders.0: CLIP ViT-L, "
+                           "conditioner.embedders.1: OpenCLIP ViT-bigG); use the whole file, or the model's "
+                           "diffusers folder", f->path, e ? "second" : "first", e ? "OpenCLIP ViT-bigG" : "CLIP ViT-L",
+                           pre, pre, e ? "token_embedding.weight" : "embeddings.token_embedding.weight");
         c->vocab_size = (int)s[0];
         c->hidden = (int)s[1];
         if (shp(f, s, "%s%s", pre, e ? "positional_embedding" : "embeddings.position_embedding.weight") != 2)
