@@ -130,6 +130,19 @@ static void sdxl(TestCtx *t, const char *dir) {
     }
     if (!conv(t, a, e, -1)) same_xl_folders(t, c, e);
     same_xl_info(t, infer, c);
+    // the 9-channel SDXL inpainting model (its shared parts are symlinks): StableDiffusionXLInpaintPipeline
+    snprintf(a, sizeof a, "%s/xl-inpaint", dir);
+    if (!conv(t, "tests/fixtures/tiny-sdxl-inpaint", a, -1)) {
+        char mi[300], text[4096] = "";
+        snprintf(mi, sizeof mi, "%s/model_index.json", a);
+        FILE *f = fopen(mi, "rb");
+        size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+        if (f) fclose(f);
+        text[n] = 0;
+        check_true(t, strstr(text, "\"StableDiffusionXLInpaintPipeline\"") && strstr(text, "\"tokenizer_2\""),
+                   "%s: model_index.json names StableDiffusionXLInpaintPipeline and tokenizer_2", a);
+        same_xl_info(t, "tests/fixtures/tiny-sdxl-inpaint", a);
+    }
 }
 
 int main(void) {
