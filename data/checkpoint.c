@@ -9,8 +9,11 @@
 #include <unistd.h>
 #include <zlib.h>
 
-static const char *const PARAM_GROUPS[] = {"text_encoder", "unet", "vae", "extra"};
-#define N_PARAM_GROUPS 4
+// The groups of parameters: the first three in every checkpoint; /extra and
+// SDXL's /text_encoder_2 only where they have tensors (ckpt_put makes them).
+static const char *const PARAM_GROUPS[] = {"text_encoder", "unet", "vae", "extra", "text_encoder_2"};
+#define N_PARAM_GROUPS 5
+#define N_BEGIN_GROUPS 4 // made by ckpt_begin (an empty /extra as before)
 
 static uLong crc32_serial(uLong c, const Bytef *b, size_t n) {
     while (n) {
@@ -73,7 +76,7 @@ int ckpt_begin(CkptWriter *w, const char *path, SdcError *err) {
     hid_t g = -1;
     H5_TRY(w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
            "%s: cannot create ---> is the folder writable?", w->tmp);
-    for (int i = 0; i < N_PARAM_GROUPS; i++) {
+    for (int i = 0; i < N_BEGIN_GROUPS; i++) {
         H5_TRY(g = group_at(w->file, PARAM_GROUPS[i], w->tmp, err), "%s: group %s", w->tmp, PARAM_GROUPS[i]);
         H5Gclose(g);
     }
@@ -357,7 +360,7 @@ int ckpt_open(Ckpt *c, const char *path, SdcError *err) {
     ListCtx x = {.c = c, .err = err}; // x.cap: the list's capacity across groups
     for (int i = 0; i < N_PARAM_GROUPS; i++) {
         if (!h5_has_link(c->file, PARAM_GROUPS[i])) {
-            if (i == 3) continue; // /extra is optional
+            if (i >= 3) continue; // /extra and /text_encoder_2 are optional
             sdc_err(err, SDC_ERR_FORMAT, "%s: group /%s is missing\n---> layouts: data/README.md", path,
                     PARAM_GROUPS[i]);
             goto fail;

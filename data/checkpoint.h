@@ -1,6 +1,6 @@
 // checkpoint.h: the sdc checkpoint file (sdc_kind "checkpoint", layout in
 // data/README.md): model parameters under their diffusers names, one dataset
-// each in a group per component (/unet, /vae, /text_encoder; /extra for
+// each in a group per component (/unet, /vae, /text_encoder, SDXL's /text_encoder_2; /extra for
 // original-layout tensors with no diffusers name), optimizer moments under
 // /optimizer, training state as attributes of /state, configs and the job
 // manifest as string attributes, a CRC32 per tensor checked on load.
@@ -69,7 +69,7 @@ typedef struct CkptTensor {
 typedef struct Ckpt {
     char path[1024];
     hid_t file;
-    CkptTensor *t; // parameters of /text_encoder, /unet, /vae, /extra (in that order, names sorted)
+    CkptTensor *t; // parameters of /text_encoder, /unet, /vae, /extra, /text_encoder_2 (SDXL) (in that order, names sorted)
     int n;
     int64_t step;
     uint64_t rng[4];

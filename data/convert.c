@@ -27,9 +27,9 @@
 
 #define COMP_EXTRA COMP_COUNT // pseudo component of the "extra" tensors
 static const char *const GROUP[COMP_COUNT + 1] = {"text_encoder", "unet", "vae", "text_encoder_2", "extra"};
-// The components of the SD 1.x/2.x models sdc converts (not SDXL's second
-// text encoder yet: convert_run refuses SDXL models).
+// The components of SD 1.x/2.x models; SDXL adds text_encoder_2 (Model.xl).
 #define N_CONV 3
+#define N_CONV_XL 4
 
 typedef struct Param {
     int comp;                   // Component or COMP_EXTRA
@@ -42,7 +42,10 @@ typedef struct Model {
     int n, cap;
     char *cfg[COMP_COUNT];      // config.json text per component
     char *model_index, *scheduler;
-    int openclip;               // SD 2.x text encoder (original layout cond_stage_model.model.*)
+    int openclip;               // the text layout of the original names (NameMap's NM_TEXT_*)
+    int xl;                     // SDXL: text_encoder_2 too (N_CONV_XL components)
+    int force_zeros;            // SDXL: model_index.json's force_zeros_for_empty_prompt
+    const char *out_name;       // the output as the user named it (messages; the writers write a temporary)
     // what owns the bytes
     StFile st[COMP_COUNT];
     int n_st;
@@ -139,6 +142,25 @@ static void bput_names(Buf *b, const char *key, int n, const int *flag, const ch
     bput(b, "],\n");
 }
 
+// transformers' CLIPTextConfig of k with that many layers: CLIPTextModelWithProjection
+// when k has a projection (SDXL's text_encoder_2); eos_token_id 2 where the
+// pooled output is taken at the argmax of the ids (transformers' rule for it).
+static char *clip_config_json(const ClipConfig *k, int layers) {
+    Buf b = {0};
+    bput(&b, "{\n  \"architectures\": [\"%s\"],\n  \"attention_dropout\": 0.0,\n"
+             "  \"bos_token_id\": %d,\n  \"dropout\": 0.0,\n  \"eos_token_id\": %d,\n  \"hidden_act\": \"%s\",\n"
+             "  \"hidden_size\": %d,\n  \"initializer_factor\": 1.0,\n  \"initializer_range\": 0.02,\n"
+             "  \"intermediate_size\": %d,\n  \"layer_norm_eps\": %.7g,\n  \"max_position_embeddings\": %d,\n"
+             "  \"model_type\": \"clip_text_model\",\n  \"num_attention_heads\": %d,\n"
+             "  \"num_hidden_layers\": %d,\n  \"pad_token_id\": %d,\n  \"projection_dim\": %d,\n"
+             "  \"torch_dtype\": \"float32\",\n  \"vocab_size\": %d\n}\n",
+         k->projection_dim > 0 ? "CLIPTextModelWithProjection" : "CLIPTextModel", k->bos_token,
+         k->pool_argmax ? 2 : k->eos_token, k->act == ACT_GELU ? "gelu" : "quick_gelu", k->hidden, k->intermediate,
+         k->ln_eps, k->max_positions, k->heads, layers, k->pad_token,
+         k->projection_dim > 0 ? k->projection_dim : k->hidden, k->vocab_size);
+    return b.s;
+}
+
 static void make_configs(Model *m, const ModelInfo *info, const char *sched_json) {
     const UnetConfig *u = &info->unet;
     const VaeConfig *v = &info->vae;
@@ -159,6 +181,9 @@ static void make_configs(Model *m, const ModelInfo *info, const char *sched_json
          u->sample_size);
     bput_list(&b, "transformer_layers_per_block", u->transformer_layers, u->n_levels);
     bput_names(&b, "up_block_types", u->n_levels, u->up_attn, "CrossAttnUpBlock2D", "UpBlock2D");
+    if (u->add_time_dim) // SDXL's added embedding
+        bput(&b, "  \"addition_embed_type\": \"text_time\",\n  \"addition_time_embed_dim\": %d,\n"
+                 "  \"projection_class_embeddings_input_dim\": %d,\n", u->add_time_dim, u->add_in_dim);
     bput(&b, "  \"use_linear_projection\": %s\n}\n", u->use_linear_projection ? "true" : "false");
     m->cfg[COMP_UNET] = b.s;
 
@@ -178,25 +203,18 @@ static void make_configs(Model *m, const ModelInfo *info, const char *sched_json
 
     // transformers CLIPTextConfig; an original SD 2.x file keeps 24 layers of
     // which the penultimate output is used: diffusers' config says 23
-    int layers = k->layers - (k->default_skip > 1 ? k->default_skip - 1 : 0);
-    b = (Buf){0};
-    bput(&b, "{\n  \"architectures\": [\"CLIPTextModel\"],\n  \"attention_dropout\": 0.0,\n"
-             "  \"bos_token_id\": %d,\n  \"dropout\": 0.0,\n  \"eos_token_id\": %d,\n  \"hidden_act\": \"%s\",\n"
-             "  \"hidden_size\": %d,\n  \"initializer_factor\": 1.0,\n  \"initializer_range\": 0.02,\n"
-             "  \"intermediate_size\": %d,\n  \"layer_norm_eps\": %.7g,\n  \"max_position_embeddings\": %d,\n"
-             "  \"model_type\": \"clip_text_model\",\n  \"num_attention_heads\": %d,\n"
-             "  \"num_hidden_layers\": %d,\n  \"pad_token_id\": %d,\n  \"projection_dim\": %d,\n"
-             "  \"torch_dtype\": \"float32\",\n  \"vocab_size\": %d\n}\n",
-         k->bos_token, k->eos_token, k->act == ACT_GELU ? "gelu" : "quick_gelu", k->hidden, k->intermediate,
-         k->ln_eps, k->max_positions, k->heads, layers, k->pad_token, k->hidden, k->vocab_size);
-    m->cfg[COMP_TEXT_ENCODER] = b.s;
+    m->cfg[COMP_TEXT_ENCODER] = clip_config_json(k, k->layers - (k->default_skip > 1 ? k->default_skip - 1 : 0));
+    if (info->family == SD_FAMILY_XL && info->has_clip2)
+        m->cfg[COMP_TEXT_ENCODER_2] = clip_config_json(&info->clip2, info->clip2.layers);
 
     // the scheduler config sdc samples the model with: the source's own file
     // (as it was), else SD's original one (sched_config_sd), so that
     // diffusers and sdc sample the export as sdc samples the source
     m->scheduler = sched_json ? strdup(sched_json) : sched_config_to_json(&info->sched);
-    m->openclip = info->clip.act == ACT_GELU;
-    for (int c = 0; c < N_CONV; c++) m->oom |= !m->cfg[c];
+    m->xl = info->family == SD_FAMILY_XL;
+    m->force_zeros = info->force_zeros_negative;
+    m->openclip = m->xl ? NM_TEXT_XL : info->clip.act == ACT_GELU ? NM_TEXT_OPENCLIP : NM_TEXT_CLIP;
+    for (int c = 0; c < (m->xl ? N_CONV_XL : N_CONV); c++) m->oom |= !m->cfg[c];
     m->oom |= !m->scheduler;
 }
 
@@ -231,40 +249,88 @@ static long long json_text_int(const char *text, const char *key, long long def,
     return r;
 }
 
-// model_index.json: the pipeline of the UNet (9 input channels: inpainting),
-// the scheduler config's class, a tokenizer or none.
+// A boolean member of a JSON text (def when absent); *oom as above.
+static int json_text_bool(const char *text, const char *key, int def, int *oom) {
+    JsonDoc d;
+    SdcError e = {0};
+    if (!text) return def;
+    if (json_parse_config(&d, text, strlen(text), "config", &e)) {
+        *oom |= e.code == SDC_ERR_OOM;
+        return def;
+    }
+    const JsonNode *v = json_get(&d, json_root(&d), key);
+    int r = v && v->type == JSON_BOOL ? v->boolean : def;
+    json_free(&d);
+    return r;
+}
+
+// model_index.json: the pipeline of the UNet (9 input channels: inpainting;
+// SDXL: the XL pipelines with text_encoder_2, tokenizer_2 and
+// force_zeros_for_empty_prompt), the scheduler config's class, the
+// tokenizers or none.
 static void make_model_index(Model *m, int tokenizer) {
     char sched[64];
     json_text_str(m->scheduler, "_class_name", sched, sizeof sched, &m->oom);
     const int inpaint = json_text_int(m->cfg[COMP_UNET], "in_channels", 4, &m->oom) == 9;
+    const char *tok = tokenizer ? "[\"transformers\", \"CLIPTokenizer\"]" : "[null, null]";
     Buf b = {0};
-    bput(&b, "{\n  \"_class_name\": \"%s\",\n  \"_diffusers_version\": \"0.27.0\",\n"
-             "  \"feature_extractor\": [null, null],\n  \"requires_safety_checker\": false,\n"
-             "  \"safety_checker\": [null, null],\n  \"scheduler\": [\"diffusers\", \"%s\"],\n"
-             "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
-             "  \"tokenizer\": %s,\n  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
-             "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}\n",
-         inpaint ? "StableDiffusionInpaintPipeline" : "StableDiffusionPipeline", sched[0] ? sched : "PNDMScheduler",
-         tokenizer ? "[\"transformers\", \"CLIPTokenizer\"]" : "[null, null]");
+    if (m->xl) {
+        bput(&b, "{\n  \"_class_name\": \"%s\",\n  \"_diffusers_version\": \"0.27.0\",\n"
+                 "  \"feature_extractor\": [null, null],\n  \"force_zeros_for_empty_prompt\": %s,\n"
+                 "  \"image_encoder\": [null, null],\n  \"scheduler\": [\"diffusers\", \"%s\"],\n"
+                 "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                 "  \"text_encoder_2\": [\"transformers\", \"CLIPTextModelWithProjection\"],\n"
+                 "  \"tokenizer\": %s,\n  \"tokenizer_2\": %s,\n  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                 "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}\n",
+             inpaint ? "StableDiffusionXLInpaintPipeline" : "StableDiffusionXLPipeline",
+             m->force_zeros ? "true" : "false", sched[0] ? sched : "EulerDiscreteScheduler", tok, tok);
+    } else {
+        bput(&b, "{\n  \"_class_name\": \"%s\",\n  \"_diffusers_version\": \"0.27.0\",\n"
+                 "  \"feature_extractor\": [null, null],\n  \"requires_safety_checker\": false,\n"
+                 "  \"safety_checker\": [null, null],\n  \"scheduler\": [\"diffusers\", \"%s\"],\n"
+                 "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+                 "  \"tokenizer\": %s,\n  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+                 "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n}\n",
+             inpaint ? "StableDiffusionInpaintPipeline" : "StableDiffusionPipeline", sched[0] ? sched : "PNDMScheduler",
+             tok);
+    }
     free(m->model_index);
     m->model_index = b.s;
     m->oom |= !b.s;
 }
 
-// The text encoder can take the shipped CLIP vocab's ids (49408 tokens).
+// The text encoder(s) can take the shipped CLIP vocab's ids (49408 tokens).
 static int clip_vocab_model(Model *m) {
-    return json_text_int(m->cfg[COMP_TEXT_ENCODER], "vocab_size", 0, &m->oom) == CLIP_TOK_VOCAB;
+    return json_text_int(m->cfg[COMP_TEXT_ENCODER], "vocab_size", 0, &m->oom) == CLIP_TOK_VOCAB &&
+           (!m->xl || json_text_int(m->cfg[COMP_TEXT_ENCODER_2], "vocab_size", 0, &m->oom) == CLIP_TOK_VOCAB);
 }
 
 // ----------------------------------------------------------------------------
 // sources
 
+// The (c, r) transpose of a 2-D tensor (r, c), owned by m (t itself and
+// m->oom when out of memory): SDXL's OpenCLIP text_projection, which the
+// original layout holds as x @ P and diffusers as the Linear weight P^T.
+static Tensor transpose_own(Model *m, Tensor t) {
+    const size_t r = (size_t)t.shape[0], c = (size_t)t.shape[1], es = dtype_size(t.dtype);
+    char *o = model_own(m, r * c * es);
+    if (!o) return t;
+    for (size_t i = 0; i < r; i++)
+        for (size_t j = 0; j < c; j++) memcpy(o + (j * r + i) * es, (const char *)t.data + (i * c + j) * es, es);
+    t.data = o;
+    t.shape[0] = (int64_t)c, t.shape[1] = (int64_t)r;
+    return t;
+}
+
 static int load_single(Model *m, const char *path, const ModelInfo *info, SdcError *err) {
     StFile *f = &m->st[m->n_st];
     SDC_TRY(st_open(f, path, err));
     m->n_st++;
-    int openclip = 0;
-    for (int i = 0; i < f->n && !openclip; i++) openclip = !strncmp(f->entries[i].name, "cond_stage_model.model.", 23);
+    // the text layout of the names: SDXL's two encoders, or SD 2.x's OpenCLIP or SD 1.x's CLIP
+    int openclip = m->xl ? NM_TEXT_XL : NM_TEXT_CLIP;
+    for (int i = 0; i < f->n && openclip == NM_TEXT_CLIP; i++)
+        if (!strncmp(f->entries[i].name, "cond_stage_model.model.", 23)) openclip = NM_TEXT_OPENCLIP;
+    m->openclip = openclip;
     NameMap *nm = malloc(sizeof *nm);
     if (!nm) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory for the name map", path);
     int rc = namemap_init(nm, &info->unet, &info->vae, openclip, err);
@@ -293,10 +359,16 @@ static int load_single(Model *m, const char *path, const ModelInfo *info, SdcErr
                 v.data = (char *)v.data + (size_t)(mp[j].slice * rows) * row_bytes;
                 v.shape[0] = rows;
             }
+            if (mp[j].kind == NM_TRANSPOSE) {
+                if (v.ndim != 2) {
+                    rc = sdc_err(err, SDC_ERR_SHAPE, "%s: %s: expected a matrix (hidden, projection)", path, e->name);
+                    break;
+                }
+                v = transpose_own(m, v);
+            }
             model_add(m, mp[j].comp, mp[j].name, v);
         }
     }
-    m->openclip = openclip;
     free(nm);
     return rc ? rc : model_oom(m, path, err);
 }
@@ -333,15 +405,20 @@ static int load_h5(Model *m, const char *path, SdcError *err) {
         model_add(m, comp, ct->name, tensor_make(ct->dtype, DEV_CPU, buf, ct->ndim, ct->shape));
     }
     if (!rc) rc = model_oom(m, path, err);
-    for (int k = 0; !rc && k < N_CONV; k++) rc = ckpt_get_attr(&c, GROUP[k], "config", &m->cfg[k], err);
+    for (int i = 0; i < m->n; i++) m->xl |= m->p[i].comp == COMP_TEXT_ENCODER_2; // SDXL
+    for (int k = 0; !rc && k < (m->xl ? N_CONV_XL : N_CONV); k++)
+        rc = ckpt_get_attr(&c, GROUP[k], "config", &m->cfg[k], err);
     if (!rc) rc = ckpt_get_attr(&c, "", "model_index", &m->model_index, err);
     if (!rc) rc = ckpt_get_attr(&c, "", "scheduler_config", &m->scheduler, err);
-    if (!rc) {
+    if (!rc && m->xl) {
+        m->openclip = NM_TEXT_XL;
+        m->force_zeros = json_text_bool(m->model_index, "force_zeros_for_empty_prompt", 1, &m->oom);
+    } else if (!rc) {
         JsonDoc d;
         rc = json_parse(&d, m->cfg[COMP_TEXT_ENCODER], strlen(m->cfg[COMP_TEXT_ENCODER]), path, err);
         if (!rc) {
             const char *act = json_str(&d, json_get(&d, json_root(&d), "hidden_act"));
-            m->openclip = act && !strcmp(act, "gelu");
+            m->openclip = act && !strcmp(act, "gelu") ? NM_TEXT_OPENCLIP : NM_TEXT_CLIP;
             json_free(&d);
         }
     }
@@ -381,7 +458,8 @@ static int write_h5(Model *m, const ConvertOpts *o, SdcError *err) {
         Tensor t = cast(m, m->p[i].t, o->dtype);
         rc = m->oom ? model_oom(m, o->output, err) : ckpt_put(&w, GROUP[m->p[i].comp], m->p[i].name, &t, err);
     }
-    for (int c = 0; c < N_CONV && !rc; c++) rc = ckpt_set_attr(&w, GROUP[c], "config", m->cfg[c], err);
+    for (int c = 0; c < (m->xl ? N_CONV_XL : N_CONV) && !rc; c++)
+        rc = ckpt_set_attr(&w, GROUP[c], "config", m->cfg[c], err);
     if (!rc) rc = ckpt_set_attr(&w, "", "model_index", m->model_index, err);
     if (!rc) rc = ckpt_set_attr(&w, "", "scheduler_config", m->scheduler, err);
     if (!rc) rc = ckpt_set_attr(&w, "", "source", o->model, err);
@@ -448,7 +526,7 @@ static int write_single(Model *m, const ConvertOpts *o, SdcError *err) {
         NameMapping mp;
         if (namemap_to_original(nm, (Component)p->comp, p->name, &mp)) {
             rc = sdc_err(err, SDC_ERR_FORMAT, "%s: %s tensor %s has no original-layout name\n---> is this an SD "
-                         "1.x/2.x model?", o->model, GROUP[p->comp], p->name);
+                         "1.x/2.x or SDXL model?", o->model, GROUP[p->comp], p->name);
             break;
         }
         if (mp.kind == NM_ROW_SLICE) { // q, k, v rows -> one fused in_proj
@@ -468,6 +546,7 @@ static int write_single(Model *m, const ConvertOpts *o, SdcError *err) {
             continue;
         }
         if (mp.kind == NM_CONV_TO_LINEAR && t.ndim == 2) t.ndim = 4, t.shape[2] = t.shape[3] = 1;
+        if (mp.kind == NM_TRANSPOSE && t.ndim == 2) t = transpose_own(m, t); // SDXL's OpenCLIP x @ P
         if (m->oom || !(names[n] = model_own(m, strlen(mp.name) + 1))) break;
         strcpy((char *)names[n], mp.name);
         ts[n++] = t;
@@ -494,17 +573,17 @@ static int write_text(const char *path, const char *text, SdcError *err) {
     return 0;
 }
 
-// Copies src_dir/tokenizer/ (a diffusers source: the files transformers
-// reads) into out/tokenizer/.
-static int copy_tokenizer(const char *src_dir, const char *out, SdcError *err) {
+// Copies src_dir/SUB/ (a diffusers source's tokenizer/ or tokenizer_2/: the
+// files transformers reads) into out/SUB/.
+static int copy_tokenizer(const char *src_dir, const char *sub, const char *out, SdcError *err) {
     static const char *const files[] = {"vocab.json", "merges.txt", "special_tokens_map.json",
                                         "tokenizer_config.json", "tokenizer.json", "added_tokens.json"};
     char a[2048], b[2048];
-    snprintf(b, sizeof b, "%s/tokenizer", out);
+    snprintf(b, sizeof b, "%s/%s", out, sub);
     SDC_TRY(fs_mkdir_p(b, err));
     for (int i = 0; i < 6; i++) {
-        snprintf(a, sizeof a, "%s/tokenizer/%s", src_dir, files[i]);
-        snprintf(b, sizeof b, "%s/tokenizer/%s", out, files[i]);
+        snprintf(a, sizeof a, "%s/%s/%s", src_dir, sub, files[i]);
+        snprintf(b, sizeof b, "%s/%s/%s", out, sub, files[i]);
         FILE *fi = fopen(a, "rb");
         if (!fi) continue;
         FILE *fo = fopen(b, "wb");
@@ -526,32 +605,42 @@ static int copy_tokenizer(const char *src_dir, const char *out, SdcError *err) {
     return 0;
 }
 
+// The source folder has SUB/ with a tokenizer transformers reads.
+static int src_has_tokenizer(const char *model, const char *sub) {
+    char a[2048], b[2048];
+    struct stat s;
+    snprintf(a, sizeof a, "%s/%s/vocab.json", model, sub);
+    snprintf(b, sizeof b, "%s/%s/tokenizer.json", model, sub);
+    return fs_is_dir(model) && (!stat(a, &s) || !stat(b, &s));
+}
+
 static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
-    static const char *const wfile[N_CONV] = {"model.safetensors", "diffusion_pytorch_model.safetensors",
-                                              "diffusion_pytorch_model.safetensors"};
+    static const char *const wfile[N_CONV_XL] = {"model.safetensors", "diffusion_pytorch_model.safetensors",
+                                                 "diffusion_pytorch_model.safetensors", "model.safetensors"};
+    const int n_conv = m->xl ? N_CONV_XL : N_CONV;
     char p[2048];
     SDC_TRY(fs_mkdir_p(o->output, err));
-    // the tokenizer: the source folder's, else the shipped CLIP vocab with
+    // the tokenizer(s): the source folder's, else the shipped CLIP vocab with
     // SD 1.x's or SD 2.x's special tokens (pad "!": the text encoder config's
-    // pad_token_id 0), the tokenizer sdc itself uses for the model
-    char tok[2048], tok2[2048];
-    snprintf(tok, sizeof tok, "%s/tokenizer/vocab.json", o->model);
-    snprintf(tok2, sizeof tok2, "%s/tokenizer/tokenizer.json", o->model);
-    struct stat s;
-    const int src_tok = fs_is_dir(o->model) && (!stat(tok, &s) || !stat(tok2, &s)), shipped = !src_tok && clip_vocab_model(m);
-    if (src_tok) SDC_TRY(copy_tokenizer(o->model, o->output, err));
-    if (shipped) {
-        snprintf(p, sizeof p, "%s/tokenizer", o->output);
+    // pad_token_id 0), the tokenizer sdc itself uses for the model; SDXL's
+    // tokenizer_2 likewise (its text encoder pads with "!")
+    const int src_tok = src_has_tokenizer(o->model, "tokenizer") &&
+                        (!m->xl || src_has_tokenizer(o->model, "tokenizer_2")),
+              shipped = !src_tok && clip_vocab_model(m);
+    if (src_tok) SDC_TRY(copy_tokenizer(o->model, "tokenizer", o->output, err));
+    if (src_tok && m->xl) SDC_TRY(copy_tokenizer(o->model, "tokenizer_2", o->output, err));
+    for (int c = 0; shipped && c < n_conv; c++) {
+        if (c != COMP_TEXT_ENCODER && c != COMP_TEXT_ENCODER_2) continue;
+        snprintf(p, sizeof p, "%s/%s", o->output, c == COMP_TEXT_ENCODER ? "tokenizer" : "tokenizer_2");
         SDC_TRY(fs_mkdir_p(p, err));
-        const int sd2 = json_text_int(m->cfg[COMP_TEXT_ENCODER], "pad_token_id", -1, &m->oom) == 0;
+        const int sd2 = json_text_int(m->cfg[c], "pad_token_id", -1, &m->oom) == 0;
         SDC_TRY(clip_tok_write_hf(p, sd2 ? CLIP_TOK_FOLDER_SD2 : CLIP_TOK_FOLDER_SD1, err));
     }
     const int has_tok = src_tok || shipped;
     make_model_index(m, has_tok);
     SDC_TRY(model_oom(m, o->output, err));
-    SDC_TRY(model_oom(m, o->output, err));
     int extras = 0, rc = 0;
-    for (int c = 0; c < N_CONV && !rc; c++) {
+    for (int c = 0; c < n_conv && !rc; c++) {
         snprintf(p, sizeof p, "%s/%s", o->output, GROUP[c]);
         SDC_TRY(fs_mkdir_p(p, err));
         snprintf(p, sizeof p, "%s/%s/config.json", o->output, GROUP[c]);
@@ -584,9 +673,10 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
                 "diffusers folder; left out\n", extras);
     if (!has_tok && !o->quiet)
         fprintf(stderr, "sdc: note: no tokenizer/ written: the text encoder's vocab has %lld tokens, not CLIP's %d "
-                "(the source has no tokenizer/)\n---> diffusers users: copy the model's own tokenizer folder into "
-                "%s/tokenizer\n", json_text_int(m->cfg[COMP_TEXT_ENCODER], "vocab_size", 0, &m->oom), CLIP_TOK_VOCAB,
-                o->output);
+                "(the source has no tokenizer/)\n---> diffusers users: give the model's own tokenizer%s to from_pretrained "
+                "(tokenizer=CLIPTokenizer.from_pretrained(...)), or copy its folder into %s/ and name it in "
+                "model_index.json\n", json_text_int(m->cfg[COMP_TEXT_ENCODER], "vocab_size", 0, &m->oom), CLIP_TOK_VOCAB,
+                m->xl ? "s (tokenizer, tokenizer_2)" : "", m->out_name ? m->out_name : o->output);
     return 0;
 }
 
@@ -639,8 +729,9 @@ static int exchange_folder(const char *out, const char *tmp, const char *const *
 // in OUT (the old one parked in OUT.sdc-tmp until the end), model_index.json
 // last: a kill in those few renames leaves a mix of old and new entries.
 static int write_diffusers_whole(Model *m, const ConvertOpts *o, SdcError *err) {
-    static const char *const entries[] = {"text_encoder", "unet", "vae", "scheduler", "tokenizer", "model_index.json"};
-    enum { N_ENTRIES = 6 };
+    static const char *const entries[] = {"text_encoder", "text_encoder_2", "unet", "vae", "scheduler",
+                                          "tokenizer", "tokenizer_2", "model_index.json"};
+    enum { N_ENTRIES = 8 };
     char tmp[1900], a[2100], b[2100], old[2100];
     size_t len = strlen(o->output);
     while (len > 1 && o->output[len - 1] == '/') len--; // "out/": the temporary folder beside out, not in it
@@ -654,6 +745,7 @@ static int write_diffusers_whole(Model *m, const ConvertOpts *o, SdcError *err) 
     fs_rm_tree(tmp); // a leftover of a killed conversion
     ConvertOpts ot = *o;
     ot.output = tmp;
+    m->out_name = o->output;
     int rc = write_diffusers(m, &ot, err);
     if (!rc && !exists && rename(tmp, o->output))
         rc = sdc_err(err, SDC_ERR_IO, "%s: cannot rename %s to it (%s)", o->output, tmp, strerror(errno));
@@ -703,9 +795,6 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
         rc = load_h5(&m, o->model, err);
     } else {
         rc = model_files_open(&mf, o->model, o->config, -1, err);
-        if (!rc && model_files_info(mf)->family == SD_FAMILY_XL)
-            rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: converting SDXL models is not supported yet\n---> sdc "
-                         "generates from SDXL diffusers folders and single files as they are", o->model);
         if (!rc) {
             const ModelInfo *info = model_files_info(mf);
             make_configs(&m, info, model_files_scheduler_json(mf));

@@ -12,6 +12,10 @@
 //                    the tokenizer sdc uses for the model)
 // optionally casting float tensors to f32 / f16 / bf16. Tensors are copied
 // byte for byte when no cast is asked, so round trips are bit-exact.
+// SDXL (base, and its 9-channel inpainting UNet) converts the same way with
+// its second text encoder: conditioner.embedders.0/1 in a single file,
+// /text_encoder_2 in a checkpoint, text_encoder_2/ and tokenizer_2/ in a
+// folder whose model_index.json names StableDiffusionXL(Inpaint)Pipeline.
 #ifndef SDC_CONVERT_H
 #define SDC_CONVERT_H
 

@@ -196,7 +196,7 @@ generate_from_h5() {
 }
 
 # SDXL: its micro-conditioning flags are checked and refused for SD 1.x, and
-# what does not run on SDXL yet (conversion, training) is refused by name.
+# what does not run on SDXL yet (training) is refused by name.
 sdxl_refusals() {
     XL=$SRC/tests/fixtures/tiny-sdxl
     refused "--original-size with an SD 1.x model" "SDXL's micro-conditioning" "$SDC" generate -q -m "$DEMO" \
@@ -208,9 +208,6 @@ sdxl_refusals() {
         --crops-coords-top-left -1,0 -o "$W/b.png"
     refused "--negative-original-size without --negative-target-size" "go together" "$SDC" generate -q -m "$XL" \
         -p x --negative-original-size 64,64 -o "$W/b.png"
-    refused "sdc convert of an SDXL folder" "converting SDXL models is not supported yet" "$SDC" convert -q \
-        -m "$XL" -o "$W/xl.safetensors"
-    check "... and no output" test ! -e "$W/xl.safetensors"
     refused "DreamBooth on SDXL" "SDXL" "$SDC" train dreambooth -q --pretrained-model "$XL" --instance-data "$IMGS" \
         --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t" -t 1
 }
@@ -233,11 +230,83 @@ sdxl_generate() {
     check "... the same PNG as one process" cmp "$W/one.png" "$W/pp.png"
 }
 
+# SDXL bad input: a single file missing one of its two text encoders is
+# refused naming the encoder and the missing tensors (by generate and by
+# convert, which writes nothing); a folder without text_encoder_2/ names it;
+# sizes that are not multiples of 8 are refused before the model is loaded.
+sdxl_bad_input() {
+    XLI=$SRC/tests/fixtures/tiny-sdxl-infer.safetensors
+    XL=$SRC/tests/fixtures/tiny-sdxl
+    /usr/bin/python3 "$SRC/tests/st_drop.py" "$XLI" "$W/no-te2.safetensors" conditioner.embedders.1. > /dev/null
+    /usr/bin/python3 "$SRC/tests/st_drop.py" "$XLI" "$W/no-te1.safetensors" conditioner.embedders.0. > /dev/null
+    refused "a single file without its OpenCLIP encoder" \
+        "without its second text encoder (OpenCLIP ViT-bigG, conditioner.embedders.1.model" \
+        "$SDC" generate -q -m "$W/no-te2.safetensors" -p x -W 64 -H 64 --steps 1 -o "$W/a.png"
+    check "... and no output" test ! -e "$W/a.png"
+    refused "a single file without its CLIP ViT-L encoder" \
+        "without its first text encoder (CLIP ViT-L, conditioner.embedders.0.transformer" \
+        "$SDC" generate -q -m "$W/no-te1.safetensors" -p x -W 64 -H 64 --steps 1 -o "$W/a.png"
+    refused "... sdc convert of it too" "without its first text encoder" \
+        "$SDC" convert -q -m "$W/no-te1.safetensors" -o "$W/no-te1.h5"
+    check "... and no output" test ! -e "$W/no-te1.h5"
+    mkdir -p "$W/no-te2"
+    for e in unet vae text_encoder tokenizer tokenizer_2 scheduler model_index.json; do ln -s "$XL/$e" "$W/no-te2/$e"; done
+    refused "a folder without text_encoder_2/" "text_encoder_2" \
+        "$SDC" generate -q -m "$W/no-te2" -p x -W 64 -H 64 --steps 1 -o "$W/b.png"
+    check "... and no output" test ! -e "$W/b.png"
+    refused "SDXL -W 100 refused" 'size 100x64; width and height must be multiples of 8' \
+        "$SDC" generate -q -m "$XL" -p x -W 100 -H 64 -o "$W/c.png"
+    refused "SDXL -H 1020 refused" 'size 64x1020; width and height must be multiples of 8' \
+        "$SDC" generate -q -m "$XL" -p x -W 64 -H 1020 -o "$W/c.png"
+    check "... and no output" test ! -e "$W/c.png"
+}
+
+# sdc submit with an SDXL generate manifest (micro-conditioning fields 20-25,
+# from --dump-manifest): it validates, the Slurm script and the frozen
+# manifest copy are written (--dry-run: no sbatch), the copy keeps every
+# SDXL field and runs (`sdc run`, as the script's srun would) to the PNG of
+# the same `sdc generate`; bad SDXL fields are refused, naming the field,
+# with no script written.
+sdxl_submit() {
+    XL=$SRC/tests/fixtures/tiny-sdxl
+    cd "$W" || return
+    set -- -m "$XL" -p 'a photo of a red fox' -W 64 -H 64 --steps 2 --cfg-scale 5 -s 7 -t 1 \
+        --original-size 96,128 --crops-coords-top-left 8,16 --target-size 64,80 --negative-original-size 32,48 \
+        --negative-crops-coords-top-left 4,0 --negative-target-size 64,64
+    runs "--dump-manifest of an SDXL generate" sh -c '"$0" generate "$@" -o run.png --dump-manifest > job.txtpb' \
+        "$SDC" "$@"
+    runs "sdc submit job.txtpb --dry-run" "$SDC" submit job.txtpb --dry-run -N 1 --ntasks-per-node 2 -t 00:30:00
+    has "... names the script" 'wrote job.sbatch'
+    check "... job.sbatch written" test -s job.sbatch
+    has "... the script runs srun --mpi=pmix sdc run on the copy" 'srun --mpi=pmix .*run "\$JOB"' job.sbatch
+    has "... 2 ranks" '#SBATCH --ntasks-per-node=2' job.sbatch
+    has "... its time limit" '#SBATCH --time=00:30:00' job.sbatch
+    has "... the copy names the SDXL model" "tiny-sdxl" job.job.txtpb
+    for f in original_size crops_coords_top_left target_size negative_original_size negative_crops_coords_top_left \
+        negative_target_size; do
+        check "... the copy keeps $f (2 values)" test "$(grep -c "^  $f: " job.job.txtpb)" -eq 2
+    done
+    has "... the copy keeps its PNGs on requeue (skip_existing)" 'skip_existing: true' job.job.txtpb
+    runs "the copy runs (sdc run, as srun would)" "$SDC" run job.job.txtpb
+    runs "sdc generate with the same flags" "$SDC" generate -q "$@" -o direct.png
+    check "... the same PNG" $PNGPIX same run.png direct.png
+    for bad in "s/original_size: 128/original_size: 128\n  original_size: 7/|original_size has 3 values" \
+        "/negative_target_size/d|negative_original_size and negative_target_size go together" \
+        "s/crops_coords_top_left: 8/crops_coords_top_left: -8/|crops_coords_top_left\[0\] is -8" \
+        "s/width: 64/width: 100/|width and height must be multiples of 8"; do
+        rm -f bad.sbatch
+        sed "${bad%%|*}" job.txtpb > bad.txtpb
+        refused "submit refuses: ${bad#*|}" "${bad#*|}" "$SDC" submit bad.txtpb --dry-run
+        check "... and writes no script" test ! -e bad.sbatch
+    done
+    cd - > /dev/null || return
+}
+
 case "$NAME" in
     generate_demo | generate_deterministic | bad_size | missing_model | unknown_sampler | mask_size_mismatch | \
         bad_image | bad_strength | inpaint_model_needs_mask | long_prompt_warns | refuses_what_cannot_fit | \
         img2img | inpaint | outpaint | generate_lora | lora_other_model | manifest_roundtrip | example_manifest | \
-        lora_from_checkpoint | generate_from_h5 | sdxl_refusals | sdxl_generate)
+        lora_from_checkpoint | generate_from_h5 | sdxl_refusals | sdxl_generate | sdxl_bad_input | sdxl_submit)
         $NAME ;;
     *) echo "cli_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac

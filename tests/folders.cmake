@@ -24,3 +24,14 @@ if(TARGET sdc)
   set_tests_properties(namings_save_pretrained PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600
                        FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK")
 endif()
+# tools/check_export_sdxl.py: sdc convert's SDXL exports (folder, from h5, from
+# a single file, an inferred architecture) opened by diffusers'
+# StableDiffusionXLPipeline.from_pretrained and drawing sdc's images (within
+# 1/255), and an exported single file loaded by from_single_file(config=)
+# (skipped without torch, like export_diffusers_roundtrip).
+if(TARGET sdc)
+  add_test(NAME export_sdxl_diffusers
+    COMMAND sh -c "command -v python3 >/dev/null || { echo 'SKIPPED: no python3'; exit 77; }; exec python3 ${CMAKE_SOURCE_DIR}/tools/check_export_sdxl.py --sdc $<TARGET_FILE:sdc>")
+  set_tests_properties(export_sdxl_diffusers PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 1200
+                       FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK")
+endif()

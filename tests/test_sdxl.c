@@ -19,7 +19,11 @@
 //     and "!"): encode_prompt's embeddings, zero negatives without a
 //     negative prompt, images;
 //   - an SDXL LoRA (both text encoders and the UNet; kohya and diffusers
-//     names) at weight 0.7, as diffusers' load_lora_weights + fuse_lora.
+//     names) at weight 0.7, as diffusers' load_lora_weights + fuse_lora;
+//   - the SDXL inpainting UNet (9 input channels: latents, mask, masked-image
+//     latents; tools/make_sdxl_inpaint_fixture.py) from a prompt as
+//     StableDiffusionXLInpaintPipeline: strength 1.0 and 0.75 with a negative
+//     prompt, and without one (zero negatives).
 // fp32 CPU. Tolerances as test_clip / test_unet / test_pipeline state them.
 #include <math.h>
 #include <stdio.h>
@@ -268,6 +272,64 @@ static void lora_check(TestCtx *t, const Backend *be, const char *path, const St
     free(prm), free(wl);
 }
 
+// The 9-channel SDXL inpainting UNet (tiny-sdxl-inpaint: tiny-sdxl's
+// encoders, tokenizers and VAE) from a prompt through both tokenizers, as
+// StableDiffusionXLInpaintPipeline draws it.
+static void inpaint9(TestCtx *t, const Backend *be) {
+    SdcError err = {0};
+    StFile ref;
+    const char *path = "tests/fixtures/tiny-sdxl-inpaint";
+    printf("%s\n", path);
+    if (!check_rc(t, st_open(&ref, "tests/fixtures/ref-tiny-sdxl-inpaint.safetensors", &err), "ref-tiny-sdxl-inpaint",
+                  &err))
+        return;
+    SdModel m = {0};
+    if (!check_rc(t, sd_model_load(&m, path, NULL, -1, be, &err), "sd_model_load", &err)) {
+        st_close(&ref);
+        return;
+    }
+    const ModelInfo *in = model_files_info(m.files);
+    check_true(t, in->family == SD_FAMILY_XL && in->unet.in_channels == 9,
+               "an SDXL inpainting UNet (family %d, %d input channels)", (int)in->family, in->unet.in_channels);
+    float *prm = fixture_f32(t, &ref, "params", NULL);
+    const StEntry *ie = st_find(&ref, "init.image_u8"), *me = st_find(&ref, "init.mask_u8");
+    if (prm && ie && me) {
+        const int W = (int)prm[3], H = (int)prm[4];
+        float *cond = malloc(sd_cond_floats(&m) * sizeof(float)), *lat = malloc((size_t)4 * (H / 8) * (W / 8) * 4);
+        float *img = malloc((size_t)3 * H * W * sizeof(float));
+        float *init = malloc((size_t)3 * H * W * sizeof(float)), *mask = malloc((size_t)H * W * sizeof(float));
+        Image im = {.width = W, .height = H, .channels = 3, .data = st_tensor(&ref, ie).data};
+        Image mk = {.width = W, .height = H, .channels = 1, .data = st_tensor(&ref, me).data};
+        check_true(t, !image_to_tensor(&im, init, &err) && !mask_to_tensor(&mk, mask, &err), "init image and mask");
+        static const char *const CASES[3] = {"full", "s075", "zeroneg"};
+        for (int k = 0; k < 3; k++) {
+            const char *neg = k < 2 ? "blurry, low quality" : NULL;
+            GenParams p = {.mode = GEN_INPAINT, .steps = (int)prm[0], .cfg_scale = prm[1], .sampler = SAMPLER_EULER,
+                           .seed = (uint64_t)prm[2], .width = W, .height = H, .batch = 1, .init_image = init,
+                           .mask = mask, .strength = k == 1 ? 0.75 : 1.0};
+            char name[64];
+            snprintf(name, sizeof name, "%s.latents", CASES[k]);
+            float *wl = fixture_f32(t, &ref, name, NULL);
+            snprintf(name, sizeof name, "%s.image", CASES[k]);
+            const StEntry *wi = st_find(&ref, name);
+            int rc = sd_encode_prompt(&m, "a photo of a red fox in the snow, high quality!", neg, 0, cond, &err);
+            if (!rc) rc = sd_generate(&m, &p, cond, lat, img, NULL, NULL, &err);
+            snprintf(name, sizeof name, "9-channel inpainting, %s", CASES[k]);
+            if (wl && wi && check_rc(t, rc, name, &err)) {
+                snprintf(name, sizeof name, "9-channel inpainting %s latents", CASES[k]);
+                check_rel(t, name, lat, wl, (size_t)4 * (H / 8) * (W / 8), TOL_LATENT);
+                snprintf(name, sizeof name, "9-channel inpainting %s", CASES[k]);
+                check_image(t, name, img, W, H, &ref, wi);
+            }
+            free(wl);
+        }
+        free(cond), free(lat), free(img), free(init), free(mask);
+    }
+    free(prm);
+    sd_model_free(&m);
+    st_close(&ref);
+}
+
 // The diffusers folder: configuration, encoders, UNet, pipeline.
 static void run_folder(TestCtx *t, const Backend *be, const char *path, const StFile *ref) {
     SdcError err = {0};
@@ -337,6 +399,7 @@ int main(void) {
         run_single(&t, be, "tests/fixtures/tiny-sdxl-infer.safetensors", &ref);
         st_close(&ref);
     }
+    inpaint9(&t, be);
     backend_destroy(be);
     return test_summary(&t);
 }

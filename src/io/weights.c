@@ -703,8 +703,11 @@ static int infer_xl(ModelInfo *info, const StFile *f, SdcError *err) {
         const char *pre = e ? p2 : p1;
         char name[160];
         if (shp(f, s, "%s%s", pre, e ? "token_embedding.weight" : "embeddings.token_embedding.weight") != 2)
-            return sdc_err(err, SDC_ERR_SHAPE, "%s: SDXL text encoder %d: no %s%s", f->path, e + 1, pre,
-                           e ? "token_embedding.weight" : "embeddings.token_embedding.weight");
+            return sdc_err(err, SDC_ERR_SHAPE, "%s: an SDXL checkpoint without its %s text encoder (%s, %s*): no "
+                           "%s%s\n---> an SDXL base file holds both (conditioner.embedders.0: CLIP ViT-L, "
+                           "conditioner.embedders.1: OpenCLIP ViT-bigG); use the whole file, or the model's "
+                           "diffusers folder", f->path, e ? "second" : "first", e ? "OpenCLIP ViT-bigG" : "CLIP ViT-L",
+                           pre, pre, e ? "token_embedding.weight" : "embeddings.token_embedding.weight");
         c->vocab_size = (int)s[0];
         c->hidden = (int)s[1];
         if (shp(f, s, "%s%s", pre, e ? "positional_embedding" : "embeddings.position_embedding.weight") != 2)
@@ -1111,6 +1114,17 @@ int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err) {
         if (!is_dir(p)) snprintf(p, sizeof p, "%s", path);
         int rc = open_component(m, COMP_VAE, p, cap, err);
         if (rc) return sdc_err_wrap(err, "--vae %s (a diffusers vae/ folder, or a model folder with vae/)", path);
+        // its config.json's scaling factor is the VAE's, as diffusers'
+        // vae=AutoencoderKL.from_pretrained(folder) (sdxl-vae-fp16-fix's
+        // 0.13025); the architecture stays the model's (a tensor of another
+        // shape fails at load, naming it)
+        char cfg[1300];
+        VaeConfig vc;
+        path_join(cfg, sizeof cfg, p, "config.json", NULL);
+        if (is_file(cfg)) {
+            if ((rc = read_vae_config(&vc, cfg, err))) return sdc_err_wrap(err, "--vae %s", path);
+            m->info.vae.scaling_factor = vc.scaling_factor;
+        }
         return sort_entries(m, err);
     }
     if (!is_file(path)) return sdc_err(err, SDC_ERR_IO, "--vae %s: no such file or folder", path);

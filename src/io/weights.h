@@ -79,8 +79,10 @@ int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim
 // Takes the VAE weights from another file instead (A1111's --vae, diffusers'
 // vae=AutoencoderKL.from_single_file(...)): an A1111 VAE file (original names
 // without first_stage_model.), a whole SD checkpoint (its VAE), a diffusers
-// AutoencoderKL .safetensors, or a diffusers vae/ folder. The architecture
-// stays the model's; a tensor of another shape fails at load, naming it.
+// AutoencoderKL .safetensors, or a diffusers vae/ folder, whose config.json
+// gives the scaling factor (a file without one keeps the model's). The
+// architecture stays the model's; a tensor of another shape fails at load,
+// naming it.
 int model_files_set_vae(ModelFiles *m, const char *path, SdcError *err);
 // 1 if the component has a tensor of that diffusers name.
 int model_files_has(const ModelFiles *m, Component c, const char *name);
