@@ -12,6 +12,13 @@
 //           resnets), batch 1, 16x16;
 //   xllora: the LoRA gradients (rank 4, alpha 8, nonzero down/up from the
 //           file) of every attention projection, batch 2, 16x24.
+// The text encoders with SDXL's outputs (ClipTrainOpts.xl): hidden =
+// hidden_states[-2] of each, pooled = text_encoder_2's text_embeds; loss =
+// sum(hidden * dhidden) + sum(pooled * dpooled), two prompts:
+//   te2:     text_encoder_2, every parameter (the projection and the final
+//            norm through the pooled output only);
+//   te2lora: its LoRA gradients (rank 4, alpha 4, every layer);
+//   te1lora: text_encoder's (its last layer's adapters get none).
 // Prints one line per tensor.
 //
 // Tolerance 1e-4 of max |ref| per tensor, as test_unet_grad (fp32 against
@@ -29,6 +36,7 @@
 #include "core/backend.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
+#include "models/clip.h"
 #include "models/unet.h"
 #include "testutil.h"
 
@@ -159,12 +167,115 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const cha
         int rc = unet_train_forward(m, &tout, &tx, ht, &tctx, &err);
         check_true(t, rc != 0 && strstr(err.msg, "added conditioning"), "added conditioning of 1 row for %d: %s",
                    N, err.msg);
+        err.code = 0;
     }
 done:
     if (err.code) printf("  error: %s\n", err.msg);
     free(hx), free(ht), free(hctx), free(htext), free(hids), free(hdout), free(hout), free(hdctx), free(hdtext);
     free(out), free(dctx), free(dtext), free(g1), free(inf);
     unet_free(m);
+    model_files_close(mf);
+}
+
+// ---- text encoders --------------------------------------------------------------
+
+static void run_te(TestCtx *t, const Backend *be, const StFile *ref, const char *tag, int second, int lora) {
+    char nm[512];
+    SdcError err = {0};
+    ModelFiles *mf = NULL;
+    ClipModel *m = NULL;
+    float *hids = NULL, *hdh = NULL, *hdp = NULL, *hhid = NULL, *hpool = NULL, *hidden = NULL, *pooled = NULL;
+    int32_t *ids = NULL;
+    printf("== %s (tiny-sdxl %s, %s)\n", tag, second ? "text_encoder_2" : "text_encoder",
+           lora ? "LoRA rank 4 alpha 4" : "every parameter");
+    if (!check_true(t, model_files_open(&mf, FIX "/tiny-sdxl", NULL, -1, &err) == 0, "open: %s", err.msg)) goto done;
+    ModelLoadOpts lo = {.trainable = !lora, .second_text_encoder = second};
+    if (!check_true(t, clip_load_opts(&m, mf, be, &lo, &err) == 0, "load: %s", err.msg)) goto done;
+    Tensor sids, sdh, sdp;
+    hids = fx(t, ref, tag, "ids", &sids); // token ids as floats (exact)
+    hdh = fx(t, ref, tag, "dhidden", &sdh);
+    hhid = fx(t, ref, tag, "hidden", NULL);
+    if (second) hdp = fx(t, ref, tag, "dpooled", &sdp), hpool = fx(t, ref, tag, "pooled", NULL);
+    if (!hids || !hdh || !hhid || (second && (!hdp || !hpool))) goto done;
+    const int B = (int)sids.shape[0];
+    const size_t nids = (size_t)tensor_numel(&sids), nh = (size_t)tensor_numel(&sdh);
+    const size_t np = second ? (size_t)tensor_numel(&sdp) : 0;
+    ids = malloc(nids * sizeof *ids);
+    for (size_t i = 0; i < nids; i++) ids[i] = (int32_t)hids[i];
+    hidden = calloc(nh, sizeof *hidden);
+    pooled = calloc(np + 1, sizeof *pooled);
+    Tensor th = host_tensor(hidden, &sdh), tdh = host_tensor(hdh, &sdh);
+    Tensor tp = second ? host_tensor(pooled, &sdp) : (Tensor){0}, tdp = second ? host_tensor(hdp, &sdp) : (Tensor){0};
+    ClipTrainOpts o = {.lora_rank = lora ? 4 : 0, .lora_alpha = 4, .lora_seed = 1, .xl = 1};
+    if (!check_true(t, clip_train_reserve(m, &o, B, &err) == 0, "reserve: %s", err.msg)) goto done;
+    const ParamTable *tb = clip_train_table(m);
+    if (lora)
+        for (int i = 0; i < tb->n; i++) {
+            Tensor shp;
+            float *v = fx(t, ref, tag, tb->e[i].name, &shp);
+            if (!v) goto done;
+            check_true(t, tensor_numel(&shp) == tensor_numel(&tb->e[i].t), "%s shape", tb->e[i].name);
+            memcpy(tb->e[i].t.data, v, tensor_bytes(&tb->e[i].t));
+            free(v);
+        }
+    if (!check_true(t, clip_train_forward_xl(m, ids, B, &th, second ? &tp : NULL, &err) == 0, "forward: %s",
+                    err.msg) ||
+        !check_true(t, clip_train_backward_xl(m, &tdh, second ? &tdp : NULL, &err) == 0, "backward: %s", err.msg))
+        goto done;
+    check_rel(t, "hidden_states[-2]", hidden, hhid, nh, 1e-4);
+    if (second) check_rel(t, "pooled (text_embeds)", pooled, hpool, np, 1e-4);
+    float *p, *g;
+    size_t n;
+    clip_trainables(m, &p, &g, &n);
+    double worst = 0;
+    const char *worst_name = "";
+    int n_checked = 0;
+    for (int i = 0; i < tb->n; i++) {
+        snprintf(nm, sizeof nm, "%s.grad.%s", tag, tb->e[i].name);
+        Tensor shp;
+        float *r = fixture_f32(t, ref, nm, &shp);
+        if (!r) continue;
+        size_t k = (size_t)tensor_numel(&tb->e[i].t);
+        const float *gg = g + ((const float *)tb->e[i].t.data - p);
+        const char *kb = strstr(tb->e[i].name, "k_proj.bias");
+        double e;
+        snprintf(nm, sizeof nm, "grad %s", tb->e[i].name);
+        if (kb) { // no gradient in exact arithmetic (a constant on a softmax row): against d k_proj.weight's scale
+            char wn[300];
+            snprintf(wn, sizeof wn, "%s.grad.%.*sk_proj.weight", tag, (int)(kb - tb->e[i].name), tb->e[i].name);
+            Tensor ws;
+            float *w = fixture_f32(t, ref, wn, &ws);
+            double scale = 0;
+            for (int64_t j = 0; w && j < tensor_numel(&ws); j++) scale = fmax(scale, fabs(w[j]));
+            free(w);
+            e = max_abs_diff(gg, r, k) / (scale > 0 ? scale : 1);
+            check_true(t, e <= 1e-4, "%-48s rel_err=%.3e  tol=1e-04 (exact grad 0; / max|d k_proj.weight|)", nm, e);
+        } else { // an all-zero reference (text_encoder's last layer) needs exact zeros
+            e = rel_err(gg, r, k);
+            check_rel(t, nm, gg, r, k, 1e-4);
+        }
+        if (e > worst) worst = e, worst_name = tb->e[i].name;
+        n_checked++;
+        free(r);
+    }
+    check_true(t, n_checked == tb->n, "%d of %d gradients checked", n_checked, tb->n);
+    printf("  %d parameter gradients, worst %.3g (%s)\n", n_checked, worst, worst_name);
+    // the inference path (clip_encode_xl, the same layer forward with the adapters) gives the same outputs
+    float *h2 = calloc(nh, sizeof *h2), *p2 = calloc(np + 1, sizeof *p2);
+    Tensor th2 = host_tensor(h2, &sdh), tp2 = second ? host_tensor(p2, &sdp) : (Tensor){0};
+    if (check_true(t, clip_encode_xl(m, ids, B, 0, &th2, second ? &tp2 : NULL, &err) == 0, "encode: %s", err.msg)) {
+        check_rel(t, "training hidden == clip_encode_xl", hidden, h2, nh, 1e-6);
+        if (second) check_rel(t, "training pooled == clip_encode_xl", pooled, p2, np, 1e-6);
+    }
+    free(h2), free(p2);
+    // the SD 1.x entry points refuse an SDXL reservation
+    check_true(t, clip_train_backward(m, &tdh, &err) != 0 && strstr(err.msg, "_xl"), "plain backward refused: %s",
+               err.msg);
+    err.code = 0;
+done:
+    if (err.code) printf("  error: %s\n", err.msg);
+    free(hids), free(hdh), free(hdp), free(hhid), free(hpool), free(hidden), free(pooled), free(ids);
+    clip_free(m);
     model_files_close(mf);
 }
 
@@ -177,6 +288,9 @@ int main(void) {
     if (check_true(&t, st_open(&ref, FIX "/ref-grad-sdxl.safetensors", &err) == 0, "%s", err.msg)) {
         run_case(&t, be, &ref, "xl", 0);
         run_case(&t, be, &ref, "xllora", 1);
+        run_te(&t, be, &ref, "te2", 1, 0);
+        run_te(&t, be, &ref, "te2lora", 1, 1);
+        run_te(&t, be, &ref, "te1lora", 0, 1);
         st_close(&ref);
     }
     // want_dtext on a UNet without the added embedding

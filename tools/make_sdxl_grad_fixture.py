@@ -18,6 +18,14 @@ and stores out, d loss / d ctx, d loss / d text_embeds and:
   "xllora": LoRA rank 4, alpha 8 on to_q, to_k, to_v, to_out.0 of attn1 and
             attn2 (nonzero down/up given in the file), batch 2; their
             gradients ("xllora.grad.<module>.lora.down.weight" etc.).
+And the two text encoders with SDXL's outputs: hidden = hidden_states[-2]
+(no final norm) of each, pooled = text_embeds of text_encoder_2 (the
+projection of final_layer_norm at the EOS), ids (2, 77) of two prompts,
+loss = sum(hidden * dhidden) [+ sum(pooled * dpooled)]:
+  "te2":     text_encoder_2, every parameter;
+  "te2lora": text_encoder_2, LoRA rank 4 alpha 4 on q/k/v/out_proj of every
+             layer (nonzero down/up in the file);
+  "te1lora": text_encoder (no projection: the last layer gets nothing).
 tests/test_sdxl_grad.c loads the inputs and compares.
 """
 import os
@@ -26,6 +34,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
+from transformers import CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -85,8 +94,63 @@ def run(tag, out, n, h, w, L, seed, lora_rank=0, lora_alpha=0.0):
     print(f"{tag}: loss {loss.item():.6f}, {sum(1 for k in out if k.startswith(tag + '.grad.'))} grads")
 
 
+def run_te(tag, folder, cls, out, seed, lora_rank=0, lora_alpha=0.0):
+    te = cls.from_pretrained(os.path.join(FIX, "tiny-sdxl", folder)).double()
+    te.eval()
+    c = te.config
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(2, 77, dtype=torch.int64)
+    for b, n in enumerate((5, 9)):  # BOS, n words, EOS, then pad 0
+        ids[b, 0] = c.bos_token_id
+        ids[b, 1:n + 1] = torch.randint(1, 990, (n,), generator=g)
+        ids[b, n + 1] = c.eos_token_id
+    dh = torch.randn(2, 77, c.hidden_size, generator=g)
+    out[f"{tag}.ids"] = ids.float()  # exact below 2^24
+    out[f"{tag}.dhidden"] = dh
+    loras = {}
+    if lora_rank:
+        for p in te.parameters():
+            p.requires_grad_(False)
+        gl = torch.Generator().manual_seed(seed + 1)
+        scale = lora_alpha / lora_rank
+        for name, mod in te.named_modules():
+            if isinstance(mod, torch.nn.Linear) and name.endswith(("q_proj", "k_proj", "v_proj", "out_proj")):
+                if not name.startswith("text_model."):  # CLIPTextModel's modules lack the prefix in transformers 5
+                    name = "text_model." + name
+                down = (torch.randn(lora_rank, mod.in_features, generator=gl) / lora_rank).double().requires_grad_(True)
+                up = (torch.randn(mod.out_features, lora_rank, generator=gl) * 0.05).double().requires_grad_(True)
+                loras[name] = (down, up)
+                mod.register_forward_hook(
+                    lambda m, inp, o, d=down, u=up: o + scale * torch.nn.functional.linear(
+                        torch.nn.functional.linear(inp[0], d), u))
+    r = te(ids, output_hidden_states=True)
+    hidden = r.hidden_states[-2]
+    loss = (hidden * dh.double()).sum()
+    out[f"{tag}.hidden"] = hidden.detach().float()
+    if hasattr(r, "text_embeds"):
+        dp = torch.randn(2, c.projection_dim, generator=g)
+        out[f"{tag}.dpooled"] = dp
+        out[f"{tag}.pooled"] = r.text_embeds.detach().float()
+        loss = loss + (r.text_embeds * dp.double()).sum()
+    loss.backward()
+    if lora_rank:
+        for name, (down, up) in loras.items():
+            out[f"{tag}.{name}.lora.down.weight"] = down.detach().float()
+            out[f"{tag}.{name}.lora.up.weight"] = up.detach().float()
+            z = torch.zeros_like  # the last layer of an encoder without a projection: no gradient
+            out[f"{tag}.grad.{name}.lora.down.weight"] = (down.grad if down.grad is not None else z(down)).float()
+            out[f"{tag}.grad.{name}.lora.up.weight"] = (up.grad if up.grad is not None else z(up)).float()
+    else:
+        for name, p in te.named_parameters():
+            out[f"{tag}.grad.{name}"] = (p.grad if p.grad is not None else torch.zeros_like(p)).float()
+    print(f"{tag}: loss {loss.item():.6f}, {sum(1 for k in out if k.startswith(tag + '.grad.'))} grads")
+
+
 def main():
     out = {}
+    run_te("te2", "text_encoder_2", CLIPTextModelWithProjection, out, 31)
+    run_te("te2lora", "text_encoder_2", CLIPTextModelWithProjection, out, 32, lora_rank=4, lora_alpha=4.0)
+    run_te("te1lora", "text_encoder", CLIPTextModel, out, 33, lora_rank=4, lora_alpha=4.0)
     run("xl", out, 1, 16, 16, 7, 21)
     run("xllora", out, 2, 16, 24, 7, 22, lora_rank=4, lora_alpha=8.0)
     out = {k: v.contiguous() for k, v in out.items()}
