@@ -49,6 +49,12 @@ if(TARGET sdc)
       WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
     set_tests_properties(dreambooth_${name} PROPERTIES FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK" TIMEOUT 240)
   endforeach()
+  # SDXL LoRA on the tiny SDXL folder: resume, stop, 2 ranks, 2 stages (the same script, mode xl)
+  add_test(NAME dreambooth_xl_layouts
+    COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/dreambooth_checks.py xl $<TARGET_FILE:sdc>
+            ${CMAKE_SOURCE_DIR}/tests/fixtures/tiny-sdxl ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/test-out/dreambooth_xl
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(dreambooth_xl_layouts PROPERTIES FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK" TIMEOUT 300)
 endif()
 
 # Generation sweeps (tests/sweep_checks.py): lists for --cfg-scale / --sampler /

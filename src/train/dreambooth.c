@@ -743,7 +743,8 @@ int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_sc
     SdModel *m = t->model;
     const ClipConfig *cc = clip_config(m->clip);
     const int L = cc->max_positions, D = cc->hidden;
-    float *ctx = malloc((size_t)2 * L * D * sizeof(float));
+    // the frozen encoders' conditioning as the pipeline takes it (SDXL: both encoders and the pooled embeddings)
+    float *ctx = malloc((t->train_te ? (size_t)2 * L * D : sd_cond_floats(m)) * sizeof(float));
     if (!ctx) return sdc_err(err, SDC_ERR_OOM, "validation: out of memory");
     int rc = 0;
     if (t->train_te) { // the trained encoder (LoRA included), negative "" first
