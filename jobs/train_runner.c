@@ -628,6 +628,12 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
     if (xl && d->train_text_encoder)
         rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: --train-text-encoder on SDXL is not supported "
                      "yet\n---> train the UNet's LoRA alone (drop --train-text-encoder)", job->model->path);
+    // full fine-tuning trains (test_sdxl_grad checks its gradients), but its export goes through
+    // sdc convert, which does not write SDXL yet: refused before hours of training are lost
+    else if (xl && d->lora_rank == 0)
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: full fine-tuning of SDXL is not supported yet (its "
+                     "export needs sdc convert for SDXL)\n---> train a LoRA (--lora-rank 4, as "
+                     "train_dreambooth_lora_sdxl.py)", job->model->path);
     if (!rc && stages > 1) {
         UnetBlockInfo *bl = malloc(UNET_MAX_BLOCKS * sizeof *bl);
         int nb = 0;
