@@ -624,7 +624,8 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
         rc = model_files_open(&m.files, job->model->path, cfg, runner_prediction(job), err);
     }
     const int xl = !rc && model_files_info(m.files)->family == SD_FAMILY_XL;
-    if (xl && !d->has_resolution) dcopy.resolution = 1024; // train_dreambooth_lora_sdxl.py's default
+    if (xl && !d->has_resolution) // train_dreambooth_lora_sdxl.py's default, written into the run's manifest
+        dcopy.resolution = 1024, dcopy.has_resolution = 1;
     if (xl && d->train_text_encoder)
         rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: --train-text-encoder on SDXL is not supported "
                      "yet\n---> train the UNet's LoRA alone (drop --train-text-encoder)", job->model->path);
