@@ -200,22 +200,31 @@ static void make_configs(Model *m, const ModelInfo *info, const char *sched_json
     m->oom |= !m->scheduler;
 }
 
-// A string member of a JSON text ("" when absent), into out.
-static void json_text_str(const char *text, const char *key, char *out, size_t cap) {
+// A string member of a JSON text ("" when absent), into out; *oom set when
+// the parse ran out of memory (a default then would write a wrong file).
+static void json_text_str(const char *text, const char *key, char *out, size_t cap, int *oom) {
     JsonDoc d;
-    SdcError e;
+    SdcError e = {0};
     out[0] = 0;
-    if (!text || json_parse_config(&d, text, strlen(text), "config", &e)) return;
+    if (!text) return;
+    if (json_parse_config(&d, text, strlen(text), "config", &e)) {
+        *oom |= e.code == SDC_ERR_OOM;
+        return;
+    }
     const char *v = json_str(&d, json_get(&d, json_root(&d), key));
     if (v) snprintf(out, cap, "%s", v);
     json_free(&d);
 }
 
-// An integer member of a JSON text (def when absent).
-static long long json_text_int(const char *text, const char *key, long long def) {
+// An integer member of a JSON text (def when absent); *oom as above.
+static long long json_text_int(const char *text, const char *key, long long def, int *oom) {
     JsonDoc d;
-    SdcError e;
-    if (!text || json_parse_config(&d, text, strlen(text), "config", &e)) return def;
+    SdcError e = {0};
+    if (!text) return def;
+    if (json_parse_config(&d, text, strlen(text), "config", &e)) {
+        *oom |= e.code == SDC_ERR_OOM;
+        return def;
+    }
     const JsonNode *v = json_get(&d, json_root(&d), key);
     long long r = v && v->type == JSON_NUMBER && v->is_int ? v->i : def;
     json_free(&d);
@@ -226,8 +235,8 @@ static long long json_text_int(const char *text, const char *key, long long def)
 // the scheduler config's class, a tokenizer or none.
 static void make_model_index(Model *m, int tokenizer) {
     char sched[64];
-    json_text_str(m->scheduler, "_class_name", sched, sizeof sched);
-    const int inpaint = json_text_int(m->cfg[COMP_UNET], "in_channels", 4) == 9;
+    json_text_str(m->scheduler, "_class_name", sched, sizeof sched, &m->oom);
+    const int inpaint = json_text_int(m->cfg[COMP_UNET], "in_channels", 4, &m->oom) == 9;
     Buf b = {0};
     bput(&b, "{\n  \"_class_name\": \"%s\",\n  \"_diffusers_version\": \"0.27.0\",\n"
              "  \"feature_extractor\": [null, null],\n  \"requires_safety_checker\": false,\n"
@@ -243,8 +252,8 @@ static void make_model_index(Model *m, int tokenizer) {
 }
 
 // The text encoder can take the shipped CLIP vocab's ids (49408 tokens).
-static int clip_vocab_model(const Model *m) {
-    return json_text_int(m->cfg[COMP_TEXT_ENCODER], "vocab_size", 0) == CLIP_TOK_VOCAB;
+static int clip_vocab_model(Model *m) {
+    return json_text_int(m->cfg[COMP_TEXT_ENCODER], "vocab_size", 0, &m->oom) == CLIP_TOK_VOCAB;
 }
 
 // ----------------------------------------------------------------------------
@@ -534,11 +543,12 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     if (shipped) {
         snprintf(p, sizeof p, "%s/tokenizer", o->output);
         SDC_TRY(fs_mkdir_p(p, err));
-        const int sd2 = json_text_int(m->cfg[COMP_TEXT_ENCODER], "pad_token_id", -1) == 0;
+        const int sd2 = json_text_int(m->cfg[COMP_TEXT_ENCODER], "pad_token_id", -1, &m->oom) == 0;
         SDC_TRY(clip_tok_write_hf(p, sd2 ? CLIP_TOK_FOLDER_SD2 : CLIP_TOK_FOLDER_SD1, err));
     }
     const int has_tok = src_tok || shipped;
     make_model_index(m, has_tok);
+    SDC_TRY(model_oom(m, o->output, err));
     SDC_TRY(model_oom(m, o->output, err));
     int extras = 0, rc = 0;
     for (int c = 0; c < N_CONV && !rc; c++) {
@@ -575,7 +585,7 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     if (!has_tok && !o->quiet)
         fprintf(stderr, "sdc: note: no tokenizer/ written: the text encoder's vocab has %lld tokens, not CLIP's %d "
                 "(the source has no tokenizer/)\n---> diffusers users: copy the model's own tokenizer folder into "
-                "%s/tokenizer\n", json_text_int(m->cfg[COMP_TEXT_ENCODER], "vocab_size", 0), CLIP_TOK_VOCAB,
+                "%s/tokenizer\n", json_text_int(m->cfg[COMP_TEXT_ENCODER], "vocab_size", 0, &m->oom), CLIP_TOK_VOCAB,
                 o->output);
     return 0;
 }

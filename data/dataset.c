@@ -103,6 +103,23 @@ static int list_sources(const DatasetImportOpts *o, Cands *c, SdcError *err) {
     return 0;
 }
 
+// `sdc dataset synth`: item i's source names the split, seed and item, from
+// which synth.c draws it again (what a reader needs to reproduce it).
+static int list_synth(const DatasetImportOpts *o, Cands *c, SdcError *err) {
+    if (o->n_sources)
+        return sdc_err(err, SDC_ERR_ARG, "sdc dataset synth takes no sources (%s) ---> to import photos, use "
+                       "sdc dataset import", o->sources[0]);
+    if (o->synth_count > ((int64_t)1 << 31))
+        return sdc_err(err, SDC_ERR_ARG, "--count %lld: at most 2^31 items", (long long)o->synth_count);
+    for (int64_t i = 0; i < o->synth_count; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "synth:%s:%llu:%lld", synth_split_name(o->synth_split),
+                 (unsigned long long)o->seed, (long long)i);
+        SDC_TRY(cands_add(c, name, err));
+    }
+    return 0;
+}
+
 // kohya convention: dir/name.jpg -> dir/name.txt, UTF-8, surrounding
 // whitespace dropped. The caption file must be valid UTF-8.
 static int read_caption(const char *img, char **out, SdcError *err) {
@@ -196,6 +213,8 @@ typedef struct Worker {
     float *logv; // (lat_c, lat_h, lat_w)
 } Worker;
 
+static int encode_latent(Worker *w, const Image *out, void *latent, const char *path, SdcError *err);
+
 // 0 = item written; 1 = skipped (reported); < 0 never. Other codes are errors.
 // geom (4) int32: the image's original height, width and the crop's top, left
 // in the resized image (SDXL's micro-conditioning; diffusers' original_size,
@@ -205,6 +224,15 @@ static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, v
     const DatasetImportOpts *o = w->o;
     const int res = o->resolution;
     Image im = {0}, out = {0};
+    int rc = 0;
+    if (o->synth_count > 0) {
+        SynthLabel l;
+        synth_label(o->seed, idx, o->synth_split, &l);
+        synth_render(o->seed, idx, &l, res, rgb);
+        geom[0] = geom[1] = res, geom[2] = geom[3] = 0; // drawn at the resolution, not cropped
+        Image view = {res, res, 3, rgb};
+        return encode_latent(w, &view, latent, path, err);
+    }
     SdcError e2 = {0};
     const int rrc = image_read(&im, path, 3, &e2);
     if (rrc == SDC_ERR_OOM) // not the image's fault: skipping it would make a smaller dataset silently
@@ -234,19 +262,27 @@ static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, v
     }
     geom[0] = im.height, geom[1] = im.width;
     geom[2] = y >= 0 ? y : image_center_offset(rh, res), geom[3] = x >= 0 ? x : image_center_offset(rw, res);
-    int rc = image_resize_crop(&im, &out, res, IMAGE_BILINEAR, x, y, err);
+    rc = image_resize_crop(&im, &out, res, IMAGE_BILINEAR, x, y, err);
     image_free(&im);
     if (rc) return sdc_err_wrap(err, "%s", path);
     memcpy(rgb, out.data, (size_t)res * res * 3);
+    rc = encode_latent(w, &out, latent, path, err);
+    image_free(&out);
+    return rc;
+}
+
+// The VAE latent of one item (mean x scaling_factor) when the import caches
+// latents; 0 without a VAE.
+static int encode_latent(Worker *w, const Image *out, void *latent, const char *path, SdcError *err) {
+    const DatasetImportOpts *o = w->o;
+    const int res = o->resolution;
+    int rc = 0;
     if (w->vae) {
         int64_t ish[4] = {1, 3, res, res}, lsh[4] = {1, w->lat_c, w->lat_h, w->lat_w};
         size_t nl = (size_t)w->lat_c * w->lat_h * w->lat_w;
         float *mean = o->latents_dtype == DT_F32 ? latent : malloc(nl * sizeof(float));
-        if (!mean) {
-            image_free(&out);
-            return sdc_err(err, SDC_ERR_OOM, "encoding %s: out of memory for its latents", path);
-        }
-        rc = image_to_tensor(&out, w->pix, err);
+        if (!mean) return sdc_err(err, SDC_ERR_OOM, "encoding %s: out of memory for its latents", path);
+        rc = image_to_tensor(out, w->pix, err);
         Tensor ti = tensor_f32(w->pix, 4, ish), tm = tensor_f32(mean, 4, lsh), tl = tensor_f32(w->logv, 4, lsh);
         if (!rc) rc = vae_encode(w->vae, &ti, &tm, &tl, err);
         // the latent distribution's mean times scaling_factor: what the UNet trains on
@@ -255,7 +291,6 @@ static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, v
         if (mean != latent) free(mean);
         if (rc) sdc_err_wrap(err, "encoding %s", path);
     }
-    image_free(&out);
     return rc;
 }
 
@@ -340,6 +375,49 @@ static void progress(const DatasetImportOpts *o, const H5Par *p, int64_t done, i
     }
 }
 
+// `sdc dataset synth`: /labels (n, 6) i32, the attributes of each item as
+// indices into the names stored beside them (data/README.md).
+static int write_synth_labels(hid_t f, const DatasetImportOpts *o, int64_t n, const char *tmp, SdcError *err) {
+    static const char *const COLS[6] = {"shape", "colour", "size", "position", "background", "texture"};
+    const char *const *names[6] = {synth_shape_names,    synth_colour_names, synth_size_names,
+                                   synth_position_names, synth_colour_names, synth_texture_names};
+    const int counts[6] = {SYNTH_N_SHAPES,    SYNTH_N_COLOURS, SYNTH_N_SIZES,
+                           SYNTH_N_POSITIONS, SYNTH_N_COLOURS, SYNTH_N_TEXTURES};
+    int32_t *v = malloc((size_t)n * 6 * sizeof *v); // (n, 6)
+    if (!v) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory for the labels", tmp);
+    for (int64_t i = 0; i < n; i++) {
+        SynthLabel l;
+        synth_label(o->seed, i, o->synth_split, &l);
+        const int32_t row[6] = {l.shape, l.colour, l.size, l.position, l.bg, l.texture};
+        memcpy(v + i * 6, row, sizeof row);
+    }
+    hid_t sp = -1, d = -1;
+    hsize_t dims[2] = {(hsize_t)n, 6};
+    int rc = 0;
+    H5_TRY(sp = H5Screate_simple(2, dims, NULL), "%s: labels", tmp);
+    H5_TRY(d = H5Dcreate2(f, "labels", H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "%s: labels", tmp);
+    H5_TRY(H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, v), "%s: writing labels", tmp);
+    for (int k = 0; k < 6 && !rc; k++) {
+        char joined[256] = "";
+        for (int j = 0; j < counts[k]; j++) {
+            strcat(joined, j ? "," : "");
+            strcat(joined, names[k][j]);
+        }
+        rc = h5_attr_str(d, COLS[k], joined, tmp, err);
+    }
+    if (!rc) rc = h5_attr_str(d, "columns", "shape,colour,size,position,background,texture", tmp, err);
+    if (!rc) rc = h5_attr_str(f, "synth_split", synth_split_name(o->synth_split), tmp, err);
+    if (!rc) rc = h5_attr_i64(f, "synth_seed", (int64_t)o->seed, tmp, err);
+    goto out;
+fail:
+    rc = err->code ? err->code : SDC_ERR_IO;
+out:
+    if (d >= 0) H5Dclose(d);
+    if (sp >= 0) H5Sclose(sp);
+    free(v);
+    return rc;
+}
+
 // Rank 0, serially, after the parallel phase: strings and attributes, then
 // fsync + rename. ok[i]: candidate i is in the file.
 static int finish_file(const DatasetImportOpts *o, const char *tmp, const Cands *c, const uint8_t *ok, int64_t n,
@@ -352,7 +430,13 @@ static int finish_file(const DatasetImportOpts *o, const char *tmp, const Cands 
     for (int64_t i = 0; i < c->n && !rc; i++) {
         if (!ok[i]) continue;
         srcs[j] = c->path[i];
-        if (o->prompt) {
+        if (o->synth_count > 0) {
+            SynthLabel l;
+            char cap[SYNTH_CAPTION_MAX];
+            synth_label(o->seed, i, o->synth_split, &l);
+            synth_caption(&l, cap, sizeof cap);
+            if (!(caps[j] = strdup(cap))) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory for the captions", tmp);
+        } else if (o->prompt) {
             if (!(caps[j] = strdup(o->prompt))) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory for the captions", tmp);
         } else rc = read_caption(c->path[i], &caps[j], err);
         j++;
@@ -364,7 +448,7 @@ static int finish_file(const DatasetImportOpts *o, const char *tmp, const Cands 
         (rc = h5_attr_i64(f, "resolution", o->resolution, tmp, err)) ||
         (rc = h5_attr_i64(f, "center_crop", o->center_crop, tmp, err)) ||
         (rc = h5_attr_i64(f, "crop_seed", (int64_t)o->seed, tmp, err)) ||
-        (rc = h5_attr_str(f, "resize_filter", "bilinear", tmp, err)) ||
+        (rc = h5_attr_str(f, "resize_filter", o->synth_count > 0 ? "none" : "bilinear", tmp, err)) ||
         (rc = h5_attr_i64(f, "count", n, tmp, err)))
         goto fail;
     if (w->vae) {
@@ -378,7 +462,9 @@ static int finish_file(const DatasetImportOpts *o, const char *tmp, const Cands 
         H5Dclose(d);
         if (rc) goto fail;
     }
-    if ((rc = h5_attr_str(f, "created_by", "sdc " SDC_VERSION " dataset import", tmp, err)) ||
+    if (o->synth_count > 0 && (rc = write_synth_labels(f, o, n, tmp, err))) goto fail;
+    if ((rc = h5_attr_str(f, "created_by", o->synth_count > 0 ? "sdc " SDC_VERSION " dataset synth"
+                                                              : "sdc " SDC_VERSION " dataset import", tmp, err)) ||
         (rc = h5_set_kind(f, tmp, "dataset", err)))
         goto fail;
     H5_TRY(H5Fflush(f, H5F_SCOPE_GLOBAL), "%s: flush", tmp);
@@ -425,8 +511,8 @@ int dataset_import(const DatasetImportOpts *o, const H5Par *p, DatasetImportStat
     // every rank lists the same sources and checks every caption first, so
     // all fail together and before anything is written
     int rc = check_output_outside(o, err);
-    if (!rc) rc = list_sources(o, &c, err);
-    for (int64_t i = 0; !rc && !o->prompt && i < c.n; i++) {
+    if (!rc) rc = o->synth_count > 0 ? list_synth(o, &c, err) : list_sources(o, &c, err);
+    for (int64_t i = 0; !rc && !o->prompt && !o->synth_count && i < c.n; i++) {
         char *cap = NULL;
         if (!fs_is_image_name(c.path[i]) && access(c.path[i], R_OK)) continue;
         rc = read_caption(c.path[i], &cap, err);

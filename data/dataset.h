@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "data/h5util.h"
+#include "data/synth.h"
 
 typedef struct DatasetImportOpts {
     const char *const *sources; // folders (their JPEG/PNG files, sorted by name) or image files
@@ -26,6 +27,11 @@ typedef struct DatasetImportOpts {
     DType latents_dtype;        // DT_F32 or DT_F16
     int threads;                // CPU threads of the VAE (0 = all cores; the runner passes -t)
     int quiet;
+    // `sdc dataset synth`: > 0 items drawn by data/synth.c from (seed, item)
+    // instead of read from sources (none given); captions from the items,
+    // a "labels" dataset beside them
+    int64_t synth_count;
+    SynthSplit synth_split;
 } DatasetImportOpts;
 
 typedef struct DatasetImportStats {

@@ -1,6 +1,7 @@
 // cli.c: argv -> Job manifest (see cli.h).
 #include <stdio.h>
 
+#include "data/synth.h"
 #include "io/lora.h"
 #include "jobs/cli.h"
 #include "jobs/manifest.h"
@@ -44,6 +45,7 @@ static int flag_is(const char *a, const char *s, const char *l) { return (s && !
 static void cli_print_usage_storage(FILE *f, const char *sub);
 static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
 static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
+static int cli_parse_init(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
 static void cli_print_usage_train(FILE *f);
 
 // "L,T,R,B" pixels to add on each side
@@ -108,8 +110,11 @@ void cli_print_usage(FILE *f, const char *sub) {
                    "commands:\n"
                    "  generate   text to image (sdc generate --help)\n"
                    "  run        run a job manifest file (sdc run --help)\n"
-                   "  dataset    dataset import: images -> HDF5 dataset (sdc dataset import --help)\n"
+                   "  dataset    dataset import: images -> HDF5 dataset (sdc dataset import --help);\n"
+                   "             dataset synth: procedural captioned shapes, dataset score: what generated images\n"
+                   "             show of their synth prompts (sdc dataset synth --help)\n"
                    "  convert    convert a model between layouts (sdc convert --help)\n"
+                   "  init-model a model initialised from scratch from configs (sdc init-model --help)\n"
                    "  train      DreamBooth fine-tuning, full or LoRA (sdc train dreambooth --help)\n"
                    "  submit     render a manifest's Slurm batch script and sbatch it (sdc submit --help)\n\n"
                    "Every command builds a job manifest (jobs/sdc.proto); --dump-manifest prints it.\n");
@@ -335,6 +340,7 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
     }
     if (!strcmp(argv[1], "dataset") || !strcmp(argv[1], "convert")) return cli_parse_storage(argc, argv, out, opt, err);
     if (!strcmp(argv[1], "train")) return cli_parse_train(argc, argv, out, opt, err);
+    if (!strcmp(argv[1], "init-model")) return cli_parse_init(argc, argv, out, opt, err);
     if (strcmp(argv[1], "generate"))
         return sdc_err(err, SDC_ERR_ARG, "unknown command '%s' ---> run 'sdc --help'", argv[1]);
 
@@ -572,12 +578,241 @@ static void cli_print_usage_storage(FILE *f, const char *sub) {
     }
 }
 
+static void cli_print_usage_synth(FILE *f) {
+    fprintf(f,
+            "usage: sdc dataset synth -o OUT.h5 [options]\n\n"
+            "Draws the procedural captioned image set of data/synth.h into one HDF5 dataset: a shape (circle,\n"
+            "square, triangle, star, cross, diamond) in one of 8 colours, small or large, in the center, left,\n"
+            "right, top or bottom, on a plain, striped, dotted or checkered background of another colour, with\n"
+            "its caption (\"a small red star on a blue striped background, on the left\") and its labels.\n"
+            "Item i depends only on (seed, i). The held-out split draws a fixed set of (shape, colour,\n"
+            "background) triples that the train split never does.\n\n"
+            "  -o, --output FILE       the dataset file (.h5)\n"
+            "  -n, --count N           items (default 10000)\n"
+            "      --resolution N      square side in pixels (default 64)\n"
+            "  -s, --seed N            seed (default 0)\n"
+            "      --split S           train (default), heldout or all\n"
+            "      --cache-latents     also store VAE latents (mean x scaling_factor); needs -m\n"
+            "  -m, --model PATH        the model whose VAE encodes\n"
+            "      --latents-dtype T   f32 (default) or f16\n"
+            "      --captions-file F   also the captions, one per line (for sdc generate --from-file); without -o,\n"
+            "                          only this file\n"
+            "      --dump-manifest     print the job manifest and exit\n"
+            "  -q, --quiet             no progress output\n\n"
+            "usage: sdc dataset score GEN.h5... [--items FILE.tsv] [--json FILE]\n\n"
+            "Scores generation outputs (sdc generate --output-h5) whose prompts are synth captions: how often the\n"
+            "image shows the shape, colour, background colour, size, position and texture the prompt asks for\n"
+            "(fixed rules: palette distances, shape templates), over all images and over the held-out triples.\n"
+            "  --items FILE.tsv        one line per image: what was found, the shape's IoU, the prompt\n"
+            "  --json FILE             the totals as JSON\n");
+}
+
+static int cli_parse_score(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
+    Sdc__Job *job = job_new();
+    Sdc__DatasetScore *ds = calloc(1, sizeof *ds);
+    if (!job || !ds) {
+        if (job) cli_job_free(job);
+        free(ds);
+        return cli_oom(err);
+    }
+    sdc__dataset_score__init(ds);
+    job->dataset_score = ds;
+    job->task = SDC__TASK__TASK_DATASET_SCORE;
+    job->has_task = 1;
+    const char *help = "sdc dataset synth --help";
+    int rc = 0;
+    for (int i = 3; i < argc && !rc; i++) {
+        const char *a = argv[i];
+#define VALUE() \
+    (i + 1 < argc ? argv[++i] : (rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> %s", a, help), (const char *)NULL))
+        if (flag_is(a, "-h", "--help")) {
+            opt->help = 1;
+            cli_print_usage_synth(stdout);
+            cli_job_free(job);
+            return 0;
+        } else if (flag_is(a, NULL, "--items")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(ds, "items", v, err);
+        } else if (flag_is(a, NULL, "--json")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(ds, "json", v, err);
+        } else if (flag_is(a, NULL, "--dump-manifest")) {
+            opt->dump_manifest = 1;
+        } else if (flag_is(a, "-q", "--quiet")) {
+            opt->quiet = 1;
+        } else if (a[0] != '-') {
+            char **l = realloc(ds->inputs, (ds->n_inputs + 1) * sizeof(char *));
+            if (l) ds->inputs = l;
+            if (!l || !(ds->inputs[ds->n_inputs] = dup_str(a))) rc = cli_oom(err);
+            else ds->n_inputs++;
+        } else {
+            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> %s", a, help);
+        }
+#undef VALUE
+    }
+    if (!rc && !ds->n_inputs)
+        rc = sdc_err(err, SDC_ERR_ARG, "sdc dataset score: no generation output given ---> sdc dataset score GEN.h5");
+    if (rc) {
+        cli_job_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
+}
+
+static int cli_parse_synth(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
+    Sdc__Job *job = job_new();
+    Sdc__DatasetSynth *ds = calloc(1, sizeof *ds);
+    if (!job || !ds) {
+        if (job) cli_job_free(job);
+        free(ds);
+        return cli_oom(err);
+    }
+    sdc__dataset_synth__init(ds);
+    job->dataset_synth = ds;
+    job->task = SDC__TASK__TASK_DATASET_SYNTH;
+    job->has_task = 1;
+    const char *help = "sdc dataset synth --help";
+    int rc = 0;
+    for (int i = 3; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        long long ll = 0;
+#define FLAG(s, l) flag_is(a, s, l)
+#define VALUE() \
+    (i + 1 < argc ? argv[++i] : (rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> %s", a, help), (const char *)NULL))
+        if (FLAG("-h", "--help")) {
+            opt->help = 1;
+            cli_print_usage_synth(stdout);
+            cli_job_free(job);
+            return 0;
+        } else if (FLAG("-m", "--model")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(job->model, "path", v, err);
+        } else if (FLAG("-o", "--output")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(ds, "output", v, err);
+        } else if (FLAG("-n", "--count")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 1, (long long)1 << 31, &ll, err))) ds->count = ll, ds->has_count = 1;
+        } else if (FLAG(NULL, "--resolution")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 8, 8192, &ll, err))) ds->resolution = (int32_t)ll, ds->has_resolution = 1;
+        } else if (FLAG("-s", "--seed")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) ds->seed = ll, ds->has_seed = 1;
+        } else if (FLAG(NULL, "--split")) {
+            const char *v = VALUE();
+            SynthSplit sp;
+            if (v && synth_split_parse(v, &sp))
+                rc = sdc_err(err, SDC_ERR_ARG, "--split: expected train, heldout or all, got '%s'", v);
+            else if (v) rc = set_str(ds, "split", v, err);
+        } else if (FLAG(NULL, "--cache-latents")) {
+            ds->cache_latents = 1, ds->has_cache_latents = 1;
+        } else if (FLAG(NULL, "--latents-dtype")) {
+            const char *v = VALUE();
+            if (v && strcmp(v, "f32") && strcmp(v, "f16"))
+                rc = sdc_err(err, SDC_ERR_ARG, "--latents-dtype: expected f32 or f16, got '%s'", v);
+            else if (v) rc = set_str(ds, "latents_dtype", v, err);
+        } else if (FLAG(NULL, "--captions-file")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(ds, "captions_file", v, err);
+        } else if (FLAG(NULL, "--dump-manifest")) {
+            opt->dump_manifest = 1;
+        } else if (FLAG("-q", "--quiet")) {
+            opt->quiet = 1;
+        } else {
+            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> %s", a, help);
+        }
+#undef FLAG
+#undef VALUE
+    }
+    if (rc) {
+        cli_job_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
+}
+
+static void cli_print_usage_init(FILE *f) {
+    fprintf(f,
+            "usage: sdc init-model --config DIR --vae MODEL -o OUT [--seed N]\n\n"
+            "A diffusers folder whose UNet and text encoder are initialised from scratch, as the PyTorch modules\n"
+            "of diffusers and transformers are (src/models/init.h), with a trained VAE: what training from\n"
+            "scratch starts from (sdc train ... --pretrained-model OUT).\n\n"
+            "  -c, --config DIR        unet/, vae/, text_encoder/ config.json, scheduler/scheduler_config.json,\n"
+            "                          model_index.json (tokenizer/ copied when present; else the shipped CLIP vocab)\n"
+            "      --vae MODEL         the VAE's weights: a model or a diffusers vae/ folder\n"
+            "  -o, --output OUT        the new folder\n"
+            "  -s, --seed N            seed (default 0)\n"
+            "      --dump-manifest     print the job manifest and exit\n"
+            "  -q, --quiet             no progress output\n");
+}
+
+static int cli_parse_init(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
+    Sdc__Job *job = job_new();
+    Sdc__InitModel *im = calloc(1, sizeof *im);
+    if (!job || !im) {
+        if (job) cli_job_free(job);
+        free(im);
+        return cli_oom(err);
+    }
+    sdc__init_model__init(im);
+    job->init_model = im;
+    job->task = SDC__TASK__TASK_INIT_MODEL;
+    job->has_task = 1;
+    const char *help = "sdc init-model --help";
+    int rc = 0;
+    for (int i = 2; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        long long ll = 0;
+#define VALUE() \
+    (i + 1 < argc ? argv[++i] : (rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> %s", a, help), (const char *)NULL))
+        if (flag_is(a, "-h", "--help")) {
+            opt->help = 1;
+            cli_print_usage_init(stdout);
+            cli_job_free(job);
+            return 0;
+        } else if (flag_is(a, "-c", "--config")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(im, "config_dir", v, err);
+        } else if (flag_is(a, NULL, "--vae")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(im, "vae", v, err);
+        } else if (flag_is(a, "-o", "--output")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(im, "output", v, err);
+        } else if (flag_is(a, "-s", "--seed")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_int(a, v, 0, INT64_MAX, &ll, err))) im->seed = ll, im->has_seed = 1;
+        } else if (flag_is(a, NULL, "--dump-manifest")) {
+            opt->dump_manifest = 1;
+        } else if (flag_is(a, "-q", "--quiet")) {
+            opt->quiet = 1;
+        } else {
+            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> %s", a, help);
+        }
+#undef VALUE
+    }
+    if (!rc && (!im->config_dir || !im->output))
+        rc = sdc_err(err, SDC_ERR_ARG, "sdc init-model needs --config DIR and -o OUT ---> %s", help);
+    if (rc) {
+        cli_job_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
+}
+
 static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
     const int is_import = !strcmp(argv[1], "dataset");
     int first = 2;
     if (is_import) {
+        if (argc >= 3 && !strcmp(argv[2], "synth")) return cli_parse_synth(argc, argv, out, opt, err);
+        if (argc >= 3 && !strcmp(argv[2], "score")) return cli_parse_score(argc, argv, out, opt, err);
         if (argc < 3 || (strcmp(argv[2], "import") && argv[2][0] != '-'))
-            return sdc_err(err, SDC_ERR_ARG, "sdc dataset: expected 'import' ---> sdc dataset import --help");
+            return sdc_err(err, SDC_ERR_ARG, "sdc dataset: expected 'import', 'synth' or 'score' ---> sdc dataset "
+                           "import --help, sdc dataset synth --help");
         if (!strcmp(argv[2], "import")) first = 3;
     }
     Sdc__Job *job = job_new();

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "data/synth.h"
 #include "io/lora.h"
 #include "sampling/scheduler.h"
 
@@ -177,6 +178,37 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
     // dataset import and convert check their own messages (data/); their
     // model, when they take one, is checked where it is opened
     if (job->task == SDC__TASK__TASK_DATASET_IMPORT || job->task == SDC__TASK__TASK_CONVERT) return 0;
+    if (job->task == SDC__TASK__TASK_INIT_MODEL) {
+        const Sdc__InitModel *m = job->init_model;
+        if (!m || !m->config_dir || !m->config_dir[0] || !m->output || !m->output[0])
+            return sdc_err(err, SDC_ERR_ARG, "manifest: init_model needs config_dir and output ---> sdc init-model "
+                           "--config DIR --vae MODEL -o OUT");
+        return 0;
+    }
+    if (job->task == SDC__TASK__TASK_DATASET_SCORE) {
+        if (!job->dataset_score || !job->dataset_score->n_inputs)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: dataset_score.inputs is empty ---> name generation outputs "
+                           "(.h5)");
+        return 0;
+    }
+    if (job->task == SDC__TASK__TASK_DATASET_SYNTH) {
+        const Sdc__DatasetSynth *d = job->dataset_synth;
+        SynthSplit sp;
+        if (!d) return sdc_err(err, SDC_ERR_ARG, "manifest: TASK_DATASET_SYNTH without a dataset_synth message");
+        if (d->split && synth_split_parse(d->split, &sp))
+            return sdc_err(err, SDC_ERR_ARG, "manifest: dataset_synth.split '%s'; expected train, heldout or all",
+                           d->split);
+        if (d->count < 1 || d->count > ((int64_t)1 << 31))
+            return sdc_err(err, SDC_ERR_ARG, "manifest: dataset_synth.count %lld; expected 1 to 2^31",
+                           (long long)d->count);
+        if (d->resolution < 8 || d->resolution > 8192)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: dataset_synth.resolution %d; expected 8 to 8192",
+                           d->resolution);
+        if (d->latents_dtype && strcmp(d->latents_dtype, "f32") && strcmp(d->latents_dtype, "f16"))
+            return sdc_err(err, SDC_ERR_ARG, "manifest: dataset_synth.latents_dtype '%s'; expected f32 or f16",
+                           d->latents_dtype);
+        return 0;
+    }
     if (!job->model || !job->model->path || !job->model->path[0])
         return sdc_err(err, SDC_ERR_ARG, "manifest: field 'model.path' is empty ---> pass -m MODEL "
                                          "(a .safetensors file or a diffusers folder)");

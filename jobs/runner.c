@@ -19,6 +19,8 @@
 #include "jobs/stop.h"
 #include "data/convert.h"
 #include "data/dataset.h"
+#include "data/model_init.h"
+#include "data/synth_score.h"
 #include "data/fsutil.h"
 #include "data/train_ckpt.h"
 #include "mpi/mpi_check.h"
@@ -105,6 +107,111 @@ static int run_dataset_import(const Sdc__Job *job, const RunOptions *opt, SdcErr
     return 0;
 }
 
+static int write_captions(const char *path, uint64_t seed, SynthSplit split, int64_t count, SdcError *err);
+
+static int run_dataset_synth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    const Sdc__DatasetSynth *d = job->dataset_synth;
+    const int have_caps = d && d->captions_file && d->captions_file[0];
+    if (!d || ((!d->output || !d->output[0]) && !have_caps))
+        return sdc_err(err, SDC_ERR_ARG, "dataset synth: no output ---> pass -o out.h5 (or --captions-file F)");
+    SynthSplit split;
+    if (synth_split_parse(d->split ? d->split : "train", &split))
+        return sdc_err(err, SDC_ERR_ARG, "dataset synth: split '%s' ---> train, heldout or all", d->split);
+    if (d->count < 1) return sdc_err(err, SDC_ERR_ARG, "dataset synth: count %lld ---> at least 1", (long long)d->count);
+    if (have_caps && h5_par_world().rank == 0)
+        SDC_TRY(write_captions(d->captions_file, (uint64_t)d->seed, split, d->count, err));
+    if (!d->output || !d->output[0]) return 0;
+    const char *model = job->model && job->model->path && job->model->path[0] ? job->model->path : NULL;
+    if (d->cache_latents && !model)
+        return sdc_err(err, SDC_ERR_ARG, "--cache-latents needs the model whose VAE encodes: -m MODEL");
+    DatasetImportOpts o = {.output = d->output, .resolution = d->resolution, .center_crop = 1,
+                           .seed = (uint64_t)d->seed, .cache_latents_model = d->cache_latents ? model : NULL,
+                           .threads = runner_threads(job, opt->quiet),
+                           .latents_dtype = d->latents_dtype && !strcmp(d->latents_dtype, "f16") ? DT_F16 : DT_F32,
+                           .quiet = opt->quiet, .synth_count = d->count, .synth_split = split};
+    const H5Par par = h5_par_world();
+    DatasetImportStats st;
+    SDC_TRY(dataset_import(&o, &par, &st, err));
+    if (!opt->quiet && par.rank == 0)
+        fprintf(stderr, "sdc: drew %lld %s items into %s in %.2fs (%.1f images/s%s)\n", (long long)st.written,
+                synth_split_name(split), d->output, st.seconds, st.written / (st.seconds > 1e-9 ? st.seconds : 1e-9),
+                o.cache_latents_model ? ", latents cached" : "");
+    return 0;
+}
+
+static int write_captions(const char *path, uint64_t seed, SynthSplit split, int64_t count, SdcError *err) {
+    char tmp[4096];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
+        return sdc_err(err, SDC_ERR_ARG, "%s: path too long", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
+    for (int64_t i = 0; i < count; i++) {
+        SynthLabel l;
+        char cap[SYNTH_CAPTION_MAX];
+        synth_label(seed, i, split, &l);
+        synth_caption(&l, cap, sizeof cap);
+        fprintf(f, "%s\n", cap);
+    }
+    int bad = ferror(f);
+    if (fclose(f) || bad) {
+        unlink(tmp);
+        return sdc_err(err, SDC_ERR_IO, "%s: write failed (%s) ---> is the disk full?", tmp, strerror(errno));
+    }
+    if (rename(tmp, path)) {
+        unlink(tmp);
+        return sdc_err(err, SDC_ERR_IO, "%s: cannot rename to %s (%s)", tmp, path, strerror(errno));
+    }
+    return 0;
+}
+
+static int run_dataset_score(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    const Sdc__DatasetScore *d = job->dataset_score;
+    SynthScore s = {0};
+    FILE *items = NULL;
+    if (d->items && d->items[0] && !(items = fopen(d->items, "w")))
+        return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s)", d->items, strerror(errno));
+    if (items) fprintf(items, "file\titem\theld_out\tshape\tcolour\tbackground\tshape_iou\tprompt\n");
+    int rc = 0;
+    for (size_t i = 0; i < d->n_inputs && !rc; i++) rc = synth_score_file(d->inputs[i], &s, items, err);
+    if (items && (fclose(items) || rc)) {
+        if (!rc) rc = sdc_err(err, SDC_ERR_IO, "%s: write failed ---> is the disk full?", d->items);
+    }
+    if (rc) return rc;
+    if (!s.scored)
+        return sdc_err(err, SDC_ERR_ARG, "no image to score (%lld items: %lld not done, %lld prompts that are not "
+                       "synth captions) ---> generate from `sdc dataset synth --captions-file` prompts",
+                       (long long)s.items, (long long)s.not_done, (long long)s.unparsed);
+    (void)opt;
+    printf("scored %lld of %lld images (%lld not done, %lld prompts not synth captions); %lld of held-out triples\n",
+           (long long)s.scored, (long long)s.items, (long long)s.not_done, (long long)s.unparsed, (long long)s.heldout);
+    printf("  %-11s %8s %10s\n", "attribute", "all", "held-out");
+    for (int k = 0; k < SYNTH_SCORE_N; k++) {
+        printf("  %-11s %7.1f%%", synth_score_names[k], 100.0 * s.hit[k] / s.scored);
+        if (s.heldout) printf(" %9.1f%%\n", 100.0 * s.heldout_hit[k] / s.heldout);
+        else printf(" %10s\n", "-");
+    }
+    if (d->json && d->json[0]) {
+        FILE *f = fopen(d->json, "w");
+        if (!f) return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s)", d->json, strerror(errno));
+        fprintf(f, "{\"scored\": %lld, \"items\": %lld, \"not_done\": %lld, \"unparsed\": %lld, \"heldout\": %lld",
+                (long long)s.scored, (long long)s.items, (long long)s.not_done, (long long)s.unparsed,
+                (long long)s.heldout);
+        for (int k = 0; k < SYNTH_SCORE_N; k++)
+            fprintf(f, ", \"%s\": %.6f, \"heldout_%s\": %.6f", synth_score_names[k], (double)s.hit[k] / s.scored,
+                    synth_score_names[k], s.heldout ? (double)s.heldout_hit[k] / s.heldout : 0.0);
+        fprintf(f, "}\n");
+        if (fclose(f)) return sdc_err(err, SDC_ERR_IO, "%s: write failed ---> is the disk full?", d->json);
+    }
+    return 0;
+}
+
+static int run_init_model(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    const Sdc__InitModel *m = job->init_model;
+    ModelInitOpts o = {.config_dir = m->config_dir, .vae = m->vae, .output = m->output, .seed = (uint64_t)m->seed,
+                       .quiet = opt->quiet};
+    return model_init_folder(&o, err);
+}
+
 static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     const Sdc__Convert *c = job->convert;
     if (!job->model || !job->model->path || !job->model->path[0])
@@ -132,7 +239,8 @@ static int h5_model_cache(const Sdc__Job *job, char *cache, size_t cap, int quie
     const char *p = job->model && job->model->path ? job->model->path : "";
     int loads = job->task == SDC__TASK__TASK_GENERATE || job->task == SDC__TASK__TASK_DREAMBOOTH ||
                 (job->task == SDC__TASK__TASK_DATASET_IMPORT && job->dataset_import &&
-                 job->dataset_import->cache_latents);
+                 job->dataset_import->cache_latents) ||
+                (job->task == SDC__TASK__TASK_DATASET_SYNTH && job->dataset_synth && job->dataset_synth->cache_latents);
     if (!fs_ends_with(p, ".h5") || !loads) return 0;
     const H5Par par = h5_par_world();
     int rc = 0;
@@ -174,6 +282,9 @@ int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     switch (job->task) {
     case SDC__TASK__TASK_GENERATE: rc = run_generate(job, opt, err); break;
     case SDC__TASK__TASK_DATASET_IMPORT: rc = run_dataset_import(job, opt, err); break;
+    case SDC__TASK__TASK_DATASET_SYNTH: rc = run_dataset_synth(job, opt, err); break;
+    case SDC__TASK__TASK_DATASET_SCORE: rc = run_dataset_score(job, opt, err); break;
+    case SDC__TASK__TASK_INIT_MODEL: rc = run_init_model(job, opt, err); break;
     case SDC__TASK__TASK_CONVERT: rc = run_convert(job, opt, err); break;
     case SDC__TASK__TASK_DREAMBOOTH: rc = run_dreambooth(job, opt, err); break;
     default: rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "task %d is not implemented yet", job->task);

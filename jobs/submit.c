@@ -208,6 +208,9 @@ static const char *task_name(const Sdc__Job *job) {
     case SDC__TASK__TASK_DREAMBOOTH: return "dreambooth";
     case SDC__TASK__TASK_CONVERT: return "convert";
     case SDC__TASK__TASK_DATASET_IMPORT: return "dataset-import";
+    case SDC__TASK__TASK_DATASET_SYNTH: return "dataset-synth";
+    case SDC__TASK__TASK_DATASET_SCORE: return "dataset-score";
+    case SDC__TASK__TASK_INIT_MODEL: return "init-model";
     default: return "job";
     }
 }

@@ -139,8 +139,113 @@ interop_checkpoint() {
     runs "h5py: the file is a valid checkpoint, every crc32 matches" $H5PY check "$W/sd2.h5" checkpoint
 }
 
+# ----------------------------------------------------------------------------
+# `sdc dataset synth`: the same file from 1 and 2 ranks and from its own
+# manifest; h5py sees a valid dataset whose labels say what the captions say;
+# the held-out split shares no (shape, colour, background) triple with the
+# train split; bad input refused with its reason.
+dataset_synth() {
+    runs "1 rank: 40 train items at 32 px" "$SDC" dataset synth -q -n 40 --resolution 32 -s 5 -o "$W/s1.h5"
+    runs "2 ranks: the same" $MPIRUN -n 2 "$SDC" dataset synth -q -n 40 --resolution 32 -s 5 -o "$W/s2.h5"
+    runs "... equal (h5_interop.py compare)" $H5PY compare "$W/s1.h5" "$W/s2.h5"
+    runs "--dump-manifest" "$SDC" dataset synth -n 40 --resolution 32 -s 5 -o "$W/s3.h5" --dump-manifest
+    cp "$OUT_FILE" "$W/synth.txtpb"
+    has "... the task named" 'task: TASK_DATASET_SYNTH' "$W/synth.txtpb"
+    runs "sdc run of that manifest" "$SDC" run -q "$W/synth.txtpb"
+    runs "... equal to the command's file" $H5PY compare "$W/s1.h5" "$W/s3.h5"
+    runs "h5py: a valid dataset" $H5PY check "$W/s1.h5" dataset
+    runs "held-out split: 300 items" "$SDC" dataset synth -q -n 300 --resolution 16 -s 6 --split heldout -o "$W/h.h5"
+    runs "train split: 300 items" "$SDC" dataset synth -q -n 300 --resolution 16 -s 6 -o "$W/t.h5"
+    runs "labels = captions; no held-out triple in train; attributes all drawn" /usr/bin/python3 -c "
+import h5py, sys
+def items(p):
+    f = h5py.File(p, 'r'); L = f['labels']; names = [L.attrs[c].split(',') for c in L.attrs['columns'].split(',')]
+    out = []
+    for row, cap in zip(L[()], f['captions'].asstr()[()]):
+        s, c, z, pos, bg, tex = (names[k][v] for k, v in enumerate(row))
+        back = ('plain %s' % bg) if tex == 'plain' else '%s %s' % (bg, tex)
+        art = 'an' if back[0] == 'o' else 'a'
+        if not cap.startswith('a %s %s %s on %s %s background' % (z, c, s, art, back)): sys.exit('caption %r vs %s' % (cap, row))
+        out.append(tuple(row))
+    return out
+h, t = items('$W/h.h5'), items('$W/t.h5')
+ht, tt = {(r[0], r[1], r[4]) for r in h}, {(r[0], r[1], r[4]) for r in t}
+print(len(ht), 'held-out triples,', len(tt), 'train triples, shared:', len(ht & tt))
+sys.exit(1 if ht & tt or len(ht) < 15 or any(len({r[k] for r in t}) < n for k, n in enumerate((6, 8, 2, 5, 8, 4))) else 0)"
+    refused "no output" 'no output' "$SDC" dataset synth -q -n 4
+    refused "bad split named" "expected train, heldout or all, got 'test'" "$SDC" dataset synth -n 4 --split test -o "$W/x.h5"
+    refused "count 0" 'expected an integer from 1' "$SDC" dataset synth -n 0 -o "$W/x.h5"
+    refused "a source folder given" "unknown option 'photos/'" "$SDC" dataset synth -n 4 -o "$W/x.h5" photos/
+    refused "--cache-latents without a model" 'needs the model' "$SDC" dataset synth -n 4 --cache-latents -o "$W/x.h5"
+    check "... and no output file" [ ! -e "$W/x.h5" ]
+    runs "latents cached with the demo model's VAE" \
+        "$SDC" dataset synth -q -n 3 --resolution 32 --cache-latents -m "$DEMO" -o "$W/l.h5"
+    runs "... h5py: valid, latents (3, 4, 4, 4)" /usr/bin/python3 -c "
+import h5py, sys; f = h5py.File('$W/l.h5', 'r'); print(f['latents'].shape); sys.exit(f['latents'].shape != (3, 4, 4, 4))"
+    runs "captions only: 6 held-out prompts" "$SDC" dataset synth -q -n 6 --split heldout --captions-file "$W/caps.txt"
+    check "... 6 lines, no dataset" [ "$(wc -l < "$W/caps.txt")" -eq 6 ]
+    runs "a sweep of them with the demo model" "$SDC" generate -q -m "$DEMO" --from-file "$W/caps.txt" -W 32 -H 32 \
+        --steps 1 --output-h5 "$W/gen.h5"
+    runs "sdc dataset score" "$SDC" dataset score "$W/gen.h5" --json "$W/score.json" --items "$W/items.tsv"
+    has "... all 6 scored, all held out" 'scored 6 of 6 images .*; 6 of held-out triples'
+    has "... the totals as JSON" '"scored": 6, "items": 6' "$W/score.json"
+    check "... one line per image" [ "$(wc -l < "$W/items.tsv")" -eq 7 ]
+    refused "a dataset is not a generation output" 'sdc_kind is "dataset", expected "generation"' \
+        "$SDC" dataset score "$W/s1.h5"
+    refused "no input" 'no generation output given' "$SDC" dataset score
+}
+
+# ----------------------------------------------------------------------------
+# `sdc init-model`: tiny-sd1's configs (a 49408-token text encoder, no
+# tokenizer: the shipped vocab is written) -> a folder that sdc generates
+# from, initialised as torch does (tools/check_init.py, when torch is here;
+# else that check is skipped by the init_model_vs_torch test); bad input.
+init_cfg() {
+    for f in model_index.json scheduler/scheduler_config.json unet/config.json vae/config.json \
+        text_encoder/config.json; do
+        mkdir -p "$1/$(dirname "$f")" && cp "$SRC/tests/fixtures/tiny-sd1/$f" "$1/$f" || return 1
+    done
+    sed -i 's/"vocab_size": 1000/"vocab_size": 49408/' "$1/text_encoder/config.json"
+}
+init_model() {
+    check "a config folder from tiny-sd1" init_cfg "$W/cfg"
+    runs "sdc init-model" "$SDC" init-model -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" -o "$W/m" -s 3
+    check "... unet, text encoder, vae, tokenizer written" [ -s "$W/m/unet/diffusion_pytorch_model.safetensors" -a \
+        -s "$W/m/text_encoder/model.safetensors" -a -s "$W/m/vae/diffusion_pytorch_model.safetensors" -a \
+        -s "$W/m/tokenizer/vocab.json" ]
+    check "... no temporary folder left" [ ! -e "$W/m.tmp" ]
+    runs "generate from it" "$SDC" generate -q -m "$W/m" -p 'a red star' -W 32 -H 32 --steps 2 -o "$W/m.png"
+    runs "the same seed: the same weights" "$SDC" init-model -q -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" \
+        -o "$W/m2" -s 3
+    check "... byte for byte" cmp -s "$W/m/unet/diffusion_pytorch_model.safetensors" \
+        "$W/m2/unet/diffusion_pytorch_model.safetensors"
+    runs "another seed" "$SDC" init-model -q -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" -o "$W/m3" -s 4
+    differ() { ! cmp -s "$1" "$2"; }
+    check "... other weights" differ "$W/m/unet/diffusion_pytorch_model.safetensors" \
+        "$W/m3/unet/diffusion_pytorch_model.safetensors"
+    refused "an existing output" 'exists ---> sdc init-model writes a new folder' \
+        "$SDC" init-model -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" -o "$W/m"
+    refused "no VAE" 'no VAE ---> pass --vae MODEL' "$SDC" init-model -c "$W/cfg" -o "$W/x"
+    refused "a VAE of another shape (the demo model's)" 'does not fit the config' \
+        "$SDC" init-model -c "$W/cfg" --vae "$DEMO" -o "$W/x"
+    check "... nothing written" [ ! -e "$W/x" -a ! -e "$W/x.tmp" ]
+    rm "$W/cfg/scheduler/scheduler_config.json"
+    refused "a config folder without its scheduler" 'scheduler_config.json: missing' \
+        "$SDC" init-model -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" -o "$W/x"
+    check "... nothing written" [ ! -e "$W/x" -a ! -e "$W/x.tmp" ]
+}
+
+init_model_vs_torch() {
+    python3 -c 'import torch, diffusers, transformers' 2>/dev/null || skip "python3 has no torch / diffusers"
+    check "a config folder from tiny-sd1" init_cfg "$W/cfg"
+    runs "sdc init-model" "$SDC" init-model -q -c "$W/cfg" --vae "$SRC/tests/fixtures/tiny-sd1" -o "$W/m" -s 5
+    runs "initialised as torch initialises (tools/check_init.py)" python3 "$SRC/tools/check_init.py" "$W/m" \
+        "$SRC/tests/fixtures/tiny-sd1"
+}
+
 case "$NAME" in
-    import_dreambooth | import_bad_input | mpi_ranks | generate_resume | model_hash_cache | interop_checkpoint)
+    import_dreambooth | import_bad_input | mpi_ranks | generate_resume | model_hash_cache | interop_checkpoint | \
+        dataset_synth | init_model | init_model_vs_torch)
         $NAME ;;
     *) echo "storage_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac

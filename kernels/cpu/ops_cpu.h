@@ -103,6 +103,7 @@ void cpu_mse_backward(float *dpred, double *sq, const float *pred, const float *
 double cpu_sum_squares(const float *x, size_t n);
 // torch.optim.AdamW's single-tensor fp32 update of n elements (the scalars as
 // torch's kernels see them: backend.h AdamWScalars).
+void cpu_ema(float *shadow, const float *p, size_t n, float one_minus_decay);
 void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, float decay, float w1, float b2, float w2,
                float bc2_sqrt, float eps, float neg_step);
 

@@ -35,6 +35,14 @@ double cpu_sum_squares(const float *x, size_t n) {
     return s;
 }
 
+void cpu_ema(float *restrict shadow, const float *restrict p, size_t n, float one_minus_decay) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        const float d = one_minus_decay * (shadow[i] - p[i]); // s_param.sub_(one_minus_decay * (s_param - param))
+        shadow[i] = shadow[i] - d;
+    }
+}
+
 void cpu_adamw(float *restrict p, const float *restrict g, float *restrict m, float *restrict v, size_t n,
                float decay, float w1, float b2, float w2, float bc2_sqrt, float eps, float neg_step) {
 #pragma omp parallel for simd schedule(static) if (n > 65536)

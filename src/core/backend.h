@@ -153,6 +153,9 @@ struct Backend {
     // p = p * decay; m = m + w1 (g - m); v = v * b2 + w2 g^2; p += neg_step * m / (sqrt(v) / bc2_sqrt + eps)
     void (*adamw)(const Backend *be, float *p, const float *g, float *m, float *v, size_t n,
                   const struct AdamWScalars *s);
+    // The exponential moving average of n parameters (diffusers' EMAModel.step, fp32, element by
+    // element): shadow = shadow - one_minus_decay * (shadow - p). NULL where training is not supported.
+    void (*ema)(const Backend *be, float *shadow, const float *p, size_t n, float one_minus_decay);
 
     // ---- memory report --------------------------------------------------------
     // Bytes free and in total on the device (CPU: MemAvailable / MemTotal).

@@ -341,6 +341,11 @@ static double cpu_op_sum_squares(const Backend *be, const float *x, size_t n) {
     return cpu_sum_squares(x, n);
 }
 
+static void cpu_op_ema(const Backend *be, float *shadow, const float *p, size_t n, float one_minus_decay) {
+    (void)be;
+    cpu_ema(shadow, p, n, one_minus_decay);
+}
+
 static void cpu_op_adamw(const Backend *be, float *p, const float *g, float *m, float *v, size_t n,
                          const AdamWScalars *s) {
     (void)be;
@@ -402,6 +407,7 @@ static const Backend cpu_template = {
     .mse_backward = cpu_op_mse_backward,
     .sum_squares = cpu_op_sum_squares,
     .adamw = cpu_op_adamw,
+    .ema = cpu_op_ema,
     CPU_BACKWARD_ENTRIES
 };
 
@@ -468,6 +474,7 @@ static void m_mse_bwd(const Backend *be, Tensor *d, double *sq, const Tensor *p,
 static double m_sum_sq(const Backend *be, const float *x, size_t n) { return 0; }
 static void m_adamw(const Backend *be, float *p, const float *g, float *m, float *v, size_t n,
                     const AdamWScalars *s) {}
+static void m_ema(const Backend *be, float *shadow, const float *p, size_t n, float one_minus_decay) {}
 
 static const Backend measure_backend = {
     .name = "measure",
@@ -519,6 +526,7 @@ static const Backend measure_backend = {
     .mse_backward = m_mse_bwd,
     .sum_squares = m_sum_sq,
     .adamw = m_adamw,
+    .ema = m_ema,
 };
 
 const Backend *backend_measure(void) { return &measure_backend; }

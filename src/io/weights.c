@@ -1053,6 +1053,28 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
     return 0;
 }
 
+int model_files_open_configs(ModelFiles **out, const char *dir, SdcError *err) {
+    *out = NULL;
+    if (strlen(dir) > SDC_PATH_MAX) return sdc_err(err, SDC_ERR_ARG, "path longer than %d characters", SDC_PATH_MAX);
+    if (!is_dir(dir))
+        return sdc_err(err, SDC_ERR_IO, "%s: not a folder ---> pass a diffusers folder (unet/, vae/, text_encoder/ "
+                       "with their config.json)", dir);
+    ModelFiles *m = calloc(1, sizeof *m);
+    if (!m) return sdc_err(err, SDC_ERR_OOM, "out of memory");
+    snprintf(m->path, sizeof m->path, "%s", dir);
+    m->info.layout = LAYOUT_DIFFUSERS;
+    int rc = read_diffusers_configs(m, dir, err);
+    if (!rc) rc = check_model(&m->info, dir, dir, err);
+    if (rc) {
+        model_files_close(m);
+        return rc;
+    }
+    m->info.sched.prediction = m->info.unet.prediction;
+    m->info.sched.have |= SCHED_HAS_PREDICTION;
+    *out = m;
+    return 0;
+}
+
 void model_files_close(ModelFiles *m) {
     if (!m) return;
     for (int c = 0; c < COMP_COUNT; c++) {

@@ -59,6 +59,10 @@ typedef struct ModelInfo {
 // else a PredictionType the user gave.
 int model_files_open(ModelFiles **out, const char *path, const char *config_dir, int prediction,
                      SdcError *err);
+// The configs of a diffusers folder without its weights (what a model
+// trained from scratch starts from: src/models/init.h). Every lookup of a
+// tensor fails; the loaders' init mode (ModelLoadOpts.init) asks for none.
+int model_files_open_configs(ModelFiles **out, const char *dir, SdcError *err);
 void model_files_close(ModelFiles *m);
 const ModelInfo *model_files_info(const ModelFiles *m);
 // The text of the scheduler_config.json that ModelInfo.sched was read from,

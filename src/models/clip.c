@@ -94,7 +94,7 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
     Arena meas;
     arena_init_measure(&meas);
     ParamLoader pl = {.mf = mf, .comp = comp, .be = be, .arena = &meas, .err = err,
-                      .own = own, .lora = o ? o->lora : NULL};
+                      .own = own, .lora = o ? o->lora : NULL, .init = o && o->init};
     clip_get_params(m, &pl);
     int rc = pl.failed ? err->code : 0;
     if (!rc) rc = arena_init(&m->params, be, meas.peak, err);
@@ -103,7 +103,7 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
     if (!rc) {
         pl = (ParamLoader){.mf = mf, .comp = comp, .be = be, .arena = &m->params,
                            .err = err, .own = own, .table = own ? &m->table : NULL,
-                           .lora = o ? o->lora : NULL};
+                           .lora = o ? o->lora : NULL, .init = o && o->init};
         clip_get_params(m, &pl);
         rc = pl.failed ? err->code : 0;
     }
@@ -336,3 +336,5 @@ int clip_encode_xl(ClipModel *m, const int32_t *ids, int batch, int clip_skip, T
     clip_forward(m, m->be, &m->act, m->be->act_dtype, ids, batch, at, NULL, at, hidden, pooled);
     return backend_status(m->be, err);
 }
+
+const ParamTable *clip_param_table(const ClipModel *m) { return &m->table; }

@@ -128,6 +128,8 @@ void clip_trainables(ClipModel *m, float **params, float **grads, size_t *n);
 // v_proj, out_proj) "text_model.encoder.layers.<i>.self_attn.<proj>.lora.down.weight"
 // (rank, in) and "....lora.up.weight" (out, rank). NULL before clip_train_reserve.
 const ParamTable *clip_train_table(const ClipModel *m);
+// Every parameter of a trainable load, named (as unet_param_table).
+const ParamTable *clip_param_table(const ClipModel *m);
 // Bytes of the training activations, the gradients and the LoRA parameters
 // (for the memory report); 0 before clip_train_reserve.
 size_t clip_train_bytes(const ClipModel *m);

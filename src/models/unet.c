@@ -128,7 +128,7 @@ int unet_load_opts(Unet **out, const ModelFiles *mf, const Backend *be, const Mo
     Arena meas;
     arena_init_measure(&meas);
     ParamLoader pl = {.mf = mf, .comp = COMP_UNET, .be = be, .arena = &meas, .err = err, .own = own,
-                      .lora = o ? o->lora : NULL};
+                      .lora = o ? o->lora : NULL, .init = o && o->init};
     rc = unet_build(m, &pl, err);
     if (rc) goto fail;
     // Pass 2: for real.
@@ -136,7 +136,8 @@ int unet_load_opts(Unet **out, const ModelFiles *mf, const Backend *be, const Mo
     if (rc) goto fail;
     if (own) be->zero(be, m->params.base, m->params.cap); // padding too: the flat buffer is optimized
     pl = (ParamLoader){.mf = mf, .comp = COMP_UNET, .be = be, .arena = &m->params, .err = err,
-                       .own = own, .table = own ? &m->table : NULL, .lora = o ? o->lora : NULL};
+                       .own = own, .table = own ? &m->table : NULL, .lora = o ? o->lora : NULL,
+                       .init = o && o->init};
     rc = unet_build(m, &pl, err);
     if (rc) goto fail;
     m->param_count = pl.count;
@@ -506,3 +507,5 @@ void unet_print_plan(const Unet *m, FILE *f) {
     fprintf(f, " MiB; params %.1f MiB (%zu tensors)\n", (double)unet_param_bytes(m) / (1 << 20),
             m->param_count);
 }
+
+const ParamTable *unet_param_table(const Unet *m) { return &m->table; }

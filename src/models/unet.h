@@ -247,6 +247,9 @@ void unet_trainables(Unet *m, float **params, float **grads, size_t *n);
 // named "<module>.lora.down.weight" / "<module>.lora.up.weight" with module
 // e.g. "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q".
 const ParamTable *unet_train_table(const Unet *m);
+// Every parameter of a trainable load (ModelLoadOpts.trainable), named, in
+// load order (LoRA or not): what a from-scratch init fills (models/init.h).
+const ParamTable *unet_param_table(const Unet *m);
 // Bytes planned for training: kept activations (all tapes), backward
 // scratch, gradients (and LoRA parameters), by unet_train_reserve; and the
 // kept activations of one tape.

@@ -10,6 +10,7 @@
 #include "text/tokenizer.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,11 +68,28 @@ static int runs_find(const UniRuns *r, uint32_t cp) {
     return r->val[lo];
 }
 
-static unsigned uni_flags(uint32_t cp) { return cp < 0x110000 ? (unsigned)runs_find(&uni_flag_runs, cp) : 0; }
-static int uni_ccc(uint32_t cp) { return cp < 0x110000 ? runs_find(&uni_ccc_runs, cp) : 0; }
+// ASCII is most of every prompt: its flags come from a table filled once, so
+// a character costs one load instead of a binary search over 2265 runs.
+static unsigned ascii_flags[128];
+static pthread_once_t ascii_flags_once = PTHREAD_ONCE_INIT;
+static void ascii_flags_fill(void) {
+    for (uint32_t c = 0; c < 128; c++) ascii_flags[c] = (unsigned)runs_find(&uni_flag_runs, c);
+}
+
+static unsigned uni_flags(uint32_t cp) {
+    if (cp < 128) {
+        pthread_once(&ascii_flags_once, ascii_flags_fill);
+        return ascii_flags[cp];
+    }
+    return cp < 0x110000 ? (unsigned)runs_find(&uni_flag_runs, cp) : 0;
+}
+
+// Every code point below U+0300 has canonical combining class 0.
+static int uni_ccc(uint32_t cp) { return cp >= 0x300 && cp < 0x110000 ? runs_find(&uni_ccc_runs, cp) : 0; }
 
 // The replacement of cp in m, or NULL (then *len is untouched).
 static const uint32_t *map_find(const UniMap *m, uint32_t cp, int *len) {
+    if (m->n == 0 || cp < m->rows[0].cp || cp > m->rows[m->n - 1].cp) return NULL; // ASCII, mostly
     int lo = 0, hi = m->n - 1;
     while (lo <= hi) {
         int mid = (lo + hi) / 2;
@@ -205,6 +223,15 @@ static uint32_t nfc_compose_pair(uint32_t a, uint32_t b) {
 }
 
 static void nfc(const U32Vec *in, U32Vec *out) {
+    // Below U+00C0 nothing decomposes, and nothing below U+0300 combines or
+    // composes with what precedes it: such text is its own NFC.
+    size_t k = 0;
+    while (k < in->n && in->v[k] < 0xC0) k++;
+    if (k == in->n) {
+        out->n = 0;
+        u32_push_n(out, in->v, in->n);
+        return;
+    }
     U32Vec d = {0};
     for (size_t i = 0; i < in->n; i++) {
         uint32_t c = in->v[i];
@@ -244,7 +271,7 @@ static void nfc(const U32Vec *in, U32Vec *out) {
         for (size_t i = 1; i < d.n; i++) {
             uint32_t c = d.v[i];
             int cc = uni_ccc(c);
-            uint32_t comp = have_starter ? nfc_compose_pair(out->v[starter], c) : 0;
+            uint32_t comp = have_starter && c >= 0x300 ? nfc_compose_pair(out->v[starter], c) : 0;
             if (comp && (last < cc || last == 0) && starter < out->n) {
                 out->v[starter] = comp;
                 continue;
@@ -280,6 +307,10 @@ static void lower_python(const U32Vec *in, U32Vec *out) {
             u32_push(out, final ? 0x3C2 : 0x3C3);
             continue;
         }
+        if (c < 128) {
+            u32_push(out, c >= 'A' && c <= 'Z' ? c + 32 : c);
+            continue;
+        }
         int len;
         const uint32_t *m = map_find(&uni_lower, c, &len);
         if (m) u32_push_n(out, m, (size_t)len);
@@ -291,6 +322,10 @@ static void lower_python(const U32Vec *in, U32Vec *out) {
 // the same mappings, no final-sigma context.
 static void lower_chars(const U32Vec *in, U32Vec *out) {
     for (size_t i = 0; i < in->n; i++) {
+        if (in->v[i] < 128) {
+            u32_push(out, in->v[i] >= 'A' && in->v[i] <= 'Z' ? in->v[i] + 32 : in->v[i]);
+            continue;
+        }
         int len;
         const uint32_t *m = map_find(&uni_lower, in->v[i], &len);
         if (m) u32_push_n(out, m, (size_t)len);

@@ -1,0 +1,79 @@
+// synth.h: the procedural captioned image set of `sdc dataset synth` (issue
+// 16): a coloured shape on a coloured, textured background, with its caption
+// ("a small red star on a blue striped background, on the left"), drawn
+// deterministically from (seed, item); and the scorer that reads the shape,
+// its colour and the background colour back from an image (a generated one,
+// to measure what a model learnt).
+//
+// The held-out split is a fixed set of (shape, colour, background colour)
+// triples that the train split never draws: every shape, colour and
+// background is seen in training, those combinations are not. It does not
+// depend on the seed, so a model trained on one seed's train split is
+// scored on any seed's held-out split.
+//
+// Not a benchmark of image quality: the scorer only checks what the caption
+// says, with fixed rules (palette distances, shape templates).
+#ifndef SDC_SYNTH_H
+#define SDC_SYNTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SYNTH_N_SHAPES 6
+#define SYNTH_N_COLOURS 8
+#define SYNTH_N_SIZES 2
+#define SYNTH_N_POSITIONS 5
+#define SYNTH_N_TEXTURES 4
+#define SYNTH_CAPTION_MAX 128
+
+typedef enum SynthSplit { SYNTH_TRAIN = 0, SYNTH_HELDOUT = 1, SYNTH_ALL = 2 } SynthSplit;
+
+extern const char *const synth_shape_names[SYNTH_N_SHAPES];       // circle, square, triangle, star, cross, diamond
+extern const char *const synth_colour_names[SYNTH_N_COLOURS];     // red, orange, yellow, green, blue, purple, white, black
+extern const char *const synth_size_names[SYNTH_N_SIZES];         // small, large
+extern const char *const synth_position_names[SYNTH_N_POSITIONS]; // center, left, right, top, bottom
+extern const char *const synth_texture_names[SYNTH_N_TEXTURES];   // plain, striped, dotted, checkered
+
+// One item's attributes (indices into the name tables); bg != colour.
+typedef struct SynthLabel {
+    int shape, colour, size, position, bg, texture;
+} SynthLabel;
+
+// 1 when the (shape, colour, bg) triple belongs to the held-out split.
+int synth_is_heldout(int shape, int colour, int bg);
+// "train", "heldout" or "all"; 0, or -1 for anything else.
+int synth_split_parse(const char *s, SynthSplit *out);
+const char *synth_split_name(SynthSplit s);
+
+// Item i of the split: attributes uniform over the split's combinations.
+void synth_label(uint64_t seed, int64_t i, SynthSplit split, SynthLabel *l);
+// Its picture, (res, res, 3) u8 RGB, 4x4 supersampled; jitter (size,
+// position, colour, texture phase) from (seed, i).
+void synth_render(uint64_t seed, int64_t i, const SynthLabel *l, int res, uint8_t *rgb);
+// Its caption; the number of bytes written (< n), as snprintf.
+int synth_caption(const SynthLabel *l, char *buf, size_t n);
+
+// What a prompt asks for: the shape (a shape word), its colour (the colour
+// word just before it), the background colour (the first colour word after
+// "on a" or "on an"), the texture (plain when none is named), the size (small unless
+// "large") and the position (center unless left / right / top / bottom). Other
+// words (a DreamBooth identifier, "photo of") are ignored. -1 when the prompt
+// names no shape, or no colour for it or its background.
+int synth_parse_caption(const char *caption, SynthLabel *l);
+
+// ----------------------------------------------------------------------------
+// scoring an image
+
+typedef struct SynthGuess {
+    int shape, colour, bg;  // -1 when no shape was found
+    int size, position;     // as the labels
+    int textured;           // 0 plain background, 1 striped / dotted / checkered
+    double shape_iou;       // the best template's IoU with the shape's mask
+    double fg_fraction;     // the shape's share of the pixels
+} SynthGuess;
+
+// Reads an (h, w, 3) u8 image. Allocates a w*h scratch mask; returns -1 when
+// out of memory, else 0.
+int synth_score(const uint8_t *rgb, int w, int h, SynthGuess *g);
+
+#endif

@@ -1,0 +1,277 @@
+// test_synth.c: the procedural dataset of `sdc dataset synth` (data/synth.c):
+// items are a function of (seed, item); the held-out triples never appear in
+// the train split and every attribute pair still does; captions say what is
+// drawn; the scorer reads shape, colour, background, size, position and
+// texture back from the pictures, clean and degraded (noise + blur, as a
+// generated image is), and finds nothing in a blank image.
+// SDC_SYNTH_GRID=FILE.png also writes an 8 x 8 grid of items (docs/img).
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "data/dataset.h"
+#include "data/genout.h"
+#include "data/synth_score.h"
+#include "data/synth.h"
+#include "io/image.h"
+#include "testutil.h"
+
+#define RES 64
+
+static void degrade(uint8_t *rgb, int res, uint64_t seed) {
+    uint8_t *tmp = malloc((size_t)res * res * 3);
+    memcpy(tmp, rgb, (size_t)res * res * 3);
+    for (int y = 0; y < res; y++) // 3x3 box blur
+        for (int x = 0; x < res; x++)
+            for (int k = 0; k < 3; k++) {
+                int s = 0, c = 0;
+                for (int dy = -1; dy <= 1; dy++)
+                    for (int dx = -1; dx <= 1; dx++) {
+                        int xx = x + dx, yy = y + dy;
+                        if (xx < 0 || yy < 0 || xx >= res || yy >= res) continue;
+                        s += tmp[((size_t)yy * res + xx) * 3 + k], c++;
+                    }
+                rgb[((size_t)y * res + x) * 3 + k] = (uint8_t)((s + c / 2) / c);
+            }
+    float *noise = malloc((size_t)res * res * 3 * sizeof(float));
+    fill_uniform(noise, (size_t)res * res * 3, seed, -24.0f, 24.0f); // sd 13.9
+    for (size_t i = 0; i < (size_t)res * res * 3; i++) {
+        float v = rgb[i] + noise[i];
+        rgb[i] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v + 0.5f);
+    }
+    free(noise);
+    free(tmp);
+}
+
+typedef struct Acc {
+    int n, shape, colour, bg, size, position, textured;
+} Acc;
+
+static void score_items(uint64_t seed, int n, int degraded, Acc *a) {
+    memset(a, 0, sizeof *a);
+    uint8_t *rgb = malloc((size_t)RES * RES * 3);
+    for (int i = 0; i < n; i++) {
+        SynthLabel l;
+        SynthGuess g;
+        synth_label(seed, i, SYNTH_ALL, &l);
+        synth_render(seed, i, &l, RES, rgb);
+        if (degraded) degrade(rgb, RES, seed * 1000 + (uint64_t)i);
+        if (synth_score(rgb, RES, RES, &g)) abort();
+        a->n++;
+        a->shape += g.shape == l.shape;
+        a->colour += g.colour == l.colour;
+        a->bg += g.bg == l.bg;
+        a->size += g.size == l.size;
+        a->position += g.position == l.position;
+        a->textured += g.textured == (l.texture != 0);
+    }
+    free(rgb);
+}
+
+static void check_acc(TestCtx *t, const char *what, int hit, int n, double need) {
+    double acc = (double)hit / n;
+    check_true(t, acc >= need, "%s: %d/%d = %.1f%% (need >= %.0f%%)", what, hit, n, 100 * acc, 100 * need);
+}
+
+int main(void) {
+    TestCtx t = {0};
+    const size_t B = (size_t)RES * RES * 3;
+    uint8_t *a = malloc(B), *b = malloc(B);
+    SynthLabel l, l2;
+
+    // ---- determinism
+    synth_label(7, 5, SYNTH_TRAIN, &l);
+    synth_render(7, 5, &l, RES, a);
+    synth_label(7, 5, SYNTH_TRAIN, &l2);
+    synth_render(7, 5, &l2, RES, b);
+    check_true(&t, !memcmp(&l, &l2, sizeof l) && !memcmp(a, b, B), "item (7, 5) drawn twice is the same");
+    synth_label(8, 5, SYNTH_TRAIN, &l2);
+    synth_render(8, 5, &l2, RES, b);
+    check_true(&t, memcmp(a, b, B) != 0, "item 5 of seed 8 differs from seed 7's");
+
+    // ---- splits
+    int held = 0, pair_sc[SYNTH_N_SHAPES][SYNTH_N_COLOURS] = {{0}}, pair_sb[SYNTH_N_SHAPES][SYNTH_N_COLOURS] = {{0}},
+        pair_cb[SYNTH_N_COLOURS][SYNTH_N_COLOURS] = {{0}};
+    for (int s = 0; s < SYNTH_N_SHAPES; s++)
+        for (int c = 0; c < SYNTH_N_COLOURS; c++)
+            for (int g = 0; g < SYNTH_N_COLOURS; g++) {
+                if (g == c) continue;
+                if (synth_is_heldout(s, c, g)) {
+                    held++;
+                    continue;
+                }
+                pair_sc[s][c]++, pair_sb[s][g]++, pair_cb[c][g]++;
+            }
+    int missing = 0;
+    for (int s = 0; s < SYNTH_N_SHAPES; s++)
+        for (int c = 0; c < SYNTH_N_COLOURS; c++) missing += !pair_sc[s][c] + !pair_sb[s][c];
+    for (int c = 0; c < SYNTH_N_COLOURS; c++)
+        for (int g = 0; g < SYNTH_N_COLOURS; g++) missing += g != c && !pair_cb[c][g];
+    check_true(&t, held >= 20 && held <= 50, "%d of 336 (shape, colour, background) triples held out", held);
+    check_true(&t, missing == 0, "every shape-colour, shape-background, colour-background pair is in the train "
+               "split (%d missing)", missing);
+    int bad_train = 0, bad_held = 0, diff_bg = 0;
+    for (int i = 0; i < 4000; i++) {
+        synth_label(3, i, SYNTH_TRAIN, &l);
+        bad_train += synth_is_heldout(l.shape, l.colour, l.bg);
+        diff_bg += l.bg == l.colour;
+        synth_label(3, i, SYNTH_HELDOUT, &l);
+        bad_held += !synth_is_heldout(l.shape, l.colour, l.bg);
+        diff_bg += l.bg == l.colour;
+    }
+    check_true(&t, bad_train == 0 && bad_held == 0 && diff_bg == 0,
+               "4000 items each: held-out triples in train %d, train triples in held-out %d, shape colour = "
+               "background %d", bad_train, bad_held, diff_bg);
+    SynthSplit sp;
+    check_true(&t, !synth_split_parse("heldout", &sp) && sp == SYNTH_HELDOUT && synth_split_parse("test", &sp) == -1,
+               "split names parsed, others refused");
+
+    // ---- captions
+    l = (SynthLabel){.shape = 3, .colour = 0, .size = 0, .position = 1, .bg = 4, .texture = 1};
+    char cap[SYNTH_CAPTION_MAX];
+    synth_caption(&l, cap, sizeof cap);
+    check_true(&t, !strcmp(cap, "a small red star on a blue striped background, on the left"), "caption: %s", cap);
+
+    // ---- the scorer
+    Acc acc;
+    score_items(11, 600, 0, &acc);
+    check_acc(&t, "clean shape", acc.shape, acc.n, 0.98);
+    check_acc(&t, "clean colour", acc.colour, acc.n, 0.995);
+    check_acc(&t, "clean background", acc.bg, acc.n, 0.995);
+    check_acc(&t, "clean size", acc.size, acc.n, 0.98);
+    check_acc(&t, "clean position", acc.position, acc.n, 0.97);
+    check_acc(&t, "clean texture (plain or not)", acc.textured, acc.n, 0.97);
+    score_items(12, 600, 1, &acc);
+    check_acc(&t, "blurred + noisy shape", acc.shape, acc.n, 0.90);
+    check_acc(&t, "blurred + noisy colour", acc.colour, acc.n, 0.97);
+    check_acc(&t, "blurred + noisy background", acc.bg, acc.n, 0.97);
+    SynthGuess g;
+    memset(a, 90, B);
+    synth_score(a, RES, RES, &g);
+    check_true(&t, g.shape == -1 && g.colour == -1, "a blank grey image has no shape (shape %d, colour %d)", g.shape,
+               g.colour);
+
+    // ---- written as an sdc dataset: the reader gives back the items and their captions
+    {
+        char dir[] = "/tmp/sdc-test-synth.XXXXXX", path[64];
+        check_true(&t, mkdtemp(dir) != NULL, "temporary folder");
+        snprintf(path, sizeof path, "%s/s.h5", dir);
+        DatasetImportOpts o = {.output = path, .resolution = 32, .center_crop = 1, .seed = 9, .quiet = 1,
+                               .synth_count = 21, .synth_split = SYNTH_HELDOUT};
+        const H5Par par = h5_par_serial();
+        DatasetImportStats st;
+        SdcError err = {0};
+        int rc = dataset_import(&o, &par, &st, &err);
+        check_true(&t, rc == 0 && st.written == 21, "dataset_import of 21 held-out items at 32 px: %s",
+                   rc ? err.msg : "written");
+        Dataset d;
+        rc = rc ? rc : dataset_open(&d, path, &err);
+        check_true(&t, rc == 0, "dataset_open: %s", rc ? err.msg : "ok");
+        if (!rc) {
+            int same_img = 0, same_cap = 0;
+            for (int64_t i = 0; i < d.n; i++) {
+                uint8_t got[32 * 32 * 3], want[32 * 32 * 3];
+                char cap[SYNTH_CAPTION_MAX];
+                synth_label(9, i, SYNTH_HELDOUT, &l);
+                synth_render(9, i, &l, 32, want);
+                synth_caption(&l, cap, sizeof cap);
+                same_img += !dataset_read_image(&d, i, got, &err) && !memcmp(got, want, sizeof got);
+                same_cap += !strcmp(d.captions[i], cap);
+            }
+            check_true(&t, d.n == 21 && same_img == 21 && same_cap == 21 && d.latents < 0,
+                       "read back: %lld items, %d images and %d captions as drawn, no latents", (long long)d.n,
+                       same_img, same_cap);
+            dataset_close(&d);
+        }
+        o.n_sources = 1;
+        const char *src[1] = {"photos/"};
+        o.sources = src;
+        rc = dataset_import(&o, &par, &st, &err);
+        check_true(&t, rc == SDC_ERR_ARG && strstr(err.msg, "takes no sources"), "synth with sources refused: %s",
+                   err.msg);
+        unlink(path);
+        rmdir(dir);
+    }
+
+    // ---- captions parse back; prompts with other words still parse
+    {
+        int back = 0;
+        for (int i = 0; i < 500; i++) {
+            SynthLabel p;
+            synth_label(21, i, SYNTH_ALL, &l);
+            synth_caption(&l, cap, sizeof cap);
+            back += !synth_parse_caption(cap, &p) && !memcmp(&p, &l, sizeof p);
+        }
+        check_true(&t, back == 500, "500 captions parsed back to their labels: %d", back);
+        SynthLabel p;
+        int ok = !synth_parse_caption("a photo of a sks Green CROSS on an orange dotted background", &p) &&
+                 p.shape == 4 && p.colour == 3 && p.bg == 1 && p.texture == 2 && p.size == 0 && p.position == 0;
+        check_true(&t, ok && synth_parse_caption("a cat on a mat", &p) == -1 &&
+                       synth_parse_caption("a star on a blue background", &p) == -1,
+                   "other words ignored; no shape, or a shape without its colour: not a synth prompt");
+    }
+
+    // ---- a generation output scored: its own pictures (everything found),
+    // then each prompt with the next item's picture (chance level)
+    for (int shifted = 0; shifted < 2; shifted++) {
+        enum { NI = 60 };
+        char dir[] = "/tmp/sdc-test-score.XXXXXX", path[64];
+        check_true(&t, mkdtemp(dir) != NULL, "temporary folder");
+        snprintf(path, sizeof path, "%s/g.h5", dir);
+        static char caps[NI][SYNTH_CAPTION_MAX];
+        GenItem it[NI];
+        uint8_t *imgs = malloc((size_t)NI * B);
+        for (int i = 0; i < NI; i++) {
+            synth_label(31, i, SYNTH_ALL, &l);
+            synth_caption(&l, caps[i], sizeof caps[i]);
+            synth_label(31, (i + shifted) % NI, SYNTH_ALL, &l2);
+            synth_render(31, (i + shifted) % NI, &l2, RES, imgs + (size_t)i * B);
+            it[i] = (GenItem){.prompt = caps[i], .negative_prompt = "", .sampler = "euler", .index = i, .seed = i,
+                              .steps = 1, .cfg = 1, .strength = 1};
+        }
+        const H5Par par = h5_par_serial();
+        SdcError err = {0};
+        GenOut go;
+        int64_t idx[NI - 1];
+        for (int i = 0; i < NI - 1; i++) idx[i] = i; // the last item not done
+        int rc = genout_open(&go, path, it, NI, RES, RES, "0123456789", NULL, &par, &err);
+        if (!rc) rc = genout_write(&go, idx, NI - 1, imgs, &err);
+        if (!rc) rc = genout_close(&go, &err);
+        SynthScore s = {0};
+        if (!rc) rc = synth_score_file(path, &s, NULL, &err);
+        check_true(&t, rc == 0 && s.items == NI && s.not_done == 1 && s.scored == NI - 1,
+                   "generation output: %lld items, %lld not done, %lld scored %s", (long long)s.items,
+                   (long long)s.not_done, (long long)s.scored, err.msg);
+        double sh = s.scored ? (double)s.hit[0] / s.scored : 0, co = s.scored ? (double)s.hit[1] / s.scored : 0;
+        if (!shifted)
+            check_true(&t, sh >= 0.98 && co >= 0.98 && s.heldout > 0, "its own pictures: shape %.1f%%, colour %.1f%% "
+                       "(%lld held out)", 100 * sh, 100 * co, (long long)s.heldout);
+        else
+            check_true(&t, sh < 0.5 && co < 0.5, "the next item's pictures: shape %.1f%%, colour %.1f%%", 100 * sh,
+                       100 * co);
+        unlink(path);
+        rmdir(dir);
+        free(imgs);
+    }
+
+    const char *grid = getenv("SDC_SYNTH_GRID");
+    if (grid) {
+        const int N = 8, side = N * RES;
+        uint8_t *img = malloc((size_t)side * side * 3);
+        for (int i = 0; i < N * N; i++) {
+            synth_label(1, i, SYNTH_TRAIN, &l);
+            synth_render(1, i, &l, RES, a);
+            for (int y = 0; y < RES; y++)
+                memcpy(img + (((size_t)(i / N) * RES + y) * side + (size_t)(i % N) * RES) * 3, a + (size_t)y * RES * 3,
+                       (size_t)RES * 3);
+        }
+        SdcError err = {0};
+        check_true(&t, !image_write_png(grid, img, side, side, "sdc dataset synth --seed 1, items 0-63", &err),
+                   "grid written to %s %s", grid, err.msg);
+        free(img);
+    }
+    free(a), free(b);
+    return test_summary(&t);
+}
