@@ -216,8 +216,11 @@ typedef struct Worker {
 static int encode_latent(Worker *w, const Image *out, void *latent, const char *path, SdcError *err);
 
 // 0 = item written; 1 = skipped (reported); < 0 never. Other codes are errors.
-static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, void *latent, int *upscaled,
-                       SdcError *err) {
+// geom (4) int32: the image's original height, width and the crop's top, left
+// in the resized image (SDXL's micro-conditioning; diffusers' original_size,
+// crop_top_left).
+static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, void *latent, int32_t *geom,
+                       int *upscaled, SdcError *err) {
     const DatasetImportOpts *o = w->o;
     const int res = o->resolution;
     Image im = {0}, out = {0};
@@ -226,6 +229,7 @@ static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, v
         SynthLabel l;
         synth_label(o->seed, idx, o->synth_split, &l);
         synth_render(o->seed, idx, &l, res, rgb);
+        geom[0] = geom[1] = res, geom[2] = geom[3] = 0; // drawn at the resolution, not cropped
         Image view = {res, res, 3, rgb};
         return encode_latent(w, &view, latent, path, err);
     }
@@ -256,6 +260,8 @@ static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, v
         x = (int)(r % (uint64_t)(rw - res + 1));
         y = (int)(mix64(r) % (uint64_t)(rh - res + 1));
     }
+    geom[0] = im.height, geom[1] = im.width;
+    geom[2] = y >= 0 ? y : image_center_offset(rh, res), geom[3] = x >= 0 ? x : image_center_offset(rw, res);
     rc = image_resize_crop(&im, &out, res, IMAGE_BILINEAR, x, y, err);
     image_free(&im);
     if (rc) return sdc_err_wrap(err, "%s", path);
@@ -498,7 +504,8 @@ int dataset_import(const DatasetImportOpts *o, const H5Par *p, DatasetImportStat
     Worker w;
     memset(&w, 0, sizeof w);
     uint8_t *ok = NULL, *rgb = NULL, *lat = NULL;
-    hid_t f = -1, dimg = -1, dlat = -1, fapl = -1, ltype = -1;
+    int32_t geom[IMPORT_BATCH][4];
+    hid_t f = -1, dimg = -1, dlat = -1, dgeom = -1, fapl = -1, ltype = -1;
     char tmp[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s.tmp", o->output);
     // every rank lists the same sources and checks every caption first, so
@@ -532,6 +539,8 @@ int dataset_import(const DatasetImportOpts *o, const H5Par *p, DatasetImportStat
         H5_TRY(f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl), "%s: cannot create ---> is the folder writable?",
                tmp);
         H5_TRY(dimg = create_items(f, "images", H5T_STD_U8LE, 3, item, c.n, 1, tmp, err), "%s: images", tmp);
+        hsize_t gi[1] = {4};
+        H5_TRY(dgeom = create_items(f, "size_crop", H5T_STD_I32LE, 1, gi, c.n, 0, tmp, err), "%s: size_crop", tmp);
         if (w.vae) {
             hsize_t li[3] = {(hsize_t)w.lat_c, (hsize_t)w.lat_h, (hsize_t)w.lat_w};
             H5_TRY(ltype = h5_type_for(o->latents_dtype), "%s: latents type", tmp);
@@ -547,7 +556,7 @@ int dataset_import(const DatasetImportOpts *o, const H5Par *p, DatasetImportStat
         for (int64_t i = base + p->rank; i < end && !lrc; i += p->size) {
             int up = 0;
             lrc = process_one(&w, c.path[i], i, rgb + (size_t)k * img_bytes, lat ? lat + (size_t)k * lat_bytes : NULL,
-                              &up, err);
+                              geom[k], &up, err);
             if (lrc == 1) lrc = 0; // skipped
             else if (!lrc) ok[i] = 1, mine[k++] = i, upscaled += up;
         }
@@ -561,12 +570,15 @@ int dataset_import(const DatasetImportOpts *o, const H5Par *p, DatasetImportStat
         }
         if ((rc = h5_write_rows(dimg, H5T_NATIVE_UINT8, p, rows, k, rgb, tmp, "images", err))) goto fail_close;
         if (dlat >= 0 && (rc = h5_write_rows(dlat, ltype, p, rows, k, lat, tmp, "latents", err))) goto fail_close;
+        if ((rc = h5_write_rows(dgeom, H5T_NATIVE_INT32, p, rows, k, geom, tmp, "size_crop", err))) goto fail_close;
         written = pos;
         progress(o, p, end, c.n, t0);
     }
     if ((rc = set_rows(dimg, written, tmp, "images", err))) goto fail_close;
     if (dlat >= 0 && (rc = set_rows(dlat, written, tmp, "latents", err))) goto fail_close;
+    if ((rc = set_rows(dgeom, written, tmp, "size_crop", err))) goto fail_close;
     H5Dclose(dimg), dimg = -1;
+    H5Dclose(dgeom), dgeom = -1;
     if (dlat >= 0) H5Dclose(dlat), dlat = -1;
     if ((rc = h5_close_file(&f, tmp, err))) goto fail_close;
     h5_close_plist(fapl);
@@ -586,6 +598,7 @@ fail:
     rc = err->code ? err->code : SDC_ERR_IO;
 fail_close:
     if (dimg >= 0) H5Dclose(dimg);
+    if (dgeom >= 0) H5Dclose(dgeom);
     if (dlat >= 0) H5Dclose(dlat);
     if (f >= 0) H5Fclose(f);
     if (p->rank == 0) unlink(tmp);
@@ -605,11 +618,12 @@ out:
 
 void dataset_close(Dataset *d) {
     if (d->images >= 0) H5Dclose(d->images);
+    if (d->size_crop >= 0) H5Dclose(d->size_crop);
     if (d->latents >= 0) H5Dclose(d->latents);
     if (d->file >= 0) H5Fclose(d->file);
     h5_free_strings(d->captions, d->n);
     h5_free_strings(d->sources, d->n);
-    d->images = d->latents = d->file = -1;
+    d->images = d->latents = d->file = d->size_crop = -1;
     d->captions = d->sources = NULL;
 }
 
@@ -655,7 +669,7 @@ fail:
 
 int dataset_open(Dataset *d, const char *path, SdcError *err) {
     memset(d, 0, sizeof *d);
-    d->file = d->images = d->latents = -1;
+    d->file = d->images = d->latents = d->size_crop = -1;
     snprintf(d->path, sizeof d->path, "%s", path);
     H5Par ser = h5_par_serial();
     SDC_TRY(h5_open_kind(path, "dataset", 0, &ser, &d->file, err));
@@ -699,6 +713,15 @@ int dataset_open(Dataset *d, const char *path, SdcError *err) {
         }
         if (!rc) rc = h5_attr_get_f64(d->latents, "scaling_factor", &d->latents_scaling, path, err);
     }
+    if (!rc && h5_has_link(d->file, "size_crop")) { // absent in files of sdc before SDXL training
+        int64_t want[2] = {-1, 4};
+        rc = open_checked(d->file, path, "size_crop", 2, want, d->n, NULL, dims, &d->size_crop, &t, err);
+        if (!rc) {
+            if (H5Tget_class(t) != H5T_INTEGER || H5Tget_size(t) != 4)
+                rc = sdc_err(err, SDC_ERR_FORMAT, "%s: dataset size_crop must be int32", path);
+            H5Tclose(t);
+        }
+    }
     if (rc) dataset_close(d);
     return rc;
 }
@@ -727,6 +750,13 @@ fail:
     if (ms >= 0) H5Sclose(ms);
     if (fs >= 0) H5Sclose(fs);
     return err->code;
+}
+
+int dataset_read_size_crop(const Dataset *d, int64_t i, int32_t geom[4], SdcError *err) {
+    if (d->size_crop < 0)
+        return sdc_err(err, SDC_ERR_ARG, "%s: no image sizes and crops (a dataset of an older sdc)\n---> import the "
+                       "images again (sdc dataset import) for SDXL's micro-conditioning", d->path);
+    return read_row(d->size_crop, H5T_NATIVE_INT32, i, geom, d->path, "size_crop", err);
 }
 
 int dataset_read_image(const Dataset *d, int64_t i, uint8_t *rgb, SdcError *err) {

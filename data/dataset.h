@@ -51,6 +51,7 @@ int dataset_import(const DatasetImportOpts *o, const H5Par *p, DatasetImportStat
 typedef struct Dataset {
     char path[1024];
     hid_t file, images, latents; // latents < 0 when not cached
+    hid_t size_crop;             // (n, 4) int32, < 0 in files of older sdc
     int64_t n;
     int resolution;
     int latent_shape[3];         // (4, h, w) when cached
@@ -66,6 +67,9 @@ int dataset_open(Dataset *d, const char *path, SdcError *err);
 int dataset_read_image(const Dataset *d, int64_t i, uint8_t *rgb, SdcError *err);
 // Item i's latent as f32 (4, h, w); SDC_ERR_ARG when the file has none.
 int dataset_read_latent(const Dataset *d, int64_t i, float *out, SdcError *err);
+// Item i's original height, width and crop top, left (in the image resized
+// to the resolution's short side): SDXL's original_size / crop_top_left.
+int dataset_read_size_crop(const Dataset *d, int64_t i, int32_t geom[4], SdcError *err);
 void dataset_close(Dataset *d);
 
 #endif

@@ -914,7 +914,7 @@ static void cli_print_usage_train(FILE *f) {
             "  --class-data DIR|H5             class images; missing ones are generated into DIR\n"
             "  --class-prompt TEXT             e.g. \"a photo of dog\"\n"
             "  --num-class-images N            (100)      --prior-loss-weight W (1.0)\n"
-            "  --resolution PX                 (512)      --center-crop\n"
+            "  --resolution PX                 (512; an SDXL model: 1024)  --center-crop\n"
             "  --train-batch-size N            (4)        --gradient-accumulation-steps N (1)\n"
             "  --learning-rate LR              (5e-6)     --max-train-steps N (0: --num-train-epochs (1) epochs)\n"
             "  --lr-scheduler NAME             constant | constant_with_warmup | linear | cosine |\n"

@@ -240,6 +240,17 @@ static int time_blocks(const ModelFiles *mf, const Backend *be, const UnetTrainO
     float *ts = calloc((size_t)rows, sizeof *ts);
     if (!rc && !ts) rc = sdc_err(err, SDC_ERR_OOM, "pipeline cut: timesteps");
     for (int i = 0; i < rows && ts; i++) ts[i] = 500.0f + i;
+    // SDXL: zero pooled embeddings and time ids (values do not change the time)
+    const int nid = unet_n_time_ids(u), td = unet_text_dim(u);
+    float *ids = nid ? calloc((size_t)rows * nid, sizeof *ids) : NULL;
+    Arena text = {0};
+    if (!rc && nid) {
+        rc = !ids ? sdc_err(err, SDC_ERR_OOM, "pipeline cut: time ids")
+                  : arena_init(&text, be, (size_t)rows * td * dtype_size(be->act_dtype) + ARENA_ALIGN, err);
+        Tensor tt = {0};
+        if (!rc) tt = ARENA_DT(&text, be->act_dtype, rows, td), be->zero(be, tt.data, tensor_bytes(&tt));
+        if (!rc) rc = unet_set_added_cond(u, &tt, ids, err);
+    }
     for (int pass = 0; !rc && pass < 2; pass++) {
         UnetCut in, out, gin, gout;
         rc = unet_train_cut_in(u, 0, rows, &in, err);
@@ -260,8 +271,9 @@ static int time_blocks(const ModelFiles *mf, const Backend *be, const UnetTrainO
         const double *f = unet_train_block_times(u, 0), *b = unet_train_block_times(u, 1);
         for (int i = 0; i < nb; i++) fwd[i] = f[i] - fwd[i], bwd[i] = b[i] - bwd[i];
     }
-    free(ts);
+    free(ts), free(ids);
     unet_free(u);
+    arena_free(&text);
     return rc;
 }
 

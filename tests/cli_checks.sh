@@ -208,8 +208,26 @@ sdxl_refusals() {
         --crops-coords-top-left -1,0 -o "$W/b.png"
     refused "--negative-original-size without --negative-target-size" "go together" "$SDC" generate -q -m "$XL" \
         -p x --negative-original-size 64,64 -o "$W/b.png"
-    refused "DreamBooth on SDXL" "SDXL" "$SDC" train dreambooth -q --pretrained-model "$XL" --instance-data "$IMGS" \
-        --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t" -t 1
+    refused "DreamBooth on SDXL with --train-text-encoder" "--train-text-encoder on SDXL is not supported" \
+        "$SDC" train dreambooth -q --pretrained-model "$XL" --instance-data "$IMGS" \
+        --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t" -t 1 \
+        --lora-rank 4 --train-text-encoder
+    check "... before any work (no output folder content)" test ! -e "$W/t/instance.h5"
+    refused "full fine-tuning of SDXL (its export needs sdc convert for SDXL)" "full fine-tuning of SDXL" \
+        "$SDC" train dreambooth -q --pretrained-model "$XL" --instance-data "$IMGS" \
+        --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t2" -t 1
+    check "... before any work" test ! -e "$W/t2/instance.h5"
+    # a LoRA of one family on a model of the other, in both namings: refused, naming the tensor
+    for f in diffusers kohya; do
+        refused "an SDXL LoRA ($f names) on an SD 1.x model" "is for a second text encoder: an SDXL LoRA" \
+            "$SDC" generate -q -m "$DEMO" -p x -W 64 -H 64 --steps 1 \
+            --lora "$SRC/tests/fixtures/lora-tiny-sdxl-$f.safetensors" -o "$W/l1.png"
+        check "... and no output" test ! -e "$W/l1.png"
+        refused "an SD 1.x LoRA ($f names) on an SDXL model" "updates a module this model does not have" \
+            "$SDC" generate -q -m "$XL" -p x -W 64 -H 64 --steps 1 \
+            --lora "$SRC/tests/fixtures/lora-tiny-sd1-$f.safetensors" -o "$W/l2.png"
+        check "... and no output" test ! -e "$W/l2.png"
+    done
 }
 
 # SDXL from the command line: the tiny SDXL folder (its own two tokenizers)

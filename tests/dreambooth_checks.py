@@ -16,6 +16,10 @@ on the shipped demo model at 64 px, a few steps, one thread per process.
                                                    checkpointing, ZeRO-1, LoRA) == one process;
                                                    stopped on 2 stages, resumed on 1 and 3;
                                                    bad layouts refused; a killed rank ends the job
+  dreambooth_checks.py xl     SDC MODEL SRC WORK   SDXL LoRA (MODEL the tiny SDXL folder): the
+                                                   import's sizes and crops; killed and resumed,
+                                                   SIGUSR1 and resumed == uninterrupted; 2 ranks
+                                                   agree with 1; 2 pipeline stages == one process
 
 SDC is the sdc binary, MODEL the demo model, SRC the source root (the photos
 are SRC/../shared/data/dreambooth/dog, or a few fixture images when that is
@@ -846,8 +850,120 @@ def test_layouts(ctx):
               f"the killed run resumed from checkpoint-{ckpts[-1]} to step {ckpts[-1] + 1}: exit {rc}")
 
 
+# ---------------------------------------------------------------------------
+# 6. SDXL LoRA: resume, stop, ranks, stages
+# ---------------------------------------------------------------------------
+
+def png_size(path):
+    """(height, width) from a PNG's IHDR, or None for another format."""
+    with open(path, "rb") as f:
+        d = f.read(24)
+    if d[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    w, h = struct.unpack(">II", d[16:24])
+    return h, w
+
+
+def lora_file(out_dir):
+    return safetensors_read(os.path.join(out_dir, "pytorch_lora_weights.safetensors"))
+
+
+def test_xl(ctx):
+    """ctx.model is the tiny SDXL folder: DreamBooth LoRA with prior
+    preservation (class images sdc makes with SDXL), every layout and
+    interruption equal to one uninterrupted process as for SD 1.x."""
+    w = ctx.work
+    # photos that are not square, so that sizes and crops differ from photo to photo
+    ctx.photos = os.path.join(w, "xl-photos")
+    os.makedirs(ctx.photos, exist_ok=True)
+    for f in ("src97x61.png", "tall61x90.png", "rgb.png"):
+        shutil.copy(os.path.join(ctx.src, "tests", "fixtures", "images", f), ctx.photos)
+    common = ["--train-batch-size", 2, "--with-prior-preservation", "--class-data", os.path.join(w, "class"),
+              "--class-prompt", "a photo of dog", "--num-class-images", 2, "--class-inference-steps", 2,
+              "--lora-rank", 4, "--learning-rate", "1e-3", "--adam-epsilon", "1e-6"]
+    resume_variant(ctx, "xl-lora", common + ["--checkpointing-steps", 3, "--validation-prompt", "a photo of sks dog",
+                                             "--validation-steps", 6, "--num-validation-images", 1,
+                                             "--validation-inference-steps", 2], 9)
+    # SDXL's micro-conditioning: each photo's size and crop, recorded by the import
+    h5 = os.path.join(w, "xl-lora-A", "instance.h5")
+    if check(os.path.exists(h5), "the import's instance.h5 exists"):
+        with h5py.File(h5, "r") as f:
+            sc = f["size_crop"][()]
+            srcs = [x.decode() if isinstance(x, bytes) else x for x in f["sources"][()]]
+            center = int(f.attrs["center_crop"])
+        bad = []
+        for (oh, ow, top, left), src in zip(sc, srcs):
+            rh, rw = (int(64 * oh / ow), 64) if ow <= oh else (64, int(64 * ow / oh))
+            size = png_size(src)
+            if size != (oh, ow) or not (0 <= top <= rh - 64 and 0 <= left <= rw - 64):
+                bad.append((src, (oh, ow, top, left), size, (rh, rw)))
+        check(len(sc) == len(srcs) == 3 and not bad, f"size_crop of {len(sc)} photos: original (height, width) as the "
+              f"PNGs say, crops inside the resized image (random crop: {not center}): "
+              f"{[(os.path.basename(x), v.tolist()) for x, v in zip(srcs, sc)]}{'; bad: ' + str(bad[:2]) if bad else ''}")
+    # the class images are SDXL's own (Euler, the folder's spacing), 2 of them
+    cls = sorted(glob.glob(os.path.join(w, "class", "*.png")))
+    gen = os.path.join(w, "gen.png")
+    rc, out, _ = ctx.run([ctx.sdc, "generate", "-q", "-m", ctx.model, "-p", "a photo of dog", "-W", 64, "-H", 64,
+                          "--steps", 2, "--sampler", "euler", "--cfg-scale", 7.5, "-s", 1000003, "-b", 2, "-t", 1,
+                          "-o", gen])
+    same = sum(1 for a, b in zip(cls, [gen, os.path.join(w, "gen_2.png")]) if rc == 0 and png_pixels(a) == png_pixels(b))
+    check(len(cls) == 2 and same == 2, f"2 class images generated with SDXL, {same} of them pixel-identical to sdc "
+          f"generate -p 'a photo of dog' --sampler euler --steps 2 -s 1000003 -b 2")
+
+    # 1 and 2 ranks; 2 pipeline stages (bit for bit)
+    steps = 4
+    runs = {}
+    for name, ranks, extra in (("xl-one", 0, []), ("xl-r2", 2, []), ("xl-p2", 2, ["--pipeline-stages", 2]),
+                               ("xl-p2-gpipe", 2, ["--pipeline-stages", 2, "--pipeline-schedule", "gpipe"])):
+        out_dir = os.path.join(w, name)
+        rc, out, sec = ctx.run(ctx.train_args(out_dir, *common, "--max-train-steps", steps, "--micro-batches", 2,
+                                              *extra), ranks=ranks)
+        if not check(rc == 0, f"{name}: {steps} steps, exit {rc} ({sec:.1f} s)"):
+            show(out)
+            return
+        runs[name] = (metrics(os.path.join(out_dir, "metrics.jsonl")), lora_file(out_dir))
+    m1, l1 = runs["xl-one"]
+    moved = max(float(np.max(np.abs(v))) for k, v in l1.items() if "lora.up" in k or "lora_B" in k)
+    check(moved > 0, f"one process: the LoRA was trained (max |up| {moved:.3g})")
+    for name in ("xl-p2", "xl-p2-gpipe"):
+        mx, lx = runs[name]
+        bad = [(st, k) for st in m1 for k in ("loss", "lr", "grad_norm") if st not in mx or mx[st][k] != m1[st][k]]
+        check(sorted(mx) == sorted(m1) and not bad, f"{name}: loss, lr, grad_norm equal to one process at all "
+              f"{len(m1)} steps ({len(bad)} differ)")
+        compare_exact(l1, lx, f"{name}: LoRA vs one process")
+    # 2 replicas: only the all-reduce's summation order differs (test_mpi's tolerances)
+    m2, l2 = runs["xl-r2"]
+    rel = max(abs(m2[st]["loss"] - m1[st]["loss"]) / abs(m1[st]["loss"]) for st in m1)
+    check(rel <= 1e-5, f"2 ranks vs 1: loss max relative difference {rel:.3g} (tolerance 1e-5)")
+    change = max(float(np.max(np.abs(v))) for v in l1.values())
+    diff = max(float(np.max(np.abs(l2[k].astype(np.float64) - l1[k]))) for k in l1)
+    check(set(l1) == set(l2) and diff <= 1e-2 * moved, f"2 ranks vs 1: LoRA max |diff| {diff:.3g} = "
+          f"{diff / moved:.3g} x max |up| (tolerance 1e-2; max |value| {change:.3g})")
+
+    # SIGUSR1 mid-run: exit 75 with a checkpoint of that step; resumed == uninterrupted
+    a, b = os.path.join(w, "xl-stop-A"), os.path.join(w, "xl-stop-B")
+    stop = common + ["--max-train-steps", 8, "--checkpointing-steps", 1000]
+    rc, out, _ = ctx.run(ctx.train_args(a, *stop, "-q"))
+    mp = os.path.join(b, "metrics.jsonl")
+    ready = lambda: os.path.exists(mp) and os.path.getsize(mp) > 0 and metric_lines(mp) >= 3
+    rc2, out2, sent = signal_when(ctx.train_args(b, *stop), 0, ready, os.path.join(w, "xl-stop-B1.log"))
+    stops = [l for l in out2.splitlines() if "sdc: stopped: SIGUSR1 at step" in l]
+    if not check(rc == 0 and sent and rc2 == 75 and stops, f"xl-stop: run A exit {rc}; SIGUSR1 to run B: exit {rc2} "
+                 f"(75 expected), {stops[0].strip() if stops else 'no stop message'}"):
+        show(out + out2)
+        return
+    rc, out, _ = ctx.run(ctx.train_args(b, *stop, "--resume-from-checkpoint", "latest"))
+    ma, mb = metrics(os.path.join(a, "metrics.jsonl")), metrics(mp)
+    bad = [(st, k) for st in ma for k in ("loss", "lr", "grad_norm") if st not in mb or ma[st][k] != mb[st][k]]
+    check(rc == 0 and sorted(mb) == sorted(ma) and not bad, f"xl-stop: resumed (exit {rc}): loss, lr, grad_norm "
+          f"equal at all {len(ma)} steps ({len(bad)} differ)")
+    if rc == 0:
+        compare_exact(lora_file(a), lora_file(b), "xl-stop: LoRA after stop + resume vs uninterrupted")
+
+
 def main():
-    tests = {"resume": test_resume, "mpi": test_mpi, "bad": test_bad, "stop": test_stop, "layouts": test_layouts}
+    tests = {"resume": test_resume, "mpi": test_mpi, "bad": test_bad, "stop": test_stop, "layouts": test_layouts,
+             "xl": test_xl}
     if len(sys.argv) != 6 or sys.argv[1] not in tests:
         print(__doc__)
         sys.exit(2)

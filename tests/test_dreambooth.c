@@ -60,6 +60,15 @@
 //                      or take 1 + 0.1% (a value at the threshold itself).
 //   sum final^2        every trainable value: 1e-6 relative.
 // The tokenizer's ids for the two prompts must equal transformers' exactly.
+//
+// SDXL (tests/fixtures/ref-dreambooth-xl.safetensors, tools/make_dbxl_fixture.py:
+// train_dreambooth_lora_sdxl.py's loop on the tiny SDXL folder, both text
+// encoders frozen, each sample's time ids from its instance's original size
+// and crop, AdamW weight decay 1e-4 as that script's default), the same
+// comparisons:
+//   xa  LoRA rank 4, prior preservation, 2 instances of different sizes / crops
+//   xb  LoRA rank 4, batch 2, min-SNR 5, offset noise, accumulation 2, linear
+//       warmup 1
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,7 +86,9 @@
 #include "testutil.h"
 
 #define REF "tests/fixtures/ref-dreambooth.safetensors"
+#define REF_XL "tests/fixtures/ref-dreambooth-xl.safetensors"
 #define DEMO "data/models/sdc-tiny-sd1.safetensors"
+#define TINY_XL "tests/fixtures/tiny-sdxl"
 #define STEPS 3
 
 #define TOL_LOSS 1e-5
@@ -98,23 +109,33 @@ typedef struct Case {
     int prediction; // -1: the model's (epsilon), else PRED_V
     int n_inst;     // 1 (latents.inst) or 3 (latents.inst3)
     const char *config_dir; // the model's configs (its scheduler config: the noise schedule), or NULL
+    int xl;                 // SDXL: the tiny SDXL folder, 2 instance latents with time ids
+    int batch;              // train_batch_size (0: 1)
 } Case;
 
 // The same configurations as tools/make_db_fixture.py's CASES.
 static const Case CASES[] = {
     {"a", "full fine-tuning + text encoder, prior preservation, constant lr", 1234, 1, 1, 1, 0, 0.0f, 0.0f,
-     LR_CONSTANT, 0, -1, 1, NULL},
+     LR_CONSTANT, 0, -1, 1, NULL, 0, 0},
     {"b", "UNet, min-SNR 5, offset noise 0.1, accumulation 2, linear warmup 1", 77, 0, 0, 2, 0, 5.0f, 0.1f,
-     LR_LINEAR, 1, -1, 1, NULL},
+     LR_LINEAR, 1, -1, 1, NULL, 0, 0},
     {"c", "LoRA rank 4 on the UNet, prior preservation, constant lr", 4321, 0, 1, 1, 4, 0.0f, 0.0f, LR_CONSTANT, 0,
-     -1, 1, NULL},
-    {"d", "UNet, v-prediction, min-SNR 5, cosine", 99, 0, 0, 1, 0, 5.0f, 0.0f, LR_COSINE, 0, PRED_V, 1, NULL},
+     -1, 1, NULL, 0, 0},
+    {"d", "UNet, v-prediction, min-SNR 5, cosine", 99, 0, 0, 1, 0, 5.0f, 0.0f, LR_COSINE, 0, PRED_V, 1, NULL, 0, 0},
     {"e", "UNet, 3 instance latents shuffled, accumulation 2 (2 + 1 + 2 micro-batches)", 2024, 0, 0, 2, 0, 0.0f,
-     0.0f, LR_CONSTANT, 0, -1, 3, NULL},
+     0.0f, LR_CONSTANT, 0, -1, 3, NULL, 0, 0},
     {"f", "UNet, prior preservation + min-SNR 5, each half weighted by its own timesteps", 15, 0, 1, 1, 0, 5.0f,
-     0.0f, LR_CONSTANT, 0, -1, 1, NULL},
+     0.0f, LR_CONSTANT, 0, -1, 1, NULL, 0, 0},
     {"g", "UNet, min-SNR 5, the model's scheduler config: cosine betas over 500 training steps", 31, 0, 0, 1, 0, 5.0f,
-     0.0f, LR_CONSTANT, 0, -1, 1, "tests/fixtures/db-sched"},
+     0.0f, LR_CONSTANT, 0, -1, 1, "tests/fixtures/db-sched", 0, 0},
+};
+
+// The same configurations as tools/make_dbxl_fixture.py's CASES.
+static const Case CASES_XL[] = {
+    {"xa", "SDXL LoRA rank 4, prior preservation, 2 instances of their own sizes and crops", 1234, 0, 1, 1, 4, 0.0f,
+     0.0f, LR_CONSTANT, 0, -1, 2, NULL, 1, 1},
+    {"xb", "SDXL LoRA rank 4, batch 2, min-SNR 5, offset noise 0.1, accumulation 2, linear warmup 1", 77, 0, 0, 2, 4,
+     5.0f, 0.1f, LR_LINEAR, 1, -1, 2, NULL, 1, 2},
 };
 
 // ---------------------------------------------------------------------------
@@ -291,27 +312,41 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
     Record rec = {0};
     int have_tr = 0;
     Named *nm = NULL;
-    float *init = NULL, *li = NULL, *lc = NULL, *rbuf = NULL;
+    float *init = NULL, *li = NULL, *lc = NULL, *rbuf = NULL, *tids = NULL;
     char key[320];
     m.be = be;
-    if (!check_true(t, model_files_open(&m.files, DEMO, c->config_dir, c->prediction, &err) == 0, "open %s: %s", DEMO,
-                    err.msg))
+    const char *model = c->xl ? TINY_XL : DEMO;
+    if (!check_true(t, model_files_open(&m.files, model, c->config_dir, c->prediction, &err) == 0, "open %s: %s",
+                    model, err.msg))
         goto done;
-    if (!check_true(t, clip_tok_load_default(&m.tok, &err) == 0, "tokenizer: %s", err.msg)) goto done;
+    if (!c->xl && !check_true(t, clip_tok_load_default(&m.tok, &err) == 0, "tokenizer: %s", err.msg)) goto done;
+    if (c->xl && (!check_true(t, clip_tok_load_dir(&m.tok, TINY_XL "/tokenizer", &err) == 0, "tokenizer: %s",
+                              err.msg) ||
+                  !check_true(t, clip_tok_load_dir(&m.tok2, TINY_XL "/tokenizer_2", &err) == 0, "tokenizer_2: %s",
+                              err.msg)))
+        goto done;
     ModelLoadOpts full = {.trainable = 1}, te = {.trainable = c->train_text_encoder && !c->lora_rank};
     if (!check_true(t, clip_load_opts(&m.clip, m.files, be, &te, &err) == 0, "clip: %s", err.msg)) goto done;
+    ModelLoadOpts te2 = te;
+    te2.second_text_encoder = 1;
+    if (c->xl && !check_true(t, clip_load_opts(&m.clip2, m.files, be, &te2, &err) == 0, "clip 2: %s", err.msg))
+        goto done;
     if (!check_true(t, unet_load_opts(&m.unet, m.files, be, &full, &err) == 0, "unet: %s", err.msg)) goto done;
 
-    size_t ni = 0, nc = 0;
+    size_t ni = 0, nc = 0, nt = 0;
+    if (c->xl) {
+        tids = ref_f32(ref, "time_ids.inst", &nt);
+        if (!check_true(t, tids && nt == 6 * (size_t)c->n_inst, "fixture time ids (%d, 6)", c->n_inst)) goto done;
+    }
     li = ref_f32(ref, c->n_inst == 3 ? "latents.inst3" : "latents.inst", &ni);
     lc = ref_f32(ref, "latents.class", &nc);
     if (!check_true(t, li && lc && ni == 256 * (size_t)c->n_inst && nc == 256, "fixture latents (%d + 1, 4, 8, 8)",
                     c->n_inst))
         goto done;
-    DbConfig cfg = {.train_batch_size = 1, .grad_accum = c->accum, .max_train_steps = STEPS, .learning_rate = 1e-4,
+    DbConfig cfg = {.train_batch_size = c->batch > 0 ? c->batch : 1, .grad_accum = c->accum, .max_train_steps = STEPS, .learning_rate = 1e-4,
                     .lr_scheduler = c->sched, .lr_warmup_steps = c->warmup, .lr_num_cycles = 1, .lr_power = 1.0,
                     .max_grad_norm = 1.0,
-                    .adam = {.beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 1e-2},
+                    .adam = {.beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = c->xl ? 1e-4 : 1e-2},
                     .with_prior_preservation = c->prior, .prior_loss_weight = 1.0,
                     .train_text_encoder = c->train_text_encoder, .lora_rank = c->lora_rank,
                     .offset_noise = c->offset_noise, .snr_gamma = c->snr_gamma, .seed = c->seed};
@@ -319,7 +354,7 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
     const char *ip = ref_str(ref, "prompt.inst", ibuf, sizeof ibuf);
     const char *cp = ref_str(ref, "prompt.class", cbuf, sizeof cbuf);
     DbData data = {.n_inst = c->n_inst, .n_class = 1, .inst_latents = li, .class_latents = lc, .lat_h = 8, .lat_w = 8,
-                   .instance_prompt = ip, .class_prompt = cp};
+                   .instance_prompt = ip, .class_prompt = cp, .inst_time_ids = tids};
     DbHooks hooks = {.user = &rec, .rank = 0, .world = 1, .on_step = on_step};
     if (!check_true(t, ip && cp && db_init(&tr, &m, &cfg, &data, &hooks, &err) == 0, "db_init: %s", err.msg))
         goto done;
@@ -330,6 +365,11 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
     const int32_t *ri = ref_i32(ref, "ids.inst", &nid), *rc = ref_i32(ref, "ids.class", &nid);
     check_true(t, ri && rc && nid == 77 && !memcmp(ri, tr.inst_ids, 77 * 4) && !memcmp(rc, tr.class_ids, 77 * 4),
                "token ids of \"%s\" / \"%s\" equal transformers'", ip, cp);
+    if (c->xl) {
+        ri = ref_i32(ref, "ids2.inst", &nid), rc = ref_i32(ref, "ids2.class", &nid);
+        check_true(t, ri && rc && nid == 77 && !memcmp(ri, tr.inst_ids2, 77 * 4) && !memcmp(rc, tr.class_ids2, 77 * 4),
+                   "tokenizer_2's ids equal transformers'");
+    }
 
     rec.tr = &tr;
     for (int g = 0; g < tr.opt.n_groups && g < 2; g++) {
@@ -454,7 +494,7 @@ done:
     if (err.code) printf("  error: %s\n", err.msg);
     if (have_tr) db_free(&tr);
     sd_model_free(&m);
-    free(nm), free(init), free(li), free(lc), free(rbuf), free(rec.well[0]), free(rec.well[1]);
+    free(nm), free(init), free(li), free(lc), free(rbuf), free(tids), free(rec.well[0]), free(rec.well[1]);
 }
 
 int main(void) {
@@ -467,7 +507,12 @@ int main(void) {
         return test_summary(&t);
     if (!check_true(&t, backend_cpu_create(&be, 0, &err) == 0, "cpu backend: %s", err.msg)) return test_summary(&t);
     for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) run_case(&t, be, &ref, &CASES[i]);
-    backend_destroy(be);
     st_close(&ref);
+    if (check_true(&t, st_open(&ref, REF_XL, &err) == 0, "open %s: %s\n---> run python3 tools/make_dbxl_fixture.py",
+                   REF_XL, err.msg)) {
+        for (size_t i = 0; i < sizeof CASES_XL / sizeof CASES_XL[0]; i++) run_case(&t, be, &ref, &CASES_XL[i]);
+        st_close(&ref);
+    }
+    backend_destroy(be);
     return test_summary(&t);
 }

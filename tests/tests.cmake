@@ -49,6 +49,19 @@ if(TARGET sdc)
       WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
     set_tests_properties(dreambooth_${name} PROPERTIES FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK" TIMEOUT 240)
   endforeach()
+  # SDXL LoRA on the tiny SDXL folder: resume, stop, 2 ranks, 2 stages (the same script, mode xl)
+  add_test(NAME dreambooth_xl_layouts
+    COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/dreambooth_checks.py xl $<TARGET_FILE:sdc>
+            ${CMAKE_SOURCE_DIR}/tests/fixtures/tiny-sdxl ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/test-out/dreambooth_xl
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(dreambooth_xl_layouts PROPERTIES FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK" TIMEOUT 300)
+  # The SDXL LoRA sdc trains (diffusers and kohya names) loads in diffusers'
+  # StableDiffusionXLPipeline.load_lora_weights and draws sdc generate --lora's
+  # image within 1/255 (tools/check_dreambooth_xl.py; skipped without torch)
+  add_test(NAME dreambooth_xl_diffusers
+    COMMAND sh -c "command -v python3 >/dev/null || { echo 'SKIPPED: no python3'; exit 77; }; exec python3 ${CMAKE_SOURCE_DIR}/tools/check_dreambooth_xl.py --sdc $<TARGET_FILE:sdc> --out ${CMAKE_BINARY_DIR}/test-out/dreambooth_xl_diffusers")
+  set_tests_properties(dreambooth_xl_diffusers PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600
+                       FAIL_REGULAR_EXPRESSION "NOT OK")
 endif()
 
 # Generation sweeps (tests/sweep_checks.py): lists for --cfg-scale / --sampler /

@@ -85,6 +85,8 @@ typedef struct ClipTrainOpts {
     uint64_t lora_seed; // lora down (A) ~ normal(0, 1/rank) from sdc's torch-compatible
                         // RNG (sampling/rng.h), one draw per (layer, q, k, v, out) in
                         // that order; up (B) = 0 (peft init_lora_weights="gaussian")
+    int xl;             // SDXL's outputs (clip_train_forward_xl): every layer trains
+                        // (LoRA on all of them, as peft puts it)
 } ClipTrainOpts;
 
 // Plans and allocates everything training needs for up to `batch` prompts:
@@ -106,6 +108,16 @@ int clip_train_forward(ClipModel *m, const int32_t *ids, int batch, Tensor *out,
 // (micro-batches accumulate); leaves the saved activations as they are, so
 // it may run again for the same forward.
 int clip_train_backward(ClipModel *m, const Tensor *dout, SdcError *err);
+// SDXL (reserved with opts.xl): hidden (batch, max_positions, hidden) the
+// stream entering the last layer (diffusers' hidden_states[-2], no norm, as
+// clip_encode_xl with clip_skip 0) and, when pooled is not NULL (a model with
+// a projection), pooled (batch, projection_dim) = text_projection(
+// final_layer_norm(the last layer's output) at each prompt's EOS). The
+// backward ADDS the gradients from d hidden and d pooled (NULL: none; then
+// the last layer and the final norm get nothing).
+int clip_train_forward_xl(ClipModel *m, const int32_t *ids, int batch, Tensor *hidden, Tensor *pooled,
+                          SdcError *err);
+int clip_train_backward_xl(ClipModel *m, const Tensor *dhidden, const Tensor *dpooled, SdcError *err);
 // The trainable parameters and their gradients as flat f32 buffers of n
 // floats at the same offsets (full: the parameter arena; LoRA: the LoRA
 // arena). Padding between tensors is zero in both. NULL, NULL, 0 before

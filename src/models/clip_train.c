@@ -39,6 +39,11 @@ struct ClipTrain {
     int32_t *pos_ids;   // (reserved_batch, L) host: 0..L-1 per prompt
     Tensor ids, pos;    // (B, L) I32
     Tensor h0;          // (B, L, D) the embeddings' output
+    // SDXL (opts.xl, a model with a projection): the pooled output's path
+    Tensor hn;          // (B, L, D) final_layer_norm(the last layer's output)
+    Tensor rows;        // (B, D) hn at each prompt's EOS
+    int *eos;           // (reserved_batch) the EOS position of each prompt
+    int pooled;         // the last forward made the pooled output
     ClipLayerSave *s;   // (N)
     const Backend *be;  // the model's, or backend_measure() while planning
 };
@@ -105,8 +110,10 @@ static int make_lora(ClipModel *m, ClipTrain *tr, SdcError *err) {
 // ---- forward -----------------------------------------------------------------
 
 // The blocks' forward (clip.c) keeping every layer's saves; out (B, L, D) the
-// default output.
-static void train_forward(const ClipModel *m, ClipTrain *tr, const int32_t *ids, int B, Tensor *out) {
+// default output, or with opts.xl the stream entering the last layer, and
+// pooled_out (B, projection_dim) when not NULL.
+static void train_forward(const ClipModel *m, ClipTrain *tr, const int32_t *ids, int B, Tensor *out,
+                          Tensor *pooled_out) {
     const ClipConfig *c = &m->cfg;
     const Backend *be = tr->be;
     const int64_t L = c->max_positions, D = c->hidden;
@@ -121,7 +128,33 @@ static void train_forward(const ClipModel *m, ClipTrain *tr, const int32_t *ids,
     clip_embed_forward(&p, m, &tr->h0, &tr->ids, &tr->pos);
     Tensor h = tr->h0;
     for (int i = 0; i < tr->n_layers; i++) clip_layer_forward(&p, m, i, &tr->s[i], &h);
-    clip_final_forward(&p, m, out, &h);
+    if (!tr->opts.xl) {
+        clip_final_forward(&p, m, out, &h);
+        return;
+    }
+    // SDXL: hidden_states[-2] (the stream entering the last layer, no norm) and the pooled output
+    be->copy(be, out, &tr->s[tr->n_layers - 1].hin);
+    if (!pooled_out) return;
+    tr->hn = SAVE(&p, B, L, D);
+    clip_final_forward(&p, m, &tr->hn, &h);
+    tr->rows = SAVE(&p, B, D);
+    const size_t es = dtype_size(m->be->act_dtype);
+    for (int b = 0; b < B; b++) {
+        const int32_t *r = ids ? ids + (size_t)b * L : NULL;
+        int k = 0;
+        if (r && c->pool_argmax) {
+            for (int j = 1; j < L; j++) if (r[j] > r[k]) k = j;
+        } else if (r) {
+            while (k < L - 1 && r[k] != c->eos_token) k++;
+        }
+        tr->eos[b] = k;
+        Tensor src = tensor_make(tr->hn.dtype, tr->hn.device, (char *)tr->hn.data + ((size_t)b * L + k) * D * es, 1,
+                                 (int64_t[]){D});
+        Tensor dst = tensor_make(tr->rows.dtype, tr->rows.device, (char *)tr->rows.data + (size_t)b * D * es, 1,
+                                 (int64_t[]){D});
+        be->copy(be, &dst, &src);
+    }
+    be->linear(be, pooled_out, &tr->rows, &m->proj_w, NULL);
 }
 
 // ---- backward ----------------------------------------------------------------
@@ -164,16 +197,50 @@ static void layer_backward(Pass *p, const ClipModel *m, int i, const ClipLayerSa
     arena_reset(p->work, mark);
 }
 
-static void train_backward(const ClipModel *m, ClipTrain *tr, const Tensor *dout) {
+// SDXL: d loss / d the last layer's output from d pooled (B, projection_dim):
+// the projection, the EOS rows, final_layer_norm; into g (B, L, D).
+static void pooled_backward(Pass *p, const ClipModel *m, ClipTrain *tr, const Tensor *dpooled, Tensor *g) {
+    const Backend *be = p->be;
+    const int64_t B = dpooled->shape[0], L = m->cfg.max_positions, D = m->cfg.hidden;
+    size_t mark = arena_mark(p->work);
+    Tensor drows = pass_like(p, &tr->rows), dhn = pass_like(p, &tr->hn), w1, w2;
+    be->linear_backward(be, &drows, grad(p, &m->proj_w, &w1), NULL, dpooled, &tr->rows, &m->proj_w);
+    be->zero(be, dhn.data, tensor_bytes(&dhn));
+    const size_t es = dtype_size(dhn.dtype);
+    for (int64_t b = 0; b < B; b++) {
+        Tensor src = tensor_make(drows.dtype, drows.device, (char *)drows.data + (size_t)b * D * es, 1, (int64_t[]){D});
+        Tensor dst = tensor_make(dhn.dtype, dhn.device, (char *)dhn.data + ((size_t)b * L + tr->eos[b]) * D * es, 1,
+                                 (int64_t[]){D});
+        be->copy(be, &dst, &src);
+    }
+    be->layer_norm_backward(be, g, grad(p, &m->fln_w, &w1), grad(p, &m->fln_b, &w2), &dhn,
+                            &tr->s[tr->n_layers - 1].hout, &m->fln_w, m->cfg.ln_eps);
+    arena_reset(p->work, mark);
+}
+
+// dout: d the default output, or with opts.xl d the stream entering the last
+// layer; dpooled (opts.xl) d the pooled output, or NULL.
+static void train_backward(const ClipModel *m, ClipTrain *tr, const Tensor *dout, const Tensor *dpooled) {
     const Backend *be = tr->be;
     const int full = !lora_on(tr);
     Pass p = bwd_pass(m, tr);
     arena_reset(&tr->gwork, 0);
     Tensor g = pass_like(&p, dout), w1, w2; // (B, L, D) d loss / d residual stream
-    be->layer_norm_backward(be, &g, grad(&p, &m->fln_w, &w1), grad(&p, &m->fln_b, &w2), dout,
-                            &tr->s[tr->n_layers - 1].hout, &m->fln_w, m->cfg.ln_eps);
+    int top = tr->n_layers - 1;             // the layers from top down run their backward
+    if (!tr->opts.xl) {
+        be->layer_norm_backward(be, &g, grad(&p, &m->fln_w, &w1), grad(&p, &m->fln_b, &w2), dout,
+                                &tr->s[tr->n_layers - 1].hout, &m->fln_w, m->cfg.ln_eps);
+    } else if (dpooled) { // the last layer only feeds the pooled output
+        pooled_backward(&p, m, tr, dpooled, &g);
+        layer_backward(&p, m, top, &tr->s[top], &g, 1);
+        be->add(be, &g, &g, dout);
+        top--;
+    } else { // without a pooled output the last layer gets no gradient
+        be->copy(be, &g, dout);
+        top--;
+    }
     // d h0 feeds only the embeddings: wanted when they train
-    for (int i = tr->n_layers - 1; i >= 0; i--) layer_backward(&p, m, i, &tr->s[i], &g, i > 0 || full);
+    for (int i = top; i >= 0; i--) layer_backward(&p, m, i, &tr->s[i], &g, i > 0 || full);
     if (full) { // h0 = tok_emb[ids] + pos_emb[0..L-1]
         be->embedding_backward(be, grad(&p, &m->tok_emb, &w1), &tr->ids, &g);
         be->embedding_backward(be, grad(&p, &m->pos_emb, &w2), &tr->pos, &g);
@@ -196,6 +263,7 @@ void clip_train_free(ClipModel *m) {
     m->lora = NULL;
     free(tr->s);
     free(tr->pos_ids);
+    free(tr->eos);
     free(tr);
     m->train = NULL;
 }
@@ -209,9 +277,11 @@ static int plan_batch(ClipModel *m, ClipTrain *tr, int batch, SdcError *err) {
     arena_free(&tr->work);
     arena_free(&tr->gwork);
     free(tr->pos_ids);
+    free(tr->eos);
     tr->pos_ids = malloc((size_t)batch * L * sizeof(int32_t));
+    tr->eos = calloc((size_t)batch, sizeof *tr->eos);
     tr->reserved_batch = tr->batch = 0;
-    if (!tr->pos_ids) return sdc_err(err, SDC_ERR_OOM, "clip_train_reserve: out of host memory");
+    if (!tr->pos_ids || !tr->eos) return sdc_err(err, SDC_ERR_OOM, "clip_train_reserve: out of host memory");
     for (int b = 0; b < batch; b++)
         for (int64_t i = 0; i < L; i++) tr->pos_ids[b * L + i] = (int32_t)i;
 
@@ -223,8 +293,10 @@ static int plan_batch(ClipModel *m, ClipTrain *tr, int batch, SdcError *err) {
     tr->grads.measure = 1;
     tr->lora_grads.measure = 1;
     Tensor out = tensor_make(m->be->act_dtype, DEV_CPU, NULL, 3, (int64_t[]){batch, L, c->hidden});
-    train_forward(m, tr, NULL, batch, &out);
-    train_backward(m, tr, &out);
+    Tensor pooled = tensor_make(m->be->act_dtype, DEV_CPU, NULL, 2, (int64_t[]){batch, c->projection_dim});
+    Tensor *pp = tr->opts.xl && c->projection_dim > 0 ? &pooled : NULL;
+    train_forward(m, tr, NULL, batch, &out, pp);
+    train_backward(m, tr, &out, pp);
     tr->grads = real_grads;
     tr->lora_grads = real_lora_g;
     tr->be = m->be;
@@ -271,7 +343,7 @@ int clip_train_reserve(ClipModel *m, const ClipTrainOpts *o, int batch, SdcError
     if (!tr) return sdc_err(err, SDC_ERR_OOM, "clip_train_reserve: out of host memory");
     tr->opts = *o;
     tr->be = be;
-    tr->n_layers = clip_default_layers(&m->cfg);
+    tr->n_layers = o->xl ? m->cfg.layers : clip_default_layers(&m->cfg);
     tr->s = calloc((size_t)tr->n_layers, sizeof *tr->s);
     int rc = !tr->s ? sdc_err(err, SDC_ERR_OOM, "clip_train_reserve: out of host memory") : 0;
     if (!rc && lora_on(tr)) {
@@ -290,33 +362,51 @@ int clip_train_reserve(ClipModel *m, const ClipTrainOpts *o, int batch, SdcError
 
 // ---- entry points --------------------------------------------------------------
 
-int clip_train_forward(ClipModel *m, const int32_t *ids, int batch, Tensor *out, SdcError *err) {
+// The checks and the pass of clip_train_forward(_xl); pooled NULL: none.
+static int forward_entry(ClipModel *m, const int32_t *ids, int batch, Tensor *out, Tensor *pooled, int xl,
+                         SdcError *err) {
     const ClipConfig *c = &m->cfg;
     ClipTrain *tr = m->train;
-    if (!tr)
-        return sdc_err(err, SDC_ERR_ARG, "clip_train_forward: nothing planned\n"
-                       "---> call clip_train_reserve first");
-    if (batch <= 0 || !ids) return sdc_err(err, SDC_ERR_ARG, "clip_train_forward: no token ids (batch %d)", batch);
+    const char *fn = xl ? "clip_train_forward_xl" : "clip_train_forward";
+    if (!tr) return sdc_err(err, SDC_ERR_ARG, "%s: nothing planned\n---> call clip_train_reserve first", fn);
+    if (tr->opts.xl != xl)
+        return sdc_err(err, SDC_ERR_ARG, "%s: the training was reserved %s SDXL's outputs (ClipTrainOpts.xl)", fn,
+                       tr->opts.xl ? "with" : "without");
+    if (batch <= 0 || !ids) return sdc_err(err, SDC_ERR_ARG, "%s: no token ids (batch %d)", fn, batch);
     Tensor want = tensor_make(m->be->act_dtype, m->be->device, out->data, 3,
                               (int64_t[]){batch, c->max_positions, c->hidden});
     if (!out->data || !tensor_same_shape(out, &want) || out->dtype != want.dtype || out->device != want.device) {
         char got[64], exp[64];
-        return sdc_err(err, SDC_ERR_ARG, "clip_train_forward: output tensor %s %s, expected %s %s on %s",
+        return sdc_err(err, SDC_ERR_ARG, "%s: output tensor %s %s, expected %s %s on %s", fn,
                        tensor_shape_str(out, got, sizeof got), dtype_name(out->dtype),
                        tensor_shape_str(&want, exp, sizeof exp), dtype_name(want.dtype), m->be->name);
     }
+    if (pooled && (c->projection_dim <= 0 || !pooled->data || pooled->ndim != 2 || pooled->shape[0] != batch ||
+                   pooled->shape[1] != c->projection_dim || pooled->dtype != want.dtype))
+        return sdc_err(err, SDC_ERR_ARG, "%s: a pooled output (%d, %d) needs a text encoder with a projection "
+                       "(this one: projection_dim %d)", fn, batch, c->projection_dim, c->projection_dim);
     for (int64_t i = 0; i < (int64_t)batch * c->max_positions; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
-            return sdc_err(err, SDC_ERR_ARG, "clip_train_forward: token id %d at position %lld is outside "
+            return sdc_err(err, SDC_ERR_ARG, "%s: token id %d at position %lld is outside "
                            "the vocabulary [0, %d)\n---> is the tokenizer the model's own?",
-                           ids[i], (long long)i, c->vocab_size);
+                           fn, ids[i], (long long)i, c->vocab_size);
     if (batch > tr->reserved_batch) SDC_TRY(plan_batch(m, tr, batch, err));
-    train_forward(m, tr, ids, batch, out);
+    train_forward(m, tr, ids, batch, out, pooled);
     tr->batch = batch;
+    tr->pooled = pooled != NULL;
     return backend_status(m->be, err);
 }
 
-int clip_train_backward(ClipModel *m, const Tensor *dout, SdcError *err) {
+int clip_train_forward(ClipModel *m, const int32_t *ids, int batch, Tensor *out, SdcError *err) {
+    return forward_entry(m, ids, batch, out, NULL, 0, err);
+}
+
+int clip_train_forward_xl(ClipModel *m, const int32_t *ids, int batch, Tensor *hidden, Tensor *pooled,
+                          SdcError *err) {
+    return forward_entry(m, ids, batch, hidden, pooled, 1, err);
+}
+
+static int backward_entry(ClipModel *m, const Tensor *dout, const Tensor *dpooled, SdcError *err) {
     const ClipConfig *c = &m->cfg;
     ClipTrain *tr = m->train;
     if (!tr || !tr->batch)
@@ -330,8 +420,22 @@ int clip_train_backward(ClipModel *m, const Tensor *dout, SdcError *err) {
                        tensor_shape_str(dout, got, sizeof got), dtype_name(dout->dtype),
                        tensor_shape_str(&want, exp, sizeof exp));
     }
-    train_backward(m, tr, dout);
+    if (dpooled && (!tr->pooled || dpooled->ndim != 2 || dpooled->shape[0] != tr->batch ||
+                    dpooled->shape[1] != c->projection_dim))
+        return sdc_err(err, SDC_ERR_ARG, "clip_train_backward_xl: d pooled needs the forward's pooled output's "
+                       "shape (%d, %d)", tr->batch, c->projection_dim);
+    train_backward(m, tr, dout, dpooled);
     return backend_status(m->be, err);
+}
+
+int clip_train_backward(ClipModel *m, const Tensor *dout, SdcError *err) {
+    if (m->train && m->train->opts.xl)
+        return sdc_err(err, SDC_ERR_ARG, "clip_train_backward: reserved for SDXL's outputs: clip_train_backward_xl");
+    return backward_entry(m, dout, NULL, err);
+}
+
+int clip_train_backward_xl(ClipModel *m, const Tensor *dhidden, const Tensor *dpooled, SdcError *err) {
+    return backward_entry(m, dhidden, dpooled, err);
 }
 
 void clip_trainables(ClipModel *m, float **params, float **grads, size_t *n) {

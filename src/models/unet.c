@@ -184,6 +184,11 @@ const UnetConfig *unet_config(const Unet *m) { return &m->cfg; }
 
 int unet_n_time_ids(const Unet *m) { return m->cfg.add_time_dim ? m->cfg.n_time_ids : 0; }
 
+int unet_text_dim(const Unet *m) {
+    const UnetConfig *c = &m->cfg;
+    return c->add_time_dim ? c->add_in_dim - unet_n_time_ids(m) * c->add_time_dim : 0;
+}
+
 int unet_set_added_cond(Unet *m, const Tensor *text_embeds, const float *time_ids, SdcError *err) {
     const UnetConfig *c = &m->cfg;
     if (!c->add_time_dim)

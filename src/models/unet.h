@@ -70,6 +70,9 @@ int unet_set_added_cond(Unet *m, const Tensor *text_embeds, const float *time_id
 // The number of time ids the model takes (6 for SDXL base, 5 for the
 // refiner), 0 without an added embedding.
 int unet_n_time_ids(const Unet *m);
+// The width of the pooled text embedding the added embedding takes (SDXL
+// base: text_encoder_2's projection_dim), 0 without one.
+int unet_text_dim(const Unet *m);
 const UnetConfig *unet_config(const Unet *m);
 size_t unet_param_count(const Unet *m);
 size_t unet_param_bytes(const Unet *m);      // parameter bytes at be->param_dtype
@@ -154,6 +157,10 @@ typedef struct UnetTrainOpts {
     float lora_alpha;   // scale = alpha / rank
     uint64_t lora_seed;
     int want_dctx;      // compute d loss / d context (text-encoder training)
+    // SDXL: compute d loss / d the pooled text embedding (unet_set_added_cond's
+    // text_embeds) through add_embedding: the time embedding's gradient is
+    // then summed over every ResNet, LoRA too (text-encoder training).
+    int want_dtext;
     int tapes;          // micro-batches whose activations are held at once (0: 1)
     // Sum each block's forward and backward seconds (unet_train_block_times),
     // for the stage cut. A model loaded for inference may then run full
@@ -167,6 +174,8 @@ typedef struct UnetCut {
     int n_skips;
     Tensor temb;                  // (N, 4*C0); backward: ndim 0 when its gradient is not wanted
     Tensor ctx;                   // (N, L, cross); backward: ndim 0 when its gradient is not wanted
+    Tensor text;                  // backward only, SDXL with want_dtext, at block 0: (N, text dim) d loss /
+                                  // d the pooled text embedding; ndim 0 otherwise
 } UnetCut;
 
 // Plans (a measuring forward + backward of this rank's blocks) and allocates
@@ -177,13 +186,18 @@ int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w,
                        SdcError *err);
 // One process (every block loaded): x (N, Cin, h, w), timesteps (N) on the
 // host, ctx (N, L, cross) -> out; keeps the activations (tape 0) for
-// unet_train_backward. Shapes must fit the reservation.
+// unet_train_backward. Shapes must fit the reservation. SDXL: the added
+// conditioning of these N rows set first (unet_set_added_cond), as for the
+// stage forward of block 0.
 int unet_train_forward(Unet *m, Tensor *out, const Tensor *x, const float *timesteps,
                        const Tensor *ctx, SdcError *err);
 // dout (N, Cout, h, w): ADDS every trainable parameter's gradient into the
 // gradient buffer (micro-batches accumulate); dctx (N, L, cross) is
 // overwritten when given (needs want_dctx), else NULL.
 int unet_train_backward(Unet *m, const Tensor *dout, Tensor *dctx, SdcError *err);
+// The same, SDXL: dtext (N, text dim) overwritten with d loss / d the pooled
+// text embedding when given (needs want_dtext).
+int unet_train_backward_xl(Unet *m, const Tensor *dout, Tensor *dctx, Tensor *dtext, SdcError *err);
 
 // ---- the same by stage: forward --
 // The cut entering this rank's blocks for n rows, allocated in tape t (its
@@ -191,7 +205,8 @@ int unet_train_backward(Unet *m, const Tensor *dout, Tensor *dctx, SdcError *err
 // Starts the tape's forward.
 int unet_train_cut_in(Unet *m, int tape, int n, UnetCut *in, SdcError *err);
 // Runs this rank's blocks on tape t (after unet_train_cut_in; timesteps for
-// block 0, else NULL) and returns the cut leaving them (views into the
+// block 0, else NULL; SDXL's block 0 also reads the added conditioning set
+// last by unet_set_added_cond, for exactly the tape's rows) and returns the cut leaving them (views into the
 // tape; after the last block x is the UNet output).
 int unet_train_stage_forward(Unet *m, int tape, const float *timesteps, UnetCut *out, SdcError *err);
 // The cut leaving this rank's blocks of tape t's forward (the UNet output

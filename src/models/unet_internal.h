@@ -95,6 +95,7 @@ typedef struct UnetGradIO {
     Tensor dskip; // d loss / d the popped skip, overwritten (pops_skip)
     Tensor dtemb; // accumulated over the resnets; ndim 0: not wanted (the time MLP is frozen)
     Tensor dctx;  // accumulated over the cross-attentions; ndim 0: not wanted
+    Tensor dtext; // TIME, SDXL: (N, text dim) d the pooled text embedding, overwritten; ndim 0: not wanted
     Tensor temb, ctx; // the forward's inputs
 } UnetGradIO;
 

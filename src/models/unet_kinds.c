@@ -350,25 +350,31 @@ static void ln_bwd(Pass *p, Tensor *dx, const Tensor *dy, const Tensor *x, const
 static Tensor *want(Tensor *t) { return t->ndim ? t : NULL; }
 
 static void time_bwd(Pass *p, const Unet *m, const UnetBlock *b, const BlockSave *sv, UnetGradIO *g) {
-    (void)m;
     const Backend *be = p->be;
     const TimeParams *t = &b->time;
     size_t mark = arena_mark(p->work);
-    Tensor de = pass_like(p, &sv->e), da1 = pass_like(p, &sv->a1), dh1 = pass_like(p, &sv->h1), gw, gb;
+    Tensor de = pass_like(p, &sv->e), gw, gb;
     be->silu_backward(be, &de, &g->dy, &sv->e);
-    if (t->add1_w.ndim) { // SDXL's add_embedding (the text embedding's gradient is not wanted)
+    if (t->add1_w.ndim) { // SDXL's add_embedding; d text_embeds when wanted (text-encoder training)
         Tensor daa1 = pass_like(p, &sv->aa1), dah1 = pass_like(p, &sv->ah1);
+        Tensor dap = g->dtext.ndim ? pass_like(p, &sv->ap) : (Tensor){0};
         be->linear_backward(be, &daa1, pass_grad(p, &t->add2_w, &gw), pass_grad(p, &t->add2_b, &gb), &de,
                             &sv->aa1, &t->add2_w);
         be->silu_backward(be, &dah1, &daa1, &sv->ah1);
-        be->linear_backward(be, NULL, pass_grad(p, &t->add1_w, &gw), pass_grad(p, &t->add1_b, &gb), &dah1, &sv->ap,
-                            &t->add1_w);
+        Tensor *pgw = pass_grad(p, &t->add1_w, &gw), *pgb = pass_grad(p, &t->add1_b, &gb);
+        if (pgw || pgb || dap.ndim)
+            be->linear_backward(be, want(&dap), pgw, pgb, &dah1, &sv->ap, &t->add1_w);
+        if (dap.ndim) be->concat_channels_backward(be, &g->dtext, NULL, &dap); // [text, id sinusoids]
     }
-    be->linear_backward(be, &da1, pass_grad(p, &t->lin2_w, &gw), pass_grad(p, &t->lin2_b, &gb), &de, &sv->a1,
-                        &t->lin2_w);
-    be->silu_backward(be, &dh1, &da1, &sv->h1);
-    be->linear_backward(be, NULL, pass_grad(p, &t->lin1_w, &gw), pass_grad(p, &t->lin1_b, &gb), &dh1, &sv->tp,
-                        &t->lin1_w);
+    Tensor *pgw2 = pass_grad(p, &t->lin2_w, &gw);
+    if (pgw2) { // the time MLP trains (LoRA: frozen, and nothing before it)
+        Tensor da1 = pass_like(p, &sv->a1), dh1 = pass_like(p, &sv->h1), gw1, gb1;
+        be->linear_backward(be, &da1, pgw2, pass_grad(p, &t->lin2_b, &gb), &de, &sv->a1, &t->lin2_w);
+        be->silu_backward(be, &dh1, &da1, &sv->h1);
+        be->linear_backward(be, NULL, pass_grad(p, &t->lin1_w, &gw1), pass_grad(p, &t->lin1_b, &gb1), &dh1,
+                            &sv->tp, &t->lin1_w);
+    }
+    (void)m;
     arena_reset(p->work, mark);
 }
 

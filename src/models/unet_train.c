@@ -168,6 +168,12 @@ static void stage_forward(Unet *m, Tape *tp, const float *timesteps) {
         const UnetBlock *b = &m->blocks[i];
         const size_t k0 = arena_mark(&tp->keep);
         UnetIO io = {.x = o->x, .temb = o->temb, .ctx = tp->in.ctx, .timesteps = timesteps};
+        if (b->info.kind == UNET_BLOCK_TIME && m->cfg.add_time_dim) { // SDXL's added conditioning
+            io.time_ids = m->time_ids;
+            io.add_text = m->add_text;
+            if (T->be == backend_measure()) // shapes only while planning
+                io.add_text = (Tensor){.dtype = m->be->act_dtype, .ndim = 2, .shape = {o->x.shape[0], unet_text_dim(m)}};
+        }
         if (b->info.pops_skip) {
             SDC_CHECK(o->n_skips > 0);
             io.skip = o->skips[--o->n_skips];
@@ -240,6 +246,10 @@ static void grad_alloc(Unet *m, Tape *tp) {
         g->ctx = arena_tensor(&T->ar[A_GCUT], dt, 3, tp->out.ctx.shape);
         T->be->zero(T->be, g->ctx.data, tensor_bytes(&g->ctx));
     }
+    if (T->o.want_dtext && T->first == 0) { // the time block is this rank's
+        g->text = ARENA_DT(&T->ar[A_GCUT], dt, tp->in.x.shape[0], unet_text_dim(m));
+        T->be->zero(T->be, g->text.data, tensor_bytes(&g->text));
+    }
     T->dcur = g->x;
     T->slot = 0;
 }
@@ -273,6 +283,7 @@ static void stage_backward(Unet *m, Tape *tp, UnetCut *gout) {
                   .lora_scale = T->lora_scale};
         UnetGradIO g = {.dy = time ? T->gin.temb : T->dcur, .temb = tp->out.temb, .ctx = tp->in.ctx};
         if (!time && T->want_dtemb) g.dtemb = T->gin.temb;
+        if (time) g.dtext = T->gin.text;
         if (T->o.want_dctx) g.dctx = T->gin.ctx;
         // dx when a block before needs it (a transformer's and the out block's group
         // norm backward yields it anyway)
@@ -317,6 +328,7 @@ static void stage_backward(Unet *m, Tape *tp, UnetCut *gout) {
     gout->n_skips = stop == T->first ? ds->n : 0;
     if (T->first > 0 && T->want_dtemb) gout->temb = T->gin.temb;
     if (T->o.want_dctx) gout->ctx = T->gin.ctx;
+    if (T->first == 0) gout->text = T->gin.text;
     tp->n = 0;
     tp->forward_done = 0;
 }
@@ -423,9 +435,8 @@ int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w,
     if (!m->be->conv2d_backward || !m->be->zero || m->be->act_dtype != DT_F32)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "unet: training needs a backend with backward ops in fp32 (%s has "
                        "none)\n---> use --device cpu for training", m->be->name);
-    if (m->cfg.add_time_dim)
-        return sdc_err(err, SDC_ERR_UNSUPPORTED, "unet: training an SDXL UNet (with the text_time added embedding) "
-                       "is not supported yet\n---> sdc generates with SDXL; DreamBooth trains SD 1.x/2.x");
+    if (o->want_dtext && !m->cfg.add_time_dim)
+        return sdc_err(err, SDC_ERR_ARG, "unet: want_dtext needs a UNet with SDXL's added embedding");
     if (!o->lora_rank && !m->table.n && !o->time_blocks)
         return sdc_err(err, SDC_ERR_ARG, "unet: full training needs the model loaded trainable "
                        "(unet_load_opts with .trainable = 1)");
@@ -445,9 +456,10 @@ int unet_train_reserve(Unet *m, const UnetTrainOpts *o, int batch, int h, int w,
     T->first = m->first;
     T->end = m->end;
     T->batch = batch, T->h = h, T->w = w, T->ctx_len = ctx_len;
-    T->want_dtemb = !o->lora_rank;
+    // d text_embeds goes through the time embedding, whose gradient every ResNet adds to
+    T->want_dtemb = !o->lora_rank || o->want_dtext;
     T->first_trainable = 0;
-    if (o->lora_rank)
+    if (o->lora_rank && !o->want_dtext)
         while (T->first_trainable < m->n_blocks && m->blocks[T->first_trainable].info.kind != UNET_BLOCK_TRANSFORMER)
             T->first_trainable++;
     T->bwd_tape = -1;
@@ -549,6 +561,10 @@ int unet_train_stage_forward(Unet *m, int tape, const float *timesteps, UnetCut 
     if (!tp->n || tp->forward_done)
         return sdc_err(err, SDC_ERR_ARG, "unet training: tape %d: unet_train_cut_in first", tape);
     if (T->first == 0 && !timesteps) return sdc_err(err, SDC_ERR_ARG, "unet training: block 0 needs the timesteps");
+    if (T->first == 0 && m->cfg.add_time_dim &&
+        (m->add_text.ndim != 2 || m->add_text.shape[0] != tp->n || !m->time_ids))
+        return sdc_err(err, SDC_ERR_ARG, "unet training: an SDXL UNet needs the added conditioning of the tape's %d "
+                       "rows\n---> unet_set_added_cond before the stage forward of block 0", tp->n);
     stage_forward(m, tp, timesteps);
     *out = tp->out;
     return backend_status(m->be, err);
@@ -624,6 +640,10 @@ int unet_train_forward(Unet *m, Tensor *out, const Tensor *x, const float *times
 }
 
 int unet_train_backward(Unet *m, const Tensor *dout, Tensor *dctx, SdcError *err) {
+    return unet_train_backward_xl(m, dout, dctx, NULL, err);
+}
+
+int unet_train_backward_xl(Unet *m, const Tensor *dout, Tensor *dctx, Tensor *dtext, SdcError *err) {
     UnetTrain *T = m->train;
     if (!T || !T->tapes[0].forward_done)
         return sdc_err(err, SDC_ERR_ARG, "unet: unet_train_backward needs a unet_train_forward first");
@@ -632,11 +652,15 @@ int unet_train_backward(Unet *m, const Tensor *dout, Tensor *dctx, SdcError *err
         return sdc_err(err, SDC_ERR_ARG, "unet: dout must have the output's shape");
     if (dctx && (!T->o.want_dctx || !tensor_same_shape(dctx, &T->tapes[0].in.ctx)))
         return sdc_err(err, SDC_ERR_ARG, "unet: dctx needs want_dctx and the context's shape");
+    if (dtext && (!T->o.want_dtext || dtext->ndim != 2 || dtext->shape[0] != y->shape[0] ||
+                  dtext->shape[1] != unet_text_dim(m)))
+        return sdc_err(err, SDC_ERR_ARG, "unet: dtext needs want_dtext and the pooled embedding's shape");
     UnetCut gin, gout;
     SDC_TRY(unet_train_grad_in(m, 0, &gin, err));
     m->be->copy(m->be, &gin.x, dout);
     SDC_TRY(unet_train_stage_backward(m, 0, &gout, err));
     if (dctx) m->be->copy(m->be, dctx, &gout.ctx);
+    if (dtext) m->be->copy(m->be, dtext, &gout.text);
     return backend_status(m->be, err);
 }
 

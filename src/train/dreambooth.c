@@ -61,6 +61,17 @@ static int n_groups(const DbTrainer *t) { return t->train_te ? 2 : 1; }
 // set-up
 // ---------------------------------------------------------------------------
 
+// out (B, L, D1 + D2) = [a (B, L, D1), b (B, L, D2)] along the last axis: the
+// channel concat of (B*L, D1) and (B*L, D2) rows.
+static void concat_last(const Backend *be, Tensor *out, const Tensor *a, const Tensor *b) {
+    const int64_t rows = a->shape[0] * a->shape[1];
+    Tensor o = *out, x = *a, y = *b;
+    o.ndim = x.ndim = y.ndim = 2;
+    o.shape[0] = x.shape[0] = y.shape[0] = rows;
+    o.shape[1] = out->shape[2], x.shape[1] = a->shape[2], y.shape[1] = b->shape[2];
+    be->concat_channels(be, &o, &x, &y);
+}
+
 // ZeRO-1: replica r keeps the moments of the slice [B_r, B_{r+1}) of the
 // group's tensors concatenated in table order (B_k = N k / R; so its moments
 // are exactly that slice of what a checkpoint stores), as pieces of tensors.
@@ -133,7 +144,20 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     t->be = model->be;
     const UnetConfig *uc = unet_config(model->unet);
     const ClipConfig *cc = clip_config(model->clip);
-    const int L = cc->max_positions, D = cc->hidden, h = data->lat_h, w = data->lat_w;
+    const ClipConfig *cc2 = model->clip2 ? clip_config(model->clip2) : NULL;
+    t->xl = uc->add_time_dim > 0;
+    const int L = cc->max_positions, h = data->lat_h, w = data->lat_w;
+    const int D = cc->hidden + (t->xl && cc2 ? cc2->hidden : 0), P = t->xl && cc2 ? cc2->projection_dim : 0;
+    if (t->xl && (!cc2 || !model->tok2 || cc2->max_positions != L || P != unet_text_dim(model->unet) ||
+                  unet_n_time_ids(model->unet) != 6 || !data->inst_time_ids))
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: an SDXL UNet needs both text encoders (the second's "
+                       "projection %d wide: the UNet takes %d), %d-token prompts in both, six time ids (base, not "
+                       "the refiner: %d) and each instance image's size and crop\n---> train SDXL base from a "
+                       "diffusers folder or a single file with both encoders", P, unet_text_dim(model->unet), L,
+                       unet_n_time_ids(model->unet));
+    if (t->xl && c->train_text_encoder)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: training SDXL's text encoders is not supported yet\n"
+                       "---> train the UNet's LoRA alone (drop --train-text-encoder)");
     if (uc->in_channels != 4)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: the UNet has %d input channels; training an "
                        "inpainting UNet is not supported\n---> train a text-to-image model", uc->in_channels);
@@ -148,6 +172,12 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
                             cc->pad_token, &dropped, err));
     SDC_TRY(clip_tok_encode(model->tok, data->class_prompt ? data->class_prompt : "", t->class_ids, L,
                             cc->pad_token, &dropped, err));
+    if (t->xl) {
+        SDC_TRY(clip_tok_encode(model->tok2, data->instance_prompt ? data->instance_prompt : "", t->inst_ids2, L,
+                                cc2->pad_token, &dropped, err));
+        SDC_TRY(clip_tok_encode(model->tok2, data->class_prompt ? data->class_prompt : "", t->class_ids2, L,
+                                cc2->pad_token, &dropped, err));
+    }
     t->n_items = c->with_prior_preservation && data->n_class > data->n_inst ? data->n_class : data->n_inst;
     t->batches_per_epoch = (t->n_items + c->train_batch_size - 1) / c->train_batch_size;
     t->updates_per_epoch = (t->batches_per_epoch + c->grad_accum - 1) / c->grad_accum;
@@ -185,7 +215,8 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     t->coef = malloc(sm * sizeof(float));
     t->sq = malloc(sm * sizeof(double));
     t->ids = malloc(sm * (size_t)L * sizeof(int32_t));
-    if (!t->order || !t->x0 || !t->noise || !t->h_noisy || !t->h_target || !t->timesteps || !t->k || !t->coef ||
+    t->time_ids = calloc(sm * 6, sizeof(float));
+    if (!t->time_ids || !t->order || !t->x0 || !t->noise || !t->h_noisy || !t->h_target || !t->timesteps || !t->k || !t->coef ||
         !t->sq || !t->ids) {
         db_free(t);
         return sdc_err(err, SDC_ERR_OOM, "dreambooth: out of memory for the step buffers");
@@ -201,6 +232,12 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         t->ctx = ARENA_DT(a, dt, sm, L, D);
         t->dctx = ARENA_DT(a, dt, sm, L, D);
         t->ctx_fixed = ARENA_DT(a, dt, 2, L, D);
+        if (t->xl) {
+            t->pooled = ARENA_DT(a, dt, sm, P);
+            t->pooled_fixed = ARENA_DT(a, dt, 2, P);
+            t->h1_fixed = ARENA_DT(a, dt, 2, L, cc->hidden);
+            t->h2_fixed = ARENA_DT(a, dt, 2, L, cc2->hidden);
+        }
         if (!pass) rc = arena_init(&t->dev, t->be, meas.peak, err);
     }
     if (rc) goto fail;
@@ -208,17 +245,29 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     const int M = c->micro_batches, mb_max = (t->share_max + M - 1) / M;
     UnetTrainOpts uo = {.checkpointing = c->gradient_checkpointing, .lora_rank = c->lora_rank,
                         .lora_alpha = c->lora_alpha, .lora_seed = c->seed, .want_dctx = c->train_text_encoder,
+                        .want_dtext = t->xl && c->train_text_encoder,
                         .tapes = hooks->pipeline && hooks->tapes > 0 ? hooks->tapes : 1};
     if ((rc = unet_train_reserve(model->unet, &uo, mb_max, h, w, L, err))) goto fail;
     if (t->train_te) {
         ClipTrainOpts co = {.lora_rank = c->lora_rank, .lora_alpha = c->lora_alpha, .lora_seed = c->seed + 1};
         if ((rc = clip_train_reserve(model->clip, &co, t->share_max, err))) goto fail;
-    } else if (hooks->stage == 0) { // frozen: the two embeddings once
+    } else if (hooks->stage == 0 && !t->xl) { // frozen: the two embeddings once
         int32_t ids2[2 * 1024];
         memcpy(ids2, t->inst_ids, (size_t)L * sizeof(int32_t));
         memcpy(ids2 + L, t->class_ids, (size_t)L * sizeof(int32_t));
         if ((rc = clip_reserve(model->clip, 2, err))) goto fail;
         if ((rc = clip_encode(model->clip, ids2, 2, 0, &t->ctx_fixed, err))) goto fail;
+    } else if (hooks->stage == 0) { // SDXL, frozen: both encoders' hidden_states[-2] side by side, the pooled
+        int32_t ids1[2 * 1024], ids2[2 * 1024];
+        memcpy(ids1, t->inst_ids, (size_t)L * sizeof(int32_t));
+        memcpy(ids1 + L, t->class_ids, (size_t)L * sizeof(int32_t));
+        memcpy(ids2, t->inst_ids2, (size_t)L * sizeof(int32_t));
+        memcpy(ids2 + L, t->class_ids2, (size_t)L * sizeof(int32_t));
+        if ((rc = clip_reserve(model->clip, 2, err)) || (rc = clip_reserve(model->clip2, 2, err)) ||
+            (rc = clip_encode_xl(model->clip, ids1, 2, 0, &t->h1_fixed, NULL, err)) ||
+            (rc = clip_encode_xl(model->clip2, ids2, 2, 0, &t->h2_fixed, &t->pooled_fixed, err)))
+            goto fail;
+        concat_last(t->be, &t->ctx_fixed, &t->h1_fixed, &t->h2_fixed);
     }
 
     // One OptimTensor per named tensor (the table's order is the arena's), so
@@ -287,7 +336,8 @@ void db_free(DbTrainer *t) {
         memset(z, 0, sizeof *z);
     }
     free(t->order), free(t->x0), free(t->noise), free(t->h_noisy), free(t->h_target), free(t->timesteps);
-    free(t->k), free(t->coef), free(t->sq), free(t->ids);
+    free(t->k), free(t->coef), free(t->sq), free(t->ids), free(t->time_ids);
+    t->time_ids = NULL;
     t->order = NULL;
     t->x0 = t->noise = t->h_noisy = t->h_target = t->timesteps = t->k = t->coef = NULL;
     t->sq = NULL;
@@ -371,6 +421,8 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         // d loss / d pred = 2 coef_j (pred - target), times the replica count: the all-reduce averages
         t->k[s] = 2.0f * t->coef[s] * (float)replicas(t);
         memcpy(t->ids + s * L, is_class ? t->class_ids : t->inst_ids, (size_t)L * sizeof(int32_t));
+        if (t->xl) // a class sample: the ids of the instance it is paired with (diffusers' collate_fn)
+            memcpy(t->time_ids + s * 6, d->inst_time_ids + (size_t)(item % d->n_inst) * 6, 6 * sizeof(float));
     }
     Tensor nv = rows_of(&t->noisy, 0, (int)n), tv = rows_of(&t->target, 0, (int)n);
     backend_upload_f32(be, &nv, t->h_noisy, (size_t)n * lat);
@@ -380,6 +432,9 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
     if (t->train_te) return clip_train_forward(m->clip, t->ids, (int)n, &cv, err);
     for (int64_t s = 0; s < n; s++) { // the frozen encoder's instance or class embedding
         Tensor dst = rows_of(&t->ctx, (int)s, 1), src = rows_of(&t->ctx_fixed, f + s >= b ? 1 : 0, 1);
+        be->copy(be, &dst, &src);
+        if (!t->xl) continue;
+        dst = rows_of(&t->pooled, (int)s, 1), src = rows_of(&t->pooled_fixed, f + s >= b ? 1 : 0, 1);
         be->copy(be, &dst, &src);
     }
     return 0;
@@ -400,6 +455,10 @@ int db_stage_inputs(DbTrainer *t, int r0, int n, UnetCut *in, const float **time
     t->be->copy(t->be, &in->x, &x);
     t->be->copy(t->be, &in->ctx, &c);
     *timesteps = t->timesteps + r0;
+    if (t->xl) { // read by the time block in the stage forward that follows
+        Tensor pv = rows_of(&t->pooled, r0, n);
+        SDC_TRY(unet_set_added_cond(t->model->unet, &pv, t->time_ids + (size_t)r0 * 6, err));
+    }
     return 0;
 }
 
@@ -684,7 +743,8 @@ int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_sc
     SdModel *m = t->model;
     const ClipConfig *cc = clip_config(m->clip);
     const int L = cc->max_positions, D = cc->hidden;
-    float *ctx = malloc((size_t)2 * L * D * sizeof(float));
+    // the frozen encoders' conditioning as the pipeline takes it (SDXL: both encoders and the pooled embeddings)
+    float *ctx = malloc((t->train_te ? (size_t)2 * L * D : sd_cond_floats(m)) * sizeof(float));
     if (!ctx) return sdc_err(err, SDC_ERR_OOM, "validation: out of memory");
     int rc = 0;
     if (t->train_te) { // the trained encoder (LoRA included), negative "" first

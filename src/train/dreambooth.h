@@ -82,6 +82,11 @@ typedef struct DbData {
     int lat_h, lat_w;
     const char *instance_prompt; // "a photo of sks dog"
     const char *class_prompt;    // "a photo of dog" (prior preservation)
+    // SDXL: each instance image's six time ids (original height, width, crop
+    // top, left, target height, width), (n_inst, 6). A class sample takes the
+    // ids of the instance it is paired with in the batch, as diffusers'
+    // train_dreambooth_lora_sdxl.py's collate_fn does.
+    const float *inst_time_ids;
 } DbData;
 
 // The trainer's state that a checkpoint stores and a resume restores.
@@ -199,6 +204,15 @@ typedef struct DbTrainer {
     Tensor ctx, dctx;      // (share_max, L, D) the UNet's context and its gradient (text-encoder training)
     Tensor ctx_fixed;      // (2, L, D) instance / class embeddings (frozen text encoder)
     int32_t inst_ids[1024], class_ids[1024]; // (L) the two prompts' tokens
+    // SDXL (xl): the context is [text_encoder hidden, text_encoder_2 hidden]
+    // (D = D1 + D2) and the UNet's added conditioning text_encoder_2's pooled
+    // embedding and each sample's six time ids
+    int xl;
+    int32_t inst_ids2[1024], class_ids2[1024]; // (L) the prompts through tokenizer_2
+    float *time_ids;       // (share_max, 6) host
+    Tensor pooled;         // (share_max, P) on the device
+    Tensor pooled_fixed;   // (2, P) instance / class (frozen text encoders)
+    Tensor h1_fixed, h2_fixed; // (2, L, D1), (2, L, D2) each encoder's part of ctx_fixed
     // overlap of this step's UNet gradient all-reduce with its last backward
     int final_batch;       // the batch in progress ends the optimizer step
     int ov_armed;          // dp_overlap_begin done for this step
