@@ -18,7 +18,8 @@
 //     evaluation) on Euler and Heun schedules, against diffusers' values;
 //   - base (denoising_end 0.8, latents out) then refiner (denoising_start 0.8
 //     from those latents) for Euler (the folders' scheduler), Euler a, DDIM,
-//     DPM++ 2M and Heun: the base's latents, the final latents and image.
+//     DPM++ 2M and Heun, and the base as img2img (strength 0.6) then the
+//     refiner: the base's latents, the final latents and image.
 // Final latents within 1e-4 of max |ref|, 8-bit images within 1/255. fp32 CPU.
 #include <math.h>
 #include <stdio.h>
@@ -277,6 +278,23 @@ static void ensemble(TestCtx *t, const Backend *be, const StFile *ref) {
         snprintf(what, sizeof what, "%s: base + refiner", S[k].name);
         check_image(t, what, img, W, H, ref, name);
     }
+    // the base as img2img (strength 0.6) to the cut, then the refiner
+    float *init = malloc((size_t)3 * H * W * sizeof(float)), *mask = malloc((size_t)H * W * sizeof(float));
+    if (rc == 0 && init_inputs(t, ref, W, H, init, mask)) {
+        GenParams pb = {.mode = GEN_IMG2IMG, .steps = 10, .cfg_scale = prm[1], .sampler = SAMPLER_EULER,
+                        .seed = (uint64_t)prm[2], .width = W, .height = H, .batch = 1, .strength = prm[5],
+                        .init_image = init, .denoising_end = start};
+        GenParams pr = pb;
+        pr.init_image = NULL, pr.denoising_end = 0, pr.denoising_start = start, pr.init_latents = mid;
+        if (check_rc(t, sd_generate(&base, &pb, cb, mid, NULL, NULL, NULL, &err), "img2img base to the cut", &err)) {
+            check_latents(t, "img2img base latents at the cut", mid, ref, "ens.i2i.base_latents", nlat);
+            if (check_rc(t, sd_generate(&rf, &pr, cr, lat, img, NULL, NULL, &err), "refiner after img2img", &err)) {
+                check_latents(t, "img2img base + refiner latents", lat, ref, "ens.i2i.latents", nlat);
+                check_image(t, "img2img base + refiner", img, W, H, ref, "ens.i2i.image");
+            }
+        }
+    }
+    free(init), free(mask);
     // a cut that leaves the refiner nothing: a clear refusal
     // (2 leading steps: timesteps 501, 1; 0.99 cuts at 10, 0.9999 at 0)
     GenParams pr = {.mode = GEN_IMG2IMG, .steps = 2, .cfg_scale = prm[1], .sampler = SAMPLER_EULER, .seed = 7,

@@ -46,6 +46,8 @@ Writes
     negative, 10 steps, guidance 5, each with generator manual_seed(7)):
       ens.<s>.{base_latents, latents, image} for s in euler (the folders' scheduler),
           euler_a, ddim, dpmpp2m, heun (XScheduler.from_config of each folder's config)
+      ens.i2i.*: the base as StableDiffusionXLImg2ImgPipeline (the init image, strength 0.6,
+          denoising_end 0.8), then the refiner (Euler)
 
 Run: python3 tools/make_sdxl_refiner_fixture.py   (torch, diffusers, transformers)
 """
@@ -307,6 +309,18 @@ def main():
         r[f"ens.{sname}.image"] = u8(res[3][0])
         print(f"  ens {sname}: base std {res[0].std().item():.3f}, latents std {res[1].std().item():.3f}")
     base.scheduler, ref.scheduler = b_sched, r_sched
+    # the base as img2img (strength 0.6) with denoising_end, then the refiner
+    res = []
+    for ot in ("latent", "np"):
+        bl = bi2i(prompt=prompt, image=Image.fromarray(img), strength=strength, num_inference_steps=ens_steps,
+                  guidance_scale=guidance, denoising_end=start, output_type="latent",
+                  generator=torch.Generator().manual_seed(seed)).images
+        res.append(bl)
+        res.append(ref(prompt=prompt, image=bl, num_inference_steps=ens_steps, guidance_scale=guidance,
+                       denoising_start=start, output_type=ot, generator=torch.Generator().manual_seed(seed)).images)
+    assert torch.equal(res[0], res[2])
+    r["ens.i2i.base_latents"], r["ens.i2i.latents"], r["ens.i2i.image"] = res[0], res[1], u8(res[3][0])
+    print(f"  ens i2i: base std {res[0].std().item():.3f}, latents std {res[1].std().item():.3f}")
 
     out = {k: (v.contiguous() if v.dtype in (torch.int32, torch.uint8) else v.float().contiguous())
            for k, v in r.items()}
