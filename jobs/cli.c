@@ -163,6 +163,11 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --target-size H,W     (default: the image's size, 0,0, the image's size)\n"
             "      --negative-original-size H,W, --negative-crops-coords-top-left T,L,\n"
             "      --negative-target-size H,W    the same for the negative half (both sizes, or none)\n"
+            "      --refiner PATH        SDXL: finish with this SDXL refiner (file or folder), diffusers' ensemble\n"
+            "                            of experts: the base (-m) denoises up to --refiner-start, the refiner the rest\n"
+            "      --refiner-start F     the fraction of the schedule the base denoises, 0..1 (default 0.8)\n"
+            "      --aesthetic-score F   the SDXL refiner's aesthetic score (default 6.0); the negative half's:\n"
+            "      --negative-aesthetic-score F  (default 2.5). -m REFINER alone refines --init-img\n"
             "      --clip-skip N         use the text encoder's N-th layer from the end (default: model's)\n"
             "      --vae-tiling          decode the image in 512-pixel tiles (less memory; default: only when\n"
             "                            the untiled decode would need over 1 GiB, i.e. above 640x640)\n"
@@ -527,6 +532,24 @@ int cli_parse(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *
         } else if (FLAG(NULL, "--negative-target-size")) {
             const char *v = VALUE();
             if (v) rc = parse_pair(a, v, 1, &g->negative_target_size, &g->n_negative_target_size, err);
+        } else if (FLAG(NULL, "--refiner")) {
+            const char *v = VALUE();
+            if (v) rc = set_str(g, "refiner", v, err);
+        } else if (FLAG(NULL, "--refiner-start")) {
+            const char *v = VALUE();
+            char *end;
+            errno = 0;
+            double x = v ? strtod(v, &end) : 0;
+            if (v && (errno || end == v || *end))
+                rc = sdc_err(err, SDC_ERR_ARG, "--refiner-start: expected a number, got '%s'", v);
+            else if (v)
+                g->refiner_start = x, g->has_refiner_start = 1;
+        } else if (FLAG(NULL, "--aesthetic-score")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_float(a, v, &g->aesthetic_score, err))) g->has_aesthetic_score = 1;
+        } else if (FLAG(NULL, "--negative-aesthetic-score")) {
+            const char *v = VALUE();
+            if (v && !(rc = parse_float(a, v, &g->negative_aesthetic_score, err))) g->has_negative_aesthetic_score = 1;
         } else if (FLAG(NULL, "--dump-manifest")) {
             opt->dump_manifest = 1;
         } else if (FLAG("-q", "--quiet")) {

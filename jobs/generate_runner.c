@@ -194,7 +194,31 @@ static SdxlCond xl_cond(const Sdc__Generate *g) {
         c.neg_crop_top = g->negative_crops_coords_top_left[0], c.neg_crop_left = g->negative_crops_coords_top_left[1];
     if (g->n_negative_target_size == 2)
         c.neg_target_h = g->negative_target_size[0], c.neg_target_w = g->negative_target_size[1];
+    c.aesthetic_score = g->aesthetic_score, c.neg_aesthetic_score = g->negative_aesthetic_score; // > 0 (manifest.c)
     return c;
+}
+
+// --refiner: SDXL's ensemble of experts. The refiner model, its text
+// embeddings of the current prompt, and the base's latents at the cut.
+typedef struct Refiner {
+    SdModel m;
+    float *ctx;   // (sd_cond_floats of the refiner)
+    float *lat;   // (batch, 4, h, w) the base's latents at --refiner-start
+    double start; // --refiner-start: the base's denoising_end, the refiner's denoising_start
+} Refiner;
+
+// One run with the refiner: the base (txt2img or img2img) stops at the cut
+// with its latents (diffusers' output_type="latent"), the refiner goes on
+// from them and decodes.
+static int generate_refined(SdModel *m, Refiner *rf, const GenParams *p, const float *ctx, float *images,
+                            ProgressFn progress, void *user, SdcError *err) {
+    GenParams pb = *p;
+    pb.denoising_end = rf->start;
+    SDC_TRY(sd_generate(m, &pb, ctx, rf->lat, NULL, progress, user, err));
+    GenParams pr = *p;
+    pr.mode = GEN_IMG2IMG, pr.init_image = NULL, pr.mask = NULL;
+    pr.denoising_start = rf->start, pr.init_latents = rf->lat;
+    return sd_generate(&rf->m, &pr, rf->ctx, NULL, images, progress, user, err);
 }
 
 static GenParams gen_params(const Sdc__Generate *g, const GenInputs *in, SamplerKind sk, double strength) {
@@ -578,6 +602,11 @@ static void png_parameters(char *buf, size_t cap, const Sdc__Job *job, const Gen
         len += (size_t)snprintf(buf + len, cap - len, ", Schedule type: Karras");
     if (g->timestep_spacing && g->timestep_spacing[0] && len < cap)
         len += (size_t)snprintf(buf + len, cap - len, ", Timestep spacing: %s", g->timestep_spacing);
+    if (g->refiner && g->refiner[0] && len < cap) { // A1111's keys
+        const char *rn = strrchr(g->refiner, '/');
+        len += (size_t)snprintf(buf + len, cap - len, ", Refiner: %s, Refiner switch at: %g", rn ? rn + 1 : g->refiner,
+                                g->refiner_start);
+    }
     if (len < cap) snprintf(buf + len, cap - len, ", Version: sdc %s", SDC_VERSION);
 }
 
@@ -677,7 +706,7 @@ static int pipeline_runs(const Sdc__Job *job, SdModel *m, const GenInputs *in, c
 // stages, the first stage of every pipeline). Between runs all ranks check for a stop signal
 // (jobs/stop.h) and stop together.
 static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m, const GenInputs *in,
-                          const Sweep *sw, double strength, float *ctx, const H5Par *parp, PpStage *pp,
+                          const Sweep *sw, double strength, float *ctx, const H5Par *parp, PpStage *pp, Refiner *rf,
                           SdcError *err) {
     const Sdc__Generate *g = job->generate;
     const H5Par par = *parp;
@@ -774,6 +803,9 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
                 const double t = mono_s();
                 lrc = sd_encode_prompt(m, sw->clean[sw->prompt_of[s0]], it->negative_prompt, job->model->clip_skip,
                                        ctx, err);
+                if (!lrc && rf)
+                    lrc = sd_encode_prompt(&rf->m, sw->clean[sw->prompt_of[s0]], it->negative_prompt,
+                                           job->model->clip_skip, rf->ctx, err);
                 last_prompt = sw->prompt_of[s0];
                 text_s = mono_s() - t;
             }
@@ -784,7 +816,8 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
             pr.steps = 0;
             pr.done = (int)made, pr.batch = k;
             if (pr.t_all == 0) pr.t_all = pr.t0;
-            if (!lrc) lrc = sd_generate(m, &p, ctx, NULL, images, progress_cb, &pr, err);
+            if (!lrc && rf) lrc = generate_refined(m, rf, &p, ctx, images, progress_cb, &pr, err);
+            else if (!lrc) lrc = sd_generate(m, &p, ctx, NULL, images, progress_cb, &pr, err);
             if (!lrc && !opt->quiet && !use_h5 && pr.steps > 0) {
                 // denoise includes the setup before the first step; decode is the VAE of all k items
                 const double den = pr.t_step - pr.t0, dec = mono_s() - pr.t_step;
@@ -794,8 +827,9 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
                     fprintf(stderr, "sdc: memory: activations planned: unet %.0f MiB, vae %.0f MiB, clip %.0f MiB; "
                             "weights %.0f MiB (f32 files are mapped, not copied)\n",
                             unet_activation_bytes(m->unet) / 1048576.0, vae_activation_bytes(m->vae) / 1048576.0,
-                            clip_activation_bytes(m->clip) / 1048576.0,
-                            (unet_param_bytes(m->unet) + vae_param_bytes(m->vae) + clip_param_bytes(m->clip)) /
+                            clip_activation_bytes(m->clip ? m->clip : m->clip2) / 1048576.0,
+                            (unet_param_bytes(m->unet) + vae_param_bytes(m->vae) +
+                             (m->clip ? clip_param_bytes(m->clip) : 0) + (m->clip2 ? clip_param_bytes(m->clip2) : 0)) /
                                 1048576.0);
             }
             for (int j = 0; !lrc && j < k; j++) {
@@ -859,7 +893,7 @@ static int pipeline_setup(const Sdc__Job *job, SdModel *m, const GenInputs *in, 
     SDC_TRY(grid_init(grid, par->comm, rt->pipeline_stages, err));
     SDC_TRY(grid_check_blocks(grid, unet_block_count(m->unet), "UNet", err));
     const int micro = rt->micro_batches > 0 ? rt->micro_batches : 2 * grid->stages;
-    const ClipConfig *cc = clip_config(m->clip);
+    const ClipConfig *cc = sd_text_config(m);
     const char *cut = rt->pipeline_cut && rt->pipeline_cut[0] ? rt->pipeline_cut : NULL;
     SDC_TRY(pp_init(pp, grid->pipe, m->unet, m->be, micro, in->height / 8, in->width / 8, cc->max_positions, cut,
                     err));
@@ -949,9 +983,47 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                      "SDXL model", job->model->path, model_files_info(m.files)->family == SD_FAMILY_2 ? 2 : 1);
     free(given);
     const ModelInfo *info = model_files_info(m.files);
+    // --refiner: an SDXL refiner after an SDXL base (manifest.c checked the rest)
+    Refiner rf = {.start = g->refiner_start};
+    const int has_refiner = g->refiner && g->refiner[0];
+    if (!rc && has_refiner && (info->family != SD_FAMILY_XL || info->refiner))
+        rc = sdc_err(err, SDC_ERR_ARG, "--refiner %s: %s is %s, but a refiner finishes what an SDXL base model "
+                     "began ---> -m SDXL_BASE --refiner %s%s", g->refiner, job->model->path,
+                     info->refiner ? "itself an SDXL refiner" : info->family == SD_FAMILY_2 ? "an SD 2.x model"
+                                                                                            : "an SD 1.x model",
+                     g->refiner, info->refiner ? ", or the refiner alone: -m REFINER --init-img IMAGE" : "");
+    if (!rc && has_refiner) {
+        const SdLoadOpts ro = {.vae = job->model->vae}; // LoRAs are the base's; --vae decodes the refiner's latents
+        rc = sd_model_load_opts(&rf.m, g->refiner, NULL, -1, be, &ro, err);
+        if (rc) {
+            sdc_err_wrap(err, "loading the refiner %s", g->refiner);
+        } else if (!model_files_info(rf.m.files)->refiner) {
+            const ModelInfo *ri = model_files_info(rf.m.files);
+            rc = sdc_err(err, SDC_ERR_ARG, "--refiner %s is not an SDXL refiner but %s ---> pass the SDXL refiner "
+                         "(stable-diffusion-xl-refiner-1.0: text_encoder_2 alone, aesthetic-score conditioning)",
+                         g->refiner, ri->family == SD_FAMILY_XL ? "an SDXL base model (two text encoders)"
+                                     : ri->family == SD_FAMILY_2 ? "an SD 2.x model" : "an SD 1.x model");
+        } else if (!opt->quiet) {
+            fprintf(stderr, "sdc: refiner %s (SDXL refiner, %s layout) from %.0f%% of the schedule\n", g->refiner,
+                    model_files_info(rf.m.files)->layout == LAYOUT_DIFFUSERS ? "diffusers" : "single-file",
+                    100.0 * rf.start);
+        }
+    }
+    if (!rc && !has_refiner && !info->refiner && (g->has_aesthetic_score || g->has_negative_aesthetic_score))
+        rc = sdc_err(err, SDC_ERR_ARG, "%s is not an SDXL refiner: --aesthetic-score and --negative-aesthetic-score "
+                     "condition the refiner ---> drop them, or add --refiner SDXL_REFINER", job->model->path);
     GenInputs in;
     if (!rc) rc = load_inputs(g, info, &in, err);
+    if (!rc && has_refiner) {
+        rf.ctx = malloc(sd_cond_floats(&rf.m) * sizeof(float));
+        rf.lat = malloc((size_t)(g->batch_size > 0 ? g->batch_size : 1) * 4 * (in.height / 8) * (in.width / 8) *
+                        sizeof(float));
+        if (!rf.ctx || !rf.lat) rc = sdc_err(err, SDC_ERR_OOM, "refiner buffers");
+        if (rc) inputs_free(&in);
+    }
     if (rc) {
+        free(rf.ctx), free(rf.lat);
+        sd_model_free(&rf.m);
         sd_model_free(&m);
         backend_destroy(be);
         return rc;
@@ -995,6 +1067,11 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         chk.batch = micro < g->batch_count ? micro : g->batch_count;
         chk.cfg_scale = sw.max_cfg;
         rc = check_fits(&m, &chk, opt, err);
+        if (!rc && has_refiner) { // the refiner's half: from the base's latents
+            chk.mode = GEN_IMG2IMG, chk.init_image = NULL, chk.mask = NULL;
+            chk.denoising_start = rf.start, chk.init_latents = rf.lat;
+            rc = check_fits(&rf.m, &chk, opt, err);
+        }
     }
     if (!rc && !opt->quiet && (sw.n > 1 || g->shard_count > 1))
         fprintf(stderr, "sdc: sweep of %lld item%s (%lld prompt%s x %zu cfg x %zu sampler x %zu steps x %d seeds)%s\n",
@@ -1009,7 +1086,8 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         ctx = malloc(sd_cond_floats(&m) * sizeof(float));
         if (!ctx) rc = sdc_err(err, SDC_ERR_OOM, "text embeddings");
     }
-    if (!rc) rc = generate_sweep(job, opt, &m, &in, &sw, strength, ctx, &par, pp.comm != MPI_COMM_NULL ? &pp : NULL, err);
+    if (!rc) rc = generate_sweep(job, opt, &m, &in, &sw, strength, ctx, &par, pp.comm != MPI_COMM_NULL ? &pp : NULL,
+                                 rf.m.unet ? &rf : NULL, err);
     sweep_free(&sw);
     if (pp.comm != MPI_COMM_NULL && (!rc || rc == SDC_ERR_STOPPED)) {
         SdcError e2 = {0};
@@ -1020,7 +1098,9 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     grid_free(&grid); // (par's communicator was the grid's)
     if (!rc && !opt->quiet) runner_print_peak_memory(be);
     free(ctx);
+    free(rf.ctx), free(rf.lat);
     inputs_free(&in);
+    sd_model_free(&rf.m);
     sd_model_free(&m);
     backend_destroy(be);
     return rc;

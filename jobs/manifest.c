@@ -289,6 +289,26 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
                                "negative_crops_coords_top_left needs them ---> give --negative-original-size and "
                                "--negative-target-size");
         }
+        const int refiner = g->refiner && g->refiner[0];
+        if (g->has_refiner_start && !refiner)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.refiner_start %g without generate.refiner ---> "
+                           "--refiner-start goes with --refiner SDXL_REFINER", g->refiner_start);
+        if (refiner && !(g->refiner_start > 0.0 && g->refiner_start < 1.0))
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.refiner_start %g; expected a fraction between 0 and 1 "
+                           "(not 0 or 1): the base denoises up to it, the refiner the rest ---> e.g. --refiner-start "
+                           "0.8", g->refiner_start);
+        if (refiner && ((g->mask && g->mask[0]) || g->n_outpaint))
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "manifest: generate.refiner with inpainting (mask, outpaint) is "
+                           "not supported ---> inpaint with the base, then refine that image in a second run (-m "
+                           "%s --init-img ... --mask ...)", g->refiner);
+        if (refiner && job->runtime && job->runtime->pipeline_stages > 1)
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "manifest: generate.refiner with runtime.pipeline_stages %d is "
+                           "not supported ---> drop --pipeline-stages (or --refiner)", job->runtime->pipeline_stages);
+        if (!(g->aesthetic_score > 0.0f && g->aesthetic_score <= 1000.0f) ||
+            !(g->negative_aesthetic_score > 0.0f && g->negative_aesthetic_score <= 1000.0f))
+            return sdc_err(err, SDC_ERR_ARG, "manifest: generate.aesthetic_score %g, negative_aesthetic_score %g; "
+                           "expected scores above 0 (LAION aesthetic scores: 1 to 10)", g->aesthetic_score,
+                           g->negative_aesthetic_score);
         if (g->n_outpaint != 0 && g->n_outpaint != 4)
             return sdc_err(err, SDC_ERR_ARG, "manifest: generate.outpaint has %zu values; expected 4 (left, top, "
                                              "right, bottom)", g->n_outpaint);

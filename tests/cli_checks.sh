@@ -318,13 +318,81 @@ sdxl_submit() {
         check "... and writes no script" test ! -e bad.sbatch
     done
     cd - > /dev/null || return
+
+# The SDXL refiner: bad uses refused with messages naming the problem, and
+# nothing written.
+sdxl_refiner_refusals() {
+    XL=$SRC/tests/fixtures/tiny-sdxl
+    RF=$SRC/tests/fixtures/tiny-sdxl-refiner
+    refused "the refiner from noise (no --init-img)" "is an SDXL refiner: it refines an image" "$SDC" generate -q \
+        -m "$RF" -p x -W 64 -H 64 --steps 4 -o "$W/a.png"
+    check "... and no output" test ! -e "$W/a.png"
+    refused "--refiner on an SD 1.x model" "is an SD 1.x model, but a refiner finishes what an SDXL base" "$SDC" \
+        generate -q -m "$DEMO" -p x -W 64 -H 64 --steps 4 --refiner "$RF" -o "$W/b.png"
+    check "... and no output" test ! -e "$W/b.png"
+    refused "a base model passed as --refiner" "is not an SDXL refiner but an SDXL base model" "$SDC" generate -q \
+        -m "$XL" -p x -W 64 -H 64 --steps 4 --refiner "$XL" -o "$W/c.png"
+    check "... and no output" test ! -e "$W/c.png"
+    refused "the refiner as --refiner of itself" "is itself an SDXL refiner" "$SDC" generate -q -m "$RF" -p x \
+        -W 64 -H 64 --steps 4 --refiner "$RF" -o "$W/d.png"
+    for v in 0 1 1.5 -0.2; do
+        refused "--refiner-start $v" "expected a fraction between 0 and 1" "$SDC" generate -q -m "$XL" -p x \
+            -W 64 -H 64 --steps 4 --refiner "$RF" --refiner-start $v -o "$W/e.png"
+    done
+    check "... and no output" test ! -e "$W/e.png"
+    refused "--refiner-start without --refiner" "goes with --refiner" "$SDC" generate -q -m "$XL" -p x \
+        --refiner-start 0.7 -o "$W/f.png"
+    refused "--refiner-start 0.9999 with 4 steps (nothing left for the refiner)" \
+        "leaves the refiner no denoising step" "$SDC" generate -q -m "$XL" -p x -W 64 -H 64 --steps 4 \
+        --refiner "$RF" --refiner-start 0.9999 -o "$W/g.png"
+    check "... and no output" test ! -e "$W/g.png"
+    refused "--aesthetic-score without a refiner" "is not an SDXL refiner: --aesthetic-score" "$SDC" generate -q \
+        -m "$XL" -p x -W 64 -H 64 --steps 4 --aesthetic-score 7 -o "$W/h.png"
+    refused "--aesthetic-score 0" "expected scores above 0" "$SDC" generate -q -m "$RF" -p x --aesthetic-score 0 \
+        --init-img "$IMGS/sdxl-refiner-init.png" -o "$W/i.png"
+    refused "--refiner with --mask" "with inpainting (mask, outpaint) is not supported" "$SDC" generate -q -m "$XL" \
+        -p x --refiner "$RF" --init-img "$IMGS/sdxl-refiner-init.png" --mask "$IMGS/sdxl-refiner-init.png" \
+        -o "$W/j.png"
+    mkdir -p "$W/notrefiner" && cp -r "$XL/unet" "$XL/vae" "$XL/text_encoder_2" "$XL/tokenizer_2" "$XL/scheduler" \
+        "$W/notrefiner/"
+    refused "a base folder without text_encoder/ (read as a refiner)" "but the refiner's one text encoder" "$SDC" \
+        generate -q -m "$W/notrefiner" -p x -o "$W/k.png"
+}
+
+# The SDXL refiner from the command line: alone on an image (diffusers'
+# StableDiffusionXLImg2ImgPipeline with the refiner), and after the base
+# (the ensemble of experts), each the image of diffusers within 1/255
+# (tests/fixtures/ref-tiny-sdxl-refiner.safetensors r.img2img.image,
+# ens.euler.image); the PNG names the refiner as A1111 does.
+sdxl_refiner_generate() {
+    XL=$SRC/tests/fixtures/tiny-sdxl
+    RF=$SRC/tests/fixtures/tiny-sdxl-refiner
+    REF=$SRC/tests/fixtures/ref-tiny-sdxl-refiner.safetensors
+    P='a photo of a red fox in the snow, high quality!'
+    runs "the refiner alone: img2img" "$SDC" generate -m "$RF" -p "$P" --init-img "$IMGS/sdxl-refiner-init.png" \
+        --strength 0.6 --steps 8 --cfg-scale 5 -s 7 -t 1 -o "$W/refined.png"
+    check "... the image of diffusers' StableDiffusionXLImg2ImgPipeline (within 1/255)" /usr/bin/python3 \
+        "$SRC/tests/png_vs_ref.py" "$W/refined.png" "$REF" r.img2img.image 1
+    runs "base then refiner (--refiner, --refiner-start 0.8)" "$SDC" generate -m "$XL" -p "$P" -W 64 -H 64 \
+        --steps 10 --cfg-scale 5 -s 7 -t 1 --refiner "$RF" --refiner-start 0.8 -o "$W/ens.png"
+    has "... the refiner loaded" 'refiner .*tiny-sdxl-refiner (SDXL refiner, diffusers layout) from 80%'
+    check "... the image of diffusers' base(denoising_end) -> refiner(denoising_start) (within 1/255)" \
+        /usr/bin/python3 "$SRC/tests/png_vs_ref.py" "$W/ens.png" "$REF" ens.euler.image 1
+    check "... its parameters name the refiner and the switch" grep -a -q \
+        'Refiner: tiny-sdxl-refiner, Refiner switch at: 0.8' "$W/ens.png"
+    runs "the same from a manifest (--dump-manifest, sdc run)" sh -c "\"$SDC\" generate -m \"$XL\" -p '$P' -W 64 \
+        -H 64 --steps 10 --cfg-scale 5 -s 7 -t 1 --refiner \"$RF\" -o \"$W/ens2.png\" --dump-manifest > \"$W/job.txtpb\" \
+        && \"$SDC\" run -q \"$W/job.txtpb\""
+    check "... the manifest has the refiner" grep -q 'refiner: ' "$W/job.txtpb"
+    check "... the same PNG" cmp "$W/ens.png" "$W/ens2.png"
 }
 
 case "$NAME" in
     generate_demo | generate_deterministic | bad_size | missing_model | unknown_sampler | mask_size_mismatch | \
         bad_image | bad_strength | inpaint_model_needs_mask | long_prompt_warns | refuses_what_cannot_fit | \
         img2img | inpaint | outpaint | generate_lora | lora_other_model | manifest_roundtrip | example_manifest | \
-        lora_from_checkpoint | generate_from_h5 | sdxl_refusals | sdxl_generate | sdxl_bad_input | sdxl_submit)
+        lora_from_checkpoint | generate_from_h5 | sdxl_refusals | sdxl_generate | sdxl_bad_input | sdxl_submit | \
+        sdxl_refiner_refusals | sdxl_refiner_generate)
         $NAME ;;
     *) echo "cli_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac

@@ -59,7 +59,7 @@ static const InnerRename *const INNER[IN_COUNT] = {UNET_RESNET, VAE_RESNET, VAE_
 // Original names of tensors no model uses (prefix match).
 static const char *const IGNORED[] = {
     "model_ema.", "cond_stage_model.model.text_projection", "cond_stage_model.model.logit_scale",
-    "conditioner.embedders.1.model.logit_scale",
+    "conditioner.embedders.1.model.logit_scale", "conditioner.embedders.0.model.logit_scale",
 };
 
 #define P_UNET "model.diffusion_model."
@@ -68,6 +68,7 @@ static const char *const IGNORED[] = {
 #define P_OPENCLIP "cond_stage_model.model."
 #define P_XL_CLIP "conditioner.embedders.0.transformer."
 #define P_XL_OPENCLIP "conditioner.embedders.1.model."
+#define P_XL_REFINER "conditioner.embedders.0.model." // the refiner's one embedder
 
 // ----------------------------------------------------------------------------
 // building the rules
@@ -151,14 +152,16 @@ int namemap_init(NameMap *nm, const UnetConfig *u, const VaeConfig *v, int openc
         ADD(COMP_TEXT_ENCODER, -1, P_XL_CLIP, "text_model.");
     }
     if (openclip != NM_TEXT_CLIP) {
-        const Component c = openclip == NM_TEXT_XL ? COMP_TEXT_ENCODER_2 : COMP_TEXT_ENCODER;
-        const char *P = openclip == NM_TEXT_XL ? P_XL_OPENCLIP : P_OPENCLIP;
+        const int xl = openclip == NM_TEXT_XL || openclip == NM_TEXT_XL_REFINER;
+        const Component c = xl ? COMP_TEXT_ENCODER_2 : COMP_TEXT_ENCODER;
+        const char *P = openclip == NM_TEXT_XL ? P_XL_OPENCLIP : openclip == NM_TEXT_XL_REFINER ? P_XL_REFINER
+                                                                                                : P_OPENCLIP;
         RULE(c, -1, ("%s", P), ("%s", ""));
         RULE(c, -1, ("%stoken_embedding.", P), ("%s", "text_model.embeddings.token_embedding."));
         RULE(c, -1, ("%spositional_embedding", P), ("%s", "text_model.embeddings.position_embedding.weight"));
         RULE(c, -1, ("%sln_final.", P), ("%s", "text_model.final_layer_norm."));
         RULE(c, IN_OPENCLIP_LAYER, ("%stransformer.resblocks.#.", P), ("%s", "text_model.encoder.layers.#."));
-        if (openclip == NM_TEXT_XL) // (hidden, projection): x @ P
+        if (xl) // (hidden, projection): x @ P
             RULE(c, IN_TRANSPOSE, ("%stext_projection", P), ("%s", "text_projection.weight"));
     }
     return 0;
@@ -306,8 +309,12 @@ const char *namemap_prefix(const NameMap *nm, Component c) {
     case COMP_UNET: return P_UNET;
     case COMP_VAE: return P_VAE;
     case COMP_TEXT_ENCODER:
-        return nm->openclip == NM_TEXT_XL ? P_XL_CLIP : nm->openclip ? P_OPENCLIP : P_CLIP;
-    case COMP_TEXT_ENCODER_2: return nm->openclip == NM_TEXT_XL ? P_XL_OPENCLIP : "";
+        return nm->openclip == NM_TEXT_XL           ? P_XL_CLIP
+               : nm->openclip == NM_TEXT_XL_REFINER ? "" // the refiner has no first text encoder
+               : nm->openclip                       ? P_OPENCLIP
+                                                    : P_CLIP;
+    case COMP_TEXT_ENCODER_2:
+        return nm->openclip == NM_TEXT_XL ? P_XL_OPENCLIP : nm->openclip == NM_TEXT_XL_REFINER ? P_XL_REFINER : "";
     default: return "";
     }
 }

@@ -41,8 +41,10 @@ typedef struct NameRule {
 // The text encoders' layout in a single file: SD 1.x's CLIP
 // (cond_stage_model.transformer.*), SD 2.x's OpenCLIP (cond_stage_model.model.*),
 // or SDXL's two (conditioner.embedders.0.transformer.* CLIP,
-// conditioner.embedders.1.model.* OpenCLIP with its projection).
-enum { NM_TEXT_CLIP = 0, NM_TEXT_OPENCLIP = 1, NM_TEXT_XL = 2 };
+// conditioner.embedders.1.model.* OpenCLIP with its projection), or the
+// SDXL refiner's one (conditioner.embedders.0.model.* OpenCLIP with its
+// projection, the second text encoder).
+enum { NM_TEXT_CLIP = 0, NM_TEXT_OPENCLIP = 1, NM_TEXT_XL = 2, NM_TEXT_XL_REFINER = 3 };
 
 typedef struct NameMap {
     int openclip;             // the text layout: NM_TEXT_*

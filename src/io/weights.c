@@ -445,13 +445,17 @@ static int read_diffusers_configs(ModelFiles *m, const char *dir, SdcError *err)
     path_join(p, sizeof p, dir, "vae", "config.json");
     if (!missing && !is_file(p)) missing = "vae/config.json";
     else if (!missing) SDC_TRY(read_vae_config(&info->vae, p, err));
+    // the SDXL refiner has text_encoder_2/ alone (model_index.json: "text_encoder": [null, null])
+    char p2[1200];
+    path_join(p2, sizeof p2, dir, "text_encoder_2", "config.json");
     path_join(p, sizeof p, dir, "text_encoder", "config.json");
-    if (!missing && !is_file(p)) missing = "text_encoder/config.json";
-    else if (!missing) SDC_TRY(read_clip_config(&info->clip, p, err));
+    if (!missing && !is_file(p) && !is_file(p2)) missing = "text_encoder/config.json";
+    else if (!missing && is_file(p)) SDC_TRY(read_clip_config(&info->clip, p, err));
+    else if (!missing) info->refiner = 1;
     if (missing)
         return sdc_err(err, SDC_ERR_IO, "%s: no %s\n---> a diffusers folder has unet/, vae/ and text_encoder/, "
                        "each with a config.json", dir, missing);
-    path_join(p, sizeof p, dir, "text_encoder_2", "config.json");
+    memcpy(p, p2, sizeof p);
     if (is_file(p)) {
         SDC_TRY(read_clip_config(&info->clip2, p, err));
         info->has_clip2 = 1;
@@ -476,7 +480,7 @@ static int read_diffusers_configs(ModelFiles *m, const char *dir, SdcError *err)
         info->clip2.default_skip = 1;
     }
     path_join(p, sizeof p, dir, "tokenizer", NULL);
-    if (is_dir(p)) {
+    if (!info->refiner && is_dir(p)) {
         memcpy(info->tokenizer_dir, p, strlen(p) < sizeof info->tokenizer_dir ? strlen(p) + 1 : 0);
         SDC_TRY(read_tokenizer_pad(&info->clip, p, err));
     }
@@ -579,6 +583,11 @@ static int infer_unet(UnetConfig *u, const StFile *f, int openclip, SdcError *er
             u->cross_dim = (int)s[1];
     }
     u->mid_attn = shp(f, s, UP "middle_block.1.proj_in.weight") > 0;
+    if (u->mid_attn && !u->down_attn[n - 1]) { // the mid block's depth is the last level's (diffusers), which
+        int t = 0;                             // then has no attention of its own: read it off the mid block
+        while (t < 64 && shp(f, s, UP "middle_block.1.transformer_blocks.%d.norm1.weight", t) > 0) t++;
+        u->transformer_layers[n - 1] = t ? t : 1;
+    }
     if (linear < 0) linear = shp(f, s, UP "middle_block.1.proj_in.weight") == 2;
     if (u->mid_attn && u->cross_dim == 0 && shp(f, s, UP "middle_block.1.transformer_blocks.0.attn2.to_k.weight") == 2)
         u->cross_dim = (int)s[1];
@@ -676,8 +685,12 @@ static int infer_clip(ClipConfig *k, const StFile *f, int openclip, SdcError *er
 // 256-wide time ids), the VAE (scaling factor 0.13025), CLIP ViT-L
 // (conditioner.embedders.0.transformer.*) and OpenCLIP ViT-bigG with its
 // projection (conditioner.embedders.1.model.*), as diffusers' from_single_file
-// configures SDXL base.
-static int infer_xl(ModelInfo *info, const StFile *f, SdcError *err) {
+// configures SDXL base. The refiner (refiner = 1): OpenCLIP ViT-bigG alone
+// (conditioner.embedders.0.model.*), a UNet on its 1280-wide hidden states
+// with five time ids, and stable-diffusion-xl-refiner-1.0's
+// force_zeros_for_empty_prompt false (diffusers takes that config from the
+// Hub for a single file; the same constants otherwise).
+static int infer_xl(ModelInfo *info, const StFile *f, int refiner, SdcError *err) {
     int64_t s[4];
     SDC_TRY(infer_unet(&info->unet, f, 1, err));
     SDC_TRY(infer_vae(&info->vae, f, err));
@@ -685,8 +698,7 @@ static int infer_xl(ModelInfo *info, const StFile *f, SdcError *err) {
     for (int i = 0; i < u->n_levels; i++) u->heads[i] = u->block_out[i] / 64 > 0 ? u->block_out[i] / 64 : 1;
     if (shp(f, s, UP "label_emb.0.0.weight") != 2)
         return sdc_err(err, SDC_ERR_SHAPE, "%s: an SDXL checkpoint (conditioner.embedders.*) without %slabel_emb.0.0."
-                       "weight (the added embedding)\n---> is this the SDXL base model? (the refiner is not "
-                       "supported yet)", f->path, UP);
+                       "weight (the added embedding)\n---> is this an SDXL base or refiner model?", f->path, UP);
     u->add_in_dim = (int)s[1];
     u->add_time_dim = 256;
     u->sample_size = 128;
@@ -697,8 +709,9 @@ static int infer_xl(ModelInfo *info, const StFile *f, SdcError *err) {
     ClipConfig *k = &info->clip, *k2 = &info->clip2;
     memset(k, 0, sizeof *k);
     memset(k2, 0, sizeof *k2);
-    const char *p1 = "conditioner.embedders.0.transformer.text_model.", *p2 = "conditioner.embedders.1.model.";
-    for (int e = 0; e < 2; e++) {
+    const char *p1 = "conditioner.embedders.0.transformer.text_model.",
+               *p2 = refiner ? "conditioner.embedders.0.model." : "conditioner.embedders.1.model.";
+    for (int e = refiner; e < 2; e++) {
         ClipConfig *c = e ? k2 : k;
         const char *pre = e ? p2 : p1;
         char name[160];
@@ -729,7 +742,8 @@ static int infer_xl(ModelInfo *info, const StFile *f, SdcError *err) {
         return sdc_err(err, SDC_ERR_SHAPE, "%s: SDXL text encoder 2 has no %stext_projection", f->path, p2);
     k2->projection_dim = (int)s[1];
     info->has_clip2 = 1;
-    info->force_zeros_negative = 1;
+    info->refiner = refiner;
+    info->force_zeros_negative = !refiner;
     u->cross_dim = u->cross_dim ? u->cross_dim : k->hidden + k2->hidden;
     if (u->add_in_dim > k2->projection_dim && (u->add_in_dim - k2->projection_dim) % u->add_time_dim == 0)
         u->n_time_ids = (u->add_in_dim - k2->projection_dim) / u->add_time_dim;
@@ -801,10 +815,11 @@ static int open_single(ModelFiles *m, const char *path, const char *config_dir, 
     SDC_TRY(add_file(m, path, &f, err));
     ModelInfo *info = &m->info;
     info->layout = LAYOUT_SINGLE_FILE;
-    int openclip = 0, xl = 0;
-    for (int i = 0; i < f->n && !openclip && !xl; i++) {
+    int openclip = 0, xl = 0, refiner = 0;
+    for (int i = 0; i < f->n && !openclip && !refiner; i++) {
         openclip = !strncmp(f->entries[i].name, "cond_stage_model.model.", 23);
-        xl = !strncmp(f->entries[i].name, "conditioner.embedders.", 22);
+        xl |= !strncmp(f->entries[i].name, "conditioner.embedders.", 22);
+        refiner = !strncmp(f->entries[i].name, "conditioner.embedders.0.model.", 30); // OpenCLIP alone
     }
     if (config_dir) {
         SDC_TRY(read_diffusers_configs(m, config_dir, err));
@@ -812,8 +827,12 @@ static int open_single(ModelFiles *m, const char *path, const char *config_dir, 
             return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is %san SDXL checkpoint but config_dir %s describes %san "
                            "SDXL model\n---> give the config folder of the file's own model", path, xl ? "" : "not ",
                            config_dir, xl ? "not " : "");
+        if (refiner != info->refiner)
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is %s SDXL %s but config_dir %s describes the %s\n---> give "
+                           "the config folder of the file's own model", path, refiner ? "the" : "an",
+                           refiner ? "refiner" : "base model", config_dir, info->refiner ? "refiner" : "base model");
     } else if (xl) {
-        SDC_TRY(infer_xl(info, f, err));
+        SDC_TRY(infer_xl(info, f, refiner, err));
     } else {
         SDC_TRY(infer_unet(&info->unet, f, openclip, err));
         SDC_TRY(infer_vae(&info->vae, f, err));
@@ -821,7 +840,8 @@ static int open_single(ModelFiles *m, const char *path, const char *config_dir, 
         info->family = info->unet.family;
         info->vae.sample_size = info->unet.sample_size * 8;
     }
-    SDC_TRY(namemap_init(&m->nm, &info->unet, &info->vae, xl ? NM_TEXT_XL : openclip, err));
+    SDC_TRY(namemap_init(&m->nm, &info->unet, &info->vae, refiner ? NM_TEXT_XL_REFINER : xl ? NM_TEXT_XL : openclip,
+                         err));
     int cap[COMP_COUNT] = {0};
     for (int i = 0; i < f->n; i++) {
         NameMapping maps[3];
@@ -946,7 +966,7 @@ static int open_diffusers(ModelFiles *m, const char *dir, SdcError *err) {
     int cap[COMP_COUNT] = {0};
     for (int c = 0; c < COMP_COUNT; c++) {
         char cdir[1200];
-        if (c == COMP_TEXT_ENCODER_2 && !info->has_clip2) continue;
+        if ((c == COMP_TEXT_ENCODER_2 && !info->has_clip2) || (c == COMP_TEXT_ENCODER && info->refiner)) continue;
         path_join(cdir, sizeof cdir, dir, COMP_NAMES[c], NULL);
         SDC_TRY(open_component(m, (Component)c, cdir, cap, err));
     }
@@ -997,12 +1017,22 @@ static int check_model(const ModelInfo *info, const char *path, const char *cdir
         else snprintf(te2, sizeof te2, "%s (the second text encoder)", path);
         if (!info->has_clip2)
             return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: an SDXL UNet (\"addition_embed_type\": \"text_time\") "
-                           "without a second text encoder (text_encoder_2/)\n---> the SDXL refiner (text_encoder_2 "
-                           "alone) is not supported yet; the base model has both encoders", unet);
+                           "without a second text encoder (text_encoder_2/)\n---> SDXL base has both encoders, the "
+                           "refiner text_encoder_2 alone", unet);
         if (!u->add_time_dim)
             return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: a second text encoder, but the UNet has no "
                            "\"addition_embed_type\": \"text_time\"\n---> is this an SDXL model?", unet);
-        if (u->cross_dim != info->clip.hidden + info->clip2.hidden)
+        if (info->refiner && u->cross_dim != info->clip2.hidden)
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"cross_attention_dim\" is %d but the refiner's one text "
+                           "encoder (%s) gives %d\n---> the text encoder is not this UNet's (SDXL refiner: 1280)",
+                           unet, u->cross_dim, te2, info->clip2.hidden);
+        if (info->refiner && u->add_in_dim != info->clip2.projection_dim + 5 * u->add_time_dim)
+            return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"projection_class_embeddings_input_dim\" is %d: the SDXL "
+                           "refiner's is the pooled embedding (%d, %s's projection_dim) + 5 time ids x %d "
+                           "(\"addition_time_embed_dim\"): original size, crop, aesthetic score\n---> a folder "
+                           "without text_encoder/ is read as the SDXL refiner; is this one?", unet, u->add_in_dim,
+                           info->clip2.projection_dim, te2, u->add_time_dim);
+        if (!info->refiner && u->cross_dim != info->clip.hidden + info->clip2.hidden)
             return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: \"cross_attention_dim\" is %d but the text encoders give "
                            "%d + %d (%s, %s)\n---> the text encoders are not this UNet's (SDXL: 768 + 1280 = 2048)",
                            unet, u->cross_dim, info->clip.hidden, info->clip2.hidden, te, te2);
@@ -1091,6 +1121,7 @@ void model_files_close(ModelFiles *m) {
 }
 
 const ModelInfo *model_files_info(const ModelFiles *m) { return &m->info; }
+const char *model_files_path(const ModelFiles *m) { return m->path; }
 const char *model_files_scheduler_json(const ModelFiles *m) { return m->sched_json; }
 
 // ---------------------------------------------------------------------------

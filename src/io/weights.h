@@ -39,6 +39,11 @@ typedef struct ModelInfo {
     int has_clip2;
     ClipConfig clip2;
     char tokenizer2_dir[1024];
+    // The SDXL refiner: the second text encoder alone (text_encoder_2/, or
+    // conditioner.embedders.0.model.* in a single file; `clip` and
+    // tokenizer_dir are unset), the UNet conditioned on its hidden states,
+    // five time ids (the aesthetic score in place of the target size).
+    int refiner;
     // model_index.json's force_zeros_for_empty_prompt (SDXL: no negative
     // prompt gives zero negative embeddings, as diffusers does); 1 by default
     // for SDXL.
@@ -65,6 +70,8 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
 int model_files_open_configs(ModelFiles **out, const char *dir, SdcError *err);
 void model_files_close(ModelFiles *m);
 const ModelInfo *model_files_info(const ModelFiles *m);
+// The path the model was opened from (for messages).
+const char *model_files_path(const ModelFiles *m);
 // The text of the scheduler_config.json that ModelInfo.sched was read from,
 // or NULL (a single file without config_dir: sdc's built-in SD config).
 const char *model_files_scheduler_json(const ModelFiles *m);

@@ -67,6 +67,9 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
     const int second = o && o->second_text_encoder;
     if (second && !info->has_clip2)
         return sdc_err(err, SDC_ERR_ARG, "clip_load: the model has no second text encoder (text_encoder_2)");
+    if (!second && info->refiner)
+        return sdc_err(err, SDC_ERR_ARG, "clip_load: the SDXL refiner has no first text encoder (text_encoder/): "
+                       "its one encoder is the second (text_encoder_2)");
     const ClipConfig *c = second ? &info->clip2 : &info->clip;
     const Component comp = second ? COMP_TEXT_ENCODER_2 : COMP_TEXT_ENCODER;
     if (c->hidden <= 0 || c->layers <= 0 || c->heads <= 0 || c->hidden % c->heads ||

@@ -37,8 +37,8 @@ int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int
     LoraSet loras = {0};
     if (o && o->n_loras > 0) rc = lora_set_open(&loras, o->loras, o->n_loras, m->files, err);
     const ModelLoadOpts lo = {.lora = loras.n ? &loras : NULL};
-    if (!rc) rc = sd_tokenizer_load(&m->tok, info, err);
-    if (!rc) rc = clip_load_opts(&m->clip, m->files, be, &lo, err);
+    if (!rc && !info->refiner) rc = sd_tokenizer_load(&m->tok, info, err);
+    if (!rc && !info->refiner) rc = clip_load_opts(&m->clip, m->files, be, &lo, err);
     if (!rc && info->has_clip2) {
         const ModelLoadOpts lo2 = {.lora = loras.n ? &loras : NULL, .second_text_encoder = 1};
         if (!rc) rc = info->tokenizer2_dir[0] ? clip_tok_load_dir(&m->tok2, info->tokenizer2_dir, err)
@@ -64,6 +64,8 @@ void sd_model_free(SdModel *m) {
     memset(m, 0, sizeof *m);
 }
 
+const ClipConfig *sd_text_config(const SdModel *m) { return clip_config(m->clip ? m->clip : m->clip2); }
+
 // Tokenizes one prompt into ids (max_positions), warning when it is cut.
 static int encode_prompt_ids(const ClipTokenizer *tok, const ClipConfig *cc, const char *text, int32_t *ids,
                              SdcError *err) {
@@ -76,17 +78,19 @@ static int encode_prompt_ids(const ClipTokenizer *tok, const ClipConfig *cc, con
 }
 
 size_t sd_cond_floats(const SdModel *m) {
-    const ClipConfig *c1 = clip_config(m->clip);
+    const ClipConfig *c1 = sd_text_config(m);
     if (!m->clip2) return (size_t)2 * c1->max_positions * c1->hidden;
     const ClipConfig *c2 = clip_config(m->clip2);
-    return (size_t)2 * c1->max_positions * (c1->hidden + c2->hidden) + (size_t)2 * c2->projection_dim;
+    const size_t D1 = m->clip ? (size_t)c1->hidden : 0;
+    return (size_t)2 * c1->max_positions * (D1 + c2->hidden) + (size_t)2 * c2->projection_dim;
 }
 
-// SDXL: both encoders' hidden states side by side, then the pooled rows.
+// SDXL: both encoders' hidden states side by side, then the pooled rows
+// (the refiner: the second encoder's alone, D1 = 0).
 static int encode_xl(SdModel *m, const char *prompt, const char *negative, int clip_skip, float *ctx,
                      SdcError *err) {
-    const ClipConfig *c1 = clip_config(m->clip), *c2 = clip_config(m->clip2);
-    const int L = c1->max_positions, D1 = c1->hidden, D2 = c2->hidden, P = c2->projection_dim;
+    const ClipConfig *c1 = sd_text_config(m), *c2 = clip_config(m->clip2);
+    const int L = c1->max_positions, D1 = m->clip ? c1->hidden : 0, D2 = c2->hidden, P = c2->projection_dim;
     if (c2->max_positions != L)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "SDXL text encoders with %d and %d positions", L, c2->max_positions);
     const int zero_neg = model_files_info(m->files)->force_zeros_negative && (!negative || !negative[0]);
@@ -94,7 +98,7 @@ static int encode_xl(SdModel *m, const char *prompt, const char *negative, int c
     float *h = malloc((size_t)2 * L * (D1 > D2 ? D1 : D2) * sizeof(float));
     Arena a = {0};
     int rc = !ids || !h ? sdc_err(err, SDC_ERR_OOM, "encoding the prompt") : 0;
-    for (int e = 0; !rc && e < 2; e++) {
+    for (int e = m->clip ? 0 : 1; !rc && e < 2; e++) {
         const ClipTokenizer *tok = e ? m->tok2 : m->tok;
         const ClipConfig *cc = e ? c2 : c1;
         rc = encode_prompt_ids(tok, cc, negative ? negative : "", ids + (size_t)2 * e * L, err);
@@ -103,14 +107,17 @@ static int encode_xl(SdModel *m, const char *prompt, const char *negative, int c
     if (!rc) rc = arena_init(&a, m->be, ((size_t)2 * L * (D1 + D2) + 2 * (size_t)P) * sizeof(float) + 4 * ARENA_ALIGN,
                              err);
     if (!rc) {
-        Tensor h1 = ARENA_DT(&a, m->be->act_dtype, 2, L, D1), h2 = ARENA_DT(&a, m->be->act_dtype, 2, L, D2);
+        Tensor h1 = {0}, h2 = ARENA_DT(&a, m->be->act_dtype, 2, L, D2);
+        if (D1) h1 = ARENA_DT(&a, m->be->act_dtype, 2, L, D1);
         Tensor pooled = ARENA_DT(&a, m->be->act_dtype, 2, P);
-        rc = clip_encode_xl(m->clip, ids, 2, clip_skip, &h1, NULL, err);
+        if (m->clip) rc = clip_encode_xl(m->clip, ids, 2, clip_skip, &h1, NULL, err);
         if (!rc) rc = clip_encode_xl(m->clip2, ids + (size_t)2 * L, 2, clip_skip, &h2, &pooled, err);
         const size_t row = (size_t)D1 + D2;
-        if (!rc) {
+        if (!rc && D1) {
             backend_download_f32(m->be, h, &h1, (size_t)2 * L * D1);
             for (size_t t = 0; t < (size_t)2 * L; t++) memcpy(ctx + t * row, h + t * D1, (size_t)D1 * sizeof(float));
+        }
+        if (!rc) {
             backend_download_f32(m->be, h, &h2, (size_t)2 * L * D2);
             for (size_t t = 0; t < (size_t)2 * L; t++)
                 memcpy(ctx + t * row + D1, h + t * D2, (size_t)D2 * sizeof(float));
@@ -198,7 +205,22 @@ int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err) {
         return sdc_err(err, SDC_ERR_ARG, "width and height must be positive multiples of 8 (got %dx%d)", p->width,
                        p->height);
     if (p->batch < 1) return sdc_err(err, SDC_ERR_ARG, "batch must be at least 1 (got %d)", p->batch);
-    if (p->mode != GEN_TXT2IMG) {
+    const int from_latents = p->denoising_start > 0;
+    if (!(p->denoising_start >= 0 && p->denoising_start < 1) || !(p->denoising_end >= 0 && p->denoising_end < 1))
+        return sdc_err(err, SDC_ERR_ARG, "denoising_start %g, denoising_end %g: expected fractions in (0, 1), or 0 "
+                       "(not given)", p->denoising_start, p->denoising_end);
+    if (from_latents && (p->mode != GEN_IMG2IMG || !p->init_latents))
+        return sdc_err(err, SDC_ERR_ARG, "denoising_start continues from given latents (image-to-image mode, "
+                       "init_latents): the refiner's half of SDXL's ensemble of experts");
+    if ((p->denoising_start > 0 || p->denoising_end > 0) && p->mode == GEN_INPAINT)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "a refiner with inpainting (--mask, --outpaint) is not supported "
+                       "---> refine the inpainted image in a second run (the refiner with --init-img, --mask)");
+    if (model_files_info(m->files)->refiner && p->mode == GEN_TXT2IMG)
+        return sdc_err(err, SDC_ERR_ARG, "%s is an SDXL refiner: it refines an image and cannot start from noise "
+                       "(diffusers' refiner pipeline needs an image too) ---> pass --init-img FILE (and --strength), "
+                       "or use an SDXL base model with --refiner %s", model_files_path(m->files),
+                       model_files_path(m->files));
+    if (p->mode != GEN_TXT2IMG && !from_latents) {
         if (!p->init_image)
             return sdc_err(err, SDC_ERR_ARG, "%s needs an init image ---> pass --init-img FILE",
                            p->mode == GEN_IMG2IMG ? "img2img" : "inpainting");
@@ -227,8 +249,18 @@ int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err) {
     run_sched(m, p, sc);
     Sampler s;
     int rc = sampler_init_cfg(&s, p->sampler, p->steps, sc, p->eta, 1, err);
-    if (!rc) sampler_free(&s);
     free(sc);
+    if (rc) return rc;
+    // the ensemble's cut must leave each model a step (before the base runs)
+    const int first = from_latents ? sampler_begin_for_denoising(&s, p->denoising_start)
+                      : p->mode == GEN_TXT2IMG ? 0
+                                               : sampler_begin_for_strength(&s, p->strength);
+    const int end = p->denoising_end > 0 ? sampler_end_for_denoising(&s, first, p->denoising_end) : s.n_evals;
+    if (first >= end && (from_latents || p->denoising_end > 0))
+        rc = sdc_err(err, SDC_ERR_ARG, "--refiner-start %g with %d steps leaves the %s no denoising step ---> "
+                     "raise --steps, or move --refiner-start %s", from_latents ? p->denoising_start : p->denoising_end,
+                     p->steps, from_latents ? "refiner" : "base model", from_latents ? "down" : "up");
+    sampler_free(&s);
     return rc;
 }
 
@@ -260,7 +292,7 @@ static VaeTiling gen_tiling(const SdModel *m, const GenParams *p) {
 
 int sd_plan_bytes(SdModel *m, const GenParams *p, size_t *bytes, SdcError *err) {
     SDC_TRY(sd_check_params(m, p, err));
-    const ClipConfig *cc = clip_config(m->clip);
+    const ClipConfig *cc = sd_text_config(m);
     const UnetConfig *uc = unet_config(m->unet);
     const int rows = p->cfg_scale > 1.0f ? 2 * p->batch : p->batch, h = p->height / 8, w = p->width / 8;
     const size_t es = dtype_size(m->be->act_dtype), nlat = (size_t)4 * h * w, npix = (size_t)p->width * p->height;
@@ -272,7 +304,7 @@ int sd_plan_bytes(SdModel *m, const GenParams *p, size_t *bytes, SdcError *err) 
     size_t pipe = es * ((size_t)rows * cc->max_positions * uc->cross_dim + (size_t)rows * uc->add_in_dim +
                         (size_t)rows * uc->in_channels * h * w +
                         (size_t)rows * nlat + 3 * npix + 3 * nlat);
-    *bytes = unet + (p->mode == GEN_TXT2IMG ? dec : (enc > dec ? enc : dec)) + pipe;
+    *bytes = unet + (p->mode == GEN_TXT2IMG || p->init_latents ? dec : (enc > dec ? enc : dec)) + pipe;
     return 0;
 }
 
@@ -296,17 +328,31 @@ struct SdRun {
 };
 
 // SDXL's time ids of one row (diffusers' _get_add_time_ids): original size,
-// crop top-left, target size (base) or aesthetic score (refiner).
+// crop top-left, target size (base) or aesthetic score (refiner). The
+// negative rows (sd.h, SdxlCond): StableDiffusionXLPipeline swaps in all
+// three negative values when both negative sizes are given; the img2img and
+// inpainting pipelines each negative size given, the positive crop (base)
+// or the negative one (refiner, (0, 0) unless given), the negative score.
 static void xl_time_ids(const GenParams *p, int n_ids, int negative, float *out) {
     const SdxlCond *c = &p->xl;
-    const int neg = negative && c->neg_original_h > 0 && c->neg_original_w > 0 &&
-                    (n_ids == 5 || (c->neg_target_h > 0 && c->neg_target_w > 0));
-    const int oh = neg ? c->neg_original_h : c->original_h, ow = neg ? c->neg_original_w : c->original_w;
-    const int th = neg ? c->neg_target_h : c->target_h, tw = neg ? c->neg_target_w : c->target_w;
+    int oh = c->original_h, ow = c->original_w, top = c->crop_top, left = c->crop_left;
+    int th = c->target_h, tw = c->target_w;
+    const int neg_orig = c->neg_original_h > 0 && c->neg_original_w > 0;
+    const int neg_target = c->neg_target_h > 0 && c->neg_target_w > 0;
+    if (negative && p->mode == GEN_TXT2IMG && n_ids == 6) {
+        if (neg_orig && neg_target) {
+            oh = c->neg_original_h, ow = c->neg_original_w, top = c->neg_crop_top, left = c->neg_crop_left;
+            th = c->neg_target_h, tw = c->neg_target_w;
+        }
+    } else if (negative) {
+        if (neg_orig) oh = c->neg_original_h, ow = c->neg_original_w;
+        if (neg_target) th = c->neg_target_h, tw = c->neg_target_w;
+        if (n_ids == 5) top = c->neg_crop_top, left = c->neg_crop_left;
+    }
     out[0] = (float)(oh > 0 ? oh : p->height);
     out[1] = (float)(ow > 0 ? ow : p->width);
-    out[2] = (float)(neg ? c->neg_crop_top : c->crop_top);
-    out[3] = (float)(neg ? c->neg_crop_left : c->crop_left);
+    out[2] = (float)top;
+    out[3] = (float)left;
     if (n_ids == 5) { // the refiner: negative rows always take the negative score
         out[4] = negative ? (c->neg_aesthetic_score > 0 ? c->neg_aesthetic_score : 2.5f)
                           : (c->aesthetic_score > 0 ? c->aesthetic_score : 6.0f);
@@ -332,7 +378,7 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
     *out = NULL;
     SDC_TRY(sd_check_params(m, p, err));
     const Backend *be = m->be;
-    const ClipConfig *cc = clip_config(m->clip);
+    const ClipConfig *cc = sd_text_config(m);
     const UnetConfig *uc = unet_config(m->unet);
     SdRun *r = calloc(1, sizeof *r);
     if (!r) return sdc_err(err, SDC_ERR_OOM, "pipeline run");
@@ -414,21 +460,30 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
             }
         }
     }
+    const int from_latents = p->denoising_start > 0;
     r->evals = r->n_init ? sampler_num_evals(&r->s[0]) : 0;
-    r->begin = p->mode == GEN_TXT2IMG ? 0 : (r->n_init ? sampler_begin_for_strength(&r->s[0], p->strength) : 0);
+    r->begin = !r->n_init || p->mode == GEN_TXT2IMG ? 0
+               : from_latents                       ? sampler_begin_for_denoising(&r->s[0], p->denoising_start)
+                                                    : sampler_begin_for_strength(&r->s[0], p->strength);
+    if (r->n_init && p->denoising_end > 0) r->evals = sampler_end_for_denoising(&r->s[0], r->begin, p->denoising_end);
     r->i = r->begin;
-    if (!rc && r->begin >= r->evals)
+    if (!rc && r->begin >= r->evals) // (a cut that leaves no step was refused by sd_check_params)
         rc = sdc_err(err, SDC_ERR_ARG,
                      "--strength %g with %d steps leaves no denoising step ---> raise --strength or --steps",
                      p->strength, p->steps);
 
     // ---- initial latents, in diffusers' order of draws from each item's generator
-    if (!rc && p->mode != GEN_TXT2IMG) rc = vae_reserve(m->vae, 1, H, W, err);
-    if (!rc && p->mode != GEN_TXT2IMG) rc = vae_posterior(m, t, b, p->init_image, npix, nlat, err);
+    // (the refiner's half of the ensemble: the base's latents as they are, no draws)
+    if (!rc && p->mode != GEN_TXT2IMG && !from_latents) rc = vae_reserve(m->vae, 1, H, W, err);
+    if (!rc && p->mode != GEN_TXT2IMG && !from_latents) rc = vae_posterior(m, t, b, p->init_image, npix, nlat, err);
     const int strength_max = p->strength == 1.0;
     for (int i = 0; !rc && i < B; i++) {
         float *lat = b->lat + i * nlat, *noise = b->noise + i * nlat, *img_lat = b->img_lat + i * nlat;
         rng_seed(&r->rng[i], p->seed + (uint64_t)i);
+        if (from_latents) {
+            memcpy(lat, p->init_latents + i * nlat, nlat * sizeof(float));
+            continue;
+        }
         if (p->mode == GEN_IMG2IMG || (inpaint && (blend || !strength_max)))
             posterior_sample(m, b, nlat, &r->rng[i], img_lat);
         rng_normal(&r->rng[i], noise, nlat);

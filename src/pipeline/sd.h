@@ -1,7 +1,8 @@
 // sd.h: the Stable Diffusion pipeline: text -> image.
 //
 // An SdModel is the four parts loaded on one backend (tokenizer, CLIP text
-// encoder, UNet, VAE). sd_txt2img runs classifier-free guidance the way
+// encoder, UNet, VAE); SDXL adds the second text encoder and its tokenizer,
+// and the SDXL refiner has only that one (tok and clip NULL). sd_txt2img runs classifier-free guidance the way
 // diffusers does: the unconditional (negative prompt) half first in the
 // batch, eps = uncond + cfg * (cond - uncond), guidance off at cfg <= 1.
 #ifndef SDC_SD_H
@@ -25,7 +26,7 @@ typedef struct SdModel {
     ClipTokenizer *tok;
     ClipModel *clip;
     ClipTokenizer *tok2; // SDXL: the second text encoder and its tokenizer, else NULL
-    ClipModel *clip2;
+    ClipModel *clip2;    // (the SDXL refiner: the only one; tok, clip NULL)
     Unet *unet;
     Vae *vae;
 } SdModel;
@@ -35,10 +36,12 @@ typedef enum { GEN_TXT2IMG = 0, GEN_IMG2IMG = 1, GEN_INPAINT = 2 } GenMode;
 // SDXL's micro-conditioning, diffusers' StableDiffusionXLPipeline arguments
 // in pixels (height first); 0 = diffusers' default: original and target
 // size (height, width) of the request, crop (0, 0). The negative ones apply
-// to the unconditional rows when both the negative original and target
-// sizes are given, else those rows take the positive ids (as diffusers).
-// The refiner (5 time ids) takes an aesthetic score instead of the target
-// size: 6.0 and 2.5 (negative) by default.
+// to the unconditional rows as each diffusers pipeline applies them: text-
+// to-image when both the negative original and target sizes are given
+// (else those rows take the positive ids); image-to-image and inpainting
+// each negative size given, with the positive crop. The refiner (5 time
+// ids) takes an aesthetic score instead of the target size, 6.0 and 2.5
+// (negative) by default, and its negative rows the negative crop.
 typedef struct SdxlCond {
     int original_h, original_w, crop_top, crop_left, target_h, target_w;
     int neg_original_h, neg_original_w, neg_crop_top, neg_crop_left, neg_target_h, neg_target_w;
@@ -71,6 +74,17 @@ typedef struct GenParams {
     const char *timestep_spacing;
     int karras;
     SdxlCond xl;       // SDXL's micro-conditioning (ignored by SD 1.x/2.x)
+    // SDXL's ensemble of experts, diffusers' denoising_end / denoising_start
+    // (fractions in (0, 1) of the schedule; 0 = not given), for text-to-
+    // image and image-to-image. denoising_end: the run keeps the evaluations
+    // whose timestep is at or above the cut (sampler_end_for_denoising); its
+    // latents are the refiner's input (the base with output_type="latent").
+    // denoising_start: mode GEN_IMG2IMG from init_latents (batch, 4, h, w),
+    // taken as they are (no VAE, no noise; strength unused), from the
+    // evaluation sampler_begin_for_denoising gives; each item's generator
+    // starts again from its seed (diffusers with a fresh generator per pipeline).
+    double denoising_end, denoising_start;
+    const float *init_latents;
 } GenParams;
 
 // Called after every model evaluation (step counts from 1).
@@ -92,13 +106,18 @@ typedef struct SdLoadOpts {
 int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int prediction, const Backend *be,
                        const SdLoadOpts *o, SdcError *err);
 void sd_model_free(SdModel *m);
+// The config of the model's first text encoder (the SDXL refiner's only
+// one): its max_positions is the context length.
+const ClipConfig *sd_text_config(const SdModel *m);
 
 // Text conditioning: ctx (2, L, D) host floats, row 0 the negative prompt
 // ("" = the empty prompt), row 1 the prompt. Warns when a prompt is cut to
 // the 77-token window. clip_skip: 0 = model default, 2 = penultimate layer.
 // SDXL: ctx (2, L, D1 + D2), the two encoders' hidden_states[-(clip_skip + 1)]
 // side by side (clip_skip 0 or 1: the penultimate), then the pooled
-// embeddings (2, P) of the second encoder; with force_zeros_for_empty_prompt
+// embeddings (2, P) of the second encoder (the SDXL refiner: its one
+// encoder's hidden states (2, L, D2), then the pooled rows, as diffusers'
+// encode_prompt with text_encoder None); with force_zeros_for_empty_prompt
 // (ModelInfo) a NULL or empty negative prompt gives zeros (diffusers'
 // negative_prompt=None). sd_cond_floats gives the size of ctx in floats.
 size_t sd_cond_floats(const SdModel *m);

@@ -863,6 +863,31 @@ int sampler_begin_for_strength(const Sampler *s, double strength) {
     return begin < s->n_evals ? begin : s->n_evals;
 }
 
+// ---------------------------------------------------------------- denoising_end / denoising_start
+
+// int(round(N - f * N)) in doubles, as Python computes it: the product
+// rounded before the subtraction (volatile: no fused multiply-add, which
+// turns 1000 - 0.7775 * 1000 into 222.50000000000003), then half to even.
+static double denoising_cut(const Sampler *s, double f) {
+    volatile double fn = f * s->n_train;
+    return nearbyint((double)s->n_train - fn);
+}
+
+int sampler_end_for_denoising(const Sampler *s, int first, double end) {
+    const double cut = denoising_cut(s, end);
+    int n = 0;
+    for (int i = first; i < s->n_evals; i++) n += s->timesteps[i] >= cut;
+    return first + n;
+}
+
+int sampler_begin_for_denoising(const Sampler *s, double start) {
+    const double cut = denoising_cut(s, start);
+    int n = 0;
+    for (int i = 0; i < s->n_evals; i++) n += s->timesteps[i] < cut;
+    if (s->kind == SAMPLER_HEUN && n % 2 == 0) n++; // diffusers: scheduler.order == 2
+    return n < s->n_evals ? s->n_evals - n : 0;
+}
+
 void sampler_add_noise(const Sampler *s, int i, const float *x0, const float *noise, float *out) {
     SDC_CHECK(i >= 0 && i < s->n_evals);
     if (is_alpha_space(s->kind)) {

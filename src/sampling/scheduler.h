@@ -157,6 +157,19 @@ void sampler_step(Sampler *s, int i, float *x, const float *model_out, Rng *rng)
 // (init_timestep = min(int(steps*strength), steps), t_start = steps -
 // init_timestep, first = t_start * order). n_evals means nothing is left to do.
 int sampler_begin_for_strength(const Sampler *s, double strength);
+// SDXL's ensemble of experts (diffusers' denoising_end / denoising_start,
+// a fraction f of the schedule: the cut is the discrete timestep
+// int(round(N - f * N)), N = num_train_timesteps, Python's round).
+// sampler_end_for_denoising: the evaluation a run from `first` stops
+// before, keeping those whose timestep is at or above the cut
+// (StableDiffusionXLPipeline(denoising_end)). sampler_begin_for_denoising:
+// the first evaluation of a run that continues from the cut, the last n
+// evaluations where n counts the timesteps below it, plus one for a
+// second-order sampler (Heun) when n is even, so that the run begins on a
+// step's first half (StableDiffusionXLImg2ImgPipeline.get_timesteps with
+// denoising_start).
+int sampler_end_for_denoising(const Sampler *s, int first, double end);
+int sampler_begin_for_denoising(const Sampler *s, double start);
 // diffusers' scheduler.add_noise(x0, noise, timestep of evaluation i) into out
 // (n floats each; out may alias x0): x0 + sigma*noise for euler, euler_a,
 // heun, lms; alpha*x0 + sigma*noise (alpha = 1/sqrt(sigma^2+1)) for dpm++*,
