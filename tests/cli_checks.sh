@@ -318,6 +318,7 @@ sdxl_submit() {
         check "... and writes no script" test ! -e bad.sbatch
     done
     cd - > /dev/null || return
+}
 
 # The SDXL refiner: bad uses refused with messages naming the problem, and
 # nothing written.
