@@ -132,9 +132,10 @@ int main(int argc, char **argv) {
             const size_t cut_in = bounds[st] > 0 ? unet_cut_bytes(u, bounds[st], rows, latent, latent, L) : 0;
             const size_t pb = unet_param_bytes(u);
             const double tot = mib(pb) + mib(act) + mib(cut_in);
-            printf("stage_memory stages=%d stage=%d blocks=%d-%d params=%zu param_mib=%.1f anon_load_mib=%.1f file_load_mib=%.1f "
+            printf("stage_memory stages=%d stage=%d blocks=%d-%d (%s .. %s) params=%zu param_mib=%.1f anon_load_mib=%.1f file_load_mib=%.1f "
                    "act_mib=%.1f cut_in_mib=%.1f total_mib=%.1f gflop=%.1f (%.1f%%) load_s=%.1f\n",
-                   P, st, bounds[st], bounds[st + 1] - 1, unet_param_count(u), mib(pb), a1 - a0, f1 - f0, mib(act),
+                   P, st, bounds[st], bounds[st + 1] - 1, unet_block_info(u, bounds[st])->name,
+                   unet_block_info(u, bounds[st + 1] - 1)->name, unet_param_count(u), mib(pb), a1 - a0, f1 - f0, mib(act),
                    mib(cut_in), tot, fl[st] * 1e-9, 100.0 * fl[st] / flops_all, t_load);
             fflush(stdout);
             _exit(0);
