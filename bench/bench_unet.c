@@ -1,7 +1,7 @@
 // bench_unet.c: seconds per UNet pass on the CPU backend.
 //
 //   bench_unet MODEL [--config DIR] [--threads N] [--repeat R] [--latent 64] [--batch 1]
-//                    [--blocks]
+//                    [--blocks] [--warmup-latent L]
 //
 // MODEL is a single .safetensors file or a diffusers folder (e.g. the
 // full-size random SD 1.5 from `python3 tools/make_fixtures.py --full-sd15
@@ -10,6 +10,10 @@
 // Prints `sdc_unet_s_per_pass=<float> peak_rss_mb=<float>`, the planned
 // activation and parameter bytes, and GFLOP/s; --blocks adds the time of
 // each block (one block-by-block pass) next to its FLOP estimate.
+// SDXL (an added text_time embedding): the pooled text embedding is random
+// like the inputs, the six time ids (latent*8, latent*8, 0, 0, latent*8,
+// latent*8). --warmup-latent L: the warm-up pass at latent L instead (a
+// 1024 px SDXL pass is minutes on a small CPU; --repeat 1 then times one).
 // PyTorch's figure for the same shape comes from bench/unet_torch.py.
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,12 +45,12 @@ static double peak_rss_mb(void) {
 
 static void usage(void) {
     fprintf(stderr, "usage: bench_unet MODEL [--config DIR] [--threads N] [--repeat R] "
-                    "[--latent 64] [--batch 1] [--blocks]\n");
+                    "[--latent 64] [--batch 1] [--blocks] [--warmup-latent L]\n");
 }
 
 int main(int argc, char **argv) {
     const char *model = NULL, *config = NULL;
-    int threads = 0, repeat = 3, latent = 64, batch = 1, per_block = 0, ctx_len = 77;
+    int threads = 0, repeat = 3, latent = 64, batch = 1, per_block = 0, ctx_len = 77, warm_latent = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has = i + 1 < argc;
@@ -55,6 +59,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--latent") && has) latent = atoi(argv[++i]);
         else if (!strcmp(a, "--batch") && has) batch = atoi(argv[++i]);
         else if (!strcmp(a, "--config") && has) config = argv[++i];
+        else if (!strcmp(a, "--warmup-latent") && has) warm_latent = atoi(argv[++i]);
         else if (!strcmp(a, "--blocks")) per_block = 1;
         else if (a[0] != '-' && !model) model = a;
         else {
@@ -73,7 +78,7 @@ int main(int argc, char **argv) {
     Unet *m = NULL;
     Arena io = {0};
     double *times = NULL;
-    float *ts = NULL;
+    float *ts = NULL, *tids = NULL;
     int rc = 1;
     if (backend_cpu_create(&be, threads, &err)) goto fail;
     double t0 = now_sec();
@@ -89,7 +94,9 @@ int main(int argc, char **argv) {
     int64_t nx = (int64_t)batch * c->in_channels * latent * latent;
     int64_t nctx = (int64_t)batch * ctx_len * c->cross_dim;
     int64_t nout = (int64_t)batch * c->out_channels * latent * latent;
-    size_t io_bytes = (size_t)(nx + nctx + nout) * dtype_size(be->act_dtype) + 4 * ARENA_ALIGN;
+    int n_tid = unet_n_time_ids(m);
+    int64_t ntext = n_tid > 0 ? (int64_t)batch * (c->add_in_dim - n_tid * c->add_time_dim) : 0;
+    size_t io_bytes = (size_t)(nx + nctx + nout + ntext) * dtype_size(be->act_dtype) + 8 * ARENA_ALIGN;
     if (arena_init(&io, be, io_bytes, &err)) goto fail;
     Tensor x = arena_tensor(&io, be->act_dtype, 4, (int64_t[]){batch, c->in_channels, latent, latent});
     Tensor ctx = arena_tensor(&io, be->act_dtype, 3, (int64_t[]){batch, ctx_len, c->cross_dim});
@@ -104,13 +111,34 @@ int main(int argc, char **argv) {
     for (int i = 0; i < batch; i++) ts[i] = 999.0f - 100.0f * (float)i;
     backend_upload_f32(be, &x, host, (size_t)nx);
     backend_upload_f32(be, &ctx, host, (size_t)nctx);
+    if (n_tid > 0) { // SDXL: pooled text embedding and the six (or five) time ids
+        Tensor text = arena_tensor(&io, be->act_dtype, 2, (int64_t[]){batch, ntext / batch});
+        backend_upload_f32(be, &text, host + 7, (size_t)ntext);
+        tids = malloc((size_t)batch * (size_t)n_tid * sizeof *tids);
+        for (int i = 0; i < batch * n_tid; i++) {
+            int k = i % n_tid;
+            tids[i] = (k == 2 || k == 3) ? 0.0f : (float)(latent * 8);
+        }
+        if (unet_set_added_cond(m, &text, tids, &err)) goto fail;
+        printf("added cond: text_embeds (%d, %lld), %d time ids\n", batch, (long long)(ntext / batch), n_tid);
+    }
     free(host);
 
     double flops = 0;
     for (int i = 0; i < unet_block_count(m); i++) flops += unet_block_flops(m, i, batch, latent, latent, ctx_len);
 
-    if (unet_forward(m, &out, &x, ts, &ctx, &err)) goto fail; // warm-up
-    be->sync(be);
+    if (warm_latent > 0 && warm_latent < latent) { // warm-up at a smaller latent (views of the inputs)
+        Tensor wx = x, wo = out;
+        wx.shape[2] = wx.shape[3] = warm_latent;
+        wo.shape[2] = wo.shape[3] = warm_latent;
+        double t1 = now_sec();
+        if (unet_forward(m, &wo, &wx, ts, &ctx, &err)) goto fail;
+        be->sync(be);
+        printf("warm-up pass at latent %d: %.2f s\n", warm_latent, now_sec() - t1);
+    } else {
+        if (unet_forward(m, &out, &x, ts, &ctx, &err)) goto fail; // warm-up
+        be->sync(be);
+    }
     times = malloc((size_t)repeat * sizeof *times);
     for (int r = 0; r < repeat; r++) {
         double t1 = now_sec();
@@ -145,6 +173,7 @@ int main(int argc, char **argv) {
 fail:
     free(times);
     free(ts);
+    free(tids);
     if (rc) fprintf(stderr, "bench_unet: %s\n", err.msg);
     arena_free(&io);
     unet_free(m);

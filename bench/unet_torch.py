@@ -3,7 +3,7 @@
 forward pass on the CPU, same shape and thread count.
 
     python3 bench/unet_torch.py [--threads 2] [--repeat 3] [--latent 64] [--batch 1]
-                                [--model SD15.safetensors]
+                                [--model SD15.safetensors] [--sdxl] [--warmup-latent L]
 
 The UNet is diffusers' UNet2DConditionModel with the SD 1.5 config
 (320/640/1280/1280, 8 heads, cross_attention_dim 768), f32. Weights are
@@ -14,6 +14,13 @@ the project's own name map. Input (batch, 4, latent, latent), t = 999, context
 then the median of --repeat passes. Prints one line a shell script can parse:
 
     torch_unet_s_per_pass=<float> peak_rss_mb=<float>
+
+--sdxl: SDXL base's UNet (tools/make_sdxl_full.py's config, context
+(batch, 77, 2048), the pooled text embedding random and the six time ids
+(latent*8, latent*8, 0, 0, latent*8, latent*8) as bench_unet gives them);
+--model is then required (an SDXL single file, built on the meta device and
+filled tensor by tensor: no random init of 2.6 B parameters).
+--warmup-latent L: the warm-up pass at latent L instead of --latent.
 
 Never used at run time; needs torch + diffusers.
 """
@@ -40,36 +47,61 @@ def main():
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--model", help="original-layout SD 1.5 single file (default: random weights)")
+    ap.add_argument("--sdxl", action="store_true", help="SDXL base UNet (needs --model)")
+    ap.add_argument("--warmup-latent", type=int, default=0)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
 
     from diffusers import UNet2DConditionModel
-    unet_cfg, _, _ = mf.sd15_configs()
-    unet = UNet2DConditionModel(**unet_cfg).eval()
+    name_to_ldm = mf.unet_name_to_ldm
+    if a.sdxl:
+        if not a.model:
+            sys.exit("unet_torch: --sdxl needs --model")
+        import make_sdxl_fixture as mx
+        import make_sdxl_full as mxf
+        unet_cfg, name_to_ldm = mxf.UNET, mx.unet_ldm
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**unet_cfg)
+        unet = unet.to_empty(device="cpu").float().eval()
+    else:
+        unet_cfg, _, _ = mf.sd15_configs()
+        unet = UNet2DConditionModel(**unet_cfg).eval()
+    t_load = time.perf_counter()
     if a.model:
         from safetensors import safe_open
         # tensor by tensor into the parameters: peak memory = the model + one tensor
         with safe_open(a.model, "pt") as f, torch.no_grad():
             names = set(f.keys())
             for k, p in unet.state_dict(keep_vars=True).items():
-                name = "model.diffusion_model." + mf.unet_name_to_ldm(k, unet_cfg)
+                name = "model.diffusion_model." + name_to_ldm(k, unet_cfg)
                 if name not in names:
                     sys.exit(f"unet_torch: {a.model} has no {name}")
                 p.copy_(f.get_tensor(name))
 
+    print(f"# loaded in {time.perf_counter() - t_load:.1f} s", file=sys.stderr)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(a.batch, unet_cfg["in_channels"], a.latent, a.latent, generator=g)
     t = torch.full((a.batch,), 999.0)
     ctx = torch.randn(a.batch, 77, unet_cfg["cross_attention_dim"], generator=g)
+    kw = {}
+    if a.sdxl:
+        n_text = unet_cfg["projection_class_embeddings_input_dim"] - 6 * unet_cfg["addition_time_embed_dim"]
+        s = float(a.latent * 8)
+        kw["added_cond_kwargs"] = {"text_embeds": torch.randn(a.batch, n_text, generator=g),
+                                   "time_ids": torch.tensor([[s, s, 0.0, 0.0, s, s]] * a.batch)}
     times = []
     with torch.no_grad():
-        out = unet(x, t, encoder_hidden_states=ctx).sample  # warm-up
+        wl = a.warmup_latent if 0 < a.warmup_latent < a.latent else a.latent
+        t0 = time.perf_counter()
+        out = unet(x[:, :, :wl, :wl].contiguous(), t, encoder_hidden_states=ctx, **kw).sample  # warm-up
+        print(f"# warm-up pass at latent {wl}: {time.perf_counter() - t0:.2f} s", file=sys.stderr)
         assert torch.isfinite(out).all(), "non-finite UNet output"
         for _ in range(a.repeat):
             t0 = time.perf_counter()
-            unet(x, t, encoder_hidden_states=ctx)
+            out = unet(x, t, encoder_hidden_states=ctx, **kw).sample
             times.append(time.perf_counter() - t0)
+        assert torch.isfinite(out).all(), "non-finite UNet output"
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
     print(f"# torch {torch.__version__} threads={a.threads} batch={a.batch} latent={a.latent} "
           f"passes={[round(s, 3) for s in times]}", file=sys.stderr)

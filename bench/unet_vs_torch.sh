@@ -4,44 +4,67 @@
 # thread count, in one invocation; prints both lines and the ratio torch/sdc
 # (> 1: sdc is faster).
 #
-#   bench/unet_vs_torch.sh [MODEL] [--threads N] [--repeat R]
+#   bench/unet_vs_torch.sh [MODEL] [--threads N] [--repeat R] [--latent L]
+#                          [--warmup-latent W] [--sdxl] [--bin PATH]
 #
 # MODEL: an SD 1.5-shape single file (default /tmp/sd15.safetensors, made by
 # `python3 tools/make_fixtures.py --full-sd15 /tmp/sd15.safetensors` when
 # missing, ~4 GB, random weights). Both sides load the same weights.
-# Needs build/bench/bench_unet (cmake --build build) and torch + diffusers.
+# --sdxl: MODEL is a real-shape SDXL base file (python3 tools/make_sdxl_full.py
+# PATH; not made here), context (1, 77, 2048) with the pooled text embedding
+# and the six time ids; --latent 128 is 1024 px. --warmup-latent W: the
+# warm-up pass at latent W (a 1024 px SDXL pass takes minutes on a small CPU:
+# with --repeat 1 each side times one pass). The two run one after the other,
+# never at once (each holds its own f32 copy of the UNet).
+# Needs build/bench/bench_unet (cmake --build build; --bin names another
+# build's) and torch + diffusers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODEL=/tmp/sd15.safetensors
 THREADS=2
 REPEAT=3
+LATENT=64
+WARM=0
+SDXL=
+BIN=build/bench/bench_unet
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) THREADS="$2"; shift 2 ;;
     --repeat) REPEAT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --latent) LATENT="$2"; shift 2 ;;
+    --warmup-latent) WARM="$2"; shift 2 ;;
+    --sdxl) SDXL=--sdxl; shift ;;
+    --bin) BIN="$2"; shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) MODEL="$1"; shift ;;
   esac
 done
 
-BIN=build/bench/bench_unet
 [ -x "$BIN" ] || { echo "unet_vs_torch: $BIN not built (cmake --build build)" >&2; exit 1; }
+if [ ! -f "$MODEL" ] && [ -n "$SDXL" ]; then
+  echo "unet_vs_torch: $MODEL missing (python3 tools/make_sdxl_full.py $MODEL)" >&2; exit 1
+fi
 if [ ! -f "$MODEL" ]; then
   echo "unet_vs_torch: writing a random SD 1.5 checkpoint to $MODEL" >&2
   python3 tools/make_fixtures.py --full-sd15 "$MODEL" >&2
 fi
 
-sdc_line=$("$BIN" "$MODEL" --threads "$THREADS" --repeat "$REPEAT" | grep '^sdc_unet_s_per_pass=' | tail -1)
-torch_line=$(python3 bench/unet_torch.py --model "$MODEL" --threads "$THREADS" --repeat "$REPEAT" \
-             | grep '^torch_unet_s_per_pass=' | tail -1)
+echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg); latent $LATENT, threads $THREADS, repeat $REPEAT${SDXL:+, SDXL}" >&2
+sdc_out=$("$BIN" "$MODEL" --threads "$THREADS" --repeat "$REPEAT" --latent "$LATENT" --warmup-latent "$WARM")
+echo "$sdc_out" | grep -E '^(loaded|warm-up|unet batch|added)' >&2 || true
+sdc_line=$(echo "$sdc_out" | grep '^sdc_unet_s_per_pass=' | tail -1)
 [ -n "$sdc_line" ] || { echo "unet_vs_torch: no sdc_unet_s_per_pass line from $BIN" >&2; exit 1; }
+echo "$sdc_line"
+echo "# load after sdc: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+torch_line=$(python3 bench/unet_torch.py --model "$MODEL" --threads "$THREADS" --repeat "$REPEAT" \
+             --latent "$LATENT" --warmup-latent "$WARM" $SDXL | grep '^torch_unet_s_per_pass=' | tail -1)
+echo "# load after torch: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 [ -n "$torch_line" ] || { echo "unet_vs_torch: no torch_unet_s_per_pass line" >&2; exit 1; }
 
 val() { echo "$1" | tr ' ' '\n' | grep "^$2=" | cut -d= -f2; }
 sdc_s=$(val "$sdc_line" sdc_unet_s_per_pass)
 torch_s=$(val "$torch_line" torch_unet_s_per_pass)
-echo "$sdc_line"
 echo "$torch_line"
 awk -v t="$torch_s" -v s="$sdc_s" -v n="$THREADS" \
   'BEGIN { printf "ratio_torch_over_sdc=%.3f threads=%d\n", t / s, n }'
