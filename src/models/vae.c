@@ -662,6 +662,7 @@ void vae_free(Vae *m) {
 }
 
 const VaeConfig *vae_config(const Vae *m) { return &m->cfg; }
+const Backend *vae_backend(const Vae *m) { return m->be; }
 size_t vae_param_bytes(const Vae *m) { return m->params.cap; }
 size_t vae_activation_bytes(const Vae *m) { return m->act.cap; }
 int vae_block_count(const Vae *m, VaePart part) { return m->n_blocks[part]; }

@@ -72,6 +72,7 @@ int vae_encode_tiled(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, 
 int vae_decode_tiled(Vae *m, const Tensor *z, Tensor *image, const VaeTiling *t, SdcError *err);
 
 const VaeConfig *vae_config(const Vae *m);
+const Backend *vae_backend(const Vae *m);
 size_t vae_param_bytes(const Vae *m);
 size_t vae_activation_bytes(const Vae *m);
 // The encoder's or decoder's block list (vae_layout.h) in execution order:
