@@ -109,11 +109,19 @@ static int open_init(const Sdc__Job *job, const Backend *be, ModelFiles **mf, Va
         SDC_TRY(vae_create(m, &c, be, err));
         return vae_init_params(*m, (uint64_t)v->seed, err);
     }
-    char cfg[1200];
+    char cfg[1200], sub[1200], unet[1200];
     snprintf(cfg, sizeof cfg, "%s/config.json", model);
+    snprintf(sub, sizeof sub, "%s/vae/config.json", model);
+    snprintf(unet, sizeof unet, "%s/unet", model);
     ModelLoadOpts lo = {.trainable = 1};
-    if (fs_is_dir(model) && is_file(cfg)) SDC_TRY(model_files_open_vae(mf, model, err));
-    else SDC_TRY(model_files_open(mf, model, NULL, -1, err));
+    if (fs_is_dir(model) && is_file(cfg)) { // a vae/ folder
+        SDC_TRY(model_files_open_vae(mf, model, err));
+    } else if (fs_is_dir(model) && is_file(sub) && !fs_is_dir(unet)) { // a train vae output folder
+        snprintf(sub, sizeof sub, "%s/vae", model);
+        SDC_TRY(model_files_open_vae(mf, sub, err));
+    } else {
+        SDC_TRY(model_files_open(mf, model, NULL, -1, err));
+    }
     return vae_load_opts(m, *mf, be, &lo, err);
 }
 
