@@ -1,8 +1,9 @@
 // vae.c: the SD autoencoder (see vae.h). Reads top to bottom: parameters,
 // what a block reads and writes, the block kinds (one record each: its
-// parameters, its one forward, its backward slot, empty: the VAE is never
-// trained), loading, the encode and decode runs (walks of the block lists,
-// vae_layout.h), tiling, planning and the public entry points.
+// parameters, its one forward, its backward), loading, the encode and decode
+// runs (walks of the block lists, vae_layout.h), tiling, planning, the
+// public entry points and training (the walk that keeps activations, the
+// backward walk; sdc train vae).
 //
 // Activation layout: a run keeps its current activation in one "main" buffer
 // at the bottom of its arena frame, sized for the largest block output that
@@ -121,9 +122,9 @@ static int vae_blocks_make(Vae *m, SdcError *err) {
 // ---- what a block reads and writes ---------------------------------------------
 //
 // A block's forward runs in a Pass (pass.h: the context the UNet's and CLIP's
-// blocks run in) with keep NULL, since the VAE is never trained: every
-// temporary lives in p->work, the run's arena above main, and is released
-// before the forward returns. p->be is the model's backend or
+// blocks run in). Inference runs with keep NULL: every temporary and save
+// lives in p->work, the run's arena above main, and is released before the
+// forward returns; training keeps the saves (VaeSave) in p->keep. p->be is the model's backend or
 // backend_measure() while planning, p->act the model backend's activation
 // dtype in both, so a measuring run sizes exactly what the real one takes.
 
