@@ -65,6 +65,14 @@ runs "... the same seed: the same weights" "$SDC" train vae --dataset "$W/s.h5" 
 check "... byte for byte" cmp "$W/e/vae/diffusion_pytorch_model.safetensors" \
     "$W/e2/vae/diffusion_pytorch_model.safetensors"
 
+runs "--dump-manifest" "$SDC" train vae --dataset "$W/s.h5" --vae-config "$W/small.json" \
+    --output-dir "$W/e3" --max-train-steps 2 $T --dump-manifest
+cp "$OUT_FILE" "$W/vae.txtpb"
+has "... the task named" 'task: TASK_TRAIN_VAE' "$W/vae.txtpb"
+runs "sdc run of that manifest" "$SDC" run -q "$W/vae.txtpb"
+check "... the command's weights, byte for byte" cmp "$W/e/vae/diffusion_pytorch_model.safetensors" \
+    "$W/e3/vae/diffusion_pytorch_model.safetensors"
+
 refused "no dataset" 'no dataset' "$SDC" train vae --pretrained-model "$TINY" --output-dir "$W/x"
 refused "a dataset that is not there" "$W/none.h5" "$SDC" train vae --dataset "$W/none.h5" \
     --pretrained-model "$TINY" --output-dir "$W/x"
