@@ -211,38 +211,6 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         goto done;
     }
 
-    // the held-out reconstruction before training
-    int n_ev = 0;
-    double psnr0 = 0, psnr1 = 0;
-    if (v->eval_dataset) {
-        if ((rc = dataset_open(&ev, v->eval_dataset, err))) {
-            sdc_err_wrap(err, "sdc train vae: --eval-dataset %s", v->eval_dataset);
-            goto done;
-        }
-        have_ev = 1;
-        n_ev = (int)(ev.n < v->eval_items ? ev.n : v->eval_items);
-        if (ev.resolution != R || n_ev < 1) {
-            rc = sdc_err(err, SDC_ERR_ARG, "sdc train vae: --eval-dataset %s: %lld images of %d px, the training "
-                         "set's are %d px\n---> an eval set of the same resolution", v->eval_dataset,
-                         (long long)ev.n, ev.resolution, R);
-            goto done;
-        }
-        ex = malloc((size_t)n_ev * per_img * sizeof *ex);
-        int64_t *ids = malloc((size_t)n_ev * sizeof *ids);
-        if (!ex || !ids) {
-            free(ids);
-            rc = sdc_err(err, SDC_ERR_OOM, "sdc train vae: out of host memory");
-            goto done;
-        }
-        for (int i = 0; i < n_ev; i++) ids[i] = i;
-        rc = read_images(&ev, ids, n_ev, ex, rgb, err);
-        free(ids);
-        if (!rc) rc = vae_psnr(m, ex, n_ev, R, R, &psnr0, err);
-        if (rc) goto done;
-        if (!quiet) fprintf(stderr, "sdc train vae: reconstruction PSNR on %d items of %s before: %.2f dB\n", n_ev,
-                            v->eval_dataset, psnr0);
-    }
-
     // checkpoints: the trained tensors and AdamW's state under "vae"; the
     // job's identity compared on resume
     char k_res[32], k_batch[32], k_seed[32];
@@ -277,6 +245,38 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
             fprintf(stderr, "sdc train vae: no checkpoint in %s: starting a new run\n", v->output_dir);
         }
     }
+    // the held-out reconstruction before training (after a resume: at its step)
+    int n_ev = 0;
+    double psnr0 = 0, psnr1 = 0;
+    if (v->eval_dataset) {
+        if ((rc = dataset_open(&ev, v->eval_dataset, err))) {
+            sdc_err_wrap(err, "sdc train vae: --eval-dataset %s", v->eval_dataset);
+            goto done;
+        }
+        have_ev = 1;
+        n_ev = (int)(ev.n < v->eval_items ? ev.n : v->eval_items);
+        if (ev.resolution != R || n_ev < 1) {
+            rc = sdc_err(err, SDC_ERR_ARG, "sdc train vae: --eval-dataset %s: %lld images of %d px, the training "
+                         "set's are %d px\n---> an eval set of the same resolution", v->eval_dataset,
+                         (long long)ev.n, ev.resolution, R);
+            goto done;
+        }
+        ex = malloc((size_t)n_ev * per_img * sizeof *ex);
+        int64_t *ids = malloc((size_t)n_ev * sizeof *ids);
+        if (!ex || !ids) {
+            free(ids);
+            rc = sdc_err(err, SDC_ERR_OOM, "sdc train vae: out of host memory");
+            goto done;
+        }
+        for (int i = 0; i < n_ev; i++) ids[i] = i;
+        rc = read_images(&ev, ids, n_ev, ex, rgb, err);
+        free(ids);
+        if (!rc) rc = vae_psnr(m, ex, n_ev, R, R, &psnr0, err);
+        if (rc) goto done;
+        if (!quiet) fprintf(stderr, "sdc train vae: reconstruction PSNR on %d items of %s at step %lld: %.2f dB\n",
+                            n_ev, v->eval_dataset, (long long)step, psnr0);
+    }
+
     if ((rc = fs_mkdir_p(v->output_dir, err))) goto done;
     if (!quiet)
         fprintf(stderr, "sdc train vae: %lld images of %dx%d, batch %d, %d steps (%lld per epoch), lr %g (%s), "
@@ -352,8 +352,8 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     }
     if (n_ev) {
         if ((rc = vae_psnr(m, ex, n_ev, R, R, &psnr1, err))) goto done;
-        if (!quiet) fprintf(stderr, "sdc train vae: reconstruction PSNR on %d items of %s after: %.2f dB (before "
-                            "%.2f dB)\n", n_ev, v->eval_dataset, psnr1, psnr0);
+        if (!quiet) fprintf(stderr, "sdc train vae: reconstruction PSNR on %d items of %s after: %.2f dB (at the "
+                            "start %.2f dB)\n", n_ev, v->eval_dataset, psnr1, psnr0);
     }
 done:
     free(x), free(eps), free(ex), free(rgb), free(order), free(items), free(manifest);
