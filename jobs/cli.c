@@ -893,7 +893,8 @@ static void cli_print_usage_train_vae(FILE *f) {
             "  --eval-dataset H5               reconstruction PSNR of its first --eval-items N (32) before and after\n"
             "  --adam-beta1/--adam-beta2/--adam-weight-decay/--adam-epsilon   --log-every N (1)\n"
             "  -t, --threads N                 CPU threads (all)\n"
-            "  --dump-manifest                 print the job manifest and exit;  -q  quiet\n");
+            "  --dump-manifest                 print the job manifest and exit;  -q  quiet\n"
+            "Under mpiexec / srun each rank takes an equal share of every batch (data parallel).\n");
 }
 
 // `sdc train vae`: each --flag-name is the TrainVae field flag_name; a few

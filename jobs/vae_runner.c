@@ -22,6 +22,7 @@
 #include "io/weights.h"
 #include "jobs/manifest.h"
 #include "jobs/runner.h"
+#include "mpi/dp.h"
 #include "sampling/rng.h"
 #include "train/vae_train.h"
 
@@ -149,10 +150,34 @@ static int check_job(const Sdc__Job *job, SdcError *err) {
     return 0;
 }
 
+static int dp_grad_mean(void *u, float *g, size_t n, SdcError *err) {
+    return dp_allreduce_mean((DataParallel *)u, g, n, err);
+}
+
+// The mean of the ranks' (loss, rec, kl): each rank's are its share's means.
+static int dp_loss_mean(void *u, double *v, int n, SdcError *err) {
+    DataParallel *dp = u;
+    SDC_TRY(dp_allreduce_sum_double(dp, v, n, err));
+    for (int i = 0; i < n; i++) v[i] /= dp->size;
+    return 0;
+}
+
 int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     SDC_TRY(check_job(job, err));
     const Sdc__TrainVae *v = job->train_vae;
-    const int quiet = opt->quiet, N = v->train_batch_size;
+    // Data parallel under mpiexec / srun: rank r of R takes items
+    // [r N/R, (r+1) N/R) of every batch (their noise and flips seeded by their
+    // place in the whole batch, as one process seeds them); the gradients are
+    // averaged; rank 0 writes checkpoints, the log and the output.
+    const H5Par par = h5_par_world();
+    DataParallel dp = {0};
+    SDC_TRY(dp_init(&dp, par.comm, 0, err));
+    if (v->train_batch_size % par.size) {
+        dp_free(&dp);
+        return sdc_err(err, SDC_ERR_ARG, "sdc train vae: --train-batch-size %d over %d ranks\n---> a batch that "
+                       "is a multiple of the rank count", v->train_batch_size, par.size);
+    }
+    const int quiet = opt->quiet || par.rank != 0, NG = v->train_batch_size, N = NG / par.size, j0 = par.rank * N;
     Backend *be = NULL;
     ModelFiles *mf = NULL;
     Vae *m = NULL;
@@ -171,10 +196,10 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         goto done;
     }
     have_ds = 1;
-    if (ds.n < N) {
+    if (ds.n < NG) {
         rc = sdc_err(err, SDC_ERR_ARG, "sdc train vae: %s has %lld images, fewer than --train-batch-size %d\n---> "
                      "a smaller batch, or a dataset with images (sdc dataset import, sdc dataset synth)",
-                     v->dataset, (long long)ds.n, N);
+                     v->dataset, (long long)ds.n, NG);
         goto done;
     }
     if ((rc = open_init(job, be, &mf, &m, err))) goto done;
@@ -198,9 +223,10 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                                   .weight_decay = v->adam_weight_decay}};
     if ((rc = vae_trainer_init(&tr, m, &tc, &sched, err))) goto done;
     have_tr = 1;
+    if (par.size > 1) tr.grad_mean = dp_grad_mean, tr.loss_mean = dp_loss_mean, tr.user = &dp;
     const int L = vc->latent_channels;
     const size_t per_img = (size_t)3 * R * R, per_lat = (size_t)L * (R / f) * (R / f);
-    const int64_t spe = ds.n / N; // steps per epoch (the last partial batch of an epoch is dropped)
+    const int64_t spe = ds.n / NG; // steps per epoch (the last partial batch of an epoch is dropped)
     x = malloc((size_t)N * per_img * sizeof *x);
     eps = malloc((size_t)N * per_lat * sizeof *eps);
     rgb = malloc(per_img);
@@ -215,7 +241,7 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     // job's identity compared on resume
     char k_res[32], k_batch[32], k_seed[32];
     snprintf(k_res, sizeof k_res, "%d", R);
-    snprintf(k_batch, sizeof k_batch, "%d", N);
+    snprintf(k_batch, sizeof k_batch, "%d", NG);
     snprintf(k_seed, sizeof k_seed, "%lld", (long long)v->seed);
     const TrainCkptKey keys[] = {{"task", "train_vae"}, {"resolution", k_res}, {"train_batch_size", k_batch},
                                  {"seed", k_seed}};
@@ -280,7 +306,7 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     if ((rc = fs_mkdir_p(v->output_dir, err))) goto done;
     if (!quiet)
         fprintf(stderr, "sdc train vae: %lld images of %dx%d, batch %d, %d steps (%lld per epoch), lr %g (%s), "
-                "kl weight %g, %s loss; %.1f MiB of training memory\n", (long long)ds.n, R, R, N,
+                "kl weight %g, %s loss; %.1f MiB of training memory\n", (long long)ds.n, R, R, NG,
                 v->max_train_steps, (long long)spe, v->learning_rate, v->lr_scheduler, v->kl_weight, v->rec_loss,
                 (double)vae_train_bytes(m) / (1 << 20));
 
@@ -293,7 +319,7 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     }
     VaeStepStats st = {0};
     for (; step < v->max_train_steps; step++) {
-        const int64_t epoch = step / spe, pos = (step % spe) * N;
+        const int64_t epoch = step / spe, pos = (step % spe) * NG + j0;
         if (epoch != order_epoch) {
             vae_train_order((uint64_t)v->seed, epoch, order, ds.n);
             order_epoch = epoch;
@@ -302,7 +328,7 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         if ((rc = read_images(&ds, items, N, x, rgb, err))) goto done;
         for (int j = 0; j < N; j++) { // item j's noise, then its flip, from (seed, step, j)
             Rng r;
-            rng_seed(&r, vae_train_sample_seed((uint64_t)v->seed, step, j));
+            rng_seed(&r, vae_train_sample_seed((uint64_t)v->seed, step, j0 + j));
             rng_normal(&r, eps + (size_t)j * per_lat, per_lat);
             float u;
             rng_uniform(&r, &u, 1);
@@ -322,9 +348,9 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
             t_prev = now;
             fprintf(stderr, "step %lld/%d  loss %.6f  rec %.6f  kl %.4g  lr %.3g  |g| %.3g  %.2f items/s  %.3f s/step\n",
                     (long long)done_steps, v->max_train_steps, st.loss, st.rec, st.kl, st.lr, st.grad_norm,
-                    v->log_every * N / (dt > 1e-9 ? dt : 1e-9), dt / v->log_every);
+                    v->log_every * NG / (dt > 1e-9 ? dt : 1e-9), dt / v->log_every);
         }
-        if (done_steps % v->checkpointing_steps == 0) {
+        if (done_steps % v->checkpointing_steps == 0 && par.rank == 0) {
             char path[1200];
             if ((rc = train_ckpt_path(v->output_dir, done_steps, path, sizeof path, err)) ||
                 (rc = train_ckpt_rotate(v->output_dir, v->checkpoints_total_limit, NULL, err)))
@@ -335,7 +361,7 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                 vae_train_order((uint64_t)v->seed, next_epoch, order, ds.n);
                 order_epoch = next_epoch;
             }
-            TrainCkptState cs = {.step = done_steps, .epoch = next_epoch, .micro_step = (done_steps % spe) * N,
+            TrainCkptState cs = {.step = done_steps, .epoch = next_epoch, .micro_step = (done_steps % spe) * NG,
                                  .loss = st.loss, .rng = &rng_word, .n_rng = 1, .data_order = order,
                                  .n_order = ds.n};
             if ((rc = train_ckpt_save(path, &spec, &cs, err))) goto done;
@@ -346,7 +372,7 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         const double secs = ts.tv_sec + ts.tv_nsec * 1e-9 - t_start;
-        if ((rc = write_vae_folder(v->output_dir, m, err))) goto done;
+        if (par.rank == 0 && (rc = write_vae_folder(v->output_dir, m, err))) goto done;
         if (!quiet)
             fprintf(stderr, "sdc train vae: %s/vae written (%.1f s of training)\n", v->output_dir, secs);
     }
@@ -363,5 +389,6 @@ done:
     if (have_ds) dataset_close(&ds);
     if (have_ev) dataset_close(&ev);
     if (be) backend_destroy(be);
+    dp_free(&dp);
     return rc;
 }

@@ -73,6 +73,32 @@ runs "sdc run of that manifest" "$SDC" run -q "$W/vae.txtpb"
 check "... the command's weights, byte for byte" cmp "$W/e/vae/diffusion_pytorch_model.safetensors" \
     "$W/e3/vae/diffusion_pytorch_model.safetensors"
 
+if command -v mpiexec > /dev/null; then
+    MPIRUN="mpiexec --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1"
+    D="--train-batch-size 2 --random-flip --seed 3 --learning-rate 1e-3 --kl-weight 1e-2 --max-train-steps 3 -t 1"
+    runs "1 process: 3 steps" "$SDC" train vae --dataset "$W/s.h5" --pretrained-model "$TINY" --output-dir "$W/p1" $D
+    grep '^step' "$OUT_FILE" | cut -d' ' -f1-9 > "$W/p1.log"
+    runs "2 ranks (data parallel): the same 3 steps" $MPIRUN -n 2 "$SDC" train vae --dataset "$W/s.h5" \
+        --pretrained-model "$TINY" --output-dir "$W/p2" $D
+    grep '^step' "$OUT_FILE" | cut -d' ' -f1-9 > "$W/p2.log"
+    check "... the same losses (5 digits)" /usr/bin/python3 -c "
+import sys
+a, b = open('$W/p1.log').read().split(), open('$W/p2.log').read().split()
+num = lambda t: [float(x) for x in t if x[0].isdigit() and '/' not in x]
+d = max(abs(x - y) / abs(x) for x, y in zip(num(a), num(b))) if a else 1
+print(len(a), 'fields, worst relative difference', d); sys.exit(0 if a and len(a) == len(b) and d < 1e-5 else 1)"
+    check "... the same weights up to summation order (1e-3 of each tensor)" /usr/bin/python3 -c "
+import sys, json, struct, numpy as np
+def load(p):
+    f = open(p, 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n)); d = f.read()
+    return {k: np.frombuffer(d[v['data_offsets'][0]:v['data_offsets'][1]], '<f4') for k, v in h.items() if k != '__metadata__'}
+a, b = load('$W/p1/vae/diffusion_pytorch_model.safetensors'), load('$W/p2/vae/diffusion_pytorch_model.safetensors')
+w = max(float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a if 'to_k.bias' not in k)
+print(len(a), 'tensors, worst', w); sys.exit(0 if len(a) == len(b) and w < 1e-3 else 1)"
+    refused "a batch the ranks cannot share" 'a multiple of the rank count' $MPIRUN -n 2 "$SDC" train vae \
+        --dataset "$W/s.h5" --pretrained-model "$TINY" --output-dir "$W/p3" --train-batch-size 3 -q
+fi
+
 refused "no dataset" 'no dataset' "$SDC" train vae --pretrained-model "$TINY" --output-dir "$W/x"
 refused "a dataset that is not there" "$W/none.h5" "$SDC" train vae --dataset "$W/none.h5" \
     --pretrained-model "$TINY" --output-dir "$W/x"

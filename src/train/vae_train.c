@@ -185,6 +185,15 @@ int vae_trainer_step(VaeTrainer *t, const float *x, const float *eps, VaeStepSta
     backend_upload_f32(be, &t->dm, dm, nl);
     backend_upload_f32(be, &t->dl, dl, nl);
     SDC_TRY(vae_train_encode_backward(m, &t->dm, &t->dl, NULL, err));
+    double stats[3] = {rl + klw * kl, rl, kl};
+    if (t->grad_mean) {
+        float *pb, *gb;
+        size_t n;
+        vae_trainables(m, &pb, &gb, &n);
+        be->sync(be);
+        SDC_TRY(t->grad_mean(t->user, gb, n, err));
+        SDC_TRY(t->loss_mean(t->user, stats, 3, err));
+    }
 
     float norm = 0;
     if (t->cfg.max_grad_norm > 0) {
@@ -194,7 +203,7 @@ int vae_trainer_step(VaeTrainer *t, const float *x, const float *eps, VaeStepSta
     adamw_step(&t->opt, lr);
     adamw_zero_grad(&t->opt);
     SDC_TRY(vae_train_sync(m, err));
-    if (st) *st = (VaeStepStats){.loss = rl + klw * kl, .rec = rl, .kl = kl, .grad_norm = norm, .lr = lr};
+    if (st) *st = (VaeStepStats){.loss = stats[0], .rec = stats[1], .kl = stats[2], .grad_norm = norm, .lr = lr};
     return backend_status(be, err);
 }
 

@@ -52,6 +52,14 @@ typedef struct VaeTrainer {
     Tensor x, rec, drec;    // (N, 3, H, W)
     Tensor mean, lv, z, dz, dm, dl; // (N, L, h, w)
     float *host;            // host copies: rec, then mean, lv, z, dz (the loss maths)
+    // Data parallel (set by the caller after init; NULL: one process): each
+    // of R ranks runs the step on its equal share of the batch (cfg.batch is
+    // the share), the gradients' mean over the ranks then equals the whole
+    // batch's gradient; grad_mean averages the flat gradient buffer in place,
+    // loss_mean the step's (loss, rec, kl) (3 doubles), both on every rank.
+    int (*grad_mean)(void *user, float *g, size_t n, SdcError *err);
+    int (*loss_mean)(void *user, double *v, int n, SdcError *err);
+    void *user;
 } VaeTrainer;
 
 // m loaded trainable (vae_load_opts / vae_create); plans its training memory.
