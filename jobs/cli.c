@@ -115,7 +115,8 @@ void cli_print_usage(FILE *f, const char *sub) {
                    "             show of their synth prompts (sdc dataset synth --help)\n"
                    "  convert    convert a model between layouts (sdc convert --help)\n"
                    "  init-model a model initialised from scratch from configs (sdc init-model --help)\n"
-                   "  train      DreamBooth fine-tuning, full or LoRA (sdc train dreambooth --help)\n"
+                   "  train      DreamBooth fine-tuning, full or LoRA (sdc train dreambooth --help);\n"
+                   "             an AutoencoderKL on a dataset (sdc train vae --help)\n"
                    "  submit     render a manifest's Slurm batch script and sbatch it (sdc submit --help)\n\n"
                    "Every command builds a job manifest (jobs/sdc.proto); --dump-manifest prints it.\n");
         return;
@@ -968,14 +969,114 @@ static void cli_print_usage_train(FILE *f) {
             "takes a share of every batch and the gradients are averaged (data parallel).\n");
 }
 
+static void cli_print_usage_train_vae(FILE *f) {
+    fprintf(f,
+            "usage: sdc train vae --dataset D.h5 (--pretrained-model MODEL | --vae-config FILE.json) [options]\n"
+            "Trains an AutoencoderKL on the images of an sdc HDF5 dataset: L1 (or MSE) reconstruction in [-1, 1]\n"
+            "+ kl weight x KL of the posterior, z = mean + std x eps sampled from (seed, step, item); AdamW.\n"
+            "  --dataset H5                    sdc dataset import / sdc dataset synth output\n"
+            "  --pretrained-model PATH         start from a model's VAE (model file or folder, or a vae/ folder)\n"
+            "  --vae-config FILE.json          or from scratch: an AutoencoderKL config, torch's default init (seeded)\n"
+            "  --output-dir DIR                (vae-model) DIR/vae/: config.json + diffusion_pytorch_model.safetensors;\n"
+            "                                  DIR/checkpoint-<step>.h5\n"
+            "  --train-batch-size N (4)        --max-train-steps N (1000)\n"
+            "  --learning-rate LR (1e-4)       --lr-scheduler NAME (constant)  --lr-warmup-steps N (0)\n"
+            "  --kl-weight W (1e-6)            --rec-loss l1|mse (l1)  --max-grad-norm N (1.0; 0: off)\n"
+            "  --random-flip                   flip each image horizontally with probability 1/2\n"
+            "  --seed N (0)                    init, data order, noise and flips\n"
+            "  --checkpointing-steps N (500)   --checkpoints-total-limit N (keep all)\n"
+            "  --resume-from-checkpoint PATH|latest   (a resumed run is bit-identical to an uninterrupted one)\n"
+            "  --eval-dataset H5               reconstruction PSNR of its first --eval-items N (32) before and after\n"
+            "  --adam-beta1/--adam-beta2/--adam-weight-decay/--adam-epsilon   --log-every N (1)\n"
+            "  -t, --threads N                 CPU threads (all)\n"
+            "  --dump-manifest                 print the job manifest and exit;  -q  quiet\n"
+            "Under mpiexec / srun each rank takes an equal share of every batch (data parallel).\n");
+}
+
+// `sdc train vae`: each --flag-name is the TrainVae field flag_name; a few
+// go to Model and Runtime.
+static int cli_parse_train_vae(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
+    Sdc__Job *job = job_new();
+    if (!job) return cli_oom(err);
+    job->task = SDC__TASK__TASK_TRAIN_VAE;
+    job->has_task = 1;
+    sdc__generate__free_unpacked(job->generate, NULL);
+    job->generate = NULL;
+    Sdc__TrainVae *v = calloc(1, sizeof *v);
+    if (!v) return cli_job_free(job), cli_oom(err);
+    sdc__train_vae__init(v);
+    job->train_vae = v;
+    int rc = 0;
+    for (int i = 3; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            opt->help = 1;
+            cli_print_usage_train_vae(stdout);
+            cli_job_free(job);
+            return 0;
+        }
+        if (!strcmp(a, "--dump-manifest")) {
+            opt->dump_manifest = 1;
+            continue;
+        }
+        if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+            opt->quiet = 1;
+            continue;
+        }
+        char name[64];
+        if (!strcmp(a, "-t")) {
+            snprintf(name, sizeof name, "threads");
+        } else if (strncmp(a, "--", 2) || strlen(a) > 60) {
+            rc = sdc_err(err, SDC_ERR_ARG, "sdc train vae: unexpected argument '%s' ---> sdc train vae --help", a);
+            break;
+        } else {
+            snprintf(name, sizeof name, "%s", a + 2);
+            for (char *p = name; *p; p++)
+                if (*p == '-') *p = '_';
+        }
+        ProtobufCMessage *msg = &v->base;
+        const char *field = name;
+        if (!strcmp(name, "pretrained_model") || !strcmp(name, "pretrained_model_name_or_path")) {
+            msg = &job->model->base;
+            field = "path";
+        } else if (!strcmp(name, "threads")) {
+            msg = &job->runtime->base;
+        }
+        const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, field);
+        if (!fd) {
+            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> sdc train vae --help", a);
+            break;
+        }
+        const char *val = NULL;
+        if (fd->type == PROTOBUF_C_TYPE_BOOL) {
+            val = "true";
+        } else if (i + 1 < argc) {
+            val = argv[++i];
+        } else {
+            rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> sdc train vae --help", a);
+            break;
+        }
+        rc = manifest_set_field(msg, field, val, err);
+        if (rc) sdc_err_wrap(err, "%s", a);
+    }
+    if (rc) {
+        cli_job_free(job);
+        return rc;
+    }
+    *out = job;
+    return 0;
+}
+
 static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
     if (argc < 3 || !strcmp(argv[2], "-h") || !strcmp(argv[2], "--help")) {
         opt->help = 1;
         cli_print_usage_train(stdout);
         return 0;
     }
+    if (!strcmp(argv[2], "vae")) return cli_parse_train_vae(argc, argv, out, opt, err);
     if (strcmp(argv[2], "dreambooth"))
-        return sdc_err(err, SDC_ERR_ARG, "sdc train: unknown kind '%s' ---> sdc train dreambooth --help", argv[2]);
+        return sdc_err(err, SDC_ERR_ARG, "sdc train: unknown kind '%s' ---> sdc train dreambooth --help, sdc train "
+                       "vae --help", argv[2]);
     Sdc__Job *job = job_new();
     if (!job) return cli_oom(err);
     job->task = SDC__TASK__TASK_DREAMBOOTH;

@@ -177,7 +177,9 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
         return sdc_err(err, SDC_ERR_ARG, "manifest: field 'task' is not set ---> e.g. task: TASK_GENERATE");
     // dataset import and convert check their own messages (data/); their
     // model, when they take one, is checked where it is opened
-    if (job->task == SDC__TASK__TASK_DATASET_IMPORT || job->task == SDC__TASK__TASK_CONVERT) return 0;
+    if (job->task == SDC__TASK__TASK_DATASET_IMPORT || job->task == SDC__TASK__TASK_CONVERT ||
+        job->task == SDC__TASK__TASK_TRAIN_VAE) // jobs/vae_runner.c checks its own
+        return 0;
     if (job->task == SDC__TASK__TASK_INIT_MODEL) {
         const Sdc__InitModel *m = job->init_model;
         if (!m || !m->config_dir || !m->config_dir[0] || !m->output || !m->output[0])

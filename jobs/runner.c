@@ -287,6 +287,7 @@ int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     case SDC__TASK__TASK_INIT_MODEL: rc = run_init_model(job, opt, err); break;
     case SDC__TASK__TASK_CONVERT: rc = run_convert(job, opt, err); break;
     case SDC__TASK__TASK_DREAMBOOTH: rc = run_dreambooth(job, opt, err); break;
+    case SDC__TASK__TASK_TRAIN_VAE: rc = run_train_vae(job, opt, err); break;
     default: rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "task %d is not implemented yet", job->task);
     }
     if (given) job->model->path = given;

@@ -26,6 +26,8 @@ void runner_print_peak_memory(const struct Backend *be);
 int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 // `sdc train dreambooth` (jobs/train_runner.c).
 int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
+// `sdc train vae` (jobs/vae_runner.c).
+int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 
 #endif

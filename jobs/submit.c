@@ -211,6 +211,7 @@ static const char *task_name(const Sdc__Job *job) {
     case SDC__TASK__TASK_DATASET_SYNTH: return "dataset-synth";
     case SDC__TASK__TASK_DATASET_SCORE: return "dataset-score";
     case SDC__TASK__TASK_INIT_MODEL: return "init-model";
+    case SDC__TASK__TASK_TRAIN_VAE: return "train-vae";
     default: return "job";
     }
 }

@@ -1287,3 +1287,35 @@ int model_files_get(const ModelFiles *m, Component c, const char *name, int ndim
     *out = t;
     return 0;
 }
+
+// ---- a VAE on its own (sdc train vae) ----------------------------------------
+
+int model_files_read_vae_config(VaeConfig *v, const char *config_json, SdcError *err) {
+    if (!is_file(config_json))
+        return sdc_err(err, SDC_ERR_IO, "%s: no such file\n---> pass an AutoencoderKL config.json", config_json);
+    return read_vae_config(v, config_json, err);
+}
+
+int model_files_open_vae(ModelFiles **out, const char *dir, SdcError *err) {
+    *out = NULL;
+    if (strlen(dir) > SDC_PATH_MAX) return sdc_err(err, SDC_ERR_ARG, "vae path longer than %d characters", SDC_PATH_MAX);
+    char p[1200];
+    path_join(p, sizeof p, dir, "config.json", NULL);
+    if (!is_dir(dir) || !is_file(p))
+        return sdc_err(err, SDC_ERR_IO, "%s: not a diffusers vae/ folder (no config.json)\n---> pass the vae/ folder "
+                       "of a diffusers model, or the model folder itself", dir);
+    ModelFiles *m = calloc(1, sizeof *m);
+    if (!m) return sdc_err(err, SDC_ERR_OOM, "out of memory");
+    snprintf(m->path, sizeof m->path, "%s", dir);
+    int cap[COMP_COUNT] = {0};
+    int rc = read_vae_config(&m->info.vae, p, err);
+    if (!rc) rc = open_component(m, COMP_VAE, dir, cap, err);
+    if (!rc) rc = sort_entries(m, err);
+    if (rc) {
+        model_files_close(m);
+        return sdc_err_wrap(err, "vae folder %s", dir);
+    }
+    m->info.layout = LAYOUT_DIFFUSERS;
+    *out = m;
+    return 0;
+}

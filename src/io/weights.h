@@ -103,4 +103,11 @@ int model_files_transposed(const ModelFiles *m, Component c, const char *name);
 int model_files_count(const ModelFiles *m, Component c);
 int model_files_at(const ModelFiles *m, Component c, int i, const char **name, Tensor *out, SdcError *err);
 
+// A ModelFiles holding only a VAE: a diffusers vae/ folder (config.json and
+// diffusion_pytorch_model.safetensors), as `sdc train vae` writes it. The
+// other components are empty; ModelInfo.vae is the folder's config.
+int model_files_open_vae(ModelFiles **out, const char *dir, SdcError *err);
+// An AutoencoderKL config.json read as the VAE of a diffusers folder is.
+int model_files_read_vae_config(VaeConfig *v, const char *config_json, SdcError *err);
+
 #endif

@@ -57,6 +57,13 @@ static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t 
         }
         return dst;
     }
+    if (!pl->mf) { // a fresh model: every parameter new and zero (the arena is zeroed), for the caller to set
+        pl->count++;
+        pl->numel += (size_t)tensor_numel(&none);
+        Tensor dst = arena_tensor(pl->arena, pl->be->param_dtype, ndim, shape);
+        if (!pl->arena->measure && pl->table && table_add(pl, name, &dst)) pl->failed = 1;
+        return pl->failed ? none : dst;
+    }
     if (optional && !model_files_has(pl->mf, pl->comp, name)) return none;
 
     Tensor src;

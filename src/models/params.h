@@ -48,7 +48,7 @@ typedef struct ModelLoadOpts {
 } ModelLoadOpts;
 
 typedef struct ParamLoader {
-    const ModelFiles *mf;
+    const ModelFiles *mf; // NULL: a fresh model, every parameter allocated (zero: the caller zeroes the arena) and named
     Component comp;
     const Backend *be;
     Arena *arena;   // measuring or real

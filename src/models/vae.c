@@ -1,8 +1,9 @@
 // vae.c: the SD autoencoder (see vae.h). Reads top to bottom: parameters,
 // what a block reads and writes, the block kinds (one record each: its
-// parameters, its one forward, its backward slot, empty: the VAE is never
-// trained), loading, the encode and decode runs (walks of the block lists,
-// vae_layout.h), tiling, planning and the public entry points.
+// parameters, its one forward, its backward), loading, the encode and decode
+// runs (walks of the block lists, vae_layout.h), tiling, planning, the
+// public entry points and training (the walk that keeps activations, the
+// backward walk; sdc train vae).
 //
 // Activation layout: a run keeps its current activation in one "main" buffer
 // at the bottom of its arena frame, sized for the largest block output that
@@ -66,6 +67,7 @@ typedef struct VaeBlock {
     VaeConv conv;           // CONV_IN, UPSAMPLE, POST_QUANT; DOWNSAMPLE: (C, C, 4, 4), see the top;
                             // OUT: conv_out; QUANT: rows 0..L-1 of quant_conv, the mean: (L, 2L, 1, 1)
     VaeConv conv2;          // QUANT: rows L..2L-1, the logvar
+    Tensor w3;              // DOWNSAMPLE loaded trainable: the (C, C, 3, 3) parameter conv.w is built from
     Tensor norm_w, norm_b;  // OUT: conv_norm_out (Cin)
     VaeResnet res;          // RESNET
     VaeAttn attn;           // ATTENTION
@@ -80,6 +82,11 @@ struct Vae {
     Arena act;          // activations for encode and decode, planned by vae_reserve
     float *host_lv;     // (N, L, h, w) host scratch for the logvar clamp
     size_t host_lv_n;
+    // training (vae_load_opts with trainable, or vae_create): F32 copies named
+    // in table; tr holds the kept activations, gradients and scratch
+    int trainable;
+    ParamTable table;
+    struct VaeTrain *tr;
 };
 
 static int vae_check_config(const VaeConfig *c, SdcError *err) {
@@ -115,9 +122,9 @@ static int vae_blocks_make(Vae *m, SdcError *err) {
 // ---- what a block reads and writes ---------------------------------------------
 //
 // A block's forward runs in a Pass (pass.h: the context the UNet's and CLIP's
-// blocks run in) with keep NULL, since the VAE is never trained: every
-// temporary lives in p->work, the run's arena above main, and is released
-// before the forward returns. p->be is the model's backend or
+// blocks run in). Inference runs with keep NULL: every temporary and save
+// lives in p->work, the run's arena above main, and is released before the
+// forward returns; training keeps the saves (VaeSave) in p->keep. p->be is the model's backend or
 // backend_measure() while planning, p->act the model backend's activation
 // dtype in both, so a measuring run sizes exactly what the real one takes.
 
@@ -131,14 +138,21 @@ typedef struct VaeIO {
     Tensor y2; // QUANT: the logvar (N, L, h, w); y is the mean
 } VaeIO;
 
-// d loss / d a block's output and input, for a kind's backward. No kind has
-// one (the VAE is never trained; the slots are NULL). A kind that gets one
-// must SAVE in its forward what its backward reads, and its caller must give
-// it a y apart from x, since main is overwritten in place.
+// d loss / d a block's output and input, for a kind's backward (training:
+// see the training section; the walk gives every block a y apart from x).
 typedef struct VaeGradIO {
-    Tensor dy; // (N, Cout, h', w')
-    Tensor dx; // (N, Cin, h, w), overwritten
+    Tensor dy;  // (N, Cout, h', w'); QUANT: d loss / d the mean
+    Tensor dy2; // QUANT: d loss / d the logvar (N, L, h, w), the clamp's gradient already applied
+    Tensor dx;  // (N, Cin, h, w), overwritten; ndim 0: not wanted
 } VaeGradIO;
+
+// What a block's forward leaves for its backward (pass.h's SAVE: kept when
+// training, temporaries when not). The block's input is its VaeIO's x.
+typedef struct VaeSave {
+    Tensor h1, t2, h2;    // RESNET: SiLU(norm1(x)) (N, cin, h, w); conv1's output and SiLU(norm2(it)) (N, cout, h, w)
+    Tensor s, q, k, v, o; // ATTENTION: normed tokens, q, k, v, the attention's output, each (N, h*w, C)
+    Tensor u;             // UPSAMPLE: the upsampled input (N, C, 2h, 2w); OUT: SiLU(conv_norm_out(x)) (N, C, h, w)
+} VaeSave;
 
 // A (N, C, h, w) view of data in the pass's activation dtype.
 static Tensor act_view(const Pass *p, void *data, int64_t n, int64_t c, int64_t h, int64_t w) {
@@ -208,13 +222,13 @@ static void load_conv1(ParamLoader *pl, VaeBlock *b) {
 
 // conv_in: encoder, the image into main; decoder, main widened (through a
 // copy of its input: (N, L, h, w)). post_quant_conv: the latent into main.
-static void conv_in_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
-    (void)m;
+static void conv_in_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeSave *sv, VaeIO *io) {
+    (void)m, (void)sv;
     io_conv(p, io, &b->conv, 1, 1);
 }
 
-static void post_quant_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
-    (void)m;
+static void post_quant_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeSave *sv, VaeIO *io) {
+    (void)m, (void)sv;
     io_conv(p, io, &b->conv, 1, 0);
 }
 
@@ -258,24 +272,29 @@ static Tensor get_down_weight(ParamLoader *pl, const char *prefix, int c) {
 
 static void load_downsample(ParamLoader *pl, VaeBlock *b) {
     const int c = b->info.in_channels;
-    b->conv.w = get_down_weight(pl, b->info.pre[0].diff, c);
+    if (pl->own) { // trainable: the (C, C, 3, 3) parameter, and the 4x4 kernel vae_down_sync builds from it
+        b->w3 = param_get(pl, SHAPE(c, c, 3, 3), "%sweight", b->info.pre[0].diff);
+        b->conv.w = arena_tensor(pl->arena, pl->be->param_dtype, 4, (int64_t[]){c, c, 4, 4});
+    } else {
+        b->conv.w = get_down_weight(pl, b->info.pre[0].diff, c);
+    }
     b->conv.b = param_get(pl, SHAPE(c), "%sbias", b->info.pre[0].diff);
 }
 
 // main (N, C, h, w) -> main (N, C, h/2, w/2). Temporary: the output.
-static void downsample_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
-    (void)m;
+static void downsample_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeSave *sv, VaeIO *io) {
+    (void)m, (void)sv;
     io_conv(p, io, &b->conv, 2, 1);
 }
 
 // main (N, C, h, w) -> main (N, C, 2h, 2w). Temporary: the upsampled input.
-static void upsample_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+static void upsample_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeSave *sv, VaeIO *io) {
     (void)m;
     const Backend *be = p->be;
     size_t mark = arena_mark(p->work);
-    Tensor u = TMP(p, io->x.shape[0], io->x.shape[1], io->y.shape[2], io->y.shape[3]); // (N, C, 2h, 2w)
-    be->upsample_nearest2x(be, &u, &io->x);
-    be->conv2d(be, &io->y, &u, &b->conv.w, &b->conv.b, 1, 1); // over x, already read
+    sv->u = SAVE(p, io->x.shape[0], io->x.shape[1], io->y.shape[2], io->y.shape[3]); // (N, C, 2h, 2w)
+    be->upsample_nearest2x(be, &sv->u, &io->x);
+    be->conv2d(be, &io->y, &sv->u, &b->conv.w, &b->conv.b, 1, 1); // over x, already read
     arena_reset(p->work, mark);
 }
 
@@ -300,7 +319,7 @@ static void load_resnet(ParamLoader *pl, VaeBlock *b) {
 
 // ResnetBlock2D without time embedding: main (N, cin, h, w) -> main
 // (N, cout, h, w). Temporaries: (N, max(cin, cout), h, w) and (N, cout, h, w).
-static void resnet_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+static void resnet_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeSave *sv, VaeIO *io) {
     const Backend *be = p->be;
     const VaeResnet *r = &b->res;
     const int G = m->cfg.norm_groups;
@@ -309,20 +328,37 @@ static void resnet_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
     const int64_t N = x->shape[0], h = x->shape[2], w = x->shape[3];
     const int64_t cin = b->info.in_channels, cout = b->info.out_channels, cmax = cin > cout ? cin : cout;
     size_t mark = arena_mark(p->work);
-    void *t1 = work_alloc(p, N * cmax * h * w);
-    Tensor t1_in = act_view(p, t1, N, cin, h, w);   // (N, cin, h, w)
-    Tensor t1_out = act_view(p, t1, N, cout, h, w); // (N, cout, h, w), same memory
-    Tensor t2 = TMP(p, N, cout, h, w);              // (N, cout, h, w)
-
-    be->group_norm(be, &t1_in, x, &r->n1_w, &r->n1_b, G, eps, 1);
-    be->conv2d(be, &t2, &t1_in, &r->c1.w, &r->c1.b, 1, 1);
-    be->group_norm(be, &t1_out, &t2, &r->n2_w, &r->n2_b, G, eps, 1);
-    be->conv2d(be, &t2, &t1_out, &r->c2.w, &r->c2.b, 1, 1);
+    if (p->keep) { // training: every intermediate kept, y apart from x
+        sv->h1 = SAVE(p, N, cin, h, w);
+        sv->t2 = SAVE(p, N, cout, h, w);
+        sv->h2 = SAVE(p, N, cout, h, w);
+    } else { // inference: h1 and h2 share one temporary, conv2 writes over conv1's output
+        void *t1 = work_alloc(p, N * cmax * h * w);
+        sv->h1 = act_view(p, t1, N, cin, h, w);  // (N, cin, h, w)
+        sv->h2 = act_view(p, t1, N, cout, h, w); // (N, cout, h, w), same memory
+        sv->t2 = TMP(p, N, cout, h, w);          // (N, cout, h, w)
+    }
+    be->group_norm(be, &sv->h1, x, &r->n1_w, &r->n1_b, G, eps, 1);
+    be->conv2d(be, &sv->t2, &sv->h1, &r->c1.w, &r->c1.b, 1, 1);
+    be->group_norm(be, &sv->h2, &sv->t2, &r->n2_w, &r->n2_b, G, eps, 1);
+    if (p->keep) {
+        be->conv2d(be, &io->y, &sv->h2, &r->c2.w, &r->c2.b, 1, 1);
+        if (cin != cout) {
+            Tensor sc = TMP(p, N, cout, h, w);
+            be->conv2d(be, &sc, x, &r->sc.w, &r->sc.b, 1, 0);
+            be->add(be, &io->y, &io->y, &sc);
+        } else {
+            be->add(be, &io->y, &io->y, x);
+        }
+        arena_reset(p->work, mark);
+        return;
+    }
+    be->conv2d(be, &sv->t2, &sv->h2, &r->c2.w, &r->c2.b, 1, 1);
     if (cin != cout) {
-        be->conv2d(be, &t1_out, x, &r->sc.w, &r->sc.b, 1, 0);
-        be->add(be, &io->y, &t1_out, &t2); // over x, which is no longer read
+        be->conv2d(be, &sv->h2, x, &r->sc.w, &r->sc.b, 1, 0);
+        be->add(be, &io->y, &sv->h2, &sv->t2); // over x, which is no longer read
     } else {
-        be->add(be, &io->y, x, &t2);
+        be->add(be, &io->y, x, &sv->t2);
     }
     arena_reset(p->work, mark);
 }
@@ -346,7 +382,7 @@ static void load_attention(ParamLoader *pl, VaeBlock *b) {
 // Mid-block attention, main (N, C, h, w) updated in place:
 // x += to_out(attention(to_q(gn(x)), to_k(gn(x)), to_v(gn(x)))) with one head.
 // Temporaries: (N, C, h, w) and four (N, h*w, C).
-static void attention_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+static void attention_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeSave *sv, VaeIO *io) {
     const Backend *be = p->be;
     const VaeAttn *a = &b->attn;
     const Tensor *x = &io->x; // (N, C, h, w)
@@ -355,19 +391,21 @@ static void attention_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
     void *tp = work_alloc(p, N * C * S);
     Tensor t = act_view(p, tp, N, C, h, w);                                       // (N, C, h, w)
     Tensor t_seq = tensor_make(p->act, be->device, tp, 3, (int64_t[]){N, S, C}); // (N, S, C), same memory
-    Tensor s = TMP(p, N, S, C);                                                   // (N, S, C)
-    Tensor q = TMP(p, N, S, C);                                                   // (N, S, C)
-    Tensor k = TMP(p, N, S, C);                                                   // (N, S, C)
-    Tensor v = TMP(p, N, S, C);                                                   // (N, S, C)
+    sv->s = SAVE(p, N, S, C);                                                     // (N, S, C)
+    sv->q = SAVE(p, N, S, C);                                                     // (N, S, C)
+    sv->k = SAVE(p, N, S, C);                                                     // (N, S, C)
+    sv->v = SAVE(p, N, S, C);                                                     // (N, S, C)
+    sv->o = p->keep ? SAVE(p, N, S, C) : t_seq; // the attention's output (N, S, C)
 
     be->group_norm(be, &t, x, &a->gn_w, &a->gn_b, m->cfg.norm_groups, m->cfg.norm_eps, 0);
-    be->nchw_to_nlc(be, &s, &t);
-    be->linear(be, &q, &s, &a->q_w, &a->q_b);
-    be->linear(be, &k, &s, &a->k_w, &a->k_b);
-    be->linear(be, &v, &s, &a->v_w, &a->v_b);
-    be->attention(be, &t_seq, &q, &k, &v, 1, 0);
-    be->linear(be, &q, &t_seq, &a->o_w, &a->o_b);
-    be->nlc_to_nchw(be, &t, &q);
+    be->nchw_to_nlc(be, &sv->s, &t);
+    be->linear(be, &sv->q, &sv->s, &a->q_w, &a->q_b);
+    be->linear(be, &sv->k, &sv->s, &a->k_w, &a->k_b);
+    be->linear(be, &sv->v, &sv->s, &a->v_w, &a->v_b);
+    be->attention(be, &sv->o, &sv->q, &sv->k, &sv->v, 1, 0);
+    Tensor proj = p->keep ? TMP(p, N, S, C) : sv->q; // to_out's output (N, S, C); q is dead unless kept
+    be->linear(be, &proj, &sv->o, &a->o_w, &a->o_b);
+    be->nlc_to_nchw(be, &t, &proj);
     be->add(be, &io->y, x, &t);
     arena_reset(p->work, mark);
 }
@@ -381,12 +419,13 @@ static void load_out(ParamLoader *pl, VaeBlock *b) {
 
 // conv_out(SiLU(conv_norm_out(x))): main (N, C, h, w) -> main (encoder: the
 // moments) or the image (decoder). Temporary: (N, C, h, w).
-static void out_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
+static void out_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeSave *sv, VaeIO *io) {
     const Backend *be = p->be;
     size_t mark = arena_mark(p->work);
-    Tensor t = pass_like(p, &io->x); // (N, C, h, w)
-    be->group_norm(be, &t, &io->x, &b->norm_w, &b->norm_b, m->cfg.norm_groups, m->cfg.norm_eps, 1);
-    be->conv2d(be, &io->y, &t, &b->conv.w, &b->conv.b, 1, 1); // x is dead: y may be its memory
+    const Tensor *x = &io->x;
+    sv->u = SAVE(p, x->shape[0], x->shape[1], x->shape[2], x->shape[3]); // (N, C, h, w)
+    be->group_norm(be, &sv->u, x, &b->norm_w, &b->norm_b, m->cfg.norm_groups, m->cfg.norm_eps, 1);
+    be->conv2d(be, &io->y, &sv->u, &b->conv.w, &b->conv.b, 1, 1); // x is dead: y may be its memory
     arena_reset(p->work, mark);
 }
 
@@ -400,30 +439,146 @@ static void load_quant(ParamLoader *pl, VaeBlock *b) {
 }
 
 // main (N, 2L, h, w), the moments -> the caller's mean and logvar (N, L, h, w).
-static void quant_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io) {
-    (void)m;
+static void quant_fwd(Pass *p, const Vae *m, const VaeBlock *b, VaeSave *sv, VaeIO *io) {
+    (void)m, (void)sv;
     const Backend *be = p->be;
     be->conv2d(be, &io->y, &io->x, &b->conv.w, &b->conv.b, 1, 0);
     be->conv2d(be, &io->y2, &io->x, &b->conv2.w, &b->conv2.b, 1, 0);
 }
 
+// ---- block backwards (training) -------------------------------------------------
+//
+// Each reads its block's input (io->x), its output where needed, and its
+// save record; parameter gradients are added (pass_grad), g->dx overwritten.
+// Temporaries come from p->work and are released before returning.
+
+static void conv_bwd(Pass *p, Tensor *dx, const Tensor *dy, const Tensor *x, const VaeConv *c, int stride, int pad) {
+    Tensor gw, gb;
+    Tensor *pgw = pass_grad(p, &c->w, &gw), *pgb = pass_grad(p, &c->b, &gb);
+    if (dx || pgw || pgb) p->be->conv2d_backward(p->be, dx, pgw, pgb, dy, x, &c->w, stride, pad);
+}
+
+static void gn_bwd(Pass *p, const Vae *m, Tensor *dx, const Tensor *dy, const Tensor *x, const Tensor *gamma,
+                   const Tensor *beta, int silu) {
+    Tensor gg, gb;
+    p->be->group_norm_backward(p->be, dx, pass_grad(p, gamma, &gg), pass_grad(p, beta, &gb), dy, x, gamma, beta,
+                               m->cfg.norm_groups, m->cfg.norm_eps, silu);
+}
+
+static Tensor *want(Tensor *t) { return t->ndim ? t : NULL; }
+
+static void conv_in_bwd(Pass *p, const Vae *m, const VaeBlock *b, const VaeSave *sv, const VaeIO *io, VaeGradIO *g) {
+    (void)m, (void)sv;
+    conv_bwd(p, want(&g->dx), &g->dy, &io->x, &b->conv, 1, 1);
+}
+
+static void post_quant_bwd(Pass *p, const Vae *m, const VaeBlock *b, const VaeSave *sv, const VaeIO *io,
+                           VaeGradIO *g) {
+    (void)m, (void)sv;
+    conv_bwd(p, want(&g->dx), &g->dy, &io->x, &b->conv, 1, 0);
+}
+
+// The 4x4 kernel's gradient lands at its own place in the gradient arena;
+// vae_train_encode_backward folds it into the 3x3 parameter's.
+static void downsample_bwd(Pass *p, const Vae *m, const VaeBlock *b, const VaeSave *sv, const VaeIO *io,
+                           VaeGradIO *g) {
+    (void)m, (void)sv;
+    conv_bwd(p, want(&g->dx), &g->dy, &io->x, &b->conv, 2, 1);
+}
+
+static void upsample_bwd(Pass *p, const Vae *m, const VaeBlock *b, const VaeSave *sv, const VaeIO *io,
+                         VaeGradIO *g) {
+    (void)m, (void)io;
+    size_t mark = arena_mark(p->work);
+    Tensor du = pass_like(p, &sv->u); // (N, C, 2h, 2w)
+    conv_bwd(p, &du, &g->dy, &sv->u, &b->conv, 1, 1);
+    if (g->dx.ndim) p->be->upsample_nearest2x_backward(p->be, &g->dx, &du);
+    arena_reset(p->work, mark);
+}
+
+static void resnet_bwd(Pass *p, const Vae *m, const VaeBlock *b, const VaeSave *sv, const VaeIO *io,
+                       VaeGradIO *g) {
+    const Backend *be = p->be;
+    const VaeResnet *r = &b->res;
+    SDC_CHECK(g->dx.ndim); // a resnet is never a list's first block
+    size_t mark = arena_mark(p->work);
+    // d x: through the shortcut (or identity), then the main path adds in
+    if (b->info.in_channels != b->info.out_channels) conv_bwd(p, &g->dx, &g->dy, &io->x, &r->sc, 1, 0);
+    else be->copy(be, &g->dx, &g->dy);
+    Tensor dh2 = pass_like(p, &sv->h2); // (N, cout, h, w)
+    conv_bwd(p, &dh2, &g->dy, &sv->h2, &r->c2, 1, 1);
+    Tensor dt2 = pass_like(p, &sv->t2);
+    gn_bwd(p, m, &dt2, &dh2, &sv->t2, &r->n2_w, &r->n2_b, 1);
+    Tensor dh1 = pass_like(p, &sv->h1); // (N, cin, h, w)
+    conv_bwd(p, &dh1, &dt2, &sv->h1, &r->c1, 1, 1);
+    Tensor dgn = pass_like(p, &io->x);
+    gn_bwd(p, m, &dgn, &dh1, &io->x, &r->n1_w, &r->n1_b, 1);
+    be->add(be, &g->dx, &g->dx, &dgn);
+    arena_reset(p->work, mark);
+}
+
+static void attention_bwd(Pass *p, const Vae *m, const VaeBlock *b, const VaeSave *sv, const VaeIO *io,
+                          VaeGradIO *g) {
+    const Backend *be = p->be;
+    const VaeAttn *a = &b->attn;
+    SDC_CHECK(g->dx.ndim);
+    size_t mark = arena_mark(p->work);
+    Tensor dseq = pass_like(p, &sv->o); // (N, S, C) d loss / d to_out's output
+    be->nchw_to_nlc(be, &dseq, &g->dy);
+    Tensor dO = pass_like(p, &sv->o);
+    pass_linear_backward(p, &dO, &dseq, &sv->o, &a->o_w, &a->o_b, NULL, NULL);
+    Tensor dq = pass_like(p, &sv->q), dk = pass_like(p, &sv->k), dv = pass_like(p, &sv->v);
+    be->attention_backward(be, &dq, &dk, &dv, &dO, &sv->q, &sv->k, &sv->v, 1, 0);
+    Tensor ds = pass_like(p, &sv->s); // (N, S, C) d loss / d the normed tokens
+    pass_linear_backward(p, &ds, &dq, &sv->s, &a->q_w, &a->q_b, NULL, NULL);
+    pass_linear_backward(p, &dseq, &dk, &sv->s, &a->k_w, &a->k_b, NULL, NULL);
+    be->add(be, &ds, &ds, &dseq);
+    pass_linear_backward(p, &dseq, &dv, &sv->s, &a->v_w, &a->v_b, NULL, NULL);
+    be->add(be, &ds, &ds, &dseq);
+    Tensor dhn = pass_like(p, &io->x); // (N, C, h, w)
+    be->nlc_to_nchw(be, &dhn, &ds);
+    gn_bwd(p, m, &g->dx, &dhn, &io->x, &a->gn_w, &a->gn_b, 0);
+    be->add(be, &g->dx, &g->dx, &g->dy); // the residual
+    arena_reset(p->work, mark);
+}
+
+static void out_bwd(Pass *p, const Vae *m, const VaeBlock *b, const VaeSave *sv, const VaeIO *io, VaeGradIO *g) {
+    SDC_CHECK(g->dx.ndim);
+    size_t mark = arena_mark(p->work);
+    Tensor du = pass_like(p, &sv->u); // (N, C, h, w)
+    conv_bwd(p, &du, &g->dy, &sv->u, &b->conv, 1, 1);
+    gn_bwd(p, m, &g->dx, &du, &io->x, &b->norm_w, &b->norm_b, 1);
+    arena_reset(p->work, mark);
+}
+
+// dy: d mean, dy2: d logvar -> dx (N, 2L, h, w), the moments.
+static void quant_bwd(Pass *p, const Vae *m, const VaeBlock *b, const VaeSave *sv, const VaeIO *io, VaeGradIO *g) {
+    (void)m, (void)sv;
+    SDC_CHECK(g->dx.ndim);
+    size_t mark = arena_mark(p->work);
+    Tensor t = pass_like(p, &g->dx);
+    conv_bwd(p, &g->dx, &g->dy, &io->x, &b->conv, 1, 0);
+    conv_bwd(p, &t, &g->dy2, &io->x, &b->conv2, 1, 0);
+    p->be->add(p->be, &g->dx, &g->dx, &t);
+    arena_reset(p->work, mark);
+}
+
 typedef struct VaeKind {
     // Asks pl for the block's parameters (diffusers names, shapes from the info).
     void (*load)(ParamLoader *pl, VaeBlock *b);
-    void (*forward)(Pass *p, const Vae *m, const VaeBlock *b, VaeIO *io);
-    // NULL for every kind: the VAE is never trained (see VaeGradIO).
-    void (*backward)(Pass *p, const Vae *m, const VaeBlock *b, const VaeIO *io, VaeGradIO *g);
+    void (*forward)(Pass *p, const Vae *m, const VaeBlock *b, VaeSave *sv, VaeIO *io);
+    void (*backward)(Pass *p, const Vae *m, const VaeBlock *b, const VaeSave *sv, const VaeIO *io, VaeGradIO *g);
 } VaeKind;
 
 static const VaeKind VAE_KINDS[VAE_BLOCK_KINDS] = {
-    [VAE_BLOCK_CONV_IN] = {load_conv3, conv_in_fwd, NULL},
-    [VAE_BLOCK_RESNET] = {load_resnet, resnet_fwd, NULL},
-    [VAE_BLOCK_ATTENTION] = {load_attention, attention_fwd, NULL},
-    [VAE_BLOCK_DOWNSAMPLE] = {load_downsample, downsample_fwd, NULL},
-    [VAE_BLOCK_UPSAMPLE] = {load_conv3, upsample_fwd, NULL},
-    [VAE_BLOCK_OUT] = {load_out, out_fwd, NULL},
-    [VAE_BLOCK_QUANT] = {load_quant, quant_fwd, NULL},
-    [VAE_BLOCK_POST_QUANT] = {load_conv1, post_quant_fwd, NULL},
+    [VAE_BLOCK_CONV_IN] = {load_conv3, conv_in_fwd, conv_in_bwd},
+    [VAE_BLOCK_RESNET] = {load_resnet, resnet_fwd, resnet_bwd},
+    [VAE_BLOCK_ATTENTION] = {load_attention, attention_fwd, attention_bwd},
+    [VAE_BLOCK_DOWNSAMPLE] = {load_downsample, downsample_fwd, downsample_bwd},
+    [VAE_BLOCK_UPSAMPLE] = {load_conv3, upsample_fwd, upsample_bwd},
+    [VAE_BLOCK_OUT] = {load_out, out_fwd, out_bwd},
+    [VAE_BLOCK_QUANT] = {load_quant, quant_fwd, quant_bwd},
+    [VAE_BLOCK_POST_QUANT] = {load_conv1, post_quant_fwd, post_quant_bwd},
 };
 
 // ---- loading ---------------------------------------------------------------
@@ -438,29 +593,43 @@ static void vae_get_params(Vae *m, ParamLoader *pl) {
         }
 }
 
-int vae_load(Vae **out, const ModelFiles *mf, const Backend *be, SdcError *err) {
+static int vae_down_sync(Vae *m, SdcError *err);
+static void vae_train_free(Vae *m);
+
+// Loads from mf, or (mf NULL) makes every parameter fresh (zero) for the
+// caller to initialise through the table. own: trainable F32 copies named
+// in m->table (always when fresh).
+static int vae_build(Vae **out, const VaeConfig *c, const ModelFiles *mf, const Backend *be, int own, SdcError *err) {
     *out = NULL;
-    const VaeConfig *c = &model_files_info(mf)->vae;
     SDC_TRY(vae_check_config(c, err));
+    if (own && (be->param_dtype != DT_F32 || !be->conv2d_backward))
+        return sdc_err(err, SDC_ERR_UNSUPPORTED,
+                       "vae: training needs a backend with backward ops and fp32 parameters (got %s, %s)\n"
+                       "---> use --device cpu for training",
+                       be->name, dtype_name(be->param_dtype));
     Vae *m = calloc(1, sizeof *m);
     if (!m) return sdc_err(err, SDC_ERR_OOM, "vae_load: out of host memory");
     m->cfg = *c;
     m->be = be;
+    m->trainable = own;
     int rc = vae_blocks_make(m, err);
     // Pass 1 checks every name and shape and measures; pass 2 loads for real.
     Arena meas;
     arena_init_measure(&meas);
-    ParamLoader pl = {.mf = mf, .comp = COMP_VAE, .be = be, .arena = &meas, .err = err};
+    ParamLoader pl = {.mf = mf, .comp = COMP_VAE, .be = be, .arena = &meas, .err = err, .own = own};
     if (!rc) {
         vae_get_params(m, &pl);
         rc = pl.failed ? err->code : 0;
     }
     if (!rc) rc = arena_init(&m->params, be, meas.peak, err);
+    if (!rc && own) be->zero(be, m->params.base, m->params.cap); // padding too: the flat buffer is optimized
     if (!rc) {
-        pl = (ParamLoader){.mf = mf, .comp = COMP_VAE, .be = be, .arena = &m->params, .err = err};
+        pl = (ParamLoader){.mf = mf, .comp = COMP_VAE, .be = be, .arena = &m->params, .err = err, .own = own,
+                           .table = own ? &m->table : NULL};
         vae_get_params(m, &pl);
         rc = pl.failed ? err->code : 0;
     }
+    if (!rc && own) rc = vae_down_sync(m, err);
     if (rc) {
         sdc_err_wrap(err, "loading the vae");
         vae_free(m);
@@ -470,16 +639,31 @@ int vae_load(Vae **out, const ModelFiles *mf, const Backend *be, SdcError *err) 
     return 0;
 }
 
+int vae_load(Vae **out, const ModelFiles *mf, const Backend *be, SdcError *err) {
+    return vae_build(out, &model_files_info(mf)->vae, mf, be, 0, err);
+}
+
+int vae_load_opts(Vae **out, const ModelFiles *mf, const Backend *be, const ModelLoadOpts *o, SdcError *err) {
+    return vae_build(out, &model_files_info(mf)->vae, mf, be, o && o->trainable, err);
+}
+
+int vae_create(Vae **out, const VaeConfig *cfg, const Backend *be, SdcError *err) {
+    return vae_build(out, cfg, NULL, be, 1, err);
+}
+
 void vae_free(Vae *m) {
     if (!m) return;
     arena_free(&m->act);
+    vae_train_free(m);
     arena_free(&m->params);
+    param_table_free(&m->table);
     for (int p = 0; p < VAE_PARTS; p++) free(m->blocks[p]);
     free(m->host_lv);
     free(m);
 }
 
 const VaeConfig *vae_config(const Vae *m) { return &m->cfg; }
+const Backend *vae_backend(const Vae *m) { return m->be; }
 size_t vae_param_bytes(const Vae *m) { return m->params.cap; }
 size_t vae_activation_bytes(const Vae *m) { return m->act.cap; }
 int vae_block_count(const Vae *m, VaePart part) { return m->n_blocks[part]; }
@@ -533,7 +717,8 @@ static void vae_run(Pass *p, const Vae *m, VaePart part, const Tensor *in, Tenso
         }
         const size_t peak = a->peak; // measure this block's scratch alone
         if (mem) a->peak = a->used;
-        VAE_KINDS[b->kind].forward(p, m, &bl[i], &io);
+        VaeSave sv = {0}; // inference: the saves are temporaries
+        VAE_KINDS[b->kind].forward(p, m, &bl[i], &sv, &io);
         if (mem) {
             mem[i].scratch = a->peak - a->used;
             mem[i].out = tensor_bytes(&io.y) + (io.y2.ndim ? tensor_bytes(&io.y2) : 0);
@@ -982,4 +1167,305 @@ int vae_decode_tiled(Vae *m, const Tensor *z, Tensor *image, const VaeTiling *t,
 
 int vae_decode(Vae *m, const Tensor *z, Tensor *image, SdcError *err) {
     return vae_decode_tiled(m, z, image, NULL, err);
+}
+
+// ---- training ------------------------------------------------------------------
+//
+// The training walk runs the same block forwards with p->keep set: every
+// block writes a fresh output in the keep arena (never main) and keeps its
+// saves, so each block's input stays alive for its backward. One keep arena
+// holds the encoder's activations, then the decoder's; the trainer runs
+// encode, decode, decode backward, encode backward. Backward walks a list
+// in reverse with two gradient buffers in the work arena, ping-pong.
+//
+// The downsample's 4x4 kernel (see the top) is derived: the parameter is the
+// (C, C, 3, 3) kernel w3. The 4x4 kernel's gradient collects in its own
+// place in the gradient arena and is folded into w3's (its lower-right 3x3)
+// at the end of the encoder's backward; vae_train_sync rebuilds the 4x4
+// kernels after the optimizer changed w3.
+
+typedef struct VaeTrain {
+    int64_t N, H, W;         // the planned batch and image size
+    Arena keep;              // the block outputs and saves of the last training forwards
+    Arena work;              // temporaries and the backward's gradient buffers
+    Arena grads;             // (params.cap) gradients at the parameters' offsets
+    VaeIO *io[VAE_PARTS];    // (n_blocks) each block's input and output of the last training forward
+    VaeSave *sv[VAE_PARTS];  // (n_blocks)
+    size_t dec_mark;         // where the decoder's activations start in keep
+    float *lv_raw;           // (N, L, h, w) host: the logvar before the clamp, for the clamp's gradient
+    float *host;             // (lv_n) host scratch for the logvar and its gradient
+    size_t lv_n;
+} VaeTrain;
+
+static void vae_train_free(Vae *m) {
+    VaeTrain *tr = m->tr;
+    if (!tr) return;
+    arena_free(&tr->keep);
+    arena_free(&tr->work);
+    arena_free(&tr->grads);
+    for (int p = 0; p < VAE_PARTS; p++) {
+        free(tr->io[p]);
+        free(tr->sv[p]);
+    }
+    free(tr->lv_raw);
+    free(tr->host);
+    free(tr);
+    m->tr = NULL;
+}
+
+// Every encoder downsample's 4x4 kernel from its 3x3 parameter.
+static int vae_down_sync(Vae *m, SdcError *err) {
+    const Backend *be = m->be;
+    for (int i = 0; i < m->n_blocks[VAE_ENCODER]; i++) {
+        VaeBlock *b = &m->blocks[VAE_ENCODER][i];
+        if (b->info.kind != VAE_BLOCK_DOWNSAMPLE) continue;
+        const size_t cc = (size_t)b->info.in_channels * b->info.in_channels;
+        float *w3 = malloc(cc * 25 * sizeof(float)), *w4 = w3 + cc * 9; // once per level per step
+        if (!w3) return sdc_err(err, SDC_ERR_OOM, "vae: out of host memory for the downsample kernels");
+        be->sync(be);
+        backend_download_f32(be, w3, &b->w3, cc * 9);
+        memset(w4, 0, cc * 16 * sizeof(float));
+        for (size_t oi = 0; oi < cc; oi++)
+            for (int ky = 0; ky < 3; ky++)
+                for (int kx = 0; kx < 3; kx++) w4[oi * 16 + (ky + 1) * 4 + (kx + 1)] = w3[oi * 9 + ky * 3 + kx];
+        backend_upload_f32(be, &b->conv.w, w4, cc * 16);
+        free(w3);
+    }
+    return backend_status(be, err);
+}
+
+int vae_train_sync(Vae *m, SdcError *err) { return vae_down_sync(m, err); }
+
+// Adds each encoder downsample's 4x4 kernel gradient (lower-right 3x3) into
+// its 3x3 parameter's and zeroes it.
+static int vae_down_fold(Vae *m, SdcError *err) {
+    const Backend *be = m->be;
+    VaeTrain *tr = m->tr;
+    Pass p = {.be = be, .params = &m->params, .grads = &tr->grads};
+    for (int i = 0; i < m->n_blocks[VAE_ENCODER]; i++) {
+        VaeBlock *b = &m->blocks[VAE_ENCODER][i];
+        if (b->info.kind != VAE_BLOCK_DOWNSAMPLE) continue;
+        const size_t cc = (size_t)b->info.in_channels * b->info.in_channels;
+        Tensor t3, t4;
+        Tensor *g3 = pass_grad(&p, &b->w3, &t3), *g4 = pass_grad(&p, &b->conv.w, &t4);
+        float *h3 = malloc(cc * 25 * sizeof(float)), *h4 = h3 + cc * 9; // once per level per step
+        if (!h3) return sdc_err(err, SDC_ERR_OOM, "vae: out of host memory for the downsample gradients");
+        be->sync(be);
+        backend_download_f32(be, h3, g3, cc * 9);
+        backend_download_f32(be, h4, g4, cc * 16);
+        for (size_t oi = 0; oi < cc; oi++)
+            for (int ky = 0; ky < 3; ky++)
+                for (int kx = 0; kx < 3; kx++) h3[oi * 9 + ky * 3 + kx] += h4[oi * 16 + (ky + 1) * 4 + (kx + 1)];
+        backend_upload_f32(be, g3, h3, cc * 9);
+        be->zero(be, g4->data, tensor_bytes(g4));
+        free(h3);
+    }
+    return backend_status(be, err);
+}
+
+// The forward of part's list over in with every activation kept (see above).
+static void vae_train_run(Pass *p, const Vae *m, VaeTrain *tr, VaePart part, const Tensor *in, Tensor *out0,
+                          Tensor *out1) {
+    const VaeBlock *bl = m->blocks[part];
+    const int n = m->n_blocks[part];
+    const int64_t N = in->shape[0], H = in->shape[2] * bl[0].info.in_div, W = in->shape[3] * bl[0].info.in_div;
+    VaeIO io = {.x = *in};
+    for (int i = 0; i < n; i++) {
+        const VaeBlockInfo *b = &bl[i].info;
+        if (i < n - 1) {
+            io.y = arena_tensor(p->keep, p->act, 4,
+                                (int64_t[]){N, b->out_channels, H / b->out_div, W / b->out_div});
+        } else {
+            io.y = *out0;
+            if (out1) io.y2 = *out1;
+        }
+        memset(&tr->sv[part][i], 0, sizeof tr->sv[part][i]);
+        VAE_KINDS[b->kind].forward(p, m, &bl[i], &tr->sv[part][i], &io);
+        tr->io[part][i] = io;
+        io.x = io.y;
+    }
+}
+
+// The backward of part's list: dy0 (and for the encoder dy1, the logvar's)
+// d loss / d its outputs -> dx_in (NULL: not wanted), parameter gradients added.
+static void vae_train_back(Pass *p, const Vae *m, VaeTrain *tr, VaePart part, const Tensor *dy0, const Tensor *dy1,
+                           Tensor *dx_in) {
+    const VaeBlock *bl = m->blocks[part];
+    const int n = m->n_blocks[part];
+    size_t mark = arena_mark(p->work);
+    int64_t elems = 0;
+    for (int i = 1; i < n; i++) {
+        const int64_t e = tensor_numel(&tr->io[part][i].x);
+        if (e > elems) elems = e;
+    }
+    void *buf[2] = {work_alloc(p, elems), work_alloc(p, elems)};
+    Tensor dy = *dy0;
+    for (int i = n - 1; i >= 0; i--) {
+        const VaeIO *io = &tr->io[part][i];
+        VaeGradIO g = {.dy = dy};
+        if (bl[i].info.kind == VAE_BLOCK_QUANT) g.dy2 = *dy1;
+        if (i > 0) {
+            g.dx = io->x;
+            g.dx.data = buf[i & 1];
+        } else if (dx_in) {
+            g.dx = *dx_in;
+        }
+        VAE_KINDS[bl[i].info.kind].backward(p, m, &bl[i], &tr->sv[part][i], io, &g);
+        dy = g.dx;
+    }
+    arena_reset(p->work, mark);
+}
+
+static Pass vae_train_pass(Vae *m) {
+    VaeTrain *tr = m->tr;
+    return (Pass){.be = m->be, .act = m->be->act_dtype, .keep = &tr->keep, .work = &tr->work,
+                  .params = &m->params, .grads = &tr->grads};
+}
+
+// Encode, decode and both backwards of (N, H, W) on the measure backend:
+// the keep and work arenas' peaks.
+static void vae_train_measure(Vae *m, int64_t N, int64_t H, int64_t W, size_t *keep, size_t *work) {
+    const VaeConfig *c = &m->cfg;
+    const int64_t f = vae_factor(c), h = H / f, w = W / f;
+    VaeTrain *tr = m->tr;
+    Arena k, wk, g;
+    arena_init_measure(&k);
+    arena_init_measure(&wk);
+    arena_init_measure(&g);
+    Pass p = {.be = backend_measure(), .act = m->be->act_dtype, .keep = &k, .work = &wk, .params = &m->params,
+              .grads = &g};
+    Tensor img = act_view(&p, NULL, N, c->in_channels, H, W);
+    Tensor lat = act_view(&p, NULL, N, c->latent_channels, h, w);
+    Tensor out = act_view(&p, NULL, N, c->out_channels, H, W);
+    Tensor mean = lat, lv = lat, z = lat, dz = lat;
+    vae_train_run(&p, m, tr, VAE_ENCODER, &img, &mean, &lv);
+    vae_train_run(&p, m, tr, VAE_DECODER, &z, &out, NULL);
+    Tensor tmp = TMP(&p, N, c->latent_channels, h, w); // the masked logvar gradient
+    vae_train_back(&p, m, tr, VAE_DECODER, &out, NULL, &dz);
+    vae_train_back(&p, m, tr, VAE_ENCODER, &mean, &tmp, NULL);
+    *keep = k.peak;
+    *work = wk.peak;
+}
+
+int vae_train_reserve(Vae *m, int batch, int height, int width, SdcError *err) {
+    if (!m->trainable)
+        return sdc_err(err, SDC_ERR_ARG, "vae_train_reserve: the vae was loaded for inference\n"
+                       "---> load it with vae_load_opts (trainable) or vae_create");
+    SDC_TRY(vae_check_size(&m->cfg, batch, height, width, "vae_train_reserve", err));
+    vae_train_free(m);
+    VaeTrain *tr = calloc(1, sizeof *tr);
+    if (!tr) return sdc_err(err, SDC_ERR_OOM, "vae_train_reserve: out of host memory");
+    m->tr = tr;
+    const int64_t f = vae_factor(&m->cfg);
+    tr->N = batch, tr->H = height, tr->W = width;
+    tr->lv_n = (size_t)batch * m->cfg.latent_channels * (height / f) * (width / f);
+    for (int p = 0; p < VAE_PARTS; p++) {
+        tr->io[p] = calloc((size_t)m->n_blocks[p], sizeof *tr->io[p]);
+        tr->sv[p] = calloc((size_t)m->n_blocks[p], sizeof *tr->sv[p]);
+        if (!tr->io[p] || !tr->sv[p]) goto oom;
+    }
+    tr->lv_raw = malloc(tr->lv_n * sizeof(float));
+    tr->host = malloc(tr->lv_n * sizeof(float));
+    if (!tr->lv_raw || !tr->host) goto oom;
+    size_t keep, work;
+    vae_train_measure(m, batch, height, width, &keep, &work);
+    int rc = arena_init(&tr->keep, m->be, keep, err);
+    if (!rc) rc = arena_init(&tr->work, m->be, work, err);
+    if (!rc) rc = arena_init(&tr->grads, m->be, m->params.cap, err);
+    if (rc) {
+        vae_train_free(m);
+        return sdc_err_wrap(err, "vae_train_reserve: %d images of %dx%d", batch, height, width);
+    }
+    m->be->zero(m->be, tr->grads.base, tr->grads.cap);
+    return backend_status(m->be, err);
+oom:
+    vae_train_free(m);
+    return sdc_err(err, SDC_ERR_OOM, "vae_train_reserve: out of host memory");
+}
+
+static int vae_train_check(const Vae *m, const Tensor *t, const char *who, const char *what, int64_t c, int64_t div,
+                           SdcError *err) {
+    if (!m->tr) return sdc_err(err, SDC_ERR_ARG, "%s: call vae_train_reserve first", who);
+    const VaeTrain *tr = m->tr;
+    return vae_check_tensor(m, t, who, what, (int64_t[]){tr->N, c, tr->H / div, tr->W / div}, err);
+}
+
+int vae_train_encode(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, SdcError *err) {
+    const VaeConfig *c = &m->cfg;
+    const int64_t f = vae_factor(c);
+    SDC_TRY(vae_train_check(m, image, "vae_train_encode", "image", c->in_channels, 1, err));
+    SDC_TRY(vae_train_check(m, mean, "vae_train_encode", "mean", c->latent_channels, f, err));
+    SDC_TRY(vae_train_check(m, logvar, "vae_train_encode", "logvar", c->latent_channels, f, err));
+    VaeTrain *tr = m->tr;
+    const Backend *be = m->be;
+    arena_reset(&tr->keep, 0);
+    Pass p = vae_train_pass(m);
+    vae_train_run(&p, m, tr, VAE_ENCODER, image, mean, logvar);
+    tr->dec_mark = arena_mark(&tr->keep);
+    be->sync(be);
+    backend_download_f32(be, tr->lv_raw, logvar, tr->lv_n);
+    for (size_t i = 0; i < tr->lv_n; i++) {
+        const float v = tr->lv_raw[i];
+        tr->host[i] = v < VAE_LOGVAR_MIN ? VAE_LOGVAR_MIN : v > VAE_LOGVAR_MAX ? VAE_LOGVAR_MAX : v;
+    }
+    backend_upload_f32(be, logvar, tr->host, tr->lv_n);
+    return backend_status(be, err);
+}
+
+int vae_train_decode(Vae *m, const Tensor *z, Tensor *image, SdcError *err) {
+    const VaeConfig *c = &m->cfg;
+    SDC_TRY(vae_train_check(m, z, "vae_train_decode", "latent", c->latent_channels, vae_factor(c), err));
+    SDC_TRY(vae_train_check(m, image, "vae_train_decode", "image", c->out_channels, 1, err));
+    VaeTrain *tr = m->tr;
+    arena_reset(&tr->keep, tr->dec_mark);
+    Pass p = vae_train_pass(m);
+    vae_train_run(&p, m, tr, VAE_DECODER, z, image, NULL);
+    return backend_status(m->be, err);
+}
+
+int vae_train_decode_backward(Vae *m, const Tensor *dimage, Tensor *dz, SdcError *err) {
+    const VaeConfig *c = &m->cfg;
+    SDC_TRY(vae_train_check(m, dimage, "vae_train_decode_backward", "image gradient", c->out_channels, 1, err));
+    if (dz)
+        SDC_TRY(vae_train_check(m, dz, "vae_train_decode_backward", "latent gradient", c->latent_channels,
+                                vae_factor(c), err));
+    Pass p = vae_train_pass(m);
+    vae_train_back(&p, m, m->tr, VAE_DECODER, dimage, NULL, dz);
+    return backend_status(m->be, err);
+}
+
+int vae_train_encode_backward(Vae *m, const Tensor *dmean, const Tensor *dlogvar, Tensor *dimage, SdcError *err) {
+    const VaeConfig *c = &m->cfg;
+    const int64_t f = vae_factor(c);
+    SDC_TRY(vae_train_check(m, dmean, "vae_train_encode_backward", "mean gradient", c->latent_channels, f, err));
+    SDC_TRY(vae_train_check(m, dlogvar, "vae_train_encode_backward", "logvar gradient", c->latent_channels, f, err));
+    if (dimage)
+        SDC_TRY(vae_train_check(m, dimage, "vae_train_encode_backward", "image gradient", c->in_channels, 1, err));
+    VaeTrain *tr = m->tr;
+    const Backend *be = m->be;
+    Pass p = vae_train_pass(m);
+    size_t mark = arena_mark(p.work);
+    // torch.clamp's gradient: passed where min <= logvar <= max, 0 elsewhere
+    Tensor dlv = pass_like(&p, dlogvar); // (N, L, h, w)
+    be->sync(be);
+    backend_download_f32(be, tr->host, dlogvar, tr->lv_n);
+    for (size_t i = 0; i < tr->lv_n; i++)
+        if (!(tr->lv_raw[i] >= VAE_LOGVAR_MIN && tr->lv_raw[i] <= VAE_LOGVAR_MAX)) tr->host[i] = 0.0f;
+    backend_upload_f32(be, &dlv, tr->host, tr->lv_n);
+    vae_train_back(&p, m, tr, VAE_ENCODER, dmean, &dlv, dimage);
+    arena_reset(p.work, mark);
+    SDC_TRY(backend_status(be, err));
+    return vae_down_fold(m, err);
+}
+
+void vae_trainables(Vae *m, float **params, float **grads, size_t *n) {
+    *params = (float *)m->params.base;
+    *grads = m->tr ? (float *)m->tr->grads.base : NULL;
+    *n = m->params.cap / sizeof(float);
+}
+
+const ParamTable *vae_train_table(const Vae *m) { return &m->table; }
+
+size_t vae_train_bytes(const Vae *m) {
+    return m->tr ? m->tr->keep.cap + m->tr->work.cap + m->tr->grads.cap : 0;
 }

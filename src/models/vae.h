@@ -26,6 +26,7 @@
 #include "core/tensor.h"
 #include "io/weights.h"
 #include "models/config.h"
+#include "models/params.h"
 #include "models/vae_layout.h"
 
 typedef struct Vae Vae;
@@ -71,6 +72,7 @@ int vae_encode_tiled(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, 
 int vae_decode_tiled(Vae *m, const Tensor *z, Tensor *image, const VaeTiling *t, SdcError *err);
 
 const VaeConfig *vae_config(const Vae *m);
+const Backend *vae_backend(const Vae *m);
 size_t vae_param_bytes(const Vae *m);
 size_t vae_activation_bytes(const Vae *m);
 // The encoder's or decoder's block list (vae_layout.h) in execution order:
@@ -93,5 +95,49 @@ int vae_plan_tiled(const VaeConfig *cfg, DType act, int batch, int height, int w
 VaeTiling vae_tiling_auto(const VaeConfig *cfg, DType act, int batch, int height, int width);
 
 void vae_free(Vae *m);
+
+// ---- training (sdc train vae: src/train/vae_train.c) ----------------------------
+//
+// A VAE loaded trainable holds F32 copies of its parameters in one arena,
+// named by diffusers name in vae_train_table (the downsamplers' (C, C, 3, 3)
+// conv weights among them, as the files have them). A training step:
+//   vae_train_encode(image) -> mean, logvar          (activations kept)
+//   the caller samples z = mean + exp(logvar / 2) * eps
+//   vae_train_decode(z) -> reconstruction            (activations kept)
+//   vae_train_decode_backward(d rec) -> d z
+//   vae_train_encode_backward(d mean, d logvar)      (parameter gradients ADDED)
+//   the optimizer over vae_trainables / the table, then vae_train_sync.
+// The caller's image and z must stay unchanged until the backwards ran.
+// Gradients are checked against torch autograd (tests/test_vae_grad.c).
+
+// vae_load with o->trainable: the parameters as F32 copies, named.
+int vae_load_opts(Vae **out, const ModelFiles *mf, const Backend *be, const ModelLoadOpts *o, SdcError *err);
+// A trainable VAE of config cfg whose parameters are all zero, for the
+// caller to initialise through vae_train_table (then vae_train_sync).
+int vae_create(Vae **out, const VaeConfig *cfg, const Backend *be, SdcError *err);
+// Plans (a measuring encode + decode + both backwards) and allocates the
+// kept activations, the backward scratch and the gradients (zeroed) for
+// batch images of height x width. Every training call takes exactly that shape.
+int vae_train_reserve(Vae *m, int batch, int height, int width, SdcError *err);
+// image (N, in, H, W) -> mean, logvar (N, L, H/f, W/f), logvar clamped to
+// [-30, 20] as vae_encode does.
+int vae_train_encode(Vae *m, const Tensor *image, Tensor *mean, Tensor *logvar, SdcError *err);
+// z (N, L, h, w) -> image (N, out, H, W).
+int vae_train_decode(Vae *m, const Tensor *z, Tensor *image, SdcError *err);
+// d loss / d the decoded image -> d loss / d z (overwritten; NULL: not wanted).
+int vae_train_decode_backward(Vae *m, const Tensor *dimage, Tensor *dz, SdcError *err);
+// d loss / d mean and d loss / d the clamped logvar -> d loss / d image
+// (overwritten; NULL: not wanted).
+int vae_train_encode_backward(Vae *m, const Tensor *dmean, const Tensor *dlogvar, Tensor *dimage, SdcError *err);
+// After the parameters changed (an optimizer step, a checkpoint loaded, an
+// initialisation): rebuilds what is derived from them.
+int vae_train_sync(Vae *m, SdcError *err);
+// The parameter arena and the gradient arena as flat f32 buffers of *n
+// floats (grads NULL before vae_train_reserve). A table entry's gradient is
+// at the same offset from grads as the entry from params.
+void vae_trainables(Vae *m, float **params, float **grads, size_t *n);
+const ParamTable *vae_train_table(const Vae *m);
+// Bytes vae_train_reserve allocated: kept activations, scratch, gradients.
+size_t vae_train_bytes(const Vae *m);
 
 #endif

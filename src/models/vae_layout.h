@@ -6,8 +6,8 @@
 //     forward are those of its kind);
 //   - src/io/namemap.c makes the original <-> diffusers name rules from each
 //     block's prefixes.
-// There are no LoRA targets and no stage cut: the VAE is never trained and
-// runs whole on one rank.
+// There are no LoRA targets and no stage cut: the VAE trains whole (sdc
+// train vae) and runs whole on one rank.
 // The order is the order of execution:
 //   encoder: conv_in | per level: layers x resnet, downsample (not the last
 //            level) | mid: resnet, attention, resnet | out | quant_conv
