@@ -574,33 +574,19 @@ static int write_text(const char *path, const char *text, SdcError *err) {
 }
 
 // Copies src_dir/SUB/ (a diffusers source's tokenizer/ or tokenizer_2/: the
-// files transformers reads) into out/SUB/.
-static int copy_tokenizer(const char *src_dir, const char *sub, const char *out, SdcError *err) {
+// files transformers reads, those present) into out/SUB/.
+int convert_copy_tokenizer(const char *src_dir, const char *sub, const char *out, SdcError *err) {
     static const char *const files[] = {"vocab.json", "merges.txt", "special_tokens_map.json",
                                         "tokenizer_config.json", "tokenizer.json", "added_tokens.json"};
     char a[2048], b[2048];
     snprintf(b, sizeof b, "%s/%s", out, sub);
     SDC_TRY(fs_mkdir_p(b, err));
     for (int i = 0; i < 6; i++) {
+        struct stat st;
         snprintf(a, sizeof a, "%s/%s/%s", src_dir, sub, files[i]);
         snprintf(b, sizeof b, "%s/%s/%s", out, sub, files[i]);
-        FILE *fi = fopen(a, "rb");
-        if (!fi) continue;
-        FILE *fo = fopen(b, "wb");
-        if (!fo) {
-            const int e = errno;
-            fclose(fi);
-            return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s) ---> %s", b, strerror(e), fs_write_hint(e));
-        }
-        char buf[65536];
-        size_t k;
-        int ok = 1, e = 0;
-        while (ok && (k = fread(buf, 1, sizeof buf, fi)) > 0)
-            if (fwrite(buf, 1, k, fo) != k) ok = 0, e = errno;
-        if (ok && ferror(fi)) ok = 0, e = EIO;
-        fclose(fi);
-        if (fclose(fo) && ok) ok = 0, e = errno;
-        if (!ok) return sdc_err(err, SDC_ERR_IO, "%s: cannot write (%s) ---> %s", b, strerror(e), fs_write_hint(e));
+        if (stat(a, &st) || !S_ISREG(st.st_mode)) continue;
+        SDC_TRY(fs_copy_file(a, b, err));
     }
     return 0;
 }
@@ -627,8 +613,8 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     const int src_tok = src_has_tokenizer(o->model, "tokenizer") &&
                         (!m->xl || src_has_tokenizer(o->model, "tokenizer_2")),
               shipped = !src_tok && clip_vocab_model(m);
-    if (src_tok) SDC_TRY(copy_tokenizer(o->model, "tokenizer", o->output, err));
-    if (src_tok && m->xl) SDC_TRY(copy_tokenizer(o->model, "tokenizer_2", o->output, err));
+    if (src_tok) SDC_TRY(convert_copy_tokenizer(o->model, "tokenizer", o->output, err));
+    if (src_tok && m->xl) SDC_TRY(convert_copy_tokenizer(o->model, "tokenizer_2", o->output, err));
     for (int c = 0; shipped && c < n_conv; c++) {
         if (c != COMP_TEXT_ENCODER && c != COMP_TEXT_ENCODER_2) continue;
         snprintf(p, sizeof p, "%s/%s", o->output, c == COMP_TEXT_ENCODER ? "tokenizer" : "tokenizer_2");

@@ -33,4 +33,8 @@ typedef struct ConvertOpts {
 
 int convert_run(const ConvertOpts *o, SdcError *err);
 
+// Copies src_dir/SUB/ (a diffusers folder's tokenizer/ or tokenizer_2/: the
+// files transformers reads, those present) into out/SUB/, made if needed.
+int convert_copy_tokenizer(const char *src_dir, const char *sub, const char *out, SdcError *err);
+
 #endif

@@ -107,3 +107,24 @@ int fs_count_images(const char *dir) {
     closedir(d);
     return n;
 }
+
+int fs_copy_file(const char *src, const char *dst, SdcError *err) {
+    FILE *fi = fopen(src, "rb");
+    if (!fi) return sdc_err(err, SDC_ERR_IO, "%s: cannot read (%s)", src, strerror(errno));
+    FILE *fo = fopen(dst, "wb");
+    if (!fo) {
+        const int e = errno;
+        fclose(fi);
+        return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s) ---> %s", dst, strerror(e), fs_write_hint(e));
+    }
+    char buf[65536];
+    size_t k;
+    int ok = 1, e = 0;
+    while (ok && (k = fread(buf, 1, sizeof buf, fi)) > 0)
+        if (fwrite(buf, 1, k, fo) != k) ok = 0, e = errno;
+    if (ok && ferror(fi)) ok = 0, e = EIO;
+    fclose(fi);
+    if (fclose(fo) && ok) ok = 0, e = errno;
+    if (!ok) return sdc_err(err, SDC_ERR_IO, "%s: cannot write (%s) ---> %s", dst, strerror(e), fs_write_hint(e));
+    return 0;
+}

@@ -15,6 +15,9 @@ int fs_rm_tree(const char *path);
 // exists: folders made anew, files hard-linked (no data copied; the same
 // file system only), symlinks copied. 0, or -1 with errno set.
 int fs_link_tree(const char *src, const char *dst);
+// Copies the file src to dst (created or truncated); errors name the path
+// and end with fs_write_hint's hint.
+int fs_copy_file(const char *src, const char *dst, SdcError *err);
 // Swaps the paths a and b in one step (renameat2 RENAME_EXCHANGE), so a
 // reader or a kill sees either both old or both new. 0, or -1 with errno set
 // (EINVAL / ENOSYS where the file system or kernel cannot).

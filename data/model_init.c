@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "core/backend.h"
+#include "data/convert.h"
 #include "data/fsutil.h"
 #include "io/safetensors.h"
 #include "io/weights.h"
@@ -24,37 +25,15 @@ static int is_file(const char *p) {
     return !stat(p, &st) && S_ISREG(st.st_mode);
 }
 
-static int copy_file(const char *src, const char *dst, SdcError *err) {
-    FILE *fi = fopen(src, "rb");
-    if (!fi) return sdc_err(err, SDC_ERR_IO, "%s: cannot read (%s)", src, strerror(errno));
-    FILE *fo = fopen(dst, "wb");
-    if (!fo) {
-        const int e = errno;
-        fclose(fi);
-        return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s) ---> %s", dst, strerror(e), fs_write_hint(e));
-    }
-    char buf[65536];
-    size_t k;
-    int ok = 1, e = 0;
-    while (ok && (k = fread(buf, 1, sizeof buf, fi)) > 0)
-        if (fwrite(buf, 1, k, fo) != k) ok = 0, e = errno;
-    if (ok && ferror(fi)) ok = 0, e = EIO;
-    fclose(fi);
-    if (fclose(fo) && ok) ok = 0, e = errno;
-    if (!ok) return sdc_err(err, SDC_ERR_IO, "%s: cannot write (%s) ---> %s", dst, strerror(e), fs_write_hint(e));
-    return 0;
-}
-
-// config_dir/sub/name -> out/sub/name when it exists (required: an error when not)
-static int copy_part(const char *config_dir, const char *out, const char *sub, const char *name, int required,
-                     SdcError *err) {
+// config_dir/sub/name -> out/sub/name; an error naming it when it is missing
+static int copy_part(const char *config_dir, const char *out, const char *sub, const char *name, SdcError *err) {
     char a[4096], b[4096];
     snprintf(a, sizeof a, "%s/%s%s%s", config_dir, sub, sub[0] ? "/" : "", name);
-    if (!is_file(a)) return required ? sdc_err(err, SDC_ERR_IO, "%s: missing ---> the config folder needs it", a) : 0;
+    if (!is_file(a)) return sdc_err(err, SDC_ERR_IO, "%s: missing ---> the config folder needs it", a);
     snprintf(b, sizeof b, "%s/%s", out, sub);
     if (sub[0]) SDC_TRY(fs_mkdir_p(b, err));
     snprintf(b, sizeof b, "%s/%s%s%s", out, sub, sub[0] ? "/" : "", name);
-    return copy_file(a, b, err);
+    return fs_copy_file(a, b, err);
 }
 
 static int write_table(const ParamTable *t, const char *path, SdcError *err) {
@@ -122,13 +101,10 @@ int model_init_folder(const ModelInitOpts *o, SdcError *err) {
     // the configs as given; tokenizer, scheduler, model index when present
     static const char *const parts[][2] = {{"unet", "config.json"}, {"vae", "config.json"},
                                            {"text_encoder", "config.json"}};
-    for (int i = 0; !rc && i < 3; i++) rc = copy_part(o->config_dir, tmp, parts[i][0], parts[i][1], 1, err);
-    if (!rc && info->has_clip2) rc = copy_part(o->config_dir, tmp, "text_encoder_2", "config.json", 1, err);
-    static const char *const tok_files[] = {"vocab.json", "merges.txt", "special_tokens_map.json",
-                                            "tokenizer_config.json", "tokenizer.json", "added_tokens.json"};
-    for (int t = 0; t < 2 && !rc; t++)
-        for (int i = 0; i < 6 && !rc; i++) rc = copy_part(o->config_dir, tmp, t ? "tokenizer_2" : "tokenizer",
-                                                          tok_files[i], 0, err);
+    for (int i = 0; !rc && i < 3; i++) rc = copy_part(o->config_dir, tmp, parts[i][0], parts[i][1], err);
+    if (!rc && info->has_clip2) rc = copy_part(o->config_dir, tmp, "text_encoder_2", "config.json", err);
+    if (!rc && info->tokenizer_dir[0]) rc = convert_copy_tokenizer(o->config_dir, "tokenizer", tmp, err);
+    if (!rc && info->tokenizer2_dir[0]) rc = convert_copy_tokenizer(o->config_dir, "tokenizer_2", tmp, err);
     if (!rc && !info->tokenizer_dir[0]) { // none given: the shipped CLIP vocab, if the encoder takes it
         if (info->clip.vocab_size != CLIP_TOK_VOCAB)
             rc = sdc_err(err, SDC_ERR_ARG, "%s: no tokenizer/ and the text encoder's vocab_size is %d, not CLIP's "
@@ -138,8 +114,8 @@ int model_init_folder(const ModelInitOpts *o, SdcError *err) {
         if (!rc) rc = clip_tok_write_hf(p, info->family == SD_FAMILY_2 ? CLIP_TOK_FOLDER_SD2 : CLIP_TOK_FOLDER_SD1,
                                         err);
     }
-    if (!rc) rc = copy_part(o->config_dir, tmp, "scheduler", "scheduler_config.json", 1, err);
-    if (!rc) rc = copy_part(o->config_dir, tmp, "", "model_index.json", 1, err);
+    if (!rc) rc = copy_part(o->config_dir, tmp, "scheduler", "scheduler_config.json", err);
+    if (!rc) rc = copy_part(o->config_dir, tmp, "", "model_index.json", err);
     // the weights
     if (!rc) {
         ModelLoadOpts lo = {.trainable = 1, .init = 1};

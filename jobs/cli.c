@@ -993,26 +993,33 @@ static void cli_print_usage_train_vae(FILE *f) {
             "Under mpiexec / srun each rank takes an equal share of every batch (data parallel).\n");
 }
 
-// `sdc train vae`: each --flag-name is the TrainVae field flag_name; a few
-// go to Model and Runtime.
-static int cli_parse_train_vae(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err) {
-    Sdc__Job *job = job_new();
-    if (!job) return cli_oom(err);
-    job->task = SDC__TASK__TASK_TRAIN_VAE;
-    job->has_task = 1;
-    sdc__generate__free_unpacked(job->generate, NULL);
-    job->generate = NULL;
-    Sdc__TrainVae *v = calloc(1, sizeof *v);
-    if (!v) return cli_job_free(job), cli_oom(err);
-    sdc__train_vae__init(v);
-    job->train_vae = v;
+static int in_list(const char *const *l, const char *s) {
+    for (; *l; l++)
+        if (!strcmp(*l, s)) return 1;
+    return 0;
+}
+
+// The flags after `sdc train KIND`: each --flag-name (or --flag_name) sets
+// the field flag_name of msg, KIND's message; --pretrained-model
+// (--pretrained-model-name-or-path) sets Model.path, the names listed in
+// model_fields / runtime_fields the Model's / Runtime's; -t is --threads; a
+// bool flag takes no value; diffusers' bare --offset_noise means 0.1. With
+// --help: the usage printed, opt->help set, 0.
+typedef struct TrainFlags {
+    const char *kind;                  // "dreambooth", "vae"
+    void (*usage)(FILE *f);
+    const char *const *model_fields;   // NULL-terminated
+    const char *const *runtime_fields; // NULL-terminated
+} TrainFlags;
+
+static int parse_train_flags(int argc, char **argv, Sdc__Job *job, ProtobufCMessage *kind_msg, const TrainFlags *tf,
+                             CliOptions *opt, SdcError *err) {
     int rc = 0;
     for (int i = 3; i < argc && !rc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             opt->help = 1;
-            cli_print_usage_train_vae(stdout);
-            cli_job_free(job);
+            tf->usage(stdout);
             return 0;
         }
         if (!strcmp(a, "--dump-manifest")) {
@@ -1027,39 +1034,60 @@ static int cli_parse_train_vae(int argc, char **argv, Sdc__Job **out, CliOptions
         if (!strcmp(a, "-t")) {
             snprintf(name, sizeof name, "threads");
         } else if (strncmp(a, "--", 2) || strlen(a) > 60) {
-            rc = sdc_err(err, SDC_ERR_ARG, "sdc train vae: unexpected argument '%s' ---> sdc train vae --help", a);
-            break;
+            return sdc_err(err, SDC_ERR_ARG, "sdc train %s: unexpected argument '%s' ---> sdc train %s --help",
+                           tf->kind, a, tf->kind);
         } else {
             snprintf(name, sizeof name, "%s", a + 2);
             for (char *p = name; *p; p++)
                 if (*p == '-') *p = '_';
         }
-        ProtobufCMessage *msg = &v->base;
+        ProtobufCMessage *msg = kind_msg;
         const char *field = name;
         if (!strcmp(name, "pretrained_model") || !strcmp(name, "pretrained_model_name_or_path")) {
             msg = &job->model->base;
             field = "path";
-        } else if (!strcmp(name, "threads")) {
+        } else if (in_list(tf->model_fields, name)) {
+            msg = &job->model->base;
+        } else if (in_list(tf->runtime_fields, name)) {
             msg = &job->runtime->base;
         }
         const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, field);
-        if (!fd) {
-            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> sdc train vae --help", a);
-            break;
-        }
-        const char *val = NULL;
+        if (!fd) return sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> sdc train %s --help", a, tf->kind);
+        const char *v = NULL;
         if (fd->type == PROTOBUF_C_TYPE_BOOL) {
-            val = "true";
+            v = "true";
+        } else if (!strcmp(field, "offset_noise")) { // a bare flag in diffusers: 0.1
+            char *end = NULL;
+            if (i + 1 < argc) (void)strtod(argv[i + 1], &end);
+            v = (i + 1 < argc && end && *end == 0 && end != argv[i + 1]) ? argv[++i] : "0.1";
         } else if (i + 1 < argc) {
-            val = argv[++i];
+            v = argv[++i];
         } else {
-            rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> sdc train vae --help", a);
-            break;
+            return sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> sdc train %s --help", a, tf->kind);
         }
-        rc = manifest_set_field(msg, field, val, err);
+        rc = manifest_set_field(msg, field, v, err);
         if (rc) sdc_err_wrap(err, "%s", a);
     }
-    if (rc) {
+    return rc;
+}
+
+// A training job of KIND around kind_msg (the job owns it from here), its
+// flags parsed (parse_train_flags).
+static int cli_parse_train_kind(int argc, char **argv, Sdc__Job **out, CliOptions *opt, Sdc__Task task,
+                                ProtobufCMessage *kind_msg, const TrainFlags *tf, SdcError *err) {
+    Sdc__Job *job = job_new();
+    if (!job) {
+        protobuf_c_message_free_unpacked(kind_msg, NULL);
+        return cli_oom(err);
+    }
+    job->task = task;
+    job->has_task = 1;
+    sdc__generate__free_unpacked(job->generate, NULL); // a training job has no generate section
+    job->generate = NULL;
+    if (task == SDC__TASK__TASK_TRAIN_VAE) job->train_vae = (Sdc__TrainVae *)kind_msg;
+    else job->dreambooth = (Sdc__Dreambooth *)kind_msg;
+    int rc = parse_train_flags(argc, argv, job, kind_msg, tf, opt, err);
+    if (rc || opt->help) {
         cli_job_free(job);
         return rc;
     }
@@ -1073,83 +1101,24 @@ static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *op
         cli_print_usage_train(stdout);
         return 0;
     }
-    if (!strcmp(argv[2], "vae")) return cli_parse_train_vae(argc, argv, out, opt, err);
+    static const char *const none[] = {NULL};
+    static const char *const vae_runtime[] = {"threads", NULL};
+    static const char *const db_model[] = {"config", "prediction_type", NULL};
+    static const char *const db_runtime[] = {"threads", "pipeline_stages", "micro_batches", "pipeline_schedule",
+                                             "pipeline_cut", NULL};
+    if (!strcmp(argv[2], "vae")) {
+        static const TrainFlags tf = {"vae", cli_print_usage_train_vae, none, vae_runtime};
+        Sdc__TrainVae *v = calloc(1, sizeof *v);
+        if (!v) return cli_oom(err);
+        sdc__train_vae__init(v);
+        return cli_parse_train_kind(argc, argv, out, opt, SDC__TASK__TASK_TRAIN_VAE, &v->base, &tf, err);
+    }
     if (strcmp(argv[2], "dreambooth"))
         return sdc_err(err, SDC_ERR_ARG, "sdc train: unknown kind '%s' ---> sdc train dreambooth --help, sdc train "
                        "vae --help", argv[2]);
-    Sdc__Job *job = job_new();
-    if (!job) return cli_oom(err);
-    job->task = SDC__TASK__TASK_DREAMBOOTH;
-    job->has_task = 1;
-    sdc__generate__free_unpacked(job->generate, NULL); // a training job has no generate section
-    job->generate = NULL;
+    static const TrainFlags tf = {"dreambooth", cli_print_usage_train, db_model, db_runtime};
     Sdc__Dreambooth *d = calloc(1, sizeof *d);
-    if (!d) return cli_job_free(job), cli_oom(err);
+    if (!d) return cli_oom(err);
     sdc__dreambooth__init(d);
-    job->dreambooth = d;
-    int rc = 0;
-    for (int i = 3; i < argc && !rc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            opt->help = 1;
-            cli_print_usage_train(stdout);
-            cli_job_free(job);
-            return 0;
-        }
-        if (!strcmp(a, "--dump-manifest")) {
-            opt->dump_manifest = 1;
-            continue;
-        }
-        if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            opt->quiet = 1;
-            continue;
-        }
-        char name[64];
-        if (!strcmp(a, "-t")) snprintf(name, sizeof name, "threads");
-        else if (strncmp(a, "--", 2) || strlen(a) > 60) {
-            rc = sdc_err(err, SDC_ERR_ARG, "sdc train dreambooth: unexpected argument '%s' ---> sdc train dreambooth --help", a);
-            break;
-        } else {
-            snprintf(name, sizeof name, "%s", a + 2);
-            for (char *p = name; *p; p++)
-                if (*p == '-') *p = '_';
-        }
-        ProtobufCMessage *msg = &d->base;
-        const char *field = name;
-        if (!strcmp(name, "pretrained_model") || !strcmp(name, "pretrained_model_name_or_path")) {
-            msg = &job->model->base;
-            field = "path";
-        } else if (!strcmp(name, "config") || !strcmp(name, "prediction_type")) {
-            msg = &job->model->base;
-        } else if (!strcmp(name, "threads") || !strcmp(name, "pipeline_stages") || !strcmp(name, "micro_batches") ||
-                   !strcmp(name, "pipeline_schedule") || !strcmp(name, "pipeline_cut")) {
-            msg = &job->runtime->base;
-        }
-        const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, field);
-        if (!fd) {
-            rc = sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> sdc train dreambooth --help", a);
-            break;
-        }
-        const char *v = NULL;
-        if (fd->type == PROTOBUF_C_TYPE_BOOL) {
-            v = "true";
-        } else if (!strcmp(field, "offset_noise")) { // a bare flag in diffusers: 0.1
-            char *end = NULL;
-            if (i + 1 < argc) (void)strtod(argv[i + 1], &end);
-            v = (i + 1 < argc && end && *end == 0 && end != argv[i + 1]) ? argv[++i] : "0.1";
-        } else if (i + 1 < argc) {
-            v = argv[++i];
-        } else {
-            rc = sdc_err(err, SDC_ERR_ARG, "%s needs a value ---> sdc train dreambooth --help", a);
-            break;
-        }
-        rc = manifest_set_field(msg, field, v, err);
-        if (rc) sdc_err_wrap(err, "%s", a);
-    }
-    if (rc) {
-        cli_job_free(job);
-        return rc;
-    }
-    *out = job;
-    return 0;
+    return cli_parse_train_kind(argc, argv, out, opt, SDC__TASK__TASK_DREAMBOOTH, &d->base, &tf, err);
 }

@@ -3,7 +3,7 @@
 // (SDC_CHECK, like the CPU backend) and turns tensors into pointers and
 // sizes; all CUDA calls live in kernels/cuda, so this is plain C.
 //
-// Failures inside an op end in an error, not a process abort (backend.h: status): a failed
+// Failures inside an op end in an error the caller gets back (backend.h: status): a failed
 // CUDA / cuBLAS / cuDNN call is recorded by the kernels in the CudaCtx, a
 // workspace that cannot be allocated or a size the kernels cannot index here
 // (CudaBackend.fault); after either, every op returns at once until status
@@ -97,7 +97,7 @@ static int faulted(const Backend *be) {
 
 // A size the user's batch, image or model gives that the kernels cannot
 // index (32-bit offsets, 65535 grid rows): recorded as SDC_ERR_UNSUPPORTED
-// naming the op and shape (status returns it), never an abort. 1 when too large.
+// naming the op and shape (status returns it); the process goes on. 1 when too large.
 static int too_large(const Backend *be, int ok, const char *op, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int too_large(const Backend *be, int ok, const char *op, const char *fmt, ...) {

@@ -94,19 +94,24 @@ int clip_load_opts(ClipModel **out, const ModelFiles *mf, const Backend *be, con
         return sdc_err(err, SDC_ERR_OOM, "clip_load: out of host memory");
     }
     // Pass 1 checks every name and shape and measures; pass 2 loads for real.
+    const ModelFiles *src = o && o->init ? NULL : mf; // from scratch: no tensor read (params.h)
+    if (!src && !own) {
+        clip_free(m);
+        return sdc_err(err, SDC_ERR_INTERNAL, "clip: a from-scratch load must be trainable");
+    }
     Arena meas;
     arena_init_measure(&meas);
-    ParamLoader pl = {.mf = mf, .comp = comp, .be = be, .arena = &meas, .err = err,
-                      .own = own, .lora = o ? o->lora : NULL, .init = o && o->init};
+    ParamLoader pl = {.mf = src, .comp = comp, .be = be, .arena = &meas, .err = err,
+                      .own = own, .lora = o ? o->lora : NULL};
     clip_get_params(m, &pl);
     int rc = pl.failed ? err->code : 0;
     if (!rc) rc = arena_init(&m->params, be, meas.peak, err);
     // Trainable: the arena is the flat buffer the optimizer sees; zero its padding.
     if (!rc && own) be->zero(be, m->params.base, m->params.cap);
     if (!rc) {
-        pl = (ParamLoader){.mf = mf, .comp = comp, .be = be, .arena = &m->params,
+        pl = (ParamLoader){.mf = src, .comp = comp, .be = be, .arena = &m->params,
                            .err = err, .own = own, .table = own ? &m->table : NULL,
-                           .lora = o ? o->lora : NULL, .init = o && o->init};
+                           .lora = o ? o->lora : NULL};
         clip_get_params(m, &pl);
         rc = pl.failed ? err->code : 0;
     }

@@ -40,24 +40,9 @@ static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t 
     vsnprintf(name, sizeof name, fmt, ap);
     Tensor none = tensor_make(pl->be->param_dtype, pl->be->device, NULL, ndim, shape);
     if (pl->failed) return none;
-    if (pl->init) { // from scratch: the shape the model asks for, zeroed (the arena was)
+    if (!pl->mf) { // a fresh model (vae_create, ModelLoadOpts.init): every parameter new and zero (the
+                   // arena is zeroed), named in the table for the caller to set (models/init.h)
         if (pl->check_only) return none;
-        Tensor dst = arena_tensor(pl->arena, pl->be->param_dtype, ndim, shape);
-        if (pl->arena->measure) return dst;
-        pl->count++;
-        pl->numel += (size_t)tensor_numel(&dst);
-        if (!pl->own || !pl->table || pl->be->device != DEV_CPU || dst.dtype != DT_F32) {
-            sdc_err(pl->err, SDC_ERR_INTERNAL, "%s: from-scratch parameters need a trainable F32 CPU load", name);
-            pl->failed = 1;
-            return none;
-        }
-        if (table_add(pl, name, &dst)) {
-            pl->failed = 1;
-            return none;
-        }
-        return dst;
-    }
-    if (!pl->mf) { // a fresh model: every parameter new and zero (the arena is zeroed), for the caller to set
         pl->count++;
         pl->numel += (size_t)tensor_numel(&none);
         Tensor dst = arena_tensor(pl->arena, pl->be->param_dtype, ndim, shape);

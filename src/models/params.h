@@ -41,8 +41,9 @@ typedef struct ModelLoadOpts {
     int first_block, end_block;
     // Text encoders: load SDXL's second one (text_encoder_2, ModelInfo.clip2).
     int second_text_encoder;
-    // From scratch (with trainable): no tensor is read from the files; every
-    // parameter is a zeroed own copy, named in the table, for params_init
+    // From scratch (with trainable): no tensor is read from the files (the
+    // loader runs without them, as vae_create does); every parameter is a
+    // zeroed own copy, named in the table, for params_init
     // (src/models/init.h) to fill.
     int init;
 } ModelLoadOpts;
@@ -63,7 +64,6 @@ typedef struct ParamLoader {
     // updates added in f32 before the conversion to be->param_dtype.
     const struct LoraSet *lora;
     int check_only; // check names and shapes only; every tensor comes back empty (blocks of another stage)
-    int init;       // ModelLoadOpts.init: nothing read, zeroed own copies (needs own)
 } ParamLoader;
 
 // shape is given as a literal list: PARAM(pl, SHAPE(C, C, 3, 3), "conv_in.weight")

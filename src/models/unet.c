@@ -125,19 +125,23 @@ int unet_load_opts(Unet **out, const ModelFiles *mf, const Backend *be, const Mo
     }
 
     // Pass 1: check every name and shape, count the bytes to convert.
+    const ModelFiles *src = o && o->init ? NULL : mf; // from scratch: no tensor read (params.h)
+    if (!src && !own) {
+        rc = sdc_err(err, SDC_ERR_INTERNAL, "unet: a from-scratch load must be trainable");
+        goto fail;
+    }
     Arena meas;
     arena_init_measure(&meas);
-    ParamLoader pl = {.mf = mf, .comp = COMP_UNET, .be = be, .arena = &meas, .err = err, .own = own,
-                      .lora = o ? o->lora : NULL, .init = o && o->init};
+    ParamLoader pl = {.mf = src, .comp = COMP_UNET, .be = be, .arena = &meas, .err = err, .own = own,
+                      .lora = o ? o->lora : NULL};
     rc = unet_build(m, &pl, err);
     if (rc) goto fail;
     // Pass 2: for real.
     rc = arena_init(&m->params, be, meas.peak, err);
     if (rc) goto fail;
     if (own) be->zero(be, m->params.base, m->params.cap); // padding too: the flat buffer is optimized
-    pl = (ParamLoader){.mf = mf, .comp = COMP_UNET, .be = be, .arena = &m->params, .err = err,
-                       .own = own, .table = own ? &m->table : NULL, .lora = o ? o->lora : NULL,
-                       .init = o && o->init};
+    pl = (ParamLoader){.mf = src, .comp = COMP_UNET, .be = be, .arena = &m->params, .err = err,
+                       .own = own, .table = own ? &m->table : NULL, .lora = o ? o->lora : NULL};
     rc = unet_build(m, &pl, err);
     if (rc) goto fail;
     m->param_count = pl.count;
