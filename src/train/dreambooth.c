@@ -173,6 +173,8 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         return sdc_err(err, SDC_ERR_ARG, "dreambooth: the text encoder's width %d is not the UNet's context width %d",
                        D, uc->cross_dim);
     t->prediction = uc->prediction;
+    const int levels = model_files_info(model->files)->vae.n_levels;
+    t->px_per_latent = levels >= 1 && levels <= 8 ? 1 << (levels - 1) : 8;
     t->train_te = c->train_text_encoder && hooks->stage == 0;
     if (L > 1024) return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: %d text positions", L);
     int dropped = 0;
@@ -827,7 +829,8 @@ int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_sc
     if (!rc) rc = unet_lora_merge(m->unet, 1, err);
     if (!rc) {
         GenParams p = {.mode = GEN_TXT2IMG, .steps = steps, .cfg_scale = cfg_scale, .sampler = SAMPLER_DPMPP_2M,
-                       .seed = seed, .width = t->data.lat_w * 8, .height = t->data.lat_h * 8, .batch = 1};
+                       .seed = seed, .width = t->data.lat_w * t->px_per_latent,
+                       .height = t->data.lat_h * t->px_per_latent, .batch = 1};
         size_t img = (size_t)3 * p.width * p.height;
         for (int i = 0; i < n && !rc; i++) {
             p.seed = seed + (uint64_t)i;
