@@ -40,7 +40,13 @@ static const int POS_DIR[SYNTH_N_POSITIONS][2] = {{0, 0}, {-1, 0}, {1, 0}, {0, -
 // Area of each outline in units of s^2 (circle pi; square 1.7^2; triangle of
 // circumradius 1.15; star 5 R r sin 36 with R 1.15, r 0.47; cross 2 (0.72 x
 // 2) - 0.72^2; diamond 2 x 1.15^2).
-static const double SHAPE_AREA[SYNTH_N_SHAPES] = {3.14159265, 2.89, 1.71806, 1.58858, 2.3616, 2.645};
+// The subject's heart: (X^2 + Y^2 - 1)^3 <= X^2 Y^3 with X = x / 0.9 and Y =
+// 0.29347 - y / 0.9 (up, moved so its centroid is the origin), area 3.66013
+// x 0.81 (numerical).
+static const double SHAPE_AREA[SYNTH_N_SHAPES + 1] = {3.14159265, 2.89, 1.71806, 1.58858, 2.3616, 2.645, 2.96471};
+// The subject's stripe colours (palette indices) and stripe height (local units).
+static const int SUBJECT_COLOURS[2] = {2, 5};
+#define SUBJECT_STRIPE 0.5
 
 // ----------------------------------------------------------------------------
 // randomness: splitmix64 from (seed, item), so an item is the same whatever
@@ -79,14 +85,27 @@ int synth_split_parse(const char *s, SynthSplit *out) {
     if (!strcmp(s, "train")) *out = SYNTH_TRAIN;
     else if (!strcmp(s, "heldout")) *out = SYNTH_HELDOUT;
     else if (!strcmp(s, "all")) *out = SYNTH_ALL;
+    else if (!strcmp(s, "subject")) *out = SYNTH_SUBJECT_SPLIT;
     else return -1;
     return 0;
 }
 
-const char *synth_split_name(SynthSplit s) { return s == SYNTH_TRAIN ? "train" : s == SYNTH_HELDOUT ? "heldout" : "all"; }
+const char *synth_split_name(SynthSplit s) {
+    return s == SYNTH_TRAIN ? "train" : s == SYNTH_HELDOUT ? "heldout" : s == SYNTH_SUBJECT_SPLIT ? "subject" : "all";
+}
 
 void synth_label(uint64_t seed, int64_t i, SynthSplit split, SynthLabel *l) {
     Rng r = item_rng(seed, i, 0);
+    if (split == SYNTH_SUBJECT_SPLIT) { // the subject in a context: a background far from its stripes and their
+        // blend (red's and orange's tints are near a yellow-purple mix: the scorer would cut the heart at its seams)
+        static const int BG[4] = {3, 4, 6, 7};
+        l->shape = SYNTH_SUBJECT, l->colour = SUBJECT_COLOURS[0];
+        l->bg = BG[rng_below(&r, 4)];
+        l->size = rng_below(&r, SYNTH_N_SIZES);
+        l->position = rng_below(&r, SYNTH_N_POSITIONS);
+        l->texture = rng_below(&r, SYNTH_N_TEXTURES);
+        return;
+    }
     for (;;) { // about 1 in 10 triples is held out: a few draws at most
         l->shape = rng_below(&r, SYNTH_N_SHAPES);
         l->colour = rng_below(&r, SYNTH_N_COLOURS);
@@ -105,6 +124,9 @@ int synth_caption(const SynthLabel *l, char *buf, size_t n) {
     // "on a plain blue background", "on a blue striped background", "on an orange dotted background"
     const char *first = l->texture == 0 ? "plain" : synth_colour_names[l->bg];
     const char *second = l->texture == 0 ? synth_colour_names[l->bg] : synth_texture_names[l->texture];
+    if (l->shape == SYNTH_SUBJECT)
+        return snprintf(buf, n, "a %s sks shape on %s %s %s background, %s", synth_size_names[l->size],
+                        first[0] == 'o' ? "an" : "a", first, second, where[l->position]);
     return snprintf(buf, n, "a %s %s %s on %s %s %s background, %s", synth_size_names[l->size],
                     synth_colour_names[l->colour], synth_shape_names[l->shape], first[0] == 'o' ? "an" : "a", first,
                     second, where[l->position]);
@@ -129,8 +151,10 @@ int synth_parse_caption(const char *caption, SynthLabel *l) {
         if (k) words[nw][k] = 0, nw++;
     }
     *l = (SynthLabel){.shape = -1, .colour = -1, .bg = -1};
-    int on = -1;
+    int on = -1, sks = 0, noun = -1;
     for (int i = 0; i < nw; i++) {
+        if (!strcmp(words[i], "sks") && i + 1 < nw && !strcmp(words[i + 1], "shape")) sks = 1;
+        if (!strcmp(words[i], "shape") && noun < 0) noun = i;
         int s = word_index(synth_shape_names, SYNTH_N_SHAPES, words[i]);
         if (s >= 0 && l->shape < 0) {
             l->shape = s;
@@ -147,6 +171,12 @@ int synth_parse_caption(const char *caption, SynthLabel *l) {
     }
     for (int i = on + 2; on >= 0 && i < nw && l->bg < 0; i++)
         l->bg = word_index(synth_colour_names, SYNTH_N_COLOURS, words[i]);
+    if (sks) // "sks shape": the subject, whatever shape word the prompt also has
+        l->shape = SYNTH_SUBJECT, l->colour = SUBJECT_COLOURS[0];
+    else if (l->shape < 0 && noun >= 0) // a class prompt: its colour when it names one
+        l->shape = SYNTH_CLASS, l->colour = noun > 0 ? word_index(synth_colour_names, SYNTH_N_COLOURS, words[noun - 1])
+                                                     : -1;
+    if (l->shape >= SYNTH_SUBJECT) return l->bg >= 0 ? 0 : -1;
     return l->shape >= 0 && l->colour >= 0 && l->bg >= 0 ? 0 : -1;
 }
 
@@ -178,7 +208,11 @@ static int shape_inside(int k, double x, double y) {
     case 2: return in_polygon(TRI, 3, x, y);
     case 3: return in_polygon(STAR, 10, x, y);
     case 4: return (fabs(x) <= 0.36 && fabs(y) <= 1.0) || (fabs(y) <= 0.36 && fabs(x) <= 1.0);
-    default: return fabs(x) + fabs(y) <= 1.15;
+    case 5: return fabs(x) + fabs(y) <= 1.15;
+    default: { // SYNTH_SUBJECT: the heart
+        const double X = x / 0.9, Y = 0.29347 - y / 0.9, q = X * X + Y * Y - 1.0;
+        return q * q * q <= X * X * Y * Y * Y;
+    }
     }
 }
 
@@ -209,11 +243,13 @@ void synth_render(uint64_t seed, int64_t i, const SynthLabel *l, int res, uint8_
     const double cx = 0.5 + d * POS_DIR[l->position][0] + 0.04 * (rng_unit(&r) - 0.5);
     const double cy = 0.5 + d * POS_DIR[l->position][1] + 0.04 * (rng_unit(&r) - 0.5);
     const double ph_u = rng_unit(&r), ph_v = rng_unit(&r);
-    float fg[3], bg[3], bg2[3];
+    float fg[3], bg[3], bg2[3], fg2[3]; // fg2: the subject's second stripe colour
     for (int k = 0; k < 3; k++) {
         fg[k] = PALETTE[l->colour][k] + (float)(20.0 * (rng_unit(&r) - 0.5));
         bg[k] = PALETTE[l->bg][k] + (float)(20.0 * (rng_unit(&r) - 0.5));
     }
+    for (int k = 0; k < 3; k++) fg2[k] = PALETTE[SUBJECT_COLOURS[1]][k] + (float)(20.0 * (rng_unit(&r) - 0.5));
+    const int subject = l->shape == SYNTH_SUBJECT;
     tint_of(bg, l->bg, bg2);
     const int SS = 4; // samples per pixel side
     for (int y = 0; y < res; y++)
@@ -222,7 +258,9 @@ void synth_render(uint64_t seed, int64_t i, const SynthLabel *l, int res, uint8_
             for (int sy = 0; sy < SS; sy++)
                 for (int sx = 0; sx < SS; sx++) {
                     double u = (x + (sx + 0.5) / SS) / res, v = (y + (sy + 0.5) / SS) / res;
-                    const float *c = shape_inside(l->shape, (u - cx) / s, (v - cy) / s) ? fg
+                    const double ly = (v - cy) / s;
+                    const float *c = shape_inside(l->shape, (u - cx) / s, ly)
+                                         ? (subject && ((long)floor(ly / SUBJECT_STRIPE) & 1) ? fg2 : fg)
                                      : texture_second(l->texture, u, v, ph_u, ph_v) ? bg2
                                                                                       : bg;
                     for (int k = 0; k < 3; k++) acc[k] += c[k];
@@ -357,6 +395,18 @@ int synth_score(const uint8_t *rgb, int w, int h, SynthGuess *g) {
             if (iou > best_iou) best_iou = iou, best_s = s, g->shape = k;
         }
         g->shape_iou = best_iou;
+        { // the subject: the heart's IoU, and its two stripe colours' shares of the shape
+            const double s = sqrt(area / SHAPE_AREA[SYNTH_SUBJECT]);
+            int64_t inter = 0, uni = 0;
+            for (size_t p = 0; p < n; p++) {
+                double u = ((double)(p % (size_t)w) + 0.5) / w, v = ((double)(p / (size_t)w) + 0.5) / h;
+                int t = shape_inside(SYNTH_SUBJECT, (u - cx) / s, (v - cy) / s), m = lab[p] == best_id;
+                inter += t && m, uni += t || m;
+            }
+            g->subject_iou = uni ? (double)inter / uni : 0;
+            g->subject = g->subject_iou > best_iou && cvotes[SUBJECT_COLOURS[0]] * 5 >= best_n &&
+                         cvotes[SUBJECT_COLOURS[1]] * 5 >= best_n;
+        }
         g->size = best_s < 0.5 * (SIZE_SCALE[0] + SIZE_SCALE[1]) ? 0 : 1;
         const double dx = cx - 0.5, dy = cy - 0.5, lim = 0.5 * SIZE_OFFSET[g->size];
         if (fabs(dx) < lim && fabs(dy) < lim) g->position = 0;

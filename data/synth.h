@@ -26,7 +26,18 @@
 #define SYNTH_N_TEXTURES 4
 #define SYNTH_CAPTION_MAX 128
 
-typedef enum SynthSplit { SYNTH_TRAIN = 0, SYNTH_HELDOUT = 1, SYNTH_ALL = 2 } SynthSplit;
+// DreamBooth's subject (issue 16 part 5): a shape and a pattern that no
+// split above ever draws, a heart in yellow and purple horizontal stripes,
+// named by the rare identifier "sks" with the class noun "shape" ("a large
+// sks shape on a plain blue background, in the center"). The subject split
+// draws it in new contexts (any size, position and texture, on green, blue,
+// white or black). A prompt with "sks shape" asks for the subject; one with
+// "shape" and no shape name is a class prompt (prior preservation, and the
+// language-drift measure: does "a shape ..." still draw the six shapes).
+#define SYNTH_SUBJECT 6 // the subject's shape index in SynthLabel / SynthGuess
+#define SYNTH_CLASS 7   // a class prompt's shape ("a shape on ...": any of the six)
+
+typedef enum SynthSplit { SYNTH_TRAIN = 0, SYNTH_HELDOUT = 1, SYNTH_ALL = 2, SYNTH_SUBJECT_SPLIT = 3 } SynthSplit;
 
 extern const char *const synth_shape_names[SYNTH_N_SHAPES];       // circle, square, triangle, star, cross, diamond
 extern const char *const synth_colour_names[SYNTH_N_COLOURS];     // red, orange, yellow, green, blue, purple, white, black
@@ -34,14 +45,15 @@ extern const char *const synth_size_names[SYNTH_N_SIZES];         // small, larg
 extern const char *const synth_position_names[SYNTH_N_POSITIONS]; // center, left, right, top, bottom
 extern const char *const synth_texture_names[SYNTH_N_TEXTURES];   // plain, striped, dotted, checkered
 
-// One item's attributes (indices into the name tables); bg != colour.
+// One item's attributes (indices into the name tables; shape SYNTH_SUBJECT:
+// the subject, its colour yellow (its stripes' first colour)); bg != colour.
 typedef struct SynthLabel {
     int shape, colour, size, position, bg, texture;
 } SynthLabel;
 
 // 1 when the (shape, colour, bg) triple belongs to the held-out split.
 int synth_is_heldout(int shape, int colour, int bg);
-// "train", "heldout" or "all"; 0, or -1 for anything else.
+// "train", "heldout", "all" or "subject"; 0, or -1 for anything else.
 int synth_split_parse(const char *s, SynthSplit *out);
 const char *synth_split_name(SynthSplit s);
 
@@ -70,6 +82,10 @@ typedef struct SynthGuess {
     int textured;           // 0 plain background, 1 striped / dotted / checkered
     double shape_iou;       // the best template's IoU with the shape's mask
     double fg_fraction;     // the shape's share of the pixels
+    // the subject: its heart outline fits the shape better than the six
+    // outlines do, and both its stripe colours cover >= 20 % of the shape
+    int subject;
+    double subject_iou;     // the heart template's IoU
 } SynthGuess;
 
 // Reads an (h, w, 3) u8 image. Allocates a w*h scratch mask; returns -1 when

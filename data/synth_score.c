@@ -70,6 +70,20 @@ int synth_score_file(const char *path, SynthScore *s, FILE *items, SdcError *err
             rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory scoring image %lld", path, (long long)i);
             goto out;
         }
+        if (want.shape == SYNTH_SUBJECT) {
+            s->subject_items++, s->subject_found += g.subject, s->subject_bg += g.bg == want.bg;
+        } else if (want.shape == SYNTH_CLASS) {
+            s->class_items++, s->class_as_subject += g.subject, s->class_bg += g.bg == want.bg;
+            s->class_shape += g.shape >= 0 && !g.subject;
+        }
+        if (want.shape >= SYNTH_SUBJECT) {
+            if (items)
+                fprintf(items, "%s\t%lld\t-\t%s\t%s\t%s\t%.3f\t%s\n", path, (long long)i,
+                        g.subject ? "sks" : g.shape >= 0 ? synth_shape_names[g.shape] : "-",
+                        g.colour >= 0 ? synth_colour_names[g.colour] : "-", synth_colour_names[g.bg],
+                        g.subject ? g.subject_iou : g.shape_iou, prompt[i]);
+            continue;
+        }
         const int hit[SYNTH_SCORE_N] = {g.shape == want.shape,       g.colour == want.colour,
                                         g.bg == want.bg,             g.size == want.size,
                                         g.position == want.position, g.textured == (want.texture != 0)};

@@ -17,6 +17,13 @@ extern const char *const synth_score_names[SYNTH_SCORE_N];
 typedef struct SynthScore {
     int64_t items, not_done, unparsed, scored, heldout; // heldout: scored items whose triple is held out
     int64_t hit[SYNTH_SCORE_N], heldout_hit[SYNTH_SCORE_N];
+    // DreamBooth (synth.h's subject): prompts with the identifier ("a sks
+    // shape ..."): the subject found (subject fidelity), the background as
+    // prompted (prompt fidelity); class prompts ("a shape ..."): drawn as the
+    // subject (language drift), one of the six shapes found, the background
+    // as prompted. Not in `scored`.
+    int64_t subject_items, subject_found, subject_bg;
+    int64_t class_items, class_as_subject, class_shape, class_bg;
 } SynthScore;
 
 // Adds the items of one generation output (.h5) to *s; with items != NULL,

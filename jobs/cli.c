@@ -617,7 +617,8 @@ static void cli_print_usage_synth(FILE *f) {
             "  -n, --count N           items (default 10000)\n"
             "      --resolution N      square side in pixels (default 64)\n"
             "  -s, --seed N            seed (default 0)\n"
-            "      --split S           train (default), heldout or all\n"
+            "      --split S           train (default), heldout, all, or subject (the DreamBooth\n"
+            "                          subject of data/synth.h: a striped heart, \"a sks shape ...\")\n"
             "      --cache-latents     also store VAE latents (mean x scaling_factor); needs -m\n"
             "  -m, --model PATH        the model whose VAE encodes\n"
             "      --latents-dtype T   f32 (default) or f16\n"
@@ -730,7 +731,7 @@ static int cli_parse_synth(int argc, char **argv, Sdc__Job **out, CliOptions *op
             const char *v = VALUE();
             SynthSplit sp;
             if (v && synth_split_parse(v, &sp))
-                rc = sdc_err(err, SDC_ERR_ARG, "--split: expected train, heldout or all, got '%s'", v);
+                rc = sdc_err(err, SDC_ERR_ARG, "--split: expected train, heldout, all or subject, got '%s'", v);
             else if (v) rc = set_str(ds, "split", v, err);
         } else if (FLAG(NULL, "--cache-latents")) {
             ds->cache_latents = 1, ds->has_cache_latents = 1;

@@ -116,7 +116,7 @@ static int run_dataset_synth(const Sdc__Job *job, const RunOptions *opt, SdcErro
         return sdc_err(err, SDC_ERR_ARG, "dataset synth: no output ---> pass -o out.h5 (or --captions-file F)");
     SynthSplit split;
     if (synth_split_parse(d->split ? d->split : "train", &split))
-        return sdc_err(err, SDC_ERR_ARG, "dataset synth: split '%s' ---> train, heldout or all", d->split);
+        return sdc_err(err, SDC_ERR_ARG, "dataset synth: split '%s' ---> train, heldout, all or subject", d->split);
     if (d->count < 1) return sdc_err(err, SDC_ERR_ARG, "dataset synth: count %lld ---> at least 1", (long long)d->count);
     if (have_caps && h5_par_world().rank == 0)
         SDC_TRY(write_captions(d->captions_file, (uint64_t)d->seed, split, d->count, err));
@@ -177,19 +177,27 @@ static int run_dataset_score(const Sdc__Job *job, const RunOptions *opt, SdcErro
         if (!rc) rc = sdc_err(err, SDC_ERR_IO, "%s: write failed ---> is the disk full?", d->items);
     }
     if (rc) return rc;
-    if (!s.scored)
+    if (!s.scored && !s.subject_items && !s.class_items)
         return sdc_err(err, SDC_ERR_ARG, "no image to score (%lld items: %lld not done, %lld prompts that are not "
                        "synth captions) ---> generate from `sdc dataset synth --captions-file` prompts",
                        (long long)s.items, (long long)s.not_done, (long long)s.unparsed);
     (void)opt;
     printf("scored %lld of %lld images (%lld not done, %lld prompts not synth captions); %lld of held-out triples\n",
            (long long)s.scored, (long long)s.items, (long long)s.not_done, (long long)s.unparsed, (long long)s.heldout);
-    printf("  %-11s %8s %10s\n", "attribute", "all", "held-out");
-    for (int k = 0; k < SYNTH_SCORE_N; k++) {
+    if (s.scored) printf("  %-11s %8s %10s\n", "attribute", "all", "held-out");
+    for (int k = 0; s.scored && k < SYNTH_SCORE_N; k++) {
         printf("  %-11s %7.1f%%", synth_score_names[k], 100.0 * s.hit[k] / s.scored);
         if (s.heldout) printf(" %9.1f%%\n", 100.0 * s.heldout_hit[k] / s.heldout);
         else printf(" %10s\n", "-");
     }
+    const double si = s.subject_items ? (double)s.subject_items : 1, ci = s.class_items ? (double)s.class_items : 1;
+    if (s.subject_items)
+        printf("subject prompts (\"sks\"): %lld images: subject found %.1f%%, background as prompted %.1f%%\n",
+               (long long)s.subject_items, 100.0 * s.subject_found / si, 100.0 * s.subject_bg / si);
+    if (s.class_items)
+        printf("class prompts (\"shape\"): %lld images: drawn as the subject %.1f%% (language drift), one of the six "
+               "shapes %.1f%%, background as prompted %.1f%%\n", (long long)s.class_items,
+               100.0 * s.class_as_subject / ci, 100.0 * s.class_shape / ci, 100.0 * s.class_bg / ci);
     if (d->json && d->json[0]) {
         FILE *f = fopen(d->json, "w");
         if (!f) return sdc_err(err, SDC_ERR_IO, "%s: cannot create (%s)", d->json, strerror(errno));
@@ -197,8 +205,13 @@ static int run_dataset_score(const Sdc__Job *job, const RunOptions *opt, SdcErro
                 (long long)s.scored, (long long)s.items, (long long)s.not_done, (long long)s.unparsed,
                 (long long)s.heldout);
         for (int k = 0; k < SYNTH_SCORE_N; k++)
-            fprintf(f, ", \"%s\": %.6f, \"heldout_%s\": %.6f", synth_score_names[k], (double)s.hit[k] / s.scored,
-                    synth_score_names[k], s.heldout ? (double)s.heldout_hit[k] / s.heldout : 0.0);
+            fprintf(f, ", \"%s\": %.6f, \"heldout_%s\": %.6f", synth_score_names[k],
+                    s.scored ? (double)s.hit[k] / s.scored : 0.0, synth_score_names[k],
+                    s.heldout ? (double)s.heldout_hit[k] / s.heldout : 0.0);
+        fprintf(f, ", \"subject_items\": %lld, \"subject_fidelity\": %.6f, \"subject_prompt_fidelity\": %.6f, "
+                "\"class_items\": %lld, \"class_drawn_as_subject\": %.6f, \"class_shape\": %.6f, \"class_bg\": %.6f",
+                (long long)s.subject_items, s.subject_found / si, s.subject_bg / si, (long long)s.class_items,
+                s.class_as_subject / ci, s.class_shape / ci, s.class_bg / ci);
         fprintf(f, "}\n");
         if (fclose(f)) return sdc_err(err, SDC_ERR_IO, "%s: write failed ---> is the disk full?", d->json);
     }
