@@ -207,16 +207,18 @@ typedef struct Refiner {
     double start; // --refiner-start: the base's denoising_end, the refiner's denoising_start
 } Refiner;
 
-// One run with the refiner: the base (txt2img or img2img) stops at the cut
-// with its latents (diffusers' output_type="latent"), the refiner goes on
-// from them and decodes.
+// One run with the refiner: the base (txt2img, img2img or inpainting) stops
+// at the cut with its latents (diffusers' output_type="latent"), the refiner
+// goes on from them and decodes; inpainting: the refiner keeps the mask,
+// as StableDiffusionXLInpaintPipeline given the base's latents as its image.
 static int generate_refined(SdModel *m, Refiner *rf, const GenParams *p, const float *ctx, float *images,
                             ProgressFn progress, void *user, SdcError *err) {
     GenParams pb = *p;
     pb.denoising_end = rf->start;
     SDC_TRY(sd_generate(m, &pb, ctx, rf->lat, NULL, progress, user, err));
     GenParams pr = *p;
-    pr.mode = GEN_IMG2IMG, pr.init_image = NULL, pr.mask = NULL;
+    pr.mode = p->mode == GEN_INPAINT ? GEN_INPAINT : GEN_IMG2IMG, pr.init_image = NULL;
+    if (pr.mode != GEN_INPAINT) pr.mask = NULL;
     pr.denoising_start = rf->start, pr.init_latents = rf->lat;
     return sd_generate(&rf->m, &pr, rf->ctx, NULL, images, progress, user, err);
 }
@@ -1068,7 +1070,8 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         chk.cfg_scale = sw.max_cfg;
         rc = check_fits(&m, &chk, opt, err);
         if (!rc && has_refiner) { // the refiner's half: from the base's latents
-            chk.mode = GEN_IMG2IMG, chk.init_image = NULL, chk.mask = NULL;
+            chk.mode = chk.mode == GEN_INPAINT ? GEN_INPAINT : GEN_IMG2IMG, chk.init_image = NULL;
+            if (chk.mode != GEN_INPAINT) chk.mask = NULL;
             chk.denoising_start = rf.start, chk.init_latents = rf.lat;
             rc = check_fits(&rf.m, &chk, opt, err);
         }

@@ -299,10 +299,6 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
             return sdc_err(err, SDC_ERR_ARG, "manifest: generate.refiner_start %g; expected a fraction between 0 and 1 "
                            "(not 0 or 1): the base denoises up to it, the refiner the rest ---> e.g. --refiner-start "
                            "0.8", g->refiner_start);
-        if (refiner && ((g->mask && g->mask[0]) || g->n_outpaint))
-            return sdc_err(err, SDC_ERR_UNSUPPORTED, "manifest: generate.refiner with inpainting (mask, outpaint) is "
-                           "not supported ---> inpaint with the base, then refine that image in a second run (-m "
-                           "%s --init-img ... --mask ...)", g->refiner);
         if (refiner && job->runtime && job->runtime->pipeline_stages > 1)
             return sdc_err(err, SDC_ERR_UNSUPPORTED, "manifest: generate.refiner with runtime.pipeline_stages %d is "
                            "not supported ---> drop --pipeline-stages (or --refiner)", job->runtime->pipeline_stages);

@@ -351,9 +351,8 @@ sdxl_refiner_refusals() {
         -m "$XL" -p x -W 64 -H 64 --steps 4 --aesthetic-score 7 -o "$W/h.png"
     refused "--aesthetic-score 0" "expected scores above 0" "$SDC" generate -q -m "$RF" -p x --aesthetic-score 0 \
         --init-img "$IMGS/sdxl-refiner-init.png" -o "$W/i.png"
-    refused "--refiner with --mask" "with inpainting (mask, outpaint) is not supported" "$SDC" generate -q -m "$XL" \
-        -p x --refiner "$RF" --init-img "$IMGS/sdxl-refiner-init.png" --mask "$IMGS/sdxl-refiner-init.png" \
-        -o "$W/j.png"
+    refused "--refiner with --pipeline-stages" "generate.refiner with runtime.pipeline_stages 2 is not supported" \
+        "$SDC" generate -q -m "$XL" -p x --refiner "$RF" --pipeline-stages 2 -o "$W/j.png"
     mkdir -p "$W/notrefiner" && cp -r "$XL/unet" "$XL/vae" "$XL/text_encoder_2" "$XL/tokenizer_2" "$XL/scheduler" \
         "$W/notrefiner/"
     refused "a base folder without text_encoder/ (read as a refiner)" "but the refiner's one text encoder" "$SDC" \
@@ -379,6 +378,11 @@ sdxl_refiner_generate() {
     has "... the refiner loaded" 'refiner .*tiny-sdxl-refiner (SDXL refiner, diffusers layout) from 80%'
     check "... the image of diffusers' base(denoising_end) -> refiner(denoising_start) (within 1/255)" \
         /usr/bin/python3 "$SRC/tests/png_vs_ref.py" "$W/ens.png" "$REF" ens.euler.image 1
+    runs "inpainting: base to 0.8, the refiner inpaints on (--mask, --refiner)" "$SDC" generate -m "$XL" -p "$P" \
+        --init-img "$IMGS/sdxl-refiner-init.png" --mask "$IMGS/sdxl-refiner-mask.png" --strength 0.75 -W 64 -H 64 \
+        --steps 10 --cfg-scale 5 -s 7 -t 1 --refiner "$RF" --refiner-start 0.8 -o "$W/ens-inpaint.png"
+    check "... the image of diffusers' StableDiffusionXLInpaintPipeline base -> refiner (within 1/255)" \
+        /usr/bin/python3 "$SRC/tests/png_vs_ref.py" "$W/ens-inpaint.png" "$REF" ens.inpaint.euler.image 1
     check "... its parameters name the refiner and the switch" grep -a -q \
         'Refiner: tiny-sdxl-refiner, Refiner switch at: 0.8' "$W/ens.png"
     runs "the same from a manifest (--dump-manifest, sdc run)" sh -c "\"$SDC\" generate -m \"$XL\" -p '$P' -W 64 \

@@ -40,6 +40,7 @@
 #define TOL_LATENT 1e-4
 
 static const char *const BASE = "tests/fixtures/tiny-sdxl";
+static const char *const BASE9 = "tests/fixtures/tiny-sdxl-inpaint";
 static const char *const REFINER = "tests/fixtures/tiny-sdxl-refiner";
 static const char *const PROMPT = "a photo of a red fox in the snow, high quality!";
 static const char *const NEGATIVE = "blurry, low quality";
@@ -293,6 +294,51 @@ static void ensemble(TestCtx *t, const Backend *be, const StFile *ref) {
                 check_image(t, "img2img base + refiner", img, W, H, ref, "ens.i2i.image");
             }
         }
+    }
+    // inpainting: the base (tiny-sdxl's 4-channel blend; tiny-sdxl-inpaint's 9 channels) to the cut, then the
+    // refiner inpaints on from its latents (strength 0.75, the mask kept)
+    static const struct {
+        const char *key, *model;
+        SamplerKind kind;
+    } I[] = {{"ens.inpaint.euler", BASE, SAMPLER_EULER}, {"ens.inpaint.euler_a", BASE, SAMPLER_EULER_A},
+             {"ens.inpaint9.euler", BASE9, SAMPLER_EULER}};
+    for (int k = 0; rc == 0 && k < 3 && init_inputs(t, ref, W, H, init, mask); k++) {
+        SdModel b9 = {0};
+        SdModel *bm = &base;
+        float *cb9 = NULL;
+        char what[96], name[64];
+        if (I[k].model != BASE) { // the 9-channel base: its own prompt embeddings
+            if (!check_rc(t, sd_model_load(&b9, I[k].model, NULL, -1, be, &err), "sd_model_load 9-channel base", &err))
+                continue;
+            bm = &b9;
+            cb9 = malloc(sd_cond_floats(&b9) * sizeof(float));
+            if (!check_rc(t, sd_encode_prompt(&b9, PROMPT, NULL, 0, cb9, &err), "sd_encode_prompt (9-channel)", &err)) {
+                free(cb9);
+                sd_model_free(&b9);
+                continue;
+            }
+        }
+        GenParams pb = {.mode = GEN_INPAINT, .steps = 10, .cfg_scale = prm[1], .sampler = I[k].kind,
+                        .seed = (uint64_t)prm[2], .width = W, .height = H, .batch = 1, .strength = 0.75,
+                        .init_image = init, .mask = mask, .denoising_end = start};
+        GenParams pr = pb;
+        pr.init_image = NULL, pr.denoising_end = 0, pr.denoising_start = start, pr.init_latents = mid;
+        snprintf(what, sizeof what, "%s: inpainting base to the cut", I[k].key);
+        if (check_rc(t, sd_generate(bm, &pb, cb9 ? cb9 : cb, mid, NULL, NULL, NULL, &err), what, &err)) {
+            snprintf(name, sizeof name, "%s.base_latents", I[k].key);
+            snprintf(what, sizeof what, "%s: base latents at the cut", I[k].key);
+            check_latents(t, what, mid, ref, name, nlat);
+            snprintf(what, sizeof what, "%s: refiner inpainting from the cut", I[k].key);
+            if (check_rc(t, sd_generate(&rf, &pr, cr, lat, img, NULL, NULL, &err), what, &err)) {
+                snprintf(name, sizeof name, "%s.latents", I[k].key);
+                snprintf(what, sizeof what, "%s: base + refiner latents", I[k].key);
+                check_latents(t, what, lat, ref, name, nlat);
+                snprintf(name, sizeof name, "%s.image", I[k].key);
+                check_image(t, I[k].key, img, W, H, ref, name);
+            }
+        }
+        free(cb9);
+        sd_model_free(&b9);
     }
     free(init), free(mask);
     // a cut that leaves the refiner nothing: a clear refusal

@@ -254,6 +254,7 @@ def main():
     img, msk = test_image(W, H, SEED + 200), test_mask(W, H)
     os.makedirs(os.path.join(FIX, "images"), exist_ok=True)
     Image.fromarray(img).save(os.path.join(FIX, "images", "sdxl-refiner-init.png"))
+    Image.fromarray(msk, "L").save(os.path.join(FIX, "images", "sdxl-refiner-mask.png"))
     r["pipe.init.image_u8"] = torch.from_numpy(img.copy())
     r["pipe.init.mask_u8"] = torch.from_numpy(msk.copy())
     prompt, negative = "a photo of a red fox in the snow, high quality!", "blurry, low quality"
@@ -321,6 +322,41 @@ def main():
     assert torch.equal(res[0], res[2])
     r["ens.i2i.base_latents"], r["ens.i2i.latents"], r["ens.i2i.image"] = res[0], res[1], u8(res[3][0])
     print(f"  ens i2i: base std {res[0].std().item():.3f}, latents std {res[1].std().item():.3f}")
+
+    # inpainting: the base to the cut (the 4-channel blend of tiny-sdxl; the 9-channel tiny-sdxl-inpaint), then
+    # the refiner inpaints on from its latents (StableDiffusionXLInpaintPipeline given them as its image: they
+    # are also what it keeps outside the mask, re-noised with one draw of noise), both at strength 0.75
+    mask_pil = Image.fromarray(msk, "L")
+    inp_sched = inp.scheduler
+    bases = {"": StableDiffusionXLInpaintPipeline.from_pipe(base)}
+    base9_dir = os.path.join(FIX, "tiny-sdxl-inpaint")
+    if os.path.isdir(base9_dir):
+        b9 = StableDiffusionXLInpaintPipeline.from_pretrained(base9_dir, torch_dtype=torch.float32)
+        b9.set_progress_bar_config(disable=True)
+        bases["9"] = b9
+    for tag, binp in bases.items():
+        b_sched9 = binp.scheduler
+        for sname, cls in (("euler", None), ("euler_a", EulerAncestralDiscreteScheduler)):
+            if tag and cls:
+                continue
+            binp.scheduler = cls.from_config(b_sched9.config) if cls else b_sched9
+            inp.scheduler = cls.from_config(inp_sched.config) if cls else inp_sched
+            res = []
+            for ot in ("latent", "np"):
+                bl = binp(prompt=prompt, image=Image.fromarray(img), mask_image=mask_pil, strength=0.75,
+                          num_inference_steps=ens_steps, guidance_scale=guidance, width=W, height=H,
+                          denoising_end=start, output_type="latent",
+                          generator=torch.Generator().manual_seed(seed)).images
+                res.append(bl)
+                res.append(inp(prompt=prompt, image=bl, mask_image=mask_pil, num_inference_steps=ens_steps,
+                               guidance_scale=guidance, width=W, height=H, denoising_start=start, output_type=ot,
+                               generator=torch.Generator().manual_seed(seed)).images)
+            assert torch.equal(res[0], res[2])
+            key = f"ens.inpaint{tag}.{sname}"
+            r[f"{key}.base_latents"], r[f"{key}.latents"], r[f"{key}.image"] = res[0], res[1], u8(res[3][0])
+            print(f"  {key}: base std {res[0].std().item():.3f}, latents std {res[1].std().item():.3f}")
+        binp.scheduler = b_sched9
+    inp.scheduler = inp_sched
 
     out = {k: (v.contiguous() if v.dtype in (torch.int32, torch.uint8) else v.float().contiguous())
            for k, v in r.items()}

@@ -209,18 +209,19 @@ int sd_check_params(const SdModel *m, const GenParams *p, SdcError *err) {
     if (!(p->denoising_start >= 0 && p->denoising_start < 1) || !(p->denoising_end >= 0 && p->denoising_end < 1))
         return sdc_err(err, SDC_ERR_ARG, "denoising_start %g, denoising_end %g: expected fractions in (0, 1), or 0 "
                        "(not given)", p->denoising_start, p->denoising_end);
-    if (from_latents && (p->mode != GEN_IMG2IMG || !p->init_latents))
-        return sdc_err(err, SDC_ERR_ARG, "denoising_start continues from given latents (image-to-image mode, "
-                       "init_latents): the refiner's half of SDXL's ensemble of experts");
-    if ((p->denoising_start > 0 || p->denoising_end > 0) && p->mode == GEN_INPAINT)
-        return sdc_err(err, SDC_ERR_UNSUPPORTED, "a refiner with inpainting (--mask, --outpaint) is not supported "
-                       "---> refine the inpainted image in a second run (the refiner with --init-img, --mask)");
+    if (from_latents && (p->mode == GEN_TXT2IMG || !p->init_latents))
+        return sdc_err(err, SDC_ERR_ARG, "denoising_start continues from given latents (image-to-image or "
+                       "inpainting mode, init_latents): the refiner's half of SDXL's ensemble of experts");
+    if (from_latents && p->mode == GEN_INPAINT && cin == 9)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "denoising_start with a 9-channel inpainting UNet: it needs the "
+                       "masked image, which latents handed over from a base do not give (diffusers fails there too) "
+                       "---> refine with a 4-channel model (the SDXL refiner)");
     if (model_files_info(m->files)->refiner && p->mode == GEN_TXT2IMG)
         return sdc_err(err, SDC_ERR_ARG, "%s is an SDXL refiner: it refines an image and cannot start from noise "
                        "(diffusers' refiner pipeline needs an image too) ---> pass --init-img FILE (and --strength), "
                        "or use an SDXL base model with --refiner %s", model_files_path(m->files),
                        model_files_path(m->files));
-    if (p->mode != GEN_TXT2IMG && !from_latents) {
+    if (p->mode != GEN_TXT2IMG && !from_latents) { // (handed-over latents stand for the image)
         if (!p->init_image)
             return sdc_err(err, SDC_ERR_ARG, "%s needs an init image ---> pass --init-img FILE",
                            p->mode == GEN_IMG2IMG ? "img2img" : "inpainting");
@@ -473,7 +474,10 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
                      p->strength, p->steps);
 
     // ---- initial latents, in diffusers' order of draws from each item's generator
-    // (the refiner's half of the ensemble: the base's latents as they are, no draws)
+    // (the refiner's half of the ensemble: the base's latents as they are, no
+    // draws; inpainting: those latents are also the "image" kept outside the
+    // mask, re-noised with one draw of noise, as StableDiffusionXLInpaintPipeline
+    // does when its image is latents)
     if (!rc && p->mode != GEN_TXT2IMG && !from_latents) rc = vae_reserve(m->vae, 1, H, W, err);
     if (!rc && p->mode != GEN_TXT2IMG && !from_latents) rc = vae_posterior(m, t, b, p->init_image, npix, nlat, err);
     const int strength_max = p->strength == 1.0;
@@ -482,6 +486,10 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
         rng_seed(&r->rng[i], p->seed + (uint64_t)i);
         if (from_latents) {
             memcpy(lat, p->init_latents + i * nlat, nlat * sizeof(float));
+            if (inpaint) {
+                memcpy(img_lat, lat, nlat * sizeof(float));
+                rng_normal(&r->rng[i], noise, nlat);
+            }
             continue;
         }
         if (p->mode == GEN_IMG2IMG || (inpaint && (blend || !strength_max)))
@@ -493,10 +501,11 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
             sampler_add_noise(&r->s[i], r->begin, img_lat, noise, lat);
         }
     }
-    if (!rc && inpaint) {
+    if (!rc && inpaint) mask_downsample(p->mask, H, W, b->mask_lat, h, w);
+    if (!rc && inpaint && !from_latents) {
         // diffusers encodes the masked image for both UNet kinds (one more
-        // draw per item), and binarises the mask then takes nearest pixels
-        mask_downsample(p->mask, H, W, b->mask_lat, h, w);
+        // draw per item), and binarises the mask then takes nearest pixels;
+        // latents handed over give no masked image (nothing encoded, no draw)
         image_mask_out(p->init_image, p->mask, H, W, b->masked_img);
         rc = vae_posterior(m, t, b, b->masked_img, npix, nlat, err);
         for (int i = 0; !rc && i < B; i++) posterior_sample(m, b, nlat, &r->rng[i], b->masked_lat + i * nlat);
