@@ -301,6 +301,18 @@ static float seg_dist2(const float *a, const float *b, const float *c) {
     return dist2(p, c);
 }
 
+// IoU of outline k, centred at (cx, cy) with scale s, with the pixels of
+// component `id` of lab (h, w).
+static double template_iou(int k, const int32_t *lab, int32_t id, int w, int h, double cx, double cy, double s) {
+    int64_t inter = 0, uni = 0;
+    for (size_t p = 0; p < (size_t)w * h; p++) {
+        double u = ((double)(p % (size_t)w) + 0.5) / w, v = ((double)(p / (size_t)w) + 0.5) / h;
+        int t = shape_inside(k, (u - cx) / s, (v - cy) / s), m = lab[p] == id;
+        inter += t && m, uni += t || m;
+    }
+    return uni ? (double)inter / uni : 0;
+}
+
 int synth_score(const uint8_t *rgb, int w, int h, SynthGuess *g) {
     memset(g, 0, sizeof *g);
     g->shape = g->colour = g->bg = -1;
@@ -384,26 +396,13 @@ int synth_score(const uint8_t *rgb, int w, int h, SynthGuess *g) {
         const double area = (double)best_n / n; // in unit^2
         double best_iou = -1, best_s = 0;
         for (int k = 0; k < SYNTH_N_SHAPES; k++) {
-            const double s = sqrt(area / SHAPE_AREA[k]);
-            int64_t inter = 0, uni = 0;
-            for (size_t p = 0; p < n; p++) {
-                double u = ((double)(p % (size_t)w) + 0.5) / w, v = ((double)(p / (size_t)w) + 0.5) / h;
-                int t = shape_inside(k, (u - cx) / s, (v - cy) / s), m = lab[p] == best_id;
-                inter += t && m, uni += t || m;
-            }
-            double iou = uni ? (double)inter / uni : 0;
+            const double s = sqrt(area / SHAPE_AREA[k]), iou = template_iou(k, lab, best_id, w, h, cx, cy, s);
             if (iou > best_iou) best_iou = iou, best_s = s, g->shape = k;
         }
         g->shape_iou = best_iou;
         { // the subject: the heart's IoU, and its two stripe colours' shares of the shape
             const double s = sqrt(area / SHAPE_AREA[SYNTH_SUBJECT]);
-            int64_t inter = 0, uni = 0;
-            for (size_t p = 0; p < n; p++) {
-                double u = ((double)(p % (size_t)w) + 0.5) / w, v = ((double)(p / (size_t)w) + 0.5) / h;
-                int t = shape_inside(SYNTH_SUBJECT, (u - cx) / s, (v - cy) / s), m = lab[p] == best_id;
-                inter += t && m, uni += t || m;
-            }
-            g->subject_iou = uni ? (double)inter / uni : 0;
+            g->subject_iou = template_iou(SYNTH_SUBJECT, lab, best_id, w, h, cx, cy, s);
             g->subject = g->subject_iou > best_iou && cvotes[SUBJECT_COLOURS[0]] * 5 >= best_n &&
                          cvotes[SUBJECT_COLOURS[1]] * 5 >= best_n;
         }

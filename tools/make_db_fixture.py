@@ -481,23 +481,8 @@ def run_case(tag, cfg, latents, ids):
                 break
     assert global_step == a["max_train_steps"], global_step
 
-    out = {f"{tag}.loss": torch.tensor(losses, dtype=torch.float32),
-           f"{tag}.grad_norm": torch.tensor(norms, dtype=torch.float32),
-           f"{tag}.lr": torch.tensor(lrs, dtype=torch.float32),
-           f"{tag}.timesteps": torch.stack(tsteps)}
-    final = {n: p.detach().float().contiguous() for n, p in named}
-    ssq = 0.0
-    maxd = 0.0
-    n_noise = 0
-    for n, p in sorted(named, key=lambda x: x[0]):
-        w = well[n]
-        d = (final[n].double() - initial[n].double()).flatten()
-        dw = d[w]
-        out[f"{tag}.d2.{n}"] = torch.tensor([float((dw * dw).sum()), float(w.sum())], dtype=torch.float32)
-        n_noise += int((~w).sum())
-        ssq += float((final[n].double() ** 2).sum())
-        maxd = max(maxd, float(d.abs().max()))
-    out[f"{tag}.ssq"] = torch.tensor([ssq], dtype=torch.float64)
+    out, final, maxd, n_noise = summarize(tag, named, initial, well, losses, norms, lrs)
+    out[f"{tag}.timesteps"] = torch.stack(tsteps)
     unet_names = sorted(n for n in final if n.startswith("unet."))
     small = [n for n in unet_names if final[n].numel() <= 10000]
     sample = small if a["lora_rank"] else small[::5]
@@ -512,6 +497,27 @@ def run_case(tag, cfg, latents, ids):
     print(f"  {tag}: {len(final)} trainable tensors, {sum(v.numel() for v in final.values()):,} values, "
           f"{len(sample)} stored, max |change| {maxd:.3e}, {n_noise} values with gradient RMS < {WELL_RMS:g}")
     return out
+
+
+def summarize(tag, named, initial, well, losses, norms, lrs):
+    """What every loop fixture stores of a case: the per-step loss, gradient norm and lr, each trainable
+    tensor's [sum of squared changes, count] over its well conditioned values, and the sum of squares of
+    every final value. Returns (out, final values by name, max |change|, values not well conditioned)."""
+    out = {f"{tag}.loss": torch.tensor(losses, dtype=torch.float32),
+           f"{tag}.grad_norm": torch.tensor(norms, dtype=torch.float32),
+           f"{tag}.lr": torch.tensor(lrs, dtype=torch.float32)}
+    final = {n: p.detach().float().contiguous() for n, p in named}
+    ssq, maxd, n_noise = 0.0, 0.0, 0
+    for n, p in sorted(named, key=lambda x: x[0]):
+        w = well[n]
+        d = (final[n].double() - initial[n].double()).flatten()
+        dw = d[w]
+        out[f"{tag}.d2.{n}"] = torch.tensor([float((dw * dw).sum()), float(w.sum())], dtype=torch.float32)
+        n_noise += int((~w).sum())
+        ssq += float((final[n].double() ** 2).sum())
+        maxd = max(maxd, float(d.abs().max()))
+    out[f"{tag}.ssq"] = torch.tensor([ssq], dtype=torch.float64)
+    return out, final, maxd, n_noise
 
 
 def main():

@@ -204,17 +204,7 @@ def run_case(tag, cfg, data):
             break
     assert global_step == a["max_train_steps"], global_step
 
-    out = {f"{tag}.loss": torch.tensor(losses, dtype=torch.float32),
-           f"{tag}.grad_norm": torch.tensor(norms, dtype=torch.float32),
-           f"{tag}.lr": torch.tensor(lrs, dtype=torch.float32)}
-    final = {n: p.detach().float().contiguous() for n, p in named}
-    ssq = 0.0
-    for n, p in sorted(named, key=lambda x: x[0]):
-        w = well[n]
-        d = (final[n].double() - initial[n].double()).flatten()[w]
-        out[f"{tag}.d2.{n}"] = torch.tensor([float((d * d).sum()), float(w.sum())], dtype=torch.float32)
-        ssq += float((final[n].double() ** 2).sum())
-    out[f"{tag}.ssq"] = torch.tensor([ssq], dtype=torch.float64)
+    out, final, _, _ = db.summarize(tag, named, initial, well, losses, norms, lrs)
     unet_names = sorted(n for n in final if n.startswith("unet."))
     sample = [n for n in unet_names if final[n].numel() <= 10000][::5]
     sample += sorted(n for n in final if n.startswith("text.") and "token_embedding" not in n)
