@@ -32,14 +32,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "data", "models", "sdc-synth-configs")
 VOCAB = 670  # tokenizer/vocab.json: 512 byte symbols + 156 merges + BOS + EOS
 
-TEXT = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=1, intermediate_size=256,
+TEXT = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=2, intermediate_size=256,
             max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=VOCAB - 2, eos_token_id=VOCAB - 1,
             pad_token_id=VOCAB - 1, projection_dim=64)
 UNET = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=[32, 64, 64], layers_per_block=1,
             down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
             up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], cross_attention_dim=64,
-            attention_head_dim=8, norm_num_groups=32)
-VAE = dict(in_channels=3, out_channels=3, block_out_channels=[32, 32, 64], layers_per_block=1, norm_num_groups=32,
+            attention_head_dim=2, norm_num_groups=16)
+VAE = dict(in_channels=3, out_channels=3, block_out_channels=[16, 32, 64], layers_per_block=1, norm_num_groups=8,
            latent_channels=4, sample_size=64, scaling_factor=0.18215,
            down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3)
 # SD 1.x's scheduler (what the DreamBooth objective and sdc's samplers read)
