@@ -701,8 +701,15 @@ int dataset_open(Dataset *d, const char *path, SdcError *err) {
         rc = sdc_err(err, SDC_ERR_FORMAT, "%s: latents of %lld px images: the VAE needs a multiple of 8\n---> the "
                      "file is damaged; import the images again", path, (long long)res);
     if (!rc && h5_has_link(d->file, "latents")) {
-        int64_t want[4] = {-1, 4, res / 8, res / 8}; // the VAE's (4, R/8, R/8)
+        int64_t want[4] = {-1, 4, 0, 0}; // the VAE's (4, R/f, R/f), f = 8 (SD) or 4 (a 3-level VAE)
         rc = open_checked(d->file, path, "latents", 4, want, d->n, NULL, dims, &d->latents, &t, err);
+        if (!rc && (dims[2] != dims[3] || (res != (int64_t)dims[2] * 8 && res != (int64_t)dims[2] * 4))) {
+            rc = sdc_err(err, SDC_ERR_SHAPE, "%s: latents of (%d, %d, %d) for %lld px images; a VAE makes (4, %lld, "
+                         "%lld) (SD's) or (4, %lld, %lld) (3 levels)\n---> the file is damaged; import the images "
+                         "again", path, dims[1], dims[2], dims[3], (long long)res, (long long)res / 8,
+                         (long long)res / 8, (long long)res / 4, (long long)res / 4);
+            H5Tclose(t);
+        }
         if (!rc) {
             d->latent_shape[0] = dims[1], d->latent_shape[1] = dims[2], d->latent_shape[2] = dims[3];
             size_t sz = H5Tget_size(t);

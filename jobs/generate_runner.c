@@ -158,8 +158,10 @@ static int load_inputs(const Sdc__Generate *g, const ModelInfo *info, GenInputs 
         }
     }
     int W = g->width, H = g->height;
-    if (!W) W = has_img ? img.width / 8 * 8 : info->unet.sample_size * 8;
-    if (!H) H = has_img ? img.height / 8 * 8 : info->unet.sample_size * 8;
+    // diffusers' default: the UNet's sample_size times the VAE's scale factor
+    const int f = vae_scale_factor(&info->vae);
+    if (!W) W = has_img ? img.width / 8 * 8 : info->unet.sample_size * f;
+    if (!H) H = has_img ? img.height / 8 * 8 : info->unet.sample_size * f;
     if (!rc && (W < 8 || H < 8))
         rc = sdc_err(err, SDC_ERR_ARG, "%s is smaller than 8x8 pixels", g->init_image);
     in->width = W, in->height = H;
@@ -223,12 +225,13 @@ static int generate_refined(SdModel *m, Refiner *rf, const GenParams *p, const f
     return sd_generate(&rf->m, &pr, rf->ctx, NULL, images, progress, user, err);
 }
 
-static GenParams gen_params(const Sdc__Generate *g, const GenInputs *in, SamplerKind sk, double strength) {
+static GenParams gen_params(const Sdc__Generate *g, const GenInputs *in, SamplerKind sk, double strength,
+                            const SdModel *m) {
     return (GenParams){.mode = in->mode, .steps = g->steps, .cfg_scale = g->cfg_scale, .sampler = sk,
                        .eta = g->eta, .seed = (uint64_t)g->seed, .width = in->width, .height = in->height,
                        .batch = 1, .strength = strength, .init_image = in->image, .mask = in->mask,
                        // --vae-tile-size is in pixels (-1 = never tile, 0 = auto); the pipeline counts latent px
-                       .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / 8 : g->vae_tile_size,
+                       .vae_tile = g->vae_tile_size > 0 ? g->vae_tile_size / sd_latent_factor(m) : g->vae_tile_size,
                        .timestep_spacing = g->timestep_spacing, .karras = g->karras, .xl = xl_cond(g)};
 }
 
@@ -662,7 +665,7 @@ static int pipeline_runs(const Sdc__Job *job, SdModel *m, const GenInputs *in, c
         float *ctx = ctxs + (size_t)q * nctx;
         rc = sd_encode_prompt(m, sw->clean[sw->prompt_of[start[q]]], it->negative_prompt, job->model->clip_skip, ctx,
                               err);
-        GenParams p = gen_params(g, in, sw->kind[start[q]], strength);
+        GenParams p = gen_params(g, in, sw->kind[start[q]], strength, m);
         p.seed = (uint64_t)it->seed, p.batch = len[q], p.steps = it->steps, p.cfg_scale = it->cfg;
         if (!rc) rc = sd_run_begin(m, &p, ctx, &run[q], err);
         Tensor *x, *c, *out;
@@ -811,7 +814,7 @@ static int generate_sweep(const Sdc__Job *job, const RunOptions *opt, SdModel *m
                 last_prompt = sw->prompt_of[s0];
                 text_s = mono_s() - t;
             }
-            GenParams p = gen_params(g, in, sw->kind[s0], strength);
+            GenParams p = gen_params(g, in, sw->kind[s0], strength, m);
             p.seed = (uint64_t)it->seed, p.batch = k, p.steps = it->steps, p.cfg_scale = it->cfg;
             pr.item = (int)made + 1;
             pr.t0 = mono_s();
@@ -897,7 +900,8 @@ static int pipeline_setup(const Sdc__Job *job, SdModel *m, const GenInputs *in, 
     const int micro = rt->micro_batches > 0 ? rt->micro_batches : 2 * grid->stages;
     const ClipConfig *cc = sd_text_config(m);
     const char *cut = rt->pipeline_cut && rt->pipeline_cut[0] ? rt->pipeline_cut : NULL;
-    SDC_TRY(pp_init(pp, grid->pipe, m->unet, m->be, micro, in->height / 8, in->width / 8, cc->max_positions, cut,
+    SDC_TRY(pp_init(pp, grid->pipe, m->unet, m->be, micro, in->height / sd_latent_factor(m), in->width / sd_latent_factor(m),
+                    cc->max_positions, cut,
                     err));
     if (grid->stage == 0) *par = (H5Par){.comm = grid->data, .rank = grid->replica, .size = grid->replicas};
     if (!opt->quiet && grid->rank == 0) {
@@ -1018,8 +1022,8 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     if (!rc) rc = load_inputs(g, info, &in, err);
     if (!rc && has_refiner) {
         rf.ctx = malloc(sd_cond_floats(&rf.m) * sizeof(float));
-        rf.lat = malloc((size_t)(g->batch_size > 0 ? g->batch_size : 1) * 4 * (in.height / 8) * (in.width / 8) *
-                        sizeof(float));
+        rf.lat = malloc((size_t)(g->batch_size > 0 ? g->batch_size : 1) * 4 *
+                        (in.height / sd_latent_factor(&m)) * (in.width / sd_latent_factor(&m)) * sizeof(float));
         if (!rf.ctx || !rf.lat) rc = sdc_err(err, SDC_ERR_OOM, "refiner buffers");
         if (rc) inputs_free(&in);
     }
@@ -1065,7 +1069,7 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     if (!rc) rc = sweep_build(g, in.mode, strength, in.width, in.height, &sw, err);
     else memset(&sw, 0, sizeof sw);
     if (!rc) { // refuse a request the model cannot serve, or that cannot fit, before any work
-        GenParams chk = gen_params(g, &in, sk, strength);
+        GenParams chk = gen_params(g, &in, sk, strength, &m);
         chk.batch = micro < g->batch_count ? micro : g->batch_count;
         chk.cfg_scale = sw.max_cfg;
         rc = check_fits(&m, &chk, opt, err);

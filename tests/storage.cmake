@@ -4,12 +4,15 @@
 # counted by tests/check.sh: a failed check fails the test; exit 77 = skip).
 if(TARGET sdc)
   foreach(name import_dreambooth import_bad_input mpi_ranks generate_resume model_hash_cache interop_checkpoint
-               dataset_synth init_model init_model_vs_torch)
+               dataset_synth init_model init_model_vs_torch synth_model
+               synth_model_vs_diffusers)
     add_test(NAME storage_${name}
       COMMAND sh ${CMAKE_SOURCE_DIR}/tests/storage_checks.sh ${name} $<TARGET_FILE:sdc> ${CMAKE_SOURCE_DIR}
               ${CMAKE_BINARY_DIR}/test-storage/${name})
     set_tests_properties(storage_${name} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 240)
   endforeach()
+  # diffusers on one thread beside sdc: about 4 minutes on 2 busy cores
+  set_tests_properties(storage_synth_model_vs_diffusers PROPERTIES TIMEOUT 900)
 endif()
 
 # Every writer on a small full file system (tests/full_disk.sh: a 48 MiB

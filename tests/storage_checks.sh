@@ -243,9 +243,56 @@ init_model_vs_torch() {
         "$SRC/tests/fixtures/tiny-sd1"
 }
 
+# ----------------------------------------------------------------------------
+# The synth model's architecture (data/models/sdc-synth-configs: a 3-level
+# VAE, latents 4x smaller than the image; the 670-token tokenizer): a fresh
+# VAE of its config (sdc train vae, 1 step) -> sdc init-model -> generation at
+# the default size (sample_size 16 x 4 = 64 px) and others, img2img, inpaint;
+# latents cached by that VAE are (4, R/4, R/4) and the dataset opens; a
+# 2-level VAE is refused. synth_model_vs_diffusers: the same images as
+# diffusers (tools/check_synth_model.py).
+SYNTH_CFG=$SRC/data/models/sdc-synth-configs
+is_size() { [ "$(file "$1" | grep -o '[0-9]* x [0-9]*')" = "$2" ]; }
+synth_vae_model() {
+    "$SDC" dataset synth -q -n 8 -o "$W/d.h5" &&
+        "$SDC" train vae -q --dataset "$W/d.h5" --vae-config "$SYNTH_CFG/vae/config.json" --output-dir "$W/v" \
+            --max-train-steps 1 -t 1 &&
+        "$SDC" init-model -q -c "$SYNTH_CFG" --vae "$W/v" -o "$W/m"
+}
+synth_model() {
+    runs "a 3-level VAE of the synth config (1 step), sdc init-model with it" synth_vae_model
+    check "... the pruned tokenizer copied" cmp -s "$SYNTH_CFG/tokenizer/vocab.json" "$W/m/tokenizer/vocab.json"
+    runs "generate at the default size" "$SDC" generate -q -m "$W/m" -p 'a small red star on a blue striped background' \
+        --steps 3 -t 1 -o "$W/a.png"
+    check "... 64x64 (sample_size 16 x the VAE's factor 4)" is_size "$W/a.png" "64 x 64"
+    runs "generate 40x24" "$SDC" generate -q -m "$W/m" -p 'a red star' -W 40 -H 24 --steps 3 -t 1 -o "$W/b.png"
+    check "... 40x24" is_size "$W/b.png" "40 x 24"
+    runs "img2img" "$SDC" generate -q -m "$W/m" -p 'a red star' -i "$W/a.png" --strength 0.5 --steps 3 -t 1 -o "$W/c.png"
+    runs "inpaint" "$SDC" generate -q -m "$W/m" -p 'a red ball' -i "$IMGS/img24x16.png" --mask "$IMGS/mask24x16.png" \
+        --steps 3 -t 1 -o "$W/e.png"
+    check "... 24x16" is_size "$W/e.png" "24 x 16"
+    runs "a synth dataset with latents cached by the 3-level VAE" "$SDC" dataset synth -q -n 4 --cache-latents \
+        -m "$W/m" -o "$W/c.h5"
+    check "... latents (4, 4, 16, 16)" sh -c "/usr/bin/python3 -c \"import h5py; print(h5py.File('$W/c.h5')['latents'].shape)\" | grep -qx '(4, 4, 16, 16)'"
+    runs "... the dataset opens (sdc train vae on it, 1 step)" "$SDC" train vae -q --dataset "$W/c.h5" \
+        --pretrained-model "$W/m" --output-dir "$W/tv" --max-train-steps 1 -t 1
+    mkdir -p "$W/cfg2" && cp -r "$SYNTH_CFG"/* "$W/cfg2/" && /usr/bin/python3 -c "if 1:
+        import json; p = '$W/cfg2/vae/config.json'; c = json.load(open(p))
+        for k in ('block_out_channels', 'down_block_types', 'up_block_types'): c[k] = c[k][-2:]
+        json.dump(c, open(p, 'w'))"
+    refused "a 2-level VAE config" 'has 2 levels .*: sdc.s pipeline works on latents 8x (SD 1.x/2.x.s 4-level VAE) or 4x' \
+        "$SDC" init-model -c "$W/cfg2" --vae "$W/v" -o "$W/x"
+}
+synth_model_vs_diffusers() {
+    python3 -c 'import torch, diffusers, transformers' 2>/dev/null || skip "python3 has no torch / diffusers"
+    runs "a 3-level VAE of the synth config (1 step), sdc init-model with it" synth_vae_model
+    runs "sdc == diffusers on it (tools/check_synth_model.py)" python3 "$SRC/tools/check_synth_model.py" \
+        --sdc "$SDC" --model "$W/m"
+}
+
 case "$NAME" in
     import_dreambooth | import_bad_input | mpi_ranks | generate_resume | model_hash_cache | interop_checkpoint | \
-        dataset_synth | init_model | init_model_vs_torch)
+        dataset_synth | init_model | init_model_vs_torch | synth_model | synth_model_vs_diffusers)
         $NAME ;;
     *) echo "storage_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac

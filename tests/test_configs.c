@@ -3,7 +3,8 @@
 // hint, not a shape error from deep inside a model. Each case is
 // tests/fixtures/tiny-sd1 with one config field set (written in /tmp; the
 // field is appended, so it is the one JSON readers take), or its single file
-// with a 3-level VAE; harmless values of the same fields must still open.
+// with a 2-level VAE; harmless values of the same fields must still open (a
+// 3-level VAE too: latents 4x smaller than the image).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 
 #include "io/safetensors.h"
 #include "io/weights.h"
+#include "models/vae.h"
 #include "testutil.h"
 
 #define SRC "tests/fixtures/tiny-sd1"
@@ -47,7 +49,7 @@ typedef struct Case {
 
 static const Case CASES[] = {
     // the VAE: depth, latents, blocks, layers
-    {"vae", "\"block_out_channels\": [8, 8, 16]", "\"block_out_channels\" has 3 levels ([8, 8, 16])", "4-level VAE"},
+    {"vae", "\"block_out_channels\": [8, 16]", "\"block_out_channels\" has 2 levels ([8, 16])", "4-level VAE"},
     {"vae", "\"block_out_channels\": [8, 8, 16, 16, 16]", "has 5 levels ([8, 8, 16, 16, 16])", "--vae"},
     {"vae", "\"latent_channels\": 16", "\"latent_channels\" is 16", "4-channel"},
     {"vae", "\"act_fn\": \"gelu\"", "\"act_fn\" is \"gelu\"", "SD 1.x/2.x VAE"},
@@ -85,13 +87,14 @@ static const Case CASES[] = {
     // the same fields at values sdc runs: these open
     {"unet", "\"act_fn\": \"silu\", \"class_embed_type\": null, \"resnet_time_scale_shift\": \"default\", "
              "\"conv_in_kernel\": 3, \"time_cond_proj_dim\": null, \"upcast_attention\": true", NULL, NULL},
+    {"vae", "\"block_out_channels\": [8, 8, 16]", NULL, NULL}, // 3 levels: latents 4x smaller
     {"vae", "\"use_quant_conv\": true, \"use_post_quant_conv\": true, \"shift_factor\": null, \"force_upcast\": true, "
             "\"mid_block_add_attention\": true", NULL, NULL},
 };
 
-// tiny-sd1's single file with its VAE cut to 3 levels (first_stage_model.
-// encoder.down.3 / decoder.up.3 left out).
-static int single_3_levels(const char *path, SdcError *err) {
+// tiny-sd1's single file with its VAE cut to `levels` levels (first_stage_model.
+// encoder.down.N / decoder.up.N from N = levels on left out).
+static int single_cut_levels(const char *path, int levels, SdcError *err) {
     StFile f;
     SDC_TRY(st_open(&f, SRC ".safetensors", err));
     const char **names = calloc((size_t)f.n, sizeof *names);
@@ -99,7 +102,14 @@ static int single_3_levels(const char *path, SdcError *err) {
     int n = 0;
     for (int i = 0; i < f.n; i++) {
         const char *nm = f.entries[i].name;
-        if (strstr(nm, "first_stage_model.encoder.down.3.") || strstr(nm, "first_stage_model.decoder.up.3.")) continue;
+        int cut = 0;
+        for (int l = levels; l < 4; l++) {
+            char a[64], b[64];
+            snprintf(a, sizeof a, "first_stage_model.encoder.down.%d.", l);
+            snprintf(b, sizeof b, "first_stage_model.decoder.up.%d.", l);
+            cut |= strstr(nm, a) || strstr(nm, b);
+        }
+        if (cut) continue;
         names[n] = nm, ts[n++] = st_tensor(&f, &f.entries[i]);
     }
     const char *mk[1] = {"format"}, *mv[1] = {"pt"};
@@ -136,20 +146,27 @@ int main(void) {
                        strstr(err.msg, "--->"),
                    "  message names the file, field, value and hints: %s", err.msg);
     }
-    printf("a single file whose VAE has 3 levels:\n");
-    char single[300];
-    snprintf(single, sizeof single, "%s/vae3.safetensors", root);
-    SdcError err = {0};
-    if (check_true(&t, single_3_levels(single, &err) == 0, "write %s%s", single, err.msg)) {
+    for (int levels = 3; levels >= 2; levels--) { // 3: latents 4x smaller, opens; 2: refused
+        printf("a single file whose VAE has %d levels:\n", levels);
+        char single[300];
+        snprintf(single, sizeof single, "%s/vae%d.safetensors", root, levels);
+        SdcError err = {0};
+        if (!check_true(&t, single_cut_levels(single, levels, &err) == 0, "write %s%s", single, err.msg)) continue;
         ModelFiles *m = NULL;
         char cfg[300];
         snprintf(cfg, sizeof cfg, "%s/model", root);
         make_folder(cfg, "unet", "\"act_fn\": \"silu\""); // the architecture of the rest (as --config DIR)
         int rc = model_files_open(&m, single, NULL, -1, &err);
+        if (levels == 3)
+            check_true(&t, rc == 0 && model_files_info(m)->vae.n_levels == 3 &&
+                               vae_scale_factor(&model_files_info(m)->vae) == 4,
+                       "opens, latents 4x smaller%s%s", rc ? ": " : "", rc ? err.msg : "");
+        else
+            check_true(&t, rc == SDC_ERR_UNSUPPORTED && strstr(err.msg, single) &&
+                               strstr(err.msg, "first_stage_model") && strstr(err.msg, "has 2 levels") &&
+                               strstr(err.msg, "--->"),
+                       "refused with the file, the VAE and its depth: %s", err.msg);
         model_files_close(m);
-        check_true(&t, rc == SDC_ERR_UNSUPPORTED && strstr(err.msg, single) && strstr(err.msg, "first_stage_model") &&
-                       strstr(err.msg, "has 3 levels") && strstr(err.msg, "--->"),
-                   "refused with the file, the VAE and its depth: %s", err.msg);
     }
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);

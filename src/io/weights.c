@@ -991,13 +991,15 @@ static int check_model(const ModelInfo *info, const char *path, const char *cdir
     }
     const VaeConfig *v = &info->vae;
     const UnetConfig *u = &info->unet;
-    if (v->n_levels != 4) {
+    // the latents are 2^(levels-1) times smaller than the image (SD's 4 levels: 8x, a small model's 3:
+    // 4x); image sizes are multiples of 8, so at most 4 levels divide every one
+    if (v->n_levels < 3 || v->n_levels > 4) {
         char list[96] = "";
         for (int i = 0; i < v->n_levels && i < SDC_MAX_LEVELS; i++)
             snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? ", " : "", v->block_out[i]);
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: %s has %d levels ([%s]): sdc's pipeline works on latents 8x "
-                       "smaller than the image, which needs the 4-level VAE of SD 1.x/2.x (3 down-samplers)\n---> use "
-                       "an SD 1.x/2.x VAE (--vae FILE, or the model's own)", vae,
+                       "(SD 1.x/2.x's 4-level VAE) or 4x (a 3-level VAE) smaller than the image\n---> use an SD "
+                       "1.x/2.x VAE (--vae FILE, or the model's own)", vae,
                        cdir ? "\"block_out_channels\"" : "the VAE (encoder.down.N)", v->n_levels, list);
     }
     if (v->latent_channels != 4)

@@ -754,7 +754,9 @@ static void vae_decode_run(const Vae *m, Pass *p, const Tensor *z, Tensor *image
     vae_run(p, m, VAE_DECODER, z, image, NULL, NULL);
 }
 
-static int vae_factor(const VaeConfig *c) { return 1 << (c->n_levels - 1); }
+int vae_scale_factor(const VaeConfig *c) { return 1 << (c->n_levels - 1); }
+
+static int vae_factor(const VaeConfig *c) { return vae_scale_factor(c); }
 
 // ---- tiling ------------------------------------------------------------------
 //

@@ -42,6 +42,10 @@ typedef struct VaeTiling {
 #define VAE_TILE_DEFAULT 64                   // latent pixels (512 px for SD), overlap 16
 #define VAE_TILE_BUDGET ((size_t)1 << 30)     // vae_tiling_auto tiles above 1 GiB of decode activations
 
+// 2^(n_levels-1): how much smaller than the image the latents are (8 for SD's
+// 4-level VAE; diffusers' vae_scale_factor).
+int vae_scale_factor(const VaeConfig *c);
+
 // Loads the vae component of mf (diffusers names encoder.*, decoder.*,
 // quant_conv, post_quant_conv) onto be; config from model_files_info(mf)->vae.
 int vae_load(Vae **out, const ModelFiles *mf, const Backend *be, SdcError *err);

@@ -66,6 +66,8 @@ void sd_model_free(SdModel *m) {
 
 const ClipConfig *sd_text_config(const SdModel *m) { return clip_config(m->clip ? m->clip : m->clip2); }
 
+int sd_latent_factor(const SdModel *m) { return vae_scale_factor(&model_files_info(m->files)->vae); }
+
 // Tokenizes one prompt into ids (max_positions), warning when it is cut.
 static int encode_prompt_ids(const ClipTokenizer *tok, const ClipConfig *cc, const char *text, int32_t *ids,
                              SdcError *err) {
@@ -295,7 +297,8 @@ int sd_plan_bytes(SdModel *m, const GenParams *p, size_t *bytes, SdcError *err) 
     SDC_TRY(sd_check_params(m, p, err));
     const ClipConfig *cc = sd_text_config(m);
     const UnetConfig *uc = unet_config(m->unet);
-    const int rows = p->cfg_scale > 1.0f ? 2 * p->batch : p->batch, h = p->height / 8, w = p->width / 8;
+    const int f = sd_latent_factor(m);
+    const int rows = p->cfg_scale > 1.0f ? 2 * p->batch : p->batch, h = p->height / f, w = p->width / f;
     const size_t es = dtype_size(m->be->act_dtype), nlat = (size_t)4 * h * w, npix = (size_t)p->width * p->height;
     size_t unet = 0, enc = 0, dec = 0;
     SDC_TRY(unet_plan_bytes(m->unet, rows, h, w, cc->max_positions, &unet, err));
@@ -388,7 +391,7 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
     const int rows = guided ? 2 * B : B; // UNet rows: [uncond x B, cond x B] as diffusers
     const int L = cc->max_positions, D = uc->cross_dim; // SDXL: the two encoders side by side
     const int n_ids = unet_n_time_ids(m->unet), P = n_ids ? clip_config(m->clip2)->projection_dim : 0;
-    const int H = p->height, W = p->width, h = H / 8, w = W / 8;
+    const int H = p->height, W = p->width, h = H / sd_latent_factor(m), w = W / sd_latent_factor(m);
     const size_t nlat = (size_t)4 * h * w, npix = (size_t)H * W, plane = (size_t)h * w;
     const int inpaint = p->mode == GEN_INPAINT, blend = inpaint && cin == 4;
     r->rows = rows, r->guided = guided, r->cin = cin, r->h = h, r->w = w;

@@ -109,6 +109,10 @@ void sd_model_free(SdModel *m);
 // The config of the model's first text encoder (the SDXL refiner's only
 // one): its max_positions is the context length.
 const ClipConfig *sd_text_config(const SdModel *m);
+// How much smaller than the image the latents are: the VAE's
+// vae_scale_factor (8 for SD's VAE, 4 for a 3-level one; diffusers'
+// pipelines take the same 2^(levels-1)).
+int sd_latent_factor(const SdModel *m);
 
 // Text conditioning: ctx (2, L, D) host floats, row 0 the negative prompt
 // ("" = the empty prompt), row 1 the prompt. Warns when a prompt is cut to
