@@ -283,6 +283,29 @@ static int same_strings(hid_t f, const char *path, const char *dataset, const ch
 
 // An existing file must hold this sweep: same count, size, model, prompts,
 // negative prompts, samplers, seeds, steps, guidance and sweep indices.
+// Opens the per-item dataset name of a sweep file that holds n items and
+// checks that it has one value per item: a read with H5S_ALL writes every
+// value the file declares into the caller's n-value buffer.
+static int open_items(hid_t f, const char *name, int64_t n, hid_t *d, const char *path, SdcError *err) {
+    hid_t sp = -1;
+    hsize_t len = 0;
+    int nd = -1;
+    *d = -1;
+    H5_TRY(*d = H5Dopen2(f, name, H5P_DEFAULT), "%s: %s", path, name);
+    H5_TRY(sp = H5Dget_space(*d), "%s: %s", path, name);
+    nd = H5Sget_simple_extent_ndims(sp);
+    if (nd == 1 && H5Sget_simple_extent_dims(sp, &len, NULL) < 0) nd = -1;
+    H5Sclose(sp);
+    if (nd == 1 && len == (hsize_t)n) return 0;
+    H5Dclose(*d), *d = -1;
+    return sdc_err(err, SDC_ERR_FORMAT, "%s: %s has %s%llu values, the file holds %lld items\n---> the file is "
+                   "damaged: pick another --output-h5 or delete it", path, name, nd == 1 ? "" : "a shape of rank != 1, ",
+                   (unsigned long long)len, (long long)n);
+fail:
+    if (*d >= 0) H5Dclose(*d), *d = -1;
+    return err->code ? err->code : SDC_ERR_IO;
+}
+
 static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_t n, int W, int H,
                             const char *model_hash, SdcError *err) {
     char **pr = NULL;
@@ -315,13 +338,13 @@ static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_
     int32_t *steps = (int32_t *)(seed + n);
     float *cfg = (float *)(steps + n);
     hsize_t dims[4] = {0};
-    H5_TRY(d = H5Dopen2(f, "seed", H5P_DEFAULT), "%s: seed", path);
+    if ((rc = open_items(f, "seed", n, &d, path, err))) goto out;
     if (n) H5_TRY(H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, seed), "%s: seed", path);
     H5Dclose(d), d = -1;
-    H5_TRY(d = H5Dopen2(f, "steps", H5P_DEFAULT), "%s: steps", path);
+    if ((rc = open_items(f, "steps", n, &d, path, err))) goto out;
     if (n) H5_TRY(H5Dread(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, steps), "%s: steps", path);
     H5Dclose(d), d = -1;
-    H5_TRY(d = H5Dopen2(f, "cfg", H5P_DEFAULT), "%s: cfg", path);
+    if ((rc = open_items(f, "cfg", n, &d, path, err))) goto out;
     if (n) H5_TRY(H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, cfg), "%s: cfg", path);
     H5Dclose(d), d = -1;
     for (int64_t i = 0; i < n && !rc; i++)
@@ -332,7 +355,7 @@ static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_
                          it[i].steps, it[i].cfg);
     if (rc) goto out;
     if (h5_has_link(f, "sweep_index")) { // files of sdc before sweeps have none
-        H5_TRY(d = H5Dopen2(f, "sweep_index", H5P_DEFAULT), "%s: sweep_index", path);
+        if ((rc = open_items(f, "sweep_index", n, &d, path, err))) goto out;
         if (n) H5_TRY(H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, seed), "%s: sweep_index", path);
         H5Dclose(d), d = -1;
         for (int64_t i = 0; i < n && !rc; i++)

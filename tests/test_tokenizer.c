@@ -116,6 +116,26 @@ int main(void) {
         written(&tc, root, "sd1", CLIP_TOK_FOLDER_SD1, &w_sd1);
         written(&tc, root, "sd2", CLIP_TOK_FOLDER_SD2, &w_sd2);
         rm_folder(root, "bare"), rm_folder(root, "sd1"), rm_folder(root, "sd2");
+        // a vocab.json of more entries than twice CLIP's vocab is refused (its table is sized to the
+        // file, up to that cap)
+        char big[600], p[700];
+        snprintf(big, sizeof big, "%s/big", root);
+        mkdir(big, 0755);
+        snprintf(p, sizeof p, "%s/vocab.json", big);
+        FILE *f = fopen(p, "w");
+        if (f) {
+            fputc('{', f);
+            for (int i = 0; i <= 131072; i++) fprintf(f, "%s\"t%d\": %d", i ? ", " : "", i, i);
+            fputs("}\n", f);
+            fclose(f);
+        }
+        snprintf(p, sizeof p, "%s/merges.txt", big);
+        if ((f = fopen(p, "w"))) fputs("#version: 0.2\n", f), fclose(f);
+        ClipTokenizer *too_big = NULL;
+        rc = clip_tok_load_dir(&too_big, big, &err);
+        check_true(&tc, rc == SDC_ERR_FORMAT && !too_big && strstr(err.msg, "more than 131072 entries"),
+                   "a vocab.json of 131073 entries is refused (%s)", rc ? err.msg : "loaded");
+        rm_folder(root, "big");
         rmdir(root);
     }
     static const char *const VARIANTS[] = {"v5_sd1", "v5_sd2", "v43x_sd2", "added", "added_json"};

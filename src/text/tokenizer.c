@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "io/json.h"
@@ -1225,7 +1226,10 @@ int clip_tok_load_gz(ClipTokenizer **out, const char *path, SdcError *err) {
 static int read_file(const char *path, char **buf, size_t *len, SdcError *err) {
     FILE *f = fopen(path, "rb");
     if (!f) return sdc_err(err, SDC_ERR_IO, "%s: cannot open", path);
-    size_t cap = 1 << 20, n = 0;
+    // sized from the file (a tokenizer folder's vocab.json is about 1 MB), grown if it grows while read
+    struct stat st;
+    size_t cap = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : 0, n = 0;
+    if (cap < 4096) cap = 4096;
     char *b = malloc(cap + 1);
     while (b) {
         size_t got = fread(b + n, 1, cap - n, f);
@@ -1448,7 +1452,12 @@ int clip_tok_load_dir(ClipTokenizer **out, const char *dir, SdcError *err) {
             goto done;
         }
         if ((rc = read_file(mpath, &mbuf, &mlen, err))) goto done;
-        if (split_lines(mbuf, mlen, &lines, &n_lines) || strmap_init(&vocab, CLIP_TOK_VOCAB * 2) ||
+        // the vocab's table sized to its entries: no more than the file's ':'s (one per entry), and at most
+        // twice CLIP's vocab (more is refused: not a CLIP vocab)
+        size_t colons = 0;
+        for (const char *c = vbuf; (c = memchr(c, ':', vlen - (size_t)(c - vbuf))); c++) colons++;
+        if (split_lines(mbuf, mlen, &lines, &n_lines) ||
+            strmap_init(&vocab, colons < CLIP_TOK_VOCAB * 2 ? colons + 1 : CLIP_TOK_VOCAB * 2) ||
             !(ma = malloc(n_lines * sizeof *ma)) || !(mb = malloc(n_lines * sizeof *mb))) {
             rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", dir);
             goto done;

@@ -19,7 +19,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static FuzzTrainer tr;
     SdcError err = {0};
     if (!path[0]) {
-        h5_lib_start(), h5_quiet();
+        fuzz_h5_start();
         fuzz_path(path, sizeof path, "ckpt.h5");
         fuzz_path(lora, sizeof lora, "lora.safetensors");
         if (backend_cpu_create(&be, 1, &err) || fuzz_trainer_init(&tr, be, &err)) {

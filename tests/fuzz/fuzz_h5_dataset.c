@@ -11,12 +11,13 @@
 #include "fuzz_util.h"
 
 #include "data/dataset.h"
+#include "fuzz_h5.h"
 
 #define RES 16
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static char path[600];
-    if (!path[0]) h5_lib_start(), h5_quiet(), fuzz_path(path, sizeof path, "data.h5");
+    if (!path[0]) fuzz_h5_start(), fuzz_path(path, sizeof path, "data.h5");
     fuzz_write(path, data, size);
     SdcError err = {0};
     Dataset d;

@@ -11,7 +11,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static char path[600];
-    if (!path[0]) h5_lib_start(), h5_quiet(), fuzz_path(path, sizeof path, "gen.h5");
+    if (!path[0]) fuzz_h5_start(), fuzz_path(path, sizeof path, "gen.h5");
     fuzz_write(path, data, size);
     SdcError err = {0};
     GenOut g;
