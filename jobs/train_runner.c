@@ -518,6 +518,7 @@ static int export_full(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err)
         rc = convert_run(&co, err);
         snprintf(out, sizeof out, "%s/diffusers", d->output_dir);
         co.output = out;
+        co.tokenizer_from = r->job->model->path; // the trained model's own tokenizer (model.h5 holds none)
         if (!rc) rc = convert_run(&co, err);
         if (!rc && !r->quiet)
             fprintf(stderr, "sdc: fine-tuned model written to %s/model.h5, %s/model.safetensors and %s/\n",

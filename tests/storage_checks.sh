@@ -276,6 +276,12 @@ synth_model() {
     check "... latents (4, 4, 16, 16)" sh -c "/usr/bin/python3 -c \"import h5py; print(h5py.File('$W/c.h5')['latents'].shape)\" | grep -qx '(4, 4, 16, 16)'"
     runs "... the dataset opens (sdc train vae on it, 1 step)" "$SDC" train vae -q --dataset "$W/c.h5" \
         --pretrained-model "$W/m" --output-dir "$W/tv" --max-train-steps 1 -t 1
+    runs "sdc train text-to-image on it (2 steps)" "$SDC" train text-to-image -q --pretrained-model "$W/m" \
+        --train-data "$W/c.h5" --output-dir "$W/t2i" --train-batch-size 2 --max-train-steps 2 --lr-warmup-steps 0 -t 1
+    check "... its diffusers/ export holds the model's pruned tokenizer" cmp -s "$SYNTH_CFG/tokenizer/vocab.json" \
+        "$W/t2i/diffusers/tokenizer/vocab.json"
+    runs "... and generates" "$SDC" generate -q -m "$W/t2i/diffusers" -p 'a small red star' --steps 3 -t 1 \
+        -o "$W/t.png"
     mkdir -p "$W/cfg2" && cp -r "$SYNTH_CFG"/* "$W/cfg2/" && /usr/bin/python3 -c "if 1:
         import json; p = '$W/cfg2/vae/config.json'; c = json.load(open(p))
         for k in ('block_out_channels', 'down_block_types', 'up_block_types'): c[k] = c[k][-2:]
