@@ -29,6 +29,10 @@ typedef struct ConvertOpts {
     int dtype;            // -1: keep; else DT_F32 / DT_F16 / DT_BF16
     const char *manifest; // the job manifest (text format) stored in a checkpoint; may be NULL
     int quiet;
+    // A folder output's tokenizer/ (and SDXL's tokenizer_2/) from this diffusers
+    // folder when it has them (optional; NULL: the source's own when it is a
+    // folder). DreamBooth's export of a fine-tuned .h5 names the base model's.
+    const char *tokenizer_from;
 } ConvertOpts;
 
 int convert_run(const ConvertOpts *o, SdcError *err);
