@@ -659,7 +659,8 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
     run.xl = xl;
     // the text encoders' groups (train_dreambooth_lora_sdxl.py's defaults for SDXL; SD's scripts have one
     // group: the learning rate and --adam-weight-decay), written into the run's manifest
-    if (xl && d->train_text_encoder && !d->has_text_encoder_lr) dcopy.text_encoder_lr = 5e-6, dcopy.has_text_encoder_lr = 1;
+    if (xl && d->train_text_encoder && !d->has_text_encoder_lr)
+        dcopy.text_encoder_lr = 5e-6, dcopy.has_text_encoder_lr = 1;
     if (xl && d->train_text_encoder && !d->has_adam_weight_decay_text_encoder)
         dcopy.adam_weight_decay_text_encoder = 1e-3, dcopy.has_adam_weight_decay_text_encoder = 1;
     if (!rc && stages > 1) {
@@ -823,11 +824,13 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
     if ((rc = db_init(&t, &m, &cfg, &data, &hooks, err))) goto done;
     if (!opt->quiet && par->rank == 0)
         fprintf(stderr, "sdc: DreamBooth %s%s: %d instance%s, %d class latents at %dx%d, batch %d x %d accumulation "
-                "on %d rank%s, %lld steps; training memory %.1f MiB (unet) + %.1f MiB (text encoder)\n",
-                d->lora_rank ? "LoRA" : "full fine-tuning", !d->train_text_encoder ? "" : xl ? " + both text encoders" : " + text encoder", n_inst,
+                "on %d rank%s, %lld steps; training memory %.1f MiB (unet) + %.1f MiB (text encoders)\n",
+                d->lora_rank ? "LoRA" : "full fine-tuning",
+                !d->train_text_encoder ? "" : xl ? " + both text encoders" : " + text encoder", n_inst,
                 n_inst == 1 ? "" : "s", n_cls, lh, lw, d->train_batch_size, d->gradient_accumulation_steps, par->size,
                 par->size == 1 ? "" : "s", (long long)cfg.max_train_steps,
-                unet_train_bytes(m.unet) / 1048576.0, clip_train_bytes(m.clip) / 1048576.0);
+                unet_train_bytes(m.unet) / 1048576.0,
+                (clip_train_bytes(m.clip) + (m.clip2 ? clip_train_bytes(m.clip2) : 0)) / 1048576.0);
     if (!rc && !opt->quiet && par->rank == 0) {
         size_t mine = 0, all = 0;
         for (int gi = 0; gi < t.opt.n_groups; gi++) mine += t.opt.groups[gi].numel;

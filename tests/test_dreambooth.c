@@ -130,7 +130,8 @@ static const Case CASES[] = {
      LR_LINEAR, 1, -1, 1, NULL, 0, 0, 0, 0},
     {"c", "LoRA rank 4 on the UNet, prior preservation, constant lr", 4321, 0, 1, 1, 4, 0.0f, 0.0f, LR_CONSTANT, 0,
      -1, 1, NULL, 0, 0, 0, 0},
-    {"d", "UNet, v-prediction, min-SNR 5, cosine", 99, 0, 0, 1, 0, 5.0f, 0.0f, LR_COSINE, 0, PRED_V, 1, NULL, 0, 0, 0, 0},
+    {"d", "UNet, v-prediction, min-SNR 5, cosine", 99, 0, 0, 1, 0, 5.0f, 0.0f, LR_COSINE, 0, PRED_V, 1, NULL, 0, 0,
+     0, 0},
     {"e", "UNet, 3 instance latents shuffled, accumulation 2 (2 + 1 + 2 micro-batches)", 2024, 0, 0, 2, 0, 0.0f,
      0.0f, LR_CONSTANT, 0, -1, 3, NULL, 0, 0, 0, 0},
     {"f", "UNet, prior preservation + min-SNR 5, each half weighted by its own timesteps", 15, 0, 1, 1, 0, 5.0f,
@@ -525,7 +526,8 @@ done:
     if (err.code) printf("  error: %s\n", err.msg);
     if (have_tr) db_free(&tr);
     sd_model_free(&m);
-    free(nm), free(init), free(li), free(lc), free(rbuf), free(tids), free(rec.well[0]), free(rec.well[1]), free(rec.well[2]);
+    free(nm), free(init), free(li), free(lc), free(rbuf), free(tids), free(rec.well[0]);
+    free(rec.well[1]), free(rec.well[2]);
 }
 
 int main(void) {
