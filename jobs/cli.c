@@ -47,6 +47,7 @@ static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *
 static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
 static int cli_parse_init(int argc, char **argv, Sdc__Job **out, CliOptions *opt, SdcError *err);
 static void cli_print_usage_train(FILE *f);
+static void cli_print_usage_train_t2i(FILE *f);
 
 // "L,T,R,B" pixels to add on each side
 static int parse_outpaint(const char *flag, const char *v, Sdc__Generate *g, SdcError *err) {
@@ -116,6 +117,7 @@ void cli_print_usage(FILE *f, const char *sub) {
                    "  convert    convert a model between layouts (sdc convert --help)\n"
                    "  init-model a model initialised from scratch from configs (sdc init-model --help)\n"
                    "  train      DreamBooth fine-tuning, full or LoRA (sdc train dreambooth --help);\n"
+                   "             text-to-image on a captioned dataset (sdc train text-to-image --help);\n"
                    "             an AutoencoderKL on a dataset (sdc train vae --help)\n"
                    "  submit     render a manifest's Slurm batch script and sbatch it (sdc submit --help)\n\n"
                    "Every command builds a job manifest (jobs/sdc.proto); --dump-manifest prints it.\n");
@@ -993,6 +995,42 @@ static void cli_print_usage_train_vae(FILE *f) {
             "Under mpiexec / srun each rank takes an equal share of every batch (data parallel).\n");
 }
 
+static void cli_print_usage_train_t2i(FILE *f) {
+    fprintf(f,
+            "usage: sdc train text-to-image --pretrained-model MODEL --train-data D.h5 [options]\n"
+            "Fine-tunes (or trains from an `sdc init-model` start) the UNet on an sdc HDF5 dataset's images and\n"
+            "captions (diffusers train_text_to_image.py flags, '-' or '_').\n"
+            "  --pretrained-model PATH         single .safetensors file, diffusers folder or sdc .h5 checkpoint\n"
+            "  --train-data H5                 sdc dataset import / sdc dataset synth output (images + captions)\n"
+            "  --max-train-samples N           the first N items only (all)\n"
+            "  --resolution PX                 the dataset's (re-import to change it)   --random-flip\n"
+            "  --train-batch-size N            (16)       --gradient-accumulation-steps N (1)\n"
+            "  --learning-rate LR              (1e-4)     --scale-lr (lr x batch x accumulation)\n"
+            "  --max-train-steps N             (0: --num-train-epochs (100) epochs)\n"
+            "  --lr-scheduler NAME             constant | constant_with_warmup | linear | cosine |\n"
+            "                                  cosine_with_restarts | polynomial   (constant)\n"
+            "  --lr-warmup-steps N (500)       --lr-num-cycles N (1)  --lr-power P (1.0)\n"
+            "  --max-grad-norm N (1.0)         --adam-beta1/--adam-beta2/--adam-weight-decay/--adam-epsilon\n"
+            "  --snr-gamma G                   min-SNR loss weighting (5.0 recommended)\n"
+            "  --noise-offset S (0)            --input-perturbation P (0; 0.1 in the paper)\n"
+            "  --proportion-empty-prompts P    captions replaced by \"\" with probability P (0): classifier-free\n"
+            "                                  guidance for a model trained from scratch\n"
+            "  --use-ema                       keep an EMA of the UNet (--ema-decay 0.9999); exported and validated\n"
+            "  --train-text-encoder            also train the CLIP text encoder\n"
+            "  --lora-rank R                   a LoRA of rank R instead of all weights (0)  --lora-alpha A\n"
+            "  --gradient-checkpointing        --zero-stage 1   --pipeline-stages P   --micro-batches M\n"
+            "  --pipeline-schedule S           --pipeline-cut B1,B2,...   (as sdc train dreambooth)\n"
+            "  --checkpointing-steps N (500)   --checkpoints-total-limit N (keep all)\n"
+            "  --resume-from-checkpoint PATH|latest\n"
+            "  --validation-prompts P1 P2 ...  one image each every --validation-epochs N (5) epochs\n"
+            "                                  (--validation-inference-steps 20)\n"
+            "  --seed N (0)                    --output-dir DIR (sd-model-finetuned)\n"
+            "  -t, --threads N                 CPU threads (all)\n"
+            "  --dump-manifest                 print the job manifest and exit;  -q  no progress bar\n"
+            "Exports DIR/model.h5, DIR/model.safetensors and DIR/diffusers/ (EMA weights with --use-ema), or a\n"
+            "LoRA file; checkpoints and data parallel / pipeline stages as sdc train dreambooth.\n");
+}
+
 static int in_list(const char *const *l, const char *s) {
     for (; *l; l++)
         if (!strcmp(*l, s)) return 1;
@@ -1060,6 +1098,11 @@ static int parse_train_flags(int argc, char **argv, Sdc__Job *job, ProtobufCMess
             char *end = NULL;
             if (i + 1 < argc) (void)strtod(argv[i + 1], &end);
             v = (i + 1 < argc && end && *end == 0 && end != argv[i + 1]) ? argv[++i] : "0.1";
+        } else if (fd->label == PROTOBUF_C_LABEL_REPEATED && i + 1 < argc) {
+            // nargs="+" as argparse: every value up to the next option
+            while (!rc && i + 1 < argc && strncmp(argv[i + 1], "--", 2)) rc = manifest_set_field(msg, field, argv[++i], err);
+            if (rc) sdc_err_wrap(err, "%s", a);
+            continue;
         } else if (i + 1 < argc) {
             v = argv[++i];
         } else {
@@ -1085,6 +1128,7 @@ static int cli_parse_train_kind(int argc, char **argv, Sdc__Job **out, CliOption
     sdc__generate__free_unpacked(job->generate, NULL); // a training job has no generate section
     job->generate = NULL;
     if (task == SDC__TASK__TASK_TRAIN_VAE) job->train_vae = (Sdc__TrainVae *)kind_msg;
+    else if (task == SDC__TASK__TASK_TRAIN_TEXT_TO_IMAGE) job->text_to_image = (Sdc__TextToImage *)kind_msg;
     else job->dreambooth = (Sdc__Dreambooth *)kind_msg;
     int rc = parse_train_flags(argc, argv, job, kind_msg, tf, opt, err);
     if (rc || opt->help) {
@@ -1113,9 +1157,16 @@ static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *op
         sdc__train_vae__init(v);
         return cli_parse_train_kind(argc, argv, out, opt, SDC__TASK__TASK_TRAIN_VAE, &v->base, &tf, err);
     }
+    if (!strcmp(argv[2], "text-to-image") || !strcmp(argv[2], "text_to_image")) {
+        static const TrainFlags tf = {"text-to-image", cli_print_usage_train_t2i, db_model, db_runtime};
+        Sdc__TextToImage *x = calloc(1, sizeof *x);
+        if (!x) return cli_oom(err);
+        sdc__text_to_image__init(x);
+        return cli_parse_train_kind(argc, argv, out, opt, SDC__TASK__TASK_TRAIN_TEXT_TO_IMAGE, &x->base, &tf, err);
+    }
     if (strcmp(argv[2], "dreambooth"))
         return sdc_err(err, SDC_ERR_ARG, "sdc train: unknown kind '%s' ---> sdc train dreambooth --help, sdc train "
-                       "vae --help", argv[2]);
+                       "text-to-image --help, sdc train vae --help", argv[2]);
     static const TrainFlags tf = {"dreambooth", cli_print_usage_train, db_model, db_runtime};
     Sdc__Dreambooth *d = calloc(1, sizeof *d);
     if (!d) return cli_oom(err);

@@ -346,6 +346,10 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
         if (!job->dreambooth)
             return sdc_err(err, SDC_ERR_ARG, "manifest: task TASK_DREAMBOOTH needs a dreambooth { ... } section");
         // the trainer's runner checks each field (jobs/train_runner.c)
+    } else if (job->task == SDC__TASK__TASK_TRAIN_TEXT_TO_IMAGE) {
+        if (!job->text_to_image)
+            return sdc_err(err, SDC_ERR_ARG, "manifest: task TASK_TRAIN_TEXT_TO_IMAGE needs a text_to_image { ... } "
+                           "section");
     } else {
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "manifest: task %d is not implemented in this version of sdc",
                        job->task);

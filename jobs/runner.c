@@ -238,6 +238,7 @@ static int h5_model_cache(const Sdc__Job *job, char *cache, size_t cap, int quie
     cache[0] = 0;
     const char *p = job->model && job->model->path ? job->model->path : "";
     int loads = job->task == SDC__TASK__TASK_GENERATE || job->task == SDC__TASK__TASK_DREAMBOOTH ||
+                job->task == SDC__TASK__TASK_TRAIN_TEXT_TO_IMAGE ||
                 (job->task == SDC__TASK__TASK_DATASET_IMPORT && job->dataset_import &&
                  job->dataset_import->cache_latents) ||
                 (job->task == SDC__TASK__TASK_DATASET_SYNTH && job->dataset_synth && job->dataset_synth->cache_latents);
@@ -278,7 +279,9 @@ int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         job->model->path = cache;
     }
     int rc;
-    if (job->task == SDC__TASK__TASK_GENERATE || job->task == SDC__TASK__TASK_DREAMBOOTH) stop_install();
+    if (job->task == SDC__TASK__TASK_GENERATE || job->task == SDC__TASK__TASK_DREAMBOOTH ||
+        job->task == SDC__TASK__TASK_TRAIN_TEXT_TO_IMAGE)
+        stop_install();
     switch (job->task) {
     case SDC__TASK__TASK_GENERATE: rc = run_generate(job, opt, err); break;
     case SDC__TASK__TASK_DATASET_IMPORT: rc = run_dataset_import(job, opt, err); break;
@@ -287,6 +290,7 @@ int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     case SDC__TASK__TASK_INIT_MODEL: rc = run_init_model(job, opt, err); break;
     case SDC__TASK__TASK_CONVERT: rc = run_convert(job, opt, err); break;
     case SDC__TASK__TASK_DREAMBOOTH: rc = run_dreambooth(job, opt, err); break;
+    case SDC__TASK__TASK_TRAIN_TEXT_TO_IMAGE: rc = run_text_to_image(job, opt, err); break;
     case SDC__TASK__TASK_TRAIN_VAE: rc = run_train_vae(job, opt, err); break;
     default: rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "task %d is not implemented yet", job->task);
     }

@@ -27,6 +27,8 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 // `sdc train dreambooth` (jobs/train_runner.c).
 int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 // `sdc train vae` (jobs/vae_runner.c).
+// jobs/train_runner.c: the DreamBooth trainer on a captioned HDF5 dataset
+int run_text_to_image(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err);
 

@@ -206,6 +206,7 @@ static const char *task_name(const Sdc__Job *job) {
     switch (job->task) {
     case SDC__TASK__TASK_GENERATE: return "generate";
     case SDC__TASK__TASK_DREAMBOOTH: return "dreambooth";
+    case SDC__TASK__TASK_TRAIN_TEXT_TO_IMAGE: return "text-to-image";
     case SDC__TASK__TASK_CONVERT: return "convert";
     case SDC__TASK__TASK_DATASET_IMPORT: return "dataset-import";
     case SDC__TASK__TASK_DATASET_SYNTH: return "dataset-synth";
@@ -356,6 +357,9 @@ int submit_main(int argc, char **argv) {
     if (!rc && job->task == SDC__TASK__TASK_DREAMBOOTH && job->dreambooth &&
         !(job->dreambooth->resume_from_checkpoint && job->dreambooth->resume_from_checkpoint[0]))
         manifest_set_string(&job->dreambooth->base, "resume_from_checkpoint", "latest");
+    if (!rc && job->task == SDC__TASK__TASK_TRAIN_TEXT_TO_IMAGE && job->text_to_image &&
+        !(job->text_to_image->resume_from_checkpoint && job->text_to_image->resume_from_checkpoint[0]))
+        manifest_set_string(&job->text_to_image->base, "resume_from_checkpoint", "latest");
     char script[PATH_MAX], frozen[PATH_MAX], sdc[PATH_MAX], cwd[PATH_MAX], logs[PATH_MAX], abs_frozen[PATH_MAX];
     if (!rc) {
         if (o.script) snprintf(script, sizeof script, "%s", o.script);

@@ -40,6 +40,7 @@
 #include "jobs/stop.h"
 #include "mpi/dp.h"
 #include "mpi/grid.h"
+#include "mpi/mpi_check.h"
 #include "mpi/pp.h"
 #include "mpi/pp_train.h"
 #include "train/dreambooth.h"
@@ -200,6 +201,8 @@ typedef struct TrainRun {
     double t0;
     int64_t first_step;
     int xl;           // an SDXL model (text-encoder training: two encoders, three param groups)
+    const Sdc__TextToImage *t2i; // a text-to-image job (its Dreambooth view is job->dreambooth), else NULL
+    ParamTable ema;              // --use-ema: the EMA shadow's table (checkpoints), views into the trainer's
 } TrainRun;
 
 static int hook_mean(void *u, float *buf, size_t n, SdcError *err) {
@@ -293,13 +296,14 @@ static int hook_step(void *u, const DbStepInfo *s, SdcError *err) {
 // ---------------------------------------------------------------------------
 
 typedef struct CkptParts {
-    TrainCkptComponent comps[DB_MAX_GROUPS];
+    TrainCkptComponent comps[DB_MAX_GROUPS + 1]; // the groups, and the UNet's EMA
     TrainCkptKey keys[7];
     char vals[7][64];
     TrainCkptSpec spec;
 } CkptParts;
 
-static void ckpt_parts(CkptParts *p, const Sdc__Job *job, DbTrainer *t, char *manifest) {
+// ema: the EMA shadow's table, a component of its own ("unet_ema"), or NULL
+static void ckpt_parts(CkptParts *p, const Sdc__Job *job, DbTrainer *t, char *manifest, const ParamTable *ema) {
     const Sdc__Dreambooth *d = job->dreambooth;
     memset(p, 0, sizeof *p);
     int lora = d->lora_rank > 0, nc = 0;
@@ -311,6 +315,9 @@ static void ckpt_parts(CkptParts *p, const Sdc__Job *job, DbTrainer *t, char *ma
     if (d->train_text_encoder && t->train_te && t->n_groups > 2) // SDXL's second encoder
         p->comps[nc++] = (TrainCkptComponent){.group = lora ? "text_encoder_2_lora" : "text_encoder_2",
                                               .table = clip_train_table(t->model->clip2), .opt_group = 2};
+    if (ema && ema->n)
+        p->comps[nc++] = (TrainCkptComponent){.group = lora ? "unet_lora_ema" : "unet_ema", .table = ema,
+                                              .opt_group = -1};
     static const char *const keys[7] = {"model", "lora_rank", "train_text_encoder", "resolution",
                                         "with_prior_preservation", "seed", "lora_alpha"};
     snprintf(p->vals[0], sizeof p->vals[0], "%.63s", job->model->path);
@@ -361,7 +368,7 @@ static int save_checkpoint(TrainRun *r, DbTrainer *t, char *manifest, SdcError *
     }
     if (r->grid.replica == 0) {
         CkptParts p;
-        ckpt_parts(&p, r->job, t, manifest);
+        ckpt_parts(&p, r->job, t, manifest, &r->ema);
         p.spec.opt = &full;
         TrainCkptState st = {.step = t->st.global_step, .epoch = t->st.epoch, .micro_step = t->st.batch_in_epoch,
                              .loss = t->st.last_loss};
@@ -399,27 +406,36 @@ static void save_after_failure(TrainRun *r, DbTrainer *t, char *manifest, SdcErr
     }
 }
 
+// DreamBooth: --num-validation-images of --validation-prompt; text-to-image:
+// one image of each --validation-prompts (train_text_to_image.py's), seeded
+// with --seed. Rank 0 renders them; OUTPUT_DIR/validation/step-N-i.png.
 static int validate(TrainRun *r, DbTrainer *t, SdcError *err) {
     const Sdc__Dreambooth *d = r->job->dreambooth;
+    const int n_prompts = r->t2i ? (int)r->t2i->n_validation_prompts : 1;
+    const int per = r->t2i ? 1 : d->num_validation_images > 0 ? d->num_validation_images : 1;
+    const int steps = r->t2i ? r->t2i->validation_inference_steps : d->validation_inference_steps;
     int rc = 0;
     if (r->par.rank == 0) {
-        int n = d->num_validation_images > 0 ? d->num_validation_images : 1;
-        size_t img = (size_t)3 * t->data.lat_h * 8 * t->data.lat_w * 8;
-        float *pix = malloc((size_t)n * img * sizeof(float));
+        const int H = t->data.lat_h * t->px_per_latent, W = t->data.lat_w * t->px_per_latent;
+        size_t img = (size_t)3 * H * W;
+        float *pix = malloc((size_t)per * img * sizeof(float));
         uint8_t *rgb = malloc(img);
         char dir[1100];
         snprintf(dir, sizeof dir, "%s/validation", d->output_dir);
         rc = !pix || !rgb ? sdc_err(err, SDC_ERR_OOM, "out of memory for validation images") : fs_mkdir_p(dir, err);
-        if (!rc) rc = db_validate(t, d->validation_prompt, n, d->validation_inference_steps, 7.5f, (uint64_t)d->seed,
-                                  pix, err);
-        for (int i = 0; !rc && i < n; i++) {
-            char path[1200];
-            snprintf(path, sizeof path, "%s/step-%06lld-%d.png", dir, (long long)t->st.global_step, i);
-            image_from_vae(rgb, pix, i, t->data.lat_h * 8, t->data.lat_w * 8); // item i of pix
-            rc = image_write_png(path, rgb, t->data.lat_w * 8, t->data.lat_h * 8, d->validation_prompt, err);
+        for (int q = 0; !rc && q < n_prompts; q++) {
+            const char *prompt = r->t2i ? r->t2i->validation_prompts[q] : d->validation_prompt;
+            rc = db_validate(t, prompt, per, steps, 7.5f, (uint64_t)d->seed, pix, err);
+            for (int i = 0; !rc && i < per; i++) {
+                char path[1200];
+                snprintf(path, sizeof path, "%s/step-%06lld-%d.png", dir, (long long)t->st.global_step,
+                         r->t2i ? q : i);
+                image_from_vae(rgb, pix, i, H, W); // item i of pix
+                rc = image_write_png(path, rgb, W, H, prompt, err);
+            }
         }
         if (!rc && !r->quiet)
-            fprintf(stderr, "%ssdc: %d validation images in %s\n", r->tty ? "\n" : "", n, dir);
+            fprintf(stderr, "%ssdc: %d validation images in %s\n", r->tty ? "\n" : "", n_prompts * per, dir);
         free(pix), free(rgb);
     }
     return h5_par_agree(&r->par, rc, err);
@@ -438,7 +454,7 @@ static int export_lora(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err)
         snprintf(tmp, sizeof tmp, "%s/.lora-export.h5", d->output_dir);
         if (r->grid.replica == 0) {
             CkptParts p;
-            ckpt_parts(&p, r->job, t, manifest);
+            ckpt_parts(&p, r->job, t, manifest, NULL);
             p.spec.opt = NULL;
             for (int i = 0; i < p.spec.n_comps; i++) p.comps[i].opt_group = -1;
             TrainCkptState st = {.step = t->st.global_step, .epoch = t->st.epoch, .micro_step = t->st.batch_in_epoch,
@@ -492,7 +508,7 @@ static int export_full(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err)
     if ((rc = h5_par_agree(&r->par, rc, err))) return rc;
     if (r->grid.replica == 0) {
         CkptParts p;
-        ckpt_parts(&p, r->job, t, manifest);
+        ckpt_parts(&p, r->job, t, manifest, NULL);
         p.spec.opt = NULL;
         for (int i = 0; i < p.spec.n_comps; i++) { // a text encoder whole (SDXL's first trains all but its last layer)
             p.comps[i].opt_group = -1;
@@ -530,6 +546,137 @@ static int export_full(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err)
 
 static int export_model(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err) {
     return r->job->dreambooth->lora_rank > 0 ? export_lora(r, t, manifest, err) : export_full(r, t, manifest, err);
+}
+
+// ---------------------------------------------------------------------------
+// text-to-image data
+// ---------------------------------------------------------------------------
+
+// A text-to-image dataset as the trainer takes it: every caption as token
+// ids, and every image's latent distribution (mean and std, times the VAE's
+// scaling factor), and with --random-flip its mirror image's. The VAE runs
+// once per item (twice with flips) instead of every step, and the trainer
+// samples mean + std * randn each step as latent_dist.sample() does.
+typedef struct T2iData {
+    int n, lh, lw, res;
+    int32_t *ids;                       // (n, L)
+    float *mean, *std, *fmean, *fstd;   // (n, 4, lh, lw); fmean / fstd NULL without flips
+} T2iData;
+
+static void t2i_data_free(T2iData *x) {
+    free(x->ids), free(x->mean), free(x->std), free(x->fmean), free(x->fstd);
+    memset(x, 0, sizeof *x);
+}
+
+// In-place sum over every rank of the job (each rank filled its own items, zeros elsewhere).
+static int world_sum(const TrainRun *r, float *buf, size_t n, SdcError *err) {
+    if (r->grid.size <= 1) return 0;
+    for (size_t o = 0; o < n; o += (size_t)1 << 28) {
+        const int k = (int)(n - o < ((size_t)1 << 28) ? n - o : (size_t)1 << 28);
+        MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf + o, k, MPI_FLOAT, MPI_SUM, r->grid.world), "text-to-image latents");
+    }
+    return 0;
+}
+
+// The dataset's captions through m's tokenizer (loaded here) and its images
+// through m's VAE: rank r of R encodes the items i with i % R == r.
+static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Backend *be, T2iData *out,
+                    SdcError *err) {
+    memset(out, 0, sizeof *out);
+    Dataset ds;
+    SDC_TRY(dataset_open(&ds, x->train_data, err));
+    const ModelInfo *info = model_files_info(m->files);
+    const int L = info->clip.max_positions, levels = info->vae.n_levels;
+    int rc = 0;
+    int64_t n = ds.n;
+    if (x->max_train_samples > 0 && n > x->max_train_samples) n = x->max_train_samples;
+    if (x->resolution > 0 && x->resolution != ds.resolution)
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: images at %d px, training at --resolution %d\n---> re-import the dataset "
+                     "at %d (sdc dataset import / synth --resolution %d) or drop --resolution", x->train_data,
+                     ds.resolution, x->resolution, x->resolution, x->resolution);
+    else if (n < 1)
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: the dataset is empty", x->train_data);
+    else if (n > INT32_MAX / 2)
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s: %lld items", x->train_data, (long long)n);
+    else if (levels < 1 || ds.resolution % (1 << (levels - 1)))
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: %d px images do not divide into the VAE's %d x %d px latent cells",
+                     x->train_data, ds.resolution, 1 << (levels - 1), 1 << (levels - 1));
+    const int res = ds.resolution, f = levels >= 1 ? 1 << (levels - 1) : 1, lh = res / f, C = info->vae.latent_channels;
+    const size_t lat = (size_t)C * lh * lh, px = (size_t)res * res * 3;
+    out->n = (int)n, out->lh = out->lw = lh, out->res = res;
+    if (!rc) rc = m->tok ? 0 : sd_tokenizer_load(&m->tok, info, err);
+    if (!rc) {
+        out->ids = malloc((size_t)n * L * sizeof(int32_t));
+        out->mean = calloc((size_t)n * lat, sizeof(float));
+        out->std = calloc((size_t)n * lat, sizeof(float));
+        if (x->random_flip) out->fmean = calloc((size_t)n * lat, sizeof(float));
+        if (x->random_flip) out->fstd = calloc((size_t)n * lat, sizeof(float));
+        if (!out->ids || !out->mean || !out->std || (x->random_flip && (!out->fmean || !out->fstd)))
+            rc = sdc_err(err, SDC_ERR_OOM, "out of memory for %lld items' latents (%zu floats each)", (long long)n,
+                         lat * (x->random_flip ? 4 : 2));
+    }
+    int64_t truncated = 0;
+    for (int64_t i = 0; !rc && i < n; i++) {
+        int dropped = 0;
+        rc = clip_tok_encode(m->tok, ds.captions[i] ? ds.captions[i] : "", out->ids + i * L, L, info->clip.pad_token,
+                             &dropped, err);
+        truncated += dropped > 0;
+    }
+    if (!rc && truncated && r->par.rank == 0 && !r->quiet)
+        fprintf(stderr, "sdc: warning: %lld captions are longer than %d tokens and were truncated (as diffusers)\n",
+                (long long)truncated, L);
+    Vae *vae = NULL;
+    uint8_t *rgb = malloc(px);
+    float *pix = malloc(px * sizeof(float)), *lv = malloc(lat * sizeof(float));
+    if (!rc && (!rgb || !pix || !lv)) rc = sdc_err(err, SDC_ERR_OOM, "out of memory for an image");
+    if (!rc) rc = vae_load(&vae, m->files, be, err);
+    if (!rc) rc = vae_reserve(vae, 1, res, res, err);
+    const double t0 = now_s();
+    if (!rc && r->par.rank == 0 && !r->quiet)
+        fprintf(stderr, "sdc: encoding %lld images%s of %s with the VAE (%d rank%s)\n", (long long)n,
+                x->random_flip ? " and their mirror images" : "", x->train_data, r->par.size,
+                r->par.size == 1 ? "" : "s");
+    const float sf = info->vae.scaling_factor;
+    for (int64_t i = r->par.rank; !rc && i < n; i += r->par.size) {
+        rc = dataset_read_image(&ds, i, rgb, err);
+        for (int flip = 0; !rc && flip <= (x->random_flip ? 1 : 0); flip++) {
+            if (flip) // mirror left-right, as RandomHorizontalFlip
+                for (int y = 0; y < res; y++)
+                    for (int a = 0, b = res - 1; a < b; a++, b--)
+                        for (int ch = 0; ch < 3; ch++) {
+                            uint8_t *p = rgb + ((size_t)y * res + a) * 3 + ch, *q = rgb + ((size_t)y * res + b) * 3 + ch;
+                            const uint8_t tmp = *p;
+                            *p = *q, *q = tmp;
+                        }
+            Image im = {res, res, 3, rgb};
+            int64_t ish[4] = {1, 3, res, res}, lsh[4] = {1, C, lh, lh};
+            float *mu = (flip ? out->fmean : out->mean) + i * lat, *sd = (flip ? out->fstd : out->std) + i * lat;
+            rc = image_to_tensor(&im, pix, err);
+            Tensor ti = tensor_f32(pix, 4, ish), tm = tensor_f32(mu, 4, lsh), tl = tensor_f32(lv, 4, lsh);
+            if (!rc) rc = vae_encode(vae, &ti, &tm, &tl, err);
+            for (size_t k = 0; !rc && k < lat; k++) { // DiagonalGaussianDistribution: logvar clamped to [-30, 20]
+                const float l = lv[k] < -30.0f ? -30.0f : lv[k] > 20.0f ? 20.0f : lv[k];
+                mu[k] *= sf;
+                sd[k] = expf(0.5f * l) * sf;
+            }
+        }
+        if (!rc && r->par.rank == 0 && !r->quiet && r->tty)
+            fprintf(stderr, "\r  %lld/%lld", (long long)(i + 1), (long long)n);
+    }
+    if (rc) sdc_err_wrap(err, "encoding %s", x->train_data);
+    rc = h5_par_agree(&r->par, rc, err);
+    if (!rc) rc = world_sum(r, out->mean, (size_t)n * lat, err);
+    if (!rc) rc = world_sum(r, out->std, (size_t)n * lat, err);
+    if (!rc && x->random_flip) rc = world_sum(r, out->fmean, (size_t)n * lat, err);
+    if (!rc && x->random_flip) rc = world_sum(r, out->fstd, (size_t)n * lat, err);
+    if (!rc && r->par.rank == 0 && !r->quiet)
+        fprintf(stderr, "%ssdc: %lld latents (%d x %d x %d) in %.1f s\n", r->tty ? "\r" : "", (long long)n, C, lh, lh,
+                now_s() - t0);
+    if (vae) vae_free(vae);
+    free(rgb), free(pix), free(lv);
+    dataset_close(&ds);
+    if (rc) t2i_data_free(out);
+    return rc;
 }
 
 // ---------------------------------------------------------------------------
@@ -625,8 +772,11 @@ static int check_job(const Sdc__Job *job, SdcError *err) {
     return 0;
 }
 
-int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err) {
-    SDC_TRY(check_job(job_in, err));
+// The DreamBooth job (x NULL), or a text-to-image job x given as its
+// Dreambooth view job_in (orig: the job as given, for the manifest).
+static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc__TextToImage *x,
+                        const RunOptions *opt, SdcError *err) {
+    if (!x) SDC_TRY(check_job(job_in, err));
     // a copy whose resolution default follows the model (SDXL: 1024), set once the model is known
     Sdc__Dreambooth dcopy = *job_in->dreambooth;
     Sdc__Job jcopy = *job_in;
@@ -634,7 +784,8 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
     const Sdc__Job *job = &jcopy;
     const Sdc__Dreambooth *d = &dcopy;
     float *inst_ids = NULL; // SDXL: (n_inst, 6) time ids
-    TrainRun run = {.job = job, .par = h5_par_world(), .quiet = opt->quiet, .tty = isatty(2),
+    T2iData td = {0};
+    TrainRun run = {.job = job, .t2i = x, .par = h5_par_world(), .quiet = opt->quiet, .tty = isatty(2),
                     .dp = {.comm = MPI_COMM_NULL, .size = 1}, .pp = {.comm = MPI_COMM_NULL},
                     .grid = {.world = MPI_COMM_NULL, .pipe = MPI_COMM_NULL, .data = MPI_COMM_NULL}};
     const H5Par *par = &run.par;
@@ -656,6 +807,10 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
     const int xl = !rc && model_files_info(m.files)->family == SD_FAMILY_XL;
     if (xl && !d->has_resolution) // train_dreambooth_lora_sdxl.py's default, written into the run's manifest
         dcopy.resolution = 1024, dcopy.has_resolution = 1;
+    if (xl && x)
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: text-to-image training of SDXL is not supported "
+                     "yet (captions through both encoders, time ids per item)\n---> train an SD 1.x / 2.x model, or "
+                     "SDXL with sdc train dreambooth", job->model->path);
     run.xl = xl;
     // the text encoders' groups (train_dreambooth_lora_sdxl.py's defaults for SDXL; SD's scripts have one
     // group: the learning rate and --adam-weight-decay), written into the run's manifest
@@ -673,7 +828,7 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
         if (!rc && rt->pipeline_cut && rt->pipeline_cut[0]) rc = pp_cut_parse(rt->pipeline_cut, nb, stages, cut, err);
     }
     if ((rc = h5_par_agree(par, rc, err))) goto done;
-    manifest = manifest_to_text(job); // with the resolution the model gave
+    manifest = manifest_to_text(x ? orig : job); // with the resolution the model gave
     if ((rc = dp_init(&run.dp, run.grid.data, 0, err))) goto done;
     rc = par->rank == 0 ? fs_mkdir_p(d->output_dir, err) : 0;
     if ((rc = h5_par_agree(par, rc, err))) goto done;
@@ -681,6 +836,12 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
 
     // 1-2. data
     char inst_h5[1200], cls_h5[1200];
+    int n_inst = 0, n_cls = 0, lh = 0, lw = 0, ch = 0, cw = 0;
+    if (x) { // text-to-image: the dataset's captions and latent distributions
+        if ((rc = t2i_data(&run, x, &m, be, &td, err))) goto done;
+        n_inst = td.n, lh = td.lh, lw = td.lw;
+        dcopy.resolution = td.res;
+    } else {
     if (fs_ends_with(d->instance_data, ".h5")) {
         snprintf(inst_h5, sizeof inst_h5, "%s", d->instance_data);
     } else {
@@ -694,7 +855,6 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
                                 par, opt->quiet, err)))
             goto done;
     }
-    int n_inst = 0, n_cls = 0, lh = 0, lw = 0, ch = 0, cw = 0;
     if ((rc = read_latents(inst_h5, d->resolution, &inst, &n_inst, &lh, &lw, xl ? &inst_ids : NULL, err))) goto done;
     if (d->with_prior_preservation) {
         if (fs_ends_with(d->class_data, ".h5")) {
@@ -716,6 +876,7 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
             fprintf(stderr, "sdc: warning: %s holds %d class images, fewer than --num-class-images %d\n", cls_h5, n_cls,
                     d->num_class_images);
     }
+    }
 
     // 3. model
     // dataset_import's own VAE backend set the process-wide OpenMP / OpenBLAS
@@ -734,7 +895,7 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
     {
         const ModelInfo *info = model_files_info(m.files);
         m.be = be;
-        rc = sd_tokenizer_load(&m.tok, info, err);
+        rc = m.tok ? 0 : sd_tokenizer_load(&m.tok, info, err); // (text-to-image loaded it for the captions)
         // the stage cut: measured forward + backward time of each block
         run.bounds = calloc((size_t)stages + 1, sizeof *run.bounds);
         const int nbmax = UNET_MAX_BLOCKS;
@@ -768,7 +929,7 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
         if (rc) goto done;
         // LoRA keeps the base UNet as read-only mmap views unless validation
         // images need the LoRA merged into writable copies (SD 1.5: 3.4 GB)
-        int validating = d->validation_prompt && d->validation_prompt[0];
+        int validating = x ? x->n_validation_prompts > 0 : d->validation_prompt && d->validation_prompt[0];
         ModelLoadOpts full = {.trainable = d->lora_rank == 0 || validating},
                       te = {.trainable = d->train_text_encoder && d->lora_rank == 0 && run.grid.stage == 0};
         if (stages > 1) full.first_block = run.bounds[run.grid.stage], full.end_block = run.bounds[run.grid.stage + 1];
@@ -797,17 +958,26 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
                     .has_te_weight_decay = d->has_adam_weight_decay_text_encoder,
                     .te_weight_decay = d->adam_weight_decay_text_encoder,
                     .lora_rank = d->lora_rank, .lora_alpha = d->lora_alpha, .offset_noise = d->offset_noise,
-                    .snr_gamma = d->snr_gamma, .seed = (uint64_t)d->seed, .micro_batches = micro};
+                    .snr_gamma = d->snr_gamma, .seed = (uint64_t)d->seed, .micro_batches = micro,
+                    .input_perturbation = x ? x->input_perturbation : 0,
+                    .proportion_empty = x ? x->proportion_empty_prompts : 0, .snr_v_plus_one = x != NULL,
+                    .use_ema = x && x->use_ema, .ema = ema_config_default()};
+    if (x) cfg.ema.decay = x->ema_decay;
     if ((rc = lr_schedule_parse(d->lr_scheduler, &cfg.lr_scheduler, err))) goto done;
     {   // diffusers: max_train_steps = num_train_epochs * updates per epoch when not given
         int items = d->with_prior_preservation && n_cls > n_inst ? n_cls : n_inst;
         int64_t batches = (items + d->train_batch_size - 1) / d->train_batch_size;
         int64_t per_epoch = (batches + d->gradient_accumulation_steps - 1) / d->gradient_accumulation_steps;
         cfg.max_train_steps = d->max_train_steps > 0 ? d->max_train_steps : d->num_train_epochs * per_epoch;
+        if (x) dcopy.validation_steps = (int)(x->validation_epochs * per_epoch); // at the epochs' ends
+        if (x && x->scale_lr) // diffusers: lr x accumulation x per-device batch x processes (= sdc's global batch)
+            cfg.learning_rate *= (double)d->gradient_accumulation_steps * d->train_batch_size;
     }
     DbData data = {.n_inst = n_inst, .n_class = n_cls, .inst_latents = inst, .class_latents = cls, .lat_h = lh,
                    .lat_w = lw, .instance_prompt = d->instance_prompt, .class_prompt = d->class_prompt,
-                   .inst_time_ids = inst_ids};
+                   .inst_time_ids = inst_ids, .item_ids = td.ids, .inst_std = td.std, .flip_latents = td.fmean,
+                   .flip_std = td.fstd};
+    if (x) data.inst_latents = td.mean;
     const RankGrid *g = &run.grid;
     DbHooks hooks = {.user = &run, .rank = g->rank, .world = g->size, .replica = g->replica,
                      .replicas = g->replicas, .stage = g->stage, .stages = g->stages,
@@ -822,12 +992,14 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
                      .zero = d->zero_stage == 1, .reduce_scatter_mean = hook_reduce_scatter,
                      .allgather = hook_allgather, .gather = hook_gather};
     if ((rc = db_init(&t, &m, &cfg, &data, &hooks, err))) goto done;
+    if (t.ema && (rc = db_ema_table(&t, &run.ema, err))) goto done;
     if (!opt->quiet && par->rank == 0)
-        fprintf(stderr, "sdc: DreamBooth %s%s: %d instance%s, %d class latents at %dx%d, batch %d x %d accumulation "
+        fprintf(stderr, "sdc: %s %s%s: %d %s%s, %d class latents at %dx%d, batch %d x %d accumulation "
                 "on %d rank%s, %lld steps; training memory %.1f MiB (unet) + %.1f MiB (text encoders)\n",
-                d->lora_rank ? "LoRA" : "full fine-tuning",
+                x ? "text-to-image" : "DreamBooth", d->lora_rank ? "LoRA" : "full fine-tuning",
                 !d->train_text_encoder ? "" : xl ? " + both text encoders" : " + text encoder", n_inst,
-                n_inst == 1 ? "" : "s", n_cls, lh, lw, d->train_batch_size, d->gradient_accumulation_steps, par->size,
+                x ? "item" : "instance", n_inst == 1 ? "" : "s", n_cls, lh, lw, d->train_batch_size,
+                d->gradient_accumulation_steps, par->size,
                 par->size == 1 ? "" : "s", (long long)cfg.max_train_steps,
                 unet_train_bytes(m.unet) / 1048576.0,
                 (clip_train_bytes(m.clip) + (m.clip2 ? clip_train_bytes(m.clip2) : 0)) / 1048576.0);
@@ -853,7 +1025,7 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
         }
         if (path[0]) {
             CkptParts p;
-            ckpt_parts(&p, job, &t, manifest);
+            ckpt_parts(&p, job, &t, manifest, &run.ema);
             TrainCkptState st = {0};
             AdamW full; // with ZeRO-1 every rank reads the whole state of its stage and keeps its slice
             if ((rc = db_opt_full_alloc(&t, &full, err))) goto done;
@@ -862,6 +1034,14 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
             rc = train_ckpt_load(path, &p.spec, &st, err);
             if (!rc) db_opt_take(&t, &full);
             db_opt_full_free(&t, &full);
+            if (!rc && !t.ema) { // a run with --use-ema resumed without it would drop its EMA silently
+                int ne = 0;
+                SdcError e2 = {0};
+                const char *g = d->lora_rank ? "unet_lora_ema" : "unet_ema";
+                if (!train_ckpt_group_count(path, g, &ne, &e2) && ne > 0)
+                    rc = sdc_err(err, SDC_ERR_ARG, "%s holds the EMA of the run it continues (/%s, %d tensors)\n"
+                                 "---> resume it with --use-ema", path, g, ne);
+            }
             if ((rc = h5_par_agree(par, rc, err))) goto done; // (every rank reaches the union's sum)
             if (stages > 1) rc = check_stage_union(&run, path, &p, err);
             if ((rc = h5_par_agree(par, rc, err))) goto done;
@@ -890,7 +1070,7 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
     // 4. train
     run.t0 = now_s();
     run.first_step = t.st.global_step;
-    int validating = d->validation_prompt && d->validation_prompt[0];
+    int validating = x ? x->n_validation_prompts > 0 : d->validation_prompt && d->validation_prompt[0];
     while (t.st.global_step < cfg.max_train_steps) {
         int64_t s = t.st.global_step, next = (s / d->checkpointing_steps + 1) * d->checkpointing_steps;
         if (validating) {
@@ -959,6 +1139,10 @@ int run_dreambooth(const Sdc__Job *job_in, const RunOptions *opt, SdcError *err)
     // 5. export: it needs only the trained tensors, so the AdamW state, the
     // gradients and the activations go first (SD 1.5 full fine-tuning: 13 of
     // the ~17 GB a rank holds; the conversions then fit beside the weights)
+    if (t.ema) { // train_text_to_image.py: ema_unet.copy_to(unet.parameters()) before saving
+        db_ema_swap(&t);
+        if (!opt->quiet && par->rank == 0) fprintf(stderr, "sdc: exporting the EMA weights (--use-ema)\n");
+    }
     adamw_free(&t.opt);
     unet_train_shrink(m.unet);
     rc = export_model(&run, &t, manifest, err);
@@ -975,10 +1159,83 @@ done:
     if (m.tok2) clip_tok_free(m.tok2);
     if (m.files) model_files_close(m.files);
     free(inst), free(cls), free(manifest), free(inst_ids);
+    t2i_data_free(&td);
+    param_table_free(&run.ema);
     dp_free(&run.dp);
     pp_train_free(&run.pp);
     grid_free(&run.grid);
     free(run.bounds);
     backend_destroy(be);
     return rc;
+}
+
+int run_dreambooth(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    return run_training(job, job, NULL, opt, err);
+}
+
+// Text-to-image: the job's fields checked, then the DreamBooth runner on a
+// Dreambooth view of them (the dataset as the instance data, no class
+// images), with the text-to-image options on the side.
+int run_text_to_image(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
+    const Sdc__TextToImage *x = job->text_to_image;
+#define NEED(cond, ...) \
+    if (!(cond)) return sdc_err(err, SDC_ERR_ARG, __VA_ARGS__)
+    NEED(x, "no text_to_image section in the job ---> sdc train text-to-image --help");
+    NEED(job->model && job->model->path && job->model->path[0],
+         "no model to train ---> --pretrained-model MODEL (.safetensors, diffusers folder or .h5; from scratch: "
+         "sdc init-model)");
+    NEED(x->train_data && x->train_data[0] && fs_ends_with(x->train_data, ".h5"),
+         "no training data ---> --train-data D.h5 (sdc dataset import FOLDER -o D.h5, or sdc dataset synth)");
+    NEED(x->resolution >= 0 && x->resolution % 8 == 0, "--resolution %d: a positive multiple of 8 (or 0: the "
+         "dataset's) is needed", x->resolution);
+    NEED(x->train_batch_size >= 1 && x->gradient_accumulation_steps >= 1 && x->max_train_steps >= 0 &&
+             x->num_train_epochs >= 1 && x->max_train_samples >= 0,
+         "--train-batch-size, --gradient-accumulation-steps, --num-train-epochs must be >= 1, --max-train-steps and "
+         "--max-train-samples >= 0");
+    NEED(x->learning_rate > 0 && isfinite(x->learning_rate), "--learning-rate %g must be positive", x->learning_rate);
+    NEED(x->lora_rank >= 0 && x->lora_alpha >= 0, "--lora-rank and --lora-alpha must be >= 0");
+    NEED(x->checkpointing_steps >= 1 && x->validation_epochs >= 1 && x->validation_inference_steps >= 1,
+         "--checkpointing-steps, --validation-epochs and --validation-inference-steps must be >= 1");
+    NEED(x->snr_gamma >= 0 && x->noise_offset >= 0 && x->input_perturbation >= 0,
+         "--snr-gamma, --noise-offset and --input-perturbation must be >= 0");
+    NEED(x->proportion_empty_prompts >= 0 && x->proportion_empty_prompts <= 1,
+         "--proportion-empty-prompts %g: a probability (0 to 1)", x->proportion_empty_prompts);
+    NEED(x->ema_decay >= 0 && x->ema_decay <= 1, "--ema-decay %g: 0 to 1 (EMAModel's 0.9999)", x->ema_decay);
+    NEED(x->zero_stage == 0 || x->zero_stage == 1, "--zero-stage %d: 0 (off) or 1", x->zero_stage);
+    NEED(!x->lora_format || !strcmp(x->lora_format, "diffusers") || !strcmp(x->lora_format, "kohya"),
+         "--lora-format %s: expected diffusers or kohya", x->lora_format);
+    NEED(!job->runtime || !job->runtime->device || !strcmp(job->runtime->device, "cpu"),
+         "training runs on the CPU backend (fp32) ---> drop --device %s", job->runtime->device);
+    const int stages = job->runtime ? job->runtime->pipeline_stages : 1;
+    NEED(stages <= 1 || x->n_validation_prompts == 0,
+         "--validation-prompts with --pipeline-stages %d: validation images need the whole UNet on one rank ---> "
+         "drop --validation-prompts and render from a checkpoint with sdc generate", stages);
+#undef NEED
+    Sdc__Dreambooth d;
+    sdc__dreambooth__init(&d);
+    d.instance_data = x->train_data;
+    d.instance_prompt = "";
+    d.resolution = x->resolution, d.has_resolution = 1;
+    d.train_batch_size = x->train_batch_size;
+    d.gradient_accumulation_steps = x->gradient_accumulation_steps;
+    d.learning_rate = x->learning_rate;
+    d.lr_scheduler = x->lr_scheduler;
+    d.lr_warmup_steps = x->lr_warmup_steps, d.lr_num_cycles = x->lr_num_cycles, d.lr_power = x->lr_power;
+    d.max_train_steps = x->max_train_steps, d.num_train_epochs = x->num_train_epochs;
+    d.max_grad_norm = x->max_grad_norm;
+    d.gradient_checkpointing = x->gradient_checkpointing;
+    d.train_text_encoder = x->train_text_encoder;
+    d.lora_rank = x->lora_rank, d.lora_alpha = x->lora_alpha, d.lora_format = x->lora_format;
+    d.offset_noise = x->noise_offset, d.snr_gamma = x->snr_gamma;
+    d.checkpointing_steps = x->checkpointing_steps, d.checkpoints_total_limit = x->checkpoints_total_limit;
+    d.resume_from_checkpoint = x->resume_from_checkpoint;
+    d.validation_steps = 1; // set from --validation-epochs once the dataset's size is known
+    d.seed = x->seed;
+    d.output_dir = x->output_dir;
+    d.adam_beta1 = x->adam_beta1, d.adam_beta2 = x->adam_beta2, d.adam_weight_decay = x->adam_weight_decay;
+    d.adam_epsilon = x->adam_epsilon;
+    d.zero_stage = x->zero_stage;
+    Sdc__Job view = *job;
+    view.dreambooth = &d;
+    return run_training(&view, job, x, opt, err);
 }

@@ -122,6 +122,13 @@ typedef struct Case {
     double te_lr, te_wd;    // --text-encoder-lr (0: the lr), --adam-weight-decay-text-encoder (0: --adam-weight-decay)
 } Case;
 
+// Text-to-image (tests/fixtures/ref-t2i.safetensors): 3 items with their own captions.
+typedef struct T2iCase {
+    Case c;
+    int flip, sample, ema;
+    float input_perturbation, proportion_empty;
+} T2iCase;
+
 // The same configurations as tools/make_db_fixture.py's CASES.
 static const Case CASES[] = {
     {"a", "full fine-tuning + text encoder, prior preservation, constant lr", 1234, 1, 1, 1, 0, 0.0f, 0.0f,
@@ -324,7 +331,7 @@ static int check_scalar(TestCtx *t, const char *name, double got, double ref, do
 // one case
 // ---------------------------------------------------------------------------
 
-static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Case *c) {
+static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Case *c, const T2iCase *x) {
     const char *only = getenv("SDC_DB_CASES"); // e.g. "xc,xd": those cases alone (development)
     if (only) {
         char want[16];
@@ -341,6 +348,8 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
     int have_tr = 0;
     Named *nm = NULL;
     float *init = NULL, *li = NULL, *lc = NULL, *rbuf = NULL, *tids = NULL;
+    float *t2i_std = NULL, *t2i_fmean = NULL, *t2i_fstd = NULL;
+    const int32_t *t2i_ids = NULL;
     char key[320];
     m.be = be;
     const char *model = c->xl ? TINY_XL : DEMO;
@@ -366,11 +375,23 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
         tids = ref_f32(ref, "time_ids.inst", &nt);
         if (!check_true(t, tids && nt == 6 * (size_t)c->n_inst, "fixture time ids (%d, 6)", c->n_inst)) goto done;
     }
-    li = ref_f32(ref, c->n_inst == 3 ? "latents.inst3" : "latents.inst", &ni);
-    lc = ref_f32(ref, "latents.class", &nc);
-    if (!check_true(t, li && lc && ni == 256 * (size_t)c->n_inst && nc == 256, "fixture latents (%d + 1, 4, 8, 8)",
-                    c->n_inst))
-        goto done;
+    if (x) { // the items' latent distributions (and their mirror images'), captions as ids
+        size_t k[4] = {0};
+        li = ref_f32(ref, "t2i.mean", &ni);
+        t2i_std = ref_f32(ref, "t2i.std", &k[0]);
+        t2i_fmean = ref_f32(ref, "t2i.fmean", &k[1]);
+        t2i_fstd = ref_f32(ref, "t2i.fstd", &k[2]);
+        t2i_ids = ref_i32(ref, "t2i.ids", &k[3]);
+        if (!check_true(t, li && t2i_std && t2i_fmean && t2i_fstd && t2i_ids && ni == 768 && k[0] == 768 &&
+                               k[1] == 768 && k[2] == 768 && k[3] == 3 * 77, "fixture t2i data (3, 4, 8, 8)"))
+            goto done;
+    } else {
+        li = ref_f32(ref, c->n_inst == 3 ? "latents.inst3" : "latents.inst", &ni);
+        lc = ref_f32(ref, "latents.class", &nc);
+        if (!check_true(t, li && lc && ni == 256 * (size_t)c->n_inst && nc == 256, "fixture latents (%d + 1, 4, 8, 8)",
+                        c->n_inst))
+            goto done;
+    }
     DbConfig cfg = {.train_batch_size = c->batch > 0 ? c->batch : 1, .grad_accum = c->accum, .max_train_steps = STEPS, .learning_rate = 1e-4,
                     .lr_scheduler = c->sched, .lr_warmup_steps = c->warmup, .lr_num_cycles = 1, .lr_power = 1.0,
                     .max_grad_norm = 1.0,
@@ -378,12 +399,20 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
                     .with_prior_preservation = c->prior, .prior_loss_weight = 1.0,
                     .train_text_encoder = c->train_text_encoder, .lora_rank = c->lora_rank,
                     .text_encoder_lr = c->te_lr, .has_te_weight_decay = c->te_wd > 0, .te_weight_decay = c->te_wd,
-                    .offset_noise = c->offset_noise, .snr_gamma = c->snr_gamma, .seed = c->seed};
+                    .offset_noise = c->offset_noise, .snr_gamma = c->snr_gamma, .seed = c->seed,
+                    .input_perturbation = x ? x->input_perturbation : 0, .proportion_empty = x ? x->proportion_empty : 0,
+                    .snr_v_plus_one = x != NULL, .use_ema = x && x->ema, .ema = ema_config_default()};
     char ibuf[256], cbuf[256];
     const char *ip = ref_str(ref, "prompt.inst", ibuf, sizeof ibuf);
     const char *cp = ref_str(ref, "prompt.class", cbuf, sizeof cbuf);
     DbData data = {.n_inst = c->n_inst, .n_class = 1, .inst_latents = li, .class_latents = lc, .lat_h = 8, .lat_w = 8,
                    .instance_prompt = ip, .class_prompt = cp, .inst_time_ids = tids};
+    if (x) {
+        data.n_class = 0, data.instance_prompt = data.class_prompt = ip = cp = "";
+        data.item_ids = t2i_ids;
+        data.inst_std = x->sample ? t2i_std : NULL;
+        data.flip_latents = x->flip ? t2i_fmean : NULL, data.flip_std = x->flip && x->sample ? t2i_fstd : NULL;
+    }
     DbHooks hooks = {.user = &rec, .rank = 0, .world = 1, .on_step = on_step};
     if (!check_true(t, ip && cp && db_init(&tr, &m, &cfg, &data, &hooks, &err) == 0, "db_init: %s", err.msg))
         goto done;
@@ -391,6 +420,22 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
 
     // the prompts' ids: sdc's tokenizer against transformers' CLIPTokenizer
     size_t nid = 0;
+    if (x) { // every caption, and the empty one
+        int same = 1;
+        for (int i = 0; i < 3; i++) {
+            char cap[256];
+            int32_t ids[77];
+            int dropped = 0;
+            snprintf(key, sizeof key, "caption.%d", i);
+            const char *text = ref_str(ref, key, cap, sizeof cap);
+            same = same && text && !clip_tok_encode(m.tok, text, ids, 77, clip_config(m.clip)->pad_token, &dropped,
+                                                    &err) && !memcmp(ids, t2i_ids + 77 * i, sizeof ids);
+        }
+        const int32_t *re = ref_i32(ref, "t2i.empty_ids", &nid);
+        check_true(t, same && re && nid == 77 && !memcmp(re, tr.empty_ids, 77 * 4),
+                   "the 3 captions' and the empty caption's token ids equal transformers'");
+        goto tokens_done;
+    }
     const int32_t *ri = ref_i32(ref, "ids.inst", &nid), *rc = ref_i32(ref, "ids.class", &nid);
     check_true(t, ri && rc && nid == 77 && !memcmp(ri, tr.inst_ids, 77 * 4) && !memcmp(rc, tr.class_ids, 77 * 4),
                "token ids of \"%s\" / \"%s\" equal transformers'", ip, cp);
@@ -400,6 +445,7 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
                    "tokenizer_2's ids equal transformers'");
     }
 
+tokens_done:
     rec.tr = &tr;
     int have_well = 1;
     for (int g = 0; g < tr.opt.n_groups && g < DB_MAX_GROUPS; g++) {
@@ -522,13 +568,49 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
     snprintf(key, sizeof key, "%s.ssq", c->tag);
     if (check_true(t, ref_f64(ref, key, &rs), "fixture has %s", key))
         check_scalar(t, "sum final^2 (all trainables)", ssq, rs, TOL_SSQ);
+    if (x && x->ema) { // the EMA shadow against EMAModel's: the stored tensors value by value, every value's square
+        float *pb, *gb;
+        size_t nn, n_ema = 0;
+        unet_trainables(m.unet, &pb, &gb, &nn);
+        double essq = 0;
+        for (size_t j = 0; j < nn; j++) essq += (double)tr.ema[j] * tr.ema[j];
+        for (int i = 0; i < n; i++) {
+            if (strncmp(nm[i].name, "unet.", 5)) continue;
+            size_t k = 0;
+            snprintf(key, sizeof key, "%s.ema.%s", c->tag, nm[i].name);
+            float *r = ref_f32(ref, key, &k);
+            if (!r) continue;
+            n_ema++;
+            snprintf(key, sizeof key, "EMA %s", nm[i].name);
+            if (check_true(t, k == nm[i].n, "%s: %zu values", key, k))
+                check_values(t, key, tr.ema + (nm[i].p - pb), r, nm[i].well, k, &cmp);
+            free(r);
+        }
+        check_true(t, n_ema >= 30, "%zu EMA tensors compared value by value", n_ema);
+        snprintf(key, sizeof key, "%s.ema_ssq", c->tag);
+        if (check_true(t, ref_f64(ref, key, &rs), "fixture has %s", key))
+            check_scalar(t, "sum EMA^2 (every UNet value)", essq, rs, TOL_SSQ);
+    }
 done:
     if (err.code) printf("  error: %s\n", err.msg);
     if (have_tr) db_free(&tr);
     sd_model_free(&m);
     free(nm), free(init), free(li), free(lc), free(rbuf), free(tids), free(rec.well[0]);
     free(rec.well[1]), free(rec.well[2]);
+    free(t2i_std), free(t2i_fmean), free(t2i_fstd);
 }
+
+// The same configurations as tools/make_t2i_fixture.py's CASES (batch 2 over 3 items).
+static const T2iCase CASES_T2I[] = {
+    {{"ta", "text-to-image: a caption per item, frozen text encoder, EMA", 2026, 0, 0, 1, 0, 0.0f, 0.0f, LR_CONSTANT,
+      0, -1, 3, NULL, 0, 2, 0, 0}, 0, 0, 1, 0.0f, 0.0f},
+    {{"tb", "text-to-image: random flip, sampled latents, input perturbation 0.1, noise offset 0.05, empty "
+      "captions 0.5, min-SNR 5, accumulation 2, linear warmup 1, EMA", 31337, 0, 0, 2, 0, 5.0f, 0.05f, LR_LINEAR,
+      1, -1, 3, NULL, 0, 2, 0, 0}, 1, 1, 1, 0.1f, 0.5f},
+    {{"tc", "text-to-image: v-prediction, min-SNR 5 (snr + 1), text encoder trained, EMA, cosine", 7, 1, 0, 1, 0,
+      5.0f, 0.0f, LR_COSINE, 0, PRED_V, 3, NULL, 0, 2, 0, 0}, 0, 1, 1, 0.0f, 0.0f},
+};
+#define REF_T2I "tests/fixtures/ref-t2i.safetensors"
 
 int main(void) {
     TestCtx t = {0};
@@ -539,11 +621,16 @@ int main(void) {
                     REF, err.msg))
         return test_summary(&t);
     if (!check_true(&t, backend_cpu_create(&be, 0, &err) == 0, "cpu backend: %s", err.msg)) return test_summary(&t);
-    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) run_case(&t, be, &ref, &CASES[i]);
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) run_case(&t, be, &ref, &CASES[i], NULL);
     st_close(&ref);
     if (check_true(&t, st_open(&ref, REF_XL, &err) == 0, "open %s: %s\n---> run python3 tools/make_dbxl_fixture.py",
                    REF_XL, err.msg)) {
-        for (size_t i = 0; i < sizeof CASES_XL / sizeof CASES_XL[0]; i++) run_case(&t, be, &ref, &CASES_XL[i]);
+        for (size_t i = 0; i < sizeof CASES_XL / sizeof CASES_XL[0]; i++) run_case(&t, be, &ref, &CASES_XL[i], NULL);
+        st_close(&ref);
+    }
+    if (check_true(&t, st_open(&ref, REF_T2I, &err) == 0, "open %s: %s\n---> run python3 tools/make_t2i_fixture.py",
+                   REF_T2I, err.msg)) {
+        for (size_t i = 0; i < sizeof CASES_T2I / sizeof CASES_T2I[0]; i++) run_case(&t, be, &ref, &CASES_T2I[i].c, &CASES_T2I[i]);
         st_close(&ref);
     }
     backend_destroy(be);

@@ -162,6 +162,14 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         return sdc_err(err, SDC_ERR_ARG, "dreambooth: text encoder lr %g, weight decay %g: out of range\n"
                        "---> --text-encoder-lr >= 0 (0: --learning-rate), --adam-weight-decay-text-encoder >= 0",
                        c->text_encoder_lr, c->te_weight_decay);
+    if ((data->item_ids || c->proportion_empty > 0) && (c->with_prior_preservation || t->xl))
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "text-to-image: per-item captions with %s are not supported\n"
+                       "---> train an SD 1.x / 2.x model without prior preservation", t->xl ? "SDXL" :
+                       "prior preservation");
+    if (!(c->proportion_empty >= 0 && c->proportion_empty <= 1) || !(c->input_perturbation >= 0) ||
+        (c->use_ema && !(c->ema.decay >= 0 && c->ema.decay <= 1)))
+        return sdc_err(err, SDC_ERR_ARG, "proportion of empty prompts %g (0..1), input perturbation %g (>= 0), EMA "
+                       "decay %g (0..1): out of range", c->proportion_empty, c->input_perturbation, c->ema.decay);
     if (uc->in_channels != 4)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: the UNet has %d input channels; training an "
                        "inpainting UNet is not supported\n---> train a text-to-image model", uc->in_channels);
@@ -169,6 +177,8 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         return sdc_err(err, SDC_ERR_ARG, "dreambooth: the text encoder's width %d is not the UNet's context width %d",
                        D, uc->cross_dim);
     t->prediction = uc->prediction;
+    const int levels = model_files_info(model->files)->vae.n_levels;
+    t->px_per_latent = levels >= 1 && levels <= 8 ? 1 << (levels - 1) : 8;
     t->train_te = c->train_text_encoder && hooks->stage == 0;
     t->n_groups = t->train_te ? (t->xl ? 3 : 2) : 1;
     if (L > 1024) return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: %d text positions", L);
@@ -177,6 +187,7 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
                             cc->pad_token, &dropped, err));
     SDC_TRY(clip_tok_encode(model->tok, data->class_prompt ? data->class_prompt : "", t->class_ids, L,
                             cc->pad_token, &dropped, err));
+    SDC_TRY(clip_tok_encode(model->tok, "", t->empty_ids, L, cc->pad_token, &dropped, err));
     if (t->xl) {
         SDC_TRY(clip_tok_encode(model->tok2, data->instance_prompt ? data->instance_prompt : "", t->inst_ids2, L,
                                 cc2->pad_token, &dropped, err));
@@ -268,6 +279,8 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         ClipTrainOpts co2 = {.lora_rank = c->lora_rank, .lora_alpha = c->lora_alpha, .lora_seed = c->seed + 2,
                              .xl = 1};
         if (t->xl && (rc = clip_train_reserve(model->clip2, &co2, t->share_max, err))) goto fail;
+    } else if (hooks->stage == 0 && (data->item_ids || c->proportion_empty > 0)) { // frozen: encoded per batch
+        if ((rc = clip_reserve(model->clip, t->share_max, err))) goto fail;
     } else if (hooks->stage == 0 && !t->xl) { // frozen: the two embeddings once
         int32_t ids2[2 * 1024];
         memcpy(ids2, t->inst_ids, (size_t)L * sizeof(int32_t));
@@ -340,6 +353,19 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     if ((rc = lr_schedule_init(&t->sched, c->lr_scheduler, c->learning_rate, c->lr_warmup_steps,
                                c->max_train_steps, c->lr_num_cycles, c->lr_power, err)))
         goto fail;
+    if (c->use_ema) { // EMAModel(unet.parameters()): the shadow starts as the weights
+        float *pb, *gb;
+        size_t nn;
+        unet_trainables(model->unet, &pb, &gb, &nn);
+        t->ema = t->be->alloc(t->be, nn * sizeof(float));
+        if (!t->ema) {
+            rc = sdc_err(err, SDC_ERR_OOM, "out of memory for the EMA of %zu parameters", nn);
+            goto fail;
+        }
+        Tensor d = tensor_make(DT_F32, t->be->device, t->ema, 1, &(int64_t){(int64_t)nn});
+        Tensor s = tensor_make(DT_F32, t->be->device, pb, 1, &(int64_t){(int64_t)nn});
+        t->be->copy(t->be, &d, &s);
+    }
     return 0;
 fail:
     sdc_err_wrap(err, "setting up DreamBooth training");
@@ -349,6 +375,8 @@ fail:
 
 void db_free(DbTrainer *t) {
     adamw_free(&t->opt);
+    if (t->ema) t->be->free(t->be, t->ema);
+    t->ema = NULL;
     for (int gi = 0; gi < DB_MAX_GROUPS; gi++) {
         DbShard *z = &t->shard[gi];
         free(t->full_ot[gi]), free(z->counts), free(z->displs), free(z->mv_counts), free(z->mv_displs);
@@ -373,11 +401,14 @@ void db_free(DbTrainer *t) {
 
 // min-SNR weight of timestep ts: min(snr, gamma) / snr (+ 1 for v-prediction,
 // diffusers' floor of the velocity objective).
+// train_text_to_image.py (snr_v_plus_one) instead divides by snr + 1 for
+// v-prediction: min(snr + 1, gamma) / (snr + 1).
 static float snr_weight(const DbTrainer *t, int ts) {
     if (!(t->cfg.snr_gamma > 0)) return 1.0f;
     double ab = t->ac[ts], snr = ab / (1.0 - ab);
+    if (t->prediction == PRED_V && t->cfg.snr_v_plus_one) snr += 1.0;
     double w = (snr < t->cfg.snr_gamma ? snr : t->cfg.snr_gamma) / snr;
-    if (t->prediction == PRED_V) w += 1.0;
+    if (t->prediction == PRED_V && !t->cfg.snr_v_plus_one) w += 1.0;
     return (float)w;
 }
 
@@ -412,10 +443,8 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         const int64_t j = f + s; // index in the global batch: instances first, then the class samples
         const int is_class = j >= b;
         const int64_t item = t->order[first_item + (is_class ? j - b : j)];
-        const float *src = is_class ? d->class_latents + (size_t)(item % d->n_class) * lat
-                                    : d->inst_latents + (size_t)(item % d->n_inst) * lat;
+        const size_t at = (size_t)(item % (is_class ? d->n_class : d->n_inst)) * lat;
         float *x0 = t->x0 + s * lat, *nz = t->noise + s * lat;
-        memcpy(x0, src, lat * sizeof(float));
         Rng r;
         rng_seed(&r, db_sample_seed(c->seed, t->st.epoch, batch, j));
         rng_normal(&r, nz, lat);
@@ -430,10 +459,33 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         int ts = (int)(u * t->n_train);
         if (ts >= t->n_train) ts = t->n_train - 1;
         t->timesteps[s] = (float)ts;
-        const float sa = sqrtf(t->ac[ts]), sb = sqrtf(1.0f - t->ac[ts]);
         float *noisy = t->h_noisy + s * lat, *tg = t->h_target + s * lat;
-        for (size_t i = 0; i < lat; i++) {
-            noisy[i] = sa * x0[i] + sb * nz[i];
+        // text-to-image draws, each only when on (dreambooth.h's order); the
+        // perturbation waits in noisy, the latent sample's noise in tg
+        if (c->input_perturbation > 0) rng_normal(&r, noisy, lat);
+        int flip = 0;
+        if (!is_class && d->flip_latents) {
+            float uf;
+            rng_uniform(&r, &uf, 1);
+            flip = uf < 0.5f;
+        }
+        const float *mean = is_class ? d->class_latents + at : (flip ? d->flip_latents : d->inst_latents) + at;
+        const float *sd = is_class ? NULL : flip ? d->flip_std : d->inst_std;
+        if (sd) { // latent_dist.sample(): mean + std * randn
+            rng_normal(&r, tg, lat);
+            for (size_t i = 0; i < lat; i++) x0[i] = mean[i] + sd[at + i] * tg[i];
+        } else {
+            memcpy(x0, mean, lat * sizeof(float));
+        }
+        int empty = 0;
+        if (!is_class && c->proportion_empty > 0) {
+            float ue;
+            rng_uniform(&r, &ue, 1);
+            empty = ue < c->proportion_empty;
+        }
+        const float sa = sqrtf(t->ac[ts]), sb = sqrtf(1.0f - t->ac[ts]), ip = c->input_perturbation;
+        for (size_t i = 0; i < lat; i++) { // the target keeps the unperturbed noise
+            noisy[i] = sa * x0[i] + sb * (ip > 0 ? nz[i] + ip * noisy[i] : nz[i]);
             tg[i] = t->prediction == PRED_V ? sa * nz[i] - sb * x0[i] : nz[i];
         }
         // loss = sum_j coef_j * sum_i (pred - target)^2, the means of diffusers' loss
@@ -442,7 +494,9 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         t->coef[s] = (float)cj;
         // d loss / d pred = 2 coef_j (pred - target), times the replica count: the all-reduce averages
         t->k[s] = 2.0f * t->coef[s] * (float)replicas(t);
-        memcpy(t->ids + s * L, is_class ? t->class_ids : t->inst_ids, (size_t)L * sizeof(int32_t));
+        const int32_t *ids = is_class ? t->class_ids : empty ? t->empty_ids
+                             : d->item_ids ? d->item_ids + (size_t)(item % d->n_inst) * L : t->inst_ids;
+        memcpy(t->ids + s * L, ids, (size_t)L * sizeof(int32_t));
         if (t->xl) memcpy(t->ids2 + s * L, is_class ? t->class_ids2 : t->inst_ids2, (size_t)L * sizeof(int32_t));
         if (t->xl) // a class sample: the ids of the instance it is paired with (diffusers' collate_fn)
             memcpy(t->time_ids + s * 6, d->inst_time_ids + (size_t)(item % d->n_inst) * 6, 6 * sizeof(float));
@@ -460,6 +514,7 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         concat_last(be, &cv, &h1, &h2);
         return 0;
     }
+    if (d->item_ids || c->proportion_empty > 0) return clip_encode(m->clip, t->ids, (int)n, 0, &cv, err);
     for (int64_t s = 0; s < n; s++) { // the frozen encoder's instance or class embedding
         Tensor dst = rows_of(&t->ctx, (int)s, 1), src = rows_of(&t->ctx_fixed, f + s >= b ? 1 : 0, 1);
         be->copy(be, &dst, &src);
@@ -773,6 +828,12 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
             if (zero_on(t)) SDC_TRY(t->hooks.allgather(t->hooks.user, pb, t->shard[gi].counts, t->shard[gi].displs, err));
             be->zero(be, gb, nn * sizeof(float));
         }
+        if (c->use_ema) { // EMAModel.step(unet.parameters()) after the optimizer's
+            float *pb, *gb;
+            size_t nn;
+            unet_trainables(t->model->unet, &pb, &gb, &nn);
+            SDC_TRY(ema_update(be, &c->ema, t->st.global_step + 1, t->ema, pb, nn, err));
+        }
         SDC_TRY(backend_status(be, err)); // the update failed on the device: this state is never checkpointed
         t->st.global_step++;
         t->st.last_loss = total;
@@ -818,10 +879,12 @@ int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_sc
     } else {
         rc = sd_encode_prompt(m, prompt, "", 0, ctx, err);
     }
+    if (t->ema) db_ema_swap(t); // EMAModel.store + copy_to; swapped back below (restore)
     if (!rc) rc = unet_lora_merge(m->unet, 1, err);
     if (!rc) {
         GenParams p = {.mode = GEN_TXT2IMG, .steps = steps, .cfg_scale = cfg_scale, .sampler = SAMPLER_DPMPP_2M,
-                       .seed = seed, .width = t->data.lat_w * 8, .height = t->data.lat_h * 8, .batch = 1};
+                       .seed = seed, .width = t->data.lat_w * t->px_per_latent,
+                       .height = t->data.lat_h * t->px_per_latent, .batch = 1};
         size_t img = (size_t)3 * p.width * p.height;
         for (int i = 0; i < n && !rc; i++) {
             p.seed = seed + (uint64_t)i;
@@ -830,6 +893,43 @@ int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_sc
         SdcError e2 = {0};
         if (unet_lora_merge(m->unet, 0, &e2) && !rc) rc = sdc_err(err, e2.code, "%s", e2.msg);
     }
+    if (t->ema) db_ema_swap(t);
     free(ctx);
     return rc ? sdc_err_wrap(err, "validation images") : 0;
+}
+
+// ---------------------------------------------------------------------------
+// EMA
+// ---------------------------------------------------------------------------
+
+int db_ema_table(const DbTrainer *t, ParamTable *out, SdcError *err) {
+    memset(out, 0, sizeof *out);
+    if (!t->ema) return sdc_err(err, SDC_ERR_INTERNAL, "no EMA in this training run");
+    const ParamTable *tb = unet_train_table(t->model->unet);
+    float *pb, *gb;
+    size_t nn;
+    unet_trainables(t->model->unet, &pb, &gb, &nn);
+    out->e = malloc((size_t)(tb->n > 0 ? tb->n : 1) * sizeof *out->e);
+    if (!out->e) return sdc_err(err, SDC_ERR_OOM, "EMA table");
+    out->n = out->cap = tb->n;
+    for (int i = 0; i < tb->n; i++) {
+        out->e[i] = tb->e[i];
+        out->e[i].t.data = t->ema + (tensor_f32p(&tb->e[i].t) - pb);
+    }
+    return 0;
+}
+
+void db_ema_swap(DbTrainer *t) {
+    if (!t->ema) return;
+    float *pb, *gb;
+    size_t nn;
+    unet_trainables(t->model->unet, &pb, &gb, &nn);
+    // through the gradient buffer, which holds nothing between steps (zeroed after each update)
+    const int64_t n = (int64_t)nn;
+    Tensor p = tensor_make(DT_F32, t->be->device, pb, 1, &n), e = tensor_make(DT_F32, t->be->device, t->ema, 1, &n),
+           g = tensor_make(DT_F32, t->be->device, gb, 1, &n);
+    t->be->copy(t->be, &g, &p);
+    t->be->copy(t->be, &p, &e);
+    t->be->copy(t->be, &e, &g);
+    t->be->zero(t->be, gb, nn * sizeof(float));
 }

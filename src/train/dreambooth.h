@@ -21,6 +21,14 @@
 // order from (seed, epoch): a run gives the same result on any number of
 // ranks, and a resumed run continues the same sequence.
 //
+// Text-to-image (`sdc train text-to-image`, diffusers' train_text_to_image.py)
+// is the same step on a dataset: every item has its own caption (DbData's
+// item_ids, encoded per batch), no class half, and the script's options:
+// latents sampled from the VAE's distribution each step, random flips,
+// input perturbation, empty captions with a probability, min-SNR with its
+// v-prediction rule, and an EMA of the UNet (train/ema.h) updated after
+// every optimizer step.
+//
 // Layout: world = stages x replicas. Each replica (a pipeline of `stages`
 // ranks, each holding a contiguous slice of the UNet's blocks) takes a
 // contiguous share of every batch and runs it as micro-batches (GPipe or
@@ -47,6 +55,7 @@
 #include "models/clip.h"
 #include "models/unet.h"
 #include "pipeline/sd.h"
+#include "train/ema.h"
 #include "train/lr_schedule.h"
 #include "train/optim.h"
 
@@ -80,6 +89,13 @@ typedef struct DbConfig {
     float snr_gamma;            // 0: off (min-SNR weighting, 5.0 recommended)
     uint64_t seed;
     int micro_batches;          // each replica's share of a batch runs as this many micro-batches (0: 1)
+    // text-to-image (diffusers' examples/text_to_image/train_text_to_image.py)
+    float input_perturbation;   // 0: off; noisy latents from noise + p * randn, the target stays noise
+    float proportion_empty;     // a caption is replaced by "" with this probability (SDXL script's flag)
+    int snr_v_plus_one;         // min-SNR for v-prediction as train_text_to_image.py: min(snr+1, g) / (snr+1)
+                                // (0: the DreamBooth scripts' min(snr, g) / snr + 1)
+    int use_ema;                // keep an EMA of the trained UNet tensors (EMAModel); t->ema
+    EmaConfig ema;
 } DbConfig;
 
 // What the runner gives: latents already multiplied by the VAE's scaling
@@ -96,6 +112,16 @@ typedef struct DbData {
     // ids of the instance it is paired with in the batch, as diffusers'
     // train_dreambooth_lora_sdxl.py's collate_fn does.
     const float *inst_time_ids;
+    // Text-to-image: each item's own caption as token ids, (n_inst, L) (the
+    // text encoder's max_positions); NULL: instance_prompt for every item.
+    const int32_t *item_ids;
+    // The latent distribution's std x scaling factor, (n_inst, 4, h, w): each
+    // sample is then inst_latents + std * randn (diffusers' latent_dist.sample()
+    // every step); NULL: inst_latents as they are (cached means).
+    const float *inst_std;
+    // --random_flip: the latents (and std) of each image mirrored left-right,
+    // (n_inst, 4, h, w), taken for a sample with probability 1/2; NULL: off.
+    const float *flip_latents, *flip_std;
 } DbData;
 
 // The trainer's state that a checkpoint stores and a resume restores.
@@ -202,6 +228,7 @@ typedef struct DbTrainer {
     float ac[SCHED_MAX_TRAIN_STEPS]; // (n_train) its alphas_cumprod
     PredictionType prediction;
     int train_te;          // this rank trains the text encoder (stage 0 of --train-text-encoder)
+    int px_per_latent;     // the VAE's downsampling (8 for SD's 4 levels): validation image sizes
     // the batch in progress (this replica's share): host staging, prepared on every stage
     int rows, first_row;   // its rows, and the first one's index in the global batch
     int64_t batch;         // its index in the epoch
@@ -218,6 +245,8 @@ typedef struct DbTrainer {
     Tensor ctx, dctx;      // (share_max, L, D) the UNet's context and its gradient (text-encoder training)
     Tensor ctx_fixed;      // (2, L, D) instance / class embeddings (frozen text encoder)
     int32_t inst_ids[1024], class_ids[1024]; // (L) the two prompts' tokens
+    int32_t empty_ids[1024]; // (L) the empty caption's tokens (proportion_empty)
+    float *ema;            // (the UNet's flat trainable buffer) the EMA shadow (use_ema), or NULL
     // SDXL (xl): the context is [text_encoder hidden, text_encoder_2 hidden]
     // (D = D1 + D2) and the UNet's added conditioning text_encoder_2's pooled
     // embedding and each sample's six time ids
@@ -244,7 +273,10 @@ typedef struct DbTrainer {
 // class samples) of micro-batch `batch` of `epoch`: its noise (randn of the
 // latent's size), offset noise (randn(4) when on) and timestep
 // (int(rand() * N), N the scheduler config's num_train_timesteps) are drawn in that order from one generator seeded
-// with it (tools/make_db_fixture.py replays it).
+// with it (tools/make_db_fixture.py replays it); then, each only when on,
+// the input perturbation (randn of the latent's size), the flip (rand() <
+// 0.5), the latent sample's noise (randn of the latent's size) and the empty
+// caption (rand() < proportion_empty) (tools/make_t2i_fixture.py).
 uint64_t db_sample_seed(uint64_t seed, int64_t epoch, int64_t batch, int64_t index);
 
 // Loads nothing: model must hold a UNet loaded trainable (full) or frozen
@@ -286,8 +318,8 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err);
 // trainables are group 0, the text encoder's group 1 and SDXL's
 // text_encoder_2's group 2 (when trained).
 // Renders validation images with the current weights (LoRA merged for the
-// duration): n images of `prompt`, seeds seed..seed+n-1, into images
-// (n, 3, H, W) in [-1, 1].
+// duration; with use_ema the EMA weights): n images of `prompt`, seeds
+// seed..seed+n-1, into images (n, 3, H, W) in [-1, 1].
 int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_scale, uint64_t seed,
                 float *images, SdcError *err);
 
@@ -302,5 +334,12 @@ int db_opt_full(DbTrainer *t, AdamW *full, SdcError *err);
 int db_opt_full_alloc(DbTrainer *t, AdamW *full, SdcError *err);
 void db_opt_take(DbTrainer *t, const AdamW *full);
 void db_opt_full_free(DbTrainer *t, AdamW *full);
+
+// use_ema: the EMA shadow as a table of the UNet train table's names and
+// shapes, its tensors views into t->ema (checkpoints; free with
+// param_table_free, which leaves the shadow alone).
+int db_ema_table(const DbTrainer *t, ParamTable *out, SdcError *err);
+// use_ema: exchanges the trained UNet tensors with the EMA shadow (twice: back).
+void db_ema_swap(DbTrainer *t);
 
 #endif
