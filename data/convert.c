@@ -610,13 +610,12 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     // SD 1.x's or SD 2.x's special tokens (pad "!": the text encoder config's
     // pad_token_id 0), the tokenizer sdc itself uses for the model; SDXL's
     // tokenizer_2 likewise (its text encoder pads with "!")
-    const char *tok_dir = o->model;
-    if (!src_has_tokenizer(tok_dir, "tokenizer") && o->tokenizer_from) tok_dir = o->tokenizer_from;
-    const int src_tok = src_has_tokenizer(tok_dir, "tokenizer") &&
-                        (!m->xl || src_has_tokenizer(tok_dir, "tokenizer_2")),
+    const char *tsrc = o->tokenizer_from && src_has_tokenizer(o->tokenizer_from, "tokenizer") ? o->tokenizer_from
+                                                                                               : o->model;
+    const int src_tok = src_has_tokenizer(tsrc, "tokenizer") && (!m->xl || src_has_tokenizer(tsrc, "tokenizer_2")),
               shipped = !src_tok && clip_vocab_model(m);
-    if (src_tok) SDC_TRY(convert_copy_tokenizer(tok_dir, "tokenizer", o->output, err));
-    if (src_tok && m->xl) SDC_TRY(convert_copy_tokenizer(tok_dir, "tokenizer_2", o->output, err));
+    if (src_tok) SDC_TRY(convert_copy_tokenizer(tsrc, "tokenizer", o->output, err));
+    if (src_tok && m->xl) SDC_TRY(convert_copy_tokenizer(tsrc, "tokenizer_2", o->output, err));
     for (int c = 0; shipped && c < n_conv; c++) {
         if (c != COMP_TEXT_ENCODER && c != COMP_TEXT_ENCODER_2) continue;
         snprintf(p, sizeof p, "%s/%s", o->output, c == COMP_TEXT_ENCODER ? "tokenizer" : "tokenizer_2");

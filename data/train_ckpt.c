@@ -13,9 +13,10 @@
 #include "data/h5util.h"
 
 // groups that carry a diffusers `config` attribute (what sdc convert reads)
-static const char *const MODEL_GROUPS[] = {"text_encoder", "unet", "vae"};
+// (SDXL's text_encoder_2 as well, where the base has it)
+static const char *const MODEL_GROUPS[] = {"text_encoder", "unet", "vae", "text_encoder_2"};
 // groups ckpt_open lists by itself
-static const char *const OPEN_GROUPS[] = {"text_encoder", "unet", "vae", "extra"};
+static const char *const OPEN_GROUPS[] = {"text_encoder", "unet", "vae", "extra", "text_encoder_2"};
 // names a trained component cannot take
 static const char *const RESERVED[] = {"optimizer", "state", "job", "extra"};
 
@@ -150,7 +151,7 @@ static int copy_base(CkptWriter *w, const TrainCkptSpec *s, SdcError *err) {
     if (ckpt_open(&c, s->base, err)) return sdc_err_wrap(err, "base model of %s", w->path);
     int rc = 0;
     for (int i = 0; i < s->n_frozen && !rc; i++)
-        if (!in_list(s->frozen[i], OPEN_GROUPS, 4)) rc = ckpt_list_group(&c, s->frozen[i], err);
+        if (!in_list(s->frozen[i], OPEN_GROUPS, 5)) rc = ckpt_list_group(&c, s->frozen[i], err);
     void *buf = NULL;
     size_t cap = 0;
     int *copied = calloc((size_t)(s->n_frozen > 0 ? s->n_frozen : 1), sizeof(int));
@@ -180,7 +181,9 @@ static int copy_base(CkptWriter *w, const TrainCkptSpec *s, SdcError *err) {
                          "trained? (make it with sdc convert MODEL -o base.h5)", s->base, s->frozen[f], w->path);
     free(copied);
     free(buf);
-    for (int k = 0; k < 3 && !rc; k++) {
+    int has_te2 = 0;
+    for (int i = 0; i < c.n; i++) has_te2 |= !strcmp(c.t[i].group, "text_encoder_2");
+    for (int k = 0; k < 3 + has_te2 && !rc; k++) {
         char *v = NULL;
         rc = ckpt_get_attr(&c, MODEL_GROUPS[k], "config", &v, err);
         if (!rc) rc = ckpt_set_attr(w, MODEL_GROUPS[k], "config", v, err);
@@ -378,7 +381,7 @@ static int locate_all(Ckpt *c, const TrainCkptSpec *s, int *idx, SdcError *err) 
         const int opt = s->opt && cp->opt_group >= 0;
         snprintf(gm, sizeof gm, "optimizer/exp_avg/%s", cp->group);
         snprintf(gv, sizeof gv, "optimizer/exp_avg_sq/%s", cp->group);
-        if (!in_list(cp->group, OPEN_GROUPS, 4)) SDC_TRY(ckpt_list_group(c, cp->group, err));
+        if (!in_list(cp->group, OPEN_GROUPS, 5)) SDC_TRY(ckpt_list_group(c, cp->group, err));
         if (opt) {
             SDC_TRY(ckpt_list_group(c, gm, err));
             SDC_TRY(ckpt_list_group(c, gv, err));
@@ -618,15 +621,16 @@ int train_ckpt_rotate(const char *output_dir, int total_limit, int *removed, Sdc
 int train_ckpt_export_lora(const char *ckpt_path, const char *out_path, LoraFormat format, SdcError *err) {
     Ckpt c;
     SDC_TRY(ckpt_open(&c, ckpt_path, err));
-    static const char *const groups[2] = {"unet_lora", "text_encoder_lora"};
-    static const Component comps[2] = {COMP_UNET, COMP_TEXT_ENCODER};
+    enum { NG = 3 };
+    static const char *const groups[NG] = {"unet_lora", "text_encoder_lora", "text_encoder_2_lora"};
+    static const Component comps[NG] = {COMP_UNET, COMP_TEXT_ENCODER, COMP_TEXT_ENCODER_2};
     int rc = 0;
-    for (int g = 0; g < 2 && !rc; g++) rc = ckpt_list_group(&c, groups[g], err);
-    ParamTable tb[2] = {{0}};
+    for (int g = 0; g < NG && !rc; g++) rc = ckpt_list_group(&c, groups[g], err);
+    ParamTable tb[NG] = {{0}};
     float *data = NULL;
     size_t total = 0;
     for (int i = 0; !rc && i < c.n; i++)
-        if (!strcmp(c.t[i].group, groups[0]) || !strcmp(c.t[i].group, groups[1])) total += c.t[i].nbytes;
+        for (int g = 0; g < NG; g++) total += !strcmp(c.t[i].group, groups[g]) ? c.t[i].nbytes : 0;
     if (!rc && total == 0)
         rc = sdc_err(err, SDC_ERR_ARG, "%s: no LoRA tensors (/unet_lora, /text_encoder_lora)\n---> a checkpoint of a "
                      "--lora-rank run is needed here", ckpt_path);
@@ -640,7 +644,8 @@ int train_ckpt_export_lora(const char *ckpt_path, const char *out_path, LoraForm
     size_t off = 0;
     for (int i = 0; !rc && i < c.n; i++) {
         const CkptTensor *t = &c.t[i];
-        int g = !strcmp(t->group, groups[0]) ? 0 : !strcmp(t->group, groups[1]) ? 1 : -1;
+        int g = NG - 1;
+        while (g >= 0 && strcmp(t->group, groups[g])) g--;
         if (g < 0) continue;
         if (t->dtype != DT_F32) {
             rc = sdc_err(err, SDC_ERR_FORMAT, "%s: /%s/%s is not f32", ckpt_path, t->group, t->name);
@@ -663,19 +668,19 @@ int train_ckpt_export_lora(const char *ckpt_path, const char *out_path, LoraForm
         e->t = tensor_make(DT_F32, DEV_CPU, (char *)data + off, t->ndim, t->shape);
         off += t->nbytes;
     }
-    LoraTensor *lt[2] = {NULL, NULL}, *all = NULL;
-    int n[2] = {0, 0};
-    for (int g = 0; g < 2 && !rc; g++)
+    LoraTensor *lt[NG] = {NULL}, *all = NULL;
+    int n[NG] = {0}, sum = 0;
+    for (int g = 0; g < NG && !rc; g++)
         if (tb[g].n) rc = lora_tensors_from_table(&tb[g], comps[g], alpha, &lt[g], &n[g], err);
-    if (!rc && !(all = malloc((size_t)(n[0] + n[1]) * sizeof *all))) rc = sdc_err(err, SDC_ERR_OOM, "out of memory");
+    for (int g = 0; g < NG; g++) sum += n[g];
+    if (!rc && !(all = malloc((size_t)(sum + 1) * sizeof *all))) rc = sdc_err(err, SDC_ERR_OOM, "out of memory");
     if (!rc) {
-        if (n[0]) memcpy(all, lt[0], (size_t)n[0] * sizeof *all);
-        if (n[1]) memcpy(all + n[0], lt[1], (size_t)n[1] * sizeof *all);
-        rc = lora_save(out_path, format, all, n[0] + n[1], err);
+        for (int g = 0, k = 0; g < NG; k += n[g], g++)
+            if (n[g]) memcpy(all + k, lt[g], (size_t)n[g] * sizeof *all);
+        rc = lora_save(out_path, format, all, sum, err);
     }
-    free(all), free(lt[0]), free(lt[1]);
-    param_table_free(&tb[0]);
-    param_table_free(&tb[1]);
+    free(all);
+    for (int g = 0; g < NG; g++) free(lt[g]), param_table_free(&tb[g]);
     free(data);
     ckpt_close(&c);
     return rc;
@@ -684,7 +689,7 @@ int train_ckpt_export_lora(const char *ckpt_path, const char *out_path, LoraForm
 int train_ckpt_group_count(const char *path, const char *group, int *n, SdcError *err) {
     Ckpt c;
     SDC_TRY(ckpt_open(&c, path, err));
-    int rc = in_list(group, OPEN_GROUPS, 4) ? 0 : ckpt_list_group(&c, group, err);
+    int rc = in_list(group, OPEN_GROUPS, 5) ? 0 : ckpt_list_group(&c, group, err);
     *n = 0;
     for (int i = 0; !rc && i < c.n; i++) *n += !strcmp(c.t[i].group, group);
     ckpt_close(&c);

@@ -200,6 +200,7 @@ typedef struct TrainRun {
     FILE *metrics;
     double t0;
     int64_t first_step;
+    int xl;           // an SDXL model (text-encoder training: two encoders, three param groups)
     const Sdc__TextToImage *t2i; // a text-to-image job (its Dreambooth view is job->dreambooth), else NULL
     ParamTable ema;              // --use-ema: the EMA shadow's table (checkpoints), views into the trainer's
 } TrainRun;
@@ -295,7 +296,7 @@ static int hook_step(void *u, const DbStepInfo *s, SdcError *err) {
 // ---------------------------------------------------------------------------
 
 typedef struct CkptParts {
-    TrainCkptComponent comps[3];
+    TrainCkptComponent comps[DB_MAX_GROUPS + 1]; // the groups, and the UNet's EMA
     TrainCkptKey keys[7];
     char vals[7][64];
     TrainCkptSpec spec;
@@ -311,6 +312,9 @@ static void ckpt_parts(CkptParts *p, const Sdc__Job *job, DbTrainer *t, char *ma
     if (d->train_text_encoder && t->train_te) // (stage 0's)
         p->comps[nc++] = (TrainCkptComponent){.group = lora ? "text_encoder_lora" : "text_encoder",
                                               .table = clip_train_table(t->model->clip), .opt_group = 1};
+    if (d->train_text_encoder && t->train_te && t->n_groups > 2) // SDXL's second encoder
+        p->comps[nc++] = (TrainCkptComponent){.group = lora ? "text_encoder_2_lora" : "text_encoder_2",
+                                              .table = clip_train_table(t->model->clip2), .opt_group = 2};
     if (ema && ema->n)
         p->comps[nc++] = (TrainCkptComponent){.group = lora ? "unet_lora_ema" : "unet_ema", .table = ema,
                                               .opt_group = -1};
@@ -463,20 +467,25 @@ static int export_lora(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err)
             unlink(tmp);
         }
     } else if (r->grid.rank == 0) {
-        LoraTensor *lt[2] = {NULL, NULL};
-        int n[2] = {0, 0};
+        LoraTensor *lt[DB_MAX_GROUPS] = {NULL};
+        int n[DB_MAX_GROUPS] = {0}, total = 0;
         rc = lora_tensors_from_table(unet_train_table(t->model->unet), COMP_UNET, t->cfg.lora_alpha, &lt[0], &n[0], err);
         if (!rc && d->train_text_encoder)
             rc = lora_tensors_from_table(clip_train_table(t->model->clip), COMP_TEXT_ENCODER, t->cfg.lora_alpha, &lt[1],
                                          &n[1], err);
-        LoraTensor *all = rc ? NULL : malloc((size_t)(n[0] + n[1] + 1) * sizeof *all);
+        if (!rc && d->train_text_encoder && t->n_groups > 2) // SDXL: text_encoder_2's
+            rc = lora_tensors_from_table(clip_train_table(t->model->clip2), COMP_TEXT_ENCODER_2, t->cfg.lora_alpha,
+                                         &lt[2], &n[2], err);
+        for (int g = 0; g < DB_MAX_GROUPS; g++) total += n[g];
+        LoraTensor *all = rc ? NULL : malloc((size_t)(total + 1) * sizeof *all);
         if (!rc && !all) rc = sdc_err(err, SDC_ERR_OOM, "out of memory writing the LoRA");
         if (!rc) {
-            memcpy(all, lt[0], (size_t)n[0] * sizeof *all);
-            if (n[1]) memcpy(all + n[0], lt[1], (size_t)n[1] * sizeof *all);
-            rc = lora_save(path, fmt, all, n[0] + n[1], err);
+            for (int g = 0, k = 0; g < DB_MAX_GROUPS; k += n[g], g++)
+                if (n[g]) memcpy(all + k, lt[g], (size_t)n[g] * sizeof *all);
+            rc = lora_save(path, fmt, all, total, err);
         }
-        free(all), free(lt[0]), free(lt[1]);
+        free(all);
+        for (int g = 0; g < DB_MAX_GROUPS; g++) free(lt[g]);
     }
     if (!rc && r->grid.rank == 0 && !r->quiet)
         fprintf(stderr, "sdc: LoRA (%s format, rank %d) written to %s ---> sdc generate -m %s --lora %s\n",
@@ -501,11 +510,16 @@ static int export_full(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err)
         CkptParts p;
         ckpt_parts(&p, r->job, t, manifest, NULL);
         p.spec.opt = NULL;
-        for (int i = 0; i < p.spec.n_comps; i++) p.comps[i].opt_group = -1;
-        const char *frozen[2] = {"vae", "text_encoder"};
+        for (int i = 0; i < p.spec.n_comps; i++) { // a text encoder whole (SDXL's first trains all but its last layer)
+            p.comps[i].opt_group = -1;
+            if (!strcmp(p.comps[i].group, "text_encoder")) p.comps[i].table = clip_param_table(t->model->clip);
+            if (!strcmp(p.comps[i].group, "text_encoder_2")) p.comps[i].table = clip_param_table(t->model->clip2);
+        }
+        // the frozen rest from the base: the VAE, and the text encoders unless trained (SDXL: both)
+        const char *frozen[3] = {"vae", "text_encoder", "text_encoder_2"};
         p.spec.base = base;
         p.spec.frozen = frozen;
-        p.spec.n_frozen = d->train_text_encoder ? 1 : 2;
+        p.spec.n_frozen = d->train_text_encoder ? 1 : t->model->clip2 ? 3 : 2;
         TrainCkptState st = {.step = t->st.global_step, .epoch = t->st.epoch, .micro_step = t->st.batch_in_epoch,
                              .loss = t->st.last_loss};
         rc = write_in_turn(r, path, &p.spec, &st, err);
@@ -518,7 +532,10 @@ static int export_full(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err)
         rc = convert_run(&co, err);
         snprintf(out, sizeof out, "%s/diffusers", d->output_dir);
         co.output = out;
-        co.tokenizer_from = r->job->model->path; // the trained model's own tokenizer (model.h5 holds none)
+        // the tokenizers of a diffusers base (or of the config folder of a single file): a folder of its own
+        // tokenizers (SDXL: tokenizer/ and tokenizer_2/) keeps them; else the shipped CLIP vocab
+        const char *src = r->job->model->path, *cfg = r->job->model->config;
+        co.tokenizer_from = fs_is_dir(src) ? src : cfg && cfg[0] ? cfg : NULL;
         if (!rc) rc = convert_run(&co, err);
         if (!rc && !r->quiet)
             fprintf(stderr, "sdc: fine-tuned model written to %s/model.h5, %s/model.safetensors and %s/\n",
@@ -671,14 +688,16 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
 static int check_stage_union(TrainRun *r, const char *path, const CkptParts *p, SdcError *err) {
     const Sdc__Dreambooth *d = r->job->dreambooth;
     const int lora = d->lora_rank > 0;
-    const char *groups[2] = {lora ? "unet_lora" : "unet", lora ? "text_encoder_lora" : "text_encoder"};
-    double mine[2] = {0, 0}; // replica 0's counts, one sum for every group (every rank joins it)
+    const char *groups[DB_MAX_GROUPS] = {lora ? "unet_lora" : "unet", lora ? "text_encoder_lora" : "text_encoder",
+                                         lora ? "text_encoder_2_lora" : "text_encoder_2"};
+    double mine[DB_MAX_GROUPS] = {0}; // replica 0's counts, one sum for every group (every rank joins it)
     for (int i = 0; i < p->spec.n_comps && r->grid.replica == 0; i++)
-        for (int g = 0; g < 2; g++)
+        for (int g = 0; g < DB_MAX_GROUPS; g++)
             if (!strcmp(p->comps[i].group, groups[g]))
                 mine[g] = p->comps[i].table ? p->comps[i].table->n : p->comps[i].n_tensors;
-    SDC_TRY(grid_sum(&r->grid, mine, 2, err));
-    for (int g = 0; g < (d->train_text_encoder ? 2 : 1); g++) {
+    SDC_TRY(grid_sum(&r->grid, mine, DB_MAX_GROUPS, err));
+    const int ng = !d->train_text_encoder ? 1 : r->xl ? 3 : 2;
+    for (int g = 0; g < ng; g++) {
         int in_file = 0;
         SDC_TRY(train_ckpt_group_count(path, groups[g], &in_file, err));
         if ((int)mine[g] != in_file)
@@ -725,6 +744,16 @@ static int check_job(const Sdc__Job *job, SdcError *err) {
          "--train-batch-size, --gradient-accumulation-steps, --num-train-epochs must be >= 1 and "
          "--max-train-steps >= 0");
     NEED(d->learning_rate > 0 && isfinite(d->learning_rate), "--learning-rate %g must be positive", d->learning_rate);
+    NEED(!d->has_text_encoder_lr || (d->text_encoder_lr >= 0 && isfinite(d->text_encoder_lr)),
+         "--text-encoder-lr %g must be >= 0 ---> 0 means --learning-rate; train_dreambooth_lora_sdxl.py's default "
+         "is 5e-6", d->text_encoder_lr);
+    NEED(!d->has_adam_weight_decay_text_encoder ||
+             (d->adam_weight_decay_text_encoder >= 0 && isfinite(d->adam_weight_decay_text_encoder)),
+         "--adam-weight-decay-text-encoder %g must be >= 0 ---> train_dreambooth_lora_sdxl.py's default is 1e-3",
+         d->adam_weight_decay_text_encoder);
+    NEED(d->train_text_encoder || (!d->has_text_encoder_lr && !d->has_adam_weight_decay_text_encoder),
+         "--text-encoder-lr / --adam-weight-decay-text-encoder without --train-text-encoder set nothing ---> add "
+         "--train-text-encoder or drop them");
     NEED(d->lora_rank >= 0 && d->lora_alpha >= 0, "--lora-rank and --lora-alpha must be >= 0");
     NEED(d->checkpointing_steps >= 1 && d->validation_steps >= 1, "--checkpointing-steps and --validation-steps must be >= 1");
     NEED(d->zero_stage == 0 || d->zero_stage == 1, "--zero-stage %d: 0 (off) or 1 (optimizer state sharded over the "
@@ -782,15 +811,13 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
         rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: text-to-image training of SDXL is not supported "
                      "yet (captions through both encoders, time ids per item)\n---> train an SD 1.x / 2.x model, or "
                      "SDXL with sdc train dreambooth", job->model->path);
-    else if (xl && d->train_text_encoder)
-        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: --train-text-encoder on SDXL is not supported "
-                     "yet\n---> train the UNet's LoRA alone (drop --train-text-encoder)", job->model->path);
-    // full fine-tuning trains (test_sdxl_grad checks its gradients), but its export goes through
-    // sdc convert, which does not write SDXL yet: refused before hours of training are lost
-    else if (xl && d->lora_rank == 0)
-        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: full fine-tuning of SDXL is not supported yet (its "
-                     "export needs sdc convert for SDXL)\n---> train a LoRA (--lora-rank 4, as "
-                     "train_dreambooth_lora_sdxl.py)", job->model->path);
+    run.xl = xl;
+    // the text encoders' groups (train_dreambooth_lora_sdxl.py's defaults for SDXL; SD's scripts have one
+    // group: the learning rate and --adam-weight-decay), written into the run's manifest
+    if (xl && d->train_text_encoder && !d->has_text_encoder_lr)
+        dcopy.text_encoder_lr = 5e-6, dcopy.has_text_encoder_lr = 1;
+    if (xl && d->train_text_encoder && !d->has_adam_weight_decay_text_encoder)
+        dcopy.adam_weight_decay_text_encoder = 1e-3, dcopy.has_adam_weight_decay_text_encoder = 1;
     if (!rc && stages > 1) {
         UnetBlockInfo *bl = malloc(UNET_MAX_BLOCKS * sizeof *bl);
         int nb = 0;
@@ -927,6 +954,9 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
                              .weight_decay = d->adam_weight_decay},
                     .with_prior_preservation = d->with_prior_preservation, .prior_loss_weight = d->prior_loss_weight,
                     .train_text_encoder = d->train_text_encoder, .gradient_checkpointing = d->gradient_checkpointing,
+                    .text_encoder_lr = d->has_text_encoder_lr ? d->text_encoder_lr : 0,
+                    .has_te_weight_decay = d->has_adam_weight_decay_text_encoder,
+                    .te_weight_decay = d->adam_weight_decay_text_encoder,
                     .lora_rank = d->lora_rank, .lora_alpha = d->lora_alpha, .offset_noise = d->offset_noise,
                     .snr_gamma = d->snr_gamma, .seed = (uint64_t)d->seed, .micro_batches = micro,
                     .input_perturbation = x ? x->input_perturbation : 0,
@@ -965,12 +995,14 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
     if (t.ema && (rc = db_ema_table(&t, &run.ema, err))) goto done;
     if (!opt->quiet && par->rank == 0)
         fprintf(stderr, "sdc: %s %s%s: %d %s%s, %d class latents at %dx%d, batch %d x %d accumulation "
-                "on %d rank%s, %lld steps; training memory %.1f MiB (unet) + %.1f MiB (text encoder)\n",
+                "on %d rank%s, %lld steps; training memory %.1f MiB (unet) + %.1f MiB (text encoders)\n",
                 x ? "text-to-image" : "DreamBooth", d->lora_rank ? "LoRA" : "full fine-tuning",
-                d->train_text_encoder ? " + text encoder" : "", n_inst, x ? "item" : "instance", n_inst == 1 ? "" : "s",
-                n_cls, lh, lw, d->train_batch_size, d->gradient_accumulation_steps, par->size,
+                !d->train_text_encoder ? "" : xl ? " + both text encoders" : " + text encoder", n_inst,
+                x ? "item" : "instance", n_inst == 1 ? "" : "s", n_cls, lh, lw, d->train_batch_size,
+                d->gradient_accumulation_steps, par->size,
                 par->size == 1 ? "" : "s", (long long)cfg.max_train_steps,
-                unet_train_bytes(m.unet) / 1048576.0, clip_train_bytes(m.clip) / 1048576.0);
+                unet_train_bytes(m.unet) / 1048576.0,
+                (clip_train_bytes(m.clip) + (m.clip2 ? clip_train_bytes(m.clip2) : 0)) / 1048576.0);
     if (!rc && !opt->quiet && par->rank == 0) {
         size_t mine = 0, all = 0;
         for (int gi = 0; gi < t.opt.n_groups; gi++) mine += t.opt.groups[gi].numel;

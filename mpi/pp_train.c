@@ -190,7 +190,7 @@ static int backward(PpTrain *p, DbTrainer *t, int j, int M, int rows, SdcError *
             return sdc_err(err, SDC_ERR_INTERNAL, "pipeline: stage %d has no gradient to send back", p->stage);
         SDC_TRY(isend_cut(p, &gout, hdr, p->stage - 1, TAG_BWD, p->bwd_req, "gradients", err));
     } else if (t->cfg.train_text_encoder) {
-        SDC_TRY(db_stage_dctx(t, r0, n, &gout.ctx, err));
+        SDC_TRY(db_stage_dctx(t, r0, n, &gout.ctx, &gout.text, err));
     }
     return 0;
 }

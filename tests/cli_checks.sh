@@ -195,8 +195,8 @@ generate_from_h5() {
     check "second run from m.h5 == from the .safetensors" $PNGPIX same "$W/b.png" "$W/c.png"
 }
 
-# SDXL: its micro-conditioning flags are checked and refused for SD 1.x, and
-# what does not run on SDXL yet (training) is refused by name.
+# SDXL: its micro-conditioning flags are checked and refused for SD 1.x; the
+# text encoders' training flags are checked before any work.
 sdxl_refusals() {
     XL=$SRC/tests/fixtures/tiny-sdxl
     refused "--original-size with an SD 1.x model" "SDXL's micro-conditioning" "$SDC" generate -q -m "$DEMO" \
@@ -208,15 +208,30 @@ sdxl_refusals() {
         --crops-coords-top-left -1,0 -o "$W/b.png"
     refused "--negative-original-size without --negative-target-size" "go together" "$SDC" generate -q -m "$XL" \
         -p x --negative-original-size 64,64 -o "$W/b.png"
-    refused "DreamBooth on SDXL with --train-text-encoder" "--train-text-encoder on SDXL is not supported" \
+    # the text encoders' param groups (--train-text-encoder): bad values refused before any work
+    refused "--text-encoder-lr -1" "--text-encoder-lr -1 must be >= 0 ---> 0 means --learning-rate" \
         "$SDC" train dreambooth -q --pretrained-model "$XL" --instance-data "$IMGS" \
         --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t" -t 1 \
-        --lora-rank 4 --train-text-encoder
+        --lora-rank 4 --train-text-encoder --text-encoder-lr -1
     check "... before any work (no output folder content)" test ! -e "$W/t/instance.h5"
-    refused "full fine-tuning of SDXL (its export needs sdc convert for SDXL)" "full fine-tuning of SDXL" \
+    refused "--adam-weight-decay-text-encoder -0.5" "--adam-weight-decay-text-encoder -0.5 must be >= 0" \
         "$SDC" train dreambooth -q --pretrained-model "$XL" --instance-data "$IMGS" \
-        --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t2" -t 1
+        --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t" -t 1 \
+        --lora-rank 4 --train-text-encoder --adam-weight-decay-text-encoder -0.5
+    refused "--text-encoder-lr nan" "--text-encoder-lr" \
+        "$SDC" train dreambooth -q --pretrained-model "$XL" --instance-data "$IMGS" \
+        --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t" -t 1 \
+        --lora-rank 4 --train-text-encoder --text-encoder-lr nan
+    refused "--text-encoder-lr without --train-text-encoder" "without --train-text-encoder set nothing" \
+        "$SDC" train dreambooth -q --pretrained-model "$XL" --instance-data "$IMGS" \
+        --instance-prompt 'a photo of sks dog' --resolution 64 --max-train-steps 1 --output-dir "$W/t2" -t 1 \
+        --lora-rank 4 --text-encoder-lr 1e-5
     check "... before any work" test ! -e "$W/t2/instance.h5"
+    # the flag is a field of the job manifest (jobs/sdc.proto Dreambooth.text_encoder_lr, 44)
+    runs "SDXL --train-text-encoder --dump-manifest" "$SDC" train dreambooth --pretrained-model "$XL" \
+        --instance-data "$IMGS" --instance-prompt 'a photo of sks dog' --lora-rank 4 --train-text-encoder \
+        --text-encoder-lr 2e-5 --dump-manifest
+    has "... --text-encoder-lr in the manifest" 'text_encoder_lr: 2[.0-9]*e-05'
     # a LoRA of one family on a model of the other, in both namings: refused, naming the tensor
     for f in diffusers kohya; do
         refused "an SDXL LoRA ($f names) on an SD 1.x model" "is for a second text encoder: an SDXL LoRA" \

@@ -20,6 +20,13 @@ on the shipped demo model at 64 px, a few steps, one thread per process.
                                                    import's sizes and crops; killed and resumed,
                                                    SIGUSR1 and resumed == uninterrupted; 2 ranks
                                                    agree with 1; 2 pipeline stages == one process
+  dreambooth_checks.py xlte   SDC MODEL SRC WORK   SDXL --train-text-encoder (MODEL the tiny SDXL
+                                                   folder): LoRA on the UNet and both encoders, and
+                                                   full fine-tuning of all three, killed and resumed
+                                                   == uninterrupted bit for bit (LoRA file with
+                                                   text_encoder_2's tensors; model.h5 with
+                                                   /text_encoder_2); 2 pipeline stages == one
+                                                   process; ZeRO-1 over 2 ranks == 2 ranks
 
 SDC is the sdc binary, MODEL the demo model, SRC the source root (the photos
 are SRC/../shared/data/dreambooth/dog, or a few fixture images when that is
@@ -53,6 +60,7 @@ except ImportError as e:  # the test must fail, not skip: setup.sh installs h5py
 class Ctx:
     def __init__(self, sdc, model, src, work):
         self.sdc, self.model, self.src, self.work = sdc, model, src, work
+        self.xl = False
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         dog = os.path.join(src, "..", "shared", "data", "dreambooth", "dog")
@@ -105,7 +113,7 @@ def metric_lines(path):
         return sum(1 for line in f if line.strip() and "event" not in json.loads(line))
 
 
-def h5_weights(path, groups=("unet", "text_encoder")):
+def h5_weights(path, groups=("unet", "text_encoder", "text_encoder_2")):
     """name -> f32 array of every dataset under the groups of an sdc checkpoint."""
     w = {}
     with h5py.File(path, "r") as f:
@@ -261,7 +269,9 @@ def resume_variant(ctx, name, extra, steps):
     else:
         wa, wb = h5_weights(os.path.join(a, "model.h5")), h5_weights(os.path.join(b, "model.h5"))
         check(any(k.startswith("text_encoder/") for k in wa), f"{name}: model.h5 holds the trained text encoder")
-        compare_exact(wa, wb, f"{name}: model.h5 /unet and /text_encoder")
+        if ctx.xl:
+            check(any(k.startswith("text_encoder_2/") for k in wa), f"{name}: model.h5 holds text_encoder_2")
+        compare_exact(wa, wb, f"{name}: model.h5 /unet, /text_encoder{', /text_encoder_2' if ctx.xl else ''}")
     # validation renders with the trained weights: those made after the
     # resume (step-NNNNNN-i.png, NNNNNN > the checkpoint's step) are the same files
     later = [os.path.basename(p) for p in sorted(glob.glob(os.path.join(a, "validation", "step-*.png")))
@@ -961,9 +971,55 @@ def test_xl(ctx):
         compare_exact(lora_file(a), lora_file(b), "xl-stop: LoRA after stop + resume vs uninterrupted")
 
 
+def test_xlte(ctx):
+    """ctx.model is the tiny SDXL folder: --train-text-encoder trains both
+    encoders (three param groups), as LoRA and as full fine-tuning."""
+    w = ctx.work
+    ctx.xl = True
+    ctx.photos = os.path.join(w, "xl-photos")
+    os.makedirs(ctx.photos, exist_ok=True)
+    for f in ("src97x61.png", "tall61x90.png", "rgb.png"):
+        shutil.copy(os.path.join(ctx.src, "tests", "fixtures", "images", f), ctx.photos)
+    common = ["--train-batch-size", 2, "--with-prior-preservation", "--class-data", os.path.join(w, "class"),
+              "--class-prompt", "a photo of dog", "--num-class-images", 2, "--class-inference-steps", 2,
+              "--train-text-encoder", "--text-encoder-lr", "5e-4", "--adam-weight-decay-text-encoder", "1e-2",
+              "--learning-rate", "1e-3", "--adam-epsilon", "1e-6", "--checkpointing-steps", 3]
+    valid = ["--validation-prompt", "a photo of sks dog", "--validation-steps", 6, "--num-validation-images", 1,
+             "--validation-inference-steps", 2]
+    resume_variant(ctx, "xlte-lora", common + ["--lora-rank", 4] + valid, 9)
+    fa = os.path.join(w, "xlte-lora-A", "pytorch_lora_weights.safetensors")
+    if os.path.exists(fa):
+        lw = safetensors_read(fa)
+        n = {p: sum(1 for k in lw if k.startswith(p + ".")) for p in ("unet", "text_encoder", "text_encoder_2")}
+        up2 = max((float(np.max(np.abs(v))) for k, v in lw.items() if k.startswith("text_encoder_2.") and ".up." in k),
+                  default=0.0)
+        check(n["unet"] and n["text_encoder"] and n["text_encoder_2"] and up2 > 0,
+              f"xlte-lora: the LoRA file holds unet ({n['unet']}), text_encoder ({n['text_encoder']}) and "
+              f"text_encoder_2 ({n['text_encoder_2']}) tensors; text_encoder_2's trained (max |up| {up2:.3g})")
+    resume_variant(ctx, "xlte-full", common + valid, 6)
+    # 2 pipeline stages (the encoders on stage 0) == one process; ZeRO-1 over 2 replicas == 2 replicas
+    steps = 3
+    runs = {}
+    lora = ["--lora-rank", 4, "--max-train-steps", steps, "--micro-batches", 2]
+    for name, ranks, extra in (("xlte-one", 0, lora), ("xlte-p2", 2, lora + ["--pipeline-stages", 2]),
+                               ("xlte-r2", 2, lora), ("xlte-r2-zero", 2, lora + ["--zero-stage", 1])):
+        out_dir = os.path.join(w, name)
+        rc, out, sec = ctx.run(ctx.train_args(out_dir, *common, *extra), ranks=ranks)
+        if not check(rc == 0, f"{name}: {steps} steps, exit {rc} ({sec:.1f} s)"):
+            show(out)
+            return
+        runs[name] = (metrics(os.path.join(out_dir, "metrics.jsonl")), lora_file(out_dir))
+    for name, ref in (("xlte-p2", "xlte-one"), ("xlte-r2-zero", "xlte-r2")):
+        (m1, l1), (mx, lx) = runs[ref], runs[name]
+        bad = [(st, k) for st in m1 for k in ("loss", "lr", "grad_norm") if st not in mx or mx[st][k] != m1[st][k]]
+        check(sorted(mx) == sorted(m1) and not bad, f"{name}: loss, lr, grad_norm equal to {ref} at all "
+              f"{len(m1)} steps ({len(bad)} differ)")
+        compare_exact(l1, lx, f"{name}: LoRA (UNet and both text encoders) vs {ref}")
+
+
 def main():
     tests = {"resume": test_resume, "mpi": test_mpi, "bad": test_bad, "stop": test_stop, "layouts": test_layouts,
-             "xl": test_xl}
+             "xl": test_xl, "xlte": test_xlte}
     if len(sys.argv) != 6 or sys.argv[1] not in tests:
         print(__doc__)
         sys.exit(2)

@@ -69,6 +69,14 @@
 //   xa  LoRA rank 4, prior preservation, 2 instances of different sizes / crops
 //   xb  LoRA rank 4, batch 2, min-SNR 5, offset noise, accumulation 2, linear
 //       warmup 1
+//   xc  --train-text-encoder: LoRA rank 4 on the UNet and both text encoders,
+//       prior preservation, three param groups (the text encoders' at
+//       --text-encoder-lr 5e-5, --adam-weight-decay-text-encoder 0.3: large, so
+//       a decay from the wrong group shows), the
+//       prompts through the trained encoders every step
+//   xd  full fine-tuning of the UNet and both text encoders, the same groups
+// (xc / xd: the first encoder's last layer and final norm reach no loss;
+// torch skips them, sdc does not train them; neither side stores them.)
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,6 +119,7 @@ typedef struct Case {
     const char *config_dir; // the model's configs (its scheduler config: the noise schedule), or NULL
     int xl;                 // SDXL: the tiny SDXL folder, 2 instance latents with time ids
     int batch;              // train_batch_size (0: 1)
+    double te_lr, te_wd;    // --text-encoder-lr (0: the lr), --adam-weight-decay-text-encoder (0: --adam-weight-decay)
 } Case;
 
 // Text-to-image (tests/fixtures/ref-t2i.safetensors): 3 items with their own captions.
@@ -123,26 +132,31 @@ typedef struct T2iCase {
 // The same configurations as tools/make_db_fixture.py's CASES.
 static const Case CASES[] = {
     {"a", "full fine-tuning + text encoder, prior preservation, constant lr", 1234, 1, 1, 1, 0, 0.0f, 0.0f,
-     LR_CONSTANT, 0, -1, 1, NULL, 0, 0},
+     LR_CONSTANT, 0, -1, 1, NULL, 0, 0, 0, 0},
     {"b", "UNet, min-SNR 5, offset noise 0.1, accumulation 2, linear warmup 1", 77, 0, 0, 2, 0, 5.0f, 0.1f,
-     LR_LINEAR, 1, -1, 1, NULL, 0, 0},
+     LR_LINEAR, 1, -1, 1, NULL, 0, 0, 0, 0},
     {"c", "LoRA rank 4 on the UNet, prior preservation, constant lr", 4321, 0, 1, 1, 4, 0.0f, 0.0f, LR_CONSTANT, 0,
-     -1, 1, NULL, 0, 0},
-    {"d", "UNet, v-prediction, min-SNR 5, cosine", 99, 0, 0, 1, 0, 5.0f, 0.0f, LR_COSINE, 0, PRED_V, 1, NULL, 0, 0},
+     -1, 1, NULL, 0, 0, 0, 0},
+    {"d", "UNet, v-prediction, min-SNR 5, cosine", 99, 0, 0, 1, 0, 5.0f, 0.0f, LR_COSINE, 0, PRED_V, 1, NULL, 0, 0,
+     0, 0},
     {"e", "UNet, 3 instance latents shuffled, accumulation 2 (2 + 1 + 2 micro-batches)", 2024, 0, 0, 2, 0, 0.0f,
-     0.0f, LR_CONSTANT, 0, -1, 3, NULL, 0, 0},
+     0.0f, LR_CONSTANT, 0, -1, 3, NULL, 0, 0, 0, 0},
     {"f", "UNet, prior preservation + min-SNR 5, each half weighted by its own timesteps", 15, 0, 1, 1, 0, 5.0f,
-     0.0f, LR_CONSTANT, 0, -1, 1, NULL, 0, 0},
+     0.0f, LR_CONSTANT, 0, -1, 1, NULL, 0, 0, 0, 0},
     {"g", "UNet, min-SNR 5, the model's scheduler config: cosine betas over 500 training steps", 31, 0, 0, 1, 0, 5.0f,
-     0.0f, LR_CONSTANT, 0, -1, 1, "tests/fixtures/db-sched", 0, 0},
+     0.0f, LR_CONSTANT, 0, -1, 1, "tests/fixtures/db-sched", 0, 0, 0, 0},
 };
 
 // The same configurations as tools/make_dbxl_fixture.py's CASES.
 static const Case CASES_XL[] = {
     {"xa", "SDXL LoRA rank 4, prior preservation, 2 instances of their own sizes and crops", 1234, 0, 1, 1, 4, 0.0f,
-     0.0f, LR_CONSTANT, 0, -1, 2, NULL, 1, 1},
+     0.0f, LR_CONSTANT, 0, -1, 2, NULL, 1, 1, 0, 0},
     {"xb", "SDXL LoRA rank 4, batch 2, min-SNR 5, offset noise 0.1, accumulation 2, linear warmup 1", 77, 0, 0, 2, 4,
-     5.0f, 0.1f, LR_LINEAR, 1, -1, 2, NULL, 1, 2},
+     5.0f, 0.1f, LR_LINEAR, 1, -1, 2, NULL, 1, 2, 0, 0},
+    {"xc", "SDXL LoRA rank 4 on the UNet and both text encoders (lr 5e-5, wd 0.3), prior preservation", 4321, 1, 1,
+     1, 4, 0.0f, 0.0f, LR_CONSTANT, 0, -1, 2, NULL, 1, 1, 5e-5, 0.3},
+    {"xd", "SDXL full fine-tuning of the UNet and both text encoders (lr 5e-5, wd 0.3), prior preservation", 2024,
+     1, 1, 1, 0, 0.0f, 0.0f, LR_CONSTANT, 0, -1, 2, NULL, 1, 1, 5e-5, 0.3},
 };
 
 // ---------------------------------------------------------------------------
@@ -200,7 +214,7 @@ typedef struct Record {
     double loss[STEPS], norm[STEPS], lr[STEPS];
     int n;
     const DbTrainer *tr;
-    uint8_t *well[2]; // (group numel) per optimizer group, in the state's order
+    uint8_t *well[DB_MAX_GROUPS]; // (group numel) per optimizer group, in the state's order
 } Record;
 
 // After every optimizer step: the step's figures, and which values' Adam
@@ -219,40 +233,46 @@ static int on_step(void *user, const DbStepInfo *s, SdcError *err) {
     }
     const AdamW *o = &r->tr->opt;
     const double bc2 = 1.0 - pow(o->cfg.beta2, (double)o->step);
-    for (int g = 0; g < o->n_groups && g < 2; g++)
+    for (int g = 0; g < o->n_groups && g < DB_MAX_GROUPS; g++)
         for (size_t j = 0; j < o->groups[g].numel; j++)
             if (o->groups[g].v[j] != 0 && !(sqrt((double)o->groups[g].v[j] / bc2) >= WELL_RMS)) r->well[g][j] = 0;
     return 0;
 }
 
-// The tables of group 0 (UNet) and 1 (text encoder) as fixture names, with a
-// copy of the initial values (init_buf, freed by the caller).
+// The tables of group 0 (UNet), 1 (text encoder) and 2 (text_encoder_2) as
+// fixture names (unet., text., text2.), with a copy of the initial values
+// (init_buf, freed by the caller).
 static int list_named(DbTrainer *tr, const Record *rec, Named **out, float **init_buf) {
-    const ParamTable *tb[2] = {unet_train_table(tr->model->unet),
-                               tr->cfg.train_text_encoder ? clip_train_table(tr->model->clip) : NULL};
-    float *pb[2] = {NULL, NULL}, *gb[2];
-    size_t nn[2] = {0, 0};
+    static const char *const PRE[DB_MAX_GROUPS] = {"unet", "text", "text2"};
+    const ParamTable *tb[DB_MAX_GROUPS] = {unet_train_table(tr->model->unet), NULL, NULL};
+    float *pb[DB_MAX_GROUPS] = {NULL}, *gb[DB_MAX_GROUPS];
+    size_t nn[DB_MAX_GROUPS] = {0}, base[DB_MAX_GROUPS] = {0}, all = 0;
     unet_trainables(tr->model->unet, &pb[0], &gb[0], &nn[0]);
-    if (tb[1]) clip_trainables(tr->model->clip, &pb[1], &gb[1], &nn[1]);
-    int n = tb[0]->n + (tb[1] ? tb[1]->n : 0);
+    for (int g = 1; g < tr->n_groups; g++) {
+        ClipModel *cm = g == 2 ? tr->model->clip2 : tr->model->clip;
+        tb[g] = clip_train_table(cm);
+        clip_trainables(cm, &pb[g], &gb[g], &nn[g]);
+    }
+    int n = 0;
+    for (int g = 0; g < DB_MAX_GROUPS; g++) base[g] = all, all += nn[g], n += tb[g] ? tb[g]->n : 0;
     Named *v = calloc((size_t)n, sizeof *v);
-    float *ib = malloc((nn[0] + nn[1]) * sizeof(float));
+    float *ib = malloc(all * sizeof(float));
     if (!v || !ib) {
         free(v), free(ib);
         return -1;
     }
-    memcpy(ib, pb[0], nn[0] * sizeof(float));
-    if (nn[1]) memcpy(ib + nn[0], pb[1], nn[1] * sizeof(float));
+    for (int g = 0; g < DB_MAX_GROUPS; g++)
+        if (nn[g]) memcpy(ib + base[g], pb[g], nn[g] * sizeof(float));
     int k = 0;
-    for (int g = 0; g < 2; g++) {
+    for (int g = 0; g < DB_MAX_GROUPS; g++) {
         if (!tb[g]) continue;
         size_t off = 0; // the optimizer's state: the table's tensors concatenated in order
         for (int i = 0; i < tb[g]->n; i++, k++) {
             const ParamEntry *e = &tb[g]->e[i];
             const float *p = tensor_f32p(&e->t);
-            snprintf(v[k].name, sizeof v[k].name, "%s.%s", g ? "text" : "unet", e->name);
+            snprintf(v[k].name, sizeof v[k].name, "%s.%s", PRE[g], e->name);
             v[k].p = p;
-            v[k].init = ib + (g ? nn[0] : 0) + (size_t)(p - pb[g]);
+            v[k].init = ib + base[g] + (size_t)(p - pb[g]);
             v[k].n = (size_t)tensor_numel(&e->t);
             v[k].well = rec->well[g] + off;
             off += v[k].n;
@@ -312,6 +332,14 @@ static int check_scalar(TestCtx *t, const char *name, double got, double ref, do
 // ---------------------------------------------------------------------------
 
 static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Case *c, const T2iCase *x) {
+    const char *only = getenv("SDC_DB_CASES"); // e.g. "xc,xd": those cases alone (development)
+    if (only) {
+        char want[16];
+        snprintf(want, sizeof want, ",%s,", c->tag);
+        char list[256];
+        snprintf(list, sizeof list, ",%s,", only);
+        if (!strstr(list, want)) return;
+    }
     printf("== case %s: %s\n", c->tag, c->what);
     SdcError err = {0};
     SdModel m = {0};
@@ -370,6 +398,7 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
                     .adam = {.beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = c->xl ? 1e-4 : 1e-2},
                     .with_prior_preservation = c->prior, .prior_loss_weight = 1.0,
                     .train_text_encoder = c->train_text_encoder, .lora_rank = c->lora_rank,
+                    .text_encoder_lr = c->te_lr, .has_te_weight_decay = c->te_wd > 0, .te_weight_decay = c->te_wd,
                     .offset_noise = c->offset_noise, .snr_gamma = c->snr_gamma, .seed = c->seed,
                     .input_perturbation = x ? x->input_perturbation : 0, .proportion_empty = x ? x->proportion_empty : 0,
                     .snr_v_plus_one = x != NULL, .use_ema = x && x->ema, .ema = ema_config_default()};
@@ -418,11 +447,13 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
 
 tokens_done:
     rec.tr = &tr;
-    for (int g = 0; g < tr.opt.n_groups && g < 2; g++) {
+    int have_well = 1;
+    for (int g = 0; g < tr.opt.n_groups && g < DB_MAX_GROUPS; g++) {
         rec.well[g] = malloc(tr.opt.groups[g].numel);
         if (rec.well[g]) memset(rec.well[g], 1, tr.opt.groups[g].numel);
+        have_well &= rec.well[g] != NULL;
     }
-    if (!check_true(t, rec.well[0] && (tr.opt.n_groups < 2 || rec.well[1]), "memory")) goto done;
+    if (!check_true(t, have_well && tr.opt.n_groups == tr.n_groups, "memory")) goto done;
     int n = list_named(&tr, &rec, &nm, &init);
     if (!check_true(t, n > 0, "trainable tensors: %d", n)) goto done;
     double t0 = now_s();
@@ -504,13 +535,14 @@ tokens_done:
                 check_values(t, e->name, e->p, r, e->well, k, &cmp);
             free(r);
         }
-        if (strstr(e->name, "token_embedding")) { // the prompts' rows
+        if (strstr(e->name, "token_embedding")) { // the prompts' rows (text2.: through tokenizer_2)
             size_t nr = 0;
-            snprintf(key, sizeof key, "%s.tok_rows", c->tag);
+            const int second = !strncmp(e->name, "text2.", 6);
+            snprintf(key, sizeof key, "%s.tok_rows%s", c->tag, second ? "2" : "");
             const int32_t *rows = ref_i32(ref, key, &nr);
             snprintf(key, sizeof key, "%s.p.%s.rows", c->tag, e->name);
             r = ref_f32(ref, key, &k);
-            const size_t D = (size_t)clip_config(m.clip)->hidden;
+            const size_t D = (size_t)clip_config(second ? m.clip2 : m.clip)->hidden;
             if (check_true(t, rows && r && k == nr * D, "fixture has %s (%zu rows)", key, nr)) {
                 float *got = malloc(k * sizeof *got);
                 uint8_t *gw = malloc(k);
@@ -563,19 +595,20 @@ done:
     if (err.code) printf("  error: %s\n", err.msg);
     if (have_tr) db_free(&tr);
     sd_model_free(&m);
-    free(nm), free(init), free(li), free(lc), free(rbuf), free(tids), free(rec.well[0]), free(rec.well[1]);
+    free(nm), free(init), free(li), free(lc), free(rbuf), free(tids), free(rec.well[0]);
+    free(rec.well[1]), free(rec.well[2]);
     free(t2i_std), free(t2i_fmean), free(t2i_fstd);
 }
 
 // The same configurations as tools/make_t2i_fixture.py's CASES (batch 2 over 3 items).
 static const T2iCase CASES_T2I[] = {
     {{"ta", "text-to-image: a caption per item, frozen text encoder, EMA", 2026, 0, 0, 1, 0, 0.0f, 0.0f, LR_CONSTANT,
-      0, -1, 3, NULL, 0, 2}, 0, 0, 1, 0.0f, 0.0f},
+      0, -1, 3, NULL, 0, 2, 0, 0}, 0, 0, 1, 0.0f, 0.0f},
     {{"tb", "text-to-image: random flip, sampled latents, input perturbation 0.1, noise offset 0.05, empty "
       "captions 0.5, min-SNR 5, accumulation 2, linear warmup 1, EMA", 31337, 0, 0, 2, 0, 5.0f, 0.05f, LR_LINEAR,
-      1, -1, 3, NULL, 0, 2}, 1, 1, 1, 0.1f, 0.5f},
+      1, -1, 3, NULL, 0, 2, 0, 0}, 1, 1, 1, 0.1f, 0.5f},
     {{"tc", "text-to-image: v-prediction, min-SNR 5 (snr + 1), text encoder trained, EMA, cosine", 7, 1, 0, 1, 0,
-      5.0f, 0.0f, LR_COSINE, 0, PRED_V, 3, NULL, 0, 2}, 0, 1, 1, 0.0f, 0.0f},
+      5.0f, 0.0f, LR_COSINE, 0, PRED_V, 3, NULL, 0, 2, 0, 0}, 0, 1, 1, 0.0f, 0.0f},
 };
 #define REF_T2I "tests/fixtures/ref-t2i.safetensors"
 

@@ -151,7 +151,8 @@ static void test_adamw(TestCtx *t, const StFile *f) {
         ts[i] = (OptimTensor){p[i], g[i], n[i]};
     }
     // group 0 = p0, p1 at LR; group 1 = p2 at LR * GROUP1_SCALE
-    AdamWGroupDesc groups[2] = {{ts, 2, 1.0}, {ts + 2, 1, GROUP1_SCALE}};
+    AdamWGroupDesc groups[2] = {{.tensors = ts, .n_tensors = 2, .lr_scale = 1.0},
+                                {.tensors = ts + 2, .n_tensors = 1, .lr_scale = GROUP1_SCALE}};
     AdamWConfig cfg = adamw_config_default();
     AdamW opt;
     LrSchedule sched;
@@ -234,7 +235,7 @@ static void test_nonfinite(TestCtx *t) {
         g1[3] = bad[b];
         memcpy(keep, g1, sizeof keep);
         OptimTensor ts[2] = {{p0, g0, 8}, {p1, g1, 5}};
-        AdamWGroupDesc gd = {ts, 2, 1.0};
+        AdamWGroupDesc gd = {.tensors = ts, .n_tensors = 2, .lr_scale = 1.0};
         AdamWConfig cfg = adamw_config_default();
         AdamW opt;
         SdcError err = {0};
@@ -266,7 +267,7 @@ static void test_nonfinite(TestCtx *t) {
 static void test_misc(TestCtx *t) {
     float p[4] = {0}, g[4] = {0};
     OptimTensor ts = {p, g, 4};
-    AdamWGroupDesc gd = {&ts, 1, 1.0};
+    AdamWGroupDesc gd = {.tensors = &ts, .n_tensors = 1, .lr_scale = 1.0};
     AdamWConfig cfg = adamw_config_default();
     AdamW opt;
     SdcError err = {0};
@@ -274,8 +275,30 @@ static void test_misc(TestCtx *t) {
     check_true(t, adamw_init(&opt, cpu_be(), &cfg, &gd, 1, &err) == SDC_ERR_ARG, "beta1 = 1 is refused");
     cfg = adamw_config_default();
     OptimTensor empty = {p, NULL, 4};
-    AdamWGroupDesc ge = {&empty, 1, 1.0};
+    AdamWGroupDesc ge = {.tensors = &empty, .n_tensors = 1, .lr_scale = 1.0};
     check_true(t, adamw_init(&opt, cpu_be(), &cfg, &ge, 1, &err) == SDC_ERR_ARG, "a NULL gradient buffer is refused");
+
+    // A group's own weight decay (torch's per-group "weight_decay"; DreamBooth's text encoders): with
+    // zero gradients the Adam term is exactly 0, so one step leaves p * (1 - lr * lr_scale * wd) of
+    // each group's own decay: group 0 the config's 1e-2, group 1 0.3 at half the lr.
+    float q0[3] = {1.0f, -2.0f, 0.5f}, q1[3] = {1.0f, -2.0f, 0.5f}, z0[3] = {0}, z1[3] = {0};
+    OptimTensor t0 = {q0, z0, 3}, t1 = {q1, z1, 3};
+    AdamWGroupDesc two[2] = {{.tensors = &t0, .n_tensors = 1, .lr_scale = 1.0},
+                             {.tensors = &t1, .n_tensors = 1, .lr_scale = 0.5, .has_weight_decay = 1,
+                              .weight_decay = 0.3}};
+    if (check_true(t, adamw_init(&opt, cpu_be(), &cfg, two, 2, &err) == 0, "two groups, one with its own decay")) {
+        adamw_step(&opt, 1e-2);
+        const float d0 = (float)(1.0 - 1e-2 * 1e-2), d1 = (float)(1.0 - 0.5e-2 * 0.3);
+        const float init[3] = {1.0f, -2.0f, 0.5f};
+        int ok = 1;
+        for (int i = 0; i < 3; i++) ok &= q0[i] == init[i] * d0 && q1[i] == init[i] * d1;
+        check_true(t, ok, "per-group weight decay: group 0 x %.9g (wd 1e-2), group 1 x %.9g (wd 0.3, lr x 0.5); got "
+                   "%.9g, %.9g", d0, d1, q0[0], q1[0]);
+        adamw_free(&opt);
+    }
+    two[1].weight_decay = -0.1;
+    check_true(t, adamw_init(&opt, cpu_be(), &cfg, two, 2, &err) == SDC_ERR_ARG && strstr(err.msg, "group 1"),
+               "a negative group weight decay is refused, naming the group (%s)", err.msg);
 
     // accelerate, accum 3, 7 batches per epoch: steps after batches 2, 5 and 6 (short tail).
     char seq[8] = {0};

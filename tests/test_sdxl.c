@@ -36,6 +36,7 @@
 #include "io/weights.h"
 #include "models/clip.h"
 #include "models/unet.h"
+#include "sampling/scheduler.h"
 #include "pipeline/sd.h"
 #include "testutil.h"
 
@@ -380,6 +381,30 @@ static void run_single(TestCtx *t, const Backend *be, const char *path, const St
                in->clip.pad_token, in->clip2.pad_token);
     check_true(t, fabsf(in->vae.scaling_factor - 0.13025f) < 1e-7f && u->sample_size == 128,
                "VAE scaling factor %g, default size %d px", in->vae.scaling_factor, 8 * u->sample_size);
+    // no --config: the scheduler config diffusers' from_single_file gives an SDXL file (the base
+    // repository's EulerDiscreteScheduler, "leading", steps_offset 1), not SD's PNDM one; Euler over 4
+    // steps then runs diffusers' timesteps and sigmas:
+    //   EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    //                          steps_offset=1, timestep_spacing="leading").set_timesteps(4)
+    // (Euler's own default spacing, linspace, gives 999, 666, 333, 0)
+    const SchedConfig *sc = &in->sched;
+    check_true(t, !strcmp(sc->class_name, "EulerDiscreteScheduler") && (sc->have & SCHED_HAS_SPACING) &&
+                   sc->spacing == SPACING_LEADING && sc->steps_offset == 1,
+               "scheduler config: %s, spacing %s, steps_offset %d (diffusers' SDXL default: "
+               "EulerDiscreteScheduler, leading, 1)", sc->class_name, sched_spacing_name(sc->spacing),
+               sc->steps_offset);
+    Sampler s;
+    static const float TS[4] = {751, 501, 251, 1};
+    static const float SIG[5] = {4.116698265075684f, 1.6236929893493652f, 0.6983985900878906f,
+                                 0.04131447896361351f, 0.0f};
+    if (check_rc(t, sampler_init_cfg(&s, SAMPLER_EULER, 4, sc, 0, 1, &err), "sampler_init_cfg", &err)) {
+        double e = 0;
+        for (int i = 0; i < 4; i++) e = fmax(e, fabs(s.timesteps[i] - TS[i]));
+        for (int i = 0; i < 5 && i < s.n_sigmas; i++) e = fmax(e, fabs(s.sigmas[i] - SIG[i]) / fmax(SIG[i], 1.0));
+        check_true(t, s.n_sigmas == 5 && e <= 1e-6, "euler, 4 steps: timesteps %g %g %g %g, sigmas as diffusers' "
+                   "(max err %.2e)", s.timesteps[0], s.timesteps[1], s.timesteps[2], s.timesteps[3], e);
+        sampler_free(&s);
+    }
     text_encoders(t, be, mf, ref, "infer.");
     unet_check(t, be, mf, ref, "infer.");
     model_files_close(mf);

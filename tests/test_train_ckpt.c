@@ -102,7 +102,8 @@ static void trainer_init(Trainer *tr, const char *lora_rank) {
         if (i < N_TL) g1[i] = o;
         else g0[N_UNET + i - N_TL] = o;
     }
-    AdamWGroupDesc gd[2] = {{g0, N_UNET + N_UL, 1.0}, {g1, N_TL, 0.5}};
+    AdamWGroupDesc gd[2] = {{.tensors = g0, .n_tensors = N_UNET + N_UL, .lr_scale = 1.0},
+                            {.tensors = g1, .n_tensors = N_TL, .lr_scale = 0.5}};
     AdamWConfig cfg = adamw_config_default();
     SdcError err = {0};
     SDC_CHECK(adamw_init(&tr->opt, cpu_be(), &cfg, gd, 2, &err) == 0);

@@ -56,6 +56,13 @@ if(TARGET sdc)
             ${CMAKE_SOURCE_DIR}/tests/fixtures/tiny-sdxl ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/test-out/dreambooth_xl
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(dreambooth_xl_layouts PROPERTIES FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK" TIMEOUT 300)
+  # SDXL --train-text-encoder (LoRA on the UNet and both encoders; full fine-tuning of all three):
+  # resume, 2 stages, ZeRO-1 (the same script, mode xlte)
+  add_test(NAME dreambooth_xl_te
+    COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/dreambooth_checks.py xlte $<TARGET_FILE:sdc>
+            ${CMAKE_SOURCE_DIR}/tests/fixtures/tiny-sdxl ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/test-out/dreambooth_xl_te
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(dreambooth_xl_te PROPERTIES FAIL_REGULAR_EXPRESSION "[1-9][0-9]* failed;NOT OK" TIMEOUT 420)
   # The SDXL LoRA sdc trains (diffusers and kohya names) loads in diffusers'
   # StableDiffusionXLPipeline.load_lora_weights and draws sdc generate --lora's
   # image within 1/255 (tools/check_dreambooth_xl.py; skipped without torch)

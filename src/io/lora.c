@@ -701,16 +701,16 @@ static double mode_of(const LoraTensor *t, int n, Component c, int use_alpha) {
 // peft module names for the metadata: the text encoder's without "text_model."
 // (a pattern matches a module's tail, so this fits flattened and nested CLIPs).
 static const char *peft_name(const LoraTensor *t, const char *module) {
-    return t->comp == COMP_TEXT_ENCODER && starts_with(module, "text_model.") ? module + 11 : module;
+    return t->comp != COMP_UNET && starts_with(module, "text_model.") ? module + 11 : module;
 }
 
 // diffusers' lora_adapter_metadata: per component, peft LoraConfig fields.
 static void adapter_metadata(Buf *b, const LoraTensor *t, char (*mods)[LORA_NAME_MAX], int n) {
-    static const char *const PREFIX[2] = {"text_encoder", "unet"};
-    const Component COMPS[2] = {COMP_TEXT_ENCODER, COMP_UNET};
+    static const char *const PREFIX[3] = {"text_encoder", "unet", "text_encoder_2"};
+    const Component COMPS[3] = {COMP_TEXT_ENCODER, COMP_UNET, COMP_TEXT_ENCODER_2};
     buf_printf(b, "{");
     int first = 1;
-    for (int ci = 0; ci < 2; ci++) {
+    for (int ci = 0; ci < 3; ci++) {
         Component c = COMPS[ci];
         int any = 0;
         for (int i = 0; i < n; i++) any |= t[i].comp == c;
@@ -757,20 +757,22 @@ int lora_save(const char *path, LoraFormat format, const LoraTensor *t, int n, S
     Buf meta = {0};
     int rc = 0;
     if (!mods || !names || !np || !ts || !alphas) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory", path);
-    int uniform_rank = 1, uniform_alpha = 1, need_meta = 0;
+    int uniform_rank = 1, uniform_alpha = 1, need_meta = 0, any_te2 = 0;
+    for (int i = 0; i < n; i++) any_te2 |= t[i].comp == COMP_TEXT_ENCODER_2;
     for (int i = 0; !rc && i < n; i++) {
         const LoraTensor *x = &t[i];
         const char *m = x->module ? x->module : "";
         size_t ml = strlen(m);
         if (ends_with(m, ".weight")) ml -= 7;
-        if (ml == 0 || ml >= LORA_NAME_MAX || (x->comp != COMP_UNET && x->comp != COMP_TEXT_ENCODER)) {
+        if (ml == 0 || ml >= LORA_NAME_MAX ||
+            (x->comp != COMP_UNET && x->comp != COMP_TEXT_ENCODER && x->comp != COMP_TEXT_ENCODER_2)) {
             rc = sdc_err(err, SDC_ERR_ARG, "%s: LoRA tensor %d: module \"%s\" of component %d: expected a UNet or "
                          "text-encoder module name", path, i, m, (int)x->comp);
             break;
         }
         memcpy(mods[i], m, ml);
         mods[i][ml] = 0;
-        if (x->comp == COMP_TEXT_ENCODER && !starts_with(mods[i], "text_model.")) {
+        if (x->comp != COMP_UNET && !starts_with(mods[i], "text_model.")) {
             rc = sdc_err(err, SDC_ERR_ARG, "%s: text-encoder module \"%s\": expected a name from text_model. "
                          "(e.g. text_model.encoder.layers.0.self_attn.q_proj)", path, mods[i]);
             break;
@@ -795,7 +797,8 @@ int lora_save(const char *path, LoraFormat format, const LoraTensor *t, int n, S
         need_meta |= x->alpha != (float)lt_rank(x);
         const int k = i * per;
         if (format == LORA_FORMAT_DIFFUSERS) {
-            const char *pre = x->comp == COMP_UNET ? "unet" : "text_encoder";
+            const char *pre = x->comp == COMP_UNET ? "unet" : x->comp == COMP_TEXT_ENCODER_2 ? "text_encoder_2"
+                                                                                             : "text_encoder";
             // what diffusers' own save writes: the UNet's lora.down/up, the text
             // encoder's lora_linear_layer.down/up (its loader needs that spelling)
             const char *mid = x->comp == COMP_UNET ? "lora" : "lora_linear_layer";
@@ -803,7 +806,10 @@ int lora_save(const char *path, LoraFormat format, const LoraTensor *t, int n, S
             snprintf(names[k + 1], sizeof names[k + 1], "%s.%s.%s.up.weight", pre, mods[i], mid);
         } else {
             char stem[LORA_NAME_MAX + 16];
-            snprintf(stem, sizeof stem, "%s_%s", x->comp == COMP_UNET ? "lora_unet" : "lora_te", mods[i]);
+            // SDXL (a second encoder present): kohya's lora_te1_ / lora_te2_
+            snprintf(stem, sizeof stem, "%s_%s",
+                     x->comp == COMP_UNET ? "lora_unet" : x->comp == COMP_TEXT_ENCODER_2 ? "lora_te2"
+                                                          : any_te2 ? "lora_te1" : "lora_te", mods[i]);
             dots_to_underscores(stem);
             snprintf(names[k], sizeof names[k], "%s.lora_down.weight", stem);
             snprintf(names[k + 1], sizeof names[k + 1], "%s.lora_up.weight", stem);

@@ -106,7 +106,7 @@ int lora_merge(const LoraSet *s, Component c, const char *name, int ndim, const 
 
 // A trained LoRA of one module, as the trainer holds it.
 typedef struct LoraTensor {
-    Component comp;      // COMP_UNET or COMP_TEXT_ENCODER
+    Component comp;      // COMP_UNET, COMP_TEXT_ENCODER or COMP_TEXT_ENCODER_2 (SDXL)
     const char *module;  // diffusers module name (".weight" optional): "down_blocks.0.attentions.0.
                          // transformer_blocks.0.attn1.to_q", "text_model.encoder.layers.0.self_attn.q_proj"
     Tensor down;         // CPU F32/F16/BF16 (rank, in), or (rank, in, 1, 1) for a 1x1 conv
@@ -115,13 +115,13 @@ typedef struct LoraTensor {
 } LoraTensor;
 
 // Writes a LoRA file readable by diffusers' load_lora_weights (diffusers
-// format: unet.<module>.lora.down/up.weight, text_encoder.<module>.
+// format: unet.<module>.lora.down/up.weight, text_encoder[_2].<module>.
 // lora_linear_layer.down/up.weight, no alpha when alpha == rank, else the
 // `lora_adapter_metadata` header entry diffusers reads: r, lora_alpha,
 // rank/alpha patterns, target_modules) or by kohya / A1111 / ComfyUI (kohya
-// format: lora_unet_... / lora_te_..., lora_down/lora_up, an F32 scalar
-// .alpha per module, ss_network_module / ss_network_dim / ss_network_alpha
-// metadata).
+// format: lora_unet_... / lora_te_... (with a second encoder, SDXL:
+// lora_te1_... / lora_te2_...), lora_down/lora_up, an F32 scalar .alpha per
+// module, ss_network_module / ss_network_dim / ss_network_alpha metadata).
 int lora_save(const char *path, LoraFormat format, const LoraTensor *t, int n, SdcError *err);
 
 // Pairs the "<module>.lora.down.weight" / "<module>.lora.up.weight" entries of

@@ -1071,7 +1071,11 @@ int model_files_open(ModelFiles **out, const char *path, const char *config_dir,
             int sd2_768 = m->info.family == SD_FAMILY_2 && m->info.unet.sample_size == 96;
             m->info.unet.prediction = sd2_768 ? PRED_V : PRED_EPSILON;
         }
-        if (!rc && !config_dir) sched_config_sd(&m->info.sched, m->info.unet.prediction);
+        // no config folder: the original repository's scheduler config, as diffusers' from_single_file
+        // takes it (SDXL base and refiner: EulerDiscreteScheduler, "leading"; SD 1.x / 2.x: PNDM)
+        const int xl = m->info.family == SD_FAMILY_XL || m->info.refiner;
+        if (!rc && !config_dir && xl) sched_config_sdxl(&m->info.sched, m->info.unet.prediction);
+        else if (!rc && !config_dir) sched_config_sd(&m->info.sched, m->info.unet.prediction);
     } else {
         rc = sdc_err(err, SDC_ERR_IO, "%s: no such file or folder\n---> pass a .safetensors file in the original "
                      "layout or a diffusers folder (with unet/, vae/, text_encoder/)", path);

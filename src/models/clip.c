@@ -155,7 +155,7 @@ void clip_layer_forward(Pass *p, const ClipModel *m, int i, ClipLayerSave *sv, T
     const Backend *be = p->be;
     const ClipConfig *c = &m->cfg;
     const ClipLayer *l = &m->layers[i];
-    const LoraPair *lo = m->lora ? &m->lora[i * CLIP_N_PROJ] : NULL;
+    const LoraPair *lo = m->lora && i < m->lora_layers ? &m->lora[i * CLIP_N_PROJ] : NULL;
     const int64_t B = h->shape[0], L = h->shape[1], D = c->hidden, I = c->intermediate;
     size_t mark = arena_mark(p->work);
     sv->hin = *h;

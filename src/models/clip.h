@@ -87,6 +87,11 @@ typedef struct ClipTrainOpts {
                         // that order; up (B) = 0 (peft init_lora_weights="gaussian")
     int xl;             // SDXL's outputs (clip_train_forward_xl): every layer trains
                         // (LoRA on all of them, as peft puts it)
+    int hidden_only;    // with xl, an encoder whose pooled output is not used (SDXL's first):
+                        // only the layers before the last reach the loss, so only they train
+                        // (LoRA on them alone; clip_train_table lists only them and the
+                        // embeddings): torch gives the last layer and the final norm no
+                        // gradient, and AdamW skips such parameters, weight decay included
 } ClipTrainOpts;
 
 // Plans and allocates everything training needs for up to `batch` prompts:

@@ -51,7 +51,8 @@ struct ClipModel {
     Tensor fln_w, fln_b; // (D)
     Tensor proj_w;       // (projection_dim, D) text_projection (CLIPTextModelWithProjection), or none
     Component comp;      // COMP_TEXT_ENCODER, or COMP_TEXT_ENCODER_2 (SDXL's second)
-    LoraPair *lora;      // (layers * CLIP_N_PROJ) adapters of q, k, v, out_proj when training LoRA, else NULL
+    LoraPair *lora;      // (lora_layers * CLIP_N_PROJ) adapters of q, k, v, out_proj when training LoRA, else NULL
+    int lora_layers;     // the layers from 0 up that have adapters (the layers training reaches)
     float lora_scale;    // alpha / rank
     Arena act;           // inference activations, planned by clip_reserve
     ClipLayerSave scratch; // inference's save record (reused by every layer)

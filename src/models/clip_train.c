@@ -31,6 +31,8 @@ struct ClipTrain {
     // LoRA: adapters (N * CLIP_N_PROJ, layer-major) in their arena, gradients at the same offsets, names
     Arena lora, lora_grads;
     ParamTable lora_table;
+    // full training with hidden_only: the load table less the last layer and the final norm
+    ParamTable full_table;
     // activations, planned for reserved_batch prompts by a measuring forward + backward
     Arena keep;         // what the forward keeps: ids, positions, every layer's saves
     Arena work, gwork;  // forward / backward temporaries
@@ -71,6 +73,7 @@ static int make_lora(ClipModel *m, ClipTrain *tr, SdcError *err) {
     const int n = tr->n_layers * CLIP_N_PROJ;
     const int64_t r = tr->opts.lora_rank, D = c->hidden;
     m->lora = calloc((size_t)n, sizeof *m->lora);
+    m->lora_layers = tr->n_layers;
     m->lora_scale = (float)tr->opts.lora_alpha / (float)r;
     tr->lora_table.e = calloc((size_t)2 * n, sizeof *tr->lora_table.e);
     float *host = malloc((size_t)(r * D) * sizeof *host);
@@ -132,7 +135,12 @@ static void train_forward(const ClipModel *m, ClipTrain *tr, const int32_t *ids,
         clip_final_forward(&p, m, out, &h);
         return;
     }
-    // SDXL: hidden_states[-2] (the stream entering the last layer, no norm) and the pooled output
+    // SDXL: hidden_states[-2] (the stream entering the last layer, no norm) and the pooled output;
+    // hidden_only ran the layers before the last: h is that stream
+    if (tr->opts.hidden_only) {
+        be->copy(be, out, &h);
+        return;
+    }
     be->copy(be, out, &tr->s[tr->n_layers - 1].hin);
     if (!pooled_out) return;
     tr->hn = SAVE(&p, B, L, D);
@@ -167,7 +175,7 @@ static void layer_backward(Pass *p, const ClipModel *m, int i, const ClipLayerSa
     const Backend *be = p->be;
     const ClipConfig *c = &m->cfg;
     const ClipLayer *l = &m->layers[i];
-    const LoraPair *ad = m->lora ? &m->lora[i * CLIP_N_PROJ] : NULL;
+    const LoraPair *ad = m->lora && i < m->lora_layers ? &m->lora[i * CLIP_N_PROJ] : NULL;
     const float eps = c->ln_eps;
     size_t mark = arena_mark(p->work);
     Tensor t1 = pass_like(p, g), t2 = pass_like(p, g), df = pass_like(p, &s->f_pre);
@@ -235,9 +243,9 @@ static void train_backward(const ClipModel *m, ClipTrain *tr, const Tensor *dout
         layer_backward(&p, m, top, &tr->s[top], &g, 1);
         be->add(be, &g, &g, dout);
         top--;
-    } else { // without a pooled output the last layer gets no gradient
+    } else { // without a pooled output the last layer gets no gradient (hidden_only: it never ran)
         be->copy(be, &g, dout);
-        top--;
+        if (!tr->opts.hidden_only) top--;
     }
     // d h0 feeds only the embeddings: wanted when they train
     for (int i = top; i >= 0; i--) layer_backward(&p, m, i, &tr->s[i], &g, i > 0 || full);
@@ -259,13 +267,32 @@ void clip_train_free(ClipModel *m) {
     arena_free(&tr->lora);
     arena_free(&tr->lora_grads);
     param_table_free(&tr->lora_table);
+    free(tr->full_table.e);
     free(m->lora);
     m->lora = NULL;
+    m->lora_layers = 0;
     free(tr->s);
     free(tr->pos_ids);
     free(tr->eos);
     free(tr);
     m->train = NULL;
+}
+
+// hidden_only, full training: the load table without what the output does
+// not reach (the last layer, the final norm, a projection), in its order.
+static int hidden_only_table(const ClipModel *m, ClipTrain *tr, SdcError *err) {
+    char last[64];
+    snprintf(last, sizeof last, "text_model.encoder.layers.%d.", m->cfg.layers - 1);
+    tr->full_table.e = calloc((size_t)m->table.n, sizeof *tr->full_table.e);
+    if (!tr->full_table.e) return sdc_err(err, SDC_ERR_OOM, "clip_train_reserve: out of host memory");
+    tr->full_table.cap = m->table.n;
+    for (int i = 0; i < m->table.n; i++) {
+        const char *nm = m->table.e[i].name;
+        if (!strncmp(nm, last, strlen(last)) || strstr(nm, "final_layer_norm") || strstr(nm, "text_projection"))
+            continue;
+        tr->full_table.e[tr->full_table.n++] = m->table.e[i];
+    }
+    return 0;
 }
 
 // Sizes the activations of a step for `batch` prompts with a measuring
@@ -294,7 +321,7 @@ static int plan_batch(ClipModel *m, ClipTrain *tr, int batch, SdcError *err) {
     tr->lora_grads.measure = 1;
     Tensor out = tensor_make(m->be->act_dtype, DEV_CPU, NULL, 3, (int64_t[]){batch, L, c->hidden});
     Tensor pooled = tensor_make(m->be->act_dtype, DEV_CPU, NULL, 2, (int64_t[]){batch, c->projection_dim});
-    Tensor *pp = tr->opts.xl && c->projection_dim > 0 ? &pooled : NULL;
+    Tensor *pp = tr->opts.xl && !tr->opts.hidden_only && c->projection_dim > 0 ? &pooled : NULL;
     train_forward(m, tr, NULL, batch, &out, pp);
     train_backward(m, tr, &out, pp);
     tr->grads = real_grads;
@@ -343,7 +370,7 @@ int clip_train_reserve(ClipModel *m, const ClipTrainOpts *o, int batch, SdcError
     if (!tr) return sdc_err(err, SDC_ERR_OOM, "clip_train_reserve: out of host memory");
     tr->opts = *o;
     tr->be = be;
-    tr->n_layers = o->xl ? m->cfg.layers : clip_default_layers(&m->cfg);
+    tr->n_layers = o->xl ? m->cfg.layers - (o->hidden_only ? 1 : 0) : clip_default_layers(&m->cfg);
     tr->s = calloc((size_t)tr->n_layers, sizeof *tr->s);
     int rc = !tr->s ? sdc_err(err, SDC_ERR_OOM, "clip_train_reserve: out of host memory") : 0;
     if (!rc && lora_on(tr)) {
@@ -351,6 +378,7 @@ int clip_train_reserve(ClipModel *m, const ClipTrainOpts *o, int batch, SdcError
     } else if (!rc) {
         rc = arena_init(&tr->grads, be, m->params.cap, err);
         if (!rc) be->zero(be, tr->grads.base, tr->grads.cap);
+        if (!rc && o->xl && o->hidden_only) rc = hidden_only_table(m, tr, err);
     }
     if (!rc) rc = plan_batch(m, tr, batch, err);
     if (rc) {
@@ -381,6 +409,8 @@ static int forward_entry(ClipModel *m, const int32_t *ids, int batch, Tensor *ou
                        tensor_shape_str(out, got, sizeof got), dtype_name(out->dtype),
                        tensor_shape_str(&want, exp, sizeof exp), dtype_name(want.dtype), m->be->name);
     }
+    if (pooled && tr->opts.hidden_only)
+        return sdc_err(err, SDC_ERR_ARG, "%s: reserved hidden_only (ClipTrainOpts): no pooled output", fn);
     if (pooled && (c->projection_dim <= 0 || !pooled->data || pooled->ndim != 2 || pooled->shape[0] != batch ||
                    pooled->shape[1] != c->projection_dim || pooled->dtype != want.dtype))
         return sdc_err(err, SDC_ERR_ARG, "%s: a pooled output (%d, %d) needs a text encoder with a projection "
@@ -451,8 +481,9 @@ void clip_trainables(ClipModel *m, float **params, float **grads, size_t *n) {
 }
 
 const ParamTable *clip_train_table(const ClipModel *m) {
-    if (!m->train) return NULL;
-    return lora_on(m->train) ? &m->train->lora_table : &m->table;
+    const ClipTrain *tr = m->train;
+    if (!tr) return NULL;
+    return lora_on(tr) ? &tr->lora_table : tr->full_table.e ? &tr->full_table : &m->table;
 }
 
 size_t clip_train_bytes(const ClipModel *m) {

@@ -44,6 +44,14 @@ void sched_config_sd(SchedConfig *c, PredictionType prediction) {
     c->set_alpha_to_one = 0;
 }
 
+void sched_config_sdxl(SchedConfig *c, PredictionType prediction) {
+    sched_config_sd(c, prediction);
+    snprintf(c->class_name, sizeof c->class_name, "EulerDiscreteScheduler");
+    c->have |= SCHED_HAS_SPACING | SCHED_HAS_KARRAS;
+    c->spacing = SPACING_LEADING;
+    c->use_karras_sigmas = 0;
+}
+
 // ----------------------------------------------------------------------------
 // fields sdc does not implement
 

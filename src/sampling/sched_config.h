@@ -106,6 +106,12 @@ typedef struct SchedConfig {
 // uses for a single-file model without a config folder, as diffusers'
 // from_single_file takes the original repository's.
 void sched_config_sd(SchedConfig *c, PredictionType prediction);
+// SDXL's (stabilityai/stable-diffusion-xl-base-1.0 scheduler_config.json, what
+// diffusers' from_single_file gives an SDXL file, base or refiner: its legacy
+// path builds the same from SCHEDULER_DEFAULT_CONFIG with "euler"):
+// EulerDiscreteScheduler, the same betas, steps_offset 1, timestep_spacing
+// "leading", interpolation linear, no Karras sigmas, and `prediction`.
+void sched_config_sdxl(SchedConfig *c, PredictionType prediction);
 
 // Parses scheduler_config.json text (len bytes; Python's -Infinity allowed).
 // what: the file name for messages. Malformed or impossible values (a

@@ -55,7 +55,10 @@ static void share(int64_t n, int rank, int size, int64_t *first, int64_t *count)
 static int replicas(const DbTrainer *t) { return t->hooks.replicas > 0 ? t->hooks.replicas : 1; }
 static int stages(const DbTrainer *t) { return t->hooks.stages > 0 ? t->hooks.stages : 1; }
 static int zero_on(const DbTrainer *t) { return t->hooks.zero && replicas(t) > 1; }
-static int n_groups(const DbTrainer *t) { return t->train_te ? 2 : 1; }
+static int n_groups(const DbTrainer *t) { return t->n_groups; }
+
+// The text encoder of group gi >= 1 (2: SDXL's text_encoder_2).
+static ClipModel *group_clip(const DbTrainer *t, int gi) { return gi == 2 ? t->model->clip2 : t->model->clip; }
 
 // ---------------------------------------------------------------------------
 // set-up
@@ -155,6 +158,10 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
                        "the refiner: %d) and each instance image's size and crop\n---> train SDXL base from a "
                        "diffusers folder or a single file with both encoders", P, unet_text_dim(model->unet), L,
                        unet_n_time_ids(model->unet));
+    if (!(c->text_encoder_lr >= 0) || (c->has_te_weight_decay && !(c->te_weight_decay >= 0)))
+        return sdc_err(err, SDC_ERR_ARG, "dreambooth: text encoder lr %g, weight decay %g: out of range\n"
+                       "---> --text-encoder-lr >= 0 (0: --learning-rate), --adam-weight-decay-text-encoder >= 0",
+                       c->text_encoder_lr, c->te_weight_decay);
     if ((data->item_ids || c->proportion_empty > 0) && (c->with_prior_preservation || t->xl))
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "text-to-image: per-item captions with %s are not supported\n"
                        "---> train an SD 1.x / 2.x model without prior preservation", t->xl ? "SDXL" :
@@ -163,9 +170,6 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         (c->use_ema && !(c->ema.decay >= 0 && c->ema.decay <= 1)))
         return sdc_err(err, SDC_ERR_ARG, "proportion of empty prompts %g (0..1), input perturbation %g (>= 0), EMA "
                        "decay %g (0..1): out of range", c->proportion_empty, c->input_perturbation, c->ema.decay);
-    if (t->xl && c->train_text_encoder)
-        return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: training SDXL's text encoders is not supported yet\n"
-                       "---> train the UNet's LoRA alone (drop --train-text-encoder)");
     if (uc->in_channels != 4)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: the UNet has %d input channels; training an "
                        "inpainting UNet is not supported\n---> train a text-to-image model", uc->in_channels);
@@ -176,6 +180,7 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     const int levels = model_files_info(model->files)->vae.n_levels;
     t->px_per_latent = levels >= 1 && levels <= 8 ? 1 << (levels - 1) : 8;
     t->train_te = c->train_text_encoder && hooks->stage == 0;
+    t->n_groups = t->train_te ? (t->xl ? 3 : 2) : 1;
     if (L > 1024) return sdc_err(err, SDC_ERR_UNSUPPORTED, "dreambooth: %d text positions", L);
     int dropped = 0;
     SDC_TRY(clip_tok_encode(model->tok, data->instance_prompt ? data->instance_prompt : "", t->inst_ids, L,
@@ -226,9 +231,10 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     t->coef = malloc(sm * sizeof(float));
     t->sq = malloc(sm * sizeof(double));
     t->ids = malloc(sm * (size_t)L * sizeof(int32_t));
+    t->ids2 = malloc(sm * (size_t)L * sizeof(int32_t));
     t->time_ids = calloc(sm * 6, sizeof(float));
     if (!t->time_ids || !t->order || !t->x0 || !t->noise || !t->h_noisy || !t->h_target || !t->timesteps || !t->k || !t->coef ||
-        !t->sq || !t->ids) {
+        !t->sq || !t->ids || !t->ids2) {
         db_free(t);
         return sdc_err(err, SDC_ERR_OOM, "dreambooth: out of memory for the step buffers");
     }
@@ -248,6 +254,13 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
             t->pooled_fixed = ARENA_DT(a, dt, 2, P);
             t->h1_fixed = ARENA_DT(a, dt, 2, L, cc->hidden);
             t->h2_fixed = ARENA_DT(a, dt, 2, L, cc2->hidden);
+            if (t->train_te) {
+                t->h1 = ARENA_DT(a, dt, sm, L, cc->hidden);
+                t->h2 = ARENA_DT(a, dt, sm, L, cc2->hidden);
+                t->dh1 = ARENA_DT(a, dt, sm, L, cc->hidden);
+                t->dh2 = ARENA_DT(a, dt, sm, L, cc2->hidden);
+                t->dpooled = ARENA_DT(a, dt, sm, P);
+            }
         }
         if (!pass) rc = arena_init(&t->dev, t->be, meas.peak, err);
     }
@@ -259,9 +272,13 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
                         .want_dtext = t->xl && c->train_text_encoder,
                         .tapes = hooks->pipeline && hooks->tapes > 0 ? hooks->tapes : 1};
     if ((rc = unet_train_reserve(model->unet, &uo, mb_max, h, w, L, err))) goto fail;
-    if (t->train_te) {
-        ClipTrainOpts co = {.lora_rank = c->lora_rank, .lora_alpha = c->lora_alpha, .lora_seed = c->seed + 1};
+    if (t->train_te) { // SDXL: the first encoder's hidden states alone, the second's with its pooled output
+        ClipTrainOpts co = {.lora_rank = c->lora_rank, .lora_alpha = c->lora_alpha, .lora_seed = c->seed + 1,
+                            .xl = t->xl, .hidden_only = t->xl};
         if ((rc = clip_train_reserve(model->clip, &co, t->share_max, err))) goto fail;
+        ClipTrainOpts co2 = {.lora_rank = c->lora_rank, .lora_alpha = c->lora_alpha, .lora_seed = c->seed + 2,
+                             .xl = 1};
+        if (t->xl && (rc = clip_train_reserve(model->clip2, &co2, t->share_max, err))) goto fail;
     } else if (hooks->stage == 0 && (data->item_ids || c->proportion_empty > 0)) { // frozen: encoded per batch
         if ((rc = clip_reserve(model->clip, t->share_max, err))) goto fail;
     } else if (hooks->stage == 0 && !t->xl) { // frozen: the two embeddings once
@@ -286,9 +303,11 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
     // One OptimTensor per named tensor (the table's order is the arena's), so
     // the AdamW moments are the tensors' moments concatenated, as a
     // checkpoint stores them.
-    OptimTensor *ot[2] = {NULL, NULL};
-    AdamWGroupDesc gd[2];
+    OptimTensor *ot[DB_MAX_GROUPS] = {NULL};
+    AdamWGroupDesc gd[DB_MAX_GROUPS];
     const int ng = n_groups(t);
+    // the text encoders' groups: their own lr (the same schedule) and weight decay
+    const double te_scale = c->text_encoder_lr > 0 ? c->text_encoder_lr / c->learning_rate : 1.0;
     for (int gi = 0; gi < ng; gi++) {
         float *pb, *gb;
         size_t nn;
@@ -297,13 +316,13 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
             unet_trainables(model->unet, &pb, &gb, &nn);
             tb = unet_train_table(model->unet);
         } else {
-            clip_trainables(model->clip, &pb, &gb, &nn);
-            tb = clip_train_table(model->clip);
+            clip_trainables(group_clip(t, gi), &pb, &gb, &nn);
+            tb = clip_train_table(group_clip(t, gi));
         }
         if (tb->n < 1) {
             rc = sdc_err(err, SDC_ERR_ARG, "dreambooth: stage %d has no trainable %s tensors\n---> use fewer "
                          "--pipeline-stages: a LoRA run trains only the attention blocks", hooks->stage,
-                         gi ? "text-encoder" : "UNet");
+                         gi == 2 ? "text_encoder_2" : gi ? "text-encoder" : "UNet");
             goto fail;
         }
         ot[gi] = calloc((size_t)tb->n, sizeof *ot[gi]);
@@ -315,13 +334,15 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
             float *p = tensor_f32p(&tb->e[i].t);
             ot[gi][i] = (OptimTensor){.p = p, .g = gb + (p - pb), .n = (size_t)tensor_numel(&tb->e[i].t)};
         }
-        gd[gi] = (AdamWGroupDesc){.tensors = ot[gi], .n_tensors = tb->n, .lr_scale = 1.0};
+        gd[gi] = (AdamWGroupDesc){.tensors = ot[gi], .n_tensors = tb->n, .lr_scale = gi ? te_scale : 1.0,
+                                  .has_weight_decay = gi && c->has_te_weight_decay,
+                                  .weight_decay = c->te_weight_decay};
         t->full_ot[gi] = ot[gi], t->full_n[gi] = tb->n;
         if (zero_on(t)) { // this replica's slice of the group
             OptimTensor *pieces = NULL;
             int np = 0;
             if ((rc = make_shard(t, gi, ot[gi], tb->n, pb, nn, &pieces, &np, err))) goto fail;
-            gd[gi] = (AdamWGroupDesc){.tensors = pieces, .n_tensors = np, .lr_scale = 1.0};
+            gd[gi].tensors = pieces, gd[gi].n_tensors = np;
         }
     }
     rc = adamw_init(&t->opt, t->be, &c->adam, gd, ng, err);
@@ -356,7 +377,7 @@ void db_free(DbTrainer *t) {
     adamw_free(&t->opt);
     if (t->ema) t->be->free(t->be, t->ema);
     t->ema = NULL;
-    for (int gi = 0; gi < 2; gi++) {
+    for (int gi = 0; gi < DB_MAX_GROUPS; gi++) {
         DbShard *z = &t->shard[gi];
         free(t->full_ot[gi]), free(z->counts), free(z->displs), free(z->mv_counts), free(z->mv_displs);
         free(z->piece_tensor);
@@ -364,8 +385,9 @@ void db_free(DbTrainer *t) {
         memset(z, 0, sizeof *z);
     }
     free(t->order), free(t->x0), free(t->noise), free(t->h_noisy), free(t->h_target), free(t->timesteps);
-    free(t->k), free(t->coef), free(t->sq), free(t->ids), free(t->time_ids);
+    free(t->k), free(t->coef), free(t->sq), free(t->ids), free(t->ids2), free(t->time_ids);
     t->time_ids = NULL;
+    t->ids2 = NULL;
     t->order = NULL;
     t->x0 = t->noise = t->h_noisy = t->h_target = t->timesteps = t->k = t->coef = NULL;
     t->sq = NULL;
@@ -475,6 +497,7 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         const int32_t *ids = is_class ? t->class_ids : empty ? t->empty_ids
                              : d->item_ids ? d->item_ids + (size_t)(item % d->n_inst) * L : t->inst_ids;
         memcpy(t->ids + s * L, ids, (size_t)L * sizeof(int32_t));
+        if (t->xl) memcpy(t->ids2 + s * L, is_class ? t->class_ids2 : t->inst_ids2, (size_t)L * sizeof(int32_t));
         if (t->xl) // a class sample: the ids of the instance it is paired with (diffusers' collate_fn)
             memcpy(t->time_ids + s * 6, d->inst_time_ids + (size_t)(item % d->n_inst) * 6, 6 * sizeof(float));
     }
@@ -483,7 +506,14 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
     backend_upload_f32(be, &tv, t->h_target, (size_t)n * lat);
     if (t->hooks.stage != 0) return 0;
     Tensor cv = rows_of(&t->ctx, 0, (int)n);
-    if (t->train_te) return clip_train_forward(m->clip, t->ids, (int)n, &cv, err);
+    if (t->train_te && !t->xl) return clip_train_forward(m->clip, t->ids, (int)n, &cv, err);
+    if (t->train_te) { // SDXL: [hidden_states[-2] of both] and text_encoder_2's pooled output
+        Tensor h1 = rows_of(&t->h1, 0, (int)n), h2 = rows_of(&t->h2, 0, (int)n), pv = rows_of(&t->pooled, 0, (int)n);
+        SDC_TRY(clip_train_forward_xl(m->clip, t->ids, (int)n, &h1, NULL, err));
+        SDC_TRY(clip_train_forward_xl(m->clip2, t->ids2, (int)n, &h2, &pv, err));
+        concat_last(be, &cv, &h1, &h2);
+        return 0;
+    }
     if (d->item_ids || c->proportion_empty > 0) return clip_encode(m->clip, t->ids, (int)n, 0, &cv, err);
     for (int64_t s = 0; s < n; s++) { // the frozen encoder's instance or class embedding
         Tensor dst = rows_of(&t->ctx, (int)s, 1), src = rows_of(&t->ctx_fixed, f + s >= b ? 1 : 0, 1);
@@ -526,11 +556,17 @@ int db_stage_loss(DbTrainer *t, int r0, int n, const Tensor *out, Tensor *dout, 
     return 0;
 }
 
-int db_stage_dctx(DbTrainer *t, int r0, int n, const Tensor *dctx, SdcError *err) {
+int db_stage_dctx(DbTrainer *t, int r0, int n, const Tensor *dctx, const Tensor *dtext, SdcError *err) {
     if (r0 < 0 || n < 1 || r0 + n > t->rows || dctx->shape[0] != n)
         return sdc_err(err, SDC_ERR_INTERNAL, "dreambooth: rows [%d, %d) of %d", r0, r0 + n, t->rows);
     Tensor d = rows_of(&t->dctx, r0, n);
     t->be->copy(t->be, &d, dctx);
+    if (t->xl && t->train_te) {
+        if (!dtext || !dtext->ndim || dtext->shape[0] != n)
+            return sdc_err(err, SDC_ERR_INTERNAL, "dreambooth: no gradient of the pooled text embedding");
+        Tensor dp = rows_of(&t->dpooled, r0, n);
+        t->be->copy(t->be, &dp, dtext);
+    }
     return 0;
 }
 
@@ -566,7 +602,7 @@ static int run_local(DbTrainer *t, SdcError *err) {
         SDC_TRY(db_stage_loss(t, r0, n, &out.x, &gin.x, err));
         if (j == M - 1) SDC_TRY(db_overlap_arm(t, err));
         SDC_TRY(unet_train_stage_backward(u, 0, &gout, err));
-        if (t->cfg.train_text_encoder) SDC_TRY(db_stage_dctx(t, r0, n, &gout.ctx, err));
+        if (t->cfg.train_text_encoder) SDC_TRY(db_stage_dctx(t, r0, n, &gout.ctx, &gout.text, err));
     }
     return 0;
 }
@@ -580,9 +616,20 @@ static int data_batch(DbTrainer *t, int64_t batch, SdcError *err) {
     unet_train_set_grad_hook(t->model->unet, NULL, NULL);
     SDC_TRY(rc);
     if (t->ov_rc) return sdc_err(err, t->ov_rc, "%s", t->ov_err.msg);
-    if (t->train_te) {
+    if (t->train_te && !t->xl) {
         Tensor dv = rows_of(&t->dctx, 0, t->rows);
         SDC_TRY(clip_train_backward(t->model->clip, &dv, err));
+    } else if (t->train_te) { // SDXL: d ctx split back into the two encoders' hidden states
+        Tensor dv = rows_of(&t->dctx, 0, t->rows), d1 = rows_of(&t->dh1, 0, t->rows), d2 = rows_of(&t->dh2, 0, t->rows);
+        Tensor dp = rows_of(&t->dpooled, 0, t->rows);
+        const int64_t rows = (int64_t)t->rows * dv.shape[1];
+        Tensor dy = dv, da = d1, db = d2; // (B*L, D1 + D2) -> (B*L, D1), (B*L, D2)
+        dy.ndim = da.ndim = db.ndim = 2;
+        dy.shape[0] = da.shape[0] = db.shape[0] = rows;
+        dy.shape[1] = dv.shape[2], da.shape[1] = d1.shape[2], db.shape[1] = d2.shape[2];
+        t->be->concat_channels_backward(t->be, &da, &db, &dy);
+        SDC_TRY(clip_train_backward_xl(t->model->clip, &d1, NULL, err));
+        SDC_TRY(clip_train_backward_xl(t->model->clip2, &d2, &dp, err));
     }
     return 0;
 }
@@ -593,7 +640,7 @@ static int data_batch(DbTrainer *t, int64_t batch, SdcError *err) {
 
 static void group_trainables(DbTrainer *t, int gi, float **pb, float **gb, size_t *nn) {
     if (gi == 0) unet_trainables(t->model->unet, pb, gb, nn);
-    else clip_trainables(t->model->clip, pb, gb, nn);
+    else clip_trainables(group_clip(t, gi), pb, gb, nn);
 }
 
 // clip_grad_norm_ over every stage's tensors: each tensor's sum of squares
@@ -602,19 +649,23 @@ static void group_trainables(DbTrainer *t, int gi, float **pb, float **gb, size_
 // then the text encoder's (stage 0's), as one process's table lists them.
 // Every rank scales its own gradients.
 static int clip_grads(DbTrainer *t, double max_norm, float *norm, SdcError *err) {
-    const int ng = n_groups(t), n0 = t->full_n[0], n1 = ng > 1 ? t->full_n[1] : 0, n = n0 + n1;
+    // the tensors' places: group 0's from 0, then the text encoders' groups in order
+    const int ng = n_groups(t), n0 = t->full_n[0];
+    int first[DB_MAX_GROUPS] = {0}, n1 = 0;
+    for (int gi = 1; gi < ng; gi++) first[gi] = n0 + n1, n1 += t->full_n[gi];
+    const int n = n0 + n1;
     double *ss = calloc((size_t)n + 1, sizeof *ss), *all = NULL;
     int rc = ss ? 0 : sdc_err(err, SDC_ERR_OOM, "gradient norm");
     for (int gi = 0; !rc && gi < ng; gi++) {
         const AdamWGroup *g = &t->opt.groups[gi];
         for (int k = 0; k < g->n_tensors; k++) {
             const double s = t->be->sum_squares(t->be, g->tensors[k].g, g->tensors[k].n);
-            ss[(gi ? n0 : 0) + (zero_on(t) ? t->shard[gi].piece_tensor[k] : k)] += s;
+            ss[first[gi] + (zero_on(t) ? t->shard[gi].piece_tensor[k] : k)] += s;
         }
     }
     if (!rc && zero_on(t) && t->hooks.dp_sum) rc = t->hooks.dp_sum(t->hooks.user, ss, n, err);
     int n_all = n;
-    if (!rc && stages(t) > 1) { // the UNet's tensors of every stage, then the text encoder's (stage 0's)
+    if (!rc && stages(t) > 1) { // the UNet's tensors of every stage, then the text encoders' (stage 0's)
         const int cap = 1 << 16;
         all = malloc((size_t)cap * sizeof *all);
         if (!all) rc = sdc_err(err, SDC_ERR_OOM, "gradient norm");
@@ -639,10 +690,11 @@ int db_opt_full_alloc(DbTrainer *t, AdamW *full, SdcError *err) {
         *full = t->opt; // the optimizer itself
         return 0;
     }
-    AdamWGroupDesc gd[2];
+    AdamWGroupDesc gd[DB_MAX_GROUPS];
     for (int gi = 0; gi < t->opt.n_groups; gi++)
         gd[gi] = (AdamWGroupDesc){.tensors = t->full_ot[gi], .n_tensors = t->full_n[gi],
-                                  .lr_scale = t->opt.groups[gi].lr_scale};
+                                  .lr_scale = t->opt.groups[gi].lr_scale, .has_weight_decay = 1,
+                                  .weight_decay = t->opt.groups[gi].weight_decay};
     SDC_TRY(adamw_init(full, t->be, &t->opt.cfg, gd, t->opt.n_groups, err));
     full->step = t->opt.step;
     return 0;
@@ -805,10 +857,12 @@ int db_validate(DbTrainer *t, const char *prompt, int n, int steps, float cfg_sc
     const ClipConfig *cc = clip_config(m->clip);
     const int L = cc->max_positions, D = cc->hidden;
     // the frozen encoders' conditioning as the pipeline takes it (SDXL: both encoders and the pooled embeddings)
-    float *ctx = malloc((t->train_te ? (size_t)2 * L * D : sd_cond_floats(m)) * sizeof(float));
+    // (SDXL: the inference forward runs the trained weights too, LoRA adapters included)
+    const int own = t->train_te && !t->xl;
+    float *ctx = malloc((own ? (size_t)2 * L * D : sd_cond_floats(m)) * sizeof(float));
     if (!ctx) return sdc_err(err, SDC_ERR_OOM, "validation: out of memory");
     int rc = 0;
-    if (t->train_te) { // the trained encoder (LoRA included), negative "" first
+    if (own) { // the trained encoder (LoRA included), negative "" first
         int32_t ids[2 * 1024];
         int dropped;
         if (!(rc = clip_tok_encode(m->tok, "", ids, L, cc->pad_token, &dropped, err)) &&

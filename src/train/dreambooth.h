@@ -72,7 +72,16 @@ typedef struct DbConfig {
     AdamWConfig adam;
     int with_prior_preservation;
     double prior_loss_weight;   // 1.0
-    int train_text_encoder;
+    int train_text_encoder;     // SD: the text encoder; SDXL: both (LoRA or every weight)
+    // The text encoders' param groups (torch's per-group "lr", "weight_decay";
+    // train_dreambooth_lora_sdxl.py's --text_encoder_lr and
+    // --adam_weight_decay_text_encoder): their lr follows the same schedule
+    // from text_encoder_lr instead of learning_rate (0: learning_rate), their
+    // decoupled weight decay is te_weight_decay when has_te_weight_decay
+    // (else adam.weight_decay).
+    double text_encoder_lr;
+    int has_te_weight_decay;
+    double te_weight_decay;
     int gradient_checkpointing;
     int lora_rank;              // 0: full fine-tuning
     float lora_alpha;           // 0: = rank
@@ -183,7 +192,11 @@ typedef struct DbHooks {
     int (*gather)(void *user, const float *mine, float *all, const int *counts, const int *displs, SdcError *err);
 } DbHooks;
 
-// ZeRO-1 bookkeeping of one parameter group (the UNet's, the text encoder's).
+// The optimizer's param groups: 0 the UNet, 1 the text encoder, 2 SDXL's
+// text_encoder_2 (groups 1 and 2 with --train-text-encoder, on stage 0).
+#define DB_MAX_GROUPS 3
+
+// ZeRO-1 bookkeeping of one parameter group (the UNet's, a text encoder's).
 typedef struct DbShard {
     int *counts, *displs;      // (world) each rank's block of the flat parameter / gradient buffer
     int *mv_counts, *mv_displs; // (world) each rank's slice of the group's moments, tensors concatenated
@@ -200,9 +213,10 @@ typedef struct DbTrainer {
     DbState st;
     int updating;          // 1 from a step's update until its count: a failure then leaves no state to save
     AdamW opt;                 // with ZeRO-1: this rank's slice of every group
-    OptimTensor *full_ot[2];   // every tensor of each group, as without ZeRO (checkpoints)
-    int full_n[2];
-    DbShard shard[2];
+    int n_groups;              // 1, or with the text encoders trained here 2 (SD) / 3 (SDXL)
+    OptimTensor *full_ot[DB_MAX_GROUPS]; // every tensor of each group, as without ZeRO (checkpoints)
+    int full_n[DB_MAX_GROUPS];
+    DbShard shard[DB_MAX_GROUPS];
     LrSchedule sched;
     int n_items;           // dataset length: max(n_inst, n_class) with prior, else n_inst
     int64_t batches_per_epoch;
@@ -238,10 +252,16 @@ typedef struct DbTrainer {
     // embedding and each sample's six time ids
     int xl;
     int32_t inst_ids2[1024], class_ids2[1024]; // (L) the prompts through tokenizer_2
+    int32_t *ids2;         // (share_max, L) host: each sample's tokenizer_2 ids (text-encoder training)
     float *time_ids;       // (share_max, 6) host
     Tensor pooled;         // (share_max, P) on the device
     Tensor pooled_fixed;   // (2, P) instance / class (frozen text encoders)
     Tensor h1_fixed, h2_fixed; // (2, L, D1), (2, L, D2) each encoder's part of ctx_fixed
+    // SDXL text-encoder training: each encoder's hidden states of the batch
+    // and the gradients back into them (dctx split; dpooled from the UNet's
+    // added embedding)
+    Tensor h1, h2, dh1, dh2; // (share_max, L, D1), (share_max, L, D2)
+    Tensor dpooled;        // (share_max, P)
     // overlap of this step's UNet gradient all-reduce with its last backward
     int final_batch;       // the batch in progress ends the optimizer step
     int ov_armed;          // dp_overlap_begin done for this step
@@ -273,8 +293,10 @@ int db_stage_inputs(DbTrainer *t, int r0, int n, UnetCut *in, const float **time
 // last stage: out the UNet's output; writes d loss / d out into dout (out's
 // shape; may be out) and adds the rows' loss terms.
 int db_stage_loss(DbTrainer *t, int r0, int n, const Tensor *out, Tensor *dout, SdcError *err);
-// stage 0 with text-encoder training: d loss / d the rows' context.
-int db_stage_dctx(DbTrainer *t, int r0, int n, const Tensor *dctx, SdcError *err);
+// stage 0 with text-encoder training: d loss / d the rows' context, and
+// (SDXL) dtext d loss / d the rows' pooled text embedding (the UNet's
+// UnetCut.text at block 0; NULL or ndim 0 elsewhere).
+int db_stage_dctx(DbTrainer *t, int r0, int n, const Tensor *dctx, const Tensor *dtext, SdcError *err);
 // Before the step's last backward of the UNet (the last micro-batch of its
 // last batch): starts the overlapped gradient all-reduce when the hooks
 // have one (a no-op otherwise, and when already started).
@@ -293,7 +315,8 @@ void db_micro_rows(int rows, int M, int j, int *start, int *count);
 int db_train(DbTrainer *t, int64_t until, SdcError *err);
 
 // The AdamW state and the trainable tensors, for checkpoints: the UNet's
-// trainables are group 0, the text encoder's group 1 (when trained).
+// trainables are group 0, the text encoder's group 1 and SDXL's
+// text_encoder_2's group 2 (when trained).
 // Renders validation images with the current weights (LoRA merged for the
 // duration; with use_ema the EMA weights): n images of `prompt`, seeds
 // seed..seed+n-1, into images (n, 3, H, W) in [-1, 1].

@@ -48,6 +48,8 @@ int adamw_init(AdamW *opt, const Backend *be, const AdamWConfig *cfg, const Adam
             rc = sdc_err(err, SDC_ERR_ARG, "adamw: group %d has no tensors", gi);
         else if (!(d->lr_scale >= 0.0))
             rc = sdc_err(err, SDC_ERR_ARG, "adamw: group %d: lr_scale %g must be >= 0", gi, d->lr_scale);
+        else if (d->has_weight_decay && !(d->weight_decay >= 0.0))
+            rc = sdc_err(err, SDC_ERR_ARG, "adamw: group %d: weight decay %g must be >= 0", gi, d->weight_decay);
         for (int i = 0; !rc && i < d->n_tensors; i++) {
             const OptimTensor *t = &d->tensors[i];
             if (!t->p || !t->g || t->n == 0)
@@ -71,6 +73,7 @@ int adamw_init(AdamW *opt, const Backend *be, const AdamWConfig *cfg, const Adam
         memcpy(g->tensors, d->tensors, (size_t)d->n_tensors * sizeof *g->tensors);
         g->n_tensors = d->n_tensors;
         g->lr_scale = d->lr_scale;
+        g->weight_decay = d->has_weight_decay ? d->weight_decay : cfg->weight_decay;
     }
     return SDC_OK;
 }
@@ -100,7 +103,7 @@ void adamw_step(AdamW *opt, double lr) {
         AdamWGroup *g = &opt->groups[gi];
         const double glr = lr * g->lr_scale;
         // torch skips the mul when weight_decay == 0; multiplying by 1.0f is the same.
-        sc.decay = (float)(1.0 - glr * c->weight_decay);
+        sc.decay = (float)(1.0 - glr * g->weight_decay);
         sc.neg_step = (float)-(glr / bc1);
         size_t off = 0;
         for (int i = 0; i < g->n_tensors; i++) {

@@ -40,12 +40,15 @@ typedef struct AdamWGroupDesc {
     const OptimTensor *tensors; // copied at init
     int n_tensors;
     double lr_scale;            // this group's lr = step lr * lr_scale (1.0; e.g. text encoder lr / unet lr)
+    int has_weight_decay;       // 1: this group's own decoupled weight decay (torch's per-group
+    double weight_decay;        // "weight_decay"), 0: AdamWConfig.weight_decay
 } AdamWGroupDesc;
 
 typedef struct AdamWGroup {
     OptimTensor *tensors; // (n_tensors)
     int n_tensors;
     double lr_scale;
+    double weight_decay;  // resolved: the group's own or AdamWConfig's
     size_t numel;         // sum of the tensors' n
     float *m;             // (numel) exp_avg, the tensors' states concatenated in order
     float *v;             // (numel) exp_avg_sq
