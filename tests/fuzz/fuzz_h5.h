@@ -74,7 +74,7 @@ static inline int fuzz_trainer_init(FuzzTrainer *f, const Backend *be, SdcError 
     f->job[2] = (TrainCkptKey){"lora_alpha", "1"}; // what train_ckpt_export_lora scales by
     f->ot[0] = (OptimTensor){f->down, f->g_down, 8};
     f->ot[1] = (OptimTensor){f->up, f->g_up, 8};
-    AdamWGroupDesc gd = {f->ot, 2, 1.0};
+    AdamWGroupDesc gd = {.tensors = f->ot, .n_tensors = 2, .lr_scale = 1.0};
     AdamWConfig cfg = adamw_config_default();
     int rc = adamw_init(&f->opt, be, &cfg, &gd, 1, err);
     if (rc) return rc;
