@@ -265,6 +265,17 @@ static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, v
     rc = image_resize_crop(&im, &out, res, IMAGE_BILINEAR, x, y, err);
     image_free(&im);
     if (rc) return sdc_err_wrap(err, "%s", path);
+    if (o->random_flip && (mix64(o->seed ^ mix64((uint64_t)idx ^ 0xF11Bull)) & 1)) {
+        // the crop of the mirrored image: its left edge (SDXL's crop_top_left) mirrored too
+        for (int yy = 0; yy < res; yy++)
+            for (int a = 0, b = res - 1; a < b; a++, b--)
+                for (int k = 0; k < 3; k++) {
+                    uint8_t *p = out.data + ((size_t)yy * res + a) * 3 + k, *q = out.data + ((size_t)yy * res + b) * 3 + k;
+                    const uint8_t t = *p;
+                    *p = *q, *q = t;
+                }
+        geom[3] = rw - res - geom[3];
+    }
     memcpy(rgb, out.data, (size_t)res * res * 3);
     rc = encode_latent(w, &out, latent, path, err);
     image_free(&out);
@@ -447,6 +458,7 @@ static int finish_file(const DatasetImportOpts *o, const char *tmp, const Cands 
         (rc = h5_write_strings(f, "sources", srcs, n, tmp, err)) ||
         (rc = h5_attr_i64(f, "resolution", o->resolution, tmp, err)) ||
         (rc = h5_attr_i64(f, "center_crop", o->center_crop, tmp, err)) ||
+        (rc = h5_attr_i64(f, "random_flip", o->random_flip, tmp, err)) ||
         (rc = h5_attr_i64(f, "crop_seed", (int64_t)o->seed, tmp, err)) ||
         (rc = h5_attr_str(f, "resize_filter", o->synth_count > 0 ? "none" : "bilinear", tmp, err)) ||
         (rc = h5_attr_i64(f, "count", n, tmp, err)))
@@ -689,6 +701,9 @@ int dataset_open(Dataset *d, const char *path, SdcError *err) {
             rc = sdc_err(err, SDC_ERR_FORMAT, "%s: dataset images must be u8", path);
         H5Tclose(t);
     }
+    int64_t flip = 0;
+    if (!rc && H5Aexists(d->file, "random_flip") > 0 && !h5_attr_get_i64(d->file, "random_flip", &flip, path, err))
+        d->random_flip = flip != 0;
     if (!rc && !h5_attr_get_i64(d->file, "count", &cnt, path, err) && cnt != d->n)
         rc = sdc_err(err, SDC_ERR_SHAPE, "%s: attribute count is %lld but images has %lld rows ---> the file is "
                      "incomplete", path, (long long)cnt, (long long)d->n);

@@ -20,6 +20,8 @@ typedef struct DatasetImportOpts {
     const char *output;         // .h5 path; written as output.tmp, then renamed
     int resolution;             // output side in pixels (multiple of 8 with cache_latents)
     int center_crop;            // 1: centre crop; 0: random crop drawn from (seed, item)
+    int random_flip;            // 1: each image mirrored left-right with probability 1/2, drawn from
+                                // (seed, item) once, as train_dreambooth_lora_sdxl.py's --random_flip
     uint64_t seed;
     int no_upscale;             // refuse (skip) images whose short side is below resolution
     const char *prompt;         // caption for every image; NULL: FILE.txt beside each image
@@ -57,6 +59,7 @@ typedef struct Dataset {
     int latent_shape[3];         // (4, h, w) when cached
     DType latents_dtype;
     double latents_scaling;      // scaling_factor that was applied to the latents
+    int random_flip;             // the import mirrored some images (attribute random_flip; 0 when absent)
     char **captions, **sources;  // n each
 } Dataset;
 

@@ -583,6 +583,7 @@ static void cli_print_usage_storage(FILE *f, const char *sub) {
                 "  -o, --output FILE       the dataset file (.h5)\n"
                 "      --resolution N      square side in pixels (default 512): short side resized (bilinear), cropped\n"
                 "      --center-crop       centre crop (default: random crop drawn from --seed and the item)\n"
+                "      --random-flip       mirror each image left-right with probability 1/2 (from --seed, the item)\n"
                 "  -s, --seed N            seed of the random crops (default 42)\n"
                 "      --no-upscale        skip images smaller than the resolution (default: upscale with a warning)\n"
                 "  -p, --prompt TEXT       caption of every image (default: FILE.txt beside each image, kohya style)\n"
@@ -888,6 +889,8 @@ static int cli_parse_storage(int argc, char **argv, Sdc__Job **out, CliOptions *
             if (v && !(rc = parse_int(a, v, 8, 8192, &ll, err))) di->resolution = (int32_t)ll, di->has_resolution = 1;
         } else if (is_import && FLAG(NULL, "--center-crop")) {
             di->center_crop = 1, di->has_center_crop = 1;
+        } else if (is_import && FLAG(NULL, "--random-flip")) {
+            di->random_flip = 1, di->has_random_flip = 1;
         } else if (is_import && FLAG(NULL, "--no-upscale")) {
             di->no_upscale = 1, di->has_no_upscale = 1;
         } else if (is_import && FLAG(NULL, "--cache-latents")) {
@@ -942,8 +945,9 @@ static void cli_print_usage_train(FILE *f) {
             "  --class-prompt TEXT             e.g. \"a photo of dog\"\n"
             "  --num-class-images N            (100)      --prior-loss-weight W (1.0)\n"
             "  --resolution PX                 (512; an SDXL model: 1024)  --center-crop\n"
+            "  --random-flip                   each instance image mirrored with probability 1/2 when imported\n"
             "  --train-batch-size N            (4)        --gradient-accumulation-steps N (1)\n"
-            "  --learning-rate LR              (5e-6)     --max-train-steps N (0: --num-train-epochs (1) epochs)\n"
+            "  --learning-rate LR              (5e-6; SDXL: 1e-4)  --max-train-steps N (0: --num-train-epochs (1) epochs)\n"
             "  --lr-scheduler NAME             constant | constant_with_warmup | linear | cosine |\n"
             "                                  cosine_with_restarts | polynomial   (constant)\n"
             "  --lr-warmup-steps N (500)       --lr-num-cycles N (1)  --lr-power P (1.0)\n"

@@ -90,7 +90,7 @@ static int run_dataset_import(const Sdc__Job *job, const RunOptions *opt, SdcErr
         return sdc_err(err, SDC_ERR_ARG, "--cache-latents needs the model whose VAE encodes: -m MODEL");
     DatasetImportOpts o = {.sources = (const char *const *)d->sources, .n_sources = (int)d->n_sources,
                            .output = d->output, .resolution = d->resolution, .center_crop = d->center_crop,
-                           .seed = (uint64_t)d->seed, .no_upscale = d->no_upscale,
+                           .seed = (uint64_t)d->seed, .no_upscale = d->no_upscale, .random_flip = d->random_flip,
                            .prompt = d->prompt && d->prompt[0] ? d->prompt : NULL,
                            .cache_latents_model = d->cache_latents ? model : NULL,
                            .threads = runner_threads(job, opt->quiet),

@@ -64,7 +64,8 @@ static int import_folder(const Sdc__Job *job, const char *src, const char *out, 
         Dataset ds;
         SdcError e2 = {0};
         if (dataset_open(&ds, out, &e2) == 0) {
-            int ok = ds.resolution == d->resolution && ds.latents >= 0 && (expect < 0 || ds.n == expect);
+            int ok = ds.resolution == d->resolution && ds.latents >= 0 && (expect < 0 || ds.n == expect) &&
+                     ds.random_flip == (src == d->instance_data && d->random_flip);
             dataset_close(&ds);
             if (ok) return 0;
         }
@@ -72,6 +73,7 @@ static int import_folder(const Sdc__Job *job, const char *src, const char *out, 
     const char *srcs[1] = {src};
     DatasetImportOpts o = {.sources = srcs, .n_sources = 1, .output = out, .resolution = d->resolution,
                            .center_crop = d->center_crop, .seed = (uint64_t)d->seed, .prompt = prompt,
+                           .random_flip = src == d->instance_data && d->random_flip,
                            .cache_latents_model = job->model->path, .latents_dtype = DT_F32,
                            .threads = runner_threads(job, 1), .quiet = quiet};
     DatasetImportStats st;
@@ -805,8 +807,10 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
         rc = model_files_open(&m.files, job->model->path, cfg, runner_prediction(job), err);
     }
     const int xl = !rc && model_files_info(m.files)->family == SD_FAMILY_XL;
-    if (xl && !d->has_resolution) // train_dreambooth_lora_sdxl.py's default, written into the run's manifest
+    if (xl && !d->has_resolution) // train_dreambooth_lora_sdxl.py's defaults, written into the run's manifest
         dcopy.resolution = 1024, dcopy.has_resolution = 1;
+    if (xl && !x && !d->has_learning_rate) dcopy.learning_rate = 1e-4, dcopy.has_learning_rate = 1;
+    if (xl && !x && !d->has_adam_weight_decay) dcopy.adam_weight_decay = 1e-4, dcopy.has_adam_weight_decay = 1;
     if (xl && x)
         rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: text-to-image training of SDXL is not supported "
                      "yet (captions through both encoders, time ids per item)\n---> train an SD 1.x / 2.x model, or "

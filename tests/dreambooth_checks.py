@@ -933,6 +933,21 @@ def test_xl(ctx):
             return
         runs[name] = (metrics(os.path.join(out_dir, "metrics.jsonl")), lora_file(out_dir))
     m1, l1 = runs["xl-one"]
+    # train_dreambooth_lora_sdxl.py's defaults where not given: lr 1e-4, AdamW weight decay 1e-4; --random-flip
+    # mirrors instance images at import
+    out_dir = os.path.join(w, "xl-defaults")
+    rc, out, _ = ctx.run(ctx.train_args(out_dir, "--lora-rank", 4, "--max-train-steps", 1, "--lr-warmup-steps", 0,
+                                        "--train-batch-size", 1, "--checkpointing-steps", 1, "--random-flip"))
+    if check(rc == 0, f"xl-defaults: 1 step without --learning-rate / --adam-weight-decay, exit {rc}"):
+        lr = metrics(os.path.join(out_dir, "metrics.jsonl"))[1]["lr"]
+        with h5py.File(os.path.join(out_dir, "checkpoint-1.h5"), "r") as f:
+            wd = float(f["optimizer"].attrs["weight_decay"])
+        with h5py.File(os.path.join(out_dir, "instance.h5"), "r") as f:
+            flip = int(f.attrs["random_flip"])
+        check(abs(lr - 1e-4) < 1e-12 and abs(wd - 1e-4) < 1e-12 and flip == 1,
+              f"SDXL defaults: lr {lr}, weight decay {wd} (the script's 1e-4 each); instance.h5 random_flip {flip}")
+    else:
+        show(out)
     moved = max(float(np.max(np.abs(v))) for k, v in l1.items() if "lora.up" in k or "lora_B" in k)
     check(moved > 0, f"one process: the LoRA was trained (max |up| {moved:.3g})")
     for name in ("xl-p2", "xl-p2-gpipe"):

@@ -3,7 +3,7 @@
 # checks themselves are in tests/storage_checks.sh (one function per test,
 # counted by tests/check.sh: a failed check fails the test; exit 77 = skip).
 if(TARGET sdc)
-  foreach(name import_dreambooth import_bad_input mpi_ranks generate_resume model_hash_cache interop_checkpoint
+  foreach(name import_dreambooth import_bad_input import_flip mpi_ranks generate_resume model_hash_cache interop_checkpoint
                dataset_synth init_model init_model_vs_torch synth_model
                synth_model_vs_diffusers)
     add_test(NAME storage_${name}

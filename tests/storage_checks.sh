@@ -39,6 +39,27 @@ import_dreambooth() {
 # Bad input: a caption in Latin-1, an unreadable image, a small image with
 # --no-upscale, an output inside the source folder, a dataset given as a
 # checkpoint. Each refusal: a non-zero exit and the message naming the problem.
+# --random-flip: each image mirrored or not, from (seed, item), and its crop's
+# left edge mirrored with it; nothing else changes.
+import_flip() {
+    mkdir -p "$W/src"
+    for i in 1 2 3 4 5 6 7 8; do cp "$IMGS/exif_1.png" "$W/src/i$i.png"; done
+    runs "import 8 images, random crops" "$SDC" dataset import -q --resolution 32 --seed 3 --prompt x -o "$W/a.h5" \
+        "$W/src"
+    runs "... again with --random-flip" "$SDC" dataset import -q --resolution 32 --seed 3 --prompt x --random-flip \
+        -o "$W/b.h5" "$W/src"
+    check "... each image the same or mirrored, both kinds present, the crop's left edge mirrored" /usr/bin/python3 -c "
+import h5py, numpy as np, sys
+a, b = h5py.File('$W/a.h5', 'r'), h5py.File('$W/b.h5', 'r')
+ia, ib, ga, gb = a['images'][()], b['images'][()], a['size_crop'][()], b['size_crop'][()]
+rw = 32 * ga[:, 1] // ga[:, 0] if ga[0, 1] >= ga[0, 0] else 32
+same = [bool(np.array_equal(x, y)) for x, y in zip(ia, ib)]
+mirr = [bool(np.array_equal(x[:, ::-1], y)) for x, y in zip(ia, ib)]
+edges = all(gb[i, 3] == (ga[i, 3] if same[i] else rw[i] - 32 - ga[i, 3]) for i in range(len(ia)))
+print(same, mirr, ga[:, 3].tolist(), gb[:, 3].tolist(), int(a.attrs['random_flip']), int(b.attrs['random_flip']))
+sys.exit(0 if all(s or m for s, m in zip(same, mirr)) and 0 < sum(same) < 8 and edges and b.attrs['random_flip'] == 1 else 1)"
+}
+
 import_bad_input() {
     mkdir -p "$W/src" "$W/src2"
     cp "$IMGS/exif_1.jpg" "$W/src/a.jpg"
@@ -297,7 +318,7 @@ synth_model_vs_diffusers() {
 }
 
 case "$NAME" in
-    import_dreambooth | import_bad_input | mpi_ranks | generate_resume | model_hash_cache | interop_checkpoint | \
+    import_dreambooth | import_bad_input | import_flip | mpi_ranks | generate_resume | model_hash_cache | interop_checkpoint | \
         dataset_synth | init_model | init_model_vs_torch | synth_model | synth_model_vs_diffusers)
         $NAME ;;
     *) echo "storage_checks.sh: unknown test '$NAME'"; exit 2 ;;
