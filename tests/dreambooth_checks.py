@@ -878,16 +878,20 @@ def lora_file(out_dir):
     return safetensors_read(os.path.join(out_dir, "pytorch_lora_weights.safetensors"))
 
 
+def xl_photos(ctx):
+    """Photos that are not square, so that sizes and crops differ from photo to photo."""
+    ctx.photos = os.path.join(ctx.work, "xl-photos")
+    os.makedirs(ctx.photos, exist_ok=True)
+    for f in ("src97x61.png", "tall61x90.png", "rgb.png"):
+        shutil.copy(os.path.join(ctx.src, "tests", "fixtures", "images", f), ctx.photos)
+
+
 def test_xl(ctx):
     """ctx.model is the tiny SDXL folder: DreamBooth LoRA with prior
     preservation (class images sdc makes with SDXL), every layout and
     interruption equal to one uninterrupted process as for SD 1.x."""
     w = ctx.work
-    # photos that are not square, so that sizes and crops differ from photo to photo
-    ctx.photos = os.path.join(w, "xl-photos")
-    os.makedirs(ctx.photos, exist_ok=True)
-    for f in ("src97x61.png", "tall61x90.png", "rgb.png"):
-        shutil.copy(os.path.join(ctx.src, "tests", "fixtures", "images", f), ctx.photos)
+    xl_photos(ctx)
     common = ["--train-batch-size", 2, "--with-prior-preservation", "--class-data", os.path.join(w, "class"),
               "--class-prompt", "a photo of dog", "--num-class-images", 2, "--class-inference-steps", 2,
               "--lora-rank", 4, "--learning-rate", "1e-3", "--adam-epsilon", "1e-6"]
@@ -991,10 +995,7 @@ def test_xlte(ctx):
     encoders (three param groups), as LoRA and as full fine-tuning."""
     w = ctx.work
     ctx.xl = True
-    ctx.photos = os.path.join(w, "xl-photos")
-    os.makedirs(ctx.photos, exist_ok=True)
-    for f in ("src97x61.png", "tall61x90.png", "rgb.png"):
-        shutil.copy(os.path.join(ctx.src, "tests", "fixtures", "images", f), ctx.photos)
+    xl_photos(ctx)
     common = ["--train-batch-size", 2, "--with-prior-preservation", "--class-data", os.path.join(w, "class"),
               "--class-prompt", "a photo of dog", "--num-class-images", 2, "--class-inference-steps", 2,
               "--train-text-encoder", "--text-encoder-lr", "5e-4", "--adam-weight-decay-text-encoder", "1e-2",
