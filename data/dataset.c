@@ -266,14 +266,11 @@ static int process_one(Worker *w, const char *path, int64_t idx, uint8_t *rgb, v
     image_free(&im);
     if (rc) return sdc_err_wrap(err, "%s", path);
     if (o->random_flip && (mix64(o->seed ^ mix64((uint64_t)idx ^ 0xF11Bull)) & 1)) {
-        // the crop of the mirrored image: its left edge (SDXL's crop_top_left) mirrored too
-        for (int yy = 0; yy < res; yy++)
-            for (int a = 0, b = res - 1; a < b; a++, b--)
-                for (int k = 0; k < 3; k++) {
-                    uint8_t *p = out.data + ((size_t)yy * res + a) * 3 + k, *q = out.data + ((size_t)yy * res + b) * 3 + k;
-                    const uint8_t t = *p;
-                    *p = *q, *q = t;
-                }
+        // EXIF's orientation 2 is the left-right mirror; the crop's left edge (SDXL's crop_top_left) mirrors too
+        if ((rc = image_orient(&out, 2, err))) {
+            image_free(&out);
+            return sdc_err_wrap(err, "%s", path);
+        }
         geom[3] = rw - res - geom[3];
     }
     memcpy(rgb, out.data, (size_t)res * res * 3);

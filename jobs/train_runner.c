@@ -642,15 +642,9 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
     for (int64_t i = r->par.rank; !rc && i < n; i += r->par.size) {
         rc = dataset_read_image(&ds, i, rgb, err);
         for (int flip = 0; !rc && flip <= (x->random_flip ? 1 : 0); flip++) {
-            if (flip) // mirror left-right, as RandomHorizontalFlip
-                for (int y = 0; y < res; y++)
-                    for (int a = 0, b = res - 1; a < b; a++, b--)
-                        for (int ch = 0; ch < 3; ch++) {
-                            uint8_t *p = rgb + ((size_t)y * res + a) * 3 + ch, *q = rgb + ((size_t)y * res + b) * 3 + ch;
-                            const uint8_t tmp = *p;
-                            *p = *q, *q = tmp;
-                        }
             Image im = {res, res, 3, rgb};
+            if (flip && (rc = image_orient(&im, 2, err))) break; // EXIF's 2: the left-right mirror (a new buffer)
+            rgb = im.data;
             int64_t ish[4] = {1, 3, res, res}, lsh[4] = {1, C, lh, lh};
             float *mu = (flip ? out->fmean : out->mean) + i * lat, *sd = (flip ? out->fstd : out->std) + i * lat;
             rc = image_to_tensor(&im, pix, err);
