@@ -1008,6 +1008,8 @@ static void cli_print_usage_train_t2i(FILE *f) {
             "  --pretrained-model PATH         single .safetensors file, diffusers folder or sdc .h5 checkpoint\n"
             "  --train-data H5                 sdc dataset import / sdc dataset synth output (images + captions)\n"
             "  --max-train-samples N           the first N items only (all)\n"
+            "  --cache-latents-to-disk         keep the encoded images in OUTPUT_DIR/latents_cache.h5: a resumed\n"
+            "                                  or repeated run reads them instead of running the VAE again\n"
             "  --resolution PX                 the dataset's (re-import to change it)   --random-flip\n"
             "  --train-batch-size N            (16)       --gradient-accumulation-steps N (1)\n"
             "  --learning-rate LR              (1e-4)     --scale-lr (lr x batch x accumulation)\n"

@@ -32,6 +32,7 @@
 #include "data/dataset.h"
 #include "data/fsutil.h"
 #include "data/h5util.h"
+#include "data/latent_cache.h"
 #include "data/train_ckpt.h"
 #include "io/image.h"
 #include "io/lora.h"
@@ -580,8 +581,93 @@ static int world_sum(const TrainRun *r, float *buf, size_t n, SdcError *err) {
     return 0;
 }
 
+
+// The VAE encoding of t2i_data: T2I_ENCODE_BATCH images per pass, each item's
+// latent distribution scaled into its rows of a T2iData.
+#define T2I_ENCODE_BATCH 8
+typedef struct T2iEnc {
+    int res, C, lh;
+    float sf;
+    Vae *vae;
+    uint8_t *rgb;                // one image
+    float *pix, *mu, *lv, *tmp;  // a batch: images, means, logvars; 2 x one item's latents
+} T2iEnc;
+
+static void t2i_enc_close(T2iEnc *e) {
+    if (e->vae) vae_free(e->vae);
+    free(e->rgb), free(e->pix), free(e->mu), free(e->lv), free(e->tmp);
+    e->vae = NULL, e->rgb = NULL, e->pix = e->mu = e->lv = e->tmp = NULL;
+}
+
+static int t2i_enc_open(T2iEnc *e, SdModel *m, const Backend *be, SdcError *err) {
+    const size_t px = (size_t)e->res * e->res * 3, lat = (size_t)e->C * e->lh * e->lh;
+    e->rgb = malloc(px);
+    e->pix = malloc(T2I_ENCODE_BATCH * px * sizeof(float));
+    e->mu = malloc(T2I_ENCODE_BATCH * lat * sizeof(float));
+    e->lv = malloc(T2I_ENCODE_BATCH * lat * sizeof(float));
+    e->tmp = malloc(2 * lat * sizeof(float));
+    int rc = !e->rgb || !e->pix || !e->mu || !e->lv || !e->tmp ? sdc_err(err, SDC_ERR_OOM, "out of memory for images")
+                                                               : vae_load(&e->vae, m->files, be, err);
+    if (!rc) rc = vae_reserve(e->vae, T2I_ENCODE_BATCH, e->res, e->res, err);
+    if (rc) t2i_enc_close(e);
+    return rc;
+}
+
+// Items idx[0..k) of ds (their mirror images when flip; k <= T2I_ENCODE_BATCH)
+// through the VAE into mean, std rows idx[] of out (fmean, fstd when flip), or
+// into dst (2 x k items: means, then stds) when dst is given.
+static int t2i_enc_batch(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int flip, T2iData *out, float *dst,
+                         SdcError *err) {
+    const int res = e->res;
+    const size_t px = (size_t)res * res * 3, lat = (size_t)e->C * e->lh * e->lh;
+    int rc = 0;
+    for (int b = 0; !rc && b < k; b++) {
+        rc = dataset_read_image(ds, idx[b], e->rgb, err);
+        Image im = {res, res, 3, e->rgb};
+        if (!rc && flip && !(rc = image_orient(&im, 2, err))) e->rgb = im.data; // EXIF's 2: the mirror (a new buffer)
+        if (!rc) rc = image_to_tensor(&im, e->pix + b * px, err);
+    }
+    int64_t ish[4] = {k, 3, res, res}, lsh[4] = {k, e->C, e->lh, e->lh};
+    Tensor ti = tensor_f32(e->pix, 4, ish), tm = tensor_f32(e->mu, 4, lsh), tl = tensor_f32(e->lv, 4, lsh);
+    if (!rc) rc = vae_encode(e->vae, &ti, &tm, &tl, err);
+    for (int b = 0; !rc && b < k; b++) {
+        float *mu = dst ? dst + (size_t)b * lat : (flip ? out->fmean : out->mean) + idx[b] * lat;
+        float *sd = dst ? dst + (size_t)(k + b) * lat : (flip ? out->fstd : out->std) + idx[b] * lat;
+        for (size_t j = 0; j < lat; j++) { // DiagonalGaussianDistribution: logvar clamped to [-30, 20]
+            const float l = e->lv[b * lat + j] < -30.0f ? -30.0f : e->lv[b * lat + j] > 20.0f ? 20.0f : e->lv[b * lat + j];
+            mu[j] = e->mu[b * lat + j] * e->sf;
+            sd[j] = expf(0.5f * l) * e->sf;
+        }
+    }
+    return rc;
+}
+
+static int t2i_enc_items(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int flip, T2iData *out, SdcError *err) {
+    return t2i_enc_batch(e, ds, idx, k, flip, out, NULL, err);
+}
+
+// The largest difference between out's rows of items idx[0..k) (mirrors too
+// when flip) and those items encoded now, relative to their scale.
+static int t2i_enc_probe(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int flip, const T2iData *out,
+                         float *diff, SdcError *err) {
+    const size_t lat = (size_t)e->C * e->lh * e->lh;
+    *diff = 0;
+    for (int i = 0; i < k; i++)
+        for (int f = 0; f <= flip; f++) {
+            SDC_TRY(t2i_enc_batch(e, ds, idx + i, 1, f, NULL, e->tmp, err));
+            const float *m = (f ? out->fmean : out->mean) + idx[i] * lat, *s = (f ? out->fstd : out->std) + idx[i] * lat;
+            for (size_t j = 0; j < lat; j++) {
+                const float dm = fabsf(m[j] - e->tmp[j]) / (1.0f + fabsf(e->tmp[j]));
+                const float ds_ = fabsf(s[j] - e->tmp[lat + j]) / (1.0f + fabsf(e->tmp[lat + j]));
+                if (!isnan(*diff) && !(dm <= *diff)) *diff = dm; // a NaN stays
+                if (!isnan(*diff) && !(ds_ <= *diff)) *diff = ds_;
+            }
+        }
+    return 0;
+}
+
 // The dataset's captions through m's tokenizer (loaded here) and its images
-// through m's VAE: rank r of R encodes the items i with i % R == r.
+// through m's VAE (rank-sharded), or from the latent cache.
 static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Backend *be, T2iData *out,
                     SdcError *err) {
     memset(out, 0, sizeof *out);
@@ -604,7 +690,7 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
         rc = sdc_err(err, SDC_ERR_ARG, "%s: %d px images do not divide into the VAE's %d x %d px latent cells",
                      x->train_data, ds.resolution, 1 << (levels - 1), 1 << (levels - 1));
     const int res = ds.resolution, f = levels >= 1 ? 1 << (levels - 1) : 1, lh = res / f, C = info->vae.latent_channels;
-    const size_t lat = (size_t)C * lh * lh, px = (size_t)res * res * 3;
+    const size_t lat = (size_t)C * lh * lh;
     out->n = (int)n, out->lh = out->lw = lh, out->res = res;
     if (!rc) rc = m->tok ? 0 : sd_tokenizer_load(&m->tok, info, err);
     if (!rc) {
@@ -627,37 +713,56 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
     if (!rc && truncated && r->par.rank == 0 && !r->quiet)
         fprintf(stderr, "sdc: warning: %lld captions are longer than %d tokens and were truncated (as diffusers)\n",
                 (long long)truncated, L);
-    Vae *vae = NULL;
-    uint8_t *rgb = malloc(px);
-    float *pix = malloc(px * sizeof(float)), *lv = malloc(lat * sizeof(float));
-    if (!rc && (!rgb || !pix || !lv)) rc = sdc_err(err, SDC_ERR_OOM, "out of memory for an image");
-    if (!rc) rc = vae_load(&vae, m->files, be, err);
-    if (!rc) rc = vae_reserve(vae, 1, res, res, err);
+    // --cache-latents-to-disk: rank 0 takes OUTPUT_DIR/latents_cache.h5 when its key matches and three items
+    // encoded now (first, middle, last, mirrors too) equal what it holds (another VAE or other images fail that)
+    char cache[1200] = "";
+    LatentCacheKey key = {.n = n, .res = res, .c = C, .lh = lh, .lw = lh, .flip = x->random_flip,
+                          .scaling_factor = info->vae.scaling_factor};
+    if (x->cache_latents_to_disk)
+        snprintf(cache, sizeof cache, "%s/latents_cache.h5", x->output_dir ? x->output_dir : ".");
+    if (!rc && cache[0]) rc = latent_cache_key(&key, x->train_data, err);
+    T2iEnc enc = {.res = res, .C = C, .lh = lh, .sf = info->vae.scaling_factor};
     const double t0 = now_s();
-    if (!rc && r->par.rank == 0 && !r->quiet)
+    if (!rc) rc = t2i_enc_open(&enc, m, be, err);
+    int64_t cached = 0;
+    if (!rc && cache[0] && r->par.rank == 0) {
+        char why[400] = "";
+        cached = latent_cache_read(cache, &key, out->mean, out->std, out->fmean, out->fstd, why, sizeof why);
+        if (cached) {
+            const int64_t probe[3] = {0, n / 2, n - 1};
+            float diff = 0;
+            rc = t2i_enc_probe(&enc, &ds, probe, 3, x->random_flip, out, &diff, err);
+            if (!rc && !(diff <= 1e-3f)) {
+                cached = 0;
+                snprintf(why, sizeof why, "items 0, %lld, %lld encode %g away from it now (another VAE, or other "
+                         "images)", (long long)(n / 2), (long long)(n - 1), diff);
+            }
+        }
+        if (!r->quiet && cached) fprintf(stderr, "sdc: %lld latents from %s\n", (long long)n, cache);
+        if (!r->quiet && !cached) fprintf(stderr, "sdc: %s: %s\n", cache, why);
+        if (!cached) { // the buffers may hold part of a rejected cache
+            memset(out->mean, 0, (size_t)n * lat * sizeof(float)), memset(out->std, 0, (size_t)n * lat * sizeof(float));
+            if (x->random_flip) memset(out->fmean, 0, (size_t)n * lat * sizeof(float));
+            if (x->random_flip) memset(out->fstd, 0, (size_t)n * lat * sizeof(float));
+        }
+    }
+    rc = h5_par_agree(&r->par, rc, err);
+    cached = h5_par_max(&r->par, cached);
+    if (!rc && !cached && r->par.rank == 0 && !r->quiet)
         fprintf(stderr, "sdc: encoding %lld images%s of %s with the VAE (%d rank%s)\n", (long long)n,
                 x->random_flip ? " and their mirror images" : "", x->train_data, r->par.size,
                 r->par.size == 1 ? "" : "s");
-    const float sf = info->vae.scaling_factor;
-    for (int64_t i = r->par.rank; !rc && i < n; i += r->par.size) {
-        rc = dataset_read_image(&ds, i, rgb, err);
-        for (int flip = 0; !rc && flip <= (x->random_flip ? 1 : 0); flip++) {
-            Image im = {res, res, 3, rgb};
-            if (flip && (rc = image_orient(&im, 2, err))) break; // EXIF's 2: the left-right mirror (a new buffer)
-            rgb = im.data;
-            int64_t ish[4] = {1, 3, res, res}, lsh[4] = {1, C, lh, lh};
-            float *mu = (flip ? out->fmean : out->mean) + i * lat, *sd = (flip ? out->fstd : out->std) + i * lat;
-            rc = image_to_tensor(&im, pix, err);
-            Tensor ti = tensor_f32(pix, 4, ish), tm = tensor_f32(mu, 4, lsh), tl = tensor_f32(lv, 4, lsh);
-            if (!rc) rc = vae_encode(vae, &ti, &tm, &tl, err);
-            for (size_t k = 0; !rc && k < lat; k++) { // DiagonalGaussianDistribution: logvar clamped to [-30, 20]
-                const float l = lv[k] < -30.0f ? -30.0f : lv[k] > 20.0f ? 20.0f : lv[k];
-                mu[k] *= sf;
-                sd[k] = expf(0.5f * l) * sf;
-            }
-        }
+    // batches of T2I_ENCODE_BATCH consecutive items, batch b on rank b % R: the same batches whatever the rank
+    // count (a batch's results depend on what else is in it, in the last bits), so the same latents
+    int64_t idx[T2I_ENCODE_BATCH];
+    for (int64_t b0 = (int64_t)r->par.rank * T2I_ENCODE_BATCH; !rc && !cached && b0 < n;
+         b0 += (int64_t)r->par.size * T2I_ENCODE_BATCH) {
+        int k = 0;
+        for (; k < T2I_ENCODE_BATCH && b0 + k < n; k++) idx[k] = b0 + k;
+        for (int flip = 0; !rc && flip <= (x->random_flip ? 1 : 0); flip++)
+            rc = t2i_enc_items(&enc, &ds, idx, k, flip, out, err);
         if (!rc && r->par.rank == 0 && !r->quiet && r->tty)
-            fprintf(stderr, "\r  %lld/%lld", (long long)(i + 1), (long long)n);
+            fprintf(stderr, "\r  %lld/%lld", (long long)(idx[k - 1] + 1), (long long)n);
     }
     if (rc) sdc_err_wrap(err, "encoding %s", x->train_data);
     rc = h5_par_agree(&r->par, rc, err);
@@ -665,11 +770,15 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
     if (!rc) rc = world_sum(r, out->std, (size_t)n * lat, err);
     if (!rc && x->random_flip) rc = world_sum(r, out->fmean, (size_t)n * lat, err);
     if (!rc && x->random_flip) rc = world_sum(r, out->fstd, (size_t)n * lat, err);
-    if (!rc && r->par.rank == 0 && !r->quiet)
+    if (!rc && !cached && r->par.rank == 0 && !r->quiet)
         fprintf(stderr, "%ssdc: %lld latents (%d x %d x %d) in %.1f s\n", r->tty ? "\r" : "", (long long)n, C, lh, lh,
                 now_s() - t0);
-    if (vae) vae_free(vae);
-    free(rgb), free(pix), free(lv);
+    if (!rc && !cached && cache[0] && r->par.rank == 0) {
+        rc = latent_cache_write(cache, &key, out->mean, out->std, out->fmean, out->fstd, err);
+        if (!rc && !r->quiet) fprintf(stderr, "sdc: latents cached in %s\n", cache);
+    }
+    rc = h5_par_agree(&r->par, rc, err);
+    t2i_enc_close(&enc);
     dataset_close(&ds);
     if (rc) t2i_data_free(out);
     return rc;

@@ -39,6 +39,36 @@ moved = sum(not np.array_equal(c['unet'][n][()], c['unet_ema'][n][()]) for n in 
 print(len(names), 'EMA tensors,', same, 'equal to the export,', moved, 'differ from the last weights')
 sys.exit(0 if names and same == len(names) and moved > len(names) // 2 and len(names) == len(m['unet']) else 1)"
 
+# --cache-latents-to-disk: the encoded images kept in OUTPUT_DIR/latents_cache.h5 and read by the resumed run
+T0=$(echo "$T" | sed 's/-q //')
+runs "cached latents: 2 steps" "$SDC" train text-to-image --pretrained-model "$DEMO" --train-data "$W/s.h5" \
+    --output-dir "$W/c" --max-train-steps 2 --cache-latents-to-disk $T
+check "... OUTPUT_DIR/latents_cache.h5 written" test -f "$W/c/latents_cache.h5"
+runs "... resumed to 4 steps" "$SDC" train text-to-image --pretrained-model "$DEMO" --train-data "$W/s.h5" \
+    --output-dir "$W/c" --max-train-steps 4 --resume-from-checkpoint latest --cache-latents-to-disk $T0
+has "... which read the latents from the cache" '12 latents from .*latents_cache.h5'
+lacks "... and ran no VAE" 'encoding 12 images'
+check "... the uninterrupted run's model, byte for byte" cmp "$W/a/model.safetensors" "$W/c/model.safetensors"
+$H5PY -c "
+import h5py
+f = h5py.File('$W/c/latents_cache.h5', 'r+')
+f['mean'][0, 0, 0, 0] += 0.5" || check_fail "tampering with the cache"
+runs "a cache whose item 0 differs from its encoding now (another VAE, other images)" "$SDC" train text-to-image \
+    --pretrained-model "$DEMO" --train-data "$W/s.h5" --output-dir "$W/c" --max-train-steps 5 \
+    --resume-from-checkpoint latest --cache-latents-to-disk $T0
+has "... is not taken" 'latents_cache.h5: items 0, 6, 11 encode .* away from it now'
+has "... the images are encoded again" 'encoding 12 images'
+touch "$W/s.h5"
+runs "a dataset changed since (its mtime)" "$SDC" train text-to-image --pretrained-model "$DEMO" \
+    --train-data "$W/s.h5" --output-dir "$W/c" --max-train-steps 6 --resume-from-checkpoint latest \
+    --cache-latents-to-disk $T0
+has "... the cache is not taken" 'made for another dataset_mtime_ns'
+head -c 3000 "$W/c/latents_cache.h5" > "$W/c/cut.h5" && mv "$W/c/cut.h5" "$W/c/latents_cache.h5"
+runs "a truncated cache" "$SDC" train text-to-image --pretrained-model "$DEMO" --train-data "$W/s.h5" \
+    --output-dir "$W/c" --max-train-steps 7 --resume-from-checkpoint latest --cache-latents-to-disk $T0
+has "... is called unreadable and rebuilt" 'latents_cache.h5: unreadable'
+has "... rewritten" 'latents cached in'
+
 runs "validation images: 2 prompts every epoch" "$SDC" train text-to-image --pretrained-model "$DEMO" \
     --train-data "$W/s.h5" --output-dir "$W/v" --max-train-steps 3 --validation-epochs 1 \
     --validation-prompts "a red star on a blue background" "a large green circle on a white background" \
