@@ -757,6 +757,11 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
     int64_t idx[T2I_ENCODE_BATCH];
     for (int64_t b0 = (int64_t)r->par.rank * T2I_ENCODE_BATCH; !rc && !cached && b0 < n;
          b0 += (int64_t)r->par.size * T2I_ENCODE_BATCH) {
+        if (stop_signal()) { // no step to finish yet: stop now (the cache is written only when complete)
+            rc = sdc_err(err, SDC_ERR_STOPPED, "%s while encoding the dataset, before the first step",
+                         stop_signal_name(stop_signal()));
+            break;
+        }
         int k = 0;
         for (; k < T2I_ENCODE_BATCH && b0 + k < n; k++) idx[k] = b0 + k;
         for (int flip = 0; !rc && flip <= (x->random_flip ? 1 : 0); flip++)

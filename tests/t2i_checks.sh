@@ -69,6 +69,22 @@ runs "a truncated cache" "$SDC" train text-to-image --pretrained-model "$DEMO" -
 has "... is called unreadable and rebuilt" 'latents_cache.h5: unreadable'
 has "... rewritten" 'latents cached in'
 
+# SIGTERM while the images are being encoded (minutes on a big dataset) stops at once, resumable, no cache
+runs "synth dataset: 3000 items" "$SDC" dataset synth -q -n 3000 --resolution 64 -o "$W/big.h5"
+"$SDC" train text-to-image --pretrained-model "$DEMO" --train-data "$W/big.h5" --output-dir "$W/sig" \
+    --max-train-steps 100000 --cache-latents-to-disk -t 1 > "$W/sig.log" 2>&1 &
+pid=$!
+sleep 3
+kill -TERM $pid
+t0=$(date +%s)
+wait $pid
+rc=$?
+t1=$(date +%s)
+check "SIGTERM while encoding: exit 75 (resumable) within 10 s (exit $rc, $((t1 - t0)) s)" \
+    test $rc -eq 75 -a $((t1 - t0)) -le 10
+has "... saying so" 'SIGTERM while encoding the dataset' "$W/sig.log"
+check "... no cache left behind" test ! -e "$W/sig/latents_cache.h5" -a ! -e "$W/sig/latents_cache.h5.tmp"
+
 runs "validation images: 2 prompts every epoch" "$SDC" train text-to-image --pretrained-model "$DEMO" \
     --train-data "$W/s.h5" --output-dir "$W/v" --max-train-steps 3 --validation-epochs 1 \
     --validation-prompts "a red star on a blue background" "a large green circle on a white background" \
