@@ -365,9 +365,15 @@ static int check_same_sweep(hid_t f, const char *path, const GenItem *it, int64_
                              (long long)seed[i], (long long)it[i].index);
         if (rc) goto out;
     }
+    // the done flags are read whole into n bytes (genout_open): one per item, as seed and the rest
+    if ((rc = open_items(f, "done", n, &d, path, err))) goto out;
+    H5Dclose(d), d = -1;
     H5_TRY(d = H5Dopen2(f, "images", H5P_DEFAULT), "%s: images", path);
     H5_TRY(sp = H5Dget_space(d), "%s: images", path);
-    if (H5Sget_simple_extent_ndims(sp) != 4 || (H5Sget_simple_extent_dims(sp, dims, NULL), 0) ||
+    if (H5Sget_simple_extent_ndims(sp) == 4 && H5Sget_simple_extent_dims(sp, dims, NULL) == 4 && dims[0] != (hsize_t)n)
+        rc = sdc_err(err, SDC_ERR_FORMAT, "%s: images has %llu entries, the file holds %lld items\n---> the file is "
+                     "damaged: pick another --output-h5 or delete it", path, (unsigned long long)dims[0], (long long)n);
+    else if (H5Sget_simple_extent_ndims(sp) != 4 || (H5Sget_simple_extent_dims(sp, dims, NULL), 0) ||
         dims[1] != (hsize_t)H || dims[2] != (hsize_t)W || dims[3] != 3)
         rc = sdc_err(err, SDC_ERR_ARG, "%s: images are %llux%llu, this job makes %dx%d\n---> pick another "
                      "--output-h5 or delete it", path, (unsigned long long)dims[2], (unsigned long long)dims[1], W, H);

@@ -9,15 +9,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+// Dataset name, n u8 values (its extent must be exactly (n): a damaged file's
+// longer one must not overflow out).
 static int read_u8s(hid_t f, const char *name, int64_t n, uint8_t *out, const char *path, SdcError *err) {
-    hid_t d = -1;
+    hid_t d = -1, sp = -1;
+    hsize_t dims[1] = {0};
     H5_TRY(d = H5Dopen2(f, name, H5P_DEFAULT), "%s: no dataset %s ---> is this an sdc generation output?", path,
            name);
+    H5_TRY(sp = H5Dget_space(d), "%s: %s", path, name);
+    if (H5Sget_simple_extent_ndims(sp) != 1 || H5Sget_simple_extent_dims(sp, dims, NULL) != 1 ||
+        dims[0] != (hsize_t)n) {
+        sdc_err(err, SDC_ERR_FORMAT, "%s: dataset %s is not (%lld) (one value per item) ---> the file is damaged", path,
+                name, (long long)n);
+        goto fail;
+    }
+    H5Sclose(sp), sp = -1;
     H5_TRY(H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), "%s: reading %s (%lld items)", path,
            name, (long long)n);
     H5Dclose(d);
     return 0;
 fail:
+    if (sp >= 0) H5Sclose(sp);
     if (d >= 0) H5Dclose(d);
     return err->code ? err->code : SDC_ERR_IO;
 }

@@ -127,6 +127,12 @@ generate_resume() {
         "$SDC" generate -m "$DEMO" -p 'a red fox' -b 6 -W 64 -H 64 --steps 2 --output-h5 "$W/r.h5"
     has "... made only item 3" 'wrote 1 items .*5 already done'
     runs "the resumed file equals the uninterrupted one (h5_interop.py compare)" $H5PY compare "$W/r0.h5" "$W/r.h5"
+    # a damaged file whose done flags outnumber its items: they are read whole into one flag per item
+    cp "$W/r0.h5" "$W/rd.h5"
+    runs "done given 70 values for 6 items (h5py)" /usr/bin/python3 -c \
+        "import h5py; f=h5py.File('$W/rd.h5','r+'); del f['done']; f['done']=[1]*70"
+    refused "... the sweep refuses it" 'done has 70 values, the file holds 6 items' \
+        "$SDC" generate -q -m "$DEMO" -p 'a red fox' -b 6 -W 64 -H 64 --steps 2 --output-h5 "$W/rd.h5"
 }
 
 # ----------------------------------------------------------------------------
@@ -214,6 +220,10 @@ import h5py, sys; f = h5py.File('$W/l.h5', 'r'); print(f['latents'].shape); sys.
     refused "a dataset is not a generation output" 'sdc_kind is "dataset", expected "generation"' \
         "$SDC" dataset score "$W/s1.h5"
     refused "no input" 'no generation output given' "$SDC" dataset score
+    cp "$W/gen.h5" "$W/gen-bad.h5"
+    runs "done given 70 values for 6 items (h5py)" /usr/bin/python3 -c \
+        "import h5py; f=h5py.File('$W/gen-bad.h5','r+'); del f['done']; f['done']=[1]*70"
+    refused "... scoring refuses it" 'dataset done is not (6)' "$SDC" dataset score "$W/gen-bad.h5"
 }
 
 # ----------------------------------------------------------------------------
