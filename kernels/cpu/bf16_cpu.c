@@ -58,10 +58,10 @@ struct CpuBf16 {
     size_t stage_cap;         // elements
     float *scores;            // attention: (bq, Lk) f32 scores of one query block
     size_t scores_cap;
-    float *wide[2];           // emulation: the operands widened to fp32 (grow)
-    size_t wide_cap[2];
-    float *conv_scratch;      // emulation: cpu_conv2d's scratch
-    size_t conv_scratch_cap;
+    float *wide[3];           // emulation: the operands widened to fp32 (grow)
+    size_t wide_cap[3];
+    float *scratch;           // emulation: cpu_conv2d's / cpu_attention_bf16p's scratch
+    size_t scratch_cap;
     char msg[256];
     int oom;
 };
@@ -90,8 +90,12 @@ static inline uint16_t round_bf16(float f) {
     return (uint16_t)r;
 }
 
+// Below this many elements a loop runs on the calling thread: waking the
+// team costs more than the loop (and on a loaded machine much more).
+#define PAR_MIN ((int64_t)1 << 16)
+
 void cpu_f32_to_bf16(uint16_t *dst, const float *x, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++) dst[i] = round_bf16(x[i]);
 }
 
@@ -142,7 +146,7 @@ void cpu_bf16_destroy(CpuBf16 *c) {
     if (c->eng) dnnl_engine_destroy(c->eng);
     free(c->stage);
     free(c->scores);
-    free(c->wide[0]), free(c->wide[1]), free(c->conv_scratch);
+    free(c->wide[0]), free(c->wide[1]), free(c->wide[2]), free(c->scratch);
     free(c);
 }
 
@@ -272,7 +276,7 @@ static float *wide(CpuBf16 *c, int slot, size_t n) {
 
 // dst (rows, cols) f32 <- src rows of bf16 with row stride ld
 static void widen2d(float *dst, const uint16_t *src, int64_t rows, int64_t cols, int64_t ld) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (rows * cols >= PAR_MIN)
     for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < cols; j++) {
             uint32_t u = (uint32_t)src[i * ld + j] << 16;
@@ -345,7 +349,7 @@ int cpu_bf16_conv2d(CpuBf16 *c, float *out, const float *x, const uint16_t *w, c
     // emulated: x (N, C, H, W) and w (OC, C, KH, KW) widened, cpu_conv2d
     float *xf = wide(c, 0, nx), *wf = wide(c, 1, nw);
     const size_t need = cpu_conv2d_scratch_floats(C, H, W, OC, KH, KW, stride, pad);
-    float *sc = need ? grow(c, (void **)&c->conv_scratch, &c->conv_scratch_cap, need, sizeof(float)) : NULL;
+    float *sc = need ? grow(c, (void **)&c->scratch, &c->scratch_cap, need, sizeof(float)) : NULL;
     if (!xf || !wf || (need && !sc)) return -1;
     widen2d(xf, xb, 1, (int64_t)nx, 0);
     widen2d(wf, w, 1, (int64_t)nw, 0);
@@ -358,12 +362,48 @@ int cpu_bf16_conv2d(CpuBf16 *c, float *out, const float *x, const uint16_t *w, c
 // unlike the fp32 kernel's block per thread.
 #define ATT_BLOCK_FLOATS ((int64_t)1 << 20)
 
+// Emulated: q, k, v rounded to bf16 values (in fp32) and the fp32 kernel
+// with its probabilities rounded (cpu_attention_bf16p): one OpenMP region
+// for the whole op, where per-block sgemm calls would wake the team twice per
+// block (on a loaded 2-core machine that cost 3x the op itself).
+static int attention_emulated(CpuBf16 *c, float *out, const float *q, const float *k, const float *v, int B,
+                              int Lq, int Lk, int heads, int D, int causal) {
+    const size_t nq = (size_t)B * Lq * heads * D, nk = (size_t)B * Lk * heads * D;
+    const size_t need = cpu_attention_scratch_floats(Lq, Lk, D, omp_get_max_threads());
+    float *qr = wide(c, 0, nq), *kr = wide(c, 1, nk), *vr = wide(c, 2, nk);
+    float *sc = grow(c, (void **)&c->scratch, &c->scratch_cap, need, sizeof(float));
+    if (!qr || !kr || !vr || !sc) return -1;
+    const float *src[3] = {q, k, v};
+    float *dst[3] = {qr, kr, vr};
+    for (int t = 0; t < 3; t++) {
+        const int64_t n = t ? (int64_t)nk : (int64_t)nq;
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)round_bf16(src[t][i]) << 16;
+            memcpy(&dst[t][i], &u, 4);
+        }
+    }
+    cpu_attention_bf16p(out, qr, kr, vr, B, Lq, Lk, heads, D, causal, sc, need);
+    return 0;
+}
+
 int cpu_bf16_attention(CpuBf16 *c, float *out, const float *q, const float *k, const float *v, int B, int Lq,
                        int Lk, int heads, int D, int causal) {
     const int64_t HD = (int64_t)heads * D;
     int bq = (int)(ATT_BLOCK_FLOATS / Lk);
     if (bq < 16) bq = 16;
     if (bq > Lq) bq = Lq;
+    { // oneDNN without a bf16 matmul here: the whole op emulated
+        Prim *qk = matmul_prim(c, OP_ATT_QK, bq, D, Lk, (const int64_t[]){HD, 1}, (const int64_t[]){1, HD},
+                               (const int64_t[]){Lk, 1}, 0);
+        if (!qk) return -1;
+        if (!qk->p) {
+            Prim *pv = matmul_prim(c, OP_ATT_PV, bq, Lk, D, (const int64_t[]){Lk, 1}, (const int64_t[]){HD, 1},
+                                   (const int64_t[]){HD, 1}, 0); // (named in the implementation info)
+            if (!pv) return -1;
+            return attention_emulated(c, out, q, k, v, B, Lq, Lk, heads, D, causal);
+        }
+    }
     const size_t nq = (size_t)B * Lq * HD, nk = (size_t)B * Lk * HD;
     uint16_t *st = stage(c, nq + 2 * nk + (size_t)bq * Lk); // q, k, v, then P (bq, Lk), bf16
     if (!st) return -1;
@@ -384,7 +424,7 @@ int cpu_bf16_attention(CpuBf16 *c, float *out, const float *q, const float *k, c
                                        (const int64_t[]){Lk, 1}, 0);
                 if (!qk || matmul_run(c, qk, qb + qo, kb + ko, NULL, s)) return -1;
                 // P = softmax(scale * S) per row in f32 (keys past a causal row's limit: 0), rounded to bf16
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)rows * Lk >= PAR_MIN)
                 for (int i = 0; i < rows; i++) {
                     float *r = s + (size_t)i * Lk; // (Lk)
                     uint16_t *p = pb + (size_t)i * Lk;
