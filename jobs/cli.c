@@ -185,7 +185,7 @@ void cli_print_usage(FILE *f, const char *sub) {
             "                            P x replicas; CPU backend)\n"
             "      --pipeline-cut B,...  the first block of stages 1 to P-1 (default: cut by measured block times)\n"
             "      --micro-batches M     runs of --batch-size items in flight along the pipeline (default 2 x P)\n"
-            "      --precision P         fp32 | fp16 | bf16 (default: fp32 on the CPU, bf16 on a GPU)\n"
+            "      --precision P         fp32 | fp16 | bf16 (default: fp32 on the CPU, bf16 on a GPU; the CPU: fp32 or bf16)\n"
             "      --dump-manifest       print the job manifest in protobuf text format and exit\n"
             "  -q, --quiet               no progress output\n"
             "  -h, --help                this help\n");

@@ -544,6 +544,7 @@ int backend_cpu_create_bf16(Backend **out, int threads, SdcError *err) {
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "cpu backend, bf16: %s ---> run with --precision fp32", msg);
     }
     be->param_dtype = DT_BF16;
+    be->name = "cpu-bf16";
     *out = be;
     return 0;
 #else
