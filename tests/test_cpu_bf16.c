@@ -39,6 +39,14 @@
 // Parameter vectors (bias, norm affine, embedding rows) are bf16 on the bf16
 // backend and widened to fp32: group_norm, layer_norm and embedding must equal
 // the fp32 op on the rounded parameters bit for bit.
+//
+// The mixed-precision variant (training: fp32 master weights): its forward
+// with fp32 weights equals the bf16 variant's with the weights rounded, bit
+// for bit; its backward of linear, conv2d and attention gets the same four
+// checks against the fp32 backward (on rounded operands: dy, x, w, or dout,
+// q, k, v), with the same tolerances (the backward's reductions are matmuls
+// of the same kind: over N for dx, over M or the pixels for dw), and the bias
+// gradient, a sum of the unrounded dy, equals fp32's bit for bit.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +60,7 @@
 #define TOL_BF16 (1.0 / 128)    // 2^-7
 #define TOL_ATT_BF16 (1.0 / 64) // 2^-6
 
-static Backend *f32be, *bfbe;
+static Backend *f32be, *bfbe, *mixbe;
 
 static float *rnd_floats(size_t n, uint64_t seed, float lo, float hi) {
     float *x = malloc(n * sizeof *x);
@@ -188,6 +196,109 @@ static void param_ops(TestCtx *t) {
         free(tabb);
 }
 
+// The gradients of one backward on be: dx and dw (added to zeros), db.
+typedef struct Grads {
+    float *dx, *dw, *db;
+} Grads;
+static Grads grads(size_t nx, size_t nw, size_t nb) {
+    return (Grads){calloc(nx, 4), calloc(nw, 4), nb ? calloc(nb, 4) : NULL};
+}
+static void grads_free(Grads g) { free(g.dx), free(g.dw), free(g.db); }
+
+static void backward_checks(TestCtx *t, const char *name, Grads bf, Grads ref, Grads rnd, size_t nx, size_t nw,
+                            size_t nb) {
+    char what[160];
+    snprintf(what, sizeof what, "%s backward dx", name);
+    compare(t, what, bf.dx, ref.dx, rnd.dx, nx, TOL_EXACT, TOL_BF16);
+    snprintf(what, sizeof what, "%s backward dw", name);
+    compare(t, what, bf.dw, ref.dw, rnd.dw, nw, TOL_EXACT, TOL_BF16);
+    if (nb) check_true(t, !memcmp(bf.db, ref.db, nb * 4), "%s backward db == fp32's (unrounded dy)", name);
+    SdcError err = {0};
+    check_true(t, backend_status(mixbe, &err) == 0, "%s backward ran%s%s", name, err.code ? ": " : "", err.msg);
+}
+
+static void linear_backward_case(TestCtx *t, const char *name, int64_t M, int64_t K, int64_t N, uint64_t seed) {
+    float *x = rnd_floats(M * K, seed, -1, 1), *w = rnd_floats(N * K, seed + 1, -0.1f, 0.1f);
+    float *dy = rnd_floats(M * N, seed + 2, -1, 1);
+    float *xr = rounded(x, M * K), *wr = rounded(w, N * K), *dyr = rounded(dy, M * N);
+    Grads ref = grads(M * K, N * K, N), rnd = grads(M * K, N * K, N), bf = grads(M * K, N * K, N);
+    Tensor tx = T(DT_F32, x, 2, (int64_t[]){M, K}), tw = T(DT_F32, w, 2, (int64_t[]){N, K});
+    Tensor tdy = T(DT_F32, dy, 2, (int64_t[]){M, N});
+    Tensor dx = T(DT_F32, ref.dx, 2, (int64_t[]){M, K}), dw = T(DT_F32, ref.dw, 2, (int64_t[]){N, K});
+    Tensor db = T(DT_F32, ref.db, 1, (int64_t[]){N});
+    f32be->linear_backward(f32be, &dx, &dw, &db, &tdy, &tx, &tw);
+    dx.data = bf.dx, dw.data = bf.dw, db.data = bf.db;
+    mixbe->linear_backward(mixbe, &dx, &dw, &db, &tdy, &tx, &tw);
+    dx.data = rnd.dx, dw.data = rnd.dw, db.data = rnd.db, tx.data = xr, tw.data = wr, tdy.data = dyr;
+    f32be->linear_backward(f32be, &dx, &dw, &db, &tdy, &tx, &tw);
+    backward_checks(t, name, bf, ref, rnd, M * K, N * K, N);
+    // the mixed forward rounds its fp32 weights per call: the bf16 variant's result on them rounded
+    float *o1 = malloc(M * N * 4), *o2 = malloc(M * N * 4);
+    uint16_t *wb = to_bf16(w, N * K);
+    Tensor to = T(DT_F32, o1, 2, (int64_t[]){M, N}), twb = T(DT_BF16, wb, 2, (int64_t[]){N, K});
+    tx.data = x, tw.data = w;
+    mixbe->linear(mixbe, &to, &tx, &tw, NULL);
+    to.data = o2;
+    bfbe->linear(bfbe, &to, &tx, &twb, NULL);
+    check_true(t, !memcmp(o1, o2, M * N * 4), "%s: mixed forward (fp32 weights) == bf16 forward", name);
+    free(o1), free(o2), free(wb);
+    grads_free(ref), grads_free(rnd), grads_free(bf);
+    free(x), free(w), free(dy), free(xr), free(wr), free(dyr);
+}
+
+static void conv_backward_case(TestCtx *t, const char *name, int N, int C, int H, int W, int OC, int KS, int stride,
+                               int pad, uint64_t seed) {
+    const int OH = (H + 2 * pad - KS) / stride + 1, OW = (W + 2 * pad - KS) / stride + 1;
+    const size_t nx = (size_t)N * C * H * W, nw = (size_t)OC * C * KS * KS, no = (size_t)N * OC * OH * OW;
+    float *x = rnd_floats(nx, seed, -1, 1), *w = rnd_floats(nw, seed + 1, -0.1f, 0.1f);
+    float *dy = rnd_floats(no, seed + 2, -1, 1);
+    float *xr = rounded(x, nx), *wr = rounded(w, nw), *dyr = rounded(dy, no);
+    Grads ref = grads(nx, nw, OC), rnd = grads(nx, nw, OC), bf = grads(nx, nw, OC);
+    Tensor tx = T(DT_F32, x, 4, (int64_t[]){N, C, H, W}), tw = T(DT_F32, w, 4, (int64_t[]){OC, C, KS, KS});
+    Tensor tdy = T(DT_F32, dy, 4, (int64_t[]){N, OC, OH, OW});
+    Tensor dx = T(DT_F32, ref.dx, 4, (int64_t[]){N, C, H, W}), dw = T(DT_F32, ref.dw, 4, (int64_t[]){OC, C, KS, KS});
+    Tensor db = T(DT_F32, ref.db, 1, (int64_t[]){OC});
+    f32be->conv2d_backward(f32be, &dx, &dw, &db, &tdy, &tx, &tw, stride, pad);
+    dx.data = bf.dx, dw.data = bf.dw, db.data = bf.db;
+    mixbe->conv2d_backward(mixbe, &dx, &dw, &db, &tdy, &tx, &tw, stride, pad);
+    dx.data = rnd.dx, dw.data = rnd.dw, db.data = rnd.db, tx.data = xr, tw.data = wr, tdy.data = dyr;
+    f32be->conv2d_backward(f32be, &dx, &dw, &db, &tdy, &tx, &tw, stride, pad);
+    backward_checks(t, name, bf, ref, rnd, nx, nw, OC);
+    grads_free(ref), grads_free(rnd), grads_free(bf);
+    free(x), free(w), free(dy), free(xr), free(wr), free(dyr);
+}
+
+static void attention_backward_case(TestCtx *t, const char *name, int B, int Lq, int Lk, int heads, int D,
+                                    int causal, uint64_t seed) {
+    const size_t nq = (size_t)B * Lq * heads * D, nk = (size_t)B * Lk * heads * D;
+    float *in[4] = {rnd_floats(nq, seed, -2, 2), rnd_floats(nk, seed + 1, -2, 2), rnd_floats(nk, seed + 2, -1, 1),
+                    rnd_floats(nq, seed + 3, -1, 1)}; // q, k, v, dout
+    float *r[4] = {rounded(in[0], nq), rounded(in[1], nk), rounded(in[2], nk), rounded(in[3], nq)};
+    float *g[3][3]; // [ref, rnd, bf16][dq, dk, dv]
+    for (int i = 0; i < 3; i++) g[i][0] = malloc(nq * 4), g[i][1] = malloc(nk * 4), g[i][2] = malloc(nk * 4);
+    const int64_t HD = (int64_t)heads * D;
+    for (int run = 0; run < 3; run++) {
+        float *const *src = run == 1 ? r : in;
+        Backend *be = run == 2 ? mixbe : f32be;
+        Tensor tq = T(DT_F32, src[0], 3, (int64_t[]){B, Lq, HD}), tk = T(DT_F32, src[1], 3, (int64_t[]){B, Lk, HD});
+        Tensor tv = T(DT_F32, src[2], 3, (int64_t[]){B, Lk, HD}), tdo = T(DT_F32, src[3], 3, (int64_t[]){B, Lq, HD});
+        Tensor dq = T(DT_F32, g[run][0], 3, (int64_t[]){B, Lq, HD}), dk = T(DT_F32, g[run][1], 3, (int64_t[]){B, Lk, HD});
+        Tensor dv = T(DT_F32, g[run][2], 3, (int64_t[]){B, Lk, HD});
+        be->attention_backward(be, &dq, &dk, &dv, &tdo, &tq, &tk, &tv, heads, causal);
+    }
+    const char *gn[3] = {"dq", "dk", "dv"};
+    const size_t n[3] = {nq, nk, nk};
+    for (int i = 0; i < 3; i++) {
+        char what[160];
+        snprintf(what, sizeof what, "%s backward %s", name, gn[i]);
+        compare(t, what, g[2][i], g[0][i], g[1][i], n[i], TOL_EXACT, TOL_ATT_BF16);
+    }
+    SdcError err = {0};
+    check_true(t, backend_status(mixbe, &err) == 0, "%s backward ran%s%s", name, err.code ? ": " : "", err.msg);
+    for (int i = 0; i < 4; i++) free(in[i]), free(r[i]);
+    for (int i = 0; i < 3; i++) free(g[i][0]), free(g[i][1]), free(g[i][2]);
+}
+
 int main(void) {
     TestCtx t = {0};
     SdcError err = {0};
@@ -198,7 +309,8 @@ int main(void) {
         printf("SKIPPED: built without oneDNN (backend_cpu_create_bf16: %d, %s)\n", rc, err.msg);
         return rc == SDC_ERR_UNSUPPORTED && strstr(err.msg, "oneDNN") ? TEST_SKIP_EXIT : 1;
     }
-    if (backend_cpu_create(&f32be, 0, &err) || backend_cpu_create_bf16(&bfbe, 0, &err)) {
+    if (backend_cpu_create(&f32be, 0, &err) || backend_cpu_create_bf16(&bfbe, 0, &err) ||
+        backend_cpu_create_bf16_mixed(&mixbe, 0, &err)) {
         printf("cannot create the backends: %s\n", err.msg);
         return 1;
     }
@@ -221,6 +333,16 @@ int main(void) {
     attention_case(&t, "attention cross 2x256 -> 77, 8x40", 2, 256, 77, 8, 40, 0, 900);
     attention_case(&t, "attention causal 1x77, 12x64", 1, 77, 77, 12, 64, 1, 1000);
     param_ops(&t);
+    // the mixed-precision variant (training)
+    check_true(&t, mixbe->param_dtype == DT_F32 && mixbe->act_dtype == DT_F32,
+               "mixed backend: fp32 master weights, fp32 activations");
+    linear_backward_case(&t, "mixed linear 512x320 -> 320", 512, 320, 320, 1100);
+    linear_backward_case(&t, "mixed linear 154x768 -> 320", 154, 768, 320, 1200);
+    conv_backward_case(&t, "mixed conv 64->64 3x3 16x16", 2, 64, 16, 16, 64, 3, 1, 1, 1300);
+    conv_backward_case(&t, "mixed conv 64->64 3x3 s2", 1, 64, 16, 16, 64, 3, 2, 1, 1400);
+    conv_backward_case(&t, "mixed conv 128->64 1x1 8x8", 2, 128, 8, 8, 64, 1, 1, 0, 1500);
+    attention_backward_case(&t, "mixed attention self 2x256, 8x40", 2, 256, 256, 8, 40, 0, 1600);
+    attention_backward_case(&t, "mixed attention causal 1x77, 12x64", 1, 77, 77, 12, 64, 1, 1700);
     char info[512];
     backend_cpu_bf16_info(bfbe, info, sizeof info);
     printf("  %s\n", info);
@@ -228,5 +350,6 @@ int main(void) {
                "implementations named for every bf16 op");
     backend_destroy(f32be);
     backend_destroy(bfbe);
+    backend_destroy(mixbe);
     return test_summary(&t);
 }

@@ -56,6 +56,8 @@ struct CpuBf16 {
     char impl[OP_KINDS][160]; // the implementations seen per op kind, "; " separated
     uint16_t *stage;          // bf16 inputs (grows, 64-byte aligned)
     size_t stage_cap;         // elements
+    uint16_t *wstage;         // fp32 weights rounded for one op (cpu_bf16_weights)
+    size_t wstage_cap;
     float *scores;            // attention: (bq, Lk) f32 scores of one query block
     size_t scores_cap;
     float *wide[3];           // emulation: the operands widened to fp32 (grow)
@@ -117,6 +119,12 @@ static uint16_t *stage(CpuBf16 *c, size_t n) {
     return grow(c, (void **)&c->stage, &c->stage_cap, n, sizeof(uint16_t));
 }
 
+const uint16_t *cpu_bf16_weights(CpuBf16 *c, const float *w, int64_t n) {
+    uint16_t *d = grow(c, (void **)&c->wstage, &c->wstage_cap, (size_t)n, sizeof(uint16_t));
+    if (d) cpu_f32_to_bf16(d, w, n);
+    return d;
+}
+
 // ---- context -------------------------------------------------------------------
 
 int cpu_bf16_create(CpuBf16 **out, char *msg, size_t n) {
@@ -145,6 +153,7 @@ void cpu_bf16_destroy(CpuBf16 *c) {
     if (c->stream) dnnl_stream_destroy(c->stream);
     if (c->eng) dnnl_engine_destroy(c->eng);
     free(c->stage);
+    free(c->wstage);
     free(c->scores);
     free(c->wide[0]), free(c->wide[1]), free(c->wide[2]), free(c->scratch);
     free(c);

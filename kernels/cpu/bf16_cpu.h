@@ -53,5 +53,9 @@ void cpu_bf16_impl_info(const CpuBf16 *c, char *buf, size_t n);
 
 // dst[i] = x[i] rounded to bf16, nearest even (NaN stays NaN); OpenMP.
 void cpu_f32_to_bf16(uint16_t *dst, const float *x, int64_t n);
+// fp32 weights w (n) rounded to bf16 for one op (the mixed-precision
+// variant's master weights), in c's weight staging buffer: valid until the
+// next call. NULL (cpu_bf16_error) when out of memory.
+const uint16_t *cpu_bf16_weights(CpuBf16 *c, const float *w, int64_t n);
 
 #endif

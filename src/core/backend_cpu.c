@@ -17,7 +17,11 @@
 // bf16 (round to nearest even); conv2d, linear and attention compute in bf16
 // with fp32 accumulation (kernels/cpu/bf16_cpu.h); every other op, and every
 // activation between ops, stays fp32 (a bf16 bias, norm affine or embedding
-// row is widened to fp32 where an op reads it).
+// row is widened to fp32 where an op reads it). The mixed-precision variant
+// (backend_cpu_create_bf16_mixed, training) keeps param_dtype F32 (master
+// weights): conv2d and linear round their weights per call, and the
+// backward of conv2d, linear and attention multiplies bf16-rounded operands
+// (backend_cpu_bwd.c).
 #include "core/backend.h"
 
 #include <cblas.h>
@@ -53,6 +57,10 @@ typedef struct CpuImpl {
     struct CpuBf16 *bf16;
     float *pv[2];
     size_t pv_cap[2]; // floats
+    // The mixed variant's backward: operands rounded to bf16 values (fp32),
+    // four buffers (grow, then reused; cpu_backend_bf16_operand).
+    float *rnd[4];
+    size_t rnd_cap[4]; // floats
 } CpuImpl;
 
 // ---- helpers -----------------------------------------------------------------
@@ -107,7 +115,41 @@ static const float *param_f32(const Backend *be, const Tensor *t, int slot) {
     return im->pv[slot];
 }
 
+const float *cpu_backend_bf16_operand(const Backend *be, const Tensor *t, int slot) {
+    SDC_CHECK(t->dtype == DT_F32 && slot >= 0 && slot < 4);
+    CpuImpl *im = be->impl;
+    if (!im->bf16) return t->data; // the fp32 backend
+    const size_t n = (size_t)tensor_numel(t);
+    if (n > im->rnd_cap[slot]) {
+        free(im->rnd[slot]);
+        im->rnd[slot] = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+        im->rnd_cap[slot] = im->rnd[slot] ? n : 0;
+        if (!im->rnd[slot]) {
+            if (!im->fault.code)
+                sdc_err(&im->fault, SDC_ERR_OOM, "cpu backend, bf16: cannot allocate %.1f MiB for a rounded operand "
+                        "(out of memory) ---> lower the batch size", (double)n * sizeof(float) / (1 << 20));
+            return NULL;
+        }
+    }
+    const float *x = t->data;
+    float *r = im->rnd[slot];
+#pragma omp parallel for schedule(static) if (n >= ((size_t)1 << 16))
+    for (size_t i = 0; i < n; i++) r[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    return r;
+}
+
 #ifdef SDC_HAVE_DNNL
+// The weights of a bf16 conv2d / linear: bf16 parameters as they are; the
+// mixed variant's fp32 master weights rounded for this call. NULL: recorded.
+static const uint16_t *bf16_weights(const Backend *be, const Tensor *w) {
+    CpuImpl *im = be->impl;
+    if (w->dtype == DT_BF16) return w->data;
+    const uint16_t *r = cpu_bf16_weights(im->bf16, tensor_f32p(w), tensor_numel(w));
+    if (!r && !im->fault.code)
+        sdc_err(&im->fault, SDC_ERR_OOM, "cpu backend, bf16: %s ---> lower the batch size", cpu_bf16_error(im->bf16));
+    return r;
+}
+
 // After a bf16 op: its failure (no staging memory, a oneDNN call) recorded.
 static void bf16_status(const Backend *be, int rc, const char *op) {
     CpuImpl *im = be->impl;
@@ -169,11 +211,12 @@ static void cpu_op_conv2d(const Backend *be, Tensor *out, const Tensor *x, const
     SDC_CHECK(out->shape[0] == N && out->shape[1] == OC && out->shape[2] == OH && out->shape[3] == OW);
     if (b) { CHECK_PARAM(be, b); SDC_CHECK(tensor_numel(b) == OC); }
 #ifdef SDC_HAVE_DNNL
-    if (w->dtype == DT_BF16) {
+    if (((CpuImpl *)be->impl)->bf16) {
         const float *bf = param_f32(be, b, 0);
-        if (b && !bf) return; // recorded: backend_status
-        bf16_status(be, cpu_bf16_conv2d(((CpuImpl *)be->impl)->bf16, tensor_f32p(out), tensor_f32p(x), w->data, bf, N,
-                                        C, H, W, OC, KH, KW, stride, pad), "conv2d");
+        const uint16_t *wb = bf16_weights(be, w);
+        if ((b && !bf) || !wb) return; // recorded: backend_status
+        bf16_status(be, cpu_bf16_conv2d(((CpuImpl *)be->impl)->bf16, tensor_f32p(out), tensor_f32p(x), wb, bf, N, C,
+                                        H, W, OC, KH, KW, stride, pad), "conv2d");
         return;
     }
 #endif
@@ -194,11 +237,12 @@ static void cpu_op_linear(const Backend *be, Tensor *out, const Tensor *x, const
     SDC_CHECK(tensor_numel(out) == M * Nn);
     if (b) { CHECK_PARAM(be, b); SDC_CHECK(tensor_numel(b) == Nn); }
 #ifdef SDC_HAVE_DNNL
-    if (w->dtype == DT_BF16) {
+    if (((CpuImpl *)be->impl)->bf16) {
         const float *bf = param_f32(be, b, 0);
-        if (b && !bf) return; // recorded: backend_status
-        bf16_status(be, cpu_bf16_linear(((CpuImpl *)be->impl)->bf16, tensor_f32p(out), tensor_f32p(x), w->data, bf, M,
-                                        K, Nn), "linear");
+        const uint16_t *wb = bf16_weights(be, w);
+        if ((b && !bf) || !wb) return; // recorded: backend_status
+        bf16_status(be, cpu_bf16_linear(((CpuImpl *)be->impl)->bf16, tensor_f32p(out), tensor_f32p(x), wb, bf, M, K,
+                                        Nn), "linear");
         return;
     }
 #endif
@@ -532,7 +576,7 @@ int backend_cpu_bf16_available(void) {
 #endif
 }
 
-int backend_cpu_create_bf16(Backend **out, int threads, SdcError *err) {
+static int create_bf16(Backend **out, int threads, int mixed, SdcError *err) {
     *out = NULL;
 #ifdef SDC_HAVE_DNNL
     Backend *be;
@@ -543,15 +587,20 @@ int backend_cpu_create_bf16(Backend **out, int threads, SdcError *err) {
         backend_destroy(be);
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "cpu backend, bf16: %s ---> run with --precision fp32", msg);
     }
-    be->param_dtype = DT_BF16;
-    be->name = "cpu-bf16";
+    be->param_dtype = mixed ? DT_F32 : DT_BF16;
+    be->name = mixed ? "cpu-bf16-mixed" : "cpu-bf16";
     *out = be;
     return 0;
 #else
-    (void)threads;
+    (void)threads, (void)mixed;
     return sdc_err(err, SDC_ERR_UNSUPPORTED, "--precision bf16 on the CPU: this sdc was built without oneDNN ---> "
                    "install it (tools/setup.sh: libdnnl-dev) and rebuild, or run with --precision fp32");
 #endif
+}
+
+int backend_cpu_create_bf16(Backend **out, int threads, SdcError *err) { return create_bf16(out, threads, 0, err); }
+int backend_cpu_create_bf16_mixed(Backend **out, int threads, SdcError *err) {
+    return create_bf16(out, threads, 1, err);
 }
 
 void backend_cpu_bf16_info(const Backend *be, char *buf, size_t n) {
@@ -673,6 +722,7 @@ void backend_destroy(Backend *be) {
     if (im) {
         free(im->scratch);
         free(im->pv[0]), free(im->pv[1]);
+        for (int i = 0; i < 4; i++) free(im->rnd[i]);
 #ifdef SDC_HAVE_DNNL
         cpu_bf16_destroy(im->bf16);
 #endif
