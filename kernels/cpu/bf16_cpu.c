@@ -51,7 +51,7 @@ typedef struct Prim {
 struct CpuBf16 {
     dnnl_engine_t eng;
     dnnl_stream_t stream;
-    Prim *prims;
+    Prim **prims; // each allocated once: a Prim * stays valid while more are made
     int n_prims, cap_prims;
     char impl[OP_KINDS][160]; // the implementations seen per op kind, "; " separated
     uint16_t *stage;          // bf16 inputs (grows, 64-byte aligned)
@@ -145,9 +145,10 @@ int cpu_bf16_create(CpuBf16 **out, char *msg, size_t n) {
 void cpu_bf16_destroy(CpuBf16 *c) {
     if (!c) return;
     for (int i = 0; i < c->n_prims; i++) {
-        if (c->prims[i].p) dnnl_primitive_destroy(c->prims[i].p);
+        if (c->prims[i]->p) dnnl_primitive_destroy(c->prims[i]->p);
         for (int j = 0; j < 4; j++)
-            if (c->prims[i].m[j]) dnnl_memory_destroy(c->prims[i].m[j]);
+            if (c->prims[i]->m[j]) dnnl_memory_destroy(c->prims[i]->m[j]);
+        free(c->prims[i]);
     }
     free(c->prims);
     if (c->stream) dnnl_stream_destroy(c->stream);
@@ -172,7 +173,7 @@ void cpu_bf16_impl_info(const CpuBf16 *c, char *buf, size_t n) {
 
 static Prim *prim_find(CpuBf16 *c, int kind, const int64_t *key) {
     for (int i = 0; i < c->n_prims; i++)
-        if (c->prims[i].kind == kind && !memcmp(c->prims[i].key, key, sizeof c->prims[i].key)) return &c->prims[i];
+        if (c->prims[i]->kind == kind && !memcmp(c->prims[i]->key, key, sizeof c->prims[i]->key)) return c->prims[i];
     return NULL;
 }
 
@@ -181,18 +182,18 @@ static Prim *prim_find(CpuBf16 *c, int kind, const int64_t *key) {
 static Prim *prim_make(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_op_desc_t d,
                        const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *bias,
                        const dnnl_memory_desc_t *dst) {
-    if (c->n_prims == c->cap_prims) {
+    Prim *pr = calloc(1, sizeof *pr);
+    if (pr && c->n_prims == c->cap_prims) {
         int cap = c->cap_prims ? 2 * c->cap_prims : 32;
-        Prim *p = realloc(c->prims, (size_t)cap * sizeof *p);
-        if (!p) {
-            snprintf(c->msg, sizeof c->msg, "bf16: out of memory for the primitive table");
-            c->oom = 1;
-            return NULL;
-        }
-        c->prims = p, c->cap_prims = cap;
+        Prim **p = realloc(c->prims, (size_t)cap * sizeof *p);
+        if (p) c->prims = p, c->cap_prims = cap;
     }
-    Prim *pr = &c->prims[c->n_prims];
-    memset(pr, 0, sizeof *pr);
+    if (!pr || c->n_prims == c->cap_prims) {
+        free(pr);
+        snprintf(c->msg, sizeof c->msg, "bf16: out of memory for the primitive table");
+        c->oom = 1;
+        return NULL;
+    }
     pr->kind = kind;
     memcpy(pr->key, key, sizeof pr->key);
     dnnl_primitive_desc_t pd = NULL;
@@ -202,13 +203,14 @@ static Prim *prim_make(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_op_d
             size_t l = strlen(c->impl[kind]);
             snprintf(c->impl[kind] + l, sizeof c->impl[kind] - l, "%s%s", l ? ", " : "", EMULATED);
         }
-        c->n_prims++;
+        c->prims[c->n_prims++] = pr;
         return pr;
     }
     if (st != dnnl_success) {
         snprintf(c->msg, sizeof c->msg, "oneDNN: no %s implementation for this shape (%s)", OP_NAME[kind],
                  dnnl_status2str(st));
         c->oom = 0;
+        free(pr);
         return NULL;
     }
     const char *impl = NULL;
@@ -226,10 +228,11 @@ static Prim *prim_make(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_op_d
         if (pr->p) dnnl_primitive_destroy(pr->p);
         for (int j = 0; j < 4; j++)
             if (pr->m[j]) dnnl_memory_destroy(pr->m[j]);
+        free(pr);
         fail(c, "creating a primitive", st);
         return NULL;
     }
-    c->n_prims++;
+    c->prims[c->n_prims++] = pr;
     return pr;
 }
 
