@@ -1,7 +1,7 @@
 // bench_unet.c: seconds per UNet pass on the CPU backend.
 //
 //   bench_unet MODEL [--config DIR] [--threads N] [--repeat R] [--latent 64] [--batch 1]
-//                    [--blocks] [--warmup-latent L]
+//                    [--blocks] [--warmup-latent L] [--precision fp32|bf16]
 //
 // MODEL is a single .safetensors file or a diffusers folder (e.g. the
 // full-size random SD 1.5 from `python3 tools/make_fixtures.py --full-sd15
@@ -14,6 +14,9 @@
 // like the inputs, the six time ids (latent*8, latent*8, 0, 0, latent*8,
 // latent*8). --warmup-latent L: the warm-up pass at latent L instead (a
 // 1024 px SDXL pass is minutes on a small CPU; --repeat 1 then times one).
+// --precision bf16: the CPU's bf16 variant (backend_cpu_create_bf16); the
+// CPU model and what computed the bf16 ops (oneDNN's implementation names,
+// or sdc's emulation) are printed with the result.
 // PyTorch's figure for the same shape comes from bench/unet_torch.py.
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,12 +48,12 @@ static double peak_rss_mb(void) {
 
 static void usage(void) {
     fprintf(stderr, "usage: bench_unet MODEL [--config DIR] [--threads N] [--repeat R] "
-                    "[--latent 64] [--batch 1] [--blocks] [--warmup-latent L]\n");
+                    "[--latent 64] [--batch 1] [--blocks] [--warmup-latent L] [--precision fp32|bf16]\n");
 }
 
 int main(int argc, char **argv) {
     const char *model = NULL, *config = NULL;
-    int threads = 0, repeat = 3, latent = 64, batch = 1, per_block = 0, ctx_len = 77, warm_latent = 0;
+    int threads = 0, repeat = 3, latent = 64, batch = 1, per_block = 0, ctx_len = 77, warm_latent = 0, bf16 = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has = i + 1 < argc;
@@ -61,6 +64,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--config") && has) config = argv[++i];
         else if (!strcmp(a, "--warmup-latent") && has) warm_latent = atoi(argv[++i]);
         else if (!strcmp(a, "--blocks")) per_block = 1;
+        else if (!strcmp(a, "--precision") && has && (!strcmp(argv[i + 1], "fp32") || !strcmp(argv[i + 1], "bf16")))
+            bf16 = !strcmp(argv[++i], "bf16");
         else if (a[0] != '-' && !model) model = a;
         else {
             usage();
@@ -80,7 +85,17 @@ int main(int argc, char **argv) {
     double *times = NULL;
     float *ts = NULL, *tids = NULL;
     int rc = 1;
-    if (backend_cpu_create(&be, threads, &err)) goto fail;
+    if (bf16 ? backend_cpu_create_bf16(&be, threads, &err) : backend_cpu_create(&be, threads, &err)) goto fail;
+    FILE *ci = fopen("/proc/cpuinfo", "r"); // the CPU the figure belongs to
+    char line[512], cpu[256] = "unknown CPU";
+    while (ci && fgets(line, sizeof line, ci))
+        if (!strncmp(line, "model name", 10) && strchr(line, ':')) {
+            snprintf(cpu, sizeof cpu, "%s", strchr(line, ':') + 2);
+            cpu[strcspn(cpu, "\n")] = 0;
+            break;
+        }
+    if (ci) fclose(ci);
+    printf("cpu: %s; precision %s\n", cpu, bf16 ? "bf16" : "fp32");
     double t0 = now_sec();
     if (model_files_open(&mf, model, config, -1, &err)) goto fail;
     if (unet_load(&m, mf, be, &err)) goto fail;
@@ -168,6 +183,9 @@ int main(int argc, char **argv) {
         }
     }
     printf("sdc_unet_s_per_pass=%.4f peak_rss_mb=%.1f\n", med, peak_rss_mb());
+    char info[768];
+    backend_cpu_bf16_info(be, info, sizeof info);
+    if (info[0]) printf("bf16 ops: %s\n", info);
     printf("activation_bytes=%zu param_bytes=%zu\n", unet_activation_bytes(m), unet_param_bytes(m));
     rc = 0;
 fail:

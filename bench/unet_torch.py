@@ -4,6 +4,7 @@ forward pass on the CPU, same shape and thread count.
 
     python3 bench/unet_torch.py [--threads 2] [--repeat 3] [--latent 64] [--batch 1]
                                 [--model SD15.safetensors] [--sdxl] [--warmup-latent L]
+                                [--precision fp32|bf16|bf16-autocast]
 
 The UNet is diffusers' UNet2DConditionModel with the SD 1.5 config
 (320/640/1280/1280, 8 heads, cross_attention_dim 768), f32. Weights are
@@ -21,6 +22,10 @@ then the median of --repeat passes. Prints one line a shell script can parse:
 --model is then required (an SDXL single file, built on the meta device and
 filled tensor by tensor: no random init of 2.6 B parameters).
 --warmup-latent L: the warm-up pass at latent L instead of --latent.
+--precision bf16: the UNet's weights and the inputs in bfloat16 (model.to);
+bf16-autocast: fp32 weights under torch.autocast("cpu", torch.bfloat16), as
+diffusers' training scripts run (issue 17 compares sdc's bf16 with whichever
+of the two is faster on the machine).
 
 Never used at run time; needs torch + diffusers.
 """
@@ -49,6 +54,7 @@ def main():
     ap.add_argument("--model", help="original-layout SD 1.5 single file (default: random weights)")
     ap.add_argument("--sdxl", action="store_true", help="SDXL base UNet (needs --model)")
     ap.add_argument("--warmup-latent", type=int, default=0)
+    ap.add_argument("--precision", choices=("fp32", "bf16", "bf16-autocast"), default="fp32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -90,8 +96,13 @@ def main():
         s = float(a.latent * 8)
         kw["added_cond_kwargs"] = {"text_embeds": torch.randn(a.batch, n_text, generator=g),
                                    "time_ids": torch.tensor([[s, s, 0.0, 0.0, s, s]] * a.batch)}
+    if a.precision == "bf16":
+        unet = unet.to(torch.bfloat16)
+        x, ctx = x.to(torch.bfloat16), ctx.to(torch.bfloat16)
+        kw = {k: {n: v.to(torch.bfloat16) for n, v in d.items()} for k, d in kw.items()}
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16-autocast")
     times = []
-    with torch.no_grad():
+    with torch.no_grad(), amp:
         wl = a.warmup_latent if 0 < a.warmup_latent < a.latent else a.latent
         t0 = time.perf_counter()
         out = unet(x[:, :, :wl, :wl].contiguous(), t, encoder_hidden_states=ctx, **kw).sample  # warm-up
@@ -103,7 +114,7 @@ def main():
             times.append(time.perf_counter() - t0)
         assert torch.isfinite(out).all(), "non-finite UNet output"
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-    print(f"# torch {torch.__version__} threads={a.threads} batch={a.batch} latent={a.latent} "
+    print(f"# torch {torch.__version__} {a.precision} threads={a.threads} batch={a.batch} latent={a.latent} "
           f"passes={[round(s, 3) for s in times]}", file=sys.stderr)
     print(f"torch_unet_s_per_pass={statistics.median(times):.4f} peak_rss_mb={rss_mb:.1f}")
     return 0

@@ -185,7 +185,7 @@ void cli_print_usage(FILE *f, const char *sub) {
             "                            P x replicas; CPU backend)\n"
             "      --pipeline-cut B,...  the first block of stages 1 to P-1 (default: cut by measured block times)\n"
             "      --micro-batches M     runs of --batch-size items in flight along the pipeline (default 2 x P)\n"
-            "      --precision P         fp32 | fp16 | bf16 (default: fp32 on the CPU, bf16 on a GPU)\n"
+            "      --precision P         fp32 | fp16 | bf16 (default: fp32 on the CPU, bf16 on a GPU; the CPU: fp32 or bf16)\n"
             "      --dump-manifest       print the job manifest in protobuf text format and exit\n"
             "  -q, --quiet               no progress output\n"
             "  -h, --help                this help\n");
@@ -970,10 +970,12 @@ static void cli_print_usage_train(FILE *f) {
             "  --resume-from-checkpoint PATH|latest\n"
             "  --validation-prompt TEXT        --num-validation-images N (4)  --validation-steps N (100)\n"
             "  --seed N (0)                    --output-dir DIR (dreambooth-model)\n"
+            "  --mixed-precision no|bf16       bf16 compute, fp32 weights / AdamW / loss (no)\n"
             "  -t, --threads N                 CPU threads (all)\n"
             "  --dump-manifest                 print the job manifest and exit;  -q  no progress bar\n"
-            "Training runs on the CPU backend (fp32); under mpiexec/srun each replica (a pipeline of P ranks)\n"
-            "takes a share of every batch and the gradients are averaged (data parallel).\n");
+            "Training runs on the CPU backend (fp32; bf16 compute with --mixed-precision bf16); under mpiexec/srun\n"
+            "each replica (a pipeline of P ranks) takes a share of every batch and the gradients are averaged\n"
+            "(data parallel).\n");
 }
 
 static void cli_print_usage_train_vae(FILE *f) {
@@ -1032,6 +1034,7 @@ static void cli_print_usage_train_t2i(FILE *f) {
             "  --validation-prompts P1 P2 ...  one image each every --validation-epochs N (5) epochs\n"
             "                                  (--validation-inference-steps 20)\n"
             "  --seed N (0)                    --output-dir DIR (sd-model-finetuned)\n"
+            "  --mixed-precision no|bf16       bf16 compute, fp32 weights / AdamW / loss (no)\n"
             "  -t, --threads N                 CPU threads (all)\n"
             "  --dump-manifest                 print the job manifest and exit;  -q  no progress bar\n"
             "Exports DIR/model.h5, DIR/model.safetensors and DIR/diffusers/ (EMA weights with --use-ema), or a\n"
@@ -1096,6 +1099,19 @@ static int parse_train_flags(int argc, char **argv, Sdc__Job *job, ProtobufCMess
         } else if (in_list(tf->runtime_fields, name)) {
             msg = &job->runtime->base;
         }
+        if (!strcmp(name, "mixed_precision") && in_list(tf->runtime_fields, name)) {
+            // diffusers' --mixed_precision {no,fp16,bf16}: the Runtime's precision
+            const char *v = i + 1 < argc ? argv[++i] : "";
+            const char *pr = !strcmp(v, "no") || !strcmp(v, "fp32") ? "PRECISION_FP32"
+                             : !strcmp(v, "bf16")                   ? "PRECISION_BF16"
+                             : !strcmp(v, "fp16")                   ? "PRECISION_FP16"
+                                                                    : NULL;
+            if (!pr)
+                return sdc_err(err, SDC_ERR_ARG, "%s: expected no, bf16 or fp16, got '%s' ---> sdc train %s --help", a,
+                               v, tf->kind);
+            rc = manifest_set_field(&job->runtime->base, "precision", pr, err);
+            continue;
+        }
         const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, field);
         if (!fd) return sdc_err(err, SDC_ERR_ARG, "unknown option '%s' ---> sdc train %s --help", a, tf->kind);
         const char *v = NULL;
@@ -1156,7 +1172,7 @@ static int cli_parse_train(int argc, char **argv, Sdc__Job **out, CliOptions *op
     static const char *const vae_runtime[] = {"threads", NULL};
     static const char *const db_model[] = {"config", "prediction_type", NULL};
     static const char *const db_runtime[] = {"threads", "pipeline_stages", "micro_batches", "pipeline_schedule",
-                                             "pipeline_cut", NULL};
+                                             "pipeline_cut", "mixed_precision", NULL};
     if (!strcmp(argv[2], "vae")) {
         static const TrainFlags tf = {"vae", cli_print_usage_train_vae, none, vae_runtime};
         Sdc__TrainVae *v = calloc(1, sizeof *v);

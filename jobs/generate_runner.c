@@ -235,8 +235,10 @@ static GenParams gen_params(const Sdc__Generate *g, const GenInputs *in, Sampler
                        .timestep_spacing = g->timestep_spacing, .karras = g->karras, .xl = xl_cond(g)};
 }
 
-// The activation dtype a run asks for: --precision, else fp32 on the CPU and
-// bf16 on a GPU. The CPU backend is the fp32 reference and computes nothing else.
+// The dtype a run computes in: --precision, else fp32 on the CPU and bf16 on a
+// GPU. On the CPU, fp32 is the reference and bf16 the oneDNN variant
+// (backend_cpu_create_bf16: bf16 weights and matmuls, fp32 activations);
+// fp16 is a GPU format only.
 static int run_dtype(const Sdc__Runtime *rt, int cuda, DType *dt, SdcError *err) {
     Sdc__Precision pr = rt ? rt->precision : SDC__PRECISION__PRECISION_DEFAULT;
     *dt = pr == SDC__PRECISION__PRECISION_FP32   ? DT_F32
@@ -244,9 +246,9 @@ static int run_dtype(const Sdc__Runtime *rt, int cuda, DType *dt, SdcError *err)
           : pr == SDC__PRECISION__PRECISION_BF16 ? DT_BF16
           : cuda                                 ? DT_BF16
                                                  : DT_F32;
-    if (!cuda && *dt != DT_F32)
-        return sdc_err(err, SDC_ERR_ARG, "--precision %s: the CPU backend computes in fp32 ---> drop --precision, "
-                                         "or use --device cuda", *dt == DT_F16 ? "fp16" : "bf16");
+    if (!cuda && *dt == DT_F16)
+        return sdc_err(err, SDC_ERR_ARG, "--precision fp16: the CPU backend computes in fp32 or bf16 ---> "
+                                         "--precision bf16 or fp32, or --device cuda");
     return 0;
 }
 
@@ -927,7 +929,9 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     DType dt;
     int rc = run_dtype(rt, cuda, &dt, err);
     if (rc) return rc;
-    rc = cuda ? backend_cuda_create(&be, -1, dt, err) : backend_cpu_create(&be, runner_threads(job, opt->quiet), err);
+    rc = cuda              ? backend_cuda_create(&be, -1, dt, err)
+         : dt == DT_BF16 ? backend_cpu_create_bf16(&be, runner_threads(job, opt->quiet), err)
+                         : backend_cpu_create(&be, runner_threads(job, opt->quiet), err);
     if (rc) return rc;
 
     SamplerKind sk;

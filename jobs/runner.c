@@ -74,6 +74,9 @@ void runner_print_peak_memory(const Backend *be) {
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         fprintf(stderr, "sdc: peak memory: %.0f MiB resident (mapped weight files included)\n",
                 ru.ru_maxrss / 1024.0);
+    char info[768]; // --precision bf16: what computed it (AMX, AVX512-BF16, or sdc's emulation)
+    backend_cpu_bf16_info(be, info, sizeof info);
+    if (info[0]) fprintf(stderr, "sdc: bf16 ops: %s\n", info);
 }
 
 // ----------------------------------------------------------------------------

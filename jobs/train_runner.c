@@ -944,6 +944,19 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
     if ((rc = dp_init(&run.dp, run.grid.data, 0, err))) goto done;
     rc = par->rank == 0 ? fs_mkdir_p(d->output_dir, err) : 0;
     if ((rc = h5_par_agree(par, rc, err))) goto done;
+    // --mixed-precision (diffusers' flag; the manifest's runtime.precision): bf16 compute with fp32 master
+    // weights, AdamW state and loss on the CPU's mixed variant; refused before any work when not possible
+    const int mixed = rt && rt->precision == SDC__PRECISION__PRECISION_BF16;
+    if (rt && rt->precision == SDC__PRECISION__PRECISION_FP16) {
+        rc = sdc_err(err, SDC_ERR_ARG, "--mixed-precision fp16: the CPU trains in fp32 or bf16 ---> --mixed-precision "
+                     "bf16, or no");
+        goto done;
+    }
+    if (mixed && !backend_cpu_bf16_available()) {
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "--mixed-precision bf16: this sdc was built without oneDNN ---> "
+                     "install it (tools/setup.sh: libdnnl-dev) and rebuild, or --mixed-precision no");
+        goto done;
+    }
     if ((rc = backend_cpu_create(&be, runner_threads(job, opt->quiet), err))) goto done;
 
     // 1-2. data
@@ -996,7 +1009,12 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
     // mpiexec, R ranks of all-core thread pools would fight over the cores).
     backend_destroy(be);
     be = NULL;
-    if ((rc = backend_cpu_create(&be, runner_threads(job, 1), err))) goto done;
+    rc = mixed ? backend_cpu_create_bf16_mixed(&be, runner_threads(job, 1), err)
+               : backend_cpu_create(&be, runner_threads(job, 1), err);
+    if (rc) goto done;
+    if (mixed && !opt->quiet && par->rank == 0)
+        fprintf(stderr, "sdc: --mixed-precision bf16: conv2d, linear and attention in bf16 (forward and backward), "
+                "fp32 master weights, AdamW state and loss\n");
     const int per_batch = d->train_batch_size * (d->with_prior_preservation ? 2 : 1);
     const int share_max = (per_batch + run.grid.replicas - 1) / run.grid.replicas;
     const int micro = rt && rt->micro_batches > 0 ? rt->micro_batches : stages > 1 ? 2 * stages : 1;

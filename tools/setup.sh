@@ -14,6 +14,8 @@ PKGS=(
   libopenblas-openmp-dev
   libpng-dev libjpeg-dev zlib1g-dev
   libssl-dev
+  # the CPU's bf16 path (--precision bf16 on the CPU; optional in CMake: SDC_DNNL)
+  libdnnl-dev
   python3-h5py python3-numpy
   file diffutils
   # tools/fuzz.sh: clang with libFuzzer and the sanitizer runtimes, and

@@ -30,6 +30,8 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
+#include <string.h>
 
 // Scores a thread holds at once: about ATT_BLOCK_FLOATS, and a query block of
 // ATT_BQ_MIN..ATT_BQ_MAX rows, a multiple of QK_MR.
@@ -127,8 +129,10 @@ static void qk_block(float *s, int ldk, const float *q, int ld, const float *kt,
 
 // Rows of s (rows, ld), already scaled: s <- exp(s - row max) over the row's
 // keys, inv_sum[i] <- 1 / row sum; keys past a row's causal limit (up to
-// lk_eff) are set to 0.
-static void block_exp(float *s, float *inv_sum, int rows, int ld, int q0, int lk_eff, int causal) {
+// lk_eff) are set to 0. round_p: each exp then rounded to bf16 (nearest
+// even), the sum kept from the unrounded ones (cpu_attention_bf16p).
+static inline __attribute__((always_inline)) void block_exp(float *s, float *inv_sum, int rows, int ld, int q0,
+                                                            int lk_eff, int causal, const int round_p) {
     for (int i = 0; i < rows; i++) {
         float *r = s + (int64_t)i * ld; // (lk_eff)
         int n = lk_eff;
@@ -144,6 +148,15 @@ static void block_exp(float *s, float *inv_sum, int rows, int ld, int q0, int lk
             sum += e;
         }
         inv_sum[i] = 1.0f / sum;
+        if (round_p) {
+#pragma omp simd
+            for (int j = 0; j < n; j++) {
+                uint32_t u;
+                memcpy(&u, &r[j], 4); // a finite exp in (0, 1]: no NaN to keep
+                u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+                memcpy(&r[j], &u, 4);
+            }
+        }
         for (int j = n; j < lk_eff; j++) r[j] = 0.0f;
     }
 }
@@ -210,8 +223,10 @@ static void pv_block(float *out, int ld, const float *p, int ldp, const float *v
     }
 }
 
-void cpu_attention(float *out, const float *q, const float *k, const float *v, int B, int Lq,
-                   int Lk, int H, int D, int causal, float *scratch, size_t scratch_floats) {
+static inline __attribute__((always_inline)) void attention_run(float *out, const float *q, const float *k,
+                                                                const float *v, int B, int Lq, int Lk, int H,
+                                                                int D, int causal, float *scratch,
+                                                                size_t scratch_floats, const int round_p) {
     const int bq = att_block_rows(Lq, Lk);
     const int nblk = (Lq + bq - 1) / bq;
     const int64_t ntask = (int64_t)B * H * nblk;
@@ -254,7 +269,7 @@ void cpu_attention(float *out, const float *q, const float *k, const float *v, i
                 kt_head = bh;
             }
             qk_block(s, ldk, qb, ld, kt, rows, D, att_ldk(lk_eff), scale);
-            block_exp(s, inv_sum, rows, ldk, q0, lk_eff, causal);
+            block_exp(s, inv_sum, rows, ldk, q0, lk_eff, causal, round_p);
             if (D % 8 == 0) {
                 pv_block(ob, ld, s, ldk, vp, Lk, rows, lk_eff, D, inv_sum);
             } else {
@@ -268,4 +283,14 @@ void cpu_attention(float *out, const float *q, const float *k, const float *v, i
             }
         }
     }
+}
+
+void cpu_attention(float *out, const float *q, const float *k, const float *v, int B, int Lq,
+                   int Lk, int H, int D, int causal, float *scratch, size_t scratch_floats) {
+    attention_run(out, q, k, v, B, Lq, Lk, H, D, causal, scratch, scratch_floats, 0);
+}
+
+void cpu_attention_bf16p(float *out, const float *q, const float *k, const float *v, int B, int Lq,
+                         int Lk, int H, int D, int causal, float *scratch, size_t scratch_floats) {
+    attention_run(out, q, k, v, B, Lq, Lk, H, D, causal, scratch, scratch_floats, 1);
 }

@@ -45,6 +45,12 @@ size_t cpu_attention_scratch_floats(int Lq, int Lk, int D, int threads);
 // softmax over the whole key row of a block; never the full score matrix.
 void cpu_attention(float *out, const float *q, const float *k, const float *v, int B, int Lq,
                    int Lk, int H, int D, int causal, float *scratch, size_t scratch_floats);
+// cpu_attention with each softmax numerator exp(s - max) rounded to bf16
+// (nearest even) before P.V, the row sums from the unrounded ones: the bf16
+// attention's emulation where oneDNN has no bf16 (kernels/cpu/bf16_cpu.c),
+// given q, k, v already rounded to bf16 values. Same scratch.
+void cpu_attention_bf16p(float *out, const float *q, const float *k, const float *v, int B, int Lq,
+                         int Lk, int H, int D, int causal, float *scratch, size_t scratch_floats);
 
 // ---- normalisation -----------------------------------------------------------
 

@@ -184,6 +184,25 @@ int backend_status(const Backend *be, SdcError *err);
 
 // Creates the CPU backend with `threads` threads (0 = all cores).
 int backend_cpu_create(Backend **out, int threads, SdcError *err);
+// The CPU backend computing in bf16 through oneDNN (--precision bf16 on the
+// CPU): param_dtype BF16 (every parameter rounded to bf16 once, at load),
+// act_dtype F32; conv2d, linear and attention multiply bf16 by bf16 into fp32
+// accumulators, every other op is the fp32 one. Fails with
+// SDC_ERR_UNSUPPORTED and a hint when sdc was built without oneDNN.
+int backend_cpu_create_bf16(Backend **out, int threads, SdcError *err);
+// The mixed-precision variant for training (--mixed-precision bf16):
+// param_dtype F32 (fp32 master weights, gradients and AdamW state), act_dtype
+// F32; conv2d and linear round their weights to bf16 per call, and conv2d,
+// linear and attention compute in bf16 with fp32 accumulation, backward
+// included (the backward: bf16-rounded operands through the fp32 kernels,
+// the same numbers; not yet through oneDNN). Same failure as above.
+int backend_cpu_create_bf16_mixed(Backend **out, int threads, SdcError *err);
+// Whether this build has the CPU bf16 path (oneDNN).
+int backend_cpu_bf16_available(void);
+// The bf16 variant: oneDNN's version and the implementations its ops ran so
+// far (e.g. "oneDNN 2.6.3: conv2d ref:any; linear gemm:jit"), into buf;
+// "" for any other backend.
+void backend_cpu_bf16_info(const Backend *be, char *buf, size_t n);
 // Creates the CUDA backend on device `device_index`; act_dtype F32, F16 or
 // BF16. Fails with SDC_ERR_DEVICE and a hint when there is no usable GPU or
 // sdc was built without CUDA.

@@ -11,6 +11,17 @@
 // (CPU_SCRATCH_BUDGET_FLOATS plus one row or block). Because of that shared
 // scratch, one CPU Backend serves one calling thread at a time (its ops
 // use all the backend's threads themselves).
+//
+// The bf16 variant (backend_cpu_create_bf16, a build with oneDNN) is the same
+// table with param_dtype BF16: the loader converts every parameter once to
+// bf16 (round to nearest even); conv2d, linear and attention compute in bf16
+// with fp32 accumulation (kernels/cpu/bf16_cpu.h); every other op, and every
+// activation between ops, stays fp32 (a bf16 bias, norm affine or embedding
+// row is widened to fp32 where an op reads it). The mixed-precision variant
+// (backend_cpu_create_bf16_mixed, training) keeps param_dtype F32 (master
+// weights): conv2d and linear round their weights per call, and the
+// backward of conv2d, linear and attention multiplies bf16-rounded operands
+// (backend_cpu_bwd.c).
 #include "core/backend.h"
 
 #include <cblas.h>
@@ -21,6 +32,9 @@
 
 #include "core/backend_cpu_bwd.h"
 #include "cpu/ops_cpu.h"
+#ifdef SDC_HAVE_DNNL
+#include "cpu/bf16_cpu.h"
+#endif
 
 // Provided by backend_cuda.c in builds with CUDA. Weak: a CUDA Backend can
 // only exist when backend_cuda_create (same object file) was linked in, so a
@@ -38,6 +52,15 @@ typedef struct CpuImpl {
     // destroy.
     long fault_at, requests;
     const char *count_path;
+    // The bf16 variant only: oneDNN's context (bf16_cpu.h) and two buffers
+    // for bf16 parameter vectors widened to fp32 (grow, then reused).
+    struct CpuBf16 *bf16;
+    float *pv[2];
+    size_t pv_cap[2]; // floats
+    // The mixed variant's backward: operands rounded to bf16 values (fp32),
+    // four buffers (grow, then reused; cpu_backend_bf16_operand).
+    float *rnd[4];
+    size_t rnd_cap[4]; // floats
 } CpuImpl;
 
 // ---- helpers -----------------------------------------------------------------
@@ -65,6 +88,78 @@ float *cpu_backend_scratch(const Backend *be, size_t floats) {
 }
 
 #define CHECK_F32(t) SDC_CHECK((t)->dtype == DT_F32 && (t)->device == DEV_CPU)
+// a parameter: F32, or BF16 on the bf16 variant
+#define CHECK_PARAM(be, t) SDC_CHECK((t)->dtype == (be)->param_dtype && (t)->device == DEV_CPU)
+
+// A parameter vector (bias, norm affine) as fp32: itself on the fp32
+// backend; widened into buffer `slot` (0 or 1) on the bf16 one. NULL for a
+// NULL t, or (recorded: backend_status) when there is no memory.
+static const float *param_f32(const Backend *be, const Tensor *t, int slot) {
+    if (!t) return NULL;
+    CHECK_PARAM(be, t);
+    if (t->dtype == DT_F32) return tensor_f32p(t);
+    CpuImpl *im = be->impl;
+    const size_t n = (size_t)tensor_numel(t);
+    if (n > im->pv_cap[slot]) {
+        free(im->pv[slot]);
+        im->pv[slot] = malloc(n * sizeof(float));
+        im->pv_cap[slot] = im->pv[slot] ? n : 0;
+        if (!im->pv[slot]) {
+            if (!im->fault.code)
+                sdc_err(&im->fault, SDC_ERR_OOM, "cpu backend: cannot allocate %.1f MiB for a parameter (out of "
+                        "memory) ---> free memory on this machine", (double)n * sizeof(float) / (1 << 20));
+            return NULL;
+        }
+    }
+    convert_to_f32(im->pv[slot], t->data, t->dtype, n);
+    return im->pv[slot];
+}
+
+const float *cpu_backend_bf16_operand(const Backend *be, const Tensor *t, int slot) {
+    SDC_CHECK(t->dtype == DT_F32 && slot >= 0 && slot < 4);
+    CpuImpl *im = be->impl;
+    if (!im->bf16) return t->data; // the fp32 backend
+    const size_t n = (size_t)tensor_numel(t);
+    if (n > im->rnd_cap[slot]) {
+        free(im->rnd[slot]);
+        im->rnd[slot] = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+        im->rnd_cap[slot] = im->rnd[slot] ? n : 0;
+        if (!im->rnd[slot]) {
+            if (!im->fault.code)
+                sdc_err(&im->fault, SDC_ERR_OOM, "cpu backend, bf16: cannot allocate %.1f MiB for a rounded operand "
+                        "(out of memory) ---> lower the batch size", (double)n * sizeof(float) / (1 << 20));
+            return NULL;
+        }
+    }
+    const float *x = t->data;
+    float *r = im->rnd[slot];
+#pragma omp parallel for schedule(static) if (n >= ((size_t)1 << 16))
+    for (size_t i = 0; i < n; i++) r[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    return r;
+}
+
+#ifdef SDC_HAVE_DNNL
+// The weights of a bf16 conv2d / linear: bf16 parameters as they are; the
+// mixed variant's fp32 master weights rounded for this call. NULL: recorded.
+static const uint16_t *bf16_weights(const Backend *be, const Tensor *w) {
+    CpuImpl *im = be->impl;
+    if (w->dtype == DT_BF16) return w->data;
+    const uint16_t *r = cpu_bf16_weights(im->bf16, tensor_f32p(w), tensor_numel(w));
+    if (!r && !im->fault.code)
+        sdc_err(&im->fault, SDC_ERR_OOM, "cpu backend, bf16: %s ---> lower the batch size", cpu_bf16_error(im->bf16));
+    return r;
+}
+
+// After a bf16 op: its failure (no staging memory, a oneDNN call) recorded.
+static void bf16_status(const Backend *be, int rc, const char *op) {
+    CpuImpl *im = be->impl;
+    if (!rc || im->fault.code) return;
+    const int oom = cpu_bf16_error_is_oom(im->bf16);
+    sdc_err(&im->fault, oom ? SDC_ERR_OOM : SDC_ERR_UNSUPPORTED, "cpu backend, bf16 %s: %s ---> %s", op,
+            cpu_bf16_error(im->bf16),
+            oom ? "lower --batch-size or the image size" : "run with --precision fp32 (the reference path)");
+}
+#endif
 
 static int64_t last_dim(const Tensor *t) { return t->shape[t->ndim - 1]; }
 
@@ -106,7 +201,7 @@ static int cpu_status(const Backend *be, SdcError *err) {
 
 static void cpu_op_conv2d(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w,
                           const Tensor *b, int stride, int pad) {
-    CHECK_F32(out); CHECK_F32(x); CHECK_F32(w);
+    CHECK_F32(out); CHECK_F32(x); CHECK_PARAM(be, w);
     SDC_CHECK(x->ndim == 4 && w->ndim == 4 && out->ndim == 4 && stride >= 1 && pad >= 0);
     int N = (int)x->shape[0], C = (int)x->shape[1], H = (int)x->shape[2], W = (int)x->shape[3];
     int OC = (int)w->shape[0], KH = (int)w->shape[2], KW = (int)w->shape[3];
@@ -114,7 +209,17 @@ static void cpu_op_conv2d(const Backend *be, Tensor *out, const Tensor *x, const
     int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
     SDC_CHECK(OH > 0 && OW > 0);
     SDC_CHECK(out->shape[0] == N && out->shape[1] == OC && out->shape[2] == OH && out->shape[3] == OW);
-    if (b) { CHECK_F32(b); SDC_CHECK(tensor_numel(b) == OC); }
+    if (b) { CHECK_PARAM(be, b); SDC_CHECK(tensor_numel(b) == OC); }
+#ifdef SDC_HAVE_DNNL
+    if (((CpuImpl *)be->impl)->bf16) {
+        const float *bf = param_f32(be, b, 0);
+        const uint16_t *wb = bf16_weights(be, w);
+        if ((b && !bf) || !wb) return; // recorded: backend_status
+        bf16_status(be, cpu_bf16_conv2d(((CpuImpl *)be->impl)->bf16, tensor_f32p(out), tensor_f32p(x), wb, bf, N, C,
+                                        H, W, OC, KH, KW, stride, pad), "conv2d");
+        return;
+    }
+#endif
     size_t need = cpu_conv2d_scratch_floats(C, H, W, OC, KH, KW, stride, pad);
     float *s = need ? cpu_backend_scratch(be, need) : NULL;
     if (need && !s) return; // recorded: backend_status
@@ -124,13 +229,23 @@ static void cpu_op_conv2d(const Backend *be, Tensor *out, const Tensor *x, const
 
 static void cpu_op_linear(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w,
                           const Tensor *b) {
-    CHECK_F32(out); CHECK_F32(x); CHECK_F32(w);
+    CHECK_F32(out); CHECK_F32(x); CHECK_PARAM(be, w);
     SDC_CHECK(w->ndim == 2);
     int64_t K = last_dim(x), Nn = w->shape[0];
     SDC_CHECK(w->shape[1] == K && last_dim(out) == Nn);
     int64_t M = tensor_numel(x) / K;
     SDC_CHECK(tensor_numel(out) == M * Nn);
-    if (b) { CHECK_F32(b); SDC_CHECK(tensor_numel(b) == Nn); }
+    if (b) { CHECK_PARAM(be, b); SDC_CHECK(tensor_numel(b) == Nn); }
+#ifdef SDC_HAVE_DNNL
+    if (((CpuImpl *)be->impl)->bf16) {
+        const float *bf = param_f32(be, b, 0);
+        const uint16_t *wb = bf16_weights(be, w);
+        if ((b && !bf) || !wb) return; // recorded: backend_status
+        bf16_status(be, cpu_bf16_linear(((CpuImpl *)be->impl)->bf16, tensor_f32p(out), tensor_f32p(x), wb, bf, M, K,
+                                        Nn), "linear");
+        return;
+    }
+#endif
     cpu_linear(tensor_f32p(out), tensor_f32p(x), tensor_f32p(w), b ? tensor_f32p(b) : NULL, (int)M,
                (int)K, (int)Nn);
 }
@@ -138,23 +253,23 @@ static void cpu_op_linear(const Backend *be, Tensor *out, const Tensor *x, const
 static void cpu_op_group_norm(const Backend *be, Tensor *out, const Tensor *x, const Tensor *gamma,
                               const Tensor *beta, int groups, float eps, int silu) {
     check_elementwise(out, x);
-    CHECK_F32(gamma); CHECK_F32(beta);
     SDC_CHECK(x->ndim >= 2 && tensor_same_shape(out, x));
     int N = (int)x->shape[0], C = (int)x->shape[1];
     SDC_CHECK(groups > 0 && C % groups == 0);
     SDC_CHECK(tensor_numel(gamma) == C && tensor_numel(beta) == C);
-    cpu_group_norm(tensor_f32p(out), tensor_f32p(x), tensor_f32p(gamma), tensor_f32p(beta), N, C,
-                   spatial(x), groups, eps, silu);
+    const float *g = param_f32(be, gamma, 0), *bt = param_f32(be, beta, 1);
+    if (!g || !bt) return; // recorded: backend_status
+    cpu_group_norm(tensor_f32p(out), tensor_f32p(x), g, bt, N, C, spatial(x), groups, eps, silu);
 }
 
 static void cpu_op_layer_norm(const Backend *be, Tensor *out, const Tensor *x, const Tensor *gamma,
                               const Tensor *beta, float eps) {
     check_elementwise(out, x);
-    CHECK_F32(gamma); CHECK_F32(beta);
     int64_t D = last_dim(x);
     SDC_CHECK(last_dim(out) == D && tensor_numel(gamma) == D && tensor_numel(beta) == D);
-    cpu_layer_norm(tensor_f32p(out), tensor_f32p(x), tensor_f32p(gamma), tensor_f32p(beta),
-                   tensor_numel(x) / D, (int)D, eps);
+    const float *g = param_f32(be, gamma, 0), *bt = param_f32(be, beta, 1);
+    if (!g || !bt) return; // recorded: backend_status
+    cpu_layer_norm(tensor_f32p(out), tensor_f32p(x), g, bt, tensor_numel(x) / D, (int)D, eps);
 }
 
 static void cpu_op_attention(const Backend *be, Tensor *out, const Tensor *q, const Tensor *k,
@@ -165,6 +280,13 @@ static void cpu_op_attention(const Backend *be, Tensor *out, const Tensor *q, co
     SDC_CHECK(heads > 0 && q->shape[2] % heads == 0 && k->shape[1] > 0);
     int B = (int)q->shape[0], Lq = (int)q->shape[1], Lk = (int)k->shape[1];
     int D = (int)(q->shape[2] / heads);
+#ifdef SDC_HAVE_DNNL
+    if (((CpuImpl *)be->impl)->bf16) {
+        bf16_status(be, cpu_bf16_attention(((CpuImpl *)be->impl)->bf16, tensor_f32p(out), tensor_f32p(q),
+                                           tensor_f32p(k), tensor_f32p(v), B, Lq, Lk, heads, D, causal), "attention");
+        return;
+    }
+#endif
     size_t need = cpu_attention_scratch_floats(Lq, Lk, D, omp_get_max_threads());
     float *s = cpu_backend_scratch(be, need);
     if (!s) return; // recorded: backend_status
@@ -273,11 +395,20 @@ static void cpu_op_nlc_to_nchw(const Backend *be, Tensor *out, const Tensor *x) 
 
 static void cpu_op_embedding(const Backend *be, Tensor *out, const Tensor *ids,
                              const Tensor *table) {
-    CHECK_F32(out); CHECK_F32(table);
+    CHECK_F32(out); CHECK_PARAM(be, table);
     SDC_CHECK(ids->dtype == DT_I32 && ids->device == DEV_CPU && table->ndim == 2);
     int64_t n = tensor_numel(ids);
     int V = (int)table->shape[0], D = (int)table->shape[1];
     SDC_CHECK(last_dim(out) == D && tensor_numel(out) == n * D);
+    if (table->dtype != DT_F32) { // the bf16 variant: the rows asked for, widened
+        const int32_t *id = ids->data;
+        for (int64_t i = 0; i < n; i++) {
+            SDC_CHECK(id[i] >= 0 && id[i] < V); // token ids come from our tokenizer: out of range is a bug
+            convert_to_f32(tensor_f32p(out) + i * D, (const char *)table->data + (size_t)id[i] * D * 2, table->dtype,
+                           (size_t)D);
+        }
+        return;
+    }
     int64_t bad = cpu_embedding(tensor_f32p(out), (const int32_t *)ids->data, tensor_f32p(table), n,
                                 V, D);
     SDC_CHECK(bad < 0); // token ids come from our tokenizer: out of range is a bug
@@ -437,6 +568,49 @@ int backend_cpu_create(Backend **out, int threads, SdcError *err) {
     return 0;
 }
 
+int backend_cpu_bf16_available(void) {
+#ifdef SDC_HAVE_DNNL
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static int create_bf16(Backend **out, int threads, int mixed, SdcError *err) {
+    *out = NULL;
+#ifdef SDC_HAVE_DNNL
+    Backend *be;
+    SDC_TRY(backend_cpu_create(&be, threads, err));
+    CpuImpl *im = be->impl;
+    char msg[256];
+    if (cpu_bf16_create(&im->bf16, msg, sizeof msg)) {
+        backend_destroy(be);
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "cpu backend, bf16: %s ---> run with --precision fp32", msg);
+    }
+    be->param_dtype = mixed ? DT_F32 : DT_BF16;
+    be->name = mixed ? "cpu-bf16-mixed" : "cpu-bf16";
+    *out = be;
+    return 0;
+#else
+    (void)threads, (void)mixed;
+    return sdc_err(err, SDC_ERR_UNSUPPORTED, "--precision bf16 on the CPU: this sdc was built without oneDNN ---> "
+                   "install it (tools/setup.sh: libdnnl-dev) and rebuild, or run with --precision fp32");
+#endif
+}
+
+int backend_cpu_create_bf16(Backend **out, int threads, SdcError *err) { return create_bf16(out, threads, 0, err); }
+int backend_cpu_create_bf16_mixed(Backend **out, int threads, SdcError *err) {
+    return create_bf16(out, threads, 1, err);
+}
+
+void backend_cpu_bf16_info(const Backend *be, char *buf, size_t n) {
+    if (n) buf[0] = 0;
+#ifdef SDC_HAVE_DNNL
+    if (be && be->device == DEV_CPU && be->impl && ((CpuImpl *)be->impl)->bf16) // (measure: no impl)
+        cpu_bf16_impl_info(((CpuImpl *)be->impl)->bf16, buf, n);
+#endif
+}
+
 // ---- measure backend ---------------------------------------------------------
 // Every op does nothing: a model's forward against it and a measuring arena
 // only records how much memory the real run needs.
@@ -545,7 +719,14 @@ void backend_destroy(Backend *be) {
         FILE *f = fopen(im->count_path, "w");
         if (f) fprintf(f, "%ld\n", im->requests), fclose(f);
     }
-    if (im) free(im->scratch);
+    if (im) {
+        free(im->scratch);
+        free(im->pv[0]), free(im->pv[1]);
+        for (int i = 0; i < 4; i++) free(im->rnd[i]);
+#ifdef SDC_HAVE_DNNL
+        cpu_bf16_destroy(im->bf16);
+#endif
+    }
     free(im);
     free(be);
 }

@@ -2,6 +2,9 @@
 // shape checks, then the fp32 kernels of kernels/cpu/ops_cpu_bwd.h (each
 // checked against finite differences in tests/test_backward_cpu.c).
 // Activation gradients are overwritten, parameter gradients accumulated.
+// On the mixed-precision variant the matmul-like ones (linear, conv2d,
+// attention) take their operands rounded to bf16 (cpu_backend_bf16_operand):
+// bf16 products, fp32 accumulation, fp32 gradients, as the forward.
 #include "core/backend_cpu_bwd.h"
 
 #include <omp.h>
@@ -34,7 +37,14 @@ void cpu_op_linear_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *d
     SDC_CHECK(!dx || tensor_numel(dx) == M * K);
     SDC_CHECK(!dw || tensor_same_shape(dw, w));
     SDC_CHECK(!db || tensor_numel(db) == N);
-    cpu_linear_backward(p32(dx), p32(dw), p32(db), p32(dy), p32(x), p32(w), (int)M, (int)K, (int)N);
+    const float *dyr = cpu_backend_bf16_operand(be, dy, 0), *xr = cpu_backend_bf16_operand(be, x, 1);
+    const float *wr = cpu_backend_bf16_operand(be, w, 2);
+    if (!dyr || !xr || !wr) return; // recorded: backend_status
+    if (db && dyr != p32(dy)) { // db sums the unrounded dy (a reduction: fp32, as autocast keeps it)
+        cpu_linear_backward(NULL, NULL, p32(db), p32(dy), p32(x), p32(w), (int)M, (int)K, (int)N);
+        db = NULL;
+    }
+    cpu_linear_backward(p32(dx), p32(dw), p32(db), dyr, xr, wr, (int)M, (int)K, (int)N);
 }
 
 void cpu_op_conv2d_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
@@ -55,8 +65,14 @@ void cpu_op_conv2d_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *d
     size_t need = cpu_conv2d_backward_scratch_floats(C, H, W, OC, KH, KW, stride, pad);
     float *s = need ? cpu_backend_scratch(be, need) : NULL;
     if (need && !s) return; // recorded: backend_status
-    cpu_conv2d_backward(p32(dx), p32(dw), p32(db), p32(dy), p32(x), p32(w), N, C, H, W, OC, KH, KW, stride, pad, s,
-                        need);
+    const float *dyr = cpu_backend_bf16_operand(be, dy, 0), *xr = cpu_backend_bf16_operand(be, x, 1);
+    const float *wr = cpu_backend_bf16_operand(be, w, 2);
+    if (!dyr || !xr || !wr) return; // recorded: backend_status
+    if (db && dyr != p32(dy)) { // db sums the unrounded dy (as for linear); then the rest from the rounded operands
+        cpu_conv2d_backward(NULL, NULL, p32(db), p32(dy), p32(x), p32(w), N, C, H, W, OC, KH, KW, stride, pad, s, need);
+        db = NULL;
+    }
+    cpu_conv2d_backward(p32(dx), p32(dw), p32(db), dyr, xr, wr, N, C, H, W, OC, KH, KW, stride, pad, s, need);
 }
 
 void cpu_op_group_norm_backward(const Backend *be, Tensor *dx, Tensor *dgamma, Tensor *dbeta, const Tensor *dy,
@@ -99,8 +115,10 @@ void cpu_op_attention_backward(const Backend *be, Tensor *dq, Tensor *dk, Tensor
     size_t need = cpu_attention_backward_scratch_floats(Lq, Lk, D, omp_get_max_threads());
     float *s = cpu_backend_scratch(be, need);
     if (!s) return; // recorded: backend_status
-    cpu_attention_backward(p32(dq), p32(dk), p32(dv), p32(dout), p32(q), p32(k), p32(v), B, Lq, Lk, heads, D,
-                           causal, s, need);
+    const float *dor = cpu_backend_bf16_operand(be, dout, 0), *qr = cpu_backend_bf16_operand(be, q, 1);
+    const float *kr = cpu_backend_bf16_operand(be, k, 2), *vr = cpu_backend_bf16_operand(be, v, 3);
+    if (!dor || !qr || !kr || !vr) return; // recorded: backend_status
+    cpu_attention_backward(p32(dq), p32(dk), p32(dv), dor, qr, kr, vr, B, Lq, Lk, heads, D, causal, s, need);
 }
 
 static void check_unary(const Tensor *dx, const Tensor *dy, const Tensor *x) {

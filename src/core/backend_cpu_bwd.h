@@ -7,6 +7,12 @@
 #include "core/backend.h"
 
 float *cpu_backend_scratch(const Backend *be, size_t floats);
+// An fp32 operand of a matmul-like backward (conv2d, linear, attention): on
+// the bf16 variants its values rounded to bf16 (nearest even, as fp32), in
+// the backend's buffer `slot` (0..3, valid until that slot is asked again);
+// on the fp32 backend t's own data. NULL (recorded: backend_status) when out
+// of memory.
+const float *cpu_backend_bf16_operand(const Backend *be, const Tensor *t, int slot);
 
 void cpu_op_linear_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
                             const Tensor *x, const Tensor *w);

@@ -1,0 +1,458 @@
+// bf16_cpu.c: conv2d, linear and attention in bf16 through oneDNN's C API
+// (bf16_cpu.h). Built only with oneDNN (CMake's SDC_DNNL).
+//
+// Every primitive is made for one shape on its first call (oneDNN chooses the
+// implementation then: AMX or AVX512-BF16 where the CPU has them) and kept in
+// a small table with its memory objects, whose data handles are set before
+// each execution. Layouts are the plain ones sdc's tensors have (NCHW, OIHW,
+// row-major), so no reorders: the inputs' only extra pass is their rounding
+// to bf16 into a staging buffer.
+//
+// Where oneDNN has no implementation (oneDNN 2.x implements bf16 only on CPUs
+// with AVX-512, reference code included: on an AVX2 CPU every bf16 primitive
+// is "unimplemented"), the op is emulated with the same numbers: the bf16
+// operands widened to fp32 (exact) and multiplied by the fp32 kernels
+// (OpenBLAS sgemm, cpu_conv2d), which accumulate in fp32 as oneDNN does. The
+// results then differ from oneDNN's only in the order of the additions; the
+// speed is fp32's (a little less: the widening), the memory bf16's.
+//
+// Not here: the backward (training), blocked weight layouts chosen by oneDNN
+// (format_tag_any + a reorder at load), and fusing the rounding into oneDNN.
+#include "cpu/bf16_cpu.h"
+#include "cpu/ops_cpu.h"
+
+#include <cblas.h>
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
+
+enum { OP_CONV, OP_LINEAR, OP_ATT_QK, OP_ATT_PV, OP_KINDS };
+static const char *const OP_NAME[OP_KINDS] = {"conv2d", "linear", "attention Q.K^T", "attention P.V"};
+
+#define KEY_LEN 12
+
+// One primitive for one op shape; m: its src, weights, bias, dst memories.
+// p NULL: oneDNN has no implementation for it here, the op is emulated.
+typedef struct Prim {
+    int kind;
+    int64_t key[KEY_LEN];
+    dnnl_primitive_t p;
+    dnnl_memory_t m[4];
+} Prim;
+
+#define EMULATED "sdc fp32 emulation (oneDNN: unimplemented on this CPU)"
+
+struct CpuBf16 {
+    dnnl_engine_t eng;
+    dnnl_stream_t stream;
+    Prim **prims; // each allocated once: a Prim * stays valid while more are made
+    int n_prims, cap_prims;
+    char impl[OP_KINDS][160]; // the implementations seen per op kind, "; " separated
+    uint16_t *stage;          // bf16 inputs (grows, 64-byte aligned)
+    size_t stage_cap;         // elements
+    uint16_t *wstage;         // fp32 weights rounded for one op (cpu_bf16_weights)
+    size_t wstage_cap;
+    float *scores;            // attention: (bq, Lk) f32 scores of one query block
+    size_t scores_cap;
+    float *wide[3];           // emulation: the operands widened to fp32 (grow)
+    size_t wide_cap[3];
+    float *scratch;           // emulation: cpu_conv2d's / cpu_attention_bf16p's scratch
+    size_t scratch_cap;
+    char msg[256];
+    int oom;
+};
+
+const char *cpu_bf16_error(const CpuBf16 *c) { return c->msg; }
+int cpu_bf16_error_is_oom(const CpuBf16 *c) { return c->oom; }
+
+static int fail(CpuBf16 *c, const char *what, dnnl_status_t st) {
+    snprintf(c->msg, sizeof c->msg, "oneDNN: %s failed (%s)", what, dnnl_status2str(st));
+    c->oom = 0;
+    return -1;
+}
+#define DNNL_TRY(c, call)                                     \
+    do {                                                      \
+        dnnl_status_t st_ = (call);                           \
+        if (st_ != dnnl_success) return fail((c), #call, st_); \
+    } while (0)
+
+// ---- rounding to bf16 ------------------------------------------------------------
+
+static inline uint16_t round_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16; // nearest, ties to even
+    if ((u & 0x7fffffffu) > 0x7f800000u) r = (u >> 16) | 0x40u; // NaN stays a (quiet) NaN
+    return (uint16_t)r;
+}
+
+// Below this many elements a loop runs on the calling thread: waking the
+// team costs more than the loop (and on a loaded machine much more).
+#define PAR_MIN ((int64_t)1 << 16)
+
+void cpu_f32_to_bf16(uint16_t *dst, const float *x, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+    for (int64_t i = 0; i < n; i++) dst[i] = round_bf16(x[i]);
+}
+
+// A staging buffer of at least n elements of `size` bytes; NULL (and the
+// error set) when there is no memory for it.
+static void *grow(CpuBf16 *c, void **buf, size_t *cap, size_t n, size_t size) {
+    if (n <= *cap) return *buf;
+    free(*buf);
+    *buf = aligned_alloc(64, (n * size + 63) / 64 * 64);
+    *cap = *buf ? n : 0;
+    if (!*buf) {
+        snprintf(c->msg, sizeof c->msg, "bf16: cannot allocate %.1f MiB of staging memory (out of memory)",
+                 (double)n * size / (1 << 20));
+        c->oom = 1;
+    }
+    return *buf;
+}
+static uint16_t *stage(CpuBf16 *c, size_t n) {
+    return grow(c, (void **)&c->stage, &c->stage_cap, n, sizeof(uint16_t));
+}
+
+const uint16_t *cpu_bf16_weights(CpuBf16 *c, const float *w, int64_t n) {
+    uint16_t *d = grow(c, (void **)&c->wstage, &c->wstage_cap, (size_t)n, sizeof(uint16_t));
+    if (d) cpu_f32_to_bf16(d, w, n);
+    return d;
+}
+
+// ---- context -------------------------------------------------------------------
+
+int cpu_bf16_create(CpuBf16 **out, char *msg, size_t n) {
+    *out = NULL;
+    CpuBf16 *c = calloc(1, sizeof *c);
+    if (!c) return snprintf(msg, n, "bf16: out of memory"), -1;
+    dnnl_status_t st = dnnl_engine_create(&c->eng, dnnl_cpu, 0);
+    if (st == dnnl_success) st = dnnl_stream_create(&c->stream, c->eng, dnnl_stream_default_flags);
+    if (st != dnnl_success) {
+        snprintf(msg, n, "oneDNN: cannot create its CPU engine (%s)", dnnl_status2str(st));
+        cpu_bf16_destroy(c);
+        return -1;
+    }
+    *out = c;
+    return 0;
+}
+
+void cpu_bf16_destroy(CpuBf16 *c) {
+    if (!c) return;
+    for (int i = 0; i < c->n_prims; i++) {
+        if (c->prims[i]->p) dnnl_primitive_destroy(c->prims[i]->p);
+        for (int j = 0; j < 4; j++)
+            if (c->prims[i]->m[j]) dnnl_memory_destroy(c->prims[i]->m[j]);
+        free(c->prims[i]);
+    }
+    free(c->prims);
+    if (c->stream) dnnl_stream_destroy(c->stream);
+    if (c->eng) dnnl_engine_destroy(c->eng);
+    free(c->stage);
+    free(c->wstage);
+    free(c->scores);
+    free(c->wide[0]), free(c->wide[1]), free(c->wide[2]), free(c->scratch);
+    free(c);
+}
+
+void cpu_bf16_impl_info(const CpuBf16 *c, char *buf, size_t n) {
+    const dnnl_version_t *v = dnnl_version();
+    size_t off = (size_t)snprintf(buf, n, "oneDNN %d.%d.%d:", v->major, v->minor, v->patch);
+    int any = 0;
+    for (int k = 0; k < OP_KINDS && off < n; k++)
+        if (c->impl[k][0]) off += (size_t)snprintf(buf + off, n - off, "%s %s %s", any++ ? ";" : "", OP_NAME[k], c->impl[k]);
+    if (!any && off < n) snprintf(buf + off, n - off, " no bf16 op ran yet");
+}
+
+// ---- primitives ------------------------------------------------------------------
+
+static Prim *prim_find(CpuBf16 *c, int kind, const int64_t *key) {
+    for (int i = 0; i < c->n_prims; i++)
+        if (c->prims[i]->kind == kind && !memcmp(c->prims[i]->key, key, sizeof c->prims[i]->key)) return c->prims[i];
+    return NULL;
+}
+
+// Makes the primitive of op descriptor d with memories for the given
+// descriptors (bias NULL: none) and files it under (kind, key).
+static Prim *prim_make(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_op_desc_t d,
+                       const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *bias,
+                       const dnnl_memory_desc_t *dst) {
+    Prim *pr = calloc(1, sizeof *pr);
+    if (pr && c->n_prims == c->cap_prims) {
+        int cap = c->cap_prims ? 2 * c->cap_prims : 32;
+        Prim **p = realloc(c->prims, (size_t)cap * sizeof *p);
+        if (p) c->prims = p, c->cap_prims = cap;
+    }
+    if (!pr || c->n_prims == c->cap_prims) {
+        free(pr);
+        snprintf(c->msg, sizeof c->msg, "bf16: out of memory for the primitive table");
+        c->oom = 1;
+        return NULL;
+    }
+    pr->kind = kind;
+    memcpy(pr->key, key, sizeof pr->key);
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t st = dnnl_primitive_desc_create(&pd, d, NULL, c->eng, NULL);
+    if (st == dnnl_unimplemented) { // emulated (see the top of the file)
+        if (!strstr(c->impl[kind], EMULATED)) {
+            size_t l = strlen(c->impl[kind]);
+            snprintf(c->impl[kind] + l, sizeof c->impl[kind] - l, "%s%s", l ? ", " : "", EMULATED);
+        }
+        c->prims[c->n_prims++] = pr;
+        return pr;
+    }
+    if (st != dnnl_success) {
+        snprintf(c->msg, sizeof c->msg, "oneDNN: no %s implementation for this shape (%s)", OP_NAME[kind],
+                 dnnl_status2str(st));
+        c->oom = 0;
+        free(pr);
+        return NULL;
+    }
+    const char *impl = NULL;
+    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+    if (impl && !strstr(c->impl[kind], impl)) { // each implementation named once
+        size_t l = strlen(c->impl[kind]);
+        snprintf(c->impl[kind] + l, sizeof c->impl[kind] - l, "%s%s", l ? ", " : "", impl);
+    }
+    st = dnnl_primitive_create(&pr->p, pd);
+    dnnl_primitive_desc_destroy(pd);
+    const dnnl_memory_desc_t *mds[4] = {src, wei, bias, dst};
+    for (int j = 0; st == dnnl_success && j < 4; j++)
+        if (mds[j]) st = dnnl_memory_create(&pr->m[j], mds[j], c->eng, DNNL_MEMORY_NONE);
+    if (st != dnnl_success) {
+        if (pr->p) dnnl_primitive_destroy(pr->p);
+        for (int j = 0; j < 4; j++)
+            if (pr->m[j]) dnnl_memory_destroy(pr->m[j]);
+        free(pr);
+        fail(c, "creating a primitive", st);
+        return NULL;
+    }
+    c->prims[c->n_prims++] = pr;
+    return pr;
+}
+
+// Runs pr on the given buffers (bias NULL when it has none).
+static int prim_run(CpuBf16 *c, Prim *pr, const void *src, const void *wei, const void *bias, void *dst) {
+    static const int ARG[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS, DNNL_ARG_DST};
+    const void *h[4] = {src, wei, bias, dst};
+    dnnl_exec_arg_t args[4];
+    int n = 0;
+    for (int j = 0; j < 4; j++) {
+        if (!pr->m[j]) continue;
+        DNNL_TRY(c, dnnl_memory_set_data_handle(pr->m[j], (void *)h[j]));
+        args[n++] = (dnnl_exec_arg_t){ARG[j], pr->m[j]};
+    }
+    DNNL_TRY(c, dnnl_primitive_execute(pr->p, c->stream, n, args));
+    DNNL_TRY(c, dnnl_stream_wait(c->stream));
+    return 0;
+}
+
+// A 2-D memory descriptor (rows, cols) with element strides (rs, cs).
+static dnnl_status_t md2(dnnl_memory_desc_t *md, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
+                         dnnl_data_type_t dt) {
+    dnnl_dims_t dims = {rows, cols}, strides = {rs, cs};
+    return dnnl_memory_desc_init_by_strides(md, 2, dims, dt, strides);
+}
+
+// A matmul dst (M, N) = src (M, K) . wei (K, N) over strided views, bias (1, N)
+// f32 when with_bias; src and wei bf16, dst f32. Made once per key.
+static Prim *matmul_prim(CpuBf16 *c, int kind, int64_t M, int64_t K, int64_t N, const int64_t src_st[2],
+                         const int64_t wei_st[2], const int64_t dst_st[2], int with_bias) {
+    const int64_t key[KEY_LEN] = {M, K, N, src_st[0], src_st[1], wei_st[0], wei_st[1], dst_st[0], dst_st[1], with_bias};
+    Prim *pr = prim_find(c, kind, key);
+    if (pr) return pr;
+    dnnl_memory_desc_t src, wei, bias, dst;
+    dnnl_matmul_desc_t d;
+    dnnl_status_t st = md2(&src, M, K, src_st[0], src_st[1], dnnl_bf16);
+    if (st == dnnl_success) st = md2(&wei, K, N, wei_st[0], wei_st[1], dnnl_bf16);
+    if (st == dnnl_success) st = md2(&dst, M, N, dst_st[0], dst_st[1], dnnl_f32);
+    if (st == dnnl_success && with_bias) st = md2(&bias, 1, N, N, 1, dnnl_f32);
+    if (st == dnnl_success) st = dnnl_matmul_desc_init(&d, &src, &wei, with_bias ? &bias : NULL, &dst);
+    if (st != dnnl_success) {
+        fail(c, "describing a matmul", st);
+        return NULL;
+    }
+    return prim_make(c, kind, key, &d, &src, &wei, with_bias ? &bias : NULL, &dst);
+}
+
+// ---- emulation ---------------------------------------------------------------------
+
+static float *wide(CpuBf16 *c, int slot, size_t n) {
+    return grow(c, (void **)&c->wide[slot], &c->wide_cap[slot], n, sizeof(float));
+}
+
+// dst (rows, cols) f32 <- src rows of bf16 with row stride ld
+static void widen2d(float *dst, const uint16_t *src, int64_t rows, int64_t cols, int64_t ld) {
+#pragma omp parallel for collapse(2) schedule(static) if (rows * cols >= PAR_MIN)
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            uint32_t u = (uint32_t)src[i * ld + j] << 16;
+            memcpy(&dst[i * cols + j], &u, 4);
+        }
+}
+
+// The matmul of matmul_prim emulated: dst (M, N) = src (M, K) . wei (K, N)
+// (+ bias). src is row-major (strides (lda, 1)); wei either row-major
+// (ldb, 1) or column-major (1, ldb); dst row-major (ldc, 1).
+static int matmul_emulated(CpuBf16 *c, const int64_t *key, const uint16_t *src, const uint16_t *wei,
+                           const float *bias, float *dst) {
+    const int64_t M = key[0], K = key[1], N = key[2], lda = key[3], wr = key[5], wc = key[6], ldc = key[7];
+    float *a = wide(c, 0, (size_t)(M * K)), *b = wide(c, 1, (size_t)(K * N));
+    if (!a || !b) return -1;
+    widen2d(a, src, M, K, lda);
+    const int col_major = wr == 1 && !(wc == 1 && N > 1); // (K, N) stored as N rows of K
+    if (col_major) widen2d(b, wei, N, K, wc);
+    else widen2d(b, wei, K, N, wr);
+    for (int64_t i = 0; bias && i < M; i++) memcpy(dst + i * ldc, bias, (size_t)N * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, col_major ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a,
+                (int)K, b, col_major ? (int)K : (int)N, bias ? 1.0f : 0.0f, dst, (int)ldc);
+    return 0;
+}
+
+// ---- ops ---------------------------------------------------------------------------
+
+// Runs a matmul_prim's primitive, or its emulation.
+static int matmul_run(CpuBf16 *c, Prim *pr, const uint16_t *src, const uint16_t *wei, const float *bias, float *dst) {
+    return pr->p ? prim_run(c, pr, src, wei, bias, dst) : matmul_emulated(c, pr->key, src, wei, bias, dst);
+}
+
+int cpu_bf16_linear(CpuBf16 *c, float *out, const float *x, const uint16_t *w, const float *b, int64_t M,
+                    int64_t K, int64_t N) {
+    uint16_t *xb = stage(c, (size_t)(M * K)); // (M, K) bf16
+    if (!xb) return -1;
+    // w (N, K) row-major is the (K, N) weights matrix with strides (1, K)
+    Prim *pr = matmul_prim(c, OP_LINEAR, M, K, N, (const int64_t[]){K, 1}, (const int64_t[]){1, K},
+                           (const int64_t[]){N, 1}, b != NULL);
+    if (!pr) return -1;
+    cpu_f32_to_bf16(xb, x, M * K);
+    return matmul_run(c, pr, xb, w, b, out);
+}
+
+int cpu_bf16_conv2d(CpuBf16 *c, float *out, const float *x, const uint16_t *w, const float *b, int N, int C,
+                    int H, int W, int OC, int KH, int KW, int stride, int pad) {
+    const int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
+    const int64_t key[KEY_LEN] = {N, C, H, W, OC, KH, KW, stride, pad, b != NULL};
+    Prim *pr = prim_find(c, OP_CONV, key);
+    if (!pr) {
+        dnnl_memory_desc_t src, wei, bias, dst;
+        dnnl_convolution_desc_t d;
+        dnnl_dims_t sd = {N, C, H, W}, wd = {OC, C, KH, KW}, bd = {OC}, dd = {N, OC, OH, OW};
+        dnnl_dims_t strides = {stride, stride}, padding = {pad, pad};
+        dnnl_status_t st = dnnl_memory_desc_init_by_tag(&src, 4, sd, dnnl_bf16, dnnl_nchw);
+        if (st == dnnl_success) st = dnnl_memory_desc_init_by_tag(&wei, 4, wd, dnnl_bf16, dnnl_oihw);
+        if (st == dnnl_success && b) st = dnnl_memory_desc_init_by_tag(&bias, 1, bd, dnnl_f32, dnnl_a);
+        if (st == dnnl_success) st = dnnl_memory_desc_init_by_tag(&dst, 4, dd, dnnl_f32, dnnl_nchw);
+        if (st == dnnl_success)
+            st = dnnl_convolution_forward_desc_init(&d, dnnl_forward_inference, dnnl_convolution_direct, &src, &wei,
+                                                    b ? &bias : NULL, &dst, strides, padding, padding);
+        if (st != dnnl_success) return fail(c, "describing a convolution", st);
+        if (!(pr = prim_make(c, OP_CONV, key, &d, &src, &wei, b ? &bias : NULL, &dst))) return -1;
+    }
+    const size_t nx = (size_t)N * C * H * W, nw = (size_t)OC * C * KH * KW;
+    uint16_t *xb = stage(c, nx); // (N, C, H, W) bf16
+    if (!xb) return -1;
+    cpu_f32_to_bf16(xb, x, (int64_t)nx);
+    if (pr->p) return prim_run(c, pr, xb, w, b, out);
+    // emulated: x (N, C, H, W) and w (OC, C, KH, KW) widened, cpu_conv2d
+    float *xf = wide(c, 0, nx), *wf = wide(c, 1, nw);
+    const size_t need = cpu_conv2d_scratch_floats(C, H, W, OC, KH, KW, stride, pad);
+    float *sc = need ? grow(c, (void **)&c->scratch, &c->scratch_cap, need, sizeof(float)) : NULL;
+    if (!xf || !wf || (need && !sc)) return -1;
+    widen2d(xf, xb, 1, (int64_t)nx, 0);
+    widen2d(wf, w, 1, (int64_t)nw, 0);
+    cpu_conv2d(out, xf, wf, b, N, C, H, W, OC, KH, KW, stride, pad, sc, need);
+    return 0;
+}
+
+// Scores a query block holds: about 2^20 floats (4 MiB), 16..Lq rows. One
+// block is shared by all threads (oneDNN parallelises each matmul inside),
+// unlike the fp32 kernel's block per thread.
+#define ATT_BLOCK_FLOATS ((int64_t)1 << 20)
+
+// Emulated: q, k, v rounded to bf16 values (in fp32) and the fp32 kernel
+// with its probabilities rounded (cpu_attention_bf16p): one OpenMP region
+// for the whole op, where per-block sgemm calls would wake the team twice per
+// block (on a loaded 2-core machine that cost 3x the op itself).
+static int attention_emulated(CpuBf16 *c, float *out, const float *q, const float *k, const float *v, int B,
+                              int Lq, int Lk, int heads, int D, int causal) {
+    const size_t nq = (size_t)B * Lq * heads * D, nk = (size_t)B * Lk * heads * D;
+    const size_t need = cpu_attention_scratch_floats(Lq, Lk, D, omp_get_max_threads());
+    float *qr = wide(c, 0, nq), *kr = wide(c, 1, nk), *vr = wide(c, 2, nk);
+    float *sc = grow(c, (void **)&c->scratch, &c->scratch_cap, need, sizeof(float));
+    if (!qr || !kr || !vr || !sc) return -1;
+    const float *src[3] = {q, k, v};
+    float *dst[3] = {qr, kr, vr};
+    for (int t = 0; t < 3; t++) {
+        const int64_t n = t ? (int64_t)nk : (int64_t)nq;
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)round_bf16(src[t][i]) << 16;
+            memcpy(&dst[t][i], &u, 4);
+        }
+    }
+    cpu_attention_bf16p(out, qr, kr, vr, B, Lq, Lk, heads, D, causal, sc, need);
+    return 0;
+}
+
+int cpu_bf16_attention(CpuBf16 *c, float *out, const float *q, const float *k, const float *v, int B, int Lq,
+                       int Lk, int heads, int D, int causal) {
+    const int64_t HD = (int64_t)heads * D;
+    int bq = (int)(ATT_BLOCK_FLOATS / Lk);
+    if (bq < 16) bq = 16;
+    if (bq > Lq) bq = Lq;
+    { // oneDNN without a bf16 matmul here: the whole op emulated
+        Prim *qk = matmul_prim(c, OP_ATT_QK, bq, D, Lk, (const int64_t[]){HD, 1}, (const int64_t[]){1, HD},
+                               (const int64_t[]){Lk, 1}, 0);
+        if (!qk) return -1;
+        if (!qk->p) {
+            Prim *pv = matmul_prim(c, OP_ATT_PV, bq, Lk, D, (const int64_t[]){Lk, 1}, (const int64_t[]){HD, 1},
+                                   (const int64_t[]){HD, 1}, 0); // (named in the implementation info)
+            if (!pv) return -1;
+            return attention_emulated(c, out, q, k, v, B, Lq, Lk, heads, D, causal);
+        }
+    }
+    const size_t nq = (size_t)B * Lq * HD, nk = (size_t)B * Lk * HD;
+    uint16_t *st = stage(c, nq + 2 * nk + (size_t)bq * Lk); // q, k, v, then P (bq, Lk), bf16
+    if (!st) return -1;
+    float *s = grow(c, (void **)&c->scores, &c->scores_cap, (size_t)bq * Lk, sizeof(float)); // (bq, Lk)
+    if (!s) return -1;
+    uint16_t *qb = st, *kb = qb + nq, *vb = kb + nk, *pb = vb + nk;
+    cpu_f32_to_bf16(qb, q, (int64_t)nq);
+    cpu_f32_to_bf16(kb, k, (int64_t)nk);
+    cpu_f32_to_bf16(vb, v, (int64_t)nk);
+    const float scale = 1.0f / sqrtf((float)D);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++)
+            for (int q0 = 0; q0 < Lq; q0 += bq) {
+                const int rows = Lq - q0 < bq ? Lq - q0 : bq;
+                const size_t qo = ((size_t)b * Lq + q0) * HD + (size_t)h * D, ko = (size_t)b * Lk * HD + (size_t)h * D;
+                // S (rows, Lk) = Q_blk (rows, D) . K_h^T (D, Lk); K_h^T's (d, j) is at j * HD + d
+                Prim *qk = matmul_prim(c, OP_ATT_QK, rows, D, Lk, (const int64_t[]){HD, 1}, (const int64_t[]){1, HD},
+                                       (const int64_t[]){Lk, 1}, 0);
+                if (!qk || matmul_run(c, qk, qb + qo, kb + ko, NULL, s)) return -1;
+                // P = softmax(scale * S) per row in f32 (keys past a causal row's limit: 0), rounded to bf16
+#pragma omp parallel for schedule(static) if ((int64_t)rows * Lk >= PAR_MIN)
+                for (int i = 0; i < rows; i++) {
+                    float *r = s + (size_t)i * Lk; // (Lk)
+                    uint16_t *p = pb + (size_t)i * Lk;
+                    const int n = causal && q0 + i + 1 < Lk ? q0 + i + 1 : Lk;
+                    float mx = -INFINITY, sum = 0.0f;
+                    for (int j = 0; j < n; j++) mx = r[j] > mx ? r[j] : mx;
+                    for (int j = 0; j < n; j++) sum += r[j] = expf(scale * (r[j] - mx));
+                    const float inv = 1.0f / sum;
+                    for (int j = 0; j < n; j++) r[j] *= inv;
+                    for (int j = n; j < Lk; j++) r[j] = 0.0f;
+                    for (int j = 0; j < Lk; j++) p[j] = round_bf16(r[j]);
+                }
+                // O_blk (rows, D) = P (rows, Lk) . V_h (Lk, D), straight into out (row stride HD)
+                Prim *pv = matmul_prim(c, OP_ATT_PV, rows, Lk, D, (const int64_t[]){Lk, 1}, (const int64_t[]){HD, 1},
+                                       (const int64_t[]){HD, 1}, 0);
+                if (!pv || matmul_run(c, pv, pb, vb + ko, NULL, out + qo)) return -1;
+            }
+    return 0;
+}
