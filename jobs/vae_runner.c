@@ -297,7 +297,7 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
         for (int i = 0; i < n_ev; i++) ids[i] = i;
         rc = read_images(&ev, ids, n_ev, ex, rgb, err);
         free(ids);
-        if (!rc) rc = vae_psnr(m, ex, n_ev, R, R, &psnr0, err);
+        if (!rc) rc = vae_psnr(m, ex, n_ev, R, R, &psnr0, NULL, err);
         if (rc) goto done;
         if (!quiet) fprintf(stderr, "sdc train vae: reconstruction PSNR on %d items of %s at step %lld: %.2f dB\n",
                             n_ev, v->eval_dataset, (long long)step, psnr0);
@@ -377,9 +377,14 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
             fprintf(stderr, "sdc train vae: %s/vae written (%.1f s of training)\n", v->output_dir, secs);
     }
     if (n_ev) {
-        if ((rc = vae_psnr(m, ex, n_ev, R, R, &psnr1, err))) goto done;
+        double lstd = 0;
+        if ((rc = vae_psnr(m, ex, n_ev, R, R, &psnr1, &lstd, err))) goto done;
         if (!quiet) fprintf(stderr, "sdc train vae: reconstruction PSNR on %d items of %s after: %.2f dB (at the "
                             "start %.2f dB)\n", n_ev, v->eval_dataset, psnr1, psnr0);
+        if (!quiet && lstd > 0)
+            fprintf(stderr, "sdc train vae: their latents (posterior means) have std %.4g: a UNet trained on this VAE "
+                    "wants scaling_factor %.4g (1 / std; vae/config.json has %g)\n", lstd, 1.0 / lstd,
+                    vae_config(m)->scaling_factor);
     }
 done:
     free(x), free(eps), free(ex), free(rgb), free(order), free(items), free(manifest);

@@ -36,6 +36,8 @@ runs "a progress line per step" "$SDC" train vae --dataset "$W/s.h5" --pretraine
     --output-dir "$W/c" --max-train-steps 2 -t 2 --train-batch-size 2 --eval-dataset "$W/s.h5" --eval-items 4
 has "... loss, rec, kl, lr, items/s" 'step 2/2  loss [0-9.]*  rec [0-9.]*  kl [0-9.e+-]*  lr 0.0001 .* items/s'
 has "... PSNR before and after" 'PSNR on 4 items .* after: [0-9.]* dB'
+has "... the scaling factor its latents want" 'have std [0-9.e+-]*: a UNet trained on this VAE wants scaling_factor'
+LSTD=$(sed -n 's/.*latents (posterior means) have std \([0-9.e+-]*\):.*/\1/p' "$OUT_FILE")
 runs "sdc loads the vae/ folder: the start of another run" "$SDC" train vae --dataset "$W/s.h5" \
     --pretrained-model "$W/a/vae" --output-dir "$W/d" --max-train-steps 1 $T
 runs "... and the output folder itself" "$SDC" train vae --dataset "$W/s.h5" --pretrained-model "$W/a" \
@@ -51,6 +53,15 @@ v = AutoencoderKL.from_pretrained('$W/a/vae')
 sd = load_file('$W/a/vae/diffusion_pytorch_model.safetensors')
 bad = [k for k, p in v.state_dict().items() if not torch.equal(p, sd[k])]
 print(len(sd), 'tensors', bad[:3]); sys.exit(1 if bad or len(sd) != len(v.state_dict()) else 0)"
+    /usr/bin/python3 -c "import h5py, numpy; numpy.save('$W/ev.npy', h5py.File('$W/s.h5', 'r')['images'][:4])"
+    check "... the latent std it printed ($LSTD) = diffusers' posterior means of the 4 eval items (1e-3)" python3 -c "
+import numpy as np, torch, sys
+from diffusers import AutoencoderKL
+v = AutoencoderKL.from_pretrained('$W/c/vae')
+x = torch.from_numpy(np.load('$W/ev.npy')).permute(0, 3, 1, 2).float() / 127.5 - 1
+with torch.no_grad(): m = v.encode(x).latent_dist.mean.double()
+s = float(m.std(unbiased=False)); print('diffusers', s, 'sdc', '$LSTD')
+sys.exit(0 if '$LSTD' and abs(s - float('$LSTD' or 0)) <= 1e-3 * s else 1)"
 fi
 cat > "$W/small.json" <<'JSON'
 {"_class_name": "AutoencoderKL", "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,

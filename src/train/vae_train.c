@@ -209,7 +209,7 @@ int vae_trainer_step(VaeTrainer *t, const float *x, const float *eps, VaeStepSta
 
 // ---- evaluation ------------------------------------------------------------------
 
-int vae_psnr(Vae *m, const float *x, int n, int height, int width, double *psnr, SdcError *err) {
+int vae_psnr(Vae *m, const float *x, int n, int height, int width, double *psnr, double *latent_std, SdcError *err) {
     const Backend *be = vae_backend(m);
     const VaeConfig *c = vae_config(m);
     const int f = 1 << (c->n_levels - 1);
@@ -220,9 +220,9 @@ int vae_psnr(Vae *m, const float *x, int n, int height, int width, double *psnr,
     Tensor to = arena_tensor(&a, be->act_dtype, 4, (int64_t[]){1, 3, height, width});
     Tensor tm = arena_tensor(&a, be->act_dtype, 4, (int64_t[]){1, c->latent_channels, height / f, width / f});
     Tensor tl = arena_tensor(&a, be->act_dtype, 4, (int64_t[]){1, c->latent_channels, height / f, width / f});
-    float *out = malloc(ni * sizeof(float));
-    int rc = out ? 0 : sdc_err(err, SDC_ERR_OOM, "vae_psnr: out of host memory");
-    double se = 0;
+    float *out = malloc(ni * sizeof(float)), *lat = malloc(nl * sizeof(float));
+    int rc = out && lat ? 0 : sdc_err(err, SDC_ERR_OOM, "vae_psnr: out of host memory");
+    double se = 0, ls = 0, lss = 0;
     for (int i = 0; i < n && !rc; i++) {
         const float *xi = x + (size_t)i * ni;
         backend_upload_f32(be, &ti, xi, ni);
@@ -231,14 +231,20 @@ int vae_psnr(Vae *m, const float *x, int n, int height, int width, double *psnr,
         if (rc) break;
         be->sync(be);
         backend_download_f32(be, out, &to, ni);
+        backend_download_f32(be, lat, &tm, nl);
+        for (size_t k = 0; k < nl; k++) ls += lat[k], lss += (double)lat[k] * lat[k];
         for (size_t k = 0; k < ni; k++) {
             const float o = out[k] < -1 ? -1 : out[k] > 1 ? 1 : out[k];
             const double d = 0.5 * ((double)o - xi[k]); // in [0, 1] units
             se += d * d;
         }
     }
-    free(out);
+    free(out), free(lat);
     arena_free(&a);
     if (!rc) *psnr = 10.0 * log10(1.0 / (se / ((double)n * ni) + 1e-20));
+    if (!rc && latent_std) {
+        const double cnt = (double)n * nl, mean = ls / cnt, var = lss / cnt - mean * mean;
+        *latent_std = var > 0 ? sqrt(var) : 0;
+    }
     return rc;
 }

@@ -81,7 +81,10 @@ uint64_t vae_train_sample_seed(uint64_t seed, int64_t step, int64_t j);
 void vae_train_order(uint64_t seed, int64_t epoch, int64_t *order, int64_t n);
 // Reconstruction PSNR (dB, images in [0, 1], the decode clamped to [-1, 1])
 // of x (N, 3, H, W) host f32 in [-1, 1] through the posterior mean, with the
-// inference passes (vae_encode / vae_decode).
-int vae_psnr(Vae *m, const float *x, int n, int height, int width, double *psnr, SdcError *err);
+// inference passes (vae_encode / vae_decode). latent_std (may be NULL): the
+// standard deviation of those posterior means over every value, whose
+// inverse is the scaling_factor that gives the UNet unit-variance latents
+// (the latent diffusion paper's rule; SD's VAE: 0.18215).
+int vae_psnr(Vae *m, const float *x, int n, int height, int width, double *psnr, double *latent_std, SdcError *err);
 
 #endif
