@@ -40,7 +40,7 @@ UNET = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=[3
             up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], cross_attention_dim=64,
             attention_head_dim=2, norm_num_groups=16)
 VAE = dict(in_channels=3, out_channels=3, block_out_channels=[16, 32, 64], layers_per_block=1, norm_num_groups=8,
-           latent_channels=4, sample_size=64, scaling_factor=0.18215,
+           latent_channels=4, sample_size=64, scaling_factor=0.6919,  # 1/std of the trained VAE's latents (docs/model.md)
            down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3)
 # SD 1.x's scheduler (what the DreamBooth objective and sdc's samplers read)
 SCHED = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,

@@ -7,7 +7,7 @@
 # WORK/vae/train.log (the curve); rerun the same command to continue after a
 # stop. The data (4000 train items at 64 px, seed 0; 64 held-out items, seed
 # 1) is made in WORK/data on the first run. One thread, nice 5: the machine
-# is shared. SDC=path/to/sdc (default build/sdc).
+# is shared (THREADS=n for more). SDC=path/to/sdc (default build/sdc).
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B=${SDC:-$ROOT/build/sdc}
@@ -27,7 +27,7 @@ while [ "$s" -lt "$last" ]; do
     nice -n 5 "$B" train vae --dataset data/train64.h5 --vae-config "$cfg" --output-dir vae \
         --train-batch-size 4 --learning-rate 1e-3 --rec-loss l1 --random-flip --seed 1 --max-train-steps "$s" \
         --checkpointing-steps 50 --checkpoints-total-limit 2 --eval-dataset data/heldout64.h5 --eval-items 64 \
-        --log-every 10 --resume-from-checkpoint latest -t 1 >> vae/train.log 2>&1 ||
+        --log-every 10 --resume-from-checkpoint latest -t "${THREADS:-1}" >> vae/train.log 2>&1 ||
         { echo "FAIL at step $s (exit $?)" >> vae/train.log; exit 1; }
 done
 echo DONE >> vae/train.log
