@@ -5,7 +5,7 @@
 if(TARGET sdc)
   foreach(name import_dreambooth import_bad_input import_flip mpi_ranks generate_resume model_hash_cache interop_checkpoint
                dataset_synth init_model init_model_vs_torch synth_model
-               synth_model_vs_diffusers)
+               synth_model_vs_diffusers synth_shipped)
     add_test(NAME storage_${name}
       COMMAND sh ${CMAKE_SOURCE_DIR}/tests/storage_checks.sh ${name} $<TARGET_FILE:sdc> ${CMAKE_SOURCE_DIR}
               ${CMAKE_BINARY_DIR}/test-storage/${name})

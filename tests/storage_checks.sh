@@ -327,9 +327,51 @@ synth_model_vs_diffusers() {
         --sdc "$SDC" --model "$W/m"
 }
 
+# ----------------------------------------------------------------------------
+# The shipped synth model (data/models/sdc-synth, docs/model.md; issue 16): it
+# draws what held-out captions say (the scorer of `sdc dataset score`, on
+# (shape, colour, background) triples it never saw), the README's first
+# command draws its prompt, and the model loads as a single file too.
+SHIPPED=$SRC/data/models/sdc-synth
+README_PROMPT="a large blue star on a plain yellow background"
+synth_shipped() {
+    runs "32 held-out captions (seed 5)" "$SDC" dataset synth -q --split heldout -n 32 --seed 5 \
+        --captions-file "$W/caps.txt"
+    runs "... drawn by the shipped model (64 px, 20 Euler steps, cfg 7.5)" "$SDC" generate -q -m "$SHIPPED" \
+        --from-file "$W/caps.txt" --steps 20 --cfg-scale 7.5 --sampler euler -s 1 -t 1 --output-h5 "$W/g.h5"
+    runs "... scored" "$SDC" dataset score "$W/g.h5" --json "$W/g.json"
+    check "... colour >= 50 %, shape >= 40 %, background >= 35 % (chance: 12.5 %, 16.7 %, 12.5 %; measured: see docs/model.md)" /usr/bin/python3 -c "
+import json, sys
+j = json.load(open('$W/g.json'))
+print({k: round(j[k], 3) for k in ('colour', 'shape', 'background')})
+sys.exit(0 if j['scored'] == 32 and j['colour'] >= 0.5 and j['shape'] >= 0.4 and j['background'] >= 0.35 else 1)"
+    runs "the README's first command's prompt, seeds 42-49" "$SDC" generate -q -m "$SHIPPED" -p "$README_PROMPT" \
+        -b 8 -t 1 --output-h5 "$W/readme8.h5"
+    runs "... scored" "$SDC" dataset score "$W/readme8.h5" --json "$W/readme8.json"
+    check "... a blue star in at least 6 of 8, on yellow in at least 4" /usr/bin/python3 -c "
+import json, sys
+j = json.load(open('$W/readme8.json'))
+print({k: round(j[k], 3) for k in ('colour', 'shape', 'background')})
+sys.exit(0 if j['scored'] == 8 and min(j['colour'], j['shape']) >= 0.75 and j['background'] >= 0.5 else 1)"
+    runs "the README's first command" "$SDC" generate -q -m "$SHIPPED" -p "$README_PROMPT" -o "$W/readme.png"
+    runs "... the same image into HDF5" "$SDC" generate -q -m "$SHIPPED" -p "$README_PROMPT" --output-h5 "$W/readme.h5"
+    runs "... scored" "$SDC" dataset score "$W/readme.h5" --json "$W/readme.json"
+    check "... it shows a blue star on a yellow background" /usr/bin/python3 -c "
+import json, sys
+j = json.load(open('$W/readme.json'))
+print({k: j[k] for k in ('colour', 'shape', 'background')})
+sys.exit(0 if j['scored'] == 1 and j['colour'] == j['shape'] == j['background'] == 1 else 1)"
+    runs "a single file of it (sdc convert)" "$SDC" convert -q -m "$SHIPPED" -o "$W/synth.safetensors"
+    runs "... generates with --config (as diffusers' from_single_file(config=...))" "$SDC" generate -q \
+        -m "$W/synth.safetensors" --config "$SHIPPED" -p "$README_PROMPT" -o "$W/single.png"
+    check "... the same pixels as the folder's" /usr/bin/python3 "$SRC/tests/png_pixels.py" same "$W/readme.png" \
+        "$W/single.png"
+    check "the weights are under 5 MB" test "$(cat "$SHIPPED"/*/*.safetensors | wc -c)" -lt 5000000
+}
+
 case "$NAME" in
     import_dreambooth | import_bad_input | import_flip | mpi_ranks | generate_resume | model_hash_cache | interop_checkpoint | \
-        dataset_synth | init_model | init_model_vs_torch | synth_model | synth_model_vs_diffusers)
+        dataset_synth | init_model | init_model_vs_torch | synth_model | synth_model_vs_diffusers | synth_shipped)
         $NAME ;;
     *) echo "storage_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac

@@ -21,7 +21,7 @@ STEPS=${3:-400}
 LR=${4:-5e-6}
 SDC=${SDC:-build/sdc}
 RES=${RES:-64}
-GEN="-W $RES -H $RES --steps 20 --cfg-scale 7.5 -s 1 -q"
+GEN="-W $RES -H $RES --steps 20 --cfg-scale 7.5 -s 1 -q -t ${THREADS:-1}"
 mkdir -p "$OUT"
 
 [ -f "$OUT/subject.h5" ] || "$SDC" dataset synth --split subject -n 4 --seed 11 --resolution "$RES" \
@@ -54,8 +54,8 @@ train() { # train TAG [prior-preservation flags...]
     [ -f "$OUT/db-$tag/model.safetensors" ] || "$SDC" train dreambooth --pretrained-model "$MODEL" \
         --instance-data "$OUT/subject.h5" --instance-prompt "a sks shape" "$@" --resolution "$RES" \
         --train-batch-size 1 --learning-rate "$LR" --lr-warmup-steps 0 --max-train-steps "$STEPS" \
-        --checkpointing-steps "$STEPS" --output-dir "$OUT/db-$tag" -q
-    score "$tag" "$OUT/db-$tag/model.safetensors"
+        --checkpointing-steps "$STEPS" --output-dir "$OUT/db-$tag" -q -t "${THREADS:-1}"
+    score "$tag" "$OUT/db-$tag/diffusers" # the folder: a single file of a small model needs --config
 }
 train prior --with-prior-preservation --class-data "$OUT/class" --class-prompt "a shape" --num-class-images "${NUM_CLASS:-50}"
 train noprior
