@@ -642,10 +642,6 @@ static int t2i_enc_batch(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int 
     return rc;
 }
 
-static int t2i_enc_items(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int flip, T2iData *out, SdcError *err) {
-    return t2i_enc_batch(e, ds, idx, k, flip, out, NULL, err);
-}
-
 // The largest difference between out's rows of items idx[0..k) (mirrors too
 // when flip) and those items encoded now, relative to their scale.
 static int t2i_enc_probe(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int flip, const T2iData *out,
@@ -765,7 +761,7 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
         int k = 0;
         for (; k < T2I_ENCODE_BATCH && b0 + k < n; k++) idx[k] = b0 + k;
         for (int flip = 0; !rc && flip <= (x->random_flip ? 1 : 0); flip++)
-            rc = t2i_enc_items(&enc, &ds, idx, k, flip, out, err);
+            rc = t2i_enc_batch(&enc, &ds, idx, k, flip, out, NULL, err);
         if (!rc && r->par.rank == 0 && !r->quiet && r->tty)
             fprintf(stderr, "\r  %lld/%lld", (long long)(idx[k - 1] + 1), (long long)n);
     }

@@ -13,23 +13,8 @@ import sys
 import zlib
 
 
-def pixels(path):
-    data = open(path, "rb").read()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path}: not a PNG"
-    pos, idat, ihdr = 8, b"", b""
-    while pos < len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
-        if kind == b"IHDR":
-            ihdr = body
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + n
-    return ihdr + zlib.decompress(idat)
-
-
-def decode(path):
-    """The 8-bit samples of an RGB / RGBA PNG, row after row (filters undone)."""
+def chunks(path):
+    """A PNG's IHDR body and its IDAT chunks' bodies, concatenated (still deflated)."""
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path}: not a PNG"
     pos, idat, ihdr = 8, b"", b""
@@ -40,6 +25,17 @@ def decode(path):
         elif kind == b"IDAT":
             idat += data[pos + 8:pos + 8 + n]
         pos += 12 + n
+    return ihdr, idat
+
+
+def pixels(path):
+    ihdr, idat = chunks(path)
+    return ihdr + zlib.decompress(idat)
+
+
+def decode(path):
+    """The 8-bit samples of an RGB / RGBA PNG, row after row (filters undone)."""
+    ihdr, idat = chunks(path)
     w, h, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", ihdr)
     assert depth == 8 and color in (2, 6) and interlace == 0, f"{path}: not 8-bit RGB(A), non-interlaced"
     bpp = 3 if color == 2 else 4
