@@ -122,7 +122,8 @@ static int list_synth(const DatasetImportOpts *o, Cands *c, SdcError *err) {
 
 // kohya convention: dir/name.jpg -> dir/name.txt, UTF-8, surrounding
 // whitespace dropped. The caption file must be valid UTF-8.
-static int read_caption(const char *img, char **out, SdcError *err) {
+// fallback: the caption of an image without one (NULL: FILE.txt required).
+static int read_caption(const char *img, const char *fallback, char **out, SdcError *err) {
     char p[PATH_MAX];
     const char *dot = strrchr(img, '.'), *slash = strrchr(img, '/');
     size_t stem = dot && (!slash || dot > slash) ? (size_t)(dot - img) : strlen(img);
@@ -130,6 +131,8 @@ static int read_caption(const char *img, char **out, SdcError *err) {
     memcpy(p, img, stem);
     memcpy(p + stem, ".txt", 5);
     FILE *f = fopen(p, "rb");
+    if (!f && errno == ENOENT && fallback)
+        return (*out = strdup(fallback)) ? 0 : sdc_err(err, SDC_ERR_OOM, "%s: out of memory for its caption", img);
     if (!f)
         return sdc_err(err, SDC_ERR_IO, "%s: no caption file %s (captions come from FILE.txt beside each image)\n"
                        "---> write it, or give one caption for all images with --prompt \"a photo of sks dog\"",
@@ -446,7 +449,7 @@ static int finish_file(const DatasetImportOpts *o, const char *tmp, const Cands 
             if (!(caps[j] = strdup(cap))) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory for the captions", tmp);
         } else if (o->prompt) {
             if (!(caps[j] = strdup(o->prompt))) rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory for the captions", tmp);
-        } else rc = read_caption(c->path[i], &caps[j], err);
+        } else rc = read_caption(c->path[i], o->caption_fallback, &caps[j], err);
         j++;
     }
     if (rc) goto fail;
@@ -524,7 +527,7 @@ int dataset_import(const DatasetImportOpts *o, const H5Par *p, DatasetImportStat
     for (int64_t i = 0; !rc && !o->prompt && !o->synth_count && i < c.n; i++) {
         char *cap = NULL;
         if (!fs_is_image_name(c.path[i]) && access(c.path[i], R_OK)) continue;
-        rc = read_caption(c.path[i], &cap, err);
+        rc = read_caption(c.path[i], o->caption_fallback, &cap, err);
         free(cap);
     }
     if (!rc) rc = worker_init(&w, o, err);

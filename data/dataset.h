@@ -25,6 +25,7 @@ typedef struct DatasetImportOpts {
     uint64_t seed;
     int no_upscale;             // refuse (skip) images whose short side is below resolution
     const char *prompt;         // caption for every image; NULL: FILE.txt beside each image
+    const char *caption_fallback; // prompt NULL: the caption of an image without FILE.txt (NULL: required)
     const char *cache_latents_model; // NULL, or a model whose VAE encodes the images
     DType latents_dtype;        // DT_F32 or DT_F16
     int threads;                // CPU threads of the VAE (0 = all cores; the runner passes -t)

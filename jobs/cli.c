@@ -943,6 +943,8 @@ static void cli_print_usage_train(FILE *f) {
             "  --with-prior-preservation       prior-preservation loss on class images\n"
             "  --class-data DIR|H5             class images; missing ones are generated into DIR\n"
             "  --class-prompt TEXT             e.g. \"a photo of dog\"\n"
+            "  --use-captions                  each image's own caption (FILE.txt beside each photo, kohya style,\n"
+            "                                  or the HDF5 dataset's; none or empty: the instance / class prompt)\n"
             "  --num-class-images N            (100)      --prior-loss-weight W (1.0)\n"
             "  --resolution PX                 (512; an SDXL model: 1024)  --center-crop\n"
             "  --random-flip                   each instance image mirrored with probability 1/2 when imported\n"

@@ -19,6 +19,7 @@
 //      OUTPUT_DIR/pytorch_lora_weights.safetensors (diffusers or kohya).
 // Every rank runs the same steps on its share of each batch; rank 0 writes
 // checkpoints, metrics, validation images and the export.
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -58,8 +59,9 @@ static double now_s(void) {
 
 // Imports `src` (a folder) into `out` with latents cached, unless out already
 // holds exactly `expect` items (expect < 0: any) at this resolution.
-static int import_folder(const Sdc__Job *job, const char *src, const char *out, const char *prompt, int expect,
-                         const H5Par *par, int quiet, SdcError *err) {
+// prompt NULL (--use-captions): FILE.txt beside each image, or fallback where there is none.
+static int import_folder(const Sdc__Job *job, const char *src, const char *out, const char *prompt,
+                         const char *fallback, int expect, const H5Par *par, int quiet, SdcError *err) {
     const Sdc__Dreambooth *d = job->dreambooth;
     if (access(out, F_OK) == 0) {
         Dataset ds;
@@ -74,6 +76,7 @@ static int import_folder(const Sdc__Job *job, const char *src, const char *out, 
     const char *srcs[1] = {src};
     DatasetImportOpts o = {.sources = srcs, .n_sources = 1, .output = out, .resolution = d->resolution,
                            .center_crop = d->center_crop, .seed = (uint64_t)d->seed, .prompt = prompt,
+                           .caption_fallback = fallback,
                            .random_flip = src == d->instance_data && d->random_flip,
                            .cache_latents_model = job->model->path, .latents_dtype = DT_F32,
                            .threads = runner_threads(job, 1), .quiet = quiet};
@@ -129,6 +132,76 @@ static int read_latents(const char *path, int resolution, float **out, int *n, i
     return rc;
 }
 
+// dir/class-00001.png -> dir/class-00001.txt holding text (kohya's caption
+// file), written as .tmp and renamed, so a killed run leaves none half-written.
+static int write_caption(const char *png, const char *text, SdcError *err) {
+    char p[1200], tmp[1210];
+    size_t n = strlen(png);
+    if (n < 4 || n + 1 > sizeof p) return sdc_err(err, SDC_ERR_ARG, "%s: path too long", png);
+    snprintf(p, sizeof p, "%.*s.txt", (int)(n - 4), png);
+    snprintf(tmp, sizeof tmp, "%s.tmp", p);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return sdc_err(err, SDC_ERR_IO, "%s: %s ---> %s", tmp, strerror(errno), fs_write_hint(errno));
+    int bad = fputs(text, f) < 0 || fputc('\n', f) < 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, p)) {
+        int e = errno;
+        remove(tmp);
+        return sdc_err(err, SDC_ERR_IO, "%s: %s ---> %s", p, strerror(e), fs_write_hint(e));
+    }
+    return 0;
+}
+
+// --use-captions without --instance-prompt: every photo needs its FILE.txt
+// (kohya), named here with the training flags rather than the import's hint.
+static int captions_present(const char *dir, SdcError *err) {
+    DIR *dd = opendir(dir);
+    if (!dd) return 0; // the import names a missing folder
+    int missing = 0;
+    char first[1200] = "";
+    struct dirent *e;
+    while ((e = readdir(dd))) {
+        if (e->d_name[0] == '.' || !fs_is_image_name(e->d_name)) continue;
+        char p[1200];
+        const char *dot = strrchr(e->d_name, '.');
+        snprintf(p, sizeof p, "%s/%.*s.txt", dir, (int)(dot - e->d_name), e->d_name);
+        if (access(p, R_OK) == 0) continue;
+        if (!missing++) snprintf(first, sizeof first, "%s", p);
+    }
+    closedir(dd);
+    if (!missing) return 0;
+    return sdc_err(err, SDC_ERR_ARG, "--use-captions: %d image%s in %s %s no caption file (the first: %s)\n"
+                   "---> write one FILE.txt per image (kohya style), or give --instance-prompt for the images "
+                   "without one", missing, missing == 1 ? "" : "s", dir, missing == 1 ? "has" : "have", first);
+}
+
+// --use-captions: the first n captions of an HDF5 dataset as token ids,
+// (n, L); an empty caption takes fallback (refused when there is none).
+static int caption_ids(const char *h5, int n, const char *fallback, const char *flag, const SdModel *m,
+                       int32_t **ids, int64_t *truncated, SdcError *err) {
+    const ClipConfig *cc = clip_config(m->clip);
+    const int L = cc->max_positions;
+    Dataset ds;
+    SDC_TRY(dataset_open(&ds, h5, err));
+    int rc = ds.n < n ? sdc_err(err, SDC_ERR_FORMAT, "%s: %lld items, %d expected", h5, (long long)ds.n, n) : 0;
+    if (!rc && !(*ids = malloc((size_t)n * L * sizeof(int32_t))))
+        rc = sdc_err(err, SDC_ERR_OOM, "out of memory for %d captions", n);
+    for (int i = 0; !rc && i < n; i++) {
+        const char *c = ds.captions[i] && ds.captions[i][0] ? ds.captions[i] : fallback;
+        if (!c || !c[0]) {
+            rc = sdc_err(err, SDC_ERR_ARG, "%s: item %d (%s) has no caption and there is no %s to take its place\n"
+                         "---> write its caption (FILE.txt beside the photo) or give %s", h5, i,
+                         ds.sources[i] ? ds.sources[i] : "?", flag, flag);
+            break;
+        }
+        int dropped = 0;
+        rc = clip_tok_encode(m->tok, c, *ids + (size_t)i * L, L, cc->pad_token, &dropped, err);
+        *truncated += dropped > 0;
+    }
+    dataset_close(&ds);
+    return rc;
+}
+
 // diffusers: class images generated with the class prompt until the folder
 // holds num_class_images (the pipeline's default sampler, PNDM, for SD 1.x).
 // Rank r makes the missing images i with i % R == r.
@@ -176,6 +249,7 @@ static int make_class_images(const Sdc__Job *job, const Backend *be, const char 
             snprintf(path, sizeof path, "%s/class-%05d.png", dir, item);
             image_from_vae(rgb, pix, 0, d->resolution, d->resolution); // item 0 of pix
             rc = image_write_png(path, rgb, d->resolution, d->resolution, d->class_prompt, err);
+            if (!rc) rc = write_caption(path, d->class_prompt, err); // kohya's FILE.txt (--use-captions reads it)
             done++;
             if (!quiet && par->rank == 0)
                 fprintf(stderr, "\r  class images %d/%d (rank 0)  %.1f s/image ", done, (missing + par->size - 1) / par->size,
@@ -841,7 +915,9 @@ static int check_job(const Sdc__Job *job, SdcError *err) {
     NEED(job->model && job->model->path && job->model->path[0],
          "no model to fine-tune ---> --pretrained-model MODEL (.safetensors, diffusers folder or .h5)");
     NEED(d->instance_data && d->instance_data[0], "no instance data ---> --instance-data FOLDER (photos of the subject)");
-    NEED(d->instance_prompt && d->instance_prompt[0], "no instance prompt ---> --instance-prompt \"a photo of sks dog\"");
+    NEED(d->use_captions || (d->instance_prompt && d->instance_prompt[0]),
+         "no instance prompt ---> --instance-prompt \"a photo of sks dog\", or --use-captions (FILE.txt beside each "
+         "photo)");
     NEED(!d->with_prior_preservation || (d->class_data && d->class_data[0] && d->class_prompt && d->class_prompt[0]),
          "--with-prior-preservation needs --class-data FOLDER and --class-prompt \"a photo of dog\"");
     NEED(d->resolution >= 8 && d->resolution % 8 == 0, "--resolution %d: a positive multiple of 8 is needed", d->resolution);
@@ -890,6 +966,7 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
     const Sdc__Job *job = &jcopy;
     const Sdc__Dreambooth *d = &dcopy;
     float *inst_ids = NULL; // SDXL: (n_inst, 6) time ids
+    int32_t *cap_inst = NULL, *cap_cls = NULL; // --use-captions: (n, L) token ids of each image's caption
     T2iData td = {0};
     TrainRun run = {.job = job, .t2i = x, .par = h5_par_world(), .quiet = opt->quiet, .tty = isatty(2),
                     .dp = {.comm = MPI_COMM_NULL, .size = 1}, .pp = {.comm = MPI_COMM_NULL},
@@ -971,9 +1048,12 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
                          "or an HDF5 dataset (sdc dataset import)", d->instance_data);
             goto done;
         }
-        snprintf(inst_h5, sizeof inst_h5, "%s/instance.h5", d->output_dir);
-        if ((rc = import_folder(job, d->instance_data, inst_h5, d->instance_prompt, fs_count_images(d->instance_data),
-                                par, opt->quiet, err)))
+        // --use-captions: each photo's FILE.txt (a file of its own: instance.h5 holds the one prompt)
+        snprintf(inst_h5, sizeof inst_h5, "%s/instance%s.h5", d->output_dir, d->use_captions ? "-captions" : "");
+        const char *fallback = d->instance_prompt && d->instance_prompt[0] ? d->instance_prompt : NULL;
+        if (d->use_captions && !fallback && (rc = captions_present(d->instance_data, err))) goto done;
+        if ((rc = import_folder(job, d->instance_data, inst_h5, d->use_captions ? NULL : d->instance_prompt,
+                                fallback, fs_count_images(d->instance_data), par, opt->quiet, err)))
             goto done;
     }
     if ((rc = read_latents(inst_h5, d->resolution, &inst, &n_inst, &lh, &lw, xl ? &inst_ids : NULL, err))) goto done;
@@ -986,9 +1066,9 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
             int have = fs_count_images(d->class_data);
             rc = make_class_images(job, be, d->class_data, have, par, opt->quiet, err);
             if ((rc = h5_par_agree(par, rc, err))) goto done;
-            snprintf(cls_h5, sizeof cls_h5, "%s/class.h5", d->output_dir);
-            if ((rc = import_folder(job, d->class_data, cls_h5, d->class_prompt, fs_count_images(d->class_data), par,
-                                    opt->quiet, err)))
+            snprintf(cls_h5, sizeof cls_h5, "%s/class%s.h5", d->output_dir, d->use_captions ? "-captions" : "");
+            if ((rc = import_folder(job, d->class_data, cls_h5, d->use_captions ? NULL : d->class_prompt,
+                                    d->class_prompt, fs_count_images(d->class_data), par, opt->quiet, err)))
                 goto done;
         }
         if ((rc = read_latents(cls_h5, d->resolution, &cls, &n_cls, &ch, &cw, NULL, err))) goto done;
@@ -1099,9 +1179,27 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
         if (x && x->scale_lr) // diffusers: lr x accumulation x per-device batch x processes (= sdc's global batch)
             cfg.learning_rate *= (double)d->gradient_accumulation_steps * d->train_batch_size;
     }
+    if (!x && d->use_captions) { // kohya's captioned DreamBooth: each image's own caption
+        int64_t truncated = 0;
+        if (xl) {
+            rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "--use-captions: not with an SDXL model yet ---> one "
+                         "--instance-prompt, or an SD 1.x / 2.x model");
+            goto done;
+        }
+        if ((rc = caption_ids(inst_h5, n_inst, d->instance_prompt, "--instance-prompt", &m, &cap_inst, &truncated,
+                              err)))
+            goto done;
+        if (d->with_prior_preservation &&
+            (rc = caption_ids(cls_h5, n_cls, d->class_prompt, "--class-prompt", &m, &cap_cls, &truncated, err)))
+            goto done;
+        if (truncated && par->rank == 0 && !opt->quiet)
+            fprintf(stderr, "sdc: warning: %lld captions are longer than %d tokens and were truncated (as "
+                    "diffusers)\n", (long long)truncated, clip_config(m.clip)->max_positions);
+    }
     DbData data = {.n_inst = n_inst, .n_class = n_cls, .inst_latents = inst, .class_latents = cls, .lat_h = lh,
                    .lat_w = lw, .instance_prompt = d->instance_prompt, .class_prompt = d->class_prompt,
-                   .inst_time_ids = inst_ids, .item_ids = td.ids, .inst_std = td.std, .flip_latents = td.fmean,
+                   .inst_time_ids = inst_ids, .item_ids = x ? td.ids : cap_inst, .class_item_ids = cap_cls,
+                   .inst_std = td.std, .flip_latents = td.fmean,
                    .flip_std = td.fstd};
     if (x) data.inst_latents = td.mean;
     const RankGrid *g = &run.grid;
@@ -1284,7 +1382,7 @@ done:
     if (m.tok) clip_tok_free(m.tok);
     if (m.tok2) clip_tok_free(m.tok2);
     if (m.files) model_files_close(m.files);
-    free(inst), free(cls), free(manifest), free(inst_ids);
+    free(inst), free(cls), free(manifest), free(inst_ids), free(cap_inst), free(cap_cls);
     t2i_data_free(&td);
     param_table_free(&run.ema);
     dp_free(&run.dp);

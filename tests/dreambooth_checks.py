@@ -27,6 +27,12 @@ on the shipped demo model at 64 px, a few steps, one thread per process.
                                                    text_encoder_2's tensors; model.h5 with
                                                    /text_encoder_2); 2 pipeline stages == one
                                                    process; ZeRO-1 over 2 ranks == 2 ranks
+  dreambooth_checks.py captions SDC MODEL SRC WORK --use-captions: captions equal to the prompts
+                                                   == the prompts' run bit for bit (text encoder
+                                                   frozen and trained, prior preservation);
+                                                   other instance or class captions train other
+                                                   weights; missing captions: --instance-prompt,
+                                                   or a refusal naming the photos
 
 SDC is the sdc binary, MODEL the demo model, SRC the source root (the photos
 are SRC/../shared/data/dreambooth/dog, or a few fixture images when that is
@@ -1033,9 +1039,93 @@ def test_xlte(ctx):
         compare_exact(l1, lx, f"{name}: LoRA (UNet and both text encoders) vs {ref}")
 
 
+# ---------------------------------------------------------------------------
+# 8. --use-captions (kohya's captioned DreamBooth)
+# ---------------------------------------------------------------------------
+
+def test_captions(ctx):
+    """Each photo's FILE.txt and each class image's caption in place of the
+    two prompts: captions equal to the prompts give the prompts' run bit for
+    bit (text encoder frozen and trained, prior preservation on), other
+    captions another one; a photo without a caption takes --instance-prompt,
+    and without that either the run is refused naming the photo."""
+    cls = os.path.join(ctx.work, "class")
+    photos = sorted(p for p in glob.glob(os.path.join(ctx.photos, "*")) if p.lower().endswith((".png", ".jpg",
+                                                                                              ".jpeg")))[:3]
+
+    def photo_dir(name, captions):  # copies of the photos, captions[i] into FILE.txt (None: no file)
+        d = os.path.join(ctx.work, name)
+        os.makedirs(d)
+        for p, c in zip(photos, captions):
+            shutil.copy(p, d)
+            if c is not None:
+                with open(os.path.join(d, os.path.splitext(os.path.basename(p))[0] + ".txt"), "w") as f:
+                    f.write(c + "\n")
+        return d
+
+    same = photo_dir("same", ["a photo of sks dog"] * 3)
+    other = photo_dir("other", ["a photo of sks dog on grass", "sks dog, close up", "a photo of sks dog"])
+    partial = photo_dir("partial", ["a photo of sks dog", None, "a photo of sks dog"])
+    bare = photo_dir("bare", [None, "sks dog", None])
+    common = ["--with-prior-preservation", "--class-data", cls, "--class-prompt", "a photo of dog",
+              "--num-class-images", 3, "--class-inference-steps", 2, "--train-batch-size", 2,
+              "--max-train-steps", 3, "--learning-rate", "1e-4", "--lr-warmup-steps", 0, "--checkpointing-steps", 100]
+
+    def train(name, photos_dir, *extra):
+        out = os.path.join(ctx.work, name)
+        args = [ctx.sdc, "train", "dreambooth", "--pretrained-model", ctx.model, "--instance-data", photos_dir,
+                "--resolution", "64", "--output-dir", out, "-t", "1", "-q", *common, *extra]
+        rc, log, sec = ctx.run(args)
+        if not check(rc == 0, f"{name}: trained ({sec:.1f} s)"):
+            show(log)
+            return {}
+        return h5_weights(os.path.join(out, "model.h5"))
+
+    for te, tag in (((), "frozen text encoder"), (("--train-text-encoder",), "text encoder trained")):
+        k = "te" if te else "fz"
+        ref = train(f"prompts-{k}", same, "--instance-prompt", "a photo of sks dog", *te)
+        if not te:  # the class images sdc generated carry their caption (kohya's FILE.txt)
+            txt = sorted(glob.glob(os.path.join(cls, "*.txt")))
+            caps = {open(t).read().strip() for t in txt}
+            check(len(txt) == 3 and caps == {"a photo of dog"}, f"class images' caption files: {len(txt)} (3), "
+                  f"captions {sorted(caps)}")
+        capd = train(f"captions-{k}", same, "--use-captions", *te)
+        if ref and capd:
+            compare_exact(ref, capd, f"{tag}: --use-captions with captions = the prompts vs the prompts")
+        # the photo without FILE.txt takes --instance-prompt: equal again
+        part = train(f"partial-{k}", partial, "--use-captions", "--instance-prompt", "a photo of sks dog", *te)
+        if ref and part:
+            compare_exact(ref, part, f"{tag}: a photo without FILE.txt takes --instance-prompt")
+        oth = train(f"other-{k}", other, "--use-captions", *te)
+        if ref and oth:
+            d = max(float(np.max(np.abs(ref[n] - oth[n]))) for n in ref if n in oth)
+            check(d > 1e-6, f"{tag}: other captions train other weights (max |diff| {d:.3g})")
+    # class captions: a class folder whose FILE.txt files say something else trains other weights
+    cls2 = os.path.join(ctx.work, "class2")
+    shutil.copytree(cls, cls2)
+    for i, t in enumerate(sorted(glob.glob(os.path.join(cls2, "*.txt")))):
+        with open(t, "w") as f:
+            f.write(f"a photo of dog number {i}\n")
+    common[2] = cls2
+    ref = h5_weights(os.path.join(ctx.work, "captions-fz", "model.h5"))
+    c2 = train("class-captions", same, "--use-captions")
+    if ref and c2:
+        d = max(float(np.max(np.abs(ref[n] - c2[n]))) for n in ref if n in c2)
+        check(d > 1e-6, f"the class images' own captions are used (max |diff| {d:.3g} against the class prompt)")
+    common[2] = cls
+    expect_error(ctx, "--use-captions, photos without FILE.txt and no --instance-prompt",
+                 [ctx.sdc, "train", "dreambooth", "--pretrained-model", ctx.model, "--instance-data", bare,
+                  "--resolution", "64", "--output-dir", os.path.join(ctx.work, "bare-out"), "-t", "1", "-q",
+                  "--use-captions", *common], "2 images", "no caption file", "--instance-prompt")
+    expect_error(ctx, "no --instance-prompt and no --use-captions",
+                 [ctx.sdc, "train", "dreambooth", "--pretrained-model", ctx.model, "--instance-data", same,
+                  "--resolution", "64", "--output-dir", os.path.join(ctx.work, "np-out"), "-t", "1", "-q"],
+                 "--instance-prompt", "--use-captions")
+
+
 def main():
     tests = {"resume": test_resume, "mpi": test_mpi, "bad": test_bad, "stop": test_stop, "layouts": test_layouts,
-             "xl": test_xl, "xlte": test_xlte}
+             "xl": test_xl, "xlte": test_xlte, "captions": test_captions}
     if len(sys.argv) != 6 or sys.argv[1] not in tests:
         print(__doc__)
         sys.exit(2)

@@ -38,10 +38,13 @@ endif()
 # run equals an uninterrupted one bit for bit (a generation sweep too).
 # Pipeline stages x replicas (GPipe, 1F1B, checkpointing, ZeRO-1, LoRA) equal
 # one process; a run stopped on 2 stages resumes on 1 and 3; bad layouts are
-# refused; a killed rank ends the job within 60 s, named.
+# refused; a killed rank ends the job within 60 s, named. --use-captions:
+# captions equal to the prompts train the same weights bit for bit, others
+# other weights; photos without captions take --instance-prompt or are refused.
 # The demo model at 64 px, a few steps, one thread per process.
 if(TARGET sdc)
-  foreach(t resume_exact:resume mpi_ranks:mpi bad_input:bad stop_resume:stop pipeline_layouts:layouts)
+  foreach(t resume_exact:resume mpi_ranks:mpi bad_input:bad stop_resume:stop pipeline_layouts:layouts
+            captions:captions)
     string(REPLACE ":" ";" t ${t})
     list(GET t 0 name)
     list(GET t 1 what)

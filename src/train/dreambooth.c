@@ -122,6 +122,8 @@ static int make_shard(DbTrainer *t, int gi, const OptimTensor *ot, int n_t, cons
     return rc;
 }
 
+static int encode_rows(ClipModel *clip, const int32_t *ids, int n, int L, Tensor *out, SdcError *err);
+
 int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *data, const DbHooks *hooks,
             SdcError *err) {
     memset(t, 0, sizeof *t);
@@ -162,10 +164,12 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         return sdc_err(err, SDC_ERR_ARG, "dreambooth: text encoder lr %g, weight decay %g: out of range\n"
                        "---> --text-encoder-lr >= 0 (0: --learning-rate), --adam-weight-decay-text-encoder >= 0",
                        c->text_encoder_lr, c->te_weight_decay);
-    if ((data->item_ids || c->proportion_empty > 0) && (c->with_prior_preservation || t->xl))
-        return sdc_err(err, SDC_ERR_UNSUPPORTED, "text-to-image: per-item captions with %s are not supported\n"
-                       "---> train an SD 1.x / 2.x model without prior preservation", t->xl ? "SDXL" :
-                       "prior preservation");
+    const int per_item = data->item_ids || data->class_item_ids || c->proportion_empty > 0;
+    if (per_item && t->xl)
+        return sdc_err(err, SDC_ERR_UNSUPPORTED, "per-item captions (or empty prompts) with SDXL are not supported\n"
+                       "---> train an SD 1.x / 2.x model, or give one prompt");
+    if (data->class_item_ids && !c->with_prior_preservation)
+        return sdc_err(err, SDC_ERR_INTERNAL, "dreambooth: class captions without prior preservation");
     if (!(c->proportion_empty >= 0 && c->proportion_empty <= 1) || !(c->input_perturbation >= 0) ||
         (c->use_ema && !(c->ema.decay >= 0 && c->ema.decay <= 1)))
         return sdc_err(err, SDC_ERR_ARG, "proportion of empty prompts %g (0..1), input perturbation %g (>= 0), EMA "
@@ -279,14 +283,14 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         ClipTrainOpts co2 = {.lora_rank = c->lora_rank, .lora_alpha = c->lora_alpha, .lora_seed = c->seed + 2,
                              .xl = 1};
         if (t->xl && (rc = clip_train_reserve(model->clip2, &co2, t->share_max, err))) goto fail;
-    } else if (hooks->stage == 0 && (data->item_ids || c->proportion_empty > 0)) { // frozen: encoded per batch
-        if ((rc = clip_reserve(model->clip, t->share_max, err))) goto fail;
+    } else if (hooks->stage == 0 && per_item) { // frozen: encoded per batch, a prompt at a time
+        if ((rc = clip_reserve(model->clip, 1, err))) goto fail;
     } else if (hooks->stage == 0 && !t->xl) { // frozen: the two embeddings once
         int32_t ids2[2 * 1024];
         memcpy(ids2, t->inst_ids, (size_t)L * sizeof(int32_t));
         memcpy(ids2 + L, t->class_ids, (size_t)L * sizeof(int32_t));
-        if ((rc = clip_reserve(model->clip, 2, err))) goto fail;
-        if ((rc = clip_encode(model->clip, ids2, 2, 0, &t->ctx_fixed, err))) goto fail;
+        if ((rc = clip_reserve(model->clip, 1, err))) goto fail;
+        if ((rc = encode_rows(model->clip, ids2, 2, L, &t->ctx_fixed, err))) goto fail;
     } else if (hooks->stage == 0) { // SDXL, frozen: both encoders' hidden_states[-2] side by side, the pooled
         int32_t ids1[2 * 1024], ids2[2 * 1024];
         memcpy(ids1, t->inst_ids, (size_t)L * sizeof(int32_t));
@@ -421,6 +425,18 @@ static Tensor rows_of(const Tensor *x, int r0, int n) {
     return v;
 }
 
+// The frozen text encoder, one prompt at a time: a prompt's embedding is then
+// the same bits whatever the batch it comes in (a GEMM's rounding can depend
+// on its row count), so per-item captions that equal the two prompts train
+// what the prompts train, bit for bit (tests/dreambooth_checks.py captions).
+static int encode_rows(ClipModel *clip, const int32_t *ids, int n, int L, Tensor *out, SdcError *err) {
+    for (int s = 0; s < n; s++) {
+        Tensor row = rows_of(out, s, 1);
+        SDC_TRY(clip_encode(clip, ids + (size_t)s * L, 1, 0, &row, err));
+    }
+    return 0;
+}
+
 // Batch `batch` of the current epoch, this replica's share: every sample's
 // latents, noise, timestep, targets and loss weight (on every stage: cheap,
 // and each stage uses its part), uploaded; the context, encoded by the text
@@ -494,7 +510,9 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         t->coef[s] = (float)cj;
         // d loss / d pred = 2 coef_j (pred - target), times the replica count: the all-reduce averages
         t->k[s] = 2.0f * t->coef[s] * (float)replicas(t);
-        const int32_t *ids = is_class ? t->class_ids : empty ? t->empty_ids
+        const int32_t *ids = is_class ? (d->class_item_ids ? d->class_item_ids + (size_t)(item % d->n_class) * L
+                                                           : t->class_ids)
+                             : empty ? t->empty_ids
                              : d->item_ids ? d->item_ids + (size_t)(item % d->n_inst) * L : t->inst_ids;
         memcpy(t->ids + s * L, ids, (size_t)L * sizeof(int32_t));
         if (t->xl) memcpy(t->ids2 + s * L, is_class ? t->class_ids2 : t->inst_ids2, (size_t)L * sizeof(int32_t));
@@ -514,7 +532,8 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         concat_last(be, &cv, &h1, &h2);
         return 0;
     }
-    if (d->item_ids || c->proportion_empty > 0) return clip_encode(m->clip, t->ids, (int)n, 0, &cv, err);
+    if (d->item_ids || d->class_item_ids || c->proportion_empty > 0)
+        return encode_rows(m->clip, t->ids, (int)n, L, &cv, err);
     for (int64_t s = 0; s < n; s++) { // the frozen encoder's instance or class embedding
         Tensor dst = rows_of(&t->ctx, (int)s, 1), src = rows_of(&t->ctx_fixed, f + s >= b ? 1 : 0, 1);
         be->copy(be, &dst, &src);

@@ -27,7 +27,9 @@
 // latents sampled from the VAE's distribution each step, random flips,
 // input perturbation, empty captions with a probability, min-SNR with its
 // v-prediction rule, and an EMA of the UNet (train/ema.h) updated after
-// every optimizer step.
+// every optimizer step. DreamBooth with --use-captions (kohya's captioned
+// DreamBooth) takes item_ids for the instance images and class_item_ids for
+// the class half.
 //
 // Layout: world = stages x replicas. Each replica (a pipeline of `stages`
 // ranks, each holding a contiguous slice of the UNet's blocks) takes a
@@ -115,6 +117,9 @@ typedef struct DbData {
     // Text-to-image: each item's own caption as token ids, (n_inst, L) (the
     // text encoder's max_positions); NULL: instance_prompt for every item.
     const int32_t *item_ids;
+    // DreamBooth --use-captions with prior preservation: each class image's
+    // caption as token ids, (n_class, L); NULL: class_prompt for every one.
+    const int32_t *class_item_ids;
     // The latent distribution's std x scaling factor, (n_inst, 4, h, w): each
     // sample is then inst_latents + std * randn (diffusers' latent_dist.sample()
     // every step); NULL: inst_latents as they are (cached means).
