@@ -179,7 +179,7 @@ void cli_print_usage(FILE *f, const char *sub) {
             "      --skip-existing       keep output PNGs that exist and decode (resume a stopped PNG sweep)\n"
             "      --output-h5 FILE      write all images to an HDF5 generation output instead (resumes a sweep;\n"
             "                            under mpiexec / srun the ranks share the work)\n"
-            "  -t, --threads N           CPU threads (default: all cores)\n"
+            "  -t, --threads N           CPU threads (default: OMP_NUM_THREADS, else all cores)\n"
             "      --device cpu|cuda     compute device (default cpu)\n"
             "      --pipeline-stages P   under mpiexec / srun: cut the UNet into P stages, one rank each (ranks =\n"
             "                            P x replicas; CPU backend)\n"
@@ -973,7 +973,7 @@ static void cli_print_usage_train(FILE *f) {
             "  --validation-prompt TEXT        --num-validation-images N (4)  --validation-steps N (100)\n"
             "  --seed N (0)                    --output-dir DIR (dreambooth-model)\n"
             "  --mixed-precision no|bf16       bf16 compute, fp32 weights / AdamW / loss (no)\n"
-            "  -t, --threads N                 CPU threads (all)\n"
+            "  -t, --threads N                 CPU threads (OMP_NUM_THREADS, else all cores)\n"
             "  --dump-manifest                 print the job manifest and exit;  -q  no progress bar\n"
             "Training runs on the CPU backend (fp32; bf16 compute with --mixed-precision bf16); under mpiexec/srun\n"
             "each replica (a pipeline of P ranks) takes a share of every batch and the gradients are averaged\n"
@@ -999,7 +999,7 @@ static void cli_print_usage_train_vae(FILE *f) {
             "  --resume-from-checkpoint PATH|latest   (a resumed run is bit-identical to an uninterrupted one)\n"
             "  --eval-dataset H5               reconstruction PSNR of its first --eval-items N (32) before and after\n"
             "  --adam-beta1/--adam-beta2/--adam-weight-decay/--adam-epsilon   --log-every N (1)\n"
-            "  -t, --threads N                 CPU threads (all)\n"
+            "  -t, --threads N                 CPU threads (OMP_NUM_THREADS, else all cores)\n"
             "  --dump-manifest                 print the job manifest and exit;  -q  quiet\n"
             "Under mpiexec / srun each rank takes an equal share of every batch (data parallel).\n");
 }
@@ -1037,7 +1037,7 @@ static void cli_print_usage_train_t2i(FILE *f) {
             "                                  (--validation-inference-steps 20)\n"
             "  --seed N (0)                    --output-dir DIR (sd-model-finetuned)\n"
             "  --mixed-precision no|bf16       bf16 compute, fp32 weights / AdamW / loss (no)\n"
-            "  -t, --threads N                 CPU threads (all)\n"
+            "  -t, --threads N                 CPU threads (OMP_NUM_THREADS, else all cores)\n"
             "  --dump-manifest                 print the job manifest and exit;  -q  no progress bar\n"
             "Exports DIR/model.h5, DIR/model.safetensors and DIR/diffusers/ (EMA weights with --use-ema), or a\n"
             "LoRA file; checkpoints and data parallel / pipeline stages as sdc train dreambooth.\n");

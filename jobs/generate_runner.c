@@ -1041,11 +1041,14 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     // strength: as given, else A1111's 0.75 for img2img and diffusers' 1.0 for inpainting
     const double strength = g->has_strength ? g->strength : in.mode == GEN_INPAINT ? 1.0 : 0.75;
     const int micro = g->batch_size > 0 ? g->batch_size : 1;
+    char nthr[32] = "";
+    if (be->device == DEV_CPU) snprintf(nthr, sizeof nthr, " (%d thread%s)", be->threads, be->threads == 1 ? "" : "s");
     if (!opt->quiet)
-        fprintf(stderr, "sdc: loaded %s (%s, %s layout, %s prediction, %d-channel UNet) in %.1fs on %s\n",
+        fprintf(stderr, "sdc: loaded %s (%s, %s layout, %s prediction, %d-channel UNet) in %.1fs on %s%s\n",
                 job->model->path, info->family == SD_FAMILY_XL ? "SDXL" : info->family == SD_FAMILY_2 ? "SD 2.x" : "SD 1.x",
                 info->layout == LAYOUT_DIFFUSERS ? "diffusers" : "single-file",
-                info->unet.prediction == PRED_V ? "v" : "epsilon", info->unet.in_channels, mono_s() - t0, be->name);
+                info->unet.prediction == PRED_V ? "v" : "epsilon", info->unet.in_channels, mono_s() - t0, be->name,
+                nthr);
 
     // pipeline stages: stage 0 of each pipeline generates (sharing the sweep
     // with the other pipelines' stage 0), the other stages serve UNet passes

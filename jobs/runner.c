@@ -51,6 +51,7 @@ int runner_threads(const Sdc__Job *job, int quiet) {
     // Ranks bound to their own cores see only those; ranks that share the
     // node's cores split them (torchrun's OMP_NUM_THREADS, done for you).
     int shared = local > 1 && cores >= (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (t == 0) t = backend_cpu_env_threads(); // OMP_NUM_THREADS, as torchrun's users set it
     if (t == 0) t = shared ? (cores / local > 0 ? cores / local : 1) : cores;
     if (!quiet && rank == 0 && shared && t * local > cores)
         fprintf(stderr, "sdc: warning: %d ranks x %d threads on %d cores: OpenMP threads will spin-wait on each "

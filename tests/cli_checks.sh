@@ -34,6 +34,27 @@ generate_demo() {
         grep -a -q 'Steps: 3, Sampler: Euler, CFG scale: 7, Seed: 43' "$W/demo_2.png"
 }
 
+# The thread count: OMP_NUM_THREADS when -t is not given (as PyTorch and
+# OpenBLAS read it), -t over it, every core without either. (The pixels may
+# differ in the last bit between thread counts: reductions split by thread.)
+threads_env() {
+    cores=$(nproc)
+    runs "OMP_NUM_THREADS=1" env OMP_NUM_THREADS=1 "$SDC" generate -m "$DEMO" -p 'a cat' -W 64 -H 64 --steps 2 \
+        -o "$W/t1.png"
+    has "OMP_NUM_THREADS=1: 1 thread" 'on cpu (1 thread)'
+    runs "OMP_NUM_THREADS=1 -t 2" env OMP_NUM_THREADS=1 "$SDC" generate -m "$DEMO" -p 'a cat' -W 64 -H 64 \
+        --steps 2 -t 2 -o "$W/t2.png"
+    has "-t 2 over OMP_NUM_THREADS=1: 2 threads" 'on cpu (2 threads)'
+    runs "OMP_NUM_THREADS=3,2 (a list: its first entry)" env OMP_NUM_THREADS=3,2 "$SDC" generate -m "$DEMO" \
+        -p 'a cat' -W 64 -H 64 --steps 2 -o "$W/t3.png"
+    has "OMP_NUM_THREADS=3,2: 3 threads" 'on cpu (3 threads)'
+    runs "no OMP_NUM_THREADS" env -u OMP_NUM_THREADS "$SDC" generate -m "$DEMO" -p 'a cat' -W 64 -H 64 --steps 2 \
+        -o "$W/t4.png"
+    if [ "$cores" -eq 1 ]; then has "no OMP_NUM_THREADS: every core ($cores)" 'on cpu (1 thread)'
+    else has "no OMP_NUM_THREADS: every core ($cores)" "on cpu ($cores threads)"; fi
+    check "... each run wrote its image" sh -c "test -s '$W/t1.png' && test -s '$W/t2.png' && test -s '$W/t3.png'"
+}
+
 # Same seed, same image: two runs are byte-identical.
 generate_deterministic() {
     runs "run 1" "$SDC" generate -q -m "$DEMO" -p 'a cat' -W 64 -H 64 --steps 2 -o "$W/a.png"
@@ -467,7 +488,7 @@ case "$NAME" in
         bad_image | bad_strength | inpaint_model_needs_mask | long_prompt_warns | refuses_what_cannot_fit | \
         img2img | inpaint | outpaint | generate_lora | lora_other_model | manifest_roundtrip | example_manifest | \
         lora_from_checkpoint | generate_from_h5 | sdxl_refusals | sdxl_generate | sdxl_bad_input | sdxl_submit | \
-        sdxl_refiner_refusals | sdxl_refiner_generate | generate_bf16 | train_mixed_bf16)
+        sdxl_refiner_refusals | sdxl_refiner_generate | generate_bf16 | train_mixed_bf16 | threads_env)
         $NAME ;;
     *) echo "cli_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac

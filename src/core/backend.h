@@ -182,8 +182,12 @@ struct Backend {
 // 0, or the first failure recorded inside be's ops (see status above).
 int backend_status(const Backend *be, SdcError *err);
 
-// Creates the CPU backend with `threads` threads (0 = all cores).
+// Creates the CPU backend with `threads` threads (0 = OMP_NUM_THREADS, else all cores).
 int backend_cpu_create(Backend **out, int threads, SdcError *err);
+// The thread count OMP_NUM_THREADS asks for (its first entry; what PyTorch
+// and OpenBLAS read), 0 when unset or not a positive count. threads = 0 in
+// the create calls takes it, else every core.
+int backend_cpu_env_threads(void);
 // The CPU backend computing in bf16 through oneDNN (--precision bf16 on the
 // CPU): param_dtype BF16 (every parameter rounded to bf16 once, at load),
 // act_dtype F32; conv2d, linear and attention multiply bf16 by bf16 into fp32

@@ -542,11 +542,19 @@ static const Backend cpu_template = {
     CPU_BACKWARD_ENTRIES
 };
 
+int backend_cpu_env_threads(void) {
+    const char *e = getenv("OMP_NUM_THREADS");
+    char *end = NULL;
+    long n = e ? strtol(e, &end, 10) : 0;
+    return e && end != e && (*end == 0 || *end == ',') && n > 0 && n <= 4096 ? (int)n : 0;
+}
+
 int backend_cpu_create(Backend **out, int threads, SdcError *err) {
     *out = NULL;
     if (threads < 0)
         return sdc_err(err, SDC_ERR_ARG, "cpu backend: threads = %d\n---> pass 0 for all cores",
                        threads);
+    if (threads == 0) threads = backend_cpu_env_threads();
     if (threads == 0) threads = omp_get_num_procs();
     Backend *be = malloc(sizeof *be);
     CpuImpl *im = calloc(1, sizeof *im);
