@@ -628,6 +628,18 @@ out:
 // ----------------------------------------------------------------------------
 // reader
 
+int dataset_captions_current(const Dataset *d, const char *fallback) {
+    for (int64_t i = 0; i < d->n; i++) {
+        char *cap = NULL;
+        SdcError e = {0};
+        if (!d->sources || !d->sources[i] || read_caption(d->sources[i], fallback, &cap, &e)) return 0;
+        const int same = d->captions && d->captions[i] && !strcmp(cap, d->captions[i]);
+        free(cap);
+        if (!same) return 0;
+    }
+    return 1;
+}
+
 void dataset_close(Dataset *d) {
     if (d->images >= 0) H5Dclose(d->images);
     if (d->size_crop >= 0) H5Dclose(d->size_crop);

@@ -76,4 +76,9 @@ int dataset_read_latent(const Dataset *d, int64_t i, float *out, SdcError *err);
 int dataset_read_size_crop(const Dataset *d, int64_t i, int32_t geom[4], SdcError *err);
 void dataset_close(Dataset *d);
 
+// 1 when every item's caption is what an import with prompt NULL would read
+// now (its source's FILE.txt, or fallback where there is none), else 0 (a
+// changed, added or removed caption file; a source gone).
+int dataset_captions_current(const Dataset *d, const char *fallback);
+
 #endif

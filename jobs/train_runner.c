@@ -68,7 +68,8 @@ static int import_folder(const Sdc__Job *job, const char *src, const char *out, 
         SdcError e2 = {0};
         if (dataset_open(&ds, out, &e2) == 0) {
             int ok = ds.resolution == d->resolution && ds.latents >= 0 && (expect < 0 || ds.n == expect) &&
-                     ds.random_flip == (src == d->instance_data && d->random_flip);
+                     ds.random_flip == (src == d->instance_data && d->random_flip) &&
+                     (prompt || dataset_captions_current(&ds, fallback)); // --use-captions: edited FILE.txt
             dataset_close(&ds);
             if (ok) return 0;
         }

@@ -1100,6 +1100,14 @@ def test_captions(ctx):
         if ref and oth:
             d = max(float(np.max(np.abs(ref[n] - oth[n]))) for n in ref if n in oth)
             check(d > 1e-6, f"{tag}: other captions train other weights (max |diff| {d:.3g})")
+    # an edited FILE.txt is read again by a rerun into the same folder (not the import kept from before)
+    before = h5_weights(os.path.join(ctx.work, "other-fz", "model.h5"))
+    with open(os.path.join(other, os.path.splitext(os.path.basename(photos[0]))[0] + ".txt"), "w") as f:
+        f.write("a photo of sks dog\n")
+    after = train("other-fz", other, "--use-captions")
+    if before and after and ref:
+        d = max(float(np.max(np.abs(before[n] - after[n]))) for n in before if n in after)
+        check(d > 1e-6, f"an edited caption file is read by the next run (max |diff| {d:.3g} against before)")
     # class captions: a class folder whose FILE.txt files say something else trains other weights
     cls2 = os.path.join(ctx.work, "class2")
     shutil.copytree(cls, cls2)
