@@ -38,7 +38,7 @@ generate_demo() {
 # OpenBLAS read it), -t over it, every core without either. (The pixels may
 # differ in the last bit between thread counts: reductions split by thread.)
 threads_env() {
-    cores=$(nproc)
+    cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) # (nproc itself reads OMP_NUM_THREADS)
     runs "OMP_NUM_THREADS=1" env OMP_NUM_THREADS=1 "$SDC" generate -m "$DEMO" -p 'a cat' -W 64 -H 64 --steps 2 \
         -o "$W/t1.png"
     has "OMP_NUM_THREADS=1: 1 thread" 'on cpu (1 thread)'
