@@ -80,8 +80,13 @@ train() { # train TAG [prior-preservation flags...]
         --checkpointing-steps "$STEPS" --output-dir "$OUT/db-$tag" -q -t "${THREADS:-1}" ${DB_FLAGS:-}
     score "$tag" "$OUT/db-$tag/diffusers" # the folder: a single file of a small model needs --config
 }
-train prior --with-prior-preservation --class-data "$OUT/class" --class-prompt "a shape" --num-class-images "$NUM_CLASS"
-train noprior
+# ONLY=setup: the base model's scores and the class images alone; then ONLY=prior and ONLY=noprior side by
+# side on two cores, each that run alone; a last invocation without ONLY writes the table from their outputs
+[ "${ONLY:-prior}" = prior ] &&
+    train prior --with-prior-preservation --class-data "$OUT/class" --class-prompt "a shape" \
+        --num-class-images "$NUM_CLASS"
+[ "${ONLY:-noprior}" = noprior ] && train noprior
+[ -n "${ONLY:-}" ] && exit 0
 
 /usr/bin/python3 - "$OUT" <<'PY'
 import json, sys
