@@ -37,13 +37,17 @@ mkdir -p "$OUT"
 [ -f "$OUT/subject.h5" ] || "$SDC" dataset synth --split subject -n 4 --seed "${INST_SEED:-19}" --resolution "$RES" \
     --cache-latents -m "$MODEL" -o "$OUT/subject.h5" -q
 # prompts: the subject in 40 new contexts, 16 class prompts, 64 held-out captions
-"$SDC" dataset synth --split subject -n 40 --seed 99 --captions-file "$OUT/subject-prompts.txt" -q
-: > "$OUT/class-prompts.txt"
-for c in red orange yellow green blue purple white black; do
-    echo "a shape on a plain $c background" >> "$OUT/class-prompts.txt"
-    echo "a large shape on a $c striped background" >> "$OUT/class-prompts.txt"
-done
-"$SDC" dataset synth --split heldout -n 64 --seed 5 --captions-file "$OUT/heldout-prompts.txt" -q
+# (written once: the ONLY= runs side by side read them)
+[ -f "$OUT/subject-prompts.txt" ] ||
+    "$SDC" dataset synth --split subject -n 40 --seed 99 --captions-file "$OUT/subject-prompts.txt" -q
+if [ ! -f "$OUT/class-prompts.txt" ]; then
+    for c in red orange yellow green blue purple white black; do
+        echo "a shape on a plain $c background"
+        echo "a large shape on a $c striped background"
+    done > "$OUT/class-prompts.tmp" && mv "$OUT/class-prompts.tmp" "$OUT/class-prompts.txt"
+fi
+[ -f "$OUT/heldout-prompts.txt" ] ||
+    "$SDC" dataset synth --split heldout -n 64 --seed 5 --captions-file "$OUT/heldout-prompts.txt" -q
 
 score() { # score TAG MODEL_FILE
     for set in subject class heldout; do
