@@ -1125,6 +1125,10 @@ def test_captions(ctx):
                  [ctx.sdc, "train", "dreambooth", "--pretrained-model", ctx.model, "--instance-data", bare,
                   "--resolution", "64", "--output-dir", os.path.join(ctx.work, "bare-out"), "-t", "1", "-q",
                   "--use-captions", *common], "2 images", "no caption file", "--instance-prompt")
+    expect_error(ctx, "--use-captions with an SDXL model: refused",
+                 [ctx.sdc, "train", "dreambooth", "--pretrained-model", os.path.join(ctx.src, "tests", "fixtures",
+                  "tiny-sdxl"), "--instance-data", same, "--use-captions", "--resolution", "64", "--max-train-steps",
+                  1, "--output-dir", os.path.join(ctx.work, "xl-out"), "-t", "1", "-q"], "--use-captions", "SDXL")
     expect_error(ctx, "no --instance-prompt and no --use-captions",
                  [ctx.sdc, "train", "dreambooth", "--pretrained-model", ctx.model, "--instance-data", same,
                   "--resolution", "64", "--output-dir", os.path.join(ctx.work, "np-out"), "-t", "1", "-q"],
