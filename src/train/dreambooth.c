@@ -164,8 +164,8 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         return sdc_err(err, SDC_ERR_ARG, "dreambooth: text encoder lr %g, weight decay %g: out of range\n"
                        "---> --text-encoder-lr >= 0 (0: --learning-rate), --adam-weight-decay-text-encoder >= 0",
                        c->text_encoder_lr, c->te_weight_decay);
-    const int per_item = data->item_ids || data->class_item_ids || c->proportion_empty > 0;
-    if (per_item && t->xl)
+    t->per_item = data->item_ids || data->class_item_ids || c->proportion_empty > 0;
+    if (t->per_item && t->xl)
         return sdc_err(err, SDC_ERR_UNSUPPORTED, "per-item captions (or empty prompts) with SDXL are not supported\n"
                        "---> train an SD 1.x / 2.x model, or give one prompt");
     if (data->class_item_ids && !c->with_prior_preservation)
@@ -283,7 +283,7 @@ int db_init(DbTrainer *t, SdModel *model, const DbConfig *cfg, const DbData *dat
         ClipTrainOpts co2 = {.lora_rank = c->lora_rank, .lora_alpha = c->lora_alpha, .lora_seed = c->seed + 2,
                              .xl = 1};
         if (t->xl && (rc = clip_train_reserve(model->clip2, &co2, t->share_max, err))) goto fail;
-    } else if (hooks->stage == 0 && per_item) { // frozen: encoded per batch, a prompt at a time
+    } else if (hooks->stage == 0 && t->per_item) { // frozen: encoded per batch, a prompt at a time
         if ((rc = clip_reserve(model->clip, 1, err))) goto fail;
     } else if (hooks->stage == 0 && !t->xl) { // frozen: the two embeddings once
         int32_t ids2[2 * 1024];
@@ -532,8 +532,7 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         concat_last(be, &cv, &h1, &h2);
         return 0;
     }
-    if (d->item_ids || d->class_item_ids || c->proportion_empty > 0)
-        return encode_rows(m->clip, t->ids, (int)n, L, &cv, err);
+    if (t->per_item) return encode_rows(m->clip, t->ids, (int)n, L, &cv, err);
     for (int64_t s = 0; s < n; s++) { // the frozen encoder's instance or class embedding
         Tensor dst = rows_of(&t->ctx, (int)s, 1), src = rows_of(&t->ctx_fixed, f + s >= b ? 1 : 0, 1);
         be->copy(be, &dst, &src);

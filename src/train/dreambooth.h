@@ -233,6 +233,7 @@ typedef struct DbTrainer {
     float ac[SCHED_MAX_TRAIN_STEPS]; // (n_train) its alphas_cumprod
     PredictionType prediction;
     int train_te;          // this rank trains the text encoder (stage 0 of --train-text-encoder)
+    int per_item;          // prompts differ per sample (captions, empty prompts): a frozen encoder runs per batch
     int px_per_latent;     // the VAE's downsampling (8 for SD's 4 levels): validation image sizes
     // the batch in progress (this replica's share): host staging, prepared on every stage
     int rows, first_row;   // its rows, and the first one's index in the global batch
