@@ -769,6 +769,80 @@ static int write_diffusers_whole(Model *m, const ConvertOpts *o, SdcError *err) 
     return rc;
 }
 
+// Any source into m: an .h5 checkpoint, or a diffusers folder / single file
+// (config: the single file's config folder; *mf stays open: m's tensors are
+// views into its maps).
+static int load_source(Model *m, const char *model, const char *config, ModelFiles **mf, SdcError *err) {
+    if (fs_ends_with(model, ".h5")) return load_h5(m, model, err);
+    SDC_TRY(model_files_open(mf, model, config, -1, err));
+    const ModelInfo *info = model_files_info(*mf);
+    make_configs(m, info, model_files_scheduler_json(*mf));
+    make_model_index(m, clip_vocab_model(m) || fs_is_dir(model));
+    SDC_TRY(model_oom(m, model, err));
+    return info->layout == LAYOUT_DIFFUSERS ? load_diffusers(m, *mf, model, err) : load_single(m, model, info, err);
+}
+
+int convert_train_ckpt(const char *path, char **manifest, SdcError *err) {
+    *manifest = NULL;
+    Ckpt c;
+    SDC_TRY(ckpt_open(&c, path, err));
+    hid_t g = h5_has_link(c.file, "unet") ? H5Gopen2(c.file, "unet", H5P_DEFAULT) : -1;
+    const int complete = g >= 0 && h5_has_attr(g, "config");
+    if (g >= 0) H5Gclose(g);
+    g = h5_has_link(c.file, "state") ? H5Gopen2(c.file, "state", H5P_DEFAULT) : -1;
+    const int train = g >= 0 && h5_has_attr(g, "micro_step");
+    if (g >= 0) H5Gclose(g);
+    int rc = 0;
+    if (complete) rc = 0;
+    else if (!train)
+        rc = sdc_err(err, SDC_ERR_FORMAT, "%s: /unet has no config, and the file is not a training checkpoint\n"
+                     "---> the file is damaged, or not written by sdc", path);
+    else if (ckpt_get_attr(&c, "", "manifest", manifest, err))
+        rc = sdc_err_wrap(err, "%s is a training checkpoint; the job that wrote it (its base model) is not recorded",
+                          path);
+    else rc = 1;
+    ckpt_close(&c);
+    return rc;
+}
+
+// The trained weights of a training checkpoint in place of m's (its base
+// model's): /unet (or /unet_ema when the run kept an EMA), /text_encoder and
+// /text_encoder_2 when trained. Each must be a tensor of the base, of its shape.
+static int overlay_trained(Model *m, const char *path, const char *base, SdcError *err) {
+    Ckpt c;
+    SDC_TRY(ckpt_open(&c, path, err));
+    int rc = ckpt_list_group(&c, "unet_ema", err), ema = 0, n = 0;
+    for (int i = 0; i < c.n; i++) ema |= !strcmp(c.t[i].group, "unet_ema");
+    for (int i = 0; i < c.n && !rc; i++) {
+        const CkptTensor *ct = &c.t[i];
+        const char *g = ct->group;
+        const int comp = !strcmp(g, ema ? "unet_ema" : "unet") ? COMP_UNET
+                         : !strcmp(g, "text_encoder") ? COMP_TEXT_ENCODER
+                         : !strcmp(g, "text_encoder_2") ? COMP_TEXT_ENCODER_2 : -1;
+        if (comp < 0) continue;
+        Param *p = NULL;
+        for (int k = 0; k < m->n && !p; k++)
+            if (m->p[k].comp == comp && !strcmp(m->p[k].name, ct->name)) p = &m->p[k];
+        int same = p && p->t.ndim == ct->ndim;
+        for (int d = 0; same && d < ct->ndim; d++) same = p->t.shape[d] == ct->shape[d];
+        if (!same) {
+            rc = sdc_err(err, SDC_ERR_SHAPE, "%s: %s/%s is %s its base model %s\n---> was the run trained from "
+                         "another model than its manifest names?", path, g, ct->name,
+                         p ? "of another shape than in" : "not a tensor of", base);
+            break;
+        }
+        void *buf = model_own(m, ct->nbytes);
+        rc = buf ? ckpt_read(&c, i, buf, 1, err) : model_oom(m, path, err);
+        if (!rc) p->t = tensor_make(ct->dtype, DEV_CPU, buf, ct->ndim, ct->shape);
+        n++;
+    }
+    if (!rc && !n)
+        rc = sdc_err(err, SDC_ERR_FORMAT, "%s: no trained UNet or text encoder weights in it\n---> a LoRA training "
+                     "checkpoint? generate with its base model and --lora %s", path, path);
+    ckpt_close(&c);
+    return rc ? sdc_err_wrap(err, "the model of training checkpoint %s", path) : 0;
+}
+
 int convert_run(const ConvertOpts *o, SdcError *err) {
     if (o->dtype >= 0 && o->dtype != DT_F32 && o->dtype != DT_F16 && o->dtype != DT_BF16)
         return sdc_err(err, SDC_ERR_ARG, "--dtype: expected f32, f16 or bf16");
@@ -777,19 +851,13 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
     Model m;
     memset(&m, 0, sizeof m);
     ModelFiles *mf = NULL;
-    int rc = 0;
-    if (fs_ends_with(o->model, ".h5")) {
-        rc = load_h5(&m, o->model, err);
+    int rc;
+    if (o->base) {
+        rc = load_source(&m, o->base, o->base_config, &mf, err);
+        if (rc) sdc_err_wrap(err, "the base model of training checkpoint %s", o->model);
+        else rc = overlay_trained(&m, o->model, o->base, err);
     } else {
-        rc = model_files_open(&mf, o->model, o->config, -1, err);
-        if (!rc) {
-            const ModelInfo *info = model_files_info(mf);
-            make_configs(&m, info, model_files_scheduler_json(mf));
-            make_model_index(&m, clip_vocab_model(&m) || fs_is_dir(o->model));
-            rc = model_oom(&m, o->model, err);
-            if (!rc) rc = info->layout == LAYOUT_DIFFUSERS ? load_diffusers(&m, mf, o->model, err)
-                                                  : load_single(&m, o->model, info, err);
-        }
+        rc = load_source(&m, o->model, o->config, &mf, err);
     }
     if (!rc) {
         if (fs_ends_with(o->output, ".h5")) rc = write_h5(&m, o, err);

@@ -34,9 +34,21 @@ typedef struct ConvertOpts {
     // export names the model it was trained from); NULL or without them: the
     // source's own when it is a folder, else the shipped vocab.
     const char *tokenizer_from;
+    // A training checkpoint (checkpoint-N.h5 of a full fine-tuning run)
+    // holds the trained weights only, without configs or frozen parts: the
+    // model is then `base` (any layout; base_config: the config folder of a
+    // single file) with the checkpoint's weights in place (the UNet's EMA
+    // weights when it has them). NULL for any other source.
+    const char *base, *base_config;
 } ConvertOpts;
 
 int convert_run(const ConvertOpts *o, SdcError *err);
+
+// Whether the .h5 at path is a training checkpoint holding trained weights
+// only (convert it with ConvertOpts.base): 1 and *manifest (malloc'd) the
+// text manifest of the job that wrote it, whose model is the base; 0 for a
+// complete model checkpoint; <0 (err set) for neither.
+int convert_train_ckpt(const char *path, char **manifest, SdcError *err);
 
 // Copies src_dir/SUB/ (a diffusers folder's tokenizer/ or tokenizer_2/: the
 // files transformers reads, those present) into out/SUB/, made if needed.

@@ -126,7 +126,8 @@ void cli_print_usage(FILE *f, const char *sub) {
     fprintf(f,
             "usage: sdc generate -m MODEL -p PROMPT [options]\n\n"
             "  -m, --model PATH          .safetensors single file (SD 1.x/2.x original layout), diffusers folder, or an\n"
-            "                            sdc .h5 checkpoint (converted once to PATH.sdc-cache/)\n"
+            "                            sdc .h5 checkpoint (converted once to PATH.sdc-cache/); a training run's\n"
+            "                            checkpoint-N.h5: its base model with the weights trained to step N\n"
             "      --config DIR          diffusers folder describing a single file's architecture (optional)\n"
             "      --prediction-type T   epsilon | v_prediction (default: from the model)\n"
             "      --lora FILE[:W]       merge a LoRA (kohya or diffusers .safetensors) at weight W (default 1.0)\n"

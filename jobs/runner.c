@@ -229,6 +229,8 @@ static int run_init_model(const Sdc__Job *job, const RunOptions *opt, SdcError *
     return model_init_folder(&o, err);
 }
 
+static int train_ckpt_base(const char *p, int quiet, int depth, char **base, char **cfg, SdcError *err);
+
 static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     const Sdc__Convert *c = job->convert;
     if (!job->model || !job->model->path || !job->model->path[0])
@@ -241,8 +243,91 @@ static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err
                      job->model->config : NULL, .output = c->output,
                      .dtype = !strcmp(dt, "f32") ? DT_F32 : !strcmp(dt, "f16") ? DT_F16 : !strcmp(dt, "bf16") ?
                      DT_BF16 : -1, .manifest = manifest, .quiet = opt->quiet};
-    int rc = convert_run(&o, err);
+    char *base = NULL, *cfg = NULL; // a training checkpoint: its base model with its weights
+    int rc = fs_ends_with(o.model, ".h5") ? train_ckpt_base(o.model, opt->quiet, 0, &base, &cfg, err) : 0;
+    o.base = base, o.base_config = cfg;
+    o.tokenizer_from = base && fs_is_dir(base) ? base : NULL;
+    if (!rc) rc = convert_run(&o, err);
+    free(base);
+    free(cfg);
     free(manifest);
+    return rc;
+}
+
+static int h5_convert_cached(const char *p, char *cache, size_t cap, const char *manifest, int quiet, int depth,
+                             SdcError *err);
+
+// The base model of a training checkpoint p that holds trained weights only
+// (checkpoint-N.h5 of a full fine-tuning run): *base (malloc'd; NULL when p
+// is a complete model) the model of the job that wrote it, *cfg (malloc'd or
+// NULL) its config folder. A base that is an .h5 is given as its converted
+// folder (rank 0 converts it). The path is as the training job was given it.
+static int train_ckpt_base(const char *p, int quiet, int depth, char **base, char **cfg, SdcError *err) {
+    *base = *cfg = NULL;
+    char *text = NULL;
+    int rc = convert_train_ckpt(p, &text, err);
+    if (rc <= 0) return rc;
+    Sdc__Job *j = NULL;
+    rc = manifest_parse_text(&sdc__job__descriptor, text, strlen(text), p, (ProtobufCMessage **)&j, err);
+    free(text);
+    if (rc) return sdc_err_wrap(err, "%s: the manifest of the job that wrote it", p);
+    const char *b = j->model && j->model->path ? j->model->path : "";
+    struct stat st;
+    if (j->dreambooth && j->dreambooth->lora_rank > 0)
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: a LoRA training checkpoint, not a model\n---> generate with its base "
+                     "model and --lora %s (sdc generate -m %s --lora %s)", p, p, b[0] ? b : "BASE", p);
+    else if (!b[0])
+        rc = sdc_err(err, SDC_ERR_FORMAT, "%s: a training checkpoint whose job names no model", p);
+    else if (stat(b, &st))
+        rc = sdc_err(err, SDC_ERR_IO, "%s holds the trained weights only; the rest is its base model %s, not found "
+                     "here (%s)\n---> run sdc from the folder the training ran in (the path is relative to it), "
+                     "or use the run's exported model.h5 / diffusers/", p, b, strerror(errno));
+    else if (depth > 8)
+        rc = sdc_err(err, SDC_ERR_ARG, "%s: more than 8 training checkpoints each trained from the next", p);
+    if (!rc && fs_ends_with(b, ".h5")) {
+        char c[1200];
+        rc = h5_convert_cached(b, c, sizeof c, NULL, quiet, depth + 1, err);
+        if (!rc && !(*base = strdup(c))) rc = sdc_err(err, SDC_ERR_OOM, "out of memory");
+    } else if (!rc) {
+        const char *c = j->model->config && j->model->config[0] ? j->model->config : NULL;
+        *base = strdup(b);
+        *cfg = c ? strdup(c) : NULL;
+        if (!*base || (c && !*cfg)) rc = sdc_err(err, SDC_ERR_OOM, "out of memory");
+    }
+    if (!rc && !quiet)
+        fprintf(stderr, "sdc: %s holds the trained weights of a run on %s: the model is that with them\n", p, b);
+    protobuf_c_message_free_unpacked(&j->base, NULL);
+    if (rc) {
+        free(*base), free(*cfg);
+        *base = *cfg = NULL;
+    }
+    return rc;
+}
+
+// Rank 0's part of h5_model_cache: p converted into cache (PATH.sdc-cache)
+// unless a cache newer than p is there; a training checkpoint with its base.
+static int h5_convert_cached(const char *p, char *cache, size_t cap, const char *manifest, int quiet, int depth,
+                             SdcError *err) {
+    if ((size_t)snprintf(cache, cap, "%s.sdc-cache", p) >= cap) return sdc_err(err, SDC_ERR_ARG, "%s: path too long", p);
+    struct stat sh, sc;
+    char idx[1200], tmp[1200];
+    snprintf(idx, sizeof idx, "%s/model_index.json", cache);
+    if (stat(p, &sh)) return sdc_err(err, SDC_ERR_IO, "%s: cannot open (%s)", p, strerror(errno));
+    if (!stat(idx, &sc) && sc.st_mtime >= sh.st_mtime) return 0;
+    char *base = NULL, *cfg = NULL;
+    SDC_TRY(train_ckpt_base(p, quiet, depth, &base, &cfg, err));
+    snprintf(tmp, sizeof tmp, "%s.tmp", cache);
+    ConvertOpts o = {.model = p, .output = tmp, .dtype = -1, .manifest = manifest, .quiet = 1, .base = base,
+                     .base_config = cfg, .tokenizer_from = base && fs_is_dir(base) ? base : NULL};
+    if (!quiet) fprintf(stderr, "sdc: %s is an HDF5 checkpoint: converting it once to %s/\n", p, cache);
+    int rc = 0;
+    // a stale cache or a killed conversion goes first
+    if (fs_rm_tree(tmp) || fs_rm_tree(cache)) rc = sdc_err(err, SDC_ERR_IO, "cannot remove %s", cache);
+    if (!rc) rc = convert_run(&o, err);
+    if (!rc && rename(tmp, cache))
+        rc = sdc_err(err, SDC_ERR_IO, "cannot rename %s to %s (%s)", tmp, cache, strerror(errno));
+    free(base);
+    free(cfg);
     return rc;
 }
 
@@ -250,7 +335,8 @@ static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err
 // checkpoint given as the model of a generation or training job is converted
 // once into a diffusers folder beside it, X.h5.sdc-cache/ (reused while it is
 // newer than X.h5; written as .tmp and renamed, by rank 0). *cache gets its
-// path, or "" when the model is not an .h5 file.
+// path, or "" when the model is not an .h5 file. A training checkpoint
+// (checkpoint-N.h5) becomes its base model with its trained weights.
 static int h5_model_cache(const Sdc__Job *job, char *cache, size_t cap, int quiet, SdcError *err) {
     cache[0] = 0;
     const char *p = job->model && job->model->path ? job->model->path : "";
@@ -265,23 +351,9 @@ static int h5_model_cache(const Sdc__Job *job, char *cache, size_t cap, int quie
     if ((size_t)snprintf(cache, cap, "%s.sdc-cache", p) >= cap)
         rc = sdc_err(err, SDC_ERR_ARG, "%s: path too long", p);
     if (!rc && par.rank == 0) {
-        struct stat sh, sc;
-        char idx[1200], tmp[1200];
-        snprintf(idx, sizeof idx, "%s/model_index.json", cache);
-        if (stat(p, &sh)) {
-            rc = sdc_err(err, SDC_ERR_IO, "%s: cannot open (%s)", p, strerror(errno));
-        } else if (stat(idx, &sc) || sc.st_mtime < sh.st_mtime) {
-            snprintf(tmp, sizeof tmp, "%s.tmp", cache);
-            char *manifest = manifest_to_text(job);
-            ConvertOpts o = {.model = p, .output = tmp, .dtype = -1, .manifest = manifest, .quiet = 1};
-            if (!quiet) fprintf(stderr, "sdc: %s is an HDF5 checkpoint: converting it once to %s/\n", p, cache);
-            // a stale cache or a killed conversion goes first
-            if (fs_rm_tree(tmp) || fs_rm_tree(cache)) rc = sdc_err(err, SDC_ERR_IO, "cannot remove %s", cache);
-            if (!rc) rc = convert_run(&o, err);
-            if (!rc && rename(tmp, cache))
-                rc = sdc_err(err, SDC_ERR_IO, "cannot rename %s to %s (%s)", tmp, cache, strerror(errno));
-            free(manifest);
-        }
+        char *manifest = manifest_to_text(job);
+        rc = h5_convert_cached(p, cache, cap, manifest, quiet, 0, err);
+        free(manifest);
     }
     return h5_par_agree(&par, rc, err);
 }

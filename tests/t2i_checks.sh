@@ -5,7 +5,8 @@
 # step itself is checked against torch by test_dreambooth, cases ta-tc):
 # a run stopped at step 2 and resumed from its checkpoint exports the same
 # model, byte for byte, as an uninterrupted 4-step run; with --use-ema the
-# export is the EMA (the checkpoint's unet_ema group), not the last weights;
+# export is the EMA (the checkpoint's unet_ema group), not the last weights,
+# and so is the checkpoint used as a model;
 # validation images of every prompt; 2 ranks (data parallel) and 2 pipeline
 # stages against one process; the manifest runs the same job; bad input
 # refused with exit status and message. Checks through tests/check.sh.
@@ -38,6 +39,13 @@ same = sum(np.array_equal(m['unet'][n][()], c['unet_ema'][n][()]) for n in names
 moved = sum(not np.array_equal(c['unet'][n][()], c['unet_ema'][n][()]) for n in names)
 print(len(names), 'EMA tensors,', same, 'equal to the export,', moved, 'differ from the last weights')
 sys.exit(0 if names and same == len(names) and moved > len(names) // 2 and len(names) == len(m['unet']) else 1)"
+
+# a checkpoint as the model (the base with the trained weights): its EMA, the export's pixels
+PNGPIX="/usr/bin/python3 $SRC/tests/png_pixels.py"
+gen() { runs "$1" "$SDC" generate -q -m "$2" -p 'a red star' -W 64 -H 64 --steps 3 -t 1 -o "$W/$3.png"; }
+gen "generate -m checkpoint-4.h5" "$W/a/checkpoint-4.h5" ck4
+gen "generate -m model.safetensors (the EMA export)" "$W/a/model.safetensors" ex4
+check "... the same pixels: a checkpoint as a model is its EMA" $PNGPIX same "$W/ck4.png" "$W/ex4.png"
 
 # --cache-latents-to-disk: the encoded images kept in OUTPUT_DIR/latents_cache.h5 and read by the resumed run
 T0=$(echo "$T" | sed 's/-q //')
