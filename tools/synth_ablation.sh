@@ -15,7 +15,8 @@
 #      base model's own pictures of train-split captions, each with its caption in FILE.txt) and without;
 #      each scored the same way. DB_FLAGS: more flags for both runs.
 #
-# Scores (sdc dataset score): subject fidelity = the subject found in the images of "sks shape" prompts,
+# The ceiling row: the subject's own pictures (the renderer's) through MODEL's VAE, scored the same way (its
+# class and held-out columns are empty). Scores (sdc dataset score): subject fidelity = the subject found in the images of "sks shape" prompts,
 # prompt fidelity = their background as prompted, language drift = class prompts drawn as the subject;
 # and the six-shape accuracy on held-out captions (what fine-tuning costs the model). OUT/table.md gets
 # the table, OUT/*.json every figure. Rerunning skips the steps whose outputs exist. (Session 8's version
@@ -61,6 +62,35 @@ score() { # score TAG MODEL_FILE
 
 echo "== base model"
 score base "$MODEL"
+# The ceiling: the subject's own pictures for the 40 subject prompts (the renderer's, seed 99 as the prompts),
+# each through MODEL's VAE (img2img at strength 0.05: encoded, one denoising step at the lowest noise,
+# decoded). What the scorer finds in them is the most any fine-tuning of the UNet can reach with this VAE.
+if [ ! -f "$OUT/ceiling.txt" ]; then
+    mkdir -p "$OUT/ceiling"
+    "$SDC" dataset synth --split subject -n 40 --seed 99 --resolution "$RES" -o "$OUT/ceiling/truth.h5" -q
+    /usr/bin/python3 - "$OUT/ceiling" <<'PY'
+import struct, sys, zlib
+import h5py
+d = sys.argv[1]
+f = h5py.File(f"{d}/truth.h5", "r")
+def chunk(t, b):
+    return struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b) & 0xFFFFFFFF)
+for i, (im, cap) in enumerate(zip(f["images"][:], f["captions"][:])):
+    h, w, _ = im.shape
+    raw = b"".join(b"\0" + im[y].tobytes() for y in range(h))
+    open(f"{d}/{i:02d}.png", "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                                       + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    open(f"{d}/{i:02d}.txt", "w").write(cap.decode())
+PY
+    for i in $(seq -w 0 39); do
+        "$SDC" generate -m "$MODEL" --init-img "$OUT/ceiling/$i.png" --strength 0.05 -p "$(cat "$OUT/ceiling/$i.txt")" \
+            -W "$RES" -H "$RES" --steps 20 -q -t "${THREADS:-1}" --output-h5 "$OUT/ceiling/$i.h5"
+    done
+    "$SDC" dataset score "$OUT"/ceiling/[0-9]*.h5 --json "$OUT/ceiling.json" > "$OUT/ceiling.tmp" &&
+        mv "$OUT/ceiling.tmp" "$OUT/ceiling.txt"
+fi
+echo "== the subject's own pictures through the VAE (the ceiling of subject fidelity)"
+tail -n 1 "$OUT/ceiling.txt"
 # class images: the base model's pictures of NUM_CLASS train-split captions, FILE.txt beside each
 NUM_CLASS=${NUM_CLASS:-50}
 if [ ! -f "$OUT/class/class-$(printf %03d $((NUM_CLASS - 1))).txt" ]; then
@@ -95,14 +125,17 @@ train() { # train TAG [prior-preservation flags...]
 /usr/bin/python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
-rows = [("base model", "base"), ("DreamBooth, prior preservation", "prior"), ("DreamBooth, no prior", "noprior")]
+rows = [("the subject's pictures through the VAE (ceiling)", "ceiling"), ("base model", "base"),
+        ("DreamBooth, prior preservation", "prior"), ("DreamBooth, no prior", "noprior")]
 lines = ["| model | subject fidelity | prompt fidelity | class prompts drawn as the subject (drift) | "
          "held-out shape | held-out colour | held-out background |", "|---|---|---|---|---|---|---|"]
+pct = lambda j, k, n: f"{100 * j[k]:.1f} %" if j.get(n, 0) else "-"
 for name, tag in rows:
     j = json.load(open(f"{out}/{tag}.json"))
-    lines.append(f"| {name} | {100 * j['subject_fidelity']:.1f} % | {100 * j['subject_prompt_fidelity']:.1f} % | "
-                 f"{100 * j['class_drawn_as_subject']:.1f} % | {100 * j['shape']:.1f} % | {100 * j['colour']:.1f} % | "
-                 f"{100 * j['background']:.1f} % |")
+    lines.append(f"| {name} | {pct(j, 'subject_fidelity', 'subject_items')} | "
+                 f"{pct(j, 'subject_prompt_fidelity', 'subject_items')} | "
+                 f"{pct(j, 'class_drawn_as_subject', 'class_items')} | {pct(j, 'shape', 'heldout')} | "
+                 f"{pct(j, 'colour', 'heldout')} | {pct(j, 'background', 'heldout')} |")
 open(f"{out}/table.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
