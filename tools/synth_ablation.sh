@@ -12,7 +12,9 @@
 #      the words the model knows keep the background, size and position, and "sks" takes the rest) and
 #      --train-text-encoder ("sks" and "shape" were never in the encoder's training), STEPS steps (default
 #      600) at LR (default 1e-4), batch BATCH (4), with prior preservation (NUM_CLASS (50) class images: the
-#      base model's own pictures of train-split captions, each with its caption in FILE.txt) and without;
+#      base model's own pictures of train-split captions, each with its caption in FILE.txt; the prior loss
+#      weighted PRIOR_WEIGHT (0.25: at diffusers' 1.0 the subject is found in 7.5 % against 20 %, docs/model.md))
+#      and without;
 #      each scored the same way. DB_FLAGS: more flags for both runs.
 #
 # The ceiling row: the subject's own pictures (the renderer's) through MODEL's VAE, scored the same way (its
@@ -107,7 +109,7 @@ fi
 train() { # train TAG [prior-preservation flags...]
     tag=$1
     shift
-    echo "== DreamBooth $tag ($STEPS steps, lr $LR, batch ${BATCH:-4}, captions, text encoder trained)"
+    echo "== DreamBooth $tag ($STEPS steps, lr $LR, batch ${BATCH:-4}, captions, text encoder trained; $*)"
     [ -f "$OUT/db-$tag/model.safetensors" ] || "$SDC" train dreambooth --pretrained-model "$MODEL" \
         --instance-data "$OUT/subject.h5" --use-captions --train-text-encoder "$@" --resolution "$RES" \
         --train-batch-size "${BATCH:-4}" --learning-rate "$LR" --lr-warmup-steps 0 --max-train-steps "$STEPS" \
@@ -118,7 +120,7 @@ train() { # train TAG [prior-preservation flags...]
 # side on two cores, each that run alone; a last invocation without ONLY writes the table from their outputs
 [ "${ONLY:-prior}" = prior ] &&
     train prior --with-prior-preservation --class-data "$OUT/class" --class-prompt "a shape" \
-        --num-class-images "$NUM_CLASS"
+        --num-class-images "$NUM_CLASS" --prior-loss-weight "${PRIOR_WEIGHT:-0.25}"
 [ "${ONLY:-noprior}" = noprior ] && train noprior
 [ -n "${ONLY:-}" ] && exit 0
 

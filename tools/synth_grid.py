@@ -2,7 +2,7 @@
 """synth_grid.py GEN.h5 OUT.png [--cols 8] [--n 32] [--scale 2] [--items ITEMS.tsv]: a grid of the images of
 an sdc generation output (sdc generate --output-h5), each scaled up (nearest) with its prompt under it in
 four short lines; with --items (sdc dataset score --items) a green / red mark says whether the scorer found
-the prompt's shape and colour (both). For docs/model.md's sample grids. Needs Pillow and numpy; the file is read
+the prompt's shape and colour (both; for a "sks shape" prompt, the DreamBooth subject). For docs/model.md's sample grids. Needs Pillow and numpy; the file is read
 with h5py, by /usr/bin/python3 when this Python has none.
 """
 import argparse
@@ -47,7 +47,10 @@ def main():
             c = line.split("\t")
             # file, item, held_out, the shape, colour and background found, iou, prompt ("a small red star on ...")
             head = c[7].split(" on ")[0].split()
-            found[int(c[1])] = len(head) >= 2 and c[3] == head[-1] and c[4] == head[-2]
+            if "sks" in head:  # a DreamBooth subject prompt: the subject found (its outline and both stripe colours)
+                found[int(c[1])] = c[3] == "sks"
+            else:
+                found[int(c[1])] = len(head) >= 2 and c[3] == head[-1] and c[4] == head[-2]
     n, h, w = len(imgs), imgs.shape[1] * a.scale, imgs.shape[2] * a.scale
     cw, ch, rows = max(w, 132) + 8, h + 52, (len(imgs) + a.cols - 1) // a.cols
     grid = Image.new("RGB", (a.cols * cw, rows * ch), "white")
