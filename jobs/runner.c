@@ -369,7 +369,7 @@ int runner_run(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     }
     int rc;
     if (job->task == SDC__TASK__TASK_GENERATE || job->task == SDC__TASK__TASK_DREAMBOOTH ||
-        job->task == SDC__TASK__TASK_TRAIN_TEXT_TO_IMAGE)
+        job->task == SDC__TASK__TASK_TRAIN_TEXT_TO_IMAGE || job->task == SDC__TASK__TASK_TRAIN_VAE)
         stop_install();
     switch (job->task) {
     case SDC__TASK__TASK_GENERATE: rc = run_generate(job, opt, err); break;

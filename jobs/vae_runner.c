@@ -21,6 +21,7 @@
 #include "io/safetensors.h"
 #include "io/weights.h"
 #include "jobs/manifest.h"
+#include "jobs/stop.h"
 #include "jobs/runner.h"
 #include "mpi/dp.h"
 #include "sampling/rng.h"
@@ -350,7 +351,10 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                     (long long)done_steps, v->max_train_steps, st.loss, st.rec, st.kl, st.lr, st.grad_norm,
                     v->log_every * NG / (dt > 1e-9 ? dt : 1e-9), dt / v->log_every);
         }
-        if (done_steps % v->checkpointing_steps == 0 && par.rank == 0) {
+        // every rank, after every step: all stop at the same step when any was signalled (Slurm's time-limit
+        // warning, scancel, Ctrl-C), with a checkpoint of that step
+        const int sig = stop_agree(&par);
+        if ((sig || done_steps % v->checkpointing_steps == 0) && par.rank == 0) {
             char path[1200];
             if ((rc = train_ckpt_path(v->output_dir, done_steps, path, sizeof path, err)) ||
                 (rc = train_ckpt_rotate(v->output_dir, v->checkpoints_total_limit, NULL, err)))
@@ -364,8 +368,16 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
             TrainCkptState cs = {.step = done_steps, .epoch = next_epoch, .micro_step = (done_steps % spe) * NG,
                                  .loss = st.loss, .rng = &rng_word, .n_rng = 1, .data_order = order,
                                  .n_order = ds.n};
-            if ((rc = train_ckpt_save(path, &spec, &cs, err))) goto done;
-            if (!quiet) fprintf(stderr, "sdc train vae: saved %s\n", path);
+            rc = train_ckpt_save(path, &spec, &cs, err);
+            if (!rc && !quiet) fprintf(stderr, "sdc train vae: saved %s\n", path);
+        }
+        if (sig) rc = h5_par_agree(&par, rc, err);
+        if (rc) goto done;
+        if (sig) {
+            rc = sdc_err(err, SDC_ERR_STOPPED, "%s at step %lld of %d; checkpoint-%lld.h5 saved in %s ---> run the "
+                         "same job again with --resume-from-checkpoint latest to go on", stop_signal_name(sig),
+                         (long long)done_steps, v->max_train_steps, (long long)done_steps, v->output_dir);
+            goto done;
         }
     }
     {

@@ -5,7 +5,8 @@
 # at step 2 and resumed from its checkpoint writes the same vae/ folder, byte
 # for byte, as an uninterrupted 4-step run; that folder loads in sdc (as
 # the start of another run) and, where torch is, in diffusers; a from-scratch run from
-# a config.json; bad input refused with exit status and message. Checks
+# a config.json; SIGUSR1 mid-run stops with a checkpoint, and the resumed run
+# equals an uninterrupted one; bad input refused with exit status and message. Checks
 # through tests/check.sh.
 SDC=$1
 SRC=$2
@@ -109,6 +110,29 @@ print(len(a), 'tensors, worst', w); sys.exit(0 if len(a) == len(b) and w < 1e-3 
     refused "a batch the ranks cannot share" 'a multiple of the rank count' $MPIRUN -n 2 "$SDC" train vae \
         --dataset "$W/s.h5" --pretrained-model "$TINY" --output-dir "$W/p3" --train-batch-size 3 -q
 fi
+
+# SIGUSR1 (Slurm's time-limit warning) mid-run: exit 75 (resumable) with a checkpoint of the step it
+# stopped at; resumed two steps on, the weights of an uninterrupted run of as many steps, byte for byte
+S="--train-batch-size 2 --random-flip --seed 3 --learning-rate 1e-3 --kl-weight 1e-2 -t 1 --checkpointing-steps 100000"
+"$SDC" train vae --dataset "$W/s.h5" --pretrained-model "$TINY" --output-dir "$W/sig" --max-train-steps 100000 \
+    $S > "$W/sig.log" 2>&1 &
+pid=$!
+n=0
+while [ $n -lt 100 ] && ! grep -q '^step 3/' "$W/sig.log"; do sleep 0.1; n=$((n + 1)); done
+kill -USR1 $pid
+wait $pid
+rc=$?
+check "SIGUSR1 mid-run: exit 75 (exit $rc)" test $rc -eq 75
+has "... stopped at a step, checkpoint saved" 'stopped: SIGUSR1 at step [0-9]* of 100000; checkpoint-[0-9]*.h5 saved' \
+    "$W/sig.log"
+AT=$(sed -n 's/.*SIGUSR1 at step \([0-9]*\) of.*/\1/p' "$W/sig.log")
+check "... checkpoint-$AT.h5 written" test -n "$AT" -a -f "$W/sig/checkpoint-$AT.h5"
+runs "... resumed to step $((AT + 2))" "$SDC" train vae --dataset "$W/s.h5" --pretrained-model "$TINY" \
+    --output-dir "$W/sig" --max-train-steps $((AT + 2)) --resume-from-checkpoint latest -q $S
+runs "uninterrupted: $((AT + 2)) steps" "$SDC" train vae --dataset "$W/s.h5" --pretrained-model "$TINY" \
+    --output-dir "$W/nosig" --max-train-steps $((AT + 2)) -q $S
+check "... the same weights, byte for byte" cmp "$W/sig/vae/diffusion_pytorch_model.safetensors" \
+    "$W/nosig/vae/diffusion_pytorch_model.safetensors"
 
 refused "no dataset" 'no dataset' "$SDC" train vae --pretrained-model "$TINY" --output-dir "$W/x"
 refused "a dataset that is not there" "$W/none.h5" "$SDC" train vae --dataset "$W/none.h5" \
