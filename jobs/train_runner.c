@@ -992,6 +992,8 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
     if (xl && !d->has_resolution) // train_dreambooth_lora_sdxl.py's defaults, written into the run's manifest
         dcopy.resolution = 1024, dcopy.has_resolution = 1;
     if (xl && !x && !d->has_learning_rate) dcopy.learning_rate = 1e-4, dcopy.has_learning_rate = 1;
+    // train_dreambooth_lora.py's default for SD 1.x / 2.x LoRA (train_dreambooth.py's 5e-6 is for all weights)
+    if (!xl && !x && d->lora_rank > 0 && !d->has_learning_rate) dcopy.learning_rate = 5e-4, dcopy.has_learning_rate = 1;
     if (xl && !x && !d->has_adam_weight_decay) dcopy.adam_weight_decay = 1e-4, dcopy.has_adam_weight_decay = 1;
     if (xl && x)
         rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: text-to-image training of SDXL is not supported "

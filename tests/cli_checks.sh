@@ -251,6 +251,7 @@ lora_from_checkpoint() {
     check "... and != no LoRA" $PNGPIX differ "$W/a.png" "$W/c.png"
     runs "1 full fine-tuning step" "$SDC" train dreambooth -q --pretrained-model "$DEMO" --instance-data "$IMGS" \
         --instance-prompt 'x' --resolution 64 --max-train-steps 1 --checkpointing-steps 1 --output-dir "$W/full" -t 1
+    has "... at train_dreambooth.py's default lr, 5e-6" '"step": 1, .*"lr": 5e-06,' "$W/full/metrics.jsonl"
     refused "a full fine-tuning checkpoint refused as a LoRA" 'no LoRA tensors' "$SDC" generate -q -m "$DEMO" \
         --lora "$W/full/checkpoint-1.h5" -p x -W 64 -H 64 --steps 2 -o "$W/d.png"
     check "... and no output" test ! -e "$W/d.png"
@@ -306,6 +307,7 @@ generate_from_train_checkpoint() {
     runs "1 LoRA training step, a checkpoint" "$SDC" train dreambooth -q --pretrained-model "$DEMO" \
         --instance-data "$IMGS" --instance-prompt 'x' --resolution 64 --max-train-steps 1 --checkpointing-steps 1 \
         --output-dir "$W/lt" --lora-rank 4 -t 1
+    has "... at train_dreambooth_lora.py's default lr, 5e-4" '"step": 1, .*"lr": 0.0005,' "$W/lt/metrics.jsonl"
     refused "a LoRA training checkpoint as the model: refused" "a LoRA training checkpoint, not a model" \
         "$SDC" generate -m "$W/lt/checkpoint-1.h5" -p x -W 64 -H 64 --steps 2 -o "$W/no.png"
     has "... naming --lora and its base" "generate -m $DEMO --lora $W/lt/checkpoint-1.h5"
