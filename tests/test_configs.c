@@ -80,6 +80,13 @@ static const Case CASES[] = {
     {"unet", "\"in_channels\": 8", "\"in_channels\" is 8", "inpainting"},
     {"unet", "\"cross_attention_dim\": 1024", "\"cross_attention_dim\" is 1024 but", "hidden_size 32"},
     {"unet", "\"cross_attention_dim\": [32, 32, 32, 32]", "\"cross_attention_dim\" is a list", "SD 1.x/2.x UNet"},
+    // numbers that would draw noise: inf (JSON's 1e400), zero or negative scales and eps
+    {"vae", "\"scaling_factor\": 1e400", "\"scaling_factor\" is inf: expected a positive number", "fix the config"},
+    {"vae", "\"scaling_factor\": 0", "\"scaling_factor\" is 0: expected a positive number", "fix the config"},
+    {"vae", "\"scaling_factor\": 1e39", "\"scaling_factor\" is 1e+39", "32-bit float"},
+    {"unet", "\"norm_eps\": -1e-5", "\"norm_eps\" is -1e-05: expected a non-negative number", "fix the config"},
+    {"unet", "\"freq_shift\": -1e400", "\"freq_shift\" is -inf: expected a finite number", "fix the config"},
+    {"text_encoder", "\"layer_norm_eps\": 1e400", "\"layer_norm_eps\" is inf", "fix the config"},
     // the text encoder and the scheduler
     {"text_encoder", "\"hidden_act\": \"gelu_new\"", "\"hidden_act\" is \"gelu_new\"", "quick_gelu"},
     {"scheduler", "\"prediction_type\": \"sample\"", "\"prediction_type\" is \"sample\"", "--prediction-type"},
@@ -88,6 +95,8 @@ static const Case CASES[] = {
     {"unet", "\"act_fn\": \"silu\", \"class_embed_type\": null, \"resnet_time_scale_shift\": \"default\", "
              "\"conv_in_kernel\": 3, \"time_cond_proj_dim\": null, \"upcast_attention\": true", NULL, NULL},
     {"vae", "\"block_out_channels\": [8, 8, 16]", NULL, NULL}, // 3 levels: latents 4x smaller
+    {"vae", "\"scaling_factor\": 0.13025", NULL, NULL}, // SDXL's
+    {"unet", "\"norm_eps\": 0, \"freq_shift\": 1", NULL, NULL},
     {"vae", "\"use_quant_conv\": true, \"use_post_quant_conv\": true, \"shift_factor\": null, \"force_upcast\": true, "
             "\"mid_block_add_attention\": true", NULL, NULL},
 };

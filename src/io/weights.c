@@ -6,6 +6,7 @@
 #include "io/weights.h"
 
 #include <stdarg.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,7 +103,10 @@ static int cfg_int(const Cfg *c, const char *key, int def, int *out, SdcError *e
     return 0;
 }
 
-static int cfg_float(const Cfg *c, const char *key, float def, float *out, SdcError *err) {
+// A float field, finite as a float; sign: 0 any, 1 at least 0, 2 above 0
+// (an eps or a scaling factor: inf, NaN-producing or zero values refused
+// here rather than turned into a picture of noise).
+static int cfg_float(const Cfg *c, const char *key, float def, int sign, float *out, SdcError *err) {
     const JsonNode *v = json_get(&c->doc, c->root, key);
     if (!v || v->type == JSON_NULL) {
         *out = def;
@@ -111,7 +115,13 @@ static int cfg_float(const Cfg *c, const char *key, float def, float *out, SdcEr
     if (v->type != JSON_NUMBER)
         return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %s, expected a number\n---> fix the config (as "
                        "diffusers / transformers save_pretrained write it)", c->path, key, json_type_name(v->type));
-    *out = (float)v->num;
+    const float f = (float)v->num;
+    if (!isfinite(f) || (sign == 1 && f < 0) || (sign == 2 && !(f > 0)))
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: \"%s\" is %g: expected a %snumber%s\n---> fix the config (as "
+                       "diffusers / transformers save_pretrained write it)", c->path, key, v->num,
+                       sign == 2 ? "positive " : sign == 1 ? "non-negative " : "finite ",
+                       sign ? ", finite as a 32-bit float" : " within the 32-bit float range");
+    *out = f;
     return 0;
 }
 
@@ -287,9 +297,9 @@ static int read_unet_config(UnetConfig *u, const char *path, SdcError *err) {
         (rc = cfg_int(&c, "cross_attention_dim", 1280, &u->cross_dim, err)) ||
         (rc = cfg_bool(&c, "use_linear_projection", 0, &u->use_linear_projection, err)) ||
         (rc = cfg_int(&c, "norm_num_groups", 32, &u->norm_groups, err)) ||
-        (rc = cfg_float(&c, "norm_eps", 1e-5f, &u->norm_eps, err)) ||
+        (rc = cfg_float(&c, "norm_eps", 1e-5f, 1, &u->norm_eps, err)) ||
         (rc = cfg_bool(&c, "flip_sin_to_cos", 1, &u->flip_sin_to_cos, err)) ||
-        (rc = cfg_float(&c, "freq_shift", 0.0f, &u->freq_shift, err)) ||
+        (rc = cfg_float(&c, "freq_shift", 0.0f, 0, &u->freq_shift, err)) ||
         (rc = cfg_int(&c, "sample_size", 64, &u->sample_size, err)))
         goto done;
     const char *add = json_str(&c.doc, json_get(&c.doc, c.root, "addition_embed_type"));
@@ -336,7 +346,7 @@ static int read_vae_config(VaeConfig *v, const char *path, SdcError *err) {
         (rc = cfg_int(&c, "latent_channels", 4, &v->latent_channels, err)) ||
         (rc = cfg_int(&c, "layers_per_block", 1, &v->layers_per_block, err)) ||
         (rc = cfg_int(&c, "norm_num_groups", 32, &v->norm_groups, err)) ||
-        (rc = cfg_float(&c, "scaling_factor", 0.18215f, &v->scaling_factor, err)) ||
+        (rc = cfg_float(&c, "scaling_factor", 0.18215f, 2, &v->scaling_factor, err)) ||
         (rc = cfg_int(&c, "sample_size", 512, &v->sample_size, err)))
         goto done;
     v->norm_eps = 1e-6f; // AutoencoderKL's fixed GroupNorm eps (not in its config)
@@ -371,7 +381,7 @@ static int read_clip_config(ClipConfig *k, const char *path, SdcError *err) {
         (rc = cfg_int(&c, "num_attention_heads", 12, &k->heads, err)) ||
         (rc = cfg_int(&c, "intermediate_size", 3072, &k->intermediate, err)) ||
         (rc = cfg_int(&c, "max_position_embeddings", 77, &k->max_positions, err)) ||
-        (rc = cfg_float(&c, "layer_norm_eps", 1e-5f, &k->ln_eps, err)))
+        (rc = cfg_float(&c, "layer_norm_eps", 1e-5f, 1, &k->ln_eps, err)))
         goto done;
     int eos = 0;
     if ((rc = cfg_int(&c, "eos_token_id", 0, &eos, err))) goto done;
