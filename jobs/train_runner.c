@@ -276,6 +276,7 @@ typedef struct TrainRun {
     H5Par par;
     int quiet, tty;
     FILE *metrics;
+    char metrics_path[1200];
     double t0;
     int64_t first_step;
     int xl;           // an SDXL model (text-encoder training: two encoders, three param groups)
@@ -337,7 +338,13 @@ static void log_step(TrainRun *r, const DbStepInfo *s) {
                 "\"images_per_s\": %.4g, \"step_s\": %.4g, \"ranks\": %d}\n",
                 (long long)s->step, s->loss, s->loss_prior, s->lr, s->grad_norm, s->items_per_s, s->seconds,
                 r->par.size);
-        fflush(r->metrics);
+        if (fflush(r->metrics) || ferror(r->metrics)) { // a full disk: say so once; the run goes on
+            fprintf(stderr, "%ssdc: warning: %s: write failed (%s): no metrics logged after step %lld; training goes "
+                    "on (checkpoints will fail too if the disk is full)\n", r->tty ? "\n" : "", r->metrics_path,
+                    strerror(errno), (long long)s->step - 1);
+            fclose(r->metrics);
+            r->metrics = NULL;
+        }
     }
     if (r->quiet) return;
     double el = now_s() - r->t0, done = (double)(s->step - r->first_step);
@@ -995,7 +1002,10 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
     // train_dreambooth_lora.py's default for SD 1.x / 2.x LoRA (train_dreambooth.py's 5e-6 is for all weights)
     if (!xl && !x && d->lora_rank > 0 && !d->has_learning_rate) dcopy.learning_rate = 5e-4, dcopy.has_learning_rate = 1;
     if (xl && !x && !d->has_adam_weight_decay) dcopy.adam_weight_decay = 1e-4, dcopy.has_adam_weight_decay = 1;
-    if (xl && x)
+    if (!rc && xl && !x && d->use_captions) // before any photo is imported
+        rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "--use-captions: not with an SDXL model yet ---> one "
+                     "--instance-prompt, or an SD 1.x / 2.x model");
+    if (!rc && xl && x)
         rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "%s is an SDXL model: text-to-image training of SDXL is not supported "
                      "yet (captions through both encoders, time ids per item)\n---> train an SD 1.x / 2.x model, or "
                      "SDXL with sdc train dreambooth", job->model->path);
@@ -1184,11 +1194,6 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
     }
     if (!x && d->use_captions) { // kohya's captioned DreamBooth: each image's own caption
         int64_t truncated = 0;
-        if (xl) {
-            rc = sdc_err(err, SDC_ERR_UNSUPPORTED, "--use-captions: not with an SDXL model yet ---> one "
-                         "--instance-prompt, or an SD 1.x / 2.x model");
-            goto done;
-        }
         if ((rc = caption_ids(inst_h5, n_inst, d->instance_prompt, "--instance-prompt", &m, &cap_inst, &truncated,
                               err)))
             goto done;
@@ -1282,8 +1287,8 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
         }
     }
     if (par->rank == 0) {
-        char mp[1200];
-        snprintf(mp, sizeof mp, "%s/metrics.jsonl", d->output_dir);
+        char *mp = run.metrics_path;
+        snprintf(mp, sizeof run.metrics_path, "%s/metrics.jsonl", d->output_dir);
         run.metrics = fopen(mp, t.st.global_step ? "a" : "w");
         if (!run.metrics) {
             rc = sdc_err(err, SDC_ERR_IO, "%s: cannot write (%s)", mp, strerror(errno));

@@ -314,6 +314,19 @@ generate_from_train_checkpoint() {
     check "... and no output" test ! -e "$W/no.png"
 }
 
+# metrics.jsonl that cannot be written (a full disk: here /dev/full, whose
+# writes fail with ENOSPC): one warning naming the file and the error, and
+# the run goes on to its model.
+train_metrics_full() {
+    mkdir -p "$W/mf" && ln -s /dev/full "$W/mf/metrics.jsonl" || return
+    runs "3 steps, metrics.jsonl on a full disk" "$SDC" train dreambooth -q --pretrained-model "$DEMO" \
+        --instance-data "$IMGS" --instance-prompt 'x' --resolution 64 --max-train-steps 3 --output-dir "$W/mf" -t 1
+    has "... one warning, naming the file and the error" \
+        "warning: $W/mf/metrics.jsonl: write failed (No space left on device): no metrics logged after step 0"
+    check "... once" test "$(grep -c 'metrics.jsonl: write failed' "$OUT_FILE")" -eq 1
+    check "... the run's model written" test -s "$W/mf/model.safetensors"
+}
+
 # SDXL: its micro-conditioning flags are checked and refused for SD 1.x; the
 # text encoders' training flags are checked before any work.
 sdxl_refusals() {
@@ -532,7 +545,7 @@ case "$NAME" in
         img2img | inpaint | outpaint | generate_lora | lora_other_model | manifest_roundtrip | example_manifest | \
         lora_from_checkpoint | generate_from_h5 | sdxl_refusals | sdxl_generate | sdxl_bad_input | sdxl_submit | \
         sdxl_refiner_refusals | sdxl_refiner_generate | generate_bf16 | train_mixed_bf16 | threads_env | \
-    generate_from_train_checkpoint)
+    generate_from_train_checkpoint | train_metrics_full)
         $NAME ;;
     *) echo "cli_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac

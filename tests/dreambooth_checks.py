@@ -1129,6 +1129,8 @@ def test_captions(ctx):
                  [ctx.sdc, "train", "dreambooth", "--pretrained-model", os.path.join(ctx.src, "tests", "fixtures",
                   "tiny-sdxl"), "--instance-data", same, "--use-captions", "--resolution", "64", "--max-train-steps",
                   1, "--output-dir", os.path.join(ctx.work, "xl-out"), "-t", "1", "-q"], "--use-captions", "SDXL")
+    check(not os.path.exists(os.path.join(ctx.work, "xl-out", "instance-captions.h5")),
+          "... before any photo is imported (no instance-captions.h5)")
     expect_error(ctx, "no --instance-prompt and no --use-captions",
                  [ctx.sdc, "train", "dreambooth", "--pretrained-model", ctx.model, "--instance-data", same,
                   "--resolution", "64", "--output-dir", os.path.join(ctx.work, "np-out"), "-t", "1", "-q"],
