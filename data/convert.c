@@ -52,7 +52,20 @@ typedef struct Model {
     void **owned;
     int n_owned;
     int oom; // an allocation failed: the model is incomplete (model_oom says so)
+    // the source's tokenizer files (a folder's tokenizer/ and tokenizer_2/, an
+    // .h5's /tokenizer and /tokenizer_2), owned; NULL where the source has none
+    char *tok[2][6];
+    size_t tok_n[2][6];
 } Model;
+
+// The files of a diffusers tokenizer/ folder transformers reads (those present are kept).
+static const char *const TOK_FILES[6] = {"vocab.json", "merges.txt", "special_tokens_map.json",
+                                         "tokenizer_config.json", "tokenizer.json", "added_tokens.json"};
+static const char *const TOK_SUB[2] = {"tokenizer", "tokenizer_2"};
+#define TOK_MAX_BYTES (64 << 20) // a tokenizer file larger than this is not one
+
+// m has tokenizer k (its vocab.json or tokenizer.json).
+static int has_tok(const Model *m, int k) { return m->tok[k][0] || m->tok[k][4]; }
 
 // SDC_ERR_OOM when an allocation of m's failed (its lists are incomplete).
 static int model_oom(const Model *m, const char *path, SdcError *err) {
@@ -391,6 +404,99 @@ static int load_diffusers(Model *m, const ModelFiles *mf, const char *dir, SdcEr
     return model_oom(m, dir, err);
 }
 
+// A diffusers folder's tokenizer/ and tokenizer_2/ files into m.
+static int read_tok_dir(Model *m, const char *dir, SdcError *err) {
+    char p[2048];
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 6; i++) {
+            snprintf(p, sizeof p, "%s/%s/%s", dir, TOK_SUB[k], TOK_FILES[i]);
+            struct stat st;
+            if (stat(p, &st) || !S_ISREG(st.st_mode)) continue;
+            if (st.st_size > TOK_MAX_BYTES)
+                return sdc_err(err, SDC_ERR_FORMAT, "%s: %lld bytes: not a tokenizer file", p, (long long)st.st_size);
+            FILE *f = fopen(p, "rb");
+            char *b = f ? model_own(m, (size_t)st.st_size + 1) : NULL;
+            size_t n = b ? fread(b, 1, (size_t)st.st_size, f) : 0;
+            if (f) fclose(f);
+            if (!f || !b || n != (size_t)st.st_size)
+                return f && !b ? model_oom(m, p, err)
+                               : sdc_err(err, SDC_ERR_IO, "%s: cannot read (%s)", p, strerror(errno));
+            b[n] = 0;
+            m->tok[k][i] = b, m->tok_n[k][i] = n;
+        }
+    return 0;
+}
+
+// An .h5's /tokenizer and /tokenizer_2 (one uint8 dataset per file) into m.
+static int read_tok_h5(Model *m, hid_t file, const char *path, SdcError *err) {
+    char name[128];
+    hid_t d = -1, sp = -1;
+    for (int k = 0; k < 2; k++) {
+        if (!h5_has_link(file, TOK_SUB[k])) continue;
+        for (int i = 0; i < 6; i++) {
+            snprintf(name, sizeof name, "%s/%s", TOK_SUB[k], TOK_FILES[i]);
+            if (!h5_has_link(file, name)) continue;
+            H5_TRY(d = H5Dopen2(file, name, H5P_DEFAULT), "%s: /%s", path, name);
+            H5_TRY(sp = H5Dget_space(d), "%s: /%s", path, name);
+            hsize_t n = 0;
+            const hid_t ty = H5Dget_type(d);
+            const size_t tsz = ty >= 0 ? H5Tget_size(ty) : 0;
+            if (ty >= 0) H5Tclose(ty);
+            if (H5Sget_simple_extent_ndims(sp) != 1 || H5Sget_simple_extent_dims(sp, &n, NULL) != 1 ||
+                n > TOK_MAX_BYTES || tsz != 1) {
+                H5Sclose(sp), H5Dclose(d);
+                return sdc_err(err, SDC_ERR_FORMAT, "%s: /%s is not a tokenizer file (1-D bytes, at most %d MiB) "
+                               "---> the file is damaged", path, name, TOK_MAX_BYTES >> 20);
+            }
+            char *b = model_own(m, (size_t)n + 1);
+            if (!b) {
+                H5Sclose(sp), H5Dclose(d);
+                return model_oom(m, path, err);
+            }
+            if (n) H5_TRY(H5Dread(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, b), "%s: /%s", path, name);
+            b[n] = 0;
+            m->tok[k][i] = b, m->tok_n[k][i] = (size_t)n;
+            H5Sclose(sp), H5Dclose(d);
+            sp = d = -1;
+        }
+    }
+    return 0;
+fail:
+    if (sp >= 0) H5Sclose(sp);
+    if (d >= 0) H5Dclose(d);
+    return err->code;
+}
+
+// m's tokenizer files into /tokenizer and /tokenizer_2 of an .h5 being written.
+static int write_tok_h5(const Model *m, hid_t file, const char *path, SdcError *err) {
+    char name[128];
+    hid_t g = -1, sp = -1, d = -1;
+    for (int k = 0; k < 2; k++) {
+        if (!has_tok(m, k)) continue;
+        H5_TRY(g = H5Gcreate2(file, TOK_SUB[k], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "%s: /%s", path, TOK_SUB[k]);
+        for (int i = 0; i < 6; i++) {
+            if (!m->tok[k][i]) continue;
+            snprintf(name, sizeof name, "%s/%s", TOK_SUB[k], TOK_FILES[i]);
+            const hsize_t n = m->tok_n[k][i];
+            H5_TRY(sp = H5Screate_simple(1, &n, NULL), "%s: /%s", path, name);
+            H5_TRY(d = H5Dcreate2(file, name, H5T_STD_U8LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), "%s: /%s",
+                   path, name);
+            if (n) H5_TRY(H5Dwrite(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, m->tok[k][i]), "%s: /%s",
+                          path, name);
+            H5Dclose(d), H5Sclose(sp);
+            d = sp = -1;
+        }
+        H5Gclose(g);
+        g = -1;
+    }
+    return 0;
+fail:
+    if (d >= 0) H5Dclose(d);
+    if (sp >= 0) H5Sclose(sp);
+    if (g >= 0) H5Gclose(g);
+    return err->code;
+}
+
 static int load_h5(Model *m, const char *path, SdcError *err) {
     Ckpt c;
     SDC_TRY(ckpt_open(&c, path, err));
@@ -422,6 +528,7 @@ static int load_h5(Model *m, const char *path, SdcError *err) {
             json_free(&d);
         }
     }
+    if (!rc) rc = read_tok_h5(m, c.file, path, err);
     ckpt_close(&c);
     return rc;
 }
@@ -464,6 +571,7 @@ static int write_h5(Model *m, const ConvertOpts *o, SdcError *err) {
     if (!rc) rc = ckpt_set_attr(&w, "", "scheduler_config", m->scheduler, err);
     if (!rc) rc = ckpt_set_attr(&w, "", "source", o->model, err);
     if (!rc && o->manifest) rc = ckpt_set_attr(&w, "", "manifest", o->manifest, err);
+    if (!rc) rc = write_tok_h5(m, w.file, w.tmp, err);
     if (rc) {
         ckpt_abort(&w);
         return rc;
@@ -565,19 +673,22 @@ static int write_single(Model *m, const ConvertOpts *o, SdcError *err) {
     return rc;
 }
 
-static int write_text(const char *path, const char *text, SdcError *err) {
+static int write_bytes(const char *path, const char *b, size_t n, SdcError *err) {
     FILE *f = fopen(path, "wb");
-    int ok = f && fwrite(text, 1, strlen(text), f) == strlen(text), e = errno;
+    int ok = f && fwrite(b, 1, n, f) == n, e = errno;
     if (f && fclose(f) && ok) ok = 0, e = errno;
     if (!ok) return sdc_err(err, SDC_ERR_IO, "%s: cannot write (%s) ---> %s", path, strerror(e), fs_write_hint(e));
     return 0;
 }
 
+static int write_text(const char *path, const char *text, SdcError *err) {
+    return write_bytes(path, text, strlen(text), err);
+}
+
 // Copies src_dir/SUB/ (a diffusers source's tokenizer/ or tokenizer_2/: the
 // files transformers reads, those present) into out/SUB/.
 int convert_copy_tokenizer(const char *src_dir, const char *sub, const char *out, SdcError *err) {
-    static const char *const files[] = {"vocab.json", "merges.txt", "special_tokens_map.json",
-                                        "tokenizer_config.json", "tokenizer.json", "added_tokens.json"};
+    const char *const *files = TOK_FILES;
     char a[2048], b[2048];
     snprintf(b, sizeof b, "%s/%s", out, sub);
     SDC_TRY(fs_mkdir_p(b, err));
@@ -610,12 +721,22 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     // SD 1.x's or SD 2.x's special tokens (pad "!": the text encoder config's
     // pad_token_id 0), the tokenizer sdc itself uses for the model; SDXL's
     // tokenizer_2 likewise (its text encoder pads with "!")
-    const char *tsrc = o->tokenizer_from && src_has_tokenizer(o->tokenizer_from, "tokenizer") ? o->tokenizer_from
-                                                                                               : o->model;
-    const int src_tok = src_has_tokenizer(tsrc, "tokenizer") && (!m->xl || src_has_tokenizer(tsrc, "tokenizer_2")),
-              shipped = !src_tok && clip_vocab_model(m);
-    if (src_tok) SDC_TRY(convert_copy_tokenizer(tsrc, "tokenizer", o->output, err));
-    if (src_tok && m->xl) SDC_TRY(convert_copy_tokenizer(tsrc, "tokenizer_2", o->output, err));
+    // (tokenizer_from's when it has them, else the source's own: a folder's or an .h5's)
+    const char *tsrc = o->tokenizer_from;
+    const int from_tok = tsrc && src_has_tokenizer(tsrc, "tokenizer") && (!m->xl || src_has_tokenizer(tsrc, "tokenizer_2")),
+              own_tok = !from_tok && has_tok(m, 0) && (!m->xl || has_tok(m, 1)),
+              src_tok = from_tok || own_tok, shipped = !src_tok && clip_vocab_model(m);
+    if (from_tok) SDC_TRY(convert_copy_tokenizer(tsrc, "tokenizer", o->output, err));
+    if (from_tok && m->xl) SDC_TRY(convert_copy_tokenizer(tsrc, "tokenizer_2", o->output, err));
+    for (int k = 0; own_tok && k < (m->xl ? 2 : 1); k++) {
+        snprintf(p, sizeof p, "%s/%s", o->output, TOK_SUB[k]);
+        SDC_TRY(fs_mkdir_p(p, err));
+        for (int i = 0; i < 6; i++) {
+            if (!m->tok[k][i]) continue;
+            snprintf(p, sizeof p, "%s/%s/%s", o->output, TOK_SUB[k], TOK_FILES[i]);
+            SDC_TRY(write_bytes(p, m->tok[k][i], m->tok_n[k][i], err));
+        }
+    }
     for (int c = 0; shipped && c < n_conv; c++) {
         if (c != COMP_TEXT_ENCODER && c != COMP_TEXT_ENCODER_2) continue;
         snprintf(p, sizeof p, "%s/%s", o->output, c == COMP_TEXT_ENCODER ? "tokenizer" : "tokenizer_2");
@@ -779,6 +900,7 @@ static int load_source(Model *m, const char *model, const char *config, ModelFil
     make_configs(m, info, model_files_scheduler_json(*mf));
     make_model_index(m, clip_vocab_model(m) || fs_is_dir(model));
     SDC_TRY(model_oom(m, model, err));
+    if (fs_is_dir(model)) SDC_TRY(read_tok_dir(m, model, err));
     return info->layout == LAYOUT_DIFFUSERS ? load_diffusers(m, *mf, model, err) : load_single(m, model, info, err);
 }
 

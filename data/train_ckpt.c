@@ -197,6 +197,10 @@ static int copy_base(CkptWriter *w, const TrainCkptSpec *s, SdcError *err) {
         free(v);
     }
     if (!rc) rc = ckpt_set_attr(w, "", "source", s->base, err);
+    static const char *const TOK[] = {"tokenizer", "tokenizer_2"}; // the base's own tokenizer files, when it has them
+    for (int k = 0; k < 2 && !rc; k++)
+        if (h5_has_link(c.file, TOK[k]) && H5Ocopy(c.file, TOK[k], w->file, TOK[k], H5P_DEFAULT, H5P_DEFAULT) < 0)
+            rc = sdc_err(err, SDC_ERR_IO, "%s: cannot copy /%s of %s", w->tmp, TOK[k], s->base);
     ckpt_close(&c);
     if (rc) sdc_err_wrap(err, "copying the base model into %s", w->path);
     return rc;

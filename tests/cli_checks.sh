@@ -327,6 +327,26 @@ train_metrics_full() {
     check "... the run's model written" test -s "$W/mf/model.safetensors"
 }
 
+# A model with its own tokenizer (the shipped sdc-synth: 670 tokens, not
+# CLIP's 49408) keeps it through sdc's .h5: generate from the .h5 draws the
+# folder's pixels, the .h5 converted back to a folder has the same
+# tokenizer/ files, and a DreamBooth run on the model exports a model.h5
+# that generates and a diffusers/ with them.
+h5_keeps_tokenizer() {
+    SYN=$SRC/data/models/sdc-synth
+    P="a large blue star on a plain yellow background"
+    runs "sdc convert sdc-synth -o m.h5" "$SDC" convert -q -m "$SYN" -o "$W/m.h5"
+    runs "generate -m m.h5" "$SDC" generate -q -m "$W/m.h5" -p "$P" -t 1 -o "$W/h5.png"
+    runs "generate -m sdc-synth" "$SDC" generate -q -m "$SYN" -p "$P" -t 1 -o "$W/dir.png"
+    check "... the same pixels" $PNGPIX same "$W/h5.png" "$W/dir.png"
+    runs "sdc convert m.h5 -o back/" "$SDC" convert -q -m "$W/m.h5" -o "$W/back"
+    check "... its tokenizer/ = sdc-synth's, file for file" diff -r "$SYN/tokenizer" "$W/back/tokenizer"
+    runs "1 DreamBooth step on sdc-synth" "$SDC" train dreambooth -q --pretrained-model "$SYN" --instance-data "$IMGS" \
+        --instance-prompt 'a sks shape' --resolution 64 --max-train-steps 1 --output-dir "$W/db" -t 1
+    runs "generate -m its model.h5" "$SDC" generate -q -m "$W/db/model.h5" -p "$P" -t 1 -o "$W/db.png"
+    check "... its diffusers/tokenizer = sdc-synth's" diff -r "$SYN/tokenizer" "$W/db/diffusers/tokenizer"
+}
+
 # SDXL: its micro-conditioning flags are checked and refused for SD 1.x; the
 # text encoders' training flags are checked before any work.
 sdxl_refusals() {
@@ -545,7 +565,7 @@ case "$NAME" in
         img2img | inpaint | outpaint | generate_lora | lora_other_model | manifest_roundtrip | example_manifest | \
         lora_from_checkpoint | generate_from_h5 | sdxl_refusals | sdxl_generate | sdxl_bad_input | sdxl_submit | \
         sdxl_refiner_refusals | sdxl_refiner_generate | generate_bf16 | train_mixed_bf16 | threads_env | \
-    generate_from_train_checkpoint | train_metrics_full)
+    generate_from_train_checkpoint | train_metrics_full | h5_keeps_tokenizer)
         $NAME ;;
     *) echo "cli_checks.sh: unknown test '$NAME'"; exit 2 ;;
 esac

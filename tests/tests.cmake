@@ -9,7 +9,7 @@ if(TARGET sdc)
                refuses_what_cannot_fit generate_lora lora_other_model manifest_roundtrip lora_from_checkpoint
                generate_from_h5 example_manifest sdxl_refusals sdxl_generate sdxl_bad_input sdxl_submit
                sdxl_refiner_refusals sdxl_refiner_generate generate_bf16 train_mixed_bf16 threads_env
-               generate_from_train_checkpoint train_metrics_full)
+               generate_from_train_checkpoint train_metrics_full h5_keeps_tokenizer)
     set(test cli_${name})
     if(name STREQUAL "example_manifest")
       set(test jobs_example_manifest)
