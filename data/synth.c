@@ -86,16 +86,19 @@ int synth_split_parse(const char *s, SynthSplit *out) {
     else if (!strcmp(s, "heldout")) *out = SYNTH_HELDOUT;
     else if (!strcmp(s, "all")) *out = SYNTH_ALL;
     else if (!strcmp(s, "subject")) *out = SYNTH_SUBJECT_SPLIT;
+    else if (!strcmp(s, "varied")) *out = SYNTH_VARIED;
     else return -1;
     return 0;
 }
 
 const char *synth_split_name(SynthSplit s) {
-    return s == SYNTH_TRAIN ? "train" : s == SYNTH_HELDOUT ? "heldout" : s == SYNTH_SUBJECT_SPLIT ? "subject" : "all";
+    return s == SYNTH_TRAIN ? "train" : s == SYNTH_HELDOUT ? "heldout" : s == SYNTH_SUBJECT_SPLIT ? "subject"
+           : s == SYNTH_VARIED ? "varied" : "all";
 }
 
 void synth_label(uint64_t seed, int64_t i, SynthSplit split, SynthLabel *l) {
     Rng r = item_rng(seed, i, 0);
+    memset(l, 0, sizeof *l);
     if (split == SYNTH_SUBJECT_SPLIT) { // the subject in a context: a background far from its stripes and their
         // blend (red's and orange's tints are near a yellow-purple mix: the scorer would cut the heart at its seams)
         static const int BG[4] = {3, 4, 6, 7};
@@ -116,6 +119,14 @@ void synth_label(uint64_t seed, int64_t i, SynthSplit split, SynthLabel *l) {
     l->size = rng_below(&r, SYNTH_N_SIZES);
     l->position = rng_below(&r, SYNTH_N_POSITIONS);
     l->texture = rng_below(&r, SYNTH_N_TEXTURES);
+    if (split == SYNTH_VARIED) { // (a stream of its own: the attributes above are the train split's item i)
+        Rng q = item_rng(seed, i, 2);
+        l->pattern = rng_below(&q, 3) ? 1 + rng_below(&q, 5) : 0;
+        do l->colour2 = rng_below(&q, SYNTH_N_COLOURS);
+        while (l->colour2 == l->colour || (l->colour == SUBJECT_COLOURS[0] && l->colour2 == SUBJECT_COLOURS[1]) ||
+               (l->colour == SUBJECT_COLOURS[1] && l->colour2 == SUBJECT_COLOURS[0]));
+        l->period = 0.35 + 0.9 * rng_unit(&q); // local units: 0.7x to 2.5x the subject's stripe height
+    }
 }
 
 int synth_caption(const SynthLabel *l, char *buf, size_t n) {
@@ -236,6 +247,22 @@ static int texture_second(int texture, double u, double v, double ph_u, double p
     }
 }
 
+// The varied split's pattern on the shape at local (x, y): 1 where colour2 shows.
+static int shape_pattern(const SynthLabel *l, double x, double y) {
+    const double p = l->period > 0 ? l->period : 1;
+    switch (l->pattern) {
+    case 1: return (long)floor(y / p) & 1;
+    case 2: return (long)floor(x / p) & 1;
+    case 3: return (long)floor((x + y) / p) & 1;
+    case 4: {
+        double a = x / p - floor(x / p) - 0.5, b = y / p - floor(y / p) - 0.5;
+        return a * a + b * b <= 0.3 * 0.3;
+    }
+    case 5: return ((long)floor(x / p) + (long)floor(y / p)) & 1;
+    default: return 0;
+    }
+}
+
 void synth_render(uint64_t seed, int64_t i, const SynthLabel *l, int res, uint8_t *rgb) {
     Rng r = item_rng(seed, i, 1);
     const double s = SIZE_SCALE[l->size] * (1.0 + 0.16 * (rng_unit(&r) - 0.5));
@@ -249,6 +276,8 @@ void synth_render(uint64_t seed, int64_t i, const SynthLabel *l, int res, uint8_
         bg[k] = PALETTE[l->bg][k] + (float)(20.0 * (rng_unit(&r) - 0.5));
     }
     for (int k = 0; k < 3; k++) fg2[k] = PALETTE[SUBJECT_COLOURS[1]][k] + (float)(20.0 * (rng_unit(&r) - 0.5));
+    if (l->pattern) // the varied split's second colour (the draws above unchanged: the same jitter as the train item)
+        for (int k = 0; k < 3; k++) fg2[k] = PALETTE[l->colour2][k] + (fg2[k] - PALETTE[SUBJECT_COLOURS[1]][k]);
     const int subject = l->shape == SYNTH_SUBJECT;
     tint_of(bg, l->bg, bg2);
     const int SS = 4; // samples per pixel side
@@ -259,8 +288,10 @@ void synth_render(uint64_t seed, int64_t i, const SynthLabel *l, int res, uint8_
                 for (int sx = 0; sx < SS; sx++) {
                     double u = (x + (sx + 0.5) / SS) / res, v = (y + (sy + 0.5) / SS) / res;
                     const double ly = (v - cy) / s;
-                    const float *c = shape_inside(l->shape, (u - cx) / s, ly)
-                                         ? (subject && ((long)floor(ly / SUBJECT_STRIPE) & 1) ? fg2 : fg)
+                    const double lx = (u - cx) / s;
+                    const float *c = shape_inside(l->shape, lx, ly)
+                                         ? ((subject && ((long)floor(ly / SUBJECT_STRIPE) & 1)) ||
+                                                    shape_pattern(l, lx, ly) ? fg2 : fg)
                                      : texture_second(l->texture, u, v, ph_u, ph_v) ? bg2
                                                                                       : bg;
                     for (int k = 0; k < 3; k++) acc[k] += c[k];

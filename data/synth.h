@@ -37,7 +37,13 @@
 #define SYNTH_SUBJECT 6 // the subject's shape index in SynthLabel / SynthGuess
 #define SYNTH_CLASS 7   // a class prompt's shape ("a shape on ...": any of the six)
 
-typedef enum SynthSplit { SYNTH_TRAIN = 0, SYNTH_HELDOUT = 1, SYNTH_ALL = 2, SYNTH_SUBJECT_SPLIT = 3 } SynthSplit;
+// The varied split (for a VAE: pictures of more kinds than the UNet's data):
+// the train split's items with the shape itself patterned in two colours
+// (horizontal, vertical or diagonal stripes of any width, dots or checks) in
+// two of every three; never the subject's heart, never yellow with purple.
+typedef enum SynthSplit {
+    SYNTH_TRAIN = 0, SYNTH_HELDOUT = 1, SYNTH_ALL = 2, SYNTH_SUBJECT_SPLIT = 3, SYNTH_VARIED = 4
+} SynthSplit;
 
 extern const char *const synth_shape_names[SYNTH_N_SHAPES];       // circle, square, triangle, star, cross, diamond
 extern const char *const synth_colour_names[SYNTH_N_COLOURS];     // red, orange, yellow, green, blue, purple, white, black
@@ -49,11 +55,16 @@ extern const char *const synth_texture_names[SYNTH_N_TEXTURES];   // plain, stri
 // the subject, its colour yellow (its stripes' first colour)); bg != colour.
 typedef struct SynthLabel {
     int shape, colour, size, position, bg, texture;
+    // the varied split's pattern on the shape: 0 none, 1 horizontal, 2
+    // vertical, 3 diagonal stripes, 4 dots, 5 checks; in colour2 (!= colour)
+    // with a period of `period` local units (not in captions or /labels)
+    int pattern, colour2;
+    double period;
 } SynthLabel;
 
 // 1 when the (shape, colour, bg) triple belongs to the held-out split.
 int synth_is_heldout(int shape, int colour, int bg);
-// "train", "heldout", "all" or "subject"; 0, or -1 for anything else.
+// "train", "heldout", "all", "subject" or "varied"; 0, or -1 for anything else.
 int synth_split_parse(const char *s, SynthSplit *out);
 const char *synth_split_name(SynthSplit s);
 

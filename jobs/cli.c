@@ -619,8 +619,9 @@ static void cli_print_usage_synth(FILE *f) {
             "  -n, --count N           items (default 10000)\n"
             "      --resolution N      square side in pixels (default 64)\n"
             "  -s, --seed N            seed (default 0)\n"
-            "      --split S           train (default), heldout, all, or subject (the DreamBooth\n"
-            "                          subject of data/synth.h: a striped heart, \"a sks shape ...\")\n"
+            "      --split S           train (default), heldout, all, subject (the DreamBooth\n"
+            "                          subject of data/synth.h: a striped heart, \"a sks shape ...\"), or varied\n"
+            "                          (the train items, two in three shapes patterned in two colours: for a VAE)\n"
             "      --cache-latents     also store VAE latents (mean x scaling_factor); needs -m\n"
             "  -m, --model PATH        the model whose VAE encodes\n"
             "      --latents-dtype T   f32 (default) or f16\n"
@@ -733,7 +734,7 @@ static int cli_parse_synth(int argc, char **argv, Sdc__Job **out, CliOptions *op
             const char *v = VALUE();
             SynthSplit sp;
             if (v && synth_split_parse(v, &sp))
-                rc = sdc_err(err, SDC_ERR_ARG, "--split: expected train, heldout, all or subject, got '%s'", v);
+                rc = sdc_err(err, SDC_ERR_ARG, "--split: expected train, heldout, all, subject or varied, got '%s'", v);
             else if (v) rc = set_str(ds, "split", v, err);
         } else if (FLAG(NULL, "--cache-latents")) {
             ds->cache_latents = 1, ds->has_cache_latents = 1;
@@ -996,6 +997,8 @@ static void cli_print_usage_train_vae(FILE *f) {
             "  --learning-rate LR (1e-4)       --lr-scheduler NAME (constant)  --lr-warmup-steps N (0)\n"
             "  --kl-weight W (1e-6)            --rec-loss l1|mse (l1)  --max-grad-norm N (1.0; 0: off)\n"
             "  --random-flip                   flip each image horizontally with probability 1/2\n"
+            "  --train-decoder-only            the decoder alone (the encoder, so the latents, as they are: a UNet\n"
+            "                                  trained on them still fits; as Stability's ft-MSE VAE)\n"
             "  --seed N (0)                    init, data order, noise and flips\n"
             "  --checkpointing-steps N (500)   --checkpoints-total-limit N (keep all)\n"
             "  --resume-from-checkpoint PATH|latest   (a resumed run is bit-identical to an uninterrupted one)\n"

@@ -198,7 +198,7 @@ int manifest_validate(const Sdc__Job *job, SdcError *err) {
         SynthSplit sp;
         if (!d) return sdc_err(err, SDC_ERR_ARG, "manifest: TASK_DATASET_SYNTH without a dataset_synth message");
         if (d->split && synth_split_parse(d->split, &sp))
-            return sdc_err(err, SDC_ERR_ARG, "manifest: dataset_synth.split '%s'; expected train, heldout or all",
+            return sdc_err(err, SDC_ERR_ARG, "manifest: dataset_synth.split '%s'; expected train, heldout, all, subject or varied",
                            d->split);
         if (d->count < 1 || d->count > ((int64_t)1 << 31))
             return sdc_err(err, SDC_ERR_ARG, "manifest: dataset_synth.count %lld; expected 1 to 2^31",

@@ -120,7 +120,7 @@ static int run_dataset_synth(const Sdc__Job *job, const RunOptions *opt, SdcErro
         return sdc_err(err, SDC_ERR_ARG, "dataset synth: no output ---> pass -o out.h5 (or --captions-file F)");
     SynthSplit split;
     if (synth_split_parse(d->split ? d->split : "train", &split))
-        return sdc_err(err, SDC_ERR_ARG, "dataset synth: split '%s' ---> train, heldout, all or subject", d->split);
+        return sdc_err(err, SDC_ERR_ARG, "dataset synth: split '%s' ---> train, heldout, all, subject or varied", d->split);
     if (d->count < 1) return sdc_err(err, SDC_ERR_ARG, "dataset synth: count %lld ---> at least 1", (long long)d->count);
     if (have_caps && h5_par_world().rank == 0)
         SDC_TRY(write_captions(d->captions_file, (uint64_t)d->seed, split, d->count, err));

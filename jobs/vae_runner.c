@@ -148,6 +148,10 @@ static int check_job(const Sdc__Job *job, SdcError *err) {
                        v->learning_rate, v->kl_weight, v->max_grad_norm);
     if (strcmp(v->rec_loss, "l1") && strcmp(v->rec_loss, "mse"))
         return sdc_err(err, SDC_ERR_ARG, "sdc train vae: --rec-loss '%s'\n---> l1 or mse", v->rec_loss);
+    if (v->train_decoder_only && v->vae_config)
+        return sdc_err(err, SDC_ERR_ARG, "sdc train vae: --train-decoder-only with --vae-config: the encoder would stay "
+                       "at its random initialisation\n---> --train-decoder-only fine-tunes a trained VAE: "
+                       "--pretrained-model MODEL");
     return 0;
 }
 
@@ -190,6 +194,7 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     uint8_t *rgb = NULL;
     int64_t *order = NULL, *items = NULL;
     char *manifest = NULL;
+    ParamTable dec = {0}; // --train-decoder-only: the decoder side's entries of the VAE's table
     int rc = backend_cpu_create(&be, runner_threads(job, quiet), err);
     if (rc) goto done;
     if ((rc = dataset_open(&ds, v->dataset, err))) {
@@ -221,7 +226,8 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                          .rec_loss = strcmp(v->rec_loss, "mse") ? VAE_REC_L1 : VAE_REC_MSE,
                          .max_grad_norm = v->max_grad_norm,
                          .adam = {.beta1 = v->adam_beta1, .beta2 = v->adam_beta2, .eps = v->adam_epsilon,
-                                  .weight_decay = v->adam_weight_decay}};
+                                  .weight_decay = v->adam_weight_decay},
+                         .decoder_only = v->train_decoder_only};
     if ((rc = vae_trainer_init(&tr, m, &tc, &sched, err))) goto done;
     have_tr = 1;
     if (par.size > 1) tr.grad_mean = dp_grad_mean, tr.loss_mean = dp_loss_mean, tr.user = &dp;
@@ -245,11 +251,23 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     snprintf(k_batch, sizeof k_batch, "%d", NG);
     snprintf(k_seed, sizeof k_seed, "%lld", (long long)v->seed);
     const TrainCkptKey keys[] = {{"task", "train_vae"}, {"resolution", k_res}, {"train_batch_size", k_batch},
-                                 {"seed", k_seed}};
-    const TrainCkptComponent comp = {.group = "vae", .table = vae_train_table(m), .opt_group = 0};
+                                 {"seed", k_seed}, {"train_decoder_only", "1"}};
+    // --train-decoder-only: the checkpoint holds the decoder side (the encoder is the pretrained model's)
+    const ParamTable *full = vae_train_table(m);
+    if (v->train_decoder_only) {
+        dec.e = malloc((size_t)(full->n > 0 ? full->n : 1) * sizeof *dec.e);
+        if (!dec.e) {
+            rc = sdc_err(err, SDC_ERR_OOM, "sdc train vae: out of host memory");
+            goto done;
+        }
+        for (int i = 0; i < full->n; i++)
+            if (vae_decoder_param(full->e[i].name)) dec.e[dec.n++] = full->e[i];
+        dec.cap = dec.n;
+    }
+    const TrainCkptComponent comp = {.group = "vae", .table = v->train_decoder_only ? &dec : full, .opt_group = 0};
     manifest = manifest_to_text(job);
-    TrainCkptSpec spec = {.comps = &comp, .n_comps = 1, .opt = &tr.opt, .job = keys, .n_job = 4,
-                          .manifest = manifest};
+    TrainCkptSpec spec = {.comps = &comp, .n_comps = 1, .opt = &tr.opt, .job = keys,
+                          .n_job = v->train_decoder_only ? 5 : 4, .manifest = manifest};
     uint64_t rng_word = (uint64_t)v->seed;
     int64_t step = 0;
     if (v->resume_from_checkpoint) {
@@ -399,6 +417,7 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
                     vae_config(m)->scaling_factor);
     }
 done:
+    free(dec.e);
     free(x), free(eps), free(ex), free(rgb), free(order), free(items), free(manifest);
     if (have_tr) vae_trainer_free(&tr);
     vae_free(m);

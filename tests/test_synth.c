@@ -187,6 +187,38 @@ int main(void) {
                            c2.shape == SYNTH_CLASS && c2.colour == 0 && c2.bg == 4,
                    "class prompts (\"a shape on ...\") parsed as such");
     }
+    { // the varied split (a VAE's data): the train split's items, two in three shapes patterned in another colour,
+      // never the subject's heart, never its yellow-purple pair; the unpatterned ones drawn as the train items
+        int same_label = 0, patterned = 0, bad = 0, same_img = 0, unpatterned = 0, differ = 0;
+        const int n = 600;
+        uint8_t *p = malloc(B), *q = malloc(B);
+        for (int i = 0; i < n && p && q; i++) {
+            SynthLabel v, tr;
+            synth_label(21, i, SYNTH_VARIED, &v);
+            synth_label(21, i, SYNTH_TRAIN, &tr);
+            same_label += v.shape == tr.shape && v.colour == tr.colour && v.bg == tr.bg && v.size == tr.size &&
+                          v.position == tr.position && v.texture == tr.texture;
+            patterned += v.pattern > 0;
+            bad += v.shape == SYNTH_SUBJECT || v.pattern < 0 || v.pattern > 5 ||
+                   (v.pattern && (v.colour2 == v.colour || (v.colour == 2 && v.colour2 == 5) ||
+                                  (v.colour == 5 && v.colour2 == 2) || !(v.period > 0.3 && v.period < 1.3)));
+            if (i < 60) {
+                synth_render(21, i, &v, RES, p);
+                synth_render(21, i, &tr, RES, q);
+                const int eq = !memcmp(p, q, B);
+                if (v.pattern) differ += !eq;
+                else unpatterned++, same_img += eq;
+            }
+        }
+        free(p), free(q);
+        check_true(&t, same_label == n, "varied: %d/%d items with the train split's attributes", same_label, n);
+        check_true(&t, patterned > n / 2 && patterned < n * 5 / 6, "varied: %d/%d shapes patterned (2/3 drawn)",
+                   patterned, n);
+        check_true(&t, bad == 0, "varied: no heart, no yellow-purple pattern, periods in range (%d bad)", bad);
+        check_true(&t, unpatterned > 0 && same_img == unpatterned && differ == 60 - unpatterned,
+                   "varied: the %d unpatterned pictures are the train items', the %d patterned ones differ",
+                   unpatterned, differ);
+    }
     SynthGuess g;
     memset(a, 90, B);
     synth_score(a, RES, RES, &g);

@@ -5,7 +5,7 @@
 # at step 2 and resumed from its checkpoint writes the same vae/ folder, byte
 # for byte, as an uninterrupted 4-step run; that folder loads in sdc (as
 # the start of another run) and, where torch is, in diffusers; a from-scratch run from
-# a config.json; SIGUSR1 mid-run stops with a checkpoint, and the resumed run
+# a config.json; --train-decoder-only keeps the encoder; SIGUSR1 mid-run stops with a checkpoint, and the resumed run
 # equals an uninterrupted one; bad input refused with exit status and message. Checks
 # through tests/check.sh.
 SDC=$1
@@ -133,6 +133,36 @@ runs "uninterrupted: $((AT + 2)) steps" "$SDC" train vae --dataset "$W/s.h5" --p
     --output-dir "$W/nosig" --max-train-steps $((AT + 2)) -q $S
 check "... the same weights, byte for byte" cmp "$W/sig/vae/diffusion_pytorch_model.safetensors" \
     "$W/nosig/vae/diffusion_pytorch_model.safetensors"
+
+# --train-decoder-only: the encoder (so the latents a UNet was trained on) unchanged, every decoder tensor
+# moved; stopped at 2 and resumed to 3 == 3 uninterrupted; refused from scratch and on a full checkpoint
+DO="--train-batch-size 2 --seed 3 --learning-rate 1e-3 -t 1 -q --train-decoder-only --checkpointing-steps 2"
+runs "--train-decoder-only: 3 steps" "$SDC" train vae --dataset "$W/s.h5" --pretrained-model "$TINY" \
+    --output-dir "$W/do" --max-train-steps 3 $DO
+check "... the encoder side unchanged, the decoder side trained" /usr/bin/python3 -c "
+import sys, json, struct, numpy as np
+def load(p):
+    f = open(p, 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n)); d = f.read()
+    dt = {'F32': '<f4', 'F16': '<f2'}
+    return {k: np.frombuffer(d[v['data_offsets'][0]:v['data_offsets'][1]], dt[v['dtype']]).astype(np.float32)
+            for k, v in h.items() if k != '__metadata__'}
+a, b = load('$W/do/vae/diffusion_pytorch_model.safetensors'), load('$TINY/vae/diffusion_pytorch_model.safetensors')
+dec = [k for k in a if k.startswith('decoder.') or k.startswith('post_quant_conv.')]
+enc = [k for k in a if k not in dec]
+ec = sum(not np.array_equal(a[k], b[k]) for k in enc); dm = sum(not np.array_equal(a[k], b[k]) for k in dec)
+print(len(enc), 'encoder-side tensors,', ec, 'changed;', len(dec), 'decoder-side,', dm, 'changed')
+sys.exit(0 if enc and dec and ec == 0 and dm == len(dec) else 1)"
+runs "... 2 steps" "$SDC" train vae --dataset "$W/s.h5" --pretrained-model "$TINY" --output-dir "$W/do2" \
+    --max-train-steps 2 $DO
+runs "... resumed to 3" "$SDC" train vae --dataset "$W/s.h5" --pretrained-model "$TINY" --output-dir "$W/do2" \
+    --max-train-steps 3 --resume-from-checkpoint latest $DO
+check "... == 3 uninterrupted, byte for byte" cmp "$W/do/vae/diffusion_pytorch_model.safetensors" \
+    "$W/do2/vae/diffusion_pytorch_model.safetensors"
+refused "--train-decoder-only from scratch" 'encoder would stay at its random initialisation' "$SDC" train vae \
+    --dataset "$W/s.h5" --vae-config "$W/small.json" --output-dir "$W/x" $DO
+refused "--train-decoder-only resuming a run of all weights" 'does not record train_decoder_only' "$SDC" train vae \
+    --dataset "$W/s.h5" --pretrained-model "$TINY" --output-dir "$W/b" --max-train-steps 6 \
+    --resume-from-checkpoint latest --train-batch-size 2 --seed 3 -t 1 -q --train-decoder-only
 
 refused "no dataset" 'no dataset' "$SDC" train vae --pretrained-model "$TINY" --output-dir "$W/x"
 refused "a dataset that is not there" "$W/none.h5" "$SDC" train vae --dataset "$W/none.h5" \

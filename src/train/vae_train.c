@@ -72,6 +72,10 @@ int vae_init_params(Vae *m, uint64_t seed, SdcError *err) {
 
 // ---- the step ----------------------------------------------------------------------
 
+int vae_decoder_param(const char *name) {
+    return !strncmp(name, "decoder.", 8) || !strncmp(name, "post_quant_conv.", 16);
+}
+
 int vae_trainer_init(VaeTrainer *t, Vae *m, const VaeTrainConfig *c, const LrSchedule *s, SdcError *err) {
     memset(t, 0, sizeof *t);
     const VaeConfig *vc = vae_config(m);
@@ -112,11 +116,13 @@ int vae_trainer_init(VaeTrainer *t, Vae *m, const VaeTrainConfig *c, const LrSch
         vae_trainer_free(t);
         return sdc_err(err, SDC_ERR_OOM, "sdc train vae: out of host memory");
     }
+    int nt = 0;
     for (int i = 0; i < tb->n; i++) {
+        if (c->decoder_only && !vae_decoder_param(tb->e[i].name)) continue;
         float *p = tb->e[i].t.data;
-        ot[i] = (OptimTensor){.p = p, .g = gb + (p - pb), .n = (size_t)tensor_numel(&tb->e[i].t)};
+        ot[nt++] = (OptimTensor){.p = p, .g = gb + (p - pb), .n = (size_t)tensor_numel(&tb->e[i].t)};
     }
-    AdamWGroupDesc gd = {.tensors = ot, .n_tensors = tb->n, .lr_scale = 1.0};
+    AdamWGroupDesc gd = {.tensors = ot, .n_tensors = nt, .lr_scale = 1.0};
     rc = adamw_init(&t->opt, be, &c->adam, &gd, 1, err);
     free(ot);
     if (rc) vae_trainer_free(t);
@@ -184,7 +190,7 @@ int vae_trainer_step(VaeTrainer *t, const float *x, const float *eps, VaeStepSta
     }
     backend_upload_f32(be, &t->dm, dm, nl);
     backend_upload_f32(be, &t->dl, dl, nl);
-    SDC_TRY(vae_train_encode_backward(m, &t->dm, &t->dl, NULL, err));
+    if (!t->cfg.decoder_only) SDC_TRY(vae_train_encode_backward(m, &t->dm, &t->dl, NULL, err));
     double stats[3] = {rl + klw * kl, rl, kl};
     if (t->grad_mean) {
         float *pb, *gb;

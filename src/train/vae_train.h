@@ -33,6 +33,7 @@ typedef struct VaeTrainConfig {
     VaeRecLoss rec_loss;
     double max_grad_norm;  // 0: no clipping
     AdamWConfig adam;
+    int decoder_only;      // train decoder.* and post_quant_conv.* only: no encoder backward, the rest unchanged
 } VaeTrainConfig;
 
 typedef struct VaeStepStats {
@@ -46,7 +47,7 @@ typedef struct VaeTrainer {
     const Backend *be;
     VaeTrainConfig cfg;
     LrSchedule sched;
-    AdamW opt;              // one group: every tensor of vae_train_table, in its order
+    AdamW opt;              // one group: every tensor of vae_train_table in its order (decoder_only: those trained)
     int N, H, W, L, h, w;
     Arena io;               // the step's tensors on the backend
     Tensor x, rec, drec;    // (N, 3, H, W)
@@ -62,6 +63,9 @@ typedef struct VaeTrainer {
     void *user;
 } VaeTrainer;
 
+// A parameter of the decoder side (decoder.*, post_quant_conv.*): what
+// VaeTrainConfig.decoder_only trains.
+int vae_decoder_param(const char *name);
 // m loaded trainable (vae_load_opts / vae_create); plans its training memory.
 int vae_trainer_init(VaeTrainer *t, Vae *m, const VaeTrainConfig *c, const LrSchedule *s, SdcError *err);
 void vae_trainer_free(VaeTrainer *t);
