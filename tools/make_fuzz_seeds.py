@@ -160,7 +160,7 @@ for n in names:
 for n in names:
     put("json_config", n.split("/")[0] + "_even", "@@@ %s\n%s" % (n, texts[n]))
     t = "@@@ %s\n%s" % (n, texts[n])
-    t += " " * ((1 - len(t.encode())) % 8)  # 8k+1 bytes: the single file with this folder as its config_dir
+    t += " " * ((1 - len(t.encode())) % 64)  # 64k+1 bytes: the single file with this folder as its config_dir
     put("json_config", n.split("/")[0] + "_single", t)
 put("json_config", "all", "\n".join("@@@ %s\n%s" % (n, texts[n]) for n in names))
 for n in ["tiny-sd2", "db-sched"]:
