@@ -900,7 +900,9 @@ static int load_source(Model *m, const char *model, const char *config, ModelFil
     make_configs(m, info, model_files_scheduler_json(*mf));
     make_model_index(m, clip_vocab_model(m) || fs_is_dir(model));
     SDC_TRY(model_oom(m, model, err));
+    // its tokenizer: a folder's own, or a single file's config folder's (the tokenizer sdc runs it with)
     if (fs_is_dir(model)) SDC_TRY(read_tok_dir(m, model, err));
+    else if (config && fs_is_dir(config)) SDC_TRY(read_tok_dir(m, config, err));
     return info->layout == LAYOUT_DIFFUSERS ? load_diffusers(m, *mf, model, err) : load_single(m, model, info, err);
 }
 

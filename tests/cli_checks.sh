@@ -341,6 +341,11 @@ h5_keeps_tokenizer() {
     check "... the same pixels" $PNGPIX same "$W/h5.png" "$W/dir.png"
     runs "sdc convert m.h5 -o back/" "$SDC" convert -q -m "$W/m.h5" -o "$W/back"
     check "... its tokenizer/ = sdc-synth's, file for file" diff -r "$SYN/tokenizer" "$W/back/tokenizer"
+    runs "its single file, then .h5 with --config sdc-synth" sh -c "'$SDC' convert -q -m '$SYN' -o '$W/s.safetensors' \
+        && '$SDC' convert -q -m '$W/s.safetensors' --config '$SYN' -o '$W/s.h5'"
+    runs "generate -m s.h5 (the config folder's tokenizer kept)" "$SDC" generate -q -m "$W/s.h5" -p "$P" -t 1 \
+        -o "$W/s.png"
+    check "... the same pixels" $PNGPIX same "$W/s.png" "$W/dir.png"
     runs "1 DreamBooth step on sdc-synth" "$SDC" train dreambooth -q --pretrained-model "$SYN" --instance-data "$IMGS" \
         --instance-prompt 'a sks shape' --resolution 64 --max-train-steps 1 --output-dir "$W/db" -t 1
     runs "generate -m its model.h5" "$SDC" generate -q -m "$W/db/model.h5" -p "$P" -t 1 -o "$W/db.png"
