@@ -917,15 +917,17 @@ int convert_train_ckpt(const char *path, char **manifest, SdcError *err) {
     const int train = g >= 0 && h5_has_attr(g, "micro_step");
     if (g >= 0) H5Gclose(g);
     int rc = 0;
-    if (complete) rc = 0;
-    else if (!train)
+    if (!complete && !train)
         rc = sdc_err(err, SDC_ERR_FORMAT, "%s: /unet has no config, and the file is not a training checkpoint\n"
                      "---> the file is damaged, or not written by sdc", path);
-    else if (ckpt_get_attr(&c, "", "manifest", manifest, err))
+    else if (!complete && ckpt_get_attr(&c, "", "manifest", manifest, err))
         rc = sdc_err_wrap(err, "%s is a training checkpoint; the job that wrote it (its base model) is not recorded",
                           path);
-    else rc = 1;
     ckpt_close(&c);
+    if (rc) {
+        free(*manifest);
+        *manifest = NULL;
+    }
     return rc;
 }
 

@@ -45,9 +45,10 @@ typedef struct ConvertOpts {
 int convert_run(const ConvertOpts *o, SdcError *err);
 
 // Whether the .h5 at path is a training checkpoint holding trained weights
-// only (convert it with ConvertOpts.base): 1 and *manifest (malloc'd) the
-// text manifest of the job that wrote it, whose model is the base; 0 for a
-// complete model checkpoint; <0 (err set) for neither.
+// only (convert it with ConvertOpts.base): then *manifest (malloc'd) is the
+// text manifest of the job that wrote it, whose model is the base; NULL for
+// a complete model checkpoint. Returns 0, or an error (err set) for a file
+// that is neither (not an sdc checkpoint, damaged).
 int convert_train_ckpt(const char *path, char **manifest, SdcError *err);
 
 // Copies src_dir/SUB/ (a diffusers folder's tokenizer/ or tokenizer_2/: the

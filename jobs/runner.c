@@ -266,7 +266,7 @@ static int train_ckpt_base(const char *p, int quiet, int depth, char **base, cha
     *base = *cfg = NULL;
     char *text = NULL;
     int rc = convert_train_ckpt(p, &text, err);
-    if (rc <= 0) return rc;
+    if (rc || !text) return rc; // an error, or a complete model
     Sdc__Job *j = NULL;
     rc = manifest_parse_text(&sdc__job__descriptor, text, strlen(text), p, (ProtobufCMessage **)&j, err);
     free(text);

@@ -200,7 +200,7 @@ ht, tt = {(r[0], r[1], r[4]) for r in h}, {(r[0], r[1], r[4]) for r in t}
 print(len(ht), 'held-out triples,', len(tt), 'train triples, shared:', len(ht & tt))
 sys.exit(1 if ht & tt or len(ht) < 15 or any(len({r[k] for r in t}) < n for k, n in enumerate((6, 8, 2, 5, 8, 4))) else 0)"
     refused "no output" 'no output' "$SDC" dataset synth -q -n 4
-    refused "bad split named" "expected train, heldout, all or subject, got 'test'" "$SDC" dataset synth -n 4 --split test -o "$W/x.h5"
+    refused "bad split named" "expected train, heldout, all, subject or varied, got 'test'" "$SDC" dataset synth -n 4 --split test -o "$W/x.h5"
     refused "count 0" 'expected an integer from 1' "$SDC" dataset synth -n 0 -o "$W/x.h5"
     refused "a source folder given" "unknown option 'photos/'" "$SDC" dataset synth -n 4 -o "$W/x.h5" photos/
     refused "--cache-latents without a model" 'needs the model' "$SDC" dataset synth -n 4 --cache-latents -o "$W/x.h5"
