@@ -721,14 +721,9 @@ static int write_diffusers(Model *m, const ConvertOpts *o, SdcError *err) {
     // SD 1.x's or SD 2.x's special tokens (pad "!": the text encoder config's
     // pad_token_id 0), the tokenizer sdc itself uses for the model; SDXL's
     // tokenizer_2 likewise (its text encoder pads with "!")
-    // (tokenizer_from's when it has them, else the source's own: a folder's or an .h5's)
-    const char *tsrc = o->tokenizer_from;
-    const int from_tok = tsrc && src_has_tokenizer(tsrc, "tokenizer") && (!m->xl || src_has_tokenizer(tsrc, "tokenizer_2")),
-              own_tok = !from_tok && has_tok(m, 0) && (!m->xl || has_tok(m, 1)),
-              src_tok = from_tok || own_tok, shipped = !src_tok && clip_vocab_model(m);
-    if (from_tok) SDC_TRY(convert_copy_tokenizer(tsrc, "tokenizer", o->output, err));
-    if (from_tok && m->xl) SDC_TRY(convert_copy_tokenizer(tsrc, "tokenizer_2", o->output, err));
-    for (int k = 0; own_tok && k < (m->xl ? 2 : 1); k++) {
+    // (the source's own, a folder's or an .h5's, or ConvertOpts.tokenizer_from's: m->tok)
+    const int src_tok = has_tok(m, 0) && (!m->xl || has_tok(m, 1)), shipped = !src_tok && clip_vocab_model(m);
+    for (int k = 0; src_tok && k < (m->xl ? 2 : 1); k++) {
         snprintf(p, sizeof p, "%s/%s", o->output, TOK_SUB[k]);
         SDC_TRY(fs_mkdir_p(p, err));
         for (int i = 0; i < 6; i++) {
@@ -984,6 +979,11 @@ int convert_run(const ConvertOpts *o, SdcError *err) {
         else rc = overlay_trained(&m, o->model, o->base, err);
     } else {
         rc = load_source(&m, o->model, o->config, &mf, err);
+    }
+    const char *tf = o->tokenizer_from; // its tokenizer(s) in place of the source's, when it has them
+    if (!rc && tf && src_has_tokenizer(tf, "tokenizer") && (!m.xl || src_has_tokenizer(tf, "tokenizer_2"))) {
+        memset(m.tok, 0, sizeof m.tok);
+        rc = read_tok_dir(&m, tf, err);
     }
     if (!rc) {
         if (fs_ends_with(o->output, ".h5")) rc = write_h5(&m, o, err);

@@ -29,10 +29,11 @@ typedef struct ConvertOpts {
     int dtype;            // -1: keep; else DT_F32 / DT_F16 / DT_BF16
     const char *manifest; // the job manifest (text format) stored in a checkpoint; may be NULL
     int quiet;
-    // A diffusers folder whose tokenizer/ (and SDXL's tokenizer_2/) a folder
-    // output takes when it has them (a trained model's .h5 holds none: the
-    // export names the model it was trained from); NULL or without them: the
-    // source's own when it is a folder, else the shipped vocab.
+    // A diffusers folder whose tokenizer/ (and SDXL's tokenizer_2/) the
+    // output takes when it has them (the export of a training run names the
+    // model it was trained from); NULL or without them: the source's own (a
+    // folder's, a single file's config folder's, an .h5's /tokenizer), else
+    // the shipped vocab.
     const char *tokenizer_from;
     // A training checkpoint (checkpoint-N.h5 of a full fine-tuning run)
     // holds the trained weights only, without configs or frozen parts: the

@@ -245,8 +245,7 @@ static int run_convert(const Sdc__Job *job, const RunOptions *opt, SdcError *err
                      DT_BF16 : -1, .manifest = manifest, .quiet = opt->quiet};
     char *base = NULL, *cfg = NULL; // a training checkpoint: its base model with its weights
     int rc = fs_ends_with(o.model, ".h5") ? train_ckpt_base(o.model, opt->quiet, 0, &base, &cfg, err) : 0;
-    o.base = base, o.base_config = cfg;
-    o.tokenizer_from = base && fs_is_dir(base) ? base : NULL;
+    o.base = base, o.base_config = cfg; // (the base's tokenizer comes with it)
     if (!rc) rc = convert_run(&o, err);
     free(base);
     free(cfg);
@@ -318,7 +317,7 @@ static int h5_convert_cached(const char *p, char *cache, size_t cap, const char 
     SDC_TRY(train_ckpt_base(p, quiet, depth, &base, &cfg, err));
     snprintf(tmp, sizeof tmp, "%s.tmp", cache);
     ConvertOpts o = {.model = p, .output = tmp, .dtype = -1, .manifest = manifest, .quiet = 1, .base = base,
-                     .base_config = cfg, .tokenizer_from = base && fs_is_dir(base) ? base : NULL};
+                     .base_config = cfg};
     if (!quiet) fprintf(stderr, "sdc: %s is an HDF5 checkpoint: converting it once to %s/\n", p, cache);
     int rc = 0;
     // a stale cache or a killed conversion goes first
