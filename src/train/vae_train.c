@@ -181,16 +181,18 @@ int vae_trainer_step(VaeTrainer *t, const float *x, const float *eps, VaeStepSta
     backend_upload_f32(be, &t->drec, drec, ni);
     SDC_TRY(vae_train_decode_backward(m, &t->drec, &t->dz, err));
     be->sync(be);
-    backend_download_f32(be, dz, &t->dz, nl);
-    const float kn = (float)(klw / N);
-    for (size_t i = 0; i < nl; i++) {
-        const float var = expf(lv[i]), sd = expf(0.5f * lv[i]);
-        dm[i] = dz[i] + kn * mu[i];
-        dl[i] = dz[i] * eps[i] * 0.5f * sd + kn * 0.5f * (var - 1.0f);
+    if (!t->cfg.decoder_only) { // the encoder's gradient (decoder_only: nothing flows there)
+        backend_download_f32(be, dz, &t->dz, nl);
+        const float kn = (float)(klw / N);
+        for (size_t i = 0; i < nl; i++) {
+            const float var = expf(lv[i]), sd = expf(0.5f * lv[i]);
+            dm[i] = dz[i] + kn * mu[i];
+            dl[i] = dz[i] * eps[i] * 0.5f * sd + kn * 0.5f * (var - 1.0f);
+        }
+        backend_upload_f32(be, &t->dm, dm, nl);
+        backend_upload_f32(be, &t->dl, dl, nl);
+        SDC_TRY(vae_train_encode_backward(m, &t->dm, &t->dl, NULL, err));
     }
-    backend_upload_f32(be, &t->dm, dm, nl);
-    backend_upload_f32(be, &t->dl, dl, nl);
-    if (!t->cfg.decoder_only) SDC_TRY(vae_train_encode_backward(m, &t->dm, &t->dl, NULL, err));
     double stats[3] = {rl + klw * kl, rl, kl};
     if (t->grad_mean) {
         float *pb, *gb;
