@@ -6,7 +6,9 @@
 #   tools/fuzz.sh [seconds=60] [jobs=1] [target=safetensors]
 # Targets (docs/fuzzing.md): safetensors, image, sched, json_config,
 # manifest_text, manifest_bin, tokenizer, lora, h5_dataset, h5_ckpt,
-# h5_genout; `all` runs each for SECONDS.
+# h5_genout, and h5s_dataset, h5s_ckpt, h5s_genout (the same readers,
+# structure-aware: the input is a program that builds a valid HDF5 file,
+# tests/fuzz/fuzz_h5_build.h); `all` runs each for SECONDS.
 # The corpus of a target starts from its seeds (tests/fuzz/seeds/<target>/,
 # made by tools/make_fuzz_seeds.py and tests/fuzz/make_fuzz_seeds.c; the
 # image and sched targets use tests/fixtures/images and /sched) and grows in
@@ -28,7 +30,7 @@ TARGET=${3:-safetensors}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${FUZZ_OUT:-$ROOT/build-fuzz}
 CC=${CC_FUZZ:-clang}
-ALL="safetensors image sched json_config manifest_text manifest_bin tokenizer lora h5_dataset h5_ckpt h5_genout"
+ALL="safetensors image sched json_config manifest_text manifest_bin tokenizer lora h5_dataset h5_ckpt h5_genout h5s_dataset h5s_ckpt h5s_genout"
 command -v "$CC" >/dev/null || { echo "fuzz.sh: $CC not found ---> install clang and libclang-rt-dev (tools/setup.sh)" >&2; exit 2; }
 
 seeds_of() {
@@ -50,6 +52,8 @@ mkdir -p "$BUILD"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
     CC="$CC" nice -n 19 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSDC_FUZZ=ON \
         -DSDC_CUDA=OFF -DSDC_NATIVE=OFF >"$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 2; }
+else # (again: a target added since the build folder was made is otherwise unknown to it)
+    nice -n 19 cmake "$BUILD" >"$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 2; }
 fi
 BINS=""
 for t in $TARGETS; do BINS="$BINS fuzz_$t"; done
@@ -89,7 +93,11 @@ for t in $TARGETS; do
     # (detect_leaks=0 in ASAN_OPTIONS too: LeakSanitizer's report at exit would
     # fail a run that found nothing and leave an empty "crash-" input)
     case "$t" in h5_*) OPTS="-detect_leaks=0"; TMO=${FUZZ_TIMEOUT:-1}
-        ASAN_OPTIONS="allocator_may_return_null=1:detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" ;; esac
+        ASAN_OPTIONS="allocator_may_return_null=1:detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" ;;
+    # the structure-aware ones build only files HDF5 reads whole: no HDF5
+    # hangs or leaks to step around; a reader that allocates what a declared
+    # shape says is an out-of-memory finding (libFuzzer's malloc limit)
+    h5s_*) TMO=${FUZZ_TIMEOUT:-5} ;; esac
     # FUZZ_FORK=1 (long campaigns): libFuzzer's fork mode, one worker per
     # job, going on past crashes, timeouts and OOMs (each saved in findings/)
     if [ "${FUZZ_FORK:-0}" = 1 ]; then

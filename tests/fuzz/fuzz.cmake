@@ -25,7 +25,11 @@ if(NOT SDC_MINIMAL) # protobuf-c and HDF5
        manifest_bin:fuzz_manifest_bin:tests/fuzz/seeds/manifest_bin
        h5_dataset:fuzz_h5_dataset:tests/fuzz/seeds/h5_dataset
        h5_ckpt:fuzz_h5_ckpt:tests/fuzz/seeds/h5_ckpt
-       h5_genout:fuzz_h5_genout:tests/fuzz/seeds/h5_genout)
+       h5_genout:fuzz_h5_genout:tests/fuzz/seeds/h5_genout
+       # the same three readers, structure-aware (fuzz_h5_build.h: FUZZ_H5_STRUCT)
+       h5s_dataset:fuzz_h5_dataset:tests/fuzz/seeds/h5s_dataset
+       h5s_ckpt:fuzz_h5_ckpt:tests/fuzz/seeds/h5s_ckpt
+       h5s_genout:fuzz_h5_genout:tests/fuzz/seeds/h5s_genout)
 endif()
 
 foreach(entry ${SDC_FUZZ_TARGETS})
@@ -49,6 +53,9 @@ foreach(entry ${SDC_FUZZ_TARGETS})
   endif()
   target_link_libraries(${exe} PRIVATE ${SDC_TEST_LIB})
   target_include_directories(${exe} PRIVATE ${SDC_FUZZ_DIR})
+  if(name MATCHES "^h5s_")
+    target_compile_definitions(${exe} PRIVATE FUZZ_H5_STRUCT)
+  endif()
 endforeach()
 
 if(NOT SDC_FUZZ AND NOT SDC_MINIMAL)
@@ -60,9 +67,10 @@ if(NOT SDC_FUZZ AND NOT SDC_MINIMAL)
   # builds it, minutes). Skipped without clang. Not the h5_* targets: HDF5
   # 1.10.8 itself can loop on a damaged global heap (tests/fuzz/hdf5-bugs),
   # which a short run may hit by chance; their fixed findings are replayed
-  # by fuzz_replay_h5_* and their campaigns run through tools/fuzz.sh.
+  # by fuzz_replay_h5_* and their campaigns run through tools/fuzz.sh. The
+  # structure-aware h5s_* targets (valid files only) run here.
   add_test(NAME fuzz_short
-    COMMAND sh -c "command -v clang >/dev/null 2>&1 || { echo 'clang not found: skipped'; exit 77; }; export FUZZ_OUT=\${SDC_FUZZ_OUT:-${CMAKE_BINARY_DIR}/test-out/fuzz}; for t in safetensors image sched json_config tokenizer lora manifest_text manifest_bin; do ${CMAKE_SOURCE_DIR}/tools/fuzz.sh 3 1 $t || exit 1; done"
+    COMMAND sh -c "command -v clang >/dev/null 2>&1 || { echo 'clang not found: skipped'; exit 77; }; export FUZZ_OUT=\${SDC_FUZZ_OUT:-${CMAKE_BINARY_DIR}/test-out/fuzz}; for t in safetensors image sched json_config tokenizer lora manifest_text manifest_bin h5s_dataset h5s_ckpt h5s_genout; do ${CMAKE_SOURCE_DIR}/tools/fuzz.sh 3 1 $t || exit 1; done"
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(fuzz_short PROPERTIES TIMEOUT 3600 SKIP_RETURN_CODE 77)
 endif()

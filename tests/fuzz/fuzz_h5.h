@@ -15,6 +15,23 @@
 #include "data/genout.h"
 #include "data/train_ckpt.h"
 
+// ---- the input as the file at path --------------------------------------------
+// Its bytes (the byte-level targets fuzz_h5_*), or, built with FUZZ_H5_STRUCT
+// (the structure-aware targets fuzz_h5s_*), the file its program builds
+// through HDF5's API (fuzz_h5_build.h). Needs fuzz_util.h first.
+#ifdef FUZZ_H5_STRUCT
+#include "fuzz_h5_build.h"
+#define FUZZ_H5_INPUT(path, data, size)                                       \
+    do {                                                                      \
+        if (fuzz_h5_build(path, data, size)) {                                \
+            fprintf(stderr, "%s: HDF5 cannot create the file\n", path);       \
+            abort();                                                          \
+        }                                                                     \
+    } while (0)
+#else
+#define FUZZ_H5_INPUT(path, data, size) fuzz_write(path, data, size)
+#endif
+
 // ---- the library, once per process ------------------------------------------
 // HDF5 quiet (sdc reports its errors itself), and its free lists without
 // limits: each H5Fopen allocates a metadata cache of more than 512 KiB

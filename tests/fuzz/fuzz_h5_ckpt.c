@@ -27,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             abort();
         }
     }
-    fuzz_write(path, data, size);
+    FUZZ_H5_INPUT(path, data, size);
     Ckpt c;
     int rc = ckpt_open(&c, path, &err);
     fuzz_note("ckpt_open", rc, err.msg);

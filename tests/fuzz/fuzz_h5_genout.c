@@ -12,7 +12,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static char path[600];
     if (!path[0]) fuzz_h5_start(), fuzz_path(path, sizeof path, "gen.h5");
-    fuzz_write(path, data, size);
+    FUZZ_H5_INPUT(path, data, size);
     SdcError err = {0};
     GenOut g;
     H5Par ser = h5_par_serial();

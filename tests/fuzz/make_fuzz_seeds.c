@@ -5,9 +5,12 @@
 //   lora          LoRAs of a few tiny-sd1 modules (attention, feed-forward, a 3x3 conv, the
 //                 text encoder) in diffusers and kohya naming, f32 and f16 (lora_save)
 //   h5_dataset    `sdc dataset import` of two fixture images at 16 px, with and without latents
+//                 (of tiny-sd1's VAE, f = 8, and of the shipped synth model's 3-level VAE, f = 4)
 //   h5_ckpt       a model checkpoint (f32 / f16 / bf16 / i64 tensors, configs) and a LoRA
 //                 training checkpoint of fuzz_h5.h's spec (ckpt_*, train_ckpt_save)
 //   h5_genout     fuzz_h5.h's sweep with none, one and all items done (genout_*)
+//   h5s_*         each h5_* seed as the program that rebuilds it (fuzz_h5_build.h), for the
+//                 structure-aware targets; the rebuilt file is checked to hold the same objects
 // Run from the repository root (fixtures at tests/fixtures/):
 //   BUILD/tests/fuzz/make_fuzz_seeds tests/fuzz/seeds
 #include <dirent.h>
@@ -22,6 +25,7 @@
 #include "data/checkpoint.h"
 #include "data/dataset.h"
 #include "fuzz_h5.h"
+#include "fuzz_h5_build.h"
 #include "io/lora.h"
 #include "jobs/manifest.h"
 
@@ -144,6 +148,10 @@ static void seeds_h5_dataset(void) {
     snprintf(out, sizeof out, "%s", path_in("h5_dataset", "latents_f32.h5"));
     o.latents_dtype = DT_F32, o.n_sources = 1;
     TRY(dataset_import(&o, &ser, &st, &err));
+    // a 3-level VAE's latents (4, R/4, R/4): the shipped synth model's
+    snprintf(out, sizeof out, "%s", path_in("h5_dataset", "latents_f4.h5"));
+    o.cache_latents_model = "data/models/sdc-synth";
+    TRY(dataset_import(&o, &ser, &st, &err));
 }
 
 // ---- h5_ckpt -----------------------------------------------------------------
@@ -203,6 +211,45 @@ static void seeds_h5_genout(void) {
     }
 }
 
+// ---- h5s_*: the h5_* seeds as programs ----------------------------------------
+// Each program is checked by building it and describing the result again:
+// the same program, so the file the target builds holds every object,
+// attribute, type, shape and byte of the seed.
+static void seeds_h5s(const char *kind) {
+    char src[1200], dst[64], tmp[1400];
+    snprintf(src, sizeof src, "%s/h5_%s", out_root, kind);
+    snprintf(dst, sizeof dst, "h5s_%s", kind);
+    DIR *d = opendir(src);
+    if (!d) {
+        perror(src);
+        exit(1);
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char in[1600];
+        snprintf(in, sizeof in, "%s/%s", src, e->d_name);
+        size_t n = 0, n2 = 0;
+        uint8_t *prog = fuzz_h5_describe(in, &n);
+        snprintf(tmp, sizeof tmp, "%s/.rebuilt.h5", out_root);
+        uint8_t *again = prog && fuzz_h5_build(tmp, prog, n) == 0 ? fuzz_h5_describe(tmp, &n2) : NULL;
+        unlink(tmp);
+        if (!again || n2 != n || memcmp(prog, again, n)) {
+            fprintf(stderr, "make_fuzz_seeds: %s: its program does not rebuild it (%zu vs %zu bytes)\n", in, n, n2);
+            exit(1);
+        }
+        char name[300]; // images.h5 -> images.prog
+        snprintf(name, sizeof name, "%.*s.prog", (int)strcspn(e->d_name, "."), e->d_name);
+        FILE *f = fopen(path_in(dst, name), "wb");
+        if (!f || fwrite(prog, 1, n, f) != n || fclose(f)) {
+            perror(dst);
+            exit(1);
+        }
+        free(prog), free(again);
+    }
+    closedir(d);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUT_DIR (run from the repository root; e.g. tests/fuzz/seeds)\n", argv[0]);
@@ -217,6 +264,9 @@ int main(int argc, char **argv) {
     seeds_h5_dataset();
     seeds_h5_ckpt();
     seeds_h5_genout();
+    seeds_h5s("dataset");
+    seeds_h5s("ckpt");
+    seeds_h5s("genout");
     h5_lib_finish(1);
     return 0;
 }
