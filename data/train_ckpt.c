@@ -319,10 +319,14 @@ static int check_job(const Ckpt *c, const TrainCkptSpec *s, SdcError *err) {
         hid_t jg = h5_has_link(c->file, "job") ? H5Gopen2(c->file, "job", H5P_DEFAULT) : -1;
         int has = jg >= 0 && h5_has_attr(jg, k->key);
         if (jg >= 0) H5Gclose(jg);
-        if (!has)
+        if (!has && !k->absent)
             return sdc_err(err, SDC_ERR_ARG, "%s: written by another job: it does not record %s (this job: "
                            "\"%s\")%s", c->path, k->key, k->value, OTHER_JOB_HINT);
-        SDC_TRY(ckpt_get_attr(c, "job", k->key, &v, err));
+        if (!has) {
+            if (!(v = strdup(k->absent))) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", c->path);
+        } else {
+            SDC_TRY(ckpt_get_attr(c, "job", k->key, &v, err));
+        }
         int same = !strcmp(v, k->value);
         if (!same)
             sdc_err(err, SDC_ERR_ARG, "%s: written by another job: %s is \"%s\" there, \"%s\" in this job%s",

@@ -72,6 +72,8 @@ typedef struct TrainCkptComponent {
 typedef struct TrainCkptKey {
     const char *key;   // "model", "lora_rank", "train_text_encoder", ...
     const char *value; // as text ("4", "true")
+    const char *absent; // what a checkpoint that does not record the key stands for (a key added later, e.g.
+                        // "0" for train_decoder_only); NULL: a checkpoint without it is another job's
 } TrainCkptKey;
 
 typedef struct TrainCkptSpec {

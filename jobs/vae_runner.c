@@ -250,8 +250,10 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     snprintf(k_res, sizeof k_res, "%d", R);
     snprintf(k_batch, sizeof k_batch, "%d", NG);
     snprintf(k_seed, sizeof k_seed, "%lld", (long long)v->seed);
-    const TrainCkptKey keys[] = {{"task", "train_vae"}, {"resolution", k_res}, {"train_batch_size", k_batch},
-                                 {"seed", k_seed}, {"train_decoder_only", "1"}};
+    const TrainCkptKey keys[] = {{"task", "train_vae", NULL}, {"resolution", k_res, NULL}, {"train_batch_size", k_batch, NULL},
+                                 {"seed", k_seed, NULL},
+                                 // recorded since session 11; a checkpoint without it is a whole-VAE run's
+                                 {"train_decoder_only", v->train_decoder_only ? "1" : "0", "0"}};
     // --train-decoder-only: the checkpoint holds the decoder side (the encoder is the pretrained model's)
     const ParamTable *full = vae_train_table(m);
     if (v->train_decoder_only) {
@@ -267,7 +269,7 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     const TrainCkptComponent comp = {.group = "vae", .table = v->train_decoder_only ? &dec : full, .opt_group = 0};
     manifest = manifest_to_text(job);
     TrainCkptSpec spec = {.comps = &comp, .n_comps = 1, .opt = &tr.opt, .job = keys,
-                          .n_job = v->train_decoder_only ? 5 : 4, .manifest = manifest};
+                          .n_job = 5, .manifest = manifest};
     uint64_t rng_word = (uint64_t)v->seed;
     int64_t step = 0;
     if (v->resume_from_checkpoint) {

@@ -111,9 +111,9 @@ static void trainer_init(Trainer *tr, const char *lora_rank) {
     tr->comps[1] = (TrainCkptComponent){.group = "text_encoder_lora", .tensors = tr->tl, .n_tensors = N_TL,
                                         .opt_group = 1};
     tr->comps[2] = (TrainCkptComponent){.group = "unet_lora", .tensors = tr->ul, .n_tensors = N_UL, .opt_group = 0};
-    tr->job[0] = (TrainCkptKey){"model", "tests/fixtures/tiny-sd1"};
-    tr->job[1] = (TrainCkptKey){"lora_rank", lora_rank};
-    tr->job[2] = (TrainCkptKey){"train_text_encoder", "true"};
+    tr->job[0] = (TrainCkptKey){"model", "tests/fixtures/tiny-sd1", NULL};
+    tr->job[1] = (TrainCkptKey){"lora_rank", lora_rank, NULL};
+    tr->job[2] = (TrainCkptKey){"train_text_encoder", "true", NULL};
     tr->spec = (TrainCkptSpec){.comps = tr->comps, .n_comps = 3, .opt = &tr->opt, .job = tr->job, .n_job = 3,
                                .manifest = "task: TASK_DREAMBOOTH\nmodel { path: \"tests/fixtures/tiny-sd1\" }\n"};
     tr->st = (TrainCkptState){.rng = tr->rng, .n_rng = 5, .data_order = tr->order, .n_order = 6};
@@ -253,6 +253,21 @@ int main(void) {
         refused(&t, train_ckpt_load(p, &o.spec, &o.st, &err), &err, "another job (lora_rank 8 vs 4)",
                 "lora_rank is \"4\" there, \"8\" in this job");
         o.job[1].value = "4";
+        // a job key the file does not record: its `absent` value stands for it (a key added later), else refused
+        TrainCkptKey k4[4] = {o.job[0], o.job[1], o.job[2], {"train_decoder_only", "0", "0"}};
+        TrainCkptSpec s4 = o.spec;
+        s4.job = k4, s4.n_job = 4;
+        memset(&err, 0, sizeof err);
+        check_true(&t, train_ckpt_load(p, &s4, &o.st, &err) == 0, "a key the file lacks, at its absent value, "
+                   "loads: %s", err.msg);
+        k4[3].value = "1";
+        memset(&err, 0, sizeof err);
+        refused(&t, train_ckpt_load(p, &s4, &o.st, &err), &err, "a key the file lacks, not at its absent value",
+                "train_decoder_only is \"0\" there, \"1\" in this job");
+        k4[3].absent = NULL;
+        memset(&err, 0, sizeof err);
+        refused(&t, train_ckpt_load(p, &s4, &o.st, &err), &err, "a key the file lacks, no absent value",
+                "it does not record train_decoder_only");
         o.tl[1].shape[0] = 16, o.tl[1].shape[1] = 8; // same numel, other shape
         memset(&err, 0, sizeof err);
         refused(&t, train_ckpt_load(p, &o.spec, &o.st, &err), &err, "wrong shape",

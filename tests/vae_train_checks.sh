@@ -160,9 +160,13 @@ check "... == 3 uninterrupted, byte for byte" cmp "$W/do/vae/diffusion_pytorch_m
     "$W/do2/vae/diffusion_pytorch_model.safetensors"
 refused "--train-decoder-only from scratch" 'encoder would stay at its random initialisation' "$SDC" train vae \
     --dataset "$W/s.h5" --vae-config "$W/small.json" --output-dir "$W/x" $DO
-refused "--train-decoder-only resuming a run of all weights" 'does not record train_decoder_only' "$SDC" train vae \
-    --dataset "$W/s.h5" --pretrained-model "$TINY" --output-dir "$W/b" --max-train-steps 6 \
+refused "--train-decoder-only resuming a run of all weights" 'train_decoder_only is "0" there, "1" in this job' \
+    "$SDC" train vae --dataset "$W/s.h5" --pretrained-model "$TINY" --output-dir "$W/b" --max-train-steps 6 \
     --resume-from-checkpoint latest --train-batch-size 2 --seed 3 -t 1 -q --train-decoder-only
+# (before session 11: "/vae/encoder.conv_in.weight is missing", not naming the flag)
+refused "a --train-decoder-only run resumed without it" 'train_decoder_only is "1" there, "0" in this job' \
+    "$SDC" train vae --dataset "$W/s.h5" --pretrained-model "$TINY" --output-dir "$W/do2" --max-train-steps 4 \
+    --resume-from-checkpoint latest --train-batch-size 2 --seed 3 -t 1 -q --checkpointing-steps 2
 
 refused "no dataset" 'no dataset' "$SDC" train vae --pretrained-model "$TINY" --output-dir "$W/x"
 refused "a dataset that is not there" "$W/none.h5" "$SDC" train vae --dataset "$W/none.h5" \

@@ -86,9 +86,9 @@ static inline int fuzz_trainer_init(FuzzTrainer *f, const Backend *be, SdcError 
     f->t[1] = (TrainCkptTensor){.name = "mid_block.attentions.0.proj_in.lora.up.weight", .data = f->up, .ndim = 2,
                                 .shape = {4, 2}};
     f->comp = (TrainCkptComponent){.group = "unet_lora", .tensors = f->t, .n_tensors = 2, .opt_group = 0};
-    f->job[0] = (TrainCkptKey){"model", "tests/fixtures/tiny-sd1"};
-    f->job[1] = (TrainCkptKey){"lora_rank", "2"};
-    f->job[2] = (TrainCkptKey){"lora_alpha", "1"}; // what train_ckpt_export_lora scales by
+    f->job[0] = (TrainCkptKey){"model", "tests/fixtures/tiny-sd1", NULL};
+    f->job[1] = (TrainCkptKey){"lora_rank", "2", NULL};
+    f->job[2] = (TrainCkptKey){"lora_alpha", "1", NULL}; // what train_ckpt_export_lora scales by
     f->ot[0] = (OptimTensor){f->down, f->g_down, 8};
     f->ot[1] = (OptimTensor){f->up, f->g_up, 8};
     AdamWGroupDesc gd = {.tensors = f->ot, .n_tensors = 2, .lr_scale = 1.0};
