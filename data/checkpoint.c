@@ -290,6 +290,16 @@ static herr_t list_cb(hid_t g, const char *name, const H5L_info_t *info, void *u
     Tensor tt = {.dtype = ct->dtype, .ndim = nd};
     memcpy(tt.shape, ct->shape, sizeof tt.shape);
     ct->nbytes = tensor_bytes(&tt);
+    // sdc writes every tensor whole: one whose data was never written is a
+    // damaged file's, and its shape alone (up to 2^56 elements) would size the
+    // reader's buffer
+    H5D_space_status_t status = H5D_SPACE_STATUS_ERROR;
+    if (ct->nbytes && (H5Dget_space_status(d, &status) < 0 || status != H5D_SPACE_STATUS_ALLOCATED)) {
+        sdc_err(err, SDC_ERR_FORMAT, "%s: its data (%llu bytes) %s written\n---> the file is damaged; restore it "
+                "from a copy or use an older checkpoint", where, (unsigned long long)ct->nbytes,
+                status == H5D_SPACE_STATUS_PART_ALLOCATED ? "was only partly" : "was never");
+        goto fail;
+    }
     x->c->n++;
     free(tag);
     H5Tclose(t);

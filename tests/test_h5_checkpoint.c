@@ -216,6 +216,21 @@ int main(void) {
         if (k == 2) H5Adelete_by_name(fh, "state", "step", H5P_DEFAULT);
         H5Fclose(fh);
     }
+    // a tensor whose data was never written (4 TiB declared, chunked, nothing stored): refused before any
+    // buffer of its size is asked for (before session 11, `sdc convert` / `-m X.h5` malloc'd its shape's bytes)
+    copy_file(path, DIR_T "/unwritten.h5", -1);
+    {
+        hid_t fh = H5Fopen(DIR_T "/unwritten.h5", H5F_ACC_RDWR, H5P_DEFAULT);
+        hsize_t dims[2] = {(hsize_t)1 << 20, (hsize_t)1 << 20}, ch[2] = {64, 64};
+        hid_t sp = H5Screate_simple(2, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(dcpl, 2, ch);
+        hid_t d = H5Dcreate2(fh, "/unet/never.weight", H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        SDC_CHECK(d >= 0 && h5_attr_str(d, "dtype", "f32", "test", &err) == 0 &&
+                  h5_attr_u32(d, "crc32", 0, "test", &err) == 0);
+        H5Dclose(d), H5Pclose(dcpl), H5Sclose(sp), H5Fclose(fh);
+    }
+    expect_error(&t, DIR_T "/unwritten.h5", "a tensor never written", "/unet/never.weight: its data (4398046511104 "
+                 "bytes) was never written", "damaged");
     expect_error(&t, DIR_T "/kind.h5", "another kind", "kind.h5", "sdc_kind is \"dataset\"");
     expect_error(&t, DIR_T "/ver.h5", "another version", "ver.h5", "sdc_layout_version is 2");
     expect_error(&t, DIR_T "/nostep.h5", "no step", "nostep.h5", "incomplete");

@@ -6,7 +6,8 @@
 //                 text encoder) in diffusers and kohya naming, f32 and f16 (lora_save)
 //   h5_dataset    `sdc dataset import` of two fixture images at 16 px, with and without latents
 //                 (of tiny-sd1's VAE, f = 8, and of the shipped synth model's 3-level VAE, f = 4)
-//   h5_ckpt       a model checkpoint (f32 / f16 / bf16 / i64 tensors, configs) and a LoRA
+//   h5_ckpt       a model checkpoint (f32 / f16 / bf16 / i64 tensors, configs), the same as a whole
+//                 model (every config, model_index, scheduler config, /tokenizer files) and a LoRA
 //                 training checkpoint of fuzz_h5.h's spec (ckpt_*, train_ckpt_save)
 //   h5_genout     fuzz_h5.h's sweep with none, one and all items done (genout_*)
 //   h5s_*         each h5_* seed as the program that rebuilds it (fuzz_h5_build.h), for the
@@ -178,6 +179,43 @@ static void seeds_h5_ckpt(void) {
     int64_t order[3] = {2, 0, 1};
     CkptState st = {.step = 3, .rng = {1, 2, 3, 4}, .data_order = order, .n_order = 3};
     TRY(ckpt_commit(&w, &st, &err));
+
+    // the same as a whole model (`sdc convert X.h5`, `-m X.h5`): every component's config, the pipeline's
+    // model_index and scheduler config, and a tokenizer folder's files under /tokenizer (as convert writes them)
+    const char *full = path_in("h5_ckpt", "model_full.h5");
+    TRY(ckpt_begin(&w, full, &err));
+    TRY(ckpt_put(&w, "unet", "conv_in.weight", &ta, &err));
+    TRY(ckpt_put(&w, "unet", "conv_in.bias", &tb, &err));
+    TRY(ckpt_put(&w, "vae", "decoder.conv_out.weight", &th, &err));
+    TRY(ckpt_put(&w, "text_encoder", "text_model.embeddings.token_embedding.weight", &tbf, &err));
+    TRY(ckpt_set_attr(&w, "unet", "config", "{\"_class_name\": \"UNet2DConditionModel\", \"block_out_channels\": "
+                      "[32, 64], \"in_channels\": 4}", &err));
+    TRY(ckpt_set_attr(&w, "vae", "config", "{\"_class_name\": \"AutoencoderKL\", \"latent_channels\": 4}", &err));
+    TRY(ckpt_set_attr(&w, "text_encoder", "config", "{\"hidden_act\": \"quick_gelu\", \"hidden_size\": 32}", &err));
+    TRY(ckpt_set_attr(&w, "", "model_index", "{\"_class_name\": \"StableDiffusionPipeline\", \"unet\": "
+                      "[\"diffusers\", \"UNet2DConditionModel\"]}", &err));
+    TRY(ckpt_set_attr(&w, "", "scheduler_config", "{\"_class_name\": \"PNDMScheduler\", \"beta_schedule\": "
+                      "\"scaled_linear\"}", &err));
+    TRY(ckpt_commit(&w, &st, &err));
+    {
+        static const char *const files[][2] = {
+            {"tokenizer/vocab.json", "{\"a</w>\": 0, \"b</w>\": 1, \"<|startoftext|>\": 2, \"<|endoftext|>\": 3}"},
+            {"tokenizer/merges.txt", "#version: 0.2\na b\n"},
+            {"tokenizer/tokenizer_config.json", "{\"model_max_length\": 77, \"pad_token\": \"<|endoftext|>\"}"}};
+        hid_t fh = H5Fopen(full, H5F_ACC_RDWR, H5P_DEFAULT), lcpl = H5Pcreate(H5P_LINK_CREATE);
+        H5Pset_create_intermediate_group(lcpl, 1);
+        for (int i = 0; i < 3; i++) {
+            hsize_t n = strlen(files[i][1]);
+            hid_t sp = H5Screate_simple(1, &n, NULL);
+            hid_t d = H5Dcreate2(fh, files[i][0], H5T_STD_U8LE, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+            if (fh < 0 || d < 0 || H5Dwrite(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, files[i][1]) < 0) {
+                fprintf(stderr, "make_fuzz_seeds: %s: writing %s failed\n", full, files[i][0]);
+                exit(1);
+            }
+            H5Dclose(d), H5Sclose(sp);
+        }
+        H5Pclose(lcpl), H5Fclose(fh);
+    }
 
     Backend *be;
     FuzzTrainer tr;
