@@ -641,16 +641,28 @@ static int export_model(TrainRun *r, DbTrainer *t, char *manifest, SdcError *err
 // ids, and every image's latent distribution (mean and std, times the VAE's
 // scaling factor), and with --random-flip its mirror image's. The VAE runs
 // once per item (twice with flips) instead of every step, and the trainer
-// samples mean + std * randn each step as latent_dist.sample() does.
+// samples mean + std * randn each step as latent_dist.sample() does. The
+// distributions are held in memory (kohya's --cache_latents), or with
+// --cache-latents-to-disk in OUTPUT_DIR/latents_cache.h5 and read a batch at
+// a time (kohya's --cache_latents_to_disk): then a rank's memory does not
+// grow with the dataset.
 typedef struct T2iData {
     int n, lh, lw, res;
     int32_t *ids;                       // (n, L)
-    float *mean, *std, *fmean, *fstd;   // (n, 4, lh, lw); fmean / fstd NULL without flips
+    float *mean, *std, *fmean, *fstd;   // (n, C, lh, lw) in memory; fmean / fstd NULL without flips
+    int on_disk;                        // else: cache, open for reading, holds them
+    LatentCache cache;
 } T2iData;
 
 static void t2i_data_free(T2iData *x) {
     free(x->ids), free(x->mean), free(x->std), free(x->fmean), free(x->fstd);
+    if (x->on_disk) latent_cache_close(&x->cache);
     memset(x, 0, sizeof *x);
+}
+
+// DbData.read_latents of an on-disk T2iData.
+static int t2i_read_row(void *user, int64_t item, int flip, float *mean, float *std, SdcError *err) {
+    return latent_cache_get(&((T2iData *)user)->cache, item, flip, mean, std, err);
 }
 
 // In-place sum over every rank of the job (each rank filled its own items, zeros elsewhere).
@@ -696,10 +708,9 @@ static int t2i_enc_open(T2iEnc *e, SdModel *m, const Backend *be, SdcError *err)
 }
 
 // Items idx[0..k) of ds (their mirror images when flip; k <= T2I_ENCODE_BATCH)
-// through the VAE into mean, std rows idx[] of out (fmean, fstd when flip), or
-// into dst (2 x k items: means, then stds) when dst is given.
-static int t2i_enc_batch(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int flip, T2iData *out, float *dst,
-                         SdcError *err) {
+// through the VAE, item i's mean and std into rows i - base of mean, std.
+static int t2i_enc_batch(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int flip, float *mean, float *std,
+                         int64_t base, SdcError *err) {
     const int res = e->res;
     const size_t px = (size_t)res * res * 3, lat = (size_t)e->C * e->lh * e->lh;
     int rc = 0;
@@ -713,8 +724,7 @@ static int t2i_enc_batch(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int 
     Tensor ti = tensor_f32(e->pix, 4, ish), tm = tensor_f32(e->mu, 4, lsh), tl = tensor_f32(e->lv, 4, lsh);
     if (!rc) rc = vae_encode(e->vae, &ti, &tm, &tl, err);
     for (int b = 0; !rc && b < k; b++) {
-        float *mu = dst ? dst + (size_t)b * lat : (flip ? out->fmean : out->mean) + idx[b] * lat;
-        float *sd = dst ? dst + (size_t)(k + b) * lat : (flip ? out->fstd : out->std) + idx[b] * lat;
+        float *mu = mean + (size_t)(idx[b] - base) * lat, *sd = std + (size_t)(idx[b] - base) * lat;
         for (size_t j = 0; j < lat; j++) { // DiagonalGaussianDistribution: logvar clamped to [-30, 20]
             const float l = e->lv[b * lat + j] < -30.0f ? -30.0f : e->lv[b * lat + j] > 20.0f ? 20.0f : e->lv[b * lat + j];
             mu[j] = e->mu[b * lat + j] * e->sf;
@@ -724,24 +734,82 @@ static int t2i_enc_batch(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int 
     return rc;
 }
 
-// The largest difference between out's rows of items idx[0..k) (mirrors too
-// when flip) and those items encoded now, relative to their scale.
-static int t2i_enc_probe(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int flip, const T2iData *out,
-                         float *diff, SdcError *err) {
+// The largest difference between a cache's rows of items idx[0..k) (mirrors
+// too when flip) and those items encoded now, relative to their scale.
+static int t2i_enc_probe(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int flip, LatentCache *c, float *diff,
+                         SdcError *err) {
     const size_t lat = (size_t)e->C * e->lh * e->lh;
+    float *ref = malloc(2 * lat * sizeof(float));
+    if (!ref) return sdc_err(err, SDC_ERR_OOM, "out of memory");
+    int rc = 0;
     *diff = 0;
-    for (int i = 0; i < k; i++)
-        for (int f = 0; f <= flip; f++) {
-            SDC_TRY(t2i_enc_batch(e, ds, idx + i, 1, f, NULL, e->tmp, err));
-            const float *m = (f ? out->fmean : out->mean) + idx[i] * lat, *s = (f ? out->fstd : out->std) + idx[i] * lat;
-            for (size_t j = 0; j < lat; j++) {
-                const float dm = fabsf(m[j] - e->tmp[j]) / (1.0f + fabsf(e->tmp[j]));
-                const float ds_ = fabsf(s[j] - e->tmp[lat + j]) / (1.0f + fabsf(e->tmp[lat + j]));
+    for (int i = 0; i < k && !rc; i++)
+        for (int f = 0; f <= flip && !rc; f++) {
+            rc = latent_cache_get(c, idx[i], f, ref, ref + lat, err);
+            if (!rc) rc = t2i_enc_batch(e, ds, idx + i, 1, f, e->tmp, e->tmp + lat, idx[i], err);
+            for (size_t j = 0; !rc && j < lat; j++) {
+                const float dm = fabsf(ref[j] - e->tmp[j]) / (1.0f + fabsf(e->tmp[j]));
+                const float ds_ = fabsf(ref[lat + j] - e->tmp[lat + j]) / (1.0f + fabsf(e->tmp[lat + j]));
                 if (!isnan(*diff) && !(dm <= *diff)) *diff = dm; // a NaN stays
                 if (!isnan(*diff) && !(ds_ <= *diff)) *diff = ds_;
             }
         }
-    return 0;
+    free(ref);
+    return rc;
+}
+
+// --cache-latents-to-disk without a usable cache: the dataset encoded into
+// path a chunk at a time (about 16 MiB of rows), each chunk's batches shared
+// over the ranks as the in-memory encoding shares them (batch b on rank b %
+// R: the same latents whatever the rank count), summed to rank 0, which
+// writes them. Every rank returns the same status.
+static int t2i_encode_to_cache(TrainRun *r, T2iEnc *e, Dataset *ds, const char *path, const LatentCacheKey *key,
+                               SdcError *err) {
+    const int64_t n = key->n, R = r->par.size, round = R * T2I_ENCODE_BATCH;
+    const size_t lat = (size_t)key->c * key->lh * key->lw;
+    const int na = key->flip ? 4 : 2;
+    int64_t ch = ((int64_t)16 << 20) / (int64_t)(lat * sizeof(float) * (size_t)na) / round * round;
+    const char *env = getenv("SDC_T2I_CACHE_CHUNK_ITEMS"); // (tests: several chunks of a small dataset)
+    if (env && atoll(env) > 0) ch = (atoll(env) + round - 1) / round * round;
+    if (ch < round) ch = round;
+    if (ch > n) ch = (n + round - 1) / round * round; // a small dataset: one chunk
+    float *buf = malloc((size_t)ch * lat * (size_t)na * sizeof(float));
+    float *rows[LATENT_CACHE_ARRAYS] = {0};
+    for (int a = 0; buf && a < na; a++) rows[a] = buf + (size_t)a * ch * lat;
+    LatentCache w;
+    int rc = buf ? 0 : sdc_err(err, SDC_ERR_OOM, "out of memory for %lld latent rows", (long long)ch);
+    if (!rc && r->par.rank == 0) rc = latent_cache_create(&w, path, key, err);
+    rc = h5_par_agree(&r->par, rc, err);
+    int64_t idx[T2I_ENCODE_BATCH];
+    for (int64_t c0 = 0; !rc && c0 < n; c0 += ch) {
+        const int64_t cn = n - c0 < ch ? n - c0 : ch;
+        memset(buf, 0, (size_t)ch * lat * (size_t)na * sizeof(float));
+        for (int64_t b0 = c0 + (int64_t)r->par.rank * T2I_ENCODE_BATCH; !rc && b0 < c0 + cn; b0 += round) {
+            if (stop_signal()) { // no step to finish yet: stop now (the cache is made only when complete)
+                rc = sdc_err(err, SDC_ERR_STOPPED, "%s while encoding the dataset, before the first step",
+                             stop_signal_name(stop_signal()));
+                break;
+            }
+            int k = 0;
+            for (; k < T2I_ENCODE_BATCH && b0 + k < c0 + cn; k++) idx[k] = b0 + k;
+            for (int flip = 0; !rc && flip <= (key->flip ? 1 : 0); flip++)
+                rc = t2i_enc_batch(e, ds, idx, k, flip, rows[flip ? 2 : 0], rows[flip ? 3 : 1], c0, err);
+        }
+        rc = h5_par_agree(&r->par, rc, err);
+        for (int a = 0; !rc && a < na; a++) rc = world_sum(r, rows[a], (size_t)cn * lat, err);
+        if (!rc && r->par.rank == 0) {
+            // rows[a] hold ch rows each: the first cn are this chunk's
+            rc = latent_cache_put(&w, c0, cn, (const float *const *)rows, err);
+            if (!r->quiet && r->tty) fprintf(stderr, "\r  %lld/%lld", (long long)(c0 + cn), (long long)n);
+        }
+        rc = h5_par_agree(&r->par, rc, err);
+    }
+    if (r->par.rank == 0 && buf) {
+        if (!rc) rc = latent_cache_commit(&w, err);
+        else latent_cache_abort(&w);
+    }
+    free(buf);
+    return h5_par_agree(&r->par, rc, err);
 }
 
 // The dataset's captions through m's tokenizer (loaded here) and its images
@@ -771,15 +839,19 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
     const size_t lat = (size_t)C * lh * lh;
     out->n = (int)n, out->lh = out->lw = lh, out->res = res;
     if (!rc) rc = m->tok ? 0 : sd_tokenizer_load(&m->tok, info, err);
+    const int disk = x->cache_latents_to_disk;
     if (!rc) {
         out->ids = malloc((size_t)n * L * sizeof(int32_t));
-        out->mean = calloc((size_t)n * lat, sizeof(float));
-        out->std = calloc((size_t)n * lat, sizeof(float));
-        if (x->random_flip) out->fmean = calloc((size_t)n * lat, sizeof(float));
-        if (x->random_flip) out->fstd = calloc((size_t)n * lat, sizeof(float));
-        if (!out->ids || !out->mean || !out->std || (x->random_flip && (!out->fmean || !out->fstd)))
-            rc = sdc_err(err, SDC_ERR_OOM, "out of memory for %lld items' latents (%zu floats each)", (long long)n,
-                         lat * (x->random_flip ? 4 : 2));
+        if (!disk) {
+            out->mean = calloc((size_t)n * lat, sizeof(float));
+            out->std = calloc((size_t)n * lat, sizeof(float));
+            if (x->random_flip) out->fmean = calloc((size_t)n * lat, sizeof(float));
+            if (x->random_flip) out->fstd = calloc((size_t)n * lat, sizeof(float));
+        }
+        if (!out->ids || (!disk && (!out->mean || !out->std || (x->random_flip && (!out->fmean || !out->fstd)))))
+            rc = sdc_err(err, SDC_ERR_OOM, "out of memory for %lld items' latents (%zu floats each)%s", (long long)n,
+                         lat * (x->random_flip ? 4 : 2), disk ? "" : "\n---> --cache-latents-to-disk keeps them in a "
+                         "file, read a batch at a time");
     }
     int64_t truncated = 0;
     for (int64_t i = 0; !rc && i < n; i++) {
@@ -791,74 +863,78 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
     if (!rc && truncated && r->par.rank == 0 && !r->quiet)
         fprintf(stderr, "sdc: warning: %lld captions are longer than %d tokens and were truncated (as diffusers)\n",
                 (long long)truncated, L);
-    // --cache-latents-to-disk: rank 0 takes OUTPUT_DIR/latents_cache.h5 when its key matches and three items
-    // encoded now (first, middle, last, mirrors too) equal what it holds (another VAE or other images fail that)
+    // --cache-latents-to-disk: OUTPUT_DIR/latents_cache.h5 is taken (rank 0 checks it) when its key matches and
+    // three items encoded now (first, middle, last, mirrors too) equal what it holds (another VAE or other images
+    // fail that); else it is made anew. Every rank then reads its batches' rows from it.
     char cache[1200] = "";
     LatentCacheKey key = {.n = n, .res = res, .c = C, .lh = lh, .lw = lh, .flip = x->random_flip,
                           .scaling_factor = info->vae.scaling_factor};
-    if (x->cache_latents_to_disk)
-        snprintf(cache, sizeof cache, "%s/latents_cache.h5", x->output_dir ? x->output_dir : ".");
-    if (!rc && cache[0]) rc = latent_cache_key(&key, x->train_data, err);
+    if (disk) snprintf(cache, sizeof cache, "%s/latents_cache.h5", x->output_dir ? x->output_dir : ".");
+    if (!rc && disk) rc = latent_cache_key(&key, x->train_data, err);
     T2iEnc enc = {.res = res, .C = C, .lh = lh, .sf = info->vae.scaling_factor};
     const double t0 = now_s();
     if (!rc) rc = t2i_enc_open(&enc, m, be, err);
     int64_t cached = 0;
-    if (!rc && cache[0] && r->par.rank == 0) {
+    if (!rc && disk && r->par.rank == 0) {
         char why[400] = "";
-        cached = latent_cache_read(cache, &key, out->mean, out->std, out->fmean, out->fstd, why, sizeof why);
+        LatentCache c;
+        cached = latent_cache_open(&c, cache, &key, why, sizeof why);
         if (cached) {
             const int64_t probe[3] = {0, n / 2, n - 1};
             float diff = 0;
-            rc = t2i_enc_probe(&enc, &ds, probe, 3, x->random_flip, out, &diff, err);
+            rc = t2i_enc_probe(&enc, &ds, probe, 3, x->random_flip, &c, &diff, err);
             if (!rc && !(diff <= 1e-3f)) {
                 cached = 0;
                 snprintf(why, sizeof why, "items 0, %lld, %lld encode %g away from it now (another VAE, or other "
                          "images)", (long long)(n / 2), (long long)(n - 1), diff);
             }
+            latent_cache_close(&c);
         }
         if (!r->quiet && cached) fprintf(stderr, "sdc: %lld latents from %s\n", (long long)n, cache);
         if (!r->quiet && !cached) fprintf(stderr, "sdc: %s: %s\n", cache, why);
-        if (!cached) { // the buffers may hold part of a rejected cache
-            memset(out->mean, 0, (size_t)n * lat * sizeof(float)), memset(out->std, 0, (size_t)n * lat * sizeof(float));
-            if (x->random_flip) memset(out->fmean, 0, (size_t)n * lat * sizeof(float));
-            if (x->random_flip) memset(out->fstd, 0, (size_t)n * lat * sizeof(float));
-        }
     }
     rc = h5_par_agree(&r->par, rc, err);
     cached = h5_par_max(&r->par, cached);
     if (!rc && !cached && r->par.rank == 0 && !r->quiet)
-        fprintf(stderr, "sdc: encoding %lld images%s of %s with the VAE (%d rank%s)\n", (long long)n,
+        fprintf(stderr, "sdc: encoding %lld images%s of %s with the VAE (%d rank%s)%s\n", (long long)n,
                 x->random_flip ? " and their mirror images" : "", x->train_data, r->par.size,
-                r->par.size == 1 ? "" : "s");
-    // batches of T2I_ENCODE_BATCH consecutive items, batch b on rank b % R: the same batches whatever the rank
-    // count (a batch's results depend on what else is in it, in the last bits), so the same latents
-    int64_t idx[T2I_ENCODE_BATCH];
-    for (int64_t b0 = (int64_t)r->par.rank * T2I_ENCODE_BATCH; !rc && !cached && b0 < n;
-         b0 += (int64_t)r->par.size * T2I_ENCODE_BATCH) {
-        if (stop_signal()) { // no step to finish yet: stop now (the cache is written only when complete)
-            rc = sdc_err(err, SDC_ERR_STOPPED, "%s while encoding the dataset, before the first step",
-                         stop_signal_name(stop_signal()));
-            break;
+                r->par.size == 1 ? "" : "s", disk ? " into the cache" : "");
+    if (!rc && !cached && disk) {
+        rc = t2i_encode_to_cache(r, &enc, &ds, cache, &key, err);
+        if (rc) sdc_err_wrap(err, "encoding %s", x->train_data);
+    } else if (!rc && !cached) {
+        // batches of T2I_ENCODE_BATCH consecutive items, batch b on rank b % R: the same batches whatever the
+        // rank count (a batch's results depend on what else is in it, in the last bits), so the same latents
+        int64_t idx[T2I_ENCODE_BATCH];
+        for (int64_t b0 = (int64_t)r->par.rank * T2I_ENCODE_BATCH; !rc && b0 < n;
+             b0 += (int64_t)r->par.size * T2I_ENCODE_BATCH) {
+            if (stop_signal()) { // no step to finish yet: stop now
+                rc = sdc_err(err, SDC_ERR_STOPPED, "%s while encoding the dataset, before the first step",
+                             stop_signal_name(stop_signal()));
+                break;
+            }
+            int k = 0;
+            for (; k < T2I_ENCODE_BATCH && b0 + k < n; k++) idx[k] = b0 + k;
+            for (int flip = 0; !rc && flip <= (x->random_flip ? 1 : 0); flip++)
+                rc = t2i_enc_batch(&enc, &ds, idx, k, flip, flip ? out->fmean : out->mean, flip ? out->fstd : out->std,
+                                   0, err);
+            if (!rc && r->par.rank == 0 && !r->quiet && r->tty)
+                fprintf(stderr, "\r  %lld/%lld", (long long)(idx[k - 1] + 1), (long long)n);
         }
-        int k = 0;
-        for (; k < T2I_ENCODE_BATCH && b0 + k < n; k++) idx[k] = b0 + k;
-        for (int flip = 0; !rc && flip <= (x->random_flip ? 1 : 0); flip++)
-            rc = t2i_enc_batch(&enc, &ds, idx, k, flip, out, NULL, err);
-        if (!rc && r->par.rank == 0 && !r->quiet && r->tty)
-            fprintf(stderr, "\r  %lld/%lld", (long long)(idx[k - 1] + 1), (long long)n);
+        if (rc) sdc_err_wrap(err, "encoding %s", x->train_data);
+        rc = h5_par_agree(&r->par, rc, err);
+        if (!rc) rc = world_sum(r, out->mean, (size_t)n * lat, err);
+        if (!rc) rc = world_sum(r, out->std, (size_t)n * lat, err);
+        if (!rc && x->random_flip) rc = world_sum(r, out->fmean, (size_t)n * lat, err);
+        if (!rc && x->random_flip) rc = world_sum(r, out->fstd, (size_t)n * lat, err);
     }
-    if (rc) sdc_err_wrap(err, "encoding %s", x->train_data);
-    rc = h5_par_agree(&r->par, rc, err);
-    if (!rc) rc = world_sum(r, out->mean, (size_t)n * lat, err);
-    if (!rc) rc = world_sum(r, out->std, (size_t)n * lat, err);
-    if (!rc && x->random_flip) rc = world_sum(r, out->fmean, (size_t)n * lat, err);
-    if (!rc && x->random_flip) rc = world_sum(r, out->fstd, (size_t)n * lat, err);
     if (!rc && !cached && r->par.rank == 0 && !r->quiet)
-        fprintf(stderr, "%ssdc: %lld latents (%d x %d x %d) in %.1f s\n", r->tty ? "\r" : "", (long long)n, C, lh, lh,
-                now_s() - t0);
-    if (!rc && !cached && cache[0] && r->par.rank == 0) {
-        rc = latent_cache_write(cache, &key, out->mean, out->std, out->fmean, out->fstd, err);
-        if (!rc && !r->quiet) fprintf(stderr, "sdc: latents cached in %s\n", cache);
+        fprintf(stderr, "%ssdc: %lld latents (%d x %d x %d) in %.1f s%s%s\n", r->tty ? "\r" : "", (long long)n, C, lh,
+                lh, now_s() - t0, disk ? ", cached in " : "", disk ? cache : "");
+    if (!rc && disk) { // every rank reads its rows from the file from now on
+        char why[400] = "";
+        if (latent_cache_open(&out->cache, cache, &key, why, sizeof why)) out->on_disk = 1;
+        else rc = sdc_err(err, SDC_ERR_IO, "%s: %s\n---> is OUTPUT_DIR on a file system every rank sees?", cache, why);
     }
     rc = h5_par_agree(&r->par, rc, err);
     t2i_enc_close(&enc);
@@ -1210,6 +1286,8 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
                    .inst_std = td.std, .flip_latents = td.fmean,
                    .flip_std = td.fstd};
     if (x) data.inst_latents = td.mean;
+    if (x && td.on_disk) // --cache-latents-to-disk: each batch's rows read from the cache
+        data.read_latents = t2i_read_row, data.read_user = &td, data.has_flip = x->random_flip;
     const RankGrid *g = &run.grid;
     DbHooks hooks = {.user = &run, .rank = g->rank, .world = g->size, .replica = g->replica,
                      .replicas = g->replicas, .stage = g->stage, .stages = g->stages,

@@ -389,6 +389,8 @@ void db_free(DbTrainer *t) {
         memset(z, 0, sizeof *z);
     }
     free(t->order), free(t->x0), free(t->noise), free(t->h_noisy), free(t->h_target), free(t->timesteps);
+    free(t->rd_std);
+    t->rd_std = NULL;
     free(t->k), free(t->coef), free(t->sq), free(t->ids), free(t->ids2), free(t->time_ids);
     t->time_ids = NULL;
     t->ids2 = NULL;
@@ -480,18 +482,27 @@ static int prepare_batch(DbTrainer *t, int64_t batch, SdcError *err) {
         // perturbation waits in noisy, the latent sample's noise in tg
         if (c->input_perturbation > 0) rng_normal(&r, noisy, lat);
         int flip = 0;
-        if (!is_class && d->flip_latents) {
+        if (!is_class && (d->flip_latents || (d->read_latents && d->has_flip))) {
             float uf;
             rng_uniform(&r, &uf, 1);
             flip = uf < 0.5f;
         }
-        const float *mean = is_class ? d->class_latents + at : (flip ? d->flip_latents : d->inst_latents) + at;
-        const float *sd = is_class ? NULL : flip ? d->flip_std : d->inst_std;
+        const float *mean, *sd;
+        if (!is_class && d->read_latents) { // this item's rows, read now (x0 holds the mean until the sample)
+            if (!t->rd_std && !(t->rd_std = malloc(lat * sizeof(float))))
+                return sdc_err(err, SDC_ERR_OOM, "out of memory for a latent row");
+            SDC_TRY(d->read_latents(d->read_user, item % d->n_inst, flip, x0, t->rd_std, err));
+            mean = x0, sd = t->rd_std;
+        } else {
+            mean = is_class ? d->class_latents + at : (flip ? d->flip_latents : d->inst_latents) + at;
+            sd = is_class ? NULL : flip ? d->flip_std : d->inst_std;
+            if (sd) sd += at;
+        }
         if (sd) { // latent_dist.sample(): mean + std * randn
             rng_normal(&r, tg, lat);
-            for (size_t i = 0; i < lat; i++) x0[i] = mean[i] + sd[at + i] * tg[i];
+            for (size_t i = 0; i < lat; i++) x0[i] = mean[i] + sd[i] * tg[i];
         } else {
-            memcpy(x0, mean, lat * sizeof(float));
+            if (mean != x0) memcpy(x0, mean, lat * sizeof(float));
         }
         int empty = 0;
         if (!is_class && c->proportion_empty > 0) {

@@ -127,6 +127,16 @@ typedef struct DbData {
     // --random_flip: the latents (and std) of each image mirrored left-right,
     // (n_inst, 4, h, w), taken for a sample with probability 1/2; NULL: off.
     const float *flip_latents, *flip_std;
+    // In place of inst_latents / inst_std / flip_latents / flip_std (then
+    // NULL): a reader of one instance item's rows, the latent distribution's
+    // mean and std x scaling factor (4 * h * w floats each; flip: its mirror
+    // image's, when has_flip), called as each batch is prepared, so memory
+    // does not grow with the dataset (sdc train text-to-image
+    // --cache-latents-to-disk reads them from the cache file). The same rows
+    // train the same bits as the arrays would.
+    int (*read_latents)(void *user, int64_t item, int flip, float *mean, float *std, SdcError *err);
+    void *read_user;
+    int has_flip;
 } DbData;
 
 // The trainer's state that a checkpoint stores and a resume restores.
@@ -243,6 +253,7 @@ typedef struct DbTrainer {
     float *x0, *noise, *h_noisy, *h_target; // (share_max, 4, h, w)
     float *timesteps, *k;  // (share_max): timesteps; 2 coef_j (x replicas): the loss gradient's factor
     float *coef;           // (share_max) each sample's loss weight
+    float *rd_std;         // (4, h, w) one row's std, read by DbData.read_latents (allocated on first use)
     double *sq;            // (share_max) each sample's sum of squared errors
     int32_t *ids;          // (share_max, L)
     // device buffers (one arena on be)
