@@ -840,6 +840,12 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
     out->n = (int)n, out->lh = out->lw = lh, out->res = res;
     if (!rc) rc = m->tok ? 0 : sd_tokenizer_load(&m->tok, info, err);
     const int disk = x->cache_latents_to_disk;
+    const double held = (double)n * (double)lat * sizeof(float) * (x->random_flip ? 4 : 2);
+    const double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (!rc && !disk && phys > 0 && held > phys / 4 && r->par.rank == 0 && !r->quiet)
+        fprintf(stderr, "sdc: warning: the encoded dataset takes %.1f GiB on every rank (%.0f %% of this machine's "
+                "memory) ---> --cache-latents-to-disk keeps it in a file, read a batch at a time\n",
+                held / (1 << 30), 100.0 * held / phys);
     if (!rc) {
         out->ids = malloc((size_t)n * L * sizeof(int32_t));
         if (!disk) {
