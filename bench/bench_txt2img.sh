@@ -4,10 +4,14 @@
 # with the same thread count: `sdc generate` and diffusers'
 # StableDiffusionPipeline (bench/txt2img_torch.py) on the same random-weight
 # single file, back to back, --repeat times each (alternating, so that load on
-# a shared machine hits both alike).
+# a shared machine hits both alike). With --sdcpp PATH, stable-diffusion.cpp's
+# sd-cli (its CPU build, as its users run it: `sd-cli -m FILE ...`, weights as
+# the file holds them) is a third peer on the same file and settings
+# (--no-torch: sdc and sd.cpp only; SDCPP_FLAGS: more sd-cli flags, e.g.
+# --diffusion-fa for its flash attention).
 #
 #   bench/bench_txt2img.sh [MODEL] [--sdc PATH] [--threads 2] [--steps 20] [--size 512]
-#                          [--repeat 1] [--vae-tiling]
+#                          [--repeat 1] [--vae-tiling] [--sdcpp SD_CLI] [--no-torch]
 #
 # MODEL defaults to /tmp/sd15.safetensors (made by tools/make_fixtures.py
 # --full-sd15 when missing). Per run it prints
@@ -22,26 +26,30 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=/tmp/sd15.safetensors
 SDC=$ROOT/build/sdc
-THREADS=2 STEPS=20 SIZE=512 REPEAT=1 TILING=
+THREADS=2 STEPS=20 SIZE=512 REPEAT=1 TILING= SDCPP= TORCH=1
 while [ $# -gt 0 ]; do
   case $1 in
     --sdc) SDC=$2; shift 2 ;;
+    --sdcpp) SDCPP=$2; shift 2 ;;
+    --no-torch) TORCH=; shift ;;
     --threads) THREADS=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
     --size) SIZE=$2; shift 2 ;;
     --repeat) REPEAT=$2; shift 2 ;;
     --vae-tiling) TILING=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) MODEL=$1; shift ;;
   esac
 done
 OUT=${OUT:-/tmp/bench_txt2img}
 mkdir -p "$OUT"
+rm -f "$OUT/sdc.txt" "$OUT/torch.txt" "$OUT/sdcpp.txt" # this invocation's runs only
 [ -x "$SDC" ] || { echo "bench_txt2img: no sdc at $SDC ---> build it (cmake --build build) or pass --sdc PATH" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "bench_txt2img: needs /usr/bin/time (GNU time) for the peak RSS" >&2; exit 1; }
 [ -f "$MODEL" ] || python3 "$ROOT/tools/make_fixtures.py" --full-sd15 "$MODEL"
 
 echo "# $(date -u +%FT%TZ) $(uname -n) threads=$THREADS steps=$STEPS size=$SIZE cfg=7.5 dpm++2m model=$MODEL"
+[ -z "$SDCPP" ] || echo "# sd.cpp: $SDCPP ${SDCPP_FLAGS:-}"
 echo "# load: $(cat /proc/loadavg)"
 lscpu | grep -E '^(Model name|CPU\(s\)|Thread|L3)' | sed 's/^/# /'
 i=1
@@ -56,13 +64,40 @@ while [ "$i" -le "$REPEAT" ]; do
     /Maximum resident set size/ { rss = $NF / 1024 }
     END { printf "sdc_txt2img text_s=%.3f denoise_s=%.2f s_per_step=%.3f decode_s=%.2f total_s=%.2f max_rss_mb=%.1f\n",
                  text, den, den / steps, dec, text + den + dec, rss }' "$log" | tee -a "$OUT/sdc.txt"
-  OMP_NUM_THREADS=$THREADS python3 "$ROOT/bench/txt2img_torch.py" --model "$MODEL" --threads "$THREADS" \
-    --steps "$STEPS" --size "$SIZE" --cfg 7.5 ${TILING:+--vae-tiling} 2>"$OUT/torch_$i.log" | tee -a "$OUT/torch.txt"
+  [ -z "$TORCH" ] || OMP_NUM_THREADS=$THREADS python3 "$ROOT/bench/txt2img_torch.py" --model "$MODEL" \
+    --threads "$THREADS" --steps "$STEPS" --size "$SIZE" --cfg 7.5 ${TILING:+--vae-tiling} 2>"$OUT/torch_$i.log" |
+    tee -a "$OUT/torch.txt"
+  if [ -n "$SDCPP" ]; then # its own timings: conditioning, sampling (the steps), decoding
+    log=$OUT/sdcpp_$i.log
+    /usr/bin/time -v "$SDCPP" -m "$MODEL" -p "a photograph of an astronaut riding a horse" -W "$SIZE" -H "$SIZE" \
+      --steps "$STEPS" --sampling-method dpm++2m --cfg-scale 7.5 -s 42 -t "$THREADS" ${TILING:+--vae-tiling} \
+      ${SDCPP_FLAGS:-} -o "$OUT/sdcpp_$i.png" >"$log" 2>&1 || { tail -20 "$log" >&2; exit 1; }
+    awk -v steps="$STEPS" '
+      function secs(   m) { m = $0; sub(/.*taking /, "", m); sub(/s.*/, "", m); return m + 0 }
+      /get_learned_condition completed/ { text = secs() }
+      /sampling completed, taking/ { den = secs() }
+      /decode_first_stage completed/ { dec = secs() }
+      /Maximum resident set size/ { rss = $NF / 1024 }
+      END { printf "sdcpp_txt2img text_s=%.3f denoise_s=%.2f s_per_step=%.3f decode_s=%.2f total_s=%.2f max_rss_mb=%.1f\n",
+                   text, den, den / steps, dec, text + den + dec, rss }' "$log" | tee -a "$OUT/sdcpp.txt"
+  fi
   i=$((i + 1))
 done
 echo "# load after: $(cat /proc/loadavg)"
-# ratios of the medians (torch / sdc)
-awk '
+# ratios of the medians (torch / sdc, sd.cpp / sdc)
+[ -z "$SDCPP" ] || awk '
+  function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                                   return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+  { for (k = 2; k <= NF; k++) { split($k, kv, "="); v[$1, kv[1], ++n[$1, kv[1]]] = kv[2] } }
+  END {
+    split("s_per_step decode_s total_s max_rss_mb", keys, " ")
+    for (q in keys) { k = keys[q]
+      ns = n["sdc_txt2img", k]; nc = n["sdcpp_txt2img", k]
+      for (i = 1; i <= ns; i++) a[i] = v["sdc_txt2img", k, i]; s = med(a, ns)
+      for (i = 1; i <= nc; i++) b[i] = v["sdcpp_txt2img", k, i]; c = med(b, nc)
+      printf "ratio_sdcpp_over_sdc %s=%.3f (sd.cpp %.3f, sdc %.3f)\n", k, c / s, c, s }
+  }' "$OUT/sdc.txt" "$OUT/sdcpp.txt"
+[ -z "$TORCH" ] || awk '
   function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                                    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
   { for (k = 2; k <= NF; k++) { split($k, kv, "="); v[$1, kv[1], ++n[$1, kv[1]]] = kv[2] } }
