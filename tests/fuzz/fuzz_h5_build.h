@@ -185,67 +185,77 @@ static inline void *fz_data(FzIn *in, hid_t ty, uint64_t ne, int *vlen, char **t
     return buf;
 }
 
-static inline int fz_dataset(hid_t file, hid_t lcpl, FzIn *in) {
-    char path[256];
-    fz_name(in, path);
-    hid_t ty = fz_type(in);
+// A record's type, shape and data, decoded (every part consumed even when
+// HDF5 refuses the type, so the records after it stay in step).
+typedef struct FzValue {
+    hid_t ty, sp;
     hsize_t dims[4];
     uint64_t ne;
-    int layout, vlen = 0;
-    hid_t sp = fz_space(in, &ne, &layout, dims);
-    char *text = NULL;
-    void *buf = ty >= 0 ? fz_data(in, ty, ne, &vlen, &text) : NULL;
-    if (ty < 0 || sp < 0) goto done;
-    int rank = H5Sget_simple_extent_ndims(sp);
-    size_t es = vlen ? sizeof(char *) : H5Tget_size(ty);
-    uint64_t total = 0;
-    int big = __builtin_mul_overflow(ne, (uint64_t)es, &total) || total > FZ_MAX_BYTES;
-    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    if (dcpl < 0) goto done;
-    if (rank > 0 && (big || layout == 1 || layout == 2)) { // declared-only datasets are chunked: nothing allocated
-        hsize_t ch[4];
-        for (int i = 0; i < rank; i++) ch[i] = dims[i] == 0 ? 1 : dims[i] < 16 ? dims[i] : 16;
-        if (H5Pset_chunk(dcpl, rank, ch) >= 0 && layout == 2) H5Pset_deflate(dcpl, 1);
-    } else if (layout == 3 && !big && total < 60000) {
-        H5Pset_layout(dcpl, H5D_COMPACT);
+    int layout, vlen;
+    char *text;
+    void *buf;
+} FzValue;
+
+static inline void fz_value(FzIn *in, FzValue *v) {
+    memset(v, 0, sizeof *v);
+    v->ty = fz_type(in);
+    v->sp = fz_space(in, &v->ne, &v->layout, v->dims);
+    if (v->ty >= 0) {
+        v->buf = fz_data(in, v->ty, v->ne, &v->vlen, &v->text);
+    } else { // the data record, skipped
+        uint64_t n = fz_varint(in);
+        in->p += n < (uint64_t)(in->end - in->p) ? n : (uint64_t)(in->end - in->p);
     }
-    hid_t d = H5Dcreate2(file, path, ty, sp, lcpl, dcpl, H5P_DEFAULT);
-    if (d >= 0) {
-        if (buf && !big) H5Dwrite(d, ty, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
-        H5Dclose(d);
-    }
-    H5Pclose(dcpl);
-done:
-    free(text);
-    free(buf);
-    if (sp >= 0) H5Sclose(sp);
-    if (ty >= 0) H5Tclose(ty);
-    return 0;
 }
 
-static inline int fz_attribute(hid_t file, FzIn *in) {
+static inline void fz_value_free(FzValue *v) {
+    free(v->text), free(v->buf);
+    if (v->sp >= 0) H5Sclose(v->sp);
+    if (v->ty >= 0) H5Tclose(v->ty);
+}
+
+static inline void fz_dataset(hid_t file, hid_t lcpl, FzIn *in) {
+    char path[256];
+    fz_name(in, path);
+    FzValue v;
+    fz_value(in, &v);
+    hid_t dcpl = v.ty >= 0 && v.sp >= 0 ? H5Pcreate(H5P_DATASET_CREATE) : -1;
+    if (dcpl >= 0) {
+        const int rank = H5Sget_simple_extent_ndims(v.sp);
+        const size_t es = v.vlen ? sizeof(char *) : H5Tget_size(v.ty);
+        uint64_t total = 0;
+        const int big = __builtin_mul_overflow(v.ne, (uint64_t)es, &total) || total > FZ_MAX_BYTES;
+        if (rank > 0 && (big || v.layout == 1 || v.layout == 2)) { // declared-only datasets: chunked, nothing stored
+            hsize_t ch[4];
+            for (int i = 0; i < rank; i++) ch[i] = v.dims[i] == 0 ? 1 : v.dims[i] < 16 ? v.dims[i] : 16;
+            if (H5Pset_chunk(dcpl, rank, ch) >= 0 && v.layout == 2) H5Pset_deflate(dcpl, 1);
+        } else if (v.layout == 3 && !big && total < 60000) {
+            H5Pset_layout(dcpl, H5D_COMPACT);
+        }
+        hid_t d = H5Dcreate2(file, path, v.ty, v.sp, lcpl, dcpl, H5P_DEFAULT);
+        if (d >= 0) {
+            if (v.buf && !big) H5Dwrite(d, v.ty, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.buf);
+            H5Dclose(d);
+        }
+        H5Pclose(dcpl);
+    }
+    fz_value_free(&v);
+}
+
+static inline void fz_attribute(hid_t file, FzIn *in) {
     char obj[256], name[256];
     fz_name(in, obj);
     fz_name(in, name);
-    hid_t ty = fz_type(in);
-    hsize_t dims[4];
-    uint64_t ne;
-    int layout, vlen = 0;
-    hid_t sp = fz_space(in, &ne, &layout, dims);
-    char *text = NULL;
-    void *buf = ty >= 0 ? fz_data(in, ty, ne, &vlen, &text) : NULL;
-    if (ty >= 0 && sp >= 0 && ne <= FZ_MAX_BYTES) {
-        hid_t a = H5Acreate_by_name(file, obj[0] ? obj : ".", name, ty, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    FzValue v;
+    fz_value(in, &v);
+    if (v.ty >= 0 && v.sp >= 0 && v.ne <= FZ_MAX_BYTES) {
+        hid_t a = H5Acreate_by_name(file, obj[0] ? obj : ".", name, v.ty, v.sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         if (a >= 0) {
-            if (buf) H5Awrite(a, ty, buf);
+            if (v.buf) H5Awrite(a, v.ty, v.buf);
             H5Aclose(a);
         }
     }
-    free(text);
-    free(buf);
-    if (sp >= 0) H5Sclose(sp);
-    if (ty >= 0) H5Tclose(ty);
-    return 0;
+    fz_value_free(&v);
 }
 
 // Builds the file at path from the program (replacing it). Returns 0, or -1
