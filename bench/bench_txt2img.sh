@@ -84,31 +84,23 @@ while [ "$i" -le "$REPEAT" ]; do
   i=$((i + 1))
 done
 echo "# load after: $(cat /proc/loadavg)"
-# ratios of the medians (torch / sdc, sd.cpp / sdc)
-[ -z "$SDCPP" ] || awk '
-  function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-                                   return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-  { for (k = 2; k <= NF; k++) { split($k, kv, "="); v[$1, kv[1], ++n[$1, kv[1]]] = kv[2] } }
-  END {
-    split("s_per_step decode_s total_s max_rss_mb", keys, " ")
-    for (q in keys) { k = keys[q]
-      ns = n["sdc_txt2img", k]; nc = n["sdcpp_txt2img", k]
-      for (i = 1; i <= ns; i++) a[i] = v["sdc_txt2img", k, i]; s = med(a, ns)
-      for (i = 1; i <= nc; i++) b[i] = v["sdcpp_txt2img", k, i]; c = med(b, nc)
-      printf "ratio_sdcpp_over_sdc %s=%.3f (sd.cpp %.3f, sdc %.3f)\n", k, c / s, c, s }
-  }' "$OUT/sdc.txt" "$OUT/sdcpp.txt"
-[ -z "$TORCH" ] || awk '
-  function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-                                   return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-  { for (k = 2; k <= NF; k++) { split($k, kv, "="); v[$1, kv[1], ++n[$1, kv[1]]] = kv[2] } }
-  END {
-    split("s_per_step decode_s total_s", keys, " ")
-    for (q in keys) { k = keys[q]
-      ns = n["sdc_txt2img", k]; nt = n["torch_txt2img", k]
-      for (i = 1; i <= ns; i++) a[i] = v["sdc_txt2img", k, i]; s = med(a, ns)
-      for (i = 1; i <= nt; i++) b[i] = v["torch_txt2img", k, i]; t = med(b, nt)
-      printf "ratio_torch_over_sdc %s=%.3f (torch %.3f, sdc %.3f)\n", k, t / s, t, s }
-    ns = n["sdc_txt2img", "max_rss_mb"]; for (i = 1; i <= ns; i++) a[i] = v["sdc_txt2img", "max_rss_mb", i]; s = med(a, ns)
-    nt = n["torch_txt2img", "peak_rss_mb"]; for (i = 1; i <= nt; i++) b[i] = v["torch_txt2img", "peak_rss_mb", i]; t = med(b, nt)
-    printf "ratio_torch_over_sdc peak_rss=%.3f (torch %.0f MB, sdc %.0f MB)\n", t / s, t, s
-  }' "$OUT/sdc.txt" "$OUT/torch.txt"
+# ratios of the medians, a peer's over sdc's: ratios TAG NAME FILE SPEC... (SPEC: a key both print, or
+# SDC_KEY:PEER_KEY:LABEL when they name it differently)
+ratios() {
+  tag=$1 name=$2 file=$3
+  shift 3
+  awk -v tag="$tag" -v name="$name" -v spec="$*" '
+    function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                                     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+    function median_of(who, k,   i, m, x) { m = n[who, k]; for (i = 1; i <= m; i++) x[i] = v[who, k, i]; return med(x, m) }
+    { for (k = 2; k <= NF; k++) { split($k, kv, "="); v[$1, kv[1], ++n[$1, kv[1]]] = kv[2] } }
+    END {
+      ns = split(spec, specs, " ")
+      for (q = 1; q <= ns; q++) {
+        if (split(specs[q], f, ":") == 1) f[2] = f[3] = f[1]
+        s = median_of("sdc_txt2img", f[1]); p = median_of(tag "_txt2img", f[2])
+        printf "ratio_%s_over_sdc %s=%.3f (%s %.3f, sdc %.3f)\n", tag, f[3], p / s, name, p, s }
+    }' "$OUT/sdc.txt" "$file"
+}
+[ -z "$SDCPP" ] || ratios sdcpp sd.cpp "$OUT/sdcpp.txt" s_per_step decode_s total_s max_rss_mb
+[ -z "$TORCH" ] || ratios torch torch "$OUT/torch.txt" s_per_step decode_s total_s max_rss_mb:peak_rss_mb:peak_rss

@@ -123,13 +123,7 @@ int latent_cache_commit(LatentCache *c, SdcError *err) {
 }
 
 void latent_cache_abort(LatentCache *c) {
-    cache_close_ids(c);
-    if (c->file >= 0) {
-        hid_t f = (hid_t)c->file;
-        SdcError e = {0};
-        h5_close_file(&f, c->tmp, &e);
-        c->file = -1;
-    }
+    latent_cache_close(c);
     if (c->writing) unlink(c->tmp);
     c->writing = 0;
 }
@@ -209,7 +203,7 @@ void latent_cache_close(LatentCache *c) {
     if (c->file >= 0) {
         hid_t f = (hid_t)c->file;
         SdcError e = {0};
-        h5_close_file(&f, c->path, &e);
+        h5_close_file(&f, c->writing ? c->tmp : c->path, &e);
         c->file = -1;
     }
 }

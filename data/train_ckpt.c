@@ -322,15 +322,12 @@ static int check_job(const Ckpt *c, const TrainCkptSpec *s, SdcError *err) {
         if (!has && !k->absent)
             return sdc_err(err, SDC_ERR_ARG, "%s: written by another job: it does not record %s (this job: "
                            "\"%s\")%s", c->path, k->key, k->value, OTHER_JOB_HINT);
-        if (!has) {
-            if (!(v = strdup(k->absent))) return sdc_err(err, SDC_ERR_OOM, "%s: out of memory", c->path);
-        } else {
-            SDC_TRY(ckpt_get_attr(c, "job", k->key, &v, err));
-        }
-        int same = !strcmp(v, k->value);
+        if (has) SDC_TRY(ckpt_get_attr(c, "job", k->key, &v, err));
+        const char *got = has ? v : k->absent;
+        int same = !strcmp(got, k->value);
         if (!same)
             sdc_err(err, SDC_ERR_ARG, "%s: written by another job: %s is \"%s\" there, \"%s\" in this job%s",
-                    c->path, k->key, v, k->value, OTHER_JOB_HINT);
+                    c->path, k->key, got, k->value, OTHER_JOB_HINT);
         free(v);
         if (!same) return SDC_ERR_ARG;
     }

@@ -684,7 +684,7 @@ typedef struct T2iEnc {
     float sf;
     Vae *vae;
     uint8_t *rgb;                // one image
-    float *pix, *mu, *lv, *tmp;  // a batch: images, means, logvars; 2 x one item's latents
+    float *pix, *mu, *lv, *tmp;  // a batch: images, means, logvars; one item's mean + std, encoded and read
 } T2iEnc;
 
 static void t2i_enc_close(T2iEnc *e) {
@@ -699,7 +699,7 @@ static int t2i_enc_open(T2iEnc *e, SdModel *m, const Backend *be, SdcError *err)
     e->pix = malloc(T2I_ENCODE_BATCH * px * sizeof(float));
     e->mu = malloc(T2I_ENCODE_BATCH * lat * sizeof(float));
     e->lv = malloc(T2I_ENCODE_BATCH * lat * sizeof(float));
-    e->tmp = malloc(2 * lat * sizeof(float));
+    e->tmp = malloc(4 * lat * sizeof(float));
     int rc = !e->rgb || !e->pix || !e->mu || !e->lv || !e->tmp ? sdc_err(err, SDC_ERR_OOM, "out of memory for images")
                                                                : vae_load(&e->vae, m->files, be, err);
     if (!rc) rc = vae_reserve(e->vae, T2I_ENCODE_BATCH, e->res, e->res, err);
@@ -739,8 +739,7 @@ static int t2i_enc_batch(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int 
 static int t2i_enc_probe(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int flip, LatentCache *c, float *diff,
                          SdcError *err) {
     const size_t lat = (size_t)e->C * e->lh * e->lh;
-    float *ref = malloc(2 * lat * sizeof(float));
-    if (!ref) return sdc_err(err, SDC_ERR_OOM, "out of memory");
+    float *ref = e->tmp + 2 * lat;
     int rc = 0;
     *diff = 0;
     for (int i = 0; i < k && !rc; i++)
@@ -754,7 +753,30 @@ static int t2i_enc_probe(T2iEnc *e, Dataset *ds, const int64_t *idx, int k, int 
                 if (!isnan(*diff) && !(ds_ <= *diff)) *diff = ds_;
             }
         }
-    free(ref);
+    return rc;
+}
+
+// Items [c0, c0 + cn) of ds through the VAE, this rank's batches of them:
+// batches of T2I_ENCODE_BATCH consecutive items from c0 (a multiple of R x
+// T2I_ENCODE_BATCH), batch b on rank b % R, so the same batches whatever the
+// rank count (a batch's results depend on what else is in it, in the last
+// bits) and the same latents; item i's rows go to rows i - c0 of rows[0..1]
+// (its mirror image's to rows[2..3] when flip). Stops at a stop signal.
+static int t2i_encode_range(const TrainRun *r, T2iEnc *e, Dataset *ds, int64_t c0, int64_t cn, int64_t n, int flip,
+                            float *const rows[LATENT_CACHE_ARRAYS], SdcError *err) {
+    int64_t idx[T2I_ENCODE_BATCH];
+    int rc = 0;
+    for (int64_t b0 = c0 + (int64_t)r->par.rank * T2I_ENCODE_BATCH; !rc && b0 < c0 + cn;
+         b0 += (int64_t)r->par.size * T2I_ENCODE_BATCH) {
+        if (stop_signal()) // no step to finish yet: stop now (a cache is made only when complete)
+            return sdc_err(err, SDC_ERR_STOPPED, "%s while encoding the dataset, before the first step",
+                           stop_signal_name(stop_signal()));
+        int k = 0;
+        for (; k < T2I_ENCODE_BATCH && b0 + k < c0 + cn; k++) idx[k] = b0 + k;
+        for (int f = 0; !rc && f <= flip; f++) rc = t2i_enc_batch(e, ds, idx, k, f, rows[2 * f], rows[2 * f + 1], c0, err);
+        if (!rc && r->par.rank == 0 && !r->quiet && r->tty)
+            fprintf(stderr, "\r  %lld/%lld", (long long)(idx[k - 1] + 1), (long long)n);
+    }
     return rc;
 }
 
@@ -780,28 +802,13 @@ static int t2i_encode_to_cache(TrainRun *r, T2iEnc *e, Dataset *ds, const char *
     int rc = buf ? 0 : sdc_err(err, SDC_ERR_OOM, "out of memory for %lld latent rows", (long long)ch);
     if (!rc && r->par.rank == 0) rc = latent_cache_create(&w, path, key, err);
     rc = h5_par_agree(&r->par, rc, err);
-    int64_t idx[T2I_ENCODE_BATCH];
     for (int64_t c0 = 0; !rc && c0 < n; c0 += ch) {
         const int64_t cn = n - c0 < ch ? n - c0 : ch;
         memset(buf, 0, (size_t)ch * lat * (size_t)na * sizeof(float));
-        for (int64_t b0 = c0 + (int64_t)r->par.rank * T2I_ENCODE_BATCH; !rc && b0 < c0 + cn; b0 += round) {
-            if (stop_signal()) { // no step to finish yet: stop now (the cache is made only when complete)
-                rc = sdc_err(err, SDC_ERR_STOPPED, "%s while encoding the dataset, before the first step",
-                             stop_signal_name(stop_signal()));
-                break;
-            }
-            int k = 0;
-            for (; k < T2I_ENCODE_BATCH && b0 + k < c0 + cn; k++) idx[k] = b0 + k;
-            for (int flip = 0; !rc && flip <= (key->flip ? 1 : 0); flip++)
-                rc = t2i_enc_batch(e, ds, idx, k, flip, rows[flip ? 2 : 0], rows[flip ? 3 : 1], c0, err);
-        }
-        rc = h5_par_agree(&r->par, rc, err);
+        rc = h5_par_agree(&r->par, t2i_encode_range(r, e, ds, c0, cn, n, (int)key->flip, rows, err), err);
         for (int a = 0; !rc && a < na; a++) rc = world_sum(r, rows[a], (size_t)cn * lat, err);
-        if (!rc && r->par.rank == 0) {
-            // rows[a] hold ch rows each: the first cn are this chunk's
-            rc = latent_cache_put(&w, c0, cn, (const float *const *)rows, err);
-            if (!r->quiet && r->tty) fprintf(stderr, "\r  %lld/%lld", (long long)(c0 + cn), (long long)n);
-        }
+        // rows[a] hold ch rows each: the first cn are this chunk's
+        if (!rc && r->par.rank == 0) rc = latent_cache_put(&w, c0, cn, (const float *const *)rows, err);
         rc = h5_par_agree(&r->par, rc, err);
     }
     if (r->par.rank == 0 && buf) {
@@ -908,25 +915,9 @@ static int t2i_data(TrainRun *r, const Sdc__TextToImage *x, SdModel *m, const Ba
     if (!rc && !cached && disk) {
         rc = t2i_encode_to_cache(r, &enc, &ds, cache, &key, err);
         if (rc) sdc_err_wrap(err, "encoding %s", x->train_data);
-    } else if (!rc && !cached) {
-        // batches of T2I_ENCODE_BATCH consecutive items, batch b on rank b % R: the same batches whatever the
-        // rank count (a batch's results depend on what else is in it, in the last bits), so the same latents
-        int64_t idx[T2I_ENCODE_BATCH];
-        for (int64_t b0 = (int64_t)r->par.rank * T2I_ENCODE_BATCH; !rc && b0 < n;
-             b0 += (int64_t)r->par.size * T2I_ENCODE_BATCH) {
-            if (stop_signal()) { // no step to finish yet: stop now
-                rc = sdc_err(err, SDC_ERR_STOPPED, "%s while encoding the dataset, before the first step",
-                             stop_signal_name(stop_signal()));
-                break;
-            }
-            int k = 0;
-            for (; k < T2I_ENCODE_BATCH && b0 + k < n; k++) idx[k] = b0 + k;
-            for (int flip = 0; !rc && flip <= (x->random_flip ? 1 : 0); flip++)
-                rc = t2i_enc_batch(&enc, &ds, idx, k, flip, flip ? out->fmean : out->mean, flip ? out->fstd : out->std,
-                                   0, err);
-            if (!rc && r->par.rank == 0 && !r->quiet && r->tty)
-                fprintf(stderr, "\r  %lld/%lld", (long long)(idx[k - 1] + 1), (long long)n);
-        }
+    } else if (!rc && !cached) { // one range of every item, into the arrays
+        float *const rows[LATENT_CACHE_ARRAYS] = {out->mean, out->std, out->fmean, out->fstd};
+        rc = t2i_encode_range(r, &enc, &ds, 0, n, n, x->random_flip, rows, err);
         if (rc) sdc_err_wrap(err, "encoding %s", x->train_data);
         rc = h5_par_agree(&r->par, rc, err);
         if (!rc) rc = world_sum(r, out->mean, (size_t)n * lat, err);

@@ -250,7 +250,9 @@ int run_train_vae(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     snprintf(k_res, sizeof k_res, "%d", R);
     snprintf(k_batch, sizeof k_batch, "%d", NG);
     snprintf(k_seed, sizeof k_seed, "%lld", (long long)v->seed);
-    const TrainCkptKey keys[] = {{"task", "train_vae", NULL}, {"resolution", k_res, NULL}, {"train_batch_size", k_batch, NULL},
+    const TrainCkptKey keys[] = {{"task", "train_vae", NULL},
+                                 {"resolution", k_res, NULL},
+                                 {"train_batch_size", k_batch, NULL},
                                  {"seed", k_seed, NULL},
                                  // recorded since session 11; a checkpoint without it is a whole-VAE run's
                                  {"train_decoder_only", v->train_decoder_only ? "1" : "0", "0"}};
