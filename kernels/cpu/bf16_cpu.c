@@ -20,6 +20,7 @@
 // (format_tag_any + a reorder at load), and fusing the rounding into oneDNN.
 #include "cpu/bf16_cpu.h"
 #include "cpu/ops_cpu.h"
+#include "cpu/fastmath.h"
 
 #include <cblas.h>
 
@@ -90,6 +91,13 @@ static inline uint16_t round_bf16(float f) {
     uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16; // nearest, ties to even
     if ((u & 0x7fffffffu) > 0x7f800000u) r = (u >> 16) | 0x40u; // NaN stays a (quiet) NaN
     return (uint16_t)r;
+}
+
+// round_bf16 of a value known finite (no NaN test: vectorises)
+static inline uint16_t round_bf16_finite(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 // Below this many elements a loop runs on the calling thread: waking the
@@ -399,6 +407,21 @@ static int attention_emulated(CpuBf16 *c, float *out, const float *q, const floa
     return 0;
 }
 
+// q, k or v (B, L, heads * D) f32 -> bf16 head-major (B, heads, L, D), so
+// each head's matrix is contiguous for the matmuls.
+static void to_bf16_heads(uint16_t *dst, const float *src, int B, int L, int heads, int D) {
+    const int64_t HD = (int64_t)heads * D;
+#pragma omp parallel for collapse(2) schedule(static) if ((int64_t)B * L * HD >= PAR_MIN)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++) {
+            uint16_t *d = dst + ((int64_t)b * heads + h) * L * D;
+            const float *s = src + (int64_t)b * L * HD + (int64_t)h * D;
+            for (int i = 0; i < L; i++)
+#pragma omp simd
+                for (int j = 0; j < D; j++) d[(int64_t)i * D + j] = round_bf16_finite(s[i * HD + j]);
+        }
+}
+
 int cpu_bf16_attention(CpuBf16 *c, float *out, const float *q, const float *k, const float *v, int B, int Lq,
                        int Lk, int heads, int D, int causal) {
     const int64_t HD = (int64_t)heads * D;
@@ -406,53 +429,67 @@ int cpu_bf16_attention(CpuBf16 *c, float *out, const float *q, const float *k, c
     if (bq < 16) bq = 16;
     if (bq > Lq) bq = Lq;
     { // oneDNN without a bf16 matmul here: the whole op emulated
-        Prim *qk = matmul_prim(c, OP_ATT_QK, bq, D, Lk, (const int64_t[]){HD, 1}, (const int64_t[]){1, HD},
+        Prim *qk = matmul_prim(c, OP_ATT_QK, bq, D, Lk, (const int64_t[]){D, 1}, (const int64_t[]){1, D},
                                (const int64_t[]){Lk, 1}, 0);
         if (!qk) return -1;
         if (!qk->p) {
-            Prim *pv = matmul_prim(c, OP_ATT_PV, bq, Lk, D, (const int64_t[]){Lk, 1}, (const int64_t[]){HD, 1},
+            Prim *pv = matmul_prim(c, OP_ATT_PV, bq, Lk, D, (const int64_t[]){Lk, 1}, (const int64_t[]){D, 1},
                                    (const int64_t[]){HD, 1}, 0); // (named in the implementation info)
             if (!pv) return -1;
             return attention_emulated(c, out, q, k, v, B, Lq, Lk, heads, D, causal);
         }
     }
     const size_t nq = (size_t)B * Lq * HD, nk = (size_t)B * Lk * HD;
-    uint16_t *st = stage(c, nq + 2 * nk + (size_t)bq * Lk); // q, k, v, then P (bq, Lk), bf16
+    uint16_t *st = stage(c, nq + 2 * nk + (size_t)bq * Lk); // q, k, v head-major, then P (bq, Lk), bf16
     if (!st) return -1;
-    float *s = grow(c, (void **)&c->scores, &c->scores_cap, (size_t)bq * Lk, sizeof(float)); // (bq, Lk)
+    // (bq, Lk) f32 scores, then bq 1 / row sums
+    float *s = grow(c, (void **)&c->scores, &c->scores_cap, (size_t)bq * Lk + (size_t)bq, sizeof(float));
     if (!s) return -1;
+    float *inv = s + (size_t)bq * Lk;
     uint16_t *qb = st, *kb = qb + nq, *vb = kb + nk, *pb = vb + nk;
-    cpu_f32_to_bf16(qb, q, (int64_t)nq);
-    cpu_f32_to_bf16(kb, k, (int64_t)nk);
-    cpu_f32_to_bf16(vb, v, (int64_t)nk);
+    to_bf16_heads(qb, q, B, Lq, heads, D);
+    to_bf16_heads(kb, k, B, Lk, heads, D);
+    to_bf16_heads(vb, v, B, Lk, heads, D);
     const float scale = 1.0f / sqrtf((float)D);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < heads; h++)
             for (int q0 = 0; q0 < Lq; q0 += bq) {
                 const int rows = Lq - q0 < bq ? Lq - q0 : bq;
-                const size_t qo = ((size_t)b * Lq + q0) * HD + (size_t)h * D, ko = (size_t)b * Lk * HD + (size_t)h * D;
-                // S (rows, Lk) = Q_blk (rows, D) . K_h^T (D, Lk); K_h^T's (d, j) is at j * HD + d
-                Prim *qk = matmul_prim(c, OP_ATT_QK, rows, D, Lk, (const int64_t[]){HD, 1}, (const int64_t[]){1, HD},
+                const size_t bh = (size_t)b * heads + h;
+                const uint16_t *qh = qb + (bh * Lq + q0) * D, *kh = kb + bh * Lk * D, *vh = vb + bh * Lk * D;
+                float *ob = out + ((size_t)b * Lq + q0) * HD + (size_t)h * D; // (rows, D), row stride HD
+                // S (rows, Lk) = Q_blk (rows, D) . K_h^T (D, Lk); K_h^T's (d, j) is at j * D + d
+                Prim *qk = matmul_prim(c, OP_ATT_QK, rows, D, Lk, (const int64_t[]){D, 1}, (const int64_t[]){1, D},
                                        (const int64_t[]){Lk, 1}, 0);
-                if (!qk || matmul_run(c, qk, qb + qo, kb + ko, NULL, s)) return -1;
-                // P = softmax(scale * S) per row in f32 (keys past a causal row's limit: 0), rounded to bf16
+                if (!qk || matmul_run(c, qk, qh, kh, NULL, s)) return -1;
+                // P = exp(scale * (S - row max)) rounded to bf16 (keys past a causal row's limit: 0), the row
+                // sums from the unrounded exps; O is scaled by 1 / sum after P.V (cpu_attention_bf16p's numbers)
 #pragma omp parallel for schedule(static) if ((int64_t)rows * Lk >= PAR_MIN)
                 for (int i = 0; i < rows; i++) {
-                    float *r = s + (size_t)i * Lk; // (Lk)
+                    const float *r = s + (size_t)i * Lk; // (Lk)
                     uint16_t *p = pb + (size_t)i * Lk;
                     const int n = causal && q0 + i + 1 < Lk ? q0 + i + 1 : Lk;
                     float mx = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : mx)
                     for (int j = 0; j < n; j++) mx = r[j] > mx ? r[j] : mx;
-                    for (int j = 0; j < n; j++) sum += r[j] = expf(scale * (r[j] - mx));
-                    const float inv = 1.0f / sum;
-                    for (int j = 0; j < n; j++) r[j] *= inv;
-                    for (int j = n; j < Lk; j++) r[j] = 0.0f;
-                    for (int j = 0; j < Lk; j++) p[j] = round_bf16(r[j]);
+#pragma omp simd reduction(+ : sum)
+                    for (int j = 0; j < n; j++) {
+                        const float e = fm_expf(scale * (r[j] - mx));
+                        sum += e;
+                        p[j] = round_bf16_finite(e);
+                    }
+                    for (int j = n; j < Lk; j++) p[j] = 0;
+                    inv[i] = 1.0f / sum;
                 }
-                // O_blk (rows, D) = P (rows, Lk) . V_h (Lk, D), straight into out (row stride HD)
-                Prim *pv = matmul_prim(c, OP_ATT_PV, rows, Lk, D, (const int64_t[]){Lk, 1}, (const int64_t[]){HD, 1},
+                // O_blk (rows, D) = P (rows, Lk) . V_h (Lk, D), straight into out (row stride HD), then / sum
+                Prim *pv = matmul_prim(c, OP_ATT_PV, rows, Lk, D, (const int64_t[]){Lk, 1}, (const int64_t[]){D, 1},
                                        (const int64_t[]){HD, 1}, 0);
-                if (!pv || matmul_run(c, pv, pb, vb + ko, NULL, out + qo)) return -1;
+                if (!pv || matmul_run(c, pv, pb, vh, NULL, ob)) return -1;
+                for (int i = 0; i < rows; i++) {
+                    float *o = ob + (size_t)i * HD;
+#pragma omp simd
+                    for (int d = 0; d < D; d++) o[d] *= inv[i];
+                }
             }
     return 0;
 }
