@@ -2,7 +2,7 @@
 // backend (fp32, every parameter trains), next to bench/train_torch.py.
 //
 //   bench_train MODEL [--config DIR] [--threads N] [--repeat R] [--latent 64] [--batch 1]
-//                     [--checkpointing] [--plan]
+//                     [--checkpointing] [--plan] [--precision fp32|bf16]
 //
 // MODEL is a single .safetensors file or a diffusers folder (e.g. the
 // full-size random SD 1.5 from `python3 tools/make_fixtures.py --full-sd15
@@ -21,6 +21,10 @@
 // (parameters, gradients + activations, AdamW moments) for the shape, without
 // running a step: a memory estimate that touches just the parameters and
 // gradients (the activation arenas are allocated but not written).
+// --precision bf16: the CPU's mixed variant (backend_cpu_create_bf16_mixed:
+// fp32 master weights, gradients and AdamW state; bf16 forward and backward
+// operands), what `sdc train --mixed-precision bf16` runs; its "bf16 ops:"
+// line names what computed them.
 // This is a benchmark, not a test: the step's numbers are not checked
 // (tests/test_unet_grad.c and tests/test_optim.c do that).
 #include <stdio.h>
@@ -59,12 +63,12 @@ static double mib(size_t b) { return (double)b / 1048576.0; }
 
 static void usage(void) {
     fprintf(stderr, "usage: bench_train MODEL [--config DIR] [--threads N] [--repeat R] [--latent 64] "
-                    "[--batch 1] [--checkpointing] [--lora-rank R] [--plan]\n");
+                    "[--batch 1] [--checkpointing] [--lora-rank R] [--plan] [--precision fp32|bf16]\n");
 }
 
 int main(int argc, char **argv) {
     const char *model = NULL, *config = NULL;
-    int threads = 0, repeat = 3, latent = 64, batch = 1, ckpt = 0, plan_only = 0, lora = 0;
+    int threads = 0, repeat = 3, latent = 64, batch = 1, ckpt = 0, plan_only = 0, lora = 0, bf16 = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has = i + 1 < argc;
@@ -76,6 +80,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--checkpointing")) ckpt = 1;
         else if (!strcmp(a, "--lora-rank") && has) lora = atoi(argv[++i]);
         else if (!strcmp(a, "--plan")) plan_only = 1;
+        else if (!strcmp(a, "--precision") && has && (!strcmp(argv[i + 1], "fp32") || !strcmp(argv[i + 1], "bf16")))
+            bf16 = !strcmp(argv[++i], "bf16");
         else if (a[0] != '-' && !model) model = a;
         else {
             usage();
@@ -97,7 +103,7 @@ int main(int argc, char **argv) {
     int rc = 1;
 
     // ---- model: own F32 copies, so the file can be closed after loading ----
-    if (backend_cpu_create(&be, threads, &err)) goto done;
+    if (bf16 ? backend_cpu_create_bf16_mixed(&be, threads, &err) : backend_cpu_create(&be, threads, &err)) goto done;
     double t0 = now_sec();
     if (model_files_open(&mf, model, config, -1, &err)) goto done;
     // full: own F32 copies (the file can be closed); LoRA: the base stays
@@ -191,9 +197,12 @@ int main(int argc, char **argv) {
         t_opt[r] = s3 - s2;
     }
     printf("sdc_train_s_per_step=%.4f forward_s=%.4f backward_s=%.4f adamw_s=%.4f peak_rss_mb=%.1f "
-           "checkpointing=%d lora_rank=%d\n",
+           "checkpointing=%d lora_rank=%d precision=%s\n",
            median(t_step, repeat), median(t_fwd, repeat), median(t_bwd, repeat), median(t_opt, repeat),
-           peak_rss_mb(), ckpt, lora);
+           peak_rss_mb(), ckpt, lora, bf16 ? "bf16" : "fp32");
+    char info[512];
+    backend_cpu_bf16_info(be, info, sizeof info);
+    if (info[0]) printf("bf16 ops: %s\n", info);
     rc = 0;
 done:
     if (rc) fprintf(stderr, "bench_train: %s\n", err.msg);

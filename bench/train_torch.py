@@ -4,7 +4,7 @@ training step of the SD UNet on the CPU (fp32, every parameter trains), same
 shape, same thread count, same step.
 
     python3 bench/train_torch.py MODEL [--threads 2] [--repeat 3] [--latent 64] [--batch 1]
-                                 [--checkpointing] [--plan]
+                                 [--checkpointing] [--plan] [--precision fp32|bf16-autocast|bf16]
 
 MODEL: an original-layout single file with the SD 1.5 config (e.g. from
 `python3 tools/make_fixtures.py --full-sd15 PATH`, loaded with the project's
@@ -28,7 +28,12 @@ script can parse:
     torch_train_s_per_step=<s> forward_s=<s> backward_s=<s> adamw_s=<s> peak_rss_mb=<MB> checkpointing=<0|1>
 
 forward_s includes the loss, adamw_s the clip, the step and zero_grad; peak
-RSS from getrusage (includes the interpreter). --plan computes nothing: it builds
+RSS from getrusage (includes the interpreter). --precision bf16-autocast:
+the forward and loss under torch.autocast("cpu", torch.bfloat16) with fp32
+weights, gradients and AdamW state (accelerate's --mixed_precision bf16, what
+diffusers' train_dreambooth.py runs, and sdc's --mixed-precision bf16);
+bf16: the UNet's weights in bf16, so gradients and AdamW state too (kohya's
+--full_bf16). --plan computes nothing: it builds
 the model from fake tensors (FakeTensorMode), records the bytes autograd saves
 in one forward pass (saved_tensors_hooks, parameters excluded) and prints
 `torch_train_plan_mb=<MB>` = 4 x parameters (weights, grads, exp_avg,
@@ -140,6 +145,7 @@ def main():
     ap.add_argument("--lora-rank", type=int, default=0,
                     help="train a peft LoRA (to_q, to_k, to_v, to_out.0; alpha = rank), base frozen")
     ap.add_argument("--plan", action="store_true", help="print the memory estimate only (fake tensors)")
+    ap.add_argument("--precision", choices=["fp32", "bf16-autocast", "bf16"], default="fp32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.plan:
@@ -154,6 +160,8 @@ def main():
         unet.requires_grad_(False)
         unet.add_adapter(LoraConfig(r=a.lora_rank, lora_alpha=a.lora_rank, init_lora_weights="gaussian",
                                     target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if a.precision == "bf16":
+        unet = unet.to(torch.bfloat16)
     c = unet.config
     params = [p for p in unet.parameters() if p.requires_grad]
     print(f"loaded {a.model} in {time.perf_counter() - t0:.2f} s: {sum(p.numel() for p in params)} parameters, "
@@ -165,12 +173,16 @@ def main():
     ctx = lcg_buf(a.batch * CTX_LEN * c.cross_attention_dim, 2).view(a.batch, CTX_LEN, c.cross_attention_dim)
     target = lcg_buf(a.batch * c.out_channels * a.latent ** 2, 3).view(a.batch, c.out_channels, a.latent, a.latent)
     t = torch.tensor([999.0 - 100.0 * i for i in range(a.batch)])
+    if a.precision == "bf16":
+        x, ctx = x.bfloat16(), ctx.bfloat16()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16-autocast")
 
     times, fwd, bwd, adam = [], [], [], []
     for r in range(-1, a.repeat):  # r = -1: warm-up
         s0 = time.perf_counter()
-        pred = unet(x, t, encoder_hidden_states=ctx).sample
-        loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
+        with autocast:
+            pred = unet(x, t, encoder_hidden_states=ctx).sample
+            loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
         s1 = time.perf_counter()
         loss.backward()
         s2 = time.perf_counter()
@@ -193,7 +205,7 @@ def main():
     med = statistics.median
     print(f"torch_train_s_per_step={med(times):.4f} forward_s={med(fwd):.4f} backward_s={med(bwd):.4f} "
           f"adamw_s={med(adam):.4f} peak_rss_mb={rss_mb:.1f} checkpointing={int(a.checkpointing)} "
-          f"lora_rank={a.lora_rank}")
+          f"lora_rank={a.lora_rank} precision={a.precision}")
     return 0
 
 

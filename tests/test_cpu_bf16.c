@@ -45,7 +45,8 @@
 // for bit; its backward of linear, conv2d and attention gets the same four
 // checks against the fp32 backward (on rounded operands: dy, x, w, or dout,
 // q, k, v), with the same tolerances (the backward's reductions are matmuls
-// of the same kind: over N for dx, over M or the pixels for dw), and the bias
+// of the same kind: over N for dx, over M or the pixels for dw; attention's
+// against rounded operands: TOL_ATT_BWD_RND), and the bias
 // gradient, a sum of the unrounded dy, equals fp32's bit for bit.
 #include <math.h>
 #include <stdio.h>
@@ -59,6 +60,15 @@
 #define TOL_EXACT (1.0 / 65536) // 2^-16
 #define TOL_BF16 (1.0 / 128)    // 2^-7
 #define TOL_ATT_BF16 (1.0 / 64) // 2^-6
+// Attention's backward against fp32 on rounded operands: where oneDNN computes
+// bf16 it also rounds the softmax's P (for dV = P^T dO) and dS (for dQ = dS K,
+// dK = dS^T Q) to bf16, as PyTorch's bf16 attention backward does; the fp32
+// reference keeps them fp32. Each term of those sums moves by at most u (2^-8)
+// of itself, but dS's rows sum to zero, so dQ and dK cancel and the error
+// relative to their largest entry can exceed u: measured 0.4-0.65 u (AMD
+// Zen 5, oneDNN 2.6.3); 2u is asserted. The emulation (no bf16 CPU) keeps P
+// and dS fp32 and meets it with 0.
+#define TOL_ATT_BWD_RND (1.0 / 128) // 2^-7
 
 static Backend *f32be, *bfbe, *mixbe;
 
@@ -291,7 +301,7 @@ static void attention_backward_case(TestCtx *t, const char *name, int B, int Lq,
     for (int i = 0; i < 3; i++) {
         char what[160];
         snprintf(what, sizeof what, "%s backward %s", name, gn[i]);
-        compare(t, what, g[2][i], g[0][i], g[1][i], n[i], TOL_EXACT, TOL_ATT_BF16);
+        compare(t, what, g[2][i], g[0][i], g[1][i], n[i], TOL_ATT_BWD_RND, TOL_ATT_BF16);
     }
     SdcError err = {0};
     check_true(t, backend_status(mixbe, &err) == 0, "%s backward ran%s%s", name, err.code ? ": " : "", err.msg);

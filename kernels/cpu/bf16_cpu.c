@@ -33,18 +33,27 @@
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
 
-enum { OP_CONV, OP_LINEAR, OP_ATT_QK, OP_ATT_PV, OP_KINDS };
-static const char *const OP_NAME[OP_KINDS] = {"conv2d", "linear", "attention Q.K^T", "attention P.V"};
+enum {
+    OP_CONV, OP_LINEAR, OP_ATT_QK, OP_ATT_PV,                         // forward
+    OP_CONV_BWD_DATA, OP_CONV_BWD_WEIGHTS, OP_LINEAR_BWD, OP_ATT_BWD, // backward (training)
+    OP_KINDS
+};
+static const char *const OP_NAME[OP_KINDS] = {"conv2d", "linear", "attention Q.K^T", "attention P.V",
+                                              "conv2d backward data", "conv2d backward weights",
+                                              "linear backward", "attention backward"};
 
 #define KEY_LEN 12
 
-// One primitive for one op shape; m: its src, weights, bias, dst memories.
-// p NULL: oneDNN has no implementation for it here, the op is emulated.
+// One primitive for one op shape; m: its memories, passed as arg[j] (the
+// forward's src, weights, bias, dst; a backward's diff_dst, weights,
+// diff_src or src, diff_dst, diff_weights). p NULL: oneDNN has no
+// implementation for it here, the op is emulated.
 typedef struct Prim {
     int kind;
     int64_t key[KEY_LEN];
     dnnl_primitive_t p;
     dnnl_memory_t m[4];
+    int arg[4];
 } Prim;
 
 #define EMULATED "sdc fp32 emulation (oneDNN: unimplemented on this CPU)"
@@ -65,6 +74,11 @@ struct CpuBf16 {
     size_t wide_cap[3];
     float *scratch;           // emulation: cpu_conv2d's / cpu_attention_bf16p's scratch
     size_t scratch_cap;
+    uint16_t *bstage[4];      // backward: bf16 copies of its operands (grow)
+    size_t bstage_cap[4];
+    float *bscratch;          // backward: f32 scratch (conv's weight gradient, attention's blocks)
+    size_t bscratch_cap;
+    int native;               // oneDNN computes bf16 matmuls here (else every op is emulated)
     char msg[256];
     int oom;
 };
@@ -146,6 +160,19 @@ int cpu_bf16_create(CpuBf16 **out, char *msg, size_t n) {
         cpu_bf16_destroy(c);
         return -1;
     }
+    { // does oneDNN compute bf16 here? (a 16 x 16 matmul's primitive descriptor)
+        dnnl_memory_desc_t a, b, d;
+        dnnl_matmul_desc_t md;
+        dnnl_primitive_desc_t pd = NULL;
+        const dnnl_dims_t dims = {16, 16};
+        st = dnnl_memory_desc_init_by_tag(&a, 2, dims, dnnl_bf16, dnnl_ab);
+        if (st == dnnl_success) st = dnnl_memory_desc_init_by_tag(&b, 2, dims, dnnl_bf16, dnnl_ab);
+        if (st == dnnl_success) st = dnnl_memory_desc_init_by_tag(&d, 2, dims, dnnl_f32, dnnl_ab);
+        if (st == dnnl_success) st = dnnl_matmul_desc_init(&md, &a, &b, NULL, &d);
+        if (st == dnnl_success) st = dnnl_primitive_desc_create(&pd, &md, NULL, c->eng, NULL);
+        c->native = st == dnnl_success;
+        if (pd) dnnl_primitive_desc_destroy(pd);
+    }
     *out = c;
     return 0;
 }
@@ -165,6 +192,8 @@ void cpu_bf16_destroy(CpuBf16 *c) {
     free(c->wstage);
     free(c->scores);
     free(c->wide[0]), free(c->wide[1]), free(c->wide[2]), free(c->scratch);
+    for (int i = 0; i < 4; i++) free(c->bstage[i]);
+    free(c->bscratch);
     free(c);
 }
 
@@ -185,11 +214,15 @@ static Prim *prim_find(CpuBf16 *c, int kind, const int64_t *key) {
     return NULL;
 }
 
-// Makes the primitive of op descriptor d with memories for the given
-// descriptors (bias NULL: none) and files it under (kind, key).
-static Prim *prim_make(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_op_desc_t d,
-                       const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *bias,
-                       const dnnl_memory_desc_t *dst) {
+static const int FWD_ARGS[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS, DNNL_ARG_DST};
+
+// Makes the primitive of op descriptor d (attr and hint may be NULL) with
+// memories for the given descriptors (NULL: none), passed as args[0..3], and
+// files it under (kind, key).
+static Prim *prim_make_ex(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_op_desc_t d,
+                          const_dnnl_primitive_attr_t attr, const_dnnl_primitive_desc_t hint, const int args[4],
+                          const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *wei,
+                          const dnnl_memory_desc_t *bias, const dnnl_memory_desc_t *dst) {
     Prim *pr = calloc(1, sizeof *pr);
     if (pr && c->n_prims == c->cap_prims) {
         int cap = c->cap_prims ? 2 * c->cap_prims : 32;
@@ -204,8 +237,9 @@ static Prim *prim_make(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_op_d
     }
     pr->kind = kind;
     memcpy(pr->key, key, sizeof pr->key);
+    memcpy(pr->arg, args, sizeof pr->arg);
     dnnl_primitive_desc_t pd = NULL;
-    dnnl_status_t st = dnnl_primitive_desc_create(&pd, d, NULL, c->eng, NULL);
+    dnnl_status_t st = dnnl_primitive_desc_create(&pd, d, attr, c->eng, hint);
     if (st == dnnl_unimplemented) { // emulated (see the top of the file)
         if (!strstr(c->impl[kind], EMULATED)) {
             size_t l = strlen(c->impl[kind]);
@@ -244,9 +278,16 @@ static Prim *prim_make(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_op_d
     return pr;
 }
 
-// Runs pr on the given buffers (bias NULL when it has none).
+static Prim *prim_make(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_op_desc_t d,
+                       const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *bias,
+                       const dnnl_memory_desc_t *dst) {
+    return prim_make_ex(c, kind, key, d, NULL, NULL, FWD_ARGS, src, wei, bias, dst);
+}
+
+// Runs pr on the given buffers (in the order of its arg kinds; NULL where it
+// has no such memory).
 static int prim_run(CpuBf16 *c, Prim *pr, const void *src, const void *wei, const void *bias, void *dst) {
-    static const int ARG[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS, DNNL_ARG_DST};
+    const int *ARG = pr->arg;
     const void *h[4] = {src, wei, bias, dst};
     dnnl_exec_arg_t args[4];
     int n = 0;
@@ -268,10 +309,12 @@ static dnnl_status_t md2(dnnl_memory_desc_t *md, int64_t rows, int64_t cols, int
 }
 
 // A matmul dst (M, N) = src (M, K) . wei (K, N) over strided views, bias (1, N)
-// f32 when with_bias; src and wei bf16, dst f32. Made once per key.
-static Prim *matmul_prim(CpuBf16 *c, int kind, int64_t M, int64_t K, int64_t N, const int64_t src_st[2],
-                         const int64_t wei_st[2], const int64_t dst_st[2], int with_bias) {
-    const int64_t key[KEY_LEN] = {M, K, N, src_st[0], src_st[1], wei_st[0], wei_st[1], dst_st[0], dst_st[1], with_bias};
+// f32 when with_bias; src and wei bf16, dst f32; acc: dst += the product
+// instead (a sum post-op: gradients that accumulate). Made once per key.
+static Prim *matmul_prim_acc(CpuBf16 *c, int kind, int64_t M, int64_t K, int64_t N, const int64_t src_st[2],
+                             const int64_t wei_st[2], const int64_t dst_st[2], int with_bias, int acc) {
+    const int64_t key[KEY_LEN] = {M, K, N, src_st[0], src_st[1], wei_st[0], wei_st[1], dst_st[0], dst_st[1],
+                                  with_bias, acc};
     Prim *pr = prim_find(c, kind, key);
     if (pr) return pr;
     dnnl_memory_desc_t src, wei, bias, dst;
@@ -281,11 +324,26 @@ static Prim *matmul_prim(CpuBf16 *c, int kind, int64_t M, int64_t K, int64_t N, 
     if (st == dnnl_success) st = md2(&dst, M, N, dst_st[0], dst_st[1], dnnl_f32);
     if (st == dnnl_success && with_bias) st = md2(&bias, 1, N, N, 1, dnnl_f32);
     if (st == dnnl_success) st = dnnl_matmul_desc_init(&d, &src, &wei, with_bias ? &bias : NULL, &dst);
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    if (st == dnnl_success && acc) st = dnnl_primitive_attr_create(&attr);
+    if (st == dnnl_success && acc) st = dnnl_post_ops_create(&po);
+    if (st == dnnl_success && acc) st = dnnl_post_ops_append_sum(po, 1.0f);
+    if (st == dnnl_success && acc) st = dnnl_primitive_attr_set_post_ops(attr, po);
+    if (po) dnnl_post_ops_destroy(po);
     if (st != dnnl_success) {
+        if (attr) dnnl_primitive_attr_destroy(attr);
         fail(c, "describing a matmul", st);
         return NULL;
     }
-    return prim_make(c, kind, key, &d, &src, &wei, with_bias ? &bias : NULL, &dst);
+    pr = prim_make_ex(c, kind, key, &d, attr, NULL, FWD_ARGS, &src, &wei, with_bias ? &bias : NULL, &dst);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    return pr;
+}
+
+static Prim *matmul_prim(CpuBf16 *c, int kind, int64_t M, int64_t K, int64_t N, const int64_t src_st[2],
+                         const int64_t wei_st[2], const int64_t dst_st[2], int with_bias) {
+    return matmul_prim_acc(c, kind, M, K, N, src_st, wei_st, dst_st, with_bias, 0);
 }
 
 // ---- emulation ---------------------------------------------------------------------
@@ -491,5 +549,170 @@ int cpu_bf16_attention(CpuBf16 *c, float *out, const float *q, const float *k, c
                     for (int d = 0; d < D; d++) o[d] *= inv[i];
                 }
             }
+    return 0;
+}
+
+// ---- backward (training) -------------------------------------------------------------
+// Each returns 1 when oneDNN computes no bf16 on this CPU: the caller then
+// runs its emulation (the fp32 kernels on rounded operands, backend_cpu_bwd.c).
+
+int cpu_bf16_native(const CpuBf16 *c) { return c->native; }
+
+// x (n) f32 rounded into backward staging buffer `slot`; NULL when out of memory.
+static uint16_t *bround(CpuBf16 *c, int slot, const float *x, int64_t n) {
+    uint16_t *d = grow(c, (void **)&c->bstage[slot], &c->bstage_cap[slot], (size_t)n, sizeof(uint16_t));
+    if (d) cpu_f32_to_bf16(d, x, n);
+    return d;
+}
+
+int cpu_bf16_linear_backward(CpuBf16 *c, float *dx, float *dw, const float *dy, const float *x, const uint16_t *w,
+                             int64_t M, int64_t K, int64_t N) {
+    if (!c->native) return 1;
+    // dx (M, K) = dy (M, N) . w (N, K)
+    Prim *pd = dx ? matmul_prim(c, OP_LINEAR_BWD, M, N, K, (const int64_t[]){N, 1}, (const int64_t[]){K, 1},
+                                (const int64_t[]){K, 1}, 0)
+                  : NULL;
+    // dw (N, K) += dy^T (N, M) . x (M, K); dy^T's (n, m) is at m * N + n
+    Prim *pw = dw ? matmul_prim_acc(c, OP_LINEAR_BWD, N, M, K, (const int64_t[]){1, N}, (const int64_t[]){K, 1},
+                                    (const int64_t[]){K, 1}, 0, 1)
+                  : NULL;
+    if ((dx && !pd) || (dw && !pw)) return -1;
+    if ((pd && !pd->p) || (pw && !pw->p)) return fail(c, "linear backward: no bf16 matmul for this shape", dnnl_unimplemented);
+    const uint16_t *dyb = bround(c, 0, dy, M * N);
+    if (!dyb) return -1;
+    if (dx && prim_run(c, pd, dyb, w, NULL, dx)) return -1;
+    if (!dw) return 0;
+    const uint16_t *xb = bround(c, 1, x, M * K);
+    return xb ? prim_run(c, pw, dyb, xb, NULL, dw) : -1;
+}
+
+int cpu_bf16_conv2d_backward(CpuBf16 *c, float *dx, float *dw, const float *dy, const float *x, const uint16_t *w,
+                             int N, int C, int H, int W, int OC, int KH, int KW, int stride, int pad) {
+    if (!c->native) return 1;
+    const int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
+    const int64_t key[KEY_LEN] = {N, C, H, W, OC, KH, KW, stride, pad};
+    Prim *pd = prim_find(c, OP_CONV_BWD_DATA, key), *pw = prim_find(c, OP_CONV_BWD_WEIGHTS, key);
+    if (!pd || !pw) { // both made together, from one forward hint
+        dnnl_memory_desc_t src, dsrc, wei, dwei, ddst;
+        dnnl_convolution_desc_t fd, bd, wd;
+        dnnl_dims_t sd = {N, C, H, W}, wdim = {OC, C, KH, KW}, dd = {N, OC, OH, OW};
+        dnnl_dims_t strides = {stride, stride}, padding = {pad, pad};
+        dnnl_primitive_desc_t hint = NULL;
+        dnnl_status_t st = dnnl_memory_desc_init_by_tag(&src, 4, sd, dnnl_bf16, dnnl_nchw);
+        if (st == dnnl_success) st = dnnl_memory_desc_init_by_tag(&dsrc, 4, sd, dnnl_f32, dnnl_nchw);
+        if (st == dnnl_success) st = dnnl_memory_desc_init_by_tag(&wei, 4, wdim, dnnl_bf16, dnnl_oihw);
+        if (st == dnnl_success) st = dnnl_memory_desc_init_by_tag(&dwei, 4, wdim, dnnl_f32, dnnl_oihw);
+        if (st == dnnl_success) st = dnnl_memory_desc_init_by_tag(&ddst, 4, dd, dnnl_bf16, dnnl_nchw);
+        if (st == dnnl_success)
+            st = dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &src, &wei,
+                                                    NULL, &ddst, strides, padding, padding);
+        if (st == dnnl_success)
+            st = dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &dsrc, &wei, &ddst, strides,
+                                                          padding, padding);
+        if (st == dnnl_success)
+            st = dnnl_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &src, &dwei, NULL, &ddst,
+                                                             strides, padding, padding);
+        if (st == dnnl_success) st = dnnl_primitive_desc_create(&hint, &fd, NULL, c->eng, NULL);
+        if (st != dnnl_success) return fail(c, "describing a convolution backward", st);
+        if (!pd)
+            pd = prim_make_ex(c, OP_CONV_BWD_DATA, key, &bd, NULL, hint,
+                              (const int[]){DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, 0, DNNL_ARG_DIFF_SRC}, &ddst, &wei,
+                              NULL, &dsrc);
+        if (pd && !pw)
+            pw = prim_make_ex(c, OP_CONV_BWD_WEIGHTS, key, &wd, NULL, hint,
+                              (const int[]){DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, 0, DNNL_ARG_DIFF_WEIGHTS}, &src, &ddst,
+                              NULL, &dwei);
+        dnnl_primitive_desc_destroy(hint);
+        if (!pd || !pw) return -1;
+    }
+    if (!pd->p || !pw->p) return fail(c, "conv2d backward: no bf16 implementation for this shape", dnnl_unimplemented);
+    const uint16_t *dyb = bround(c, 0, dy, (int64_t)N * OC * OH * OW);
+    if (!dyb) return -1;
+    if (dx && prim_run(c, pd, dyb, w, NULL, dx)) return -1;
+    if (!dw) return 0;
+    // the weight gradient into scratch, then added (no sum post-op on this primitive)
+    const int64_t nw = (int64_t)OC * C * KH * KW;
+    const uint16_t *xb = bround(c, 1, x, (int64_t)N * C * H * W);
+    float *g = grow(c, (void **)&c->bscratch, &c->bscratch_cap, (size_t)nw, sizeof(float));
+    if (!xb || !g || prim_run(c, pw, xb, dyb, NULL, g)) return -1;
+#pragma omp parallel for simd schedule(static) if (nw >= PAR_MIN)
+    for (int64_t i = 0; i < nw; i++) dw[i] += g[i];
+    return 0;
+}
+
+// Scores a backward query block holds: two f32 (bq, Lk) blocks (S then P, dP
+// then dS) and their bf16 copies.
+#define ATT_BWD_BLOCK_FLOATS ((int64_t)1 << 20)
+
+int cpu_bf16_attention_backward(CpuBf16 *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                const float *k, const float *v, int B, int Lq, int Lk, int heads, int D,
+                                int causal) {
+    if (!c->native) return 1;
+    const int64_t HD = (int64_t)heads * D;
+    int bq = (int)(ATT_BWD_BLOCK_FLOATS / (2 * (int64_t)Lk));
+    if (bq < 16) bq = 16;
+    if (bq > Lq) bq = Lq;
+    const size_t nq = (size_t)B * Lq * HD, nk = (size_t)B * Lk * HD, nb = (size_t)bq * Lk;
+    uint16_t *qb = grow(c, (void **)&c->bstage[0], &c->bstage_cap[0], 2 * nq, sizeof(uint16_t)); // q, dout
+    uint16_t *kb = grow(c, (void **)&c->bstage[1], &c->bstage_cap[1], 2 * nk, sizeof(uint16_t)); // k, v
+    uint16_t *pb = grow(c, (void **)&c->bstage[2], &c->bstage_cap[2], 2 * nb, sizeof(uint16_t)); // P, dS
+    float *sb = grow(c, (void **)&c->bscratch, &c->bscratch_cap, 2 * nb + (size_t)bq, sizeof(float)); // S, dP
+    if (!qb || !kb || !pb || !sb) return -1;
+    uint16_t *dob = qb + nq, *vb = kb + nk, *dsb = pb + nb;
+    float *dp = sb + nb;
+    to_bf16_heads(qb, q, B, Lq, heads, D);
+    to_bf16_heads(dob, dout, B, Lq, heads, D);
+    to_bf16_heads(kb, k, B, Lk, heads, D);
+    to_bf16_heads(vb, v, B, Lk, heads, D);
+    const float scale = 1.0f / sqrtf((float)D);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++) {
+            const size_t bh = (size_t)b * heads + h;
+            const uint16_t *kh = kb + bh * Lk * D, *vh = vb + bh * Lk * D;
+            float *dkh = dk + (size_t)b * Lk * HD + (size_t)h * D, *dvh = dv + (size_t)b * Lk * HD + (size_t)h * D;
+            for (int j = 0; j < Lk; j++) // (Lk, D), row stride HD; accumulated over the query blocks
+                for (int d = 0; d < D; d++) dkh[(size_t)j * HD + d] = dvh[(size_t)j * HD + d] = 0.0f;
+            for (int q0 = 0; q0 < Lq; q0 += bq) {
+                const int rows = Lq - q0 < bq ? Lq - q0 : bq;
+                const uint16_t *qh = qb + (bh * Lq + q0) * D, *doh = dob + (bh * Lq + q0) * D; // (rows, D)
+                float *dqb = dq + ((size_t)b * Lq + q0) * HD + (size_t)h * D;                  // (rows, D), HD
+                // S = Q_blk . K_h^T and dP = dO_blk . V_h^T, (rows, Lk) f32
+                Prim *qk = matmul_prim(c, OP_ATT_BWD, rows, D, Lk, (const int64_t[]){D, 1}, (const int64_t[]){1, D},
+                                       (const int64_t[]){Lk, 1}, 0);
+                if (!qk || prim_run(c, qk, qh, kh, NULL, sb) || prim_run(c, qk, doh, vh, NULL, dp)) return -1;
+                // P = softmax(scale S) and dS = scale P (dP - rowsum(P dP)) in f32, each rounded to bf16
+#pragma omp parallel for schedule(static) if ((int64_t)rows * Lk >= PAR_MIN)
+                for (int i = 0; i < rows; i++) {
+                    float *r = sb + (size_t)i * Lk, *g = dp + (size_t)i * Lk;
+                    uint16_t *p = pb + (size_t)i * Lk, *ds = dsb + (size_t)i * Lk;
+                    const int n = causal && q0 + i + 1 < Lk ? q0 + i + 1 : Lk;
+                    float mx = -INFINITY, sum = 0.0f, di = 0.0f;
+#pragma omp simd reduction(max : mx)
+                    for (int j = 0; j < n; j++) mx = r[j] > mx ? r[j] : mx;
+#pragma omp simd reduction(+ : sum)
+                    for (int j = 0; j < n; j++) sum += r[j] = fm_expf(scale * (r[j] - mx));
+                    const float inv = 1.0f / sum;
+#pragma omp simd reduction(+ : di)
+                    for (int j = 0; j < n; j++) {
+                        r[j] *= inv;
+                        di += r[j] * g[j];
+                    }
+#pragma omp simd
+                    for (int j = 0; j < n; j++) {
+                        p[j] = round_bf16_finite(r[j]);
+                        ds[j] = round_bf16_finite(scale * r[j] * (g[j] - di));
+                    }
+                    for (int j = n; j < Lk; j++) p[j] = ds[j] = 0;
+                }
+                // dV_h (Lk, D) += P^T (Lk, rows) . dO_blk; dK_h += dS^T . Q_blk (P^T's (j, i) at i * Lk + j)
+                Prim *acc = matmul_prim_acc(c, OP_ATT_BWD, Lk, rows, D, (const int64_t[]){1, Lk},
+                                            (const int64_t[]){D, 1}, (const int64_t[]){HD, 1}, 0, 1);
+                if (!acc || prim_run(c, acc, pb, doh, NULL, dvh) || prim_run(c, acc, dsb, qh, NULL, dkh)) return -1;
+                // dQ_blk (rows, D) = dS (rows, Lk) . K_h (Lk, D)
+                Prim *dqp = matmul_prim(c, OP_ATT_BWD, rows, Lk, D, (const int64_t[]){Lk, 1}, (const int64_t[]){D, 1},
+                                        (const int64_t[]){HD, 1}, 0);
+                if (!dqp || prim_run(c, dqp, dsb, kh, NULL, dqb)) return -1;
+            }
+        }
     return 0;
 }

@@ -47,6 +47,24 @@ int cpu_bf16_conv2d(CpuBf16 *c, float *out, const float *x, const uint16_t *w, c
 int cpu_bf16_attention(CpuBf16 *c, float *out, const float *q, const float *k, const float *v, int B, int Lq,
                        int Lk, int heads, int D, int causal);
 
+// Backward (training, the mixed variant): bf16 operands (dy, x, w; dout, q,
+// k, v) and the softmax's P and dS rounded to bf16, fp32 accumulation and
+// fp32 gradients. dx / dq / dk / dv are overwritten, dw accumulated (+=);
+// dx or dw NULL: not wanted. Bias gradients are not here (the caller sums the
+// unrounded dy). Each returns 0, -1 with cpu_bf16_error, or 1 when oneDNN
+// computes no bf16 on this CPU (cpu_bf16_native 0): the caller emulates.
+int cpu_bf16_native(const CpuBf16 *c);
+// linear: dx (M, K) = dy (M, N) . w (N, K); dw (N, K) += dy^T . x (M, K)
+int cpu_bf16_linear_backward(CpuBf16 *c, float *dx, float *dw, const float *dy, const float *x, const uint16_t *w,
+                             int64_t M, int64_t K, int64_t N);
+// conv2d (as cpu_bf16_conv2d): dx (N, C, H, W), dw (OC, C, KH, KW) += from dy (N, OC, OH, OW)
+int cpu_bf16_conv2d_backward(CpuBf16 *c, float *dx, float *dw, const float *dy, const float *x, const uint16_t *w,
+                             int N, int C, int H, int W, int OC, int KH, int KW, int stride, int pad);
+// attention (as cpu_bf16_attention): dq (B, Lq, H*D), dk and dv (B, Lk, H*D) from dout (B, Lq, H*D)
+int cpu_bf16_attention_backward(CpuBf16 *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                const float *k, const float *v, int B, int Lq, int Lk, int heads, int D,
+                                int causal);
+
 // The oneDNN version and, per op, the implementations its primitives use so
 // far, e.g. "oneDNN 2.6.3: conv2d ref:any; linear gemm:jit; attention ref:any".
 void cpu_bf16_impl_info(const CpuBf16 *c, char *buf, size_t n);

@@ -161,6 +161,55 @@ static void bf16_status(const Backend *be, int rc, const char *op) {
 }
 #endif
 
+// backend_cpu_bwd.h's oneDNN backward entries
+int cpu_backend_bf16_linear_backward(const Backend *be, float *dx, float *dw, const float *dy, const float *x,
+                                     const Tensor *w, int64_t M, int64_t K, int64_t N) {
+#ifdef SDC_HAVE_DNNL
+    CpuImpl *im = be->impl;
+    if (!im->bf16 || !cpu_bf16_native(im->bf16)) return 1;
+    const uint16_t *wb = bf16_weights(be, w);
+    if (wb) bf16_status(be, cpu_bf16_linear_backward(im->bf16, dx, dw, dy, x, wb, M, K, N), "linear backward");
+    return 0;
+#else
+    (void)be, (void)dx, (void)dw, (void)dy, (void)x, (void)w, (void)M, (void)K, (void)N;
+    return 1;
+#endif
+}
+
+int cpu_backend_bf16_conv2d_backward(const Backend *be, float *dx, float *dw, const float *dy, const float *x,
+                                     const Tensor *w, int N, int C, int H, int W, int stride, int pad) {
+#ifdef SDC_HAVE_DNNL
+    CpuImpl *im = be->impl;
+    if (!im->bf16 || !cpu_bf16_native(im->bf16)) return 1;
+    const uint16_t *wb = bf16_weights(be, w);
+    if (wb)
+        bf16_status(be, cpu_bf16_conv2d_backward(im->bf16, dx, dw, dy, x, wb, N, C, H, W, (int)w->shape[0],
+                                                 (int)w->shape[2], (int)w->shape[3], stride, pad),
+                    "conv2d backward");
+    return 0;
+#else
+    (void)be, (void)dx, (void)dw, (void)dy, (void)x, (void)w, (void)N, (void)C, (void)H, (void)W, (void)stride,
+        (void)pad;
+    return 1;
+#endif
+}
+
+int cpu_backend_bf16_attention_backward(const Backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                        const float *q, const float *k, const float *v, int B, int Lq, int Lk,
+                                        int heads, int D, int causal) {
+#ifdef SDC_HAVE_DNNL
+    CpuImpl *im = be->impl;
+    if (!im->bf16 || !cpu_bf16_native(im->bf16)) return 1;
+    bf16_status(be, cpu_bf16_attention_backward(im->bf16, dq, dk, dv, dout, q, k, v, B, Lq, Lk, heads, D, causal),
+                "attention backward");
+    return 0;
+#else
+    (void)be, (void)dq, (void)dk, (void)dv, (void)dout, (void)q, (void)k, (void)v, (void)B, (void)Lq, (void)Lk,
+        (void)heads, (void)D, (void)causal;
+    return 1;
+#endif
+}
+
 static int64_t last_dim(const Tensor *t) { return t->shape[t->ndim - 1]; }
 
 // Product of spatial dims after (N, C).

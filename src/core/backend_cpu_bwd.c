@@ -37,6 +37,10 @@ void cpu_op_linear_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *d
     SDC_CHECK(!dx || tensor_numel(dx) == M * K);
     SDC_CHECK(!dw || tensor_same_shape(dw, w));
     SDC_CHECK(!db || tensor_numel(db) == N);
+    if (!cpu_backend_bf16_linear_backward(be, p32(dx), p32(dw), p32(dy), p32(x), w, M, K, N)) {
+        if (db) cpu_linear_backward(NULL, NULL, p32(db), p32(dy), p32(x), p32(w), (int)M, (int)K, (int)N);
+        return; // oneDNN's bf16 (db from the unrounded dy, as below)
+    }
     const float *dyr = cpu_backend_bf16_operand(be, dy, 0), *xr = cpu_backend_bf16_operand(be, x, 1);
     const float *wr = cpu_backend_bf16_operand(be, w, 2);
     if (!dyr || !xr || !wr) return; // recorded: backend_status
@@ -62,6 +66,10 @@ void cpu_op_conv2d_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *d
     SDC_CHECK(!dx || tensor_same_shape(dx, x));
     SDC_CHECK(!dw || tensor_same_shape(dw, w));
     SDC_CHECK(!db || tensor_numel(db) == OC);
+    if (!cpu_backend_bf16_conv2d_backward(be, p32(dx), p32(dw), p32(dy), p32(x), w, N, C, H, W, stride, pad)) {
+        if (db) cpu_conv2d_backward(NULL, NULL, p32(db), p32(dy), NULL, NULL, N, C, H, W, OC, KH, KW, stride, pad, NULL, 0);
+        return; // oneDNN's bf16 (db from the unrounded dy)
+    }
     size_t need = cpu_conv2d_backward_scratch_floats(C, H, W, OC, KH, KW, stride, pad);
     float *s = need ? cpu_backend_scratch(be, need) : NULL;
     if (need && !s) return; // recorded: backend_status
@@ -112,6 +120,9 @@ void cpu_op_attention_backward(const Backend *be, Tensor *dq, Tensor *dk, Tensor
     SDC_CHECK(tensor_same_shape(dq, q) && tensor_same_shape(dk, k) && tensor_same_shape(dv, v));
     SDC_CHECK(heads > 0 && q->shape[2] % heads == 0 && k->shape[0] == q->shape[0] && k->shape[2] == q->shape[2]);
     int B = (int)q->shape[0], Lq = (int)q->shape[1], Lk = (int)k->shape[1], D = (int)(q->shape[2] / heads);
+    if (!cpu_backend_bf16_attention_backward(be, p32(dq), p32(dk), p32(dv), p32(dout), p32(q), p32(k), p32(v), B, Lq,
+                                             Lk, heads, D, causal))
+        return; // oneDNN's bf16
     size_t need = cpu_attention_backward_scratch_floats(Lq, Lk, D, omp_get_max_threads());
     float *s = cpu_backend_scratch(be, need);
     if (!s) return; // recorded: backend_status

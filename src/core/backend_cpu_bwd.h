@@ -13,6 +13,17 @@ float *cpu_backend_scratch(const Backend *be, size_t floats);
 // on the fp32 backend t's own data. NULL (recorded: backend_status) when out
 // of memory.
 const float *cpu_backend_bf16_operand(const Backend *be, const Tensor *t, int slot);
+// The mixed variant's backward through oneDNN (kernels/cpu/bf16_cpu.h) where
+// it computes bf16: 0 when done (a failure recorded: backend_status), 1 when
+// not (the fp32 backend, or a CPU without bf16): the caller then runs the
+// fp32 kernels on cpu_backend_bf16_operand's rounded operands.
+int cpu_backend_bf16_linear_backward(const Backend *be, float *dx, float *dw, const float *dy, const float *x,
+                                     const Tensor *w, int64_t M, int64_t K, int64_t N);
+int cpu_backend_bf16_conv2d_backward(const Backend *be, float *dx, float *dw, const float *dy, const float *x,
+                                     const Tensor *w, int N, int C, int H, int W, int stride, int pad);
+int cpu_backend_bf16_attention_backward(const Backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                        const float *q, const float *k, const float *v, int B, int Lq, int Lk,
+                                        int heads, int D, int causal);
 
 void cpu_op_linear_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
                             const Tensor *x, const Tensor *w);
