@@ -8,10 +8,14 @@
 # sd-cli (its CPU build, as its users run it: `sd-cli -m FILE ...`, weights as
 # the file holds them) is a third peer on the same file and settings
 # (--no-torch: sdc and sd.cpp only; SDCPP_FLAGS: more sd-cli flags, e.g.
-# --diffusion-fa for its flash attention).
+# --diffusion-fa for its flash attention). --precision bf16: sdc generate
+# --precision bf16 (the CPU's bf16 path, or the GPU's with --sdc-flags) against
+# diffusers in bf16 weights, under bf16 autocast and in fp32, each its own
+# ratio line (TORCH_PRECISIONS="bf16 bf16-autocast fp32" by default; fp32 runs
+# compare fp32 with fp32).
 #
 #   bench/bench_txt2img.sh [MODEL] [--sdc PATH] [--threads 2] [--steps 20] [--size 512]
-#                          [--repeat 1] [--vae-tiling] [--sdcpp SD_CLI] [--no-torch]
+#                          [--repeat 1] [--vae-tiling] [--sdcpp SD_CLI] [--no-torch] [--precision fp32|bf16]
 #
 # MODEL defaults to /tmp/sd15.safetensors (made by tools/make_fixtures.py
 # --full-sd15 when missing). Per run it prints
@@ -26,7 +30,7 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=/tmp/sd15.safetensors
 SDC=$ROOT/build/sdc
-THREADS=2 STEPS=20 SIZE=512 REPEAT=1 TILING= SDCPP= TORCH=1
+THREADS=2 STEPS=20 SIZE=512 REPEAT=1 TILING= SDCPP= TORCH=1 PRECISION=fp32
 while [ $# -gt 0 ]; do
   case $1 in
     --sdc) SDC=$2; shift 2 ;;
@@ -37,18 +41,24 @@ while [ $# -gt 0 ]; do
     --size) SIZE=$2; shift 2 ;;
     --repeat) REPEAT=$2; shift 2 ;;
     --vae-tiling) TILING=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --precision) PRECISION=$2; shift 2 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) MODEL=$1; shift ;;
   esac
 done
+case $PRECISION in
+  fp32) TORCH_PRECISIONS=${TORCH_PRECISIONS:-fp32} ;;
+  bf16) TORCH_PRECISIONS=${TORCH_PRECISIONS:-bf16 bf16-autocast fp32} ;;
+  *) echo "bench_txt2img: --precision fp32 or bf16" >&2; exit 2 ;;
+esac
 OUT=${OUT:-/tmp/bench_txt2img}
 mkdir -p "$OUT"
-rm -f "$OUT/sdc.txt" "$OUT/torch.txt" "$OUT/sdcpp.txt" # this invocation's runs only
+rm -f "$OUT/sdc.txt" "$OUT"/torch*.txt "$OUT/sdcpp.txt" # this invocation's runs only
 [ -x "$SDC" ] || { echo "bench_txt2img: no sdc at $SDC ---> build it (cmake --build build) or pass --sdc PATH" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "bench_txt2img: needs /usr/bin/time (GNU time) for the peak RSS" >&2; exit 1; }
 [ -f "$MODEL" ] || python3 "$ROOT/tools/make_fixtures.py" --full-sd15 "$MODEL"
 
-echo "# $(date -u +%FT%TZ) $(uname -n) threads=$THREADS steps=$STEPS size=$SIZE cfg=7.5 dpm++2m model=$MODEL"
+echo "# $(date -u +%FT%TZ) $(uname -n) threads=$THREADS steps=$STEPS size=$SIZE cfg=7.5 dpm++2m precision=$PRECISION model=$MODEL"
 [ -z "$SDCPP" ] || echo "# sd.cpp: $SDCPP ${SDCPP_FLAGS:-}"
 echo "# load: $(cat /proc/loadavg)"
 lscpu | grep -E '^(Model name|CPU\(s\)|Thread|L3)' | sed 's/^/# /'
@@ -57,16 +67,18 @@ while [ "$i" -le "$REPEAT" ]; do
   log=$OUT/sdc_$i.log
   /usr/bin/time -v "$SDC" generate -m "$MODEL" -p "a photograph of an astronaut riding a horse" \
     -W "$SIZE" -H "$SIZE" --steps "$STEPS" --sampler dpm++2m --cfg-scale 7.5 -s 42 -t "$THREADS" \
-    ${TILING:+--vae-tiling} -o "$OUT/sdc_$i.png" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+    --precision "$PRECISION" ${TILING:+--vae-tiling} -o "$OUT/sdc_$i.png" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
   awk -v steps="$STEPS" '
     /sdc: timing:/ { gsub(/[(),]/, " "); sub(/s$/, "", $4); sub(/s$/, "", $6); sub(/s$/, "", $10)
                      text = $4; den = $6; dec = $10 }
     /Maximum resident set size/ { rss = $NF / 1024 }
     END { printf "sdc_txt2img text_s=%.3f denoise_s=%.2f s_per_step=%.3f decode_s=%.2f total_s=%.2f max_rss_mb=%.1f\n",
                  text, den, den / steps, dec, text + den + dec, rss }' "$log" | tee -a "$OUT/sdc.txt"
-  [ -z "$TORCH" ] || OMP_NUM_THREADS=$THREADS python3 "$ROOT/bench/txt2img_torch.py" --model "$MODEL" \
-    --threads "$THREADS" --steps "$STEPS" --size "$SIZE" --cfg 7.5 ${TILING:+--vae-tiling} 2>"$OUT/torch_$i.log" |
-    tee -a "$OUT/torch.txt"
+  for tp in $([ -n "$TORCH" ] && echo "$TORCH_PRECISIONS"); do
+    OMP_NUM_THREADS=$THREADS python3 "$ROOT/bench/txt2img_torch.py" --model "$MODEL" --precision "$tp" \
+      --threads "$THREADS" --steps "$STEPS" --size "$SIZE" --cfg 7.5 ${TILING:+--vae-tiling} \
+      2>"$OUT/torch_${tp}_$i.log" | sed "s/\$/ precision=$tp/" | tee -a "$OUT/torch_$tp.txt"
+  done
   if [ -n "$SDCPP" ]; then # its own timings: conditioning, sampling (the steps), decoding
     log=$OUT/sdcpp_$i.log
     /usr/bin/time -v "$SDCPP" -m "$MODEL" -p "a photograph of an astronaut riding a horse" -W "$SIZE" -H "$SIZE" \
@@ -103,4 +115,7 @@ ratios() {
     }' "$OUT/sdc.txt" "$file"
 }
 [ -z "$SDCPP" ] || ratios sdcpp sd.cpp "$OUT/sdcpp.txt" s_per_step decode_s total_s max_rss_mb
-[ -z "$TORCH" ] || ratios torch torch "$OUT/torch.txt" s_per_step decode_s total_s max_rss_mb:peak_rss_mb:peak_rss
+for tp in $([ -n "$TORCH" ] && echo "$TORCH_PRECISIONS"); do
+  echo "# sdc $PRECISION against torch $tp"
+  ratios torch "torch-$tp" "$OUT/torch_$tp.txt" s_per_step decode_s total_s max_rss_mb:peak_rss_mb:peak_rss
+done

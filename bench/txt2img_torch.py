@@ -6,6 +6,7 @@ decode), on the same single file and thread count.
 
     python3 bench/txt2img_torch.py --model SD15.safetensors [--threads 2] [--steps 20]
                                    [--size 512] [--cfg 7.5] [--seed 42] [--vae-tiling]
+                                   [--precision fp32|bf16|bf16-autocast]
 
 The three models are built from the SD 1.5 configs (tools/make_fixtures.py
 sd15_configs) and filled tensor by tensor from the original-layout file with
@@ -27,6 +28,9 @@ mmap counts the file's pages too); loaded_rss_mb the RSS once the models are
 built; gen_peak_rss_mb the peak from then on (VmHWM after a clear_refs reset).
 
 total_s = text + denoise + decode (model loading excluded, as in sdc's line).
+--precision bf16: the three models' weights in bf16 (torch_dtype=bfloat16, as
+diffusers' users load a pipeline in bf16); bf16-autocast: fp32 weights, the
+text encoder, the loop and the decode under torch.autocast("cpu", bfloat16).
 Never used at run time; needs torch + diffusers.
 """
 import argparse
@@ -95,12 +99,15 @@ def main():
     ap.add_argument("--cfg", type=float, default=7.5)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--vae-tiling", action="store_true", help="vae.enable_tiling() (diffusers' 512 px tiles)")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "bf16-autocast"], default="fp32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     t_load = time.perf_counter()
     unet, vae, text, clip_cfg = load_models(a.model)
+    if a.precision == "bf16":
+        unet, vae, text = unet.to(torch.bfloat16), vae.to(torch.bfloat16), text.to(torch.bfloat16)
     sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                         beta_schedule="scaled_linear", steps_offset=1,
                                         algorithm_type="dpmsolver++", solver_order=2)
@@ -122,7 +129,8 @@ def main():
     ids[:, 0] = bos
     ids[1, 1:1 + len(words)] = torch.tensor(words)
     step_t = []
-    with torch.no_grad():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16-autocast")
+    with torch.no_grad(), autocast:
         t0 = time.perf_counter()
         emb = text(ids)[0]  # (2, 77, 768) [negative, prompt]
         t_text = time.perf_counter() - t0
@@ -138,13 +146,13 @@ def main():
                    callback_on_step_end=on_step).images
         t_denoise = time.perf_counter() - t1
         t2 = time.perf_counter()
-        img = vae.decode(lat / vae.config.scaling_factor).sample
+        img = vae.decode((lat / vae.config.scaling_factor).to(vae.dtype)).sample
         t_decode = time.perf_counter() - t2
     assert torch.isfinite(img).all(), "non-finite image"
     steps = [b - a_ for a_, b in zip([t1] + step_t[:-1], step_t)]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, whole run
     gen_mb = status_mb("VmHWM")  # peak since the reset after loading
-    print(f"# torch {torch.__version__} threads={a.threads} steps={a.steps} size={a.size} cfg={a.cfg} "
+    print(f"# torch {torch.__version__} precision={a.precision} threads={a.threads} steps={a.steps} size={a.size} cfg={a.cfg} "
           f"load={t_load:.1f}s step_s={[round(s, 2) for s in steps]}", file=sys.stderr)
     print(f"torch_txt2img text_s={t_text:.3f} denoise_s={t_denoise:.2f} s_per_step={t_denoise / a.steps:.3f} "
           f"decode_s={t_decode:.2f} total_s={t_text + t_denoise + t_decode:.2f} peak_rss_mb={rss_mb:.1f} "
