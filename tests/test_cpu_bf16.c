@@ -342,6 +342,8 @@ int main(void) {
     attention_case(&t, "attention self 2x256, 8x40", 2, 256, 256, 8, 40, 0, 800);
     attention_case(&t, "attention cross 2x256 -> 77, 8x40", 2, 256, 77, 8, 40, 0, 900);
     attention_case(&t, "attention causal 1x77, 12x64", 1, 77, 77, 12, 64, 1, 1000);
+    // head dim above the key count (SD 1.5's deepest cross-attention: 8 x 160 over 77 keys)
+    attention_case(&t, "attention cross 1x64 -> 77, 8x160", 1, 64, 77, 8, 160, 0, 1050);
     param_ops(&t);
     // the mixed-precision variant (training)
     check_true(&t, mixbe->param_dtype == DT_F32 && mixbe->act_dtype == DT_F32,

@@ -66,6 +66,15 @@ typedef struct Prim {
 
 #define EMULATED "sdc fp32 emulation (oneDNN: unimplemented on this CPU)"
 
+// A conv2d's weights in its primitive's blocked layout, made on first use
+// while parameters are held (cpu_bf16_hold): the bf16 parameter at w, for
+// the primitive pr (its layout).
+typedef struct WCache {
+    const void *w;
+    const void *pr;
+    void *data;
+} WCache;
+
 // attention's softmax row kernel (softmax_row_pick)
 typedef float (*SoftmaxRow)(const float *r, uint16_t *p, int n, int Lk, float scale);
 static SoftmaxRow softmax_row_pick(void);
@@ -94,6 +103,10 @@ struct CpuBf16 {
     size_t ystage_cap;
     float *bscratch;          // backward: f32 scratch (conv's weight gradient, attention's blocks)
     size_t bscratch_cap;
+    struct WCache *wc;        // blocked conv2d weights kept while parameters are held (cpu_bf16_hold)
+    int n_wc, cap_wc;
+    int holds;                // open holds: parameters neither written nor freed
+    size_t wc_bytes;
     SoftmaxRow softmax_row;   // attention's row kernel for this CPU
     int native;               // oneDNN computes bf16 matmuls here (else every op is emulated)
     char msg[256];
@@ -213,6 +226,8 @@ void cpu_bf16_destroy(CpuBf16 *c) {
     free(c->stage);
     free(c->wstage);
     free(c->scores);
+    cpu_bf16_params_changed(c);
+    free(c->wc);
     free(c->wblk);
     free(c->ystage);
     free(c->wide[0]), free(c->wide[1]), free(c->wide[2]), free(c->scratch);
@@ -467,14 +482,58 @@ static Prim *reorder_make(CpuBf16 *c, const dnnl_memory_desc_t *from, const dnnl
 // 8 x 8: 1.4 ms of reorder for a 1.9 ms convolution).
 #define CONV_BLOCKED_MIN_PIXELS 256
 
+void cpu_bf16_params_changed(CpuBf16 *c) {
+    for (int i = 0; i < c->n_wc; i++) free(c->wc[i].data);
+    c->n_wc = 0;
+    c->wc_bytes = 0;
+}
+
+void cpu_bf16_hold(CpuBf16 *c, int hold) {
+    c->holds += hold ? 1 : -1;
+    if (c->holds <= 0) {
+        c->holds = 0;
+        cpu_bf16_params_changed(c);
+    }
+}
+
+size_t cpu_bf16_held_bytes(const CpuBf16 *c) { return c->wc_bytes; }
+
+// The blocked weights of parameter w for pr: kept ones, or reordered now
+// (and kept while held; else into the per-call buffer). NULL: c->msg.
+static const void *blocked_weights(CpuBf16 *c, Prim *pr, const uint16_t *w, int keep) {
+    keep = keep && c->holds > 0;
+    for (int i = 0; keep && i < c->n_wc; i++)
+        if (c->wc[i].w == w && c->wc[i].pr == pr) return c->wc[i].data;
+    if (keep && c->n_wc == c->cap_wc) {
+        int cap = c->cap_wc ? 2 * c->cap_wc : 64;
+        WCache *n = realloc(c->wc, (size_t)cap * sizeof *n);
+        if (n) c->wc = n, c->cap_wc = cap;
+        else keep = 0; // no room to keep it: reordered per call, as unheld
+    }
+    void *d = keep ? aligned_alloc(64, (pr->aux_bytes[0] + 63) / 64 * 64) : NULL;
+    if (!d) d = grow(c, (void **)&c->wblk, &c->wblk_cap, pr->aux_bytes[0], 1), keep = 0;
+    if (!d || prim_run(c, pr->aux[1], w, NULL, NULL, d)) {
+        if (keep) free(d);
+        return NULL;
+    }
+    if (keep) {
+        c->wc[c->n_wc++] = (WCache){w, pr, d};
+        c->wc_bytes += pr->aux_bytes[0];
+    }
+    return d;
+}
+
 // conv2d through oneDNN's blocked kernels (brgconv on AVX512-BF16 and AMX):
 // src and dst NHWC, weights in the primitive's own blocked layout. Per call:
 // x f32 NCHW -> bf16 NHWC, w bf16 OIHW -> blocked, the convolution into f32
-// NHWC, then NHWC -> out (NCHW). The weights are reordered every call rather
-// than kept: a copy keyed by the weights' address would go stale when a model
-// is freed and another loaded there (docs/decisions.md "CPU bf16").
-static int conv_blocked(CpuBf16 *c, float *out, const float *x, const uint16_t *w, const float *b, int N, int C,
-                        int H, int W, int OC, int KH, int KW, int stride, int pad) {
+// NHWC, then NHWC -> out (NCHW). The weights are reordered on every call,
+// unless they are a parameter (w_param) and parameters are held
+// (cpu_bf16_hold: a sampling loop): then once, and kept until the last
+// release. Never kept unheld: a copy keyed by the weights' address would go
+// stale when a model is freed and another loaded there (docs/decisions.md
+// "CPU bf16").
+static int conv_blocked(CpuBf16 *c, float *out, const float *x, const uint16_t *w, int w_param, const float *b,
+                        int N, int C, int H, int W, int OC, int KH, int KW, int stride, int pad) {
     const int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
     const int64_t key[KEY_LEN] = {N, C, H, W, OC, KH, KW, stride, pad, b != NULL, 1};
     Prim *pr = prim_find(c, OP_CONV, key);
@@ -505,13 +564,11 @@ static int conv_blocked(CpuBf16 *c, float *out, const float *x, const uint16_t *
             !(pr->aux[2] = reorder_make(c, dblk, &out_md)))
             return -1;
     }
-    uint16_t *xb = stage(c, (size_t)N * C * H * W);                                  // NHWC bf16
-    void *wb = grow(c, (void **)&c->wblk, &c->wblk_cap, pr->aux_bytes[0], 1);        // blocked weights
-    void *yb = grow(c, (void **)&c->ystage, &c->ystage_cap, pr->aux_bytes[1], 1);    // NHWC f32
-    if (!xb || !wb || !yb) return -1;
-    if (prim_run(c, pr->aux[0], x, NULL, NULL, xb) || prim_run(c, pr->aux[1], w, NULL, NULL, wb) ||
-        prim_run(c, pr, xb, wb, b, yb))
-        return -1;
+    uint16_t *xb = stage(c, (size_t)N * C * H * W);                               // NHWC bf16
+    void *yb = grow(c, (void **)&c->ystage, &c->ystage_cap, pr->aux_bytes[1], 1); // NHWC f32
+    const void *wb = xb && yb ? blocked_weights(c, pr, w, w_param) : NULL;        // blocked weights
+    if (!xb || !yb || !wb) return -1;
+    if (prim_run(c, pr->aux[0], x, NULL, NULL, xb) || prim_run(c, pr, xb, wb, b, yb)) return -1;
     return prim_run(c, pr->aux[2], yb, NULL, NULL, out);
 }
 
@@ -523,10 +580,11 @@ static int conv_blocked_wanted(const CpuBf16 *c, int N, int OH, int OW) {
     return (int64_t)N * OH * OW >= CONV_BLOCKED_MIN_PIXELS;
 }
 
-int cpu_bf16_conv2d(CpuBf16 *c, float *out, const float *x, const uint16_t *w, const float *b, int N, int C,
-                    int H, int W, int OC, int KH, int KW, int stride, int pad) {
+int cpu_bf16_conv2d(CpuBf16 *c, float *out, const float *x, const uint16_t *w, int w_param, const float *b, int N,
+                    int C, int H, int W, int OC, int KH, int KW, int stride, int pad) {
     const int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
-    if (conv_blocked_wanted(c, N, OH, OW)) return conv_blocked(c, out, x, w, b, N, C, H, W, OC, KH, KW, stride, pad);
+    if (conv_blocked_wanted(c, N, OH, OW))
+        return conv_blocked(c, out, x, w, w_param, b, N, C, H, W, OC, KH, KW, stride, pad);
     const int64_t key[KEY_LEN] = {N, C, H, W, OC, KH, KW, stride, pad, b != NULL};
     Prim *pr = prim_find(c, OP_CONV, key);
     if (!pr) {
@@ -692,7 +750,7 @@ int cpu_bf16_attention(CpuBf16 *c, float *out, const float *q, const float *k, c
         if (!qk) return -1;
         if (!qk->p) {
             Prim *pv = matmul_prim(c, OP_ATT_PV, bq, Lk, D, (const int64_t[]){Lk, 1}, (const int64_t[]){D, 1},
-                                   (const int64_t[]){HD, 1}, 0); // (named in the implementation info)
+                                   (const int64_t[]){D, 1}, 0); // (named in the implementation info)
             if (!pv) return -1;
             return attention_emulated(c, out, q, k, v, B, Lq, Lk, heads, D, causal);
         }
@@ -700,10 +758,12 @@ int cpu_bf16_attention(CpuBf16 *c, float *out, const float *q, const float *k, c
     const size_t nq = (size_t)B * Lq * HD, nk = (size_t)B * Lk * HD;
     uint16_t *st = stage(c, nq + 2 * nk + (size_t)bq * Lk); // q, k, v head-major, then P (bq, Lk), bf16
     if (!st) return -1;
-    // (bq, Lk) f32 scores, then bq 1 / row sums
-    float *s = grow(c, (void **)&c->scores, &c->scores_cap, (size_t)bq * Lk + (size_t)bq, sizeof(float));
+    // (bq, Lk) f32 scores, later P.V's (bq, D) block (D may exceed Lk: cross-attention on 77 keys, D 160),
+    // then bq 1 / row sums
+    const size_t ns = (size_t)bq * (Lk > D ? Lk : D);
+    float *s = grow(c, (void **)&c->scores, &c->scores_cap, ns + (size_t)bq, sizeof(float));
     if (!s) return -1;
-    float *inv = s + (size_t)bq * Lk;
+    float *inv = s + ns;
     uint16_t *qb = st, *kb = qb + nq, *vb = kb + nk, *pb = vb + nk;
     to_bf16_heads(qb, q, B, Lq, heads, D);
     to_bf16_heads(kb, k, B, Lk, heads, D);
@@ -727,14 +787,16 @@ int cpu_bf16_attention(CpuBf16 *c, float *out, const float *q, const float *k, c
                     const int n = causal && q0 + i + 1 < Lk ? q0 + i + 1 : Lk;
                     inv[i] = 1.0f / c->softmax_row(s + (size_t)i * Lk, pb + (size_t)i * Lk, n, Lk, scale);
                 }
-                // O_blk (rows, D) = P (rows, Lk) . V_h (Lk, D), straight into out (row stride HD), then / sum
+                // O_blk (rows, D) = P (rows, Lk) . V_h (Lk, D) into the spent scores (dense: oneDNN's brgemm
+                // takes it where a dst of row stride HD got gemm:jit, 1.2x slower), then / sum into out
                 Prim *pv = matmul_prim(c, OP_ATT_PV, rows, Lk, D, (const int64_t[]){Lk, 1}, (const int64_t[]){D, 1},
-                                       (const int64_t[]){HD, 1}, 0);
-                if (!pv || matmul_run(c, pv, pb, vh, NULL, ob)) return -1;
+                                       (const int64_t[]){D, 1}, 0);
+                if (!pv || matmul_run(c, pv, pb, vh, NULL, s)) return -1;
                 for (int i = 0; i < rows; i++) {
                     float *o = ob + (size_t)i * HD;
+                    const float *t = s + (size_t)i * D;
 #pragma omp simd
-                    for (int d = 0; d < D; d++) o[d] *= inv[i];
+                    for (int d = 0; d < D; d++) o[d] = t[d] * inv[i];
                 }
             }
     return 0;

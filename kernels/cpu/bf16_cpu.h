@@ -36,9 +36,19 @@ int cpu_bf16_error_is_oom(const CpuBf16 *c);
 int cpu_bf16_linear(CpuBf16 *c, float *out, const float *x, const uint16_t *w, const float *b, int64_t M,
                     int64_t K, int64_t N);
 // out (N, OC, OH, OW) f32 = conv(x (N, C, H, W) f32 -> bf16, w (OC, C, KH, KW) bf16) + b (OC) f32 or NULL;
-// zero padding pad on every side, stride, groups 1.
-int cpu_bf16_conv2d(CpuBf16 *c, float *out, const float *x, const uint16_t *w, const float *b, int N, int C,
-                    int H, int W, int OC, int KH, int KW, int stride, int pad);
+// zero padding pad on every side, stride, groups 1. w_param: w is a bf16
+// parameter (not a per-call rounding of fp32 weights), which may be kept in
+// the convolution's own layout while parameters are held (cpu_bf16_hold).
+int cpu_bf16_conv2d(CpuBf16 *c, float *out, const float *x, const uint16_t *w, int w_param, const float *b, int N,
+                    int C, int H, int W, int OC, int KH, int KW, int stride, int pad);
+// Holds (hold 1) and releases (0) the parameters: while any hold is open the
+// caller promises that no bf16 parameter is written or freed, so conv2d
+// keeps its blocked copies of them (made on first use) instead of
+// reordering them on every call; the last release drops the copies, as does
+// cpu_bf16_params_changed at once. cpu_bf16_held_bytes: what they take.
+void cpu_bf16_hold(CpuBf16 *c, int hold);
+void cpu_bf16_params_changed(CpuBf16 *c);
+size_t cpu_bf16_held_bytes(const CpuBf16 *c);
 // Multi-head attention as cpu_attention (ops_cpu.h): q (B, Lq, H*D), k and v
 // (B, Lk, H*D) f32 -> out (B, Lq, H*D) f32, scale 1/sqrt(D), causal masks key
 // j > query i. Q.K^T and P.V in bf16 with fp32 accumulation; the softmax in

@@ -182,6 +182,18 @@ struct Backend {
 // 0, or the first failure recorded inside be's ops (see status above).
 int backend_status(const Backend *be, SdcError *err);
 
+// A run that reads the parameters many times (a sampling loop) holds them
+// (hold 1) and releases them when done (0). While any hold is open nothing
+// writes or frees a parameter on be, so the backend may keep copies derived
+// from them: the CPU bf16 variant keeps its conv2d weights in oneDNN's
+// blocked layout (made on first use) instead of reordering them on every
+// call. The last release drops the copies; backend_params_changed drops them
+// at once (a model freed, or its parameters written in place).
+// backend_held_bytes: the memory the copies take. No-ops elsewhere.
+void backend_hold_params(const Backend *be, int hold);
+void backend_params_changed(const Backend *be);
+size_t backend_held_bytes(const Backend *be);
+
 // Creates the CPU backend with `threads` threads (0 = OMP_NUM_THREADS, else all cores).
 int backend_cpu_create(Backend **out, int threads, SdcError *err);
 // The thread count OMP_NUM_THREADS asks for (its first entry; what PyTorch

@@ -264,8 +264,10 @@ static void cpu_op_conv2d(const Backend *be, Tensor *out, const Tensor *x, const
         const float *bf = param_f32(be, b, 0);
         const uint16_t *wb = bf16_weights(be, w);
         if ((b && !bf) || !wb) return; // recorded: backend_status
-        bf16_status(be, cpu_bf16_conv2d(((CpuImpl *)be->impl)->bf16, tensor_f32p(out), tensor_f32p(x), wb, bf, N, C,
-                                        H, W, OC, KH, KW, stride, pad), "conv2d");
+        // a BF16 w is a parameter (the bf16 variant's); an F32 one, rounded into staging for this call
+        bf16_status(be, cpu_bf16_conv2d(((CpuImpl *)be->impl)->bf16, tensor_f32p(out), tensor_f32p(x), wb,
+                                        w->dtype == DT_BF16, bf, N, C, H, W, OC, KH, KW, stride, pad),
+                    "conv2d");
         return;
     }
 #endif
@@ -658,6 +660,41 @@ static int create_bf16(Backend **out, int threads, int mixed, SdcError *err) {
 int backend_cpu_create_bf16(Backend **out, int threads, SdcError *err) { return create_bf16(out, threads, 0, err); }
 int backend_cpu_create_bf16_mixed(Backend **out, int threads, SdcError *err) {
     return create_bf16(out, threads, 1, err);
+}
+
+// the CPU bf16 context of be, or NULL (any other backend, the measure one included)
+static struct CpuBf16 *bf16_of(const Backend *be) {
+#ifdef SDC_HAVE_DNNL
+    if (be && be->device == DEV_CPU && be->impl && be->alloc == cpu_alloc) return ((CpuImpl *)be->impl)->bf16;
+#else
+    (void)be;
+#endif
+    return NULL;
+}
+
+void backend_hold_params(const Backend *be, int hold) {
+#ifdef SDC_HAVE_DNNL
+    if (bf16_of(be)) cpu_bf16_hold(bf16_of(be), hold);
+#else
+    (void)be, (void)hold;
+#endif
+}
+
+void backend_params_changed(const Backend *be) {
+#ifdef SDC_HAVE_DNNL
+    if (bf16_of(be)) cpu_bf16_params_changed(bf16_of(be));
+#else
+    (void)be;
+#endif
+}
+
+size_t backend_held_bytes(const Backend *be) {
+#ifdef SDC_HAVE_DNNL
+    return bf16_of(be) ? cpu_bf16_held_bytes(bf16_of(be)) : 0;
+#else
+    (void)be;
+    return 0;
+#endif
 }
 
 void backend_cpu_bf16_info(const Backend *be, char *buf, size_t n) {

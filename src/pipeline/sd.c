@@ -54,6 +54,7 @@ int sd_model_load_opts(SdModel *m, const char *path, const char *config_dir, int
 }
 
 void sd_model_free(SdModel *m) {
+    if (m->be) backend_params_changed(m->be); // copies derived from these parameters go with them
     if (m->vae) vae_free(m->vae);
     if (m->unet) unet_free(m->unet);
     if (m->clip) clip_free(m->clip);
@@ -329,6 +330,7 @@ struct SdRun {
     float ts[64], *tsp;          // the timesteps of the evaluation sd_run_next gave
     Tensor add_text;             // SDXL: (rows, P) the pooled embeddings, [negative x B, prompt x B]
     float *time_ids;             // SDXL: (rows, n_time_ids) host
+    int held;                    // holds the model's parameters (backend_hold_params) until freed
 };
 
 // SDXL's time ids of one row (diffusers' _get_add_time_ids): original size,
@@ -368,6 +370,7 @@ static void xl_time_ids(const GenParams *p, int n_ids, int negative, float *out)
 
 void sd_run_free(SdRun *r) {
     if (!r) return;
+    if (r->held) backend_hold_params(r->m->be, 0);
     for (int i = 0; i < r->n_init; i++) sampler_free(&r->s[i]);
     free(r->s);
     free(r->rng);
@@ -518,6 +521,8 @@ int sd_run_begin(SdModel *m, const GenParams *p, const float *ctx, SdRun **out, 
         sd_run_free(r);
         return rc;
     }
+    backend_hold_params(be, 1); // the parameters stay as they are until sd_run_free
+    r->held = 1;
     *out = r;
     return 0;
 }
