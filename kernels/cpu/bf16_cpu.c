@@ -148,9 +148,44 @@ static inline uint16_t round_bf16_finite(float f) {
 // team costs more than the loop (and on a loaded machine much more).
 #define PAR_MIN ((int64_t)1 << 16)
 
-void cpu_f32_to_bf16(uint16_t *dst, const float *x, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+// n values rounded to bf16: round_bf16 in AVX2 lanes, or vcvtneps2bf16 on a
+// CPU with AVX512-BF16 (the same nearest-even rounding and quiet NaNs, but
+// subnormal inputs become +-0: the instruction ignores MXCSR and flushes).
+typedef void (*RowToBf16)(uint16_t *dst, const float *x, int64_t n);
+
+static void row_to_bf16_generic(uint16_t *dst, const float *x, int64_t n) {
+#pragma omp simd
     for (int64_t i = 0; i < n; i++) dst[i] = round_bf16(x[i]);
+}
+
+#ifdef SDC_X86_AVX512BF16
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void
+row_to_bf16_avx512bf16(uint16_t *dst, const float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(dst + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+#endif
+
+static RowToBf16 row_to_bf16_pick(void) {
+#ifdef SDC_X86_AVX512BF16
+    if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        return row_to_bf16_avx512bf16;
+#endif
+    return row_to_bf16_generic;
+}
+
+static RowToBf16 row_to_bf16 = row_to_bf16_generic; // set by cpu_bf16_create
+
+void cpu_f32_to_bf16(uint16_t *dst, const float *x, int64_t n) {
+    const int64_t chunk = 4096; // a 16 KiB run of x per iteration
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (int64_t i = 0; i < n; i += chunk) row_to_bf16(dst + i, x + i, n - i < chunk ? n - i : chunk);
 }
 
 // A staging buffer of at least n elements of `size` bytes; NULL (and the
@@ -202,6 +237,7 @@ int cpu_bf16_create(CpuBf16 **out, char *msg, size_t n) {
         if (st == dnnl_success) st = dnnl_primitive_desc_create(&pd, &md, NULL, c->eng, NULL);
         c->native = st == dnnl_success;
         c->softmax_row = softmax_row_pick();
+        row_to_bf16 = row_to_bf16_pick(); // (the same for every context: the CPU's)
         if (pd) dnnl_primitive_desc_destroy(pd);
     }
     *out = c;
@@ -732,9 +768,7 @@ static void to_bf16_heads(uint16_t *dst, const float *src, int B, int L, int hea
         for (int h = 0; h < heads; h++) {
             uint16_t *d = dst + ((int64_t)b * heads + h) * L * D;
             const float *s = src + (int64_t)b * L * HD + (int64_t)h * D;
-            for (int i = 0; i < L; i++)
-#pragma omp simd
-                for (int j = 0; j < D; j++) d[(int64_t)i * D + j] = round_bf16_finite(s[i * HD + j]);
+            for (int i = 0; i < L; i++) row_to_bf16(d + (int64_t)i * D, s + i * HD, D);
         }
 }
 
