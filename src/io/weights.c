@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "io/json.h"
 #include "io/namemap.h"
@@ -1225,6 +1227,19 @@ static const WEntry *find_entry(const ModelFiles *m, Component c, const char *na
 }
 
 int model_files_has(const ModelFiles *m, Component c, const char *name) { return find_entry(m, c, name) != NULL; }
+
+void model_files_drop_pages(const ModelFiles *m, const void *p, size_t bytes) {
+    const uint8_t *b = p;
+    for (int i = 0; m && b && i < m->n_files; i++) {
+        const StFile *f = m->files[i];
+        if (f->fd < 0 || !f->map || b < f->map || b + bytes > f->map + f->size) continue; // not this mapping
+        const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+        const uintptr_t lo = ((uintptr_t)b + pg - 1) / pg * pg, hi = ((uintptr_t)b + bytes) / pg * pg;
+        // a read-only private file mapping: dropped pages come back from the file if touched again
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        return;
+    }
+}
 
 int model_files_transposed(const ModelFiles *m, Component c, const char *name) {
     const WEntry *w = find_entry(m, c, name);

@@ -97,6 +97,13 @@ int model_files_has(const ModelFiles *m, Component c, const char *name);
 // text_projection): model_files_get gives the diffusers shape over the file's
 // bytes, which the caller must read transposed.
 int model_files_transposed(const ModelFiles *m, Component c, const char *name);
+// A tensor's bytes [p, p + bytes) are read and copied: where they lie in a
+// mapped .safetensors file, its whole pages are given back (madvise
+// MADV_DONTNEED), so a model converted at load (bf16 from an f32 file,
+// training copies) does not keep the file resident beside its copy. A page
+// touched again is read back from the file: never wrong, only slower. Other
+// memory (a file read whole, e.g. .h5 or .ckpt) is left alone.
+void model_files_drop_pages(const ModelFiles *m, const void *p, size_t bytes);
 // Every tensor of a component, in name order: its diffusers name and its
 // view (the file's dtype and shape; SDC_ERR_UNSUPPORTED for a dtype that is
 // not F32, F16 or BF16), as model_files_get finds it. For sdc convert.

@@ -86,6 +86,7 @@ static Tensor param_vget(ParamLoader *pl, int optional, int ndim, const int64_t 
         return none;
     }
     convert_to_f32(f32, src.data, src.dtype, n);
+    if (pl->mf) model_files_drop_pages(pl->mf, src.data, n * dtype_size(src.dtype)); // copied: the file's pages go
     if (transposed) {
         const int64_t R = src.shape[0], C = src.shape[1];
         float *t = malloc(n * sizeof(float));
