@@ -168,6 +168,10 @@ int main(int argc, char **argv) {
     double med = times[repeat / 2];
     printf("unet batch %d latent %dx%d ctx (%d, %d): %.3f GFLOP, %.1f GFLOP/s\n", batch, latent,
            latent, ctx_len, c->cross_dim, flops * 1e-9, flops * 1e-9 / med);
+    const double gemm = backend_cpu_bf16_gemm_gflops(be, 2048, 20);
+    if (gemm > 0)
+        printf("bf16_gemm_gflops=%.1f (oneDNN matmul 2048^3, best of 20) unet_share_of_gemm=%.3f\n", gemm,
+               flops * 1e-9 / med / gemm);
     if (backend_held_bytes(be))
         printf("held: %.1f MiB of conv2d weights in oneDNN's blocked layout\n", backend_held_bytes(be) / 1048576.0);
 

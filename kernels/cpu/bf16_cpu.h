@@ -75,6 +75,11 @@ int cpu_bf16_attention_backward(CpuBf16 *c, float *dq, float *dk, float *dv, con
                                 const float *k, const float *v, int B, int Lq, int Lk, int heads, int D,
                                 int causal);
 
+// The machine's bf16 GEMM rate in GFLOP/s: the best of reps oneDNN matmuls
+// (n, n) bf16 x (n, n) bf16 -> f32, B prepacked in the library's own layout;
+// 0 where oneDNN computes no bf16 here.
+double cpu_bf16_gemm_gflops(CpuBf16 *c, int n, int reps);
+
 // The oneDNN version and, per op, the implementations its primitives use so
 // far, e.g. "oneDNN 2.6.3: conv2d ref:any; linear gemm:jit; attention ref:any".
 void cpu_bf16_impl_info(const CpuBf16 *c, char *buf, size_t n);

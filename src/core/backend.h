@@ -219,6 +219,10 @@ int backend_cpu_bf16_available(void);
 // far (e.g. "oneDNN 2.6.3: conv2d ref:any; linear gemm:jit"), into buf;
 // "" for any other backend.
 void backend_cpu_bf16_info(const Backend *be, char *buf, size_t n);
+// The bf16 variants: the machine's bf16 GEMM rate (GFLOP/s, oneDNN, n x n x
+// n, best of reps, at the backend's thread count), the yardstick of the
+// benchmarks; 0 where no bf16 is computed natively (or any other backend).
+double backend_cpu_bf16_gemm_gflops(const Backend *be, int n, int reps);
 // Creates the CUDA backend on device `device_index`; act_dtype F32, F16 or
 // BF16. Fails with SDC_ERR_DEVICE and a hint when there is no usable GPU or
 // sdc was built without CUDA.

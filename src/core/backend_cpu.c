@@ -697,6 +697,15 @@ size_t backend_held_bytes(const Backend *be) {
 #endif
 }
 
+double backend_cpu_bf16_gemm_gflops(const Backend *be, int n, int reps) {
+#ifdef SDC_HAVE_DNNL
+    return bf16_of(be) ? cpu_bf16_gemm_gflops(bf16_of(be), n, reps) : 0;
+#else
+    (void)be, (void)n, (void)reps;
+    return 0;
+#endif
+}
+
 void backend_cpu_bf16_info(const Backend *be, char *buf, size_t n) {
     if (n) buf[0] = 0;
 #ifdef SDC_HAVE_DNNL
