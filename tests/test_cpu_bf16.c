@@ -360,6 +360,26 @@ int main(void) {
     printf("  %s\n", info);
     check_true(&t, strstr(info, "conv2d") && strstr(info, "linear") && strstr(info, "attention"),
                "implementations named for every bf16 op");
+    { // which conv2d kernels ran: oneDNN's blocked ones from 256 output pixels where it computes bf16
+      // (the 16x16 cases), its plain-layout ones below (8x8) and under SDC_BF16_GENERIC=1 (every shape)
+        const char *g = getenv("SDC_BF16_GENERIC");
+        const int generic = g && !strcmp(g, "1"), emulated = strstr(info, "emulation") != NULL;
+        if (emulated)
+            check_true(&t, !strstr(info, "brgconv"), "no blocked conv2d where oneDNN computes no bf16");
+        else if (generic)
+            check_true(&t, !strstr(info, "brgconv") && !strstr(info, "reorder"),
+                       "SDC_BF16_GENERIC=1: every conv2d in the plain layouts (no blocked kernel, no reorder)");
+        else
+            check_true(&t, strstr(info, "brgconv") && strstr(info, "gemm:jit"),
+                       "conv2d blocked (brgconv) at 16x16 and plain (gemm:jit) at 8x8");
+        char minfo[512];
+        backend_cpu_bf16_info(mixbe, minfo, sizeof minfo);
+        printf("  mixed: %s\n", minfo);
+        if (!emulated)
+            check_true(&t, strstr(minfo, "conv2d backward data") && strstr(minfo, "linear backward") &&
+                               strstr(minfo, "attention backward"),
+                       "the mixed variant's backward ran through oneDNN");
+    }
     backend_destroy(f32be);
     backend_destroy(bfbe);
     backend_destroy(mixbe);

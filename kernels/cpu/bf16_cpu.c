@@ -148,6 +148,14 @@ static inline uint16_t round_bf16_finite(float f) {
 // team costs more than the loop (and on a loaded machine much more).
 #define PAR_MIN ((int64_t)1 << 16)
 
+// SDC_BF16_GENERIC=1: the generic kernels and the plain conv2d layouts on any
+// CPU (tests/CMakeLists.txt's test_cpu_bf16_generic checks them where the
+// fast ones would run).
+static int bf16_generic_forced(void) {
+    const char *e = getenv("SDC_BF16_GENERIC");
+    return e && !strcmp(e, "1");
+}
+
 // n values rounded to bf16: round_bf16 in AVX2 lanes, or vcvtneps2bf16 on a
 // CPU with AVX512-BF16 (the same nearest-even rounding and quiet NaNs, but
 // subnormal inputs become +-0: the instruction ignores MXCSR and flushes).
@@ -173,7 +181,7 @@ row_to_bf16_avx512bf16(uint16_t *dst, const float *x, int64_t n) {
 
 static RowToBf16 row_to_bf16_pick(void) {
 #ifdef SDC_X86_AVX512BF16
-    if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+    if (!bf16_generic_forced() && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl"))
         return row_to_bf16_avx512bf16;
 #endif
@@ -609,7 +617,7 @@ static int conv_blocked(CpuBf16 *c, float *out, const float *x, const uint16_t *
 }
 
 static int conv_blocked_wanted(const CpuBf16 *c, int N, int OH, int OW) {
-    if (!c->native) return 0;
+    if (!c->native || bf16_generic_forced()) return 0;
     const char *e = getenv("SDC_BF16_CONV"); // measuring: "plain" or "blocked" for every shape
     if (e && !strcmp(e, "plain")) return 0;
     if (e && !strcmp(e, "blocked")) return 1;
@@ -752,7 +760,7 @@ softmax_row_avx512bf16(const float *r, uint16_t *p, int n, int Lk, float scale) 
 
 static SoftmaxRow softmax_row_pick(void) {
 #ifdef SDC_X86_AVX512BF16
-    if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+    if (!bf16_generic_forced() && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl"))
         return softmax_row_avx512bf16;
 #endif
