@@ -1,23 +1,29 @@
 // bf16_cpu.c: conv2d, linear and attention in bf16 through oneDNN's C API
-// (bf16_cpu.h). Built only with oneDNN (CMake's SDC_DNNL).
+// (bf16_cpu.h), forward and backward. Built only with oneDNN (CMake's SDC_DNNL).
 //
 // Every primitive is made for one shape on its first call (oneDNN chooses the
 // implementation then: AMX or AVX512-BF16 where the CPU has them) and kept in
 // a small table with its memory objects, whose data handles are set before
-// each execution. Layouts are the plain ones sdc's tensors have (NCHW, OIHW,
-// row-major), so no reorders: the inputs' only extra pass is their rounding
-// to bf16 into a staging buffer.
+// each execution. Linear and attention use the plain layouts sdc's tensors
+// have (row-major; attention's Q, K, V copied head-major in bf16); conv2d
+// from 256 output pixels takes oneDNN's blocked kernels (NHWC activations,
+// weights in the primitive's own layout, reordered around the call; kept
+// while a sampling run holds the parameters), below that the plain NCHW /
+// OIHW ones. Inputs are rounded to bf16 into staging buffers
+// (vcvtneps2bf16 where the CPU has AVX512-BF16), outputs written in fp32.
 //
 // Where oneDNN has no implementation (oneDNN 2.x implements bf16 only on CPUs
 // with AVX-512, reference code included: on an AVX2 CPU every bf16 primitive
 // is "unimplemented"), the op is emulated with the same numbers: the bf16
 // operands widened to fp32 (exact) and multiplied by the fp32 kernels
 // (OpenBLAS sgemm, cpu_conv2d), which accumulate in fp32 as oneDNN does. The
-// results then differ from oneDNN's only in the order of the additions; the
-// speed is fp32's (a little less: the widening), the memory bf16's.
+// results then differ from oneDNN's only in the order of the additions (and,
+// in attention's backward, the rounding of P and dS); the speed is fp32's (a
+// little less: the widening), the memory bf16's. The backward's emulation is
+// the caller's (backend_cpu_bwd.c: the fp32 kernels on rounded operands).
 //
-// Not here: the backward (training), blocked weight layouts chosen by oneDNN
-// (format_tag_any + a reorder at load), and fusing the rounding into oneDNN.
+// Not here: the backward of conv2d in the blocked layouts, and activations
+// kept NHWC between convolutions (each blocked one reorders in and out).
 #include "cpu/bf16_cpu.h"
 #include "cpu/ops_cpu.h"
 #include "cpu/fastmath.h"

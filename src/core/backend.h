@@ -210,8 +210,8 @@ int backend_cpu_create_bf16(Backend **out, int threads, SdcError *err);
 // param_dtype F32 (fp32 master weights, gradients and AdamW state), act_dtype
 // F32; conv2d and linear round their weights to bf16 per call, and conv2d,
 // linear and attention compute in bf16 with fp32 accumulation, backward
-// included (the backward: bf16-rounded operands through the fp32 kernels,
-// the same numbers; not yet through oneDNN). Same failure as above.
+// included (through oneDNN where it computes bf16; on a CPU without bf16,
+// bf16-rounded operands through the fp32 kernels). Same failure as above.
 int backend_cpu_create_bf16_mixed(Backend **out, int threads, SdcError *err);
 // Whether this build has the CPU bf16 path (oneDNN).
 int backend_cpu_bf16_available(void);
