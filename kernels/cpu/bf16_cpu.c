@@ -66,8 +66,10 @@ typedef struct Prim {
     dnnl_primitive_t p;
     dnnl_memory_t m[4];
     int arg[4];
+    int ref;             // oneDNN's reference implementation (correct, but slow)
     struct Prim *aux[3]; // a blocked conv2d's reorders (src, weights, dst), owned
     size_t aux_bytes[2]; // their staging sizes: weights, dst
+    int plain;           // a blocked conv2d that is not usable (ref, or not all made): the plain path
 } Prim;
 
 #define EMULATED "sdc fp32 emulation (oneDNN: unimplemented on this CPU)"
@@ -185,11 +187,20 @@ row_to_bf16_avx512bf16(uint16_t *dst, const float *x, int64_t n) {
 }
 #endif
 
+// The AVX512-BF16 kernels (this file's target-attributed ones) may run: the
+// CPU has the instructions and SDC_BF16_GENERIC=1 does not forbid them.
+static int use_avx512bf16(void) {
+#ifdef SDC_X86_AVX512BF16
+    return !bf16_generic_forced() && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
 static RowToBf16 row_to_bf16_pick(void) {
 #ifdef SDC_X86_AVX512BF16
-    if (!bf16_generic_forced() && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl"))
-        return row_to_bf16_avx512bf16;
+    if (use_avx512bf16()) return row_to_bf16_avx512bf16;
 #endif
     return row_to_bf16_generic;
 }
@@ -346,6 +357,7 @@ static Prim *prim_make_ex(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_o
     }
     const char *impl = NULL;
     dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+    pr->ref = impl && !strncmp(impl, "ref", 3);
     if (impl && !strstr(c->impl[kind], impl)) { // each implementation named once
         size_t l = strlen(c->impl[kind]);
         snprintf(c->impl[kind] + l, sizeof c->impl[kind] - l, "%s%s", l ? ", " : "", impl);
@@ -573,7 +585,9 @@ static const void *blocked_weights(CpuBf16 *c, Prim *pr, const uint16_t *w, int 
     return d;
 }
 
-// conv2d through oneDNN's blocked kernels (brgconv on AVX512-BF16 and AMX):
+// conv2d through oneDNN's blocked kernels (brgconv on AVX512-BF16 and AMX);
+// 1 when there is none for this shape (oneDNN would take its reference code:
+// the caller then uses the plain layouts), else 0 or -1 (c->msg).
 // src and dst NHWC, weights in the primitive's own blocked layout. Per call:
 // x f32 NCHW -> bf16 NHWC, w bf16 OIHW -> blocked, the convolution into f32
 // NHWC, then NHWC -> out (NCHW). The weights are reordered on every call,
@@ -604,7 +618,8 @@ static int conv_blocked(CpuBf16 *c, float *out, const float *x, const uint16_t *
                                                     b ? &bias : NULL, &dst, strides, padding, padding);
         if (st != dnnl_success) return fail(c, "describing a convolution", st);
         if (!(pr = prim_make(c, OP_CONV, key, &d, &src, &wei, b ? &bias : NULL, &dst))) return -1;
-        if (!pr->p) return fail(c, "conv2d: no blocked bf16 implementation", dnnl_unimplemented);
+        pr->plain = 1; // until every part of the blocked path is made
+        if (!pr->p || pr->ref) return 1;
         const dnnl_memory_desc_t *wblk = NULL, *dblk = NULL;
         dnnl_memory_get_memory_desc(pr->m[1], &wblk);
         dnnl_memory_get_memory_desc(pr->m[3], &dblk);
@@ -613,7 +628,9 @@ static int conv_blocked(CpuBf16 *c, float *out, const float *x, const uint16_t *
         if (!(pr->aux[0] = reorder_make(c, &x_md, &src)) || !(pr->aux[1] = reorder_make(c, &w_md, wblk)) ||
             !(pr->aux[2] = reorder_make(c, dblk, &out_md)))
             return -1;
+        pr->plain = 0;
     }
+    if (pr->plain) return 1;
     uint16_t *xb = stage(c, (size_t)N * C * H * W);                               // NHWC bf16
     void *yb = grow(c, (void **)&c->ystage, &c->ystage_cap, pr->aux_bytes[1], 1); // NHWC f32
     const void *wb = xb && yb ? blocked_weights(c, pr, w, w_param) : NULL;        // blocked weights
@@ -633,8 +650,10 @@ static int conv_blocked_wanted(const CpuBf16 *c, int N, int OH, int OW) {
 int cpu_bf16_conv2d(CpuBf16 *c, float *out, const float *x, const uint16_t *w, int w_param, const float *b, int N,
                     int C, int H, int W, int OC, int KH, int KW, int stride, int pad) {
     const int OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
-    if (conv_blocked_wanted(c, N, OH, OW))
-        return conv_blocked(c, out, x, w, w_param, b, N, C, H, W, OC, KH, KW, stride, pad);
+    if (conv_blocked_wanted(c, N, OH, OW)) {
+        const int rc = conv_blocked(c, out, x, w, w_param, b, N, C, H, W, OC, KH, KW, stride, pad);
+        if (rc <= 0) return rc; // done, or failed; 1: no blocked kernel for this shape
+    }
     const int64_t key[KEY_LEN] = {N, C, H, W, OC, KH, KW, stride, pad, b != NULL};
     Prim *pr = prim_find(c, OP_CONV, key);
     if (!pr) {
@@ -766,9 +785,7 @@ softmax_row_avx512bf16(const float *r, uint16_t *p, int n, int Lk, float scale) 
 
 static SoftmaxRow softmax_row_pick(void) {
 #ifdef SDC_X86_AVX512BF16
-    if (!bf16_generic_forced() && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl"))
-        return softmax_row_avx512bf16;
+    if (use_avx512bf16()) return softmax_row_avx512bf16;
 #endif
     return softmax_row_generic;
 }
