@@ -1059,7 +1059,9 @@ int run_generate(const Sdc__Job *job, const RunOptions *opt, SdcError *err) {
     if (stages > 1) {
         rc = pipeline_setup(job, &m, &in, &grid, &pp, &par, opt, err);
         if (!rc && grid.stage > 0) { // serve until stage 0 is done
+            backend_hold_params(be, 1); // a sampling loop's passes, as sd_run_begin holds them on stage 0
             rc = pp_serve(&pp, err);
+            backend_hold_params(be, 0);
             if (!rc && !opt->quiet)
                 fprintf(stderr, "sdc: pipeline stage %d (blocks %d-%d): %lld passes, %.1f s busy, %.1f s waiting\n",
                         pp.stage, pp.bounds[pp.stage], pp.bounds[pp.stage + 1] - 1, pp.passes, pp.busy_s, pp.wait_s);

@@ -83,6 +83,18 @@ generate_bf16() {
     has "... naming what computed the bf16 ops" 'sdc: bf16 ops: oneDNN [0-9.]*: conv2d .*linear .*attention'
     runs "the fp32 image" "$SDC" generate -q -m "$DEMO" -p 'a red fox' -W 64 -H 64 --steps 8 -o "$W/fp32.png"
     check "bf16 vs fp32: PSNR >= 35 dB, < 99 dB" $PNGPIX psnr "$W/fp32.png" "$W/bf16.png" 35 99
+    # 256 px: where oneDNN computes bf16, the convolutions of 256+ output pixels take its blocked kernels
+    # with their weights kept while the run holds the parameters; the same image every time, from one
+    # process or two pipeline stages, and the fp32 image within rounding
+    set -- generate -q -m "$DEMO" -p 'a red fox' -W 256 -H 256 --steps 3 -s 5 -t 1
+    runs "bf16 at 256 px" "$SDC" "$@" --precision bf16 -o "$W/a256.png"
+    runs "... again" "$SDC" "$@" --precision bf16 -o "$W/b256.png"
+    check "... the same PNG twice" cmp "$W/a256.png" "$W/b256.png"
+    runs "... --pipeline-stages 2 under mpiexec" mpiexec --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 \
+        -n 2 "$SDC" "$@" --precision bf16 --pipeline-stages 2 -o "$W/pp256.png"
+    check "... the same PNG as one process" cmp "$W/a256.png" "$W/pp256.png"
+    runs "the fp32 image at 256 px" "$SDC" "$@" -o "$W/fp256.png"
+    check "bf16 vs fp32 at 256 px: PSNR >= 35 dB, < 99 dB" $PNGPIX psnr "$W/fp256.png" "$W/a256.png" 35 99
 }
 
 # sdc train dreambooth --mixed-precision bf16 (the CPU's mixed variant: bf16
