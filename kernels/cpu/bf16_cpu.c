@@ -314,6 +314,14 @@ static Prim *prim_find(CpuBf16 *c, int kind, const int64_t *key) {
     return NULL;
 }
 
+// Adds an implementation's name (NULL: none) to those named for op kind,
+// once (cpu_bf16_impl_info).
+static void note_impl(CpuBf16 *c, int kind, const char *impl) {
+    if (!impl || strstr(c->impl[kind], impl)) return;
+    const size_t l = strlen(c->impl[kind]);
+    snprintf(c->impl[kind] + l, sizeof c->impl[kind] - l, "%s%s", l ? ", " : "", impl);
+}
+
 static const int FWD_ARGS[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS, DNNL_ARG_DST};
 
 // Makes the primitive of op descriptor d (attr and hint may be NULL) with
@@ -341,10 +349,7 @@ static Prim *prim_make_ex(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_o
     dnnl_primitive_desc_t pd = NULL;
     dnnl_status_t st = dnnl_primitive_desc_create(&pd, d, attr, c->eng, hint);
     if (st == dnnl_unimplemented) { // emulated (see the top of the file)
-        if (!strstr(c->impl[kind], EMULATED)) {
-            size_t l = strlen(c->impl[kind]);
-            snprintf(c->impl[kind] + l, sizeof c->impl[kind] - l, "%s%s", l ? ", " : "", EMULATED);
-        }
+        note_impl(c, kind, EMULATED);
         c->prims[c->n_prims++] = pr;
         return pr;
     }
@@ -358,10 +363,7 @@ static Prim *prim_make_ex(CpuBf16 *c, int kind, const int64_t *key, const_dnnl_o
     const char *impl = NULL;
     dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
     pr->ref = impl && !strncmp(impl, "ref", 3);
-    if (impl && !strstr(c->impl[kind], impl)) { // each implementation named once
-        size_t l = strlen(c->impl[kind]);
-        snprintf(c->impl[kind] + l, sizeof c->impl[kind] - l, "%s%s", l ? ", " : "", impl);
-    }
+    note_impl(c, kind, impl);
     st = dnnl_primitive_create(&pr->p, pd);
     const dnnl_memory_desc_t *mds[4] = {src, wei, bias, dst};
     for (int j = 0; st == dnnl_success && j < 4; j++) {
@@ -520,10 +522,7 @@ static Prim *reorder_make(CpuBf16 *c, const dnnl_memory_desc_t *from, const dnnl
     if (st == dnnl_success) {
         const char *impl = NULL;
         dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
-        if (impl && !strstr(c->impl[OP_REORDER], impl)) {
-            size_t l = strlen(c->impl[OP_REORDER]);
-            snprintf(c->impl[OP_REORDER] + l, sizeof c->impl[OP_REORDER] - l, "%s%s", l ? ", " : "", impl);
-        }
+        note_impl(c, OP_REORDER, impl);
         st = dnnl_primitive_create(&pr->p, pd);
         dnnl_primitive_desc_destroy(pd);
     }
