@@ -29,7 +29,18 @@
         }                                                                     \
     } while (0)
 #else
-#define FUZZ_H5_INPUT(path, data, size) fuzz_write(path, data, size)
+// FUZZ_H5_KEEP_PREV=1 in the environment: the previous input's file stays
+// beside it as <path>.prev, so that a finding that needs the state an earlier
+// input left in libhdf5 can be replayed as the pair (tests/fuzz/hdf5-bugs/).
+#define FUZZ_H5_INPUT(path, data, size)                                       \
+    do {                                                                      \
+        if (getenv("FUZZ_H5_KEEP_PREV")) {                                    \
+            char prev_[700];                                                  \
+            snprintf(prev_, sizeof prev_, "%s.prev", path);                   \
+            rename(path, prev_);                                              \
+        }                                                                     \
+        fuzz_write(path, data, size);                                         \
+    } while (0)
 #endif
 
 // ---- the library, once per process ------------------------------------------
@@ -45,6 +56,20 @@ static inline void fuzz_h5_start(void) {
     h5_lib_start();
     h5_quiet();
     if (!getenv("FUZZ_H5_FREE_LIST_LIMITS")) H5set_free_list_limits(-1, -1, -1, -1, -1, -1);
+}
+
+// ---- no HDF5 id left open -----------------------------------------------------
+// Called when a reader has returned (its error path or its close): every id it
+// opened (file, group, dataset, dataspace, datatype, attribute) is closed. A
+// leaked id is a finding in sdc: a file id keeps the file open past H5Fclose
+// (HDF5's weak close degree), and a trainer or sweep that opens its files
+// again and again runs out of descriptors or reads stale metadata.
+static inline void fuzz_h5_no_open_ids(void) {
+    ssize_t n = H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
+    if (n != 0) {
+        fprintf(stderr, "fuzz_h5: %zd HDF5 ids still open after the reader returned\n", n);
+        __builtin_trap();
+    }
 }
 
 // ---- the sweep of the genout seeds: 3 items of 8x8 -------------------------

@@ -60,14 +60,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else if (!strstr(err.msg, path)) {
         __builtin_trap(); // errors name the file
     }
+    fuzz_h5_no_open_ids(); // after each reader, as after each of those below
     err = (SdcError){0};
     rc = train_ckpt_load(path, &tr.spec, &tr.st, &err);
     fuzz_note("train_ckpt_load", rc, err.msg);
     if (rc && !strstr(err.msg, path)) __builtin_trap();
+    fuzz_h5_no_open_ids();
     err = (SdcError){0};
     rc = train_ckpt_export_lora(path, lora, size & 1 ? LORA_FORMAT_KOHYA : LORA_FORMAT_DIFFUSERS, &err);
     fuzz_note("train_ckpt_export_lora", rc, err.msg);
     if (rc && !err.msg[0]) __builtin_trap();
+    fuzz_h5_no_open_ids();
     // as a model (`sdc convert X.h5 Y.safetensors`, `-m X.h5`): a training checkpoint or a whole model? then
     // the whole model's load (every tensor, the configs, the /tokenizer files) and a single-file write
     char *manifest = NULL;
@@ -83,5 +86,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (rc && !err.msg[0]) __builtin_trap();
     }
     free(manifest);
+    fuzz_h5_no_open_ids();
     return 0;
 }

@@ -4,7 +4,8 @@
 // `--resolution 16` would ask), every image and cached latent read into
 // buffers of the documented sizes (images (R, R, 3) u8, latents (4, R/f,
 // R/f) f32, f = 8 or 4). HDF5 itself is the system's (not instrumented); what is checked
-// is sdc's use of it: sizes it trusts, ids it leaks, errors it names.
+// is sdc's use of it: sizes it trusts, ids it leaks (none may be open when it returns),
+// errors it names.
 // Seeds: tests/fuzz/seeds/h5_dataset (sdc dataset import of two small
 // images, with and without latents; tests/fuzz/make_fuzz_seeds.c).
 // Run with tools/fuzz.sh SECONDS 1 h5_dataset.
@@ -25,6 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_note("dataset_open", rc, err.msg);
     if (rc) {
         if (!strstr(err.msg, path)) __builtin_trap(); // errors name the file
+        fuzz_h5_no_open_ids();
         return 0;
     }
     if (d.resolution < 1 || d.n < 0) __builtin_trap();
@@ -46,5 +48,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
     }
     dataset_close(&d);
+    fuzz_h5_no_open_ids();
     return 0;
 }

@@ -1,7 +1,8 @@
 // fuzz_h5_genout.c: libFuzzer target for the generation output reader
 // (data/genout.c): the input written as a .h5 file that a sweep resumes
 // into, genout_open with the sweep of fuzz_h5.h (it checks that the file
-// holds this same sweep and reads its done mask), then genout_close.
+// holds this same sweep and reads its done mask), then genout_close; no
+// HDF5 id may be left open after either.
 // Seeds: tests/fuzz/seeds/h5_genout (that sweep written by genout_open /
 // genout_write, none, some and all items done; make_fuzz_seeds.c).
 // Run with tools/fuzz.sh SECONDS 1 h5_genout.
@@ -20,11 +21,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_note("genout_open", rc, err.msg);
     if (rc) {
         if (!strstr(err.msg, path)) __builtin_trap(); // errors name the file
+        fuzz_h5_no_open_ids();
         return 0;
     }
     int done = 0;
     for (int i = 0; i < FUZZ_GEN_N; i++) done += g.done_mask[i] != 0;
     (void)done;
     genout_close(&g, &err);
+    fuzz_h5_no_open_ids();
     return 0;
 }
