@@ -22,7 +22,8 @@
 # (seconds one input may take before it counts as a hang: default 20, 1 for
 # the h5 targets, where HDF5's own loops on damaged heaps cost the timeout
 # each, every few hundred to thousand inputs, and a well-formed input takes
-# milliseconds).
+# milliseconds), FUZZ_STUCK_SECS (fork mode: a job that uses no CPU for this
+# long, default 30, is killed: tools/fuzz_watchdog.sh).
 set -euo pipefail
 SECS=${1:-60}
 JOBS=${2:-1}
@@ -109,10 +110,19 @@ for t in $TARGETS; do
     LOG=$TO/fuzz.log
     set +e
     # shellcheck disable=SC2086
-    (cd "$TO/findings" && nice -n 19 "$BIN" -max_total_time="$SECS" -max_len="$MAXLEN" -timeout="$TMO" \
+    (cd "$TO/findings" && exec nice -n 19 "$BIN" -max_total_time="$SECS" -max_len="$MAXLEN" -timeout="$TMO" \
         -rss_limit_mb=2048 -print_final_stats=1 $OPTS \
-        -artifact_prefix="$TO/findings/" "$TO/corpus" $DIRS) >"$LOG" 2>&1
+        -artifact_prefix="$TO/findings/" "$TO/corpus" $DIRS) >"$LOG" 2>&1 &
+    FPID=$!
+    WPID=
+    # fork mode: a job deadlocked in libFuzzer's timeout handler would stall the campaign (fuzz_watchdog.sh)
+    if [ "${FUZZ_FORK:-0}" = 1 ]; then
+        "$ROOT/tools/fuzz_watchdog.sh" "$FPID" "$BIN" "${FUZZ_STUCK_SECS:-30}" >>"$TO/watchdog.log" 2>&1 &
+        WPID=$!
+    fi
+    wait "$FPID"
     RC=$?
+    [ -n "$WPID" ] && kill "$WPID" 2>/dev/null
     set -e
     cat "$TO"/findings/fuzz-*.log >>"$LOG" 2>/dev/null || true
     if [ "${FUZZ_FORK:-0}" = 1 ]; then # the parent's last "#N: cov: ..." line counts every job's executions
@@ -125,6 +135,8 @@ for t in $TARGETS; do
     fi
     NFIND=$(find "$TO/findings" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
     COV=$(grep -ho "cov: [0-9]*" "$LOG" | tail -1)
+    STUCK=$(grep -c "killed$" "$TO/watchdog.log" 2>/dev/null || true)
+    [ "${STUCK:-0}" -gt 0 ] && echo "fuzz_$t: $STUCK stuck fork jobs killed so far ($TO/watchdog.log)"
     echo "fuzz_$t: ${SECS}s, executions=$EXECS, exec/s=$RATE, $COV, corpus=$(ls "$TO/corpus" | wc -l), findings=$NFIND (rc=$RC)"
     echo "$(date -u +%FT%TZ) $t secs=$SECS execs=$EXECS rate=$RATE findings=$NFIND rc=$RC" >>"$OUT/runs.log"
     if [ "$NFIND" -gt 0 ] || [ "$RC" -ne 0 ]; then
