@@ -7,6 +7,7 @@
 #ifndef SDC_FUZZ_H5_H
 #define SDC_FUZZ_H5_H
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,7 +25,10 @@
 #define FUZZ_H5_INPUT(path, data, size)                                       \
     do {                                                                      \
         if (fuzz_h5_build(path, data, size)) {                                \
-            fprintf(stderr, "%s: HDF5 cannot create the file\n", path);       \
+            fprintf(stderr, "%s: HDF5 cannot create the file (%zd ids open, "  \
+                    "errno %d); HDF5 says:\n", path,                          \
+                    H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), errno);       \
+            H5Eprint2(H5E_DEFAULT, stderr);                                   \
             abort();                                                          \
         }                                                                     \
     } while (0)
