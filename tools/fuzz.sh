@@ -114,6 +114,7 @@ for t in $TARGETS; do
         -rss_limit_mb=2048 -print_final_stats=1 $OPTS \
         -artifact_prefix="$TO/findings/" "$TO/corpus" $DIRS) >"$LOG" 2>&1 &
     FPID=$!
+    T0=$(date +%s)
     WPID=
     # fork mode: a job deadlocked in libFuzzer's timeout handler would stall the campaign (fuzz_watchdog.sh)
     if [ "${FUZZ_FORK:-0}" = 1 ]; then
@@ -128,7 +129,8 @@ for t in $TARGETS; do
     if [ "${FUZZ_FORK:-0}" = 1 ]; then # the parent's last "#N: cov: ..." line counts every job's executions
         EXECS=$(grep -ho "^#[0-9]*: cov" "$LOG" | tail -1 | tr -dc 0-9)
         EXECS=${EXECS:-0}
-        RATE=$((EXECS / (SECS > 0 ? SECS : 1)))
+        EL=$(($(date +%s) - T0)) # (a campaign stopped early ran less than SECS)
+        RATE=$((EXECS / (EL > 0 ? EL : 1)))
     else
         EXECS=$(grep -h "stat::number_of_executed_units" "$LOG" | awk '{s+=$2} END {print s+0}')
         RATE=$(grep -h "stat::average_exec_per_sec" "$LOG" | awk '{s+=$2} END {print s+0}')
