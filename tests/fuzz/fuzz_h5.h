@@ -63,8 +63,9 @@ static inline void fuzz_h5_start(void) {
 }
 
 // ---- no HDF5 id left open -----------------------------------------------------
-// Called when a reader has returned (its error path or its close): every id it
-// opened (file, group, dataset, dataspace, datatype, attribute) is closed. A
+// Called when a reader has returned (its error path or its close): every file,
+// group, dataset, committed datatype and attribute id it opened is closed
+// (what H5Fget_obj_count counts: not dataspaces or transient datatypes). A
 // leaked id is a finding in sdc: a file id keeps the file open past H5Fclose
 // (HDF5's weak close degree), and a trainer or sweep that opens its files
 // again and again runs out of descriptors or reads stale metadata.
