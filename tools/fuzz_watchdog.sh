@@ -4,8 +4,8 @@
 # libFuzzer's timeout handler (SIGALRM, -timeout) allocates memory: an alarm
 # that lands while the job is inside the ASan allocator deadlocks it (a futex
 # wait, no CPU used), and fork mode waits for that job for ever (session 13:
-# an h5_dataset job stuck for 12 minutes with 2 s of CPU; earlier campaigns'
-# low average rates are likely the same). Every 10 s this looks at each job of
+# an h5_dataset job stuck for 12 minutes with 2 s of CPU). Every 10 s this
+# looks at each job of
 # the campaign (a process running FUZZ_BINARY whose command line names the
 # parent's FuzzWithFork folder) and SIGKILLs one whose CPU time has not moved
 # for STUCK_SECONDS; the parent counts the kill as a crash and goes on. A
