@@ -44,7 +44,25 @@ static void u32_push(U32Vec *a, uint32_t x) {
 }
 
 static void u32_push_n(U32Vec *a, const uint32_t *x, size_t n) {
-    for (size_t i = 0; i < n; i++) u32_push(a, x[i]);
+    if (a->cap - a->n < n) {
+        size_t cap = a->cap ? a->cap : 64;
+        while (cap - a->n < n) {
+            if (cap > SIZE_MAX / 2 / sizeof *a->v) {
+                a->oom = 1;
+                return;
+            }
+            cap *= 2;
+        }
+        uint32_t *p = realloc(a->v, cap * sizeof *p);
+        if (!p) {
+            a->oom = 1;
+            return;
+        }
+        a->v = p;
+        a->cap = cap;
+    }
+    if (n) memcpy(a->v + a->n, x, n * sizeof *x);
+    a->n += n;
 }
 
 static void u32_free(U32Vec *a) {
@@ -105,6 +123,7 @@ static const uint32_t *map_find(const UniMap *m, uint32_t cp, int *len) {
 }
 
 static int u32_in_sorted(const uint32_t *a, int n, uint32_t x) {
+    if (n == 0 || x < a[0] || x > a[n - 1]) return 0; // ASCII, mostly
     int lo = 0, hi = n - 1;
     while (lo <= hi) {
         int mid = (lo + hi) / 2;
@@ -477,11 +496,18 @@ static void ftfy_unescape_html(const U32Vec *s, U32Vec *out) {
 // ftfy.fix_text (everything but the heuristic fix_encoding)
 
 static void translate(const UniMap *m, const U32Vec *in, U32Vec *out) {
-    for (size_t i = 0; i < in->n; i++) {
+    uint32_t lo = m->n ? m->rows[0].cp : UINT32_MAX; // nothing below the first row maps
+    size_t i = 0;
+    while (i < in->n) {
+        size_t j = i;
+        while (j < in->n && in->v[j] < lo) j++;
+        u32_push_n(out, in->v + i, j - i); // a stretch left as it is, in one copy
+        if (j == in->n) break;
         int len;
-        const uint32_t *r = map_find(m, in->v[i], &len);
+        const uint32_t *r = map_find(m, in->v[j], &len);
         if (r) u32_push_n(out, r, (size_t)len);
-        else u32_push(out, in->v[i]);
+        else u32_push(out, in->v[j]);
+        i = j + 1;
     }
 }
 
@@ -1677,16 +1703,16 @@ static void bpe_piece(const ClipTokenizer *t, const uint32_t *cp, size_t n, U32V
 // Does s[i..] start with the ASCII string lit? fold: regex IGNORECASE on
 // lowercased text, where U+017F (long s) still matches 's' and U+212A 'k'.
 static int match_lit(const U32Vec *s, size_t i, const char *lit, int fold) {
-    size_t n = strlen(lit);
-    if (i + n > s->n) return 0;
-    for (size_t k = 0; k < n; k++) {
+    size_t k = 0;
+    for (; lit[k]; k++) { // fails at the first character, mostly
+        if (i + k >= s->n) return 0;
         uint32_t c = s->v[i + k], l = (unsigned char)lit[k];
         if (c == l) continue;
         if (fold && ((l == 's' && c == 0x17F) || (l == 'k' && c == 0x212A) || (c < 128 && (c | 0x20) == l && l >= 'a' && l <= 'z')))
             continue;
         return 0;
     }
-    return (int)n;
+    return (int)k;
 }
 
 // CLIP's regex over cleaned text:
@@ -1703,7 +1729,8 @@ static void pretokenize(const ClipTokenizer *t, const U32Vec *s, int open_clip, 
     size_t i = 0;
     while (i < s->n) {
         int k;
-        if (open_clip) {
+        uint32_t c0 = s->v[i]; // every special starts with '<', every contraction with '\''
+        if (c0 == '<' && open_clip) {
             if ((k = match_lit(s, i, "<start_of_text>", 1))) {
                 u32_push(out, (uint32_t)t->bos);
                 i += (size_t)k;
@@ -1714,7 +1741,7 @@ static void pretokenize(const ClipTokenizer *t, const U32Vec *s, int open_clip, 
                 i += (size_t)k;
                 continue;
             }
-        } else {
+        } else if (c0 == '<') {
             static const char *hf_special[] = {"<|startoftext|>", "<|endoftext|>"};
             int hit = 0;
             for (int q = 0; q < 2 && !hit; q++) {
@@ -1729,7 +1756,7 @@ static void pretokenize(const ClipTokenizer *t, const U32Vec *s, int open_clip, 
             if (hit) continue;
         }
         int hit = 0;
-        for (int q = 0; q < 7 && !hit; q++) {
+        for (int q = 0; c0 == '\'' && q < 7 && !hit; q++) {
             if ((k = match_lit(s, i, contractions[q], open_clip))) {
                 bpe_piece(t, s->v + i, (size_t)k, out, &buf, &buf_cap);
                 i += (size_t)k;
