@@ -313,6 +313,17 @@ static int attr_open(hid_t obj, const char *name, H5T_class_t cls, int n, const 
                 name, (long long)np, what);
         goto fail;
     }
+    // A damaged datatype message can say a size other than the one HDF5 reads
+    // with (a variable-length string's "1 byte"): HDF5 copies the value at
+    // the size it reads with, past the bytes it stored (H5A__read's memcpy,
+    // fuzz_h5_ckpt), so a value shorter than its type and count is refused.
+    hsize_t stored = H5Aget_storage_size(a), need = (hsize_t)H5Tget_size(t) * (hsize_t)np;
+    if (stored < need) {
+        sdc_err(err, SDC_ERR_FORMAT, "%s: attribute %s is damaged (%llu bytes stored, its type and shape need %llu) "
+                "---> the file is damaged; restore it from a copy", where, name, (unsigned long long)stored,
+                (unsigned long long)need);
+        goto fail;
+    }
     H5Tclose(t);
     H5Sclose(sp);
     *out = a;

@@ -231,6 +231,26 @@ int main(void) {
     }
     expect_error(&t, DIR_T "/unwritten.h5", "a tensor never written", "/unet/never.weight: its data (4398046511104 "
                  "bytes) was never written", "damaged");
+    // an attribute whose datatype message says 1 byte for a variable-length string (HDF5 stores 1 byte and reads
+    // 16 from it: before session 14 a heap over-read inside H5Aread, found by fuzz_h5_ckpt)
+    copy_file(path, DIR_T "/vlen1.h5", -1);
+    {
+        FILE *f = fopen(DIR_T "/vlen1.h5", "rb+");
+        SDC_CHECK(f);
+        static unsigned char b[1 << 20];
+        size_t n = fread(b, 1, sizeof b, f);
+        long at = -1;
+        for (size_t i = 0; i + 32 < n && at < 0; i++) // the name "dtype", then its VLEN (class 9) type message
+            if (!memcmp(b + i, "dtype", 6))
+                for (size_t j = i + 6; j < i + 30 && at < 0; j++)
+                    if (b[j] == 0x19 && b[j + 4] == 16) at = (long)j + 4;
+        SDC_CHECK(at > 0);
+        fseek(f, at, SEEK_SET);
+        fputc(1, f);
+        fclose(f);
+    }
+    expect_error(&t, DIR_T "/vlen1.h5", "a string attribute of 1 stored byte", "attribute dtype is damaged",
+                 "the file is damaged");
     expect_error(&t, DIR_T "/kind.h5", "another kind", "kind.h5", "sdc_kind is \"dataset\"");
     expect_error(&t, DIR_T "/ver.h5", "another version", "ver.h5", "sdc_layout_version is 2");
     expect_error(&t, DIR_T "/nostep.h5", "no step", "nostep.h5", "incomplete");
