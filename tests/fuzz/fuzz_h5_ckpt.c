@@ -87,5 +87,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     free(manifest);
     fuzz_h5_no_open_ids();
+    fuzz_h5_disarm();
     return 0;
 }

@@ -27,6 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (rc) {
         if (!strstr(err.msg, path)) __builtin_trap(); // errors name the file
         fuzz_h5_no_open_ids();
+        fuzz_h5_disarm();
         return 0;
     }
     if (d.resolution < 1 || d.n < 0) __builtin_trap();
@@ -49,5 +50,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     dataset_close(&d);
     fuzz_h5_no_open_ids();
+    fuzz_h5_disarm();
     return 0;
 }

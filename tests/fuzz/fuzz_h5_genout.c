@@ -22,6 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (rc) {
         if (!strstr(err.msg, path)) __builtin_trap(); // errors name the file
         fuzz_h5_no_open_ids();
+        fuzz_h5_disarm();
         return 0;
     }
     int done = 0;
@@ -29,5 +30,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     (void)done;
     genout_close(&g, &err);
     fuzz_h5_no_open_ids();
+    fuzz_h5_disarm();
     return 0;
 }
