@@ -431,6 +431,40 @@ void h5_free_strings(char **v, int64_t n) {
     free(v);
 }
 
+int h5_check_written(hid_t d, uint64_t n, const char *name, const char *where, SdcError *err) {
+    if (n == 0) return 0;
+    // H5Dget_space_status says "part" for a whole chunked dataset whose
+    // chunks are compressed (stored bytes < declared bytes): chunked data
+    // counts its stored chunks instead, all ceil(dim / chunk) of them
+    hid_t dcpl = -1, sp = -1;
+    int whole = 0, partly = 0;
+    H5D_space_status_t status = H5D_SPACE_STATUS_ERROR;
+    H5_TRY(dcpl = H5Dget_create_plist(d), "%s: %s", where, name);
+    if (H5Pget_layout(dcpl) == H5D_CHUNKED) {
+        hsize_t dims[H5S_MAX_RANK], ch[H5S_MAX_RANK], want = 1, have = 0;
+        H5_TRY(sp = H5Dget_space(d), "%s: %s", where, name);
+        int r = H5Sget_simple_extent_dims(sp, dims, NULL);
+        if (r < 0 || H5Pget_chunk(dcpl, r, ch) != r || H5Dget_num_chunks(d, sp, &have) < 0) {
+            sdc_err(err, SDC_ERR_FORMAT, "%s: %s: cannot count its stored chunks ---> the file is damaged; restore "
+                    "it from a copy", where, name);
+            goto fail;
+        }
+        for (int k = 0; k < r; k++) want *= ch[k] ? (dims[k] + ch[k] - 1) / ch[k] : 0;
+        whole = have >= want, partly = have > 0;
+    } else if (H5Dget_space_status(d, &status) >= 0) {
+        whole = status == H5D_SPACE_STATUS_ALLOCATED, partly = status == H5D_SPACE_STATUS_PART_ALLOCATED;
+    }
+    if (sp >= 0) H5Sclose(sp);
+    H5Pclose(dcpl);
+    if (whole) return 0;
+    return sdc_err(err, SDC_ERR_FORMAT, "%s: %s (%llu values) %s written\n---> the file is damaged; restore it from a "
+                   "copy", where, name, (unsigned long long)n, partly ? "was only partly" : "was never");
+fail:
+    if (sp >= 0) H5Sclose(sp);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    return err->code;
+}
+
 int h5_read_strings(hid_t loc, const char *name, int64_t expect_n, char ***out, int64_t *n_out, const char *where,
                     SdcError *err) {
     hid_t d = -1, ft = -1, mt = -1, sp = -1;
@@ -458,6 +492,7 @@ int h5_read_strings(hid_t loc, const char *name, int64_t expect_n, char ***out, 
                 where, name, (unsigned long long)dims[0]);
         goto fail;
     }
+    if (h5_check_written(d, dims[0], name, where, err)) goto fail;
     raw = calloc(dims[0] + 1, sizeof *raw);
     v = calloc(dims[0] + 1, sizeof *v);
     if (!raw || !v) {

@@ -251,6 +251,32 @@ int main(void) {
     }
     expect_error(&t, DIR_T "/vlen1.h5", "a string attribute of 1 stored byte", "attribute dtype is damaged",
                  "the file is damaged");
+    // /state/data_order and a string dataset declared large with nothing written (chunked, unallocated): refused
+    // before a buffer of the declared size is asked for (before session 14, a 2 GiB malloc: fuzz_h5s_ckpt)
+    copy_file(path, DIR_T "/order.h5", -1);
+    {
+        hid_t fh = H5Fopen(DIR_T "/order.h5", H5F_ACC_RDWR, H5P_DEFAULT);
+        SDC_CHECK(fh >= 0 && H5Ldelete(fh, "/state/data_order", H5P_DEFAULT) >= 0);
+        hsize_t dims[1] = {(hsize_t)1 << 28}, ch[1] = {1024};
+        hid_t sp = H5Screate_simple(1, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(dcpl, 1, ch);
+        hid_t d = H5Dcreate2(fh, "/state/data_order", H5T_STD_I64LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        hid_t st = H5Tcopy(H5T_C_S1);
+        H5Tset_size(st, H5T_VARIABLE);
+        hid_t ds = H5Dcreate2(fh, "/captions", st, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        SDC_CHECK(d >= 0 && ds >= 0);
+        H5Dclose(ds), H5Tclose(st), H5Dclose(d), H5Pclose(dcpl), H5Sclose(sp);
+        char **v = NULL;
+        int64_t n = 0;
+        SdcError e2 = {0};
+        int rc = h5_read_strings(fh, "captions", -1, &v, &n, "order.h5", &e2);
+        check_true(&t, rc && strstr(e2.msg, "captions (268435456 values) was never written") &&
+                   strstr(e2.msg, "damaged"), "strings never written: refused: %s", e2.msg);
+        if (!rc) h5_free_strings(v, n);
+        H5Fclose(fh);
+    }
+    expect_error(&t, DIR_T "/order.h5", "a data order never written",
+                 "/state/data_order (268435456 values) was never written", "damaged");
     expect_error(&t, DIR_T "/kind.h5", "another kind", "kind.h5", "sdc_kind is \"dataset\"");
     expect_error(&t, DIR_T "/ver.h5", "another version", "ver.h5", "sdc_layout_version is 2");
     expect_error(&t, DIR_T "/nostep.h5", "no step", "nostep.h5", "incomplete");
