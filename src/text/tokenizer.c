@@ -21,7 +21,8 @@
 #include "text/unicode_tables.h"
 
 // Leaf helpers whose branches tell a fuzzer nothing it can use (a vector's
-// growth, the path of a binary search through a Unicode table) are left out
+// growth, the path of a binary search through a Unicode table, the probes of
+// a hash table, UTF-8 encoding) are left out
 // of libFuzzer's edge coverage and comparison tracing in the fuzz build: the
 // tracing callbacks were a third of fuzz_tokenizer's time (docs/fuzzing.md).
 #if defined(FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION) && defined(__clang__)
@@ -204,7 +205,7 @@ static void utf8_decode(const char *s, size_t n, U32Vec *out) {
     }
 }
 
-static int utf8_put(uint32_t cp, unsigned char *b) {
+TOK_NO_COVERAGE static int utf8_put(uint32_t cp, unsigned char *b) {
     if (cp < 0x80) {
         b[0] = (unsigned char)cp;
         return 1;
@@ -637,7 +638,7 @@ static uint64_t mix64(uint64_t x) {
 }
 
 // Rank and merged id of the pair (a, b), or -1.
-static int32_t merge_lookup(const MergeTable *m, int32_t a, int32_t b, int32_t *merged) {
+TOK_NO_COVERAGE static int32_t merge_lookup(const MergeTable *m, int32_t a, int32_t b, int32_t *merged) {
     uint64_t k = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
     size_t i = mix64(k) & (m->cap - 1);
     while (m->key[i] != MERGE_EMPTY) {
@@ -710,7 +711,7 @@ static void strmap_free(StrMap *m) {
     free(m->id);
 }
 
-static int32_t strmap_get(const StrMap *m, const char *key) {
+TOK_NO_COVERAGE static int32_t strmap_get(const StrMap *m, const char *key) {
     size_t i = str_hash(key) & (m->cap - 1);
     while (m->slot[i]) {
         if (strcmp(m->pool + m->slot[i] - 1, key) == 0) return m->id[i];
