@@ -21,16 +21,17 @@
 
 // ---- a CPU limit per input, below libFuzzer's 1-second granularity ---------
 // libFuzzer's -timeout counts whole seconds and sees a hang 1 to 2 s after the
-// input began; the byte-level h5 campaigns meet one of libHDF5's own loops on
+// input began; the byte-level h5 campaigns meet one of libhdf5's own loops on
 // a damaged heap every few hundred inputs (`H5HG_read`, `H5C_protect`:
 // docs/fuzzing.md), so most of a fork campaign's time went to those waits
 // (h5_dataset, session 13: 541 timeouts in 1300 s). FUZZ_H5_SLOW_MS=N in the
-// environment (tools/fuzz.sh sets it for the h5_* targets in fork mode) ends an
-// input after N ms of the process's CPU time (ITIMER_PROF): a message, then
+// environment (tools/fuzz.sh sets 250 for the h5_* targets) ends an input
+// after N ms of the process's CPU time (ITIMER_PROF): a message, then
 // abort(), which libFuzzer reports as a crash and keeps the input of
 // (crash-*, not timeout-*: replay it to tell a hang from a crash). Unset or
-// 0: no limit (the CTest replays, in-process runs). Armed as an input's file
-// is written, disarmed when the harness returns.
+// 0: no limit (the CTest replays, a binary run by hand). Armed as an input's
+// file is written, disarmed when the harness returns. The byte-level targets
+// only: the structure-aware ones build files HDF5 reads whole.
 static int fuzz_h5_slow_ms;
 
 static void fuzz_h5_slow(int sig) {
