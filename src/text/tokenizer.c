@@ -22,9 +22,9 @@
 
 // Leaf helpers whose branches tell a fuzzer nothing it can use (a vector's
 // growth, the path of a binary search through a Unicode table, the probes of
-// a hash table, UTF-8 encoding) are left out
-// of libFuzzer's edge coverage and comparison tracing in the fuzz build: the
-// tracing callbacks were a third of fuzz_tokenizer's time (docs/fuzzing.md).
+// a hash table, UTF-8 encoding) are left out of libFuzzer's edge coverage and
+// comparison tracing in the fuzz build: the tracing callbacks were a third of
+// fuzz_tokenizer's time (docs/fuzzing.md). Other builds: no effect.
 #if defined(FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION) && defined(__clang__)
 #define TOK_NO_COVERAGE __attribute__((no_sanitize("coverage")))
 #else
