@@ -73,4 +73,9 @@ if(NOT SDC_FUZZ AND NOT SDC_MINIMAL)
     COMMAND sh -c "command -v clang >/dev/null 2>&1 || { echo 'clang not found: skipped'; exit 77; }; export FUZZ_OUT=\${SDC_FUZZ_OUT:-${CMAKE_BINARY_DIR}/test-out/fuzz}; for t in safetensors image sched json_config tokenizer lora manifest_text manifest_bin h5s_dataset h5s_ckpt h5s_genout; do ${CMAKE_SOURCE_DIR}/tools/fuzz.sh 3 1 $t || exit 1; done"
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(fuzz_short PROPERTIES TIMEOUT 3600 SKIP_RETURN_CODE 77)
+  # the h5 harnesses' CPU limit per input, on libhdf5's global-heap loop
+  add_test(NAME fuzz_h5_cpu_limit
+    COMMAND sh -c "sh tests/fuzz/cpu_limit.sh \${SDC_FUZZ_OUT:-${CMAKE_BINARY_DIR}/test-out/fuzz}"
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(fuzz_h5_cpu_limit PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 DEPENDS fuzz_short)
 endif()

@@ -1,0 +1,30 @@
+#!/bin/sh
+# cpu_limit.sh FUZZ_OUT: the byte-level h5 harnesses' CPU limit per input
+# (FUZZ_H5_SLOW_MS, tests/fuzz/fuzz_h5.h) ends libhdf5's own loop on a damaged
+# global heap (tests/fuzz/hdf5-bugs/global-heap-loop.h5) as a crash within a
+# second; without the limit the same input runs into libFuzzer's timeout.
+# Needs the clang build of fuzz_short (CTest runs this after it); run from
+# the source root.
+. tests/check.sh
+OUT=${1:?usage: tests/fuzz/cpu_limit.sh FUZZ_OUT}
+command -v clang >/dev/null 2>&1 || skip "clang not found"
+[ -f "$OUT/build/CMakeCache.txt" ] || skip "no fuzz build in $OUT (fuzz_short makes it)"
+BIN=$OUT/build/tests/fuzz_h5_dataset
+INPUT=tests/fuzz/hdf5-bugs/global-heap-loop.h5
+runs "fuzz_h5_dataset builds" nice -n 19 cmake --build "$OUT/build" --target fuzz_h5_dataset
+export ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=0
+
+# without the limit: the input loops until libFuzzer's 2-second timeout
+FUZZ_H5_SLOW_MS=0 timeout 60 "$BIN" -timeout=2 -artifact_prefix="$CHECK_TMP/" "$INPUT" > "$OUT_FILE" 2>&1
+has "without a limit the input hangs (libFuzzer's timeout)" "libFuzzer: timeout"
+
+# with 250 ms: the harness's message and an abort, long before the timeout
+T0=$(date +%s)
+FUZZ_H5_SLOW_MS=250 timeout 60 "$BIN" -timeout=30 -artifact_prefix="$CHECK_TMP/" "$INPUT" > "$OUT_FILE" 2>&1
+RC=$?
+EL=$(($(date +%s) - T0))
+has "FUZZ_H5_SLOW_MS=250 ends it" "the input used more CPU than FUZZ_H5_SLOW_MS"
+has "... as a crash libFuzzer keeps (deadly signal)" "libFuzzer: deadly signal"
+check "... with a failing status (exit $RC)" test "$RC" -ne 0
+check "... in under 10 s (took ${EL} s; libFuzzer's timeout was 30 s)" test "$EL" -lt 10
+finish
