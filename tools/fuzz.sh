@@ -24,7 +24,7 @@
 # each, every few hundred to thousand inputs, and a well-formed input takes
 # milliseconds), FUZZ_STUCK_SECS (fork mode: a job that uses no CPU for this
 # long, default 30, is killed: tools/fuzz_watchdog.sh), FUZZ_H5_SLOW_MS (the
-# h5_* targets: an input that uses more CPU than this, default 250 ms, ends as
+# h5_* targets: an input that uses more CPU than this, default 100 ms, ends as
 # a crash-* finding, not after libFuzzer's 1 to 2 s: tests/fuzz/fuzz_h5.h; 0:
 # no limit).
 set -euo pipefail
@@ -102,7 +102,7 @@ for t in $TARGETS; do
     # (detect_leaks=0 in ASAN_OPTIONS too: LeakSanitizer's report at exit would
     # fail a run that found nothing and leave an empty "crash-" input)
     case "$t" in h5_*) OPTS="-detect_leaks=0"; TMO=${FUZZ_TIMEOUT:-1}
-        export FUZZ_H5_SLOW_MS=${FUZZ_H5_SLOW_MS:-250}
+        export FUZZ_H5_SLOW_MS=${FUZZ_H5_SLOW_MS:-100}
         ASAN_OPTIONS="allocator_may_return_null=1:detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" ;;
     # the structure-aware ones build only files HDF5 reads whole: no HDF5
     # hangs or leaks to step around; a reader that allocates what a declared

@@ -25,7 +25,7 @@
 // a damaged heap every few hundred inputs (`H5HG_read`, `H5C_protect`:
 // docs/fuzzing.md), so most of a fork campaign's time went to those waits
 // (h5_dataset, session 13: 541 timeouts in 1300 s). FUZZ_H5_SLOW_MS=N in the
-// environment (tools/fuzz.sh sets 250 for the h5_* targets) ends an input
+// environment (tools/fuzz.sh sets 100 for the h5_* targets) ends an input
 // after N ms of the process's CPU time (ITIMER_PROF): a message, then
 // abort(), which libFuzzer reports as a crash and keeps the input of
 // (crash-*, not timeout-*: replay it to tell a hang from a crash). Unset or
