@@ -40,38 +40,34 @@ typedef struct U32Vec {
     int oom;
 } U32Vec;
 
-TOK_NO_COVERAGE static void u32_push(U32Vec *a, uint32_t x) {
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 64;
-        uint32_t *p = realloc(a->v, cap * sizeof *p);
-        if (!p) {
+// Room for n more: 0, or -1 with .oom set (capacity doubles from 64).
+TOK_NO_COVERAGE static int u32_reserve(U32Vec *a, size_t n) {
+    if (a->cap - a->n >= n) return 0;
+    size_t cap = a->cap ? a->cap : 64;
+    while (cap - a->n < n) {
+        if (cap > SIZE_MAX / 2 / sizeof *a->v) {
             a->oom = 1;
-            return;
+            return -1;
         }
-        a->v = p;
-        a->cap = cap;
+        cap *= 2;
     }
+    uint32_t *p = realloc(a->v, cap * sizeof *p);
+    if (!p) {
+        a->oom = 1;
+        return -1;
+    }
+    a->v = p;
+    a->cap = cap;
+    return 0;
+}
+
+TOK_NO_COVERAGE static void u32_push(U32Vec *a, uint32_t x) {
+    if (a->n == a->cap && u32_reserve(a, 1)) return;
     a->v[a->n++] = x;
 }
 
 TOK_NO_COVERAGE static void u32_push_n(U32Vec *a, const uint32_t *x, size_t n) {
-    if (a->cap - a->n < n) {
-        size_t cap = a->cap ? a->cap : 64;
-        while (cap - a->n < n) {
-            if (cap > SIZE_MAX / 2 / sizeof *a->v) {
-                a->oom = 1;
-                return;
-            }
-            cap *= 2;
-        }
-        uint32_t *p = realloc(a->v, cap * sizeof *p);
-        if (!p) {
-            a->oom = 1;
-            return;
-        }
-        a->v = p;
-        a->cap = cap;
-    }
+    if (u32_reserve(a, n)) return;
     if (n) memcpy(a->v + a->n, x, n * sizeof *x);
     a->n += n;
 }
