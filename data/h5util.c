@@ -431,7 +431,7 @@ void h5_free_strings(char **v, int64_t n) {
     free(v);
 }
 
-int h5_check_written(hid_t d, uint64_t n, const char *name, const char *where, SdcError *err) {
+int h5_check_written(hid_t d, uint64_t n, const char *unit, const char *name, const char *where, SdcError *err) {
     if (n == 0) return 0;
     // H5Dget_space_status says "part" for a whole chunked dataset whose
     // chunks are compressed (stored bytes < declared bytes): chunked data
@@ -457,8 +457,8 @@ int h5_check_written(hid_t d, uint64_t n, const char *name, const char *where, S
     if (sp >= 0) H5Sclose(sp);
     H5Pclose(dcpl);
     if (whole) return 0;
-    return sdc_err(err, SDC_ERR_FORMAT, "%s: %s (%llu values) %s written\n---> the file is damaged; restore it from a "
-                   "copy", where, name, (unsigned long long)n, partly ? "was only partly" : "was never");
+    return sdc_err(err, SDC_ERR_FORMAT, "%s: %s (%llu %s) %s written\n---> the file is damaged; restore it from a "
+                   "copy", where, name, (unsigned long long)n, unit, partly ? "was only partly" : "was never");
 fail:
     if (sp >= 0) H5Sclose(sp);
     if (dcpl >= 0) H5Pclose(dcpl);
@@ -492,7 +492,7 @@ int h5_read_strings(hid_t loc, const char *name, int64_t expect_n, char ***out, 
                 where, name, (unsigned long long)dims[0]);
         goto fail;
     }
-    if (h5_check_written(d, dims[0], name, where, err)) goto fail;
+    if (h5_check_written(d, dims[0], "values", name, where, err)) goto fail;
     raw = calloc(dims[0] + 1, sizeof *raw);
     v = calloc(dims[0] + 1, sizeof *v);
     if (!raw || !v) {

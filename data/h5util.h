@@ -113,12 +113,12 @@ int h5_attr_get_u64s(hid_t obj, const char *name, uint64_t *v, int n, const char
 int h5_has_attr(hid_t obj, const char *name);
 int h5_has_link(hid_t loc, const char *name);
 
-// 0 when dataset d (named name, of n values) has all its storage allocated,
-// else an SDC_ERR_FORMAT error "... was never written / was only partly
-// written ---> the file is damaged": for the datasets sdc writes whole, whose
+// 0 when dataset d has all its storage allocated, else an SDC_ERR_FORMAT
+// error "WHERE: NAME (N UNIT) was never written / was only partly written
+// ---> the file is damaged": for the datasets sdc writes whole, whose
 // declared extent would otherwise size a reader's buffer with nothing stored
 // behind it. n == 0 passes.
-int h5_check_written(hid_t d, uint64_t n, const char *name, const char *where, SdcError *err);
+int h5_check_written(hid_t d, uint64_t n, const char *unit, const char *name, const char *where, SdcError *err);
 
 // A 1-D dataset of n strings (variable-length UTF-8), written in one call
 // (serial files only: HDF5 1.10 cannot write variable-length data in parallel).

@@ -17,8 +17,9 @@
 # $OUT/<target>/findings/. Prints executions, exec/s and the number of
 # findings per target; exits 1 on a finding.
 # Environment: FUZZ_OUT (default build-fuzz/), CC_FUZZ (default clang),
-# FUZZ_MAX_LEN (default: 64 KiB, or the largest seed; 4 KiB for h5s_*), FUZZ_FORK=1 (go on
-# past findings: libFuzzer's fork mode, for long campaigns), FUZZ_TIMEOUT
+# FUZZ_MAX_LEN (default: 64 KiB, or the largest seed; 4 KiB for h5s_*),
+# FUZZ_FORK=1 (go on past findings: libFuzzer's fork mode, for long
+# campaigns), FUZZ_TIMEOUT
 # (seconds one input may take before it counts as a hang: default 20, 1 for
 # the h5 targets, where HDF5's own loops on damaged heaps cost the timeout
 # each, every few hundred to thousand inputs, and a well-formed input takes

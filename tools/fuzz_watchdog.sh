@@ -5,9 +5,9 @@
 # that lands while the job is inside the ASan allocator deadlocks it (a futex
 # wait, no CPU used), and fork mode waits for that job for ever (session 13:
 # an h5_dataset job stuck for 12 minutes with 2 s of CPU). Every 10 s this
-# looks at each job of
-# the campaign (a process running FUZZ_BINARY whose command line names the
-# parent's FuzzWithFork folder) and SIGKILLs one whose CPU time has not moved
+# looks at each job of the campaign (a process running FUZZ_BINARY whose
+# command line names the parent's FuzzWithFork folder) and SIGKILLs one whose
+# CPU time has not moved
 # for STUCK_SECONDS; the parent counts the kill as a crash and goes on. A
 # working job, even at nice 19 on a loaded machine, uses CPU every second.
 # Started by tools/fuzz.sh for FUZZ_FORK=1; ends when the parent does. Prints

@@ -13,24 +13,25 @@ BIN=$OUT/build/tests/fuzz_h5_dataset
 INPUT=tests/fuzz/hdf5-bugs/global-heap-loop.h5
 runs "fuzz_h5_dataset builds" nice -n 19 cmake --build "$OUT/build" --target fuzz_h5_dataset
 export ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=0
-# a run that aborts leaves its scratch folder (tests/fuzz/fuzz_util.h) and the
-# OpenMP runtime's file in /dev/shm: removed by the run's pid
-tidy() { rm -rf "/dev/shm/sdc-fuzz-$1" "/dev/shm/__KMP_REGISTERED_LIB_$1"_*; }
+# run MS TIMEOUT: the input through the harness with FUZZ_H5_SLOW_MS=MS and
+# libFuzzer's -timeout=TIMEOUT; its status in RC. A run that aborts leaves its
+# scratch folder (tests/fuzz/fuzz_util.h) and the OpenMP runtime's file in
+# /dev/shm: removed by its pid.
+run() {
+    FUZZ_H5_SLOW_MS=$1 "$BIN" -timeout="$2" -artifact_prefix="$CHECK_TMP/" "$INPUT" > "$OUT_FILE" 2>&1 &
+    P=$!
+    wait $P
+    RC=$?
+    rm -rf "/dev/shm/sdc-fuzz-$P" "/dev/shm/__KMP_REGISTERED_LIB_$P"_*
+}
 
 # without the limit: the input loops until libFuzzer's 2-second timeout
-FUZZ_H5_SLOW_MS=0 "$BIN" -timeout=2 -artifact_prefix="$CHECK_TMP/" "$INPUT" > "$OUT_FILE" 2>&1 &
-P=$!
-wait $P
-tidy $P
+run 0 2
 has "without a limit the input hangs (libFuzzer's timeout)" "libFuzzer: timeout"
 
 # with 250 ms: the harness's message and an abort, long before the timeout
 T0=$(date +%s)
-FUZZ_H5_SLOW_MS=250 "$BIN" -timeout=30 -artifact_prefix="$CHECK_TMP/" "$INPUT" > "$OUT_FILE" 2>&1 &
-P=$!
-wait $P
-RC=$?
-tidy $P
+run 250 30
 EL=$(($(date +%s) - T0))
 has "FUZZ_H5_SLOW_MS=250 ends it" "the input used more CPU than FUZZ_H5_SLOW_MS"
 has "... as a crash libFuzzer keeps (deadly signal)" "libFuzzer: deadly signal"

@@ -86,7 +86,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (rc && !err.msg[0]) __builtin_trap();
     }
     free(manifest);
-    fuzz_h5_no_open_ids();
-    fuzz_h5_disarm();
+    fuzz_h5_end();
     return 0;
 }

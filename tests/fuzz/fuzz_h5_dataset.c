@@ -26,8 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_note("dataset_open", rc, err.msg);
     if (rc) {
         if (!strstr(err.msg, path)) __builtin_trap(); // errors name the file
-        fuzz_h5_no_open_ids();
-        fuzz_h5_disarm();
+        fuzz_h5_end();
         return 0;
     }
     if (d.resolution < 1 || d.n < 0) __builtin_trap();
@@ -49,7 +48,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
     }
     dataset_close(&d);
-    fuzz_h5_no_open_ids();
-    fuzz_h5_disarm();
+    fuzz_h5_end();
     return 0;
 }

@@ -21,15 +21,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_note("genout_open", rc, err.msg);
     if (rc) {
         if (!strstr(err.msg, path)) __builtin_trap(); // errors name the file
-        fuzz_h5_no_open_ids();
-        fuzz_h5_disarm();
+        fuzz_h5_end();
         return 0;
     }
     int done = 0;
     for (int i = 0; i < FUZZ_GEN_N; i++) done += g.done_mask[i] != 0;
     (void)done;
     genout_close(&g, &err);
-    fuzz_h5_no_open_ids();
-    fuzz_h5_disarm();
+    fuzz_h5_end();
     return 0;
 }
