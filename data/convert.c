@@ -453,6 +453,10 @@ static int read_tok_h5(Model *m, hid_t file, const char *path, SdcError *err) {
                 H5Sclose(sp), H5Dclose(d);
                 return model_oom(m, path, err);
             }
+            if (h5_check_chunks(d, 0, -1, name, path, err)) {
+                H5Sclose(sp), H5Dclose(d);
+                return err->code;
+            }
             if (n) H5_TRY(H5Dread(d, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, b), "%s: /%s", path, name);
             b[n] = 0;
             m->tok[k][i] = b, m->tok_n[k][i] = (size_t)n;

@@ -465,6 +465,73 @@ fail:
     return err->code;
 }
 
+int h5_check_chunks(hid_t d, int64_t first, int64_t count, const char *name, const char *where, SdcError *err) {
+    // only unfiltered chunks have a size known in advance (chunk shape x
+    // element size); variable-length elements are stored as heap references
+    hid_t dcpl = -1, ft = -1, sp = -1;
+    H5_TRY(dcpl = H5Dget_create_plist(d), "%s: %s", where, name);
+    if (H5Pget_layout(dcpl) != H5D_CHUNKED || H5Pget_nfilters(dcpl) != 0) goto pass;
+    H5_TRY(ft = H5Dget_type(d), "%s: %s", where, name);
+    if (H5Tdetect_class(ft, H5T_VLEN) != 0 || H5Tis_variable_str(ft) != 0) goto pass;
+    H5_TRY(sp = H5Dget_space(d), "%s: %s", where, name);
+    hsize_t dims[H5S_MAX_RANK], ch[H5S_MAX_RANK], lo[H5S_MAX_RANK], hi[H5S_MAX_RANK], at[H5S_MAX_RANK],
+        off[H5S_MAX_RANK];
+    const int r = H5Sget_simple_extent_dims(sp, dims, NULL);
+    if (r <= 0 || H5Pget_chunk(dcpl, r, ch) != r) {
+        sdc_err(err, SDC_ERR_FORMAT, "%s: %s: cannot read its chunk shape ---> the file is damaged; restore it from "
+                "a copy", where, name);
+        goto fail;
+    }
+    uint64_t want = H5Tget_size(ft);
+    for (int k = 0; k < r; k++) {
+        if (dims[k] == 0) goto pass; // no chunk holds anything
+        if (ch[k] == 0 || want > UINT32_MAX || ch[k] > UINT32_MAX) want = 0; // HDF5 caps chunks at 4 GiB
+        want *= ch[k];
+        lo[k] = 0, hi[k] = ch[k] ? (dims[k] - 1) / ch[k] : 0;
+    }
+    if (want == 0 || want > UINT32_MAX) {
+        sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its chunk shape is damaged ---> the file is damaged; restore it from a "
+                "copy", where, name);
+        goto fail;
+    }
+    if (count >= 0) { // rows first .. first + count - 1 of dimension 0 (callers check them against the extent)
+        if (count == 0) goto pass;
+        lo[0] = (hsize_t)first / ch[0], hi[0] = (hsize_t)(first + count - 1) / ch[0];
+    }
+    memcpy(at, lo, (size_t)r * sizeof *at);
+    for (;;) { // each chunk of the grid lo..hi, last dimension fastest
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        hsize_t got = 0;
+        for (int k = 0; k < r; k++) off[k] = at[k] * ch[k];
+        H5_TRY(H5Dget_chunk_info_by_coord(d, off, &mask, &addr, &got), "%s: %s: its chunk index", where, name);
+        if (addr != HADDR_UNDEF && got != want) { // not stored: HDF5 reads the fill value
+            char pos[128];
+            int n = 0;
+            for (int k = 0; k < r && n < (int)sizeof pos - 24; k++)
+                n += snprintf(pos + n, sizeof pos - (size_t)n, "%s%llu", k ? ", " : "", (unsigned long long)off[k]);
+            sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its chunk at (%s) stores %llu bytes, its shape needs %llu\n---> the "
+                    "file is damaged; restore it from a copy", where, name, pos, (unsigned long long)got,
+                    (unsigned long long)want);
+            goto fail;
+        }
+        int k = r - 1;
+        while (k >= 0 && at[k] == hi[k]) at[k] = lo[k], k--;
+        if (k < 0) break;
+        at[k]++;
+    }
+pass:
+    if (sp >= 0) H5Sclose(sp);
+    if (ft >= 0) H5Tclose(ft);
+    H5Pclose(dcpl);
+    return 0;
+fail:
+    if (sp >= 0) H5Sclose(sp);
+    if (ft >= 0) H5Tclose(ft);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    return err->code;
+}
+
 int h5_read_strings(hid_t loc, const char *name, int64_t expect_n, char ***out, int64_t *n_out, const char *where,
                     SdcError *err) {
     hid_t d = -1, ft = -1, mt = -1, sp = -1;

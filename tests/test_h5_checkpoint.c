@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "data/checkpoint.h"
+#include "data/dataset.h"
 #include "data/h5util.h"
 #include "testutil.h"
 
@@ -121,8 +122,8 @@ static void copy_file(const char *a, const char *b, long truncate_to) {
 int main(void) {
     TestCtx t = {0};
     SdcError err = {0};
-    char tmpl[] = "/tmp/sdc-test-ckpt-XXXXXX";
-    if (!mkdtemp(tmpl) || chdir(tmpl) || system("mkdir -p " DIR_T)) return 1;
+    char tmpl[] = "/tmp/sdc-test-ckpt-XXXXXX", src[4096];
+    if (!getcwd(src, sizeof src) || !mkdtemp(tmpl) || chdir(tmpl) || system("mkdir -p " DIR_T)) return 1;
     const char *path = DIR_T "/ckpt.h5";
 
     // 0. the chunked, threaded CRC-32 equals zlib's one serial pass, at sizes
@@ -251,6 +252,56 @@ int main(void) {
     }
     expect_error(&t, DIR_T "/vlen1.h5", "a string attribute of 1 stored byte", "attribute dtype is damaged",
                  "the file is damaged");
+    // unfiltered chunks stored shorter than their shape (HDF5 1.10 copies a whole chunk out of the shorter stored
+    // one: before session 15 a heap overflow inside H5Dread, found by fuzz_h5_dataset in a dataset's latents)
+    {
+        hid_t fh = H5Fcreate(DIR_T "/rows.h5", H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+        hsize_t dims[2] = {12, 8}, ch[2] = {4, 8}, at0[2] = {0, 0}, at1[2] = {4, 0};
+        hid_t sp = H5Screate_simple(2, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(dcpl, 2, ch);
+        hid_t d = H5Dcreate2(fh, "rows", H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        float v[32] = {0};
+        SDC_CHECK(d >= 0 && H5Dwrite_chunk(d, H5P_DEFAULT, 0, at0, sizeof v, v) >= 0 &&
+                  H5Dwrite_chunk(d, H5P_DEFAULT, 0, at1, 16, v) >= 0); // rows 8-11: no chunk stored
+        SdcError e2 = {0};
+        check_true(&t, h5_check_chunks(d, 0, 4, "rows", "rows.h5", &e2) == 0, "rows 0-3 (a whole chunk): %s", e2.msg);
+        check_true(&t, h5_check_chunks(d, 8, 4, "rows", "rows.h5", &e2) == 0, "rows 8-11 (not stored): %s", e2.msg);
+        const int64_t bad[][2] = {{4, 1}, {3, 2}, {0, -1}};
+        for (int k = 0; k < 3; k++) {
+            e2 = (SdcError){0};
+            int rc = h5_check_chunks(d, bad[k][0], bad[k][1], "rows", "rows.h5", &e2);
+            check_true(&t, rc == SDC_ERR_FORMAT && strstr(e2.msg, "rows.h5: rows: its chunk at (4, 0) stores 16 "
+                       "bytes, its shape needs 128") && strstr(e2.msg, "damaged"), "rows %lld (+%lld) in the short "
+                       "chunk: refused: %s", (long long)bad[k][0], (long long)bad[k][1], e2.msg);
+        }
+        H5Dclose(d), H5Pclose(dcpl), H5Sclose(sp), H5Fclose(fh);
+        // a checkpoint tensor so stored: refused at open; a dataset's latents (the fuzzer's input): refused reading
+        copy_file(path, DIR_T "/short.h5", -1);
+        fh = H5Fopen(DIR_T "/short.h5", H5F_ACC_RDWR, H5P_DEFAULT);
+        dims[0] = 8;
+        sp = H5Screate_simple(2, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(dcpl, 2, ch);
+        d = H5Dcreate2(fh, "/unet/short.weight", H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        SDC_CHECK(d >= 0 && H5Dwrite_chunk(d, H5P_DEFAULT, 0, at0, sizeof v, v) >= 0 &&
+                  H5Dwrite_chunk(d, H5P_DEFAULT, 0, at1, 16, v) >= 0 &&
+                  h5_attr_str(d, "dtype", "f32", "test", &err) == 0 && h5_attr_u32(d, "crc32", 0, "test", &err) == 0);
+        H5Dclose(d), H5Pclose(dcpl), H5Sclose(sp), H5Fclose(fh);
+        expect_error(&t, DIR_T "/short.h5", "a tensor chunk stored short", "/unet/short.weight",
+                     "its chunk at (4, 0) stores 16 bytes, its shape needs 128");
+        char in[4200];
+        snprintf(in, sizeof in, "%s/tests/fuzz/regress/h5_dataset/chunk-stored-short.h5", src);
+        Dataset ds;
+        e2 = (SdcError){0};
+        int rc = dataset_open(&ds, in, &e2);
+        check_true(&t, rc == 0, "the fuzzer's dataset opens: %s", e2.msg);
+        float lat[4 * 2 * 2];
+        if (!rc) {
+            rc = dataset_read_latent(&ds, 0, lat, &e2);
+            dataset_close(&ds);
+        }
+        check_true(&t, rc && strstr(e2.msg, "latents: its chunk at (0, 0, 0, 0) stores 32 bytes, its shape needs "
+                   "8192"), "the fuzzer's latents: refused: %s", e2.msg);
+    }
     // /state/data_order and a string dataset declared large with nothing written (chunked, unallocated): refused
     // before a buffer of the declared size is asked for (before session 14, a 2 GiB malloc: fuzz_h5s_ckpt)
     copy_file(path, DIR_T "/order.h5", -1);
