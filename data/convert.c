@@ -453,7 +453,7 @@ static int read_tok_h5(Model *m, hid_t file, const char *path, SdcError *err) {
                 H5Sclose(sp), H5Dclose(d);
                 return model_oom(m, path, err);
             }
-            if (h5_check_chunks(d, 0, -1, name, path, err)) {
+            if (h5_check_stored(d, 0, -1, name, path, err)) {
                 H5Sclose(sp), H5Dclose(d);
                 return err->code;
             }

@@ -771,7 +771,7 @@ static int read_row(hid_t ds, hid_t mtype, int64_t i, void *out, const char *pat
         return sdc_err(err, SDC_ERR_ARG, "%s: %s item %lld out of range (0..%llu)", path, name, (long long)i,
                        (unsigned long long)dims[0]);
     }
-    if (h5_check_chunks(ds, i, 1, name, path, err)) goto fail;
+    if (h5_check_stored(ds, i, 1, name, path, err)) goto fail;
     memcpy(count, dims, sizeof dims);
     count[0] = 1;
     start[0] = (hsize_t)i;

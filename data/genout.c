@@ -297,7 +297,7 @@ static int open_items(hid_t f, const char *name, int64_t n, hid_t *d, const char
     if (nd == 1 && H5Sget_simple_extent_dims(sp, &len, NULL) < 0) nd = -1;
     H5Sclose(sp);
     if (nd == 1 && len == (hsize_t)n) {
-        if (!h5_check_chunks(*d, 0, -1, name, path, err)) return 0;
+        if (!h5_check_stored(*d, 0, -1, name, path, err)) return 0;
         H5Dclose(*d), *d = -1;
         return err->code;
     }
@@ -429,7 +429,7 @@ int genout_open(GenOut *g, const char *path, const GenItem *items, int64_t n, in
     h5_close_plist(fapl), fapl = -1;
     H5_TRY(g->images = H5Dopen2(g->file, "images", H5P_DEFAULT), "%s: images", path);
     H5_TRY(g->done = H5Dopen2(g->file, "done", H5P_DEFAULT), "%s: done", path);
-    if (h5_check_chunks(g->done, 0, -1, "done", path, err)) goto fail;
+    if (h5_check_stored(g->done, 0, -1, "done", path, err)) goto fail;
     if (n) H5_TRY(H5Dread(g->done, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, g->done_mask), "%s: done", path);
     return 0;
 fail:

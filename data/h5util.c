@@ -465,15 +465,30 @@ fail:
     return err->code;
 }
 
-int h5_check_chunks(hid_t d, int64_t first, int64_t count, const char *name, const char *where, SdcError *err) {
-    // only unfiltered chunks have a size known in advance (chunk shape x
-    // element size); variable-length elements are stored as heap references
+int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, const char *where, SdcError *err) {
+    // the layouts whose stored size is known in advance: compact and
+    // contiguous data (extent x element size), unfiltered chunks (chunk shape
+    // x element size); variable-length elements are stored as heap references
     hid_t dcpl = -1, ft = -1, sp = -1;
     H5_TRY(dcpl = H5Dget_create_plist(d), "%s: %s", where, name);
-    if (H5Pget_layout(dcpl) != H5D_CHUNKED || H5Pget_nfilters(dcpl) != 0) goto pass;
+    const H5D_layout_t lay = H5Pget_layout(dcpl);
+    if (lay == H5D_CHUNKED ? H5Pget_nfilters(dcpl) != 0 : lay != H5D_COMPACT && lay != H5D_CONTIGUOUS) goto pass;
     H5_TRY(ft = H5Dget_type(d), "%s: %s", where, name);
     if (H5Tdetect_class(ft, H5T_VLEN) != 0 || H5Tis_variable_str(ft) != 0) goto pass;
     H5_TRY(sp = H5Dget_space(d), "%s: %s", where, name);
+    if (lay != H5D_CHUNKED) { // all of it or (contiguous) nothing yet: HDF5 reads the fill value
+        const hssize_t np = H5Sget_simple_extent_npoints(sp);
+        const uint64_t have = H5Dget_storage_size(d);
+        uint64_t need = UINT64_MAX;
+        if (np >= 0 && __builtin_mul_overflow((uint64_t)np, (uint64_t)H5Tget_size(ft), &need)) need = UINT64_MAX;
+        if ((have || lay == H5D_COMPACT) && have < need) {
+            sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its %s data stores %llu bytes, its shape needs %llu\n---> the file "
+                    "is damaged; restore it from a copy", where, name, lay == H5D_COMPACT ? "compact" : "contiguous",
+                    (unsigned long long)have, (unsigned long long)need);
+            goto fail;
+        }
+        goto pass;
+    }
     hsize_t dims[H5S_MAX_RANK], ch[H5S_MAX_RANK], lo[H5S_MAX_RANK], hi[H5S_MAX_RANK], at[H5S_MAX_RANK],
         off[H5S_MAX_RANK];
     const int r = H5Sget_simple_extent_dims(sp, dims, NULL);

@@ -87,7 +87,7 @@ static int cache_rows(LatentCache *c, int a, int64_t first, int64_t count, float
     if (put)
         H5_TRY(H5Dwrite((hid_t)c->d[a], H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, v), "%s: writing %s%s", path,
                ARRAY[a], fs_write_hint(errno));
-    else if (h5_check_chunks((hid_t)c->d[a], first, count, ARRAY[a], path, err))
+    else if (h5_check_stored((hid_t)c->d[a], first, count, ARRAY[a], path, err))
         goto fail;
     else
         H5_TRY(H5Dread((hid_t)c->d[a], H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, v), "%s: reading %s", path, ARRAY[a]);

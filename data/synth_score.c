@@ -24,7 +24,7 @@ static int read_u8s(hid_t f, const char *name, int64_t n, uint8_t *out, const ch
         goto fail;
     }
     H5Sclose(sp), sp = -1;
-    if (h5_check_chunks(d, 0, -1, name, path, err)) goto fail;
+    if (h5_check_stored(d, 0, -1, name, path, err)) goto fail;
     H5_TRY(H5Dread(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), "%s: reading %s (%lld items)", path,
            name, (long long)n);
     H5Dclose(d);
@@ -76,7 +76,7 @@ int synth_score_file(const char *path, SynthScore *s, FILE *items, SdcError *err
             continue;
         }
         hsize_t start[4] = {(hsize_t)i, 0, 0, 0};
-        if ((rc = h5_check_chunks(d, i, 1, "images", path, err))) goto out;
+        if ((rc = h5_check_stored(d, i, 1, "images", path, err))) goto out;
         H5_TRY(H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, NULL, one, NULL), "%s: images", path);
         H5_TRY(H5Dread(d, H5T_NATIVE_UINT8, ms, sp, H5P_DEFAULT, rgb), "%s: reading image %lld", path, (long long)i);
         SynthGuess g;
