@@ -647,8 +647,10 @@ void dataset_close(Dataset *d) {
     if (d->file >= 0) H5Fclose(d->file);
     h5_free_strings(d->captions, d->n);
     h5_free_strings(d->sources, d->n);
+    free(d->checked);
     d->images = d->latents = d->file = d->size_crop = -1;
     d->captions = d->sources = NULL;
+    d->checked = NULL;
 }
 
 // Opens dataset `name` and checks its type class/size and its shape: dims[0]
@@ -724,6 +726,8 @@ int dataset_open(Dataset *d, const char *path, SdcError *err) {
     int64_t nn = 0;
     if (!rc) rc = h5_read_strings(d->file, "captions", d->n, &d->captions, &nn, path, err);
     if (!rc) rc = h5_read_strings(d->file, "sources", d->n, &d->sources, &nn, path, err);
+    if (!rc && !(d->checked = calloc((size_t)d->n + 1, 1)))
+        rc = sdc_err(err, SDC_ERR_OOM, "%s: out of memory for %lld items", path, (long long)d->n);
     if (!rc && h5_has_link(d->file, "latents") && res % 8)
         rc = sdc_err(err, SDC_ERR_FORMAT, "%s: latents of %lld px images: the VAE needs a multiple of 8\n---> the "
                      "file is damaged; import the images again", path, (long long)res);
@@ -760,7 +764,10 @@ int dataset_open(Dataset *d, const char *path, SdcError *err) {
     return rc;
 }
 
-static int read_row(hid_t ds, hid_t mtype, int64_t i, void *out, const char *path, const char *name, SdcError *err) {
+// Row i of dataset ds (bit `bit` of d->checked) into out as mtype.
+static int read_row(const Dataset *d, hid_t ds, uint8_t bit, hid_t mtype, int64_t i, void *out, const char *name,
+                    SdcError *err) {
+    const char *path = d->path;
     hid_t fs = -1, ms = -1;
     hsize_t dims[5], start[5] = {0}, count[5];
     H5_TRY(fs = H5Dget_space(ds), "%s: %s", path, name);
@@ -771,7 +778,10 @@ static int read_row(hid_t ds, hid_t mtype, int64_t i, void *out, const char *pat
         return sdc_err(err, SDC_ERR_ARG, "%s: %s item %lld out of range (0..%llu)", path, name, (long long)i,
                        (unsigned long long)dims[0]);
     }
-    if (h5_check_stored(ds, i, 1, name, path, err)) goto fail;
+    if (!(d->checked[i] & bit)) {
+        if (h5_check_stored(ds, i, 1, name, path, err)) goto fail;
+        d->checked[i] |= bit;
+    }
     memcpy(count, dims, sizeof dims);
     count[0] = 1;
     start[0] = (hsize_t)i;
@@ -791,15 +801,15 @@ int dataset_read_size_crop(const Dataset *d, int64_t i, int32_t geom[4], SdcErro
     if (d->size_crop < 0)
         return sdc_err(err, SDC_ERR_ARG, "%s: no image sizes and crops (a dataset of an older sdc)\n---> import the "
                        "images again (sdc dataset import) for SDXL's micro-conditioning", d->path);
-    return read_row(d->size_crop, H5T_NATIVE_INT32, i, geom, d->path, "size_crop", err);
+    return read_row(d, d->size_crop, 4, H5T_NATIVE_INT32, i, geom, "size_crop", err);
 }
 
 int dataset_read_image(const Dataset *d, int64_t i, uint8_t *rgb, SdcError *err) {
-    return read_row(d->images, H5T_NATIVE_UINT8, i, rgb, d->path, "images", err);
+    return read_row(d, d->images, 1, H5T_NATIVE_UINT8, i, rgb, "images", err);
 }
 
 int dataset_read_latent(const Dataset *d, int64_t i, float *out, SdcError *err) {
     if (d->latents < 0)
         return sdc_err(err, SDC_ERR_ARG, "%s: no cached latents ---> import with --cache-latents -m MODEL", d->path);
-    return read_row(d->latents, H5T_NATIVE_FLOAT, i, out, d->path, "latents", err);
+    return read_row(d, d->latents, 2, H5T_NATIVE_FLOAT, i, out, "latents", err);
 }

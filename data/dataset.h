@@ -62,6 +62,8 @@ typedef struct Dataset {
     double latents_scaling;      // scaling_factor that was applied to the latents
     int random_flip;             // the import mirrored some images (attribute random_flip; 0 when absent)
     char **captions, **sources;  // n each
+    uint8_t *checked;            // n: bit k once item's stored data in images (1), latents (2), size_crop (4) was
+                                 // checked (h5_check_stored: inflating a chunk here costs as much as its read)
 } Dataset;
 
 // Opens and validates a dataset file (kind, version, every dataset's shape

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <zlib.h>
 
 // ----------------------------------------------------------------------------
 // errors
@@ -465,22 +466,101 @@ fail:
     return err->code;
 }
 
+// Bytes of one element as HDF5 stores it: variable-length data as a heap
+// reference (a 4-byte length, an address, a 4-byte index), other types as
+// their size; 0 for types whose stored size sdc does not know (references,
+// variable-length data inside compounds or arrays).
+static uint64_t stored_elem_size(hid_t d, hid_t ft) {
+    const H5T_class_t cls = H5Tget_class(ft);
+    if (cls == H5T_VLEN || (cls == H5T_STRING && H5Tis_variable_str(ft) > 0)) {
+        hid_t f = H5Iget_file_id(d), fcpl = f >= 0 ? H5Fget_create_plist(f) : -1;
+        size_t sa = 0, sl = 0;
+        if (fcpl < 0 || H5Pget_sizes(fcpl, &sa, &sl) < 0) sa = 0;
+        if (fcpl >= 0) H5Pclose(fcpl);
+        if (f >= 0) H5Fclose(f);
+        return sa ? 8 + (uint64_t)sa : 0;
+    }
+    if (cls == H5T_REFERENCE || H5Tdetect_class(ft, H5T_VLEN) != 0) return 0;
+    return H5Tget_size(ft);
+}
+
+// The filters sdc can follow in sizes (deflate, shuffle, Fletcher-32, as
+// sdc and h5py write them: shuffle before deflate); 0 or a message.
+static int pipeline_known(hid_t dcpl, int nf, const char *name, const char *where, SdcError *err) {
+    int deflates = 0;
+    for (int i = 0; i < nf; i++) {
+        unsigned flags = 0, cfg = 0;
+        size_t ncd = 0;
+        char fname[64] = "";
+        const H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, NULL, sizeof fname, fname, &cfg);
+        if (id == H5Z_FILTER_DEFLATE && !deflates++) continue;
+        if (id == H5Z_FILTER_SHUFFLE && !deflates) continue;
+        if (id == H5Z_FILTER_FLETCHER32) continue;
+        return sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its chunks go through filter %d (%s)%s, which sdc does not "
+                       "check\n---> sdc writes deflate (with shuffle before it): rewrite the file with h5repack -f "
+                       "GZIP=4", where, name, (int)id, fname[0] ? fname : "unnamed",
+                       id == H5Z_FILTER_DEFLATE || id == H5Z_FILTER_SHUFFLE ? " in this order" : "");
+    }
+    return 0;
+}
+
+// The size of a stored chunk once its filters are undone (those not skipped
+// in mask, last first), up to cap bytes: -1 when deflate cannot inflate it.
+static int64_t unfiltered_size(hid_t dcpl, int nf, unsigned mask, const uint8_t *raw, uint64_t n, uint64_t cap) {
+    for (int i = nf - 1; i >= 0; i--) {
+        if (mask & (1u << i)) continue;
+        unsigned flags = 0, cfg = 0;
+        size_t ncd = 0;
+        const H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, NULL, 0, NULL, &cfg);
+        if (id == H5Z_FILTER_FLETCHER32) { // a trailing checksum (HDF5 verifies it)
+            if (n < 4) return 0;
+            n -= 4;
+        } else if (id == H5Z_FILTER_DEFLATE) { // the only one: what follows (in reverse) keeps sizes
+            z_stream z = {0};
+            uint8_t sink[16384];
+            uint64_t out = 0;
+            if (inflateInit(&z) != Z_OK) return -1;
+            z.next_in = (Bytef *)raw;
+            int zr = Z_OK;
+            for (uint64_t fed = 0; zr == Z_OK && out <= cap;) {
+                if (z.avail_in == 0 && fed < n) {
+                    z.avail_in = (uInt)(n - fed < (1u << 30) ? n - fed : (1u << 30));
+                    fed += z.avail_in;
+                }
+                z.next_out = sink, z.avail_out = sizeof sink;
+                zr = inflate(&z, Z_NO_FLUSH);
+                out += sizeof sink - z.avail_out;
+                if (zr == Z_BUF_ERROR && z.avail_in == 0 && fed >= n) break; // input ends before the stream does
+                if (zr == Z_BUF_ERROR) zr = Z_OK;
+            }
+            inflateEnd(&z);
+            if (zr != Z_STREAM_END && out <= cap) return -1;
+            n = out;
+        }
+    }
+    return (int64_t)(n < cap ? n : cap);
+}
+
 int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, const char *where, SdcError *err) {
     // the layouts whose stored size is known in advance: compact and
-    // contiguous data (extent x element size), unfiltered chunks (chunk shape
-    // x element size); variable-length elements are stored as heap references
+    // contiguous data (extent x element size), chunks (chunk shape x element
+    // size, after the filters are undone)
     hid_t dcpl = -1, ft = -1, sp = -1;
+    uint8_t *raw = NULL;
     H5_TRY(dcpl = H5Dget_create_plist(d), "%s: %s", where, name);
     const H5D_layout_t lay = H5Pget_layout(dcpl);
-    if (lay == H5D_CHUNKED ? H5Pget_nfilters(dcpl) != 0 : lay != H5D_COMPACT && lay != H5D_CONTIGUOUS) goto pass;
+    const int nf = lay == H5D_CHUNKED ? H5Pget_nfilters(dcpl) : 0;
+    if (lay != H5D_CHUNKED && lay != H5D_COMPACT && lay != H5D_CONTIGUOUS) goto pass;
     H5_TRY(ft = H5Dget_type(d), "%s: %s", where, name);
-    if (H5Tdetect_class(ft, H5T_VLEN) != 0 || H5Tis_variable_str(ft) != 0) goto pass;
+    const uint64_t esz = stored_elem_size(d, ft);
+    if (esz == 0) goto pass;
+    if (nf < 0 || (nf > 0 && pipeline_known(dcpl, nf, name, where, err))) goto fail;
     H5_TRY(sp = H5Dget_space(d), "%s: %s", where, name);
     if (lay != H5D_CHUNKED) { // all of it or (contiguous) nothing yet: HDF5 reads the fill value
         const hssize_t np = H5Sget_simple_extent_npoints(sp);
         const uint64_t have = H5Dget_storage_size(d);
         uint64_t need = UINT64_MAX;
-        if (np >= 0 && __builtin_mul_overflow((uint64_t)np, (uint64_t)H5Tget_size(ft), &need)) need = UINT64_MAX;
+        if (np >= 0 && __builtin_mul_overflow((uint64_t)np, esz, &need)) need = UINT64_MAX;
         if ((have || lay == H5D_COMPACT) && have < need) {
             sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its %s data stores %llu bytes, its shape needs %llu\n---> the file "
                     "is damaged; restore it from a copy", where, name, lay == H5D_COMPACT ? "compact" : "contiguous",
@@ -497,7 +577,7 @@ int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, con
                 "a copy", where, name);
         goto fail;
     }
-    uint64_t want = H5Tget_size(ft);
+    uint64_t want = esz;
     for (int k = 0; k < r; k++) {
         if (dims[k] == 0) goto pass; // no chunk holds anything
         if (ch[k] == 0 || want > UINT32_MAX || ch[k] > UINT32_MAX) want = 0; // HDF5 caps chunks at 4 GiB
@@ -518,16 +598,40 @@ int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, con
         unsigned mask = 0;
         haddr_t addr = HADDR_UNDEF;
         hsize_t got = 0;
+        int64_t size = 0;
         for (int k = 0; k < r; k++) off[k] = at[k] * ch[k];
         H5_TRY(H5Dget_chunk_info_by_coord(d, off, &mask, &addr, &got), "%s: %s: its chunk index", where, name);
-        if (addr != HADDR_UNDEF && got != want) { // not stored: HDF5 reads the fill value
+        if (addr != HADDR_UNDEF && nf > 0) { // the stored bytes, their filters undone here first
+            if (got > UINT32_MAX) {
+                size = INT64_MAX;
+            } else {
+                uint8_t *b = realloc(raw, got ? got : 1);
+                if (!b) {
+                    sdc_err(err, SDC_ERR_OOM, "%s: %s: out of memory for a chunk of %llu bytes", where, name,
+                            (unsigned long long)got);
+                    goto fail;
+                }
+                raw = b;
+                H5_TRY(H5Dread_chunk(d, H5P_DEFAULT, off, &mask, raw), "%s: %s: reading a chunk", where, name);
+                size = unfiltered_size(dcpl, nf, mask, raw, got, want + 1);
+            }
+        } else {
+            size = (int64_t)got;
+        }
+        if (addr != HADDR_UNDEF && (uint64_t)size != want) { // not stored: HDF5 reads the fill value
             char pos[128];
             int n = 0;
             for (int k = 0; k < r && n < (int)sizeof pos - 24; k++)
                 n += snprintf(pos + n, sizeof pos - (size_t)n, "%s%llu", k ? ", " : "", (unsigned long long)off[k]);
-            sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its chunk at (%s) stores %llu bytes, its shape needs %llu\n---> the "
-                    "file is damaged; restore it from a copy", where, name, pos, (unsigned long long)got,
-                    (unsigned long long)want);
+            if (size < 0)
+                sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its chunk at (%s) does not inflate\n---> the file is damaged; "
+                        "restore it from a copy", where, name, pos);
+            else
+                sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its chunk at (%s) %s %s%llu bytes, its shape needs %llu\n---> "
+                        "the file is damaged; restore it from a copy", where, name, pos, nf ? "inflates to" : "stores",
+                        nf && (uint64_t)size > want ? "more than " : "",
+                        (unsigned long long)(nf && (uint64_t)size > want ? want : (uint64_t)size),
+                        (unsigned long long)want);
             goto fail;
         }
         int k = r - 1;
@@ -536,11 +640,13 @@ int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, con
         at[k]++;
     }
 pass:
+    free(raw);
     if (sp >= 0) H5Sclose(sp);
     if (ft >= 0) H5Tclose(ft);
     H5Pclose(dcpl);
     return 0;
 fail:
+    free(raw);
     if (sp >= 0) H5Sclose(sp);
     if (ft >= 0) H5Tclose(ft);
     if (dcpl >= 0) H5Pclose(dcpl);

@@ -120,17 +120,20 @@ int h5_has_link(hid_t loc, const char *name);
 // behind it. n == 0 passes.
 int h5_check_written(hid_t d, uint64_t n, const char *unit, const char *name, const char *where, SdcError *err);
 
-// 0 unless dataset d stores less than its layout needs for rows first ..
-// first + count - 1 of dimension 0 (every row when count < 0): a stored
-// chunk of an unfiltered chunked dataset that is not its chunk's full size
-// ("WHERE: NAME: its chunk at (...) stores S bytes, its shape needs W"), or
-// compact or allocated contiguous data shorter than the extent ("its compact
-// data stores S bytes, ..."); SDC_ERR_FORMAT, "---> the file is damaged".
-// Call it before H5Dread of such rows: HDF5 1.10 copies the full size out of
-// a shorter stored chunk or compact buffer, a heap overflow inside libhdf5
-// (tests/fuzz/regress/h5_dataset/chunk-stored-short.h5). Chunks not stored
-// pass (HDF5 reads the fill value); so do filtered chunks and variable-length
-// data, whose stored sizes are not known in advance.
+// 0 unless dataset d holds other than its layout needs for rows first ..
+// first + count - 1 of dimension 0 (every row when count < 0): a stored chunk
+// that is not its chunk's full size once its filters are undone ("WHERE:
+// NAME: its chunk at (...) stores S bytes / inflates to S bytes, its shape
+// needs W", "... does not inflate"), compact or allocated contiguous data
+// shorter than the extent ("its compact data stores S bytes, ..."): an
+// SDC_ERR_FORMAT error, "---> the file is damaged"; or chunks through a
+// filter other than deflate, shuffle (before deflate) and Fletcher-32, which
+// it cannot follow (SDC_ERR_FORMAT, "---> ... h5repack -f GZIP=4"). Call it
+// before H5Dread of such rows: HDF5 1.10 copies the full size out of a
+// shorter chunk or compact buffer, a heap overflow inside libhdf5
+// (tests/fuzz/regress/h5_dataset/*-short.h5). Filtered chunks are read and
+// inflated here (H5Dread_chunk, zlib): twice the inflating of a plain read.
+// Chunks not stored pass (HDF5 reads the fill value).
 int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, const char *where, SdcError *err);
 
 // A 1-D dataset of n strings (variable-length UTF-8), written in one call

@@ -328,6 +328,68 @@ int main(void) {
             H5Dclose(d);
         }
         H5Fclose(fh);
+        // filtered chunks: undone here first (the same overflow for a deflate chunk that inflates short); chunks
+        // through a filter sdc cannot follow refused; variable-length strings stored as 16-byte heap references
+        fh = H5Fopen(DIR_T "/rows.h5", H5F_ACC_RDWR, H5P_DEFAULT);
+        sp = H5Screate_simple(2, dims, NULL); // (12, 8) in (4, 8) chunks
+        hid_t fpl[2] = {H5Pcreate(H5P_DATASET_CREATE), H5Pcreate(H5P_DATASET_CREATE)};
+        H5Pset_chunk(fpl[0], 2, ch), H5Pset_shuffle(fpl[0]), H5Pset_deflate(fpl[0], 4), H5Pset_fletcher32(fpl[0]);
+        H5Pset_chunk(fpl[1], 2, ch), H5Pset_deflate(fpl[1], 4);
+        hid_t dz = H5Dcreate2(fh, "zipped", H5T_IEEE_F32LE, sp, H5P_DEFAULT, fpl[0], H5P_DEFAULT);
+        hid_t db = H5Dcreate2(fh, "zip-bad", H5T_IEEE_F32LE, sp, H5P_DEFAULT, fpl[1], H5P_DEFAULT);
+        float v96[96];
+        for (int i = 0; i < 96; i++) v96[i] = (float)i * 0.25f;
+        unsigned char z[3][300], junk[40] = "not a zlib stream";
+        uLongf zn[3] = {300, 300, 300};
+        const uLong zsrc[3] = {16, 128, 256};
+        for (int k = 0; k < 3; k++) SDC_CHECK(compress2(z[k], &zn[k], (const Bytef *)v96, zsrc[k], 4) == Z_OK);
+        hsize_t at2[2] = {8, 0};
+        SDC_CHECK(dz >= 0 && db >= 0 && H5Dwrite(dz, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v96) >= 0 &&
+                  H5Dwrite_chunk(db, H5P_DEFAULT, 0, at0, zn[0], z[0]) >= 0 &&
+                  H5Dwrite_chunk(db, H5P_DEFAULT, 0, at1, sizeof junk, junk) >= 0 &&
+                  H5Dwrite_chunk(db, H5P_DEFAULT, 0, at2, zn[2], z[2]) >= 0);
+        e2 = (SdcError){0};
+        check_true(&t, h5_check_stored(dz, 0, -1, "zipped", "rows.h5", &e2) == 0, "shuffle, deflate, Fletcher-32: "
+                   "passes: %s", e2.msg);
+        const char *zwant[3] = {"its chunk at (0, 0) inflates to 16 bytes, its shape needs 128",
+                                "its chunk at (4, 0) does not inflate",
+                                "its chunk at (8, 0) inflates to more than 128 bytes, its shape needs 128"};
+        for (int k = 0; k < 3; k++) {
+            e2 = (SdcError){0};
+            int rc = h5_check_stored(db, 4 * k, 4, "zip-bad", "rows.h5", &e2);
+            check_true(&t, rc == SDC_ERR_FORMAT && strstr(e2.msg, zwant[k]) && strstr(e2.msg, "damaged"),
+                       "deflate chunk %d: refused: %s", k, e2.msg);
+        }
+        // the same bytes as a whole chunk pass (compress2 of its 128 bytes)
+        SDC_CHECK(H5Dwrite_chunk(db, H5P_DEFAULT, 0, at0, zn[1], z[1]) >= 0);
+        e2 = (SdcError){0};
+        check_true(&t, h5_check_stored(db, 0, 4, "zip-bad", "rows.h5", &e2) == 0, "a whole deflate chunk: passes: %s",
+                   e2.msg);
+        hid_t npl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(npl, 2, ch), H5Pset_nbit(npl);
+        hid_t dn = H5Dcreate2(fh, "nbit", H5T_STD_I32LE, sp, H5P_DEFAULT, npl, H5P_DEFAULT);
+        e2 = (SdcError){0};
+        check_true(&t, dn >= 0 && h5_check_stored(dn, 0, -1, "nbit", "rows.h5", &e2) == SDC_ERR_FORMAT &&
+                   strstr(e2.msg, "rows.h5: nbit: its chunks go through filter 5 (nbit), which sdc does not check") &&
+                   strstr(e2.msg, "h5repack -f GZIP=4"), "an nbit filter: refused: %s", e2.msg);
+        hid_t st = H5Tcopy(H5T_C_S1);
+        H5Tset_size(st, H5T_VARIABLE);
+        hsize_t s8 = 8, sc = 4, sat[1] = {4};
+        hid_t ssp = H5Screate_simple(1, &s8, NULL), spl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(spl, 1, &sc);
+        hid_t dsv = H5Dcreate2(fh, "strings", st, ssp, H5P_DEFAULT, spl, H5P_DEFAULT);
+        const char *words[8] = {"a", "bb", "ccc", "dddd", "e", "f", "g", "h"};
+        SDC_CHECK(dsv >= 0 && H5Dwrite(dsv, st, H5S_ALL, H5S_ALL, H5P_DEFAULT, words) >= 0);
+        e2 = (SdcError){0};
+        check_true(&t, h5_check_stored(dsv, 0, -1, "strings", "rows.h5", &e2) == 0, "strings: pass: %s", e2.msg);
+        hid_t dsb = H5Dcreate2(fh, "strings-bad", st, ssp, H5P_DEFAULT, spl, H5P_DEFAULT); // (4): 16 bytes
+        SDC_CHECK(dsb >= 0 && H5Dwrite_chunk(dsb, H5P_DEFAULT, 0, sat, 16, junk) >= 0);
+        e2 = (SdcError){0};
+        check_true(&t, h5_check_stored(dsb, 0, -1, "strings", "rows.h5", &e2) == SDC_ERR_FORMAT &&
+                   strstr(e2.msg, "strings: its chunk at (4) stores 16 bytes, its shape needs 64"),
+                   "strings chunk stored short: refused: %s", e2.msg);
+        H5Dclose(dsb), H5Dclose(dsv), H5Pclose(spl), H5Sclose(ssp), H5Tclose(st), H5Dclose(dn), H5Pclose(npl);
+        H5Dclose(dz), H5Dclose(db), H5Pclose(fpl[0]), H5Pclose(fpl[1]), H5Sclose(sp), H5Fclose(fh);
         // a checkpoint tensor so stored: refused at open; a dataset's latents (the fuzzer's input): refused reading
         copy_file(path, DIR_T "/short.h5", -1);
         fh = H5Fopen(DIR_T "/short.h5", H5F_ACC_RDWR, H5P_DEFAULT);
