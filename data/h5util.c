@@ -680,7 +680,8 @@ int h5_read_strings(hid_t loc, const char *name, int64_t expect_n, char ***out, 
                 where, name, (unsigned long long)dims[0]);
         goto fail;
     }
-    if (h5_check_written(d, dims[0], "values", name, where, err)) goto fail;
+    if (h5_check_written(d, dims[0], "values", name, where, err) || h5_check_stored(d, 0, -1, name, where, err))
+        goto fail;
     raw = calloc(dims[0] + 1, sizeof *raw);
     v = calloc(dims[0] + 1, sizeof *v);
     if (!raw || !v) {

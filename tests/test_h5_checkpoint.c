@@ -388,6 +388,19 @@ int main(void) {
         check_true(&t, h5_check_stored(dsb, 0, -1, "strings", "rows.h5", &e2) == SDC_ERR_FORMAT &&
                    strstr(e2.msg, "strings: its chunk at (4) stores 16 bytes, its shape needs 64"),
                    "strings chunk stored short: refused: %s", e2.msg);
+        // the same through h5_read_strings (captions, prompts: before session 15 not checked; fuzz_h5_genout)
+        hsize_t s4 = 4, sat0[1] = {0};
+        hid_t sp4 = H5Screate_simple(1, &s4, NULL);
+        hid_t dss = H5Dcreate2(fh, "strings-short", st, sp4, H5P_DEFAULT, spl, H5P_DEFAULT);
+        SDC_CHECK(dss >= 0 && H5Dwrite_chunk(dss, H5P_DEFAULT, 0, sat0, 16, junk) >= 0);
+        char **sv = NULL;
+        int64_t sn = 0;
+        e2 = (SdcError){0};
+        int rs = h5_read_strings(fh, "strings-short", 4, &sv, &sn, "rows.h5", &e2);
+        check_true(&t, rs == SDC_ERR_FORMAT && strstr(e2.msg, "strings-short: its chunk at (0) stores 16 bytes, its "
+                   "shape needs 64"), "strings read whole, chunk stored short: refused: %s", e2.msg);
+        if (!rs) h5_free_strings(sv, sn);
+        H5Dclose(dss), H5Sclose(sp4);
         H5Dclose(dsb), H5Dclose(dsv), H5Pclose(spl), H5Sclose(ssp), H5Tclose(st), H5Dclose(dn), H5Pclose(npl);
         H5Dclose(dz), H5Dclose(db), H5Pclose(fpl[0]), H5Pclose(fpl[1]), H5Sclose(sp), H5Fclose(fh);
         // a checkpoint tensor so stored: refused at open; a dataset's latents (the fuzzer's input): refused reading
