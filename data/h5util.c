@@ -297,6 +297,24 @@ int h5_has_link(hid_t loc, const char *name) {
     return r > 0;
 }
 
+// Bytes of one element as HDF5 stores it: variable-length data as a heap
+// reference (a 4-byte length, an address, a 4-byte index), other types as
+// their size; 0 for types whose stored size sdc does not know (references,
+// variable-length data inside compounds or arrays).
+static uint64_t stored_elem_size(hid_t obj, hid_t ft) {
+    const H5T_class_t cls = H5Tget_class(ft);
+    if (cls == H5T_VLEN || (cls == H5T_STRING && H5Tis_variable_str(ft) > 0)) {
+        hid_t f = H5Iget_file_id(obj), fcpl = f >= 0 ? H5Fget_create_plist(f) : -1;
+        size_t sa = 0, sl = 0;
+        if (fcpl < 0 || H5Pget_sizes(fcpl, &sa, &sl) < 0) sa = 0;
+        if (fcpl >= 0) H5Pclose(fcpl);
+        if (f >= 0) H5Fclose(f);
+        return sa ? 8 + (uint64_t)sa : 0;
+    }
+    if (cls == H5T_REFERENCE || H5Tdetect_class(ft, H5T_VLEN) != 0) return 0;
+    return H5Tget_size(ft);
+}
+
 // Opens attribute `name` of obj, checking it holds `n` elements (n < 0:
 // scalar or 1 element) of the given class.
 static int attr_open(hid_t obj, const char *name, H5T_class_t cls, int n, const char *what, hid_t *out,
@@ -317,8 +335,11 @@ static int attr_open(hid_t obj, const char *name, H5T_class_t cls, int n, const 
     // A damaged datatype message can say a size other than the one HDF5 reads
     // with (a variable-length string's "1 byte"): HDF5 copies the value at
     // the size it reads with, past the bytes it stored (H5A__read's memcpy,
-    // fuzz_h5_ckpt), so a value shorter than its type and count is refused.
-    hsize_t stored = H5Aget_storage_size(a), need = (hsize_t)H5Tget_size(t) * (hsize_t)np;
+    // fuzz_h5_ckpt), so a value shorter than its type and count is refused;
+    // a variable-length value is stored as a heap reference of 16 bytes (8
+    // in memory: a 15-byte sdc_kind passed until session 15, fuzz_h5_dataset)
+    const uint64_t esz = stored_elem_size(a, t);
+    hsize_t stored = H5Aget_storage_size(a), need = (hsize_t)(esz ? esz : H5Tget_size(t)) * (hsize_t)np;
     if (stored < need) {
         sdc_err(err, SDC_ERR_FORMAT, "%s: attribute %s is damaged (%llu bytes stored, its type and shape need %llu) "
                 "---> the file is damaged; restore it from a copy", where, name, (unsigned long long)stored,
@@ -464,24 +485,6 @@ fail:
     if (sp >= 0) H5Sclose(sp);
     if (dcpl >= 0) H5Pclose(dcpl);
     return err->code;
-}
-
-// Bytes of one element as HDF5 stores it: variable-length data as a heap
-// reference (a 4-byte length, an address, a 4-byte index), other types as
-// their size; 0 for types whose stored size sdc does not know (references,
-// variable-length data inside compounds or arrays).
-static uint64_t stored_elem_size(hid_t d, hid_t ft) {
-    const H5T_class_t cls = H5Tget_class(ft);
-    if (cls == H5T_VLEN || (cls == H5T_STRING && H5Tis_variable_str(ft) > 0)) {
-        hid_t f = H5Iget_file_id(d), fcpl = f >= 0 ? H5Fget_create_plist(f) : -1;
-        size_t sa = 0, sl = 0;
-        if (fcpl < 0 || H5Pget_sizes(fcpl, &sa, &sl) < 0) sa = 0;
-        if (fcpl >= 0) H5Pclose(fcpl);
-        if (f >= 0) H5Fclose(f);
-        return sa ? 8 + (uint64_t)sa : 0;
-    }
-    if (cls == H5T_REFERENCE || H5Tdetect_class(ft, H5T_VLEN) != 0) return 0;
-    return H5Tget_size(ft);
 }
 
 // The filters sdc can follow in sizes (deflate, shuffle, Fletcher-32, as

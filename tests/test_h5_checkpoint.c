@@ -246,10 +246,13 @@ int main(void) {
     expect_error(&t, DIR_T "/unwritten.h5", "a tensor never written", "/unet/never.weight: its data (4398046511104 "
                  "bytes) was never written", "damaged");
     // an attribute whose datatype message says 1 byte for a variable-length string (HDF5 stores 1 byte and reads
-    // 16 from it: before session 14 a heap over-read inside H5Aread, found by fuzz_h5_ckpt)
-    copy_file(path, DIR_T "/vlen1.h5", -1);
-    {
-        FILE *f = fopen(DIR_T "/vlen1.h5", "rb+");
+    // 16 from it: before session 14 a heap over-read inside H5Aread, found by fuzz_h5_ckpt); 15 bytes (more than
+    // the 8 bytes of its type in memory, less than the 16 of its heap reference: before session 15 the same
+    // over-read, fuzz_h5_dataset)
+    for (int k = 0; k < 2; k++) {
+        const char *p = k ? DIR_T "/vlen15.h5" : DIR_T "/vlen1.h5";
+        copy_file(path, p, -1);
+        FILE *f = fopen(p, "rb+");
         SDC_CHECK(f);
         static unsigned char b[1 << 20];
         size_t n = fread(b, 1, sizeof b, f);
@@ -260,11 +263,13 @@ int main(void) {
                     if (b[j] == 0x19 && b[j + 4] == 16) at = (long)j + 4;
         SDC_CHECK(at > 0);
         fseek(f, at, SEEK_SET);
-        fputc(1, f);
+        fputc(k ? 15 : 1, f);
         fclose(f);
+        expect_error(&t, p, k ? "a string attribute of 15 stored bytes" : "a string attribute of 1 stored byte",
+                     k ? "attribute dtype is damaged (15 bytes stored, its type and shape need 16)"
+                       : "attribute dtype is damaged (1 bytes stored, its type and shape need 16)",
+                     "the file is damaged");
     }
-    expect_error(&t, DIR_T "/vlen1.h5", "a string attribute of 1 stored byte", "attribute dtype is damaged",
-                 "the file is damaged");
     // unfiltered chunks stored shorter than their shape (HDF5 1.10 copies a whole chunk out of the shorter stored
     // one: before session 15 a heap overflow inside H5Dread, found by fuzz_h5_dataset in a dataset's latents)
     {
