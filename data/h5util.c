@@ -559,12 +559,21 @@ int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, con
     if (esz == 0) goto pass;
     if (nf < 0 || (nf > 0 && pipeline_known(dcpl, nf, name, where, err))) goto fail;
     H5_TRY(sp = H5Dget_space(d), "%s: %s", where, name);
-    if (lay != H5D_CHUNKED) { // all of it or (contiguous) nothing yet: HDF5 reads the fill value
+    // every byte read must be stored: where nothing is, HDF5 hands out the
+    // fill value (from the file: a damaged one of fewer bytes than the type
+    // is read past its end, H5VM_array_fill) or, fill time "never" (sdc's
+    // images), the caller's buffer as it was; sdc reads only what it wrote
+    if (lay != H5D_CHUNKED) {
         const hssize_t np = H5Sget_simple_extent_npoints(sp);
         const uint64_t have = H5Dget_storage_size(d);
         uint64_t need = UINT64_MAX;
         if (np >= 0 && __builtin_mul_overflow((uint64_t)np, esz, &need)) need = UINT64_MAX;
-        if ((have || lay == H5D_COMPACT) && have < need) {
+        if (have < need && have == 0 && lay == H5D_CONTIGUOUS) {
+            sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its data was never written\n---> the file is damaged; restore it "
+                    "from a copy", where, name);
+            goto fail;
+        }
+        if (have < need) {
             sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its %s data stores %llu bytes, its shape needs %llu\n---> the file "
                     "is damaged; restore it from a copy", where, name, lay == H5D_COMPACT ? "compact" : "contiguous",
                     (unsigned long long)have, (unsigned long long)need);
@@ -621,12 +630,15 @@ int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, con
         } else {
             size = (int64_t)got;
         }
-        if (addr != HADDR_UNDEF && (uint64_t)size != want) { // not stored: HDF5 reads the fill value
+        if (addr == HADDR_UNDEF || (uint64_t)size != want) {
             char pos[128];
             int n = 0;
             for (int k = 0; k < r && n < (int)sizeof pos - 24; k++)
                 n += snprintf(pos + n, sizeof pos - (size_t)n, "%s%llu", k ? ", " : "", (unsigned long long)off[k]);
-            if (size < 0)
+            if (addr == HADDR_UNDEF)
+                sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its chunk at (%s) was never written\n---> the file is damaged; "
+                        "restore it from a copy", where, name, pos);
+            else if (size < 0)
                 sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its chunk at (%s) does not inflate\n---> the file is damaged; "
                         "restore it from a copy", where, name, pos);
             else

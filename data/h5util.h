@@ -133,7 +133,9 @@ int h5_check_written(hid_t d, uint64_t n, const char *unit, const char *name, co
 // shorter chunk or compact buffer, a heap overflow inside libhdf5
 // (tests/fuzz/regress/h5_dataset/*-short.h5). Filtered chunks are read and
 // inflated here (H5Dread_chunk, zlib): twice the inflating of a plain read.
-// Chunks not stored pass (HDF5 reads the fill value).
+// Rows never written are refused too ("its chunk at (...) was never
+// written", "its data was never written"): HDF5 would hand out the file's
+// fill value (a damaged one is read past its end) or the buffer as it was.
 int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, const char *where, SdcError *err);
 
 // A 1-D dataset of n strings (variable-length UTF-8), written in one call
