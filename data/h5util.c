@@ -550,6 +550,7 @@ int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, con
     // size, after the filters are undone)
     hid_t dcpl = -1, ft = -1, sp = -1;
     uint8_t *raw = NULL;
+    int rc = 0;
     H5_TRY(dcpl = H5Dget_create_plist(d), "%s: %s", where, name);
     const H5D_layout_t lay = H5Pget_layout(dcpl);
     const int nf = lay == H5D_CHUNKED ? H5Pget_nfilters(dcpl) : 0;
@@ -568,7 +569,7 @@ int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, con
         const uint64_t have = H5Dget_storage_size(d);
         uint64_t need = UINT64_MAX;
         if (np >= 0 && __builtin_mul_overflow((uint64_t)np, esz, &need)) need = UINT64_MAX;
-        if (have < need && have == 0 && lay == H5D_CONTIGUOUS) {
+        if (have == 0 && need > 0 && lay == H5D_CONTIGUOUS) {
             sdc_err(err, SDC_ERR_FORMAT, "%s: %s: its data was never written\n---> the file is damaged; restore it "
                     "from a copy", where, name);
             goto fail;
@@ -654,18 +655,15 @@ int h5_check_stored(hid_t d, int64_t first, int64_t count, const char *name, con
         if (k < 0) break;
         at[k]++;
     }
+    goto pass;
+fail:
+    rc = err->code;
 pass:
     free(raw);
     if (sp >= 0) H5Sclose(sp);
     if (ft >= 0) H5Tclose(ft);
-    H5Pclose(dcpl);
-    return 0;
-fail:
-    free(raw);
-    if (sp >= 0) H5Sclose(sp);
-    if (ft >= 0) H5Tclose(ft);
     if (dcpl >= 0) H5Pclose(dcpl);
-    return err->code;
+    return rc;
 }
 
 int h5_read_strings(hid_t loc, const char *name, int64_t expect_n, char ***out, int64_t *n_out, const char *where,
