@@ -117,7 +117,7 @@ int h5_has_link(hid_t loc, const char *name);
 // error "WHERE: NAME (N UNIT) was never written / was only partly written
 // ---> the file is damaged": for the datasets sdc writes whole, whose
 // declared extent would otherwise size a reader's buffer with nothing stored
-// behind it. n == 0 passes.
+// behind it; then h5_check_stored of the whole dataset. n == 0 passes.
 int h5_check_written(hid_t d, uint64_t n, const char *unit, const char *name, const char *where, SdcError *err);
 
 // 0 unless dataset d holds other than its layout needs for rows first ..
