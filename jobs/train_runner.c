@@ -1093,10 +1093,17 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
         UnetBlockInfo *bl = malloc(UNET_MAX_BLOCKS * sizeof *bl);
         int nb = 0;
         rc = bl ? unet_layout(&model_files_info(m.files)->unet, bl, &nb, err) : sdc_err(err, SDC_ERR_OOM, "layout");
+        unsigned char trainable[UNET_MAX_BLOCKS];
+        const int n_train = rc ? 0 : pp_trainable_blocks(bl, nb, d->lora_rank > 0, trainable);
         free(bl);
         if (!rc) rc = grid_check_blocks(&run.grid, nb, "UNet", err);
+        if (!rc && n_train < stages) // every stage must train something
+            rc = sdc_err(err, SDC_ERR_ARG, "--pipeline-stages %d: a LoRA run trains only the %d attention blocks of "
+                         "the UNet's %d ---> at most --pipeline-stages %d", stages, n_train, nb, n_train);
         int cut[UNET_MAX_BLOCKS + 1];
         if (!rc && rt->pipeline_cut && rt->pipeline_cut[0]) rc = pp_cut_parse(rt->pipeline_cut, nb, stages, cut, err);
+        if (!rc && rt->pipeline_cut && rt->pipeline_cut[0])
+            rc = pp_cut_check_trainable(rt->pipeline_cut, cut, stages, trainable, nb, err);
     }
     if ((rc = h5_par_agree(par, rc, err))) goto done;
     manifest = manifest_to_text(x ? orig : job); // with the resolution the model gave

@@ -98,6 +98,50 @@ int pp_partition_costs(const double *cost, int nb, int stages, int *bounds, SdcE
     return 0;
 }
 
+int pp_trainable_blocks(const UnetBlockInfo *bl, int nb, int lora, unsigned char *trainable) {
+    int n = 0;
+    for (int i = 0; i < nb; i++)
+        n += trainable[i] = lora ? bl[i].kind == UNET_BLOCK_TRANSFORMER : 1; // (every kind has weights)
+    return n;
+}
+
+int pp_partition_trainable(const double *cost, const unsigned char *trainable, int nb, int stages, int *bounds,
+                           SdcError *err) {
+    int k = 0;
+    for (int i = 0; i < nb; i++) k += trainable[i] != 0;
+    if (k < stages)
+        return sdc_err(err, SDC_ERR_ARG, "pipeline: %d stages, but this run trains only %d of the UNet's %d blocks "
+                       "(a LoRA run trains the attention blocks) ---> at most %d stages", stages, k, nb, k);
+    double *unit = malloc((size_t)k * sizeof *unit);
+    int *start = malloc((size_t)(k + 1) * sizeof *start), *ub = malloc((size_t)(stages + 1) * sizeof *ub);
+    int rc = unit && start && ub ? 0 : sdc_err(err, SDC_ERR_OOM, "pipeline: partition");
+    for (int i = 0, j = 0; !rc && i < nb; i++) { // unit j: blocks [start[j], start[j + 1])
+        if (i == 0 || (trainable[i - 1] && j < k)) start[j] = i, unit[j++] = 0;
+        unit[j - 1] += cost[i];
+    }
+    if (!rc) start[k] = nb, rc = pp_partition_costs(unit, k, stages, ub, err);
+    for (int s = 0; !rc && s <= stages; s++) bounds[s] = start[ub[s]];
+    free(unit), free(start), free(ub);
+    return rc;
+}
+
+int pp_cut_check_trainable(const char *spec, const int *bounds, int stages, const unsigned char *trainable, int nb,
+                           SdcError *err) {
+    int first = -1, last = -1;
+    for (int i = 0; i < nb; i++)
+        if (trainable[i]) last = i, first = first < 0 ? i : first;
+    for (int s = 0; s < stages; s++) {
+        int any = 0;
+        for (int i = bounds[s]; i < bounds[s + 1]; i++) any |= trainable[i];
+        if (!any)
+            return sdc_err(err, SDC_ERR_ARG, "--pipeline-cut \"%s\": stage %d (blocks %d-%d) has no block to train: "
+                           "the blocks this run trains lie from %d to %d (a LoRA run trains the attention blocks "
+                           "only) ---> cut so that every stage holds one of them, or leave --pipeline-cut out (the "
+                           "measured cut does)", spec, s, bounds[s], bounds[s + 1] - 1, first, last);
+    }
+    return 0;
+}
+
 // Rank 0 times every block (one row at latent h x w over zero inputs:
 // the time does not depend on the values) and every rank gets the times.
 static int measure_blocks(PpStage *p, const Backend *be, int h, int w, int ctx_len, double *t, SdcError *err) {

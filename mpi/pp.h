@@ -44,6 +44,21 @@ typedef struct PpStage {
 // nb, every stage at least one block. Fails when there are fewer blocks than
 // stages.
 int pp_partition_costs(const double *cost, int nb, int stages, int *bounds, SdcError *err);
+// The blocks a training run updates (nb flags): with LoRA the transformers
+// (the adapters sit on their attention projections), else every block (each
+// kind has weights; a layout's param_count is only filled at load). Returns
+// how many.
+int pp_trainable_blocks(const UnetBlockInfo *bl, int nb, int lora, unsigned char *trainable);
+// pp_partition_costs where every stage must hold a trainable block: each
+// trainable block and the untrained ones before it (after the last one: the
+// rest) are one unit, and the units are cut. Fails with fewer trainable
+// blocks than stages, naming both counts.
+int pp_partition_trainable(const double *cost, const unsigned char *trainable, int nb, int stages, int *bounds,
+                           SdcError *err);
+// Refuses a cut given by hand that leaves a stage no block to train, naming
+// the stage, its blocks and the first and last trainable block.
+int pp_cut_check_trainable(const char *spec, const int *bounds, int stages, const unsigned char *trainable, int nb,
+                           SdcError *err);
 // The same with the FLOP model as the cost (unet_block_flops for one row at
 // latent h x w with ctx_len tokens).
 int pp_partition(const Unet *u, int stages, int h, int w, int ctx_len, int *bounds, SdcError *err);

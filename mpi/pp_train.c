@@ -73,10 +73,11 @@ void pp_train_free(PpTrain *p) {
 // moving a cut
 // ---------------------------------------------------------------------------
 
-// The tensors of a cut in message order; ndim 0 ones are absent.
+// The tensors of a cut in message order; ndim 0 ones are absent (x only in
+// the gradients handed back to a stage of the time block alone).
 static int cut_tensors(const UnetCut *c, const Tensor **t) {
     int n = 0;
-    t[n++] = &c->x;
+    if (c->x.ndim) t[n++] = &c->x;
     for (int k = 0; k < c->n_skips; k++) t[n++] = &c->skips[k];
     if (c->temb.ndim) t[n++] = &c->temb;
     if (c->ctx.ndim) t[n++] = &c->ctx;
@@ -186,8 +187,11 @@ static int backward(PpTrain *p, DbTrainer *t, int j, int M, int rows, SdcError *
     if (p->stage > 0) {
         int64_t *hdr = p->bwd_hdr;
         hdr[0] = j, hdr[1] = n;
-        if (!gout.x.ndim)
-            return sdc_err(err, SDC_ERR_INTERNAL, "pipeline: stage %d has no gradient to send back", p->stage);
+        int first, end, dx_back;
+        unet_train_range(u, &first, &end, &dx_back);
+        if (!gout.x.ndim != !dx_back)
+            return sdc_err(err, SDC_ERR_INTERNAL, "pipeline: stage %d (blocks %d-%d) %s a gradient of its input to "
+                           "send back", p->stage, first, end - 1, dx_back ? "has no" : "has");
         SDC_TRY(isend_cut(p, &gout, hdr, p->stage - 1, TAG_BWD, p->bwd_req, "gradients", err));
     } else if (t->cfg.train_text_encoder) {
         SDC_TRY(db_stage_dctx(t, r0, n, &gout.ctx, &gout.text, err));
@@ -280,8 +284,10 @@ static int time_blocks(const ModelFiles *mf, const Backend *be, const UnetTrainO
 int pp_train_cut(MPI_Comm world, const ModelFiles *mf, const Backend *be, const UnetTrainOpts *o, int rows, int h,
                  int w, int ctx_len, int stages, int *bounds, double *fwd, double *bwd, SdcError *err) {
     UnetBlockInfo *blocks = malloc(UNET_MAX_BLOCKS * sizeof *blocks);
+    unsigned char trainable[UNET_MAX_BLOCKS];
     int nb = 0, rank = 0, rc = blocks ? 0 : sdc_err(err, SDC_ERR_OOM, "pipeline cut");
     if (!rc) rc = unet_layout(&model_files_info(mf)->unet, blocks, &nb, err);
+    if (!rc) pp_trainable_blocks(blocks, nb, o->lora_rank > 0, trainable);
     free(blocks);
     if (rc) return rc;
     MPI_TRY(MPI_Comm_rank(world, &rank), "pipeline cut: rank");
@@ -294,7 +300,7 @@ int pp_train_cut(MPI_Comm world, const ModelFiles *mf, const Backend *be, const 
     double *cost = malloc((size_t)nb * sizeof *cost);
     if (!cost) return sdc_err(err, SDC_ERR_OOM, "pipeline cut");
     for (int i = 0; i < nb; i++) cost[i] = fwd[i] + bwd[i];
-    rc = pp_partition_costs(cost, nb, stages, bounds, err);
+    rc = pp_partition_trainable(cost, trainable, nb, stages, bounds, err); // (every stage trains something)
     free(cost);
     return rc;
 }

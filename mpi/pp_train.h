@@ -68,7 +68,8 @@ int pp_schedule_parse(const char *name, PpSchedule *s, SdcError *err);
 // checkpointing; parameter gradients to scratch), twice (the first pass
 // warms up), and times each block; every rank gets the times (fwd, bwd: the
 // model's block count) and the cut: `stages` ranges of near-equal forward +
-// backward time (pp_partition_costs), bounds (stages + 1).
+// backward time, each holding a block the run trains (pp_partition_trainable),
+// bounds (stages + 1).
 int pp_train_cut(MPI_Comm world, const ModelFiles *mf, const Backend *be, const UnetTrainOpts *o, int rows, int h,
                  int w, int ctx_len, int stages, int *bounds, double *fwd, double *bwd, SdcError *err);
 

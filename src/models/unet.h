@@ -222,8 +222,10 @@ int unet_train_grad_in(Unet *m, int tape, UnetCut *gin, SdcError *err);
 // before needs it; at block 0 the context's gradient alone). Views into the
 // backward arenas, valid until the next unet_train_grad_in. Releases the tape.
 int unet_train_stage_backward(Unet *m, int tape, UnetCut *gout, SdcError *err);
-// The first and one-past-last block this rank trains, and whether any block
-// before `first` has trainable parameters (so the stage must send dx back).
+// The first and one-past-last block this rank trains, and whether its
+// backward yields the gradient of the running activation entering it (some
+// block before `first` is trained and `first` is not conv_in, whose input is
+// the noisy latent): the dx a stage sends back.
 void unet_train_range(const Unet *m, int *first, int *end, int *grad_before);
 
 // The bytes of the cut entering block `first` (the running activation, the

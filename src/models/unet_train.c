@@ -223,13 +223,21 @@ static void recompute(Unet *m, int i, Tape *tp) {
 // backward
 // ---------------------------------------------------------------------------
 
+// This rank's blocks are the time embedding alone (a cut right after it).
+static int stage_is_time_only(const Unet *m) {
+    const UnetTrain *T = m->train;
+    return T->end == T->first + 1 && m->blocks[T->first].info.kind == UNET_BLOCK_TIME;
+}
+
 static void grad_alloc(Unet *m, Tape *tp) {
     UnetTrain *T = m->train;
     const DType dt = m->be->act_dtype;
     for (int a = A_DSLOT0; a <= A_GCUT; a++) arena_reset(&T->ar[a], 0);
     UnetCut *g = &T->gin;
     memset(g, 0, sizeof *g);
-    g->x = arena_tensor(&T->ar[A_DSLOT1], dt, tp->out.x.ndim, tp->out.x.shape);
+    // (a stage of the time block alone hands conv_in the latent, which has no
+    // gradient: it gets back the time embedding's and the context's only)
+    if (!stage_is_time_only(m)) g->x = arena_tensor(&T->ar[A_DSLOT1], dt, tp->out.x.ndim, tp->out.x.shape);
     T->ds.n = 0;
     for (int k = 0; k < tp->out.n_skips; k++) {
         Arena *a = &T->ar[A_DSKIPS];
@@ -604,7 +612,10 @@ void unet_train_range(const Unet *m, int *first, int *end, int *grad_before) {
     const UnetTrain *T = m->train;
     *first = T ? T->first : m->first;
     *end = T ? T->end : m->end;
-    *grad_before = T ? T->first_trainable < T->first : m->first > 0;
+    // conv_in's input is the noisy latent: a stage starting there sends back no dx
+    const int f = T ? T->first : m->first;
+    *grad_before = (T ? T->first_trainable < f : f > 0) && f < m->n_blocks &&
+                   m->blocks[f].info.kind != UNET_BLOCK_CONV_IN;
 }
 
 int unet_train_forward(Unet *m, Tensor *out, const Tensor *x, const float *timesteps,
