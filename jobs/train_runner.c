@@ -330,6 +330,39 @@ static int hook_pipeline(void *u, DbTrainer *t, int rows, SdcError *err) {
     return pp_train_run(&((TrainRun *)u)->pp, t, rows, err);
 }
 
+// This rank's step failed where the others cannot learn of it (src/train/
+// dreambooth.h, DbHooks.failed_alone): they wait on it in a pipeline receive
+// or a collective, and the agreement after the step (a collective too) and
+// the way out (parallel HDF5 closes are collective) would wait on them. The
+// error and the checkpoint to go on from, then the job ends here, as
+// mpi_fatal ends it: a job that hangs until the allocation runs out loses
+// the rest of that allocation too.
+static _Noreturn void hook_failed_alone(void *u, const SdcError *err) {
+    TrainRun *r = u;
+    const RankGrid *g = &r->grid;
+    char where[128], path[1200] = "", go_on[1400];
+    if (g->stages > 1 && g->replicas > 1)
+        snprintf(where, sizeof where, "pipeline stage %d of %d, replica %d of %d", g->stage, g->stages, g->replica,
+                 g->replicas);
+    else if (g->stages > 1)
+        snprintf(where, sizeof where, "pipeline stage %d of %d", g->stage, g->stages);
+    else
+        snprintf(where, sizeof where, "data-parallel replica %d of %d", g->replica, g->replicas);
+    int64_t step = -1;
+    SdcError e2 = {0};
+    if (!train_ckpt_latest(r->job->dreambooth->output_dir, path, sizeof path, &step, &e2) && path[0])
+        snprintf(go_on, sizeof go_on, "run the same job again with --resume-from-checkpoint latest to go on from %s "
+                 "(step %lld)", path, (long long)step);
+    else
+        snprintf(go_on, sizeof go_on, "no checkpoint was written yet: the job starts over when run again");
+    fprintf(stderr, "%ssdc: error: rank %d of %d (%s): %s\n---> the other ranks wait on this one mid-step: "
+            "ending the job; %s\n", r->tty ? "\n" : "", g->rank, g->size, where, err->msg, go_on);
+    fflush(stderr);
+    MPI_Abort(g->world, 1);
+    for (;;) // MPI_Abort does not return
+        ;
+}
+
 // rank 0: the step's metrics line and the progress bar
 static void log_step(TrainRun *r, const DbStepInfo *s) {
     if (r->metrics) {
@@ -1260,7 +1293,8 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
                     .snr_gamma = d->snr_gamma, .seed = (uint64_t)d->seed, .micro_batches = micro,
                     .input_perturbation = x ? x->input_perturbation : 0,
                     .proportion_empty = x ? x->proportion_empty_prompts : 0, .snr_v_plus_one = x != NULL,
-                    .use_ema = x && x->use_ema, .ema = ema_config_default()};
+                    .use_ema = x && x->use_ema, .ema = ema_config_default(),
+                    .fault_step = getenv("SDC_FAULT_STEP") ? atoll(getenv("SDC_FAULT_STEP")) : 0};
     if (x) cfg.ema.decay = x->ema_decay;
     if ((rc = lr_schedule_parse(d->lr_scheduler, &cfg.lr_scheduler, err))) goto done;
     {   // diffusers: max_train_steps = num_train_epochs * updates per epoch when not given
@@ -1304,7 +1338,8 @@ static int run_training(const Sdc__Job *job_in, const Sdc__Job *orig, const Sdc_
                      .overlap_begin = g->replicas > 1 && !env_flag("SDC_NO_OVERLAP") ? hook_ov_begin : NULL,
                      .overlap_ready = hook_ov_ready, .overlap_end = hook_ov_end,
                      .zero = d->zero_stage == 1, .reduce_scatter_mean = hook_reduce_scatter,
-                     .allgather = hook_allgather, .gather = hook_gather};
+                     .allgather = hook_allgather, .gather = hook_gather,
+                     .failed_alone = g->size > 1 ? hook_failed_alone : NULL};
     if ((rc = db_init(&t, &m, &cfg, &data, &hooks, err))) goto done;
     if (t.ema && (rc = db_ema_table(&t, &run.ema, err))) goto done;
     if (!opt->quiet && par->rank == 0)

@@ -13,9 +13,11 @@ on the shipped demo model at 64 px, a few steps, one thread per process.
                                                    resumed == uninterrupted; a generation
                                                    sweep stopped and re-run == uninterrupted
   dreambooth_checks.py layouts SDC MODEL SRC WORK  pipeline stages x replicas (GPipe, 1F1B,
-                                                   checkpointing, ZeRO-1, LoRA) == one process;
-                                                   stopped on 2 stages, resumed on 1 and 3;
-                                                   bad layouts refused; a killed rank ends the job
+                                                   checkpointing, ZeRO-1, LoRA, every cut of 2
+                                                   stages) == one process; stopped on 2 stages,
+                                                   resumed on 1 and 3; bad layouts refused; a
+                                                   killed rank, or one whose step fails alone,
+                                                   ends the job
   dreambooth_checks.py xl     SDC MODEL SRC WORK   SDXL LoRA (MODEL the tiny SDXL folder): the
                                                    import's sizes and crops; killed and resumed,
                                                    SIGUSR1 and resumed == uninterrupted; 2 ranks
@@ -89,10 +91,7 @@ class Ctx:
         cmd = (MPIEXEC + ["-n", str(ranks)] if ranks else []) + [str(a) for a in args]
         if env and ranks:  # mpiexec passes only what -x names
             cmd[len(MPIEXEC):len(MPIEXEC)] = [x for k in env for x in ("-x", f"{k}={env[k]}")]
-        t0 = time.time()
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                           env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
-        return p.returncode, p.stdout, time.time() - t0
+        return run_killable(cmd, dict(os.environ, OMP_NUM_THREADS="1", **(env or {})), timeout)
 
 
 # ---------------------------------------------------------------------------
@@ -695,6 +694,29 @@ def test_layouts(ctx):
             continue
         same_run(out_dir, name)
 
+    # every cut of 2 stages (the measured cut lands anywhere on a loaded
+    # machine: right after the time embedding, stage 0 hands conv_in the
+    # latent and gets back the time embedding's and the context's gradients
+    # only), quietly; each one == one process
+    nb = 17
+    differ = []
+    for cut in range(1, nb):
+        out_dir = os.path.join(w, f"cut-{cut}")
+        rc, out, sec = ctx.run(ctx.train_args(out_dir, *common, "--max-train-steps", steps, "--pipeline-stages", 2,
+                                              "--pipeline-cut", cut), ranks=2, timeout=60)
+        if rc != 0:
+            differ.append(f"{cut} (exit {rc})")
+            show(out, 6)
+            continue
+        wx, mx = h5_weights(os.path.join(out_dir, "model.h5")), metrics(os.path.join(out_dir, "metrics.jsonl"))
+        same = sorted(mx) == sorted(m1) and all(mx[st][k] == m1[st][k] for st in m1 for k in keys) and \
+            set(wx) == set(w1) and all(np.array_equal(wx[k], w1[k]) for k in w1)
+        if not same:
+            differ.append(str(cut))
+        shutil.rmtree(out_dir)
+    check(not differ, f"every cut of 2 stages (--pipeline-cut 1 .. {nb - 1}): loss, lr, grad_norm and model.h5 "
+          f"equal to one process bit for bit ({len(differ)} differ or fail{': ' + ', '.join(differ) if differ else ''})")
+
     # gradient accumulation (2 batches of 1 instance + 1 class row per step) on 2 stages
     acc = ["--train-batch-size", 1, "--gradient-accumulation-steps", 2, "--max-train-steps", 3]
     ga, gb = os.path.join(w, "accum-one"), os.path.join(w, "accum-p2")
@@ -809,6 +831,10 @@ def test_layouts(ctx):
             (2, ["--pipeline-stages", 2, "--pipeline-cut", "9,13"], "more than the 1 cut of 2 stages",
              "--pipeline-cut 9,13 for 2 stages"),
             (2, ["--pipeline-stages", 2, "--pipeline-cut", "9x"], "not a list of block numbers", "--pipeline-cut 9x"),
+            (2, ["--pipeline-stages", 2, "--lora-rank", 4, "--pipeline-cut", 2],
+             "stage 0 (blocks 0-1) has no block to train", "LoRA, --pipeline-cut 2 (no transformer before it)"),
+            (5, ["--pipeline-stages", 5, "--lora-rank", 4], "at most --pipeline-stages 4",
+             "LoRA on 5 stages of a UNet with 4 transformers"),
             (0, ["--pipeline-cut", "9"], "--pipeline-cut goes with --pipeline-stages", "--pipeline-cut, one stage"),
             (2, ["--pipeline-stages", 2, "--validation-prompt", "a dog"], "validation images need the whole UNet",
              "validation images with stages")):
@@ -864,6 +890,58 @@ def test_layouts(ctx):
                                             "--checkpointing-steps", 2, "--resume-from-checkpoint", "latest"), ranks=2)
         check(rc == 0 and os.path.exists(os.path.join(d, "model.h5")),
               f"the killed run resumed from checkpoint-{ckpts[-1]} to step {ckpts[-1] + 1}: exit {rc}")
+
+
+    # a rank whose step fails alone (out of memory, SDC_FAULT_STEP=2 on rank 1
+    # only: after its forwards and backwards, before the gradients are
+    # reduced): the others wait on it mid-step (in the loss sum over the
+    # ranks, in the gradient all-reduce), so the job ends, within 60 s, the
+    # rank, its place and the cause named with the checkpoint to go on from;
+    # resumed from it, the run == an uninterrupted one
+    for name, extra, where in (("stage", ["--pipeline-stages", 2], "rank 1 of 2 (pipeline stage 1 of 2)"),
+                               ("replica", [], "rank 1 of 2 (data-parallel replica 1 of 2)")):
+        base = [*common, "--checkpointing-steps", 1, "--max-train-steps", 2, *extra]
+        d, whole = os.path.join(w, f"alone-{name}"), os.path.join(w, f"alone-{name}-whole")
+        rc0, out0, _ = ctx.run(ctx.train_args(whole, *base), ranks=2)
+        rc, out, sec = rank1_env(ctx, ctx.train_args(d, *base), ["SDC_FAULT_STEP=2"])
+        said = [l for l in out.splitlines() if l.startswith(f"sdc: error: {where}: ")]
+        ok = check(rc0 == 0 and rc not in (0, 124) and sec < 60 and said and "step 2: out of memory" in said[0] and
+                   f"go on from {os.path.join(d, 'checkpoint-1.h5')} (step 1)" in out,
+                   f"{name} 1 of 2 out of memory alone in step 2: the job ended in {sec:.1f} s (limit 60), exit "
+                   f"{rc}, '{said[0][12:] if said else '(no error line)'}', the checkpoint to go on from named")
+        if not ok:
+            show(out0 + out, 12)
+            continue
+        rc, out, _ = ctx.run(ctx.train_args(d, *base, "--resume-from-checkpoint", "latest"), ranks=2)
+        if check(rc == 0, f"{name}: resumed from checkpoint-1 after the failure: exit {rc}"):
+            compare_exact(h5_weights(os.path.join(whole, "model.h5")), h5_weights(os.path.join(d, "model.h5")),
+                          f"{name}: failed alone + resumed vs uninterrupted")
+        else:
+            show(out)
+
+
+def rank1_env(ctx, args, env1, timeout=75):
+    """args on 2 ranks, rank 1 with the environment assignments env1 as well:
+    (rc, stderr + stdout, seconds)."""
+    a = [str(x) for x in args]
+    return run_killable(MPIEXEC + ["-n", "1"] + a + [":", "-n", "1", "env", *env1] + a,
+                        dict(os.environ, OMP_NUM_THREADS="1"), timeout)
+
+
+def run_killable(cmd, env, timeout):
+    """cmd in a process group of its own: (rc, stderr + stdout, seconds); past
+    timeout seconds every process of it is killed (a hung job's ranks too,
+    which killing mpiexec alone would leave spinning) and rc is 124."""
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+        return p.returncode, out, time.time() - t0
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        return 124, out + f"\n(killed after {timeout} s)", time.time() - t0
 
 
 # ---------------------------------------------------------------------------

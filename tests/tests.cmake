@@ -38,8 +38,10 @@ endif()
 # stops the run with exit 75 and a checkpoint of that step, and the resumed
 # run equals an uninterrupted one bit for bit (a generation sweep too).
 # Pipeline stages x replicas (GPipe, 1F1B, checkpointing, ZeRO-1, LoRA) equal
-# one process; a run stopped on 2 stages resumes on 1 and 3; bad layouts are
-# refused; a killed rank ends the job within 60 s, named. --use-captions:
+# one process, and so does every cut of 2 stages; a run stopped on 2 stages
+# resumes on 1 and 3; bad layouts are refused; a killed rank ends the job
+# within 60 s, named, and so does a rank whose step fails alone
+# (SDC_FAULT_STEP), naming the checkpoint to go on from. --use-captions:
 # captions equal to the prompts train the same weights bit for bit, others
 # other weights; photos without captions take --instance-prompt or are refused.
 # The demo model at 64 px, a few steps, one thread per process.

@@ -778,15 +778,26 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
         double t0 = wall_s();
         // A failure before the update leaves the weights and the optimizer
         // as the last step left them: the state goes back to that step too,
-        // so the caller can still checkpoint it (out of memory on the device)
+        // so the caller can still checkpoint it (out of memory on the device).
+        // With other ranks, a failure of this rank's alone ends the job
+        // (hooks.failed_alone): they are mid-step, waiting on this one.
         const DbState st0 = t->st;
-#define STEP_TRY(expr)                  \
-    do {                                \
-        int rc_ = (expr);               \
-        if (rc_) {                      \
-            t->st = st0;                \
-            return rc_;                 \
-        }                               \
+#define STEP_TRY(expr)                                                        \
+    do {                                                                      \
+        int rc_ = (expr);                                                     \
+        if (rc_) {                                                            \
+            t->st = st0;                                                      \
+            if (t->hooks.failed_alone) t->hooks.failed_alone(t->hooks.user, err); \
+            return rc_;                                                       \
+        }                                                                     \
+    } while (0)
+#define ALONE_TRY(expr)                                                       \
+    do {                                                                      \
+        int rc_ = (expr);                                                     \
+        if (rc_) {                                                            \
+            if (t->hooks.failed_alone) t->hooks.failed_alone(t->hooks.user, err); \
+            return rc_;                                                       \
+        }                                                                     \
     } while (0)
         t->loss[0] = t->loss[1] = 0;
         int items = 0, n_batches = 0;
@@ -808,6 +819,8 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
             }
             if (sync) break;
         }
+        if (c->fault_step == t->st.global_step + 1)
+            STEP_TRY(sdc_err(err, SDC_ERR_OOM, "step %lld: out of memory (SDC_FAULT_STEP)", (long long)c->fault_step));
         const int ng = n_groups(t);
         if (zero_on(t)) { // each replica's block of the flat gradient buffers, averaged
             for (int gi = 0; gi < ng; gi++) {
@@ -846,7 +859,6 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
                            "are those of step %lld (the last checkpoint is kept)",
                            norm, (long long)step + 1, (long long)step);
         STEP_TRY(rc);
-#undef STEP_TRY
         double lr = lr_schedule_lr(&t->sched, c->learning_rate, step);
         t->updating = 1;
         adamw_step(&t->opt, lr);
@@ -854,16 +866,16 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
             float *pb, *gb;
             size_t nn;
             group_trainables(t, gi, &pb, &gb, &nn);
-            if (zero_on(t)) SDC_TRY(t->hooks.allgather(t->hooks.user, pb, t->shard[gi].counts, t->shard[gi].displs, err));
+            if (zero_on(t)) ALONE_TRY(t->hooks.allgather(t->hooks.user, pb, t->shard[gi].counts, t->shard[gi].displs, err));
             be->zero(be, gb, nn * sizeof(float));
         }
         if (c->use_ema) { // EMAModel.step(unet.parameters()) after the optimizer's
             float *pb, *gb;
             size_t nn;
             unet_trainables(t->model->unet, &pb, &gb, &nn);
-            SDC_TRY(ema_update(be, &c->ema, t->st.global_step + 1, t->ema, pb, nn, err));
+            ALONE_TRY(ema_update(be, &c->ema, t->st.global_step + 1, t->ema, pb, nn, err));
         }
-        SDC_TRY(backend_status(be, err)); // the update failed on the device: this state is never checkpointed
+        ALONE_TRY(backend_status(be, err)); // the update failed on the device: this state is never checkpointed
         t->st.global_step++;
         t->st.last_loss = total;
         t->updating = 0;
@@ -871,8 +883,10 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
         DbStepInfo info = {.step = t->st.global_step, .max_steps = c->max_train_steps, .loss = total,
                            .loss_prior = loss[1] * unscale, .lr = lr, .grad_norm = norm,
                            .items_per_s = dt > 0 ? items / dt : 0, .seconds = dt};
-        if (t->hooks.on_step) SDC_TRY(t->hooks.on_step(t->hooks.user, &info, err));
+        if (t->hooks.on_step) SDC_TRY(t->hooks.on_step(t->hooks.user, &info, err)); // (a stop all ranks agreed)
     }
+#undef STEP_TRY
+#undef ALONE_TRY
     return 0;
 }
 

@@ -98,6 +98,10 @@ typedef struct DbConfig {
                                 // (0: the DreamBooth scripts' min(snr, g) / snr + 1)
     int use_ema;                // keep an EMA of the trained UNet tensors (EMAModel); t->ema
     EmaConfig ema;
+    // Test hook (SDC_FAULT_STEP=N, jobs/train_runner.c): this rank's step N
+    // fails as out of memory after its forwards and backwards, before the
+    // gradients are reduced (0: never), as a device running out would.
+    int64_t fault_step;
 } DbConfig;
 
 // What the runner gives: latents already multiplied by the VAE's scaling
@@ -205,6 +209,13 @@ typedef struct DbHooks {
     int (*reduce_scatter_mean)(void *user, float *buf, const int *counts, const int *displs, SdcError *err);
     int (*allgather)(void *user, float *buf, const int *counts, const int *displs, SdcError *err);
     int (*gather)(void *user, const float *mine, float *all, const int *counts, const int *displs, SdcError *err);
+    // More than one rank (NULL with one): this rank's step failed (err) where
+    // the others cannot learn of it: they wait on it in a pipeline receive or
+    // in one of the step's collectives, so no agreement reaches them. Ends
+    // the job, err named; does not return. (The failures every rank sees
+    // alike, a non-finite loss or gradient norm and a stop on a signal, are
+    // returned as usual.)
+    void (*failed_alone)(void *user, const SdcError *err);
 } DbHooks;
 
 // The optimizer's param groups: 0 the UNet, 1 the text encoder, 2 SDXL's
