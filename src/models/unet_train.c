@@ -613,7 +613,7 @@ void unet_train_range(const Unet *m, int *first, int *end, int *grad_before) {
     *first = T ? T->first : m->first;
     *end = T ? T->end : m->end;
     // conv_in's input is the noisy latent: a stage starting there sends back no dx
-    const int f = T ? T->first : m->first;
+    const int f = *first;
     *grad_before = (T ? T->first_trainable < f : f > 0) && f < m->n_blocks &&
                    m->blocks[f].info.kind != UNET_BLOCK_CONV_IN;
 }

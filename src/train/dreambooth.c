@@ -770,6 +770,13 @@ int db_opt_full(DbTrainer *t, AdamW *full, SdcError *err) {
     return rc;
 }
 
+// A failure of this rank's alone inside a step: with other ranks waiting on
+// it, the job ends here (hooks.failed_alone does not return).
+static int failed_alone(DbTrainer *t, int rc, SdcError *err) {
+    if (t->hooks.failed_alone) t->hooks.failed_alone(t->hooks.user, err);
+    return rc;
+}
+
 int db_train(DbTrainer *t, int64_t until, SdcError *err) {
     const DbConfig *c = &t->cfg;
     const Backend *be = t->be;
@@ -782,22 +789,18 @@ int db_train(DbTrainer *t, int64_t until, SdcError *err) {
         // With other ranks, a failure of this rank's alone ends the job
         // (hooks.failed_alone): they are mid-step, waiting on this one.
         const DbState st0 = t->st;
-#define STEP_TRY(expr)                                                        \
-    do {                                                                      \
-        int rc_ = (expr);                                                     \
-        if (rc_) {                                                            \
-            t->st = st0;                                                      \
-            if (t->hooks.failed_alone) t->hooks.failed_alone(t->hooks.user, err); \
-            return rc_;                                                       \
-        }                                                                     \
+#define STEP_TRY(expr)                               \
+    do {                                             \
+        int rc_ = (expr);                            \
+        if (rc_) {                                   \
+            t->st = st0;                             \
+            return failed_alone(t, rc_, err);        \
+        }                                            \
     } while (0)
-#define ALONE_TRY(expr)                                                       \
-    do {                                                                      \
-        int rc_ = (expr);                                                     \
-        if (rc_) {                                                            \
-            if (t->hooks.failed_alone) t->hooks.failed_alone(t->hooks.user, err); \
-            return rc_;                                                       \
-        }                                                                     \
+#define ALONE_TRY(expr)                              \
+    do {                                             \
+        int rc_ = (expr);                            \
+        if (rc_) return failed_alone(t, rc_, err);   \
     } while (0)
         t->loss[0] = t->loss[1] = 0;
         int items = 0, n_batches = 0;
