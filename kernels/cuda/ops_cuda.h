@@ -205,6 +205,104 @@ void cuda_attention(CudaCtx *ctx, int dt, void *out, const void *q, const void *
 void cuda_attention_fa2(CudaCtx *ctx, int dt, void *out, const void *q, const void *k,
                         const void *v, int B, int Lq, int Lk, int H, int D, int causal);
 
+// ---- backward and training (issue 12, part 1) ----------------------------------
+// The gradients of the ops above and the kernels of a training step, with the
+// conventions of the CPU reference (kernels/cpu/ops_cpu_bwd.h, train_cpu.c):
+// gradients of activations are overwritten, gradients of parameters (dw, db,
+// dgamma, dbeta, dtable) are ADDED to; a gradient pointer documented as
+// optional may be NULL (not computed). Every kernel takes the storage dtype
+// dt of all its tensors and computes in fp32; reductions into a parameter
+// gradient are deterministic (no atomics: a fixed order, so a resumed run is
+// bit-identical to an uninterrupted one on the same GPU). Written without a
+// GPU (sessions 4-17 had none): compiled, checked against the CPU by
+// tests/test_bwd_cuda.c when a card runs tests/gpu/run.sh.
+
+// GEMM (gemm_cuda.cu). linear backward, row-major, x (M, K), w (N, K), dy (M, N):
+//   dx (M, K) = dy . w (NULL: skipped), dw (N, K) += dy^T . x (NULL: skipped),
+//   db (N) += column sums of dy (NULL: skipped; deterministic reduction)
+void cuda_linear_backward(CudaCtx *ctx, int dt, void *dx, void *dw, void *db, const void *dy,
+                          const void *x, const void *w, int64_t M, int64_t N, int64_t K);
+// c (M, N) = alpha * a (M, K) . b (K, N) + beta * c, row-major
+void cuda_matmul(CudaCtx *ctx, int dt, void *c, const void *a, const void *b, int64_t M, int64_t N,
+                 int64_t K, float alpha, float beta);
+
+// convolution (conv_cuda.cu), cuDNN backward data and filter (NCHW; the
+// algorithm from cuDNN's heuristics among those whose workspace fits ws):
+//   dx (N, C, H, W) = grad wrt x (NULL: skipped), dw (OC, C, KH, KW) +=,
+//   db (OC) += sums of dy over N, OH, OW (NULL: skipped).
+// Returns 0, or -1 when cuDNN is unavailable or refused the shape (recorded
+// as a fault: the backend reports it).
+int cuda_conv2d_backward(CudaCtx *ctx, int dt, void *dx, void *dw, void *db, const void *dy,
+                         const void *x, const void *w, int N, int C, int H, int W, int OC, int KH,
+                         int KW, int stride, int pad, void *ws, size_t ws_bytes);
+
+// normalisation, softmax, elementwise, layout (backward_cuda.cu)
+// group norm (+SiLU) backward, statistics recomputed from x; x, dy (N, C, S);
+// gamma, beta (C) (beta read only with silu): dx (N, C, S) overwritten (never
+// NULL; may equal dy), dgamma, dbeta (C) += (either NULL).
+void cuda_group_norm_backward(CudaCtx *ctx, int dt, void *dx, void *dgamma, void *dbeta,
+                              const void *dy, const void *x, const void *gamma, const void *beta,
+                              int64_t N, int64_t C, int64_t S, int groups, float eps, int silu);
+// layer norm backward over D; x, dy (rows, D); gamma (D): dx (may equal dy;
+// NULL: skipped), dgamma, dbeta (D) += (either NULL).
+void cuda_layer_norm_backward(CudaCtx *ctx, int dt, void *dx, void *dgamma, void *dbeta,
+                              const void *dy, const void *x, const void *gamma, int64_t rows,
+                              int64_t D, float eps);
+// dx = y * (dy - sum_d dy * y), y the forward output (rows, D); dx may equal dy
+void cuda_softmax_backward(CudaCtx *ctx, int dt, void *dx, const void *dy, const void *y,
+                           int64_t rows, int64_t D);
+// act CUDA_ACT_*: dx = dy * act'(x), x the forward input; dx may equal dy
+void cuda_activation_backward(CudaCtx *ctx, int dt, int act, void *dx, const void *dy,
+                              const void *x, int64_t n);
+// x (rows, 2F) = [a | g], dy (rows, F) -> dx (rows, 2F) = [dy gelu(g) | dy a gelu'(g)]
+void cuda_geglu_backward(CudaCtx *ctx, int dt, void *dx, const void *dy, const void *x,
+                         int64_t rows, int64_t F);
+// dy (NC, OH, OW) -> dx (NC, H, W): sum over each source pixel's 2x2 block
+void cuda_upsample_nearest2x_backward(CudaCtx *ctx, int dt, void *dx, const void *dy, int64_t NC,
+                                      int64_t H, int64_t W, int64_t OH, int64_t OW);
+// out (C) (+)= sums of x (N, C, S) over N and S: accumulate != 0 adds to out
+// (a conv bias gradient), else overwrites it. With N = 1 and C = N*C of
+// (N, C, S): add_channel_bias's backward (dbias (N, C) overwritten).
+void cuda_channel_sums(CudaCtx *ctx, int dt, void *out, const void *x, int64_t N, int64_t C,
+                       int64_t S, int accumulate);
+// dy (N, a_per_n + b_per_n) -> da (N, a_per_n), db (N, b_per_n) (either NULL)
+void cuda_concat_channels_backward(CudaCtx *ctx, int dt, void *da, void *db, const void *dy,
+                                   int64_t N, int64_t a_per_n, int64_t b_per_n);
+// dtable (V, D) += dy (n_ids, D) rows at ids (device I32, validated by the
+// caller), repeated ids summed in index order (deterministic)
+void cuda_embedding_backward(CudaCtx *ctx, int dt, void *dtable, const int32_t *ids,
+                             const void *dy, int64_t n_ids, int64_t V, int64_t D);
+
+// a training step's kernels (backward_cuda.cu), fp32 (master weights,
+// gradients and moments are F32 whatever the activations):
+// per sample n of pred, target (N, per) in dt: e = pred - target, dpred = k[n] e
+// (dpred may equal pred), sq_host[n] = sum of e^2 in double (copied to the
+// host: the call waits for the stream)
+void cuda_mse_backward(CudaCtx *ctx, int dt, void *dpred, double *sq_host, const void *pred,
+                       const void *target, const float *k_host, int64_t N, int64_t per);
+// sum of x[i]^2 in double (waits for the stream)
+double cuda_sum_squares(CudaCtx *ctx, const float *x, size_t n);
+// torch's single-tensor fp32 AdamW element by element, bit for bit as
+// cpu_adamw rounds it (no contraction, IEEE sqrt and division)
+void cuda_adamw(CudaCtx *ctx, float *p, const float *g, float *m, float *v, size_t n, float decay,
+                float w1, float b2, float w2, float bc2_sqrt, float eps, float neg_step);
+// shadow = shadow - one_minus_decay * (shadow - p), as cpu_ema rounds it
+void cuda_ema(CudaCtx *ctx, float *shadow, const float *p, size_t n, float one_minus_decay);
+
+// attention backward (attention_bwd_cuda.cu), scale 1/sqrt(D), causal masks
+// key j > query i; q, dout (B, Lq, H*D), k, v (B, Lk, H*D) -> dq (B, Lq, H*D),
+// dk, dv (B, Lk, H*D), all overwritten. The scores are recomputed per block
+// of queries (cuBLAS GEMMs in fp32, the whole key row soft-maxed exactly:
+// dP = dO V^T, Di = sum_j P_ij dP_ij, dS = P (dP - Di), dQ = scale dS K,
+// dK += scale dS^T Q, dV += P^T dO); ws (device, ws_bytes) holds the blocks:
+// cuda_attention_backward_ws_bytes gives the size for the whole problem at
+// full speed, cuda_attention_backward_ws_min_bytes the least it runs with.
+size_t cuda_attention_backward_ws_bytes(int dt, int B, int Lq, int Lk, int H, int D);
+size_t cuda_attention_backward_ws_min_bytes(int dt, int B, int Lq, int Lk, int H, int D);
+void cuda_attention_backward(CudaCtx *ctx, int dt, void *dq, void *dk, void *dv, const void *dout,
+                             const void *q, const void *k, const void *v, int B, int Lq, int Lk,
+                             int H, int D, int causal, void *ws, size_t ws_bytes);
+
 #ifdef __cplusplus
 }
 #endif
