@@ -32,6 +32,7 @@ struct CudaCtx {
     int cudnn_state;                  // 0 not tried yet, 1 usable, -1 cudnnCreate failed
     int conv_algo;                    // CUDA_CONV_*: SDC_CUDA_CONV at create, or set
     struct CudaConvCache *conv_cache; // per-shape cuDNN plans (conv_cuda.cu), NULL until used
+    struct ConvBwdCache *conv_bwd_cache; // per-shape cuDNN backward plans (conv_bwd_cuda.cu)
     int gn_fast;                      // SDC_CUDA_GN=fast at create: cuda_group_norm_fast
     signed char gn_cluster_ok[3][2][4]; // (dtype, vector, log2 cluster): 0 unknown, 1 ok, -1 no
     int fault;           // CUDA_ERR_* of the first failed call inside an op since the last
@@ -117,6 +118,7 @@ __device__ __forceinline__ void st(__nv_bfloat16 *p, float v) { *p = __float2bfl
 cudnnHandle_t cuda_ctx_cudnn(CudaCtx *c);
 // Frees the per-shape cuDNN plans (conv_cuda.cu); called by cuda_ctx_destroy.
 void cuda_conv_cache_destroy(CudaCtx *c);
+void cuda_conv_bwd_cache_destroy(CudaCtx *c); // (conv_bwd_cuda.cu)
 
 static inline unsigned cuda_blocks(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

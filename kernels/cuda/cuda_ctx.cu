@@ -137,6 +137,7 @@ extern "C" void cuda_ctx_destroy(CudaCtx *c) {
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
     cuda_conv_cache_destroy(c);
+    cuda_conv_bwd_cache_destroy(c);
     if (c->cudnn_state == 1) CUDNN_CHECK(c, cudnnDestroy(c->cudnn));
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->cublas_ws) cudaFree(c->cublas_ws);

@@ -236,7 +236,7 @@ int cuda_conv2d_backward(CudaCtx *ctx, int dt, void *dx, void *dw, void *db, con
                          const void *x, const void *w, int N, int C, int H, int W, int OC, int KH,
                          int KW, int stride, int pad, void *ws, size_t ws_bytes);
 
-// normalisation, softmax, elementwise, layout (backward_cuda.cu)
+// normalisation, softmax, elementwise (backward_cuda.cu); layout (train_cuda.cu)
 // group norm (+SiLU) backward, statistics recomputed from x; x, dy (N, C, S);
 // gamma, beta (C) (beta read only with silu): dx (N, C, S) overwritten (never
 // NULL; may equal dy), dgamma, dbeta (C) += (either NULL).
@@ -273,7 +273,7 @@ void cuda_concat_channels_backward(CudaCtx *ctx, int dt, void *da, void *db, con
 void cuda_embedding_backward(CudaCtx *ctx, int dt, void *dtable, const int32_t *ids,
                              const void *dy, int64_t n_ids, int64_t V, int64_t D);
 
-// a training step's kernels (backward_cuda.cu), fp32 (master weights,
+// a training step's kernels (train_cuda.cu), fp32 (master weights,
 // gradients and moments are F32 whatever the activations):
 // per sample n of pred, target (N, per) in dt: e = pred - target, dpred = k[n] e
 // (dpred may equal pred), sq_host[n] = sum of e^2 in double (copied to the

@@ -105,7 +105,9 @@ struct Backend {
     // db, dgamma, dbeta, dtable) are ADDED to, so micro-batches accumulate.
     // A parameter gradient may be NULL when it is not wanted. NULL entries
     // (here and in the training section below): the backend cannot train
-    // (today: CUDA; the measure backend has no-ops).
+    // (the measure backend has no-ops). The CUDA backend has them all
+    // (issue 12; checked against the CPU by tests/test_bwd_cuda.c on a GPU),
+    // but `sdc train` does not run on it yet (the runners refuse --device cuda).
     // linear: x (M, K), w (N, K), dy (M, N) -> dx (M, K) (may be NULL), dw, db
     void (*linear_backward)(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
                             const Tensor *x, const Tensor *w);

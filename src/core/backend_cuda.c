@@ -61,6 +61,8 @@ typedef struct CudaBackend {
     Backend be; // first: a Backend * of this backend is a CudaBackend *
     void *conv_ws; // im2col workspace (device), conv_ws_bytes long
     size_t conv_ws_bytes;
+    void *attn_ws; // attention backward's blocks (device), attn_ws_bytes long
+    size_t attn_ws_bytes;
     SdcError fault; // the first failure of this file's own since status took the last one
 } CudaBackend;
 
@@ -426,6 +428,284 @@ static void cu_copy(const Backend *be, Tensor *out, const Tensor *x) {
     cuda_convert(ctx_of(be), out->data, out->dtype, x->data, x->dtype, n);
 }
 
+// ---- backward and training (issue 12; run on a GPU by tests/test_bwd_cuda.c) -------------
+// The CPU backend's contracts (backend.h; kernels/cpu/ops_cpu_bwd.h). The
+// optimizer, EMA and sum-of-squares entries take fp32 pointers: master weights,
+// gradients and moments are F32 on the device whatever the activations.
+
+#define CHECK_ACT_OPT(be, t) SDC_CHECK(!(t) || ((t)->device == DEV_CUDA && (t)->dtype == (be)->act_dtype))
+#define CHECK_PARAM_OPT(be, t) SDC_CHECK(!(t) || ((t)->device == DEV_CUDA && (t)->dtype == (be)->param_dtype))
+static void *data_or_null(const Tensor *t) { return t ? t->data : NULL; }
+
+static void cu_linear_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
+                               const Tensor *x, const Tensor *w) {
+    SKIP_AFTER_FAULT(be);
+    CHECK_ACT(be, dy);
+    CHECK_ACT(be, x);
+    CHECK_PARAM(be, w);
+    CHECK_ACT_OPT(be, dx);
+    CHECK_PARAM_OPT(be, dw);
+    CHECK_PARAM_OPT(be, db);
+    SDC_CHECK(w->ndim == 2);
+    int64_t N = w->shape[0], K = w->shape[1], M = tensor_numel(x) / K;
+    SDC_CHECK(last_dim(x) == K && tensor_numel(dy) == M * N);
+    SDC_CHECK(!dx || tensor_numel(dx) == M * K);
+    SDC_CHECK(!dw || tensor_same_shape(dw, w));
+    SDC_CHECK(!db || tensor_numel(db) == N);
+    if (too_large(be, M <= INT32_MAX, "linear backward", "%lld rows", (long long)M)) return;
+    cuda_linear_backward(ctx_of(be), be->act_dtype, data_or_null(dx), data_or_null(dw), data_or_null(db), dy->data,
+                         x->data, w->data, M, N, K);
+}
+
+static void cu_conv2d_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
+                               const Tensor *x, const Tensor *w, int stride, int pad) {
+    SKIP_AFTER_FAULT(be);
+    CHECK_ACT(be, dy);
+    CHECK_ACT(be, x);
+    CHECK_PARAM(be, w);
+    CHECK_ACT_OPT(be, dx);
+    CHECK_PARAM_OPT(be, dw);
+    CHECK_PARAM_OPT(be, db);
+    SDC_CHECK(x->ndim == 4 && w->ndim == 4 && dy->ndim == 4 && stride >= 1 && pad >= 0);
+    int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int64_t OC = w->shape[0], KH = w->shape[2], KW = w->shape[3];
+    int64_t OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
+    SDC_CHECK(w->shape[1] == C && dy->shape[0] == N && dy->shape[1] == OC && dy->shape[2] == OH &&
+              dy->shape[3] == OW);
+    SDC_CHECK(!dx || tensor_same_shape(dx, x));
+    SDC_CHECK(!dw || tensor_same_shape(dw, w));
+    SDC_CHECK(!db || tensor_numel(db) == OC);
+    if (too_large(be, N * C * H * W <= INT32_MAX && N * OC * OH * OW <= INT32_MAX, "conv2d backward",
+                  "input (%lld, %lld, %lld, %lld)", (long long)N, (long long)C, (long long)H, (long long)W))
+        return;
+    // cuDNN's backward algorithms pick what fits the workspace: the forward's im2col size, at least 32 MiB
+    size_t want = cuda_conv2d_workspace_bytes(be->act_dtype, (int)N, (int)C, (int)H, (int)W, (int)OC, (int)KH,
+                                              (int)KW, stride, pad);
+    if (want < ((size_t)32 << 20)) want = (size_t)32 << 20;
+    conv_ws_reserve(be, want, (size_t)1 << 20);
+    CudaBackend *im = impl_of(be);
+    if (!im->conv_ws) return; // recorded by conv_ws_reserve
+    cuda_conv2d_backward(ctx_of(be), be->act_dtype, data_or_null(dx), data_or_null(dw), data_or_null(db), dy->data,
+                         x->data, w->data, (int)N, (int)C, (int)H, (int)W, (int)OC, (int)KH, (int)KW, stride, pad,
+                         im->conv_ws, im->conv_ws_bytes);
+}
+
+static void cu_group_norm_backward(const Backend *be, Tensor *dx, Tensor *dgamma, Tensor *dbeta, const Tensor *dy,
+                                   const Tensor *x, const Tensor *gamma, const Tensor *beta, int groups, float eps,
+                                   int silu) {
+    SKIP_AFTER_FAULT(be);
+    CHECK_ACT(be, dx);
+    CHECK_ACT(be, dy);
+    CHECK_ACT(be, x);
+    CHECK_PARAM(be, gamma);
+    CHECK_PARAM(be, beta);
+    CHECK_PARAM_OPT(be, dgamma);
+    CHECK_PARAM_OPT(be, dbeta);
+    SDC_CHECK(x->ndim >= 2 && tensor_same_shape(dx, x) && tensor_same_shape(dy, x));
+    int64_t N = x->shape[0], C = x->shape[1];
+    SDC_CHECK(groups > 0 && C % groups == 0 && tensor_numel(gamma) == C && tensor_numel(beta) == C);
+    SDC_CHECK((!dgamma || tensor_numel(dgamma) == C) && (!dbeta || tensor_numel(dbeta) == C));
+    cuda_group_norm_backward(ctx_of(be), be->act_dtype, dx->data, data_or_null(dgamma), data_or_null(dbeta),
+                             dy->data, x->data, gamma->data, beta->data, N, C, spatial(x), groups, eps, silu);
+}
+
+static void cu_layer_norm_backward(const Backend *be, Tensor *dx, Tensor *dgamma, Tensor *dbeta, const Tensor *dy,
+                                   const Tensor *x, const Tensor *gamma, float eps) {
+    SKIP_AFTER_FAULT(be);
+    CHECK_ACT(be, dy);
+    CHECK_ACT(be, x);
+    CHECK_PARAM(be, gamma);
+    CHECK_ACT_OPT(be, dx);
+    CHECK_PARAM_OPT(be, dgamma);
+    CHECK_PARAM_OPT(be, dbeta);
+    SDC_CHECK((!dx || tensor_same_shape(dx, x)) && tensor_same_shape(dy, x));
+    int64_t D = last_dim(x);
+    SDC_CHECK(tensor_numel(gamma) == D && (!dgamma || tensor_numel(dgamma) == D) &&
+              (!dbeta || tensor_numel(dbeta) == D));
+    cuda_layer_norm_backward(ctx_of(be), be->act_dtype, data_or_null(dx), data_or_null(dgamma), data_or_null(dbeta),
+                             dy->data, x->data, gamma->data, tensor_numel(x) / D, D, eps);
+}
+
+// Makes the attention backward workspace at least `least` bytes, `want` when the device allows.
+static void attn_ws_reserve(const Backend *be, size_t want, size_t least) {
+    CudaBackend *im = impl_of(be);
+    CudaCtx *ctx = ctx_of(be);
+    if (want < least) want = least;
+    if (im->attn_ws_bytes >= want) return;
+    if (im->attn_ws_bytes >= least && im->attn_ws_bytes >= want / 2) return; // close enough: no re-allocation
+    cuda_free(ctx, im->attn_ws);
+    im->attn_ws = NULL;
+    im->attn_ws_bytes = 0;
+    for (size_t n = want;; n /= 2) {
+        if (n < least) n = least;
+        if ((im->attn_ws = cuda_malloc(ctx, n)) != NULL) {
+            im->attn_ws_bytes = n;
+            return;
+        }
+        if (n == least) break;
+    }
+    if (!im->fault.code)
+        sdc_err(&im->fault, SDC_ERR_OOM, "CUDA attention backward: out of GPU memory for a %zu-byte workspace "
+                "---> use a smaller batch or image size", least);
+}
+
+static void cu_attention_backward(const Backend *be, Tensor *dq, Tensor *dk, Tensor *dv, const Tensor *dout,
+                                  const Tensor *q, const Tensor *k, const Tensor *v, int heads, int causal) {
+    SKIP_AFTER_FAULT(be);
+    CHECK_ACT(be, dq);
+    CHECK_ACT(be, dk);
+    CHECK_ACT(be, dv);
+    CHECK_ACT(be, dout);
+    CHECK_ACT(be, q);
+    CHECK_ACT(be, k);
+    CHECK_ACT(be, v);
+    SDC_CHECK(q->ndim == 3 && k->ndim == 3 && tensor_same_shape(k, v) && tensor_same_shape(dout, q));
+    SDC_CHECK(tensor_same_shape(dq, q) && tensor_same_shape(dk, k) && tensor_same_shape(dv, v));
+    SDC_CHECK(heads > 0 && q->shape[2] % heads == 0 && k->shape[0] == q->shape[0] && k->shape[2] == q->shape[2]);
+    int64_t B = q->shape[0], Lq = q->shape[1], Lk = k->shape[1], D = q->shape[2] / heads;
+    SDC_CHECK(!causal || Lq == Lk);
+    if (too_large(be, B * Lq * heads * D <= INT32_MAX && B * Lk * heads * D <= INT32_MAX, "attention backward",
+                  "%lld rows x %d heads of dim %lld over %lld x %lld tokens", (long long)B, heads, (long long)D,
+                  (long long)Lq, (long long)Lk))
+        return;
+    const int dt = be->act_dtype;
+    size_t want = cuda_attention_backward_ws_bytes(dt, (int)B, (int)Lq, (int)Lk, heads, (int)D);
+    size_t least = cuda_attention_backward_ws_min_bytes(dt, (int)B, (int)Lq, (int)Lk, heads, (int)D);
+    attn_ws_reserve(be, want, least);
+    CudaBackend *im = impl_of(be);
+    if (!im->attn_ws) return; // recorded
+    cuda_attention_backward(ctx_of(be), dt, dq->data, dk->data, dv->data, dout->data, q->data, k->data, v->data,
+                            (int)B, (int)Lq, (int)Lk, heads, (int)D, causal, im->attn_ws, im->attn_ws_bytes);
+}
+
+static void check_unary_bwd(const Backend *be, const Tensor *dx, const Tensor *dy, const Tensor *x) {
+    CHECK_ACT(be, dx);
+    CHECK_ACT(be, dy);
+    CHECK_ACT(be, x);
+    SDC_CHECK(tensor_numel(dx) == tensor_numel(x) && tensor_numel(dy) == tensor_numel(x));
+}
+
+static void cu_act_backward(const Backend *be, int act, Tensor *dx, const Tensor *dy, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
+    check_unary_bwd(be, dx, dy, x);
+    cuda_activation_backward(ctx_of(be), be->act_dtype, act, dx->data, dy->data, x->data, tensor_numel(x));
+}
+static void cu_silu_backward(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x) {
+    cu_act_backward(be, CUDA_ACT_SILU, dx, dy, x);
+}
+static void cu_gelu_backward(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x) {
+    cu_act_backward(be, CUDA_ACT_GELU, dx, dy, x);
+}
+static void cu_quick_gelu_backward(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x) {
+    cu_act_backward(be, CUDA_ACT_QUICK_GELU, dx, dy, x);
+}
+
+static void cu_geglu_backward(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *x) {
+    SKIP_AFTER_FAULT(be);
+    CHECK_ACT(be, dx);
+    CHECK_ACT(be, dy);
+    CHECK_ACT(be, x);
+    int64_t F2 = last_dim(x), M = tensor_numel(x) / F2;
+    SDC_CHECK(F2 % 2 == 0 && tensor_same_shape(dx, x) && tensor_numel(dy) == M * (F2 / 2));
+    SDC_CHECK(dx->data != x->data && dx->data != dy->data);
+    cuda_geglu_backward(ctx_of(be), be->act_dtype, dx->data, dy->data, x->data, M, F2 / 2);
+}
+
+static void cu_softmax_backward(const Backend *be, Tensor *dx, const Tensor *dy, const Tensor *y) {
+    SKIP_AFTER_FAULT(be);
+    check_unary_bwd(be, dx, dy, y);
+    int64_t D = last_dim(y);
+    cuda_softmax_backward(ctx_of(be), be->act_dtype, dx->data, dy->data, y->data, tensor_numel(y) / D, D);
+}
+
+static void cu_upsample_nearest2x_backward(const Backend *be, Tensor *dx, const Tensor *dy) {
+    SKIP_AFTER_FAULT(be);
+    CHECK_ACT(be, dx);
+    CHECK_ACT(be, dy);
+    SDC_CHECK(dx->ndim == 4 && dy->ndim == 4 && dx->shape[0] == dy->shape[0] && dx->shape[1] == dy->shape[1]);
+    SDC_CHECK((dy->shape[2] == 2 * dx->shape[2] || dy->shape[2] == 2 * dx->shape[2] - 1) &&
+              (dy->shape[3] == 2 * dx->shape[3] || dy->shape[3] == 2 * dx->shape[3] - 1));
+    cuda_upsample_nearest2x_backward(ctx_of(be), be->act_dtype, dx->data, dy->data, dx->shape[0] * dx->shape[1],
+                                     dx->shape[2], dx->shape[3], dy->shape[2], dy->shape[3]);
+}
+
+static void cu_add_channel_bias_backward(const Backend *be, Tensor *dbias, const Tensor *dy) {
+    SKIP_AFTER_FAULT(be);
+    CHECK_ACT(be, dbias);
+    CHECK_ACT(be, dy);
+    SDC_CHECK(dy->ndim >= 2 && tensor_numel(dbias) == dy->shape[0] * dy->shape[1]);
+    // (N, C, S) summed over S into (N, C): one "sample" of N*C channels, overwritten
+    cuda_channel_sums(ctx_of(be), be->act_dtype, dbias->data, dy->data, 1, dy->shape[0] * dy->shape[1], spatial(dy),
+                      0);
+}
+
+static void cu_concat_channels_backward(const Backend *be, Tensor *da, Tensor *db, const Tensor *dy) {
+    SKIP_AFTER_FAULT(be);
+    CHECK_ACT(be, dy);
+    CHECK_ACT_OPT(be, da);
+    CHECK_ACT_OPT(be, db);
+    SDC_CHECK(dy->ndim >= 2 && (da || db));
+    int64_t N = dy->shape[0], S = spatial(dy);
+    int64_t Ca = da ? da->shape[1] : dy->shape[1] - db->shape[1], Cb = dy->shape[1] - Ca;
+    SDC_CHECK(Ca >= 0 && Cb >= 0 && (!da || tensor_numel(da) == N * Ca * S) && (!db || tensor_numel(db) == N * Cb * S));
+    cuda_concat_channels_backward(ctx_of(be), be->act_dtype, data_or_null(da), data_or_null(db), dy->data, N, Ca * S,
+                                  Cb * S);
+}
+
+static void cu_embedding_backward(const Backend *be, Tensor *dtable, const Tensor *ids, const Tensor *dy) {
+    SKIP_AFTER_FAULT(be);
+    CHECK_PARAM(be, dtable);
+    CHECK_ACT(be, dy);
+    SDC_CHECK(ids->dtype == DT_I32 && ids->device == DEV_CUDA && dtable->ndim == 2);
+    int64_t n = tensor_numel(ids), V = dtable->shape[0], D = dtable->shape[1];
+    SDC_CHECK(tensor_numel(dy) == n * D);
+    cuda_embedding_backward(ctx_of(be), be->act_dtype, dtable->data, (const int32_t *)ids->data, dy->data, n, V, D);
+}
+
+static void cu_matmul(const Backend *be, Tensor *c, const Tensor *a, const Tensor *b, float alpha, float beta) {
+    SKIP_AFTER_FAULT(be);
+    SDC_CHECK(c->device == DEV_CUDA && a->dtype == c->dtype && b->dtype == c->dtype && a->device == DEV_CUDA &&
+              b->device == DEV_CUDA && is_float_dtype(c->dtype));
+    SDC_CHECK(a->ndim == 2 && b->ndim == 2 && c->ndim == 2 && a->shape[1] == b->shape[0] &&
+              c->shape[0] == a->shape[0] && c->shape[1] == b->shape[1]);
+    if (too_large(be, a->shape[0] <= INT32_MAX && a->shape[1] <= INT32_MAX && b->shape[1] <= INT32_MAX, "matmul",
+                  "(%lld, %lld) x (%lld, %lld)", (long long)a->shape[0], (long long)a->shape[1],
+                  (long long)b->shape[0], (long long)b->shape[1]))
+        return;
+    cuda_matmul(ctx_of(be), c->dtype, c->data, a->data, b->data, a->shape[0], b->shape[1], a->shape[1], alpha, beta);
+}
+
+static void cu_mse_backward(const Backend *be, Tensor *dpred, double *sq, const Tensor *pred, const Tensor *target,
+                            const float *k) {
+    const int64_t N = pred->ndim >= 1 ? pred->shape[0] : 0;
+    if (faulted(be)) { // the caller reads sq: nothing computed
+        for (int64_t n = 0; n < N; n++) sq[n] = 0;
+        return;
+    }
+    CHECK_ACT(be, dpred);
+    CHECK_ACT(be, pred);
+    CHECK_ACT(be, target);
+    SDC_CHECK(tensor_same_shape(pred, target) && tensor_same_shape(pred, dpred) && pred->ndim >= 1);
+    cuda_mse_backward(ctx_of(be), be->act_dtype, dpred->data, sq, pred->data, target->data, k, N,
+                      tensor_numel(pred) / N);
+}
+
+static double cu_sum_squares(const Backend *be, const float *x, size_t n) {
+    if (faulted(be) || n == 0) return 0.0;
+    return cuda_sum_squares(ctx_of(be), x, n);
+}
+
+static void cu_adamw(const Backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                     const AdamWScalars *s) {
+    SKIP_AFTER_FAULT(be);
+    if (n) cuda_adamw(ctx_of(be), p, g, m, v, n, s->decay, s->w1, s->b2, s->w2, s->bc2_sqrt, s->eps, s->neg_step);
+}
+
+static void cu_ema(const Backend *be, float *shadow, const float *p, size_t n, float one_minus_decay) {
+    SKIP_AFTER_FAULT(be);
+    if (n) cuda_ema(ctx_of(be), shadow, p, n, one_minus_decay);
+}
+
 // ---- create / destroy ---------------------------------------------------------------
 
 int backend_cuda_create(Backend **out, int device_index, DType act_dtype, SdcError *err) {
@@ -492,6 +772,25 @@ int backend_cuda_create(Backend **out, int device_index, DType act_dtype, SdcErr
         .mem_info = cu_mem_info,
         .status = cu_status,
         .zero = cu_zero,
+        .linear_backward = cu_linear_backward,
+        .conv2d_backward = cu_conv2d_backward,
+        .group_norm_backward = cu_group_norm_backward,
+        .layer_norm_backward = cu_layer_norm_backward,
+        .attention_backward = cu_attention_backward,
+        .silu_backward = cu_silu_backward,
+        .gelu_backward = cu_gelu_backward,
+        .quick_gelu_backward = cu_quick_gelu_backward,
+        .geglu_backward = cu_geglu_backward,
+        .softmax_backward = cu_softmax_backward,
+        .upsample_nearest2x_backward = cu_upsample_nearest2x_backward,
+        .add_channel_bias_backward = cu_add_channel_bias_backward,
+        .concat_channels_backward = cu_concat_channels_backward,
+        .embedding_backward = cu_embedding_backward,
+        .matmul = cu_matmul,
+        .mse_backward = cu_mse_backward,
+        .sum_squares = cu_sum_squares,
+        .adamw = cu_adamw,
+        .ema = cu_ema,
     };
     *out = be;
     return SDC_OK;
@@ -501,6 +800,7 @@ void backend_cuda_destroy(Backend *be) {
     if (!be) return;
     CudaBackend *cb = impl_of(be);
     cuda_free(ctx_of(be), cb->conv_ws);
+    cuda_free(ctx_of(be), cb->attn_ws);
     cuda_ctx_destroy(ctx_of(be));
     free(cb);
 }
