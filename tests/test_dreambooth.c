@@ -215,7 +215,20 @@ typedef struct Record {
     int n;
     const DbTrainer *tr;
     uint8_t *well[DB_MAX_GROUPS]; // (group numel) per optimizer group, in the state's order
+    float *scratch;               // host copies of device buffers (host_view)
 } Record;
+
+// n floats of the backend's memory p readable on the host: p itself on the
+// CPU, else a copy in *buf (grown as needed; the caller frees it). NULL when
+// out of memory.
+static const float *host_view(const Backend *be, const float *p, size_t n, float **buf) {
+    if (be->device == DEV_CPU) return p;
+    float *b = realloc(*buf, (n ? n : 1) * sizeof(float));
+    if (!b) return NULL;
+    *buf = b;
+    be->download(be, b, p, n * sizeof(float));
+    return b;
+}
 
 // After every optimizer step: the step's figures, and which values' Adam
 // step is still well conditioned, gradient RMS (AdamW's bias-corrected
@@ -223,7 +236,6 @@ typedef struct Record {
 // track_well): below it lr * m / (sqrt(v) + eps) turns gradient rounding
 // noise into a visible change, in torch as in sdc.
 static int on_step(void *user, const DbStepInfo *s, SdcError *err) {
-    (void)err;
     Record *r = user;
     if (r->n < STEPS) {
         r->loss[r->n] = s->loss;
@@ -233,9 +245,12 @@ static int on_step(void *user, const DbStepInfo *s, SdcError *err) {
     }
     const AdamW *o = &r->tr->opt;
     const double bc2 = 1.0 - pow(o->cfg.beta2, (double)o->step);
-    for (int g = 0; g < o->n_groups && g < DB_MAX_GROUPS; g++)
+    for (int g = 0; g < o->n_groups && g < DB_MAX_GROUPS; g++) {
+        const float *v = host_view(r->tr->be, o->groups[g].v, o->groups[g].numel, &r->scratch);
+        if (!v) return sdc_err(err, SDC_ERR_OOM, "test: out of memory");
         for (size_t j = 0; j < o->groups[g].numel; j++)
-            if (o->groups[g].v[j] != 0 && !(sqrt((double)o->groups[g].v[j] / bc2) >= WELL_RMS)) r->well[g][j] = 0;
+            if (v[j] != 0 && !(sqrt((double)v[j] / bc2) >= WELL_RMS)) r->well[g][j] = 0;
+    }
     return 0;
 }
 
@@ -262,7 +277,7 @@ static int list_named(DbTrainer *tr, const Record *rec, Named **out, float **ini
         return -1;
     }
     for (int g = 0; g < DB_MAX_GROUPS; g++)
-        if (nn[g]) memcpy(ib + base[g], pb[g], nn[g] * sizeof(float));
+        if (nn[g]) tr->be->download(tr->be, ib + base[g], pb[g], nn[g] * sizeof(float));
     int k = 0;
     for (int g = 0; g < DB_MAX_GROUPS; g++) {
         if (!tb[g]) continue;
@@ -281,6 +296,26 @@ static int list_named(DbTrainer *tr, const Record *rec, Named **out, float **ini
     *out = v;
     *init_buf = ib;
     return n;
+}
+
+// Points every Named's p at a host copy of the trainer's values (fin, the
+// layout of init_buf: list_named's), downloaded from the backend now; 0, or -1
+// when out of memory.
+static int named_to_host(DbTrainer *tr, Named *v, int n, const float *init_buf, float **fin) {
+    float *pb[DB_MAX_GROUPS] = {NULL}, *gb[DB_MAX_GROUPS];
+    size_t nn[DB_MAX_GROUPS] = {0}, all = 0;
+    unet_trainables(tr->model->unet, &pb[0], &gb[0], &nn[0]);
+    for (int g = 1; g < tr->n_groups; g++)
+        clip_trainables(g == 2 ? tr->model->clip2 : tr->model->clip, &pb[g], &gb[g], &nn[g]);
+    for (int g = 0; g < DB_MAX_GROUPS; g++) all += nn[g];
+    float *f = malloc((all ? all : 1) * sizeof(float));
+    if (!f) return -1;
+    tr->be->sync(tr->be);
+    for (size_t g = 0, base = 0; g < DB_MAX_GROUPS; base += nn[g], g++)
+        if (nn[g]) tr->be->download(tr->be, f + base, pb[g], nn[g] * sizeof(float));
+    for (int k = 0; k < n; k++) v[k].p = f + (v[k].init - init_buf);
+    *fin = f;
+    return 0;
 }
 
 // What the comparison of final values needs to know.
@@ -347,7 +382,7 @@ static void run_case(TestCtx *t, const Backend *be, const StFile *ref, const Cas
     Record rec = {0};
     int have_tr = 0;
     Named *nm = NULL;
-    float *init = NULL, *li = NULL, *lc = NULL, *rbuf = NULL, *tids = NULL;
+    float *init = NULL, *fin = NULL, *li = NULL, *lc = NULL, *rbuf = NULL, *tids = NULL;
     float *t2i_std = NULL, *t2i_fmean = NULL, *t2i_fstd = NULL;
     const int32_t *t2i_ids = NULL;
     char key[320];
@@ -459,6 +494,7 @@ tokens_done:
     double t0 = now_s();
     if (!check_true(t, db_train(&tr, STEPS, &err) == 0, "db_train %d steps: %s", STEPS, err.msg)) goto done;
     printf("  %d steps in %.2f s\n", rec.n, now_s() - t0);
+    if (!check_true(t, named_to_host(&tr, nm, n, init, &fin) == 0, "memory for the final values")) goto done;
 
     // per step: loss, gradient norm, lr
     for (int s = 0; s < rec.n; s++) {
@@ -572,8 +608,11 @@ tokens_done:
         float *pb, *gb;
         size_t nn, n_ema = 0;
         unet_trainables(m.unet, &pb, &gb, &nn);
+        (void)pb;
+        const float *ema = host_view(be, tr.ema, nn, &rec.scratch); // the UNet's: init_buf's first nn values
+        if (!check_true(t, ema != NULL, "memory for the EMA shadow")) goto done;
         double essq = 0;
-        for (size_t j = 0; j < nn; j++) essq += (double)tr.ema[j] * tr.ema[j];
+        for (size_t j = 0; j < nn; j++) essq += (double)ema[j] * ema[j];
         for (int i = 0; i < n; i++) {
             if (strncmp(nm[i].name, "unet.", 5)) continue;
             size_t k = 0;
@@ -583,7 +622,7 @@ tokens_done:
             n_ema++;
             snprintf(key, sizeof key, "EMA %s", nm[i].name);
             if (check_true(t, k == nm[i].n, "%s: %zu values", key, k))
-                check_values(t, key, tr.ema + (nm[i].p - pb), r, nm[i].well, k, &cmp);
+                check_values(t, key, ema + (nm[i].init - init), r, nm[i].well, k, &cmp);
             free(r);
         }
         check_true(t, n_ema >= 30, "%zu EMA tensors compared value by value", n_ema);
@@ -595,7 +634,7 @@ done:
     if (err.code) printf("  error: %s\n", err.msg);
     if (have_tr) db_free(&tr);
     sd_model_free(&m);
-    free(nm), free(init), free(li), free(lc), free(rbuf), free(tids), free(rec.well[0]);
+    free(nm), free(init), free(fin), free(rec.scratch), free(li), free(lc), free(rbuf), free(tids), free(rec.well[0]);
     free(rec.well[1]), free(rec.well[2]);
     free(t2i_std), free(t2i_fmean), free(t2i_fstd);
 }
@@ -617,10 +656,17 @@ int main(void) {
     SdcError err = {0};
     Backend *be = NULL;
     StFile ref;
-    if (!check_true(&t, st_open(&ref, REF, &err) == 0, "open %s: %s\n---> run python3 tools/make_db_fixture.py",
-                    REF, err.msg))
-        return test_summary(&t);
+#ifdef TEST_DB_CUDA // test_dreambooth_cuda.c: the same cases on the CUDA backend in fp32 (issue 12, part 5)
+    const int gpu_rc = test_cuda_backend(&be, DT_F32);
+    if (gpu_rc >= 0) return gpu_rc;
+#else
     if (!check_true(&t, backend_cpu_create(&be, 0, &err) == 0, "cpu backend: %s", err.msg)) return test_summary(&t);
+#endif
+    if (!check_true(&t, st_open(&ref, REF, &err) == 0, "open %s: %s\n---> run python3 tools/make_db_fixture.py",
+                    REF, err.msg)) {
+        backend_destroy(be);
+        return test_summary(&t);
+    }
     for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) run_case(&t, be, &ref, &CASES[i], NULL);
     st_close(&ref);
     if (check_true(&t, st_open(&ref, REF_XL, &err) == 0, "open %s: %s\n---> run python3 tools/make_dbxl_fixture.py",
