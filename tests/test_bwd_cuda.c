@@ -44,86 +44,12 @@ typedef struct Env {
     double dt_tol; // output rounding of dt
 } Env;
 
-// One tensor in both places: h (host f32, what both backends see), c (CPU f32
-// tensor over h), g (device tensor of the GPU backend's dtype).
-typedef struct Buf {
-    float *h;
-    Tensor c, g;
-    size_t n;
-} Buf;
-
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "test_bwd_cuda: out of host memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
-static void *gpu_alloc(Env *e, size_t bytes) {
-    void *p = e->gpu->alloc(e->gpu, bytes);
-    if (!p) {
-        fprintf(stderr, "test_bwd_cuda: out of GPU memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
-static void round_to(float *x, size_t n, DType dt) {
-    if (dt == DT_F32) return;
-    uint16_t *tmp = xmalloc(n * 2);
-    convert_from_f32(tmp, dt, x, n);
-    convert_to_f32(x, tmp, dt, n);
-    free(tmp);
-}
-
-static Buf buf_make(Env *e, int ndim, const int64_t *shape) {
-    Buf b;
-    b.c = tensor_make(DT_F32, DEV_CPU, NULL, ndim, shape);
-    b.n = (size_t)tensor_numel(&b.c);
-    b.h = xmalloc(b.n * sizeof(float));
-    b.c.data = b.h;
-    b.g = tensor_make(e->dt, DEV_CUDA, NULL, ndim, shape);
-    b.g.data = gpu_alloc(e, tensor_bytes(&b.g));
-    return b;
-}
-
-// A random input (or a parameter gradient's start) in [lo, hi), the same on both sides.
-static Buf buf_in(Env *e, uint64_t seed, float lo, float hi, int ndim, const int64_t *shape) {
-    Buf b = buf_make(e, ndim, shape);
-    fill_uniform(b.h, b.n, seed, lo, hi);
-    round_to(b.h, b.n, e->dt);
-    backend_upload_f32(e->gpu, &b.g, b.h, b.n);
-    return b;
-}
+#include "cuda_testbuf.h"
 
 // Back to the start values h0 (n floats) on both sides (a second GPU run).
 static void buf_reset(Env *e, Buf *b, const float *h0) {
     memcpy(b->h, h0, b->n * sizeof(float));
     backend_upload_f32(e->gpu, &b->g, b->h, b->n);
-}
-
-static void poison(Env *e, Buf *b) {
-    size_t bytes = tensor_bytes(&b->g);
-    void *p = xmalloc(bytes);
-    memset(p, 0xFF, bytes); // NaN in f32, f16 and bf16
-    e->gpu->upload(e->gpu, b->g.data, p, bytes);
-    free(p);
-}
-
-// An activation gradient: poisoned on the device.
-static Buf buf_out(Env *e, int ndim, const int64_t *shape) {
-    Buf b = buf_make(e, ndim, shape);
-    poison(e, &b);
-    memset(b.h, 0, b.n * sizeof(float));
-    return b;
-}
-
-static void buf_free(Env *e, Buf *b) {
-    free(b->h);
-    e->gpu->free(e->gpu, b->g.data);
-    b->h = NULL;
 }
 
 static float *download(Env *e, Buf *b) {
@@ -227,7 +153,7 @@ static void test_conv(Env *e, const char *name, int64_t N, int64_t C, int64_t H,
     float *first_dw = download(e, &dw), *first_db = download(e, &db);
     float *first_dx = want_dx ? download(e, &dx) : NULL;
     buf_reset(e, &dw, dw0), buf_reset(e, &db, db0);
-    if (want_dx) poison(e, &dx);
+    if (want_dx) buf_poison(e, &dx);
     e->gpu->conv2d_backward(e->gpu, want_dx ? &dx.g : NULL, &dw.g, &db.g, &dy.g, &x.g, &w.g, stride, pad);
     snprintf(l, sizeof l, "%s dw", name), check_same(e, l, &dw, first_dw);
     snprintf(l, sizeof l, "%s db", name), check_same(e, l, &db, first_db);
@@ -255,7 +181,7 @@ static void test_attention(Env *e, const char *name, int64_t B, int64_t Lq, int6
     snprintf(l, sizeof l, "%s dk", name), check_buf(e, l, &dk, 2e-5, low);
     snprintf(l, sizeof l, "%s dv", name), check_buf(e, l, &dv, 2e-5, low);
     float *f_dq = download(e, &dq), *f_dk = download(e, &dk), *f_dv = download(e, &dv);
-    poison(e, &dq), poison(e, &dk), poison(e, &dv);
+    buf_poison(e, &dq), buf_poison(e, &dk), buf_poison(e, &dv);
     e->gpu->attention_backward(e->gpu, &dq.g, &dk.g, &dv.g, &dout.g, &q.g, &k.g, &v.g, heads, causal);
     snprintf(l, sizeof l, "%s dq", name), check_same(e, l, &dq, f_dq);
     snprintf(l, sizeof l, "%s dk", name), check_same(e, l, &dk, f_dk);
@@ -395,7 +321,7 @@ static void test_layout(Env *e) {
     e->gpu->add_channel_bias_backward(e->gpu, &dbias.g, &dy.g);
     check_buf(e, "add_channel_bias backward (2,320,64,64)", &dbias, 1e-5, 0);
     float *f = download(e, &dbias);
-    poison(e, &dbias);
+    buf_poison(e, &dbias);
     e->gpu->add_channel_bias_backward(e->gpu, &dbias.g, &dy.g);
     check_same(e, "add_channel_bias backward", &dbias, f);
     free(f);
@@ -526,6 +452,8 @@ static void run_all(Env *e) {
     test_attention(e, "attn bwd causal D=64 (2,77,768) h12", 2, 77, 77, 12, 64, 1);
     test_attention(e, "attn bwd tiny D=4 (3,37,8) Lk19 h2", 3, 37, 19, 2, 4, 0);
     test_attention(e, "attn bwd tiny causal D=2 (2,33,4) h2", 2, 33, 33, 2, 2, 1);
+    // P + dP over 256 MiB: query blocks of 510 and a last one of 13 (dK, dV added across blocks)
+    test_attention(e, "attn bwd causal 5 blocks D=8 (1,2053,256) h32", 1, 2053, 2053, 32, 8, 1);
     test_group_norm(e, "gn bwd (2,320,64,64) g32", 2, 320, 64, 64, 32, 1e-5f, 0, 0);
     test_group_norm(e, "gn+silu bwd (2,640,32,32) g32", 2, 640, 32, 32, 32, 1e-6f, 1, 0);
     test_group_norm(e, "gn+silu bwd (1,96,7,9) g32 in place", 1, 96, 7, 9, 32, 1e-5f, 1, 1);

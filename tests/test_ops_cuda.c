@@ -50,78 +50,7 @@ typedef struct Env {
     int tf32;
 } Env;
 
-// One tensor in both places: h (host f32, the values both backends see),
-// c (CPU f32 tensor over h), g (device tensor of the GPU backend's dtype).
-typedef struct Buf {
-    float *h;
-    Tensor c, g;
-    size_t n;
-} Buf;
-
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "test_ops_cuda: out of host memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
-static void *gpu_alloc(Env *e, size_t bytes) {
-    void *p = e->gpu->alloc(e->gpu, bytes);
-    if (!p) {
-        fprintf(stderr, "test_ops_cuda: out of GPU memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
-// Rounds n values to dtype dt in place (round trip through the storage format).
-static void round_to(float *x, size_t n, DType dt) {
-    if (dt == DT_F32) return;
-    uint16_t *tmp = xmalloc(n * 2);
-    convert_from_f32(tmp, dt, x, n);
-    convert_to_f32(x, tmp, dt, n);
-    free(tmp);
-}
-
-static Buf buf_make(Env *e, DType dt, int ndim, const int64_t *shape) {
-    Buf b;
-    b.c = tensor_make(DT_F32, DEV_CPU, NULL, ndim, shape);
-    b.n = (size_t)tensor_numel(&b.c);
-    b.h = xmalloc(b.n * sizeof(float));
-    b.c.data = b.h;
-    b.g = tensor_make(dt, DEV_CUDA, NULL, ndim, shape);
-    b.g.data = gpu_alloc(e, tensor_bytes(&b.g));
-    return b;
-}
-
-// A random input in [lo, hi), never zeros.
-static Buf buf_in(Env *e, uint64_t seed, float lo, float hi, int ndim, const int64_t *shape) {
-    Buf b = buf_make(e, e->dt, ndim, shape);
-    fill_uniform(b.h, b.n, seed, lo, hi);
-    round_to(b.h, b.n, e->dt);
-    backend_upload_f32(e->gpu, &b.g, b.h, b.n);
-    return b;
-}
-
-// An output: its device copy is poisoned with NaN bytes.
-static Buf buf_out(Env *e, int ndim, const int64_t *shape) {
-    Buf b = buf_make(e, e->dt, ndim, shape);
-    size_t bytes = tensor_bytes(&b.g);
-    void *poison = xmalloc(bytes);
-    memset(poison, 0xFF, bytes); // NaN in f32, f16 and bf16
-    e->gpu->upload(e->gpu, b.g.data, poison, bytes);
-    free(poison);
-    memset(b.h, 0, b.n * sizeof(float));
-    return b;
-}
-
-static void buf_free(Env *e, Buf *b) {
-    free(b->h);
-    e->gpu->free(e->gpu, b->g.data);
-    b->h = NULL;
-}
+#include "cuda_testbuf.h"
 
 // Downloads o.g and compares it with the CPU result in o.h. tol is the F32
 // tolerance; 0 means exact in every dtype (data movement).

@@ -160,7 +160,7 @@ static ConvBwdPlan *bwd_plan_get(CudaCtx *c, cudnnHandle_t h, int dt, int N, int
             q->KH == KH && q->KW == KW && q->stride == stride && q->pad == pad && q->math == math)
             p = q;
     }
-    if (p && p->ws_avail == ws_bytes) return p;
+    if (p && p->ws_avail == ws_bytes && p->ok) return p; // a failed plan is tried again (the failure may pass)
     if (!p) {
         for (int i = 0; i < CONV_BWD_PLANS && !p; i++)
             if (!cc->p[i].used) p = &cc->p[i];

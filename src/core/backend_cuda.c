@@ -162,29 +162,38 @@ static void cu_sync(const Backend *be) { cuda_ctx_sync(ctx_of(be)); }
 
 // ---- ops ------------------------------------------------------------------------
 
-// Makes the conv workspace at least `want` bytes (at most CONV_WS_CAP), or as
-// large as the device allows down to `least`. Grows only: after the first
-// pass of a model every conv finds it large enough.
-static void conv_ws_reserve(const Backend *be, size_t want, size_t least) {
+// Makes the device workspace *ws (of *have bytes) at least `want` bytes, or
+// as large as the device allows down to `least`; out of memory below that is
+// recorded as SDC_ERR_OOM naming `what` ("conv2d", with `kind` "im2col ").
+// Grows only.
+static void ws_grow(const Backend *be, void **ws, size_t *have, size_t want, size_t least, const char *what,
+                    const char *kind) {
     CudaBackend *im = impl_of(be);
     CudaCtx *ctx = ctx_of(be);
-    if (want > CONV_WS_CAP) want = CONV_WS_CAP;
     if (want < least) want = least;
-    if (im->conv_ws_bytes >= want) return;
-    cuda_free(ctx, im->conv_ws); // synchronises: no conv in flight still reads it
-    im->conv_ws = NULL;
-    im->conv_ws_bytes = 0;
+    if (*have >= want) return;
+    cuda_free(ctx, *ws); // synchronises: no op in flight still reads it
+    *ws = NULL;
+    *have = 0;
     for (size_t n = want; n >= least; n /= 2) {
-        if ((im->conv_ws = cuda_malloc(ctx, n)) != NULL) {
-            im->conv_ws_bytes = n;
+        if ((*ws = cuda_malloc(ctx, n)) != NULL) {
+            *have = n;
             return;
         }
         if (n == least) break;
         if (n / 2 < least) n = least * 2; // try `least` itself last
     }
     if (!im->fault.code)
-        sdc_err(&im->fault, SDC_ERR_OOM, "CUDA conv2d: out of GPU memory for a %zu-byte im2col workspace "
-                "---> use a smaller batch or image size", least);
+        sdc_err(&im->fault, SDC_ERR_OOM, "CUDA %s: out of GPU memory for a %zu-byte %sworkspace ---> use a smaller "
+                "batch or image size", what, least, kind);
+}
+
+// The conv workspace: at most CONV_WS_CAP; after the first pass of a model
+// every conv finds it large enough.
+static void conv_ws_reserve(const Backend *be, size_t want, size_t least) {
+    CudaBackend *im = impl_of(be);
+    if (want > CONV_WS_CAP) want = CONV_WS_CAP;
+    ws_grow(be, &im->conv_ws, &im->conv_ws_bytes, want, least, "conv2d", "im2col ");
 }
 
 static void cu_conv2d(const Backend *be, Tensor *out, const Tensor *x, const Tensor *w,
@@ -437,15 +446,21 @@ static void cu_copy(const Backend *be, Tensor *out, const Tensor *x) {
 #define CHECK_PARAM_OPT(be, t) SDC_CHECK(!(t) || ((t)->device == DEV_CUDA && (t)->dtype == (be)->param_dtype))
 static void *data_or_null(const Tensor *t) { return t ? t->data : NULL; }
 
-static void cu_linear_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
-                               const Tensor *x, const Tensor *w) {
-    SKIP_AFTER_FAULT(be);
+// The tensors of a linear or conv backward: where they live, their dtypes.
+static void check_weighted_bwd(const Backend *be, const Tensor *dx, const Tensor *dw, const Tensor *db,
+                               const Tensor *dy, const Tensor *x, const Tensor *w) {
     CHECK_ACT(be, dy);
     CHECK_ACT(be, x);
     CHECK_PARAM(be, w);
     CHECK_ACT_OPT(be, dx);
     CHECK_PARAM_OPT(be, dw);
     CHECK_PARAM_OPT(be, db);
+}
+
+static void cu_linear_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
+                               const Tensor *x, const Tensor *w) {
+    SKIP_AFTER_FAULT(be);
+    check_weighted_bwd(be, dx, dw, db, dy, x, w);
     SDC_CHECK(w->ndim == 2);
     int64_t N = w->shape[0], K = w->shape[1], M = tensor_numel(x) / K;
     SDC_CHECK(last_dim(x) == K && tensor_numel(dy) == M * N);
@@ -460,12 +475,7 @@ static void cu_linear_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor
 static void cu_conv2d_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor *db, const Tensor *dy,
                                const Tensor *x, const Tensor *w, int stride, int pad) {
     SKIP_AFTER_FAULT(be);
-    CHECK_ACT(be, dy);
-    CHECK_ACT(be, x);
-    CHECK_PARAM(be, w);
-    CHECK_ACT_OPT(be, dx);
-    CHECK_PARAM_OPT(be, dw);
-    CHECK_PARAM_OPT(be, db);
+    check_weighted_bwd(be, dx, dw, db, dy, x, w);
     SDC_CHECK(x->ndim == 4 && w->ndim == 4 && dy->ndim == 4 && stride >= 1 && pad >= 0);
     int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     int64_t OC = w->shape[0], KH = w->shape[2], KW = w->shape[3];
@@ -526,27 +536,13 @@ static void cu_layer_norm_backward(const Backend *be, Tensor *dx, Tensor *dgamma
                              dy->data, x->data, gamma->data, tensor_numel(x) / D, D, eps);
 }
 
-// Makes the attention backward workspace at least `least` bytes, `want` when the device allows.
+// The attention backward's workspace: what gives the whole problem in one
+// block (`want`) when the device allows, `least` at the minimum; within a
+// factor 2 of `want` is kept (no re-allocation between layers of one model).
 static void attn_ws_reserve(const Backend *be, size_t want, size_t least) {
     CudaBackend *im = impl_of(be);
-    CudaCtx *ctx = ctx_of(be);
-    if (want < least) want = least;
-    if (im->attn_ws_bytes >= want) return;
-    if (im->attn_ws_bytes >= least && im->attn_ws_bytes >= want / 2) return; // close enough: no re-allocation
-    cuda_free(ctx, im->attn_ws);
-    im->attn_ws = NULL;
-    im->attn_ws_bytes = 0;
-    for (size_t n = want;; n /= 2) {
-        if (n < least) n = least;
-        if ((im->attn_ws = cuda_malloc(ctx, n)) != NULL) {
-            im->attn_ws_bytes = n;
-            return;
-        }
-        if (n == least) break;
-    }
-    if (!im->fault.code)
-        sdc_err(&im->fault, SDC_ERR_OOM, "CUDA attention backward: out of GPU memory for a %zu-byte workspace "
-                "---> use a smaller batch or image size", least);
+    if (im->attn_ws_bytes >= least && im->attn_ws_bytes >= want / 2) return;
+    ws_grow(be, &im->attn_ws, &im->attn_ws_bytes, want, least, "attention backward", "");
 }
 
 static void cu_attention_backward(const Backend *be, Tensor *dq, Tensor *dk, Tensor *dv, const Tensor *dout,
