@@ -370,6 +370,19 @@ int main(void) {
             check_true(&t, rc == SDC_ERR_FORMAT && strstr(e2.msg, zwant[k]) && strstr(e2.msg, "damaged"),
                        "deflate chunk %d: refused: %s", k, e2.msg);
         }
+        // a deflate chunk never written (rows 4-7 of three chunks): refused; its neighbours pass
+        hid_t dh = H5Dcreate2(fh, "zip-hole", H5T_IEEE_F32LE, sp, H5P_DEFAULT, fpl[1], H5P_DEFAULT);
+        SDC_CHECK(dh >= 0 && H5Dwrite_chunk(dh, H5P_DEFAULT, 0, at0, zn[1], z[1]) >= 0 &&
+                  H5Dwrite_chunk(dh, H5P_DEFAULT, 0, at2, zn[1], z[1]) >= 0);
+        e2 = (SdcError){0};
+        int hrc = h5_check_stored(dh, 4, 4, "zip-hole", "rows.h5", &e2);
+        check_true(&t, hrc == SDC_ERR_FORMAT && strstr(e2.msg, "zip-hole: its chunk at (4, 0) was never written"),
+                   "a deflate chunk never written: refused: %s", e2.msg);
+        e2 = (SdcError){0};
+        hrc = h5_check_stored(dh, 0, 4, "zip-hole", "rows.h5", &e2) | h5_check_stored(dh, 8, 4, "zip-hole",
+                                                                                      "rows.h5", &e2);
+        check_true(&t, hrc == 0, "the deflate chunks around it: pass: %s", e2.msg);
+        H5Dclose(dh);
         // the same bytes as a whole chunk pass (compress2 of its 128 bytes)
         SDC_CHECK(H5Dwrite_chunk(db, H5P_DEFAULT, 0, at0, zn[1], z[1]) >= 0);
         e2 = (SdcError){0};
