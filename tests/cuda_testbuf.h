@@ -3,6 +3,8 @@
 // backends see), c (a CPU f32 tensor over h) and g (a device tensor of the GPU
 // backend's dtype). Static functions; include it after the test's Env typedef,
 // which has `Backend *gpu` and `DType dt` (the GPU backend's activations).
+// CUDA_TESTBUF_OWN_BUF defined first: only xmalloc, gpu_alloc and round_to
+// (test_conv_cuda.c has a Buf of its own, at an offset from its allocation).
 #ifndef SDC_CUDA_TESTBUF_H
 #define SDC_CUDA_TESTBUF_H
 
@@ -12,12 +14,6 @@
 
 #include "core/backend.h"
 #include "testutil.h"
-
-typedef struct Buf {
-    float *h;
-    Tensor c, g;
-    size_t n;
-} Buf;
 
 static void *xmalloc(size_t bytes) {
     void *p = malloc(bytes ? bytes : 1);
@@ -45,6 +41,13 @@ static void round_to(float *x, size_t n, DType dt) {
     convert_to_f32(x, tmp, dt, n);
     free(tmp);
 }
+
+#ifndef CUDA_TESTBUF_OWN_BUF
+typedef struct Buf {
+    float *h;
+    Tensor c, g;
+    size_t n;
+} Buf;
 
 static Buf buf_make(Env *e, DType dt, int ndim, const int64_t *shape) {
     Buf b;
@@ -88,5 +91,6 @@ static void buf_free(Env *e, Buf *b) {
     e->gpu->free(e->gpu, b->g.data);
     b->h = NULL;
 }
+#endif // CUDA_TESTBUF_OWN_BUF
 
 #endif

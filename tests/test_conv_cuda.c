@@ -46,15 +46,6 @@
 
 #define SH(...) (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}
 
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "test_conv_cuda: out of host memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
 #ifdef SDC_HAVE_CUDA
 
 typedef struct Env {
@@ -66,6 +57,9 @@ typedef struct Env {
     int tf32;
 } Env;
 
+#define CUDA_TESTBUF_OWN_BUF
+#include "cuda_testbuf.h"
+
 // One tensor in both places: h (host f32, the values both backends see),
 // c (CPU f32 tensor over h), g (device tensor of the GPU backend's dtype at
 // `raw` + off elements: off = 1 makes a misaligned pointer).
@@ -75,24 +69,6 @@ typedef struct Buf {
     void *raw;
     size_t n;
 } Buf;
-
-static void *gpu_alloc(Env *e, size_t bytes) {
-    void *p = e->gpu->alloc(e->gpu, bytes);
-    if (!p) {
-        fprintf(stderr, "test_conv_cuda: out of GPU memory (%zu bytes)\n", bytes);
-        exit(2);
-    }
-    return p;
-}
-
-// Rounds n values to dtype dt in place (round trip through the storage format).
-static void round_to(float *x, size_t n, DType dt) {
-    if (dt == DT_F32) return;
-    uint16_t *tmp = xmalloc(n * 2);
-    convert_from_f32(tmp, dt, x, n);
-    convert_to_f32(x, tmp, dt, n);
-    free(tmp);
-}
 
 static Buf buf_make(Env *e, int off, int ndim, const int64_t *shape) {
     Buf b;
@@ -386,8 +362,6 @@ int main(void) {
     }
     printf("(%.1f s)\n", now_s() - t0);
     backend_destroy(cpu);
-#else
-    (void)xmalloc;
 #endif
     return test_summary(&t);
 }
