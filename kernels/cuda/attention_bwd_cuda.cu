@@ -202,7 +202,8 @@ extern "C" void cuda_attention_backward(CudaCtx *c, int dt, void *dq, void *dk, 
 
     const float scale = 1.f / sqrtf((float)D);
     const float alpha_s = scale * ATTN_BWD_LOG2E, one = 1.f, zero = 0.f;
-    cublasComputeType_t ct = c->allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    // TF32 only for F32 data, as gemm_cuda.cu (F16/BF16 inputs run here as fp32 copies)
+    cublasComputeType_t ct = c->allow_tf32 && dt == CDT_F32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     const cudaDataType_t f32 = CUDA_R_32F;
     const int threads = Lk > 1024 ? 256 : Lk > 256 ? 128 : 64;
 

@@ -467,6 +467,7 @@ static void cu_linear_backward(const Backend *be, Tensor *dx, Tensor *dw, Tensor
     SDC_CHECK(!dx || tensor_numel(dx) == M * K);
     SDC_CHECK(!dw || tensor_same_shape(dw, w));
     SDC_CHECK(!db || tensor_numel(db) == N);
+    if (M == 0 || N == 0 || K == 0) return; // nothing to compute (the CPU backend does nothing either)
     if (too_large(be, M <= INT32_MAX, "linear backward", "%lld rows", (long long)M)) return;
     cuda_linear_backward(ctx_of(be), be->act_dtype, data_or_null(dx), data_or_null(dw), data_or_null(db), dy->data,
                          x->data, w->data, M, N, K);
