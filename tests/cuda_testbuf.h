@@ -55,7 +55,7 @@ static Buf buf_make(Env *e, DType dt, int ndim, const int64_t *shape) {
     b.n = (size_t)tensor_numel(&b.c);
     b.h = xmalloc(b.n * sizeof(float));
     b.c.data = b.h;
-    b.g = tensor_make(dt, DEV_CUDA, NULL, ndim, shape);
+    b.g = tensor_make(dt, e->gpu->device, NULL, ndim, shape);
     b.g.data = gpu_alloc(e, tensor_bytes(&b.g));
     return b;
 }
