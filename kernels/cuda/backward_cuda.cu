@@ -24,32 +24,6 @@
 
 // ---- shared helpers --------------------------------------------------------------
 
-// VEC consecutive values <-> fp32; VEC > 1 is one 16-byte access (p 16-byte aligned).
-template <typename T, int VEC>
-static __device__ __forceinline__ void bwd_load(const T *p, float *v) {
-    if constexpr (VEC == 1) {
-        v[0] = ld(p);
-    } else {
-        static_assert(VEC * sizeof(T) == 16, "one 16-byte vector");
-        uint4 raw = *reinterpret_cast<const uint4 *>(p);
-        const T *e = reinterpret_cast<const T *>(&raw);
-#pragma unroll
-        for (int i = 0; i < VEC; i++) v[i] = ld(e + i);
-    }
-}
-template <typename T, int VEC>
-static __device__ __forceinline__ void bwd_store(T *p, const float *v) {
-    if constexpr (VEC == 1) {
-        st(p, v[0]);
-    } else {
-        uint4 raw;
-        T *e = reinterpret_cast<T *>(&raw);
-#pragma unroll
-        for (int i = 0; i < VEC; i++) st(e + i, v[i]);
-        *reinterpret_cast<uint4 *>(p) = raw;
-    }
-}
-
 static inline bool bwd_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 // chunk k of K over n items: [lo, hi)
@@ -131,7 +105,7 @@ static __global__ void gnb_stats_kernel(float *part, const T *x, int64_t S, int 
     float s = 0.f;
     for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
         float v[VEC];
-        bwd_load<T, VEC>(xr + j * VEC, v);
+        ld_vec<T, VEC>(xr + j * VEC, v);
 #pragma unroll
         for (int e = 0; e < VEC; e++) s += v[e];
     }
@@ -140,7 +114,7 @@ static __global__ void gnb_stats_kernel(float *part, const T *x, int64_t S, int 
     float q = 0.f;
     for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
         float v[VEC];
-        bwd_load<T, VEC>(xr + j * VEC, v);
+        ld_vec<T, VEC>(xr + j * VEC, v);
 #pragma unroll
         for (int e = 0; e < VEC; e++) {
             float d = v[e] - mean;
@@ -198,8 +172,8 @@ static __global__ void gnb_sums_kernel(float *part, const T *dy, const T *x, con
     float s1 = 0.f, s2 = 0.f;
     for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
         float xv[VEC], gv[VEC];
-        bwd_load<T, VEC>(xr + j * VEC, xv);
-        bwd_load<T, VEC>(dyr + j * VEC, gv);
+        ld_vec<T, VEC>(xr + j * VEC, xv);
+        ld_vec<T, VEC>(dyr + j * VEC, gv);
 #pragma unroll
         for (int e = 0; e < VEC; e++) {
             float d = gv[e];
@@ -285,8 +259,8 @@ static __global__ void gnb_dx_kernel(T *dx, const T *dy, const T *x, const float
     T *dxr = dx + nc * S;
     for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
         float xv[VEC], gv[VEC];
-        bwd_load<T, VEC>(xr + j * VEC, xv);
-        bwd_load<T, VEC>(dyr + j * VEC, gv);
+        ld_vec<T, VEC>(xr + j * VEC, xv);
+        ld_vec<T, VEC>(dyr + j * VEC, gv);
 #pragma unroll
         for (int e = 0; e < VEC; e++) {
             float d = gv[e];
@@ -294,7 +268,7 @@ static __global__ void gnb_dx_kernel(T *dx, const T *dy, const T *x, const float
             const float xh = (xv[e] - mean) * rstd;
             gv[e] = rstd * (gm * d - mm1 - xh * mm2);
         }
-        bwd_store<T, VEC>(dxr + j * VEC, gv);
+        st_vec<T, VEC>(dxr + j * VEC, gv);
     }
 }
 
@@ -655,11 +629,11 @@ static __global__ void actb_kernel(T *dx, const T *dy, const T *x, int64_t n) {
     const int64_t step = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = tid; i < nv; i += step) {
         float xv[VEC], gv[VEC];
-        bwd_load<T, VEC>(x + i * VEC, xv);
-        bwd_load<T, VEC>(dy + i * VEC, gv);
+        ld_vec<T, VEC>(x + i * VEC, xv);
+        ld_vec<T, VEC>(dy + i * VEC, gv);
 #pragma unroll
         for (int e = 0; e < VEC; e++) gv[e] *= bwd_act_grad<ACT>(xv[e]);
-        bwd_store<T, VEC>(dx + i * VEC, gv);
+        st_vec<T, VEC>(dx + i * VEC, gv);
     }
     if constexpr (VEC > 1) {
         const int64_t t = nv * VEC + tid; // the tail, fewer than VEC values
@@ -713,9 +687,9 @@ static __global__ void gegb_kernel(T *dx, const T *dy, const T *x, int64_t rows,
         T *da = dx + r * 2 * F + f;
         T *dg = da + F;
         float av[VEC], gv[VEC], dv[VEC];
-        bwd_load<T, VEC>(xa, av);
-        bwd_load<T, VEC>(xg, gv);
-        bwd_load<T, VEC>(dy + r * F + f, dv);
+        ld_vec<T, VEC>(xa, av);
+        ld_vec<T, VEC>(xg, gv);
+        ld_vec<T, VEC>(dy + r * F + f, dv);
         float oa[VEC], og[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; e++) {
@@ -723,8 +697,8 @@ static __global__ void gegb_kernel(T *dx, const T *dy, const T *x, int64_t rows,
             oa[e] = dv[e] * (g * cdf);
             og[e] = dv[e] * av[e] * (cdf + g * BWD_INV_SQRT_2PI * __expf(-0.5f * g * g));
         }
-        bwd_store<T, VEC>(da, oa);
-        bwd_store<T, VEC>(dg, og);
+        st_vec<T, VEC>(da, oa);
+        st_vec<T, VEC>(dg, og);
     }
 }
 

@@ -72,6 +72,34 @@ static int math_ok(int plan_math, cudnnMathType_t m) {
     return 1;
 }
 
+// Among cuDNN's ranked results (perf[0..n)), the first that succeeded, may run
+// under the plan's math mode and fits ws_bytes (ws_of(i, &need): its
+// workspace), preferring deterministic ones; the first that fits otherwise
+// (said on stderr). 1 with *algo and *ws, or 0.
+template <typename Perf, typename WsOf>
+static int pick_algo(const ConvBwdPlan *p, const char *what, const Perf *perf, int n, size_t ws_bytes, int *algo,
+                     size_t *ws, WsOf ws_of) {
+    int any = -1;
+    size_t any_ws = 0;
+    for (int i = 0; i < n; i++) {
+        size_t need = 0;
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || !math_ok(p->math, perf[i].mathType) ||
+            ws_of(i, &need) != CUDNN_STATUS_SUCCESS || need > ws_bytes)
+            continue;
+        if (perf[i].determinism == CUDNN_DETERMINISTIC) {
+            *algo = (int)perf[i].algo, *ws = need;
+            return 1;
+        }
+        if (any < 0) any = (int)perf[i].algo, any_ws = need;
+    }
+    if (any < 0) return 0;
+    fprintf(stderr, "sdc: cuDNN: no deterministic backward-%s algorithm for conv (%d,%d,%d,%d)->%d k%dx%d s%d p%d "
+            "within %zu bytes: gradients may differ between runs\n", what, p->N, p->C, p->H, p->W, p->OC, p->KH,
+            p->KW, p->stride, p->pad, ws_bytes);
+    *algo = any, *ws = any_ws;
+    return 1;
+}
+
 // Fills p for a workspace of ws_bytes; p->ok says whether it can run.
 static void bwd_plan_make(CudaCtx *c, cudnnHandle_t h, ConvBwdPlan *p, size_t ws_bytes) {
     const int OH = (p->H + 2 * p->pad - p->KH) / p->stride + 1;
@@ -92,59 +120,24 @@ static void bwd_plan_make(CudaCtx *c, cudnnHandle_t h, ConvBwdPlan *p, size_t ws
     CUDNN_CHECK(c, cudnnSetConvolutionMathType(p->cd, (cudnnMathType_t)p->math));
     if (cuda_ctx_faulted(c)) return;
 
-    // backward data
+    // backward data, then filter
     cudnnConvolutionBwdDataAlgoPerf_t dperf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    int n = 0, found = 0, any = -1;
-    size_t any_ws = 0;
-    CUDNN_CHECK(c, cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->wd, p->yd, p->cd, p->xd,
-                                                               CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n,
-                                                               dperf));
-    for (int i = 0; i < n && !found; i++) {
-        if (dperf[i].status != CUDNN_STATUS_SUCCESS || !math_ok(p->math, dperf[i].mathType)) continue;
-        size_t need = 0;
-        if (cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->wd, p->yd, p->cd, p->xd, dperf[i].algo, &need) !=
-                CUDNN_STATUS_SUCCESS ||
-            need > ws_bytes)
-            continue;
-        if (dperf[i].determinism == CUDNN_DETERMINISTIC) {
-            p->data_algo = dperf[i].algo, p->data_ws = need, found = 1;
-        } else if (any < 0) {
-            any = (int)dperf[i].algo, any_ws = need;
-        }
-    }
-    if (!found && any >= 0) {
-        fprintf(stderr, "sdc: cuDNN: no deterministic backward-data algorithm for conv (%d,%d,%d,%d)->%d k%dx%d "
-                "s%d p%d within %zu bytes: gradients may differ between runs\n", p->N, p->C, p->H, p->W, p->OC,
-                p->KH, p->KW, p->stride, p->pad, ws_bytes);
-        p->data_algo = (cudnnConvolutionBwdDataAlgo_t)any, p->data_ws = any_ws, found = 1;
-    }
-    if (!found) return;
-
-    // backward filter
     cudnnConvolutionBwdFilterAlgoPerf_t fperf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    n = 0, found = 0, any = -1, any_ws = 0;
+    int n = 0, algo = -1, found = 0;
+    CUDNN_CHECK(c, cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->wd, p->yd, p->cd, p->xd,
+                                                               CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, dperf));
+    found = pick_algo(p, "data", dperf, n, ws_bytes, &algo, &p->data_ws, [&](int i, size_t *need) {
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->wd, p->yd, p->cd, p->xd, dperf[i].algo, need);
+    });
+    if (!found) return;
+    p->data_algo = (cudnnConvolutionBwdDataAlgo_t)algo;
+    n = 0;
     CUDNN_CHECK(c, cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->xd, p->yd, p->cd, p->wd,
-                                                                 CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
-                                                                 fperf));
-    for (int i = 0; i < n && !found; i++) {
-        if (fperf[i].status != CUDNN_STATUS_SUCCESS || !math_ok(p->math, fperf[i].mathType)) continue;
-        size_t need = 0;
-        if (cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->xd, p->yd, p->cd, p->wd, fperf[i].algo, &need) !=
-                CUDNN_STATUS_SUCCESS ||
-            need > ws_bytes)
-            continue;
-        if (fperf[i].determinism == CUDNN_DETERMINISTIC) {
-            p->filter_algo = fperf[i].algo, p->filter_ws = need, found = 1;
-        } else if (any < 0) {
-            any = (int)fperf[i].algo, any_ws = need;
-        }
-    }
-    if (!found && any >= 0) {
-        fprintf(stderr, "sdc: cuDNN: no deterministic backward-filter algorithm for conv (%d,%d,%d,%d)->%d k%dx%d "
-                "s%d p%d within %zu bytes: gradients may differ between runs\n", p->N, p->C, p->H, p->W, p->OC,
-                p->KH, p->KW, p->stride, p->pad, ws_bytes);
-        p->filter_algo = (cudnnConvolutionBwdFilterAlgo_t)any, p->filter_ws = any_ws, found = 1;
-    }
+                                                                 CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, fperf));
+    found = pick_algo(p, "filter", fperf, n, ws_bytes, &algo, &p->filter_ws, [&](int i, size_t *need) {
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->xd, p->yd, p->cd, p->wd, fperf[i].algo, need);
+    });
+    p->filter_algo = (cudnnConvolutionBwdFilterAlgo_t)algo;
     p->ok = found && !cuda_ctx_faulted(c);
 }
 

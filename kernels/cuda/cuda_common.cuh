@@ -99,6 +99,32 @@ __device__ __forceinline__ void st(float *p, float v) { *p = v; }
 __device__ __forceinline__ void st(__half *p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
 
+// VEC consecutive values <-> fp32; VEC > 1 is one 16-byte access (p 16-byte aligned).
+template <typename T, int VEC>
+__device__ __forceinline__ void ld_vec(const T *p, float *v) {
+    if constexpr (VEC == 1) {
+        v[0] = ld(p);
+    } else {
+        static_assert(VEC * sizeof(T) == 16, "one 16-byte vector");
+        uint4 raw = *reinterpret_cast<const uint4 *>(p);
+        const T *e = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+        for (int i = 0; i < VEC; i++) v[i] = ld(e + i);
+    }
+}
+template <typename T, int VEC>
+__device__ __forceinline__ void st_vec(T *p, const float *v) {
+    if constexpr (VEC == 1) {
+        st(p, v[0]);
+    } else {
+        uint4 raw;
+        T *e = reinterpret_cast<T *>(&raw);
+#pragma unroll
+        for (int i = 0; i < VEC; i++) st(e + i, v[i]);
+        *reinterpret_cast<uint4 *>(p) = raw;
+    }
+}
+
 // Runs BODY with `T` bound to the C++ type of dtype code DT.
 #define CUDA_DISPATCH(DT, ...)                                                           \
     do {                                                                                 \
@@ -127,8 +153,9 @@ static inline unsigned cuda_blocks(int64_t n, int threads) {
     return (unsigned)b;
 }
 
-// Block-wide sum of one float per thread (blockDim.x a multiple of 32, <= 1024).
-__device__ __forceinline__ float warp_sum(float v) {
+// Block-wide sum of one float (or double) per thread (blockDim.x a multiple
+// of 32, <= 1024): a fixed tree, so the same inputs give the same bits.
+template <typename F> __device__ __forceinline__ F warp_sum(F v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
@@ -136,13 +163,13 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
-__device__ __forceinline__ float block_sum(float v, float *smem32) {
+template <typename F> __device__ __forceinline__ F block_sum(F v, F *smem32) {
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
     v = warp_sum(v);
     __syncthreads(); // smem32 may still be read by a previous call
     if (lane == 0) smem32[wid] = v;
     __syncthreads();
-    v = threadIdx.x < nw ? smem32[threadIdx.x] : 0.f;
+    v = threadIdx.x < nw ? smem32[threadIdx.x] : F(0);
     if (wid == 0) v = warp_sum(v);
     if (threadIdx.x == 0) smem32[0] = v;
     __syncthreads();

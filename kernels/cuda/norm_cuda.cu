@@ -133,32 +133,6 @@ template <int VEC> __host__ __device__ constexpr int gn_vectors_per_thread() { r
 
 namespace cg = cooperative_groups;
 
-// VEC consecutive values <-> fp32; VEC > 1 is one 16-byte access.
-template <typename T, int VEC>
-__device__ __forceinline__ void gn_load(const T *p, float *v) {
-    if constexpr (VEC == 1) {
-        v[0] = ld(p);
-    } else {
-        static_assert(VEC * sizeof(T) == 16, "one 16-byte vector");
-        uint4 raw = *reinterpret_cast<const uint4 *>(p);
-        const T *e = reinterpret_cast<const T *>(&raw);
-#pragma unroll
-        for (int i = 0; i < VEC; i++) v[i] = ld(e + i);
-    }
-}
-template <typename T, int VEC>
-__device__ __forceinline__ void gn_store(T *p, const float *v) {
-    if constexpr (VEC == 1) {
-        st(p, v[0]);
-    } else {
-        uint4 raw;
-        T *e = reinterpret_cast<T *>(&raw);
-#pragma unroll
-        for (int i = 0; i < VEC; i++) st(e + i, v[i]);
-        *reinterpret_cast<uint4 *>(p) = raw;
-    }
-}
-
 // Sum of one float per block over the cluster, the same in every block (each
 // reads all P blocks' slot in rank order). slot: this block's shared float.
 __device__ __forceinline__ float gn_cluster_sum(float block_total, float *slot, int P) {
@@ -190,7 +164,7 @@ gn_fast_kernel(T *out, float *part, const T *x, const T *gamma, const T *beta, i
     for (int u = 0; u < U; u++) {
         int64_t j = v0 + (int64_t)u * GN_THREADS + threadIdx.x;
         if (j < v1) {
-            gn_load<T, VEC>(xg + j * VEC, v[u]);
+            ld_vec<T, VEC>(xg + j * VEC, v[u]);
 #pragma unroll
             for (int e = 0; e < VEC; e++) s += v[u][e];
         }
@@ -237,7 +211,7 @@ gn_fast_kernel(T *out, float *part, const T *x, const T *gamma, const T *beta, i
                 y[e] = v[u][e] * g + bb;
                 if (silu) y[e] = y[e] / (1.f + __expf(-y[e]));
             }
-            gn_store<T, VEC>(og + j * VEC, y);
+            st_vec<T, VEC>(og + j * VEC, y);
         }
     }
 }
@@ -269,13 +243,13 @@ __global__ void gn_fast_apply_kernel(T *out, const T *x, const float *part, cons
     const int64_t svec = S / VEC, step = (int64_t)gridDim.y * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.y * blockDim.x + threadIdx.x; i < svec; i += step) {
         float v[VEC];
-        gn_load<T, VEC>(xr + i * VEC, v);
+        ld_vec<T, VEC>(xr + i * VEC, v);
 #pragma unroll
         for (int e = 0; e < VEC; e++) {
             v[e] = v[e] * g + bb;
             if (silu) v[e] = v[e] / (1.f + __expf(-v[e]));
         }
-        gn_store<T, VEC>(orow + i * VEC, v);
+        st_vec<T, VEC>(orow + i * VEC, v);
     }
 }
 

@@ -63,25 +63,6 @@ __device__ __forceinline__ float d_to_f(double a) {
     return r;
 }
 
-// Block-wide sum of one double per thread (blockDim.x a multiple of 32,
-// <= 1024); a fixed tree, so the same inputs give the same bits.
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ double block_sum_d(double v, double *smem32) {
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum_d(v);
-    __syncthreads(); // smem32 may still be read by a previous call
-    if (lane == 0) smem32[wid] = v;
-    __syncthreads();
-    v = threadIdx.x < nw ? smem32[threadIdx.x] : 0.0;
-    if (wid == 0) v = warp_sum_d(v);
-    if (threadIdx.x == 0) smem32[0] = v;
-    __syncthreads();
-    return smem32[0];
-}
-
 // ---- nearest 2x upsample backward ----------------------------------------------------
 // dy (NC, OH, OW) -> dx (NC, H, W), OH 2H or 2H - 1 (OW likewise): one thread
 // per dx element adds its 2x2 block, cut at an odd edge, in the CPU's order.
@@ -138,7 +119,7 @@ __global__ void tr_chsum_kernel(T *out, double *part, const T *x, int64_t N, int
             i %= len;
         }
     }
-    s = block_sum_d(s, sm);
+    s = block_sum(s, sm);
     if (threadIdx.x == 0) {
         if (P == 1)
             tr_store_sum(out, ch, s, accumulate);
@@ -239,7 +220,7 @@ __global__ void tr_mse_bwd_kernel(T *dpred, double *part, const T *pred, const T
         s += ed * ed;
         st(dr + i, f_mul(kn, e));
     }
-    s = block_sum_d(s, sm);
+    s = block_sum(s, sm);
     if (threadIdx.x == 0) part[n * P + p] = s;
 }
 
@@ -274,7 +255,7 @@ __global__ void tr_sumsq_kernel(double *part, const float *x, size_t n) {
         const double a = f_to_d(x[i]);
         s += a * a;
     }
-    s = block_sum_d(s, sm);
+    s = block_sum(s, sm);
     if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
@@ -283,7 +264,7 @@ __global__ void tr_sum_parts_kernel(double *out, const double *part, int nparts)
     __shared__ double sm[32];
     double s = 0.0;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
-    s = block_sum_d(s, sm);
+    s = block_sum(s, sm);
     if (threadIdx.x == 0) *out = s;
 }
 
